@@ -1,0 +1,41 @@
+# steno-exportd: `make demo` runs the daemon on a demo library, `make test` runs every test.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+DEMO   := demo
+
+.PHONY: all venv deps test demo bench clean
+
+all: venv
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV) || (apt-get update -qq && apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV))
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# System packages the tests need (udev, udisks2, samba, filesystems, chromium, ...).
+deps:
+	packaging/install-test-deps.sh
+
+test: deps venv
+	CI=$${CI:-} $(VENV)/bin/pytest -q tests
+
+$(DEMO)/library/silent_steno.db: | venv
+	$(VENV)/bin/steno-exportd demo-data --out $(DEMO)/library --sessions 12 --seed 1
+
+$(DEMO)/config.toml: | venv
+	mkdir -p $(DEMO)
+	packaging/demo-config.sh $(CURDIR)/$(DEMO) > $@
+
+demo: venv $(DEMO)/library/silent_steno.db $(DEMO)/config.toml
+	$(VENV)/bin/steno-exportd --config $(DEMO)/config.toml run --demo
+
+bench: venv
+	bench/run
+
+clean:
+	rm -rf $(VENV) $(DEMO) *.egg-info

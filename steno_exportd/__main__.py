@@ -1,0 +1,3 @@
+from steno_exportd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,523 @@
+"""The daemon's configuration: one TOML file parsed into frozen dataclasses.
+
+Every key has a default. Loading checks everything at once and raises one
+``ConfigError`` listing each problem as ``key.path: reason`` (with "did you mean"
+for misspelled keys). Secrets are masked when the config is printed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import re
+import tomllib
+import typing
+from pathlib import Path
+from typing import Any, Callable
+
+from steno_exportd.errors import ConfigError
+from steno_exportd.formats import DOCUMENT_TEMPLATES, FORMATS
+
+DEFAULT_PATH = Path("/etc/steno-exportd/config.toml")
+
+Check = Callable[[Any], "str | None"]
+
+
+def opt(default: Any, doc: str, *, choices: tuple | None = None, items: tuple | None = None,
+        min: float | None = None, max: float | None = None, check: Check | None = None,
+        secret: bool = False) -> Any:
+    """A config key: its default, its documentation and how to validate it."""
+    meta = dict(doc=doc, choices=choices, items=items, min=min, max=max, check=check, secret=secret)
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def section(cls: type, doc: str = "") -> Any:
+    return dataclasses.field(default_factory=cls, metadata=dict(doc=doc))
+
+
+def table_list(cls: type, doc: str) -> Any:
+    return dataclasses.field(default_factory=list, metadata=dict(doc=doc, table_of=cls))
+
+
+# ---- checks -------------------------------------------------------------------------
+
+_PLACEHOLDERS = ("date", "time", "title", "short_id", "uuid", "id", "location",
+                 "job_id", "timestamp", "format", "seq")
+
+
+def _check_pattern(value: str) -> str | None:
+    names = re.findall(r"{([^{}]*)}", value)
+    bad = [n for n in names if n not in _PLACEHOLDERS]
+    if bad:
+        hint = difflib.get_close_matches(bad[0], _PLACEHOLDERS, n=1)
+        return (f"unknown placeholder '{{{bad[0]}}}'"
+                + (f" (did you mean '{{{hint[0]}}}'?)" if hint else "")
+                + f"; valid: {', '.join('{' + p + '}' for p in _PLACEHOLDERS)}")
+    if not value.strip():
+        return "must not be empty"
+    return None
+
+
+def _check_cidr(value: str) -> str | None:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return f"not a network in CIDR form: {value!r} (e.g. '192.168.0.0/16')"
+    return None
+
+
+def _check_cron(value: str) -> str | None:
+    if value == "":
+        return None
+    fields = value.split()
+    if len(fields) != 5:
+        return f"cron expression needs 5 fields (minute hour day month weekday), got {len(fields)}"
+    for f in fields:
+        if not re.fullmatch(r"[\d*,/\-]+", f):
+            return f"invalid cron field {f!r}"
+    return None
+
+
+def _check_bus(value: str) -> str | None:
+    if value in ("system", "session") or "=" in value:
+        return None
+    return "must be 'system', 'session' or a D-Bus address such as 'unix:path=/run/x/bus'"
+
+
+def _check_abs_or_empty(value: str) -> str | None:
+    if value and not value.startswith("/"):
+        return f"must be an absolute path, got {value!r}"
+    return None
+
+
+# ---- schema -------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class RecorderConfig:
+    db_path: str = opt("/var/lib/silentsteno/data/silent_steno.db",
+                       "The recorder's SQLite database (opened read-only).", check=_check_abs_or_empty)
+    data_dir: str = opt("", "The recorder's data dir; relative audio paths resolve against it. "
+                        "Empty: the database's folder.", check=_check_abs_or_empty)
+    lock_timeout: float = opt(5.0, "Seconds to wait for a locked database before failing.", min=0.1, max=300)
+    poll_interval: float = opt(2.0, "Seconds between cheap 'did the database change' checks.",
+                               min=0.2, max=3600)
+
+
+@dataclasses.dataclass(frozen=True)
+class StateConfig:
+    dir: str = opt("/var/lib/steno-exportd", "The daemon's own state (state DB, caches).",
+                   check=_check_abs_or_empty)
+    runtime_dir: str = opt("/run/steno-exportd", "Runtime files (sockets, pid).",
+                           check=_check_abs_or_empty)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    root_folder: str = opt("SilentSteno", "Folder created at the root of every target.")
+    naming: str = opt("pattern", "How session folders are named.",
+                      choices=("pattern", "id", "title", "sequential"))
+    folder_pattern: str = opt("{date} {title} ({short_id})",
+                              "Session folder name when naming = 'pattern'.", check=_check_pattern)
+    formats: list[str] = opt(["txt", "md", "html", "json", "srt", "vtt", "pdf", "audio"],
+                             "Formats written by default.", items=FORMATS)
+    template: str = opt("detailed", "Default PDF/DOCX template.")
+    include_audio: bool = opt(True, "Copy the original recording.")
+    verify: bool = opt(True, "Read every written file back and compare its SHA-256.")
+    overwrite_foreign: bool = opt(False, "Replace files on a target that this daemon did not write.")
+    free_space_margin_mb: int = opt(16, "Free space kept in reserve on a target, MiB.", min=0)
+    continue_on_error: bool = opt(True, "Keep exporting other sessions when one fails.")
+    max_concurrent_jobs: int = opt(2, "Jobs that run at the same time.", min=1, max=16)
+    retries: int = opt(2, "Retries of a transient error, with backoff.", min=0, max=10)
+    allowed_dirs: list[str] = opt(["/media", "/mnt", "/srv/steno-export"],
+                                  "Directories D-Bus/web callers may export into.")
+    job_history_days: int = opt(90, "Days finished jobs stay in the state DB.", min=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderConfig:
+    template_dir: str = opt("/etc/steno-exportd/templates",
+                            "User templates (txt/md/html Jinja2) overriding or adding to the built-in ones.",
+                            check=_check_abs_or_empty)
+    font_path: str = opt("", "TrueType font for PDF; empty: search DejaVu Sans.", check=_check_abs_or_empty)
+    page_size: str = opt("A4", "Paper size of PDF/DOCX.", choices=("A4", "Letter"))
+    logo: str = opt("", "Logo image at the top of PDF/DOCX reports.", check=_check_abs_or_empty)
+    accent_color: str = opt("#1f4e79", "Accent colour of reports (#rrggbb).",
+                            check=lambda v: None if re.fullmatch(r"#[0-9a-fA-F]{6}", v) else "must be #rrggbb")
+    company: str = opt("", "Name shown in report headers.")
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoExportConfig:
+    enabled: bool = opt(True, "Export automatically when a stick is inserted.")
+    sessions: str = opt("new", "Which sessions: new (not on the stick yet), all, since_days.",
+                        choices=("new", "all", "since_days"))
+    since_days: int = opt(30, "With sessions = since_days: how many days back.", min=1)
+    formats: list[str] = opt(["txt", "html", "pdf", "srt", "audio"], "Formats written to sticks.",
+                             items=FORMATS)
+    template: str = opt("detailed", "PDF/DOCX template for sticks.")
+    include_audio: bool = opt(True, "Copy the recordings to sticks.")
+    eject_after: bool = opt(True, "Unmount and power the stick off after the export.")
+
+
+@dataclasses.dataclass(frozen=True)
+class UsbConfig:
+    enabled: bool = opt(True, "Watch for USB sticks.")
+    allow_labels: list[str] = opt([], "Only these filesystem labels (empty: any).")
+    allow_uuids: list[str] = opt([], "Only these filesystem UUIDs (empty: any).")
+    prefer_labels: list[str] = opt([], "On a stick with several partitions, prefer these labels.")
+    ignore_uuids: list[str] = opt([], "Never touch these filesystems.")
+    mount_options: list[str] = opt(["nosuid", "nodev", "noexec"], "Options for every mount.")
+    settle_seconds: float = opt(0.5, "Debounce for bursts of udev change events.", min=0, max=30)
+    auto_export: AutoExportConfig = section(AutoExportConfig)
+
+
+@dataclasses.dataclass(frozen=True)
+class HttpAuthConfig:
+    mode: str = opt("none", "Access control: none or password.", choices=("none", "password"))
+    password_hash: str = opt("", "scrypt hash made by 'steno-exportd hash-password'.", secret=True)
+    session_hours: float = opt(12.0, "Login lifetime, hours.", min=0.1)
+    allowed_networks: list[str] = opt(
+        ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fe80::/10", "fc00::/7"],
+        "Client networks allowed to connect (CIDR).")
+    max_failed_logins: int = opt(5, "Failed logins per address before a lockout.", min=1)
+    lockout_seconds: int = opt(300, "Lockout after too many failed logins.", min=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShareLinksConfig:
+    enabled: bool = opt(True, "Allow share links.")
+    default_expiry_hours: float = opt(72.0, "Default lifetime of a share link.", min=0.01)
+    default_max_downloads: int = opt(5, "Default number of complete downloads a link allows.", min=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class HttpConfig:
+    enabled: bool = opt(True, "Serve the LAN web page.")
+    bind: list[str] = opt(["0.0.0.0"], "Addresses to listen on.")
+    port: int = opt(8080, "TCP port.", min=1, max=65535)
+    public_url: str = opt("", "URL shown to users; empty: http://<hostname>.local:<port>.")
+    cache_max_mb: int = opt(256, "Size bound of the rendered-format cache, MiB.", min=0)
+    max_body_kb: int = opt(64, "Largest accepted request body, KiB.", min=1)
+    auth: HttpAuthConfig = section(HttpAuthConfig)
+    share_links: ShareLinksConfig = section(ShareLinksConfig)
+
+
+@dataclasses.dataclass(frozen=True)
+class SambaConfig:
+    enabled: bool = opt(False, "Serve the export folder as a read-only Samba share.")
+    share_name: str = opt("meetings", "Share name (\\\\steno\\meetings).")
+    export_dir: str = opt("/srv/steno-export", "Folder kept current and shared.", check=_check_abs_or_empty)
+    snippet_path: str = opt("/etc/samba/steno-exportd.conf",
+                            "Share definition written here; smb.conf includes it.", check=_check_abs_or_empty)
+    guest_ok: bool = opt(True, "Allow guest (no password) access.")
+    valid_users: list[str] = opt([], "With guest_ok = false: users allowed.")
+    smb_conf: str = opt("/etc/samba/smb.conf", "smb.conf passed to testparm.", check=_check_abs_or_empty)
+    testparm_command: list[str] = opt(["testparm", "-s"], "Validation command (the config file is appended).")
+    reload_command: list[str] = opt(["smbcontrol", "smbd", "reload-config"], "Command that reloads smbd.")
+    formats: list[str] = opt(["txt", "html", "pdf", "audio"], "Formats kept in the export folder.",
+                             items=FORMATS)
+
+
+@dataclasses.dataclass(frozen=True)
+class SmbRemote:
+    name: str = opt("", "Name of the remote (used as an export target).")
+    server: str = opt("", "Host name or address of the SMB server.")
+    port: int = opt(445, "TCP port.", min=1, max=65535)
+    share: str = opt("", "Share name.")
+    path: str = opt("", "Folder inside the share.")
+    username: str = opt("", "User name (empty: guest).")
+    password_file: str = opt("", "File holding the password, readable only by the service user.",
+                             check=_check_abs_or_empty)
+    domain: str = opt("", "Domain / workgroup.")
+    require_encryption: bool = opt(False, "Refuse to push without SMB3 encryption.")
+    schedule: str = opt("", "Cron expression for scheduled pushes (empty: none).", check=_check_cron)
+    push_on_new: bool = opt(False, "Push each new session when it appears.")
+    formats: list[str] = opt(["txt", "html", "pdf", "json", "audio"], "Formats pushed.", items=FORMATS)
+    bandwidth_limit_kbps: int = opt(0, "Upload limit, KiB/s (0: none).", min=0)
+    timeout: float = opt(15.0, "Connect timeout, seconds.", min=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class SmbConfig:
+    recorder_folder: str = opt("", "Per-recorder folder on remotes; empty: the host name.")
+    remotes: list[SmbRemote] = table_list(SmbRemote, "[[smb.remotes]] tables, one per remote.")
+
+
+@dataclasses.dataclass(frozen=True)
+class DbusConfig:
+    enabled: bool = opt(True, "Offer the D-Bus API.")
+    bus: str = opt("system", "system, session, or a bus address.", check=_check_bus)
+    job_linger_seconds: float = opt(300.0, "Finished jobs stay on the bus this long.", min=0)
+    ui_group: str = opt("steno-ui", "Group allowed to call the API (bus policy).")
+
+
+@dataclasses.dataclass(frozen=True)
+class EmailConfig:
+    enabled: bool = opt(False, "Send mail when an export finishes.")
+    smtp_host: str = opt("localhost", "SMTP server.")
+    smtp_port: int = opt(25, "SMTP port.", min=1, max=65535)
+    starttls: bool = opt(False, "Use STARTTLS.")
+    username: str = opt("", "SMTP user (empty: no login).")
+    password_file: str = opt("", "File holding the SMTP password.", check=_check_abs_or_empty)
+    sender: str = opt("steno@localhost", "From address.")
+    recipients: list[str] = opt([], "To addresses.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    name: str = opt("", "Name of the schedule.")
+    cron: str = opt("", "Cron expression (minute hour day month weekday).", check=_check_cron)
+    target: str = opt("", "A directory, or smb:<remote name>.")
+    sessions: str = opt("new", "Which sessions.", choices=("new", "all", "since_days"))
+    formats: list[str] = opt(["txt", "pdf", "audio"], "Formats.", items=FORMATS)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoggingConfig:
+    level: str = opt("INFO", "Log level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    recorder: RecorderConfig = section(RecorderConfig, "The recorder's database (read-only).")
+    state: StateConfig = section(StateConfig, "Where the daemon keeps its own files.")
+    export: ExportConfig = section(ExportConfig, "Layout, naming and behaviour of every export.")
+    render: RenderConfig = section(RenderConfig, "Templates, fonts and report styling.")
+    usb: UsbConfig = section(UsbConfig, "USB sticks.")
+    http: HttpConfig = section(HttpConfig, "The LAN web page.")
+    samba: SambaConfig = section(SambaConfig, "The read-only Samba share on the recorder.")
+    smb: SmbConfig = section(SmbConfig, "Pushing to SMB shares (an office NAS).")
+    dbus: DbusConfig = section(DbusConfig, "The D-Bus API for the touchscreen UI.")
+    email: EmailConfig = section(EmailConfig, "Mail when exports finish.")
+    schedules: list[Schedule] = table_list(Schedule, "[[schedules]] tables: exports on a timetable.")
+    logging: LoggingConfig = section(LoggingConfig, "Logging (to journald via stderr).")
+
+    @property
+    def recorder_data_dir(self) -> Path:
+        return Path(self.recorder.data_dir) if self.recorder.data_dir else Path(self.recorder.db_path).parent
+
+
+# ---- loading ------------------------------------------------------------------------
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    return {str: "string", int: "integer", float: "number", bool: "boolean"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _scalar_ok(tp: Any, value: Any) -> bool:
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    return False
+
+
+def _validate_value(path: str, tp: Any, meta: dict, value: Any, errors: list[str]) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            errors.append(f"{path}: expected a {_type_name(tp)}, got {type(value).__name__}")
+            return None
+        out = []
+        for i, item in enumerate(value):
+            ipath = f"{path}[{i}]"
+            if not _scalar_ok(item_tp, item):
+                errors.append(f"{ipath}: expected a {_type_name(item_tp)}, got {item!r}")
+                continue
+            if meta.get("items") and item not in meta["items"]:
+                hint = difflib.get_close_matches(str(item), meta["items"], n=1)
+                kind = "format" if meta["items"] is FORMATS else "value"
+                errors.append(f"{ipath}: unknown {kind} {item!r}"
+                              + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                              + f"; valid: {', '.join(meta['items'])}")
+                continue
+            out.append(item)
+        return out
+    if not _scalar_ok(tp, value):
+        errors.append(f"{path}: expected a {_type_name(tp)}, got {value!r}")
+        return None
+    if tp is float:
+        value = float(value)
+    if meta.get("choices") and value not in meta["choices"]:
+        hint = difflib.get_close_matches(str(value), [str(c) for c in meta["choices"]], n=1)
+        errors.append(f"{path}: {value!r} is not one of {', '.join(map(str, meta['choices']))}"
+                      + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+        return None
+    if meta.get("min") is not None and value < meta["min"]:
+        errors.append(f"{path}: must be >= {meta['min']}, got {value!r}")
+        return None
+    if meta.get("max") is not None and value > meta["max"]:
+        errors.append(f"{path}: must be <= {meta['max']}, got {value!r}")
+        return None
+    if meta.get("check"):
+        msg = meta["check"](value)
+        if msg:
+            errors.append(f"{path}: {msg}")
+            return None
+    return value
+
+
+def _build(cls: type, data: Any, path: str, errors: list[str]) -> Any:
+    if not isinstance(data, dict):
+        errors.append(f"{path or '<top>'}: expected a table, got {type(data).__name__}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            hint = difflib.get_close_matches(key, list(fields), n=1)
+            errors.append(f"{path + '.' if path else ''}{key}: unknown key"
+                          + (f" (did you mean '{hint[0]}'?)" if hint else ""))
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in data:
+            continue
+        tp = hints[name]
+        sub = f"{path}.{name}" if path else name
+        value = data[name]
+        if _is_dataclass_type(tp):
+            kwargs[name] = _build(tp, value, sub, errors)
+        elif f.metadata.get("table_of"):
+            if not isinstance(value, list):
+                errors.append(f"{sub}: expected an array of tables ([[{sub}]])")
+                continue
+            kwargs[name] = [_build(f.metadata["table_of"], v, f"{sub}[{i}]", errors)
+                            for i, v in enumerate(value)]
+        else:
+            v = _validate_value(sub, tp, f.metadata, value, errors)
+            if v is not None:
+                kwargs[name] = v
+    return cls(**kwargs)
+
+
+def _cross_check(cfg: Config, errors: list[str]) -> None:
+    if cfg.export.template not in DOCUMENT_TEMPLATES and not cfg.render.template_dir:
+        errors.append(f"export.template: unknown template {cfg.export.template!r}")
+    for i, net in enumerate(cfg.http.auth.allowed_networks):
+        msg = _check_cidr(net)
+        if msg:
+            errors.append(f"http.auth.allowed_networks[{i}]: {msg}")
+    if cfg.http.auth.mode == "password" and not cfg.http.auth.password_hash:
+        errors.append("http.auth.password_hash: required when http.auth.mode = 'password' "
+                      "(make one with 'steno-exportd hash-password')")
+    names = set()
+    for i, r in enumerate(cfg.smb.remotes):
+        for key in ("name", "server", "share"):
+            if not getattr(r, key):
+                errors.append(f"smb.remotes[{i}].{key}: required")
+        if r.name in names:
+            errors.append(f"smb.remotes[{i}].name: duplicate remote name {r.name!r}")
+        names.add(r.name)
+    for i, s in enumerate(cfg.schedules):
+        if not s.cron:
+            errors.append(f"schedules[{i}].cron: required")
+        if not s.target:
+            errors.append(f"schedules[{i}].target: required")
+        elif s.target.startswith("smb:") and s.target[4:] not in names:
+            errors.append(f"schedules[{i}].target: no SMB remote named {s.target[4:]!r}")
+
+
+def from_dict(data: dict, source: str = "") -> Config:
+    """Build a Config from parsed TOML, raising ConfigError listing every problem."""
+    errors: list[str] = []
+    cfg = _build(Config, data, "", errors)
+    if not errors:
+        _cross_check(cfg, errors)
+    if errors:
+        raise ConfigError(errors, source)
+    return cfg
+
+
+def load(path: Path | str | None = None) -> Config:
+    """Load the config file; a missing default file means all defaults."""
+    p = Path(path) if path else DEFAULT_PATH
+    if not p.exists():
+        if path is None:
+            return Config()
+        raise ConfigError([f"{p}: file not found"], str(p))
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"TOML syntax error: {e}"], str(p)) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([f"cannot read: {e}"], str(p)) from None
+    return from_dict(data, str(p))
+
+
+def replace(cfg: Config, **changes: Any) -> Config:
+    """Return a copy of cfg with dotted keys changed, e.g. replace(cfg, **{'usb.enabled': False})."""
+    for dotted, value in changes.items():
+        head, _, rest = dotted.partition(".")
+        if rest:
+            cfg = dataclasses.replace(cfg, **{head: replace(getattr(cfg, head), **{rest: value})})
+        else:
+            cfg = dataclasses.replace(cfg, **{head: value})
+    return cfg
+
+
+# ---- printing -----------------------------------------------------------------------
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(v)
+
+
+def dump(cfg: Any, prefix: str = "", *, mask_secrets: bool = True) -> str:
+    """The effective config as TOML, secrets masked."""
+    lines: list[str] = []
+    tables: list[tuple[str, Any, bool]] = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        name = f"{prefix}.{f.name}" if prefix else f.name
+        if dataclasses.is_dataclass(value):
+            tables.append((name, value, False))
+        elif f.metadata.get("table_of"):
+            for item in value:
+                tables.append((name, item, True))
+        else:
+            shown = "********" if (f.metadata.get("secret") and value and mask_secrets) else value
+            lines.append(f"{f.name} = {_toml_value(shown)}")
+    out = "\n".join(lines)
+    for name, value, is_array in tables:
+        body = dump(value, name, mask_secrets=mask_secrets)
+        head = f"[[{name}]]" if is_array else f"[{name}]"
+        out += ("\n\n" if out else "") + head + ("\n" + body if body else "")
+    return out
+
+
+def documentation(cls: type = Config, prefix: str = "") -> list[tuple[str, str, Any, str]]:
+    """(key path, type, default, doc) for every key: used to check config/config.toml."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        name = f"{prefix}.{f.name}" if prefix else f.name
+        tp = hints[f.name]
+        if _is_dataclass_type(tp):
+            rows += documentation(tp, name)
+        elif f.metadata.get("table_of"):
+            rows += documentation(f.metadata["table_of"], name + "[]")
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            rows.append((name, _type_name(tp), default, f.metadata.get("doc", "")))
+    return rows
+

@@ -1,0 +1,48 @@
+"""The project's exceptions: one base class, a few meaningful subclasses."""
+from __future__ import annotations
+
+
+class StenoError(Exception):
+    """Base of every error steno-exportd raises on purpose."""
+
+
+class ConfigError(StenoError):
+    """The configuration is invalid; ``problems`` lists every ``key.path: reason``."""
+
+    def __init__(self, problems: list[str], source: str = "") -> None:
+        self.problems = list(problems)
+        self.source = source
+        head = f"invalid configuration{f' in {source}' if source else ''}"
+        super().__init__(head + ":\n" + "\n".join(f"  {p}" for p in self.problems))
+
+
+class SourceError(StenoError):
+    """The recorder database (or a file it names) cannot be read."""
+
+
+class NotFoundError(StenoError):
+    """An unknown session, job, device, format or template."""
+
+
+class InvalidArgument(StenoError):
+    """A caller passed something that makes no sense."""
+
+
+class RenderError(StenoError):
+    """A renderer failed for one session."""
+
+
+class TargetError(StenoError):
+    """The export target cannot be written (read-only, gone, hostile content)."""
+
+
+class TargetFullError(TargetError):
+    """Not enough free space, or a file over the filesystem's per-file limit."""
+
+
+class VerifyError(StenoError):
+    """Read-back verification found different bytes than were written."""
+
+
+class CancelledJob(StenoError):
+    """A job was cancelled by request."""

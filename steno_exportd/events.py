@@ -1,0 +1,165 @@
+"""Core events and the snapshots they carry; adapters (D-Bus, web, notify) follow them.
+
+The core publishes; adapters subscribe. Events are frozen dataclasses, never strings.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import logging
+from typing import AsyncIterator
+
+log = logging.getLogger(__name__)
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"          # every file written and verified
+    FAILED = "failed"                # finished, with at least one error (see results)
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"      # the daemon died while it ran; can be resumed
+
+    @property
+    def finished(self) -> bool:
+        return self not in (JobState.QUEUED, JobState.RUNNING)
+
+
+class DeviceState(enum.StrEnum):
+    DETECTED = "detected"
+    MOUNTING = "mounting"
+    MOUNTED = "mounted"
+    EXPORTING = "exporting"
+    VERIFYING = "verifying"
+    EJECTING = "ejecting"
+    SAFE_TO_REMOVE = "safe_to_remove"
+    REMOVED = "removed"
+    ERROR = "error"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FileResult:
+    path: str                 # relative to the target root, e.g. "SilentSteno/<folder>/x.pdf"
+    ok: bool
+    size: int = 0
+    sha256: str = ""
+    error: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SessionResult:
+    session_id: int
+    uuid: str
+    title: str
+    ok: bool
+    skipped: bool = False     # already on the target and unchanged
+    error: str = ""
+    files: tuple[FileResult, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobSnapshot:
+    id: int
+    operation: str            # "export", "push", "eject", ...
+    target: str               # what a person recognises: a path, "KINGSTON (sdb1)", "smb:office"
+    state: JobState
+    sessions: tuple[int, ...] = ()
+    formats: tuple[str, ...] = ()
+    bytes_done: int = 0
+    bytes_total: int = 0
+    files_done: int = 0
+    files_total: int = 0
+    rate: float = 0.0         # bytes/s
+    expected_end: float = 0.0  # unix time; 0 unknown
+    current_file: str = ""
+    error: str = ""
+    results: tuple[SessionResult, ...] = ()
+    created: float = 0.0
+    started: float = 0.0
+    finished: float = 0.0
+    device_id: str = ""       # set when the target is a device
+
+    @property
+    def progress(self) -> float:
+        if self.state == JobState.COMPLETED:
+            return 1.0
+        return min(1.0, self.bytes_done / self.bytes_total) if self.bytes_total else 0.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeviceSnapshot:
+    id: str                   # stable: derived from the filesystem UUID
+    uuid: str
+    label: str
+    fs_type: str
+    device: str               # /dev/sdb1
+    size: int
+    free: int
+    mount_point: str
+    state: DeviceState
+    error: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SessionsChanged:
+    added: tuple[int, ...] = ()
+    changed: tuple[int, ...] = ()
+    removed: tuple[int, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobUpdated:
+    job: JobSnapshot
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobRemoved:
+    job_id: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeviceUpdated:
+    device: DeviceSnapshot
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeviceRemoved:
+    device_id: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StatusChanged:
+    """Daemon-wide state (config reloaded, sharing toggled, ...)."""
+
+    key: str
+    value: object
+
+
+Event = SessionsChanged | JobUpdated | JobRemoved | DeviceUpdated | DeviceRemoved | StatusChanged
+
+
+class EventBus:
+    """Fan-out of core events to subscribers; a slow subscriber never blocks the core."""
+
+    def __init__(self, maxsize: int = 1000) -> None:
+        self._queues: set[asyncio.Queue] = set()
+        self._maxsize = maxsize
+
+    def publish(self, event: Event) -> None:
+        for q in list(self._queues):
+            if q.full():
+                try:
+                    q.get_nowait()  # drop the oldest: progress is superseded anyway
+                except asyncio.QueueEmpty:
+                    pass
+            q.put_nowait(event)
+
+    async def subscribe(self) -> AsyncIterator[Event]:
+        q: asyncio.Queue = asyncio.Queue(self._maxsize)
+        self._queues.add(q)
+        try:
+            while True:
+                yield await q.get()
+        finally:
+            self._queues.discard(q)

@@ -1,0 +1,81 @@
+"""Config: defaults, every key documented, all errors reported at once with key paths."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from steno_exportd import config
+from steno_exportd.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "steno_exportd", *args],
+                          capture_output=True, text=True, cwd=ROOT)
+
+
+def test_shipped_config_is_valid_and_documents_every_key():
+    text = (ROOT / "config" / "config.toml").read_text()
+    cfg = config.load(ROOT / "config" / "config.toml")
+    assert cfg == config.Config()
+    for key, type_name, default, doc in config.documentation():
+        leaf = key.rsplit(".", 1)[-1]
+        assert f"{leaf} = " in text, f"{key} is not documented in config/config.toml"
+        assert f"type: {type_name}" in text
+        assert doc, f"{key} has no documentation"
+
+
+def test_check_config_ok():
+    r = run_cli("check-config", "config/config.toml")
+    assert r.returncode == 0, r.stderr
+    assert "[usb.auto_export]" in r.stdout
+
+
+def test_three_mistakes_reported_together(tmp_path):
+    p = tmp_path / "bad.toml"
+    p.write_text('[usb.auto_export]\nformats = ["txt", "pdf", "pdff"]\n'
+                 '[http]\nprot = 8080\n[recorder]\nlock_timeout = "five"\n')
+    r = run_cli("check-config", str(p))
+    assert r.returncode == 1
+    assert "usb.auto_export.formats[2]: unknown format 'pdff' (did you mean 'pdf'?)" in r.stderr
+    assert "http.prot: unknown key (did you mean 'port'?)" in r.stderr
+    assert "recorder.lock_timeout: expected a number, got 'five'" in r.stderr
+
+
+@pytest.mark.parametrize("toml, expected", [
+    ("[export]\nfolder_pattern = '{date} {titel}'\n", "export.folder_pattern: unknown placeholder '{titel}' (did you mean '{title}'?)"),
+    ("[http]\nport = 70000\n", "http.port: must be <= 65535"),
+    ("[http.auth]\nallowed_networks = ['10.0.0.0/33']\n", "http.auth.allowed_networks[0]: not a network"),
+    ("[http.auth]\nmode = 'password'\n", "http.auth.password_hash: required"),
+    ("[dbus]\nbus = 'sytem'\n", "dbus.bus: must be 'system', 'session'"),
+    ("[[smb.remotes]]\nname = 'nas'\nserver = 'nas'\nshare = 's'\nschedule = '* *'\n", "smb.remotes[0].schedule: cron expression needs 5 fields"),
+    ("[usb]\nenabled = 'yes'\n", "usb.enabled: expected a boolean"),
+    ("[logging]\nlevel = 'VERBOSE'\n", "logging.level: 'VERBOSE' is not one of"),
+    ("usb = 3\n", "usb: expected a table"),
+    ("[render\n", "TOML syntax error"),
+])
+def test_bad_values(tmp_path, toml, expected):
+    p = tmp_path / "c.toml"
+    p.write_text(toml)
+    with pytest.raises(ConfigError) as e:
+        config.load(p)
+    assert expected in str(e.value)
+
+
+def test_missing_explicit_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        config.load(tmp_path / "nope.toml")
+
+
+def test_secrets_masked():
+    cfg = config.from_dict({"http": {"auth": {"mode": "password", "password_hash": "scrypt$abc"}}})
+    assert "scrypt$abc" not in config.dump(cfg)
+    assert "********" in config.dump(cfg)
+
+
+def test_smb_remotes_parsed():
+    cfg = config.from_dict({"smb": {"remotes": [{"name": "office", "server": "nas", "share": "m", "port": 4450}]}})
+    assert cfg.smb.remotes[0].port == 4450
+    assert cfg.smb.remotes[0].timeout == 15.0
