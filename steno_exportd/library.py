@@ -88,7 +88,7 @@ class ChangeToken:
     owner: int                                   # id() of the Library that made it
     generation: int                              # connection generation (reconnect = new)
     data_version: int
-    rows: dict[int, tuple] = dataclasses.field(repr=False)   # id -> raw summary row
+    rows: dict[int, tuple] = dataclasses.field(repr=False)   # id -> 'updated_at|status'
     child_max: tuple[int, ...] = ()              # max(rowid) of each child table
 
 
@@ -96,18 +96,23 @@ class ChangeToken:
 
 def parse_datetime(value: Any) -> dt.datetime | None:
     """SQLAlchemy/ISO 8601 text (or epoch number) -> aware UTC datetime; ValueError if unparseable."""
+    if type(value) is str:
+        # Fast path for the recorder's usual naive 'YYYY-MM-DD HH:MM:SS.ffffff' (UTC).
+        if len(value) >= 19 and value[-6] not in "+-" and value[-1] != "Z":
+            try:
+                return dt.datetime.fromisoformat(value + "+00:00")
+            except ValueError:
+                pass
+        try:
+            d = dt.datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ValueError(f"unparseable date/time {value!r}") from None
+        return d.replace(tzinfo=UTC) if d.tzinfo is None else d.astimezone(UTC)
     if value is None:
         return None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return dt.datetime.fromtimestamp(value, UTC)
-    if not isinstance(value, str):
-        raise ValueError(f"not a date/time: {value!r}")
-    s = value.strip()
-    try:
-        d = dt.datetime.fromisoformat(s)
-    except ValueError:
-        raise ValueError(f"unparseable date/time {value!r}") from None
-    return d.replace(tzinfo=UTC) if d.tzinfo is None else d.astimezone(UTC)
+    raise ValueError(f"not a date/time: {value!r}")
 
 
 def parse_date(value: Any) -> dt.date | None:
@@ -159,6 +164,9 @@ def _dt_field(row_value: Any, field: str, problems: list[Problem], required: boo
         return None
 
 
+_TAGS_CACHE: dict[str, tuple[str, ...]] = {}
+
+
 def _summary_from_row(row: tuple) -> SessionSummary:
     """One raw ``SUMMARY_COLUMNS`` row -> SessionSummary with its row-level problems."""
     (sid, uuid, title, status, start, end, duration, updated, created, location, pcount,
@@ -179,7 +187,9 @@ def _summary_from_row(row: tuple) -> SessionSummary:
     updated_dt = _dt_field(updated, "updated_at", problems, required=True)
     created_dt = _dt_field(created, "created_at", problems, required=True)
     dur: int | None = None
-    if duration is not None:
+    if type(duration) is int and duration >= 0:
+        dur = duration
+    elif duration is not None:
         n = _num(duration)
         if n is None:
             problems.append(Problem("duration_seconds", f"not a number: {duration!r}"))
@@ -189,17 +199,21 @@ def _summary_from_row(row: tuple) -> SessionSummary:
             dur = int(n)
     if dur is None and start_dt and end_dt and end_dt >= start_dt:
         dur = int((end_dt - start_dt).total_seconds())
-    if pcount is not None and (_num(pcount) is None or _num(pcount) < 0):
+    if pcount is not None and type(pcount) is not int or type(pcount) is int and pcount < 0:
         problems.append(Problem("participant_count", f"invalid participant count {pcount!r}"))
         pcount = None
-    if asize is not None and (_num(asize) is None or _num(asize) < 0):
+    if asize is not None and type(asize) is not int or type(asize) is int and asize < 0:
         problems.append(Problem("audio_size_bytes", f"invalid size {asize!r}"))
         asize = None
     tags: tuple[str, ...] = ()
-    if tags_raw is not None:
+    if tags_raw is not None and tags_raw in _TAGS_CACHE:
+        tags = _TAGS_CACHE[tags_raw]
+    elif tags_raw is not None:
         t = _json(tags_raw, "tags", problems)
         if isinstance(t, list):
             tags = tuple(str(x) for x in t if x is not None)
+            if len(_TAGS_CACHE) < 4096:
+                _TAGS_CACHE[tags_raw] = tags
         elif t is not None:
             problems.append(Problem("tags", f"expected a JSON list, got {type(t).__name__}"))
     return SessionSummary(
@@ -411,53 +425,61 @@ class Library:
         return summaries
 
     def changed_since(self, token: ChangeToken | None) -> tuple[SessionsDelta, ChangeToken]:
-        """Sessions added/changed/removed since ``token`` (None: all are added) and a new token."""
+        """Sessions added/changed/removed since ``token`` (None: all are added) and a new token.
+
+        A session counts as changed when its ``updated_at`` or ``status`` differs (the recorder
+        bumps ``updated_at`` on every update) or rows were appended to its transcript, analysis,
+        participants or files. Cheap: two narrow columns per session, never a transcript.
+        """
         with self._lock:
             version = self.data_version()
             if (token is not None and token.owner == id(self) and token.generation == self._generation
                     and token.data_version == version):
                 return SessionsDelta(), token
-            rows = self._summary_rows()
+            marks = dict(self._query("SELECT id, ifnull(updated_at, '') || '|' || ifnull(status, '') FROM sessions"))
             child_max = tuple(self._query(f"SELECT max(rowid) FROM {t}")[0][0] or 0 for t in CHILD_TABLES)
-            by_id = {r[0]: r for r in rows}
-            new_token = ChangeToken(id(self), self._generation, version, by_id, child_max)
+            new_token = ChangeToken(id(self), self._generation, version, marks, child_max)
             if token is None:
-                added_ids, changed_ids, removed = list(by_id), [], ()
-            else:
-                old = token.rows
-                added_ids = [i for i in by_id if i not in old]
-                changed_ids = [i for i, r in by_id.items() if i in old and old[i] != r]
-                removed = tuple(sorted(i for i in old if i not in by_id))
-                # Rows appended to child tables (e.g. transcript entries) change their session too.
-                touched: set[int] = set()
-                for t, before, now in zip(CHILD_TABLES, token.child_max, child_max):
-                    if now > before:
-                        touched.update(r[0] for r in self._query(
-                            f"SELECT DISTINCT session_id FROM {t} WHERE rowid > ?", (before,)))
-                    elif now < before:
-                        touched.update(i for i in by_id if i in old)   # rows deleted: be safe
-                seen = set(changed_ids) | set(added_ids)
-                changed_ids += sorted(i for i in touched if i in by_id and i in old and i not in seen)
+                return SessionsDelta(added=tuple(self.list_sessions())), new_token
+            old = token.rows
+            differ = marks.items() - old.items()          # set difference in C: added or changed
+            added_ids = sorted(i for i, _ in differ if i not in old)
+            changed_ids = sorted(i for i, _ in differ if i in old)
+            removed = tuple(sorted(old.keys() - marks.keys()))
+            # Rows appended to child tables (e.g. transcript entries) change their session too.
+            touched: set[int] = set()
+            for t, before, now in zip(CHILD_TABLES, token.child_max, child_max):
+                if now > before:
+                    touched.update(r[0] for r in self._query(
+                        f"SELECT DISTINCT session_id FROM {t} WHERE rowid > ?", (before,)))
+            seen = set(changed_ids) | set(added_ids)
+            changed_ids += sorted(i for i in touched if i in marks and i in old and i not in seen)
             if not added_ids and not changed_ids:
                 return SessionsDelta(removed=removed), new_token
-            if token is None:
-                summaries = self._summaries(rows)
-                pick = {s.id: s for s in summaries}
+            want = added_ids + changed_ids
+            if len(want) > 200:
+                pick = {s.id: s for s in self.list_sessions()}
             else:
-                # Duplicate-uuid problems need every uuid; building only what changed stays cheap.
-                want = set(added_ids) | set(changed_ids)
-                dup = _dup_uuids(rows)
-                pick = {}
-                for i in want:
-                    s = self._cache.get(by_id[i]) or _summary_from_row(by_id[i])
-                    self._cache[by_id[i]] = s
-                    if s.uuid and _uuid_key(s.uuid) in dup:
-                        s = _with_duplicates([s] + [_summary_from_row(r) for r in rows
-                                                    if r[0] != i and r[1] and _uuid_key(str(r[1])) == _uuid_key(s.uuid)])[0]
-                    pick[i] = s
-            delta = SessionsDelta(added=tuple(pick[i] for i in added_ids),
-                                  changed=tuple(pick[i] for i in changed_ids), removed=removed)
+                pick = {s.id: s for s in self._summaries_of(want)}
+            delta = SessionsDelta(added=tuple(pick[i] for i in added_ids if i in pick),
+                                  changed=tuple(pick[i] for i in changed_ids if i in pick), removed=removed)
             return delta, new_token
+
+    def _summaries_of(self, ids: list[int]) -> list[SessionSummary]:
+        """Summaries of a few sessions, with duplicate-uuid problems."""
+        marks = ",".join("?" * len(ids))
+        rows = self._query(f"{self._summary_sql} WHERE id IN ({marks})", tuple(ids))
+        out = []
+        for row in rows:
+            s = _summary_from_row(row)
+            if s.uuid:
+                same = self._query("SELECT id FROM sessions WHERE lower(uuid) = ? AND id != ?",
+                                   (_uuid_key(s.uuid), s.id))
+                if same:
+                    s = dataclasses.replace(s, problems=s.problems + (Problem(
+                        "uuid", f"duplicate uuid {s.uuid} (also session {', '.join(str(r[0]) for r in same)})"),))
+            out.append(s)
+        return out
 
     # -- one session -------------------------------------------------------------------------
 
@@ -492,17 +514,10 @@ class Library:
         """The whole session (transcript, people, analysis, files) for an id, uuid or short id."""
         sid = self.resolve(key)
         with self._lock:
-            rows = self._query(f"{self._summary_sql} WHERE id = ?", (sid,))
-            if not rows:
+            found = self._summaries_of([sid])
+            if not found:
                 raise NotFoundError(f"no session with id {sid}")
-            summary = _summary_from_row(rows[0])
-            if summary.uuid:
-                same = self._query("SELECT id FROM sessions WHERE lower(uuid) = ? AND id != ?",
-                                   (_uuid_key(summary.uuid), sid))
-                if same:
-                    summary = dataclasses.replace(summary, problems=summary.problems + (Problem(
-                        "uuid", f"duplicate uuid {summary.uuid} (also session "
-                                f"{', '.join(str(r[0]) for r in same)})"),))
+            summary = found[0]
             extra = self._query(
                 f"SELECT {self._select('sessions', ('description', 'meeting_platform', 'audio_file_path', 'sample_rate', 'audio_quality', 'session_metadata', 'transcription_confidence'))}"
                 " FROM sessions WHERE id = ?", (sid,))[0]
@@ -524,18 +539,6 @@ class Library:
 def _newest_first(s: SessionSummary) -> tuple:
     t = s.start_time or s.created_at
     return (-(t.timestamp()) if t else float("inf"), -s.id)
-
-
-def _dup_uuids(rows: list[tuple]) -> set[str]:
-    seen: set[str] = set()
-    dup: set[str] = set()
-    for r in rows:
-        if r[1]:
-            k = _uuid_key(str(r[1]))
-            if k in seen:
-                dup.add(k)
-            seen.add(k)
-    return dup
 
 
 # ---- building a session (pure, given rows) -----------------------------------------------
