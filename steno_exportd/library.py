@@ -230,6 +230,9 @@ def _uuid_key(uuid: str) -> str:
 
 def _with_duplicates(summaries: list[SessionSummary]) -> list[SessionSummary]:
     """Add a ``uuid`` problem to every session sharing its uuid with another."""
+    keys = [s.uuid.lower() for s in summaries]
+    if len(set(keys)) == len(keys):
+        return summaries
     by_uuid: dict[str, list[int]] = {}
     for s in summaries:
         if s.uuid:
@@ -260,7 +263,8 @@ class Library:
         self.lock_timeout = float(lock_timeout)
         self._lock = threading.RLock()
         self._conn_: sqlite3.Connection | None = None
-        self._ino: tuple[int, int] | None = None
+        self._ino: tuple | None = None
+        self._immutable = False
         self._generation = 0
         self._cols: dict[str, set[str]] = {}
         self._summary_sql = ""
@@ -302,11 +306,17 @@ class Library:
         except OSError as e:
             self.close()
             raise SourceError(f"recorder database {self.db_path} cannot be read: {e.strerror}") from None
-        ino = (st.st_dev, st.st_ino)
+        ino: tuple = (st.st_dev, st.st_ino)
+        if self._immutable:
+            # An immutable connection never sees writes: reopen when the file or its WAL changes.
+            ino += (st.st_mtime_ns, st.st_size, os.path.exists(str(self.db_path) + "-wal"))
         if self._conn_ is not None and ino == self._ino:
             return self._conn_
         self.close()       # first use, or the file was replaced
+        self._immutable = False
         self._conn_ = self._open()
+        if self._immutable:
+            ino += (st.st_mtime_ns, st.st_size, os.path.exists(str(self.db_path) + "-wal"))
         self._ino = ino
         self._generation += 1
         return self._conn_
@@ -326,8 +336,11 @@ class Library:
             self._validate(conn)
         except sqlite3.Error as e:
             conn.close()
-            if "unable to open" in str(e) and not os.access(self.db_path.parent, os.W_OK):
-                # A WAL database in a read-only folder without -shm: nobody can write it either.
+            if (("unable to open" in str(e) or "readonly" in str(e))
+                    and not os.access(self.db_path.parent, os.W_OK)):
+                # A WAL database in a folder we cannot write, with no -shm to share: nobody is
+                # writing it now, so read it as immutable (reopened if it changes).
+                self._immutable = True
                 return self._open_immutable()
             raise self._error(e) from None
         except SourceError:
@@ -419,7 +432,7 @@ class Library:
         """Every session's cheap fields, newest first; never loads transcripts."""
         with self._lock:
             summaries = self._summaries(self._summary_rows())
-        summaries.sort(key=_newest_first)
+        summaries.sort(key=_newest_first, reverse=True)
         if exportable_only:
             summaries = [s for s in summaries if s.exportable]
         return summaries
@@ -536,9 +549,12 @@ class Library:
         return build_session(summary, extra, tr, people, analysis, files, self.data_dir)
 
 
+_OLDEST = dt.datetime.min.replace(tzinfo=UTC)
+
+
 def _newest_first(s: SessionSummary) -> tuple:
-    t = s.start_time or s.created_at
-    return (-(t.timestamp()) if t else float("inf"), -s.id)
+    """Sort key (with reverse=True): start time, then id; sessions without a time last."""
+    return (s.start_time or s.created_at or _OLDEST, s.id)
 
 
 # ---- building a session (pure, given rows) -----------------------------------------------
