@@ -167,8 +167,40 @@ def _dt_field(row_value: Any, field: str, problems: list[Problem], required: boo
 _TAGS_CACHE: dict[str, tuple[str, ...]] = {}
 
 
+def _fast_summary(row: tuple) -> SessionSummary | None:
+    """The common, clean row in the recorder's own formats; None when anything needs a closer look."""
+    (sid, uuid, title, status, start, end, duration, updated, created, location, pcount,
+     afmt, asize, tags_raw) = row
+    if not (type(uuid) is str and uuid and type(title) is str and title.strip() and type(status) is str
+            and type(start) is str and len(start) == 26 and type(updated) is str and len(updated) == 26
+            and type(created) is str and len(created) == 26 and (end is None or type(end) is str and len(end) == 26)
+            and (duration is None or type(duration) is int and duration >= 0)
+            and (pcount is None or type(pcount) is int and pcount >= 0)
+            and (asize is None or type(asize) is int and asize >= 0)
+            and (tags_raw is None or tags_raw in _TAGS_CACHE)):
+        return None
+    iso = dt.datetime.fromisoformat
+    try:
+        start_dt = iso(start + "+00:00")
+        end_dt = iso(end + "+00:00") if end is not None else None
+        updated_dt = iso(updated + "+00:00")
+        created_dt = iso(created + "+00:00")
+    except ValueError:
+        return None
+    if duration is None and end_dt is not None and end_dt >= start_dt:
+        duration = int((end_dt - start_dt).total_seconds())
+    return SessionSummary(
+        id=sid, uuid=uuid, title=title, status=status, start_time=start_dt, end_time=end_dt,
+        duration_seconds=duration, updated_at=updated_dt, created_at=created_dt, location=location,
+        participant_count=pcount, audio_format=afmt.lower() if afmt else None, audio_size=asize,
+        tags=_TAGS_CACHE[tags_raw] if tags_raw is not None else ())
+
+
 def _summary_from_row(row: tuple) -> SessionSummary:
     """One raw ``SUMMARY_COLUMNS`` row -> SessionSummary with its row-level problems."""
+    fast = _fast_summary(row)
+    if fast is not None:
+        return fast
     (sid, uuid, title, status, start, end, duration, updated, created, location, pcount,
      afmt, asize, tags_raw) = row
     problems: list[Problem] = []
