@@ -6,6 +6,7 @@ becomes ``Problem``s on that session; only a database-level fault raises ``Sourc
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -422,13 +423,39 @@ class Library:
         have = self._cols[table]
         return ", ".join(c if c in have else f"NULL AS {c}" for c in columns)
 
+    @contextlib.contextmanager
+    def _snapshot(self):
+        """One read transaction: every query inside sees the same committed state."""
+        with self._lock:
+            conn = self._conn()
+            try:
+                conn.execute("BEGIN")
+            except sqlite3.Error as e:
+                raise self._error(e) from None
+            try:
+                yield
+            finally:
+                try:
+                    conn.execute("COMMIT")
+                except sqlite3.Error:
+                    pass
+
     def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
         with self._lock:
             conn = self._conn()
             try:
                 return conn.execute(sql, params).fetchall()
+            except sqlite3.OperationalError as e:
+                if "decode" not in str(e):
+                    raise self._error(e) from None
+            # Invalid UTF-8 in a text column: read it with replacement characters instead.
+            conn.text_factory = _lenient_text
+            try:
+                return conn.execute(sql, params).fetchall()
             except sqlite3.Error as e:
                 raise self._error(e) from None
+            finally:
+                conn.text_factory = str
 
     # -- listing and changes ---------------------------------------------------------------
 
@@ -481,8 +508,10 @@ class Library:
             if (token is not None and token.owner == id(self) and token.generation == self._generation
                     and token.data_version == version):
                 return SessionsDelta(), token
-            marks = dict(self._query("SELECT id, ifnull(updated_at, '') || '|' || ifnull(status, '') FROM sessions"))
-            child_max = tuple(self._query(f"SELECT max(rowid) FROM {t}")[0][0] or 0 for t in CHILD_TABLES)
+            with self._snapshot():
+                marks = dict(self._query(
+                    "SELECT id, ifnull(updated_at, '') || '|' || ifnull(status, '') FROM sessions"))
+                child_max = tuple(self._query(f"SELECT max(rowid) FROM {t}")[0][0] or 0 for t in CHILD_TABLES)
             new_token = ChangeToken(id(self), self._generation, version, marks, child_max)
             if token is None:
                 return SessionsDelta(added=tuple(self.list_sessions())), new_token
@@ -558,7 +587,7 @@ class Library:
     def get_session(self, key: int | str) -> Session:
         """The whole session (transcript, people, analysis, files) for an id, uuid or short id."""
         sid = self.resolve(key)
-        with self._lock:
+        with self._lock, self._snapshot():
             found = self._summaries_of([sid])
             if not found:
                 raise NotFoundError(f"no session with id {sid}")
@@ -582,6 +611,10 @@ class Library:
 
 
 _OLDEST = dt.datetime.min.replace(tzinfo=UTC)
+
+
+def _lenient_text(b: bytes) -> str:
+    return b.decode("utf-8", "replace")
 
 
 def _newest_first(s: SessionSummary) -> tuple:

@@ -320,6 +320,18 @@ def test_bad_sessions_never_stop_the_others(loose, tmp_path):
         assert lib.get_session(sid).problems == ()
 
 
+def test_invalid_utf8_text_is_read_with_replacement_characters(rec):
+    sid = good_session(rec)
+    other = good_session(rec)
+    rec.conn.execute("UPDATE sessions SET title = CAST(x'4d656574ff696e67' AS TEXT) WHERE id = ?", (sid,))
+    rec.conn.execute("UPDATE transcript_entries SET text = CAST(x'c3' AS TEXT) WHERE session_id = ? AND id = 1",
+                     (sid,))
+    lib = Library(rec.path)
+    assert {s.id: s.title for s in lib.list_sessions()}[sid] == "Meet\ufffding"
+    assert lib.get_session(sid).segments[0].text == "\ufffd"
+    assert lib.get_session(other).title == "Meeting 2"
+
+
 # ---- database-level errors ------------------------------------------------------------------
 
 def test_missing_database(tmp_path):
