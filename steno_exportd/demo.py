@@ -27,6 +27,7 @@ from steno_exportd import demo_audio
 log = logging.getLogger(__name__)
 
 DB_NAME = "silent_steno.db"
+DEMO_MARK = "steno_exportd_demo"   # in every demo session's session_metadata
 RATE = 8000                       # low-rate mono keeps the demo small; still real, playable sound
 
 
@@ -264,7 +265,7 @@ def _write_session(conn: sqlite3.Connection, rng: random.Random, spec: Spec, sta
             checksum = _sha256(path)
             stats["audio_bytes"] += audio_size
     words = sum(len(t[3].split()) for t in transcript)
-    meta = {"recorder_version": "1.4.2", "device": "silentsteno-pi", "words": words}
+    meta = {"recorder_version": "1.4.2", "device": "silentsteno-pi", "words": words, DEMO_MARK: True}
     cur = conn.execute(
         "INSERT INTO sessions (uuid, title, description, status, start_time, end_time, duration_seconds,"
         " audio_file_path, audio_format, audio_size_bytes, audio_quality, sample_rate, participant_count,"
@@ -338,9 +339,28 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def is_demo_database(path: Path) -> bool:
+    """True when ``path`` was written by demo-data (so replacing it loses nothing real)."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            row = conn.execute("SELECT count(*), sum(session_metadata LIKE ?) FROM sessions",
+                               (f'%"{DEMO_MARK}": true%',)).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return False
+    return row[0] == (row[1] or 0)
+
+
 def generate(out: str | os.PathLike, sessions: int = 12, seed: int = 1, small: bool = False) -> dict:
-    """Write ``out``/silent_steno.db and ``out``/audio/; returns counts (sessions, words, audio_bytes...)."""
+    """Write ``out``/silent_steno.db and ``out``/audio/; returns counts (sessions, words, audio_bytes...).
+
+    Refuses (FileExistsError) to replace a database that demo-data did not write.
+    """
     out = Path(out)
+    if (out / DB_NAME).exists() and not is_demo_database(out / DB_NAME):
+        raise FileExistsError(f"{out / DB_NAME} exists and is not a demo library; not replacing it")
     (out / "audio").mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     stats = {"sessions": 0, "segments": 0, "words": 0, "audio_bytes": 0}
@@ -404,7 +424,11 @@ def main(args: argparse.Namespace) -> int:
         print("demo-data: --sessions must be at least 1", file=sys.stderr)
         return 2
     t0 = time.monotonic()
-    stats = generate(args.out, args.sessions, args.seed, args.small)
+    try:
+        stats = generate(args.out, args.sessions, args.seed, args.small)
+    except FileExistsError as e:
+        print(f"demo-data: {e}", file=sys.stderr)
+        return 1
     print(f"demo-data: {stats['sessions']} sessions, {stats['segments']} transcript entries, "
           f"{stats['words']} words, {stats['audio_bytes'] / 1e6:.1f} MB audio in "
           f"{Path(args.out) / DB_NAME} ({time.monotonic() - t0:.1f} s)")

@@ -173,3 +173,18 @@ def test_cli_and_small_mode(tmp_path):
     s = lib.get_session(listed[-1].id)
     assert s.audio is not None and s.audio.path.stat().st_size > 1000
     assert len(list((tmp_path / "s" / "audio").iterdir())) == 2
+
+
+def test_never_replaces_a_real_recorder_database(tmp_path):
+    from tests.recorder_db import RecorderDB
+    real = RecorderDB(tmp_path / "real")
+    real.session(title="A real meeting")
+    real.close()
+    before = (tmp_path / "real" / demo.DB_NAME).read_bytes()
+    r = subprocess.run([sys.executable, "-m", "steno_exportd", "demo-data", "--out", str(tmp_path / "real")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "not a demo library" in r.stderr
+    assert (tmp_path / "real" / demo.DB_NAME).read_bytes() == before
+    demo.generate(tmp_path / "d", sessions=7, seed=1, small=True)
+    demo.generate(tmp_path / "d", sessions=7, seed=2, small=True)       # a demo library is replaced
+    assert len(Library(tmp_path / "d" / demo.DB_NAME).list_sessions()) >= 7
