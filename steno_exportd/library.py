@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import datetime as dt
 import json
 import logging
@@ -86,7 +87,7 @@ class SessionsDelta:
 class ChangeToken:
     """Opaque snapshot handed back by ``changed_since``; pass it to the next call."""
 
-    owner: int                                   # id() of the Library that made it
+    owner: int                                   # serial number of the Library that made it
     generation: int                              # connection generation (reconnect = new)
     data_version: int
     rows: dict[int, tuple] = dataclasses.field(repr=False)   # id -> 'updated_at|status'
@@ -284,6 +285,9 @@ def _with_duplicates(summaries: list[SessionSummary]) -> list[SessionSummary]:
     return out
 
 
+_SERIALS = itertools.count(1)
+
+
 # ---- the library -----------------------------------------------------------------------
 
 class Library:
@@ -302,6 +306,7 @@ class Library:
         self._cols: dict[str, set[str]] = {}
         self._summary_sql = ""
         self._cache: dict[tuple, SessionSummary] = {}
+        self._serial = next(_SERIALS)
 
     @classmethod
     def from_config(cls, cfg: Any) -> "Library":
@@ -505,14 +510,14 @@ class Library:
         """
         with self._lock:
             version = self.data_version()
-            if (token is not None and token.owner == id(self) and token.generation == self._generation
+            if (token is not None and token.owner == self._serial and token.generation == self._generation
                     and token.data_version == version):
                 return SessionsDelta(), token
             with self._snapshot():
                 marks = dict(self._query(
                     "SELECT id, ifnull(updated_at, '') || '|' || ifnull(status, '') FROM sessions"))
                 child_max = tuple(self._query(f"SELECT max(rowid) FROM {t}")[0][0] or 0 for t in CHILD_TABLES)
-            new_token = ChangeToken(id(self), self._generation, version, marks, child_max)
+            new_token = ChangeToken(self._serial, self._generation, version, marks, child_max)
             if token is None:
                 return SessionsDelta(added=tuple(self.list_sessions())), new_token
             old = token.rows

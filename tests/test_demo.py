@@ -188,3 +188,11 @@ def test_never_replaces_a_real_recorder_database(tmp_path):
     demo.generate(tmp_path / "d", sessions=7, seed=1, small=True)
     demo.generate(tmp_path / "d", sessions=7, seed=2, small=True)       # a demo library is replaced
     assert len(Library(tmp_path / "d" / demo.DB_NAME).list_sessions()) >= 7
+
+
+def test_fewer_sessions_still_hold_every_awkward_case(tmp_path):
+    demo.generate(tmp_path, sessions=1, seed=9, small=True)
+    listed = Library(tmp_path / demo.DB_NAME).list_sessions()
+    statuses = [s.status for s in listed]
+    assert len(listed) >= 6 and "recording" in statuses
+    assert any(FAT_ILLEGAL <= set(s.title) for s in listed)

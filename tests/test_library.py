@@ -522,3 +522,11 @@ def test_reads_a_read_only_copy_as_an_unprivileged_user(rec):
             if p.is_dir() and not p.is_symlink():
                 p.chmod(0o755)
         shutil.rmtree(ro)
+
+
+def test_a_token_from_another_library_instance_still_diffs(rec):
+    a = good_session(rec)
+    _, tok = Library(rec.path).changed_since(None)
+    b = good_session(rec)
+    delta, _ = Library(rec.path).changed_since(tok)
+    assert [s.id for s in delta.added] == [b] and not delta.changed and a not in delta.removed
