@@ -6,8 +6,8 @@ from steno_exportd.render.cues import cues, ts
 
 
 def _safe(text: str) -> str:
-    # '-->' would read as a timing line; '<' could open a tag in players that parse SRT markup.
-    return text.replace("-->", "->").replace("<", "‹").replace(">", "›")
+    # '-->' would read as a timing line; other text stays verbatim (SRT has no escaping).
+    return text.replace("-->", "->")
 
 
 class SrtRenderer(Renderer):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from steno_exportd.render.base import Renderer
+from steno_exportd.render.common import one_line
 from steno_exportd.render.cues import cues, ts
 
 
@@ -15,7 +16,7 @@ class VttRenderer(Renderer):
 
     def _render(self, sessions, options, merged, warnings) -> bytes:
         s = sessions[0]
-        title = " ".join(s.title.split()).replace("-->", "->")
+        title = one_line(s.title).replace("-->", "->")
         parts = [f"WEBVTT - {title}\n" if title else "WEBVTT\n"]
         for i, c in enumerate(cues(s), 1):
             voice = _esc(c.speaker)
