@@ -126,7 +126,13 @@ class TranscriptLine(Flowable):
             t.setFillColor(b.grey)
             t.textOut(self.time)
             c.drawText(t)
-        self.para.drawOn(c, GUTTER, self.height - self.para.height)
+        # drawOn would push another graphics state per line; the caller's drawOn already saved one.
+        c.translate(GUTTER, self.height - self.para.height)
+        self.para.canv = c
+        try:
+            self.para.draw()
+        finally:
+            del self.para.canv
 
 
 class _Doc(BaseDocTemplate):
@@ -289,7 +295,10 @@ class _Builder:
             out.append(self.heading("Participants", self.s_h1, 1))
             rows_ = speaker_rows(s)
             if rows_:
-                rows = [[Paragraph(h, self.s_head) for h in ("Name", "Role", "Speaking time", "Share", "Words")]]
+                head_r = ParagraphStyle("headr", parent=self.s_head, alignment=TA_RIGHT)
+                rows = [[Paragraph("Name", self.s_head), Paragraph("Role", self.s_head),
+                         Paragraph("Speaking time", head_r), Paragraph("Share", self.s_head),
+                         Paragraph("Words", head_r)]]
                 for r in rows_:
                     rows.append([Paragraph(_p(r.name), self.s_cell), Paragraph(_p(r.role), self.s_cell),
                                  Paragraph(hms(r.seconds), self.s_cellr), self.share_bar(r.share),
