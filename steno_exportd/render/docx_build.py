@@ -4,7 +4,6 @@ from __future__ import annotations
 import io
 
 import docx
-from docx.enum.section import WD_ORIENT  # noqa: F401  (kept for users adding landscape templates)
 from docx.enum.table import WD_TABLE_ALIGNMENT
 from docx.enum.text import WD_ALIGN_PARAGRAPH
 from docx.oxml import OxmlElement
@@ -122,6 +121,37 @@ def _table(d, header: list[str], rows: list[list[str]], widths: list[float], acc
     return t
 
 
+_W = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
+
+
+def _transcript_xml(d, s: Session, accent_hex: str) -> None:
+    """Append one paragraph per segment as WordprocessingML built in one parse.
+
+    Adding runs through python-docx's object API costs ~0.6 ms each; a 2,000-segment meeting
+    would take seconds, the XML string takes a few milliseconds.
+    """
+    from lxml import etree
+    from xml.sax.saxutils import escape
+
+    time_rpr = '<w:rPr><w:color w:val="7A8594"/><w:sz w:val="16"/></w:rPr>'
+    who_rpr = f'<w:rPr><w:b/><w:color w:val="{accent_hex}"/></w:rPr>'
+    parts = [f'<r xmlns:w="{_W}">']
+    for g in s.segments:
+        parts.append(
+            '<w:p><w:pPr><w:spacing w:after="60"/></w:pPr>'
+            f'<w:r>{time_rpr}<w:t xml:space="preserve">{hms(g.start)}  </w:t></w:r>'
+            f'<w:r>{who_rpr}<w:t xml:space="preserve">{escape(clean(one_line(g.speaker_name)))}  </w:t></w:r>'
+            f'<w:r><w:t xml:space="preserve">{escape(clean(one_line(g.text)))}</w:t></w:r></w:p>')
+    parts.append("</r>")
+    root = etree.fromstring("".join(parts).encode("utf-8"))
+    sect = d.element.body.sectPr
+    for p in list(root):
+        if sect is not None:
+            sect.addprevious(p)
+        else:
+            d.element.body.append(p)
+
+
 def _session(d, s: Session, options: RenderOptions, merged: bool, accent) -> None:
     sections = SECTIONS[options.template]
     if "header" in sections:
@@ -168,13 +198,5 @@ def _session(d, s: Session, options: RenderOptions, merged: bool, accent) -> Non
         d.add_heading("Transcript", h)
         if not s.segments:
             d.add_paragraph("No transcript available.")
-        for g in s.segments:
-            p = d.add_paragraph()
-            p.paragraph_format.space_after = Pt(3)
-            r = p.add_run(hms(g.start) + "  ")
-            r.font.size = Pt(8)
-            r.font.color.rgb = RGBColor(0x7A, 0x85, 0x94)
-            r = p.add_run(clean(one_line(g.speaker_name)) + "  ")
-            r.bold = True
-            r.font.color.rgb = accent
-            p.add_run(clean(one_line(g.text)))
+        if s.segments:
+            _transcript_xml(d, s, options.accent_color.lstrip("#").upper())

@@ -256,6 +256,7 @@ def test_docx_opens_with_python_docx(i):
     if i == 1:
         assert S.CYRILLIC in text and S.GREEK in text
         assert "Chloé Dupont" in cells
+        assert f"00:00:40  Chloé Dupont  {S.LATIN}" in text
     if i == 3:
         assert "No transcript available." in text
     footer = d.sections[0].footer._element.xml
