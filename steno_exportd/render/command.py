@@ -55,7 +55,6 @@ def main(args: argparse.Namespace) -> int:
     """Render and write; errors are one line on stderr with exit status 1 (2 for bad arguments)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from steno_exportd import render
-    from steno_exportd.library import Library
 
     try:
         renderer = render.get(args.format)
@@ -70,6 +69,7 @@ def main(args: argparse.Namespace) -> int:
             import dataclasses
             options = dataclasses.replace(options, template=args.template)
         options.checked()
+        from steno_exportd.library import Library
         lib = Library(args.db, data_dir=args.data_dir)
         try:
             if args.merge:

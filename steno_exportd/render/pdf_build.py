@@ -24,7 +24,7 @@ from steno_exportd.render.common import (SECTIONS, clean, date_text, duration_te
                                          speaker_rows)
 from steno_exportd.render.fonts import find_font
 
-_registered: dict[str, tuple[str, str, object]] = {}
+_registered: dict[str, tuple[tuple[str, str, object], tuple[str, ...]]] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,23 +43,25 @@ STYLES = {"summary": Style(base_size=10.5), "detailed": Style(), "action_items":
 
 
 def _fonts(options: RenderOptions, warnings: list[str]) -> tuple[str, str, object]:
-    """Register (once per process) and return (regular, bold, face-or-None)."""
+    """Register (once per process) and return (regular, bold, face-or-None); font warnings every time."""
     key = options.font_path or ""
-    if key in _registered:
-        return _registered[key]
-    reg, bold = find_font(options.font_path, warnings)
-    if reg is None:
-        warnings.append("no TrueType font found (install fonts-dejavu-core); non-Latin text is lost")
-        out = ("Helvetica", "Helvetica-Bold", None)
-    else:
-        n = f"Steno{len(_registered)}"
-        font = TTFont(n, reg)
-        pdfmetrics.registerFont(font)
-        bn = n + "-Bold"
-        pdfmetrics.registerFont(TTFont(bn, bold) if bold else TTFont(bn, reg))
-        pdfmetrics.registerFontFamily(n, normal=n, bold=bn, italic=n, boldItalic=bn)
-        out = (n, bn, font.face)
-    _registered[key] = out
+    if key not in _registered:
+        found: list[str] = []
+        reg, bold = find_font(options.font_path, found)
+        if reg is None:
+            found.append("no TrueType font found (install fonts-dejavu-core); non-Latin text is lost")
+            out = ("Helvetica", "Helvetica-Bold", None)
+        else:
+            n = f"Steno{len(_registered)}"
+            font = TTFont(n, reg)
+            pdfmetrics.registerFont(font)
+            bn = n + "-Bold"
+            pdfmetrics.registerFont(TTFont(bn, bold) if bold else TTFont(bn, reg))
+            pdfmetrics.registerFontFamily(n, normal=n, bold=bn, italic=n, boldItalic=bn)
+            out = (n, bn, font.face)
+        _registered[key] = (out, tuple(found))
+    out, found = _registered[key]
+    warnings.extend(found)
     return out
 
 

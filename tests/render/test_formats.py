@@ -317,3 +317,21 @@ def test_importing_daemon_modules_does_not_import_reportlab_or_docx():
             "assert 'reportlab' in sys.modules\n")
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
+
+
+def test_pdf_letter_page_size_logo_and_missing_font_fallback(tmp_path):
+    require_tool("pdfinfo")
+    logo = tmp_path / "logo.png"
+    import zlib, struct as st
+    raw = b"".join(b"\x00" + bytes([31, 78, 121]) * 8 for _ in range(8))
+    chunk = lambda t, d: st.pack(">I", len(d)) + t + d + st.pack(">I", zlib.crc32(t + d))  # noqa: E731
+    logo.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", st.pack(">IIBBBBB", 8, 8, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    opts = render.RenderOptions(template="summary", page_size="Letter", logo=str(logo),
+                                font_path=str(tmp_path / "nope.ttf"), company="ACME")
+    res = render.get("pdf").render_result(SESSIONS[1], opts)
+    (tmp_path / "r.pdf").write_bytes(res.data)
+    info = subprocess.run(["pdfinfo", str(tmp_path / "r.pdf")], capture_output=True, text=True).stdout
+    assert "612 x 792" in info
+    assert any("nope.ttf" in w for w in res.warnings)
+    assert S.GREEK in _pdftotext(res.data)
