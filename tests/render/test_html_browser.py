@@ -16,16 +16,16 @@ def test_clicking_a_transcript_line_seeks_the_audio(tmp_path, chromium_page):  #
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto((tmp_path / "transcript.html").as_uri())
-    page.wait_for_function("document.getElementById('player').readyState >= 1", timeout=10000)
+    page.wait_for_function("document.getElementById('player').readyState >= 1", timeout=30000)
     assert page.evaluate("document.getElementById('player').duration") > 129
     lines = page.locator(".seg[data-start]")
     assert lines.count() == len(session.segments)
     lines.nth(2).click()
     wait_for(lambda: abs(page.evaluate("document.getElementById('player').currentTime") - 40.0) < 0.5,
-             timeout=5, what="currentTime to reach 40 s after clicking the third line")
+             timeout=15, what="currentTime to reach 40 s after clicking the third line")
     lines.nth(5).click()
     wait_for(lambda: abs(page.evaluate("document.getElementById('player').currentTime") - 100.0) < 0.5,
-             timeout=5, what="currentTime to reach 100 s")
+             timeout=15, what="currentTime to reach 100 s")
     assert page.locator(".seg.active").count() <= 1
     assert S.CYRILLIC in page.inner_text("body") and S.GREEK in page.inner_text("body")
     assert not errors
