@@ -8,7 +8,7 @@ import re
 from steno_exportd.model import ActionItem, Participant, Segment, Session
 
 # C0/C1 controls except tab and newline; they break XML, PDF and subtitle parsers.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ufffe\uffff]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
 
 SECTIONS = {
     "summary": ("header", "summary", "action_items", "topics", "participants"),

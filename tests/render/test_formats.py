@@ -335,3 +335,37 @@ def test_pdf_letter_page_size_logo_and_missing_font_fallback(tmp_path):
     assert "612 x 792" in info
     assert any("nope.ttf" in w for w in res.warnings)
     assert S.GREEK in _pdftotext(res.data)
+
+
+def test_random_unicode_never_breaks_any_format():
+    import dataclasses
+    import random
+    from steno_exportd.model import ActionItem, Participant, Segment
+    rnd = random.Random(3)
+    pool = "".join(map(chr, list(range(0, 0x250)) + [0x2028, 0x2029, 0x200f, 0x202e, 0xfeff, 0xd800, 0xdfff,
+                                                      0xfffe, 0x1f600, 0x4e2d, 0x0627, 0x05d0]))
+
+    def junk(n=30):
+        return "".join(rnd.choice(pool) for _ in range(n))
+    base = SESSIONS[2]
+    s = dataclasses.replace(
+        base, summary=dataclasses.replace(base.summary, title=junk(), location=junk(), tags=(junk(),)),
+        participants=(Participant(junk(5), junk(), junk(), junk()),),
+        segments=tuple(Segment(i, i * 2.0, i * 2.0 + rnd.uniform(0, 9), junk(3), junk(), junk(200), None)
+                       for i in range(20)),
+        summary_text=junk(300), action_items=(ActionItem(junk(), junk(), dt.date(2026, 1, 1)),),
+        topics=(junk(),), description=junk(), meeting_platform=junk())
+    for fmt in FORMATS:
+        if fmt == "audio":
+            continue
+        data = render.get(fmt).render(s, OPTS)
+        assert data
+    import srt
+    import webvtt
+    import icalendar
+    import jsonschema
+    list(srt.parse(render.get("srt").render(s).decode()))
+    list(webvtt.from_string(render.get("vtt").render(s).decode()))
+    icalendar.Calendar.from_ical(render.get("ics").render(s))
+    from steno_exportd.render.json_ import SCHEMA_PATH
+    jsonschema.validate(json.loads(render.get("json").render(s)), json.load(open(SCHEMA_PATH)))
