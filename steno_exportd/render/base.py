@@ -36,9 +36,16 @@ class RenderOptions:
     def checked(self) -> "RenderOptions":
         """Self, or NotFoundError naming the valid templates."""
         if self.template not in DOCUMENT_TEMPLATES:
-            raise NotFoundError(f"unknown template {self.template!r}; valid templates: "
-                                + ", ".join(DOCUMENT_TEMPLATES))
+            from steno_exportd.render.doctemplates import resolve
+            resolve(self.template, self.template_dir)
         return self
+
+    def doc_template(self, warnings: list[str] | None = None):
+        """The DocTemplate (sections + styling) of self.template; problems of templates.toml to warnings."""
+        from steno_exportd.render.doctemplates import available, resolve
+        if warnings is not None:
+            warnings.extend(available(self.template_dir)[1])
+        return resolve(self.template, self.template_dir)
 
 
 @dataclasses.dataclass(frozen=True)

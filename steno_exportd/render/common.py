@@ -10,13 +10,7 @@ from steno_exportd.model import ActionItem, Participant, Segment, Session
 # C0/C1 controls except tab and newline; they break XML, PDF and subtitle parsers.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
 
-SECTIONS = {
-    "summary": ("header", "summary", "action_items", "topics", "participants"),
-    "detailed": ("header", "summary", "action_items", "topics", "participants", "transcript"),
-    "action_items": ("header", "action_items"),
-    "transcript": ("header", "participants", "transcript"),
-}
-TEXT_SECTIONS = SECTIONS["detailed"]
+TEXT_SECTIONS = ("header", "summary", "action_items", "topics", "participants", "transcript")
 
 
 def clean(text: str | None) -> str:

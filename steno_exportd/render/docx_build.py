@@ -1,6 +1,7 @@
 """The python-docx side of DOCX rendering: headings, tables, header/footer with page X of Y."""
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import docx
@@ -12,7 +13,7 @@ from docx.shared import Cm, Pt, RGBColor
 
 from steno_exportd.model import Session
 from steno_exportd.render.base import RenderOptions
-from steno_exportd.render.common import SECTIONS, date_text, duration_text, hms, one_line, speaker_rows
+from steno_exportd.render.common import date_text, duration_text, hms, one_line, speaker_rows
 from steno_exportd.render.common import clean as _clean_base
 
 import re
@@ -50,14 +51,17 @@ def _shade(cell, hex_color: str) -> None:
 def build(sessions: list[Session], options: RenderOptions, merged: bool, warnings: list[str]) -> bytes:
     """DOCX bytes of one session or several merged (with a contents list)."""
     d = docx.Document()
+    t = options.doc_template(warnings)
+    if t.accent_color:
+        options = dataclasses.replace(options, accent_color=t.accent_color)
     accent = RGBColor.from_string(options.accent_color.lstrip("#").upper())
     sec = d.sections[0]
-    if options.page_size.lower() == "letter":
+    if (t.page_size or options.page_size).lower() == "letter":
         sec.page_width, sec.page_height = Cm(21.59), Cm(27.94)
     else:
         sec.page_width, sec.page_height = Cm(21.0), Cm(29.7)
     for side in ("left_margin", "right_margin", "top_margin", "bottom_margin"):
-        setattr(sec, side, Cm(2))
+        setattr(sec, side, Cm(t.margin_cm))
     normal = d.styles["Normal"]
     normal.font.name = "DejaVu Sans"
     normal.font.size = Pt(10)
@@ -96,7 +100,7 @@ def build(sessions: list[Session], options: RenderOptions, merged: bool, warning
     for i, s in enumerate(sessions):
         if merged:
             d.add_page_break()
-        _session(d, s, options, merged, accent)
+        _session(d, s, options, merged, accent, t.sections)
     buf = io.BytesIO()
     d.save(buf)
     return buf.getvalue()
@@ -152,8 +156,7 @@ def _transcript_xml(d, s: Session, accent_hex: str) -> None:
             d.element.body.append(p)
 
 
-def _session(d, s: Session, options: RenderOptions, merged: bool, accent) -> None:
-    sections = SECTIONS[options.template]
+def _session(d, s: Session, options: RenderOptions, merged: bool, accent, sections) -> None:
     if "header" in sections:
         d.add_heading(clean(one_line(s.title)) or "Untitled session", 1 if merged else 0)
         meta = [("Date", date_text(s.start_time)), ("Duration", duration_text(s.duration_seconds)),

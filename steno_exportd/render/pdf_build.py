@@ -20,7 +20,7 @@ from reportlab.platypus.tableofcontents import TableOfContents
 
 from steno_exportd.model import Session
 from steno_exportd.render.base import RenderOptions
-from steno_exportd.render.common import (SECTIONS, clean, date_text, duration_text, hms, one_line,
+from steno_exportd.render.common import (clean, date_text, duration_text, hms, one_line,
                                          speaker_rows)
 from steno_exportd.render.fonts import find_font
 
@@ -38,8 +38,6 @@ class Style:
     margin: float = 1.8 * cm
 
 
-STYLES = {"summary": Style(base_size=10.5), "detailed": Style(), "action_items": Style(base_size=11),
-          "transcript": Style(transcript_size=10)}
 
 
 def _fonts(options: RenderOptions, warnings: list[str]) -> tuple[str, str, object]:
@@ -197,9 +195,12 @@ class _Builder:
         self.o = options
         self.w = warnings
         self.font, self.bold, self.face = _fonts(options, warnings)
-        self.accent = colors.HexColor(options.accent_color)
-        self.st = STYLES[options.template]
-        self.page = LETTER if options.page_size.lower() == "letter" else A4
+        self.t = options.doc_template(warnings)
+        self.accent_hex = self.t.accent_color or options.accent_color
+        self.accent = colors.HexColor(self.accent_hex)
+        self.st = Style(self.t.base_size, self.t.title_size, self.t.heading_size, self.t.transcript_size,
+                        self.t.margin_cm * cm)
+        self.page = LETTER if (self.t.page_size or options.page_size).lower() == "letter" else A4
         f, b, st, a = self.font, self.bold, self.st, self.accent
         grey = colors.HexColor("#5f6b7a")
         self.s_body = ParagraphStyle("body", fontName=f, fontSize=st.base_size, leading=st.base_size * 1.4,
@@ -252,7 +253,7 @@ class _Builder:
         return t
 
     def session_story(self, s: Session, merged: bool) -> list:
-        sections = SECTIONS[self.o.template]
+        sections = self.t.sections
         width = self.page[0] - 2 * self.st.margin
         out: list = []
         if "header" in sections:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from steno_exportd.model import Session
 from steno_exportd.render import templates
 from steno_exportd.render.base import Renderer, RenderOptions
-from steno_exportd.render.common import SECTIONS, session_context
+from steno_exportd.render.common import session_context
 
 
 class TemplateRenderer(Renderer):
@@ -18,7 +18,7 @@ class TemplateRenderer(Renderer):
         return f"{self.basename}{suffix}.{self.extension}"
 
     def _render(self, sessions, options, merged, warnings) -> bytes:
-        sections = SECTIONS[options.template]
+        sections = options.doc_template(warnings).sections
         ctx = {"sessions": [session_context(s, sections) for s in sessions], "merged": merged,
                "company": options.company, "accent": options.accent_color,
                "audio": options.audio_filename if not merged else None, "template": options.template}

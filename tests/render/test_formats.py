@@ -369,3 +369,28 @@ def test_random_unicode_never_breaks_any_format():
     icalendar.Calendar.from_ical(render.get("ics").render(s))
     from steno_exportd.render.json_ import SCHEMA_PATH
     jsonschema.validate(json.loads(render.get("json").render(s)), json.load(open(SCHEMA_PATH)))
+
+
+def test_document_templates_defined_in_templates_toml(tmp_path):
+    (tmp_path / "templates.toml").write_text(
+        '[board]\nsections = ["header", "action_items", "bogus"]\nbase_size = 12\naccent_color = "#7a1f1f"\n'
+        'page_size = "Letter"\n\n[summary]\nsections = ["header", "summary"]\n\n[bad]\nbase_size = "huge"\n')
+    opts = render.RenderOptions(template="board", template_dir=str(tmp_path))
+    assert render.get("pdf").filename(SESSIONS[0], opts) == "report-board.pdf"
+    res = render.get("pdf").render_result(SESSIONS[0], opts)
+    text = _pdftotext(res.data)
+    assert "Action items" in text and "Transcript" not in text and "Summary" not in text
+    assert any("bogus" in w for w in res.warnings) and any("[bad]" in w for w in res.warnings)
+    txt = render.get("txt").render(SESSIONS[0], dataclasses_replace(opts, template="summary")).decode()
+    assert "SUMMARY" in txt and "ACTION ITEMS" not in txt
+    import docx
+    d = docx.Document(io.BytesIO(render.get("docx").render(SESSIONS[0], opts)))
+    assert abs(d.sections[0].page_width.cm - 21.59) < 0.01
+    with pytest.raises(NotFoundError) as e:
+        render.get("pdf").render(SESSIONS[0], dataclasses_replace(opts, template="bad"))
+    assert "board" in str(e.value) and "detailed" in str(e.value)
+
+
+def dataclasses_replace(o, **kw):
+    import dataclasses
+    return dataclasses.replace(o, **kw)
