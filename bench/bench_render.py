@@ -14,7 +14,7 @@ from steno_exportd import render  # noqa: E402
 from tests.render.sessions import long_session  # noqa: E402
 
 RUNS = 3
-PDF_RUNS = 5
+PDF_RUNS = 7
 
 
 def timed(fn) -> float:

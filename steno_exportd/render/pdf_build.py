@@ -83,7 +83,7 @@ def _p(text: str) -> str:
     return escape(clean(text))
 
 
-GUTTER = 3.6 * cm
+GUTTER = 3.3 * cm
 
 
 class TranscriptLine(Flowable):
