@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--merge", help="comma-separated sessions rendered into one document")
     parser.add_argument("--format", "-f", required=True, help=f"one of: {', '.join(FORMATS)}")
     parser.add_argument("--template", "-t", default=None,
-                        help=f"document template: {', '.join(DOCUMENT_TEMPLATES)} (default: the config's, else detailed)")
+                        help=f"document template: {', '.join(DOCUMENT_TEMPLATES)} (default detailed; more in template_dir/templates.toml)")
     parser.add_argument("--audio-filename", help="HTML: audio file beside the page for the player")
     parser.add_argument("-o", "--output", required=True, help="output file, or - for stdout")
 
@@ -58,16 +58,14 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         renderer = render.get(args.format)
-        options = render.RenderOptions(audio_filename=args.audio_filename)
+        template = args.template or "detailed"
+        options = render.RenderOptions(template=template, audio_filename=args.audio_filename)
         cfg_path = getattr(args, "config", None)
         if cfg_path:
             from steno_exportd import config
             cfg = config.load(cfg_path)
-            options = render.RenderOptions.from_config(cfg.render, template=options.template,
+            options = render.RenderOptions.from_config(cfg.render, template=template,
                                                        audio_filename=args.audio_filename)
-        if args.template:
-            import dataclasses
-            options = dataclasses.replace(options, template=args.template)
         options.checked()
         from steno_exportd.library import Library
         lib = Library(args.db, data_dir=args.data_dir)
