@@ -1,0 +1,115 @@
+"""Pure helpers shared by the renderers: clean text, times, per-speaker figures, sections."""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import re
+
+from steno_exportd.model import ActionItem, Participant, Segment, Session
+
+# C0/C1 controls except tab and newline; they break XML, PDF and subtitle parsers.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+
+TEXT_SECTIONS = ("header", "summary", "action_items", "topics", "participants", "transcript")
+
+
+def clean(text: str | None) -> str:
+    """Text without control characters (tab/newline kept)."""
+    if not text:
+        return ""
+    return _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+
+
+def one_line(text: str | None) -> str:
+    """Clean text on a single line with single spaces."""
+    return " ".join(clean(text).split())
+
+
+def hms(seconds: float | None) -> str:
+    """HH:MM:SS."""
+    s = max(0, int(seconds or 0))
+    return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def duration_text(seconds: float | None) -> str:
+    """'1 h 05 min', '12 min 30 s', 'unknown'."""
+    if seconds is None:
+        return "unknown"
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    if s >= 60:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s} s"
+
+
+def date_text(t: dt.datetime | None) -> str:
+    return t.strftime("%Y-%m-%d %H:%M UTC") if t else "unknown date"
+
+
+@dataclasses.dataclass(frozen=True)
+class SpeakerRow:
+    name: str
+    role: str
+    seconds: float
+    share: float      # 0..100
+    words: int
+
+
+def speaker_rows(session: Session) -> list[SpeakerRow]:
+    """Participants with speaking time, share and words (from segments when the DB lacks them)."""
+    secs: dict[str, float] = {}
+    words: dict[str, int] = {}
+    names: dict[str, str] = {}
+    for seg in session.segments:
+        key = seg.speaker_id or seg.speaker_name
+        names.setdefault(key, seg.speaker_name)
+        secs[key] = secs.get(key, 0.0) + max(0.0, seg.end - seg.start)
+        words[key] = words.get(key, 0) + len(seg.text.split())
+    total = sum(secs.values()) or 0.0
+    rows: list[SpeakerRow] = []
+    seen: set[str] = set()
+    for p in session.participants:
+        seen.add(p.speaker_id)
+        s = p.speaking_seconds or secs.get(p.speaker_id, 0.0)
+        share = p.speaking_percentage or (100.0 * s / total if total else 0.0)
+        rows.append(SpeakerRow(one_line(p.name) or p.speaker_id, one_line(", ".join(
+            x for x in (p.role, p.organization) if x)), s, share, p.word_count or words.get(p.speaker_id, 0)))
+    for key, s in secs.items():
+        if key not in seen:
+            rows.append(SpeakerRow(one_line(names[key]), "", s, 100.0 * s / total if total else 0.0, words[key]))
+    rows.sort(key=lambda r: -r.seconds)
+    return rows
+
+
+def action_text(a: ActionItem) -> str:
+    """'Text (owner: X, due 2026-01-02)'."""
+    extra = [f"owner: {one_line(a.owner)}" if a.owner else "", f"due {a.due.isoformat()}" if a.due else "",
+             "done" if a.done else ""]
+    extra = [e for e in extra if e]
+    return one_line(a.text) + (f" ({', '.join(extra)})" if extra else "")
+
+
+def session_context(session: Session, sections: tuple[str, ...] = TEXT_SECTIONS) -> dict:
+    """Plain values the Jinja2 templates use (already cleaned; escaping is the template's job)."""
+    return {
+        "id": session.id, "uuid": session.uuid, "short_id": session.summary.short_id,
+        "title": one_line(session.title) or "Untitled session",
+        "date": date_text(session.start_time),
+        "start_iso": session.start_time.isoformat() if session.start_time else "",
+        "duration": duration_text(session.duration_seconds),
+        "location": one_line(session.summary.location),
+        "platform": one_line(session.meeting_platform),
+        "description": clean(session.description).strip(),
+        "tags": [one_line(t) for t in session.summary.tags],
+        "speakers": speaker_rows(session),
+        "summary": clean(session.summary_text).strip(),
+        "action_items": [{"text": one_line(a.text), "owner": one_line(a.owner), "done": a.done,
+                          "due": a.due.isoformat() if a.due else "", "line": action_text(a)}
+                         for a in session.action_items],
+        "topics": [one_line(t) for t in session.topics],
+        "segments": [{"start": s.start, "end": s.end, "time": hms(s.start), "speaker": one_line(s.speaker_name),
+                      "text": one_line(s.text)} for s in session.segments],
+        "sections": sections,
+        "anchor": f"s{session.id}",
+    }

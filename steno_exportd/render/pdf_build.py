@@ -1,0 +1,386 @@
+"""The reportlab side of PDF rendering: fonts, styles, story, header/footer with page X of Y."""
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+from xml.sax.saxutils import escape
+
+from reportlab.lib import colors
+from reportlab.lib.enums import TA_RIGHT
+from reportlab.lib.pagesizes import A4, LETTER
+from reportlab.lib.styles import ParagraphStyle
+from reportlab.lib.units import cm, mm
+from reportlab.pdfbase import pdfmetrics
+from reportlab.pdfbase.ttfonts import TTFont
+from reportlab.pdfgen import canvas as rl_canvas
+from reportlab.platypus import (BaseDocTemplate, CondPageBreak, Flowable, Frame, Image, KeepTogether,
+                                PageBreak, PageTemplate, Paragraph, Spacer, Table, TableStyle)
+from reportlab.platypus.tableofcontents import TableOfContents
+
+from steno_exportd.model import Session
+from steno_exportd.render.base import RenderOptions
+from steno_exportd.render.common import (clean, date_text, duration_text, hms, one_line,
+                                         speaker_rows)
+from steno_exportd.render.fonts import find_font
+
+_registered: dict[str, tuple[tuple[str, str, object], tuple[str, ...]]] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Style:
+    """Styling of a document template (sizes in points)."""
+
+    base_size: float = 10
+    title_size: float = 22
+    heading_size: float = 14
+    transcript_size: float = 9.5
+    margin: float = 1.8 * cm
+
+
+
+
+def _fonts(options: RenderOptions, warnings: list[str]) -> tuple[str, str, object]:
+    """Register (once per process) and return (regular, bold, face-or-None); font warnings every time."""
+    key = options.font_path or ""
+    if key not in _registered:
+        found: list[str] = []
+        reg, bold = find_font(options.font_path, found)
+        if reg is None:
+            found.append("no TrueType font found (install fonts-dejavu-core); non-Latin text is lost")
+            out = ("Helvetica", "Helvetica-Bold", None)
+        else:
+            n = f"Steno{len(_registered)}"
+            font = TTFont(n, reg)
+            pdfmetrics.registerFont(font)
+            bn = n + "-Bold"
+            pdfmetrics.registerFont(TTFont(bn, bold) if bold else TTFont(bn, reg))
+            pdfmetrics.registerFontFamily(n, normal=n, bold=bn, italic=n, boldItalic=bn)
+            out = (n, bn, font.face)
+        _registered[key] = (out, tuple(found))
+    out, found = _registered[key]
+    warnings.extend(found)
+    return out
+
+
+def _missing_glyphs(sessions: list[Session], face, warnings: list[str]) -> None:
+    if face is None:
+        return
+    have = face.charToGlyph
+    chars: set[str] = set()
+    for s in sessions:
+        chars.update(s.title, s.summary_text or "", s.description or "", *(g.text for g in s.segments),
+                     *(g.speaker_name for g in s.segments), *(a.text for a in s.action_items),
+                     *(p.name for p in s.participants), *s.topics)
+    missing = sorted(c for c in chars if ord(c) >= 32 and not c.isspace() and ord(c) not in have
+                     and not (0x200b <= ord(c) <= 0x202e))
+    if missing:
+        warnings.append(f"the PDF font lacks {len(missing)} characters (shown as boxes): "
+                        + "".join(missing[:40]) + ("..." if len(missing) > 40 else ""))
+
+
+def _p(text: str) -> str:
+    return escape(clean(text))
+
+
+GUTTER = 3.3 * cm
+
+
+class TranscriptLine(Flowable):
+    """One segment: speaker and time in a left gutter, the text as a single-style paragraph.
+
+    The paragraph is built from pre-parsed fragments (no markup parser per line), which keeps a
+    2,000-segment transcript close to the cost of bare paragraphs.
+    """
+
+    def __init__(self, speaker: str, time: str, para: Paragraph, st: "_Builder", head: bool = True):
+        super().__init__()
+        self.speaker, self.time, self.para, self.st, self.head = speaker, time, para, st, head
+
+    def wrap(self, aw, ah):
+        self.aw = aw
+        _, h = self.para.wrap(aw - GUTTER, ah)
+        self.height = max(h, 2 * self.st.s_seg.leading - 1 if self.head else 0)
+        return aw, self.height
+
+    def split(self, aw, ah):
+        parts = self.para.split(aw - GUTTER, ah)
+        if len(parts) < 2:
+            return []
+        return [TranscriptLine(self.speaker, self.time, parts[0], self.st, self.head),
+                TranscriptLine(self.speaker, self.time, parts[1], self.st, False)]
+
+    def getSpaceAfter(self):
+        return self.st.s_seg.spaceAfter
+
+    def draw(self):
+        c = self.canv
+        b = self.st
+        if self.head:
+            size = b.s_seg.fontSize
+            t = c.beginText(0, self.height - size)
+            t.setFont(b.bold, size - 0.5)
+            t.setFillColor(b.accent)
+            t.textLine(b.gutter_name(self.speaker))
+            t.setFont(b.font, size - 2, b.s_seg.leading - 1)
+            t.setFillColor(b.grey)
+            t.textOut(self.time)
+            c.drawText(t)
+        # drawOn would push another graphics state per line; the caller's drawOn already saved one.
+        c.translate(GUTTER, self.height - self.para.height)
+        self.para.canv = c
+        try:
+            self.para.draw()
+        finally:
+            del self.para.canv
+
+
+class _Doc(BaseDocTemplate):
+    """Adds PDF outline entries and table-of-contents notifications for headings."""
+
+    def afterFlowable(self, flowable):
+        key = getattr(flowable, "_bookmark", None)
+        if key:
+            level, text = flowable._outline
+            self.canv.bookmarkPage(key)
+            self.canv.addOutlineEntry(text, key, level=level, closed=level > 0)
+            if level == 0 and getattr(self, "_toc_on", False):
+                self.notify("TOCEntry", (0, text, self.page, key))
+
+
+def _numbered_canvas(title: str, company: str, font: str, accent, page_size):
+    """A canvas that knows the page count when it draws headers and footers."""
+
+    class NumberedCanvas(rl_canvas.Canvas):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self._pages = []
+
+        def showPage(self):
+            self._pages.append(dict(self.__dict__))
+            self._startPage()
+
+        def save(self):
+            total = len(self._pages)
+            for state in self._pages:
+                self.__dict__.update(state)
+                self._decorate(total)
+                super().showPage()
+            super().save()
+
+        def _decorate(self, total: int) -> None:
+            w, h = page_size
+            self.saveState()
+            self.setFont(font, 8)
+            self.setFillColor(colors.HexColor("#5f6b7a"))
+            if self._pageNumber > 1:
+                self.drawString(1.8 * cm, h - 1.1 * cm, title[:90])
+                if company:
+                    self.drawRightString(w - 1.8 * cm, h - 1.1 * cm, company[:60])
+                self.setStrokeColor(accent)
+                self.setLineWidth(0.6)
+                self.line(1.8 * cm, h - 1.25 * cm, w - 1.8 * cm, h - 1.25 * cm)
+            self.setStrokeColor(colors.HexColor("#d5dbe3"))
+            self.setLineWidth(0.4)
+            self.line(1.8 * cm, 1.45 * cm, w - 1.8 * cm, 1.45 * cm)
+            self.drawString(1.8 * cm, 1.0 * cm, "Silent Steno" + (f" · {company[:60]}" if company else ""))
+            self.drawRightString(w - 1.8 * cm, 1.0 * cm, f"page {self._pageNumber} of {total}")
+            self.restoreState()
+
+    return NumberedCanvas
+
+
+class _Builder:
+    def __init__(self, options: RenderOptions, warnings: list[str]):
+        self.o = options
+        self.w = warnings
+        self.font, self.bold, self.face = _fonts(options, warnings)
+        self.t = options.doc_template(warnings)
+        self.accent_hex = self.t.accent_color or options.accent_color
+        self.accent = colors.HexColor(self.accent_hex)
+        self.st = Style(self.t.base_size, self.t.title_size, self.t.heading_size, self.t.transcript_size,
+                        self.t.margin_cm * cm)
+        self.page = LETTER if (self.t.page_size or options.page_size).lower() == "letter" else A4
+        f, b, st, a = self.font, self.bold, self.st, self.accent
+        grey = colors.HexColor("#5f6b7a")
+        self.s_body = ParagraphStyle("body", fontName=f, fontSize=st.base_size, leading=st.base_size * 1.4,
+                                     spaceAfter=4)
+        self.s_title = ParagraphStyle("title", fontName=b, fontSize=st.title_size, leading=st.title_size * 1.2,
+                                      textColor=a, spaceAfter=6)
+        self.s_h1 = ParagraphStyle("h1", fontName=b, fontSize=st.heading_size, leading=st.heading_size * 1.3,
+                                   textColor=a, spaceBefore=12, spaceAfter=6)
+        self.s_meta = ParagraphStyle("meta", fontName=f, fontSize=9, leading=12, textColor=grey)
+        self.s_cell = ParagraphStyle("cell", fontName=f, fontSize=9, leading=11.5)
+        self.s_cellr = ParagraphStyle("cellr", parent=self.s_cell, alignment=TA_RIGHT)
+        self.s_head = ParagraphStyle("head", fontName=b, fontSize=8.5, leading=11, textColor=grey)
+        self.s_seg = ParagraphStyle("seg", fontName=f, fontSize=st.transcript_size,
+                                    leading=st.transcript_size * 1.35, spaceAfter=5, leftIndent=0)
+        self.s_empty = ParagraphStyle("empty", parent=self.s_body, textColor=grey)
+        self.s_company = ParagraphStyle("company", fontName=b, fontSize=9, leading=12, textColor=grey)
+        self.s_toc = ParagraphStyle("toc", fontName=f, fontSize=11, leading=16)
+        self.grey = grey
+        self.n_bm = 0
+        self.names: dict[str, str] = {}
+
+    def gutter_name(self, name: str) -> str:
+        """Speaker name shortened with an ellipsis to fit the transcript gutter (cached)."""
+        short = self.names.get(name)
+        if short is None:
+            size, limit, short = self.s_seg.fontSize - 0.5, GUTTER - 0.3 * cm, name
+            if pdfmetrics.stringWidth(short, self.bold, size) > limit:
+                while short and pdfmetrics.stringWidth(short + "…", self.bold, size) > limit:
+                    short = short[:-1]
+                short += "…"
+            self.names[name] = short
+        return short
+
+    def heading(self, text: str, style, level: int):
+        para = Paragraph(_p(text), style)
+        self.n_bm += 1
+        para._bookmark = f"h{self.n_bm}"
+        para._outline = (level, one_line(text) or "Untitled session")
+        return para
+
+    def table(self, rows, widths, header=True):
+        t = Table(rows, colWidths=widths, repeatRows=1 if header else 0)
+        t.setStyle(TableStyle([
+            ("VALIGN", (0, 0), (-1, -1), "TOP"),
+            ("LINEBELOW", (0, 0), (-1, 0), 0.8, self.accent) if header else ("TOPPADDING", (0, 0), (-1, -1), 3),
+            ("LINEBELOW", (0, 1), (-1, -1), 0.3, colors.HexColor("#e3e7ee")),
+            ("TOPPADDING", (0, 0), (-1, -1), 3), ("BOTTOMPADDING", (0, 0), (-1, -1), 4),
+            ("LEFTPADDING", (0, 0), (-1, -1), 4), ("RIGHTPADDING", (0, 0), (-1, -1), 4),
+        ]))
+        return t
+
+    def session_story(self, s: Session, merged: bool) -> list:
+        sections = self.t.sections
+        width = self.page[0] - 2 * self.st.margin
+        out: list = []
+        if "header" in sections:
+            if self.o.logo and not merged:
+                out.append(self.logo())
+            if self.o.company and not merged:
+                out.append(Paragraph(_p(self.o.company.upper()), self.s_company))
+            out.append(self.heading(s.title or "Untitled session", self.s_title, 0))
+            meta = [("Date", date_text(s.start_time)), ("Duration", duration_text(s.duration_seconds)),
+                    ("Location", one_line(s.summary.location)), ("Platform", one_line(s.meeting_platform)),
+                    ("Participants", str(len(speaker_rows(s))) if s.segments or s.participants else "none recorded"),
+                    ("Session", s.uuid)]
+            out.append(Paragraph("&nbsp;&nbsp;&nbsp;".join(f"<b>{k}</b> {_p(v)}" for k, v in meta if v),
+                                 self.s_meta))
+            out.append(Spacer(1, 4))
+            line = Table([[""]], colWidths=[width], rowHeights=[2])
+            line.setStyle(TableStyle([("LINEABOVE", (0, 0), (-1, -1), 1.5, self.accent)]))
+            out.append(line)
+            if s.description:
+                out.append(Paragraph(_p(s.description), self.s_meta))
+        if "summary" in sections:
+            out.append(self.heading("Summary", self.s_h1, 1))
+            paras = [x for x in clean(s.summary_text).split("\n\n") if x.strip()]
+            out += [Paragraph(_p(x).replace("\n", "<br/>"), self.s_body) for x in paras] or \
+                [Paragraph("No summary available.", self.s_empty)]
+        if "action_items" in sections:
+            out.append(self.heading("Action items", self.s_h1, 1))
+            if s.action_items:
+                rows = [[Paragraph("", self.s_head), Paragraph("Action", self.s_head), Paragraph("Owner", self.s_head),
+                         Paragraph("Due", self.s_head)]]
+                for a in s.action_items:
+                    rows.append([Paragraph("☑" if a.done else "☐", self.s_cell), Paragraph(_p(a.text), self.s_cell),
+                                 Paragraph(_p(a.owner or "—"), self.s_cell),
+                                 Paragraph(a.due.isoformat() if a.due else "—", self.s_cell)])
+                out.append(self.table(rows, [0.7 * cm, width - 7.7 * cm, 4.5 * cm, 2.5 * cm]))
+            else:
+                out.append(Paragraph("No action items.", self.s_empty))
+        if "topics" in sections and s.topics:
+            out.append(self.heading("Topics", self.s_h1, 1))
+            out.append(Paragraph(" · ".join(_p(t) for t in s.topics), self.s_body))
+        if "participants" in sections:
+            out.append(self.heading("Participants", self.s_h1, 1))
+            rows_ = speaker_rows(s)
+            if rows_:
+                head_r = ParagraphStyle("headr", parent=self.s_head, alignment=TA_RIGHT)
+                rows = [[Paragraph("Name", self.s_head), Paragraph("Role", self.s_head),
+                         Paragraph("Speaking time", head_r), Paragraph("Share", self.s_head),
+                         Paragraph("Words", head_r)]]
+                for r in rows_:
+                    rows.append([Paragraph(_p(r.name), self.s_cell), Paragraph(_p(r.role), self.s_cell),
+                                 Paragraph(hms(r.seconds), self.s_cellr), self.share_bar(r.share),
+                                 Paragraph(f"{r.words:,}", self.s_cellr)])
+                out.append(KeepTogether(self.table(rows, [width - 13 * cm, 3.5 * cm, 2.8 * cm, 4.5 * cm, 2.2 * cm])))
+            else:
+                out.append(Paragraph("No participants recorded.", self.s_empty))
+        if "transcript" in sections:
+            if len(sections) > 2:
+                out.append(CondPageBreak(6 * cm))
+            out.append(self.heading("Transcript", self.s_h1, 1))
+            if s.segments:
+                proto = Paragraph("x", self.s_seg).frags[0]
+                for g in s.segments:
+                    frag = proto.clone()
+                    frag.text = one_line(g.text)
+                    para = Paragraph("", self.s_seg, frags=[frag])
+                    out.append(TranscriptLine(one_line(g.speaker_name) or "Unknown speaker", hms(g.start), para, self))
+            else:
+                out.append(Paragraph("No transcript available.", self.s_empty))
+        return out
+
+    def share_bar(self, share: float):
+        share = max(0.0, min(100.0, share))
+        bar = Table([["", ""]], colWidths=[max(0.01, 2.4 * cm * share / 100), max(0.01, 2.4 * cm * (1 - share / 100))],
+                    rowHeights=[6])
+        bar.setStyle(TableStyle([("BACKGROUND", (0, 0), (0, 0), self.accent),
+                                 ("BACKGROUND", (1, 0), (1, 0), colors.HexColor("#e3e7ee")),
+                                 ("LEFTPADDING", (0, 0), (-1, -1), 0), ("RIGHTPADDING", (0, 0), (-1, -1), 0),
+                                 ("TOPPADDING", (0, 0), (-1, -1), 0), ("BOTTOMPADDING", (0, 0), (-1, -1), 0)]))
+        t = Table([[bar, Paragraph(f"{share:.1f} %", self.s_cellr)]], colWidths=[2.5 * cm, 1.8 * cm])
+        t.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "MIDDLE"), ("LEFTPADDING", (0, 0), (-1, -1), 0),
+                               ("RIGHTPADDING", (0, 0), (-1, -1), 0), ("TOPPADDING", (0, 0), (-1, -1), 0),
+                               ("BOTTOMPADDING", (0, 0), (-1, -1), 0)]))
+        return t
+
+    def logo(self):
+        try:
+            img = Image(self.o.logo)
+            ratio = img.imageWidth / float(img.imageHeight or 1)
+            img.drawHeight = 1.4 * cm
+            img.drawWidth = 1.4 * cm * ratio
+            img.hAlign = "LEFT"
+            return img
+        except Exception as e:  # unreadable logo: the report still renders
+            self.w.append(f"logo {self.o.logo} unusable: {e}")
+            return Spacer(1, 0)
+
+
+def build(sessions: list[Session], options: RenderOptions, merged: bool, warnings: list[str]) -> bytes:
+    """PDF bytes of one session or several merged (with a table of contents)."""
+    b = _Builder(options, warnings)
+    _missing_glyphs(sessions, b.face, warnings)
+    title = (f"Meetings ({len(sessions)})" if merged else one_line(sessions[0].title) or "Untitled session")
+    buf = io.BytesIO()
+    m = b.st.margin
+    doc = _Doc(buf, pagesize=b.page, leftMargin=m, rightMargin=m, topMargin=m, bottomMargin=m,
+               title=title, author=options.company or "Silent Steno", creator="steno-exportd",
+               subject=f"{options.template} report")
+    frame = Frame(m, m, b.page[0] - 2 * m, b.page[1] - 2 * m, id="body")
+    doc.addPageTemplates([PageTemplate(id="page", frames=[frame])])
+    story: list = []
+    if merged:
+        doc._toc_on = True
+        if options.logo:
+            story.append(b.logo())
+        if options.company:
+            story.append(Paragraph(_p(options.company.upper()), b.s_company))
+        story.append(Paragraph(_p(title), b.s_title))
+        story.append(Paragraph("Contents", b.s_h1))
+        toc = TableOfContents()
+        toc.levelStyles = [b.s_toc]
+        story.append(toc)
+        for s in sessions:
+            story.append(PageBreak())
+            story += b.session_story(s, merged=True)
+        canvasmaker = _numbered_canvas(title, options.company, b.font, b.accent, b.page)
+        doc.multiBuild(story, canvasmaker=canvasmaker)
+    else:
+        story = b.session_story(sessions[0], merged=False)
+        doc.build(story, canvasmaker=_numbered_canvas(title, options.company, b.font, b.accent, b.page))
+    return buf.getvalue()
