@@ -1,0 +1,312 @@
+"""Run one export: preflight, write each session atomically, verify, record manifest and history."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from steno_exportd.config import Config
+from steno_exportd.engine import manifest as mf
+from steno_exportd.engine import writer
+from steno_exportd.engine.naming import folder_name, resolve_collision, safe_name
+from steno_exportd.engine.plan import PlannedFile, plan_session, render_file
+from steno_exportd.engine.targets import DirectoryTarget, Target
+from steno_exportd.errors import CancelledJob, StenoError, TargetError, TargetFullError, VerifyError
+from steno_exportd.events import FileResult, SessionResult
+
+log = logging.getLogger(__name__)
+
+
+class _NullProgress:
+    cancelled = False
+
+    def update(self, force: bool = False, **fields: Any) -> None:
+        pass
+
+
+def _iso(t: Any) -> str:
+    return t.isoformat() if t is not None else ""
+
+
+def _recorder_dirs(cfg: Config) -> list[str]:
+    dirs = [os.path.dirname(cfg.recorder.db_path)]
+    if cfg.recorder.data_dir:
+        dirs.append(cfg.recorder.data_dir)
+    return [os.path.realpath(d) for d in dirs if d]
+
+
+def open_target(spec_target: Any, cfg: Config) -> Target:
+    if not isinstance(spec_target, str):
+        return spec_target
+    real = os.path.realpath(spec_target)
+    for d in _recorder_dirs(cfg):
+        if real == d or real.startswith(d.rstrip("/") + "/"):
+            raise TargetError(f"refusing to export into the recorder's data folder {d}")
+    if not os.path.isdir(spec_target):
+        raise TargetError(f"target folder does not exist: {spec_target}")
+    return DirectoryTarget(spec_target)
+
+
+def run_export(library: Any, spec: Any, cfg: Config, progress: Any = None, *, job_id: int = 0,
+               state: Any = None, reg: Any = None) -> list[SessionResult]:
+    """Export spec.session_ids; one SessionResult per session (skipped when already there and unchanged)."""
+    if isinstance(spec.target, str) and spec.target.lower().endswith((".zip", ".tar.gz", ".tgz")):
+        from steno_exportd.engine.archive import export_archive
+        return export_archive(library, spec, cfg, progress or _NullProgress(), reg=reg)
+    return Exporter(library, spec, cfg, progress or _NullProgress(), job_id, state, reg).run()
+
+
+class Exporter:
+    def __init__(self, library: Any, spec: Any, cfg: Config, progress: Any, job_id: int, state: Any,
+                 reg: Any) -> None:
+        self.lib, self.spec, self.cfg, self.p = library, spec, cfg, progress
+        self.job_id, self.state, self.reg = job_id, state, reg
+        o, e = spec.options, cfg.export
+        self.verify = e.verify if o.verify is None else o.verify
+        self.include_audio = e.include_audio if o.include_audio is None else o.include_audio
+        self.overwrite_foreign = e.overwrite_foreign if o.overwrite_foreign is None else o.overwrite_foreign
+        self.cont = e.continue_on_error if o.continue_on_error is None else o.continue_on_error
+        self.template = o.template or e.template
+        self.naming = o.naming or e.naming
+        self.pattern = o.pattern or e.folder_pattern
+        self.root = safe_name(e.root_folder, "SilentSteno")
+        self.margin = e.free_space_margin_mb * 1024 * 1024
+        self.bytes_done = self.files_done = 0
+        self.bytes_total = self.files_total = 0
+
+    def _cancelled(self) -> bool:
+        return bool(self.p.cancelled)
+
+    def _tick(self, n: int) -> None:
+        self.bytes_done += n
+        self.p.update(bytes_done=self.bytes_done)
+
+    def run(self) -> list[SessionResult]:
+        target = open_target(self.spec.target, self.cfg)
+        self.t = target
+        target.mkdir(self.root)
+        self.m = mf.load(target, self.root)
+        self._clean_leftovers()
+        sessions = []
+        results: list[SessionResult] = []
+        for sid in self.spec.session_ids:
+            try:
+                sessions.append(self.lib.get_session(sid))
+            except StenoError as e:
+                results.append(SessionResult(int(sid) if str(sid).isdigit() else 0, "", "", False, error=str(e)))
+        plans = [(s, plan_session(s, self.spec.formats, self.template, self.include_audio, self.reg))
+                 for s in sessions]
+        todo = [(s, pl) for s, pl in plans if not self._unchanged(s, pl)]
+        todo_ids = {id(s) for s, _ in todo}
+        self.bytes_total = sum(pf.size for _, pl in todo for pf in pl)
+        self.files_total = sum(len(pl) for _, pl in todo)
+        self.p.update(force=True, bytes_total=self.bytes_total, files_total=self.files_total, bytes_done=0,
+                      files_done=0, results=tuple(results))
+        stop_reason = ""
+        for seq, (s, pl) in enumerate(plans, 1):
+            if self._cancelled():
+                break
+            if id(s) not in todo_ids:
+                results.append(SessionResult(s.id, s.uuid, s.title, True, skipped=True))
+                continue
+            if stop_reason:
+                results.append(SessionResult(s.id, s.uuid, s.title, False, error=f"not attempted: {stop_reason}"))
+                continue
+            try:
+                r = self._export_session(s, pl, seq)
+            except CancelledJob:
+                break
+            except (TargetError, OSError) as e:
+                r = SessionResult(s.id, s.uuid, s.title, False, error=str(e))
+                if not isinstance(e, TargetFullError) or "limit" not in str(e):
+                    if not self._target_alive():
+                        stop_reason = f"target unusable: {e}"
+            results.append(r)
+            self.p.update(force=True, results=tuple(results))
+            if not r.ok and not self.cont:
+                stop_reason = stop_reason or f"an earlier session failed ({r.error})"
+        return results
+
+    def _target_alive(self) -> bool:
+        try:
+            self.t.listdir(self.root)
+            return True
+        except (TargetError, OSError):
+            return False
+
+    def _clean_leftovers(self) -> None:
+        """Remove our temp files and <folder>.partial trees left by a crash or a yank."""
+        for name in self.t.listdir(self.root):
+            rel = f"{self.root}/{name}"
+            st = self.t.lstat(rel)
+            if st is None:
+                continue
+            if name.endswith(".partial") and st.kind == "dir":
+                self.t.remove_tree(rel)
+            elif mf.is_temp(name) and st.kind == "file":
+                self.t.remove(rel)
+        for s in self.m.sessions.values():
+            rel = f"{self.root}/{s['folder']}"
+            st = self.t.lstat(rel)
+            if st is not None and st.kind == "dir":
+                for name in self.t.listdir(rel):
+                    if name.startswith(".steno-tmp-"):
+                        self.t.remove(f"{rel}/{name}")
+
+    def _unchanged(self, s: Any, plan: list[PlannedFile]) -> bool:
+        entry = self.m.sessions.get(s.uuid)
+        if not entry or entry.get("updated_at") != _iso(s.updated_at) or entry.get("incomplete"):
+            return False
+        files = entry.get("files", {})
+        for pf in plan:
+            if pf.error:
+                return False
+            f = files.get(pf.name)
+            if not f or f.get("version") != pf.version or f.get("template", "") != pf.template or f.get("bad"):
+                return False
+            st = self.t.lstat(f"{self.root}/{entry['folder']}/{pf.name}")
+            if st is None or st.kind != "file" or st.size != f.get("size"):
+                return False
+        return True
+
+    def _folder_for(self, s: Any, seq: int) -> tuple[str, bool]:
+        """(folder name, already ours on the target)."""
+        entry = self.m.sessions.get(s.uuid)
+        if entry:
+            st = self.t.lstat(f"{self.root}/{entry['folder']}")
+            if st is not None and st.kind == "dir":
+                return entry["folder"], True
+            if st is None:
+                return entry["folder"], False
+        raw = folder_name(s.summary if hasattr(s, "summary") else s, self.naming, self.pattern, seq=seq,
+                          job_id=self.job_id)
+        name = safe_name(raw, f"Session {s.id}", limit=240)
+        taken = set(self.t.listdir(self.root)) | {e["folder"] for u, e in self.m.sessions.items() if u != s.uuid}
+        taken |= {n[: -len(".partial")] for n in taken if n.endswith(".partial")}
+        rebuilt = self.m.sessions.get(f"rebuilt:{name}")
+        if rebuilt is not None:
+            # a folder we wrote before the manifest was lost: adopt it
+            self.m.sessions[s.uuid] = self.m.sessions.pop(f"rebuilt:{name}")
+            return name, True
+        return resolve_collision(name, taken), False
+
+    def _export_session(self, s: Any, plan: list[PlannedFile], seq: int) -> SessionResult:
+        folder, exists = self._folder_for(s, seq)
+        final_rel = f"{self.root}/{folder}"
+        # preflight: per-file limits and free space, before writing a byte of this session
+        limit = self.t.max_file_size
+        for pf in plan:
+            if limit is not None and pf.size > limit:
+                raise TargetFullError(f"{pf.name} is {pf.size / 2**30:.2f} GiB, over the {limit / 2**30:.0f} GiB "
+                                      f"per-file limit of this filesystem (FAT32); use an exFAT or NTFS stick "
+                                      f"or export without audio")
+        need = sum(pf.size for pf in plan)
+        free = self.t.free_space()
+        if need + self.margin > free:
+            raise TargetFullError(f"target full: needs {need / 2**20:.0f} MiB (+{self.margin / 2**20:.0f} MiB "
+                                  f"margin), {free / 2**20:.0f} MiB free")
+        work_rel = final_rel if exists else f"{final_rel}.partial"
+        if not exists:
+            if self.t.lstat(work_rel) is not None:
+                self.t.remove_tree(work_rel)
+            self.t.mkdir(work_rel)
+        entry = self.m.sessions.get(s.uuid) if exists else None
+        old_files = dict(entry.get("files", {})) if entry else {}
+        new_entry = {"id": s.id, "title": s.title, "folder": folder, "updated_at": _iso(s.updated_at),
+                     "exported_at": mf.now_iso(), "files": {}}
+        results: list[FileResult] = []
+        verified: list[tuple[str, int, str]] = []
+        for pf in plan:
+            rel_final = f"{final_rel}/{pf.name}"
+            if pf.error:
+                results.append(FileResult(rel_final, False, error=pf.error))
+                continue
+            if self._cancelled():
+                raise CancelledJob("cancelled")
+            old = old_files.get(pf.name)
+            rel = f"{work_rel}/{pf.name}"
+            st = self.t.lstat(rel)
+            if st is not None:
+                if st.kind != "file":
+                    results.append(FileResult(rel_final, False, error=f"a {st.kind} is in the way; not replaced"))
+                    continue
+                if old is None and not self.overwrite_foreign:
+                    results.append(FileResult(rel_final, False,
+                                              error="a file we did not write is in the way; not overwritten"))
+                    continue
+                if (old and old.get("size") == st.size and old.get("version") == pf.version and
+                        not old.get("bad") and old.get("template", "") == pf.template and pf.source is not None
+                        and entry and entry.get("updated_at") == new_entry["updated_at"]):
+                    new_entry["files"][pf.name] = old
+                    results.append(FileResult(rel_final, True, st.size, old.get("sha256", "")))
+                    continue
+            self.p.update(current_file=rel_final)
+            try:
+                size, sha = self._write_verified(s, pf, rel)
+            except (VerifyError, StenoError) as e:
+                if isinstance(e, (TargetError, CancelledJob)):
+                    raise
+                results.append(FileResult(rel_final, False, error=str(e)))
+                continue
+            self.files_done += 1
+            self.p.update(files_done=self.files_done)
+            new_entry["files"][pf.name] = mf.entry(size, sha, pf.fmt, pf.version, pf.template)
+            results.append(FileResult(rel_final, True, size, sha))
+            verified.append((rel_final, size, sha))
+        if not exists:
+            self.t.rename(work_rel, final_rel)
+        ok = all(r.ok for r in results)
+        if not ok:
+            new_entry["incomplete"] = True
+        if any(r.ok for r in results) or exists:
+            self.m.sessions[s.uuid] = new_entry
+            mf.save(self.t, self.root, self.m)
+        if self.state is not None and verified:
+            self.state.add_history(self.job_id, self.spec.target_name, self.spec.device_id, s.uuid, verified)
+        errors = "; ".join(f"{r.path.rsplit('/', 1)[-1]}: {r.error}" for r in results if not r.ok)
+        return SessionResult(s.id, s.uuid, s.title, ok, error=errors, files=tuple(results))
+
+    def _write_verified(self, s: Any, pf: PlannedFile, rel: str) -> tuple[int, str]:
+        data = None
+        if pf.source is None:
+            data = render_file(pf, s, self.reg)
+            self.bytes_total += len(data)
+            self.p.update(bytes_total=self.bytes_total)
+        for attempt in (1, 2):
+            start = self.bytes_done
+            if data is None:
+                size, sha = writer.copy_file(pf.source, self.t, rel, tick=self._tick, cancelled=self._cancelled)
+            else:
+                size, sha = writer.write_bytes(data, self.t, rel, tick=self._tick)
+            if not self.verify:
+                return size, sha
+            try:
+                writer.verify(self.t, rel, size, sha, cancelled=self._cancelled)
+                return size, sha
+            except VerifyError:
+                if attempt == 2:
+                    self.t.remove(rel)
+                    raise
+                log.warning("verify failed for %s; rewriting once", rel)
+                self.bytes_done = start
+                self.t.remove(rel)
+        raise AssertionError("unreachable")
+
+
+@dataclasses.dataclass(frozen=True)
+class SimpleSpec:
+    """A spec for callers without a JobManager (CLI, tests)."""
+
+    target: Any
+    session_ids: tuple
+    formats: tuple
+    options: Any
+    target_name: str = ""
+    device_id: str = ""
+    operation: str = "export"
+
+
+def export_path(path: str | Path) -> str:
+    return str(path)
