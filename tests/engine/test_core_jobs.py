@@ -1,0 +1,108 @@
+"""Core API: validation, queued jobs, events, cancel, state DB across restarts."""
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import pytest
+
+from steno_exportd import config, events as ev
+from steno_exportd.core import Core, ExportOptions
+from steno_exportd.engine import plan
+from steno_exportd.errors import InvalidArgument, NotFoundError
+from tests.engine.fakes import FakeRegistry, library
+
+
+@pytest.fixture
+def core_env(tmp_path, monkeypatch):
+    monkeypatch.setattr(plan, "registry", lambda: FakeRegistry())
+    out = tmp_path / "out"
+    out.mkdir()
+    cfg = config.from_dict({"recorder": {"db_path": str(tmp_path / "rec" / "db.sqlite")},
+                            "state": {"dir": str(tmp_path / "state")},
+                            "export": {"allowed_dirs": [str(out)], "formats": ["txt", "json", "audio"]}})
+    lib = library(tmp_path, 4)
+    return cfg, lib, out
+
+
+async def test_export_job_runs_and_publishes(core_env):
+    cfg, lib, out = core_env
+    core = Core(cfg, library=lib)
+    await core.start()
+    seen: list[ev.Event] = []
+
+    async def follow():
+        async for e in core.events.subscribe():
+            seen.append(e)
+
+    t = asyncio.create_task(follow())
+    await asyncio.sleep(0)
+    try:
+        snap = await core.export_sessions([1, 2], ["txt", "audio"], str(out), ExportOptions())
+        assert snap.state == ev.JobState.QUEUED
+        done = await core.jobs.wait(snap.id, timeout=30)
+        assert done.state == ev.JobState.COMPLETED, done.error
+        assert len(done.results) == 2 and all(r.ok for r in done.results)
+        assert core.jobs.get(snap.id).state == ev.JobState.COMPLETED
+        assert any(isinstance(e, ev.JobUpdated) and e.job.state == ev.JobState.COMPLETED for e in seen)
+        assert core.status_text().startswith("idle")
+        hist = core.state.history()
+        assert len(hist) == 4 and all(h["sha256"] for h in hist)
+    finally:
+        t.cancel()
+        await core.stop()
+        await core.stop()   # idempotent
+
+
+async def test_validation_errors(core_env, tmp_path):
+    cfg, lib, out = core_env
+    core = Core(cfg, library=lib)
+    await core.start()
+    try:
+        with pytest.raises(NotFoundError):
+            await core.export_sessions([99], ["txt"], str(out))
+        with pytest.raises(NotFoundError):
+            await core.export_sessions([1], ["nope"], str(out))
+        with pytest.raises(NotFoundError):
+            await core.export_sessions([1], ["pdf"], str(out), ExportOptions(template="nope"))
+        with pytest.raises(InvalidArgument):
+            await core.export_sessions([1], ["txt"], str(tmp_path))
+        with pytest.raises(NotFoundError):
+            await core.eject("dev1")
+        snap = await core.export_sessions([1], ["txt"], str(tmp_path / "out"), trusted=True)
+        assert (await core.jobs.wait(snap.id, 30)).state == ev.JobState.COMPLETED
+    finally:
+        await core.stop()
+
+
+async def test_interrupted_jobs_marked_on_restart(core_env):
+    cfg, lib, out = core_env
+    core = Core(cfg, library=lib)
+    await core.start()
+    await core.stop()
+    db = sqlite3.connect(core.state.path)
+    db.execute("INSERT INTO jobs(id, operation, target, state, spec, created) VALUES (77, 'export', ?, 'running', ?, 1)",
+               (str(out), '{"operation": "export", "target": "%s", "target_name": "x", "session_ids": [1], '
+                           '"formats": ["txt"], "options": {}, "device_id": ""}' % out))
+    db.commit()
+    db.close()
+    core2 = Core(cfg, library=lib)
+    await core2.start()
+    try:
+        assert core2.jobs.get(77).state == ev.JobState.INTERRUPTED
+        snap = await core2.jobs.resume(77)
+        assert (await core2.jobs.wait(snap.id, 30)).state == ev.JobState.COMPLETED
+    finally:
+        await core2.stop()
+
+
+async def test_switches_publish_status(core_env):
+    cfg, lib, out = core_env
+    core = Core(cfg, library=lib)
+    q = core.events.subscribe()
+    task = asyncio.ensure_future(q.__anext__())
+    await asyncio.sleep(0)
+    core.set_sharing(True)
+    e = await asyncio.wait_for(task, 5)
+    assert e == ev.StatusChanged("samba_enabled", True) and core.sharing_enabled
+    await q.aclose()
