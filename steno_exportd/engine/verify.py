@@ -81,5 +81,8 @@ def verify_target(path: str | Target, root: str = "SilentSteno", mark: bool = Fa
             for name, f in s["files"].items():
                 if f"{s['folder']}/{name}" in bad:
                     f["bad"] = True
-        mf.save(t, root, m)
+        try:
+            mf.save(t, root, m)
+        except TargetError as e:
+            rep.problems.append(f"could not flag changed files in the manifest: {e}")
     return rep

@@ -10,8 +10,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", help="the target folder (the one holding SilentSteno/) or SilentSteno/ itself")
     p.add_argument("--root-folder", default="SilentSteno", help="export.root_folder (default SilentSteno)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--mark", action="store_true",
-                   help="flag bad files in the manifest so the next export re-copies them")
+    p.add_argument("--no-mark", action="store_true",
+                   help="do not flag changed files in the manifest (flagged files are re-copied by the next export)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -19,7 +19,7 @@ def main(args: argparse.Namespace) -> int:
     from steno_exportd.errors import StenoError
 
     try:
-        rep = verify_target(args.dir, args.root_folder, mark=args.mark)
+        rep = verify_target(args.dir, args.root_folder, mark=not args.no_mark)
     except StenoError as e:
         print(f"verify failed: {e}", file=sys.stderr)
         return 1
