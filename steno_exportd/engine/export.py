@@ -19,6 +19,9 @@ from steno_exportd.events import FileResult, SessionResult
 log = logging.getLogger(__name__)
 
 
+MARKER = ".steno-incomplete"
+
+
 class _NullProgress:
     cancelled = False
 
@@ -129,6 +132,9 @@ class Exporter:
                 stop_reason = stop_reason or f"an earlier session failed ({r.error})"
         return results
 
+    def _owned_folder(self, name: str) -> bool:
+        return any(e["folder"] == name for e in self.m.sessions.values())
+
     def _target_alive(self) -> bool:
         try:
             self.t.listdir(self.root)
@@ -145,6 +151,10 @@ class Exporter:
                 continue
             if name.endswith(".partial") and st.kind == "dir":
                 self.t.remove_tree(rel)
+            elif st.kind == "dir" and not self._owned_folder(name):
+                m = self.t.lstat(f"{rel}/{MARKER}")
+                if m is not None and m.kind == "file":
+                    self.t.remove_tree(rel)     # an in-place build interrupted before completion
             elif mf.is_temp(name) and st.kind == "file":
                 self.t.remove(rel)
         for s in self.m.sessions.values():
@@ -207,11 +217,14 @@ class Exporter:
         if need + self.margin > free:
             raise TargetFullError(f"target full: needs {need / 2**20:.0f} MiB (+{self.margin / 2**20:.0f} MiB "
                                   f"margin), {free / 2**20:.0f} MiB free")
-        work_rel = final_rel if exists else f"{final_rel}.partial"
+        in_place = not getattr(self.t, "atomic_dir_rename", True)
+        work_rel = final_rel if exists or in_place else f"{final_rel}.partial"
         if not exists:
             if self.t.lstat(work_rel) is not None:
                 self.t.remove_tree(work_rel)
             self.t.mkdir(work_rel)
+            if in_place:
+                mf.write_atomic(self.t, f"{work_rel}/{MARKER}", b"incomplete\n")
         entry = self.m.sessions.get(s.uuid) if exists else None
         old_files = dict(entry.get("files", {})) if entry else {}
         new_entry = {"id": s.id, "title": s.title, "folder": folder, "updated_at": _iso(s.updated_at),
@@ -255,8 +268,13 @@ class Exporter:
             new_entry["files"][pf.name] = mf.entry(size, sha, pf.fmt, pf.version, pf.template)
             results.append(FileResult(rel_final, True, size, sha))
             verified.append((rel_final, size, sha))
-        if not exists:
+        if not exists and not in_place:
             self.t.rename(work_rel, final_rel)
+            for r in results:
+                if r.ok and self.t.lstat(r.path) is None:
+                    raise TargetError(f"the filesystem lost {r.path} when its folder was renamed")
+        elif not exists:
+            self.t.remove(f"{work_rel}/{MARKER}")
         ok = all(r.ok for r in results)
         if not ok:
             new_entry["incomplete"] = True

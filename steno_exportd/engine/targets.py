@@ -54,6 +54,7 @@ class Target(Protocol):
 
     name: str                                    # what a person recognises: a path, "smb:office"
     max_file_size: int | None                    # per-file limit (FAT32), None when unlimited
+    atomic_dir_rename: bool                      # False: session folders are built in place (marker file)
 
     def lstat(self, rel: str) -> EntryStat | None: ...          # None when absent
     def exists(self, rel: str) -> bool: ...
@@ -235,6 +236,8 @@ class DirectoryTarget:
         self.name = name or str(root)
         self.fs_type = filesystem_type(self.root)
         self.max_file_size = _limit_for(self.fs_type)
+        # fusefat loses a renamed folder's entries (seen here): build session folders in place there
+        self.atomic_dir_rename = "vfat" not in self.fs_type and "fusefat" not in self.fs_type
 
     # -- walking without following symlinks ---------------------------------------
     def _open_dir(self, parts: list[str]) -> int:
