@@ -104,8 +104,13 @@ def os_error(e: OSError, what: str) -> TargetError:
 
 def filesystem_type(path: str | Path) -> str:
     """The type of the filesystem a path lives on ('ext4', 'fuseblk', 'fuse.vfat', ...)."""
+    return _mount_of(path)[0]
+
+
+def _mount_of(path: str | Path) -> tuple[str, str]:
+    """(filesystem type, source device) of the mount a path lives on."""
     real = os.path.realpath(path)
-    best, fstype = "", ""
+    best, fstype, source = "", "", ""
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
@@ -115,11 +120,10 @@ def filesystem_type(path: str | Path) -> str:
                 if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
                     best = mnt
                     fstype = fields[0] if fields else ""
-                    if fstype.startswith("fuse") and len(fields) > 1 and fields[1]:
-                        fstype = f"{fstype}:{fields[1]}"
+                    source = fields[1] if len(fields) > 1 else ""
     except OSError:
         pass
-    return fstype
+    return fstype, source
 
 
 def _limit_for(fstype: str) -> int | None:
@@ -234,7 +238,11 @@ class DirectoryTarget:
     def __init__(self, root: str | Path, name: str = "") -> None:
         self.root = Path(root)
         self.name = name or str(root)
-        self.fs_type = filesystem_type(self.root)
+        self.fs_type, self._source = _mount_of(self.root)
+        # A FUSE driver (exfat-fuse, fusefat) reads the block device through the kernel's block
+        # cache: dropping the file's pages (which fadvise does, measured with fincore) is not enough.
+        self._blockdev = self._source if self.fs_type.startswith("fuseblk") and \
+            self._source.startswith("/dev/") else ""
         self.max_file_size = _limit_for(self.fs_type)
         # fusefat loses a renamed folder's entries (seen here): build session folders in place there
         self.atomic_dir_rename = "vfat" not in self.fs_type and "fusefat" not in self.fs_type
@@ -329,7 +337,23 @@ class DirectoryTarget:
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             except OSError:
                 pass
+            self._drop_block_cache()
         return _FdRead(fd)
+
+    def _drop_block_cache(self) -> None:
+        """Best effort: evict the device's cached blocks so a FUSE read-back reaches the medium."""
+        if not self._blockdev:
+            return
+        try:
+            bfd = os.open(self._blockdev, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            os.posix_fadvise(bfd, 0, 0, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            pass
+        finally:
+            os.close(bfd)
 
     def rename(self, src: str, dst: str) -> None:
         sf, sn = self._split(src)
