@@ -1,6 +1,7 @@
 """Run one export: preflight, write each session atomically, verify, record manifest and history."""
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import logging
 import os
@@ -12,7 +13,7 @@ from steno_exportd.engine import manifest as mf
 from steno_exportd.engine import writer
 from steno_exportd.engine.naming import folder_name, resolve_collision, safe_name
 from steno_exportd.engine.plan import PlannedFile, plan_session, render_file
-from steno_exportd.engine.targets import DirectoryTarget, Target
+from steno_exportd.engine.targets import TEMP_PREFIX, DirectoryTarget, Target
 from steno_exportd.errors import CancelledJob, StenoError, TargetError, TargetFullError, VerifyError
 from steno_exportd.events import FileResult, SessionResult
 
@@ -58,7 +59,11 @@ def run_export(library: Any, spec: Any, cfg: Config, progress: Any = None, *, jo
     if isinstance(spec.target, str) and spec.target.lower().endswith((".zip", ".tar.gz", ".tgz")):
         from steno_exportd.engine.archive import export_archive
         return export_archive(library, spec, cfg, progress or _NullProgress(), reg=reg)
-    return Exporter(library, spec, cfg, progress or _NullProgress(), job_id, state, reg).run()
+    ex = Exporter(library, spec, cfg, progress or _NullProgress(), job_id, state, reg)
+    try:
+        return ex.run()
+    finally:
+        ex._verifier.shutdown(wait=True)
 
 
 class Exporter:
@@ -78,6 +83,7 @@ class Exporter:
         self.margin = e.free_space_margin_mb * 1024 * 1024
         self.bytes_done = self.files_done = 0
         self.bytes_total = self.files_total = 0
+        self._verifier = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="steno-verify")
 
     def _cancelled(self) -> bool:
         return bool(self.p.cancelled)
@@ -157,26 +163,29 @@ class Exporter:
                     self.t.remove_tree(rel)     # an in-place build interrupted before completion
             elif mf.is_temp(name) and st.kind == "file":
                 self.t.remove(rel)
-        for s in self.m.sessions.values():
-            rel = f"{self.root}/{s['folder']}"
-            st = self.t.lstat(rel)
-            if st is not None and st.kind == "dir":
-                for name in self.t.listdir(rel):
-                    if name.startswith(".steno-tmp-"):
-                        self.t.remove(f"{rel}/{name}")
+
+    def _clean_folder(self, rel: str) -> None:
+        """Temp files left in one of our folders by an interrupted update."""
+        for name, st in self.t.scandir(rel).items():
+            if name.startswith(TEMP_PREFIX) and st.kind == "file":
+                self.t.remove(f"{rel}/{name}")
 
     def _unchanged(self, s: Any, plan: list[PlannedFile]) -> bool:
         entry = self.m.sessions.get(s.uuid)
         if not entry or entry.get("updated_at") != _iso(s.updated_at) or entry.get("incomplete"):
             return False
         files = entry.get("files", {})
+        try:
+            listing = self.t.scandir(f"{self.root}/{entry['folder']}")
+        except TargetError:
+            return False
         for pf in plan:
             if pf.error:
                 return False
             f = files.get(pf.name)
             if not f or f.get("version") != pf.version or f.get("template", "") != pf.template or f.get("bad"):
                 return False
-            st = self.t.lstat(f"{self.root}/{entry['folder']}/{pf.name}")
+            st = listing.get(pf.name)
             if st is None or st.kind != "file" or st.size != f.get("size"):
                 return False
         return True
@@ -225,12 +234,15 @@ class Exporter:
             self.t.mkdir(work_rel)
             if in_place:
                 mf.write_atomic(self.t, f"{work_rel}/{MARKER}", b"incomplete\n")
+        if exists:
+            self._clean_folder(work_rel)
         entry = self.m.sessions.get(s.uuid) if exists else None
         old_files = dict(entry.get("files", {})) if entry else {}
         new_entry = {"id": s.id, "title": s.title, "folder": folder, "updated_at": _iso(s.updated_at),
                      "exported_at": mf.now_iso(), "files": {}}
         results: list[FileResult] = []
         verified: list[tuple[str, int, str]] = []
+        pending: list = []
         for pf in plan:
             rel_final = f"{final_rel}/{pf.name}"
             if pf.error:
@@ -257,17 +269,35 @@ class Exporter:
                     continue
             self.p.update(current_file=rel_final)
             try:
+                if pf.source is not None and self.verify:
+                    # read-back of this copy runs beside the write of the next one
+                    size, sha = writer.copy_file(pf.source, self.t, rel, tick=self._tick,
+                                                 cancelled=self._cancelled)
+                    fut = self._verifier.submit(writer.verify, self.t, rel, size, sha, self._cancelled)
+                    pending.append((len(results), pf, rel, rel_final, size, sha, fut))
+                    results.append(None)  # type: ignore[arg-type]
+                    continue
                 size, sha = self._write_verified(s, pf, rel)
             except (VerifyError, StenoError) as e:
                 if isinstance(e, (TargetError, CancelledJob)):
                     raise
                 results.append(FileResult(rel_final, False, error=str(e)))
                 continue
-            self.files_done += 1
-            self.p.update(files_done=self.files_done)
-            new_entry["files"][pf.name] = mf.entry(size, sha, pf.fmt, pf.version, pf.template)
-            results.append(FileResult(rel_final, True, size, sha))
-            verified.append((rel_final, size, sha))
+            self._done_file(new_entry, results, verified, len(results), pf, rel_final, size, sha)
+        for i, pf, rel, rel_final, size, sha, fut in pending:
+            try:
+                try:
+                    fut.result()
+                except VerifyError:
+                    log.warning("verify failed for %s; rewriting once", rel)
+                    self.t.remove(rel)
+                    size, sha = self._write_verified(s, pf, rel, attempts=(2,))
+            except (VerifyError, StenoError) as e:
+                if isinstance(e, (TargetError, CancelledJob)):
+                    raise
+                results[i] = FileResult(rel_final, False, error=str(e))
+                continue
+            self._done_file(new_entry, results, verified, i, pf, rel_final, size, sha)
         if not exists and not in_place:
             self.t.rename(work_rel, final_rel)
             for r in results:
@@ -286,13 +316,25 @@ class Exporter:
         errors = "; ".join(f"{r.path.rsplit('/', 1)[-1]}: {r.error}" for r in results if not r.ok)
         return SessionResult(s.id, s.uuid, s.title, ok, error=errors, files=tuple(results))
 
-    def _write_verified(self, s: Any, pf: PlannedFile, rel: str) -> tuple[int, str]:
+    def _done_file(self, new_entry: dict, results: list, verified: list, i: int, pf: PlannedFile,
+                   rel_final: str, size: int, sha: str) -> None:
+        self.files_done += 1
+        self.p.update(files_done=self.files_done)
+        new_entry["files"][pf.name] = mf.entry(size, sha, pf.fmt, pf.version, pf.template)
+        r = FileResult(rel_final, True, size, sha)
+        if i == len(results):
+            results.append(r)
+        else:
+            results[i] = r
+        verified.append((rel_final, size, sha))
+
+    def _write_verified(self, s: Any, pf: PlannedFile, rel: str, attempts: tuple = (1, 2)) -> tuple[int, str]:
         data = None
         if pf.source is None:
             data = render_file(pf, s, self.reg)
             self.bytes_total += len(data)
             self.p.update(bytes_total=self.bytes_total)
-        for attempt in (1, 2):
+        for attempt in attempts:
             start = self.bytes_done
             if data is None:
                 size, sha = writer.copy_file(pf.source, self.t, rel, tick=self._tick, cancelled=self._cancelled)

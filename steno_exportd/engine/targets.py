@@ -59,6 +59,7 @@ class Target(Protocol):
     def lstat(self, rel: str) -> EntryStat | None: ...          # None when absent
     def exists(self, rel: str) -> bool: ...
     def listdir(self, rel: str) -> list[str]: ...
+    def scandir(self, rel: str) -> dict[str, EntryStat]: ...   # one listing with lstat of each entry
     def mkdir(self, rel: str) -> None: ...                       # ok if it is already a directory
     def open_write(self, rel: str) -> WriteHandle: ...          # temp file beside rel
     def open_read(self, rel: str, *, uncached: bool = False) -> ReadHandle: ...
@@ -295,6 +296,20 @@ class DirectoryTarget:
         fd = self._open_dir(check_rel(rel))
         try:
             return sorted(os.listdir(fd))
+        except OSError as e:
+            raise os_error(e, rel) from e
+        finally:
+            os.close(fd)
+
+    def scandir(self, rel: str) -> dict[str, EntryStat]:
+        fd = self._open_dir(check_rel(rel))
+        try:
+            out = {}
+            for name in os.listdir(fd):
+                st = _lstat_at(name, fd)
+                if st is not None:
+                    out[name] = st
+            return out
         except OSError as e:
             raise os_error(e, rel) from e
         finally:

@@ -12,7 +12,7 @@ from tests.realparts import require, require_root, require_tool
 MKFS = {
     "ext4": lambda dev, label: ["mkfs.ext4", "-q", "-F", "-L", label, dev],
     "exfat": lambda dev, label: ["mkfs.exfat", "-L", label, dev],
-    "vfat": lambda dev, label: ["mkfs.vfat", "-F", "32", "-s", "64", "-n", label, dev],
+    "vfat": lambda dev, label: ["mkfs.vfat", "-I", "-F", "32", "-s", "64", "-n", label, dev],
 }
 
 
