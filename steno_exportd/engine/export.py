@@ -271,9 +271,12 @@ class Exporter:
             try:
                 if pf.source is not None and self.verify:
                     # read-back of this copy runs beside the write of the next one
-                    size, sha = writer.copy_file(pf.source, self.t, rel, tick=self._tick,
-                                                 cancelled=self._cancelled)
-                    fut = self._verifier.submit(writer.verify, self.t, rel, size, sha, self._cancelled)
+                    if pending and pending[-1][-1].done():
+                        pending[-1][-1].result()     # surface a target error early
+                    size, sha, h = writer.copy_unfinished(pf.source, self.t, rel, tick=self._tick,
+                                                          cancelled=self._cancelled)
+                    fut = self._verifier.submit(writer.finish_and_verify, h, self.t, rel, size, sha,
+                                                self._cancelled)
                     pending.append((len(results), pf, rel, rel_final, size, sha, fut))
                     results.append(None)  # type: ignore[arg-type]
                     continue

@@ -7,7 +7,7 @@ import os
 import queue
 import threading
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from steno_exportd.engine.targets import Target
 from steno_exportd.errors import CancelledJob, SourceError, VerifyError
@@ -63,6 +63,30 @@ def _pipelined(read: Callable[[], bytes], hash_in_reader: bool) -> Iterator[tupl
 def copy_file(src: Path, target: Target, rel: str, *, tick: Tick = lambda n: None,
               cancelled: Callable[[], bool] = lambda: False) -> tuple[int, str]:
     """Copy src to rel on the target under a temp name; return (size, sha256) of what was written."""
+    size, sha, h = copy_unfinished(src, target, rel, tick=tick, cancelled=cancelled)
+    finish(h)
+    return size, sha
+
+
+def finish(h: Any) -> None:
+    """fsync, rename into place, fsync the folder; the temp file is removed on failure."""
+    try:
+        h.sync()
+        h.commit()
+    except BaseException:
+        h.abort()
+        raise
+
+
+def finish_and_verify(h: Any, target: Target, rel: str, size: int, sha: str,
+                      cancelled: Callable[[], bool] = lambda: False) -> None:
+    finish(h)
+    verify(target, rel, size, sha, cancelled)
+
+
+def copy_unfinished(src: Path, target: Target, rel: str, *, tick: Tick = lambda n: None,
+                    cancelled: Callable[[], bool] = lambda: False) -> tuple[int, str, Any]:
+    """Copy src into a temp file; the caller finishes it (possibly in another thread)."""
     try:
         fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
@@ -84,12 +108,10 @@ def copy_file(src: Path, target: Target, rel: str, *, tick: Tick = lambda n: Non
                 h.write(chunk)
                 size += len(chunk)
                 tick(len(chunk))
-            h.sync()
-            h.commit()
         except BaseException:
             h.abort()
             raise
-        return size, digest.hexdigest()  # type: ignore[union-attr]
+        return size, digest.hexdigest(), h  # type: ignore[union-attr]
     finally:
         os.close(fd)
 
