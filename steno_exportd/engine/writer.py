@@ -15,6 +15,8 @@ from steno_exportd.errors import CancelledJob, SourceError, VerifyError
 log = logging.getLogger(__name__)
 
 CHUNK = 4 << 20
+COPY_CHUNK = 1 << 20   # reused buffers that stay cache-friendly
+RING = 8
 DEPTH = 4          # chunks in flight: bounds memory to ~(DEPTH + 2) * CHUNK whatever the file size
 _END = object()
 
@@ -86,7 +88,11 @@ def finish_and_verify(h: Any, target: Target, rel: str, size: int, sha: str,
 
 def copy_unfinished(src: Path, target: Target, rel: str, *, tick: Tick = lambda n: None,
                     cancelled: Callable[[], bool] = lambda: False) -> tuple[int, str, Any]:
-    """Copy src into a temp file; the caller finishes it (possibly in another thread)."""
+    """Copy src into a temp file; the caller finishes it (possibly in another thread).
+
+    A reader thread reads into a small ring of reused buffers and hashes them (hashlib
+    drops the GIL) while this thread writes: no per-chunk allocation, hashing beside the I/O.
+    """
     try:
         fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
@@ -96,22 +102,55 @@ def copy_unfinished(src: Path, target: Target, rel: str, *, tick: Tick = lambda 
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         except OSError:
             pass
+        free: queue.Queue = queue.Queue()
+        for _ in range(RING):
+            free.put(bytearray(COPY_CHUNK))
+        full: queue.Queue = queue.Queue()
+        digest = hashlib.sha256()
+        stop = threading.Event()
+
+        def reader() -> None:
+            try:
+                while not stop.is_set():
+                    buf = free.get()
+                    if buf is None:
+                        break
+                    n = os.readv(fd, [buf])
+                    if n == 0:
+                        break
+                    view = memoryview(buf)[:n]
+                    digest.update(view)
+                    full.put((buf, n))
+                full.put(_END)
+            except BaseException as e:  # noqa: BLE001 - handed to the writer
+                full.put(e)
+
         h = target.open_write(rel)
+        t = threading.Thread(target=reader, name="steno-read", daemon=True)
+        t.start()
         size = 0
         try:
-            digest = None
-            for chunk, digest in _pipelined(lambda: os.read(fd, CHUNK), hash_in_reader=True):
-                if not chunk:
+            while True:
+                item = full.get()
+                if item is _END:
                     break
+                if isinstance(item, BaseException):
+                    raise SourceError(f"cannot read {src}: {item}") from item
                 if cancelled():
                     raise CancelledJob("cancelled")
-                h.write(chunk)
-                size += len(chunk)
-                tick(len(chunk))
+                buf, n = item
+                h.write(memoryview(buf)[:n])
+                free.put(buf)
+                size += n
+                tick(n)
         except BaseException:
             h.abort()
             raise
-        return size, digest.hexdigest(), h  # type: ignore[union-attr]
+        finally:
+            stop.set()
+            free.put(None)
+            t.join()
+        return size, digest.hexdigest(), h
     finally:
         os.close(fd)
 
