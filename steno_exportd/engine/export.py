@@ -5,6 +5,7 @@ import concurrent.futures
 import dataclasses
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from steno_exportd.engine import writer
 from steno_exportd.engine.naming import folder_name, resolve_collision, safe_name
 from steno_exportd.engine.plan import PlannedFile, plan_session, render_file
 from steno_exportd.engine.targets import TEMP_PREFIX, DirectoryTarget, Target
-from steno_exportd.errors import CancelledJob, StenoError, TargetError, TargetFullError, VerifyError
+from steno_exportd.errors import CancelledJob, SourceError, StenoError, TargetError, TargetFullError, VerifyError
 from steno_exportd.events import FileResult, SessionResult
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ class Exporter:
         results: list[SessionResult] = []
         for sid in self.spec.session_ids:
             try:
-                sessions.append(self.lib.get_session(sid))
+                sessions.append(self._retry(self.lib.get_session, sid))
             except StenoError as e:
                 results.append(SessionResult(int(sid) if str(sid).isdigit() else 0, "", "", False, error=str(e)))
         plans = [(s, plan_session(s, self.spec.formats, self.template, self.include_audio, self.reg))
@@ -137,6 +138,20 @@ class Exporter:
             if not r.ok and not self.cont:
                 stop_reason = stop_reason or f"an earlier session failed ({r.error})"
         return results
+
+    def _retry(self, fn: Any, *args: Any) -> Any:
+        """Retry a transient source error (a locked recorder DB) with exponential backoff."""
+        delay = 0.2
+        for attempt in range(self.cfg.export.retries + 1):
+            try:
+                return fn(*args)
+            except SourceError as e:
+                if attempt == self.cfg.export.retries or self._cancelled():
+                    raise
+                log.info("transient error (%s); retrying in %.1fs", e, delay)
+                time.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
 
     def _owned_folder(self, name: str) -> bool:
         return any(e["folder"] == name for e in self.m.sessions.values())
@@ -334,7 +349,7 @@ class Exporter:
     def _write_verified(self, s: Any, pf: PlannedFile, rel: str, attempts: tuple = (1, 2)) -> tuple[int, str]:
         data = None
         if pf.source is None:
-            data = render_file(pf, s, self.reg)
+            data = self._retry(render_file, pf, s, self.reg)
             self.bytes_total += len(data)
             self.p.update(bytes_total=self.bytes_total)
         for attempt in attempts:

@@ -106,3 +106,38 @@ async def test_switches_publish_status(core_env):
     e = await asyncio.wait_for(task, 5)
     assert e == ev.StatusChanged("samba_enabled", True) and core.sharing_enabled
     await q.aclose()
+
+
+async def test_cancel_mid_copy_leaves_no_partial_file_under_a_final_name(core_env, tmp_path):
+    cfg, _, out = core_env
+    (tmp_path / "big").mkdir()
+    lib = library(tmp_path / "big", 3, audio_size=60_000_000)
+    core = Core(cfg, library=lib)
+    await core.start()
+    try:
+        snap = await core.export_sessions([1, 2, 3], ["txt", "audio"], str(out))
+        for _ in range(500):
+            if core.jobs.get(snap.id).bytes_done > 0:
+                break
+            await asyncio.sleep(0.01)
+        core.jobs.cancel(snap.id)
+        done = await core.jobs.wait(snap.id, 60)
+        assert done.state in (ev.JobState.CANCELLED, ev.JobState.COMPLETED)
+    finally:
+        await core.stop()
+    root = out / "SilentSteno"
+    for folder in [d for d in root.iterdir() if d.is_dir() and not d.name.endswith(".partial")]:
+        for f in folder.iterdir():
+            assert not f.name.startswith(".steno-tmp")
+    if (root / "SHA256SUMS").exists():
+        import subprocess
+        assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=root).returncode == 0
+    # the rerun completes what was cancelled
+    core2 = Core(cfg, library=lib)
+    await core2.start()
+    try:
+        snap = await core2.export_sessions([1, 2, 3], ["txt", "audio"], str(out))
+        assert (await core2.jobs.wait(snap.id, 60)).state == ev.JobState.COMPLETED
+    finally:
+        await core2.stop()
+    assert not [p for p in root.iterdir() if p.name.endswith(".partial")]

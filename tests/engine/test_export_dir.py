@@ -89,3 +89,22 @@ def test_missing_audio_other_files_exported(tmp_path):
     res = _run(lib, _cfg(tmp_path), out, [1])
     assert not res[0].ok and "audio" in res[0].error
     assert sum(f.ok for f in res[0].files) == 2
+
+
+def test_transient_source_error_is_retried(tmp_path):
+    from steno_exportd.errors import SourceError
+    lib = library(tmp_path, 1)
+    calls = {"n": 0}
+    real = lib.get_session
+
+    def flaky(key):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise SourceError("database is locked")
+        return real(key)
+
+    lib.get_session = flaky
+    out = tmp_path / "out"
+    out.mkdir()
+    res = _run(lib, _cfg(tmp_path), out, [1])
+    assert res[0].ok and calls["n"] == 2
