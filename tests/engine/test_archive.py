@@ -48,3 +48,31 @@ def test_export_to_zip_and_tar(tmp_path):
         t.extractall(tmp_path / "t", filter="data")
     assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=tmp_path / "t" / "SilentSteno").returncode == 0
     assert not list(tmp_path.glob(".steno-tmp*"))
+
+
+def test_zip64_over_4_gib(tmp_path):
+    from steno_exportd.engine.archive import ArchiveEntry, make_plan
+    big = tmp_path / "big.wav"
+    with open(big, "wb") as f:
+        f.truncate(int(4.1 * 1024 ** 3))              # sparse
+    plan = make_plan([ArchiveEntry("SilentSteno/a/big.wav", path=big, session_uuid="u"),
+                      ArchiveEntry("SilentSteno/a/t.txt", data=b"hello " * 100, compress=True, session_uuid="u")],
+                     sessions={"u": {"id": 1, "title": "x", "updated_at": ""}})
+    expected = zip_size(plan)
+    out = tmp_path / "big.zip"
+    with open(out, "wb") as f:
+        for b in zip_stream(plan):
+            if len(b) > 65536 and b.count(0) == len(b):
+                f.seek(len(b), 1)                       # keep the test file sparse
+            else:
+                f.write(b)
+        f.truncate()
+    assert out.stat().st_size == expected
+    with zipfile.ZipFile(out) as z:
+        infos = {i.filename: i for i in z.infolist()}
+        assert infos["SilentSteno/a/big.wav"].file_size == big.stat().st_size
+        assert z.read("SilentSteno/a/t.txt") == b"hello " * 100
+        sums = z.read("SilentSteno/SHA256SUMS").decode()
+        assert "a/big.wav" in sums and "0" * 64 not in sums
+        with z.open("SilentSteno/a/big.wav") as m:
+            assert m.read(1024) == b"\0" * 1024
