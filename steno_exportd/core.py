@@ -47,8 +47,9 @@ class Core:
         self.cfg = cfg
         self.events = ev.EventBus()
         self._library = library
-        self.devices = DeviceRegistry(self.events)
         self.state = StateDB(Path(cfg.state.dir) / "state.db")
+        self.devices = DeviceRegistry(self.events, lambda d: self.state.device_seen(d.uuid or d.id, d.label,
+                                                                                     d.fs_type))
         self.jobs = JobManager(cfg, self.events, self.state, lambda: self.library)
         self.auto_export: bool = cfg.usb.auto_export.enabled
         self.sharing_enabled: bool = cfg.samba.enabled
@@ -71,6 +72,7 @@ class Core:
             return
         self._started = True
         await asyncio.to_thread(self.state.open)
+        await asyncio.to_thread(self.state.prune, self.cfg.export.job_history_days)
         await self.jobs.start()
 
     async def stop(self) -> None:

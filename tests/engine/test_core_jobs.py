@@ -141,3 +141,34 @@ async def test_cancel_mid_copy_leaves_no_partial_file_under_a_final_name(core_en
     finally:
         await core2.stop()
     assert not [p for p in root.iterdir() if p.name.endswith(".partial")]
+
+
+async def test_devices_registry_and_history(core_env):
+    cfg, lib, out = core_env
+    core = Core(cfg, library=lib)
+    await core.start()
+    try:
+        q = core.events.subscribe()
+        task = asyncio.ensure_future(q.__anext__())
+        await asyncio.sleep(0)
+        snap = ev.DeviceSnapshot("u1", "u1", "STICK", "vfat", "/dev/sdz1", 100, 50, str(out), ev.DeviceState.MOUNTED)
+        core.devices.update(snap)
+        assert (await asyncio.wait_for(task, 5)) == ev.DeviceUpdated(snap)
+        assert core.devices.get("u1") == snap and core.status_text().endswith("1 stick")
+        assert core.state.devices()[0]["label"] == "STICK"
+        core.devices.remove("u1")
+        assert (await asyncio.wait_for(q.__anext__(), 5)) == ev.DeviceRemoved("u1")
+        await q.aclose()
+        with pytest.raises(NotFoundError):
+            core.devices.get("u1")
+        ejected = []
+
+        async def ejector(dev_id):
+            ejected.append(dev_id)
+
+        core.devices.update(snap)
+        core.set_ejector(ejector)
+        job = await core.eject("u1")
+        assert job.operation == "eject" and job.state == ev.JobState.COMPLETED and ejected == ["u1"]
+    finally:
+        await core.stop()
