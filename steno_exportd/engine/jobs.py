@@ -117,9 +117,9 @@ class JobManager:
         for j in list(self._jobs.values()):
             if not j.snap.state.finished:
                 j.cancel.set()
-        running = [j.task for j in self._jobs.values() if j.task and not j.task.done()]
+        running = [j.done.wait() for j in self._jobs.values() if j.task is not None and not j.done.is_set()]
         if running:
-            await asyncio.gather(*running, return_exceptions=True)
+            await asyncio.wait_for(asyncio.gather(*running), 120)   # copies stop at the next chunk
         for w in self._workers:
             w.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)

@@ -172,3 +172,20 @@ async def test_devices_registry_and_history(core_env):
         assert job.operation == "eject" and job.state == ev.JobState.COMPLETED and ejected == ["u1"]
     finally:
         await core.stop()
+
+
+async def test_stop_cancels_a_running_job_safely(core_env, tmp_path):
+    cfg, _, out = core_env
+    (tmp_path / "big").mkdir()
+    lib = library(tmp_path / "big", 2, audio_size=80_000_000)
+    core = Core(cfg, library=lib)
+    await core.start()
+    snap = await core.export_sessions([1, 2], ["audio"], str(out))
+    for _ in range(500):
+        if core.jobs.get(snap.id).state == ev.JobState.RUNNING:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.wait_for(core.stop(), 60)
+    assert core.jobs.get(snap.id).state.finished
+    for p in (out / "SilentSteno").rglob("*"):
+        assert not (p.is_file() and p.name == "audio.wav" and p.stat().st_size != 80_000_000)
