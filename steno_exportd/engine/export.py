@@ -137,7 +137,56 @@ class Exporter:
             self.p.update(force=True, results=tuple(results))
             if not r.ok and not self.cont:
                 stop_reason = stop_reason or f"an earlier session failed ({r.error})"
+        if self.spec.options.merge and sessions and not self._cancelled() and not stop_reason:
+            try:
+                results.append(self._export_merged(sessions))
+            except (TargetError, OSError) as e:
+                results.append(SessionResult(0, "", "merged", False, error=str(e)))
         return results
+
+    def _export_merged(self, sessions: list) -> SessionResult:
+        """One merged document per format in 'Merged <date> (N sessions)'; reported as session 0."""
+        from steno_exportd.engine.plan import registry, render_options
+        reg = self.reg or registry()
+        stamp = time.strftime("%Y-%m-%d %H-%M")
+        taken = set(self.t.listdir(self.root)) | {e["folder"] for e in self.m.sessions.values()}
+        folder = resolve_collision(safe_name(f"Merged {stamp} ({len(sessions)} sessions)"), taken)
+        in_place = not getattr(self.t, "atomic_dir_rename", True)
+        final_rel = f"{self.root}/{folder}"
+        work_rel = final_rel if in_place else f"{final_rel}.partial"
+        self.t.mkdir(work_rel)
+        if in_place:
+            mf.write_atomic(self.t, f"{work_rel}/{MARKER}", b"incomplete\n")
+        files: list[FileResult] = []
+        entry = {"id": 0, "title": "merged", "folder": folder, "updated_at": mf.now_iso(),
+                 "exported_at": mf.now_iso(), "files": {}}
+        for fmt in self.spec.formats:
+            if fmt == "audio":
+                continue
+            try:
+                r = reg.get(fmt)
+                if not hasattr(r, "render_merged"):
+                    raise StenoError(f"{fmt} cannot merge sessions")
+                data = self._retry(r.render_merged, sessions, render_options(self.template))
+                name = safe_name(f"merged.{getattr(r, 'extension', fmt)}")
+                pf = PlannedFile(name, fmt, str(getattr(r, "version", "")))
+                size, sha = self._write_verified(None, pf, f"{work_rel}/{name}", data=data)
+            except (TargetError, CancelledJob):
+                raise
+            except Exception as e:  # noqa: BLE001 - one format's problem never stops the others
+                files.append(FileResult(f"{final_rel}/{fmt}", False, error=str(e)))
+                continue
+            entry["files"][name] = mf.entry(size, sha, fmt, pf.version, self.template)
+            files.append(FileResult(f"{final_rel}/{name}", True, size, sha))
+        if in_place:
+            self.t.remove(f"{work_rel}/{MARKER}")
+        else:
+            self.t.rename(work_rel, final_rel)
+        self.m.sessions[f"merged:{folder}"] = entry
+        mf.save(self.t, self.root, self.m)
+        ok = all(f.ok for f in files)
+        return SessionResult(0, "", "merged", ok, error="; ".join(f.error for f in files if not f.ok),
+                             files=tuple(files))
 
     def _retry(self, fn: Any, *args: Any) -> Any:
         """Retry a transient source error (a locked recorder DB) with exponential backoff."""
@@ -346,9 +395,9 @@ class Exporter:
             results[i] = r
         verified.append((rel_final, size, sha))
 
-    def _write_verified(self, s: Any, pf: PlannedFile, rel: str, attempts: tuple = (1, 2)) -> tuple[int, str]:
-        data = None
-        if pf.source is None:
+    def _write_verified(self, s: Any, pf: PlannedFile, rel: str, attempts: tuple = (1, 2),
+                        data: bytes | None = None) -> tuple[int, str]:
+        if pf.source is None and data is None:
             data = self._retry(render_file, pf, s, self.reg)
             self.bytes_total += len(data)
             self.p.update(bytes_total=self.bytes_total)

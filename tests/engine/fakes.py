@@ -87,3 +87,10 @@ def library(tmp: Path, n: int, audio_size: int = 200_000) -> FakeLibrary:
         a.write_bytes(os.urandom(audio_size))
         out.append(make_session(i, a))
     return FakeLibrary(out)
+
+
+def _merged(self, sessions, o):
+    return "".join(s.title + "\n" for s in sessions).encode()
+
+
+_Txt.render_merged = _merged

@@ -108,3 +108,16 @@ def test_transient_source_error_is_retried(tmp_path):
     out.mkdir()
     res = _run(lib, _cfg(tmp_path), out, [1])
     assert res[0].ok and calls["n"] == 2
+
+
+def test_merge_writes_one_document_per_format(tmp_path):
+    lib = library(tmp_path, 3)
+    out = tmp_path / "out"
+    out.mkdir()
+    res = run_export(lib, SimpleSpec(str(out), (1, 2, 3), ("txt", "json"), ExportOptions(merge=True)),
+                     _cfg(tmp_path), reg=FakeRegistry())
+    merged = res[-1]
+    assert merged.session_id == 0 and merged.ok and len(merged.files) == 2
+    f = next((out / "SilentSteno").glob("Merged */merged.txt"))
+    assert f.read_text() == "Meeting 1\nMeeting 2\nMeeting 3\n"
+    assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=out / "SilentSteno").returncode == 0
