@@ -15,7 +15,7 @@ from steno_exportd.errors import CancelledJob, SourceError, VerifyError
 log = logging.getLogger(__name__)
 
 CHUNK = 4 << 20
-COPY_CHUNK = 1 << 20   # reused buffers that stay cache-friendly
+COPY_CHUNK = 1 << 20   # reused buffers: no per-chunk allocation
 RING = 8
 DEPTH = 4          # chunks in flight: bounds memory to ~(DEPTH + 2) * CHUNK whatever the file size
 _END = object()
