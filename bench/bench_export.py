@@ -1,0 +1,189 @@
+"""bench export: ~2 GiB of audio exported with verification to ext4 and exfat-fuse loop images.
+
+Anchors in the same run, on the same targets, caches dropped between steps:
+  A: sha256sum of the sources, cp -r, sync, drop caches, sha256sum -c of the copies
+  L: cp -r, sync, drop caches, cat of the copies > /dev/null
+Prints wall times, ours/A, ours/L, our peak RSS and the incremental rerun over 1,000 sessions.
+Needs root (loop devices, drop_caches). Cleans up after itself.
+"""
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.engine.real_loopfs import MKFS, mount, umount  # noqa: E402
+
+MiB = 1024 * 1024
+LAYOUT = [200 * MiB] * 8 + [11 * MiB] * 40 + [64 * 1024] * 20
+
+
+def drop_caches() -> None:
+    subprocess.run(["sync"], check=True)
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def make_sources(d: Path) -> list[Path]:
+    block = os.urandom(16 * MiB)
+    out = []
+    for i, size in enumerate(LAYOUT, 1):
+        p = d / f"s{i}.wav"
+        with open(p, "wb") as f:
+            left = size
+            off = i * 4099
+            while left:
+                n = min(left, len(block) - off % len(block))
+                f.write(block[off % len(block): off % len(block) + n])
+                left -= n
+                off += n
+        out.append(p)
+    return out
+
+
+OURS = """
+import sys, time, resource
+sys.path.insert(0, {root!r})
+from pathlib import Path
+from steno_exportd import config
+from steno_exportd.engine.export import SimpleSpec, run_export
+from steno_exportd.engine.options import ExportOptions
+from tests.engine.fakes import FakeLibrary, FakeRegistry, make_session
+srcs = {srcs!r}
+lib = FakeLibrary([make_session(i, Path(p)) for i, p in enumerate(srcs, 1)])
+cfg = config.from_dict({{"recorder": {{"db_path": "/nonexistent/db.sqlite"}}}})
+t = time.monotonic()
+res = run_export(lib, SimpleSpec({dst!r}, tuple(range(1, len(srcs) + 1)), ("txt", "audio"), ExportOptions()),
+                 cfg, reg=FakeRegistry())
+assert all(r.ok for r in res), [r.error for r in res if not r.ok]
+print(time.monotonic() - t)
+"""
+
+
+def timed(cmd: str, cwd: Path | None = None) -> float:
+    t = time.monotonic()
+    subprocess.run(["bash", "-c", cmd], check=True, cwd=cwd, stdout=subprocess.DEVNULL)
+    return time.monotonic() - t
+
+
+def run_ours(srcs: list[Path], dst: Path) -> tuple[float, int]:
+    code = OURS.format(root=str(ROOT), srcs=[str(p) for p in srcs], dst=str(dst))
+    t = time.monotonic()
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    _, status, ru = os.wait4(p.pid, 0)
+    wall = time.monotonic() - t
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit("our export failed")
+    return wall, ru.ru_maxrss * 1024
+
+
+def bench_fs(fstype: str, work: Path, srcs: list[Path], src_dir: Path) -> None:
+    img = work / f"{fstype}.img"
+    mnt = work / f"mnt-{fstype}"
+    mnt.mkdir()
+    with open(img, "wb") as f:
+        f.truncate(6 * 1024 * MiB)
+    dev = subprocess.run(["losetup", "-f", "--show", str(img)], check=True, capture_output=True,
+                         text=True).stdout.strip()
+    try:
+        subprocess.run(MKFS[fstype](dev, "BENCHX"), check=True, capture_output=True)
+        mount(dev, mnt, fstype)
+        try:
+            # anchor A
+            drop_caches()
+            t = time.monotonic()
+            subprocess.run(f"sha256sum * > {work}/src.sums", shell=True, check=True, cwd=src_dir)
+            subprocess.run(["cp", "-r", str(src_dir), str(mnt / "A")], check=True)
+            subprocess.run(["sync"], check=True)
+            drop_caches()
+            subprocess.run(["sha256sum", "-c", "--quiet", f"{work}/src.sums"], check=True, cwd=mnt / "A")
+            a = time.monotonic() - t
+            shutil.rmtree(mnt / "A")
+            # anchor L
+            drop_caches()
+            t = time.monotonic()
+            subprocess.run(["cp", "-r", str(src_dir), str(mnt / "L")], check=True)
+            subprocess.run(["sync"], check=True)
+            drop_caches()
+            subprocess.run("cat * > /dev/null", shell=True, check=True, cwd=mnt / "L")
+            lim = time.monotonic() - t
+            shutil.rmtree(mnt / "L")
+            # ours
+            drop_caches()
+            (mnt / "ours").mkdir()
+            ours, rss = run_ours(srcs, mnt / "ours")
+            ok = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=mnt / "ours" / "SilentSteno",
+                                capture_output=True).returncode == 0
+            shutil.rmtree(mnt / "ours")
+            subprocess.run(["sync"], check=True)
+            print(f"export_{fstype}_anchor_A_s: {a:.2f}")
+            print(f"export_{fstype}_anchor_L_s: {lim:.2f}")
+            print(f"export_{fstype}_ours_s: {ours:.2f}")
+            print(f"export_{fstype}_ours_over_A: {ours / a:.2f}  (target <= 0.8)")
+            print(f"export_{fstype}_ours_over_L: {ours / lim:.2f}  (target <= 1.15)")
+            print(f"export_{fstype}_peak_rss_mb: {rss / MiB:.1f}  (target <= 100)")
+            print(f"export_{fstype}_sha256sum_c_ok: {ok}")
+        finally:
+            umount(mnt)
+    finally:
+        subprocess.run(["losetup", "-d", dev], capture_output=True)
+        img.unlink(missing_ok=True)
+
+
+def bench_incremental(work: Path) -> None:
+    from steno_exportd import config
+    from steno_exportd.engine.export import SimpleSpec, run_export
+    from steno_exportd.engine.options import ExportOptions
+    from tests.engine.fakes import FakeLibrary, FakeRegistry, make_session
+
+    src = work / "inc-src"
+    src.mkdir()
+    sessions = []
+    for i in range(1, 1001):
+        p = src / f"a{i}.wav"
+        p.write_bytes(i.to_bytes(4, "little") * 256)
+        sessions.append(make_session(i, p))
+    lib = FakeLibrary(sessions)
+    dst = work / "inc-dst"
+    dst.mkdir()
+    cfg = config.from_dict({"recorder": {"db_path": "/nonexistent/db.sqlite"}})
+    spec = SimpleSpec(str(dst), tuple(range(1, 1001)), ("txt", "json", "audio"), ExportOptions())
+    t = time.monotonic()
+    run_export(lib, spec, cfg, reg=FakeRegistry())
+    first = time.monotonic() - t
+    t = time.monotonic()
+    res = run_export(lib, spec, cfg, reg=FakeRegistry())
+    again = time.monotonic() - t
+    assert all(r.skipped for r in res)
+    print(f"export_1000_sessions_first_s: {first:.2f}")
+    print(f"export_incremental_nothing_new_1000_sessions_s: {again:.3f}  (target <= 1)")
+
+
+def main() -> int:
+    if os.geteuid() != 0:
+        print("bench export: needs root (loop devices, drop_caches)", file=sys.stderr)
+        return 1
+    work = Path(tempfile.mkdtemp(prefix="bench-export-", dir="/var/tmp"))
+    try:
+        src_dir = work / "src"
+        src_dir.mkdir()
+        srcs = make_sources(src_dir)
+        print(f"export_source_gib: {sum(p.stat().st_size for p in srcs) / 1024 ** 3:.2f}")
+        for fstype in ("ext4", "exfat"):
+            bench_fs(fstype, work, srcs, src_dir)
+        bench_incremental(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

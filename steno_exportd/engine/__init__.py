@@ -1,0 +1,1 @@
+"""The export engine: plan, write, verify, record; jobs and state."""

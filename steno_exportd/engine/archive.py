@@ -1,0 +1,351 @@
+"""Streaming ZIP (ZIP64, audio stored, text deflated) and tar.gz with the target layout.
+
+``zip_stream(plan)`` yields the archive as large byte chunks without temp files (the web
+page streams it); ``zip_size(plan)`` is its exact length, known before the first byte, so
+HTTP can send Content-Length. SHA256SUMS and manifest.json are computed while streaming:
+their lengths are fixed ahead (hex digests have a fixed width), their bytes come at the end.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import socket
+import struct
+import tarfile
+import time
+import zlib
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from steno_exportd import __version__
+from steno_exportd.engine import manifest as mf
+
+log = logging.getLogger(__name__)
+
+CHUNK = 4 << 20
+Z64 = 0xFFFFFFFF
+
+
+@dataclasses.dataclass
+class ArchiveEntry:
+    """One file of the archive: a source path (stored) or bytes (deflated when compress)."""
+
+    name: str                       # path inside the archive, '/'-separated
+    path: Path | None = None
+    data: bytes | None = None
+    compress: bool = False
+    mtime: float = 0.0
+    session_uuid: str = ""          # for the manifest
+    fmt: str = ""
+    version: str = ""
+    # filled by zip_plan
+    size: int = 0
+    csize: int = 0
+    crc: int = 0
+    payload: bytes | None = None    # compressed (or stored) bytes for data entries
+    sha256: str = ""
+    trailer: Callable[[], bytes] | None = None
+
+
+@dataclasses.dataclass
+class ZipPlan:
+    entries: list[ArchiveEntry]
+    root: str = "SilentSteno"
+    sessions: dict[str, dict] = dataclasses.field(default_factory=dict)   # uuid -> {folder, title, updated_at}
+
+
+def _dos(t: float) -> tuple[int, int]:
+    lt = time.localtime(t or time.time())
+    y = max(1980, lt.tm_year)
+    return ((lt.tm_hour << 11) | (lt.tm_min << 5) | (lt.tm_sec // 2),
+            ((y - 1980) << 9) | (lt.tm_mon << 5) | lt.tm_mday)
+
+
+def make_plan(entries: list[ArchiveEntry], root: str = "SilentSteno", sessions: dict | None = None,
+              with_sums: bool = True) -> ZipPlan:
+    """Compress data entries now (small text), stat file entries, append SHA256SUMS and manifest.json."""
+    plan = ZipPlan(list(entries), root, dict(sessions or {}))
+    for e in plan.entries:
+        _prepare(e)
+    if with_sums:
+        files = [e for e in plan.entries]
+        exported_at = mf.now_iso()
+
+        def sums() -> bytes:
+            return "".join(f"{e.sha256 or '0' * 64}  {e.name[len(root) + 1:]}\n" for e in files).encode()
+
+        def manifest() -> bytes:
+            out: dict[str, dict] = {}
+            for e in files:
+                if not e.session_uuid:
+                    continue
+                info = plan.sessions.get(e.session_uuid, {})
+                folder, _, fname = e.name[len(root) + 1:].partition("/")
+                s = out.setdefault(e.session_uuid, {"folder": folder, "title": info.get("title", ""),
+                                                    "id": info.get("id", 0),
+                                                    "updated_at": info.get("updated_at", ""),
+                                                    "exported_at": exported_at, "files": {}})
+                s["files"][fname] = {"size": e.size, "sha256": e.sha256 or "0" * 64, "renderer": e.fmt,
+                                     "version": e.version, "template": "", "exported_at": exported_at}
+            doc = {"format": mf.FORMAT, "version": mf.VERSION, "generator": f"steno-exportd {__version__}",
+                   "host": socket.gethostname(), "updated": exported_at, "sessions": out}
+            return json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False).encode()
+
+        for name, fn in ((f"{root}/{mf.SUMS}", sums), (f"{root}/{mf.MANIFEST}", manifest)):
+            e = ArchiveEntry(name, trailer=fn)
+            e.size = e.csize = len(fn())       # fixed length: digests are fixed-width
+            plan.entries.append(e)
+    return plan
+
+
+def _prepare(e: ArchiveEntry) -> None:
+    if e.data is not None:
+        e.size = len(e.data)
+        e.crc = zlib.crc32(e.data)
+        e.sha256 = hashlib.sha256(e.data).hexdigest()
+        if e.compress:
+            c = zlib.compressobj(6, zlib.DEFLATED, -15)
+            e.payload = c.compress(e.data) + c.flush()
+        else:
+            e.payload = e.data
+        e.csize = len(e.payload)
+    elif e.path is not None:
+        st = os.stat(e.path)
+        e.size = e.csize = st.st_size
+        e.mtime = e.mtime or st.st_mtime
+
+
+def _deferred(e: ArchiveEntry) -> bool:
+    """CRC unknown until streamed: data descriptor follows the data."""
+    return e.payload is None
+
+
+def _local_header(e: ArchiveEntry) -> bytes:
+    name = e.name.encode("utf-8")
+    z64 = e.size >= Z64 or e.csize >= Z64
+    flags = 0x0800 | (0x0008 if _deferred(e) else 0)
+    method = 8 if (e.payload is not None and e.compress) else 0
+    t, d = _dos(e.mtime)
+    crc = 0 if _deferred(e) else e.crc
+    extra = struct.pack("<HHQQ", 1, 16, e.size, e.csize) if z64 else b""
+    sz = (Z64, Z64) if z64 else ((0, 0) if _deferred(e) else (e.csize, e.size))
+    return struct.pack("<IHHHHHIIIHH", 0x04034B50, 45 if z64 else 20, flags, method, t, d, crc,
+                       sz[0], sz[1], len(name), len(extra)) + name + extra
+
+
+def _descriptor(e: ArchiveEntry) -> bytes:
+    if not _deferred(e):
+        return b""
+    if e.size >= Z64 or e.csize >= Z64:
+        return struct.pack("<IIQQ", 0x08074B50, e.crc, e.csize, e.size)
+    return struct.pack("<IIII", 0x08074B50, e.crc, e.csize, e.size)
+
+
+def _central(e: ArchiveEntry, offset: int) -> bytes:
+    name = e.name.encode("utf-8")
+    fields = []
+    usize, csize, off = e.size, e.csize, offset
+    if e.size >= Z64 or e.csize >= Z64:
+        fields += [e.size, e.csize]
+        usize = csize = Z64
+    if offset >= Z64:
+        fields.append(offset)
+        off = Z64
+    extra = struct.pack("<HH", 1, 8 * len(fields)) + b"".join(struct.pack("<Q", f) for f in fields) \
+        if fields else b""
+    flags = 0x0800 | (0x0008 if _deferred(e) else 0)
+    method = 8 if (e.payload is not None and e.compress) else 0
+    t, d = _dos(e.mtime)
+    return struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, (3 << 8) | 45, 45 if fields else 20, flags, method, t, d,
+                       e.crc, csize, usize, len(name), len(extra), 0, 0, 0, 0o100644 << 16, off) + name + extra
+
+
+def _end(n: int, cd_size: int, cd_offset: int) -> bytes:
+    out = b""
+    if n >= 0xFFFF or cd_size >= Z64 or cd_offset >= Z64:
+        z64_off = cd_offset + cd_size
+        out += struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, 45, 45, 0, 0, n, n, cd_size, cd_offset)
+        out += struct.pack("<IIQI", 0x07064B50, 0, z64_off, 1)
+        return out + struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 0xFFFF, 0xFFFF, Z64, Z64, 0)
+    return out + struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, n, n, cd_size, cd_offset, 0)
+
+
+def zip_size(plan: ZipPlan) -> int:
+    """The exact length zip_stream(plan) yields."""
+    off = 0
+    offsets = []
+    for e in plan.entries:
+        offsets.append(off)
+        off += len(_local_header(e)) + e.csize + len(_descriptor(e))
+    cd = sum(len(_central(e, o)) for e, o in zip(plan.entries, offsets))
+    return off + cd + len(_end(len(plan.entries), cd, off))
+
+
+def zip_stream(plan: ZipPlan, chunk: int = CHUNK) -> Iterator[bytes]:
+    """Yield the ZIP in chunks of about `chunk` bytes; files are read once (CRC and SHA-256 on the way)."""
+    off = 0
+    offsets: list[int] = []
+    buf = bytearray()
+    for e in plan.entries:
+        offsets.append(off)
+        head = _local_header(e)
+        buf += head
+        off += len(head)
+        if e.trailer is not None:
+            e.payload = None
+            data = e.trailer()
+            e.crc = zlib.crc32(data)
+            buf += data
+        elif e.payload is not None:
+            buf += e.payload
+        else:
+            crc, digest, n = 0, hashlib.sha256(), 0
+            with open(e.path, "rb", buffering=0) as f:  # type: ignore[arg-type]
+                while True:
+                    b = f.read(chunk)
+                    if not b:
+                        break
+                    crc = zlib.crc32(b, crc)
+                    digest.update(b)
+                    n += len(b)
+                    if buf:
+                        yield bytes(buf)
+                        buf.clear()
+                    yield b
+            if n != e.size:
+                raise OSError(f"{e.path} changed size while being archived")
+            e.crc, e.sha256 = crc, digest.hexdigest()
+        off += e.csize
+        buf += _descriptor(e)
+        off += len(_descriptor(e))
+        if len(buf) >= chunk:
+            yield bytes(buf)
+            buf.clear()
+    cd_start = off
+    cd = b"".join(_central(e, o) for e, o in zip(plan.entries, offsets))
+    buf += cd + _end(len(plan.entries), len(cd), cd_start)
+    yield bytes(buf)
+
+
+def tar_gz_write(plan: ZipPlan, fileobj: Any) -> None:
+    """Write the plan as a tar.gz (SHA256SUMS and manifest computed first pass, appended last)."""
+    with tarfile.open(fileobj=fileobj, mode="w:gz", compresslevel=6) as tar:
+        for e in plan.entries:
+            if e.trailer is not None:
+                data = e.trailer()
+                ti = tarfile.TarInfo(e.name)
+                ti.size, ti.mtime, ti.mode = len(data), int(time.time()), 0o644
+                import io
+                tar.addfile(ti, io.BytesIO(data))
+            elif e.data is not None:
+                import io
+                ti = tarfile.TarInfo(e.name)
+                ti.size, ti.mtime, ti.mode = len(e.data), int(e.mtime or time.time()), 0o644
+                tar.addfile(ti, io.BytesIO(e.data))
+            else:
+                digest = hashlib.sha256()
+                ti = tarfile.TarInfo(e.name)
+                ti.size, ti.mtime, ti.mode = e.size, int(e.mtime), 0o644
+
+                class _Hashing:
+                    def __init__(self, f):
+                        self.f = f
+
+                    def read(self, n=-1):
+                        b = self.f.read(n)
+                        digest.update(b)
+                        return b
+
+                with open(e.path, "rb") as f:  # type: ignore[arg-type]
+                    tar.addfile(ti, _Hashing(f))
+                e.sha256 = digest.hexdigest()
+
+
+def build_plan(library: Any, session_ids: tuple, formats: tuple, template: str, include_audio: bool, cfg: Any,
+               reg: Any = None, errors: dict | None = None) -> ZipPlan:
+    """Sessions x formats -> archive entries with the same layout as a folder export."""
+    from steno_exportd.engine.naming import folder_name, resolve_collision, safe_name
+    from steno_exportd.engine.plan import plan_session, render_file
+
+    root = safe_name(cfg.export.root_folder, "SilentSteno")
+    entries: list[ArchiveEntry] = []
+    sessions: dict[str, dict] = {}
+    taken: set[str] = set()
+    for seq, sid in enumerate(session_ids, 1):
+        s = library.get_session(sid)
+        folder = resolve_collision(safe_name(folder_name(s.summary, cfg.export.naming, cfg.export.folder_pattern,
+                                                         seq=seq), f"Session {s.id}", limit=240), taken)
+        taken.add(folder)
+        sessions[s.uuid] = {"id": s.id, "title": s.title,
+                            "updated_at": s.updated_at.isoformat() if s.updated_at else ""}
+        for pf in plan_session(s, formats, template, include_audio, reg):
+            if pf.error:
+                if errors is not None:
+                    errors.setdefault(s.id, []).append(pf.error)
+                continue
+            name = f"{root}/{folder}/{pf.name}"
+            if pf.source is not None:
+                entries.append(ArchiveEntry(name, path=pf.source, session_uuid=s.uuid, fmt=pf.fmt,
+                                            version=pf.version))
+            else:
+                try:
+                    data = render_file(pf, s, reg)
+                except Exception as e:  # noqa: BLE001 - one file's problem is reported, others go on
+                    if errors is not None:
+                        errors.setdefault(s.id, []).append(f"{pf.name}: {e}")
+                    continue
+                entries.append(ArchiveEntry(name, data=data, compress=True, session_uuid=s.uuid, fmt=pf.fmt,
+                                            version=pf.version))
+    return make_plan(entries, root, sessions)
+
+
+def export_archive(library: Any, spec: Any, cfg: Any, progress: Any, reg: Any = None) -> list:
+    """Write a .zip or .tar.gz file atomically (temp name, fsync, rename); results per session."""
+    from steno_exportd.engine.writer import read_back
+    from steno_exportd.engine.targets import DirectoryTarget
+    from steno_exportd.events import SessionResult
+
+    o = spec.options
+    template = o.template or cfg.export.template
+    include_audio = cfg.export.include_audio if o.include_audio is None else o.include_audio
+    errors: dict = {}
+    plan = build_plan(library, spec.session_ids, spec.formats, template, include_audio, cfg, reg, errors)
+    path = Path(spec.target)
+    t = DirectoryTarget(path.parent or ".")
+    total = sum(e.csize for e in plan.entries)
+    progress.update(force=True, bytes_total=total, files_total=len(plan.entries), bytes_done=0)
+    h = t.open_write(path.name)
+    done = 0
+    try:
+        if path.name.lower().endswith(".zip"):
+            for b in zip_stream(plan):
+                if progress.cancelled:
+                    from steno_exportd.errors import CancelledJob
+                    raise CancelledJob("cancelled")
+                h.write(b)
+                done += len(b)
+                progress.update(bytes_done=done)
+        else:
+            class _W:
+                def write(self, b):
+                    h.write(b)
+                    return len(b)
+
+                def flush(self):
+                    pass
+            tar_gz_write(plan, _W())
+        h.sync()
+        h.commit()
+    except BaseException:
+        h.abort()
+        raise
+    read_back(t, path.name)
+    results = []
+    for sid in spec.session_ids:
+        s = library.get_session(sid)
+        errs = errors.get(s.id, [])
+        results.append(SessionResult(s.id, s.uuid, s.title, not errs, error="; ".join(errs)))
+    return results

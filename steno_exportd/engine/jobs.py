@@ -1,0 +1,302 @@
+"""JobManager: queue with priorities, concurrency limit, cancel, retry, throttled progress events."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import logging
+import threading
+import time
+from typing import Any, Awaitable, Callable
+
+from steno_exportd import events as ev
+from steno_exportd.config import Config
+from steno_exportd.engine.options import ExportOptions
+from steno_exportd.errors import NotFoundError
+
+log = logging.getLogger(__name__)
+
+PROGRESS_INTERVAL = 0.25   # seconds between JobUpdated events of one job (<= 4 Hz)
+
+
+@dataclasses.dataclass(frozen=True)
+class JobSpec:
+    """What a job does: sessions x formats -> target, with options."""
+
+    operation: str
+    target: Any                      # a path (dir, .zip, .tar.gz) or a Target object
+    target_name: str
+    session_ids: tuple[int, ...] = ()
+    formats: tuple[str, ...] = ()
+    options: ExportOptions = ExportOptions()
+    device_id: str = ""
+
+    def to_json(self) -> dict:
+        return dict(operation=self.operation, target=self.target if isinstance(self.target, str) else None,
+                    target_name=self.target_name, session_ids=list(self.session_ids), formats=list(self.formats),
+                    options=dataclasses.asdict(self.options), device_id=self.device_id)
+
+
+class Progress:
+    """Thread-side progress reporter: the export code calls update(); events leave at a bounded rate."""
+
+    def __init__(self, publish: Callable[[dict, bool], None], cancel: threading.Event) -> None:
+        self._publish = publish
+        self.cancel = cancel
+        self._last = 0.0
+        self.fields: dict = {}
+
+    def update(self, force: bool = False, **fields: Any) -> None:
+        self.fields.update(fields)
+        now = time.monotonic()
+        if force or now - self._last >= PROGRESS_INTERVAL:
+            self._last = now
+            self._publish(dict(self.fields), True)
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel.is_set()
+
+
+Runner = Callable[[Any, JobSpec, Config, Progress, int], list[ev.SessionResult]]
+
+
+def default_runner(library: Any, spec: JobSpec, cfg: Config, progress: Progress, job_id: int,
+                   state: Any = None) -> list[ev.SessionResult]:
+    from steno_exportd.engine.export import run_export
+    return run_export(library, spec, cfg, progress, job_id=job_id, state=state)
+
+
+class _Job:
+    def __init__(self, snap: ev.JobSnapshot, spec: JobSpec | None) -> None:
+        self.snap = snap
+        self.spec = spec
+        self.cancel = threading.Event()
+        self.done = asyncio.Event()
+        self.task: asyncio.Task | None = None
+
+
+class JobManager:
+    """Runs jobs in worker tasks; the blocking export work runs in threads."""
+
+    def __init__(self, cfg: Config, events: ev.EventBus, state: Any, library: Callable[[], Any],
+                 runner: Runner | None = None) -> None:
+        self.cfg = cfg
+        self.events = events
+        self.state = state
+        self._library = library
+        self._runner = runner
+        self._jobs: dict[int, _Job] = {}
+        self._queue: asyncio.PriorityQueue | None = None
+        self._workers: list[asyncio.Task] = []
+        self._seq = itertools.count()
+        self._next_id = 1
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._workers:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._queue = asyncio.PriorityQueue()
+        self._next_id = max(self._next_id, await asyncio.to_thread(self.state.next_job_id))
+        for d in await asyncio.to_thread(self.state.jobs, (str(ev.JobState.INTERRUPTED),)):
+            if d["id"] not in self._jobs:
+                snap = ev.JobSnapshot(id=d["id"], operation=d["operation"], target=d["target"],
+                                      state=ev.JobState.INTERRUPTED, error=d["error"], created=d["created"] or 0,
+                                      started=d["started"] or 0, finished=d["finished"] or 0)
+                self._jobs[d["id"]] = _Job(snap, None)
+                self._jobs[d["id"]].done.set()
+        self._spawn_workers()
+
+    def _spawn_workers(self) -> None:
+        while len(self._workers) < self.cfg.export.max_concurrent_jobs:
+            self._workers.append(asyncio.create_task(self._worker(), name="steno-job-worker"))
+
+    async def stop(self) -> None:
+        for j in list(self._jobs.values()):
+            if not j.snap.state.finished:
+                j.cancel.set()
+        running = [j.done.wait() for j in self._jobs.values() if j.task is not None and not j.done.is_set()]
+        if running:
+            await asyncio.wait_for(asyncio.gather(*running), 120)   # copies stop at the next chunk
+        for w in self._workers:
+            w.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers = []
+        for j in list(self._jobs.values()):
+            if not j.snap.state.finished:
+                self._set(j, state=ev.JobState.CANCELLED, error="the daemon stopped", finished=time.time())
+
+    def reload(self, cfg: Config) -> None:
+        self.cfg = cfg
+        if self._workers:
+            self._spawn_workers()
+
+    # -- queries ---------------------------------------------------------------------
+    def list(self) -> list[ev.JobSnapshot]:
+        return [j.snap for j in self._jobs.values()]
+
+    def get(self, job_id: int) -> ev.JobSnapshot:
+        try:
+            return self._jobs[int(job_id)].snap
+        except (KeyError, ValueError):
+            raise NotFoundError(f"no job {job_id!r}") from None
+
+    async def wait(self, job_id: int, timeout: float | None = None) -> ev.JobSnapshot:
+        job = self._jobs.get(int(job_id))
+        if job is None:
+            raise NotFoundError(f"no job {job_id!r}")
+        await asyncio.wait_for(job.done.wait(), timeout)
+        return job.snap
+
+    def cancel(self, job_id: int) -> ev.JobSnapshot:
+        job = self._jobs.get(int(job_id))
+        if job is None:
+            raise NotFoundError(f"no job {job_id!r}")
+        job.cancel.set()
+        if job.snap.state == ev.JobState.QUEUED:
+            self._set(job, state=ev.JobState.CANCELLED, finished=time.time(), error="cancelled")
+            job.done.set()
+        return job.snap
+
+    def remove(self, job_id: int) -> None:
+        job = self._jobs.get(int(job_id))
+        if job is None:
+            raise NotFoundError(f"no job {job_id!r}")
+        if not job.snap.state.finished:
+            raise NotFoundError(f"job {job_id} is still running")
+        del self._jobs[int(job_id)]
+        self.events.publish(ev.JobRemoved(int(job_id)))
+
+    # -- submitting ------------------------------------------------------------------
+    def _new_id(self) -> int:
+        jid = self._next_id
+        self._next_id += 1
+        return jid
+
+    async def submit(self, spec: JobSpec) -> ev.JobSnapshot:
+        if self._queue is None:
+            await self.start()
+        jid = self._new_id()
+        snap = ev.JobSnapshot(id=jid, operation=spec.operation, target=spec.target_name, state=ev.JobState.QUEUED,
+                              sessions=spec.session_ids, formats=spec.formats, created=time.time(),
+                              device_id=spec.device_id)
+        job = _Job(snap, spec)
+        self._jobs[jid] = job
+        await asyncio.to_thread(self.state.save_job, snap, spec.to_json())
+        self.events.publish(ev.JobUpdated(snap))
+        assert self._queue is not None
+        self._queue.put_nowait((-spec.options.priority, next(self._seq), jid))
+        return snap
+
+    async def resume(self, job_id: int) -> ev.JobSnapshot:
+        """Queue an interrupted job again (a new job with the same spec; done files are skipped)."""
+        rows = [d for d in await asyncio.to_thread(self.state.jobs) if d["id"] == int(job_id)]
+        if not rows or not rows[0]["spec"].get("target"):
+            raise NotFoundError(f"no resumable job {job_id!r}")
+        s = rows[0]["spec"]
+        spec = JobSpec(operation=s["operation"], target=s["target"], target_name=s["target_name"],
+                       session_ids=tuple(s["session_ids"]), formats=tuple(s["formats"]),
+                       options=ExportOptions(**s["options"]), device_id=s.get("device_id", ""))
+        return await self.submit(spec)
+
+    async def run_operation(self, operation: str, target: str, fn: Callable[[], Awaitable[Any]],
+                            device_id: str = "") -> ev.JobSnapshot:
+        """Run a short operation (eject, ...) as a tracked job and return its final snapshot."""
+        jid = self._new_id()
+        now = time.time()
+        job = _Job(ev.JobSnapshot(id=jid, operation=operation, target=target, state=ev.JobState.RUNNING,
+                                  created=now, started=now, device_id=device_id), None)
+        self._jobs[jid] = job
+        self.events.publish(ev.JobUpdated(job.snap))
+        try:
+            await fn()
+        except asyncio.CancelledError:
+            self._set(job, state=ev.JobState.CANCELLED, finished=time.time())
+            raise
+        except Exception as e:  # noqa: BLE001 - error boundary of one job
+            self._set(job, state=ev.JobState.FAILED, error=str(e) or type(e).__name__, finished=time.time())
+        else:
+            self._set(job, state=ev.JobState.COMPLETED, finished=time.time())
+        job.done.set()
+        await asyncio.to_thread(self.state.save_job, job.snap)
+        return job.snap
+
+    # -- running ---------------------------------------------------------------------
+    def _set(self, job: _Job, **fields: Any) -> None:
+        job.snap = dataclasses.replace(job.snap, **fields)
+        self.events.publish(ev.JobUpdated(job.snap))
+
+    async def _worker(self) -> None:
+        assert self._queue is not None
+        while True:
+            _, _, jid = await self._queue.get()
+            job = self._jobs.get(jid)
+            if job is None or job.snap.state != ev.JobState.QUEUED:
+                continue
+            job.task = asyncio.current_task()
+            try:
+                await self._run(job)
+            finally:
+                job.task = None
+                job.done.set()
+
+    async def _run(self, job: _Job) -> None:
+        assert job.spec is not None and self._loop is not None
+        loop = self._loop
+        started = time.time()
+        self._set(job, state=ev.JobState.RUNNING, started=started)
+        await asyncio.to_thread(self.state.save_job, job.snap, job.spec.to_json())
+
+        def publish(fields: dict, _throttled: bool) -> None:
+            loop.call_soon_threadsafe(self._progress, job, fields)
+
+        progress = Progress(publish, job.cancel)
+        runner = self._runner
+        try:
+            lib = self._library()
+            if runner is None:
+                results = await asyncio.to_thread(default_runner, lib, job.spec, self.cfg, progress, job.snap.id,
+                                                  self.state)
+            else:
+                results = await asyncio.to_thread(runner, lib, job.spec, self.cfg, progress, job.snap.id)
+        except asyncio.CancelledError:
+            job.cancel.set()
+            raise
+        except Exception as e:  # noqa: BLE001 - error boundary of one job
+            log.warning("job %s failed: %s", job.snap.id, e)
+            self._progress(job, progress.fields)
+            self._set(job, state=ev.JobState.FAILED, error=str(e) or type(e).__name__, finished=time.time(),
+                      rate=0.0, expected_end=0.0, current_file="")
+        else:
+            self._progress(job, progress.fields)
+            failed = [r for r in results if not r.ok]
+            if job.cancel.is_set():
+                state, err = ev.JobState.CANCELLED, "cancelled"
+            elif failed:
+                state = ev.JobState.FAILED
+                err = f"{len(failed)} of {len(results)} sessions failed: {failed[0].error}"
+            else:
+                state, err = ev.JobState.COMPLETED, ""
+            self._set(job, state=state, error=err, results=tuple(results), finished=time.time(),
+                      current_file="", expected_end=0.0)
+        await asyncio.to_thread(self.state.save_job, job.snap)
+        for r in job.snap.results:
+            await asyncio.to_thread(self.state.save_result, job.snap.id, r)
+
+    def _progress(self, job: _Job, fields: dict) -> None:
+        if job.snap.state.finished:
+            return
+        f = dict(fields)
+        results = f.pop("results", None)
+        now = time.time()
+        done, total = f.get("bytes_done", job.snap.bytes_done), f.get("bytes_total", job.snap.bytes_total)
+        elapsed = now - job.snap.started if job.snap.started else 0
+        rate = done / elapsed if elapsed > 0.5 else 0.0
+        eta = now + (total - done) / rate if rate > 0 and total > done else 0.0
+        allowed = {k: v for k, v in f.items() if k in ("bytes_done", "bytes_total", "files_done", "files_total",
+                                                        "current_file")}
+        if results is not None:
+            allowed["results"] = tuple(results)
+        self._set(job, rate=rate, expected_end=eta, **allowed)

@@ -1,0 +1,168 @@
+"""SHA256SUMS + manifest.json in the target's root folder: read, rebuild, write atomically."""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import logging
+import socket
+from typing import Any
+
+from steno_exportd import __version__
+from steno_exportd.engine.targets import TEMP_PREFIX, Target
+from steno_exportd.errors import TargetError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+SUMS = "SHA256SUMS"
+FORMAT = "steno-exportd-manifest"
+VERSION = 1
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclasses.dataclass
+class Manifest:
+    """Per session uuid: folder, updated_at, files {name: {size, sha256, renderer, version, template}}."""
+
+    sessions: dict[str, dict] = dataclasses.field(default_factory=dict)
+    rebuilt: bool = False
+    problems: list[str] = dataclasses.field(default_factory=list)
+
+    def owned_paths(self) -> dict[str, dict]:
+        """'<folder>/<name>' -> file entry, for every file we wrote."""
+        out = {}
+        for s in self.sessions.values():
+            for name, f in s.get("files", {}).items():
+                out[f"{s['folder']}/{name}"] = f
+        return out
+
+    def folders(self) -> dict[str, str]:
+        """folder (casefolded) -> session uuid."""
+        return {s["folder"].casefold(): u for u, s in self.sessions.items()}
+
+    def to_json(self) -> dict:
+        return {"format": FORMAT, "version": VERSION, "generator": f"steno-exportd {__version__}",
+                "host": socket.gethostname(), "updated": now_iso(), "sessions": self.sessions}
+
+    def sums_text(self) -> str:
+        lines = sorted(f"{f['sha256']}  {p}" for p, f in self.owned_paths().items() if f.get("sha256"))
+        return "".join(line + "\n" for line in lines)
+
+
+def read_sums(text: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        if len(line) > 66 and line[64:66] in ("  ", " *"):
+            out[line[66:]] = line[:64].lower()
+    return out
+
+
+def _read_all(target: Target, rel: str, limit: int = 64 * 1024 * 1024) -> bytes:
+    h = target.open_read(rel)
+    try:
+        chunks, total = [], 0
+        while True:
+            b = h.read(1 << 20)
+            if not b:
+                return b"".join(chunks)
+            chunks.append(b)
+            total += len(b)
+            if total > limit:
+                raise TargetError(f"{rel} is too large")
+    finally:
+        h.close()
+
+
+def hash_target_file(target: Target, rel: str, uncached: bool = False) -> tuple[int, str]:
+    h = target.open_read(rel, uncached=uncached)
+    digest, size = hashlib.sha256(), 0
+    try:
+        while True:
+            b = h.read(4 << 20)
+            if not b:
+                return size, digest.hexdigest()
+            size += len(b)
+            digest.update(b)
+    finally:
+        h.close()
+
+
+def load(target: Target, root: str) -> Manifest:
+    """Read the manifest; a missing or corrupt one is rebuilt from the target by hashing."""
+    st = target.lstat(f"{root}/{MANIFEST}")
+    if st is not None and st.kind == "file":
+        try:
+            data = json.loads(_read_all(target, f"{root}/{MANIFEST}"))
+            if data.get("format") != FORMAT or not isinstance(data.get("sessions"), dict):
+                raise ValueError("not a steno-exportd manifest")
+            if int(data.get("version", 0)) > VERSION:
+                raise ValueError(f"manifest version {data.get('version')} is newer than ours")
+            sessions = {u: s for u, s in data["sessions"].items()
+                        if isinstance(s, dict) and isinstance(s.get("folder"), str)
+                        and isinstance(s.get("files"), dict)}
+            return Manifest(sessions)
+        except (ValueError, TypeError, UnicodeDecodeError, TargetError) as e:
+            log.warning("manifest on %s unusable (%s): rebuilding it", target.name, e)
+            return rebuild(target, root, f"manifest unusable: {e}")
+    return rebuild(target, root, "" if st is None else f"{MANIFEST} is not a file") if _has_sums(target, root) \
+        else Manifest()
+
+
+def _has_sums(target: Target, root: str) -> bool:
+    st = target.lstat(f"{root}/{SUMS}")
+    return st is not None and st.kind == "file"
+
+
+def rebuild(target: Target, root: str, reason: str = "") -> Manifest:
+    """Recover what we own from SHA256SUMS, keeping only files whose bytes still match."""
+    m = Manifest(rebuilt=True, problems=[reason] if reason else [])
+    try:
+        sums = read_sums(_read_all(target, f"{root}/{SUMS}").decode("utf-8", "replace"))
+    except (TargetError, OSError):
+        sums = {}
+    for rel, sha in sums.items():
+        folder, _, name = rel.partition("/")
+        if not name or "/" in name:
+            continue
+        st = target.lstat(f"{root}/{rel}")
+        if st is None or st.kind != "file":
+            continue
+        size, actual = hash_target_file(target, f"{root}/{rel}")
+        if actual != sha:
+            continue
+        key = f"rebuilt:{folder}"
+        s = m.sessions.setdefault(key, {"folder": folder, "updated_at": "", "files": {}})
+        s["files"][name] = {"size": size, "sha256": sha, "renderer": "", "version": ""}
+    return m
+
+
+def write_atomic(target: Target, rel: str, data: bytes) -> None:
+    h = target.open_write(rel)
+    try:
+        h.write(data)
+        h.sync()
+        h.commit()
+    except BaseException:
+        h.abort()
+        raise
+
+
+def save(target: Target, root: str, m: Manifest) -> None:
+    """Rewrite SHA256SUMS and manifest.json atomically."""
+    write_atomic(target, f"{root}/{SUMS}", m.sums_text().encode("utf-8"))
+    write_atomic(target, f"{root}/{MANIFEST}", json.dumps(m.to_json(), indent=1, sort_keys=True,
+                                                            ensure_ascii=False).encode("utf-8"))
+
+
+def is_temp(name: str) -> bool:
+    return name.startswith(TEMP_PREFIX) or name.endswith(".partial")
+
+
+def entry(size: int, sha: str, renderer: str, version: str, template: str = "") -> dict[str, Any]:
+    return {"size": size, "sha256": sha, "renderer": renderer, "version": version, "template": template,
+            "exported_at": now_iso()}

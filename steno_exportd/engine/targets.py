@@ -1,0 +1,432 @@
+"""Export targets behind one small interface: a directory on a mounted filesystem (and SMB later).
+
+Paths given to a target are relative, '/'-separated, never absolute and never containing
+'..'. A directory target walks every component with O_NOFOLLOW, so a symlink planted on a
+stick is never followed, whatever it points to.
+"""
+from __future__ import annotations
+
+import dataclasses
+import errno
+import logging
+import os
+import secrets
+import stat as stat_mod
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from steno_exportd.errors import InvalidArgument, TargetError, TargetFullError
+
+log = logging.getLogger(__name__)
+
+FAT32_MAX_FILE = 4 * 1024 ** 3 - 1
+TEMP_PREFIX = ".steno-tmp-"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EntryStat:
+    """What lstat says about one entry: never follows a symlink."""
+
+    kind: str          # "file", "dir", "symlink", "other"
+    size: int = 0
+    mtime: float = 0.0
+
+
+@runtime_checkable
+class WriteHandle(Protocol):
+    """A file being written under a temporary name in its destination folder."""
+
+    def write(self, data: bytes | memoryview) -> None: ...
+    def sync(self) -> None: ...                 # fsync the data
+    def commit(self) -> None: ...               # rename to the final name, fsync the folder
+    def abort(self) -> None: ...                # remove the temporary file; safe to call twice
+
+
+@runtime_checkable
+class ReadHandle(Protocol):
+    def read(self, n: int) -> bytes: ...
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class Target(Protocol):
+    """Where an export goes. Every path is relative to the target root."""
+
+    name: str                                    # what a person recognises: a path, "smb:office"
+    max_file_size: int | None                    # per-file limit (FAT32), None when unlimited
+    atomic_dir_rename: bool                      # False: session folders are built in place (marker file)
+
+    def lstat(self, rel: str) -> EntryStat | None: ...          # None when absent
+    def exists(self, rel: str) -> bool: ...
+    def listdir(self, rel: str) -> list[str]: ...
+    def scandir(self, rel: str) -> dict[str, EntryStat]: ...   # one listing with lstat of each entry
+    def mkdir(self, rel: str) -> None: ...                       # ok if it is already a directory
+    def open_write(self, rel: str) -> WriteHandle: ...          # temp file beside rel
+    def open_read(self, rel: str, *, uncached: bool = False) -> ReadHandle: ...
+    def rename(self, src: str, dst: str) -> None: ...           # dst must not exist
+    def remove(self, rel: str) -> None: ...                     # a file (or an empty dir)
+    def remove_tree(self, rel: str) -> None: ...                # a folder we own, no symlink follow
+    def free_space(self) -> int: ...
+    def fsync_dir(self, rel: str) -> None: ...
+
+
+def check_rel(rel: str) -> list[str]:
+    """Split a relative target path into components, refusing anything that escapes the root."""
+    parts = [p for p in rel.split("/") if p not in ("", ".")]
+    if rel.startswith("/") or any(p == ".." for p in parts) or any("\0" in p for p in parts):
+        raise InvalidArgument(f"bad target path {rel!r}")
+    return parts
+
+
+def _kind(mode: int) -> str:
+    if stat_mod.S_ISLNK(mode):
+        return "symlink"
+    if stat_mod.S_ISDIR(mode):
+        return "dir"
+    if stat_mod.S_ISREG(mode):
+        return "file"
+    return "other"
+
+
+def os_error(e: OSError, what: str) -> TargetError:
+    """Turn an OSError into the target error a person can act on."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return TargetFullError(f"target full while writing {what}")
+    if e.errno == errno.EFBIG:
+        return TargetFullError(f"{what}: file too large for this filesystem")
+    if e.errno == errno.EROFS:
+        return TargetError(f"target is read-only ({what})")
+    if e.errno in (errno.EIO, errno.ENXIO, errno.ENODEV, errno.ENOTCONN, errno.ESHUTDOWN):
+        return TargetError(f"target gone or failing ({what}): {e.strerror}")
+    if e.errno == errno.ELOOP:
+        return TargetError(f"refusing to follow a symlink on the target: {what}")
+    return TargetError(f"{what}: {e.strerror or e}")
+
+
+def filesystem_type(path: str | Path) -> str:
+    """The type of the filesystem a path lives on ('ext4', 'fuseblk', 'fuse.vfat', ...)."""
+    return _mount_of(path)[0]
+
+
+def _mount_of(path: str | Path) -> tuple[str, str]:
+    """(filesystem type, source device) of the mount a path lives on."""
+    real = os.path.realpath(path)
+    best, fstype, source = "", "", ""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                mnt = left.split()[4].replace("\\040", " ")
+                fields = right.split()
+                if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+                    best = mnt
+                    fstype = fields[0] if fields else ""
+                    source = fields[1] if len(fields) > 1 else ""
+    except OSError:
+        pass
+    return fstype, source
+
+
+def _limit_for(fstype: str) -> int | None:
+    low = fstype.lower()
+    if any(k in low for k in ("vfat", "msdos", "fat32", "fusefat")) or low.endswith(":fat"):
+        return FAT32_MAX_FILE
+    return None
+
+
+class _DirWrite:
+    """A temp file in an open directory; renamed into place on commit."""
+
+    def __init__(self, target: "DirectoryTarget", dir_fd: int, final: str, rel: str) -> None:
+        self._t, self._dir_fd, self._final, self._rel = target, dir_fd, final, rel
+        self.temp = f"{TEMP_PREFIX}{secrets.token_hex(4)}-{final}"[:200]
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            self._fd = os.open(self.temp, flags, 0o644, dir_fd=dir_fd)
+        except OSError as e:
+            os.close(dir_fd)
+            raise os_error(e, rel) from e
+        self._done = False
+
+    def write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+        except OSError as e:
+            raise os_error(e, self._rel) from e
+
+    def sync(self) -> None:
+        try:
+            os.fsync(self._fd)
+        except OSError as e:
+            raise os_error(e, self._rel) from e
+
+    def commit(self) -> None:
+        try:
+            os.close(self._fd)
+            self._fd = -1
+            st = _lstat_at(self._final, self._dir_fd)
+            if st is not None and st.kind != "file":
+                raise TargetError(f"refusing to replace a {st.kind} on the target: {self._rel}")
+            os.rename(self.temp, self._final, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+            self._done = True
+            os.fsync(self._dir_fd)
+        except OSError as e:
+            raise os_error(e, self._rel) from e
+        finally:
+            if not self._done:
+                self.abort()
+            else:
+                self._close_dir()
+
+    def abort(self) -> None:
+        if self._fd >= 0:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = -1
+        if not self._done and self._dir_fd >= 0:
+            try:
+                os.unlink(self.temp, dir_fd=self._dir_fd)
+            except OSError:
+                pass
+        self._done = True
+        self._close_dir()
+
+    def _close_dir(self) -> None:
+        if self._dir_fd >= 0:
+            try:
+                os.close(self._dir_fd)
+            except OSError:
+                pass
+            self._dir_fd = -1
+
+    def __del__(self) -> None:  # pragma: no cover - safety net only
+        if getattr(self, "_dir_fd", -1) >= 0:
+            self.abort()
+
+
+class _FdRead:
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def read(self, n: int) -> bytes:
+        return os.read(self._fd, n)
+
+    def readinto(self, buf: bytearray | memoryview) -> int:
+        return os.readv(self._fd, [buf])
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _lstat_at(name: str, dir_fd: int) -> EntryStat | None:
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    return EntryStat(_kind(st.st_mode), st.st_size, st.st_mtime)
+
+
+class DirectoryTarget:
+    """A folder on a mounted filesystem (a USB stick, a local export folder)."""
+
+    def __init__(self, root: str | Path, name: str = "") -> None:
+        self.root = Path(root)
+        self.name = name or str(root)
+        self.fs_type, self._source = _mount_of(self.root)
+        # A FUSE driver (exfat-fuse, fusefat) reads the block device through the kernel's block
+        # cache: dropping the file's pages (which fadvise does, measured with fincore) is not enough.
+        self._blockdev = self._source if self.fs_type.startswith("fuseblk") and \
+            self._source.startswith("/dev/") else ""
+        self.max_file_size = _limit_for(self.fs_type)
+        # fusefat loses a renamed folder's entries (seen here): build session folders in place there
+        self.atomic_dir_rename = "vfat" not in self.fs_type and "fusefat" not in self.fs_type
+
+    # -- walking without following symlinks ---------------------------------------
+    def _open_dir(self, parts: list[str]) -> int:
+        try:
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            raise os_error(e, str(self.root)) from e
+        for i, p in enumerate(parts):
+            try:
+                nfd = os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except OSError as e:
+                os.close(fd)
+                what = "/".join(parts[: i + 1])
+                if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                    st = None
+                    raise TargetError(f"not a folder (a symlink or a file is in the way): {what}") from e
+                raise os_error(e, what) from e
+            os.close(fd)
+            fd = nfd
+        return fd
+
+    def _split(self, rel: str) -> tuple[list[str], str]:
+        parts = check_rel(rel)
+        if not parts:
+            raise InvalidArgument("empty target path")
+        return parts[:-1], parts[-1]
+
+    def lstat(self, rel: str) -> EntryStat | None:
+        parts = check_rel(rel)
+        if not parts:
+            return EntryStat("dir")
+        try:
+            fd = self._open_dir(parts[:-1])
+        except TargetError:
+            return None
+        try:
+            return _lstat_at(parts[-1], fd)
+        except OSError as e:
+            raise os_error(e, rel) from e
+        finally:
+            os.close(fd)
+
+    def exists(self, rel: str) -> bool:
+        return self.lstat(rel) is not None
+
+    def listdir(self, rel: str) -> list[str]:
+        fd = self._open_dir(check_rel(rel))
+        try:
+            return sorted(os.listdir(fd))
+        except OSError as e:
+            raise os_error(e, rel) from e
+        finally:
+            os.close(fd)
+
+    def scandir(self, rel: str) -> dict[str, EntryStat]:
+        fd = self._open_dir(check_rel(rel))
+        try:
+            out = {}
+            for name in os.listdir(fd):
+                st = _lstat_at(name, fd)
+                if st is not None:
+                    out[name] = st
+            return out
+        except OSError as e:
+            raise os_error(e, rel) from e
+        finally:
+            os.close(fd)
+
+    def mkdir(self, rel: str) -> None:
+        parts = check_rel(rel)
+        for i in range(len(parts)):
+            fd = self._open_dir(parts[:i])
+            try:
+                os.mkdir(parts[i], 0o755, dir_fd=fd)
+                os.fsync(fd)
+            except FileExistsError:
+                st = _lstat_at(parts[i], fd)
+                if st is None or st.kind != "dir":
+                    raise TargetError(f"a {st.kind if st else 'entry'} is in the way of folder "
+                                      f"{'/'.join(parts[:i + 1])}") from None
+            except OSError as e:
+                raise os_error(e, "/".join(parts[: i + 1])) from e
+            finally:
+                os.close(fd)
+
+    def open_write(self, rel: str) -> _DirWrite:
+        folder, final = self._split(rel)
+        fd = self._open_dir(folder)
+        return _DirWrite(self, fd, final, rel)
+
+    def open_read(self, rel: str, *, uncached: bool = False) -> _FdRead:
+        folder, name = self._split(rel)
+        dfd = self._open_dir(folder)
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        except OSError as e:
+            raise os_error(e, rel) from e
+        finally:
+            os.close(dfd)
+        if uncached:
+            try:
+                os.fdatasync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            except OSError:
+                pass
+            self._drop_block_cache()
+        return _FdRead(fd)
+
+    def _drop_block_cache(self) -> None:
+        """Best effort: evict the device's cached blocks so a FUSE read-back reaches the medium."""
+        if not self._blockdev:
+            return
+        try:
+            bfd = os.open(self._blockdev, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            os.posix_fadvise(bfd, 0, 0, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            pass
+        finally:
+            os.close(bfd)
+
+    def rename(self, src: str, dst: str) -> None:
+        sf, sn = self._split(src)
+        df, dn = self._split(dst)
+        sfd = self._open_dir(sf)
+        try:
+            dfd = self._open_dir(df)
+        except BaseException:
+            os.close(sfd)
+            raise
+        try:
+            if _lstat_at(dn, dfd) is not None:
+                raise TargetError(f"refusing to replace existing {dst}")
+            os.rename(sn, dn, src_dir_fd=sfd, dst_dir_fd=dfd)
+            os.fsync(dfd)
+        except OSError as e:
+            raise os_error(e, dst) from e
+        finally:
+            os.close(sfd)
+            os.close(dfd)
+
+    def remove(self, rel: str) -> None:
+        folder, name = self._split(rel)
+        fd = self._open_dir(folder)
+        try:
+            st = _lstat_at(name, fd)
+            if st is None:
+                return
+            if st.kind == "dir":
+                os.rmdir(name, dir_fd=fd)
+            else:
+                os.unlink(name, dir_fd=fd)   # unlinks a symlink itself, never its target
+        except OSError as e:
+            raise os_error(e, rel) from e
+        finally:
+            os.close(fd)
+
+    def remove_tree(self, rel: str) -> None:
+        st = self.lstat(rel)
+        if st is None:
+            return
+        if st.kind == "dir":
+            for n in self.listdir(rel):
+                self.remove_tree(f"{rel}/{n}")
+        self.remove(rel)
+
+    def free_space(self) -> int:
+        try:
+            st = os.statvfs(self.root)
+        except OSError as e:
+            raise os_error(e, str(self.root)) from e
+        return st.f_bavail * st.f_frsize
+
+    def fsync_dir(self, rel: str) -> None:
+        fd = self._open_dir(check_rel(rel))
+        try:
+            os.fsync(fd)
+        except OSError as e:
+            raise os_error(e, rel) from e
+        finally:
+            os.close(fd)

@@ -1,0 +1,39 @@
+"""`steno-exportd verify DIR`: check a target against its SHA256SUMS and manifest."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dir", help="the target folder (the one holding SilentSteno/) or SilentSteno/ itself")
+    p.add_argument("--root-folder", default="SilentSteno", help="export.root_folder (default SilentSteno)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--no-mark", action="store_true",
+                   help="do not flag changed files in the manifest (flagged files are re-copied by the next export)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from steno_exportd.engine.verify import verify_target
+    from steno_exportd.errors import StenoError
+
+    try:
+        rep = verify_target(args.dir, args.root_folder, mark=not args.no_mark)
+    except StenoError as e:
+        print(f"verify failed: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(rep.to_json(), indent=1))
+    else:
+        for p in rep.changed:
+            print(f"CHANGED  {p}")
+        for p in rep.missing:
+            print(f"MISSING  {p}")
+        for p in rep.extra:
+            print(f"EXTRA    {p}")
+        for p in rep.problems:
+            print(f"PROBLEM  {p}")
+        print(f"{rep.ok_count} files verified, {len(rep.changed)} changed, {len(rep.missing)} missing, "
+              f"{len(rep.extra)} extra")
+    return 0 if rep.ok else 1

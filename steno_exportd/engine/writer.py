@@ -1,0 +1,196 @@
+"""Write one file: temp name, SHA-256 beside the I/O, fsync, rename, read-back verify."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import queue
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from steno_exportd.engine.targets import Target
+from steno_exportd.errors import CancelledJob, SourceError, VerifyError
+
+log = logging.getLogger(__name__)
+
+CHUNK = 4 << 20
+COPY_CHUNK = 1 << 20   # reused buffers: no per-chunk allocation
+RING = 8
+DEPTH = 4          # chunks in flight: bounds memory to ~(DEPTH + 2) * CHUNK whatever the file size
+_END = object()
+
+Tick = Callable[[int], None]          # called with bytes just written
+
+
+def _pipelined(read: Callable[[], bytes], hash_in_reader: bool) -> Iterator[tuple[bytes, object]]:
+    """Chunks read by a thread (hashed there or not) while the caller consumes the previous ones."""
+    q: queue.Queue = queue.Queue(DEPTH)
+    digest = hashlib.sha256()
+    stop = threading.Event()
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                b = read()
+                if not b:
+                    break
+                if hash_in_reader:
+                    digest.update(b)      # hashlib releases the GIL: runs beside the writer
+                q.put(b)
+            q.put(_END)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            q.put(e)
+
+    t = threading.Thread(target=reader, name="steno-read", daemon=True)
+    t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _END:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            yield item, digest
+    finally:
+        stop.set()
+        while t.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                t.join(0.05)
+    yield b"", digest
+
+
+def copy_file(src: Path, target: Target, rel: str, *, tick: Tick = lambda n: None,
+              cancelled: Callable[[], bool] = lambda: False) -> tuple[int, str]:
+    """Copy src to rel on the target under a temp name; return (size, sha256) of what was written."""
+    size, sha, h = copy_unfinished(src, target, rel, tick=tick, cancelled=cancelled)
+    finish(h)
+    return size, sha
+
+
+def finish(h: Any) -> None:
+    """fsync, rename into place, fsync the folder; the temp file is removed on failure."""
+    try:
+        h.sync()
+        h.commit()
+    except BaseException:
+        h.abort()
+        raise
+
+
+def finish_and_verify(h: Any, target: Target, rel: str, size: int, sha: str,
+                      cancelled: Callable[[], bool] = lambda: False) -> None:
+    finish(h)
+    verify(target, rel, size, sha, cancelled)
+
+
+def copy_unfinished(src: Path, target: Target, rel: str, *, tick: Tick = lambda n: None,
+                    cancelled: Callable[[], bool] = lambda: False) -> tuple[int, str, Any]:
+    """Copy src into a temp file; the caller finishes it (possibly in another thread).
+
+    A reader thread reads into a small ring of reused buffers and hashes them (hashlib
+    drops the GIL) while this thread writes: no per-chunk allocation, hashing beside the I/O.
+    """
+    try:
+        fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise SourceError(f"cannot read {src}: {e.strerror}") from e
+    try:
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        except OSError:
+            pass
+        free: queue.Queue = queue.Queue()
+        for _ in range(RING):
+            free.put(bytearray(COPY_CHUNK))
+        full: queue.Queue = queue.Queue()
+        digest = hashlib.sha256()
+        stop = threading.Event()
+
+        def reader() -> None:
+            try:
+                while not stop.is_set():
+                    buf = free.get()
+                    if buf is None:
+                        break
+                    n = os.readv(fd, [buf])
+                    if n == 0:
+                        break
+                    view = memoryview(buf)[:n]
+                    digest.update(view)
+                    full.put((buf, n))
+                full.put(_END)
+            except BaseException as e:  # noqa: BLE001 - handed to the writer
+                full.put(e)
+
+        h = target.open_write(rel)
+        t = threading.Thread(target=reader, name="steno-read", daemon=True)
+        t.start()
+        size = 0
+        try:
+            while True:
+                item = full.get()
+                if item is _END:
+                    break
+                if isinstance(item, BaseException):
+                    raise SourceError(f"cannot read {src}: {item}") from item
+                if cancelled():
+                    raise CancelledJob("cancelled")
+                buf, n = item
+                h.write(memoryview(buf)[:n])
+                free.put(buf)
+                size += n
+                tick(n)
+        except BaseException:
+            h.abort()
+            raise
+        finally:
+            stop.set()
+            free.put(None)
+            t.join()
+        return size, digest.hexdigest(), h
+    finally:
+        os.close(fd)
+
+
+def write_bytes(data: bytes, target: Target, rel: str, *, tick: Tick = lambda n: None) -> tuple[int, str]:
+    h = target.open_write(rel)
+    try:
+        view = memoryview(data)
+        for i in range(0, len(data), CHUNK):
+            h.write(view[i:i + CHUNK])
+            tick(min(CHUNK, len(data) - i))
+        h.sync()
+        h.commit()
+    except BaseException:
+        h.abort()
+        raise
+    return len(data), hashlib.sha256(data).hexdigest()
+
+
+def read_back(target: Target, rel: str, *, cancelled: Callable[[], bool] = lambda: False) -> tuple[int, str]:
+    """Hash the file as the target returns it now: page cache dropped first, hashing beside the reads."""
+    h = target.open_read(rel, uncached=True)
+    try:
+        digest = hashlib.sha256()
+        size = 0
+        for chunk, _ in _pipelined(lambda: h.read(CHUNK), hash_in_reader=False):
+            if not chunk:
+                break
+            if cancelled():
+                raise CancelledJob("cancelled")
+            digest.update(chunk)
+            size += len(chunk)
+        return size, digest.hexdigest()
+    finally:
+        h.close()
+
+
+def verify(target: Target, rel: str, size: int, sha: str,
+           cancelled: Callable[[], bool] = lambda: False) -> None:
+    got_size, got = read_back(target, rel, cancelled=cancelled)
+    if got_size != size or got != sha:
+        raise VerifyError(f"{rel}: read back {got_size} bytes sha256 {got[:12]}..., wrote {size} bytes "
+                          f"sha256 {sha[:12]}...")

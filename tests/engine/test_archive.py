@@ -1,0 +1,78 @@
+"""Archives: the streamed ZIP is valid, its size is known ahead, layout matches a folder export."""
+from __future__ import annotations
+
+import subprocess
+import tarfile
+import zipfile
+
+from steno_exportd import config
+from steno_exportd.engine.archive import build_plan, zip_size, zip_stream
+from steno_exportd.engine.export import SimpleSpec, run_export
+from steno_exportd.engine.options import ExportOptions
+from tests.engine.fakes import FakeRegistry, library
+
+
+def _cfg(tmp_path):
+    return config.from_dict({"recorder": {"db_path": str(tmp_path / "rec" / "db.sqlite")}})
+
+
+def test_zip_stream_valid_and_sized(tmp_path):
+    lib = library(tmp_path, 3, audio_size=3_000_000)
+    plan = build_plan(lib, (1, 2, 3), ("txt", "json", "audio"), "detailed", True, _cfg(tmp_path), FakeRegistry())
+    expected = zip_size(plan)
+    out = tmp_path / "a.zip"
+    with open(out, "wb") as f:
+        for b in zip_stream(plan):
+            f.write(b)
+    assert out.stat().st_size == expected
+    with zipfile.ZipFile(out) as z:
+        assert z.testzip() is None
+        names = z.namelist()
+        assert "SilentSteno/SHA256SUMS" in names and "SilentSteno/manifest.json" in names
+        infos = {i.filename: i for i in z.infolist()}
+        assert any(n.endswith("audio.wav") and infos[n].compress_type == zipfile.ZIP_STORED for n in names)
+        assert any(n.endswith(".txt") and infos[n].compress_type == zipfile.ZIP_DEFLATED for n in names)
+        z.extractall(tmp_path / "x")
+    assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=tmp_path / "x" / "SilentSteno").returncode == 0
+
+
+def test_export_to_zip_and_tar(tmp_path):
+    lib = library(tmp_path, 2)
+    cfg = _cfg(tmp_path)
+    for name in ("out.zip", "out.tar.gz"):
+        res = run_export(lib, SimpleSpec(str(tmp_path / name), (1, 2), ("txt", "audio"), ExportOptions()), cfg,
+                         reg=FakeRegistry())
+        assert all(r.ok for r in res)
+    assert zipfile.ZipFile(tmp_path / "out.zip").testzip() is None
+    with tarfile.open(tmp_path / "out.tar.gz") as t:
+        t.extractall(tmp_path / "t", filter="data")
+    assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=tmp_path / "t" / "SilentSteno").returncode == 0
+    assert not list(tmp_path.glob(".steno-tmp*"))
+
+
+def test_zip64_over_4_gib(tmp_path):
+    from steno_exportd.engine.archive import ArchiveEntry, make_plan
+    big = tmp_path / "big.wav"
+    with open(big, "wb") as f:
+        f.truncate(int(4.1 * 1024 ** 3))              # sparse
+    plan = make_plan([ArchiveEntry("SilentSteno/a/big.wav", path=big, session_uuid="u"),
+                      ArchiveEntry("SilentSteno/a/t.txt", data=b"hello " * 100, compress=True, session_uuid="u")],
+                     sessions={"u": {"id": 1, "title": "x", "updated_at": ""}})
+    expected = zip_size(plan)
+    out = tmp_path / "big.zip"
+    with open(out, "wb") as f:
+        for b in zip_stream(plan):
+            if len(b) > 65536 and b.count(0) == len(b):
+                f.seek(len(b), 1)                       # keep the test file sparse
+            else:
+                f.write(b)
+        f.truncate()
+    assert out.stat().st_size == expected
+    with zipfile.ZipFile(out) as z:
+        infos = {i.filename: i for i in z.infolist()}
+        assert infos["SilentSteno/a/big.wav"].file_size == big.stat().st_size
+        assert z.read("SilentSteno/a/t.txt") == b"hello " * 100
+        sums = z.read("SilentSteno/SHA256SUMS").decode()
+        assert "a/big.wav" in sums and "0" * 64 not in sums
+        with z.open("SilentSteno/a/big.wav") as m:
+            assert m.read(1024) == b"\0" * 1024

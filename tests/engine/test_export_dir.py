@@ -1,0 +1,123 @@
+"""Export engine on a tmp_path folder: layout, SHA256SUMS, incremental, hostile content."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+from steno_exportd import config
+from steno_exportd.engine.export import SimpleSpec, run_export
+from steno_exportd.engine.options import ExportOptions
+from tests.engine.fakes import FakeRegistry, library
+
+
+def _cfg(tmp_path):
+    return config.from_dict({"recorder": {"db_path": str(tmp_path / "rec" / "db.sqlite")},
+                             "state": {"dir": str(tmp_path / "state")}})
+
+
+def _run(lib, cfg, target, ids, formats=("txt", "json", "audio")):
+    return run_export(lib, SimpleSpec(str(target), tuple(ids), tuple(formats), ExportOptions()), cfg,
+                      reg=FakeRegistry())
+
+
+def test_export_layout_sums_and_incremental(tmp_path):
+    lib = library(tmp_path, 3)
+    out = tmp_path / "out"
+    out.mkdir()
+    cfg = _cfg(tmp_path)
+    res = _run(lib, cfg, out, [1, 2, 3])
+    assert all(r.ok and not r.skipped for r in res), res
+    root = out / "SilentSteno"
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir())
+    assert len(folders) == 3 and all("Meeting" in f for f in folders)
+    assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=root).returncode == 0
+    m = json.loads((root / "manifest.json").read_text())
+    assert m["version"] == 1 and len(m["sessions"]) == 3
+    assert not [p for p in root.rglob("*") if ".partial" in p.name or ".steno-tmp" in p.name]
+    # rerun: nothing new
+    res = _run(lib, cfg, out, [1, 2, 3])
+    assert all(r.skipped for r in res)
+    # a deleted file is re-copied
+    victim = next((root / folders[0]).glob("audio.wav"))
+    victim.unlink()
+    res = _run(lib, cfg, out, [1, 2, 3])
+    assert [r.skipped for r in res] == [False, True, True] and res[0].ok
+    assert victim.exists()
+    assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=root).returncode == 0
+
+
+def test_hostile_target_content(tmp_path):
+    lib = library(tmp_path, 2)
+    out = tmp_path / "out"
+    (out / "SilentSteno").mkdir(parents=True)
+    (out / "SilentSteno" / "notes.txt").write_text("mine")
+    cfg = _cfg(tmp_path)
+    res = _run(lib, cfg, out, [1])
+    assert res[0].ok
+    folder = next(p for p in (out / "SilentSteno").iterdir() if p.is_dir())
+    # a lost manifest is rebuilt from SHA256SUMS; nothing crashes and nothing foreign is touched
+    (out / "SilentSteno" / "manifest.json").write_text("{garbage")
+    res = _run(lib, cfg, out, [1, 2])
+    assert all(r.ok for r in res), res
+    assert (out / "SilentSteno" / "notes.txt").read_text() == "mine"
+    assert len([p for p in (out / "SilentSteno").iterdir() if p.is_dir()]) == 2
+
+
+def test_symlink_root_is_refused(tmp_path):
+    lib = library(tmp_path, 1)
+    out = tmp_path / "out"
+    out.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.symlink(elsewhere, out / "SilentSteno")
+    cfg = _cfg(tmp_path)
+    try:
+        _run(lib, cfg, out, [1])
+    except Exception as e:  # noqa: BLE001
+        assert "symlink" in str(e) or "in the way" in str(e)
+    else:
+        raise AssertionError("exported through a symlink")
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_missing_audio_other_files_exported(tmp_path):
+    lib = library(tmp_path, 1)
+    lib.sessions[1].audio.path.unlink()
+    out = tmp_path / "out"
+    out.mkdir()
+    res = _run(lib, _cfg(tmp_path), out, [1])
+    assert not res[0].ok and "audio" in res[0].error
+    assert sum(f.ok for f in res[0].files) == 2
+
+
+def test_transient_source_error_is_retried(tmp_path):
+    from steno_exportd.errors import SourceError
+    lib = library(tmp_path, 1)
+    calls = {"n": 0}
+    real = lib.get_session
+
+    def flaky(key):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise SourceError("database is locked")
+        return real(key)
+
+    lib.get_session = flaky
+    out = tmp_path / "out"
+    out.mkdir()
+    res = _run(lib, _cfg(tmp_path), out, [1])
+    assert res[0].ok and calls["n"] == 2
+
+
+def test_merge_writes_one_document_per_format(tmp_path):
+    lib = library(tmp_path, 3)
+    out = tmp_path / "out"
+    out.mkdir()
+    res = run_export(lib, SimpleSpec(str(out), (1, 2, 3), ("txt", "json"), ExportOptions(merge=True)),
+                     _cfg(tmp_path), reg=FakeRegistry())
+    merged = res[-1]
+    assert merged.session_id == 0 and merged.ok and len(merged.files) == 2
+    f = next((out / "SilentSteno").glob("Merged */merged.txt"))
+    assert f.read_text() == "Meeting 1\nMeeting 2\nMeeting 3\n"
+    assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=out / "SilentSteno").returncode == 0

@@ -1,0 +1,208 @@
+"""Faults on real filesystems in loop images: full, FAT32 limit, kill, yank, bit flip, hostile content."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+
+from steno_exportd import config
+from steno_exportd.engine.export import SimpleSpec, run_export
+from steno_exportd.engine.options import ExportOptions
+from steno_exportd.engine.verify import verify_target
+from steno_exportd.errors import TargetError
+from tests.engine.fakes import FakeLibrary, FakeRegistry, library, make_session
+from tests.engine.real_loopfs import fuse_helper_pid, loop_fs, mount, umount
+from tests.realparts import wait_for
+
+FORMATS = ("txt", "json", "audio")
+
+
+def _cfg(tmp_path, **export):
+    return config.from_dict({"recorder": {"db_path": str(tmp_path / "rec" / "db.sqlite")},
+                             "export": {"free_space_margin_mb": 1, **export}})
+
+
+def _export(lib, cfg, target, ids=None, progress=None):
+    ids = tuple(ids or lib.sessions)
+    return run_export(lib, SimpleSpec(str(target), ids, FORMATS, ExportOptions()), cfg, progress,
+                      reg=FakeRegistry())
+
+
+def _sums_ok(mnt) -> bool:
+    return subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=mnt / "SilentSteno",
+                          capture_output=True).returncode == 0
+
+
+def _leftovers(mnt):
+    return [p for p in (mnt / "SilentSteno").rglob("*") if ".partial" in p.name or ".steno-tmp" in p.name]
+
+
+@pytest.mark.parametrize("fstype", ["ext4", "exfat", "vfat"])
+def test_export_verify_and_incremental_on_real_fs(tmp_path, fstype):
+    lib = library(tmp_path, 3, audio_size=1_500_000)
+    cfg = _cfg(tmp_path)
+    size = 2100 if fstype == "vfat" else 64
+    with loop_fs(tmp_path, fstype, size) as (mnt, dev, img):
+        res = _export(lib, cfg, mnt)
+        assert all(r.ok for r in res), res
+        assert _sums_ok(mnt) and not _leftovers(mnt)
+        assert verify_target(str(mnt)).ok
+        assert all(r.skipped for r in _export(lib, cfg, mnt))
+
+
+def test_target_full_then_rerun(tmp_path):
+    lib = library(tmp_path, 6, audio_size=9_000_000)
+    cfg = _cfg(tmp_path)
+    with loop_fs(tmp_path, "exfat", 40) as (mnt, dev, img):
+        filler = mnt / "filler.bin"
+        filler.write_bytes(b"\0" * 4_000_000)
+        res = _export(lib, cfg, mnt)
+        ok = [r for r in res if r.ok]
+        bad = [r for r in res if not r.ok]
+        assert ok and bad and all("target full" in r.error for r in bad)
+        assert _sums_ok(mnt) and not _leftovers(mnt)
+        assert verify_target(str(mnt)).ok
+        filler.unlink()
+        res2 = _export(lib, cfg, mnt, ids=[r.session_id for r in bad][:1])
+        assert all(r.ok for r in res2)
+        assert _sums_ok(mnt)
+
+
+def test_fat32_file_limit_is_a_per_session_preflight_error(tmp_path):
+    lib = library(tmp_path, 2, audio_size=100_000)
+    big = tmp_path / "rec" / "big.wav"
+    with open(big, "wb") as f:
+        f.truncate(int(4.1 * 1024 ** 3))          # sparse
+    lib.sessions[3] = make_session(3, big, "Huge")
+    cfg = _cfg(tmp_path)
+    with loop_fs(tmp_path, "vfat", 2100) as (mnt, dev, img):
+        res = {r.session_id: r for r in _export(lib, cfg, mnt)}
+        assert res[1].ok and res[2].ok
+        assert not res[3].ok
+        assert "audio.wav" in res[3].error and "4 GiB" in res[3].error and "exFAT" in res[3].error
+        assert _sums_ok(mnt) and not _leftovers(mnt)
+
+
+SCRIPT = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {root!r})
+    from pathlib import Path
+    from steno_exportd import config
+    from steno_exportd.engine.export import SimpleSpec, run_export
+    from steno_exportd.engine.options import ExportOptions
+    from tests.engine.fakes import FakeLibrary, FakeRegistry, make_session
+    lib = FakeLibrary([make_session(i, Path({src!r}) / f"s{{i}}.wav") for i in (1, 2, 3)])
+    cfg = config.from_dict({{"recorder": {{"db_path": {db!r}}}}})
+    res = run_export(lib, SimpleSpec({mnt!r}, (1, 2, 3), ("txt", "json", "audio"), ExportOptions()), cfg,
+                     reg=FakeRegistry())
+    print(all(r.ok for r in res))
+""")
+
+
+def test_sigkill_mid_file_then_rerun(tmp_path):
+    src = tmp_path / "rec"
+    src.mkdir()
+    for i in (1, 2, 3):
+        (src / f"s{i}.wav").write_bytes(os.urandom(1024 * 1024) * 60)
+    with loop_fs(tmp_path, "ext4", 400) as (mnt, dev, img):
+        code = SCRIPT.format(root=os.getcwd(), src=str(src), db=str(src / "db.sqlite"), mnt=str(mnt))
+        p = subprocess.Popen([sys.executable, "-c", code])
+        try:
+            def mid_file():
+                return any(q.stat().st_size > 10_000_000 for q in mnt.rglob(".steno-tmp-*"))
+            wait_for(lambda: mid_file() or p.poll() is not None, 60, what="a file half written")
+        finally:
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+        root = mnt / "SilentSteno"
+        if (root / "SHA256SUMS").exists():
+            assert _sums_ok(mnt)
+        lib = FakeLibrary([make_session(i, src / f"s{i}.wav") for i in (1, 2, 3)])
+        res = _export(lib, _cfg(tmp_path), mnt)
+        assert all(r.ok for r in res), res
+        assert _sums_ok(mnt) and not _leftovers(mnt)
+        assert len([d for d in root.iterdir() if d.is_dir()]) == 3
+
+
+def test_yank_fuse_helper_mid_copy(tmp_path):
+    lib = library(tmp_path, 3, audio_size=40_000_000)
+    cfg = _cfg(tmp_path)
+    with loop_fs(tmp_path, "exfat", 300) as (mnt, dev, img):
+        pid = fuse_helper_pid(dev)
+        assert pid, "no FUSE helper found"
+        out: dict = {}
+
+        def work():
+            try:
+                out["res"] = _export(lib, cfg, mnt)
+            except Exception as e:  # noqa: BLE001
+                out["err"] = e
+
+        t = threading.Thread(target=work)
+        t.start()
+        wait_for(lambda: any(True for _ in mnt.rglob(".steno-tmp-*")) or not t.is_alive(), 30,
+                 what="copy started")
+        os.kill(pid, signal.SIGKILL)
+        t.join(60)
+        assert not t.is_alive()
+        if "err" in out:
+            assert isinstance(out["err"], TargetError), out["err"]
+            assert str(out["err"])
+        else:
+            bad = [r for r in out["res"] if not r.ok]
+            assert bad and all(r.error for r in bad)
+
+
+def test_byte_flip_found_by_verify_and_recopied(tmp_path):
+    lib = FakeLibrary([])
+    src = tmp_path / "rec"
+    src.mkdir()
+    for i in (1, 2):
+        a = src / f"s{i}.wav"
+        a.write_bytes(bytes([65 + i]) * 3_000_000)
+        lib.sessions[i] = make_session(i, a)
+    cfg = _cfg(tmp_path)
+    with loop_fs(tmp_path, "ext4", 64) as (mnt, dev, img):
+        assert all(r.ok for r in _export(lib, cfg, mnt))
+        victim = next(p for p in (mnt / "SilentSteno").rglob("audio.wav") if p.read_bytes()[:1] == b"C")
+        rel = str(victim.relative_to(mnt / "SilentSteno"))
+        umount(mnt)
+        with open(img, "r+b") as f:
+            data = f.read()
+            at = data.find(b"C" * 4096)
+            assert at > 0
+            f.seek(at + 1000)
+            f.write(b"X")
+        mount(dev, mnt, "ext4")
+        r = subprocess.run([sys.executable, "-m", "steno_exportd", "verify", str(mnt)], capture_output=True,
+                           text=True)
+        assert r.returncode == 1
+        assert [ln for ln in r.stdout.splitlines() if ln.startswith("CHANGED")] == [f"CHANGED  {rel}"]
+        res = _export(lib, cfg, mnt)
+        assert all(x.ok for x in res)
+        assert [x.skipped for x in res].count(False) == 1
+        assert _sums_ok(mnt)
+        assert verify_target(str(mnt)).ok
+
+
+def test_read_only_and_hostile_targets(tmp_path):
+    lib = library(tmp_path, 1)
+    cfg = _cfg(tmp_path)
+    with loop_fs(tmp_path, "ext4", 32) as (mnt, dev, img):
+        (mnt / "SilentSteno").write_text("a file where our folder goes")
+        with pytest.raises(TargetError, match="in the way"):
+            _export(lib, cfg, mnt)
+        (mnt / "SilentSteno").unlink()
+        os.symlink("/etc", mnt / "SilentSteno")
+        with pytest.raises(TargetError):
+            _export(lib, cfg, mnt)
+        (mnt / "SilentSteno").unlink()
+        umount(mnt)
+        mount(dev, mnt, "ext4", ro=True)
+        with pytest.raises(TargetError, match="read-only"):
+            _export(lib, cfg, mnt)
