@@ -116,6 +116,8 @@ def main(args: argparse.Namespace) -> int:
         for r in results:
             status = "skipped (already there)" if r.skipped else ("ok" if r.ok else f"FAILED: {r.error}")
             print(f"{r.session_id:>5} {r.title[:50]:<50} {status}")
-        n_ok = sum(r.ok for r in results)
-        print(f"{n_ok}/{len(results)} sessions exported and verified to {args.to}")
+        n_ok = sum(r.ok and not r.skipped for r in results)
+        n_skip = sum(r.skipped for r in results)
+        n_fail = len(results) - n_ok - n_skip
+        print(f"{n_ok} exported, {n_skip} already there, {n_fail} failed; target {args.to}")
     return 0 if ok else 1

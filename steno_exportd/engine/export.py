@@ -243,8 +243,11 @@ class Exporter:
             listing = self.t.scandir(f"{self.root}/{entry['folder']}")
         except TargetError:
             return False
+        errors = entry.get("errors", {})
         for pf in plan:
             if pf.error:
+                if errors.get(pf.name) == pf.error:
+                    continue        # a source problem already reported for this version (missing audio)
                 return False
             f = files.get(pf.name)
             if not f or f.get("version") != pf.version or f.get("template", "") != pf.template or f.get("bad"):
@@ -372,8 +375,18 @@ class Exporter:
                     raise TargetError(f"the filesystem lost {r.path} when its folder was renamed")
         elif not exists:
             self.t.remove(f"{work_rel}/{MARKER}")
+        planned = {pf.name for pf in plan}
+        for name, f in old_files.items():
+            # files of an earlier export with other formats stay ours (and in SHA256SUMS)
+            if name not in planned and name not in new_entry["files"]:
+                st = self.t.lstat(f"{final_rel}/{name}")
+                if st is not None and st.kind == "file":
+                    new_entry["files"][name] = f
         ok = all(r.ok for r in results)
-        if not ok:
+        source_errors = {pf.name: pf.error for pf in plan if pf.error}
+        if source_errors:
+            new_entry["errors"] = source_errors
+        if sum(1 for r in results if not r.ok) > len(source_errors):
             new_entry["incomplete"] = True
         if any(r.ok for r in results) or exists:
             self.m.sessions[s.uuid] = new_entry
