@@ -1,0 +1,247 @@
+"""USB sticks: udev watcher + udisks2 mounts + auto-export policy, driving the core.
+
+``await watch(core)`` runs until cancelled; the daemon's composition root starts it.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from steno_exportd.devices import device_id
+from steno_exportd.events import DeviceState, JobState, JobUpdated
+from steno_exportd.usb import policy
+from steno_exportd.usb.udev import Added, Candidate, Removed, StickEvent, Unusable, Watcher, system_disks
+from steno_exportd.usb.udisks import UDisks, UDisksError, UDisksUnavailable
+
+log = logging.getLogger(__name__)
+
+__all__ = ["watch", "UsbManager", "UDisksUnavailable"]
+
+
+def _free(path: str) -> int:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return 0
+
+
+def _make_options(core: Any, auto) -> Any:
+    """ExportOptions for a stick export (falls back to a dict while the engine has none)."""
+    kw = dict(template=auto.template, include_audio=auto.include_audio)
+    for mod in ("steno_exportd.core", "steno_exportd.engine.jobs", "steno_exportd.engine.plan"):
+        with contextlib.suppress(ImportError, AttributeError):
+            cls = getattr(__import__(mod, fromlist=["ExportOptions"]), "ExportOptions")
+            fields = getattr(cls, "__dataclass_fields__", {})
+            return cls(**{k: v for k, v in kw.items() if k in fields})
+    return kw
+
+
+class UsbManager:
+    """One error boundary per stick: mount, auto-export, eject; states go to core.devices."""
+
+    def __init__(self, core: Any, udisks: UDisks) -> None:
+        self.core = core
+        self.cfg = core.cfg.usb
+        self.udisks = udisks
+        self.devices = core.devices
+        self._by_node: dict[str, Candidate] = {}       # device node -> candidate
+        self._tasks: dict[str, asyncio.Task] = {}      # device id -> its handling task
+        self._jobs: dict[str, int] = {}                # device id -> running job id
+        self._removed: set[str] = set()
+        self._warned: set[str] = set()
+        self.watcher: Watcher | None = None
+
+    # ---- events from udev ---------------------------------------------------------
+    def on_event(self, ev: StickEvent) -> None:
+        if isinstance(ev, Added):
+            c = ev.candidate
+            did = device_id(c.uuid)
+            self._by_node[c.device] = c
+            self._removed.discard(did)
+            prev = self._tasks.get(did)
+            if prev is not None and not prev.done():
+                return
+            self._tasks[did] = asyncio.get_running_loop().create_task(self._handle(did, c), name=f"usb:{did}")
+        elif isinstance(ev, Removed):
+            c = self._by_node.pop(ev.device, None)
+            if c is not None:
+                asyncio.get_running_loop().create_task(self._on_removed(device_id(c.uuid), c))
+        elif isinstance(ev, Unusable):
+            did = "dev_" + "".join(ch if ch.isalnum() else "_" for ch in ev.key.lower())
+            if did not in self._warned:
+                log.warning("%s: %s", ev.device or ev.disk, ev.reason)
+                self._warned.add(did)
+            self.devices.update(did, device=ev.device, state=DeviceState.ERROR, error=ev.reason)
+
+    async def _on_removed(self, did: str, c: Candidate) -> None:
+        self._removed.add(did)
+        snap = self.devices.find(did)
+        job_id = self._jobs.get(did)
+        if snap is not None and snap.state != DeviceState.SAFE_TO_REMOVE:
+            if job_id is not None:
+                log.warning("%s (%s) removed during export job %s", c.label or c.uuid, c.device, job_id)
+            else:
+                log.info("%s (%s) removed", c.label or c.uuid, c.device)
+        # udisks cleans up mounts of vanished devices; make sure of it without blocking on a dead FUSE.
+        with contextlib.suppress(UDisksError, OSError):
+            await asyncio.wait_for(self.udisks.unmount(c.device, force=True), 5)
+        if job_id is None:
+            task = self._tasks.get(did)
+            if task is not None and not task.done():
+                task.cancel()
+        self.devices.update(did, state=DeviceState.REMOVED, mount_point="", free=0)
+
+    # ---- one stick ----------------------------------------------------------------
+    async def _handle(self, did: str, c: Candidate) -> None:
+        """The error boundary of one stick: a failure is recorded on the device, never raised."""
+        self.devices.update(did, uuid=c.uuid, label=c.label, fs_type=c.fs_type, device=c.device,
+                            size=c.size, free=0, mount_point="", state=DeviceState.DETECTED)
+        try:
+            await self._process(did, c)
+        except asyncio.CancelledError:
+            if did not in self._removed:
+                raise
+        except Exception as e:  # noqa: BLE001 — the boundary: one bad stick never stops the daemon
+            if did in self._removed:
+                return
+            log.warning("%s (%s): %s", c.label or c.uuid, c.device, e)
+            log.debug("details", exc_info=True)
+            self.devices.update(did, state=DeviceState.ERROR, error=str(e))
+
+    async def _process(self, did: str, c: Candidate) -> None:
+        if not policy.allowed(self.cfg, c.label, c.uuid):
+            log.info("%s (%s) is not in usb.allow_labels/allow_uuids; leaving it alone", c.label, c.uuid)
+            self.devices.update(did, state=DeviceState.DETECTED, error="not in the allow-list")
+            return
+        self.devices.update(did, state=DeviceState.MOUNTING)
+        mp = await self.udisks.mount(c.device, tuple(self.cfg.mount_options))
+        self.devices.update(did, state=DeviceState.MOUNTED, mount_point=mp,
+                            free=await asyncio.to_thread(_free, mp))
+        if not (self.cfg.auto_export.enabled and getattr(self.core, "auto_export", True)):
+            return
+        pol = await asyncio.to_thread(policy.stick_policy, Path(mp), self.cfg)
+        if not pol.write:
+            log.info("%s: not exporting (%s)", c.label or c.uuid, pol.reason)
+            return
+        if c.read_only or not os.access(mp, os.W_OK) or await self._mounted_ro(mp):
+            raise UDisksError("the stick is read-only (write-protected or a read-only filesystem)")
+        on_stick = await asyncio.to_thread(policy.sessions_on_stick, Path(mp))
+        summaries = await asyncio.to_thread(self.core.library.list_sessions)
+        ids = policy.select_sessions(summaries, pol.auto, on_stick)
+        if ids:
+            job = await self._export(did, c, ids, policy.formats_for(pol.auto), mp, pol.auto)
+            if job.state != JobState.COMPLETED:
+                raise UDisksError(job.error or f"export job {job.id} {job.state}")
+        else:
+            log.info("%s: nothing new to export", c.label or c.uuid)
+        self.devices.update(did, free=await asyncio.to_thread(_free, mp), state=DeviceState.MOUNTED)
+        if pol.auto.eject_after:
+            await self.eject(did)
+
+    @staticmethod
+    async def _mounted_ro(mp: str) -> bool:
+        def check() -> bool:
+            st = os.statvfs(mp)
+            return bool(st.f_flag & os.ST_RDONLY)
+        return await asyncio.to_thread(check)
+
+    async def _export(self, did: str, c: Candidate, ids: list[int], formats: list[str], mp: str, auto):
+        events = self.core.events.subscribe()
+        first = asyncio.ensure_future(events.__anext__())
+        await asyncio.sleep(0)                          # registers the subscription before the job starts
+        try:
+            job = await self.core.export_sessions(ids, formats, mp, _make_options(self.core, auto))
+            self._jobs[did] = job.id
+            self.devices.update(did, state=DeviceState.EXPORTING)
+            log.info("%s: exporting %d session(s) as job %s", c.label or c.uuid, len(ids), job.id)
+            pending = first
+            while not job.state.finished:
+                done, _ = await asyncio.wait({pending}, timeout=0.5)
+                if done:
+                    ev = pending.result()
+                    pending = asyncio.ensure_future(events.__anext__())
+                    if isinstance(ev, JobUpdated) and ev.job.id == job.id:
+                        job = ev.job
+                else:
+                    job = self.core.jobs.get(job.id)
+                if (not job.state.finished and job.bytes_total and job.bytes_done >= job.bytes_total
+                        and self.devices.get(did).state == DeviceState.EXPORTING):
+                    self.devices.update(did, state=DeviceState.VERIFYING)
+            pending.cancel()
+            return job
+        finally:
+            self._jobs.pop(did, None)
+            first.cancel()
+            await events.aclose()
+
+    async def eject(self, did: str) -> str:
+        """Finish/cancel jobs on the stick, sync, unmount, power off; the device becomes safe_to_remove."""
+        snap = self.devices.get(did)
+        c = next((c for c in self._by_node.values() if device_id(c.uuid) == did), None)
+        if c is None:
+            raise UDisksError(f"{snap.label or did} is not present")
+        job_id = self._jobs.get(did)
+        if job_id is not None:
+            with contextlib.suppress(Exception):
+                await self.core.jobs.cancel(job_id) if asyncio.iscoroutinefunction(self.core.jobs.cancel) \
+                    else self.core.jobs.cancel(job_id)
+        self.devices.update(did, state=DeviceState.EJECTING)
+        await asyncio.to_thread(os.sync)
+        await self.udisks.unmount(c.device)
+        self.devices.update(did, mount_point="")
+        how = await self.udisks.power_off(c.device)
+        self.devices.update(did, state=DeviceState.SAFE_TO_REMOVE)
+        log.info("%s: safe to remove (%s)", snap.label or did, how)
+        return how
+
+    async def _eject_request(self, did: str) -> str:
+        """core.eject() entry: runs inside the stick's boundary and reports errors on the device."""
+        try:
+            return await self.eject(did)
+        except UDisksError as e:
+            self.devices.update(did, state=DeviceState.ERROR, error=str(e))
+            raise
+
+    # ---- lifecycle ----------------------------------------------------------------
+    def start(self) -> None:
+        cfg = self.core.cfg
+        excluded = system_disks(["/", cfg.recorder.db_path, cfg.recorder_data_dir])
+        self.watcher = Watcher(self.on_event, excluded_disks=excluded, ignore_uuids=self.cfg.ignore_uuids,
+                               prefer_labels=self.cfg.prefer_labels, settle_seconds=self.cfg.settle_seconds)
+        self.devices.set_ejector(self._eject_request)
+        self.watcher.start()
+
+    async def stop(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+        self.devices.set_ejector(None)
+        tasks = [t for t in self._tasks.values() if not t.done()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def running(core: Any, bus_address: str | None = None):
+    """Start USB handling for ``core``; yields the UsbManager and stops it on exit."""
+    udisks = await UDisks.connect(bus_address)
+    mgr = UsbManager(core, udisks)
+    try:
+        mgr.start()
+        yield mgr
+    finally:
+        await mgr.stop()
+        await udisks.close()
+
+
+async def watch(core: Any, bus_address: str | None = None) -> None:
+    """Run USB handling until cancelled (a no-op when usb.enabled is false)."""
+    if not core.cfg.usb.enabled:
+        return
+    async with running(core, bus_address):
+        await asyncio.Event().wait()
