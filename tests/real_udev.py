@@ -196,6 +196,8 @@ class Stick:
                 or not self._backing_is_ours():
             args = ["losetup", "-f", "--show"] + (["-r"] if self.read_only else []) + [str(self.image)]
             self.loop = _run(*args).stdout.strip()
+            # Loop.Delete leaves partx-made partitions behind (no partscan): clear them before re-adding.
+            _run("partx", "-d", self.loop, check=False)
         return self.loop
 
     def _backing_is_ours(self) -> bool:
@@ -238,6 +240,11 @@ class Stick:
         if self._backing_is_ours():
             _run("partx", "-d", self.loop, check=False)
             _run("losetup", "-d", self.loop, check=False)
+        elif not Path(f"/sys/class/block/{Path(self.loop).name}/loop").exists():
+            # detached by Loop.Delete: drop the partitions it left behind
+            name = Path(self.loop).name
+            if any(Path("/sys/class/block").glob(f"{name}p*")):
+                _run("partx", "-d", self.loop, check=False)
         self.loop = ""
 
     @staticmethod

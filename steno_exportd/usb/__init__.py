@@ -70,7 +70,7 @@ class UsbManager:
         elif isinstance(ev, Removed):
             c = self._by_node.pop(ev.device, None)
             if c is not None:
-                asyncio.get_running_loop().create_task(self._on_removed(device_id(c.uuid), c))
+                self._on_removed(device_id(c.uuid), c)
         elif isinstance(ev, Unusable):
             did = "dev_" + "".join(ch if ch.isalnum() else "_" for ch in ev.key.lower())
             if did not in self._warned:
@@ -78,7 +78,8 @@ class UsbManager:
                 self._warned.add(did)
             self.devices.update(did, device=ev.device, state=DeviceState.ERROR, error=ev.reason)
 
-    async def _on_removed(self, did: str, c: Candidate) -> None:
+    def _on_removed(self, did: str, c: Candidate) -> None:
+        """The stick is gone: record it now; a running job fails by itself on the vanished device."""
         self._removed.add(did)
         snap = self.devices.find(did)
         job_id = self._jobs.get(did)
@@ -87,14 +88,20 @@ class UsbManager:
                 log.warning("%s (%s) removed during export job %s", c.label or c.uuid, c.device, job_id)
             else:
                 log.info("%s (%s) removed", c.label or c.uuid, c.device)
-        # udisks cleans up mounts of vanished devices; make sure of it without blocking on a dead FUSE.
-        with contextlib.suppress(UDisksError, OSError):
-            await asyncio.wait_for(self.udisks.unmount(c.device, force=True), 5)
-        if job_id is None:
-            task = self._tasks.get(did)
-            if task is not None and not task.done():
-                task.cancel()
+        task = self._tasks.get(did)
+        if job_id is None and task is not None and not task.done():
+            task.cancel()
         self.devices.update(did, state=DeviceState.REMOVED, mount_point="", free=0)
+        if snap is not None and snap.mount_point:
+            asyncio.get_running_loop().create_task(self._cleanup_mount(c))
+
+    async def _cleanup_mount(self, c: Candidate) -> None:
+        """Drop a dead mount of a pulled stick (unless the same device node came back meanwhile)."""
+        await asyncio.sleep(0.2)
+        if c.device in self._by_node:
+            return
+        with contextlib.suppress(UDisksError, OSError, asyncio.TimeoutError):
+            await asyncio.wait_for(self.udisks.unmount(c.device, force=True), 5)
 
     # ---- one stick ----------------------------------------------------------------
     async def _handle(self, did: str, c: Candidate) -> None:
@@ -151,33 +158,47 @@ class UsbManager:
         return await asyncio.to_thread(check)
 
     async def _export(self, did: str, c: Candidate, ids: list[int], formats: list[str], mp: str, auto):
-        events = self.core.events.subscribe()
-        first = asyncio.ensure_future(events.__anext__())
-        await asyncio.sleep(0)                          # registers the subscription before the job starts
+        updates: asyncio.Queue = asyncio.Queue()
+        started = asyncio.Event()
+
+        async def follow() -> None:
+            agen = self.core.events.subscribe()
+            nxt = asyncio.ensure_future(agen.__anext__())
+            started.set()
+            try:
+                while True:
+                    ev = await nxt
+                    if isinstance(ev, JobUpdated):
+                        updates.put_nowait(ev.job)
+                    nxt = asyncio.ensure_future(agen.__anext__())
+            finally:
+                nxt.cancel()
+                await asyncio.gather(nxt, return_exceptions=True)
+                await agen.aclose()
+
+        follower = asyncio.create_task(follow())
+        await started.wait()
+        await asyncio.sleep(0)                      # the subscription exists before the job starts
         try:
             job = await self.core.export_sessions(ids, formats, mp, _make_options(self.core, auto))
             self._jobs[did] = job.id
             self.devices.update(did, state=DeviceState.EXPORTING)
             log.info("%s: exporting %d session(s) as job %s", c.label or c.uuid, len(ids), job.id)
-            pending = first
             while not job.state.finished:
-                done, _ = await asyncio.wait({pending}, timeout=0.5)
-                if done:
-                    ev = pending.result()
-                    pending = asyncio.ensure_future(events.__anext__())
-                    if isinstance(ev, JobUpdated) and ev.job.id == job.id:
-                        job = ev.job
-                else:
+                try:
+                    upd = await asyncio.wait_for(updates.get(), 0.5)
+                    if upd.id == job.id:
+                        job = upd
+                except asyncio.TimeoutError:
                     job = self.core.jobs.get(job.id)
                 if (not job.state.finished and job.bytes_total and job.bytes_done >= job.bytes_total
                         and self.devices.get(did).state == DeviceState.EXPORTING):
                     self.devices.update(did, state=DeviceState.VERIFYING)
-            pending.cancel()
             return job
         finally:
             self._jobs.pop(did, None)
-            first.cancel()
-            await events.aclose()
+            follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
 
     async def eject(self, did: str) -> str:
         """Finish/cancel jobs on the stick, sync, unmount, power off; the device becomes safe_to_remove."""

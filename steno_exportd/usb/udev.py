@@ -112,9 +112,9 @@ def pick(cands: list[Candidate], prefer_labels: Iterable[str] = ()) -> Candidate
 
 
 def _disk_name(dev: pyudev.Device) -> str:
+    # From DEVPATH (.../block/sdb/sdb1): works for removed partitions whose parent is gone.
     if dev.device_type == "partition":
-        parent = dev.find_parent("block", "disk")
-        return parent.sys_name if parent is not None else dev.sys_name
+        return dev.device_path.rstrip("/").split("/")[-2]
     return dev.sys_name
 
 
