@@ -218,6 +218,32 @@ class Stick:
         if self.loop and self._backing_is_ours():
             _run("partx", "-d", self.loop, check=False)
 
+    def fuse_helpers(self) -> list[int]:
+        """Pids of the FUSE processes (exfat-fuse, fusefat) serving this stick's partition."""
+        dev = self.part
+        pids = []
+        for p in Path("/proc").iterdir():
+            if not p.name.isdigit():
+                continue
+            try:
+                argv = (p / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if dev.encode() in argv and (b"fuse" in argv[0] or b"exfat" in argv[0]):
+                pids.append(int(p.name))
+        return pids
+
+    def yank(self) -> None:
+        """Pull the stick while mounted: kill its FUSE helper (I/O fails), then delete the partitions."""
+        for pid in self.fuse_helpers():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        # fuseblk holds the partition open; the kernel would drop it on a real pull
+        for mp in self._mounts_of(os.path.realpath(self.part)):
+            _run("umount", "-l", mp, check=False)
+        _poll(lambda: _run("partx", "-d", self.loop, check=False).returncode == 0, 10,
+              f"partx -d {self.loop} after the yank")
+
     def mount_points(self) -> list[str]:
         dev = os.path.realpath(self.part) if self.loop else ""
         out = []

@@ -46,7 +46,7 @@ async def test_insert_exports_new_sessions_and_ejects(sticks, tmp_path, fs):
         # the same stick again: nothing new is written, it is still ejected
         stick.insert()
         await wait_for(lambda: not loop_attached(stick), 20, "second eject")
-        assert by_label(core, stick.label).state == S.SAFE_TO_REMOVE
+        await wait_state(core, stick.label, S.SAFE_TO_REMOVE, timeout=5)
         assert len(core.written) == 1
 
         # a new session in the library, the stick again: only that one
@@ -77,12 +77,12 @@ async def test_cold_plug_stick_present_at_start(sticks, tmp_path):
 
 async def test_removal_mid_export_fails_job_then_next_insertion_completes(sticks, tmp_path):
     core = FakeCore(make_cfg(tmp_path), n_sessions=2, file_size=8 << 20, chunk_delay=0.05)
-    stick = sticks("ext4")
+    stick = sticks("exfat")     # a FUSE filesystem: killing its helper is how a yank looks here
     async with usb.running(core) as mgr:
         stick.insert()
         await wait_state(core, stick.label, S.EXPORTING)
         await asyncio.sleep(0.3)
-        stick.remove()
+        await asyncio.to_thread(stick.yank)
         dev = await wait_state(core, stick.label, S.REMOVED)
         job = await wait_for(lambda: next((j for j in core.jobs.list() if j.state.finished), None), 30,
                              "the job to finish")
@@ -160,7 +160,7 @@ async def test_read_only_stick(sticks, tmp_path):
 async def test_full_stick_fails_with_reason(sticks, tmp_path):
     core = FakeCore(make_cfg(tmp_path), n_sessions=1, file_size=8 << 20)
     stick = sticks("ext4", size_mb=16)
-    prepare(stick, {"filler": b"\0" * (12 << 20)})
+    prepare(stick, {"filler": b"\0" * (9 << 20)})
     async with usb.running(core):
         stick.insert()
         dev = await wait_state(core, stick.label, S.ERROR, S.SAFE_TO_REMOVE)
