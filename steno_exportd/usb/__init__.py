@@ -54,6 +54,8 @@ class UsbManager:
         self._jobs: dict[str, int] = {}                # device id -> running job id
         self._removed: set[str] = set()
         self._warned: set[str] = set()
+        self._unusable: dict[str, str] = {}            # device node -> device id of an unusable stick
+        self.removed_grace = 60.0                      # seconds a removed device stays listed
         self.watcher: Watcher | None = None
 
     # ---- events from udev ---------------------------------------------------------
@@ -71,12 +73,27 @@ class UsbManager:
             c = self._by_node.pop(ev.device, None)
             if c is not None:
                 self._on_removed(device_id(c.uuid), c)
+            did = self._unusable.pop(ev.device, None)
+            if did is not None:
+                self.devices.update(did, state=DeviceState.REMOVED)
+                self._forget_later(did)
         elif isinstance(ev, Unusable):
             did = "dev_" + "".join(ch if ch.isalnum() else "_" for ch in ev.key.lower())
-            if did not in self._warned:
+            if did not in self._warned:          # a flapping stick logs once at WARNING
                 log.warning("%s: %s", ev.device or ev.disk, ev.reason)
                 self._warned.add(did)
+            else:
+                log.debug("%s: %s", ev.device or ev.disk, ev.reason)
+            self._unusable[ev.device] = did
             self.devices.update(did, device=ev.device, state=DeviceState.ERROR, error=ev.reason)
+
+    def _forget_later(self, did: str) -> None:
+        """A removed device stays listed as 'removed' for a while, then leaves the registry."""
+        def forget() -> None:
+            snap = self.devices.find(did)
+            if snap is not None and snap.state == DeviceState.REMOVED:
+                self.devices.remove(did)
+        asyncio.get_running_loop().call_later(self.removed_grace, forget)
 
     def _on_removed(self, did: str, c: Candidate) -> None:
         """The stick is gone: record it now; a running job fails by itself on the vanished device."""
@@ -92,6 +109,7 @@ class UsbManager:
         if job_id is None and task is not None and not task.done():
             task.cancel()
         self.devices.update(did, state=DeviceState.REMOVED, mount_point="", free=0)
+        self._forget_later(did)
         if snap is not None and snap.mount_point:
             asyncio.get_running_loop().create_task(self._cleanup_mount(c))
 
@@ -142,6 +160,8 @@ class UsbManager:
         ids = policy.select_sessions(summaries, pol.auto, on_stick)
         if ids:
             job = await self._export(did, c, ids, policy.formats_for(pol.auto), mp, pol.auto)
+            if job.state == JobState.CANCELLED and self.devices.get(did).state == DeviceState.EJECTING:
+                return                                  # an eject request took over
             if job.state != JobState.COMPLETED:
                 raise UDisksError(job.error or f"export job {job.id} {job.state}")
         else:
@@ -206,12 +226,10 @@ class UsbManager:
         c = next((c for c in self._by_node.values() if device_id(c.uuid) == did), None)
         if c is None:
             raise UDisksError(f"{snap.label or did} is not present")
+        self.devices.update(did, state=DeviceState.EJECTING)
         job_id = self._jobs.get(did)
         if job_id is not None:
-            with contextlib.suppress(Exception):
-                await self.core.jobs.cancel(job_id) if asyncio.iscoroutinefunction(self.core.jobs.cancel) \
-                    else self.core.jobs.cancel(job_id)
-        self.devices.update(did, state=DeviceState.EJECTING)
+            await self._cancel_and_wait(did, job_id)
         await asyncio.to_thread(os.sync)
         await self.udisks.unmount(c.device)
         self.devices.update(did, mount_point="")
@@ -219,6 +237,16 @@ class UsbManager:
         self.devices.update(did, state=DeviceState.SAFE_TO_REMOVE)
         log.info("%s: safe to remove (%s)", snap.label or did, how)
         return how
+
+    async def _cancel_and_wait(self, did: str, job_id: int, timeout: float = 60.0) -> None:
+        """Cancel the stick's running job and wait until it has stopped writing."""
+        log.info("eject requested during job %s: cancelling it", job_id)
+        res = self.core.jobs.cancel(job_id)
+        if asyncio.iscoroutine(res):
+            await res
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._jobs.get(did) == job_id and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
 
     async def _eject_request(self, did: str) -> str:
         """core.eject() entry: runs inside the stick's boundary and reports errors on the device."""
@@ -260,9 +288,23 @@ async def running(core: Any, bus_address: str | None = None):
         await udisks.close()
 
 
-async def watch(core: Any, bus_address: str | None = None) -> None:
-    """Run USB handling until cancelled (a no-op when usb.enabled is false)."""
+async def watch(core: Any, bus_address: str | None = None, retry_seconds: float = 30.0) -> None:
+    """Run USB handling until cancelled (a no-op when usb.enabled is false).
+
+    Without udisks2 on the system bus it says so (once at ERROR) and retries, so a udisks2
+    that starts later during boot is picked up.
+    """
     if not core.cfg.usb.enabled:
+        log.info("USB sticks disabled (usb.enabled = false)")
         return
-    async with running(core, bus_address):
-        await asyncio.Event().wait()
+    warned = False
+    while True:
+        try:
+            async with running(core, bus_address):
+                warned = False
+                await asyncio.Event().wait()
+        except UDisksUnavailable as e:
+            (log.debug if warned else log.error)("USB sticks unavailable: %s; retrying every %.0f s",
+                                                  e, retry_seconds)
+            warned = True
+        await asyncio.sleep(retry_seconds)

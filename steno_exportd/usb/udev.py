@@ -146,7 +146,7 @@ class Watcher:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._current: dict[str, str] = {}        # disk -> device of the emitted candidate
         self._current_uuid: dict[str, str] = {}
-        self._unusable: dict[str, str] = {}       # disk -> reason already reported
+        self._unusable: dict[str, tuple[str, str]] = {}   # disk -> (reason, device) already reported
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
@@ -184,11 +184,10 @@ class Watcher:
         if disk in self.excluded:
             return
         if action == "remove":
-            if dev.device_node and self._current.get(disk) == dev.device_node or (
-                    dev.device_type == "disk" and disk in self._current):
+            node = dev.device_node or dev.properties.get("DEVNAME", "")
+            if dev.device_type == "disk" or node in (self._current.get(disk),
+                                                     self._unusable.get(disk, ("", ""))[1]):
                 self._drop(disk)
-            elif dev.device_type == "disk":
-                self._unusable.pop(disk, None)
             return
         # 'add' right away (a tiny delay gathers sibling partitions); bursts of 'change' settle first.
         delay = min(self.settle, 0.05) if action == "add" else self.settle
@@ -207,9 +206,9 @@ class Watcher:
     def _drop(self, disk: str) -> None:
         device = self._current.pop(disk, "")
         self._current_uuid.pop(disk, None)
-        self._unusable.pop(disk, None)
-        if device:
-            self.emit(Removed(device=device, disk=disk))
+        _, unusable = self._unusable.pop(disk, ("", ""))
+        for d in dict.fromkeys(x for x in (device, unusable) if x):
+            self.emit(Removed(device=d, disk=disk))
 
     def _evaluate(self, disk: str) -> None:
         """Look at a disk and its partitions in the udev database and emit what changed."""
@@ -237,9 +236,9 @@ class Watcher:
         if best is None:
             if disk in self._current:
                 self._drop(disk)
-            if reasons and self._unusable.get(disk) != reasons[0][1]:
+            if reasons and self._unusable.get(disk, ("", ""))[0] != reasons[0][1]:
                 dev, reason = reasons[0]
-                self._unusable[disk] = reason
+                self._unusable[disk] = (reason, dev.device_node or "")
                 key = dev.properties.get("ID_PART_ENTRY_UUID") or dev.properties.get("ID_PART_TABLE_UUID") \
                     or dev.device_node or disk
                 self.emit(Unusable(disk=disk, device=dev.device_node or "", key=key, reason=reason))

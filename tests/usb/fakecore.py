@@ -39,6 +39,7 @@ class FakeLibrary:
 class FakeJobs:
     def __init__(self) -> None:
         self.jobs: dict[int, JobSnapshot] = {}
+        self.cancelled: set[int] = set()
 
     def get(self, job_id: int) -> JobSnapshot:
         return self.jobs[job_id]
@@ -47,7 +48,7 @@ class FakeJobs:
         return list(self.jobs.values())
 
     def cancel(self, job_id: int) -> None:
-        pass
+        self.cancelled.add(job_id)
 
 
 class FakeCore:
@@ -84,17 +85,19 @@ class FakeCore:
     async def _run(self, job: JobSnapshot, ids: list[int], root: Path) -> None:
         t0 = time.monotonic()
         try:
-            results = await asyncio.to_thread(self._write, ids, root)
+            results = await asyncio.to_thread(self._write, ids, root, job.id)
             job = dataclasses.replace(job, state=JobState.COMPLETED, bytes_done=job.bytes_total,
                                       results=tuple(results), finished=time.time())
             self.written.append((str(root), ids))
+        except InterruptedError:
+            job = dataclasses.replace(job, state=JobState.CANCELLED, error="cancelled", finished=time.time())
         except OSError as e:
             job = dataclasses.replace(job, state=JobState.FAILED, error=f"writing to the stick failed: {e}",
                                       finished=time.time())
         self.copy_seconds = time.monotonic() - t0
         self._set(job)
 
-    def _write(self, ids: list[int], root: Path) -> list[SessionResult]:
+    def _write(self, ids: list[int], root: Path, job_id: int) -> list[SessionResult]:
         base = root / "SilentSteno"
         base.mkdir(exist_ok=True)
         by_id = {s.id: s for s in self.library.sessions}
@@ -113,6 +116,9 @@ class FakeCore:
                         f.flush()
                         self.first_byte_at = time.monotonic()
                     left -= n
+                    if job_id in self.jobs.cancelled:
+                        tmp.unlink()
+                        raise InterruptedError
                     if self.chunk_delay:
                         time.sleep(self.chunk_delay)
                 f.flush()

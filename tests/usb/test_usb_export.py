@@ -194,3 +194,85 @@ async def test_system_disk_never_touched(sticks, tmp_path):
         for d in core.devices.list():
             assert d.device.startswith("/dev/loop"), d
             assert os.stat(d.device).st_rdev != root_dev if os.path.exists(d.device) else True
+
+
+async def test_eject_during_export_cancels_the_job_first(sticks, tmp_path):
+    core = FakeCore(make_cfg(tmp_path), n_sessions=1, file_size=8 << 20, chunk_delay=0.05)
+    stick = sticks("ext4")
+    async with usb.running(core):
+        stick.insert()
+        dev = await wait_state(core, stick.label, S.EXPORTING)
+        await core.eject(dev.id)
+        assert by_label(core, stick.label).state == S.SAFE_TO_REMOVE
+        assert core.jobs.list()[0].state == JobState.CANCELLED
+        assert core.written == []
+        await asyncio.sleep(0.3)
+        assert by_label(core, stick.label).state == S.SAFE_TO_REMOVE
+
+
+async def test_allow_list_leaves_other_sticks_alone(sticks, tmp_path):
+    core = FakeCore(make_cfg(tmp_path, **{"usb.allow_labels": ["RECOFFICE"]}), n_sessions=1)
+    other, office = sticks("ext4"), sticks("ext4", label="RECOFFICE")
+    async with usb.running(core):
+        other.insert()
+        office.insert()
+        await wait_state(core, office.label, S.SAFE_TO_REMOVE)
+        dev = by_label(core, other.label)
+        assert dev.state == S.DETECTED and "allow-list" in dev.error
+        assert other.mount_points() == []
+    assert [t for t, _ in core.written] == [by_label(core, office.label).mount_point or t
+                                            for t, _ in core.written]
+    assert len(core.written) == 1
+
+
+async def test_several_partitions_pick_preferred_label_else_largest(sticks, tmp_path):
+    stick = sticks("ext4", part_sizes_mb=[20, 40], labels=["RECSMALL", "RECBIG"])
+    core = FakeCore(make_cfg(tmp_path), n_sessions=1)
+    async with usb.running(core):
+        stick.insert()
+        await wait_state(core, "RECBIG", S.SAFE_TO_REMOVE)
+        assert by_label(core, "RECSMALL") is None
+    stick.cleanup()
+    core = FakeCore(make_cfg(tmp_path, **{"usb.prefer_labels": ["RECSMALL"]}), n_sessions=1)
+    async with usb.running(core):
+        stick.insert()
+        await wait_state(core, "RECSMALL", S.SAFE_TO_REMOVE)
+        assert by_label(core, "RECBIG") is None
+
+
+async def test_unusable_stick_removed_is_reported_removed(sticks, tmp_path):
+    core = FakeCore(make_cfg(tmp_path), n_sessions=1)
+    stick = sticks(None)
+    async with usb.running(core):
+        stick.insert()
+        dev = await wait_for(lambda: next((d for d in core.devices.list() if d.device == stick.part), None),
+                             10, "the unusable stick")
+        stick.remove()
+        await wait_for(lambda: core.devices.get(dev.id).state == S.REMOVED, 10, "removed")
+
+
+async def test_watch_without_udisks_says_so_and_keeps_retrying(tmp_path, caplog):
+    import logging
+    import subprocess
+    d = tmp_path / "bus"
+    d.mkdir()
+    conf = d / "bus.conf"
+    from tests.usb.test_usb_udisks_contract import CONF
+    conf.write_text(CONF.format(sock=d / "s"))
+    proc = subprocess.Popen(["dbus-daemon", "--config-file", str(conf), "--nofork", "--print-address=1"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        addr = proc.stdout.readline().strip()
+        assert addr.startswith("unix:"), "private dbus-daemon did not start"
+        core = FakeCore(make_cfg(tmp_path), n_sessions=1)
+        caplog.set_level(logging.DEBUG, "steno_exportd.usb")
+        task = asyncio.create_task(usb.watch(core, addr, retry_seconds=0.05))
+        await wait_for(lambda: sum("udisks2 is not running" in r.getMessage() for r in caplog.records) >= 3,
+                       10, "retries")
+        assert not task.done()
+        assert [r.levelname for r in caplog.records if "unavailable" in r.getMessage()][:2] == ["ERROR", "DEBUG"]
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    finally:
+        proc.terminate()
+        proc.wait(10)
