@@ -147,10 +147,21 @@ class UsbStack:
     bus: subprocess.Popen | None = None
     udisksd: subprocess.Popen | None = None
 
+    rules_installed: bool = False
+
     def stop(self) -> None:
+        """Stop what was started here, in reverse order; reused daemons keep running."""
         _stop(self.udisksd)
         _stop(self.bus)
-        stop_udevd(self.udevd)
+        if self.rules_installed:
+            for rule in (TEST_RULE, OUR_RULE):
+                with contextlib.suppress(FileNotFoundError):
+                    rule.unlink()
+            if self.udevd is None:
+                _run("udevadm", "control", "--reload", check=False)
+        if self.udevd is not None:
+            stop_udevd(self.udevd)
+            shutil.rmtree("/run/udev", ignore_errors=True)
 
 
 def start_stack(with_udisks: bool = True) -> UsbStack:
@@ -158,6 +169,7 @@ def start_stack(with_udisks: bool = True) -> UsbStack:
     try:
         st.udevd = start_udevd()
         install_rules()
+        st.rules_installed = True
         if with_udisks:
             st.bus = start_system_bus()
             st.udisksd = start_udisksd()
