@@ -64,11 +64,11 @@ class UsbManager:
             c = ev.candidate
             did = device_id(c.uuid)
             self._by_node[c.device] = c
-            self._removed.discard(did)
             prev = self._tasks.get(did)
-            if prev is not None and not prev.done():
-                return
-            self._tasks[did] = asyncio.get_running_loop().create_task(self._handle(did, c), name=f"usb:{did}")
+            if prev is not None and not prev.done() and did not in self._removed:
+                return                                  # this insertion is already being handled
+            self._removed.discard(did)
+            self._tasks[did] = asyncio.get_running_loop().create_task(self._handle(did, c, prev), name=f"usb:{did}")
         elif isinstance(ev, Removed):
             c = self._by_node.pop(ev.device, None)
             if c is not None:
@@ -122,8 +122,10 @@ class UsbManager:
             await asyncio.wait_for(self.udisks.unmount(c.device, force=True), 5)
 
     # ---- one stick ----------------------------------------------------------------
-    async def _handle(self, did: str, c: Candidate) -> None:
+    async def _handle(self, did: str, c: Candidate, prev: asyncio.Task | None = None) -> None:
         """The error boundary of one stick: a failure is recorded on the device, never raised."""
+        if prev is not None and not prev.done():
+            await asyncio.wait({prev})                  # the previous insertion is still winding down
         self.devices.update(did, uuid=c.uuid, label=c.label, fs_type=c.fs_type, device=c.device,
                             size=c.size, free=0, mount_point="", state=DeviceState.DETECTED)
         try:
@@ -223,6 +225,8 @@ class UsbManager:
     async def eject(self, did: str) -> str:
         """Finish/cancel jobs on the stick, sync, unmount, power off; the device becomes safe_to_remove."""
         snap = self.devices.get(did)
+        if snap.state == DeviceState.SAFE_TO_REMOVE:
+            return "already safe to remove"
         c = next((c for c in self._by_node.values() if device_id(c.uuid) == did), None)
         if c is None:
             raise UDisksError(f"{snap.label or did} is not present")

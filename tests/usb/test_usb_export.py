@@ -276,3 +276,26 @@ async def test_watch_without_udisks_says_so_and_keeps_retrying(tmp_path, caplog)
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+async def test_change_event_burst_is_debounced(sticks, tmp_path):
+    import subprocess
+    core = FakeCore(make_cfg(tmp_path, **{"usb.auto_export.eject_after": False}), n_sessions=1)
+    stick = sticks("ext4")
+    log = StateLog(core)
+    async with usb.running(core) as mgr:
+        stick.insert()
+        await wait_for(lambda: core.jobs.list() and core.jobs.list()[0].state.finished, 20, "the export")
+        dev = await wait_state(core, stick.label, S.MOUNTED)
+        evaluated = []
+        orig = mgr.watcher._evaluate
+        mgr.watcher._evaluate = lambda disk: (evaluated.append(disk), orig(disk))
+        for _ in range(10):
+            await asyncio.to_thread(subprocess.run, ["udevadm", "trigger", "--action=change", stick.part])
+        await asyncio.sleep(0.2 + 0.5)          # settle_seconds + margin
+        assert evaluated.count(stick.loop.rsplit("/", 1)[1]) <= 2, evaluated
+        assert len(core.jobs.list()) == 1
+        assert by_label(core, stick.label).state == S.MOUNTED
+        await core.eject(dev.id)
+    await log.close()
+    assert log.states[stick.label].count("detected") == 1
