@@ -63,6 +63,8 @@ class StateLog:
                     seq.append(str(ev.device.state))
 
     async def close(self) -> None:
+        for _ in range(20):                 # let the subscriber take what is already queued
+            await asyncio.sleep(0.005)
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
 
