@@ -54,6 +54,7 @@ async def test_insert_exports_new_sessions_and_ejects(sticks, tmp_path, fs):
         stick.insert()
         await wait_for(lambda: len(core.written) == 2, 20, "export of the new session")
         await wait_for(lambda: not loop_attached(stick), 20, "third eject")
+        await wait_state(core, stick.label, S.SAFE_TO_REMOVE, timeout=5)
         assert core.written[1][1] == [3]
     await log.close()
     seq = log.states[stick.label]
