@@ -157,7 +157,7 @@ class UsbManager:
             return
         if c.read_only or not os.access(mp, os.W_OK) or await self._mounted_ro(mp):
             raise UDisksError("the stick is read-only (write-protected or a read-only filesystem)")
-        on_stick = await asyncio.to_thread(policy.sessions_on_stick, Path(mp))
+        on_stick = await asyncio.to_thread(policy.sessions_on_stick, Path(mp), self.core.cfg.export.root_folder)
         summaries = await asyncio.to_thread(self.core.library.list_sessions)
         ids = policy.select_sessions(summaries, pol.auto, on_stick)
         if ids:

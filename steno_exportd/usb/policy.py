@@ -73,9 +73,9 @@ def stick_policy(root: Path, cfg: UsbConfig) -> StickPolicy:
                        else f"auto-export disabled by {STICK_CONFIG}", full.usb.auto_export)
 
 
-def sessions_on_stick(root: Path) -> set[str]:
+def sessions_on_stick(root: Path, root_folder: str = EXPORT_ROOT) -> set[str]:
     """Session UUIDs the stick's manifest lists as exported (empty when there is no readable manifest)."""
-    path = root / EXPORT_ROOT / "manifest.json"
+    path = root / root_folder / "manifest.json"
     try:
         data = json.loads(_read_small_regular(path, 64 * 1024 * 1024))
     except (OSError, ValueError):
