@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from steno_exportd.devices import device_id
+from steno_exportd.errors import StenoError, TargetError
 from steno_exportd.events import DeviceState, JobState, JobUpdated
 from steno_exportd.usb import policy
 from steno_exportd.usb.udev import Added, Candidate, Removed, StickEvent, Unusable, Watcher, system_disks
@@ -156,7 +157,7 @@ class UsbManager:
             log.info("%s: not exporting (%s)", c.label or c.uuid, pol.reason)
             return
         if c.read_only or not os.access(mp, os.W_OK) or await self._mounted_ro(mp):
-            raise UDisksError("the stick is read-only (write-protected or a read-only filesystem)")
+            raise TargetError("the stick is read-only (write-protected or a read-only filesystem)")
         on_stick = await asyncio.to_thread(policy.sessions_on_stick, Path(mp), self.core.cfg.export.root_folder)
         summaries = await asyncio.to_thread(self.core.library.list_sessions)
         ids = policy.select_sessions(summaries, pol.auto, on_stick)
@@ -165,7 +166,7 @@ class UsbManager:
             if job.state == JobState.CANCELLED and self.devices.get(did).state == DeviceState.EJECTING:
                 return                                  # an eject request took over
             if job.state != JobState.COMPLETED:
-                raise UDisksError(job.error or f"export job {job.id} {job.state}")
+                raise TargetError(job.error or f"export job {job.id} {job.state}")
         else:
             log.info("%s: nothing new to export", c.label or c.uuid)
         self.devices.update(did, free=await asyncio.to_thread(_free, mp), state=DeviceState.MOUNTED)
@@ -229,7 +230,7 @@ class UsbManager:
             return "already safe to remove"
         c = next((c for c in self._by_node.values() if device_id(c.uuid) == did), None)
         if c is None:
-            raise UDisksError(f"{snap.label or did} is not present")
+            raise TargetError(f"{snap.label or did} is not present")
         self.devices.update(did, state=DeviceState.EJECTING)
         job_id = self._jobs.get(did)
         if job_id is not None:
@@ -256,7 +257,7 @@ class UsbManager:
         """core.eject() entry: runs inside the stick's boundary and reports errors on the device."""
         try:
             return await self.eject(did)
-        except UDisksError as e:
+        except StenoError as e:
             self.devices.update(did, state=DeviceState.ERROR, error=str(e))
             raise
 
