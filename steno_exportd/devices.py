@@ -39,6 +39,15 @@ class DeviceRegistry:
     def find(self, dev_id: str) -> DeviceSnapshot | None:
         return self._devices.get(dev_id)
 
+    def by_mount_point(self, path: str) -> DeviceSnapshot | None:
+        """The mounted device a target path lives on (the core sets JobSnapshot.device_id from it)."""
+        best = None
+        for d in self._devices.values():
+            mp = d.mount_point.rstrip("/")
+            if mp and (path == mp or path.startswith(mp + "/")) and (best is None or len(mp) > len(best.mount_point)):
+                best = d
+        return best
+
     def update(self, dev_id: str, **fields: Any) -> DeviceSnapshot:
         """Create or change a device's snapshot; publishes DeviceUpdated when anything changed."""
         old = self._devices.get(dev_id)

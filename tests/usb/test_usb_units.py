@@ -196,3 +196,12 @@ async def test_registry_publishes_changes_and_ejects_through_the_adapter():
     kinds = [type(e) for e in seen]
     assert kinds == [DeviceUpdated, DeviceUpdated, DeviceUpdated, DeviceRemoved]
     assert reg.list() == []
+
+
+def test_registry_finds_the_device_of_a_target_path():
+    reg = DeviceRegistry()
+    reg.update("fs_a", mount_point="/media/root/A", state=DeviceState.MOUNTED)
+    reg.update("fs_b", mount_point="/media/root/AB", state=DeviceState.MOUNTED)
+    assert reg.by_mount_point("/media/root/A/SilentSteno").id == "fs_a"
+    assert reg.by_mount_point("/media/root/AB").id == "fs_b"
+    assert reg.by_mount_point("/srv/export") is None
