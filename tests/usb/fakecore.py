@@ -71,7 +71,9 @@ class FakeCore:
         return await self.devices.eject(device_id)
 
     async def export_sessions(self, ids, formats, target, options) -> JobSnapshot:
+        dev = self.devices.by_mount_point(str(target))
         job = JobSnapshot(id=next(self._ids), operation="export", target=str(target),
+                          device_id=dev.id if dev else "",
                           state=JobState.RUNNING, sessions=tuple(ids), formats=tuple(formats),
                           bytes_total=self.file_size * len(ids), created=time.time(), started=time.time())
         self._set(job)

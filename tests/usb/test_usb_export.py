@@ -180,6 +180,7 @@ async def test_two_sticks_at_once_each_get_a_job(sticks, tmp_path):
             assert dev.state == S.SAFE_TO_REMOVE, dev.error
     assert len(core.jobs.list()) == 2
     assert len({t for t, _ in core.written}) == 2
+    assert {j.device_id for j in core.jobs.list()} == {by_label(core, s.label).id for s in (a, b)}
 
 
 async def test_system_disk_never_touched(sticks, tmp_path):
