@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import inspect
 import logging
 import os
 import shutil
@@ -31,15 +33,23 @@ def _free(path: str) -> int:
         return 0
 
 
-def _make_options(core: Any, auto) -> Any:
-    """ExportOptions for a stick export (falls back to a dict while the engine has none)."""
-    kw = dict(template=auto.template, include_audio=auto.include_audio)
-    for mod in ("steno_exportd.core", "steno_exportd.engine.jobs", "steno_exportd.engine.plan"):
-        with contextlib.suppress(ImportError, AttributeError):
-            cls = getattr(__import__(mod, fromlist=["ExportOptions"]), "ExportOptions")
-            fields = getattr(cls, "__dataclass_fields__", {})
-            return cls(**{k: v for k, v in kw.items() if k in fields})
-    return kw
+def _make_options(auto, did: str, c: Candidate) -> Any:
+    """ExportOptions for a stick export (a plain dict where the engine has no ExportOptions)."""
+    kw = dict(template=auto.template, include_audio=auto.include_audio, device_id=did,
+              target_name=f"{c.label or c.uuid} ({c.device.rsplit('/', 1)[-1]})")
+    try:
+        from steno_exportd.engine.options import ExportOptions
+    except ImportError:
+        return kw
+    fields = {f.name for f in dataclasses.fields(ExportOptions)}
+    return ExportOptions(**{k: v for k, v in kw.items() if k in fields})
+
+
+async def _submit(core: Any, ids: list[int], formats: list[str], mount_point: str, options: Any):
+    """Queue the export; the mount point comes from udisks, so the allowed-folders rule for callers is lifted."""
+    if "trusted" in inspect.signature(core.export_sessions).parameters:
+        return await core.export_sessions(ids, formats, mount_point, options, trusted=True)
+    return await core.export_sessions(ids, formats, mount_point, options)
 
 
 class UsbManager:
@@ -76,7 +86,7 @@ class UsbManager:
                 self._on_removed(device_id(c.uuid), c)
             did = self._unusable.pop(ev.device, None)
             if did is not None:
-                self.devices.update(did, state=DeviceState.REMOVED)
+                self.devices.change(did, state=DeviceState.REMOVED)
                 self._forget_later(did)
         elif isinstance(ev, Unusable):
             did = "dev_" + "".join(ch if ch.isalnum() else "_" for ch in ev.key.lower())
@@ -86,7 +96,7 @@ class UsbManager:
             else:
                 log.debug("%s: %s", ev.device or ev.disk, ev.reason)
             self._unusable[ev.device] = did
-            self.devices.update(did, device=ev.device, state=DeviceState.ERROR, error=ev.reason)
+            self.devices.change(did, device=ev.device, state=DeviceState.ERROR, error=ev.reason)
 
     def _forget_later(self, did: str) -> None:
         """A removed device stays listed as 'removed' for a while, then leaves the registry."""
@@ -109,7 +119,7 @@ class UsbManager:
         task = self._tasks.get(did)
         if job_id is None and task is not None and not task.done():
             task.cancel()
-        self.devices.update(did, state=DeviceState.REMOVED, mount_point="", free=0)
+        self.devices.change(did, state=DeviceState.REMOVED, mount_point="", free=0)
         self._forget_later(did)
         if snap is not None and snap.mount_point:
             asyncio.get_running_loop().create_task(self._cleanup_mount(c))
@@ -127,7 +137,7 @@ class UsbManager:
         """The error boundary of one stick: a failure is recorded on the device, never raised."""
         if prev is not None and not prev.done():
             await asyncio.wait({prev})                  # the previous insertion is still winding down
-        self.devices.update(did, uuid=c.uuid, label=c.label, fs_type=c.fs_type, device=c.device,
+        self.devices.change(did, uuid=c.uuid, label=c.label, fs_type=c.fs_type, device=c.device,
                             size=c.size, free=0, mount_point="", state=DeviceState.DETECTED)
         try:
             await self._process(did, c)
@@ -139,16 +149,16 @@ class UsbManager:
                 return
             log.warning("%s (%s): %s", c.label or c.uuid, c.device, e)
             log.debug("details", exc_info=True)
-            self.devices.update(did, state=DeviceState.ERROR, error=str(e))
+            self.devices.change(did, state=DeviceState.ERROR, error=str(e))
 
     async def _process(self, did: str, c: Candidate) -> None:
         if not policy.allowed(self.cfg, c.label, c.uuid):
             log.info("%s (%s) is not in usb.allow_labels/allow_uuids; leaving it alone", c.label, c.uuid)
-            self.devices.update(did, state=DeviceState.DETECTED, error="not in the allow-list")
+            self.devices.change(did, state=DeviceState.DETECTED, error="not in the allow-list")
             return
-        self.devices.update(did, state=DeviceState.MOUNTING)
+        self.devices.change(did, state=DeviceState.MOUNTING)
         mp = await self.udisks.mount(c.device, tuple(self.cfg.mount_options))
-        self.devices.update(did, state=DeviceState.MOUNTED, mount_point=mp,
+        self.devices.change(did, state=DeviceState.MOUNTED, mount_point=mp,
                             free=await asyncio.to_thread(_free, mp))
         if not (self.cfg.auto_export.enabled and getattr(self.core, "auto_export", True)):
             return
@@ -169,7 +179,7 @@ class UsbManager:
                 raise TargetError(job.error or f"export job {job.id} {job.state}")
         else:
             log.info("%s: nothing new to export", c.label or c.uuid)
-        self.devices.update(did, free=await asyncio.to_thread(_free, mp), state=DeviceState.MOUNTED)
+        self.devices.change(did, free=await asyncio.to_thread(_free, mp), state=DeviceState.MOUNTED)
         if pol.auto.eject_after:
             await self.eject(did)
 
@@ -203,9 +213,9 @@ class UsbManager:
         await started.wait()
         await asyncio.sleep(0)                      # the subscription exists before the job starts
         try:
-            job = await self.core.export_sessions(ids, formats, mp, _make_options(self.core, auto))
+            job = await _submit(self.core, ids, formats, mp, _make_options(auto, did, c))
             self._jobs[did] = job.id
-            self.devices.update(did, state=DeviceState.EXPORTING)
+            self.devices.change(did, state=DeviceState.EXPORTING)
             log.info("%s: exporting %d session(s) as job %s", c.label or c.uuid, len(ids), job.id)
             while not job.state.finished:
                 try:
@@ -216,7 +226,7 @@ class UsbManager:
                     job = self.core.jobs.get(job.id)
                 if (not job.state.finished and job.bytes_total and job.bytes_done >= job.bytes_total
                         and self.devices.get(did).state == DeviceState.EXPORTING):
-                    self.devices.update(did, state=DeviceState.VERIFYING)
+                    self.devices.change(did, state=DeviceState.VERIFYING)
             return job
         finally:
             self._jobs.pop(did, None)
@@ -231,15 +241,15 @@ class UsbManager:
         c = next((c for c in self._by_node.values() if device_id(c.uuid) == did), None)
         if c is None:
             raise TargetError(f"{snap.label or did} is not present")
-        self.devices.update(did, state=DeviceState.EJECTING)
+        self.devices.change(did, state=DeviceState.EJECTING)
         job_id = self._jobs.get(did)
         if job_id is not None:
             await self._cancel_and_wait(did, job_id)
         await asyncio.to_thread(os.sync)
         await self.udisks.unmount(c.device)
-        self.devices.update(did, mount_point="")
+        self.devices.change(did, mount_point="")
         how = await self.udisks.power_off(c.device)
-        self.devices.update(did, state=DeviceState.SAFE_TO_REMOVE)
+        self.devices.change(did, state=DeviceState.SAFE_TO_REMOVE)
         log.info("%s: safe to remove (%s)", snap.label or did, how)
         return how
 
@@ -258,7 +268,7 @@ class UsbManager:
         try:
             return await self.eject(did)
         except StenoError as e:
-            self.devices.update(did, state=DeviceState.ERROR, error=str(e))
+            self.devices.change(did, state=DeviceState.ERROR, error=str(e))
             raise
 
     # ---- lifecycle ----------------------------------------------------------------
@@ -267,13 +277,13 @@ class UsbManager:
         excluded = system_disks(["/", cfg.recorder.db_path, cfg.recorder_data_dir])
         self.watcher = Watcher(self.on_event, excluded_disks=excluded, ignore_uuids=self.cfg.ignore_uuids,
                                prefer_labels=self.cfg.prefer_labels, settle_seconds=self.cfg.settle_seconds)
-        self.devices.set_ejector(self._eject_request)
+        self.core.set_ejector(self._eject_request)
         self.watcher.start()
 
     async def stop(self) -> None:
         if self.watcher is not None:
             self.watcher.stop()
-        self.devices.set_ejector(None)
+        self.core.set_ejector(None)
         tasks = [t for t in self._tasks.values() if not t.done()]
         for t in tasks:
             t.cancel()

@@ -40,6 +40,7 @@ class FakeJobs:
     def __init__(self) -> None:
         self.jobs: dict[int, JobSnapshot] = {}
         self.cancelled: set[int] = set()
+        self.ejects: list[JobSnapshot] = []
 
     def get(self, job_id: int) -> JobSnapshot:
         return self.jobs[job_id]
@@ -66,14 +67,28 @@ class FakeCore:
         self.copy_seconds: float = 0.0
         self.written: list[tuple[str, list[int]]] = []     # (target, session ids) per finished job
         self._ids = itertools.count(1)
+        self._ejector = None
 
-    async def eject(self, device_id: str):
-        return await self.devices.eject(device_id)
+    def set_ejector(self, ejector) -> None:
+        self._ejector = ejector
+
+    async def eject(self, device_id: str) -> JobSnapshot:
+        """Like Core.eject: the adapter's ejector run as a short tracked job."""
+        self.devices.get(device_id)
+        job = JobSnapshot(id=next(self._ids), operation="eject", target=device_id, state=JobState.RUNNING,
+                          device_id=device_id)
+        try:
+            await self._ejector(device_id)
+            job = dataclasses.replace(job, state=JobState.COMPLETED)
+        except Exception as e:  # noqa: BLE001
+            job = dataclasses.replace(job, state=JobState.FAILED, error=str(e))
+        self.jobs.ejects.append(job)
+        return job
 
     async def export_sessions(self, ids, formats, target, options) -> JobSnapshot:
-        dev = self.devices.by_mount_point(str(target))
-        job = JobSnapshot(id=next(self._ids), operation="export", target=str(target),
-                          device_id=dev.id if dev else "",
+        opts = options if isinstance(options, dict) else dataclasses.asdict(options)
+        job = JobSnapshot(id=next(self._ids), operation="export", target=opts.get("target_name", str(target)),
+                          device_id=opts.get("device_id", ""),
                           state=JobState.RUNNING, sessions=tuple(ids), formats=tuple(formats),
                           bytes_total=self.file_size * len(ids), created=time.time(), started=time.time())
         self._set(job)

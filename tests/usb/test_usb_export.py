@@ -110,8 +110,9 @@ async def test_noexport_marker_mounts_but_never_writes(sticks, tmp_path):
         dev = by_label(core, stick.label)
         assert dev.state == S.MOUNTED and mounted_in_proc(dev.mount_point)
         assert core.jobs.list() == []
-        # eject on request (what D-Bus and the web page call)
-        await core.eject(dev.id)
+        # eject on request (what D-Bus and the web page call): a short tracked job
+        job = await core.eject(dev.id)
+        assert job.operation == "eject" and job.state == JobState.COMPLETED and job.device_id == dev.id
         assert by_label(core, stick.label).state == S.SAFE_TO_REMOVE
         assert not mounted_in_proc(dev.mount_point)
 

@@ -9,7 +9,7 @@ import pytest
 
 from steno_exportd import config
 from steno_exportd.devices import DeviceRegistry, device_id
-from steno_exportd.errors import InvalidArgument, NotFoundError
+from steno_exportd.errors import NotFoundError
 from steno_exportd.events import DeviceRemoved, DeviceState, DeviceUpdated, EventBus
 from steno_exportd.usb import policy
 from steno_exportd.usb.udev import Candidate, classify, pick, system_disks
@@ -162,7 +162,7 @@ def test_formats_without_audio():
 
 # ---- registry -----------------------------------------------------------------------
 
-async def test_registry_publishes_changes_and_ejects_through_the_adapter():
+async def test_registry_publishes_changes():
     bus = EventBus()
     reg = DeviceRegistry(bus)
     seen = []
@@ -174,22 +174,13 @@ async def test_registry_publishes_changes_and_ejects_through_the_adapter():
     await asyncio.sleep(0)
     did = device_id("ABCD-1234")
     assert did == "fs_abcd_1234"
-    reg.update(did, uuid="ABCD-1234", label="K", state=DeviceState.DETECTED)
-    reg.update(did, state=DeviceState.DETECTED)                     # no change: no event
-    reg.update(did, state=DeviceState.ERROR, error="boom")
-    reg.update(did, state=DeviceState.MOUNTED)                      # error clears on a good state
-    assert reg.get(did).error == ""
-    with pytest.raises(InvalidArgument):
-        await reg.eject(did)
-    calls = []
-
-    async def ejector(d):
-        calls.append(d)
-        return "ok"
-    reg.set_ejector(ejector)
-    assert await reg.eject(did) == "ok" and calls == [did]
+    reg.change(did, uuid="ABCD-1234", label="K", state=DeviceState.DETECTED)
+    reg.change(did, state=DeviceState.DETECTED)                     # no change: no event
+    reg.change(did, state=DeviceState.ERROR, error="boom")
+    reg.change(did, state=DeviceState.MOUNTED)                      # error clears on a good state
+    assert reg.get(did).error == "" and len(reg) == 1
     with pytest.raises(NotFoundError):
-        await reg.eject("fs_nope")
+        reg.get("fs_nope")
     reg.remove(did)
     await asyncio.sleep(0)
     t.cancel()
@@ -199,9 +190,9 @@ async def test_registry_publishes_changes_and_ejects_through_the_adapter():
 
 
 def test_registry_finds_the_device_of_a_target_path():
-    reg = DeviceRegistry()
-    reg.update("fs_a", mount_point="/media/root/A", state=DeviceState.MOUNTED)
-    reg.update("fs_b", mount_point="/media/root/AB", state=DeviceState.MOUNTED)
+    reg = DeviceRegistry(EventBus())
+    reg.change("fs_a", mount_point="/media/root/A", state=DeviceState.MOUNTED)
+    reg.change("fs_b", mount_point="/media/root/AB", state=DeviceState.MOUNTED)
     assert reg.by_mount_point("/media/root/A/SilentSteno").id == "fs_a"
     assert reg.by_mount_point("/media/root/AB").id == "fs_b"
     assert reg.by_mount_point("/srv/export") is None
