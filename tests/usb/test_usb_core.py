@@ -17,7 +17,10 @@ pytestmark = pytest.mark.real
 
 
 def _core_cls():
+    """The real Core, when the engine, the library and the demo data generator are all there."""
     try:
+        import steno_exportd.demo  # noqa: F401
+        import steno_exportd.library  # noqa: F401
         from steno_exportd.core import Core
         return Core
     except ImportError:
@@ -27,7 +30,7 @@ def _core_cls():
 @pytest.fixture
 async def real_core(tmp_path):
     Core = _core_cls()
-    require(Core is not None, "the export engine and Core (steno_exportd.core)")
+    require(Core is not None, "the export engine, Core, library and demo-data (steno_exportd.core/library/demo)")
     lib = tmp_path / "library"
     subprocess.run([sys.executable, "-m", "steno_exportd", "demo-data", "--out", str(lib), "--sessions", "2",
                     "--seed", "1"], check=True, timeout=120)
