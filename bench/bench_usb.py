@@ -45,12 +45,38 @@ def _first_byte_watch(core, label: str, out: dict) -> None:
         time.sleep(0.005)
 
 
+def real_core_available() -> bool:
+    try:
+        import steno_exportd.core  # noqa: F401
+        import steno_exportd.demo  # noqa: F401
+        import steno_exportd.library  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+async def make_core(tmp: Path):
+    """The real Core on a one-session demo library when the engine is there, else the stand-in."""
+    if not real_core_available():
+        return FakeCore(make_cfg(tmp), n_sessions=1, file_size=SESSION_BYTES)
+    from steno_exportd.core import Core
+    lib = tmp / "library"
+    if not lib.exists():
+        subprocess.run([sys.executable, "-m", "steno_exportd", "demo-data", "--out", str(lib), "--sessions", "1",
+                        "--seed", "1"], check=True, capture_output=True)
+    cfg = make_cfg(tmp, **{"recorder.db_path": str(next(lib.glob("*.db"))), "state.dir": str(tmp / "state"),
+                           "state.runtime_dir": str(tmp / "run")})
+    core = Core(cfg)
+    await core.start()
+    return core
+
+
 async def one_daemon_run(fs: str, tmp: Path) -> tuple[float, float, float]:
     label = new_label()
     img = tmp / f"{label}.img"
-    make_image(img, fs, label, size_mb=64)
+    make_image(img, fs, label, size_mb=256)
     stick = Stick(img, label, fs)
-    core = FakeCore(make_cfg(tmp), n_sessions=1, file_size=SESSION_BYTES)
+    core = await make_core(tmp)
     try:
         async with usb.running(core):
             out: dict = {}
@@ -68,11 +94,13 @@ async def one_daemon_run(fs: str, tmp: Path) -> tuple[float, float, float]:
             await watcher
             if dev.state == DeviceState.ERROR:
                 raise RuntimeError(dev.error)
-            job = core.jobs.list()[0]
+            job = next(j for j in core.jobs.list() if j.operation == "export")
             copy = job.finished - job.started
             return out.get("t", float("nan")) - t0, t_safe - t0 - copy, copy
     finally:
         stick.cleanup()
+        if hasattr(core, "stop"):
+            await core.stop()
 
 
 def one_anchor_run(fs: str, tmp: Path) -> float:
@@ -114,6 +142,8 @@ async def main() -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="bench-usb-") as d:
             tmp = Path(d)
+            print("usb_core:", "real Core (demo library, 1 session)" if real_core_available()
+                  else f"stand-in core writing one {SESSION_BYTES >> 20} MiB session (engine not in this tree)")
             for fs in ("ext4", "exfat"):
                 first, over, copy, anchor = [], [], [], []
                 for _ in range(RUNS):
@@ -125,7 +155,7 @@ async def main() -> int:
                 print(f"usb_{fs}_anchor_udev_mount_write_s: {an:.3f}")
                 print(f"usb_{fs}_first_byte_ratio_to_anchor: {fb / an:.2f}")
                 print(f"usb_{fs}_overhead_s (insert->safe_to_remove minus copy): {ov:.3f}")
-                print(f"usb_{fs}_copy_s ({SESSION_BYTES >> 20} MiB session): {statistics.median(copy):.3f}")
+                print(f"usb_{fs}_copy_s (the export job itself): {statistics.median(copy):.3f}")
                 print(f"usb_{fs}_targets_met: first_byte<=1.0 {fb <= 1.0}, overhead<=1.5 {ov <= 1.5}")
     finally:
         stack.stop()
