@@ -76,6 +76,8 @@ def stick_policy(root: Path, cfg: UsbConfig) -> StickPolicy:
 def sessions_on_stick(root: Path, root_folder: str = EXPORT_ROOT) -> set[str]:
     """Session UUIDs the stick's manifest lists as exported (empty when there is no readable manifest)."""
     path = root / root_folder / "manifest.json"
+    if os.path.islink(root / root_folder):
+        return set()                        # hostile stick: never follow a symlinked folder
     try:
         data = json.loads(_read_small_regular(path, 64 * 1024 * 1024))
     except (OSError, ValueError):

@@ -155,6 +155,16 @@ def test_sessions_on_stick_reads_manifest_shapes(tmp_path):
     assert policy.sessions_on_stick(tmp_path) == set()
 
 
+def test_sessions_on_stick_never_follows_a_symlinked_folder(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "manifest.json").write_text('{"sessions": {"u1": {}}}')
+    stick = tmp_path / "stick"
+    stick.mkdir()
+    (stick / "SilentSteno").symlink_to(elsewhere)
+    assert policy.sessions_on_stick(stick) == set()
+
+
 def test_formats_without_audio():
     auto = config.replace(config.Config(), **{"usb.auto_export.include_audio": False}).usb.auto_export
     assert "audio" not in policy.formats_for(auto)
