@@ -326,8 +326,15 @@ def make_image(path: Path, fs: str | None, label: str, size_mb: int = 64, partit
         start += s * 2048
 
 
+# Labels of the sticks this test process made. Tests pass this very list as usb.allow_labels,
+# so a REC* loop image of another test run on the same machine is never mounted or written.
+OUR_LABELS: list[str] = []
+
+
 def new_label() -> str:
-    return "REC" + uuidlib.uuid4().hex[:5].upper()
+    label = "REC" + uuidlib.uuid4().hex[:5].upper()
+    OUR_LABELS.append(label)
+    return label
 
 
 @pytest.fixture(scope="session")
@@ -352,6 +359,8 @@ def sticks(usb_stack, tmp_path):
     def make(fs: str | None = "vfat", label: str | None = None, size_mb: int = 64,
              read_only: bool = False, **kw) -> Stick:
         label = label or new_label()
+        OUR_LABELS.append(label)
+        OUR_LABELS.extend(kw.get("labels") or [])
         img = tmp_path / f"{label}.img"
         make_image(img, fs, label, size_mb=size_mb, **kw)
         st = Stick(image=img, label=label, fs=fs, read_only=read_only,

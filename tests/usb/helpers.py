@@ -12,11 +12,12 @@ import pytest
 
 from steno_exportd import config
 from steno_exportd.events import DeviceState, DeviceUpdated
-from tests.real_udev import Stick
+from tests.real_udev import OUR_LABELS, Stick
 
 
 def make_cfg(tmp_path: Path, **changes) -> config.Config:
-    base = {"usb.settle_seconds": 0.2, "recorder.db_path": str(tmp_path / "silent_steno.db")}
+    base = {"usb.settle_seconds": 0.2, "recorder.db_path": str(tmp_path / "silent_steno.db"),
+            "usb.allow_labels": OUR_LABELS}     # the live list: only sticks made by this process
     base.update(changes)
     return config.replace(config.Config(), **base)
 

@@ -84,7 +84,7 @@ async def test_removal_mid_export_fails_job_then_next_insertion_completes(sticks
         await wait_state(core, stick.label, S.EXPORTING)
         await asyncio.sleep(0.3)
         await asyncio.to_thread(stick.yank)
-        dev = await wait_state(core, stick.label, S.REMOVED)
+        await wait_state(core, stick.label, S.REMOVED)
         job = await wait_for(lambda: next((j for j in core.jobs.list() if j.state.finished), None), 30,
                              "the job to finish")
         assert job.state == JobState.FAILED and job.error, job
@@ -95,7 +95,7 @@ async def test_removal_mid_export_fails_job_then_next_insertion_completes(sticks
         core.chunk_delay = 0
         core.file_size = 64 * 1024
         stick.insert()
-        dev = await wait_state(core, stick.label, S.SAFE_TO_REMOVE, timeout=30)
+        await wait_state(core, stick.label, S.SAFE_TO_REMOVE, timeout=30)
         assert [ids for _, ids in core.written] == [[1, 2]]
 
 

@@ -4,13 +4,11 @@ Loop devices have no Drive, so Drive.PowerOff cannot run for real here: a servic
 implements the documented org.freedesktop.UDisks2 interfaces (same names, signatures and
 properties) stands in for udisksd on a private dbus-daemon.
 """
-import asyncio
 import os
 import subprocess
 import tempfile
 
 import pytest
-from dbus_fast import Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.service import PropertyAccess, ServiceInterface, dbus_property, method
 
