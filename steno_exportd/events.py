@@ -45,6 +45,7 @@ class FileResult:
     size: int = 0
     sha256: str = ""
     error: str = ""
+    source_problem: bool = False   # the recorder's data is at fault (missing audio), not the target
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

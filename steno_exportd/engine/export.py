@@ -313,7 +313,7 @@ class Exporter:
         for pf in plan:
             rel_final = f"{final_rel}/{pf.name}"
             if pf.error:
-                results.append(FileResult(rel_final, False, error=pf.error))
+                results.append(FileResult(rel_final, False, error=pf.error, source_problem=True))
                 continue
             if self._cancelled():
                 raise CancelledJob("cancelled")

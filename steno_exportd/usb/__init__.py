@@ -175,7 +175,10 @@ class UsbManager:
             job = await self._export(did, c, ids, policy.formats_for(pol.auto), mp, pol.auto)
             if job.state == JobState.CANCELLED and self.devices.get(did).state == DeviceState.EJECTING:
                 return                                  # an eject request took over
-            if job.state != JobState.COMPLETED:
+            if job.state == JobState.FAILED and _only_source_problems(job):
+                # the stick is fine: what could be written is verified; the job reports the rest
+                log.warning("%s: %s", c.label or c.uuid, job.error)
+            elif job.state != JobState.COMPLETED:
                 raise TargetError(job.error or f"export job {job.id} {job.state}")
         else:
             log.info("%s: nothing new to export", c.label or c.uuid)
@@ -323,3 +326,9 @@ async def watch(core: Any, bus_address: str | None = None, retry_seconds: float 
                                                   e, retry_seconds)
             warned = True
         await asyncio.sleep(retry_seconds)
+
+
+def _only_source_problems(job) -> bool:
+    """True when every failure of a finished job is the recorder's data (e.g. a missing recording)."""
+    failed = [r for r in job.results if not r.ok]
+    return bool(failed) and all(r.files and all(f.ok or f.source_problem for f in r.files) for r in failed)
