@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import logging
+import os
 import re
 
 from dbus_fast import BusType, Message, MessageType, Variant
@@ -184,7 +186,12 @@ class UDisks:
         if not info.is_filesystem:
             raise UDisksError(f"{device} has no mountable filesystem")
         if info.mount_points:
-            return info.mount_points[0]
+            if await asyncio.to_thread(_alive, info.mount_points[0]):
+                return info.mount_points[0]
+            # a dead FUSE mount left by a stick pulled without eject: drop it, then mount afresh
+            log.info("%s: stale mount at %s; unmounting it first", device, info.mount_points[0])
+            await self.unmount(device, force=True)
+            info = await self.info(device)
         opts = mount_options(info.fs_type, base_options)
         for attempt in range(retries + 1):
             try:
@@ -193,7 +200,7 @@ class UDisks:
             except UDisksError as e:
                 if e.name.endswith("AlreadyMounted"):
                     info = await self.info(info.path)
-                    if info.mount_points:
+                    if info.mount_points and await asyncio.to_thread(_alive, info.mount_points[0]):
                         return info.mount_points[0]
                 # Right after insertion a FUSE helper can fail while udev/udisks still probe the device.
                 if attempt == retries or e.name.endswith(("NotAuthorized", "NotAuthorizedCanObtain",
@@ -237,3 +244,12 @@ class UDisks:
             log.info("deleted loop %s (%s)", loop_obj, device)
             return "loop_delete"
         return "none"
+
+
+def _alive(mount_point: str) -> bool:
+    """False for a mount whose filesystem is gone (ENOTCONN/ECONNABORTED from a dead FUSE helper)."""
+    try:
+        os.listdir(mount_point)
+        return True
+    except OSError as e:
+        return e.errno not in (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO, errno.ENODEV)

@@ -98,6 +98,8 @@ async def test_real_core_pull_mid_export_records_nothing(sticks, real_core):
         job = await wait_for(lambda: next((j for j in core.jobs.list() if j.state.finished), None), 60, "job end")
         assert job.state == JobState.FAILED and job.error
         assert by_label(core, stick.label).state in (S.REMOVED, S.ERROR)
+        # the job can fail on the dead mount before udev reports the removal: wait for it
+        await wait_state(core, stick.label, S.REMOVED, timeout=30)
         stick.insert()                                   # the next insertion completes it
         dev = await wait_state(core, stick.label, S.SAFE_TO_REMOVE, S.ERROR, timeout=120)
         assert dev.state == S.SAFE_TO_REMOVE, dev.error
