@@ -85,7 +85,8 @@ disable spoolss = yes
         self.write_conf()
         self.proc = subprocess.Popen(
             ["smbd", "-F", "--no-process-group", "--debug-stdout", "-d", "1", "-s", str(self.conf)],
-            stdout=open(self.root / "smbd.out", "ab"), stderr=subprocess.STDOUT)
+            stdout=open(self.root / "smbd.out", "ab"), stderr=subprocess.STDOUT,
+            process_group=0)  # smbd signals its whole process group when it exits: not ours
         deadline_ok = realparts.wait_for(lambda: _listening(self.port) or self.proc.poll() is not None,
                                          timeout=15, what=f"smbd on port {self.port}")
         if self.proc.poll() is not None:

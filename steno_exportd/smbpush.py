@@ -1,0 +1,534 @@
+"""Push exports to an SMB share (smbprotocol): temp name, rename, read-back verify, incremental, resumable.
+
+Several recorders share one remote share safely because each writes only below its own folder,
+``<remote.path>/<recorder_folder>/`` (cfg.smb.recorder_folder, default the host name); temp names
+also carry host and pid, so even two recorders misconfigured with the same folder never write into
+each other's partial files.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import queue
+import socket
+import stat as stat_mod
+import threading
+import time
+import uuid
+from typing import Callable, Iterable
+
+from steno_exportd.config import Config, SmbRemote
+from steno_exportd.errors import NotFoundError, TargetError, VerifyError
+
+log = logging.getLogger(__name__)
+
+TEMP_PREFIX = ".steno-tmp-"       # same as samba.TEMP_PREFIX: vetoed on our own share
+MANIFEST_NAME = ".steno-push.json"  # remote record of verified files: incremental + resume
+SUMS_NAME = "SHA256SUMS"
+CHUNK = 4 * 1024 * 1024
+MANIFEST_FLUSH_SECONDS = 1.0
+
+
+class SmbError(TargetError):
+    """An SMB push failed; ``permanent`` errors (logon, access, missing share) are not retried."""
+
+    def __init__(self, message: str, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+@dataclasses.dataclass(frozen=True)
+class PushResult:
+    sent: tuple[str, ...]
+    skipped: tuple[str, ...]
+    bytes_sent: int
+    seconds: float
+
+
+def read_password(path: str) -> str:
+    """The password in ``path`` (first line); refuses a file other users can read."""
+    if not path:
+        return ""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise SmbError(f"password file {path}: {e.strerror}", permanent=True) from e
+    if st.st_mode & (stat_mod.S_IRWXG | stat_mod.S_IRWXO):
+        raise SmbError(f"password file {path} is readable by others (chmod 600 it)", permanent=True)
+    with open(path, encoding="utf-8") as f:
+        return f.readline().rstrip("\r\n")
+
+
+def explain(exc: BaseException, remote: SmbRemote) -> SmbError:
+    """Turn an smbprotocol/socket exception into a clear SmbError."""
+    from smbprotocol import exceptions as ex
+
+    where = f"\\\\{remote.server}\\{remote.share}"
+    if isinstance(exc, SmbError):
+        return exc
+    chain = exc
+    while chain is not None:
+        if isinstance(chain, ex.BadNetworkName):
+            return SmbError(f"share {where} not found", True)
+        chain = chain.__cause__ or chain.__context__
+    status = getattr(exc, "ntstatus", None)
+    if status is not None:
+        name = getattr(exc, "filename", "") or ""
+        if status == 0xC0000022:
+            return SmbError(f"access denied on {where} (no write permission?): {name}", True)
+        if status in (0xC0000034, 0xC000003A):
+            return SmbError(f"path not found on {where}: {name}", True)
+        if status == 0xC000007F:
+            return SmbError(f"share {where} is full", True)
+    if isinstance(exc, (ex.LogonFailure, ex.WrongPassword, ex.PasswordExpired)):
+        return SmbError(f"logon failed for user {remote.username or '(guest)'!r} on {remote.server}", True)
+    if isinstance(exc, ex.BadNetworkName):
+        return SmbError(f"share {where} not found", True)
+    if isinstance(exc, (ex.ObjectPathNotFound, ex.ObjectNameNotFound)):
+        return SmbError(f"path not found on {where}: {getattr(exc, 'filename', '') or remote.path}", True)
+    if isinstance(exc, ex.AccessDenied):
+        return SmbError(f"access denied on {where} (no write permission?)", True)
+    if isinstance(exc, ex.DiskFull):
+        return SmbError(f"share {where} is full", True)
+    if isinstance(exc, ex.SMBAuthenticationError):
+        return SmbError(f"logon failed on {remote.server}: {exc}", True)
+    msg = str(exc)
+    if isinstance(exc, (ex.SMBUnsupportedFeature,)) or "dialect" in msg.lower() or "SMB1" in msg:
+        return SmbError(f"{remote.server} does not speak SMB2 or later (SMB2+ needed): {msg}", True)
+    if isinstance(exc, (TimeoutError, socket.timeout)) or "timeout" in msg.lower() or "timed out" in msg.lower():
+        return SmbError(f"{remote.server}:{remote.port} unreachable: timed out after {remote.timeout:g}s")
+    if isinstance(exc, (ConnectionError, OSError, ex.SMBConnectionClosed)):
+        return SmbError(f"{remote.server}:{remote.port} unreachable or connection lost: {msg or type(exc).__name__}")
+    if isinstance(exc, ValueError) and "negotiate" in msg.lower():
+        return SmbError(f"{remote.server} negotiation failed (SMB2+ needed): {msg}", True)
+    return SmbError(f"SMB error on {where}: {type(exc).__name__}: {msg}")
+
+
+def _probe_smb1_only(remote: SmbRemote) -> bool:
+    """True when the server answers an SMB2 negotiate with an SMB1 reply or drops it (SMB1-only)."""
+    # SMB1 negotiate offering only "SMB 2.???": an SMB2-capable server answers with an SMB2 header.
+    dialects = b"\x02NT LM 0.12\x00\x02SMB 2.002\x00\x02SMB 2.???\x00"
+    hdr = b"\xffSMB" + b"\x72" + b"\x00" * 4 + b"\x18" + b"\x53\xc8" + b"\x00" * 12 + b"\xff\xfe" + b"\x00" * 4
+    body = b"\x00" + len(dialects).to_bytes(2, "little") + dialects
+    pkt = hdr + body
+    try:
+        with socket.create_connection((remote.server, remote.port), timeout=remote.timeout) as s:
+            s.settimeout(remote.timeout)
+            s.sendall(len(pkt).to_bytes(4, "big") + pkt)
+            data = s.recv(8)
+    except OSError:
+        return False
+    return len(data) >= 8 and data[4:8] == b"\xffSMB"
+
+
+class SmbTarget:
+    """One remote share folder (remote.path/recorder_folder) reached with smbprotocol."""
+
+    def __init__(self, remote: SmbRemote, recorder_folder: str = "", password: str | None = None) -> None:
+        self.remote = remote
+        self.folder = recorder_folder or socket.gethostname()
+        self._password = password
+        self._cache: dict = {}
+        self._connected = False
+        self.max_write = CHUNK
+        self.max_read = CHUNK
+        self.tag = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+    @property
+    def label(self) -> str:
+        return f"smb:{self.remote.name}" if self.remote.name else self.unc("")
+
+    def unc(self, rel: str) -> str:
+        """UNC path of ``rel`` below the recorder folder."""
+        parts = [p for p in (self.remote.path.replace("/", "\\").strip("\\"), self.folder) if p]
+        if rel:
+            parts.append(rel.replace("/", "\\").strip("\\"))
+        return f"\\\\{self.remote.server}\\{self.remote.share}" + "".join("\\" + p for p in parts)
+
+    def _kw(self) -> dict:
+        return {"port": self.remote.port, "connection_cache": self._cache}
+
+    # -- connection -------------------------------------------------------------------------------
+    def connect(self) -> None:
+        """Connect, log on and make sure the recorder folder exists; SmbError on failure."""
+        if self._connected:
+            return
+        import smbclient
+        from smbclient import ClientConfig
+
+        r = self.remote
+        password = self._password if self._password is not None else read_password(r.password_file)
+        if not r.username:
+            # Guest sessions cannot sign, so the negotiate check must be off (process-wide setting).
+            ClientConfig().require_secure_negotiate = False
+        user = (f"{r.domain}\\{r.username}" if r.domain and r.username else r.username) or "guest"
+        try:
+            session = smbclient.register_session(
+                r.server, username=user, password=password or "", port=r.port,
+                encrypt=True if r.require_encryption else None, connection_timeout=r.timeout,
+                connection_cache=self._cache, auth_protocol="ntlm",
+                require_signing=bool(r.username))
+            conn = session.connection
+            self.max_write = max(64 * 1024, min(CHUNK, conn.max_write_size))
+            self.max_read = max(64 * 1024, min(CHUNK, conn.max_read_size))
+            if r.require_encryption and not session.encrypt_data:
+                raise SmbError(f"{r.server} did not agree to SMB3 encryption (require_encryption = true)", True)
+            share_root = f"\\\\{r.server}\\{r.share}"
+            sub = r.path.replace("/", "\\").strip("\\")
+            try:
+                smbclient.stat(share_root + ("\\" + sub if sub else ""), **self._kw())
+            except Exception as e:
+                raise explain(e, r) from e
+            smbclient.makedirs(self.unc(""), exist_ok=True, **self._kw())
+        except SmbError:
+            self.close()
+            raise
+        except Exception as e:
+            self.close()
+            if _is_negotiate_failure(e) and _probe_smb1_only(r):
+                raise SmbError(f"{r.server} speaks only SMB1; SMB2 or later is needed", True) from e
+            raise explain(e, r) from e
+        self._connected = True
+
+    def close(self) -> None:
+        from smbclient import reset_connection_cache
+        reset_connection_cache(fail_on_error=False, connection_cache=self._cache)
+        self._connected = False
+
+    # -- file layer -------------------------------------------------------------------------------
+    def _call(self, fn: Callable, *a, **kw):
+        try:
+            return fn(*a, **kw, **self._kw())
+        except SmbError:
+            raise
+        except Exception as e:
+            self._connected = False if _is_connection_error(e) else self._connected
+            raise explain(e, self.remote) from e
+
+    def makedirs(self, rel: str) -> None:
+        import smbclient
+        self._call(smbclient.makedirs, self.unc(rel), exist_ok=True)
+
+    def listdir(self, rel: str = "") -> list[tuple[str, bool, int]]:
+        """(name, is_dir, size) of entries in ``rel``."""
+        import smbclient
+        out = []
+        for e in self._call(smbclient.scandir, self.unc(rel)):
+            st = e.stat(follow_symlinks=False)
+            out.append((e.name, e.is_dir(follow_symlinks=False), st.st_size))
+        return out
+
+    def size(self, rel: str) -> int | None:
+        """Size of a remote file, None when missing."""
+        import smbclient
+        from smbprotocol import exceptions as ex
+        try:
+            return smbclient.stat(self.unc(rel), **self._kw()).st_size
+        except (ex.ObjectNameNotFound, ex.ObjectPathNotFound):
+            return None
+        except Exception as e:
+            raise explain(e, self.remote) from e
+
+    def free_space(self) -> int:
+        import smbclient
+        return self._call(smbclient.stat_volume, self.unc("")).caller_available_size
+
+    def remove(self, rel: str) -> None:
+        import smbclient
+        self._call(smbclient.remove, self.unc(rel))
+
+    def read_bytes(self, rel: str) -> bytes | None:
+        import smbclient
+        if self.size(rel) is None:
+            return None
+        with self._call(smbclient.open_file, self.unc(rel), mode="rb", buffering=0) as f:
+            chunks = []
+            while True:
+                b = f.read(self.max_read)
+                if not b:
+                    return b"".join(chunks)
+                chunks.append(b)
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Write a small file under a temp name, then rename it over ``rel``."""
+        self.write_stream(rel, iter([data]))
+
+    def temp_name(self, rel: str) -> str:
+        head, _, name = rel.replace("\\", "/").rpartition("/")
+        tmp = f"{TEMP_PREFIX}{self.tag}-{name}"[:200]
+        return f"{head}/{tmp}" if head else tmp
+
+    def write_stream(self, rel: str, chunks: Iterable[bytes], throttle: "Throttle | None" = None,
+                     on_bytes: Callable[[int], None] | None = None) -> int:
+        """Write chunks to a temp name, then rename over ``rel``; returns the size written."""
+        import smbclient
+        tmp = self.temp_name(rel)
+        total = 0
+        try:
+            with self._call(smbclient.open_file, self.unc(tmp), mode="wb", buffering=0) as f:
+                for chunk in chunks:
+                    view = memoryview(chunk)
+                    while view:
+                        n = self._call(f.write, view[: self.max_write])
+                        view = view[n:]
+                        total += n
+                        if throttle:
+                            throttle.spend(n)
+                        if on_bytes:
+                            on_bytes(n)
+            self._call(smbclient.replace, self.unc(tmp), self.unc(rel))
+        except BaseException:
+            if self._connected:
+                try:
+                    smbclient.remove(self.unc(tmp), **self._kw())
+                except Exception:
+                    pass
+            raise
+        return total
+
+    def read_hash(self, rel: str) -> tuple[int, str]:
+        """(size, sha256) of the remote file as read back over SMB now."""
+        import smbclient
+        h = hashlib.sha256()
+        size = 0
+        buf = bytearray(self.max_read)
+        with self._call(smbclient.open_file, self.unc(rel), mode="rb", buffering=0) as f:
+            while True:
+                n = self._call(f.readinto, buf)
+                if not n:
+                    break
+                h.update(memoryview(buf)[:n])
+                size += n
+        return size, h.hexdigest()
+
+    def cleanup_temp(self, rel_dir: str = "") -> None:
+        """Remove this host's stale temp files (left by a dropped connection) in ``rel_dir``."""
+        mine = f"{TEMP_PREFIX}{socket.gethostname()}-"
+        try:
+            entries = self.listdir(rel_dir)
+        except SmbError:
+            return
+        for name, is_dir, _ in entries:
+            if not is_dir and name.startswith(mine):
+                try:
+                    self.remove(f"{rel_dir}/{name}" if rel_dir else name)
+                except SmbError as e:
+                    log.debug("stale temp %s not removed: %s", name, e)
+
+
+class Throttle:
+    """Token bucket: keep the average rate at or below ``kib_per_s``."""
+
+    def __init__(self, kib_per_s: int) -> None:
+        self.rate = kib_per_s * 1024
+        self.start = time.monotonic()
+        self.spent = 0
+
+    def spend(self, n: int) -> None:
+        self.spent += n
+        ahead = self.spent / self.rate - (time.monotonic() - self.start)
+        if ahead > 0:
+            time.sleep(ahead)
+
+
+def _local_chunks(path: pathlib.Path, size: int, h: "hashlib._Hash") -> Iterable[bytes]:
+    """Read ``path`` in a thread beside the SMB writes, hashing as it goes (hashlib drops the GIL)."""
+    q: queue.Queue = queue.Queue(maxsize=3)
+    stop = threading.Event()
+
+    def reader() -> None:
+        try:
+            with open(path, "rb", buffering=0) as f:
+                while not stop.is_set():
+                    b = f.read(size)
+                    if not b:
+                        break
+                    h.update(b)
+                    q.put(b)
+            q.put(None)
+        except BaseException as e:  # handed to the consumer
+            q.put(e)
+
+    t = threading.Thread(target=reader, name="smbpush-read", daemon=True)
+    t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while t.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                t.join(0.05)
+
+
+def _local_files(root: pathlib.Path) -> list[tuple[str, pathlib.Path]]:
+    """(relative posix path, path) of regular files under root; symlinks and our temp files skipped."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        for name in sorted(filenames):
+            p = pathlib.Path(dirpath) / name
+            if name.startswith(TEMP_PREFIX) or name.endswith(".partial") or name == MANIFEST_NAME:
+                continue
+            if p.is_symlink() or not p.is_file():
+                continue
+            out.append((p.relative_to(root).as_posix(), p))
+    return out
+
+
+def push_dir(target: SmbTarget, local_root: pathlib.Path, *, files: list[str] | None = None,
+             bandwidth_limit_kbps: int = 0, verify: bool = True,
+             progress: Callable[[str, int], None] | None = None,
+             cancelled: Callable[[], bool] = lambda: False) -> PushResult:
+    """Mirror an export folder (layout, SHA256SUMS, manifest) onto the target; skip verified files.
+
+    The remote manifest records every verified file with its source size and mtime, and is saved
+    at least every second, so a run cut short resumes without re-sending what was verified.
+    """
+    t0 = time.monotonic()
+    target.connect()
+    local = _local_files(local_root)
+    if files is not None:
+        wanted = set(files)
+        local = [(r, p) for r, p in local if r in wanted]
+    manifest = _load_manifest(target)
+    remote_sizes = _remote_sizes(target)
+    throttle = Throttle(bandwidth_limit_kbps) if bandwidth_limit_kbps else None
+    sent, skipped, nbytes = [], [], 0
+    last_flush = time.monotonic()
+    dirty = False
+    made_dirs: set[str] = set()
+    try:
+        for rel, path in local:
+            if cancelled():
+                from steno_exportd.errors import CancelledJob
+                raise CancelledJob("push cancelled")
+            st = path.stat()
+            entry = manifest.get(rel)
+            if (entry and entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns
+                    and remote_sizes.get(rel) == st.st_size):
+                skipped.append(rel)
+                continue
+            parent = rel.rpartition("/")[0]
+            if parent and parent not in made_dirs:
+                target.makedirs(parent)
+                target.cleanup_temp(parent)
+                made_dirs.add(parent)
+            h = hashlib.sha256()
+            size = target.write_stream(rel, _local_chunks(path, target.max_write, h), throttle,
+                                       (lambda n, rel=rel: progress(rel, n)) if progress else None)
+            digest = h.hexdigest()
+            if size != st.st_size:
+                raise SmbError(f"{rel}: source changed while pushing ({size} != {st.st_size} bytes)")
+            if verify:
+                rsize, rdigest = target.read_hash(rel)
+                if (rsize, rdigest) != (size, digest):
+                    try:
+                        target.remove(rel)
+                    finally:
+                        raise VerifyError(f"{target.label}/{rel}: read-back differs from what was written")
+            manifest[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest,
+                             "verified": verify, "at": time.time()}
+            sent.append(rel)
+            nbytes += size
+            dirty = True
+            if time.monotonic() - last_flush >= MANIFEST_FLUSH_SECONDS:
+                _save_manifest(target, manifest)
+                dirty, last_flush = False, time.monotonic()
+        if dirty or sent or not remote_sizes.get(SUMS_NAME):
+            _save_manifest(target, manifest)
+            if files is None:
+                target.write_bytes(SUMS_NAME, _sums(manifest).encode())
+    finally:
+        if dirty and target._connected:
+            try:
+                _save_manifest(target, manifest)
+            except SmbError as e:
+                log.debug("manifest not saved after failure: %s", e)
+    return PushResult(tuple(sent), tuple(skipped), nbytes, time.monotonic() - t0)
+
+
+def _sums(manifest: dict) -> str:
+    return "".join(f"{v['sha256']}  {k}\n" for k, v in sorted(manifest.items())
+                   if k != SUMS_NAME and v.get("sha256"))
+
+
+def _load_manifest(target: SmbTarget) -> dict:
+    raw = target.read_bytes(MANIFEST_NAME)
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+        files = data.get("files", {})
+        return files if isinstance(files, dict) else {}
+    except (ValueError, AttributeError):
+        log.warning("%s: unreadable %s, pushing everything again", target.label, MANIFEST_NAME)
+        return {}
+
+
+def _save_manifest(target: SmbTarget, manifest: dict) -> None:
+    data = {"version": 1, "recorder": target.folder, "updated": time.time(), "files": manifest}
+    target.write_bytes(MANIFEST_NAME, json.dumps(data, indent=1, sort_keys=True).encode())
+
+
+def _remote_sizes(target: SmbTarget) -> dict[str, int]:
+    """Relative path -> size of every file under the recorder folder (one walk)."""
+    out: dict[str, int] = {}
+    stack = [""]
+    while stack:
+        d = stack.pop()
+        for name, is_dir, size in target.listdir(d):
+            rel = f"{d}/{name}" if d else name
+            if is_dir:
+                stack.append(rel)
+            else:
+                out[rel] = size
+    return out
+
+
+def push_with_retries(target: SmbTarget, local_root: pathlib.Path, *, attempts: int = 3,
+                      backoff: float = 2.0, sleep: Callable[[float], None] = time.sleep, **kw) -> PushResult:
+    """push_dir, retried with exponential backoff for transient errors (never for logon/access)."""
+    delay = backoff
+    for i in range(1, attempts + 1):
+        try:
+            return push_dir(target, local_root, **kw)
+        except SmbError as e:
+            target.close()
+            if e.permanent or i == attempts:
+                raise
+            log.warning("%s: attempt %d/%d failed: %s; retrying in %.0fs", target.label, i, attempts, e, delay)
+            sleep(delay)
+            delay *= 2
+    raise AssertionError("unreachable")
+
+
+def _is_connection_error(e: BaseException) -> bool:
+    from smbprotocol import exceptions as ex
+    return isinstance(e, (OSError, ex.SMBConnectionClosed)) and not isinstance(e, ex.SMBOSError)
+
+
+def _is_negotiate_failure(e: BaseException) -> bool:
+    from smbprotocol import exceptions as ex
+    return isinstance(e, (ex.SMBConnectionClosed, ConnectionError, ValueError, ex.SMBException, TimeoutError))
+
+
+def target_for(cfg: Config, name: str) -> SmbTarget:
+    """The SmbTarget for remote ``name`` (from "smb:<name>"); NotFoundError lists the configured ones."""
+    name = name.removeprefix("smb:")
+    for r in cfg.smb.remotes:
+        if r.name == name:
+            return SmbTarget(r, cfg.smb.recorder_folder)
+    known = ", ".join(r.name for r in cfg.smb.remotes) or "none configured"
+    raise NotFoundError(f"no SMB remote {name!r} (known: {known})")
