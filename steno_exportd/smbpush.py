@@ -97,6 +97,8 @@ def explain(exc: BaseException, remote: SmbRemote) -> SmbError:
     if isinstance(exc, ex.SMBAuthenticationError):
         return SmbError(f"logon failed on {remote.server}: {exc}", True)
     msg = str(exc)
+    if isinstance(exc, ValueError) and "failed to connect" in msg.lower():
+        return SmbError(f"{remote.server}:{remote.port} unreachable: {msg.split(': ', 1)[-1]}")
     if isinstance(exc, (ex.SMBUnsupportedFeature,)) or "dialect" in msg.lower() or "SMB1" in msg:
         return SmbError(f"{remote.server} does not speak SMB2 or later (SMB2+ needed): {msg}", True)
     if isinstance(exc, (TimeoutError, socket.timeout)) or "timeout" in msg.lower() or "timed out" in msg.lower():
@@ -112,7 +114,8 @@ def _probe_smb1_only(remote: SmbRemote) -> bool:
     """True when the server answers an SMB2 negotiate with an SMB1 reply or drops it (SMB1-only)."""
     # SMB1 negotiate offering only "SMB 2.???": an SMB2-capable server answers with an SMB2 header.
     dialects = b"\x02NT LM 0.12\x00\x02SMB 2.002\x00\x02SMB 2.???\x00"
-    hdr = b"\xffSMB" + b"\x72" + b"\x00" * 4 + b"\x18" + b"\x53\xc8" + b"\x00" * 12 + b"\xff\xfe" + b"\x00" * 4
+    hdr = (b"\xffSMB" + b"\x72" + b"\x00" * 4 + b"\x18" + b"\x53\xc8" + b"\x00" * 2 + b"\x00" * 8
+           + b"\x00" * 2 + b"\x00" * 2 + b"\xff\xfe" + b"\x00" * 4)   # 32-byte SMB1 header
     body = b"\x00" + len(dialects).to_bytes(2, "little") + dialects
     pkt = hdr + body
     try:
@@ -209,6 +212,14 @@ class SmbTarget:
             self._connected = False if _is_connection_error(e) else self._connected
             raise explain(e, self.remote) from e
 
+    def _io(self, fn: Callable, *a):
+        """Call a method of an open SMB file, mapping errors."""
+        try:
+            return fn(*a)
+        except Exception as e:
+            self._connected = False if _is_connection_error(e) else self._connected
+            raise explain(e, self.remote) from e
+
     def makedirs(self, rel: str) -> None:
         import smbclient
         self._call(smbclient.makedirs, self.unc(rel), exist_ok=True)
@@ -218,8 +229,8 @@ class SmbTarget:
         import smbclient
         out = []
         for e in self._call(smbclient.scandir, self.unc(rel)):
-            st = e.stat(follow_symlinks=False)
-            out.append((e.name, e.is_dir(follow_symlinks=False), st.st_size))
+            # the entry's own info: e.stat() would reconnect without our port
+            out.append((e.name, e.is_dir(follow_symlinks=False), e.smb_info.end_of_file))
         return out
 
     def size(self, rel: str) -> int | None:
@@ -230,6 +241,10 @@ class SmbTarget:
             return smbclient.stat(self.unc(rel), **self._kw()).st_size
         except (ex.ObjectNameNotFound, ex.ObjectPathNotFound):
             return None
+        except ex.SMBOSError as e:
+            if e.ntstatus in (0xC0000034, 0xC000003A):
+                return None
+            raise explain(e, self.remote) from e
         except Exception as e:
             raise explain(e, self.remote) from e
 
@@ -273,7 +288,7 @@ class SmbTarget:
                 for chunk in chunks:
                     view = memoryview(chunk)
                     while view:
-                        n = self._call(f.write, view[: self.max_write])
+                        n = self._io(f.write, view[: self.max_write])
                         view = view[n:]
                         total += n
                         if throttle:
@@ -298,7 +313,7 @@ class SmbTarget:
         buf = bytearray(self.max_read)
         with self._call(smbclient.open_file, self.unc(rel), mode="rb", buffering=0) as f:
             while True:
-                n = self._call(f.readinto, buf)
+                n = self._io(f.readinto, buf)
                 if not n:
                     break
                 h.update(memoryview(buf)[:n])
