@@ -155,3 +155,75 @@ def test_config_values_cannot_inject_smb_conf():
     with pytest.raises(ConfigError) as ei:
         samba.render_snippet(cfg, enabled=True, vfs_fruit=False)
     assert len(ei.value.problems) == 3
+
+
+class FakeCore:
+    """The bits of Core the samba adapter uses."""
+
+    def __init__(self, cfg):
+        from steno_exportd import events
+        self.cfg = cfg
+        self.events = events.EventBus()
+        self.sharing_enabled = False
+        self.exports = []
+
+    def set_sharing(self, on: bool) -> None:
+        from steno_exportd import events
+        self.sharing_enabled = on
+        self.events.publish(events.StatusChanged("samba_enabled", on))
+
+    async def export_sessions(self, ids, formats, target, options):
+        self.exports.append((ids, tuple(formats), target))
+
+
+async def test_adapter_follows_sharing_switch(served):
+    import asyncio
+    import smbclient
+    from steno_exportd import events
+
+    root, smbd, sums = served
+    core = FakeCore(Config_with(_cfg(root, smbd)))
+    states = []
+
+    async def watch():
+        async for ev in core.events.subscribe():
+            if isinstance(ev, events.StatusChanged) and ev.key == "samba_state":
+                states.append(ev.value)
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.sleep(0)
+    task = asyncio.create_task(samba.run(core))
+    try:
+        await _until(lambda: states == ["off"])
+        core.set_sharing(True)
+        await _until(lambda: states[-1] == "serving")
+        assert core.exports == [("all", tuple(core.cfg.samba.formats), str(root / "export"))]
+        kw = await asyncio.to_thread(client_kw, smbd.port)
+        try:
+            names = await asyncio.to_thread(smbclient.listdir, "\\\\127.0.0.1\\meetings", **kw)
+            assert "SHA256SUMS" in names
+        finally:
+            close(kw)
+        core.events.publish(events.SessionsChanged(added=(5,)))
+        await _until(lambda: len(core.exports) == 2)
+        core.set_sharing(False)
+        await _until(lambda: states[-1] == "off")
+        assert "Sharing is off" in (root / "steno-exportd.conf").read_text()
+    finally:
+        task.cancel()
+        watcher.cancel()
+
+
+def Config_with(samba_cfg):
+    from steno_exportd.config import Config
+    return Config(samba=samba_cfg)
+
+
+async def _until(cond, timeout=10.0):
+    import asyncio
+    import time
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError("timed out waiting for the samba adapter")
+        await asyncio.sleep(0.02)
