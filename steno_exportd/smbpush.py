@@ -32,6 +32,7 @@ SUMS_NAME = "SHA256SUMS"
 CHUNK = 4 * 1024 * 1024
 MANIFEST_FLUSH_SECONDS = 1.0
 PIPELINE = 4                       # write requests in flight per file
+FAST_WRITES = True                 # smbwire: hand-packed, zero-copy WRITE requests
 
 
 class SmbError(TargetError):
@@ -336,9 +337,12 @@ def _pipelined_write(raw, chunks: Iterable[bytes], max_write: int, throttle: "Th
     """
     import collections
 
+    from steno_exportd import smbwire
+
     fd = raw.fd
     conn = fd.connection
     sid, tid = fd.tree_connect.session.session_id, fd.tree_connect.tree_connect_id
+    fast = FAST_WRITES and smbwire.supported(raw)
     inflight: collections.deque = collections.deque()
     offset = 0
 
@@ -364,9 +368,13 @@ def _pipelined_write(raw, chunks: Iterable[bytes], max_write: int, throttle: "Th
                 if avail() < need:              # window smaller than one full write: shrink it
                     need = max(1, avail())
                     n = min(n, need * 65536)
-                msg, recv = fd.write(bytes(view[:n]), offset=offset, send=False)
                 grow = need if avail() - need < need * PIPELINE else 0
-                req = conn.send(msg, sid=sid, tid=tid, credit_request=need + grow)
+                if fast:
+                    req = smbwire.send_write(raw, view[:n], offset, need + grow)
+                    recv = fd._write_response
+                else:
+                    msg, recv = fd.write(bytes(view[:n]), offset=offset, send=False)
+                    req = conn.send(msg, sid=sid, tid=tid, credit_request=need + grow)
                 inflight.append((req, recv, n))
                 view = view[n:]
                 offset += n
