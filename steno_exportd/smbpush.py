@@ -31,7 +31,7 @@ MANIFEST_NAME = ".steno-push.json"  # remote record of verified files: increment
 SUMS_NAME = "SHA256SUMS"
 CHUNK = 4 * 1024 * 1024
 MANIFEST_FLUSH_SECONDS = 1.0
-PIPELINE = 4                       # write requests in flight per file
+PIPELINE = 8                       # write requests in flight per file
 FAST_WRITES = True                 # smbwire: hand-packed, zero-copy WRITE requests
 
 
@@ -302,15 +302,8 @@ class SmbTarget:
         """(size, sha256) of the remote file as read back over SMB now."""
         import smbclient
         h = hashlib.sha256()
-        size = 0
-        buf = bytearray(self.max_read)
         with self._call(smbclient.open_file, self.unc(rel), mode="rb", buffering=0) as f:
-            while True:
-                n = self._io(f.readinto, buf)
-                if not n:
-                    break
-                h.update(memoryview(buf)[:n])
-                size += n
+            size = self._io(_pipelined_read, f, self.max_read, h)
         return size, h.hexdigest()
 
     def cleanup_temp(self, rel_dir: str = "") -> None:
@@ -387,6 +380,42 @@ def _pipelined_write(raw, chunks: Iterable[bytes], max_write: int, throttle: "Th
         fd.end_of_file = max(fd.end_of_file, offset)
         raw._flush = True
     return offset
+
+
+def _pipelined_read(raw, max_read: int, h) -> int:
+    """Read the whole open file with up to PIPELINE READ requests in flight, hashing in order."""
+    import collections
+
+    fd = raw.fd
+    conn = fd.connection
+    sid, tid = fd.tree_connect.session.session_id, fd.tree_connect.tree_connect_id
+    size = fd.end_of_file
+    inflight: collections.deque = collections.deque()
+    offset = total = 0
+
+    def avail() -> int:
+        return conn.sequence_window["high"] - conn.sequence_window["low"]
+
+    while offset < size or inflight:
+        while offset < size and len(inflight) < PIPELINE:
+            n = min(max_read, size - offset)
+            need = (n - 1) // 65536 + 1
+            if avail() < need:
+                if inflight:
+                    break
+                need = max(1, avail())
+                n = min(n, need * 65536)
+            msg, recv = fd.read(offset, n, send=False)
+            grow = need if avail() - need < need * PIPELINE else 0
+            inflight.append((conn.send(msg, sid=sid, tid=tid, credit_request=need + grow), recv, n))
+            offset += n
+        req, recv, n = inflight.popleft()
+        data = recv(req)
+        if len(data) != n:
+            raise SmbError(f"short read: {len(data)} of {n} bytes")
+        h.update(data)
+        total += n
+    return total
 
 
 class Throttle:
