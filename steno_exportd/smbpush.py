@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 TEMP_PREFIX = ".steno-tmp-"       # same as samba.TEMP_PREFIX: vetoed on our own share
 MANIFEST_NAME = ".steno-push.json"  # remote record of verified files: incremental + resume
 SUMS_NAME = "SHA256SUMS"
-CHUNK = 4 * 1024 * 1024
+CHUNK = 8 * 1024 * 1024
 MANIFEST_FLUSH_SECONDS = 1.0
 PIPELINE = 8                       # write requests in flight per file
 FAST_WRITES = True                 # smbwire: hand-packed, zero-copy WRITE requests
@@ -130,6 +130,23 @@ def _probe_smb1_only(remote: SmbRemote) -> bool:
     return len(data) >= 8 and data[4:8] == b"\xffSMB"
 
 
+def _mapped(method):
+    """Map any smbprotocol/socket error escaping ``method`` (e.g. from a file's close) to SmbError."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(self, *a, **kw):
+        try:
+            return method(self, *a, **kw)
+        except (SmbError, VerifyError):
+            raise
+        except Exception as e:
+            if _is_connection_error(e):
+                self._connected = False
+            raise explain(e, self.remote) from e
+    return wrapper
+
+
 class SmbTarget:
     """One remote share folder (remote.path/recorder_folder) reached with smbprotocol."""
 
@@ -178,6 +195,8 @@ class SmbTarget:
                 connection_cache=self._cache, auth_protocol="ntlm",
                 require_signing=bool(r.username))
             conn = session.connection
+            from steno_exportd import smbwire
+            smbwire.tune(conn)
             self.max_write = max(64 * 1024, min(CHUNK, conn.max_write_size))
             self.max_read = max(64 * 1024, min(CHUNK, conn.max_read_size))
             if r.require_encryption and not session.encrypt_data:
@@ -226,6 +245,7 @@ class SmbTarget:
         import smbclient
         self._call(smbclient.makedirs, self.unc(rel), exist_ok=True)
 
+    @_mapped
     def listdir(self, rel: str = "") -> list[tuple[str, bool, int]]:
         """(name, is_dir, size) of entries in ``rel``."""
         import smbclient
@@ -250,6 +270,7 @@ class SmbTarget:
         except Exception as e:
             raise explain(e, self.remote) from e
 
+    @_mapped
     def free_space(self) -> int:
         import smbclient
         return self._call(smbclient.stat_volume, self.unc("")).caller_available_size
@@ -258,6 +279,7 @@ class SmbTarget:
         import smbclient
         self._call(smbclient.remove, self.unc(rel))
 
+    @_mapped
     def read_bytes(self, rel: str) -> bytes | None:
         import smbclient
         if self.size(rel) is None:
@@ -279,6 +301,7 @@ class SmbTarget:
         tmp = f"{TEMP_PREFIX}{self.tag}-{name}"[:200]
         return f"{head}/{tmp}" if head else tmp
 
+    @_mapped
     def write_stream(self, rel: str, chunks: Iterable[bytes], throttle: "Throttle | None" = None,
                      on_bytes: Callable[[int], None] | None = None) -> int:
         """Write chunks to a temp name, then rename over ``rel``; returns the size written."""
@@ -298,6 +321,7 @@ class SmbTarget:
             raise
         return total
 
+    @_mapped
     def read_hash(self, rel: str) -> tuple[int, str]:
         """(size, sha256) of the remote file as read back over SMB now."""
         import smbclient

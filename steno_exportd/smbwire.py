@@ -128,3 +128,41 @@ def _sendmsg(transport, parts) -> None:
 def write_response(raw, request) -> int:
     """Wait for the WRITE response; the count the server wrote (errors raise as smbprotocol's)."""
     return raw.fd._write_response(request)
+
+
+def tune(connection) -> None:
+    """Give this connection's transport a receive loop without per-chunk logging and copies."""
+    import errno
+    import select
+    import time
+    import types
+
+    transport = connection.transport
+
+    def _recv(self, length, timeout):
+        buffer = bytearray(length)
+        view = memoryview(buffer)
+        offset = 0
+        sock = self._sock
+        while offset < length:
+            start = time.monotonic()
+            with self._close_lock:
+                if not self.connected:
+                    return None, timeout
+                if not select.select([sock], [], [], max(timeout, 1))[0]:
+                    raise TimeoutError(f"recv idle for {time.monotonic() - start:.1f}s ({offset}/{length} bytes)")
+                timeout -= time.monotonic() - start
+                try:
+                    n = sock.recv_into(view[offset:])
+                except OSError as e:
+                    if e.errno not in (errno.ESHUTDOWN, errno.ECONNRESET, errno.ECONNABORTED):
+                        raise
+                    n = 0
+            if n == 0:
+                self.close()
+                return None, timeout
+            offset += n
+        return bytes(buffer), timeout
+
+    if hasattr(transport, "_recv") and hasattr(transport, "_close_lock"):
+        transport._recv = types.MethodType(_recv, transport)
