@@ -654,3 +654,18 @@ def target_for(cfg: Config, name: str) -> SmbTarget:
             return SmbTarget(r, cfg.smb.recorder_folder)
     known = ", ".join(r.name for r in cfg.smb.remotes) or "none configured"
     raise NotFoundError(f"no SMB remote {name!r} (known: {known})")
+
+
+def push_remote(cfg: Config, name: str, local_root: pathlib.Path, *, files: list[str] | None = None,
+                progress: Callable[[str, int], None] | None = None,
+                cancelled: Callable[[], bool] = lambda: False) -> PushResult:
+    """Blocking: push an export folder to remote ``name`` with its bandwidth limit, retries and verify.
+
+    For a job: ``await asyncio.to_thread(smbpush.push_remote, cfg, "office", staging_dir)``.
+    """
+    target = target_for(cfg, name)
+    try:
+        return push_with_retries(target, local_root, files=files, progress=progress, cancelled=cancelled,
+                                 bandwidth_limit_kbps=target.remote.bandwidth_limit_kbps)
+    finally:
+        target.close()

@@ -213,3 +213,18 @@ def test_three_recorders_push_at_once(office):
         assert p.returncode == 0, err
     for i in range(3):
         _assert_landed(root, f"rec-{i}", sums)
+
+
+def test_bandwidth_limit_and_push_remote(office, smb_tmp):  # noqa: F811
+    import dataclasses
+    smbd, remote, root, sums = office
+    small = make_export_tree(smb_tmp / "small", sessions=1, big=2 * 1024 * 1024)
+    cfg = Config(smb=SmbConfig(recorder_folder="rec-bw",
+                               remotes=[dataclasses.replace(remote, bandwidth_limit_kbps=1024)]))
+    seen = []
+    t0 = time.monotonic()
+    res = smbpush.push_remote(cfg, "office", smb_tmp / "small", progress=lambda rel, n: seen.append(n))
+    elapsed = time.monotonic() - t0
+    assert res.bytes_sent >= 2 * 1024 * 1024 and sum(seen) == res.bytes_sent
+    assert elapsed >= 1.6                      # ~2.1 MiB at 1 MiB/s
+    _assert_landed(root, "rec-bw", small)
