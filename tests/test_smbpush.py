@@ -228,3 +228,33 @@ def test_bandwidth_limit_and_push_remote(office, smb_tmp):  # noqa: F811
     assert res.bytes_sent >= 2 * 1024 * 1024 and sum(seen) == res.bytes_sent
     assert elapsed >= 1.6                      # ~2.1 MiB at 1 MiB/s
     _assert_landed(root, "rec-bw", small)
+
+
+def test_recorder_share_and_push_share_on_one_smbd(smb_tmp, smbd_factory):  # noqa: F811
+    """The recorder's read-only share and a push target as two shares of the same smbd."""
+    from steno_exportd import samba
+    from steno_exportd.config import SambaConfig
+    from tests.smbdata import client_kw, close, read_remote
+
+    (smb_tmp / "nas").mkdir()
+    snippet = smb_tmp / "steno-exportd.conf"
+    smbd = smbd_factory(include=str(snippet),
+                        shares=f"[push]\n   path = {smb_tmp / 'nas'}\n   read only = no\n   force user = root\n")
+    smbd.start()
+    sums = make_export_tree(smb_tmp / "export", sessions=2)
+    samba.apply(SambaConfig(export_dir=str(smb_tmp / "export"), snippet_path=str(snippet),
+                            reload_command=smbd.reload_command()), enabled=True)
+    user = smbd.add_user(PW)
+    remote = SmbRemote(name="office", server="127.0.0.1", port=smbd.port, share="push", username=user, timeout=5)
+    t = smbpush.SmbTarget(remote, "rec-1", password=PW)
+    try:
+        assert len(smbpush.push_dir(t, smb_tmp / "export").sent) == len(sums)
+        assert smbpush.push_dir(t, smb_tmp / "export").sent == ()
+    finally:
+        t.close()
+    _assert_landed(smb_tmp, "rec-1", sums)
+    kw = client_kw(smbd.port)
+    try:
+        assert read_remote("\\\\127.0.0.1\\meetings\\SHA256SUMS", kw) == (smb_tmp / "export" / "SHA256SUMS").read_bytes()
+    finally:
+        close(kw)
