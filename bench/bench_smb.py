@@ -39,6 +39,16 @@ def make_files(root: pathlib.Path) -> list[pathlib.Path]:
                 for k in range(mib):
                     f.write(block[k % 97:] + block[: k % 97])
             files.append(p)
+    # an export folder carries SHA256SUMS (written by the engine); push takes expected hashes from it
+    import hashlib
+    lines = []
+    for p in files:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            while b := f.read(1 << 22):
+                h.update(b)
+        lines.append(f"{h.hexdigest()}  {p.relative_to(root).as_posix()}\n")
+    (root / "SHA256SUMS").write_text("".join(lines))
     return files
 
 
@@ -92,7 +102,7 @@ def main() -> int:
                 res = smbpush.push_dir(t, src, verify=verify)
                 out.append(time.perf_counter() - t0)
                 t.close()
-                assert res.bytes_sent == total
+                assert res.bytes_sent == total, (res.bytes_sent, total)
                 shutil.rmtree(nas / folder)
             if not r % 2:
                 os.sync()

@@ -457,7 +457,7 @@ class Throttle:
             time.sleep(ahead)
 
 
-def _local_chunks(path: pathlib.Path, size: int, h: "hashlib._Hash") -> Iterable[bytes]:
+def _local_chunks(path: pathlib.Path, size: int, h) -> Iterable[bytes]:
     """Read ``path`` in a thread beside the SMB writes, hashing as it goes (hashlib drops the GIL)."""
     q: queue.Queue = queue.Queue(maxsize=3)
     stop = threading.Event()
@@ -469,7 +469,8 @@ def _local_chunks(path: pathlib.Path, size: int, h: "hashlib._Hash") -> Iterable
                     b = f.read(size)
                     if not b:
                         break
-                    h.update(b)
+                    if h is not None:
+                        h.update(b)
                     q.put(b)
             q.put(None)
         except BaseException as e:  # handed to the consumer
@@ -527,6 +528,7 @@ def push_dir(target: SmbTarget, local_root: pathlib.Path, *, files: list[str] | 
         wanted = set(files)
         local = [(r, p) for r, p in local if r in wanted]
     manifest = _load_manifest(target)
+    local_sums = _read_sums(local_root / SUMS_NAME)
     remote_sizes = _remote_sizes(target)
     throttle = Throttle(bandwidth_limit_kbps) if bandwidth_limit_kbps else None
     sent, skipped, nbytes = [], [], 0
@@ -549,14 +551,17 @@ def push_dir(target: SmbTarget, local_root: pathlib.Path, *, files: list[str] | 
                 target.makedirs(parent)
                 target.cleanup_temp(parent)
                 made_dirs.add(parent)
-            h = hashlib.sha256()
+            known = local_sums.get(rel)          # the export's own SHA256SUMS: no second hash pass
+            h = None if known else hashlib.sha256()
             size = target.write_stream(rel, _local_chunks(path, target.max_write, h), throttle,
                                        (lambda n, rel=rel: progress(rel, n)) if progress else None)
-            digest = h.hexdigest()
+            digest = known or h.hexdigest()
             if size != st.st_size:
                 raise SmbError(f"{rel}: source changed while pushing ({size} != {st.st_size} bytes)")
             if verify:
                 rsize, rdigest = target.read_hash(rel)
+                if (rsize, rdigest) != (size, digest) and known:
+                    digest = _hash_file(path)        # SHA256SUMS may be older than the file
                 if (rsize, rdigest) != (size, digest):
                     try:
                         target.remove(rel)
@@ -581,6 +586,30 @@ def push_dir(target: SmbTarget, local_root: pathlib.Path, *, files: list[str] | 
             except SmbError as e:
                 log.debug("manifest not saved after failure: %s", e)
     return PushResult(tuple(sent), tuple(skipped), nbytes, time.monotonic() - t0)
+
+
+def _read_sums(path: pathlib.Path) -> dict[str, str]:
+    """rel -> sha256 from a sha256sum-format file; empty when missing or unreadable."""
+    out = {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return out
+    for line in text.splitlines():
+        digest, sep, rel = line.partition("  ")
+        if not sep:
+            digest, sep, rel = line.partition(" *")
+        if sep and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest):
+            out[rel] = digest
+    return out
+
+
+def _hash_file(path: pathlib.Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        while b := f.read(4 * 1024 * 1024):
+            h.update(b)
+    return h.hexdigest()
 
 
 def _sums(manifest: dict) -> str:

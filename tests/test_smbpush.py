@@ -258,3 +258,17 @@ def test_recorder_share_and_push_share_on_one_smbd(smb_tmp, smbd_factory):  # no
         assert read_remote("\\\\127.0.0.1\\meetings\\SHA256SUMS", kw) == (smb_tmp / "export" / "SHA256SUMS").read_bytes()
     finally:
         close(kw)
+
+
+def test_stale_local_sha256sums_does_not_fail_the_push(office):
+    smbd, remote, root, sums = office
+    rel = sorted(sums)[0]
+    (root / "export" / rel).write_bytes(b"changed after SHA256SUMS was written\n")
+    t = smbpush.SmbTarget(remote, "rec-s")
+    try:
+        smbpush.push_dir(t, root / "export")
+    finally:
+        t.close()
+    fresh = hashlib.sha256((root / "export" / rel).read_bytes()).hexdigest()
+    assert _on_nas(root, "rec-s")[rel] == fresh
+    assert f"{fresh}  {rel}" in (root / "nas" / "rec-s" / "SHA256SUMS").read_text()
