@@ -21,7 +21,8 @@ from steno_exportd.config import SmbRemote  # noqa: E402
 from tests.real_smbd import make_smbd  # noqa: E402
 
 TOTAL_MIB = int(os.environ.get("BENCH_SMB_MIB", "1024"))
-ROUNDS = int(os.environ.get("BENCH_SMB_ROUNDS", "2"))
+ROUNDS = int(os.environ.get("BENCH_SMB_ROUNDS", "3"))
+smbpush.PIPELINE = int(os.environ.get("BENCH_SMB_PIPELINE", smbpush.PIPELINE))
 
 
 def make_files(root: pathlib.Path) -> list[pathlib.Path]:

@@ -35,6 +35,9 @@ PIPELINE = 8                       # write requests in flight per file
 FAST_WRITES = True                 # smbwire: hand-packed, zero-copy WRITE requests
 
 
+_FILE_ATTRIBUTE_REPARSE_POINT = 0x400
+
+
 class SmbError(TargetError):
     """An SMB push failed; ``permanent`` errors (logon, access, missing share) are not retried."""
 
@@ -252,7 +255,10 @@ class SmbTarget:
         out = []
         for e in self._call(smbclient.scandir, self.unc(rel)):
             # the entry's own info: e.stat() would reconnect without our port
-            out.append((e.name, e.is_dir(follow_symlinks=False), e.smb_info.end_of_file))
+            info = e.smb_info
+            if info.file_attributes & _FILE_ATTRIBUTE_REPARSE_POINT:
+                continue                      # a symlink/junction on the server: never followed
+            out.append((e.name, e.is_dir(follow_symlinks=False), info.end_of_file))
         return out
 
     def size(self, rel: str) -> int | None:
