@@ -159,6 +159,7 @@ class SmbTarget:
         self._password = password
         self._cache: dict = {}
         self._connected = False
+        self._password_value = password
         self.max_write = CHUNK
         self.max_read = CHUNK
         self.tag = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -187,6 +188,7 @@ class SmbTarget:
 
         r = self.remote
         password = self._password if self._password is not None else read_password(r.password_file)
+        self._password_value = password
         if not r.username:
             # Guest sessions cannot sign, so the negotiate check must be off (process-wide setting).
             ClientConfig().require_secure_negotiate = False
@@ -225,6 +227,12 @@ class SmbTarget:
         from smbclient import reset_connection_cache
         reset_connection_cache(fail_on_error=False, connection_cache=self._cache)
         self._connected = False
+
+    def sibling(self) -> "SmbTarget":
+        """Another connected target on the same folder (its own TCP connection and smbd process)."""
+        other = SmbTarget(self.remote, self.folder, password=self._password_value)
+        other.connect()
+        return other
 
     # -- file layer -------------------------------------------------------------------------------
     def _call(self, fn: Callable, *a, **kw):
@@ -518,6 +526,70 @@ def _local_files(root: pathlib.Path) -> list[tuple[str, pathlib.Path]]:
     return out
 
 
+class _Verifier:
+    """Reads pushed files back on a second connection (a second smbd process) beside the upload."""
+
+    def __init__(self, target: SmbTarget) -> None:
+        self.target = target
+        self.queue: queue.Queue = queue.Queue(maxsize=4)
+        self.lock = threading.Lock()
+        self.done: list[tuple[str, dict, int]] = []
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="smbpush-verify", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            if self.error is not None:
+                continue
+            rel, path, size, digest, known, entry = item
+            try:
+                rsize, rdigest = self.target.read_hash(rel)
+                if (rsize, rdigest) != (size, digest) and known:
+                    digest = _hash_file(path)        # SHA256SUMS may be older than the file
+                if (rsize, rdigest) != (size, digest):
+                    try:
+                        self.target.remove(rel)
+                    finally:
+                        raise VerifyError(f"{self.target.label}/{rel}: read-back differs from what was written")
+                with self.lock:
+                    self.done.append((rel, {**entry, "sha256": digest}, size))
+            except BaseException as e:  # handed to the uploading thread
+                self.error = e
+
+    def submit(self, item) -> None:
+        self.check()
+        self.queue.put(item)
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def take(self) -> list[tuple[str, dict, int]]:
+        with self.lock:
+            out, self.done = self.done, []
+        return out
+
+    def finish(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+
+    def abort(self) -> None:
+        if self.error is None:
+            self.error = SmbError("push aborted")
+        while True:
+            try:
+                self.queue.get_nowait()
+            except queue.Empty:
+                break
+        self.queue.put(None)
+        self.thread.join(60)
+        self.target.close()
+
+
 def push_dir(target: SmbTarget, local_root: pathlib.Path, *, files: list[str] | None = None,
              bandwidth_limit_kbps: int = 0, verify: bool = True,
              progress: Callable[[str, int], None] | None = None,
@@ -537,10 +609,28 @@ def push_dir(target: SmbTarget, local_root: pathlib.Path, *, files: list[str] | 
     local_sums = _read_sums(local_root / SUMS_NAME)
     remote_sizes = _remote_sizes(target)
     throttle = Throttle(bandwidth_limit_kbps) if bandwidth_limit_kbps else None
-    sent, skipped, nbytes = [], [], 0
-    last_flush = time.monotonic()
-    dirty = False
+    sent: list[str] = []
+    skipped: list[str] = []
+    nbytes = 0
+    state = {"last_flush": time.monotonic(), "dirty": False}
     made_dirs: set[str] = set()
+    verifier: _Verifier | None = None
+
+    def record(rel: str, entry: dict, size: int) -> None:
+        nonlocal nbytes
+        manifest[rel] = entry
+        sent.append(rel)
+        nbytes += size
+        state["dirty"] = True
+
+    def collect() -> None:
+        if verifier:
+            for item in verifier.take():
+                record(*item)
+        if state["dirty"] and time.monotonic() - state["last_flush"] >= MANIFEST_FLUSH_SECONDS:
+            _save_manifest(target, manifest)
+            state["dirty"], state["last_flush"] = False, time.monotonic()
+
     try:
         for rel, path in local:
             if cancelled():
@@ -564,29 +654,30 @@ def push_dir(target: SmbTarget, local_root: pathlib.Path, *, files: list[str] | 
             digest = known or h.hexdigest()
             if size != st.st_size:
                 raise SmbError(f"{rel}: source changed while pushing ({size} != {st.st_size} bytes)")
+            new = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest,
+                   "verified": verify, "at": time.time()}
             if verify:
-                rsize, rdigest = target.read_hash(rel)
-                if (rsize, rdigest) != (size, digest) and known:
-                    digest = _hash_file(path)        # SHA256SUMS may be older than the file
-                if (rsize, rdigest) != (size, digest):
-                    try:
-                        target.remove(rel)
-                    finally:
-                        raise VerifyError(f"{target.label}/{rel}: read-back differs from what was written")
-            manifest[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest,
-                             "verified": verify, "at": time.time()}
-            sent.append(rel)
-            nbytes += size
-            dirty = True
-            if time.monotonic() - last_flush >= MANIFEST_FLUSH_SECONDS:
-                _save_manifest(target, manifest)
-                dirty, last_flush = False, time.monotonic()
-        if dirty or sent or not remote_sizes.get(SUMS_NAME):
+                if verifier is None:
+                    verifier = _Verifier(target.sibling())
+                verifier.submit((rel, path, size, digest, known, new))
+            else:
+                record(rel, new, size)
+            collect()
+        if verifier:
+            verifier.finish()
+            verifier.check()
+            collect()
+        if state["dirty"] or sent or not remote_sizes.get(SUMS_NAME):
             _save_manifest(target, manifest)
+            state["dirty"] = False
             if files is None:
                 target.write_bytes(SUMS_NAME, _sums(manifest).encode())
     finally:
-        if dirty and target._connected:
+        if verifier:
+            verifier.abort()
+            for item in verifier.take():
+                record(*item)
+        if state["dirty"] and target._connected:
             try:
                 _save_manifest(target, manifest)
             except SmbError as e:
