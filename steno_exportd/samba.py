@@ -214,13 +214,24 @@ async def run(core) -> None:
         except Exception as e:  # error boundary: a failed export never stops the adapter
             log.warning("samba export folder not refreshed (%s): %s", reason, e)
 
-    sub = core.events.subscribe()
-    await sync("start")
-    async for ev in sub:
-        if isinstance(ev, events.StatusChanged) and ev.key in ("samba_enabled", "config"):
-            await sync(ev.key)
-        elif isinstance(ev, events.SessionsChanged) and getattr(core, "sharing_enabled", False):
-            await refresh_export("sessions changed")
+    inbox: asyncio.Queue = asyncio.Queue()
+
+    async def pump() -> None:
+        async for ev in core.events.subscribe():
+            inbox.put_nowait(ev)
+
+    pump_task = asyncio.create_task(pump())
+    await asyncio.sleep(0)          # subscribed before the first sync: no switch is missed
+    try:
+        await sync("start")
+        while True:
+            ev = await inbox.get()
+            if isinstance(ev, events.StatusChanged) and ev.key in ("samba_enabled", "config"):
+                await sync(ev.key)
+            elif isinstance(ev, events.SessionsChanged) and getattr(core, "sharing_enabled", False):
+                await refresh_export("sessions changed")
+    finally:
+        pump_task.cancel()
 
 
 def _export_options():

@@ -272,3 +272,16 @@ def test_stale_local_sha256sums_does_not_fail_the_push(office):
     fresh = hashlib.sha256((root / "export" / rel).read_bytes()).hexdigest()
     assert _on_nas(root, "rec-s")[rel] == fresh
     assert f"{fresh}  {rel}" in (root / "nas" / "rec-s" / "SHA256SUMS").read_text()
+
+
+def test_encrypted_push_uses_smb3_encryption(office):
+    import dataclasses
+    smbd, remote, root, sums = office
+    t = smbpush.SmbTarget(dataclasses.replace(remote, require_encryption=True), "rec-e")
+    try:
+        smbpush.push_dir(t, root / "export")
+        session = next(iter(next(iter(t._cache.values())).session_table.values()))
+        assert session.encrypt_data
+    finally:
+        t.close()
+    _assert_landed(root, "rec-e", sums)
