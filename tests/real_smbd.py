@@ -82,6 +82,17 @@ disable spoolss = yes
 {inc}""")
 
     def start(self) -> None:
+        """Start smbd; on a port lost to a race with another test, retry on a fresh port."""
+        for attempt in range(3):
+            try:
+                return self._start()
+            except RuntimeError:
+                if attempt == 2 or self.proc is None or self.proc.returncode is None:
+                    raise
+                if self.proc.returncode is not None and not _listening(self.port):
+                    self.port = free_port()
+
+    def _start(self) -> None:
         self.write_conf()
         self.proc = subprocess.Popen(
             ["smbd", "-F", "--no-process-group", "--debug-stdout", "-d", "1", "-s", str(self.conf)],
