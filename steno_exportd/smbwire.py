@@ -27,10 +27,15 @@ def supported(raw) -> bool:
 
 
 def _sign_id(conn, session):
-    from smbprotocol.connection import Dialects, SigningAlgorithms
-
     if not (session.signing_required and session.signing_key):
         return "none"
+    return _algorithm(conn)
+
+
+def _algorithm(conn):
+    """The signing algorithm of the connection (as smbprotocol's _generate_signature picks it)."""
+    from smbprotocol.connection import Dialects, SigningAlgorithms
+
     if conn.dialect >= Dialects.SMB_3_1_1 and conn.signing_algorithm_id is not None:
         return conn.signing_algorithm_id
     if conn.dialect >= Dialects.SMB_3_0_0:
@@ -38,12 +43,12 @@ def _sign_id(conn, session):
     return SigningAlgorithms.HMAC_SHA256
 
 
-def _signature(sign_id, key: bytes, message_id: int, parts) -> bytes:
+def _signature(sign_id, key: bytes, message_id: int, parts, message_info: int = 0) -> bytes:
     from smbprotocol.connection import SigningAlgorithms
 
     if sign_id == SigningAlgorithms.AES_GMAC:
         from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-        nonce = message_id.to_bytes(8, "little") + b"\x00\x00\x00\x00"
+        nonce = message_id.to_bytes(8, "little") + message_info.to_bytes(4, "little")
         enc = Cipher(algorithms.AES(key), modes.GCM(nonce)).encryptor()
         for p in parts:
             enc.authenticate_additional_data(p)
@@ -166,3 +171,39 @@ def tune(connection) -> None:
 
     if hasattr(transport, "_recv") and hasattr(transport, "_close_lock"):
         transport._recv = types.MethodType(_recv, transport)
+    if hasattr(connection, "verify_signature") and hasattr(connection, "_generate_signature"):
+        connection.verify_signature = types.MethodType(_verify_signature, connection)
+
+
+_HEADER_FIELDS = ("protocol_id", "structure_size", "credit_charge", "status", "command", "credit_response",
+                  "flags", "next_command", "message_id", "reserved", "tree_id", "session_id")
+
+
+def _verify_signature(self, header, session_id, force=False):
+    """smbprotocol's check, without re-packing (copying) an 8 MiB READ response to sign it."""
+    import binascii
+
+    from smbprotocol.connection import Commands, NtStatus, Smb2Flags
+    from smbprotocol.exceptions import SMBException
+
+    message_id = header["message_id"].get_value()
+    flags = header["flags"]
+    status = header["status"].get_value()
+    command = header["command"].get_value()
+    if not force and (message_id == 0xFFFFFFFFFFFFFFFF or not flags.has_flag(Smb2Flags.SMB2_FLAGS_SIGNED)
+                      or status == NtStatus.STATUS_PENDING or command == Commands.SMB2_SESSION_SETUP):
+        return
+    session = self.session_table.get(session_id, None)
+    if session is None:
+        raise SMBException(f"Failed to find session {session_id} for message verification")
+    head = b"".join(header[f].pack() for f in _HEADER_FIELDS) + b"\x00" * 16
+    data = header["data"].get_value()
+    if len(head) != 64:
+        return type(self).verify_signature(self, header, session_id, force)
+    response = flags.has_flag(Smb2Flags.SMB2_FLAGS_SERVER_TO_REDIR)
+    info = (1 if response else 0) | (2 if command == Commands.SMB2_CANCEL else 0)
+    expected = _signature(_algorithm(self), session.signing_key, message_id, (head, data), info)
+    actual = header["signature"].get_value()
+    if actual != expected:
+        raise SMBException("Server message signature could not be verified: "
+                           f"{binascii.hexlify(actual).decode()} != {binascii.hexlify(expected).decode()}")

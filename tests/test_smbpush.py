@@ -285,3 +285,22 @@ def test_encrypted_push_uses_smb3_encryption(office):
     finally:
         t.close()
     _assert_landed(root, "rec-e", sums)
+
+
+def test_fast_path_still_checks_server_signatures(office):
+    """smbwire replaces smbprotocol's response signature check: a wrong key must still be caught."""
+    smbd, remote, root, sums = office
+    t = smbpush.SmbTarget(remote, "rec-sig")
+    try:
+        t.connect()
+        t.write_bytes("probe.txt", b"hello")
+        assert t.read_hash("probe.txt")[0] == 5
+        conn = next(iter(t._cache.values()))
+        from steno_exportd import smbwire
+        assert conn.verify_signature.__func__ is smbwire._verify_signature
+        session = next(iter(conn.session_table.values()))
+        session.signing_key = bytes(len(session.signing_key))
+        with pytest.raises(smbpush.SmbError, match="signature could not be verified") as ei:
+            t.read_hash("probe.txt")
+    finally:
+        t.close()
