@@ -176,7 +176,16 @@ class SmbTarget:
         return f"\\\\{self.remote.server}\\{self.remote.share}" + "".join("\\" + p for p in parts)
 
     def _kw(self) -> dict:
-        return {"port": self.remote.port, "connection_cache": self._cache}
+        return {"port": self.remote.port, "connection_cache": self._cache,
+                "connection_timeout": self.remote.timeout}
+
+    def _live_kw(self) -> dict:
+        """Keyword arguments for a call on the live connection; never lets smbclient reconnect silently."""
+        if self._connected and not all(c.transport.connected and c._t_exc is None for c in self._cache.values()):
+            self._connected = False
+        if not self._connected:
+            raise SmbError(f"{self.remote.server}:{self.remote.port} connection lost")
+        return self._kw()
 
     # -- connection -------------------------------------------------------------------------------
     def connect(self) -> None:
@@ -202,6 +211,8 @@ class SmbTarget:
             conn = session.connection
             from steno_exportd import smbwire
             smbwire.tune(conn)
+            # A server that stops answering (not closing) is declared dead after ~2x this, not 20 min.
+            conn._receive_timeout = max(5, int(r.timeout * 2))
             self.max_write = max(64 * 1024, min(CHUNK, conn.max_write_size))
             self.max_read = max(64 * 1024, min(CHUNK, conn.max_read_size))
             if r.require_encryption and not session.encrypt_data:
@@ -237,7 +248,7 @@ class SmbTarget:
     # -- file layer -------------------------------------------------------------------------------
     def _call(self, fn: Callable, *a, **kw):
         try:
-            return fn(*a, **kw, **self._kw())
+            return fn(*a, **kw, **self._live_kw())
         except SmbError:
             raise
         except Exception as e:
@@ -274,7 +285,7 @@ class SmbTarget:
         import smbclient
         from smbprotocol import exceptions as ex
         try:
-            return smbclient.stat(self.unc(rel), **self._kw()).st_size
+            return smbclient.stat(self.unc(rel), **self._live_kw()).st_size
         except (ex.ObjectNameNotFound, ex.ObjectPathNotFound):
             return None
         except ex.SMBOSError as e:
@@ -326,12 +337,15 @@ class SmbTarget:
             with self._call(smbclient.open_file, self.unc(tmp), mode="wb", buffering=0) as f:
                 total = self._io(_pipelined_write, f, chunks, self.max_write, throttle, on_bytes)
             self._call(smbclient.replace, self.unc(tmp), self.unc(rel))
-        except BaseException:
-            if self._connected:
+        except BaseException as e:
+            # after a lost connection smbclient would silently reconnect (default 60 s timeout): don't
+            if self._connected and not _lost_connection(e):
                 try:
-                    smbclient.remove(self.unc(tmp), **self._kw())
+                    smbclient.remove(self.unc(tmp), **self._live_kw())
                 except Exception:
                     pass
+            else:
+                self._connected = False
             raise
         return total
 
@@ -767,6 +781,17 @@ def push_with_retries(target: SmbTarget, local_root: pathlib.Path, *, attempts: 
 def _is_connection_error(e: BaseException) -> bool:
     from smbprotocol import exceptions as ex
     return isinstance(e, (OSError, ex.SMBConnectionClosed)) and not isinstance(e, ex.SMBOSError)
+
+
+def _lost_connection(e: BaseException | None) -> bool:
+    """True when e (or what caused it) means the connection is gone."""
+    while e is not None:
+        if isinstance(e, SmbError) and not e.permanent:
+            return True
+        if _is_connection_error(e) or isinstance(e, TimeoutError):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def _is_negotiate_failure(e: BaseException) -> bool:

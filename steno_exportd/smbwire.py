@@ -111,16 +111,33 @@ def send_write(raw, data, offset: int, credit_request: int):
     request = Request(header, None, conn, session_id=session.session_id)
     conn.outstanding_requests[mid] = request
     conn._check_worker_running()
-    _sendmsg(conn.transport, [struct.pack(">I", 112 + n), hdr, body, data])
+    _sendmsg(conn.transport, [struct.pack(">I", 112 + n), hdr, body, data],
+             stall_timeout=2.0 * getattr(conn, "_receive_timeout", 30))
     return request
 
 
-def _sendmsg(transport, parts) -> None:
+def _sendmsg(transport, parts, stall_timeout: float = 60.0) -> None:
+    """Send all parts; a server that stops reading for stall_timeout closes the connection (no hang)."""
+    import select
+    import socket
+    import time
+
     views = [memoryview(p).cast("B") for p in parts]
+    stalled = False
     with transport._sock_lock:
         sock = transport._sock
+        deadline = time.monotonic() + stall_timeout
         while views:
-            sent = sock.sendmsg(views)
+            try:
+                sent = sock.sendmsg(views, [], socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    stalled = True
+                    break
+                select.select([], [sock], [], min(left, 1.0))
+                continue
+            deadline = time.monotonic() + stall_timeout
             while sent and views:
                 if sent >= len(views[0]):
                     sent -= len(views[0])
@@ -128,6 +145,9 @@ def _sendmsg(transport, parts) -> None:
                 else:
                     views[0] = views[0][sent:]
                     sent = 0
+    if stalled:
+        transport.close()       # wakes smbprotocol's receive thread and every waiter
+        raise TimeoutError(f"server stopped reading for {stall_timeout:.0f}s (timed out)")
 
 
 def write_response(raw, request) -> int:

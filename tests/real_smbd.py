@@ -114,7 +114,17 @@ disable spoolss = yes
             self.proc.wait(10)
         realparts.wait_for(lambda: not _listening(self.port), timeout=10, what="smbd gone")
 
+    def signal_all(self, sig: int) -> None:
+        """Send sig to smbd and its per-connection children (SIGSTOP: a server that hangs)."""
+        if self.proc and self.proc.poll() is None:
+            for pid in [self.proc.pid, *_children(self.proc.pid)]:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+
     def stop(self) -> None:
+        self.signal_all(signal.SIGCONT)
         if self.proc and self.proc.poll() is None:
             kids = _children(self.proc.pid)
             self.proc.terminate()

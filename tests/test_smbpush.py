@@ -304,3 +304,35 @@ def test_fast_path_still_checks_server_signatures(office):
             t.read_hash("probe.txt")
     finally:
         t.close()
+
+
+def test_server_that_stops_answering_fails_the_push_instead_of_hanging(office):
+    import dataclasses
+    import signal
+    smbd, remote, root, sums = office
+    manifest = root / "nas" / "rec-h" / smbpush.MANIFEST_NAME
+    t = smbpush.SmbTarget(dataclasses.replace(remote, timeout=2), "rec-h")
+    errors = []
+
+    def run():
+        try:
+            smbpush.push_dir(t, root / "export", bandwidth_limit_kbps=2048)
+        except Exception as e:
+            errors.append(e)
+
+    th = threading.Thread(target=run)
+    th.start()
+    try:
+        realparts.wait_for(lambda: manifest.exists() and json.loads(manifest.read_text())["files"],
+                           timeout=20, what="first verified files on the NAS")
+        smbd.signal_all(signal.SIGSTOP)
+        th.join(40)
+        if th.is_alive():
+            import faulthandler
+            faulthandler.dump_traceback(all_threads=True)
+        assert not th.is_alive(), "push hung on a server that stopped answering"
+    finally:
+        smbd.signal_all(signal.SIGCONT)
+        th.join(30)
+        t.close()
+    assert errors and isinstance(errors[0], smbpush.SmbError) and not errors[0].permanent
