@@ -1,0 +1,243 @@
+"""Samba share of the export folder: snippet writer, testparm validation, reload, and the adapter loop.
+
+The daemon never rewrites smb.conf: it writes one snippet (cfg.samba.snippet_path) that the admin's
+smb.conf includes with a single line, ``include = /etc/samba/steno-exportd.conf``.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import logging
+import os
+import pathlib
+import re
+import subprocess
+import tempfile
+
+from steno_exportd.config import SambaConfig
+from steno_exportd.errors import ConfigError, TargetError
+
+log = logging.getLogger(__name__)
+
+# Temp names used while writing (the engine's writer and smbpush): never shown to share users.
+# TODO: import from steno_exportd.engine.writer once the engine lands.
+TEMP_PREFIX = ".steno-tmp-"
+PARTIAL_SUFFIX = ".partial"
+VETO_PATTERNS = (f"{TEMP_PREFIX}*", f"*{PARTIAL_SUFFIX}")
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\- ]{0,79}")
+_USER_RE = re.compile(r"[@+&]?[A-Za-z0-9_][A-Za-z0-9_.\-\\]{0,63}")
+# testparm warnings that mean the snippet is not what we meant (it still exits 0 on these).
+_BAD_STDERR = re.compile(r"unknown parameter|ignoring unknown|error|invalid|can't find include", re.I)
+
+
+@dataclasses.dataclass(frozen=True)
+class ApplyResult:
+    """What happened when a snippet was applied."""
+
+    changed: bool
+    reloaded: bool
+    snippet: str
+
+
+def render_snippet(cfg: SambaConfig, *, enabled: bool, vfs_fruit: bool, hostname: str = "") -> str:
+    """The share definition (or an empty placeholder when sharing is off) as smb.conf text."""
+    head = ("# Written by steno-exportd; do not edit (it is replaced on every change).\n"
+            "# smb.conf includes it with: include = " + cfg.snippet_path + "\n")
+    if not enabled:
+        return head + "# Sharing is off.\n"
+    problems = check_config(cfg)
+    if problems:
+        raise ConfigError(problems, "samba")
+    lines = [
+        f"[{cfg.share_name}]",
+        f"   comment = SilentSteno meetings{' on ' + hostname if hostname else ''}",
+        f"   path = {cfg.export_dir}",
+        "   browseable = yes",
+        "   read only = yes",
+        "   writeable = no",
+        "   printable = no",
+        "   create mask = 0644",
+        "   follow symlinks = no",
+        "   wide links = no",
+        "   hide dot files = yes",
+        "   veto files = /" + "/".join(VETO_PATTERNS) + "/",
+        "   delete veto files = no",
+    ]
+    if cfg.guest_ok:
+        lines.append("   guest ok = yes")
+    else:
+        lines.append("   guest ok = no")
+        lines.append("   valid users = " + " ".join(cfg.valid_users))
+    if vfs_fruit:
+        lines += ["   vfs objects = fruit streams_xattr",
+                  "   fruit:metadata = stream",
+                  "   fruit:model = MacSamba",
+                  "   fruit:veto_appledouble = no",
+                  "   fruit:wipe_intentionally_left_blank_rfork = yes",
+                  "   fruit:delete_empty_adfiles = yes"]
+    return head + "\n".join(lines) + "\n"
+
+
+def check_config(cfg: SambaConfig) -> list[str]:
+    """Problems that would let a value inject smb.conf text or make a useless share."""
+    out = []
+    if not _NAME_RE.fullmatch(cfg.share_name) or cfg.share_name.lower() in ("global", "homes", "printers"):
+        out.append(f"samba.share_name: {cfg.share_name!r} is not a usable share name")
+    if not cfg.export_dir or not os.path.isabs(cfg.export_dir) or any(c in cfg.export_dir for c in "\n\r%"):
+        out.append(f"samba.export_dir: {cfg.export_dir!r} must be an absolute path without newlines or %")
+    for u in cfg.valid_users:
+        if not _USER_RE.fullmatch(u):
+            out.append(f"samba.valid_users: {u!r} is not a user or group name")
+    if not cfg.guest_ok and not cfg.valid_users:
+        out.append("samba.valid_users: needed when guest_ok = false")
+    return out
+
+
+@functools.cache
+def fruit_available() -> bool:
+    """True when smbd has the vfs_fruit and vfs_streams_xattr modules (macOS support)."""
+    try:
+        out = subprocess.run(["smbd", "-b"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    m = re.search(r"MODULESDIR:\s*(\S+)", out)
+    if not m:
+        return False
+    vfs = pathlib.Path(m.group(1)) / "vfs"
+    return (vfs / "fruit.so").exists() and (vfs / "streams_xattr.so").exists()
+
+
+def validate(snippet: str, cfg: SambaConfig) -> None:
+    """Run testparm on a temp smb.conf that includes the candidate; raise ConfigError on any complaint."""
+    with tempfile.TemporaryDirectory(prefix="steno-testparm-") as d:
+        cand = pathlib.Path(d) / "snippet.conf"
+        cand.write_text(snippet)
+        conf = pathlib.Path(d) / "smb.conf"
+        conf.write_text(f"[global]\n   include = {cand}\n")
+        try:
+            proc = subprocess.run([*cfg.testparm_command, str(conf)], capture_output=True, text=True,
+                                  timeout=30, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.SubprocessError) as e:
+            raise ConfigError([f"samba: cannot run {cfg.testparm_command[0]!r}: {e}"], "testparm") from e
+    bad = [ln.strip() for ln in proc.stderr.splitlines() if _BAD_STDERR.search(ln)]
+    if proc.returncode != 0 or bad:
+        why = bad or [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()][-3:] or [
+            f"exit status {proc.returncode}"]
+        raise ConfigError([f"samba: testparm rejected the share: {w}" for w in why], "testparm")
+    if cfg.share_name and "Sharing is off" not in snippet and f"[{cfg.share_name}]" not in proc.stdout:
+        raise ConfigError([f"samba: testparm does not show the share [{cfg.share_name}]"], "testparm")
+
+
+def install(snippet: str, cfg: SambaConfig) -> bool:
+    """Validate, then atomically replace the snippet; False when it was already current."""
+    path = pathlib.Path(cfg.snippet_path)
+    try:
+        if path.read_text() == snippet:
+            return False
+    except OSError:
+        pass
+    validate(snippet, cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(snippet)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with _suppress():
+            os.unlink(tmp)
+        raise
+    return True
+
+
+def reload(cfg: SambaConfig) -> None:
+    """Ask smbd to re-read its configuration; TargetError when it does not answer."""
+    try:
+        proc = subprocess.run(cfg.reload_command, capture_output=True, text=True, timeout=30,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise TargetError(f"samba reload failed: {e}") from e
+    if proc.returncode != 0:
+        msg = (proc.stderr or proc.stdout).strip().splitlines()
+        raise TargetError(f"samba reload failed: {msg[-1] if msg else f'exit status {proc.returncode}'}")
+
+
+def apply(cfg: SambaConfig, enabled: bool, hostname: str = "") -> ApplyResult:
+    """Render, validate, install and reload; on any error the previous snippet stays in place."""
+    snippet = render_snippet(cfg, enabled=enabled, vfs_fruit=fruit_available(), hostname=hostname)
+    if enabled:
+        os.makedirs(cfg.export_dir, mode=0o755, exist_ok=True)
+    changed = install(snippet, cfg)
+    if changed:
+        reload(cfg)
+    return ApplyResult(changed=changed, reloaded=changed, snippet=snippet)
+
+
+class _suppress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return exc[0] is not None and issubclass(exc[0], OSError)
+
+
+async def run(core) -> None:
+    """Adapter: follow core sharing on/off and config reloads; keep the export folder current."""
+    from steno_exportd import events
+
+    def publish(state: str) -> None:
+        core.events.publish(events.StatusChanged("samba_state", state))
+
+    async def sync(reason: str) -> None:
+        cfg = core.cfg.samba
+        on = bool(getattr(core, "sharing_enabled", cfg.enabled))
+        try:
+            res = await asyncio.to_thread(apply, cfg, on, os.uname().nodename)
+        except (ConfigError, TargetError) as e:
+            log.error("samba share not updated (%s): %s", reason, e)
+            publish(f"error: {e}")
+            return
+        log.info("samba share %s (%s)%s", "on" if on else "off", reason, "" if res.changed else ", unchanged")
+        publish("serving" if on else "off")
+        if on:
+            await refresh_export(reason)
+
+    async def refresh_export(reason: str) -> None:
+        cfg = core.cfg.samba
+        try:
+            await core.export_sessions("all", list(cfg.formats), cfg.export_dir, _export_options())
+        except Exception as e:  # error boundary: a failed export never stops the adapter
+            log.warning("samba export folder not refreshed (%s): %s", reason, e)
+
+    inbox: asyncio.Queue = asyncio.Queue()
+
+    async def pump() -> None:
+        async for ev in core.events.subscribe():
+            inbox.put_nowait(ev)
+
+    pump_task = asyncio.create_task(pump())
+    await asyncio.sleep(0)          # subscribed before the first sync: no switch is missed
+    try:
+        await sync("start")
+        while True:
+            ev = await inbox.get()
+            if isinstance(ev, events.StatusChanged) and ev.key in ("samba_enabled", "config"):
+                await sync(ev.key)
+            elif isinstance(ev, events.SessionsChanged) and getattr(core, "sharing_enabled", False):
+                await refresh_export("sessions changed")
+    finally:
+        pump_task.cancel()
+
+
+def _export_options():
+    """Default export options for the share folder (the engine's ExportOptions when available)."""
+    try:
+        from steno_exportd.engine.jobs import ExportOptions  # type: ignore
+    except ImportError:
+        return None
+    return ExportOptions()

@@ -1,0 +1,139 @@
+"""Cron expressions (minute hour day month weekday) and the push triggers: schedule and new sessions."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import logging
+
+from steno_exportd.errors import InvalidArgument
+
+log = logging.getLogger(__name__)
+
+_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))   # weekday 0 and 7 are Sunday
+
+
+@dataclasses.dataclass(frozen=True)
+class Cron:
+    """A parsed cron expression: the allowed values of each field."""
+
+    minutes: frozenset[int]
+    hours: frozenset[int]
+    days: frozenset[int]
+    months: frozenset[int]
+    weekdays: frozenset[int]        # 0 = Sunday
+    day_any: bool
+    weekday_any: bool
+
+    def matches(self, t: dt.datetime) -> bool:
+        """True when ``t`` (to the minute) is one of the expression's times."""
+        if t.minute not in self.minutes or t.hour not in self.hours or t.month not in self.months:
+            return False
+        wd = (t.weekday() + 1) % 7
+        day_ok, wd_ok = t.day in self.days, wd in self.weekdays
+        if self.day_any or self.weekday_any:       # cron: restricted day fields combine with OR
+            return day_ok and wd_ok
+        return day_ok or wd_ok
+
+    def next_after(self, t: dt.datetime) -> dt.datetime:
+        """The first matching minute strictly after ``t`` (within 5 years)."""
+        start = t.replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
+        day = start.replace(hour=0, minute=0)
+        for _ in range(366 * 5):
+            midnight = day.replace(hour=0, minute=0)
+            if self.matches(midnight.replace(hour=min(self.hours), minute=min(self.minutes))):
+                for h in sorted(self.hours):
+                    for m in sorted(self.minutes):
+                        c = midnight.replace(hour=h, minute=m)
+                        if c >= start:
+                            return c
+            day = midnight + dt.timedelta(days=1)
+        raise InvalidArgument("cron expression never matches")
+
+
+def parse(expr: str) -> Cron:
+    """Parse ``* */15 1-5 1,15 ...``; InvalidArgument names the bad field."""
+    fields = expr.split()
+    if len(fields) != 5:
+        raise InvalidArgument(f"cron expression needs 5 fields, got {len(fields)}: {expr!r}")
+    sets = [_field(f, lo, hi, expr) for f, (lo, hi) in zip(fields, _RANGES)]
+    weekdays = frozenset(0 if d == 7 else d for d in sets[4])
+    return Cron(sets[0], sets[1], sets[2], sets[3], weekdays, fields[2] == "*", fields[4] == "*")
+
+
+def _field(text: str, lo: int, hi: int, expr: str) -> frozenset[int]:
+    out: set[int] = set()
+    for part in text.split(","):
+        rng, _, step_s = part.partition("/")
+        try:
+            step = int(step_s) if step_s else 1
+            if rng == "*":
+                a, b = lo, hi
+            elif "-" in rng:
+                a_s, b_s = rng.split("-", 1)
+                a, b = int(a_s), int(b_s)
+            else:
+                a = int(rng)
+                b = hi if step_s else a
+        except ValueError:
+            raise InvalidArgument(f"bad cron field {text!r} in {expr!r}") from None
+        if step < 1 or not (lo <= a <= hi and lo <= b <= hi) or a > b:
+            raise InvalidArgument(f"cron field {text!r} out of range {lo}-{hi} in {expr!r}")
+        out.update(range(a, b + 1, step))
+    return frozenset(out)
+
+
+def due(cfg, now: dt.datetime) -> list[str]:
+    """Names of SMB remotes whose schedule matches ``now``."""
+    out = []
+    for r in cfg.smb.remotes:
+        if r.schedule:
+            try:
+                if parse(r.schedule).matches(now):
+                    out.append(r.name)
+            except InvalidArgument as e:
+                log.warning("remote %s: %s", r.name, e)
+    return out
+
+
+async def _push(core, remote, ids) -> None:
+    """Queue a push job (the core resolves "smb:<name>" with smbpush.target_for)."""
+    try:
+        await core.export_sessions(ids, list(remote.formats), f"smb:{remote.name}", _options())
+    except Exception as e:  # error boundary: a failed trigger never stops the loop
+        log.warning("push to smb:%s not queued: %s", remote.name, e)
+
+
+async def run_schedules(core, clock=dt.datetime.now) -> None:
+    """Each minute, queue a push of all sessions to every remote whose cron schedule matches."""
+    last = None
+    while True:
+        now = clock().replace(second=0, microsecond=0)
+        if now != last:
+            last = now
+            for name in due(core.cfg, now):
+                remote = next(r for r in core.cfg.smb.remotes if r.name == name)
+                log.info("scheduled push to smb:%s", name)
+                await _push(core, remote, "all")
+        t = clock()
+        await asyncio.sleep(max(0.5, 60 - t.second - t.microsecond / 1e6 + 0.05))
+
+
+async def run_push_on_new(core) -> None:
+    """Push each new session to every remote with push_on_new = true."""
+    from steno_exportd import events
+
+    async for ev in core.events.subscribe():
+        if isinstance(ev, events.SessionsChanged) and ev.added:
+            for remote in core.cfg.smb.remotes:
+                if remote.push_on_new:
+                    log.info("new sessions %s: push to smb:%s", list(ev.added), remote.name)
+                    await _push(core, remote, list(ev.added))
+
+
+def _options():
+    try:
+        from steno_exportd.engine.jobs import ExportOptions  # type: ignore
+    except ImportError:
+        return None
+    return ExportOptions()

@@ -1,0 +1,229 @@
+"""Zero-copy SMB2 WRITE requests on an smbprotocol connection (the hot path of smbpush).
+
+smbprotocol packs each 4 MiB write through several byte-string concatenations (message, header,
+signature splice, TCP frame) and signs a fresh copy; on a Pi that costs more than the network.
+Here the 112-byte header+WRITE body is packed by hand, the signature is computed incrementally
+over (header, body, data) and the parts go out with one ``sendmsg``. Responses are still matched
+and checked by smbprotocol's receive thread (we register a normal ``Request``). Encrypted
+sessions, DFS trees and unknown dialect/signing set-ups use smbprotocol's own path.
+"""
+from __future__ import annotations
+
+import struct
+
+_HDR = struct.Struct("<4sHHHHHHIIQIIQ16s")      # SMB2 sync header, 64 bytes
+_WRITE = struct.Struct("<HHIQ16sIIHHI")        # SMB2 WRITE request without buffer, 48 bytes
+_CMD_WRITE = 9
+_FLAG_SIGNED = 0x00000008
+_PAYLOAD = 65536
+
+
+def supported(raw) -> bool:
+    """True when the fast path can send on this open file."""
+    fd = raw.fd
+    tree, session = fd.tree_connect, fd.tree_connect.session
+    return not (session.encrypt_data or tree.encrypt_data or tree.is_dfs_share) and _sign_id(fd.connection,
+                                                                                          session) is not None
+
+
+def _sign_id(conn, session):
+    if not (session.signing_required and session.signing_key):
+        return "none"
+    return _algorithm(conn)
+
+
+def _algorithm(conn):
+    """The signing algorithm of the connection (as smbprotocol's _generate_signature picks it)."""
+    from smbprotocol.connection import Dialects, SigningAlgorithms
+
+    if conn.dialect >= Dialects.SMB_3_1_1 and conn.signing_algorithm_id is not None:
+        return conn.signing_algorithm_id
+    if conn.dialect >= Dialects.SMB_3_0_0:
+        return SigningAlgorithms.AES_CMAC
+    return SigningAlgorithms.HMAC_SHA256
+
+
+def _signature(sign_id, key: bytes, message_id: int, parts, message_info: int = 0) -> bytes:
+    from smbprotocol.connection import SigningAlgorithms
+
+    if sign_id == SigningAlgorithms.AES_GMAC:
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+        nonce = message_id.to_bytes(8, "little") + message_info.to_bytes(4, "little")
+        enc = Cipher(algorithms.AES(key), modes.GCM(nonce)).encryptor()
+        for p in parts:
+            enc.authenticate_additional_data(p)
+        enc.finalize()
+        return enc.tag
+    if sign_id == SigningAlgorithms.AES_CMAC:
+        from cryptography.hazmat.primitives import cmac
+        from cryptography.hazmat.primitives.ciphers import algorithms
+        c = cmac.CMAC(algorithms.AES(key))
+        for p in parts:
+            c.update(p)
+        return c.finalize()
+    import hashlib
+    import hmac
+    h = hmac.new(key, digestmod=hashlib.sha256)
+    for p in parts:
+        h.update(p)
+    return h.digest()[:16]
+
+
+def send_write(raw, data, offset: int, credit_request: int):
+    """Send one WRITE of ``data`` (bytes-like, <= max write size) at ``offset``; returns the Request."""
+    from smbprotocol.connection import Request
+    from smbprotocol.header import Commands, SMB2HeaderRequest
+
+    fd = raw.fd
+    conn = fd.connection
+    tree = fd.tree_connect
+    session = tree.session
+    n = len(data)
+    charge = (max(n, 1) - 1) // _PAYLOAD + 1 if conn.supports_multi_credit else 0
+    with conn.sequence_lock:
+        avail = conn.sequence_window["high"] - conn.sequence_window["low"]
+        if max(charge, 1) > avail:
+            raise ValueError(f"write needs {charge} credits, {avail} available")
+        mid = conn.sequence_window["low"]
+        conn.sequence_window["low"] += charge if charge > 0 else 1
+    sign_id = _sign_id(conn, session)
+    flags = _FLAG_SIGNED if sign_id != "none" else 0
+    credit_request = credit_request or charge
+    hdr = _HDR.pack(b"\xfeSMB", 64, charge, 0, 0, _CMD_WRITE, credit_request, flags, 0, mid, 0,
+                    tree.tree_connect_id, session.session_id, b"\x00" * 16)
+    body = _WRITE.pack(49, 64 + 48, n, offset, fd.file_id, 0, 0, 0, 0, 0)
+    if flags:
+        sig = _signature(sign_id, session.signing_key, mid, (hdr, body, data))
+        hdr = hdr[:48] + sig
+    else:
+        sig = b"\x00" * 16
+
+    header = SMB2HeaderRequest()
+    header["credit_charge"] = charge
+    header["command"] = Commands.SMB2_WRITE
+    header["credit_request"] = credit_request
+    header["message_id"] = mid
+    header["tree_id"] = tree.tree_connect_id
+    header["session_id"] = session.session_id
+    header["flags"] = flags
+    header["signature"] = sig
+    header["data"] = b""
+    request = Request(header, None, conn, session_id=session.session_id)
+    conn.outstanding_requests[mid] = request
+    conn._check_worker_running()
+    _sendmsg(conn.transport, [struct.pack(">I", 112 + n), hdr, body, data],
+             stall_timeout=2.0 * getattr(conn, "_receive_timeout", 30))
+    return request
+
+
+def _sendmsg(transport, parts, stall_timeout: float = 60.0) -> None:
+    """Send all parts; a server that stops reading for stall_timeout closes the connection (no hang)."""
+    import select
+    import socket
+    import time
+
+    views = [memoryview(p).cast("B") for p in parts]
+    stalled = False
+    with transport._sock_lock:
+        sock = transport._sock
+        deadline = time.monotonic() + stall_timeout
+        while views:
+            try:
+                sent = sock.sendmsg(views, [], socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    stalled = True
+                    break
+                select.select([], [sock], [], min(left, 1.0))
+                continue
+            deadline = time.monotonic() + stall_timeout
+            while sent and views:
+                if sent >= len(views[0]):
+                    sent -= len(views[0])
+                    views.pop(0)
+                else:
+                    views[0] = views[0][sent:]
+                    sent = 0
+    if stalled:
+        transport.close()       # wakes smbprotocol's receive thread and every waiter
+        raise TimeoutError(f"server stopped reading for {stall_timeout:.0f}s (timed out)")
+
+
+def write_response(raw, request) -> int:
+    """Wait for the WRITE response; the count the server wrote (errors raise as smbprotocol's)."""
+    return raw.fd._write_response(request)
+
+
+def tune(connection) -> None:
+    """Give this connection's transport a receive loop without per-chunk logging and copies."""
+    import errno
+    import select
+    import time
+    import types
+
+    transport = connection.transport
+
+    def _recv(self, length, timeout):
+        buffer = bytearray(length)
+        view = memoryview(buffer)
+        offset = 0
+        sock = self._sock
+        while offset < length:
+            start = time.monotonic()
+            with self._close_lock:
+                if not self.connected:
+                    return None, timeout
+                if not select.select([sock], [], [], max(timeout, 1))[0]:
+                    raise TimeoutError(f"recv idle for {time.monotonic() - start:.1f}s ({offset}/{length} bytes)")
+                timeout -= time.monotonic() - start
+                try:
+                    n = sock.recv_into(view[offset:])
+                except OSError as e:
+                    if e.errno not in (errno.ESHUTDOWN, errno.ECONNRESET, errno.ECONNABORTED):
+                        raise
+                    n = 0
+            if n == 0:
+                self.close()
+                return None, timeout
+            offset += n
+        return bytes(buffer), timeout
+
+    if hasattr(transport, "_recv") and hasattr(transport, "_close_lock"):
+        transport._recv = types.MethodType(_recv, transport)
+    if hasattr(connection, "verify_signature") and hasattr(connection, "_generate_signature"):
+        connection.verify_signature = types.MethodType(_verify_signature, connection)
+
+
+_HEADER_FIELDS = ("protocol_id", "structure_size", "credit_charge", "status", "command", "credit_response",
+                  "flags", "next_command", "message_id", "reserved", "tree_id", "session_id")
+
+
+def _verify_signature(self, header, session_id, force=False):
+    """smbprotocol's check, without re-packing (copying) an 8 MiB READ response to sign it."""
+    import binascii
+
+    from smbprotocol.connection import Commands, NtStatus, Smb2Flags
+    from smbprotocol.exceptions import SMBException
+
+    message_id = header["message_id"].get_value()
+    flags = header["flags"]
+    status = header["status"].get_value()
+    command = header["command"].get_value()
+    if not force and (message_id == 0xFFFFFFFFFFFFFFFF or not flags.has_flag(Smb2Flags.SMB2_FLAGS_SIGNED)
+                      or status == NtStatus.STATUS_PENDING or command == Commands.SMB2_SESSION_SETUP):
+        return
+    session = self.session_table.get(session_id, None)
+    if session is None:
+        raise SMBException(f"Failed to find session {session_id} for message verification")
+    head = b"".join(header[f].pack() for f in _HEADER_FIELDS) + b"\x00" * 16
+    data = header["data"].get_value()
+    if len(head) != 64:
+        return type(self).verify_signature(self, header, session_id, force)
+    response = flags.has_flag(Smb2Flags.SMB2_FLAGS_SERVER_TO_REDIR)
+    info = (1 if response else 0) | (2 if command == Commands.SMB2_CANCEL else 0)
+    expected = _signature(_algorithm(self), session.signing_key, message_id, (head, data), info)
+    actual = header["signature"].get_value()
+    if actual != expected:
+        raise SMBException("Server message signature could not be verified: "
+                           f"{binascii.hexlify(actual).decode()} != {binascii.hexlify(expected).decode()}")

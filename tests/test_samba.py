@@ -1,0 +1,229 @@
+"""The recorder's read-only Samba share, against a real smbd on a loopback port."""
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from steno_exportd import samba
+from steno_exportd.config import SambaConfig
+from steno_exportd.errors import ConfigError
+from tests.real_smbd import smb_tmp, smbd_factory  # noqa: F401  (fixtures)
+from tests.smbdata import client_kw, close, make_export_tree, read_remote
+
+
+ACCESS_DENIED = 0xC0000022
+
+
+def share_dir(smbd) -> str:
+    return str(smbd.root.parent / "export")
+
+
+def _cfg(root, smbd, **kw) -> SambaConfig:
+    base = dict(enabled=True, share_name="meetings", export_dir=str(root / "export"),
+                snippet_path=str(root / "steno-exportd.conf"), smb_conf=str(smbd.conf),
+                reload_command=smbd.reload_command())
+    return SambaConfig(**{**base, **kw})
+
+
+@pytest.fixture
+def served(smb_tmp, smbd_factory):  # noqa: F811
+    """smbd including our snippet; an export tree; the share applied."""
+    snippet = smb_tmp / "steno-exportd.conf"
+    smbd = smbd_factory(include=str(snippet))
+    smbd.start()
+    sums = make_export_tree(smb_tmp / "export")
+    (smb_tmp / "export" / f"{samba.TEMP_PREFIX}half-written").write_bytes(b"x")
+    return smb_tmp, smbd, sums
+
+
+def _check_share(smbd, sums, kw):
+    import smbclient
+    from smbprotocol.exceptions import SMBOSError
+
+    share = f"\\\\127.0.0.1\\meetings"
+    names = sorted(smbclient.listdir(share, **kw))
+    assert names == sorted({r.split("/")[0] for r in sums} | {"SHA256SUMS"})   # temp file vetoed
+    listed = {}
+    for line in read_remote(share + "\\SHA256SUMS", kw).decode().splitlines():
+        h, rel = line.split("  ", 1)
+        listed[rel] = h
+    assert listed == sums
+    for rel, h in listed.items():
+        assert hashlib.sha256(read_remote(share + "\\" + rel.replace("/", "\\"), kw)).hexdigest() == h
+    with pytest.raises(SMBOSError) as ei:
+        with smbclient.open_file(share + "\\new.txt", mode="wb", **kw) as f:
+            f.write(b"nope")
+    assert ei.value.ntstatus == ACCESS_DENIED
+    with pytest.raises(SMBOSError) as ei:
+        smbclient.remove(share + "\\SHA256SUMS", **kw)
+    assert ei.value.ntstatus == ACCESS_DENIED
+    assert not os.path.exists(share_dir(smbd) + "/new.txt")
+
+
+def test_snippet_is_valid_and_serves_guests_read_only(served):
+    root, smbd, sums = served
+    cfg = _cfg(root, smbd)
+    res = samba.apply(cfg, enabled=True, hostname="steno")
+    assert res.changed and res.reloaded
+    text = (root / "steno-exportd.conf").read_text()
+    assert "read only = yes" in text and "wide links = no" in text and "veto files" in text
+    samba.validate(text, cfg)                       # testparm clean
+    kw = client_kw(smbd.port)
+    try:
+        _check_share(smbd, sums, kw)
+    finally:
+        close(kw)
+    assert samba.apply(cfg, enabled=True, hostname="steno").changed is False
+
+
+def test_named_users_only(served):
+    from smbprotocol.exceptions import LogonFailure
+    import smbclient
+
+    root, smbd, sums = served
+    user = smbd.add_user("s3cret-pw")
+    cfg = _cfg(root, smbd, guest_ok=False, valid_users=[user])
+    samba.apply(cfg, enabled=True)
+    kw = client_kw(smbd.port, user, "s3cret-pw")
+    try:
+        _check_share(smbd, sums, kw)
+    finally:
+        close(kw)
+    with pytest.raises(LogonFailure):
+        client_kw(smbd.port, user, "wrong")
+    gkw = client_kw(smbd.port)          # a guest logs on but may not open the share
+    try:
+        with pytest.raises(Exception):
+            smbclient.listdir("\\\\127.0.0.1\\meetings", **gkw)
+    finally:
+        close(gkw)
+
+
+def test_sharing_off_removes_share(served):
+    from smbprotocol.exceptions import SMBOSError
+    import smbclient
+
+    root, smbd, sums = served
+    cfg = _cfg(root, smbd)
+    samba.apply(cfg, enabled=True)
+    samba.apply(cfg, enabled=False)
+    kw = client_kw(smbd.port)
+    try:
+        with pytest.raises(SMBOSError):   # share gone (smbclient reports it after a DFS lookup)
+            smbclient.listdir("\\\\127.0.0.1\\meetings", **kw)
+    finally:
+        close(kw)
+
+
+@pytest.mark.parametrize("bad", [
+    "[meetings\n   path = /tmp\n",                          # broken section header: testparm exits 1
+    "[meetings]\n   path = /tmp\n   no such option = 1\n",  # unknown parameter: exit 0, stderr says so
+])
+def test_bad_snippet_keeps_previous_share(served, bad):
+    root, smbd, sums = served
+    cfg = _cfg(root, smbd)
+    samba.apply(cfg, enabled=True)
+    before = (root / "steno-exportd.conf").read_text()
+    with pytest.raises(ConfigError) as ei:
+        samba.install(bad, cfg)
+    assert "testparm" in str(ei.value)
+    assert (root / "steno-exportd.conf").read_text() == before
+    assert not [p for p in os.listdir(root) if p.startswith(samba.TEMP_PREFIX)]
+    kw = client_kw(smbd.port)
+    try:
+        _check_share(smbd, sums, kw)        # still served
+    finally:
+        close(kw)
+
+
+def test_failing_testparm_keeps_previous(served):
+    root, smbd, sums = served
+    cfg = _cfg(root, smbd)
+    samba.apply(cfg, enabled=True)
+    before = (root / "steno-exportd.conf").read_text()
+    broken = _cfg(root, smbd, testparm_command=["/bin/false"], share_name="other")
+    with pytest.raises(ConfigError):
+        samba.apply(broken, enabled=True)
+    assert (root / "steno-exportd.conf").read_text() == before
+
+
+def test_config_values_cannot_inject_smb_conf():
+    cfg = SambaConfig(share_name="x]\n[global", export_dir="/srv/a\nwide links = yes", guest_ok=False,
+                      valid_users=["bob\nadmin users = bob"])
+    with pytest.raises(ConfigError) as ei:
+        samba.render_snippet(cfg, enabled=True, vfs_fruit=False)
+    assert len(ei.value.problems) == 3
+
+
+class FakeCore:
+    """The bits of Core the samba adapter uses."""
+
+    def __init__(self, cfg):
+        from steno_exportd import events
+        self.cfg = cfg
+        self.events = events.EventBus()
+        self.sharing_enabled = False
+        self.exports = []
+
+    def set_sharing(self, on: bool) -> None:
+        from steno_exportd import events
+        self.sharing_enabled = on
+        self.events.publish(events.StatusChanged("samba_enabled", on))
+
+    async def export_sessions(self, ids, formats, target, options):
+        self.exports.append((ids, tuple(formats), target))
+
+
+async def test_adapter_follows_sharing_switch(served):
+    import asyncio
+    import smbclient
+    from steno_exportd import events
+
+    root, smbd, sums = served
+    core = FakeCore(Config_with(_cfg(root, smbd)))
+    states = []
+
+    async def watch():
+        async for ev in core.events.subscribe():
+            if isinstance(ev, events.StatusChanged) and ev.key == "samba_state":
+                states.append(ev.value)
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.sleep(0)
+    task = asyncio.create_task(samba.run(core))
+    try:
+        await _until(lambda: states == ["off"])
+        core.set_sharing(True)
+        await _until(lambda: states[-1] == "serving")
+        assert core.exports == [("all", tuple(core.cfg.samba.formats), str(root / "export"))]
+        kw = await asyncio.to_thread(client_kw, smbd.port)
+        try:
+            names = await asyncio.to_thread(smbclient.listdir, "\\\\127.0.0.1\\meetings", **kw)
+            assert "SHA256SUMS" in names
+        finally:
+            close(kw)
+        core.events.publish(events.SessionsChanged(added=(5,)))
+        await _until(lambda: len(core.exports) == 2)
+        core.set_sharing(False)
+        await _until(lambda: states[-1] == "off")
+        assert "Sharing is off" in (root / "steno-exportd.conf").read_text()
+    finally:
+        task.cancel()
+        watcher.cancel()
+
+
+def Config_with(samba_cfg):
+    from steno_exportd.config import Config
+    return Config(samba=samba_cfg)
+
+
+async def _until(cond, timeout=10.0):
+    import asyncio
+    import time
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError("timed out waiting for the samba adapter")
+        await asyncio.sleep(0.02)

@@ -1,0 +1,338 @@
+"""SMB push to a real smbd: lands, verifies, incremental, resumable, faults, several recorders."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from steno_exportd import smbpush
+from steno_exportd.config import Config, SmbConfig, SmbRemote
+from steno_exportd.errors import NotFoundError
+from tests import realparts
+from tests.real_smbd import smb_tmp, smbd_factory  # noqa: F401  (fixtures)
+from tests.smbdata import make_export_tree
+
+PW = "push-pw-1"
+
+
+@pytest.fixture
+def office(smb_tmp, smbd_factory):  # noqa: F811
+    """An 'office NAS': a writable share [push] for one user, a read-only share [ro]; an export tree."""
+    push_dir = smb_tmp / "nas"
+    push_dir.mkdir()
+    (smb_tmp / "ro").mkdir()
+    smbd = smbd_factory(shares=f"""
+[push]
+   path = {push_dir}
+   read only = no
+   force user = root
+[ro]
+   path = {smb_tmp / 'ro'}
+   read only = yes
+   guest ok = yes
+""")
+    smbd.start()
+    user = smbd.add_user(PW)
+    pwfile = smb_tmp / "pw"
+    pwfile.write_text(PW + "\n")
+    os.chmod(pwfile, 0o600)
+    sums = make_export_tree(smb_tmp / "export", sessions=3)
+    remote = SmbRemote(name="office", server="127.0.0.1", port=smbd.port, share="push", path="",
+                       username=user, password_file=str(pwfile), timeout=5)
+    return smbd, remote, smb_tmp, sums
+
+
+def _on_nas(root: pathlib.Path, folder: str) -> dict[str, str]:
+    base = root / "nas" / folder
+    return {p.relative_to(base).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in base.rglob("*") if p.is_file()}
+
+
+def _assert_landed(root, folder, sums):
+    got = _on_nas(root, folder)
+    for rel, h in sums.items():
+        assert got.get(rel) == h, rel
+    assert not [r for r in got if r.rsplit("/", 1)[-1].startswith(smbpush.TEMP_PREFIX)]
+    lines = (root / "nas" / folder / "SHA256SUMS").read_text().splitlines()
+    remote_sums = dict(reversed(ln.split("  ", 1)) for ln in lines)
+    for rel, h in sums.items():
+        assert remote_sums[rel] == h
+
+
+def test_push_lands_verifies_and_is_incremental(office):
+    smbd, remote, root, sums = office
+    t = smbpush.SmbTarget(remote, "rec-a")
+    try:
+        res = smbpush.push_dir(t, root / "export")
+        assert set(sums) <= set(res.sent) and not res.skipped
+        _assert_landed(root, "rec-a", sums)
+        manifest = json.loads((root / "nas" / "rec-a" / smbpush.MANIFEST_NAME).read_text())
+        assert all(manifest["files"][r]["verified"] for r in sums)
+
+        again = smbpush.push_dir(t, root / "export")
+        assert again.sent == () and again.bytes_sent == 0
+
+        gone = sorted(sums)[0]
+        (root / "nas" / "rec-a" / gone).unlink()
+        third = smbpush.push_dir(t, root / "export")
+        assert third.sent == (gone,)
+        _assert_landed(root, "rec-a", sums)
+        assert t.free_space() > 0
+    finally:
+        t.close()
+
+
+def test_target_for_resolves_configured_remote(office):
+    smbd, remote, root, sums = office
+    cfg = Config(smb=SmbConfig(recorder_folder="rec-x", remotes=[remote]))
+    t = smbpush.target_for(cfg, "smb:office")
+    assert t.folder == "rec-x" and t.label == "smb:office"
+    with pytest.raises(NotFoundError, match="office"):
+        smbpush.target_for(cfg, "smb:nope")
+
+
+def test_wrong_password_fails_once_with_logon_failed(office):
+    smbd, remote, root, sums = office
+    t = smbpush.SmbTarget(remote, "rec-a", password="wrong")
+    sleeps = []
+    with pytest.raises(smbpush.SmbError, match="logon failed") as ei:
+        smbpush.push_with_retries(t, root / "export", sleep=sleeps.append)
+    assert ei.value.permanent and sleeps == []           # no retry storm
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(share="nosuch"), "not found"),
+    (dict(path="missing/folder"), "path not found"),
+    (dict(share="ro", username="", password_file=""), "access denied"),
+])
+def test_share_path_and_permission_errors(office, change, message):
+    import dataclasses
+    smbd, remote, root, sums = office
+    t = smbpush.SmbTarget(dataclasses.replace(remote, **change), "rec-a")
+    with pytest.raises(smbpush.SmbError, match=message) as ei:
+        smbpush.push_with_retries(t, root / "export", sleep=lambda s: None)
+    assert ei.value.permanent
+
+
+def test_world_readable_password_file_refused(office):
+    smbd, remote, root, sums = office
+    os.chmod(remote.password_file, 0o644)
+    with pytest.raises(smbpush.SmbError, match="readable by others"):
+        smbpush.SmbTarget(remote, "rec-a").connect()
+
+
+def test_unreachable_server_times_out(office):
+    import dataclasses
+    smbd, remote, root, sums = office
+    with socket.socket() as silent:           # accepts, never answers: must time out, not hang
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(5)
+        r = dataclasses.replace(remote, port=silent.getsockname()[1], timeout=2)
+        t0 = time.monotonic()
+        with pytest.raises(smbpush.SmbError, match="unreachable|timed out|SMB2"):
+            smbpush.SmbTarget(r, "rec-a").connect()
+        assert time.monotonic() - t0 < 15
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    r = dataclasses.replace(remote, port=closed_port)
+    with pytest.raises(smbpush.SmbError, match="unreachable") as ei:
+        smbpush.SmbTarget(r, "rec-a").connect()
+    assert not ei.value.permanent
+
+
+def test_smb1_only_server_says_smb2_needed(smb_tmp, smbd_factory):  # noqa: F811
+    (smb_tmp / "old").mkdir()
+    smbd = smbd_factory(extra_global="server min protocol = NT1\nserver max protocol = NT1",
+                        shares=f"[old]\n   path = {smb_tmp / 'old'}\n   guest ok = yes\n")
+    smbd.start()
+    r = SmbRemote(name="old", server="127.0.0.1", port=smbd.port, share="old", timeout=5)
+    with pytest.raises(smbpush.SmbError, match="SMB2") as ei:
+        smbpush.SmbTarget(r, "rec").connect()
+    assert ei.value.permanent
+
+
+def test_server_killed_mid_push_then_rerun_completes(office):
+    smbd, remote, root, sums = office
+    manifest = root / "nas" / "rec-k" / smbpush.MANIFEST_NAME
+    t = smbpush.SmbTarget(remote, "rec-k")
+    errors = []
+
+    def run():
+        try:
+            smbpush.push_dir(t, root / "export", bandwidth_limit_kbps=2048)   # ~5 s in all
+        except Exception as e:
+            errors.append(e)
+
+    th = threading.Thread(target=run)
+    th.start()
+    try:
+        realparts.wait_for(lambda: manifest.exists() and json.loads(manifest.read_text())["files"],
+                           timeout=20, what="first verified files on the NAS")
+        smbd.kill()
+    finally:
+        th.join(30)
+    assert not th.is_alive()
+    assert errors and isinstance(errors[0], smbpush.SmbError) and not errors[0].permanent
+    done_before = set(json.loads(manifest.read_text())["files"])
+    t.close()
+
+    smbd.start()
+    t2 = smbpush.SmbTarget(remote, "rec-k")
+    try:
+        res = smbpush.push_dir(t2, root / "export")
+    finally:
+        t2.close()
+    assert done_before and not (set(res.sent) & done_before)     # verified files not re-sent
+    _assert_landed(root, "rec-k", sums)
+
+
+def test_three_recorders_push_at_once(office):
+    smbd, remote, root, sums = office
+    code = (
+        "import sys, pathlib; from steno_exportd import smbpush; from steno_exportd.config import SmbRemote;"
+        "r = SmbRemote(name='office', server='127.0.0.1', port=int(sys.argv[1]), share='push',"
+        " username=sys.argv[2], password_file=sys.argv[3], timeout=10);"
+        "t = smbpush.SmbTarget(r, sys.argv[4]);"
+        "res = smbpush.push_with_retries(t, pathlib.Path(sys.argv[5]));"
+        "print(len(res.sent))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(remote.port), remote.username,
+                               remote.password_file, f"rec-{i}", str(root / "export")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(3)]
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    for i in range(3):
+        _assert_landed(root, f"rec-{i}", sums)
+
+
+def test_bandwidth_limit_and_push_remote(office, smb_tmp):  # noqa: F811
+    import dataclasses
+    smbd, remote, root, sums = office
+    small = make_export_tree(smb_tmp / "small", sessions=1, big=2 * 1024 * 1024)
+    cfg = Config(smb=SmbConfig(recorder_folder="rec-bw",
+                               remotes=[dataclasses.replace(remote, bandwidth_limit_kbps=1024)]))
+    seen = []
+    t0 = time.monotonic()
+    res = smbpush.push_remote(cfg, "office", smb_tmp / "small", progress=lambda rel, n: seen.append(n))
+    elapsed = time.monotonic() - t0
+    assert res.bytes_sent >= 2 * 1024 * 1024 and sum(seen) == res.bytes_sent
+    assert elapsed >= 1.6                      # ~2.1 MiB at 1 MiB/s
+    _assert_landed(root, "rec-bw", small)
+
+
+def test_recorder_share_and_push_share_on_one_smbd(smb_tmp, smbd_factory):  # noqa: F811
+    """The recorder's read-only share and a push target as two shares of the same smbd."""
+    from steno_exportd import samba
+    from steno_exportd.config import SambaConfig
+    from tests.smbdata import client_kw, close, read_remote
+
+    (smb_tmp / "nas").mkdir()
+    snippet = smb_tmp / "steno-exportd.conf"
+    smbd = smbd_factory(include=str(snippet),
+                        shares=f"[push]\n   path = {smb_tmp / 'nas'}\n   read only = no\n   force user = root\n")
+    smbd.start()
+    sums = make_export_tree(smb_tmp / "export", sessions=2)
+    samba.apply(SambaConfig(export_dir=str(smb_tmp / "export"), snippet_path=str(snippet),
+                            reload_command=smbd.reload_command()), enabled=True)
+    user = smbd.add_user(PW)
+    remote = SmbRemote(name="office", server="127.0.0.1", port=smbd.port, share="push", username=user, timeout=5)
+    t = smbpush.SmbTarget(remote, "rec-1", password=PW)
+    try:
+        assert len(smbpush.push_dir(t, smb_tmp / "export").sent) == len(sums)
+        assert smbpush.push_dir(t, smb_tmp / "export").sent == ()
+    finally:
+        t.close()
+    _assert_landed(smb_tmp, "rec-1", sums)
+    kw = client_kw(smbd.port)
+    try:
+        assert read_remote("\\\\127.0.0.1\\meetings\\SHA256SUMS", kw) == (smb_tmp / "export" / "SHA256SUMS").read_bytes()
+    finally:
+        close(kw)
+
+
+def test_stale_local_sha256sums_does_not_fail_the_push(office):
+    smbd, remote, root, sums = office
+    rel = sorted(sums)[0]
+    (root / "export" / rel).write_bytes(b"changed after SHA256SUMS was written\n")
+    t = smbpush.SmbTarget(remote, "rec-s")
+    try:
+        smbpush.push_dir(t, root / "export")
+    finally:
+        t.close()
+    fresh = hashlib.sha256((root / "export" / rel).read_bytes()).hexdigest()
+    assert _on_nas(root, "rec-s")[rel] == fresh
+    assert f"{fresh}  {rel}" in (root / "nas" / "rec-s" / "SHA256SUMS").read_text()
+
+
+def test_encrypted_push_uses_smb3_encryption(office):
+    import dataclasses
+    smbd, remote, root, sums = office
+    t = smbpush.SmbTarget(dataclasses.replace(remote, require_encryption=True), "rec-e")
+    try:
+        smbpush.push_dir(t, root / "export")
+        session = next(iter(next(iter(t._cache.values())).session_table.values()))
+        assert session.encrypt_data
+    finally:
+        t.close()
+    _assert_landed(root, "rec-e", sums)
+
+
+def test_fast_path_still_checks_server_signatures(office):
+    """smbwire replaces smbprotocol's response signature check: a wrong key must still be caught."""
+    smbd, remote, root, sums = office
+    t = smbpush.SmbTarget(remote, "rec-sig")
+    try:
+        t.connect()
+        t.write_bytes("probe.txt", b"hello")
+        assert t.read_hash("probe.txt")[0] == 5
+        conn = next(iter(t._cache.values()))
+        from steno_exportd import smbwire
+        assert conn.verify_signature.__func__ is smbwire._verify_signature
+        session = next(iter(conn.session_table.values()))
+        session.signing_key = bytes(len(session.signing_key))
+        with pytest.raises(smbpush.SmbError, match="signature could not be verified") as ei:
+            t.read_hash("probe.txt")
+    finally:
+        t.close()
+
+
+def test_server_that_stops_answering_fails_the_push_instead_of_hanging(office):
+    import dataclasses
+    import signal
+    smbd, remote, root, sums = office
+    manifest = root / "nas" / "rec-h" / smbpush.MANIFEST_NAME
+    t = smbpush.SmbTarget(dataclasses.replace(remote, timeout=2), "rec-h")
+    errors = []
+
+    def run():
+        try:
+            smbpush.push_dir(t, root / "export", bandwidth_limit_kbps=2048)
+        except Exception as e:
+            errors.append(e)
+
+    th = threading.Thread(target=run)
+    th.start()
+    try:
+        realparts.wait_for(lambda: manifest.exists() and json.loads(manifest.read_text())["files"],
+                           timeout=20, what="first verified files on the NAS")
+        smbd.signal_all(signal.SIGSTOP)
+        th.join(40)
+        if th.is_alive():
+            import faulthandler
+            faulthandler.dump_traceback(all_threads=True)
+        assert not th.is_alive(), "push hung on a server that stopped answering"
+    finally:
+        smbd.signal_all(signal.SIGCONT)
+        th.join(30)
+        t.close()
+    assert errors and isinstance(errors[0], smbpush.SmbError) and not errors[0].permanent
