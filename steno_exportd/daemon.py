@@ -74,7 +74,8 @@ async def private_bus() -> AsyncIterator[str]:
     """A private dbus-daemon as a child process; yields its address, stops it on exit."""
     proc = await asyncio.create_subprocess_exec(
         "dbus-daemon", "--session", "--nofork", "--nopidfile", "--print-address=1",
-        stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL)
+        stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL)
     try:
         line = await asyncio.wait_for(proc.stdout.readline(), 10)
         address = line.decode().strip()
