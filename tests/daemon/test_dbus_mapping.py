@@ -113,3 +113,38 @@ async def test_properties_rw(running):
     objs = r.body[0]
     dev = ROOT_PATH + "/devices/1234_2dABCD"
     assert objs[dev]["org.silentsteno.Export1.Device"]["Label"].value == "KINGSTON"
+
+
+async def _ctl(address, *argv):
+    import sys
+    p = await asyncio.create_subprocess_exec(sys.executable, "-m", "steno_exportd.ctl", "--bus", address, *argv,
+                                             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(p.communicate(), 30)
+    return p.returncode, out.decode(), err.decode()
+
+
+async def test_ctl_over_the_bus(running, private_bus):
+    import json
+    core, svc, bus, tmp = running
+    rc, out, err = await _ctl(private_bus, "sessions", "--json")
+    assert rc == 0, err
+    assert [s["title"] for s in json.loads(out)] == ["Meeting 1", "Meeting 2", "Meeting 3"]
+    rc, out, err = await _ctl(private_bus, "status")
+    assert rc == 0 and "sessions:    3" in out, out + err
+    rc, out, err = await _ctl(private_bus, "export", "--to", "/etc", "--sessions", "1", "--formats", "txt")
+    assert rc == 5 and "allowed" in err
+    rc, out, err = await _ctl(private_bus, "eject", "NOPE")
+    assert rc == 4 and "no device" in err
+    rc, out, err = await _ctl(private_bus, "export", "--to", str(tmp), "--sessions", "1", "--formats", "txt")
+    assert rc == 0 and "job 1 started" in out
+    rc, out, err = await _ctl(private_bus, "jobs", "--json")
+    assert json.loads(out)[0]["State"] == "queued"
+    rc, out, err = await _ctl(private_bus, "cancel", "1")
+    assert rc == 0, err
+
+
+async def test_ctl_daemon_not_running(private_bus):
+    rc, out, err = await _ctl(private_bus, "status")
+    assert rc == 3 and "not running" in err
+    rc, out, err = await _ctl("unix:path=/nonexistent/bus", "status")
+    assert rc == 3 and "is steno-exportd running" in err
