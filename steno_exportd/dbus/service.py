@@ -294,14 +294,27 @@ class Service:
         if not await self.daemon.reload():
             raise StenoError(self.daemon.status_text())
 
-    def _check_args(self, ids: list[str], fmts: list[str]) -> list[int | str]:
+    async def _check_args(self, ids: list[str], fmts: list[str]) -> list[int | str]:
+        """Unknown formats and sessions are NotFound before a job is queued."""
         if not ids:
             raise InvalidArgument("no sessions given")
+        if not fmts:
+            raise InvalidArgument("no formats given")
         valid = self.list_formats()
         for f in fmts:
             if f not in valid:
                 raise NotFoundError(f"unknown format {f!r}; valid: {', '.join(valid)}")
-        return [int(i) if str(i).isdigit() else i for i in ids]
+        keys = [int(i) if str(i).isdigit() else i for i in ids]
+
+        def check() -> None:
+            known: set = set()
+            for x in self.core.library.list_sessions():
+                known.update((x.id, x.uuid, x.short_id))
+            missing = [str(k) for k in keys if k not in known]
+            if missing:
+                raise NotFoundError(f"unknown session(s): {', '.join(missing)}")
+        await asyncio.to_thread(check)
+        return keys
 
     def _make_options(self, options: dict) -> Any:
         opts = convert.unwrap(options)
@@ -343,7 +356,7 @@ class Service:
         raise NotFoundError(f"no device at {path}")
 
     async def export_sessions(self, ids: list[str], fmts: list[str], target: str, options: dict) -> str:
-        keys = self._check_args(ids, fmts)
+        keys = await self._check_args(ids, fmts)
         if not target:
             raise InvalidArgument("no target given (a device object path, a directory, or smb:<remote>)")
         if target.startswith(ROOT_PATH + "/devices/"):
@@ -357,7 +370,7 @@ class Service:
         return job_path(job.id)
 
     async def export_to_device(self, device_id: str, ids: list[str], fmts: list[str], options: dict) -> str:
-        keys = self._check_args(ids, fmts)
+        keys = await self._check_args(ids, fmts)
         if device_id not in self._devices:
             raise NotFoundError(f"unknown device {device_id!r}")
         job = await self.core.export_sessions(keys, list(fmts), f"device:{device_id}",
