@@ -137,7 +137,7 @@ def main() -> None:
                 t0 = time.monotonic()
                 time.sleep(IDLE)
                 c1 = proc.cpu_times()
-                cpu = max(0.0, (c1.user + c1.system - c0.user - c0.system)) / (time.monotonic() - t0) * 100)
+                cpu = max(0.0, c1.user + c1.system - c0.user - c0.system) / (time.monotonic() - t0) * 100
                 print(f"daemon_idle_cpu_percent_{IDLE:.0f}s: {cpu:.3f}")
             finally:
                 stop(p)
