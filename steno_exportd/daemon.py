@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 # Test-only hook: with this variable set, SIGUSR2 blocks the event loop so the watchdog fires.
 TEST_BLOCK_ENV = "STENO_EXPORTD_TEST_BLOCK_ON_SIGNAL"
+STOP_TIMEOUT = 3.5   # seconds the core gets to stop its jobs safely on SIGTERM
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -131,7 +132,7 @@ class Daemon:
             if core_mod is not None:
                 self.core = core_mod.Core(cfg)
                 await self.core.start()
-                stack.push_async_callback(self.core.stop)
+                stack.push_async_callback(self._stop_core)
             else:
                 log.warning("the export core is not available yet: running without exports")
             await self._log_sessions()
@@ -170,6 +171,13 @@ class Daemon:
                     t.cancel()
         log.info("stopped")
         return 0
+
+    async def _stop_core(self) -> None:
+        """Stop the core (jobs stop safely); bounded so SIGTERM exits well within 5 s."""
+        try:
+            await asyncio.wait_for(self.core.stop(), STOP_TIMEOUT)
+        except asyncio.TimeoutError:
+            log.error("the core did not stop within %.0f s", STOP_TIMEOUT)
 
     def request_stop(self) -> None:
         """Ask the daemon to stop (safe to call twice, from a signal handler)."""
@@ -272,12 +280,11 @@ class Daemon:
 
     async def _watch_library(self) -> None:
         """Notice new/changed sessions cheaply: PRAGMA data_version at recorder.poll_interval."""
-        lib = self.core.library
         last = None
         while True:
             await asyncio.sleep(self.cfg.recorder.poll_interval)
             try:
-                version = lib.data_version()
+                version = self.core.library.data_version()
             except StenoError as e:
                 log.debug("data_version: %s", e)
                 continue

@@ -192,3 +192,31 @@ async def test_sigterm_mid_export_exits_0_without_partial_files(setup, daemon_fa
     for rel, data in _files(out).items():
         if rel in reference:
             assert data == reference[rel], f"{rel}: a partial file under its final name"
+
+
+def test_demo_mode_private_bus_and_ctl(tmp_path):
+    """`run --demo` with dbus.bus = "session" and no session bus: a private bus, and ctl reaches the daemon."""
+    import os
+    import subprocess
+    import sys
+    from tests.realparts import require_tool, wait_for
+    require_core()
+    require_tool("dbus-daemon")
+    make_library(tmp_path, sessions=3)
+    cfg = write_config(tmp_path / "config.toml", tmp_path, "session")
+    env = {k: v for k, v in os.environ.items() if k != "DBUS_SESSION_BUS_ADDRESS"}
+    env["PYTHONUNBUFFERED"] = "1"
+    out = tmp_path / "demo.out"
+    with open(out, "wb") as f:
+        p = subprocess.Popen([sys.executable, "-m", "steno_exportd", "--config", str(cfg), "run", "--demo"],
+                             stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    try:
+        line = wait_for(lambda: re.search(r"steno-exportctl --bus (\S+) status", out.read_text()),
+                        timeout=30, what="the demo's steno-exportctl hint")
+        r = subprocess.run([sys.executable, "-m", "steno_exportd.ctl", "--bus", line.group(1), "sessions", "--json"],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        assert len(__import__("json").loads(r.stdout)) == 3
+    finally:
+        p.send_signal(signal.SIGINT)
+        assert p.wait(10) == 0, out.read_text()
