@@ -141,8 +141,9 @@ async def cmd_sessions(c: Client, args: argparse.Namespace) -> int:
     for s in sessions:
         when = s["start_time"][:16].replace("T", " ") if s["start_time"] else "-"
         mins = f"{s['duration'] // 60} min" if s["duration"] else "-"
+        short = s["uuid"].replace("-", "")[:8]
         flag = "" if s["exportable"] else "  (not exportable)"
-        print(f"{s['id']:>5}  {s['short_id']:8}  {when:16}  {mins:>7}  {s['status'][:10]:10}  {s['title']}{flag}")
+        print(f"{s['id']:>5}  {short:8}  {when:16}  {mins:>7}  {s['status'][:10]:10}  {s['title']}{flag}")
     print(f"{len(sessions)} session(s)")
     return EXIT_OK
 

@@ -73,6 +73,9 @@ class Service:
         self._linger: dict[int, asyncio.TimerHandle] = {}
         self._completed: set[int] = set()
         self._follow_task: asyncio.Task | None = None
+        self._generation = 0
+        self._listing_cache: tuple | None = None
+        self._listing_lock = asyncio.Lock()
 
     # ---- properties ----------------------------------------------------------------
 
@@ -147,6 +150,7 @@ class Service:
             except Exception:  # noqa: BLE001 - one bad event never stops the bus
                 log.exception("D-Bus: handling %r failed", ev)
             if isinstance(ev, events.SessionsChanged):
+                self._generation += 1
                 count = await self._count_sessions()
                 if count != self.session_count:
                     self.session_count = count
@@ -256,20 +260,35 @@ class Service:
 
     # ---- methods -------------------------------------------------------------------
 
+    async def _listing(self) -> tuple[list, dict]:
+        """Session summaries and their ListSessions dicts, cached until the library's data_version moves."""
+        lib = self.core.library
+
+        def work() -> tuple:
+            try:
+                version = lib.data_version()
+            except (StenoError, AttributeError):
+                version = None
+            key = (id(lib), self._generation, version)
+            if version is not None and self._listing_cache and self._listing_cache[0] == key:
+                return self._listing_cache
+            sessions = lib.list_sessions()
+            return key, sessions, {s.id: convert.session_listing(s) for s in sessions}
+        async with self._listing_lock:
+            self._listing_cache = await asyncio.to_thread(work)
+            return self._listing_cache[1], self._listing_cache[2]
+
     async def _count_sessions(self) -> int:
         try:
-            return len(await asyncio.to_thread(self.core.library.list_sessions))
+            return len((await self._listing())[0])
         except StenoError as e:
             log.warning("counting sessions: %s", e)
             return 0
 
     async def list_sessions(self, filter_: dict) -> list[dict]:
         opts = convert.unwrap(filter_)
-
-        def work() -> list[dict]:
-            sessions = self.core.library.list_sessions()
-            return [convert.session_summary(s) for s in convert.session_filter(opts, sessions)]
-        return await asyncio.to_thread(work)
+        sessions, dicts = await self._listing()
+        return [dicts[s.id] for s in convert.session_filter(opts, sessions)]
 
     async def get_session(self, key: str) -> dict:
         k: int | str = int(key) if key.strip().isdigit() else key.strip()
@@ -306,14 +325,13 @@ class Service:
                 raise NotFoundError(f"unknown format {f!r}; valid: {', '.join(valid)}")
         keys = [int(i) if str(i).isdigit() else i for i in ids]
 
-        def check() -> None:
-            known: set = set()
-            for x in self.core.library.list_sessions():
-                known.update((x.id, x.uuid, x.short_id))
-            missing = [str(k) for k in keys if k not in known]
-            if missing:
-                raise NotFoundError(f"unknown session(s): {', '.join(missing)}")
-        await asyncio.to_thread(check)
+        sessions, _ = await self._listing()
+        known: set = set()
+        for x in sessions:
+            known.update((x.id, x.uuid, x.short_id))
+        missing = [str(k) for k in keys if k not in known]
+        if missing:
+            raise NotFoundError(f"unknown session(s): {', '.join(missing)}")
         return keys
 
     def _make_options(self, options: dict) -> Any:
