@@ -115,3 +115,15 @@ def test_under_a_real_systemd_user_manager(tmp_path, private_bus, user_manager):
     finally:
         m.systemctl("stop", "steno-exportd.service", check=False, timeout=30)
         sys.stderr.write(f"---- service log ----\n{log.read_text() if log.exists() else ''}\n")
+
+
+def test_dbus_activation_file_starts_the_unit():
+    import configparser
+    act = configparser.ConfigParser()
+    act.optionxform = str
+    act.read(REPO / "config" / "dbus" / "org.silentsteno.Export1.service")
+    svc = act["D-BUS Service"]
+    assert svc["Name"] == "org.silentsteno.Export1"
+    unit = UNIT.read_text()
+    assert f"Alias={svc['SystemdService']}" in unit
+    assert f"User={svc['User']}" in unit and "BusName=org.silentsteno.Export1" in unit
