@@ -57,6 +57,13 @@ def main(args: argparse.Namespace) -> int:
     except StenoError as e:
         log.error("%s", e)
         return 1
+    except BaseExceptionGroup as eg:
+        steno, other = eg.split(StenoError)
+        for e in (steno.exceptions if steno else ()):
+            log.error("%s", e)
+        if other is not None:
+            log.critical("a component failed; stopping", exc_info=other)
+        return 1
 
 
 def _optional(module: str) -> Any:
@@ -238,6 +245,9 @@ class Daemon:
             return True
         finally:
             self.notifier.send("READY=1", f"STATUS={self.status_text()}")
+            svc = getattr(self, "bus_service", None)
+            if svc is not None:
+                svc.refresh_status()
 
     # ---- library and status --------------------------------------------------------
 

@@ -172,9 +172,13 @@ class Service:
                 self.manager.emit_properties_changed({"AutoExport": bool(ev.value)})
             elif ev.key == "samba_enabled":
                 self.manager.emit_properties_changed({"SambaEnabled": bool(ev.value)})
-        self.manager.emit_properties_changed({"Status": self.status_text()}) \
-            if self._status_changed() else None
+        self.refresh_status()
         self._update_state()
+
+    def refresh_status(self) -> None:
+        """Emit PropertiesChanged for Status when the status line changed."""
+        if self.bus is not None and self._status_changed():
+            self.manager.emit_properties_changed({"Status": self._last_status})
 
     _last_status = ""
 
