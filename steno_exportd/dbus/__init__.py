@@ -13,6 +13,6 @@ def job_path(job_id: int) -> str:
 
 
 def device_path(device_id: str) -> str:
-    """Object path of a device; characters outside [A-Za-z0-9] are escaped as _xx."""
-    safe = "".join(c if c.isascii() and c.isalnum() else f"_{ord(c):02x}" for c in device_id)
+    """Object path of a device; characters outside [A-Za-z0-9_] are escaped as _xx."""
+    safe = "".join(c if c.isascii() and (c.isalnum() or c == "_") else f"_{ord(c):02x}" for c in device_id)
     return f"{ROOT_PATH}/devices/{safe or '_'}"

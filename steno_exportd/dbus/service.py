@@ -19,6 +19,10 @@ from steno_exportd.errors import InvalidArgument, NotFoundError, StenoError
 
 log = logging.getLogger(__name__)
 
+
+class BusyError(StenoError):
+    """The device or target cannot take this now (mapped to Error.Busy)."""
+
 PROGRESS_INTERVAL = 0.25          # PropertiesChanged for progress: at most 4 Hz per job
 OM_IFACE = "org.freedesktop.DBus.ObjectManager"
 
@@ -393,10 +397,15 @@ class Service:
 
     async def export_to_device(self, device_id: str, ids: list[str], fmts: list[str], options: dict) -> str:
         keys = await self._check_args(ids, fmts)
-        if device_id not in self._devices:
+        dev = self._devices.get(device_id)
+        if dev is None:
             raise NotFoundError(f"unknown device {device_id!r}")
-        job = await self.core.export_sessions(keys, list(fmts), f"device:{device_id}",
-                                              self._make_options(options))
+        mount_point = dev.props["MountPoint"]
+        if not mount_point:
+            raise BusyError(f"device {dev.props['Label'] or device_id} is not mounted "
+                            f"(state: {dev.props['State']})")
+        # Like the USB auto-export: the target of a stick export is its mount point.
+        job = await self.core.export_sessions(keys, list(fmts), mount_point, self._make_options(options))
         self._job_updated(job)
         return job_path(job.id)
 

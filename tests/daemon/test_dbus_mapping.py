@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 import pytest
@@ -148,3 +149,21 @@ async def test_ctl_daemon_not_running(private_bus):
     assert rc == 3 and "not running" in err
     rc, out, err = await _ctl("unix:path=/nonexistent/bus", "status")
     assert rc == 3 and "is steno-exportd running" in err
+
+
+async def test_device_export_and_busy(running):
+    core, svc, bus, tmp = running
+    snap = events.DeviceSnapshot(id="fs_12ab", uuid="12AB", label="STICK", fs_type="exfat", device="/dev/sdb1",
+                                 size=10, free=5, mount_point=str(tmp), state=events.DeviceState.MOUNTED)
+    core.add_device(snap)
+    core.add_device(dataclasses.replace(snap, id="fs_99", mount_point="", state=events.DeviceState.MOUNTING))
+    await asyncio.sleep(0.1)
+    dev = ROOT_PATH + "/devices/fs_12ab"
+    r = await call(bus, dev, "org.silentsteno.Export1.Device", "Export", "asasa{sv}", [["1"], ["txt"], {}])
+    assert r.message_type == MessageType.METHOD_RETURN, r.body
+    assert core.jobs.jobs[1].target == str(tmp)
+    r = await call(bus, ROOT_PATH, MANAGER_IFACE, "ExportSessions", "asassa{sv}", [["2"], ["txt"], dev, {}])
+    assert r.message_type == MessageType.METHOD_RETURN, r.body
+    r = await call(bus, ROOT_PATH + "/devices/fs_99", "org.silentsteno.Export1.Device", "Export", "asasa{sv}",
+                   [["1"], ["txt"], {}])
+    assert r.error_name == "org.silentsteno.Export1.Error.Busy" and "not mounted" in r.body[0]
