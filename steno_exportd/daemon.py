@@ -165,8 +165,9 @@ class Daemon:
                     if cfg.usb.enabled and usb is not None and hasattr(usb, "watch"):
                         tasks.append(tg.create_task(usb.watch(self.core), name="usb"))
                     samba = _optional("steno_exportd.samba")
-                    if samba is not None and hasattr(samba, "follow"):
-                        tasks.append(tg.create_task(samba.follow(self.core), name="samba"))
+                    follow = getattr(samba, "watch", None) or getattr(samba, "follow", None)
+                    if follow is not None:
+                        tasks.append(tg.create_task(follow(self.core), name="samba"))
                 self.notifier.ready(self.status_text())
                 log.info("ready in %.0f ms: %s", (time.monotonic() - t0) * 1000, self.status_text())
                 if self.demo:
