@@ -1,0 +1,171 @@
+"""Daemon benchmarks: exec -> READY=1, idle RSS, idle CPU, ListSessions over D-Bus on 10,000 sessions.
+
+Each figure is printed beside an anchor measured in the same run (bare interpreter, in-process
+library call) and the ratio. BENCH_IDLE_SECONDS (default 60) sets the idle CPU window.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+PY = sys.executable
+IDLE = float(os.environ.get("BENCH_IDLE_SECONDS", "60"))
+
+
+def private_bus(tmp: Path) -> tuple[subprocess.Popen, str]:
+    conf = tmp / "bus.conf"
+    conf.write_text(f"""<busconfig><type>session</type><listen>unix:path={tmp}/bus.sock</listen>
+<auth>EXTERNAL</auth><policy context="default"><allow user="*"/><allow own="*"/>
+<allow send_destination="*"/><allow receive_sender="*"/></policy></busconfig>""")
+    p = subprocess.Popen(["dbus-daemon", f"--config-file={conf}", "--nofork", "--nopidfile", "--print-address=1"],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    return p, p.stdout.readline().strip()
+
+
+def config(tmp: Path, bus: str, db: Path) -> Path:
+    c = tmp / "config.toml"
+    c.write_text(f"""[recorder]\ndb_path = "{db}"\n[state]\ndir = "{tmp}/state"\nruntime_dir = "{tmp}/run"
+[export]\nallowed_dirs = ["{tmp}/exports"]\n[http]\nenabled = false\n[usb]\nenabled = false
+[samba]\nexport_dir = "{tmp}/share"\nsnippet_path = "{tmp}/samba.conf"\n[dbus]\nbus = "{bus}"\n""")
+    return c
+
+
+def start(tmp: Path, cfg: Path) -> tuple[subprocess.Popen, float]:
+    """Start the daemon; return it and the seconds from exec to READY=1."""
+    sock_path = tmp / f"notify-{time.monotonic_ns()}.sock"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(str(sock_path))
+    s.settimeout(30)
+    env = dict(os.environ, NOTIFY_SOCKET=str(sock_path))
+    t0 = time.perf_counter()
+    p = subprocess.Popen([PY, "-m", "steno_exportd", "--config", str(cfg), "run"], env=env,
+                         stdout=subprocess.DEVNULL, stderr=open(tmp / "daemon.log", "ab"), cwd=REPO)
+    while True:
+        data = s.recv(4096).decode()
+        if "READY=1" in data.splitlines():
+            dt = time.perf_counter() - t0
+            s.close()
+            return p, dt
+        if p.poll() is not None:
+            raise SystemExit(f"daemon exited: {(tmp / 'daemon.log').read_text()}")
+
+
+def stop(p: subprocess.Popen) -> None:
+    p.send_signal(signal.SIGTERM)
+    p.wait(10)
+
+
+def bare_interpreter_seconds() -> float:
+    t0 = time.perf_counter()
+    subprocess.run([PY, "-c", "pass"], check=True)
+    return time.perf_counter() - t0
+
+
+def bare_rss() -> int:
+    p = subprocess.Popen([PY, "-c", "import time; time.sleep(3)"])
+    time.sleep(0.5)
+    rss = psutil.Process(p.pid).memory_info().rss
+    p.wait()
+    return rss
+
+
+async def list_sessions_ms(address: str, n: int = 5) -> list[float]:
+    from dbus_fast import Message, MessageType
+    from dbus_fast.aio import MessageBus
+
+    bus = await MessageBus(bus_address=address).connect()
+    times = []
+    try:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            r = await bus.call(Message(destination="org.silentsteno.Export1", path="/org/silentsteno/Export1",
+                                       interface="org.silentsteno.Export1.Manager", member="ListSessions",
+                                       signature="a{sv}", body=[{}]))
+            times.append((time.perf_counter() - t0) * 1000)
+            assert r.message_type == MessageType.METHOD_RETURN, r.body
+            count = len(r.body[0])
+    finally:
+        bus.disconnect()
+    print(f"daemon_list_sessions_count: {count}")
+    return times
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-daemon-") as t:
+        tmp = Path(t)
+        bus_proc, address = private_bus(tmp)
+        try:
+            small_db = tmp / "small" / "silent_steno.db"
+            r = subprocess.run([PY, "-m", "steno_exportd", "demo-data", "--out", str(small_db.parent),
+                                "--sessions", "12", "--seed", "1"], capture_output=True, cwd=REPO)
+            if r.returncode != 0:
+                print("# demo-data not available: measuring with no library")
+            cfg = config(tmp, address, small_db)
+            readies = []
+            for _ in range(5):
+                p, dt = start(tmp, cfg)
+                readies.append(dt)
+                stop(p)
+            anchor = statistics.median(bare_interpreter_seconds() for _ in range(5))
+            ready = statistics.median(readies)
+            print(f"daemon_exec_to_ready_s: {ready:.3f}")
+            print(f"anchor_bare_interpreter_s: {anchor:.3f}")
+            print(f"ratio_ready_vs_bare: {ready / anchor:.1f}")
+
+            p, _ = start(tmp, cfg)
+            try:
+                proc = psutil.Process(p.pid)
+                time.sleep(2)
+                rss = proc.memory_info().rss
+                base = bare_rss()
+                print(f"daemon_idle_rss_mb: {rss / 2**20:.1f}")
+                print(f"anchor_bare_interpreter_rss_mb: {base / 2**20:.1f}")
+                print(f"ratio_rss_vs_bare: {rss / base:.1f}")
+                c0 = proc.cpu_times()
+                t0 = time.monotonic()
+                time.sleep(IDLE)
+                c1 = proc.cpu_times()
+                cpu = max(0.0, c1.user + c1.system - c0.user - c0.system) / (time.monotonic() - t0) * 100
+                print(f"daemon_idle_cpu_percent_{IDLE:.0f}s: {cpu:.3f}")
+            finally:
+                stop(p)
+
+            big = tmp / "big" / "silent_steno.db"
+            r = subprocess.run([PY, "-m", "steno_exportd", "demo-data", "--out", str(big.parent),
+                                "--sessions", "10000", "--small", "--seed", "1"], capture_output=True, cwd=REPO)
+            if r.returncode != 0:
+                print("# demo-data --small not available: ListSessions on 10,000 sessions skipped")
+                return
+            p, _ = start(tmp, config(tmp, address, big))
+            try:
+                times = asyncio.run(list_sessions_ms(address))
+                from steno_exportd.library import Library
+                lib = Library(str(big))
+                t0 = time.perf_counter()
+                n = len(lib.list_sessions())
+                direct = (time.perf_counter() - t0) * 1000
+                med = statistics.median(times[1:] or times)
+                print(f"daemon_list_sessions_10000_ms: {med:.1f}  (first call {times[0]:.1f})")
+                print(f"anchor_library_list_sessions_in_process_ms: {direct:.1f}  ({n} sessions)")
+                print(f"ratio_dbus_vs_in_process: {med / direct:.1f}")
+            finally:
+                stop(p)
+        finally:
+            bus_proc.terminate()
+            bus_proc.wait()
+
+
+if __name__ == "__main__":
+    main()

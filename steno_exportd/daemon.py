@@ -1,0 +1,323 @@
+"""The composition root (`steno-exportd run`): core, adapters, signals, reload, sdnotify.
+
+Components start in dependency order inside an AsyncExitStack and a TaskGroup and stop in
+reverse; SIGTERM/SIGINT stop the daemon (exit 0), SIGHUP reloads the config and the library.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any, AsyncIterator
+
+from steno_exportd import config as config_mod
+from steno_exportd.config import Config
+from steno_exportd.errors import ConfigError, StenoError
+from steno_exportd.notify import Notifier
+
+log = logging.getLogger(__name__)
+
+# Test-only hook: with this variable set, SIGUSR2 blocks the event loop so the watchdog fires.
+TEST_BLOCK_ENV = "STENO_EXPORTD_TEST_BLOCK_ON_SIGNAL"
+STOP_TIMEOUT = 3.5   # seconds the core gets to stop its jobs safely on SIGTERM
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `run`."""
+    parser.add_argument("--demo", action="store_true",
+                        help="demo mode: with dbus.bus = 'session' and no session bus, start a private "
+                             "dbus-daemon and print how to reach the daemon with steno-exportctl")
+
+
+def setup_logging(level: str = "INFO") -> None:
+    """Log to stderr without timestamps (journald adds them)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        cfg = config_mod.load(args.config)
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    setup_logging(cfg.logging.level)
+    daemon = Daemon(cfg, config_path=args.config, demo=getattr(args, "demo", False))
+    try:
+        return asyncio.run(daemon.run())
+    except StenoError as e:
+        log.error("%s", e)
+        return 1
+    except BaseExceptionGroup as eg:
+        steno, other = eg.split(StenoError)
+        for e in (steno.exceptions if steno else ()):
+            log.error("%s", e)
+        if other is not None:
+            log.critical("a component failed; stopping", exc_info=other)
+        return 1
+
+
+def _optional(module: str) -> Any:
+    """Import an adapter module that may not exist yet; None when it is missing."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name and (module == e.name or module.startswith(e.name + ".")):
+            log.debug("%s not available", module)
+            return None
+        raise
+
+
+@contextlib.asynccontextmanager
+async def private_bus() -> AsyncIterator[str]:
+    """A private dbus-daemon as a child process; yields its address, stops it on exit."""
+    proc = await asyncio.create_subprocess_exec(
+        "dbus-daemon", "--session", "--nofork", "--nopidfile", "--print-address=1",
+        stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL)
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), 10)
+        address = line.decode().strip()
+        if not address:
+            raise StenoError("the private dbus-daemon did not print its address")
+        yield address
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 5)
+            except asyncio.TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
+class Daemon:
+    """Owns the config, the core and the adapters for one run of the daemon."""
+
+    def __init__(self, cfg: Config, config_path: str | None = None, demo: bool = False) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.demo = demo
+        self.notifier = Notifier()
+        self.core: Any = None
+        self.http_url = ""
+        self.bus_address = ""
+        self._stop = asyncio.Event()
+        self._reload_requested = asyncio.Event()
+        self._reload_error = ""
+        self._stopping = False
+
+    # ---- lifecycle -----------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Start everything, serve until SIGTERM/SIGINT, stop in reverse order; returns the exit code."""
+        t0 = time.monotonic()
+        loop = asyncio.get_running_loop()
+        async with contextlib.AsyncExitStack() as stack:
+            self._install_signals(loop)
+            stack.callback(self._remove_signals, loop)
+            stack.callback(self.notifier.close)
+            stack.callback(self.notifier.stopping)
+
+            cfg = self.cfg
+            if cfg.dbus.enabled and self.demo and cfg.dbus.bus == "session" \
+                    and not os.environ.get("DBUS_SESSION_BUS_ADDRESS"):
+                address = await stack.enter_async_context(private_bus())
+                log.info("demo: started a private dbus-daemon at %s", address)
+                cfg = self.cfg = config_mod.replace(cfg, **{"dbus.bus": address})
+
+            core_mod = _optional("steno_exportd.core")
+            if core_mod is not None:
+                self.core = core_mod.Core(cfg)
+                await self.core.start()
+                stack.push_async_callback(self._stop_core)
+            else:
+                log.warning("the export core is not available yet: running without exports")
+            await self._log_sessions()
+
+            if cfg.http.enabled and self.core is not None:
+                web = _optional("steno_exportd.web")
+                if web is not None and hasattr(web, "serve"):
+                    self.http_url = str(await stack.enter_async_context(web.serve(self.core)) or "")
+                    log.info("web page at %s", self.http_url)
+            if cfg.dbus.enabled and self.core is not None:
+                from steno_exportd.dbus import service
+
+                self.bus_service = await stack.enter_async_context(service.export(self.core, daemon=self))
+                self.bus_address = self.bus_service.address
+
+            async with asyncio.TaskGroup() as tg:
+                tasks = [tg.create_task(self.notifier.watchdog(), name="watchdog"),
+                         tg.create_task(self._reload_loop(), name="reload")]
+                if self.core is not None:
+                    tasks.append(tg.create_task(self._follow_events(), name="status"))
+                    tasks.append(tg.create_task(self._watch_library(), name="library-watch"))
+                    usb = _optional("steno_exportd.usb")
+                    if cfg.usb.enabled and usb is not None and hasattr(usb, "watch"):
+                        tasks.append(tg.create_task(usb.watch(self.core), name="usb"))
+                    samba = _optional("steno_exportd.samba")
+                    follow = getattr(samba, "watch", None) or getattr(samba, "follow", None)
+                    if follow is not None:
+                        tasks.append(tg.create_task(follow(self.core), name="samba"))
+                self.notifier.ready(self.status_text())
+                log.info("ready in %.0f ms: %s", (time.monotonic() - t0) * 1000, self.status_text())
+                if self.demo:
+                    self._print_demo_help()
+                await self._stop.wait()
+                log.info("stopping")
+                self.notifier.stopping()
+                for t in tasks:
+                    t.cancel()
+        log.info("stopped")
+        return 0
+
+    async def _stop_core(self) -> None:
+        """Stop the core (jobs stop safely); bounded so SIGTERM exits well within 5 s."""
+        try:
+            await asyncio.wait_for(self.core.stop(), STOP_TIMEOUT)
+        except asyncio.TimeoutError:
+            log.error("the core did not stop within %.0f s", STOP_TIMEOUT)
+
+    def request_stop(self) -> None:
+        """Ask the daemon to stop (safe to call twice, from a signal handler)."""
+        self._stopping = True
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload_requested.set()
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        if os.environ.get(TEST_BLOCK_ENV):
+            log.warning("%s is set: SIGUSR2 blocks the event loop (test only)", TEST_BLOCK_ENV)
+            loop.add_signal_handler(signal.SIGUSR2, self._block_forever)
+
+    def _remove_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2):
+            loop.remove_signal_handler(s)
+
+    @staticmethod
+    def _block_forever() -> None:
+        log.warning("test hook: blocking the event loop")
+        while True:
+            time.sleep(3600)
+
+    # ---- reload --------------------------------------------------------------------
+
+    async def _reload_loop(self) -> None:
+        while True:
+            await self._reload_requested.wait()
+            self._reload_requested.clear()
+            await self.reload()
+
+    async def reload(self) -> bool:
+        """Re-read the config file and the library; a bad config is rejected and the old one kept."""
+        self.notifier.reloading()
+        try:
+            try:
+                cfg = await asyncio.to_thread(config_mod.load, self.config_path)
+            except ConfigError as e:
+                first = e.problems[0] if e.problems else str(e)
+                self._reload_error = f"reload failed, old config kept: {first}"
+                log.error("reload rejected, keeping the old config: %s", e)
+                return False
+            if self.bus_address and cfg.dbus.bus != self.cfg.dbus.bus and not self.demo:
+                log.warning("dbus.bus changed: takes effect after a restart")
+            if self.demo:
+                cfg = config_mod.replace(cfg, **{"dbus.bus": self.cfg.dbus.bus})
+            self.cfg = cfg
+            setup_logging(cfg.logging.level)
+            if self.core is not None:
+                await self.core.reload(cfg)
+                await self.core.refresh_library()
+            self._reload_error = ""
+            log.info("configuration reloaded")
+            return True
+        finally:
+            self.notifier.send("READY=1", f"STATUS={self.status_text()}")
+            svc = getattr(self, "bus_service", None)
+            if svc is not None:
+                svc.refresh_status()
+
+    # ---- library and status --------------------------------------------------------
+
+    def status_text(self) -> str:
+        text = "starting"
+        if self.core is not None:
+            try:
+                text = self.core.status_text()
+            except Exception:  # noqa: BLE001 - status must never break the daemon
+                log.exception("status_text failed")
+        elif self._stopping:
+            text = "stopping"
+        else:
+            text = "idle; export core not available"
+        return f"{self._reload_error}; {text}" if self._reload_error else text
+
+    async def _log_sessions(self) -> None:
+        lib = getattr(self.core, "library", None)
+        if lib is None:
+            library = _optional("steno_exportd.library")
+            if library is None:
+                log.warning("the recorder library reader is not available yet")
+                return
+            try:
+                lib = library.Library.from_config(self.cfg)
+            except StenoError as e:
+                log.warning("recorder library: %s", e)
+                return
+        try:
+            sessions = await asyncio.to_thread(lib.list_sessions)
+        except StenoError as e:
+            log.warning("recorder library: %s", e)
+            return
+        log.info("recorder library %s: %d sessions", self.cfg.recorder.db_path, len(sessions))
+        for s in sessions[:50]:
+            log.info("  session %s %s %s", getattr(s, "id", "?"), getattr(s, "started_at", "") or "",
+                     getattr(s, "title", ""))
+        if len(sessions) > 50:
+            log.info("  ... and %d more", len(sessions) - 50)
+
+    async def _watch_library(self) -> None:
+        """Notice new/changed sessions cheaply: PRAGMA data_version at recorder.poll_interval."""
+        last = None
+        while True:
+            await asyncio.sleep(self.cfg.recorder.poll_interval)
+            try:
+                version = self.core.library.data_version()
+            except StenoError as e:
+                log.debug("data_version: %s", e)
+                continue
+            if last is not None and version != last:
+                try:
+                    await self.core.refresh_library()
+                except StenoError as e:
+                    log.warning("refreshing the library failed: %s", e)
+            last = version
+
+    async def _follow_events(self) -> None:
+        async for _event in self.core.events.subscribe():
+            self.notifier.status(self.status_text())
+
+    def _print_demo_help(self) -> None:
+        bus = self.cfg.dbus.bus
+        lines = ["", "steno-exportd demo is running."]
+        if self.bus_address:
+            arg = "" if bus == "system" else f" --bus {bus}"
+            lines.append(f"  reach it with:  steno-exportctl{arg} status")
+            lines.append(f"                  steno-exportctl{arg} sessions")
+        if self.http_url:
+            lines.append(f"  web page:       {self.http_url}")
+        lines.append("  stop with Ctrl-C.")
+        print("\n".join(lines), flush=True)

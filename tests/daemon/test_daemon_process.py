@@ -1,0 +1,67 @@
+"""The real daemon as a subprocess: sdnotify, signals, reload, and the D-Bus API end to end."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+from tests.daemon.real_daemon import daemon_factory, write_config  # noqa: F401 - fixture
+from tests.daemon.real_dbus import private_bus  # noqa: F401 - fixture
+
+
+def test_bad_config_exits_1_naming_the_key(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[dbus]\nbuss = 'session'\n")
+    r = subprocess.run([sys.executable, "-m", "steno_exportd", "--config", str(cfg), "run"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert "dbus.buss: unknown key (did you mean 'bus'?)" in r.stderr
+
+
+def test_ready_status_watchdog_then_sigterm_exits_0(tmp_path, private_bus, daemon_factory):
+    cfg = write_config(tmp_path / "c.toml", tmp_path, private_bus)
+    d = daemon_factory(cfg, watchdog_usec=400_000)
+    ready = d.wait_ready()
+    assert ready.get("STATUS"), ready
+    n = len(d.notify.messages)
+    d.notify.wait("WATCHDOG", "1", timeout=2, since=n)
+    time.sleep(0.5)
+    pings = d.notify.seen("WATCHDOG", "1", since=n)
+    assert 2 <= len(pings) <= 6, f"{len(pings)} watchdog pings in ~0.5 s at 0.2 s interval"
+    t0 = time.monotonic()
+    d.signal(signal.SIGTERM)
+    assert d.wait_exit(5) == 0
+    assert time.monotonic() - t0 < 5
+    assert d.notify.seen("STOPPING", "1")
+
+
+def test_sigint_exits_0(tmp_path, private_bus, daemon_factory):
+    d = daemon_factory(write_config(tmp_path / "c.toml", tmp_path, private_bus))
+    d.wait_ready()
+    d.signal(signal.SIGINT)
+    assert d.wait_exit(5) == 0
+
+
+def test_sighup_good_and_bad_config(tmp_path, private_bus, daemon_factory):
+    path = write_config(tmp_path / "c.toml", tmp_path, private_bus)
+    d = daemon_factory(path)
+    d.wait_ready()
+    # A bad config: rejected, logged, shown in STATUS=, the daemon keeps running.
+    path.write_text(path.read_text() + "\n[logging]\nlevel = 'LOUD'\n")
+    n = len(d.notify.messages)
+    d.signal(signal.SIGHUP)
+    d.notify.wait("RELOADING", "1", since=n, proc=d)
+    st = d.notify.wait("READY", "1", since=n, proc=d)
+    assert "reload failed" in st["STATUS"] and "logging.level" in st["STATUS"], st
+    assert d.proc.poll() is None
+    assert "reload rejected, keeping the old config" in d.log()
+    # A good config: applied (DEBUG logging now), the error leaves STATUS=.
+    path.write_text(path.read_text().replace("'LOUD'", "'DEBUG'"))
+    n = len(d.notify.messages)
+    d.signal(signal.SIGHUP)
+    st = d.notify.wait("READY", "1", since=n, proc=d)
+    assert "reload failed" not in st["STATUS"], st
+    assert "configuration reloaded" in d.log()
+    d.signal(signal.SIGTERM)
+    assert d.wait_exit(5) == 0
