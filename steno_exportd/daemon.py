@@ -238,10 +238,13 @@ class Daemon:
                 cfg = config_mod.replace(cfg, **{"dbus.bus": self.cfg.dbus.bus})
             self.cfg = cfg
             setup_logging(cfg.logging.level)
+            self._reload_error = ""
             if self.core is not None:
                 await self.core.reload(cfg)
-                await self.core.refresh_library()
-            self._reload_error = ""
+                try:
+                    await self.core.refresh_library()
+                except StenoError as e:     # the recorder's DB is not our config: keep the new config
+                    log.warning("recorder library: %s", e)
             log.info("configuration reloaded")
             return True
         finally:
@@ -299,7 +302,7 @@ class Daemon:
             except StenoError as e:
                 log.debug("data_version: %s", e)
                 continue
-            if last is not None and version != last:
+            if version != last:     # also the first time the database can be read
                 try:
                     await self.core.refresh_library()
                 except StenoError as e:

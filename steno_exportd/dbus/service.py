@@ -230,7 +230,7 @@ class Service:
             pending.update({k: v for k, v in props.items() if obj.props.get(k) != v})
             obj.props = props
             now = time.monotonic()
-            urgent = "State" in pending or "Error" in pending or "Results" in pending
+            urgent = "State" in pending or "Error" in pending    # Results ride with progress (<= 4 Hz)
             wait = PROGRESS_INTERVAL - (now - self._job_last_emit.get(j.id, 0.0))
             if urgent or wait <= 0:
                 self._flush_job(j.id)
