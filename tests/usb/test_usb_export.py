@@ -129,7 +129,8 @@ async def test_stick_config_file_chooses_formats_and_bad_one_is_refused(sticks, 
         await wait_for(lambda: core.jobs.list() and core.jobs.list()[0].state.finished, 20, "the job")
         job = core.jobs.list()[0]
         assert job.formats == ("txt",)
-        assert by_label(core, good.label).state == S.MOUNTED     # eject_after = false on that stick
+        # eject_after = false on that stick: it stays mounted once the adapter has seen the job end
+        assert (await wait_state(core, good.label, S.MOUNTED, S.SAFE_TO_REMOVE, S.ERROR)).state == S.MOUNTED
         assert len(core.jobs.list()) == 1                         # nothing for the bad one
         await core.eject(by_label(core, good.label).id)
         await core.eject(dev.id)
