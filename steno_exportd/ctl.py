@@ -342,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     except CtlError as e:
         print(f"steno-exportctl: {e}", file=sys.stderr)
         return e.code
+    except BrokenPipeError:             # `steno-exportctl sessions | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         return 130
 
