@@ -501,6 +501,13 @@ class Library:
             summaries = [s for s in summaries if s.exportable]
         return summaries
 
+    def sessions_with_participant(self, text: str) -> set[int]:
+        """Ids of sessions with a participant whose name or speaker id contains ``text`` (case-insensitive)."""
+        pat = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        rows = self._query("SELECT DISTINCT session_id FROM participants WHERE name LIKE ? ESCAPE '\\' "
+                           "OR speaker_id LIKE ? ESCAPE '\\'", (pat, pat))
+        return {r[0] for r in rows}
+
     def changed_since(self, token: ChangeToken | None) -> tuple[SessionsDelta, ChangeToken]:
         """Sessions added/changed/removed since ``token`` (None: all are added) and a new token.
 

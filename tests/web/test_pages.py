@@ -1,0 +1,207 @@
+"""The web page on a real core and demo library: listing, session page, downloads, ZIP, headers."""
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import subprocess
+import zipfile
+
+import pytest
+
+from steno_exportd.library import Library
+from tests.web.fixtures import demo_lib, web_client  # noqa: F401  (fixtures)
+
+
+def lib_sessions(demo_lib):
+    lib = Library(demo_lib / "silent_steno.db")
+    try:
+        return {s.id: lib.get_session(s.id) for s in lib.list_sessions()}
+    finally:
+        lib.close()
+
+
+@pytest.fixture(scope="module")
+def sessions(demo_lib):
+    return lib_sessions(demo_lib)
+
+
+def with_audio(sessions):
+    return next(s for s in sessions.values() if s.audio is not None and s.segments)
+
+
+def without_audio(sessions):
+    return next(s for s in sessions.values() if s.audio is None and s.summary.exportable)
+
+
+async def test_list_search_sort_and_paging(web_client, sessions):
+    client, _ = await web_client()
+    r = await client.get("/api/v1/sessions")
+    data = await r.json()
+    assert r.status == 200 and data["total"] == len(sessions)
+    dates = [x["start_time"] for x in data["items"] if x["start_time"]]
+    assert dates == sorted(dates, reverse=True)                     # newest first
+    some = with_audio(sessions)
+    word = some.title.split()[0]
+    r = await client.get("/api/v1/sessions", params={"q": word.upper()})
+    assert some.id in [x["id"] for x in (await r.json())["items"]]
+    person = some.participants[0].name
+    r = await client.get("/api/v1/sessions", params={"participant": person[:4].lower()})
+    ids = [x["id"] for x in (await r.json())["items"]]
+    assert some.id in ids and all(any(person[:4].lower() in p.name.lower() for p in sessions[i].participants)
+                                  for i in ids)
+    day = some.start_time.astimezone().date().isoformat()
+    r = await client.get("/api/v1/sessions", params={"from": day, "to": day})
+    assert some.id in [x["id"] for x in (await r.json())["items"]]
+    r = await client.get("/api/v1/sessions", params={"per_page": "2", "page": "2", "sort": "title", "order": "asc"})
+    page2 = await r.json()
+    titles = sorted((s.title or "").casefold() for s in sessions.values())
+    assert [x["title"].casefold() for x in page2["items"]] == titles[2:4] and page2["pages"] == -(-len(titles) // 2)
+    r = await client.get("/", params={"q": word})
+    html = await r.text()
+    assert r.status == 200 and f'href="/sessions/{some.id}"' in html
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"from": "2026-13-01"}, "not a date"), ({"sort": "size"}, "sort"), ({"per_page": "100000"}, "out of range"),
+    ({"page": "x"}, "not a number"), ({"order": "up"}, "order"),
+])
+async def test_bad_list_parameters_are_400_with_a_reason(web_client, params, message):
+    client, _ = await web_client()
+    r = await client.get("/api/v1/sessions", params=params)
+    assert r.status == 400 and message in (await r.json())["error"]
+    r = await client.get("/", params=params)
+    assert r.status == 400 and message in await r.text()
+
+
+async def test_session_page_transcript_player_and_problems(web_client, sessions):
+    client, _ = await web_client()
+    s = with_audio(sessions)
+    r = await client.get(f"/sessions/{s.uuid}")                         # uuid works as well as the id
+    html = await r.text()
+    assert r.status == 200
+    assert f'<audio id="player" controls preload="metadata" src="/sessions/{s.id}/audio">' in html
+    starts = re.findall(r'data-start="([0-9.]+)"', html)
+    assert len(starts) == len(s.segments) and float(starts[1]) == s.segments[1].start
+    assert "<script" not in html.replace('<script src="/static/app.js" defer></script>', "")   # no inline script
+    bad = without_audio(sessions)
+    html = await (await client.get(f"/sessions/{bad.id}")).text()
+    assert "<audio" not in html and "audio" in html.lower()
+    r = await client.get(f"/sessions/{bad.id}/audio")
+    assert r.status == 404 and "no usable recording" in await r.text()
+    for key in ("999999", "nope", "x" * 200):
+        assert (await client.get(f"/sessions/{key}")).status == 404
+        assert (await client.get(f"/api/v1/sessions/{key}")).status == 404
+
+
+async def test_audio_download_ranges_etag_and_filename(web_client, sessions):
+    client, _ = await web_client()
+    s = with_audio(sessions)
+    data = s.audio.path.read_bytes()
+    r = await client.get(f"/sessions/{s.id}/audio?dl=1")
+    body = await r.read()
+    assert r.status == 200 and body == data
+    assert r.headers["Content-Type"] in ("audio/flac", "audio/wav")
+    assert r.headers["Content-Disposition"].startswith("attachment;") and "filename*=UTF-8''" in r.headers[
+        "Content-Disposition"]
+    etag, modified = r.headers["ETag"], r.headers["Last-Modified"]
+    r = await client.get(f"/sessions/{s.id}/audio", headers={"Range": "bytes=100-199"})
+    assert r.status == 206 and await r.read() == data[100:200]
+    assert r.headers["Content-Range"] == f"bytes 100-199/{len(data)}"
+    r = await client.get(f"/sessions/{s.id}/audio", headers={"Range": "bytes=0-9", "If-Range": etag})
+    assert r.status == 206
+    r = await client.get(f"/sessions/{s.id}/audio", headers={"Range": "bytes=0-9", "If-Range": '"other"'})
+    assert r.status == 200 and len(await r.read()) == len(data)       # changed since: the whole file
+    r = await client.get(f"/sessions/{s.id}/audio", headers={"If-None-Match": etag})
+    assert r.status == 304
+    assert modified
+
+
+async def test_unicode_filename_in_content_disposition(web_client, sessions):
+    client, _ = await web_client()
+    s = next(x for x in sessions.values() if any(ord(c) > 127 for c in x.title) and x.summary.exportable)
+    r = await client.get(f"/sessions/{s.id}/download/txt")
+    cd = r.headers["Content-Disposition"]
+    from urllib.parse import unquote
+    assert r.status == 200 and unquote(cd.split("filename*=UTF-8''")[1]).startswith(s.title.split("/")[0][:10])
+    assert all(ord(c) < 128 for c in cd)
+
+
+async def test_rendered_downloads_are_cached_and_bad_names_listed(web_client, sessions, tmp_path):
+    client, core = await web_client()
+    s = with_audio(sessions)
+    r = await client.get(f"/sessions/{s.id}/download/pdf", params={"template": "summary"})
+    pdf = await r.read()
+    assert r.status == 200 and r.headers["Content-Type"] == "application/pdf" and pdf.startswith(b"%PDF")
+    cached = [p for p in (tmp_path / "state" / "cache" / "render").rglob("*") if p.is_file()]
+    assert len(cached) == 1 and cached[0].read_bytes() == pdf
+    r2 = await client.get(f"/sessions/{s.id}/download/pdf", params={"template": "summary"})
+    assert await r2.read() == pdf                                      # served from the cache
+    txt = await (await client.get(f"/sessions/{s.id}/download/txt")).text()
+    assert s.segments[0].text[:30] in txt
+    r = await client.get(f"/sessions/{s.id}/download/pdff")
+    assert r.status == 404 and "pdf" in await r.text()
+    r = await client.get(f"/sessions/{s.id}/download/pdf", params={"template": "nope"})
+    assert r.status == 404 and "summary" in await r.text()
+
+
+async def test_zip_stream_has_content_length_and_checks_out(web_client, sessions, tmp_path):
+    client, _ = await web_client()
+    s = with_audio(sessions)
+    r = await client.get(f"/sessions/{s.id}/zip", params={"formats": "txt,json,audio"})
+    body = await r.read()
+    assert r.status == 200 and int(r.headers["Content-Length"]) == len(body)
+    z = zipfile.ZipFile(io.BytesIO(body))
+    names = z.namelist()
+    assert "SilentSteno/SHA256SUMS" in names and "SilentSteno/manifest.json" in names
+    audio = next(i for i in z.infolist() if i.filename.endswith(s.audio.path.suffix))
+    assert audio.compress_type == zipfile.ZIP_STORED
+    z.extractall(tmp_path / "unz")
+    r = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=tmp_path / "unz" / "SilentSteno",
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert hashlib.sha256(z.read(audio.filename)).hexdigest() == hashlib.sha256(s.audio.path.read_bytes()).hexdigest()
+    ids = [str(i) for i, x in sessions.items() if x.summary.exportable][:3]
+    r = await client.get("/zip", params=[("id", i) for i in ids] + [("formats", "txt")])
+    z = zipfile.ZipFile(io.BytesIO(await r.read()))
+    assert len([n for n in z.namelist() if n.endswith("transcript.txt")]) == 3
+    assert (await client.get("/zip")).status == 400
+    assert (await client.get("/zip", params={"ids": ",".join(["1"] * 501)})).status == 400
+    assert (await client.get("/zip", params={"ids": "1", "formats": "exe"})).status == 404
+
+
+async def test_security_headers_on_pages_files_and_errors(web_client, sessions):
+    client, _ = await web_client()
+    s = with_audio(sessions)
+    for path in ("/", f"/sessions/{s.id}", f"/sessions/{s.id}/audio", "/static/app.js", "/nope",
+                 "/api/v1/sessions", f"/sessions/{s.id}/zip?formats=txt"):
+        r = await client.get(path)
+        await r.read()
+        csp = r.headers.get("Content-Security-Policy", "")
+        assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp and "unsafe-inline" not in csp, path
+        assert r.headers["X-Content-Type-Options"] == "nosniff" and r.headers["Referrer-Policy"], path
+
+
+async def test_openapi_documents_every_api_route(web_client):
+    client, _ = await web_client()
+    doc = await (await client.get("/api/v1/openapi.json")).json()
+    routes = {(res.canonical, m.lower()) for res in client.app.router.resources()
+              for m in [r.method for r in res] if res.canonical.startswith("/api/v1/") and m != "HEAD"}
+    documented = {(p, m) for p, ops in doc["paths"].items() for m in ops}
+    assert routes == documented
+    assert doc["openapi"].startswith("3.")
+
+
+async def test_unknown_page_and_oversized_body(web_client):
+    client, _ = await web_client()
+    r = await client.get("/no/such/page")
+    assert r.status == 404
+    token = await csrf(client)
+    r = await client.post("/api/v1/exports", data=b"x" * (70 * 1024),
+                          headers={"X-CSRF-Token": token, "Content-Type": "application/json"})
+    assert r.status == 413
+
+
+async def csrf(client) -> str:
+    html = await (await client.get("/")).text()
+    return re.search(r'<meta name="csrf" content="([^"]+)">', html).group(1)
