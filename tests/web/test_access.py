@@ -1,0 +1,175 @@
+"""Access control: networks, password login, lockout, CSRF, share links and the audit log; live events."""
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+
+import pytest
+
+from tests.web.fixtures import PASSWORD, PASSWORD_HASH, demo_lib, web_client  # noqa: F401  (fixtures)
+from tests.web.test_pages import csrf, sessions, with_audio  # noqa: F401  (fixture)
+
+PW = {"http.auth.mode": "password", "http.auth.password_hash": PASSWORD_HASH,
+      "http.auth.max_failed_logins": 3, "http.auth.lockout_seconds": 60}
+
+
+async def test_addresses_outside_allowed_networks_get_403(web_client):
+    client, _ = await web_client(**{"http.auth.allowed_networks": ["10.0.0.0/8"]})
+    for path in ("/", "/api/v1/sessions", "/static/app.js", "/login"):
+        r = await client.get(path)
+        assert r.status == 403 and "127.0.0.1" in await r.text(), path
+
+
+async def login_form(client, password: str, nxt: str = "/"):
+    html = await (await client.get("/login")).text()
+    token = re.search(r'name="csrf" value="([^"]+)"', html).group(1)
+    return await client.post("/login", data={"password": password, "csrf": token, "next": nxt},
+                             allow_redirects=False)
+
+
+async def test_password_login_cookie_and_lockout(web_client, sessions):
+    client, _ = await web_client(**PW)
+    r = await client.get("/sessions/1", allow_redirects=False)
+    assert r.status == 302 and r.headers["Location"].startswith("/login?next=")
+    assert (await client.get("/api/v1/sessions")).status == 401
+    assert (await client.get(f"/sessions/{with_audio(sessions).id}/audio", allow_redirects=False)).status == 302
+    r = await login_form(client, "wrong")
+    assert r.status == 401 and "Wrong password" in await r.text()
+    r = await login_form(client, PASSWORD, nxt="//evil.example/x")
+    assert r.status == 303 and r.headers["Location"] == "/"            # no open redirect
+    cookie = r.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Max-Age" in cookie
+    assert (await client.get("/api/v1/sessions")).status == 200
+    # a forged cookie is not a login
+    client.session.cookie_jar.clear()
+    client.session.cookie_jar.update_cookies({"steno_session": "eyJzaWQiOiJ4IiwiZXhwIjo5OTk5OTk5OTk5fQ.bad"})
+    assert (await client.get("/api/v1/sessions")).status == 401
+    # lockout after max_failed_logins, even for the right password
+    for _ in range(3):
+        await login_form(client, "wrong")
+    r = await login_form(client, PASSWORD)
+    assert r.status == 429 and int(r.headers["Retry-After"]) > 0
+
+
+async def test_state_changing_requests_need_the_csrf_token(web_client, sessions, tmp_path):
+    client, _ = await web_client()
+    s = with_audio(sessions)
+    body = {"sessions": [s.id], "formats": ["txt"], "target": str(tmp_path / "exports")}
+    r = await client.post("/api/v1/exports", json=body)
+    assert r.status == 403 and "CSRF" in (await r.json())["error"]
+    r = await client.post("/api/v1/exports", json=body, headers={"X-CSRF-Token": "forged"})
+    assert r.status == 403
+    r = await client.post("/api/v1/exports", json=body, headers={"X-CSRF-Token": await csrf(client)})
+    assert r.status == 202, await r.text()
+
+
+@pytest.mark.parametrize("body, status, message", [
+    (b"{not json", 400, "not valid JSON"), (b"[1]", 400, "JSON object"),
+    (json.dumps({"sessions": []}).encode(), 400, "sessions"),
+    (json.dumps({"sessions": [1], "formats": ["exe"], "target": "/tmp"}).encode(), 404, "unknown format"),
+    (json.dumps({"sessions": [999999], "formats": ["txt"], "target": "/tmp"}).encode(), 404, "999999"),
+    (json.dumps({"sessions": [1], "formats": ["txt"], "target": "/etc"}).encode(), 400, "allowed"),
+    (json.dumps({"sessions": [1], "formats": ["txt"], "device": "fs_nope"}).encode(), 404, "fs_nope"),
+    (json.dumps({"sessions": [1], "options": {"bogus": 1}, "target": "/tmp"}).encode(), 400, "bogus"),
+])
+async def test_bad_export_requests(web_client, body, status, message):
+    client, _ = await web_client()
+    r = await client.post("/api/v1/exports", data=body,
+                          headers={"X-CSRF-Token": await csrf(client), "Content-Type": "application/json"})
+    assert r.status == status and message in (await r.json())["error"], await r.text()
+
+
+async def test_share_link_counts_only_complete_downloads_then_expires(web_client, sessions):
+    client, _ = await web_client(**PW)
+    await login_form(client, PASSWORD)
+    s = with_audio(sessions)
+    token = await csrf(client)
+    r = await client.post(f"/api/v1/sessions/{s.id}/share-links", json={"hours": 1, "max_downloads": 2},
+                          headers={"X-CSRF-Token": token})
+    link = await r.json()
+    assert r.status == 201 and link["state"] == "active"
+    anon = await _anonymous(client)
+    assert (await anon.get(link["url"])).status == 200                    # no login needed
+    r = await anon.head(f"{link['url']}/audio")                           # HEAD: not counted
+    r = await anon.get(f"{link['url']}/audio", headers={"Range": "bytes=0-99"})   # partial: not counted
+    assert r.status == 206 and len(await r.read()) == 100
+    r = await anon.get(f"{link['url']}/audio?dl=1")
+    assert r.status == 200 and len(await r.read()) == s.audio.size
+    state = await (await client.get(f"/api/v1/sessions/{s.id}/share-links")).json()
+    assert state[0]["downloads"] == 1
+    r = await anon.get(f"{link['url']}/zip")
+    assert r.status == 200 and len(await r.read()) == int(r.headers["Content-Length"])
+    r = await anon.get(link["url"])
+    assert r.status == 410 and "used up" in await r.text()
+    audit = await (await client.get(f"/api/v1/sessions/{s.id}/audit")).json()
+    assert len([a for a in audit if a["via"].startswith("share link")]) == 2
+    assert all(a["addr"] == "127.0.0.1" for a in audit)
+    await anon.close()
+
+
+async def test_share_link_pin_and_revoke(web_client, sessions):
+    client, _ = await web_client()
+    s = with_audio(sessions)
+    token = await csrf(client)
+    for bad in ({"pin": "12"}, {"hours": -1}, {"max_downloads": 0}, {"hours": "soon"}):
+        r = await client.post(f"/api/v1/sessions/{s.id}/share-links", json=bad, headers={"X-CSRF-Token": token})
+        assert r.status == 400, bad
+    r = await client.post(f"/api/v1/sessions/{s.id}/share-links", json={"pin": "4711"},
+                          headers={"X-CSRF-Token": token})
+    link = await r.json()
+    anon = await _anonymous(client)
+    html = await (await anon.get(link["url"])).text()
+    assert "needs a PIN" in html
+    assert (await anon.get(f"{link['url']}/zip")).status == 403
+    form_token = re.search(r'name="csrf" value="([^"]+)"', html).group(1)
+    r = await anon.post(link["url"], data={"pin": "0000", "csrf": form_token})
+    assert r.status == 401
+    r = await anon.post(link["url"], data={"pin": "4711", "csrf": form_token})
+    assert r.status == 200 and "Download the meeting" in await r.text()
+    r = await client.post(f"/api/v1/share-links/{link['token']}/revoke", headers={"X-CSRF-Token": token})
+    assert (await r.json())["state"] == "revoked"
+    r = await anon.get(link["url"])
+    assert r.status == 410 and "revoked" in await r.text()
+    assert (await anon.get("/s/not-a-token")).status == 404
+    await anon.close()
+
+
+async def _anonymous(client):
+    """A second browser: no cookies of the first."""
+    import aiohttp
+    from aiohttp.test_utils import TestClient
+    anon = TestClient(client.server, cookie_jar=aiohttp.CookieJar(unsafe=True))
+    await anon.start_server()
+    return anon
+
+
+async def test_live_events_follow_an_export_job(web_client, sessions, tmp_path):
+    client, core = await web_client()
+    s = with_audio(sessions)
+    resp = await client.get("/api/v1/events")
+    assert resp.headers["Content-Type"].startswith("text/event-stream")
+    r = await client.post("/api/v1/exports", json={"sessions": [s.id], "formats": ["txt", "audio"],
+                                                   "target": str(tmp_path / "exports")},
+                          headers={"X-CSRF-Token": await csrf(client)})
+    job_id = (await r.json())["id"]
+    seen = []
+
+    async def read():
+        buf = b""
+        while True:
+            buf += await resp.content.readany()
+            while b"\n\n" in buf:
+                block, buf = buf.split(b"\n\n", 1)
+                lines = dict(x.split(": ", 1) for x in block.decode().splitlines() if ": " in x and x[0] != ":")
+                if lines.get("event") == "job":
+                    j = json.loads(lines["data"])
+                    if j["id"] == job_id:
+                        seen.append(j)
+                        if j["state"] in ("completed", "failed"):
+                            return j
+    last = await asyncio.wait_for(read(), 60)
+    assert last["state"] == "completed" and last["progress"] == 1.0, last
+    assert any(0 <= j["progress"] < 1 for j in seen[:-1]) or len(seen) >= 2
+    resp.close()
+    assert list((tmp_path / "exports").rglob("*.txt"))

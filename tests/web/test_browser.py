@@ -1,0 +1,103 @@
+"""End to end: the daemon (`run --demo`) serving the page, driven by a real headless Chromium."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from steno_exportd import demo
+from tests.realparts import wait_for
+from tests.render.real_chromium import chromium_page  # noqa: F401  (fixture)
+from tests.web.fixtures import PASSWORD, PASSWORD_HASH
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    lib = tmp_path / "library"
+    demo.generate(lib, sessions=7, seed=5)
+    (tmp_path / "exports").mkdir()
+    port = free_port()
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f"""
+[recorder]
+db_path = "{lib / demo.DB_NAME}"
+[state]
+dir = "{tmp_path / 'state'}"
+runtime_dir = "{tmp_path / 'run'}"
+[export]
+allowed_dirs = ["{tmp_path / 'exports'}"]
+[usb]
+enabled = false
+[http]
+bind = ["127.0.0.1"]
+port = {port}
+[http.auth]
+mode = "password"
+password_hash = "{PASSWORD_HASH}"
+[dbus]
+bus = "session"
+""")
+    out = tmp_path / "daemon.out"
+    env = {k: v for k, v in os.environ.items() if k != "DBUS_SESSION_BUS_ADDRESS"}
+    with open(out, "wb") as f:
+        p = subprocess.Popen([sys.executable, "-m", "steno_exportd", "--config", str(cfg), "run", "--demo"],
+                             stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    try:
+        wait_for(lambda: "web page:" in out.read_text() or p.poll() is not None, 30, what="the web page")
+        assert p.poll() is None, out.read_text()
+        yield f"http://127.0.0.1:{port}", tmp_path
+    finally:
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(10) == 0, out.read_text()
+
+
+def test_login_seek_on_click_and_live_job_progress(daemon, chromium_page):  # noqa: F811
+    url, tmp = daemon
+    page = chromium_page
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.goto(url + "/")
+    assert "/login" in page.url
+    page.fill("#password", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(url + "/")
+    link = page.locator("table.list a[href^='/sessions/']").first
+    href = link.get_attribute("href")
+    link.click()
+    page.wait_for_selector("#player")
+    page.wait_for_function("() => document.getElementById('player').readyState >= 1", timeout=15000)
+    seg = page.locator("button.seg").nth(3)
+    start = float(seg.get_attribute("data-start"))
+    seg.click()
+    page.wait_for_function(f"() => Math.abs(document.getElementById('player').currentTime - {start}) < 1.5",
+                           timeout=10000)
+    assert page.locator(".transcript li.current").count() == 1
+    # devices and jobs: an export started from the API shows up and completes, live (SSE)
+    page.goto(url + "/devices")
+    page.wait_for_function("() => document.getElementById('live').textContent === 'Live.'", timeout=10000)
+    sid = re.search(r"/sessions/(\d+)", href).group(1)
+    status = page.evaluate("""async ([sid, target]) => {
+        const csrf = document.querySelector('meta[name=csrf]').content;
+        const r = await fetch('/api/v1/exports', {method: 'POST', headers: {'X-CSRF-Token': csrf,
+            'Content-Type': 'application/json'}, body: JSON.stringify({sessions: [Number(sid)],
+            formats: ['txt', 'pdf'], target: target})});
+        return r.status; }""", [sid, str(tmp / "exports")])
+    assert status == 202
+    page.wait_for_function("() => [...document.querySelectorAll('#jobs td.state')].some(td => "
+                           "td.textContent.startsWith('completed'))", timeout=60000)
+    assert page.locator("#jobs progress").first.get_attribute("value") in ("1", "1.0")
+    assert not [e for e in errors if "Content Security Policy" in e], errors

@@ -1,0 +1,43 @@
+"""serve(): the daemon's entry point to the web page; and `steno-exportd hash-password`."""
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+import aiohttp
+import pytest
+
+from steno_exportd.errors import StenoError
+from steno_exportd.web import serve
+from steno_exportd.web.password import verify_password
+from tests.web.fixtures import demo_lib, make_config, started_core  # noqa: F401  (fixture)
+
+
+async def test_serve_yields_the_url_and_a_busy_port_is_a_clear_error(tmp_path, demo_lib):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    core = await started_core(make_config(tmp_path, demo_lib, **{"http.port": port}))
+    try:
+        async with serve(core) as url:
+            assert url == f"http://127.0.0.1:{port}"
+            async with aiohttp.ClientSession() as http:
+                async with http.get(url + "/api/v1/status") as r:
+                    assert r.status == 200 and "idle" in (await r.json())["status"]
+            with pytest.raises(StenoError, match=f"cannot listen on 127.0.0.1:{port}"):
+                async with serve(core):
+                    pass
+    finally:
+        await core.stop()
+
+
+def test_hash_password_cli_makes_a_hash_that_verifies():
+    r = subprocess.run([sys.executable, "-m", "steno_exportd", "hash-password", "--stdin"],
+                       input="s3cret-pass\n", capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    h = r.stdout.strip()
+    assert h.startswith("scrypt$") and verify_password("s3cret-pass", h) and not verify_password("other", h)
+    r = subprocess.run([sys.executable, "-m", "steno_exportd", "hash-password", "--stdin"],
+                       input="short\n", capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and "8 characters" in r.stderr
