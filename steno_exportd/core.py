@@ -121,7 +121,12 @@ class Core:
         if template not in DOCUMENT_TEMPLATES and not self._user_template(template):
             raise NotFoundError(f"unknown template {template!r}; valid: {', '.join(DOCUMENT_TEMPLATES)}")
         session_ids = await asyncio.to_thread(self._resolve_sessions, ids, options)
-        if isinstance(target, str):
+        operation = "export"
+        if isinstance(target, str) and target.startswith("smb:"):
+            from steno_exportd.engine.push import remote_for
+            remote_for(self.cfg, target)           # NotFoundError names the configured remotes
+            operation, name = "push", target
+        elif isinstance(target, str):
             if not target:
                 raise InvalidArgument("no target given")
             if not trusted and not _under(target if not is_archive_path(target) else os.path.dirname(target) or ".",
@@ -133,7 +138,7 @@ class Core:
             name = options.target_name or target
         else:
             name = options.target_name or getattr(target, "name", "target")
-        spec = JobSpec(operation="export", target=target, target_name=name, session_ids=tuple(session_ids),
+        spec = JobSpec(operation=operation, target=target, target_name=name, session_ids=tuple(session_ids),
                        formats=tuple(formats), options=options, device_id=options.device_id)
         return await self.jobs.submit(spec)
 

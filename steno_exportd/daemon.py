@@ -165,9 +165,12 @@ class Daemon:
                     if cfg.usb.enabled and usb is not None and hasattr(usb, "watch"):
                         tasks.append(tg.create_task(usb.watch(self.core), name="usb"))
                     samba = _optional("steno_exportd.samba")
-                    follow = getattr(samba, "watch", None) or getattr(samba, "follow", None)
-                    if follow is not None:
-                        tasks.append(tg.create_task(follow(self.core), name="samba"))
+                    if samba is not None:
+                        tasks.append(tg.create_task(samba.run(self.core), name="samba"))
+                    if cfg.smb.remotes:
+                        from steno_exportd import schedule
+                        tasks.append(tg.create_task(schedule.run_schedules(self.core), name="smb-schedules"))
+                        tasks.append(tg.create_task(schedule.run_push_on_new(self.core), name="smb-push-on-new"))
                 self.notifier.ready(self.status_text())
                 log.info("ready in %.0f ms: %s", (time.monotonic() - t0) * 1000, self.status_text())
                 if self.demo:

@@ -22,9 +22,9 @@ log = logging.getLogger(__name__)
 
 # Temp names used while writing (the engine's writer and smbpush): never shown to share users.
 # TODO: import from steno_exportd.engine.writer once the engine lands.
-TEMP_PREFIX = ".steno-tmp-"
-PARTIAL_SUFFIX = ".partial"
-VETO_PATTERNS = (f"{TEMP_PREFIX}*", f"*{PARTIAL_SUFFIX}")
+from steno_exportd.engine.targets import MARKER, PARTIAL_SUFFIX, TEMP_PREFIX  # noqa: E402  what the engine writes
+
+VETO_PATTERNS = (f"{TEMP_PREFIX}*", f"*{PARTIAL_SUFFIX}", MARKER)
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\- ]{0,79}")
 _USER_RE = re.compile(r"[@+&]?[A-Za-z0-9_][A-Za-z0-9_.\-\\]{0,63}")
@@ -196,6 +196,9 @@ async def run(core) -> None:
     async def sync(reason: str) -> None:
         cfg = core.cfg.samba
         on = bool(getattr(core, "sharing_enabled", cfg.enabled))
+        if not on and not os.path.exists(cfg.snippet_path):
+            publish("off")              # never shared: nothing to switch off, smbd left alone
+            return
         try:
             res = await asyncio.to_thread(apply, cfg, on, os.uname().nodename)
         except (ConfigError, TargetError) as e:
@@ -210,7 +213,7 @@ async def run(core) -> None:
     async def refresh_export(reason: str) -> None:
         cfg = core.cfg.samba
         try:
-            await core.export_sessions("all", list(cfg.formats), cfg.export_dir, _export_options())
+            await core.export_sessions("all", list(cfg.formats), cfg.export_dir, _export_options(), trusted=True)
         except Exception as e:  # error boundary: a failed export never stops the adapter
             log.warning("samba export folder not refreshed (%s): %s", reason, e)
 

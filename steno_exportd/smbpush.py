@@ -26,7 +26,7 @@ from steno_exportd.errors import NotFoundError, TargetError, VerifyError
 
 log = logging.getLogger(__name__)
 
-TEMP_PREFIX = ".steno-tmp-"       # same as samba.TEMP_PREFIX: vetoed on our own share
+from steno_exportd.engine.targets import TEMP_PREFIX  # noqa: E402  the engine's temp names: vetoed on our share
 MANIFEST_NAME = ".steno-push.json"  # remote record of verified files: incremental + resume
 SUMS_NAME = "SHA256SUMS"
 CHUNK = 8 * 1024 * 1024

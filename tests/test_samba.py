@@ -172,7 +172,8 @@ class FakeCore:
         self.sharing_enabled = on
         self.events.publish(events.StatusChanged("samba_enabled", on))
 
-    async def export_sessions(self, ids, formats, target, options):
+    async def export_sessions(self, ids, formats, target, options, *, trusted=False):
+        assert trusted, "the share folder is the daemon's own: not subject to export.allowed_dirs"
         self.exports.append((ids, tuple(formats), target))
 
 

@@ -14,14 +14,12 @@ from steno_exportd.engine import manifest as mf
 from steno_exportd.engine import writer
 from steno_exportd.engine.naming import folder_name, resolve_collision, safe_name
 from steno_exportd.engine.plan import PlannedFile, plan_session, render_file
-from steno_exportd.engine.targets import TEMP_PREFIX, DirectoryTarget, Target
+from steno_exportd.engine.targets import MARKER, PARTIAL_SUFFIX, TEMP_PREFIX, DirectoryTarget, Target
 from steno_exportd.errors import CancelledJob, SourceError, StenoError, TargetError, TargetFullError, VerifyError
 from steno_exportd.events import FileResult, SessionResult
 
 log = logging.getLogger(__name__)
 
-
-MARKER = ".steno-incomplete"
 
 
 class _NullProgress:
@@ -153,7 +151,7 @@ class Exporter:
         folder = resolve_collision(safe_name(f"Merged {stamp} ({len(sessions)} sessions)"), taken)
         in_place = not getattr(self.t, "atomic_dir_rename", True)
         final_rel = f"{self.root}/{folder}"
-        work_rel = final_rel if in_place else f"{final_rel}.partial"
+        work_rel = final_rel if in_place else f"{final_rel}{PARTIAL_SUFFIX}"
         self.t.mkdir(work_rel)
         if in_place:
             mf.write_atomic(self.t, f"{work_rel}/{MARKER}", b"incomplete\n")
@@ -219,7 +217,7 @@ class Exporter:
             st = self.t.lstat(rel)
             if st is None:
                 continue
-            if name.endswith(".partial") and st.kind == "dir":
+            if name.endswith(PARTIAL_SUFFIX) and st.kind == "dir":
                 self.t.remove_tree(rel)
             elif st.kind == "dir" and not self._owned_folder(name):
                 m = self.t.lstat(f"{rel}/{MARKER}")
@@ -270,7 +268,7 @@ class Exporter:
                           job_id=self.job_id)
         name = safe_name(raw, f"Session {s.id}", limit=240)
         taken = set(self.t.listdir(self.root)) | {e["folder"] for u, e in self.m.sessions.items() if u != s.uuid}
-        taken |= {n[: -len(".partial")] for n in taken if n.endswith(".partial")}
+        taken |= {n[: -len(PARTIAL_SUFFIX)] for n in taken if n.endswith(PARTIAL_SUFFIX)}
         rebuilt = self.m.sessions.get(f"rebuilt:{name}")
         if rebuilt is not None:
             # a folder we wrote before the manifest was lost: adopt it
@@ -294,7 +292,7 @@ class Exporter:
             raise TargetFullError(f"target full: needs {need / 2**20:.0f} MiB (+{self.margin / 2**20:.0f} MiB "
                                   f"margin), {free / 2**20:.0f} MiB free")
         in_place = not getattr(self.t, "atomic_dir_rename", True)
-        work_rel = final_rel if exists or in_place else f"{final_rel}.partial"
+        work_rel = final_rel if exists or in_place else f"{final_rel}{PARTIAL_SUFFIX}"
         if not exists:
             if self.t.lstat(work_rel) is not None:
                 self.t.remove_tree(work_rel)

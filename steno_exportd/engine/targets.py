@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 FAT32_MAX_FILE = 4 * 1024 ** 3 - 1
 TEMP_PREFIX = ".steno-tmp-"
+PARTIAL_SUFFIX = ".partial"              # a session folder being built
+MARKER = ".steno-incomplete"             # in a folder built in place (no atomic dir rename)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
