@@ -1,0 +1,93 @@
+"""Push jobs through the core ("smb:<remote>"): a real smbd, a real core on a demo library."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import subprocess
+
+import pytest
+
+from steno_exportd import config, demo, events
+from steno_exportd.core import Core
+from steno_exportd.engine.options import ExportOptions
+from steno_exportd.errors import NotFoundError
+from steno_exportd.library import Library
+from tests.real_smbd import smb_tmp, smbd_factory  # noqa: F401  (fixtures)
+from tests.test_smbpush import office  # noqa: F401  (fixture)
+
+
+@pytest.fixture
+async def push_core(office, tmp_path):  # noqa: F811
+    smbd, remote, root, _ = office
+    lib = tmp_path / "library"
+    demo.generate(lib, sessions=7, seed=6)
+    cfg = config.from_dict({
+        "recorder": {"db_path": str(lib / demo.DB_NAME)},
+        "state": {"dir": str(tmp_path / "state"), "runtime_dir": str(tmp_path / "run")},
+        "usb": {"enabled": False}, "http": {"enabled": False},
+        "smb": {"recorder_folder": "rec-1", "remotes": [dataclasses.asdict(remote)]}})
+    core = Core(cfg)
+    await core.start()
+    yield core, root, lib
+    await core.stop()
+
+
+def with_audio(lib):
+    l = Library(lib / demo.DB_NAME)
+    try:
+        return [s.id for s in l.list_sessions(exportable_only=True) if l.get_session(s.id).audio is not None]
+    finally:
+        l.close()
+
+
+async def finished(core, job_id, timeout=120):
+    for _ in range(int(timeout * 20)):
+        j = core.jobs.get(job_id)
+        if j.state.finished:
+            return j
+        await asyncio.sleep(0.05)
+    raise AssertionError("the push job did not finish")
+
+
+async def test_push_job_lands_verified_and_the_second_is_incremental(push_core):
+    core, root, lib = push_core
+    ids = with_audio(lib)[:3]
+    seen = []
+
+    async def follow():
+        async for e in core.events.subscribe():
+            if isinstance(e, events.JobUpdated):
+                seen.append(e.job)
+    watcher = asyncio.create_task(follow())
+    job = await core.export_sessions(ids, ["txt", "json", "audio"], "smb:office", ExportOptions())
+    assert job.operation == "push" and job.target == "smb:office"
+    done = await finished(core, job.id)
+    watcher.cancel()
+    assert done.state == events.JobState.COMPLETED, done.error
+    nas = root / "nas" / "rec-1"
+    r = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=nas, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert len(list(nas.rglob("transcript.txt"))) == 3 and (nas / "manifest.json").is_file()
+    assert any(0 < j.bytes_done < j.bytes_total for j in seen if j.id == job.id)
+    hist = core.state.history(None, 100)
+    assert any(h["target"] == "smb:office" for h in hist)
+    stamps = {p: p.stat().st_mtime_ns for p in nas.rglob("*") if p.is_file() and p.suffix != ".json"
+              and p.name != "SHA256SUMS"}
+    again = await finished(core, (await core.export_sessions(ids, ["txt", "json", "audio"], "smb:office",
+                                                             ExportOptions())).id)
+    assert again.state == events.JobState.COMPLETED
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps          # nothing re-sent
+
+
+async def test_unknown_remote_and_a_wrong_password(push_core, tmp_path):
+    core, root, lib = push_core
+    with pytest.raises(NotFoundError, match="known: office"):
+        await core.export_sessions(with_audio(lib)[:1], ["txt"], "smb:nas2", ExportOptions())
+    pw = next(iter(core.cfg.smb.remotes)).password_file
+    with open(pw, "w") as f:
+        f.write("wrong password\n")
+    done = await finished(core, (await core.export_sessions(with_audio(lib)[:1], ["txt"], "smb:office",
+                                                            ExportOptions())).id)
+    assert done.state == events.JobState.FAILED
+    assert "smb:office" in done.error and ("password" in done.error.lower() or "logon" in done.error.lower())
+    assert not list((root / "nas").rglob("transcript.txt"))
