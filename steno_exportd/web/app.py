@@ -220,6 +220,24 @@ def public_url(cfg: Any, bound: list[str]) -> str:
     return f"http://{host}:{cfg.http.port}"
 
 
+def _answer_431_for_oversized_headers(server: Any) -> None:
+    """aiohttp answers 400 to header lines over its limits; RFC 6585 says 431."""
+    from aiohttp.http_exceptions import LineTooLong
+    from aiohttp.web_protocol import RequestHandler
+
+    class Handler(RequestHandler):
+        def handle_error(self, request: Any, status: int = 500, exc: Any = None, message: Any = None) -> Any:
+            if isinstance(exc, LineTooLong) or (exc is not None and "too many headers" in str(exc).lower()):
+                status = 431
+            return super().handle_error(request, status, exc, message)
+
+    class Server(type(server)):  # type: ignore[misc]
+        def __call__(self) -> Any:
+            return Handler(self, loop=self._loop, **self._kwargs)
+
+    server.__class__ = Server
+
+
 @contextlib.asynccontextmanager
 async def serve(core: Any) -> AsyncIterator[str]:
     """Run the web page for the daemon: yields its URL; a port in use is a clear StenoError."""
@@ -227,6 +245,7 @@ async def serve(core: Any) -> AsyncIterator[str]:
     app = make_app(core)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
+    _answer_431_for_oversized_headers(runner.server)
     try:
         for host in core.cfg.http.bind:
             site = web.TCPSite(runner, host, core.cfg.http.port, reuse_address=True)

@@ -447,7 +447,7 @@ async def share_pin(request: web.Request) -> web.Response:
     pin = str((await request.post()).get("pin", ""))[:32]
     if not await asyncio.to_thread(ctx.store.check_pin, link.token, pin):
         ctx.limiter.failed(addr)
-        return ctx.render_page(request, "share_pin.html", status=401, token=link.token, error="Wrong PIN.")
+        return ctx.render_page(request, "share_pin.html", status=403, token=link.token, error="Wrong PIN.")
     ctx.limiter.succeeded(addr)
     resp = web.HTTPSeeOther(f"/s/{link.token}")
     resp.set_cookie(_share_cookie(link.token), ctx.signer.sign({"share": link.token, "exp": link.expires}),

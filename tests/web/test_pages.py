@@ -205,3 +205,28 @@ async def test_unknown_page_and_oversized_body(web_client):
 async def csrf(client) -> str:
     html = await (await client.get("/")).text()
     return re.search(r'<meta name="csrf" content="([^"]+)">', html).group(1)
+
+
+async def test_client_leaving_mid_zip_leaves_nothing_running(web_client, sessions, tmp_path):
+    import asyncio
+    import threading
+    from steno_exportd.web.app import CTX
+    client, _ = await web_client()
+    s = with_audio(sessions)
+    before = {t.name for t in threading.enumerate()}
+    r = await client.get(f"/sessions/{s.id}/zip", params={"formats": "audio"})
+    assert r.status == 200
+    await r.content.readexactly(64 * 1024)
+    r.close()                                              # the browser tab is closed mid-download
+    ctx = client.app[CTX]
+    for _ in range(200):
+        if not ctx.streams:
+            break
+        await asyncio.sleep(0.05)
+    assert not ctx.streams
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and "tmp" in p.name.lower()]
+    # the page still answers at once
+    r = await asyncio.wait_for(client.get("/api/v1/status"), 5)
+    assert r.status == 200
+    leftover = {t.name for t in threading.enumerate()} - before
+    assert not [n for n in leftover if "steno" in n]

@@ -41,3 +41,32 @@ def test_hash_password_cli_makes_a_hash_that_verifies():
     r = subprocess.run([sys.executable, "-m", "steno_exportd", "hash-password", "--stdin"],
                        input="short\n", capture_output=True, text=True, timeout=30)
     assert r.returncode == 1 and "8 characters" in r.stderr
+
+
+async def test_oversized_headers_431_traversal_404_and_loopback_alias_403(tmp_path, demo_lib):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    core = await started_core(make_config(tmp_path, demo_lib, **{
+        "http.port": port, "http.bind": ["0.0.0.0"], "http.public_url": f"http://127.0.0.1:{port}",
+        "http.auth.allowed_networks": ["127.0.0.1/32"]}))
+    try:
+        async with serve(core) as url:
+            async with aiohttp.ClientSession() as http:
+                async with http.get(url + "/", headers={"X-Big": "x" * 20000}) as r:
+                    assert r.status == 431
+                for path in ("/static/..%2f..%2fsteno_exportd/web/app.py", "/static/%2e%2e/%2e%2e/config.py",
+                             "/static/..%252f..%252fapp.py", "/static/..\\\\..\\\\app.py", "/sessions/..%2f1",
+                             "/sessions/1%00", "/sessions/%2e%2e%2f%2e%2e%2fetc%2fpasswd/audio",
+                             "/sessions/1/download/..%2f..%2fpdf", "/s/..%2f..%2fx/zip"):
+                    async with http.get(url + path) as r:
+                        body = await r.read()
+                        assert r.status in (400, 404), (path, r.status)
+                        assert b"import" not in body and b"root:" not in body, path
+            # the same server reached from another loopback address (127.0.0.2) is outside the allowed range
+            conn = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+            async with aiohttp.ClientSession(connector=conn) as other:
+                async with other.get(f"http://127.0.0.1:{port}/api/v1/sessions") as r:
+                    assert r.status == 403 and "127.0.0.2" in (await r.json())["error"]
+    finally:
+        await core.stop()
