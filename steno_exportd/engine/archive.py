@@ -46,6 +46,7 @@ class ArchiveEntry:
     csize: int = 0
     crc: int = 0
     payload: bytes | None = None    # compressed (or stored) bytes for data entries
+    known: bool = False             # a file entry whose crc and sha256 are known before streaming
     sha256: str = ""
     trailer: Callable[[], bytes] | None = None
 
@@ -120,7 +121,7 @@ def _prepare(e: ArchiveEntry) -> None:
 
 def _deferred(e: ArchiveEntry) -> bool:
     """CRC unknown until streamed: data descriptor follows the data."""
-    return e.payload is None
+    return e.payload is None and not e.known
 
 
 def _local_header(e: ArchiveEntry) -> bytes:
@@ -184,8 +185,16 @@ def zip_size(plan: ZipPlan) -> int:
     return off + cd + len(_end(len(plan.entries), cd, off))
 
 
-def zip_stream(plan: ZipPlan, chunk: int = CHUNK) -> Iterator[bytes]:
-    """Yield the ZIP in chunks of about `chunk` bytes; files are read once (CRC and SHA-256 on the way)."""
+@dataclasses.dataclass(frozen=True)
+class FileSpan:
+    """Bytes of a file to send as they are (sendfile): a stored entry whose checksums are known."""
+
+    path: Path
+    size: int
+
+
+def zip_parts(plan: ZipPlan, chunk: int = CHUNK) -> Iterator[bytes | FileSpan]:
+    """The ZIP as bytes and FileSpans; other files are read once (CRC and SHA-256 on the way)."""
     off = 0
     offsets: list[int] = []
     buf = bytearray()
@@ -201,6 +210,11 @@ def zip_stream(plan: ZipPlan, chunk: int = CHUNK) -> Iterator[bytes]:
             buf += data
         elif e.payload is not None:
             buf += e.payload
+        elif e.known:
+            if buf:
+                yield bytes(buf)
+                buf.clear()
+            yield FileSpan(e.path, e.size)  # type: ignore[arg-type]
         else:
             crc, digest, n = 0, hashlib.sha256(), 0
             with open(e.path, "rb", buffering=0) as f:  # type: ignore[arg-type]
@@ -228,6 +242,22 @@ def zip_stream(plan: ZipPlan, chunk: int = CHUNK) -> Iterator[bytes]:
     cd = b"".join(_central(e, o) for e, o in zip(plan.entries, offsets))
     buf += cd + _end(len(plan.entries), len(cd), cd_start)
     yield bytes(buf)
+
+
+def zip_stream(plan: ZipPlan, chunk: int = CHUNK) -> Iterator[bytes]:
+    """Yield the ZIP in chunks of about `chunk` bytes (FileSpans read here)."""
+    for part in zip_parts(plan, chunk):
+        if isinstance(part, FileSpan):
+            with open(part.path, "rb", buffering=0) as f:
+                left = part.size
+                while left:
+                    b = f.read(min(chunk, left))
+                    if not b:
+                        raise OSError(f"{part.path} shrank while being archived")
+                    left -= len(b)
+                    yield b
+        else:
+            yield part
 
 
 def tar_gz_write(plan: ZipPlan, fileobj: Any) -> None:
@@ -265,7 +295,7 @@ def tar_gz_write(plan: ZipPlan, fileobj: Any) -> None:
 
 
 def build_plan(library: Any, session_ids: tuple, formats: tuple, template: str, include_audio: bool, cfg: Any,
-               reg: Any = None, errors: dict | None = None) -> ZipPlan:
+               reg: Any = None, errors: dict | None = None, hashes: Any = None) -> ZipPlan:
     """Sessions x formats -> archive entries with the same layout as a folder export."""
     from steno_exportd.engine.naming import folder_name, resolve_collision, safe_name
     from steno_exportd.engine.plan import plan_session, render_file
@@ -288,8 +318,12 @@ def build_plan(library: Any, session_ids: tuple, formats: tuple, template: str, 
                 continue
             name = f"{root}/{folder}/{pf.name}"
             if pf.source is not None:
-                entries.append(ArchiveEntry(name, path=pf.source, session_uuid=s.uuid, fmt=pf.fmt,
-                                            version=pf.version))
+                e = ArchiveEntry(name, path=pf.source, session_uuid=s.uuid, fmt=pf.fmt, version=pf.version)
+                known = hashes.get(pf.source) if hashes is not None else None
+                if known:
+                    e.crc, e.sha256 = known
+                    e.known = True
+                entries.append(e)
             else:
                 try:
                     data = render_file(pf, s, reg)

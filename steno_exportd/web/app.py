@@ -42,6 +42,8 @@ class WebContext:
         self.networks = auth.Networks(cfg.http.auth.allowed_networks)
         self.store = Store(state / "web.db")
         self.cache = RenderCache(state / "cache" / "render", cfg.http.cache_max_mb * 1024 * 1024)
+        from steno_exportd.engine.hashcache import HashCache
+        self.hashes = HashCache(state / "cache" / "hashes.db")
         self.jinja = jinja2.Environment(loader=jinja2.FileSystemLoader(str(PKG / "templates")),
                                         autoescape=True, trim_blocks=True, lstrip_blocks=True)
         self._listing: tuple[Any, list] = (None, [])
@@ -192,6 +194,7 @@ def make_app(core: Any) -> web.Application:
             with contextlib.suppress(Exception):
                 resp.force_close()
         ctx.store.close()
+        ctx.hashes.close()
 
     app.cleanup_ctx.append(context)
     app.on_response_prepare.append(security_headers)

@@ -75,6 +75,10 @@ def test_login_seek_on_click_and_live_job_progress(daemon, chromium_page):  # no
     page.fill("#password", PASSWORD)
     page.click("button[type=submit]")
     page.wait_for_url(url + "/")
+    page.fill("input[name=q]", "roadmap")
+    page.click("form.search button[type=submit]")
+    page.wait_for_url("**/?q=roadmap*")
+    assert page.locator("table.list tbody tr").count() == 1
     link = page.locator("table.list a[href^='/sessions/']").first
     href = link.get_attribute("href")
     link.click()
@@ -86,6 +90,38 @@ def test_login_seek_on_click_and_live_job_progress(daemon, chromium_page):  # no
     page.wait_for_function(f"() => Math.abs(document.getElementById('player').currentTime - {start}) < 1.5",
                            timeout=10000)
     assert page.locator(".transcript li.current").count() == 1
+    # downloads: a PDF and a ZIP, as the browser saves them
+    with page.expect_download() as dl:
+        page.click("a[href$='/download/pdf?template=summary']")
+    pdf = tmp / "dl.pdf"
+    dl.value.save_as(pdf)
+    assert pdf.read_bytes().startswith(b"%PDF") and dl.value.suggested_filename.endswith(".pdf")
+    with page.expect_download() as dl:
+        page.click("a[href$='/zip']")
+    zpath = tmp / "dl.zip"
+    dl.value.save_as(zpath)
+    import subprocess
+    import zipfile
+    zipfile.ZipFile(zpath).extractall(tmp / "unzipped")
+    r = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=tmp / "unzipped" / "SilentSteno",
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    # a share link for 2 downloads, used from a fresh browser (no login) until it is used up
+    page.fill("input[name=max_downloads]", "2")
+    page.click("form[action$='/share'] button[type=submit]")
+    share = page.locator("section[aria-labelledby=share] a[href^='/s/']").first.get_attribute("href")
+    guest = page.context.browser.new_context()
+    try:
+        gp = guest.new_page()
+        for _ in range(2):
+            gp.goto(url + share)
+            with gp.expect_download() as dl:
+                gp.click("a[href$='/zip']")
+            dl.value.path()                                   # wait for the whole file
+        gp.goto(url + share)
+        assert "used up" in gp.content()
+    finally:
+        guest.close()
     # devices and jobs: an export started from the API shows up and completes, live (SSE)
     page.goto(url + "/devices")
     page.wait_for_function("() => document.getElementById('live').textContent === 'Live.'", timeout=10000)

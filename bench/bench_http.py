@@ -1,0 +1,191 @@
+"""HTTP benchmark (`bench/run http`): our web page beside nginx serving the same files, one run.
+
+- a 1 GiB recording downloaded (sendfile) vs nginx (sendfile on) serving that file;
+- a ZIP of a 1 GiB multi-session selection (4 x 256 MiB recordings) streamed vs nginx's single file:
+  the first time (recordings read and hashed on the way) and once their checksums are known;
+- 64 concurrent small downloads (curl --parallel), requests/s, ours vs nginx;
+- the longest event-loop stall while an export job (PDF + audio) runs beside the downloads.
+Client: curl to /dev/null. Medians of 3 rounds.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from steno_exportd import config, demo  # noqa: E402
+from steno_exportd.core import Core  # noqa: E402
+
+SIZE = 1024 * 1024 * 1024
+ZIP_PART = 256 * 1024 * 1024
+ROUNDS = 3
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def curl_seconds(url: str) -> tuple[float, int]:
+    r = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{time_total} %{size_download} %{http_code}", url],
+                       capture_output=True, text=True, check=True)
+    t, size, code = r.stdout.split()
+    assert code == "200", (url, code)
+    return float(t), int(size)
+
+
+def start_nginx(root: Path, port: int, work: Path) -> subprocess.Popen:
+    conf = work / "nginx.conf"
+    conf.write_text(f"""daemon off; worker_processes 1; pid {work}/nginx.pid; error_log {work}/error.log;
+events {{}}
+http {{ access_log off; sendfile on; client_body_temp_path {work}; proxy_temp_path {work};
+  fastcgi_temp_path {work}; uwsgi_temp_path {work}; scgi_temp_path {work};
+  server {{ listen 127.0.0.1:{port}; root {root}; }} }}
+""")
+    p = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(work)], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return p
+        time.sleep(0.05)
+    p.kill()
+    raise SystemExit("nginx did not start")
+
+
+def parallel_rps(url: str, n: int = 1000, par: int = 64) -> float:
+    args = []
+    for _ in range(n):
+        args += ["-o", "/dev/null", url]
+    t = time.perf_counter()
+    subprocess.run(["curl", "-s", "--parallel", "--parallel-max", str(par), *args], check=True)
+    return n / (time.perf_counter() - t)
+
+
+class LoopLag:
+    """The longest time the event loop was late for a 10 ms tick."""
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+        self._task: asyncio.Task | None = None
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            t = loop.time()
+            await asyncio.sleep(0.01)
+            self.worst = max(self.worst, loop.time() - t - 0.01)
+
+    def __enter__(self) -> "LoopLag":
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+
+
+async def main() -> None:
+    if not shutil.which("nginx"):
+        raise SystemExit("bench_http: nginx is not installed (packaging/install-test-deps.sh)")
+    with tempfile.TemporaryDirectory(prefix="bench-http-", dir="/var/tmp") as tmp:
+        tmp_path = Path(tmp)
+        os.chmod(tmp_path, 0o755)
+        lib = tmp_path / "library"
+        demo.generate(lib, sessions=9, seed=9)
+        db = sqlite3.connect(lib / demo.DB_NAME)
+        rows = db.execute("SELECT id, audio_file_path FROM sessions WHERE audio_file_path IS NOT NULL "
+                          "AND status IN ('completed', 'archived') ORDER BY id").fetchall()
+        db.close()
+        audio = {sid: (Path(rel) if os.path.isabs(rel) else lib / rel) for sid, rel in rows}
+        audio = {sid: p for sid, p in audio.items() if p.is_file()}
+        big, *zip_ids = list(audio)[:5]
+        with open(audio[big], "r+b") as f:        # keep the header, grow the file
+            f.truncate(SIZE)
+        for sid in zip_ids:
+            with open(audio[sid], "r+b") as f:
+                f.truncate(ZIP_PART)
+        www = tmp_path / "www"
+        www.mkdir()
+        os.link(audio[big], www / "audio.bin")
+        (www / "small.txt").write_bytes(b"x" * 4096)
+        for p in (tmp_path, www, lib, lib / "audio"):
+            os.chmod(p, 0o755)
+        os.chmod(www / "audio.bin", 0o644)
+        os.chmod(www / "small.txt", 0o644)
+        port, nport = free_port(), free_port()
+        (tmp_path / "exports").mkdir()
+        cfg = config.from_dict({"recorder": {"db_path": str(lib / demo.DB_NAME)},
+                                "state": {"dir": str(tmp_path / "state"), "runtime_dir": str(tmp_path / "run")},
+                                "export": {"allowed_dirs": [str(tmp_path / "exports")]},
+                                "usb": {"enabled": False}, "http": {"bind": ["127.0.0.1"], "port": port}})
+        core = Core(cfg)
+        await core.start()
+        from steno_exportd.web import serve
+        ng = start_nginx(www, nport, tmp_path)
+        try:
+            async with serve(core) as url:
+                subprocess.run(["cat", str(audio[big]), *map(str, (audio[i] for i in zip_ids))],
+                               stdout=subprocess.DEVNULL, check=True)          # warm the page cache
+                zip_url = f"{url}/zip?formats=audio&" + "&".join(f"id={i}" for i in zip_ids)
+                first_zip, _ = await asyncio.to_thread(curl_seconds, zip_url)   # hashes the recordings once
+                ours_audio, ours_zip, nginx_file = [], [], []
+                for _ in range(ROUNDS):
+                    t, n = await asyncio.to_thread(curl_seconds, f"{nginx_url(nport)}/audio.bin")
+                    assert n == SIZE
+                    nginx_file.append(t)
+                    t, n = await asyncio.to_thread(curl_seconds, f"{url}/sessions/{big}/audio?dl=1")
+                    assert n == SIZE
+                    ours_audio.append(t)
+                    t, n = await asyncio.to_thread(curl_seconds, zip_url)
+                    assert n > 4 * ZIP_PART
+                    ours_zip.append(t)
+                a, z, ng_t = (statistics.median(x) for x in (ours_audio, ours_zip, nginx_file))
+                gib = SIZE / 2 ** 30
+                print(f"http_download_1GiB_MBps: {1024 * gib / a:.0f}")
+                print(f"anchor_nginx_1GiB_MBps: {1024 * gib / ng_t:.0f}")
+                print(f"http_download_ratio_ours_over_nginx: {ng_t / a:.2f}  (target >= 1.0)")
+                print(f"http_zip_1GiB_selection_MBps: {1024 / z:.0f}")
+                print(f"http_zip_ratio_ours_over_nginx: {ng_t / z:.2f}  (target >= 0.7)")
+                print(f"http_zip_1GiB_first_time_MBps (recordings hashed on the way): {1024 / first_zip:.0f}")
+                print(f"http_zip_first_time_ratio_ours_over_nginx: {ng_t / first_zip:.2f}")
+                ours_rps = await asyncio.to_thread(parallel_rps, f"{url}/static/style.css")
+                ng_rps = await asyncio.to_thread(parallel_rps, f"{nginx_url(nport)}/small.txt")
+                print(f"http_64_concurrent_small_req_per_s: {ours_rps:.0f}")
+                print(f"anchor_nginx_64_concurrent_small_req_per_s: {ng_rps:.0f}")
+                print(f"http_small_ratio_ours_over_nginx: {ours_rps / ng_rps:.2f}")
+                # loop stall while an export job (PDF rendering + audio copies) runs beside downloads
+                from steno_exportd.engine.options import ExportOptions
+                with LoopLag() as lag:
+                    job = await core.export_sessions([str(i) for i in audio], ["pdf", "docx", "txt", "audio"],
+                                                     str(tmp_path / "exports"), ExportOptions())
+                    dl = asyncio.create_task(asyncio.to_thread(curl_seconds, zip_url))
+                    while not core.jobs.get(job.id).state.finished:
+                        await asyncio.sleep(0.05)
+                    await dl
+                print(f"http_export_job_state: {core.jobs.get(job.id).state}")
+                print(f"http_longest_loop_stall_during_export_ms: {lag.worst * 1000:.0f}  (target <= 100)")
+        finally:
+            ng.send_signal(signal.SIGTERM)
+            ng.wait(10)
+            await core.stop()
+
+
+def nginx_url(port: int) -> str:
+    return f"http://127.0.0.1:{port}"
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

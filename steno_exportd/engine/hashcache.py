@@ -1,0 +1,47 @@
+"""CRC-32 and SHA-256 of recordings, remembered by (device, inode, size, mtime) in the state dir.
+
+Recordings do not change once a session is complete, so a ZIP of them can name its checksums up
+front and send the bytes with sendfile instead of reading them through Python again.
+"""
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from pathlib import Path
+
+
+class HashCache:
+    def __init__(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS hashes (path TEXT PRIMARY KEY, dev INTEGER, ino INTEGER, "
+                         "size INTEGER, mtime_ns INTEGER, crc32 INTEGER, sha256 TEXT)")
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._db.close()
+
+    @staticmethod
+    def _key(st: os.stat_result) -> tuple[int, int, int, int]:
+        return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+    def get(self, path: str | Path) -> tuple[int, str] | None:
+        """(crc32, sha256) when known for the file as it is now; None otherwise."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        with self._lock:
+            row = self._db.execute("SELECT dev, ino, size, mtime_ns, crc32, sha256 FROM hashes WHERE path = ?",
+                                   (str(path),)).fetchone()
+        if row is None or tuple(row[:4]) != self._key(st):
+            return None
+        return row[4], row[5]
+
+    def put(self, path: str | Path, crc32: int, sha256: str, st: os.stat_result | None = None) -> None:
+        st = st or os.stat(path)
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO hashes VALUES (?, ?, ?, ?, ?, ?, ?)",
+                             (str(path), *self._key(st), crc32, sha256))
