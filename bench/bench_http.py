@@ -70,7 +70,8 @@ def parallel_rps(url: str, n: int = 1000, par: int = 64) -> float:
     for _ in range(n):
         args += ["-o", "/dev/null", url]
     t = time.perf_counter()
-    subprocess.run(["curl", "-s", "--parallel", "--parallel-max", str(par), *args], check=True)
+    subprocess.run(["curl", "-s", "--no-progress-meter", "--parallel", "--parallel-max", str(par), *args],
+                   check=True, stderr=subprocess.DEVNULL)
     return n / (time.perf_counter() - t)
 
 
