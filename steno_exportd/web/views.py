@@ -343,7 +343,10 @@ async def selection_zip(request: web.Request) -> web.StreamResponse:
 async def devices_page(request: web.Request) -> web.Response:
     ctx: WebContext = request.app[CTX]
     from steno_exportd.web.api import device_json, job_json
-    return ctx.render_page(request, "devices.html", devices=[device_json(d) for d in ctx.core.devices.list()],
+    import socket
+    share = f"\\\\{socket.gethostname()}\\{ctx.cfg.samba.share_name}"
+    return ctx.render_page(request, "devices.html", sharing=bool(ctx.core.sharing_enabled), share=share,
+                           devices=[device_json(d) for d in ctx.core.devices.list()],
                            jobs=[job_json(j) for j in sorted(ctx.core.jobs.list(), key=lambda j: -j.id)])
 
 

@@ -239,3 +239,19 @@ async def test_client_leaving_mid_zip_leaves_nothing_running(web_client, session
     assert r.status == 200
     leftover = {t.name for t in threading.enumerate()} - before
     assert not [n for n in leftover if "steno" in n]
+
+
+async def test_sharing_state_shows_on_the_devices_page_and_follows_the_switch(web_client):
+    import asyncio
+    client, core = await web_client()
+    html = await (await client.get("/devices")).text()
+    assert re.search(r'id="sharing-state">off<', html)
+    resp = await client.get("/api/v1/events")
+    core.set_sharing(True)
+    buf = b""
+    while b'"samba_enabled"' not in buf:
+        buf += await asyncio.wait_for(resp.content.readany(), 10)
+    assert b'"value":true' in buf.split(b'"samba_enabled"', 1)[1][:40]
+    resp.close()
+    html = await (await client.get("/devices")).text()
+    assert re.search(r'id="sharing-state">on<', html)

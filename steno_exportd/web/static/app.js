@@ -65,6 +65,10 @@
       d.state + (d.error ? ": " + d.error : ""), d.mount_point ? button("Eject", "eject", d.id) : ""]);
     tr.children[3].className = "state";
   });
+  es.addEventListener("status", function (e) {
+    const st = JSON.parse(e.data), el = document.getElementById("sharing-state");
+    if (st.key === "samba_enabled" && el) el.textContent = st.value ? "on" : "off";
+  });
   es.addEventListener("device_removed", function (e) {
     const tr = devices.querySelector('tr[data-id="' + CSS.escape(JSON.parse(e.data).id) + '"]'); if (tr) tr.remove();
   });
