@@ -209,13 +209,15 @@ class SambaConfig:
     enabled: bool = opt(False, "Serve the export folder as a read-only Samba share.")
     share_name: str = opt("meetings", "Share name (\\\\steno\\meetings).")
     export_dir: str = opt("/srv/steno-export", "Folder kept current and shared.", check=_check_abs_or_empty)
-    snippet_path: str = opt("/etc/samba/steno-exportd.conf",
+    snippet_path: str = opt("/var/lib/steno-exportd/samba/steno-exportd.conf",
                             "Share definition written here; smb.conf includes it.", check=_check_abs_or_empty)
     guest_ok: bool = opt(True, "Allow guest (no password) access.")
     valid_users: list[str] = opt([], "With guest_ok = false: users allowed.")
     smb_conf: str = opt("/etc/samba/smb.conf", "smb.conf passed to testparm.", check=_check_abs_or_empty)
     testparm_command: list[str] = opt(["testparm", "-s"], "Validation command (the config file is appended).")
-    reload_command: list[str] = opt(["smbcontrol", "smbd", "reload-config"], "Command that reloads smbd.")
+    reload_command: list[str] = opt(["smbcontrol", "smbd", "reload-config"],
+                                    "Command that reloads smbd; [] when systemd's steno-exportd-samba-reload.path "
+                                    "does it (the hardened service cannot).")
     formats: list[str] = opt(["txt", "html", "pdf", "audio"], "Formats kept in the export folder.",
                              items=FORMATS)
 

@@ -1,7 +1,7 @@
 """Samba share of the export folder: snippet writer, testparm validation, reload, and the adapter loop.
 
 The daemon never rewrites smb.conf: it writes one snippet (cfg.samba.snippet_path) that the admin's
-smb.conf includes with a single line, ``include = /etc/samba/steno-exportd.conf``.
+smb.conf includes with a single line, ``include = /var/lib/steno-exportd/samba/steno-exportd.conf``.
 """
 from __future__ import annotations
 
@@ -157,6 +157,8 @@ def install(snippet: str, cfg: SambaConfig) -> bool:
 
 def reload(cfg: SambaConfig) -> None:
     """Ask smbd to re-read its configuration; TargetError when it does not answer."""
+    if not cfg.reload_command:
+        return          # systemd's steno-exportd-samba-reload.path reloads smbd when the snippet changes
     try:
         proc = subprocess.run(cfg.reload_command, capture_output=True, text=True, timeout=30,
                               stdin=subprocess.DEVNULL)

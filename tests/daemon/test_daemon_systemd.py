@@ -127,3 +127,18 @@ def test_dbus_activation_file_starts_the_unit():
     unit = UNIT.read_text()
     assert f"Alias={svc['SystemdService']}" in unit
     assert f"User={svc['User']}" in unit and "BusName=org.silentsteno.Export1" in unit
+
+
+def test_samba_reload_path_unit_verifies_and_watches_the_default_snippet(tmp_path):
+    require_tool("systemd-analyze")
+    from steno_exportd.config import SambaConfig
+    for name in ("steno-exportd-samba-reload.path", "steno-exportd-samba-reload.service"):
+        (tmp_path / name).write_text((REPO / "systemd" / name).read_text().replace(
+            "/usr/bin/smbcontrol", shutil.which("smbcontrol") or "/usr/bin/smbcontrol"))
+    r = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "steno-exportd-samba-reload.path")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stderr.strip() == "", r.stdout + r.stderr
+    text = (REPO / "systemd" / "steno-exportd-samba-reload.path").read_text()
+    assert f"PathChanged={SambaConfig().snippet_path}" in text
+    # the hardened daemon can write the snippet: it is under its StateDirectory
+    assert SambaConfig().snippet_path.startswith("/var/lib/steno-exportd/")
