@@ -486,41 +486,10 @@ class Throttle:
 
 
 def _local_chunks(path: pathlib.Path, size: int, h) -> Iterable[bytes]:
-    """Read ``path`` in a thread beside the SMB writes, hashing as it goes (hashlib drops the GIL)."""
-    q: queue.Queue = queue.Queue(maxsize=3)
-    stop = threading.Event()
-
-    def reader() -> None:
-        try:
-            with open(path, "rb", buffering=0) as f:
-                while not stop.is_set():
-                    b = f.read(size)
-                    if not b:
-                        break
-                    if h is not None:
-                        h.update(b)
-                    q.put(b)
-            q.put(None)
-        except BaseException as e:  # handed to the consumer
-            q.put(e)
-
-    t = threading.Thread(target=reader, name="smbpush-read", daemon=True)
-    t.start()
-    try:
-        while True:
-            item = q.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while t.is_alive():
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                t.join(0.05)
+    """Read ``path`` in a thread beside the SMB writes, hashing as it goes (the engine's reader)."""
+    from steno_exportd.engine.writer import pipelined_reads
+    with open(path, "rb", buffering=0) as f:
+        yield from pipelined_reads(lambda: f.read(size), h, depth=3)
 
 
 def _local_files(root: pathlib.Path) -> list[tuple[str, pathlib.Path]]:

@@ -23,10 +23,10 @@ _END = object()
 Tick = Callable[[int], None]          # called with bytes just written
 
 
-def _pipelined(read: Callable[[], bytes], hash_in_reader: bool) -> Iterator[tuple[bytes, object]]:
-    """Chunks read by a thread (hashed there or not) while the caller consumes the previous ones."""
-    q: queue.Queue = queue.Queue(DEPTH)
-    digest = hashlib.sha256()
+def pipelined_reads(read: Callable[[], bytes], digest: Any = None, depth: int = DEPTH) -> Iterator[bytes]:
+    """Chunks read by a thread (and hashed there into ``digest`` when given; hashlib drops the GIL)
+    while the caller consumes the previous ones; at most ``depth`` chunks in flight."""
+    q: queue.Queue = queue.Queue(depth)
     stop = threading.Event()
 
     def reader() -> None:
@@ -35,8 +35,8 @@ def _pipelined(read: Callable[[], bytes], hash_in_reader: bool) -> Iterator[tupl
                 b = read()
                 if not b:
                     break
-                if hash_in_reader:
-                    digest.update(b)      # hashlib releases the GIL: runs beside the writer
+                if digest is not None:
+                    digest.update(b)
                 q.put(b)
             q.put(_END)
         except BaseException as e:  # noqa: BLE001 - handed to the consumer
@@ -48,10 +48,10 @@ def _pipelined(read: Callable[[], bytes], hash_in_reader: bool) -> Iterator[tupl
         while True:
             item = q.get()
             if item is _END:
-                break
+                return
             if isinstance(item, BaseException):
                 raise item
-            yield item, digest
+            yield item
     finally:
         stop.set()
         while t.is_alive():
@@ -59,7 +59,6 @@ def _pipelined(read: Callable[[], bytes], hash_in_reader: bool) -> Iterator[tupl
                 q.get_nowait()
             except queue.Empty:
                 t.join(0.05)
-    yield b"", digest
 
 
 def copy_file(src: Path, target: Target, rel: str, *, tick: Tick = lambda n: None,
@@ -176,9 +175,7 @@ def read_back(target: Target, rel: str, *, cancelled: Callable[[], bool] = lambd
     try:
         digest = hashlib.sha256()
         size = 0
-        for chunk, _ in _pipelined(lambda: h.read(CHUNK), hash_in_reader=False):
-            if not chunk:
-                break
+        for chunk in pipelined_reads(lambda: h.read(CHUNK)):
             if cancelled():
                 raise CancelledJob("cancelled")
             digest.update(chunk)
