@@ -114,10 +114,14 @@ def test_merge_writes_one_document_per_format(tmp_path):
     lib = library(tmp_path, 3)
     out = tmp_path / "out"
     out.mkdir()
-    res = run_export(lib, SimpleSpec(str(out), (1, 2, 3), ("txt", "json"), ExportOptions(merge=True)),
+    res = run_export(lib, SimpleSpec(str(out), (1, 2, 3), ("txt", "md", "json"), ExportOptions(merge=True)),
                      _cfg(tmp_path), reg=FakeRegistry())
     merged = res[-1]
-    assert merged.session_id == 0 and merged.ok and len(merged.files) == 2
+    assert merged.session_id == 0 and not merged.ok and len(merged.files) == 3
+    assert [f.error for f in merged.files if not f.ok] == ["format 'json' cannot merge sessions"]
     f = next((out / "SilentSteno").glob("Merged */merged.txt"))
-    assert f.read_text() == "Meeting 1\nMeeting 2\nMeeting 3\n"
+    text = f.read_text()
+    assert all(f"Meeting {i}" in text for i in (1, 2, 3))
+    assert text.index("Meeting 1") < text.index("Meeting 2") < text.index("Meeting 3")
+    assert next((out / "SilentSteno").glob("Merged */merged.md")).stat().st_size > 0
     assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=out / "SilentSteno").returncode == 0
