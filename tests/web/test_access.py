@@ -173,3 +173,30 @@ async def test_live_events_follow_an_export_job(web_client, sessions, tmp_path):
     assert any(0 <= j["progress"] < 1 for j in seen[:-1]) or len(seen) >= 2
     resp.close()
     assert list((tmp_path / "exports").rglob("*.txt"))
+
+
+async def test_expired_link_is_gone_and_wrong_pins_are_rate_limited(web_client, sessions):
+    import time
+    client, _ = await web_client(**{"http.auth.max_failed_logins": 3})
+    s = with_audio(sessions)
+    token = await csrf(client)
+    r = await client.post(f"/api/v1/sessions/{s.id}/share-links", json={"hours": 0.0004},
+                          headers={"X-CSRF-Token": token})
+    short = await r.json()
+    deadline = time.monotonic() + 10
+    while (await client.get(short["url"])).status != 410:
+        assert time.monotonic() < deadline, "the link never expired"
+        await asyncio.sleep(0.2)
+    r = await client.get(short["url"] + "/zip")
+    assert r.status == 410 and "expired" in await r.text()
+    r = await client.post(f"/api/v1/sessions/{s.id}/share-links", json={"pin": "2468"},
+                          headers={"X-CSRF-Token": token})
+    link = await r.json()
+    anon = await _anonymous(client)
+    html = await (await anon.get(link["url"])).text()
+    form_token = re.search(r'name="csrf" value="([^"]+)"', html).group(1)
+    for _ in range(3):
+        assert (await anon.post(link["url"], data={"pin": "1111", "csrf": form_token})).status == 403
+    r = await anon.post(link["url"], data={"pin": "2468", "csrf": form_token})
+    assert r.status == 429 and int(r.headers["Retry-After"]) > 0        # even the right PIN, for a while
+    await anon.close()
