@@ -216,14 +216,13 @@ def zip_parts(plan: ZipPlan, chunk: int = CHUNK) -> Iterator[bytes | FileSpan]:
                 buf.clear()
             yield FileSpan(e.path, e.size)  # type: ignore[arg-type]
         else:
+            from steno_exportd.engine.writer import pipelined_reads
             crc, digest, n = 0, hashlib.sha256(), 0
             with open(e.path, "rb", buffering=0) as f:  # type: ignore[arg-type]
-                while True:
-                    b = f.read(chunk)
-                    if not b:
-                        break
+                # SHA-256 in the reader thread, CRC here, the bytes leave from the caller: three
+                # things at once (hashlib and zlib drop the GIL on large buffers)
+                for b in pipelined_reads(lambda: f.read(chunk), digest):
                     crc = zlib.crc32(b, crc)
-                    digest.update(b)
                     n += len(b)
                     if buf:
                         yield bytes(buf)
