@@ -19,10 +19,10 @@ import stat as stat_mod
 import threading
 import time
 import uuid
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from steno_exportd.config import Config, SmbRemote
-from steno_exportd.errors import NotFoundError, TargetError, VerifyError
+from steno_exportd.errors import CancelledJob, NotFoundError, TargetError, VerifyError
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def _mapped(method):
     def wrapper(self, *a, **kw):
         try:
             return method(self, *a, **kw)
-        except (SmbError, VerifyError):
+        except (SmbError, VerifyError, CancelledJob):
             raise
         except Exception as e:
             if _is_connection_error(e):
@@ -249,7 +249,7 @@ class SmbTarget:
     def _call(self, fn: Callable, *a, **kw):
         try:
             return fn(*a, **kw, **self._live_kw())
-        except SmbError:
+        except (SmbError, CancelledJob):
             raise
         except Exception as e:
             self._connected = False if _is_connection_error(e) else self._connected
@@ -259,6 +259,8 @@ class SmbTarget:
         """Call a method of an open SMB file, mapping errors."""
         try:
             return fn(*a)
+        except CancelledJob:
+            raise
         except Exception as e:
             self._connected = False if _is_connection_error(e) else self._connected
             raise explain(e, self.remote) from e
@@ -478,6 +480,10 @@ class Throttle:
         self.start = time.monotonic()
         self.spent = 0
 
+    def chunk(self, max_write: int) -> int:
+        """A write size of about 1/8 s at the limit (64 KiB steps): progress and cancel stay prompt."""
+        return max(65536, min(max_write, self.rate // 8 // 65536 * 65536))
+
     def spend(self, n: int) -> None:
         self.spent += n
         ahead = self.spent / self.rate - (time.monotonic() - self.start)
@@ -490,6 +496,20 @@ def _local_chunks(path: pathlib.Path, size: int, h) -> Iterable[bytes]:
     from steno_exportd.engine.writer import pipelined_reads
     with open(path, "rb", buffering=0) as f:
         yield from pipelined_reads(lambda: f.read(size), h, depth=3)
+
+
+def _until_cancelled(chunks: Iterable[bytes], cancelled: Callable[[], bool]) -> Iterator[bytes]:
+    """The chunks, raising CancelledJob before the next one once the job is cancelled (mid-file)."""
+    it = iter(chunks)
+    try:
+        for c in it:
+            if cancelled():
+                raise CancelledJob("push cancelled")
+            yield c
+    finally:
+        close = getattr(it, "close", None)
+        if close:
+            close()
 
 
 def _local_files(root: pathlib.Path) -> list[tuple[str, pathlib.Path]]:
@@ -592,6 +612,7 @@ def push_dir(target: SmbTarget, local_root: pathlib.Path, *, files: list[str] | 
     local_sums = _read_sums(local_root / SUMS_NAME)
     remote_sizes = _remote_sizes(target)
     throttle = Throttle(bandwidth_limit_kbps) if bandwidth_limit_kbps else None
+    chunk = throttle.chunk(target.max_write) if throttle else target.max_write
     sent: list[str] = []
     skipped: list[str] = []
     nbytes = 0
@@ -617,7 +638,6 @@ def push_dir(target: SmbTarget, local_root: pathlib.Path, *, files: list[str] | 
     try:
         for rel, path in local:
             if cancelled():
-                from steno_exportd.errors import CancelledJob
                 raise CancelledJob("push cancelled")
             st = path.stat()
             entry = manifest.get(rel)
@@ -632,7 +652,8 @@ def push_dir(target: SmbTarget, local_root: pathlib.Path, *, files: list[str] | 
                 made_dirs.add(parent)
             known = local_sums.get(rel)          # the export's own SHA256SUMS: no second hash pass
             h = None if known else hashlib.sha256()
-            size = target.write_stream(rel, _local_chunks(path, target.max_write, h), throttle,
+            chunks = _until_cancelled(_local_chunks(path, chunk, h), cancelled)
+            size = target.write_stream(rel, chunks, throttle,
                                        (lambda n, rel=rel: progress(rel, n)) if progress else None)
             digest = known or h.hexdigest()
             if size != st.st_size:

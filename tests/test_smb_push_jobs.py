@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
+import pathlib
 import subprocess
 
 import pytest
@@ -91,3 +93,76 @@ async def test_unknown_remote_and_a_wrong_password(push_core, tmp_path):
     assert done.state == events.JobState.FAILED
     assert "smb:office" in done.error and ("password" in done.error.lower() or "logon" in done.error.lower())
     assert not list((root / "nas").rglob("transcript.txt"))
+
+
+@pytest.fixture
+async def slow_core(office, tmp_path):  # noqa: F811
+    """A core whose remote is bandwidth-limited (4 MiB/s): a push takes long enough to cancel."""
+    smbd, remote, root, _ = office
+    lib = tmp_path / "library"
+    demo.generate(lib, sessions=5, seed=6)
+    cfg = config.from_dict({
+        "recorder": {"db_path": str(lib / demo.DB_NAME)},
+        "state": {"dir": str(tmp_path / "state"), "runtime_dir": str(tmp_path / "run")},
+        "usb": {"enabled": False}, "http": {"enabled": False},
+        "smb": {"recorder_folder": "rec-1",
+                "remotes": [dict(dataclasses.asdict(remote), bandwidth_limit_kbps=4096)]}})
+    core = Core(cfg)
+    await core.start()
+    yield core, root, lib
+    await core.stop()
+
+
+def biggest_recording(lib):
+    l = Library(lib / demo.DB_NAME)
+    try:
+        found = [l.get_session(s.id) for s in l.list_sessions(exportable_only=True)]
+        return max((s for s in found if s.audio is not None), key=lambda s: s.audio.size)
+    finally:
+        l.close()
+
+
+async def test_cancel_mid_push_leaves_no_file_under_a_final_name(slow_core):
+    core, root, lib = slow_core
+    big = biggest_recording(lib)
+    assert big.audio.size > 20_000_000            # ~5 s at the limit
+    job = await core.export_sessions([big.id], ["txt", "audio"], "smb:office", ExportOptions())
+    ext = big.audio.path.suffix
+
+    def pushing_audio():
+        j = core.jobs.get(job.id)
+        assert not j.state.finished, j.error
+        return j.current_file.startswith("smb:office/") and j.current_file.endswith(ext) and j.bytes_done > 0
+    for _ in range(600):
+        if pushing_audio():
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError(f"the push never reached the recording: {core.jobs.get(job.id)}")
+    mid = core.jobs.get(job.id)
+    assert 0 < mid.bytes_done < mid.bytes_total
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    core.jobs.cancel(job.id)
+    done = await finished(core, job.id)
+    assert loop.time() - t0 < 3, "cancel waited for the whole file"
+    assert done.state == events.JobState.CANCELLED
+    nas = root / "nas" / "rec-1"
+    on_nas = [p for p in nas.rglob("*") if p.is_file()]
+    assert not [p for p in on_nas if p.name.startswith(".steno-tmp-")], "a temp file was left"
+    assert not [p for p in on_nas if p.suffix == ext], "the cut recording sits under its final name"
+    # what did land is complete: same bytes as the staging export
+    stage = core.cfg.state.dir
+    for p in on_nas:
+        if p.name.startswith(".steno-push"):
+            continue
+        rel = p.relative_to(nas)
+        src = pathlib.Path(stage) / "push" / "office" / "SilentSteno" / rel
+        assert hashlib.sha256(p.read_bytes()).digest() == hashlib.sha256(src.read_bytes()).digest(), rel
+    remote = dataclasses.replace(core.cfg.smb.remotes[0], bandwidth_limit_kbps=0)    # the rerun at full speed
+    await core.reload(dataclasses.replace(core.cfg, smb=dataclasses.replace(core.cfg.smb, remotes=[remote])))
+    again = await finished(core, (await core.export_sessions([big.id], ["txt", "audio"], "smb:office",
+                                                             ExportOptions())).id)
+    assert again.state == events.JobState.COMPLETED, again.error
+    r = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=nas, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
