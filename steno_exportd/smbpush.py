@@ -596,8 +596,11 @@ class _Verifier:
 def push_dir(target: SmbTarget, local_root: pathlib.Path, *, files: list[str] | None = None,
              bandwidth_limit_kbps: int = 0, verify: bool = True,
              progress: Callable[[str, int], None] | None = None,
-             cancelled: Callable[[], bool] = lambda: False) -> PushResult:
+             cancelled: Callable[[], bool] = lambda: False,
+             on_plan: Callable[[int, int], None] | None = None) -> PushResult:
     """Mirror an export folder (layout, SHA256SUMS, manifest) onto the target; skip verified files.
+
+    ``on_plan(bytes, files)`` is told what will be sent once the remote manifest has been read.
 
     The remote manifest records every verified file with its source size and mtime, and is saved
     at least every second, so a run cut short resumes without re-sending what was verified.
@@ -635,16 +638,21 @@ def push_dir(target: SmbTarget, local_root: pathlib.Path, *, files: list[str] | 
             _save_manifest(target, manifest)
             state["dirty"], state["last_flush"] = False, time.monotonic()
 
+    todo = []
+    for rel, path in local:
+        st = path.stat()
+        entry = manifest.get(rel)
+        if (entry and entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns
+                and remote_sizes.get(rel) == st.st_size):
+            skipped.append(rel)
+        else:
+            todo.append((rel, path, st))
+    if on_plan:
+        on_plan(sum(st.st_size for _, _, st in todo), len(todo))
     try:
-        for rel, path in local:
+        for rel, path, st in todo:
             if cancelled():
                 raise CancelledJob("push cancelled")
-            st = path.stat()
-            entry = manifest.get(rel)
-            if (entry and entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns
-                    and remote_sizes.get(rel) == st.st_size):
-                skipped.append(rel)
-                continue
             parent = rel.rpartition("/")[0]
             if parent and parent not in made_dirs:
                 target.makedirs(parent)
@@ -801,7 +809,8 @@ def target_for(cfg: Config, name: str) -> SmbTarget:
 
 def push_remote(cfg: Config, name: str, local_root: pathlib.Path, *, files: list[str] | None = None,
                 progress: Callable[[str, int], None] | None = None,
-                cancelled: Callable[[], bool] = lambda: False) -> PushResult:
+                cancelled: Callable[[], bool] = lambda: False,
+                on_plan: Callable[[int, int], None] | None = None) -> PushResult:
     """Blocking: push an export folder to remote ``name`` with its bandwidth limit, retries and verify.
 
     For a job: ``await asyncio.to_thread(smbpush.push_remote, cfg, "office", staging_dir)``.
@@ -809,6 +818,6 @@ def push_remote(cfg: Config, name: str, local_root: pathlib.Path, *, files: list
     target = target_for(cfg, name)
     try:
         return push_with_retries(target, local_root, files=files, progress=progress, cancelled=cancelled,
-                                 bandwidth_limit_kbps=target.remote.bandwidth_limit_kbps)
+                                 on_plan=on_plan, bandwidth_limit_kbps=target.remote.bandwidth_limit_kbps)
     finally:
         target.close()

@@ -79,6 +79,22 @@ async def test_push_job_lands_verified_and_the_second_is_incremental(push_core):
                                                              ExportOptions())).id)
     assert again.state == events.JobState.COMPLETED
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps          # nothing re-sent
+    assert all(r.ok and r.skipped for r in again.results)
+
+
+async def test_two_pushes_to_one_remote_at_once_both_land(push_core):
+    core, root, lib = push_core
+    ids = with_audio(lib)
+    a = await core.export_sessions(ids[:2], ["txt", "json"], "smb:office", ExportOptions())
+    b = await core.export_sessions(ids[2:4], ["txt", "json"], "smb:office", ExportOptions())
+    for j in (a, b):
+        done = await finished(core, j.id)
+        assert done.state == events.JobState.COMPLETED, done.error
+    nas = root / "nas" / "rec-1"
+    assert len(list(nas.rglob("transcript.txt"))) == 4
+    r = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=nas, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not [p for p in nas.rglob(".steno-tmp-*")]
 
 
 async def test_unknown_remote_and_a_wrong_password(push_core, tmp_path):
