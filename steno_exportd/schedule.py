@@ -4,7 +4,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import json
 import logging
+import os
+import pathlib
 
 from steno_exportd.errors import InvalidArgument
 
@@ -120,15 +123,79 @@ async def run_schedules(core, clock=dt.datetime.now) -> None:
 
 
 async def run_push_on_new(core) -> None:
-    """Push each new session to every remote with push_on_new = true."""
+    """Push each session that becomes exportable after the daemon first saw the remote (push_on_new).
+
+    Per remote, <state.dir>/push/on-new.json keeps the highest session id already dealt with: the
+    first start only records it (nothing old is pushed), later starts push what was recorded while
+    the daemon was down. A failed push is retried by the next push to that remote (the staging
+    folder keeps the session) or by its schedule.
+    """
     from steno_exportd import events
 
+    marks = OnNewMarks(pathlib.Path(core.cfg.state.dir) / "push" / "on-new.json")
+    done: dict[str, set[int]] = {}
     async for ev in core.events.subscribe():
-        if isinstance(ev, events.SessionsChanged) and ev.added:
-            for remote in core.cfg.smb.remotes:
-                if remote.push_on_new:
-                    log.info("new sessions %s: push to smb:%s", list(ev.added), remote.name)
-                    await _push(core, remote, list(ev.added))
+        if not isinstance(ev, events.SessionsChanged) or not (ev.added or ev.changed):
+            continue
+        remotes = [r for r in core.cfg.smb.remotes if r.push_on_new]
+        if not remotes:
+            continue
+        try:
+            summaries = await asyncio.to_thread(core.library.list_sessions)
+        except Exception as e:  # error boundary: the recorder DB may be busy; the next change retries
+            log.warning("push on new: sessions not read: %s", e)
+            continue
+        exportable = {s.id for s in summaries if s.exportable}
+        ids = {s.id for s in summaries}
+        for remote in remotes:
+            after = marks.get(remote.name)
+            if after is None:
+                marks.set(remote.name, max(ids, default=0))
+                log.info("push on new to smb:%s: sessions after id %d will be pushed", remote.name,
+                         max(ids, default=0))
+                continue
+            seen = done.setdefault(remote.name, set())
+            new = sorted(i for i in exportable if i > after and i not in seen)
+            if new:
+                log.info("new sessions %s: push to smb:%s", new, remote.name)
+                await _push(core, remote, new)
+                seen.update(new)
+            marks.set(remote.name, advance(after, seen, ids))
+
+
+def advance(after: int, done: set[int], ids: set[int]) -> int:
+    """The highest id up to which every session after ``after`` is done (a gap stops it)."""
+    for i in sorted(x for x in ids if x > after):
+        if i not in done:
+            break
+        after = i
+    return after
+
+
+class OnNewMarks:
+    """remote name -> highest session id dealt with, in a small JSON file written atomically."""
+
+    def __init__(self, path: pathlib.Path) -> None:
+        self.path = path
+        try:
+            self.data = {k: int(v) for k, v in json.loads(path.read_text()).items()}
+        except (OSError, ValueError, AttributeError, TypeError):
+            self.data = {}
+
+    def get(self, name: str) -> int | None:
+        return self.data.get(name)
+
+    def set(self, name: str, value: int) -> None:
+        if self.data.get(name) == value:
+            return
+        self.data[name] = value
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text(json.dumps(self.data, sort_keys=True))
+            os.replace(tmp, self.path)
+        except OSError as e:
+            log.warning("%s not saved: %s", self.path, e)
 
 
 def _options():

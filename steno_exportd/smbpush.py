@@ -25,6 +25,9 @@ from steno_exportd.config import Config, SmbRemote
 from steno_exportd.errors import CancelledJob, NotFoundError, TargetError, VerifyError
 
 log = logging.getLogger(__name__)
+for _name in ("smbprotocol", "smbclient", "spnego"):     # one INFO line per SMB message otherwise
+    if logging.getLogger(_name).level == logging.NOTSET:
+        logging.getLogger(_name).setLevel(logging.WARNING)
 
 from steno_exportd.engine.targets import TEMP_PREFIX  # noqa: E402  the engine's temp names: vetoed on our share
 MANIFEST_NAME = ".steno-push.json"  # remote record of verified files: incremental + resume

@@ -182,3 +182,59 @@ async def test_cancel_mid_push_leaves_no_file_under_a_final_name(slow_core):
     assert again.state == events.JobState.COMPLETED, again.error
     r = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=nas, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+async def test_push_on_new_pushes_only_sessions_newer_than_the_first_start(office, tmp_path):  # noqa: F811
+    from steno_exportd import schedule
+    from tests.usb.recorder_db import add_session_like, copy_library
+
+    smbd, remote, root, _ = office
+    demo.generate(tmp_path / "demo", sessions=4, seed=6, small=True)
+    db = copy_library(tmp_path / "demo", tmp_path / "library")       # a copy: the test adds sessions to it
+    cfg = config.from_dict({
+        "recorder": {"db_path": str(db)},
+        "state": {"dir": str(tmp_path / "state"), "runtime_dir": str(tmp_path / "run")},
+        "usb": {"enabled": False}, "http": {"enabled": False},
+        "smb": {"recorder_folder": "rec-1",
+                "remotes": [dict(dataclasses.asdict(remote), push_on_new=True, formats=["txt"])]}})
+    nas = root / "nas" / "rec-1"
+
+    async def run_once(core, expect_jobs):
+        task = asyncio.create_task(schedule.run_push_on_new(core))
+        await asyncio.sleep(0)
+        try:
+            marks = tmp_path / "state" / "push" / "on-new.json"
+            before = marks.read_text() if marks.exists() else ""
+            await core.refresh_library()
+            for _ in range(250):          # the event handled: the mark moved, or the jobs are queued
+                if len(core.jobs.list()) >= expect_jobs and marks.exists() and (expect_jobs or not before):
+                    break
+                await asyncio.sleep(0.02)
+            else:
+                raise AssertionError(f"push on new did not act: {core.jobs.list()}")
+            for j in core.jobs.list():
+                assert (await finished(core, j.id)).state == events.JobState.COMPLETED
+            return [j for j in core.jobs.list()]
+        finally:
+            task.cancel()
+
+    core = Core(cfg)
+    await core.start()
+    try:
+        assert await run_once(core, 0) == []                   # first start: the old sessions stay home
+        first = add_session_like(db, title="Recorded while running")
+        jobs = await run_once(core, 1)
+        assert [j.operation for j in jobs] == ["push"] and len(jobs[0].sessions) == 1
+    finally:
+        await core.stop()
+    second = add_session_like(db, title="Recorded while the daemon was down")
+    core = Core(cfg)                                            # a restart: every session looks added
+    await core.start()
+    try:
+        jobs = await run_once(core, 1)
+        assert len(jobs) == 1 and len(jobs[0].sessions) == 1
+    finally:
+        await core.stop()
+    names = sorted(p.parent.name for p in nas.rglob("transcript.txt"))
+    assert len(names) == 2 and "Recorded while running" in names[1 if "down" in names[0] else 0], names
+    assert first and second
