@@ -20,9 +20,9 @@ from steno_exportd.errors import ConfigError, TargetError
 
 log = logging.getLogger(__name__)
 
-# Temp names used while writing (the engine's writer and smbpush): never shown to share users.
-# TODO: import from steno_exportd.engine.writer once the engine lands.
-from steno_exportd.engine.targets import MARKER, PARTIAL_SUFFIX, TEMP_PREFIX  # noqa: E402  what the engine writes
+# What the engine writes while it works (temp files, session folders being built, the marker in a
+# folder built in place): never shown to share users.
+from steno_exportd.engine.targets import MARKER, PARTIAL_SUFFIX, TEMP_PREFIX  # noqa: E402
 
 VETO_PATTERNS = (f"{TEMP_PREFIX}*", f"*{PARTIAL_SUFFIX}", MARKER)
 
@@ -41,19 +41,25 @@ class ApplyResult:
     snippet: str
 
 
-def render_snippet(cfg: SambaConfig, *, enabled: bool, vfs_fruit: bool, hostname: str = "") -> str:
-    """The share definition (or an empty placeholder when sharing is off) as smb.conf text."""
+def render_snippet(cfg: SambaConfig, *, enabled: bool, vfs_fruit: bool, hostname: str = "",
+                   subdir: str = "") -> str:
+    """The share definition (or an empty placeholder when sharing is off) as smb.conf text.
+
+    ``subdir``: the export's root folder inside export_dir (the share shows the session folders).
+    """
     head = ("# Written by steno-exportd; do not edit (it is replaced on every change).\n"
             "# smb.conf includes it with: include = " + cfg.snippet_path + "\n")
     if not enabled:
         return head + "# Sharing is off.\n"
     problems = check_config(cfg)
+    if subdir and (subdir in (".", "..") or any(c in subdir for c in "/\n\r%")):
+        problems.append(f"export.root_folder: {subdir!r} cannot be shared")
     if problems:
         raise ConfigError(problems, "samba")
     lines = [
         f"[{cfg.share_name}]",
         f"   comment = SilentSteno meetings{' on ' + hostname if hostname else ''}",
-        f"   path = {cfg.export_dir}",
+        f"   path = {share_path(cfg, subdir)}",
         "   browseable = yes",
         "   read only = yes",
         "   writeable = no",
@@ -169,11 +175,18 @@ def reload(cfg: SambaConfig) -> None:
         raise TargetError(f"samba reload failed: {msg[-1] if msg else f'exit status {proc.returncode}'}")
 
 
-def apply(cfg: SambaConfig, enabled: bool, hostname: str = "") -> ApplyResult:
+def share_path(cfg: SambaConfig, subdir: str = "") -> str:
+    """The folder the share serves: export_dir, or the export's root folder inside it."""
+    return os.path.join(cfg.export_dir, subdir) if subdir else cfg.export_dir
+
+
+def apply(cfg: SambaConfig, enabled: bool, hostname: str = "", subdir: str = "") -> ApplyResult:
     """Render, validate, install and reload; on any error the previous snippet stays in place."""
-    snippet = render_snippet(cfg, enabled=enabled, vfs_fruit=fruit_available(), hostname=hostname)
+    snippet = render_snippet(cfg, enabled=enabled, vfs_fruit=fruit_available(), hostname=hostname, subdir=subdir)
     if enabled:
         os.makedirs(cfg.export_dir, mode=0o755, exist_ok=True)
+        if subdir:
+            os.makedirs(share_path(cfg, subdir), mode=0o755, exist_ok=True)
     changed = install(snippet, cfg)
     if changed:
         reload(cfg)
@@ -202,7 +215,7 @@ async def run(core) -> None:
             publish("off")              # never shared: nothing to switch off, smbd left alone
             return
         try:
-            res = await asyncio.to_thread(apply, cfg, on, os.uname().nodename)
+            res = await asyncio.to_thread(apply, cfg, on, os.uname().nodename, _root_folder(core.cfg))
         except (ConfigError, TargetError) as e:
             log.error("samba share not updated (%s): %s", reason, e)
             publish(f"error: {e}")
@@ -212,12 +225,29 @@ async def run(core) -> None:
         if on:
             await refresh_export(reason)
 
+    refresh = {"job": None, "again": False}     # one refresh job at a time; changes meanwhile: one more
+
     async def refresh_export(reason: str) -> None:
+        if refresh["job"] is not None:
+            refresh["again"] = True
+            return
         cfg = core.cfg.samba
         try:
-            await core.export_sessions("all", list(cfg.formats), cfg.export_dir, _export_options(), trusted=True)
+            job = await core.export_sessions("all", list(cfg.formats), cfg.export_dir, _export_options(),
+                                             trusted=True)
+            refresh["job"] = job.id
         except Exception as e:  # error boundary: a failed export never stops the adapter
             log.warning("samba export folder not refreshed (%s): %s", reason, e)
+
+    async def job_finished(job) -> None:
+        if job.id != refresh["job"] or not job.state.finished:
+            return
+        refresh["job"] = None
+        if job.state != events.JobState.COMPLETED:
+            log.warning("samba export folder refresh %s: %s", job.state, job.error)
+        if refresh["again"] and getattr(core, "sharing_enabled", False):
+            refresh["again"] = False
+            await refresh_export("sessions changed meanwhile")
 
     inbox: asyncio.Queue = asyncio.Queue()
 
@@ -235,8 +265,16 @@ async def run(core) -> None:
                 await sync(ev.key)
             elif isinstance(ev, events.SessionsChanged) and getattr(core, "sharing_enabled", False):
                 await refresh_export("sessions changed")
+            elif isinstance(ev, events.JobUpdated):
+                await job_finished(ev.job)
     finally:
         pump_task.cancel()
+
+
+def _root_folder(cfg) -> str:
+    """The engine's root folder inside the export folder (what the share serves)."""
+    from steno_exportd.engine.naming import safe_name
+    return safe_name(cfg.export.root_folder, "SilentSteno")
 
 
 def _export_options():

@@ -1,0 +1,96 @@
+"""The recorder's share on a real core: the adapter exports the demo library and smbd serves it."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+import pytest
+
+from steno_exportd import config, demo, events, samba
+from steno_exportd.core import Core
+from tests.real_smbd import smb_tmp, smbd_factory  # noqa: F401  (fixtures)
+from tests.smbdata import client_kw, close, read_remote
+from tests.usb.recorder_db import add_session_like, copy_library
+
+SHARE = "\\\\127.0.0.1\\meetings"
+
+
+async def until(cond, what, timeout=30.0):
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not await asyncio.to_thread(cond):
+        if loop.time() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def shared(smb_tmp, smbd_factory, tmp_path):  # noqa: F811
+    snippet = smb_tmp / "samba" / "steno-exportd.conf"
+    smbd = smbd_factory(include=str(snippet))
+    smbd.start()
+    demo.generate(tmp_path / "demo", sessions=4, seed=6, small=True)
+    db = copy_library(tmp_path / "demo", tmp_path / "library")
+    cfg = config.from_dict({
+        "recorder": {"db_path": str(db)},
+        "state": {"dir": str(tmp_path / "state"), "runtime_dir": str(tmp_path / "run")},
+        "usb": {"enabled": False}, "http": {"enabled": False},
+        "samba": {"enabled": True, "export_dir": str(smb_tmp / "export"), "snippet_path": str(snippet),
+                  "formats": ["txt", "json"], "reload_command": smbd.reload_command()}})
+    core = Core(cfg)
+    await core.start()
+    adapter = asyncio.create_task(samba.run(core))
+    kw = await asyncio.to_thread(client_kw, smbd.port)
+    try:
+        yield core, db, smb_tmp / "export", kw
+    finally:
+        close(kw)
+        adapter.cancel()
+        await core.stop()
+
+
+def served_sums(kw) -> dict[str, str]:
+    import smbclient
+    try:
+        if "SHA256SUMS" not in smbclient.listdir(SHARE, **kw):
+            return {}
+        text = read_remote(SHARE + "\\SHA256SUMS", kw).decode()
+    except Exception:  # noqa: BLE001 - not served yet
+        return {}
+    return {rel: h for h, rel in (ln.split("  ", 1) for ln in text.splitlines())}
+
+
+async def test_share_serves_the_library_and_follows_new_sessions(shared):
+    import smbclient
+    core, db, export, kw = shared
+    n = len([s for s in core.library.list_sessions(exportable_only=True)])
+    await until(lambda: len({r.split("/")[0] for r in served_sums(kw)}) == n, "the library on the share")
+    sums = served_sums(kw)
+    for rel, h in sums.items():
+        data = await asyncio.to_thread(read_remote, SHARE + "\\" + rel.replace("/", "\\"), kw)
+        assert hashlib.sha256(data).hexdigest() == h, rel
+    # what the engine writes while it works is vetoed
+    root = export / "SilentSteno"
+    (root / f"{samba.TEMP_PREFIX}half").write_bytes(b"x")
+    (root / f"2026 cut{samba.PARTIAL_SUFFIX}").mkdir()
+    (root / samba.MARKER).write_bytes(b"incomplete\n")
+    names = set(await asyncio.to_thread(smbclient.listdir, SHARE, **kw))
+    assert {f"{samba.TEMP_PREFIX}half", f"2026 cut{samba.PARTIAL_SUFFIX}", samba.MARKER}.isdisjoint(names)
+    assert "manifest.json" in names
+
+    add_session_like(db, title="Shared when it appears")
+    for _ in range(3):                        # several changes at once: one refresh job at a time
+        await core.refresh_library()
+    await until(lambda: any("Shared when it appears" in r for r in served_sums(kw)), "the new session")
+    exports = [j for j in core.jobs.list() if j.operation == "export"]
+    assert len(exports) <= 3 and all(j.state == events.JobState.COMPLETED for j in exports if j.state.finished)
+
+    core.set_sharing(False)
+
+    def gone():
+        try:
+            smbclient.listdir(SHARE, **kw)
+        except Exception:  # noqa: BLE001 - the share is gone
+            return True
+        return False
+    await until(gone, "the share to go away")
