@@ -218,6 +218,10 @@ class SambaConfig:
     reload_command: list[str] = opt(["smbcontrol", "smbd", "reload-config"],
                                     "Command that reloads smbd; [] when systemd's steno-exportd-samba-reload.path "
                                     "does it (the hardened service cannot).")
+    close_command: list[str] = opt(["smbcontrol", "smbd", "close-share"],
+                                   "Command that disconnects users from a share that was switched off or changed "
+                                   "(the share name is appended); not used when reload_command is [] (the systemd "
+                                   "unit does it).")
     formats: list[str] = opt(["txt", "html", "pdf", "audio"], "Formats kept in the export folder.",
                              items=FORMATS)
 

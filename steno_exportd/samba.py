@@ -41,14 +41,20 @@ class ApplyResult:
     snippet: str
 
 
+CLOSED = "# closed share: "     # the root reload unit disconnects users from the shares named so
+
+
 def render_snippet(cfg: SambaConfig, *, enabled: bool, vfs_fruit: bool, hostname: str = "",
-                   subdir: str = "") -> str:
+                   subdir: str = "", closing: str = "") -> str:
     """The share definition (or an empty placeholder when sharing is off) as smb.conf text.
 
     ``subdir``: the export's root folder inside export_dir (the share shows the session folders).
+    ``closing``: a share whose connected users must be disconnected (switched off or changed).
     """
     head = ("# Written by steno-exportd; do not edit (it is replaced on every change).\n"
             "# smb.conf includes it with: include = " + cfg.snippet_path + "\n")
+    if closing:
+        head += CLOSED + closing + "\n"
     if not enabled:
         return head + "# Sharing is off.\n"
     problems = check_config(cfg)
@@ -180,9 +186,43 @@ def share_path(cfg: SambaConfig, subdir: str = "") -> str:
     return os.path.join(cfg.export_dir, subdir) if subdir else cfg.export_dir
 
 
+def share_section(snippet: str) -> tuple[str, str]:
+    """(share name, its definition) in a snippet we wrote; ("", "") when sharing is off."""
+    m = re.search(r"^\[([^\]\n]+)\]\n", snippet, re.M)
+    return (m.group(1), snippet[m.start():]) if m else ("", "")
+
+
+def close_share(cfg: SambaConfig, name: str) -> None:
+    """Disconnect users still connected to a share that is gone or changed (smbd keeps them otherwise)."""
+    if not cfg.reload_command or not cfg.close_command:
+        return          # the systemd unit does it (CLOSED line in the snippet)
+    try:
+        proc = subprocess.run([*cfg.close_command, name], capture_output=True, text=True, timeout=30,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise TargetError(f"samba: connected users of [{name}] not disconnected: {e}") from e
+    if proc.returncode != 0:
+        msg = (proc.stderr or proc.stdout).strip().splitlines()
+        raise TargetError(f"samba: connected users of [{name}] not disconnected: "
+                          f"{msg[-1] if msg else f'exit status {proc.returncode}'}")
+
+
 def apply(cfg: SambaConfig, enabled: bool, hostname: str = "", subdir: str = "") -> ApplyResult:
-    """Render, validate, install and reload; on any error the previous snippet stays in place."""
-    snippet = render_snippet(cfg, enabled=enabled, vfs_fruit=fruit_available(), hostname=hostname, subdir=subdir)
+    """Render, validate, install and reload; on any error the previous snippet stays in place.
+
+    When the share is switched off or its definition changes, users still connected to the old one
+    are disconnected (smbd would let them go on with the old rules); their clients reconnect.
+    """
+    try:
+        old_name, old_section = share_section(pathlib.Path(cfg.snippet_path).read_text())
+    except OSError:
+        old_name, old_section = "", ""
+    fruit = fruit_available()
+    new_section = share_section(render_snippet(cfg, enabled=enabled, vfs_fruit=fruit, hostname=hostname,
+                                               subdir=subdir))[1]
+    closing = old_name if old_name and old_section != new_section else ""
+    snippet = render_snippet(cfg, enabled=enabled, vfs_fruit=fruit, hostname=hostname, subdir=subdir,
+                             closing=closing)
     if enabled:
         os.makedirs(cfg.export_dir, mode=0o755, exist_ok=True)
         if subdir:
@@ -190,6 +230,8 @@ def apply(cfg: SambaConfig, enabled: bool, hostname: str = "", subdir: str = "")
     changed = install(snippet, cfg)
     if changed:
         reload(cfg)
+        if closing:
+            close_share(cfg, closing)
     return ApplyResult(changed=changed, reloaded=changed, snippet=snippet)
 
 

@@ -143,6 +143,9 @@ disable spoolss = yes
     def reload_command(self) -> list[str]:
         return ["smbcontrol", "-s", str(self.conf), "smbd", "reload-config"]
 
+    def close_command(self) -> list[str]:
+        return ["smbcontrol", "-s", str(self.conf), "smbd", "close-share"]
+
     def add_user(self, password: str) -> str:
         name = f"{USER_PREFIX}{secrets.token_hex(3)}"
         subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", name], check=True, capture_output=True)

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import hashlib
+import types
 import os
+import pathlib
+import subprocess
 
 import pytest
 
@@ -13,6 +16,7 @@ from tests.real_smbd import smb_tmp, smbd_factory  # noqa: F401  (fixtures)
 from tests.smbdata import client_kw, close, make_export_tree, read_remote
 
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
 ACCESS_DENIED = 0xC0000022
 
 
@@ -23,7 +27,7 @@ def share_dir(smbd) -> str:
 def _cfg(root, smbd, **kw) -> SambaConfig:
     base = dict(enabled=True, share_name="meetings", export_dir=str(root / "export"),
                 snippet_path=str(root / "steno-exportd.conf"), smb_conf=str(smbd.conf),
-                reload_command=smbd.reload_command())
+                reload_command=smbd.reload_command(), close_command=smbd.close_command())
     return SambaConfig(**{**base, **kw})
 
 
@@ -117,6 +121,85 @@ def test_sharing_off_removes_share(served):
         close(kw)
 
 
+def _still_open(kw) -> bool:
+    import smbclient
+    from smbprotocol.exceptions import SMBOSError
+    try:
+        smbclient.listdir("\\\\127.0.0.1\\meetings", **kw)
+        return True
+    except SMBOSError:
+        return False
+
+
+def test_users_connected_when_sharing_goes_off_lose_it(served):
+    """smbd keeps a removed share for users already connected; switching off disconnects them."""
+    root, smbd, sums = served
+    cfg = _cfg(root, smbd)
+    samba.apply(cfg, enabled=True)
+    kw = client_kw(smbd.port)
+    try:
+        assert _still_open(kw)
+        samba.apply(cfg, enabled=False)
+        assert not _still_open(kw), "a guest connected before sharing went off can still list the meetings"
+        assert samba.CLOSED + "meetings" in (root / "steno-exportd.conf").read_text()
+    finally:
+        close(kw)
+    samba.apply(cfg, enabled=True)       # and back on: a new connection is served again
+    kw = client_kw(smbd.port)
+    try:
+        _check_share(smbd, sums, kw)
+    finally:
+        close(kw)
+
+
+def test_guests_connected_lose_the_share_when_it_is_limited_to_users(served):
+    root, smbd, sums = served
+    user = smbd.add_user("s3cret-pw")
+    samba.apply(_cfg(root, smbd), enabled=True)
+    kw = client_kw(smbd.port)
+    try:
+        assert _still_open(kw)
+        samba.apply(_cfg(root, smbd, guest_ok=False, valid_users=[user]), enabled=True)
+        assert not _still_open(kw), "a guest kept access after the share was limited to named users"
+    finally:
+        close(kw)
+    ukw = client_kw(smbd.port, user, "s3cret-pw")
+    try:
+        _check_share(smbd, sums, ukw)
+    finally:
+        close(ukw)
+
+
+def test_systemd_reload_unit_disconnects_users_of_a_closed_share(served):
+    """The root unit used under the hardened service: its commands, run against the test smbd."""
+    import re
+    import shlex
+    root, smbd, sums = served
+    cfg = _cfg(root, smbd, reload_command=[])           # as shipped with the systemd units
+    unit = (REPO / "systemd" / "steno-exportd-samba-reload.service").read_text()
+    cmds = [ln.split("=", 1)[1] for ln in unit.splitlines() if ln.startswith("ExecStart=")]
+    assert cmds
+    default = SambaConfig().snippet_path
+    assert all(default in c or "reload-config" in c for c in cmds)
+
+    def run_unit():
+        for c in cmds:
+            c = c.replace("$$", "$").replace(default, str(root / "steno-exportd.conf"))
+            c = re.sub(r"(\S*smbcontrol) smbd", rf"\1 -s {shlex.quote(str(smbd.conf))} smbd", c)
+            subprocess.run(shlex.split(c), check=True, timeout=60)
+
+    samba.apply(cfg, enabled=True)
+    run_unit()
+    kw = client_kw(smbd.port)
+    try:
+        assert _still_open(kw)
+        samba.apply(cfg, enabled=False)
+        run_unit()
+        assert not _still_open(kw)
+    finally:
+        close(kw)
+
+
 @pytest.mark.parametrize("bad", [
     "[meetings\n   path = /tmp\n",                          # broken section header: testparm exits 1
     "[meetings]\n   path = /tmp\n   no such option = 1\n",  # unknown parameter: exit 0, stderr says so
@@ -175,6 +258,7 @@ class FakeCore:
     async def export_sessions(self, ids, formats, target, options, *, trusted=False):
         assert trusted, "the share folder is the daemon's own: not subject to export.allowed_dirs"
         self.exports.append((ids, tuple(formats), target))
+        return types.SimpleNamespace(id=len(self.exports))
 
 
 async def test_adapter_follows_sharing_switch(served):
@@ -182,7 +266,8 @@ async def test_adapter_follows_sharing_switch(served):
     import smbclient
     from steno_exportd import events
 
-    root, smbd, sums = served
+    root, smbd, _ = served
+    make_export_tree(root / "export" / "SilentSteno")    # the adapter shares the export's root folder
     core = FakeCore(Config_with(_cfg(root, smbd)))
     states = []
 
@@ -206,7 +291,14 @@ async def test_adapter_follows_sharing_switch(served):
         finally:
             close(kw)
         core.events.publish(events.SessionsChanged(added=(5,)))
+        core.events.publish(events.SessionsChanged(added=(6,)))
+        await asyncio.sleep(0.2)
+        assert len(core.exports) == 1, "one refresh at a time: changes meanwhile wait for it"
+        core.events.publish(events.JobUpdated(events.JobSnapshot(
+            id=1, operation="export", target=str(root / "export"), state=events.JobState.COMPLETED)))
         await _until(lambda: len(core.exports) == 2)
+        await asyncio.sleep(0.2)
+        assert len(core.exports) == 2, "the changes that came meanwhile need one more refresh, not two"
         core.set_sharing(False)
         await _until(lambda: states[-1] == "off")
         assert "Sharing is off" in (root / "steno-exportd.conf").read_text()

@@ -36,7 +36,8 @@ async def shared(smb_tmp, smbd_factory, tmp_path):  # noqa: F811
         "state": {"dir": str(tmp_path / "state"), "runtime_dir": str(tmp_path / "run")},
         "usb": {"enabled": False}, "http": {"enabled": False},
         "samba": {"enabled": True, "export_dir": str(smb_tmp / "export"), "snippet_path": str(snippet),
-                  "formats": ["txt", "json"], "reload_command": smbd.reload_command()}})
+                  "formats": ["txt", "json"], "reload_command": smbd.reload_command(),
+                  "close_command": smbd.close_command()}})
     core = Core(cfg)
     await core.start()
     adapter = asyncio.create_task(samba.run(core))
