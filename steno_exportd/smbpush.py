@@ -34,7 +34,7 @@ MANIFEST_NAME = ".steno-push.json"  # remote record of verified files: increment
 SUMS_NAME = "SHA256SUMS"
 CHUNK = 8 * 1024 * 1024
 MANIFEST_FLUSH_SECONDS = 1.0
-PIPELINE = 8                       # write requests in flight per file
+PIPELINE = 4                       # requests in flight per file (4 x 8 MiB: as fast as 8 here, half the memory)
 FAST_WRITES = True                 # smbwire: hand-packed, zero-copy WRITE requests
 
 
@@ -494,11 +494,39 @@ class Throttle:
             time.sleep(ahead)
 
 
-def _local_chunks(path: pathlib.Path, size: int, h) -> Iterable[bytes]:
+READ_DEPTH = 3                     # chunks read ahead of the SMB writes
+
+
+class _Buffers:
+    """Read buffers reused from file to file: a fresh 8 MiB bytes object per read costs ~2,000 page
+    faults (zeroing, unmapping), more CPU than the read itself.
+
+    A chunk is handed on as a memoryview and is overwritten READ_DEPTH + 2 reads later: the reader
+    runs at most READ_DEPTH + 1 chunks ahead of the consumer, and the writer has sent (copied into
+    the socket) each chunk before it asks for the next one.
+    """
+
+    def __init__(self) -> None:
+        self.pool: list[bytearray] = []
+        self.next = 0
+
+    def reader(self, f, size: int) -> Callable[[], memoryview]:
+        if not self.pool or len(self.pool[0]) != size:
+            self.pool = [bytearray(size) for _ in range(READ_DEPTH + 2)]
+
+        def read() -> memoryview:
+            buf = self.pool[self.next % len(self.pool)]
+            self.next += 1
+            return memoryview(buf)[:f.readinto(buf)]
+        return read
+
+
+def _local_chunks(path: pathlib.Path, size: int, h, buffers: _Buffers | None = None) -> Iterable[bytes]:
     """Read ``path`` in a thread beside the SMB writes, hashing as it goes (the engine's reader)."""
     from steno_exportd.engine.writer import pipelined_reads
     with open(path, "rb", buffering=0) as f:
-        yield from pipelined_reads(lambda: f.read(size), h, depth=3)
+        yield from pipelined_reads(buffers.reader(f, size) if buffers else lambda: f.read(size), h,
+                                   depth=READ_DEPTH)
 
 
 def _until_cancelled(chunks: Iterable[bytes], cancelled: Callable[[], bool]) -> Iterator[bytes]:
@@ -625,6 +653,7 @@ def push_dir(target: SmbTarget, local_root: pathlib.Path, *, files: list[str] | 
     state = {"last_flush": time.monotonic(), "dirty": False}
     made_dirs: set[str] = set()
     verifier: _Verifier | None = None
+    buffers = _Buffers()
 
     def record(rel: str, entry: dict, size: int) -> None:
         nonlocal nbytes
@@ -663,7 +692,7 @@ def push_dir(target: SmbTarget, local_root: pathlib.Path, *, files: list[str] | 
                 made_dirs.add(parent)
             known = local_sums.get(rel)          # the export's own SHA256SUMS: no second hash pass
             h = None if known else hashlib.sha256()
-            chunks = _until_cancelled(_local_chunks(path, chunk, h), cancelled)
+            chunks = _until_cancelled(_local_chunks(path, chunk, h, buffers), cancelled)
             size = target.write_stream(rel, chunks, throttle,
                                        (lambda n, rel=rel: progress(rel, n)) if progress else None)
             digest = known or h.hexdigest()
