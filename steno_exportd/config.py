@@ -222,6 +222,9 @@ class SambaConfig:
                                    "Command that disconnects users from a share that was switched off or changed "
                                    "(the share name is appended); not used when reload_command is [] (the systemd "
                                    "unit does it).")
+    announce: bool = opt(True, "While the share is served, announce it over mDNS (avahi-daemon on the system "
+                               "D-Bus) so macOS Finder lists the recorder; Windows uses wsdd (docs/samba.md).")
+    announce_name: str = opt("", "Name the share is announced under; empty: the host name.")
     formats: list[str] = opt(["txt", "html", "pdf", "audio"], "Formats kept in the export folder.",
                              items=FORMATS)
 

@@ -247,8 +247,12 @@ async def run(core) -> None:
     """Adapter: follow core sharing on/off and config reloads; keep the export folder current."""
     from steno_exportd import events
 
+    from steno_exportd.announce import Announcer
+    announcer = Announcer()
+
     def publish(state: str) -> None:
         core.events.publish(events.StatusChanged("samba_state", state))
+        announcer.set(state == "serving" and core.cfg.samba.announce, core.cfg.samba.announce_name)
 
     async def sync(reason: str) -> None:
         cfg = core.cfg.samba
@@ -298,6 +302,7 @@ async def run(core) -> None:
             inbox.put_nowait(ev)
 
     pump_task = asyncio.create_task(pump())
+    announce_task = asyncio.create_task(announcer.run(), name="samba-announce")
     await asyncio.sleep(0)          # subscribed before the first sync: no switch is missed
     try:
         await sync("start")
@@ -311,6 +316,8 @@ async def run(core) -> None:
                 await job_finished(ev.job)
     finally:
         pump_task.cancel()
+        announce_task.cancel()
+        await asyncio.gather(announce_task, return_exceptions=True)     # the announcement withdrawn
 
 
 def _root_folder(cfg) -> str:

@@ -3,16 +3,19 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import secrets
 
 import pytest
 
 from steno_exportd import config, demo, events, samba
 from steno_exportd.core import Core
+from tests.real_avahi import avahi  # noqa: F401  (fixture)
 from tests.real_smbd import smb_tmp, smbd_factory  # noqa: F401  (fixtures)
 from tests.smbdata import client_kw, close, read_remote
 from tests.usb.recorder_db import add_session_like, copy_library
 
 SHARE = "\\\\127.0.0.1\\meetings"
+ANNOUNCED = f"steno-core-{secrets.token_hex(3)}"
 
 
 async def until(cond, what, timeout=30.0):
@@ -25,7 +28,7 @@ async def until(cond, what, timeout=30.0):
 
 
 @pytest.fixture
-async def shared(smb_tmp, smbd_factory, tmp_path):  # noqa: F811
+async def shared(smb_tmp, smbd_factory, tmp_path, avahi):  # noqa: F811
     snippet = smb_tmp / "samba" / "steno-exportd.conf"
     smbd = smbd_factory(include=str(snippet))
     smbd.start()
@@ -37,13 +40,13 @@ async def shared(smb_tmp, smbd_factory, tmp_path):  # noqa: F811
         "usb": {"enabled": False}, "http": {"enabled": False},
         "samba": {"enabled": True, "export_dir": str(smb_tmp / "export"), "snippet_path": str(snippet),
                   "formats": ["txt", "json"], "reload_command": smbd.reload_command(),
-                  "close_command": smbd.close_command()}})
+                  "close_command": smbd.close_command(), "announce_name": ANNOUNCED}})
     core = Core(cfg)
     await core.start()
     adapter = asyncio.create_task(samba.run(core))
     kw = await asyncio.to_thread(client_kw, smbd.port)
     try:
-        yield core, db, smb_tmp / "export", kw
+        yield core, db, smb_tmp / "export", kw, avahi
     finally:
         close(kw)
         adapter.cancel()
@@ -63,10 +66,11 @@ def served_sums(kw) -> dict[str, str]:
 
 async def test_share_serves_the_library_and_follows_new_sessions(shared):
     import smbclient
-    core, db, export, kw = shared
+    core, db, export, kw, avahi = shared  # noqa: F811
     n = len([s for s in core.library.list_sessions(exportable_only=True)])
     await until(lambda: len({r.split("/")[0] for r in served_sums(kw)}) == n, "the library on the share")
     sums = served_sums(kw)
+    await until(lambda: ANNOUNCED in avahi.names(), "the share announced on mDNS")
     for rel, h in sums.items():
         data = await asyncio.to_thread(read_remote, SHARE + "\\" + rel.replace("/", "\\"), kw)
         assert hashlib.sha256(data).hexdigest() == h, rel
@@ -95,3 +99,4 @@ async def test_share_serves_the_library_and_follows_new_sessions(shared):
             return True
         return False
     await until(gone, "the share to go away")
+    await until(lambda: ANNOUNCED not in avahi.names(), "the mDNS announcement to be withdrawn")
