@@ -420,7 +420,11 @@ async def history_page(request: web.Request) -> web.Response:
 # ---- login ------------------------------------------------------------------------------
 
 def _safe_next(value: str) -> str:
-    return value if value.startswith("/") and not value.startswith("//") and "\\" not in value else "/"
+    """A path on this site, or "/" (no controls: browsers drop a tab in "/<tab>/host", leaving "//host")."""
+    if (not value.startswith("/") or value.startswith("//") or len(value) > 2000
+            or any(c == "\\" or c <= " " or c == "\x7f" for c in value)):
+        return "/"
+    return value
 
 
 async def login_page(request: web.Request) -> web.Response:
