@@ -77,6 +77,7 @@ async def test_slow_zip_readers_do_not_hold_up_other_clients(web_client, session
     assert zipfile.ZipFile(io.BytesIO(await r.read())).testzip() is None
     assert (await client.get("/api/v1/sessions")).status == 200
     assert loop.time() - t0 < 5, f"other clients waited {loop.time() - t0:.1f} s"
+    assert len(ctx.streams) == 8                                       # all the while the eight stayed stalled
     # a stalled client that reads on gets its whole, intact ZIP
     reader, writer, length = slow.pop()
     rest = await asyncio.wait_for(reader.readexactly(length - 64 * 1024), 60)
