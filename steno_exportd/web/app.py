@@ -130,7 +130,7 @@ async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
         raise
     except StenoError as e:
         return _error_response(request, 409, str(e))
-    except (ConnectionResetError, asyncio.CancelledError):
+    except (ConnectionError, asyncio.CancelledError):     # a client that left is not an error of ours
         raise
     except Exception:  # noqa: BLE001 - the error boundary of one request
         log.exception("%s %s failed", request.method, request.path)

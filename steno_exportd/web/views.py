@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import mimetypes
+import os
 import re
 import secrets
 import time
@@ -181,17 +183,38 @@ async def send_audio(request: web.Request, ctx: WebContext, s: Any, via: str,
             await on_complete()
         if "dl" in request.query or via != "page":
             await asyncio.to_thread(ctx.store.audit, s.id, addr, f"audio {path.name}", via)
-    return CompletingFileResponse(path, done, headers={
-        "Content-Type": ctype,
-        "Content-Disposition": disposition(download_name(s, path.name), inline="dl" not in request.query)})
+    name = download_name(s, path.name)
+    return CompletingFileResponse(path, done, name, headers={
+        "Content-Type": ctype, "Content-Disposition": disposition(name, inline="dl" not in request.query)})
+
+
+def client_left(name: str, sent: int, total: int | None) -> None:
+    """A download the client walked away from: one quiet line, no traceback (nothing failed here)."""
+    log.info("download of %s: client left after %d of %s bytes", name, sent, total if total is not None else "?")
+
+
+def _sent_since(f: Any, offset: int) -> int:
+    """Bytes a sendfile got out before it failed (asyncio leaves the file position after them)."""
+    try:
+        return max(0, os.lseek(f.fileno(), 0, os.SEEK_CUR) - offset)
+    except (OSError, ValueError):
+        return 0
 
 
 class CompletingFileResponse(web.FileResponse):
     """sendfile with Range/If-Range/ETag; calls ``done`` once a whole file (200, GET, no Range) has been sent."""
 
-    def __init__(self, path: Any, done: Any, **kw: Any) -> None:
+    def __init__(self, path: Any, done: Any, name: str, **kw: Any) -> None:
         super().__init__(path, **kw)
         self._done = done
+        self._name = name
+
+    async def _sendfile(self, request: web.BaseRequest, fobj: Any, offset: int, count: int) -> Any:
+        try:
+            return await super()._sendfile(request, fobj, offset, count)
+        except ConnectionError:      # aiohttp drops the connection quietly; say once what happened
+            client_left(self._name, _sent_since(fobj, offset), count)
+            raise
 
     async def prepare(self, request: web.BaseRequest) -> Any:
         if self.prepared:
@@ -223,12 +246,10 @@ async def send_rendered(request: web.Request, ctx: WebContext, s: Any, fmt: str,
     from steno_exportd import render
     from steno_exportd.render.base import RenderOptions
 
-    r = render.get(fmt)                      # NotFoundError lists the valid names
+    r = render.get(one_of(fmt, render.names(), "format"))
     if fmt == "audio":
         raise web.HTTPFound(f"/sessions/{s.id}/audio?dl=1")
-    template = template or ctx.cfg.export.template
-    if template not in render.template_names():
-        raise NotFoundError(f"unknown template {template!r}; valid: {', '.join(render.template_names())}")
+    template = _template(template, ctx)
     opts = RenderOptions.from_config(ctx.cfg.render, template)
     key = ctx.cache.key(s.uuid, s.updated_at, fmt, r.version, template, opts)
     name = download_name(s, r.filename(s, opts))
@@ -244,18 +265,31 @@ async def send_rendered(request: web.Request, ctx: WebContext, s: Any, fmt: str,
 
     async def done() -> None:
         await asyncio.to_thread(ctx.store.audit, s.id, addr, f"{fmt} ({template})", via)
-    return CompletingFileResponse(path, done, headers=headers)
+    return CompletingFileResponse(path, done, name, headers=headers)
 
 
 # ---- ZIP ----------------------------------------------------------------------------
 
+def one_of(value: str, allowed: Any, what: str) -> str:
+    """A download parameter from a fixed list; anything else is a 400 that names the allowed values."""
+    if value not in allowed:
+        raise InvalidArgument(f"unknown {what} {value[:40]!r}; allowed: {', '.join(allowed)}")
+    return value
+
+
+def _template(value: str, ctx: WebContext) -> str:
+    from steno_exportd.formats import DOCUMENT_TEMPLATES
+    return one_of(value or ctx.cfg.export.template, DOCUMENT_TEMPLATES, "template")
+
+
 def _formats(q: Any, ctx: WebContext) -> tuple[str, ...]:
     from steno_exportd.formats import FORMATS
-    raw = q.get("formats", "")
-    fmts = tuple(f for f in raw.split(",") if f) if raw else tuple(ctx.cfg.export.formats)
-    bad = [f for f in fmts if f not in FORMATS]
-    if bad:
-        raise NotFoundError(f"unknown format {bad[0]!r}; valid: {', '.join(FORMATS)}")
+    raw = ",".join(q.getall("formats", []))
+    if not raw:
+        return tuple(ctx.cfg.export.formats)
+    fmts = tuple(dict.fromkeys(one_of(f.strip(), FORMATS, "format") for f in raw.split(",") if f.strip()))
+    if not fmts:
+        raise InvalidArgument(f"formats: name at least one of {', '.join(FORMATS)}")
     return fmts
 
 
@@ -264,7 +298,7 @@ async def stream_zip(request: web.Request, ctx: WebContext, ids: list[int], fmts
     """One ZIP streamed on the fly (ZIP64, audio stored, SHA256SUMS and manifest), with Content-Length."""
     from steno_exportd.engine import archive
 
-    template = request.query.get("template", "") or ctx.cfg.export.template
+    template = _template(request.query.get("template", ""), ctx)
     errors: dict = {}
     plan = await asyncio.to_thread(archive.build_plan, ctx.core.library, tuple(ids), fmts, template,
                                    "audio" in fmts, ctx.cfg, None, errors, ctx.hashes)
@@ -279,19 +313,24 @@ async def stream_zip(request: web.Request, ctx: WebContext, ids: list[int], fmts
         return resp
     parts = archive.zip_parts(plan, chunk=1 << 20)
     ctx.streams.add(resp)
+    sent = 0
     try:
         while True:
             part = await asyncio.to_thread(next, parts, None)
             if part is None:
                 break
             if isinstance(part, archive.FileSpan):
-                await _sendfile(request, part)
+                sent += await _sendfile(request, part)
             else:
                 await resp.write(part)
+                sent += len(part)
         await resp.write_eof()
+    except ConnectionError as e:    # the client left: one INFO line, nothing counted or cached
+        client_left(name, sent + (e.sent if isinstance(e, ClientLeft) else 0), resp.content_length)
+        return resp
     finally:
         ctx.streams.discard(resp)
-        parts.close()
+        await asyncio.to_thread(_close_parts, parts)
     for e in plan.entries:          # recordings hashed on the way: the next ZIP can use sendfile
         if e.path is not None and not e.known and e.sha256:
             await asyncio.to_thread(ctx.hashes.put, e.path, e.crc, e.sha256)
@@ -302,16 +341,34 @@ async def stream_zip(request: web.Request, ctx: WebContext, ids: list[int], fmts
     return resp
 
 
-async def _sendfile(request: web.Request, span: Any) -> None:
-    """A stored entry straight from the page cache to the socket (what FileResponse does)."""
+class ClientLeft(ConnectionError):
+    """The connection went away during a sendfile, after ``sent`` bytes of it."""
+
+    def __init__(self, sent: int) -> None:
+        super().__init__(f"client left after {sent} bytes")
+        self.sent = sent
+
+
+def _close_parts(parts: Any) -> None:
+    """Close the ZIP generator: its open file and its reader thread."""
+    with contextlib.suppress(ValueError):   # a thread still inside it (cancelled mid-read): freed when it returns
+        parts.close()
+
+
+async def _sendfile(request: web.Request, span: Any) -> int:
+    """A stored entry straight from the page cache to the socket (what FileResponse does); its size."""
     writer, transport = request.writer, request.transport
     await writer.drain()
     with open(span.path, "rb") as f:
-        if transport is None or transport.get_extra_info("sslcontext"):
-            raise ConnectionResetError("client went away")
-        sent = await asyncio.get_running_loop().sendfile(transport, f, 0, span.size)
+        if transport is None or transport.is_closing():
+            raise ClientLeft(0)
+        try:
+            sent = await asyncio.get_running_loop().sendfile(transport, f, 0, span.size)
+        except ConnectionError:
+            raise ClientLeft(_sent_since(f, 0)) from None
     if sent != span.size:
         raise OSError(f"{span.path} changed size while being sent")
+    return sent
 
 
 async def session_zip(request: web.Request) -> web.StreamResponse:
@@ -360,7 +417,11 @@ async def history_page(request: web.Request) -> web.Response:
 # ---- login ------------------------------------------------------------------------------
 
 def _safe_next(value: str) -> str:
-    return value if value.startswith("/") and not value.startswith("//") and "\\" not in value else "/"
+    """A path on this site, or "/" (no controls: browsers drop a tab in "/<tab>/host", leaving "//host")."""
+    if (not value.startswith("/") or value.startswith("//") or len(value) > 2000
+            or any(c == "\\" or c <= " " or c == "\x7f" for c in value)):
+        return "/"
+    return value
 
 
 async def login_page(request: web.Request) -> web.Response:
@@ -482,7 +543,7 @@ async def share_download(request: web.Request) -> web.StreamResponse:
     if not _pin_ok(request, ctx, link):
         raise web.HTTPForbidden(text="Enter the PIN first.")
     s = await ctx.session(str(link.session_id))
-    what = request.match_info["what"]
+    what = one_of(request.match_info["what"], ("zip", "audio"), "download")
     counted = {"ok": False}
 
     async def count() -> None:
@@ -491,10 +552,8 @@ async def share_download(request: web.Request) -> web.StreamResponse:
     via = f"share link {link.token[:6]}…"
     if what == "audio":
         return await send_audio(request, ctx, s, via=via, on_complete=count)
-    if what == "zip":
-        return await stream_zip(request, ctx, [s.id], tuple(ctx.cfg.export.formats),
-                                download_name(s, "SilentSteno.zip"), via, on_complete=count)
-    raise web.HTTPNotFound(text="unknown download (zip or audio)")
+    return await stream_zip(request, ctx, [s.id], tuple(ctx.cfg.export.formats),
+                            download_name(s, "SilentSteno.zip"), via, on_complete=count)
 
 
 def add_routes(app: web.Application) -> None:

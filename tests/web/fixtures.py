@@ -1,9 +1,18 @@
 """A real Core on a real demo library, and the web app in front of it."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import re
+import socket
+import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestServer
+from aiohttp.web_runner import AppRunner, BaseRunner
 
 from steno_exportd import config, demo
 from steno_exportd.core import Core
@@ -41,6 +50,13 @@ async def started_core(cfg):
     return core
 
 
+class DaemonLikeServer(TestServer):
+    """aiohttp's test server run like serve() runs the page: a client that leaves does not cancel its handler."""
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        return AppRunner(self.app, **{**kwargs, "handler_cancellation": False})
+
+
 @pytest.fixture
 async def web_client(aiohttp_client, tmp_path, demo_lib):
     """make(**config overrides) -> (client, core)."""
@@ -50,7 +66,44 @@ async def web_client(aiohttp_client, tmp_path, demo_lib):
     async def make(**over):
         core = await started_core(make_config(tmp_path, demo_lib, **over))
         cores.append(core)
-        return await aiohttp_client(make_app(core)), core
+        return await aiohttp_client(DaemonLikeServer(make_app(core))), core
     yield make
     for c in cores:
         await c.stop()
+
+
+async def eventually(cond, what: str, timeout: float = 10.0):
+    """Bounded async poll (the server runs on this loop, so a blocking wait would stall it)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not (value := cond()):
+        assert loop.time() < end, f"timed out after {timeout}s waiting for {what}"
+        await asyncio.sleep(0.02)
+    return value
+
+
+async def open_download(client, path: str, first: int):
+    """A raw client that asks for ``path`` and reads the headers and ``first`` body bytes; -> (reader, writer, length)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)).decode()
+    assert head.startswith("HTTP/1.1 200"), head
+    length = int(re.search(r"(?im)^content-length: *(\d+)", head).group(1))
+    await asyncio.wait_for(reader.readexactly(first), 30)
+    return reader, writer, length
+
+
+def leave(writer, reset: bool = False) -> None:
+    """The browser tab goes away: a plain close (FIN), or an abort (RST) like a dropped Wi-Fi client."""
+    if reset:
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.close()
+
+
+def open_files() -> set[str]:
+    """What this process (the server runs in it) has open."""
+    out = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            out.add(os.readlink(f"/proc/self/fd/{fd}"))
+    return out

@@ -200,3 +200,44 @@ async def test_expired_link_is_gone_and_wrong_pins_are_rate_limited(web_client, 
     r = await anon.post(link["url"], data={"pin": "2468", "csrf": form_token})
     assert r.status == 429 and int(r.headers["Retry-After"]) > 0        # even the right PIN, for a while
     await anon.close()
+
+
+@pytest.mark.parametrize("nxt", ["https://evil.example/", "/\\evil.example", "\\\\evil.example",
+                                 "http:evil.example", "/\t/evil.example", "/\r\n/evil.example", "javascript:alert(1)",
+                                 "evil.example", ""])
+async def test_login_next_outside_the_site_lands_on_the_home_page(web_client, nxt):
+    client, _ = await web_client(**PW)
+    html = await (await client.get("/login", params={"next": nxt})).text()
+    assert 'name="next" value="/"' in html                          # the form never carries it on
+    r = await login_form(client, PASSWORD, nxt=nxt)
+    assert r.status == 303 and r.headers["Location"] == "/", repr(nxt)
+
+
+async def test_login_next_within_the_site_is_kept(web_client, sessions):
+    client, _ = await web_client(**PW)
+    s = with_audio(sessions)
+    r = await client.get(f"/sessions/{s.id}?tab=share", allow_redirects=False)
+    r = await client.get(r.headers["Location"])                      # the login page the browser lands on
+    nxt = re.search(r'name="next" value="([^"]+)"', await r.text()).group(1)
+    r = await login_form(client, PASSWORD, nxt=nxt)
+    assert r.status == 303 and r.headers["Location"] == f"/sessions/{s.id}?tab=share"
+
+
+async def test_a_tampered_session_cookie_is_refused(web_client):
+    import base64
+    client, _ = await web_client(**PW)
+    await login_form(client, PASSWORD)
+    good = next(c.value for c in client.session.cookie_jar if c.key == "steno_session")
+    body, mac = good.rsplit(".", 1)
+    payload = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    longer = base64.urlsafe_b64encode(json.dumps({**payload, "exp": payload["exp"] + 10 ** 6}).encode()).decode()
+    flipped = mac[:-1] + ("A" if mac[-1] != "A" else "B")
+    for forged in (f"{longer.rstrip('=')}.{mac}", f"{body}.{flipped}", f"{body}.", body, f"{body}.{mac}.{mac}"):
+        client.session.cookie_jar.clear()
+        client.session.cookie_jar.update_cookies({"steno_session": forged})
+        assert (await client.get("/api/v1/sessions")).status == 401, forged
+        r = await client.get("/", allow_redirects=False)
+        assert r.status == 302 and r.headers["Location"].startswith("/login"), forged
+    client.session.cookie_jar.clear()
+    client.session.cookie_jar.update_cookies({"steno_session": good})
+    assert (await client.get("/api/v1/sessions")).status == 200      # the genuine one still works

@@ -127,7 +127,7 @@ async def test_unicode_filename_in_content_disposition(web_client, sessions):
     assert all(ord(c) < 128 for c in cd)
 
 
-async def test_rendered_downloads_are_cached_and_bad_names_listed(web_client, sessions, tmp_path):
+async def test_rendered_downloads_are_cached(web_client, sessions, tmp_path):
     client, core = await web_client()
     s = with_audio(sessions)
     r = await client.get(f"/sessions/{s.id}/download/pdf", params={"template": "summary"})
@@ -139,10 +139,6 @@ async def test_rendered_downloads_are_cached_and_bad_names_listed(web_client, se
     assert await r2.read() == pdf                                      # served from the cache
     txt = await (await client.get(f"/sessions/{s.id}/download/txt")).text()
     assert s.segments[0].text[:30] in txt
-    r = await client.get(f"/sessions/{s.id}/download/pdff")
-    assert r.status == 404 and "pdf" in await r.text()
-    r = await client.get(f"/sessions/{s.id}/download/pdf", params={"template": "nope"})
-    assert r.status == 404 and "summary" in await r.text()
 
 
 async def test_zip_stream_has_content_length_and_checks_out(web_client, sessions, tmp_path):
@@ -176,7 +172,6 @@ async def test_zip_stream_has_content_length_and_checks_out(web_client, sessions
     assert len([n for n in z.namelist() if n.endswith("transcript.txt")]) == 3
     assert (await client.get("/zip")).status == 400
     assert (await client.get("/zip", params={"ids": ",".join(["1"] * 501)})).status == 400
-    assert (await client.get("/zip", params={"ids": "1", "formats": "exe"})).status == 404
 
 
 async def test_security_headers_on_pages_files_and_errors(web_client, sessions):
@@ -214,31 +209,6 @@ async def test_unknown_page_and_oversized_body(web_client):
 async def csrf(client) -> str:
     html = await (await client.get("/")).text()
     return re.search(r'<meta name="csrf" content="([^"]+)">', html).group(1)
-
-
-async def test_client_leaving_mid_zip_leaves_nothing_running(web_client, sessions, tmp_path):
-    import asyncio
-    import threading
-    from steno_exportd.web.app import CTX
-    client, _ = await web_client()
-    s = with_audio(sessions)
-    before = {t.name for t in threading.enumerate()}
-    r = await client.get(f"/sessions/{s.id}/zip", params={"formats": "audio"})
-    assert r.status == 200
-    await r.content.readexactly(64 * 1024)
-    r.close()                                              # the browser tab is closed mid-download
-    ctx = client.app[CTX]
-    for _ in range(200):
-        if not ctx.streams:
-            break
-        await asyncio.sleep(0.05)
-    assert not ctx.streams
-    assert not [p for p in tmp_path.rglob("*") if p.is_file() and "tmp" in p.name.lower()]
-    # the page still answers at once
-    r = await asyncio.wait_for(client.get("/api/v1/status"), 5)
-    assert r.status == 200
-    leftover = {t.name for t in threading.enumerate()} - before
-    assert not [n for n in leftover if "steno" in n]
 
 
 async def test_sharing_state_shows_on_the_devices_page_and_follows_the_switch(web_client):

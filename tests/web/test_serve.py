@@ -70,3 +70,26 @@ async def test_oversized_headers_431_traversal_404_and_loopback_alias_403(tmp_pa
                     assert r.status == 403 and "127.0.0.2" in (await r.json())["error"]
     finally:
         await core.stop()
+
+
+async def test_live_event_stream_ends_promptly_when_the_page_stops(tmp_path, demo_lib):
+    import asyncio
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    core = await started_core(make_config(tmp_path, demo_lib, **{"http.port": port}))
+    loop = asyncio.get_running_loop()
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with serve(core) as url:
+                resp = await http.get(url + "/api/v1/events")
+                assert resp.status == 200
+                assert b"retry:" in await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 10)
+                t0 = loop.time()
+            stopped = loop.time() - t0
+            rest = await asyncio.wait_for(resp.content.read(), 5)      # the browser sees the stream end
+            assert b"event:" not in rest and resp.content.at_eof()
+            resp.release()
+            assert stopped < 1.5, f"stopping the page took {stopped:.1f} s with a live stream open"
+    finally:
+        await core.stop()
