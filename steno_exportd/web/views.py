@@ -82,6 +82,7 @@ async def query_sessions(ctx: WebContext, q: Any) -> dict:
     items = sorted(items, key=SORTS[sort], reverse=order == "desc")
     total = len(items)
     pages = max(1, -(-total // per_page))
+    page = min(page, pages)          # past the end (a stale link after sessions went): the last page
     start = (page - 1) * per_page
     return {"items": items[start:start + per_page], "total": total, "page": page, "pages": pages,
             "per_page": per_page, "sort": sort, "order": order,

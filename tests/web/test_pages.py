@@ -57,6 +57,10 @@ async def test_list_search_sort_and_paging(web_client, sessions):
     page2 = await r.json()
     titles = sorted((s.title or "").casefold() for s in sessions.values())
     assert [x["title"].casefold() for x in page2["items"]] == titles[2:4] and page2["pages"] == -(-len(titles) // 2)
+    r = await client.get("/api/v1/sessions", params={"per_page": "2", "page": "999", "sort": "title", "order": "asc"})
+    last = await r.json()      # a stale link past the end shows the last page, not an empty "page 999 of 3"
+    assert last["page"] == last["pages"] == page2["pages"] and last["items"]
+    assert [x["title"].casefold() for x in last["items"]] == titles[(last["page"] - 1) * 2:]
     r = await client.get("/", params={"q": word})
     html = await r.text()
     assert r.status == 200 and f'href="/sessions/{some.id}"' in html
