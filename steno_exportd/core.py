@@ -53,6 +53,7 @@ class Core:
         self.jobs = JobManager(cfg, self.events, self.state, lambda: self.library)
         self.auto_export: bool = cfg.usb.auto_export.enabled
         self.sharing_enabled: bool = cfg.samba.enabled
+        self.samba_state: str = "off"      # what the share really does: "serving", "off", "error: ..."
         self._ejector: Ejector | None = None
         self._started = False
         self._session_count = 0
@@ -91,6 +92,11 @@ class Core:
             lib, self._library = self._library, None
             if lib is not None and hasattr(lib, "close"):
                 lib.close()
+        # a switch changed in the file wins over the D-Bus/web setting; an unchanged one leaves it
+        if old.usb.auto_export.enabled != cfg.usb.auto_export.enabled:
+            self.set_auto_export(cfg.usb.auto_export.enabled)
+        if old.samba.enabled != cfg.samba.enabled:
+            self.set_sharing(cfg.samba.enabled)
         self.events.publish(ev.StatusChanged("config", "reloaded"))
 
     # -- sessions --------------------------------------------------------------------
@@ -195,6 +201,11 @@ class Core:
         on = bool(on)
         self.sharing_enabled = on
         self.events.publish(ev.StatusChanged("samba_enabled", on))
+
+    def set_samba_state(self, state: str) -> None:
+        """The samba adapter reports what the share does now."""
+        self.samba_state = state
+        self.events.publish(ev.StatusChanged("samba_state", state))
 
     def status_text(self) -> str:
         running = [j for j in self.jobs.list() if j.state == ev.JobState.RUNNING and j.operation == "export"]

@@ -251,7 +251,7 @@ async def run(core) -> None:
     announcer = Announcer()
 
     def publish(state: str) -> None:
-        core.events.publish(events.StatusChanged("samba_state", state))
+        core.set_samba_state(state)
         announcer.set(state == "serving" and core.cfg.samba.announce, core.cfg.samba.announce_name)
 
     async def sync(reason: str) -> None:

@@ -250,6 +250,10 @@ class FakeCore:
         self.sharing_enabled = False
         self.exports = []
 
+    def set_samba_state(self, state: str) -> None:
+        from steno_exportd import events
+        self.events.publish(events.StatusChanged("samba_state", state))
+
     def set_sharing(self, on: bool) -> None:
         from steno_exportd import events
         self.sharing_enabled = on
