@@ -213,7 +213,10 @@ class SambaConfig:
                             "Share definition written here; smb.conf includes it.", check=_check_abs_or_empty)
     guest_ok: bool = opt(True, "Allow guest (no password) access.")
     valid_users: list[str] = opt([], "With guest_ok = false: users allowed.")
-    smb_conf: str = opt("/etc/samba/smb.conf", "smb.conf passed to testparm.", check=_check_abs_or_empty)
+    force_user: str = opt("", "User smbd reads the shared files as; empty: the daemon's own user (it writes "
+                              "them, 0640 under the shipped unit's UMask=0027). Root: not forced.")
+    smb_conf: str = opt("/etc/samba/smb.conf", "Not used: testparm checks the candidate snippet on its own "
+                        "(kept so older configs load).", check=_check_abs_or_empty)
     testparm_command: list[str] = opt(["testparm", "-s"], "Validation command (the config file is appended).")
     reload_command: list[str] = opt(["smbcontrol", "smbd", "reload-config"],
                                     "Command that reloads smbd; [] when systemd's steno-exportd-samba-reload.path "

@@ -121,7 +121,9 @@ async def cmd_status(c: Client, args: argparse.Namespace) -> int:
     print(f"  devices:     {len(devices)}")
     print(f"  jobs:        {sum(1 for j in jobs.values() if j['State'] not in FINISHED)} running, {len(jobs)} listed")
     print(f"  auto-export: {'on' if p['AutoExport'] else 'off'}")
-    print(f"  samba:       {'on' if p['SambaEnabled'] else 'off'}")
+    state = p.get("SambaState", "")
+    print(f"  samba:       {'on' if p['SambaEnabled'] else 'off'}"
+          + (f" ({state})" if state and state != ("serving" if p["SambaEnabled"] else "off") else ""))
     if p["HttpUrl"]:
         print(f"  web page:    {p['HttpUrl']}")
     return EXIT_OK

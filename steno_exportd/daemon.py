@@ -167,10 +167,10 @@ class Daemon:
                     samba = _optional("steno_exportd.samba")
                     if samba is not None:
                         tasks.append(tg.create_task(samba.run(self.core), name="samba"))
-                    if cfg.smb.remotes:
-                        from steno_exportd import schedule
-                        tasks.append(tg.create_task(schedule.run_schedules(self.core), name="smb-schedules"))
-                        tasks.append(tg.create_task(schedule.run_push_on_new(self.core), name="smb-push-on-new"))
+                    # always on: both read core.cfg each time, so remotes added by a reload work too
+                    from steno_exportd import schedule
+                    tasks.append(tg.create_task(schedule.run_schedules(self.core), name="smb-schedules"))
+                    tasks.append(tg.create_task(schedule.run_push_on_new(self.core), name="smb-push-on-new"))
                 self.notifier.ready(self.status_text())
                 log.info("ready in %.0f ms: %s", (time.monotonic() - t0) * 1000, self.status_text())
                 if self.demo:

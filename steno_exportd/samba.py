@@ -77,6 +77,9 @@ def render_snippet(cfg: SambaConfig, *, enabled: bool, vfs_fruit: bool, hostname
         "   veto files = /" + "/".join(VETO_PATTERNS) + "/",
         "   delete veto files = no",
     ]
+    reader = force_user(cfg)
+    if reader:
+        lines.append(f"   force user = {reader}")
     if cfg.guest_ok:
         lines.append("   guest ok = yes")
     else:
@@ -92,6 +95,20 @@ def render_snippet(cfg: SambaConfig, *, enabled: bool, vfs_fruit: bool, hostname
     return head + "\n".join(lines) + "\n"
 
 
+def force_user(cfg: SambaConfig) -> str:
+    """The user smbd reads the share as: samba.force_user, else the daemon's own user (it writes the
+    files, with its umask: 0640 under the shipped unit, which guests could not read). Root: none."""
+    if cfg.force_user:
+        return cfg.force_user
+    if os.geteuid() == 0:
+        return ""
+    import pwd
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return ""
+
+
 def check_config(cfg: SambaConfig) -> list[str]:
     """Problems that would let a value inject smb.conf text or make a useless share."""
     out = []
@@ -102,6 +119,8 @@ def check_config(cfg: SambaConfig) -> list[str]:
     for u in cfg.valid_users:
         if not _USER_RE.fullmatch(u):
             out.append(f"samba.valid_users: {u!r} is not a user or group name")
+    if cfg.force_user and (not _USER_RE.fullmatch(cfg.force_user) or cfg.force_user[0] in "@+&"):
+        out.append(f"samba.force_user: {cfg.force_user!r} is not a user name")
     if not cfg.guest_ok and not cfg.valid_users:
         out.append("samba.valid_users: needed when guest_ok = false")
     return out
@@ -151,6 +170,12 @@ def install(snippet: str, cfg: SambaConfig) -> bool:
     except OSError:
         pass
     validate(snippet, cfg)
+    _write(path, snippet)
+    return True
+
+
+def _write(path: pathlib.Path, snippet: str) -> None:
+    """Atomically replace the snippet file (temp + fsync + rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.parent)
     try:
@@ -164,7 +189,6 @@ def install(snippet: str, cfg: SambaConfig) -> bool:
         with _suppress():
             os.unlink(tmp)
         raise
-    return True
 
 
 def reload(cfg: SambaConfig) -> None:
@@ -214,9 +238,10 @@ def apply(cfg: SambaConfig, enabled: bool, hostname: str = "", subdir: str = "")
     are disconnected (smbd would let them go on with the old rules); their clients reconnect.
     """
     try:
-        old_name, old_section = share_section(pathlib.Path(cfg.snippet_path).read_text())
+        previous = pathlib.Path(cfg.snippet_path).read_text()
     except OSError:
-        old_name, old_section = "", ""
+        previous = None
+    old_name, old_section = share_section(previous or "")
     fruit = fruit_available()
     new_section = share_section(render_snippet(cfg, enabled=enabled, vfs_fruit=fruit, hostname=hostname,
                                                subdir=subdir))[1]
@@ -229,7 +254,14 @@ def apply(cfg: SambaConfig, enabled: bool, hostname: str = "", subdir: str = "")
             os.makedirs(share_path(cfg, subdir), mode=0o755, exist_ok=True)
     changed = install(snippet, cfg)
     if changed:
-        reload(cfg)
+        try:
+            reload(cfg)
+        except TargetError:
+            # smbd did not take it: the previous snippet goes back, so the state stays what smbd
+            # serves and the next sync tries again instead of finding the new one "unchanged"
+            if previous is not None:
+                _write(pathlib.Path(cfg.snippet_path), previous)
+            raise
         if closing:
             close_share(cfg, closing)
     return ApplyResult(changed=changed, reloaded=changed, snippet=snippet)
@@ -262,7 +294,9 @@ async def run(core) -> None:
             return
         try:
             res = await asyncio.to_thread(apply, cfg, on, os.uname().nodename, _root_folder(core.cfg))
-        except (ConfigError, TargetError) as e:
+        except (ConfigError, TargetError, OSError) as e:
+            if isinstance(e, OSError):
+                e = TargetError(f"{e.filename or 'samba'}: {e.strerror or e}")
             log.error("samba share not updated (%s): %s", reason, e)
             publish(f"error: {e}")
             return

@@ -200,6 +200,50 @@ def test_systemd_reload_unit_disconnects_users_of_a_closed_share(served):
         close(kw)
 
 
+def test_files_written_under_the_service_umask_are_read_as_the_forced_user(served):
+    """The shipped unit has UMask=0027: the export is 0640/0750, owned by the service user. Guests
+    (smbd's `nobody`) read it through `force user` = that user; without it they are refused."""
+    import pwd
+    import smbclient
+    from smbprotocol.exceptions import SMBOSError
+
+    root, smbd, sums = served
+    owner = smbd.add_user("unused-pw")
+    uid, gid = pwd.getpwnam(owner).pw_uid, pwd.getpwnam(owner).pw_gid
+    for dirpath, dirnames, filenames in os.walk(root / "export"):
+        os.chown(dirpath, uid, gid)
+        os.chmod(dirpath, 0o750)
+        for f in filenames:
+            os.chown(os.path.join(dirpath, f), uid, gid)
+            os.chmod(os.path.join(dirpath, f), 0o640)
+    samba.apply(_cfg(root, smbd), enabled=True)                # not forced: guests are refused
+    kw = client_kw(smbd.port)
+    try:
+        with pytest.raises(SMBOSError):
+            smbclient.listdir("\\\\127.0.0.1\\meetings", **kw)
+    finally:
+        close(kw)
+    samba.apply(_cfg(root, smbd, force_user=owner), enabled=True)
+    assert f"force user = {owner}" in (root / "steno-exportd.conf").read_text()
+    kw = client_kw(smbd.port)
+    try:
+        _check_share(smbd, sums, kw)                            # and still read-only
+    finally:
+        close(kw)
+
+
+def test_failed_reload_puts_the_previous_snippet_back_and_retries(served):
+    root, smbd, sums = served
+    samba.apply(_cfg(root, smbd), enabled=True)
+    before = (root / "steno-exportd.conf").read_text()
+    with pytest.raises(samba.TargetError, match="samba reload failed"):
+        samba.apply(_cfg(root, smbd, reload_command=["false"]), enabled=False)
+    assert (root / "steno-exportd.conf").read_text() == before   # what smbd still serves
+    res = samba.apply(_cfg(root, smbd), enabled=False)          # smbd answers again: applied now
+    assert res.changed and res.reloaded
+    assert "Sharing is off" in (root / "steno-exportd.conf").read_text()
+
+
 @pytest.mark.parametrize("bad", [
     "[meetings\n   path = /tmp\n",                          # broken section header: testparm exits 1
     "[meetings]\n   path = /tmp\n   no such option = 1\n",  # unknown parameter: exit 0, stderr says so
@@ -263,6 +307,35 @@ class FakeCore:
         assert trusted, "the share folder is the daemon's own: not subject to export.allowed_dirs"
         self.exports.append((ids, tuple(formats), target))
         return types.SimpleNamespace(id=len(self.exports))
+
+
+async def test_adapter_reports_an_export_folder_it_cannot_create(served):
+    """An OSError (export folder under a file, read-only /srv) is an error state, not a dead daemon."""
+    import asyncio
+    from steno_exportd import events
+
+    root, smbd, _ = served
+    (root / "a-file").write_text("x")
+    core = FakeCore(Config_with(_cfg(root, smbd, export_dir=str(root / "a-file" / "export"))))
+    states = []
+
+    async def watch():
+        async for ev in core.events.subscribe():
+            if isinstance(ev, events.StatusChanged) and ev.key == "samba_state":
+                states.append(ev.value)
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.sleep(0)
+    task = asyncio.create_task(samba.run(core))
+    try:
+        await _until(lambda: states == ["off"])
+        core.set_sharing(True)
+        await _until(lambda: len(states) == 2)
+        assert states[1].startswith("error: ") and "a-file" in states[1] and "Not a directory" in states[1]
+        assert not task.done()
+    finally:
+        task.cancel()
+        watcher.cancel()
 
 
 async def test_adapter_follows_sharing_switch(served):

@@ -100,3 +100,35 @@ async def test_share_serves_the_library_and_follows_new_sessions(shared):
         return False
     await until(gone, "the share to go away")
     await until(lambda: ANNOUNCED not in avahi.names(), "the mDNS announcement to be withdrawn")
+
+
+async def test_config_reload_switches_sharing_and_auto_export(tmp_path):
+    """A switch changed in the config file takes effect on reload; an unchanged one keeps what
+    D-Bus or the web page set since."""
+    from steno_exportd.config import replace
+    demo.generate(tmp_path / "demo", sessions=1, seed=2, small=True)
+    cfg = config.from_dict({
+        "recorder": {"db_path": str(copy_library(tmp_path / "demo", tmp_path / "library"))},
+        "state": {"dir": str(tmp_path / "state"), "runtime_dir": str(tmp_path / "run")},
+        "usb": {"enabled": False}, "http": {"enabled": False}, "samba": {"enabled": False}})
+    core = Core(cfg)
+    await core.start()
+    seen = []
+
+    async def watch():
+        async for ev in core.events.subscribe():
+            if isinstance(ev, events.StatusChanged) and ev.key in ("samba_enabled", "auto_export"):
+                seen.append((ev.key, ev.value))
+    watcher = asyncio.create_task(watch())
+    await asyncio.sleep(0)
+    try:
+        on = replace(cfg, **{"samba.enabled": True, "usb.auto_export.enabled": not cfg.usb.auto_export.enabled})
+        await core.reload(on)
+        assert core.sharing_enabled is True and core.auto_export is on.usb.auto_export.enabled
+        core.set_sharing(False)                       # switched off over D-Bus
+        await core.reload(on)                         # the same file again: D-Bus's choice stands
+        assert core.sharing_enabled is False
+        await until(lambda: ("samba_enabled", True) in seen and ("samba_enabled", False) in seen, "the events")
+    finally:
+        watcher.cancel()
+        await core.stop()

@@ -85,6 +85,10 @@ class Manager(ServiceInterface):
         self._svc.core.set_sharing(bool(value))
 
     @dbus_property(access=READ)
+    def SambaState(self) -> "s":
+        return str(getattr(self._svc.core, "samba_state", "off"))
+
+    @dbus_property(access=READ)
     def HttpUrl(self) -> "s":
         return self._svc.http_url
 

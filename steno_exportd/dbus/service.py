@@ -176,6 +176,8 @@ class Service:
                 self.manager.emit_properties_changed({"AutoExport": bool(ev.value)})
             elif ev.key == "samba_enabled":
                 self.manager.emit_properties_changed({"SambaEnabled": bool(ev.value)})
+            elif ev.key == "samba_state":
+                self.manager.emit_properties_changed({"SambaState": str(ev.value)})
         self.refresh_status()
         self._update_state()
 

@@ -67,6 +67,7 @@ class FakeCore:
         self.devices = FakeDevices()
         self.auto_export = True
         self.sharing_enabled = False
+        self.samba_state = "off"
         self._ids = itertools.count(1)
 
     async def export_sessions(self, ids, formats, target, options) -> events.JobSnapshot:
@@ -99,6 +100,10 @@ class FakeCore:
     def set_auto_export(self, on: bool) -> None:
         self.auto_export = on
         self.events.publish(events.StatusChanged("auto_export", on))
+
+    def set_samba_state(self, state: str) -> None:
+        self.samba_state = state
+        self.events.publish(events.StatusChanged("samba_state", state))
 
     def set_sharing(self, on: bool) -> None:
         self.sharing_enabled = on

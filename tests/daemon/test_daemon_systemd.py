@@ -63,7 +63,7 @@ def test_systemd_analyze_security_score(tmp_path):
 _USER_MANAGER_DROP = ("User=", "Group=", "ProtectHome=", "ProtectKernelTunables=", "PrivateTmp=",
                       "StateDirectory", "RuntimeDirectory", "ConfigurationDirectory", "ReadOnlyPaths=",
                       "ReadWritePaths=", "BusName=", "Alias=", "WatchdogSec=", "RestartSec=",
-                      "ExecStart=", "PrivateDevices=", "ProtectKernelLogs=", "ProtectClock=",
+                      "ExecStart=", "ExecStartPre=", "PrivateDevices=", "ProtectKernelLogs=", "ProtectClock=",
                       "ProtectControlGroups=", "ProtectKernelModules=", "PrivateMounts=", "PrivateIPC=",
                       "ProtectHostname=", "ProtectProc=", "ProcSubset=", "ProtectSystem=", "MemoryMax=")
 
@@ -127,6 +127,17 @@ def test_dbus_activation_file_starts_the_unit():
     unit = UNIT.read_text()
     assert f"Alias={svc['SystemdService']}" in unit
     assert f"User={svc['User']}" in unit and "BusName=org.silentsteno.Export1" in unit
+
+
+def test_unit_makes_and_opens_the_default_share_folder():
+    """ProtectSystem=strict makes /srv read-only: the unit creates samba.export_dir as root first."""
+    from steno_exportd.config import SambaConfig
+    text = UNIT.read_text()
+    folder = SambaConfig().export_dir
+    pre = [ln for ln in text.splitlines() if ln.startswith("ExecStartPre=")]
+    assert any(ln.split("=", 1)[1].startswith("-+") and f"-o steno-export" in ln and ln.endswith(" " + folder)
+               for ln in pre), pre
+    assert re.search(rf"^ReadWritePaths=.*-{re.escape(folder)}\b", text, re.M)
 
 
 def test_samba_reload_path_unit_verifies_and_watches_the_default_snippet(tmp_path):

@@ -131,7 +131,16 @@ async def test_ctl_over_the_bus(running, private_bus):
     assert rc == 0, err
     assert [s["title"] for s in json.loads(out)] == ["Meeting 1", "Meeting 2", "Meeting 3"]
     rc, out, err = await _ctl(private_bus, "status")
-    assert rc == 0 and "sessions:    3" in out, out + err
+    assert rc == 0 and "sessions:    3" in out and "samba:       off\n" in out, out + err
+    core.set_sharing(True)
+    core.set_samba_state("error: samba: testparm rejected the share: Unknown parameter")
+    rc, out, err = await _ctl(private_bus, "status")      # switched on, but not served: the user sees why
+    assert "samba:       on (error: samba: testparm rejected the share: Unknown parameter)" in out, out
+    r = await call(bus, ROOT_PATH, "org.freedesktop.DBus.Properties", "Get", "ss", [MANAGER_IFACE, "SambaState"])
+    assert r.body[0].value.startswith("error: samba: testparm")
+    core.set_samba_state("serving")
+    rc, out, err = await _ctl(private_bus, "status")
+    assert "samba:       on\n" in out, out
     rc, out, err = await _ctl(private_bus, "export", "--to", "/etc", "--sessions", "1", "--formats", "txt")
     assert rc == 5 and "allowed" in err
     rc, out, err = await _ctl(private_bus, "eject", "NOPE")
