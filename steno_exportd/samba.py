@@ -362,8 +362,5 @@ def _root_folder(cfg) -> str:
 
 def _export_options():
     """Default export options for the share folder (the engine's ExportOptions when available)."""
-    try:
-        from steno_exportd.engine.jobs import ExportOptions  # type: ignore
-    except ImportError:
-        return None
-    return ExportOptions()
+    from steno_exportd.engine.options import ExportOptions
+    return ExportOptions(prune=True)      # the share mirrors the recorder: deleted sessions go too

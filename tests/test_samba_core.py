@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import secrets
 
 import pytest
@@ -12,7 +13,7 @@ from steno_exportd.core import Core
 from tests.real_avahi import avahi  # noqa: F401  (fixture)
 from tests.real_smbd import smb_tmp, smbd_factory  # noqa: F401  (fixtures)
 from tests.smbdata import client_kw, close, read_remote
-from tests.usb.recorder_db import add_session_like, copy_library
+from tests.usb.recorder_db import add_session_like, copy_library, delete_session
 
 SHARE = "\\\\127.0.0.1\\meetings"
 ANNOUNCED = f"steno-core-{secrets.token_hex(3)}"
@@ -131,4 +132,58 @@ async def test_config_reload_switches_sharing_and_auto_export(tmp_path):
         await until(lambda: ("samba_enabled", True) in seen and ("samba_enabled", False) in seen, "the events")
     finally:
         watcher.cancel()
+        await core.stop()
+
+
+async def test_a_session_deleted_on_the_recorder_leaves_the_share_but_not_a_stick(tmp_path):
+    """The share's folder mirrors the recorder (prune); an export to a stick or folder keeps it."""
+    from steno_exportd.engine.options import ExportOptions
+    demo.generate(tmp_path / "demo", sessions=3, seed=4, small=True)
+    db = copy_library(tmp_path / "demo", tmp_path / "library")
+    cfg = config.from_dict({
+        "recorder": {"db_path": str(db)},
+        "state": {"dir": str(tmp_path / "state"), "runtime_dir": str(tmp_path / "run")},
+        "usb": {"enabled": False}, "http": {"enabled": False}})
+    core = Core(cfg)
+    await core.start()
+    share, stick = tmp_path / "share", tmp_path / "stick"
+    share.mkdir()
+    stick.mkdir()
+
+    async def export(target, prune):
+        job = await core.export_sessions("all", ["txt", "json"], str(target), ExportOptions(prune=prune),
+                                         trusted=True)
+        done = await core.jobs.wait(job.id, 60)
+        assert done.state == events.JobState.COMPLETED, done
+
+    def folders(target):
+        return {p.name for p in (target / "SilentSteno").iterdir() if p.is_dir()}
+
+    try:
+        await export(share, True)
+        await export(stick, False)
+        gone = core.library.list_sessions(exportable_only=True)[0]
+        manifest = json.loads((share / "SilentSteno" / "manifest.json").read_text())
+        folder = manifest["sessions"][gone.uuid]["folder"]
+        (share / "SilentSteno" / "2026 kept" ).mkdir()
+        (share / "SilentSteno" / "2026 kept" / "notes.txt").write_text("an admin's file")
+        before = folders(share)
+        delete_session(db, gone.uuid)
+        await core.refresh_library()
+        await export(share, True)
+        await export(stick, False)
+        assert folders(share) == before - {folder}
+        # a file someone else put in a deleted session's folder keeps it (only ours goes)
+        other = core.library.list_sessions(exportable_only=True)[0]
+        other_folder = json.loads((share / "SilentSteno" / "manifest.json").read_text())["sessions"][other.uuid]["folder"]
+        (share / "SilentSteno" / other_folder / "extra.txt").write_text("not ours")
+        delete_session(db, other.uuid)
+        await core.refresh_library()
+        await export(share, True)
+        assert sorted(p.name for p in (share / "SilentSteno" / other_folder).iterdir()) == ["extra.txt"]
+        sums = (share / "SilentSteno" / "SHA256SUMS").read_text()
+        assert folder not in sums and gone.uuid not in (share / "SilentSteno" / "manifest.json").read_text()
+        assert (share / "SilentSteno" / "2026 kept" / "notes.txt").exists()     # not ours: untouched
+        assert folder in folders(stick), "an export to a stick is an archive: nothing is removed"
+    finally:
         await core.stop()

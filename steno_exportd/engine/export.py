@@ -140,7 +140,32 @@ class Exporter:
                 results.append(self._export_merged(sessions))
             except (TargetError, OSError) as e:
                 results.append(SessionResult(0, "", "merged", False, error=str(e)))
+        if getattr(self.spec.options, "prune", False) and not self._cancelled() and not stop_reason:
+            self._prune_deleted()
         return results
+
+    def _prune_deleted(self) -> None:
+        """Remove the files we wrote for sessions no longer on the recorder (and their folder once
+        empty); anything else in the folder stays. SHA256SUMS and the manifest follow."""
+        try:
+            alive = {s.uuid for s in self._retry(self.lib.list_sessions)}
+        except StenoError as e:
+            log.warning("deleted sessions not removed (library not read): %s", e)
+            return
+        gone = [u for u in self.m.sessions if not u.startswith("merged:") and u not in alive]
+        for uuid in gone:
+            entry = self.m.sessions[uuid]
+            folder = f"{self.root}/{entry['folder']}"
+            for name in entry.get("files", {}):
+                st = self.t.lstat(f"{folder}/{name}")
+                if st is not None and st.kind == "file":
+                    self.t.remove(f"{folder}/{name}")
+            if self.t.exists(folder) and not self.t.listdir(folder):
+                self.t.remove(folder)
+            del self.m.sessions[uuid]
+            log.info("removed %s: its session was deleted on the recorder", folder)
+        if gone:
+            mf.save(self.t, self.root, self.m)
 
     def _export_merged(self, sessions: list) -> SessionResult:
         """One merged document per format in 'Merged <date> (N sessions)'; reported as session 0."""

@@ -21,3 +21,5 @@ class ExportOptions:
     continue_on_error: bool | None = None
     device_id: str = ""                   # set when the target is a device
     target_name: str = ""                 # what a person recognises, e.g. "KINGSTON (sdb1)"
+    prune: bool = False                   # remove our folders of sessions deleted on the recorder
+                                          # (a mirror the daemon owns: the Samba share's folder)

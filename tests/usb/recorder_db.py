@@ -38,3 +38,14 @@ def add_session_like(db_path: Path, template_id: int | None = None, title: str =
     finally:
         con.close()
     return new_uuid
+
+
+def delete_session(db_path: Path, uuid: str) -> None:
+    """Delete a session the way the recorder does (its transcript, analysis and files go with it)."""
+    con = sqlite3.connect(db_path)
+    try:
+        con.execute("PRAGMA foreign_keys = ON")
+        with con:
+            con.execute("DELETE FROM sessions WHERE uuid = ?", (uuid,))
+    finally:
+        con.close()
