@@ -36,8 +36,13 @@ def main_check_config(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         return 1
+    from steno_exportd.samba import check_config as samba_problems
+    share = samba_problems(cfg.samba)        # what smbd would be given when sharing is switched on
+    for p in share:
+        print(f"{p}{'' if cfg.samba.enabled else ' (sharing is off now; it matters when it is switched on)'}",
+              file=sys.stderr)
     print(config.dump(cfg))
-    return 0
+    return 1 if share and cfg.samba.enabled else 0
 
 
 def _top_parser() -> argparse.ArgumentParser:

@@ -44,6 +44,18 @@ def test_three_mistakes_reported_together(tmp_path):
     assert "recorder.lock_timeout: expected a number, got 'five'" in r.stderr
 
 
+def test_check_config_reports_a_share_smbd_would_refuse(tmp_path):
+    p = tmp_path / "share.toml"
+    p.write_text('[samba]\nenabled = true\nshare_name = "global"\nguest_ok = false\n')
+    r = run_cli("check-config", str(p))
+    assert r.returncode == 1
+    assert "samba.share_name: 'global' is not a usable share name" in r.stderr
+    assert "samba.valid_users: needed when guest_ok = false" in r.stderr
+    p.write_text('[samba]\nenabled = false\nshare_name = "global"\n')
+    r = run_cli("check-config", str(p))
+    assert r.returncode == 0 and "sharing is off now" in r.stderr
+
+
 @pytest.mark.parametrize("toml, expected", [
     ("[export]\nfolder_pattern = '{date} {titel}'\n", "export.folder_pattern: unknown placeholder '{titel}' (did you mean '{title}'?)"),
     ("[http]\nport = 70000\n", "http.port: must be <= 65535"),
