@@ -83,7 +83,7 @@ def test_snippet_is_valid_and_serves_guests_read_only(served):
 
 
 def test_named_users_only(served):
-    from smbprotocol.exceptions import LogonFailure
+    from smbprotocol.exceptions import LogonFailure, SMBOSError
     import smbclient
 
     root, smbd, sums = served
@@ -99,8 +99,9 @@ def test_named_users_only(served):
         client_kw(smbd.port, user, "wrong")
     gkw = client_kw(smbd.port)          # a guest logs on but may not open the share
     try:
-        with pytest.raises(Exception):
+        with pytest.raises(SMBOSError) as ei:
             smbclient.listdir("\\\\127.0.0.1\\meetings", **gkw)
+        assert ei.value.ntstatus == ACCESS_DENIED, hex(ei.value.ntstatus)
     finally:
         close(gkw)
 
