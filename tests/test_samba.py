@@ -5,6 +5,7 @@ import hashlib
 import types
 import os
 import pathlib
+import shutil
 import subprocess
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from steno_exportd import samba
 from steno_exportd.config import SambaConfig
 from steno_exportd.errors import ConfigError
+from tests.daemon.real_systemd import user_manager  # noqa: F401  (fixture)
 from tests.real_smbd import smb_tmp, smbd_factory  # noqa: F401  (fixtures)
 from tests.smbdata import client_kw, close, make_export_tree, read_remote
 
@@ -243,6 +245,43 @@ def test_failed_reload_puts_the_previous_snippet_back_and_retries(served):
     res = samba.apply(_cfg(root, smbd), enabled=False)          # smbd answers again: applied now
     assert res.changed and res.reloaded
     assert "Sharing is off" in (root / "steno-exportd.conf").read_text()
+
+
+def test_the_shipped_path_unit_reloads_smbd_and_closes_the_share(served, user_manager, tmp_path):
+    """Under a real systemd: the hardened daemon only writes the snippet (reload_command = []);
+    the .path unit sees it and its root .service reloads smbd, then disconnects a closed share."""
+    import re
+    import shlex
+    from tests.realparts import wait_for
+
+    root, smbd, sums = served
+    snippet = root / "steno-exportd.conf"
+    default = SambaConfig().snippet_path
+    smbcontrol = shutil.which("smbcontrol")
+    for name in ("steno-exportd-samba-reload.path", "steno-exportd-samba-reload.service"):
+        text = (REPO / "systemd" / name).read_text().replace(default, str(snippet))
+        text = re.sub(r"/usr/bin/smbcontrol smbd", f"{smbcontrol} -s {shlex.quote(str(smbd.conf))} smbd", text)
+        (user_manager.unit_dir / name).write_text(text.replace("WantedBy=multi-user.target",
+                                                               "WantedBy=default.target"))
+    cfg = _cfg(root, smbd, reload_command=[])
+    samba.apply(cfg, enabled=False)                  # the snippet exists (as packaging installs it)
+    user_manager.systemctl("daemon-reload")
+    user_manager.systemctl("start", "steno-exportd-samba-reload.path")
+    runs = lambda: user_manager.show("steno-exportd-samba-reload.service", "NRestarts", "ExecMainStartTimestampMonotonic")
+    before = runs()
+    samba.apply(cfg, enabled=True)
+    wait_for(lambda: runs() != before, 20, 0.1, what="the path unit to run the reload service")
+    kw = client_kw(smbd.port)
+    try:
+        wait_for(lambda: _still_open(kw), 20, 0.1, what="the share served after the unit's reload")
+        _check_share(smbd, sums, kw)
+        samba.apply(cfg, enabled=False)
+        wait_for(lambda: not _still_open(kw), 20, 0.1, what="the connected guest to lose the share")
+    finally:
+        close(kw)
+        user_manager.systemctl("stop", "steno-exportd-samba-reload.path", check=False)
+    result = user_manager.show("steno-exportd-samba-reload.service", "Result")
+    assert result["Result"] == "success", result
 
 
 @pytest.mark.parametrize("bad", [
