@@ -67,10 +67,17 @@ def read_password(path: str) -> str:
         st = os.stat(path)
     except OSError as e:
         raise SmbError(f"password file {path}: {e.strerror}", permanent=True) from e
+    if not stat_mod.S_ISREG(st.st_mode):
+        raise SmbError(f"password file {path} is not a regular file", permanent=True)
     if st.st_mode & (stat_mod.S_IRWXG | stat_mod.S_IRWXO):
         raise SmbError(f"password file {path} is readable by others (chmod 600 it)", permanent=True)
-    with open(path, encoding="utf-8") as f:
-        return f.readline().rstrip("\r\n")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readline().rstrip("\r\n")
+    except OSError as e:
+        raise SmbError(f"password file {path} cannot be read: {e.strerror or e}", permanent=True) from e
+    except UnicodeDecodeError as e:
+        raise SmbError(f"password file {path} cannot be read: not UTF-8 text", permanent=True) from e
 
 
 def explain(exc: BaseException, remote: SmbRemote) -> SmbError:
@@ -84,16 +91,19 @@ def explain(exc: BaseException, remote: SmbRemote) -> SmbError:
     while chain is not None:
         if isinstance(chain, ex.BadNetworkName):
             return SmbError(f"share {where} not found", True)
+        if isinstance(chain, socket.gaierror):
+            if chain.errno in (socket.EAI_AGAIN, getattr(socket, "EAI_SYSTEM", None)):
+                return SmbError(f"server name {remote.server!r} could not be looked up (DNS not answering)")
+            return SmbError(f"server name {remote.server!r} not found (DNS)", True)
         chain = chain.__cause__ or chain.__context__
+    # A status the server answered with: mapped by status, never "unreachable" (SMBOSError is an OSError).
     status = getattr(exc, "ntstatus", None)
+    if status is None and isinstance(exc, ex.SMBResponseException):
+        status = exc.status
     if status is not None:
-        name = getattr(exc, "filename", "") or ""
-        if status == 0xC0000022:
-            return SmbError(f"access denied on {where} (no write permission?): {name}", True)
-        if status in (0xC0000034, 0xC000003A):
-            return SmbError(f"path not found on {where}: {name}", True)
-        if status == 0xC000007F:
-            return SmbError(f"share {where} is full", True)
+        mapped = _explain_status(status, exc, remote, where)
+        if mapped is not None:
+            return mapped
     if isinstance(exc, (ex.LogonFailure, ex.WrongPassword, ex.PasswordExpired)):
         return SmbError(f"logon failed for user {remote.username or '(guest)'!r} on {remote.server}", True)
     if isinstance(exc, ex.BadNetworkName):
@@ -113,11 +123,50 @@ def explain(exc: BaseException, remote: SmbRemote) -> SmbError:
         return SmbError(f"{remote.server} does not speak SMB2 or later (SMB2+ needed): {msg}", True)
     if isinstance(exc, (TimeoutError, socket.timeout)) or "timeout" in msg.lower() or "timed out" in msg.lower():
         return SmbError(f"{remote.server}:{remote.port} unreachable: timed out after {remote.timeout:g}s")
+    if isinstance(exc, ex.SMBOSError):
+        return SmbError(f"SMB error on {where}: {msg}")
     if isinstance(exc, (ConnectionError, OSError, ex.SMBConnectionClosed)):
         return SmbError(f"{remote.server}:{remote.port} unreachable or connection lost: {msg or type(exc).__name__}")
     if isinstance(exc, ValueError) and "negotiate" in msg.lower():
         return SmbError(f"{remote.server} negotiation failed (SMB2+ needed): {msg}", True)
     return SmbError(f"SMB error on {where}: {type(exc).__name__}: {msg}")
+
+
+_IN_USE = (0xC0000043, 0xC0000054, 0xC0000055)   # sharing violation, file lock conflict, lock not granted
+_SESSION_GONE = (0xC00000C9, 0xC0000203, 0xC000035C)  # network name / user session deleted, session expired
+
+
+def _remote_name(exc: BaseException, remote: SmbRemote) -> str:
+    """The file an SMB error is about, relative to the share (the rename target when there is one)."""
+    name = getattr(exc, "filename2", None) or getattr(exc, "filename", None) or ""
+    prefix = f"\\\\{remote.server}\\{remote.share}"
+    if name.lower().startswith(prefix.lower()):
+        name = name[len(prefix):].lstrip("\\")
+    return name or remote.path or "a file"
+
+
+def _explain_status(status: int, exc: BaseException, remote: SmbRemote, where: str) -> SmbError | None:
+    """A message for an NT status the server answered with; None to fall through to the exception type."""
+    name = _remote_name(exc, remote)
+    if status == 0xC0000022:
+        return SmbError(f"access denied on {where} (no write permission?): {name}", True)
+    if status in (0xC0000034, 0xC000003A):
+        return SmbError(f"path not found on {where}: {name}", True)
+    if status == 0xC000007F:
+        return SmbError(f"share {where} is full", True)
+    if status in _IN_USE:
+        return SmbError(f"{name} on {where} is in use by another program")
+    if status == 0xC0000056:
+        return SmbError(f"{name} on {where} is being deleted by another program")
+    if status == 0xC00000BA:
+        return SmbError(f"{name} on {where} is a folder where a file should be", True)
+    if status == 0xC0000103:
+        return SmbError(f"{name} on {where} is a file where a folder should be", True)
+    if status == 0xC000009A:
+        return SmbError(f"{remote.server} is out of resources (busy): {name}")
+    if status in _SESSION_GONE:
+        return SmbError(f"{remote.server}:{remote.port} connection lost: the server ended the session")
+    return None
 
 
 def _probe_smb1_only(remote: SmbRemote) -> bool:
@@ -234,7 +283,12 @@ class SmbTarget:
             raise
         except Exception as e:
             self.close()
-            if _is_negotiate_failure(e) and _probe_smb1_only(r):
+            if _is_silent(e):
+                # TCP accepted, no SMB reply: not an SMB1 server (those answer or hang up), nothing to
+                # probe, and not retried within this job (each try would wait the whole timeout again).
+                raise SmbError(f"{r.server}:{r.port} is not answering: it accepted the connection but sent "
+                               f"no SMB reply (timed out after {r.timeout:g}s)", True) from e
+            if _is_negotiate_failure(e) and "timeout" not in str(e).lower() and _probe_smb1_only(r):
                 raise SmbError(f"{r.server} speaks only SMB1; SMB2 or later is needed", True) from e
             raise explain(e, r) from e
         self._connected = True
@@ -817,13 +871,21 @@ def _is_connection_error(e: BaseException) -> bool:
 
 def _lost_connection(e: BaseException | None) -> bool:
     """True when e (or what caused it) means the connection is gone."""
+    from smbprotocol import exceptions as ex
     while e is not None:
-        if isinstance(e, SmbError) and not e.permanent:
-            return True
+        if isinstance(e, SmbError) and not e.permanent and not isinstance(e.__cause__, ex.SMBOSError):
+            return True     # (a status the server answered with, e.g. a file in use, is no lost connection)
         if _is_connection_error(e) or isinstance(e, TimeoutError):
             return True
         e = e.__cause__ or e.__context__
     return False
+
+
+def _is_silent(e: BaseException) -> bool:
+    """True when the server took the TCP connection but never answered the SMB negotiate (message 0)."""
+    from smbprotocol import exceptions as ex
+    return (isinstance(e, ex.SMBException) and "timeout" in str(e).lower()
+            and "message id 0 " in str(e).lower())
 
 
 def _is_negotiate_failure(e: BaseException) -> bool:
