@@ -148,24 +148,67 @@ def test_world_readable_password_file_refused(office):
         smbpush.SmbTarget(remote, "rec-a").connect()
 
 
-def test_unreachable_server_times_out(office):
+def test_server_that_accepts_but_never_answers_fails_within_twice_the_timeout(office):
+    """TCP accepted, no SMB reply: the whole job (retries included) ends within ~2x timeout and
+    says the server is not answering (not 'SMB2 needed')."""
     import dataclasses
     smbd, remote, root, sums = office
-    with socket.socket() as silent:           # accepts, never answers: must time out, not hang
+    with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(5)
         r = dataclasses.replace(remote, port=silent.getsockname()[1], timeout=2)
+        t = smbpush.SmbTarget(r, "rec-a")
         t0 = time.monotonic()
-        with pytest.raises(smbpush.SmbError, match="unreachable|timed out|SMB2"):
-            smbpush.SmbTarget(r, "rec-a").connect()
-        assert time.monotonic() - t0 < 15
+        with pytest.raises(smbpush.SmbError) as ei:
+            smbpush.push_with_retries(t, root / "export")      # real backoff sleeps, if any
+        elapsed = time.monotonic() - t0
+    msg = str(ei.value)
+    assert elapsed <= 2 * r.timeout + 0.5, elapsed
+    assert "not answering" in msg and "timed out after 2s" in msg and "SMB2" not in msg and "SMB1" not in msg
+    assert msg.startswith(f"127.0.0.1:{r.port} ")
+
+
+def test_closed_port_is_unreachable_and_retried(office):
+    import dataclasses
+    smbd, remote, root, sums = office
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed_port = s.getsockname()[1]
     r = dataclasses.replace(remote, port=closed_port)
-    with pytest.raises(smbpush.SmbError, match="unreachable") as ei:
-        smbpush.SmbTarget(r, "rec-a").connect()
-    assert not ei.value.permanent
+    sleeps = []
+    with pytest.raises(smbpush.SmbError, match="unreachable.*[Rr]efused") as ei:
+        smbpush.push_with_retries(smbpush.SmbTarget(r, "rec-a"), root / "export", sleep=sleeps.append)
+    assert not ei.value.permanent and sleeps == [2.0, 4.0]
+
+
+def test_unknown_server_name_fails_at_once_saying_dns(office):
+    import dataclasses
+    smbd, remote, root, sums = office
+    r = dataclasses.replace(remote, server="steno-nas-nowhere.invalid")
+    sleeps = []
+    with pytest.raises(smbpush.SmbError) as ei:
+        smbpush.push_with_retries(smbpush.SmbTarget(r, "rec-a"), root / "export", sleep=sleeps.append)
+    assert str(ei.value) == "server name 'steno-nas-nowhere.invalid' not found (DNS)"
+    assert ei.value.permanent and sleeps == []
+
+
+@pytest.mark.parametrize("kind", ["directory", "not-utf8"])
+def test_unreadable_password_file_is_a_clear_permanent_error(office, kind):
+    import dataclasses
+    smbd, remote, root, sums = office
+    bad = root / f"pw-{kind}"
+    if kind == "directory":
+        bad.mkdir(mode=0o700)
+        expected = f"password file {bad} is not a regular file"
+    else:
+        bad.write_bytes(b"\xff\xfe\xfa\n")
+        os.chmod(bad, 0o600)
+        expected = f"password file {bad} cannot be read: not UTF-8 text"
+    t = smbpush.SmbTarget(dataclasses.replace(remote, password_file=str(bad)), "rec-a")
+    sleeps = []
+    with pytest.raises(smbpush.SmbError) as ei:
+        smbpush.push_with_retries(t, root / "export", sleep=sleeps.append)
+    assert str(ei.value) == expected and ei.value.permanent and sleeps == []
 
 
 def test_smb1_only_server_says_smb2_needed(smb_tmp, smbd_factory):  # noqa: F811
@@ -355,3 +398,36 @@ def test_server_that_stops_answering_fails_the_push_instead_of_hanging(office):
         th.join(30)
         t.close()
     assert errors and isinstance(errors[0], smbpush.SmbError) and not errors[0].permanent
+
+
+def test_remote_file_in_use_is_retried_and_named(office):
+    """A file another client holds open without sharing: 'in use', retried (not 'unreachable');
+    once released, the next run sends it."""
+    from tests.smbdata import client_kw, close
+    smbd, remote, root, sums = office
+    t = smbpush.SmbTarget(remote, "rec-lock")
+    try:
+        smbpush.push_dir(t, root / "export")
+        rel = sorted(r for r in sums if r.endswith("transcript.txt"))[0]
+        with open(root / "export" / rel, "ab") as f:
+            f.write(b"one more line\n")                  # changed locally: to be sent again
+        kw = client_kw(smbd.port, remote.username, PW)
+        try:
+            unc = "\\\\127.0.0.1\\push\\rec-lock\\" + rel.replace("/", "\\")
+            import smbclient
+            with smbclient.open_file(unc, mode="rb", share_access=None, **kw):   # no sharing at all
+                sleeps = []
+                with pytest.raises(smbpush.SmbError) as ei:
+                    smbpush.push_with_retries(t, root / "export", sleep=sleeps.append)
+        finally:
+            close(kw)
+        msg = str(ei.value)
+        assert msg == f"rec-lock\\{rel.replace('/', chr(92))} on \\\\127.0.0.1\\push is in use by another program"
+        assert "unreachable" not in msg and not ei.value.permanent
+        assert sleeps == [2.0, 4.0]                       # retried: 3 attempts
+        res = smbpush.push_dir(t, root / "export")       # released: goes through
+        assert res.sent == (rel,)
+    finally:
+        t.close()
+    assert _on_nas(root, "rec-lock")[rel] == hashlib.sha256((root / "export" / rel).read_bytes()).hexdigest()
+    assert not [p for p in (root / "nas" / "rec-lock").rglob(smbpush.TEMP_PREFIX + "*")]
