@@ -1,9 +1,9 @@
 """Push exports to an SMB share (smbprotocol): temp name, rename, read-back verify, incremental, resumable.
 
 Several recorders share one remote share safely because each writes only below its own folder,
-``<remote.path>/<recorder_folder>/`` (cfg.smb.recorder_folder, default the host name); temp names
-also carry host and pid, so even two recorders misconfigured with the same folder never write into
-each other's partial files.
+``<remote.path>/<recorder_folder>/`` (cfg.smb.recorder_folder, default the host name). The folder's
+manifest names the recorder that owns it (recorder_id()); a recorder finding another's id there
+(two recorders with one host name) fails instead of mixing files. Temp names also carry host and pid.
 """
 from __future__ import annotations
 
@@ -57,6 +57,40 @@ class PushResult:
     skipped: tuple[str, ...]
     bytes_sent: int
     seconds: float
+
+
+RECORDER_ID_FILE = "recorder-id"
+
+
+def recorder_id(state_dir: str, machine_id_path: str = "/etc/machine-id") -> str:
+    """This recorder's identity for remote manifests: derived from the machine id (never the id itself),
+    else a random id kept in ``state_dir``; "" when neither is available (no ownership check then)."""
+    try:
+        mid = pathlib.Path(machine_id_path).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        mid = ""
+    if mid and mid != "uninitialized":
+        return hashlib.sha256(f"steno-exportd recorder {mid}".encode()).hexdigest()[:32]
+    path = pathlib.Path(state_dir or "/var/lib/steno-exportd") / RECORDER_ID_FILE
+    try:
+        saved = path.read_text(encoding="ascii").strip()
+        if saved:
+            return saved
+    except FileNotFoundError:
+        pass
+    except (OSError, UnicodeDecodeError) as e:
+        log.warning("recorder id %s unreadable (%s): remote folders are not checked for ownership", path, e)
+        return ""
+    new = uuid.uuid4().hex
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(new + "\n", encoding="ascii")
+        os.replace(tmp, path)
+    except OSError as e:
+        log.warning("recorder id not saved in %s (%s): remote folders are not checked for ownership", path, e)
+        return ""
+    return new
 
 
 def read_password(path: str) -> str:
@@ -207,9 +241,11 @@ def _mapped(method):
 class SmbTarget:
     """One remote share folder (remote.path/recorder_folder) reached with smbprotocol."""
 
-    def __init__(self, remote: SmbRemote, recorder_folder: str = "", password: str | None = None) -> None:
+    def __init__(self, remote: SmbRemote, recorder_folder: str = "", password: str | None = None,
+                 recorder_id: str = "") -> None:
         self.remote = remote
         self.folder = recorder_folder or socket.gethostname()
+        self.recorder_id = recorder_id       # written to / checked against the folder's manifest
         self._password = password
         self._cache: dict = {}
         self._connected = False
@@ -300,7 +336,7 @@ class SmbTarget:
 
     def sibling(self) -> "SmbTarget":
         """Another connected target on the same folder (its own TCP connection and smbd process)."""
-        other = SmbTarget(self.remote, self.folder, password=self._password_value)
+        other = SmbTarget(self.remote, self.folder, password=self._password_value, recorder_id=self.recorder_id)
         other.connect()
         return other
 
@@ -698,7 +734,7 @@ def push_dir(target: SmbTarget, local_root: pathlib.Path, *, files: list[str] | 
     if files is not None:
         wanted = set(files)
         local = [(r, p) for r, p in local if r in wanted]
-    manifest = _load_manifest(target)
+    manifest, unclaimed = _load_manifest(target)
     local_sums = _read_sums(local_root / SUMS_NAME)
     remote_sizes = _remote_sizes(target)
     throttle = Throttle(bandwidth_limit_kbps) if bandwidth_limit_kbps else None
@@ -706,7 +742,7 @@ def push_dir(target: SmbTarget, local_root: pathlib.Path, *, files: list[str] | 
     sent: list[str] = []
     skipped: list[str] = []
     nbytes = 0
-    state = {"last_flush": time.monotonic(), "dirty": False}
+    state = {"last_flush": time.monotonic(), "dirty": unclaimed}   # an unclaimed folder gets our id
     made_dirs: set[str] = set()
     verifier: _Verifier | None = None
     buffers = _Buffers()
@@ -814,21 +850,33 @@ def _sums(manifest: dict) -> str:
                    if k != SUMS_NAME and v.get("sha256"))
 
 
-def _load_manifest(target: SmbTarget) -> dict:
+def _load_manifest(target: SmbTarget) -> tuple[dict, bool]:
+    """(files, unclaimed) of the remote manifest; SmbError when another recorder owns the folder.
+
+    A manifest without a recorder id (older versions) is adopted: ``unclaimed`` asks to save ours.
+    """
     raw = target.read_bytes(MANIFEST_NAME)
     if not raw:
-        return {}
+        return {}, bool(target.recorder_id)
     try:
         data = json.loads(raw)
         files = data.get("files", {})
-        return files if isinstance(files, dict) else {}
+        owner = data.get("recorder_id") or ""
     except (ValueError, AttributeError):
         log.warning("%s: unreadable %s, pushing everything again", target.label, MANIFEST_NAME)
-        return {}
+        return {}, bool(target.recorder_id)
+    if owner and target.recorder_id and owner != target.recorder_id:
+        host = data.get("host") or "unknown host"
+        where = f"\\\\{target.remote.server}\\{target.remote.share}"
+        raise SmbError(f"folder {target.folder} on {where} belongs to another recorder ({host}, id {owner[:8]}); "
+                       f"set smb.recorder_folder", True)
+    return (files if isinstance(files, dict) else {}), bool(target.recorder_id) and not owner
 
 
 def _save_manifest(target: SmbTarget, manifest: dict) -> None:
     data = {"version": 1, "recorder": target.folder, "updated": time.time(), "files": manifest}
+    if target.recorder_id:
+        data.update(recorder_id=target.recorder_id, host=socket.gethostname())
     target.write_bytes(MANIFEST_NAME, json.dumps(data, indent=1, sort_keys=True).encode())
 
 
@@ -898,7 +946,7 @@ def target_for(cfg: Config, name: str) -> SmbTarget:
     name = name.removeprefix("smb:")
     for r in cfg.smb.remotes:
         if r.name == name:
-            return SmbTarget(r, cfg.smb.recorder_folder)
+            return SmbTarget(r, cfg.smb.recorder_folder, recorder_id=recorder_id(cfg.state.dir))
     known = ", ".join(r.name for r in cfg.smb.remotes) or "none configured"
     raise NotFoundError(f"no SMB remote {name!r} (known: {known})")
 

@@ -431,3 +431,67 @@ def test_remote_file_in_use_is_retried_and_named(office):
         t.close()
     assert _on_nas(root, "rec-lock")[rel] == hashlib.sha256((root / "export" / rel).read_bytes()).hexdigest()
     assert not [p for p in (root / "nas" / "rec-lock").rglob(smbpush.TEMP_PREFIX + "*")]
+
+
+def _snapshot(base: pathlib.Path) -> dict[str, tuple[bytes, int]]:
+    return {p.relative_to(base).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in base.rglob("*") if p.is_file()}
+
+
+def test_two_recorders_with_one_folder_name_do_not_mix(office, smb_tmp):  # noqa: F811
+    """Same host name (same recorder_folder): the second recorder fails, the first's files untouched."""
+    smbd, remote, root, sums = office
+    first = smbpush.SmbTarget(remote, "steno", recorder_id="a1" * 16)
+    try:
+        smbpush.push_dir(first, root / "export")
+    finally:
+        first.close()
+    before = _snapshot(root / "nas" / "steno")
+    other = make_export_tree(smb_tmp / "other-export", sessions=2, big=100_000, seed=7)
+    second = smbpush.SmbTarget(remote, "steno", recorder_id="b2" * 16)
+    sleeps = []
+    with pytest.raises(smbpush.SmbError) as ei:
+        smbpush.push_with_retries(second, smb_tmp / "other-export", sleep=sleeps.append)
+    assert str(ei.value) == (f"folder steno on \\\\127.0.0.1\\push belongs to another recorder "
+                             f"({socket.gethostname()}, id a1a1a1a1); set smb.recorder_folder")
+    assert ei.value.permanent and sleeps == []
+    assert set(other) & set(before)                      # same names, other contents: would have clashed
+    assert _snapshot(root / "nas" / "steno") == before    # nothing written, overwritten or added
+    _assert_landed(root, "steno", sums)
+
+
+def test_older_manifest_without_recorder_id_is_adopted(office):
+    smbd, remote, root, sums = office
+    old = smbpush.SmbTarget(remote, "rec-old")                 # as older versions wrote it: no id
+    try:
+        smbpush.push_dir(old, root / "export")
+    finally:
+        old.close()
+    manifest = root / "nas" / "rec-old" / smbpush.MANIFEST_NAME
+    assert "recorder_id" not in json.loads(manifest.read_text())
+    t = smbpush.SmbTarget(remote, "rec-old", recorder_id="c3" * 16)
+    try:
+        res = smbpush.push_dir(t, root / "export")
+    finally:
+        t.close()
+    assert res.sent == () and set(sums) <= set(res.skipped)   # adopted: nothing sent again
+    assert json.loads(manifest.read_text())["recorder_id"] == "c3" * 16
+    _assert_landed(root, "rec-old", sums)
+
+
+def test_recorder_id_from_machine_id_or_kept_in_state_dir(tmp_path):
+    mid = tmp_path / "machine-id"
+    mid.write_text("3d1219c7c4c5404aaa1f6d2a48adfda4\n")
+    a = smbpush.recorder_id(str(tmp_path / "state"), str(mid))
+    assert a == smbpush.recorder_id(str(tmp_path / "elsewhere"), str(mid)) and len(a) == 32
+    assert "3d1219c7" not in a                                  # the machine id itself is not published
+    assert not (tmp_path / "state").exists()
+    missing = str(tmp_path / "no-machine-id")
+    b = smbpush.recorder_id(str(tmp_path / "state"), missing)
+    assert b and b != a and b == smbpush.recorder_id(str(tmp_path / "state"), missing)
+    assert (tmp_path / "state" / smbpush.RECORDER_ID_FILE).read_text().strip() == b
+    assert smbpush.recorder_id(str(tmp_path / "state2"), missing) != b
+    from steno_exportd.config import StateConfig
+    cfg = Config(state=StateConfig(dir=str(tmp_path / "state")),
+                 smb=SmbConfig(remotes=[SmbRemote(name="office", server="nas")]))
+    assert smbpush.target_for(cfg, "smb:office").recorder_id == smbpush.recorder_id(str(tmp_path / "state"))
