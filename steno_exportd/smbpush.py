@@ -735,6 +735,9 @@ def push_dir(target: SmbTarget, local_root: pathlib.Path, *, files: list[str] | 
         wanted = set(files)
         local = [(r, p) for r, p in local if r in wanted]
     manifest, unclaimed = _load_manifest(target)
+    if unclaimed:       # claim the folder before writing anything; read back: a recorder racing us wins
+        _save_manifest(target, manifest)
+        manifest, _ = _load_manifest(target)
     local_sums = _read_sums(local_root / SUMS_NAME)
     remote_sizes = _remote_sizes(target)
     throttle = Throttle(bandwidth_limit_kbps) if bandwidth_limit_kbps else None
@@ -742,7 +745,7 @@ def push_dir(target: SmbTarget, local_root: pathlib.Path, *, files: list[str] | 
     sent: list[str] = []
     skipped: list[str] = []
     nbytes = 0
-    state = {"last_flush": time.monotonic(), "dirty": unclaimed}   # an unclaimed folder gets our id
+    state = {"last_flush": time.monotonic(), "dirty": False}
     made_dirs: set[str] = set()
     verifier: _Verifier | None = None
     buffers = _Buffers()
