@@ -176,16 +176,17 @@ def _remote_name(exc: BaseException, remote: SmbRemote) -> str:
     prefix = f"\\\\{remote.server}\\{remote.share}"
     if name.lower().startswith(prefix.lower()):
         name = name[len(prefix):].lstrip("\\")
-    return name or remote.path or "a file"
+    return name
 
 
 def _explain_status(status: int, exc: BaseException, remote: SmbRemote, where: str) -> SmbError | None:
     """A message for an NT status the server answered with; None to fall through to the exception type."""
     name = _remote_name(exc, remote)
     if status == 0xC0000022:
-        return SmbError(f"access denied on {where} (no write permission?): {name}", True)
+        return SmbError(f"access denied on {where} (no write permission?)" + (f": {name}" if name else ""), True)
     if status in (0xC0000034, 0xC000003A):
-        return SmbError(f"path not found on {where}: {name}", True)
+        return SmbError(f"path not found on {where}: {name or remote.path}", True)
+    name = name or "a file"
     if status == 0xC000007F:
         return SmbError(f"share {where} is full", True)
     if status in _IN_USE:
