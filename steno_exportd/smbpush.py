@@ -1,9 +1,9 @@
 """Push exports to an SMB share (smbprotocol): temp name, rename, read-back verify, incremental, resumable.
 
 Several recorders share one remote share safely because each writes only below its own folder,
-``<remote.path>/<recorder_folder>/`` (cfg.smb.recorder_folder, default the host name); temp names
-also carry host and pid, so even two recorders misconfigured with the same folder never write into
-each other's partial files.
+``<remote.path>/<recorder_folder>/`` (cfg.smb.recorder_folder, default the host name). The folder's
+manifest names the recorder that owns it (recorder_id()); a recorder finding another's id there
+(two recorders with one host name) fails instead of mixing files. Temp names also carry host and pid.
 """
 from __future__ import annotations
 
@@ -59,6 +59,40 @@ class PushResult:
     seconds: float
 
 
+RECORDER_ID_FILE = "recorder-id"
+
+
+def recorder_id(state_dir: str, machine_id_path: str = "/etc/machine-id") -> str:
+    """This recorder's identity for remote manifests: derived from the machine id (never the id itself),
+    else a random id kept in ``state_dir``; "" when neither is available (no ownership check then)."""
+    try:
+        mid = pathlib.Path(machine_id_path).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        mid = ""
+    if mid and mid != "uninitialized":
+        return hashlib.sha256(f"steno-exportd recorder {mid}".encode()).hexdigest()[:32]
+    path = pathlib.Path(state_dir or "/var/lib/steno-exportd") / RECORDER_ID_FILE
+    try:
+        saved = path.read_text(encoding="ascii").strip()
+        if saved:
+            return saved
+    except FileNotFoundError:
+        pass
+    except (OSError, UnicodeDecodeError) as e:
+        log.warning("recorder id %s unreadable (%s): remote folders are not checked for ownership", path, e)
+        return ""
+    new = uuid.uuid4().hex
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(new + "\n", encoding="ascii")
+        os.replace(tmp, path)
+    except OSError as e:
+        log.warning("recorder id not saved in %s (%s): remote folders are not checked for ownership", path, e)
+        return ""
+    return new
+
+
 def read_password(path: str) -> str:
     """The password in ``path`` (first line); refuses a file other users can read."""
     if not path:
@@ -67,10 +101,17 @@ def read_password(path: str) -> str:
         st = os.stat(path)
     except OSError as e:
         raise SmbError(f"password file {path}: {e.strerror}", permanent=True) from e
+    if not stat_mod.S_ISREG(st.st_mode):
+        raise SmbError(f"password file {path} is not a regular file", permanent=True)
     if st.st_mode & (stat_mod.S_IRWXG | stat_mod.S_IRWXO):
         raise SmbError(f"password file {path} is readable by others (chmod 600 it)", permanent=True)
-    with open(path, encoding="utf-8") as f:
-        return f.readline().rstrip("\r\n")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readline().rstrip("\r\n")
+    except OSError as e:
+        raise SmbError(f"password file {path} cannot be read: {e.strerror or e}", permanent=True) from e
+    except UnicodeDecodeError as e:
+        raise SmbError(f"password file {path} cannot be read: not UTF-8 text", permanent=True) from e
 
 
 def explain(exc: BaseException, remote: SmbRemote) -> SmbError:
@@ -84,16 +125,19 @@ def explain(exc: BaseException, remote: SmbRemote) -> SmbError:
     while chain is not None:
         if isinstance(chain, ex.BadNetworkName):
             return SmbError(f"share {where} not found", True)
+        if isinstance(chain, socket.gaierror):
+            if chain.errno in (socket.EAI_AGAIN, getattr(socket, "EAI_SYSTEM", None)):
+                return SmbError(f"server name {remote.server!r} could not be looked up (DNS not answering)")
+            return SmbError(f"server name {remote.server!r} not found (DNS)", True)
         chain = chain.__cause__ or chain.__context__
+    # A status the server answered with: mapped by status, never "unreachable" (SMBOSError is an OSError).
     status = getattr(exc, "ntstatus", None)
+    if status is None and isinstance(exc, ex.SMBResponseException):
+        status = exc.status
     if status is not None:
-        name = getattr(exc, "filename", "") or ""
-        if status == 0xC0000022:
-            return SmbError(f"access denied on {where} (no write permission?): {name}", True)
-        if status in (0xC0000034, 0xC000003A):
-            return SmbError(f"path not found on {where}: {name}", True)
-        if status == 0xC000007F:
-            return SmbError(f"share {where} is full", True)
+        mapped = _explain_status(status, exc, remote, where)
+        if mapped is not None:
+            return mapped
     if isinstance(exc, (ex.LogonFailure, ex.WrongPassword, ex.PasswordExpired)):
         return SmbError(f"logon failed for user {remote.username or '(guest)'!r} on {remote.server}", True)
     if isinstance(exc, ex.BadNetworkName):
@@ -113,11 +157,51 @@ def explain(exc: BaseException, remote: SmbRemote) -> SmbError:
         return SmbError(f"{remote.server} does not speak SMB2 or later (SMB2+ needed): {msg}", True)
     if isinstance(exc, (TimeoutError, socket.timeout)) or "timeout" in msg.lower() or "timed out" in msg.lower():
         return SmbError(f"{remote.server}:{remote.port} unreachable: timed out after {remote.timeout:g}s")
+    if isinstance(exc, ex.SMBOSError):
+        return SmbError(f"SMB error on {where}: {msg}")
     if isinstance(exc, (ConnectionError, OSError, ex.SMBConnectionClosed)):
         return SmbError(f"{remote.server}:{remote.port} unreachable or connection lost: {msg or type(exc).__name__}")
     if isinstance(exc, ValueError) and "negotiate" in msg.lower():
         return SmbError(f"{remote.server} negotiation failed (SMB2+ needed): {msg}", True)
     return SmbError(f"SMB error on {where}: {type(exc).__name__}: {msg}")
+
+
+_IN_USE = (0xC0000043, 0xC0000054, 0xC0000055)   # sharing violation, file lock conflict, lock not granted
+_SESSION_GONE = (0xC00000C9, 0xC0000203, 0xC000035C)  # network name / user session deleted, session expired
+
+
+def _remote_name(exc: BaseException, remote: SmbRemote) -> str:
+    """The file an SMB error is about, relative to the share (the rename target when there is one)."""
+    name = getattr(exc, "filename2", None) or getattr(exc, "filename", None) or ""
+    prefix = f"\\\\{remote.server}\\{remote.share}"
+    if name.lower().startswith(prefix.lower()):
+        name = name[len(prefix):].lstrip("\\")
+    return name
+
+
+def _explain_status(status: int, exc: BaseException, remote: SmbRemote, where: str) -> SmbError | None:
+    """A message for an NT status the server answered with; None to fall through to the exception type."""
+    name = _remote_name(exc, remote)
+    if status == 0xC0000022:
+        return SmbError(f"access denied on {where} (no write permission?)" + (f": {name}" if name else ""), True)
+    if status in (0xC0000034, 0xC000003A):
+        return SmbError(f"path not found on {where}: {name or remote.path}", True)
+    name = name or "a file"
+    if status == 0xC000007F:
+        return SmbError(f"share {where} is full", True)
+    if status in _IN_USE:
+        return SmbError(f"{name} on {where} is in use by another program")
+    if status == 0xC0000056:
+        return SmbError(f"{name} on {where} is being deleted by another program")
+    if status == 0xC00000BA:
+        return SmbError(f"{name} on {where} is a folder where a file should be", True)
+    if status == 0xC0000103:
+        return SmbError(f"{name} on {where} is a file where a folder should be", True)
+    if status == 0xC000009A:
+        return SmbError(f"{remote.server} is out of resources (busy): {name}")
+    if status in _SESSION_GONE:
+        return SmbError(f"{remote.server}:{remote.port} connection lost: the server ended the session")
+    return None
 
 
 def _probe_smb1_only(remote: SmbRemote) -> bool:
@@ -158,9 +242,11 @@ def _mapped(method):
 class SmbTarget:
     """One remote share folder (remote.path/recorder_folder) reached with smbprotocol."""
 
-    def __init__(self, remote: SmbRemote, recorder_folder: str = "", password: str | None = None) -> None:
+    def __init__(self, remote: SmbRemote, recorder_folder: str = "", password: str | None = None,
+                 recorder_id: str = "") -> None:
         self.remote = remote
         self.folder = recorder_folder or socket.gethostname()
+        self.recorder_id = recorder_id       # written to / checked against the folder's manifest
         self._password = password
         self._cache: dict = {}
         self._connected = False
@@ -234,7 +320,12 @@ class SmbTarget:
             raise
         except Exception as e:
             self.close()
-            if _is_negotiate_failure(e) and _probe_smb1_only(r):
+            if _is_silent(e):
+                # TCP accepted, no SMB reply: not an SMB1 server (those answer or hang up), nothing to
+                # probe, and not retried within this job (each try would wait the whole timeout again).
+                raise SmbError(f"{r.server}:{r.port} is not answering: it accepted the connection but sent "
+                               f"no SMB reply (timed out after {r.timeout:g}s)", True) from e
+            if _is_negotiate_failure(e) and "timeout" not in str(e).lower() and _probe_smb1_only(r):
                 raise SmbError(f"{r.server} speaks only SMB1; SMB2 or later is needed", True) from e
             raise explain(e, r) from e
         self._connected = True
@@ -246,7 +337,7 @@ class SmbTarget:
 
     def sibling(self) -> "SmbTarget":
         """Another connected target on the same folder (its own TCP connection and smbd process)."""
-        other = SmbTarget(self.remote, self.folder, password=self._password_value)
+        other = SmbTarget(self.remote, self.folder, password=self._password_value, recorder_id=self.recorder_id)
         other.connect()
         return other
 
@@ -644,7 +735,10 @@ def push_dir(target: SmbTarget, local_root: pathlib.Path, *, files: list[str] | 
     if files is not None:
         wanted = set(files)
         local = [(r, p) for r, p in local if r in wanted]
-    manifest = _load_manifest(target)
+    manifest, unclaimed = _load_manifest(target)
+    if unclaimed:       # claim the folder before writing anything; read back: a recorder racing us wins
+        _save_manifest(target, manifest)
+        manifest, _ = _load_manifest(target)
     local_sums = _read_sums(local_root / SUMS_NAME)
     remote_sizes = _remote_sizes(target)
     throttle = Throttle(bandwidth_limit_kbps) if bandwidth_limit_kbps else None
@@ -760,21 +854,33 @@ def _sums(manifest: dict) -> str:
                    if k != SUMS_NAME and v.get("sha256"))
 
 
-def _load_manifest(target: SmbTarget) -> dict:
+def _load_manifest(target: SmbTarget) -> tuple[dict, bool]:
+    """(files, unclaimed) of the remote manifest; SmbError when another recorder owns the folder.
+
+    A manifest without a recorder id (older versions) is adopted: ``unclaimed`` asks to save ours.
+    """
     raw = target.read_bytes(MANIFEST_NAME)
     if not raw:
-        return {}
+        return {}, bool(target.recorder_id)
     try:
         data = json.loads(raw)
         files = data.get("files", {})
-        return files if isinstance(files, dict) else {}
+        owner = data.get("recorder_id") or ""
     except (ValueError, AttributeError):
         log.warning("%s: unreadable %s, pushing everything again", target.label, MANIFEST_NAME)
-        return {}
+        return {}, bool(target.recorder_id)
+    if owner and target.recorder_id and owner != target.recorder_id:
+        host = data.get("host") or "unknown host"
+        where = f"\\\\{target.remote.server}\\{target.remote.share}"
+        raise SmbError(f"folder {target.folder} on {where} belongs to another recorder ({host}, id {owner[:8]}); "
+                       f"set smb.recorder_folder", True)
+    return (files if isinstance(files, dict) else {}), bool(target.recorder_id) and not owner
 
 
 def _save_manifest(target: SmbTarget, manifest: dict) -> None:
     data = {"version": 1, "recorder": target.folder, "updated": time.time(), "files": manifest}
+    if target.recorder_id:
+        data.update(recorder_id=target.recorder_id, host=socket.gethostname())
     target.write_bytes(MANIFEST_NAME, json.dumps(data, indent=1, sort_keys=True).encode())
 
 
@@ -817,13 +923,21 @@ def _is_connection_error(e: BaseException) -> bool:
 
 def _lost_connection(e: BaseException | None) -> bool:
     """True when e (or what caused it) means the connection is gone."""
+    from smbprotocol import exceptions as ex
     while e is not None:
-        if isinstance(e, SmbError) and not e.permanent:
-            return True
+        if isinstance(e, SmbError) and not e.permanent and not isinstance(e.__cause__, ex.SMBOSError):
+            return True     # (a status the server answered with, e.g. a file in use, is no lost connection)
         if _is_connection_error(e) or isinstance(e, TimeoutError):
             return True
         e = e.__cause__ or e.__context__
     return False
+
+
+def _is_silent(e: BaseException) -> bool:
+    """True when the server took the TCP connection but never answered the SMB negotiate (message 0)."""
+    from smbprotocol import exceptions as ex
+    return (isinstance(e, ex.SMBException) and "timeout" in str(e).lower()
+            and "message id 0 " in str(e).lower())
 
 
 def _is_negotiate_failure(e: BaseException) -> bool:
@@ -836,7 +950,7 @@ def target_for(cfg: Config, name: str) -> SmbTarget:
     name = name.removeprefix("smb:")
     for r in cfg.smb.remotes:
         if r.name == name:
-            return SmbTarget(r, cfg.smb.recorder_folder)
+            return SmbTarget(r, cfg.smb.recorder_folder, recorder_id=recorder_id(cfg.state.dir))
     known = ", ".join(r.name for r in cfg.smb.remotes) or "none configured"
     raise NotFoundError(f"no SMB remote {name!r} (known: {known})")
 

@@ -148,24 +148,67 @@ def test_world_readable_password_file_refused(office):
         smbpush.SmbTarget(remote, "rec-a").connect()
 
 
-def test_unreachable_server_times_out(office):
+def test_server_that_accepts_but_never_answers_fails_within_twice_the_timeout(office):
+    """TCP accepted, no SMB reply: the whole job (retries included) ends within ~2x timeout and
+    says the server is not answering (not 'SMB2 needed')."""
     import dataclasses
     smbd, remote, root, sums = office
-    with socket.socket() as silent:           # accepts, never answers: must time out, not hang
+    with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(5)
         r = dataclasses.replace(remote, port=silent.getsockname()[1], timeout=2)
+        t = smbpush.SmbTarget(r, "rec-a")
         t0 = time.monotonic()
-        with pytest.raises(smbpush.SmbError, match="unreachable|timed out|SMB2"):
-            smbpush.SmbTarget(r, "rec-a").connect()
-        assert time.monotonic() - t0 < 15
+        with pytest.raises(smbpush.SmbError) as ei:
+            smbpush.push_with_retries(t, root / "export")      # real backoff sleeps, if any
+        elapsed = time.monotonic() - t0
+    msg = str(ei.value)
+    assert elapsed <= 2 * r.timeout + 0.5, elapsed
+    assert "not answering" in msg and "timed out after 2s" in msg and "SMB2" not in msg and "SMB1" not in msg
+    assert msg.startswith(f"127.0.0.1:{r.port} ")
+
+
+def test_closed_port_is_unreachable_and_retried(office):
+    import dataclasses
+    smbd, remote, root, sums = office
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed_port = s.getsockname()[1]
     r = dataclasses.replace(remote, port=closed_port)
-    with pytest.raises(smbpush.SmbError, match="unreachable") as ei:
-        smbpush.SmbTarget(r, "rec-a").connect()
-    assert not ei.value.permanent
+    sleeps = []
+    with pytest.raises(smbpush.SmbError, match="unreachable.*[Rr]efused") as ei:
+        smbpush.push_with_retries(smbpush.SmbTarget(r, "rec-a"), root / "export", sleep=sleeps.append)
+    assert not ei.value.permanent and sleeps == [2.0, 4.0]
+
+
+def test_unknown_server_name_fails_at_once_saying_dns(office):
+    import dataclasses
+    smbd, remote, root, sums = office
+    r = dataclasses.replace(remote, server="steno-nas-nowhere.invalid")
+    sleeps = []
+    with pytest.raises(smbpush.SmbError) as ei:
+        smbpush.push_with_retries(smbpush.SmbTarget(r, "rec-a"), root / "export", sleep=sleeps.append)
+    assert str(ei.value) == "server name 'steno-nas-nowhere.invalid' not found (DNS)"
+    assert ei.value.permanent and sleeps == []
+
+
+@pytest.mark.parametrize("kind", ["directory", "not-utf8"])
+def test_unreadable_password_file_is_a_clear_permanent_error(office, kind):
+    import dataclasses
+    smbd, remote, root, sums = office
+    bad = root / f"pw-{kind}"
+    if kind == "directory":
+        bad.mkdir(mode=0o700)
+        expected = f"password file {bad} is not a regular file"
+    else:
+        bad.write_bytes(b"\xff\xfe\xfa\n")
+        os.chmod(bad, 0o600)
+        expected = f"password file {bad} cannot be read: not UTF-8 text"
+    t = smbpush.SmbTarget(dataclasses.replace(remote, password_file=str(bad)), "rec-a")
+    sleeps = []
+    with pytest.raises(smbpush.SmbError) as ei:
+        smbpush.push_with_retries(t, root / "export", sleep=sleeps.append)
+    assert str(ei.value) == expected and ei.value.permanent and sleeps == []
 
 
 def test_smb1_only_server_says_smb2_needed(smb_tmp, smbd_factory):  # noqa: F811
@@ -355,3 +398,100 @@ def test_server_that_stops_answering_fails_the_push_instead_of_hanging(office):
         th.join(30)
         t.close()
     assert errors and isinstance(errors[0], smbpush.SmbError) and not errors[0].permanent
+
+
+def test_remote_file_in_use_is_retried_and_named(office):
+    """A file another client holds open without sharing: 'in use', retried (not 'unreachable');
+    once released, the next run sends it."""
+    from tests.smbdata import client_kw, close
+    smbd, remote, root, sums = office
+    t = smbpush.SmbTarget(remote, "rec-lock")
+    try:
+        smbpush.push_dir(t, root / "export")
+        rel = sorted(r for r in sums if r.endswith("transcript.txt"))[0]
+        with open(root / "export" / rel, "ab") as f:
+            f.write(b"one more line\n")                  # changed locally: to be sent again
+        kw = client_kw(smbd.port, remote.username, PW)
+        try:
+            unc = "\\\\127.0.0.1\\push\\rec-lock\\" + rel.replace("/", "\\")
+            import smbclient
+            with smbclient.open_file(unc, mode="rb", share_access=None, **kw):   # no sharing at all
+                sleeps = []
+                with pytest.raises(smbpush.SmbError) as ei:
+                    smbpush.push_with_retries(t, root / "export", sleep=sleeps.append)
+        finally:
+            close(kw)
+        msg = str(ei.value)
+        assert msg == f"rec-lock\\{rel.replace('/', chr(92))} on \\\\127.0.0.1\\push is in use by another program"
+        assert "unreachable" not in msg and not ei.value.permanent
+        assert sleeps == [2.0, 4.0]                       # retried: 3 attempts
+        res = smbpush.push_dir(t, root / "export")       # released: goes through
+        assert res.sent == (rel,)
+    finally:
+        t.close()
+    assert _on_nas(root, "rec-lock")[rel] == hashlib.sha256((root / "export" / rel).read_bytes()).hexdigest()
+    assert not [p for p in (root / "nas" / "rec-lock").rglob(smbpush.TEMP_PREFIX + "*")]
+
+
+def _snapshot(base: pathlib.Path) -> dict[str, tuple[bytes, int]]:
+    return {p.relative_to(base).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in base.rglob("*") if p.is_file()}
+
+
+def test_two_recorders_with_one_folder_name_do_not_mix(office, smb_tmp):  # noqa: F811
+    """Same host name (same recorder_folder): the second recorder fails, the first's files untouched."""
+    smbd, remote, root, sums = office
+    first = smbpush.SmbTarget(remote, "steno", recorder_id="a1" * 16)
+    try:
+        smbpush.push_dir(first, root / "export")
+    finally:
+        first.close()
+    before = _snapshot(root / "nas" / "steno")
+    other = make_export_tree(smb_tmp / "other-export", sessions=2, big=100_000, seed=7)
+    second = smbpush.SmbTarget(remote, "steno", recorder_id="b2" * 16)
+    sleeps = []
+    with pytest.raises(smbpush.SmbError) as ei:
+        smbpush.push_with_retries(second, smb_tmp / "other-export", sleep=sleeps.append)
+    assert str(ei.value) == (f"folder steno on \\\\127.0.0.1\\push belongs to another recorder "
+                             f"({socket.gethostname()}, id a1a1a1a1); set smb.recorder_folder")
+    assert ei.value.permanent and sleeps == []
+    assert set(other) & set(before)                      # same names, other contents: would have clashed
+    assert _snapshot(root / "nas" / "steno") == before    # nothing written, overwritten or added
+    _assert_landed(root, "steno", sums)
+
+
+def test_older_manifest_without_recorder_id_is_adopted(office):
+    smbd, remote, root, sums = office
+    old = smbpush.SmbTarget(remote, "rec-old")                 # as older versions wrote it: no id
+    try:
+        smbpush.push_dir(old, root / "export")
+    finally:
+        old.close()
+    manifest = root / "nas" / "rec-old" / smbpush.MANIFEST_NAME
+    assert "recorder_id" not in json.loads(manifest.read_text())
+    t = smbpush.SmbTarget(remote, "rec-old", recorder_id="c3" * 16)
+    try:
+        res = smbpush.push_dir(t, root / "export")
+    finally:
+        t.close()
+    assert res.sent == () and set(sums) <= set(res.skipped)   # adopted: nothing sent again
+    assert json.loads(manifest.read_text())["recorder_id"] == "c3" * 16
+    _assert_landed(root, "rec-old", sums)
+
+
+def test_recorder_id_from_machine_id_or_kept_in_state_dir(tmp_path):
+    mid = tmp_path / "machine-id"
+    mid.write_text("3d1219c7c4c5404aaa1f6d2a48adfda4\n")
+    a = smbpush.recorder_id(str(tmp_path / "state"), str(mid))
+    assert a == smbpush.recorder_id(str(tmp_path / "elsewhere"), str(mid)) and len(a) == 32
+    assert "3d1219c7" not in a                                  # the machine id itself is not published
+    assert not (tmp_path / "state").exists()
+    missing = str(tmp_path / "no-machine-id")
+    b = smbpush.recorder_id(str(tmp_path / "state"), missing)
+    assert b and b != a and b == smbpush.recorder_id(str(tmp_path / "state"), missing)
+    assert (tmp_path / "state" / smbpush.RECORDER_ID_FILE).read_text().strip() == b
+    assert smbpush.recorder_id(str(tmp_path / "state2"), missing) != b
+    from steno_exportd.config import StateConfig
+    cfg = Config(state=StateConfig(dir=str(tmp_path / "state")),
+                 smb=SmbConfig(remotes=[SmbRemote(name="office", server="nas")]))
+    assert smbpush.target_for(cfg, "smb:office").recorder_id == smbpush.recorder_id(str(tmp_path / "state"))
