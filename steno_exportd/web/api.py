@@ -124,7 +124,12 @@ async def start_export(request: web.Request) -> web.Response:
     if not (sessions in ("new", "all") or (isinstance(sessions, list) and sessions
                                             and all(isinstance(x, (int, str)) for x in sessions))):
         raise InvalidArgument('sessions: a non-empty list of ids, or "new" or "all"')
-    formats = body.get("formats") or list(ctx.cfg.export.formats)
+    target_arg = body.get("target")
+    if isinstance(target_arg, str) and target_arg.startswith("smb:") and not body.get("formats"):
+        from steno_exportd.engine.push import remote_for
+        formats = list(remote_for(ctx.cfg, target_arg).formats)    # the remote's formats, as scheduled pushes
+    else:
+        formats = body.get("formats") or list(ctx.cfg.export.formats)
     if not isinstance(formats, list) or not all(isinstance(f, str) for f in formats):
         raise InvalidArgument("formats: a list of format names")
     opts = body.get("options") or {}
@@ -200,7 +205,8 @@ async def audit_log(request: web.Request) -> web.Response:
 async def status(request: web.Request) -> web.Response:
     core = request.app[CTX].core
     return web.json_response({"status": core.status_text(), "auto_export": core.auto_export,
-                              "samba_enabled": core.sharing_enabled})
+                              "samba_enabled": core.sharing_enabled,
+                              "samba_state": getattr(core, "samba_state", "off")})
 
 
 def _event_json(e: Any) -> tuple[str, dict] | None:
@@ -234,6 +240,8 @@ async def events_stream(request: web.Request) -> web.StreamResponse:
             await resp.write(_sse("device", device_json(d)))
         for j in ctx.core.jobs.list():
             await resp.write(_sse("job", job_json(j)))
+        await resp.write(_sse("status", {"key": "samba_enabled", "value": bool(ctx.core.sharing_enabled)}))
+        await resp.write(_sse("status", {"key": "samba_state", "value": str(getattr(ctx.core, "samba_state", "off"))}))
         nxt = asyncio.ensure_future(agen.__anext__())
         try:
             while True:
@@ -310,7 +318,10 @@ def openapi_document(version: str) -> dict:
                 "sessions": {"oneOf": [{"type": "array", "items": {"type": ["integer", "string"]}},
                                        {"type": "string", "enum": ["new", "all"]}]},
                 "formats": {"type": "array", "items": {"type": "string"}},
-                "device": {"type": "string"}, "target": {"type": "string"}, "options": {"type": "object"}}},
+                "device": {"type": "string"},
+                "target": {"type": "string", "description": "a folder under export.allowed_dirs, or smb:<remote> "
+                                                            "(then formats default to the remote's)"},
+                "options": {"type": "object"}}},
             "ShareLinkRequest": {"type": "object", "properties": {
                 "hours": {"type": "number"}, "max_downloads": {"type": "integer"},
                 "pin": {"type": "string", "pattern": "^[0-9]{4,12}$"}}},

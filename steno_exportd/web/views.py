@@ -122,7 +122,13 @@ async def index(request: web.Request) -> web.Response:
     res = await query_sessions(ctx, request.query)
     base = {**res["query"], "sort": res["sort"], "order": res["order"], "per_page": res["per_page"]}
     return ctx.render_page(request, "sessions.html", res=res, when=fmt_when, dur=fmt_duration,
-                           qs=lambda **o: _qs(base, **o))
+                           qs=lambda **o: _qs(base, **o), remotes=remotes(ctx))
+
+
+def remotes(ctx: WebContext) -> list[dict]:
+    """The configured SMB push remotes, for the "Send to" buttons (none configured: no buttons)."""
+    return [{"name": r.name, "where": f"\\\\{r.server}\\{r.share}" + (f"\\{r.path}" if r.path else "")}
+            for r in ctx.cfg.smb.remotes]
 
 
 # ---- one session --------------------------------------------------------------------
@@ -148,7 +154,7 @@ async def session_page(request: web.Request) -> web.Response:
     audit = await asyncio.to_thread(ctx.store.audit_log, s.id, 50)
     return ctx.render_page(request, "session.html", s=s, t=fmt_time, when=fmt_when, dur=fmt_duration,
                            downloads=downloads, links=[x.public() for x in links], audit=audit,
-                           share_cfg=ctx.cfg.http.share_links, now=time.time(),
+                           share_cfg=ctx.cfg.http.share_links, now=time.time(), remotes=remotes(ctx),
                            at=lambda x: time.strftime("%Y-%m-%d %H:%M", time.localtime(x)))
 
 
@@ -403,9 +409,20 @@ async def devices_page(request: web.Request) -> web.Response:
     from steno_exportd.web.api import device_json, job_json
     import socket
     share = f"\\\\{socket.gethostname()}\\{ctx.cfg.samba.share_name}"
-    return ctx.render_page(request, "devices.html", sharing=bool(ctx.core.sharing_enabled), share=share,
+    on, state = bool(ctx.core.sharing_enabled), str(getattr(ctx.core, "samba_state", "off"))
+    return ctx.render_page(request, "devices.html", sharing=on, samba_state=state, share=share,
+                           sharing_label=sharing_label(on, state),
                            devices=[device_json(d) for d in ctx.core.devices.list()],
                            jobs=[job_json(j) for j in sorted(ctx.core.jobs.list(), key=lambda j: -j.id)])
+
+
+def sharing_label(on: bool, state: str) -> str:
+    """What the share really does, in words (static/app.js says the same for live updates)."""
+    if state == "serving":
+        return "on — serving"
+    if state.startswith("error"):
+        return state
+    return "on — not serving yet" if on else "off"
 
 
 async def history_page(request: web.Request) -> web.Response:

@@ -1,6 +1,7 @@
 """End to end: the daemon (`run --demo`) serving the page, driven by a real headless Chromium."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -13,7 +14,9 @@ import pytest
 
 from steno_exportd import demo
 from tests.realparts import wait_for
+from tests.real_smbd import smb_tmp, smbd_factory  # noqa: F401  (fixtures)
 from tests.render.real_chromium import chromium_page  # noqa: F401  (fixture)
+from tests.test_smbpush import office  # noqa: F401  (fixture)
 from tests.web.fixtures import PASSWORD, PASSWORD_HASH
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,8 +28,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def daemon(tmp_path):
+@contextlib.contextmanager
+def run_daemon(tmp_path: Path, extra_toml: str = ""):
+    """`run --demo` on a demo library with password login; yields (url, tmp_path); stopped with SIGTERM."""
     lib = tmp_path / "library"
     demo.generate(lib, sessions=7, seed=5)
     (tmp_path / "exports").mkdir()
@@ -50,7 +54,7 @@ mode = "password"
 password_hash = "{PASSWORD_HASH}"
 [dbus]
 bus = "session"
-""")
+{extra_toml}""")
     out = tmp_path / "daemon.out"
     env = {k: v for k, v in os.environ.items() if k != "DBUS_SESSION_BUS_ADDRESS"}
     with open(out, "wb") as f:
@@ -63,6 +67,20 @@ bus = "session"
     finally:
         p.send_signal(signal.SIGTERM)
         assert p.wait(10) == 0, out.read_text()
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    with run_daemon(tmp_path) as d:
+        yield d
+
+
+def login(page, url: str) -> None:
+    page.goto(url + "/")
+    if "/login" in page.url:
+        page.fill("#password", PASSWORD)
+        page.click("button[type=submit]")
+    page.wait_for_url(url + "/")
 
 
 def test_login_seek_on_click_and_live_job_progress(daemon, chromium_page):  # noqa: F811
@@ -137,3 +155,45 @@ def test_login_seek_on_click_and_live_job_progress(daemon, chromium_page):  # no
                            "td.textContent.startsWith('completed'))", timeout=60000)
     assert page.locator("#jobs progress").first.get_attribute("value") in ("1", "1.0")
     assert not [e for e in errors if "Content Security Policy" in e], errors
+
+
+def test_send_selected_to_office_and_watch_the_push_complete(office, tmp_path, chromium_page):  # noqa: F811
+    smbd, remote, root, _ = office
+    extra = f"""[smb]
+recorder_folder = "rec-browser"
+[[smb.remotes]]
+name = "office"
+server = "127.0.0.1"
+port = {remote.port}
+share = "{remote.share}"
+username = "{remote.username}"
+password_file = "{remote.password_file}"
+formats = ["txt", "json"]
+timeout = 5
+"""
+    page = chromium_page
+    with run_daemon(tmp_path, extra) as (url, _):
+        login(page, url)
+        send = page.locator("#selection button[data-push]")
+        send.click()                                        # nothing ticked: said so, nothing sent
+        assert "Select at least one meeting" in page.locator("#push-msg").inner_text()
+        boxes = page.locator("#selection input[name=id]")
+        boxes.nth(0).check()
+        boxes.nth(1).check()
+        page.evaluate("() => { const b = document.querySelector('button[data-push=office]');"
+                      " b.dataset.push = 'nas2'; }")         # a remote gone from the config meanwhile
+        send.click()
+        page.wait_for_function("() => document.getElementById('push-msg').textContent.includes('nas2')")
+        assert page.locator("#push-msg").inner_text() == \
+            "Could not send to nas2: no SMB remote 'nas2' (known: office)"
+        assert page.url == url + "/"
+        page.evaluate("() => { document.querySelector('button[data-push=nas2]').dataset.push = 'office'; }")
+        send.click()
+        page.wait_for_url(url + "/devices")
+        page.wait_for_function("() => [...document.querySelectorAll('#jobs tr')].some(tr => "
+                               "tr.textContent.includes('smb:office') && "
+                               "tr.querySelector('td.state')?.textContent === 'completed')", timeout=60000)
+    nas = root / "nas" / "rec-browser"
+    assert len(list(nas.rglob("transcript.txt"))) == 2
+    r = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=nas, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr

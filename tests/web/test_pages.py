@@ -216,16 +216,35 @@ async def csrf(client) -> str:
 
 
 async def test_sharing_state_shows_on_the_devices_page_and_follows_the_switch(web_client):
-    import asyncio
     client, core = await web_client()
     html = await (await client.get("/devices")).text()
-    assert re.search(r'id="sharing-state">off<', html)
+    assert sharing_state(html) == "off"
     resp = await client.get("/api/v1/events")
-    core.set_sharing(True)
-    buf = b""
-    while b'"samba_enabled"' not in buf:
-        buf += await asyncio.wait_for(resp.content.readany(), 10)
-    assert b'"value":true' in buf.split(b'"samba_enabled"', 1)[1][:40]
-    resp.close()
+    try:
+        assert await next_status(resp, "samba_enabled") is False        # the current state first
+        core.set_sharing(True)
+        assert await next_status(resp, "samba_enabled") is True
+    finally:
+        resp.close()
     html = await (await client.get("/devices")).text()
-    assert re.search(r'id="sharing-state">on<', html)
+    assert sharing_state(html) == "on — not serving yet"                  # switched on; no share (yet)
+
+
+def sharing_state(html: str) -> str:
+    """The words the devices page shows for the network share."""
+    return re.search(r'id="sharing-state"[^>]*>([^<]*)<', html).group(1)
+
+
+async def next_status(resp, key: str, timeout: float = 10.0):
+    """The value of the next SSE "status" event for key on an open /api/v1/events stream."""
+    import asyncio
+    import json
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while True:
+        line = await asyncio.wait_for(resp.content.readline(), max(0.01, end - loop.time()))
+        assert line, "the event stream ended"
+        if line.startswith(b"event: status"):
+            data = json.loads((await resp.content.readline()).removeprefix(b"data: "))
+            if data["key"] == key:
+                return data["value"]

@@ -84,7 +84,9 @@ async def test_live_event_stream_ends_promptly_when_the_page_stops(tmp_path, dem
             async with serve(core) as url:
                 resp = await http.get(url + "/api/v1/events")
                 assert resp.status == 200
-                assert b"retry:" in await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 10)
+                head = await asyncio.wait_for(resp.content.readuntil(b'"samba_state"'), 10)
+                assert b"retry:" in head          # then the current state (last: samba_state)
+                await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 10)
                 t0 = loop.time()
             stopped = loop.time() - t0
             rest = await asyncio.wait_for(resp.content.read(), 5)      # the browser sees the stream end

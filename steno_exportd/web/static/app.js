@@ -1,4 +1,4 @@
-// Silent Steno web page: seek on transcript click, live progress (SSE), cancel/eject buttons.
+// Silent Steno web page: seek on transcript click, live progress (SSE), cancel/eject/send-to buttons.
 "use strict";
 (function () {
   const csrf = (document.querySelector('meta[name="csrf"]') || {}).content || "";
@@ -18,7 +18,32 @@
     if (cancel) post("/api/v1/jobs/" + cancel.dataset.cancel + "/cancel");
     const eject = e.target.closest && e.target.closest("[data-eject]");
     if (eject) post("/api/v1/devices/" + encodeURIComponent(eject.dataset.eject) + "/eject");
+    const push = e.target.closest && e.target.closest("[data-push]");
+    if (push) sendTo(push);
   });
+
+  // "Send to <remote>": a push job through the API; its progress is on the sticks & jobs page.
+  function sendTo(btn) {
+    const msg = document.getElementById("push-msg"), remote = btn.dataset.push;
+    const ids = btn.dataset.sessions ? btn.dataset.sessions.split(",") :
+      Array.from(document.querySelectorAll("#selection input[name=id]:checked"), function (i) { return i.value; });
+    function fail(text) { msg.textContent = text; msg.className = "error"; msg.hidden = false; btn.disabled = false; }
+    if (!ids.length) return fail("Select at least one meeting to send to " + remote + ".");
+    btn.disabled = true;
+    msg.hidden = true;
+    fetch("/api/v1/exports", { method: "POST", credentials: "same-origin",
+      headers: { "X-CSRF-Token": csrf, "Content-Type": "application/json" },
+      body: JSON.stringify({ sessions: ids.map(function (x) { return /^\d+$/.test(x) ? Number(x) : x; }),
+                             target: "smb:" + remote }) })
+      .then(function (r) {
+        return r.json().catch(function () { return { error: r.status + " " + r.statusText }; })
+          .then(function (j) {
+            if (r.ok) { location.href = "/devices"; return; }
+            fail("Could not send to " + remote + ": " + (j.error || r.statusText));
+          });
+      })
+      .catch(function (err) { fail("Could not send to " + remote + ": " + err.message); });
+  }
 
   function post(url) {
     fetch(url, { method: "POST", headers: { "X-CSRF-Token": csrf }, credentials: "same-origin" })
@@ -67,7 +92,14 @@
   });
   es.addEventListener("status", function (e) {
     const st = JSON.parse(e.data), el = document.getElementById("sharing-state");
-    if (st.key === "samba_enabled" && el) el.textContent = st.value ? "on" : "off";
+    if (!el || (st.key !== "samba_enabled" && st.key !== "samba_state")) return;
+    if (st.key === "samba_enabled") el.dataset.enabled = st.value ? "true" : "false";
+    else el.dataset.state = String(st.value);
+    // the same words as views.sharing_label
+    const state = el.dataset.state || "off", bad = state.indexOf("error") === 0;
+    el.textContent = state === "serving" ? "on — serving" : bad ? state :
+      el.dataset.enabled === "true" ? "on — not serving yet" : "off";
+    el.classList.toggle("error", bad);
   });
   es.addEventListener("device_removed", function (e) {
     const tr = devices.querySelector('tr[data-id="' + CSS.escape(JSON.parse(e.data).id) + '"]'); if (tr) tr.remove();

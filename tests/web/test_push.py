@@ -1,0 +1,97 @@
+"""The page's "Send to <remote>" (a push to a real smbd through the API) and the share's real state."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import html as htmllib
+import re
+import subprocess
+
+from steno_exportd import samba
+from tests import realparts
+from tests.real_smbd import make_smbd, smb_tmp, smbd_factory  # noqa: F401  (fixtures)
+from tests.test_smbpush import office  # noqa: F401  (fixture)
+from tests.web.fixtures import demo_lib, web_client  # noqa: F401  (fixtures)
+from tests.web.test_pages import csrf, next_status, sharing_state
+
+
+async def job_done(client, job_id: int, timeout: float = 60.0) -> dict:
+    """Poll the job over the API until it finished (bounded)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while True:
+        job = await (await client.get(f"/api/v1/jobs/{job_id}")).json()
+        if job["state"] in ("completed", "failed", "cancelled"):
+            return job
+        assert loop.time() < end, f"job {job_id} still {job['state']} after {timeout}s"
+        await asyncio.sleep(0.1)
+
+
+async def test_send_to_office_from_the_page_lands_verified_on_the_share(web_client, office):  # noqa: F811
+    smbd, remote, root, _ = office
+    client, core = await web_client(**{
+        "smb.recorder_folder": "rec-web",
+        "smb.remotes": [dataclasses.asdict(dataclasses.replace(remote, formats=["txt", "json"]))]})
+    listing = await (await client.get("/")).text()
+    ids = re.findall(r'<input type="checkbox" name="id" value="(\d+)"', listing)[:2]
+    assert len(ids) == 2
+    assert re.search(r'<button type="button" data-push="office"[^>]*>Send selected to office</button>', listing)
+    page = await (await client.get(f"/sessions/{ids[0]}")).text()
+    assert re.search(rf'data-push="office" data-sessions="{ids[0]}"[^>]*>Send to office</button>', page)
+    # what static/app.js sends for the two ticked meetings
+    token = await csrf(client)
+    r = await client.post("/api/v1/exports", json={"sessions": [int(x) for x in ids], "target": "smb:office"},
+                          headers={"X-CSRF-Token": token})
+    assert r.status == 202, await r.text()
+    job = await r.json()
+    assert job["operation"] == "push" and job["target"] == "smb:office"
+    assert job["formats"] == ["txt", "json"]                     # the remote's formats
+    done = await job_done(client, job["id"])
+    assert done["state"] == "completed", done["error"]
+    nas = root / "nas" / "rec-web"
+    check = await asyncio.to_thread(subprocess.run, ["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=nas,
+                                    capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert len(list(nas.rglob("transcript.txt"))) == 2 and not list(nas.rglob("*.pdf"))
+    jobs = await (await client.get("/devices")).text()
+    row = re.search(rf'<tr data-id="{job["id"]}">(.*?)</tr>', jobs, re.S).group(1)
+    assert "smb:office" in row and "completed" in row
+    # a remote that is gone from the config (a stale page): a clear error, nothing started
+    r = await client.post("/api/v1/exports", json={"sessions": [int(ids[0])], "target": "smb:nas2"},
+                          headers={"X-CSRF-Token": token})
+    assert r.status == 404
+    assert (await r.json())["error"] == "no SMB remote 'nas2' (known: office)"
+    assert len(core.jobs.list()) == 1
+
+
+async def test_no_remotes_no_send_buttons(web_client):  # noqa: F811
+    client, _ = await web_client()
+    listing = await (await client.get("/")).text()
+    sid = re.search(r'name="id" value="(\d+)"', listing).group(1)
+    page = await (await client.get(f"/sessions/{sid}")).text()
+    assert "data-push" not in listing and "data-push" not in page and "Send" not in listing + page
+
+
+async def test_a_share_that_fails_shows_its_error_on_the_page_and_live(web_client, tmp_path):  # noqa: F811
+    """The real samba adapter, smbd not running: the reload fails and the page says so."""
+    realparts.require_tool("testparm", "smbcontrol")
+    smbd = make_smbd(tmp_path / "smbd")          # configured, never started
+    smbd.write_conf()
+    client, core = await web_client(**{
+        "samba.enabled": True, "samba.export_dir": str(tmp_path / "share"), "samba.announce": False,
+        "samba.snippet_path": str(tmp_path / "samba" / "steno.conf"), "samba.formats": ["txt"],
+        "samba.reload_command": smbd.reload_command(), "samba.close_command": smbd.close_command()})
+    resp = await client.get("/api/v1/events")
+    adapter = asyncio.create_task(samba.run(core))
+    try:
+        assert await next_status(resp, "samba_state") == "off"               # the state when connected
+        state = await next_status(resp, "samba_state", timeout=30)
+        assert state.startswith("error: samba reload failed"), state
+        html = await (await client.get("/devices")).text()
+        assert htmllib.unescape(sharing_state(html)) == state
+        assert re.search(r'id="sharing-state"[^>]*class="error"', html)
+        assert (await (await client.get("/api/v1/status")).json())["samba_state"] == state
+    finally:
+        resp.close()
+        adapter.cancel()
+        await asyncio.gather(adapter, return_exceptions=True)
