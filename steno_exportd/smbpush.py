@@ -731,6 +731,7 @@ def push_dir(target: SmbTarget, local_root: pathlib.Path, *, files: list[str] | 
     """
     t0 = time.monotonic()
     target.connect()
+    target.cleanup_temp("")          # a manifest/SHA256SUMS write cut short by a drop (folders: below)
     local = _local_files(local_root)
     if files is not None:
         wanted = set(files)

@@ -257,6 +257,28 @@ def test_server_killed_mid_push_then_rerun_completes(office):
     _assert_landed(root, "rec-k", sums)
 
 
+def test_stale_temp_files_from_a_drop_are_removed_on_the_next_push(office):
+    smbd, remote, root, sums = office
+    t = smbpush.SmbTarget(remote, "rec-t")
+    try:
+        smbpush.push_dir(t, root / "export")
+        folder = root / "nas" / "rec-t"
+        session = sorted(p for p in folder.iterdir() if p.is_dir())[0]
+        mine = f"{smbpush.TEMP_PREFIX}{socket.gethostname()}-999-dead00-"
+        stale = [folder / f"{mine}{smbpush.MANIFEST_NAME}", session / f"{mine}audio.flac"]
+        other = folder / f"{smbpush.TEMP_PREFIX}another-host-1-beef00-SHA256SUMS"
+        for p in (*stale, other):
+            p.write_bytes(b"cut short")
+        (root / "export" / sorted(sums)[0]).touch()          # something to send in that folder
+        smbpush.push_dir(t, root / "export")
+    finally:
+        t.close()
+    assert not [p for p in stale if p.exists()], "our temp files left by a drop are still there"
+    assert other.exists(), "another host's temp file is not ours to remove"
+    other.unlink()
+    _assert_landed(root, "rec-t", sums)
+
+
 def test_three_recorders_push_at_once(office):
     smbd, remote, root, sums = office
     code = (
