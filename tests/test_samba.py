@@ -1,6 +1,7 @@
 """The recorder's read-only Samba share, against a real smbd on a loopback port."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import types
 import os
@@ -324,6 +325,29 @@ def test_config_values_cannot_inject_smb_conf():
     assert len(ei.value.problems) == 3
 
 
+@contextlib.asynccontextmanager
+async def adapter_on(core):
+    """samba.run(core) running; yields (its task, the samba_state values it published)."""
+    import asyncio
+    from steno_exportd import events
+    states: list = []
+
+    async def watch():
+        async for ev in core.events.subscribe():
+            if isinstance(ev, events.StatusChanged) and ev.key == "samba_state":
+                states.append(ev.value)
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.sleep(0)
+    task = asyncio.create_task(samba.run(core))
+    try:
+        yield task, states
+    finally:
+        task.cancel()
+        watcher.cancel()
+        await asyncio.gather(task, watcher, return_exceptions=True)
+
+
 class FakeCore:
     """The bits of Core the samba adapter uses."""
 
@@ -351,31 +375,15 @@ class FakeCore:
 
 async def test_adapter_reports_an_export_folder_it_cannot_create(served):
     """An OSError (export folder under a file, read-only /srv) is an error state, not a dead daemon."""
-    import asyncio
-    from steno_exportd import events
-
     root, smbd, _ = served
     (root / "a-file").write_text("x")
     core = FakeCore(Config_with(_cfg(root, smbd, export_dir=str(root / "a-file" / "export"))))
-    states = []
-
-    async def watch():
-        async for ev in core.events.subscribe():
-            if isinstance(ev, events.StatusChanged) and ev.key == "samba_state":
-                states.append(ev.value)
-
-    watcher = asyncio.create_task(watch())
-    await asyncio.sleep(0)
-    task = asyncio.create_task(samba.run(core))
-    try:
+    async with adapter_on(core) as (task, states):
         await _until(lambda: states == ["off"])
         core.set_sharing(True)
         await _until(lambda: len(states) == 2)
         assert states[1].startswith("error: ") and "a-file" in states[1] and "Not a directory" in states[1]
         assert not task.done()
-    finally:
-        task.cancel()
-        watcher.cancel()
 
 
 async def test_adapter_follows_sharing_switch(served):
@@ -386,17 +394,7 @@ async def test_adapter_follows_sharing_switch(served):
     root, smbd, _ = served
     make_export_tree(root / "export" / "SilentSteno")    # the adapter shares the export's root folder
     core = FakeCore(Config_with(_cfg(root, smbd)))
-    states = []
-
-    async def watch():
-        async for ev in core.events.subscribe():
-            if isinstance(ev, events.StatusChanged) and ev.key == "samba_state":
-                states.append(ev.value)
-
-    watcher = asyncio.create_task(watch())
-    await asyncio.sleep(0)
-    task = asyncio.create_task(samba.run(core))
-    try:
+    async with adapter_on(core) as (task, states):
         await _until(lambda: states == ["off"])
         core.set_sharing(True)
         await _until(lambda: states[-1] == "serving")
@@ -419,9 +417,6 @@ async def test_adapter_follows_sharing_switch(served):
         core.set_sharing(False)
         await _until(lambda: states[-1] == "off")
         assert "Sharing is off" in (root / "steno-exportd.conf").read_text()
-    finally:
-        task.cancel()
-        watcher.cancel()
 
 
 def Config_with(samba_cfg):
