@@ -45,3 +45,17 @@ def wait_for(cond: Callable[[], object], timeout: float = 10.0, interval: float 
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+async def until(cond: Callable[[], object], what: str = "condition", timeout: float = 20.0,
+                interval: float = 0.05, in_thread: bool = True) -> object:
+    """wait_for inside an event loop: cond() runs in a thread (it may block on I/O) unless in_thread=False."""
+    import asyncio
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await asyncio.to_thread(cond) if in_thread else cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)

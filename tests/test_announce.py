@@ -7,15 +7,7 @@ import secrets
 
 from steno_exportd.announce import Announcer
 from tests.real_avahi import avahi  # noqa: F401  (fixture)
-
-
-async def until(cond, what, timeout=20.0):
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not await asyncio.to_thread(cond):
-        if loop.time() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
+from tests.realparts import until
 
 
 def _name() -> str:

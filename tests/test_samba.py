@@ -16,6 +16,7 @@ from steno_exportd.config import SambaConfig
 from steno_exportd.errors import ConfigError
 from tests.daemon.real_systemd import user_manager  # noqa: F401  (fixture)
 from tests.real_smbd import smb_tmp, smbd_factory  # noqa: F401  (fixtures)
+from tests.realparts import until
 from tests.smbdata import client_kw, close, make_export_tree, read_remote
 
 
@@ -379,9 +380,9 @@ async def test_adapter_reports_an_export_folder_it_cannot_create(served):
     (root / "a-file").write_text("x")
     core = FakeCore(Config_with(_cfg(root, smbd, export_dir=str(root / "a-file" / "export"))))
     async with adapter_on(core) as (task, states):
-        await _until(lambda: states == ["off"])
+        await until_adapter(lambda: states == ["off"])
         core.set_sharing(True)
-        await _until(lambda: len(states) == 2)
+        await until_adapter(lambda: len(states) == 2)
         assert states[1].startswith("error: ") and "a-file" in states[1] and "Not a directory" in states[1]
         assert not task.done()
 
@@ -395,9 +396,9 @@ async def test_adapter_follows_sharing_switch(served):
     make_export_tree(root / "export" / "SilentSteno")    # the adapter shares the export's root folder
     core = FakeCore(Config_with(_cfg(root, smbd)))
     async with adapter_on(core) as (task, states):
-        await _until(lambda: states == ["off"])
+        await until_adapter(lambda: states == ["off"])
         core.set_sharing(True)
-        await _until(lambda: states[-1] == "serving")
+        await until_adapter(lambda: states[-1] == "serving")
         assert core.exports == [("all", tuple(core.cfg.samba.formats), str(root / "export"))]
         kw = await asyncio.to_thread(client_kw, smbd.port)
         try:
@@ -411,11 +412,11 @@ async def test_adapter_follows_sharing_switch(served):
         assert len(core.exports) == 1, "one refresh at a time: changes meanwhile wait for it"
         core.events.publish(events.JobUpdated(events.JobSnapshot(
             id=1, operation="export", target=str(root / "export"), state=events.JobState.COMPLETED)))
-        await _until(lambda: len(core.exports) == 2)
+        await until_adapter(lambda: len(core.exports) == 2)
         await asyncio.sleep(0.2)
         assert len(core.exports) == 2, "the changes that came meanwhile need one more refresh, not two"
         core.set_sharing(False)
-        await _until(lambda: states[-1] == "off")
+        await until_adapter(lambda: states[-1] == "off")
         assert "Sharing is off" in (root / "steno-exportd.conf").read_text()
 
 
@@ -424,11 +425,7 @@ def Config_with(samba_cfg):
     return Config(samba=samba_cfg)
 
 
-async def _until(cond, timeout=10.0):
-    import asyncio
-    import time
-    end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > end:
-            raise AssertionError("timed out waiting for the samba adapter")
-        await asyncio.sleep(0.02)
+
+
+def until_adapter(cond, timeout=10.0):
+    return until(cond, "the samba adapter", timeout, 0.02, in_thread=False)

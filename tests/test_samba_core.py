@@ -14,18 +14,10 @@ from tests.real_avahi import avahi  # noqa: F401  (fixture)
 from tests.real_smbd import smb_tmp, smbd_factory  # noqa: F401  (fixtures)
 from tests.smbdata import client_kw, close, read_remote
 from tests.usb.recorder_db import add_session_like, copy_library, delete_session
+from tests.realparts import until
 
 SHARE = "\\\\127.0.0.1\\meetings"
 ANNOUNCED = f"steno-core-{secrets.token_hex(3)}"
-
-
-async def until(cond, what, timeout=30.0):
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not await asyncio.to_thread(cond):
-        if loop.time() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
