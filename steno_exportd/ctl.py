@@ -280,6 +280,20 @@ async def cmd_reload(c: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _switch(prop: str, what: str):
+    """A command that shows an on/off switch of the daemon, or sets it ("on"/"off")."""
+    async def cmd(c: Client, args: argparse.Namespace) -> int:
+        if args.value is not None:
+            await c.call(ROOT_PATH, PROPS, "Set", "ssv", [MANAGER_IFACE, prop, Variant("b", args.value == "on")])
+        p = await c.props(ROOT_PATH, MANAGER_IFACE)
+        line = f"{what}: {'on' if p[prop] else 'off'}"
+        if prop == "SambaEnabled" and p.get("SambaState") not in ("", "serving" if p[prop] else "off"):
+            line += f" ({p['SambaState']})"
+        print(line)
+        return EXIT_OK
+    return cmd
+
+
 async def cmd_formats(c: Client, args: argparse.Namespace) -> int:
     fmts = (await c.call(ROOT_PATH, MANAGER_IFACE, "ListFormats"))[0]
     tpls = (await c.call(ROOT_PATH, MANAGER_IFACE, "ListTemplates"))[0]
@@ -324,6 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("device", help="device id, label or object path")
     sp.add_argument("--wait", action="store_true", help="wait until it is safe to remove")
     add("reload", cmd_reload, "reload the daemon's configuration", listing=False)
+    for name, prop, what in (("sharing", "SambaEnabled", "the read-only Samba share"),
+                             ("auto-export", "AutoExport", "automatic export to plugged-in sticks")):
+        sp = add(name, _switch(prop, name), f"show, or switch on/off, {what} (until the config changes)",
+                 listing=False)
+        sp.add_argument("value", nargs="?", choices=("on", "off"))
     return p
 
 

@@ -141,6 +141,12 @@ async def test_ctl_over_the_bus(running, private_bus):
     core.set_samba_state("serving")
     rc, out, err = await _ctl(private_bus, "status")
     assert "samba:       on\n" in out, out
+    rc, out, err = await _ctl(private_bus, "sharing", "off")
+    assert rc == 0 and core.sharing_enabled is False and out.startswith("sharing: off"), out + err
+    rc, out, err = await _ctl(private_bus, "auto-export", "on")
+    assert rc == 0 and core.auto_export is True and out == "auto-export: on\n", out + err
+    rc, out, err = await _ctl(private_bus, "sharing", "maybe")
+    assert rc == 2 and "invalid choice" in err
     rc, out, err = await _ctl(private_bus, "export", "--to", "/etc", "--sessions", "1", "--formats", "txt")
     assert rc == 5 and "allowed" in err
     rc, out, err = await _ctl(private_bus, "eject", "NOPE")
