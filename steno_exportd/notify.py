@@ -37,11 +37,21 @@ class Notifier:
         return self._sock is not None
 
     def send(self, *lines: str) -> None:
-        """Send one datagram of KEY=value lines."""
+        """Send one datagram of KEY=value lines, from the event loop: never blocks it for long.
+
+        The receiver's queue is short (net.unix.max_dgram_qlen, 10 by default): when it is full,
+        WATCHDOG=1 and STATUS= alone are dropped at once (the next one supersedes them); READY=1,
+        RELOADING=1 and STOPPING=1 wait up to a second for room.
+        """
         if self._sock is None:
             return
+        droppable = all(line.startswith(("WATCHDOG=", "STATUS=")) for line in lines)
         try:
+            self._sock.settimeout(0 if droppable else 1.0)
             self._sock.sendto("\n".join(lines).encode(), self._addr)
+        except (BlockingIOError, TimeoutError, socket.timeout):
+            (log.debug if droppable else log.warning)("sd_notify: the notify socket is full; %s dropped",
+                                                      lines[0].split("=", 1)[0])
         except OSError as e:
             log.debug("sd_notify failed: %s", e)
 

@@ -120,3 +120,60 @@ async def test_dbus_ctl_and_push_on_new_through_the_daemon(pushing_daemon, tmp_p
 
     d.signal(signal.SIGTERM)
     assert d.wait_exit(10) == 0
+
+
+def test_sharing_switched_by_ctl_and_config_reload_on_the_real_daemon(tmp_path, smb_tmp, smbd_factory,  # noqa: F811
+                                                                      private_bus, daemon_factory):  # noqa: F811
+    """An admin's view: `steno-exportctl sharing on` serves \\\\host\\meetings, `off` takes it away from a
+    connected client, and samba.enabled = true in the file plus `reload` brings it back."""
+    import smbclient
+    from smbprotocol.exceptions import SMBException
+    from tests.smbdata import client_kw, close
+
+    require_core()
+    snippet = smb_tmp / "samba" / "steno-exportd.conf"
+    smbd = smbd_factory(include=str(snippet))
+    smbd.start()
+    demo.generate(tmp_path / "demo", sessions=3, seed=8, small=True)
+    copy_library(tmp_path / "demo", tmp_path / "library")
+    (tmp_path / "exports").mkdir()
+    q = json.dumps
+    settings = {"samba.export_dir": q(str(smb_tmp / "export")), "samba.snippet_path": q(str(snippet)),
+                "samba.reload_command": q(smbd.reload_command()), "samba.close_command": q(smbd.close_command()),
+                "samba.formats": q(["txt", "json"]), "samba.announce": "false"}
+    cfg = write_config(tmp_path / "config.toml", tmp_path, private_bus, **settings)
+    d = daemon_factory(cfg)
+    d.wait_ready(timeout=30)
+
+    def ctl(*argv):
+        return subprocess.run([sys.executable, "-m", "steno_exportd.ctl", "--bus", private_bus, *argv],
+                              capture_output=True, text=True, timeout=60, cwd=REPO)
+
+    def served(kw):
+        try:
+            names = smbclient.listdir("\\\\127.0.0.1\\meetings", **kw)
+        except SMBException:        # gone (access denied, name deleted, not found)
+            return None
+        return names if "SHA256SUMS" in names else None
+
+    assert "samba:       off" in ctl("status").stdout
+    r = ctl("sharing", "on")
+    assert r.returncode == 0 and r.stdout.startswith("sharing: on"), r.stdout + r.stderr
+    kw = client_kw(smbd.port)
+    try:
+        names = wait_for(lambda: served(kw), timeout=60, what="the meetings on \\\\127.0.0.1\\meetings")
+        assert len([n for n in names if n.startswith("20")]) >= 2, names      # session folders at the top
+        wait_for(lambda: "samba:       on\n" in ctl("status").stdout, timeout=20, what="status: serving")
+        assert ctl("sharing", "off").returncode == 0
+        wait_for(lambda: served(kw) is None, timeout=20, what="the connected client to lose the share")
+    finally:
+        close(kw)
+    cfg.write_text(cfg.read_text().replace("[samba]\n", "[samba]\nenabled = true\n", 1))
+    assert ctl("reload").returncode == 0
+    kw = client_kw(smbd.port)
+    try:
+        wait_for(lambda: served(kw), timeout=60, what="the share back after a config reload")
+    finally:
+        close(kw)
+    d.signal(signal.SIGTERM)
+    assert d.wait_exit(10) == 0

@@ -65,3 +65,22 @@ def test_sighup_good_and_bad_config(tmp_path, private_bus, daemon_factory):
     assert "configuration reloaded" in d.log()
     d.signal(signal.SIGTERM)
     assert d.wait_exit(5) == 0
+
+
+def test_a_full_notify_socket_never_stalls_the_daemon(tmp_path, private_bus, daemon_factory):
+    """systemd's notify queue holds 10 datagrams: with nobody reading it (a busy PID 1, here a test
+    that stops draining), watchdog pings are dropped and D-Bus calls still answer at once."""
+    cfg = write_config(tmp_path / "c.toml", tmp_path, private_bus)
+    d = daemon_factory(cfg, watchdog_usec=200_000)
+    d.wait_ready()
+    time.sleep(2.5)                          # ~25 pings at 0.1 s: the queue is full long before
+    for _ in range(2):                       # a reload sends RELOADING=1 and READY=1 into the full queue
+        t0 = time.monotonic()
+        r = subprocess.run([sys.executable, "-m", "steno_exportd.ctl", "--bus", private_bus, "reload"],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        assert time.monotonic() - t0 < 8, "the daemon's event loop stalled on sd_notify"
+    assert "the notify socket is full" in d.log()
+    d.notify.drain()
+    d.signal(signal.SIGTERM)
+    assert d.wait_exit(5) == 0
