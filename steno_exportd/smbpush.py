@@ -2,8 +2,9 @@
 
 Several recorders share one remote share safely because each writes only below its own folder,
 ``<remote.path>/<recorder_folder>/`` (cfg.smb.recorder_folder, default the host name). The folder's
-manifest names the recorder that owns it (recorder_id()); a recorder finding another's id there
-(two recorders with one host name) fails instead of mixing files. Temp names also carry host and pid.
+claim file names the recorder that owns it (recorder_id()); it is made by a rename that never replaces,
+so of two recorders with one host name exactly one gets the folder and the other fails before writing
+anything instead of mixing files. Temp names also carry host, pid and a random tag.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ for _name in ("smbprotocol", "smbclient", "spnego"):     # one INFO line per SMB
 
 from steno_exportd.engine.targets import TEMP_PREFIX  # noqa: E402  the engine's temp names: vetoed on our share
 MANIFEST_NAME = ".steno-push.json"  # remote record of verified files: incremental + resume
+CLAIM_NAME = ".steno-push-owner.json"  # the recorder owning the folder: made once (first wins), never replaced
 SUMS_NAME = "SHA256SUMS"
 CHUNK = 8 * 1024 * 1024            # write size (capped by the server's max write)
 READ_CHUNK = 2 * 1024 * 1024       # read-back size: 8 MiB responses cost 5x the system time here
@@ -41,6 +43,11 @@ FAST_WRITES = True                 # smbwire: hand-packed, zero-copy WRITE reque
 
 
 _FILE_ATTRIBUTE_REPARSE_POINT = 0x400
+_STATUS_OBJECT_NAME_COLLISION = 0xC0000035
+
+
+class _NameTaken(Exception):
+    """create_once: the name was already there (another writer was first)."""
 
 
 class SmbError(TargetError):
@@ -230,7 +237,7 @@ def _mapped(method):
     def wrapper(self, *a, **kw):
         try:
             return method(self, *a, **kw)
-        except (SmbError, VerifyError, CancelledJob):
+        except (SmbError, VerifyError, CancelledJob, _NameTaken):
             raise
         except Exception as e:
             if _is_connection_error(e):
@@ -424,17 +431,42 @@ class SmbTarget:
         tmp = f"{TEMP_PREFIX}{self.tag}-{name}"[:200]
         return f"{head}/{tmp}" if head else tmp
 
+    def create_once(self, rel: str, data: bytes) -> bool:
+        """Write a small file at ``rel`` unless one is there: False when another writer was first.
+
+        Temp name, then a rename that never replaces: atomic on the server, so of several writers
+        racing for one name exactly one gets it, and nobody ever sees it half written."""
+        try:
+            self.write_stream(rel, iter([data]), replace=False)
+        except _NameTaken:
+            return False
+        return True
+
     @_mapped
     def write_stream(self, rel: str, chunks: Iterable[bytes], throttle: "Throttle | None" = None,
-                     on_bytes: Callable[[int], None] | None = None) -> int:
-        """Write chunks to a temp name, then rename over ``rel``; returns the size written."""
+                     on_bytes: Callable[[int], None] | None = None, replace: bool = True) -> int:
+        """Write chunks to a temp name, then rename over ``rel``; returns the size written.
+
+        With ``replace=False`` an existing ``rel`` is kept and _NameTaken raised (temp removed)."""
         import smbclient
+        from smbprotocol import exceptions as ex
         tmp = self.temp_name(rel)
         total = 0
         try:
             with self._call(smbclient.open_file, self.unc(tmp), mode="wb", buffering=0) as f:
                 total = self._io(_pipelined_write, f, chunks, self.max_write, throttle, on_bytes)
-            self._call(smbclient.replace, self.unc(tmp), self.unc(rel))
+            if replace:
+                self._call(smbclient.replace, self.unc(tmp), self.unc(rel))
+            else:
+                try:
+                    smbclient.rename(self.unc(tmp), self.unc(rel), **self._live_kw())
+                except ex.SMBOSError as e:
+                    if e.ntstatus != _STATUS_OBJECT_NAME_COLLISION:
+                        raise explain(e, self.remote) from e
+                    raise _NameTaken(rel) from e
+                except Exception as e:
+                    self._connected = False if _is_connection_error(e) else self._connected
+                    raise explain(e, self.remote) from e
         except BaseException as e:
             # after a lost connection smbclient would silently reconnect (default 60 s timeout): don't
             if self._connected and not _lost_connection(e):
@@ -736,10 +768,10 @@ def push_dir(target: SmbTarget, local_root: pathlib.Path, *, files: list[str] | 
     if files is not None:
         wanted = set(files)
         local = [(r, p) for r, p in local if r in wanted]
+    _claim_folder(target)            # before writing anything: SmbError when another recorder owns it
     manifest, unclaimed = _load_manifest(target)
-    if unclaimed:       # claim the folder before writing anything; read back: a recorder racing us wins
+    if unclaimed:       # the manifest names its recorder too (read by people looking at the NAS)
         _save_manifest(target, manifest)
-        manifest, _ = _load_manifest(target)
     local_sums = _read_sums(local_root / SUMS_NAME)
     remote_sizes = _remote_sizes(target)
     throttle = Throttle(bandwidth_limit_kbps) if bandwidth_limit_kbps else None
@@ -855,8 +887,43 @@ def _sums(manifest: dict) -> str:
                    if k != SUMS_NAME and v.get("sha256"))
 
 
+def _claim_folder(target: SmbTarget) -> None:
+    """Make sure the recorder folder is ours; SmbError (permanent) when another recorder owns it.
+
+    The first push writes CLAIM_NAME with create_once: two recorders with one host name making their
+    first push at the same moment cannot both get the folder. A folder pushed by a version without
+    claim files is checked by its manifest's id first (and adopted when that has none).
+    """
+    if not target.recorder_id:
+        return                      # no id on this system: no ownership check (logged by recorder_id)
+    raw = target.read_bytes(CLAIM_NAME)
+    if raw is None:
+        _load_manifest(target)      # an older claim (manifest id): another recorder's fails here
+        body = json.dumps({"recorder_id": target.recorder_id, "host": socket.gethostname(),
+                           "claimed": time.time()}, indent=1, sort_keys=True).encode()
+        if target.create_once(CLAIM_NAME, body):
+            log.info("%s: folder claimed for this recorder", target.label)
+            return
+        raw = target.read_bytes(CLAIM_NAME) or b""      # another recorder was first
+    try:
+        data = json.loads(raw)
+        owner = str(data["recorder_id"])
+    except (ValueError, TypeError, KeyError):
+        where = f"\\\\{target.remote.server}\\{target.remote.share}"
+        raise SmbError(f"folder {target.folder} on {where}: {CLAIM_NAME} is unreadable, so the owner of the folder "
+                       f"is unknown; delete that file if this recorder owns the folder", True) from None
+    _check_owner(target, owner, data.get("host"))
+
+
+def _check_owner(target: SmbTarget, owner: str, host) -> None:
+    if owner and target.recorder_id and owner != target.recorder_id:
+        where = f"\\\\{target.remote.server}\\{target.remote.share}"
+        raise SmbError(f"folder {target.folder} on {where} belongs to another recorder "
+                       f"({host or 'unknown host'}, id {owner[:8]}); set smb.recorder_folder", True)
+
+
 def _load_manifest(target: SmbTarget) -> tuple[dict, bool]:
-    """(files, unclaimed) of the remote manifest; SmbError when another recorder owns the folder.
+    """(files, unclaimed) of the remote manifest; SmbError when it names another recorder.
 
     A manifest without a recorder id (older versions) is adopted: ``unclaimed`` asks to save ours.
     """
@@ -870,11 +937,7 @@ def _load_manifest(target: SmbTarget) -> tuple[dict, bool]:
     except (ValueError, AttributeError):
         log.warning("%s: unreadable %s, pushing everything again", target.label, MANIFEST_NAME)
         return {}, bool(target.recorder_id)
-    if owner and target.recorder_id and owner != target.recorder_id:
-        host = data.get("host") or "unknown host"
-        where = f"\\\\{target.remote.server}\\{target.remote.share}"
-        raise SmbError(f"folder {target.folder} on {where} belongs to another recorder ({host}, id {owner[:8]}); "
-                       f"set smb.recorder_folder", True)
+    _check_owner(target, owner, data.get("host"))
     return (files if isinstance(files, dict) else {}), bool(target.recorder_id) and not owner
 
 

@@ -482,6 +482,75 @@ def test_two_recorders_with_one_folder_name_do_not_mix(office, smb_tmp):  # noqa
     _assert_landed(root, "steno", sums)
 
 
+def test_two_recorders_first_push_at_the_same_moment_one_gets_the_folder(office, smb_tmp, monkeypatch):  # noqa: F811
+    """Both find the new folder unclaimed; the second goes on only after the first has pushed everything.
+    The second must still fail before writing a file: its look at the folder is stale by then."""
+    smbd, remote, root, sums = office
+    other = make_export_tree(smb_tmp / "other-export", sessions=2, big=100_000, seed=7)
+    assert set(other) & set(sums)                          # same names, other contents
+    a_done, b_looked = threading.Event(), threading.Event()
+    real_load = smbpush._load_manifest
+
+    def load(target):
+        out = real_load(target)
+        if target.recorder_id.startswith("b2") and not b_looked.is_set():
+            b_looked.set()                                  # B has seen the folder unclaimed...
+            assert a_done.wait(60)                          # ...and is held there while A pushes
+        return out
+    monkeypatch.setattr(smbpush, "_load_manifest", load)
+    results: dict = {}
+
+    def push(name, rid, src):
+        t = smbpush.SmbTarget(remote, "steno", recorder_id=rid)
+        try:
+            if name == "a":
+                assert b_looked.wait(60)
+            results[name] = smbpush.push_dir(t, src)
+        except Exception as e:  # noqa: BLE001 - the outcome is the test's subject
+            results[name] = e
+        finally:
+            t.close()
+            if name == "a":
+                a_done.set()
+    threads = [threading.Thread(target=push, args=("b", "b2" * 16, smb_tmp / "other-export")),
+               threading.Thread(target=push, args=("a", "a1" * 16, root / "export"))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(120)
+    assert isinstance(results["a"], smbpush.PushResult), results["a"]
+    assert isinstance(results["b"], smbpush.SmbError), results["b"]
+    assert "belongs to another recorder" in str(results["b"]) and "id a1a1a1a1" in str(results["b"])
+    _assert_landed(root, "steno", sums)                    # A's files, none of B's
+    manifest = json.loads((root / "nas" / "steno" / smbpush.MANIFEST_NAME).read_text())
+    assert manifest["recorder_id"] == "a1" * 16
+
+
+def test_an_unreadable_claim_file_is_a_clear_error_and_nothing_is_written(office):
+    smbd, remote, root, sums = office
+    folder = root / "nas" / "rec-claim"
+    folder.mkdir()
+    (folder / smbpush.CLAIM_NAME).write_text("{not json")
+    t = smbpush.SmbTarget(remote, "rec-claim", recorder_id="d4" * 16)
+    try:
+        with pytest.raises(smbpush.SmbError) as ei:
+            smbpush.push_dir(t, root / "export")
+    finally:
+        t.close()
+    assert str(ei.value) == ("folder rec-claim on \\\\127.0.0.1\\push: .steno-push-owner.json is unreadable, so the "
+                             "owner of the folder is unknown; delete that file if this recorder owns the folder")
+    assert ei.value.permanent
+    assert sorted(p.name for p in folder.iterdir()) == [smbpush.CLAIM_NAME]
+    (folder / smbpush.CLAIM_NAME).unlink()              # the admin's fix: the next push claims and lands
+    t = smbpush.SmbTarget(remote, "rec-claim", recorder_id="d4" * 16)
+    try:
+        smbpush.push_dir(t, root / "export")
+    finally:
+        t.close()
+    _assert_landed(root, "rec-claim", sums)
+    assert json.loads((folder / smbpush.CLAIM_NAME).read_text())["recorder_id"] == "d4" * 16
+
+
 def test_older_manifest_without_recorder_id_is_adopted(office):
     smbd, remote, root, sums = office
     old = smbpush.SmbTarget(remote, "rec-old")                 # as older versions wrote it: no id
