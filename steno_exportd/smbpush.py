@@ -38,6 +38,9 @@ CHUNK = 8 * 1024 * 1024            # write size (capped by the server's max writ
 READ_CHUNK = 2 * 1024 * 1024       # read-back size: 8 MiB responses cost 5x the system time here
                                    # (each is a fresh allocation: page faults), 1-2 MiB are cheapest
 MANIFEST_FLUSH_SECONDS = 1.0
+RESUME_MIN = 64 * 1024 * 1024      # a file this big cut by a drop is resumed where it stopped, not re-sent
+RESUME_BACKOFF = 64 * 1024 * 1024  # resume this far before the temp file's end: writes in flight at the drop
+RESUME_ALIGN = 1024 * 1024         # (PIPELINE x CHUNK = 32 MiB) may have landed out of order, leaving holes
 PIPELINE = 4                       # requests in flight per file (4 x 8 MiB: as fast as 8 here, half the memory)
 FAST_WRITES = True                 # smbwire: hand-packed, zero-copy WRITE requests
 
@@ -64,6 +67,7 @@ class PushResult:
     skipped: tuple[str, ...]
     bytes_sent: int
     seconds: float
+    bytes_resumed: int = 0          # bytes of files cut by an earlier drop that were not sent again
 
 
 RECORDER_ID_FILE = "recorder-id"
@@ -444,17 +448,21 @@ class SmbTarget:
 
     @_mapped
     def write_stream(self, rel: str, chunks: Iterable[bytes], throttle: "Throttle | None" = None,
-                     on_bytes: Callable[[int], None] | None = None, replace: bool = True) -> int:
-        """Write chunks to a temp name, then rename over ``rel``; returns the size written.
+                     on_bytes: Callable[[int], None] | None = None, replace: bool = True,
+                     tmp: str | None = None, start: int = 0) -> int:
+        """Write chunks to a temp name, then rename over ``rel``; returns the file's size.
 
-        With ``replace=False`` an existing ``rel`` is kept and _NameTaken raised (temp removed)."""
+        With ``replace=False`` an existing ``rel`` is kept and _NameTaken raised (temp removed).
+        ``tmp`` names the temp file (default: a new one); with ``start`` > 0 that temp file is kept
+        up to ``start`` and the chunks are written from there (a resumed upload)."""
         import smbclient
         from smbprotocol import exceptions as ex
-        tmp = self.temp_name(rel)
+        tmp = tmp or self.temp_name(rel)
         total = 0
         try:
-            with self._call(smbclient.open_file, self.unc(tmp), mode="wb", buffering=0) as f:
-                total = self._io(_pipelined_write, f, chunks, self.max_write, throttle, on_bytes)
+            mode = "r+b" if start else "wb"
+            with self._call(smbclient.open_file, self.unc(tmp), mode=mode, buffering=0) as f:
+                total = self._io(_pipelined_write, f, chunks, self.max_write, throttle, on_bytes, start)
             if replace:
                 self._call(smbclient.replace, self.unc(tmp), self.unc(rel))
             else:
@@ -488,15 +496,16 @@ class SmbTarget:
             size = self._io(_pipelined_read, f, self.max_read, h)
         return size, h.hexdigest()
 
-    def cleanup_temp(self, rel_dir: str = "") -> None:
-        """Remove this host's stale temp files (left by a dropped connection) in ``rel_dir``."""
+    def cleanup_temp(self, rel_dir: str = "", keep: set[str] | frozenset[str] = frozenset()) -> None:
+        """Remove this host's stale temp files (left by a dropped connection) in ``rel_dir``, except
+        the names in ``keep`` (uploads to resume)."""
         mine = f"{TEMP_PREFIX}{socket.gethostname()}-"
         try:
             entries = self.listdir(rel_dir)
         except SmbError:
             return
         for name, is_dir, _ in entries:
-            if not is_dir and name.startswith(mine):
+            if not is_dir and name.startswith(mine) and name not in keep:
                 try:
                     self.remove(f"{rel_dir}/{name}" if rel_dir else name)
                 except SmbError as e:
@@ -504,8 +513,8 @@ class SmbTarget:
 
 
 def _pipelined_write(raw, chunks: Iterable[bytes], max_write: int, throttle: "Throttle | None",
-                     on_bytes: Callable[[int], None] | None) -> int:
-    """Write chunks at increasing offsets with up to PIPELINE write requests in flight.
+                     on_bytes: Callable[[int], None] | None, start: int = 0) -> int:
+    """Write chunks at increasing offsets from ``start`` with up to PIPELINE write requests in flight.
 
     smbclient's raw write waits for each response; keeping several requests outstanding hides the
     round trip and the server's disk write (like Samba's own smbclient does).
@@ -519,7 +528,7 @@ def _pipelined_write(raw, chunks: Iterable[bytes], max_write: int, throttle: "Th
     sid, tid = fd.tree_connect.session.session_id, fd.tree_connect.tree_connect_id
     fast = FAST_WRITES and smbwire.supported(raw)
     inflight: collections.deque = collections.deque()
-    offset = 0
+    offset = start
 
     def avail() -> int:
         return conn.sequence_window["high"] - conn.sequence_window["low"]
@@ -646,10 +655,19 @@ class _Buffers:
         return read
 
 
-def _local_chunks(path: pathlib.Path, size: int, h, buffers: _Buffers | None = None) -> Iterable[bytes]:
-    """Read ``path`` in a thread beside the SMB writes, hashing as it goes (the engine's reader)."""
+def _local_chunks(path: pathlib.Path, size: int, h, buffers: _Buffers | None = None,
+                  start: int = 0) -> Iterable[bytes]:
+    """Read ``path`` from ``start`` in a thread beside the SMB writes, hashing as it goes (the engine's
+    reader); the first ``start`` bytes are only hashed (a resumed upload)."""
     from steno_exportd.engine.writer import pipelined_reads
     with open(path, "rb", buffering=0) as f:
+        if start and h is not None:
+            left = start
+            while left and (b := f.read(min(left, 4 * 1024 * 1024))):
+                h.update(b)
+                left -= len(b)
+        elif start:
+            f.seek(start)
         yield from pipelined_reads(buffers.reader(f, size) if buffers else lambda: f.read(size), h,
                                    depth=READ_DEPTH)
 
@@ -763,13 +781,13 @@ def push_dir(target: SmbTarget, local_root: pathlib.Path, *, files: list[str] | 
     """
     t0 = time.monotonic()
     target.connect()
-    target.cleanup_temp("")          # a manifest/SHA256SUMS write cut short by a drop (folders: below)
     local = _local_files(local_root)
     if files is not None:
         wanted = set(files)
         local = [(r, p) for r, p in local if r in wanted]
     _claim_folder(target)            # before writing anything: SmbError when another recorder owns it
-    manifest, unclaimed = _load_manifest(target)
+    manifest, unclaimed, old_partial = _load_manifest(target)
+    partial: dict[str, dict] = {}    # big files being sent: their temp files are kept after a drop
     if unclaimed:       # the manifest names its recorder too (read by people looking at the NAS)
         _save_manifest(target, manifest)
     local_sums = _read_sums(local_root / SUMS_NAME)
@@ -785,10 +803,8 @@ def push_dir(target: SmbTarget, local_root: pathlib.Path, *, files: list[str] | 
     buffers = _Buffers()
 
     def record(rel: str, entry: dict, size: int) -> None:
-        nonlocal nbytes
         manifest[rel] = entry
         sent.append(rel)
-        nbytes += size
         state["dirty"] = True
 
     def collect() -> None:
@@ -796,10 +812,11 @@ def push_dir(target: SmbTarget, local_root: pathlib.Path, *, files: list[str] | 
             for item in verifier.take():
                 record(*item)
         if state["dirty"] and time.monotonic() - state["last_flush"] >= MANIFEST_FLUSH_SECONDS:
-            _save_manifest(target, manifest)
+            _save_manifest(target, manifest, partial)
             state["dirty"], state["last_flush"] = False, time.monotonic()
 
     todo = []
+    resume: dict[str, tuple[str, int]] = {}
     for rel, path in local:
         st = path.stat()
         entry = manifest.get(rel)
@@ -808,8 +825,13 @@ def push_dir(target: SmbTarget, local_root: pathlib.Path, *, files: list[str] | 
             skipped.append(rel)
         else:
             todo.append((rel, path, st))
+            if st.st_size >= RESUME_MIN and (point := _resume_point(old_partial, rel, st, remote_sizes))[1]:
+                resume[rel] = point
+    keep = {tmp.rpartition("/")[2] for tmp, _ in resume.values()}
+    target.cleanup_temp("", keep)    # a manifest/SHA256SUMS write cut short by a drop (folders: below)
     if on_plan:
         on_plan(sum(st.st_size for _, _, st in todo), len(todo))
+    resumed = 0
     try:
         for rel, path, st in todo:
             if cancelled():
@@ -817,13 +839,30 @@ def push_dir(target: SmbTarget, local_root: pathlib.Path, *, files: list[str] | 
             parent = rel.rpartition("/")[0]
             if parent and parent not in made_dirs:
                 target.makedirs(parent)
-                target.cleanup_temp(parent)
+                target.cleanup_temp(parent, keep)
                 made_dirs.add(parent)
             known = local_sums.get(rel)          # the export's own SHA256SUMS: no second hash pass
             h = None if known else hashlib.sha256()
-            chunks = _until_cancelled(_local_chunks(path, chunk, h, buffers), cancelled)
+            tmp, start = resume.get(rel, ("", 0))
+            if start:
+                log.info("%s/%s: resuming at %d of %d bytes (cut short by an earlier drop)",
+                         target.label, rel, start, st.st_size)
+                resumed += start
+                if progress:
+                    progress(rel, start)
+            elif st.st_size >= RESUME_MIN:       # kept after a drop: named in the manifest first
+                tmp = target.temp_name(rel)
+            if tmp:
+                partial[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "temp": tmp.rpartition("/")[2]}
+                _save_manifest(target, manifest, partial)
+                state["dirty"], state["last_flush"] = False, time.monotonic()
+            chunks = _until_cancelled(_local_chunks(path, chunk, h, buffers, start), cancelled)
             size = target.write_stream(rel, chunks, throttle,
-                                       (lambda n, rel=rel: progress(rel, n)) if progress else None)
+                                       (lambda n, rel=rel: progress(rel, n)) if progress else None,
+                                       tmp=tmp or None, start=start)
+            nbytes += size - start
+            if partial.pop(rel, None) is not None:
+                state["dirty"] = True
             digest = known or h.hexdigest()
             if size != st.st_size:
                 raise SmbError(f"{rel}: source changed while pushing ({size} != {st.st_size} bytes)")
@@ -852,10 +891,10 @@ def push_dir(target: SmbTarget, local_root: pathlib.Path, *, files: list[str] | 
                 record(*item)
         if state["dirty"] and target._connected:
             try:
-                _save_manifest(target, manifest)
+                _save_manifest(target, manifest, partial)
             except SmbError as e:
                 log.debug("manifest not saved after failure: %s", e)
-    return PushResult(tuple(sent), tuple(skipped), nbytes, time.monotonic() - t0)
+    return PushResult(tuple(sent), tuple(skipped), nbytes, time.monotonic() - t0, resumed)
 
 
 def _read_sums(path: pathlib.Path) -> dict[str, str]:
@@ -922,27 +961,49 @@ def _check_owner(target: SmbTarget, owner: str, host) -> None:
                        f"({host or 'unknown host'}, id {owner[:8]}); set smb.recorder_folder", True)
 
 
-def _load_manifest(target: SmbTarget) -> tuple[dict, bool]:
-    """(files, unclaimed) of the remote manifest; SmbError when it names another recorder.
+def _load_manifest(target: SmbTarget) -> tuple[dict, bool, dict]:
+    """(files, unclaimed, partial) of the remote manifest; SmbError when it names another recorder.
 
     A manifest without a recorder id (older versions) is adopted: ``unclaimed`` asks to save ours.
+    ``partial``: big files cut short by a drop (rel -> source size, mtime and temp file name).
     """
     raw = target.read_bytes(MANIFEST_NAME)
     if not raw:
-        return {}, bool(target.recorder_id)
+        return {}, bool(target.recorder_id), {}
     try:
         data = json.loads(raw)
         files = data.get("files", {})
+        partial = data.get("partial", {})
         owner = data.get("recorder_id") or ""
     except (ValueError, AttributeError):
         log.warning("%s: unreadable %s, pushing everything again", target.label, MANIFEST_NAME)
-        return {}, bool(target.recorder_id)
+        return {}, bool(target.recorder_id), {}
     _check_owner(target, owner, data.get("host"))
-    return (files if isinstance(files, dict) else {}), bool(target.recorder_id) and not owner
+    return ((files if isinstance(files, dict) else {}), bool(target.recorder_id) and not owner,
+            (partial if isinstance(partial, dict) else {}))
 
 
-def _save_manifest(target: SmbTarget, manifest: dict) -> None:
+def _resume_point(partial: dict, rel: str, st: os.stat_result, remote_sizes: dict[str, int]) -> tuple[str, int]:
+    """(temp rel, offset) to resume ``rel`` from, or ("", 0): the temp file of an upload cut by a drop,
+    when the source is unchanged (size, mtime), backed off past the writes that were in flight."""
+    p = partial.get(rel)
+    if not isinstance(p, dict) or p.get("size") != st.st_size or p.get("mtime_ns") != st.st_mtime_ns:
+        return "", 0
+    name = str(p.get("temp") or "")
+    head = rel.rpartition("/")[0]
+    tmp = f"{head}/{name}" if head else name
+    have = remote_sizes.get(tmp, 0) if name.startswith(TEMP_PREFIX) and "/" not in name else 0
+    if have > st.st_size:
+        return "", 0                # not what we wrote: sent again from the start
+    start = have - RESUME_BACKOFF
+    start -= start % RESUME_ALIGN
+    return (tmp, start) if start > 0 else ("", 0)
+
+
+def _save_manifest(target: SmbTarget, manifest: dict, partial: dict | None = None) -> None:
     data = {"version": 1, "recorder": target.folder, "updated": time.time(), "files": manifest}
+    if partial:
+        data["partial"] = partial
     if target.recorder_id:
         data.update(recorder_id=target.recorder_id, host=socket.gethostname())
     target.write_bytes(MANIFEST_NAME, json.dumps(data, indent=1, sort_keys=True).encode())

@@ -15,7 +15,7 @@ import pytest
 
 from steno_exportd import smbpush
 from steno_exportd.config import Config, SmbConfig, SmbRemote
-from steno_exportd.errors import NotFoundError
+from steno_exportd.errors import NotFoundError, VerifyError
 from tests import realparts
 from tests.real_smbd import smb_tmp, smbd_factory  # noqa: F401  (fixtures)
 from tests.smbdata import make_export_tree
@@ -255,6 +255,114 @@ def test_server_killed_mid_push_then_rerun_completes(office):
         t2.close()
     assert done_before and not (set(res.sent) & done_before)     # verified files not re-sent
     _assert_landed(root, "rec-k", sums)
+
+
+@pytest.fixture
+def resumable(office, smb_tmp, monkeypatch):  # noqa: F811
+    """Resume thresholds scaled down (64 MiB in the product) to an 8 MiB recording pushed at 2 MiB/s."""
+    monkeypatch.setattr(smbpush, "RESUME_MIN", 1024 * 1024)
+    monkeypatch.setattr(smbpush, "RESUME_BACKOFF", 1024 * 1024)
+    monkeypatch.setattr(smbpush, "RESUME_ALIGN", 64 * 1024)
+    smbd, remote, root, _ = office
+    sums = make_export_tree(smb_tmp / "big-export", sessions=1, big=8 * 1024 * 1024, seed=3)
+    return smbd, remote, root, sums, smb_tmp / "big-export"
+
+
+def _cut_mid_file(smbd, remote, src: pathlib.Path, nas: pathlib.Path, at: int) -> pathlib.Path:
+    """Push ``src`` slowly and kill smbd once the recording's temp file holds ``at`` bytes: its path."""
+    t = smbpush.SmbTarget(remote, nas.name)
+    errors = []
+
+    def run():
+        try:
+            smbpush.push_dir(t, src, bandwidth_limit_kbps=2048)
+        except Exception as e:  # noqa: BLE001 - the drop is the point
+            errors.append(e)
+
+    def temp():
+        for p in nas.rglob(f"{smbpush.TEMP_PREFIX}*audio.flac"):
+            try:
+                if p.stat().st_size >= at:
+                    return p
+            except FileNotFoundError:       # renamed meanwhile
+                pass
+        return None
+    th = threading.Thread(target=run)
+    th.start()
+    try:
+        cut = realparts.wait_for(temp, timeout=30, what=f"{at} bytes of the recording on the NAS")
+        smbd.kill()
+    finally:
+        th.join(30)
+    t.close()
+    assert not th.is_alive() and errors and isinstance(errors[0], smbpush.SmbError), errors
+    assert not errors[0].permanent
+    assert not (cut.parent / "audio.flac").exists(), "the cut recording sits under its final name"
+    return cut
+
+
+def test_a_recording_cut_by_a_drop_resumes_where_it_stopped(resumable):
+    smbd, remote, root, sums, src = resumable
+    nas = root / "nas" / "rec-resume"
+    cut = _cut_mid_file(smbd, remote, src, nas, at=5 * 1024 * 1024)
+    have = cut.stat().st_size
+    smbd.start()
+    t = smbpush.SmbTarget(remote, "rec-resume")
+    try:
+        res = smbpush.push_dir(t, src)
+    finally:
+        t.close()
+    rel = next(r for r in sums if r.endswith("audio.flac"))
+    size = (src / rel).stat().st_size
+    assert res.bytes_resumed == (have - 1024 * 1024) // 65536 * 65536 >= 4 * 1024 * 1024
+    assert res.bytes_sent <= size - res.bytes_resumed + 64 * 1024      # the rest of it, plus the small files
+    assert rel in res.sent
+    _assert_landed(root, "rec-resume", sums)              # byte-exact, read back over SMB and on disk
+    assert not [p for p in nas.rglob(smbpush.TEMP_PREFIX + "*")], "a temp file was left"
+    assert "partial" not in json.loads((nas / smbpush.MANIFEST_NAME).read_text())
+
+
+def test_a_cut_recording_changed_since_is_sent_again_whole(resumable):
+    smbd, remote, root, sums, src = resumable
+    nas = root / "nas" / "rec-changed"
+    _cut_mid_file(smbd, remote, src, nas, at=3 * 1024 * 1024)
+    rel = next(r for r in sums if r.endswith("audio.flac"))
+    data = bytearray((src / rel).read_bytes())
+    data[:4] = b"NEW!"                                     # re-exported meanwhile: same size, new bytes
+    (src / rel).write_bytes(bytes(data))
+    sums[rel] = hashlib.sha256(data).hexdigest()
+    (src / smbpush.SUMS_NAME).write_text("".join(f"{h}  {r}\n" for r, h in sorted(sums.items())))
+    smbd.start()
+    t = smbpush.SmbTarget(remote, "rec-changed")
+    try:
+        res = smbpush.push_dir(t, src)
+    finally:
+        t.close()
+    assert res.bytes_resumed == 0 and res.bytes_sent >= len(data)
+    _assert_landed(root, "rec-changed", sums)
+    assert not [p for p in nas.rglob(smbpush.TEMP_PREFIX + "*")], "the old temp file was left"
+
+
+def test_a_damaged_cut_recording_is_caught_by_read_back_and_sent_again(resumable):
+    """The part kept from before the drop is not trusted: the read-back of the whole file catches a
+    damaged one (nothing wrong lands under the final name) and the next push sends it whole."""
+    smbd, remote, root, sums, src = resumable
+    nas = root / "nas" / "rec-damaged"
+    cut = _cut_mid_file(smbd, remote, src, nas, at=4 * 1024 * 1024)
+    with open(cut, "r+b") as f:
+        f.write(b"\0" * 4096)                              # the NAS lost a block of the kept part
+    smbd.start()
+    rel = next(r for r in sums if r.endswith("audio.flac"))
+    t = smbpush.SmbTarget(remote, "rec-damaged")
+    try:
+        with pytest.raises(VerifyError, match="read-back differs"):
+            smbpush.push_dir(t, src)
+        assert not (nas / rel).exists()
+        res = smbpush.push_dir(t, src)
+    finally:
+        t.close()
+    assert res.bytes_resumed == 0 and rel in res.sent
+    _assert_landed(root, "rec-damaged", sums)
 
 
 def test_stale_temp_files_from_a_drop_are_removed_on_the_next_push(office):

@@ -120,8 +120,10 @@ def _push(library: Any, spec: Any, cfg: Config, progress: Any, job_id: int, stat
                 for r in results]
     progress.update(force=True, bytes_total=staged + counts["total"], bytes_done=staged + counts["total"],
                     files_done=counts["nfiles"], current_file="")
-    log.info("pushed to %s: %d files sent, %d already there, %.1f MB in %.1f s", spec.target, len(res.sent),
-             len(res.skipped), res.bytes_sent / 1e6, res.seconds)
+    log.info("pushed to %s: %d files sent, %d already there, %.1f MB in %.1f s%s", spec.target, len(res.sent),
+             len(res.skipped), res.bytes_sent / 1e6, res.seconds,
+             f" ({res.bytes_resumed / 1e6:.1f} MB of recordings cut by a drop not sent again)"
+             if res.bytes_resumed else "")
     folders = _folders(root)
     sent_by_uuid: dict[str, list[str]] = {}
     for rel in res.sent:
