@@ -184,6 +184,49 @@ async def test_cancel_mid_push_leaves_no_file_under_a_final_name(slow_core):
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+async def test_a_push_job_cut_by_a_drop_resumes_the_recording_in_the_next_job(slow_core, office, monkeypatch,  # noqa: F811
+                                                                              caplog):
+    """The NAS goes away mid-recording (smbd killed): the job fails; the next job sends only the rest."""
+    import logging
+
+    from steno_exportd import smbpush
+    from tests import realparts
+    monkeypatch.setattr(smbpush, "RESUME_MIN", 1024 * 1024)           # 64 MiB in the product
+    monkeypatch.setattr(smbpush, "RESUME_BACKOFF", 1024 * 1024)
+    core, root, lib = slow_core
+    smbd = office[0]                                                  # the same smbd as slow_core's
+    big = biggest_recording(lib)
+    nas = root / "nas" / "rec-1"
+
+    def cut_at_8mb():
+        for p in nas.rglob(f"{smbpush.TEMP_PREFIX}*{big.audio.path.suffix}"):
+            try:
+                if p.stat().st_size >= 8 * 1024 * 1024:
+                    return p
+            except FileNotFoundError:
+                pass
+        return None
+    job = await core.export_sessions([big.id], ["txt", "audio"], "smb:office", ExportOptions())
+    await realparts.until(cut_at_8mb, timeout=60, what="8 MB of the recording on the NAS")
+    smbd.kill()
+    failed = await finished(core, job.id)
+    assert failed.state == events.JobState.FAILED, failed.error
+    assert not [p for p in nas.rglob(f"*{big.audio.path.suffix}") if not p.name.startswith(".steno-tmp-")]
+    smbd.start()
+    remote = dataclasses.replace(core.cfg.smb.remotes[0], bandwidth_limit_kbps=0)
+    await core.reload(dataclasses.replace(core.cfg, smb=dataclasses.replace(core.cfg.smb, remotes=[remote])))
+    with caplog.at_level(logging.INFO, logger="steno_exportd"):
+        again = await finished(core, (await core.export_sessions([big.id], ["txt", "audio"], "smb:office",
+                                                                 ExportOptions())).id)
+    assert again.state == events.JobState.COMPLETED, again.error
+    assert again.bytes_done == again.bytes_total
+    said = [r.getMessage() for r in caplog.records if "not sent again" in r.getMessage()]
+    assert said and float(said[0].split("(")[1].split(" MB")[0]) >= 6.0, said    # >= 8 MB cut - 1 MB back
+    r = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=nas, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not [p for p in nas.rglob(smbpush.TEMP_PREFIX + "*")], "a temp file was left"
+
+
 async def test_push_on_new_pushes_only_sessions_newer_than_the_first_start(office, tmp_path):  # noqa: F811
     from steno_exportd import schedule
     from tests.usb.recorder_db import add_session_like, copy_library
