@@ -992,7 +992,7 @@ def _resume_point(partial: dict, rel: str, st: os.stat_result, remote_sizes: dic
     name = str(p.get("temp") or "")
     head = rel.rpartition("/")[0]
     tmp = f"{head}/{name}" if head else name
-    have = remote_sizes.get(tmp, 0) if name.startswith(TEMP_PREFIX) and "/" not in name else 0
+    have = remote_sizes.get(tmp, 0) if name.startswith(TEMP_PREFIX) and not {"/", "\\"} & set(name) else 0
     if have > st.st_size:
         return "", 0                # not what we wrote: sent again from the start
     start = have - RESUME_BACKOFF
