@@ -285,8 +285,10 @@ def one_of(value: str, allowed: Any, what: str) -> str:
 
 
 def _template(value: str, ctx: WebContext) -> str:
-    from steno_exportd.formats import DOCUMENT_TEMPLATES
-    return one_of(value or ctx.cfg.export.template, DOCUMENT_TEMPLATES, "template")
+    """The built-in templates and the user's own (render.template_dir/templates.toml)."""
+    from steno_exportd.render.doctemplates import available
+    templates, _ = available(ctx.cfg.render.template_dir or None)
+    return one_of(value or ctx.cfg.export.template, tuple(templates), "template")
 
 
 def _formats(q: Any, ctx: WebContext) -> tuple[str, ...]:

@@ -114,6 +114,21 @@ async def test_unknown_download_parameters_are_400_naming_the_allowed_values(web
     assert links[0]["downloads"] == 0
 
 
+async def test_the_users_own_document_template_is_accepted(web_client, sessions, tmp_path):
+    """A template from render.template_dir/templates.toml, as the default and by name."""
+    (tmp_path / "tpl").mkdir()
+    (tmp_path / "tpl" / "templates.toml").write_text('[board]\nsections = ["header", "action_items"]\n')
+    client, _ = await web_client(**{"render.template_dir": str(tmp_path / "tpl"), "export.template": "board"})
+    s = with_audio(sessions)
+    r = await client.get(f"/sessions/{s.id}/zip?formats=txt")
+    assert r.status == 200, await r.text()
+    assert zipfile.ZipFile(io.BytesIO(await r.read())).testzip() is None
+    r = await client.get(f"/sessions/{s.id}/download/txt?template=board")
+    assert r.status == 200 and "ACTION ITEMS" in await r.text()
+    r = await client.get(f"/sessions/{s.id}/download/txt?template=nope")
+    assert r.status == 400 and "board" in await r.text()
+
+
 async def test_zip_of_a_selection_chosen_by_uuid(web_client, sessions):
     client, _ = await web_client()
     a, b = [s for s in sessions.values() if s.summary.exportable and s.segments][:2]
