@@ -119,7 +119,11 @@ class Core:
         from steno_exportd.engine.jobs import JobSpec
 
         options = options or ExportOptions()
-        formats = list(formats or self.cfg.export.formats)
+        remote = None
+        if isinstance(target, str) and target.startswith("smb:"):
+            from steno_exportd.engine.push import remote_for
+            remote = remote_for(self.cfg, target)      # NotFoundError names the configured remotes
+        formats = list(formats or (remote.formats if remote else self.cfg.export.formats))
         for f in formats:
             if f not in FORMATS:
                 raise NotFoundError(f"unknown format {f!r}; valid: {', '.join(FORMATS)}")
@@ -128,9 +132,7 @@ class Core:
             raise NotFoundError(f"unknown template {template!r}; valid: {', '.join(DOCUMENT_TEMPLATES)}")
         session_ids = await asyncio.to_thread(self._resolve_sessions, ids, options)
         operation = "export"
-        if isinstance(target, str) and target.startswith("smb:"):
-            from steno_exportd.engine.push import remote_for
-            remote_for(self.cfg, target)           # NotFoundError names the configured remotes
+        if remote is not None:
             operation, name = "push", target
         elif isinstance(target, str):
             if not target:

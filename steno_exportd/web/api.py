@@ -124,12 +124,7 @@ async def start_export(request: web.Request) -> web.Response:
     if not (sessions in ("new", "all") or (isinstance(sessions, list) and sessions
                                             and all(isinstance(x, (int, str)) for x in sessions))):
         raise InvalidArgument('sessions: a non-empty list of ids, or "new" or "all"')
-    target_arg = body.get("target")
-    if isinstance(target_arg, str) and target_arg.startswith("smb:") and not body.get("formats"):
-        from steno_exportd.engine.push import remote_for
-        formats = list(remote_for(ctx.cfg, target_arg).formats)    # the remote's formats, as scheduled pushes
-    else:
-        formats = body.get("formats") or list(ctx.cfg.export.formats)
+    formats = body.get("formats") or []       # none: the core's default (a remote's own formats for smb:)
     if not isinstance(formats, list) or not all(isinstance(f, str) for f in formats):
         raise InvalidArgument("formats: a list of format names")
     opts = body.get("options") or {}
