@@ -160,7 +160,8 @@ class UsbManager:
         mp = await self.udisks.mount(c.device, tuple(self.cfg.mount_options))
         self.devices.change(did, state=DeviceState.MOUNTED, mount_point=mp,
                             free=await asyncio.to_thread(_free, mp))
-        if not (self.cfg.auto_export.enabled and getattr(self.core, "auto_export", True)):
+        # the core's switch: starts from usb.auto_export.enabled, set by D-Bus/steno-exportctl and reloads
+        if not getattr(self.core, "auto_export", self.cfg.auto_export.enabled):
             return
         pol = await asyncio.to_thread(policy.stick_policy, Path(mp), self.cfg)
         if not pol.write:

@@ -282,6 +282,20 @@ async def test_watch_without_udisks_says_so_and_keeps_retrying(tmp_path, caplog)
         proc.wait(10)
 
 
+async def test_auto_export_switched_on_at_runtime_overrides_the_file(sticks, tmp_path):
+    """usb.auto_export.enabled = false in the file, then `steno-exportctl auto-export on`: a stick exports."""
+    core = FakeCore(make_cfg(tmp_path, **{"usb.auto_export.enabled": False, "usb.auto_export.eject_after": False}),
+                    n_sessions=1)
+    core.auto_export = True                 # what core.set_auto_export(True) leaves
+    stick = sticks("ext4")
+    async with usb.running(core):
+        stick.insert()
+        await wait_for(lambda: core.jobs.list() and core.jobs.list()[0].state.finished, 20, "the export")
+        dev = await wait_state(core, stick.label, S.MOUNTED)
+        await core.eject(dev.id)
+    assert core.written and core.written[0][1] == [1]
+
+
 async def test_change_event_burst_is_debounced(sticks, tmp_path):
     import subprocess
     core = FakeCore(make_cfg(tmp_path, **{"usb.auto_export.eject_after": False}), n_sessions=1)
