@@ -261,6 +261,9 @@ def apply(cfg: SambaConfig, enabled: bool, hostname: str = "", subdir: str = "")
             # serves and the next sync tries again instead of finding the new one "unchanged"
             if previous is not None:
                 _write(pathlib.Path(cfg.snippet_path), previous)
+            else:
+                with _suppress():
+                    os.unlink(cfg.snippet_path)
             raise
         if closing:
             close_share(cfg, closing)
