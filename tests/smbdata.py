@@ -1,9 +1,11 @@
 """Small export trees (session folders, SHA256SUMS) for SMB tests, and smbprotocol client helpers."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import pathlib
+from typing import Iterator
 
 
 def make_export_tree(root: pathlib.Path, sessions: int = 3, big: int = 3 * 1024 * 1024,
@@ -59,6 +61,16 @@ def client_kw(port: int, username: str | None = None, password: str | None = Non
 def close(kw: dict) -> None:
     import smbclient
     smbclient.reset_connection_cache(fail_on_error=False, connection_cache=kw["connection_cache"])
+
+
+@contextlib.contextmanager
+def connected(port: int, username: str | None = None, password: str | None = None) -> Iterator[dict]:
+    """client_kw(...) for the block; the connection closed after it, even when the block fails."""
+    kw = client_kw(port, username, password)
+    try:
+        yield kw
+    finally:
+        close(kw)
 
 
 def read_remote(path: str, kw: dict) -> bytes:

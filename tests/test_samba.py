@@ -16,8 +16,8 @@ from steno_exportd.config import SambaConfig
 from steno_exportd.errors import ConfigError
 from tests.daemon.real_systemd import user_manager  # noqa: F401  (fixture)
 from tests.real_smbd import smb_tmp, smbd_factory  # noqa: F401  (fixtures)
-from tests.realparts import until
-from tests.smbdata import client_kw, close, make_export_tree, read_remote
+from tests.realparts import until, wait_for
+from tests.smbdata import client_kw, close, connected, make_export_tree, read_remote
 
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -78,11 +78,8 @@ def test_snippet_is_valid_and_serves_guests_read_only(served):
     text = (root / "steno-exportd.conf").read_text()
     assert "read only = yes" in text and "wide links = no" in text and "veto files" in text
     samba.validate(text, cfg)                       # testparm clean
-    kw = client_kw(smbd.port)
-    try:
+    with connected(smbd.port) as kw:
         _check_share(smbd, sums, kw)
-    finally:
-        close(kw)
     assert samba.apply(cfg, enabled=True, hostname="steno").changed is False
 
 
@@ -94,20 +91,14 @@ def test_named_users_only(served):
     user = smbd.add_user("s3cret-pw")
     cfg = _cfg(root, smbd, guest_ok=False, valid_users=[user])
     samba.apply(cfg, enabled=True)
-    kw = client_kw(smbd.port, user, "s3cret-pw")
-    try:
+    with connected(smbd.port, user, "s3cret-pw") as kw:
         _check_share(smbd, sums, kw)
-    finally:
-        close(kw)
     with pytest.raises(LogonFailure):
         client_kw(smbd.port, user, "wrong")
-    gkw = client_kw(smbd.port)          # a guest logs on but may not open the share
-    try:
+    with connected(smbd.port) as gkw:          # a guest logs on but may not open the share
         with pytest.raises(SMBOSError) as ei:
             smbclient.listdir("\\\\127.0.0.1\\meetings", **gkw)
         assert ei.value.ntstatus == ACCESS_DENIED, hex(ei.value.ntstatus)
-    finally:
-        close(gkw)
 
 
 def test_sharing_off_removes_share(served):
@@ -118,12 +109,9 @@ def test_sharing_off_removes_share(served):
     cfg = _cfg(root, smbd)
     samba.apply(cfg, enabled=True)
     samba.apply(cfg, enabled=False)
-    kw = client_kw(smbd.port)
-    try:
+    with connected(smbd.port) as kw:
         with pytest.raises(SMBOSError):   # share gone (smbclient reports it after a DFS lookup)
             smbclient.listdir("\\\\127.0.0.1\\meetings", **kw)
-    finally:
-        close(kw)
 
 
 def _still_open(kw) -> bool:
@@ -141,38 +129,28 @@ def test_users_connected_when_sharing_goes_off_lose_it(served):
     root, smbd, sums = served
     cfg = _cfg(root, smbd)
     samba.apply(cfg, enabled=True)
-    kw = client_kw(smbd.port)
-    try:
+    with connected(smbd.port) as kw:
         assert _still_open(kw)
         samba.apply(cfg, enabled=False)
-        assert not _still_open(kw), "a guest connected before sharing went off can still list the meetings"
+        wait_for(lambda: not _still_open(kw), 20, 0.1,      # smbcontrol returns before smbd acts
+                 what="the guest connected before sharing went off to lose the meetings")
         assert samba.CLOSED + "meetings" in (root / "steno-exportd.conf").read_text()
-    finally:
-        close(kw)
     samba.apply(cfg, enabled=True)       # and back on: a new connection is served again
-    kw = client_kw(smbd.port)
-    try:
+    with connected(smbd.port) as kw:
         _check_share(smbd, sums, kw)
-    finally:
-        close(kw)
 
 
 def test_guests_connected_lose_the_share_when_it_is_limited_to_users(served):
     root, smbd, sums = served
     user = smbd.add_user("s3cret-pw")
     samba.apply(_cfg(root, smbd), enabled=True)
-    kw = client_kw(smbd.port)
-    try:
+    with connected(smbd.port) as kw:
         assert _still_open(kw)
         samba.apply(_cfg(root, smbd, guest_ok=False, valid_users=[user]), enabled=True)
-        assert not _still_open(kw), "a guest kept access after the share was limited to named users"
-    finally:
-        close(kw)
-    ukw = client_kw(smbd.port, user, "s3cret-pw")
-    try:
+        wait_for(lambda: not _still_open(kw), 20, 0.1,
+                 what="the guest to lose access once the share is limited to named users")
+    with connected(smbd.port, user, "s3cret-pw") as ukw:
         _check_share(smbd, sums, ukw)
-    finally:
-        close(ukw)
 
 
 def test_systemd_reload_unit_disconnects_users_of_a_closed_share(served):
@@ -195,14 +173,11 @@ def test_systemd_reload_unit_disconnects_users_of_a_closed_share(served):
 
     samba.apply(cfg, enabled=True)
     run_unit()
-    kw = client_kw(smbd.port)
-    try:
+    with connected(smbd.port) as kw:
         assert _still_open(kw)
         samba.apply(cfg, enabled=False)
         run_unit()
-        assert not _still_open(kw)
-    finally:
-        close(kw)
+        wait_for(lambda: not _still_open(kw), 20, 0.1, what="the connected guest to lose the share")
 
 
 def test_files_written_under_the_service_umask_are_read_as_the_forced_user(served):
@@ -222,19 +197,13 @@ def test_files_written_under_the_service_umask_are_read_as_the_forced_user(serve
             os.chown(os.path.join(dirpath, f), uid, gid)
             os.chmod(os.path.join(dirpath, f), 0o640)
     samba.apply(_cfg(root, smbd), enabled=True)                # not forced: guests are refused
-    kw = client_kw(smbd.port)
-    try:
+    with connected(smbd.port) as kw:
         with pytest.raises(SMBOSError):
             smbclient.listdir("\\\\127.0.0.1\\meetings", **kw)
-    finally:
-        close(kw)
     samba.apply(_cfg(root, smbd, force_user=owner), enabled=True)
     assert f"force user = {owner}" in (root / "steno-exportd.conf").read_text()
-    kw = client_kw(smbd.port)
-    try:
+    with connected(smbd.port) as kw:
         _check_share(smbd, sums, kw)                            # and still read-only
-    finally:
-        close(kw)
 
 
 def test_failed_reload_puts_the_previous_snippet_back_and_retries(served):
@@ -249,12 +218,25 @@ def test_failed_reload_puts_the_previous_snippet_back_and_retries(served):
     assert "Sharing is off" in (root / "steno-exportd.conf").read_text()
 
 
+def test_failed_first_reload_leaves_no_snippet_so_the_next_sync_applies_it(served):
+    """Sharing switched on for the first time while smbd does not answer: not "unchanged" next time."""
+    root, smbd, sums = served
+    snippet = root / "steno-exportd.conf"
+    snippet.unlink(missing_ok=True)
+    with pytest.raises(samba.TargetError, match="samba reload failed"):
+        samba.apply(_cfg(root, smbd, reload_command=["false"]), enabled=True)
+    assert not snippet.exists()
+    res = samba.apply(_cfg(root, smbd), enabled=True)
+    assert res.changed and res.reloaded
+    with connected(smbd.port) as kw:
+        _check_share(smbd, sums, kw)
+
+
 def test_the_shipped_path_unit_reloads_smbd_and_closes_the_share(served, user_manager, tmp_path):
     """Under a real systemd: the hardened daemon only writes the snippet (reload_command = []);
     the .path unit sees it and its root .service reloads smbd, then disconnects a closed share."""
     import re
     import shlex
-    from tests.realparts import wait_for
 
     root, smbd, sums = served
     snippet = root / "steno-exportd.conf"
@@ -273,14 +255,11 @@ def test_the_shipped_path_unit_reloads_smbd_and_closes_the_share(served, user_ma
     before = runs()
     samba.apply(cfg, enabled=True)
     wait_for(lambda: runs() != before, 20, 0.1, what="the path unit to run the reload service")
-    kw = client_kw(smbd.port)
-    try:
+    with connected(smbd.port) as kw:
         wait_for(lambda: _still_open(kw), 20, 0.1, what="the share served after the unit's reload")
         _check_share(smbd, sums, kw)
         samba.apply(cfg, enabled=False)
         wait_for(lambda: not _still_open(kw), 20, 0.1, what="the connected guest to lose the share")
-    finally:
-        close(kw)
         user_manager.systemctl("stop", "steno-exportd-samba-reload.path", check=False)
     result = user_manager.show("steno-exportd-samba-reload.service", "Result")
     assert result["Result"] == "success", result
@@ -300,11 +279,8 @@ def test_bad_snippet_keeps_previous_share(served, bad):
     assert "testparm" in str(ei.value)
     assert (root / "steno-exportd.conf").read_text() == before
     assert not [p for p in os.listdir(root) if p.startswith(samba.TEMP_PREFIX)]
-    kw = client_kw(smbd.port)
-    try:
+    with connected(smbd.port) as kw:
         _check_share(smbd, sums, kw)        # still served
-    finally:
-        close(kw)
 
 
 def test_failing_testparm_keeps_previous(served):

@@ -128,7 +128,7 @@ def test_sharing_switched_by_ctl_and_config_reload_on_the_real_daemon(tmp_path, 
     connected client, and samba.enabled = true in the file plus `reload` brings it back."""
     import smbclient
     from smbprotocol.exceptions import SMBException
-    from tests.smbdata import client_kw, close
+    from tests.smbdata import connected
 
     require_core()
     snippet = smb_tmp / "samba" / "steno-exportd.conf"
@@ -159,8 +159,7 @@ def test_sharing_switched_by_ctl_and_config_reload_on_the_real_daemon(tmp_path, 
     assert "samba:       off" in ctl("status").stdout
     r = ctl("sharing", "on")
     assert r.returncode == 0 and r.stdout.startswith("sharing: on"), r.stdout + r.stderr
-    kw = client_kw(smbd.port)
-    try:
+    with connected(smbd.port) as kw:
         # the share comes up first and fills as the sessions are exported (SHA256SUMS kept current per
         # session); a user sees the session folders at the top once the export has gone past them
         def sessions(kw):
@@ -170,14 +169,9 @@ def test_sharing_switched_by_ctl_and_config_reload_on_the_real_daemon(tmp_path, 
         wait_for(lambda: "samba:       on\n" in ctl("status").stdout, timeout=20, what="status: serving")
         assert ctl("sharing", "off").returncode == 0
         wait_for(lambda: served(kw) is None, timeout=20, what="the connected client to lose the share")
-    finally:
-        close(kw)
     cfg.write_text(cfg.read_text().replace("[samba]\n", "[samba]\nenabled = true\n", 1))
     assert ctl("reload").returncode == 0
-    kw = client_kw(smbd.port)
-    try:
+    with connected(smbd.port) as kw:
         wait_for(lambda: served(kw), timeout=60, what="the share back after a config reload")
-    finally:
-        close(kw)
     d.signal(signal.SIGTERM)
     assert d.wait_exit(10) == 0

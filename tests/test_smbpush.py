@@ -426,7 +426,7 @@ def test_recorder_share_and_push_share_on_one_smbd(smb_tmp, smbd_factory):  # no
     """The recorder's read-only share and a push target as two shares of the same smbd."""
     from steno_exportd import samba
     from steno_exportd.config import SambaConfig
-    from tests.smbdata import client_kw, close, read_remote
+    from tests.smbdata import connected, read_remote
 
     (smb_tmp / "nas").mkdir()
     snippet = smb_tmp / "steno-exportd.conf"
@@ -445,11 +445,8 @@ def test_recorder_share_and_push_share_on_one_smbd(smb_tmp, smbd_factory):  # no
     finally:
         t.close()
     _assert_landed(smb_tmp, "rec-1", sums)
-    kw = client_kw(smbd.port)
-    try:
+    with connected(smbd.port) as kw:
         assert read_remote("\\\\127.0.0.1\\meetings\\SHA256SUMS", kw) == (smb_tmp / "export" / "SHA256SUMS").read_bytes()
-    finally:
-        close(kw)
 
 
 def test_stale_local_sha256sums_does_not_fail_the_push(office):
@@ -533,7 +530,7 @@ def test_server_that_stops_answering_fails_the_push_instead_of_hanging(office):
 def test_remote_file_in_use_is_retried_and_named(office):
     """A file another client holds open without sharing: 'in use', retried (not 'unreachable');
     once released, the next run sends it."""
-    from tests.smbdata import client_kw, close
+    from tests.smbdata import connected
     smbd, remote, root, sums = office
     t = smbpush.SmbTarget(remote, "rec-lock")
     try:
@@ -541,16 +538,13 @@ def test_remote_file_in_use_is_retried_and_named(office):
         rel = sorted(r for r in sums if r.endswith("transcript.txt"))[0]
         with open(root / "export" / rel, "ab") as f:
             f.write(b"one more line\n")                  # changed locally: to be sent again
-        kw = client_kw(smbd.port, remote.username, PW)
-        try:
+        with connected(smbd.port, remote.username, PW) as kw:
             unc = "\\\\127.0.0.1\\push\\rec-lock\\" + rel.replace("/", "\\")
             import smbclient
             with smbclient.open_file(unc, mode="rb", share_access=None, **kw):   # no sharing at all
                 sleeps = []
                 with pytest.raises(smbpush.SmbError) as ei:
                     smbpush.push_with_retries(t, root / "export", sleep=sleeps.append)
-        finally:
-            close(kw)
         msg = str(ei.value)
         assert msg == f"rec-lock\\{rel.replace('/', chr(92))} on \\\\127.0.0.1\\push is in use by another program"
         assert "unreachable" not in msg and not ei.value.permanent
