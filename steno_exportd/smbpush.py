@@ -39,10 +39,11 @@ READ_CHUNK = 2 * 1024 * 1024       # read-back size: 8 MiB responses cost 5x the
                                    # (each is a fresh allocation: page faults), 1-2 MiB are cheapest
 MANIFEST_FLUSH_SECONDS = 1.0
 RESUME_MIN = 64 * 1024 * 1024      # a file this big cut by a drop is resumed where it stopped, not re-sent
-RESUME_BACKOFF = 64 * 1024 * 1024  # resume this far before the temp file's end: writes in flight at the drop
-RESUME_ALIGN = 1024 * 1024         # (PIPELINE x CHUNK = 32 MiB) may have landed out of order, leaving holes
+RESUME_ALIGN = 1024 * 1024         # resume offsets are whole MiB
 PIPELINE = 4                       # requests in flight per file (4 x 8 MiB: as fast as 8 here, half the memory)
 FAST_WRITES = True                 # smbwire: hand-packed, zero-copy WRITE requests
+RESUME_BACKOFF = 2 * PIPELINE * CHUNK   # resume this far before a cut temp file's end: the writes in flight
+                                        # at the drop (PIPELINE x CHUNK) may have landed out of order (holes)
 
 
 _FILE_ATTRIBUTE_REPARSE_POINT = 0x400
@@ -456,25 +457,18 @@ class SmbTarget:
         ``tmp`` names the temp file (default: a new one); with ``start`` > 0 that temp file is kept
         up to ``start`` and the chunks are written from there (a resumed upload)."""
         import smbclient
-        from smbprotocol import exceptions as ex
         tmp = tmp or self.temp_name(rel)
         total = 0
         try:
             mode = "r+b" if start else "wb"
             with self._call(smbclient.open_file, self.unc(tmp), mode=mode, buffering=0) as f:
                 total = self._io(_pipelined_write, f, chunks, self.max_write, throttle, on_bytes, start)
-            if replace:
-                self._call(smbclient.replace, self.unc(tmp), self.unc(rel))
-            else:
-                try:
-                    smbclient.rename(self.unc(tmp), self.unc(rel), **self._live_kw())
-                except ex.SMBOSError as e:
-                    if e.ntstatus != _STATUS_OBJECT_NAME_COLLISION:
-                        raise explain(e, self.remote) from e
+            try:
+                self._call(smbclient.replace if replace else smbclient.rename, self.unc(tmp), self.unc(rel))
+            except SmbError as e:
+                if getattr(e.__cause__, "ntstatus", None) == _STATUS_OBJECT_NAME_COLLISION and not replace:
                     raise _NameTaken(rel) from e
-                except Exception as e:
-                    self._connected = False if _is_connection_error(e) else self._connected
-                    raise explain(e, self.remote) from e
+                raise
         except BaseException as e:
             # after a lost connection smbclient would silently reconnect (default 60 s timeout): don't
             if self._connected and not _lost_connection(e):
@@ -662,10 +656,7 @@ def _local_chunks(path: pathlib.Path, size: int, h, buffers: _Buffers | None = N
     from steno_exportd.engine.writer import pipelined_reads
     with open(path, "rb", buffering=0) as f:
         if start and h is not None:
-            left = start
-            while left and (b := f.read(min(left, 4 * 1024 * 1024))):
-                h.update(b)
-                left -= len(b)
+            _hash_into(f, h, start)
         elif start:
             f.seek(start)
         yield from pipelined_reads(buffers.reader(f, size) if buffers else lambda: f.read(size), h,
@@ -710,7 +701,7 @@ class _Verifier:
         self.target = target
         self.queue: queue.Queue = queue.Queue(maxsize=4)
         self.lock = threading.Lock()
-        self.done: list[tuple[str, dict, int]] = []
+        self.done: list[tuple[str, dict]] = []
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="smbpush-verify", daemon=True)
         self.thread.start()
@@ -733,7 +724,7 @@ class _Verifier:
                     finally:
                         raise VerifyError(f"{self.target.label}/{rel}: read-back differs from what was written")
                 with self.lock:
-                    self.done.append((rel, {**entry, "sha256": digest}, size))
+                    self.done.append((rel, {**entry, "sha256": digest}))
             except BaseException as e:  # handed to the uploading thread
                 self.error = e
 
@@ -745,7 +736,7 @@ class _Verifier:
         if self.error is not None:
             raise self.error
 
-    def take(self) -> list[tuple[str, dict, int]]:
+    def take(self) -> list[tuple[str, dict]]:
         with self.lock:
             out, self.done = self.done, []
         return out
@@ -785,11 +776,8 @@ def push_dir(target: SmbTarget, local_root: pathlib.Path, *, files: list[str] | 
     if files is not None:
         wanted = set(files)
         local = [(r, p) for r, p in local if r in wanted]
+    manifest, unclaimed, old_partial = _load_manifest(target)   # SmbError: names another recorder
     _claim_folder(target)            # before writing anything: SmbError when another recorder owns it
-    manifest, unclaimed, old_partial = _load_manifest(target)
-    partial: dict[str, dict] = {}    # big files being sent: their temp files are kept after a drop
-    if unclaimed:       # the manifest names its recorder too (read by people looking at the NAS)
-        _save_manifest(target, manifest)
     local_sums = _read_sums(local_root / SUMS_NAME)
     remote_sizes = _remote_sizes(target)
     throttle = Throttle(bandwidth_limit_kbps) if bandwidth_limit_kbps else None
@@ -797,12 +785,13 @@ def push_dir(target: SmbTarget, local_root: pathlib.Path, *, files: list[str] | 
     sent: list[str] = []
     skipped: list[str] = []
     nbytes = 0
-    state = {"last_flush": time.monotonic(), "dirty": False}
+    # unclaimed: the manifest gets our recorder id too (read by people looking at the NAS)
+    state = {"last_flush": time.monotonic(), "dirty": unclaimed}
     made_dirs: set[str] = set()
     verifier: _Verifier | None = None
     buffers = _Buffers()
 
-    def record(rel: str, entry: dict, size: int) -> None:
+    def record(rel: str, entry: dict) -> None:
         manifest[rel] = entry
         sent.append(rel)
         state["dirty"] = True
@@ -828,6 +817,8 @@ def push_dir(target: SmbTarget, local_root: pathlib.Path, *, files: list[str] | 
             if st.st_size >= RESUME_MIN and (point := _resume_point(old_partial, rel, st, remote_sizes))[1]:
                 resume[rel] = point
     keep = {tmp.rpartition("/")[2] for tmp, _ in resume.values()}
+    # big files being sent: their temp files are kept after a drop (and still named if this run drops too)
+    partial: dict[str, dict] = {rel: old_partial[rel] for rel in resume}
     target.cleanup_temp("", keep)    # a manifest/SHA256SUMS write cut short by a drop (folders: below)
     if on_plan:
         on_plan(sum(st.st_size for _, _, st in todo), len(todo))
@@ -873,7 +864,7 @@ def push_dir(target: SmbTarget, local_root: pathlib.Path, *, files: list[str] | 
                     verifier = _Verifier(target.sibling())
                 verifier.submit((rel, path, size, digest, known, new))
             else:
-                record(rel, new, size)
+                record(rel, new)
             collect()
         if verifier:
             verifier.finish()
@@ -916,9 +907,20 @@ def _read_sums(path: pathlib.Path) -> dict[str, str]:
 def _hash_file(path: pathlib.Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb", buffering=0) as f:
-        while b := f.read(4 * 1024 * 1024):
-            h.update(b)
+        _hash_into(f, h)
     return h.hexdigest()
+
+
+def _hash_into(f, h, limit: int | None = None) -> None:
+    """Feed ``f`` from its position to the end (or ``limit`` bytes) into ``h``."""
+    left = limit
+    while left is None or left > 0:
+        b = f.read(4 * 1024 * 1024 if left is None else min(left, 4 * 1024 * 1024))
+        if not b:
+            return
+        h.update(b)
+        if left is not None:
+            left -= len(b)
 
 
 def _sums(manifest: dict) -> str:
@@ -931,13 +933,13 @@ def _claim_folder(target: SmbTarget) -> None:
 
     The first push writes CLAIM_NAME with create_once: two recorders with one host name making their
     first push at the same moment cannot both get the folder. A folder pushed by a version without
-    claim files is checked by its manifest's id first (and adopted when that has none).
+    claim files is checked by its manifest's id (_load_manifest, called first) and adopted when that
+    has none.
     """
     if not target.recorder_id:
         return                      # no id on this system: no ownership check (logged by recorder_id)
     raw = target.read_bytes(CLAIM_NAME)
     if raw is None:
-        _load_manifest(target)      # an older claim (manifest id): another recorder's fails here
         body = json.dumps({"recorder_id": target.recorder_id, "host": socket.gethostname(),
                            "claimed": time.time()}, indent=1, sort_keys=True).encode()
         if target.create_once(CLAIM_NAME, body):
