@@ -5,6 +5,7 @@ import asyncio
 import hashlib
 import json
 import secrets
+import subprocess
 
 import pytest
 
@@ -181,5 +182,21 @@ async def test_a_session_deleted_on_the_recorder_leaves_the_share_but_not_a_stic
         assert folder not in sums and gone.uuid not in (share / "SilentSteno" / "manifest.json").read_text()
         assert (share / "SilentSteno" / "2026 kept" / "notes.txt").exists()     # not ours: untouched
         assert folder in folders(stick), "an export to a stick is an archive: nothing is removed"
+        # a file that cannot be removed (immutable here; in use on a NAS) does not fail the export:
+        # that session's folder stays and goes with the next export once it can
+        last = core.library.list_sessions(exportable_only=True)[0]
+        last_folder = json.loads((share / "SilentSteno" / "manifest.json").read_text())["sessions"][last.uuid]["folder"]
+        stuck = next((share / "SilentSteno" / last_folder).iterdir())
+        subprocess.run(["chattr", "+i", str(stuck)], check=True)
+        try:
+            delete_session(db, last.uuid)
+            await core.refresh_library()
+            await export(share, True)                  # COMPLETED (asserted in export)
+            assert last_folder in folders(share)
+        finally:
+            subprocess.run(["chattr", "-i", str(stuck)], check=True)
+        await export(share, True)
+        assert last_folder not in folders(share)
+        assert last.uuid not in (share / "SilentSteno" / "manifest.json").read_text()
     finally:
         await core.stop()

@@ -152,19 +152,24 @@ class Exporter:
         except StenoError as e:
             log.warning("deleted sessions not removed (library not read): %s", e)
             return
-        gone = [u for u in self.m.sessions if not u.startswith("merged:") and u not in alive]
-        for uuid in gone:
+        removed = 0
+        for uuid in [u for u in self.m.sessions if not u.startswith("merged:") and u not in alive]:
             entry = self.m.sessions[uuid]
             folder = f"{self.root}/{entry['folder']}"
-            for name in entry.get("files", {}):
-                st = self.t.lstat(f"{folder}/{name}")
-                if st is not None and st.kind == "file":
-                    self.t.remove(f"{folder}/{name}")
-            if self.t.exists(folder) and not self.t.listdir(folder):
-                self.t.remove(folder)
+            try:
+                for name in entry.get("files", {}):
+                    st = self.t.lstat(f"{folder}/{name}")
+                    if st is not None and st.kind == "file":
+                        self.t.remove(f"{folder}/{name}")
+                if self.t.exists(folder) and not self.t.listdir(folder):
+                    self.t.remove(folder)
+            except (TargetError, OSError) as e:   # a file in use: kept (and listed) until the next export
+                log.warning("%s not removed (its session was deleted on the recorder): %s", folder, e)
+                continue
             del self.m.sessions[uuid]
+            removed += 1
             log.info("removed %s: its session was deleted on the recorder", folder)
-        if gone:
+        if removed:
             mf.save(self.t, self.root, self.m)
 
     def _export_merged(self, sessions: list) -> SessionResult:
