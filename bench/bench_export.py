@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.engine.real_loopfs import MKFS, mount, umount  # noqa: E402
+from tests.parts.loopfs import MKFS, mount, umount  # noqa: E402
 
 MiB = 1024 * 1024
 LAYOUT = [200 * MiB] * 8 + [11 * MiB] * 40 + [64 * 1024] * 20

@@ -18,9 +18,9 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from steno_exportd import smbpush  # noqa: E402
+from steno_exportd.smb import push as smbpush  # noqa: E402
 from steno_exportd.config import SmbRemote  # noqa: E402
-from tests.real_smbd import make_smbd  # noqa: E402
+from tests.parts.smbd import make_smbd  # noqa: E402
 
 TOTAL_MIB = int(os.environ.get("BENCH_SMB_MIB", "1024"))
 ROUNDS = int(os.environ.get("BENCH_SMB_ROUNDS", "7"))

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from steno_exportd import usb  # noqa: E402
 from steno_exportd.events import DeviceState  # noqa: E402
-from tests.real_udev import Stick, make_image, new_label, start_stack  # noqa: E402
+from tests.parts.udev import Stick, make_image, new_label, start_stack  # noqa: E402
 from tests.usb.fakecore import FakeCore  # noqa: E402
 from tests.usb.helpers import make_cfg  # noqa: E402
 

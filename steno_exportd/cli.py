@@ -13,7 +13,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("steno_exportd.daemon", "run the daemon in the foreground (the default)"),
     "check-config": ("steno_exportd.cli", "validate a config file and print the effective config"),
-    "demo-data": ("steno_exportd.demo", "write a demo recorder library (database and audio)"),
+    "demo-data": ("steno_exportd.demo.recorder", "write a demo recorder library (database and audio)"),
     "render": ("steno_exportd.render.command", "render one session (or several merged) to a format"),
     "export": ("steno_exportd.engine.command", "export sessions to a folder, a .zip or a .tar.gz"),
     "verify": ("steno_exportd.engine.verify_command", "check a target against its SHA256SUMS and manifest"),
@@ -36,7 +36,7 @@ def main_check_config(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         return 1
-    from steno_exportd.samba import check_config as samba_problems
+    from steno_exportd.samba.share import check_config as samba_problems
     share = samba_problems(cfg.samba)        # what smbd would be given when sharing is switched on
     for p in share:
         print(f"{p}{'' if cfg.samba.enabled else ' (sharing is off now; it matters when it is switched on)'}",

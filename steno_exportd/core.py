@@ -121,7 +121,7 @@ class Core:
         options = options or ExportOptions()
         remote = None
         if isinstance(target, str) and target.startswith("smb:"):
-            from steno_exportd.engine.push import remote_for
+            from steno_exportd.smb.job import remote_for
             remote = remote_for(self.cfg, target)      # NotFoundError names the configured remotes
         formats = list(formats or (remote.formats if remote else self.cfg.export.formats))
         for f in formats:

@@ -161,14 +161,14 @@ class Daemon:
                 if self.core is not None:
                     tasks.append(tg.create_task(self._follow_events(), name="status"))
                     tasks.append(tg.create_task(self._watch_library(), name="library-watch"))
-                    usb = _optional("steno_exportd.usb")
+                    usb = _optional("steno_exportd.usb.manager")
                     if cfg.usb.enabled and usb is not None and hasattr(usb, "watch"):
                         tasks.append(tg.create_task(usb.watch(self.core), name="usb"))
-                    samba = _optional("steno_exportd.samba")
+                    samba = _optional("steno_exportd.samba.adapter")
                     if samba is not None:
                         tasks.append(tg.create_task(samba.run(self.core), name="samba"))
                     # always on: both read core.cfg each time, so remotes added by a reload work too
-                    from steno_exportd import schedule
+                    from steno_exportd.smb import triggers as schedule
                     tasks.append(tg.create_task(schedule.run_schedules(self.core), name="smb-schedules"))
                     tasks.append(tg.create_task(schedule.run_push_on_new(self.core), name="smb-push-on-new"))
                 self.notifier.ready(self.status_text())

@@ -19,7 +19,7 @@ import pytest
 from steno_exportd import config
 from steno_exportd.errors import NotFoundError, SourceError
 from steno_exportd.library import Library, SessionsDelta, parse_datetime
-from tests import realparts
+from tests import parts
 from tests.recorder_db import RecorderDB, loose_schema
 
 UTC = dt.timezone.utc
@@ -491,8 +491,8 @@ def test_library_never_writes(rec):
 
 
 def test_reads_a_read_only_copy_as_an_unprivileged_user(rec):
-    realparts.require_root()
-    realparts.require_tool("setpriv")
+    parts.require_root()
+    parts.require_tool("setpriv")
     for _ in range(2):
         good_session(rec)
     rec.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

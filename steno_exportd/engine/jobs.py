@@ -64,7 +64,7 @@ Runner = Callable[[Any, JobSpec, Config, Progress, int], list[ev.SessionResult]]
 def default_runner(library: Any, spec: JobSpec, cfg: Config, progress: Progress, job_id: int,
                    state: Any = None) -> list[ev.SessionResult]:
     if spec.operation == "push":
-        from steno_exportd.engine.push import push_runner
+        from steno_exportd.smb.job import push_runner
         return push_runner(library, spec, cfg, progress, job_id, state)
     from steno_exportd.engine.export import run_export
     return run_export(library, spec, cfg, progress, job_id=job_id, state=state)

@@ -6,8 +6,7 @@ import subprocess
 import sys
 import time
 
-from tests.daemon.real_daemon import daemon_factory, write_config  # noqa: F401 - fixture
-from tests.daemon.real_dbus import private_bus  # noqa: F401 - fixture
+from tests.parts.daemon import write_config
 
 
 def test_bad_config_exits_1_naming_the_key(tmp_path):
@@ -76,7 +75,7 @@ def test_a_full_notify_socket_never_stalls_the_daemon(tmp_path, private_bus, dae
     time.sleep(2.5)                          # ~25 pings at 0.1 s: the queue is full long before
     for _ in range(2):                       # a reload sends RELOADING=1 and READY=1 into the full queue
         t0 = time.monotonic()
-        r = subprocess.run([sys.executable, "-m", "steno_exportd.ctl", "--bus", private_bus, "reload"],
+        r = subprocess.run([sys.executable, "-m", "steno_exportd.exportctl", "--bus", private_bus, "reload"],
                            capture_output=True, text=True, timeout=30)
         assert r.returncode == 0, r.stderr
         assert time.monotonic() - t0 < 8, "the daemon's event loop stalled on sd_notify"

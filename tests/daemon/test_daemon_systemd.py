@@ -8,10 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from tests.daemon.real_daemon import REPO, write_config
-from tests.daemon.real_dbus import private_bus  # noqa: F401 - fixture
-from tests.daemon.real_systemd import user_manager  # noqa: F401 - fixture
-from tests.realparts import require_tool, wait_for
+from tests.parts.daemon import REPO, write_config
+from tests.parts import require_tool, wait_for
 
 UNIT = REPO / "systemd" / "steno-exportd.service"
 

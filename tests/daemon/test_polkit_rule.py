@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 import subprocess
 
-from tests.daemon.real_daemon import REPO
-from tests.realparts import require_tool
+from tests.parts.daemon import REPO
+from tests.parts import require_tool
 
 RULE = REPO / "config" / "polkit" / "50-steno-exportd.rules"
 

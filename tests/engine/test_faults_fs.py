@@ -16,8 +16,8 @@ from steno_exportd.engine.options import ExportOptions
 from steno_exportd.engine.verify import verify_target
 from steno_exportd.errors import TargetError
 from tests.engine.fakes import FakeLibrary, FakeRegistry, library, make_session
-from tests.engine.real_loopfs import fuse_helper_pid, loop_fs, mount, umount
-from tests.realparts import wait_for
+from tests.parts.loopfs import fuse_helper_pid, loop_fs, mount, umount
+from tests.parts import wait_for
 
 FORMATS = ("txt", "json", "audio")
 

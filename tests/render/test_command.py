@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.realparts import require
+from tests.parts import require
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -15,7 +15,7 @@ from steno_exportd import render
 from steno_exportd.errors import NotFoundError, RenderError
 from steno_exportd.formats import FORMATS
 from steno_exportd.render.common import one_line
-from tests.realparts import require_tool
+from tests.parts import require_tool
 from tests.render import sessions as S
 
 SESSIONS = S.all_sessions()

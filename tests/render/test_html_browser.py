@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 from steno_exportd import render
-from tests.realparts import wait_for
+from tests.parts import wait_for
 from tests.render import sessions as S
-from tests.render.real_chromium import chromium_page  # noqa: F401  (fixture)
 
 
-def test_clicking_a_transcript_line_seeks_the_audio(tmp_path, chromium_page):  # noqa: F811
+def test_clicking_a_transcript_line_seeks_the_audio(tmp_path, chromium_page):
     page = chromium_page
     wav = S.write_wav(tmp_path / "audio.wav", seconds=130, rate=4000)
     session = S.with_audio(S.multilingual_session(), wav)
@@ -31,7 +30,7 @@ def test_clicking_a_transcript_line_seeks_the_audio(tmp_path, chromium_page):  #
     assert not errors
 
 
-def test_page_without_audio_has_no_player_and_works_offline(tmp_path, chromium_page):  # noqa: F811
+def test_page_without_audio_has_no_player_and_works_offline(tmp_path, chromium_page):
     page = chromium_page
     requests: list[str] = []
     page.on("request", lambda r: requests.append(r.url))

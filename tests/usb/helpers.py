@@ -12,7 +12,7 @@ import pytest
 
 from steno_exportd import config
 from steno_exportd.events import DeviceState, DeviceUpdated
-from tests.real_udev import OUR_LABELS, Stick
+from tests.parts.udev import OUR_LABELS, Stick
 
 
 def make_cfg(tmp_path: Path, **changes) -> config.Config:

@@ -13,10 +13,7 @@ from pathlib import Path
 import pytest
 
 from steno_exportd import demo
-from tests.realparts import wait_for
-from tests.real_smbd import smb_tmp, smbd_factory  # noqa: F401  (fixtures)
-from tests.render.real_chromium import chromium_page  # noqa: F401  (fixture)
-from tests.test_smbpush import office  # noqa: F401  (fixture)
+from tests.parts import wait_for
 from tests.web.fixtures import PASSWORD, PASSWORD_HASH
 
 REPO = Path(__file__).resolve().parents[2]
@@ -83,7 +80,7 @@ def login(page, url: str) -> None:
     page.wait_for_url(url + "/")
 
 
-def test_login_seek_on_click_and_live_job_progress(daemon, chromium_page):  # noqa: F811
+def test_login_seek_on_click_and_live_job_progress(daemon, chromium_page):
     url, tmp = daemon
     page = chromium_page
     errors: list[str] = []
@@ -157,7 +154,7 @@ def test_login_seek_on_click_and_live_job_progress(daemon, chromium_page):  # no
     assert not [e for e in errors if "Content Security Policy" in e], errors
 
 
-def test_send_selected_to_office_and_watch_the_push_complete(office, tmp_path, chromium_page):  # noqa: F811
+def test_send_selected_to_office_and_watch_the_push_complete(office, tmp_path, chromium_page):
     smbd, remote, root, _ = office
     extra = f"""[smb]
 recorder_folder = "rec-browser"

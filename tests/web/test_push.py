@@ -7,10 +7,10 @@ import html as htmllib
 import re
 import subprocess
 
-from steno_exportd import samba
-from tests import realparts
-from tests.real_smbd import make_smbd, smb_tmp, smbd_factory  # noqa: F401  (fixtures)
-from tests.test_smbpush import office  # noqa: F401  (fixture)
+from steno_exportd.samba import share as samba
+from steno_exportd.samba import adapter
+from tests import parts
+from tests.parts.smbd import make_smbd
 from tests.web.fixtures import demo_lib, web_client  # noqa: F401  (fixtures)
 from tests.web.test_pages import csrf, next_status, sharing_state
 
@@ -27,7 +27,7 @@ async def job_done(client, job_id: int, timeout: float = 60.0) -> dict:
         await asyncio.sleep(0.1)
 
 
-async def test_send_to_office_from_the_page_lands_verified_on_the_share(web_client, office):  # noqa: F811
+async def test_send_to_office_from_the_page_lands_verified_on_the_share(web_client, office):
     smbd, remote, root, _ = office
     client, core = await web_client(**{
         "smb.recorder_folder": "rec-web",
@@ -64,7 +64,7 @@ async def test_send_to_office_from_the_page_lands_verified_on_the_share(web_clie
     assert len(core.jobs.list()) == 1
 
 
-async def test_no_remotes_no_send_buttons(web_client):  # noqa: F811
+async def test_no_remotes_no_send_buttons(web_client):
     client, _ = await web_client()
     listing = await (await client.get("/")).text()
     sid = re.search(r'name="id" value="(\d+)"', listing).group(1)
@@ -72,9 +72,9 @@ async def test_no_remotes_no_send_buttons(web_client):  # noqa: F811
     assert "data-push" not in listing and "data-push" not in page and "Send" not in listing + page
 
 
-async def test_a_share_that_fails_shows_its_error_on_the_page_and_live(web_client, tmp_path):  # noqa: F811
+async def test_a_share_that_fails_shows_its_error_on_the_page_and_live(web_client, tmp_path):
     """The real samba adapter, smbd not running: the reload fails and the page says so."""
-    realparts.require_tool("testparm", "smbcontrol")
+    parts.require_tool("testparm", "smbcontrol")
     smbd = make_smbd(tmp_path / "smbd")          # configured, never started
     smbd.write_conf()
     client, core = await web_client(**{
@@ -82,7 +82,7 @@ async def test_a_share_that_fails_shows_its_error_on_the_page_and_live(web_clien
         "samba.snippet_path": str(tmp_path / "samba" / "steno.conf"), "samba.formats": ["txt"],
         "samba.reload_command": smbd.reload_command(), "samba.close_command": smbd.close_command()})
     resp = await client.get("/api/v1/events")
-    adapter = asyncio.create_task(samba.run(core))
+    task = asyncio.create_task(adapter.run(core))
     try:
         assert await next_status(resp, "samba_state") == "off"               # the state when connected
         state = await next_status(resp, "samba_state", timeout=30)
@@ -93,5 +93,5 @@ async def test_a_share_that_fails_shows_its_error_on_the_page_and_live(web_clien
         assert (await (await client.get("/api/v1/status")).json())["samba_state"] == state
     finally:
         resp.close()
-        adapter.cancel()
-        await asyncio.gather(adapter, return_exceptions=True)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -1,0 +1,61 @@
+"""A real private dbus-daemon for tests: child process, allow-all policy, its own socket."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.parts import require_tool
+
+CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:path={sock}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <allow own="*"/>
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow receive_sender="*"/>
+  </policy>
+</busconfig>
+"""
+
+
+class PrivateBus:
+    def __init__(self, tmp: Path) -> None:
+        require_tool("dbus-daemon")
+        conf = tmp / "bus.conf"
+        conf.write_text(CONF.format(sock=tmp / "bus.sock"))
+        self.proc = subprocess.Popen(
+            ["dbus-daemon", f"--config-file={conf}", "--nofork", "--nopidfile", "--print-address=1"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.address = self.proc.stdout.readline().strip()
+        if not self.address:
+            self.stop()
+            pytest.fail("the private dbus-daemon did not start")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def private_bus(tmp_path: Path):
+    """Address of a fresh private bus, stopped after the test."""
+    d = tmp_path / "dbus"
+    d.mkdir()
+    bus = PrivateBus(d)
+    try:
+        yield bus.address
+    finally:
+        bus.stop()

@@ -1,0 +1,74 @@
+"""mDNS announcement of the recorder's share through a real avahi-daemon on the real system bus."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+
+from steno_exportd.samba.announce import Announcer
+from tests.parts import until
+
+
+def _name() -> str:
+    return f"steno-test-{secrets.token_hex(3)}"
+
+
+async def test_announced_while_on_withdrawn_when_off(avahi):
+    name = _name()
+    a = Announcer()
+    task = asyncio.create_task(a.run())
+    try:
+        a.set(True, name)
+        await until(lambda: name in avahi.names(), "the share on mDNS")
+        entries = [e for e in avahi.browse() if e["name"] == name]
+        assert {e["port"] for e in entries} == {445}
+        await until(lambda: name in avahi.names("_device-info._tcp"), "the Finder device entry")
+        assert any("model=MacSamba" in e["txt"] for e in avahi.browse("_device-info._tcp") if e["name"] == name)
+        a.set(False, name)
+        await until(lambda: name not in avahi.names(), "the announcement to go")
+        renamed = _name()
+        a.set(True, name)
+        await until(lambda: name in avahi.names(), "announced again")
+        a.set(True, renamed)                     # the configured name changed
+        await until(lambda: renamed in avahi.names() and name not in avahi.names(), "the new name only")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    await until(lambda: renamed not in avahi.names(), "withdrawn when the daemon stops")
+
+
+async def test_follows_avahi_stopped_and_started(avahi, caplog):
+    caplog.set_level(logging.INFO, logger="steno_exportd.samba.announce")
+    name = _name()
+    await asyncio.to_thread(avahi.stop)
+    a = Announcer()
+    task = asyncio.create_task(a.run())
+    try:
+        a.set(True, name)
+        await until(lambda: "avahi-daemon is not running" in caplog.text, "a clear log line")
+        assert not task.done()
+        await asyncio.to_thread(avahi.start)     # avahi comes up later: announced without a restart
+        await until(lambda: name in avahi.names(), "the share once avahi runs")
+        await asyncio.to_thread(avahi.stop)      # and after an avahi restart, again
+        await asyncio.to_thread(avahi.start)
+        await until(lambda: name in avahi.names(), "the share after avahi restarted")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert "Traceback" not in caplog.text
+
+
+async def test_a_name_taken_on_the_network_gets_avahis_alternative(avahi):
+    """Two recorders with the same name on one LAN: the second shows as 'steno #2', not nothing."""
+    name = _name()
+    with avahi.other_host(name):
+        a = Announcer()
+        task = asyncio.create_task(a.run())
+        try:
+            a.set(True, name)
+            await until(lambda: a.published == f"{name} #2", "the alternative name", 30)
+            await until(lambda: f"{name} #2" in avahi.names(), "announced under the alternative")
+            assert {e["host"] for e in avahi.browse() if e["name"] == name} == {"steno-other-host.local"}
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)

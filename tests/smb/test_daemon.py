@@ -1,0 +1,174 @@
+"""SMB push through the real daemon: D-Bus ExportSessions and steno-exportctl to smb:<remote>, push-on-new."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+
+import pytest
+from dbus_fast import Message, MessageType
+from dbus_fast.aio import MessageBus
+
+from steno_exportd import demo
+from steno_exportd.dbus import BUS_NAME, JOB_IFACE, MANAGER_IFACE, ROOT_PATH
+from steno_exportd.library import Library
+from tests.parts.daemon import REPO, require_core, write_config
+from tests.parts import wait_for
+from tests.usb.recorder_db import add_session_like, copy_library
+
+
+def remote_toml(remote, **over) -> str:
+    r = dict(name=remote.name, server=remote.server, port=remote.port, share=remote.share, path=remote.path,
+             username=remote.username, password_file=remote.password_file, timeout=remote.timeout, **over)
+    return "\n[[smb.remotes]]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in r.items()) + "\n"
+
+
+@pytest.fixture
+def pushing_daemon(tmp_path, office, private_bus, daemon_factory):
+    """The daemon on a private bus with remote 'office' (push_on_new) on a copy of a demo library."""
+    require_core()
+    smbd, remote, root, _ = office
+    demo.generate(tmp_path / "demo", sessions=4, seed=6, small=True)
+    db = copy_library(tmp_path / "demo", tmp_path / "library")      # the copy is what the test changes
+    (tmp_path / "exports").mkdir()
+    cfg = write_config(tmp_path / "config.toml", tmp_path, private_bus, **{"smb.recorder_folder": '"rec-d"'})
+    with open(cfg, "a") as f:
+        f.write(remote_toml(remote, push_on_new=True, formats=["txt", "json"]))
+    d = daemon_factory(cfg)
+    d.wait_ready(timeout=30)
+    return d, db, root / "nas" / "rec-d", private_bus
+
+
+def exportable(db):
+    lib = Library(db)
+    try:
+        return [s.id for s in lib.list_sessions(exportable_only=True) if lib.get_session(s.id).audio is not None]
+    finally:
+        lib.close()
+
+
+def pushed_folders(nas) -> dict[str, str]:
+    try:
+        return {u: s["folder"] for u, s in json.loads((nas / "manifest.json").read_text())["sessions"].items()}
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+async def call(bus, path, iface, member, sig="", body=()):
+    return await bus.call(Message(destination=BUS_NAME, path=path, interface=iface, member=member,
+                                  signature=sig, body=list(body)))
+
+
+async def test_dbus_ctl_and_push_on_new_through_the_daemon(pushing_daemon, tmp_path):
+    d, db, nas, address = pushing_daemon
+    ids = exportable(db)
+    bus = await MessageBus(bus_address=address).connect()
+    try:
+        r = await call(bus, ROOT_PATH, MANAGER_IFACE, "ExportSessions", "asassa{sv}",
+                       [[str(ids[0])], ["txt"], "smb:nas9", {}])
+        assert r.message_type == MessageType.ERROR and r.error_name.endswith("NotFound"), r.body
+        assert "office" in r.body[0]
+        r = await call(bus, ROOT_PATH, MANAGER_IFACE, "ExportSessions", "asassa{sv}",
+                       [[str(ids[0])], ["txt", "json"], "smb:office", {}])
+        assert r.message_type == MessageType.METHOD_RETURN, r.body
+        job = r.body[0]
+        seen = []
+
+        async def props():
+            m = await call(bus, job, "org.freedesktop.DBus.Properties", "GetAll", "s", [JOB_IFACE])
+            assert m.message_type == MessageType.METHOD_RETURN, m.body
+            p = {k: v.value for k, v in m.body[0].items()}
+            seen.append(p)
+            return p
+        import asyncio
+        for _ in range(600):
+            p = await props()
+            if p["State"] in ("completed", "failed", "cancelled"):
+                break
+            await asyncio.sleep(0.05)
+        assert p["State"] == "completed", p["Error"]
+        assert p["Operation"] == "push" and p["Target"] == "smb:office" and p["Progress"] == 1.0
+        assert [x["ok"].value for x in p["Results"]] == [True]
+    finally:
+        bus.disconnect()
+    first = pushed_folders(nas)
+    assert len(first) == 1 and (nas / next(iter(first.values())) / "transcript.txt").is_file()
+
+    # steno-exportctl export --to smb:office --wait
+    r = subprocess.run([sys.executable, "-m", "steno_exportd.exportctl", "--bus", address, "export", "--sessions",
+                        str(ids[1]), "--formats", "txt", "json", "--to", "smb:office", "--wait"],
+                       capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "completed: 1/1 session(s) ok" in r.stdout
+    assert len(pushed_folders(nas)) == 2
+
+    # a new session on the recorder is pushed by itself (push_on_new)
+    new_uuid = add_session_like(db, ids[0], title="Pushed by itself")
+    wait_for(lambda: new_uuid in pushed_folders(nas), timeout=60, what="the new session on the NAS")
+    folder = nas / pushed_folders(nas)[new_uuid]
+    wait_for(lambda: (folder / "transcript.txt").is_file(), timeout=10, what="its transcript")
+    assert "Pushed by itself" in folder.name
+    sums = nas / "SHA256SUMS"          # written last, when the push is complete
+    wait_for(lambda: f"{folder.name}/transcript.txt" in sums.read_text(), timeout=20, what="SHA256SUMS updated")
+    r = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=nas, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not list(nas.rglob(".steno-tmp-*"))
+
+    d.signal(signal.SIGTERM)
+    assert d.wait_exit(10) == 0
+
+
+def test_sharing_switched_by_ctl_and_config_reload_on_the_real_daemon(tmp_path, smb_tmp, smbd_factory,
+                                                                      private_bus, daemon_factory):
+    """An admin's view: `steno-exportctl sharing on` serves \\\\host\\meetings, `off` takes it away from a
+    connected client, and samba.enabled = true in the file plus `reload` brings it back."""
+    import smbclient
+    from smbprotocol.exceptions import SMBException
+    from tests.parts.smbdata import connected
+
+    require_core()
+    snippet = smb_tmp / "samba" / "steno-exportd.conf"
+    smbd = smbd_factory(include=str(snippet))
+    smbd.start()
+    demo.generate(tmp_path / "demo", sessions=3, seed=8, small=True)
+    copy_library(tmp_path / "demo", tmp_path / "library")
+    (tmp_path / "exports").mkdir()
+    q = json.dumps
+    settings = {"samba.export_dir": q(str(smb_tmp / "export")), "samba.snippet_path": q(str(snippet)),
+                "samba.reload_command": q(smbd.reload_command()), "samba.close_command": q(smbd.close_command()),
+                "samba.formats": q(["txt", "json"]), "samba.announce": "false"}
+    cfg = write_config(tmp_path / "config.toml", tmp_path, private_bus, **settings)
+    d = daemon_factory(cfg)
+    d.wait_ready(timeout=30)
+
+    def ctl(*argv):
+        return subprocess.run([sys.executable, "-m", "steno_exportd.exportctl", "--bus", private_bus, *argv],
+                              capture_output=True, text=True, timeout=60, cwd=REPO)
+
+    def served(kw):
+        try:
+            names = smbclient.listdir("\\\\127.0.0.1\\meetings", **kw)
+        except SMBException:        # gone (access denied, name deleted, not found)
+            return None
+        return names if "SHA256SUMS" in names else None
+
+    assert "samba:       off" in ctl("status").stdout
+    r = ctl("sharing", "on")
+    assert r.returncode == 0 and r.stdout.startswith("sharing: on"), r.stdout + r.stderr
+    with connected(smbd.port) as kw:
+        # the share comes up first and fills as the sessions are exported (SHA256SUMS kept current per
+        # session); a user sees the session folders at the top once the export has gone past them
+        def sessions(kw):
+            names = served(kw) or []
+            return [n for n in names if n.startswith("20")]
+        wait_for(lambda: len(sessions(kw)) >= 2, timeout=60, what="session folders on \\\\127.0.0.1\\meetings")
+        wait_for(lambda: "samba:       on\n" in ctl("status").stdout, timeout=20, what="status: serving")
+        assert ctl("sharing", "off").returncode == 0
+        wait_for(lambda: served(kw) is None, timeout=20, what="the connected client to lose the share")
+    cfg.write_text(cfg.read_text().replace("[samba]\n", "[samba]\nenabled = true\n", 1))
+    assert ctl("reload").returncode == 0
+    with connected(smbd.port) as kw:
+        wait_for(lambda: served(kw), timeout=60, what="the share back after a config reload")
+    d.signal(signal.SIGTERM)
+    assert d.wait_exit(10) == 0

@@ -1,0 +1,281 @@
+"""Push jobs through the core ("smb:<remote>"): a real smbd, a real core on a demo library."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import pathlib
+import subprocess
+
+import pytest
+
+from steno_exportd import config, demo, events
+from steno_exportd.core import Core
+from steno_exportd.engine.options import ExportOptions
+from steno_exportd.errors import NotFoundError
+from steno_exportd.library import Library
+
+
+@pytest.fixture
+async def push_core(office, tmp_path):
+    smbd, remote, root, _ = office
+    lib = tmp_path / "library"
+    demo.generate(lib, sessions=7, seed=6)
+    cfg = config.from_dict({
+        "recorder": {"db_path": str(lib / demo.DB_NAME)},
+        "state": {"dir": str(tmp_path / "state"), "runtime_dir": str(tmp_path / "run")},
+        "usb": {"enabled": False}, "http": {"enabled": False},
+        "smb": {"recorder_folder": "rec-1", "remotes": [dataclasses.asdict(remote)]}})
+    core = Core(cfg)
+    await core.start()
+    yield core, root, lib
+    await core.stop()
+
+
+def with_audio(lib):
+    l = Library(lib / demo.DB_NAME)
+    try:
+        return [s.id for s in l.list_sessions(exportable_only=True) if l.get_session(s.id).audio is not None]
+    finally:
+        l.close()
+
+
+async def finished(core, job_id, timeout=120):
+    for _ in range(int(timeout * 20)):
+        j = core.jobs.get(job_id)
+        if j.state.finished:
+            return j
+        await asyncio.sleep(0.05)
+    raise AssertionError("the push job did not finish")
+
+
+async def test_push_job_lands_verified_and_the_second_is_incremental(push_core):
+    core, root, lib = push_core
+    ids = with_audio(lib)[:3]
+    seen = []
+
+    async def follow():
+        async for e in core.events.subscribe():
+            if isinstance(e, events.JobUpdated):
+                seen.append(e.job)
+    watcher = asyncio.create_task(follow())
+    job = await core.export_sessions(ids, ["txt", "json", "audio"], "smb:office", ExportOptions())
+    assert job.operation == "push" and job.target == "smb:office"
+    done = await finished(core, job.id)
+    watcher.cancel()
+    assert done.state == events.JobState.COMPLETED, done.error
+    nas = root / "nas" / "rec-1"
+    r = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=nas, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert len(list(nas.rglob("transcript.txt"))) == 3 and (nas / "manifest.json").is_file()
+    assert any(0 < j.bytes_done < j.bytes_total for j in seen if j.id == job.id)
+    hist = core.state.history(None, 100)
+    assert any(h["target"] == "smb:office" for h in hist)
+    stamps = {p: p.stat().st_mtime_ns for p in nas.rglob("*") if p.is_file() and p.suffix != ".json"
+              and p.name != "SHA256SUMS"}
+    again = await finished(core, (await core.export_sessions(ids, ["txt", "json", "audio"], "smb:office",
+                                                             ExportOptions())).id)
+    assert again.state == events.JobState.COMPLETED
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps          # nothing re-sent
+    assert all(r.ok and r.skipped for r in again.results)
+
+
+async def test_two_pushes_to_one_remote_at_once_both_land(push_core):
+    core, root, lib = push_core
+    ids = with_audio(lib)
+    a = await core.export_sessions(ids[:2], ["txt", "json"], "smb:office", ExportOptions())
+    b = await core.export_sessions(ids[2:4], ["txt", "json"], "smb:office", ExportOptions())
+    for j in (a, b):
+        done = await finished(core, j.id)
+        assert done.state == events.JobState.COMPLETED, done.error
+    nas = root / "nas" / "rec-1"
+    assert len(list(nas.rglob("transcript.txt"))) == 4
+    r = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=nas, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not [p for p in nas.rglob(".steno-tmp-*")]
+
+
+async def test_unknown_remote_and_a_wrong_password(push_core, tmp_path):
+    core, root, lib = push_core
+    with pytest.raises(NotFoundError, match="known: office"):
+        await core.export_sessions(with_audio(lib)[:1], ["txt"], "smb:nas2", ExportOptions())
+    pw = next(iter(core.cfg.smb.remotes)).password_file
+    with open(pw, "w") as f:
+        f.write("wrong password\n")
+    done = await finished(core, (await core.export_sessions(with_audio(lib)[:1], ["txt"], "smb:office",
+                                                            ExportOptions())).id)
+    assert done.state == events.JobState.FAILED
+    assert "smb:office" in done.error and ("password" in done.error.lower() or "logon" in done.error.lower())
+    assert not list((root / "nas").rglob("transcript.txt"))
+
+
+@pytest.fixture
+async def slow_core(office, tmp_path):
+    """A core whose remote is bandwidth-limited (4 MiB/s): a push takes long enough to cancel."""
+    smbd, remote, root, _ = office
+    lib = tmp_path / "library"
+    demo.generate(lib, sessions=5, seed=6)
+    cfg = config.from_dict({
+        "recorder": {"db_path": str(lib / demo.DB_NAME)},
+        "state": {"dir": str(tmp_path / "state"), "runtime_dir": str(tmp_path / "run")},
+        "usb": {"enabled": False}, "http": {"enabled": False},
+        "smb": {"recorder_folder": "rec-1",
+                "remotes": [dict(dataclasses.asdict(remote), bandwidth_limit_kbps=4096)]}})
+    core = Core(cfg)
+    await core.start()
+    yield core, root, lib
+    await core.stop()
+
+
+def biggest_recording(lib):
+    l = Library(lib / demo.DB_NAME)
+    try:
+        found = [l.get_session(s.id) for s in l.list_sessions(exportable_only=True)]
+        return max((s for s in found if s.audio is not None), key=lambda s: s.audio.size)
+    finally:
+        l.close()
+
+
+async def test_cancel_mid_push_leaves_no_file_under_a_final_name(slow_core):
+    core, root, lib = slow_core
+    big = biggest_recording(lib)
+    assert big.audio.size > 20_000_000            # ~5 s at the limit
+    job = await core.export_sessions([big.id], ["txt", "audio"], "smb:office", ExportOptions())
+    ext = big.audio.path.suffix
+
+    def pushing_audio():
+        j = core.jobs.get(job.id)
+        assert not j.state.finished, j.error
+        return j.current_file.startswith("smb:office/") and j.current_file.endswith(ext) and j.bytes_done > 0
+    for _ in range(600):
+        if pushing_audio():
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError(f"the push never reached the recording: {core.jobs.get(job.id)}")
+    mid = core.jobs.get(job.id)
+    assert 0 < mid.bytes_done < mid.bytes_total
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    core.jobs.cancel(job.id)
+    done = await finished(core, job.id)
+    assert loop.time() - t0 < 3, "cancel waited for the whole file"
+    assert done.state == events.JobState.CANCELLED
+    nas = root / "nas" / "rec-1"
+    on_nas = [p for p in nas.rglob("*") if p.is_file()]
+    assert not [p for p in on_nas if p.name.startswith(".steno-tmp-")], "a temp file was left"
+    assert not [p for p in on_nas if p.suffix == ext], "the cut recording sits under its final name"
+    # what did land is complete: same bytes as the staging export
+    stage = core.cfg.state.dir
+    for p in on_nas:
+        if p.name.startswith(".steno-push"):
+            continue
+        rel = p.relative_to(nas)
+        src = pathlib.Path(stage) / "push" / "office" / "SilentSteno" / rel
+        assert hashlib.sha256(p.read_bytes()).digest() == hashlib.sha256(src.read_bytes()).digest(), rel
+    remote = dataclasses.replace(core.cfg.smb.remotes[0], bandwidth_limit_kbps=0)    # the rerun at full speed
+    await core.reload(dataclasses.replace(core.cfg, smb=dataclasses.replace(core.cfg.smb, remotes=[remote])))
+    again = await finished(core, (await core.export_sessions([big.id], ["txt", "audio"], "smb:office",
+                                                             ExportOptions())).id)
+    assert again.state == events.JobState.COMPLETED, again.error
+    r = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=nas, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+async def test_a_push_job_cut_by_a_drop_resumes_the_recording_in_the_next_job(slow_core, office, monkeypatch,
+                                                                              caplog):
+    """The NAS goes away mid-recording (smbd killed): the job fails; the next job sends only the rest."""
+    import logging
+
+    from steno_exportd.smb import push as smbpush
+    from tests import parts
+    monkeypatch.setattr(smbpush, "RESUME_MIN", 1024 * 1024)           # 64 MiB in the product
+    monkeypatch.setattr(smbpush, "RESUME_BACKOFF", 1024 * 1024)
+    core, root, lib = slow_core
+    smbd = office[0]                                                  # the same smbd as slow_core's
+    big = biggest_recording(lib)
+    nas = root / "nas" / "rec-1"
+
+    def cut_at_8mb():
+        for p in nas.rglob(f"{smbpush.TEMP_PREFIX}*{big.audio.path.suffix}"):
+            try:
+                if p.stat().st_size >= 8 * 1024 * 1024:
+                    return p
+            except FileNotFoundError:
+                pass
+        return None
+    job = await core.export_sessions([big.id], ["txt", "audio"], "smb:office", ExportOptions())
+    await parts.until(cut_at_8mb, timeout=60, what="8 MB of the recording on the NAS")
+    smbd.kill()
+    failed = await finished(core, job.id)
+    assert failed.state == events.JobState.FAILED, failed.error
+    assert not [p for p in nas.rglob(f"*{big.audio.path.suffix}") if not p.name.startswith(".steno-tmp-")]
+    smbd.start()
+    remote = dataclasses.replace(core.cfg.smb.remotes[0], bandwidth_limit_kbps=0)
+    await core.reload(dataclasses.replace(core.cfg, smb=dataclasses.replace(core.cfg.smb, remotes=[remote])))
+    with caplog.at_level(logging.INFO, logger="steno_exportd"):
+        again = await finished(core, (await core.export_sessions([big.id], ["txt", "audio"], "smb:office",
+                                                                 ExportOptions())).id)
+    assert again.state == events.JobState.COMPLETED, again.error
+    assert again.bytes_done == again.bytes_total
+    said = [r.getMessage() for r in caplog.records if "not sent again" in r.getMessage()]
+    assert said and float(said[0].split("(")[1].split(" MB")[0]) >= 6.0, said    # >= 8 MB cut - 1 MB back
+    r = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=nas, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not [p for p in nas.rglob(smbpush.TEMP_PREFIX + "*")], "a temp file was left"
+
+
+async def test_push_on_new_pushes_only_sessions_newer_than_the_first_start(office, tmp_path):
+    from steno_exportd.smb import triggers as schedule
+    from tests.usb.recorder_db import add_session_like, copy_library
+
+    smbd, remote, root, _ = office
+    demo.generate(tmp_path / "demo", sessions=4, seed=6, small=True)
+    db = copy_library(tmp_path / "demo", tmp_path / "library")       # a copy: the test adds sessions to it
+    cfg = config.from_dict({
+        "recorder": {"db_path": str(db)},
+        "state": {"dir": str(tmp_path / "state"), "runtime_dir": str(tmp_path / "run")},
+        "usb": {"enabled": False}, "http": {"enabled": False},
+        "smb": {"recorder_folder": "rec-1",
+                "remotes": [dict(dataclasses.asdict(remote), push_on_new=True, formats=["txt"])]}})
+    nas = root / "nas" / "rec-1"
+
+    async def run_once(core, expect_jobs):
+        task = asyncio.create_task(schedule.run_push_on_new(core))
+        await asyncio.sleep(0)
+        try:
+            marks = tmp_path / "state" / "push" / "on-new.json"
+            before = marks.read_text() if marks.exists() else ""
+            await core.refresh_library()
+            for _ in range(250):          # the event handled: the mark moved, or the jobs are queued
+                if len(core.jobs.list()) >= expect_jobs and marks.exists() and (expect_jobs or not before):
+                    break
+                await asyncio.sleep(0.02)
+            else:
+                raise AssertionError(f"push on new did not act: {core.jobs.list()}")
+            for j in core.jobs.list():
+                assert (await finished(core, j.id)).state == events.JobState.COMPLETED
+            return [j for j in core.jobs.list()]
+        finally:
+            task.cancel()
+
+    core = Core(cfg)
+    await core.start()
+    try:
+        assert await run_once(core, 0) == []                   # first start: the old sessions stay home
+        add_session_like(db, title="Recorded while running")
+        jobs = await run_once(core, 1)
+        assert [j.operation for j in jobs] == ["push"] and len(jobs[0].sessions) == 1
+    finally:
+        await core.stop()
+    add_session_like(db, title="Recorded while the daemon was down")
+    core = Core(cfg)                                            # a restart: every session looks added
+    await core.start()
+    try:
+        jobs = await run_once(core, 1)
+        assert len(jobs) == 1 and len(jobs[0].sessions) == 1
+    finally:
+        await core.stop()
+    names = sorted(p.parent.name for p in nas.rglob("transcript.txt"))
+    assert len(names) == 2, names
+    assert [n for n in names if "Recorded while running" in n] and [n for n in names if "daemon was down" in n], names

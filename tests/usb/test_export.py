@@ -1,0 +1,319 @@
+"""End to end with real udevd, udisksd and loop-image sticks: insert, mount, export, eject."""
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from steno_exportd.usb import manager as usb
+from steno_exportd.events import DeviceState as S, JobState
+from steno_exportd.usb.udisks import UDisks
+from tests.usb.fakecore import FakeCore, summary
+from tests.usb.helpers import (StateLog, by_label, loop_attached, make_cfg, prepare, stick_files,
+                               wait_for, wait_state)
+
+pytestmark = pytest.mark.real
+
+
+def mounted_in_proc(mount_point: str) -> bool:
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == mount_point for line in f)
+
+
+@pytest.mark.parametrize("fs", ["vfat", "exfat", "ext4"])
+async def test_insert_exports_new_sessions_and_ejects(sticks, tmp_path, fs):
+    core = FakeCore(make_cfg(tmp_path), n_sessions=2, file_size=512 * 1024, chunk_delay=0.05)
+    stick = sticks(fs)
+    log = StateLog(core)
+    async with usb.running(core):
+        stick.insert()
+        dev = await wait_state(core, stick.label, S.EXPORTING)
+        # mounted by udisks2: the whole system sees it, and so does udisks
+        assert dev.mount_point and mounted_in_proc(dev.mount_point)
+        ud = await UDisks.connect()
+        try:
+            assert dev.mount_point in (await ud.info(dev.device)).mount_points
+        finally:
+            await ud.close()
+        dev = await wait_state(core, stick.label, S.SAFE_TO_REMOVE, S.ERROR)
+        assert dev.state == S.SAFE_TO_REMOVE, dev.error
+        assert not mounted_in_proc(dev.mount_point or "/nonexistent")
+        assert not loop_attached(stick), "Loop.Delete (the power-off stand-in) should detach the loop"
+        assert [ids for _, ids in core.written] == [[1, 2]]
+        assert all(j.state == JobState.COMPLETED for j in core.jobs.list())
+
+        # the same stick again: nothing new is written, it is still ejected
+        stick.insert()
+        await wait_for(lambda: not loop_attached(stick), 20, "second eject")
+        await wait_state(core, stick.label, S.SAFE_TO_REMOVE, timeout=5)
+        assert len(core.written) == 1
+
+        # a new session in the library, the stick again: only that one
+        core.library.sessions.append(summary(3))
+        stick.insert()
+        await wait_for(lambda: len(core.written) == 2, 20, "export of the new session")
+        await wait_for(lambda: not loop_attached(stick), 20, "third eject")
+        await wait_state(core, stick.label, S.SAFE_TO_REMOVE, timeout=5)
+        assert core.written[1][1] == [3]
+    await log.close()
+    seq = log.states[stick.label]
+    assert seq[:5] == ["detected", "mounting", "mounted", "exporting", "verifying"] or \
+        seq[:4] == ["detected", "mounting", "mounted", "exporting"], seq
+    assert seq[-2:] == ["ejecting", "safe_to_remove"], seq
+    names = stick_files(stick, lambda root: sorted(os.listdir(root / "SilentSteno")))
+    assert names == sorted([summary(i).uuid for i in (1, 2, 3)] + ["manifest.json"])
+
+
+async def test_cold_plug_stick_present_at_start(sticks, tmp_path):
+    core = FakeCore(make_cfg(tmp_path), n_sessions=1)
+    stick = sticks("ext4")
+    stick.insert()
+    await asyncio.to_thread(os.system, "udevadm settle -t 10")
+    async with usb.running(core):
+        dev = await wait_state(core, stick.label, S.SAFE_TO_REMOVE, S.ERROR)
+        assert dev.state == S.SAFE_TO_REMOVE, dev.error
+    assert [ids for _, ids in core.written] == [[1]]
+
+
+async def test_removal_mid_export_fails_job_then_next_insertion_completes(sticks, tmp_path):
+    core = FakeCore(make_cfg(tmp_path), n_sessions=2, file_size=8 << 20, chunk_delay=0.05)
+    stick = sticks("exfat")     # a FUSE filesystem: killing its helper is how a yank looks here
+    async with usb.running(core) as mgr:
+        stick.insert()
+        await wait_state(core, stick.label, S.EXPORTING)
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(stick.yank)
+        await wait_state(core, stick.label, S.REMOVED)
+        job = await wait_for(lambda: next((j for j in core.jobs.list() if j.state.finished), None), 30,
+                             "the job to finish")
+        assert job.state == JobState.FAILED and job.error, job
+        assert core.written == []
+        assert by_label(core, stick.label).state == S.REMOVED
+        assert mgr.watcher is not None and mgr.watcher.monitor is not None   # still watching
+        # the next insertion completes the export
+        core.chunk_delay = 0
+        core.file_size = 64 * 1024
+        stick.insert()
+        await wait_state(core, stick.label, S.SAFE_TO_REMOVE, timeout=30)
+        assert [ids for _, ids in core.written] == [[1, 2]]
+
+
+async def test_noexport_marker_mounts_but_never_writes(sticks, tmp_path):
+    core = FakeCore(make_cfg(tmp_path), n_sessions=1)
+    stick = sticks("vfat")
+    prepare(stick, {".steno-noexport": b""})
+    async with usb.running(core):
+        stick.insert()
+        dev = await wait_state(core, stick.label, S.MOUNTED)
+        await asyncio.sleep(0.5)
+        dev = by_label(core, stick.label)
+        assert dev.state == S.MOUNTED and mounted_in_proc(dev.mount_point)
+        assert core.jobs.list() == []
+        # eject on request (what D-Bus and the web page call): a short tracked job
+        job = await core.eject(dev.id)
+        assert job.operation == "eject" and job.state == JobState.COMPLETED and job.device_id == dev.id
+        assert by_label(core, stick.label).state == S.SAFE_TO_REMOVE
+        assert not mounted_in_proc(dev.mount_point)
+
+
+async def test_stick_config_file_chooses_formats_and_bad_one_is_refused(sticks, tmp_path):
+    core = FakeCore(make_cfg(tmp_path), n_sessions=1)
+    good, bad = sticks("ext4"), sticks("ext4")
+    prepare(good, {"steno-export.toml": b'formats = ["txt"]\neject_after = false\n'})
+    prepare(bad, {"steno-export.toml": b'formats = ["exe"]\n'})
+    async with usb.running(core):
+        good.insert()
+        bad.insert()
+        dev = await wait_state(core, bad.label, S.MOUNTED, S.ERROR)
+        await wait_for(lambda: core.jobs.list() and core.jobs.list()[0].state.finished, 20, "the job")
+        job = core.jobs.list()[0]
+        assert job.formats == ("txt",)
+        # eject_after = false on that stick: it stays mounted once the adapter has seen the job end
+        assert (await wait_state(core, good.label, S.MOUNTED, S.SAFE_TO_REMOVE, S.ERROR)).state == S.MOUNTED
+        assert len(core.jobs.list()) == 1                         # nothing for the bad one
+        await core.eject(by_label(core, good.label).id)
+        await core.eject(dev.id)
+
+
+async def test_stick_without_filesystem_is_reported(sticks, tmp_path):
+    core = FakeCore(make_cfg(tmp_path), n_sessions=1)
+    stick = sticks(None)
+    async with usb.running(core):
+        stick.insert()
+        dev = await wait_for(lambda: next((d for d in core.devices.list() if d.device == stick.part), None),
+                             10, "the unusable stick to be reported")
+        assert dev.state == S.ERROR and "no filesystem" in dev.error
+        assert stick.mount_points() == []
+
+
+async def test_read_only_stick(sticks, tmp_path):
+    core = FakeCore(make_cfg(tmp_path), n_sessions=1)
+    stick = sticks("ext4", read_only=True)
+    async with usb.running(core):
+        stick.insert()
+        dev = await wait_state(core, stick.label, S.ERROR)
+        assert "read-only" in dev.error
+        assert core.jobs.list() == []
+        assert mounted_in_proc(dev.mount_point)
+        await core.eject(dev.id)
+        assert by_label(core, stick.label).state == S.SAFE_TO_REMOVE
+
+
+async def test_full_stick_fails_with_reason(sticks, tmp_path):
+    core = FakeCore(make_cfg(tmp_path), n_sessions=1, file_size=8 << 20)
+    stick = sticks("ext4", size_mb=16)
+    prepare(stick, {"filler": b"\0" * (9 << 20)})
+    async with usb.running(core):
+        stick.insert()
+        dev = await wait_state(core, stick.label, S.ERROR, S.SAFE_TO_REMOVE)
+        assert dev.state == S.ERROR and "No space left" in dev.error, dev
+        assert core.written == []
+
+
+async def test_two_sticks_at_once_each_get_a_job(sticks, tmp_path):
+    core = FakeCore(make_cfg(tmp_path), n_sessions=2)
+    a, b = sticks("exfat"), sticks("ext4")
+    async with usb.running(core):
+        a.insert()
+        b.insert()
+        for s in (a, b):
+            dev = await wait_state(core, s.label, S.SAFE_TO_REMOVE, S.ERROR, timeout=30)
+            assert dev.state == S.SAFE_TO_REMOVE, dev.error
+    assert len(core.jobs.list()) == 2
+    assert len({t for t, _ in core.written}) == 2
+    assert {j.device_id for j in core.jobs.list()} == {by_label(core, s.label).id for s in (a, b)}
+
+
+async def test_system_disk_never_touched(sticks, tmp_path):
+    core = FakeCore(make_cfg(tmp_path), n_sessions=1)
+    stick = sticks("ext4")
+    async with usb.running(core) as mgr:
+        stick.insert()
+        await wait_state(core, stick.label, S.SAFE_TO_REMOVE)
+        root_dev = os.stat("/").st_dev
+        assert mgr.watcher is not None
+        from steno_exportd.usb.udev import system_disks
+        assert system_disks(["/"]) <= mgr.watcher.excluded
+        for d in core.devices.list():
+            assert d.device.startswith("/dev/loop"), d
+            assert os.stat(d.device).st_rdev != root_dev if os.path.exists(d.device) else True
+
+
+async def test_eject_during_export_cancels_the_job_first(sticks, tmp_path):
+    core = FakeCore(make_cfg(tmp_path), n_sessions=1, file_size=8 << 20, chunk_delay=0.05)
+    stick = sticks("ext4")
+    async with usb.running(core):
+        stick.insert()
+        dev = await wait_state(core, stick.label, S.EXPORTING)
+        await core.eject(dev.id)
+        assert by_label(core, stick.label).state == S.SAFE_TO_REMOVE
+        assert core.jobs.list()[0].state == JobState.CANCELLED
+        assert core.written == []
+        await asyncio.sleep(0.3)
+        assert by_label(core, stick.label).state == S.SAFE_TO_REMOVE
+
+
+async def test_allow_list_leaves_other_sticks_alone(sticks, tmp_path):
+    core = FakeCore(make_cfg(tmp_path, **{"usb.allow_labels": ["RECOFFICE"]}), n_sessions=1)
+    other, office = sticks("ext4"), sticks("ext4", label="RECOFFICE")
+    async with usb.running(core):
+        other.insert()
+        office.insert()
+        await wait_state(core, office.label, S.SAFE_TO_REMOVE)
+        dev = by_label(core, other.label)
+        assert dev.state == S.DETECTED and "allow-list" in dev.error
+        assert other.mount_points() == []
+    assert [t for t, _ in core.written] == [by_label(core, office.label).mount_point or t
+                                            for t, _ in core.written]
+    assert len(core.written) == 1
+
+
+async def test_several_partitions_pick_preferred_label_else_largest(sticks, tmp_path):
+    stick = sticks("ext4", part_sizes_mb=[20, 40], labels=["RECSMALL", "RECBIG"])
+    core = FakeCore(make_cfg(tmp_path), n_sessions=1)
+    async with usb.running(core):
+        stick.insert()
+        await wait_state(core, "RECBIG", S.SAFE_TO_REMOVE)
+        assert by_label(core, "RECSMALL") is None
+    stick.cleanup()
+    core = FakeCore(make_cfg(tmp_path, **{"usb.prefer_labels": ["RECSMALL"]}), n_sessions=1)
+    async with usb.running(core):
+        stick.insert()
+        await wait_state(core, "RECSMALL", S.SAFE_TO_REMOVE)
+        assert by_label(core, "RECBIG") is None
+
+
+async def test_unusable_stick_removed_is_reported_removed(sticks, tmp_path):
+    core = FakeCore(make_cfg(tmp_path), n_sessions=1)
+    stick = sticks(None)
+    async with usb.running(core):
+        stick.insert()
+        dev = await wait_for(lambda: next((d for d in core.devices.list() if d.device == stick.part), None),
+                             10, "the unusable stick")
+        stick.remove()
+        await wait_for(lambda: core.devices.get(dev.id).state == S.REMOVED, 10, "removed")
+
+
+async def test_watch_without_udisks_says_so_and_keeps_retrying(tmp_path, caplog):
+    import logging
+    import subprocess
+    d = tmp_path / "bus"
+    d.mkdir()
+    conf = d / "bus.conf"
+    from tests.usb.test_udisks_contract import CONF
+    conf.write_text(CONF.format(sock=d / "s"))
+    proc = subprocess.Popen(["dbus-daemon", "--config-file", str(conf), "--nofork", "--print-address=1"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        addr = proc.stdout.readline().strip()
+        assert addr.startswith("unix:"), "private dbus-daemon did not start"
+        core = FakeCore(make_cfg(tmp_path), n_sessions=1)
+        caplog.set_level(logging.DEBUG, "steno_exportd.usb.manager")
+        task = asyncio.create_task(usb.watch(core, addr, retry_seconds=0.05))
+        await wait_for(lambda: sum("udisks2 is not running" in r.getMessage() for r in caplog.records) >= 3,
+                       10, "retries")
+        assert not task.done()
+        assert [r.levelname for r in caplog.records if "unavailable" in r.getMessage()][:2] == ["ERROR", "DEBUG"]
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def test_auto_export_switched_on_at_runtime_overrides_the_file(sticks, tmp_path):
+    """usb.auto_export.enabled = false in the file, then `steno-exportctl auto-export on`: a stick exports."""
+    core = FakeCore(make_cfg(tmp_path, **{"usb.auto_export.enabled": False, "usb.auto_export.eject_after": False}),
+                    n_sessions=1)
+    core.auto_export = True                 # what core.set_auto_export(True) leaves
+    stick = sticks("ext4")
+    async with usb.running(core):
+        stick.insert()
+        await wait_for(lambda: core.jobs.list() and core.jobs.list()[0].state.finished, 20, "the export")
+        dev = await wait_state(core, stick.label, S.MOUNTED)
+        await core.eject(dev.id)
+    assert core.written and core.written[0][1] == [1]
+
+
+async def test_change_event_burst_is_debounced(sticks, tmp_path):
+    import subprocess
+    core = FakeCore(make_cfg(tmp_path, **{"usb.auto_export.eject_after": False}), n_sessions=1)
+    stick = sticks("ext4")
+    log = StateLog(core)
+    async with usb.running(core) as mgr:
+        stick.insert()
+        await wait_for(lambda: core.jobs.list() and core.jobs.list()[0].state.finished, 20, "the export")
+        dev = await wait_state(core, stick.label, S.MOUNTED)
+        evaluated = []
+        orig = mgr.watcher._evaluate
+        mgr.watcher._evaluate = lambda disk: (evaluated.append(disk), orig(disk))
+        for _ in range(10):
+            await asyncio.to_thread(subprocess.run, ["udevadm", "trigger", "--action=change", stick.part])
+        await asyncio.sleep(0.2 + 0.5)          # settle_seconds + margin
+        assert evaluated.count(stick.loop.rsplit("/", 1)[1]) <= 2, evaluated
+        assert len(core.jobs.list()) == 1
+        assert by_label(core, stick.label).state == S.MOUNTED
+        await core.eject(dev.id)
+    await log.close()
+    assert log.states[stick.label].count("detected") == 1
