@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import os
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -12,6 +11,7 @@ from steno_exportd import events as ev
 from steno_exportd.config import Config
 from steno_exportd.devices import DeviceRegistry
 from steno_exportd.engine.options import ExportOptions
+from steno_exportd.engine.registry import local as local_targets
 from steno_exportd.engine.targets import DirectoryTarget, Target
 from steno_exportd.errors import InvalidArgument, NotFoundError
 from steno_exportd.formats import DOCUMENT_TEMPLATES, FORMATS
@@ -21,20 +21,6 @@ log = logging.getLogger(__name__)
 __all__ = ["Core", "ExportOptions"]
 
 Ejector = Callable[[str], Awaitable[Any]]
-
-
-def _under(path: str, dirs: list[str]) -> bool:
-    real = os.path.realpath(path)
-    for d in dirs:
-        base = os.path.realpath(d)
-        if real == base or real.startswith(base.rstrip("/") + "/"):
-            return True
-    return False
-
-
-def is_archive_path(target: str) -> bool:
-    low = target.lower()
-    return low.endswith((".zip", ".tar.gz", ".tgz"))
 
 
 class Core:
@@ -48,9 +34,10 @@ class Core:
         self.events = ev.EventBus()
         self._library = library
         self.state = StateDB(Path(cfg.state.dir) / "state.db")
+        self.targets = local_targets()      # the composition root registers more kinds (smb:)
         self.devices = DeviceRegistry(self.events, lambda d: self.state.device_seen(d.uuid or d.id, d.label,
                                                                                      d.fs_type))
-        self.jobs = JobManager(cfg, self.events, self.state, lambda: self.library)
+        self.jobs = JobManager(cfg, self.events, self.state, lambda: self.library, targets=self.targets)
         self.auto_export: bool = cfg.usb.auto_export.enabled
         self.sharing_enabled: bool = cfg.samba.enabled
         self.samba_state: str = "off"      # what the share really does: "serving", "off", "error: ..."
@@ -119,11 +106,13 @@ class Core:
         from steno_exportd.engine.jobs import JobSpec
 
         options = options or ExportOptions()
-        remote = None
-        if isinstance(target, str) and target.startswith("smb:"):
-            from steno_exportd.smb.job import remote_for
-            remote = remote_for(self.cfg, target)      # NotFoundError names the configured remotes
-        formats = list(formats or (remote.formats if remote else self.cfg.export.formats))
+        checked, refused = None, None
+        if isinstance(target, str):
+            try:
+                checked = self.targets.check(target, self.cfg, trusted=trusted)
+            except InvalidArgument as e:    # told after the sessions and formats, as before
+                refused = e
+        formats = list(formats or (checked and checked.formats) or self.cfg.export.formats)
         for f in formats:
             if f not in FORMATS:
                 raise NotFoundError(f"unknown format {f!r}; valid: {', '.join(FORMATS)}")
@@ -131,21 +120,12 @@ class Core:
         if template not in DOCUMENT_TEMPLATES and not self._user_template(template):
             raise NotFoundError(f"unknown template {template!r}; valid: {', '.join(DOCUMENT_TEMPLATES)}")
         session_ids = await asyncio.to_thread(self._resolve_sessions, ids, options)
-        operation = "export"
-        if remote is not None:
-            operation, name = "push", target
-        elif isinstance(target, str):
-            if not target:
-                raise InvalidArgument("no target given")
-            if not trusted and not _under(target if not is_archive_path(target) else os.path.dirname(target) or ".",
-                                          self.cfg.export.allowed_dirs):
-                raise InvalidArgument(f"target {target!r} is not under an allowed folder "
-                                      f"({', '.join(self.cfg.export.allowed_dirs)})")
-            if not is_archive_path(target) and not os.path.isdir(target):
-                raise InvalidArgument(f"target folder does not exist: {target}")
-            name = options.target_name or target
+        if refused is not None:
+            raise refused
+        if checked is not None:
+            operation, name = checked.operation, options.target_name or checked.name
         else:
-            name = options.target_name or getattr(target, "name", "target")
+            operation, name = "export", options.target_name or target.name
         spec = JobSpec(operation=operation, target=target, target_name=name, session_ids=tuple(session_ids),
                        formats=tuple(formats), options=options, device_id=options.device_id)
         return await self.jobs.submit(spec)

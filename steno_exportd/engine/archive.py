@@ -296,10 +296,10 @@ def tar_gz_write(plan: ZipPlan, fileobj: Any) -> None:
 def build_plan(library: Any, session_ids: tuple, formats: tuple, template: str, include_audio: bool, cfg: Any,
                reg: Any = None, errors: dict | None = None, hashes: Any = None) -> ZipPlan:
     """Sessions x formats -> archive entries with the same layout as a folder export."""
-    from steno_exportd.engine.naming import folder_name, resolve_collision, safe_name
+    from steno_exportd.engine.naming import folder_name, resolve_collision, root_folder, safe_name
     from steno_exportd.engine.plan import plan_session, render_file
 
-    root = safe_name(cfg.export.root_folder, "SilentSteno")
+    root = root_folder(cfg)
     entries: list[ArchiveEntry] = []
     sessions: dict[str, dict] = {}
     taken: set[str] = set()

@@ -68,6 +68,7 @@ def main(args: argparse.Namespace) -> int:
     from steno_exportd import config
     from steno_exportd.engine.export import SimpleSpec, run_export
     from steno_exportd.engine.options import ExportOptions
+    from steno_exportd.engine.registry import local
     from steno_exportd.errors import StenoError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -96,9 +97,12 @@ def main(args: argparse.Namespace) -> int:
         opts = ExportOptions(template=args.template, merge=args.merge,
                              include_audio=False if args.no_audio else None,
                              verify=False if args.no_verify else None)
+        targets = local()           # what this command supports: a folder, FILE.zip, FILE.tar.gz
+        targets.check(args.to, cfg, trusted=True)
         printer = _Printer(sys.stderr.isatty(), args.json)
         t0 = time.monotonic()
-        results = run_export(lib, SimpleSpec(args.to, ids, formats, opts, target_name=args.to), cfg, printer)
+        results = run_export(lib, SimpleSpec(args.to, ids, formats, opts, target_name=args.to), cfg, printer,
+                             targets=targets)
         printer.done()
     except StenoError as e:
         print(f"export failed: {e}", file=sys.stderr)

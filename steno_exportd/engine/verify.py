@@ -6,6 +6,7 @@ import os
 
 from steno_exportd.engine import manifest as mf
 from steno_exportd.engine import writer
+from steno_exportd.engine.naming import ROOT_FALLBACK
 from steno_exportd.engine.targets import DirectoryTarget, Target
 from steno_exportd.errors import TargetError
 
@@ -27,7 +28,7 @@ class VerifyReport:
                     extra=self.extra, problems=self.problems)
 
 
-def verify_target(path: str | Target, root: str = "SilentSteno", mark: bool = False) -> VerifyReport:
+def verify_target(path: str | Target, root: str = ROOT_FALLBACK, mark: bool = False) -> VerifyReport:
     """Hash every file SHA256SUMS and the manifest name (paths relative to root)."""
     if isinstance(path, str):
         if os.path.basename(os.path.normpath(path)) == root and not os.path.isdir(os.path.join(path, root)):
@@ -40,7 +41,7 @@ def verify_target(path: str | Target, root: str = "SilentSteno", mark: bool = Fa
     if st is None or st.kind != "dir":
         raise TargetError(f"no {root}/ folder on {t.name}")
     try:
-        sums = mf.read_sums(mf._read_all(t, f"{root}/{mf.SUMS}").decode("utf-8", "replace"))
+        sums = mf.read_sums(t, root)
     except TargetError as e:
         sums = {}
         rep.problems.append(f"{mf.SUMS}: {e}")

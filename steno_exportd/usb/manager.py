@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from steno_exportd.devices import device_id
+from steno_exportd.engine.naming import root_folder
 from steno_exportd.errors import StenoError, TargetError
 from steno_exportd.events import DeviceState, JobState, JobUpdated
 from steno_exportd.usb import policy
@@ -169,7 +170,7 @@ class UsbManager:
             return
         if c.read_only or not os.access(mp, os.W_OK) or await self._mounted_ro(mp):
             raise TargetError("the stick is read-only (write-protected or a read-only filesystem)")
-        on_stick = await asyncio.to_thread(policy.sessions_on_stick, Path(mp), self.core.cfg.export.root_folder)
+        on_stick = await asyncio.to_thread(policy.sessions_on_stick, Path(mp), root_folder(self.core.cfg))
         summaries = await asyncio.to_thread(self.core.library.list_sessions)
         ids = policy.select_sessions(summaries, pol.auto, on_stick)
         if ids:

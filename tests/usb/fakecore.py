@@ -16,6 +16,8 @@ from pathlib import Path
 
 from steno_exportd.config import Config
 from steno_exportd.devices import DeviceRegistry
+from steno_exportd.engine import manifest as mf
+from steno_exportd.engine.targets import DirectoryTarget
 from steno_exportd.events import EventBus, JobSnapshot, JobState, JobUpdated, SessionResult
 from steno_exportd.model import SessionSummary
 
@@ -142,9 +144,9 @@ class FakeCore:
                 os.fsync(f.fileno())
             os.replace(tmp, final)
             results.append(SessionResult(session_id=i, uuid=s.uuid, title=s.title, ok=True))
-        man = base / "manifest.json"
-        old = json.loads(man.read_text()) if man.exists() else {"sessions": []}
-        old["sessions"] += [{"uuid": by_id[i].uuid} for i in ids]
-        man.with_suffix(".tmp").write_text(json.dumps(old))
+        man = base / "manifest.json"         # the engine's manifest, as the real core writes it
+        m = mf.read(DirectoryTarget(root), "SilentSteno") if man.exists() else mf.Manifest()
+        m.sessions.update({by_id[i].uuid: {"folder": by_id[i].uuid, "files": {}} for i in ids})
+        man.with_suffix(".tmp").write_text(json.dumps(m.to_json()))
         os.replace(man.with_suffix(".tmp"), man)
         return results
