@@ -20,6 +20,7 @@ from steno_exportd import config as config_mod
 from steno_exportd.config import Config
 from steno_exportd.errors import ConfigError, StenoError
 from steno_exportd.notify import Notifier
+from steno_exportd.smb.push import SmbKind
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,7 @@ class Daemon:
             core_mod = _optional("steno_exportd.core")
             if core_mod is not None:
                 self.core = core_mod.Core(cfg)
+                self.core.targets.register(SmbKind())       # smb:<remote> targets (push to a NAS)
                 await self.core.start()
                 stack.push_async_callback(self._stop_core)
             else:

@@ -9,6 +9,7 @@ import subprocess
 
 from steno_exportd.samba import share as samba
 from steno_exportd.samba import adapter
+from steno_exportd.smb.push import SmbKind
 from tests import parts
 from tests.parts.smbd import make_smbd
 from tests.web.fixtures import demo_lib, web_client  # noqa: F401  (fixtures)
@@ -32,6 +33,7 @@ async def test_send_to_office_from_the_page_lands_verified_on_the_share(web_clie
     client, core = await web_client(**{
         "smb.recorder_folder": "rec-web",
         "smb.remotes": [dataclasses.asdict(dataclasses.replace(remote, formats=["txt", "json"]))]})
+    core.targets.register(SmbKind())            # as the daemon does
     listing = await (await client.get("/")).text()
     ids = re.findall(r'<input type="checkbox" name="id" value="(\d+)"', listing)[:2]
     assert len(ids) == 2
