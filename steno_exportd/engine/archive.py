@@ -335,8 +335,8 @@ def build_plan(library: Any, session_ids: tuple, formats: tuple, template: str, 
     return make_plan(entries, root, sessions)
 
 
-def export_archive(library: Any, spec: Any, cfg: Any, progress: Any, reg: Any = None) -> list:
-    """Write a .zip or .tar.gz file atomically (temp name, fsync, rename); results per session."""
+def export_archive(library: Any, spec: Any, cfg: Any, progress: Any, reg: Any = None, fmt: str = "zip") -> list:
+    """Write a ZIP (fmt "zip") or a tar.gz file atomically (temp name, fsync, rename); results per session."""
     from steno_exportd.engine.writer import read_back
     from steno_exportd.engine.targets import DirectoryTarget
     from steno_exportd.events import SessionResult
@@ -353,7 +353,7 @@ def export_archive(library: Any, spec: Any, cfg: Any, progress: Any, reg: Any = 
     h = t.open_write(path.name)
     done = 0
     try:
-        if path.name.lower().endswith(".zip"):
+        if fmt == "zip":
             for b in zip_stream(plan):
                 if progress.cancelled:
                     from steno_exportd.errors import CancelledJob

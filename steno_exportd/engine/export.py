@@ -51,7 +51,7 @@ def run_export(library: Any, spec: Any, cfg: Config, progress: Any = None, *, ta
     kind = (targets or local()).kind_for(spec.target)
     if isinstance(kind, ArchiveKind):
         from steno_exportd.engine.archive import export_archive
-        return export_archive(library, spec, cfg, progress, reg=reg)
+        return export_archive(library, spec, cfg, progress, reg=reg, fmt=kind.fmt)
     written: dict[int, SessionResult] = {}
     for attempt in itertools.count(1):
         results: list[SessionResult] | None = None

@@ -101,9 +101,10 @@ class FolderKind:
 class ArchiveKind:
     """One archive file (FILE.zip, FILE.tar.gz) written by the engine's archive writer."""
 
-    def __init__(self, label: str, suffixes: tuple[str, ...]) -> None:
+    def __init__(self, label: str, suffixes: tuple[str, ...], fmt: str) -> None:
         self.label = label
         self.suffixes = suffixes
+        self.fmt = fmt                      # what the archive writer writes: "zip", "tar.gz"
 
     def matches(self, target: str) -> bool:
         return not _SCHEME.match(target) and target.lower().endswith(self.suffixes)
@@ -149,5 +150,5 @@ class Targets:
 
 def local() -> Targets:
     """The engine's own kinds: a folder, FILE.zip, FILE.tar.gz/.tgz."""
-    return Targets((ArchiveKind("FILE.zip", (".zip",)), ArchiveKind("FILE.tar.gz", (".tar.gz", ".tgz"))),
-                   fallback=FolderKind())
+    return Targets((ArchiveKind("FILE.zip", (".zip",), "zip"),
+                    ArchiveKind("FILE.tar.gz", (".tar.gz", ".tgz"), "tar.gz")), fallback=FolderKind())

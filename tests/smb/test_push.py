@@ -448,7 +448,8 @@ def test_recorder_share_and_push_share_on_one_smbd(smb_tmp, smbd_factory):
     assert [r.skipped for r in push(cfg)] == [True, True]
     assert_landed(smb_tmp / "nas" / "rec-1", db)
     with connected(smbd.port) as kw:
-        assert read_remote("\\\\127.0.0.1\\meetings\\SHA256SUMS", kw) == (smb_tmp / "export" / "SHA256SUMS").read_bytes()
+        served = read_remote("\\\\127.0.0.1\\meetings\\SHA256SUMS", kw)
+    assert served == (smb_tmp / "export" / "SHA256SUMS").read_bytes()
     db.close()
 
 
