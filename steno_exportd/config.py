@@ -47,7 +47,7 @@ _PLACEHOLDERS = ("date", "time", "title", "short_id", "uuid", "id", "location",
                  "job_id", "timestamp", "format", "seq")
 
 
-def _check_pattern(value: str) -> str | None:
+def check_pattern(value: str) -> str | None:
     names = re.findall(r"{([^{}]*)}", value)
     bad = [n for n in names if n not in _PLACEHOLDERS]
     if bad:
@@ -119,7 +119,7 @@ class ExportConfig:
     naming: str = opt("pattern", "How session folders are named.",
                       choices=("pattern", "id", "title", "sequential"))
     folder_pattern: str = opt("{date} {title} ({short_id})",
-                              "Session folder name when naming = 'pattern'.", check=_check_pattern)
+                              "Session folder name when naming = 'pattern'.", check=check_pattern)
     formats: list[str] = opt(["txt", "md", "html", "json", "srt", "vtt", "pdf", "audio"],
                              "Formats written by default.", items=FORMATS)
     template: str = opt("detailed", "Default PDF/DOCX template.")
