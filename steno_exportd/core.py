@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from steno_exportd import events as ev
+from steno_exportd import retention
 from steno_exportd.config import Config
 from steno_exportd.devices import DeviceRegistry
 from steno_exportd.engine.options import ExportOptions
 from steno_exportd.engine.targets import DirectoryTarget, Target
 from steno_exportd.errors import InvalidArgument, NotFoundError
 from steno_exportd.formats import DOCUMENT_TEMPLATES, FORMATS
+from steno_exportd.outbox.queue import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,8 @@ class Core:
         self.devices = DeviceRegistry(self.events, lambda d: self.state.device_seen(d.uuid or d.id, d.label,
                                                                                      d.fs_type))
         self.jobs = JobManager(cfg, self.events, self.state, lambda: self.library)
+        self.outbox = Outbox(cfg, self.events, lambda: self.library)   # mail: stored before it is sent
+        self._housekeeping: asyncio.Task | None = None
         self.auto_export: bool = cfg.usb.auto_export.enabled
         self.sharing_enabled: bool = cfg.samba.enabled
         self.samba_state: str = "off"      # what the share really does: "serving", "off", "error: ..."
@@ -73,21 +77,27 @@ class Core:
             return
         self._started = True
         await asyncio.to_thread(self.state.open)
-        await asyncio.to_thread(self.state.prune, self.cfg.export.job_history_days)
         await self.jobs.start()
+        await self.outbox.start()
+        self._housekeeping = asyncio.create_task(retention.run(self), name="retention")
 
     async def stop(self) -> None:
         """Cancel running jobs safely (no partial file under a final name); idempotent."""
         if not self._started:
             return
         self._started = False
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            await asyncio.gather(self._housekeeping, return_exceptions=True)
         await self.jobs.stop()
+        await self.outbox.stop()
         await asyncio.to_thread(self.state.close)
 
     async def reload(self, cfg: Config) -> None:
         old = self.cfg
         self.cfg = cfg
         self.jobs.reload(cfg)
+        self.outbox.reload(cfg)
         if (old.recorder.db_path, old.recorder.data_dir) != (cfg.recorder.db_path, cfg.recorder.data_dir):
             lib, self._library = self._library, None
             if lib is not None and hasattr(lib, "close"):
@@ -124,12 +134,7 @@ class Core:
             from steno_exportd.smb.job import remote_for
             remote = remote_for(self.cfg, target)      # NotFoundError names the configured remotes
         formats = list(formats or (remote.formats if remote else self.cfg.export.formats))
-        for f in formats:
-            if f not in FORMATS:
-                raise NotFoundError(f"unknown format {f!r}; valid: {', '.join(FORMATS)}")
-        template = options.template or self.cfg.export.template
-        if template not in DOCUMENT_TEMPLATES and not self._user_template(template):
-            raise NotFoundError(f"unknown template {template!r}; valid: {', '.join(DOCUMENT_TEMPLATES)}")
+        self._check_formats(formats, options.template or self.cfg.export.template)
         session_ids = await asyncio.to_thread(self._resolve_sessions, ids, options)
         operation = "export"
         if remote is not None:
@@ -149,6 +154,23 @@ class Core:
         spec = JobSpec(operation=operation, target=target, target_name=name, session_ids=tuple(session_ids),
                        formats=tuple(formats), options=options, device_id=options.device_id)
         return await self.jobs.submit(spec)
+
+    async def email_sessions(self, ids: list[str | int] | str, formats: list[str], recipients: list[str],
+                             template: str | None = None) -> ev.OutboxEntry:
+        """Validate and store a message with the sessions' documents attached; it is composed and sent
+        in the background (core.outbox lists it, OutboxUpdated follows it)."""
+        formats = list(formats or self.cfg.export.formats)
+        template = template or self.cfg.export.template
+        self._check_formats(formats, template)
+        session_ids = await asyncio.to_thread(self._resolve_sessions, ids, ExportOptions())
+        return await self.outbox.email_sessions(session_ids, formats, recipients, template)
+
+    def _check_formats(self, formats: list[str], template: str) -> None:
+        for f in formats:
+            if f not in FORMATS:
+                raise NotFoundError(f"unknown format {f!r}; valid: {', '.join(FORMATS)}")
+        if template not in DOCUMENT_TEMPLATES and not self._user_template(template):
+            raise NotFoundError(f"unknown template {template!r}; valid: {', '.join(DOCUMENT_TEMPLATES)}")
 
     def _user_template(self, name: str) -> bool:
         d = Path(self.cfg.render.template_dir)

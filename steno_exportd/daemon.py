@@ -171,6 +171,8 @@ class Daemon:
                     from steno_exportd.smb import triggers as schedule
                     tasks.append(tg.create_task(schedule.run_schedules(self.core), name="smb-schedules"))
                     tasks.append(tg.create_task(schedule.run_push_on_new(self.core), name="smb-push-on-new"))
+                    from steno_exportd.mail import sender as mail_sender
+                    tasks.append(tg.create_task(mail_sender.run(self.core), name="mail"))
                 self.notifier.ready(self.status_text())
                 log.info("ready in %.0f ms: %s", (time.monotonic() - t0) * 1000, self.status_text())
                 if self.demo:

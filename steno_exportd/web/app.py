@@ -12,6 +12,7 @@ from typing import Any, AsyncIterator
 
 from aiohttp import web
 
+from steno_exportd import retention
 from steno_exportd.errors import InvalidArgument, NotFoundError, StenoError
 from steno_exportd.web import auth
 from steno_exportd.web.cache import RenderCache
@@ -40,10 +41,10 @@ class WebContext:
         self.signer = auth.Signer(auth.load_secret(str(state)))
         self.limiter = auth.LoginLimiter(cfg.http.auth.max_failed_logins, cfg.http.auth.lockout_seconds)
         self.networks = auth.Networks(cfg.http.auth.allowed_networks)
-        self.store = Store(state / "web.db")
+        self.store = Store(state / "web.db", retention.policies(cfg)["audit"])
         self.cache = RenderCache(state / "cache" / "render", cfg.http.cache_max_mb * 1024 * 1024)
         from steno_exportd.engine.hashcache import HashCache
-        self.hashes = HashCache(state / "cache" / "hashes.db")
+        self.hashes = HashCache(state / "cache" / "hashes.db", cfg.retention.hash_cache_entries)
         self.jinja = jinja2.Environment(loader=jinja2.FileSystemLoader(str(PKG / "templates")),
                                         autoescape=True, trim_blocks=True, lstrip_blocks=True)
         self._listing: tuple[Any, list] = (None, [])
