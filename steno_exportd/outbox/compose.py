@@ -14,7 +14,6 @@ import mimetypes
 import os
 import re
 import secrets
-import socket
 import time
 from email.message import EmailMessage
 from pathlib import Path
@@ -101,7 +100,7 @@ def _skeleton(draft: Draft, domain: str) -> tuple[bytes, list[bytes]]:
     msg["To"] = ", ".join(draft.recipients)
     msg["Subject"] = one_line(draft.subject, 400)
     msg["Date"] = email.utils.formatdate(time.time(), localtime=False)
-    msg["Message-ID"] = email.utils.make_msgid("steno", domain=domain)
+    msg["Message-ID"] = f"<{secrets.token_hex(16)}.steno@{domain}>"     # fixed width: size_of() is exact
     if draft.auto:
         msg["Auto-Submitted"] = "auto-generated"
     msg.set_content(draft.text, cte="quoted-printable")        # 7-bit: no 8BITMIME needed
@@ -120,8 +119,8 @@ def _skeleton(draft: Draft, domain: str) -> tuple[bytes, list[bytes]]:
     return data, markers
 
 
-def size_of(draft: Draft, domain: str = "localhost") -> int:
-    """Exact bytes of the message as written by write()."""
+def size_of(draft: Draft, domain: str) -> int:
+    """Exact bytes of the message as write() writes it for the same domain."""
     data, markers = _skeleton(draft, domain)
     return len(data) - sum(len(m) for m in markers) + sum(a.encoded_size for a in draft.attachments)
 
@@ -145,9 +144,8 @@ def _stream_base64(a: Attachment, out: IO[bytes]) -> None:
             raise OSError(f"{a.path} grew while it was attached")
 
 
-def write(draft: Draft, path: Path, domain: str | None = None) -> int:
+def write(draft: Draft, path: Path, domain: str) -> int:
     """Write the message to path (temp name, fsync, rename); return its size in bytes."""
-    domain = domain or socket.getfqdn() or "localhost"
     data, markers = _skeleton(draft, domain)
     tmp = path.with_name(f".{path.name}.tmp")
     try:

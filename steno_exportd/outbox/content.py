@@ -42,6 +42,11 @@ def sessions_subject(titles: Sequence[str]) -> str:
     return f"{len(titles)} meetings: {first} and {len(titles) - 1} more"
 
 
+def domain_of(sender: str) -> str:
+    """The Message-ID domain: the sender's (a recorder's own host name is rarely a real domain)."""
+    return sender.rpartition("@")[2].strip(">") or "localhost"
+
+
 def sessions_draft(sessions: Sequence[Any], formats: Sequence[str], template: str, sender: str,
                    recipients: Sequence[str], limit: int) -> tuple[Draft, tuple[str, ...]]:
     """The message for sessions with their documents (rendered like an export's files); and what was left out."""
@@ -72,7 +77,7 @@ def sessions_draft(sessions: Sequence[Any], formats: Sequence[str], template: st
         return Draft(sender, tuple(recipients), subject, text, html, tuple(kept))
 
     # the body without attachments, plus room for the longest "left out" note, bounds what they may use
-    bare = size_of(draft([], attachments))
+    bare = size_of(draft([], attachments), domain_of(sender))
     kept, left = fit(attachments, limit - bare - 200 * len(attachments))
     return draft(kept, left), tuple(a.name for a in left)
 

@@ -265,7 +265,7 @@ class Outbox:
         draft, left_out = content.sessions_draft(sessions, request["formats"], request["template"],
                                                  self.cfg.email.sender, entry.recipients, limit)
         token = f"{entry.id}-{secrets.token_hex(8)}.eml"
-        size = write(draft, self.dir / token)
+        size = write(draft, self.dir / token, content.domain_of(draft.sender))
         self._x("UPDATE outbox SET state='queued', subject=?, spool=?, size=?, left_out=?, next_attempt=0 "
                 "WHERE id=? AND state='composing'", (draft.subject, token, size, json.dumps(list(left_out)),
                                                      entry.id))
@@ -287,7 +287,7 @@ class Outbox:
         draft = content.notices_draft(notices, self.cfg.email.sender, recipients)
         token = f"n-{secrets.token_hex(8)}.eml"
         path = self.dir / token
-        size = write(draft, path)
+        size = write(draft, path, content.domain_of(draft.sender))
         try:
             return self._insert("notice", ev.OutboxState.QUEUED, draft.subject, recipients,
                                 dict(notices=[n.to_json() for n in notices]), token, size, notice_ids)

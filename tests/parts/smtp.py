@@ -70,10 +70,11 @@ class Received:
         return {n: hashlib.sha256(b).hexdigest() for n, b in self.attachments().items()}
 
     def text(self) -> str:
-        return self.message.get_body(("plain",)).get_content()
+        """The plain-text body with line breaks as a reader sees them ("\n")."""
+        return self.message.get_body(("plain",)).get_content().replace("\r\n", "\n")
 
     def html(self) -> str:
-        return self.message.get_body(("html",)).get_content()
+        return self.message.get_body(("html",)).get_content().replace("\r\n", "\n")
 
 
 class Handler:
