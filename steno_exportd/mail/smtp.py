@@ -12,6 +12,7 @@ import logging
 import socket
 import ssl
 from pathlib import Path
+from typing import BinaryIO
 
 import aiosmtplib
 
@@ -66,7 +67,7 @@ def _stuffed(block: bytes, at_line_start: bool) -> bytes:
     return b"." + out if at_line_start and out.startswith(b".") else out
 
 
-async def _send_data(smtp: aiosmtplib.SMTP, path: Path, timeout: float) -> None:
+async def _send_data(smtp: aiosmtplib.SMTP, f: BinaryIO, timeout: float) -> None:
     """DATA, the file in blocks (each written after the transport drained), the final dot, the reply."""
     reply = await smtp.execute_command(b"DATA", timeout=timeout)
     if reply.code != 354:
@@ -74,26 +75,22 @@ async def _send_data(smtp: aiosmtplib.SMTP, path: Path, timeout: float) -> None:
     loop = asyncio.get_running_loop()
     # aiosmtplib's protocol implements the flow control asyncio.StreamWriter.drain() waits on
     writer = asyncio.StreamWriter(smtp.transport, smtp.protocol, None, loop)
-    f = await asyncio.to_thread(open, path, "rb")
-    try:
-        at_line_start, tail = True, b"\r\n"
-        while True:
-            block = await asyncio.to_thread(f.read, BLOCK)
-            if not block:
-                break
-            writer.write(_stuffed(block, at_line_start))
-            at_line_start = block.endswith(b"\n")
-            tail = (tail + block)[-2:]
-            await asyncio.wait_for(writer.drain(), timeout)
-    finally:
-        await asyncio.to_thread(f.close)
+    at_line_start, tail = True, b"\r\n"
+    while True:
+        block = await asyncio.to_thread(f.read, BLOCK)
+        if not block:
+            break
+        writer.write(_stuffed(block, at_line_start))
+        at_line_start = block.endswith(b"\n")
+        tail = (tail + block)[-2:]
+        await asyncio.wait_for(writer.drain(), timeout)
     writer.write((b"" if tail == b"\r\n" else b"\r\n") + b".\r\n")
     reply = await smtp.protocol.read_response(timeout=max(timeout, FINAL_REPLY_TIMEOUT))
     if reply.code != 250:
         raise aiosmtplib.SMTPDataError(reply.code, reply.message)
 
 
-async def _session(cfg: EmailConfig, out: Outgoing, smtp: aiosmtplib.SMTP) -> Delivery:
+async def _session(cfg: EmailConfig, out: Outgoing, smtp: aiosmtplib.SMTP, f: BinaryIO) -> Delivery:
     await smtp.connect()
     if cfg.security == "starttls" or (cfg.security == "none" and cfg.starttls):
         await smtp.ehlo()
@@ -121,7 +118,7 @@ async def _session(cfg: EmailConfig, out: Outgoing, smtp: aiosmtplib.SMTP) -> De
     if not delivered:
         await smtp.rset()
         return Delivery(refused=tuple(refused), deferred=tuple(deferred))
-    await _send_data(smtp, out.path, cfg.timeout)
+    await _send_data(smtp, f, cfg.timeout)
     return Delivery(delivered=tuple(delivered), refused=tuple(refused), deferred=tuple(deferred))
 
 
@@ -135,13 +132,24 @@ def _tls_problem(e: BaseException) -> ssl.SSLError | None:
 
 async def deliver(cfg: EmailConfig, out: Outgoing) -> Delivery:
     """Send one stored message; every failure becomes a Delivery with its reason, never an exception."""
+    try:
+        f = await asyncio.to_thread(open, out.path, "rb")      # before connecting: no half message on a miss
+    except OSError as e:
+        return Delivery(error=f"the stored message cannot be read: {e}", transient=False)
+    try:
+        return await _deliver(cfg, out, f)
+    finally:
+        await asyncio.to_thread(f.close)
+
+
+async def _deliver(cfg: EmailConfig, out: Outgoing, f: BinaryIO) -> Delivery:
     hostname = await asyncio.to_thread(_local_hostname)   # getfqdn may wait on DNS: never on the loop
     smtp = aiosmtplib.SMTP(hostname=cfg.smtp_host, port=cfg.smtp_port, use_tls=cfg.security == "tls",
                            start_tls=False, tls_context=_tls_context(cfg) if cfg.security == "tls" else None,
                            timeout=cfg.timeout, local_hostname=hostname)
     where = f"{cfg.smtp_host}:{cfg.smtp_port}"
     try:
-        return await _session(cfg, out, smtp)
+        return await _session(cfg, out, smtp, f)
     except Refused as e:
         return Delivery(error=str(e), transient=e.transient)
     except aiosmtplib.SMTPResponseException as e:

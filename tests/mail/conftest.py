@@ -6,7 +6,7 @@ import contextlib
 
 import pytest
 
-from steno_exportd import config
+from steno_exportd import config, render
 from steno_exportd.core import Core
 from steno_exportd.mail import sender
 from tests.parts import until
@@ -42,6 +42,7 @@ async def mail_core(tmp_path, demo_library):
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await core.stop()
+    await asyncio.to_thread(render.shutdown)     # the PDF/DOCX worker process, if a test rendered one
 
 
 async def finished(core: Core, entry_id: int, timeout: float = 30.0):
