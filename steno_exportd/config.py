@@ -275,8 +275,8 @@ class EmailConfig:
     smtp_port: int = opt(25, "SMTP port: 25, 587 (submission, with security = 'starttls') or 465 (security = 'tls').",
                          min=1, max=65535)
     security: str = opt("none", "Transport security: none, starttls (upgrade the connection; a server that does not "
-                                "offer it is refused) or tls (TLS from the first byte, usually port 465). The server's "
-                                "certificate and name are always checked.", choices=("none", "starttls", "tls"))
+                                "offer it is refused) or tls (TLS from the first byte, usually port 465); with either, "
+                                "the server's certificate and name are checked.", choices=("none", "starttls", "tls"))
     starttls: bool = opt(False, "Older spelling of security = 'starttls' (kept so older configs load).")
     ca_file: str = opt("", "PEM file of the CA (or the server's own certificate) to trust; empty: the system's CAs.",
                        check=_check_abs_or_empty)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from email.errors import HeaderParseError
 from email.headerregistry import Address, HeaderRegistry
 
 from steno_exportd.errors import InvalidArgument
@@ -25,9 +26,13 @@ def parse_address(text: object) -> Address:
         raise InvalidArgument("empty email address")
     if len(text) > MAX_ADDRESS_CHARS:
         raise InvalidArgument(f"email address too long ({len(text)} characters, at most {MAX_ADDRESS_CHARS})")
-    header = _registry("to", text)
-    addresses = header.addresses
-    if len(addresses) != 1 or header.defects:
+    try:
+        header = _registry("to", text)
+        addresses = header.addresses
+    except (IndexError, ValueError, AttributeError, TypeError, HeaderParseError):
+        # the stdlib parser has crashed on some malformed input ("alice@": IndexError): still just "not valid"
+        addresses, header = (), None
+    if header is None or len(addresses) != 1 or header.defects:
         raise InvalidArgument(f"not an email address: {shown} (one address like name@example.org)")
     addr = addresses[0]
     if not addr.username or not addr.domain:
