@@ -147,3 +147,19 @@ async def test_far_over_the_limit_the_largest_documents_go_too(smtp_server, mail
     assert done.left_out[0] == "audio.flac" and "report-detailed.docx" in done.left_out
     [mail] = server.received
     assert len(mail.data) <= 0.06 * 1024 * 1024 and "transcript.txt" in mail.attachments()
+
+
+@pytest.mark.parametrize("server_security, keys, says", [
+    ("none", {"security": "starttls"}, "does not offer STARTTLS"),
+    ("starttls", {"ca_file": ""}, "is not trusted"),                   # the system's CAs do not know it
+    ("starttls", {"username": "intruder"}, "535"),
+])
+async def test_configuration_problems_fail_at_once_with_the_reason(server_security, keys, says, smtp_server,
+                                                                     mail_core):
+    server = smtp_server(server_security, auth=server_security != "none")
+    core = await mail_core(server, **keys)
+    entry = await core.email_sessions([1], ["txt"], TO)
+    done = await finished(core, entry.id)
+    assert done.state == ev.OutboxState.FAILED and done.attempts == 1
+    assert says in done.error, done.error
+    assert server.received == []
