@@ -47,7 +47,7 @@ def _local_hostname() -> str:
 
 
 def _tls_context(cfg: EmailConfig) -> ssl.SSLContext:
-    """The system's CAs (or email.ca_file), certificate and host name checked."""
+    """(blocking) The system's CAs (or email.ca_file), certificate and host name checked."""
     return ssl.create_default_context(cafile=cfg.ca_file or None)
 
 
@@ -96,7 +96,7 @@ async def _session(cfg: EmailConfig, out: Outgoing, smtp: aiosmtplib.SMTP, f: Bi
         await smtp.ehlo()
         if not smtp.supports_extension("starttls"):
             raise Refused(f"{cfg.smtp_host} does not offer STARTTLS (email.security = 'starttls')", transient=False)
-        await smtp.starttls(tls_context=_tls_context(cfg))
+        await smtp.starttls(tls_context=await asyncio.to_thread(_tls_context, cfg))
     if cfg.username:
         if not smtp.supports_extension("auth"):
             await smtp.ehlo()      # the first EHLO (or the one after STARTTLS) may not have happened yet
@@ -144,9 +144,9 @@ async def deliver(cfg: EmailConfig, out: Outgoing) -> Delivery:
 
 async def _deliver(cfg: EmailConfig, out: Outgoing, f: BinaryIO) -> Delivery:
     hostname = await asyncio.to_thread(_local_hostname)   # getfqdn may wait on DNS: never on the loop
+    tls = await asyncio.to_thread(_tls_context, cfg) if cfg.security == "tls" else None   # reads the CA files
     smtp = aiosmtplib.SMTP(hostname=cfg.smtp_host, port=cfg.smtp_port, use_tls=cfg.security == "tls",
-                           start_tls=False, tls_context=_tls_context(cfg) if cfg.security == "tls" else None,
-                           timeout=cfg.timeout, local_hostname=hostname)
+                           start_tls=False, tls_context=tls, timeout=cfg.timeout, local_hostname=hostname)
     where = f"{cfg.smtp_host}:{cfg.smtp_port}"
     try:
         return await _session(cfg, out, smtp, f)

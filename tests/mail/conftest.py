@@ -20,6 +20,14 @@ def demo_library(tmp_path_factory):
 
 
 @pytest.fixture
+def smtp(smtp_server):
+    """smtp_server for async tests: `await smtp(...)` starts the server off the event loop (it waits for it)."""
+    async def start(*args, **kw):
+        return await asyncio.to_thread(smtp_server, *args, **kw)
+    return start
+
+
+@pytest.fixture
 async def mail_core(tmp_path, demo_library):
     """mail_core(server, extra={section: {...}}, library=None, **email_keys) -> a started Core (the demo
     library unless another is given) with the mail adapter running; stopped after the test."""

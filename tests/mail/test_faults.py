@@ -15,8 +15,8 @@ from tests.parts import until
 TO = ["alice@example.org"]
 
 
-async def test_421_then_accepted_is_retried_and_delivered_once(smtp_server, mail_core):
-    server = smtp_server()
+async def test_421_then_accepted_is_retried_and_delivered_once(smtp, mail_core):
+    server = await smtp()
     server.handler.data_answers = ["421 4.3.2 System not accepting messages, try later"]
     core = await mail_core(server)
     entry = await core.email_sessions([1], ["txt"], TO)
@@ -26,8 +26,8 @@ async def test_421_then_accepted_is_retried_and_delivered_once(smtp_server, mail
     assert len(server.received) == 1
 
 
-async def test_550_fails_with_the_reason_and_is_not_retried(smtp_server, mail_core):
-    server = smtp_server()
+async def test_550_fails_with_the_reason_and_is_not_retried(smtp, mail_core):
+    server = await smtp()
     server.handler.data_answers = ["550 5.7.1 Message rejected by policy"] * 5
     core = await mail_core(server)
     entry = await core.email_sessions([1], ["txt"], TO)
@@ -41,8 +41,8 @@ async def test_550_fails_with_the_reason_and_is_not_retried(smtp_server, mail_co
     assert not (core.outbox.dir / "x").exists() and list(core.outbox.dir.iterdir()) == []   # spool file gone
 
 
-async def test_a_refused_recipient_is_named_the_others_get_it(smtp_server, mail_core):
-    server = smtp_server()
+async def test_a_refused_recipient_is_named_the_others_get_it(smtp, mail_core):
+    server = await smtp()
     server.handler.rcpt_answers = {"bob@example.org": "550 5.1.1 No such user"}
     core = await mail_core(server)
     entry = await core.email_sessions([1], ["txt"], ["alice@example.org", "bob@example.org"])
@@ -53,9 +53,9 @@ async def test_a_refused_recipient_is_named_the_others_get_it(smtp_server, mail_
     assert [m.rcpt_tos for m in server.received] == [["alice@example.org"]]
 
 
-async def test_a_server_that_is_down_gets_the_message_once_it_is_up(smtp_server, mail_core):
-    down = smtp_server()
-    down.stop()                         # its port now refuses connections
+async def test_a_server_that_is_down_gets_the_message_once_it_is_up(smtp, mail_core):
+    down = await smtp()
+    await asyncio.to_thread(down.stop)                         # its port now refuses connections
     core = await mail_core(down)
     entry = await core.email_sessions([1], ["txt"], TO)
 
@@ -64,7 +64,7 @@ async def test_a_server_that_is_down_gets_the_message_once_it_is_up(smtp_server,
         return e if e.attempts >= 2 and e.state == ev.OutboxState.QUEUED else None
     tried = await until(tried_twice, "two failed tries", in_thread=False)
     assert "refused" in tried.error.lower() or "connect call failed" in tried.error.lower(), tried.error
-    up = smtp_server(port=down.port)
+    up = await smtp(port=down.port)
     done = await finished(core, entry.id)
     assert done.state == ev.OutboxState.SENT, done.error
     assert len(up.received) == 1 and up.received[0].rcpt_tos == TO
@@ -79,16 +79,16 @@ async def test_a_server_that_is_down_gets_the_message_once_it_is_up(smtp_server,
     ([f"u{i}@example.org" for i in range(51)], "too many recipients"),
     ("x" * 400 + "@example.org", "too long"),
 ])
-async def test_invalid_addresses_are_refused_before_anything_is_stored(recipients, says, smtp_server, mail_core):
-    server = smtp_server()
+async def test_invalid_addresses_are_refused_before_anything_is_stored(recipients, says, smtp, mail_core):
+    server = await smtp()
     core = await mail_core(server)
     with pytest.raises(InvalidArgument, match=says):
         await core.email_sessions([1], ["txt"], recipients)
     assert core.outbox.list() == [] and server.handler.connections == 0
 
 
-async def test_unknown_session_or_format_and_email_off(smtp_server, mail_core):
-    server = smtp_server()
+async def test_unknown_session_or_format_and_email_off(smtp, mail_core):
+    server = await smtp()
     core = await mail_core(server)
     with pytest.raises(NotFoundError):
         await core.email_sessions([999], ["txt"], TO)
@@ -100,12 +100,12 @@ async def test_unknown_session_or_format_and_email_off(smtp_server, mail_core):
     assert core.outbox.list() == [] and off.outbox.list() == []
 
 
-async def test_a_title_with_cr_lf_cannot_add_a_header(tmp_path, smtp_server, mail_core):
+async def test_a_title_with_cr_lf_cannot_add_a_header(tmp_path, smtp, mail_core):
     audio = tmp_path / "a.wav"
     audio.write_bytes(b"RIFF" + bytes(1000))
     title = "Board\r\nBcc: mallory@evil.example\r\nX-Injected: yes\nSubject: forged"
     lib = FakeLibrary([make_session(1, audio, title=title)])
-    server = smtp_server()
+    server = await smtp()
     core = await mail_core(server, library=lib)
     entry = await core.email_sessions([1], ["txt", "audio"], TO)
     done = await finished(core, entry.id)
@@ -122,8 +122,8 @@ async def test_a_title_with_cr_lf_cannot_add_a_header(tmp_path, smtp_server, mai
     assert set(mail.attachments()) == {"transcript.txt", "audio.wav"}
 
 
-async def test_over_the_size_limit_the_recording_is_left_out_and_the_body_says_so(smtp_server, mail_core):
-    server = smtp_server()
+async def test_over_the_size_limit_the_recording_is_left_out_and_the_body_says_so(smtp, mail_core):
+    server = await smtp()
     limit_mb = 0.1                                          # the demo recording (~80 kB) is ~107 kB as base64
     core = await mail_core(server, max_message_mb=limit_mb)
     entry = await core.email_sessions([1], ["txt", "json", "audio"], TO)
@@ -137,8 +137,8 @@ async def test_over_the_size_limit_the_recording_is_left_out_and_the_body_says_s
         assert "Left out" in body and "audio.flac" in body and "0.1 MB" in body
 
 
-async def test_far_over_the_limit_the_largest_documents_go_too(smtp_server, mail_core):
-    server = smtp_server()
+async def test_far_over_the_limit_the_largest_documents_go_too(smtp, mail_core):
+    server = await smtp()
     core = await mail_core(server, max_message_mb=0.06)
     entry = await core.email_sessions([1], ["txt", "html", "docx", "audio"], TO)
     done = await finished(core, entry.id)
@@ -154,9 +154,9 @@ async def test_far_over_the_limit_the_largest_documents_go_too(smtp_server, mail
     ("starttls", {"ca_file": ""}, "is not trusted"),                   # the system's CAs do not know it
     ("starttls", {"username": "intruder"}, "535"),
 ])
-async def test_configuration_problems_fail_at_once_with_the_reason(server_security, keys, says, smtp_server,
+async def test_configuration_problems_fail_at_once_with_the_reason(server_security, keys, says, smtp,
                                                                      mail_core):
-    server = smtp_server(server_security, auth=server_security != "none")
+    server = await smtp(server_security, auth=server_security != "none")
     core = await mail_core(server, **keys)
     entry = await core.email_sessions([1], ["txt"], TO)
     done = await finished(core, entry.id)

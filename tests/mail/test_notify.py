@@ -30,8 +30,8 @@ async def mails(server, n, what):
     return await until(lambda: server.received if len(server.received) >= n else None, what, in_thread=False)
 
 
-async def test_a_finished_and_a_failed_export_are_mailed(tmp_path, smtp_server, mail_core, two_sessions):
-    server = smtp_server()
+async def test_a_finished_and_a_failed_export_are_mailed(tmp_path, smtp, mail_core, two_sessions):
+    server = await smtp()
     core = await mail_core(server, library=two_sessions, recipients=[ADMIN])     # default rule: [notify] events
     ok = await export(core, [1], tmp_path / "a")
     assert ok.state == ev.JobState.COMPLETED, ok.error
@@ -51,8 +51,8 @@ async def test_a_finished_and_a_failed_export_are_mailed(tmp_path, smtp_server, 
     assert all(e.state == ev.OutboxState.SENT for e in core.outbox.list())
 
 
-async def test_rules_route_events_and_a_digest_collects_them(tmp_path, smtp_server, mail_core, two_sessions):
-    server = smtp_server()
+async def test_rules_route_events_and_a_digest_collects_them(tmp_path, smtp, mail_core, two_sessions):
+    server = await smtp()
     rules = [{"events": ["export_failed"], "recipients": ["oncall@example.org"]},
              {"events": ["export_done", "export_failed"], "recipients": [ADMIN], "digest_minutes": 0.05}]
     core = await mail_core(server, library=two_sessions, extra={"notify": {"rules": rules}})
@@ -68,8 +68,8 @@ async def test_rules_route_events_and_a_digest_collects_them(tmp_path, smtp_serv
     assert text.count("Export to") == 3
 
 
-async def test_nothing_is_mailed_for_events_no_rule_names(tmp_path, smtp_server, mail_core, two_sessions):
-    server = smtp_server()
+async def test_nothing_is_mailed_for_events_no_rule_names(tmp_path, smtp, mail_core, two_sessions):
+    server = await smtp()
     core = await mail_core(server, library=two_sessions, recipients=[ADMIN],
                            extra={"notify": {"events": ["export_failed"]}})
     await export(core, [1], tmp_path / "a")

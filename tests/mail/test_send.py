@@ -1,6 +1,7 @@
 """Sessions by email through a real SMTP server: TLS, AUTH, attachments equal to an export's files."""
 from __future__ import annotations
 
+import asyncio
 import hashlib
 
 import pytest
@@ -14,8 +15,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiri
 
 
 @pytest.mark.parametrize("security", ["starttls", "tls"])
-async def test_a_session_arrives_with_the_exports_files(security, tmp_path, smtp_server, mail_core):
-    server = smtp_server(security)
+async def test_a_session_arrives_with_the_exports_files(security, tmp_path, smtp, mail_core):
+    server = await smtp(security)
     core = await mail_core(server)
     formats = ["txt", "html", "json", "docx", "audio"]
     out = tmp_path / "export"
@@ -37,7 +38,7 @@ async def test_a_session_arrives_with_the_exports_files(security, tmp_path, smtp
     hashes = mail.attachment_hashes()
     assert set(hashes) == set(exported) and len(hashes) == len(formats)
     assert hashes == exported
-    session = core.library.get_session(1)
+    session = await asyncio.to_thread(core.library.get_session, 1)
     msg = mail.message
     assert msg["To"] == "Alice Example <alice@example.org>"
     assert msg["Subject"] == f"Meeting: {session.title}"

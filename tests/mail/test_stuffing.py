@@ -24,13 +24,13 @@ def test_every_block_boundary():
         assert unstuff(out) == message and b"\r\n.\r\n" not in out, (cut1, cut2)
 
 
-async def test_a_summary_with_dot_lines_arrives_intact(tmp_path, smtp_server, mail_core):
+async def test_a_summary_with_dot_lines_arrives_intact(tmp_path, smtp, mail_core):
     audio = tmp_path / "a.wav"
     audio.write_bytes(b"RIFF" + bytes(100))
     summary = ".\n.hidden\n..two\nend."
     s = make_session(1, audio, "Dots")
     lib = FakeLibrary([dataclasses.replace(s, summary_text=summary)])
-    server = smtp_server()
+    server = await smtp()
     core = await mail_core(server, library=lib)
     entry = await core.email_sessions([1], ["txt"], ["alice@example.org"])
     assert (await finished(core, entry.id)).state == ev.OutboxState.SENT
