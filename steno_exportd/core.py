@@ -79,6 +79,7 @@ class Core:
         await asyncio.to_thread(self.state.open)
         await self.jobs.start()
         await self.outbox.start()
+        await retention.prune_safely(self)
         self._housekeeping = asyncio.create_task(retention.run(self), name="retention")
 
     async def stop(self) -> None:

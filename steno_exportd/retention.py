@@ -58,13 +58,17 @@ def prune_rows(execute: Execute, table: str, time_col: str, keep: Keep, *, prote
 
 
 async def run(core: Any) -> None:
-    """Prune now and then every retention.interval_hours (reads core.cfg each time: reloads apply)."""
+    """Prune every retention.interval_hours (reads core.cfg each time: reloads apply); Core.start prunes first."""
     while True:
-        try:
-            await prune(core)
-        except Exception:  # noqa: BLE001 - pruning never stops the daemon; it runs again next time
-            log.exception("pruning the state DB failed")
         await asyncio.sleep(core.cfg.retention.interval_hours * 3600)
+        await prune_safely(core)
+
+
+async def prune_safely(core: Any) -> None:
+    try:
+        await prune(core)
+    except Exception:  # noqa: BLE001 - pruning never stops the daemon; it runs again next time
+        log.exception("pruning the state DB failed")
 
 
 async def prune(core: Any) -> dict[str, int]:
