@@ -323,7 +323,7 @@ class NotifyConfig:
 @dataclasses.dataclass(frozen=True)
 class RetentionConfig:
     jobs_max: int = opt(1000, "Finished jobs kept in the state DB, newest first (their age limit is "
-                              "export.job_history_days); queued and running jobs are never pruned.", min=1)
+                              "export.job_history_days); queued, running and interrupted (resumable) jobs are never pruned.", min=1)
     history_days: int = opt(365, "Days the export history (which file went where, with its SHA-256) is kept.",
                             min=1)
     history_max: int = opt(100_000, "History rows kept, newest first.", min=1)

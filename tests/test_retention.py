@@ -35,13 +35,14 @@ def test_state_db_keeps_the_newest_and_never_a_running_job(tmp_path):
     db.save_job(job(31, ev.JobState.RUNNING, now - 400 * DAY))     # an old job that still runs
     db.add_history(31, "/x", "", "u31", [("f31", 1, "h")])
     db.save_job(job(32, ev.JobState.QUEUED, now - 400 * DAY))
+    db.save_job(job(33, ev.JobState.INTERRUPTED, now - 400 * DAY))    # a restart cut it: it can be resumed
     with sqlite3.connect(tmp_path / "state.db") as c:            # history rows as old as their jobs
         c.execute("UPDATE history SET exported_at = exported_at - (32 - job_id) * ?", (DAY,))
         c.execute("UPDATE history SET exported_at = ? WHERE job_id = 31", (now - 400 * DAY,))
 
     counts = db.prune(Keep(days=10, rows=5), Keep(days=20, rows=12))
     ids = [d["id"] for d in db.jobs()]
-    assert ids == [26, 27, 28, 29, 30, 31, 32]          # the 5 newest (within 10 days) and the live ones
+    assert ids == [26, 27, 28, 29, 30, 31, 32, 33]      # the 5 newest (within 10 days) and the live ones
     assert counts == {"jobs": 25, "history": 18}
     assert all(db.results(i) for i in range(26, 31)) and not any(db.results(i) for i in range(1, 26))
     kept = sorted(h["job_id"] for h in db.history())

@@ -146,10 +146,11 @@ class StateDB:
 
     def prune(self, jobs: "Keep", history: "Keep") -> dict[str, int]:
         """Drop finished jobs (with their results) and history rows past their policies; never a job that
-        is queued or running, nor its history. Returns the counts removed."""
+        is queued or running, nor its history, nor one a restart interrupted (it can be resumed; there is
+        one per power cut mid-job at most). Returns the counts removed."""
         from steno_exportd.retention import prune_rows
         live = "state IN ('queued','running')"
-        gone = prune_rows(self._x, "jobs", "created", jobs, protect=live)
+        gone = prune_rows(self._x, "jobs", "created", jobs, protect="state IN ('queued','running','interrupted')")
         self._x("DELETE FROM results WHERE job_id NOT IN (SELECT id FROM jobs)")
         old = prune_rows(self._x, "history", "exported_at", history,
                          protect=f"job_id IN (SELECT id FROM jobs WHERE {live})")
