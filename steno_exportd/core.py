@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping
 
 from steno_exportd import events as ev
-from steno_exportd import request
+from steno_exportd import request, retention
 from steno_exportd.config import Config
 from steno_exportd.devices import DeviceRegistry
 from steno_exportd.engine.jobs import JobManager, JobSpec
@@ -18,6 +18,7 @@ from steno_exportd.engine.targets import DirectoryTarget, Target
 from steno_exportd.errors import InvalidArgument, NotAllowedError, NotFoundError
 from steno_exportd.library import ChangeToken, Library, SessionListing
 from steno_exportd.model import Session
+from steno_exportd.outbox.queue import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ class Core:
         self.devices = DeviceRegistry(self.events, lambda d: self.state.device_seen(d.uuid or d.id, d.label,
                                                                                      d.fs_type))
         self.jobs = JobManager(cfg, self.events, self.state, lambda: self.library)
+        self.outbox = Outbox(cfg, self.events, lambda: self.library)   # mail: stored before it is sent
+        self._housekeeping: asyncio.Task | None = None
         self.auto_export: bool = cfg.usb.auto_export.enabled
         self.sharing_enabled: bool = cfg.samba.enabled
         self.samba_state: str = "off"      # what the share really does: "serving", "off", "error: ..."
@@ -73,21 +76,28 @@ class Core:
             return
         self._started = True
         await asyncio.to_thread(self.state.open)
-        await asyncio.to_thread(self.state.prune, self.cfg.export.job_history_days)
         await self.jobs.start()
+        await self.outbox.start()
+        await retention.prune_safely(self)
+        self._housekeeping = asyncio.create_task(retention.run(self), name="retention")
 
     async def stop(self) -> None:
         """Cancel running jobs safely (no partial file under a final name); idempotent."""
         if not self._started:
             return
         self._started = False
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            await asyncio.gather(self._housekeeping, return_exceptions=True)
         await self.jobs.stop()
+        await self.outbox.stop()
         await asyncio.to_thread(self.state.close)
 
     async def reload(self, cfg: Config) -> None:
         old = self.cfg
         self.cfg = cfg
         self.jobs.reload(cfg)
+        self.outbox.reload(cfg)
         if (old.recorder.db_path, old.recorder.data_dir) != (cfg.recorder.db_path, cfg.recorder.data_dir):
             lib, self._library = self._library, None
             self._listing, self._lib_token = None, None
@@ -195,6 +205,17 @@ class Core:
         if not is_archive_path(target) and not os.path.isdir(target):
             raise InvalidArgument(f"target folder does not exist: {target}")
         return "export", target, options.target_name or target, tuple(self.cfg.export.formats)
+
+    async def email_sessions(self, ids: Any, formats: Any, recipients: list[str],
+                             template: str | None = None) -> ev.OutboxEntry:
+        """Validate and store a message with the sessions' documents attached; it is composed and sent
+        in the background (core.outbox lists it, OutboxUpdated follows it)."""
+        keys = request.session_keys(ids)
+        names = request.format_names(formats) or tuple(self.cfg.export.formats)
+        template = template or self.cfg.export.template
+        await asyncio.to_thread(request.template_name, template, self.cfg.render.template_dir)
+        session_ids = request.resolve_sessions(keys, await self.listing(), ExportOptions())
+        return await self.outbox.email_sessions(list(session_ids), list(names), recipients, template)
 
     # -- devices ---------------------------------------------------------------------
     def set_ejector(self, ejector: Ejector | None) -> None:

@@ -19,6 +19,7 @@ from steno_exportd import config as config_mod
 from steno_exportd.config import Config
 from steno_exportd.core import Core
 from steno_exportd.errors import ConfigError, StenoError
+from steno_exportd.mail import sender as mail_sender
 from steno_exportd.notify import Notifier
 from steno_exportd.samba import adapter as samba
 from steno_exportd.smb import triggers
@@ -156,7 +157,8 @@ class Daemon:
                          tg.create_task(samba.run(core), name="samba"),
                          # always on: both read core.cfg each time, so remotes added by a reload work too
                          tg.create_task(triggers.run_schedules(core), name="smb-schedules"),
-                         tg.create_task(triggers.run_push_on_new(core), name="smb-push-on-new")]
+                         tg.create_task(triggers.run_push_on_new(core), name="smb-push-on-new"),
+                         tg.create_task(mail_sender.run(core), name="mail")]
                 if cfg.usb.enabled:
                     from steno_exportd.usb import manager as usb     # pyudev only when sticks are on
 
