@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import re
+import zoneinfo
 
 from steno_exportd.model import ActionItem, Participant, Segment, Session
 
@@ -43,8 +45,60 @@ def duration_text(seconds: float | None) -> str:
     return f"{s} s"
 
 
-def date_text(t: dt.datetime | None) -> str:
-    return t.strftime("%Y-%m-%d %H:%M UTC") if t else "unknown date"
+@functools.lru_cache(maxsize=16)
+def _zone(name: str) -> dt.tzinfo | None:
+    """The tzinfo of an IANA name; None for the system's zone (or an unknown name)."""
+    if not name:
+        return None
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+        return None
+
+
+def local_time(t: dt.datetime, time_zone: str = "") -> dt.datetime:
+    """t in the recorder's time zone (config render.time_zone; empty: the system's)."""
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.timezone.utc)
+    return t.astimezone(_zone(time_zone))
+
+
+def date_text(t: dt.datetime | None, time_zone: str = "") -> str:
+    """'2026-03-02 10:30 CET' in the recorder's time zone; a numeric zone name becomes 'UTC+03'."""
+    if not t:
+        return "unknown date"
+    lt = local_time(t, time_zone)
+    name = lt.strftime("%Z")
+    if not name or name[0] in "+-":
+        off = lt.utcoffset() or dt.timedelta(0)
+        mins = int(off.total_seconds()) // 60
+        name = "UTC" if mins == 0 else f"UTC{'+' if mins > 0 else '-'}{abs(mins) // 60:02d}" + (
+            f":{abs(mins) % 60:02d}" if mins % 60 else "")
+    return lt.strftime("%Y-%m-%d %H:%M ") + name
+
+
+# Dark enough for white backgrounds (contrast >= 4.5:1), far apart in hue; PDF, HTML and DOCX share them.
+SPEAKER_COLOURS = ("#1f5fa8", "#b23a1e", "#2e7d32", "#7b3fa0", "#a35f00", "#00796b", "#ad1457", "#4e5d6c",
+                   "#5d4037", "#3949ab", "#827717", "#c62828")
+
+
+def speaker_colours(session: Session) -> dict[str, str]:
+    """Display name -> colour, in order of first appearance (participants, then the transcript)."""
+    out: dict[str, str] = {}
+    names = [one_line(p.name) or p.speaker_id for p in session.participants]
+    names += [one_line(g.speaker_name) or "Unknown speaker" for g in session.segments]
+    for n in names:
+        if n not in out:
+            out[n] = SPEAKER_COLOURS[len(out) % len(SPEAKER_COLOURS)]
+    return out
+
+
+_FORMULA_LEAD = ("=", "+", "-", "@", "\t", "\r")
+
+
+def formula_safe(cell: str) -> str:
+    """A spreadsheet cell that cannot start a formula (OWASP CSV injection rule: prefix a quote)."""
+    return "'" + cell if cell.startswith(_FORMULA_LEAD) else cell
 
 
 @dataclasses.dataclass(frozen=True)
