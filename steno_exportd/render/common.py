@@ -8,6 +8,7 @@ import re
 import zoneinfo
 
 from steno_exportd.model import ActionItem, Participant, Segment, Session
+from steno_exportd.render import scripts
 
 # C0/C1 controls except tab and newline; they break XML, PDF and subtitle parsers.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
@@ -93,12 +94,12 @@ def speaker_colours(session: Session) -> dict[str, str]:
     return out
 
 
-_FORMULA_LEAD = ("=", "+", "-", "@", "\t", "\r")
+FORMULA_LEAD = ("=", "+", "-", "@", "\t", "\r")
 
 
 def formula_safe(cell: str) -> str:
     """A spreadsheet cell that cannot start a formula (OWASP CSV injection rule: prefix a quote)."""
-    return "'" + cell if cell.startswith(_FORMULA_LEAD) else cell
+    return "'" + cell if cell.startswith(FORMULA_LEAD) else cell
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,26 +145,47 @@ def action_text(a: ActionItem) -> str:
     return one_line(a.text) + (f" ({', '.join(extra)})" if extra else "")
 
 
-def session_context(session: Session, sections: tuple[str, ...] = TEXT_SECTIONS) -> dict:
-    """Plain values the Jinja2 templates use (already cleaned; escaping is the template's job)."""
+def session_context(session: Session, sections: tuple[str, ...] = TEXT_SECTIONS, time_zone: str = "",
+                    language: str = "en") -> dict:
+    """Plain values the Jinja2 templates use (already cleaned; escaping is the template's job).
+
+    Texts that may be in another script come with their language and direction ("lang", "dir").
+    """
+    colours = speaker_colours(session)
+    slot = {name: i for i, name in enumerate(colours)}
+
+    def marked(text: str) -> dict:
+        return {"text": text, "lang": scripts.language(text, language), "dir": scripts.direction(text)}
+
+    def who(name: str) -> dict:
+        return {**marked(name), "colour": colours.get(name, SPEAKER_COLOURS[0]), "slot": slot.get(name, 0) % len(SPEAKER_COLOURS)}
+
+    title = one_line(session.title) or "Untitled session"
     return {
         "id": session.id, "uuid": session.uuid, "short_id": session.summary.short_id,
-        "title": one_line(session.title) or "Untitled session",
-        "date": date_text(session.start_time),
-        "start_iso": session.start_time.isoformat() if session.start_time else "",
+        "title": title, "title_lang": scripts.language(title, language), "title_dir": scripts.direction(title),
+        "date": date_text(session.start_time, time_zone),
+        "start_iso": local_time(session.start_time, time_zone).isoformat() if session.start_time else "",
         "duration": duration_text(session.duration_seconds),
         "location": one_line(session.summary.location),
         "platform": one_line(session.meeting_platform),
         "description": clean(session.description).strip(),
         "tags": [one_line(t) for t in session.summary.tags],
         "speakers": speaker_rows(session),
+        "speaker_colours": [{"name": n, "colour": c, "slot": slot[n]} for n, c in colours.items()],
         "summary": clean(session.summary_text).strip(),
+        "summary_paragraphs": [marked(p.strip()) for p in clean(session.summary_text).split("\n\n") if p.strip()],
         "action_items": [{"text": one_line(a.text), "owner": one_line(a.owner), "done": a.done,
-                          "due": a.due.isoformat() if a.due else "", "line": action_text(a)}
+                          "due": a.due.isoformat() if a.due else "", "line": action_text(a),
+                          "lang": scripts.language(one_line(a.text), language),
+                          "dir": scripts.direction(one_line(a.text))}
                          for a in session.action_items],
         "topics": [one_line(t) for t in session.topics],
-        "segments": [{"start": s.start, "end": s.end, "time": hms(s.start), "speaker": one_line(s.speaker_name),
-                      "text": one_line(s.text)} for s in session.segments],
+        "segments": [{"start": s.start, "end": s.end, "time": hms(s.start),
+                      "speaker": one_line(s.speaker_name) or "Unknown speaker",
+                      "who": who(one_line(s.speaker_name) or "Unknown speaker"),
+                      "text": one_line(s.text), **{k: v for k, v in marked(one_line(s.text)).items() if k != "text"}}
+                     for s in session.segments],
         "sections": sections,
         "anchor": f"s{session.id}",
     }

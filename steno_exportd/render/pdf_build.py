@@ -23,7 +23,7 @@ from steno_exportd.render.base import RenderOptions
 from steno_exportd.render.common import (clean, date_text, duration_text, hms, one_line, speaker_colours,
                                          speaker_rows)
 from steno_exportd.render.fonts import dejavu, find_font
-from steno_exportd.render.pdf_text import FontChain, paragraph
+from steno_exportd.render.pdf_text import FontChain, paragraph, wrap_lines
 
 _chains: dict[str, tuple[FontChain, FontChain, tuple[str, ...]]] = {}
 
@@ -88,7 +88,7 @@ class TranscriptLine(Flowable):
     def wrap(self, aw, ah):
         self.aw = aw
         _, h = self.para.wrap(aw - GUTTER, ah)
-        self.height = max(h, self.speaker.height + self.st.s_seg.leading - 1 if self.head else 0)
+        self.height = max(h, self.speaker.height if self.head else 0)
         return aw, self.height
 
     def split(self, aw, ah):
@@ -105,11 +105,7 @@ class TranscriptLine(Flowable):
         c = self.canv
         b = self.st
         if self.head:
-            top = self.speaker.draw(c, self.height)
-            size = b.s_seg.fontSize - 2
-            c.setFont(b.font, size)
-            c.setFillColor(b.grey)
-            c.drawString(0, top - size - 1, self.time)
+            self.speaker.draw(c, self.height, self.time, b)
         # drawOn would push another graphics state per line; the caller's drawOn already saved one.
         c.translate(GUTTER, self.height - self.para.height)
         self.para.canv = c
@@ -120,33 +116,44 @@ class TranscriptLine(Flowable):
 
 
 class _Name:
-    """A speaker's full name in the gutter: one line drawn directly, or a wrapped paragraph."""
+    """A speaker's full name in the gutter, wrapped once per speaker, drawn with the time in one text object."""
 
     def __init__(self, name: str, colour, b: "_Builder"):
         self.size = b.s_seg.fontSize - 0.5
+        self.leading = self.size * 1.2
+        self.colour = colour
         width = GUTTER - 0.3 * cm
-        self.colour, self.chain = colour, b.bold_chain
-        self.runs = None
-        if not scripts.has_rtl(name) and b.bold_chain.width(name, self.size) <= width:
-            self.runs, self.height = b.bold_chain.runs(name), b.s_seg.leading
-            return
-        style = ParagraphStyle("who", fontName=b.bold, fontSize=self.size, leading=self.size * 1.2,
-                               textColor=colour, splitLongWords=1)
-        self.para = paragraph(name, style, b.bold_chain)
-        _, self.height = self.para.wrap(width, 10_000)
+        chain = b.bold_chain
+        rtl = scripts.has_rtl(name)
+        logical = wrap_lines(scripts.shape(name) if rtl else name, chain, self.size, width)
+        base = "R" if scripts.direction(name) == "rtl" else "L"
+        self.lines = []       # (x, runs) per line; right-to-left names end at the gutter's right edge
+        for line in logical or [""]:
+            runs = chain.runs(scripts.reorder(line, base) if rtl else line)
+            x = width - sum(pdfmetrics.stringWidth(t, f, self.size) for f, t in runs) if base == "R" else 0.0
+            self.lines.append((x, runs))
+        self.tsize = b.s_seg.fontSize - 2
+        # name lines, the time under them, and room for the time's descenders
+        self.height = (len(self.lines) - 1) * self.leading + self.size + self.tsize + 5
 
-    def draw(self, c, top: float) -> float:
-        """Draw below top; return the y where the name ends."""
-        if self.runs is not None:
-            c.setFillColor(self.colour)
-            x, y = 0.0, top - self.size
-            for f, t in self.runs:
-                c.setFont(f, self.size)
-                c.drawString(x, y, t)
-                x += pdfmetrics.stringWidth(t, f, self.size)
-            return top - self.height + 1
-        self.para.drawOn(c, 0, top - self.height)
-        return top - self.height
+    def draw(self, c, top: float, time: str, b: "_Builder") -> None:
+        """The name below top and the time under it (relative moves: cheaper than absolute origins)."""
+        x0 = self.lines[0][0]
+        t = c.beginText(x0, top - self.size)
+        t.setFillColor(self.colour)
+        prev = x0
+        for i, (x, runs) in enumerate(self.lines):
+            if i:
+                t.moveCursor(x - prev, self.leading)
+                prev = x
+            for f, text in runs:
+                t.setFont(f, self.size)
+                t.textOut(text)
+        t.moveCursor(-prev, self.tsize + 3)
+        t.setFont(b.font, self.tsize)
+        t.setFillColor(b.grey)
+        t.textOut(time)
+        c.drawText(t)
 
 
 class _Doc(BaseDocTemplate):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from xml.sax.saxutils import escape
 
-from reportlab.lib.enums import TA_LEFT, TA_RIGHT
 from reportlab.lib.styles import ParagraphStyle
 from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.ttfonts import TTFont
@@ -129,62 +128,80 @@ class FontChain:
         return text + "…"
 
 
-class BidiParagraph(Flowable):
-    """A paragraph with right-to-left letters: wrapped in logical order, each line drawn in visual order."""
+def wrap_lines(text: str, chain: FontChain, size: float, width: float) -> list[str]:
+    """Greedy word wrap in logical order by drawn width; a word longer than a line is cut."""
+    lines: list[str] = []
+    cur = ""
+    for word in text.split():
+        cand = f"{cur} {word}" if cur else word
+        if chain.width(cand, size) <= width:
+            cur = cand
+            continue
+        if cur:
+            lines.append(cur)
+        cur = word
+        while chain.width(cur, size) > width and len(cur) > 1:
+            cut = len(cur) - 1
+            while cut > 1 and chain.width(cur[:cut], size) > width:
+                cut -= 1
+            lines.append(cur[:cut])
+            cur = cur[cut:]
+    if cur:
+        lines.append(cur)
+    return lines
 
-    def __init__(self, text: str, style: ParagraphStyle, chain: FontChain):
+
+class BidiParagraph(Flowable):
+    """A paragraph with right-to-left letters: wrapped in logical order, each line drawn in visual order.
+
+    It lays out and draws its own lines (one text object), which costs less than a reportlab
+    Paragraph with per-run markup.
+    """
+
+    def __init__(self, text: str, style: ParagraphStyle, chain: FontChain,
+                 lines: list[tuple[float, list[tuple[str, str]]]] | None = None):
         super().__init__()
         self.text, self.style, self.chain = text, style, chain
         self.base = scripts.direction(text)
-        self._para: Paragraph | None = None
-        self._aw = -1.0
+        self._lines = lines
+        self._aw = -1.0 if lines is None else None
 
-    def _lines(self, width: float) -> list[str]:
+    def _layout(self, aw: float) -> list[tuple[float, list[tuple[str, str]]]]:
         size, chain = self.style.fontSize, self.chain
-        lines: list[str] = []
-        cur = ""
-        for word in scripts.shape(self.text).split():
-            cand = f"{cur} {word}" if cur else word
-            if chain.width(cand, size) <= width:
-                cur = cand
-                continue
-            if cur:
-                lines.append(cur)
-            cur = word
-            while chain.width(cur, size) > width and len(cur) > 1:   # a word longer than the line
-                cut = len(cur) - 1
-                while cut > 1 and chain.width(cur[:cut], size) > width:
-                    cut -= 1
-                lines.append(cur[:cut])
-                cur = cur[cut:]
-        if cur:
-            lines.append(cur)
-        return lines
-
-    def _build(self, aw: float) -> Paragraph:
-        base_dir = "R" if self.base == "rtl" else "L"
-        lines = [self.chain.markup(scripts.reorder(line, base_dir), self.style.fontName)
-                 for line in self._lines(max(1.0, aw - 1.0))]
-        style = ParagraphStyle("bidi", parent=self.style, alignment=TA_RIGHT if self.base == "rtl" else TA_LEFT)
-        return Paragraph("<br/>".join(lines), style)
+        base = "R" if self.base == "rtl" else "L"
+        out = []
+        for line in wrap_lines(scripts.shape(self.text), chain, size, max(1.0, aw - 1.0)):
+            runs = chain.runs(scripts.reorder(line, base))
+            width = sum(pdfmetrics.stringWidth(t, f, size) for f, t in runs)
+            out.append((aw - width if base == "R" else 0.0, runs))
+        return out
 
     def wrap(self, aw, ah):
-        if self._para is None or aw != self._aw:
-            self._para, self._aw = self._build(aw), aw
-        w, self.height = self._para.wrap(aw, ah)
-        self.width = w
-        return w, self.height
+        if self._aw is not None and aw != self._aw:
+            self._lines, self._aw = self._layout(aw), aw
+        self.width, self.height = aw, len(self._lines) * self.style.leading
+        return self.width, self.height
 
     def split(self, aw, ah):
         self.wrap(aw, ah)
-        return self._para.split(aw, ah)
+        n = int(ah // self.style.leading)
+        if n <= 0 or n >= len(self._lines):
+            return [] if n <= 0 else [self]
+        return [BidiParagraph(self.text, self.style, self.chain, self._lines[:n]),
+                BidiParagraph(self.text, self.style, self.chain, self._lines[n:])]
 
     def draw(self):
-        self._para.canv = self.canv
-        try:
-            self._para.draw()
-        finally:
-            del self._para.canv
+        st = self.style
+        t = self.canv.beginText(0, self.height - st.fontSize)
+        t.setFillColor(st.textColor)
+        prev = 0.0
+        for i, (x, runs) in enumerate(self._lines):
+            t.moveCursor(x - prev, st.leading if i else 0)
+            prev = x
+            for f, text in runs:
+                t.setFont(f, st.fontSize)
+                t.textOut(text)
+        self.canv.drawText(t)
 
     def getSpaceBefore(self):
         return self.style.spaceBefore

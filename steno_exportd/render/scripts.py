@@ -59,8 +59,13 @@ def is_cjk(lang: str) -> bool:
     return lang in ("ja", "zh", "ko")
 
 
+_ARABIC = _SCRIPTS[0][1]
+
+
 def shape(text: str) -> str:
     """Arabic letters replaced by their joined presentation forms (logical order kept)."""
+    if _ARABIC.search(text) is None:
+        return text
     import arabic_reshaper          # only the PDF renderer needs this
     return arabic_reshaper.reshape(text)
 

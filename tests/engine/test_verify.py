@@ -71,7 +71,7 @@ def test_verify_tar_gz_finds_a_changed_member(tmp_path):
     with tarfile.open(target) as tin, tarfile.open(bad, "w:gz") as tout:
         for m in tin.getmembers():
             data = tin.extractfile(m).read() if m.isfile() else None
-            if data is not None and m.name.endswith("audio.wav"):
+            if data is not None and m.name.endswith("audio.wav") and "Meeting 1" in m.name:
                 data = bytes([data[0] ^ 1]) + data[1:]
             if data is not None:
                 m.size = len(data)

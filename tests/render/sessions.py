@@ -148,3 +148,19 @@ def hostile_titles_session() -> Session:
 def retitled(session: Session, title: str) -> Session:
     import dataclasses
     return dataclasses.replace(session, summary=dataclasses.replace(session.summary, title=title))
+
+
+def mixed_long_session(n: int = 2000) -> Session:
+    """The 2-hour meeting with every 5th line in another script (Greek, Cyrillic, Japanese, Arabic, Hebrew)."""
+    import dataclasses
+    base = long_session(n)
+    others = [GREEK, CYRILLIC, JAPANESE + "。" + CHINESE, ARABIC, HEBREW, "Budget 2026: " + ARABIC]
+    people = list(base.participants) + [Participant("spk4", "山田 太郎"), Participant("spk5", "فاطمة الزهراء")]
+    segs = []
+    for g in base.segments:
+        if g.index % 5 == 4:
+            k = g.index // 5 % len(others)
+            p = people[4 + k % 2] if k >= 2 else people[g.index % 4]
+            g = dataclasses.replace(g, text=others[k], speaker_id=p.speaker_id, speaker_name=p.name)
+        segs.append(g)
+    return dataclasses.replace(base, participants=tuple(people), segments=tuple(segs))

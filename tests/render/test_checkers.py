@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import html
 import io
 import re
 import shutil
@@ -112,7 +113,7 @@ def test_subtitle_lines_at_most_42_characters_with_the_speaker(session):
         assert 1 <= len(lines) <= 2 and all(len(x) <= 42 for x in lines), lines
     caps = list(webvtt.from_string(render.get("vtt").render(session).decode()))
     for c in caps:
-        lines = c.text.split("\n")
+        lines = html.unescape(c.text).split("\n")       # what the player shows
         assert 1 <= len(lines) <= 2 and all(len(x) <= 42 for x in lines), lines
     words = " ".join(" ".join(s.content.split("\n")) for s in subs)
     for g in session.segments[:5]:
@@ -122,8 +123,8 @@ def test_subtitle_lines_at_most_42_characters_with_the_speaker(session):
 def _docx_colours(data: bytes) -> dict[str, str]:
     xml = zipfile.ZipFile(io.BytesIO(data)).read("word/document.xml").decode()
     out = {}
-    for colour, name in re.findall(r'<w:r><w:rPr><w:b/><w:color w:val="([0-9A-F]{6})"/>.*?<w:t[^>]*>([^<]*?)\s*</w:t>',
-                                   xml):
+    who = r'\d\d:\d\d:\d\d  </w:t></w:r><w:r><w:rPr><w:b/><w:color w:val="([0-9A-F]{6})"/>.*?</w:rPr><w:t[^>]*>([^<]*?)\s*</w:t>'
+    for colour, name in re.findall(who, xml):
         out.setdefault(name.strip(), colour.lower())
     return out
 

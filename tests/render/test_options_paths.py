@@ -23,6 +23,14 @@ SERIF = "/usr/share/fonts/truetype/dejavu/DejaVuSerif.ttf"
 BOARD = '[board]\nsections = ["header", "action_items"]\naccent_color = "#7a1f1f"\n'
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _worker():
+    """The exports render PDF/DOCX in the worker process: stop it when the module is done."""
+    yield
+    from steno_exportd import render
+    render.shutdown()
+
+
 def _cfg(tmp_path, **render_kw) -> config.Config:
     tdir = tmp_path / "templates"
     tdir.mkdir(exist_ok=True)
@@ -117,7 +125,7 @@ def test_archive_export_carries_branding(tmp_path, name):
     _check_pdf(pdf, tmp_path)
     text = pdftotext(pdf)
     assert "Action items" in text and "Transcript" not in text
-    html = next(v for k, v in files.items() if k.endswith("transcript.html")).decode()
+    html = next(v for k, v in files.items() if k.endswith("transcript-board.html")).decode()
     assert "Globex Ltd" in html and 'src="audio.wav"' in html
 
 
