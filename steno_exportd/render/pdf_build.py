@@ -5,7 +5,9 @@ import dataclasses
 import io
 import os
 
+from reportlab import rl_config
 from reportlab.lib import colors
+from reportlab.lib.rl_accel import fp_str
 from reportlab.lib.enums import TA_RIGHT
 from reportlab.lib.pagesizes import A4, LETTER
 from reportlab.lib.styles import ParagraphStyle
@@ -26,6 +28,9 @@ from steno_exportd.render.fonts import dejavu, find_font
 from steno_exportd.render.pdf_text import FontChain, paragraph, wrap_lines
 
 _chains: dict[str, tuple[FontChain, FontChain, tuple[str, ...]]] = {}
+# Binary (deflated) streams: ASCII85 makes files 25% larger and, without reportlab's optional C
+# accelerator, costs pure-Python time per embedded font; every PDF reader takes binary streams.
+rl_config.useA85 = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +126,7 @@ class _Name:
     def __init__(self, name: str, colour, b: "_Builder"):
         self.size = b.s_seg.fontSize - 0.5
         self.leading = self.size * 1.2
-        self.colour = colour
+        self.rg = f"{fp_str(colour.red, colour.green, colour.blue)} rg"
         width = GUTTER - 0.3 * cm
         chain = b.bold_chain
         rtl = scripts.has_rtl(name)
@@ -140,7 +145,8 @@ class _Name:
         """The name below top and the time under it (relative moves: cheaper than absolute origins)."""
         x0 = self.lines[0][0]
         t = c.beginText(x0, top - self.size)
-        t.setFillColor(self.colour)
+        # colour operators formatted once per speaker: setFillColor formats and checks alpha every call
+        t._code.append(self.rg)
         prev = x0
         for i, (x, runs) in enumerate(self.lines):
             if i:
@@ -151,7 +157,7 @@ class _Name:
                 t.textOut(text)
         t.moveCursor(-prev, self.tsize + 3)
         t.setFont(b.font, self.tsize)
-        t.setFillColor(b.grey)
+        t._code.append(b.grey_rg)
         t.textOut(time)
         c.drawText(t)
 
@@ -245,6 +251,7 @@ class _Builder:
         self.s_company = ParagraphStyle("company", fontName=b, fontSize=9, leading=12, textColor=grey)
         self.s_toc = ParagraphStyle("toc", fontName=f, fontSize=11, leading=16)
         self.grey = grey
+        self.grey_rg = f"{fp_str(grey.red, grey.green, grey.blue)} rg"
         self.n_bm = 0
         self.names: dict[str, _Name] = {}
         self.colours: dict[str, str] = {}
