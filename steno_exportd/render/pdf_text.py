@@ -12,7 +12,7 @@ from xml.sax.saxutils import escape
 
 from reportlab.lib.styles import ParagraphStyle
 from reportlab.pdfbase import pdfmetrics
-from reportlab.pdfbase.ttfonts import TTFont
+from reportlab.pdfbase.ttfonts import TTFError, TTFont
 from reportlab.platypus import Flowable, Paragraph
 
 from steno_exportd.render import scripts
@@ -27,7 +27,7 @@ def load(path: str) -> tuple[str, frozenset[int]] | None:
         name = f"Steno{len(_loaded)}"
         try:
             font = TTFont(name, path, subfontIndex=0)
-        except Exception:  # noqa: BLE001 - a CFF/OpenType-PS or broken file: skip it, try the next
+        except (TTFError, OSError, ValueError, KeyError, IndexError):  # CFF-based, broken: try the next
             _loaded[path] = None
             return None
         pdfmetrics.registerFont(font)
