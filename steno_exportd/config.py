@@ -92,6 +92,23 @@ def _check_abs_or_empty(value: str) -> str | None:
     return None
 
 
+def _check_time_zone(value: str) -> str | None:
+    if not value:
+        return None
+    import zoneinfo
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+        return f"unknown time zone {value!r} (an IANA name such as 'Europe/Berlin', or empty for the system's)"
+    return None
+
+
+def _check_language(value: str) -> str | None:
+    if re.fullmatch(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*", value):
+        return None
+    return f"not a BCP 47 language tag: {value!r} (e.g. 'en', 'de', 'pt-BR')"
+
+
 # ---- schema -------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +163,10 @@ class RenderConfig:
     accent_color: str = opt("#1f4e79", "Accent colour of reports (#rrggbb).",
                             check=lambda v: None if re.fullmatch(r"#[0-9a-fA-F]{6}", v) else "must be #rrggbb")
     company: str = opt("", "Name shown in report headers.")
+    time_zone: str = opt("", "IANA time zone of the times in documents (e.g. 'Europe/Berlin'); empty: the "
+                         "system's.", check=_check_time_zone)
+    language: str = opt("en", "BCP 47 language of the meetings (HTML/DOCX lang); a paragraph in another "
+                        "script is marked with its own.", check=_check_language)
 
 
 @dataclasses.dataclass(frozen=True)
