@@ -8,6 +8,7 @@ from typing import Any, Sequence
 
 from steno_exportd.engine.naming import resolve_collision, safe_name
 from steno_exportd.engine.plan import plan_session, render_file
+from steno_exportd.render.base import RenderOptions
 from steno_exportd.outbox.compose import Attachment, Draft, body, fit, media_type, one_line, size_of
 from steno_exportd.render.common import date_text, session_context
 
@@ -47,7 +48,7 @@ def domain_of(sender: str) -> str:
     return sender.rpartition("@")[2].strip(">") or "localhost"
 
 
-def sessions_draft(sessions: Sequence[Any], formats: Sequence[str], template: str, sender: str,
+def sessions_draft(sessions: Sequence[Any], formats: Sequence[str], options: RenderOptions, sender: str,
                    recipients: Sequence[str], limit: int) -> tuple[Draft, tuple[str, ...]]:
     """The message for sessions with their documents (rendered like an export's files); and what was left out."""
     attachments: list[Attachment] = []
@@ -55,7 +56,7 @@ def sessions_draft(sessions: Sequence[Any], formats: Sequence[str], template: st
     taken: set[str] = set()
     for s in sessions:
         prefix = f"{s.summary.short_id} " if len(sessions) > 1 else ""
-        for pf in plan_session(s, tuple(formats), template, True):
+        for pf in plan_session(s, tuple(formats), options, True):
             if pf.error:
                 problems.append(f"{one_line(s.title)}: {pf.fmt}: {pf.error}")
                 continue

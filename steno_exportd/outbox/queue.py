@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 
 from steno_exportd import events as ev
 from steno_exportd.config import Config
+from steno_exportd.engine.plan import render_options
 from steno_exportd.errors import InvalidArgument, NotFoundError, StenoError
 from steno_exportd.outbox import content
 from steno_exportd.outbox.address import parse_address, parse_recipients
@@ -262,7 +263,7 @@ class Outbox:
         lib = self._library()
         sessions = [lib.get_session(i) for i in request["sessions"]]
         limit = int(self.cfg.email.max_message_mb * 1024 * 1024)
-        draft, left_out = content.sessions_draft(sessions, request["formats"], request["template"],
+        draft, left_out = content.sessions_draft(sessions, request["formats"], render_options(self.cfg, request["template"]),
                                                  self.cfg.email.sender, entry.recipients, limit)
         token = f"{entry.id}-{secrets.token_hex(8)}.eml"
         size = write(draft, self.dir / token, content.domain_of(draft.sender))
