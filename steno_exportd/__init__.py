@@ -1,3 +1,8 @@
 """steno-exportd: the export daemon of the Silent Steno meeting recorder."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("steno-exportd")     # set from debian/changelog when the package is built
+except PackageNotFoundError:                  # a source tree that was never installed
+    __version__ = "0+unknown"
