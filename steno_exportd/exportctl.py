@@ -373,6 +373,9 @@ def cmd_setup_samba(args: argparse.Namespace) -> int:
         cfg = config.load(args.config)
     except ConfigError as e:
         raise CtlError(str(e)) from None
+    except OSError as e:
+        raise CtlError(f"cannot read {args.config or config.DEFAULT_PATH}: {e.strerror}",
+                       EXIT_NOT_AUTHORIZED if isinstance(e, PermissionError) else EXIT_FAILED) from None
     snippet, conf = cfg.samba.snippet_path, args.smb_conf
     try:
         text = open(conf, encoding="utf-8").read()
@@ -407,7 +410,8 @@ def cmd_setup_samba(args: argparse.Namespace) -> int:
         st = os.stat(conf)
         os.chown(tmp, st.st_uid, st.st_gid)
         os.chmod(tmp, st.st_mode & 0o7777)
-        backup = f"{conf}.steno-exportd-{time.strftime('%Y%m%d-%H%M%S')}.bak"
+        stamp = f"{conf}.steno-exportd-{time.strftime('%Y%m%d-%H%M%S')}"
+        backup = next(b for n in range(1000) if not os.path.exists(b := f"{stamp}{f'-{n}' if n else ''}.bak"))
         shutil.copy2(conf, backup)
         os.replace(tmp, conf)
     except BaseException:
