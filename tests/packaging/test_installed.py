@@ -54,6 +54,14 @@ def test_installed_service_is_enabled_active_and_sent_ready(box):
         ["steno-export", "755", "steno-export", "750"]
     snippet = box.run("cat /var/lib/steno-exportd/samba/steno-exportd.conf").stdout
     assert "# Sharing is off." in snippet and "[" not in snippet, snippet
+    # the snippet changing while smbd is stopped leaves no failed unit behind: the reload is skipped
+    box.run("systemctl stop smbd && touch /var/lib/steno-exportd/samba/steno-exportd.conf")
+    ran = wait_for(lambda: re.search(r"ExecCondition=.*status=\d|Result=(?!success)",
+                                     r := box.run("systemctl show -p ExecCondition -p Result "
+                                                  "steno-exportd-samba-reload.service").stdout) and r,
+                   timeout=20, interval=0.5, what="the reload unit to run on the changed snippet")
+    assert "status=3" in ran and "Result=success" in ran, ran      # is-active smbd: 3, skipped
+    assert "steno" not in box.run("systemctl list-units --failed --no-legend --plain").stdout
 
 
 def test_status_works_for_steno_ui_and_is_refused_for_another_user(box):
