@@ -60,7 +60,7 @@ def test_installed_service_is_enabled_active_and_sent_ready(box):
     box.run("systemctl stop smbd")
     before = reload_unit()
     box.run("touch /var/lib/steno-exportd/samba/steno-exportd.conf")
-    ran = wait_for(lambda: (r := reload_unit()) != before and r, timeout=20, interval=0.5,
+    ran = wait_for(lambda: (r := reload_unit()) != before and "stop_time=[n/a]" not in r and r, timeout=20, interval=0.5,
                    what="the reload unit to run on the changed snippet")
     assert re.search(r"status=[1-9]", ran) and "Result=exec-condition" in ran, ran     # no smbd: skipped
     assert "steno" not in box.run("systemctl list-units --failed --no-legend --plain").stdout
