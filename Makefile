@@ -41,9 +41,10 @@ demo: venv $(DEMO)/library/silent_steno.db $(DEMO)/config.toml
 deb:
 	packaging/build-deb.sh $(ARCH)
 
-# Re-pin the package's bundled Python libraries (packaging/requirements.lock) after pyproject.toml changes.
+# Pin the package's bundled Python libraries (packaging/requirements.lock) after pyproject.toml changes:
+# what is pinned stays; UPGRADE=1 re-resolves everything to the newest releases.
 lock:
-	packaging/privenv.py lock
+	packaging/privenv.py lock $(if $(filter 1 yes,$(UPGRADE)),--upgrade)
 
 bench: venv
 	bench/run

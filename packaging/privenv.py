@@ -1,8 +1,10 @@
 #!/usr/bin/python3
 """The package's private Python environment under /usr/lib/steno-exportd (what bookworm does not package).
 
-    privenv.py lock                       resolve pyproject's dependencies, pin them with the hashes of the
-                                          amd64 and arm64 wheels (packaging/requirements.lock); needs PyPI
+    privenv.py lock [--upgrade]           resolve pyproject's dependencies, pin them with the hashes of the
+                                          amd64 and arm64 wheels (packaging/requirements.lock); needs PyPI.
+                                          Pins already in the lock stay (only what is new is resolved);
+                                          --upgrade re-resolves everything to the newest releases
     privenv.py fetch --arch A --dest DIR  download the pinned wheels for Debian architecture A, hash-checked
                                           (a source-only pure-Python package is built into a py3-none-any wheel)
     privenv.py install --arch A --wheelhouse DIR --dest ROOT --substvars FILE
@@ -93,7 +95,16 @@ def cmd_lock(args: argparse.Namespace) -> None:
         t = Path(tmp)
         if sys.version_info[:2] != tuple(map(int, PY_VERSION.split("."))):
             raise SystemExit(f"lock: run it with Python {PY_VERSION} (resolution follows the running Python)")
-        run(pip("install", "--dry-run", "--ignore-installed", "--quiet", "--report", str(t / "report.json"), *deps))
+        keep = []
+        if LOCK.exists() and not args.upgrade:     # what is pinned stays pinned: only new packages are added
+            (t / "pins.txt").write_text("\n".join(read_lock()[0]) + "\n")
+            keep = ["--constraint", str(t / "pins.txt")]
+        try:
+            run(pip("install", "--dry-run", "--ignore-installed", "--quiet", "--report", str(t / "report.json"),
+                    *keep, *deps))
+        except subprocess.CalledProcessError:
+            raise SystemExit("lock: pip could not resolve pyproject's dependencies"
+                             + (" within the current pins; re-resolve all: make lock UPGRADE=1" if keep else ""))
         report = json.loads((t / "report.json").read_text())
         pins, source_only = {}, set()
         for item in report["install"]:
@@ -163,6 +174,21 @@ def cmd_fetch(args: argparse.Namespace) -> None:
 
 # ---- install (offline) --------------------------------------------------------------------
 
+def locked_requirements(wheelhouse: Path) -> str:
+    """The lock as a requirements file for the wheelhouse: a package fetch built from its hash-checked
+    sdist is pinned to the hash of that wheel (the lock's hash is the sdist's)."""
+    text = LOCK.read_text()
+    _, source_only = read_lock()
+    for name in source_only:
+        wheel = next((w for w in wheelhouse.glob("*.whl")
+                      if re.split(r"-\d", w.name, maxsplit=1)[0].replace("_", "-").lower() == name), None)
+        if wheel is None:
+            raise SystemExit(f"install: no wheel built from {name}'s sdist in {wheelhouse}")
+        text = re.sub(rf"^({re.escape(name)}==\S+) \\\n(    --hash=\S+ \\\n)*    --hash=\S+$",
+                      rf"\1 --hash=sha256:{sha256(wheel)}", text, flags=re.M | re.I)
+    return text
+
+
 def elf_info(path: Path) -> tuple[int, list[str]] | None:
     """(e_machine, DT_NEEDED names) of an ELF file, or None when it is not one."""
     with open(path, "rb") as f:
@@ -192,12 +218,17 @@ def cmd_install(args: argparse.Namespace) -> None:
     venv = root / PREFIX
     site = venv / SITE
     wheelhouse = Path(args.wheelhouse)
-    pins, _ = read_lock()
     with tempfile.TemporaryDirectory() as tmp:
         run(pip("wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", tmp, str(REPO)))
         own = next(Path(tmp).glob("steno_exportd-*.whl"))
-        run(pip("install", "--no-deps", "--no-index", "--no-compile", "--find-links", str(wheelhouse),
-                "--only-binary", ":all:", *platform_args(args.arch), "--target", str(site), str(own), *pins))
+        # Hash-checking mode, with dependencies: every file is one the lock names, and pip refuses a
+        # dependency (of ours or of a pinned package) that the lock does not pin: an incomplete lock
+        # fails the build instead of the installed daemon.
+        reqs = Path(tmp) / "requirements.txt"
+        reqs.write_text(locked_requirements(wheelhouse)
+                        + f"steno-exportd @ {own.as_uri()} --hash=sha256:{sha256(own)}\n")
+        run(pip("install", "--require-hashes", "--no-index", "--no-compile", "--find-links", str(wheelhouse),
+                "--only-binary", ":all:", *platform_args(args.arch), "--target", str(site), "-r", str(reqs)))
     shutil.rmtree(site / "bin", ignore_errors=True)      # console scripts with the build's shebang
     for f in site.glob("*.dist-info/direct_url.json"):   # the build folder's path
         f.unlink()
@@ -238,7 +269,9 @@ def cmd_install(args: argparse.Namespace) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("lock").set_defaults(fn=cmd_lock)
+    lk = sub.add_parser("lock")
+    lk.add_argument("--upgrade", action="store_true", help="re-resolve every package (default: keep the pins)")
+    lk.set_defaults(fn=cmd_lock)
     f = sub.add_parser("fetch")
     f.add_argument("--arch", choices=sorted(ARCHES), required=True)
     f.add_argument("--dest", required=True)

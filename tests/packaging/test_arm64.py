@@ -52,7 +52,7 @@ CLI = 'import sys; from steno_exportd.cli import main; sys.argv[0] = "steno-expo
 
 
 def test_arm64_package_runs_under_qemu_user(arm64_deb, tmp_path):
-    """Every extension module loads on aarch64 and the daemon's commands render a PDF and a DOCX."""
+    """Every extension module loads on aarch64 and the daemon's commands render a PDF, a DOCX and an XLSX."""
     require_root()
     require_tool(QEMU, "mmdebstrap", "chroot")
     depends = subprocess.run(["dpkg-deb", "-f", str(arm64_deb), "Depends"], capture_output=True, text=True,
@@ -77,9 +77,9 @@ def test_arm64_package_runs_under_qemu_user(arm64_deb, tmp_path):
     assert result["prefix"] == "/usr/lib/steno-exportd" and result["modules"] >= 20 and result["failed"] == [], result
     assert run("-c", CLI, "--version").stdout.strip() == f"steno-exportd {VERSION.replace('~', '')}"
     assert run("-c", CLI, "demo-data", "--out", "/tmp/lib", "--sessions", "7", "--small").returncode == 0
-    for fmt, magic in (("pdf", b"%PDF-"), ("docx", b"PK\x03\x04")):
+    for fmt, magic in (("pdf", b"%PDF-"), ("docx", b"PK\x03\x04"), ("xlsx", b"PK\x03\x04")):
         r = run("-c", CLI, "render", "--db", "/tmp/lib/silent_steno.db", "--session", "1", "--format", fmt,
                 "-o", f"/tmp/s1.{fmt}")
         assert r.returncode == 0, r.stderr
         assert (root / "tmp" / f"s1.{fmt}").read_bytes().startswith(magic)
-    print(f"qemu-user: {result['modules']} aarch64 extension modules loaded; render pdf/docx ran")
+    print(f"qemu-user: {result['modules']} aarch64 extension modules loaded; render pdf/docx/xlsx ran")

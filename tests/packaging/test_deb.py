@@ -5,6 +5,8 @@ import re
 import subprocess
 import tomllib
 
+import pytest
+
 from steno_exportd import config
 from tests.packaging import elf
 from tests.packaging.conftest import VERSION
@@ -87,3 +89,63 @@ def test_shipped_defaults_fit_the_shipped_unit():
     assert cfg.samba.reload_command == []
     path_unit = (REPO / "systemd" / "steno-exportd-samba-reload.path").read_text()
     assert f"PathChanged={cfg.samba.snippet_path}" in path_unit
+
+
+def test_lock_pins_every_runtime_dependency():
+    """Each runtime dependency in pyproject.toml is pinned in packaging/requirements.lock to a version it
+    accepts, with at least one hash (`make lock` after a new dependency; the build checks the rest)."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+    lock = (REPO / "packaging" / "requirements.lock").read_text()
+    pins = {canonicalize_name(m.group(1)): m.group(2)
+            for m in re.finditer(r"^([A-Za-z0-9_.\-]+)==(\S+) \\\n    --hash=sha256:[0-9a-f]{64}", lock, re.M)}
+    assert pins and len(pins) == len(re.findall(r"^\S+==", lock, re.M)), "a pin without a hash"
+    wrong = []
+    for dep in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]:
+        req = Requirement(dep)
+        pinned = pins.get(canonicalize_name(req.name))
+        if pinned is None or not req.specifier.contains(pinned, prereleases=True):
+            wrong.append((dep, pinned))
+    assert wrong == [], f"not pinned (or pinned outside the range) in the lock: {wrong}; run `make lock`"
+
+
+def test_package_holds_every_module_and_data_file_of_the_source(deb, tmp_path):
+    """Whatever the source tree's steno_exportd/ holds (modules, templates, static files, schemas) is in
+    the private environment: a file the package data patterns miss would fail only on a recorder."""
+    files = subprocess.run(["git", "-C", str(REPO), "ls-files", "steno_exportd"], capture_output=True, text=True,
+                           check=True).stdout.split()
+    assert len(files) > 50
+    root = elf.unpack(deb, tmp_path / "root")
+    site = root / "usr/lib/steno-exportd/lib/python3.11/site-packages"
+    missing = [f for f in files if not (site / f).is_file()]
+    assert missing == [], missing
+
+
+def test_an_incomplete_lock_fails_the_build(deb, tmp_path, capfd):
+    """The private environment is installed in pip's hash-checking mode with dependencies: a package
+    whose dependency the lock does not pin stops the build (et_xmlfile, which openpyxl needs)."""
+    import argparse
+    import importlib.util
+    arch = _field(deb, "Architecture")
+    wheelhouse = REPO / "build" / f"wheelhouse-{arch}"      # what `make deb` fetched for the fixture
+    assert (wheelhouse / ".lock-sha256").is_file()
+    spec = importlib.util.spec_from_file_location("privenv", REPO / "packaging" / "privenv.py")
+    privenv = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(privenv)
+    full = privenv.LOCK.read_text()
+    cut = re.sub(r"^et[-_]xmlfile==\S+ \\\n(    --hash=\S+ \\\n)*    --hash=\S+\n", "", full, flags=re.M | re.I)
+    assert cut != full and "openpyxl==" in cut
+    privenv.LOCK = tmp_path / "requirements.lock"
+    privenv.LOCK.write_text(cut)
+    args = argparse.Namespace(arch=arch, wheelhouse=str(wheelhouse), dest=str(tmp_path / "root"),
+                              substvars=str(tmp_path / "substvars"))
+    capfd.readouterr()
+    with pytest.raises(subprocess.CalledProcessError):
+        privenv.cmd_install(args)
+    said = capfd.readouterr()
+    assert "require-hashes" in said.err and re.search(r"et[-_]xmlfile", said.err, re.I), said.err[-3000:]
+    assert not (tmp_path / "root/usr/bin/steno-exportd").exists()
+    # the same install with the whole lock succeeds (the failure above is the missing pin)
+    privenv.LOCK.write_text(full)
+    privenv.cmd_install(argparse.Namespace(**{**vars(args), "dest": str(tmp_path / "root2")}))
+    assert (tmp_path / "root2/usr/bin/steno-exportd").is_file()

@@ -174,6 +174,70 @@ def test_every_default_allowed_dir_is_writable_under_the_shipped_unit(box):
         box.run(f"rm -rf {target}")
 
 
+MAIN_SECTIONS = """
+[render]
+company = "Kanzlei Beispiel"
+time_zone = "Europe/Berlin"
+language = "de"
+
+[email]
+enabled = true
+smtp_host = "{host}"
+smtp_port = {port}
+sender = "steno@recorder.example"
+recipients = ["office@example.org"]
+retry_initial_seconds = 1
+timeout = 10
+
+[notify]
+events = ["export_done", "export_failed"]
+
+[retention]
+history_days = 30
+interval_hours = 1
+"""
+
+
+def test_render_mail_and_retention_sections_work_under_the_shipped_unit(box, tmp_path):
+    """[render], [email], [notify] and [retention] in the installed service's sandbox: XLSX/PDF/DOCX
+    rendered with the branding (openpyxl and the bidi libraries from the private environment, the render
+    worker process), and the export_done notice mailed through the outbox to a real SMTP server on the
+    host's end of the container's link."""
+    from tests.parts.smtp import SmtpServer
+    server = SmtpServer(tmp_path, security="none", auth=False, host=box.host_ip)
+    good = box.run(f"cat {CONFIG}").stdout
+    target = "/media/probe-mail"
+    try:
+        box.run(f"cat > {CONFIG}", input=MAIN_SECTIONS.format(host=box.host_ip, port=server.port))
+        box.run(f"steno-exportd check-config {CONFIG}")
+        box.run("systemctl restart steno-exportd")
+        wait_for(lambda: _active(box)["ActiveState"] == "active", timeout=60, interval=0.5,
+                 what="steno-exportd to restart with the new sections")
+        box.run(f"install -d -o steno-export -g steno-export {target}")
+        r = box.run(f"steno-exportctl export --to {target} --sessions 1 --formats xlsx pdf docx --wait", user=UI,
+                    check=False, timeout=240)
+        assert r.returncode == 0 and "completed" in r.stdout, (r.stdout, r.stderr, box.journal()[-3000:])
+        out = box.root / target.lstrip("/") / "SilentSteno"
+        made = {p.suffix: p for p in out.rglob("*") if p.suffix in (".xlsx", ".pdf", ".docx")}
+        assert set(made) == {".xlsx", ".pdf", ".docx"}, sorted(map(str, out.rglob("*")))
+        import openpyxl
+        sheet = openpyxl.load_workbook(made[".xlsx"], read_only=True).worksheets[0]
+        assert sum(1 for _ in sheet.iter_rows()) > 1
+        pdf = subprocess.run(["pdftotext", str(made[".pdf"]), "-"], capture_output=True, text=True, check=True)
+        assert "Kanzlei Beispiel" in pdf.stdout
+        got = wait_for(lambda: server.received and server.received[0], timeout=90, interval=0.5,
+                       what=f"the export_done notice at the SMTP server (journal: {box.journal()[-1500:]})")
+        assert got.rcpt_tos == ["office@example.org"] and got.mail_from == "steno@recorder.example"
+        assert got.message["Subject"] == f"Export to {target} finished: 1 session", got.message["Subject"]
+        assert "Traceback" not in box.journal()
+    finally:
+        server.stop()
+        box.run(f"cat > {CONFIG}", input=good)
+        box.run(f"rm -rf {target} && systemctl restart steno-exportd")
+    wait_for(lambda: _active(box)["ActiveState"] == "active", timeout=60, interval=0.5,
+             what="steno-exportd to restart with the shipped config")
+
+
 def test_reload_with_a_bad_config_keeps_the_old_one(box):
     before = _active(box)
     good = box.run(f"cat {CONFIG}").stdout
