@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -22,6 +23,11 @@ MASKED = ("postgresql.service", "postgresql@.service", "nginx.service", "samba-a
           "cron.service", "ssh.service", "systemd-networkd.service", "systemd-resolved.service",
           "networking.service", "wsdd.service", "console-getty.service", "getty@.service", "exim4.service",
           "logrotate.timer", "unattended-upgrades.service", "chrony.service", "systemd-timesyncd.service")
+# The package's own paths: whatever this machine has there (a daemon some test or person ran as root with
+# the default state folder leaves root-owned databases in /var/lib/steno-exportd) is not part of the fresh
+# system the package is installed on. Removed in the overlay only (whiteouts); the machine keeps its files.
+OURS = ("etc/steno-exportd", "var/lib/steno-exportd", "srv/steno-export", "usr/lib/steno-exportd",
+        "run/steno-exportd")
 
 
 class Container:
@@ -51,6 +57,12 @@ class Container:
             if link.is_symlink() or link.exists():
                 link.unlink()
             link.symlink_to("/dev/null")
+        for rel in OURS:
+            p = self.root / rel
+            if p.is_symlink() or p.is_file():
+                p.unlink()
+            elif p.is_dir():
+                shutil.rmtree(p)
         (self.root / "etc" / "hostname").write_text(name + "\n")
         # A container image's "never start services" hook (exit 101) may be on this machine: a recorder has
         # none, and the maintainer scripts must start the units as they would there.
