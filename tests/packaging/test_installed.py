@@ -38,8 +38,11 @@ def _active(c: Container) -> dict[str, str]:
 
 def test_installed_service_is_enabled_active_and_sent_ready(box):
     # Type=notify: "active (running)" only after the daemon sent READY=1; STATUS= is its own text.
-    st = wait_for(lambda: (s := _active(box))["ActiveState"] == "active" and s, timeout=60, interval=0.5,
-                  what="steno-exportd to become active")
+    try:
+        st = wait_for(lambda: (s := _active(box))["ActiveState"] == "active" and s, timeout=60, interval=0.5,
+                      what="steno-exportd to become active")
+    except pytest.fail.Exception:
+        pytest.fail(f"steno-exportd did not become active within 60 s; its journal:\n{box.journal()}")
     assert st["Type"] == "notify" and st["SubState"] == "running" and st["UnitFileState"] == "enabled", st
     assert st["StatusText"] and st["NRestarts"] == "0", (st, box.journal())
     assert "ready in" in box.journal(), box.journal()
