@@ -231,7 +231,7 @@ def test_render_mail_and_retention_sections_work_under_the_shipped_unit(box, tmp
         got = wait_for(lambda: server.received and server.received[0], timeout=90, interval=0.5,
                        what=f"the export_done notice at the SMTP server (journal: {box.journal()[-1500:]})")
         assert got.rcpt_tos == ["office@example.org"] and got.mail_from == "steno@recorder.example"
-        assert got.message["Subject"] == f"Export to {target} finished: 1 session", got.message["Subject"]
+        assert got.message["Subject"] == f"[steno] Export to {target} finished: 1 session", got.message["Subject"]
         assert "Traceback" not in box.journal()
     finally:
         server.stop()
