@@ -15,6 +15,7 @@ from steno_exportd.engine.options import ExportOptions
 from steno_exportd.engine.targets import DirectoryTarget, Target
 from steno_exportd.errors import InvalidArgument, NotFoundError
 from steno_exportd.formats import DOCUMENT_TEMPLATES, FORMATS
+from steno_exportd.search import FILE_NAME as SEARCH_FILE, SearchIndex, SearchResults
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class Core:
         self.devices = DeviceRegistry(self.events, lambda d: self.state.device_seen(d.uuid or d.id, d.label,
                                                                                      d.fs_type))
         self.jobs = JobManager(cfg, self.events, self.state, lambda: self.library)
+        self.search_index = SearchIndex(Path(cfg.state.dir) / SEARCH_FILE)
         self.auto_export: bool = cfg.usb.auto_export.enabled
         self.sharing_enabled: bool = cfg.samba.enabled
         self.samba_state: str = "off"      # what the share really does: "serving", "off", "error: ..."
@@ -75,12 +77,14 @@ class Core:
         await asyncio.to_thread(self.state.open)
         await asyncio.to_thread(self.state.prune, self.cfg.export.job_history_days)
         await self.jobs.start()
+        await self.search_index.start(lambda: self.library)
 
     async def stop(self) -> None:
         """Cancel running jobs safely (no partial file under a final name); idempotent."""
         if not self._started:
             return
         self._started = False
+        await self.search_index.stop()
         await self.jobs.stop()
         await asyncio.to_thread(self.state.close)
 
@@ -107,9 +111,14 @@ class Core:
             return ev.SessionsChanged(ids(getattr(delta, "added", ())), ids(getattr(delta, "changed", ())),
                                       ids(getattr(delta, "removed", ())))
         change = await asyncio.to_thread(work)
+        self.search_index.kick()
         if change.added or change.changed or change.removed:
             self.events.publish(change)
         return change
+
+    async def search(self, query: str, limit: int = 20, offset: int = 0) -> SearchResults:
+        """Sessions whose words match ``query``, best first; InvalidArgument for a query it cannot take."""
+        return await self.search_index.search_async(query, limit, offset)
 
     # -- exports ---------------------------------------------------------------------
     async def export_sessions(self, ids: list[str | int] | str, formats: list[str],
