@@ -5,7 +5,13 @@ import dataclasses
 import datetime as dt
 import re
 
+from steno_exportd.library import UNKNOWN_SPEAKER
 from steno_exportd.model import ActionItem, Participant, Segment, Session
+
+# Speaker colours, the same in every document (timeline, PDF, HTML): distinct hues, each at
+# least 3:1 against white and against a dark (#121212) page, so they read in both colour schemes.
+SPEAKER_PALETTE = ("#1f77b4", "#d55e00", "#009e73", "#d62728", "#9467bd", "#cc79a7", "#827717", "#9c755f")
+UNKNOWN_SPEAKER_COLOUR = "#7f7f7f"
 
 # C0/C1 controls except tab and newline; they break XML, PDF and subtitle parsers.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
@@ -80,6 +86,30 @@ def speaker_rows(session: Session) -> list[SpeakerRow]:
             rows.append(SpeakerRow(one_line(names[key]), "", s, 100.0 * s / total if total else 0.0, words[key]))
     rows.sort(key=lambda r: -r.seconds)
     return rows
+
+
+def speaker_key(seg: Segment) -> str:
+    """Who spoke a segment: the speaker id, else the name (one key per speaker in every figure)."""
+    return seg.speaker_id or seg.speaker_name
+
+
+def speaker_colours(session: Session) -> dict[str, str]:
+    """Speaker key -> colour, in order of first speech, then participants who never spoke.
+
+    The palette repeats after eight speakers; a segment without a speaker is grey.
+    """
+    out: dict[str, str] = {}
+    keys = [speaker_key(seg) for seg in session.segments] + [p.speaker_id for p in session.participants]
+    n = 0
+    for key in keys:
+        if key in out:
+            continue
+        if key == UNKNOWN_SPEAKER:
+            out[key] = UNKNOWN_SPEAKER_COLOUR
+        else:
+            out[key] = SPEAKER_PALETTE[n % len(SPEAKER_PALETTE)]
+            n += 1
+    return out
 
 
 def action_text(a: ActionItem) -> str:
