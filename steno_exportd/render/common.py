@@ -5,13 +5,7 @@ import dataclasses
 import datetime as dt
 import re
 
-from steno_exportd.library import UNKNOWN_SPEAKER
 from steno_exportd.model import ActionItem, Participant, Segment, Session
-
-# Speaker colours, the same in every document (timeline, PDF, HTML): distinct hues, each at
-# least 3:1 against white and against a dark (#121212) page, so they read in both colour schemes.
-SPEAKER_PALETTE = ("#1f77b4", "#d55e00", "#009e73", "#d62728", "#9467bd", "#cc79a7", "#827717", "#9c755f")
-UNKNOWN_SPEAKER_COLOUR = "#7f7f7f"
 
 # C0/C1 controls except tab and newline; they break XML, PDF and subtitle parsers.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
@@ -53,6 +47,22 @@ def date_text(t: dt.datetime | None) -> str:
     return t.strftime("%Y-%m-%d %H:%M UTC") if t else "unknown date"
 
 
+# Dark enough for white backgrounds (contrast >= 4.5:1), far apart in hue; PDF, HTML and DOCX share them.
+SPEAKER_COLOURS = ("#1f5fa8", "#b23a1e", "#2e7d32", "#7b3fa0", "#a35f00", "#00796b", "#ad1457", "#4e5d6c",
+                   "#5d4037", "#3949ab", "#827717", "#c62828")
+
+
+def speaker_colours(session: Session) -> dict[str, str]:
+    """Display name -> colour, in order of first appearance (participants, then the transcript)."""
+    out: dict[str, str] = {}
+    names = [one_line(p.name) or p.speaker_id for p in session.participants]
+    names += [one_line(g.speaker_name) or "Unknown speaker" for g in session.segments]
+    for n in names:
+        if n not in out:
+            out[n] = SPEAKER_COLOURS[len(out) % len(SPEAKER_COLOURS)]
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class SpeakerRow:
     name: str
@@ -86,30 +96,6 @@ def speaker_rows(session: Session) -> list[SpeakerRow]:
             rows.append(SpeakerRow(one_line(names[key]), "", s, 100.0 * s / total if total else 0.0, words[key]))
     rows.sort(key=lambda r: -r.seconds)
     return rows
-
-
-def speaker_key(seg: Segment) -> str:
-    """Who spoke a segment: the speaker id, else the name (one key per speaker in every figure)."""
-    return seg.speaker_id or seg.speaker_name
-
-
-def speaker_colours(session: Session) -> dict[str, str]:
-    """Speaker key -> colour, in order of first speech, then participants who never spoke.
-
-    The palette repeats after eight speakers; a segment without a speaker is grey.
-    """
-    out: dict[str, str] = {}
-    keys = [speaker_key(seg) for seg in session.segments] + [p.speaker_id for p in session.participants]
-    n = 0
-    for key in keys:
-        if key in out:
-            continue
-        if key == UNKNOWN_SPEAKER:
-            out[key] = UNKNOWN_SPEAKER_COLOUR
-        else:
-            out[key] = SPEAKER_PALETTE[n % len(SPEAKER_PALETTE)]
-            n += 1
-    return out
 
 
 def action_text(a: ActionItem) -> str:

@@ -11,7 +11,7 @@ import html
 from typing import Callable
 
 from steno_exportd.model import Session
-from steno_exportd.render.common import duration_text, hms, one_line, speaker_colours, speaker_key
+from steno_exportd.render.common import duration_text, hms, one_line, speaker_colours
 
 TICK_STEPS = (5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600)
 MAX_TICKS = 8
@@ -27,8 +27,7 @@ class Turn:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Lane:
-    key: str                      # speaker id, else name (common.speaker_key)
-    name: str
+    name: str                     # display name: the key of common.speaker_colours
     colour: str                   # #rrggbb from common.speaker_colours
     seconds: float                # speaking time
     turns: tuple[Turn, ...]
@@ -45,22 +44,20 @@ class Timeline:
 
 
 def speaker_timeline(session: Session, merge_gap: float = 0.0) -> Timeline:
-    """One lane per speaker in order of first speech; turns closer than ``merge_gap`` seconds merged."""
+    """One lane per speaker (by display name) in order of first speech; turns closer than ``merge_gap`` s merged."""
     colours = speaker_colours(session)
-    names: dict[str, str] = {}
     turns: dict[str, list[list[float]]] = {}
     secs: dict[str, float] = {}
     for seg in sorted(session.segments, key=lambda s: (s.start, s.end)):
-        key = speaker_key(seg)
-        names.setdefault(key, one_line(seg.speaker_name) or key)
-        secs[key] = secs.get(key, 0.0) + max(0.0, seg.end - seg.start)
-        lane = turns.setdefault(key, [])
+        name = one_line(seg.speaker_name) or "Unknown speaker"      # as speaker_colours names them
+        secs[name] = secs.get(name, 0.0) + max(0.0, seg.end - seg.start)
+        lane = turns.setdefault(name, [])
         if lane and seg.start - lane[-1][1] <= merge_gap:
             lane[-1][1] = max(lane[-1][1], seg.end)
         else:
             lane.append([seg.start, max(seg.start, seg.end)])
-    lanes = tuple(Lane(key, names[key], colours[key], secs[key], tuple(Turn(a, b) for a, b in turns[key]))
-                  for key in turns)
+    lanes = tuple(Lane(name, colours[name], secs[name], tuple(Turn(a, b) for a, b in turns[name]))
+                  for name in turns)
     return Timeline(span(session), lanes)
 
 
@@ -122,7 +119,7 @@ def timeline_svg(session: Session, *, width: int = 800, lane_height: int = 24, l
     for i, lane in enumerate(tl.lanes):
         y = top + i * lane_height
         mid = y + lane_height / 2
-        out.append(f'<g class="lane" data-speaker="{esc(lane.key)}">')
+        out.append(f'<g class="lane" data-speaker="{esc(lane.name)}">')
         out.append(f'<rect x="{x0:.1f}" y="{y + 1}" width="{x1 - x0:.1f}" height="{lane_height - 2}" '
                    f'fill="currentColor" fill-opacity="0.06"/>')
         out.append(f'<text x="4" y="{mid:.1f}" dominant-baseline="middle" fill="currentColor">'

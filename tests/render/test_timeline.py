@@ -7,7 +7,6 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from steno_exportd.library import UNKNOWN_SPEAKER
 from steno_exportd.model import Segment
 from steno_exportd.render import common
 from steno_exportd.render.timeline import speaker_timeline, timeline_svg
@@ -57,8 +56,8 @@ def test_one_lane_per_speaker_in_order_of_first_speech_each_turn_a_link_to_its_t
     assert [(t.start, t.end) for t in tl.lanes[0].turns] == [(2.0, 5.0), (12.0, 15.0)]
     svg = timeline_svg(s)
     got = turns(svg)
-    assert [(spk, href) for spk, href, _, _ in got] == [("b", "#t=2"), ("b", "#t=12"), ("a", "#t=6"),
-                                                        ("a", "#t=200"), ("c", "#t=123")]
+    assert [(spk, href) for spk, href, _, _ in got] == [("Bea", "#t=2"), ("Bea", "#t=12"), ("Al", "#t=6"),
+                                                        ("Al", "#t=200"), ("Cy", "#t=123")]
     # positions follow time: a turn starting later is drawn further right, and a longer one wider
     x = {href: (x, w) for _, href, x, w in got}
     assert x["#t=2"][0] < x["#t=6"][0] < x["#t=12"][0] < x["#t=123"][0] < x["#t=200"][0]
@@ -83,17 +82,15 @@ def test_accessible_title_and_description_and_links_kept_out_of_the_tab_order():
     assert "<script" not in svg and "javascript:" not in svg
 
 
-def test_colours_match_the_documents_palette_and_read_in_light_and_dark_mode():
-    s = with_segments(long_session(4), [(i * 10.0, i * 10.0 + 5, f"s{i}", f"Speaker {i}") for i in range(9)]
-                      + [(100.0, 101.0, None, UNKNOWN_SPEAKER)])
+def test_colours_are_the_documents_colours_one_per_speaker():
+    s = with_segments(long_session(4), [(i * 10.0, i * 10.0 + 5, f"s{i}", f"Speaker {i}") for i in range(13)])
+    s = dataclasses.replace(s, participants=long_session(4).participants[:1])   # a participant who never spoke
     tl = speaker_timeline(s)
-    colours = common.speaker_colours(s)
-    assert [lane.colour for lane in tl.lanes] == [colours[lane.key] for lane in tl.lanes]
-    assert len({lane.colour for lane in tl.lanes[:8]}) == 8                  # eight distinct, then repeats
-    assert tl.lanes[8].colour == tl.lanes[0].colour
-    assert tl.lanes[9].colour == common.UNKNOWN_SPEAKER_COLOUR               # nobody known: grey
-    for c in common.SPEAKER_PALETTE + (common.UNKNOWN_SPEAKER_COLOUR,):
-        assert contrast(c, "#ffffff") >= 3.0 and contrast(c, "#121212") >= 3.0, c   # WCAG 1.4.11 both schemes
+    colours = common.speaker_colours(s)                  # the palette PDF, HTML and DOCX use
+    assert [lane.colour for lane in tl.lanes] == [colours[lane.name] for lane in tl.lanes]
+    assert len({lane.colour for lane in tl.lanes[:11]}) == 11                # distinct until the palette repeats
+    for c in common.SPEAKER_COLOURS:
+        assert contrast(c, "#ffffff") >= 3.0, c                              # WCAG 1.4.11 on a light page
     svg = timeline_svg(s)
     for lane in tl.lanes:
         assert f'fill="{lane.colour}"' in svg
@@ -113,7 +110,7 @@ def test_a_two_hour_meeting_stays_small_and_every_segment_is_inside_a_turn():
         drawn.setdefault(spk, []).append((x, x + w))
     for seg in s.segments:
         x = x0 + seg.start * scale
-        assert any(a - 0.06 <= x <= b + 0.06 for a, b in drawn[seg.speaker_id or seg.speaker_name]), seg
+        assert any(a - 0.06 <= x <= b + 0.06 for a, b in drawn[seg.speaker_name]), seg
 
 
 def test_hostile_names_are_escaped_and_an_empty_meeting_says_so():
