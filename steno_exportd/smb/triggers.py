@@ -8,7 +8,12 @@ import json
 import logging
 import os
 import pathlib
+from typing import Callable
 
+from steno_exportd import events
+from steno_exportd.config import Config, SmbRemote
+from steno_exportd.core import Core
+from steno_exportd.engine.options import ExportOptions
 from steno_exportd.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
@@ -86,7 +91,7 @@ def _field(text: str, lo: int, hi: int, expr: str) -> frozenset[int]:
     return frozenset(out)
 
 
-def due(cfg, now: dt.datetime) -> list[str]:
+def due(cfg: Config, now: dt.datetime) -> list[str]:
     """Names of SMB remotes whose schedule matches ``now``."""
     out = []
     for r in cfg.smb.remotes:
@@ -99,15 +104,15 @@ def due(cfg, now: dt.datetime) -> list[str]:
     return out
 
 
-async def _push(core, remote, ids) -> None:
-    """Queue a push job (the core resolves "smb:<name>" with smbpush.target_for)."""
+async def _push(core: Core, remote: SmbRemote, ids: str | list[int]) -> None:
+    """Queue a push job (the core resolves "smb:<name>")."""
     try:
-        await core.export_sessions(ids, list(remote.formats), f"smb:{remote.name}", _options())
+        await core.export_sessions(ids, list(remote.formats), f"smb:{remote.name}", ExportOptions())
     except Exception as e:  # error boundary: a failed trigger never stops the loop
         log.warning("push to smb:%s not queued: %s", remote.name, e)
 
 
-async def run_schedules(core, clock=dt.datetime.now) -> None:
+async def run_schedules(core: Core, clock: Callable[[], dt.datetime] = dt.datetime.now) -> None:
     """Each minute, queue a push of all sessions to every remote whose cron schedule matches."""
     last = None
     while True:
@@ -122,7 +127,7 @@ async def run_schedules(core, clock=dt.datetime.now) -> None:
         await asyncio.sleep(max(0.5, 60 - t.second - t.microsecond / 1e6 + 0.05))
 
 
-async def run_push_on_new(core) -> None:
+async def run_push_on_new(core: Core) -> None:
     """Push each session that becomes exportable after the daemon first saw the remote (push_on_new).
 
     Per remote, <state.dir>/push/on-new.json keeps the highest session id already dealt with: the
@@ -130,8 +135,6 @@ async def run_push_on_new(core) -> None:
     the daemon was down. A failed push is retried by the next push to that remote (the staging
     folder keeps the session) or by its schedule.
     """
-    from steno_exportd import events
-
     marks = OnNewMarks(pathlib.Path(core.cfg.state.dir) / "push" / "on-new.json")
     done: dict[str, set[int]] = {}
     async for ev in core.events.subscribe():
@@ -141,7 +144,7 @@ async def run_push_on_new(core) -> None:
         if not remotes:
             continue
         try:
-            summaries = await asyncio.to_thread(core.library.list_sessions)
+            summaries = (await core.listing()).sessions
         except Exception as e:  # error boundary: the recorder DB may be busy; the next change retries
             log.warning("push on new: sessions not read: %s", e)
             continue
@@ -196,11 +199,3 @@ class OnNewMarks:
             os.replace(tmp, self.path)
         except OSError as e:
             log.warning("%s not saved: %s", self.path, e)
-
-
-def _options():
-    try:
-        from steno_exportd.engine.jobs import ExportOptions  # type: ignore
-    except ImportError:
-        return None
-    return ExportOptions()

@@ -63,6 +63,9 @@ class FakeCore:
         self.library = FakeLibrary()
         self.calls = []
 
+    async def listing(self):
+        return types.SimpleNamespace(sessions=tuple(self.library.list_sessions()))
+
     async def export_sessions(self, ids, formats, target, options):
         self.calls.append((ids, tuple(formats), target))
 

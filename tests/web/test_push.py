@@ -11,8 +11,7 @@ from steno_exportd.samba import share as samba
 from steno_exportd.samba import adapter
 from tests import parts
 from tests.parts.smbd import make_smbd
-from tests.web.fixtures import demo_lib, web_client  # noqa: F401  (fixtures)
-from tests.web.test_pages import csrf, next_status, sharing_state
+from tests.web.helpers import csrf, next_status, sharing_state
 
 
 async def job_done(client, job_id: int, timeout: float = 60.0) -> dict:
