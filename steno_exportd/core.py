@@ -19,6 +19,7 @@ from steno_exportd.errors import InvalidArgument, NotFoundError
 from steno_exportd.library import ChangeToken, Library, SessionListing
 from steno_exportd.model import Session
 from steno_exportd.outbox.queue import Outbox
+from steno_exportd.search import FILE_NAME as SEARCH_FILE, SearchIndex, SearchResults
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class Core:
         self.devices = DeviceRegistry(self.events, lambda d: self.state.device_seen(d.uuid or d.id, d.label,
                                                                                      d.fs_type))
         self.jobs = JobManager(cfg, self.events, self.state, lambda: self.library, targets=self.targets)
+        self.search_index = SearchIndex(Path(cfg.state.dir) / SEARCH_FILE)
         self.outbox = Outbox(cfg, self.events, lambda: self.library)   # mail: stored before it is sent
         self._housekeeping: asyncio.Task | None = None
         self.auto_export: bool = cfg.usb.auto_export.enabled
@@ -65,6 +67,7 @@ class Core:
         await asyncio.to_thread(self.state.open)
         await self.jobs.start()
         await self.outbox.start()
+        await self.search_index.start(lambda: self.library)
         await retention.prune_safely(self)
         self._housekeeping = asyncio.create_task(retention.run(self), name="retention")
 
@@ -73,6 +76,7 @@ class Core:
         if not self._started:
             return
         self._started = False
+        await self.search_index.stop()
         if self._housekeeping is not None:
             self._housekeeping.cancel()
             await asyncio.gather(self._housekeeping, return_exceptions=True)
@@ -131,9 +135,14 @@ class Core:
             return change, listing
         async with self._listing_lock:
             change, self._listing = await asyncio.to_thread(work, self._listing)
+        self.search_index.kick()
         if change.added or change.changed or change.removed:
             self.events.publish(change)
         return change
+
+    async def search(self, query: str, limit: int = 20, offset: int = 0) -> SearchResults:
+        """Sessions whose words match ``query``, best first; InvalidArgument for a query it cannot take."""
+        return await self.search_index.search_async(query, limit, offset)
 
     def template_names(self) -> list[str]:
         """The document templates: built-in ones and the user's (render.template_dir/templates.toml)."""

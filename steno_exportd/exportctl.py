@@ -156,6 +156,46 @@ async def cmd_sessions(c: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _marked(snippet: str, marks: list, tty: bool) -> str:
+    """The snippet with its matches in bold on a terminal, in [brackets] otherwise."""
+    on, off = ("\033[1m", "\033[0m") if tty else ("[", "]")
+    out, pos = [], 0
+    for a, b in marks:
+        out += [snippet[pos:a], on, snippet[a:b], off]
+        pos = b
+    return "".join(out + [snippet[pos:]])
+
+
+def _count(text: str) -> int:
+    """A whole number that fits D-Bus 'u' (the daemon checks its own range)."""
+    if not text.isdigit() or int(text) >= 2**32:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text[:20]!r}")
+    return int(text)
+
+
+def _clock(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+async def cmd_search(c: Client, args: argparse.Namespace) -> int:
+    sessions, total, pending = await c.call(ROOT_PATH, MANAGER_IFACE, "SearchSessions", "su", [args.query, args.limit])
+    sessions = _plain(sessions)
+    if args.json:
+        _print_json({"total": total, "pending": pending, "sessions": sessions})
+        return EXIT_OK
+    tty = sys.stdout.isatty()
+    for s in sessions:
+        when = s["start_time"][:16].replace("T", " ") if s["start_time"] else "-"
+        print(f"{s['id']:>5}  {when:16}  {s['title']}  ({s['matches']} match{'' if s['matches'] == 1 else 'es'})")
+        for h in s["hits"]:
+            where = _clock(h["seconds"]) + (f" {h['speaker']}" if h.get("speaker") else "") if "seconds" in h else h["kind"]
+            print(f"       {where}: {_marked(h['snippet'], h['marks'], tty)}")
+    more = f", showing {len(sessions)}" if len(sessions) < total else ""
+    print(f"{total} session(s) found{more}" + (f"; {pending} still being indexed" if pending else ""))
+    return EXIT_OK
+
+
 async def cmd_devices(c: Client, args: argparse.Namespace) -> int:
     devices = await c.objects(DEVICE_IFACE)
     if args.json:
@@ -448,6 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("sessions", cmd_sessions, "list the recorder's sessions")
     sp.add_argument("--exportable", action="store_true", help="only exportable sessions")
     sp.add_argument("--query", help="only titles containing this")
+    sp = add("search", cmd_search, "find sessions by what was said (and titles, summaries, people, places)")
+    sp.add_argument("query", help='words (all must occur), "a phrase", or a prefix*; case and accents do not matter')
+    sp.add_argument("--limit", type=_count, default=20, help="at most this many sessions (1-50, default 20)")
     add("devices", cmd_devices, "list USB sticks")
     add("jobs", cmd_jobs, "list export/eject jobs")
     add("formats", cmd_formats, "list formats and templates")
