@@ -8,8 +8,7 @@ import types
 import pytest
 
 from steno_exportd import cli
-from steno_exportd.engine import plan
-from tests.engine.fakes import FakeRegistry, library
+from tests.fakes import library
 
 
 @pytest.fixture
@@ -18,7 +17,6 @@ def fake_lib(tmp_path, monkeypatch):
     mod = types.ModuleType("steno_exportd.library")
     mod.Library = type("Library", (), {"from_config": staticmethod(lambda cfg: lib)})
     monkeypatch.setitem(sys.modules, "steno_exportd.library", mod)
-    monkeypatch.setattr(plan, "registry", lambda: FakeRegistry())
     return lib
 
 
