@@ -13,6 +13,7 @@ from steno_exportd import events
 from steno_exportd.dbus import BUS_NAME, MANAGER_IFACE, ROOT_PATH, JOB_IFACE, service
 from tests.configs import make_config
 from tests.fakes import FakeCore
+from tests.parts import until
 
 
 async def call(bus, path, iface, member, sig="", body=(), dest=BUS_NAME):
@@ -80,9 +81,7 @@ async def test_job_lifecycle_throttled(running):
         core.jobs.update(1, bytes_done=i * 25)
         await asyncio.sleep(0.025)
     core.jobs.update(1, state=events.JobState.COMPLETED, bytes_done=1000)
-    deadline = time.monotonic() + 5
-    while not any(m == "InterfacesRemoved" for m, *_ in om) and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    await until(lambda: any(m == "InterfacesRemoved" for m, *_ in om), "the job removed", 5, in_thread=False)
     assert om, (seen, completed)
     assert ("InterfacesAdded", path, ROOT_PATH) in om
     assert ("InterfacesRemoved", path, ROOT_PATH) in om

@@ -11,6 +11,7 @@ from steno_exportd.core import Core, ExportOptions
 from steno_exportd.errors import InvalidArgument, NotFoundError
 from tests.configs import make_config
 from tests.fakes import library
+from tests.parts import until
 
 
 @pytest.fixture
@@ -113,10 +114,7 @@ async def test_cancel_mid_copy_leaves_no_partial_file_under_a_final_name(core_en
     await core.start()
     try:
         snap = await core.export_sessions([1, 2, 3], ["txt", "audio"], str(out))
-        for _ in range(500):
-            if core.jobs.get(snap.id).bytes_done > 0:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: core.jobs.get(snap.id).bytes_done > 0, "the first bytes copied", 5, 0.01, in_thread=False)
         core.jobs.cancel(snap.id)
         done = await core.jobs.wait(snap.id, 60)
         assert done.state in (ev.JobState.CANCELLED, ev.JobState.COMPLETED)
@@ -179,10 +177,8 @@ async def test_stop_cancels_a_running_job_safely(core_env, tmp_path):
     core = Core(cfg, library=lib)
     await core.start()
     snap = await core.export_sessions([1, 2], ["audio"], str(out))
-    for _ in range(500):
-        if core.jobs.get(snap.id).state == ev.JobState.RUNNING:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: core.jobs.get(snap.id).state == ev.JobState.RUNNING, "the job running", 5, 0.01,
+                in_thread=False)
     await asyncio.wait_for(core.stop(), 60)
     assert core.jobs.get(snap.id).state.finished
     for p in (out / "SilentSteno").rglob("*"):

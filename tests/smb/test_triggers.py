@@ -12,6 +12,7 @@ from steno_exportd.smb import triggers as schedule
 from steno_exportd.errors import InvalidArgument
 from tests.configs import make_config
 from tests.fakes import FakeCore, make_session
+from tests.parts import until
 
 T = dt.datetime(2026, 11, 23, 3, 30)   # a Monday
 
@@ -67,13 +68,9 @@ async def test_push_on_new_session(tmp_path):
     task = asyncio.create_task(schedule.run_push_on_new(core))
     marks = tmp_path / "state" / "push" / "on-new.json"
 
-    async def publish(ev, until):
+    async def publish(ev, done):
         core.events.publish(ev)
-        for _ in range(100):
-            if until():
-                return
-            await asyncio.sleep(0.01)
-        raise AssertionError(f"nothing happened after {ev}: {core.exports}")
+        await until(done, f"the triggers to act on {ev}", 1, 0.01, in_thread=False)
     try:
         await asyncio.sleep(0)
         await publish(events.SessionsChanged(added=tuple(range(1, 7))), marks.exists)   # the first look
