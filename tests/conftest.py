@@ -1,5 +1,6 @@
 """Root fixtures: the real parts every test folder may use (udev, D-Bus, udisks2, smbd, avahi,
-systemd, Chromium, loop filesystems, the daemon as a process) and demo libraries."""
+systemd, Chromium, loop filesystems, the daemon as a process), demo libraries, and the guard
+every test runs under."""
 import pytest
 
 from tests.recorder_db import DemoLibraries
@@ -13,6 +14,8 @@ pytest_plugins = [      # a module another one imports comes first (assertion re
     "tests.parts.loopfs",
     "tests.parts.chromium",
     "tests.parts.avahi",
+    "tests.guard",      # the autouse guard: a blocked event loop, leaked threads/mounts/loops/children
+    "pytester",         # tests/test_guard.py runs tests that break the rules in a pytest of their own
 ]
 
 
