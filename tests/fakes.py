@@ -22,6 +22,8 @@ from steno_exportd import events as ev
 from steno_exportd.config import Config
 from steno_exportd.devices import DeviceRegistry
 from steno_exportd.engine.options import ExportOptions
+from steno_exportd.engine.state import StateDB
+from steno_exportd.engine.targets import DirectoryTarget
 from steno_exportd.errors import NotFoundError
 from steno_exportd.library import SessionsDelta
 from steno_exportd.model import FileRef, Session, SessionSummary
@@ -159,6 +161,7 @@ class FakeCore:
         self.library = library if library is not None else FakeLibrary.of(n_sessions)
         self.jobs = FakeJobs(self.events)
         self.devices = DeviceRegistry(self.events)
+        self.state = StateDB(Path(cfg.state.dir) / "state.db")        # the real one: opened by start()
         self.auto_export = cfg.usb.auto_export.enabled
         self.sharing_enabled = cfg.samba.enabled
         self.samba_state = "off"
@@ -167,6 +170,28 @@ class FakeCore:
         self.written: list[tuple[str, list[int]]] = []
         self._ejector: Any = None
         self._tasks: set[asyncio.Task] = set()
+        self._token: Any = None
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.state.open)
+
+    async def stop(self) -> None:
+        """Cancel running jobs (a write stops at its next chunk) and wait for them; idempotent."""
+        self.jobs.cancelled.update(j.id for j in self.jobs.list())
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.to_thread(self.state.close)
+
+    async def reload(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.events.publish(ev.StatusChanged("config", "reloaded"))
+
+    async def refresh_library(self) -> ev.SessionsChanged:
+        delta, self._token = self.library.changed_since(self._token)
+        change = ev.SessionsChanged(tuple(s.id for s in delta.added), tuple(s.id for s in delta.changed),
+                                    delta.removed)
+        if delta:
+            self.events.publish(change)
+        return change
 
     async def export_sessions(self, ids: list[str | int] | str, formats: list[str], target: Any,
                               options: ExportOptions | None = None, *, trusted: bool = False) -> ev.JobSnapshot:
@@ -214,6 +239,9 @@ class FakeCore:
     def set_samba_state(self, state: str) -> None:
         self.samba_state = state
         self.events.publish(ev.StatusChanged("samba_state", state))
+
+    def directory_target(self, path: str, name: str = "") -> DirectoryTarget:
+        return DirectoryTarget(path, name)
 
     def status_text(self) -> str:
         sticks = len(self.devices)

@@ -24,6 +24,7 @@ import pytest
 
 BLOCK_LIMIT = 0.1       # seconds one loop callback may run
 GRACE = 3.0             # seconds leftovers get to go away (executor workers, a reaped child, a lazy unmount)
+UDISKS_MOUNTS = ("/media", "/run/media")      # where udisks mounts sticks (besides the tests' temp folders)
 
 
 # -- the plugin (registered by tests/conftest.py) -------------------------------------------------
@@ -34,9 +35,6 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     MONITOR.uninstall()
-
-
-UDISKS_MOUNTS = ("/media", "/run/media")
 
 
 @pytest.fixture(autouse=True)
