@@ -848,9 +848,12 @@ def push_dir(target: SmbTarget, local_root: pathlib.Path, *, files: list[str] | 
                 _save_manifest(target, manifest, partial)
                 state["dirty"], state["last_flush"] = False, time.monotonic()
             chunks = _until_cancelled(_local_chunks(path, chunk, h, buffers, start), cancelled)
-            size = target.write_stream(rel, chunks, throttle,
-                                       (lambda n, rel=rel: progress(rel, n)) if progress else None,
-                                       tmp=tmp or None, start=start)
+            try:
+                size = target.write_stream(rel, chunks, throttle,
+                                           (lambda n, rel=rel: progress(rel, n)) if progress else None,
+                                           tmp=tmp or None, start=start)
+            finally:
+                chunks.close()      # a write cut mid-file stops the reader thread now, not when the error is freed
             nbytes += size - start
             if partial.pop(rel, None) is not None:
                 state["dirty"] = True

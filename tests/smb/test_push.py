@@ -216,6 +216,7 @@ def test_server_killed_mid_push_then_rerun_completes(office):
         th.join(30)
     assert not th.is_alive()
     assert errors and isinstance(errors[0], smbpush.SmbError) and not errors[0].permanent
+    assert "steno-read" not in {x.name for x in threading.enumerate()}, "a file reader outlived the failed push"
     done_before = set(json.loads(manifest.read_text())["files"])
     t.close()
 

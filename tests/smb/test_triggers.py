@@ -2,17 +2,17 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime as dt
 import json
-import types
 
 import pytest
 
 from steno_exportd import events
 from steno_exportd.smb import triggers as schedule
-from steno_exportd.config import Config, SmbConfig, SmbRemote, StateConfig
 from steno_exportd.errors import InvalidArgument
+from tests.configs import make_config
+from tests.fakes import FakeCore, make_session
+from tests.parts import until
 
 T = dt.datetime(2026, 11, 23, 3, 30)   # a Monday
 
@@ -47,69 +47,40 @@ def test_next_after():
     assert schedule.parse("0 0 1 1 *").next_after(T) == dt.datetime(2027, 1, 1, 0, 0)
 
 
-class FakeLibrary:
-    def __init__(self):
-        self.sessions = {}
-
-    def list_sessions(self, exportable_only=False):
-        return [types.SimpleNamespace(id=i, exportable=ok) for i, ok in sorted(self.sessions.items())
-                if ok or not exportable_only]
+def _cfg(tmp_path):
+    return make_config(tmp_path, **{"smb.remotes": [
+        dict(name="office", server="nas", share="s", schedule="30 3 * * *", push_on_new=True, formats=["txt"]),
+        dict(name="other", server="nas", share="s", schedule="0 4 * * *")]})
 
 
-class FakeCore:
-    def __init__(self, cfg):
-        self.cfg = cfg
-        self.events = events.EventBus()
-        self.library = FakeLibrary()
-        self.calls = []
-
-    async def listing(self):
-        return types.SimpleNamespace(sessions=tuple(self.library.list_sessions()))
-
-    async def export_sessions(self, ids, formats, target, options):
-        self.calls.append((ids, tuple(formats), target))
-
-
-def _cfg():
-    return Config(smb=SmbConfig(remotes=[
-        SmbRemote(name="office", server="nas", share="s", schedule="30 3 * * *", push_on_new=True,
-                  formats=["txt"]),
-        SmbRemote(name="other", server="nas", share="s", schedule="0 4 * * *")]))
-
-
-async def test_run_schedules_pushes_due_remotes_once_per_minute():
-    core = FakeCore(_cfg())
+async def test_run_schedules_pushes_due_remotes_once_per_minute(tmp_path):
+    core = FakeCore(_cfg(tmp_path))
     task = asyncio.create_task(schedule.run_schedules(core, clock=lambda: T.replace(second=1)))
     await asyncio.sleep(0.05)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert core.calls == [("all", ("txt",), "smb:office")]
+    assert core.exports == [("all", ("txt",), "smb:office", False)]
 
 
 async def test_push_on_new_session(tmp_path):
-    core = FakeCore(dataclasses.replace(_cfg(), state=StateConfig(dir=str(tmp_path))))
-    core.library.sessions = {i: True for i in range(1, 7)}
+    core = FakeCore(_cfg(tmp_path), n_sessions=6)
     task = asyncio.create_task(schedule.run_push_on_new(core))
-    marks = tmp_path / "push" / "on-new.json"
+    marks = tmp_path / "state" / "push" / "on-new.json"
 
-    async def publish(ev, until):
+    async def publish(ev, done):
         core.events.publish(ev)
-        for _ in range(100):
-            if until():
-                return
-            await asyncio.sleep(0.01)
-        raise AssertionError(f"nothing happened after {ev}: {core.calls}")
+        await until(done, f"the triggers to act on {ev}", 1, 0.01, in_thread=False)
     try:
         await asyncio.sleep(0)
         await publish(events.SessionsChanged(added=tuple(range(1, 7))), marks.exists)   # the first look
-        assert core.calls == [] and json.loads(marks.read_text()) == {"office": 6}
-        core.library.sessions.update({7: True, 8: False})                           # 8 still recording
-        await publish(events.SessionsChanged(changed=(1,), added=(7, 8)), lambda: core.calls)
-        assert core.calls == [([7], ("txt",), "smb:office")]
-        core.library.sessions[8] = True
-        await publish(events.SessionsChanged(changed=(8,)), lambda: len(core.calls) == 2)
-        assert core.calls[1] == ([8], ("txt",), "smb:office")
+        assert core.exports == [] and json.loads(marks.read_text()) == {"office": 6}
+        core.library.add(make_session(7), make_session(8, status="recording"))    # 8 still recording
+        await publish(events.SessionsChanged(changed=(1,), added=(7, 8)), lambda: core.exports)
+        assert core.exports == [([7], ("txt",), "smb:office", False)]
+        core.library.add(make_session(8))
+        await publish(events.SessionsChanged(changed=(8,)), lambda: len(core.exports) == 2)
+        assert core.exports[1] == ([8], ("txt",), "smb:office", False)
         assert json.loads(marks.read_text()) == {"office": 8}
     finally:
         task.cancel()
