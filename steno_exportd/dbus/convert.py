@@ -105,8 +105,9 @@ def unwrap(options: dict[str, Variant]) -> dict[str, Any]:
     return {k: (v.value if isinstance(v, Variant) else v) for k, v in options.items()}
 
 
-def job_properties(j: JobSnapshot, device_path: str = "/") -> dict[str, Any]:
-    """Job interface property values (plain Python, typed by the interface)."""
+def job_properties(j: JobSnapshot, device_path: str = "/", results: list | None = None) -> dict[str, Any]:
+    """Job interface property values (plain Python, typed by the interface); ``results``: j.results
+    already converted by job_result (a caller that keeps them between updates)."""
     return {
         "Operation": j.operation,
         "State": str(j.state),
@@ -123,7 +124,7 @@ def job_properties(j: JobSnapshot, device_path: str = "/") -> dict[str, Any]:
         "Target": j.target or "",
         "Device": device_path,
         "Error": j.error or "",
-        "Results": [job_result(r) for r in j.results],
+        "Results": results if results is not None else [job_result(r) for r in j.results],
         "StartTime": int(j.started * 1e6) if j.started else 0,
     }
 

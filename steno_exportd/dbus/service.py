@@ -79,6 +79,7 @@ class Service:
         self._job_flush: dict[int, asyncio.TimerHandle] = {}
         self._job_last_emit: dict[int, float] = {}
         self._job_pending: dict[int, dict] = {}
+        self._job_results: dict[int, list] = {}     # job id -> [(SessionResult, its D-Bus dict)]
         self._linger: dict[int, asyncio.TimerHandle] = {}
         self._completed: set[int] = set()
         self._follow_task: asyncio.Task | None = None
@@ -217,7 +218,7 @@ class Service:
 
     def _job_updated(self, j: JobSnapshot) -> None:
         dev = device_path(j.device_id) if j.device_id and j.device_id in self._devices else "/"
-        props = convert.job_properties(j, dev)
+        props = convert.job_properties(j, dev, self._converted_results(j))
         obj = self._jobs.get(j.id)
         if obj is None:
             obj = self._jobs[j.id] = Job(self, j.id, props)
@@ -243,6 +244,17 @@ class Service:
             linger = self.cfg.dbus.job_linger_seconds
             self._linger[j.id] = asyncio.get_running_loop().call_later(linger, self._remove_job, j.id)
 
+    def _converted_results(self, j: JobSnapshot) -> list:
+        """j.results as D-Bus dicts, each converted once: every update of a job carries all its results so
+        far, and converting 10,000 of them per update blocked the loop for 300 ms."""
+        before = self._job_results.get(j.id, [])
+        out = []
+        for i, r in enumerate(j.results):
+            same = i < len(before) and before[i][0] is r
+            out.append(before[i] if same else (r, convert.job_result(r)))
+        self._job_results[j.id] = out
+        return [c for _, c in out]
+
     def _flush_job(self, job_id: int) -> None:
         h = self._job_flush.pop(job_id, None)
         if h is not None:
@@ -260,6 +272,7 @@ class Service:
                 h.cancel()
         self._job_pending.pop(job_id, None)
         self._job_last_emit.pop(job_id, None)
+        self._job_results.pop(job_id, None)
         if self._jobs.pop(job_id, None) is not None and self.bus is not None:
             self.bus.unexport(job_path(job_id))
         self._update_state()

@@ -15,7 +15,7 @@ from steno_exportd.events import DeviceRemoved, DeviceState, DeviceUpdated, Even
 from steno_exportd.usb import policy
 from steno_exportd.usb.udev import Candidate, classify, pick, system_disks
 from steno_exportd.usb.udisks import mount_options
-from tests.usb.fakecore import summary
+from tests.fakes import summary
 
 USB_PART = {"SUBSYSTEM": "block", "DEVTYPE": "partition", "DEVNAME": "/dev/sdb1", "ID_BUS": "usb",
             "ID_FS_USAGE": "filesystem", "ID_FS_TYPE": "vfat", "ID_FS_UUID": "ABCD-1234",

@@ -9,7 +9,8 @@ import pytest
 
 from tests.parts import until
 from tests.recorder_db import meetings_to_search
-from tests.web.helpers import PASSWORD_HASH, DaemonLikeServer, make_config, started_core
+from tests.configs import make_config
+from tests.web.helpers import PASSWORD_HASH, DaemonLikeServer, on_library, started_core
 
 
 @pytest.fixture
@@ -22,7 +23,7 @@ async def searcher(aiohttp_client, tmp_path):
     async def make(**over):
         home = tmp_path / f"core{len(cores)}"          # a state dir (and search index) of its own
         home.mkdir()
-        core = await started_core(make_config(home, rec.root, **over))
+        core = await started_core(make_config(home, **on_library(rec.root, **over)))
         cores.append(core)
 
         async def indexed():
