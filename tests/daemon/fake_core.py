@@ -75,6 +75,8 @@ class FakeCore:
         self.samba_state = "off"
         self._ids = itertools.count(1)
         self._checks = Core(cfg, library=self.library)      # never started: only its checks are used
+        self.schedules = self._checks.schedules                # never started: lists nothing
+        self.outbox = self._checks.outbox
 
     async def listing(self) -> SessionListing:
         return await self._checks.listing()
