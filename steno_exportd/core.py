@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping
 
@@ -20,6 +21,7 @@ from steno_exportd.library import ChangeToken, Library, SessionListing
 from steno_exportd.model import Session
 from steno_exportd.outbox.queue import Outbox
 from steno_exportd.search import FILE_NAME as SEARCH_FILE, SearchIndex, SearchResults
+from steno_exportd.schedules import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,8 @@ Ejector = Callable[[str], Awaitable[Any]]
 class Core:
     """Owns the library, the state DB, the job manager, the devices and the event bus."""
 
-    def __init__(self, cfg: Config, *, library: Library | None = None) -> None:
+    def __init__(self, cfg: Config, *, library: Library | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
         self.events = ev.EventBus()
         self._library = library
@@ -42,6 +45,7 @@ class Core:
         self.jobs = JobManager(cfg, self.events, self.state, lambda: self.library, targets=self.targets)
         self.search_index = SearchIndex(Path(cfg.state.dir) / SEARCH_FILE)
         self.outbox = Outbox(cfg, self.events, lambda: self.library)   # mail: stored before it is sent
+        self.schedules = Scheduler(self, clock)   # [[schedules]] and the SMB remotes' schedule (tests move the clock)
         self._housekeeping: asyncio.Task | None = None
         self.auto_export: bool = cfg.usb.auto_export.enabled
         self.sharing_enabled: bool = cfg.samba.enabled
@@ -69,6 +73,7 @@ class Core:
         await self.outbox.start()
         await self.search_index.start(lambda: self.library)
         await retention.prune_safely(self)
+        await self.schedules.start()
         self._housekeeping = asyncio.create_task(retention.run(self), name="retention")
 
     async def stop(self) -> None:
@@ -80,6 +85,7 @@ class Core:
         if self._housekeeping is not None:
             self._housekeeping.cancel()
             await asyncio.gather(self._housekeeping, return_exceptions=True)
+        await self.schedules.stop()
         await self.jobs.stop()
         await self.outbox.stop()
         await asyncio.to_thread(self.state.close)
@@ -89,6 +95,7 @@ class Core:
         self.cfg = cfg
         self.jobs.reload(cfg)
         self.outbox.reload(cfg)
+        await self.schedules.reload(cfg)
         if (old.recorder.db_path, old.recorder.data_dir) != (cfg.recorder.db_path, cfg.recorder.data_dir):
             lib, self._library = self._library, None
             self._listing, self._lib_token = None, None

@@ -157,8 +157,8 @@ class Daemon:
                          tg.create_task(self._follow_events(core), name="status"),
                          tg.create_task(self._watch_library(core), name="library-watch"),
                          tg.create_task(samba.run(core), name="samba"),
-                         # always on: both read core.cfg each time, so remotes added by a reload work too
-                         tg.create_task(triggers.run_schedules(core), name="smb-schedules"),
+                         # always on: reads core.cfg each time, so remotes added by a reload work too (the
+                         # remotes' `schedule` is run by the core's scheduler, core.schedules)
                          tg.create_task(triggers.run_push_on_new(core), name="smb-push-on-new"),
                          tg.create_task(mail_sender.run(core), name="mail")]
                 if cfg.usb.enabled:

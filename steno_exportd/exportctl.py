@@ -305,6 +305,64 @@ async def _wait(c: Client, job: str, as_json: bool) -> int:
     return EXIT_OK if j.get("State") == "completed" else EXIT_JOB_FAILED
 
 
+def _time(usec: int) -> str:
+    """Local time of a D-Bus time (microseconds since the epoch); "-" for none."""
+    if not usec:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(usec / 1e6))
+
+
+async def cmd_email(c: Client, args: argparse.Namespace) -> int:
+    ids = [i for s in args.sessions for i in s.split(",") if i]
+    fmts = [f for s in (args.formats or []) for f in s.split(",") if f]
+    opts: dict[str, Variant] = {}
+    if args.template:
+        opts["template"] = Variant("s", args.template)
+    msg_id = (await c.call(ROOT_PATH, MANAGER_IFACE, "EmailSessions", "asasasa{sv}", [ids, fmts, args.to, opts]))[0]
+    if args.json:
+        _print_json({"id": msg_id})
+    else:
+        print(f"message {msg_id} queued (steno-exportctl outbox shows how it goes)")
+    return EXIT_OK
+
+
+async def cmd_outbox(c: Client, args: argparse.Namespace) -> int:
+    entries = _plain((await c.call(ROOT_PATH, MANAGER_IFACE, "ListOutbox"))[0])
+    if args.json:
+        _print_json(entries)
+        return EXIT_OK
+    if not entries:
+        print("the outbox is empty")
+    for e in entries:
+        who = ", ".join(e["delivered"] + e["recipients"])
+        print(f"{e['id']:>4}  {e['state']:9} {_time(e['created'])}  {e['subject']}  -> {who}")
+        if e["state"] == "queued" and e["attempts"]:
+            print(f"      try {e['attempts'] + 1} at {_time(e['next_attempt'])}: last {e['error']}")
+        elif e["error"]:
+            print(f"      {'failed: ' if e['state'] == 'failed' else ''}{e['error']}")
+        for r in e["refused"]:
+            print(f"      refused: {r}")
+        if e["left_out"]:
+            print(f"      left out (over the size limit): {', '.join(e['left_out'])}")
+    return EXIT_OK
+
+
+async def cmd_schedules(c: Client, args: argparse.Namespace) -> int:
+    items = _plain((await c.call(ROOT_PATH, MANAGER_IFACE, "ListSchedules"))[0])
+    if args.json:
+        _print_json(items)
+        return EXIT_OK
+    if not items:
+        print("no schedules")
+    for s in items:
+        print(f"{s['name']:16} {s['when']:16} next {_time(s['next_run'])}  {s['sessions']:10} -> {s['target']}")
+        if s["last_run"]:
+            print(f"{'':16} last {_time(s['last_run'])}: {s['last_result']}")
+        elif s["last_result"]:
+            print(f"{'':16} {s['last_result']}")
+    return EXIT_OK
+
+
 async def cmd_cancel(c: Client, args: argparse.Namespace) -> int:
     await c.call(_job_path(args.job), JOB_IFACE, "Cancel")
     print(f"job {args.job} cancelled")
@@ -500,6 +558,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--formats", nargs="+", help="formats, e.g. txt pdf audio")
     sp.add_argument("--template", help="PDF/DOCX template")
     sp.add_argument("--wait", action="store_true", help="wait for the job (progress bar on a terminal)")
+    sp = add("email", cmd_email, "mail sessions with their documents attached (through the outbox)")
+    sp.add_argument("--to", nargs="+", required=True, help="addresses: a@b.example or 'Name <a@b.example>'")
+    sp.add_argument("--sessions", nargs="+", required=True, help="session ids, uuids or short ids")
+    sp.add_argument("--formats", nargs="+", help="formats to attach (default: export.formats)")
+    sp.add_argument("--template", help="PDF/DOCX template")
+    add("outbox", cmd_outbox, "list the outbox: queued, sent and failed messages (and why)")
+    add("schedules", cmd_schedules, "list scheduled exports and their next run")
     sp = add("cancel", cmd_cancel, "cancel a job", listing=False)
     sp.add_argument("job", help="job number or object path")
     sp = add("eject", cmd_eject, "unmount and power off a device", listing=False)

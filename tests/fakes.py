@@ -170,6 +170,7 @@ class FakeCore:
         self.state = self._core.state
         self.outbox = self._core.outbox
         self.search_index = self._core.search_index
+        self.schedules = self._core.schedules      # never started: lists nothing
         self.targets = self._core.targets
         self.targets.register(SmbKind())        # as the daemon does: smb: targets are checked as there
         self.jobs = FakeJobs(self.events)

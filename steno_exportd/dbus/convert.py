@@ -6,7 +6,7 @@ from typing import Any
 
 from dbus_fast import Variant
 
-from steno_exportd.events import DeviceSnapshot, JobSnapshot, SessionResult
+from steno_exportd.events import DeviceSnapshot, JobSnapshot, OutboxEntry, ScheduleSnapshot, SessionResult
 from steno_exportd.model import Session, SessionSummary
 from steno_exportd.search import SearchHit, SearchResults
 
@@ -154,4 +154,44 @@ def device_properties(d: DeviceSnapshot) -> dict[str, Any]:
         "MountPoint": d.mount_point or "",
         "State": str(d.state),
         "Error": d.error or "",
+    }
+
+
+def _usec(t: float) -> int:
+    return int(t * 1e6) if t else 0
+
+
+def outbox_entry(e: OutboxEntry) -> dict[str, Variant]:
+    """An outbox message as a{sv} (times in microseconds since the epoch, 0: none)."""
+    return {
+        "id": Variant("t", int(e.id)),
+        "kind": Variant("s", e.kind),
+        "subject": Variant("s", e.subject),
+        "state": Variant("s", str(e.state)),
+        "recipients": Variant("as", list(e.recipients)),
+        "delivered": Variant("as", list(e.delivered)),
+        "refused": Variant("as", list(e.refused)),
+        "left_out": Variant("as", list(e.left_out)),
+        "sessions": Variant("ax", [int(i) for i in e.sessions]),
+        "attempts": Variant("u", int(e.attempts)),
+        "size": Variant("t", int(e.size)),
+        "error": Variant("s", e.error),
+        "created": Variant("t", _usec(e.created)),
+        "next_attempt": Variant("t", _usec(e.next_attempt)),
+        "finished": Variant("t", _usec(e.finished)),
+    }
+
+
+def schedule(s: ScheduleSnapshot) -> dict[str, Variant]:
+    """A schedule as a{sv} (times in microseconds since the epoch, 0: never)."""
+    return {
+        "name": Variant("s", s.name),
+        "when": Variant("s", s.when),
+        "target": Variant("s", s.target),
+        "sessions": Variant("s", s.sessions),
+        "formats": Variant("as", list(s.formats)),
+        "next_run": Variant("t", _usec(s.next_run)),
+        "last_run": Variant("t", _usec(s.last_run)),
+        "last_result": Variant("s", s.last_result),
+        "catch_up": Variant("b", bool(s.catch_up)),
     }

@@ -84,6 +84,7 @@ class Service:
         self._completed: set[int] = set()
         self._follow_task: asyncio.Task | None = None
         self._wire: tuple[SessionListing | None, dict[int, dict[str, Variant]]] = (None, {})
+        self._next_run = 0
 
     # ---- properties ----------------------------------------------------------------
 
@@ -179,6 +180,13 @@ class Service:
                 self.manager.emit_properties_changed({"SambaEnabled": bool(ev.value)})
             elif ev.key == "samba_state":
                 self.manager.emit_properties_changed({"SambaState": str(ev.value)})
+        elif isinstance(ev, events.SchedulesChanged):
+            nxt = self.next_scheduled_run()
+            if nxt != self._next_run:
+                self._next_run = nxt
+                self.manager.emit_properties_changed({"NextScheduledRun": nxt})
+        elif isinstance(ev, events.OutboxUpdated):
+            self.manager.OutboxUpdated(convert.outbox_entry(ev.entry))
         self.refresh_status()
         self._update_state()
 
@@ -355,6 +363,30 @@ class Service:
         job = await self.core.eject(device_id)
         self._job_updated(job)
         return job_path(job.id)
+
+    async def email_sessions(self, ids: list[str], fmts: list[str], recipients: list[str],
+                             options: dict[str, Variant]) -> int:
+        """Manager.EmailSessions: the core checks everything; returns the outbox message's id."""
+        opts = convert.unwrap(options)
+        unknown = sorted(set(opts) - {"template"})
+        if unknown:
+            raise InvalidArgument(f"unknown option(s) {', '.join(repr(k[:64]) for k in unknown[:10])}; "
+                                  "EmailSessions takes: template")
+        template = opts.get("template", "")
+        if not isinstance(template, str):
+            raise InvalidArgument("template: a string")
+        entry = await self.core.email_sessions(ids, fmts, recipients, template or None)
+        return entry.id
+
+    def list_outbox(self) -> list[dict[str, Variant]]:
+        return [convert.outbox_entry(e) for e in self.core.outbox.list()]
+
+    def list_schedules(self) -> list[dict[str, Variant]]:
+        return [convert.schedule(s) for s in self.core.schedules.list()]
+
+    def next_scheduled_run(self) -> int:
+        """The earliest next run of any schedule, microseconds since the epoch (0: none)."""
+        return min((int(s.next_run * 1e6) for s in self.core.schedules.list()), default=0)
 
     async def cancel(self, job_id: int) -> None:
         self.core.jobs.cancel(job_id)

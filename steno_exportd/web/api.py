@@ -281,6 +281,11 @@ def openapi_document(version: str) -> dict:
             "/api/v1/exports": {"post": op("start an export job", (), "#/components/schemas/ExportRequest", "202")},
             "/api/v1/history": {"get": op("export history", (("session", "query", "string"),))},
             "/api/v1/events": {"get": op("live events (text/event-stream): job, device, sessions, status")},
+            "/api/v1/sessions/{key}/email": {
+                "post": op("mail a session (stored in the outbox, then sent)", (key,),
+                           "#/components/schemas/EmailRequest", "202")},
+            "/api/v1/outbox": {"get": op("the outbox: queued, sent and failed messages, with the reason")},
+            "/api/v1/schedules": {"get": op("scheduled exports with their next and last run")},
             "/api/v1/openapi.json": {"get": op("this document")},
         },
         "components": {"schemas": {
@@ -292,6 +297,11 @@ def openapi_document(version: str) -> dict:
                 "target": {"type": "string", "description": "a folder under export.allowed_dirs, or smb:<remote> "
                                                             "(then formats default to the remote's)"},
                 "options": {"type": "object"}}},
+            "EmailRequest": {"type": "object", "required": ["recipients"], "properties": {
+                "recipients": {"type": "array", "maxItems": 50, "items": {"type": "string", "maxLength": 320}},
+                "formats": {"type": "array", "items": {"type": "string"},
+                            "description": "empty: export.formats"},
+                "template": {"type": "string"}}},
             "ShareLinkRequest": {"type": "object", "properties": {
                 "hours": {"type": "number"}, "max_downloads": {"type": "integer"},
                 "pin": {"type": "string", "pattern": "^[0-9]{4,12}$"}}},

@@ -87,6 +87,9 @@ async def session_page(request: web.Request) -> web.Response:
     return ctx.render_page(request, "session.html", s=s, t=fmt_time, when=fmt_when, dur=fmt_duration,
                            downloads=downloads, links=[x.public() for x in links], audit=audit,
                            share_cfg=ctx.cfg.http.share_links, now=time.time(), remotes=remotes(ctx),
+                           email_on=ctx.cfg.email.enabled, formats=[r.name for r in _renderers()],
+                           default_formats=ctx.cfg.export.formats,
+                           mails=[e for e in ctx.core.outbox.list() if s.id in e.sessions][-10:],
                            at=lambda x: time.strftime("%Y-%m-%d %H:%M", time.localtime(x)))
 
 
@@ -100,7 +103,9 @@ async def devices_page(request: web.Request) -> web.Response:
     return ctx.render_page(request, "devices.html", sharing=on, samba_state=state, share=share,
                            sharing_label=sharing_label(on, state),
                            devices=[device_json(d) for d in ctx.core.devices.list()],
-                           jobs=[job_json(j) for j in sorted(ctx.core.jobs.list(), key=lambda j: -j.id)])
+                           jobs=[job_json(j) for j in sorted(ctx.core.jobs.list(), key=lambda j: -j.id)],
+                           schedules=ctx.core.schedules.list(),
+                           at=lambda x: time.strftime("%Y-%m-%d %H:%M", time.localtime(x)) if x else "never")
 
 
 def sharing_label(on: bool, state: str) -> str:
