@@ -101,6 +101,9 @@ class RecorderConfig:
     data_dir: str = opt("", "The recorder's data dir; relative audio paths resolve against it. "
                         "Empty: the database's folder.", check=_check_abs_or_empty)
     lock_timeout: float = opt(5.0, "Seconds to wait for a locked database before failing.", min=0.1, max=300)
+    machine_id_file: str = opt("/etc/machine-id", "The system's machine id: this recorder's short id on a NAS "
+                               "or cloud store is derived from it (never the id itself).",
+                               check=_check_abs_or_empty)
     poll_interval: float = opt(2.0, "Seconds between cheap 'did the database change' checks.",
                                min=0.2, max=3600)
 
@@ -253,8 +256,33 @@ class SmbRemote:
 
 @dataclasses.dataclass(frozen=True)
 class SmbConfig:
-    recorder_folder: str = opt("", "Per-recorder folder on remotes; empty: the host name.")
+    recorder_folder: str = opt("", "Per-recorder folder on remotes (SMB and rclone); empty: the host name and a "
+                               "short id from the machine id (e.g. 'steno-3f9a1c'), unique in an office of "
+                               "recorders with one host name.")
+    office_index: bool = opt(True, "After each push, write _index/<recorder folder>.json on the remote: the "
+                             "meetings this recorder holds there (one file per recorder, never a shared one).")
     remotes: list[SmbRemote] = table_list(SmbRemote, "[[smb.remotes]] tables, one per remote.")
+
+
+@dataclasses.dataclass(frozen=True)
+class RcloneRemote:
+    name: str = opt("", "Name of the remote (used as an export target: rclone:<name>).")
+    remote: str = opt("", "The rclone remote and folder, as rclone names it: 'onedrive:Meetings' (a remote "
+                      "of rclone.config_file).")
+    schedule: str = opt("", "Cron expression for scheduled pushes (empty: none).", check=_check_cron)
+    push_on_new: bool = opt(False, "Push each new session when it appears.")
+    formats: list[str] = opt(["txt", "html", "pdf", "json", "audio"], "Formats pushed.", items=FORMATS)
+    bandwidth_limit_kbps: int = opt(0, "Upload limit, KiB/s (0: none).", min=0)
+    timeout: float = opt(30.0, "Connect and I/O idle timeout, seconds.", min=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class RcloneConfig:
+    config_file: str = opt("/etc/steno-exportd/rclone.conf", "rclone's config file (the admin makes it with "
+                           "'rclone config'); it holds credentials: readable only by the service user.",
+                           check=_check_abs_or_empty)
+    command: str = opt("rclone", "The rclone program (Debian's rclone package).")
+    remotes: list[RcloneRemote] = table_list(RcloneRemote, "[[rclone.remotes]] tables, one per remote.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,7 +309,7 @@ class EmailConfig:
 class Schedule:
     name: str = opt("", "Name of the schedule.")
     cron: str = opt("", "Cron expression (minute hour day month weekday).", check=_check_cron)
-    target: str = opt("", "A directory, or smb:<remote name>.")
+    target: str = opt("", "A directory, smb:<remote name> or rclone:<remote name>.")
     sessions: str = opt("new", "Which sessions.", choices=("new", "all", "since_days"))
     formats: list[str] = opt(["txt", "pdf", "audio"], "Formats.", items=FORMATS)
 
@@ -301,6 +329,7 @@ class Config:
     http: HttpConfig = section(HttpConfig, "The LAN web page.")
     samba: SambaConfig = section(SambaConfig, "The read-only Samba share on the recorder.")
     smb: SmbConfig = section(SmbConfig, "Pushing to SMB shares (an office NAS).")
+    rclone: RcloneConfig = section(RcloneConfig, "Pushing to cloud and other stores through rclone.")
     dbus: DbusConfig = section(DbusConfig, "The D-Bus API for the touchscreen UI.")
     email: EmailConfig = section(EmailConfig, "Mail when exports finish.")
     schedules: list[Schedule] = table_list(Schedule, "[[schedules]] tables: exports on a timetable.")
@@ -433,6 +462,17 @@ def _cross_check(cfg: Config, errors: list[str]) -> None:
         if r.name in names:
             errors.append(f"smb.remotes[{i}].name: duplicate remote name {r.name!r}")
         names.add(r.name)
+    rnames = set()
+    for i, rr in enumerate(cfg.rclone.remotes):
+        for key in ("name", "remote"):
+            if not getattr(rr, key):
+                errors.append(f"rclone.remotes[{i}].{key}: required")
+        if rr.remote and ":" not in rr.remote:
+            errors.append(f"rclone.remotes[{i}].remote: {rr.remote!r} names no rclone remote "
+                          f"(expected 'NAME:path', NAME a remote of rclone.config_file)")
+        if rr.name in rnames:
+            errors.append(f"rclone.remotes[{i}].name: duplicate remote name {rr.name!r}")
+        rnames.add(rr.name)
     for i, s in enumerate(cfg.schedules):
         if not s.cron:
             errors.append(f"schedules[{i}].cron: required")
@@ -440,6 +480,8 @@ def _cross_check(cfg: Config, errors: list[str]) -> None:
             errors.append(f"schedules[{i}].target: required")
         elif s.target.startswith("smb:") and s.target[4:] not in names:
             errors.append(f"schedules[{i}].target: no SMB remote named {s.target[4:]!r}")
+        elif s.target.startswith("rclone:") and s.target[7:] not in rnames:
+            errors.append(f"schedules[{i}].target: no rclone remote named {s.target[7:]!r}")
 
 
 def from_dict(data: dict, source: str = "") -> Config:
