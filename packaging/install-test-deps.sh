@@ -4,7 +4,7 @@
 set -eu
 PKGS="python3-venv udev dbus udisks2 policykit-1 samba smbclient dosfstools exfatprogs fdisk
 exfat-fuse fusefat ntfs-3g chromium poppler-utils nginx-light fonts-dejavu-core iproute2
-util-linux psmisc systemd flac nodejs avahi-daemon avahi-utils"
+util-linux psmisc systemd flac nodejs avahi-daemon avahi-utils rclone"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

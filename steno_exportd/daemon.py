@@ -20,6 +20,8 @@ from steno_exportd import config as config_mod
 from steno_exportd.config import Config
 from steno_exportd.errors import ConfigError, StenoError
 from steno_exportd.notify import Notifier
+from steno_exportd.rclone.kind import RcloneKind
+from steno_exportd.rclone.process import config_problems as rclone_problems
 from steno_exportd.smb.push import SmbKind
 
 log = logging.getLogger(__name__)
@@ -140,6 +142,9 @@ class Daemon:
             if core_mod is not None:
                 self.core = core_mod.Core(cfg)
                 self.core.targets.register(SmbKind())       # smb:<remote> targets (push to a NAS)
+                self.core.targets.register(RcloneKind())    # rclone:<remote> targets (cloud and other stores)
+                for problem in rclone_problems(cfg):
+                    log.warning("%s", problem)
                 await self.core.start()
                 stack.push_async_callback(self._stop_core)
             else:

@@ -7,10 +7,12 @@ recorders, still readable by a person browsing the NAS, and stable across reboot
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import pathlib
 import socket
+import time
 import uuid
 
 from steno_exportd.config import Config
@@ -19,6 +21,7 @@ from steno_exportd.engine.naming import safe_name
 log = logging.getLogger(__name__)
 
 RECORDER_ID_FILE = "recorder-id"
+CLAIM_NAME = ".steno-push-owner.json"       # in a recorder folder on a remote: the recorder owning it
 SHORT = 6                                   # hex digits of the id in the folder name: 16 M values
 
 
@@ -71,3 +74,18 @@ def recorder_folder(cfg: Config, rid: str | None = None) -> str:
     rid = this_recorder(cfg) if rid is None else rid
     host = socket.gethostname() or "recorder"
     return safe_name(f"{host}-{rid[:SHORT]}" if rid else host, "recorder")
+
+
+def claim_body(rid: str) -> bytes:
+    """The claim file of this recorder's folder on a remote."""
+    return json.dumps({"recorder_id": rid, "host": socket.gethostname(), "claimed": time.time()},
+                      indent=1, sort_keys=True).encode()
+
+
+def claim_owner(raw: bytes) -> tuple[str, str]:
+    """(recorder id, host) a claim file names; ValueError when it is not a claim."""
+    try:
+        data = json.loads(raw)
+        return str(data["recorder_id"]), str(data.get("host") or "")
+    except (ValueError, TypeError, KeyError):
+        raise ValueError(f"{CLAIM_NAME} is unreadable") from None

@@ -12,6 +12,7 @@ import socket
 
 from steno_exportd.engine import manifest as mf
 from steno_exportd.engine.targets import Target
+from steno_exportd.errors import TargetError
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +39,13 @@ def build(m: mf.Manifest, root: str, short_id: str) -> bytes:
 
 
 def write(t: Target, root: str, short_id: str) -> int:
-    """Rewrite this recorder's index file from its manifest on ``t``; the number of meetings listed."""
+    """Rewrite this recorder's index file from its manifest on ``t``: the number of meetings listed, -1
+    when it could not be written (logged: the push itself landed and is verified; the next one retries)."""
     try:
         m = mf.read(t, root)
-    except ValueError as e:
-        log.info("%s: no index written for %s (%s)", t.name, root, e)
-        return 0
-    t.mkdir(INDEX_DIR)
-    mf.write_atomic(t, index_path(root), build(m, root, short_id))
+        t.mkdir(INDEX_DIR)
+        mf.write_atomic(t, index_path(root), build(m, root, short_id))
+    except (ValueError, TargetError) as e:
+        log.warning("%s: office index %s not written: %s", t.name, index_path(root), e)
+        return -1
     return len(m.exported())

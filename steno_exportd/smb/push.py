@@ -19,16 +19,15 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import socket
 import threading
-import time
 from typing import Any, Callable, Iterator
 
 from steno_exportd.config import Config, SmbRemote
 from steno_exportd.engine import index
 from steno_exportd.engine import manifest as mf
-from steno_exportd.engine.identity import SHORT, host_folder, recorder_folder, this_recorder
-from steno_exportd.engine.registry import Checked
+from steno_exportd.engine.identity import (CLAIM_NAME, SHORT, claim_body, claim_owner, host_folder,
+                                           recorder_folder, this_recorder)
+from steno_exportd.engine.registry import Checked, pause
 from steno_exportd.errors import CancelledJob, NotFoundError, StenoError, TargetError
 from steno_exportd.smb.client import SmbError
 from steno_exportd.smb.target import SmbTarget
@@ -36,7 +35,6 @@ from steno_exportd.smb.target import SmbTarget
 log = logging.getLogger(__name__)
 
 PREFIX = "smb:"
-CLAIM_NAME = ".steno-push-owner.json"   # the recorder owning the folder: made once (first wins), never replaced
 LEGACY_MANIFEST = ".steno-push.json"    # written by versions that pushed a local staging copy: adopted, removed
 ATTEMPTS = 3                            # tries of one push after transient faults (a drop, a file in use)
 BACKOFF = 2.0                           # seconds before the second try; doubled each time
@@ -118,13 +116,7 @@ class SmbKind:
             return False
         delay = BACKOFF * 2 ** (attempt - 1)
         log.warning("attempt %d/%d failed: %s; retrying in %.0fs", attempt, ATTEMPTS, error, delay)
-        if self._sleep is not None:
-            self._sleep(delay)
-        else:
-            end = time.monotonic() + delay
-            while time.monotonic() < end and not cancelled():
-                time.sleep(min(0.2, max(0.0, end - time.monotonic())))
-        return not cancelled()
+        return pause(delay, cancelled, self._sleep)
 
     def _lock(self, remote: SmbRemote, folder: str) -> threading.Lock:
         key = (remote.server.lower(), remote.port, remote.share.lower(), remote.path.strip("/\\").lower(),
@@ -151,19 +143,16 @@ def claim(t: SmbTarget, folder: str, rid: str) -> None:
     if raw is None:
         legacy = _legacy(t, folder)
         _check_owner(t, folder, rid, str(legacy.get("recorder_id") or ""), legacy.get("host"))
-        body = json.dumps({"recorder_id": rid, "host": socket.gethostname(), "claimed": time.time()},
-                          indent=1, sort_keys=True).encode()
-        if t.create_once(f"{folder}/{CLAIM_NAME}", body):
+        if t.create_once(f"{folder}/{CLAIM_NAME}", claim_body(rid)):
             log.info("%s: folder %s claimed for this recorder", t.name, folder)
             return
         raw = read_claim(t, folder) or b""      # another recorder was first
     try:
-        data = json.loads(raw)
-        owner = str(data["recorder_id"])
-    except (ValueError, TypeError, KeyError):
+        owner, host = claim_owner(raw)
+    except ValueError:
         raise SmbError(f"folder {folder} on {_where(t)}: {CLAIM_NAME} is unreadable, so the owner of the folder "
                        f"is unknown; delete that file if this recorder owns the folder", True) from None
-    _check_owner(t, folder, rid, owner, data.get("host"))
+    _check_owner(t, folder, rid, owner, host)
 
 
 def _where(t: SmbTarget) -> str:
@@ -201,8 +190,8 @@ def adopt_host_folder(t: SmbTarget, folder: str, rid: str) -> None:
         return
     raw = read_claim(t, old)
     try:
-        owner = str(json.loads(raw)["recorder_id"]) if raw is not None else str(_legacy(t, old).get("recorder_id") or "")
-    except (ValueError, TypeError, KeyError):
+        owner = claim_owner(raw)[0] if raw is not None else str(_legacy(t, old).get("recorder_id") or "")
+    except ValueError:
         owner = ""
     if owner != rid:
         log.info("%s: folder %s is not this recorder's (%s); pushing into %s", t.name, old,
