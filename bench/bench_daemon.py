@@ -1,4 +1,6 @@
-"""Daemon benchmarks: exec -> READY=1, idle RSS, idle CPU, ListSessions over D-Bus on 10,000 sessions.
+"""Daemon benchmarks: exec -> READY=1, idle RSS, idle CPU, ListSessions over D-Bus on 10,000 sessions,
+ExportSessions with 10,000 ids -> job accepted (target <= 200 ms; it was ~2 minutes when every id loaded
+its session).
 
 Each figure is printed beside an anchor measured in the same run (bare interpreter, in-process
 library call) and the ratio. BENCH_IDLE_SECONDS (default 60) sets the idle CPU window.
@@ -102,6 +104,34 @@ async def list_sessions_ms(address: str, n: int = 5) -> list[float]:
     return times
 
 
+async def export_ms(address: str, out: str) -> tuple[float, float, int]:
+    """ExportSessions round trips: one id (the anchor), then every id (10,000): ms each, and the job's size."""
+    from dbus_fast import Message, MessageType
+    from dbus_fast.aio import MessageBus
+
+    bus = await MessageBus(bus_address=address).connect()
+
+    async def call(member: str, sig: str, body: list, path: str = "/org/silentsteno/Export1",
+                   iface: str = "org.silentsteno.Export1.Manager"):
+        r = await bus.call(Message(destination="org.silentsteno.Export1", path=path, interface=iface,
+                                   member=member, signature=sig, body=body))
+        assert r.message_type == MessageType.METHOD_RETURN, r.body
+        return r.body
+    try:
+        ids = [str(s["id"].value) for s in (await call("ListSessions", "a{sv}", [{}]))[0]]
+        t0 = time.perf_counter()
+        await call("ExportSessions", "asassa{sv}", [ids[:1], ["txt"], out, {}])
+        one = (time.perf_counter() - t0) * 1000
+        t0 = time.perf_counter()
+        job = (await call("ExportSessions", "asassa{sv}", [ids, ["txt"], out, {}]))[0]
+        many = (time.perf_counter() - t0) * 1000
+        n = len((await call("Get", "ss", ["org.silentsteno.Export1.Job", "Sessions"], path=job,
+                            iface="org.freedesktop.DBus.Properties"))[0].value)
+    finally:
+        bus.disconnect()
+    return one, many, n
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-daemon-") as t:
         tmp = Path(t)
@@ -160,8 +190,15 @@ def main() -> None:
                 print(f"daemon_list_sessions_10000_ms: {med:.1f}  (first call {times[0]:.1f})")
                 print(f"anchor_library_list_sessions_in_process_ms: {direct:.1f}  ({n} sessions)")
                 print(f"ratio_dbus_vs_in_process: {med / direct:.1f}")
+                (tmp / "exports").mkdir(exist_ok=True)
+                one, many, n = asyncio.run(export_ms(address, str(tmp / "exports")))
+                print(f"daemon_export_10000_ids_accepted_ms: {many:.1f}  ({n} sessions in the job; target <= 200)")
+                print(f"anchor_export_1_id_accepted_ms: {one:.1f}")
+                print(f"ratio_10000_ids_vs_1_id: {many / one:.1f}")
             finally:
-                stop(p)
+                # planning a 10,000-session job cannot be cancelled yet (issue 15 §2): SIGTERM would wait
+                p.kill()
+                p.wait(10)
         finally:
             bus_proc.terminate()
             bus_proc.wait()

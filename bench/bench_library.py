@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from steno_exportd import demo  # noqa: E402
+from steno_exportd.demo import recorder as demo  # noqa: E402
 from steno_exportd.library import SUMMARY_COLUMNS, Library  # noqa: E402
 
 N = 10_000

@@ -1,10 +1,12 @@
 #!/bin/sh
 # Installs the Debian packages the tests use (real udev, D-Bus, udisks2, Samba, FUSE
-# filesystems, Chromium, poppler, nginx for benchmarks). Idempotent; root only.
+# filesystems, Chromium, poppler, nginx for benchmarks; qpdf, tidy, a CJK TrueType font and headless
+# LibreOffice (the -nogui writer/calc, ~15 s) check the rendered documents). Idempotent; root only.
 set -eu
 PKGS="python3-venv udev dbus udisks2 policykit-1 samba smbclient dosfstools exfatprogs fdisk
 exfat-fuse fusefat ntfs-3g chromium poppler-utils nginx-light fonts-dejavu-core iproute2
-util-linux psmisc systemd flac nodejs avahi-daemon avahi-utils rclone"
+util-linux psmisc systemd flac nodejs avahi-daemon avahi-utils
+qpdf tidy fonts-droid-fallback libreoffice-writer-nogui libreoffice-calc-nogui rclone"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -47,7 +47,7 @@ _PLACEHOLDERS = ("date", "time", "title", "short_id", "uuid", "id", "location",
                  "job_id", "timestamp", "format", "seq")
 
 
-def _check_pattern(value: str) -> str | None:
+def check_pattern(value: str) -> str | None:
     names = re.findall(r"{([^{}]*)}", value)
     bad = [n for n in names if n not in _PLACEHOLDERS]
     if bad:
@@ -92,6 +92,23 @@ def _check_abs_or_empty(value: str) -> str | None:
     return None
 
 
+def _check_time_zone(value: str) -> str | None:
+    if not value:
+        return None
+    import zoneinfo
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+        return f"unknown time zone {value!r} (an IANA name such as 'Europe/Berlin', or empty for the system's)"
+    return None
+
+
+def _check_language(value: str) -> str | None:
+    if re.fullmatch(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*", value):
+        return None
+    return f"not a BCP 47 language tag: {value!r} (e.g. 'en', 'de', 'pt-BR')"
+
+
 # ---- schema -------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +139,7 @@ class ExportConfig:
     naming: str = opt("pattern", "How session folders are named.",
                       choices=("pattern", "id", "title", "sequential"))
     folder_pattern: str = opt("{date} {title} ({short_id})",
-                              "Session folder name when naming = 'pattern'.", check=_check_pattern)
+                              "Session folder name when naming = 'pattern'.", check=check_pattern)
     formats: list[str] = opt(["txt", "md", "html", "json", "srt", "vtt", "pdf", "audio"],
                              "Formats written by default.", items=FORMATS)
     template: str = opt("detailed", "Default PDF/DOCX template.")
@@ -149,6 +166,10 @@ class RenderConfig:
     accent_color: str = opt("#1f4e79", "Accent colour of reports (#rrggbb).",
                             check=lambda v: None if re.fullmatch(r"#[0-9a-fA-F]{6}", v) else "must be #rrggbb")
     company: str = opt("", "Name shown in report headers.")
+    time_zone: str = opt("", "IANA time zone of the times in documents (e.g. 'Europe/Berlin'); empty: the "
+                         "system's.", check=_check_time_zone)
+    language: str = opt("en", "BCP 47 language of the meetings (HTML/DOCX lang); a paragraph in another "
+                        "script is marked with its own.", check=_check_language)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,16 +314,76 @@ class DbusConfig:
     ui_group: str = opt("steno-ui", "Group allowed to call the API (bus policy).")
 
 
+NOTIFY_EVENTS = ("export_done", "export_failed", "push_done", "push_failed", "stick_safe", "disk_low")
+
+
 @dataclasses.dataclass(frozen=True)
 class EmailConfig:
-    enabled: bool = opt(False, "Send mail when an export finishes.")
+    enabled: bool = opt(False, "Send mail: sessions by email and the notifications of [notify].")
     smtp_host: str = opt("localhost", "SMTP server.")
-    smtp_port: int = opt(25, "SMTP port.", min=1, max=65535)
-    starttls: bool = opt(False, "Use STARTTLS.")
+    smtp_port: int = opt(25, "SMTP port: 25, 587 (submission, with security = 'starttls') or 465 (security = 'tls').",
+                         min=1, max=65535)
+    security: str = opt("none", "Transport security: none, starttls (upgrade the connection; a server that does not "
+                                "offer it is refused) or tls (TLS from the first byte, usually port 465); with either, "
+                                "the server's certificate and name are checked.", choices=("none", "starttls", "tls"))
+    starttls: bool = opt(False, "Older spelling of security = 'starttls' (kept so older configs load).")
+    ca_file: str = opt("", "PEM file of the CA (or the server's own certificate) to trust; empty: the system's CAs.",
+                       check=_check_abs_or_empty)
     username: str = opt("", "SMTP user (empty: no login).")
-    password_file: str = opt("", "File holding the SMTP password.", check=_check_abs_or_empty)
+    password_file: str = opt("", "File holding the SMTP password (its first line), readable only by the service "
+                                 "user.", check=_check_abs_or_empty)
     sender: str = opt("steno@localhost", "From address.")
-    recipients: list[str] = opt([], "To addresses.")
+    recipients: list[str] = opt([], "Default To addresses: notifications go here unless a [[notify.rules]] names "
+                                    "its own.")
+    max_message_mb: float = opt(20.0, "Largest message, MiB as sent (attachments grow by a third in a mail): over "
+                                      "it the recordings, then the largest other attachments, are left out and the "
+                                      "body says so.", min=0.01, max=1024)
+    timeout: float = opt(30.0, "Seconds to wait for the server to connect or to answer one command.", min=1, max=600)
+    retry_initial_seconds: float = opt(30.0, "Wait after the first transient failure (4xx answer, timeout, "
+                                             "connection refused); it doubles with each try.", min=0.1, max=86400)
+    retry_max_seconds: float = opt(3600.0, "Longest wait between two tries.", min=0.1, max=86400)
+    give_up_hours: float = opt(72.0, "A message not accepted this long after it was queued fails with the last "
+                                     "reason.", min=0.001, max=8760)
+
+
+@dataclasses.dataclass(frozen=True)
+class NotifyRule:
+    events: list[str] = opt([], "Events this rule sends.", items=NOTIFY_EVENTS)
+    recipients: list[str] = opt([], "To addresses; empty: email.recipients.")
+    digest_minutes: float = opt(0.0, "0: one message per event; N: one message with every event of the last N "
+                                     "minutes.", min=0, max=10080)
+
+
+@dataclasses.dataclass(frozen=True)
+class NotifyConfig:
+    events: list[str] = opt(["export_done", "export_failed", "push_done", "push_failed"],
+                            "With no [[notify.rules]]: the events mailed to email.recipients, one message each. "
+                            "export_done/failed: an export job (stick, folder, archive; not the Samba share's own "
+                            "refresh when it succeeds), push_done/failed: an SMB push, stick_safe: a stick may be "
+                            "pulled, disk_low: little free space (disk_low_mb).", items=NOTIFY_EVENTS)
+    disk_low_mb: int = opt(1024, "disk_low when the recorder's data folder, the state folder or the Samba export "
+                                 "folder has less free space than this, MiB.", min=1)
+    disk_check_seconds: float = opt(300.0, "Seconds between free-space checks (only when a rule sends disk_low).",
+                                    min=0.1, max=86400)
+    rules: list[NotifyRule] = table_list(NotifyRule, "[[notify.rules]] tables: which events go to whom, "
+                                                     "one message each or a digest.")
+
+
+@dataclasses.dataclass(frozen=True)
+class RetentionConfig:
+    jobs_max: int = opt(1000, "Finished jobs kept in the state DB, newest first (their age limit is "
+                              "export.job_history_days); queued, running and interrupted (resumable) jobs are never pruned.", min=1)
+    history_days: int = opt(365, "Days the export history (which file went where, with its SHA-256) is kept.",
+                            min=1)
+    history_max: int = opt(100_000, "History rows kept, newest first.", min=1)
+    outbox_days: int = opt(30, "Days sent and failed messages stay listed in the outbox (queued ones always stay).",
+                           min=1)
+    outbox_max: int = opt(500, "Sent and failed messages kept in the outbox, newest first.", min=1)
+    audit_days: int = opt(365, "Days the web page's download audit log is kept.", min=1)
+    audit_max: int = opt(20_000, "Audit log rows kept, newest first.", min=1)
+    hash_cache_entries: int = opt(20_000, "Recordings whose checksums are remembered (state dir cache/hashes.db).",
+                                  min=100)
+    interval_hours: float = opt(24.0, "Hours between two prunings (one also runs at start).", min=0.001, max=8760)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -331,8 +412,10 @@ class Config:
     smb: SmbConfig = section(SmbConfig, "Pushing to SMB shares (an office NAS).")
     rclone: RcloneConfig = section(RcloneConfig, "Pushing to cloud and other stores through rclone.")
     dbus: DbusConfig = section(DbusConfig, "The D-Bus API for the touchscreen UI.")
-    email: EmailConfig = section(EmailConfig, "Mail when exports finish.")
+    email: EmailConfig = section(EmailConfig, "Mail: sessions by email, notifications (docs/mail.md).")
+    notify: NotifyConfig = section(NotifyConfig, "Notifications: which events are mailed to whom.")
     schedules: list[Schedule] = table_list(Schedule, "[[schedules]] tables: exports on a timetable.")
+    retention: RetentionConfig = section(RetentionConfig, "How long the state DB and the caches keep things.")
     logging: LoggingConfig = section(LoggingConfig, "Logging (to journald via stderr).")
 
     @property
@@ -444,7 +527,38 @@ def _build(cls: type, data: Any, path: str, errors: list[str]) -> Any:
     return cls(**kwargs)
 
 
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_mail(cfg: Config, errors: list[str]) -> None:
+    from steno_exportd.outbox.address import check_address
+    e = cfg.email
+    for key, values in [("email.sender", [e.sender])] + [(f"email.recipients[{i}]", [r])
+                                                         for i, r in enumerate(e.recipients)] + \
+            [(f"notify.rules[{i}].recipients[{j}]", [r]) for i, rule in enumerate(cfg.notify.rules)
+             for j, r in enumerate(rule.recipients)]:
+        msg = check_address(values[0])
+        if msg:
+            errors.append(f"{key}: {msg}")
+    if e.security == "none" and not e.starttls and e.username and not _loopback(e.smtp_host):
+        errors.append(f"email.security: 'none' would send the password for {e.username!r} in clear to "
+                      f"{e.smtp_host}; use 'starttls' or 'tls'")
+    if e.enabled:
+        for i, rule in enumerate(cfg.notify.rules):
+            if not rule.events:
+                errors.append(f"notify.rules[{i}].events: required")
+            if not rule.recipients and not e.recipients:
+                errors.append(f"notify.rules[{i}].recipients: needed when email.recipients is empty")
+
+
 def _cross_check(cfg: Config, errors: list[str]) -> None:
+    _check_mail(cfg, errors)
     if cfg.export.template not in DOCUMENT_TEMPLATES and not cfg.render.template_dir:
         errors.append(f"export.template: unknown template {cfg.export.template!r}")
     for i, net in enumerate(cfg.http.auth.allowed_networks):

@@ -1,24 +1,28 @@
-"""Core: library + jobs + devices + events; the only API adapters use."""
+"""Core: library + jobs + devices + events; the only API adapters use (typed: adapters take a ``Core``)."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Mapping
 
 from steno_exportd import events as ev
+from steno_exportd import request, retention
 from steno_exportd.config import Config
 from steno_exportd.devices import DeviceRegistry
+from steno_exportd.engine.jobs import JobManager, JobSpec
 from steno_exportd.engine.options import ExportOptions
 from steno_exportd.engine.registry import local as local_targets
+from steno_exportd.engine.state import StateDB
 from steno_exportd.engine.targets import DirectoryTarget, Target
 from steno_exportd.errors import InvalidArgument, NotFoundError
-from steno_exportd.formats import DOCUMENT_TEMPLATES, FORMATS
+from steno_exportd.library import ChangeToken, Library, SessionListing
+from steno_exportd.model import Session
+from steno_exportd.outbox.queue import Outbox
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Core", "ExportOptions"]
+__all__ = ["Core", "ExportOptions", "SessionListing"]
 
 Ejector = Callable[[str], Awaitable[Any]]
 
@@ -26,10 +30,7 @@ Ejector = Callable[[str], Awaitable[Any]]
 class Core:
     """Owns the library, the state DB, the job manager, the devices and the event bus."""
 
-    def __init__(self, cfg: Config, *, library: Any = None) -> None:
-        from steno_exportd.engine.jobs import JobManager
-        from steno_exportd.engine.state import StateDB
-
+    def __init__(self, cfg: Config, *, library: Library | None = None) -> None:
         self.cfg = cfg
         self.events = ev.EventBus()
         self._library = library
@@ -38,19 +39,21 @@ class Core:
         self.devices = DeviceRegistry(self.events, lambda d: self.state.device_seen(d.uuid or d.id, d.label,
                                                                                      d.fs_type))
         self.jobs = JobManager(cfg, self.events, self.state, lambda: self.library, targets=self.targets)
+        self.outbox = Outbox(cfg, self.events, lambda: self.library)   # mail: stored before it is sent
+        self._housekeeping: asyncio.Task | None = None
         self.auto_export: bool = cfg.usb.auto_export.enabled
         self.sharing_enabled: bool = cfg.samba.enabled
         self.samba_state: str = "off"      # what the share really does: "serving", "off", "error: ..."
         self._ejector: Ejector | None = None
         self._started = False
-        self._session_count = 0
-        self._lib_token: Any = None
+        self._lib_token: ChangeToken | None = None
+        self._listing: SessionListing | None = None
+        self._listing_lock = asyncio.Lock()
 
     # -- lifecycle -------------------------------------------------------------------
     @property
-    def library(self) -> Any:
+    def library(self) -> Library:
         if self._library is None:
-            from steno_exportd.library import Library
             self._library = Library.from_config(self.cfg)
         return self._library
 
@@ -60,24 +63,32 @@ class Core:
             return
         self._started = True
         await asyncio.to_thread(self.state.open)
-        await asyncio.to_thread(self.state.prune, self.cfg.export.job_history_days)
         await self.jobs.start()
+        await self.outbox.start()
+        await retention.prune_safely(self)
+        self._housekeeping = asyncio.create_task(retention.run(self), name="retention")
 
     async def stop(self) -> None:
         """Cancel running jobs safely (no partial file under a final name); idempotent."""
         if not self._started:
             return
         self._started = False
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            await asyncio.gather(self._housekeeping, return_exceptions=True)
         await self.jobs.stop()
+        await self.outbox.stop()
         await asyncio.to_thread(self.state.close)
 
     async def reload(self, cfg: Config) -> None:
         old = self.cfg
         self.cfg = cfg
         self.jobs.reload(cfg)
+        self.outbox.reload(cfg)
         if (old.recorder.db_path, old.recorder.data_dir) != (cfg.recorder.db_path, cfg.recorder.data_dir):
             lib, self._library = self._library, None
-            if lib is not None and hasattr(lib, "close"):
+            self._listing, self._lib_token = None, None
+            if lib is not None:
                 lib.close()
         # a switch changed in the file wins over the D-Bus/web setting; an unchanged one leaves it
         if old.usb.auto_export.enabled != cfg.usb.auto_export.enabled:
@@ -87,78 +98,99 @@ class Core:
         self.events.publish(ev.StatusChanged("config", "reloaded"))
 
     # -- sessions --------------------------------------------------------------------
+    async def listing(self) -> SessionListing:
+        """Every session summary (newest first) with the key rule: the one cached listing, re-read only
+        when the recorder's database changed. Never reads a transcript."""
+        async with self._listing_lock:
+            self._listing = await asyncio.to_thread(self._current_listing, self._listing)
+            return self._listing
+
+    def _current_listing(self, cached: SessionListing | None) -> SessionListing:
+        lib = self.library
+        version = lib.data_version()        # before listing: a commit in between only causes a re-read
+        if cached is not None and cached.version == version:
+            return cached
+        return SessionListing(tuple(lib.list_sessions()), version)
+
+    async def session(self, key: Any) -> Session:
+        """The whole session a caller's key names (id, uuid or short id; see SessionKeys)."""
+        sid = (await self.listing()).resolve(request.session_key(key))
+        return await asyncio.to_thread(self.library.get_session, sid)
+
     async def refresh_library(self) -> ev.SessionsChanged:
-        def work() -> ev.SessionsChanged:
-            delta, self._lib_token = self.library.changed_since(self._lib_token)
-            ids = lambda xs: tuple(x if isinstance(x, int) else x.id for x in (xs or ()))  # noqa: E731
-            return ev.SessionsChanged(ids(getattr(delta, "added", ())), ids(getattr(delta, "changed", ())),
-                                      ids(getattr(delta, "removed", ())))
-        change = await asyncio.to_thread(work)
+        """Publish what changed in the recorder's database since the last call; keeps the listing current."""
+        def work(cached: SessionListing | None) -> tuple[ev.SessionsChanged, SessionListing]:
+            lib = self.library
+            delta, token = lib.changed_since(self._lib_token)
+            ids = lambda xs: tuple(x if isinstance(x, int) else x.id for x in xs)  # noqa: E731
+            change = ev.SessionsChanged(ids(delta.added), ids(delta.changed), ids(delta.removed))
+            if change.added or change.changed or change.removed:
+                cached = None
+            listing = self._current_listing(cached)
+            self._lib_token = token         # only once the listing is read: a failure retries the change
+            return change, listing
+        async with self._listing_lock:
+            change, self._listing = await asyncio.to_thread(work, self._listing)
         if change.added or change.changed or change.removed:
             self.events.publish(change)
         return change
 
+    def template_names(self) -> list[str]:
+        """The document templates: built-in ones and the user's (render.template_dir/templates.toml)."""
+        return request.template_names(self.cfg.render.template_dir)
+
     # -- exports ---------------------------------------------------------------------
-    async def export_sessions(self, ids: list[str | int] | str, formats: list[str],
-                              target: str | Target, options: ExportOptions | None = None,
+    async def export_sessions(self, ids: Any, formats: Any, target: str | Target,
+                              options: ExportOptions | Mapping[str, Any] | None = None,
                               *, trusted: bool = False) -> ev.JobSnapshot:
-        """Validate and queue an export job. trusted=True (CLI) lifts the allowed_dirs rule."""
-        from steno_exportd.engine.jobs import JobSpec
+        """Check a caller's request (``check_export``) and queue it as a job."""
+        return await self.jobs.submit(await self.check_export(ids, formats, target, options, trusted=trusted))
 
-        options = options or ExportOptions()
-        checked, refused = None, None
-        if isinstance(target, str):
-            try:
-                checked = self.targets.check(target, self.cfg, trusted=trusted)
-            except InvalidArgument as e:    # told after the sessions and formats, as before
-                refused = e
-        formats = list(formats or (checked and checked.formats) or self.cfg.export.formats)
-        for f in formats:
-            if f not in FORMATS:
-                raise NotFoundError(f"unknown format {f!r}; valid: {', '.join(FORMATS)}")
-        template = options.template or self.cfg.export.template
-        if template not in DOCUMENT_TEMPLATES and not self._user_template(template):
-            raise NotFoundError(f"unknown template {template!r}; valid: {', '.join(DOCUMENT_TEMPLATES)}")
-        session_ids = await asyncio.to_thread(self._resolve_sessions, ids, options)
-        if refused is not None:
-            raise refused
-        if checked is not None:
-            operation, name = checked.operation, options.target_name or checked.name
-        else:
-            operation, name = "export", options.target_name or target.name
-        spec = JobSpec(operation=operation, target=target, target_name=name, session_ids=tuple(session_ids),
-                       formats=tuple(formats), options=options, device_id=options.device_id)
-        return await self.jobs.submit(spec)
+    async def check_export(self, ids: Any, formats: Any, target: str | Target,
+                           options: ExportOptions | Mapping[str, Any] | None = None,
+                           *, trusted: bool = False) -> JobSpec:
+        """Resolve and validate what a caller sends, sizes and types first, before any work starts.
 
-    def _user_template(self, name: str) -> bool:
-        d = Path(self.cfg.render.template_dir)
-        return d.is_dir() and any(p.stem.split(".")[0] == name for p in d.iterdir())
+        ids: a list of ids/uuids/short ids, "1,2,uuid", or "new"/"all"/"since_days"; formats: names
+        (empty: the target's default); target: a folder, FILE.zip/.tar.gz, smb:<remote> or a Target;
+        options: ExportOptions or a caller's dictionary (strict types). trusted=True (CLI, the daemon's
+        own folders and mount points) lifts the export.allowed_dirs rule.
+        """
+        keys = request.session_keys(ids)
+        names = request.format_names(formats)
+        opts = request.export_options(options)
+        if isinstance(target, str) and len(target) > request.MAX_TARGET_CHARS:
+            raise InvalidArgument(f"target too long ({len(target):,} characters; at most {request.MAX_TARGET_CHARS})")
 
-    def _resolve_sessions(self, ids: list[str | int] | str, options: ExportOptions) -> list[int]:
-        lib = self.library
-        if isinstance(ids, str) and ids in ("new", "all", "since_days"):
-            selector = ids
-        elif isinstance(ids, str):
-            ids = [x for x in ids.split(",") if x.strip()]
-            selector = ""
-        else:
-            selector = ""
-        if selector:
-            summaries = [s for s in lib.list_sessions(exportable_only=True)]
-            if selector == "since_days" or options.sessions == "since_days":
-                cut = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=options.since_days)
-                summaries = [s for s in summaries if s.start_time and s.start_time >= cut]
-            return [s.id for s in summaries]
-        out: list[int] = []
-        for key in ids:
-            if isinstance(key, str) and key.strip().isdigit():
-                key = int(key.strip())
-            s = lib.get_session(key)     # NotFoundError for an unknown one
-            if s.id not in out:
-                out.append(s.id)
-        if not out:
-            raise InvalidArgument("no sessions given")
-        return out
+        await asyncio.to_thread(request.template_name, opts.template or self.cfg.export.template,
+                                self.cfg.render.template_dir)
+        session_ids = request.resolve_sessions(keys, await self.listing(), opts)
+        operation, target, name, default_formats = await asyncio.to_thread(self._target, target, opts, trusted)
+        return JobSpec(operation=operation, target=target, target_name=name, session_ids=session_ids,
+                       formats=names or tuple(default_formats), options=opts, device_id=opts.device_id)
+
+    def _target(self, target: str | Target, options: ExportOptions,
+                trusted: bool) -> tuple[str, str | Target, str, tuple[str, ...]]:
+        """What a target names: (operation, target, the name a person sees, the default formats).
+
+        A target string is interpreted by its kind in the registry (self.targets) and nowhere else.
+        """
+        if not isinstance(target, str):
+            return "export", target, options.target_name or target.name, tuple(self.cfg.export.formats)
+        checked = self.targets.check(target, self.cfg, trusted=trusted)
+        return (checked.operation, target, options.target_name or checked.name,
+                checked.formats or tuple(self.cfg.export.formats))
+
+    async def email_sessions(self, ids: Any, formats: Any, recipients: list[str],
+                             template: str | None = None) -> ev.OutboxEntry:
+        """Validate and store a message with the sessions' documents attached; it is composed and sent
+        in the background (core.outbox lists it, OutboxUpdated follows it)."""
+        keys = request.session_keys(ids)
+        names = request.format_names(formats) or tuple(self.cfg.export.formats)
+        template = template or self.cfg.export.template
+        await asyncio.to_thread(request.template_name, template, self.cfg.render.template_dir)
+        session_ids = request.resolve_sessions(keys, await self.listing(), ExportOptions())
+        return await self.outbox.email_sessions(list(session_ids), list(names), recipients, template)
 
     # -- devices ---------------------------------------------------------------------
     def set_ejector(self, ejector: Ejector | None) -> None:
@@ -196,10 +228,7 @@ class Core:
             done = sum(1 for r in j.results)
             return (f"exporting {done}/{len(j.sessions)} to {j.target} ({int(j.progress * 100)}%)"
                     + (f" +{len(running) - 1} more" if len(running) > 1 else ""))
-        try:
-            n = len(self._library.list_sessions()) if self._library is not None else None
-        except Exception:  # noqa: BLE001 - status must never fail
-            n = None
+        n = len(self._listing) if self._listing is not None else None     # the cache: never the DB here
         sticks = len(self.devices)
         parts = ["idle"]
         if n is not None:

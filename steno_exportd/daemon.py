@@ -8,21 +8,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
 import logging
 import os
 import signal
 import sys
 import time
-from typing import Any, AsyncIterator
+from typing import TYPE_CHECKING, AsyncIterator
 
 from steno_exportd import config as config_mod
 from steno_exportd.config import Config
+from steno_exportd.core import Core
 from steno_exportd.errors import ConfigError, StenoError
+from steno_exportd.mail import sender as mail_sender
 from steno_exportd.notify import Notifier
 from steno_exportd.rclone.kind import RcloneKind
 from steno_exportd.rclone.process import config_problems as rclone_problems
+from steno_exportd.samba import adapter as samba
+from steno_exportd.smb import triggers
 from steno_exportd.smb.push import SmbKind
+
+if TYPE_CHECKING:
+    from steno_exportd.dbus.service import Service
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +60,7 @@ def main(args: argparse.Namespace) -> int:
         print(str(e), file=sys.stderr)
         return 1
     setup_logging(cfg.logging.level)
-    daemon = Daemon(cfg, config_path=args.config, demo=getattr(args, "demo", False))
+    daemon = Daemon(cfg, config_path=args.config, demo=args.demo)
     try:
         return asyncio.run(daemon.run())
     except StenoError as e:
@@ -67,17 +73,6 @@ def main(args: argparse.Namespace) -> int:
         if other is not None:
             log.critical("a component failed; stopping", exc_info=other)
         return 1
-
-
-def _optional(module: str) -> Any:
-    """Import an adapter module that may not exist yet; None when it is missing."""
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name and (module == e.name or module.startswith(e.name + ".")):
-            log.debug("%s not available", module)
-            return None
-        raise
 
 
 @contextlib.asynccontextmanager
@@ -111,7 +106,8 @@ class Daemon:
         self.config_path = config_path
         self.demo = demo
         self.notifier = Notifier()
-        self.core: Any = None
+        self.core: Core | None = None
+        self.bus_service: Service | None = None
         self.http_url = ""
         self.bus_address = ""
         self._stop = asyncio.Event()
@@ -138,46 +134,42 @@ class Daemon:
                 log.info("demo: started a private dbus-daemon at %s", address)
                 cfg = self.cfg = config_mod.replace(cfg, **{"dbus.bus": address})
 
-            core_mod = _optional("steno_exportd.core")
-            if core_mod is not None:
-                self.core = core_mod.Core(cfg)
-                self.core.targets.register(SmbKind())       # smb:<remote> targets (push to a NAS)
-                self.core.targets.register(RcloneKind())    # rclone:<remote> targets (cloud and other stores)
-                for problem in rclone_problems(cfg):
-                    log.warning("%s", problem)
-                await self.core.start()
-                stack.push_async_callback(self._stop_core)
-            else:
-                log.warning("the export core is not available yet: running without exports")
+            core = self.core = Core(cfg)
+            core.targets.register(SmbKind())      # smb:<remote> targets (push to a NAS)
+            core.targets.register(RcloneKind())   # rclone:<remote> targets (cloud and other stores)
+            for problem in rclone_problems(cfg):
+                log.warning("%s", problem)
+            await core.start()
+            stack.push_async_callback(self._stop_core)
             await self._log_sessions()
 
-            if cfg.http.enabled and self.core is not None:
-                web = _optional("steno_exportd.web")
-                if web is not None and hasattr(web, "serve"):
-                    self.http_url = str(await stack.enter_async_context(web.serve(self.core)) or "")
-                    log.info("web page at %s", self.http_url)
-            if cfg.dbus.enabled and self.core is not None:
-                from steno_exportd.dbus import service
+            if cfg.http.enabled:
+                from steno_exportd import web     # aiohttp only when the web page is on
 
-                self.bus_service = await stack.enter_async_context(service.export(self.core, daemon=self))
+                self.http_url = str(await stack.enter_async_context(web.serve(core)) or "")
+                log.info("web page at %s", self.http_url)
+            if cfg.dbus.enabled:
+                from steno_exportd.dbus import service    # dbus-fast only when the bus is on
+
+                host = service.Host(status_text=self.status_text, reload=self._reload_for_bus,
+                                    http_url=self.http_url)
+                self.bus_service = await stack.enter_async_context(service.export(core, host))
                 self.bus_address = self.bus_service.address
 
             async with asyncio.TaskGroup() as tg:
                 tasks = [tg.create_task(self.notifier.watchdog(), name="watchdog"),
-                         tg.create_task(self._reload_loop(), name="reload")]
-                if self.core is not None:
-                    tasks.append(tg.create_task(self._follow_events(), name="status"))
-                    tasks.append(tg.create_task(self._watch_library(), name="library-watch"))
-                    usb = _optional("steno_exportd.usb.manager")
-                    if cfg.usb.enabled and usb is not None and hasattr(usb, "watch"):
-                        tasks.append(tg.create_task(usb.watch(self.core), name="usb"))
-                    samba = _optional("steno_exportd.samba.adapter")
-                    if samba is not None:
-                        tasks.append(tg.create_task(samba.run(self.core), name="samba"))
-                    # always on: both read core.cfg each time, so remotes added by a reload work too
-                    from steno_exportd.smb import triggers as schedule
-                    tasks.append(tg.create_task(schedule.run_schedules(self.core), name="smb-schedules"))
-                    tasks.append(tg.create_task(schedule.run_push_on_new(self.core), name="smb-push-on-new"))
+                         tg.create_task(self._reload_loop(), name="reload"),
+                         tg.create_task(self._follow_events(core), name="status"),
+                         tg.create_task(self._watch_library(core), name="library-watch"),
+                         tg.create_task(samba.run(core), name="samba"),
+                         # always on: both read core.cfg each time, so remotes added by a reload work too
+                         tg.create_task(triggers.run_schedules(core), name="smb-schedules"),
+                         tg.create_task(triggers.run_push_on_new(core), name="smb-push-on-new"),
+                         tg.create_task(mail_sender.run(core), name="mail")]
+                if cfg.usb.enabled:
+                    from steno_exportd.usb import manager as usb     # pyudev only when sticks are on
+
+                    tasks.append(tg.create_task(usb.watch(core), name="usb"))
                 self.notifier.ready(self.status_text())
                 log.info("ready in %.0f ms: %s", (time.monotonic() - t0) * 1000, self.status_text())
                 if self.demo:
@@ -192,6 +184,7 @@ class Daemon:
 
     async def _stop_core(self) -> None:
         """Stop the core (jobs stop safely); bounded so SIGTERM exits well within 5 s."""
+        assert self.core is not None
         try:
             await asyncio.wait_for(self.core.stop(), STOP_TIMEOUT)
         except asyncio.TimeoutError:
@@ -259,68 +252,57 @@ class Daemon:
             return True
         finally:
             self.notifier.send("READY=1", f"STATUS={self.status_text()}")
-            svc = getattr(self, "bus_service", None)
-            if svc is not None:
-                svc.refresh_status()
+            if self.bus_service is not None:
+                self.bus_service.refresh_status()
+
+    async def _reload_for_bus(self) -> str:
+        """Manager.Reload: "" when reloaded, else the status line that says why not."""
+        return "" if await self.reload() else self.status_text()
 
     # ---- library and status --------------------------------------------------------
 
     def status_text(self) -> str:
-        text = "starting"
+        text = "stopping" if self._stopping else "starting"
         if self.core is not None:
             try:
                 text = self.core.status_text()
             except Exception:  # noqa: BLE001 - status must never break the daemon
                 log.exception("status_text failed")
-        elif self._stopping:
-            text = "stopping"
-        else:
-            text = "idle; export core not available"
         return f"{self._reload_error}; {text}" if self._reload_error else text
 
     async def _log_sessions(self) -> None:
-        lib = getattr(self.core, "library", None)
-        if lib is None:
-            library = _optional("steno_exportd.library")
-            if library is None:
-                log.warning("the recorder library reader is not available yet")
-                return
-            try:
-                lib = library.Library.from_config(self.cfg)
-            except StenoError as e:
-                log.warning("recorder library: %s", e)
-                return
+        """Read the session listing once before READY (it is then cached) and log it."""
+        assert self.core is not None
         try:
-            sessions = await asyncio.to_thread(lib.list_sessions)
+            sessions = (await self.core.listing()).sessions
         except StenoError as e:
             log.warning("recorder library: %s", e)
             return
         log.info("recorder library %s: %d sessions", self.cfg.recorder.db_path, len(sessions))
         for s in sessions[:50]:
-            log.info("  session %s %s %s", getattr(s, "id", "?"), getattr(s, "started_at", "") or "",
-                     getattr(s, "title", ""))
+            log.info("  session %s %s %s", s.id, s.start_time.isoformat() if s.start_time else "", s.title)
         if len(sessions) > 50:
             log.info("  ... and %d more", len(sessions) - 50)
 
-    async def _watch_library(self) -> None:
+    async def _watch_library(self, core: Core) -> None:
         """Notice new/changed sessions cheaply: PRAGMA data_version at recorder.poll_interval."""
         last = None
         while True:
             await asyncio.sleep(self.cfg.recorder.poll_interval)
             try:
-                version = self.core.library.data_version()
+                version = await asyncio.to_thread(core.library.data_version)
             except StenoError as e:
                 log.debug("data_version: %s", e)
                 continue
             if version != last:     # also the first time the database can be read
                 try:
-                    await self.core.refresh_library()
+                    await core.refresh_library()
                 except StenoError as e:
                     log.warning("refreshing the library failed: %s", e)
             last = version
 
-    async def _follow_events(self) -> None:
-        async for _event in self.core.events.subscribe():
+    async def _follow_events(self, core: Core) -> None:
+        async for _event in core.events.subscribe():
             self.notifier.status(self.status_text())
 
     def _print_demo_help(self) -> None:

@@ -28,6 +28,14 @@ class InvalidArgument(StenoError):
     """A caller passed something that makes no sense."""
 
 
+class NotAllowedError(InvalidArgument):
+    """A caller asked for something it may not have (a target outside export.allowed_dirs)."""
+
+
+class BusyError(StenoError):
+    """The device or target cannot take this now (a stick not mounted, being ejected)."""
+
+
 class RenderError(StenoError):
     """A renderer failed for one session."""
 

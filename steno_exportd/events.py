@@ -38,6 +38,18 @@ class DeviceState(enum.StrEnum):
     ERROR = "error"
 
 
+class OutboxState(enum.StrEnum):
+    COMPOSING = "composing"          # stored; its attachments are being rendered
+    QUEUED = "queued"                # stored and waiting to be sent (or for its next try)
+    SENDING = "sending"
+    SENT = "sent"                    # the server accepted it (for every recipient it did not refuse)
+    FAILED = "failed"                # given up: a permanent refusal, or transient ones for too long
+
+    @property
+    def finished(self) -> bool:
+        return self in (OutboxState.SENT, OutboxState.FAILED)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class FileResult:
     path: str                 # relative to the target root, e.g. "SilentSteno/<folder>/x.pdf"
@@ -103,6 +115,27 @@ class DeviceSnapshot:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """One message of the outbox as a person would see it listed."""
+
+    id: int
+    kind: str                 # "sessions" (a meeting by email) or "notice" (a notification or digest)
+    subject: str
+    recipients: tuple[str, ...]         # still to be sent to
+    state: OutboxState
+    created: float
+    attempts: int = 0
+    next_attempt: float = 0.0           # unix time of the next try while queued
+    finished: float = 0.0
+    size: int = 0                       # bytes of the message as sent
+    error: str = ""                     # why it failed, or the last transient failure while queued
+    delivered: tuple[str, ...] = ()     # recipients the server accepted
+    refused: tuple[str, ...] = ()       # "address: reason" of recipients refused for good
+    left_out: tuple[str, ...] = ()      # attachments left out over email.max_message_mb
+    sessions: tuple[int, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class SessionsChanged:
     added: tuple[int, ...] = ()
     changed: tuple[int, ...] = ()
@@ -130,6 +163,25 @@ class DeviceRemoved:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class OutboxUpdated:
+    entry: OutboxEntry
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OutboxRemoved:
+    entry_id: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DiskSpaceLow:
+    """A filesystem the daemon cares about fell below notify.disk_low_mb (published once per crossing)."""
+
+    path: str
+    free: int
+    threshold: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class StatusChanged:
     """Daemon-wide state (config reloaded, sharing toggled, ...)."""
 
@@ -137,7 +189,8 @@ class StatusChanged:
     value: object
 
 
-Event = SessionsChanged | JobUpdated | JobRemoved | DeviceUpdated | DeviceRemoved | StatusChanged
+Event = (SessionsChanged | JobUpdated | JobRemoved | DeviceUpdated | DeviceRemoved | StatusChanged | OutboxUpdated
+         | OutboxRemoved | DiskSpaceLow)
 
 
 class EventBus:

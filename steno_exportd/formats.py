@@ -2,6 +2,6 @@
 from __future__ import annotations
 
 FORMATS: tuple[str, ...] = (
-    "txt", "md", "html", "json", "srt", "vtt", "csv", "pdf", "docx", "ics", "audio",
+    "txt", "md", "html", "json", "srt", "vtt", "csv", "xlsx", "pdf", "docx", "ics", "audio",
 )
 DOCUMENT_TEMPLATES: tuple[str, ...] = ("summary", "detailed", "action_items", "transcript")

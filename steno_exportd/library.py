@@ -285,6 +285,72 @@ def _with_duplicates(summaries: list[SessionSummary]) -> list[SessionSummary]:
     return out
 
 
+# ---- session keys and the listing ------------------------------------------------------
+
+class SessionKeys:
+    """The one rule for session keys: a decimal id, a whole uuid or a short id (the uuid's first 8 hex
+    digits), case-insensitive; a prefix is never a key (a typo must not pick another meeting)."""
+
+    MAX_CHARS = 64
+
+    def __init__(self, pairs: Iterable[tuple[int, str | None]]) -> None:
+        self._ids: set[int] = set()
+        self._uuids: dict[str, list[int]] = {}
+        self._short: dict[str, list[int]] = {}
+        for sid, uuid in pairs:
+            self._ids.add(sid)
+            if uuid:
+                key = _uuid_key(str(uuid))
+                self._uuids.setdefault(key, []).append(sid)
+                self._short.setdefault(key.replace("-", "")[:8], []).append(sid)
+
+    def resolve(self, key: int | str) -> int:
+        """The session id a key names; NotFoundError for none or more than one."""
+        if isinstance(key, bool) or not isinstance(key, (int, str)):
+            raise NotFoundError(f"no session {key!r}")
+        if isinstance(key, int):
+            if key in self._ids:
+                return key
+            raise NotFoundError(f"no session with id {key}")
+        k = key.strip().lower()
+        if not k or len(k) > self.MAX_CHARS:
+            raise NotFoundError(f"no session {key[:self.MAX_CHARS]!r}")
+        if k.isascii() and k.isdigit() and int(k) in self._ids:
+            return int(k)
+        found = self._uuids.get(k)
+        if found and len(found) > 1:
+            raise NotFoundError(f"uuid {key} is ambiguous (sessions {', '.join(map(str, found))}); use the id")
+        if not found and len(k) == 8:
+            found = self._short.get(k)
+            if found and len(found) > 1:
+                raise NotFoundError(f"short id {key} is ambiguous (sessions {', '.join(map(str, found))}); "
+                                    "use the id or the uuid")
+        if found:
+            return found[0]
+        raise NotFoundError(f"no session {key!r}")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SessionListing:
+    """Every session summary, newest first, with the key rule over them (what the core caches)."""
+
+    sessions: tuple[SessionSummary, ...]
+    version: int | None = None            # the library's data_version when it was read
+    keys: SessionKeys = dataclasses.field(init=False, repr=False)
+    by_id: dict[int, SessionSummary] = dataclasses.field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "keys", SessionKeys((s.id, s.uuid) for s in self.sessions))
+        object.__setattr__(self, "by_id", {s.id: s for s in self.sessions})
+
+    def __len__(self) -> int:
+        return len(self.sessions)
+
+    def resolve(self, key: int | str) -> int:
+        """The id of the session a key names (see SessionKeys); NotFoundError otherwise."""
+        return self.keys.resolve(key)
+
+
 _SERIALS = itertools.count(1)
 
 
@@ -570,31 +636,12 @@ class Library:
     # -- one session -------------------------------------------------------------------------
 
     def resolve(self, key: int | str) -> int:
-        """Session id for an id, a uuid or a unique short-id (uuid hex) prefix; NotFoundError otherwise."""
-        if isinstance(key, bool):
-            raise NotFoundError(f"no session {key!r}")
-        if isinstance(key, int):
-            if self._query("SELECT 1 FROM sessions WHERE id = ?", (key,)):
+        """Session id for an id, a uuid or a short id (the one rule: SessionKeys); NotFoundError otherwise."""
+        if isinstance(key, int) and not isinstance(key, bool):
+            if 0 <= key < 2**63 and self._query("SELECT 1 FROM sessions WHERE id = ?", (key,)):
                 return key
             raise NotFoundError(f"no session with id {key}")
-        k = str(key).strip().lower()
-        if not k:
-            raise NotFoundError("no session ''")
-        rows = self._query("SELECT id, uuid FROM sessions")
-        exact = [i for i, u in rows if u is not None and str(u).lower() == k]
-        if len(exact) == 1:
-            return exact[0]
-        if len(exact) > 1:
-            raise NotFoundError(f"uuid {key} is ambiguous (sessions {', '.join(map(str, exact))}); use the id")
-        if k.isdigit() and any(i == int(k) for i, _ in rows):
-            return int(k)
-        hexkey = k.replace("-", "")
-        matches = [i for i, u in rows if u is not None and str(u).lower().replace("-", "").startswith(hexkey)]
-        if len(matches) == 1:
-            return matches[0]
-        if matches:
-            raise NotFoundError(f"session key {key!r} is ambiguous: matches {len(matches)} sessions")
-        raise NotFoundError(f"no session {key!r}")
+        return SessionKeys(self._query("SELECT id, uuid FROM sessions")).resolve(key)
 
     def get_session(self, key: int | str) -> Session:
         """The whole session (transcript, people, analysis, files) for an id, uuid or short id."""

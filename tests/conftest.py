@@ -11,4 +11,5 @@ pytest_plugins = [      # a module another one imports comes first (assertion re
     "tests.parts.loopfs",
     "tests.parts.chromium",
     "tests.parts.avahi",
+    "tests.parts.smtp",
 ]

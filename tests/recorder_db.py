@@ -9,7 +9,7 @@ import json
 import sqlite3
 from pathlib import Path
 
-from steno_exportd.demo import schema_sql
+from steno_exportd.demo.recorder import schema_sql
 
 TS = "2026-10-01 09:00:00.000000"
 

@@ -88,19 +88,28 @@ def test_complete_session_reads_every_part(rec):
 
 
 def test_lookup_by_id_uuid_and_short_id(rec):
+    """One rule: an id, a whole uuid or a short id (the uuid's first 8 hex digits); never a prefix."""
     a = good_session(rec, uuid="abcdef12-0000-4000-8000-000000000001")
     b = good_session(rec, uuid="abcdef34-0000-4000-8000-000000000002")
+    c = good_session(rec, uuid="abcdef34-1111-4000-8000-000000000003")
     lib = Library(rec.path)
     assert lib.get_session(a).id == a
     assert lib.get_session(str(b)).id == b
     assert lib.get_session("ABCDEF34-0000-4000-8000-000000000002").id == b
     assert lib.get_session("abcdef12").id == a
+    assert lib.get_session(" ABCDEF12 ").id == a
     with pytest.raises(NotFoundError, match="ambiguous"):
-        lib.get_session("abcdef")
+        lib.get_session("abcdef34")             # the short id of b and c
+    for prefix in ("abcdef", "abcdef1", "abcdef12-0000", "abcdef120000"):
+        with pytest.raises(NotFoundError, match="no session"):
+            lib.get_session(prefix)
     with pytest.raises(NotFoundError):
         lib.get_session(999)
     with pytest.raises(NotFoundError):
         lib.get_session("ffff0000")
+    with pytest.raises(NotFoundError):
+        lib.get_session("9" * 100_000)          # bounded: never an int conversion of a huge text
+    assert lib.get_session(f"{c}").id == c
 
 
 def test_from_config_uses_recorder_section(rec, tmp_path):

@@ -6,14 +6,15 @@ from typing import Any
 
 from dbus_fast import Variant
 
-from steno_exportd.errors import InvalidArgument
+from steno_exportd.events import DeviceSnapshot, JobSnapshot, SessionResult
+from steno_exportd.model import Session, SessionSummary
 
 
 def _iso(t: dt.datetime | None) -> str:
     return t.isoformat() if t else ""
 
 
-def session_summary(s: Any) -> dict[str, Variant]:
+def session_summary(s: SessionSummary) -> dict[str, Variant]:
     """A SessionSummary as a{sv}: the keys documented in docs/dbus-api.md."""
     return {
         "id": Variant("x", int(s.id)),
@@ -34,7 +35,7 @@ def session_summary(s: Any) -> dict[str, Variant]:
     }
 
 
-def session_listing(s: Any) -> dict[str, Variant]:
+def session_listing(s: SessionSummary) -> dict[str, Variant]:
     """A SessionSummary for ListSessions: fewer keys (no tags: arrays are costly to unpack), optional ones omitted
     when empty, so 10,000 fit in 200 ms; GetSession has everything."""
     d = {
@@ -57,7 +58,7 @@ def session_listing(s: Any) -> dict[str, Variant]:
     return d
 
 
-def session(full: Any) -> dict[str, Variant]:
+def session(full: Session) -> dict[str, Variant]:
     """A whole Session as a{sv}: every summary key plus people, summary text and counts."""
     d = session_summary(full.summary)
     d["problems"] = Variant("as", [f"{p.field}: {p.reason}" for p in full.problems])
@@ -76,35 +77,7 @@ def unwrap(options: dict[str, Variant]) -> dict[str, Any]:
     return {k: (v.value if isinstance(v, Variant) else v) for k, v in options.items()}
 
 
-def session_filter(opts: dict[str, Any], sessions: list[Any]) -> list[Any]:
-    """Apply ListSessions' filter (exportable_only, query, since, limit, offset)."""
-    known = {"exportable_only", "query", "since", "limit", "offset"}
-    unknown = set(opts) - known
-    if unknown:
-        raise InvalidArgument(f"unknown filter key(s): {', '.join(sorted(unknown))}; "
-                              f"valid: {', '.join(sorted(known))}")
-    out = sessions
-    if opts.get("exportable_only"):
-        out = [s for s in out if s.exportable]
-    if opts.get("query"):
-        q = str(opts["query"]).casefold()
-        out = [s for s in out if q in (s.title or "").casefold()]
-    if opts.get("since"):
-        try:
-            since = dt.datetime.fromisoformat(str(opts["since"]))
-        except ValueError:
-            raise InvalidArgument(f"since: not an ISO date/time: {opts['since']!r}") from None
-        if since.tzinfo is None:
-            since = since.replace(tzinfo=dt.timezone.utc)
-        out = [s for s in out if s.start_time and s.start_time >= since]
-    offset = int(opts.get("offset", 0))
-    out = out[offset:]
-    if opts.get("limit"):
-        out = out[:int(opts["limit"])]
-    return out
-
-
-def job_properties(j: Any, device_path: str = "/") -> dict[str, Any]:
+def job_properties(j: JobSnapshot, device_path: str = "/") -> dict[str, Any]:
     """Job interface property values (plain Python, typed by the interface)."""
     return {
         "Operation": j.operation,
@@ -127,7 +100,7 @@ def job_properties(j: Any, device_path: str = "/") -> dict[str, Any]:
     }
 
 
-def job_result(r: Any) -> dict[str, Variant]:
+def job_result(r: SessionResult) -> dict[str, Variant]:
     return {
         "session_id": Variant("x", int(r.session_id)),
         "uuid": Variant("s", r.uuid or ""),
@@ -139,7 +112,7 @@ def job_result(r: Any) -> dict[str, Variant]:
     }
 
 
-def device_properties(d: Any) -> dict[str, Any]:
+def device_properties(d: DeviceSnapshot) -> dict[str, Any]:
     """Device interface property values."""
     return {
         "Id": d.id,

@@ -9,7 +9,7 @@ from typing import Any, Callable
 from dbus_fast.errors import DBusError
 
 from steno_exportd.dbus import ERROR_PREFIX
-from steno_exportd.errors import ConfigError, InvalidArgument, NotFoundError, StenoError
+from steno_exportd.errors import BusyError, InvalidArgument, NotAllowedError, NotFoundError, StenoError
 
 log = logging.getLogger(__name__)
 
@@ -21,22 +21,22 @@ FAILED = ERROR_PREFIX + "Failed"
 
 
 def to_dbus_error(exc: BaseException) -> DBusError:
-    """The typed D-Bus error for an exception, with a readable message."""
+    """The typed D-Bus error for an exception, with a readable message (never a traceback's text)."""
     if isinstance(exc, DBusError):
         return exc
     msg = str(exc) or type(exc).__name__
     if isinstance(exc, NotFoundError):
         return DBusError(NOT_FOUND, msg)
-    if isinstance(exc, (InvalidArgument, ValueError, TypeError, KeyError)):
-        return DBusError(INVALID_ARGS, msg)
-    if isinstance(exc, PermissionError) or type(exc).__name__ in ("NotAuthorized", "NotAuthorizedError"):
+    if isinstance(exc, (NotAllowedError, PermissionError)):
         return DBusError(NOT_AUTHORIZED, msg)
-    if "Busy" in type(exc).__name__ or getattr(exc, "busy", False):
+    if isinstance(exc, InvalidArgument):
+        return DBusError(INVALID_ARGS, msg)
+    if isinstance(exc, BusyError):
         return DBusError(BUSY, msg)
-    if isinstance(exc, (StenoError, ConfigError, OSError)):
+    if isinstance(exc, (StenoError, OSError)):
         return DBusError(FAILED, msg)
-    log.exception("unexpected error in a D-Bus method", exc_info=exc)
-    return DBusError(FAILED, f"internal error: {msg}")
+    log.error("unexpected error in a D-Bus method", exc_info=exc)
+    return DBusError(FAILED, "internal error in steno-exportd (details in its log)")
 
 
 def mapped(fn: Callable) -> Callable:

@@ -3,12 +3,15 @@
 No ``from __future__ import annotations`` here: dbus-fast reads the D-Bus signatures
 from the annotations.
 """
-from typing import Any
+from typing import TYPE_CHECKING
 
 from dbus_fast.service import PropertyAccess, ServiceInterface, dbus_property, method, signal
 
 from steno_exportd.dbus import DEVICE_IFACE, JOB_IFACE, MANAGER_IFACE
 from steno_exportd.dbus.errors import mapped
+
+if TYPE_CHECKING:
+    from steno_exportd.dbus.service import Service
 
 READ = PropertyAccess.READ
 
@@ -16,7 +19,7 @@ READ = PropertyAccess.READ
 class Manager(ServiceInterface):
     """org.silentsteno.Export1.Manager on the root object; methods delegate to the service."""
 
-    def __init__(self, service: Any) -> None:
+    def __init__(self, service: "Service") -> None:
         super().__init__(MANAGER_IFACE)
         self._svc = service
 
@@ -77,7 +80,7 @@ class Manager(ServiceInterface):
 
     @dbus_property()
     def SambaEnabled(self) -> "b":
-        return bool(getattr(self._svc.core, "sharing_enabled", False))
+        return self._svc.core.sharing_enabled
 
     @SambaEnabled.setter
     @mapped
@@ -86,7 +89,7 @@ class Manager(ServiceInterface):
 
     @dbus_property(access=READ)
     def SambaState(self) -> "s":
-        return str(getattr(self._svc.core, "samba_state", "off"))
+        return self._svc.core.samba_state
 
     @dbus_property(access=READ)
     def HttpUrl(self) -> "s":
@@ -100,7 +103,7 @@ class Manager(ServiceInterface):
 class Device(ServiceInterface):
     """org.silentsteno.Export1.Device: one USB stick (filesystem)."""
 
-    def __init__(self, service: Any, props: dict) -> None:
+    def __init__(self, service: "Service", props: dict) -> None:
         super().__init__(DEVICE_IFACE)
         self._svc = service
         self.props = props
@@ -165,7 +168,7 @@ class Device(ServiceInterface):
 class Job(ServiceInterface):
     """org.silentsteno.Export1.Job, modelled on org.freedesktop.UDisks2.Job."""
 
-    def __init__(self, service: Any, job_id: int, props: dict) -> None:
+    def __init__(self, service: "Service", job_id: int, props: dict) -> None:
         super().__init__(JOB_IFACE)
         self._svc = service
         self.job_id = job_id

@@ -3,25 +3,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
-import os
 import time
-from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import AsyncIterator, Awaitable, Callable
 
 from dbus_fast import BusType, Message, NameFlag, RequestNameReply, Variant
 from dbus_fast.aio import MessageBus
+from dbus_fast.service import ServiceInterface
 
-from steno_exportd import __version__, events, formats
+from steno_exportd import __version__, events, formats, request
+from steno_exportd.config import Config
+from steno_exportd.core import Core, SessionListing
 from steno_exportd.dbus import BUS_NAME, ROOT_PATH, convert, device_path, job_path
 from steno_exportd.dbus.objects import Device, Job, Manager
-from steno_exportd.errors import InvalidArgument, NotFoundError, StenoError
+from steno_exportd.errors import BusyError, InvalidArgument, NotFoundError, StenoError
+from steno_exportd.events import DeviceSnapshot, JobSnapshot
 
 log = logging.getLogger(__name__)
 
 
-class BusyError(StenoError):
-    """The device or target cannot take this now (mapped to Error.Busy)."""
+@dataclasses.dataclass(frozen=True)
+class Host:
+    """What the service needs from the daemon beyond the core: its status line, reload, the web page's URL."""
+
+    status_text: Callable[[], str] | None = None         # None: the core's status line
+    reload: Callable[[], Awaitable[str]] | None = None   # "" when reloaded, else why not; None: not offered
+    http_url: str = ""
+
 
 PROGRESS_INTERVAL = 0.25          # PropertiesChanged for progress: at most 4 Hz per job
 OM_IFACE = "org.freedesktop.DBus.ObjectManager"
@@ -30,12 +39,10 @@ OM_IFACE = "org.freedesktop.DBus.ObjectManager"
 class _Bus(MessageBus):
     """A MessageBus whose InterfacesAdded/Removed come from the ObjectManager's path (the root)."""
 
-    def _emit_interface_added(self, path: str, interface: Any) -> None:
+    def _emit_interface_added(self, path: str, interface: ServiceInterface) -> None:
         if self._disconnected:
             return
-        props = {}
-        for name, value in getattr(interface, "_om_values", lambda: {})().items():
-            props[name] = value
+        props = _variants(interface)
         self.send(Message.new_signal(path=ROOT_PATH, interface=OM_IFACE, member="InterfacesAdded",
                                      signature="oa{sa{sv}}", body=[path, {interface.name: props}]))
 
@@ -46,10 +53,8 @@ class _Bus(MessageBus):
                                      signature="oas", body=[path, removed_interfaces]))
 
 
-def _variants(iface: Any) -> dict[str, Variant]:
+def _variants(iface: ServiceInterface) -> dict[str, Variant]:
     """Current property values of one of our interfaces as Variants (for InterfacesAdded)."""
-    from dbus_fast.service import ServiceInterface
-
     out = {}
     for prop in ServiceInterface._get_properties(iface):
         if prop.access.readable():
@@ -60,9 +65,9 @@ def _variants(iface: Any) -> dict[str, Variant]:
 class Service:
     """Maps D-Bus calls onto the core and core events onto D-Bus objects and signals."""
 
-    def __init__(self, core: Any, daemon: Any = None) -> None:
+    def __init__(self, core: Core, host: Host = Host()) -> None:
         self.core = core
-        self.daemon = daemon
+        self.host = host
         self.bus: MessageBus | None = None
         self.address = ""
         self.version = __version__
@@ -77,24 +82,20 @@ class Service:
         self._linger: dict[int, asyncio.TimerHandle] = {}
         self._completed: set[int] = set()
         self._follow_task: asyncio.Task | None = None
-        self._generation = 0
-        self._listing_cache: tuple | None = None
-        self._listing_lock = asyncio.Lock()
+        self._wire: tuple[SessionListing | None, dict[int, dict[str, Variant]]] = (None, {})
 
     # ---- properties ----------------------------------------------------------------
 
     @property
-    def cfg(self) -> Any:
+    def cfg(self) -> Config:
         return self.core.cfg
 
     @property
     def http_url(self) -> str:
-        return getattr(self.daemon, "http_url", "") or ""
+        return self.host.http_url
 
     def status_text(self) -> str:
-        if self.daemon is not None:
-            return self.daemon.status_text()
-        return self.core.status_text()
+        return self.host.status_text() if self.host.status_text is not None else self.core.status_text()
 
     # ---- lifecycle -----------------------------------------------------------------
 
@@ -154,13 +155,12 @@ class Service:
             except Exception:  # noqa: BLE001 - one bad event never stops the bus
                 log.exception("D-Bus: handling %r failed", ev)
             if isinstance(ev, events.SessionsChanged):
-                self._generation += 1
                 count = await self._count_sessions()
                 if count != self.session_count:
                     self.session_count = count
                     self.manager.emit_properties_changed({"SessionCount": count})
 
-    def _on_event(self, ev: Any) -> None:
+    def _on_event(self, ev: events.Event) -> None:
         if isinstance(ev, events.JobUpdated):
             self._job_updated(ev.job)
         elif isinstance(ev, events.JobRemoved):
@@ -202,16 +202,12 @@ class Service:
             self.state = state
             self.manager.emit_properties_changed({"State": state})
 
-    def _export(self, path: str, iface: Any) -> None:
-        iface._om_values = lambda i=iface: _variants(i)
-        self.bus.export(path, iface)
-
-    def _device_updated(self, d: Any) -> None:
+    def _device_updated(self, d: DeviceSnapshot) -> None:
         props = convert.device_properties(d)
         obj = self._devices.get(d.id)
         if obj is None:
             obj = self._devices[d.id] = Device(self, props)
-            self._export(device_path(d.id), obj)
+            self.bus.export(device_path(d.id), obj)
         else:
             obj.update(props)
 
@@ -219,13 +215,13 @@ class Service:
         if self._devices.pop(device_id, None) is not None and self.bus is not None:
             self.bus.unexport(device_path(device_id))
 
-    def _job_updated(self, j: Any) -> None:
+    def _job_updated(self, j: JobSnapshot) -> None:
         dev = device_path(j.device_id) if j.device_id and j.device_id in self._devices else "/"
         props = convert.job_properties(j, dev)
         obj = self._jobs.get(j.id)
         if obj is None:
             obj = self._jobs[j.id] = Job(self, j.id, props)
-            self._export(job_path(j.id), obj)
+            self.bus.export(job_path(j.id), obj)
             self._job_last_emit[j.id] = time.monotonic()
         else:
             pending = self._job_pending.setdefault(j.id, {})
@@ -270,135 +266,61 @@ class Service:
 
     # ---- methods -------------------------------------------------------------------
 
-    async def _listing(self) -> tuple[list, dict]:
-        """Session summaries and their ListSessions dicts, cached until the library's data_version moves."""
-        lib = self.core.library
-
-        def work() -> tuple:
-            try:
-                version = lib.data_version()
-            except (StenoError, AttributeError):
-                version = None
-            key = (id(lib), self._generation, version)
-            if version is not None and self._listing_cache and self._listing_cache[0] == key:
-                return self._listing_cache
-            sessions = lib.list_sessions()
-            return key, sessions, {s.id: convert.session_listing(s) for s in sessions}
-        async with self._listing_lock:
-            self._listing_cache = await asyncio.to_thread(work)
-            return self._listing_cache[1], self._listing_cache[2]
+    async def _listing(self) -> tuple[SessionListing, dict[int, dict[str, Variant]]]:
+        """The core's session listing and its ListSessions dicts (converted once per listing)."""
+        listing = await self.core.listing()
+        if self._wire[0] is not listing:
+            dicts = await asyncio.to_thread(lambda: {s.id: convert.session_listing(s) for s in listing.sessions})
+            self._wire = (listing, dicts)
+        return listing, self._wire[1]
 
     async def _count_sessions(self) -> int:
         try:
-            return len((await self._listing())[0])
+            return len(await self.core.listing())
         except StenoError as e:
             log.warning("counting sessions: %s", e)
             return 0
 
-    async def list_sessions(self, filter_: dict) -> list[dict]:
-        opts = convert.unwrap(filter_)
-        sessions, dicts = await self._listing()
-        return [dicts[s.id] for s in convert.session_filter(opts, sessions)]
+    async def list_sessions(self, filter_: dict[str, Variant]) -> list[dict[str, Variant]]:
+        query = request.session_query(convert.unwrap(filter_))
+        listing, dicts = await self._listing()
+        return [dicts[s.id] for s in query.apply(listing.sessions)]
 
-    async def get_session(self, key: str) -> dict:
-        k: int | str = int(key) if key.strip().isdigit() else key.strip()
-        if not k and k != 0:
-            raise InvalidArgument("empty session id")
-        s = await asyncio.to_thread(self.core.library.get_session, k)
-        return convert.session(s)
+    async def get_session(self, key: str) -> dict[str, Variant]:
+        return convert.session(await self.core.session(key))
 
     def list_formats(self) -> list[str]:
-        try:
-            from steno_exportd import render
-            return list(render.names())
-        except ImportError:
-            return list(formats.FORMATS)
+        return list(formats.FORMATS)
 
     def list_templates(self) -> list[str]:
-        return list(formats.DOCUMENT_TEMPLATES)
+        return self.core.template_names()
 
     async def reload(self) -> None:
-        if self.daemon is None:
+        if self.host.reload is None:
             raise StenoError("reload is not available")
-        if not await self.daemon.reload():
-            raise StenoError(self.daemon.status_text())
-
-    async def _check_args(self, ids: list[str], fmts: list[str]) -> list[int | str]:
-        """Unknown formats and sessions are NotFound before a job is queued."""
-        if not ids:
-            raise InvalidArgument("no sessions given")
-        if not fmts:
-            raise InvalidArgument("no formats given")
-        valid = self.list_formats()
-        for f in fmts:
-            if f not in valid:
-                raise NotFoundError(f"unknown format {f!r}; valid: {', '.join(valid)}")
-        keys = [int(i) if str(i).isdigit() else i for i in ids]
-
-        sessions, _ = await self._listing()
-        known: set = set()
-        for x in sessions:
-            known.update((x.id, x.uuid, x.short_id))
-        missing = [str(k) for k in keys if k not in known]
-        if missing:
-            raise NotFoundError(f"unknown session(s): {', '.join(missing)}")
-        return keys
-
-    def _make_options(self, options: dict) -> Any:
-        opts = convert.unwrap(options)
-        cls = None
-        for mod in ("steno_exportd.core", "steno_exportd.engine.jobs", "steno_exportd.engine.plan"):
-            try:
-                cls = getattr(__import__(mod, fromlist=["ExportOptions"]), "ExportOptions", None)
-            except ImportError:
-                cls = None
-            if cls is not None:
-                break
-        if cls is None:
-            return opts
-        import dataclasses
-        if dataclasses.is_dataclass(cls):
-            fields = {f.name for f in dataclasses.fields(cls)}
-            unknown = set(opts) - fields
-            if unknown:
-                raise InvalidArgument(f"unknown option(s): {', '.join(sorted(unknown))}; "
-                                      f"valid: {', '.join(sorted(fields))}")
-        try:
-            return cls(**opts)
-        except TypeError as e:
-            raise InvalidArgument(f"bad export options: {e}") from None
-
-    def _check_directory(self, target: str) -> str:
-        real = os.path.realpath(target)
-        for d in self.cfg.export.allowed_dirs:
-            root = os.path.realpath(d)
-            if real == root or real.startswith(root.rstrip("/") + "/"):
-                return target
-        raise PermissionError(f"{target}: not inside an allowed directory "
-                              f"(export.allowed_dirs: {', '.join(self.cfg.export.allowed_dirs)})")
+        problem = await self.host.reload()
+        if problem:
+            raise StenoError(problem)
 
     def _device_id_for_path(self, path: str) -> str:
         for dev_id in self._devices:
             if device_path(dev_id) == path:
                 return dev_id
-        raise NotFoundError(f"no device at {path}")
+        raise NotFoundError(f"no device at {path[:200]}")
 
-    async def export_sessions(self, ids: list[str], fmts: list[str], target: str, options: dict) -> str:
-        keys = await self._check_args(ids, fmts)
-        if not target:
-            raise InvalidArgument("no target given (a device object path, a directory, or smb:<remote>)")
+    async def export_sessions(self, ids: list[str], fmts: list[str], target: str,
+                              options: dict[str, Variant]) -> str:
+        """Manager.ExportSessions: every argument is checked by the core (Core.check_export)."""
         if target.startswith(ROOT_PATH + "/devices/"):
             return await self.export_to_device(self._device_id_for_path(target), ids, fmts, options)
-        if target.startswith("/"):
-            self._check_directory(target)
-        elif not target.startswith("smb:"):
-            raise InvalidArgument(f"{target!r}: not a device object path, an absolute directory or smb:<remote>")
-        job = await self.core.export_sessions(keys, list(fmts), target, self._make_options(options))
+        if not target:
+            raise InvalidArgument("no target given (a device object path, a directory, or smb:<remote>)")
+        job = await self.core.export_sessions(ids, fmts, target, convert.unwrap(options))
         self._job_updated(job)
         return job_path(job.id)
 
-    async def export_to_device(self, device_id: str, ids: list[str], fmts: list[str], options: dict) -> str:
-        keys = await self._check_args(ids, fmts)
+    async def export_to_device(self, device_id: str, ids: list[str], fmts: list[str],
+                               options: dict[str, Variant]) -> str:
         dev = self._devices.get(device_id)
         if dev is None:
             raise NotFoundError(f"unknown device {device_id!r}")
@@ -407,7 +329,7 @@ class Service:
             raise BusyError(f"device {dev.props['Label'] or device_id} is not mounted "
                             f"(state: {dev.props['State']})")
         # Like the USB auto-export: the target of a stick export is its mount point.
-        job = await self.core.export_sessions(keys, list(fmts), mount_point, self._make_options(options))
+        job = await self.core.export_sessions(ids, fmts, mount_point, convert.unwrap(options))
         self._job_updated(job)
         return job_path(job.id)
 
@@ -417,18 +339,16 @@ class Service:
         return job_path(job.id)
 
     async def cancel(self, job_id: int) -> None:
-        res = self.core.jobs.cancel(job_id)
-        if asyncio.iscoroutine(res):
-            await res
+        self.core.jobs.cancel(job_id)
 
 
 _FINISHED = {str(s) for s in events.JobState if s.finished}
 
 
 @contextlib.asynccontextmanager
-async def export(core: Any, daemon: Any = None) -> AsyncIterator[Service]:
+async def export(core: Core, host: Host = Host()) -> AsyncIterator[Service]:
     """Run the D-Bus service for the core while the context is open."""
-    svc = Service(core, daemon)
+    svc = Service(core, host)
     try:
         await svc.start()
         yield svc

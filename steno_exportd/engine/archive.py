@@ -296,21 +296,23 @@ def tar_gz_write(plan: ZipPlan, fileobj: Any) -> None:
 def build_plan(library: Any, session_ids: tuple, formats: tuple, template: str, include_audio: bool, cfg: Any,
                reg: Any = None, errors: dict | None = None, hashes: Any = None) -> ZipPlan:
     """Sessions x formats -> archive entries with the same layout as a folder export."""
-    from steno_exportd.engine.naming import folder_name, resolve_collision, root_folder, safe_name
-    from steno_exportd.engine.plan import plan_session, render_file
+    from steno_exportd.engine.naming import folder_name, format_label, resolve_collision, root_folder, safe_name
+    from steno_exportd.engine.plan import plan_session, render_file, render_options
 
     root = root_folder(cfg)
+    options = render_options(cfg, template)
     entries: list[ArchiveEntry] = []
     sessions: dict[str, dict] = {}
     taken: set[str] = set()
     for seq, sid in enumerate(session_ids, 1):
         s = library.get_session(sid)
         folder = resolve_collision(safe_name(folder_name(s.summary, cfg.export.naming, cfg.export.folder_pattern,
-                                                         seq=seq), f"Session {s.id}", limit=240), taken)
+                                                         seq=seq, fmt=format_label(formats, include_audio)),
+                                             f"Session {s.id}", limit=240), taken)
         taken.add(folder)
         sessions[s.uuid] = {"id": s.id, "title": s.title,
                             "updated_at": s.updated_at.isoformat() if s.updated_at else ""}
-        for pf in plan_session(s, formats, template, include_audio, reg):
+        for pf in plan_session(s, formats, options, include_audio, reg):
             if pf.error:
                 if errors is not None:
                     errors.setdefault(s.id, []).append(pf.error)

@@ -67,7 +67,6 @@ class _Printer:
 def main(args: argparse.Namespace) -> int:
     from steno_exportd import config
     from steno_exportd.engine.export import SimpleSpec, run_export
-    from steno_exportd.engine.options import ExportOptions
     from steno_exportd.engine.registry import local
     from steno_exportd.errors import StenoError
 
@@ -81,24 +80,23 @@ def main(args: argparse.Namespace) -> int:
             rec["data_dir"] = str(__import__("os").path.abspath(args.data_dir))
         if rec:
             cfg = config.replace(cfg, recorder=__import__("dataclasses").replace(cfg.recorder, **rec))
-        from steno_exportd.library import Library
-        lib = Library.from_config(cfg)
-        if args.sessions in ("new", "all"):
-            ids = tuple(s.id for s in lib.list_sessions(exportable_only=True))
-        else:
-            ids = tuple(lib.get_session(int(k) if k.isdigit() else k).id
-                        for k in args.sessions.split(",") if k.strip())
-        formats = tuple(args.formats.split(",")) if args.formats else tuple(cfg.export.formats)
-        from steno_exportd.formats import FORMATS
-        bad = [f for f in formats if f not in FORMATS]
-        if bad:
-            print(f"unknown format {bad[0]!r}; valid: {', '.join(FORMATS)}", file=sys.stderr)
+        from steno_exportd import request
+        from steno_exportd.errors import InvalidArgument, NotFoundError
+        from steno_exportd.library import Library, SessionListing
+        try:                                    # the same checks as every other caller (Core.check_export)
+            keys = request.session_keys(args.sessions)
+            formats = request.format_names(args.formats) or tuple(cfg.export.formats)
+            opts = request.export_options(dict(template=args.template, merge=args.merge,
+                                               include_audio=False if args.no_audio else None,
+                                               verify=False if args.no_verify else None))
+            request.template_name(opts.template or cfg.export.template, cfg.render.template_dir)
+        except (InvalidArgument, NotFoundError) as e:
+            print(str(e), file=sys.stderr)
             return 2
-        opts = ExportOptions(template=args.template, merge=args.merge,
-                             include_audio=False if args.no_audio else None,
-                             verify=False if args.no_verify else None)
         targets = local()           # what this command supports: a folder, FILE.zip, FILE.tar.gz
-        targets.check(args.to, cfg, trusted=True)
+        targets.check(args.to, cfg, trusted=True)      # a refused target: "export failed", as a failed export
+        lib = Library.from_config(cfg)
+        ids = request.resolve_sessions(keys, SessionListing(tuple(lib.list_sessions())), opts)
         printer = _Printer(sys.stderr.isatty(), args.json)
         t0 = time.monotonic()
         results = run_export(lib, SimpleSpec(args.to, ids, formats, opts, target_name=args.to), cfg, printer,

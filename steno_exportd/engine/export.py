@@ -14,8 +14,8 @@ from steno_exportd.config import Config
 from steno_exportd.engine import manifest as mf
 from steno_exportd.engine import writer
 from steno_exportd.engine.hashcache import HashCache
-from steno_exportd.engine.naming import folder_name, resolve_collision, root_folder, safe_name
-from steno_exportd.engine.plan import PlannedFile, plan_session, render_file
+from steno_exportd.engine.naming import folder_name, format_label, resolve_collision, root_folder, safe_name
+from steno_exportd.engine.plan import PlannedFile, plan_session, render_file, render_options
 from steno_exportd.engine.registry import ArchiveKind, Targets, local
 from steno_exportd.engine.targets import MARKER, PARTIAL_SUFFIX, Target, WriteHandle
 from steno_exportd.errors import CancelledJob, SourceError, StenoError, TargetError, TargetFullError, VerifyError
@@ -128,7 +128,8 @@ class Exporter:
                 sessions.append(self._retry(self.lib.get_session, sid))
             except StenoError as e:
                 results.append(SessionResult(int(sid) if str(sid).isdigit() else 0, "", "", False, error=str(e)))
-        plans = [(s, plan_session(s, self.spec.formats, self.template, self.include_audio, self.reg))
+        options = render_options(self.cfg, self.template)
+        plans = [(s, plan_session(s, self.spec.formats, options, self.include_audio, self.reg))
                  for s in sessions]
         todo = [(s, pl) for s, pl in plans if not self._unchanged(s, pl)]
         todo_ids = {id(s) for s, _ in todo}
@@ -241,7 +242,7 @@ class Exporter:
 
     def _export_merged(self, sessions: list) -> SessionResult:
         """One merged document per format in 'Merged <date> (N sessions)'; reported as session 0."""
-        from steno_exportd.engine.plan import registry, render_options
+        from steno_exportd.engine.plan import registry
         reg = self.reg or registry()
         stamp = time.strftime("%Y-%m-%d %H-%M")
         taken = set(self._root_names) | {e["folder"] for e in self.m.sessions.values()}
@@ -263,7 +264,7 @@ class Exporter:
                 r = reg.get(fmt)
                 if not hasattr(r, "render_merged"):
                     raise StenoError(f"{fmt} cannot merge sessions")
-                data = self._retry(r.render_merged, sessions, render_options(self.template))
+                data = self._retry(r.render_merged, sessions, render_options(self.cfg, self.template))
                 name = safe_name(f"merged.{getattr(r, 'extension', fmt)}")
                 pf = PlannedFile(name, fmt, str(getattr(r, "version", "")))
                 size, sha = self._write_verified(None, pf, f"{work_rel}/{name}", data=data)
@@ -449,7 +450,7 @@ class Exporter:
                 if st is not None and st.kind == "dir":
                     return name, False
         raw = folder_name(s.summary if hasattr(s, "summary") else s, self.naming, self.pattern, seq=seq,
-                          job_id=self.job_id)
+                          job_id=self.job_id, fmt=format_label(self.spec.formats, self.include_audio))
         name = safe_name(raw, f"Session {s.id}", limit=240)
         taken = set(self._root_names) | {e["folder"] for u, e in self.m.sessions.items() if u != s.uuid}
         taken |= {n[: -len(PARTIAL_SUFFIX)] for n in taken if n.endswith(PARTIAL_SUFFIX)}

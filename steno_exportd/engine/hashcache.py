@@ -14,7 +14,10 @@ from pathlib import Path
 
 
 class HashCache:
-    def __init__(self, path: str | Path) -> None:
+    """At most max_entries rows: the oldest written go first (a miss only costs hashing the file again)."""
+
+    def __init__(self, path: str | Path, max_entries: int = 20_000) -> None:
+        self.max_entries = max_entries
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -72,3 +75,6 @@ class HashCache:
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO hashes VALUES (?, ?, ?, ?, ?, ?, ?)",
                              (str(path), *self._key(st), crc32, sha256))
+            # a replaced row gets a new rowid, so rowid order is write order
+            self._db.execute("DELETE FROM hashes WHERE rowid <= (SELECT MAX(rowid) FROM hashes) - ?",
+                             (self.max_entries,))

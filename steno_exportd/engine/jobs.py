@@ -179,6 +179,13 @@ class JobManager:
         del self._jobs[int(job_id)]
         self.events.publish(ev.JobRemoved(int(job_id)))
 
+    def forget_finished(self, keep: int) -> int:
+        """Drop all but the newest ``keep`` finished jobs from memory (the state DB keeps them); the count."""
+        done = sorted((j.snap.id for j in self._jobs.values() if j.snap.state.finished), reverse=True)
+        for jid in done[keep:]:
+            self.remove(jid)
+        return max(0, len(done) - keep)
+
     # -- submitting ------------------------------------------------------------------
     def _new_id(self) -> int:
         jid = self._next_id

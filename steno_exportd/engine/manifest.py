@@ -119,7 +119,12 @@ def read(target: Target, root: str) -> Manifest:
     st = target.lstat(f"{root}/{MANIFEST}")
     if st is None or st.kind != "file":
         raise ValueError(f"no {MANIFEST}" if st is None else f"{MANIFEST} is not a file")
-    data = json.loads(_read_all(target, f"{root}/{MANIFEST}"))
+    return parse(_read_all(target, f"{root}/{MANIFEST}"))
+
+
+def parse(raw: bytes) -> Manifest:
+    """A manifest.json's bytes; ValueError (or UnicodeDecodeError) when they are not ours."""
+    data = json.loads(raw)
     if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("sessions"), dict):
         raise ValueError("not a steno-exportd manifest")
     if int(data.get("version", 0)) > VERSION:

@@ -62,9 +62,14 @@ def resolve_collision(name: str, taken: set[str]) -> str:
         i += 1
 
 
+def format_label(formats: tuple[str, ...] | list[str], include_audio: bool = True) -> str:
+    """The {format} placeholder: the export's formats joined with '+', e.g. 'txt+pdf+audio'."""
+    return "+".join(f for f in dict.fromkeys(formats) if f != "audio" or include_audio)
+
+
 def folder_name(summary, naming: str, pattern: str, seq: int = 1, job_id: int = 0,
                 now: dt.datetime | None = None, fmt: str = "") -> str:
-    """The (unsafe) folder name of a session for a naming strategy."""
+    """The (unsafe) folder name of a session for a naming strategy; fmt fills {format} (format_label)."""
     now = now or dt.datetime.now(dt.timezone.utc)
     start = summary.start_time
     if naming == "id":

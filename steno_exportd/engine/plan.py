@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import types
 from pathlib import Path
-from typing import Any
 
+from steno_exportd.config import Config
 from steno_exportd.engine.naming import resolve_collision, safe_name
+from steno_exportd.errors import StenoError
+from steno_exportd.model import Session
+from steno_exportd.render.base import RenderOptions
 
 log = logging.getLogger(__name__)
 
@@ -15,70 +19,74 @@ log = logging.getLogger(__name__)
 class PlannedFile:
     name: str                       # safe name inside the session folder
     fmt: str
-    version: str
+    version: str                    # renderer version + options fingerprint: a change re-renders
     template: str = ""
     source: Path | None = None      # a copy (audio); None: rendered
     size: int = 0                   # exact for copies, 0 for renders (unknown until rendered)
     heavy: bool = False
     error: str = ""                 # planned but impossible (missing audio, unknown renderer)
+    options: RenderOptions = RenderOptions()
 
 
-def registry() -> Any:
+def registry() -> types.ModuleType:
     import steno_exportd.render as render
     return render
 
 
-def render_options(template: str) -> Any:
-    try:
-        from steno_exportd.render import RenderOptions
-        return RenderOptions(template=template)
-    except (ImportError, TypeError):
-        return type("RenderOptions", (), {"template": template})()
+def render_options(cfg: Config, template: str | None, audio_filename: str | None = None) -> RenderOptions:
+    """The one place render options are made: config [render], the job's template (else export.template)."""
+    return RenderOptions.from_config(cfg.render, template or cfg.export.template, audio_filename)
 
 
-def plan_session(session: Any, formats: tuple[str, ...], template: str, include_audio: bool,
-                 reg: Any = None) -> list[PlannedFile]:
-    """The files of one session, in format order, with case-insensitively unique safe names."""
+def plan_session(session: Session, formats: tuple[str, ...], options: RenderOptions, include_audio: bool,
+                 reg: types.ModuleType | None = None) -> list[PlannedFile]:
+    """The files of one session, in format order, with case-insensitively unique safe names.
+
+    The recording is planned first so the HTML page can play it by its name in the same folder.
+    """
     reg = reg or registry()
-    opts = render_options(template)
-    out: list[PlannedFile] = []
     taken: set[str] = set()
+    audio: PlannedFile | None = None
+    if "audio" in formats and include_audio:
+        audio = _plan_audio(session, reg, options, taken)
+        if not audio.error:
+            options = dataclasses.replace(options, audio_filename=audio.name)
+    out: list[PlannedFile] = []
     for fmt in formats:
-        if fmt == "audio" and not include_audio:
+        if fmt == "audio":
+            if audio is not None:
+                out.append(audio)
             continue
         try:
             r = reg.get(fmt)
-        except Exception as e:  # noqa: BLE001 - one format's problem never stops the others
+        except StenoError as e:   # one format's problem never stops the others
             out.append(PlannedFile(f"{fmt}", fmt, "", error=f"renderer {fmt}: {e}"))
             continue
-        version = str(getattr(r, "version", ""))
-        if fmt == "audio":
-            try:
-                src = Path(r.source_path(session)) if hasattr(r, "source_path") else (
-                    session.audio.path if session.audio else None)
-            except Exception as e:  # noqa: BLE001
-                src, err = None, str(e)
-            else:
-                err = ""
-            if src is None or not src.is_file():
-                out.append(PlannedFile("audio", fmt, version,
-                                       error=err or f"audio file missing: {src or 'no audio recorded'}"))
-                continue
-            name = safe_name(r.filename(session, opts) if hasattr(r, "filename") else src.name)
-            name = resolve_collision(name, taken)
-            taken.add(name)
-            out.append(PlannedFile(name, fmt, version, source=src, size=src.stat().st_size))
-            continue
-        name = resolve_collision(safe_name(r.filename(session, opts)), taken)
+        name = resolve_collision(safe_name(r.filename(session, options)), taken)
         taken.add(name)
-        out.append(PlannedFile(name, fmt, version, template=template if fmt in ("pdf", "docx") else "",
-                               heavy=bool(getattr(r, "heavy", False))))
+        out.append(PlannedFile(name, fmt, f"{r.version}+{options.digest()}",
+                               template=options.template if fmt in ("pdf", "docx") else "",
+                               heavy=r.heavy, options=options))
     return out
 
 
-def render_file(pf: PlannedFile, session: Any, reg: Any = None) -> bytes:
+def _plan_audio(session: Session, reg: types.ModuleType, options: RenderOptions, taken: set[str]) -> PlannedFile:
+    r = reg.get("audio")
+    version = str(r.version)
+    try:
+        src, err = r.source_path(session), ""
+    except StenoError as e:
+        src, err = None, str(e)
+    if src is None or not src.is_file():
+        return PlannedFile("audio", "audio", version, error=err or f"audio file missing: {src or 'no audio recorded'}")
+    name = resolve_collision(safe_name(r.filename(session, options)), taken)
+    taken.add(name)
+    return PlannedFile(name, "audio", version, source=src, size=src.stat().st_size)
+
+
+def render_file(pf: PlannedFile, session: Session, reg: types.ModuleType | None = None) -> bytes:
+    """The bytes of a planned rendered file (heavy formats in the worker process)."""
     reg = reg or registry()
-    opts = render_options(pf.template or "detailed")
-    if pf.heavy and hasattr(reg, "render_in_process"):
-        return reg.render_in_process(pf.fmt, session, opts)
-    return reg.get(pf.fmt).render(session, opts)
+    if pf.heavy:
+        return reg.render_in_process(pf.fmt, session, pf.options)
+    return reg.get(pf.fmt).render(session, pf.options)

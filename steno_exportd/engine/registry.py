@@ -17,7 +17,7 @@ from typing import Any, Callable, ContextManager, Iterator, Protocol
 from steno_exportd.config import Config
 from steno_exportd.engine.naming import root_folder
 from steno_exportd.engine.targets import DirectoryTarget, Target
-from steno_exportd.errors import InvalidArgument, StenoError, TargetError
+from steno_exportd.errors import InvalidArgument, NotAllowedError, StenoError, TargetError
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 
@@ -67,6 +67,18 @@ def under(path: str, dirs: list[str]) -> bool:
     return False
 
 
+def allowed(target: str, folder: str, cfg: Config, trusted: bool) -> None:
+    """A caller's local target: an absolute path whose folder is under export.allowed_dirs (unless trusted:
+    the CLI, the daemon's own mount points); InvalidArgument/NotAllowedError otherwise."""
+    if trusted:
+        return
+    if not os.path.isabs(target):
+        raise InvalidArgument(f"target {target!r}: an absolute path under {', '.join(cfg.export.allowed_dirs)}")
+    if not under(folder, cfg.export.allowed_dirs):
+        raise NotAllowedError(f"target {target!r} is not under an allowed folder "
+                              f"({', '.join(cfg.export.allowed_dirs)})")
+
+
 def recorder_dirs(cfg: Config) -> list[str]:
     """The recorder's own folders (its database's and its data folder): never a target."""
     dirs = [os.path.dirname(cfg.recorder.db_path)]
@@ -84,9 +96,7 @@ class FolderKind:
         return not _SCHEME.match(target)
 
     def check(self, target: str, cfg: Config, *, trusted: bool) -> Checked:
-        if not trusted and not under(target, cfg.export.allowed_dirs):
-            raise InvalidArgument(f"target {target!r} is not under an allowed folder "
-                                  f"({', '.join(cfg.export.allowed_dirs)})")
+        allowed(target, target, cfg, trusted)
         self._usable(target, cfg, InvalidArgument)
         return Checked("export", target)
 
@@ -123,9 +133,7 @@ class ArchiveKind:
         return not _SCHEME.match(target) and target.lower().endswith(self.suffixes)
 
     def check(self, target: str, cfg: Config, *, trusted: bool) -> Checked:
-        if not trusted and not under(os.path.dirname(target) or ".", cfg.export.allowed_dirs):
-            raise InvalidArgument(f"target {target!r} is not under an allowed folder "
-                                  f"({', '.join(cfg.export.allowed_dirs)})")
+        allowed(target, os.path.dirname(target) or ".", cfg, trusted)
         return Checked("export", target)
 
 
@@ -146,6 +154,8 @@ class Targets:
         """The kind of a target string; InvalidArgument names what this process supports."""
         if not target:
             raise InvalidArgument("no target given")
+        if "\0" in target:
+            raise InvalidArgument("the target contains a NUL character")
         for kind in self._kinds:
             if kind.matches(target):
                 return kind

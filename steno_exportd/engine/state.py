@@ -8,8 +8,12 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from steno_exportd.events import JobSnapshot, JobState, SessionResult
+
+if TYPE_CHECKING:
+    from steno_exportd.retention import Keep
 
 log = logging.getLogger(__name__)
 
@@ -140,10 +144,17 @@ class StateDB:
         keys = ("uuid", "label", "fs_type", "first_seen", "last_seen", "exports")
         return [dict(zip(keys, r)) for r in self._x("SELECT * FROM devices ORDER BY last_seen DESC")]
 
-    def prune(self, days: int) -> None:
-        cut = time.time() - days * 86400
-        self._x("DELETE FROM results WHERE job_id IN (SELECT id FROM jobs WHERE finished>0 AND finished<?)", (cut,))
-        self._x("DELETE FROM jobs WHERE finished>0 AND finished<?", (cut,))
+    def prune(self, jobs: "Keep", history: "Keep") -> dict[str, int]:
+        """Drop finished jobs (with their results) and history rows past their policies; never a job that
+        is queued or running, nor its history, nor one a restart interrupted (it can be resumed; there is
+        one per power cut mid-job at most). Returns the counts removed."""
+        from steno_exportd.retention import prune_rows
+        live = "state IN ('queued','running')"
+        gone = prune_rows(self._x, "jobs", "created", jobs, protect="state IN ('queued','running','interrupted')")
+        self._x("DELETE FROM results WHERE job_id NOT IN (SELECT id FROM jobs)")
+        old = prune_rows(self._x, "history", "exported_at", history,
+                         protect=f"job_id IN (SELECT id FROM jobs WHERE {live})")
+        return {"jobs": len(gone), "history": len(old)}
 
 
 def default_state_dir() -> str:

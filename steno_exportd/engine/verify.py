@@ -1,14 +1,25 @@
-"""Check a target against its SHA256SUMS and manifest: missing, changed and extra files."""
+"""Check a target folder, a .zip or a .tar.gz against its SHA256SUMS and manifest: missing, changed, extra files.
+
+Archives are read, never extracted: each member under the root folder is hashed as it streams by,
+so a hostile archive (paths with '..', links, devices) can only be reported, never written out.
+"""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
+import tarfile
+import zipfile
+from typing import Callable, Iterator
 
 from steno_exportd.engine import manifest as mf
 from steno_exportd.engine import writer
 from steno_exportd.engine.naming import ROOT_FALLBACK
+from steno_exportd.engine.registry import ArchiveKind, local
 from steno_exportd.engine.targets import DirectoryTarget, Target
 from steno_exportd.errors import TargetError
+
+_CHUNK = 1 << 20
 
 
 @dataclasses.dataclass
@@ -28,8 +39,42 @@ class VerifyReport:
                     extra=self.extra, problems=self.problems)
 
 
+def _expected(sums: dict[str, str], manifest_files: dict[str, dict], rep: VerifyReport) -> dict[str, str]:
+    """rel path -> sha256 from SHA256SUMS and the manifest (which must agree)."""
+    expected = dict(sums)
+    for rel, f in manifest_files.items():
+        if rel in expected and f.get("sha256") and expected[rel] != f["sha256"]:
+            rep.problems.append(f"{rel}: SHA256SUMS and manifest disagree")
+        expected.setdefault(rel, f.get("sha256", ""))
+    return expected
+
+
+def _compare(expected: dict[str, str], actual: Callable[[str], str | None], listing: dict[str, list[str]],
+             rep: VerifyReport) -> set[str]:
+    """Fill rep from actual(rel) (sha256, '' for a non-file, None when absent); return the changed paths."""
+    bad: set[str] = set()
+    for rel in sorted(expected):
+        sha = actual(rel)
+        if sha is None:
+            rep.missing.append(rel)
+        elif sha != expected[rel]:
+            rep.changed.append(rel)
+            bad.add(rel)
+        else:
+            rep.ok_count += 1
+    for folder in sorted({rel.split("/", 1)[0] for rel in expected}):
+        for name in listing.get(folder, []):
+            if f"{folder}/{name}" not in expected:
+                rep.extra.append(f"{folder}/{name}")
+    return bad
+
+
 def verify_target(path: str | Target, root: str = ROOT_FALLBACK, mark: bool = False) -> VerifyReport:
-    """Hash every file SHA256SUMS and the manifest name (paths relative to root)."""
+    """Hash every file SHA256SUMS and the manifest name (paths relative to root); archives too."""
+    if isinstance(path, str):
+        kind = local().kind_for(path)        # InvalidArgument for what is no local target (smb:...)
+        if isinstance(kind, ArchiveKind) and os.path.isfile(path):
+            return verify_archive(path, root, kind.fmt)
     if isinstance(path, str):
         if os.path.basename(os.path.normpath(path)) == root and not os.path.isdir(os.path.join(path, root)):
             path = os.path.dirname(os.path.normpath(path)) or "."
@@ -48,35 +93,20 @@ def verify_target(path: str | Target, root: str = ROOT_FALLBACK, mark: bool = Fa
     m = mf.load(t, root)
     if m.rebuilt:
         rep.problems.append(f"{mf.MANIFEST} missing or unusable")
-    expected = dict(sums)
-    for rel, f in m.owned_paths().items():
-        if rel in expected and f.get("sha256") and expected[rel] != f["sha256"]:
-            rep.problems.append(f"{rel}: SHA256SUMS and manifest disagree")
-        expected.setdefault(rel, f.get("sha256", ""))
-    bad: set[str] = set()
-    for rel in sorted(expected):
+    expected = _expected(sums, m.owned_paths(), rep)
+
+    def actual(rel: str) -> str | None:
         st = t.lstat(f"{root}/{rel}")
         if st is None:
-            rep.missing.append(rel)
-            continue
-        if st.kind != "file":
-            rep.changed.append(rel)
-            bad.add(rel)
-            continue
-        _, sha = writer.read_back(t, f"{root}/{rel}")
-        if sha != expected[rel]:
-            rep.changed.append(rel)
-            bad.add(rel)
-        else:
-            rep.ok_count += 1
-    folders = {rel.split("/", 1)[0] for rel in expected}
-    for folder in sorted(folders):
+            return None
+        return writer.read_back(t, f"{root}/{rel}")[1] if st.kind == "file" else ""
+
+    listing: dict[str, list[str]] = {}
+    for folder in {rel.split("/", 1)[0] for rel in expected}:
         st = t.lstat(f"{root}/{folder}")
-        if st is None or st.kind != "dir":
-            continue
-        for name in t.listdir(f"{root}/{folder}"):
-            if f"{folder}/{name}" not in expected:
-                rep.extra.append(f"{folder}/{name}")
+        if st is not None and st.kind == "dir":
+            listing[folder] = list(t.listdir(f"{root}/{folder}"))
+    bad = _compare(expected, actual, listing, rep)
     if mark and bad and not m.rebuilt:
         for s in m.sessions.values():
             for name, f in s["files"].items():
@@ -86,4 +116,77 @@ def verify_target(path: str | Target, root: str = ROOT_FALLBACK, mark: bool = Fa
             mf.save(t, root, m)
         except TargetError as e:
             rep.problems.append(f"could not flag changed files in the manifest: {e}")
+    return rep
+
+
+def _members(path: str, fmt: str) -> Iterator[tuple[str, bool, Callable[[], Iterator[bytes]]]]:
+    """(name, is a regular file, chunks) of each member of a "zip" or "tar.gz" archive, in archive order."""
+    if fmt == "zip":
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                def chunks(info=info) -> Iterator[bytes]:
+                    with z.open(info) as f:
+                        while b := f.read(_CHUNK):
+                            yield b
+                mode = (info.external_attr >> 16) & 0o170000
+                yield info.filename, not info.is_dir() and mode in (0, 0o100000), chunks
+        return
+    with tarfile.open(path, "r:*") as t:
+        for m in t:
+            def chunks(m=m) -> Iterator[bytes]:
+                f = t.extractfile(m)
+                while f is not None and (b := f.read(_CHUNK)):
+                    yield b
+            yield m.name, m.isfile(), chunks
+
+
+def verify_archive(path: str, root: str = ROOT_FALLBACK, fmt: str = "zip") -> VerifyReport:
+    """verify_target for a .zip or .tar.gz: the SHA256SUMS and manifest inside, every member hashed."""
+    rep = VerifyReport()
+    hashes: dict[str, str] = {}          # rel path under root -> sha256 ('' for a non-file)
+    listing: dict[str, list[str]] = {}
+    sums_raw = manifest_raw = None
+    prefix = f"{root}/"
+    try:
+        for name, regular, chunks in _members(path, fmt):
+            parts = name.rstrip("/").split("/")
+            if name.startswith("/") or ".." in parts or "" in parts[:-1] or "\\" in name:
+                rep.problems.append(f"unsafe member name {name[:200]!r}")
+                continue
+            if not name.startswith(prefix):
+                continue
+            rel = name[len(prefix):].rstrip("/")
+            if not rel:
+                continue
+            if rel in (mf.SUMS, mf.MANIFEST) and regular:
+                data = b"".join(chunks())
+                sums_raw, manifest_raw = (data, manifest_raw) if rel == mf.SUMS else (sums_raw, data)
+                continue
+            if not regular:
+                if "/" not in rel and name.endswith("/"):
+                    continue                         # a session folder entry
+                rep.problems.append(f"{rel}: not a regular file in the archive")
+                hashes[rel] = ""
+                continue
+            h = hashlib.sha256()
+            for b in chunks():
+                h.update(b)
+            hashes[rel] = h.hexdigest()
+            folder, _, fname = rel.partition("/")
+            if fname:
+                listing.setdefault(folder, []).append(fname)
+    except (OSError, EOFError, zipfile.BadZipFile, tarfile.TarError, RuntimeError) as e:
+        raise TargetError(f"cannot read archive {path}: {e}") from e
+    if sums_raw is None and manifest_raw is None and not hashes:
+        raise TargetError(f"no {root}/ folder in {path}")
+    sums = mf.parse_sums(sums_raw.decode("utf-8", "replace")) if sums_raw is not None else {}
+    if sums_raw is None:
+        rep.problems.append(f"{mf.SUMS} missing")
+    files: dict[str, dict] = {}
+    try:
+        files = mf.parse(manifest_raw or b"").owned_paths()
+    except (ValueError, KeyError, TypeError, AttributeError):
+        rep.problems.append(f"{mf.MANIFEST} missing or unusable")
+    expected = _expected(sums, files, rep)
+    _compare(expected, hashes.get, listing, rep)
     return rep

@@ -1,4 +1,4 @@
-"""`steno-exportd verify DIR`: check a target against its SHA256SUMS and manifest."""
+"""`steno-exportd verify DIR|FILE.zip|FILE.tar.gz`: check a target against its SHA256SUMS and manifest."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +7,8 @@ import sys
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("dir", help="the target folder (the one holding SilentSteno/) or SilentSteno/ itself")
+    p.add_argument("dir", metavar="DIR|FILE.zip|FILE.tar.gz",
+                   help="the target folder (the one holding SilentSteno/), SilentSteno/ itself, or an exported archive")
     p.add_argument("--root-folder", default="SilentSteno", help="export.root_folder (default SilentSteno)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-mark", action="store_true",

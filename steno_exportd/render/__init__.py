@@ -1,4 +1,4 @@
-"""Renderer registry: format name -> Renderer; never imports reportlab or python-docx.
+"""Renderer registry: format name -> Renderer; never imports reportlab, python-docx or openpyxl.
 
 Each format lives in its own module, imported on first ``get(name)``; PDF and DOCX import
 their heavy libraries only when they render, and are run in a worker process by
@@ -22,7 +22,7 @@ __all__ = ["names", "get", "template_names", "RenderOptions", "Renderer", "Rende
            "render_result_in_process", "async_render", "shutdown"]
 
 _MODULES = {"txt": "txt", "md": "md", "html": "html", "json": "json_", "srt": "srt", "vtt": "vtt",
-            "csv": "csv_", "pdf": "pdf", "docx": "docx_", "ics": "ics", "audio": "audio"}
+            "csv": "csv_", "xlsx": "xlsx", "pdf": "pdf", "docx": "docx_", "ics": "ics", "audio": "audio"}
 _cache: dict[str, Renderer] = {}
 
 

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
+import re
 from pathlib import Path
 from typing import Sequence
 
-from steno_exportd.errors import NotFoundError, RenderError
+from steno_exportd.errors import InvalidArgument, NotFoundError, RenderError
 from steno_exportd.formats import DOCUMENT_TEMPLATES
 from steno_exportd.model import Session
 
@@ -25,20 +27,30 @@ class RenderOptions:
     accent_color: str = "#1f4e79"
     company: str = ""
     audio_filename: str | None = None   # HTML player source when audio is exported beside it
+    time_zone: str = ""                 # IANA name; "" = the system's
+    language: str = "en"                # BCP 47 tag of the document; other scripts are marked per paragraph
 
     @classmethod
     def from_config(cls, rcfg, template: str = "detailed", audio_filename: str | None = None) -> "RenderOptions":
         """Options from a config.RenderConfig."""
         return cls(template=template, template_dir=rcfg.template_dir or None, page_size=rcfg.page_size,
                    font_path=rcfg.font_path or None, logo=rcfg.logo or None,
-                   accent_color=rcfg.accent_color, company=rcfg.company, audio_filename=audio_filename)
+                   accent_color=rcfg.accent_color, company=rcfg.company, audio_filename=audio_filename,
+                   time_zone=rcfg.time_zone, language=rcfg.language)
 
     def checked(self) -> "RenderOptions":
-        """Self, or NotFoundError naming the valid templates."""
+        """Self, or NotFoundError naming the valid templates (InvalidArgument for a bad colour)."""
+        if not re.fullmatch(r"#[0-9a-fA-F]{6}", self.accent_color):
+            raise InvalidArgument(f"accent colour must be #rrggbb, got {self.accent_color[:20]!r}")
         if self.template not in DOCUMENT_TEMPLATES:
             from steno_exportd.render.doctemplates import resolve
             resolve(self.template, self.template_dir)
         return self
+
+    def digest(self) -> str:
+        """A short stable fingerprint: a file rendered with other options differs from one on a target."""
+        text = repr(sorted(dataclasses.asdict(self).items()))
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def doc_template(self, warnings: list[str] | None = None):
         """The DocTemplate (sections + styling) of self.template; problems of templates.toml to warnings."""

@@ -1,16 +1,20 @@
-"""CSV: one row per segment, UTF-8 with BOM (Excel shows accents), RFC 4180 quoting."""
+"""CSV: one row per segment, UTF-8 with BOM (Excel shows accents), RFC 4180 quoting.
+
+A text cell starting with = + - @ tab or CR gets a leading quote (OWASP CSV injection rule), so a
+spreadsheet shows it as text and never runs it as a formula.
+"""
 from __future__ import annotations
 
 import csv
 import io
 
 from steno_exportd.render.base import Renderer
-from steno_exportd.render.common import one_line
+from steno_exportd.render.common import formula_safe, one_line
 from steno_exportd.render.cues import ts
 
 
 class CsvRenderer(Renderer):
-    name, extension, media_type, version = "csv", "csv", "text/csv; charset=utf-8", 1
+    name, extension, media_type, version = "csv", "csv", "text/csv; charset=utf-8", 2
 
     def _render(self, sessions, options, merged, warnings) -> bytes:
         buf = io.StringIO()
@@ -18,7 +22,7 @@ class CsvRenderer(Renderer):
         w.writerow(["start", "end", "start_seconds", "end_seconds", "speaker", "text", "confidence"])
         for seg in sessions[0].segments:
             w.writerow([ts(seg.start, "."), ts(seg.end, "."), f"{seg.start:.3f}", f"{seg.end:.3f}",
-                        one_line(seg.speaker_name), one_line(seg.text),
+                        formula_safe(one_line(seg.speaker_name)), formula_safe(one_line(seg.text)),
                         "" if seg.confidence is None else f"{seg.confidence:.3f}"])
         return buf.getvalue().encode("utf-8-sig")
 

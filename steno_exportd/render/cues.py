@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-import textwrap
+from typing import Callable
 
 from steno_exportd.model import Session
 from steno_exportd.render.common import one_line
@@ -21,19 +21,52 @@ class Cue:
     lines: tuple[str, ...]
 
 
-def cues(session: Session) -> list[Cue]:
-    """Cues with non-decreasing starts, end > start, at most two lines of LINE characters each."""
+def speaker_prefix(name: str) -> str:
+    """'Name: ' for the first line of a cue; an absurdly long name is shortened to leave room for text."""
+    name = one_line(name) or "Unknown speaker"
+    if len(name) > LINE - 12:
+        name = name[:LINE - 13].rstrip() + "…"
+    return name + ": "
+
+
+def _wrap(text: str, widths: tuple[int, int]) -> list[tuple[str, ...]]:
+    """Greedy word wrap into cues of two lines, the first of widths[0] characters, the second of widths[1]."""
+    lines: list[str] = []
+    cur = ""
+    for word in text.split():
+        while word:
+            width = widths[len(lines) % 2]
+            room = width - (len(cur) + 1 if cur else 0)
+            if len(word) <= room:
+                cur, word = (f"{cur} {word}" if cur else word), ""
+            elif cur:
+                lines.append(cur)
+                cur = ""
+            else:                       # a word longer than a whole line is cut
+                lines.append(word[:width])
+                word = word[width:]
+    if cur:
+        lines.append(cur)
+    return [tuple(lines[i:i + 2]) for i in range(0, len(lines), 2)]
+
+
+def cues(session: Session, prefix: bool = False, shown: Callable[[str], str] = str) -> list[Cue]:
+    """Cues with non-decreasing starts, end > start, at most two lines of LINE characters each.
+
+    shown(text) is what the player displays (applied before wrapping); with prefix, every cue's first
+    line leaves room for `speaker_prefix(speaker)` (SRT shows it).
+    """
     out: list[Cue] = []
     last_start = 0.0
     for seg in session.segments:
-        text = one_line(seg.text)
+        text = shown(one_line(seg.text))
         if not text:
             continue
-        speaker = one_line(seg.speaker_name) or "Unknown speaker"
+        speaker = shown(one_line(seg.speaker_name) or "Unknown speaker")
+        first = LINE - (len(speaker_prefix(speaker)) if prefix else 0)
         start, end = max(0.0, seg.start), max(seg.end, seg.start)
         dur = end - start
-        lines = textwrap.wrap(text, LINE, break_long_words=True, break_on_hyphens=False) or [text]
-        pieces = [tuple(lines[i:i + 2]) for i in range(0, len(lines), 2)]
+        pieces = _wrap(text, (first, LINE)) or [(text[:first],)]
         total = sum(len(" ".join(p)) for p in pieces) or 1
         t = start
         for p in pieces:

@@ -4,9 +4,10 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
-from xml.sax.saxutils import escape
 
+from reportlab import rl_config
 from reportlab.lib import colors
+from reportlab.lib.rl_accel import fp_str
 from reportlab.lib.enums import TA_RIGHT
 from reportlab.lib.pagesizes import A4, LETTER
 from reportlab.lib.styles import ParagraphStyle
@@ -19,12 +20,17 @@ from reportlab.platypus import (BaseDocTemplate, CondPageBreak, Flowable, Frame,
 from reportlab.platypus.tableofcontents import TableOfContents
 
 from steno_exportd.model import Session
+from steno_exportd.render import scripts
 from steno_exportd.render.base import RenderOptions
-from steno_exportd.render.common import (clean, date_text, duration_text, hms, one_line,
+from steno_exportd.render.common import (clean, date_text, duration_text, hms, one_line, speaker_colours,
                                          speaker_rows)
-from steno_exportd.render.fonts import find_font
+from steno_exportd.render.fonts import dejavu, find_font
+from steno_exportd.render.pdf_text import FontChain, paragraph, wrap_lines
 
-_registered: dict[str, tuple[tuple[str, str, object], tuple[str, ...]]] = {}
+_chains: dict[str, tuple[FontChain, FontChain, tuple[str, ...]]] = {}
+# Binary (deflated) streams: ASCII85 makes files 25% larger and, without reportlab's optional C
+# accelerator, costs pure-Python time per embedded font; every PDF reader takes binary streams.
+rl_config.useA85 = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,67 +46,54 @@ class Style:
 
 
 
-def _fonts(options: RenderOptions, warnings: list[str]) -> tuple[str, str, object]:
-    """Register (once per process) and return (regular, bold, face-or-None); font warnings every time."""
+def _fonts(options: RenderOptions, warnings: list[str]) -> tuple[FontChain, FontChain]:
+    """(regular, bold) font chains, made once per process and font_path; font warnings every time."""
     key = options.font_path or ""
-    if key not in _registered:
+    if key not in _chains:
         found: list[str] = []
         reg, bold = find_font(options.font_path, found)
+        dv_reg, dv_bold = dejavu()
         if reg is None:
             found.append("no TrueType font found (install fonts-dejavu-core); non-Latin text is lost")
-            out = ("Helvetica", "Helvetica-Bold", None)
-        else:
-            n = f"Steno{len(_registered)}"
-            font = TTFont(n, reg)
-            pdfmetrics.registerFont(font)
-            bn = n + "-Bold"
-            pdfmetrics.registerFont(TTFont(bn, bold) if bold else TTFont(bn, reg))
-            pdfmetrics.registerFontFamily(n, normal=n, bold=bn, italic=n, boldItalic=bn)
-            out = (n, bn, font.face)
-        _registered[key] = (out, tuple(found))
-    out, found = _registered[key]
-    warnings.extend(found)
-    return out
+        regular = [p for p in (reg, dv_reg) if p]
+        bolds = [p for p in (bold or reg, dv_bold, reg, dv_reg) if p]
+        _chains[key] = (FontChain(regular), FontChain(bolds, standard="Helvetica-Bold"), tuple(found))
+    regular_chain, bold_chain, found_ = _chains[key]
+    warnings.extend(found_)
+    return regular_chain, bold_chain
 
 
-def _missing_glyphs(sessions: list[Session], face, warnings: list[str]) -> None:
-    if face is None:
-        return
-    have = face.charToGlyph
+def _missing_glyphs(sessions: list[Session], chain: FontChain, warnings: list[str]) -> None:
     chars: set[str] = set()
     for s in sessions:
         chars.update(s.title, s.summary_text or "", s.description or "", *(g.text for g in s.segments),
                      *(g.speaker_name for g in s.segments), *(a.text for a in s.action_items),
                      *(p.name for p in s.participants), *s.topics)
-    missing = sorted(c for c in chars if ord(c) >= 32 and not c.isspace() and ord(c) not in have
-                     and not (0x200b <= ord(c) <= 0x202e))
+    missing = chain.missing(chars)
     if missing:
-        warnings.append(f"the PDF font lacks {len(missing)} characters (shown as boxes): "
+        warnings.append(f"the PDF fonts lack {len(missing)} characters (shown as boxes): "
                         + "".join(missing[:40]) + ("..." if len(missing) > 40 else ""))
-
-
-def _p(text: str) -> str:
-    return escape(clean(text))
 
 
 GUTTER = 3.3 * cm
 
 
 class TranscriptLine(Flowable):
-    """One segment: speaker and time in a left gutter, the text as a single-style paragraph.
+    """One segment: speaker (wrapped, in the speaker's colour) and time in a left gutter, then the text.
 
-    The paragraph is built from pre-parsed fragments (no markup parser per line), which keeps a
-    2,000-segment transcript close to the cost of bare paragraphs.
+    A left-to-right text paragraph is built from pre-parsed fragments (no markup parser per line),
+    which keeps a 2,000-segment transcript close to the cost of bare paragraphs; the speaker's name
+    is laid out once per speaker and drawn again for each of their lines.
     """
 
-    def __init__(self, speaker: str, time: str, para: Paragraph, st: "_Builder", head: bool = True):
+    def __init__(self, speaker: "_Name", time: str, para: Flowable, st: "_Builder", head: bool = True):
         super().__init__()
         self.speaker, self.time, self.para, self.st, self.head = speaker, time, para, st, head
 
     def wrap(self, aw, ah):
         self.aw = aw
         _, h = self.para.wrap(aw - GUTTER, ah)
-        self.height = max(h, 2 * self.st.s_seg.leading - 1 if self.head else 0)
+        self.height = max(h, self.speaker.height if self.head else 0)
         return aw, self.height
 
     def split(self, aw, ah):
@@ -117,15 +110,7 @@ class TranscriptLine(Flowable):
         c = self.canv
         b = self.st
         if self.head:
-            size = b.s_seg.fontSize
-            t = c.beginText(0, self.height - size)
-            t.setFont(b.bold, size - 0.5)
-            t.setFillColor(b.accent)
-            t.textLine(b.gutter_name(self.speaker))
-            t.setFont(b.font, size - 2, b.s_seg.leading - 1)
-            t.setFillColor(b.grey)
-            t.textOut(self.time)
-            c.drawText(t)
+            self.speaker.draw(c, self.height, self.time, b)
         # drawOn would push another graphics state per line; the caller's drawOn already saved one.
         c.translate(GUTTER, self.height - self.para.height)
         self.para.canv = c
@@ -135,24 +120,71 @@ class TranscriptLine(Flowable):
             del self.para.canv
 
 
+class _Name:
+    """A speaker's full name in the gutter, wrapped once per speaker, drawn with the time in one text object."""
+
+    def __init__(self, name: str, colour, b: "_Builder"):
+        self.size = b.s_seg.fontSize - 0.5
+        self.leading = self.size * 1.2
+        self.rg = f"{fp_str(colour.red, colour.green, colour.blue)} rg"
+        width = GUTTER - 0.3 * cm
+        chain = b.bold_chain
+        rtl = scripts.has_rtl(name)
+        logical = wrap_lines(scripts.shape(name) if rtl else name, chain, self.size, width)
+        base = "R" if scripts.direction(name) == "rtl" else "L"
+        self.lines = []       # (x, runs) per line; right-to-left names end at the gutter's right edge
+        for line in logical or [""]:
+            runs = chain.runs(scripts.reorder(line, base) if rtl else line)
+            x = width - sum(pdfmetrics.stringWidth(t, f, self.size) for f, t in runs) if base == "R" else 0.0
+            self.lines.append((x, runs))
+        self.tsize = b.s_seg.fontSize - 2
+        # name lines, the time under them, and room for the time's descenders
+        self.height = (len(self.lines) - 1) * self.leading + self.size + self.tsize + 5
+
+    def draw(self, c, top: float, time: str, b: "_Builder") -> None:
+        """The name below top and the time under it (relative moves: cheaper than absolute origins)."""
+        x0 = self.lines[0][0]
+        t = c.beginText(x0, top - self.size)
+        # colour operators formatted once per speaker: setFillColor formats and checks alpha every call
+        t._code.append(self.rg)
+        prev = x0
+        for i, (x, runs) in enumerate(self.lines):
+            if i:
+                t.moveCursor(x - prev, self.leading)
+                prev = x
+            for f, text in runs:
+                t.setFont(f, self.size)
+                t.textOut(text)
+        t.moveCursor(-prev, self.tsize + 3)
+        t.setFont(b.font, self.tsize)
+        t._code.append(b.grey_rg)
+        t.textOut(time)
+        c.drawText(t)
+
+
 class _Doc(BaseDocTemplate):
     """Adds PDF outline entries and table-of-contents notifications for headings."""
 
     def afterFlowable(self, flowable):
         key = getattr(flowable, "_bookmark", None)
         if key:
-            level, text = flowable._outline
+            level, text, toc_markup = flowable._outline
             self.canv.bookmarkPage(key)
             self.canv.addOutlineEntry(text, key, level=level, closed=level > 0)
             if level == 0 and getattr(self, "_toc_on", False):
-                self.notify("TOCEntry", (0, text, self.page, key))
+                self.notify("TOCEntry", (0, toc_markup, self.page, key))
 
 
-def _numbered_canvas(title: str, company: str, font: str, accent, page_size):
+def _numbered_canvas(title: str, company: str, chain: FontChain, accent, page_size):
     """A canvas that knows the page count when it draws headers and footers."""
+    width = page_size[0] - 3.6 * cm
+    head_title = chain.fit(title, 8, width * (0.6 if company else 1.0))
+    head_company = chain.fit(company, 8, width * 0.38)
+    foot = chain.fit("Silent Steno" + (f" · {company}" if company else ""), 8, width * 0.7)
 
     class NumberedCanvas(rl_canvas.Canvas):
         def __init__(self, *a, **kw):
+            kw["initialFontName"] = chain.primary       # no unused, unembedded Helvetica in the file
             super().__init__(*a, **kw)
             self._pages = []
 
@@ -171,20 +203,19 @@ def _numbered_canvas(title: str, company: str, font: str, accent, page_size):
         def _decorate(self, total: int) -> None:
             w, h = page_size
             self.saveState()
-            self.setFont(font, 8)
             self.setFillColor(colors.HexColor("#5f6b7a"))
             if self._pageNumber > 1:
-                self.drawString(1.8 * cm, h - 1.1 * cm, title[:90])
+                chain.draw(self, 1.8 * cm, h - 1.1 * cm, head_title, 8)
                 if company:
-                    self.drawRightString(w - 1.8 * cm, h - 1.1 * cm, company[:60])
+                    chain.draw(self, w - 1.8 * cm, h - 1.1 * cm, head_company, 8, right=True)
                 self.setStrokeColor(accent)
                 self.setLineWidth(0.6)
                 self.line(1.8 * cm, h - 1.25 * cm, w - 1.8 * cm, h - 1.25 * cm)
             self.setStrokeColor(colors.HexColor("#d5dbe3"))
             self.setLineWidth(0.4)
             self.line(1.8 * cm, 1.45 * cm, w - 1.8 * cm, 1.45 * cm)
-            self.drawString(1.8 * cm, 1.0 * cm, "Silent Steno" + (f" · {company[:60]}" if company else ""))
-            self.drawRightString(w - 1.8 * cm, 1.0 * cm, f"page {self._pageNumber} of {total}")
+            chain.draw(self, 1.8 * cm, 1.0 * cm, foot, 8)
+            chain.draw(self, w - 1.8 * cm, 1.0 * cm, f"page {self._pageNumber} of {total}", 8, right=True)
             self.restoreState()
 
     return NumberedCanvas
@@ -194,7 +225,8 @@ class _Builder:
     def __init__(self, options: RenderOptions, warnings: list[str]):
         self.o = options
         self.w = warnings
-        self.font, self.bold, self.face = _fonts(options, warnings)
+        self.chain, self.bold_chain = _fonts(options, warnings)
+        self.font, self.bold = self.chain.primary, self.bold_chain.primary
         self.t = options.doc_template(warnings)
         self.accent_hex = self.t.accent_color or options.accent_color
         self.accent = colors.HexColor(self.accent_hex)
@@ -219,31 +251,52 @@ class _Builder:
         self.s_company = ParagraphStyle("company", fontName=b, fontSize=9, leading=12, textColor=grey)
         self.s_toc = ParagraphStyle("toc", fontName=f, fontSize=11, leading=16)
         self.grey = grey
+        self.grey_rg = f"{fp_str(grey.red, grey.green, grey.blue)} rg"
         self.n_bm = 0
-        self.names: dict[str, str] = {}
+        self.names: dict[str, _Name] = {}
+        self.colours: dict[str, str] = {}
+        self.proto = Paragraph("x", self.s_seg).frags[0]
 
-    def gutter_name(self, name: str) -> str:
-        """Speaker name shortened with an ellipsis to fit the transcript gutter (cached)."""
-        short = self.names.get(name)
-        if short is None:
-            size, limit, short = self.s_seg.fontSize - 0.5, GUTTER - 0.3 * cm, name
-            if pdfmetrics.stringWidth(short, self.bold, size) > limit:
-                while short and pdfmetrics.stringWidth(short + "…", self.bold, size) > limit:
-                    short = short[:-1]
-                short += "…"
-            self.names[name] = short
-        return short
+    def para(self, text: str, style) -> Flowable:
+        """Plain text in style, any script (bold styles use the bold chain)."""
+        return paragraph(text, style, self.bold_chain if style.fontName == self.bold else self.chain)
+
+    def mk(self, text: str, bold: bool = False) -> str:
+        """Paragraph markup of plain text in a regular style (bold: the bold chain, named explicitly)."""
+        if bold:
+            return f'<font name="{self.bold}">' + self.bold_chain.markup(text) + "</font>"
+        return self.chain.markup(text, self.font)
 
     def heading(self, text: str, style, level: int):
-        para = Paragraph(_p(text), style)
+        plain = one_line(text) or "Untitled session"
+        para = self.para(plain, style)
         self.n_bm += 1
         para._bookmark = f"h{self.n_bm}"
-        para._outline = (level, one_line(text) or "Untitled session")
+        toc = self.chain.markup(scripts.visual(plain) if scripts.has_rtl(plain) else plain, self.s_toc.fontName)
+        para._outline = (level, plain, toc)
         return para
+
+    def segment_text(self, text: str) -> Flowable:
+        """A transcript paragraph from fragments (one per font run; no markup parsing)."""
+        if scripts.has_rtl(text):
+            return paragraph(text, self.s_seg, self.chain)
+        frags = []
+        for f, t in self.chain.runs(text):
+            frag = self.proto.clone()
+            frag.text, frag.fontName = t, f
+            frags.append(frag)
+        return Paragraph("", self.s_seg, frags=frags)
+
+    def speaker(self, name: str) -> _Name:
+        colour = self.colours.get(name, self.accent_hex)
+        hit = self.names.get(name + colour)
+        if hit is None:
+            hit = self.names[name + colour] = _Name(name, colors.HexColor(colour), self)
+        return hit
 
     def table(self, rows, widths, header=True):
         t = Table(rows, colWidths=widths, repeatRows=1 if header else 0)
-        t.setStyle(TableStyle([
+        t.setStyle(TableStyle([("FONTNAME", (0, 0), (-1, -1), self.font), 
             ("VALIGN", (0, 0), (-1, -1), "TOP"),
             ("LINEBELOW", (0, 0), (-1, 0), 0.8, self.accent) if header else ("TOPPADDING", (0, 0), (-1, -1), 3),
             ("LINEBELOW", (0, 1), (-1, -1), 0.3, colors.HexColor("#e3e7ee")),
@@ -260,24 +313,24 @@ class _Builder:
             if self.o.logo and not merged:
                 out.append(self.logo())
             if self.o.company and not merged:
-                out.append(Paragraph(_p(self.o.company.upper()), self.s_company))
+                out.append(self.para(one_line(self.o.company).upper(), self.s_company))
             out.append(self.heading(s.title or "Untitled session", self.s_title, 0))
-            meta = [("Date", date_text(s.start_time)), ("Duration", duration_text(s.duration_seconds)),
+            meta = [("Date", date_text(s.start_time, self.o.time_zone)), ("Duration", duration_text(s.duration_seconds)),
                     ("Location", one_line(s.summary.location)), ("Platform", one_line(s.meeting_platform)),
                     ("Participants", str(len(speaker_rows(s))) if s.segments or s.participants else "none recorded"),
                     ("Session", s.uuid)]
-            out.append(Paragraph("&nbsp;&nbsp;&nbsp;".join(f"<b>{k}</b> {_p(v)}" for k, v in meta if v),
-                                 self.s_meta))
+            out.append(Paragraph("&nbsp;&nbsp;&nbsp;".join(f"{self.mk(k, bold=True)} {self.mk(v)}"
+                                                           for k, v in meta if v), self.s_meta))
             out.append(Spacer(1, 4))
             line = Table([[""]], colWidths=[width], rowHeights=[2])
-            line.setStyle(TableStyle([("LINEABOVE", (0, 0), (-1, -1), 1.5, self.accent)]))
+            line.setStyle(TableStyle([("FONTNAME", (0, 0), (-1, -1), self.font), ("LINEABOVE", (0, 0), (-1, -1), 1.5, self.accent)]))
             out.append(line)
             if s.description:
-                out.append(Paragraph(_p(s.description), self.s_meta))
+                out.append(self.para(clean(s.description), self.s_meta))
         if "summary" in sections:
             out.append(self.heading("Summary", self.s_h1, 1))
             paras = [x for x in clean(s.summary_text).split("\n\n") if x.strip()]
-            out += [Paragraph(_p(x).replace("\n", "<br/>"), self.s_body) for x in paras] or \
+            out += [self.para(x, self.s_body) for x in paras] or \
                 [Paragraph("No summary available.", self.s_empty)]
         if "action_items" in sections:
             out.append(self.heading("Action items", self.s_h1, 1))
@@ -285,15 +338,15 @@ class _Builder:
                 rows = [[Paragraph("", self.s_head), Paragraph("Action", self.s_head), Paragraph("Owner", self.s_head),
                          Paragraph("Due", self.s_head)]]
                 for a in s.action_items:
-                    rows.append([Paragraph("☑" if a.done else "☐", self.s_cell), Paragraph(_p(a.text), self.s_cell),
-                                 Paragraph(_p(a.owner or "—"), self.s_cell),
+                    rows.append([Paragraph("☑" if a.done else "☐", self.s_cell), self.para(one_line(a.text), self.s_cell),
+                                 self.para(one_line(a.owner) or "—", self.s_cell),
                                  Paragraph(a.due.isoformat() if a.due else "—", self.s_cell)])
                 out.append(self.table(rows, [0.7 * cm, width - 7.7 * cm, 4.5 * cm, 2.5 * cm]))
             else:
                 out.append(Paragraph("No action items.", self.s_empty))
         if "topics" in sections and s.topics:
             out.append(self.heading("Topics", self.s_h1, 1))
-            out.append(Paragraph(" · ".join(_p(t) for t in s.topics), self.s_body))
+            out.append(self.para(" · ".join(one_line(t) for t in s.topics), self.s_body))
         if "participants" in sections:
             out.append(self.heading("Participants", self.s_h1, 1))
             rows_ = speaker_rows(s)
@@ -303,7 +356,7 @@ class _Builder:
                          Paragraph("Speaking time", head_r), Paragraph("Share", self.s_head),
                          Paragraph("Words", head_r)]]
                 for r in rows_:
-                    rows.append([Paragraph(_p(r.name), self.s_cell), Paragraph(_p(r.role), self.s_cell),
+                    rows.append([self.para(r.name, self.s_cell), self.para(r.role, self.s_cell),
                                  Paragraph(hms(r.seconds), self.s_cellr), self.share_bar(r.share),
                                  Paragraph(f"{r.words:,}", self.s_cellr)])
                 out.append(KeepTogether(self.table(rows, [width - 13 * cm, 3.5 * cm, 2.8 * cm, 4.5 * cm, 2.2 * cm])))
@@ -314,12 +367,10 @@ class _Builder:
                 out.append(CondPageBreak(6 * cm))
             out.append(self.heading("Transcript", self.s_h1, 1))
             if s.segments:
-                proto = Paragraph("x", self.s_seg).frags[0]
+                self.colours = speaker_colours(s)
                 for g in s.segments:
-                    frag = proto.clone()
-                    frag.text = one_line(g.text)
-                    para = Paragraph("", self.s_seg, frags=[frag])
-                    out.append(TranscriptLine(one_line(g.speaker_name) or "Unknown speaker", hms(g.start), para, self))
+                    who = self.speaker(one_line(g.speaker_name) or "Unknown speaker")
+                    out.append(TranscriptLine(who, hms(g.start), self.segment_text(one_line(g.text)), self))
             else:
                 out.append(Paragraph("No transcript available.", self.s_empty))
         return out
@@ -328,12 +379,12 @@ class _Builder:
         share = max(0.0, min(100.0, share))
         bar = Table([["", ""]], colWidths=[max(0.01, 2.4 * cm * share / 100), max(0.01, 2.4 * cm * (1 - share / 100))],
                     rowHeights=[6])
-        bar.setStyle(TableStyle([("BACKGROUND", (0, 0), (0, 0), self.accent),
+        bar.setStyle(TableStyle([("FONTNAME", (0, 0), (-1, -1), self.font), ("BACKGROUND", (0, 0), (0, 0), self.accent),
                                  ("BACKGROUND", (1, 0), (1, 0), colors.HexColor("#e3e7ee")),
                                  ("LEFTPADDING", (0, 0), (-1, -1), 0), ("RIGHTPADDING", (0, 0), (-1, -1), 0),
                                  ("TOPPADDING", (0, 0), (-1, -1), 0), ("BOTTOMPADDING", (0, 0), (-1, -1), 0)]))
         t = Table([[bar, Paragraph(f"{share:.1f} %", self.s_cellr)]], colWidths=[2.5 * cm, 1.8 * cm])
-        t.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "MIDDLE"), ("LEFTPADDING", (0, 0), (-1, -1), 0),
+        t.setStyle(TableStyle([("FONTNAME", (0, 0), (-1, -1), self.font), ("VALIGN", (0, 0), (-1, -1), "MIDDLE"), ("LEFTPADDING", (0, 0), (-1, -1), 0),
                                ("RIGHTPADDING", (0, 0), (-1, -1), 0), ("TOPPADDING", (0, 0), (-1, -1), 0),
                                ("BOTTOMPADDING", (0, 0), (-1, -1), 0)]))
         return t
@@ -354,7 +405,7 @@ class _Builder:
 def build(sessions: list[Session], options: RenderOptions, merged: bool, warnings: list[str]) -> bytes:
     """PDF bytes of one session or several merged (with a table of contents)."""
     b = _Builder(options, warnings)
-    _missing_glyphs(sessions, b.face, warnings)
+    _missing_glyphs(sessions, b.chain, warnings)
     title = (f"Meetings ({len(sessions)})" if merged else one_line(sessions[0].title) or "Untitled session")
     buf = io.BytesIO()
     m = b.st.margin
@@ -369,18 +420,21 @@ def build(sessions: list[Session], options: RenderOptions, merged: bool, warning
         if options.logo:
             story.append(b.logo())
         if options.company:
-            story.append(Paragraph(_p(options.company.upper()), b.s_company))
-        story.append(Paragraph(_p(title), b.s_title))
+            story.append(b.para(one_line(options.company).upper(), b.s_company))
+        story.append(b.para(title, b.s_title))
         story.append(Paragraph("Contents", b.s_h1))
-        toc = TableOfContents()
+        toc = TableOfContents(tableStyle=TableStyle([("FONTNAME", (0, 0), (-1, -1), b.font),
+                                                     ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                                                     ("LEFTPADDING", (0, 0), (-1, -1), 0),
+                                                     ("RIGHTPADDING", (0, 0), (-1, -1), 0)]))
         toc.levelStyles = [b.s_toc]
         story.append(toc)
         for s in sessions:
             story.append(PageBreak())
             story += b.session_story(s, merged=True)
-        canvasmaker = _numbered_canvas(title, options.company, b.font, b.accent, b.page)
+        canvasmaker = _numbered_canvas(title, one_line(options.company), b.chain, b.accent, b.page)
         doc.multiBuild(story, canvasmaker=canvasmaker)
     else:
         story = b.session_story(sessions[0], merged=False)
-        doc.build(story, canvasmaker=_numbered_canvas(title, options.company, b.font, b.accent, b.page))
+        doc.build(story, canvasmaker=_numbered_canvas(title, one_line(options.company), b.chain, b.accent, b.page))
     return buf.getvalue()

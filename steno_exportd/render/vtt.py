@@ -11,7 +11,7 @@ def _esc(text: str) -> str:
 
 
 class VttRenderer(Renderer):
-    name, extension, media_type, version = "vtt", "vtt", "text/vtt; charset=utf-8", 1
+    name, extension, media_type, version = "vtt", "vtt", "text/vtt; charset=utf-8", 2
     basename = "subtitles"
 
     def _render(self, sessions, options, merged, warnings) -> bytes:

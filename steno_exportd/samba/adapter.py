@@ -6,6 +6,7 @@ import logging
 import os
 
 from steno_exportd import events
+from steno_exportd.core import Core
 from steno_exportd.engine.naming import root_folder
 from steno_exportd.engine.options import ExportOptions
 from steno_exportd.errors import ConfigError, TargetError
@@ -15,7 +16,7 @@ from steno_exportd.samba.share import apply
 log = logging.getLogger(__name__)
 
 
-async def run(core) -> None:
+async def run(core: Core) -> None:
     """Adapter: follow core sharing on/off and config reloads; keep the export folder current."""
     announcer = Announcer()
 
@@ -25,7 +26,7 @@ async def run(core) -> None:
 
     async def sync(reason: str) -> None:
         cfg = core.cfg.samba
-        on = bool(getattr(core, "sharing_enabled", cfg.enabled))
+        on = core.sharing_enabled
         if not on and not os.path.exists(cfg.snippet_path):
             publish("off")              # never shared: nothing to switch off, smbd left alone
             return
@@ -56,13 +57,13 @@ async def run(core) -> None:
         except Exception as e:  # error boundary: a failed export never stops the adapter
             log.warning("samba export folder not refreshed (%s): %s", reason, e)
 
-    async def job_finished(job) -> None:
+    async def job_finished(job: events.JobSnapshot) -> None:
         if job.id != refresh["job"] or not job.state.finished:
             return
         refresh["job"] = None
         if job.state != events.JobState.COMPLETED:
             log.warning("samba export folder refresh %s: %s", job.state, job.error)
-        if refresh["again"] and getattr(core, "sharing_enabled", False):
+        if refresh["again"] and core.sharing_enabled:
             refresh["again"] = False
             await refresh_export("sessions changed meanwhile")
 
@@ -81,7 +82,7 @@ async def run(core) -> None:
             ev = await inbox.get()
             if isinstance(ev, events.StatusChanged) and ev.key in ("samba_enabled", "config"):
                 await sync(ev.key)
-            elif isinstance(ev, events.SessionsChanged) and getattr(core, "sharing_enabled", False):
+            elif isinstance(ev, events.SessionsChanged) and core.sharing_enabled:
                 await refresh_export("sessions changed")
             elif isinstance(ev, events.JobUpdated):
                 await job_finished(ev.job)
@@ -91,6 +92,6 @@ async def run(core) -> None:
         await asyncio.gather(announce_task, return_exceptions=True)     # the announcement withdrawn
 
 
-def _export_options():
-    """Default export options for the share folder (the engine's ExportOptions when available)."""
+def _export_options() -> ExportOptions:
+    """Export options for the share folder."""
     return ExportOptions(prune=True)      # the share mirrors the recorder: deleted sessions go too

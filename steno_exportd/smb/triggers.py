@@ -8,8 +8,11 @@ import json
 import logging
 import os
 import pathlib
+from typing import Callable
 
 from steno_exportd import events
+from steno_exportd.config import Config, SmbRemote
+from steno_exportd.core import Core
 from steno_exportd.engine.options import ExportOptions
 from steno_exportd.errors import InvalidArgument
 
@@ -88,7 +91,7 @@ def _field(text: str, lo: int, hi: int, expr: str) -> frozenset[int]:
     return frozenset(out)
 
 
-def due(cfg, now: dt.datetime) -> list[str]:
+def due(cfg: Config, now: dt.datetime) -> list[str]:
     """Names of SMB remotes whose schedule matches ``now``."""
     out = []
     for r in cfg.smb.remotes:
@@ -101,8 +104,9 @@ def due(cfg, now: dt.datetime) -> list[str]:
     return out
 
 
-async def _push(core, remote, ids) -> int | None:
-    """Queue a push job to "smb:<remote>"; its job id, None when it could not be queued."""
+async def _push(core: Core, remote: SmbRemote, ids: str | list[int]) -> int | None:
+    """Queue a push job to "smb:<remote>" (the core's target registry resolves it); its job id, None when
+    it could not be queued."""
     try:
         job = await core.export_sessions(ids, list(remote.formats), f"smb:{remote.name}", ExportOptions())
     except Exception as e:  # error boundary: a failed trigger never stops the loop
@@ -111,7 +115,7 @@ async def _push(core, remote, ids) -> int | None:
     return job.id
 
 
-async def run_schedules(core, clock=dt.datetime.now) -> None:
+async def run_schedules(core: Core, clock: Callable[[], dt.datetime] = dt.datetime.now) -> None:
     """Each minute, queue a push of all sessions to every remote whose cron schedule matches."""
     last = None
     while True:
@@ -126,7 +130,7 @@ async def run_schedules(core, clock=dt.datetime.now) -> None:
         await asyncio.sleep(max(0.5, 60 - t.second - t.microsecond / 1e6 + 0.05))
 
 
-async def run_push_on_new(core) -> None:
+async def run_push_on_new(core: Core) -> None:
     """Push each session that becomes exportable after the daemon first saw the remote (push_on_new).
 
     Per remote, <state.dir>/push/on-new.json keeps the highest session id up to which every session
@@ -159,7 +163,7 @@ async def run_push_on_new(core) -> None:
         if not remotes:
             continue
         try:
-            summaries = await asyncio.to_thread(core.library.list_sessions)
+            summaries = (await core.listing()).sessions
         except Exception as e:  # error boundary: the recorder DB may be busy; the next change retries
             log.warning("push on new: sessions not read: %s", e)
             continue

@@ -6,18 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import inspect
 import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
+from steno_exportd.config import AutoExportConfig
+from steno_exportd.core import Core
 from steno_exportd.devices import device_id
 from steno_exportd.engine.naming import root_folder
+from steno_exportd.engine.options import ExportOptions
 from steno_exportd.errors import StenoError, TargetError
-from steno_exportd.events import DeviceState, JobState, JobUpdated
+from steno_exportd.events import DeviceState, JobSnapshot, JobState, JobUpdated
 from steno_exportd.usb import policy
 from steno_exportd.usb.udev import Added, Candidate, Removed, StickEvent, Unusable, Watcher, system_disks
 from steno_exportd.usb.udisks import UDisks, UDisksError, UDisksUnavailable
@@ -34,29 +34,16 @@ def _free(path: str) -> int:
         return 0
 
 
-def _make_options(auto, did: str, c: Candidate) -> Any:
-    """ExportOptions for a stick export (a plain dict where the engine has no ExportOptions)."""
-    kw = dict(template=auto.template, include_audio=auto.include_audio, device_id=did,
-              target_name=f"{c.label or c.uuid} ({c.device.rsplit('/', 1)[-1]})")
-    try:
-        from steno_exportd.engine.options import ExportOptions
-    except ImportError:
-        return kw
-    fields = {f.name for f in dataclasses.fields(ExportOptions)}
-    return ExportOptions(**{k: v for k, v in kw.items() if k in fields})
-
-
-async def _submit(core: Any, ids: list[int], formats: list[str], mount_point: str, options: Any):
-    """Queue the export; the mount point comes from udisks, so the allowed-folders rule for callers is lifted."""
-    if "trusted" in inspect.signature(core.export_sessions).parameters:
-        return await core.export_sessions(ids, formats, mount_point, options, trusted=True)
-    return await core.export_sessions(ids, formats, mount_point, options)
+def _options(auto: AutoExportConfig, did: str, c: Candidate) -> ExportOptions:
+    """ExportOptions for a stick export."""
+    return ExportOptions(template=auto.template, include_audio=auto.include_audio, device_id=did,
+                         target_name=f"{c.label or c.uuid} ({c.device.rsplit('/', 1)[-1]})")
 
 
 class UsbManager:
     """One error boundary per stick: mount, auto-export, eject; states go to core.devices."""
 
-    def __init__(self, core: Any, udisks: UDisks) -> None:
+    def __init__(self, core: Core, udisks: UDisks) -> None:
         self.core = core
         self.cfg = core.cfg.usb
         self.udisks = udisks
@@ -162,7 +149,7 @@ class UsbManager:
         self.devices.change(did, state=DeviceState.MOUNTED, mount_point=mp,
                             free=await asyncio.to_thread(_free, mp))
         # the core's switch: starts from usb.auto_export.enabled, set by D-Bus/steno-exportctl and reloads
-        if not getattr(self.core, "auto_export", self.cfg.auto_export.enabled):
+        if not self.core.auto_export:
             return
         pol = await asyncio.to_thread(policy.stick_policy, Path(mp), self.cfg)
         if not pol.write:
@@ -171,7 +158,7 @@ class UsbManager:
         if c.read_only or not os.access(mp, os.W_OK) or await self._mounted_ro(mp):
             raise TargetError("the stick is read-only (write-protected or a read-only filesystem)")
         on_stick = await asyncio.to_thread(policy.sessions_on_stick, Path(mp), root_folder(self.core.cfg))
-        summaries = await asyncio.to_thread(self.core.library.list_sessions)
+        summaries = (await self.core.listing()).sessions
         ids = policy.select_sessions(summaries, pol.auto, on_stick)
         if ids:
             job = await self._export(did, c, ids, policy.formats_for(pol.auto), mp, pol.auto)
@@ -195,7 +182,8 @@ class UsbManager:
             return bool(st.f_flag & os.ST_RDONLY)
         return await asyncio.to_thread(check)
 
-    async def _export(self, did: str, c: Candidate, ids: list[int], formats: list[str], mp: str, auto):
+    async def _export(self, did: str, c: Candidate, ids: list[int], formats: list[str], mp: str,
+                      auto: AutoExportConfig) -> JobSnapshot:
         updates: asyncio.Queue = asyncio.Queue()
         started = asyncio.Event()
 
@@ -218,7 +206,8 @@ class UsbManager:
         await started.wait()
         await asyncio.sleep(0)                      # the subscription exists before the job starts
         try:
-            job = await _submit(self.core, ids, formats, mp, _make_options(auto, did, c))
+            # the mount point comes from udisks, not from a caller: export.allowed_dirs does not apply
+            job = await self.core.export_sessions(ids, formats, mp, _options(auto, did, c), trusted=True)
             self._jobs[did] = job.id
             self.devices.change(did, state=DeviceState.EXPORTING)
             log.info("%s: exporting %d session(s) as job %s", c.label or c.uuid, len(ids), job.id)
@@ -261,9 +250,7 @@ class UsbManager:
     async def _cancel_and_wait(self, did: str, job_id: int, timeout: float = 60.0) -> None:
         """Cancel the stick's running job and wait until it has stopped writing."""
         log.info("eject requested during job %s: cancelling it", job_id)
-        res = self.core.jobs.cancel(job_id)
-        if asyncio.iscoroutine(res):
-            await res
+        self.core.jobs.cancel(job_id)
         deadline = asyncio.get_running_loop().time() + timeout
         while self._jobs.get(did) == job_id and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
@@ -296,7 +283,7 @@ class UsbManager:
 
 
 @contextlib.asynccontextmanager
-async def running(core: Any, bus_address: str | None = None):
+async def running(core: Core, bus_address: str | None = None):
     """Start USB handling for ``core``; yields the UsbManager and stops it on exit."""
     udisks = await UDisks.connect(bus_address)
     mgr = UsbManager(core, udisks)
@@ -308,7 +295,7 @@ async def running(core: Any, bus_address: str | None = None):
         await udisks.close()
 
 
-async def watch(core: Any, bus_address: str | None = None, retry_seconds: float = 30.0) -> None:
+async def watch(core: Core, bus_address: str | None = None, retry_seconds: float = 30.0) -> None:
     """Run USB handling until cancelled (a no-op when usb.enabled is false).
 
     Without udisks2 on the system bus it says so (once at ERROR) and retries, so a udisks2
@@ -330,7 +317,7 @@ async def watch(core: Any, bus_address: str | None = None, retry_seconds: float 
         await asyncio.sleep(retry_seconds)
 
 
-def _only_source_problems(job) -> bool:
+def _only_source_problems(job: JobSnapshot) -> bool:
     """True when every failure of a finished job is the recorder's data (e.g. a missing recording)."""
     failed = [r for r in job.results if not r.ok]
     return bool(failed) and all(r.files and all(f.ok or f.source_problem for f in r.files) for r in failed)

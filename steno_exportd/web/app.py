@@ -1,4 +1,4 @@
-"""The aiohttp application: factory, shared context, middlewares (networks, auth, CSRF, headers), serve()."""
+"""The aiohttp application: factory, middlewares (networks, auth, CSRF, errors, headers), serve()."""
 from __future__ import annotations
 
 import asyncio
@@ -7,85 +7,19 @@ import logging
 import secrets
 import socket
 import time
-from pathlib import Path
 from typing import Any, AsyncIterator
 
 from aiohttp import web
 
 from steno_exportd.errors import InvalidArgument, NotFoundError, StenoError
-from steno_exportd.web import auth
-from steno_exportd.web.cache import RenderCache
-from steno_exportd.web.store import Store
+from steno_exportd.web import api, auth, downloads, links, login, pages
+from steno_exportd.web.context import CSRF, CTX, PKG, SID, WebContext, client_addr, wants_json
 
 log = logging.getLogger(__name__)
 
-CTX = web.AppKey("ctx", object)
-SID = web.RequestKey("sid", str)
-CSRF = web.RequestKey("csrf", str)
-PKG = Path(__file__).parent
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self'; "
        "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 PUBLIC_PREFIXES = ("/login", "/static/", "/s/")
-
-
-class WebContext:
-    """What the handlers share: the core, the signer, the stores and a cached session listing."""
-
-    def __init__(self, core: Any) -> None:
-        import jinja2
-
-        self.core = core
-        cfg = core.cfg
-        state = Path(cfg.state.dir)
-        self.signer = auth.Signer(auth.load_secret(str(state)))
-        self.limiter = auth.LoginLimiter(cfg.http.auth.max_failed_logins, cfg.http.auth.lockout_seconds)
-        self.networks = auth.Networks(cfg.http.auth.allowed_networks)
-        self.store = Store(state / "web.db")
-        self.cache = RenderCache(state / "cache" / "render", cfg.http.cache_max_mb * 1024 * 1024)
-        from steno_exportd.engine.hashcache import HashCache
-        self.hashes = HashCache(state / "cache" / "hashes.db")
-        self.jinja = jinja2.Environment(loader=jinja2.FileSystemLoader(str(PKG / "templates")),
-                                        autoescape=True, trim_blocks=True, lstrip_blocks=True)
-        self._listing: tuple[Any, list] = (None, [])
-        self.streams: set[web.StreamResponse] = set()
-
-    @property
-    def cfg(self) -> Any:
-        return self.core.cfg
-
-    async def sessions(self) -> list:
-        """Every session summary, newest first; re-read only when the database changed."""
-        lib = self.core.library
-
-        def work() -> tuple[Any, list]:
-            version = lib.data_version()
-            if self._listing[0] == version:
-                return self._listing
-            return version, lib.list_sessions()
-        self._listing = await asyncio.to_thread(work)
-        return self._listing[1]
-
-    async def session(self, key: str) -> Any:
-        k: int | str = int(key) if key.isdigit() else key
-        if not key or len(key) > 64:
-            raise NotFoundError(f"no session {key!r}")
-        return await asyncio.to_thread(self.core.library.get_session, k)
-
-    def render_page(self, request: web.Request, name: str, status: int = 200, **kw: Any) -> web.Response:
-        kw.setdefault("csrf", request.get(CSRF, ""))
-        kw.setdefault("auth_mode", self.cfg.http.auth.mode)
-        kw.setdefault("logged_in", bool(request.get(SID)) and self.cfg.http.auth.mode == "password")
-        html = self.jinja.get_template(name).render(**kw)
-        return web.Response(text=html, content_type="text/html", charset="utf-8", status=status)
-
-
-def client_addr(request: web.Request) -> str:
-    peer = request.transport.get_extra_info("peername") if request.transport else None
-    return str(peer[0]) if peer else ""
-
-
-def wants_json(request: web.Request) -> bool:
-    return request.path.startswith("/api/")
 
 
 async def security_headers(request: web.Request, resp: web.StreamResponse) -> None:
@@ -180,8 +114,6 @@ def _quote(s: str) -> str:
 
 def make_app(core: Any) -> web.Application:
     """The application; resources live in cleanup_ctx so they close with the app."""
-    from steno_exportd.web import api, views
-
     cfg = core.cfg
     app = web.Application(middlewares=[errors, access],
                           client_max_size=cfg.http.max_body_kb * 1024)
@@ -206,8 +138,8 @@ def make_app(core: Any) -> web.Application:
                 task.cancel()
 
     app.on_shutdown.append(close_streams)
-    views.add_routes(app)
-    api.add_routes(app)
+    for module in (pages, downloads, links, login, api):
+        module.add_routes(app)
     app.router.add_static("/static/", PKG / "static", append_version=False)
     return app
 

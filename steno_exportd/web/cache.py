@@ -4,7 +4,10 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 from pathlib import Path
+
+STALE_TEMP = 3600.0     # seconds after which a temp file is a leftover of a crash, not a write in progress
 
 
 class RenderCache:
@@ -12,6 +15,7 @@ class RenderCache:
         self.root = Path(root)
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
+        self._evict()           # a smaller cache_max_mb (or 0: off) applies at once, not at the next put
 
     @staticmethod
     def key(*parts: object) -> str:
@@ -41,11 +45,17 @@ class RenderCache:
     def _evict(self) -> None:
         with self._lock:
             files = []
+            old = time.time() - STALE_TEMP
             for d in self.root.iterdir() if self.root.is_dir() else ():
                 for f in d.iterdir():
-                    if not f.name.startswith("."):
+                    try:
                         st = f.stat()
+                    except FileNotFoundError:       # evicted or renamed by another thread meanwhile
+                        continue
+                    if not f.name.startswith("."):
                         files.append((st.st_mtime, st.st_size, f))
+                    elif st.st_mtime < old:         # a put() cut short by a crash: never counted, never read
+                        f.unlink(missing_ok=True)
             total = sum(s for _, s, _ in files)
             for _, size, f in sorted(files):
                 if total <= self.max_bytes:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from steno_exportd.errors import InvalidArgument, NotFoundError
+from steno_exportd.retention import Keep, prune_rows
 from steno_exportd.web.password import hash_password, verify_password
 
 SCHEMA = """
@@ -50,13 +51,19 @@ class ShareLink:
                 "pin": self.has_pin, "state": self.state, "url": f"/s/{self.token}"}
 
 
+PRUNE_EVERY = 256      # audit rows written between two prunings: the log stays within audit_max + this
+
+
 class Store:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, audit_keep: Keep = Keep()) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(SCHEMA)
         self._lock = threading.Lock()
+        self.audit_keep = audit_keep
+        self._since_prune = 0
+        self.prune_audit()
 
     def close(self) -> None:
         self._db.close()
@@ -113,6 +120,14 @@ class Store:
     def audit(self, session_id: int, addr: str, what: str, via: str) -> None:
         self._x("INSERT INTO audit (session_id, at, addr, what, via) VALUES (?, ?, ?, ?, ?)",
                 (session_id, time.time(), addr or "", what, via))
+        self._since_prune += 1
+        if self._since_prune >= PRUNE_EVERY:
+            self.prune_audit()
+
+    def prune_audit(self) -> int:
+        """Drop audit rows past the core's retention policy (retention.audit_days/audit_max); the count."""
+        self._since_prune = 0
+        return len(prune_rows(self._x, "audit", "at", self.audit_keep))
 
     def audit_log(self, session_id: int, limit: int = 200) -> list[dict]:
         rows = self._x("SELECT at, addr, what, via FROM audit WHERE session_id = ? ORDER BY at DESC, id DESC "

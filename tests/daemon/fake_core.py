@@ -1,4 +1,8 @@
-"""A small fake Core for the D-Bus mapping unit tests ONLY (end-to-end tests use the real core)."""
+"""A small fake Core for the D-Bus mapping unit tests ONLY (end-to-end tests use the real core).
+
+Jobs are driven by the test; what callers send is checked by the real core's checks
+(``Core.check_export``, ``Core.listing``, ``Core.session``) over the fake library.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -7,6 +11,7 @@ import itertools
 from typing import Any
 
 from steno_exportd import config, events
+from steno_exportd.core import Core, SessionListing
 from steno_exportd.errors import NotFoundError
 from steno_exportd.model import SessionSummary
 
@@ -69,13 +74,22 @@ class FakeCore:
         self.sharing_enabled = False
         self.samba_state = "off"
         self._ids = itertools.count(1)
+        self._checks = Core(cfg, library=self.library)      # never started: only its checks are used
 
-    async def export_sessions(self, ids, formats, target, options) -> events.JobSnapshot:
-        for i in ids:
-            self.library.get_session(i)
-        j = events.JobSnapshot(id=next(self._ids), operation="export", target=str(target),
-                               state=events.JobState.QUEUED, sessions=tuple(int(i) for i in ids),
-                               formats=tuple(formats), bytes_total=1000)
+    async def listing(self) -> SessionListing:
+        return await self._checks.listing()
+
+    async def session(self, key: Any) -> Any:
+        return await self._checks.session(key)
+
+    def template_names(self) -> list[str]:
+        return self._checks.template_names()
+
+    async def export_sessions(self, ids, formats, target, options=None, *, trusted=False) -> events.JobSnapshot:
+        spec = await self._checks.check_export(ids, formats, target, options, trusted=trusted)
+        j = events.JobSnapshot(id=next(self._ids), operation=spec.operation, target=spec.target_name,
+                               state=events.JobState.QUEUED, sessions=spec.session_ids,
+                               formats=spec.formats, bytes_total=1000)
         self.jobs.jobs[j.id] = j
         self.events.publish(events.JobUpdated(j))
         return j

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from steno_exportd import demo
+from steno_exportd.demo import recorder as demo
 from steno_exportd.library import Library
 from tests import parts
 

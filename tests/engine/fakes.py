@@ -34,6 +34,9 @@ class FakeLibrary:
                 return s
         raise NotFoundError(f"no session {key!r}")
 
+    def data_version(self) -> int:
+        return hash(tuple(s.summary for s in self.sessions.values()))
+
     def changed_since(self, token):
         return type("D", (), {"added": list(self.sessions), "changed": [], "removed": []})(), 1
 

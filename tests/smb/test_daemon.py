@@ -10,7 +10,7 @@ import pytest
 from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
-from steno_exportd import demo
+from steno_exportd.demo import recorder as demo
 from steno_exportd.dbus import BUS_NAME, JOB_IFACE, MANAGER_IFACE, ROOT_PATH
 from steno_exportd.library import Library
 from tests.parts.daemon import REPO, require_core, write_config

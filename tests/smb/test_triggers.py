@@ -66,6 +66,9 @@ class FakeCore:
         self.calls = []
         self.jobs = []
 
+    async def listing(self):
+        return types.SimpleNamespace(sessions=tuple(self.library.list_sessions()))
+
     async def export_sessions(self, ids, formats, target, options):
         self.calls.append((ids, tuple(formats), target))
         job = events.JobSnapshot(id=len(self.jobs) + 1, operation="push", target=target,

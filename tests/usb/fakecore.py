@@ -1,7 +1,7 @@
-"""A stand-in for Core while the export engine is not in this branch: same API shape.
+"""A stand-in Core for the USB adapter's tests: the udev/udisks2 path without the renderers.
 
-It writes one file per session (chunked, fsynced, temp name then rename), then a
-manifest, and publishes JobUpdated events like the real core.
+It writes one file per session (chunked, fsynced, temp name then rename, with a settable
+pace and size), then a manifest, and publishes JobUpdated events like the real core.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from steno_exportd.devices import DeviceRegistry
 from steno_exportd.engine import manifest as mf
 from steno_exportd.engine.targets import DirectoryTarget
 from steno_exportd.events import EventBus, JobSnapshot, JobState, JobUpdated, SessionResult
+from steno_exportd.library import SessionListing
 from steno_exportd.model import SessionSummary
 
 
@@ -87,8 +88,12 @@ class FakeCore:
         self.jobs.ejects.append(job)
         return job
 
-    async def export_sessions(self, ids, formats, target, options) -> JobSnapshot:
-        opts = options if isinstance(options, dict) else dataclasses.asdict(options)
+    async def listing(self) -> SessionListing:
+        return SessionListing(tuple(self.library.sessions))
+
+    async def export_sessions(self, ids, formats, target, options, *, trusted=False) -> JobSnapshot:
+        assert trusted, "a stick's mount point comes from udisks2: not subject to export.allowed_dirs"
+        opts = dataclasses.asdict(options)
         job = JobSnapshot(id=next(self._ids), operation="export", target=opts.get("target_name", str(target)),
                           device_id=opts.get("device_id", ""),
                           state=JobState.RUNNING, sessions=tuple(ids), formats=tuple(formats),

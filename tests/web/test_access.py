@@ -7,8 +7,7 @@ import re
 
 import pytest
 
-from tests.web.fixtures import PASSWORD, PASSWORD_HASH, demo_lib, web_client  # noqa: F401  (fixtures)
-from tests.web.test_pages import csrf, sessions, with_audio  # noqa: F401  (fixture)
+from tests.web.helpers import PASSWORD, PASSWORD_HASH, csrf, with_audio
 
 PW = {"http.auth.mode": "password", "http.auth.password_hash": PASSWORD_HASH,
       "http.auth.max_failed_logins": 3, "http.auth.lockout_seconds": 60}

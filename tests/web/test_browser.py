@@ -14,7 +14,7 @@ import pytest
 
 from steno_exportd import demo
 from tests.parts import wait_for
-from tests.web.fixtures import PASSWORD, PASSWORD_HASH
+from tests.web.helpers import PASSWORD, PASSWORD_HASH
 
 REPO = Path(__file__).resolve().parents[2]
 

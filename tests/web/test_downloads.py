@@ -8,9 +8,8 @@ import re
 import zipfile
 
 from steno_exportd.formats import DOCUMENT_TEMPLATES, FORMATS
-from steno_exportd.web.app import CTX
-from tests.web.fixtures import demo_lib, eventually, leave, open_download, open_files, web_client  # noqa: F401
-from tests.web.test_pages import csrf, sessions, with_audio  # noqa: F401  (fixture)
+from steno_exportd.web.context import CTX
+from tests.web.helpers import csrf, eventually, leave, open_download, open_files, with_audio
 
 
 def big_and_small(sessions):

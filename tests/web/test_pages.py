@@ -9,29 +9,7 @@ import zipfile
 
 import pytest
 
-from steno_exportd.library import Library
-from tests.web.fixtures import demo_lib, web_client  # noqa: F401  (fixtures)
-
-
-def lib_sessions(demo_lib):
-    lib = Library(demo_lib / "silent_steno.db")
-    try:
-        return {s.id: lib.get_session(s.id) for s in lib.list_sessions()}
-    finally:
-        lib.close()
-
-
-@pytest.fixture(scope="module")
-def sessions(demo_lib):
-    return lib_sessions(demo_lib)
-
-
-def with_audio(sessions):
-    return next(s for s in sessions.values() if s.audio is not None and s.segments)
-
-
-def without_audio(sessions):
-    return next(s for s in sessions.values() if s.audio is None and s.summary.exportable)
+from tests.web.helpers import csrf, next_status, sharing_state, with_audio, without_audio
 
 
 async def test_list_search_sort_and_paging(web_client, sessions):
@@ -210,11 +188,6 @@ async def test_unknown_page_and_oversized_body(web_client):
     assert r.status == 413
 
 
-async def csrf(client) -> str:
-    html = await (await client.get("/")).text()
-    return re.search(r'<meta name="csrf" content="([^"]+)">', html).group(1)
-
-
 async def test_sharing_state_shows_on_the_devices_page_and_follows_the_switch(web_client):
     client, core = await web_client()
     html = await (await client.get("/devices")).text()
@@ -230,21 +203,3 @@ async def test_sharing_state_shows_on_the_devices_page_and_follows_the_switch(we
     assert sharing_state(html) == "on — not serving yet"                  # switched on; no share (yet)
 
 
-def sharing_state(html: str) -> str:
-    """The words the devices page shows for the network share."""
-    return re.search(r'id="sharing-state"[^>]*>([^<]*)<', html).group(1)
-
-
-async def next_status(resp, key: str, timeout: float = 10.0):
-    """The value of the next SSE "status" event for key on an open /api/v1/events stream."""
-    import asyncio
-    import json
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while True:
-        line = await asyncio.wait_for(resp.content.readline(), max(0.01, end - loop.time()))
-        assert line, "the event stream ended"
-        if line.startswith(b"event: status"):
-            data = json.loads((await resp.content.readline()).removeprefix(b"data: "))
-            if data["key"] == key:
-                return data["value"]

@@ -12,8 +12,7 @@ from steno_exportd.samba import adapter
 from steno_exportd.smb.push import SmbKind
 from tests import parts
 from tests.parts.smbd import make_smbd
-from tests.web.fixtures import demo_lib, web_client  # noqa: F401  (fixtures)
-from tests.web.test_pages import csrf, next_status, sharing_state
+from tests.web.helpers import csrf, next_status, sharing_state
 
 
 async def job_done(client, job_id: int, timeout: float = 60.0) -> dict:

@@ -6,7 +6,7 @@ import re
 import pytest
 
 from steno_exportd import demo
-from tests.web.fixtures import DaemonLikeServer, make_config, started_core
+from tests.web.helpers import DaemonLikeServer, make_config, started_core
 
 N = 10_000
 

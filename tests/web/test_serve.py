@@ -11,7 +11,7 @@ import pytest
 from steno_exportd.errors import StenoError
 from steno_exportd.web import serve
 from steno_exportd.web.password import verify_password
-from tests.web.fixtures import demo_lib, make_config, started_core  # noqa: F401  (fixture)
+from tests.web.helpers import make_config, started_core
 
 
 async def test_serve_yields_the_url_and_a_busy_port_is_a_clear_error(tmp_path, demo_lib):

@@ -1,8 +1,9 @@
-"""A real Core on a real demo library, and the web app in front of it."""
+"""Helpers for the web tests (the fixtures are in conftest.py): config, core, server, polls, page scraping."""
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import socket
@@ -10,23 +11,16 @@ import struct
 from pathlib import Path
 from typing import Any
 
-import pytest
 from aiohttp.test_utils import TestServer
 from aiohttp.web_runner import AppRunner, BaseRunner
 
 from steno_exportd import config, demo
 from steno_exportd.core import Core
+from steno_exportd.library import Library
 from steno_exportd.web.password import hash_password
 
 PASSWORD = "correct horse battery"
 PASSWORD_HASH = hash_password(PASSWORD)
-
-
-@pytest.fixture(scope="session")
-def demo_lib(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("weblib")
-    demo.generate(d, sessions=9, seed=4)
-    return d
 
 
 def make_config(tmp: Path, lib: Path, **over):
@@ -55,21 +49,6 @@ class DaemonLikeServer(TestServer):
 
     async def _make_runner(self, **kwargs: Any) -> BaseRunner:
         return AppRunner(self.app, **{**kwargs, "handler_cancellation": False})
-
-
-@pytest.fixture
-async def web_client(aiohttp_client, tmp_path, demo_lib):
-    """make(**config overrides) -> (client, core)."""
-    from steno_exportd.web import make_app
-    cores = []
-
-    async def make(**over):
-        core = await started_core(make_config(tmp_path, demo_lib, **over))
-        cores.append(core)
-        return await aiohttp_client(DaemonLikeServer(make_app(core))), core
-    yield make
-    for c in cores:
-        await c.stop()
 
 
 async def eventually(cond, what: str, timeout: float = 10.0):
@@ -107,3 +86,42 @@ def open_files() -> set[str]:
         with contextlib.suppress(OSError):
             out.add(os.readlink(f"/proc/self/fd/{fd}"))
     return out
+
+
+def lib_sessions(demo_lib):
+    lib = Library(demo_lib / "silent_steno.db")
+    try:
+        return {s.id: lib.get_session(s.id) for s in lib.list_sessions()}
+    finally:
+        lib.close()
+
+
+def with_audio(sessions):
+    return next(s for s in sessions.values() if s.audio is not None and s.segments)
+
+
+def without_audio(sessions):
+    return next(s for s in sessions.values() if s.audio is None and s.summary.exportable)
+
+
+async def csrf(client) -> str:
+    html = await (await client.get("/")).text()
+    return re.search(r'<meta name="csrf" content="([^"]+)">', html).group(1)
+
+
+def sharing_state(html: str) -> str:
+    """The words the devices page shows for the network share."""
+    return re.search(r'id="sharing-state"[^>]*>([^<]*)<', html).group(1)
+
+
+async def next_status(resp, key: str, timeout: float = 10.0):
+    """The value of the next SSE "status" event for key on an open /api/v1/events stream."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while True:
+        line = await asyncio.wait_for(resp.content.readline(), max(0.01, end - loop.time()))
+        assert line, "the event stream ended"
+        if line.startswith(b"event: status"):
+            data = json.loads((await resp.content.readline()).removeprefix(b"data: "))
+            if data["key"] == key:
+                return data["value"]

@@ -1,0 +1,1 @@
+"""Mail adapter: sends what the core's outbox holds over SMTP (aiosmtplib): smtp.py one delivery, sender.py the loop."""

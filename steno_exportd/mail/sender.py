@@ -1,0 +1,23 @@
+"""The mail adapter's loop: take each due message from the core's outbox, send it, report how it went."""
+from __future__ import annotations
+
+import logging
+
+from steno_exportd.core import Core
+from steno_exportd.mail import smtp
+from steno_exportd.outbox.queue import Delivery
+
+log = logging.getLogger(__name__)
+
+
+async def run(core: Core) -> None:
+    """Drain the outbox for as long as the daemon runs (reads core.cfg.email at every message)."""
+    while True:
+        out = await core.outbox.next_due()
+        try:
+            result = await smtp.deliver(core.cfg.email, out)
+        except Exception as e:  # noqa: BLE001 - error boundary of one message: the loop goes on
+            log.exception("sending message %d failed", out.id)
+            result = Delivery(error=f"{type(e).__name__}: {e}", transient=True)
+        # a stop while sending leaves it 'sending' in the state DB: it is queued again at the next start
+        await core.outbox.report(out.id, result)

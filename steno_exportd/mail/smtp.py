@@ -1,0 +1,175 @@
+"""One SMTP delivery with aiosmtplib: implicit TLS or STARTTLS, AUTH, and DATA streamed from the spool file.
+
+aiosmtplib only takes a message as one bytes object (and copies it twice to fix line ends and
+dot-stuff), so DATA is sent here in blocks through its protocol's flow control: a 50 MB recording
+costs about a megabyte of memory, not three copies of its 68 MB of base64.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import socket
+import ssl
+from pathlib import Path
+from typing import BinaryIO
+
+import aiosmtplib
+
+from steno_exportd.config import EmailConfig
+from steno_exportd.outbox.queue import Delivery, Outgoing
+
+log = logging.getLogger(__name__)
+
+BLOCK = 1024 * 1024            # bytes of the spool file read and written at a time
+FINAL_REPLY_TIMEOUT = 600.0    # RFC 5321 4.5.3.2.6: a server may take 10 minutes to accept the data
+
+
+class Refused(Exception):
+    """The try failed; transient says whether another may succeed."""
+
+    def __init__(self, reason: str, transient: bool) -> None:
+        super().__init__(reason)
+        self.transient = transient
+
+
+def _code(e: aiosmtplib.SMTPResponseException) -> str:
+    return f"{e.code} {' '.join(str(e.message).split())}"
+
+
+def _transient_code(code: int) -> bool:
+    return 400 <= code < 500
+
+
+@functools.lru_cache(maxsize=1)
+def _local_hostname() -> str:
+    return socket.getfqdn() or "localhost"
+
+
+def _tls_context(cfg: EmailConfig) -> ssl.SSLContext:
+    """(blocking) The system's CAs (or email.ca_file), certificate and host name checked."""
+    return ssl.create_default_context(cafile=cfg.ca_file or None)
+
+
+def _password(cfg: EmailConfig) -> str:
+    try:
+        lines = Path(cfg.password_file).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise Refused(f"cannot read email.password_file: {e}", transient=True) from None
+    if not lines or not lines[0]:
+        raise Refused(f"email.password_file {cfg.password_file} is empty", transient=True)
+    return lines[0]
+
+
+def _stuffed(block: bytes, at_line_start: bool) -> bytes:
+    """RFC 5321 4.5.2: a line that starts with '.' gets another one."""
+    out = block.replace(b"\n.", b"\n..")
+    return b"." + out if at_line_start and out.startswith(b".") else out
+
+
+async def _send_data(smtp: aiosmtplib.SMTP, f: BinaryIO, timeout: float) -> None:
+    """DATA, the file in blocks (each written after the transport drained), the final dot, the reply."""
+    reply = await smtp.execute_command(b"DATA", timeout=timeout)
+    if reply.code != 354:
+        raise aiosmtplib.SMTPDataError(reply.code, reply.message)
+    loop = asyncio.get_running_loop()
+    # aiosmtplib's protocol implements the flow control asyncio.StreamWriter.drain() waits on
+    writer = asyncio.StreamWriter(smtp.transport, smtp.protocol, None, loop)
+    at_line_start, tail = True, b"\r\n"
+    while True:
+        block = await asyncio.to_thread(f.read, BLOCK)
+        if not block:
+            break
+        writer.write(_stuffed(block, at_line_start))
+        at_line_start = block.endswith(b"\n")
+        tail = (tail + block)[-2:]
+        await asyncio.wait_for(writer.drain(), timeout)
+    writer.write((b"" if tail == b"\r\n" else b"\r\n") + b".\r\n")
+    reply = await smtp.protocol.read_response(timeout=max(timeout, FINAL_REPLY_TIMEOUT))
+    if reply.code != 250:
+        raise aiosmtplib.SMTPDataError(reply.code, reply.message)
+
+
+async def _session(cfg: EmailConfig, out: Outgoing, smtp: aiosmtplib.SMTP, f: BinaryIO) -> Delivery:
+    await smtp.connect()
+    if cfg.security == "starttls" or (cfg.security == "none" and cfg.starttls):
+        await smtp.ehlo()
+        if not smtp.supports_extension("starttls"):
+            raise Refused(f"{cfg.smtp_host} does not offer STARTTLS (email.security = 'starttls')", transient=False)
+        await smtp.starttls(tls_context=await asyncio.to_thread(_tls_context, cfg))
+    if cfg.username:
+        if not smtp.supports_extension("auth"):
+            await smtp.ehlo()      # the first EHLO (or the one after STARTTLS) may not have happened yet
+        if not smtp.supports_extension("auth"):
+            raise Refused(f"{cfg.smtp_host} does not offer AUTH, but email.username is set", transient=False)
+        password = await asyncio.to_thread(_password, cfg)
+        await smtp.login(cfg.username, password)
+    await smtp.mail(out.sender)
+    delivered: list[str] = []
+    refused: list[tuple[str, str]] = []
+    deferred: list[tuple[str, str]] = []
+    for rcpt in out.recipients:
+        try:
+            await smtp.rcpt(rcpt)
+        except aiosmtplib.SMTPRecipientRefused as e:
+            (deferred if _transient_code(e.code) else refused).append((rcpt, _code(e)))
+        else:
+            delivered.append(rcpt)
+    if not delivered:
+        await smtp.rset()
+        return Delivery(refused=tuple(refused), deferred=tuple(deferred))
+    await _send_data(smtp, f, cfg.timeout)
+    return Delivery(delivered=tuple(delivered), refused=tuple(refused), deferred=tuple(deferred))
+
+
+def _tls_problem(e: BaseException) -> ssl.SSLError | None:
+    while e is not None:
+        if isinstance(e, ssl.SSLError):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+async def deliver(cfg: EmailConfig, out: Outgoing) -> Delivery:
+    """Send one stored message; every failure becomes a Delivery with its reason, never an exception."""
+    try:
+        f = await asyncio.to_thread(open, out.path, "rb")      # before connecting: no half message on a miss
+    except OSError as e:
+        return Delivery(error=f"the stored message cannot be read: {e}", transient=False)
+    try:
+        return await _deliver(cfg, out, f)
+    finally:
+        await asyncio.to_thread(f.close)
+
+
+async def _deliver(cfg: EmailConfig, out: Outgoing, f: BinaryIO) -> Delivery:
+    hostname = await asyncio.to_thread(_local_hostname)   # getfqdn may wait on DNS: never on the loop
+    tls = await asyncio.to_thread(_tls_context, cfg) if cfg.security == "tls" else None   # reads the CA files
+    smtp = aiosmtplib.SMTP(hostname=cfg.smtp_host, port=cfg.smtp_port, use_tls=cfg.security == "tls",
+                           start_tls=False, tls_context=tls, timeout=cfg.timeout, local_hostname=hostname)
+    where = f"{cfg.smtp_host}:{cfg.smtp_port}"
+    try:
+        return await _session(cfg, out, smtp, f)
+    except Refused as e:
+        return Delivery(error=str(e), transient=e.transient)
+    except aiosmtplib.SMTPResponseException as e:
+        return Delivery(error=f"{where} answered {_code(e)}", transient=_transient_code(e.code))
+    except aiosmtplib.SMTPNotSupported as e:
+        return Delivery(error=f"{where}: {e}", transient=False)
+    except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as e:
+        tls = _tls_problem(e)
+        if isinstance(tls, ssl.SSLCertVerificationError):
+            return Delivery(error=f"the certificate of {where} is not trusted ({tls.verify_message}); "
+                                  "set email.ca_file to its CA", transient=False)
+        return Delivery(error=f"{where}: {e or type(e).__name__}", transient=True)
+    finally:
+        await _close(smtp)
+
+
+async def _close(smtp: aiosmtplib.SMTP) -> None:
+    if smtp.is_connected:
+        try:
+            await asyncio.wait_for(smtp.quit(), 5)
+        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+            pass
+    smtp.close()

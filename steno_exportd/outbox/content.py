@@ -1,0 +1,98 @@
+"""What a message says: a meeting (or several) with its documents, or notifications."""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import socket
+from typing import Any, Sequence
+
+from steno_exportd.engine.naming import resolve_collision, safe_name
+from steno_exportd.engine.plan import plan_session, render_file
+from steno_exportd.render.base import RenderOptions
+from steno_exportd.outbox.compose import Attachment, Draft, body, fit, media_type, one_line, size_of
+from steno_exportd.render.common import date_text, session_context
+
+MiB = 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Notice:
+    """One event worth telling someone about."""
+
+    event: str                # one of config.NOTIFY_EVENTS
+    subject: str
+    lines: tuple[str, ...]
+    at: float
+
+    def to_json(self) -> dict:
+        return dict(event=self.event, subject=self.subject, lines=list(self.lines), at=self.at)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Notice":
+        return cls(str(d["event"]), str(d["subject"]), tuple(str(x) for x in d["lines"]), float(d["at"]))
+
+
+def _mb(n: float) -> str:
+    return f"{n / MiB:.1f} MB"
+
+
+def sessions_subject(titles: Sequence[str]) -> str:
+    first = one_line(titles[0]) or "Untitled session" if titles else ""
+    if len(titles) == 1:
+        return f"Meeting: {first}"
+    return f"{len(titles)} meetings: {first} and {len(titles) - 1} more"
+
+
+def domain_of(sender: str) -> str:
+    """The Message-ID domain: the sender's (a recorder's own host name is rarely a real domain)."""
+    return sender.rpartition("@")[2].strip(">") or "localhost"
+
+
+def sessions_draft(sessions: Sequence[Any], formats: Sequence[str], options: RenderOptions, sender: str,
+                   recipients: Sequence[str], limit: int) -> tuple[Draft, tuple[str, ...]]:
+    """The message for sessions with their documents (rendered like an export's files); and what was left out."""
+    attachments: list[Attachment] = []
+    problems: list[str] = []
+    taken: set[str] = set()
+    for s in sessions:
+        prefix = f"{s.summary.short_id} " if len(sessions) > 1 else ""
+        for pf in plan_session(s, tuple(formats), options, True):
+            if pf.error:
+                problems.append(f"{one_line(s.title)}: {pf.fmt}: {pf.error}")
+                continue
+            name = resolve_collision(safe_name(prefix + pf.name), taken)
+            taken.add(name)
+            if pf.source is not None:
+                attachments.append(Attachment(name, media_type(name), path=pf.source, size=pf.size,
+                                              recording=pf.fmt == "audio"))
+            else:
+                data = render_file(pf, s)
+                attachments.append(Attachment(name, media_type(name), data=data, size=len(data)))
+    subject = sessions_subject([s.title for s in sessions])
+    context = dict(sessions=[session_context(s) for s in sessions], subject=subject, problems=problems,
+                   limit=_mb(limit), host=socket.gethostname())
+
+    def draft(kept: Sequence[Attachment], left: Sequence[Attachment]) -> Draft:
+        text, html = body("sessions", attached=[f"{a.name} ({_mb(a.size)})" for a in kept],
+                          left_out=[f"{a.name} ({_mb(a.size)})" for a in left], **context)
+        return Draft(sender, tuple(recipients), subject, text, html, tuple(kept))
+
+    # the body without attachments, plus room for the longest "left out" note, bounds what they may use
+    bare = size_of(draft([], attachments), domain_of(sender))
+    kept, left = fit(attachments, limit - bare - 200 * len(attachments))
+    return draft(kept, left), tuple(a.name for a in left)
+
+
+def notices_draft(notices: Sequence[Notice], sender: str, recipients: Sequence[str]) -> Draft:
+    """One notification, or a digest of several."""
+    if len(notices) == 1:
+        subject = notices[0].subject
+    else:
+        kinds: dict[str, int] = {}
+        for n in notices:
+            kinds[n.event] = kinds.get(n.event, 0) + 1
+        subject = f"{len(notices)} events: " + ", ".join(f"{k.replace('_', ' ')} x{v}" for k, v in kinds.items())
+    shown = [dict(subject=n.subject, lines=list(n.lines),
+                  when=date_text(dt.datetime.fromtimestamp(n.at, dt.timezone.utc))) for n in notices]
+    text, html = body("notice", notices=shown, subject=subject, host=socket.gethostname())
+    return Draft(sender, tuple(recipients), f"[steno] {subject}", text, html, auto=True)

@@ -1,0 +1,381 @@
+"""Outbox: every message stored in the state DB (and a spool file) before it is sent; retries; snapshots.
+
+A message goes composing -> queued -> sending -> sent | failed. Its row is written before any
+work, its MIME file (<state>/outbox/<token>.eml) before it is queued, so a restart loses nothing:
+composing rows are composed again, sending ones are queued again, queued ones are tried at once.
+The mail adapter (steno_exportd/mail/) takes due messages with ``next_due()`` and says how it went
+with ``report()``; the core decides retry, back-off and giving up.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import secrets
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from steno_exportd import events as ev
+from steno_exportd.config import Config
+from steno_exportd.engine.plan import render_options
+from steno_exportd.errors import InvalidArgument, NotFoundError, StenoError
+from steno_exportd.outbox import content
+from steno_exportd.outbox.address import parse_address, parse_recipients
+from steno_exportd.outbox.compose import write
+from steno_exportd.retention import Keep, prune_rows
+
+log = logging.getLogger(__name__)
+
+MAX_WAITING = 100            # messages composing or queued at once: a new session mail past that is refused
+MAX_SESSIONS = 100           # sessions in one message
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+  id INTEGER PRIMARY KEY, kind TEXT NOT NULL, state TEXT NOT NULL, created REAL NOT NULL,
+  subject TEXT NOT NULL DEFAULT '', recipients TEXT NOT NULL DEFAULT '[]', request TEXT NOT NULL DEFAULT '{}',
+  spool TEXT NOT NULL DEFAULT '', size INTEGER NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0,
+  next_attempt REAL NOT NULL DEFAULT 0, finished REAL NOT NULL DEFAULT 0, error TEXT NOT NULL DEFAULT '',
+  delivered TEXT NOT NULL DEFAULT '[]', refused TEXT NOT NULL DEFAULT '[]', left_out TEXT NOT NULL DEFAULT '[]');
+CREATE TABLE IF NOT EXISTS notices (
+  id INTEGER PRIMARY KEY, at REAL NOT NULL, recipients TEXT NOT NULL, window REAL NOT NULL, notice TEXT NOT NULL);
+"""
+_COLUMNS = ("id", "kind", "state", "created", "subject", "recipients", "request", "spool", "size", "attempts",
+            "next_attempt", "finished", "error", "delivered", "refused", "left_out")
+
+
+@dataclasses.dataclass(frozen=True)
+class Outgoing:
+    """A message handed to the mail adapter: its envelope and the file holding it."""
+
+    id: int
+    sender: str               # envelope MAIL FROM (addr-spec)
+    recipients: tuple[str, ...]   # envelope RCPT TO (addr-specs)
+    path: Path
+    size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Delivery:
+    """What the mail adapter reports about one try."""
+
+    delivered: tuple[str, ...] = ()               # recipients the server accepted the message for
+    refused: tuple[tuple[str, str], ...] = ()     # (recipient, reason): refused for good (5xx)
+    deferred: tuple[tuple[str, str], ...] = ()    # (recipient, reason): refused for now (4xx)
+    error: str = ""                               # the whole try failed
+    transient: bool = False                       # ... and another try may succeed
+
+
+def _entry(row: tuple) -> tuple[ev.OutboxEntry, dict]:
+    d = dict(zip(_COLUMNS, row))
+    request = json.loads(d["request"] or "{}")
+    entry = ev.OutboxEntry(
+        id=d["id"], kind=d["kind"], subject=d["subject"], recipients=tuple(json.loads(d["recipients"])),
+        state=ev.OutboxState(d["state"]), created=d["created"], attempts=d["attempts"],
+        next_attempt=d["next_attempt"], finished=d["finished"], size=d["size"], error=d["error"],
+        delivered=tuple(json.loads(d["delivered"])), refused=tuple(json.loads(d["refused"])),
+        left_out=tuple(json.loads(d["left_out"])), sessions=tuple(request.get("sessions", ())))
+    return entry, d
+
+
+class Outbox:
+    """The core's mail queue; blocking DB work runs in threads, state changes are published as events."""
+
+    def __init__(self, cfg: Config, events: ev.EventBus, library: Callable[[], Any]) -> None:
+        self.cfg = cfg
+        self.events = events
+        self._library = library
+        self.dir = Path(cfg.state.dir) / "outbox"
+        self._db_path = Path(cfg.state.dir) / "state.db"
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self._entries: dict[int, ev.OutboxEntry] = {}
+        self._spool: dict[int, str] = {}
+        self._wake = asyncio.Event()          # an entry became due or the config changed
+        self._compose_wake = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        from steno_exportd.outbox.notices import Notifier
+        self.notifier = Notifier(self)
+
+    # -- lifecycle -------------------------------------------------------------------
+    def open(self) -> None:
+        """Open the tables; queue again what a stop interrupted; remove spool files no row names."""
+        if self._db is not None:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self._db_path, check_same_thread=False, isolation_level=None, timeout=10)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(SCHEMA)
+        self._db = db
+        with self._lock:
+            # a restart is a good moment to try again: pending messages go out now, not after their back-off
+            db.execute("UPDATE outbox SET state='queued', next_attempt=0 WHERE state IN ('queued','sending')")
+            rows = db.execute(f"SELECT {','.join(_COLUMNS)} FROM outbox ORDER BY id").fetchall()
+        for row in rows:
+            entry, d = _entry(row)
+            self._entries[entry.id] = entry
+            self._spool[entry.id] = d["spool"]
+            if entry.state == ev.OutboxState.QUEUED and not (self.dir / d["spool"]).is_file():
+                self._entries[entry.id] = self._finish_sync(entry.id, ev.OutboxState.FAILED,
+                                                            "the stored message file is missing")
+        named = {s for i, s in self._spool.items() if s and not self._entries[i].state.finished}
+        for p in self.dir.iterdir():
+            if p.name not in named:
+                log.info("removing %s: no outbox message names it (a stop while it was written)", p.name)
+                p.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.open)
+        self._tasks = [asyncio.create_task(self._compose_loop(), name="outbox-compose"),
+                       asyncio.create_task(self.notifier.run(), name="outbox-notices")]
+        self._compose_wake.set()
+        self._wake.set()
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        await asyncio.to_thread(self.close)
+
+    def reload(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.notifier.reload(cfg)
+        self._wake.set()
+
+    # -- queries ---------------------------------------------------------------------
+    def list(self) -> list[ev.OutboxEntry]:
+        """Every message still listed, oldest first."""
+        return list(self._entries.values())
+
+    def get(self, entry_id: int) -> ev.OutboxEntry:
+        try:
+            return self._entries[int(entry_id)]
+        except (KeyError, ValueError, TypeError):
+            raise NotFoundError(f"no message {entry_id!r} in the outbox") from None
+
+    # -- DB helpers (blocking) -------------------------------------------------------
+    def _x(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._lock:
+            if self._db is None:
+                raise StenoError("the outbox is closed")
+            return self._db.execute(sql, args).fetchall()
+
+    def _row(self, entry_id: int) -> ev.OutboxEntry:
+        row = self._x(f"SELECT {','.join(_COLUMNS)} FROM outbox WHERE id=?", (entry_id,))[0]
+        entry, d = _entry(row)
+        self._spool[entry_id] = d["spool"]
+        return entry
+
+    def _publish(self, entry: ev.OutboxEntry) -> None:
+        self._entries[entry.id] = entry
+        self.events.publish(ev.OutboxUpdated(entry))
+
+    def _finish_sync(self, entry_id: int, state: ev.OutboxState, error: str) -> ev.OutboxEntry:
+        """Mark a message sent or failed; its spool file goes (the row keeps what to compose it again)."""
+        spool = self._spool.get(entry_id, "")
+        self._x("UPDATE outbox SET state=?, error=?, finished=?, spool='' WHERE id=?",
+                (str(state), error, time.time(), entry_id))
+        if spool:
+            (self.dir / spool).unlink(missing_ok=True)
+        return self._row(entry_id)
+
+    def _insert(self, kind: str, state: ev.OutboxState, subject: str, recipients: Sequence[str],
+                request: dict, spool: str = "", size: int = 0, notice_ids: Sequence[int] = ()) -> ev.OutboxEntry:
+        with self._lock:
+            if self._db is None:
+                raise StenoError("the outbox is closed")
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                cur = db.execute("INSERT INTO outbox(kind, state, created, subject, recipients, request, spool, size) "
+                                 "VALUES (?,?,?,?,?,?,?,?)", (kind, str(state), time.time(), subject,
+                                                              json.dumps(list(recipients)), json.dumps(request),
+                                                              spool, size))
+                if notice_ids:
+                    db.execute(f"DELETE FROM notices WHERE id IN ({','.join('?' * len(notice_ids))})",
+                               tuple(notice_ids))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            entry_id = cur.lastrowid
+        return self._row(entry_id)
+
+    # -- sessions by email -----------------------------------------------------------
+    async def email_sessions(self, session_ids: Sequence[int], formats: Sequence[str], recipients: object,
+                             template: str) -> ev.OutboxEntry:
+        """Store a message for sessions (checked ids) and formats; it is composed and sent in the background."""
+        if not self.cfg.email.enabled:
+            raise InvalidArgument("email is off: set [email] enabled = true in the config")
+        addresses = parse_recipients(recipients)
+        if not session_ids:
+            raise InvalidArgument("no sessions given")
+        if len(session_ids) > MAX_SESSIONS:
+            raise InvalidArgument(f"too many sessions for one message: {len(session_ids)}, at most {MAX_SESSIONS}")
+        waiting = sum(1 for e in self._entries.values() if not e.state.finished)
+        if waiting >= MAX_WAITING:
+            raise InvalidArgument(f"the outbox already holds {waiting} messages waiting to be sent; "
+                                  "try again when they are out")
+        summaries = {s.id: s for s in await asyncio.to_thread(self._library().list_sessions)}
+        subject = content.sessions_subject([summaries[i].title if i in summaries else "" for i in session_ids])
+        request = dict(sessions=list(session_ids), formats=list(formats), template=template)
+        entry = await asyncio.to_thread(self._insert, "sessions", ev.OutboxState.COMPOSING, subject,
+                                        [str(a) for a in addresses], request)
+        self._publish(entry)
+        self._compose_wake.set()
+        return entry
+
+    async def _compose_loop(self) -> None:
+        while True:
+            await self._compose_wake.wait()
+            self._compose_wake.clear()
+            for entry in [e for e in self._entries.values() if e.state == ev.OutboxState.COMPOSING]:
+                await self._compose(entry)
+
+    async def _compose(self, entry: ev.OutboxEntry) -> None:
+        try:
+            updated = await asyncio.to_thread(self._compose_sync, entry)
+        except asyncio.CancelledError:
+            raise
+        except (StenoError, OSError, ValueError) as e:
+            log.warning("message %d cannot be composed: %s", entry.id, e)
+            updated = await asyncio.to_thread(self._finish_sync, entry.id, ev.OutboxState.FAILED,
+                                              f"cannot be composed: {e}")
+        except Exception as e:  # noqa: BLE001 - error boundary of one message
+            log.exception("message %d cannot be composed", entry.id)
+            updated = await asyncio.to_thread(self._finish_sync, entry.id, ev.OutboxState.FAILED,
+                                              f"cannot be composed: {type(e).__name__}: {e}")
+        self._publish(updated)
+        self._wake.set()
+
+    def _compose_sync(self, entry: ev.OutboxEntry) -> ev.OutboxEntry:
+        request = json.loads(self._x("SELECT request FROM outbox WHERE id=?", (entry.id,))[0][0])
+        lib = self._library()
+        sessions = [lib.get_session(i) for i in request["sessions"]]
+        limit = int(self.cfg.email.max_message_mb * 1024 * 1024)
+        draft, left_out = content.sessions_draft(sessions, request["formats"], render_options(self.cfg, request["template"]),
+                                                 self.cfg.email.sender, entry.recipients, limit)
+        token = f"{entry.id}-{secrets.token_hex(8)}.eml"
+        size = write(draft, self.dir / token, content.domain_of(draft.sender))
+        self._x("UPDATE outbox SET state='queued', subject=?, spool=?, size=?, left_out=?, next_attempt=0 "
+                "WHERE id=? AND state='composing'", (draft.subject, token, size, json.dumps(list(left_out)),
+                                                     entry.id))
+        return self._row(entry.id)
+
+    # -- notifications ---------------------------------------------------------------
+    def add_notice(self, notice: content.Notice, recipients: Sequence[str], window: float) -> None:
+        """(blocking) Store a notice until its message is queued."""
+        self._x("INSERT INTO notices(at, recipients, window, notice) VALUES (?,?,?,?)",
+                (notice.at, json.dumps(list(recipients)), window, json.dumps(notice.to_json())))
+
+    def notices(self) -> list[tuple]:
+        """(blocking) Stored notices: (id, at, recipients JSON, window, notice JSON), oldest first."""
+        return self._x("SELECT id, at, recipients, window, notice FROM notices ORDER BY id")
+
+    def queue_notices(self, notice_ids: Sequence[int], notices: Sequence[content.Notice],
+                      recipients: Sequence[str]) -> ev.OutboxEntry:
+        """(blocking) One message for notices; they leave the notices table in the same transaction."""
+        draft = content.notices_draft(notices, self.cfg.email.sender, recipients)
+        token = f"n-{secrets.token_hex(8)}.eml"
+        path = self.dir / token
+        size = write(draft, path, content.domain_of(draft.sender))
+        try:
+            return self._insert("notice", ev.OutboxState.QUEUED, draft.subject, recipients,
+                                dict(notices=[n.to_json() for n in notices]), token, size, notice_ids)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+
+    def notice_queued(self, entry: ev.OutboxEntry) -> None:
+        self._publish(entry)
+        self._wake.set()
+
+    # -- the mail adapter's side -----------------------------------------------------
+    async def next_due(self) -> Outgoing:
+        """Wait until a queued message is due (and email is on); mark it sending and return it."""
+        while True:
+            self._wake.clear()
+            due = [e for e in self._entries.values() if e.state == ev.OutboxState.QUEUED]
+            timeout = None
+            if due and self.cfg.email.enabled:
+                first = min(due, key=lambda e: (e.next_attempt, e.id))
+                wait = first.next_attempt - time.time()
+                if wait <= 0:
+                    entry, out = await asyncio.to_thread(self._claim, first.id)
+                    self._publish(entry)
+                    return out
+                timeout = wait
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+
+    def _claim(self, entry_id: int) -> tuple[ev.OutboxEntry, Outgoing]:
+        self._x("UPDATE outbox SET state='sending', attempts=attempts+1 WHERE id=?", (entry_id,))
+        entry = self._row(entry_id)
+        return entry, Outgoing(entry_id, parse_address(self.cfg.email.sender).addr_spec,
+                               tuple(parse_address(r).addr_spec for r in entry.recipients),
+                               self.dir / self._spool[entry_id], entry.size)
+
+    async def report(self, entry_id: int, d: Delivery) -> ev.OutboxEntry:
+        """Record one try: sent, failed for good, or queued again with exponential back-off."""
+        entry = await asyncio.to_thread(self._report_sync, entry_id, d)
+        self._publish(entry)
+        if not entry.state.finished:
+            self._wake.set()
+        return entry
+
+    def _report_sync(self, entry_id: int, d: Delivery) -> ev.OutboxEntry:
+        entry = self._row(entry_id)
+        e = self.cfg.email
+        by_addr = {parse_address(r).addr_spec.lower(): r for r in entry.recipients}
+        delivered = list(entry.delivered) + [by_addr.get(a.lower(), a) for a in d.delivered]
+        refused = list(entry.refused) + [f"{by_addr.get(a.lower(), a)}: {why}" for a, why in d.refused]
+        if d.error:
+            pending = list(entry.recipients)
+            reason, transient = d.error, d.transient
+        else:
+            pending = [by_addr.get(a.lower(), a) for a, _ in d.deferred]
+            reason = "; ".join(f"{a}: {why}" for a, why in d.deferred)
+            transient = bool(pending)
+        self._x("UPDATE outbox SET recipients=?, delivered=?, refused=? WHERE id=?",
+                (json.dumps(pending), json.dumps(delivered), json.dumps(refused), entry_id))
+        if transient and pending:
+            age = time.time() - entry.created
+            if age >= e.give_up_hours * 3600:
+                return self._finish_sync(entry_id, ev.OutboxState.FAILED,
+                                         f"gave up after {entry.attempts} tries in {age / 3600:.1f} h: {reason}")
+            delay = min(e.retry_max_seconds, e.retry_initial_seconds * 2 ** max(0, entry.attempts - 1))
+            log.info("message %d: %s; next try in %.0f s", entry_id, reason, delay)
+            self._x("UPDATE outbox SET state='queued', error=?, next_attempt=? WHERE id=?",
+                    (reason, time.time() + delay, entry_id))
+            return self._row(entry_id)
+        if d.error:
+            log.warning("message %d failed: %s", entry_id, d.error)
+            return self._finish_sync(entry_id, ev.OutboxState.FAILED, d.error)
+        if not delivered:
+            return self._finish_sync(entry_id, ev.OutboxState.FAILED, "every recipient was refused: "
+                                     + "; ".join(refused))
+        log.info("message %d sent to %s", entry_id, ", ".join(delivered))
+        return self._finish_sync(entry_id, ev.OutboxState.SENT, "; ".join(f"refused {r}" for r in refused))
+
+    # -- retention -------------------------------------------------------------------
+    def prune(self, keep: Keep) -> list[int]:
+        """(blocking) Drop sent/failed messages past keep (never a waiting one); return their ids."""
+        return prune_rows(self._x, "outbox", "created", keep, protect="state NOT IN ('sent','failed')")
+
+    def forget(self, ids: Sequence[int]) -> None:
+        for i in ids:
+            if self._entries.pop(i, None) is not None:
+                self._spool.pop(i, None)
+                self.events.publish(ev.OutboxRemoved(i))

@@ -1,0 +1,110 @@
+"""HTML pages: meetings list, one meeting, sticks & jobs, history; the formatting they share."""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+from urllib.parse import quote
+
+from aiohttp import web
+
+from steno_exportd.formats import DOCUMENT_TEMPLATES
+from steno_exportd.web.context import CTX, WebContext, device_json, job_json, query_sessions
+
+
+def fmt_time(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def fmt_when(t: Any) -> str:
+    return t.astimezone().strftime("%Y-%m-%d %H:%M") if t else "—"
+
+
+def fmt_duration(sec: Any) -> str:
+    if not sec:
+        return "—"
+    return f"{sec // 3600} h {sec % 3600 // 60:02d} min" if sec >= 3600 else f"{max(1, round(sec / 60))} min"
+
+
+def _qs(query: dict, **over: Any) -> str:
+    d = {k: v for k, v in {**query, **over}.items() if v not in ("", None)}
+    return "&".join(f"{k}={quote(str(v))}" for k, v in d.items())
+
+
+async def index(request: web.Request) -> web.Response:
+    ctx: WebContext = request.app[CTX]
+    res = await query_sessions(ctx, request.query)
+    base = {**res["query"], "sort": res["sort"], "order": res["order"], "per_page": res["per_page"]}
+    return ctx.render_page(request, "sessions.html", res=res, when=fmt_when, dur=fmt_duration,
+                           qs=lambda **o: _qs(base, **o), remotes=remotes(ctx))
+
+
+def remotes(ctx: WebContext) -> list[dict]:
+    """The configured SMB push remotes, for the "Send to" buttons (none configured: no buttons)."""
+    return [{"name": r.name, "where": f"\\\\{r.server}\\{r.share}" + (f"\\{r.path}" if r.path else "")}
+            for r in ctx.cfg.smb.remotes]
+
+
+# ---- one session --------------------------------------------------------------------
+
+def _renderers() -> list[Any]:
+    from steno_exportd import render
+    return [render.get(n) for n in render.names()]
+
+
+async def session_page(request: web.Request) -> web.Response:
+    ctx: WebContext = request.app[CTX]
+    s = await ctx.session(request.match_info["key"])
+    downloads = []
+    for r in _renderers():
+        if r.name == "audio":
+            continue
+        if r.name in ("pdf", "docx"):
+            for t in DOCUMENT_TEMPLATES:
+                downloads.append((f"{r.name.upper()} – {t.replace('_', ' ')}", f"{r.name}?template={t}"))
+        else:
+            downloads.append((r.name.upper(), r.name))
+    links = await asyncio.to_thread(ctx.store.links, s.id)
+    audit = await asyncio.to_thread(ctx.store.audit_log, s.id, 50)
+    return ctx.render_page(request, "session.html", s=s, t=fmt_time, when=fmt_when, dur=fmt_duration,
+                           downloads=downloads, links=[x.public() for x in links], audit=audit,
+                           share_cfg=ctx.cfg.http.share_links, now=time.time(), remotes=remotes(ctx),
+                           at=lambda x: time.strftime("%Y-%m-%d %H:%M", time.localtime(x)))
+
+
+# ---- devices, jobs, history ------------------------------------------------------------
+
+async def devices_page(request: web.Request) -> web.Response:
+    ctx: WebContext = request.app[CTX]
+    import socket
+    share = f"\\\\{socket.gethostname()}\\{ctx.cfg.samba.share_name}"
+    on, state = bool(ctx.core.sharing_enabled), str(getattr(ctx.core, "samba_state", "off"))
+    return ctx.render_page(request, "devices.html", sharing=on, samba_state=state, share=share,
+                           sharing_label=sharing_label(on, state),
+                           devices=[device_json(d) for d in ctx.core.devices.list()],
+                           jobs=[job_json(j) for j in sorted(ctx.core.jobs.list(), key=lambda j: -j.id)])
+
+
+def sharing_label(on: bool, state: str) -> str:
+    """What the share really does, in words (static/app.js says the same for live updates)."""
+    if state == "serving":
+        return "on — serving"
+    if state.startswith("error"):
+        return state
+    return "on — not serving yet" if on else "off"
+
+
+async def history_page(request: web.Request) -> web.Response:
+    ctx: WebContext = request.app[CTX]
+    rows = await asyncio.to_thread(ctx.core.state.history, None, 500)
+    by_uuid = {s.uuid: s for s in await ctx.sessions()}
+    return ctx.render_page(request, "history.html", rows=rows, sessions=by_uuid)
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/", index)
+    r.add_get("/sessions/{key}", session_page)
+    r.add_get("/devices", devices_page)
+    r.add_get("/history", history_page)

@@ -1,0 +1,100 @@
+"""`verify` checks a folder, a .zip and a .tar.gz alike against the SHA256SUMS and manifest inside."""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import zipfile
+
+import pytest
+
+from steno_exportd import cli, config
+from steno_exportd.engine.export import SimpleSpec, run_export
+from steno_exportd.engine.options import ExportOptions
+from steno_exportd.engine.verify import verify_target
+from tests.engine.fakes import library
+
+
+def _export(tmp_path, name: str):
+    cfg = config.from_dict({"recorder": {"db_path": str(tmp_path / "rec" / "db.sqlite")}})
+    target = tmp_path / name
+    if "." not in name:
+        target.mkdir()
+    res = run_export(library(tmp_path, 2), SimpleSpec(str(target), (1, 2), ("txt", "json", "audio"),
+                                                      ExportOptions()), cfg)
+    assert all(r.ok for r in res), res
+    return target
+
+
+@pytest.mark.parametrize("name", ["out", "x.zip", "x.tar.gz"])
+def test_verify_accepts_folders_and_archives(tmp_path, name, capsys):
+    target = _export(tmp_path, name)
+    rep = verify_target(str(target))
+    assert rep.ok and rep.ok_count == 6 and not rep.extra, rep.to_json()
+    assert cli.main(["verify", str(target)]) == 0
+    assert "6 files verified, 0 changed, 0 missing" in capsys.readouterr().out
+
+
+def _rewrite_zip(src, dst, change):
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            data = change(info.filename, zin.read(info.filename))
+            if data is not None:
+                zout.writestr(info.filename, data)
+
+
+def test_verify_zip_finds_changed_missing_and_extra(tmp_path, capsys):
+    target = _export(tmp_path, "x.zip")
+    bad = tmp_path / "bad.zip"
+
+    def change(name, data):
+        if name.endswith("transcript.txt") and "Meeting 1" in name:
+            return data + b"tampered"
+        if name.endswith("session.json") and "Meeting 2" in name:
+            return None
+        return data
+    _rewrite_zip(target, bad, change)
+    with zipfile.ZipFile(bad, "a") as z:
+        z.writestr(next(n for n in z.namelist() if n.endswith("/audio.wav")).rsplit("/", 1)[0] + "/notes.txt", "x")
+    rep = verify_target(str(bad))
+    assert not rep.ok
+    assert len(rep.changed) == 1 and rep.changed[0].endswith("transcript.txt")
+    assert len(rep.missing) == 1 and rep.missing[0].endswith("session.json")
+    assert len(rep.extra) == 1 and rep.extra[0].endswith("notes.txt")
+    assert cli.main(["verify", str(bad), "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["ok"] is False
+
+
+def test_verify_tar_gz_finds_a_changed_member(tmp_path):
+    target = _export(tmp_path, "x.tar.gz")
+    bad = tmp_path / "bad.tar.gz"
+    with tarfile.open(target) as tin, tarfile.open(bad, "w:gz") as tout:
+        for m in tin.getmembers():
+            data = tin.extractfile(m).read() if m.isfile() else None
+            if data is not None and m.name.endswith("audio.wav") and "Meeting 1" in m.name:
+                data = bytes([data[0] ^ 1]) + data[1:]
+            if data is not None:
+                m.size = len(data)
+                tout.addfile(m, io.BytesIO(data))
+            else:
+                tout.addfile(m)
+    rep = verify_target(str(bad))
+    assert not rep.ok and len(rep.changed) == 1 and rep.changed[0].endswith("audio.wav")
+
+
+def test_verify_hostile_archives_are_clear_errors(tmp_path, capsys):
+    junk = tmp_path / "junk.zip"
+    junk.write_bytes(b"PK\x03\x04 not really")
+    assert cli.main(["verify", str(junk)]) == 1
+    assert "verify failed" in capsys.readouterr().err
+    evil = tmp_path / "evil.tar.gz"
+    with tarfile.open(evil, "w:gz") as t:
+        ti = tarfile.TarInfo("SilentSteno/../../etc/passwd")
+        ti.size = 1
+        t.addfile(ti, io.BytesIO(b"x"))
+        link = tarfile.TarInfo("SilentSteno/link")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/shadow"
+        t.addfile(link)
+    rep = verify_target(str(evil))
+    assert not rep.ok and rep.problems
+    assert not (tmp_path / "etc").exists()

@@ -1,0 +1,59 @@
+"""A core with a real recorder library and the real mail adapter running, sending to a real aiosmtpd."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import pytest
+
+from steno_exportd import config, render
+from steno_exportd.core import Core
+from steno_exportd.mail import sender
+from tests.parts import until
+from tests.parts.daemon import make_library
+
+
+@pytest.fixture(scope="session")
+def demo_library(tmp_path_factory):
+    """A demo recorder library (read-only for the tests: copy it before changing anything)."""
+    return make_library(tmp_path_factory.mktemp("library"), sessions=3)
+
+
+@pytest.fixture
+def smtp(smtp_server):
+    """smtp_server for async tests: `await smtp(...)` starts the server off the event loop (it waits for it)."""
+    async def start(*args, **kw):
+        return await asyncio.to_thread(smtp_server, *args, **kw)
+    return start
+
+
+@pytest.fixture
+async def mail_core(tmp_path, demo_library):
+    """mail_core(server, extra={section: {...}}, library=None, **email_keys) -> a started Core (the demo
+    library unless another is given) with the mail adapter running; stopped after the test."""
+    cores: list[tuple[Core, asyncio.Task]] = []
+
+    async def start(server=None, extra: dict | None = None, library=None, **email) -> Core:
+        data = {"recorder": {"db_path": str(demo_library)}, "state": {"dir": str(tmp_path / "state")},
+                "export": {"allowed_dirs": [str(tmp_path)]}, "http": {"enabled": False}}
+        data["email"] = (server.email_config(**email) if server is not None else email)
+        for section, keys in (extra or {}).items():
+            data.setdefault(section, {}).update(keys)
+        core = Core(config.from_dict(data), library=library)
+        await core.start()
+        cores.append((core, asyncio.create_task(sender.run(core))))
+        return core
+
+    yield start
+    for core, task in cores:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await core.stop()
+    await asyncio.to_thread(render.shutdown)     # the PDF/DOCX worker process, if a test rendered one
+
+
+async def finished(core: Core, entry_id: int, timeout: float = 30.0):
+    """The outbox entry once it is sent or failed."""
+    return await until(lambda: core.outbox.get(entry_id) if core.outbox.get(entry_id).state.finished else None,
+                       f"message {entry_id} sent or failed", timeout=timeout, in_thread=False)

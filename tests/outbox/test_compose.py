@@ -1,0 +1,82 @@
+"""MIME messages: exact sizes, attachments that decode to their bytes, headers only the email package writes."""
+from __future__ import annotations
+
+import email
+import email.policy
+import hashlib
+import os
+
+import pytest
+
+from steno_exportd.outbox.compose import Attachment, Draft, fit, size_of, write
+
+
+def draft(attachments=(), subject="Meeting: Weekly sync", sender="steno@recorder.example",
+          recipients=("Alice <alice@example.org>",)) -> Draft:
+    return Draft(sender, tuple(recipients), subject, "Hello\n.leading dot\n", "<p>Hello</p>", tuple(attachments))
+
+
+def parse(path):
+    return email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+
+
+def test_sizes_are_exact_and_attachments_decode_to_their_bytes(tmp_path):
+    atts = []
+    for n in list(range(0, 120)) + [57 * 16 * 1024 - 1, 57 * 16 * 1024, 57 * 16 * 1024 * 2 + 5]:
+        data = os.urandom(n)
+        if n % 2:
+            p = tmp_path / f"in{n}.bin"
+            p.write_bytes(data)
+            atts.append(Attachment(f"f{n}.bin", "application/octet-stream", path=p, size=n))
+        else:
+            atts.append(Attachment(f"f{n}.bin", "application/octet-stream", data=data, size=n))
+    d = draft(atts)
+    out = tmp_path / "m.eml"
+    size = write(d, out, 'recorder.example')
+    assert size == out.stat().st_size == size_of(d, 'recorder.example')
+    msg = parse(out)
+    got = {p.get_filename(): p.get_payload(decode=True) for p in msg.iter_attachments()}
+    for a in atts:
+        want = a.data if a.data is not None else a.path.read_bytes()
+        assert hashlib.sha256(got[a.name]).digest() == hashlib.sha256(want).digest(), a.name
+    raw = out.read_bytes()
+    assert b"\r\n" in raw and b"\n" not in raw.replace(b"\r\n", b"")          # CRLF only
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 78
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_header_values_never_carry_a_line_break(tmp_path):
+    d = draft([Attachment("a\r\nContent-Type: text/html\r\n\r\n<script>.txt", "text/plain", data=b"x", size=1)],
+              subject="Board\r\nBcc: mallory@evil.example")
+    write(d, tmp_path / "m.eml", "recorder.example")
+    msg = parse(tmp_path / "m.eml")
+    assert msg["Bcc"] is None and msg["Subject"].strip() == "Board Bcc: mallory@evil.example"
+    [part] = list(msg.iter_attachments())
+    assert part.get_filename() == "a Content-Type: text/html <script>.txt"
+    assert part.get_content_type() == "text/plain"
+    # below the sanitising, the stdlib's SMTP policy refuses CR/LF in any header value it is given
+    with pytest.raises(ValueError):
+        write(draft(sender="steno@recorder.example\r\nBcc: mallory@evil.example"), tmp_path / "x.eml", "recorder.example")
+    assert not (tmp_path / "x.eml").exists()
+
+
+def test_non_ascii_names_and_subjects_are_encoded(tmp_path):
+    d = draft([Attachment("Protokoll Müller – März.txt", "text/plain", data="ä".encode(), size=2)],
+              subject="Besprechung: Größe & Budget ✓", recipients=("Jürgen Groß <j@example.org>",))
+    write(d, tmp_path / "m.eml", "recorder.example")
+    raw = (tmp_path / "m.eml").read_bytes()
+    assert raw.isascii()
+    msg = parse(tmp_path / "m.eml")
+    assert msg["Subject"] == "Besprechung: Größe & Budget ✓"
+    assert msg["To"].addresses[0].display_name == "Jürgen Groß"
+    assert [p.get_filename() for p in msg.iter_attachments()] == ["Protokoll Müller – März.txt"]
+
+
+def test_fit_leaves_out_recordings_first_then_the_largest():
+    rec = Attachment("audio.flac", "audio/flac", size=3000, recording=True)
+    big = Attachment("report.pdf", "application/pdf", size=2000)
+    small = Attachment("t.txt", "text/plain", size=100)
+    assert fit([rec, big, small], 10_000) == ([rec, big, small], [])
+    assert fit([rec, big, small], 3000) == ([big, small], [rec])
+    assert fit([rec, big, small], 1000) == ([small], [rec, big])
+    assert fit([rec, big, small], 10) == ([], [rec, big, small])
