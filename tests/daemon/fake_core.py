@@ -75,6 +75,7 @@ class FakeCore:
         self.samba_state = "off"
         self._ids = itertools.count(1)
         self._checks = Core(cfg, library=self.library)      # never started: only its checks are used
+        self.remote_folder = self._checks.remote_folder
 
     async def listing(self) -> SessionListing:
         return await self._checks.listing()
