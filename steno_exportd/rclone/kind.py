@@ -19,7 +19,7 @@ from steno_exportd.engine.identity import CLAIM_NAME, SHORT, claim_body, claim_o
 from steno_exportd.engine.manifest import write_atomic
 from steno_exportd.engine.registry import Checked, pause
 from steno_exportd.errors import CancelledJob, NotFoundError, StenoError
-from steno_exportd.rclone.process import RcloneError, Runner, config_problems
+from steno_exportd.rclone.process import Rcd, RcloneError, config_problems
 from steno_exportd.rclone.target import RcloneTarget
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class RcloneKind:
                 if progress.cancelled:
                     raise CancelledJob("cancelled")
         try:
-            t = RcloneTarget(Runner(cfg, remote), remote.remote, name=target)
+            t = RcloneTarget(Rcd(cfg, remote), remote.remote, name=target)
             try:
                 t.connect()
                 t.mkdir(folder)

@@ -1,13 +1,21 @@
-"""Running rclone: one child process per call, bounded output, killed on timeout or cancel, and its
-failures (exit code, last lines of stderr) told as what a person can act on (RcloneError)."""
+"""Running rclone: one ``rclone rcd`` child per push (its remote-control API on loopback: no process
+start per operation), bounded answers, killed when the push ends, and its failures (exit code,
+error text) told as what a person can act on (RcloneError)."""
 from __future__ import annotations
 
+import base64
+import http.client
+import json
 import logging
 import os
 import re
+import secrets
+import socket
 import stat as stat_mod
 import subprocess
 import threading
+import time
+import typing
 from typing import IO
 
 from steno_exportd.config import Config, RcloneRemote
@@ -68,51 +76,55 @@ def explain(code: int, err: str, where: str) -> TargetError:
     return RcloneError(f"{where}: {line}", code in (1, 3, 4))
 
 
-class Runner:
-    """How rclone is called for one remote: the program, the config file and the common flags."""
+class Rcd:
+    """One ``rclone rcd`` child for one push: rclone's remote-control API on a loopback port, its login
+    random and passed in the environment (never on the command line). Every operation is one HTTP
+    request to it; its stderr is kept as a bounded tail for messages; close() ends it."""
 
     def __init__(self, cfg: Config, remote: RcloneRemote) -> None:
         self.remote = remote
         self.where = f"rclone:{remote.name}"
+        self.timeout = max(60.0, remote.timeout * 4)
         t = f"{max(1, int(remote.timeout))}s"
-        self.base = [cfg.rclone.command, "--config", cfg.rclone.config_file, "--contimeout", t, "--timeout", t,
-                     "--low-level-retries", "1", "--retries", "1", "--ask-password=false"]
+        self._argv = [cfg.rclone.command, "--config", cfg.rclone.config_file, "--contimeout", t, "--timeout", t,
+                      "--low-level-retries", "1", "--retries", "1", "--ask-password=false"]
         if remote.bandwidth_limit_kbps:
-            self.base += ["--bwlimit", f"{remote.bandwidth_limit_kbps}K"]
-
-    def start(self, args: list[str], *, stdin: bool = False, stdout: bool = False) -> "Call":
-        """A running rclone (its stdin/stdout pipes when asked)."""
-        return Call(self, args, stdin=stdin, stdout=stdout)
-
-    def run(self, args: list[str], *, timeout: float | None = None, ok: tuple[int, ...] = (0,)) -> tuple[int, bytes]:
-        """Run to the end: (exit code, stdout); an exit code outside ``ok`` raises the explained error."""
-        call = self.start(args, stdout=True)
-        try:
-            out = call.read_all(OUTPUT_LIMIT)
-            code = call.wait(timeout or max(60.0, self.remote.timeout * 4))
-        finally:
-            call.kill()
-        if code not in ok:
-            raise explain(code, call.stderr(), self.where)
-        return code, out
-
-
-class Call:
-    """One rclone child: stderr drained by a thread into a bounded tail, killed on kill()."""
-
-    def __init__(self, runner: Runner, args: list[str], *, stdin: bool, stdout: bool) -> None:
-        self._runner = runner
-        try:
-            self.proc = subprocess.Popen(runner.base + args, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-                                         stdout=subprocess.PIPE if stdout else subprocess.DEVNULL,
-                                         stderr=subprocess.PIPE, close_fds=True, start_new_session=True)
-        except OSError as e:
-            raise RcloneError(f"{runner.where}: cannot run {runner.base[0]} ({e.strerror}); install Debian's "
-                              f"rclone package", True) from e
+            self._argv += ["--bwlimit", f"{remote.bandwidth_limit_kbps}K"]
+        self._auth = "Basic " + base64.b64encode(f"steno:{secrets.token_hex(16)}".encode()).decode()
+        self.port = 0
+        self.proc: subprocess.Popen | None = None
         self._err = bytearray()
+        self._reader: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start rclone rcd and wait until it answers."""
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        user, _, pw = base64.b64decode(self._auth.split()[1]).decode().partition(":")
+        env = {**os.environ, "RCLONE_RC_USER": user, "RCLONE_RC_PASS": pw}
+        try:
+            self.proc = subprocess.Popen(self._argv + ["rcd", "--rc-addr", f"127.0.0.1:{self.port}", "--rc-serve"],
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                         env=env, close_fds=True, start_new_session=True)
+        except OSError as e:
+            raise RcloneError(f"{self.where}: cannot run {self._argv[0]} ({e.strerror}); install Debian's "
+                              f"rclone package", True) from e
         self._reader = threading.Thread(target=self._drain, args=(self.proc.stderr,), daemon=True,
                                         name="rclone-stderr")
         self._reader.start()
+        deadline = time.monotonic() + 15
+        while True:
+            if self.proc.poll() is not None:
+                raise explain(self.proc.returncode, self.stderr(), self.where)
+            try:
+                self.call("rc/noop", {})
+                return
+            except (RcloneError, OSError):
+                if time.monotonic() > deadline:
+                    self.close()
+                    raise RcloneError(f"{self.where}: rclone did not start: {last_line(self.stderr())}") from None
+                time.sleep(0.05)
 
     def _drain(self, f: IO[bytes]) -> None:
         for chunk in iter(lambda: f.read(4096), b""):
@@ -121,48 +133,57 @@ class Call:
                 del self._err[: len(self._err) - STDERR_KEEP]
 
     def stderr(self) -> str:
-        self._reader.join(2)
         return self._err.decode("utf-8", "replace")
 
-    def read_all(self, limit: int) -> bytes:
-        assert self.proc.stdout is not None
-        out = bytearray()
-        while True:
-            b = self.proc.stdout.read(1 << 16)
-            if not b:
-                return bytes(out)
-            out += b
-            if len(out) > limit:
-                self.kill()
-                raise RcloneError(f"{self._runner.where}: rclone's answer is larger than {limit} bytes", True)
+    def connection(self, timeout: float | None = None) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout or self.timeout)
 
-    def wait(self, timeout: float) -> int:
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": self._auth}
+
+    def call(self, method: str, params: dict, *, missing_ok: bool = False) -> dict | None:
+        """One remote-control call; its JSON answer, None when missing_ok and the path is not there."""
+        conn = self.connection()
         try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise RcloneError(f"{self._runner.where}: rclone did not finish in {timeout:.0f}s "
-                              f"(the store stopped answering)") from None
+            try:
+                conn.request("POST", f"/{method}", body=json.dumps(params).encode(),
+                             headers={**self.headers(), "Content-Type": "application/json"})
+                r = conn.getresponse()
+                body = r.read(OUTPUT_LIMIT + 1)
+            except (OSError, http.client.HTTPException) as e:
+                raise RcloneError(f"{self.where}: rclone stopped answering ({e})") from e
+            return self.answer(r.status, body, missing_ok=missing_ok)
+        finally:
+            conn.close()
 
-    def failed(self, code: int) -> TargetError:
-        return explain(code, self.stderr(), self._runner.where)
+    def answer(self, status: int, body: bytes, *, missing_ok: bool = False) -> dict | None:
+        """A remote-control answer as a dict, or the explained error it carries."""
+        if len(body) > OUTPUT_LIMIT:
+            raise RcloneError(f"{self.where}: rclone's answer is larger than {OUTPUT_LIMIT} bytes", True)
+        try:
+            data = json.loads(body) if body.strip() else {}
+        except ValueError:
+            data = {"error": body[:300].decode("utf-8", "replace")}
+        if status == 200 and "error" not in data:
+            return data
+        if missing_ok and status == 404:
+            return None
+        return self.fail(str(data.get("error") or f"HTTP {status}"), status)
 
-    def kill(self) -> None:
-        """End the child (and anything it started) unless it has ended; reap it."""
-        if self.proc.poll() is None:
+    def fail(self, err: str, status: int = 500) -> "typing.NoReturn":
+        raise explain(3 if status == 404 else 0, err, self.where)
+
+    def close(self) -> None:
+        """End rclone rcd (and anything it started); reap it."""
+        if self.proc is not None and self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, 9)
             except ProcessLookupError:
                 pass
             self.proc.wait()
-        for f in (self.proc.stdin, self.proc.stdout):
-            if f is not None:
-                try:
-                    f.close()
-                except OSError:
-                    pass
-        self._reader.join(2)
-        if self.proc.stderr is not None:
+        if self._reader is not None:
+            self._reader.join(2)
+        if self.proc is not None and self.proc.stderr is not None:
             self.proc.stderr.close()
 
 
