@@ -136,7 +136,15 @@ class Rcd:
         return self._err.decode("utf-8", "replace")
 
     def connection(self, timeout: float | None = None) -> http.client.HTTPConnection:
-        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout or self.timeout)
+        """A connection to rclone rcd, Nagle off (an upload's small chunk frames must not wait for ACKs)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout or self.timeout)
+        try:
+            conn.connect()
+            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as e:
+            conn.close()
+            raise RcloneError(f"{self.where}: rclone stopped answering ({e})") from e
+        return conn
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": self._auth}
