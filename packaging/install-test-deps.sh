@@ -8,7 +8,7 @@ set -eu
 PKGS="python3-venv udev dbus udisks2 policykit-1 samba smbclient dosfstools exfatprogs fdisk
 exfat-fuse fusefat ntfs-3g chromium poppler-utils nginx-light fonts-dejavu-core iproute2
 util-linux psmisc systemd flac nodejs avahi-daemon avahi-utils
-qpdf tidy fonts-droid-fallback libreoffice-writer-nogui libreoffice-calc-nogui
+qpdf tidy fonts-droid-fallback libreoffice-writer-nogui libreoffice-calc-nogui rclone
 debhelper dpkg-dev lintian binutils python3-pip python3-setuptools python3-wheel man-db
 systemd-container qemu-user-static mmdebstrap"
 missing=""

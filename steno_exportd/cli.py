@@ -41,6 +41,9 @@ def main_check_config(args: argparse.Namespace) -> int:
     for p in share:
         print(f"{p}{'' if cfg.samba.enabled else ' (sharing is off now; it matters when it is switched on)'}",
               file=sys.stderr)
+    from steno_exportd.rclone.process import config_problems as rclone_problems
+    for p in rclone_problems(cfg):          # a warning: the daemon runs, the rclone pushes may fail
+        print(f"warning: {p}", file=sys.stderr)
     print(config.dump(cfg))
     return 1 if share and cfg.samba.enabled else 0
 

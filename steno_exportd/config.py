@@ -120,6 +120,9 @@ class RecorderConfig:
     data_dir: str = opt("", "The recorder's data dir; relative audio paths resolve against it. "
                         "Empty: the database's folder.", check=_check_abs_or_empty)
     lock_timeout: float = opt(5.0, "Seconds to wait for a locked database before failing.", min=0.1, max=300)
+    machine_id_file: str = opt("/etc/machine-id", "The system's machine id: this recorder's short id on a NAS "
+                               "or cloud store is derived from it (never the id itself).",
+                               check=_check_abs_or_empty)
     poll_interval: float = opt(2.0, "Seconds between cheap 'did the database change' checks.",
                                min=0.2, max=3600)
 
@@ -278,8 +281,33 @@ class SmbRemote:
 
 @dataclasses.dataclass(frozen=True)
 class SmbConfig:
-    recorder_folder: str = opt("", "Per-recorder folder on remotes; empty: the host name.")
+    recorder_folder: str = opt("", "Per-recorder folder on remotes (SMB and rclone); empty: the host name and a "
+                               "short id from the machine id (e.g. 'steno-3f9a1c'), unique in an office of "
+                               "recorders with one host name.")
+    office_index: bool = opt(True, "After each push, write _index/<recorder folder>.json on the remote: the "
+                             "meetings this recorder holds there (one file per recorder, never a shared one).")
     remotes: list[SmbRemote] = table_list(SmbRemote, "[[smb.remotes]] tables, one per remote.")
+
+
+@dataclasses.dataclass(frozen=True)
+class RcloneRemote:
+    name: str = opt("", "Name of the remote (used as an export target: rclone:<name>).")
+    remote: str = opt("", "The rclone remote and folder, as rclone names it: 'onedrive:Meetings' (a remote "
+                      "of rclone.config_file).")
+    schedule: str = opt("", "Cron expression for scheduled pushes (empty: none).", check=_check_cron)
+    push_on_new: bool = opt(False, "Push each new session when it appears.")
+    formats: list[str] = opt(["txt", "html", "pdf", "json", "audio"], "Formats pushed.", items=FORMATS)
+    bandwidth_limit_kbps: int = opt(0, "Upload limit, KiB/s (0: none).", min=0)
+    timeout: float = opt(30.0, "Connect and I/O idle timeout, seconds.", min=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class RcloneConfig:
+    config_file: str = opt("/etc/steno-exportd/rclone.conf", "rclone's config file (the admin makes it with "
+                           "'rclone config'); it holds credentials: readable only by the service user.",
+                           check=_check_abs_or_empty)
+    command: str = opt("rclone", "The rclone program (Debian's rclone package).")
+    remotes: list[RcloneRemote] = table_list(RcloneRemote, "[[rclone.remotes]] tables, one per remote.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -372,7 +400,8 @@ class Schedule:
                         "interval_minutes instead.", check=_check_cron)
     interval_minutes: float = opt(0.0, "Run every N minutes instead of a cron expression (0: use cron).",
                                   min=0, max=527040)
-    target: str = opt("", "An absolute folder (or FILE.zip / FILE.tar.gz), smb:<remote name>, or email: followed "
+    target: str = opt("", "An absolute folder (or FILE.zip / FILE.tar.gz), smb:<remote name>, rclone:<remote name>, "
+                          "or email: followed "
                           "by addresses separated by commas ('email:' alone: email.recipients).")
     sessions: str = opt("new", "Which sessions: new (recorded since the schedule's last run; the first run takes "
                                "the last since_days days), all, or since_days.",
@@ -401,6 +430,7 @@ class Config:
     http: HttpConfig = section(HttpConfig, "The LAN web page.")
     samba: SambaConfig = section(SambaConfig, "The read-only Samba share on the recorder.")
     smb: SmbConfig = section(SmbConfig, "Pushing to SMB shares (an office NAS).")
+    rclone: RcloneConfig = section(RcloneConfig, "Pushing to cloud and other stores through rclone.")
     dbus: DbusConfig = section(DbusConfig, "The D-Bus API for the touchscreen UI.")
     email: EmailConfig = section(EmailConfig, "Mail: sessions by email, notifications (docs/mail.md).")
     notify: NotifyConfig = section(NotifyConfig, "Notifications: which events are mailed to whom.")
@@ -566,10 +596,21 @@ def _cross_check(cfg: Config, errors: list[str]) -> None:
         if r.name in names:
             errors.append(f"smb.remotes[{i}].name: duplicate remote name {r.name!r}")
         names.add(r.name)
-    _check_schedules(cfg, names, errors)
+    rnames = set()
+    for i, rr in enumerate(cfg.rclone.remotes):
+        for key in ("name", "remote"):
+            if not getattr(rr, key):
+                errors.append(f"rclone.remotes[{i}].{key}: required")
+        if rr.remote and ":" not in rr.remote:
+            errors.append(f"rclone.remotes[{i}].remote: {rr.remote!r} names no rclone remote "
+                          f"(expected 'NAME:path', NAME a remote of rclone.config_file)")
+        if rr.name in rnames:
+            errors.append(f"rclone.remotes[{i}].name: duplicate remote name {rr.name!r}")
+        rnames.add(rr.name)
+    _check_schedules(cfg, names, rnames, errors)
 
 
-def _check_schedules(cfg: Config, remotes: set[str], errors: list[str]) -> None:
+def _check_schedules(cfg: Config, remotes: set[str], rclone_remotes: set[str], errors: list[str]) -> None:
     from steno_exportd.outbox.address import check_address
     seen: set[str] = set()
     for i, s in enumerate(cfg.schedules):
@@ -578,8 +619,9 @@ def _check_schedules(cfg: Config, remotes: set[str], errors: list[str]) -> None:
             errors.append(f"{where}.name: required")
         elif s.name in seen:
             errors.append(f"{where}.name: duplicate schedule name {s.name!r}")
-        elif s.name.startswith("smb:") or len(s.name) > 64 or any(not c.isprintable() for c in s.name):
-            errors.append(f"{where}.name: at most 64 printable characters, not starting with 'smb:' (the SMB "
+        elif s.name.startswith(("smb:", "rclone:")) or len(s.name) > 64 \
+                or any(not c.isprintable() for c in s.name):
+            errors.append(f"{where}.name: at most 64 printable characters, not starting with 'smb:' or 'rclone:' (the "
                           "remotes' own schedules are listed under that name)")
         seen.add(s.name)
         if bool(s.cron) == bool(s.interval_minutes):
@@ -590,6 +632,9 @@ def _check_schedules(cfg: Config, remotes: set[str], errors: list[str]) -> None:
         elif t.startswith("smb:"):
             if t[4:] not in remotes:
                 errors.append(f"{where}.target: no SMB remote named {t[4:]!r}")
+        elif t.startswith("rclone:"):
+            if t[7:] not in rclone_remotes:
+                errors.append(f"{where}.target: no rclone remote named {t[7:]!r}")
         elif t.startswith(SCHEDULE_MAIL_PREFIX):
             addrs = [a.strip() for a in t[len(SCHEDULE_MAIL_PREFIX):].split(",") if a.strip()]
             for a in addrs:
@@ -601,7 +646,7 @@ def _check_schedules(cfg: Config, remotes: set[str], errors: list[str]) -> None:
             if not cfg.email.enabled:
                 errors.append(f"{where}.target: mail needs [email] enabled = true")
         elif not t.startswith("/") or "\0" in t:
-            errors.append(f"{where}.target: an absolute folder, FILE.zip/.tar.gz, smb:<remote> or "
+            errors.append(f"{where}.target: an absolute folder, FILE.zip/.tar.gz, smb:<remote>, rclone:<remote> or "
                           f"email:<addresses>, not {t[:100]!r}")
         if s.template and s.template not in DOCUMENT_TEMPLATES and not cfg.render.template_dir:
             errors.append(f"{where}.template: unknown template {s.template!r}")

@@ -11,6 +11,7 @@ from steno_exportd import events as ev
 from steno_exportd import request, retention
 from steno_exportd.config import Config
 from steno_exportd.devices import DeviceRegistry
+from steno_exportd.engine.identity import recorder_folder
 from steno_exportd.engine.jobs import JobManager, JobSpec
 from steno_exportd.engine.options import ExportOptions
 from steno_exportd.engine.registry import local as local_targets
@@ -55,6 +56,14 @@ class Core:
         self._lib_token: ChangeToken | None = None
         self._listing: SessionListing | None = None
         self._listing_lock = asyncio.Lock()
+        self._remote_folder: tuple[Config, str] | None = None
+
+    @property
+    def remote_folder(self) -> str:
+        """This recorder's folder on a NAS or cloud store (smb:, rclone:): host name and short id."""
+        if self._remote_folder is None or self._remote_folder[0] is not self.cfg:
+            self._remote_folder = (self.cfg, recorder_folder(self.cfg))
+        return self._remote_folder[1]
 
     # -- lifecycle -------------------------------------------------------------------
     @property

@@ -21,6 +21,8 @@ from steno_exportd.core import Core
 from steno_exportd.errors import ConfigError, StenoError
 from steno_exportd.mail import sender as mail_sender
 from steno_exportd.notify import Notifier
+from steno_exportd.rclone.kind import RcloneKind
+from steno_exportd.rclone.process import config_problems as rclone_problems
 from steno_exportd.samba import adapter as samba
 from steno_exportd.smb import triggers
 from steno_exportd.smb.push import SmbKind
@@ -134,6 +136,9 @@ class Daemon:
 
             core = self.core = Core(cfg)
             core.targets.register(SmbKind())      # smb:<remote> targets (push to a NAS)
+            core.targets.register(RcloneKind())   # rclone:<remote> targets (cloud and other stores)
+            for problem in rclone_problems(cfg):
+                log.warning("%s", problem)
             await core.start()
             stack.push_async_callback(self._stop_core)
             await self._log_sessions()

@@ -130,6 +130,7 @@ async def cmd_status(c: Client, args: argparse.Namespace) -> int:
     state = p.get("SambaState", "")
     print(f"  samba:       {'on' if p['SambaEnabled'] else 'off'}"
           + (f" ({state})" if state and state != ("serving" if p["SambaEnabled"] else "off") else ""))
+    print(f"  NAS folder:  {p['RemoteFolder']} (this recorder's folder on smb: and rclone: remotes)")
     if p["HttpUrl"]:
         print(f"  web page:    {p['HttpUrl']}")
     return EXIT_OK
@@ -259,7 +260,7 @@ async def cmd_export(c: Client, args: argparse.Namespace) -> int:
     to = args.to
     if to.startswith("/") and not to.startswith(ROOT_PATH + "/"):
         target = os.path.abspath(to)
-    elif to.startswith("smb:"):
+    elif to.startswith(("smb:", "rclone:")):
         target = to
     else:
         target = await _device_path(c, to)
@@ -552,8 +553,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("devices", cmd_devices, "list USB sticks")
     add("jobs", cmd_jobs, "list export/eject jobs")
     add("formats", cmd_formats, "list formats and templates")
-    sp = add("export", cmd_export, "export sessions to a device, a directory or smb:<remote>")
-    sp.add_argument("--to", required=True, help="device id/label/path, an allowed directory, or smb:<remote>")
+    sp = add("export", cmd_export, "export sessions to a device, a directory, smb:<remote> or rclone:<remote>")
+    sp.add_argument("--to", required=True, help="device id/label/path, an allowed directory, smb:<remote> or rclone:<remote>")
     sp.add_argument("--sessions", nargs="+", required=True, help="session ids, uuids or short ids")
     sp.add_argument("--formats", nargs="+", help="formats, e.g. txt pdf audio")
     sp.add_argument("--template", help="PDF/DOCX template")

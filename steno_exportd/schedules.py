@@ -80,11 +80,14 @@ class Row:
 
 
 def plans(cfg: Config) -> list[Plan]:
-    """Every schedule of the config: [[schedules]] first, then each SMB remote's own (named smb:<remote>)."""
+    """Every schedule of the config: [[schedules]] first, then each remote's own (named smb:<remote> or
+    rclone:<remote>)."""
     out = [Plan(s.name, s.target, s.cron, s.interval_minutes * 60, s.sessions, s.since_days, tuple(s.tags),
                 tuple(s.formats), s.template, s.catch_up) for s in cfg.schedules]
     out += [Plan(f"smb:{r.name}", f"smb:{r.name}", r.schedule, sessions="all", formats=tuple(r.formats))
             for r in cfg.smb.remotes if r.schedule]
+    out += [Plan(f"rclone:{r.name}", f"rclone:{r.name}", r.schedule, sessions="all", formats=tuple(r.formats))
+            for r in cfg.rclone.remotes if r.schedule]
     return out
 
 

@@ -9,6 +9,7 @@ pytest_plugins = [      # a module another one imports comes first (assertion re
     "tests.parts.udev",
     "tests.parts.dbus",
     "tests.parts.smbd",
+    "tests.parts.rclone",
     "tests.parts.daemon",
     "tests.parts.systemd",
     "tests.parts.loopfs",

@@ -171,6 +171,7 @@ class FakeCore:
         self.outbox = self._core.outbox
         self.search_index = self._core.search_index
         self.schedules = self._core.schedules      # never started: lists nothing
+        self.remote_folder = self._core.remote_folder
         self.targets = self._core.targets
         self.targets.register(SmbKind())        # as the daemon does: smb: targets are checked as there
         self.jobs = FakeJobs(self.events)

@@ -9,7 +9,7 @@ import steno_exportd
 PACKAGE = pathlib.Path(steno_exportd.__file__).parent
 CORE = ("library", "render", "engine", "core", "config", "model", "events", "errors", "formats", "devices")
 OUTSIDE = ("aiohttp", "dbus_fast", "pyudev", "smbprotocol", "smbclient")
-ADAPTERS = ("usb", "dbus", "web", "samba", "smb", "daemon", "notify", "cli", "exportctl")
+ADAPTERS = ("usb", "dbus", "web", "samba", "smb", "rclone", "daemon", "notify", "cli", "exportctl")
 
 
 def core_files() -> list[pathlib.Path]:

@@ -221,7 +221,7 @@ async def test_a_run_that_cannot_queue_says_why_and_loses_nothing(make_core, tmp
     ({"cron": "* * *"}, "cron expression needs 5 fields"),
     ({"cron": "0 2 * * *", "interval_minutes": 5}, "give either cron or interval_minutes"),
     ({"cron": ""}, "give either cron or interval_minutes"),
-    ({"target": "relative/folder"}, "an absolute folder, FILE.zip/.tar.gz, smb:<remote> or email:<addresses>"),
+    ({"target": "relative/folder"}, "an absolute folder, FILE.zip/.tar.gz, smb:<remote>, rclone:<remote> or email:<addresses>"),
     ({"target": "smb:nowhere"}, "no SMB remote named 'nowhere'"),
     ({"target": "email:alice@"}, "schedules[0].target: "),
     ({"target": "email:bob@example.org\r\nBcc: eve@example.org"}, "schedules[0].target: "),

@@ -112,6 +112,10 @@ class Manager(ServiceInterface):
         return self._svc.core.samba_state
 
     @dbus_property(access=READ)
+    def RemoteFolder(self) -> "s":
+        return self._svc.core.remote_folder
+
+    @dbus_property(access=READ)
     def HttpUrl(self) -> "s":
         return self._svc.http_url
 

@@ -539,7 +539,7 @@ class Exporter:
                                                     buffers=self._buffers, known=known)
                     if self.verify:
                         fut = self._verifier.submit(writer.finish_and_verify, h, self.t, rel, size, sha,
-                                                    self._cancelled)
+                                                    self._cancelled, known is None)
                     else:
                         fut = self._verifier.submit(writer.finish, h)
                     pending.append((len(results), pf, rel, rel_final, size, sha, (known, st_src), fut))
@@ -632,15 +632,17 @@ class Exporter:
             self.p.update(bytes_total=self.bytes_total)
         for attempt in attempts:
             start = self.bytes_done
+            checked = False                 # the store's own hash matched what was written (and hashed)
             if data is None:
                 known, st_src = self._hash_of(pf) if attempt == 1 else (None, None)
                 h = self._open_write(s, folder, pf, rel) if attempt == 1 else self.t.open_write(rel)
                 size, sha, h = writer.copy_into(pf.source, h, tick=self._tick, cancelled=self._cancelled,
                                                 buffers=self._buffers, known=known)
                 writer.finish(h)
+                checked = h.verified and not known
             else:
-                size, sha = writer.write_bytes(data, self.t, rel, tick=self._tick)
-            if not self.verify:
+                size, sha, checked = writer.write_bytes(data, self.t, rel, tick=self._tick)
+            if not self.verify or checked:
                 if data is None and not known:
                     self._remember(pf, st_src, sha)
                 return size, sha

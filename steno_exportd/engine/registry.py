@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import os
 import re
+import time
 from typing import Any, Callable, ContextManager, Iterator, Protocol
 
 from steno_exportd.config import Config
@@ -42,6 +43,18 @@ class TargetKind(Protocol):
     def again(self, error: StenoError, attempt: int, cancelled: Callable[[], bool]) -> bool: ...
     # again: after ``error`` ended attempt ``attempt`` (1, 2, ...), wait (cancellably) and say whether to
     # run the export once more (incremental: what landed is skipped; a resumable file resumes)
+
+
+def pause(delay: float, cancelled: Callable[[], bool], sleep: Callable[[float], None] | None = None) -> bool:
+    """Wait ``delay`` seconds before another attempt (``sleep`` when given, else a wait a cancel ends);
+    False when the job was cancelled meanwhile. Kinds' again() use it."""
+    if sleep is not None:
+        sleep(delay)
+    else:
+        end = time.monotonic() + delay
+        while time.monotonic() < end and not cancelled():
+            time.sleep(min(0.2, max(0.0, end - time.monotonic())))
+    return not cancelled()
 
 
 def under(path: str, dirs: list[str]) -> bool:

@@ -43,6 +43,8 @@ class WriteHandle(Protocol):
     temp: str                                   # the temporary file's name (in the same folder)
     offset: int                                 # where writing starts: > 0 when a cut write resumes
     chunk: int                                  # the write size this target takes best (copies read this much)
+    verified: bool                              # after commit: the store's own hash of the landed file matched
+                                                # the bytes written (a cloud store): no read-back needed
 
     def write(self, data: bytes | memoryview) -> None: ...
     def sync(self) -> None: ...                 # fsync the data
@@ -154,6 +156,7 @@ class _DirWrite:
         self.temp = f"{TEMP_PREFIX}{secrets.token_hex(4)}-{final}"[:200]
         self.offset = 0
         self.chunk = COPY_CHUNK
+        self.verified = False
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             self._fd = os.open(self.temp, flags, 0o644, dir_fd=dir_fd)

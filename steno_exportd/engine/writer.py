@@ -72,9 +72,12 @@ def finish(h: Any) -> None:
 
 
 def finish_and_verify(h: Any, target: Target, rel: str, size: int, sha: str,
-                      cancelled: Callable[[], bool] = lambda: False) -> None:
+                      cancelled: Callable[[], bool] = lambda: False, hashed: bool = True) -> None:
+    """finish(), then the read-back; skipped when the store's own hash checked the bytes written and
+    ``sha`` was hashed from those same bytes (``hashed``; a remembered hash is checked by a read-back)."""
     finish(h)
-    verify(target, rel, size, sha, cancelled)
+    if not (h.verified and hashed):
+        verify(target, rel, size, sha, cancelled)
 
 
 class Buffers:
@@ -173,7 +176,8 @@ def copy_into(src: Path, h: WriteHandle, *, tick: Tick = lambda n: None,
         os.close(fd)
 
 
-def write_bytes(data: bytes, target: Target, rel: str, *, tick: Tick = lambda n: None) -> tuple[int, str]:
+def write_bytes(data: bytes, target: Target, rel: str, *, tick: Tick = lambda n: None) -> tuple[int, str, bool]:
+    """Write ``data`` to ``rel``: (size, sha256, whether the store's own hash already verified it)."""
     h = target.open_write(rel)
     try:
         view = memoryview(data)
@@ -185,7 +189,7 @@ def write_bytes(data: bytes, target: Target, rel: str, *, tick: Tick = lambda n:
     except BaseException:
         h.abort()
         raise
-    return len(data), hashlib.sha256(data).hexdigest()
+    return len(data), hashlib.sha256(data).hexdigest(), h.verified
 
 
 def read_back(target: Target, rel: str, *, cancelled: Callable[[], bool] = lambda: False) -> tuple[int, str]:

@@ -1,18 +1,15 @@
-"""SMB connections and their faults: clear messages (SmbError), the password file, the recorder's id.
+"""SMB connections and their faults: clear messages (SmbError), the password file.
 
 Everything here talks smbprotocol/socket terms into what a person can act on; the push itself
 (steno_exportd/smb/push.py) and the share as a Target (steno_exportd/smb/target.py) use it.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import pathlib
 import socket
 import stat as stat_mod
 import time
-import uuid
 
 from steno_exportd.config import SmbRemote
 from steno_exportd.errors import TargetError
@@ -29,42 +26,6 @@ class SmbError(TargetError):
     def __init__(self, message: str, permanent: bool = False) -> None:
         super().__init__(message)
         self.permanent = permanent
-
-
-
-
-RECORDER_ID_FILE = "recorder-id"
-
-
-def recorder_id(state_dir: str, machine_id_path: str = "/etc/machine-id") -> str:
-    """This recorder's identity for remote manifests: derived from the machine id (never the id itself),
-    else a random id kept in ``state_dir``; "" when neither is available (no ownership check then)."""
-    try:
-        mid = pathlib.Path(machine_id_path).read_text(encoding="ascii").strip()
-    except (OSError, UnicodeDecodeError):
-        mid = ""
-    if mid and mid != "uninitialized":
-        return hashlib.sha256(f"steno-exportd recorder {mid}".encode()).hexdigest()[:32]
-    path = pathlib.Path(state_dir or "/var/lib/steno-exportd") / RECORDER_ID_FILE
-    try:
-        saved = path.read_text(encoding="ascii").strip()
-        if saved:
-            return saved
-    except FileNotFoundError:
-        pass
-    except (OSError, UnicodeDecodeError) as e:
-        log.warning("recorder id %s unreadable (%s): remote folders are not checked for ownership", path, e)
-        return ""
-    new = uuid.uuid4().hex
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(new + "\n", encoding="ascii")
-        os.replace(tmp, path)
-    except OSError as e:
-        log.warning("recorder id not saved in %s (%s): remote folders are not checked for ownership", path, e)
-        return ""
-    return new
 
 
 def read_password(path: str) -> str:

@@ -6,33 +6,35 @@ What this kind adds: which remote, one push per remote at a time, the recorder's
 claim, the adoption of a folder an earlier version pushed, and retries after transient faults.
 
 Several recorders share one remote share safely because each writes only below its own folder,
-``<remote.path>/<recorder_folder>/`` (cfg.smb.recorder_folder, default the host name), which is
-the engine's root folder there. The folder's claim file names the recorder that owns it
-(recorder_id()); it is made by a rename that never replaces, so of two recorders with one host
-name exactly one gets the folder and the other fails before writing anything instead of mixing.
+``<remote.path>/<recorder folder>/`` (engine.identity: smb.recorder_folder, default the host name
+and a short id from the machine id), which is the engine's root folder there. The folder's claim
+file names the recorder that owns it (recorder_id()); it is made by a rename that never replaces,
+so of two recorders given one folder name exactly one gets it and the other fails before writing
+anything instead of mixing. A folder named after the bare host name by an earlier version is
+renamed to the new name when it is this recorder's (its claim says so), else left alone. After a
+push, the recorder's line of the office index is rewritten (engine.index: its own file).
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
-import socket
 import threading
-import time
 from typing import Any, Callable, Iterator
 
 from steno_exportd.config import Config, SmbRemote
+from steno_exportd.engine import index
 from steno_exportd.engine import manifest as mf
-from steno_exportd.engine.naming import safe_name
-from steno_exportd.engine.registry import Checked
+from steno_exportd.engine.identity import (CLAIM_NAME, SHORT, claim_body, claim_owner, host_folder,
+                                           recorder_folder, this_recorder)
+from steno_exportd.engine.registry import Checked, pause
 from steno_exportd.errors import CancelledJob, NotFoundError, StenoError, TargetError
-from steno_exportd.smb.client import SmbError, recorder_id
+from steno_exportd.smb.client import SmbError
 from steno_exportd.smb.target import SmbTarget
 
 log = logging.getLogger(__name__)
 
 PREFIX = "smb:"
-CLAIM_NAME = ".steno-push-owner.json"   # the recorder owning the folder: made once (first wins), never replaced
 LEGACY_MANIFEST = ".steno-push.json"    # written by versions that pushed a local staging copy: adopted, removed
 ATTEMPTS = 3                            # tries of one push after transient faults (a drop, a file in use)
 BACKOFF = 2.0                           # seconds before the second try; doubled each time
@@ -46,11 +48,6 @@ def remote_for(cfg: Config, target: str) -> SmbRemote:
             return r
     known = ", ".join(r.name for r in cfg.smb.remotes) or "none configured in [[smb.remotes]]"
     raise NotFoundError(f"no SMB remote {name!r} (known: {known})")
-
-
-def recorder_folder(cfg: Config) -> str:
-    """This recorder's folder on every remote (the engine's root folder there)."""
-    return safe_name(cfg.smb.recorder_folder or socket.gethostname(), "recorder")
 
 
 class SmbKind:
@@ -72,7 +69,10 @@ class SmbKind:
         return Checked("push", target, tuple(remote.formats))
 
     def root(self, target: str, cfg: Config) -> str:
-        return recorder_folder(cfg)
+        return recorder_folder(cfg, self._rid(cfg))
+
+    def _rid(self, cfg: Config) -> str:
+        return this_recorder(cfg) if self._recorder_id is None else self._recorder_id
 
     @contextlib.contextmanager
     def open(self, target: str, cfg: Config, progress: Any) -> Iterator[SmbTarget]:
@@ -81,7 +81,8 @@ class SmbKind:
         One push per remote folder at a time: a second job for it waits for the first.
         """
         remote = remote_for(cfg, target)
-        folder = recorder_folder(cfg)
+        rid = self._rid(cfg)
+        folder = recorder_folder(cfg, rid)
         lock = self._lock(remote, folder)
         if not lock.acquire(blocking=False):
             progress.update(force=True, current_file=f"waiting for another push to {target}")
@@ -93,12 +94,16 @@ class SmbKind:
             try:
                 try:
                     t.connect()
+                    if not cfg.smb.recorder_folder:
+                        adopt_host_folder(t, folder, rid)
                     t.mkdir(folder)
-                    claim(t, folder, recorder_id(cfg.state.dir) if self._recorder_id is None else self._recorder_id)
+                    claim(t, folder, rid)
                     adopt(t, folder)
                 except SmbError as e:
                     raise SmbError(f"{target}: {e}", e.permanent) from e
                 yield t
+                if cfg.smb.office_index:
+                    index.write(t, folder, rid[:SHORT])
             finally:
                 t.close()
         finally:
@@ -111,13 +116,7 @@ class SmbKind:
             return False
         delay = BACKOFF * 2 ** (attempt - 1)
         log.warning("attempt %d/%d failed: %s; retrying in %.0fs", attempt, ATTEMPTS, error, delay)
-        if self._sleep is not None:
-            self._sleep(delay)
-        else:
-            end = time.monotonic() + delay
-            while time.monotonic() < end and not cancelled():
-                time.sleep(min(0.2, max(0.0, end - time.monotonic())))
-        return not cancelled()
+        return pause(delay, cancelled, self._sleep)
 
     def _lock(self, remote: SmbRemote, folder: str) -> threading.Lock:
         key = (remote.server.lower(), remote.port, remote.share.lower(), remote.path.strip("/\\").lower(),
@@ -144,19 +143,16 @@ def claim(t: SmbTarget, folder: str, rid: str) -> None:
     if raw is None:
         legacy = _legacy(t, folder)
         _check_owner(t, folder, rid, str(legacy.get("recorder_id") or ""), legacy.get("host"))
-        body = json.dumps({"recorder_id": rid, "host": socket.gethostname(), "claimed": time.time()},
-                          indent=1, sort_keys=True).encode()
-        if t.create_once(f"{folder}/{CLAIM_NAME}", body):
+        if t.create_once(f"{folder}/{CLAIM_NAME}", claim_body(rid)):
             log.info("%s: folder %s claimed for this recorder", t.name, folder)
             return
         raw = read_claim(t, folder) or b""      # another recorder was first
     try:
-        data = json.loads(raw)
-        owner = str(data["recorder_id"])
-    except (ValueError, TypeError, KeyError):
+        owner, host = claim_owner(raw)
+    except ValueError:
         raise SmbError(f"folder {folder} on {_where(t)}: {CLAIM_NAME} is unreadable, so the owner of the folder "
                        f"is unknown; delete that file if this recorder owns the folder", True) from None
-    _check_owner(t, folder, rid, owner, data.get("host"))
+    _check_owner(t, folder, rid, owner, host)
 
 
 def _where(t: SmbTarget) -> str:
@@ -179,6 +175,30 @@ def _legacy(t: SmbTarget, folder: str) -> dict:
     except ValueError:
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def adopt_host_folder(t: SmbTarget, folder: str, rid: str) -> None:
+    """Rename the bare-host-name folder an earlier version pushed to ``folder`` when it is this recorder's.
+
+    Its claim (or, older still, its LEGACY_MANIFEST's id) must name this recorder: another recorder's
+    folder, or one nobody claimed, is left as it is (this recorder starts its own folder)."""
+    old = host_folder()
+    if not rid or old.casefold() == folder.casefold() or t.lstat(folder) is not None:
+        return
+    st = t.lstat(old)
+    if st is None or st.kind != "dir":
+        return
+    raw = read_claim(t, old)
+    try:
+        owner = claim_owner(raw)[0] if raw is not None else str(_legacy(t, old).get("recorder_id") or "")
+    except ValueError:
+        owner = ""
+    if owner != rid:
+        log.info("%s: folder %s is not this recorder's (%s); pushing into %s", t.name, old,
+                 f"id {owner[:8]}" if owner else "unclaimed", folder)
+        return
+    t.rename(old, folder)               # one request, never replaces: a folder made meanwhile wins
+    log.info("%s: folder %s of an earlier version renamed to %s", t.name, old, folder)
 
 
 def adopt(t: SmbTarget, folder: str) -> None:

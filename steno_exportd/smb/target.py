@@ -440,6 +440,7 @@ class _SmbWrite:
         self.temp = resume if ok else f"{TEMP_PREFIX}{t.tag}-{final}"[:200]
         self.temp_rel = f"{head}/{self.temp}" if head else self.temp
         self.offset = 0
+        self.verified = False
         self.done = False
         self._have = 0
         self._raw: Any = None

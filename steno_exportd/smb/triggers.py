@@ -1,4 +1,5 @@
-"""Cron expressions (minute hour day month weekday) and the push triggers: schedule and new sessions."""
+"""Cron expressions (minute hour day month weekday) and the push triggers of every remote (smb: and
+rclone:): its schedule and new sessions."""
 from __future__ import annotations
 
 import asyncio
@@ -11,7 +12,7 @@ import pathlib
 from typing import Callable
 
 from steno_exportd import events
-from steno_exportd.config import Config, SmbRemote
+from steno_exportd.config import Config, RcloneRemote, SmbRemote
 from steno_exportd.core import Core
 from steno_exportd.engine.options import ExportOptions
 from steno_exportd.errors import InvalidArgument
@@ -91,26 +92,31 @@ def _field(text: str, lo: int, hi: int, expr: str) -> frozenset[int]:
     return frozenset(out)
 
 
+def remotes(cfg: Config) -> list[tuple[str, SmbRemote | RcloneRemote]]:
+    """(target, remote) of every remote a trigger may push to: smb:<name> and rclone:<name>."""
+    return [(f"smb:{r.name}", r) for r in cfg.smb.remotes] + [(f"rclone:{r.name}", r) for r in cfg.rclone.remotes]
+
+
 def due(cfg: Config, now: dt.datetime) -> list[str]:
-    """Names of SMB remotes whose schedule matches ``now``."""
+    """Targets (smb:<name>, rclone:<name>) of the remotes whose schedule matches ``now``."""
     out = []
-    for r in cfg.smb.remotes:
+    for target, r in remotes(cfg):
         if r.schedule:
             try:
                 if parse(r.schedule).matches(now):
-                    out.append(r.name)
+                    out.append(target)
             except InvalidArgument as e:
-                log.warning("remote %s: %s", r.name, e)
+                log.warning("remote %s: %s", target, e)
     return out
 
 
-async def _push(core: Core, remote: SmbRemote, ids: str | list[int]) -> int | None:
-    """Queue a push job to "smb:<remote>" (the core's target registry resolves it); its job id, None when
+async def _push(core: Core, target: str, remote: SmbRemote | RcloneRemote, ids: str | list[int]) -> int | None:
+    """Queue a push job to ``target`` (the core's target registry resolves it); its job id, None when
     it could not be queued."""
     try:
-        job = await core.export_sessions(ids, list(remote.formats), f"smb:{remote.name}", ExportOptions())
+        job = await core.export_sessions(ids, list(remote.formats), target, ExportOptions())
     except Exception as e:  # error boundary: a failed trigger never stops the loop
-        log.warning("push to smb:%s not queued: %s", remote.name, e)
+        log.warning("push to %s not queued: %s", target, e)
         return None
     return job.id
 
@@ -122,10 +128,10 @@ async def run_schedules(core: Core, clock: Callable[[], dt.datetime] = dt.dateti
         now = clock().replace(second=0, microsecond=0)
         if now != last:
             last = now
-            for name in due(core.cfg, now):
-                remote = next(r for r in core.cfg.smb.remotes if r.name == name)
-                log.info("scheduled push to smb:%s", name)
-                await _push(core, remote, "all")
+            for target in due(core.cfg, now):
+                remote = dict(remotes(core.cfg))[target]
+                log.info("scheduled push to %s", target)
+                await _push(core, target, remote, "all")
         t = clock()
         await asyncio.sleep(max(0.5, 60 - t.second - t.microsecond / 1e6 + 0.05))
 
@@ -150,7 +156,7 @@ async def run_push_on_new(core: Core) -> None:
             pushed.setdefault(name, set()).update(i for i in sent if i in ok)
             failed = [i for i in sent if i not in ok]
             if failed:
-                log.warning("push on new to smb:%s: sessions %s not pushed (%s); they go with the next change",
+                log.warning("push on new to %s: sessions %s not pushed (%s); they go with the next change",
                             name, failed, ev.job.error or ev.job.state)
                 queued.setdefault(name, set()).difference_update(failed)
             after = marks.get(name)
@@ -159,8 +165,8 @@ async def run_push_on_new(core: Core) -> None:
             continue
         if not isinstance(ev, events.SessionsChanged) or not (ev.added or ev.changed):
             continue
-        remotes = [r for r in core.cfg.smb.remotes if r.push_on_new]
-        if not remotes:
+        wanted = [(target, r) for target, r in remotes(core.cfg) if r.push_on_new]
+        if not wanted:
             continue
         try:
             summaries = (await core.listing()).sessions
@@ -169,20 +175,20 @@ async def run_push_on_new(core: Core) -> None:
             continue
         exportable = {s.id for s in summaries if s.exportable}
         ids = {s.id for s in summaries}
-        for remote in remotes:
-            after = marks.get(remote.name)
+        for target, remote in wanted:
+            key = remote.name if target.startswith("smb:") else target   # (an SMB remote's mark: its name)
+            after = marks.get(key)
             if after is None:
-                marks.set(remote.name, max(ids, default=0))
-                log.info("push on new to smb:%s: sessions after id %d will be pushed", remote.name,
-                         max(ids, default=0))
+                marks.set(key, max(ids, default=0))
+                log.info("push on new to %s: sessions after id %d will be pushed", target, max(ids, default=0))
                 continue
-            seen = queued.setdefault(remote.name, set())
+            seen = queued.setdefault(key, set())
             new = sorted(i for i in exportable if i > after and i not in seen)
             if new:
-                log.info("new sessions %s: push to smb:%s", new, remote.name)
-                job_id = await _push(core, remote, new)
+                log.info("new sessions %s: push to %s", new, target)
+                job_id = await _push(core, target, remote, new)
                 if job_id is not None:
-                    jobs[job_id] = (remote.name, new)
+                    jobs[job_id] = (key, new)
                     seen.update(new)
 
 

@@ -172,7 +172,8 @@ async def status(request: web.Request) -> web.Response:
     core = request.app[CTX].core
     return web.json_response({"status": core.status_text(), "auto_export": core.auto_export,
                               "samba_enabled": core.sharing_enabled,
-                              "samba_state": getattr(core, "samba_state", "off")})
+                              "samba_state": getattr(core, "samba_state", "off"),
+                              "remote_folder": core.remote_folder})
 
 
 def _event_json(e: Any) -> tuple[str, dict] | None:

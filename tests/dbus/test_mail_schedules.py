@@ -36,15 +36,18 @@ def schedule_block(name: str, cron: str, target: str) -> str:
 async def test_mail_and_schedules_over_dbus_and_exportctl(tmp_path, private_bus, daemon_factory, smtp_server):
     require_core()
     server = smtp_server("none", auth=False)
-    make_library(tmp_path, sessions=2)
-    (tmp_path / "exports").mkdir()
-    cfg = write_config(tmp_path / "c.toml", tmp_path, private_bus, **{
-        "email.enabled": "true", "email.smtp_host": '"127.0.0.1"', "email.smtp_port": str(server.port),
-        "email.sender": '"steno@recorder.example"'})
-    base = cfg.read_text()
-    cfg.write_text(base + schedule_block("nightly", "0 2 * * *", str(tmp_path / "exports")))
-    d = daemon_factory(cfg)
-    d.wait_ready(timeout=30)
+    def start():                     # blocking: off the event loop
+        make_library(tmp_path, sessions=2)
+        (tmp_path / "exports").mkdir()
+        cfg = write_config(tmp_path / "c.toml", tmp_path, private_bus, **{
+            "email.enabled": "true", "email.smtp_host": '"127.0.0.1"', "email.smtp_port": str(server.port),
+            "email.sender": '"steno@recorder.example"'})
+        base = cfg.read_text()
+        cfg.write_text(base + schedule_block("nightly", "0 2 * * *", str(tmp_path / "exports")))
+        d = daemon_factory(cfg)
+        d.wait_ready(timeout=30)
+        return cfg, base
+    cfg, base = await asyncio.to_thread(start)
 
     bus = await MessageBus(bus_address=private_bus).connect()
     try:
@@ -82,31 +85,33 @@ async def test_mail_and_schedules_over_dbus_and_exportctl(tmp_path, private_bus,
     finally:
         bus.disconnect()
 
-    r = ctl(private_bus, "email", "--to", "bob@", "--sessions", "1")
-    assert r.returncode == 2 and "not an email address: 'bob@'" in r.stderr, r.stderr
-    r = ctl(private_bus, "email", "--to", "bob@example.org", "--sessions", "1", "--formats", "txt")
-    assert r.returncode == 0 and r.stdout.startswith("message 2 queued"), r.stdout + r.stderr
-    wait_for(lambda: len(server.received) == 2, 30, what="the ctl's mail")
-    wait_for(lambda: [e["state"] for e in json.loads(ctl(private_bus, "outbox", "--json").stdout)] == ["sent", "sent"],
-             30, what="both messages listed as sent")
-    r = ctl(private_bus, "outbox")
-    assert r.returncode == 0 and "sent" in r.stdout and "bob@example.org" in r.stdout
+    def by_ctl():                    # steno-exportctl runs: blocking, off the event loop
+        r = ctl(private_bus, "email", "--to", "bob@", "--sessions", "1")
+        assert r.returncode == 2 and "not an email address: 'bob@'" in r.stderr, r.stderr
+        r = ctl(private_bus, "email", "--to", "bob@example.org", "--sessions", "1", "--formats", "txt")
+        assert r.returncode == 0 and r.stdout.startswith("message 2 queued"), r.stdout + r.stderr
+        wait_for(lambda: len(server.received) == 2, 30, what="the ctl's mail")
+        wait_for(lambda: [e["state"] for e in json.loads(ctl(private_bus, "outbox", "--json").stdout)] == ["sent", "sent"],
+                 30, what="both messages listed as sent")
+        r = ctl(private_bus, "outbox")
+        assert r.returncode == 0 and "sent" in r.stdout and "bob@example.org" in r.stdout
 
-    r = ctl(private_bus, "schedules", "--json")
-    assert [x["name"] for x in json.loads(r.stdout)] == ["nightly"]
-    r = ctl(private_bus, "schedules")
-    when = dt.datetime.fromtimestamp(next_local("0 2 * * *") / 1e6).strftime("%Y-%m-%d %H:%M")
-    assert r.returncode == 0 and f"next {when}" in r.stdout, r.stdout
+        r = ctl(private_bus, "schedules", "--json")
+        assert [x["name"] for x in json.loads(r.stdout)] == ["nightly"]
+        r = ctl(private_bus, "schedules")
+        when = dt.datetime.fromtimestamp(next_local("0 2 * * *") / 1e6).strftime("%Y-%m-%d %H:%M")
+        assert r.returncode == 0 and f"next {when}" in r.stdout, r.stdout
 
-    # a reload adds one schedule and removes the other
-    cfg.write_text(base + schedule_block("hourly", "15 * * * *", str(tmp_path / "exports")))
-    assert ctl(private_bus, "reload").returncode == 0
-    items = json.loads(ctl(private_bus, "schedules", "--json").stdout)
-    assert [(x["name"], x["next_run"]) for x in items] == [("hourly", next_local("15 * * * *"))]
-    cfg.write_text(base + schedule_block("bad", "0 25 * * *", str(tmp_path / "exports")))
-    r = ctl(private_bus, "reload")
-    assert r.returncode == 1 and "invalid cron expression '0 25 * * *'" in r.stderr, r.stderr
-    assert [x["name"] for x in json.loads(ctl(private_bus, "schedules", "--json").stdout)] == ["hourly"]
-    cfg.write_text(base)
-    assert ctl(private_bus, "reload").returncode == 0
-    assert ctl(private_bus, "schedules").stdout == "no schedules\n"
+        # a reload adds one schedule and removes the other
+        cfg.write_text(base + schedule_block("hourly", "15 * * * *", str(tmp_path / "exports")))
+        assert ctl(private_bus, "reload").returncode == 0
+        items = json.loads(ctl(private_bus, "schedules", "--json").stdout)
+        assert [(x["name"], x["next_run"]) for x in items] == [("hourly", next_local("15 * * * *"))]
+        cfg.write_text(base + schedule_block("bad", "0 25 * * *", str(tmp_path / "exports")))
+        r = ctl(private_bus, "reload")
+        assert r.returncode == 1 and "invalid cron expression '0 25 * * *'" in r.stderr, r.stderr
+        assert [x["name"] for x in json.loads(ctl(private_bus, "schedules", "--json").stdout)] == ["hourly"]
+        cfg.write_text(base)
+        assert ctl(private_bus, "reload").returncode == 0
+        assert ctl(private_bus, "schedules").stdout == "no schedules\n"
+    await asyncio.to_thread(by_ctl)

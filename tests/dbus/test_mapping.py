@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import dataclasses
 import time
 
@@ -131,6 +132,7 @@ async def test_ctl_over_the_bus(running, private_bus):
     assert [s["title"] for s in json.loads(out)] == ["Meeting 1", "Meeting 2", "Meeting 3"]
     rc, out, err = await _ctl(private_bus, "status")
     assert rc == 0 and "sessions:    3" in out and "samba:       off\n" in out, out + err
+    assert f"NAS folder:  {socket.gethostname()}-" in out and core.remote_folder in out, out
     core.set_sharing(True)
     core.set_samba_state("error: samba: testparm rejected the share: Unknown parameter")
     rc, out, err = await _ctl(private_bus, "status")      # switched on, but not served: the user sees why

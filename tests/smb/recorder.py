@@ -24,10 +24,12 @@ FORMATS = ("txt", "html", "audio")
 
 def make_recorder(root: pathlib.Path, sizes: tuple[int, ...] = (3 << 20, (3 << 20) + 1000, (3 << 20) + 2000),
                   seed: int = 0) -> RecorderDB:
-    """Sessions "Meeting 1..n", each with a short transcript and a recording of the given size."""
+    """Sessions "Meeting 1..n", each with a short transcript and a recording of the given size (another
+    ``seed``: other recordings and, as on another recorder, other session uuids)."""
     db = RecorderDB(root)
     for i, size in enumerate(sizes):
-        sid = db.session(title=f"Meeting {i + 1}", audio_format="flac", audio_size_bytes=size,
+        other = {"uuid": f"{i + 1:08x}-{seed:04x}-4222-8333-{i + 1:012x}"} if seed else {}
+        sid = db.session(title=f"Meeting {i + 1}", audio_format="flac", audio_size_bytes=size, **other,
                          start_time=f"2026-11-{10 + i:02d} 09:00:00.000000",
                          audio_file_path=db.audio(f"meeting-{i + 1}.flac", _pseudo(size, seed + i)))
         for k in range(3):

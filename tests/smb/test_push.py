@@ -27,7 +27,8 @@ from steno_exportd.engine.targets import TEMP_PREFIX
 from steno_exportd.errors import NotFoundError
 from steno_exportd.smb import push as smbpush
 from steno_exportd.smb import target as smbtarget
-from steno_exportd.smb.client import SmbError, recorder_id
+from steno_exportd.engine.identity import recorder_id
+from steno_exportd.smb.client import SmbError
 from steno_exportd.smb.target import SmbTarget
 from tests import parts
 from tests.parts.daemon import REPO

@@ -11,7 +11,8 @@ import pytest
 
 from steno_exportd import events
 from steno_exportd.smb import triggers as schedule
-from steno_exportd.config import Config, SmbConfig, SmbRemote, StateConfig
+from steno_exportd.config import Config, RcloneConfig, RcloneRemote, SmbConfig, SmbRemote, StateConfig
+from tests.parts import until
 from steno_exportd.errors import InvalidArgument
 
 T = dt.datetime(2026, 11, 23, 3, 30)   # a Monday
@@ -84,11 +85,37 @@ class FakeCore:
             job, state=events.JobState.COMPLETED if ok else events.JobState.FAILED, results=results)))
 
 
-def _cfg():
+def _cfg(cloud: RcloneRemote | None = None):
     return Config(smb=SmbConfig(remotes=[
         SmbRemote(name="office", server="nas", share="s", schedule="30 3 * * *", push_on_new=True,
                   formats=["txt"]),
-        SmbRemote(name="other", server="nas", share="s", schedule="0 4 * * *")]))
+        SmbRemote(name="other", server="nas", share="s", schedule="0 4 * * *")]),
+        rclone=RcloneConfig(remotes=[cloud] if cloud else []))
+
+
+async def test_an_rclone_remote_is_pushed_on_schedule_and_on_new_sessions(tmp_path):
+    cloud = RcloneRemote(name="cloud", remote="onedrive:Meetings", schedule="30 3 * * *", push_on_new=True,
+                         formats=["pdf"])
+    core = FakeCore(_cfg(cloud))
+    task = asyncio.create_task(schedule.run_schedules(core, clock=lambda: T.replace(second=1)))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert core.calls == [("all", ("txt",), "smb:office"), ("all", ("pdf",), "rclone:cloud")]
+    core = FakeCore(dataclasses.replace(_cfg(cloud), state=StateConfig(dir=str(tmp_path))))
+    task = asyncio.create_task(schedule.run_push_on_new(core))
+    try:
+        core.library.sessions = {1: True}
+        await asyncio.sleep(0.05)
+        core.events.publish(events.SessionsChanged(added=(1,)))       # the first sight: a mark, no push
+        await asyncio.sleep(0.1)
+        core.library.sessions = {1: True, 2: True}
+        core.events.publish(events.SessionsChanged(added=(2,)))
+        await until(lambda: len(core.calls) == 2, "two pushes", in_thread=False)
+        assert sorted(core.calls) == [([2], ("pdf",), "rclone:cloud"), ([2], ("txt",), "smb:office")]
+    finally:
+        task.cancel()
 
 
 async def test_run_schedules_pushes_due_remotes_once_per_minute():

@@ -25,7 +25,10 @@ async def test_serve_yields_the_url_and_a_busy_port_is_a_clear_error(tmp_path, d
             assert url == f"http://127.0.0.1:{port}"
             async with aiohttp.ClientSession() as http:
                 async with http.get(url + "/api/v1/status") as r:
-                    assert r.status == 200 and "idle" in (await r.json())["status"]
+                    body = await r.json()
+                    assert r.status == 200 and "idle" in body["status"]
+                    assert body["remote_folder"] == core.remote_folder
+                    assert body["remote_folder"].startswith(f"{socket.gethostname()}-")
             with pytest.raises(StenoError, match=f"cannot listen on 127.0.0.1:{port}"):
                 async with serve(core):
                     pass

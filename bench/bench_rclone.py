@@ -1,0 +1,134 @@
+"""rclone push throughput to stores rclone serves on loopback: ours (a push job: the engine into
+rclone:<remote>, verified) vs a bare `rclone copy` + `rclone check` of the same recordings, same run.
+
+Prints `name: value` lines per store. SFTP keeps MD5: ours checks the store's hash of each landed file,
+`rclone check` compares MD5s. The WebDAV server keeps no hash: ours reads each file back and hashes
+it, `rclone check --download` does the same. Ours is the whole job (claim, plan, temp names, moves,
+manifest.json, SHA256SUMS, the office index); files come from the page cache; the served folder is
+a tmpfs. BENCH_RCLONE_MIB sets the size (default 256), BENCH_RCLONE_ROUNDS the rounds (default 3).
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from steno_exportd import config  # noqa: E402
+from steno_exportd.engine.export import SimpleSpec, run_export  # noqa: E402
+from steno_exportd.engine.options import ExportOptions  # noqa: E402
+from steno_exportd.engine.registry import local  # noqa: E402
+from steno_exportd.library import Library  # noqa: E402
+from steno_exportd.rclone.kind import RcloneKind  # noqa: E402
+from tests.parts.rclone import RcloneServer  # noqa: E402
+from tests.recorder_db import RecorderDB  # noqa: E402
+
+TOTAL_MIB = int(os.environ.get("BENCH_RCLONE_MIB", "256"))
+ROUNDS = int(os.environ.get("BENCH_RCLONE_ROUNDS", "3"))
+
+
+def make_recorder(root: pathlib.Path) -> tuple[RecorderDB, pathlib.Path]:
+    """~TOTAL_MIB of recordings: 4 large (80%) and 8 medium ones, one per session."""
+    big = TOTAL_MIB * 8 // 10 // 4
+    med = max(1, (TOTAL_MIB - big * 4) // 8)
+    db = RecorderDB(root)
+    block = os.urandom(1024 * 1024)
+    for i, mib in enumerate([big] * 4 + [med] * 8):
+        p = root / "audio" / f"meeting-{i:02d}.flac"
+        with open(p, "wb") as f:
+            for k in range(mib):
+                f.write(block[k % 97:] + block[: k % 97])
+        db.session(title=f"Meeting {i:02d}", audio_format="flac", audio_size_bytes=mib << 20,
+                   audio_file_path=f"audio/{p.name}")
+    return db, root / "audio"
+
+
+def push(cfg: config.Config) -> int:
+    targets = local()
+    targets.register(RcloneKind(recorder_id="b" * 32))
+    lib = Library.from_config(cfg)
+    try:
+        ids = tuple(s.id for s in lib.list_sessions(exportable_only=True))
+        res = run_export(lib, SimpleSpec("rclone:bench", ids, ("audio",), ExportOptions(verify=True)), cfg,
+                         targets=targets)
+    finally:
+        lib.close()
+    assert all(r.ok and not r.skipped for r in res), [r.error for r in res if not r.ok]
+    return sum(f.size for r in res for f in r.files)
+
+
+def bare(conf: pathlib.Path, src: pathlib.Path, dest: str, download: bool) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(["rclone", "--config", str(conf), "copy", str(src), dest], check=True, capture_output=True)
+    subprocess.run(["rclone", "--config", str(conf), "check", str(src), dest, *(["--download"] if download else [])],
+                   check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
+def main() -> int:
+    if not shutil.which("rclone"):
+        print("bench_rclone: needs rclone (packaging/install-test-deps.sh)", file=sys.stderr)
+        return 1
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="steno-bench-rclone-"))
+    served = tmp / "served"
+    served.mkdir()
+    mounted = os.geteuid() == 0
+    if mounted:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TOTAL_MIB * 3 + 64}m", "steno-bench-rclone",
+                        str(served)], check=True)
+    try:
+        db, audio = make_recorder(tmp / "recorder")
+        total = sum(p.stat().st_size for p in audio.iterdir())
+        mib = total / 2**20
+        print(f"rclone_push_size_mib: {mib:.0f}")
+        for kind in ("sftp", "webdav"):
+            srv = RcloneServer(kind, served, tmp)
+            srv.start()
+            try:
+                conf = srv.client_config(tmp / f"rclone-{kind}.conf")
+                cfg = config.from_dict({
+                    "recorder": {"db_path": str(db.path)},
+                    "state": {"dir": str(tmp / "state"), "runtime_dir": str(tmp / "run")},
+                    "smb": {"recorder_folder": "warm-up"},
+                    "rclone": {"config_file": str(conf), "remotes": [{"name": "bench", "remote": f"{srv.remote}:"}]}})
+                push(cfg)                                       # warm-up, not counted
+                shutil.rmtree(served / "warm-up")
+                ours, theirs = [], []
+                for r in range(ROUNDS):
+                    folder = f"ours-{r}"
+                    if r % 2:
+                        theirs.append(bare(conf, audio, f"{srv.remote}:theirs-{r}", kind == "webdav"))
+                        shutil.rmtree(served / f"theirs-{r}")
+                    t0 = time.perf_counter()
+                    written = push(config.replace(cfg, **{"smb.recorder_folder": folder}))
+                    ours.append(time.perf_counter() - t0)
+                    assert written == total, (written, total)
+                    shutil.rmtree(served / folder)
+                    if not r % 2:
+                        theirs.append(bare(conf, audio, f"{srv.remote}:theirs-{r}", kind == "webdav"))
+                        shutil.rmtree(served / f"theirs-{r}")
+                print(f"rounds {kind} (s): ours " + " ".join(f"{x:.2f}" for x in ours) + " | rclone copy+check "
+                      + " ".join(f"{x:.2f}" for x in theirs), file=sys.stderr)
+                o, t = statistics.median(ours), statistics.median(theirs)
+                print(f"rclone_{kind}_verify: {'store md5' if kind == 'sftp' else 'download and hash'}")
+                print(f"rclone_{kind}_ours_mib_s: {mib / o:.1f}")
+                print(f"rclone_{kind}_copy_check_mib_s: {mib / t:.1f}")
+                print(f"rclone_{kind}_ratio_ours_vs_copy_check: {t / o:.2f}")
+                print(f"rclone_{kind}_ratio_per_round_median: {statistics.median(b / a for a, b in zip(ours, theirs)):.2f}")
+            finally:
+                srv.stop()
+        return 0
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(served)], check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

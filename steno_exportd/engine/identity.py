@@ -1,0 +1,91 @@
+"""Who this recorder is on a shared store: its id (from the machine id) and its folder there.
+
+Recorders leave the factory with one host name, so the folder every push writes below is the host
+name plus a short id derived from the machine id ("steno-3f9a1c"): unique in an office of
+recorders, still readable by a person browsing the NAS, and stable across reboots and updates.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import socket
+import time
+import uuid
+
+from steno_exportd.config import Config
+from steno_exportd.engine.naming import safe_name
+
+log = logging.getLogger(__name__)
+
+RECORDER_ID_FILE = "recorder-id"
+CLAIM_NAME = ".steno-push-owner.json"       # in a recorder folder on a remote: the recorder owning it
+SHORT = 6                                   # hex digits of the id in the folder name: 16 M values
+
+
+def recorder_id(state_dir: str, machine_id_path: str = "/etc/machine-id") -> str:
+    """This recorder's identity for remote folders: derived from the machine id (never the id itself),
+    else a random id kept in ``state_dir``; "" when neither is available (no ownership check then)."""
+    try:
+        mid = pathlib.Path(machine_id_path).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        mid = ""
+    if mid and mid != "uninitialized":
+        return hashlib.sha256(f"steno-exportd recorder {mid}".encode()).hexdigest()[:32]
+    path = pathlib.Path(state_dir or "/var/lib/steno-exportd") / RECORDER_ID_FILE
+    try:
+        saved = path.read_text(encoding="ascii").strip()
+        if saved:
+            return saved
+    except FileNotFoundError:
+        pass
+    except (OSError, UnicodeDecodeError) as e:
+        log.warning("recorder id %s unreadable (%s): remote folders are not checked for ownership", path, e)
+        return ""
+    new = uuid.uuid4().hex
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(new + "\n", encoding="ascii")
+        os.replace(tmp, path)
+    except OSError as e:
+        log.warning("recorder id %s not saved (%s): remote folders are not checked for ownership", path, e)
+        return ""
+    return new
+
+
+def this_recorder(cfg: Config) -> str:
+    """recorder_id() of the configured machine id file and state folder."""
+    return recorder_id(cfg.state.dir, cfg.recorder.machine_id_file)
+
+
+def host_folder() -> str:
+    """The folder name versions before the fleet folders used by default: the bare host name."""
+    return safe_name(socket.gethostname(), "recorder")
+
+
+def recorder_folder(cfg: Config, rid: str | None = None) -> str:
+    """This recorder's folder on every remote (the engine's root folder there): smb.recorder_folder when
+    set, else the host name and the id's first SHORT digits (the bare host name when there is no id)."""
+    if cfg.smb.recorder_folder:
+        return safe_name(cfg.smb.recorder_folder, "recorder")
+    rid = this_recorder(cfg) if rid is None else rid
+    host = socket.gethostname() or "recorder"
+    return safe_name(f"{host}-{rid[:SHORT]}" if rid else host, "recorder")
+
+
+def claim_body(rid: str) -> bytes:
+    """The claim file of this recorder's folder on a remote."""
+    return json.dumps({"recorder_id": rid, "host": socket.gethostname(), "claimed": time.time()},
+                      indent=1, sort_keys=True).encode()
+
+
+def claim_owner(raw: bytes) -> tuple[str, str]:
+    """(recorder id, host) a claim file names; ValueError when it is not a claim."""
+    try:
+        data = json.loads(raw)
+        return str(data["recorder_id"]), str(data.get("host") or "")
+    except (ValueError, TypeError, KeyError):
+        raise ValueError(f"{CLAIM_NAME} is unreadable") from None

@@ -1,0 +1,51 @@
+"""The office-wide index on a shared store: ``_index/<recorder folder>.json``, one file per recorder.
+
+A person browsing the NAS finds a meeting without knowing which recorder recorded it. Each recorder
+writes only its own file (temp name, then a rename over its own old file), so any number of
+recorders update the index at once without a shared file rewritten or a lock.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import socket
+
+from steno_exportd.engine import manifest as mf
+from steno_exportd.engine.targets import Target
+from steno_exportd.errors import TargetError
+
+log = logging.getLogger(__name__)
+
+INDEX_DIR = "_index"
+FORMAT = "steno-exportd-index"
+
+
+def index_path(root: str) -> str:
+    """Where the recorder whose folder is ``root`` lists its meetings."""
+    return f"{INDEX_DIR}/{root}.json"
+
+
+def build(m: mf.Manifest, root: str, short_id: str) -> bytes:
+    """The index file of a recorder: its folder, and each meeting exported there (title, folder, files)."""
+    meetings = []
+    for uuid in sorted(m.exported(), key=lambda u: (m.sessions[u].get("folder", ""), u)):
+        s = m.sessions[uuid]
+        meetings.append({"uuid": uuid, "title": s.get("title", ""), "folder": f"{root}/{s['folder']}",
+                         "updated_at": s.get("updated_at", ""), "exported_at": s.get("exported_at", ""),
+                         "files": sorted(s.get("files", {}))})
+    body = {"format": FORMAT, "version": 1, "recorder": root, "host": socket.gethostname(), "id": short_id,
+            "updated": mf.now_iso(), "meetings": meetings}
+    return json.dumps(body, indent=1, sort_keys=True, ensure_ascii=False).encode("utf-8")
+
+
+def write(t: Target, root: str, short_id: str) -> int:
+    """Rewrite this recorder's index file from its manifest on ``t``: the number of meetings listed, -1
+    when it could not be written (logged: the push itself landed and is verified; the next one retries)."""
+    try:
+        m = mf.read(t, root)
+        t.mkdir(INDEX_DIR)
+        mf.write_atomic(t, index_path(root), build(m, root, short_id))
+    except (ValueError, TargetError) as e:
+        log.warning("%s: office index %s not written: %s", t.name, index_path(root), e)
+        return -1
+    return len(m.exported())

@@ -1,0 +1,210 @@
+"""Running rclone: one ``rclone rcd`` child per push (its remote-control API on loopback: no process
+start per operation), bounded answers, killed when the push ends, and its failures (exit code,
+error text) told as what a person can act on (RcloneError)."""
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import logging
+import os
+import re
+import secrets
+import socket
+import stat as stat_mod
+import subprocess
+import threading
+import time
+import typing
+from typing import IO
+
+from steno_exportd.config import Config, RcloneRemote
+from steno_exportd.errors import TargetError, TargetFullError
+
+log = logging.getLogger(__name__)
+
+STDERR_KEEP = 16 * 1024             # the tail of rclone's stderr kept for the message
+OUTPUT_LIMIT = 64 * 1024 * 1024     # a listing or small file read at most this big
+
+_AUTH = re.compile(r"401|403 forbidden|unauthori[sz]ed|unable to authenticate|authentication failed|"
+                   r"permission denied|access denied|invalid_grant|invalid_client|couldn't fetch token|"
+                   r"token.{0,40}expired|expired.{0,40}token|login|bad password", re.I)
+_EXPIRED = re.compile(r"invalid_grant|expired", re.I)
+_QUOTA = re.compile(r"quota|insufficient storage|\b507\b|no space left|storage.{0,20}full|"
+                    r"out of space|disk full", re.I)
+_NETWORK = re.compile(r"connection refused|no such host|network is unreachable|no route to host|i/o timeout|"
+                      r"connection reset|broken pipe|unexpected eof|\beof\b|timeout|dial tcp|"
+                      r"connection lost|connection closed|server closed", re.I)
+_CONFIG = re.compile(r"didn't find section in config file|config file .{0,40}not found|"
+                     r"unknown backend|couldn't find type", re.I)
+
+
+class RcloneError(TargetError):
+    """An rclone push failed; ``permanent`` errors (login, config) are not retried."""
+
+    def __init__(self, message: str, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+def last_line(err: str) -> str:
+    """The most telling line of rclone's stderr (its last error, without the timestamp)."""
+    lines = [ln.strip() for ln in err.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "ERROR" in ln or "Failed" in ln or "CRITICAL" in ln] or lines
+    text = errors[-1] if errors else ""
+    return re.sub(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d\s+", "", text)[:300]
+
+
+def explain(code: int, err: str, where: str) -> TargetError:
+    """rclone's exit code and stderr as the error a person can act on."""
+    line = last_line(err) or f"rclone exited with status {code}"
+    if _CONFIG.search(err):
+        return RcloneError(f"{where}: the rclone remote is not set up in the rclone config ({line})", True)
+    if _AUTH.search(err):
+        if _EXPIRED.search(err):
+            return RcloneError(f"{where}: the store's login has expired; renew it with 'rclone config reconnect' "
+                               f"({line})", True)
+        return RcloneError(f"{where}: the store refused the login (wrong user or password in the rclone "
+                           f"config) ({line})", True)
+    if _QUOTA.search(err):
+        return TargetFullError(f"{where}: the store is full (quota reached) ({line})")
+    if _NETWORK.search(err) or code == 5:
+        return RcloneError(f"{where}: the store cannot be reached (network down or server not answering) "
+                           f"({line})")
+    if code == 7:
+        return RcloneError(f"{where}: the store refused the request for good ({line})", True)
+    return RcloneError(f"{where}: {line}", code in (1, 3, 4))
+
+
+class Rcd:
+    """One ``rclone rcd`` child for one push: rclone's remote-control API on a loopback port, its login
+    random and passed in the environment (never on the command line). Every operation is one HTTP
+    request to it; its stderr is kept as a bounded tail for messages; close() ends it."""
+
+    def __init__(self, cfg: Config, remote: RcloneRemote) -> None:
+        self.remote = remote
+        self.where = f"rclone:{remote.name}"
+        self.timeout = max(60.0, remote.timeout * 4)
+        t = f"{max(1, int(remote.timeout))}s"
+        self._argv = [cfg.rclone.command, "--config", cfg.rclone.config_file, "--contimeout", t, "--timeout", t,
+                      "--low-level-retries", "1", "--retries", "1", "--ask-password=false"]
+        if remote.bandwidth_limit_kbps:
+            self._argv += ["--bwlimit", f"{remote.bandwidth_limit_kbps}K"]
+        self._auth = "Basic " + base64.b64encode(f"steno:{secrets.token_hex(16)}".encode()).decode()
+        self.port = 0
+        self.proc: subprocess.Popen | None = None
+        self._err = bytearray()
+        self._reader: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start rclone rcd and wait until it answers."""
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        user, _, pw = base64.b64decode(self._auth.split()[1]).decode().partition(":")
+        env = {**os.environ, "RCLONE_RC_USER": user, "RCLONE_RC_PASS": pw}
+        try:
+            self.proc = subprocess.Popen(self._argv + ["rcd", "--rc-addr", f"127.0.0.1:{self.port}", "--rc-serve"],
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                         env=env, close_fds=True, start_new_session=True)
+        except OSError as e:
+            raise RcloneError(f"{self.where}: cannot run {self._argv[0]} ({e.strerror}); install Debian's "
+                              f"rclone package", True) from e
+        self._reader = threading.Thread(target=self._drain, args=(self.proc.stderr,), daemon=True,
+                                        name="rclone-stderr")
+        self._reader.start()
+        deadline = time.monotonic() + 15
+        while True:
+            if self.proc.poll() is not None:
+                raise explain(self.proc.returncode, self.stderr(), self.where)
+            try:
+                self.call("rc/noop", {})
+                return
+            except (RcloneError, OSError):
+                if time.monotonic() > deadline:
+                    self.close()
+                    raise RcloneError(f"{self.where}: rclone did not start: {last_line(self.stderr())}") from None
+                time.sleep(0.05)
+
+    def _drain(self, f: IO[bytes]) -> None:
+        for chunk in iter(lambda: f.read(4096), b""):
+            self._err += chunk
+            if len(self._err) > STDERR_KEEP:
+                del self._err[: len(self._err) - STDERR_KEEP]
+
+    def stderr(self) -> str:
+        return self._err.decode("utf-8", "replace")
+
+    def connection(self, timeout: float | None = None) -> http.client.HTTPConnection:
+        """A connection to rclone rcd, Nagle off (an upload's small chunk frames must not wait for ACKs)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout or self.timeout)
+        try:
+            conn.connect()
+            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as e:
+            conn.close()
+            raise RcloneError(f"{self.where}: rclone stopped answering ({e})") from e
+        return conn
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": self._auth}
+
+    def call(self, method: str, params: dict, *, missing_ok: bool = False) -> dict | None:
+        """One remote-control call; its JSON answer, None when missing_ok and the path is not there."""
+        conn = self.connection()
+        try:
+            try:
+                conn.request("POST", f"/{method}", body=json.dumps(params).encode(),
+                             headers={**self.headers(), "Content-Type": "application/json"})
+                r = conn.getresponse()
+                body = r.read(OUTPUT_LIMIT + 1)
+            except (OSError, http.client.HTTPException) as e:
+                raise RcloneError(f"{self.where}: rclone stopped answering ({e})") from e
+            return self.answer(r.status, body, missing_ok=missing_ok)
+        finally:
+            conn.close()
+
+    def answer(self, status: int, body: bytes, *, missing_ok: bool = False) -> dict | None:
+        """A remote-control answer as a dict, or the explained error it carries."""
+        if len(body) > OUTPUT_LIMIT:
+            raise RcloneError(f"{self.where}: rclone's answer is larger than {OUTPUT_LIMIT} bytes", True)
+        try:
+            data = json.loads(body) if body.strip() else {}
+        except ValueError:
+            data = {"error": body[:300].decode("utf-8", "replace")}
+        if status == 200 and "error" not in data:
+            return data
+        if missing_ok and status == 404:
+            return None
+        return self.fail(str(data.get("error") or f"HTTP {status}"), status)
+
+    def fail(self, err: str, status: int = 500) -> "typing.NoReturn":
+        raise explain(3 if status == 404 else 0, err, self.where)
+
+    def close(self) -> None:
+        """End rclone rcd (and anything it started); reap it."""
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, 9)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+        if self._reader is not None:
+            self._reader.join(2)
+        if self.proc is not None and self.proc.stderr is not None:
+            self.proc.stderr.close()
+
+
+def config_problems(cfg: Config) -> list[str]:
+    """What is wrong with the rclone config file the remotes need (missing, readable by others)."""
+    if not cfg.rclone.remotes:
+        return []
+    path = cfg.rclone.config_file
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return [f"rclone.config_file: {path}: {e.strerror} (make it with 'rclone --config {path} config')"]
+    if st.st_mode & (stat_mod.S_IRWXO):
+        return [f"rclone.config_file: {path} holds credentials and other users can read it "
+                f"(mode {stat_mod.S_IMODE(st.st_mode):o}); chmod 600 it (owner: the service user)"]
+    return []

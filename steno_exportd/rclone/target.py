@@ -1,0 +1,296 @@
+"""A folder on an rclone remote as an export Target: the engine writes into it as into a folder.
+
+Every operation is one request to the push's ``rclone rcd`` (process.Rcd). A file is streamed to
+rclone (``operations/uploadfile``, chunked) under a temp name and moved to its final name
+(``operations/movefile``) only when rclone has stored all of it, so no partial file ever has a final
+name. Where the store keeps a hash rclone can read (MD5 or SHA-1: SFTP, S3, OneDrive, Nextcloud...),
+the write hashes the bytes it sends and the commit compares the store's hash of the landed file:
+verified without downloading it. Elsewhere (a WebDAV server without hashes) the engine reads it back
+(rclone's ``--rc-serve``) and hashes it. Session folders are built in place (object stores have no
+atomic folder rename).
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import itertools
+import logging
+import os
+import socket
+import urllib.parse
+import uuid
+from typing import Any
+
+from steno_exportd.engine.targets import TEMP_PREFIX, EntryStat, check_rel
+from steno_exportd.errors import InvalidArgument, TargetError
+from steno_exportd.rclone.process import Rcd, RcloneError
+
+log = logging.getLogger(__name__)
+
+CHUNK = 4 * 1024 * 1024            # writes into the upload
+HASHES = ("md5", "sha1")           # the store hashes a write checks, in this order of preference
+NO_FREE_SPACE = 1 << 62            # a store that does not say how much is free: its quota error tells
+
+
+class RcloneTarget:
+    """``<remote.remote>`` (an rclone "NAME:path") through rclone rcd; the engine's Target protocol."""
+
+    max_file_size: int | None = None
+    atomic_dir_rename = False           # object stores copy a folder to move it: build in place
+    resume_min: int | None = None       # a cut file is sent again whole (rclone's uploads do not resume)
+
+    def __init__(self, rcd: Rcd, base: str, *, name: str = "") -> None:
+        self.rcd = rcd
+        self.fs = base
+        self.name = name or rcd.where
+        self.tag = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.hash: str | None = None
+        self._seq = itertools.count(1)
+
+    def connect(self) -> None:
+        """Start rclone, reach the store once (which hash it keeps); a clear error when it cannot."""
+        self.rcd.start()
+        info = self.rcd.call("operations/fsinfo", {"fs": self.fs}) or {}
+        kept = [str(h).lower() for h in info.get("Hashes") or []]
+        self.hash = next((h for h in HASHES if h in kept), None)
+        self.rcd.call("operations/mkdir", {"fs": self.fs, "remote": ""})
+        self.rcd.call("operations/list", {"fs": self.fs, "remote": "", "opt": {"dirsOnly": True}})  # the login
+
+    @staticmethod
+    def rel(rel: str) -> str:
+        return "/".join(check_rel(rel))
+
+    @staticmethod
+    def _entry(d: dict) -> EntryStat:
+        return EntryStat("dir", 0) if d.get("IsDir") else EntryStat("file", int(d.get("Size") or 0))
+
+    def _stat(self, rel: str, hashes: bool = False) -> dict | None:
+        opt: dict[str, Any] = {"noMimeType": True}
+        if hashes and self.hash:
+            opt.update(showHash=True, hashTypes=[self.hash])
+        try:
+            r = self.rcd.call("operations/stat", {"fs": self.fs, "remote": self.rel(rel), "opt": opt},
+                              missing_ok=True)
+        except RcloneError as e:
+            if "not found" in str(e):      # a missing parent folder
+                return None
+            raise
+        return (r or {}).get("item")
+
+    def lstat(self, rel: str) -> EntryStat | None:
+        if not check_rel(rel):
+            return EntryStat("dir")
+        d = self._stat(rel)
+        return self._entry(d) if d else None
+
+    def exists(self, rel: str) -> bool:
+        return self.lstat(rel) is not None
+
+    def scandir(self, rel: str) -> dict[str, EntryStat]:
+        r = self.rcd.call("operations/list", {"fs": self.fs, "remote": self.rel(rel),
+                                              "opt": {"noMimeType": True, "noModTime": True}}, missing_ok=True)
+        if r is None:
+            raise TargetError(f"{self.name}: folder not found: {rel}")
+        return {d["Name"]: self._entry(d) for d in r.get("list") or [] if isinstance(d, dict) and d.get("Name")}
+
+    def listdir(self, rel: str) -> list[str]:
+        return sorted(self.scandir(rel))
+
+    def mkdir(self, rel: str) -> None:
+        st = self.lstat(rel)
+        if st is not None:
+            if st.kind != "dir":
+                raise TargetError(f"a {st.kind} is in the way of folder {rel}")
+            return
+        self.rcd.call("operations/mkdir", {"fs": self.fs, "remote": self.rel(rel)})
+
+    def own_temp(self, name: str) -> bool:
+        """Temp files this host's pushes leave after a drop (another host's are not ours to remove)."""
+        return name.startswith(f"{TEMP_PREFIX}{socket.gethostname()}-")
+
+    def temp_name(self) -> str:
+        return f"{TEMP_PREFIX}{self.tag}-{next(self._seq)}.part"
+
+    def open_write(self, rel: str, *, resume: str | None = None) -> "_RcloneWrite":
+        return _RcloneWrite(self, rel)
+
+    def open_read(self, rel: str, *, uncached: bool = False) -> "_RcloneRead":
+        return _RcloneRead(self, rel)
+
+    def move(self, src: str, dst: str) -> None:
+        self.rcd.call("operations/movefile", {"srcFs": self.fs, "srcRemote": self.rel(src),
+                                              "dstFs": self.fs, "dstRemote": self.rel(dst)})
+
+    def rename(self, src: str, dst: str) -> None:
+        if self.lstat(dst) is not None:
+            raise TargetError(f"refusing to replace existing {dst}")
+        st = self.lstat(src)
+        if st is not None and st.kind == "dir":
+            self.rcd.call("sync/move", {"srcFs": f"{self.fs}/{self.rel(src)}", "dstFs": f"{self.fs}/{self.rel(dst)}",
+                                        "deleteEmptySrcDirs": True})
+            self.remove(src)
+        else:
+            self.move(src, dst)
+
+    def remove(self, rel: str) -> None:
+        st = self.lstat(rel)
+        if st is None:
+            return
+        self.rcd.call("operations/rmdir" if st.kind == "dir" else "operations/deletefile",
+                      {"fs": self.fs, "remote": self.rel(rel)}, missing_ok=True)
+
+    def remove_tree(self, rel: str) -> None:
+        if not check_rel(rel):
+            raise InvalidArgument("refusing to remove the remote's root")
+        if self.lstat(rel) is not None:
+            self.rcd.call("operations/purge", {"fs": self.fs, "remote": self.rel(rel)}, missing_ok=True)
+
+    def free_space(self) -> int:
+        try:
+            r = self.rcd.call("operations/about", {"fs": self.fs}) or {}
+        except RcloneError:
+            return NO_FREE_SPACE        # the store does not tell (WebDAV without quota properties)
+        free = r.get("free")
+        return int(free) if isinstance(free, (int, float)) else NO_FREE_SPACE
+
+    def fsync_dir(self, rel: str) -> None:
+        """Nothing to do: rclone answers once the store has the file."""
+
+    def close(self) -> None:
+        self.rcd.close()
+
+
+class _RcloneWrite:
+    """A file streamed to rclone (a chunked multipart upload) under a temp name; moved on commit."""
+
+    def __init__(self, t: RcloneTarget, rel: str) -> None:
+        self._t, self._rel = t, rel
+        head, _, _ = rel.rpartition("/")
+        self.temp = t.temp_name()
+        self.temp_rel = f"{head}/{self.temp}" if head else self.temp
+        self.offset = 0
+        self.chunk = CHUNK
+        self.verified = False
+        self.done = False
+        self._size = 0
+        self._digest = hashlib.new(t.hash) if t.hash else None
+        self._stored = False
+        self._boundary = f"steno{uuid.uuid4().hex}"
+        query = urllib.parse.urlencode({"fs": t.fs, "remote": t.rel(head) if head else ""})
+        self._conn = t.rcd.connection()
+        try:
+            self._conn.putrequest("POST", f"/operations/uploadfile?{query}", skip_accept_encoding=True)
+            for k, v in t.rcd.headers().items():
+                self._conn.putheader(k, v)
+            self._conn.putheader("Content-Type", f"multipart/form-data; boundary={self._boundary}")
+            self._conn.putheader("Transfer-Encoding", "chunked")
+            self._conn.endheaders()
+            self._send(f'--{self._boundary}\r\nContent-Disposition: form-data; name="file0"; '
+                       f'filename="{self.temp}"\r\nContent-Type: application/octet-stream\r\n\r\n'.encode())
+        except OSError as e:
+            self._conn.close()
+            raise RcloneError(f"{t.name}: rclone stopped answering ({e})") from e
+
+    def _send(self, data: bytes | memoryview) -> None:
+        self._conn.send(b"%x\r\n" % len(data))
+        self._conn.send(data)
+        self._conn.send(b"\r\n")
+
+    def _failed(self, e: Exception) -> TargetError:
+        """Why the upload stopped: rclone's answer when it gave one (the store's error), else the drop."""
+        try:
+            r = self._conn.getresponse()
+            self._t.rcd.answer(r.status, r.read(1 << 20))
+        except TargetError as err:
+            return err
+        except (OSError, ValueError, http.client.HTTPException):
+            pass
+        return RcloneError(f"{self._t.name}: the upload of {self._rel} was cut ({e})")
+
+    def write(self, data: bytes | memoryview) -> None:
+        if not data:
+            return
+        try:
+            self._send(data)
+        except OSError as e:
+            raise self._failed(e) from e
+        if self._digest is not None:
+            self._digest.update(data)
+        self._size += len(data)
+
+    def sync(self) -> None:
+        """End the upload and wait until rclone has stored the whole temp file."""
+        if self._stored:
+            return
+        try:
+            self._send(f"\r\n--{self._boundary}--\r\n".encode())
+            self._conn.send(b"0\r\n\r\n")
+            r = self._conn.getresponse()
+            body = r.read(1 << 20)
+        except (OSError, http.client.HTTPException) as e:
+            raise self._failed(e) from e
+        finally:
+            self._conn.close()
+        self._t.rcd.answer(r.status, body)
+        self._stored = True
+
+    def commit(self) -> None:
+        """Move the temp file to the final name (replacing an old file); then, where the store keeps a
+        hash, compare it with the hash of the bytes sent."""
+        t = self._t
+        try:
+            self.sync()
+            t.move(self.temp_rel, self._rel)
+            self.done = True
+        finally:
+            if not self.done:
+                self.abort()
+        if self._digest is not None:
+            d = t._stat(self._rel, hashes=True) or {}
+            got = str((d.get("Hashes") or {}).get(t.hash or "", ""))
+            if got and int(d.get("Size", -1)) == self._size and got.lower() == self._digest.hexdigest():
+                self.verified = True
+            else:       # the engine's read-back tells what is wrong (and writes the file again)
+                log.warning("%s: %s on the store: %s %s, %d bytes; sent %s, %d bytes", t.name, self._rel, t.hash,
+                            got or "(none)", int(d.get("Size", -1)), self._digest.hexdigest(), self._size)
+
+    def abort(self) -> None:
+        """Stop the upload and remove the temp file (best effort: the next push removes our leftovers)."""
+        if self.done:
+            return
+        self.done = True
+        self._conn.close()
+        try:
+            self._t.rcd.call("operations/deletefile", {"fs": self._t.fs, "remote": self._t.rel(self.temp_rel)},
+                             missing_ok=True)
+        except TargetError as e:
+            log.debug("temp file %s not removed: %s", self.temp_rel, e)
+
+
+class _RcloneRead:
+    """A remote file streamed out of rclone (``--rc-serve``); an error or a short body is raised."""
+
+    def __init__(self, t: RcloneTarget, rel: str) -> None:
+        self._t = t
+        self._conn = t.rcd.connection()
+        path = urllib.parse.quote(f"[{t.fs}]/{t.rel(rel)}")
+        try:
+            self._conn.request("GET", f"/{path}", headers=t.rcd.headers())
+            self._r = self._conn.getresponse()
+        except OSError as e:
+            self._conn.close()
+            raise RcloneError(f"{t.name}: rclone stopped answering ({e})") from e
+        if self._r.status != 200:
+            body = self._r.read(1 << 16)
+            self._conn.close()
+            raise RcloneError(f"{t.name}: cannot read {rel} back: HTTP {self._r.status} "
+                              f"{body[:200].decode('utf-8', 'replace').strip()}")
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self._r.read(n if n > 0 else 1 << 20)
+        except (OSError, http.client.HTTPException) as e:        # a cut body: IncompleteRead
+            raise RcloneError(f"{self._t.name}: the read-back was cut ({e})") from e
+
+    def close(self) -> None:
+        self._conn.close()

@@ -1,0 +1,139 @@
+"""rclone:<remote> pushes against real stores rclone serves on loopback (WebDAV without hashes, SFTP
+with MD5): land verified, send nothing twice, survive a server killed mid-upload, refuse a bad login."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from steno_exportd import config
+from steno_exportd.engine.export import SimpleSpec, run_export
+from steno_exportd.engine.identity import recorder_folder
+from steno_exportd.engine.index import INDEX_DIR
+from steno_exportd.engine.options import ExportOptions
+from steno_exportd.engine.registry import local
+from steno_exportd.library import Library
+from steno_exportd.rclone.kind import RcloneKind
+from steno_exportd.rclone.process import RcloneError, config_problems
+from tests.smb.recorder import FORMATS, Progress, assert_landed, make_recorder, stamps
+
+MACHINE_ID = "0123456789abcdef0123456789abcdef"
+
+
+def make_cfg(tmp: pathlib.Path, db, conf: pathlib.Path, remote: str) -> config.Config:
+    mid = tmp / "machine-id"
+    mid.write_text(MACHINE_ID + "\n")
+    return config.from_dict({
+        "recorder": {"db_path": str(db.path), "machine_id_file": str(mid)},
+        "state": {"dir": str(tmp / "state"), "runtime_dir": str(tmp / "state" / "run")},
+        "usb": {"enabled": False}, "http": {"enabled": False},
+        "rclone": {"config_file": str(conf), "remotes": [{"name": "cloud", "remote": remote, "timeout": 5}]}})
+
+
+def push(cfg: config.Config, progress=None, sleep=None, options: ExportOptions = ExportOptions()) -> list:
+    targets = local()
+    targets.register(RcloneKind(sleep=sleep))
+    lib = Library.from_config(cfg)
+    try:
+        ids = tuple(s.id for s in lib.list_sessions(exportable_only=True))
+        return run_export(lib, SimpleSpec("rclone:cloud", ids, FORMATS, options, target_name="rclone:cloud"),
+                          cfg, progress, targets=targets)
+    finally:
+        lib.close()
+
+
+@pytest.fixture
+def setup(rclone_server, rclone_tmp):
+    db = make_recorder(rclone_tmp / "rec", sizes=(3 << 20, (5 << 20) + 123, 7 << 20))
+    conf = rclone_server.client_config(rclone_tmp / "rclone.conf")
+    cfg = make_cfg(rclone_tmp, db, conf, f"{rclone_server.remote}:office/meetings")
+    folder = rclone_server.served / "office" / "meetings" / recorder_folder(cfg)
+    return rclone_server, db, cfg, folder
+
+
+def test_push_lands_verified_in_the_recorders_own_folder_with_an_index(setup):
+    srv, db, cfg, folder = setup
+    res = push(cfg)
+    assert [r.ok for r in res] == [True] * 3, [r.error for r in res]
+    assert folder.name == f"{socket.gethostname()}-{folder.name.rsplit('-', 1)[1]}" and len(folder.name.rsplit('-', 1)[1]) == 6
+    assert_landed(folder, db)           # sha256sum -c on the store's disk, recordings byte-exact, no temp file
+    index = json.loads((srv.served / "office" / "meetings" / INDEX_DIR / f"{folder.name}.json").read_text())
+    assert sorted(m["title"] for m in index["meetings"]) == ["Meeting 1", "Meeting 2", "Meeting 3"]
+    assert all((srv.served / "office" / "meetings" / m["folder"]).is_dir() for m in index["meetings"])
+
+
+def test_a_second_push_sends_nothing(setup):
+    srv, db, cfg, folder = setup
+    assert all(r.ok for r in push(cfg))
+    before = stamps(folder)
+    p = Progress()
+    res = push(cfg, p)
+    assert [r.skipped for r in res] == [True] * 3
+    assert stamps(folder) == before
+    assert p.fields.get("bytes_done", 0) == 0
+
+
+def test_a_server_killed_mid_upload_is_resumed_and_the_push_completes(setup):
+    srv, db, cfg, folder = setup
+    killed = threading.Event()
+
+    def kill_once(fields: dict) -> bool:
+        # the second recording is on its way: the store goes away, and comes back a moment later
+        if not killed.is_set() and fields.get("bytes_done", 0) > (3 << 20) + (2 << 20):
+            killed.set()
+            srv.stop()
+            threading.Timer(1.0, srv.start).start()
+        return False
+
+    waits: list[float] = []
+    res = push(cfg, Progress(kill_once), sleep=lambda s: (waits.append(s), time.sleep(min(s, 3))))
+    assert killed.is_set() and waits, "the server was never killed mid-upload"
+    assert [r.ok for r in res] == [True] * 3, [r.error for r in res]
+    assert_landed(folder, db)
+    before = stamps(folder)
+    assert all(r.skipped for r in push(cfg))      # and nothing is missing: a third push sends nothing
+    assert stamps(folder) == before
+
+
+def test_a_wrong_password_is_a_clear_error_and_not_retried(setup, rclone_tmp):
+    srv, db, cfg, folder = setup
+    srv.client_config(rclone_tmp / "rclone.conf", password="not-the-password")
+    waits: list[float] = []
+    with pytest.raises(RcloneError) as e:
+        push(cfg, sleep=waits.append)
+    assert "refused the login" in str(e.value) and "rclone:cloud" in str(e.value), str(e.value)
+    assert e.value.permanent and waits == []
+    assert not folder.exists()
+
+
+def test_a_store_that_cannot_be_reached_is_a_clear_error(rclone_server, rclone_tmp):
+    db = make_recorder(rclone_tmp / "rec", sizes=(1 << 20,))
+    conf = rclone_server.client_config(rclone_tmp / "rclone.conf")
+    cfg = make_cfg(rclone_tmp, db, conf, f"{rclone_server.remote}:office")
+    rclone_server.stop()
+    waits: list[float] = []
+    with pytest.raises(RcloneError) as e:
+        push(cfg, sleep=waits.append)
+    assert "cannot be reached" in str(e.value), str(e.value)
+    assert len(waits) == 2              # tried 3 times, with backoff
+
+
+def test_a_world_readable_rclone_config_is_reported(tmp_path):
+    conf = tmp_path / "rclone.conf"
+    conf.write_text("[x]\ntype = local\n")
+    os.chmod(conf, 0o644)
+    cfg = config.from_dict({"rclone": {"config_file": str(conf), "remotes": [{"name": "c", "remote": "x:"}]}})
+    assert any("other users can read it" in p for p in config_problems(cfg))
+    cfg_path = tmp_path / "config.toml"
+    cfg_path.write_text(f'[rclone]\nconfig_file = "{conf}"\n[[rclone.remotes]]\nname = "c"\nremote = "x:"\n')
+    r = subprocess.run(["steno-exportd", "check-config", str(cfg_path)], capture_output=True, text=True,
+                       env={**os.environ, "PATH": f"{pathlib.Path(os.sys.executable).parent}:{os.environ['PATH']}"})
+    assert "other users can read it" in r.stderr, r.stderr
+    os.chmod(conf, 0o600)
+    assert config_problems(cfg) == []
