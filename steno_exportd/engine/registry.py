@@ -10,14 +10,19 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import logging
 import re
+import threading
 import time
 from typing import Any, Callable, ContextManager, Iterator, Protocol
 
 from steno_exportd.config import Config
+from steno_exportd.engine.identity import recorder_folder, this_recorder
 from steno_exportd.engine.naming import root_folder
 from steno_exportd.engine.targets import DirectoryTarget, Target
-from steno_exportd.errors import InvalidArgument, NotAllowedError, StenoError, TargetError
+from steno_exportd.errors import CancelledJob, InvalidArgument, NotAllowedError, NotFoundError, StenoError, TargetError
+
+log = logging.getLogger(__name__)
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 
@@ -43,6 +48,82 @@ class TargetKind(Protocol):
     def again(self, error: StenoError, attempt: int, cancelled: Callable[[], bool]) -> bool: ...
     # again: after ``error`` ended attempt ``attempt`` (1, 2, ...), wait (cancellably) and say whether to
     # run the export once more (incremental: what landed is skipped; a resumable file resumes)
+
+
+class RemoteKind:
+    """What the remote kinds an adapter registers (``smb:<remote>``, ``rclone:<remote>``) share: a
+    configured remote named after the prefix, the recorder's own folder (engine.identity) as the root,
+    one push per remote folder at a time, and ATTEMPTS tries with exponential backoff after a
+    transient fault. A subclass says which remotes (``remotes``), how to tell a transient fault
+    (``transient``) and how to open one (``open``, inside ``one_at_a_time``)."""
+
+    prefix = ""                         # "smb:"
+    label = ""                          # "smb:<remote>"
+    noun = ""                           # for messages: "SMB"
+    section = ""                        # where the remotes are configured, for messages: "[[smb.remotes]]"
+    attempts = 3                        # tries of one push after transient faults
+    backoff = 2.0                       # seconds before the second try; doubled each time
+
+    def __init__(self, *, recorder_id: str | None = None, sleep: Callable[[float], None] | None = None) -> None:
+        self._recorder_id = recorder_id         # None: derived from the machine id
+        self._sleep = sleep                     # None: a wait that a cancel ends
+        self._locks: dict[Any, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    @classmethod
+    def remotes(cls, cfg: Config) -> list[Any]:
+        raise NotImplementedError
+
+    def transient(self, error: StenoError) -> bool:
+        raise NotImplementedError
+
+    @classmethod
+    def remote_for(cls, cfg: Config, target: str) -> Any:
+        """The configured remote of "<prefix><name>"; NotFoundError lists the configured ones."""
+        name = target.removeprefix(cls.prefix)
+        remotes = cls.remotes(cfg)
+        for r in remotes:
+            if r.name == name:
+                return r
+        known = ", ".join(r.name for r in remotes) or f"none configured in {cls.section}"
+        raise NotFoundError(f"no {cls.noun} remote {name!r} (known: {known})")
+
+    def matches(self, target: str) -> bool:
+        return target.startswith(self.prefix)
+
+    def check(self, target: str, cfg: Config, *, trusted: bool) -> Checked:
+        remote = self.remote_for(cfg, target)   # NotFoundError names the configured remotes
+        return Checked("push", target, tuple(remote.formats))
+
+    def recorder_id(self, cfg: Config) -> str:
+        return this_recorder(cfg) if self._recorder_id is None else self._recorder_id
+
+    def root(self, target: str, cfg: Config) -> str:
+        return recorder_folder(cfg, self.recorder_id(cfg))
+
+    @contextlib.contextmanager
+    def one_at_a_time(self, key: Any, target: str, progress: Any) -> Iterator[None]:
+        """Hold the lock of one remote folder; a second job for it waits (cancellably) for the first."""
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        if not lock.acquire(blocking=False):
+            progress.update(force=True, current_file=f"waiting for another push to {target}")
+            while not lock.acquire(timeout=0.2):
+                if progress.cancelled:
+                    raise CancelledJob("cancelled")
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def again(self, error: StenoError, attempt: int, cancelled: Callable[[], bool]) -> bool:
+        """After a transient fault (a drop, a server that stopped answering), try again with exponential
+        backoff, ``attempts`` in all; never after a permanent one (a refused login, a bad config)."""
+        if not self.transient(error) or attempt >= self.attempts:
+            return False
+        delay = self.backoff * 2 ** (attempt - 1)
+        log.warning("attempt %d/%d failed: %s; retrying in %.0fs", attempt, self.attempts, error, delay)
+        return pause(delay, cancelled, self._sleep)
 
 
 def pause(delay: float, cancelled: Callable[[], bool], sleep: Callable[[float], None] | None = None) -> bool:

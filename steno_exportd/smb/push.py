@@ -19,16 +19,15 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import threading
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from steno_exportd.config import Config, SmbRemote
 from steno_exportd.engine import index
 from steno_exportd.engine import manifest as mf
 from steno_exportd.engine.identity import (CLAIM_NAME, SHORT, claim_body, claim_owner, host_folder,
-                                           recorder_folder, this_recorder)
-from steno_exportd.engine.registry import Checked, pause
-from steno_exportd.errors import CancelledJob, NotFoundError, StenoError, TargetError
+                                           recorder_folder)
+from steno_exportd.engine.registry import RemoteKind
+from steno_exportd.errors import StenoError, TargetError
 from steno_exportd.smb.client import SmbError
 from steno_exportd.smb.target import SmbTarget
 
@@ -42,37 +41,22 @@ BACKOFF = 2.0                           # seconds before the second try; doubled
 
 def remote_for(cfg: Config, target: str) -> SmbRemote:
     """The configured remote of "smb:<name>"; NotFoundError lists the configured ones."""
-    name = target.removeprefix(PREFIX)
-    for r in cfg.smb.remotes:
-        if r.name == name:
-            return r
-    known = ", ".join(r.name for r in cfg.smb.remotes) or "none configured in [[smb.remotes]]"
-    raise NotFoundError(f"no SMB remote {name!r} (known: {known})")
+    return SmbKind.remote_for(cfg, target)
 
 
-class SmbKind:
+class SmbKind(RemoteKind):
     """``smb:<remote>`` targets: checked against the configured remotes, opened connected and claimed."""
 
-    label = "smb:<remote>"
+    prefix, label, noun, section = PREFIX, "smb:<remote>", "SMB", "[[smb.remotes]]"
+    attempts, backoff = ATTEMPTS, BACKOFF
 
-    def __init__(self, *, recorder_id: str | None = None, sleep: Callable[[float], None] | None = None) -> None:
-        self._recorder_id = recorder_id         # None: derived from the machine id (recorder_id())
-        self._sleep = sleep                     # None: a wait that a cancel ends
-        self._locks: dict[tuple, threading.Lock] = {}
-        self._guard = threading.Lock()
+    @classmethod
+    def remotes(cls, cfg: Config) -> list[SmbRemote]:
+        return cfg.smb.remotes
 
-    def matches(self, target: str) -> bool:
-        return target.startswith(PREFIX)
-
-    def check(self, target: str, cfg: Config, *, trusted: bool) -> Checked:
-        remote = remote_for(cfg, target)        # NotFoundError names the configured remotes
-        return Checked("push", target, tuple(remote.formats))
-
-    def root(self, target: str, cfg: Config) -> str:
-        return recorder_folder(cfg, self._rid(cfg))
-
-    def _rid(self, cfg: Config) -> str:
-        return this_recorder(cfg) if self._recorder_id is None else self._recorder_id
+    def transient(self, error: StenoError) -> bool:
+        """A drop, a server that stopped answering, a file in use; not a logon, access or DNS failure."""
+        return isinstance(error, SmbError) and not error.permanent
 
     @contextlib.contextmanager
     def open(self, target: str, cfg: Config, progress: Any) -> Iterator[SmbTarget]:
@@ -80,16 +64,12 @@ class SmbKind:
 
         One push per remote folder at a time: a second job for it waits for the first.
         """
-        remote = remote_for(cfg, target)
-        rid = self._rid(cfg)
+        remote = self.remote_for(cfg, target)
+        rid = self.recorder_id(cfg)
         folder = recorder_folder(cfg, rid)
-        lock = self._lock(remote, folder)
-        if not lock.acquire(blocking=False):
-            progress.update(force=True, current_file=f"waiting for another push to {target}")
-            while not lock.acquire(timeout=0.2):
-                if progress.cancelled:
-                    raise CancelledJob("cancelled")
-        try:
+        key = (remote.server.lower(), remote.port, remote.share.lower(), remote.path.strip("/\\").lower(),
+               folder.lower())
+        with self.one_at_a_time(key, target, progress):
             t = SmbTarget(remote, name=target)
             try:
                 try:
@@ -106,23 +86,6 @@ class SmbKind:
                     index.write(t, folder, rid[:SHORT])
             finally:
                 t.close()
-        finally:
-            lock.release()
-
-    def again(self, error: StenoError, attempt: int, cancelled: Callable[[], bool]) -> bool:
-        """After a transient fault (a drop, a server that stopped answering, a file in use), try again
-        with exponential backoff, ATTEMPTS in all; never after a permanent one (logon, access, DNS)."""
-        if not isinstance(error, SmbError) or error.permanent or attempt >= ATTEMPTS:
-            return False
-        delay = BACKOFF * 2 ** (attempt - 1)
-        log.warning("attempt %d/%d failed: %s; retrying in %.0fs", attempt, ATTEMPTS, error, delay)
-        return pause(delay, cancelled, self._sleep)
-
-    def _lock(self, remote: SmbRemote, folder: str) -> threading.Lock:
-        key = (remote.server.lower(), remote.port, remote.share.lower(), remote.path.strip("/\\").lower(),
-               folder.lower())
-        with self._guard:
-            return self._locks.setdefault(key, threading.Lock())
 
 
 def read_claim(t: SmbTarget, folder: str) -> bytes | None:
