@@ -10,4 +10,5 @@ pytest_plugins = [      # a module another one imports comes first (assertion re
     "tests.parts.loopfs",
     "tests.parts.chromium",
     "tests.parts.avahi",
+    "tests.parts.netns",
 ]

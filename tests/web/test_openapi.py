@@ -1,0 +1,83 @@
+"""The API, fuzzed from its own OpenAPI document: the document is valid (openapi-spec-validator), and
+Schemathesis, logged in with a cookie and the CSRF token, gets no 5xx and only answers the document describes."""
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis import checks
+
+from steno_exportd import __version__, demo
+from steno_exportd.web.api import openapi_document
+from tests.parts.daemon import DaemonProc, write_config
+from tests.web.helpers import PASSWORD, PASSWORD_HASH, free_port
+
+EXAMPLES = 30           # per operation: ~17 operations in well under a minute here (measured: see docs/web.md)
+
+
+def test_the_openapi_document_is_valid():
+    from openapi_spec_validator import validate
+    validate(openapi_document(__version__))
+
+
+class Api:
+    """The real daemon (password mode) and a logged-in requests session with the page's CSRF token."""
+
+    def __init__(self, tmp: Path) -> None:
+        lib = tmp / "lib"
+        demo.generate(lib, sessions=4, seed=4, small=True)
+        (tmp / "exports").mkdir()
+        self.port = free_port()
+        cfg = write_config(tmp / "c.toml", tmp, "session", **{
+            "recorder.db_path": f'"{lib / demo.DB_NAME}"', "dbus.enabled": "false", "http.enabled": "true",
+            "http.bind": '["127.0.0.1"]', "http.port": str(self.port), "http.auth.mode": '"password"',
+            "http.auth.password_hash": f'"{PASSWORD_HASH}"'})
+        (tmp / "d").mkdir()
+        self.proc = DaemonProc(tmp / "d", cfg)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.http = requests.Session()
+
+    def start(self) -> None:
+        self.proc.wait_ready(30)
+        page = self.http.get(self.url + "/login").text
+        token = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+        r = self.http.post(self.url + "/login", data={"password": PASSWORD, "csrf": token}, allow_redirects=False)
+        assert r.status_code == 303, r.text
+        page = self.http.get(self.url + "/").text
+        self.token = re.search(r'<meta name="csrf" content="([^"]+)">', page).group(1)
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory):
+    a = Api(tmp_path_factory.mktemp("openapi"))
+    try:
+        a.start()
+        yield a
+    finally:
+        a.proc.stop()
+        sys.stderr.write(f"\n---- daemon log ----\n{a.proc.log()}\n")
+    assert "Traceback" not in a.proc.log()
+
+
+@pytest.fixture(scope="module")
+def api_schema(api):
+    doc = requests.get(api.url + "/api/v1/openapi.json", cookies=api.http.cookies).json()
+    # the event stream never ends by design: its own tests read it (test_access, test_serve)
+    return schemathesis.openapi.from_dict(doc).exclude(path="/api/v1/events")
+
+
+schema = schemathesis.pytest.from_fixture("api_schema")
+
+
+@schema.parametrize()
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+def test_the_api_answers_what_its_document_says(case, api):
+    case.call_and_validate(base_url=api.url, session=api.http, headers={"X-CSRF-Token": api.token},
+                           checks=[checks.not_a_server_error, checks.status_code_conformance,
+                                   checks.content_type_conformance, checks.response_schema_conformance,
+                                   checks.response_headers_conformance])
