@@ -44,8 +44,11 @@ class Core:
         from steno_exportd.engine.jobs import JobManager
         from steno_exportd.engine.state import StateDB
 
+        from steno_exportd.access import Access
+
         self.cfg = cfg
         self.events = ev.EventBus()
+        self.access = Access(cfg)          # logins, share links, audit log, the limiter for every secret
         self._library = library
         self.state = StateDB(Path(cfg.state.dir) / "state.db")
         self.devices = DeviceRegistry(self.events, lambda d: self.state.device_seen(d.uuid or d.id, d.label,
@@ -73,6 +76,7 @@ class Core:
             return
         self._started = True
         await asyncio.to_thread(self.state.open)
+        await asyncio.to_thread(self.access.open)
         await asyncio.to_thread(self.state.prune, self.cfg.export.job_history_days)
         await self.jobs.start()
 
@@ -83,11 +87,13 @@ class Core:
         self._started = False
         await self.jobs.stop()
         await asyncio.to_thread(self.state.close)
+        await asyncio.to_thread(self.access.close)
 
     async def reload(self, cfg: Config) -> None:
         old = self.cfg
         self.cfg = cfg
         self.jobs.reload(cfg)
+        self.access.reload(cfg)
         if (old.recorder.db_path, old.recorder.data_dir) != (cfg.recorder.db_path, cfg.recorder.data_dir):
             lib, self._library = self._library, None
             if lib is not None and hasattr(lib, "close"):

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestServer
-from aiohttp.web_runner import AppRunner, BaseRunner
+from aiohttp.web_runner import BaseRunner
 
 from steno_exportd import config, demo
 from steno_exportd.core import Core
 from steno_exportd.library import Library
-from steno_exportd.web.password import hash_password
+from steno_exportd.access.passwords import hash_password
 
 PASSWORD = "correct horse battery"
 PASSWORD_HASH = hash_password(PASSWORD)
@@ -45,10 +45,12 @@ async def started_core(cfg):
 
 
 class DaemonLikeServer(TestServer):
-    """aiohttp's test server run like serve() runs the page: a client that leaves does not cancel its handler."""
+    """aiohttp's test server run like serve() runs the page: its runner (connection cap, idle timeout, quiet
+    answers to malformed requests); a client that leaves does not cancel its handler."""
 
     async def _make_runner(self, **kwargs: Any) -> BaseRunner:
-        return AppRunner(self.app, **{**kwargs, "handler_cancellation": False})
+        from steno_exportd.web.server import Runner
+        return Runner(self.app, **{**kwargs, "handler_cancellation": False})
 
 
 async def eventually(cond, what: str, timeout: float = 10.0):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from steno_exportd import config
-from steno_exportd.web.password import hash_password
+from steno_exportd.access.passwords import hash_password
 from tests.web.helpers import PASSWORD, PASSWORD_HASH, anonymous, login_form
 
 PW = {"http.auth.mode": "password", "http.auth.password_hash": PASSWORD_HASH}

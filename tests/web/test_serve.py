@@ -10,7 +10,7 @@ import pytest
 
 from steno_exportd.errors import StenoError
 from steno_exportd.web import serve
-from steno_exportd.web.password import verify_password
+from steno_exportd.access.passwords import verify_password
 from tests.web.helpers import make_config, started_core
 
 
