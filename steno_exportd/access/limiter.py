@@ -125,6 +125,10 @@ class Limiter:
                 self._forget(now)
         return Attempt(self, keys)
 
+    def __len__(self) -> int:
+        """How many clients and networks are remembered now (bounded by MAX_KEYS)."""
+        return len(self._counts)
+
     def _give_back(self, keys: list[tuple[tuple, int]], reset_address: bool) -> None:
         with self._lock:
             for i, (k, limit) in enumerate(keys):

@@ -14,14 +14,14 @@ from aiohttp import web
 
 from steno_exportd.errors import InvalidArgument, NotFoundError, StenoError, Throttled
 from steno_exportd.web import api, auth, downloads, links, login, pages, server, tls
-from steno_exportd.web.context import CSRF, CTX, PKG, SID, WebContext, client_addr, read_form, wants_json
+from steno_exportd.web.context import (CSRF, CTX, PKG, REFUSALS, SID, WebContext, client_addr, read_form,
+                                       wants_json)
 
 log = logging.getLogger(__name__)
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self'; "
        "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 PUBLIC_PREFIXES = ("/login", "/static/", "/s/")
-REFUSALS = web.AppKey("refusals", server.RefusalLog)
 
 
 async def security_headers(request: web.Request, resp: web.StreamResponse) -> None:
@@ -85,7 +85,9 @@ async def access(request: web.Request, handler: Any) -> web.StreamResponse:
     refusals = request.app[REFUSALS]
     host = request.headers.get("Host", "")
     sock = request.transport.get_extra_info("sockname") if request.transport else None
-    if not auth.host_allowed(host, ctx.host_names(), str(sock[0]) if sock else ""):
+    local = str(sock[0]) if sock else ""
+    if not auth.host_allowed(host, ctx.host_names(), local) or \
+            not auth.host_allowed(request.url.raw_authority or host, ctx.host_names(), local):
         # DNS rebinding: a page elsewhere reaching this recorder under a name of its own
         refusals.note(addr, "unknown Host %r", host[:80])
         return _error_response(request, 421, "this recorder does not answer to that host name "
@@ -190,12 +192,15 @@ async def serve(core: Any) -> AsyncIterator[str]:
     await runner.setup()
     try:
         for host in cfg.http.bind:
-            site = web.TCPSite(runner, host, cfg.http.port, reuse_address=True, ssl_context=ssl_ctx)
             try:
-                await site.start()
+                socks = server.listening_sockets(host, cfg.http.port)
             except OSError as e:
                 raise StenoError(f"web page: cannot listen on {host}:{cfg.http.port}: {e.strerror or e} "
                                  f"(another program uses the port? set http.port)") from None
+            for sock in socks:
+                site = web.SockSite(runner, sock, ssl_context=ssl_ctx, backlog=server.ACCEPT_BATCH)
+                await site.start()
+                sock.listen(server.LISTEN_QUEUE)
         url = public_url(cfg, list(cfg.http.bind), "https" if ssl_ctx is not None else "http")
         log.info("web page listening on %s (%d ms; at most %d connections)", url,
                  (time.monotonic() - started) * 1000, guard.cap)

@@ -10,12 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from steno_exportd.errors import InvalidArgument
 from steno_exportd.web import auth
 from steno_exportd.web.cache import RenderCache
+from steno_exportd.web.server import RefusalLog
 
 CTX = web.AppKey("ctx", object)
+REFUSALS = web.AppKey("refusals", RefusalLog)      # one rate-limited log line per refused client
 SID = web.RequestKey("sid", str)            # the login's id ("" when not logged in)
 CSRF = web.RequestKey("csrf", str)
 PKG = Path(__file__).parent
@@ -130,8 +133,9 @@ async def read_form(request: web.Request) -> Any:
             return await request.post()
     except TimeoutError:
         raise web.HTTPRequestTimeout(text="the form came too slowly") from None
-    except (ValueError, LookupError, UnicodeDecodeError, AssertionError) as e:
-        raise InvalidArgument(f"the form could not be read: {str(e)[:80]}") from None
+    except (ValueError, LookupError, UnicodeDecodeError, AssertionError, RequestPayloadError) as e:
+        raise InvalidArgument(f"the form could not be read: {str(e).splitlines()[0][:80] if str(e) else e!r}") \
+            from None
 
 
 async def read_json(request: web.Request) -> dict:
@@ -142,6 +146,8 @@ async def read_json(request: web.Request) -> dict:
             raw = await request.read()
     except TimeoutError:
         raise web.HTTPRequestTimeout(text="the request body came too slowly") from None
+    except RequestPayloadError:
+        raise InvalidArgument("the request body could not be read (its encoding or framing is broken)") from None
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError):

@@ -345,14 +345,15 @@ async def _stream_parts(request: web.Request, resp: web.StreamResponse, ctx: Web
                 await resp.write(part)
                 sent += len(part)
         await resp.write_eof()
+    except FileEnded as e:
+        source_changed(request, name, f"session {e.session_id}", sent + e.sent, resp.content_length, e.why)
+        return sent + e.sent
     except ClientLeft as e:           # the client left: one INFO line, nothing counted or cached
         client_left(name, sent + e.sent, resp.content_length)
         return sent + e.sent
     except ConnectionError:
         client_left(name, sent, resp.content_length)
-    except FileEnded as e:
-        source_changed(request, name, f"session {e.session_id}", sent + e.sent, resp.content_length, e.why)
-        return sent + e.sent
+        request.protocol.force_close()
     except SourceChanged as e:        # a recording read through Python (checksums not known yet)
         source_changed(request, name, f"session {e.session_id}", sent, resp.content_length, e)
     except (SourceError, OSError) as e:
@@ -392,7 +393,7 @@ async def session_zip(request: web.Request) -> web.StreamResponse:
 
 async def selection_zip(request: web.Request) -> web.StreamResponse:
     ctx: WebContext = request.app[CTX]
-    raw = [x.strip() for x in request.query.getall("id", []) + request.query.get("ids", "").split(",") if x.strip()]
+    raw = [x for x in request.query.getall("id", []) + request.query.get("ids", "").split(",") if x]
     if not raw:
         raise InvalidArgument("select at least one session")
     if len(raw) > MAX_SELECTION:

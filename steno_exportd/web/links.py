@@ -5,6 +5,7 @@ when it fails before its first byte, and is written to the audit log with the gu
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from typing import Any
@@ -14,7 +15,7 @@ from aiohttp import web
 from steno_exportd.access import fingerprint
 from steno_exportd.errors import InvalidArgument, NotFoundError, StenoError, Throttled
 from steno_exportd.web import auth
-from steno_exportd.web.context import CTX, WebContext, bounded, client_addr, read_form
+from steno_exportd.web.context import CTX, REFUSALS, WebContext, bounded, client_addr, read_form
 from steno_exportd.web.downloads import download_name, one_of, send_audio, stream_zip
 from steno_exportd.web.pages import fmt_duration, fmt_when
 
@@ -124,6 +125,7 @@ async def share_pin(request: web.Request) -> web.Response:
         raise
     if not ok:
         attempt.failed()
+        request.app[REFUSALS].note(addr, "wrong PIN for share link %s…", link.token[:6], level=logging.WARNING)
         return ctx.render_page(request, "share_pin.html", status=403, token=link.token, error="Wrong PIN.")
     attempt.succeeded()
     await asyncio.to_thread(ctx.store.pin_was_right, link.token)
@@ -138,6 +140,7 @@ async def share_pin(request: web.Request) -> web.Response:
 
 def _pin_refused(request: web.Request, ctx: WebContext, token: str, e: Throttled) -> web.Response:
     wait = int(e.retry_after) + 1
+    request.app[REFUSALS].note(client_addr(request), "share PIN: %s", str(e))
     resp = ctx.render_page(request, "share_pin.html", status=429, token=token,
                            error=f"Too many wrong PINs. Try again in {wait} seconds.")
     resp.headers["Retry-After"] = str(wait)

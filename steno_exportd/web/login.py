@@ -8,7 +8,7 @@ from aiohttp import web
 
 from steno_exportd.errors import Throttled
 from steno_exportd.web import auth
-from steno_exportd.web.context import CTX, WebContext, client_addr, read_form
+from steno_exportd.web.context import CTX, REFUSALS, WebContext, client_addr, read_form
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ async def login(request: web.Request) -> web.Response:
         raise
     if not ok:
         attempt.failed()
-        log.warning("failed login from %s", addr)
+        request.app[REFUSALS].note(addr, "wrong password", level=logging.WARNING)
         return ctx.render_page(request, "login.html", status=401, next=nxt, error="Wrong password.")
     attempt.succeeded()
     hours = ctx.cfg.http.auth.session_hours
@@ -63,6 +63,7 @@ async def login(request: web.Request) -> web.Response:
 
 def _refused(request: web.Request, ctx: WebContext, nxt: str, e: Throttled) -> web.Response:
     wait = int(e.retry_after) + 1
+    request.app[REFUSALS].note(client_addr(request), "login: %s", str(e))
     resp = ctx.render_page(request, "login.html", status=429, next=nxt,
                            error=f"Too many failed attempts. Try again in {wait} seconds."
                            if "failed" in str(e) else f"Busy. Try again in {wait} seconds.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import resource
+import socket
 import time
 import weakref
 from typing import Any
@@ -17,7 +18,9 @@ from aiohttp.web_server import Server
 log = logging.getLogger(__name__)
 
 SERVER = "steno-exportd"
-RESERVED_FILES = 256        # descriptors kept for files, databases, the bus, and one accept batch (backlog)
+ACCEPT_BATCH = 128          # connections asyncio accepts per wake-up (its "backlog"): each costs a descriptor
+LISTEN_QUEUE = 4096         # the kernel's queue of connections not accepted yet (bounded by net.core.somaxconn)
+RESERVED_FILES = 384        # descriptors kept for files, databases, the bus, and one accept batch
 EVICT_BATCH = 0.05          # past the cap, this share of the connections (the longest idle) is closed at once
 
 
@@ -30,7 +33,7 @@ class RefusalLog:
         self._seen: dict[str, float] = {}
         self._window, self._lines, self._held = 0.0, 0, 0
 
-    def note(self, addr: str, message: str, *args: Any) -> None:
+    def note(self, addr: str, message: str, *args: Any, level: int = logging.INFO) -> None:
         now = self._clock()
         if now - self._window >= self.every:
             self._window, self._lines = now, 0
@@ -42,7 +45,13 @@ class RefusalLog:
         self._seen[addr] = now
         self._lines += 1
         held, self._held = self._held, 0
-        log.info("refused %s: " + message + (f" ({held} more refusals not logged)" if held else ""), addr, *args)
+        log.log(level, "refused %s: " + message + (f" ({held} more refusals not logged)" if held else ""),
+                _printable(addr), *(_printable(a) if isinstance(a, str) else a for a in args))
+
+
+def _printable(text: str) -> str:
+    """A client's words in one log line: control characters escaped (no forged lines in the journal)."""
+    return text if text.isprintable() else text.encode("unicode_escape", "replace").decode("ascii")
 
 
 def file_limit() -> int:
@@ -144,6 +153,9 @@ class Runner(web.AppRunner):
     def __init__(self, app: web.Application, **kw: Any) -> None:
         serving = app[SERVING]
         kw.setdefault("keepalive_timeout", serving.idle_timeout)
+        # a body the handler did not read (refused before it) is not drained: the connection closes instead,
+        # and a broken body (bad encoding) is never read after its answer, where only a traceback could report it
+        kw.setdefault("lingering_time", 0)
         super().__init__(app, **kw)
         self._guard = serving.guard
 
@@ -152,3 +164,25 @@ class Runner(web.AppRunner):
         server.__class__ = GuardedServer     # aiohttp builds the Server inside the app; give it our handlers
         server.guard = self._guard
         return server
+
+
+def listening_sockets(host: str, port: int) -> list[socket.socket]:
+    """Bound sockets for host:port (like asyncio's own: SO_REUSEADDR, IPv6 only on IPv6). The caller listens
+    again with LISTEN_QUEUE once asyncio has (asyncio ties its accept batch to the listen backlog): a burst of
+    connections then waits in the kernel instead of being dropped and retried a second later."""
+    out = []
+    try:
+        for family, kind, proto, _, addr in socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                                                flags=socket.AI_PASSIVE):
+            sock = socket.socket(family, kind, proto)
+            out.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(addr)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in out:
+            sock.close()
+        raise
+    return out

@@ -103,10 +103,11 @@ async def test_share_link_pin_and_revoke(web_client, sessions):
     client, _ = await web_client()
     s = with_audio(sessions)
     token = await csrf(client)
-    for bad in ({"pin": "12"}, {"hours": -1}, {"max_downloads": 0}, {"hours": "soon"}):
+    for bad in ({"pin": "12"}, {"pin": "4711"}, {"pin": "١٢٣٤٥٦"}, {"hours": -1}, {"max_downloads": 0},
+                {"hours": "soon"}):
         r = await client.post(f"/api/v1/sessions/{s.id}/share-links", json=bad, headers={"X-CSRF-Token": token})
         assert r.status == 400, bad
-    r = await client.post(f"/api/v1/sessions/{s.id}/share-links", json={"pin": "4711"},
+    r = await client.post(f"/api/v1/sessions/{s.id}/share-links", json={"pin": "471100"},
                           headers={"X-CSRF-Token": token})
     link = await r.json()
     anon = await anonymous(client)
@@ -114,9 +115,9 @@ async def test_share_link_pin_and_revoke(web_client, sessions):
     assert "needs a PIN" in html
     assert (await anon.get(f"{link['url']}/zip")).status == 403
     form_token = re.search(r'name="csrf" value="([^"]+)"', html).group(1)
-    r = await anon.post(link["url"], data={"pin": "0000", "csrf": form_token})
+    r = await anon.post(link["url"], data={"pin": "000000", "csrf": form_token})
     assert r.status == 403 and "Wrong PIN" in await r.text()
-    r = await anon.post(link["url"], data={"pin": "4711", "csrf": form_token})
+    r = await anon.post(link["url"], data={"pin": "471100", "csrf": form_token})
     assert r.status == 200 and "Download the meeting" in await r.text()
     r = await client.post(f"/api/v1/share-links/{link['token']}/revoke", headers={"X-CSRF-Token": token})
     assert (await r.json())["state"] == "revoked"
@@ -171,15 +172,15 @@ async def test_expired_link_is_gone_and_wrong_pins_are_rate_limited(web_client, 
         await asyncio.sleep(0.2)
     r = await client.get(short["url"] + "/zip")
     assert r.status == 410 and "expired" in await r.text()
-    r = await client.post(f"/api/v1/sessions/{s.id}/share-links", json={"pin": "2468"},
+    r = await client.post(f"/api/v1/sessions/{s.id}/share-links", json={"pin": "246800"},
                           headers={"X-CSRF-Token": token})
     link = await r.json()
     anon = await anonymous(client)
     html = await (await anon.get(link["url"])).text()
     form_token = re.search(r'name="csrf" value="([^"]+)"', html).group(1)
     for _ in range(3):
-        assert (await anon.post(link["url"], data={"pin": "1111", "csrf": form_token})).status == 403
-    r = await anon.post(link["url"], data={"pin": "2468", "csrf": form_token})
+        assert (await anon.post(link["url"], data={"pin": "111111", "csrf": form_token})).status == 403
+    r = await anon.post(link["url"], data={"pin": "246800", "csrf": form_token})
     assert r.status == 429 and int(r.headers["Retry-After"]) > 0        # even the right PIN, for a while
     await anon.close()
 
@@ -206,15 +207,11 @@ async def test_login_next_within_the_site_is_kept(web_client, sessions):
 
 
 async def test_a_tampered_session_cookie_is_refused(web_client):
-    import base64
     client, _ = await web_client(**PW)
     await login_form(client, PASSWORD)
     good = next(c.value for c in client.session.cookie_jar if c.key == "steno_session")
-    body, mac = good.rsplit(".", 1)
-    payload = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
-    longer = base64.urlsafe_b64encode(json.dumps({**payload, "exp": payload["exp"] + 10 ** 6}).encode()).decode()
-    flipped = mac[:-1] + ("A" if mac[-1] != "A" else "B")
-    for forged in (f"{longer.rstrip('=')}.{mac}", f"{body}.{flipped}", f"{body}.", body, f"{body}.{mac}.{mac}"):
+    flipped = good[:-1] + ("A" if good[-1] != "A" else "B")
+    for forged in (flipped, good[:-1], good + "A", good * 2, "A" * len(good), "x" * 4096):
         client.session.cookie_jar.clear()
         client.session.cookie_jar.update_cookies({"steno_session": forged})
         assert (await client.get("/api/v1/sessions")).status == 401, forged

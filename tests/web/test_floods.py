@@ -150,7 +150,7 @@ def test_slow_and_silent_clients_are_closed(web_daemon, own_lib):
 def test_logins_and_zip_clients_at_once_stay_under_memory_max(web_daemon, own_lib):
     from tests.web.test_hostile_files import grow, recordings
     for p in set(recordings(own_lib).values()):
-        grow(p, 64 << 20)
+        grow(p, 16 << 20)
     d = web_daemon(own_lib, **{"http.auth.mode": '"password"', "http.auth.password_hash": f'"{PASSWORD_HASH}"'})
     peak = [0]
     stop = threading.Event()
@@ -186,5 +186,5 @@ def test_logins_and_zip_clients_at_once_stay_under_memory_max(web_daemon, own_li
         stop.set()
         sampler.join()
     assert logins == {303: 40}, logins
-    assert len(set(sizes)) == 1 and sizes[0] > 64 << 20, sizes
+    assert len(set(sizes)) == 1 and sizes[0] > 16 << 20, sizes
     assert peak[0] < memory_max_kb(), f"RSS peak {peak[0] // 1024} MiB"
