@@ -5,7 +5,7 @@
   the first time (recordings read and hashed on the way) and once their checksums are known;
 - 64 concurrent small downloads (curl --parallel), requests/s, ours vs nginx;
 - the longest event-loop stall while an export job (PDF + audio) runs beside the downloads;
-- the real daemon (a process of its own, password mode, the unit's LimitNOFILE): its RSS peak under 40
+- the real daemon (a process of its own, password mode, the unit's LimitNOFILE and Environment): its RSS peak under 40
   concurrent logins + 20 ZIP clients (target <= 120 MB; MemoryMax is 256 MB), and a normal page's time while
   2,000 idle connections sit on it (target <= 100 ms) beside the same page's time without them.
 Client: curl to /dev/null. Medians of 3 rounds.
@@ -215,9 +215,11 @@ runtime_dir = "{tmp}/d/run"\n[export]\nallowed_dirs = ["{tmp}/exports"]\n[usb]\n
 [http]\nbind = ["127.0.0.1"]\nport = {port}\n[http.auth]\nmode = "password"
 password_hash = "{hash_password(PASSWORD)}"\n""")
     log = open(tmp / "d" / "daemon.log", "wb")
+    env = dict(os.environ, **dict(x.split("=", 1) for line in UNIT.read_text().splitlines()
+                                  if line.startswith("Environment=") for x in line[12:].split()))
     proc = subprocess.Popen(["prlimit", f"--nofile={nofile}:{nofile}", sys.executable, "-m", "steno_exportd",
                              "--config", str(conf), "run"], stdout=log, stderr=subprocess.STDOUT,
-                            cwd=Path(__file__).resolve().parents[1])
+                            cwd=Path(__file__).resolve().parents[1], env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30

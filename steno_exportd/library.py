@@ -867,8 +867,11 @@ def _resolve_in(raw: str, data_dir: Path) -> tuple[Path | None, str | None]:
     p = Path(raw)
     if not p.is_absolute():
         p = data_dir / p
-    real_dir = os.path.realpath(data_dir)
-    real = os.path.realpath(p)
+    try:
+        real_dir = os.path.realpath(data_dir)
+        real = os.path.realpath(p)
+    except OSError as e:        # a symlink swapped while it was resolved (EINVAL from readlink): not usable now
+        return None, f"path {raw!r} changed while it was checked ({e.strerror})"
     if real != real_dir and not real.startswith(real_dir.rstrip(os.sep) + os.sep):
         if ".." in Path(raw).parts:
             why = "'..' leads out of"

@@ -81,13 +81,15 @@ def reference(path: Path, data_dir: str | os.PathLike, st: os.stat_result | None
 
 
 def _components(ref: SourceRef) -> tuple[str, list[str]]:
-    real_dir = os.path.realpath(ref.data_dir)
-    path = os.path.normpath(ref.path if os.path.isabs(ref.path) else os.path.join(real_dir, ref.path))
-    rel = os.path.relpath(path, real_dir)
-    parts = rel.split(os.sep)
-    if rel in (".", "") or parts[0] == ".." or any(p in ("", ".", "..") for p in parts):
-        raise SourceChanged(f"{ref.path} is not inside the recorder's data folder {ref.data_dir}")
-    return real_dir, parts
+    """The folder to start from (as configured, or its real path: the library resolves paths) and the names
+    below it; a path that is not below it (after '..' is resolved as text) is refused."""
+    path = os.path.abspath(ref.path)
+    for base in dict.fromkeys((os.path.abspath(ref.data_dir), os.path.realpath(ref.data_dir))):
+        rel = os.path.relpath(path, base)
+        parts = rel.split(os.sep)
+        if rel not in (".", "") and parts[0] != ".." and not any(p in ("", ".", "..") for p in parts):
+            return base, parts
+    raise SourceChanged(f"{ref.path} is not inside the recorder's data folder {ref.data_dir}")
 
 
 def open_source(ref: SourceRef) -> SourceFile:

@@ -13,7 +13,7 @@ from steno_exportd.errors import Throttled
 
 N, R, P = 2 ** 14, 8, 1
 WORKERS = 2          # scrypt at N=2^14, r=8 needs 16 MiB per running check (PERFORMANCE.md): 32 MiB at most
-WAITING = 32         # checks queued behind them; more at once is a flood, answered "busy" at once
+WAITING = 64         # checks queued behind them (costing no memory); more at once is a flood: "busy"
 
 
 def hash_password(password: str, *, salt: bytes | None = None) -> str:
@@ -75,7 +75,8 @@ class PasswordChecker:
             self._pending -= 1
 
     def close(self) -> None:
-        """Stop the threads (a check still running finishes; queued ones are dropped); safe to call twice."""
+        """Stop the threads (a check still running finishes, queued ones are dropped; blocking: call from a
+        thread); safe to call twice."""
         pool, self._pool = self._pool, None
         if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.shutdown(wait=True, cancel_futures=True)

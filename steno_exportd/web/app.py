@@ -34,7 +34,9 @@ def _headers(resp: web.StreamResponse) -> None:
     h["Server"] = server.SERVER           # no Python or aiohttp version for a scanner
     h.setdefault("Content-Security-Policy", CSP)
     h.setdefault("X-Content-Type-Options", "nosniff")
-    h.setdefault("Referrer-Policy", "no-referrer")
+    # same-origin, not no-referrer: with no-referrer browsers send "Origin: null" on the page's own forms, and
+    # Origin is what tells them from a cross-site post; other sites still never see a Referer (share tokens)
+    h.setdefault("Referrer-Policy", "same-origin")
     h.setdefault("X-Frame-Options", "DENY")
     if resp.content_type == "text/html":
         h.setdefault("Cache-Control", "no-store")

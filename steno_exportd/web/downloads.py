@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 MAX_SELECTION = 500
 MAX_FORMATS = 32
+ZIP_CHUNK = 256 << 10       # a recording read through Python (checksums not known yet) holds ~6 of these per ZIP
 RANGE = re.compile(r"([0-9]*)-([0-9]*)")
 AUDIO_TYPES = {".flac": "audio/flac", ".wav": "audio/wav", ".mp3": "audio/mpeg", ".ogg": "audio/ogg",
                ".opus": "audio/ogg", ".m4a": "audio/mp4"}
@@ -331,7 +332,7 @@ async def _stream_parts(request: web.Request, resp: web.StreamResponse, ctx: Web
     """Write the plan's parts; the bytes sent (short of the length when the client left or a file changed)."""
     from steno_exportd.engine import archive
 
-    parts = archive.zip_parts(plan, chunk=1 << 20)
+    parts = archive.zip_parts(plan, chunk=ZIP_CHUNK)
     ctx.streams.add(resp)
     sent = 0
     try:

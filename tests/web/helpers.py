@@ -115,7 +115,8 @@ async def login_form(client, password: str, nxt: str = "/"):
 
 
 async def anonymous(client):
-    """A second browser on the same server: no cookies of the first."""
+    """A second browser on the same server: no cookies of the first. Leave it with ``await x.session.close()``
+    (TestClient.close() would stop the server too)."""
     import aiohttp
     from aiohttp.test_utils import TestClient
     anon = TestClient(client.server, cookie_jar=aiohttp.CookieJar(unsafe=True))
@@ -158,6 +159,20 @@ def rss_kb(pid: int) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
 
 
+UNIT = Path(__file__).resolve().parents[2] / "systemd" / "steno-exportd.service"
+
+
+def unit_environment() -> dict[str, str]:
+    """The Environment= lines of the shipped unit: a daemon in a test runs as the unit would run it."""
+    out = {}
+    for line in UNIT.read_text().splitlines():
+        if line.startswith("Environment="):
+            for item in line.removeprefix("Environment=").split():
+                key, _, value = item.partition("=")
+                out[key] = value
+    return out
+
+
 class WebDaemon:
     """The real daemon (tests/parts/daemon.py) serving the web page on a free loopback port; no D-Bus."""
 
@@ -172,7 +187,7 @@ class WebDaemon:
         cfg = write_config(tmp / f"web-daemon{n}.toml", tmp, "session", **{
             "recorder.db_path": f'"{lib / demo.DB_NAME}"', "dbus.enabled": "false", "http.enabled": "true",
             "http.bind": '["127.0.0.1"]', "http.port": str(port), **extra})
-        proc = factory(cfg, prefix=prefix)
+        proc = factory(cfg, prefix=prefix, env=unit_environment())
         proc.wait_ready(30)
         return cls(proc, f"http://127.0.0.1:{port}", port)
 

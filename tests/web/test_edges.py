@@ -92,10 +92,14 @@ async def test_every_post_answers_a_multipart_body_without_boundary_with_400(web
     for path in ("/login", "/logout", f"/sessions/{s.id}/share", "/share/x/revoke", "/s/x", "/api/v1/exports",
                  f"/api/v1/sessions/{s.id}/share-links", "/api/v1/share-links/x/revoke", "/api/v1/jobs/1/cancel",
                  "/api/v1/devices/x/eject"):
-        for headers in ({}, {"X-CSRF-Token": token, "Cookie": cookies}):
-            status, _, body = await raw(port, request("POST", path, port, {
-                "Content-Type": "multipart/form-data", **headers}, b"--x\r\n\r\n"))
-            assert status in (400, 403), (path, headers.keys(), status, body[:200])
+        # no token in a header: the form is read to find it, and a form without boundary is a 400
+        status, _, body = await raw(port, request("POST", path, port, {"Content-Type": "multipart/form-data",
+                                                                       "Cookie": cookies}, b"--x\r\n\r\n"))
+        assert status == 400, (path, status, body[:200])
+        # with the token: whatever the handler makes of it, never a server error
+        status, _, body = await raw(port, request("POST", path, port, {
+            "Content-Type": "multipart/form-data", "X-CSRF-Token": token, "Cookie": cookies}, b"--x\r\n\r\n"))
+        assert 300 <= status < 500, (path, status, body[:200])
 
 
 async def test_a_foreign_host_is_refused_in_every_mode(web_client):

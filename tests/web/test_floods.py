@@ -9,15 +9,13 @@ import resource
 import socket
 import threading
 import time
-from pathlib import Path
 
 import aiohttp
 
 from tests.parts import require_tool
 from tests.web.attacker import guess
-from tests.web.helpers import PASSWORD, PASSWORD_HASH, rss_kb
+from tests.web.helpers import PASSWORD, PASSWORD_HASH, UNIT, rss_kb
 
-UNIT = Path(__file__).resolve().parents[2] / "systemd" / "steno-exportd.service"
 NOFILE = ("prlimit", "--nofile=1024:1024")         # systemd's default soft limit, as if the unit set none
 
 

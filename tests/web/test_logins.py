@@ -24,7 +24,7 @@ async def works(client, value: str) -> bool:
         assert status in (200, 401), status
         return status == 200
     finally:
-        await other.close()
+        await other.session.close()
 
 
 async def logged_in(client) -> tuple[object, str]:
@@ -46,7 +46,7 @@ async def test_a_copied_cookie_dies_at_logout(web_client):
     r = await browser.post("/logout", data={"csrf": await page_token(browser)}, allow_redirects=False)
     assert r.status == 303
     assert not await works(client, value)
-    await browser.close()
+    await browser.session.close()
 
 
 async def test_a_password_change_ends_every_login(web_client):
@@ -58,7 +58,7 @@ async def test_a_password_change_ends_every_login(web_client):
     assert (await browser.get("/api/v1/sessions")).status == 401
     assert (await login_form(browser, PASSWORD)).status == 401
     assert (await login_form(browser, "another good password")).status == 303
-    await browser.close()
+    await browser.session.close()
 
 
 async def test_log_out_everywhere_ends_every_login(web_client):
@@ -67,8 +67,8 @@ async def test_log_out_everywhere_ends_every_login(web_client):
     r = await a.post("/logout", data={"csrf": await page_token(a), "everywhere": "1"}, allow_redirects=False)
     assert r.status == 303
     assert not await works(client, va) and not await works(client, vb)
-    await a.close()
-    await b.close()
+    await a.session.close()
+    await b.session.close()
 
 
 async def test_a_restart_keeps_valid_logins_and_only_those(web_client):
@@ -76,8 +76,8 @@ async def test_a_restart_keeps_valid_logins_and_only_those(web_client):
     keep, kept = await logged_in(client)
     gone, ended = await logged_in(client)
     await gone.post("/logout", data={"csrf": await page_token(gone)}, allow_redirects=False)
-    await keep.close()
-    await gone.close()
+    await keep.session.close()
+    await gone.session.close()
     restarted, _ = await web_client(**PW)                  # a new core and page on the same state dir
     assert await works(restarted, kept)
     assert not await works(restarted, ended)

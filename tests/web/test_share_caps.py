@@ -40,7 +40,7 @@ async def test_range_requests_of_a_share_link_count_and_are_audited(web_client, 
         shared = [a for a in audit if a["via"].startswith("share link")]
         assert len(shared) == 2 and all(a["addr"] == "127.0.0.1" for a in shared), audit
     finally:
-        await anon.close()
+        await anon.session.close()
 
 
 async def test_a_link_with_one_use_left_serves_exactly_one_of_many_concurrent_downloads(web_client, sessions):
@@ -56,7 +56,7 @@ async def test_a_link_with_one_use_left_serves_exactly_one_of_many_concurrent_do
             got = await asyncio.gather(*(get(g) for g in guests))
         finally:
             for g in guests:
-                await g.close()
+                await g.session.close()
         served = [n for status, n in got if status in (200, 206)]
         assert len(served) == 1 and sorted(st for st, _ in got).count(410) == 5, (what, got)
         assert await uses(client, s.id, link["token"]) == 1
@@ -78,4 +78,4 @@ async def test_a_download_that_fails_before_its_first_byte_gives_the_use_back(we
         assert r.status == 200 and await r.read() == saved
         assert await uses(client, sid, link["token"]) == 1
     finally:
-        await anon.close()
+        await anon.session.close()
