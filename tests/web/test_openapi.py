@@ -10,14 +10,16 @@ import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, given, settings
-from schemathesis import checks
+from hypothesis import strategies as st
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode, checks
 
 from steno_exportd import __version__, demo
 from steno_exportd.web.api import openapi_document
 from tests.parts.daemon import DaemonProc, write_config
 from tests.web.helpers import PASSWORD, PASSWORD_HASH, free_port
 
-EXAMPLES = 30           # per operation: ~17 operations in well under a minute here (measured: see docs/web.md)
+EXAMPLES = 60           # per operation and mode (valid, invalid data): 16 operations x 2 x 60 took ~20 s here
 
 
 def test_the_openapi_document_is_valid():
@@ -41,6 +43,7 @@ class Api:
         self.proc = DaemonProc(tmp / "d", cfg)
         self.url = f"http://127.0.0.1:{self.port}"
         self.http = requests.Session()
+        self.tmp = tmp
 
     def start(self) -> None:
         self.proc.wait_ready(30)
@@ -50,6 +53,20 @@ class Api:
         assert r.status_code == 303, r.text
         page = self.http.get(self.url + "/").text
         self.token = re.search(r'<meta name="csrf" content="([^"]+)">', page).group(1)
+        # things that exist, so generated requests reach the logic past "not found"
+        h = {"X-CSRF-Token": self.token}
+        self.keys = [str(x["id"]) for x in self.http.get(self.url + "/api/v1/sessions").json()["items"]]
+        job = self.http.post(self.url + "/api/v1/exports", headers=h, json={
+            "sessions": self.keys[:1], "formats": ["txt"], "target": str(self.tmp / "exports")})
+        assert job.status_code == 202, job.text
+        self.jobs = [str(job.json()["id"])]
+        link = self.http.post(f"{self.url}/api/v1/sessions/{self.keys[0]}/share-links", headers=h, json={})
+        assert link.status_code == 201, link.text
+        self.tokens = [link.json()["token"]]
+
+    def real(self, name: str) -> list[str]:
+        """Values of a path parameter that exist on this daemon."""
+        return {"key": self.keys, "id": self.jobs, "token": self.tokens}.get(name, [])
 
 
 @pytest.fixture(scope="module")
@@ -78,15 +95,22 @@ def test_the_api_answers_what_its_document_says(api):
     failures = []
     checks_run = [checks.not_a_server_error, checks.status_code_conformance, checks.content_type_conformance,
                   checks.response_schema_conformance, checks.response_headers_conformance]
-    for op in ops:
+    for op, mode in ((op, mode) for op in ops for mode in GenerationMode):
+        params = [p for p in ("key", "id", "token") if "{" + p + "}" in op.path]
+        existing = [v for p in params for v in api.real(p)]
+
         @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
                   suppress_health_check=list(HealthCheck))
-        @given(op.as_strategy())
-        def fuzz(case):
+        @given(op.as_strategy(mode), st.sampled_from([None, *existing]))
+        def fuzz(case, real):
+            if real is not None:            # half the time, something that exists: the logic behind the 404
+                case.path_parameters[params[0]] = real
             case.call_and_validate(base_url=api.url, session=api.http, headers={"X-CSRF-Token": api.token},
                                    checks=checks_run)
         try:
             fuzz()
+        except Unsatisfiable:               # no parameter and no body: nothing invalid to send
+            assert mode is GenerationMode.NEGATIVE and not op.path_parameters and not op.query, op.label
         except Exception as e:  # noqa: BLE001 - every operation is fuzzed; all failures are reported together
-            failures.append(f"{op.label}: {str(e)[:1500]}")
+            failures.append(f"{op.label} ({mode.value} data): {str(e)[:1500]}")
     assert not failures, "\n\n".join(failures)
