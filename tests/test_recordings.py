@@ -48,9 +48,9 @@ def test_what_is_not_the_checked_file_is_refused(data, tmp_path, attack):
         p.unlink()
         os.mkfifo(p)
         ref = SourceRef(p, data)
-    elif attack == "swapped":
-        p.unlink()
-        p.write_bytes(b"RIFF" + b"y" * 100)                 # another file under the same name
+    elif attack == "swapped":                               # another file under the same name
+        (data / "audio" / "new.wav").write_bytes(b"RIFF" + b"y" * 100)
+        os.replace(data / "audio" / "new.wav", p)
     elif attack == "grown":
         with open(p, "ab") as f:
             f.write(b"more")

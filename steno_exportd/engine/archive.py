@@ -53,6 +53,7 @@ class ArchiveEntry:
     sha256: str = ""
     trailer: Callable[[], bytes] | None = None
     session_id: int = 0             # whose file it is (named when it changes while being sent)
+    opened: Any = None              # the checked file, held open since planning (build_plan(keep_open=True))
 
 
 @dataclasses.dataclass
@@ -60,6 +61,12 @@ class ZipPlan:
     entries: list[ArchiveEntry]
     root: str = "SilentSteno"
     sessions: dict[str, dict] = dataclasses.field(default_factory=dict)   # uuid -> {folder, title, updated_at}
+
+    def close(self) -> None:
+        """Close the recordings a plan holds open (build_plan(keep_open=True)); safe to call twice."""
+        for e in self.entries:
+            if e.opened is not None:
+                e.opened.close()
 
 
 def _dos(t: float) -> tuple[int, int]:
@@ -201,11 +208,13 @@ def _checked(ref: SourceRef, st: os.stat_result) -> SourceRef:
 class FileSpan:
     """Bytes of a file to send as they are (sendfile): a stored entry whose checksums are known.
 
-    Open it with ``source.open()``: SourceChanged when the file is no longer the one planned."""
+    Send ``opened`` (held since the plan was made) or else ``source.open()``: SourceChanged when the file is no
+    longer the one planned."""
 
     source: SourceRef
     size: int
     session_id: int = 0
+    opened: Any = None              # the file as it was checked when planned (None: open source now)
 
     @property
     def path(self) -> Path:
@@ -251,12 +260,12 @@ def zip_parts(plan: ZipPlan, chunk: int = CHUNK) -> Iterator[bytes | FileSpan]:
             if buf:
                 yield bytes(buf)
                 buf.clear()
-            yield FileSpan(e.source, e.size, e.session_id)  # type: ignore[arg-type]
+            yield FileSpan(e.source, e.size, e.session_id, e.opened)  # type: ignore[arg-type]
         else:
             from steno_exportd.engine.writer import pipelined_reads
             crc, digest = 0, hashlib.sha256()
             try:
-                with e.source.open() as f:  # type: ignore[union-attr]
+                with e.opened or e.source.open() as f:  # type: ignore[union-attr]
                     # SHA-256 in the reader thread, CRC here, the bytes leave from the caller: three
                     # things at once (hashlib and zlib drop the GIL on large buffers)
                     reads = _read_all(f, e.size, chunk)
@@ -285,7 +294,7 @@ def zip_stream(plan: ZipPlan, chunk: int = CHUNK) -> Iterator[bytes]:
     """Yield the ZIP in chunks of about `chunk` bytes (FileSpans read here)."""
     for part in zip_parts(plan, chunk):
         if isinstance(part, FileSpan):
-            with part.source.open() as f:
+            with part.opened or part.source.open() as f:
                 yield from _read_all(f, part.size, chunk)
         else:
             yield part
@@ -320,7 +329,7 @@ def tar_gz_write(plan: ZipPlan, fileobj: Any) -> None:
                         digest.update(b)
                         return b
 
-                with e.source.open() as src:  # type: ignore[union-attr]
+                with e.opened or e.source.open() as src:  # type: ignore[union-attr]
                     reads = _read_all(src, e.size, CHUNK)
                     tar.addfile(ti, _Hashing(_Chunks(reads)))
                 e.sha256 = digest.hexdigest()
@@ -343,8 +352,11 @@ class _Chunks:
 
 
 def build_plan(library: Any, session_ids: tuple, formats: tuple, template: str, include_audio: bool, cfg: Any,
-               reg: Any = None, errors: dict | None = None, hashes: Any = None) -> ZipPlan:
-    """Sessions x formats -> archive entries with the same layout as a folder export."""
+               reg: Any = None, errors: dict | None = None, hashes: Any = None, keep_open: bool = False) -> ZipPlan:
+    """Sessions x formats -> archive entries with the same layout as a folder export.
+
+    Recordings are opened as the library checked them (no symlink followed, the same file) and pinned;
+    keep_open holds them open until plan.close(), so the archive is read from exactly what was checked."""
     from steno_exportd.engine.naming import folder_name, resolve_collision, safe_name
     from steno_exportd.engine.plan import plan_session, render_file
 
@@ -353,53 +365,62 @@ def build_plan(library: Any, session_ids: tuple, formats: tuple, template: str, 
     entries: list[ArchiveEntry] = []
     sessions: dict[str, dict] = {}
     taken: set[str] = set()
-    for seq, sid in enumerate(session_ids, 1):
-        s = library.get_session(sid)
-        folder = resolve_collision(safe_name(folder_name(s.summary, cfg.export.naming, cfg.export.folder_pattern,
-                                                         seq=seq), f"Session {s.id}", limit=240), taken)
-        taken.add(folder)
-        sessions[s.uuid] = {"id": s.id, "title": s.title,
-                            "updated_at": s.updated_at.isoformat() if s.updated_at else ""}
-        for pf in plan_session(s, formats, template, include_audio, reg):
-            if pf.error:
-                if errors is not None:
-                    errors.setdefault(s.id, []).append(pf.error)
-                continue
-            name = f"{root}/{folder}/{pf.name}"
-            if pf.source is not None:
-                try:
-                    source = _check_source(pf.source, s, data_dir)
-                except SourceError as err:
+    try:
+        for seq, sid in enumerate(session_ids, 1):
+            s = library.get_session(sid)
+            named = folder_name(s.summary, cfg.export.naming, cfg.export.folder_pattern, seq=seq)
+            folder = resolve_collision(safe_name(named, f"Session {s.id}", limit=240), taken)
+            taken.add(folder)
+            sessions[s.uuid] = {"id": s.id, "title": s.title,
+                                "updated_at": s.updated_at.isoformat() if s.updated_at else ""}
+            for pf in plan_session(s, formats, template, include_audio, reg):
+                if pf.error:
                     if errors is not None:
-                        errors.setdefault(s.id, []).append(f"{pf.name}: {err}")
+                        errors.setdefault(s.id, []).append(pf.error)
                     continue
-                e = ArchiveEntry(name, path=pf.source, source=source, session_uuid=s.uuid, fmt=pf.fmt,
-                                 version=pf.version, session_id=s.id)
-                known = hashes.get(pf.source, source) if hashes is not None else None
-                if known:
-                    e.crc, e.sha256 = known
-                    e.known = True
-                entries.append(e)
-            else:
-                try:
-                    data = render_file(pf, s, reg)
-                except Exception as e:  # noqa: BLE001 - one file's problem is reported, others go on
-                    if errors is not None:
-                        errors.setdefault(s.id, []).append(f"{pf.name}: {e}")
-                    continue
-                entries.append(ArchiveEntry(name, data=data, compress=True, session_uuid=s.uuid, fmt=pf.fmt,
-                                            version=pf.version))
+                name = f"{root}/{folder}/{pf.name}"
+                if pf.source is not None:
+                    try:
+                        source, opened = _check_source(pf.source, s, data_dir, keep_open)
+                    except SourceError as err:
+                        if errors is not None:
+                            errors.setdefault(s.id, []).append(f"{pf.name}: {err}")
+                        continue
+                    e = ArchiveEntry(name, path=pf.source, source=source, session_uuid=s.uuid, fmt=pf.fmt,
+                                     version=pf.version, session_id=s.id, opened=opened)
+                    known = hashes.get(pf.source, source) if hashes is not None else None
+                    if known:
+                        e.crc, e.sha256 = known
+                        e.known = True
+                    entries.append(e)
+                else:
+                    try:
+                        data = render_file(pf, s, reg)
+                    except Exception as e:  # noqa: BLE001 - one file's problem is reported, others go on
+                        if errors is not None:
+                            errors.setdefault(s.id, []).append(f"{pf.name}: {e}")
+                        continue
+                    entries.append(ArchiveEntry(name, data=data, compress=True, session_uuid=s.uuid, fmt=pf.fmt,
+                                                version=pf.version))
+    except BaseException:
+        for e in entries:               # what was opened so far is closed again
+            if e.opened is not None:
+                e.opened.close()
+        raise
     return make_plan(entries, root, sessions)
 
 
-def _check_source(path: Path, s: Any, data_dir: Path) -> SourceRef:
-    """Open a recording as the library checked it (no symlink followed, same file): its pinned reference."""
+def _check_source(path: Path, s: Any, data_dir: Path, keep_open: bool) -> tuple[SourceRef, Any]:
+    """Open a recording as the library checked it (no symlink followed, same file): its pinned reference,
+    and the open file when keep_open (else it is closed again)."""
     ref = SourceRef(Path(path), Path(data_dir))
     audio = s.audio
     if audio is not None and audio.path == path and audio.dev:
         ref = dataclasses.replace(ref, dev=audio.dev, ino=audio.ino)
-    with ref.open() as f:
-        return _checked(ref, f.st)
+    f = ref.open()
+    if not keep_open:
+        f.close()
+    return _checked(ref, f.st), f if keep_open else None
 
 
 def export_archive(library: Any, spec: Any, cfg: Any, progress: Any, reg: Any = None) -> list:

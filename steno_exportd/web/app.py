@@ -148,6 +148,7 @@ def make_app(core: Any, tls_on: bool = False) -> web.Application:
     async def context(app: web.Application) -> AsyncIterator[None]:
         ctx = await asyncio.to_thread(WebContext, core)
         ctx.tls = tls_on
+        ctx.source_budget = server.source_file_budget(app[server.SERVING].guard.cap)
         app[CTX] = ctx
         yield
         for resp in list(ctx.streams):

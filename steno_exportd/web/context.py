@@ -53,6 +53,8 @@ class WebContext:
         self._names: tuple[Any, frozenset[str]] = (None, frozenset())
         self.streams: set[web.StreamResponse] = set()
         self.tls = False
+        self.source_files = 0               # recordings held open by ZIP downloads now ...
+        self.source_budget = 64             # ... and at most (set by make_app from the open-file limit)
 
     @property
     def cfg(self) -> Any:

@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from steno_exportd.errors import InvalidArgument, NotFoundError, SourceError
+from steno_exportd.errors import InvalidArgument, NotFoundError, SourceError, Throttled
 from steno_exportd.recordings import SourceChanged, SourceRef
 from steno_exportd.web.context import CTX, WebContext, client_addr, session_key
 
@@ -297,12 +297,16 @@ async def stream_zip(request: web.Request, ctx: WebContext, ids: list[int], fmts
     ZIP off (connection closed, one WARNING naming the session): a ZIP never silently misses or truncates one."""
     from steno_exportd.engine import archive
 
-    sent = 0
+    sent, held, plan = 0, 0, None
     try:
         template = _template(request.query.get("template", ""), ctx)
         errors: dict = {}
+        held = len(ids) if "audio" in fmts else 0         # at most one recording per session stays open
+        if ctx.source_files + held > ctx.source_budget:
+            raise Throttled("too many ZIP downloads at once; try again in a moment", 5.0)
+        ctx.source_files += held
         plan = await asyncio.to_thread(archive.build_plan, ctx.core.library, tuple(ids), fmts, template,
-                                       "audio" in fmts, ctx.cfg, None, errors, ctx.hashes)
+                                       "audio" in fmts, ctx.cfg, None, errors, ctx.hashes, True)
         resp = web.StreamResponse(headers={"Content-Type": "application/zip",
                                            "Content-Disposition": disposition(name)})
         resp.content_length = archive.zip_size(plan)
@@ -314,6 +318,9 @@ async def stream_zip(request: web.Request, ctx: WebContext, ids: list[int], fmts
             return resp
         sent = await _stream_parts(request, resp, ctx, plan, name)
     finally:
+        if plan is not None:
+            plan.close()
+        ctx.source_files -= held
         if use is not None:
             await (use.commit("") if sent else use.release())
     if sent != resp.content_length:
@@ -372,9 +379,9 @@ def _close_parts(parts: Any) -> None:
 
 
 async def _send_file_span(request: web.Request, span: Any) -> int:
-    """A stored entry straight from the page cache to the socket, from the file as it was planned; its size."""
+    """A stored entry straight from the page cache to the socket, from the file opened when it was checked."""
     try:
-        src = await asyncio.to_thread(span.source.open)
+        src = span.opened if span.opened is not None else await asyncio.to_thread(span.source.open)
     except SourceError as e:
         raise FileEnded(0, e, span.session_id) from None
     try:

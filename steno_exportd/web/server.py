@@ -58,6 +58,11 @@ def file_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
+def source_file_budget(connections: int) -> int:
+    """Recordings ZIP downloads may hold open at once: what the open-file limit leaves beside the connections."""
+    return max(16, file_limit() - RESERVED_FILES - connections)
+
+
 class Connections:
     """Bounds the open connections: past the cap, the longest idle ones go first, then the oldest event
     streams; when none can go, the newcomer is closed."""

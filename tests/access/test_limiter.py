@@ -54,7 +54,7 @@ def test_rotating_addresses_meet_the_network_and_the_overall_limit():
 
 def test_back_off_doubles_up_to_the_longest_and_a_right_secret_clears_the_address():
     clock = Clock()
-    lim = Limiter(POLICY, clock)
+    lim = Limiter(LimiterPolicy(per_address=5, per_network=1000, overall=1000, longest=320.0), clock)
     for _ in range(5):
         lim.acquire("10.0.0.1").failed()
     waits = []
