@@ -293,8 +293,9 @@ async def stream_zip(request: web.Request, ctx: WebContext, ids: list[int], fmts
                      name: str, via: str, use: Use | None = None) -> web.StreamResponse:
     """One ZIP streamed on the fly (ZIP64, audio stored, SHA256SUMS and manifest), with Content-Length.
 
-    Its recordings are opened as they were checked when it was planned; one that changed meanwhile cuts the
-    ZIP off (connection closed, one WARNING naming the session): a ZIP never silently misses or truncates one."""
+    Its recordings are opened as they were checked when it is planned and held open until they are sent; one
+    that shrinks meanwhile cuts the ZIP off (connection closed, one WARNING naming the session): a ZIP never
+    silently misses or truncates one."""
     from steno_exportd.engine import archive
 
     sent, held, plan = 0, 0, None
