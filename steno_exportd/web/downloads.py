@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 MAX_SELECTION = 500
 MAX_FORMATS = 32
-ZIP_CHUNK = 256 << 10       # a recording read through Python (checksums not known yet) holds ~6 of these per ZIP
+ZIP_CHUNK = 128 << 10       # a recording read through Python (checksums not known yet) holds ~6 of these per ZIP
 RANGE = re.compile(r"([0-9]*)-([0-9]*)")
 AUDIO_TYPES = {".flac": "audio/flac", ".wav": "audio/wav", ".mp3": "audio/mpeg", ".ogg": "audio/ogg",
                ".opus": "audio/ogg", ".m4a": "audio/mp4"}
