@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 MAX_SELECTION = 500
 MAX_FORMATS = 32
 ZIP_CHUNK = 128 << 10       # a recording read through Python (checksums not known yet) holds ~6 of these per ZIP
+ZIP_BATCH = 512 << 10       # ... fetched from the reader 512 KiB at a time (a thread hop per chunk costs throughput)
 RANGE = re.compile(r"([0-9]*)-([0-9]*)")
 AUDIO_TYPES = {".flac": "audio/flac", ".wav": "audio/wav", ".mp3": "audio/mpeg", ".ogg": "audio/ogg",
                ".opus": "audio/ogg", ".m4a": "audio/mp4"}
@@ -344,15 +345,13 @@ async def _stream_parts(request: web.Request, resp: web.StreamResponse, ctx: Web
     ctx.streams.add(resp)
     sent = 0
     try:
-        while True:
-            part = await asyncio.to_thread(next, parts, None)
-            if part is None:
-                break
-            if isinstance(part, archive.FileSpan):
-                sent += await _send_file_span(request, part)
-            else:
-                await resp.write(part)
-                sent += len(part)
+        while batch := await asyncio.to_thread(_take, parts, ZIP_BATCH):
+            for part in batch:
+                if isinstance(part, archive.FileSpan):
+                    sent += await _send_file_span(request, part)
+                else:
+                    await resp.write(part)
+                    sent += len(part)
         await resp.write_eof()
     except FileEnded as e:
         source_changed(request, name, f"session {e.session_id}", sent + e.sent, resp.content_length, e.why)
@@ -371,6 +370,21 @@ async def _stream_parts(request: web.Request, resp: web.StreamResponse, ctx: Web
         ctx.streams.discard(resp)
         await asyncio.to_thread(_close_parts, parts)
     return sent
+
+
+def _take(parts: Any, limit: int) -> list:
+    """The next parts, up to limit bytes or a FileSpan (one thread hop for several small chunks); [] at the end."""
+    from steno_exportd.engine.archive import FileSpan
+    out: list = []
+    size = 0
+    for part in parts:
+        out.append(part)
+        if isinstance(part, FileSpan):
+            break
+        size += len(part)
+        if size >= limit:
+            break
+    return out
 
 
 def _close_parts(parts: Any) -> None:
