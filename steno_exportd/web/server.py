@@ -118,7 +118,8 @@ class QuietHandler(RequestHandler):
                 status = 431            # RFC 6585; aiohttp says 400
             self.refusals.note(str(request.remote or _peer(self)), "malformed request (%d): %s", status,
                                str(message or exc or "")[:120])
-            resp = web.Response(status=status, text=f"{status}: malformed request\n")
+            # the API's error shape (its OpenAPI document promises JSON for every 4xx): the path is not known yet
+            resp = web.json_response({"error": "malformed request", "status": status}, status=status)
             resp.force_close()
         else:
             resp = super().handle_error(request, status, exc, message)

@@ -2,6 +2,7 @@
 about itself. Inputs from tests/web/corpus/."""
 from __future__ import annotations
 
+import json
 import logging
 import re
 import socket
@@ -143,3 +144,13 @@ async def test_the_server_header_names_no_versions(web_client):
         status, headers, _ = await raw(port, data)
         server = headers.get("server", "")
         assert status and "python" not in server.lower() and "aiohttp" not in server.lower(), (data, headers)
+
+
+async def test_an_overlong_request_line_is_answered_in_the_apis_error_shape(web_client, caplog):
+    client, _ = await web_client()
+    port = client.server.port
+    for path in ("/api/v1/sessions?q=" + "%F1%9C%81%B5" * 1000, "/" + "a" * 9000):
+        status, headers, body = await raw(port, request("GET", path, port))
+        assert status in (400, 414, 431) and headers["content-type"].startswith("application/json"), (status, headers)
+        assert json.loads(body)["status"] == status
+    quiet(caplog)
