@@ -9,6 +9,7 @@ from typing import Any, Awaitable, Callable, Mapping
 
 from steno_exportd import events as ev
 from steno_exportd import request, retention
+from steno_exportd.access import Access
 from steno_exportd.config import Config
 from steno_exportd.devices import DeviceRegistry
 from steno_exportd.engine.jobs import JobManager, JobSpec
@@ -47,6 +48,7 @@ class Core:
     def __init__(self, cfg: Config, *, library: Library | None = None) -> None:
         self.cfg = cfg
         self.events = ev.EventBus()
+        self.access = Access(cfg)          # logins, share links, audit log, the limiter for every secret
         self._library = library
         self.state = StateDB(Path(cfg.state.dir) / "state.db")
         self.devices = DeviceRegistry(self.events, lambda d: self.state.device_seen(d.uuid or d.id, d.label,
@@ -76,6 +78,7 @@ class Core:
             return
         self._started = True
         await asyncio.to_thread(self.state.open)
+        await asyncio.to_thread(self.access.open)
         await self.jobs.start()
         await self.outbox.start()
         await retention.prune_safely(self)
@@ -92,12 +95,14 @@ class Core:
         await self.jobs.stop()
         await self.outbox.stop()
         await asyncio.to_thread(self.state.close)
+        await asyncio.to_thread(self.access.close)
 
     async def reload(self, cfg: Config) -> None:
         old = self.cfg
         self.cfg = cfg
         self.jobs.reload(cfg)
         self.outbox.reload(cfg)
+        self.access.reload(cfg)
         if (old.recorder.db_path, old.recorder.data_dir) != (cfg.recorder.db_path, cfg.recorder.data_dir):
             lib, self._library = self._library, None
             self._listing, self._lib_token = None, None

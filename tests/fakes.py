@@ -166,6 +166,7 @@ class FakeCore:
         self.events = self._core.events
         self.state = self._core.state
         self.outbox = self._core.outbox
+        self.access = self._core.access
         self.jobs = FakeJobs(self.events)
         self.devices = DeviceRegistry(self.events)
         self.auto_export = cfg.usb.auto_export.enabled
@@ -180,6 +181,7 @@ class FakeCore:
 
     async def start(self) -> None:
         await asyncio.to_thread(self.state.open)
+        await asyncio.to_thread(self.access.open)
         await self.outbox.start()
 
     async def stop(self) -> None:
@@ -188,10 +190,12 @@ class FakeCore:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.outbox.stop()
         await asyncio.to_thread(self.state.close)
+        await asyncio.to_thread(self.access.close)
 
     async def reload(self, cfg: Config) -> None:
         self.cfg = self._core.cfg = cfg
         self.outbox.reload(cfg)
+        self.access.reload(cfg)
         self.events.publish(ev.StatusChanged("config", "reloaded"))
 
     async def refresh_library(self) -> ev.SessionsChanged:
