@@ -147,8 +147,9 @@ class ExportConfig:
     continue_on_error: bool = opt(True, "Keep exporting other sessions when one fails.")
     max_concurrent_jobs: int = opt(2, "Jobs that run at the same time.", min=1, max=16)
     retries: int = opt(2, "Retries of a transient error, with backoff.", min=0, max=10)
-    allowed_dirs: list[str] = opt(["/media", "/mnt", "/srv/steno-export"],
-                                  "Directories D-Bus/web callers may export into.")
+    allowed_dirs: list[str] = opt(["/media", "/srv/steno-export"],
+                                  "Directories D-Bus/web callers may export into (the shipped unit must let the "
+                                  "service write there: ReadWritePaths=).")
     job_history_days: int = opt(90, "Days finished jobs stay in the state DB.", min=1)
 
 
@@ -264,9 +265,10 @@ class SambaConfig:
     smb_conf: str = opt("/etc/samba/smb.conf", "Not used: testparm checks the candidate snippet on its own "
                         "(kept so older configs load).", check=_check_abs_or_empty)
     testparm_command: list[str] = opt(["testparm", "-s"], "Validation command (the config file is appended).")
-    reload_command: list[str] = opt(["smbcontrol", "smbd", "reload-config"],
-                                    "Command that reloads smbd; [] when systemd's steno-exportd-samba-reload.path "
-                                    "does it (the hardened service cannot).")
+    reload_command: list[str] = opt([], "Command that reloads smbd; [] (the default): systemd's "
+                                    "steno-exportd-samba-reload.path does it, as root, when the snippet changes (the "
+                                    "hardened service cannot); e.g. [\"smbcontrol\", \"smbd\", \"reload-config\"] "
+                                    "without that unit.")
     close_command: list[str] = opt(["smbcontrol", "smbd", "close-share"],
                                    "Command that disconnects users from a share that was switched off or changed "
                                    "(the share name is appended); not used when reload_command is [] (the systemd "

@@ -23,6 +23,7 @@ from steno_exportd.mail import sender as mail_sender
 from steno_exportd.notify import Notifier
 from steno_exportd.samba import adapter as samba
 from steno_exportd.smb import triggers
+from steno_exportd.smb.push import SmbKind
 
 if TYPE_CHECKING:
     from steno_exportd.dbus.service import Service
@@ -132,6 +133,7 @@ class Daemon:
                 cfg = self.cfg = config_mod.replace(cfg, **{"dbus.bus": address})
 
             core = self.core = Core(cfg)
+            core.targets.register(SmbKind())      # smb:<remote> targets (push to a NAS)
             await core.start()
             stack.push_async_callback(self._stop_core)
             await self._log_sessions()

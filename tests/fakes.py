@@ -24,11 +24,14 @@ from steno_exportd import events as ev
 from steno_exportd.config import Config
 from steno_exportd.core import Core
 from steno_exportd.devices import DeviceRegistry
+from steno_exportd.engine import manifest as mf
 from steno_exportd.engine.jobs import JobSpec
 from steno_exportd.engine.options import ExportOptions
 from steno_exportd.engine.targets import DirectoryTarget, Target
 from steno_exportd.errors import NotFoundError
 from steno_exportd.library import SessionListing, SessionsDelta
+from steno_exportd.search import SearchResults
+from steno_exportd.smb.push import SmbKind
 from steno_exportd.model import FileRef, Session, SessionSummary
 
 T0 = dt.datetime(2026, 1, 1, 9, 0, tzinfo=dt.timezone.utc)
@@ -167,6 +170,9 @@ class FakeCore:
         self.state = self._core.state
         self.outbox = self._core.outbox
         self.access = self._core.access
+        self.search_index = self._core.search_index
+        self.targets = self._core.targets
+        self.targets.register(SmbKind())        # as the daemon does: smb: targets are checked as there
         self.jobs = FakeJobs(self.events)
         self.devices = DeviceRegistry(self.events)
         self.auto_export = cfg.usb.auto_export.enabled
@@ -214,6 +220,9 @@ class FakeCore:
 
     def template_names(self) -> list[str]:
         return self._core.template_names()
+
+    async def search(self, query: str, limit: int = 20, offset: int = 0) -> SearchResults:
+        return await self._core.search(query, limit, offset)
 
     async def check_export(self, ids: Any, formats: Any, target: str | Target,
                            options: ExportOptions | Mapping[str, Any] | None = None,
@@ -313,9 +322,11 @@ class FakeCore:
                 os.fsync(f.fileno())
             os.replace(tmp, final)
             results.append(ev.SessionResult(session_id=i, uuid=s.uuid, title=s.title, ok=True))
-        man = base / "manifest.json"
-        old = json.loads(man.read_text()) if man.exists() else {"sessions": []}
-        old["sessions"] += [{"uuid": self.library.get_session(i).uuid} for i in ids]
-        man.with_suffix(".tmp").write_text(json.dumps(old))
+        man = base / "manifest.json"         # the engine's manifest, as the real core writes it
+        m = mf.read(DirectoryTarget(root), "SilentSteno") if man.exists() else mf.Manifest()
+        for i in ids:
+            uuid = self.library.get_session(i).uuid
+            m.sessions[uuid] = {"folder": uuid, "files": {}}
+        man.with_suffix(".tmp").write_text(json.dumps(m.to_json()))
         os.replace(man.with_suffix(".tmp"), man)
         return results

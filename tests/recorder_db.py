@@ -107,6 +107,43 @@ class RecorderDB:
              size, checksum, TS))
 
 
+def meeting(rec: RecorderDB, title: str, lines: list[tuple[float, str, str]], **cols) -> int:
+    """A session with transcript lines (start seconds, speaker name, text), each 4 s long, in one transaction."""
+    with rec.conn:
+        rec.conn.execute("BEGIN")
+        sid = rec.session(title=title, **cols)
+        for start, who, text in lines:
+            rec.entry(sid, start, start + 4.0, text, speaker_id=f"S-{who}", speaker_name=who)
+    return sid
+
+
+def meetings_to_search(root: Path) -> RecorderDB:
+    """Three meetings for the search tests (``.ids``: budget, intl, plain): words said at known seconds,
+    accents, Cyrillic, Greek and Japanese, markup in a transcript line, a summary, an action item."""
+    r = RecorderDB(root)
+    r.ids = {
+        "budget": meeting(r, "Budget review", [
+            (0.0, "Alice", "Welcome everyone to the budget meeting."),
+            (12.5, "Bob", "The quarterly budget is approved."),
+            (1234.5, "Carla", "Let us talk about photosynthesis in the lab."),
+            (1300.0, "Bob", 'Beware of <script>alert("x")</script> & other tags in the budget sheet.'),
+        ], location="Meeting room 1"),
+        "intl": meeting(r, "Встреча с партнёрами", [
+            (3.0, "Анна", "Добрый день, коллеги! Начнём с обзора."),
+            (21.25, "Γιώργος", "Καλημέρα σε όλους. Η παράδοση καθυστερεί."),
+            (42.0, "José", "La reunión es en Zürich, después del almuerzo."),
+            (63.5, "Kenji", "来週までに見積もりを送ります。"),
+        ], location="Zürich, Bahnhofstraße 1", tags='["international"]'),
+        "plain": meeting(r, "Weekly sync", [
+            (5.0, "Dana", "Short meeting today, nothing about money."),
+        ]),
+    }
+    r.analysis(r.ids["budget"], "summary", "The budget meeting went well. " * 150 + "Finally the auditors arrived.")
+    r.analysis(r.ids["budget"], "action_items", "1 item", action_items='[{"text": "Send the spreadsheet", "owner": "Bob"}]')
+    r.participant(r.ids["plain"], "S1", "Dana Okonkwo", role="Facilitator")
+    return r
+
+
 class DemoLibraries:
     """Demo recorder libraries (database and audio) under ``root``, each kind generated once."""
 

@@ -8,6 +8,7 @@ from dbus_fast import Variant
 
 from steno_exportd.events import DeviceSnapshot, JobSnapshot, SessionResult
 from steno_exportd.model import Session, SessionSummary
+from steno_exportd.search import SearchHit, SearchResults
 
 
 def _iso(t: dt.datetime | None) -> str:
@@ -69,6 +70,33 @@ def session(full: Session) -> dict[str, Variant]:
     d["action_items"] = Variant("as", [a.text for a in full.action_items])
     d["topics"] = Variant("as", list(full.topics))
     d["has_audio"] = Variant("b", full.audio is not None)
+    return d
+
+
+def search_results(r: SearchResults) -> list[dict[str, Variant]]:
+    """SearchSessions' sessions: id, uuid, title, start_time, matches and the best hits (best first)."""
+    return [{
+        "id": Variant("x", int(m.session_id)),
+        "uuid": Variant("s", m.uuid or ""),
+        "title": Variant("s", m.title or ""),
+        "start_time": Variant("s", _iso(m.start_time)),
+        "matches": Variant("x", int(m.hit_count)),
+        "hits": Variant("aa{sv}", [search_hit(h) for h in m.hits]),
+    } for m in r.sessions]
+
+
+def search_hit(h: SearchHit) -> dict[str, Variant]:
+    """One matching text: its kind, the snippet with the matches' [start, end) character ranges; for a
+    transcript line also where it is said (seconds) and who said it (when known)."""
+    d = {
+        "kind": Variant("s", h.kind),
+        "snippet": Variant("s", h.snippet),
+        "marks": Variant("a(uu)", [[int(a), int(b)] for a, b in h.marks]),
+    }
+    if h.seconds is not None:
+        d["seconds"] = Variant("d", float(h.seconds))
+    if h.speaker:
+        d["speaker"] = Variant("s", h.speaker)
     return d
 
 

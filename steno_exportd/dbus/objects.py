@@ -35,6 +35,11 @@ class Manager(ServiceInterface):
 
     @method()
     @mapped
+    async def SearchSessions(self, query: "s", limit: "u") -> "aa{sv}uu":
+        return await self._svc.search_sessions(query, limit)
+
+    @method()
+    @mapped
     async def ExportSessions(self, ids: "as", formats: "as", target: "s", options: "a{sv}") -> "o":
         return await self._svc.export_sessions(ids, formats, target, options)
 

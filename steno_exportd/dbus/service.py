@@ -302,6 +302,11 @@ class Service:
     async def get_session(self, key: str) -> dict[str, Variant]:
         return convert.session(await self.core.session(key))
 
+    async def search_sessions(self, query: str, limit: int) -> list:
+        """Manager.SearchSessions: [sessions, total, pending]; the core checks the query and the limit."""
+        r = await self.core.search(query, limit)
+        return [convert.search_results(r), r.total, r.pending]
+
     def list_formats(self) -> list[str]:
         return list(formats.FORMATS)
 

@@ -357,10 +357,10 @@ def build_plan(library: Any, session_ids: tuple, formats: tuple, template: str, 
 
     Recordings are opened as the library checked them (no symlink followed, the same file) and pinned;
     keep_open holds them open until plan.close(), so the archive is read from exactly what was checked."""
-    from steno_exportd.engine.naming import folder_name, format_label, resolve_collision, safe_name
+    from steno_exportd.engine.naming import folder_name, format_label, resolve_collision, root_folder, safe_name
     from steno_exportd.engine.plan import plan_session, render_file, render_options
 
-    root = safe_name(cfg.export.root_folder, "SilentSteno")
+    root = root_folder(cfg)
     data_dir = cfg.recorder_data_dir
     options = render_options(cfg, template)
     entries: list[ArchiveEntry] = []
@@ -425,8 +425,8 @@ def _check_source(path: Path, s: Any, data_dir: Path, keep_open: bool) -> tuple[
     return _checked(ref, f.st), f if keep_open else None
 
 
-def export_archive(library: Any, spec: Any, cfg: Any, progress: Any, reg: Any = None) -> list:
-    """Write a .zip or .tar.gz file atomically (temp name, fsync, rename); results per session."""
+def export_archive(library: Any, spec: Any, cfg: Any, progress: Any, reg: Any = None, fmt: str = "zip") -> list:
+    """Write a ZIP (fmt "zip") or a tar.gz file atomically (temp name, fsync, rename); results per session."""
     from steno_exportd.engine.writer import read_back
     from steno_exportd.engine.targets import DirectoryTarget
     from steno_exportd.events import SessionResult
@@ -443,7 +443,7 @@ def export_archive(library: Any, spec: Any, cfg: Any, progress: Any, reg: Any = 
     h = t.open_write(path.name)
     done = 0
     try:
-        if path.name.lower().endswith(".zip"):
+        if fmt == "zip":
             for b in zip_stream(plan):
                 if progress.cancelled:
                     from steno_exportd.errors import CancelledJob

@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
 import re
 from typing import Any
 
@@ -14,8 +13,9 @@ from aiohttp import web
 
 from steno_exportd import events as ev
 from steno_exportd.errors import InvalidArgument, StenoError
+from steno_exportd.search import MAX_LIMIT, MAX_OFFSET, MAX_QUERY_CHARS, SearchHit, SearchResults
 from steno_exportd.web.context import (CTX, MAX_PER_PAGE, WebContext, bounded, device_json, job_json, number,
-                                       query_sessions, read_json, session_json, summary_json)
+                                       query_sessions, read_json, search_sessions, session_json, summary_json)
 from steno_exportd.web.links import new_link, revoke
 from steno_exportd.web.server import SERVING
 
@@ -29,6 +29,24 @@ async def list_sessions(request: web.Request) -> web.Response:
     res = await query_sessions(request.app[CTX], request.query)
     return web.json_response({**{k: v for k, v in res.items() if k != "items"},
                               "items": [summary_json(s) for s in res["items"]]})
+
+
+async def search(request: web.Request) -> web.Response:
+    """Words said (and titles, summaries, action items, places, tags, people): ?q=&limit=&offset=."""
+    return web.json_response(search_json(await search_sessions(request.app[CTX], request.query)))
+
+
+def search_json(r: SearchResults) -> dict:
+    """Each hit's snippet is plain text; ``marks`` are the matched [start, end) character ranges in it."""
+    def hit(sid: int, h: SearchHit) -> dict:
+        return {"kind": h.kind, "snippet": h.snippet, "marks": [list(m) for m in h.marks], "seconds": h.seconds,
+                "speaker": h.speaker, "url": f"/sessions/{sid}" + (f"#t={h.seconds:.3f}" if h.seconds is not None else "")}
+    return {"query": r.query, "total": r.total, "offset": r.offset, "limit": r.limit, "indexed": r.indexed,
+            "pending": r.pending, "broad": r.broad,
+            "items": [{"id": m.session_id, "uuid": m.uuid, "title": m.title,
+                       "start_time": m.start_time.isoformat() if m.start_time else None, "matches": m.hit_count,
+                       "url": f"/sessions/{m.session_id}", "hits": [hit(m.session_id, h) for h in m.hits]}
+                      for m in r.sessions]}
 
 
 async def get_session(request: web.Request) -> web.Response:
@@ -98,9 +116,7 @@ async def start_export(request: web.Request) -> web.Response:
         target = dev.mount_point
         opts = {"target_name": dev.label or dev.id, "device_id": dev.id, **opts}
     elif isinstance(body.get("target"), str) and body["target"]:
-        target = body["target"]
-        if not (target.startswith("smb:") or os.path.isabs(target)):
-            raise InvalidArgument("target: an absolute folder under export.allowed_dirs, or smb:<remote>")
+        target = body["target"]             # its kind in the core's target registry checks it
     else:
         raise InvalidArgument('give "device" (a stick id from /api/v1/devices) or "target"')
     try:
@@ -282,6 +298,12 @@ def openapi_document(version: str) -> dict:
         "paths": {
             "/api/v1/status": {"get": op("daemon status", ref("Status"))},
             "/api/v1/sessions": {"get": op("search, sort and page sessions", ref("SessionPage"), listq)},
+            "/api/v1/search": {"get": op("sessions whose words match q (what was said, summaries, action items, "
+                                         "titles, places, tags, people), best first", ref("SearchResults"),
+                                         (("q", "query", {"type": "string", "maxLength": MAX_QUERY_CHARS}),
+                                          ("limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}),
+                                          ("offset", "query", {"type": "integer", "minimum": 0,
+                                                               "maximum": MAX_OFFSET})))},
             "/api/v1/sessions/{key}": {"get": op("one session (id, uuid or short id)", ref("Session"), (key,))},
             "/api/v1/sessions/{key}/share-links": {
                 "get": op("share links of a session", arr(ref("ShareLink")), (key,)),
@@ -311,6 +333,15 @@ def openapi_document(version: str) -> dict:
                                                         "samba_enabled": {"type": "boolean"}, "samba_state": text}},
             "SessionSummary": summary,
             "Session": session,
+            "SearchResults": {"type": "object", "required": ["query", "total", "offset", "limit", "items"],
+                              "properties": {
+                "query": text, "total": integer, "offset": integer, "limit": integer, "indexed": integer,
+                "pending": integer, "broad": {"type": "boolean"}, "items": arr({
+                    "type": "object", "required": ["id", "uuid", "title", "matches", "url", "hits"], "properties": {
+                        "id": integer, "uuid": text, "title": opt_text, "start_time": opt_text, "matches": integer,
+                        "url": text, "hits": arr({"type": "object", "properties": {
+                            "kind": text, "snippet": text, "marks": arr(arr(integer)), "seconds": opt_num,
+                            "speaker": opt_text, "url": text}})}})}},
             "SessionPage": {"type": "object", "required": ["items", "total", "page", "pages"], "properties": {
                 "items": arr(ref("SessionSummary")), "total": integer, "page": integer, "pages": integer,
                 "per_page": integer, "sort": text, "order": text, "query": {"type": "object"}}},
@@ -340,6 +371,7 @@ def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/api/v1/status", status)
     r.add_get("/api/v1/sessions", list_sessions)
+    r.add_get("/api/v1/search", search)
     r.add_get("/api/v1/sessions/{key}", get_session)
     r.add_get("/api/v1/sessions/{key}/share-links", session_links)
     r.add_post("/api/v1/sessions/{key}/share-links", create_link)

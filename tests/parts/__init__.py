@@ -50,7 +50,7 @@ def wait_for(cond: Callable[[], object], timeout: float = 10.0, interval: float 
 async def until(cond: Callable[[], object], what: str = "condition", timeout: float = 20.0,
                 interval: float = 0.05, in_thread: bool = True) -> object:
     """wait_for inside an event loop: cond() runs in a thread (it may block on I/O) unless in_thread=False;
-    a coroutine function as cond is awaited in the loop."""
+    a coroutine function as cond is awaited on the loop."""
     import asyncio
     import inspect
     deadline = time.monotonic() + timeout

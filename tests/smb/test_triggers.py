@@ -2,17 +2,17 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import json
+import types
 
 import pytest
 
 from steno_exportd import events
 from steno_exportd.smb import triggers as schedule
+from steno_exportd.config import Config, SmbConfig, SmbRemote, StateConfig
 from steno_exportd.errors import InvalidArgument
-from tests.configs import make_config
-from tests.fakes import FakeCore, make_session
-from tests.parts import until
 
 T = dt.datetime(2026, 11, 23, 3, 30)   # a Monday
 
@@ -47,41 +47,117 @@ def test_next_after():
     assert schedule.parse("0 0 1 1 *").next_after(T) == dt.datetime(2027, 1, 1, 0, 0)
 
 
-def _cfg(tmp_path):
-    return make_config(tmp_path, **{"smb.remotes": [
-        dict(name="office", server="nas", share="s", schedule="30 3 * * *", push_on_new=True, formats=["txt"]),
-        dict(name="other", server="nas", share="s", schedule="0 4 * * *")]})
+class FakeLibrary:
+    def __init__(self):
+        self.sessions = {}
+
+    def list_sessions(self, exportable_only=False):
+        return [types.SimpleNamespace(id=i, exportable=ok) for i, ok in sorted(self.sessions.items())
+                if ok or not exportable_only]
 
 
-async def test_run_schedules_pushes_due_remotes_once_per_minute(tmp_path):
-    core = FakeCore(_cfg(tmp_path))
+class FakeCore:
+    """Queues nothing: records each push and says, when asked, that its job ended (ok or not)."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.events = events.EventBus()
+        self.library = FakeLibrary()
+        self.calls = []
+        self.jobs = []
+
+    async def listing(self):
+        return types.SimpleNamespace(sessions=tuple(self.library.list_sessions()))
+
+    async def export_sessions(self, ids, formats, target, options):
+        self.calls.append((ids, tuple(formats), target))
+        job = events.JobSnapshot(id=len(self.jobs) + 1, operation="push", target=target,
+                                 state=events.JobState.QUEUED, sessions=tuple(ids) if ids != "all" else ())
+        self.jobs.append(job)
+        return job
+
+    def end(self, job, ok: bool):
+        """Publish the job's end: every session pushed, or all failed."""
+        results = tuple(events.SessionResult(i, f"u{i}", "", ok, error="" if ok else "NAS away")
+                        for i in job.sessions)
+        self.events.publish(events.JobUpdated(dataclasses.replace(
+            job, state=events.JobState.COMPLETED if ok else events.JobState.FAILED, results=results)))
+
+
+def _cfg():
+    return Config(smb=SmbConfig(remotes=[
+        SmbRemote(name="office", server="nas", share="s", schedule="30 3 * * *", push_on_new=True,
+                  formats=["txt"]),
+        SmbRemote(name="other", server="nas", share="s", schedule="0 4 * * *")]))
+
+
+async def test_run_schedules_pushes_due_remotes_once_per_minute():
+    core = FakeCore(_cfg())
     task = asyncio.create_task(schedule.run_schedules(core, clock=lambda: T.replace(second=1)))
     await asyncio.sleep(0.05)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert core.exports == [("all", ("txt",), "smb:office", False)]
+    assert core.calls == [("all", ("txt",), "smb:office")]
 
 
 async def test_push_on_new_session(tmp_path):
-    core = FakeCore(_cfg(tmp_path), n_sessions=6)
+    core = FakeCore(dataclasses.replace(_cfg(), state=StateConfig(dir=str(tmp_path))))
+    core.library.sessions = {i: True for i in range(1, 7)}
     task = asyncio.create_task(schedule.run_push_on_new(core))
-    marks = tmp_path / "state" / "push" / "on-new.json"
+    marks = tmp_path / "push" / "on-new.json"
 
-    async def publish(ev, done):
+    async def publish(ev, until):
         core.events.publish(ev)
-        await until(done, f"the triggers to act on {ev}", 1, 0.01, in_thread=False)
+        for _ in range(100):
+            if until():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"nothing happened after {ev}: {core.calls}")
     try:
         await asyncio.sleep(0)
         await publish(events.SessionsChanged(added=tuple(range(1, 7))), marks.exists)   # the first look
-        assert core.exports == [] and json.loads(marks.read_text()) == {"office": 6}
-        core.library.add(make_session(7), make_session(8, status="recording"))    # 8 still recording
-        await publish(events.SessionsChanged(changed=(1,), added=(7, 8)), lambda: core.exports)
-        assert core.exports == [([7], ("txt",), "smb:office", False)]
-        core.library.add(make_session(8))
-        await publish(events.SessionsChanged(changed=(8,)), lambda: len(core.exports) == 2)
-        assert core.exports[1] == ([8], ("txt",), "smb:office", False)
-        assert json.loads(marks.read_text()) == {"office": 8}
+        assert core.calls == [] and json.loads(marks.read_text()) == {"office": 6}
+        core.library.sessions.update({7: True, 8: False})                           # 8 still recording
+        await publish(events.SessionsChanged(changed=(1,), added=(7, 8)), lambda: core.calls)
+        assert core.calls == [([7], ("txt",), "smb:office")]
+        core.end(core.jobs[0], ok=True)
+        await publish(events.SessionsChanged(changed=(1,)), lambda: json.loads(marks.read_text()) == {"office": 7})
+        core.library.sessions[8] = True
+        await publish(events.SessionsChanged(changed=(8,)), lambda: len(core.calls) == 2)
+        assert core.calls[1] == ([8], ("txt",), "smb:office")
+        core.end(core.jobs[1], ok=True)
+        await publish(events.SessionsChanged(changed=(1,)), lambda: json.loads(marks.read_text()) == {"office": 8})
+        assert len(core.calls) == 2                       # nothing pushed twice
+    finally:
+        task.cancel()
+
+
+async def test_push_on_new_pushes_a_failed_session_again_with_the_next_change(tmp_path):
+    core = FakeCore(dataclasses.replace(_cfg(), state=StateConfig(dir=str(tmp_path))))
+    core.library.sessions = {i: True for i in range(1, 7)}
+    task = asyncio.create_task(schedule.run_push_on_new(core))
+    marks = tmp_path / "push" / "on-new.json"
+
+    async def publish(ev, until):
+        core.events.publish(ev)
+        for _ in range(100):
+            if until():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"nothing happened after {ev}: {core.calls}")
+    try:
+        await asyncio.sleep(0)
+        await publish(events.SessionsChanged(added=tuple(range(1, 7))), marks.exists)
+        core.library.sessions[7] = True
+        await publish(events.SessionsChanged(added=(7,)), lambda: core.calls)
+        core.end(core.jobs[0], ok=False)                  # the NAS was away
+        core.library.sessions[8] = True
+        await publish(events.SessionsChanged(added=(8,)), lambda: len(core.calls) == 2)
+        assert core.calls[1] == ([7, 8], ("txt",), "smb:office")      # 7 goes again, with 8
+        assert json.loads(marks.read_text()) == {"office": 6}        # nothing past 6 landed yet
+        core.end(core.jobs[1], ok=True)
+        await publish(events.SessionsChanged(changed=(1,)), lambda: json.loads(marks.read_text()) == {"office": 8})
     finally:
         task.cancel()
 

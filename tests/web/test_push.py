@@ -8,6 +8,7 @@ import re
 
 from steno_exportd.samba import share as samba
 from steno_exportd.samba import adapter
+from steno_exportd.smb.push import SmbKind
 from tests import parts
 from tests.parts import sha256sum_check
 from tests.parts.smbd import make_smbd
@@ -27,6 +28,7 @@ async def test_send_to_office_from_the_page_lands_verified_on_the_share(web_clie
     client, core = await web_client(**{
         "smb.recorder_folder": "rec-web",
         "smb.remotes": [dataclasses.asdict(dataclasses.replace(remote, formats=["txt", "json"]))]})
+    core.targets.register(SmbKind())            # as the daemon does
     listing = await (await client.get("/")).text()
     ids = re.findall(r'<input type="checkbox" name="id" value="(\d+)"', listing)[:2]
     assert len(ids) == 2
