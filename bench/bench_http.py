@@ -4,7 +4,10 @@
 - a ZIP of a 1 GiB multi-session selection (4 x 256 MiB recordings) streamed vs nginx's single file:
   the first time (recordings read and hashed on the way) and once their checksums are known;
 - 64 concurrent small downloads (curl --parallel), requests/s, ours vs nginx;
-- the longest event-loop stall while an export job (PDF + audio) runs beside the downloads.
+- the longest event-loop stall while an export job (PDF + audio) runs beside the downloads;
+- the real daemon (a process of its own, password mode, the unit's LimitNOFILE and Environment): its RSS peak under 40
+  concurrent logins + 20 ZIP clients (target <= 120 MB; MemoryMax is 256 MB), and a normal page's time while
+  2,000 idle connections sit on it (target <= 100 ms) beside the same page's time without them.
 Client: curl to /dev/null. Medians of 3 rounds.
 """
 from __future__ import annotations
@@ -182,6 +185,130 @@ async def main() -> None:
             ng.send_signal(signal.SIGTERM)
             ng.wait(10)
             await core.stop()
+        await daemon_under_load(tmp_path, lib, zip_ids[0])
+
+
+UNIT = Path(__file__).resolve().parents[1] / "systemd" / "steno-exportd.service"
+PASSWORD = "bench password 1"
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(x.split()[1]) for x in f if x.startswith("VmRSS:")) / 1024
+
+
+async def daemon_under_load(tmp: Path, lib: Path, zip_session: int) -> None:
+    """The real daemon as the unit runs it (its LimitNOFILE), loaded by logins, ZIP clients, idle sockets."""
+    import re
+    import resource
+
+    import aiohttp
+
+    from steno_exportd.access.passwords import hash_password
+    nofile = re.search(r"(?m)^LimitNOFILE=(\d+)$", UNIT.read_text()).group(1)
+    port = free_port()
+    (tmp / "d").mkdir()
+    conf = tmp / "d" / "config.toml"
+    conf.write_text(f"""[recorder]\ndb_path = "{lib / demo.DB_NAME}"\n[state]\ndir = "{tmp}/d/state"
+runtime_dir = "{tmp}/d/run"\n[export]\nallowed_dirs = ["{tmp}/exports"]\n[usb]\nenabled = false
+[dbus]\nenabled = false\n[samba]\nexport_dir = "{tmp}/d/share"\nsnippet_path = "{tmp}/d/snippet.conf"
+[http]\nbind = ["127.0.0.1"]\nport = {port}\n[http.auth]\nmode = "password"
+password_hash = "{hash_password(PASSWORD)}"\n""")
+    log = open(tmp / "d" / "daemon.log", "wb")
+    env = dict(os.environ, **dict(x.split("=", 1) for line in UNIT.read_text().splitlines()
+                                  if line.startswith("Environment=") for x in line[12:].split()))
+    proc = subprocess.Popen(["prlimit", f"--nofile={nofile}:{nofile}", sys.executable, "-m", "steno_exportd",
+                             "--config", str(conf), "run"], stdout=log, stderr=subprocess.STDOUT,
+                            cwd=Path(__file__).resolve().parents[1], env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise SystemExit("bench_http: the daemon did not start; see " + str(tmp / "d" / "daemon.log"))
+            await asyncio.sleep(0.1)
+        idle_rss = rss_mb(proc.pid)
+        peak = [idle_rss]
+
+        async def sample() -> None:
+            while True:
+                peak[0] = max(peak[0], rss_mb(proc.pid))
+                await asyncio.sleep(0.01)
+
+        async def login(http: aiohttp.ClientSession) -> int:
+            async with http.get(url + "/login") as r:
+                token = re.search(r'name="csrf" value="([^"]+)"', await r.text()).group(1)
+            async with http.post(url + "/login", data={"password": PASSWORD, "csrf": token},
+                                 allow_redirects=False) as r:
+                return r.status
+
+        jar = aiohttp.CookieJar(unsafe=True)
+        async with aiohttp.ClientSession(cookie_jar=jar) as http:
+            assert await login(http) == 303
+            cookie = "; ".join(f"{c.key}={c.value}" for c in jar)
+            sampler = asyncio.create_task(sample())
+            zips = [asyncio.create_task(asyncio.create_subprocess_exec(
+                "curl", "-s", "-o", "/dev/null", "-H", f"Cookie: {cookie}", f"{url}/sessions/{zip_session}/zip?formats=audio,txt",
+                stdout=subprocess.DEVNULL)) for _ in range(20)]
+            logins = []
+            for i in range(40):
+                conn = aiohttp.TCPConnector(local_addr=(f"127.60.{i}.1", 0))
+                logins.append(aiohttp.ClientSession(connector=conn, cookie_jar=aiohttp.CookieJar(unsafe=True)))
+            t0 = time.perf_counter()
+            codes = await asyncio.gather(*(login(h) for h in logins))
+            login_s = time.perf_counter() - t0
+            for h in logins:
+                await h.close()
+            for z in zips:
+                await (await z).wait()
+            sampler.cancel()
+        print(f"http_daemon_rss_idle_MB: {idle_rss:.0f}")
+        print(f"http_daemon_rss_peak_40_logins_20_zips_MB: {peak[0]:.0f}  (target <= 120; MemoryMax 256; "
+              f"before issue 14: 197-325 under 40 logins)")
+        print(f"http_40_concurrent_logins_s: {login_s:.2f}  ({codes.count(303)} of 40 logged in)")
+
+        async def page_ms(n: int = 20) -> list[float]:
+            out = []
+            async with aiohttp.ClientSession(cookie_jar=jar) as http:
+                for _ in range(n):
+                    t = time.perf_counter()
+                    async with http.get(url + "/") as r:
+                        await r.read()
+                        assert r.status == 200, r.status
+                    out.append((time.perf_counter() - t) * 1000)
+                    await asyncio.sleep(0.05)
+            return out
+        quiet = await page_ms()
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
+        socks = []
+        for _ in range(2000):
+            sock = socket.socket()
+            sock.setblocking(False)
+            try:
+                sock.connect(("127.0.0.1", port))
+            except BlockingIOError:
+                pass
+            socks.append(sock)
+        await asyncio.sleep(1.0)
+        flooded = await page_ms()
+        for sock in socks:
+            sock.close()
+        q, f = statistics.median(quiet), statistics.median(flooded)
+        print(f"http_page_ms_quiet: {q:.0f}  (the meetings page, median of 20)")
+        print(f"http_page_ms_during_2000_idle_connections: {f:.0f}  (max {max(flooded):.0f}; target <= 100; "
+              f"ratio to quiet {f / q:.2f})")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
 
 
 def nginx_url(port: int) -> str:

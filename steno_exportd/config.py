@@ -208,15 +208,32 @@ class HttpAuthConfig:
     allowed_networks: list[str] = opt(
         ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fe80::/10", "fc00::/7"],
         "Client networks allowed to connect (CIDR).")
-    max_failed_logins: int = opt(5, "Failed logins per address before a lockout.", min=1)
-    lockout_seconds: int = opt(300, "Lockout after too many failed logins.", min=1)
+    max_failed_logins: int = opt(5, "Failed logins or share PINs per client address before it must wait.", min=1)
+    max_failed_network: int = opt(20, "Failed attempts per network (IPv4 /24, IPv6 /64) before it must wait.",
+                                  min=1)
+    max_failed_global: int = opt(100, "Failed attempts from all addresses together before everyone must wait.",
+                                 min=1)
+    lockout_seconds: int = opt(300, "The longest wait after failed attempts (the first is 1/16 of it, "
+                                    "doubling with each further failure).", min=1)
 
 
 @dataclasses.dataclass(frozen=True)
 class ShareLinksConfig:
     enabled: bool = opt(True, "Allow share links.")
     default_expiry_hours: float = opt(72.0, "Default lifetime of a share link.", min=0.01)
-    default_max_downloads: int = opt(5, "Default number of complete downloads a link allows.", min=1)
+    default_max_downloads: int = opt(5, "Default number of downloads a link allows (any GET of a file or the "
+                                        "ZIP, Range requests included).", min=1)
+    min_pin_digits: int = opt(6, "Shortest PIN a share link may have.", min=4, max=12)
+    max_wrong_pins: int = opt(10, "Wrong PINs after which a link locks itself for good (0: never).", min=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class HttpTlsConfig:
+    mode: str = opt("off", "HTTPS on the page's port: off; self-signed (a certificate made on first start and "
+                           "kept in the state dir); files (cert_file and key_file).",
+                    choices=("off", "self-signed", "files"))
+    cert_file: str = opt("", "PEM certificate (chain) for mode = files.", check=_check_abs_or_empty)
+    key_file: str = opt("", "PEM private key for mode = files.", check=_check_abs_or_empty, secret=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,8 +244,16 @@ class HttpConfig:
     public_url: str = opt("", "URL shown to users; empty: http://<hostname>.local:<port>.")
     cache_max_mb: int = opt(256, "Size bound of the rendered-format cache, MiB.", min=0)
     max_body_kb: int = opt(64, "Largest accepted request body, KiB.", min=1)
+    host_names: list[str] = opt([], "Further names the page answers to (besides its host name, <host>.local, "
+                                    "localhost, its addresses and public_url's host); other Host headers get 421.")
+    max_connections: int = opt(512, "Open connections at most (also bounded by the open-file limit); past it "
+                                    "the longest idle ones are closed first.", min=16)
+    idle_timeout: float = opt(15.0, "Seconds a connection may stay silent (no request, or a request's headers "
+                                    "not complete) before it is closed.", min=1)
+    body_timeout: float = opt(30.0, "Seconds a client may take to send a request body.", min=1)
     auth: HttpAuthConfig = section(HttpAuthConfig)
     share_links: ShareLinksConfig = section(ShareLinksConfig)
+    tls: HttpTlsConfig = section(HttpTlsConfig)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -585,6 +610,8 @@ def _cross_check(cfg: Config, errors: list[str]) -> None:
         msg = _check_cidr(net)
         if msg:
             errors.append(f"http.auth.allowed_networks[{i}]: {msg}")
+    if cfg.http.tls.mode == "files" and not (cfg.http.tls.cert_file and cfg.http.tls.key_file):
+        errors.append("http.tls.cert_file: mode = 'files' needs cert_file and key_file")
     if cfg.http.auth.mode == "password" and not cfg.http.auth.password_hash:
         errors.append("http.auth.password_hash: required when http.auth.mode = 'password' "
                       "(make one with 'steno-exportd hash-password')")

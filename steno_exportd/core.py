@@ -9,6 +9,7 @@ from typing import Any, Awaitable, Callable, Mapping
 
 from steno_exportd import events as ev
 from steno_exportd import request, retention
+from steno_exportd.access import Access
 from steno_exportd.config import Config
 from steno_exportd.devices import DeviceRegistry
 from steno_exportd.engine.identity import recorder_folder
@@ -38,6 +39,7 @@ class Core:
                  clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
         self.events = ev.EventBus()
+        self.access = Access(cfg)          # logins, share links, audit log, the limiter for every secret
         self._library = library
         self.state = StateDB(Path(cfg.state.dir) / "state.db")
         self.targets = local_targets()      # the composition root registers more kinds (smb:)
@@ -78,6 +80,7 @@ class Core:
             return
         self._started = True
         await asyncio.to_thread(self.state.open)
+        await asyncio.to_thread(self.access.open)
         await self.jobs.start()
         await self.outbox.start()
         await self.search_index.start(lambda: self.library)
@@ -98,6 +101,7 @@ class Core:
         await self.jobs.stop()
         await self.outbox.stop()
         await asyncio.to_thread(self.state.close)
+        await asyncio.to_thread(self.access.close)
 
     async def reload(self, cfg: Config) -> None:
         old = self.cfg
@@ -105,6 +109,7 @@ class Core:
         self.jobs.reload(cfg)
         self.outbox.reload(cfg)
         await self.schedules.reload(cfg)
+        self.access.reload(cfg)
         if (old.recorder.db_path, old.recorder.data_dir) != (cfg.recorder.db_path, cfg.recorder.data_dir):
             lib, self._library = self._library, None
             self._listing, self._lib_token = None, None

@@ -54,3 +54,11 @@ class VerifyError(StenoError):
 
 class CancelledJob(StenoError):
     """A job was cancelled by request."""
+
+
+class Throttled(StenoError):
+    """Too many attempts (a password, a PIN) or too many at once: try again after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = max(1.0, float(retry_after))

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sqlite3
+import stat as stat_mod
 import threading
 import urllib.parse
 from pathlib import Path
@@ -922,8 +923,11 @@ def _resolve_in(raw: str, data_dir: Path) -> tuple[Path | None, str | None]:
     p = Path(raw)
     if not p.is_absolute():
         p = data_dir / p
-    real_dir = os.path.realpath(data_dir)
-    real = os.path.realpath(p)
+    try:
+        real_dir = os.path.realpath(data_dir)
+        real = os.path.realpath(p)
+    except OSError as e:        # a symlink swapped while it was resolved (EINVAL from readlink): not usable now
+        return None, f"path {raw!r} changed while it was checked ({e.strerror})"
     if real != real_dir and not real.startswith(real_dir.rstrip(os.sep) + os.sep):
         if ".." in Path(raw).parts:
             why = "'..' leads out of"
@@ -935,6 +939,15 @@ def _resolve_in(raw: str, data_dir: Path) -> tuple[Path | None, str | None]:
     return Path(real), None
 
 
+def _regular(path: Path) -> os.stat_result | None:
+    """lstat of a resolved path when it is a regular file (it may change any time: never raises)."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    return st if stat_mod.S_ISREG(st.st_mode) else None
+
+
 def _files(summary: SessionSummary, audio_raw: Any, rows: list[tuple], data_dir: Path,
            problems: list[Problem]) -> tuple[FileRef | None, tuple[FileRef, ...]]:
     refs: list[tuple[str, FileRef]] = []   # (raw file_type, ref)
@@ -944,38 +957,40 @@ def _files(summary: SessionSummary, audio_raw: Any, rows: list[tuple], data_dir:
             problems.append(Problem(field, "NULL file_path"))
             continue
         path, why = _resolve_in(str(file_path), data_dir)
+        st = _regular(path) if not why else None
         if why:
             problems.append(Problem(field, why))
-        elif not path.is_file():
+        elif st is None:
             problems.append(Problem(field, f"file missing: {path}"))
             path = None
         name = str(filename) if filename else Path(str(file_path)).name
         fmt = (str(file_format) if file_format else Path(name).suffix.lstrip(".")).lower()
         n = _num(size)
-        if path is not None:
-            n = path.stat().st_size
+        if st is not None:
+            n = st.st_size
         refs.append((str(file_type or "").lower(), FileRef(
             filename=name, path=path, file_type=str(file_type or "unknown").lower(), file_format=fmt,
             size=int(n) if n is not None and n >= 0 else 0,
-            checksum=str(checksum).lower() if checksum else None, mime_type=mime)))
+            checksum=str(checksum).lower() if checksum else None, mime_type=mime,
+            dev=st.st_dev if st else 0, ino=st.st_ino if st else 0)))
 
     audio: FileRef | None = None
     if audio_raw not in (None, ""):
         path, why = _resolve_in(str(audio_raw), data_dir)
         if why:
             problems.append(Problem("audio_file_path", f"audio {why}"))
-        elif not path.exists():
-            problems.append(Problem("audio_file_path", f"audio file missing: {path}"))
-        elif not path.is_file():
-            problems.append(Problem("audio_file_path", f"audio path is not a regular file: {path}"))
+        elif (st := _regular(path)) is None:
+            problems.append(Problem("audio_file_path", f"audio file missing: {path}" if not os.path.lexists(path)
+                                    else f"audio path is not a regular file: {path}"))
         else:
             fmt = (summary.audio_format or path.suffix.lstrip(".")).lower()
             match = next((r for t, r in refs if r.path == path), None)
             if match is not None:
                 refs = [(t, r) for t, r in refs if r is not match]
             audio = FileRef(filename=path.name, path=path, file_type="audio", file_format=fmt,
-                            size=path.stat().st_size, checksum=match.checksum if match else None,
-                            mime_type=(match.mime_type if match and match.mime_type else MIME_TYPES.get(fmt)))
+                            size=st.st_size, checksum=match.checksum if match else None,
+                            mime_type=(match.mime_type if match and match.mime_type else MIME_TYPES.get(fmt)),
+                            dev=st.st_dev, ino=st.st_ino)
     else:
         match = next((r for t, r in refs if t == "audio" and r.path is not None), None)
         if match is not None:

@@ -62,6 +62,8 @@ class FileRef:
     size: int
     checksum: str | None = None   # sha256 hex where the recorder set it
     mime_type: str | None = None
+    dev: int = 0                  # which file was checked (st_dev, st_ino): a reader compares what it opens
+    ino: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

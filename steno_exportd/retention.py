@@ -1,8 +1,8 @@
 """Retention: old rows of the daemon's own tables pruned by age and count; never a job still running.
 
 One policy per table (config [retention], export.job_history_days) and one SQL helper that every
-owner of a table calls on its own connection: the state DB (jobs, results, history, outbox) from
-here, the web page's audit log (its own web.db) from the web's store.
+owner of a table calls on its own connection: the state DB (jobs, results, history), the outbox and
+the download audit log (core.access's access.db, which also prunes it as it grows).
 """
 from __future__ import annotations
 
@@ -72,12 +72,13 @@ async def prune_safely(core: Any) -> None:
 
 
 async def prune(core: Any) -> dict[str, int]:
-    """One pruning of the state DB and the outbox; the counts removed per table."""
+    """One pruning of the state DB, the outbox and the audit log; the counts removed per table."""
     keep = policies(core.cfg)
     counts = await asyncio.to_thread(core.state.prune, keep["jobs"], keep["history"])
     gone = await asyncio.to_thread(core.outbox.prune, keep["outbox"])
     core.outbox.forget(gone)
     counts["outbox"] = len(gone)
+    counts["audit"] = await asyncio.to_thread(core.access.store.prune_audit)
     counts["jobs in memory"] = core.jobs.forget_finished(JOBS_IN_MEMORY)
     if any(counts.values()):
         log.info("pruned %s", ", ".join(f"{n} {t}" for t, n in counts.items() if n))

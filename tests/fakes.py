@@ -169,6 +169,7 @@ class FakeCore:
         self.events = self._core.events
         self.state = self._core.state
         self.outbox = self._core.outbox
+        self.access = self._core.access
         self.search_index = self._core.search_index
         self.schedules = self._core.schedules      # never started: lists nothing
         self.remote_folder = self._core.remote_folder
@@ -188,6 +189,7 @@ class FakeCore:
 
     async def start(self) -> None:
         await asyncio.to_thread(self.state.open)
+        await asyncio.to_thread(self.access.open)
         await self.outbox.start()
 
     async def stop(self) -> None:
@@ -196,10 +198,12 @@ class FakeCore:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.outbox.stop()
         await asyncio.to_thread(self.state.close)
+        await asyncio.to_thread(self.access.close)
 
     async def reload(self, cfg: Config) -> None:
         self.cfg = self._core.cfg = cfg
         self.outbox.reload(cfg)
+        self.access.reload(cfg)
         self.events.publish(ev.StatusChanged("config", "reloaded"))
 
     async def refresh_library(self) -> ev.SessionsChanged:

@@ -1,4 +1,4 @@
-"""Retention: the state DB, the outbox, the web audit log and the caches keep the newest rows within their
+"""Retention: the state DB, the outbox, the download audit log and the caches keep the newest rows within their
 limits, and never a job that is still queued or running (nor its history)."""
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import sqlite3
 import time
 
 from steno_exportd import config, events as ev, retention
+from steno_exportd.access.store import PRUNE_EVERY, AccessStore
 from steno_exportd.core import Core
 from steno_exportd.engine.hashcache import HashCache
 from steno_exportd.engine.state import StateDB
 from steno_exportd.retention import Keep
 from steno_exportd.web.cache import RenderCache
-from steno_exportd.web.store import PRUNE_EVERY, Store
 
 DAY = 86400
 
@@ -100,17 +100,35 @@ async def test_finished_jobs_in_memory_are_bounded(tmp_path):
         await core.stop()
 
 
-def test_web_audit_log_stays_within_its_limit(tmp_path):
-    store = Store(tmp_path / "web.db", Keep(days=30, rows=100))
+def test_audit_log_stays_within_its_limit(tmp_path):
+    store = AccessStore(tmp_path / "access.db", Keep(days=30, rows=100))
+    store.open()
     for i in range(3 * PRUNE_EVERY):
         store.audit(1, "192.168.1.5", f"download {i}", "web")
     rows = store.audit_log(1, limit=10_000)
     assert 100 <= len(rows) <= 100 + PRUNE_EVERY
     assert rows[0]["what"] == f"download {3 * PRUNE_EVERY - 1}"
     store.close()
-    again = Store(tmp_path / "web.db", Keep(days=30, rows=100))     # opening prunes at once
+    again = AccessStore(tmp_path / "access.db", Keep(days=30, rows=100))     # opening prunes at once
+    again.open()
     assert len(again.audit_log(1, limit=10_000)) == 100
     again.close()
+
+
+async def test_the_daemons_audit_log_follows_the_retention_config(tmp_path):
+    """[retention] audit_max reaches the one audit log (core.access), at start and in every pruning."""
+    core = Core(config.from_dict({"state": {"dir": str(tmp_path / "state")}, "retention": {"audit_max": 50}}),
+                library=object())
+    await core.start()
+    try:
+        store = core.access.store
+        for i in range(120):        # fewer than PRUNE_EVERY: only retention.prune brings it down
+            await asyncio.to_thread(store.audit, 1, "192.168.1.5", f"download {i}", "web")
+        counts = await retention.prune(core)
+        rows = await asyncio.to_thread(store.audit_log, 1, 10_000)
+        assert counts["audit"] == 70 and len(rows) == 50 and rows[0]["what"] == "download 119"
+    finally:
+        await core.stop()
 
 
 def test_hash_cache_keeps_the_newest_entries(tmp_path):

@@ -22,6 +22,8 @@ from typing import Any, Callable, Iterator
 
 from steno_exportd import __version__
 from steno_exportd.engine import manifest as mf
+from steno_exportd.errors import SourceError
+from steno_exportd.recordings import SourceChanged, SourceRef
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,7 @@ class ArchiveEntry:
 
     name: str                       # path inside the archive, '/'-separated
     path: Path | None = None
+    source: SourceRef | None = None  # the file as checked (opened without following symlinks); from path if None
     data: bytes | None = None
     compress: bool = False
     mtime: float = 0.0
@@ -49,6 +52,8 @@ class ArchiveEntry:
     known: bool = False             # a file entry whose crc and sha256 are known before streaming
     sha256: str = ""
     trailer: Callable[[], bytes] | None = None
+    session_id: int = 0             # whose file it is (named when it changes while being sent)
+    opened: Any = None              # the checked file, held open since planning (build_plan(keep_open=True))
 
 
 @dataclasses.dataclass
@@ -56,6 +61,12 @@ class ZipPlan:
     entries: list[ArchiveEntry]
     root: str = "SilentSteno"
     sessions: dict[str, dict] = dataclasses.field(default_factory=dict)   # uuid -> {folder, title, updated_at}
+
+    def close(self) -> None:
+        """Close the recordings a plan holds open (build_plan(keep_open=True)); safe to call twice."""
+        for e in self.entries:
+            if e.opened is not None:
+                e.opened.close()
 
 
 def _dos(t: float) -> tuple[int, int]:
@@ -114,9 +125,12 @@ def _prepare(e: ArchiveEntry) -> None:
             e.payload = e.data
         e.csize = len(e.payload)
     elif e.path is not None:
-        st = os.stat(e.path)
-        e.size = e.csize = st.st_size
-        e.mtime = e.mtime or st.st_mtime
+        if e.source is None:            # a file of the caller's own: pinned to what opens now, in its own folder
+            ref = SourceRef(Path(e.path), Path(e.path).parent)
+            with ref.open() as f:
+                e.source = _checked(ref, f.st)
+        e.size = e.csize = e.source.size
+        e.mtime = e.mtime or e.source.mtime_ns / 1e9
 
 
 def _deferred(e: ArchiveEntry) -> bool:
@@ -185,12 +199,44 @@ def zip_size(plan: ZipPlan) -> int:
     return off + cd + len(_end(len(plan.entries), cd, off))
 
 
+def _checked(ref: SourceRef, st: os.stat_result) -> SourceRef:
+    """ref pinned to the file that was opened: its identity, size and mtime must still match when it is read."""
+    return dataclasses.replace(ref, dev=st.st_dev, ino=st.st_ino, size=st.st_size, mtime_ns=st.st_mtime_ns)
+
+
 @dataclasses.dataclass(frozen=True)
 class FileSpan:
-    """Bytes of a file to send as they are (sendfile): a stored entry whose checksums are known."""
+    """Bytes of a file to send as they are (sendfile): a stored entry whose checksums are known.
 
-    path: Path
+    Send ``opened`` (held since the plan was made) or else ``source.open()``: SourceChanged when the file is no
+    longer the one planned."""
+
+    source: SourceRef
     size: int
+    session_id: int = 0
+    opened: Any = None              # the file as it was checked when planned (None: open source now)
+
+    @property
+    def path(self) -> Path:
+        return self.source.path
+
+
+def _read_all(f: Any, size: int, chunk: int) -> Iterator[bytes]:
+    """Exactly size bytes of an open source, in chunks; SourceChanged when it shrank or changed meanwhile."""
+    pos = 0
+    while pos < size:
+        b = f.pread(min(chunk, size - pos), pos)
+        if not b:
+            break
+        pos += len(b)
+        yield b
+    if pos != size or _differs_now(f):
+        raise SourceChanged(f"{f.ref.path.name} changed while being archived ({pos} of {size} bytes read)")
+
+
+def _differs_now(f: Any) -> bool:
+    st = os.fstat(f.fd)
+    return (st.st_size, st.st_mtime_ns) != (f.st.st_size, f.st.st_mtime_ns)
 
 
 def zip_parts(plan: ZipPlan, chunk: int = CHUNK) -> Iterator[bytes | FileSpan]:
@@ -214,22 +260,23 @@ def zip_parts(plan: ZipPlan, chunk: int = CHUNK) -> Iterator[bytes | FileSpan]:
             if buf:
                 yield bytes(buf)
                 buf.clear()
-            yield FileSpan(e.path, e.size)  # type: ignore[arg-type]
+            yield FileSpan(e.source, e.size, e.session_id, e.opened)  # type: ignore[arg-type]
         else:
             from steno_exportd.engine.writer import pipelined_reads
-            crc, digest, n = 0, hashlib.sha256(), 0
-            with open(e.path, "rb", buffering=0) as f:  # type: ignore[arg-type]
-                # SHA-256 in the reader thread, CRC here, the bytes leave from the caller: three
-                # things at once (hashlib and zlib drop the GIL on large buffers)
-                for b in pipelined_reads(lambda: f.read(chunk), digest):
-                    crc = zlib.crc32(b, crc)
-                    n += len(b)
-                    if buf:
-                        yield bytes(buf)
-                        buf.clear()
-                    yield b
-            if n != e.size:
-                raise OSError(f"{e.path} changed size while being archived")
+            crc, digest = 0, hashlib.sha256()
+            try:
+                with e.opened or e.source.open() as f:  # type: ignore[union-attr]
+                    # SHA-256 in the reader thread, CRC here, the bytes leave from the caller: three
+                    # things at once (hashlib and zlib drop the GIL on large buffers)
+                    reads = _read_all(f, e.size, chunk)
+                    for b in pipelined_reads(lambda: next(reads, b""), digest):
+                        crc = zlib.crc32(b, crc)
+                        if buf:
+                            yield bytes(buf)
+                            buf.clear()
+                        yield b
+            except SourceChanged as err:
+                raise SourceChanged(str(err), e.session_id) from None
             e.crc, e.sha256 = crc, digest.hexdigest()
         off += e.csize
         buf += _descriptor(e)
@@ -247,14 +294,8 @@ def zip_stream(plan: ZipPlan, chunk: int = CHUNK) -> Iterator[bytes]:
     """Yield the ZIP in chunks of about `chunk` bytes (FileSpans read here)."""
     for part in zip_parts(plan, chunk):
         if isinstance(part, FileSpan):
-            with open(part.path, "rb", buffering=0) as f:
-                left = part.size
-                while left:
-                    b = f.read(min(chunk, left))
-                    if not b:
-                        raise OSError(f"{part.path} shrank while being archived")
-                    left -= len(b)
-                    yield b
+            with part.opened or part.source.open() as f:
+                yield from _read_all(f, part.size, chunk)
         else:
             yield part
 
@@ -288,53 +329,100 @@ def tar_gz_write(plan: ZipPlan, fileobj: Any) -> None:
                         digest.update(b)
                         return b
 
-                with open(e.path, "rb") as f:  # type: ignore[arg-type]
-                    tar.addfile(ti, _Hashing(f))
+                with e.opened or e.source.open() as src:  # type: ignore[union-attr]
+                    reads = _read_all(src, e.size, CHUNK)
+                    tar.addfile(ti, _Hashing(_Chunks(reads)))
                 e.sha256 = digest.hexdigest()
 
 
+class _Chunks:
+    """A file-like read() over an iterator of byte chunks (for tarfile)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks, self._buf = chunks, b""
+
+    def read(self, n: int = -1) -> bytes:
+        while n < 0 or len(self._buf) < n:
+            b = next(self._chunks, b"")
+            if not b:
+                break
+            self._buf += b
+        out, self._buf = (self._buf, b"") if n < 0 else (self._buf[:n], self._buf[n:])
+        return out
+
+
 def build_plan(library: Any, session_ids: tuple, formats: tuple, template: str, include_audio: bool, cfg: Any,
-               reg: Any = None, errors: dict | None = None, hashes: Any = None) -> ZipPlan:
-    """Sessions x formats -> archive entries with the same layout as a folder export."""
+               reg: Any = None, errors: dict | None = None, hashes: Any = None, keep_open: bool = False) -> ZipPlan:
+    """Sessions x formats -> archive entries with the same layout as a folder export.
+
+    Recordings are opened as the library checked them (no symlink followed, the same file) and pinned;
+    keep_open holds them open until plan.close(), so the archive is read from exactly what was checked."""
     from steno_exportd.engine.naming import folder_name, format_label, resolve_collision, root_folder, safe_name
     from steno_exportd.engine.plan import plan_session, render_file, render_options
 
     root = root_folder(cfg)
+    data_dir = cfg.recorder_data_dir
     options = render_options(cfg, template)
     entries: list[ArchiveEntry] = []
     sessions: dict[str, dict] = {}
     taken: set[str] = set()
-    for seq, sid in enumerate(session_ids, 1):
-        s = library.get_session(sid)
-        folder = resolve_collision(safe_name(folder_name(s.summary, cfg.export.naming, cfg.export.folder_pattern,
-                                                         seq=seq, fmt=format_label(formats, include_audio)),
-                                             f"Session {s.id}", limit=240), taken)
-        taken.add(folder)
-        sessions[s.uuid] = {"id": s.id, "title": s.title,
-                            "updated_at": s.updated_at.isoformat() if s.updated_at else ""}
-        for pf in plan_session(s, formats, options, include_audio, reg):
-            if pf.error:
-                if errors is not None:
-                    errors.setdefault(s.id, []).append(pf.error)
-                continue
-            name = f"{root}/{folder}/{pf.name}"
-            if pf.source is not None:
-                e = ArchiveEntry(name, path=pf.source, session_uuid=s.uuid, fmt=pf.fmt, version=pf.version)
-                known = hashes.get(pf.source) if hashes is not None else None
-                if known:
-                    e.crc, e.sha256 = known
-                    e.known = True
-                entries.append(e)
-            else:
-                try:
-                    data = render_file(pf, s, reg)
-                except Exception as e:  # noqa: BLE001 - one file's problem is reported, others go on
+    try:
+        for seq, sid in enumerate(session_ids, 1):
+            s = library.get_session(sid)
+            named = folder_name(s.summary, cfg.export.naming, cfg.export.folder_pattern, seq=seq,
+                                fmt=format_label(formats, include_audio))
+            folder = resolve_collision(safe_name(named, f"Session {s.id}", limit=240), taken)
+            taken.add(folder)
+            sessions[s.uuid] = {"id": s.id, "title": s.title,
+                                "updated_at": s.updated_at.isoformat() if s.updated_at else ""}
+            for pf in plan_session(s, formats, options, include_audio, reg):
+                if pf.error:
                     if errors is not None:
-                        errors.setdefault(s.id, []).append(f"{pf.name}: {e}")
+                        errors.setdefault(s.id, []).append(pf.error)
                     continue
-                entries.append(ArchiveEntry(name, data=data, compress=True, session_uuid=s.uuid, fmt=pf.fmt,
-                                            version=pf.version))
+                name = f"{root}/{folder}/{pf.name}"
+                if pf.source is not None:
+                    try:
+                        source, opened = _check_source(pf.source, s, data_dir, keep_open)
+                    except SourceError as err:
+                        if errors is not None:
+                            errors.setdefault(s.id, []).append(f"{pf.name}: {err}")
+                        continue
+                    e = ArchiveEntry(name, path=pf.source, source=source, session_uuid=s.uuid, fmt=pf.fmt,
+                                     version=pf.version, session_id=s.id, opened=opened)
+                    known = hashes.get(pf.source, source) if hashes is not None else None
+                    if known:
+                        e.crc, e.sha256 = known
+                        e.known = True
+                    entries.append(e)
+                else:
+                    try:
+                        data = render_file(pf, s, reg)
+                    except Exception as e:  # noqa: BLE001 - one file's problem is reported, others go on
+                        if errors is not None:
+                            errors.setdefault(s.id, []).append(f"{pf.name}: {e}")
+                        continue
+                    entries.append(ArchiveEntry(name, data=data, compress=True, session_uuid=s.uuid, fmt=pf.fmt,
+                                                version=pf.version))
+    except BaseException:
+        for e in entries:               # what was opened so far is closed again
+            if e.opened is not None:
+                e.opened.close()
+        raise
     return make_plan(entries, root, sessions)
+
+
+def _check_source(path: Path, s: Any, data_dir: Path, keep_open: bool) -> tuple[SourceRef, Any]:
+    """Open a recording as the library checked it (no symlink followed, same file): its pinned reference,
+    and the open file when keep_open (else it is closed again)."""
+    ref = SourceRef(Path(path), Path(data_dir))
+    audio = s.audio
+    if audio is not None and audio.path == path and audio.dev:
+        ref = dataclasses.replace(ref, dev=audio.dev, ino=audio.ino)
+    f = ref.open()
+    if not keep_open:
+        f.close()
+    return _checked(ref, f.st), f if keep_open else None
 
 
 def export_archive(library: Any, spec: Any, cfg: Any, progress: Any, reg: Any = None, fmt: str = "zip") -> list:

@@ -12,6 +12,8 @@ import sqlite3
 import threading
 from pathlib import Path
 
+from steno_exportd.recordings import SourceRef
+
 
 class HashCache:
     """At most max_entries rows: the oldest written go first (a miss only costs hashing the file again)."""
@@ -26,22 +28,26 @@ class HashCache:
         self._lock = threading.Lock()
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:  # a thread may still be hashing: closing under it would crash sqlite
+            self._db.close()
 
     @staticmethod
     def _key(st: os.stat_result) -> tuple[int, int, int, int]:
         return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
-    def get(self, path: str | Path) -> tuple[int, str] | None:
-        """(crc32, sha256) when known for the file as it is now; None otherwise."""
-        try:
-            st = os.stat(path)
-        except OSError:
-            return None
+    def get(self, path: str | Path, source: SourceRef | None = None) -> tuple[int, str] | None:
+        """(crc32, sha256) when known for the file as it is now (or as ``source`` pinned it); None otherwise."""
+        if source is not None:
+            key = (source.dev, source.ino, source.size, source.mtime_ns)
+        else:
+            try:
+                key = self._key(os.stat(path))
+            except OSError:
+                return None
         with self._lock:
             row = self._db.execute("SELECT dev, ino, size, mtime_ns, crc32, sha256 FROM hashes WHERE path = ?",
                                    (str(path),)).fetchone()
-        if row is None or tuple(row[:4]) != self._key(st) or row[4] is None:
+        if row is None or tuple(row[:4]) != key or row[4] is None:
             return None
         return row[4], row[5]
 
@@ -70,11 +76,14 @@ class HashCache:
         with self._lock:
             self._db.execute("DELETE FROM hashes WHERE path = ?", (str(path),))
 
-    def put(self, path: str | Path, crc32: int, sha256: str, st: os.stat_result | None = None) -> None:
-        st = st or os.stat(path)
+    def put(self, path: str | Path, crc32: int, sha256: str, st: os.stat_result | None = None,
+            source: SourceRef | None = None) -> None:
+        """Remember the checksums of the file at path (as ``source`` pinned it, when given: what was read)."""
+        key = (source.dev, source.ino, source.size, source.mtime_ns) if source is not None \
+            else self._key(st or os.stat(path))
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO hashes VALUES (?, ?, ?, ?, ?, ?, ?)",
-                             (str(path), *self._key(st), crc32, sha256))
+                             (str(path), *key, crc32, sha256))
             # a replaced row gets a new rowid, so rowid order is write order
             self._db.execute("DELETE FROM hashes WHERE rowid <= (SELECT MAX(rowid) FROM hashes) - ?",
                              (self.max_entries,))

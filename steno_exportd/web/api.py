@@ -6,30 +6,23 @@ import contextlib
 import dataclasses
 import json
 import logging
+import re
 from typing import Any
 
 from aiohttp import web
 
 from steno_exportd import events as ev
-from steno_exportd.errors import InvalidArgument, NotFoundError, StenoError
-from steno_exportd.search import SearchHit, SearchResults
-from steno_exportd.web.context import (CTX, WebContext, device_json, job_json, query_sessions, search_sessions,
-                                       session_json, summary_json)
-from steno_exportd.web.links import new_link
+from steno_exportd.errors import InvalidArgument, StenoError
+from steno_exportd.search import MAX_LIMIT, MAX_OFFSET, MAX_QUERY_CHARS, SearchHit, SearchResults
+from steno_exportd.web.context import (CTX, MAX_PER_PAGE, WebContext, bounded, device_json, job_json, number,
+                                       query_sessions, read_json, search_sessions, session_json, summary_json)
+from steno_exportd.web.links import new_link, revoke
+from steno_exportd.web.server import SERVING
 
 log = logging.getLogger(__name__)
 
 KEEPALIVE_SECONDS = 15.0
-
-
-async def _body(request: web.Request) -> dict:
-    try:
-        data = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
-        raise InvalidArgument("the request body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise InvalidArgument("the request body must be a JSON object")
-    return data
+DEVICE_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 
 async def list_sessions(request: web.Request) -> web.Response:
@@ -79,10 +72,7 @@ async def get_job(request: web.Request) -> web.Response:
 
 
 def _job_id(request: web.Request) -> int:
-    raw = request.match_info["id"]
-    if not raw.isdigit():
-        raise NotFoundError(f"no job {raw!r}")
-    return int(raw)
+    return number(request.match_info["id"], "job id")
 
 
 async def cancel_job(request: web.Request) -> web.Response:
@@ -96,7 +86,7 @@ async def cancel_job(request: web.Request) -> web.Response:
 
 
 async def eject(request: web.Request) -> web.Response:
-    job = await request.app[CTX].core.eject(request.match_info["id"])
+    job = await request.app[CTX].core.eject(bounded(request.match_info["id"], "device id", 128, DEVICE_ID))
     return web.json_response(job_json(job), status=202)
 
 
@@ -105,7 +95,7 @@ async def start_export(request: web.Request) -> web.Response:
     from steno_exportd.engine.options import ExportOptions
 
     ctx: WebContext = request.app[CTX]
-    body = await _body(request)
+    body = await read_json(request)
     sessions = body.get("sessions")
     if not (sessions in ("new", "all") or (isinstance(sessions, list) and sessions
                                             and all(isinstance(x, (int, str)) for x in sessions))):
@@ -117,8 +107,10 @@ async def start_export(request: web.Request) -> web.Response:
     fields = {f.name for f in dataclasses.fields(ExportOptions)}
     if not isinstance(opts, dict) or set(opts) - fields:
         raise InvalidArgument(f"options: unknown keys {sorted(set(opts) - fields)}; valid: {sorted(fields)}")
+    if isinstance(sessions, list) and len(sessions) > 10_000:
+        raise InvalidArgument("sessions: at most 10,000 in one export")
     if "device" in body:
-        dev = ctx.core.devices.get(str(body["device"]))
+        dev = ctx.core.devices.get(bounded(str(body["device"]), "device", 128, DEVICE_ID))
         if not dev.mount_point:
             raise StenoError(f"the stick {dev.label or dev.id} is not mounted (state: {dev.state})")
         target = dev.mount_point
@@ -136,17 +128,18 @@ async def start_export(request: web.Request) -> web.Response:
 
 
 async def history(request: web.Request) -> web.Response:
-    rows = await asyncio.to_thread(request.app[CTX].core.state.history, request.query.get("session") or None, 500)
+    session = bounded(request.query.get("session", ""), "session", 64) or None
+    rows = await asyncio.to_thread(request.app[CTX].core.state.history, session, 500)
     return web.json_response(rows)
 
 
 async def create_link(request: web.Request) -> web.Response:
     ctx: WebContext = request.app[CTX]
     s = await ctx.session(request.match_info["key"])
-    body = await _body(request)
+    body = await read_json(request)
     pin = body.get("pin") or ""
     if not isinstance(pin, str):
-        raise InvalidArgument("pin: a string of 4 to 12 digits")
+        raise InvalidArgument("pin: a string of digits")
     return web.json_response(await new_link(ctx, s.id, body.get("hours", ""), body.get("max_downloads", ""), pin),
                              status=201)
 
@@ -158,8 +151,7 @@ async def session_links(request: web.Request) -> web.Response:
 
 
 async def revoke_link(request: web.Request) -> web.Response:
-    ctx: WebContext = request.app[CTX]
-    return web.json_response((await asyncio.to_thread(ctx.store.revoke, request.match_info["token"])).public())
+    return web.json_response((await revoke(request.app[CTX], request.match_info["token"])).public())
 
 
 async def audit_log(request: web.Request) -> web.Response:
@@ -200,6 +192,7 @@ async def events_stream(request: web.Request) -> web.StreamResponse:
     await resp.prepare(request)
     ctx.streams.add(resp)
     resp._steno_task = asyncio.current_task()  # type: ignore[attr-defined]
+    request.app[SERVING].guard.streams.add(request.protocol)     # may be closed first when connections run out
     agen = ctx.core.events.subscribe()
     try:
         await resp.write(b"retry: 2000\n\n")
@@ -242,61 +235,136 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 def openapi_document(version: str) -> dict:
-    def op(summary: str, params: tuple = (), body: str = "", ok: str = "200") -> dict:
-        d: dict = {"summary": summary, "responses": {ok: {"description": "OK"},
-                                                     "4XX": {"description": "error: {\"error\": message}"}}}
+    """OpenAPI 3.0.3: every /api/v1 operation with its parameters, bodies and answers (tests/web/test_openapi.py
+    checks it with openapi-spec-validator and fuzzes the real daemon from it with Schemathesis)."""
+    ref = lambda name: {"$ref": f"#/components/schemas/{name}"}  # noqa: E731
+    arr = lambda item: {"type": "array", "items": item}  # noqa: E731
+    text = {"type": "string"}
+    opt_text = {"type": "string", "nullable": True}
+    num, opt_num, integer = {"type": "number"}, {"type": "number", "nullable": True}, {"type": "integer"}
+
+    def op(summary: str, ok: dict, params: tuple = (), body: str = "", status: str = "200") -> dict:
+        d: dict = {"summary": summary, "responses": {
+            status: {"description": "OK", "content": {"application/json": {"schema": ok}}},
+            "4XX": {"description": "the request cannot be served; the body says why",
+                    "content": {"application/json": {"schema": ref("Error")}}}}}
         if params:
-            d["parameters"] = [{"name": n, "in": where, "required": where == "path", "schema": {"type": t}}
-                               for n, where, t in params]
+            d["parameters"] = [{"name": n, "in": where, "required": where == "path", "schema": sch}
+                               for n, where, sch in params]
         if body:
-            d["requestBody"] = {"required": True, "content": {"application/json": {"schema": {"$ref": body}}}}
+            d["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref(body)}}}
         return d
-    key = ("key", "path", "string")
-    listq = tuple((n, "query", t) for n, t in (("q", "string"), ("participant", "string"), ("from", "string"),
-                                                ("to", "string"), ("sort", "string"), ("order", "string"),
-                                                ("page", "integer"), ("per_page", "integer")))
+    key = ("key", "path", {"type": "string", "pattern": "^[A-Za-z0-9-]{1,64}$",
+                           "description": "session id (ASCII digits), uuid or short id"})
+    job_id = ("id", "path", {"type": "integer", "minimum": 0, "maximum": 10 ** 18 - 1})
+    token = ("token", "path", {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"})
+    listq = (("q", "query", {"type": "string", "maxLength": 200}),
+             ("participant", "query", {"type": "string", "maxLength": 200}),
+             ("from", "query", {"type": "string", "format": "date"}),
+             ("to", "query", {"type": "string", "format": "date"}),
+             ("sort", "query", {"type": "string", "enum": ["date", "title", "duration"]}),
+             ("order", "query", {"type": "string", "enum": ["asc", "desc"]}),
+             ("page", "query", {"type": "integer", "minimum": 1, "maximum": 10 ** 6}),
+             ("per_page", "query", {"type": "integer", "minimum": 1, "maximum": MAX_PER_PAGE}))
+    summary = {"type": "object", "required": ["id", "uuid", "short_id", "title", "status", "exportable"],
+               "properties": {"id": integer, "uuid": text, "short_id": text, "title": opt_text, "status": text,
+                              "start_time": opt_text, "duration_seconds": opt_num, "location": opt_text,
+                              "participant_count": {"type": "integer", "nullable": True}, "tags": arr(text),
+                              "exportable": {"type": "boolean"}, "problems": arr(text)}}
+    session = {"allOf": [ref("SessionSummary"), {"type": "object", "properties": {
+        "description": opt_text, "summary": opt_text, "topics": arr(text),
+        "participants": arr({"type": "object"}), "action_items": arr({"type": "object"}),
+        "segments": arr({"type": "object"}),
+        "audio": {"type": "object", "nullable": True, "properties": {"url": text, "size": integer}}}}]}
+    job = {"type": "object", "required": ["id", "operation", "state", "progress"], "properties": {
+        "id": integer, "operation": text, "target": text, "state": text, "progress": num,
+        "bytes_done": integer, "bytes_total": integer, "files_done": integer, "files_total": integer,
+        "rate": num, "expected_end": num, "current_file": text, "error": text, "sessions": arr(integer),
+        "formats": arr(text), "device_id": text, "created": num, "finished": num,
+        "results": arr({"type": "object", "properties": {"session_id": integer, "title": opt_text,
+                                                          "ok": {"type": "boolean"}, "skipped": {"type": "boolean"},
+                                                          "error": text}})}}
+    device = {"type": "object", "required": ["id", "state"], "properties": {
+        "id": text, "label": text, "uuid": text, "fs_type": text, "size": integer, "free": integer,
+        "mount_point": text, "state": text, "error": text}}
+    link = {"type": "object", "required": ["token", "session_id", "state", "url"], "properties": {
+        "token": text, "session_id": integer, "created": num, "expires": num, "max_downloads": integer,
+        "downloads": integer, "pin": {"type": "boolean"}, "state": text, "url": text}}
     return {
         "openapi": "3.0.3",
         "info": {"title": "steno-exportd", "version": version,
                  "description": "The Silent Steno export daemon. State-changing requests need the X-CSRF-Token "
-                                "header (the token is in the page's <meta name=csrf>)."},
+                                "header (the token is in the page's <meta name=csrf>) and, from a browser, an "
+                                "Origin of this very page. Logged in (password mode): the steno_session cookie."},
         "paths": {
-            "/api/v1/status": {"get": op("daemon status")},
-            "/api/v1/sessions": {"get": op("search, sort and page sessions", listq)},
+            "/api/v1/status": {"get": op("daemon status", ref("Status"))},
+            "/api/v1/sessions": {"get": op("search, sort and page sessions", ref("SessionPage"), listq)},
             "/api/v1/search": {"get": op("sessions whose words match q (what was said, summaries, action items, "
-                                         "titles, places, tags, people), best first",
-                                         (("q", "query", "string"), ("limit", "query", "integer"),
-                                          ("offset", "query", "integer")))},
-            "/api/v1/sessions/{key}": {"get": op("one session (id, uuid or short id)", (key,))},
+                                         "titles, places, tags, people), best first", ref("SearchResults"),
+                                         (("q", "query", {"type": "string", "maxLength": MAX_QUERY_CHARS}),
+                                          ("limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}),
+                                          ("offset", "query", {"type": "integer", "minimum": 0,
+                                                               "maximum": MAX_OFFSET})))},
+            "/api/v1/sessions/{key}": {"get": op("one session (id, uuid or short id)", ref("Session"), (key,))},
             "/api/v1/sessions/{key}/share-links": {
-                "get": op("share links of a session", (key,)),
-                "post": op("make a share link", (key,), "#/components/schemas/ShareLinkRequest", "201")},
-            "/api/v1/sessions/{key}/audit": {"get": op("download audit log of a session", (key,))},
-            "/api/v1/share-links/{token}/revoke": {"post": op("revoke a share link", (("token", "path", "string"),))},
-            "/api/v1/formats": {"get": op("formats and templates")},
-            "/api/v1/devices": {"get": op("USB sticks")},
-            "/api/v1/devices/{id}/eject": {"post": op("eject a stick", (("id", "path", "string"),), ok="202")},
-            "/api/v1/jobs": {"get": op("jobs, newest first")},
-            "/api/v1/jobs/{id}": {"get": op("one job", (("id", "path", "integer"),))},
-            "/api/v1/jobs/{id}/cancel": {"post": op("cancel a job", (("id", "path", "integer"),))},
-            "/api/v1/exports": {"post": op("start an export job", (), "#/components/schemas/ExportRequest", "202")},
-            "/api/v1/history": {"get": op("export history", (("session", "query", "string"),))},
-            "/api/v1/events": {"get": op("live events (text/event-stream): job, device, sessions, status")},
+                "get": op("share links of a session", arr(ref("ShareLink")), (key,)),
+                "post": op("make a share link", ref("ShareLink"), (key,), "ShareLinkRequest", "201")},
+            "/api/v1/sessions/{key}/audit": {"get": op("download audit log of a session", arr(ref("AuditEntry")),
+                                                       (key,))},
+            "/api/v1/share-links/{token}/revoke": {"post": op("revoke a share link", ref("ShareLink"), (token,))},
+            "/api/v1/formats": {"get": op("formats and templates", {"type": "object", "properties": {
+                "formats": arr(text), "templates": arr(text)}})},
+            "/api/v1/devices": {"get": op("USB sticks", arr(ref("Device")))},
+            "/api/v1/devices/{id}/eject": {"post": op("eject a stick", ref("Job"), (
+                ("id", "path", {"type": "string", "pattern": r"^[A-Za-z0-9_.:-]{1,128}$"}),), status="202")},
+            "/api/v1/jobs": {"get": op("jobs, newest first", arr(ref("Job")))},
+            "/api/v1/jobs/{id}": {"get": op("one job", ref("Job"), (job_id,))},
+            "/api/v1/jobs/{id}/cancel": {"post": op("cancel a job", ref("Job"), (job_id,))},
+            "/api/v1/exports": {"post": op("start an export job", ref("Job"), (), "ExportRequest", "202")},
+            "/api/v1/history": {"get": op("export history", arr({"type": "object"}),
+                                          (("session", "query", {"type": "string", "maxLength": 64}),))},
+            "/api/v1/events": {"get": {"summary": "live events: job, device, sessions, status", "responses": {
+                "200": {"description": "an endless text/event-stream",
+                        "content": {"text/event-stream": {"schema": text}}}}}},
             "/api/v1/sessions/{key}/email": {
-                "post": op("mail a session (stored in the outbox, then sent)", (key,),
-                           "#/components/schemas/EmailRequest", "202")},
-            "/api/v1/outbox": {"get": op("the outbox: queued, sent and failed messages, with the reason")},
-            "/api/v1/schedules": {"get": op("scheduled exports with their next and last run")},
-            "/api/v1/openapi.json": {"get": op("this document")},
+                "post": op("mail a session (stored in the outbox, then sent)", {"type": "object"}, (key,),
+                           "EmailRequest", "202")},
+            "/api/v1/outbox": {"get": op("the outbox: queued, sent and failed messages, with the reason",
+                                         arr({"type": "object"}))},
+            "/api/v1/schedules": {"get": op("scheduled exports with their next and last run", arr({"type": "object"}))},
+            "/api/v1/openapi.json": {"get": op("this document", {"type": "object"})},
         },
         "components": {"schemas": {
+            "Error": {"type": "object", "required": ["error"], "properties": {"error": text, "status": integer}},
+            "Status": {"type": "object", "properties": {"status": text, "auto_export": {"type": "boolean"},
+                                                        "samba_enabled": {"type": "boolean"}, "samba_state": text}},
+            "SessionSummary": summary,
+            "Session": session,
+            "SearchResults": {"type": "object", "required": ["query", "total", "offset", "limit", "items"],
+                              "properties": {
+                "query": text, "total": integer, "offset": integer, "limit": integer, "indexed": integer,
+                "pending": integer, "broad": {"type": "boolean"}, "items": arr({
+                    "type": "object", "required": ["id", "uuid", "title", "matches", "url", "hits"], "properties": {
+                        "id": integer, "uuid": text, "title": opt_text, "start_time": opt_text, "matches": integer,
+                        "url": text, "hits": arr({"type": "object", "properties": {
+                            "kind": text, "snippet": text, "marks": arr(arr(integer)), "seconds": opt_num,
+                            "speaker": opt_text, "url": text}})}})}},
+            "SessionPage": {"type": "object", "required": ["items", "total", "page", "pages"], "properties": {
+                "items": arr(ref("SessionSummary")), "total": integer, "page": integer, "pages": integer,
+                "per_page": integer, "sort": text, "order": text, "query": {"type": "object"}}},
+            "ShareLink": link,
+            "AuditEntry": {"type": "object", "properties": {"at": num, "addr": text, "what": text, "via": text}},
+            "Job": job,
+            "Device": device,
             "ExportRequest": {"type": "object", "required": ["sessions"], "properties": {
-                "sessions": {"oneOf": [{"type": "array", "items": {"type": ["integer", "string"]}},
+                "sessions": {"oneOf": [{"type": "array", "minItems": 1, "maxItems": 10000,
+                                        "items": {"oneOf": [integer, {"type": "string", "maxLength": 64}]}},
                                        {"type": "string", "enum": ["new", "all"]}]},
-                "formats": {"type": "array", "items": {"type": "string"}},
-                "device": {"type": "string"},
-                "target": {"type": "string", "description": "a folder under export.allowed_dirs, or smb:<remote> "
-                                                            "(then formats default to the remote's)"},
+                "formats": arr({"type": "string", "maxLength": 40}),
+                "device": {"type": "string", "pattern": r"^[A-Za-z0-9_.:-]{1,128}$"},
+                "target": {"type": "string", "maxLength": 4096,
+                           "description": "a folder under export.allowed_dirs, or smb:<remote> (then formats "
+                                          "default to the remote's)"},
                 "options": {"type": "object"}}},
             "EmailRequest": {"type": "object", "required": ["recipients"], "properties": {
                 "recipients": {"type": "array", "maxItems": 50, "items": {"type": "string", "maxLength": 320}},
@@ -304,8 +372,9 @@ def openapi_document(version: str) -> dict:
                             "description": "empty: export.formats"},
                 "template": {"type": "string"}}},
             "ShareLinkRequest": {"type": "object", "properties": {
-                "hours": {"type": "number"}, "max_downloads": {"type": "integer"},
-                "pin": {"type": "string", "pattern": "^[0-9]{4,12}$"}}},
+                "hours": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 24 * 366},
+                "max_downloads": {"type": "integer", "minimum": 1, "maximum": 1000},
+                "pin": {"type": "string", "pattern": "^[0-9]{6,12}$"}}},
         }},
     }
 

@@ -1,4 +1,5 @@
-"""The aiohttp application: factory, middlewares (networks, auth, CSRF, errors, headers), serve()."""
+"""The aiohttp application: factory, middlewares (Host, networks, login, CSRF and Origin, errors, headers),
+serve()."""
 from __future__ import annotations
 
 import asyncio
@@ -11,9 +12,10 @@ from typing import Any, AsyncIterator
 
 from aiohttp import web
 
-from steno_exportd.errors import InvalidArgument, NotFoundError, StenoError
-from steno_exportd.web import api, auth, downloads, links, login, mail, pages
-from steno_exportd.web.context import CSRF, CTX, PKG, SID, WebContext, client_addr, wants_json
+from steno_exportd.errors import InvalidArgument, NotFoundError, StenoError, Throttled
+from steno_exportd.web import api, auth, downloads, links, login, mail, pages, server, tls
+from steno_exportd.web.context import (CSRF, CTX, PKG, REFUSALS, SID, WebContext, client_addr, read_form,
+                                       wants_json)
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +31,12 @@ async def security_headers(request: web.Request, resp: web.StreamResponse) -> No
 
 def _headers(resp: web.StreamResponse) -> None:
     h = resp.headers
+    h["Server"] = server.SERVER           # no Python or aiohttp version for a scanner
     h.setdefault("Content-Security-Policy", CSP)
     h.setdefault("X-Content-Type-Options", "nosniff")
-    h.setdefault("Referrer-Policy", "no-referrer")
+    # same-origin, not no-referrer: with no-referrer browsers send "Origin: null" on the page's own forms, and
+    # Origin is what tells them from a cross-site post; other sites still never see a Referer (share tokens)
+    h.setdefault("Referrer-Policy", "same-origin")
     h.setdefault("X-Frame-Options", "DENY")
     if resp.content_type == "text/html":
         h.setdefault("Cache-Control", "no-store")
@@ -55,12 +60,15 @@ async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return _error_response(request, 404, str(e))
     except InvalidArgument as e:
         return _error_response(request, 400, str(e))
+    except Throttled as e:
+        resp = _error_response(request, 429, str(e))
+        resp.headers["Retry-After"] = str(int(e.retry_after) + 1)
+        return resp
     except web.HTTPException as e:
         if e.status >= 400 and e.text and not e.text.startswith(f"{e.status}:") and e.content_type == "text/plain":
             return _error_response(request, e.status, e.text)
-        if e.status in (404, 405, 413):
-            return _error_response(request, e.status, e.reason if e.status != 413 else
-                                   "request body too large")
+        if e.status in (404, 405, 408, 413):
+            return _error_response(request, e.status, e.reason if e.status != 413 else "request body too large")
         raise
     except StenoError as e:
         return _error_response(request, 409, str(e))
@@ -73,17 +81,28 @@ async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
 
 @web.middleware
 async def access(request: web.Request, handler: Any) -> web.StreamResponse:
-    """allowed_networks, login (password mode) and CSRF on every state-changing request."""
+    """Host, allowed_networks, login (password mode), CSRF token and Origin on every state-changing request."""
     ctx: WebContext = request.app[CTX]
     addr = client_addr(request)
+    refusals = request.app[REFUSALS]
+    host = request.headers.get("Host", "")
+    sock = request.transport.get_extra_info("sockname") if request.transport else None
+    local = str(sock[0]) if sock else ""
+    if not auth.host_allowed(host, ctx.host_names(), local) or \
+            not auth.host_allowed(request.url.raw_authority or host, ctx.host_names(), local):
+        # DNS rebinding: a page elsewhere reaching this recorder under a name of its own
+        refusals.note(addr, "unknown Host %r", host[:80])
+        return _error_response(request, 421, "this recorder does not answer to that host name "
+                                             "(http.host_names lists further names)")
     if not ctx.networks.allowed(addr):
-        log.info("refused %s %s from %s (not in http.auth.allowed_networks)", request.method, request.path, addr)
+        refusals.note(addr, "not in http.auth.allowed_networks")
         return _error_response(request, 403, f"your address {addr} is not allowed to use this recorder")
     mode = ctx.cfg.http.auth.mode
     sid = ""
     if mode == "password":
-        payload = ctx.signer.unsign(request.cookies.get(auth.COOKIE, ""))
-        sid = payload.get("sid", "") if payload else ""
+        token = request.cookies.get(auth.COOKIE, "")
+        found = await asyncio.to_thread(ctx.store.login_for, token, ctx.password_tag()) if token else None
+        sid = found.id if found is not None else ""
         public = request.path.startswith(PUBLIC_PREFIXES)
         if not sid and not public:
             if wants_json(request) or request.method != "GET":
@@ -96,14 +115,19 @@ async def access(request: web.Request, handler: Any) -> web.StreamResponse:
     request[SID] = sid
     request[CSRF] = ctx.signer.csrf_for(sid or csrf_seed)
     if request.method not in ("GET", "HEAD", "OPTIONS"):
+        origin = request.headers.get("Origin")
+        source = origin if origin is not None else request.headers.get("Referer")
+        if source is not None and not auth.same_origin(source, "https" if ctx.tls else "http", host):
+            refusals.note(addr, "cross-site %s %s from %r", request.method, request.path, source[:80])
+            return _error_response(request, 403, "this request came from another site")
         sent = request.headers.get("X-CSRF-Token", "")
-        if not sent and request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
-            sent = str((await request.post()).get("csrf", ""))
-        if not secrets.compare_digest(sent, request[CSRF]):
+        if not sent:
+            sent = str((await read_form(request)).get("csrf", ""))
+        if not secrets.compare_digest(sent.encode(), request[CSRF].encode()):
             return _error_response(request, 403, "missing or stale form token (CSRF); reload the page and retry")
     resp = await handler(request)
     if new_seed and not resp.prepared:
-        resp.set_cookie(auth.CSRF_COOKIE, new_seed, httponly=True, samesite="Strict", path="/")
+        resp.set_cookie(auth.CSRF_COOKIE, new_seed, httponly=True, samesite="Strict", path="/", secure=ctx.tls)
     return resp
 
 
@@ -112,20 +136,24 @@ def _quote(s: str) -> str:
     return quote(s, safe="")
 
 
-def make_app(core: Any) -> web.Application:
+def make_app(core: Any, tls_on: bool = False) -> web.Application:
     """The application; resources live in cleanup_ctx so they close with the app."""
     cfg = core.cfg
     app = web.Application(middlewares=[errors, access],
                           client_max_size=cfg.http.max_body_kb * 1024)
+    app[REFUSALS] = server.RefusalLog()
+    app[server.SERVING] = server.Serving(server.Connections(cfg.http.max_connections, app[REFUSALS]),
+                                         cfg.http.idle_timeout)
 
     async def context(app: web.Application) -> AsyncIterator[None]:
         ctx = await asyncio.to_thread(WebContext, core)
+        ctx.tls = tls_on
+        ctx.source_budget = server.source_file_budget(app[server.SERVING].guard.cap)
         app[CTX] = ctx
         yield
         for resp in list(ctx.streams):
             with contextlib.suppress(Exception):
                 resp.force_close()
-        ctx.store.close()
         ctx.hashes.close()
 
     app.cleanup_ctx.append(context)
@@ -144,7 +172,7 @@ def make_app(core: Any) -> web.Application:
     return app
 
 
-def public_url(cfg: Any, bound: list[str]) -> str:
+def public_url(cfg: Any, bound: list[str], scheme: str = "http") -> str:
     if cfg.http.public_url:
         return cfg.http.public_url
     host = bound[0] if bound else "127.0.0.1"
@@ -152,46 +180,33 @@ def public_url(cfg: Any, bound: list[str]) -> str:
         host = f"{socket.gethostname()}.local"
     elif ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{cfg.http.port}"
-
-
-def _answer_431_for_oversized_headers(server: Any) -> None:
-    """aiohttp answers 400 to header lines over its limits; RFC 6585 says 431."""
-    from aiohttp.http_exceptions import LineTooLong
-    from aiohttp.web_protocol import RequestHandler
-
-    class Handler(RequestHandler):
-        def handle_error(self, request: Any, status: int = 500, exc: Any = None, message: Any = None) -> Any:
-            if isinstance(exc, LineTooLong) or (exc is not None and "too many headers" in str(exc).lower()):
-                status = 431
-            return super().handle_error(request, status, exc, message)
-
-    class Server(type(server)):  # type: ignore[misc]
-        def __call__(self) -> Any:
-            return Handler(self, loop=self._loop, **self._kwargs)
-
-    server.__class__ = Server
+    return f"{scheme}://{host}:{cfg.http.port}"
 
 
 @contextlib.asynccontextmanager
 async def serve(core: Any) -> AsyncIterator[str]:
     """Run the web page for the daemon: yields its URL; a port in use is a clear StenoError."""
     started = time.monotonic()
-    app = make_app(core)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+    cfg = core.cfg
+    ssl_ctx = await asyncio.to_thread(tls.context, cfg)
+    app = make_app(core, tls_on=ssl_ctx is not None)
+    guard = app[server.SERVING].guard
+    runner = server.Runner(app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
-    _answer_431_for_oversized_headers(runner.server)
     try:
-        for host in core.cfg.http.bind:
-            site = web.TCPSite(runner, host, core.cfg.http.port, reuse_address=True)
+        for host in cfg.http.bind:
             try:
-                await site.start()
+                socks = server.listening_sockets(host, cfg.http.port)
             except OSError as e:
-                raise StenoError(f"web page: cannot listen on {host}:{core.cfg.http.port}: {e.strerror or e} "
+                raise StenoError(f"web page: cannot listen on {host}:{cfg.http.port}: {e.strerror or e} "
                                  f"(another program uses the port? set http.port)") from None
-        url = public_url(core.cfg, list(core.cfg.http.bind))
-        log.info("web page listening on %s (%d ms)", url, (time.monotonic() - started) * 1000)
+            for sock in socks:
+                site = web.SockSite(runner, sock, ssl_context=ssl_ctx, backlog=server.ACCEPT_BATCH)
+                await site.start()
+                sock.listen(server.LISTEN_QUEUE)
+        url = public_url(cfg, list(cfg.http.bind), "https" if ssl_ctx is not None else "http")
+        log.info("web page listening on %s (%d ms; at most %d connections)", url,
+                 (time.monotonic() - started) * 1000, guard.cap)
         yield url
     finally:
         await runner.cleanup()
-

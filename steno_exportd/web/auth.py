@@ -1,18 +1,20 @@
-"""Signed session cookies, CSRF tokens, login rate limiting and allowed networks."""
+"""Cookies and CSRF tokens, allowed networks, the names the page answers to (Host) and same-origin checks."""
 from __future__ import annotations
 
 import base64
 import hashlib
 import hmac
 import ipaddress
-import json
 import os
 import secrets
-import time
+import socket
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 COOKIE = "steno_session"
 CSRF_COOKIE = "steno_csrf"
+SHARE_COOKIE = "steno_share_"       # + the link's token: a PIN-opened share link (path-scoped to /s/<token>)
 
 
 def load_secret(state_dir: str) -> bytes:
@@ -34,58 +36,16 @@ def load_secret(state_dir: str) -> bytes:
 
 
 class Signer:
+    """HMAC with the recorder's key: CSRF tokens bound to a login (or to a browser's CSRF cookie)."""
+
     def __init__(self, key: bytes) -> None:
         self.key = key
 
     def _mac(self, body: bytes) -> str:
         return base64.urlsafe_b64encode(hmac.new(self.key, body, hashlib.sha256).digest()).decode().rstrip("=")
 
-    def sign(self, payload: dict) -> str:
-        body = base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).decode().rstrip("=")
-        return f"{body}.{self._mac(body.encode())}"
-
-    def unsign(self, token: str) -> dict | None:
-        """The payload of a valid, unexpired token; None otherwise."""
-        try:
-            body, mac = token.rsplit(".", 1)
-            if not hmac.compare_digest(mac, self._mac(body.encode())):
-                return None
-            payload = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
-        except (ValueError, TypeError):
-            return None
-        if not isinstance(payload, dict) or payload.get("exp", 0) < time.time():
-            return None
-        return payload
-
-    def csrf_for(self, session_id: str) -> str:
-        return self._mac(b"csrf:" + session_id.encode())
-
-
-class LoginLimiter:
-    """Failed logins per client address; a lockout after too many."""
-
-    def __init__(self, max_failed: int, lockout_seconds: float) -> None:
-        self.max_failed, self.lockout = max_failed, lockout_seconds
-        self._failed: dict[str, list[float]] = {}
-        self._locked: dict[str, float] = {}
-
-    def locked_for(self, addr: str, now: float | None = None) -> float:
-        now = now or time.time()
-        until = self._locked.get(addr, 0.0)
-        return max(0.0, until - now)
-
-    def failed(self, addr: str, now: float | None = None) -> None:
-        now = now or time.time()
-        recent = [t for t in self._failed.get(addr, []) if now - t < self.lockout] + [now]
-        self._failed[addr] = recent
-        if len(recent) >= self.max_failed:
-            self._locked[addr] = now + self.lockout
-            self._failed.pop(addr, None)
-        if len(self._failed) > 10000:          # bounded memory under a scan
-            self._failed.clear()
-
-    def succeeded(self, addr: str) -> None:
-        self._failed.pop(addr, None)
+    def csrf_for(self, seed: str) -> str:
+        return self._mac(b"csrf:" + seed.encode())
 
 
 class Networks:
@@ -104,3 +64,66 @@ class Networks:
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
         return any(ip in n for n in self.nets if n.version == ip.version)
+
+
+def host_names(cfg: Any) -> frozenset[str]:
+    """The names the page answers to: the host name, <host>.local, localhost, public_url's host, configured."""
+    host = socket.gethostname().lower()
+    names = {host, f"{host}.local", "localhost", *(n.lower().rstrip(".") for n in cfg.http.host_names)}
+    if cfg.http.public_url:
+        public = urlsplit(cfg.http.public_url).hostname
+        if public:
+            names.add(public.lower())
+    return frozenset(names)
+
+
+def split_host(value: str) -> tuple[str, int | None] | None:
+    """A Host header as (lower-case name or address, port); None when malformed."""
+    try:
+        parts = urlsplit("//" + value)
+        name, port = parts.hostname, parts.port
+    except ValueError:
+        return None
+    if not name or parts.username is not None or parts.path or parts.query or parts.fragment:
+        return None
+    return name.lower().rstrip("."), port
+
+
+def host_allowed(value: str, names: frozenset[str], local_addr: str) -> bool:
+    """A name the recorder answers to, or the very address the client connected to (never some other one)."""
+    hp = split_host(value)
+    if hp is None:
+        return False
+    name, _ = hp
+    try:
+        ip = ipaddress.ip_address(name)
+    except ValueError:
+        return name in names
+    return _plain(ip) == _plain_str(local_addr)
+
+
+def same_origin(url: str, scheme: str, host: str) -> bool:
+    """Is url (an Origin or a Referer) on this very page: same scheme, name and port as the request's Host?"""
+    try:
+        u = urlsplit(url)
+        port = u.port
+    except ValueError:
+        return False
+    mine = split_host(host)
+    if u.scheme != scheme or not u.hostname or mine is None:
+        return False
+    default = 443 if scheme == "https" else 80
+    return (u.hostname.lower().rstrip("."), port or default) == (mine[0], mine[1] or default)
+
+
+def _plain(ip: Any) -> Any:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def _plain_str(addr: str) -> Any:
+    try:
+        return _plain(ipaddress.ip_address(addr.split("%")[0]))
+    except ValueError:
+        return None

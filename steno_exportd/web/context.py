@@ -1,21 +1,26 @@
-"""What every handler shares: the WebContext, request keys and helpers, the session query, JSON shapes."""
+"""What every handler shares: the WebContext, request keys and helpers, bounded parameters, the session query,
+JSON shapes."""
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
+import re
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from steno_exportd import search
-from steno_exportd.errors import InvalidArgument, NotFoundError
+from steno_exportd.errors import InvalidArgument
 from steno_exportd.web import auth
 from steno_exportd.web.cache import RenderCache
-from steno_exportd.web.store import Store
+from steno_exportd.web.server import RefusalLog
 
 CTX = web.AppKey("ctx", object)
-SID = web.RequestKey("sid", str)
+REFUSALS = web.AppKey("refusals", RefusalLog)      # one rate-limited log line per refused client
+SID = web.RequestKey("sid", str)            # the login's id ("" when not logged in)
 CSRF = web.RequestKey("csrf", str)
 PKG = Path(__file__).parent
 PER_PAGE = 50
@@ -24,10 +29,13 @@ SEARCH_PER_PAGE = 20
 SORTS = {"date": lambda s: (s.start_time or dt.datetime.min.replace(tzinfo=dt.timezone.utc)),
          "title": lambda s: (s.title or "").casefold(),
          "duration": lambda s: s.duration_seconds or 0}
+KEY = re.compile(r"[A-Za-z0-9-]{1,64}")     # a uuid or a short id
+DIGITS = re.compile(r"[0-9]{1,18}")         # ASCII only: int() also takes other scripts' digits and "1_0"
+DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 class WebContext:
-    """What the handlers share: the core, the signer, the stores and a cached session listing."""
+    """What the handlers share: the core, its access store, the CSRF signer, caches and the open streams."""
 
     def __init__(self, core: Any) -> None:
         import jinja2
@@ -35,39 +43,46 @@ class WebContext:
         self.core = core
         cfg = core.cfg
         state = Path(cfg.state.dir)
+        self.access = core.access
         self.signer = auth.Signer(auth.load_secret(str(state)))
-        self.limiter = auth.LoginLimiter(cfg.http.auth.max_failed_logins, cfg.http.auth.lockout_seconds)
         self.networks = auth.Networks(cfg.http.auth.allowed_networks)
-        self.store = Store(state / "web.db")
         self.cache = RenderCache(state / "cache" / "render", cfg.http.cache_max_mb * 1024 * 1024)
         from steno_exportd.engine.hashcache import HashCache
-        self.hashes = HashCache(state / "cache" / "hashes.db")
+        self.hashes = HashCache(state / "cache" / "hashes.db", cfg.retention.hash_cache_entries)
         self.jinja = jinja2.Environment(loader=jinja2.FileSystemLoader(str(PKG / "templates")),
                                         autoescape=True, trim_blocks=True, lstrip_blocks=True)
-        self._listing: tuple[Any, list] = (None, [])
+        self._names: tuple[Any, frozenset[str]] = (None, frozenset())
         self.streams: set[web.StreamResponse] = set()
+        self.tls = False
+        self.source_files = 0               # recordings held open by ZIP downloads now ...
+        self.source_budget = 64             # ... and at most (set by make_app from the open-file limit)
 
     @property
     def cfg(self) -> Any:
         return self.core.cfg
 
-    async def sessions(self) -> list:
-        """Every session summary, newest first; re-read only when the database changed."""
-        lib = self.core.library
+    @property
+    def store(self) -> Any:
+        return self.access.store
 
-        def work() -> tuple[Any, list]:
-            version = lib.data_version()
-            if self._listing[0] == version:
-                return self._listing
-            return version, lib.list_sessions()
-        self._listing = await asyncio.to_thread(work)
-        return self._listing[1]
+    def host_names(self) -> frozenset[str]:
+        """auth.host_names for the config in force (recomputed after a reload)."""
+        if self._names[0] is not self.cfg:
+            self._names = (self.cfg, auth.host_names(self.cfg))
+        return self._names[1]
+
+    def password_tag(self) -> str:
+        """Logins made under another password hash are over."""
+        from steno_exportd.access import fingerprint
+        return fingerprint(self.cfg.http.auth.password_hash)
+
+    async def sessions(self) -> list:
+        """Every session summary, newest first: the core's one cached listing."""
+        return list((await self.core.listing()).sessions)
 
     async def session(self, key: str) -> Any:
-        k: int | str = int(key) if key.isdigit() else key
-        if not key or len(key) > 64:
-            raise NotFoundError(f"no session {key!r}")
-        return await asyncio.to_thread(self.core.library.get_session, k)
+        """The session a URL names: its form checked here (a 400), then looked up by the core's key rule."""
+        return await self.core.session(session_key(key))
 
     def render_page(self, request: web.Request, name: str, status: int = 200, **kw: Any) -> web.Response:
         kw.setdefault("csrf", request.get(CSRF, ""))
@@ -75,6 +90,67 @@ class WebContext:
         kw.setdefault("logged_in", bool(request.get(SID)) and self.cfg.http.auth.mode == "password")
         html = self.jinja.get_template(name).render(**kw)
         return web.Response(text=html, content_type="text/html", charset="utf-8", status=status)
+
+
+# ---- bounded parameters: anything else is a 400 that says what was expected ------------------
+
+def session_key(raw: str) -> int | str:
+    """A session id (ASCII digits), uuid or short id."""
+    if raw.isascii() and raw.isdigit():
+        if not DIGITS.fullmatch(raw):
+            raise InvalidArgument(f"session id {raw[:24]!r}…: too long a number")
+        return int(raw)
+    if not KEY.fullmatch(raw):
+        raise InvalidArgument(f"not a session id, uuid or short id: {raw[:40]!r}")
+    return raw
+
+
+def number(raw: str, what: str) -> int:
+    """A non-negative whole number in ASCII digits (at most 18 of them)."""
+    if not DIGITS.fullmatch(raw):
+        raise InvalidArgument(f"{what}: {raw[:24]!r} is not a number (ASCII digits)")
+    return int(raw)
+
+
+def bounded(raw: str, what: str, limit: int = 64, pattern: re.Pattern | None = None) -> str:
+    """A short text parameter (ids, tokens): at most limit characters, of the given pattern when one is given."""
+    if len(raw) > limit or (pattern is not None and not pattern.fullmatch(raw)):
+        raise InvalidArgument(f"{what}: {raw[:40]!r} is not valid")
+    return raw
+
+
+async def read_form(request: web.Request) -> Any:
+    """The posted form, read within http.body_timeout; a malformed one is a 400 (never a 500)."""
+    if request.content_type not in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        return {}
+    ctx: WebContext = request.app[CTX]
+    try:
+        async with asyncio.timeout(ctx.cfg.http.body_timeout):
+            return await request.post()
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(text="the form came too slowly") from None
+    except (ValueError, LookupError, UnicodeDecodeError, AssertionError, RequestPayloadError) as e:
+        raise InvalidArgument(f"the form could not be read: {str(e).splitlines()[0][:80] if str(e) else e!r}") \
+            from None
+
+
+async def read_json(request: web.Request) -> dict:
+    """The JSON object in the body, read within http.body_timeout; anything else is a 400."""
+    ctx: WebContext = request.app[CTX]
+    try:
+        async with asyncio.timeout(ctx.cfg.http.body_timeout):
+            raw = await request.read()
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(text="the request body came too slowly") from None
+    except RequestPayloadError:
+        raise InvalidArgument("the request body could not be read (its encoding or framing is broken)") from None
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
+        raise InvalidArgument("the request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise InvalidArgument("the request body must be a JSON object")
+    return data
 
 
 def client_addr(request: web.Request) -> str:
@@ -92,18 +168,17 @@ def _date(value: str, name: str) -> dt.date | None:
     if not value:
         return None
     try:
+        if not DATE.fullmatch(value):
+            raise ValueError
         return dt.date.fromisoformat(value)
     except ValueError:
-        raise InvalidArgument(f"{name}: {value!r} is not a date (YYYY-MM-DD)") from None
+        raise InvalidArgument(f"{name}: {value[:40]!r} is not a date (YYYY-MM-DD)") from None
 
 
 def _int(value: str, name: str, default: int, lo: int, hi: int) -> int:
     if value == "":
         return default
-    try:
-        n = int(value)
-    except ValueError:
-        raise InvalidArgument(f"{name}: {value!r} is not a number") from None
+    n = number(value, name)
     if not lo <= n <= hi:
         raise InvalidArgument(f"{name}: {n} is out of range {lo}..{hi}")
     return n
@@ -116,7 +191,7 @@ async def query_sessions(ctx: WebContext, q: Any) -> dict:
     since, until = _date(q.get("from", ""), "from"), _date(q.get("to", ""), "to")
     sort = q.get("sort", "date")
     if sort not in SORTS:
-        raise InvalidArgument(f"sort: {sort!r} is not one of {', '.join(SORTS)}")
+        raise InvalidArgument(f"sort: {sort[:40]!r} is not one of {', '.join(SORTS)}")
     order = q.get("order", "desc" if sort in ("date", "duration") else "asc")
     if order not in ("asc", "desc"):
         raise InvalidArgument("order: asc or desc")

@@ -3,22 +3,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import mimetypes
-import os
 import re
 import time
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from aiohttp import web
 
-from steno_exportd.errors import InvalidArgument, NotFoundError
-from steno_exportd.web.context import CTX, WebContext, client_addr
+from steno_exportd.errors import InvalidArgument, NotFoundError, SourceError, Throttled
+from steno_exportd.recordings import SourceChanged, SourceRef
+from steno_exportd.web.context import CTX, WebContext, client_addr, session_key
 
 log = logging.getLogger(__name__)
 
 MAX_SELECTION = 500
+MAX_FORMATS = 32
+ZIP_CHUNK = 128 << 10       # a recording read through Python (checksums not known yet) holds ~6 of these per ZIP
+ZIP_BATCH = 512 << 10       # ... fetched from the reader 512 KiB at a time (a thread hop per chunk costs throughput)
+RANGE = re.compile(r"([0-9]*)-([0-9]*)")
 AUDIO_TYPES = {".flac": "audio/flac", ".wav": "audio/wav", ".mp3": "audio/mpeg", ".ogg": "audio/ogg",
                ".opus": "audio/ogg", ".m4a": "audio/mp4"}
 
@@ -35,29 +40,27 @@ def download_name(s: Any, name: str) -> str:
     return f"{stem} ({s.summary.short_id}) {name}"
 
 
-async def audio(request: web.Request) -> web.StreamResponse:
-    ctx: WebContext = request.app[CTX]
-    s = await ctx.session(request.match_info["key"])
-    return await send_audio(request, ctx, s, via="page")
+class Use(Protocol):
+    """A share link's use, taken before the download starts: committed once a byte went out, else given back."""
+
+    async def commit(self, detail: str) -> None: ...
+    async def release(self) -> None: ...
 
 
-async def send_audio(request: web.Request, ctx: WebContext, s: Any, via: str,
-                     on_complete: Any = None) -> web.StreamResponse:
-    if s.audio is None or s.audio.path is None:
-        reasons = "; ".join(p.reason for p in s.problems if "audio" in p.field) or "no recording"
-        raise NotFoundError(f"this session has no usable recording ({reasons})")
-    path = s.audio.path
-    ctype = AUDIO_TYPES.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    addr = client_addr(request)
+class ClientLeft(ConnectionError):
+    """The connection went away during a sendfile, after ``sent`` bytes of it."""
 
-    async def done() -> None:
-        if on_complete is not None:
-            await on_complete()
-        if "dl" in request.query or via != "page":
-            await asyncio.to_thread(ctx.store.audit, s.id, addr, f"audio {path.name}", via)
-    name = download_name(s, path.name)
-    return CompletingFileResponse(path, done, name, headers={
-        "Content-Type": ctype, "Content-Disposition": disposition(name, inline="dl" not in request.query)})
+    def __init__(self, sent: int) -> None:
+        super().__init__(f"client left after {sent} bytes")
+        self.sent = sent
+
+
+class FileEnded(ConnectionError):
+    """A file ended (or changed) before all of it was sent: the answer is cut, the connection closed."""
+
+    def __init__(self, sent: int, why: object, session_id: int = 0) -> None:
+        super().__init__(f"the file changed while being sent: {why}")
+        self.sent, self.why, self.session_id = sent, why, session_id
 
 
 def client_left(name: str, sent: int, total: int | None) -> None:
@@ -65,45 +68,159 @@ def client_left(name: str, sent: int, total: int | None) -> None:
     log.info("download of %s: client left after %d of %s bytes", name, sent, total if total is not None else "?")
 
 
-def _sent_since(f: Any, offset: int) -> int:
-    """Bytes a sendfile got out before it failed (asyncio leaves the file position after them)."""
-    try:
-        return max(0, os.lseek(f.fileno(), 0, os.SEEK_CUR) - offset)
-    except (OSError, ValueError):
-        return 0
+def source_changed(request: web.BaseRequest, name: str, whose: str, sent: int, total: int | None,
+                   why: object) -> None:
+    """A file that shrank, vanished or was swapped while being sent: one WARNING; the connection is closed."""
+    log.warning("download of %s (%s) for %s: the recording changed while being sent, after %d of %s bytes "
+                "(%s); connection closed", name, whose, client_addr(request), sent,
+                total if total is not None else "?", why)
+    request.protocol.force_close()
 
 
-class CompletingFileResponse(web.FileResponse):
-    """sendfile with Range/If-Range/ETag; calls ``done`` once a whole file (200, GET, no Range) has been sent."""
+async def audio(request: web.Request) -> web.StreamResponse:
+    ctx: WebContext = request.app[CTX]
+    s = await ctx.session(request.match_info["key"])
+    return await send_audio(request, ctx, s, via="page")
 
-    def __init__(self, path: Any, done: Any, name: str, **kw: Any) -> None:
-        super().__init__(path, **kw)
-        self._done = done
-        self._name = name
 
-    async def _sendfile(self, request: web.BaseRequest, fobj: Any, offset: int, count: int) -> Any:
-        try:
-            return await super()._sendfile(request, fobj, offset, count)
-        except ConnectionError:      # aiohttp drops the connection quietly; say once what happened
-            client_left(self._name, _sent_since(fobj, offset), count)
-            raise
+async def send_audio(request: web.Request, ctx: WebContext, s: Any, via: str,
+                     use: Use | None = None) -> web.StreamResponse:
+    """The recording, opened as the library checked it (no symlink followed, same file) and sent from that."""
+    if s.audio is None or s.audio.path is None:
+        reasons = "; ".join(p.reason for p in s.problems if "audio" in p.field) or "no recording"
+        raise NotFoundError(f"this session has no usable recording ({reasons})")
+    path = s.audio.path
+    ref = SourceRef(path, ctx.cfg.recorder_data_dir, s.audio.dev, s.audio.ino)
+    opened = await asyncio.to_thread(ref.open)          # SourceChanged (409): swapped or gone since the check
+    ctype = AUDIO_TYPES.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    addr = client_addr(request)
+
+    async def done() -> None:
+        if "dl" in request.query and use is None:
+            await asyncio.to_thread(ctx.store.audit, s.id, addr, f"audio {path.name}", via)
+    name = download_name(s, path.name)
+    return SourceResponse(opened, name, f"session {s.id}", done, use, headers={
+        "Content-Type": ctype, "Content-Disposition": disposition(name, inline="dl" not in request.query)})
+
+
+def byte_range(header: str, size: int) -> tuple[int, int] | None | str:
+    """One Range 'bytes=' spec as (start, count); None: send it all (no or another unit); "bad": 416."""
+    if not header.startswith("bytes="):
+        return None
+    m = RANGE.fullmatch(header[6:].strip())
+    if not m or (not m.group(1) and not m.group(2)):
+        return "bad"                     # several ranges (no multipart answers here) or garbage
+    first, last = m.groups()
+    if not first:                        # the last N bytes; N = 0 asks for nothing
+        n = int(last)
+        return (max(0, size - n), min(n, size)) if n and size else "bad"
+    start = int(first)
+    if start >= size or (last and int(last) < start):
+        return "bad"
+    end = min(int(last), size - 1) if last else size - 1
+    return start, end - start + 1
+
+
+class SourceResponse(web.StreamResponse):
+    """A file sent from an already open descriptor (sendfile): Range, If-Range, ETag, Last-Modified, 304/412.
+
+    A file that ends before its length was sent is cut off (connection closed, one WARNING), never left hanging.
+    ``done`` runs after a whole file (200, GET) was sent; a share link's ``use`` is committed once bytes went out.
+    """
+
+    def __init__(self, opened: Any, name: str, whose: str, done: Any = None, use: Use | None = None,
+                 **kw: Any) -> None:
+        super().__init__(**kw)
+        self._src, self._name, self._whose, self._done, self._use = opened, name, whose, done, use
+        self._sent, self._detail = 0, ""
 
     async def prepare(self, request: web.BaseRequest) -> Any:
         if self.prepared:
             return None
-        if_range = request.headers.get("If-Range", "")
-        if "Range" in request.headers and if_range.startswith(('"', "W/")):
-            # aiohttp honours only dates in If-Range; an entity tag that no longer matches means "send it all"
-            st = self._path.stat()
-            if if_range != f'"{st.st_mtime_ns:x}-{st.st_size:x}"':
-                headers = request.headers.copy()
-                del headers["Range"]
-                del headers["If-Range"]
-                request = request.clone(headers=headers)
+        try:
+            return await self._send(request)
+        finally:
+            self._src.close()
+            if self._use is not None:
+                await (self._use.commit(self._detail) if self._sent else self._use.release())
+
+    async def _send(self, request: web.BaseRequest) -> Any:
+        st = self._src.st
+        size = st.st_size
+        tag = f"{st.st_mtime_ns:x}-{size:x}"
+        self.etag = tag
+        self.last_modified = st.st_mtime
+        self.headers["Accept-Ranges"] = "bytes"
+        if (m := request.if_match) is not None and not any(e.value in (tag, "*") and not e.is_weak for e in m):
+            self.set_status(412)
+            return await super().prepare(request)
+        inm, ims = request.if_none_match, request.if_modified_since
+        if (inm is not None and any(e.value in (tag, "*") for e in inm)) or \
+                (inm is None and ims is not None and int(st.st_mtime) <= ims.timestamp()):
+            self.set_status(304)
+            return await super().prepare(request)
+        start, count = 0, size
+        rng = request.headers.get("Range", "")
+        if rng and self._if_range(request, tag, st.st_mtime):
+            got = byte_range(rng, size)
+            if got == "bad":
+                self.set_status(416)
+                self.headers["Content-Range"] = f"bytes */{size}"
+                self.content_length = 0
+                return await super().prepare(request)
+            if got is not None:
+                start, count = got  # type: ignore[misc]
+                self.set_status(206)
+                self.headers["Content-Range"] = f"bytes {start}-{start + count - 1}/{size}"
+                self._detail = f" (bytes {start}-{start + count - 1})"
+        self.content_length = count
         writer = await super().prepare(request)
-        if request.method == "GET" and "Range" not in request.headers and self.status == 200:
+        if request.method == "HEAD" or count == 0:
+            return writer
+        try:
+            self._sent = await send_span(request, self._src, start, count)
+        except ClientLeft as e:
+            self._sent = e.sent
+            client_left(self._name, e.sent, count)
+            raise
+        except FileEnded as e:
+            self._sent = e.sent
+            source_changed(request, self._name, self._whose, e.sent, count, e.why)
+            raise
+        await super().write_eof()
+        if self._done is not None and self.status == 200 and request.method == "GET":
             await self._done()
         return writer
+
+    @staticmethod
+    def _if_range(request: web.BaseRequest, tag: str, mtime: float) -> bool:
+        """Is the Range still meant for this file? (If-Range: an entity tag, or a date; none: yes.)"""
+        value = request.headers.get("If-Range", "")
+        if not value:
+            return True
+        if value.startswith(('"', "W/")):
+            return value == f'"{tag}"'
+        try:
+            when = request.if_range
+        except ValueError:
+            return False
+        return when is not None and int(mtime) <= when.timestamp()
+
+
+async def send_span(request: web.BaseRequest, src: Any, start: int, count: int) -> int:
+    """count bytes of an open file from start, by sendfile; ClientLeft or FileEnded (both ConnectionErrors)."""
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        raise ClientLeft(0)
+    await request.writer.drain()
+    f = io.FileIO(src.fileno(), "rb", closefd=False)
+    try:
+        sent = await asyncio.get_running_loop().sendfile(transport, f, start, count)
+    except ConnectionError:
+        raise ClientLeft(max(0, f.tell() - start)) from None
+    if sent < count:                  # the file ended early: cut the answer, never leave the client waiting
+        raise FileEnded(sent, f"{src.size} bytes when opened, it ended after {start + sent}")
+    return sent
 
 
 async def rendered(request: web.Request) -> web.StreamResponse:
@@ -116,13 +233,13 @@ async def rendered(request: web.Request) -> web.StreamResponse:
 async def send_rendered(request: web.Request, ctx: WebContext, s: Any, fmt: str, template: str,
                         via: str) -> web.StreamResponse:
     from steno_exportd import render
-    from steno_exportd.render.base import RenderOptions
+    from steno_exportd.engine.plan import render_options
 
     r = render.get(one_of(fmt, render.names(), "format"))
     if fmt == "audio":
         raise web.HTTPFound(f"/sessions/{s.id}/audio?dl=1")
     template = _template(template, ctx)
-    opts = RenderOptions.from_config(ctx.cfg.render, template)
+    opts = render_options(ctx.cfg, template)        # the same options as an export's files
     key = ctx.cache.key(s.uuid, s.updated_at, fmt, r.version, template, opts)
     name = download_name(s, r.filename(s, opts))
     headers = {"Content-Disposition": disposition(name), "Content-Type": r.media_type}
@@ -137,7 +254,11 @@ async def send_rendered(request: web.Request, ctx: WebContext, s: Any, fmt: str,
 
     async def done() -> None:
         await asyncio.to_thread(ctx.store.audit, s.id, addr, f"{fmt} ({template})", via)
-    return CompletingFileResponse(path, done, name, headers=headers)
+    try:                              # the cache is the daemon's own folder; still, no symlink is followed
+        opened = await asyncio.to_thread(SourceRef(path, ctx.cache.root).open)
+    except SourceError:
+        raise NotFoundError(f"the cached {fmt} went away; try again") from None
+    return SourceResponse(opened, name, f"session {s.id}", done, headers=headers)
 
 
 # ---- parameters and ZIP ---------------------------------------------------------------
@@ -151,76 +272,117 @@ def one_of(value: str, allowed: Any, what: str) -> str:
 
 def _template(value: str, ctx: WebContext) -> str:
     """The built-in templates and the user's own (render.template_dir/templates.toml)."""
-    from steno_exportd.render.doctemplates import available
-    templates, _ = available(ctx.cfg.render.template_dir or None)
-    return one_of(value or ctx.cfg.export.template, tuple(templates), "template")
+    return one_of(value or ctx.cfg.export.template, tuple(ctx.core.template_names()), "template")
 
 
 def _formats(q: Any, ctx: WebContext) -> tuple[str, ...]:
     from steno_exportd.formats import FORMATS
-    raw = ",".join(q.getall("formats", []))
-    if not raw:
+    names = [f.strip() for f in ",".join(q.getall("formats", [])).split(",") if f.strip()]
+    if not names and not q.getall("formats", []):
         return tuple(ctx.cfg.export.formats)
-    fmts = tuple(dict.fromkeys(one_of(f.strip(), FORMATS, "format") for f in raw.split(",") if f.strip()))
+    if len(names) > MAX_FORMATS:
+        raise InvalidArgument(f"formats: at most {MAX_FORMATS}")
+    fmts = tuple(dict.fromkeys(one_of(f, FORMATS, "format") for f in names))
     if not fmts:
         raise InvalidArgument(f"formats: name at least one of {', '.join(FORMATS)}")
     return fmts
 
 
 async def stream_zip(request: web.Request, ctx: WebContext, ids: list[int], fmts: tuple[str, ...],
-                     name: str, via: str, on_complete: Any = None) -> web.StreamResponse:
-    """One ZIP streamed on the fly (ZIP64, audio stored, SHA256SUMS and manifest), with Content-Length."""
+                     name: str, via: str, use: Use | None = None) -> web.StreamResponse:
+    """One ZIP streamed on the fly (ZIP64, audio stored, SHA256SUMS and manifest), with Content-Length.
+
+    Its recordings are opened as they were checked when it is planned and held open until they are sent; one
+    that shrinks meanwhile cuts the ZIP off (connection closed, one WARNING naming the session): a ZIP never
+    silently misses or truncates one."""
     from steno_exportd.engine import archive
 
-    template = _template(request.query.get("template", ""), ctx)
-    errors: dict = {}
-    plan = await asyncio.to_thread(archive.build_plan, ctx.core.library, tuple(ids), fmts, template,
-                                   "audio" in fmts, ctx.cfg, None, errors, ctx.hashes)
-    resp = web.StreamResponse(headers={"Content-Type": "application/zip",
-                                       "Content-Disposition": disposition(name)})
-    resp.content_length = archive.zip_size(plan)
-    if errors:
-        resp.headers["X-Steno-Problems"] = quote("; ".join(f"session {k}: {', '.join(v)}"
-                                                           for k, v in errors.items()))[:2000]
-    await resp.prepare(request)
-    if request.method == "HEAD":
-        return resp
-    parts = archive.zip_parts(plan, chunk=1 << 20)
-    ctx.streams.add(resp)
-    sent = 0
+    sent, held, plan = 0, 0, None
     try:
-        while True:
-            part = await asyncio.to_thread(next, parts, None)
-            if part is None:
-                break
-            if isinstance(part, archive.FileSpan):
-                sent += await _sendfile(request, part)
-            else:
-                await resp.write(part)
-                sent += len(part)
-        await resp.write_eof()
-    except ConnectionError as e:    # the client left: one INFO line, nothing counted or cached
-        client_left(name, sent + (e.sent if isinstance(e, ClientLeft) else 0), resp.content_length)
-        return resp
+        template = _template(request.query.get("template", ""), ctx)
+        errors: dict = {}
+        held = len(ids) if "audio" in fmts else 0         # at most one recording per session stays open
+        if ctx.source_files + held > ctx.source_budget:
+            raise Throttled("too many ZIP downloads at once; try again in a moment", 5.0)
+        ctx.source_files += held
+        plan = await asyncio.to_thread(archive.build_plan, ctx.core.library, tuple(ids), fmts, template,
+                                       "audio" in fmts, ctx.cfg, None, errors, ctx.hashes, True)
+        resp = web.StreamResponse(headers={"Content-Type": "application/zip",
+                                           "Content-Disposition": disposition(name)})
+        resp.content_length = archive.zip_size(plan)
+        if errors:
+            resp.headers["X-Steno-Problems"] = quote("; ".join(f"session {k}: {', '.join(v)}"
+                                                               for k, v in errors.items()))[:2000]
+        await resp.prepare(request)
+        if request.method == "HEAD":
+            return resp
+        sent = await _stream_parts(request, resp, ctx, plan, name)
     finally:
-        ctx.streams.discard(resp)
-        await asyncio.to_thread(_close_parts, parts)
+        if plan is not None:
+            plan.close()
+        ctx.source_files -= held
+        if use is not None:
+            await (use.commit("") if sent else use.release())
+    if sent != resp.content_length:
+        return resp                   # cut off (logged)
     for e in plan.entries:          # recordings hashed on the way: the next ZIP can use sendfile
-        if e.path is not None and not e.known and e.sha256:
-            await asyncio.to_thread(ctx.hashes.put, e.path, e.crc, e.sha256)
-    if on_complete is not None:
-        await on_complete()
-    for sid in ids:
-        await asyncio.to_thread(ctx.store.audit, sid, client_addr(request), f"zip {','.join(fmts)}", via)
+        if e.source is not None and not e.known and e.sha256:
+            await asyncio.to_thread(ctx.hashes.put, e.path, e.crc, e.sha256, None, e.source)
+    if use is None:
+        for sid in ids:
+            await asyncio.to_thread(ctx.store.audit, sid, client_addr(request), f"zip {','.join(fmts)}", via)
     return resp
 
 
-class ClientLeft(ConnectionError):
-    """The connection went away during a sendfile, after ``sent`` bytes of it."""
+async def _stream_parts(request: web.Request, resp: web.StreamResponse, ctx: WebContext, plan: Any,
+                        name: str) -> int:
+    """Write the plan's parts; the bytes sent (short of the length when the client left or a file changed)."""
+    from steno_exportd.engine import archive
 
-    def __init__(self, sent: int) -> None:
-        super().__init__(f"client left after {sent} bytes")
-        self.sent = sent
+    parts = archive.zip_parts(plan, chunk=ZIP_CHUNK)
+    ctx.streams.add(resp)
+    sent = 0
+    try:
+        while batch := await asyncio.to_thread(_take, parts, ZIP_BATCH):
+            for part in batch:
+                if isinstance(part, archive.FileSpan):
+                    sent += await _send_file_span(request, part)
+                else:
+                    await resp.write(part)
+                    sent += len(part)
+        await resp.write_eof()
+    except FileEnded as e:
+        source_changed(request, name, f"session {e.session_id}", sent + e.sent, resp.content_length, e.why)
+        return sent + e.sent
+    except ClientLeft as e:           # the client left: one INFO line, nothing counted or cached
+        client_left(name, sent + e.sent, resp.content_length)
+        return sent + e.sent
+    except ConnectionError:
+        client_left(name, sent, resp.content_length)
+        request.protocol.force_close()
+    except SourceChanged as e:        # a recording read through Python (checksums not known yet)
+        source_changed(request, name, f"session {e.session_id}", sent, resp.content_length, e)
+    except (SourceError, OSError) as e:
+        source_changed(request, name, "a session", sent, resp.content_length, e)
+    finally:
+        ctx.streams.discard(resp)
+        await asyncio.to_thread(_close_parts, parts)
+    return sent
+
+
+def _take(parts: Any, limit: int) -> list:
+    """The next parts, up to limit bytes or a FileSpan (one thread hop for several small chunks); [] at the end."""
+    from steno_exportd.engine.archive import FileSpan
+    out: list = []
+    size = 0
+    for part in parts:
+        out.append(part)
+        if isinstance(part, FileSpan):
+            break
+        size += len(part)
+        if size >= limit:
+            break
+    return out
 
 
 def _close_parts(parts: Any) -> None:
@@ -229,20 +391,18 @@ def _close_parts(parts: Any) -> None:
         parts.close()
 
 
-async def _sendfile(request: web.Request, span: Any) -> int:
-    """A stored entry straight from the page cache to the socket (what FileResponse does); its size."""
-    writer, transport = request.writer, request.transport
-    await writer.drain()
-    with open(span.path, "rb") as f:
-        if transport is None or transport.is_closing():
-            raise ClientLeft(0)
-        try:
-            sent = await asyncio.get_running_loop().sendfile(transport, f, 0, span.size)
-        except ConnectionError:
-            raise ClientLeft(_sent_since(f, 0)) from None
-    if sent != span.size:
-        raise OSError(f"{span.path} changed size while being sent")
-    return sent
+async def _send_file_span(request: web.Request, span: Any) -> int:
+    """A stored entry straight from the page cache to the socket, from the file opened when it was checked."""
+    try:
+        src = span.opened if span.opened is not None else await asyncio.to_thread(span.source.open)
+    except SourceError as e:
+        raise FileEnded(0, e, span.session_id) from None
+    try:
+        return await send_span(request, src, 0, span.size)
+    except FileEnded as e:
+        raise FileEnded(e.sent, e.why, span.session_id) from None
+    finally:
+        src.close()
 
 
 async def session_zip(request: web.Request) -> web.StreamResponse:
@@ -254,14 +414,16 @@ async def session_zip(request: web.Request) -> web.StreamResponse:
 
 async def selection_zip(request: web.Request) -> web.StreamResponse:
     ctx: WebContext = request.app[CTX]
-    raw = [x for x in request.query.getall("id", []) + request.query.get("ids", "").split(",") if x.strip()]
+    raw = [x for x in request.query.getall("id", []) + request.query.get("ids", "").split(",") if x]
     if not raw:
         raise InvalidArgument("select at least one session")
     if len(raw) > MAX_SELECTION:
         raise InvalidArgument(f"at most {MAX_SELECTION} sessions in one ZIP")
+    for key in raw:
+        session_key(key)              # every key well-formed before any is looked up
     ids: list[int] = []
     for key in raw:
-        s = await ctx.session(key.strip())
+        s = await ctx.session(key)
         if s.id not in ids:
             ids.append(s.id)
     stamp = time.strftime("%Y-%m-%d")

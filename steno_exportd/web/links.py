@@ -1,17 +1,25 @@
-"""Share links: making (page form and API) and revoking them, the guest's share page, its PIN, its downloads."""
+"""Share links: making (page form and API) and revoking them, the guest's share page, its PIN, its downloads.
+
+A download takes one of the link's uses before it starts (Range requests too; HEAD takes none), gives it back
+when it fails before its first byte, and is written to the audit log with the guest's address."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from typing import Any
 
 from aiohttp import web
 
-from steno_exportd.errors import InvalidArgument, NotFoundError, StenoError
-from steno_exportd.web.context import CTX, WebContext, client_addr
+from steno_exportd.access import fingerprint
+from steno_exportd.errors import InvalidArgument, NotFoundError, StenoError, Throttled
+from steno_exportd.web import auth
+from steno_exportd.web.context import CTX, REFUSALS, WebContext, bounded, client_addr, read_form
 from steno_exportd.web.downloads import download_name, one_of, send_audio, stream_zip
 from steno_exportd.web.pages import fmt_duration, fmt_when
+
+TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 async def new_link(ctx: WebContext, session_id: int, hours: Any, max_downloads: Any, pin: str) -> dict:
@@ -19,54 +27,70 @@ async def new_link(ctx: WebContext, session_id: int, hours: Any, max_downloads: 
     if not sl.enabled:
         raise StenoError("share links are turned off (http.share_links.enabled)")
     try:
-        h = float(hours) if str(hours).strip() else sl.default_expiry_hours
-        m = int(max_downloads) if str(max_downloads).strip() else sl.default_max_downloads
+        h = float(str(hours)[:32]) if str(hours).strip() else sl.default_expiry_hours
+        m = int(str(max_downloads)[:12]) if str(max_downloads).strip() else sl.default_max_downloads
     except (TypeError, ValueError):
         raise InvalidArgument("hours and max_downloads must be numbers") from None
-    link = await asyncio.to_thread(ctx.store.create_link, session_id, h, m, pin.strip())
+    pin = pin.strip()
+    if pin and not (pin.isascii() and pin.isdigit() and sl.min_pin_digits <= len(pin) <= 12):
+        raise InvalidArgument(f"a PIN is {sl.min_pin_digits} to 12 digits (http.share_links.min_pin_digits)")
+    if not (0 < h <= 24 * 366) or not (1 <= m <= 1000):     # checked before a PIN costs a hash
+        raise InvalidArgument("hours: more than 0, at most a year; max_downloads: 1 to 1000")
+    pin_hash = await ctx.access.passwords.hash(pin) if pin else ""
+    link = await asyncio.to_thread(ctx.store.create_link, session_id, h, m, pin_hash,
+                                   sl.max_wrong_pins if pin else 0)
     return link.public()
 
 
 async def create_share(request: web.Request) -> web.Response:
     ctx: WebContext = request.app[CTX]
     s = await ctx.session(request.match_info["key"])
-    form = await request.post()
+    form = await read_form(request)
     await new_link(ctx, s.id, form.get("hours", ""), form.get("max_downloads", ""), str(form.get("pin", "")))
     raise web.HTTPSeeOther(f"/sessions/{s.id}#share")
 
 
+async def revoke(ctx: WebContext, token: str) -> Any:
+    if not TOKEN.fullmatch(token):
+        raise NotFoundError("no such share link")
+    return await asyncio.to_thread(ctx.store.revoke, token)
+
+
 async def revoke_share(request: web.Request) -> web.Response:
-    ctx: WebContext = request.app[CTX]
-    link = await asyncio.to_thread(ctx.store.revoke, request.match_info["token"])
+    link = await revoke(request.app[CTX], request.match_info["token"])
     raise web.HTTPSeeOther(f"/sessions/{link.session_id}#share")
 
 
 def _share_cookie(token: str) -> str:
-    return "steno_share_" + re.sub(r"[^A-Za-z0-9_-]", "", token)[:40]
+    return auth.SHARE_COOKIE + token
 
 
 async def _usable_link(request: web.Request, ctx: WebContext) -> Any:
     token = request.match_info["token"]
     try:
-        link = await asyncio.to_thread(ctx.store.link, token)
-    except NotFoundError:
+        link = await asyncio.to_thread(ctx.store.link, bounded(token, "link", 64, TOKEN))
+    except (NotFoundError, InvalidArgument):
         raise web.HTTPNotFound(text="This share link does not exist. Ask for a new one.") from None
     if link.state != "active":
         raise web.HTTPGone(text=f"This share link is {link.state}. Ask for a new one.")
     return link
 
 
-def _pin_ok(request: web.Request, ctx: WebContext, link: Any) -> bool:
+async def _pin_ok(request: web.Request, ctx: WebContext, link: Any) -> bool:
+    """No PIN, or this browser entered it (a login scoped to the link, ended with the link)."""
     if not link.has_pin:
         return True
-    p = ctx.signer.unsign(request.cookies.get(_share_cookie(link.token), ""))
-    return bool(p) and p.get("share") == link.token
+    value = request.cookies.get(_share_cookie(link.token), "")
+    if not value:
+        return False
+    stored = await asyncio.to_thread(ctx.store.pin_hash, link.token)
+    return await asyncio.to_thread(ctx.store.login_for, value, fingerprint(stored), link.token) is not None
 
 
 async def share_page(request: web.Request) -> web.Response:
     ctx: WebContext = request.app[CTX]
     link = await _usable_link(request, ctx)
-    if not _pin_ok(request, ctx, link):
+    if not await _pin_ok(request, ctx, link):
         return ctx.render_page(request, "share_pin.html", token=link.token, error="")
     s = await ctx.session(str(link.session_id))
     return ctx.render_page(request, "share.html", s=s, link=link.public(), when=fmt_when, dur=fmt_duration,
@@ -75,43 +99,90 @@ async def share_page(request: web.Request) -> web.Response:
 
 
 async def share_pin(request: web.Request) -> web.Response:
+    """One PIN guess: counted by the limiter (per address, network, overall) and by the link (it locks itself
+    after http.share_links.max_wrong_pins), both before the PIN is checked."""
     ctx: WebContext = request.app[CTX]
     link = await _usable_link(request, ctx)
+    if not link.has_pin:
+        raise web.HTTPSeeOther(f"/s/{link.token}")
     addr = client_addr(request)
-    wait = ctx.limiter.locked_for(addr)
-    if wait:
-        resp = ctx.render_page(request, "share_pin.html", status=429, token=link.token,
-                               error=f"Too many wrong PINs. Try again in {int(wait) + 1} seconds.")
-        resp.headers["Retry-After"] = str(int(wait) + 1)
-        return resp
-    pin = str((await request.post()).get("pin", ""))[:32]
-    if not await asyncio.to_thread(ctx.store.check_pin, link.token, pin):
-        ctx.limiter.failed(addr)
+    try:
+        attempt = ctx.access.limiter.acquire(addr)
+    except Throttled as e:
+        return _pin_refused(request, ctx, link.token, e)
+    if not await asyncio.to_thread(ctx.store.reserve_pin_guess, link.token):
+        attempt.cancelled()
+        raise web.HTTPGone(text="This share link is locked after too many wrong PINs. Ask for a new one.")
+    pin = str((await read_form(request)).get("pin", ""))[:32]
+    stored = await asyncio.to_thread(ctx.store.pin_hash, link.token)
+    try:
+        ok = await ctx.access.passwords.verify(pin, stored)
+    except BaseException as e:
+        attempt.cancelled()
+        await asyncio.to_thread(ctx.store.pin_was_right, link.token)    # never checked: not a wrong PIN
+        if isinstance(e, Throttled):
+            return _pin_refused(request, ctx, link.token, e)
+        raise
+    if not ok:
+        attempt.failed()
+        request.app[REFUSALS].note(addr, "wrong PIN for share link %s…", link.token[:6], level=logging.WARNING)
         return ctx.render_page(request, "share_pin.html", status=403, token=link.token, error="Wrong PIN.")
-    ctx.limiter.succeeded(addr)
+    attempt.succeeded()
+    await asyncio.to_thread(ctx.store.pin_was_right, link.token)
+    _, value = await asyncio.to_thread(ctx.store.create_login, "share", fingerprint(stored),
+                                       max(60.0, link.expires - time.time()), addr,
+                                       request.headers.get("User-Agent", ""), link.token)
     resp = web.HTTPSeeOther(f"/s/{link.token}")
-    resp.set_cookie(_share_cookie(link.token), ctx.signer.sign({"share": link.token, "exp": link.expires}),
-                    httponly=True, samesite="Strict", path=f"/s/{link.token}")
+    resp.set_cookie(_share_cookie(link.token), value, httponly=True, samesite="Strict", path=f"/s/{link.token}",
+                    secure=ctx.tls)
     raise resp
+
+
+def _pin_refused(request: web.Request, ctx: WebContext, token: str, e: Throttled) -> web.Response:
+    wait = int(e.retry_after) + 1
+    request.app[REFUSALS].note(client_addr(request), "share PIN: %s", str(e))
+    resp = ctx.render_page(request, "share_pin.html", status=429, token=token,
+                           error=f"Too many wrong PINs. Try again in {wait} seconds.")
+    resp.headers["Retry-After"] = str(wait)
+    return resp
+
+
+class ShareUse:
+    """One use of a link, taken before a download starts."""
+
+    def __init__(self, ctx: WebContext, token: str, session_id: int, addr: str, what: str) -> None:
+        self.ctx, self.token, self.session_id, self.addr, self.what = ctx, token, session_id, addr, what
+
+    async def commit(self, detail: str) -> None:
+        await asyncio.to_thread(self.ctx.store.audit, self.session_id, self.addr, self.what + detail,
+                                f"share link {self.token[:6]}…")
+
+    async def release(self) -> None:
+        await asyncio.to_thread(self.ctx.store.release_use, self.token)
 
 
 async def share_download(request: web.Request) -> web.StreamResponse:
     ctx: WebContext = request.app[CTX]
     link = await _usable_link(request, ctx)
-    if not _pin_ok(request, ctx, link):
+    if not await _pin_ok(request, ctx, link):
         raise web.HTTPForbidden(text="Enter the PIN first.")
-    s = await ctx.session(str(link.session_id))
     what = one_of(request.match_info["what"], ("zip", "audio"), "download")
-    counted = {"ok": False}
-
-    async def count() -> None:
-        counted["ok"] = await asyncio.to_thread(ctx.store.count_download, link.token)
-
+    s = await ctx.session(str(link.session_id))
+    use = None
+    if request.method != "HEAD":
+        if not await asyncio.to_thread(ctx.store.reserve_use, link.token):
+            raise web.HTTPGone(text="This share link is used up. Ask for a new one.")
+        use = ShareUse(ctx, link.token, s.id, client_addr(request), what)
     via = f"share link {link.token[:6]}…"
-    if what == "audio":
-        return await send_audio(request, ctx, s, via=via, on_complete=count)
-    return await stream_zip(request, ctx, [s.id], tuple(ctx.cfg.export.formats),
-                            download_name(s, "SilentSteno.zip"), via, on_complete=count)
+    try:
+        if what == "audio":
+            return await send_audio(request, ctx, s, via=via, use=use)
+        return await stream_zip(request, ctx, [s.id], tuple(ctx.cfg.export.formats),
+                                download_name(s, "SilentSteno.zip"), via, use=use)
+    except BaseException:
+        if use is not None and what == "audio":      # nothing was sent: the use goes back (the ZIP does it itself)
+            await use.release()
+        raise
 
 
 def add_routes(app: web.Application) -> None:

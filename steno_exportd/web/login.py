@@ -1,15 +1,14 @@
-"""Login and logout (password mode); the signer, limiter and networks are in auth.py."""
+"""Login and logout (password mode): server-side logins in the core's access store, guesses through its limiter."""
 from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
-import time
 
 from aiohttp import web
 
+from steno_exportd.errors import Throttled
 from steno_exportd.web import auth
-from steno_exportd.web.context import CTX, WebContext, client_addr
+from steno_exportd.web.context import CTX, REFUSALS, WebContext, client_addr, read_form
 
 log = logging.getLogger(__name__)
 
@@ -30,35 +29,58 @@ async def login_page(request: web.Request) -> web.Response:
 
 
 async def login(request: web.Request) -> web.Response:
-    from steno_exportd.web.password import verify_password
-
     ctx: WebContext = request.app[CTX]
     if ctx.cfg.http.auth.mode != "password":
         raise web.HTTPFound("/")
-    form = await request.post()
+    form = await read_form(request)
     nxt = _safe_next(str(form.get("next", "/")))
     addr = client_addr(request)
-    wait = ctx.limiter.locked_for(addr)
-    if wait:
-        resp = ctx.render_page(request, "login.html", status=429, next=nxt,
-                               error=f"Too many failed attempts. Try again in {int(wait) + 1} seconds.")
-        resp.headers["Retry-After"] = str(int(wait) + 1)
-        return resp
-    ok = await asyncio.to_thread(verify_password, str(form.get("password", ""))[:1024],
-                                 ctx.cfg.http.auth.password_hash)
+    try:
+        attempt = ctx.access.limiter.acquire(addr)        # counted before the check: concurrent guesses cannot race
+    except Throttled as e:
+        return _refused(request, ctx, nxt, e)
+    try:
+        ok = await ctx.access.passwords.verify(str(form.get("password", ""))[:1024], ctx.cfg.http.auth.password_hash)
+    except Throttled as e:                                # the checker is busy: this guess was never checked
+        attempt.cancelled()
+        return _refused(request, ctx, nxt, e)
+    except BaseException:
+        attempt.cancelled()
+        raise
     if not ok:
-        ctx.limiter.failed(addr)
-        log.warning("failed login from %s", addr)
+        attempt.failed()
+        request.app[REFUSALS].note(addr, "wrong password", level=logging.WARNING)
         return ctx.render_page(request, "login.html", status=401, next=nxt, error="Wrong password.")
-    ctx.limiter.succeeded(addr)
+    attempt.succeeded()
     hours = ctx.cfg.http.auth.session_hours
-    token = ctx.signer.sign({"sid": secrets.token_urlsafe(16), "exp": time.time() + hours * 3600})
+    _, token = await asyncio.to_thread(ctx.store.create_login, "password", ctx.password_tag(), hours * 3600, addr,
+                                       request.headers.get("User-Agent", ""))
     resp = web.HTTPSeeOther(nxt)
-    resp.set_cookie(auth.COOKIE, token, httponly=True, samesite="Strict", max_age=int(hours * 3600), path="/")
+    resp.set_cookie(auth.COOKIE, token, httponly=True, samesite="Strict", max_age=int(hours * 3600), path="/",
+                    secure=ctx.tls)
     raise resp
 
 
+def _refused(request: web.Request, ctx: WebContext, nxt: str, e: Throttled) -> web.Response:
+    wait = int(e.retry_after) + 1
+    request.app[REFUSALS].note(client_addr(request), "login: %s", str(e))
+    resp = ctx.render_page(request, "login.html", status=429, next=nxt,
+                           error=f"Too many failed attempts. Try again in {wait} seconds."
+                           if "failed" in str(e) else f"Busy. Try again in {wait} seconds.")
+    resp.headers["Retry-After"] = str(wait)
+    return resp
+
+
 async def logout(request: web.Request) -> web.Response:
+    """End this login (the cookie is worthless afterwards, wherever it was copied); "everywhere": every login."""
+    ctx: WebContext = request.app[CTX]
+    form = await read_form(request)
+    token = request.cookies.get(auth.COOKIE, "")
+    if str(form.get("everywhere", "")) and ctx.cfg.http.auth.mode == "password":
+        n = await asyncio.to_thread(ctx.store.end_logins, "password")
+        log.info("%s logged out everywhere: %d logins ended", client_addr(request), n)
+    elif token:
+        await asyncio.to_thread(ctx.store.end_login, token)
     resp = web.HTTPSeeOther("/login")
     resp.del_cookie(auth.COOKIE, path="/")
     raise resp

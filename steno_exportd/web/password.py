@@ -2,41 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import base64
 import getpass
-import hashlib
-import hmac
-import os
 import sys
 
-N, R, P = 2 ** 14, 8, 1
-
-
-def hash_password(password: str, *, salt: bytes | None = None) -> str:
-    """scrypt$N$r$p$salt$hash (base64)."""
-    salt = salt or os.urandom(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=N, r=R, p=P, dklen=32)
-    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
-    return f"scrypt${N}${R}${P}${b64(salt)}${b64(digest)}"
-
-
-def verify_password(password: str, stored: str) -> bool:
-    """True when ``password`` matches a hash made by hash_password; False for anything malformed."""
-    try:
-        kind, n, r, p, salt, digest = stored.split("$")
-        if kind != "scrypt":
-            return False
-        want = base64.b64decode(digest)
-        got = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p),
-                             dklen=len(want), maxmem=256 * 1024 * 1024)
-    except (ValueError, TypeError):
-        return False
-    return hmac.compare_digest(got, want)
-
-
-def valid_hash(stored: str) -> bool:
-    parts = stored.split("$")
-    return len(parts) == 6 and parts[0] == "scrypt" and all(x.isdigit() for x in parts[1:4])
+from steno_exportd.access.passwords import hash_password
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

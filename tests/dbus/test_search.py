@@ -131,9 +131,10 @@ async def test_bad_search_arguments_are_invalid_args_with_the_reason(searching, 
         bus.disconnect()
 
 
-def ctl(address, *args):
-    return subprocess.run([sys.executable, "-m", "steno_exportd.exportctl", "--bus", address, "search", *args],
-                          capture_output=True, text=True, timeout=30, cwd=REPO)
+async def ctl(address, *args):
+    """steno-exportctl search, run in a thread (a child's whole run would block the loop)."""
+    return await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "steno_exportd.exportctl", "--bus", address, "search", *args],
+                                   capture_output=True, text=True, timeout=30, cwd=REPO)
 
 
 async def test_exportctl_search(searching):
@@ -144,7 +145,7 @@ async def test_exportctl_search(searching):
     finally:
         bus.disconnect()
 
-    r = await asyncio.to_thread(ctl, address, "zurich", "--json")
+    r = await ctl(address, "zurich", "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["total"] == 1 and out["pending"] == 0
@@ -152,23 +153,23 @@ async def test_exportctl_search(searching):
     spoken = [h for h in out["sessions"][0]["hits"] if h["kind"] == "transcript"][0]
     assert spoken["seconds"] == 42.0 and spoken["speaker"] == "José"
 
-    r = await asyncio.to_thread(ctl, address, "photosynthesis")
+    r = await ctl(address, "photosynthesis")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0].split()[0] == str(rec.ids["budget"]) and "Budget review" in lines[0] and "(1 match)" in lines[0]
     assert lines[1].strip() == "0:20:34 Carla: Let us talk about [photosynthesis] in the lab."
     assert lines[-1] == "1 session(s) found"
 
-    r = await asyncio.to_thread(ctl, address, "meeting", "--limit", "1")
+    r = await ctl(address, "meeting", "--limit", "1")
     assert r.returncode == 0 and r.stdout.splitlines()[-1] == "2 session(s) found, showing 1", r.stdout
 
-    r = await asyncio.to_thread(ctl, address, "quokka")
+    r = await ctl(address, "quokka")
     assert r.returncode == 0 and r.stdout == "0 session(s) found\n"
 
     for args, message in ((["x" * 300], "search text too long (300 characters; at most 200)"),
                           (["budget", "--limit", "99"], "limit must be a whole number from 1 to 50, not 99"),
                           (["!!!"], "nothing to search for: type a word")):
-        r = await asyncio.to_thread(ctl, address, *args)
+        r = await ctl(address, *args)
         assert r.returncode == 2 and r.stderr == f"steno-exportctl: {message}\n" and not r.stdout, (args, r)
-    r = await asyncio.to_thread(ctl, address, "budget", "--limit", "-1")
+    r = await ctl(address, "budget", "--limit", "-1")
     assert r.returncode == 2 and "not a whole number: '-1'" in r.stderr and "Traceback" not in r.stderr

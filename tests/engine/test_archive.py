@@ -1,7 +1,6 @@
 """Archives: the streamed ZIP is valid, its size is known ahead, layout matches a folder export."""
 from __future__ import annotations
 
-import subprocess
 import tarfile
 import zipfile
 
@@ -10,11 +9,18 @@ from steno_exportd.engine.export import SimpleSpec, run_export
 from steno_exportd.engine.options import ExportOptions
 from tests.configs import make_config
 from tests.fakes import library
+from tests.parts import sha256sum_check
+
+
+def _cfg(tmp_path):
+    """The recorder's data folder is where tests.fakes.library keeps the recordings (tmp/rec): ZIPs open a
+    recording only inside it."""
+    return make_config(tmp_path, **{"recorder.db_path": str(tmp_path / "rec" / "db.sqlite")})
 
 
 def test_zip_stream_valid_and_sized(tmp_path):
     lib = library(tmp_path, 3, audio_size=3_000_000)
-    plan = build_plan(lib, (1, 2, 3), ("txt", "json", "audio"), "detailed", True, make_config(tmp_path))
+    plan = build_plan(lib, (1, 2, 3), ("txt", "json", "audio"), "detailed", True, _cfg(tmp_path))
     expected = zip_size(plan)
     out = tmp_path / "a.zip"
     with open(out, "wb") as f:
@@ -29,19 +35,19 @@ def test_zip_stream_valid_and_sized(tmp_path):
         assert any(n.endswith("audio.wav") and infos[n].compress_type == zipfile.ZIP_STORED for n in names)
         assert any(n.endswith(".txt") and infos[n].compress_type == zipfile.ZIP_DEFLATED for n in names)
         z.extractall(tmp_path / "x")
-    assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=tmp_path / "x" / "SilentSteno").returncode == 0
+    assert not sha256sum_check(tmp_path / "x" / "SilentSteno")
 
 
 def test_export_to_zip_and_tar(tmp_path):
     lib = library(tmp_path, 2)
-    cfg = make_config(tmp_path)
+    cfg = _cfg(tmp_path)
     for name in ("out.zip", "out.tar.gz"):
         res = run_export(lib, SimpleSpec(str(tmp_path / name), (1, 2), ("txt", "audio"), ExportOptions()), cfg)
         assert all(r.ok for r in res)
     assert zipfile.ZipFile(tmp_path / "out.zip").testzip() is None
     with tarfile.open(tmp_path / "out.tar.gz") as t:
         t.extractall(tmp_path / "t", filter="data")
-    assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=tmp_path / "t" / "SilentSteno").returncode == 0
+    assert not sha256sum_check(tmp_path / "t" / "SilentSteno")
     assert not list(tmp_path.glob(".steno-tmp*"))
 
 

@@ -102,7 +102,8 @@ def make_library(tmp: Path, sessions: int = 4, small: bool = True) -> Path:
 class DaemonProc:
     """`steno-exportd --config C run` as a child with NOTIFY_SOCKET and WATCHDOG_USEC."""
 
-    def __init__(self, tmp: Path, config: Path, watchdog_usec: int = 1_000_000, env: dict | None = None) -> None:
+    def __init__(self, tmp: Path, config: Path, watchdog_usec: int = 1_000_000, env: dict | None = None,
+                 prefix: list[str] | None = None) -> None:
         self.tmp = tmp
         self.notify = NotifySocket(tmp / "notify.sock")
         self.logfile = tmp / "daemon.log"
@@ -112,7 +113,9 @@ class DaemonProc:
         e.update(env or {})
         self.started = time.monotonic()
         with open(self.logfile, "wb") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "steno_exportd", "--config", str(config), "run"],
+            # prefix: a command that execs the daemon in place (e.g. prlimit --nofile=1024), so the pid is the daemon's
+            self.proc = subprocess.Popen([*(prefix or []), sys.executable, "-m", "steno_exportd", "--config",
+                                          str(config), "run"],
                                          stdout=log, stderr=subprocess.STDOUT, env=e, cwd=REPO)
 
     def log(self) -> str:

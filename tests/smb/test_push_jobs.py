@@ -73,8 +73,8 @@ async def test_push_job_lands_verified_and_the_second_is_incremental(push_core):
     assert all(r.ok and r.skipped for r in again.results)
     state = pathlib.Path(core.cfg.state.dir)            # nothing staged on the recorder: no second copy
     kept = {p.relative_to(state).as_posix(): p.stat().st_size for p in state.rglob("*") if p.is_file()}
-    assert set(kept) <= {f"{db}{wal}" for db in ("state.db", "search.db", "cache/hashes.db") for wal in ("", "-wal", "-shm")} | \
-        {"recorder-id"}, kept
+    dbs = ("state.db", "search.db", "access.db", "cache/hashes.db")
+    assert set(kept) <= {f"{db}{wal}" for db in dbs for wal in ("", "-wal", "-shm")} | {"recorder-id"}, kept
     assert not (state / "push").exists()
 
 

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestServer
-from aiohttp.web_runner import AppRunner, BaseRunner
+from aiohttp.web_runner import BaseRunner
 
 from steno_exportd import demo
 from steno_exportd.core import Core
 from steno_exportd.library import Library
-from steno_exportd.web.password import hash_password
+from steno_exportd.access.passwords import hash_password
 
 PASSWORD = "correct horse battery"
 PASSWORD_HASH = hash_password(PASSWORD)
@@ -36,10 +36,12 @@ async def started_core(cfg):
 
 
 class DaemonLikeServer(TestServer):
-    """aiohttp's test server run like serve() runs the page: a client that leaves does not cancel its handler."""
+    """aiohttp's test server run like serve() runs the page: its runner (connection cap, idle timeout, quiet
+    answers to malformed requests); a client that leaves does not cancel its handler."""
 
     async def _make_runner(self, **kwargs: Any) -> BaseRunner:
-        return AppRunner(self.app, **{**kwargs, "handler_cancellation": False})
+        from steno_exportd.web.server import Runner
+        return Runner(self.app, **{**kwargs, "handler_cancellation": False})
 
 
 async def open_download(client, path: str, first: int):
@@ -85,6 +87,24 @@ def without_audio(sessions):
     return next(s for s in sessions.values() if s.audio is None and s.summary.exportable)
 
 
+async def login_form(client, password: str, nxt: str = "/"):
+    """Log in as the page does (the form's CSRF token, then the POST); the answer, not followed."""
+    html = await (await client.get("/login")).text()
+    token = re.search(r'name="csrf" value="([^"]+)"', html).group(1)
+    return await client.post("/login", data={"password": password, "csrf": token, "next": nxt},
+                             allow_redirects=False)
+
+
+async def anonymous(client):
+    """A second browser on the same server: no cookies of the first. Leave it with ``await x.session.close()``
+    (TestClient.close() would stop the server too)."""
+    import aiohttp
+    from aiohttp.test_utils import TestClient
+    anon = TestClient(client.server, cookie_jar=aiohttp.CookieJar(unsafe=True))
+    await anon.start_server()
+    return anon
+
+
 async def csrf(client) -> str:
     html = await (await client.get("/")).text()
     return re.search(r'<meta name="csrf" content="([^"]+)">', html).group(1)
@@ -106,3 +126,100 @@ async def next_status(resp, key: str, timeout: float = 10.0):
             data = json.loads((await resp.content.readline()).removeprefix(b"data: "))
             if data["key"] == key:
                 return data["value"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_kb(pid: int) -> int:
+    """Resident memory of a process now (VmRSS), KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+UNIT = Path(__file__).resolve().parents[2] / "systemd" / "steno-exportd.service"
+
+
+def unit_environment() -> dict[str, str]:
+    """The Environment= lines of the shipped unit: a daemon in a test runs as the unit would run it."""
+    out = {}
+    for line in UNIT.read_text().splitlines():
+        if line.startswith("Environment="):
+            for item in line.removeprefix("Environment=").split():
+                key, _, value = item.partition("=")
+                out[key] = value
+    return out
+
+
+class WebDaemon:
+    """The real daemon (tests/parts/daemon.py) serving the web page on a free loopback port; no D-Bus."""
+
+    def __init__(self, proc: Any, url: str, port: int) -> None:
+        self.proc, self.url, self.port = proc, url, port
+
+    @classmethod
+    def start(cls, factory: Any, tmp: Path, lib: Path, prefix: list[str], extra: dict[str, str]) -> "WebDaemon":
+        from tests.parts.daemon import write_config
+        port = free_port()
+        n = len(list(tmp.glob("web-daemon*.toml")))
+        cfg = write_config(tmp / f"web-daemon{n}.toml", tmp, "session", **{
+            "recorder.db_path": f'"{lib / demo.DB_NAME}"', "dbus.enabled": "false", "http.enabled": "true",
+            "http.bind": '["127.0.0.1"]', "http.port": str(port), **extra})
+        proc = factory(cfg, prefix=prefix, env=unit_environment())
+        proc.wait_ready(30)
+        return cls(proc, f"http://127.0.0.1:{port}", port)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.proc.pid
+
+    def log(self) -> str:
+        return self.proc.log()
+
+
+async def raw(port: int, data: bytes, timeout: float = 10.0, host: str = "127.0.0.1") -> tuple[int, dict, bytes]:
+    """Send bytes as they are; (status, headers, body) of the first answer, status 0 when the server just closed."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        buf = bytearray()       # appended in place: a long answer is not copied again at every read
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            async with asyncio.timeout(timeout):
+                while (end := buf.find(b"\r\n\r\n")) < 0:
+                    chunk = await reader.read(65536)
+                    if not chunk:
+                        break
+                    buf += chunk
+                m = re.search(rb"(?im)^content-length: *(\d+)", buf[:end]) if end >= 0 else None
+                while m and len(buf) - end - 4 < int(m.group(1)):
+                    chunk = await reader.read(65536)
+                    if not chunk:
+                        break
+                    buf += chunk
+    finally:
+        writer.close()
+    head, _, body = bytes(buf).partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    if not lines[0].startswith("HTTP/"):
+        return 0, {}, bytes(buf)
+    headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+def request(method: str, path: str, port: int, headers: dict | None = None, body: bytes = b"",
+            host: str | None = None) -> bytes:
+    """A well-formed HTTP/1.1 request (Connection: close) with exactly these headers."""
+    h = {"Host": host if host is not None else f"127.0.0.1:{port}", "Connection": "close", **(headers or {})}
+    if body:
+        h.setdefault("Content-Length", str(len(body)))
+    return (f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in h.items()) + "\r\n").encode() + body
+
+
+def corpus(name: str) -> list[str]:
+    """A hostile-input list from tests/web/corpus/ (comments and blank lines dropped)."""
+    text = (Path(__file__).parent / "corpus" / name).read_text()
+    return [line for line in text.splitlines() if line.strip() and not line.startswith("#")]

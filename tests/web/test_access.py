@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from tests.web.helpers import PASSWORD, PASSWORD_HASH, csrf, with_audio
+from tests.web.helpers import PASSWORD, PASSWORD_HASH, anonymous, csrf, login_form, with_audio
 
 PW = {"http.auth.mode": "password", "http.auth.password_hash": PASSWORD_HASH,
       "http.auth.max_failed_logins": 3, "http.auth.lockout_seconds": 60}
@@ -18,13 +18,6 @@ async def test_addresses_outside_allowed_networks_get_403(web_client):
     for path in ("/", "/api/v1/sessions", "/static/app.js", "/login"):
         r = await client.get(path)
         assert r.status == 403 and "127.0.0.1" in await r.text(), path
-
-
-async def login_form(client, password: str, nxt: str = "/"):
-    html = await (await client.get("/login")).text()
-    token = re.search(r'name="csrf" value="([^"]+)"', html).group(1)
-    return await client.post("/login", data={"password": password, "csrf": token, "next": nxt},
-                             allow_redirects=False)
 
 
 async def test_password_login_cookie_and_lockout(web_client, sessions):
@@ -88,11 +81,10 @@ async def test_share_link_counts_only_complete_downloads_then_expires(web_client
                           headers={"X-CSRF-Token": token})
     link = await r.json()
     assert r.status == 201 and link["state"] == "active"
-    anon = await _anonymous(client)
+    anon = await anonymous(client)
     assert (await anon.get(link["url"])).status == 200                    # no login needed
     r = await anon.head(f"{link['url']}/audio")                           # HEAD: not counted
-    r = await anon.get(f"{link['url']}/audio", headers={"Range": "bytes=0-99"})   # partial: not counted
-    assert r.status == 206 and len(await r.read()) == 100
+    assert r.status == 200
     r = await anon.get(f"{link['url']}/audio?dl=1")
     assert r.status == 200 and len(await r.read()) == s.audio.size
     state = await (await client.get(f"/api/v1/sessions/{s.id}/share-links")).json()
@@ -111,20 +103,21 @@ async def test_share_link_pin_and_revoke(web_client, sessions):
     client, _ = await web_client()
     s = with_audio(sessions)
     token = await csrf(client)
-    for bad in ({"pin": "12"}, {"hours": -1}, {"max_downloads": 0}, {"hours": "soon"}):
+    for bad in ({"pin": "12"}, {"pin": "4711"}, {"pin": "١٢٣٤٥٦"}, {"hours": -1}, {"max_downloads": 0},
+                {"hours": "soon"}):
         r = await client.post(f"/api/v1/sessions/{s.id}/share-links", json=bad, headers={"X-CSRF-Token": token})
         assert r.status == 400, bad
-    r = await client.post(f"/api/v1/sessions/{s.id}/share-links", json={"pin": "4711"},
+    r = await client.post(f"/api/v1/sessions/{s.id}/share-links", json={"pin": "471100"},
                           headers={"X-CSRF-Token": token})
     link = await r.json()
-    anon = await _anonymous(client)
+    anon = await anonymous(client)
     html = await (await anon.get(link["url"])).text()
     assert "needs a PIN" in html
     assert (await anon.get(f"{link['url']}/zip")).status == 403
     form_token = re.search(r'name="csrf" value="([^"]+)"', html).group(1)
-    r = await anon.post(link["url"], data={"pin": "0000", "csrf": form_token})
+    r = await anon.post(link["url"], data={"pin": "000000", "csrf": form_token})
     assert r.status == 403 and "Wrong PIN" in await r.text()
-    r = await anon.post(link["url"], data={"pin": "4711", "csrf": form_token})
+    r = await anon.post(link["url"], data={"pin": "471100", "csrf": form_token})
     assert r.status == 200 and "Download the meeting" in await r.text()
     r = await client.post(f"/api/v1/share-links/{link['token']}/revoke", headers={"X-CSRF-Token": token})
     assert (await r.json())["state"] == "revoked"
@@ -132,15 +125,6 @@ async def test_share_link_pin_and_revoke(web_client, sessions):
     assert r.status == 410 and "revoked" in await r.text()
     assert (await anon.get("/s/not-a-token")).status == 404
     await anon.close()
-
-
-async def _anonymous(client):
-    """A second browser: no cookies of the first."""
-    import aiohttp
-    from aiohttp.test_utils import TestClient
-    anon = TestClient(client.server, cookie_jar=aiohttp.CookieJar(unsafe=True))
-    await anon.start_server()
-    return anon
 
 
 async def test_live_events_follow_an_export_job(web_client, sessions, tmp_path):
@@ -188,15 +172,15 @@ async def test_expired_link_is_gone_and_wrong_pins_are_rate_limited(web_client, 
         await asyncio.sleep(0.2)
     r = await client.get(short["url"] + "/zip")
     assert r.status == 410 and "expired" in await r.text()
-    r = await client.post(f"/api/v1/sessions/{s.id}/share-links", json={"pin": "2468"},
+    r = await client.post(f"/api/v1/sessions/{s.id}/share-links", json={"pin": "246800"},
                           headers={"X-CSRF-Token": token})
     link = await r.json()
-    anon = await _anonymous(client)
+    anon = await anonymous(client)
     html = await (await anon.get(link["url"])).text()
     form_token = re.search(r'name="csrf" value="([^"]+)"', html).group(1)
     for _ in range(3):
-        assert (await anon.post(link["url"], data={"pin": "1111", "csrf": form_token})).status == 403
-    r = await anon.post(link["url"], data={"pin": "2468", "csrf": form_token})
+        assert (await anon.post(link["url"], data={"pin": "111111", "csrf": form_token})).status == 403
+    r = await anon.post(link["url"], data={"pin": "246800", "csrf": form_token})
     assert r.status == 429 and int(r.headers["Retry-After"]) > 0        # even the right PIN, for a while
     await anon.close()
 
@@ -223,15 +207,11 @@ async def test_login_next_within_the_site_is_kept(web_client, sessions):
 
 
 async def test_a_tampered_session_cookie_is_refused(web_client):
-    import base64
     client, _ = await web_client(**PW)
     await login_form(client, PASSWORD)
     good = next(c.value for c in client.session.cookie_jar if c.key == "steno_session")
-    body, mac = good.rsplit(".", 1)
-    payload = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
-    longer = base64.urlsafe_b64encode(json.dumps({**payload, "exp": payload["exp"] + 10 ** 6}).encode()).decode()
-    flipped = mac[:-1] + ("A" if mac[-1] != "A" else "B")
-    for forged in (f"{longer.rstrip('=')}.{mac}", f"{body}.{flipped}", f"{body}.", body, f"{body}.{mac}.{mac}"):
+    flipped = good[:-1] + ("A" if good[-1] != "A" else "B")
+    for forged in (flipped, good[:-1], good + "A", good * 2, "A" * len(good), "x" * 4096):
         client.session.cookie_jar.clear()
         client.session.cookie_jar.update_cookies({"steno_session": forged})
         assert (await client.get("/api/v1/sessions")).status == 401, forged

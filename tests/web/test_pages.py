@@ -72,9 +72,9 @@ async def test_session_page_transcript_player_and_problems(web_client, sessions)
     assert "<audio" not in html and "audio" in html.lower()
     r = await client.get(f"/sessions/{bad.id}/audio")
     assert r.status == 404 and "no usable recording" in await r.text()
-    for key in ("999999", "nope", "x" * 200):
-        assert (await client.get(f"/sessions/{key}")).status == 404
-        assert (await client.get(f"/api/v1/sessions/{key}")).status == 404
+    for key, status in (("999999", 404), ("nope", 404), ("x" * 200, 400)):     # too long: malformed, not unknown
+        assert (await client.get(f"/sessions/{key}")).status == status
+        assert (await client.get(f"/api/v1/sessions/{key}")).status == status
 
 
 async def test_audio_download_ranges_etag_and_filename(web_client, sessions):

@@ -68,8 +68,9 @@ async def test_api_search_finds_what_was_said_with_its_second(searcher):
     ({"q": "x" * 5000}, "search text too long (5,000 characters; at most 200)"),
     ({"q": "budget", "limit": "0"}, "limit: 0 is out of range 1..50"),
     ({"q": "budget", "limit": "51"}, "limit: 51 is out of range 1..50"),
-    ({"q": "budget", "limit": "ten"}, "limit: 'ten' is not a number"),
-    ({"q": "budget", "offset": "-1"}, "offset: -1 is out of range 0..100000"),
+    ({"q": "budget", "limit": "ten"}, "limit: 'ten' is not a number (ASCII digits)"),
+    ({"q": "budget", "offset": "-1"}, "offset: '-1' is not a number (ASCII digits)"),
+    ({"q": "budget", "offset": "100001"}, "offset: 100001 is out of range 0..100000"),
 ])
 async def test_api_search_bad_parameters_are_400_with_the_reason(searcher, params, message):
     client, _ = await searcher()

@@ -10,7 +10,7 @@ import pytest
 
 from steno_exportd.errors import StenoError
 from steno_exportd.web import serve
-from steno_exportd.web.password import verify_password
+from steno_exportd.access.passwords import verify_password
 from tests.configs import make_config
 from tests.web.helpers import on_library, started_core
 

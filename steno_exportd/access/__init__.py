@@ -1,0 +1,46 @@
+"""Who may reach the meetings: logins (server-side browser sessions), share links and their uses, the download
+audit log, the one limiter for every secret, and the bounded password checker.
+
+Core, not web: the web page, D-Bus (share links, pairing, listing and revoking browsers) and mail all use the
+same ``core.access``. SQLite in the state dir; nothing here imports an adapter.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from steno_exportd.access.limiter import Attempt, Limiter, LimiterPolicy
+from steno_exportd.access.passwords import PasswordChecker, fingerprint, hash_password, verify_password
+from steno_exportd.access.store import AccessStore, Login, ShareLink
+from steno_exportd.retention import policies
+
+__all__ = ["Access", "AccessStore", "Attempt", "Limiter", "LimiterPolicy", "Login", "PasswordChecker", "ShareLink",
+           "fingerprint", "hash_password", "verify_password"]
+
+
+def policy(cfg: Any) -> LimiterPolicy:
+    a = cfg.http.auth
+    return LimiterPolicy(a.max_failed_logins, a.max_failed_network, a.max_failed_global, float(a.lockout_seconds))
+
+
+class Access:
+    """The store, the limiter and the password checker, made from the config; open() before use."""
+
+    def __init__(self, cfg: Any) -> None:
+        self.store = AccessStore(Path(cfg.state.dir) / "access.db", policies(cfg)["audit"])
+        self.limiter = Limiter(policy(cfg))
+        self.passwords = PasswordChecker()
+
+    def open(self) -> None:
+        """Blocking (SQLite): call from a thread."""
+        self.store.open()
+
+    def reload(self, cfg: Any) -> None:
+        """New limits apply to the next attempt; counts so far are kept."""
+        self.limiter.policy = policy(cfg)
+        self.store.audit_keep = policies(cfg)["audit"]
+
+    def close(self) -> None:
+        """Safe to call twice."""
+        self.passwords.close()
+        self.store.close()

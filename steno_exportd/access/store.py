@@ -1,0 +1,269 @@
+"""Share links and their uses, logins (server-side browser sessions) and the download audit log: SQLite in the
+state dir (``access.db``). Every check-and-count is one SQL statement, so concurrent callers cannot race it."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import secrets
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from steno_exportd.errors import InvalidArgument, NotFoundError
+from steno_exportd.retention import Keep, prune_rows
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS share_links (
+    token TEXT PRIMARY KEY, session_id INTEGER NOT NULL, created REAL NOT NULL, expires REAL NOT NULL,
+    max_downloads INTEGER NOT NULL, downloads INTEGER NOT NULL DEFAULT 0, pin_hash TEXT NOT NULL DEFAULT '',
+    revoked REAL NOT NULL DEFAULT 0, note TEXT NOT NULL DEFAULT '');
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, session_id INTEGER NOT NULL, at REAL NOT NULL, addr TEXT NOT NULL,
+    what TEXT NOT NULL, via TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS audit_session ON audit (session_id, at);
+CREATE TABLE IF NOT EXISTS logins (
+    id TEXT PRIMARY KEY, token_hash TEXT NOT NULL UNIQUE, kind TEXT NOT NULL, scope TEXT NOT NULL DEFAULT '',
+    secret_tag TEXT NOT NULL, created REAL NOT NULL, expires REAL NOT NULL, last_seen REAL NOT NULL,
+    addr TEXT NOT NULL DEFAULT '', agent TEXT NOT NULL DEFAULT '');
+"""
+LINK_COLUMNS = {"wrong_pins": "INTEGER NOT NULL DEFAULT 0", "max_wrong_pins": "INTEGER NOT NULL DEFAULT 0"}
+MAX_LOGINS = 1000            # the oldest unused go first: a login flood cannot grow the database
+SEEN_EVERY = 60.0            # last_seen is written at most this often per login
+PRUNE_EVERY = 256            # audit rows written between two prunings: the log stays within its limit + this
+
+
+@dataclasses.dataclass(frozen=True)
+class ShareLink:
+    token: str
+    session_id: int
+    created: float
+    expires: float
+    max_downloads: int
+    downloads: int              # uses taken, including downloads under way
+    has_pin: bool
+    revoked: float
+    wrong_pins: int = 0
+    max_wrong_pins: int = 0     # 0: no lock
+
+    @property
+    def state(self) -> str:
+        if self.revoked:
+            return "revoked"
+        if self.expires <= time.time():
+            return "expired"
+        if self.max_wrong_pins and self.wrong_pins >= self.max_wrong_pins:
+            return "locked (wrong PINs)"
+        if self.downloads >= self.max_downloads:
+            return "used up"
+        return "active"
+
+    def public(self) -> dict:
+        return {"token": self.token, "session_id": self.session_id, "created": self.created,
+                "expires": self.expires, "max_downloads": self.max_downloads, "downloads": self.downloads,
+                "pin": self.has_pin, "state": self.state, "url": f"/s/{self.token}"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Login:
+    """A logged-in browser (or a PIN-opened share link, scope = its token); the cookie value is never stored."""
+
+    id: str
+    kind: str                   # "password" (later: "pairing"); "share" for a PIN grant
+    scope: str
+    created: float
+    expires: float
+    last_seen: float
+    addr: str
+    agent: str
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class AccessStore:
+    def __init__(self, path: str | Path, audit_keep: Keep = Keep()) -> None:
+        self.path = Path(path)
+        self.audit_keep = audit_keep      # retention.audit_days/audit_max (Access sets it from the config)
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self._since_prune = 0
+
+    def open(self) -> None:
+        if self._db is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        old = self.path.with_name("web.db")            # before the store moved out of the web page
+        fresh = not self.path.exists()
+        db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(SCHEMA)
+        have = {r[1] for r in db.execute("PRAGMA table_info(share_links)")}
+        for col, decl in LINK_COLUMNS.items():
+            if col not in have:
+                db.execute(f"ALTER TABLE share_links ADD COLUMN {col} {decl}")
+        if fresh and old.exists():
+            db.execute("ATTACH DATABASE ? AS old", (str(old),))
+            db.execute("INSERT OR IGNORE INTO share_links (token, session_id, created, expires, max_downloads, "
+                       "downloads, pin_hash, revoked, note) SELECT token, session_id, created, expires, "
+                       "max_downloads, downloads, pin_hash, revoked, note FROM old.share_links")
+            db.execute("INSERT INTO audit (session_id, at, addr, what, via) "
+                       "SELECT session_id, at, addr, what, via FROM old.audit")
+            db.execute("DETACH DATABASE old")
+        self._db = db
+        self.prune_audit()
+
+    def close(self) -> None:
+        """Waits for a statement under way: closing a connection another thread is using crashes SQLite."""
+        with self._lock:
+            db, self._db = self._db, None
+        if db is not None:
+            db.close()
+
+    def _x(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._lock:
+            assert self._db is not None, "access store not open"
+            return self._db.execute(sql, args).fetchall()
+
+    def _n(self, sql: str, args: tuple = ()) -> int:
+        """Rows changed by one statement."""
+        with self._lock:
+            assert self._db is not None, "access store not open"
+            return self._db.execute(sql, args).rowcount
+
+    # -- share links -------------------------------------------------------------
+    def create_link(self, session_id: int, hours: float, max_downloads: int, pin_hash: str = "",
+                    max_wrong_pins: int = 0) -> ShareLink:
+        """A new link; pin_hash made by the caller (passwords.hash_password), "" for none."""
+        if not (0 < hours <= 24 * 366):
+            raise InvalidArgument("expiry must be between a few minutes and a year (hours > 0)")
+        if not (1 <= max_downloads <= 1000):
+            raise InvalidArgument("max downloads must be between 1 and 1000")
+        token = secrets.token_urlsafe(18)
+        now = time.time()
+        self._x("INSERT INTO share_links (token, session_id, created, expires, max_downloads, pin_hash, "
+                "max_wrong_pins) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (token, session_id, now, now + hours * 3600, max_downloads, pin_hash, max_wrong_pins))
+        return self.link(token)
+
+    def link(self, token: str) -> ShareLink:
+        rows = self._x("SELECT token, session_id, created, expires, max_downloads, downloads, pin_hash != '', "
+                       "revoked, wrong_pins, max_wrong_pins FROM share_links WHERE token = ?", (token,))
+        if not rows:
+            raise NotFoundError("no such share link")
+        t, sid, c, e, m, d, pin, r, w, mw = rows[0]
+        return ShareLink(t, sid, c, e, m, d, bool(pin), r, w, mw)
+
+    def pin_hash(self, token: str) -> str:
+        rows = self._x("SELECT pin_hash FROM share_links WHERE token = ?", (token,))
+        return rows[0][0] if rows else ""
+
+    def links(self, session_id: int | None = None) -> list[ShareLink]:
+        sql = "SELECT token FROM share_links" + (" WHERE session_id = ?" if session_id is not None else "")
+        return [self.link(t) for (t,) in self._x(sql + " ORDER BY created DESC",
+                                                    (session_id,) if session_id is not None else ())]
+
+    def revoke(self, token: str) -> ShareLink:
+        self.link(token)
+        self._x("UPDATE share_links SET revoked = ? WHERE token = ? AND revoked = 0", (time.time(), token))
+        self._x("DELETE FROM logins WHERE kind = 'share' AND scope = ?", (token,))
+        return self.link(token)
+
+    def reserve_use(self, token: str) -> bool:
+        """Take one use of a usable link (before its first byte is sent); False when none is left."""
+        return self._n("UPDATE share_links SET downloads = downloads + 1 WHERE token = ? AND revoked = 0 "
+                       "AND expires > ? AND downloads < max_downloads "
+                       "AND (max_wrong_pins = 0 OR wrong_pins < max_wrong_pins)", (token, time.time())) == 1
+
+    def release_use(self, token: str) -> None:
+        """Give a use back: the download failed before its first byte."""
+        self._x("UPDATE share_links SET downloads = downloads - 1 WHERE token = ? AND downloads > 0", (token,))
+
+    def reserve_pin_guess(self, token: str) -> bool:
+        """Count a PIN guess as wrong before it is checked; False when the link is locked by wrong PINs."""
+        return self._n("UPDATE share_links SET wrong_pins = wrong_pins + 1 WHERE token = ? "
+                       "AND (max_wrong_pins = 0 OR wrong_pins < max_wrong_pins)", (token,)) == 1
+
+    def pin_was_right(self, token: str) -> None:
+        self._x("UPDATE share_links SET wrong_pins = wrong_pins - 1 WHERE token = ? AND wrong_pins > 0", (token,))
+
+    # -- logins ----------------------------------------------------------------------
+    def create_login(self, kind: str, secret_tag: str, seconds: float, addr: str = "", agent: str = "",
+                     scope: str = "") -> tuple[Login, str]:
+        """A new login; (Login, the secret cookie value). Expired ones and the oldest past MAX_LOGINS go."""
+        token = secrets.token_urlsafe(32)
+        now = time.time()
+        login_id = secrets.token_hex(8)
+        with self._lock:
+            assert self._db is not None, "access store not open"
+            db = self._db
+            db.execute("DELETE FROM logins WHERE expires <= ?", (now,))
+            db.execute("INSERT INTO logins (id, token_hash, kind, scope, secret_tag, created, expires, last_seen, "
+                       "addr, agent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (login_id, _hash(token), kind, scope, secret_tag, now, now + seconds, now, addr[:64],
+                        agent[:200]))
+            db.execute("DELETE FROM logins WHERE id IN (SELECT id FROM logins ORDER BY last_seen DESC "
+                       "LIMIT -1 OFFSET ?)", (MAX_LOGINS,))
+        return Login(login_id, kind, scope, now, now + seconds, now, addr[:64], agent[:200]), token
+
+    def login_for(self, token: str, secret_tag: str, scope: str = "") -> Login | None:
+        """The valid login this cookie value belongs to; a login made under another secret ends here."""
+        if not token or len(token) > 128:
+            return None
+        now = time.time()
+        rows = self._x("SELECT id, kind, scope, secret_tag, created, expires, last_seen, addr, agent FROM logins "
+                       "WHERE token_hash = ?", (_hash(token),))
+        if not rows:
+            return None
+        lid, kind, sc, tag, created, expires, seen, addr, agent = rows[0]
+        if expires <= now or tag != secret_tag:       # expired, or made under a password since changed
+            self._x("DELETE FROM logins WHERE id = ?", (lid,))
+            return None
+        if sc != scope:
+            return None
+        if now - seen > SEEN_EVERY:
+            self._x("UPDATE logins SET last_seen = ? WHERE id = ?", (now, lid))
+            seen = now
+        return Login(lid, kind, sc, created, expires, seen, addr, agent)
+
+    def end_login(self, token: str) -> None:
+        self._x("DELETE FROM logins WHERE token_hash = ?", (_hash(token),))
+
+    def logins(self, kind: str | None = None) -> list[Login]:
+        """The valid logins, most recently seen first."""
+        rows = self._x("SELECT id, kind, scope, created, expires, last_seen, addr, agent FROM logins "
+                       "WHERE expires > ?" + (" AND kind = ?" if kind else "") + " ORDER BY last_seen DESC",
+                       (time.time(), kind) if kind else (time.time(),))
+        return [Login(*r) for r in rows]
+
+    def revoke_login(self, login_id: str) -> Login:
+        found = [x for x in self.logins() if x.id == login_id]
+        if not found:
+            raise NotFoundError(f"no login {login_id[:32]!r}")
+        self._x("DELETE FROM logins WHERE id = ?", (login_id,))
+        return found[0]
+
+    def end_logins(self, kind: str | None = None) -> int:
+        """End every login (of one kind): "log out everywhere"; how many ended."""
+        if kind:
+            return self._n("DELETE FROM logins WHERE kind = ?", (kind,))
+        return self._n("DELETE FROM logins")
+
+    # -- audit ---------------------------------------------------------------------
+    def audit(self, session_id: int, addr: str, what: str, via: str) -> None:
+        self._x("INSERT INTO audit (session_id, at, addr, what, via) VALUES (?, ?, ?, ?, ?)",
+                (session_id, time.time(), addr or "", what, via))
+        self._since_prune += 1
+        if self._since_prune >= PRUNE_EVERY:
+            self.prune_audit()
+
+    def prune_audit(self) -> int:
+        """Drop audit rows past audit_keep (also run by retention.prune); the count."""
+        self._since_prune = 0
+        return len(prune_rows(self._x, "audit", "at", self.audit_keep))
+
+    def audit_log(self, session_id: int, limit: int = 200) -> list[dict]:
+        rows = self._x("SELECT at, addr, what, via FROM audit WHERE session_id = ? ORDER BY at DESC, id DESC "
+                       "LIMIT ?", (session_id, limit))
+        return [{"at": a, "addr": ad, "what": w, "via": v} for a, ad, w, v in rows]

@@ -1,0 +1,194 @@
+"""The connection level: a cap on open connections (the longest idle closed first), quiet answers to malformed
+requests (one rate-limited log line per client, never a traceback), a generic Server header, the runner."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import resource
+import socket
+import time
+import weakref
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import LineTooLong
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_server import Server
+
+log = logging.getLogger(__name__)
+
+SERVER = "steno-exportd"
+ACCEPT_BATCH = 128          # connections asyncio accepts per wake-up (its "backlog"): each costs a descriptor
+LISTEN_QUEUE = 4096         # the kernel's queue of connections not accepted yet (bounded by net.core.somaxconn)
+RESERVED_FILES = 384        # descriptors kept for files, databases, the bus, and one accept batch
+EVICT_BATCH = 0.05          # past the cap, this share of the connections (the longest idle) is closed at once
+
+
+class RefusalLog:
+    """One log line per refused client address per ``every`` seconds, at most ``burst`` lines per ``every``
+    in all; what was held back is counted in the next line."""
+
+    def __init__(self, every: float = 60.0, burst: int = 10, clock: Any = time.monotonic) -> None:
+        self.every, self.burst, self._clock = every, burst, clock
+        self._seen: dict[str, float] = {}
+        self._window, self._lines, self._held = 0.0, 0, 0
+
+    def note(self, addr: str, message: str, *args: Any, level: int = logging.INFO) -> None:
+        now = self._clock()
+        if now - self._window >= self.every:
+            self._window, self._lines = now, 0
+            if len(self._seen) > 10_000:
+                self._seen = {a: t for a, t in self._seen.items() if now - t < self.every}
+        if now - self._seen.get(addr, -self.every) < self.every or self._lines >= self.burst:
+            self._held += 1
+            return
+        self._seen[addr] = now
+        self._lines += 1
+        held, self._held = self._held, 0
+        log.log(level, "refused %s: " + message + (f" ({held} more refusals not logged)" if held else ""),
+                _printable(addr), *(_printable(a) if isinstance(a, str) else a for a in args))
+
+
+def _printable(text: str) -> str:
+    """A client's words in one log line: control characters escaped (no forged lines in the journal)."""
+    return text if text.isprintable() else text.encode("unicode_escape", "replace").decode("ascii")
+
+
+def file_limit() -> int:
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def source_file_budget(connections: int) -> int:
+    """Recordings ZIP downloads may hold open at once: what the open-file limit leaves beside the connections."""
+    return max(16, file_limit() - RESERVED_FILES - connections)
+
+
+class Connections:
+    """Bounds the open connections: past the cap, the longest idle ones go first, then the oldest event
+    streams; when none can go, the newcomer is closed."""
+
+    def __init__(self, max_connections: int, refusals: RefusalLog) -> None:
+        self.cap = max(16, min(max_connections, file_limit() - RESERVED_FILES))
+        self.refusals = refusals
+        self.streams: weakref.WeakSet = weakref.WeakSet()   # handlers serving an event stream
+        self.evicted = 0
+
+    def admit(self, server: "GuardedServer", newcomer: "QuietHandler") -> None:
+        conns = server._connections
+        if len(conns) <= self.cap:
+            return
+        want = max(1, len(conns) - self.cap, int(self.cap * EVICT_BATCH))
+        idle = sorted((h for h in conns if h is not newcomer and not h._request_in_progress),
+                      key=lambda h: h.last_active)
+        victims = idle[:want]
+        if len(victims) < want:
+            victims += [h for h in conns if h in self.streams][: want - len(victims)]
+        if not victims:
+            victims = [newcomer]
+            self.refusals.note(_peer(newcomer), "%d connections open, none idle; new connection closed", len(conns))
+        for h in victims:
+            self.refusals.note(_peer(h), "connection closed: %d open, the cap is %d (http.max_connections)",
+                               len(conns), self.cap)
+            h.force_close()
+            conns.pop(h, None)
+        self.evicted += len(victims)
+
+
+def _peer(h: RequestHandler) -> str:
+    peer = h.transport.get_extra_info("peername") if h.transport is not None else None
+    return str(peer[0]) if peer else "?"
+
+
+class QuietHandler(RequestHandler):
+    """A connection: remembers when it last did something; a malformed request is a 4xx and one quiet line."""
+
+    refusals: RefusalLog
+
+    def connection_made(self, transport: Any) -> None:
+        self.last_active = time.monotonic()
+        super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_active = time.monotonic()
+        super().data_received(data)
+
+    def handle_error(self, request: Any, status: int = 500, exc: Any = None, message: Any = None) -> Any:
+        if status < 500:
+            if isinstance(exc, LineTooLong) or (exc is not None and "too many headers" in str(exc).lower()):
+                status = 431            # RFC 6585; aiohttp says 400
+            self.refusals.note(str(request.remote or _peer(self)), "malformed request (%d): %s", status,
+                               str(message or exc or "")[:120])
+            # the API's error shape (its OpenAPI document promises JSON for every 4xx): the path is not known yet
+            resp = web.json_response({"error": "malformed request", "status": status}, status=status)
+            resp.force_close()
+        else:
+            resp = super().handle_error(request, status, exc, message)
+        resp.headers["Server"] = SERVER
+        return resp
+
+
+class GuardedServer(Server):
+    """aiohttp's Server with QuietHandler connections under a Connections cap."""
+
+    guard: Connections
+
+    def __call__(self) -> QuietHandler:
+        h = QuietHandler(self, loop=self._loop, **self._kwargs)
+        h.refusals = self.guard.refusals
+        return h
+
+    def connection_made(self, handler: Any, transport: Any) -> None:
+        super().connection_made(handler, transport)
+        self.guard.admit(self, handler)
+
+
+@dataclasses.dataclass
+class Serving:
+    """What the connection level takes from the config (kept on the app: make_app sets it)."""
+
+    guard: Connections
+    idle_timeout: float
+
+
+SERVING = web.AppKey("serving", Serving)
+
+
+class Runner(web.AppRunner):
+    """An AppRunner whose server is a GuardedServer, with the idle timeout for waiting for a request."""
+
+    def __init__(self, app: web.Application, **kw: Any) -> None:
+        serving = app[SERVING]
+        kw.setdefault("keepalive_timeout", serving.idle_timeout)
+        # a body the handler did not read (refused before it) is not drained: the connection closes instead,
+        # and a broken body (bad encoding) is never read after its answer, where only a traceback could report it
+        kw.setdefault("lingering_time", 0)
+        super().__init__(app, **kw)
+        self._guard = serving.guard
+
+    async def _make_server(self) -> Server:
+        server = await super()._make_server()
+        server.__class__ = GuardedServer     # aiohttp builds the Server inside the app; give it our handlers
+        server.guard = self._guard
+        return server
+
+
+def listening_sockets(host: str, port: int) -> list[socket.socket]:
+    """Bound sockets for host:port (like asyncio's own: SO_REUSEADDR, IPv6 only on IPv6). The caller listens
+    again with LISTEN_QUEUE once asyncio has (asyncio ties its accept batch to the listen backlog): a burst of
+    connections then waits in the kernel instead of being dropped and retried a second later."""
+    out = []
+    try:
+        for family, kind, proto, _, addr in socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                                                flags=socket.AI_PASSIVE):
+            sock = socket.socket(family, kind, proto)
+            out.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(addr)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in out:
+            sock.close()
+        raise
+    return out
