@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping
 
@@ -15,7 +16,7 @@ from steno_exportd.engine.jobs import JobManager, JobSpec
 from steno_exportd.engine.options import ExportOptions
 from steno_exportd.engine.state import StateDB
 from steno_exportd.engine.targets import DirectoryTarget, Target
-from steno_exportd.errors import InvalidArgument, NotAllowedError, NotFoundError
+from steno_exportd.errors import InvalidArgument, NotAllowedError, NotFoundError, SourceLockedError
 from steno_exportd.library import ChangeToken, Library, SessionListing
 from steno_exportd.model import Session
 from steno_exportd.outbox.queue import Outbox
@@ -51,7 +52,7 @@ class Core:
         self.state = StateDB(Path(cfg.state.dir) / "state.db")
         self.devices = DeviceRegistry(self.events, lambda d: self.state.device_seen(d.uuid or d.id, d.label,
                                                                                      d.fs_type))
-        self.jobs = JobManager(cfg, self.events, self.state, lambda: self.library)
+        self.jobs = JobManager(cfg, self.events, self.state, lambda: self.library, on_finished=self._job_finished)
         self.outbox = Outbox(cfg, self.events, lambda: self.library)   # mail: stored before it is sent
         self._housekeeping: asyncio.Task | None = None
         self.auto_export: bool = cfg.usb.auto_export.enabled
@@ -113,10 +114,21 @@ class Core:
     # -- sessions --------------------------------------------------------------------
     async def listing(self) -> SessionListing:
         """Every session summary (newest first) with the key rule: the one cached listing, re-read only
-        when the recorder's database changed. Never reads a transcript."""
+        when the recorder's database changed. Never reads a transcript. A locked database is retried
+        (export.retries, with backoff) like during a job."""
         async with self._listing_lock:
-            self._listing = await asyncio.to_thread(self._current_listing, self._listing)
-            return self._listing
+            delay = 0.2
+            for attempt in range(self.cfg.export.retries + 1):
+                try:
+                    self._listing = await asyncio.to_thread(self._current_listing, self._listing)
+                    return self._listing
+                except SourceLockedError as e:
+                    if attempt == self.cfg.export.retries:
+                        raise
+                    log.info("%s; retrying in %.1f s", e, delay)
+                    await asyncio.sleep(delay)
+                    delay *= 2
+            raise AssertionError("unreachable")
 
     def _current_listing(self, cached: SessionListing | None) -> SessionListing:
         lib = self.library
@@ -218,6 +230,18 @@ class Core:
         return await self.outbox.email_sessions(list(session_ids), list(names), recipients, template)
 
     # -- devices ---------------------------------------------------------------------
+    async def _job_finished(self, job: ev.JobSnapshot) -> None:
+        """A device's free space is what the stick holds now, after every job (failed ones too)."""
+        dev = self.devices.find(job.device_id) if job.device_id else None
+        if dev is None or not dev.mount_point:
+            return
+        try:
+            free = (await asyncio.to_thread(shutil.disk_usage, dev.mount_point)).free
+        except OSError:
+            return                          # pulled: the USB adapter reports the removal
+        if self.devices.find(job.device_id) is not None:
+            self.devices.change(job.device_id, free=free)
+
     def set_ejector(self, ejector: Ejector | None) -> None:
         """The USB adapter installs the coroutine that unmounts and powers a device off."""
         self._ejector = ejector

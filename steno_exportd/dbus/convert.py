@@ -106,6 +106,8 @@ def job_result(r: SessionResult) -> dict[str, Variant]:
         "uuid": Variant("s", r.uuid or ""),
         "title": Variant("s", r.title or ""),
         "ok": Variant("b", bool(r.ok)),
+        "status": Variant("s", str(r.status)),
+        "warnings": Variant("as", list(r.warnings)),
         "skipped": Variant("b", bool(r.skipped)),
         "error": Variant("s", r.error or ""),
         "files": Variant("as", [f.path for f in r.files if f.ok]),
@@ -125,4 +127,5 @@ def device_properties(d: DeviceSnapshot) -> dict[str, Any]:
         "MountPoint": d.mount_point or "",
         "State": str(d.state),
         "Error": d.error or "",
+        "SkipReason": d.skip_reason or "",
     }

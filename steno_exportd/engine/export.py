@@ -11,7 +11,7 @@ from typing import Any
 
 from steno_exportd.config import Config
 from steno_exportd.engine import manifest as mf
-from steno_exportd.engine import writer
+from steno_exportd.engine import targets, writer
 from steno_exportd.engine.naming import folder_name, format_label, resolve_collision, safe_name
 from steno_exportd.engine.plan import PlannedFile, plan_session, render_file, render_options
 from steno_exportd.engine.targets import MARKER, PARTIAL_SUFFIX, TEMP_PREFIX, DirectoryTarget, Target
@@ -38,6 +38,15 @@ def _recorder_dirs(cfg: Config) -> list[str]:
     if cfg.recorder.data_dir:
         dirs.append(cfg.recorder.data_dir)
     return [os.path.realpath(d) for d in dirs if d]
+
+
+def problem_kind(e: BaseException) -> str:
+    """What a target failure means to a person: "full", "pulled", "read-only", "permission" or ""."""
+    if isinstance(e, TargetError):
+        return e.kind
+    if isinstance(e, OSError):
+        return targets.os_error(e, "").kind
+    return ""
 
 
 def open_target(spec_target: Any, cfg: Config) -> Target:
@@ -113,7 +122,7 @@ class Exporter:
         self.files_total = sum(len(pl) for _, pl in todo)
         self.p.update(force=True, bytes_total=self.bytes_total, files_total=self.files_total, bytes_done=0,
                       files_done=0, results=tuple(results))
-        stop_reason = ""
+        stop_reason = stop_kind = ""
         for seq, (s, pl) in enumerate(plans, 1):
             if self._cancelled():
                 break
@@ -121,21 +130,26 @@ class Exporter:
                 results.append(SessionResult(s.id, s.uuid, s.title, True, skipped=True))
                 continue
             if stop_reason:
-                results.append(SessionResult(s.id, s.uuid, s.title, False, error=f"not attempted: {stop_reason}"))
+                results.append(SessionResult(s.id, s.uuid, s.title, False, error=f"not attempted: {stop_reason}",
+                                             problem=stop_kind))
                 continue
             try:
                 r = self._export_session(s, pl, seq)
             except CancelledJob:
                 break
             except (TargetError, OSError) as e:
-                r = SessionResult(s.id, s.uuid, s.title, False, error=str(e))
+                kind = problem_kind(e)
                 if not isinstance(e, TargetFullError) or "limit" not in str(e):
                     if not self._target_alive():
+                        kind = kind if kind in ("read-only", "permission") else "pulled"
                         stop_reason = f"target unusable: {e}"
+                        stop_kind = kind
+                r = SessionResult(s.id, s.uuid, s.title, False, error=str(e), problem=kind)
             results.append(r)
             self.p.update(force=True, results=tuple(results))
             if not r.ok and not self.cont:
                 stop_reason = stop_reason or f"an earlier session failed ({r.error})"
+                stop_kind = stop_kind or r.problem
         if self.spec.options.merge and sessions and not self._cancelled() and not stop_reason:
             try:
                 results.append(self._export_merged(sessions))
@@ -316,7 +330,7 @@ class Exporter:
             if limit is not None and pf.size > limit:
                 raise TargetFullError(f"{pf.name} is {pf.size / 2**30:.2f} GiB, over the {limit / 2**30:.0f} GiB "
                                       f"per-file limit of this filesystem (FAT32); use an exFAT or NTFS stick "
-                                      f"or export without audio")
+                                      f"or export without audio", kind="too large")
         need = sum(pf.size for pf in plan)
         free = self.t.free_space()
         if need + self.margin > free:
@@ -342,7 +356,7 @@ class Exporter:
         for pf in plan:
             rel_final = f"{final_rel}/{pf.name}"
             if pf.error:
-                results.append(FileResult(rel_final, False, error=pf.error, source_problem=True))
+                results.append(FileResult(rel_final, False, error=pf.error, source_problem=pf.fmt == "audio"))
                 continue
             if self._cancelled():
                 raise CancelledJob("cancelled")
@@ -411,10 +425,12 @@ class Exporter:
                 st = self.t.lstat(f"{final_rel}/{name}")
                 if st is not None and st.kind == "file":
                     new_entry["files"][name] = f
-        ok = all(r.ok for r in results)
+        ok = all(r.ok or r.source_problem for r in results)
         source_errors = {pf.name: pf.error for pf in plan if pf.error}
-        if source_errors:
-            new_entry["errors"] = source_errors
+        # a problem of a format not asked for this time (a missing recording) stays known: not retried
+        known = {n: e for n, e in (entry or {}).get("errors", {}).items() if n not in planned}
+        if source_errors or known:
+            new_entry["errors"] = {**known, **source_errors}
         if sum(1 for r in results if not r.ok) > len(source_errors):
             new_entry["incomplete"] = True
         if any(r.ok for r in results) or exists:
@@ -422,8 +438,11 @@ class Exporter:
             mf.save(self.t, self.root, self.m)
         if self.state is not None and verified:
             self.state.add_history(self.job_id, self.spec.target_name, self.spec.device_id, s.uuid, verified)
-        errors = "; ".join(f"{r.path.rsplit('/', 1)[-1]}: {r.error}" for r in results if not r.ok)
-        return SessionResult(s.id, s.uuid, s.title, ok, error=errors, files=tuple(results))
+        errors = "; ".join(f"{r.path.rsplit('/', 1)[-1]}: {r.error}" for r in results
+                           if not r.ok and not r.source_problem)
+        warnings = tuple(f"recording missing on the recorder, exported without it ({r.error})"
+                         for r in results if r.source_problem)
+        return SessionResult(s.id, s.uuid, s.title, ok, error=errors, files=tuple(results), warnings=warnings)
 
     def _done_file(self, new_entry: dict, results: list, verified: list, i: int, pf: PlannedFile,
                    rel_final: str, size: int, sha: str) -> None:

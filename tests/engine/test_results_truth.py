@@ -1,0 +1,117 @@
+"""Job results that tell the truth (issue 15): per-session status, the headline, the device's free
+space, a cancelled queued job across a restart, retries of a locked recorder database."""
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+
+import pytest
+
+from steno_exportd import config, events as ev
+from steno_exportd.core import Core, ExportOptions
+from tests.recorder_db import RecorderDB
+
+
+def cfg_for(tmp_path, rec: RecorderDB, **export) -> config.Config:
+    return config.from_dict({"recorder": {"db_path": str(rec.path), "data_dir": str(rec.root), "lock_timeout": 0.1},
+                             "state": {"dir": str(tmp_path / "state")},
+                             "export": {"allowed_dirs": [str(tmp_path)], "formats": ["txt", "json"], **export}})
+
+
+def add_session(rec: RecorderDB, audio: bytes | None = None, missing: bool = False, **cols) -> int:
+    path = None
+    if audio is not None:
+        path = rec.audio(f"a{rec._n + 1}.wav", audio)
+    if missing:
+        path = "audio/gone.wav"
+    sid = rec.session(audio_file_path=path, audio_size_bytes=len(audio or b"") or 32, **cols)
+    rec.entry(sid, 0.0, 2.0, "hello there")
+    return sid
+
+
+@pytest.fixture
+def rec(tmp_path):
+    r = RecorderDB(tmp_path / "rec")
+    yield r
+    r.close()
+
+
+async def test_missing_recording_is_ok_with_warnings(tmp_path, rec):
+    good = add_session(rec, audio=b"RIFF" + b"x" * 1000)
+    gone = add_session(rec, missing=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    core = Core(cfg_for(tmp_path, rec))
+    await core.start()
+    try:
+        snap = await core.export_sessions([good, gone], ["txt", "audio"], str(out))
+        done = await core.jobs.wait(snap.id, 60)
+        assert done.state == ev.JobState.COMPLETED, done.error
+        by_id = {r.session_id: r for r in done.results}
+        assert by_id[good].status == "ok" and by_id[good].ok and not by_id[good].warnings
+        r = by_id[gone]
+        assert r.ok and r.status == "ok with warnings", r
+        assert any("recording" in w and "missing" in w for w in r.warnings), r.warnings
+        assert "without" in done.error or "warning" in done.error, "the job says a session came without its recording"
+        txt = [f for f in r.files if f.ok and f.path.endswith(".txt")]
+        assert txt and (out / txt[0].path).is_file()
+    finally:
+        await core.stop()
+
+
+async def test_cancelled_queued_job_stays_cancelled_after_restart(tmp_path, rec):
+    sids = [add_session(rec, audio=b"RIFF" + bytes(1 << 20)) for _ in range(3)]
+    out = tmp_path / "out"
+    out.mkdir()
+    cfg = cfg_for(tmp_path, rec, max_concurrent_jobs=1)
+    core = Core(cfg)
+    await core.start()
+    try:
+        jobs = [await core.export_sessions(sids, ["txt", "audio"], str(out), ExportOptions(target_name=f"j{i}"))
+                for i in range(3)]
+        last = core.jobs.cancel(jobs[-1].id)
+        assert last.state == ev.JobState.CANCELLED
+        await core.jobs.wait(jobs[0].id, 60)
+    finally:
+        await core.stop()
+    again = Core(cfg)
+    await again.start()
+    try:
+        rows = {d["id"]: d["state"] for d in await asyncio.to_thread(again.state.jobs)}
+        assert rows[jobs[-1].id] == ev.JobState.CANCELLED, rows
+    finally:
+        await again.stop()
+
+
+def _hold_lock(path, seconds: float, held: threading.Event) -> None:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN EXCLUSIVE")
+    held.set()
+    time.sleep(seconds)
+    conn.execute("ROLLBACK")
+    conn.close()
+
+
+async def test_locked_database_at_start_is_retried(tmp_path):
+    rec = RecorderDB(tmp_path / "rec", wal=False)        # a rollback journal: EXCLUSIVE blocks readers
+    try:
+        sid = add_session(rec)
+        out = tmp_path / "out"
+        out.mkdir()
+        core = Core(cfg_for(tmp_path, rec, retries=3))
+        await core.start()
+        try:
+            held = threading.Event()
+            t = threading.Thread(target=_hold_lock, args=(rec.path, 0.8, held))
+            t.start()
+            held.wait(5)
+            snap = await core.export_sessions([sid], ["txt"], str(out))
+            done = await core.jobs.wait(snap.id, 60)
+            t.join()
+            assert done.state == ev.JobState.COMPLETED, done.error
+        finally:
+            await core.stop()
+    finally:
+        rec.close()
