@@ -109,13 +109,18 @@ class Exporter:
         sessions = []
         results: list[SessionResult] = []
         for sid in self.spec.session_ids:
+            if self._cancelled():           # planning 10,000 sessions takes a while: a cancel stops it here
+                return results
             try:
                 sessions.append(self._retry(self.lib.get_session, sid))
             except StenoError as e:
                 results.append(SessionResult(int(sid) if str(sid).isdigit() else 0, "", "", False, error=str(e)))
         options = render_options(self.cfg, self.template)
-        plans = [(s, plan_session(s, self.spec.formats, options, self.include_audio, self.reg))
-                 for s in sessions]
+        plans = []
+        for s in sessions:
+            if self._cancelled():
+                return results
+            plans.append((s, plan_session(s, self.spec.formats, options, self.include_audio, self.reg)))
         todo = [(s, pl) for s, pl in plans if not self._unchanged(s, pl)]
         todo_ids = {id(s) for s, _ in todo}
         self.bytes_total = sum(pf.size for _, pl in todo for pf in pl)

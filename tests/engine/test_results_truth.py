@@ -115,3 +115,28 @@ async def test_locked_database_at_start_is_retried(tmp_path):
             await core.stop()
     finally:
         rec.close()
+
+
+async def test_cancel_during_planning_takes_effect_within_a_second(tmp_path, rec):
+    rec.conn.execute("BEGIN")
+    sids = [add_session(rec) for _ in range(3000)]      # planning loads each session: ~10 ms apiece
+    rec.conn.execute("COMMIT")
+    out = tmp_path / "out"
+    out.mkdir()
+    core = Core(cfg_for(tmp_path, rec))
+    await core.start()
+    try:
+        snap = await core.export_sessions(sids, ["txt"], str(out))
+        while core.jobs.get(snap.id).state != ev.JobState.RUNNING:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)
+        assert core.jobs.get(snap.id).files_total == 0, "still planning when cancelled"
+        t0 = time.monotonic()
+        core.jobs.cancel(snap.id)
+        done = await core.jobs.wait(snap.id, 30)
+        took = time.monotonic() - t0
+        assert done.state == ev.JobState.CANCELLED
+        assert took < 1.0 * 1.5, f"cancel during planning took {took:.2f} s (target 1 s; 1.5 s for a busy machine)"
+        assert [p.name for p in (out / "SilentSteno").iterdir() if p.is_dir()] == []
+    finally:
+        await core.stop()
