@@ -3,6 +3,7 @@ space, a cancelled queued job across a restart, retries of a locked recorder dat
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sqlite3
 import threading
 import time
@@ -140,3 +141,33 @@ async def test_cancel_during_planning_takes_effect_within_a_second(tmp_path, rec
         assert [p.name for p in (out / "SilentSteno").iterdir() if p.is_dir()] == []
     finally:
         await core.stop()
+
+
+async def test_cancel_mid_copy_leaves_nothing_final_and_verify_says_incomplete(tmp_path, rec):
+    from steno_exportd.engine.verify import verify_target
+    first = add_session(rec, audio=b"RIFF" + bytes(1 << 20))
+    big = add_session(rec, audio=b"RIFF" + bytes(300 << 20))     # long enough to be cancelled mid-copy
+    out = tmp_path / "out"
+    out.mkdir()
+    core = Core(cfg_for(tmp_path, rec))
+    await core.start()
+    try:
+        done = await core.jobs.wait((await core.export_sessions([first], ["txt", "audio"], str(out))).id, 60)
+        assert done.state == ev.JobState.COMPLETED, done.error
+        snap = await core.export_sessions([big], ["txt", "audio"], str(out))
+        while (j := core.jobs.get(snap.id)).bytes_done == 0 and not j.state.finished:
+            await asyncio.sleep(0.005)
+        assert not j.state.finished and j.bytes_done < j.bytes_total, "cancelled mid-copy"
+        core.jobs.cancel(snap.id)
+        assert (await core.jobs.wait(snap.id, 30)).state == ev.JobState.CANCELLED
+    finally:
+        await core.stop()
+    try:
+        rep = await asyncio.to_thread(verify_target, str(out))
+        folders = sorted(p.name for p in (out / "SilentSteno").iterdir() if p.is_dir())
+        assert len(folders) == 2 and folders[1].endswith(".partial"), folders
+        assert not rep.ok and rep.incomplete == [folders[1]], rep.to_json()
+        assert rep.ok_count == 2, "the finished session (transcript and recording) still checks out"
+    finally:
+        shutil.rmtree(out)                                          # pytest keeps tmp dirs: not 300 MB of them
+        shutil.rmtree(rec.root / "audio")
