@@ -358,6 +358,9 @@ class Exporter:
         results: list[FileResult] = []
         verified: list[tuple[str, int, str]] = []
         pending: list = []
+        # a folder built in place (no folder rename on this filesystem): every file stays under a temp name
+        # until the whole session is verified, then the files are renamed one by one
+        staged: dict[str, str] = {}
         for pf in plan:
             rel_final = f"{final_rel}/{pf.name}"
             if pf.error:
@@ -367,6 +370,8 @@ class Exporter:
                 raise CancelledJob("cancelled")
             old = old_files.get(pf.name)
             rel = f"{work_rel}/{pf.name}"
+            if in_place and not exists:
+                rel = staged[rel_final] = f"{work_rel}/{TEMP_PREFIX}part-{pf.name}"[:len(work_rel) + 201]
             st = self.t.lstat(rel)
             if st is not None:
                 if st.kind != "file":
@@ -422,6 +427,10 @@ class Exporter:
                 if r.ok and self.t.lstat(r.path) is None:
                     raise TargetError(f"the filesystem lost {r.path} when its folder was renamed")
         elif not exists:
+            for r in results:
+                if r.ok and r.path in staged:
+                    self.t.rename(staged[r.path], r.path)
+            self.t.fsync_dir(work_rel)
             self.t.remove(f"{work_rel}/{MARKER}")
         planned = {pf.name for pf in plan}
         for name, f in old_files.items():

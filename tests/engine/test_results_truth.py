@@ -171,3 +171,39 @@ async def test_cancel_mid_copy_leaves_nothing_final_and_verify_says_incomplete(t
     finally:
         shutil.rmtree(out)                                          # pytest keeps tmp dirs: not 300 MB of them
         shutil.rmtree(rec.root / "audio")
+
+
+async def test_folder_built_in_place_holds_only_temp_names_until_verified(tmp_path, rec):
+    """Where a folder cannot be renamed (FAT through FUSE), the files keep temp names until the session is
+    verified: a cancel mid-copy leaves nothing complete-looking under a final name."""
+    from steno_exportd.engine.targets import DirectoryTarget
+    from steno_exportd.engine.verify import verify_target
+    small = add_session(rec, audio=b"RIFF" + bytes(1 << 20))
+    big = add_session(rec, audio=b"RIFF" + bytes(300 << 20))
+    out = tmp_path / "out"
+    out.mkdir()
+    target = DirectoryTarget(str(out), "FATSTICK")
+    target.atomic_dir_rename = False          # what DirectoryTarget decides on vfat (no folder rename there)
+    core = Core(cfg_for(tmp_path, rec))
+    await core.start()
+    try:
+        snap = await core.export_sessions([big], ["txt", "audio"], target)
+        while (j := core.jobs.get(snap.id)).bytes_done == 0 and not j.state.finished:
+            await asyncio.sleep(0.005)
+        assert not j.state.finished and j.bytes_done < j.bytes_total, "cancelled mid-copy"
+        core.jobs.cancel(snap.id)
+        assert (await core.jobs.wait(snap.id, 30)).state == ev.JobState.CANCELLED
+        [folder] = [p for p in (out / "SilentSteno").iterdir() if p.is_dir()]
+        names = sorted(p.name for p in folder.iterdir())
+        assert all(n.startswith(".steno-") for n in names), f"a final name in an unfinished folder: {names}"
+        rep = await asyncio.to_thread(verify_target, str(out))
+        assert not rep.ok and rep.incomplete == [folder.name], rep.to_json()
+
+        done = await core.jobs.wait((await core.export_sessions([small], ["txt", "audio"], target)).id, 60)
+        assert done.state == ev.JobState.COMPLETED, done.error
+        finished = [p for p in (out / "SilentSteno").iterdir() if p.is_dir() and p != folder]
+        assert [sorted(p.name for p in f.iterdir()) for f in finished] == [["audio.wav", "transcript.txt"]]
+    finally:
+        await core.stop()
+        shutil.rmtree(out)
+        shutil.rmtree(rec.root / "audio")
