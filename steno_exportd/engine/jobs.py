@@ -12,7 +12,7 @@ from typing import Any, Awaitable, Callable
 from steno_exportd import events as ev
 from steno_exportd.config import Config
 from steno_exportd.engine.options import ExportOptions
-from steno_exportd.errors import NotFoundError
+from steno_exportd.errors import NotFoundError, TargetError
 
 log = logging.getLogger(__name__)
 
@@ -306,7 +306,11 @@ class JobManager:
         except Exception as e:  # noqa: BLE001 - error boundary of one job
             log.warning("job %s failed: %s", job.snap.id, e)
             self._progress(job, progress.fields)
-            self._set(job, state=ev.JobState.FAILED, error=str(e) or type(e).__name__, finished=time.time(),
+            err = str(e) or type(e).__name__
+            kind = e.kind if isinstance(e, TargetError) else ""
+            if kind in HEADLINES and not err.startswith(HEADLINES[kind].split(" (")[0]):
+                err = f"{HEADLINES[kind]}: {err}"      # the whole job stopped on the target: say which problem
+            self._set(job, state=ev.JobState.FAILED, error=err, finished=time.time(),
                       rate=0.0, expected_end=0.0, current_file="")
         else:
             self._progress(job, progress.fields)

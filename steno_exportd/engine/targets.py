@@ -98,7 +98,8 @@ def os_error(e: OSError, what: str) -> TargetError:
         return TargetFullError(f"{what}: file too large for this filesystem", kind="too large")
     if e.errno == errno.EROFS:
         return TargetError(f"target is read-only ({what})", kind="read-only")
-    if e.errno in (errno.EIO, errno.ENXIO, errno.ENODEV, errno.ENOTCONN, errno.ESHUTDOWN):
+    # ECONNABORTED: what a FUSE filesystem (exfat-fuse, fusefat) answers once its stick is pulled
+    if e.errno in (errno.EIO, errno.ENXIO, errno.ENODEV, errno.ENOTCONN, errno.ESHUTDOWN, errno.ECONNABORTED):
         return TargetError(f"target gone or failing ({what}): {e.strerror}", kind="pulled")
     if e.errno in (errno.EACCES, errno.EPERM):
         return TargetError(f"permission denied on the target ({what})", kind="permission")
