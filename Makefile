@@ -5,11 +5,13 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 DEMO   := demo
 
-.PHONY: all venv deps test demo bench clean
+ARCH   ?= $(shell dpkg --print-architecture)
+
+.PHONY: all venv deps test demo bench clean deb lock
 
 all: venv
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py debian/changelog
 	$(PYTHON) -m venv $(VENV) || (apt-get update -qq && apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV))
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[test]'
@@ -34,8 +36,18 @@ $(DEMO)/config.toml: | venv
 demo: venv $(DEMO)/library/silent_steno.db $(DEMO)/config.toml
 	$(VENV)/bin/steno-exportd --config $(DEMO)/config.toml run --demo
 
+# The Debian package: steno-exportd_<version>_<arch>.deb here (ARCH=arm64 for the Pi). debian/changelog
+# holds the version. Needs debhelper, lintian and python3-pip (packaging/install-test-deps.sh installs them).
+deb:
+	packaging/build-deb.sh $(ARCH)
+
+# Pin the package's bundled Python libraries (packaging/requirements.lock) after pyproject.toml changes:
+# what is pinned stays; UPGRADE=1 re-resolves everything to the newest releases.
+lock:
+	packaging/privenv.py lock $(if $(filter 1 yes,$(UPGRADE)),--upgrade)
+
 bench: venv
 	bench/run
 
 clean:
-	rm -rf $(VENV) $(DEMO) *.egg-info
+	rm -rf $(VENV) $(DEMO) *.egg-info build steno-exportd_*.deb

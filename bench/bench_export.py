@@ -56,13 +56,13 @@ from pathlib import Path
 from steno_exportd import config
 from steno_exportd.engine.export import SimpleSpec, run_export
 from steno_exportd.engine.options import ExportOptions
-from tests.engine.fakes import FakeLibrary, FakeRegistry, make_session
+from tests.fakes import FakeLibrary, make_session
 srcs = {srcs!r}
 lib = FakeLibrary([make_session(i, Path(p)) for i, p in enumerate(srcs, 1)])
 cfg = config.from_dict({{"recorder": {{"db_path": "/nonexistent/db.sqlite"}}}})
 t = time.monotonic()
 res = run_export(lib, SimpleSpec({dst!r}, tuple(range(1, len(srcs) + 1)), ("txt", "audio"), ExportOptions()),
-                 cfg, reg=FakeRegistry())
+                 cfg)
 assert all(r.ok for r in res), [r.error for r in res if not r.ok]
 print(time.monotonic() - t)
 """
@@ -142,7 +142,7 @@ def bench_incremental(work: Path) -> None:
     from steno_exportd import config
     from steno_exportd.engine.export import SimpleSpec, run_export
     from steno_exportd.engine.options import ExportOptions
-    from tests.engine.fakes import FakeLibrary, FakeRegistry, make_session
+    from tests.fakes import FakeLibrary, make_session
 
     src = work / "inc-src"
     src.mkdir()
@@ -157,10 +157,10 @@ def bench_incremental(work: Path) -> None:
     cfg = config.from_dict({"recorder": {"db_path": "/nonexistent/db.sqlite"}})
     spec = SimpleSpec(str(dst), tuple(range(1, 1001)), ("txt", "json", "audio"), ExportOptions())
     t = time.monotonic()
-    run_export(lib, spec, cfg, reg=FakeRegistry())
+    run_export(lib, spec, cfg)
     first = time.monotonic() - t
     t = time.monotonic()
-    res = run_export(lib, spec, cfg, reg=FakeRegistry())
+    res = run_export(lib, spec, cfg)
     again = time.monotonic() - t
     assert all(r.skipped for r in res)
     print(f"export_1000_sessions_first_s: {first:.2f}")

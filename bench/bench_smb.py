@@ -1,12 +1,18 @@
-"""SMB push throughput to a loopback smbd: ours (smbpush) vs Samba's smbclient `put`, same files, same run.
+"""SMB push throughput to a loopback smbd: ours (a push job: the engine into smb:<remote>) vs Samba's
+smbclient `put`, same recordings, same run.
 
 Prints `name: value` lines. Both sides sign (SMB3, a named user); files come from the page cache.
+Ours is the whole job: claim, plan, temp names, renames, manifest.json and SHA256SUMS on the NAS;
+with verify, every file is also read back over a second connection beside the upload. "first": the
+recordings' SHA-256 is computed on the way (no export knew it yet); otherwise it is remembered from
+an earlier export (the hash cache), as on a recorder that exports to its share, sticks and the NAS.
 The share's folder is a tmpfs: both clients write to it, and this VM's disk writeback (which swung
 either side by 3x from run to run) no longer decides the result. BENCH_SMB_DISK=1 keeps it on disk.
 Needs root (a test user, smbd on a loopback port 4450-4499). Set BENCH_SMB_MIB to change the size.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 import shutil
@@ -18,49 +24,62 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from steno_exportd.smb import push as smbpush  # noqa: E402
+from steno_exportd import config  # noqa: E402
 from steno_exportd.config import SmbRemote  # noqa: E402
+from steno_exportd.engine.export import SimpleSpec, run_export  # noqa: E402
+from steno_exportd.engine.hashcache import HashCache  # noqa: E402
+from steno_exportd.engine.options import ExportOptions  # noqa: E402
+from steno_exportd.engine.registry import local  # noqa: E402
+from steno_exportd.library import Library  # noqa: E402
+from steno_exportd.smb import target as smbtarget  # noqa: E402
+from steno_exportd.smb.push import SmbKind  # noqa: E402
 from tests.parts.smbd import make_smbd  # noqa: E402
+from tests.recorder_db import RecorderDB  # noqa: E402
 
 TOTAL_MIB = int(os.environ.get("BENCH_SMB_MIB", "1024"))
 ROUNDS = int(os.environ.get("BENCH_SMB_ROUNDS", "7"))
-smbpush.PIPELINE = int(os.environ.get("BENCH_SMB_PIPELINE", smbpush.PIPELINE))
+smbtarget.PIPELINE = int(os.environ.get("BENCH_SMB_PIPELINE", smbtarget.PIPELINE))
 
 
-def make_files(root: pathlib.Path) -> list[pathlib.Path]:
-    """~TOTAL_MIB: 4 large files (80%) and 20 medium ones, in two session folders."""
+def make_recorder(root: pathlib.Path) -> tuple[RecorderDB, list[pathlib.Path]]:
+    """~TOTAL_MIB of recordings: 4 large (80%) and 20 medium ones, one per session."""
     big = TOTAL_MIB * 8 // 10 // 4
     med = max(1, (TOTAL_MIB - big * 4) // 20)
-    files = []
+    db = RecorderDB(root)
     block = os.urandom(1024 * 1024)
-    for i, (n, mib) in enumerate([(4, big), (20, med)]):
-        d = root / f"session-{i}"
-        d.mkdir(parents=True)
-        for j in range(n):
-            p = d / f"file-{j:02d}.bin"
-            with open(p, "wb") as f:
-                for k in range(mib):
-                    f.write(block[k % 97:] + block[: k % 97])
-            files.append(p)
-    # an export folder carries SHA256SUMS (written by the engine); push takes expected hashes from it
-    import hashlib
-    lines = []
-    for p in files:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            while b := f.read(1 << 22):
-                h.update(b)
-        lines.append(f"{h.hexdigest()}  {p.relative_to(root).as_posix()}\n")
-    (root / "SHA256SUMS").write_text("".join(lines))
-    return files
+    files = []
+    for i, mib in enumerate([big] * 4 + [med] * 20):
+        p = root / "audio" / f"meeting-{i:02d}.flac"
+        with open(p, "wb") as f:
+            for k in range(mib):
+                f.write(block[k % 97:] + block[: k % 97])
+        db.session(title=f"Meeting {i:02d}", audio_format="flac", audio_size_bytes=mib << 20,
+                   audio_file_path=f"audio/{p.name}")
+        files.append(p)
+    return db, files
 
 
-def smbclient_put(port: int, user: str, pw: str, src: pathlib.Path, dest: str) -> float:
+def push(cfg: config.Config, verify: bool, hashes: HashCache | None) -> int:
+    """One push job of every session's recording; the bytes it wrote."""
+    targets = local()
+    targets.register(SmbKind(recorder_id="b" * 32))
+    lib = Library.from_config(cfg)
+    try:
+        ids = tuple(s.id for s in lib.list_sessions(exportable_only=True))
+        res = run_export(lib, SimpleSpec("smb:bench", ids, ("audio",), ExportOptions(verify=verify)), cfg,
+                         targets=targets, hashes=hashes)
+    finally:
+        lib.close()
+    assert all(r.ok and not r.skipped for r in res), [r.error for r in res if not r.ok]
+    return sum(f.size for r in res for f in r.files)
+
+
+def smbclient_put(port: int, user: str, pw: str, files: list[pathlib.Path], dest: str) -> float:
+    """The same recordings, one folder per session as ours writes them."""
     cmds = [f"mkdir {dest}"]
-    for d in sorted(p for p in src.iterdir() if p.is_dir()):
-        cmds.append(f"mkdir {dest}/{d.name}")
-        for f in sorted(d.iterdir()):
-            cmds.append(f'put "{f}" "{dest}/{d.name}/{f.name}"')
+    for f in files:
+        cmds.append(f"mkdir {dest}/{f.stem}")
+        cmds.append(f'put "{f}" "{dest}/{f.stem}/{f.name}"')
     t0 = time.perf_counter()
     subprocess.run(["smbclient", f"//127.0.0.1/push", "-p", str(port), "-U", f"{user}%{pw}",
                     "--client-protection=sign", "-c", "; ".join(cmds)],
@@ -82,8 +101,7 @@ def main() -> int:
                         str(nas)], check=True)
     smbd = make_smbd(tmp / "smbd", shares=f"[push]\n   path = {nas}\n   read only = no\n   force user = root\n")
     try:
-        src = tmp / "src"
-        files = make_files(src)
+        db, files = make_recorder(tmp / "recorder")
         total = sum(p.stat().st_size for p in files)
         os.sync()
         smbd.start()
@@ -94,40 +112,42 @@ def main() -> int:
         os.chmod(pwfile, 0o600)
         remote = SmbRemote(name="bench", server="127.0.0.1", port=smbd.port, share="push",
                            username=user, password_file=str(pwfile), timeout=10)
+
+        def cfg_for(folder: str) -> config.Config:
+            return config.from_dict({"recorder": {"db_path": str(db.path)},
+                                     "state": {"dir": str(tmp / "state"), "runtime_dir": str(tmp / "run")},
+                                     "smb": {"recorder_folder": folder, "remotes": [dataclasses.asdict(remote)]}})
         # warm-up, not counted: the first writes into a fresh share folder (and smbd's first large
         # allocations) are slower whoever goes first
-        t = smbpush.SmbTarget(remote, "warm-up")
-        smbpush.push_dir(t, src, verify=True)
-        t.close()
+        hashes = HashCache(tmp / "state" / "cache" / "hashes.db")
+        push(cfg_for("warm-up"), True, hashes)          # (and the recordings' hashes remembered)
         shutil.rmtree(nas / "warm-up")
-        smbclient_put(smbd.port, user, pw, src, "warm-up")
+        smbclient_put(smbd.port, user, pw, files, "warm-up")
         shutil.rmtree(nas / "warm-up")
-        ours, ours_v, theirs = [], [], []
+        ours, ours_v, ours_first, theirs = [], [], [], []
         for r in range(ROUNDS):
             if r % 2:                       # alternate who goes first: the disk is shared and noisy
                 os.sync()
-                theirs.append(smbclient_put(smbd.port, user, pw, src, f"smbclient-{r}"))
+                theirs.append(smbclient_put(smbd.port, user, pw, files, f"smbclient-{r}"))
                 shutil.rmtree(nas / f"smbclient-{r}")
-            for verify, out in ((False, ours), (True, ours_v)):
+            for verify, known, out in ((False, hashes, ours), (True, hashes, ours_v), (False, None, ours_first)):
                 os.sync()
-                folder = f"ours-{r}-{int(verify)}"
-                t = smbpush.SmbTarget(remote, folder)
-                t.connect()
+                folder = f"ours-{r}-{len(out)}-{int(verify)}-{int(known is not None)}"
                 t0 = time.perf_counter()
-                res = smbpush.push_dir(t, src, verify=verify)
+                written = push(cfg_for(folder), verify, known)
                 out.append(time.perf_counter() - t0)
-                t.close()
-                assert res.bytes_sent == total, (res.bytes_sent, total)
+                assert written == total, (written, total)
                 shutil.rmtree(nas / folder)
             if not r % 2:
                 os.sync()
-                theirs.append(smbclient_put(smbd.port, user, pw, src, f"smbclient-{r}"))
+                theirs.append(smbclient_put(smbd.port, user, pw, files, f"smbclient-{r}"))
                 shutil.rmtree(nas / f"smbclient-{r}")
         mib = total / 2**20
         print("rounds (s): ours " + " ".join(f"{x:.2f}" for x in ours) + " | smbclient "
-              + " ".join(f"{x:.2f}" for x in theirs) + " | ours+verify " + " ".join(f"{x:.2f}" for x in ours_v),
-              file=sys.stderr)
+              + " ".join(f"{x:.2f}" for x in theirs) + " | ours+verify " + " ".join(f"{x:.2f}" for x in ours_v)
+              + " | ours first " + " ".join(f"{x:.2f}" for x in ours_first), file=sys.stderr)
         o, ov, s = statistics.median(ours), statistics.median(ours_v), statistics.median(theirs)
+        of = statistics.median(ours_first)
         print(f"smb_push_size_mib: {mib:.0f}")
         print(f"smb_push_share_folder: {'tmpfs' if on_tmpfs else 'disk'}")
         print(f"smb_push_ours_mib_s: {mib / o:.1f}")
@@ -135,10 +155,14 @@ def main() -> int:
         print(f"smb_push_ratio_ours_vs_smbclient: {s / o:.2f}")
         print(f"smb_push_ours_with_verify_mib_s: {mib / ov:.1f}")
         print(f"smb_push_ratio_ours_verified_vs_smbclient: {s / ov:.2f}")
+        print(f"smb_push_ours_first_mib_s: {mib / of:.1f}")
+        print(f"smb_push_ratio_ours_first_vs_smbclient: {s / of:.2f}")
         # the machine is shared: also the median of ratios taken within each round
         print(f"smb_push_ratio_per_round_median: {statistics.median(b / a for a, b in zip(ours, theirs)):.2f}")
         print(f"smb_push_ratio_verified_per_round_median: "
               f"{statistics.median(b / a for a, b in zip(ours_v, theirs)):.2f}")
+        print(f"smb_push_ratio_first_per_round_median: "
+              f"{statistics.median(b / a for a, b in zip(ours_first, theirs)):.2f}")
         return 0
     finally:
         smbd.stop()

@@ -18,14 +18,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from steno_exportd import usb  # noqa: E402
+from steno_exportd.usb import manager as usb  # noqa: E402
 from steno_exportd.events import DeviceState  # noqa: E402
 from tests.parts.udev import Stick, make_image, new_label, start_stack  # noqa: E402
-from tests.usb.fakecore import FakeCore  # noqa: E402
 from tests.usb.helpers import make_cfg  # noqa: E402
 
 RUNS = int(os.environ.get("BENCH_USB_RUNS", "5"))
-SESSION_BYTES = 4 << 20
 
 
 def _first_byte_watch(core, label: str, out: dict) -> None:
@@ -45,20 +43,8 @@ def _first_byte_watch(core, label: str, out: dict) -> None:
         time.sleep(0.005)
 
 
-def real_core_available() -> bool:
-    try:
-        import steno_exportd.core  # noqa: F401
-        import steno_exportd.demo  # noqa: F401
-        import steno_exportd.library  # noqa: F401
-        return True
-    except ImportError:
-        return False
-
-
 async def make_core(tmp: Path):
-    """The real Core on a one-session demo library when the engine is there, else the stand-in."""
-    if not real_core_available():
-        return FakeCore(make_cfg(tmp), n_sessions=1, file_size=SESSION_BYTES)
+    """The real Core on a one-session demo library."""
     from steno_exportd.core import Core
     lib = tmp / "library"
     if not lib.exists():
@@ -142,8 +128,7 @@ async def main() -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="bench-usb-") as d:
             tmp = Path(d)
-            print("usb_core:", "real Core (demo library, 1 session)" if real_core_available()
-                  else f"stand-in core writing one {SESSION_BYTES >> 20} MiB session (engine not in this tree)")
+            print("usb_core: real Core (demo library, 1 session)")
             for fs in ("ext4", "exfat"):
                 first, over, copy, anchor = [], [], [], []
                 for _ in range(RUNS):

@@ -1,12 +1,16 @@
 #!/bin/sh
 # Installs the Debian packages the tests use (real udev, D-Bus, udisks2, Samba, FUSE
 # filesystems, Chromium, poppler, nginx for benchmarks; qpdf, tidy, a CJK TrueType font and headless
-# LibreOffice (the -nogui writer/calc, ~15 s) check the rendered documents). Idempotent; root only.
+# LibreOffice (the -nogui writer/calc, ~15 s) check the rendered documents) and what `make deb` and
+# its tests need (debhelper, lintian, pip; systemd-nspawn for the install tests, qemu-user and
+# mmdebstrap for the arm64 package). Idempotent; root only.
 set -eu
 PKGS="python3-venv udev dbus udisks2 policykit-1 samba smbclient dosfstools exfatprogs fdisk
 exfat-fuse fusefat ntfs-3g chromium poppler-utils nginx-light fonts-dejavu-core iproute2
 util-linux psmisc systemd flac nodejs avahi-daemon avahi-utils
-qpdf tidy fonts-droid-fallback libreoffice-writer-nogui libreoffice-calc-nogui"
+qpdf tidy fonts-droid-fallback libreoffice-writer-nogui libreoffice-calc-nogui
+debhelper dpkg-dev lintian binutils python3-pip python3-setuptools python3-wheel man-db
+systemd-container qemu-user-static mmdebstrap"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

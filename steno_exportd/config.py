@@ -73,10 +73,12 @@ def _check_cron(value: str) -> str | None:
         return None
     fields = value.split()
     if len(fields) != 5:
-        return f"cron expression needs 5 fields (minute hour day month weekday), got {len(fields)}"
-    for f in fields:
-        if not re.fullmatch(r"[\d*,/\-]+", f):
-            return f"invalid cron field {f!r}"
+        return f"cron expression needs 5 fields (minute hour day month weekday), got {len(fields)}: {value!r}"
+    from croniter import croniter          # the one cron parser (schedules.py runs what it accepts)
+    try:
+        croniter(value)
+    except (ValueError, KeyError, TypeError) as e:
+        return f"invalid cron expression {value!r}: {e}"
     return None
 
 
@@ -147,8 +149,9 @@ class ExportConfig:
     continue_on_error: bool = opt(True, "Keep exporting other sessions when one fails.")
     max_concurrent_jobs: int = opt(2, "Jobs that run at the same time.", min=1, max=16)
     retries: int = opt(2, "Retries of a transient error, with backoff.", min=0, max=10)
-    allowed_dirs: list[str] = opt(["/media", "/mnt", "/srv/steno-export"],
-                                  "Directories D-Bus/web callers may export into.")
+    allowed_dirs: list[str] = opt(["/media", "/srv/steno-export"],
+                                  "Directories D-Bus/web callers may export into (the shipped unit must let the "
+                                  "service write there: ReadWritePaths=).")
     job_history_days: int = opt(90, "Days finished jobs stay in the state DB.", min=1)
 
 
@@ -239,9 +242,10 @@ class SambaConfig:
     smb_conf: str = opt("/etc/samba/smb.conf", "Not used: testparm checks the candidate snippet on its own "
                         "(kept so older configs load).", check=_check_abs_or_empty)
     testparm_command: list[str] = opt(["testparm", "-s"], "Validation command (the config file is appended).")
-    reload_command: list[str] = opt(["smbcontrol", "smbd", "reload-config"],
-                                    "Command that reloads smbd; [] when systemd's steno-exportd-samba-reload.path "
-                                    "does it (the hardened service cannot).")
+    reload_command: list[str] = opt([], "Command that reloads smbd; [] (the default): systemd's "
+                                    "steno-exportd-samba-reload.path does it, as root, when the snippet changes (the "
+                                    "hardened service cannot); e.g. [\"smbcontrol\", \"smbd\", \"reload-config\"] "
+                                    "without that unit.")
     close_command: list[str] = opt(["smbcontrol", "smbd", "close-share"],
                                    "Command that disconnects users from a share that was switched off or changed "
                                    "(the share name is appended); not used when reload_command is [] (the systemd "
@@ -358,13 +362,28 @@ class RetentionConfig:
     interval_hours: float = opt(24.0, "Hours between two prunings (one also runs at start).", min=0.001, max=8760)
 
 
+SCHEDULE_MAIL_PREFIX = "email:"
+
+
 @dataclasses.dataclass(frozen=True)
 class Schedule:
-    name: str = opt("", "Name of the schedule.")
-    cron: str = opt("", "Cron expression (minute hour day month weekday).", check=_check_cron)
-    target: str = opt("", "A directory, or smb:<remote name>.")
-    sessions: str = opt("new", "Which sessions.", choices=("new", "all", "since_days"))
+    name: str = opt("", "Name of the schedule (unique; shown on D-Bus, the web page and 'steno-exportctl schedules').")
+    cron: str = opt("", "Cron expression (minute hour day month weekday, local time), e.g. '0 2 * * *'; or give "
+                        "interval_minutes instead.", check=_check_cron)
+    interval_minutes: float = opt(0.0, "Run every N minutes instead of a cron expression (0: use cron).",
+                                  min=0, max=527040)
+    target: str = opt("", "An absolute folder (or FILE.zip / FILE.tar.gz), smb:<remote name>, or email: followed "
+                          "by addresses separated by commas ('email:' alone: email.recipients).")
+    sessions: str = opt("new", "Which sessions: new (recorded since the schedule's last run; the first run takes "
+                               "the last since_days days), all, or since_days.",
+                        choices=("new", "all", "since_days"))
+    since_days: int = opt(7, "Days back for sessions = 'since_days' (and the first run of 'new').", min=1,
+                          max=36500)
+    tags: list[str] = opt([], "Only sessions with at least one of these tags (empty: any).")
     formats: list[str] = opt(["txt", "pdf", "audio"], "Formats.", items=FORMATS)
+    template: str = opt("", "PDF/DOCX template (empty: export.template).")
+    catch_up: bool = opt(True, "A run missed while the recorder was off (or the daemon stopped) runs once at the "
+                               "next start; false: it is skipped.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -547,13 +566,45 @@ def _cross_check(cfg: Config, errors: list[str]) -> None:
         if r.name in names:
             errors.append(f"smb.remotes[{i}].name: duplicate remote name {r.name!r}")
         names.add(r.name)
+    _check_schedules(cfg, names, errors)
+
+
+def _check_schedules(cfg: Config, remotes: set[str], errors: list[str]) -> None:
+    from steno_exportd.outbox.address import check_address
+    seen: set[str] = set()
     for i, s in enumerate(cfg.schedules):
-        if not s.cron:
-            errors.append(f"schedules[{i}].cron: required")
-        if not s.target:
-            errors.append(f"schedules[{i}].target: required")
-        elif s.target.startswith("smb:") and s.target[4:] not in names:
-            errors.append(f"schedules[{i}].target: no SMB remote named {s.target[4:]!r}")
+        where = f"schedules[{i}]"
+        if not s.name:
+            errors.append(f"{where}.name: required")
+        elif s.name in seen:
+            errors.append(f"{where}.name: duplicate schedule name {s.name!r}")
+        elif s.name.startswith("smb:") or len(s.name) > 64 or any(not c.isprintable() for c in s.name):
+            errors.append(f"{where}.name: at most 64 printable characters, not starting with 'smb:' (the SMB "
+                          "remotes' own schedules are listed under that name)")
+        seen.add(s.name)
+        if bool(s.cron) == bool(s.interval_minutes):
+            errors.append(f"{where}: give either cron or interval_minutes (not both, not neither)")
+        t = s.target
+        if not t:
+            errors.append(f"{where}.target: required")
+        elif t.startswith("smb:"):
+            if t[4:] not in remotes:
+                errors.append(f"{where}.target: no SMB remote named {t[4:]!r}")
+        elif t.startswith(SCHEDULE_MAIL_PREFIX):
+            addrs = [a.strip() for a in t[len(SCHEDULE_MAIL_PREFIX):].split(",") if a.strip()]
+            for a in addrs:
+                msg = check_address(a)
+                if msg:
+                    errors.append(f"{where}.target: {msg}")
+            if not addrs and not cfg.email.recipients:
+                errors.append(f"{where}.target: 'email:' with no address needs email.recipients")
+            if not cfg.email.enabled:
+                errors.append(f"{where}.target: mail needs [email] enabled = true")
+        elif not t.startswith("/") or "\0" in t:
+            errors.append(f"{where}.target: an absolute folder, FILE.zip/.tar.gz, smb:<remote> or "
+                          f"email:<addresses>, not {t[:100]!r}")
+        if s.template and s.template not in DOCUMENT_TEMPLATES and not cfg.render.template_dir:
+            errors.append(f"{where}.template: unknown template {s.template!r}")
 
 
 def from_dict(data: dict, source: str = "") -> Config:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping
 
@@ -14,12 +14,15 @@ from steno_exportd.config import Config
 from steno_exportd.devices import DeviceRegistry
 from steno_exportd.engine.jobs import JobManager, JobSpec
 from steno_exportd.engine.options import ExportOptions
+from steno_exportd.engine.registry import local as local_targets
 from steno_exportd.engine.state import StateDB
 from steno_exportd.engine.targets import DirectoryTarget, Target
-from steno_exportd.errors import InvalidArgument, NotAllowedError, NotFoundError, SourceLockedError
+from steno_exportd.errors import InvalidArgument, NotFoundError, SourceLockedError
 from steno_exportd.library import ChangeToken, Library, SessionListing
 from steno_exportd.model import Session
 from steno_exportd.outbox.queue import Outbox
+from steno_exportd.search import FILE_NAME as SEARCH_FILE, SearchIndex, SearchResults
+from steno_exportd.schedules import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -28,32 +31,23 @@ __all__ = ["Core", "ExportOptions", "SessionListing"]
 Ejector = Callable[[str], Awaitable[Any]]
 
 
-def _under(path: str, dirs: list[str]) -> bool:
-    real = os.path.realpath(path)
-    for d in dirs:
-        base = os.path.realpath(d)
-        if real == base or real.startswith(base.rstrip("/") + "/"):
-            return True
-    return False
-
-
-def is_archive_path(target: str) -> bool:
-    low = target.lower()
-    return low.endswith((".zip", ".tar.gz", ".tgz"))
-
-
 class Core:
     """Owns the library, the state DB, the job manager, the devices and the event bus."""
 
-    def __init__(self, cfg: Config, *, library: Library | None = None) -> None:
+    def __init__(self, cfg: Config, *, library: Library | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
         self.events = ev.EventBus()
         self._library = library
         self.state = StateDB(Path(cfg.state.dir) / "state.db")
+        self.targets = local_targets()      # the composition root registers more kinds (smb:)
         self.devices = DeviceRegistry(self.events, lambda d: self.state.device_seen(d.uuid or d.id, d.label,
                                                                                      d.fs_type))
-        self.jobs = JobManager(cfg, self.events, self.state, lambda: self.library, on_finished=self._job_finished)
+        self.jobs = JobManager(cfg, self.events, self.state, lambda: self.library, targets=self.targets,
+                               on_finished=self._job_finished)
+        self.search_index = SearchIndex(Path(cfg.state.dir) / SEARCH_FILE)
         self.outbox = Outbox(cfg, self.events, lambda: self.library)   # mail: stored before it is sent
+        self.schedules = Scheduler(self, clock)   # [[schedules]] and the SMB remotes' schedule (tests move the clock)
         self._housekeeping: asyncio.Task | None = None
         self.auto_export: bool = cfg.usb.auto_export.enabled
         self.sharing_enabled: bool = cfg.samba.enabled
@@ -79,7 +73,9 @@ class Core:
         await asyncio.to_thread(self.state.open)
         await self.jobs.start()
         await self.outbox.start()
+        await self.search_index.start(lambda: self.library)
         await retention.prune_safely(self)
+        await self.schedules.start()
         self._housekeeping = asyncio.create_task(retention.run(self), name="retention")
 
     async def stop(self) -> None:
@@ -87,9 +83,11 @@ class Core:
         if not self._started:
             return
         self._started = False
+        await self.search_index.stop()
         if self._housekeeping is not None:
             self._housekeeping.cancel()
             await asyncio.gather(self._housekeeping, return_exceptions=True)
+        await self.schedules.stop()
         await self.jobs.stop()
         await self.outbox.stop()
         await asyncio.to_thread(self.state.close)
@@ -99,6 +97,7 @@ class Core:
         self.cfg = cfg
         self.jobs.reload(cfg)
         self.outbox.reload(cfg)
+        await self.schedules.reload(cfg)
         if (old.recorder.db_path, old.recorder.data_dir) != (cfg.recorder.db_path, cfg.recorder.data_dir):
             lib, self._library = self._library, None
             self._listing, self._lib_token = None, None
@@ -156,9 +155,14 @@ class Core:
             return change, listing
         async with self._listing_lock:
             change, self._listing = await asyncio.to_thread(work, self._listing)
+        self.search_index.kick()
         if change.added or change.changed or change.removed:
             self.events.publish(change)
         return change
+
+    async def search(self, query: str, limit: int = 20, offset: int = 0) -> SearchResults:
+        """Sessions whose words match ``query``, best first; InvalidArgument for a query it cannot take."""
+        return await self.search_index.search_async(query, limit, offset)
 
     def template_names(self) -> list[str]:
         """The document templates: built-in ones and the user's (render.template_dir/templates.toml)."""
@@ -196,27 +200,15 @@ class Core:
 
     def _target(self, target: str | Target, options: ExportOptions,
                 trusted: bool) -> tuple[str, str | Target, str, tuple[str, ...]]:
-        """What a target names: (operation, target, the name a person sees, the default formats)."""
-        if isinstance(target, str) and target.startswith("smb:"):
-            from steno_exportd.smb.job import remote_for
-            remote = remote_for(self.cfg, target)      # NotFoundError names the configured remotes
-            return "push", target, target, tuple(remote.formats)
+        """What a target names: (operation, target, the name a person sees, the default formats).
+
+        A target string is interpreted by its kind in the registry (self.targets) and nowhere else.
+        """
         if not isinstance(target, str):
             return "export", target, options.target_name or target.name, tuple(self.cfg.export.formats)
-        if not target:
-            raise InvalidArgument("no target given")
-        if "\0" in target:
-            raise InvalidArgument("the target contains a NUL character")
-        if not trusted and not os.path.isabs(target):
-            raise InvalidArgument(f"target {target!r}: an absolute folder (or .zip/.tar.gz) under "
-                                  f"{', '.join(self.cfg.export.allowed_dirs)}, or smb:<remote>")
-        if not trusted and not _under(target if not is_archive_path(target) else os.path.dirname(target) or ".",
-                                      self.cfg.export.allowed_dirs):
-            raise NotAllowedError(f"target {target!r} is not under an allowed folder "
-                                  f"({', '.join(self.cfg.export.allowed_dirs)})")
-        if not is_archive_path(target) and not os.path.isdir(target):
-            raise InvalidArgument(f"target folder does not exist: {target}")
-        return "export", target, options.target_name or target, tuple(self.cfg.export.formats)
+        checked = self.targets.check(target, self.cfg, trusted=trusted)
+        return (checked.operation, target, options.target_name or checked.name,
+                checked.formats or tuple(self.cfg.export.formats))
 
     async def email_sessions(self, ids: Any, formats: Any, recipients: list[str],
                              template: str | None = None) -> ev.OutboxEntry:

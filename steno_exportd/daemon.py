@@ -23,6 +23,7 @@ from steno_exportd.mail import sender as mail_sender
 from steno_exportd.notify import Notifier
 from steno_exportd.samba import adapter as samba
 from steno_exportd.smb import triggers
+from steno_exportd.smb.push import SmbKind
 
 if TYPE_CHECKING:
     from steno_exportd.dbus.service import Service
@@ -132,6 +133,7 @@ class Daemon:
                 cfg = self.cfg = config_mod.replace(cfg, **{"dbus.bus": address})
 
             core = self.core = Core(cfg)
+            core.targets.register(SmbKind())      # smb:<remote> targets (push to a NAS)
             await core.start()
             stack.push_async_callback(self._stop_core)
             await self._log_sessions()
@@ -155,8 +157,8 @@ class Daemon:
                          tg.create_task(self._follow_events(core), name="status"),
                          tg.create_task(self._watch_library(core), name="library-watch"),
                          tg.create_task(samba.run(core), name="samba"),
-                         # always on: both read core.cfg each time, so remotes added by a reload work too
-                         tg.create_task(triggers.run_schedules(core), name="smb-schedules"),
+                         # always on: reads core.cfg each time, so remotes added by a reload work too (the
+                         # remotes' `schedule` is run by the core's scheduler, core.schedules)
                          tg.create_task(triggers.run_push_on_new(core), name="smb-push-on-new"),
                          tg.create_task(mail_sender.run(core), name="mail")]
                 if cfg.usb.enabled:

@@ -151,6 +151,21 @@ class OutboxEntry:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class ScheduleSnapshot:
+    """One scheduled export ([[schedules]] or an SMB remote's own) and when it runs next."""
+
+    name: str
+    when: str                 # the cron expression, or "every N min"
+    target: str               # a folder, smb:<remote> or email:<addresses>
+    sessions: str             # new | all | since_days
+    next_run: float           # unix time
+    formats: tuple[str, ...] = ()
+    last_run: float = 0.0     # unix time; 0: never ran
+    last_result: str = ""     # "2 session(s): job 7", "nothing new", "error: ...", "skipped ..."
+    catch_up: bool = True
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class SessionsChanged:
     added: tuple[int, ...] = ()
     changed: tuple[int, ...] = ()
@@ -188,6 +203,13 @@ class OutboxRemoved:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class SchedulesChanged:
+    """Every schedule, after a run or a reload changed one."""
+
+    schedules: tuple[ScheduleSnapshot, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class DiskSpaceLow:
     """A filesystem the daemon cares about fell below notify.disk_low_mb (published once per crossing)."""
 
@@ -205,7 +227,7 @@ class StatusChanged:
 
 
 Event = (SessionsChanged | JobUpdated | JobRemoved | DeviceUpdated | DeviceRemoved | StatusChanged | OutboxUpdated
-         | OutboxRemoved | DiskSpaceLow)
+         | OutboxRemoved | DiskSpaceLow | SchedulesChanged)
 
 
 class EventBus:

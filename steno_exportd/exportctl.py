@@ -7,9 +7,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import re
+import shutil
+import subprocess
 import sys
+import tempfile
+import time
 from typing import Any
 
 from dbus_fast import BusType, Message, MessageType, Variant
@@ -157,6 +163,46 @@ async def cmd_sessions(c: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _marked(snippet: str, marks: list, tty: bool) -> str:
+    """The snippet with its matches in bold on a terminal, in [brackets] otherwise."""
+    on, off = ("\033[1m", "\033[0m") if tty else ("[", "]")
+    out, pos = [], 0
+    for a, b in marks:
+        out += [snippet[pos:a], on, snippet[a:b], off]
+        pos = b
+    return "".join(out + [snippet[pos:]])
+
+
+def _count(text: str) -> int:
+    """A whole number that fits D-Bus 'u' (the daemon checks its own range)."""
+    if not text.isdigit() or int(text) >= 2**32:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text[:20]!r}")
+    return int(text)
+
+
+def _clock(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+async def cmd_search(c: Client, args: argparse.Namespace) -> int:
+    sessions, total, pending = await c.call(ROOT_PATH, MANAGER_IFACE, "SearchSessions", "su", [args.query, args.limit])
+    sessions = _plain(sessions)
+    if args.json:
+        _print_json({"total": total, "pending": pending, "sessions": sessions})
+        return EXIT_OK
+    tty = sys.stdout.isatty()
+    for s in sessions:
+        when = s["start_time"][:16].replace("T", " ") if s["start_time"] else "-"
+        print(f"{s['id']:>5}  {when:16}  {s['title']}  ({s['matches']} match{'' if s['matches'] == 1 else 'es'})")
+        for h in s["hits"]:
+            where = _clock(h["seconds"]) + (f" {h['speaker']}" if h.get("speaker") else "") if "seconds" in h else h["kind"]
+            print(f"       {where}: {_marked(h['snippet'], h['marks'], tty)}")
+    more = f", showing {len(sessions)}" if len(sessions) < total else ""
+    print(f"{total} session(s) found{more}" + (f"; {pending} still being indexed" if pending else ""))
+    return EXIT_OK
+
+
 async def cmd_devices(c: Client, args: argparse.Namespace) -> int:
     devices = await c.objects(DEVICE_IFACE)
     if args.json:
@@ -271,6 +317,64 @@ async def _wait(c: Client, job: str, as_json: bool) -> int:
     return EXIT_OK if j.get("State") == "completed" else EXIT_JOB_FAILED
 
 
+def _time(usec: int) -> str:
+    """Local time of a D-Bus time (microseconds since the epoch); "-" for none."""
+    if not usec:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(usec / 1e6))
+
+
+async def cmd_email(c: Client, args: argparse.Namespace) -> int:
+    ids = [i for s in args.sessions for i in s.split(",") if i]
+    fmts = [f for s in (args.formats or []) for f in s.split(",") if f]
+    opts: dict[str, Variant] = {}
+    if args.template:
+        opts["template"] = Variant("s", args.template)
+    msg_id = (await c.call(ROOT_PATH, MANAGER_IFACE, "EmailSessions", "asasasa{sv}", [ids, fmts, args.to, opts]))[0]
+    if args.json:
+        _print_json({"id": msg_id})
+    else:
+        print(f"message {msg_id} queued (steno-exportctl outbox shows how it goes)")
+    return EXIT_OK
+
+
+async def cmd_outbox(c: Client, args: argparse.Namespace) -> int:
+    entries = _plain((await c.call(ROOT_PATH, MANAGER_IFACE, "ListOutbox"))[0])
+    if args.json:
+        _print_json(entries)
+        return EXIT_OK
+    if not entries:
+        print("the outbox is empty")
+    for e in entries:
+        who = ", ".join(e["delivered"] + e["recipients"])
+        print(f"{e['id']:>4}  {e['state']:9} {_time(e['created'])}  {e['subject']}  -> {who}")
+        if e["state"] == "queued" and e["attempts"]:
+            print(f"      try {e['attempts'] + 1} at {_time(e['next_attempt'])}: last {e['error']}")
+        elif e["error"]:
+            print(f"      {'failed: ' if e['state'] == 'failed' else ''}{e['error']}")
+        for r in e["refused"]:
+            print(f"      refused: {r}")
+        if e["left_out"]:
+            print(f"      left out (over the size limit): {', '.join(e['left_out'])}")
+    return EXIT_OK
+
+
+async def cmd_schedules(c: Client, args: argparse.Namespace) -> int:
+    items = _plain((await c.call(ROOT_PATH, MANAGER_IFACE, "ListSchedules"))[0])
+    if args.json:
+        _print_json(items)
+        return EXIT_OK
+    if not items:
+        print("no schedules")
+    for s in items:
+        print(f"{s['name']:16} {s['when']:16} next {_time(s['next_run'])}  {s['sessions']:10} -> {s['target']}")
+        if s["last_run"]:
+            print(f"{'':16} last {_time(s['last_run'])}: {s['last_result']}")
+        elif s["last_result"]:
+            print(f"{'':16} {s['last_result']}")
+    return EXIT_OK
+
+
 async def cmd_cancel(c: Client, args: argparse.Namespace) -> int:
     path = _job_path(args.job)
     missing = f"no job {path.rsplit('/', 1)[-1]}"
@@ -344,16 +448,136 @@ async def cmd_formats(c: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---- setup-samba: local, no daemon needed ----------------------------------------------------
+
+SMB_CONF = "/etc/samba/smb.conf"
+SAMBA_MARK = ("# steno-exportd: the recorder's read-only share (added by `steno-exportctl setup-samba`; "
+              "undo: `steno-exportctl setup-samba --remove`)")
+# testparm exits 0 on many problems: its stderr lines that say something is wrong.
+_TESTPARM_PROBLEM = re.compile(r"unknown parameter|ignoring unknown|error|can't find include|failed|invalid|"
+                               r"not a valid|unable to", re.I)
+_INCLUDE = re.compile(r"^\s*include\s*=\s*(.*?)\s*$", re.I)
+
+
+def _testparm(path: str, *extra: str) -> tuple[int, str, list[str]]:
+    """(exit status, stdout, problem lines on stderr) of testparm on one smb.conf."""
+    try:
+        r = subprocess.run(["testparm", "-s", "--suppress-prompt", *extra, path], capture_output=True,
+                           text=True, timeout=60, stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise CtlError("testparm not found: install samba first (apt install samba)") from None
+    except subprocess.TimeoutExpired:
+        raise CtlError(f"testparm {path} did not finish in 60 s") from None
+    return r.returncode, r.stdout, [ln.strip() for ln in r.stderr.splitlines() if _TESTPARM_PROBLEM.search(ln)]
+
+
+def _smb_conf_with(text: str, snippet: str, add: bool) -> str:
+    """smb.conf's text with our include line (and its comment) added at the end, or taken out again."""
+    lines = text.splitlines()
+    out: list[str] = []
+    for i, ln in enumerate(lines):
+        ours = ln.strip() == SAMBA_MARK or ((m := _INCLUDE.match(ln)) is not None and m.group(1) == snippet)
+        blank_before_mark = not ln.strip() and i + 1 < len(lines) and lines[i + 1].strip() == SAMBA_MARK
+        if not ours and not blank_before_mark:
+            out.append(ln)
+    if add:     # at the end: after [global] and every share, so the snippet's [share] section stands alone
+        out += ["", SAMBA_MARK, f"include = {snippet}"]
+    return "\n".join(out) + "\n"
+
+
+def _reload_smbd() -> str:
+    """Ask a running smbd to re-read smb.conf; what happened, in words."""
+    if os.path.isdir("/run/systemd/system"):
+        cmd = ["systemctl", "try-reload-or-restart", "smbd.service"]
+    else:
+        cmd = ["smbcontrol", "smbd", "reload-config"]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"smbd not reloaded ({e}); it reads smb.conf when it next starts"
+    if r.returncode != 0:
+        return f"smbd not reloaded ({(r.stderr or r.stdout).strip() or r.returncode}); it reads smb.conf when it next starts"
+    return "smbd reloaded"
+
+
+def cmd_setup_samba(args: argparse.Namespace) -> int:
+    """Add (or with --remove take out) the one include line smb.conf needs: idempotent, checked by
+    testparm before smb.conf is replaced, the previous smb.conf kept as a backup."""
+    from steno_exportd import config
+    from steno_exportd.errors import ConfigError
+
+    try:
+        cfg = config.load(args.config)
+    except ConfigError as e:
+        raise CtlError(str(e)) from None
+    except OSError as e:
+        raise CtlError(f"cannot read {args.config or config.DEFAULT_PATH}: {e.strerror}",
+                       EXIT_NOT_AUTHORIZED if isinstance(e, PermissionError) else EXIT_FAILED) from None
+    snippet, conf = cfg.samba.snippet_path, args.smb_conf
+    try:
+        text = open(conf, encoding="utf-8").read()
+    except FileNotFoundError:
+        raise CtlError(f"{conf} does not exist: install samba first (apt install samba)") from None
+    except OSError as e:
+        raise CtlError(f"cannot read {conf}: {e.strerror}",
+                       EXIT_NOT_AUTHORIZED if isinstance(e, PermissionError) else EXIT_FAILED) from None
+    new = _smb_conf_with(text, snippet, add=not args.remove)
+    if new == text or (args.remove and new == text + "\n"):
+        print(f"{conf} {'does not include' if args.remove else 'already includes'} {snippet}: nothing to do")
+        return EXIT_OK
+    if not args.remove and not os.path.exists(snippet):
+        raise CtlError(f"{snippet} does not exist yet: is steno-exportd installed and started? "
+                       f"(systemctl start steno-exportd)")
+    folder = os.path.dirname(os.path.abspath(conf))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".smb.conf.steno-", dir=folder)
+    except PermissionError:
+        raise CtlError(f"cannot write in {folder}: run setup-samba as root", EXIT_NOT_AUTHORIZED) from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(new)
+            f.flush()
+            os.fsync(f.fileno())
+        _, _, before = _testparm(conf)
+        status, _, after = _testparm(tmp)
+        added = [p for p in after if p.replace(tmp, conf) not in before]
+        if status != 0 or added:
+            raise CtlError(f"testparm refuses the new {conf}; it was not changed:\n  "
+                           + "\n  ".join(added or [f"testparm exit status {status}"]))
+        st = os.stat(conf)
+        os.chown(tmp, st.st_uid, st.st_gid)
+        os.chmod(tmp, st.st_mode & 0o7777)
+        stamp = f"{conf}.steno-exportd-{time.strftime('%Y%m%d-%H%M%S')}"
+        backup = next(b for n in range(1000) if not os.path.exists(b := f"{stamp}{f'-{n}' if n else ''}.bak"))
+        shutil.copy2(conf, backup)
+        os.replace(tmp, conf)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    print(f"{conf}: {'removed' if args.remove else 'added'} 'include = {snippet}' (previous file: {backup})")
+    if not args.remove and cfg.samba.guest_ok:
+        _, guest, _ = _testparm(conf, "--section-name=global", "--parameter-name=map to guest")
+        if guest.strip().lower() != "bad user":
+            print(f"note: guests (samba.guest_ok) need 'map to guest = Bad User' in [global] of {conf}")
+    print(_reload_smbd())
+    if not args.remove:
+        print("switch the share on with: steno-exportctl sharing on")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="steno-exportctl", description="Control steno-exportd over D-Bus.",
                                 epilog=__doc__.split("\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bus", default=os.environ.get("STENO_EXPORTCTL_BUS", "system"),
                    help="system (default), session, or a D-Bus address")
+    p.set_defaults(local=False)
     sub = p.add_subparsers(dest="command", required=True)
 
-    def add(name: str, fn: Any, help_: str) -> argparse.ArgumentParser:
+    def add(name: str, fn: Any, help_: str, dbus: bool = True) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_, description=help_)
-        sp.add_argument("--json", action="store_true", help="print JSON")
+        if dbus:                        # every command that talks to the daemon prints JSON on request
+            sp.add_argument("--json", action="store_true", help="print JSON")
         sp.set_defaults(fn=fn)
         return sp
 
@@ -361,6 +585,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("sessions", cmd_sessions, "list the recorder's sessions")
     sp.add_argument("--exportable", action="store_true", help="only exportable sessions")
     sp.add_argument("--query", help="only titles containing this")
+    sp = add("search", cmd_search, "find sessions by what was said (and titles, summaries, people, places)")
+    sp.add_argument("query", help='words (all must occur), "a phrase", or a prefix*; case and accents do not matter')
+    sp.add_argument("--limit", type=_count, default=20, help="at most this many sessions (1-50, default 20)")
     add("devices", cmd_devices, "list USB sticks")
     add("jobs", cmd_jobs, "list export/eject jobs")
     add("formats", cmd_formats, "list formats and templates")
@@ -370,6 +597,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--formats", nargs="+", help="formats, e.g. txt pdf audio (default: the configured ones)")
     sp.add_argument("--template", help="PDF/DOCX template")
     sp.add_argument("--wait", action="store_true", help="wait for the job (progress bar on a terminal)")
+    sp = add("email", cmd_email, "mail sessions with their documents attached (through the outbox)")
+    sp.add_argument("--to", nargs="+", required=True, help="addresses: a@b.example or 'Name <a@b.example>'")
+    sp.add_argument("--sessions", nargs="+", required=True, help="session ids, uuids or short ids")
+    sp.add_argument("--formats", nargs="+", help="formats to attach (default: export.formats)")
+    sp.add_argument("--template", help="PDF/DOCX template")
+    add("outbox", cmd_outbox, "list the outbox: queued, sent and failed messages (and why)")
+    add("schedules", cmd_schedules, "list scheduled exports and their next run")
     sp = add("cancel", cmd_cancel, "cancel a job")
     sp.add_argument("job", help="job number or object path")
     sp = add("eject", cmd_eject, "unmount and power off a device")
@@ -380,6 +614,13 @@ def build_parser() -> argparse.ArgumentParser:
                              ("auto-export", "AutoExport", "automatic export to plugged-in sticks")):
         sp = add(name, _switch(prop, name), f"show, or switch on/off, {what} (until the config changes)")
         sp.add_argument("value", nargs="?", choices=("on", "off"))
+    sp = add("setup-samba", cmd_setup_samba, f"add the line that includes the recorder's share to {SMB_CONF} "
+             "(once, checked by testparm, with a backup; as root); the daemon need not run", dbus=False)
+    sp.add_argument("--remove", action="store_true", help="take the line out again (before removing the package)")
+    sp.add_argument("--smb-conf", default=SMB_CONF, help=f"Samba's configuration (default {SMB_CONF})")
+    sp.add_argument("--config", help="steno-exportd's configuration, for samba.snippet_path "
+                    "(default /etc/steno-exportd/config.toml)")
+    sp.set_defaults(local=True)
     return p
 
 
@@ -396,6 +637,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.json = getattr(args, "json", False)
     try:
+        if args.local:                  # works on this machine's files, not over D-Bus
+            return args.fn(args)
         return asyncio.run(_run(args))
     except CtlError as e:
         print(f"steno-exportctl: {e}", file=sys.stderr)

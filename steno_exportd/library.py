@@ -90,8 +90,17 @@ class ChangeToken:
     owner: int                                   # serial number of the Library that made it
     generation: int                              # connection generation (reconnect = new)
     data_version: int
-    rows: dict[int, tuple] = dataclasses.field(repr=False)   # id -> 'updated_at|status'
+    rows: dict[int, str] = dataclasses.field(repr=False)     # id -> 'updated_at|status' (the session's mark)
     child_max: tuple[int, ...] = ()              # max(rowid) of each child table
+
+    @classmethod
+    def restored(cls, rows: dict[int, str], child_max: tuple[int, ...]) -> "ChangeToken":
+        """A token rebuilt from the ``rows`` marks and ``child_max`` of an earlier one (e.g. kept on disk).
+
+        No Library owns it, so the next ``changed_since`` compares marks and child rows instead of
+        taking the "nothing changed" shortcut: a restart stays incremental.
+        """
+        return cls(0, 0, -1, dict(rows), tuple(child_max))
 
 
 # ---- value parsing (pure) -------------------------------------------------------------

@@ -1,15 +1,21 @@
-"""Real recorder databases for tests, created from the upstream schema.
+"""Real recorder databases for tests: built row by row, or copied from a demo library and changed.
 
 ``RecorderDB`` writes rows the way the recorder would (plain sqlite3, WAL) with sane
-defaults, so a test only states what is odd about its session.
+defaults, so a test only states what is odd about its session. ``DemoLibraries`` hands out
+copies of demo libraries (each kind generated once per test run); ``add_session_like`` and
+``delete_session`` change such a copy as the recorder would (the real recorder's is never written).
 """
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
+import threading
+import uuid as uuidlib
 from pathlib import Path
 
-from steno_exportd.demo.recorder import schema_sql
+from steno_exportd import demo
+from steno_exportd.demo import schema_sql
 
 TS = "2026-10-01 09:00:00.000000"
 
@@ -34,12 +40,13 @@ def loose_schema() -> str:
 class RecorderDB:
     """A recorder data dir (``root``) with ``silent_steno.db`` and ``audio/``."""
 
-    def __init__(self, root: Path, schema: str | None = None, wal: bool = True) -> None:
+    def __init__(self, root: Path, schema: str | None = None, wal: bool = True, threads: bool = False) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "audio").mkdir(exist_ok=True)
         self.path = self.root / "silent_steno.db"
-        self.conn = sqlite3.connect(self.path, isolation_level=None)
+        # threads: used from worker threads too (asyncio.to_thread in async tests), one at a time
+        self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=not threads)
         self.conn.executescript(schema if schema is not None else schema_sql())
         if wal:
             self.conn.execute("PRAGMA journal_mode=WAL")
@@ -99,3 +106,106 @@ class RecorderDB:
             " checksum, created_at) VALUES (?,?,?,?,?,?,?,?)",
             (session_id, Path(file_path).name, file_path, file_type, Path(file_path).suffix.lstrip("."),
              size, checksum, TS))
+
+
+def meeting(rec: RecorderDB, title: str, lines: list[tuple[float, str, str]], **cols) -> int:
+    """A session with transcript lines (start seconds, speaker name, text), each 4 s long, in one transaction."""
+    with rec.conn:
+        rec.conn.execute("BEGIN")
+        sid = rec.session(title=title, **cols)
+        for start, who, text in lines:
+            rec.entry(sid, start, start + 4.0, text, speaker_id=f"S-{who}", speaker_name=who)
+    return sid
+
+
+def meetings_to_search(root: Path) -> RecorderDB:
+    """Three meetings for the search tests (``.ids``: budget, intl, plain): words said at known seconds,
+    accents, Cyrillic, Greek and Japanese, markup in a transcript line, a summary, an action item."""
+    r = RecorderDB(root)
+    r.ids = {
+        "budget": meeting(r, "Budget review", [
+            (0.0, "Alice", "Welcome everyone to the budget meeting."),
+            (12.5, "Bob", "The quarterly budget is approved."),
+            (1234.5, "Carla", "Let us talk about photosynthesis in the lab."),
+            (1300.0, "Bob", 'Beware of <script>alert("x")</script> & other tags in the budget sheet.'),
+        ], location="Meeting room 1"),
+        "intl": meeting(r, "Встреча с партнёрами", [
+            (3.0, "Анна", "Добрый день, коллеги! Начнём с обзора."),
+            (21.25, "Γιώργος", "Καλημέρα σε όλους. Η παράδοση καθυστερεί."),
+            (42.0, "José", "La reunión es en Zürich, después del almuerzo."),
+            (63.5, "Kenji", "来週までに見積もりを送ります。"),
+        ], location="Zürich, Bahnhofstraße 1", tags='["international"]'),
+        "plain": meeting(r, "Weekly sync", [
+            (5.0, "Dana", "Short meeting today, nothing about money."),
+        ]),
+    }
+    r.analysis(r.ids["budget"], "summary", "The budget meeting went well. " * 150 + "Finally the auditors arrived.")
+    r.analysis(r.ids["budget"], "action_items", "1 item", action_items='[{"text": "Send the spreadsheet", "owner": "Bob"}]')
+    r.participant(r.ids["plain"], "S1", "Dana Okonkwo", role="Facilitator")
+    return r
+
+
+class DemoLibraries:
+    """Demo recorder libraries (database and audio) under ``root``, each kind generated once."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._lock = threading.Lock()
+
+    def copy(self, dst: Path, sessions: int = 4, seed: int = 6, small: bool = True) -> Path:
+        """A copy of the demo library of that kind in ``dst`` (which must not exist); its database path."""
+        src = self.root / f"{sessions}-{seed}-{'small' if small else 'full'}"
+        with self._lock:
+            if not src.exists():
+                demo.generate(src.with_suffix(".new"), sessions=sessions, seed=seed, small=small)
+                src.with_suffix(".new").rename(src)
+        shutil.copytree(src, dst)
+        return dst / demo.DB_NAME
+
+
+def add_session_like(db_path: Path, template_id: int | None = None, title: str = "Added in a test") -> str:
+    """Insert a new session copied from an existing one (with its transcript and analysis); return its uuid."""
+    new_uuid = str(uuidlib.uuid4())
+    con = sqlite3.connect(db_path)
+    try:
+        with con:
+            if template_id is None:
+                template_id = con.execute("SELECT id FROM sessions WHERE status IN ('completed', 'archived') "
+                                          "ORDER BY id LIMIT 1").fetchone()[0]
+            cols = [r[1] for r in con.execute("PRAGMA table_info(sessions)") if r[1] != "id"]
+            sel = ", ".join("?" if c in ("uuid", "title") else c for c in cols)
+            cur = con.execute(f"INSERT INTO sessions ({', '.join(cols)}) SELECT {sel} FROM sessions WHERE id = ?",
+                              [v for c in cols for v in ((new_uuid,) if c == "uuid" else (title,) if c == "title"
+                                                         else ())] + [template_id])
+            new_id = cur.lastrowid
+            con.execute("UPDATE sessions SET updated_at = CURRENT_TIMESTAMP, created_at = CURRENT_TIMESTAMP "
+                        "WHERE id = ?", (new_id,))
+            for table in ("transcript_entries", "analysis_results"):
+                tcols = [r[1] for r in con.execute(f"PRAGMA table_info({table})") if r[1] not in ("id",)]
+                other = [c for c in tcols if c != "session_id"]
+                con.execute(f"INSERT INTO {table} (session_id, {', '.join(other)}) "
+                            f"SELECT ?, {', '.join(other)} FROM {table} WHERE session_id = ?", (new_id, template_id))
+    finally:
+        con.close()
+    return new_uuid
+
+
+def delete_session(db_path: Path, uuid: str) -> None:
+    """Delete a session the way the recorder does (its transcript, analysis and files go with it)."""
+    con = sqlite3.connect(db_path)
+    try:
+        con.execute("PRAGMA foreign_keys = ON")
+        with con:
+            con.execute("DELETE FROM sessions WHERE uuid = ?", (uuid,))
+    finally:
+        con.close()
+
+
+def sessions_with_audio(db_path: Path) -> list[int]:
+    """Ids of the exportable sessions of a recorder database that have a usable recording."""
+    from steno_exportd.library import Library
+    lib = Library(db_path)
+    try:
+        return [s.id for s in lib.list_sessions(exportable_only=True) if lib.get_session(s.id).audio is not None]
+    finally:
+        lib.close()

@@ -6,8 +6,9 @@ from typing import Any
 
 from dbus_fast import Variant
 
-from steno_exportd.events import DeviceSnapshot, JobSnapshot, SessionResult
+from steno_exportd.events import DeviceSnapshot, JobSnapshot, OutboxEntry, ScheduleSnapshot, SessionResult
 from steno_exportd.model import Session, SessionSummary
+from steno_exportd.search import SearchHit, SearchResults
 
 
 def _iso(t: dt.datetime | None) -> str:
@@ -72,13 +73,41 @@ def session(full: Session) -> dict[str, Variant]:
     return d
 
 
+def search_results(r: SearchResults) -> list[dict[str, Variant]]:
+    """SearchSessions' sessions: id, uuid, title, start_time, matches and the best hits (best first)."""
+    return [{
+        "id": Variant("x", int(m.session_id)),
+        "uuid": Variant("s", m.uuid or ""),
+        "title": Variant("s", m.title or ""),
+        "start_time": Variant("s", _iso(m.start_time)),
+        "matches": Variant("x", int(m.hit_count)),
+        "hits": Variant("aa{sv}", [search_hit(h) for h in m.hits]),
+    } for m in r.sessions]
+
+
+def search_hit(h: SearchHit) -> dict[str, Variant]:
+    """One matching text: its kind, the snippet with the matches' [start, end) character ranges; for a
+    transcript line also where it is said (seconds) and who said it (when known)."""
+    d = {
+        "kind": Variant("s", h.kind),
+        "snippet": Variant("s", h.snippet),
+        "marks": Variant("a(uu)", [[int(a), int(b)] for a, b in h.marks]),
+    }
+    if h.seconds is not None:
+        d["seconds"] = Variant("d", float(h.seconds))
+    if h.speaker:
+        d["speaker"] = Variant("s", h.speaker)
+    return d
+
+
 def unwrap(options: dict[str, Variant]) -> dict[str, Any]:
     """a{sv} -> plain dict."""
     return {k: (v.value if isinstance(v, Variant) else v) for k, v in options.items()}
 
 
-def job_properties(j: JobSnapshot, device_path: str = "/") -> dict[str, Any]:
-    """Job interface property values (plain Python, typed by the interface)."""
+def job_properties(j: JobSnapshot, device_path: str = "/", results: list | None = None) -> dict[str, Any]:
+    """Job interface property values (plain Python, typed by the interface); ``results``: j.results
+    already converted by job_result (a caller that keeps them between updates)."""
     return {
         "Operation": j.operation,
         "State": str(j.state),
@@ -95,23 +124,25 @@ def job_properties(j: JobSnapshot, device_path: str = "/") -> dict[str, Any]:
         "Target": j.target or "",
         "Device": device_path,
         "Error": j.error or "",
-        "Results": [job_result(r) for r in j.results],
+        "Results": results if results is not None else [job_result(r) for r in j.results],
         "StartTime": int(j.started * 1e6) if j.started else 0,
     }
 
 
 def job_result(r: SessionResult) -> dict[str, Variant]:
-    return {
+    d = {
         "session_id": Variant("x", int(r.session_id)),
         "uuid": Variant("s", r.uuid or ""),
         "title": Variant("s", r.title or ""),
         "ok": Variant("b", bool(r.ok)),
         "status": Variant("s", str(r.status)),
-        "warnings": Variant("as", list(r.warnings)),
         "skipped": Variant("b", bool(r.skipped)),
         "error": Variant("s", r.error or ""),
         "files": Variant("as", [f.path for f in r.files if f.ok]),
     }
+    if r.warnings:      # only when there are some: every update carries all results (10,000 per job)
+        d["warnings"] = Variant("as", list(r.warnings))
+    return d
 
 
 def device_properties(d: DeviceSnapshot) -> dict[str, Any]:
@@ -128,4 +159,44 @@ def device_properties(d: DeviceSnapshot) -> dict[str, Any]:
         "State": str(d.state),
         "Error": d.error or "",
         "SkipReason": d.skip_reason or "",
+    }
+
+
+def _usec(t: float) -> int:
+    return int(t * 1e6) if t else 0
+
+
+def outbox_entry(e: OutboxEntry) -> dict[str, Variant]:
+    """An outbox message as a{sv} (times in microseconds since the epoch, 0: none)."""
+    return {
+        "id": Variant("t", int(e.id)),
+        "kind": Variant("s", e.kind),
+        "subject": Variant("s", e.subject),
+        "state": Variant("s", str(e.state)),
+        "recipients": Variant("as", list(e.recipients)),
+        "delivered": Variant("as", list(e.delivered)),
+        "refused": Variant("as", list(e.refused)),
+        "left_out": Variant("as", list(e.left_out)),
+        "sessions": Variant("ax", [int(i) for i in e.sessions]),
+        "attempts": Variant("u", int(e.attempts)),
+        "size": Variant("t", int(e.size)),
+        "error": Variant("s", e.error),
+        "created": Variant("t", _usec(e.created)),
+        "next_attempt": Variant("t", _usec(e.next_attempt)),
+        "finished": Variant("t", _usec(e.finished)),
+    }
+
+
+def schedule(s: ScheduleSnapshot) -> dict[str, Variant]:
+    """A schedule as a{sv} (times in microseconds since the epoch, 0: never)."""
+    return {
+        "name": Variant("s", s.name),
+        "when": Variant("s", s.when),
+        "target": Variant("s", s.target),
+        "sessions": Variant("s", s.sessions),
+        "formats": Variant("as", list(s.formats)),
+        "next_run": Variant("t", _usec(s.next_run)),
+        "last_run": Variant("t", _usec(s.last_run)),
+        "last_result": Variant("s", s.last_result),
+        "catch_up": Variant("b", bool(s.catch_up)),
     }

@@ -35,8 +35,28 @@ class Manager(ServiceInterface):
 
     @method()
     @mapped
+    async def SearchSessions(self, query: "s", limit: "u") -> "aa{sv}uu":
+        return await self._svc.search_sessions(query, limit)
+
+    @method()
+    @mapped
     async def ExportSessions(self, ids: "as", formats: "as", target: "s", options: "a{sv}") -> "o":
         return await self._svc.export_sessions(ids, formats, target, options)
+
+    @method()
+    @mapped
+    async def EmailSessions(self, ids: "as", formats: "as", recipients: "as", options: "a{sv}") -> "t":
+        return await self._svc.email_sessions(ids, formats, recipients, options)
+
+    @method()
+    @mapped
+    def ListOutbox(self) -> "aa{sv}":
+        return self._svc.list_outbox()
+
+    @method()
+    @mapped
+    def ListSchedules(self) -> "aa{sv}":
+        return self._svc.list_schedules()
 
     @method()
     @mapped
@@ -94,6 +114,14 @@ class Manager(ServiceInterface):
     @dbus_property(access=READ)
     def HttpUrl(self) -> "s":
         return self._svc.http_url
+
+    @dbus_property(access=READ)
+    def NextScheduledRun(self) -> "t":
+        return self._svc.next_scheduled_run()
+
+    @signal()
+    def OutboxUpdated(self, entry: "a{sv}") -> "a{sv}":
+        return entry
 
     @signal()
     def SessionsChanged(self, added: "ax", changed: "ax", removed: "ax") -> "axaxax":

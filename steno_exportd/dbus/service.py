@@ -79,10 +79,12 @@ class Service:
         self._job_flush: dict[int, asyncio.TimerHandle] = {}
         self._job_last_emit: dict[int, float] = {}
         self._job_pending: dict[int, dict] = {}
+        self._job_results: dict[int, list] = {}     # job id -> [(SessionResult, its D-Bus dict)]
         self._linger: dict[int, asyncio.TimerHandle] = {}
         self._completed: set[int] = set()
         self._follow_task: asyncio.Task | None = None
         self._wire: tuple[SessionListing | None, dict[int, dict[str, Variant]]] = (None, {})
+        self._next_run = 0
 
     # ---- properties ----------------------------------------------------------------
 
@@ -178,6 +180,13 @@ class Service:
                 self.manager.emit_properties_changed({"SambaEnabled": bool(ev.value)})
             elif ev.key == "samba_state":
                 self.manager.emit_properties_changed({"SambaState": str(ev.value)})
+        elif isinstance(ev, events.SchedulesChanged):
+            nxt = self.next_scheduled_run()
+            if nxt != self._next_run:
+                self._next_run = nxt
+                self.manager.emit_properties_changed({"NextScheduledRun": nxt})
+        elif isinstance(ev, events.OutboxUpdated):
+            self.manager.OutboxUpdated(convert.outbox_entry(ev.entry))
         self.refresh_status()
         self._update_state()
 
@@ -217,7 +226,7 @@ class Service:
 
     def _job_updated(self, j: JobSnapshot) -> None:
         dev = device_path(j.device_id) if j.device_id and j.device_id in self._devices else "/"
-        props = convert.job_properties(j, dev)
+        props = convert.job_properties(j, dev, self._converted_results(j))
         obj = self._jobs.get(j.id)
         if obj is None:
             obj = self._jobs[j.id] = Job(self, j.id, props)
@@ -243,6 +252,17 @@ class Service:
             linger = self.cfg.dbus.job_linger_seconds
             self._linger[j.id] = asyncio.get_running_loop().call_later(linger, self._remove_job, j.id)
 
+    def _converted_results(self, j: JobSnapshot) -> list:
+        """j.results as D-Bus dicts, each converted once: every update of a job carries all its results so
+        far, and converting 10,000 of them per update blocked the loop for 300 ms."""
+        before = self._job_results.get(j.id, [])
+        out = []
+        for i, r in enumerate(j.results):
+            same = i < len(before) and before[i][0] is r
+            out.append(before[i] if same else (r, convert.job_result(r)))
+        self._job_results[j.id] = out
+        return [c for _, c in out]
+
     def _flush_job(self, job_id: int) -> None:
         h = self._job_flush.pop(job_id, None)
         if h is not None:
@@ -260,6 +280,7 @@ class Service:
                 h.cancel()
         self._job_pending.pop(job_id, None)
         self._job_last_emit.pop(job_id, None)
+        self._job_results.pop(job_id, None)
         if self._jobs.pop(job_id, None) is not None and self.bus is not None:
             self.bus.unexport(job_path(job_id))
         self._update_state()
@@ -288,6 +309,11 @@ class Service:
 
     async def get_session(self, key: str) -> dict[str, Variant]:
         return convert.session(await self.core.session(key))
+
+    async def search_sessions(self, query: str, limit: int) -> list:
+        """Manager.SearchSessions: [sessions, total, pending]; the core checks the query and the limit."""
+        r = await self.core.search(query, limit)
+        return [convert.search_results(r), r.total, r.pending]
 
     def list_formats(self) -> list[str]:
         return list(formats.FORMATS)
@@ -337,6 +363,30 @@ class Service:
         job = await self.core.eject(device_id)
         self._job_updated(job)
         return job_path(job.id)
+
+    async def email_sessions(self, ids: list[str], fmts: list[str], recipients: list[str],
+                             options: dict[str, Variant]) -> int:
+        """Manager.EmailSessions: the core checks everything; returns the outbox message's id."""
+        opts = convert.unwrap(options)
+        unknown = sorted(set(opts) - {"template"})
+        if unknown:
+            raise InvalidArgument(f"unknown option(s) {', '.join(repr(k[:64]) for k in unknown[:10])}; "
+                                  "EmailSessions takes: template")
+        template = opts.get("template", "")
+        if not isinstance(template, str):
+            raise InvalidArgument("template: a string")
+        entry = await self.core.email_sessions(ids, fmts, recipients, template or None)
+        return entry.id
+
+    def list_outbox(self) -> list[dict[str, Variant]]:
+        return [convert.outbox_entry(e) for e in self.core.outbox.list()]
+
+    def list_schedules(self) -> list[dict[str, Variant]]:
+        return [convert.schedule(s) for s in self.core.schedules.list()]
+
+    def next_scheduled_run(self) -> int:
+        """The earliest next run of any schedule, microseconds since the epoch (0: none)."""
+        return min((int(s.next_run * 1e6) for s in self.core.schedules.list()), default=0)
 
     async def cancel(self, job_id: int) -> None:
         self.core.jobs.cancel(job_id)

@@ -296,10 +296,10 @@ def tar_gz_write(plan: ZipPlan, fileobj: Any) -> None:
 def build_plan(library: Any, session_ids: tuple, formats: tuple, template: str, include_audio: bool, cfg: Any,
                reg: Any = None, errors: dict | None = None, hashes: Any = None) -> ZipPlan:
     """Sessions x formats -> archive entries with the same layout as a folder export."""
-    from steno_exportd.engine.naming import folder_name, format_label, resolve_collision, safe_name
+    from steno_exportd.engine.naming import folder_name, format_label, resolve_collision, root_folder, safe_name
     from steno_exportd.engine.plan import plan_session, render_file, render_options
 
-    root = safe_name(cfg.export.root_folder, "SilentSteno")
+    root = root_folder(cfg)
     options = render_options(cfg, template)
     entries: list[ArchiveEntry] = []
     sessions: dict[str, dict] = {}
@@ -337,8 +337,8 @@ def build_plan(library: Any, session_ids: tuple, formats: tuple, template: str, 
     return make_plan(entries, root, sessions)
 
 
-def export_archive(library: Any, spec: Any, cfg: Any, progress: Any, reg: Any = None) -> list:
-    """Write a .zip or .tar.gz file atomically (temp name, fsync, rename); results per session."""
+def export_archive(library: Any, spec: Any, cfg: Any, progress: Any, reg: Any = None, fmt: str = "zip") -> list:
+    """Write a ZIP (fmt "zip") or a tar.gz file atomically (temp name, fsync, rename); results per session."""
     from steno_exportd.engine.writer import read_back
     from steno_exportd.engine.targets import DirectoryTarget
     from steno_exportd.events import SessionResult
@@ -355,7 +355,7 @@ def export_archive(library: Any, spec: Any, cfg: Any, progress: Any, reg: Any = 
     h = t.open_write(path.name)
     done = 0
     try:
-        if path.name.lower().endswith(".zip"):
+        if fmt == "zip":
             for b in zip_stream(plan):
                 if progress.cancelled:
                     from steno_exportd.errors import CancelledJob

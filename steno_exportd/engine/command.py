@@ -67,6 +67,7 @@ class _Printer:
 def main(args: argparse.Namespace) -> int:
     from steno_exportd import config
     from steno_exportd.engine.export import SimpleSpec, run_export
+    from steno_exportd.engine.registry import local
     from steno_exportd.errors import StenoError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -92,11 +93,14 @@ def main(args: argparse.Namespace) -> int:
         except (InvalidArgument, NotFoundError) as e:
             print(str(e), file=sys.stderr)
             return 2
+        targets = local()           # what this command supports: a folder, FILE.zip, FILE.tar.gz
+        targets.check(args.to, cfg, trusted=True)      # a refused target: "export failed", as a failed export
         lib = Library.from_config(cfg)
         ids = request.resolve_sessions(keys, SessionListing(tuple(lib.list_sessions())), opts)
         printer = _Printer(sys.stderr.isatty(), args.json)
         t0 = time.monotonic()
-        results = run_export(lib, SimpleSpec(args.to, ids, formats, opts, target_name=args.to), cfg, printer)
+        results = run_export(lib, SimpleSpec(args.to, ids, formats, opts, target_name=args.to), cfg, printer,
+                             targets=targets)
         printer.done()
     except StenoError as e:
         print(f"export failed: {e}", file=sys.stderr)

@@ -3,23 +3,25 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import itertools
 import logging
 import os
+import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from steno_exportd.config import Config
 from steno_exportd.engine import manifest as mf
-from steno_exportd.engine import targets, writer
-from steno_exportd.engine.naming import folder_name, format_label, resolve_collision, safe_name
+from steno_exportd.engine import writer
+from steno_exportd.engine.hashcache import HashCache
+from steno_exportd.engine.naming import folder_name, format_label, resolve_collision, root_folder, safe_name
 from steno_exportd.engine.plan import PlannedFile, plan_session, render_file, render_options
-from steno_exportd.engine.targets import MARKER, PARTIAL_SUFFIX, TEMP_PREFIX, DirectoryTarget, Target
+from steno_exportd.engine.registry import ArchiveKind, Targets, local
+from steno_exportd.engine.targets import MARKER, PARTIAL_SUFFIX, TEMP_PREFIX, Target, WriteHandle, os_error
 from steno_exportd.errors import CancelledJob, SourceError, StenoError, TargetError, TargetFullError, VerifyError
 from steno_exportd.events import FileResult, SessionResult
 
 log = logging.getLogger(__name__)
-
 
 
 class _NullProgress:
@@ -33,51 +35,67 @@ def _iso(t: Any) -> str:
     return t.isoformat() if t is not None else ""
 
 
-def _recorder_dirs(cfg: Config) -> list[str]:
-    dirs = [os.path.dirname(cfg.recorder.db_path)]
-    if cfg.recorder.data_dir:
-        dirs.append(cfg.recorder.data_dir)
-    return [os.path.realpath(d) for d in dirs if d]
-
-
 def problem_kind(e: BaseException) -> str:
     """What a target failure means to a person: "full", "pulled", "read-only", "permission" or ""."""
     if isinstance(e, TargetError):
         return e.kind
     if isinstance(e, OSError):
-        return targets.os_error(e, "").kind
+        return os_error(e, "").kind
     return ""
 
 
-def open_target(spec_target: Any, cfg: Config) -> Target:
-    if not isinstance(spec_target, str):
-        return spec_target
-    real = os.path.realpath(spec_target)
-    for d in _recorder_dirs(cfg):
-        if real == d or real.startswith(d.rstrip("/") + "/"):
-            raise TargetError(f"refusing to export into the recorder's data folder {d}")
-    if not os.path.isdir(spec_target):
-        raise TargetError(f"target folder does not exist: {spec_target}")
-    return DirectoryTarget(spec_target)
+def run_export(library: Any, spec: Any, cfg: Config, progress: Any = None, *, targets: Targets | None = None,
+               job_id: int = 0, state: Any = None, reg: Any = None, hashes: HashCache | None = None
+               ) -> list[SessionResult]:
+    """Export spec.session_ids; one SessionResult per session (skipped when already there and unchanged).
 
-
-def run_export(library: Any, spec: Any, cfg: Config, progress: Any = None, *, job_id: int = 0,
-               state: Any = None, reg: Any = None) -> list[SessionResult]:
-    """Export spec.session_ids; one SessionResult per session (skipped when already there and unchanged)."""
-    if isinstance(spec.target, str) and spec.target.lower().endswith((".zip", ".tar.gz", ".tgz")):
+    spec.target is a Target, or a string whose kind ``targets`` (default: folders and archives)
+    chooses. After a target fault its kind may ask for another attempt: the run starts again and
+    skips what landed (a resumable file resumes); results of sessions written by an earlier attempt
+    are kept. ``hashes``: recordings' SHA-256 remembered between exports (read-back checks against it).
+    """
+    progress = progress or _NullProgress()
+    if not isinstance(spec.target, str):
+        return _attempt(library, spec, cfg, progress, job_id, state, reg, hashes, spec.target, root_folder(cfg))[0]
+    kind = (targets or local()).kind_for(spec.target)
+    if isinstance(kind, ArchiveKind):
         from steno_exportd.engine.archive import export_archive
-        return export_archive(library, spec, cfg, progress or _NullProgress(), reg=reg)
-    ex = Exporter(library, spec, cfg, progress or _NullProgress(), job_id, state, reg)
+        return export_archive(library, spec, cfg, progress, reg=reg, fmt=kind.fmt)
+    written: dict[int, SessionResult] = {}
+    for attempt in itertools.count(1):
+        results: list[SessionResult] | None = None
+        try:
+            with kind.open(spec.target, cfg, progress) as target:
+                results, error = _attempt(library, spec, cfg, progress, job_id, state, reg, hashes, target,
+                                          kind.root(spec.target, cfg))
+        except TargetError as e:
+            error = e
+        except CancelledJob:                # while waiting to open it (another push to the same remote)
+            return list(written.values())
+        if error is None or progress.cancelled or not kind.again(error, attempt, lambda: progress.cancelled):
+            if results is None:
+                assert error is not None
+                raise error
+            return [written.get(r.session_id, r) if r.skipped else r for r in results]
+        written.update({r.session_id: r for r in results or () if r.ok and not r.skipped and r.session_id})
+    raise AssertionError("unreachable")
+
+
+def _attempt(library: Any, spec: Any, cfg: Config, progress: Any, job_id: int, state: Any, reg: Any,
+             hashes: HashCache | None, target: Target, root: str) -> tuple[list[SessionResult], TargetError | None]:
+    """One run of the Exporter: its results and the target fault that failed a session, if any."""
+    ex = Exporter(library, spec, cfg, progress, job_id, state, reg, target, root, hashes)
     try:
-        return ex.run()
+        return ex.run(), ex.target_error
     finally:
         ex._verifier.shutdown(wait=True)
 
 
 class Exporter:
     def __init__(self, library: Any, spec: Any, cfg: Config, progress: Any, job_id: int, state: Any,
-                 reg: Any) -> None:
+                 reg: Any, target: Target, root: str, hashes: HashCache | None = None) -> None:
         self.lib, self.spec, self.cfg, self.p = library, spec, cfg, progress
+        self.t, self.root, self.hashes = target, root, hashes
         self.job_id, self.state, self.reg = job_id, state, reg
         o, e = spec.options, cfg.export
         self.verify = e.verify if o.verify is None else o.verify
@@ -87,24 +105,30 @@ class Exporter:
         self.template = o.template or e.template
         self.naming = o.naming or e.naming
         self.pattern = o.pattern or e.folder_pattern
-        self.root = safe_name(e.root_folder, "SilentSteno")
         self.margin = e.free_space_margin_mb * 1024 * 1024
         self.bytes_done = self.files_done = 0
         self.bytes_total = self.files_total = 0
+        self.bytes_resumed = 0          # bytes of files cut by an earlier drop that were not sent again
+        self._root_names: set[str] = set()      # the root folder's entries (listed once, kept current)
+        self._free: int | None = None           # free space on the target, less what this run planned
+        self._buffers = writer.Buffers()
+        self._lock = threading.RLock()          # the manifest and the root's names: the verifier thread
+                                                # finishes a session while the next one is written
+        self.target_error: TargetError | None = None   # the first target fault that failed a session
         self._verifier = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="steno-verify")
 
     def _cancelled(self) -> bool:
         return bool(self.p.cancelled)
 
     def _tick(self, n: int) -> None:
-        self.bytes_done += n
+        with self._lock:
+            self.bytes_done += n
         self.p.update(bytes_done=self.bytes_done)
 
     def run(self) -> list[SessionResult]:
-        target = open_target(self.spec.target, self.cfg)
-        self.t = target
-        target.mkdir(self.root)
-        self.m = mf.load(target, self.root)
+        t0 = time.monotonic()
+        self.t.mkdir(self.root)
+        self.m = mf.load(self.t, self.root)
         self._clean_leftovers()
         sessions = []
         results: list[SessionResult] = []
@@ -128,33 +152,68 @@ class Exporter:
         self.p.update(force=True, bytes_total=self.bytes_total, files_total=self.files_total, bytes_done=0,
                       files_done=0, results=tuple(results))
         stop_reason = stop_kind = ""
-        for seq, (s, pl) in enumerate(plans, 1):
-            if self._cancelled():
-                break
-            if id(s) not in todo_ids:
-                results.append(SessionResult(s.id, s.uuid, s.title, True, skipped=True))
-                continue
-            if stop_reason:
-                results.append(SessionResult(s.id, s.uuid, s.title, False, error=f"not attempted: {stop_reason}",
-                                             problem=stop_kind))
-                continue
-            try:
-                r = self._export_session(s, pl, seq)
-            except CancelledJob:
-                break
-            except (TargetError, OSError) as e:
-                kind = problem_kind(e)
-                if not isinstance(e, TargetFullError) or "limit" not in str(e):
+        tail: list = []     # the session being finished by the verifier thread (read back, renamed, recorded)
+
+        def settle(s: Any, finish: concurrent.futures.Future | None, error: BaseException | None = None) -> None:
+            """A session's result: its finish (or the error that stopped it) and its consequences."""
+            nonlocal stop_reason, stop_kind
+            if finish is not None:
+                try:
+                    r = finish.result()
+                except (TargetError, OSError) as e:
+                    error = e
+            if error is not None:
+                kind = problem_kind(error)
+                if isinstance(error, TargetError) and self.target_error is None:
+                    self.target_error = error
+                if not isinstance(error, TargetFullError) or "limit" not in str(error):
                     if not self._target_alive():
                         kind = kind if kind in ("read-only", "permission") else "pulled"
-                        stop_reason = f"target unusable: {e}"
-                        stop_kind = kind
-                r = SessionResult(s.id, s.uuid, s.title, False, error=str(e), problem=kind)
+                        if not stop_reason:
+                            stop_reason, stop_kind = f"target unusable: {error}", kind
+                r = SessionResult(s.id, s.uuid, s.title, False, error=str(error), problem=kind)
             results.append(r)
             self.p.update(force=True, results=tuple(results))
             if not r.ok and not self.cont:
                 stop_reason = stop_reason or f"an earlier session failed ({r.error})"
                 stop_kind = stop_kind or r.problem
+
+        def settle_tail() -> None:
+            if tail:
+                settle(*tail.pop())
+
+        try:
+            for seq, (s, pl) in enumerate(plans, 1):
+                if self._cancelled():
+                    break
+                if id(s) not in todo_ids or stop_reason:
+                    settle_tail()
+                    if id(s) not in todo_ids:
+                        results.append(SessionResult(s.id, s.uuid, s.title, True, skipped=True))
+                    else:
+                        results.append(SessionResult(s.id, s.uuid, s.title, False,
+                                                     error=f"not attempted: {stop_reason}", problem=stop_kind))
+                    continue
+                if not self.cont:
+                    settle_tail()           # its failure stops the export: know it before going on
+                    if stop_reason:
+                        results.append(SessionResult(s.id, s.uuid, s.title, False,
+                                                     error=f"not attempted: {stop_reason}", problem=stop_kind))
+                        continue
+                try:
+                    finish = self._start_session(s, pl, seq)
+                except (TargetError, OSError) as e:
+                    settle_tail()
+                    settle(s, None, e)
+                    continue
+                settle_tail()       # (finished meanwhile by the verifier thread, while this one was written)
+                tail.append((s, finish))
+            settle_tail()
+        except CancelledJob:
+            try:
+                settle_tail()           # a session whose read-backs had ended before the cancel is kept
+            except CancelledJob:
+                pass
         if self.spec.options.merge and sessions and not self._cancelled() and not stop_reason:
             try:
                 results.append(self._export_merged(sessions))
@@ -162,6 +221,12 @@ class Exporter:
                 results.append(SessionResult(0, "", "merged", False, error=str(e)))
         if getattr(self.spec.options, "prune", False) and not self._cancelled() and not stop_reason:
             self._prune_deleted()
+        written = sum(len([f for f in r.files if f.ok]) for r in results if not r.skipped)
+        log.info("exported to %s: %d files written, %d sessions already there, %.1f MB in %.1f s%s",
+                 self.spec.target_name or self.t.name, written, sum(r.skipped for r in results),
+                 (self.bytes_done - self.bytes_resumed) / 1e6, time.monotonic() - t0,
+                 f" ({self.bytes_resumed / 1e6:.1f} MB of recordings cut by a drop not sent again)"
+                 if self.bytes_resumed else "")
         return results
 
     def _prune_deleted(self) -> None:
@@ -183,6 +248,7 @@ class Exporter:
                         self.t.remove(f"{folder}/{name}")
                 if self.t.exists(folder) and not self.t.listdir(folder):
                     self.t.remove(folder)
+                    self._root_names.discard(entry["folder"])
             except (TargetError, OSError) as e:   # a file in use: kept (and listed) until the next export
                 log.warning("%s not removed (its session was deleted on the recorder): %s", folder, e)
                 continue
@@ -197,12 +263,13 @@ class Exporter:
         from steno_exportd.engine.plan import registry
         reg = self.reg or registry()
         stamp = time.strftime("%Y-%m-%d %H-%M")
-        taken = set(self.t.listdir(self.root)) | {e["folder"] for e in self.m.sessions.values()}
+        taken = set(self._root_names) | {e["folder"] for e in self.m.sessions.values()}
         folder = resolve_collision(safe_name(f"Merged {stamp} ({len(sessions)} sessions)"), taken)
         in_place = not getattr(self.t, "atomic_dir_rename", True)
         final_rel = f"{self.root}/{folder}"
         work_rel = final_rel if in_place else f"{final_rel}{PARTIAL_SUFFIX}"
         self.t.mkdir(work_rel)
+        self._root_names.add(work_rel[len(self.root) + 1:])
         if in_place:
             mf.write_atomic(self.t, f"{work_rel}/{MARKER}", b"incomplete\n")
         files: list[FileResult] = []
@@ -230,6 +297,8 @@ class Exporter:
             self.t.remove(f"{work_rel}/{MARKER}")
         else:
             self.t.rename(work_rel, final_rel)
+            self._root_names.discard(work_rel[len(self.root) + 1:])
+            self._root_names.add(folder)
         self.m.sessions[f"merged:{folder}"] = entry
         mf.save(self.t, self.root, self.m)
         ok = all(f.ok for f in files)
@@ -261,26 +330,104 @@ class Exporter:
             return False
 
     def _clean_leftovers(self) -> None:
-        """Remove our temp files and <folder>.partial trees left by a crash or a yank."""
-        for name in self.t.listdir(self.root):
+        """Remove our temp files and <folder>.partial trees left by a crash or a yank, except what a
+        resumable write continues (its temp file and its folder)."""
+        entries = self.t.scandir(self.root)
+        self._root_names = set(entries)     # what the run adds is added here: one listing per run
+        for p in [p for p in self.m.partial if self._resume_folder(p) not in entries]:
+            del self.m.partial[p]           # its folder is gone: nothing to resume
+        resuming = {self._resume_folder(p) for p in self.m.partial}
+        for name, st in entries.items():
             rel = f"{self.root}/{name}"
-            st = self.t.lstat(rel)
-            if st is None:
-                continue
             if name.endswith(PARTIAL_SUFFIX) and st.kind == "dir":
-                self.t.remove_tree(rel)
+                if name not in resuming:        # (one a write resumes is cleaned when built again)
+                    self.t.remove_tree(rel)
+                    self._root_names.discard(name)
             elif st.kind == "dir" and not self._owned_folder(name):
                 m = self.t.lstat(f"{rel}/{MARKER}")
                 if m is not None and m.kind == "file":
                     self.t.remove_tree(rel)     # an in-place build interrupted before completion
-            elif mf.is_temp(name) and st.kind == "file":
+                    self._root_names.discard(name)
+            elif self.t.own_temp(name) and st.kind == "file":
                 self.t.remove(rel)
+                self._root_names.discard(name)
 
-    def _clean_folder(self, rel: str) -> None:
-        """Temp files left in one of our folders by an interrupted update."""
+    @staticmethod
+    def _resume_folder(path: str) -> str:
+        return path.rpartition("/")[0]
+
+    def _clean_folder(self, rel: str, everything: bool = False) -> None:
+        """Temp files left in one of our folders by an interrupted update (or, for a <folder>.partial
+        being built again, everything in it), but those a resumable write continues."""
+        folder = rel[len(self.root) + 1:]
+        keep = {r.get("temp") for p, r in self.m.partial.items() if self._resume_folder(p) == folder}
         for name, st in self.t.scandir(rel).items():
-            if name.startswith(TEMP_PREFIX) and st.kind == "file":
+            if name in keep:
+                continue
+            if everything:
+                self.t.remove_tree(f"{rel}/{name}")
+            elif self.t.own_temp(name) and st.kind == "file":
                 self.t.remove(f"{rel}/{name}")
+
+    def _hash_of(self, pf: PlannedFile) -> tuple[str | None, os.stat_result | None]:
+        """(the recording's remembered SHA-256 or None, its stat now) before it is copied."""
+        if self.hashes is None or pf.source is None:
+            return None, None
+        try:
+            st = os.stat(pf.source)
+        except OSError:
+            return None, None
+        return self.hashes.sha256(pf.source), st
+
+    def _remember(self, pf: PlannedFile, before: os.stat_result | None, sha: str) -> None:
+        """Remember a recording's SHA-256 when it did not change while it was copied."""
+        if self.hashes is None or before is None:
+            return
+        try:
+            now = os.stat(pf.source)
+        except OSError:
+            return
+        key = lambda st: (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)  # noqa: E731
+        if key(now) == key(before):
+            self.hashes.put_sha256(pf.source, sha, before)
+
+    def _open_write(self, s: Any, folder: str, pf: PlannedFile, rel: str) -> WriteHandle:
+        """A write handle for a copy; resumable when the target resumes files this big.
+
+        A resumable write is named in the manifest before a byte is sent, so that after a drop the
+        next run finds its temp file and continues it when the source is unchanged (size, mtime).
+        """
+        resume_min = self.t.resume_min
+        if resume_min is None or pf.source is None or pf.size < resume_min:
+            return self.t.open_write(rel)
+        key = rel[len(self.root) + 1:]
+        st = pf.source.stat()
+        with self._lock:
+            rec = dict(self.m.partial.get(key, {}))
+        same = (rec.get("uuid"), rec.get("size"), rec.get("mtime_ns")) == (s.uuid, st.st_size, st.st_mtime_ns)
+        temp = rec.get("temp") if isinstance(rec.get("temp"), str) else ""
+        if temp and not same:                   # the source changed since: its cut copy is of no use
+            if self.t.own_temp(temp) and "/" not in temp:
+                self.t.remove(f"{rel.rpartition('/')[0]}/{temp}")
+            temp = ""
+        h = self.t.open_write(rel, resume=temp)
+        if h.offset > st.st_size:               # not what we wrote: sent again from the start
+            h.abort()
+            h = self.t.open_write(rel, resume="")
+        try:
+            with self._lock:
+                self.m.partial[key] = {"uuid": s.uuid, "folder": folder, "size": st.st_size,
+                                       "mtime_ns": st.st_mtime_ns, "temp": h.temp}
+                mf.save(self.t, self.root, self.m)
+        except BaseException:
+            h.abort()
+            raise
+        if h.offset:
+            log.info("%s/%s: resuming at %d of %d bytes (cut short by an earlier drop)", self.t.name, rel,
+                     h.offset, st.st_size)
+            self.bytes_resumed += h.offset
+            self._tick(h.offset)
+        return h
 
     def _unchanged(self, s: Any, plan: list[PlannedFile]) -> bool:
         entry = self.m.sessions.get(s.uuid)
@@ -314,10 +461,16 @@ class Exporter:
                 return entry["folder"], True
             if st is None:
                 return entry["folder"], False
+        for rec in self.m.partial.values():         # a folder being built when the target dropped
+            name = rec.get("folder")
+            if rec.get("uuid") == s.uuid and isinstance(name, str) and name and "/" not in name:
+                st = self.t.lstat(f"{self.root}/{name}{PARTIAL_SUFFIX}")
+                if st is not None and st.kind == "dir":
+                    return name, False
         raw = folder_name(s.summary if hasattr(s, "summary") else s, self.naming, self.pattern, seq=seq,
                           job_id=self.job_id, fmt=format_label(self.spec.formats, self.include_audio))
         name = safe_name(raw, f"Session {s.id}", limit=240)
-        taken = set(self.t.listdir(self.root)) | {e["folder"] for u, e in self.m.sessions.items() if u != s.uuid}
+        taken = set(self._root_names) | {e["folder"] for u, e in self.m.sessions.items() if u != s.uuid}
         taken |= {n[: -len(PARTIAL_SUFFIX)] for n in taken if n.endswith(PARTIAL_SUFFIX)}
         rebuilt = self.m.sessions.get(f"rebuilt:{name}")
         if rebuilt is not None:
@@ -326,8 +479,11 @@ class Exporter:
             return name, True
         return resolve_collision(name, taken), False
 
-    def _export_session(self, s: Any, plan: list[PlannedFile], seq: int) -> SessionResult:
-        folder, exists = self._folder_for(s, seq)
+    def _start_session(self, s: Any, plan: list[PlannedFile], seq: int) -> concurrent.futures.Future:
+        """Write a session's files; the verifier thread finishes it (after its copies' renames and
+        read-backs: the folder renamed into place, the manifest saved) while the next one is written."""
+        with self._lock:
+            folder, exists = self._folder_for(s, seq)
         final_rel = f"{self.root}/{folder}"
         # preflight: per-file limits and free space, before writing a byte of this session
         limit = self.t.max_file_size
@@ -337,22 +493,29 @@ class Exporter:
                                       f"per-file limit of this filesystem (FAT32); use an exFAT or NTFS stick "
                                       f"or export without audio", kind="too large")
         need = sum(pf.size for pf in plan)
-        free = self.t.free_space()
-        if need + self.margin > free:
+        if self._free is None or need + self.margin > self._free:
+            self._free = self.t.free_space()    # asked once, and again when the estimate runs short
+        if need + self.margin > self._free:
             raise TargetFullError(f"target full: needs {need / 2**20:.0f} MiB (+{self.margin / 2**20:.0f} MiB "
-                                  f"margin), {free / 2**20:.0f} MiB free")
+                                  f"margin), {self._free / 2**20:.0f} MiB free")
+        self._free -= need
         in_place = not getattr(self.t, "atomic_dir_rename", True)
         work_rel = final_rel if exists or in_place else f"{final_rel}{PARTIAL_SUFFIX}"
         if not exists:
-            if self.t.lstat(work_rel) is not None:
-                self.t.remove_tree(work_rel)
-            self.t.mkdir(work_rel)
+            with self._lock:
+                if any(self._resume_folder(p) == work_rel[len(self.root) + 1:] for p in self.m.partial):
+                    self._clean_folder(work_rel, everything=True)   # but the temp file a write resumes
+                elif work_rel[len(self.root) + 1:] in self._root_names:
+                    self.t.remove_tree(work_rel)
+                self.t.mkdir(work_rel)
+                self._root_names.add(work_rel[len(self.root) + 1:])
             if in_place:
                 mf.write_atomic(self.t, f"{work_rel}/{MARKER}", b"incomplete\n")
         if exists:
             self._clean_folder(work_rel)
         entry = self.m.sessions.get(s.uuid) if exists else None
         old_files = dict(entry.get("files", {})) if entry else {}
+        listing = self.t.scandir(work_rel) if exists else {}     # a folder just made holds none of ours
         new_entry = {"id": s.id, "title": s.title, "folder": folder, "updated_at": _iso(s.updated_at),
                      "exported_at": mf.now_iso(), "files": {}}
         results: list[FileResult] = []
@@ -372,7 +535,7 @@ class Exporter:
             rel = f"{work_rel}/{pf.name}"
             if in_place and not exists:
                 rel = staged[rel_final] = f"{work_rel}/{TEMP_PREFIX}part-{pf.name}"[:len(work_rel) + 201]
-            st = self.t.lstat(rel)
+            st = listing.get(pf.name)
             if st is not None:
                 if st.kind != "file":
                     results.append(FileResult(rel_final, False, error=f"a {st.kind} is in the way; not replaced"))
@@ -389,30 +552,46 @@ class Exporter:
                     continue
             self.p.update(current_file=rel_final)
             try:
-                if pf.source is not None and self.verify:
-                    # read-back of this copy runs beside the write of the next one
+                if pf.source is not None:
+                    # its commit and read-back run beside the write of the next file (or session)
                     if pending and pending[-1][-1].done():
                         pending[-1][-1].result()     # surface a target error early
-                    size, sha, h = writer.copy_unfinished(pf.source, self.t, rel, tick=self._tick,
-                                                          cancelled=self._cancelled)
-                    fut = self._verifier.submit(writer.finish_and_verify, h, self.t, rel, size, sha,
-                                                self._cancelled)
-                    pending.append((len(results), pf, rel, rel_final, size, sha, fut))
+                    known, st_src = self._hash_of(pf)
+                    size, sha, h = writer.copy_into(pf.source, self._open_write(s, folder, pf, rel),
+                                                    tick=self._tick, cancelled=self._cancelled,
+                                                    buffers=self._buffers, known=known)
+                    if self.verify:
+                        fut = self._verifier.submit(writer.finish_and_verify, h, self.t, rel, size, sha,
+                                                    self._cancelled)
+                    else:
+                        fut = self._verifier.submit(writer.finish, h)
+                    pending.append((len(results), pf, rel, rel_final, size, sha, (known, st_src), fut))
                     results.append(None)  # type: ignore[arg-type]
                     continue
-                size, sha = self._write_verified(s, pf, rel)
+                size, sha = self._write_verified(s, pf, rel, folder=folder)
             except (VerifyError, StenoError) as e:
                 if isinstance(e, (TargetError, CancelledJob)):
                     raise
                 results.append(FileResult(rel_final, False, error=str(e)))
                 continue
             self._done_file(new_entry, results, verified, len(results), pf, rel_final, size, sha)
-        for i, pf, rel, rel_final, size, sha, fut in pending:
+        return self._verifier.submit(self._finish_session, s, plan, folder, exists, in_place, work_rel, final_rel,
+                                     entry, old_files, listing, new_entry, results, verified, pending, staged)
+
+    def _finish_session(self, s: Any, plan: list[PlannedFile], folder: str, exists: bool, in_place: bool,
+                        work_rel: str, final_rel: str, entry: dict | None, old_files: dict, listing: dict,
+                        new_entry: dict, results: list, verified: list, pending: list,
+                        staged: dict[str, str]) -> SessionResult:
+        for i, pf, rel, rel_final, size, sha, (known, st_src), fut in pending:
             try:
                 try:
                     fut.result()
+                    if not known:
+                        self._remember(pf, st_src, sha)
                 except VerifyError:
                     log.warning("verify failed for %s; rewriting once", rel)
+                    if known and self.hashes is not None:
+                        self.hashes.forget(pf.source)   # the remembered hash is not trusted again
                     self.t.remove(rel)
                     size, sha = self._write_verified(s, pf, rel, attempts=(2,))
             except (VerifyError, StenoError) as e:
@@ -422,9 +601,13 @@ class Exporter:
                 continue
             self._done_file(new_entry, results, verified, i, pf, rel_final, size, sha)
         if not exists and not in_place:
-            self.t.rename(work_rel, final_rel)
+            with self._lock:
+                self.t.rename(work_rel, final_rel)
+                self._root_names.discard(work_rel[len(self.root) + 1:])
+                self._root_names.add(folder)
+            there = self.t.scandir(final_rel)
             for r in results:
-                if r.ok and self.t.lstat(r.path) is None:
+                if r.ok and r.path.rpartition("/")[2] not in there:
                     raise TargetError(f"the filesystem lost {r.path} when its folder was renamed")
         elif not exists:
             for r in results:
@@ -436,7 +619,7 @@ class Exporter:
         for name, f in old_files.items():
             # files of an earlier export with other formats stay ours (and in SHA256SUMS)
             if name not in planned and name not in new_entry["files"]:
-                st = self.t.lstat(f"{final_rel}/{name}")
+                st = listing.get(name)
                 if st is not None and st.kind == "file":
                     new_entry["files"][name] = f
         ok = all(r.ok or r.source_problem for r in results)
@@ -447,9 +630,12 @@ class Exporter:
             new_entry["errors"] = {**known, **source_errors}
         if sum(1 for r in results if not r.ok) > len(source_errors):
             new_entry["incomplete"] = True
-        if any(r.ok for r in results) or exists:
-            self.m.sessions[s.uuid] = new_entry
-            mf.save(self.t, self.root, self.m)
+        with self._lock:
+            for p in [p for p, r in self.m.partial.items() if r.get("uuid") == s.uuid]:
+                del self.m.partial[p]           # written, or failed and removed: nothing to resume
+            if any(r.ok for r in results) or exists:
+                self.m.sessions[s.uuid] = new_entry
+                mf.save(self.t, self.root, self.m)
         if self.state is not None and verified:
             self.state.add_history(self.job_id, self.spec.target_name, self.spec.device_id, s.uuid, verified)
         errors = "; ".join(f"{r.path.rsplit('/', 1)[-1]}: {r.error}" for r in results
@@ -460,7 +646,8 @@ class Exporter:
 
     def _done_file(self, new_entry: dict, results: list, verified: list, i: int, pf: PlannedFile,
                    rel_final: str, size: int, sha: str) -> None:
-        self.files_done += 1
+        with self._lock:
+            self.files_done += 1
         self.p.update(files_done=self.files_done)
         new_entry["files"][pf.name] = mf.entry(size, sha, pf.fmt, pf.version, pf.template)
         r = FileResult(rel_final, True, size, sha)
@@ -471,7 +658,7 @@ class Exporter:
         verified.append((rel_final, size, sha))
 
     def _write_verified(self, s: Any, pf: PlannedFile, rel: str, attempts: tuple = (1, 2),
-                        data: bytes | None = None) -> tuple[int, str]:
+                        data: bytes | None = None, folder: str = "") -> tuple[int, str]:
         if pf.source is None and data is None:
             data = self._retry(render_file, pf, s, self.reg)
             self.bytes_total += len(data)
@@ -479,15 +666,25 @@ class Exporter:
         for attempt in attempts:
             start = self.bytes_done
             if data is None:
-                size, sha = writer.copy_file(pf.source, self.t, rel, tick=self._tick, cancelled=self._cancelled)
+                known, st_src = self._hash_of(pf) if attempt == 1 else (None, None)
+                h = self._open_write(s, folder, pf, rel) if attempt == 1 else self.t.open_write(rel)
+                size, sha, h = writer.copy_into(pf.source, h, tick=self._tick, cancelled=self._cancelled,
+                                                buffers=self._buffers, known=known)
+                writer.finish(h)
             else:
                 size, sha = writer.write_bytes(data, self.t, rel, tick=self._tick)
             if not self.verify:
+                if data is None and not known:
+                    self._remember(pf, st_src, sha)
                 return size, sha
             try:
                 writer.verify(self.t, rel, size, sha, cancelled=self._cancelled)
+                if data is None and not known:
+                    self._remember(pf, st_src, sha)
                 return size, sha
             except VerifyError:
+                if data is None and known and self.hashes is not None:
+                    self.hashes.forget(pf.source)
                 if attempt == 2:
                     self.t.remove(rel)
                     raise
@@ -509,6 +706,3 @@ class SimpleSpec:
     device_id: str = ""
     operation: str = "export"
 
-
-def export_path(path: str | Path) -> str:
-    return str(path)

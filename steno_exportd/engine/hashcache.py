@@ -1,7 +1,9 @@
 """CRC-32 and SHA-256 of recordings, remembered by (device, inode, size, mtime) in the state dir.
 
 Recordings do not change once a session is complete, so a ZIP of them can name its checksums up
-front and send the bytes with sendfile instead of reading them through Python again.
+front and send the bytes with sendfile instead of reading them through Python again, and an export
+(a stick, a NAS) sends them without hashing them again: the read-back is checked against the
+remembered SHA-256. An export knows only the SHA-256 (its row has no CRC-32 until a ZIP adds it).
 """
 from __future__ import annotations
 
@@ -39,9 +41,34 @@ class HashCache:
         with self._lock:
             row = self._db.execute("SELECT dev, ino, size, mtime_ns, crc32, sha256 FROM hashes WHERE path = ?",
                                    (str(path),)).fetchone()
-        if row is None or tuple(row[:4]) != self._key(st):
+        if row is None or tuple(row[:4]) != self._key(st) or row[4] is None:
             return None
         return row[4], row[5]
+
+    def sha256(self, path: str | Path) -> str | None:
+        """The SHA-256 when known for the file as it is now; None otherwise."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        with self._lock:
+            row = self._db.execute("SELECT dev, ino, size, mtime_ns, sha256 FROM hashes WHERE path = ?",
+                                   (str(path),)).fetchone()
+        return row[4] if row is not None and tuple(row[:4]) == self._key(st) else None
+
+    def put_sha256(self, path: str | Path, sha256: str, st: os.stat_result) -> None:
+        """Remember a SHA-256 (a CRC-32 known for the same file as it is stays)."""
+        with self._lock:
+            self._db.execute("INSERT INTO hashes VALUES (?, ?, ?, ?, ?, NULL, ?) ON CONFLICT(path) DO UPDATE SET "
+                             "crc32 = CASE WHEN (dev, ino, size, mtime_ns, sha256) = (excluded.dev, excluded.ino, "
+                             "excluded.size, excluded.mtime_ns, excluded.sha256) THEN crc32 END, dev = excluded.dev, "
+                             "ino = excluded.ino, size = excluded.size, mtime_ns = excluded.mtime_ns, "
+                             "sha256 = excluded.sha256", (str(path), *self._key(st), sha256))
+
+    def forget(self, path: str | Path) -> None:
+        """Drop what is remembered of a file (its bytes did not match)."""
+        with self._lock:
+            self._db.execute("DELETE FROM hashes WHERE path = ?", (str(path),))
 
     def put(self, path: str | Path, crc32: int, sha256: str, st: os.stat_result | None = None) -> None:
         st = st or os.stat(path)

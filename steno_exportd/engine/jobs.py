@@ -7,11 +7,14 @@ import itertools
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from steno_exportd import events as ev
 from steno_exportd.config import Config
+from steno_exportd.engine.hashcache import HashCache
 from steno_exportd.engine.options import ExportOptions
+from steno_exportd.engine.registry import Targets
 from steno_exportd.errors import NotFoundError, TargetError
 
 log = logging.getLogger(__name__)
@@ -23,8 +26,8 @@ PROGRESS_INTERVAL = 0.25   # seconds between JobUpdated events of one job (<= 4 
 class JobSpec:
     """What a job does: sessions x formats -> target, with options."""
 
-    operation: str
-    target: Any                      # a path (dir, .zip, .tar.gz) or a Target object
+    operation: str                   # as people see it: "export", "push" (from the target's kind)
+    target: Any                      # a target string (its kind in engine.registry) or a Target object
     target_name: str
     session_ids: tuple[int, ...] = ()
     formats: tuple[str, ...] = ()
@@ -62,12 +65,10 @@ Runner = Callable[[Any, JobSpec, Config, Progress, int], list[ev.SessionResult]]
 
 
 def default_runner(library: Any, spec: JobSpec, cfg: Config, progress: Progress, job_id: int,
-                   state: Any = None) -> list[ev.SessionResult]:
-    if spec.operation == "push":
-        from steno_exportd.smb.job import push_runner
-        return push_runner(library, spec, cfg, progress, job_id, state)
+                   state: Any = None, targets: Targets | None = None,
+                   hashes: HashCache | None = None) -> list[ev.SessionResult]:
     from steno_exportd.engine.export import run_export
-    return run_export(library, spec, cfg, progress, job_id=job_id, state=state)
+    return run_export(library, spec, cfg, progress, targets=targets, job_id=job_id, state=state, hashes=hashes)
 
 
 # the most serious problem for the target comes first in a job's headline
@@ -104,9 +105,11 @@ class JobManager:
     """Runs jobs in worker tasks; the blocking export work runs in threads."""
 
     def __init__(self, cfg: Config, events: ev.EventBus, state: Any, library: Callable[[], Any],
-                 runner: Runner | None = None,
+                 runner: Runner | None = None, targets: Targets | None = None,
                  on_finished: Callable[[ev.JobSnapshot], Awaitable[None]] | None = None) -> None:
         self.cfg = cfg
+        self.targets = targets
+        self.hashes: HashCache | None = None     # recordings' SHA-256, shared by every export
         self._on_finished = on_finished
         self._saves: set[asyncio.Task] = set()
         self.events = events
@@ -126,6 +129,7 @@ class JobManager:
             return
         self._loop = asyncio.get_running_loop()
         self._queue = asyncio.PriorityQueue()
+        self.hashes = await asyncio.to_thread(HashCache, Path(self.cfg.state.dir) / "cache" / "hashes.db")
         self._next_id = max(self._next_id, await asyncio.to_thread(self.state.next_job_id))
         for d in await asyncio.to_thread(self.state.jobs, (str(ev.JobState.INTERRUPTED),)):
             if d["id"] not in self._jobs:
@@ -155,6 +159,9 @@ class JobManager:
         for j in list(self._jobs.values()):
             if not j.snap.state.finished:
                 self._set(j, state=ev.JobState.CANCELLED, error="the daemon stopped", finished=time.time())
+        if self.hashes is not None:
+            self.hashes.close()
+            self.hashes = None
 
     def reload(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -297,7 +304,7 @@ class JobManager:
             lib = self._library()
             if runner is None:
                 results = await asyncio.to_thread(default_runner, lib, job.spec, self.cfg, progress, job.snap.id,
-                                                  self.state)
+                                                  self.state, self.targets, self.hashes)
             else:
                 results = await asyncio.to_thread(runner, lib, job.spec, self.cfg, progress, job.snap.id)
         except asyncio.CancelledError:

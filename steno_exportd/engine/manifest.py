@@ -10,7 +10,7 @@ import socket
 from typing import Any
 
 from steno_exportd import __version__
-from steno_exportd.engine.targets import TEMP_PREFIX, Target
+from steno_exportd.engine.targets import Target
 from steno_exportd.errors import TargetError
 
 log = logging.getLogger(__name__)
@@ -27,9 +27,14 @@ def now_iso() -> str:
 
 @dataclasses.dataclass
 class Manifest:
-    """Per session uuid: folder, updated_at, files {name: {size, sha256, renderer, version, template}}."""
+    """Per session uuid: folder, updated_at, files {name: {size, sha256, renderer, version, template}}.
+
+    ``partial``: files being written resumably (engine/export.py), by path below the root:
+    {uuid, folder, size, mtime_ns (of the source), temp (the temp file's name beside the path)}.
+    """
 
     sessions: dict[str, dict] = dataclasses.field(default_factory=dict)
+    partial: dict[str, dict] = dataclasses.field(default_factory=dict)
     rebuilt: bool = False
     problems: list[str] = dataclasses.field(default_factory=list)
 
@@ -41,25 +46,42 @@ class Manifest:
                 out[f"{s['folder']}/{name}"] = f
         return out
 
+    def exported(self) -> set[str]:
+        """UUIDs of the sessions exported here (not folders recovered from SHA256SUMS, not merged ones)."""
+        return {u for u in self.sessions if not u.startswith(("rebuilt:", "merged:"))}
+
     def folders(self) -> dict[str, str]:
         """folder (casefolded) -> session uuid."""
         return {s["folder"].casefold(): u for u, s in self.sessions.items()}
 
     def to_json(self) -> dict:
-        return {"format": FORMAT, "version": VERSION, "generator": f"steno-exportd {__version__}",
-                "host": socket.gethostname(), "updated": now_iso(), "sessions": self.sessions}
+        out = {"format": FORMAT, "version": VERSION, "generator": f"steno-exportd {__version__}",
+               "host": socket.gethostname(), "updated": now_iso(), "sessions": self.sessions}
+        if self.partial:
+            out["partial"] = self.partial
+        return out
 
     def sums_text(self) -> str:
         lines = sorted(f"{f['sha256']}  {p}" for p, f in self.owned_paths().items() if f.get("sha256"))
         return "".join(line + "\n" for line in lines)
 
 
-def read_sums(text: str) -> dict[str, str]:
+_HEX = frozenset("0123456789abcdef")
+
+
+def parse_sums(text: str) -> dict[str, str]:
+    """path -> sha256 of a sha256sum-format text (text and binary mode lines)."""
     out = {}
     for line in text.splitlines():
-        if len(line) > 66 and line[64:66] in ("  ", " *"):
-            out[line[66:]] = line[:64].lower()
+        digest = line[:64].lower()
+        if len(line) > 66 and line[64:66] in ("  ", " *") and set(digest) <= _HEX:
+            out[line[66:]] = digest
     return out
+
+
+def read_sums(target: Target, root: str) -> dict[str, str]:
+    """The root folder's SHA256SUMS (path below the root -> sha256); TargetError when unreadable."""
+    return parse_sums(_read_all(target, f"{root}/{SUMS}").decode("utf-8", "replace"))
 
 
 def _read_all(target: Target, rel: str, limit: int = 64 * 1024 * 1024) -> bytes:
@@ -92,20 +114,34 @@ def hash_target_file(target: Target, rel: str, uncached: bool = False) -> tuple[
         h.close()
 
 
+def read(target: Target, root: str) -> Manifest:
+    """manifest.json as written (never rebuilt); ValueError (or TargetError) when missing or not ours."""
+    st = target.lstat(f"{root}/{MANIFEST}")
+    if st is None or st.kind != "file":
+        raise ValueError(f"no {MANIFEST}" if st is None else f"{MANIFEST} is not a file")
+    return parse(_read_all(target, f"{root}/{MANIFEST}"))
+
+
+def parse(raw: bytes) -> Manifest:
+    """A manifest.json's bytes; ValueError (or UnicodeDecodeError) when they are not ours."""
+    data = json.loads(raw)
+    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("sessions"), dict):
+        raise ValueError("not a steno-exportd manifest")
+    if int(data.get("version", 0)) > VERSION:
+        raise ValueError(f"manifest version {data.get('version')} is newer than ours")
+    sessions = {u: s for u, s in data["sessions"].items()
+                if isinstance(s, dict) and isinstance(s.get("folder"), str) and isinstance(s.get("files"), dict)}
+    partial = data.get("partial")
+    partial = {p: r for p, r in partial.items() if isinstance(r, dict)} if isinstance(partial, dict) else {}
+    return Manifest(sessions, partial)
+
+
 def load(target: Target, root: str) -> Manifest:
     """Read the manifest; a missing or corrupt one is rebuilt from the target by hashing."""
     st = target.lstat(f"{root}/{MANIFEST}")
     if st is not None and st.kind == "file":
         try:
-            data = json.loads(_read_all(target, f"{root}/{MANIFEST}"))
-            if data.get("format") != FORMAT or not isinstance(data.get("sessions"), dict):
-                raise ValueError("not a steno-exportd manifest")
-            if int(data.get("version", 0)) > VERSION:
-                raise ValueError(f"manifest version {data.get('version')} is newer than ours")
-            sessions = {u: s for u, s in data["sessions"].items()
-                        if isinstance(s, dict) and isinstance(s.get("folder"), str)
-                        and isinstance(s.get("files"), dict)}
-            return Manifest(sessions)
+            return read(target, root)
         except (ValueError, TypeError, UnicodeDecodeError, TargetError) as e:
             log.warning("manifest on %s unusable (%s): rebuilding it", target.name, e)
             return rebuild(target, root, f"manifest unusable: {e}")
@@ -122,7 +158,7 @@ def rebuild(target: Target, root: str, reason: str = "") -> Manifest:
     """Recover what we own from SHA256SUMS, keeping only files whose bytes still match."""
     m = Manifest(rebuilt=True, problems=[reason] if reason else [])
     try:
-        sums = read_sums(_read_all(target, f"{root}/{SUMS}").decode("utf-8", "replace"))
+        sums = read_sums(target, root)
     except (TargetError, OSError):
         sums = {}
     for rel, sha in sums.items():
@@ -157,10 +193,6 @@ def save(target: Target, root: str, m: Manifest) -> None:
     write_atomic(target, f"{root}/{SUMS}", m.sums_text().encode("utf-8"))
     write_atomic(target, f"{root}/{MANIFEST}", json.dumps(m.to_json(), indent=1, sort_keys=True,
                                                             ensure_ascii=False).encode("utf-8"))
-
-
-def is_temp(name: str) -> bool:
-    return name.startswith(TEMP_PREFIX) or name.endswith(".partial")
 
 
 def entry(size: int, sha: str, renderer: str, version: str, template: str = "") -> dict[str, Any]:

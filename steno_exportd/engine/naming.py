@@ -10,6 +10,7 @@ _RESERVED = {"CON", "PRN", "AUX", "NUL", "CLOCK$", "CONIN$", "CONOUT$",
              *(f"COM{i}" for i in range(10)), *(f"LPT{i}" for i in range(10)),
              "COM¹", "COM²", "COM³", "LPT¹", "LPT²", "LPT³"}
 MAX_UTF16 = 255
+ROOT_FALLBACK = "SilentSteno"
 
 
 def _utf16_len(s: str) -> int:
@@ -92,3 +93,8 @@ def folder_name(summary, naming: str, pattern: str, seq: int = 1, job_id: int = 
         "seq": f"{seq:04d}",
     }
     return re.sub(r"{([a-z_]+)}", lambda m: values.get(m.group(1), m.group(0)), pattern)
+
+
+def root_folder(cfg) -> str:
+    """The folder at the top of a target that holds the export (export.root_folder, made safe)."""
+    return safe_name(cfg.export.root_folder, ROOT_FALLBACK)

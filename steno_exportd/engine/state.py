@@ -29,6 +29,9 @@ CREATE TABLE IF NOT EXISTS history (
   id INTEGER PRIMARY KEY, job_id INTEGER, target TEXT, device_id TEXT, session_uuid TEXT,
   path TEXT, size INTEGER, sha256 TEXT, exported_at REAL);
 CREATE INDEX IF NOT EXISTS history_session ON history(session_uuid);
+CREATE TABLE IF NOT EXISTS schedules (
+  name TEXT PRIMARY KEY, spec TEXT NOT NULL, slot REAL NOT NULL, last_run REAL NOT NULL DEFAULT 0,
+  result TEXT NOT NULL DEFAULT '', mark INTEGER, done TEXT NOT NULL DEFAULT '[]');
 CREATE TABLE IF NOT EXISTS devices (
   uuid TEXT PRIMARY KEY, label TEXT, fs_type TEXT, first_seen REAL, last_seen REAL, exports INTEGER DEFAULT 0);
 """
@@ -143,6 +146,32 @@ class StateDB:
     def devices(self) -> list[dict]:
         keys = ("uuid", "label", "fs_type", "first_seen", "last_seen", "exports")
         return [dict(zip(keys, r)) for r in self._x("SELECT * FROM devices ORDER BY last_seen DESC")]
+
+    def schedules(self) -> dict[str, dict]:
+        """name -> the scheduler's row (spec, slot, last_run, result, mark, done)."""
+        rows = self._x("SELECT name, spec, slot, last_run, result, mark, done FROM schedules")
+        return {r[0]: dict(spec=r[1], slot=r[2], last_run=r[3], result=r[4], mark=r[5], done=set(json.loads(r[6])))
+                for r in rows}
+
+    def save_schedules(self, rows: dict[str, dict], *, replace_all: bool = False) -> None:
+        """Write the scheduler's rows; replace_all drops the rows of schedules not given (removed ones)."""
+        with self._lock:
+            if self._db is None:
+                return
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if replace_all:
+                    db.execute(f"DELETE FROM schedules WHERE name NOT IN ({','.join('?' * len(rows))})",
+                               tuple(rows))
+                db.executemany("INSERT OR REPLACE INTO schedules(name, spec, slot, last_run, result, mark, done) "
+                               "VALUES (?,?,?,?,?,?,?)",
+                               [(n, r["spec"], r["slot"], r["last_run"], r["result"], r["mark"],
+                                 json.dumps(sorted(r["done"]))) for n, r in rows.items()])
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
 
     def prune(self, jobs: "Keep", history: "Keep") -> dict[str, int]:
         """Drop finished jobs (with their results) and history rows past their policies; never a job that

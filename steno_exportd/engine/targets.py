@@ -1,8 +1,9 @@
-"""Export targets behind one small interface: a directory on a mounted filesystem (and SMB later).
+"""Export targets behind one small interface: the Target protocol and the directory target.
 
 Paths given to a target are relative, '/'-separated, never absolute and never containing
 '..'. A directory target walks every component with O_NOFOLLOW, so a symlink planted on a
-stick is never followed, whatever it points to.
+stick is never followed, whatever it points to. Other targets (an SMB share: steno_exportd.smb)
+implement the same protocol; engine/registry.py chooses one by the target string.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from steno_exportd.errors import InvalidArgument, TargetError, TargetFullError
 log = logging.getLogger(__name__)
 
 FAT32_MAX_FILE = 4 * 1024 ** 3 - 1
+COPY_CHUNK = 1 << 20                    # a local filesystem's write size: 1 MiB writes
 TEMP_PREFIX = ".steno-tmp-"
 PARTIAL_SUFFIX = ".partial"              # a session folder being built
 MARKER = ".steno-incomplete"             # in a folder built in place (no atomic dir rename)
@@ -37,6 +39,10 @@ class EntryStat:
 @runtime_checkable
 class WriteHandle(Protocol):
     """A file being written under a temporary name in its destination folder."""
+
+    temp: str                                   # the temporary file's name (in the same folder)
+    offset: int                                 # where writing starts: > 0 when a cut write resumes
+    chunk: int                                  # the write size this target takes best (copies read this much)
 
     def write(self, data: bytes | memoryview) -> None: ...
     def sync(self) -> None: ...                 # fsync the data
@@ -57,13 +63,17 @@ class Target(Protocol):
     name: str                                    # what a person recognises: a path, "smb:office"
     max_file_size: int | None                    # per-file limit (FAT32), None when unlimited
     atomic_dir_rename: bool                      # False: session folders are built in place (marker file)
+    resume_min: int | None                       # files this big are written resumably; None: never
 
     def lstat(self, rel: str) -> EntryStat | None: ...          # None when absent
     def exists(self, rel: str) -> bool: ...
     def listdir(self, rel: str) -> list[str]: ...
     def scandir(self, rel: str) -> dict[str, EntryStat]: ...   # one listing with lstat of each entry
     def mkdir(self, rel: str) -> None: ...                       # ok if it is already a directory
-    def open_write(self, rel: str) -> WriteHandle: ...          # temp file beside rel
+    def open_write(self, rel: str, *, resume: str | None = None) -> WriteHandle: ...
+    # a temp file beside rel; resume="" makes it resumable (kept when the target drops mid-write),
+    # resume=<temp> continues that temp file from the handle's offset (the caller sends the rest)
+    def own_temp(self, name: str) -> bool: ...                 # a temp file our writers leave after a crash
     def open_read(self, rel: str, *, uncached: bool = False) -> ReadHandle: ...
     def rename(self, src: str, dst: str) -> None: ...           # dst must not exist
     def remove(self, rel: str) -> None: ...                     # a file (or an empty dir)
@@ -145,6 +155,8 @@ class _DirWrite:
     def __init__(self, target: "DirectoryTarget", dir_fd: int, final: str, rel: str) -> None:
         self._t, self._dir_fd, self._final, self._rel = target, dir_fd, final, rel
         self.temp = f"{TEMP_PREFIX}{secrets.token_hex(4)}-{final}"[:200]
+        self.offset = 0
+        self.chunk = COPY_CHUNK
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             self._fd = os.open(self.temp, flags, 0o644, dir_fd=dir_fd)
@@ -252,6 +264,7 @@ class DirectoryTarget:
         self.max_file_size = _limit_for(self.fs_type)
         # fusefat loses a renamed folder's entries (seen here): build session folders in place there
         self.atomic_dir_rename = "vfat" not in self.fs_type and "fusefat" not in self.fs_type
+        self.resume_min: int | None = None      # a yanked stick's temp file is not trusted: rewritten whole
 
     # -- walking without following symlinks ---------------------------------------
     def _open_dir(self, parts: list[str]) -> int:
@@ -266,7 +279,6 @@ class DirectoryTarget:
                 os.close(fd)
                 what = "/".join(parts[: i + 1])
                 if e.errno in (errno.ELOOP, errno.ENOTDIR):
-                    st = None
                     raise TargetError(f"not a folder (a symlink or a file is in the way): {what}") from e
                 raise os_error(e, what) from e
             os.close(fd)
@@ -337,7 +349,10 @@ class DirectoryTarget:
             finally:
                 os.close(fd)
 
-    def open_write(self, rel: str) -> _DirWrite:
+    def own_temp(self, name: str) -> bool:
+        return name.startswith(TEMP_PREFIX)
+
+    def open_write(self, rel: str, *, resume: str | None = None) -> _DirWrite:
         folder, final = self._split(rel)
         fd = self._open_dir(folder)
         return _DirWrite(self, fd, final, rel)

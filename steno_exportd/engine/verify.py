@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import tarfile
 import zipfile
@@ -15,10 +14,11 @@ from typing import Any, Callable, Iterator
 
 from steno_exportd.engine import manifest as mf
 from steno_exportd.engine import writer
+from steno_exportd.engine.naming import ROOT_FALLBACK
+from steno_exportd.engine.registry import ArchiveKind, local
 from steno_exportd.engine.targets import MARKER, PARTIAL_SUFFIX, DirectoryTarget, Target
 from steno_exportd.errors import TargetError
 
-ARCHIVES = (".zip", ".tar.gz", ".tgz")
 _CHUNK = 1 << 20
 
 
@@ -88,10 +88,12 @@ def _incomplete(t: Target, root: str, m: Any) -> list[str]:
     return out
 
 
-def verify_target(path: str | Target, root: str = "SilentSteno", mark: bool = False) -> VerifyReport:
+def verify_target(path: str | Target, root: str = ROOT_FALLBACK, mark: bool = False) -> VerifyReport:
     """Hash every file SHA256SUMS and the manifest name (paths relative to root); archives too."""
-    if isinstance(path, str) and path.lower().endswith(ARCHIVES) and os.path.isfile(path):
-        return verify_archive(path, root)
+    if isinstance(path, str):
+        kind = local().kind_for(path)        # InvalidArgument for what is no local target (smb:...)
+        if isinstance(kind, ArchiveKind) and os.path.isfile(path):
+            return verify_archive(path, root, kind.fmt)
     if isinstance(path, str):
         if os.path.basename(os.path.normpath(path)) == root and not os.path.isdir(os.path.join(path, root)):
             path = os.path.dirname(os.path.normpath(path)) or "."
@@ -103,7 +105,7 @@ def verify_target(path: str | Target, root: str = "SilentSteno", mark: bool = Fa
     if st is None or st.kind != "dir":
         raise TargetError(f"no {root}/ folder on {t.name}")
     try:
-        sums = mf.read_sums(mf._read_all(t, f"{root}/{mf.SUMS}").decode("utf-8", "replace"))
+        sums = mf.read_sums(t, root)
     except TargetError as e:
         sums = {}
         rep.problems.append(f"{mf.SUMS}: {e}")
@@ -137,9 +139,9 @@ def verify_target(path: str | Target, root: str = "SilentSteno", mark: bool = Fa
     return rep
 
 
-def _members(path: str) -> Iterator[tuple[str, bool, Callable[[], Iterator[bytes]]]]:
-    """(name, is a regular file, chunks) of each archive member, in archive order."""
-    if path.lower().endswith(".zip"):
+def _members(path: str, fmt: str) -> Iterator[tuple[str, bool, Callable[[], Iterator[bytes]]]]:
+    """(name, is a regular file, chunks) of each member of a "zip" or "tar.gz" archive, in archive order."""
+    if fmt == "zip":
         with zipfile.ZipFile(path) as z:
             for info in z.infolist():
                 def chunks(info=info) -> Iterator[bytes]:
@@ -158,7 +160,7 @@ def _members(path: str) -> Iterator[tuple[str, bool, Callable[[], Iterator[bytes
             yield m.name, m.isfile(), chunks
 
 
-def verify_archive(path: str, root: str = "SilentSteno") -> VerifyReport:
+def verify_archive(path: str, root: str = ROOT_FALLBACK, fmt: str = "zip") -> VerifyReport:
     """verify_target for a .zip or .tar.gz: the SHA256SUMS and manifest inside, every member hashed."""
     rep = VerifyReport()
     hashes: dict[str, str] = {}          # rel path under root -> sha256 ('' for a non-file)
@@ -166,7 +168,7 @@ def verify_archive(path: str, root: str = "SilentSteno") -> VerifyReport:
     sums_raw = manifest_raw = None
     prefix = f"{root}/"
     try:
-        for name, regular, chunks in _members(path):
+        for name, regular, chunks in _members(path, fmt):
             parts = name.rstrip("/").split("/")
             if name.startswith("/") or ".." in parts or "" in parts[:-1] or "\\" in name:
                 rep.problems.append(f"unsafe member name {name[:200]!r}")
@@ -197,15 +199,12 @@ def verify_archive(path: str, root: str = "SilentSteno") -> VerifyReport:
         raise TargetError(f"cannot read archive {path}: {e}") from e
     if sums_raw is None and manifest_raw is None and not hashes:
         raise TargetError(f"no {root}/ folder in {path}")
-    sums = mf.read_sums(sums_raw.decode("utf-8", "replace")) if sums_raw is not None else {}
+    sums = mf.parse_sums(sums_raw.decode("utf-8", "replace")) if sums_raw is not None else {}
     if sums_raw is None:
         rep.problems.append(f"{mf.SUMS} missing")
     files: dict[str, dict] = {}
     try:
-        doc = json.loads(manifest_raw or b"")
-        for s in doc["sessions"].values():
-            for fname, f in s["files"].items():
-                files[f"{s['folder']}/{fname}"] = f
+        files = mf.parse(manifest_raw or b"").owned_paths()
     except (ValueError, KeyError, TypeError, AttributeError):
         rep.problems.append(f"{mf.MANIFEST} missing or unusable")
     expected = _expected(sums, files, rep)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import functools
+import io
 import re
 import zoneinfo
 
@@ -189,3 +190,21 @@ def session_context(session: Session, sections: tuple[str, ...] = TEXT_SECTIONS,
         "sections": sections,
         "anchor": f"s{session.id}",
     }
+
+
+ZIP_TIME = (1980, 1, 1, 0, 0, 0)     # the earliest time a ZIP entry can hold
+
+
+def stable_zip(data: bytes) -> bytes:
+    """The same ZIP (order, names, compression) with every entry dated ZIP_TIME: python-docx and
+    openpyxl date entries with the time of saving, so the same session rendered twice (an export, then
+    the mail of it) gave different bytes and different checksums."""
+    import zipfile
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            fixed = zipfile.ZipInfo(info.filename, ZIP_TIME)
+            fixed.compress_type, fixed.external_attr = info.compress_type, info.external_attr
+            dst.writestr(fixed, src.read(info))
+    return out.getvalue()

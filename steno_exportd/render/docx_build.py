@@ -14,7 +14,7 @@ from docx.shared import Cm, Pt, RGBColor
 from steno_exportd.model import Session
 from steno_exportd.render.base import RenderOptions
 from steno_exportd.render import scripts
-from steno_exportd.render.common import date_text, duration_text, hms, one_line, speaker_colours, speaker_rows
+from steno_exportd.render.common import date_text, duration_text, hms, one_line, speaker_colours, speaker_rows, stable_zip
 from steno_exportd.render.common import clean as _clean_base
 
 import re
@@ -145,7 +145,7 @@ def build(sessions: list[Session], options: RenderOptions, merged: bool, warning
         _session(d, s, options, merged, accent, t.sections)
     buf = io.BytesIO()
     d.save(buf)
-    return buf.getvalue()
+    return stable_zip(buf.getvalue())
 
 
 def _table(d, header: list[str], rows: list[list[str]], widths: list[float], accent_hex: str, language: str):

@@ -6,9 +6,8 @@ import logging
 import os
 
 from steno_exportd import events
-from steno_exportd.config import Config
 from steno_exportd.core import Core
-from steno_exportd.engine.naming import safe_name
+from steno_exportd.engine.naming import root_folder
 from steno_exportd.engine.options import ExportOptions
 from steno_exportd.errors import ConfigError, TargetError
 from steno_exportd.samba.announce import Announcer
@@ -32,7 +31,7 @@ async def run(core: Core) -> None:
             publish("off")              # never shared: nothing to switch off, smbd left alone
             return
         try:
-            res = await asyncio.to_thread(apply, cfg, on, os.uname().nodename, _root_folder(core.cfg))
+            res = await asyncio.to_thread(apply, cfg, on, os.uname().nodename, root_folder(core.cfg))
         except (ConfigError, TargetError, OSError) as e:
             if isinstance(e, OSError):
                 e = TargetError(f"{e.filename or 'samba'}: {e.strerror or e}")
@@ -91,11 +90,6 @@ async def run(core: Core) -> None:
         pump_task.cancel()
         announce_task.cancel()
         await asyncio.gather(announce_task, return_exceptions=True)     # the announcement withdrawn
-
-
-def _root_folder(cfg: Config) -> str:
-    """The engine's root folder inside the export folder (what the share serves)."""
-    return safe_name(cfg.export.root_folder, "SilentSteno")
 
 
 def _export_options() -> ExportOptions:

@@ -104,12 +104,15 @@ def due(cfg: Config, now: dt.datetime) -> list[str]:
     return out
 
 
-async def _push(core: Core, remote: SmbRemote, ids: str | list[int]) -> None:
-    """Queue a push job (the core resolves "smb:<name>")."""
+async def _push(core: Core, remote: SmbRemote, ids: str | list[int]) -> int | None:
+    """Queue a push job to "smb:<remote>" (the core's target registry resolves it); its job id, None when
+    it could not be queued."""
     try:
-        await core.export_sessions(ids, list(remote.formats), f"smb:{remote.name}", ExportOptions())
+        job = await core.export_sessions(ids, list(remote.formats), f"smb:{remote.name}", ExportOptions())
     except Exception as e:  # error boundary: a failed trigger never stops the loop
         log.warning("push to smb:%s not queued: %s", remote.name, e)
+        return None
+    return job.id
 
 
 async def run_schedules(core: Core, clock: Callable[[], dt.datetime] = dt.datetime.now) -> None:
@@ -130,14 +133,30 @@ async def run_schedules(core: Core, clock: Callable[[], dt.datetime] = dt.dateti
 async def run_push_on_new(core: Core) -> None:
     """Push each session that becomes exportable after the daemon first saw the remote (push_on_new).
 
-    Per remote, <state.dir>/push/on-new.json keeps the highest session id already dealt with: the
-    first start only records it (nothing old is pushed), later starts push what was recorded while
-    the daemon was down. A failed push is retried by the next push to that remote (the staging
-    folder keeps the session) or by its schedule.
+    Per remote, <state.dir>/push/on-new.json keeps the highest session id up to which every session
+    has been pushed: the first start only records it (nothing old is pushed), later starts push what
+    was recorded while the daemon was down. A session whose push failed is pushed again with the
+    next change on the recorder (or by the remote's schedule); the engine skips what already landed.
     """
     marks = OnNewMarks(pathlib.Path(core.cfg.state.dir) / "push" / "on-new.json")
-    done: dict[str, set[int]] = {}
+    queued: dict[str, set[int]] = {}        # per remote: pushed or being pushed by this process
+    pushed: dict[str, set[int]] = {}        # per remote: landed (the job's result for it is ok)
+    jobs: dict[int, tuple[str, list[int]]] = {}
+    ids: set[int] = set()
     async for ev in core.events.subscribe():
+        if isinstance(ev, events.JobUpdated) and ev.job.id in jobs and ev.job.state.finished:
+            name, sent = jobs.pop(ev.job.id)
+            ok = {r.session_id for r in ev.job.results if r.ok}
+            pushed.setdefault(name, set()).update(i for i in sent if i in ok)
+            failed = [i for i in sent if i not in ok]
+            if failed:
+                log.warning("push on new to smb:%s: sessions %s not pushed (%s); they go with the next change",
+                            name, failed, ev.job.error or ev.job.state)
+                queued.setdefault(name, set()).difference_update(failed)
+            after = marks.get(name)
+            if after is not None:
+                marks.set(name, advance(after, pushed[name], ids))
+            continue
         if not isinstance(ev, events.SessionsChanged) or not (ev.added or ev.changed):
             continue
         remotes = [r for r in core.cfg.smb.remotes if r.push_on_new]
@@ -157,13 +176,14 @@ async def run_push_on_new(core: Core) -> None:
                 log.info("push on new to smb:%s: sessions after id %d will be pushed", remote.name,
                          max(ids, default=0))
                 continue
-            seen = done.setdefault(remote.name, set())
+            seen = queued.setdefault(remote.name, set())
             new = sorted(i for i in exportable if i > after and i not in seen)
             if new:
                 log.info("new sessions %s: push to smb:%s", new, remote.name)
-                await _push(core, remote, new)
-                seen.update(new)
-            marks.set(remote.name, advance(after, seen, ids))
+                job_id = await _push(core, remote, new)
+                if job_id is not None:
+                    jobs[job_id] = (remote.name, new)
+                    seen.update(new)
 
 
 def advance(after: int, done: set[int], ids: set[int]) -> int:

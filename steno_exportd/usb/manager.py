@@ -14,6 +14,7 @@ from pathlib import Path
 from steno_exportd.config import AutoExportConfig
 from steno_exportd.core import Core
 from steno_exportd.devices import device_id
+from steno_exportd.engine.naming import root_folder
 from steno_exportd.engine.options import ExportOptions
 from steno_exportd.errors import StenoError, TargetError
 from steno_exportd.events import DeviceState, JobSnapshot, JobState, JobUpdated
@@ -157,7 +158,7 @@ class UsbManager:
             return
         if c.read_only or not os.access(mp, os.W_OK) or await self._mounted_ro(mp):
             raise TargetError("the stick is read-only (write-protected or a read-only filesystem)")
-        on_stick = await asyncio.to_thread(policy.sessions_on_stick, Path(mp), self.core.cfg.export.root_folder)
+        on_stick = await asyncio.to_thread(policy.sessions_on_stick, Path(mp), root_folder(self.core.cfg))
         summaries = (await self.core.listing()).sessions
         ids = policy.select_sessions(summaries, pol.auto, on_stick)
         if ids:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import errno
-import json
 import os
 import tomllib
 from pathlib import Path
@@ -12,12 +11,14 @@ from typing import Iterable
 
 from steno_exportd import config as config_mod
 from steno_exportd.config import AutoExportConfig, UsbConfig
-from steno_exportd.errors import ConfigError
+from steno_exportd.engine import manifest as mf
+from steno_exportd.engine.naming import ROOT_FALLBACK
+from steno_exportd.engine.targets import DirectoryTarget
+from steno_exportd.errors import ConfigError, StenoError
 
 NOEXPORT_FILE = ".steno-noexport"
 STICK_CONFIG = "steno-export.toml"
 MAX_STICK_CONFIG = 64 * 1024
-EXPORT_ROOT = "SilentSteno"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -73,23 +74,12 @@ def stick_policy(root: Path, cfg: UsbConfig) -> StickPolicy:
                        else f"auto-export disabled by {STICK_CONFIG}", full.usb.auto_export)
 
 
-def sessions_on_stick(root: Path, root_folder: str = EXPORT_ROOT) -> set[str]:
+def sessions_on_stick(root: Path, root_folder: str = ROOT_FALLBACK) -> set[str]:
     """Session UUIDs the stick's manifest lists as exported (empty when there is no readable manifest)."""
-    path = root / root_folder / "manifest.json"
-    if os.path.islink(root / root_folder):
-        return set()                        # hostile stick: never follow a symlinked folder
     try:
-        data = json.loads(_read_small_regular(path, 64 * 1024 * 1024))
-    except (OSError, ValueError):
+        return mf.read(DirectoryTarget(root), root_folder).exported()   # never follows a symlink
+    except (ValueError, TypeError, UnicodeDecodeError, StenoError):
         return set()
-    sessions = data.get("sessions", data) if isinstance(data, dict) else data
-    out: set[str] = set()
-    if isinstance(sessions, dict):
-        for k, v in sessions.items():
-            out.add(str(v.get("uuid", k)) if isinstance(v, dict) else str(k))
-    elif isinstance(sessions, list):
-        out.update(str(s["uuid"]) for s in sessions if isinstance(s, dict) and "uuid" in s)
-    return out
 
 
 def select_sessions(summaries: Iterable, auto: AutoExportConfig, on_stick: set[str],

@@ -6,15 +6,15 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
 from typing import Any
 
 from aiohttp import web
 
 from steno_exportd import events as ev
 from steno_exportd.errors import InvalidArgument, NotFoundError, StenoError
-from steno_exportd.web.context import (CTX, WebContext, device_json, job_json, query_sessions, session_json,
-                                       summary_json)
+from steno_exportd.search import SearchHit, SearchResults
+from steno_exportd.web.context import (CTX, WebContext, device_json, job_json, query_sessions, search_sessions,
+                                       session_json, summary_json)
 from steno_exportd.web.links import new_link
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,24 @@ async def list_sessions(request: web.Request) -> web.Response:
     res = await query_sessions(request.app[CTX], request.query)
     return web.json_response({**{k: v for k, v in res.items() if k != "items"},
                               "items": [summary_json(s) for s in res["items"]]})
+
+
+async def search(request: web.Request) -> web.Response:
+    """Words said (and titles, summaries, action items, places, tags, people): ?q=&limit=&offset=."""
+    return web.json_response(search_json(await search_sessions(request.app[CTX], request.query)))
+
+
+def search_json(r: SearchResults) -> dict:
+    """Each hit's snippet is plain text; ``marks`` are the matched [start, end) character ranges in it."""
+    def hit(sid: int, h: SearchHit) -> dict:
+        return {"kind": h.kind, "snippet": h.snippet, "marks": [list(m) for m in h.marks], "seconds": h.seconds,
+                "speaker": h.speaker, "url": f"/sessions/{sid}" + (f"#t={h.seconds:.3f}" if h.seconds is not None else "")}
+    return {"query": r.query, "total": r.total, "offset": r.offset, "limit": r.limit, "indexed": r.indexed,
+            "pending": r.pending, "broad": r.broad,
+            "items": [{"id": m.session_id, "uuid": m.uuid, "title": m.title,
+                       "start_time": m.start_time.isoformat() if m.start_time else None, "matches": m.hit_count,
+                       "url": f"/sessions/{m.session_id}", "hits": [hit(m.session_id, h) for h in m.hits]}
+                      for m in r.sessions]}
 
 
 async def get_session(request: web.Request) -> web.Response:
@@ -106,9 +124,7 @@ async def start_export(request: web.Request) -> web.Response:
         target = dev.mount_point
         opts = {"target_name": dev.label or dev.id, "device_id": dev.id, **opts}
     elif isinstance(body.get("target"), str) and body["target"]:
-        target = body["target"]
-        if not (target.startswith("smb:") or os.path.isabs(target)):
-            raise InvalidArgument("target: an absolute folder under export.allowed_dirs, or smb:<remote>")
+        target = body["target"]             # its kind in the core's target registry checks it
     else:
         raise InvalidArgument('give "device" (a stick id from /api/v1/devices) or "target"')
     try:
@@ -246,6 +262,10 @@ def openapi_document(version: str) -> dict:
         "paths": {
             "/api/v1/status": {"get": op("daemon status")},
             "/api/v1/sessions": {"get": op("search, sort and page sessions", listq)},
+            "/api/v1/search": {"get": op("sessions whose words match q (what was said, summaries, action items, "
+                                         "titles, places, tags, people), best first",
+                                         (("q", "query", "string"), ("limit", "query", "integer"),
+                                          ("offset", "query", "integer")))},
             "/api/v1/sessions/{key}": {"get": op("one session (id, uuid or short id)", (key,))},
             "/api/v1/sessions/{key}/share-links": {
                 "get": op("share links of a session", (key,)),
@@ -261,6 +281,11 @@ def openapi_document(version: str) -> dict:
             "/api/v1/exports": {"post": op("start an export job", (), "#/components/schemas/ExportRequest", "202")},
             "/api/v1/history": {"get": op("export history", (("session", "query", "string"),))},
             "/api/v1/events": {"get": op("live events (text/event-stream): job, device, sessions, status")},
+            "/api/v1/sessions/{key}/email": {
+                "post": op("mail a session (stored in the outbox, then sent)", (key,),
+                           "#/components/schemas/EmailRequest", "202")},
+            "/api/v1/outbox": {"get": op("the outbox: queued, sent and failed messages, with the reason")},
+            "/api/v1/schedules": {"get": op("scheduled exports with their next and last run")},
             "/api/v1/openapi.json": {"get": op("this document")},
         },
         "components": {"schemas": {
@@ -272,6 +297,11 @@ def openapi_document(version: str) -> dict:
                 "target": {"type": "string", "description": "a folder under export.allowed_dirs, or smb:<remote> "
                                                             "(then formats default to the remote's)"},
                 "options": {"type": "object"}}},
+            "EmailRequest": {"type": "object", "required": ["recipients"], "properties": {
+                "recipients": {"type": "array", "maxItems": 50, "items": {"type": "string", "maxLength": 320}},
+                "formats": {"type": "array", "items": {"type": "string"},
+                            "description": "empty: export.formats"},
+                "template": {"type": "string"}}},
             "ShareLinkRequest": {"type": "object", "properties": {
                 "hours": {"type": "number"}, "max_downloads": {"type": "integer"},
                 "pin": {"type": "string", "pattern": "^[0-9]{4,12}$"}}},
@@ -283,6 +313,7 @@ def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/api/v1/status", status)
     r.add_get("/api/v1/sessions", list_sessions)
+    r.add_get("/api/v1/search", search)
     r.add_get("/api/v1/sessions/{key}", get_session)
     r.add_get("/api/v1/sessions/{key}/share-links", session_links)
     r.add_post("/api/v1/sessions/{key}/share-links", create_link)

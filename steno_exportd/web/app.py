@@ -12,7 +12,7 @@ from typing import Any, AsyncIterator
 from aiohttp import web
 
 from steno_exportd.errors import InvalidArgument, NotFoundError, StenoError
-from steno_exportd.web import api, auth, downloads, links, login, pages
+from steno_exportd.web import api, auth, downloads, links, login, mail, pages
 from steno_exportd.web.context import CSRF, CTX, PKG, SID, WebContext, client_addr, wants_json
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ def make_app(core: Any) -> web.Application:
                 task.cancel()
 
     app.on_shutdown.append(close_streams)
-    for module in (pages, downloads, links, login, api):
+    for module in (pages, downloads, links, login, api, mail):
         module.add_routes(app)
     app.router.add_static("/static/", PKG / "static", append_version=False)
     return app

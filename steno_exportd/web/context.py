@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
+from steno_exportd import search
 from steno_exportd.errors import InvalidArgument, NotFoundError
 from steno_exportd.web import auth
 from steno_exportd.web.cache import RenderCache
@@ -19,6 +20,7 @@ CSRF = web.RequestKey("csrf", str)
 PKG = Path(__file__).parent
 PER_PAGE = 50
 MAX_PER_PAGE = 200
+SEARCH_PER_PAGE = 20
 SORTS = {"date": lambda s: (s.start_time or dt.datetime.min.replace(tzinfo=dt.timezone.utc)),
          "title": lambda s: (s.title or "").casefold(),
          "duration": lambda s: s.duration_seconds or 0}
@@ -139,6 +141,13 @@ async def query_sessions(ctx: WebContext, q: Any) -> dict:
     return {"items": items[start:start + per_page], "total": total, "page": page, "pages": pages,
             "per_page": per_page, "sort": sort, "order": order,
             "query": {"q": q.get("q", ""), "participant": who, "from": q.get("from", ""), "to": q.get("to", "")}}
+
+
+async def search_sessions(ctx: WebContext, q: Any) -> search.SearchResults:
+    """Words said in the meetings (``q``), ``limit`` sessions from ``offset``; bad parameters are 400."""
+    limit = _int(q.get("limit", ""), "limit", SEARCH_PER_PAGE, 1, search.MAX_LIMIT)
+    offset = _int(q.get("offset", ""), "offset", 0, 0, search.MAX_OFFSET)
+    return await ctx.core.search(q.get("q", ""), limit, offset)
 
 
 # ---- JSON shapes (the API, the SSE stream and the pages' initial state) --------------------

@@ -8,8 +8,9 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from steno_exportd.errors import InvalidArgument
 from steno_exportd.formats import DOCUMENT_TEMPLATES
-from steno_exportd.web.context import CTX, WebContext, device_json, job_json, query_sessions
+from steno_exportd.web.context import CTX, WebContext, device_json, job_json, query_sessions, search_sessions
 
 
 def fmt_time(seconds: float) -> str:
@@ -38,6 +39,22 @@ async def index(request: web.Request) -> web.Response:
     base = {**res["query"], "sort": res["sort"], "order": res["order"], "per_page": res["per_page"]}
     return ctx.render_page(request, "sessions.html", res=res, when=fmt_when, dur=fmt_duration,
                            qs=lambda **o: _qs(base, **o), remotes=remotes(ctx))
+
+
+async def search_page(request: web.Request) -> web.Response:
+    """Words said in any meeting: each result links to the meeting, a transcript line to its second."""
+    ctx: WebContext = request.app[CTX]
+    text = request.query.get("q", "")
+    res, error = None, ""
+    if text.strip():
+        try:
+            res = await search_sessions(ctx, request.query)
+        except InvalidArgument as e:      # shown beside the search box, which keeps what was typed
+            error = str(e)
+    return ctx.render_page(request, "search.html", status=400 if error else 200, q=text[:1000], res=res,
+                           error=error, when=fmt_when, t=fmt_time,
+                           page=lambda offset: _qs({"q": text, "limit": request.query.get("limit", ""),
+                                                    "offset": offset}))
 
 
 def remotes(ctx: WebContext) -> list[dict]:
@@ -70,6 +87,9 @@ async def session_page(request: web.Request) -> web.Response:
     return ctx.render_page(request, "session.html", s=s, t=fmt_time, when=fmt_when, dur=fmt_duration,
                            downloads=downloads, links=[x.public() for x in links], audit=audit,
                            share_cfg=ctx.cfg.http.share_links, now=time.time(), remotes=remotes(ctx),
+                           email_on=ctx.cfg.email.enabled, formats=[r.name for r in _renderers()],
+                           default_formats=ctx.cfg.export.formats,
+                           mails=[e for e in ctx.core.outbox.list() if s.id in e.sessions][-10:],
                            at=lambda x: time.strftime("%Y-%m-%d %H:%M", time.localtime(x)))
 
 
@@ -83,7 +103,9 @@ async def devices_page(request: web.Request) -> web.Response:
     return ctx.render_page(request, "devices.html", sharing=on, samba_state=state, share=share,
                            sharing_label=sharing_label(on, state),
                            devices=[device_json(d) for d in ctx.core.devices.list()],
-                           jobs=[job_json(j) for j in sorted(ctx.core.jobs.list(), key=lambda j: -j.id)])
+                           jobs=[job_json(j) for j in sorted(ctx.core.jobs.list(), key=lambda j: -j.id)],
+                           schedules=ctx.core.schedules.list(),
+                           at=lambda x: time.strftime("%Y-%m-%d %H:%M", time.localtime(x)) if x else "never")
 
 
 def sharing_label(on: bool, state: str) -> str:
@@ -105,6 +127,7 @@ async def history_page(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/", index)
+    r.add_get("/search", search_page)
     r.add_get("/sessions/{key}", session_page)
     r.add_get("/devices", devices_page)
     r.add_get("/history", history_page)

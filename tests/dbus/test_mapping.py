@@ -9,9 +9,11 @@ import pytest
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
-from steno_exportd import config, events
+from steno_exportd import events
 from steno_exportd.dbus import BUS_NAME, MANAGER_IFACE, ROOT_PATH, JOB_IFACE, service
-from tests.daemon.fake_core import FakeCore
+from tests.configs import make_config
+from tests.fakes import FakeCore
+from tests.parts import until
 
 
 async def call(bus, path, iface, member, sig="", body=(), dest=BUS_NAME):
@@ -22,8 +24,8 @@ async def call(bus, path, iface, member, sig="", body=(), dest=BUS_NAME):
 
 @pytest.fixture
 async def running(private_bus, tmp_path):
-    cfg = config.replace(config.Config(), **{"dbus.bus": private_bus, "dbus.job_linger_seconds": 0.5,
-                                             "export.allowed_dirs": [str(tmp_path)]})
+    cfg = make_config(tmp_path, **{"dbus.bus": private_bus, "dbus.job_linger_seconds": 0.5,
+                                    "export.allowed_dirs": [str(tmp_path)]})
     core = FakeCore(cfg)
     async with service.export(core) as svc:
         client = await MessageBus(bus_address=private_bus).connect()
@@ -74,14 +76,12 @@ async def test_job_lifecycle_throttled(running):
     assert r.message_type == MessageType.METHOD_RETURN, r.body
     path = r.body[0]
     assert path == ROOT_PATH + "/jobs/1"
-    core.update_job(1, state=events.JobState.RUNNING)
+    core.jobs.update(1, state=events.JobState.RUNNING)
     for i in range(1, 41):   # 40 progress updates within ~1 s
-        core.update_job(1, bytes_done=i * 25)
+        core.jobs.update(1, bytes_done=i * 25)
         await asyncio.sleep(0.025)
-    core.update_job(1, state=events.JobState.COMPLETED, bytes_done=1000)
-    deadline = time.monotonic() + 5
-    while not any(m == "InterfacesRemoved" for m, *_ in om) and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    core.jobs.update(1, state=events.JobState.COMPLETED, bytes_done=1000)
+    await until(lambda: any(m == "InterfacesRemoved" for m, *_ in om), "the job removed", 5, in_thread=False)
     assert om, (seen, completed)
     assert ("InterfacesAdded", path, ROOT_PATH) in om
     assert ("InterfacesRemoved", path, ROOT_PATH) in om
@@ -105,7 +105,7 @@ async def test_properties_rw(running):
     r = await call(bus, ROOT_PATH, "org.freedesktop.DBus.Properties", "GetAll", "s", [MANAGER_IFACE])
     props = {k: v.value for k, v in r.body[0].items()}
     assert props["SessionCount"] == 3 and props["AutoExport"] is False and props["SambaEnabled"] is True
-    core.add_device(events.DeviceSnapshot(id="1234-ABCD", uuid="1234-ABCD", label="KINGSTON", fs_type="vfat",
+    core.devices.update(events.DeviceSnapshot(id="1234-ABCD", uuid="1234-ABCD", label="KINGSTON", fs_type="vfat",
                                           device="/dev/sdb1", size=10, free=5, mount_point="/media/k",
                                           state=events.DeviceState.MOUNTED,
                                           skip_reason=".steno-noexport on the stick"))
@@ -172,13 +172,13 @@ async def test_device_export_and_busy(running):
     core, svc, bus, tmp = running
     snap = events.DeviceSnapshot(id="fs_12ab", uuid="12AB", label="STICK", fs_type="exfat", device="/dev/sdb1",
                                  size=10, free=5, mount_point=str(tmp), state=events.DeviceState.MOUNTED)
-    core.add_device(snap)
-    core.add_device(dataclasses.replace(snap, id="fs_99", mount_point="", state=events.DeviceState.MOUNTING))
+    core.devices.update(snap)
+    core.devices.update(dataclasses.replace(snap, id="fs_99", mount_point="", state=events.DeviceState.MOUNTING))
     await asyncio.sleep(0.1)
     dev = ROOT_PATH + "/devices/fs_12ab"
     r = await call(bus, dev, "org.silentsteno.Export1.Device", "Export", "asasa{sv}", [["1"], ["txt"], {}])
     assert r.message_type == MessageType.METHOD_RETURN, r.body
-    assert core.jobs.jobs[1].target == str(tmp)
+    assert core.jobs.get(1).target == str(tmp)
     r = await call(bus, ROOT_PATH, MANAGER_IFACE, "ExportSessions", "asassa{sv}", [["2"], ["txt"], dev, {}])
     assert r.message_type == MessageType.METHOD_RETURN, r.body
     r = await call(bus, ROOT_PATH + "/devices/fs_99", "org.silentsteno.Export1.Device", "Export", "asasa{sv}",

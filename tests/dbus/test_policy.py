@@ -155,7 +155,10 @@ def test_policy_only_service_user_owns_and_ui_group_calls(accounts, system_bus):
             "org.freedesktop.DBus.Error.AccessDenied"
         assert _as(accounts["other"], CALLER, system_bus, "org.freedesktop.DBus.Introspectable",
                    "Introspect", "") == "ok"
+        # what `steno-exportctl status` reads is the recorder's business too (issue 16)
         assert _as(accounts["other"], CALLER, system_bus, "org.freedesktop.DBus.Properties",
+                   "GetAll", "s", mgr) == "org.freedesktop.DBus.Error.AccessDenied"
+        assert _as(accounts["ui"], CALLER, system_bus, "org.freedesktop.DBus.Properties",
                    "GetAll", "s", mgr) == "ok"
     finally:
         owner.kill()

@@ -194,7 +194,7 @@ async def test_sigterm_mid_export_exits_0_without_partial_files(setup, daemon_fa
         bus.disconnect()
     t0 = time.monotonic()
     d.signal(signal.SIGTERM)
-    assert d.wait_exit(5) == 0
+    assert await asyncio.to_thread(d.wait_exit, 5) == 0
     assert time.monotonic() - t0 < 5
     reference = _files(ref)
     for rel, data in _files(out).items():

@@ -5,20 +5,16 @@ import subprocess
 import tarfile
 import zipfile
 
-from steno_exportd import config
 from steno_exportd.engine.archive import build_plan, zip_size, zip_stream
 from steno_exportd.engine.export import SimpleSpec, run_export
 from steno_exportd.engine.options import ExportOptions
-from tests.engine.fakes import FakeRegistry, library
-
-
-def _cfg(tmp_path):
-    return config.from_dict({"recorder": {"db_path": str(tmp_path / "rec" / "db.sqlite")}})
+from tests.configs import make_config
+from tests.fakes import library
 
 
 def test_zip_stream_valid_and_sized(tmp_path):
     lib = library(tmp_path, 3, audio_size=3_000_000)
-    plan = build_plan(lib, (1, 2, 3), ("txt", "json", "audio"), "detailed", True, _cfg(tmp_path), FakeRegistry())
+    plan = build_plan(lib, (1, 2, 3), ("txt", "json", "audio"), "detailed", True, make_config(tmp_path))
     expected = zip_size(plan)
     out = tmp_path / "a.zip"
     with open(out, "wb") as f:
@@ -38,10 +34,9 @@ def test_zip_stream_valid_and_sized(tmp_path):
 
 def test_export_to_zip_and_tar(tmp_path):
     lib = library(tmp_path, 2)
-    cfg = _cfg(tmp_path)
+    cfg = make_config(tmp_path)
     for name in ("out.zip", "out.tar.gz"):
-        res = run_export(lib, SimpleSpec(str(tmp_path / name), (1, 2), ("txt", "audio"), ExportOptions()), cfg,
-                         reg=FakeRegistry())
+        res = run_export(lib, SimpleSpec(str(tmp_path / name), (1, 2), ("txt", "audio"), ExportOptions()), cfg)
         assert all(r.ok for r in res)
     assert zipfile.ZipFile(tmp_path / "out.zip").testzip() is None
     with tarfile.open(tmp_path / "out.tar.gz") as t:

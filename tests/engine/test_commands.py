@@ -6,16 +6,14 @@ import json
 import pytest
 
 from steno_exportd import cli
-from steno_exportd.engine import plan
 from steno_exportd.library import Library
-from tests.engine.fakes import FakeRegistry, library
+from tests.fakes import library
 
 
 @pytest.fixture
 def fake_lib(tmp_path, monkeypatch):
     lib = library(tmp_path, 2)
     monkeypatch.setattr(Library, "from_config", staticmethod(lambda cfg: lib))
-    monkeypatch.setattr(plan, "registry", lambda: FakeRegistry())
     return lib
 
 

@@ -6,21 +6,19 @@ import sqlite3
 
 import pytest
 
-from steno_exportd import config, events as ev
+from steno_exportd import events as ev
 from steno_exportd.core import Core, ExportOptions
-from steno_exportd.engine import plan
 from steno_exportd.errors import InvalidArgument, NotFoundError
-from tests.engine.fakes import FakeRegistry, library
+from tests.configs import make_config
+from tests.fakes import library
+from tests.parts import until
 
 
 @pytest.fixture
-def core_env(tmp_path, monkeypatch):
-    monkeypatch.setattr(plan, "registry", lambda: FakeRegistry())
+def core_env(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    cfg = config.from_dict({"recorder": {"db_path": str(tmp_path / "rec" / "db.sqlite")},
-                            "state": {"dir": str(tmp_path / "state")},
-                            "export": {"allowed_dirs": [str(out)], "formats": ["txt", "json", "audio"]}})
+    cfg = make_config(tmp_path, export={"allowed_dirs": [str(out)], "formats": ["txt", "json", "audio"]})
     lib = library(tmp_path, 4)
     return cfg, lib, out
 
@@ -111,15 +109,12 @@ async def test_switches_publish_status(core_env):
 async def test_cancel_mid_copy_leaves_no_partial_file_under_a_final_name(core_env, tmp_path):
     cfg, _, out = core_env
     (tmp_path / "big").mkdir()
-    lib = library(tmp_path / "big", 3, audio_size=60_000_000)
+    lib = await asyncio.to_thread(library, tmp_path / "big", 3, audio_size=60_000_000)
     core = Core(cfg, library=lib)
     await core.start()
     try:
         snap = await core.export_sessions([1, 2, 3], ["txt", "audio"], str(out))
-        for _ in range(500):
-            if core.jobs.get(snap.id).bytes_done > 0:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: core.jobs.get(snap.id).bytes_done > 0, "the first bytes copied", 5, 0.01, in_thread=False)
         core.jobs.cancel(snap.id)
         done = await core.jobs.wait(snap.id, 60)
         assert done.state in (ev.JobState.CANCELLED, ev.JobState.COMPLETED)
@@ -131,7 +126,8 @@ async def test_cancel_mid_copy_leaves_no_partial_file_under_a_final_name(core_en
             assert not f.name.startswith(".steno-tmp")
     if (root / "SHA256SUMS").exists():
         import subprocess
-        assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=root).returncode == 0
+        assert (await asyncio.to_thread(subprocess.run, ["sha256sum", "-c", "--quiet", "SHA256SUMS"],
+                                        cwd=root)).returncode == 0
     # the rerun completes what was cancelled
     core2 = Core(cfg, library=lib)
     await core2.start()
@@ -177,14 +173,12 @@ async def test_devices_registry_and_history(core_env):
 async def test_stop_cancels_a_running_job_safely(core_env, tmp_path):
     cfg, _, out = core_env
     (tmp_path / "big").mkdir()
-    lib = library(tmp_path / "big", 2, audio_size=80_000_000)
+    lib = await asyncio.to_thread(library, tmp_path / "big", 2, audio_size=80_000_000)
     core = Core(cfg, library=lib)
     await core.start()
     snap = await core.export_sessions([1, 2], ["audio"], str(out))
-    for _ in range(500):
-        if core.jobs.get(snap.id).state == ev.JobState.RUNNING:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: core.jobs.get(snap.id).state == ev.JobState.RUNNING, "the job running", 5, 0.01,
+                in_thread=False)
     await asyncio.wait_for(core.stop(), 60)
     assert core.jobs.get(snap.id).state.finished
     for p in (out / "SilentSteno").rglob("*"):

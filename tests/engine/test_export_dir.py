@@ -5,27 +5,21 @@ import json
 import os
 import subprocess
 
-from steno_exportd import config
 from steno_exportd.engine.export import SimpleSpec, run_export
 from steno_exportd.engine.options import ExportOptions
-from tests.engine.fakes import FakeRegistry, library
-
-
-def _cfg(tmp_path):
-    return config.from_dict({"recorder": {"db_path": str(tmp_path / "rec" / "db.sqlite")},
-                             "state": {"dir": str(tmp_path / "state")}})
+from tests.configs import make_config
+from tests.fakes import library
 
 
 def _run(lib, cfg, target, ids, formats=("txt", "json", "audio")):
-    return run_export(lib, SimpleSpec(str(target), tuple(ids), tuple(formats), ExportOptions()), cfg,
-                      reg=FakeRegistry())
+    return run_export(lib, SimpleSpec(str(target), tuple(ids), tuple(formats), ExportOptions()), cfg)
 
 
 def test_export_layout_sums_and_incremental(tmp_path):
     lib = library(tmp_path, 3)
     out = tmp_path / "out"
     out.mkdir()
-    cfg = _cfg(tmp_path)
+    cfg = make_config(tmp_path)
     res = _run(lib, cfg, out, [1, 2, 3])
     assert all(r.ok and not r.skipped for r in res), res
     root = out / "SilentSteno"
@@ -52,7 +46,7 @@ def test_hostile_target_content(tmp_path):
     out = tmp_path / "out"
     (out / "SilentSteno").mkdir(parents=True)
     (out / "SilentSteno" / "notes.txt").write_text("mine")
-    cfg = _cfg(tmp_path)
+    cfg = make_config(tmp_path)
     res = _run(lib, cfg, out, [1])
     assert res[0].ok
     folder = next(p for p in (out / "SilentSteno").iterdir() if p.is_dir())
@@ -71,7 +65,7 @@ def test_symlink_root_is_refused(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     os.symlink(elsewhere, out / "SilentSteno")
-    cfg = _cfg(tmp_path)
+    cfg = make_config(tmp_path)
     try:
         _run(lib, cfg, out, [1])
     except Exception as e:  # noqa: BLE001
@@ -86,7 +80,7 @@ def test_missing_audio_other_files_exported(tmp_path):
     lib.sessions[1].audio.path.unlink()
     out = tmp_path / "out"
     out.mkdir()
-    res = _run(lib, _cfg(tmp_path), out, [1])
+    res = _run(lib, make_config(tmp_path), out, [1])
     # ok with warnings: every file it could write is there; the missing recording is reported, not a failure
     assert res[0].ok and res[0].status == "ok with warnings" and not res[0].error
     assert "audio" in res[0].warnings[0]
@@ -108,7 +102,7 @@ def test_transient_source_error_is_retried(tmp_path):
     lib.get_session = flaky
     out = tmp_path / "out"
     out.mkdir()
-    res = _run(lib, _cfg(tmp_path), out, [1])
+    res = _run(lib, make_config(tmp_path), out, [1])
     assert res[0].ok and calls["n"] == 2
 
 
@@ -117,7 +111,7 @@ def test_merge_writes_one_document_per_format(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     res = run_export(lib, SimpleSpec(str(out), (1, 2, 3), ("txt", "md", "json"), ExportOptions(merge=True)),
-                     _cfg(tmp_path), reg=FakeRegistry())
+                     make_config(tmp_path))
     merged = res[-1]
     assert merged.session_id == 0 and not merged.ok and len(merged.files) == 3
     assert [f.error for f in merged.files if not f.ok] == ["format 'json' cannot merge sessions"]

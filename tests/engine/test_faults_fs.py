@@ -10,27 +10,25 @@ import threading
 
 import pytest
 
-from steno_exportd import config
 from steno_exportd.engine.export import SimpleSpec, run_export
 from steno_exportd.engine.options import ExportOptions
 from steno_exportd.engine.verify import verify_target
 from steno_exportd.errors import TargetError
-from tests.engine.fakes import FakeLibrary, FakeRegistry, library, make_session
+from tests.configs import make_config
+from tests.fakes import FakeLibrary, library, make_session
 from tests.parts.loopfs import fuse_helper_pid, loop_fs, mount, umount
 from tests.parts import wait_for
 
 FORMATS = ("txt", "json", "audio")
 
 
-def _cfg(tmp_path, **export):
-    return config.from_dict({"recorder": {"db_path": str(tmp_path / "rec" / "db.sqlite")},
-                             "export": {"free_space_margin_mb": 1, **export}})
+def _cfg(tmp_path):
+    return make_config(tmp_path, **{"export.free_space_margin_mb": 1})      # the test filesystems are small
 
 
 def _export(lib, cfg, target, ids=None, progress=None):
     ids = tuple(ids or lib.sessions)
-    return run_export(lib, SimpleSpec(str(target), ids, FORMATS, ExportOptions()), cfg, progress,
-                      reg=FakeRegistry())
+    return run_export(lib, SimpleSpec(str(target), ids, FORMATS, ExportOptions()), cfg, progress)
 
 
 def _sums_ok(mnt) -> bool:
@@ -95,11 +93,10 @@ SCRIPT = textwrap.dedent("""
     from steno_exportd import config
     from steno_exportd.engine.export import SimpleSpec, run_export
     from steno_exportd.engine.options import ExportOptions
-    from tests.engine.fakes import FakeLibrary, FakeRegistry, make_session
+    from tests.fakes import FakeLibrary, make_session
     lib = FakeLibrary([make_session(i, Path({src!r}) / f"s{{i}}.wav") for i in (1, 2, 3)])
     cfg = config.from_dict({{"recorder": {{"db_path": {db!r}}}}})
-    res = run_export(lib, SimpleSpec({mnt!r}, (1, 2, 3), ("txt", "json", "audio"), ExportOptions()), cfg,
-                     reg=FakeRegistry())
+    res = run_export(lib, SimpleSpec({mnt!r}, (1, 2, 3), ("txt", "json", "audio"), ExportOptions()), cfg)
     print(all(r.ok for r in res))
 """)
 

@@ -34,9 +34,14 @@ def add_session(rec: RecorderDB, audio: bytes | None = None, missing: bool = Fal
 
 @pytest.fixture
 def rec(tmp_path):
-    r = RecorderDB(tmp_path / "rec")
+    r = RecorderDB(tmp_path / "rec", threads=True)     # the async tests add sessions off the event loop
     yield r
     r.close()
+
+
+async def add(rec: RecorderDB, **kw) -> int:
+    """add_session in a thread: a 300 MB recording or 3,000 rows would block the event loop."""
+    return await asyncio.to_thread(add_session, rec, **kw)
 
 
 async def test_missing_recording_is_ok_with_warnings(tmp_path, rec):
@@ -63,7 +68,7 @@ async def test_missing_recording_is_ok_with_warnings(tmp_path, rec):
 
 
 async def test_cancelled_queued_job_stays_cancelled_after_restart(tmp_path, rec):
-    sids = [add_session(rec, audio=b"RIFF" + bytes(1 << 20)) for _ in range(3)]
+    sids = [await add(rec, audio=b"RIFF" + bytes(1 << 20)) for _ in range(3)]
     out = tmp_path / "out"
     out.mkdir()
     cfg = cfg_for(tmp_path, rec, max_concurrent_jobs=1)
@@ -119,9 +124,11 @@ async def test_locked_database_at_start_is_retried(tmp_path):
 
 
 async def test_cancel_during_planning_takes_effect_within_a_second(tmp_path, rec):
-    rec.conn.execute("BEGIN")
-    sids = [add_session(rec) for _ in range(3000)]      # planning loads each session: ~10 ms apiece
-    rec.conn.execute("COMMIT")
+    def many() -> list[int]:
+        with rec.conn:
+            rec.conn.execute("BEGIN")
+            return [add_session(rec) for _ in range(3000)]      # planning loads each session: ~10 ms apiece
+    sids = await asyncio.to_thread(many)
     out = tmp_path / "out"
     out.mkdir()
     core = Core(cfg_for(tmp_path, rec))
@@ -145,8 +152,8 @@ async def test_cancel_during_planning_takes_effect_within_a_second(tmp_path, rec
 
 async def test_cancel_mid_copy_leaves_nothing_final_and_verify_says_incomplete(tmp_path, rec):
     from steno_exportd.engine.verify import verify_target
-    first = add_session(rec, audio=b"RIFF" + bytes(1 << 20))
-    big = add_session(rec, audio=b"RIFF" + bytes(300 << 20))     # long enough to be cancelled mid-copy
+    first = await add(rec, audio=b"RIFF" + bytes(1 << 20))
+    big = await add(rec, audio=b"RIFF" + bytes(300 << 20))     # long enough to be cancelled mid-copy
     out = tmp_path / "out"
     out.mkdir()
     core = Core(cfg_for(tmp_path, rec))
@@ -169,8 +176,8 @@ async def test_cancel_mid_copy_leaves_nothing_final_and_verify_says_incomplete(t
         assert not rep.ok and rep.incomplete == [folders[1]], rep.to_json()
         assert rep.ok_count == 2, "the finished session (transcript and recording) still checks out"
     finally:
-        shutil.rmtree(out)                                          # pytest keeps tmp dirs: not 300 MB of them
-        shutil.rmtree(rec.root / "audio")
+        await asyncio.to_thread(shutil.rmtree, out)                 # pytest keeps tmp dirs: not 300 MB of them
+        await asyncio.to_thread(shutil.rmtree, rec.root / "audio")
 
 
 async def test_folder_built_in_place_holds_only_temp_names_until_verified(tmp_path, rec):
@@ -178,8 +185,8 @@ async def test_folder_built_in_place_holds_only_temp_names_until_verified(tmp_pa
     verified: a cancel mid-copy leaves nothing complete-looking under a final name."""
     from steno_exportd.engine.targets import DirectoryTarget
     from steno_exportd.engine.verify import verify_target
-    small = add_session(rec, audio=b"RIFF" + bytes(1 << 20))
-    big = add_session(rec, audio=b"RIFF" + bytes(300 << 20))
+    small = await add(rec, audio=b"RIFF" + bytes(1 << 20))
+    big = await add(rec, audio=b"RIFF" + bytes(300 << 20))
     out = tmp_path / "out"
     out.mkdir()
     target = DirectoryTarget(str(out), "FATSTICK")
@@ -205,5 +212,5 @@ async def test_folder_built_in_place_holds_only_temp_names_until_verified(tmp_pa
         assert [sorted(p.name for p in f.iterdir()) for f in finished] == [["audio.wav", "transcript.txt"]]
     finally:
         await core.stop()
-        shutil.rmtree(out)
-        shutil.rmtree(rec.root / "audio")
+        await asyncio.to_thread(shutil.rmtree, out)
+        await asyncio.to_thread(shutil.rmtree, rec.root / "audio")

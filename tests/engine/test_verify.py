@@ -12,7 +12,7 @@ from steno_exportd import cli, config
 from steno_exportd.engine.export import SimpleSpec, run_export
 from steno_exportd.engine.options import ExportOptions
 from steno_exportd.engine.verify import verify_target
-from tests.engine.fakes import library
+from tests.fakes import library
 
 
 def _export(tmp_path, name: str):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 import pytest
 
@@ -29,17 +30,20 @@ def smtp(smtp_server):
 
 @pytest.fixture
 async def mail_core(tmp_path, demo_library):
-    """mail_core(server, extra={section: {...}}, library=None, **email_keys) -> a started Core (the demo
-    library unless another is given) with the mail adapter running; stopped after the test."""
+    """mail_core(server, extra={section: {...}}, library=None, clock=None, **email_keys) -> a started Core (the
+    demo library unless another is given; the schedules' clock if given) with the mail adapter running; stopped after the test."""
     cores: list[tuple[Core, asyncio.Task]] = []
 
-    async def start(server=None, extra: dict | None = None, library=None, **email) -> Core:
+    async def start(server=None, extra: dict | None = None, library=None, clock=None, **email) -> Core:
         data = {"recorder": {"db_path": str(demo_library)}, "state": {"dir": str(tmp_path / "state")},
                 "export": {"allowed_dirs": [str(tmp_path)]}, "http": {"enabled": False}}
         data["email"] = (server.email_config(**email) if server is not None else email)
         for section, keys in (extra or {}).items():
-            data.setdefault(section, {}).update(keys)
-        core = Core(config.from_dict(data), library=library)
+            if isinstance(keys, list):          # an array of tables: [[schedules]]
+                data[section] = keys
+            else:
+                data.setdefault(section, {}).update(keys)
+        core = Core(config.from_dict(data), library=library, clock=clock or time.time)
         await core.start()
         cores.append((core, asyncio.create_task(sender.run(core))))
         return core

@@ -8,7 +8,7 @@ import pytest
 
 from steno_exportd import events as ev
 from steno_exportd.errors import InvalidArgument, NotFoundError
-from tests.engine.fakes import FakeLibrary, make_session
+from tests.fakes import FakeLibrary, make_session
 from tests.mail.conftest import finished
 from tests.parts import until
 

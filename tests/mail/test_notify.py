@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from steno_exportd import events as ev
-from tests.engine.fakes import FakeLibrary, make_session
+from tests.fakes import FakeLibrary, make_session
 from tests.parts import until
 
 ADMIN = "admin@example.org"

@@ -6,7 +6,7 @@ import itertools
 
 from steno_exportd import events as ev
 from steno_exportd.mail.smtp import _stuffed
-from tests.engine.fakes import FakeLibrary, make_session
+from tests.fakes import FakeLibrary, make_session
 from tests.mail.conftest import finished
 
 

@@ -1,6 +1,6 @@
 """Shared helpers for tests that use real system components.
 
-Each component's fixtures live in their own module (tests/real_<component>.py) and call
+Each component's fixtures live in their own module (tests/parts/<component>.py) and call
 ``require()``: with CI=true a missing component FAILS the test, otherwise it skips.
 """
 from __future__ import annotations
@@ -49,13 +49,58 @@ def wait_for(cond: Callable[[], object], timeout: float = 10.0, interval: float 
 
 async def until(cond: Callable[[], object], what: str = "condition", timeout: float = 20.0,
                 interval: float = 0.05, in_thread: bool = True) -> object:
-    """wait_for inside an event loop: cond() runs in a thread (it may block on I/O) unless in_thread=False."""
+    """wait_for inside an event loop: cond() runs in a thread (it may block on I/O) unless in_thread=False;
+    a coroutine function as cond is awaited on the loop."""
     import asyncio
+    import inspect
     deadline = time.monotonic() + timeout
     while True:
-        value = await asyncio.to_thread(cond) if in_thread else cond()
+        if inspect.iscoroutinefunction(cond):
+            value = await cond()
+        else:
+            value = await asyncio.to_thread(cond) if in_thread else cond()
         if value:
             return value
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+def sha256sum_check(folder) -> str:
+    """`sha256sum -c --quiet SHA256SUMS` in folder, as a person checks an export: "" when every file
+    matches, else what it complained about."""
+    import subprocess
+    r = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=folder, capture_output=True, text=True)
+    return "" if r.returncode == 0 else (r.stdout + r.stderr).strip() or f"sha256sum exited with {r.returncode}"
+
+
+def in_thread(cm):
+    """A blocking context manager entered and left in a thread, for async tests (which must not block
+    their loop): ``async with in_thread(other_host(name)):``."""
+    import asyncio
+    import contextlib
+
+    @contextlib.asynccontextmanager
+    async def entered():
+        value = await asyncio.to_thread(cm.__enter__)
+        try:
+            yield value
+        except BaseException as e:
+            if not await asyncio.to_thread(cm.__exit__, type(e), e, e.__traceback__):
+                raise
+        else:
+            await asyncio.to_thread(cm.__exit__, None, None, None)
+    return entered()
+
+
+def stop_process(proc, timeout: float = 10.0) -> None:
+    """SIGTERM a child and wait for it; SIGKILL it if it takes longer than ``timeout``."""
+    import subprocess
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)

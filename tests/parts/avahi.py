@@ -71,7 +71,7 @@ def avahi():
         elif was_running and not running():
             start()
         if bus is not None:
-            real_udev._stop(bus)
+            parts.stop_process(bus)
 
 
 NETNS = "steno-avahi-other"
@@ -116,13 +116,7 @@ def other_host(service_name: str):
                            what=f"the other host's {service_name!r} on mDNS")
         yield
     finally:
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        parts.stop_process(proc)
         subprocess.run(["ip", "netns", "del", NETNS], capture_output=True, timeout=30)
         subprocess.run(["ip", "link", "del", "stav0"], capture_output=True, timeout=30)
         shutil.rmtree(tmp, ignore_errors=True)

@@ -130,12 +130,7 @@ disable spoolss = yes
         self.signal_all(signal.SIGCONT)
         if self.proc and self.proc.poll() is None:
             kids = _children(self.proc.pid)
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+            parts.stop_process(self.proc)
             for pid in kids:
                 _kill(pid)
 

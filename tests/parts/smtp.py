@@ -116,7 +116,7 @@ class Handler:
 
 class SmtpServer:
     def __init__(self, folder: Path, security: str = "starttls", auth: bool = True, port: int = 0,
-                 cert: tuple[Path, Path] | None = None) -> None:
+                 cert: tuple[Path, Path] | None = None, host: str = "127.0.0.1") -> None:
         from aiosmtpd.controller import Controller
         from aiosmtpd.smtp import AuthResult, LoginPassword
         self.cert, key = cert or make_certificate(folder)
@@ -131,7 +131,7 @@ class SmtpServer:
                 (USER.encode(), PASSWORD.encode())
             return AuthResult(success=ok, handled=False, auth_data=auth_data)
 
-        kw: dict = dict(hostname="127.0.0.1", port=self.port, data_size_limit=None, authenticator=authenticator,
+        kw: dict = dict(hostname=host, port=self.port, data_size_limit=None, authenticator=authenticator,
                         auth_required=auth, auth_require_tls=security == "starttls")   # aiosmtpd: STARTTLS only
         if security == "tls":
             kw.update(ssl_context=ctx, server_hostname="localhost")

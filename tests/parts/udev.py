@@ -13,13 +13,12 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 import uuid as uuidlib
 from pathlib import Path
 
 import pytest
 
-from tests.parts import require, require_root, require_tool
+from tests.parts import require, require_root, require_tool, stop_process, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 UDEVD = "/lib/systemd/systemd-udevd"
@@ -41,28 +40,6 @@ def _run(*cmd: str, check: bool = True, timeout: float = 60, **kw) -> subprocess
     return subprocess.run(cmd, check=check, timeout=timeout, capture_output=True, text=True, **kw)
 
 
-def _poll(cond, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
-
-
-def _stop(proc: subprocess.Popen | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
-
-
 # ---- udevd --------------------------------------------------------------------------
 
 def udevd_running() -> bool:
@@ -74,7 +51,7 @@ def start_udevd() -> subprocess.Popen | None:
     if udevd_running():
         return None
     proc = subprocess.Popen([UDEVD], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _poll(udevd_running, 15, "systemd-udevd to answer")
+    wait_for(udevd_running, 15, what="systemd-udevd to answer")
     _run("udevadm", "trigger", "--action=add", "--subsystem-match=block", check=False)
     _run("udevadm", "settle", "-t", "30", check=False)
     return proc
@@ -84,7 +61,7 @@ def stop_udevd(proc: subprocess.Popen | None) -> None:
     if proc is None:
         return
     _run("udevadm", "control", "--exit", check=False, timeout=15)
-    _stop(proc)
+    stop_process(proc)
 
 
 # ---- system bus ---------------------------------------------------------------------
@@ -110,7 +87,7 @@ def start_system_bus() -> subprocess.Popen | None:
         os.unlink("/run/dbus/pid")
     proc = subprocess.Popen(["dbus-daemon", "--system", "--nofork", "--nopidfile"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _poll(system_bus_running, 15, "the system dbus-daemon")
+    wait_for(system_bus_running, 15, what="the system dbus-daemon")
     return proc
 
 
@@ -124,8 +101,8 @@ def start_udisksd() -> subprocess.Popen | None:
     if name_has_owner("org.freedesktop.UDisks2"):
         return None
     proc = subprocess.Popen([UDISKSD], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _poll(lambda: name_has_owner("org.freedesktop.UDisks2") or proc.poll() is not None, 30,
-          "udisksd to own org.freedesktop.UDisks2")
+    wait_for(lambda: name_has_owner("org.freedesktop.UDisks2") or proc.poll() is not None, 30,
+             what="udisksd to own org.freedesktop.UDisks2")
     if proc.poll() is not None:
         raise RuntimeError(f"udisksd exited with {proc.returncode}")
     return proc
@@ -151,8 +128,8 @@ class UsbStack:
 
     def stop(self) -> None:
         """Stop what was started here, in reverse order; reused daemons keep running."""
-        _stop(self.udisksd)
-        _stop(self.bus)
+        stop_process(self.udisksd)
+        stop_process(self.bus)
         if self.rules_installed:
             for rule in (TEST_RULE, OUR_RULE):
                 with contextlib.suppress(FileNotFoundError):
@@ -253,8 +230,8 @@ class Stick:
         # fuseblk holds the partition open; the kernel would drop it on a real pull
         for mp in self._mounts_of(os.path.realpath(self.part)):
             _run("umount", "-l", mp, check=False)
-        _poll(lambda: _run("partx", "-d", self.loop, check=False).returncode == 0, 10,
-              f"partx -d {self.loop} after the yank")
+        wait_for(lambda: _run("partx", "-d", self.loop, check=False).returncode == 0, 10,
+                 what=f"partx -d {self.loop} after the yank")
 
     def mount_points(self) -> list[str]:
         dev = os.path.realpath(self.part) if self.loop else ""

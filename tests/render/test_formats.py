@@ -265,6 +265,15 @@ def test_docx_opens_with_python_docx(i):
     assert "NUMPAGES" in footer and "PAGE" in footer
 
 
+def test_a_docx_rendered_again_later_is_the_same_file():
+    """An export and the mail of it (or a second export) render the document at different times; the
+    files, and so their SHA256SUMS, must be the same (python-docx dates the ZIP entries when it saves)."""
+    import time
+    first = render.get("docx").render_result(SESSIONS[1], OPTS).data
+    time.sleep(2.1)         # a ZIP entry's time has 2-second steps
+    assert render.get("docx").render_result(SESSIONS[1], OPTS).data == first
+
+
 def test_audio_is_the_original_file(tmp_path):
     wav = S.write_wav(tmp_path / "rec.wav")
     s = S.with_audio(SESSIONS[1], wav)

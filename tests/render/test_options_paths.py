@@ -13,7 +13,7 @@ from steno_exportd import config
 from steno_exportd.engine.export import SimpleSpec, run_export
 from steno_exportd.engine.options import ExportOptions
 from steno_exportd.engine.plan import render_options
-from tests.engine.fakes import FakeLibrary
+from tests.fakes import FakeLibrary
 from tests.parts import require_tool
 from tests.render import sessions as S
 from tests.render.test_scripts import pdffonts, pdftotext

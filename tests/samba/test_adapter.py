@@ -9,12 +9,13 @@ import subprocess
 
 import pytest
 
-from steno_exportd import config, demo, events
+from steno_exportd import events
 from steno_exportd.samba import adapter
 from steno_exportd.samba import share as samba
 from steno_exportd.core import Core
 from tests.parts.smbdata import client_kw, close, read_remote
-from tests.usb.recorder_db import add_session_like, copy_library, delete_session
+from tests.configs import make_config
+from tests.recorder_db import add_session_like, delete_session
 from tests.parts import until
 
 SHARE = "\\\\127.0.0.1\\meetings"
@@ -22,19 +23,15 @@ ANNOUNCED = f"steno-core-{secrets.token_hex(3)}"
 
 
 @pytest.fixture
-async def shared(smb_tmp, smbd_factory, tmp_path, avahi):
+async def shared(smb_tmp, smbd_factory, tmp_path, avahi, demo_library):
     snippet = smb_tmp / "samba" / "steno-exportd.conf"
     smbd = smbd_factory(include=str(snippet))
-    smbd.start()
-    demo.generate(tmp_path / "demo", sessions=4, seed=6, small=True)
-    db = copy_library(tmp_path / "demo", tmp_path / "library")
-    cfg = config.from_dict({
-        "recorder": {"db_path": str(db)},
-        "state": {"dir": str(tmp_path / "state"), "runtime_dir": str(tmp_path / "run")},
-        "usb": {"enabled": False}, "http": {"enabled": False},
-        "samba": {"enabled": True, "export_dir": str(smb_tmp / "export"), "snippet_path": str(snippet),
-                  "formats": ["txt", "json"], "reload_command": smbd.reload_command(),
-                  "close_command": smbd.close_command(), "announce_name": ANNOUNCED}})
+    await asyncio.to_thread(smbd.start)
+    db = await asyncio.to_thread(demo_library, tmp_path / "library", sessions=4, seed=6)
+    cfg = make_config(tmp_path, samba={
+        "enabled": True, "export_dir": str(smb_tmp / "export"), "snippet_path": str(snippet),
+        "formats": ["txt", "json"], "reload_command": smbd.reload_command(),
+        "close_command": smbd.close_command(), "announce_name": ANNOUNCED})
     core = Core(cfg)
     await core.start()
     task = asyncio.create_task(adapter.run(core))
@@ -100,15 +97,12 @@ async def test_share_serves_the_library_and_follows_new_sessions(shared):
     await until(lambda: ANNOUNCED not in avahi.names(), "the mDNS announcement to be withdrawn")
 
 
-async def test_config_reload_switches_sharing_and_auto_export(tmp_path):
+async def test_config_reload_switches_sharing_and_auto_export(tmp_path, demo_library):
     """A switch changed in the config file takes effect on reload; an unchanged one keeps what
     D-Bus or the web page set since."""
     from steno_exportd.config import replace
-    demo.generate(tmp_path / "demo", sessions=1, seed=2, small=True)
-    cfg = config.from_dict({
-        "recorder": {"db_path": str(copy_library(tmp_path / "demo", tmp_path / "library"))},
-        "state": {"dir": str(tmp_path / "state"), "runtime_dir": str(tmp_path / "run")},
-        "usb": {"enabled": False}, "http": {"enabled": False}, "samba": {"enabled": False}})
+    await asyncio.to_thread(demo_library, tmp_path / "library", sessions=1, seed=2)
+    cfg = make_config(tmp_path, **{"samba.enabled": False})
     core = Core(cfg)
     await core.start()
     seen = []
@@ -132,15 +126,11 @@ async def test_config_reload_switches_sharing_and_auto_export(tmp_path):
         await core.stop()
 
 
-async def test_a_session_deleted_on_the_recorder_leaves_the_share_but_not_a_stick(tmp_path):
+async def test_a_session_deleted_on_the_recorder_leaves_the_share_but_not_a_stick(tmp_path, demo_library):
     """The share's folder mirrors the recorder (prune); an export to a stick or folder keeps it."""
     from steno_exportd.engine.options import ExportOptions
-    demo.generate(tmp_path / "demo", sessions=3, seed=4, small=True)
-    db = copy_library(tmp_path / "demo", tmp_path / "library")
-    cfg = config.from_dict({
-        "recorder": {"db_path": str(db)},
-        "state": {"dir": str(tmp_path / "state"), "runtime_dir": str(tmp_path / "run")},
-        "usb": {"enabled": False}, "http": {"enabled": False}})
+    db = await asyncio.to_thread(demo_library, tmp_path / "library", sessions=3, seed=4)
+    cfg = make_config(tmp_path)
     core = Core(cfg)
     await core.start()
     share, stick = tmp_path / "share", tmp_path / "stick"

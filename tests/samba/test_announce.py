@@ -6,7 +6,7 @@ import logging
 import secrets
 
 from steno_exportd.samba.announce import Announcer
-from tests.parts import until
+from tests.parts import in_thread, until
 
 
 def _name() -> str:
@@ -20,10 +20,11 @@ async def test_announced_while_on_withdrawn_when_off(avahi):
     try:
         a.set(True, name)
         await until(lambda: name in avahi.names(), "the share on mDNS")
-        entries = [e for e in avahi.browse() if e["name"] == name]
+        entries = [e for e in await asyncio.to_thread(avahi.browse) if e["name"] == name]
         assert {e["port"] for e in entries} == {445}
         await until(lambda: name in avahi.names("_device-info._tcp"), "the Finder device entry")
-        assert any("model=MacSamba" in e["txt"] for e in avahi.browse("_device-info._tcp") if e["name"] == name)
+        assert any("model=MacSamba" in e["txt"] for e in await asyncio.to_thread(avahi.browse, "_device-info._tcp")
+                   if e["name"] == name)
         a.set(False, name)
         await until(lambda: name not in avahi.names(), "the announcement to go")
         renamed = _name()
@@ -61,14 +62,15 @@ async def test_follows_avahi_stopped_and_started(avahi, caplog):
 async def test_a_name_taken_on_the_network_gets_avahis_alternative(avahi):
     """Two recorders with the same name on one LAN: the second shows as 'steno #2', not nothing."""
     name = _name()
-    with avahi.other_host(name):
+    async with in_thread(avahi.other_host(name)):
         a = Announcer()
         task = asyncio.create_task(a.run())
         try:
             a.set(True, name)
             await until(lambda: a.published == f"{name} #2", "the alternative name", 30)
             await until(lambda: f"{name} #2" in avahi.names(), "announced under the alternative")
-            assert {e["host"] for e in avahi.browse() if e["name"] == name} == {"steno-other-host.local"}
+            assert {e["host"] for e in await asyncio.to_thread(avahi.browse)
+                    if e["name"] == name} == {"steno-other-host.local"}
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import types
 import os
 import pathlib
 import shutil
@@ -17,6 +16,7 @@ from steno_exportd.config import SambaConfig
 from steno_exportd.errors import ConfigError
 from tests.parts import until, wait_for
 from tests.parts.smbdata import client_kw, close, connected, make_export_tree, read_remote
+from tests.fakes import FakeCore
 
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -324,36 +324,11 @@ async def adapter_on(core):
         await asyncio.gather(task, watcher, return_exceptions=True)
 
 
-class FakeCore:
-    """The bits of Core the samba adapter uses."""
-
-    def __init__(self, cfg):
-        from steno_exportd import events
-        self.cfg = cfg
-        self.events = events.EventBus()
-        self.sharing_enabled = False
-        self.exports = []
-
-    def set_samba_state(self, state: str) -> None:
-        from steno_exportd import events
-        self.events.publish(events.StatusChanged("samba_state", state))
-
-    def set_sharing(self, on: bool) -> None:
-        from steno_exportd import events
-        self.sharing_enabled = on
-        self.events.publish(events.StatusChanged("samba_enabled", on))
-
-    async def export_sessions(self, ids, formats, target, options, *, trusted=False):
-        assert trusted, "the share folder is the daemon's own: not subject to export.allowed_dirs"
-        self.exports.append((ids, tuple(formats), target))
-        return types.SimpleNamespace(id=len(self.exports))
-
-
 async def test_adapter_reports_an_export_folder_it_cannot_create(served):
     """An OSError (export folder under a file, read-only /srv) is an error state, not a dead daemon."""
     root, smbd, _ = served
     (root / "a-file").write_text("x")
-    core = FakeCore(Config_with(_cfg(root, smbd, export_dir=str(root / "a-file" / "export"))))
+    core = FakeCore(Config_with(_cfg(root, smbd, enabled=False, export_dir=str(root / "a-file" / "export"))))
     async with adapter_on(core) as (task, states):
         await until_adapter(lambda: states == ["off"])
         core.set_sharing(True)
@@ -369,12 +344,13 @@ async def test_adapter_follows_sharing_switch(served):
 
     root, smbd, _ = served
     make_export_tree(root / "export" / "SilentSteno")    # the adapter shares the export's root folder
-    core = FakeCore(Config_with(_cfg(root, smbd)))
+    core = FakeCore(Config_with(_cfg(root, smbd, enabled=False)))
     async with adapter_on(core) as (task, states):
         await until_adapter(lambda: states == ["off"])
         core.set_sharing(True)
         await until_adapter(lambda: states[-1] == "serving")
-        assert core.exports == [("all", tuple(core.cfg.samba.formats), str(root / "export"))]
+        # trusted: the share folder is the daemon's own, not subject to export.allowed_dirs
+        assert core.exports == [("all", tuple(core.cfg.samba.formats), str(root / "export"), True)]
         kw = await asyncio.to_thread(client_kw, smbd.port)
         try:
             names = await asyncio.to_thread(smbclient.listdir, "\\\\127.0.0.1\\meetings", **kw)

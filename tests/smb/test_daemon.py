@@ -1,6 +1,7 @@
 """SMB push through the real daemon: D-Bus ExportSessions and steno-exportctl to smb:<remote>, push-on-new."""
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -10,12 +11,10 @@ import pytest
 from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
-from steno_exportd.demo import recorder as demo
 from steno_exportd.dbus import BUS_NAME, JOB_IFACE, MANAGER_IFACE, ROOT_PATH
-from steno_exportd.library import Library
 from tests.parts.daemon import REPO, require_core, write_config
-from tests.parts import wait_for
-from tests.usb.recorder_db import add_session_like, copy_library
+from tests.parts import sha256sum_check, until, wait_for
+from tests.recorder_db import add_session_like, sessions_with_audio
 
 
 def remote_toml(remote, **over) -> str:
@@ -25,12 +24,11 @@ def remote_toml(remote, **over) -> str:
 
 
 @pytest.fixture
-def pushing_daemon(tmp_path, office, private_bus, daemon_factory):
+def pushing_daemon(tmp_path, office, private_bus, daemon_factory, demo_library):
     """The daemon on a private bus with remote 'office' (push_on_new) on a copy of a demo library."""
     require_core()
     smbd, remote, root, _ = office
-    demo.generate(tmp_path / "demo", sessions=4, seed=6, small=True)
-    db = copy_library(tmp_path / "demo", tmp_path / "library")      # the copy is what the test changes
+    db = demo_library(tmp_path / "library")      # the copy is what the test changes
     (tmp_path / "exports").mkdir()
     cfg = write_config(tmp_path / "config.toml", tmp_path, private_bus, **{"smb.recorder_folder": '"rec-d"'})
     with open(cfg, "a") as f:
@@ -38,14 +36,6 @@ def pushing_daemon(tmp_path, office, private_bus, daemon_factory):
     d = daemon_factory(cfg)
     d.wait_ready(timeout=30)
     return d, db, root / "nas" / "rec-d", private_bus
-
-
-def exportable(db):
-    lib = Library(db)
-    try:
-        return [s.id for s in lib.list_sessions(exportable_only=True) if lib.get_session(s.id).audio is not None]
-    finally:
-        lib.close()
 
 
 def pushed_folders(nas) -> dict[str, str]:
@@ -62,7 +52,7 @@ async def call(bus, path, iface, member, sig="", body=()):
 
 async def test_dbus_ctl_and_push_on_new_through_the_daemon(pushing_daemon, tmp_path):
     d, db, nas, address = pushing_daemon
-    ids = exportable(db)
+    ids = sessions_with_audio(db)
     bus = await MessageBus(bus_address=address).connect()
     try:
         r = await call(bus, ROOT_PATH, MANAGER_IFACE, "ExportSessions", "asassa{sv}",
@@ -81,12 +71,11 @@ async def test_dbus_ctl_and_push_on_new_through_the_daemon(pushing_daemon, tmp_p
             p = {k: v.value for k, v in m.body[0].items()}
             seen.append(p)
             return p
-        import asyncio
-        for _ in range(600):
+
+        async def finished():
             p = await props()
-            if p["State"] in ("completed", "failed", "cancelled"):
-                break
-            await asyncio.sleep(0.05)
+            return p if p["State"] in ("completed", "failed", "cancelled") else None
+        p = await until(finished, "the push job to finish", timeout=30, in_thread=False)
         assert p["State"] == "completed", p["Error"]
         assert p["Operation"] == "push" and p["Target"] == "smb:office" and p["Progress"] == 1.0
         assert [x["ok"].value for x in p["Results"]] == [True]
@@ -96,31 +85,31 @@ async def test_dbus_ctl_and_push_on_new_through_the_daemon(pushing_daemon, tmp_p
     assert len(first) == 1 and (nas / next(iter(first.values())) / "transcript.txt").is_file()
 
     # steno-exportctl export --to smb:office --wait
-    r = subprocess.run([sys.executable, "-m", "steno_exportd.exportctl", "--bus", address, "export", "--sessions",
-                        str(ids[1]), "--formats", "txt", "json", "--to", "smb:office", "--wait"],
-                       capture_output=True, text=True, timeout=120, cwd=REPO)
+    r = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "steno_exportd.exportctl", "--bus", address, "export", "--sessions",
+                         str(ids[1]), "--formats", "txt", "json", "--to", "smb:office", "--wait"],
+        capture_output=True, text=True, timeout=120, cwd=REPO)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "completed: 1/1 session(s) ok" in r.stdout
     assert len(pushed_folders(nas)) == 2
 
     # a new session on the recorder is pushed by itself (push_on_new)
     new_uuid = add_session_like(db, ids[0], title="Pushed by itself")
-    wait_for(lambda: new_uuid in pushed_folders(nas), timeout=60, what="the new session on the NAS")
+    await until(lambda: new_uuid in pushed_folders(nas), "the new session on the NAS", timeout=60)
     folder = nas / pushed_folders(nas)[new_uuid]
-    wait_for(lambda: (folder / "transcript.txt").is_file(), timeout=10, what="its transcript")
+    await until(lambda: (folder / "transcript.txt").is_file(), "its transcript", timeout=10)
     assert "Pushed by itself" in folder.name
     sums = nas / "SHA256SUMS"          # written last, when the push is complete
-    wait_for(lambda: f"{folder.name}/transcript.txt" in sums.read_text(), timeout=20, what="SHA256SUMS updated")
-    r = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=nas, capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
+    await until(lambda: f"{folder.name}/transcript.txt" in sums.read_text(), "SHA256SUMS updated", timeout=20)
+    assert not await asyncio.to_thread(sha256sum_check, nas)
     assert not list(nas.rglob(".steno-tmp-*"))
 
     d.signal(signal.SIGTERM)
-    assert d.wait_exit(10) == 0
+    assert await asyncio.to_thread(d.wait_exit, 10) == 0
 
 
 def test_sharing_switched_by_ctl_and_config_reload_on_the_real_daemon(tmp_path, smb_tmp, smbd_factory,
-                                                                      private_bus, daemon_factory):
+                                                                      private_bus, daemon_factory, demo_library):
     """An admin's view: `steno-exportctl sharing on` serves \\\\host\\meetings, `off` takes it away from a
     connected client, and samba.enabled = true in the file plus `reload` brings it back."""
     import smbclient
@@ -131,8 +120,7 @@ def test_sharing_switched_by_ctl_and_config_reload_on_the_real_daemon(tmp_path, 
     snippet = smb_tmp / "samba" / "steno-exportd.conf"
     smbd = smbd_factory(include=str(snippet))
     smbd.start()
-    demo.generate(tmp_path / "demo", sessions=3, seed=8, small=True)
-    copy_library(tmp_path / "demo", tmp_path / "library")
+    demo_library(tmp_path / "library", sessions=3, seed=8)
     (tmp_path / "exports").mkdir()
     q = json.dumps
     settings = {"samba.export_dir": q(str(smb_tmp / "export")), "samba.snippet_path": q(str(snippet)),

@@ -1,11 +1,19 @@
-"""SMB push to a real smbd: lands, verifies, incremental, resumable, faults, several recorders."""
+"""Push to a real smbd through the engine (smb:<remote>): lands, verifies, incremental, resumable, faults,
+several recorders, a folder an earlier version pushed."""
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
+import logging
 import os
 import pathlib
+import re
+import shutil
+import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -13,90 +21,151 @@ import time
 
 import pytest
 
-from steno_exportd.smb import push as smbpush
 from steno_exportd.config import Config, SmbConfig, SmbRemote
-from steno_exportd.errors import NotFoundError, VerifyError
+from steno_exportd.engine.registry import Checked, local
+from steno_exportd.engine.targets import TEMP_PREFIX
+from steno_exportd.errors import NotFoundError
+from steno_exportd.smb import push as smbpush
+from steno_exportd.smb import target as smbtarget
+from steno_exportd.smb.client import SmbError, recorder_id
+from steno_exportd.smb.target import SmbTarget
 from tests import parts
+from tests.parts.daemon import REPO
 from tests.parts.smbd import PW
 from tests.parts.smbdata import make_export_tree
+from tests.smb.recorder import (FORMATS, Progress, assert_landed, make_recorder, on_nas, push, recorder_config,
+                                stamps)
 
 
-
-def _on_nas(root: pathlib.Path, folder: str) -> dict[str, str]:
-    base = root / "nas" / folder
-    return {p.relative_to(base).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in base.rglob("*") if p.is_file()}
-
-
-def _assert_landed(root, folder, sums):
-    got = _on_nas(root, folder)
-    for rel, h in sums.items():
-        assert got.get(rel) == h, rel
-    assert not [r for r in got if r.rsplit("/", 1)[-1].startswith(smbpush.TEMP_PREFIX)]
-    lines = (root / "nas" / folder / "SHA256SUMS").read_text().splitlines()
-    remote_sums = dict(reversed(ln.split("  ", 1)) for ln in lines)
-    for rel, h in sums.items():
-        assert remote_sums[rel] == h
+@pytest.fixture
+def rec(office, smb_tmp):
+    """The office NAS and a recorder with three sessions (3 MiB recordings)."""
+    smbd, remote, root, _ = office
+    db = make_recorder(smb_tmp / "rec")
+    yield smbd, remote, root, db
+    db.close()
 
 
-@pytest.mark.parametrize("with_sums", [True, False])
-def test_small_writes_reuse_read_buffers_without_mixing_files(office, monkeypatch, with_sums):
-    """64 KiB writes: every file spans many times the reused read buffers; what lands is exact
-    (checked on the server's disk, not by our own read-back), hashes too when SHA256SUMS is absent."""
-    smbd, remote, root, sums = office
-    monkeypatch.setattr(smbpush, "CHUNK", 65536)
-    if not with_sums:
-        (root / "export" / "SHA256SUMS").unlink()
-    t = smbpush.SmbTarget(remote, "rec-small")
+def cfg_for(root, db, remote, folder, **remote_changes):
+    return recorder_config(db.path, root / f"state-{folder}", dataclasses.replace(remote, **remote_changes), folder)
+
+
+def sessions_on_nas(folder: pathlib.Path) -> dict[str, str]:
+    """uuid -> session folder, from the NAS's manifest.json."""
+    try:
+        return {u: s["folder"] for u, s in json.loads((folder / "manifest.json").read_text())["sessions"].items()}
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+def resumed_bytes(caplog) -> int:
+    said = [r.getMessage() for r in caplog.records if "resuming at" in r.getMessage()]
+    return sum(int(re.search(r"resuming at (\d+) of", m).group(1)) for m in said)
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_small_writes_reuse_buffers_without_mixing_files(rec, monkeypatch, verify):
+    """64 KiB writes: every recording spans many times the engine's reused read buffers; what lands is
+    exact (checked on the server's disk, not by our own read-back), with and without read-back."""
+    from steno_exportd.engine.options import ExportOptions
+    smbd, remote, root, db = rec
+    monkeypatch.setattr(smbtarget, "CHUNK", 65536)
+    t = SmbTarget(remote)
     try:
         assert t.connect() is None and t.max_write == 65536
-        res = smbpush.push_dir(t, root / "export", verify=False)
     finally:
         t.close()
-    assert set(sums) <= set(res.sent)
-    assert max((root / "export" / r).stat().st_size for r in sums) > 40 * 65536
-    _assert_landed(root, "rec-small", sums)
+    res = push(cfg_for(root, db, remote, "rec-small"), options=ExportOptions(verify=verify))
+    assert all(r.ok and not r.skipped for r in res), res
+    assert min(p.stat().st_size for p in (db.root / "audio").iterdir()) > 40 * 65536
+    assert_landed(root / "nas" / "rec-small", db)
 
 
-def test_push_lands_verifies_and_is_incremental(office):
-    smbd, remote, root, sums = office
-    t = smbpush.SmbTarget(remote, "rec-a")
+def test_push_lands_verifies_and_is_incremental(rec):
+    smbd, remote, root, db = rec
+    cfg = cfg_for(root, db, remote, "rec-a")
+    folder = root / "nas" / "rec-a"
+    res = push(cfg)
+    assert [r.ok and not r.skipped for r in res] == [True] * 3, res
+    assert_landed(folder, db)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    sums = (folder / "SHA256SUMS").read_text()
+    assert all(f"{f['sha256']}  {s['folder']}/{name}" in sums
+               for s in manifest["sessions"].values() for name, f in s["files"].items())
+    assert json.loads((folder / smbpush.CLAIM_NAME).read_text())["recorder_id"] == recorder_id(cfg.state.dir)
+    before = stamps(folder)
+
+    again = push(cfg)
+    assert [r.skipped for r in again] == [True] * 3 and stamps(folder) == before     # nothing sent
+
+    gone = next(p for p in folder.rglob("audio.flac"))
+    gone.unlink()
+    third = push(cfg)
+    assert sorted((r.skipped, r.ok) for r in third) == [(False, True), (True, True), (True, True)]
+    assert_landed(folder, db)
+    others = {rel: ns for rel, ns in before.items() if not rel.startswith(gone.parent.name + "/")}
+    assert {rel: ns for rel, ns in stamps(folder).items() if rel in others} == others   # other sessions untouched
+    t = SmbTarget(remote)
     try:
-        res = smbpush.push_dir(t, root / "export")
-        assert set(sums) <= set(res.sent) and not res.skipped
-        _assert_landed(root, "rec-a", sums)
-        manifest = json.loads((root / "nas" / "rec-a" / smbpush.MANIFEST_NAME).read_text())
-        assert all(manifest["files"][r]["verified"] for r in sums)
-
-        again = smbpush.push_dir(t, root / "export")
-        assert again.sent == () and again.bytes_sent == 0
-
-        gone = sorted(sums)[0]
-        (root / "nas" / "rec-a" / gone).unlink()
-        third = smbpush.push_dir(t, root / "export")
-        assert third.sent == (gone,)
-        _assert_landed(root, "rec-a", sums)
+        t.connect()
         assert t.free_space() > 0
     finally:
         t.close()
 
 
-def test_target_for_resolves_configured_remote(office):
-    smbd, remote, root, sums = office
+def test_a_recording_missing_on_the_recorder_is_a_warning_not_a_failed_push(rec):
+    """Issue 15: a session whose recording is gone from the recorder lands without it, 'ok with warnings';
+    the push is not failed (so it is not pushed again forever), and the next push sends nothing."""
+    smbd, remote, root, db = rec
+    cfg = cfg_for(root, db, remote, "rec-gone")
+    folder = root / "nas" / "rec-gone"
+    (db.root / "audio" / "meeting-2.flac").unlink()
+    res = push(cfg, ids=[1, 2, 3])
+    assert [str(r.status) for r in res] == ["ok", "ok with warnings", "ok"], res
+    warned = res[1]
+    assert not warned.error and "recording missing on the recorder" in warned.warnings[0], warned
+    # on the NAS's disk: SHA256SUMS checks out; two recordings, byte-exact; three transcripts
+    r = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=folder, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    got = on_nas(folder)
+    recordings = {hashlib.sha256(p.read_bytes()).hexdigest() for p in (db.root / "audio").iterdir()}
+    assert sorted(h for rel, h in got.items() if rel.endswith(".flac")) == sorted(recordings), sorted(got)
+    assert len([rel for rel in got if rel.endswith("/transcript.txt")]) == 3, sorted(got)
+    assert not [rel for rel in got if TEMP_PREFIX in rel or ".partial/" in rel], sorted(got)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    entry = manifest["sessions"][warned.uuid]
+    assert sorted(pathlib.Path(n).suffix for n in entry["files"]) == [".html", ".txt"], entry
+    assert all((folder / entry["folder"] / n).is_file() for n in entry["files"])
+    before = stamps(folder)
+    again = push(cfg, ids=[1, 2, 3])
+    assert [r.skipped for r in again] == [True] * 3 and stamps(folder) == before, again
+
+
+def test_the_kind_checks_remotes_and_names_the_recorder_folder(office):
+    smbd, remote, root, _ = office
     cfg = Config(smb=SmbConfig(recorder_folder="rec-x", remotes=[remote]))
-    t = smbpush.target_for(cfg, "smb:office")
-    assert t.folder == "rec-x" and t.label == "smb:office"
-    with pytest.raises(NotFoundError, match="office"):
-        smbpush.target_for(cfg, "smb:nope")
+    kind = smbpush.SmbKind()
+    targets = local()
+    targets.register(kind)
+    assert targets.kind_for("smb:office") is kind
+    assert targets.check("smb:office", cfg) == Checked("push", "smb:office", tuple(remote.formats))
+    assert kind.root("smb:office", cfg) == "rec-x"
+    with pytest.raises(NotFoundError, match=r"no SMB remote 'nope' \(known: office\)"):
+        targets.check("smb:nope", cfg)
+    without = local()                                      # a process that did not register smb: (the CLI)
+    with pytest.raises(Exception, match="smb: targets are not supported here"):
+        without.check("smb:office", cfg)
 
 
-def test_wrong_password_fails_once_with_logon_failed(office):
-    smbd, remote, root, sums = office
-    t = smbpush.SmbTarget(remote, "rec-a", password="wrong")
+def test_wrong_password_fails_once_with_logon_failed(rec):
+    smbd, remote, root, db = rec
+    with open(remote.password_file, "w") as f:
+        f.write("wrong\n")
     sleeps = []
-    with pytest.raises(smbpush.SmbError, match="logon failed") as ei:
-        smbpush.push_with_retries(t, root / "export", sleep=sleeps.append)
+    with pytest.raises(SmbError, match="^smb:office: logon failed") as ei:
+        push(cfg_for(root, db, remote, "rec-a"), sleep=sleeps.append)
     assert ei.value.permanent and sleeps == []           # no retry storm
+    assert not (root / "nas" / "rec-a").exists()
 
 
 @pytest.mark.parametrize("change,message", [
@@ -104,70 +173,62 @@ def test_wrong_password_fails_once_with_logon_failed(office):
     (dict(path="missing/folder"), "path not found"),
     (dict(share="ro", username="", password_file=""), "access denied"),
 ])
-def test_share_path_and_permission_errors(office, change, message):
-    import dataclasses
-    smbd, remote, root, sums = office
-    t = smbpush.SmbTarget(dataclasses.replace(remote, **change), "rec-a")
-    with pytest.raises(smbpush.SmbError, match=message) as ei:
-        smbpush.push_with_retries(t, root / "export", sleep=lambda s: None)
-    assert ei.value.permanent
+def test_share_path_and_permission_errors(rec, change, message):
+    smbd, remote, root, db = rec
+    sleeps = []
+    with pytest.raises(SmbError, match=message) as ei:
+        push(cfg_for(root, db, remote, "rec-a", **change), sleep=sleeps.append)
+    assert ei.value.permanent and sleeps == []
 
 
 def test_world_readable_password_file_refused(office):
     smbd, remote, root, sums = office
     os.chmod(remote.password_file, 0o644)
-    with pytest.raises(smbpush.SmbError, match="readable by others"):
-        smbpush.SmbTarget(remote, "rec-a").connect()
+    with pytest.raises(SmbError, match="readable by others"):
+        SmbTarget(remote).connect()
 
 
-def test_server_that_accepts_but_never_answers_fails_within_twice_the_timeout(office):
+def test_server_that_accepts_but_never_answers_fails_within_twice_the_timeout(rec):
     """TCP accepted, no SMB reply: the whole job (retries included) ends within ~2x timeout and
     says the server is not answering (not 'SMB2 needed')."""
-    import dataclasses
-    smbd, remote, root, sums = office
+    smbd, remote, root, db = rec
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(5)
-        r = dataclasses.replace(remote, port=silent.getsockname()[1], timeout=2)
-        t = smbpush.SmbTarget(r, "rec-a")
+        port = silent.getsockname()[1]
         t0 = time.monotonic()
-        with pytest.raises(smbpush.SmbError) as ei:
-            smbpush.push_with_retries(t, root / "export")      # real backoff sleeps, if any
+        with pytest.raises(SmbError) as ei:
+            push(cfg_for(root, db, remote, "rec-a", port=port, timeout=2))      # real backoff sleeps, if any
         elapsed = time.monotonic() - t0
     msg = str(ei.value)
-    assert elapsed <= 2 * r.timeout + 0.5, elapsed
+    assert elapsed <= 2 * 2 + 0.5, elapsed
     assert "not answering" in msg and "timed out after 2s" in msg and "SMB2" not in msg and "SMB1" not in msg
-    assert msg.startswith(f"127.0.0.1:{r.port} ")
+    assert msg.startswith(f"smb:office: 127.0.0.1:{port} ")
 
 
-def test_closed_port_is_unreachable_and_retried(office):
-    import dataclasses
-    smbd, remote, root, sums = office
+def test_closed_port_is_unreachable_and_retried(rec):
+    smbd, remote, root, db = rec
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed_port = s.getsockname()[1]
-    r = dataclasses.replace(remote, port=closed_port)
     sleeps = []
-    with pytest.raises(smbpush.SmbError, match="unreachable.*[Rr]efused") as ei:
-        smbpush.push_with_retries(smbpush.SmbTarget(r, "rec-a"), root / "export", sleep=sleeps.append)
+    with pytest.raises(SmbError, match="unreachable.*[Rr]efused") as ei:
+        push(cfg_for(root, db, remote, "rec-a", port=closed_port), sleep=sleeps.append)
     assert not ei.value.permanent and sleeps == [2.0, 4.0]
 
 
-def test_unknown_server_name_fails_at_once_saying_dns(office):
-    import dataclasses
-    smbd, remote, root, sums = office
-    r = dataclasses.replace(remote, server="steno-nas-nowhere.invalid")
+def test_unknown_server_name_fails_at_once_saying_dns(rec):
+    smbd, remote, root, db = rec
     sleeps = []
-    with pytest.raises(smbpush.SmbError) as ei:
-        smbpush.push_with_retries(smbpush.SmbTarget(r, "rec-a"), root / "export", sleep=sleeps.append)
-    assert str(ei.value) == "server name 'steno-nas-nowhere.invalid' not found (DNS)"
+    with pytest.raises(SmbError) as ei:
+        push(cfg_for(root, db, remote, "rec-a", server="steno-nas-nowhere.invalid"), sleep=sleeps.append)
+    assert str(ei.value) == "smb:office: server name 'steno-nas-nowhere.invalid' not found (DNS)"
     assert ei.value.permanent and sleeps == []
 
 
 @pytest.mark.parametrize("kind", ["directory", "not-utf8"])
-def test_unreadable_password_file_is_a_clear_permanent_error(office, kind):
-    import dataclasses
-    smbd, remote, root, sums = office
+def test_unreadable_password_file_is_a_clear_permanent_error(rec, kind):
+    smbd, remote, root, db = rec
     bad = root / f"pw-{kind}"
     if kind == "directory":
         bad.mkdir(mode=0o700)
@@ -176,11 +237,10 @@ def test_unreadable_password_file_is_a_clear_permanent_error(office, kind):
         bad.write_bytes(b"\xff\xfe\xfa\n")
         os.chmod(bad, 0o600)
         expected = f"password file {bad} cannot be read: not UTF-8 text"
-    t = smbpush.SmbTarget(dataclasses.replace(remote, password_file=str(bad)), "rec-a")
     sleeps = []
-    with pytest.raises(smbpush.SmbError) as ei:
-        smbpush.push_with_retries(t, root / "export", sleep=sleeps.append)
-    assert str(ei.value) == expected and ei.value.permanent and sleeps == []
+    with pytest.raises(SmbError) as ei:
+        push(cfg_for(root, db, remote, "rec-a", password_file=str(bad)), sleep=sleeps.append)
+    assert str(ei.value) == f"smb:office: {expected}" and ei.value.permanent and sleeps == []
 
 
 def test_smb1_only_server_says_smb2_needed(smb_tmp, smbd_factory):
@@ -189,215 +249,211 @@ def test_smb1_only_server_says_smb2_needed(smb_tmp, smbd_factory):
                         shares=f"[old]\n   path = {smb_tmp / 'old'}\n   guest ok = yes\n")
     smbd.start()
     r = SmbRemote(name="old", server="127.0.0.1", port=smbd.port, share="old", timeout=5)
-    with pytest.raises(smbpush.SmbError, match="SMB2") as ei:
-        smbpush.SmbTarget(r, "rec").connect()
+    with pytest.raises(SmbError, match="SMB2") as ei:
+        SmbTarget(r).connect()
     assert ei.value.permanent
 
 
-def test_server_killed_mid_push_then_rerun_completes(office):
-    smbd, remote, root, sums = office
-    manifest = root / "nas" / "rec-k" / smbpush.MANIFEST_NAME
-    t = smbpush.SmbTarget(remote, "rec-k")
-    errors = []
+def _push_in_thread(cfg, **kw) -> tuple[threading.Thread, list]:
+    """A push running in a thread (as a job does); its outcome (results or exception) is appended."""
+    out: list = []
 
     def run():
         try:
-            smbpush.push_dir(t, root / "export", bandwidth_limit_kbps=2048)   # ~5 s in all
-        except Exception as e:
-            errors.append(e)
-
+            out.append(push(cfg, **kw))
+        except Exception as e:  # noqa: BLE001 - the outcome is the test's subject
+            out.append(e)
     th = threading.Thread(target=run)
     th.start()
+    return th, out
+
+
+def test_server_killed_mid_push_then_rerun_completes(rec):
+    smbd, remote, root, db = rec
+    folder = root / "nas" / "rec-k"
+    cfg = cfg_for(root, db, remote, "rec-k", bandwidth_limit_kbps=2048)      # ~5 s in all
+    sleeps = []
+    th, out = _push_in_thread(cfg, sleep=sleeps.append)
     try:
-        parts.wait_for(lambda: manifest.exists() and json.loads(manifest.read_text())["files"],
-                           timeout=20, what="first verified files on the NAS")
+        parts.wait_for(lambda: sessions_on_nas(folder), timeout=20, what="a first session landed on the NAS")
         smbd.kill()
     finally:
-        th.join(30)
+        th.join(60)
     assert not th.is_alive()
-    assert errors and isinstance(errors[0], smbpush.SmbError) and not errors[0].permanent
-    done_before = set(json.loads(manifest.read_text())["files"])
-    t.close()
+    assert isinstance(out[0], SmbError) and not out[0].permanent, out
+    assert sleeps == [2.0, 4.0]                           # retried, the server stayed away
+    landed = sessions_on_nas(folder)
+    before = {rel: ns for rel, ns in stamps(folder).items() if rel.split("/")[0] in landed.values()}
+    assert len(landed) < 3 and before
 
     smbd.start()
-    t2 = smbpush.SmbTarget(remote, "rec-k")
-    try:
-        res = smbpush.push_dir(t2, root / "export")
-    finally:
-        t2.close()
-    assert done_before and not (set(res.sent) & done_before)     # verified files not re-sent
-    _assert_landed(root, "rec-k", sums)
+    res = push(cfg)
+    assert {r.uuid for r in res if r.skipped} == set(landed)           # what landed is not sent again
+    assert all(r.ok for r in res)
+    assert {rel: ns for rel, ns in stamps(folder).items() if rel in before} == before
+    assert_landed(folder, db)
 
 
 @pytest.fixture
 def resumable(office, smb_tmp, monkeypatch):
     """Resume thresholds scaled down (64 MiB in the product) to an 8 MiB recording pushed at 2 MiB/s."""
-    monkeypatch.setattr(smbpush, "RESUME_MIN", 1024 * 1024)
-    monkeypatch.setattr(smbpush, "RESUME_BACKOFF", 1024 * 1024)
-    monkeypatch.setattr(smbpush, "RESUME_ALIGN", 64 * 1024)
+    monkeypatch.setattr(smbtarget, "RESUME_MIN", 1024 * 1024)
+    monkeypatch.setattr(smbtarget, "RESUME_BACKOFF", 1024 * 1024)
+    monkeypatch.setattr(smbtarget, "RESUME_ALIGN", 64 * 1024)
     smbd, remote, root, _ = office
-    sums = make_export_tree(smb_tmp / "big-export", sessions=1, big=8 * 1024 * 1024, seed=3)
-    return smbd, remote, root, sums, smb_tmp / "big-export"
+    db = make_recorder(smb_tmp / "big-rec", sizes=(8 * 1024 * 1024,), seed=3)
+    yield smbd, remote, root, db
+    db.close()
 
 
-def _cut_mid_file(smbd, remote, src: pathlib.Path, nas: pathlib.Path, at: int) -> pathlib.Path:
-    """Push ``src`` slowly and kill smbd once the recording's temp file holds ``at`` bytes: its path."""
-    t = smbpush.SmbTarget(remote, nas.name)
-    errors = []
-
-    def run():
-        try:
-            smbpush.push_dir(t, src, bandwidth_limit_kbps=2048)
-        except Exception as e:  # noqa: BLE001 - the drop is the point
-            errors.append(e)
+def _cut_mid_file(smbd, cfg, nas: pathlib.Path, at: int) -> pathlib.Path:
+    """Push slowly and kill smbd once the recording's temp file holds ``at`` bytes: its path."""
+    th, out = _push_in_thread(cfg, sleep=lambda s: None)
 
     def temp():
-        for p in nas.rglob(f"{smbpush.TEMP_PREFIX}*audio.flac"):
+        for p in nas.rglob(f"{TEMP_PREFIX}*audio.flac"):
             try:
                 if p.stat().st_size >= at:
                     return p
             except FileNotFoundError:       # renamed meanwhile
                 pass
         return None
-    th = threading.Thread(target=run)
-    th.start()
     try:
         cut = parts.wait_for(temp, timeout=30, what=f"{at} bytes of the recording on the NAS")
         smbd.kill()
     finally:
-        th.join(30)
-    t.close()
-    assert not th.is_alive() and errors and isinstance(errors[0], smbpush.SmbError), errors
-    assert not errors[0].permanent
-    assert not (cut.parent / "audio.flac").exists(), "the cut recording sits under its final name"
+        th.join(60)
+    assert not th.is_alive() and out and isinstance(out[0], SmbError), out
+    assert not out[0].permanent
+    assert not list(nas.rglob("audio.flac")), "the cut recording sits under its final name"
     return cut
 
 
-def test_a_recording_cut_by_a_drop_resumes_where_it_stopped(resumable):
-    smbd, remote, root, sums, src = resumable
+def _slow(root, db, remote, folder):
+    return cfg_for(root, db, remote, folder, bandwidth_limit_kbps=2048)
+
+
+def test_a_recording_cut_by_a_drop_resumes_where_it_stopped(resumable, caplog):
+    smbd, remote, root, db = resumable
     nas = root / "nas" / "rec-resume"
-    cut = _cut_mid_file(smbd, remote, src, nas, at=5 * 1024 * 1024)
+    cfg = _slow(root, db, remote, "rec-resume")
+    cut = _cut_mid_file(smbd, cfg, nas, at=5 * 1024 * 1024)
     have = cut.stat().st_size
     smbd.start()
-    t = smbpush.SmbTarget(remote, "rec-resume")
-    try:
-        res = smbpush.push_dir(t, src)
-    finally:
-        t.close()
-    rel = next(r for r in sums if r.endswith("audio.flac"))
-    size = (src / rel).stat().st_size
-    assert res.bytes_resumed == (have - 1024 * 1024) // 65536 * 65536 >= 4 * 1024 * 1024
-    assert res.bytes_sent <= size - res.bytes_resumed + 64 * 1024      # the rest of it, plus the small files
-    assert rel in res.sent
-    _assert_landed(root, "rec-resume", sums)              # byte-exact, read back over SMB and on disk
-    assert not [p for p in nas.rglob(smbpush.TEMP_PREFIX + "*")], "a temp file was left"
-    assert "partial" not in json.loads((nas / smbpush.MANIFEST_NAME).read_text())
+    progress = Progress()
+    with caplog.at_level(logging.INFO, logger="steno_exportd"):
+        res = push(cfg, progress=progress)
+    assert all(r.ok and not r.skipped for r in res), res
+    size = 8 * 1024 * 1024
+    resumed = resumed_bytes(caplog)
+    assert resumed == (have - 1024 * 1024) // 65536 * 65536 >= 4 * 1024 * 1024
+    assert progress.fields["bytes_done"] == progress.fields["bytes_total"]
+    sent = progress.fields["bytes_done"] - resumed
+    assert size - resumed <= sent <= size - resumed + 64 * 1024        # the rest of it, plus the small files
+    assert_landed(nas, db)                                # byte-exact, read back over SMB and on disk
+    assert not [p for p in nas.rglob(TEMP_PREFIX + "*")], "a temp file was left"
+    assert "partial" not in json.loads((nas / "manifest.json").read_text())
 
 
-def test_a_cut_recording_changed_since_is_sent_again_whole(resumable):
-    smbd, remote, root, sums, src = resumable
+def test_a_cut_recording_changed_since_is_sent_again_whole(resumable, caplog):
+    smbd, remote, root, db = resumable
     nas = root / "nas" / "rec-changed"
-    _cut_mid_file(smbd, remote, src, nas, at=3 * 1024 * 1024)
-    rel = next(r for r in sums if r.endswith("audio.flac"))
-    data = bytearray((src / rel).read_bytes())
-    data[:4] = b"NEW!"                                     # re-exported meanwhile: same size, new bytes
-    (src / rel).write_bytes(bytes(data))
-    sums[rel] = hashlib.sha256(data).hexdigest()
-    (src / smbpush.SUMS_NAME).write_text("".join(f"{h}  {r}\n" for r, h in sorted(sums.items())))
+    cfg = _slow(root, db, remote, "rec-changed")
+    _cut_mid_file(smbd, cfg, nas, at=3 * 1024 * 1024)
+    audio = next((db.root / "audio").iterdir())
+    data = bytearray(audio.read_bytes())
+    data[:4] = b"NEW!"                                     # re-recorded meanwhile: same size, new bytes
+    audio.write_bytes(bytes(data))
     smbd.start()
-    t = smbpush.SmbTarget(remote, "rec-changed")
-    try:
-        res = smbpush.push_dir(t, src)
-    finally:
-        t.close()
-    assert res.bytes_resumed == 0 and res.bytes_sent >= len(data)
-    _assert_landed(root, "rec-changed", sums)
-    assert not [p for p in nas.rglob(smbpush.TEMP_PREFIX + "*")], "the old temp file was left"
+    progress = Progress()
+    with caplog.at_level(logging.INFO, logger="steno_exportd"):
+        res = push(cfg, progress=progress)
+    assert all(r.ok for r in res), res
+    assert resumed_bytes(caplog) == 0 and progress.fields["bytes_done"] >= len(data)
+    assert_landed(nas, db)
+    assert hashlib.sha256(data).hexdigest() in on_nas(nas).values()
+    assert not [p for p in nas.rglob(TEMP_PREFIX + "*")], "the old temp file was left"
 
 
-def test_a_damaged_cut_recording_is_caught_by_read_back_and_sent_again(resumable):
+def test_a_damaged_cut_recording_is_caught_by_read_back_and_sent_again_whole(resumable, caplog):
     """The part kept from before the drop is not trusted: the read-back of the whole file catches a
-    damaged one (nothing wrong lands under the final name) and the next push sends it whole."""
-    smbd, remote, root, sums, src = resumable
+    damaged one before its folder gets its final name, and it is sent again whole."""
+    smbd, remote, root, db = resumable
     nas = root / "nas" / "rec-damaged"
-    cut = _cut_mid_file(smbd, remote, src, nas, at=4 * 1024 * 1024)
+    cfg = _slow(root, db, remote, "rec-damaged")
+    cut = _cut_mid_file(smbd, cfg, nas, at=4 * 1024 * 1024)
     with open(cut, "r+b") as f:
         f.write(b"\0" * 4096)                              # the NAS lost a block of the kept part
     smbd.start()
-    rel = next(r for r in sums if r.endswith("audio.flac"))
-    t = smbpush.SmbTarget(remote, "rec-damaged")
-    try:
-        with pytest.raises(VerifyError, match="read-back differs"):
-            smbpush.push_dir(t, src)
-        assert not (nas / rel).exists()
-        res = smbpush.push_dir(t, src)
-    finally:
-        t.close()
-    assert res.bytes_resumed == 0 and rel in res.sent
-    _assert_landed(root, "rec-damaged", sums)
+    progress = Progress()
+    with caplog.at_level(logging.INFO, logger="steno_exportd"):
+        res = push(cfg, progress=progress)
+    assert all(r.ok for r in res), res
+    size = 8 * 1024 * 1024
+    resumed = resumed_bytes(caplog)
+    assert resumed >= 2 * 1024 * 1024
+    assert [r for r in caplog.records if "verify failed" in r.getMessage() and "audio.flac" in r.getMessage()]
+    assert progress.fields["bytes_done"] - resumed >= 2 * size - resumed      # the rest, then all of it again
+    assert_landed(nas, db)
 
 
-def test_stale_temp_files_from_a_drop_are_removed_on_the_next_push(office):
-    smbd, remote, root, sums = office
-    t = smbpush.SmbTarget(remote, "rec-t")
-    try:
-        smbpush.push_dir(t, root / "export")
-        folder = root / "nas" / "rec-t"
-        session = sorted(p for p in folder.iterdir() if p.is_dir())[0]
-        mine = f"{smbpush.TEMP_PREFIX}{socket.gethostname()}-999-dead00-"
-        stale = [folder / f"{mine}{smbpush.MANIFEST_NAME}", session / f"{mine}audio.flac"]
-        other = folder / f"{smbpush.TEMP_PREFIX}another-host-1-beef00-SHA256SUMS"
-        for p in (*stale, other):
-            p.write_bytes(b"cut short")
-        (root / "export" / sorted(sums)[0]).touch()          # something to send in that folder
-        smbpush.push_dir(t, root / "export")
-    finally:
-        t.close()
+def test_stale_temp_files_from_a_drop_are_removed_on_the_next_push(rec):
+    smbd, remote, root, db = rec
+    cfg = cfg_for(root, db, remote, "rec-t")
+    push(cfg)
+    folder = root / "nas" / "rec-t"
+    session = sorted(p for p in folder.iterdir() if p.is_dir())[0]
+    mine = f"{TEMP_PREFIX}{socket.gethostname()}-999-dead00-"
+    stale = [folder / f"{mine}manifest.json", session / f"{mine}audio.flac"]
+    other = folder / f"{TEMP_PREFIX}another-host-1-beef00-SHA256SUMS"
+    for p in (*stale, other):
+        p.write_bytes(b"cut short")
+    (session / "transcript.txt").unlink()                 # something to send in that folder
+    push(cfg)
     assert not [p for p in stale if p.exists()], "our temp files left by a drop are still there"
     assert other.exists(), "another host's temp file is not ours to remove"
     other.unlink()
-    _assert_landed(root, "rec-t", sums)
+    assert_landed(folder, db)
 
 
-def test_three_recorders_push_at_once(office):
-    smbd, remote, root, sums = office
-    code = (
-        "import sys, pathlib; from steno_exportd.smb import push as smbpush; from steno_exportd.config import SmbRemote;"
-        "r = SmbRemote(name='office', server='127.0.0.1', port=int(sys.argv[1]), share='push',"
-        " username=sys.argv[2], password_file=sys.argv[3], timeout=10);"
-        "t = smbpush.SmbTarget(r, sys.argv[4]);"
-        "res = smbpush.push_with_retries(t, pathlib.Path(sys.argv[5]));"
-        "print(len(res.sent))")
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(remote.port), remote.username,
-                               remote.password_file, f"rec-{i}", str(root / "export")],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def test_three_recorders_push_at_once(rec):
+    smbd, remote, root, db = rec
+    code = ("import pathlib, sys; from steno_exportd.config import SmbRemote;"
+            "from tests.smb.recorder import push, recorder_config;"
+            "r = SmbRemote(name='office', server='127.0.0.1', port=int(sys.argv[1]), share='push',"
+            " username=sys.argv[2], password_file=sys.argv[3], timeout=10);"
+            "cfg = recorder_config(pathlib.Path(sys.argv[4]), pathlib.Path(sys.argv[5]), r, sys.argv[6]);"
+            "res = push(cfg, recorder_id=sys.argv[7]);"
+            "print(sum(len(x.files) for x in res)); sys.exit(0 if all(x.ok for x in res) else 1)")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(remote.port), remote.username, remote.password_file,
+                               str(db.path), str(root / f"state-{i}"), f"rec-{i}", f"{i}e" * 16],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
              for i in range(3)]
     for p in procs:
-        out, err = p.communicate(timeout=120)
-        assert p.returncode == 0, err
+        out, err = p.communicate(timeout=180)
+        assert p.returncode == 0 and out.strip() == "9", out + err
     for i in range(3):
-        _assert_landed(root, f"rec-{i}", sums)
+        assert_landed(root / "nas" / f"rec-{i}", db)
 
 
-def test_bandwidth_limit_and_push_remote(office, smb_tmp):
-    import dataclasses
-    smbd, remote, root, sums = office
-    small = make_export_tree(smb_tmp / "small", sessions=1, big=2 * 1024 * 1024)
-    cfg = Config(smb=SmbConfig(recorder_folder="rec-bw",
-                               remotes=[dataclasses.replace(remote, bandwidth_limit_kbps=1024)]))
-    seen = []
+def test_bandwidth_limit(office, smb_tmp):
+    smbd, remote, root, _ = office
+    db = make_recorder(smb_tmp / "small-rec", sizes=(2 * 1024 * 1024,))
+    progress = Progress()
     t0 = time.monotonic()
-    res = smbpush.push_remote(cfg, "office", smb_tmp / "small", progress=lambda rel, n: seen.append(n))
+    res = push(cfg_for(root, db, remote, "rec-bw", bandwidth_limit_kbps=1024), progress=progress)
     elapsed = time.monotonic() - t0
-    assert res.bytes_sent >= 2 * 1024 * 1024 and sum(seen) == res.bytes_sent
+    written = sum(f.size for r in res for f in r.files)
+    assert written >= 2 * 1024 * 1024 and progress.fields["bytes_done"] == written
     assert elapsed >= 1.6                      # ~2.1 MiB at 1 MiB/s
-    _assert_landed(root, "rec-bw", small)
+    assert_landed(root / "nas" / "rec-bw", db)
+    db.close()
 
 
 def test_recorder_share_and_push_share_on_one_smbd(smb_tmp, smbd_factory):
     """The recorder's read-only share and a push target as two shares of the same smbd."""
-    from steno_exportd.samba import share as samba
     from steno_exportd.config import SambaConfig
+    from steno_exportd.samba import share as samba
     from tests.parts.smbdata import connected, read_remote
 
     (smb_tmp / "nas").mkdir()
@@ -405,87 +461,98 @@ def test_recorder_share_and_push_share_on_one_smbd(smb_tmp, smbd_factory):
     smbd = smbd_factory(include=str(snippet),
                         shares=f"[push]\n   path = {smb_tmp / 'nas'}\n   read only = no\n   force user = root\n")
     smbd.start()
-    sums = make_export_tree(smb_tmp / "export", sessions=2)
+    make_export_tree(smb_tmp / "export", sessions=2)
     samba.apply(SambaConfig(export_dir=str(smb_tmp / "export"), snippet_path=str(snippet),
                             reload_command=smbd.reload_command()), enabled=True)
     user = smbd.add_user(PW)
-    remote = SmbRemote(name="office", server="127.0.0.1", port=smbd.port, share="push", username=user, timeout=5)
-    t = smbpush.SmbTarget(remote, "rec-1", password=PW)
-    try:
-        assert len(smbpush.push_dir(t, smb_tmp / "export").sent) == len(sums)
-        assert smbpush.push_dir(t, smb_tmp / "export").sent == ()
-    finally:
-        t.close()
-    _assert_landed(smb_tmp, "rec-1", sums)
+    pwfile = smb_tmp / "pw"
+    pwfile.write_text(PW + "\n")
+    os.chmod(pwfile, 0o600)
+    remote = SmbRemote(name="office", server="127.0.0.1", port=smbd.port, share="push", username=user,
+                       password_file=str(pwfile), timeout=5)
+    db = make_recorder(smb_tmp / "rec", sizes=(1 << 20, 2 << 20))
+    cfg = cfg_for(smb_tmp, db, remote, "rec-1")
+    assert [r.skipped for r in push(cfg)] == [False, False]
+    assert [r.skipped for r in push(cfg)] == [True, True]
+    assert_landed(smb_tmp / "nas" / "rec-1", db)
     with connected(smbd.port) as kw:
-        assert read_remote("\\\\127.0.0.1\\meetings\\SHA256SUMS", kw) == (smb_tmp / "export" / "SHA256SUMS").read_bytes()
+        served = read_remote("\\\\127.0.0.1\\meetings\\SHA256SUMS", kw)
+    assert served == (smb_tmp / "export" / "SHA256SUMS").read_bytes()
+    db.close()
 
 
-def test_stale_local_sha256sums_does_not_fail_the_push(office):
-    smbd, remote, root, sums = office
-    rel = sorted(sums)[0]
-    (root / "export" / rel).write_bytes(b"changed after SHA256SUMS was written\n")
-    t = smbpush.SmbTarget(remote, "rec-s")
-    try:
-        smbpush.push_dir(t, root / "export")
-    finally:
-        t.close()
-    fresh = hashlib.sha256((root / "export" / rel).read_bytes()).hexdigest()
-    assert _on_nas(root, "rec-s")[rel] == fresh
-    assert f"{fresh}  {rel}" in (root / "nas" / "rec-s" / "SHA256SUMS").read_text()
+def _change_session(db, sid: int, text: str) -> None:
+    """The recorder edits a session: new transcript text, a new updated_at."""
+    con = sqlite3.connect(db.path)
+    with con:
+        con.execute("UPDATE transcript_entries SET text = ? WHERE session_id = ?", (text, sid))
+        con.execute("UPDATE sessions SET updated_at = '2026-12-01 10:00:00.000000' WHERE id = ?", (sid,))
+    con.close()
 
 
-def test_encrypted_push_uses_smb3_encryption(office):
-    import dataclasses
-    smbd, remote, root, sums = office
-    t = smbpush.SmbTarget(dataclasses.replace(remote, require_encryption=True), "rec-e")
-    try:
-        smbpush.push_dir(t, root / "export")
-        session = next(iter(next(iter(t._cache.values())).session_table.values()))
-        assert session.encrypt_data
-    finally:
-        t.close()
-    _assert_landed(root, "rec-e", sums)
+def test_a_recording_changed_on_the_recorder_lands_with_its_new_hash(rec):
+    smbd, remote, root, db = rec
+    cfg = cfg_for(root, db, remote, "rec-s")
+    push(cfg)
+    audio = db.root / "audio" / "meeting-1.flac"
+    data = b"re-encoded " + audio.read_bytes()[11:]
+    audio.write_bytes(data)
+    _change_session(db, 1, "edited after the first push")
+    res = push(cfg)
+    assert sorted(r.skipped for r in res) == [False, True, True]
+    fresh = hashlib.sha256(data).hexdigest()
+    folder = root / "nas" / "rec-s"
+    rel = next(rel for rel, h in on_nas(folder).items() if h == fresh)
+    assert f"{fresh}  {rel}" in (folder / "SHA256SUMS").read_text()
+    assert_landed(folder, db)
+
+
+def test_encrypted_push_uses_smb3_encryption(rec):
+    smbd, remote, root, db = rec
+    seen = []
+
+    class Watching(smbpush.SmbKind):
+        @contextlib.contextmanager
+        def open(self, target, cfg, progress):
+            with super().open(target, cfg, progress) as t:
+                seen.append(next(iter(next(iter(t._cache.values())).session_table.values())).encrypt_data)
+                yield t
+    push(cfg_for(root, db, remote, "rec-e", require_encryption=True), kind=Watching())
+    assert seen == [True]
+    assert_landed(root / "nas" / "rec-e", db)
 
 
 def test_fast_path_still_checks_server_signatures(office):
     """smbwire replaces smbprotocol's response signature check: a wrong key must still be caught."""
+    from steno_exportd.smb import wire as smbwire
     smbd, remote, root, sums = office
-    t = smbpush.SmbTarget(remote, "rec-sig")
+    t = SmbTarget(remote)
     try:
         t.connect()
-        t.write_bytes("probe.txt", b"hello")
-        assert t.read_hash("probe.txt")[0] == 5
+        h = t.open_write("probe.txt")
+        h.write(b"hello")
+        h.commit()
+        r = t.open_read("probe.txt")
+        assert r.read(100) == b"hello"
+        r.close()
         conn = next(iter(t._cache.values()))
-        from steno_exportd.smb import wire as smbwire
         assert conn.verify_signature.__func__ is smbwire._verify_signature
         session = next(iter(conn.session_table.values()))
         session.signing_key = bytes(len(session.signing_key))
-        with pytest.raises(smbpush.SmbError, match="signature could not be verified") as ei:
-            t.read_hash("probe.txt")
+        with pytest.raises(SmbError, match="signature could not be verified"):
+            t.open_read("probe.txt").read(100)
     finally:
         t.close()
 
 
-def test_server_that_stops_answering_fails_the_push_instead_of_hanging(office):
-    import dataclasses
-    import signal
-    smbd, remote, root, sums = office
-    manifest = root / "nas" / "rec-h" / smbpush.MANIFEST_NAME
-    t = smbpush.SmbTarget(dataclasses.replace(remote, timeout=2), "rec-h")
-    errors = []
-
-    def run():
-        try:
-            smbpush.push_dir(t, root / "export", bandwidth_limit_kbps=2048)
-        except Exception as e:
-            errors.append(e)
-
-    th = threading.Thread(target=run)
-    th.start()
+def test_server_that_stops_answering_fails_the_push_instead_of_hanging(rec):
+    smbd, remote, root, db = rec
+    folder = root / "nas" / "rec-h"
+    sleeps = []
+    th, out = _push_in_thread(cfg_for(root, db, remote, "rec-h", timeout=2, bandwidth_limit_kbps=2048),
+                              sleep=sleeps.append)
     try:
-        parts.wait_for(lambda: manifest.exists() and json.loads(manifest.read_text())["files"],
-                           timeout=20, what="first verified files on the NAS")
+        parts.wait_for(lambda: sessions_on_nas(folder), timeout=20, what="a first session landed on the NAS")
         smbd.signal_all(signal.SIGSTOP)
         th.join(40)
         if th.is_alive():
@@ -495,38 +562,35 @@ def test_server_that_stops_answering_fails_the_push_instead_of_hanging(office):
     finally:
         smbd.signal_all(signal.SIGCONT)
         th.join(30)
-        t.close()
-    assert errors and isinstance(errors[0], smbpush.SmbError) and not errors[0].permanent
+    assert out and isinstance(out[0], SmbError), out
+    assert sleeps and sleeps[0] == 2.0              # the drop was transient: tried again (and found it silent)
 
 
-def test_remote_file_in_use_is_retried_and_named(office):
+def test_remote_file_in_use_is_retried_and_named(rec):
     """A file another client holds open without sharing: 'in use', retried (not 'unreachable');
     once released, the next run sends it."""
+    import smbclient
     from tests.parts.smbdata import connected
-    smbd, remote, root, sums = office
-    t = smbpush.SmbTarget(remote, "rec-lock")
-    try:
-        smbpush.push_dir(t, root / "export")
-        rel = sorted(r for r in sums if r.endswith("transcript.txt"))[0]
-        with open(root / "export" / rel, "ab") as f:
-            f.write(b"one more line\n")                  # changed locally: to be sent again
-        with connected(smbd.port, remote.username, PW) as kw:
-            unc = "\\\\127.0.0.1\\push\\rec-lock\\" + rel.replace("/", "\\")
-            import smbclient
-            with smbclient.open_file(unc, mode="rb", share_access=None, **kw):   # no sharing at all
-                sleeps = []
-                with pytest.raises(smbpush.SmbError) as ei:
-                    smbpush.push_with_retries(t, root / "export", sleep=sleeps.append)
-        msg = str(ei.value)
-        assert msg == f"rec-lock\\{rel.replace('/', chr(92))} on \\\\127.0.0.1\\push is in use by another program"
-        assert "unreachable" not in msg and not ei.value.permanent
-        assert sleeps == [2.0, 4.0]                       # retried: 3 attempts
-        res = smbpush.push_dir(t, root / "export")       # released: goes through
-        assert res.sent == (rel,)
-    finally:
-        t.close()
-    assert _on_nas(root, "rec-lock")[rel] == hashlib.sha256((root / "export" / rel).read_bytes()).hexdigest()
-    assert not [p for p in (root / "nas" / "rec-lock").rglob(smbpush.TEMP_PREFIX + "*")]
+    smbd, remote, root, db = rec
+    cfg = cfg_for(root, db, remote, "rec-lock")
+    push(cfg)
+    folder = root / "nas" / "rec-lock"
+    session = sessions_on_nas(folder)["00000001-1111-4222-8333-000000000001"]
+    _change_session(db, 1, "one more line")                # changed on the recorder: to be sent again
+    with connected(smbd.port, remote.username, PW) as kw:
+        unc = f"\\\\127.0.0.1\\push\\rec-lock\\{session}\\transcript.txt"
+        with smbclient.open_file(unc, mode="rb", share_access=None, **kw):   # no sharing at all
+            sleeps = []
+            res = push(cfg, sleep=sleeps.append)
+    failed = [r for r in res if not r.ok]
+    assert [r.session_id for r in failed] == [1]
+    msg = failed[0].error
+    assert msg == f"rec-lock\\{session}\\transcript.txt on \\\\127.0.0.1\\push is in use by another program"
+    assert sleeps == [2.0, 4.0]                           # retried: 3 attempts
+    res = push(cfg)                                       # released: goes through
+    assert [(r.session_id, r.skipped) for r in res if not r.skipped] == [(1, False)] and all(r.ok for r in res)
+    assert "one more line" in (folder / session / "transcript.txt").read_text()
+    assert_landed(folder, db)
 
 
 def _snapshot(base: pathlib.Path) -> dict[str, tuple[bytes, int]]:
@@ -534,129 +598,181 @@ def _snapshot(base: pathlib.Path) -> dict[str, tuple[bytes, int]]:
             for p in base.rglob("*") if p.is_file()}
 
 
-def test_two_recorders_with_one_folder_name_do_not_mix(office, smb_tmp):
+def test_two_recorders_with_one_folder_name_do_not_mix(rec, smb_tmp):
     """Same host name (same recorder_folder): the second recorder fails, the first's files untouched."""
-    smbd, remote, root, sums = office
-    first = smbpush.SmbTarget(remote, "steno", recorder_id="a1" * 16)
-    try:
-        smbpush.push_dir(first, root / "export")
-    finally:
-        first.close()
+    smbd, remote, root, db = rec
+    push(cfg_for(root, db, remote, "steno"), recorder_id="a1" * 16)
     before = _snapshot(root / "nas" / "steno")
-    other = make_export_tree(smb_tmp / "other-export", sessions=2, big=100_000, seed=7)
-    second = smbpush.SmbTarget(remote, "steno", recorder_id="b2" * 16)
+    other = make_recorder(smb_tmp / "other-rec", sizes=(100_000, 100_500), seed=7)
+    push(cfg_for(root, other, remote, "steno-elsewhere"), recorder_id="b2" * 16)
+    clash = set(on_nas(root / "nas" / "steno-elsewhere")) & set(before)
+    assert [r for r in clash if r.endswith(".flac")]      # same names, other contents: would have clashed
     sleeps = []
-    with pytest.raises(smbpush.SmbError) as ei:
-        smbpush.push_with_retries(second, smb_tmp / "other-export", sleep=sleeps.append)
-    assert str(ei.value) == (f"folder steno on \\\\127.0.0.1\\push belongs to another recorder "
+    with pytest.raises(SmbError) as ei:
+        push(cfg_for(root, other, remote, "steno"), recorder_id="b2" * 16, sleep=sleeps.append)
+    assert str(ei.value) == (f"smb:office: folder steno on \\\\127.0.0.1\\push belongs to another recorder "
                              f"({socket.gethostname()}, id a1a1a1a1); set smb.recorder_folder")
     assert ei.value.permanent and sleeps == []
-    assert set(other) & set(before)                      # same names, other contents: would have clashed
     assert _snapshot(root / "nas" / "steno") == before    # nothing written, overwritten or added
-    _assert_landed(root, "steno", sums)
+    assert_landed(root / "nas" / "steno", db)
+    other.close()
 
 
-def test_two_recorders_first_push_at_the_same_moment_one_gets_the_folder(office, smb_tmp, monkeypatch):
+def test_two_recorders_first_push_at_the_same_moment_one_gets_the_folder(rec, smb_tmp, monkeypatch):
     """Both find the new folder unclaimed; the second goes on only after the first has pushed everything.
     The second must still fail before writing a file: its look at the folder is stale by then."""
-    smbd, remote, root, sums = office
-    other = make_export_tree(smb_tmp / "other-export", sessions=2, big=100_000, seed=7)
-    assert set(other) & set(sums)                          # same names, other contents
+    smbd, remote, root, db = rec
+    other = make_recorder(smb_tmp / "other-rec", sizes=(100_000, 100_500), seed=7)
     a_done, b_looked = threading.Event(), threading.Event()
-    real_load = smbpush._load_manifest
+    real = smbpush.read_claim
 
-    def load(target):
-        out = real_load(target)
-        if target.recorder_id.startswith("b2") and not b_looked.is_set():
+    def read_claim(t, folder):
+        out = real(t, folder)
+        if threading.current_thread().name == "b" and not b_looked.is_set():
             b_looked.set()                                  # B has seen the folder unclaimed...
-            assert a_done.wait(60)                          # ...and is held there while A pushes
+            assert out is None and a_done.wait(60)          # ...and is held there while A pushes
         return out
-    monkeypatch.setattr(smbpush, "_load_manifest", load)
+    monkeypatch.setattr(smbpush, "read_claim", read_claim)
     results: dict = {}
 
-    def push(name, rid, src):
-        t = smbpush.SmbTarget(remote, "steno", recorder_id=rid)
+    def run(name, rid, lib):
         try:
             if name == "a":
                 assert b_looked.wait(60)
-            results[name] = smbpush.push_dir(t, src)
+            results[name] = push(cfg_for(root, lib, remote, "steno"), recorder_id=rid, sleep=lambda s: None)
         except Exception as e:  # noqa: BLE001 - the outcome is the test's subject
             results[name] = e
         finally:
-            t.close()
             if name == "a":
                 a_done.set()
-    threads = [threading.Thread(target=push, args=("b", "b2" * 16, smb_tmp / "other-export")),
-               threading.Thread(target=push, args=("a", "a1" * 16, root / "export"))]
+    threads = [threading.Thread(target=run, args=("b", "b2" * 16, other), name="b"),
+               threading.Thread(target=run, args=("a", "a1" * 16, db), name="a")]
     for th in threads:
         th.start()
     for th in threads:
         th.join(120)
-    assert isinstance(results["a"], smbpush.PushResult), results["a"]
-    assert isinstance(results["b"], smbpush.SmbError), results["b"]
+    assert isinstance(results["a"], list) and all(r.ok for r in results["a"]), results["a"]
+    assert isinstance(results["b"], SmbError), results["b"]
     assert "belongs to another recorder" in str(results["b"]) and "id a1a1a1a1" in str(results["b"])
-    _assert_landed(root, "steno", sums)                    # A's files, none of B's
-    manifest = json.loads((root / "nas" / "steno" / smbpush.MANIFEST_NAME).read_text())
-    assert manifest["recorder_id"] == "a1" * 16
+    assert_landed(root / "nas" / "steno", db)              # A's files, none of B's
+    assert json.loads((root / "nas" / "steno" / smbpush.CLAIM_NAME).read_text())["recorder_id"] == "a1" * 16
+    other.close()
 
 
-def test_an_unreadable_claim_file_is_a_clear_error_and_nothing_is_written(office):
-    smbd, remote, root, sums = office
+def test_an_unreadable_claim_file_is_a_clear_error_and_nothing_is_written(rec):
+    smbd, remote, root, db = rec
     folder = root / "nas" / "rec-claim"
     folder.mkdir()
     (folder / smbpush.CLAIM_NAME).write_text("{not json")
-    t = smbpush.SmbTarget(remote, "rec-claim", recorder_id="d4" * 16)
-    try:
-        with pytest.raises(smbpush.SmbError) as ei:
-            smbpush.push_dir(t, root / "export")
-    finally:
-        t.close()
-    assert str(ei.value) == ("folder rec-claim on \\\\127.0.0.1\\push: .steno-push-owner.json is unreadable, so the "
-                             "owner of the folder is unknown; delete that file if this recorder owns the folder")
+    cfg = cfg_for(root, db, remote, "rec-claim")
+    with pytest.raises(SmbError) as ei:
+        push(cfg, recorder_id="d4" * 16)
+    assert str(ei.value) == ("smb:office: folder rec-claim on \\\\127.0.0.1\\push: .steno-push-owner.json is "
+                             "unreadable, so the owner of the folder is unknown; delete that file if this recorder "
+                             "owns the folder")
     assert ei.value.permanent
     assert sorted(p.name for p in folder.iterdir()) == [smbpush.CLAIM_NAME]
     (folder / smbpush.CLAIM_NAME).unlink()              # the admin's fix: the next push claims and lands
-    t = smbpush.SmbTarget(remote, "rec-claim", recorder_id="d4" * 16)
-    try:
-        smbpush.push_dir(t, root / "export")
-    finally:
-        t.close()
-    _assert_landed(root, "rec-claim", sums)
+    push(cfg, recorder_id="d4" * 16)
+    assert_landed(folder, db)
     assert json.loads((folder / smbpush.CLAIM_NAME).read_text())["recorder_id"] == "d4" * 16
 
 
-def test_older_manifest_without_recorder_id_is_adopted(office):
-    smbd, remote, root, sums = office
-    old = smbpush.SmbTarget(remote, "rec-old")                 # as older versions wrote it: no id
+def _old_push_layout(staging: pathlib.Path, folder: pathlib.Path, rid: str, *, claim: bool,
+                     unverified: str = "") -> None:
+    """What the previous version left on the NAS: the staging export's root (session folders, its
+    manifest.json) mirrored, .steno-push.json with every verified file, SHA256SUMS made from it,
+    and (from c17af85 on) .steno-push-owner.json. ``unverified``: a file copied whose read-back never
+    finished (cut by a drop): on the NAS, not in .steno-push.json."""
+    shutil.copytree(staging, folder)
+    (folder / "SHA256SUMS").unlink()
+    files = {}
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder).as_posix()
+        if p.is_file() and rel != unverified:          # (manifest.json was pushed as a file too)
+            files[rel] = {"size": p.stat().st_size, "mtime_ns": (staging / rel).stat().st_mtime_ns,
+                          "sha256": hashlib.sha256(p.read_bytes()).hexdigest(), "verified": True, "at": time.time()}
+    data = {"version": 1, "recorder": folder.name, "updated": time.time(), "files": files}
+    if rid:
+        data.update(recorder_id=rid, host=socket.gethostname())
+    (folder / smbpush.LEGACY_MANIFEST).write_text(json.dumps(data, indent=1, sort_keys=True))
+    (folder / "SHA256SUMS").write_text("".join(f"{v['sha256']}  {k}\n" for k, v in sorted(files.items())
+                                               if k != "SHA256SUMS"))
+    if claim:
+        (folder / smbpush.CLAIM_NAME).write_text(json.dumps({"recorder_id": rid, "host": socket.gethostname(),
+                                                             "claimed": time.time()}, indent=1, sort_keys=True))
+
+
+@pytest.fixture
+def staged(rec, smb_tmp):
+    """The previous version's local staging export (<state>/push/office/SilentSteno) of the recorder."""
+    from steno_exportd.engine.export import SimpleSpec, run_export
+    from steno_exportd.engine.options import ExportOptions
+    from steno_exportd.library import Library
+    smbd, remote, root, db = rec
+    cfg = cfg_for(root, db, remote, "rec-old")
+    stage = smb_tmp / "staging"
+    stage.mkdir()
+    lib = Library.from_config(cfg)
     try:
-        smbpush.push_dir(old, root / "export")
+        ids = tuple(s.id for s in lib.list_sessions(exportable_only=True))
+        assert all(r.ok for r in run_export(lib, SimpleSpec(str(stage), ids, FORMATS, ExportOptions()), cfg))
     finally:
-        old.close()
-    manifest = root / "nas" / "rec-old" / smbpush.MANIFEST_NAME
-    assert "recorder_id" not in json.loads(manifest.read_text())
-    t = smbpush.SmbTarget(remote, "rec-old", recorder_id="c3" * 16)
-    try:
-        res = smbpush.push_dir(t, root / "export")
-    finally:
-        t.close()
-    assert res.sent == () and set(sums) <= set(res.skipped)   # adopted: nothing sent again
-    assert json.loads(manifest.read_text())["recorder_id"] == "c3" * 16
-    _assert_landed(root, "rec-old", sums)
+        lib.close()
+    return smbd, remote, root, db, cfg, stage / "SilentSteno"
+
+
+@pytest.mark.parametrize("claim,rid", [(True, "c3" * 16), (False, "c3" * 16), (False, "")],
+                         ids=["claimed", "id-in-manifest", "before-recorder-ids"])
+def test_a_folder_pushed_by_the_previous_version_is_adopted_without_sending_again(staged, claim, rid):
+    smbd, remote, root, db, cfg, staging = staged
+    folder = root / "nas" / "rec-old"
+    _old_push_layout(staging, folder, rid, claim=claim)
+    before = stamps(folder)
+    res = push(cfg, recorder_id="c3" * 16)
+    assert [r.skipped for r in res] == [True] * 3, res   # adopted: nothing sent again
+    assert stamps(folder) == before
+    assert not (folder / smbpush.LEGACY_MANIFEST).exists()
+    assert json.loads((folder / smbpush.CLAIM_NAME).read_text())["recorder_id"] == "c3" * 16
+    assert_landed(folder, db)
+    assert [r.skipped for r in push(cfg, recorder_id="c3" * 16)] == [True] * 3
+
+
+def test_a_file_the_previous_version_never_verified_is_sent_again(staged):
+    smbd, remote, root, db, cfg, staging = staged
+    folder = root / "nas" / "rec-old"
+    doubtful = next(p.relative_to(staging).as_posix() for p in staging.rglob("audio.flac"))
+    _old_push_layout(staging, folder, "c3" * 16, claim=True, unverified=doubtful)
+    before = stamps(folder)
+    res = push(cfg, recorder_id="c3" * 16)
+    assert sorted(r.skipped for r in res) == [False, True, True] and all(r.ok for r in res)
+    after = stamps(folder)
+    assert after[doubtful] != before[doubtful]
+    assert {k: v for k, v in after.items() if not k.startswith(doubtful.split("/")[0])} == \
+        {k: v for k, v in before.items() if not k.startswith(doubtful.split("/")[0])}
+    assert_landed(folder, db)
+
+
+def test_a_folder_the_previous_version_pushed_for_another_recorder_is_refused(staged):
+    smbd, remote, root, db, cfg, staging = staged
+    folder = root / "nas" / "rec-old"
+    _old_push_layout(staging, folder, "e5" * 16, claim=False)
+    before = _snapshot(folder)
+    with pytest.raises(SmbError, match=r"belongs to another recorder \(.*, id e5e5e5e5\)") as ei:
+        push(cfg, recorder_id="c3" * 16)
+    assert ei.value.permanent
+    assert _snapshot(folder) == before
 
 
 def test_recorder_id_from_machine_id_or_kept_in_state_dir(tmp_path):
     mid = tmp_path / "machine-id"
     mid.write_text("3d1219c7c4c5404aaa1f6d2a48adfda4\n")
-    a = smbpush.recorder_id(str(tmp_path / "state"), str(mid))
-    assert a == smbpush.recorder_id(str(tmp_path / "elsewhere"), str(mid)) and len(a) == 32
+    a = recorder_id(str(tmp_path / "state"), str(mid))
+    assert a == recorder_id(str(tmp_path / "elsewhere"), str(mid)) and len(a) == 32
     assert "3d1219c7" not in a                                  # the machine id itself is not published
     assert not (tmp_path / "state").exists()
     missing = str(tmp_path / "no-machine-id")
-    b = smbpush.recorder_id(str(tmp_path / "state"), missing)
-    assert b and b != a and b == smbpush.recorder_id(str(tmp_path / "state"), missing)
-    assert (tmp_path / "state" / smbpush.RECORDER_ID_FILE).read_text().strip() == b
-    assert smbpush.recorder_id(str(tmp_path / "state2"), missing) != b
-    from steno_exportd.config import StateConfig
-    cfg = Config(state=StateConfig(dir=str(tmp_path / "state")),
-                 smb=SmbConfig(remotes=[SmbRemote(name="office", server="nas")]))
-    assert smbpush.target_for(cfg, "smb:office").recorder_id == smbpush.recorder_id(str(tmp_path / "state"))
+    b = recorder_id(str(tmp_path / "state"), missing)
+    assert b and b != a and b == recorder_id(str(tmp_path / "state"), missing)
+    assert (tmp_path / "state" / "recorder-id").read_text().strip() == b
+    assert recorder_id(str(tmp_path / "state2"), missing) != b

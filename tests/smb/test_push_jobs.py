@@ -4,49 +4,43 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import json
 import pathlib
-import subprocess
 
 import pytest
 
-from steno_exportd import config, demo, events
+from steno_exportd import demo, events
 from steno_exportd.core import Core
 from steno_exportd.engine.options import ExportOptions
+from steno_exportd.engine.targets import TEMP_PREFIX
 from steno_exportd.errors import NotFoundError
 from steno_exportd.library import Library
+from steno_exportd.smb.push import SmbKind
+from tests import parts
+from tests.configs import make_config
+from tests.parts import sha256sum_check, until
+from tests.recorder_db import add_session_like, sessions_with_audio
 
 
 @pytest.fixture
-async def push_core(office, tmp_path):
+async def push_core(office, tmp_path, demo_library):
     smbd, remote, root, _ = office
     lib = tmp_path / "library"
-    demo.generate(lib, sessions=7, seed=6)
-    cfg = config.from_dict({
-        "recorder": {"db_path": str(lib / demo.DB_NAME)},
-        "state": {"dir": str(tmp_path / "state"), "runtime_dir": str(tmp_path / "run")},
-        "usb": {"enabled": False}, "http": {"enabled": False},
-        "smb": {"recorder_folder": "rec-1", "remotes": [dataclasses.asdict(remote)]}})
+    await asyncio.to_thread(demo_library, lib, sessions=7, seed=6, small=False)
+    cfg = make_config(tmp_path, smb={"recorder_folder": "rec-1", "remotes": [dataclasses.asdict(remote)]})
     core = Core(cfg)
+    core.targets.register(SmbKind())            # as the daemon does
     await core.start()
     yield core, root, lib
     await core.stop()
 
 
 def with_audio(lib):
-    l = Library(lib / demo.DB_NAME)
-    try:
-        return [s.id for s in l.list_sessions(exportable_only=True) if l.get_session(s.id).audio is not None]
-    finally:
-        l.close()
+    return sessions_with_audio(lib / demo.DB_NAME)
 
 
 async def finished(core, job_id, timeout=120):
-    for _ in range(int(timeout * 20)):
-        j = core.jobs.get(job_id)
-        if j.state.finished:
-            return j
-        await asyncio.sleep(0.05)
-    raise AssertionError("the push job did not finish")
+    return await core.jobs.wait(job_id, timeout)
 
 
 async def test_push_job_lands_verified_and_the_second_is_incremental(push_core):
@@ -65,8 +59,7 @@ async def test_push_job_lands_verified_and_the_second_is_incremental(push_core):
     watcher.cancel()
     assert done.state == events.JobState.COMPLETED, done.error
     nas = root / "nas" / "rec-1"
-    r = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=nas, capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
+    assert not await asyncio.to_thread(sha256sum_check, nas)
     assert len(list(nas.rglob("transcript.txt"))) == 3 and (nas / "manifest.json").is_file()
     assert any(0 < j.bytes_done < j.bytes_total for j in seen if j.id == job.id)
     hist = core.state.history(None, 100)
@@ -78,6 +71,11 @@ async def test_push_job_lands_verified_and_the_second_is_incremental(push_core):
     assert again.state == events.JobState.COMPLETED
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps          # nothing re-sent
     assert all(r.ok and r.skipped for r in again.results)
+    state = pathlib.Path(core.cfg.state.dir)            # nothing staged on the recorder: no second copy
+    kept = {p.relative_to(state).as_posix(): p.stat().st_size for p in state.rglob("*") if p.is_file()}
+    assert set(kept) <= {f"{db}{wal}" for db in ("state.db", "search.db", "cache/hashes.db") for wal in ("", "-wal", "-shm")} | \
+        {"recorder-id"}, kept
+    assert not (state / "push").exists()
 
 
 async def test_two_pushes_to_one_remote_at_once_both_land(push_core):
@@ -90,8 +88,7 @@ async def test_two_pushes_to_one_remote_at_once_both_land(push_core):
         assert done.state == events.JobState.COMPLETED, done.error
     nas = root / "nas" / "rec-1"
     assert len(list(nas.rglob("transcript.txt"))) == 4
-    r = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=nas, capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
+    assert not await asyncio.to_thread(sha256sum_check, nas)
     assert not [p for p in nas.rglob(".steno-tmp-*")]
 
 
@@ -110,18 +107,15 @@ async def test_unknown_remote_and_a_wrong_password(push_core, tmp_path):
 
 
 @pytest.fixture
-async def slow_core(office, tmp_path):
+async def slow_core(office, tmp_path, demo_library):
     """A core whose remote is bandwidth-limited (4 MiB/s): a push takes long enough to cancel."""
     smbd, remote, root, _ = office
     lib = tmp_path / "library"
-    demo.generate(lib, sessions=5, seed=6)
-    cfg = config.from_dict({
-        "recorder": {"db_path": str(lib / demo.DB_NAME)},
-        "state": {"dir": str(tmp_path / "state"), "runtime_dir": str(tmp_path / "run")},
-        "usb": {"enabled": False}, "http": {"enabled": False},
-        "smb": {"recorder_folder": "rec-1",
-                "remotes": [dict(dataclasses.asdict(remote), bandwidth_limit_kbps=4096)]}})
+    await asyncio.to_thread(demo_library, lib, sessions=5, seed=6, small=False)
+    cfg = make_config(tmp_path, smb={"recorder_folder": "rec-1",
+                                     "remotes": [dict(dataclasses.asdict(remote), bandwidth_limit_kbps=4096)]})
     core = Core(cfg)
+    core.targets.register(SmbKind())
     await core.start()
     yield core, root, lib
     await core.stop()
@@ -143,10 +137,13 @@ async def test_cancel_mid_push_leaves_no_file_under_a_final_name(slow_core):
     job = await core.export_sessions([big.id], ["txt", "audio"], "smb:office", ExportOptions())
     ext = big.audio.path.suffix
 
+    nas = root / "nas" / "rec-1"
+
     def pushing_audio():
         j = core.jobs.get(job.id)
         assert not j.state.finished, j.error
-        return j.current_file.startswith("smb:office/") and j.current_file.endswith(ext) and j.bytes_done > 0
+        return j.current_file.endswith(ext) and j.bytes_done > 0 and \
+            any(p.stat().st_size > 0 for p in nas.rglob(f"{TEMP_PREFIX}*{ext}"))
     for _ in range(600):
         if pushing_audio():
             break
@@ -161,25 +158,23 @@ async def test_cancel_mid_push_leaves_no_file_under_a_final_name(slow_core):
     done = await finished(core, job.id)
     assert loop.time() - t0 < 3, "cancel waited for the whole file"
     assert done.state == events.JobState.CANCELLED
-    nas = root / "nas" / "rec-1"
     on_nas = [p for p in nas.rglob("*") if p.is_file()]
-    assert not [p for p in on_nas if p.name.startswith(".steno-tmp-")], "a temp file was left"
+    assert not [p for p in on_nas if p.name.startswith(TEMP_PREFIX)], "a temp file was left"
     assert not [p for p in on_nas if p.suffix == ext], "the cut recording sits under its final name"
-    # what did land is complete: same bytes as the staging export
-    stage = core.cfg.state.dir
-    for p in on_nas:
-        if p.name.startswith(".steno-push"):
-            continue
-        rel = p.relative_to(nas)
-        src = pathlib.Path(stage) / "push" / "office" / "SilentSteno" / rel
-        assert hashlib.sha256(p.read_bytes()).digest() == hashlib.sha256(src.read_bytes()).digest(), rel
+    landed = {p.name: p.read_bytes() for p in on_nas if p.parent != nas}
+    assert list(landed) == ["transcript.txt"], landed      # the transcript went before the recording
     remote = dataclasses.replace(core.cfg.smb.remotes[0], bandwidth_limit_kbps=0)    # the rerun at full speed
     await core.reload(dataclasses.replace(core.cfg, smb=dataclasses.replace(core.cfg.smb, remotes=[remote])))
     again = await finished(core, (await core.export_sessions([big.id], ["txt", "audio"], "smb:office",
                                                              ExportOptions())).id)
     assert again.state == events.JobState.COMPLETED, again.error
-    r = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=nas, capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
+    assert not await asyncio.to_thread(sha256sum_check, nas)
+    # what did land before the cancel was complete: the same bytes as the finished push's
+    assert [p.read_bytes() for p in nas.rglob("transcript.txt")] == [landed["transcript.txt"]]
+    recording = next(nas.rglob(f"*{ext}"))
+    assert await asyncio.to_thread(lambda: hashlib.sha256(recording.read_bytes()).digest()) == \
+        await asyncio.to_thread(lambda: hashlib.sha256(big.audio.path.read_bytes()).digest())
+    assert not list(nas.rglob("*.partial"))
 
 
 async def test_a_push_job_cut_by_a_drop_resumes_the_recording_in_the_next_job(slow_core, office, monkeypatch,
@@ -187,17 +182,17 @@ async def test_a_push_job_cut_by_a_drop_resumes_the_recording_in_the_next_job(sl
     """The NAS goes away mid-recording (smbd killed): the job fails; the next job sends only the rest."""
     import logging
 
-    from steno_exportd.smb import push as smbpush
+    from steno_exportd.smb import target as smbtarget
     from tests import parts
-    monkeypatch.setattr(smbpush, "RESUME_MIN", 1024 * 1024)           # 64 MiB in the product
-    monkeypatch.setattr(smbpush, "RESUME_BACKOFF", 1024 * 1024)
+    monkeypatch.setattr(smbtarget, "RESUME_MIN", 1024 * 1024)         # 64 MiB in the product
+    monkeypatch.setattr(smbtarget, "RESUME_BACKOFF", 1024 * 1024)
     core, root, lib = slow_core
     smbd = office[0]                                                  # the same smbd as slow_core's
     big = biggest_recording(lib)
     nas = root / "nas" / "rec-1"
 
     def cut_at_8mb():
-        for p in nas.rglob(f"{smbpush.TEMP_PREFIX}*{big.audio.path.suffix}"):
+        for p in nas.rglob(f"{TEMP_PREFIX}*{big.audio.path.suffix}"):
             try:
                 if p.stat().st_size >= 8 * 1024 * 1024:
                     return p
@@ -205,12 +200,12 @@ async def test_a_push_job_cut_by_a_drop_resumes_the_recording_in_the_next_job(sl
                 pass
         return None
     job = await core.export_sessions([big.id], ["txt", "audio"], "smb:office", ExportOptions())
-    await parts.until(cut_at_8mb, timeout=60, what="8 MB of the recording on the NAS")
-    smbd.kill()
+    await until(cut_at_8mb, timeout=60, what="8 MB of the recording on the NAS")
+    await asyncio.to_thread(smbd.kill)
     failed = await finished(core, job.id)
     assert failed.state == events.JobState.FAILED, failed.error
-    assert not [p for p in nas.rglob(f"*{big.audio.path.suffix}") if not p.name.startswith(".steno-tmp-")]
-    smbd.start()
+    assert not [p for p in nas.rglob(f"*{big.audio.path.suffix}") if not p.name.startswith(TEMP_PREFIX)]
+    await asyncio.to_thread(smbd.start)
     remote = dataclasses.replace(core.cfg.smb.remotes[0], bandwidth_limit_kbps=0)
     await core.reload(dataclasses.replace(core.cfg, smb=dataclasses.replace(core.cfg.smb, remotes=[remote])))
     with caplog.at_level(logging.INFO, logger="steno_exportd"):
@@ -220,24 +215,17 @@ async def test_a_push_job_cut_by_a_drop_resumes_the_recording_in_the_next_job(sl
     assert again.bytes_done == again.bytes_total
     said = [r.getMessage() for r in caplog.records if "not sent again" in r.getMessage()]
     assert said and float(said[0].split("(")[1].split(" MB")[0]) >= 6.0, said    # >= 8 MB cut - 1 MB back
-    r = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=nas, capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert not [p for p in nas.rglob(smbpush.TEMP_PREFIX + "*")], "a temp file was left"
+    assert not await asyncio.to_thread(sha256sum_check, nas)
+    assert not [p for p in nas.rglob(TEMP_PREFIX + "*")], "a temp file was left"
 
 
-async def test_push_on_new_pushes_only_sessions_newer_than_the_first_start(office, tmp_path):
+async def test_push_on_new_pushes_only_sessions_newer_than_the_first_start(office, tmp_path, demo_library):
     from steno_exportd.smb import triggers as schedule
-    from tests.usb.recorder_db import add_session_like, copy_library
 
     smbd, remote, root, _ = office
-    demo.generate(tmp_path / "demo", sessions=4, seed=6, small=True)
-    db = copy_library(tmp_path / "demo", tmp_path / "library")       # a copy: the test adds sessions to it
-    cfg = config.from_dict({
-        "recorder": {"db_path": str(db)},
-        "state": {"dir": str(tmp_path / "state"), "runtime_dir": str(tmp_path / "run")},
-        "usb": {"enabled": False}, "http": {"enabled": False},
-        "smb": {"recorder_folder": "rec-1",
-                "remotes": [dict(dataclasses.asdict(remote), push_on_new=True, formats=["txt"])]}})
+    db = await asyncio.to_thread(demo_library, tmp_path / "library")      # a copy: the test adds sessions to it
+    cfg = make_config(tmp_path, smb={"recorder_folder": "rec-1",
+                                     "remotes": [dict(dataclasses.asdict(remote), push_on_new=True, formats=["txt"])]})
     nas = root / "nas" / "rec-1"
 
     async def run_once(core, expect_jobs):
@@ -247,19 +235,20 @@ async def test_push_on_new_pushes_only_sessions_newer_than_the_first_start(offic
             marks = tmp_path / "state" / "push" / "on-new.json"
             before = marks.read_text() if marks.exists() else ""
             await core.refresh_library()
-            for _ in range(250):          # the event handled: the mark moved, or the jobs are queued
-                if len(core.jobs.list()) >= expect_jobs and marks.exists() and (expect_jobs or not before):
-                    break
-                await asyncio.sleep(0.02)
-            else:
-                raise AssertionError(f"push on new did not act: {core.jobs.list()}")
+            # the event handled: the mark moved, or the jobs are queued
+            await until(lambda: len(core.jobs.list()) >= expect_jobs and marks.exists() and (expect_jobs or not before),
+                        "push on new to act", timeout=5, interval=0.02, in_thread=False)
             for j in core.jobs.list():
                 assert (await finished(core, j.id)).state == events.JobState.COMPLETED
+            pushed = max((max(j.sessions) for j in core.jobs.list()), default=0)
+            await parts.until(lambda: json.loads(marks.read_text())["office"] >= pushed, in_thread=False,
+                              what="the mark past the pushed sessions")
             return [j for j in core.jobs.list()]
         finally:
             task.cancel()
 
     core = Core(cfg)
+    core.targets.register(SmbKind())
     await core.start()
     try:
         assert await run_once(core, 0) == []                   # first start: the old sessions stay home
@@ -270,6 +259,7 @@ async def test_push_on_new_pushes_only_sessions_newer_than_the_first_start(offic
         await core.stop()
     add_session_like(db, title="Recorded while the daemon was down")
     core = Core(cfg)                                            # a restart: every session looks added
+    core.targets.register(SmbKind())
     await core.start()
     try:
         jobs = await run_once(core, 1)
@@ -279,3 +269,46 @@ async def test_push_on_new_pushes_only_sessions_newer_than_the_first_start(offic
     names = sorted(p.parent.name for p in nas.rglob("transcript.txt"))
     assert len(names) == 2, names
     assert [n for n in names if "Recorded while running" in n] and [n for n in names if "daemon was down" in n], names
+
+
+async def test_push_on_new_sends_a_session_whose_push_failed_with_the_next_one(office, tmp_path, demo_library):
+    """The NAS is down when a new session appears: that push fails; the next new session takes it along."""
+    from steno_exportd.smb import triggers as schedule
+
+    smbd, remote, root, _ = office
+    db = await asyncio.to_thread(demo_library, tmp_path / "library", sessions=3, seed=6)   # a copy: sessions are added
+    cfg = make_config(tmp_path, smb={"recorder_folder": "rec-2",
+                                     "remotes": [dict(dataclasses.asdict(remote), push_on_new=True, formats=["txt"])]})
+    marks = tmp_path / "state" / "push" / "on-new.json"
+    core = Core(cfg)
+    core.targets.register(SmbKind(sleep=lambda s: None))      # retries without the backoff wait
+    await core.start()
+    task = asyncio.create_task(schedule.run_push_on_new(core))
+    await asyncio.sleep(0)
+    try:
+        await core.refresh_library()
+        await parts.until(marks.exists, in_thread=False, what="the first look recorded")
+        first_mark = json.loads(marks.read_text())["office"]
+        await asyncio.to_thread(smbd.kill)
+        add_session_like(db, title="Recorded while the NAS was down")
+        await core.refresh_library()
+        await parts.until(lambda: core.jobs.list(), in_thread=False, what="a push queued")
+        failed = await finished(core, core.jobs.list()[0].id)
+        assert failed.state == events.JobState.FAILED and "smb:office" in failed.error, failed.error
+        await asyncio.sleep(0.2)                                  # the trigger has seen it fail
+        assert json.loads(marks.read_text())["office"] == first_mark
+        await asyncio.to_thread(smbd.start)
+        add_session_like(db, title="Recorded when it was back")
+        await core.refresh_library()
+        await parts.until(lambda: len(core.jobs.list()) == 2, in_thread=False, what="a second push queued")
+        second = await finished(core, max(j.id for j in core.jobs.list()))
+        assert second.state == events.JobState.COMPLETED, second.error
+        assert len(second.sessions) == 2 and failed.sessions[0] in second.sessions
+        await parts.until(lambda: json.loads(marks.read_text())["office"] == max(second.sessions), in_thread=False,
+                          what="the mark past both")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await core.stop()
+    names = sorted(p.parent.name for p in (root / "nas" / "rec-2").rglob("transcript.txt"))
+    assert len(names) == 2 and "NAS was down" in names[0] + names[1] and "it was back" in names[0] + names[1], names

@@ -57,17 +57,31 @@ class FakeLibrary:
 
 
 class FakeCore:
+    """Queues nothing: records each push and says, when asked, that its job ended (ok or not)."""
+
     def __init__(self, cfg):
         self.cfg = cfg
         self.events = events.EventBus()
         self.library = FakeLibrary()
         self.calls = []
+        self.jobs = []
 
     async def listing(self):
         return types.SimpleNamespace(sessions=tuple(self.library.list_sessions()))
 
     async def export_sessions(self, ids, formats, target, options):
         self.calls.append((ids, tuple(formats), target))
+        job = events.JobSnapshot(id=len(self.jobs) + 1, operation="push", target=target,
+                                 state=events.JobState.QUEUED, sessions=tuple(ids) if ids != "all" else ())
+        self.jobs.append(job)
+        return job
+
+    def end(self, job, ok: bool):
+        """Publish the job's end: every session pushed, or all failed."""
+        results = tuple(events.SessionResult(i, f"u{i}", "", ok, error="" if ok else "NAS away")
+                        for i in job.sessions)
+        self.events.publish(events.JobUpdated(dataclasses.replace(
+            job, state=events.JobState.COMPLETED if ok else events.JobState.FAILED, results=results)))
 
 
 def _cfg():
@@ -107,10 +121,43 @@ async def test_push_on_new_session(tmp_path):
         core.library.sessions.update({7: True, 8: False})                           # 8 still recording
         await publish(events.SessionsChanged(changed=(1,), added=(7, 8)), lambda: core.calls)
         assert core.calls == [([7], ("txt",), "smb:office")]
+        core.end(core.jobs[0], ok=True)
+        await publish(events.SessionsChanged(changed=(1,)), lambda: json.loads(marks.read_text()) == {"office": 7})
         core.library.sessions[8] = True
         await publish(events.SessionsChanged(changed=(8,)), lambda: len(core.calls) == 2)
         assert core.calls[1] == ([8], ("txt",), "smb:office")
-        assert json.loads(marks.read_text()) == {"office": 8}
+        core.end(core.jobs[1], ok=True)
+        await publish(events.SessionsChanged(changed=(1,)), lambda: json.loads(marks.read_text()) == {"office": 8})
+        assert len(core.calls) == 2                       # nothing pushed twice
+    finally:
+        task.cancel()
+
+
+async def test_push_on_new_pushes_a_failed_session_again_with_the_next_change(tmp_path):
+    core = FakeCore(dataclasses.replace(_cfg(), state=StateConfig(dir=str(tmp_path))))
+    core.library.sessions = {i: True for i in range(1, 7)}
+    task = asyncio.create_task(schedule.run_push_on_new(core))
+    marks = tmp_path / "push" / "on-new.json"
+
+    async def publish(ev, until):
+        core.events.publish(ev)
+        for _ in range(100):
+            if until():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"nothing happened after {ev}: {core.calls}")
+    try:
+        await asyncio.sleep(0)
+        await publish(events.SessionsChanged(added=tuple(range(1, 7))), marks.exists)
+        core.library.sessions[7] = True
+        await publish(events.SessionsChanged(added=(7,)), lambda: core.calls)
+        core.end(core.jobs[0], ok=False)                  # the NAS was away
+        core.library.sessions[8] = True
+        await publish(events.SessionsChanged(added=(8,)), lambda: len(core.calls) == 2)
+        assert core.calls[1] == ([7, 8], ("txt",), "smb:office")      # 7 goes again, with 8
+        assert json.loads(marks.read_text()) == {"office": 6}        # nothing past 6 landed yet
+        core.end(core.jobs[1], ok=True)
+        await publish(events.SessionsChanged(changed=(1,)), lambda: json.loads(marks.read_text()) == {"office": 8})
     finally:
         task.cancel()
 

@@ -1,36 +1,25 @@
-"""Async helpers for the USB tests: bounded waits on device and job state."""
+"""Helpers of the USB tests: their config, bounded waits on device state, files on a stick."""
 from __future__ import annotations
 
 import asyncio
 import os
 import subprocess
 import tempfile
-import time
 from pathlib import Path
-
-import pytest
 
 from steno_exportd import config
 from steno_exportd.events import DeviceState, DeviceUpdated
+from tests.configs import make_config
+from tests.parts import until
 from tests.parts.udev import OUR_LABELS, Stick
 
 
 def make_cfg(tmp_path: Path, **changes) -> config.Config:
-    base = {"usb.settle_seconds": 0.2, "recorder.db_path": str(tmp_path / "silent_steno.db"),
-            "usb.allow_labels": OUR_LABELS}     # the live list: only sticks made by this process
-    base.update(changes)
-    return config.replace(config.Config(), **base)
-
-
-async def wait_for(cond, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
+    """make_config with USB on, quick settling, and only the sticks this process made allowed."""
+    cfg = make_config(tmp_path, **{"usb.enabled": True, "usb.settle_seconds": 0.2, **changes})
+    if "usb.allow_labels" in changes:
+        return cfg
+    return config.replace(cfg, **{"usb.allow_labels": OUR_LABELS})   # the live list: sticks made later count
 
 
 def by_label(core, label: str):
@@ -42,7 +31,7 @@ async def wait_state(core, label: str, *states: DeviceState, timeout: float = 20
         d = by_label(core, label)
         return d if d is not None and d.state in states else None
     try:
-        return await wait_for(ok, timeout, f"{label} to reach {'/'.join(states)}")
+        return await until(ok, f"{label} to reach {'/'.join(states)}", timeout, interval=0.02, in_thread=False)
     except BaseException:
         print("devices:", core.devices.list())
         raise
@@ -79,7 +68,7 @@ def stick_files(stick: Stick, fn) -> object:
     """Attach and mount the stick privately (read-only), return fn(root), then undo it all."""
     stick.insert()
     subprocess.run(["udevadm", "settle", "-t", "10"], check=False)
-    d = tempfile.mkdtemp(prefix="stick-")
+    d = tempfile.mkdtemp(prefix="stick-", dir=stick.image.parent)      # the test's own folder
     try:
         subprocess.run(["mount", "-t", stick.fs, "-o", "ro", stick.part, d], check=True, timeout=30)
         try:
@@ -95,7 +84,7 @@ def prepare(stick: Stick, files: dict[str, bytes]) -> None:
     """Put files on a stick before it is 'inserted' (mounted privately, then removed again)."""
     stick.insert()
     subprocess.run(["udevadm", "settle", "-t", "10"], check=False)
-    d = tempfile.mkdtemp(prefix="stick-")
+    d = tempfile.mkdtemp(prefix="stick-", dir=stick.image.parent)      # the test's own folder
     try:
         subprocess.run(["mount", "-t", stick.fs, stick.part, d], check=True, timeout=30)
         try:

@@ -1,43 +1,25 @@
 """The USB adapter on the real Core (library, engine, manifest) with a copy of a demo library."""
 from __future__ import annotations
 
+import asyncio
 import os
-import subprocess
-import sys
 
 import pytest
 
+from steno_exportd.core import Core
 from steno_exportd.usb import manager as usb
 from steno_exportd.events import DeviceState as S, JobState
-from tests.parts import require
-from tests.usb.helpers import by_label, loop_attached, make_cfg, stick_files, wait_for, wait_state
-from tests.usb.recorder_db import add_session_like
+from tests.parts import sha256sum_check, until
+from tests.recorder_db import add_session_like
+from tests.usb.helpers import by_label, loop_attached, make_cfg, stick_files, wait_state
 
 pytestmark = pytest.mark.real
 
 
-def _core_cls():
-    """The real Core, when the engine, the library and the demo data generator are all there."""
-    try:
-        import steno_exportd.demo  # noqa: F401
-        import steno_exportd.library  # noqa: F401
-        from steno_exportd.core import Core
-        return Core
-    except ImportError:
-        return None
-
-
 @pytest.fixture
-async def real_core(tmp_path):
-    Core = _core_cls()
-    require(Core is not None, "the export engine, Core, library and demo-data (steno_exportd.core/library/demo)")
-    lib = tmp_path / "library"
-    subprocess.run([sys.executable, "-m", "steno_exportd", "demo-data", "--out", str(lib), "--sessions", "2",
-                    "--seed", "1"], check=True, timeout=120)
-    db = next(lib.glob("*.db"))
-    cfg = make_cfg(tmp_path, **{"recorder.db_path": str(db), "state.dir": str(tmp_path / "state"),
-                                "state.runtime_dir": str(tmp_path / "run"),
-                                "usb.auto_export.formats": ["txt", "html", "audio"]})
+async def real_core(tmp_path, demo_library):
+    db = await asyncio.to_thread(demo_library, tmp_path / "library", sessions=2, seed=1, small=False)
+    cfg = make_cfg(tmp_path, **{"usb.auto_export.formats": ["txt", "html", "audio"]})
     core = Core(cfg)
     await core.start()
     try:
@@ -48,9 +30,9 @@ async def real_core(tmp_path):
 
 async def test_real_core_exports_new_sessions_then_only_the_added_one(sticks, real_core):
     core, db = real_core
-    stick = sticks("exfat", size_mb=256)
+    stick = await asyncio.to_thread(sticks, "exfat", size_mb=256)
     async with usb.running(core):
-        stick.insert()
+        await asyncio.to_thread(stick.insert)
         dev = await wait_state(core, stick.label, S.SAFE_TO_REMOVE, S.ERROR, timeout=120)
         assert dev.state == S.SAFE_TO_REMOVE, dev.error
         first = [j for j in core.jobs.list() if j.state.finished]
@@ -64,16 +46,16 @@ async def test_real_core_exports_new_sessions_then_only_the_added_one(sticks, re
         exported = {r.uuid for r in first[0].results if r.ok and not r.skipped}
         assert exported and not loop_attached(stick)
 
-        stick.insert()                                   # the same stick again: nothing new
-        await wait_for(lambda: not loop_attached(stick), 60, "second eject")
+        await asyncio.to_thread(stick.insert)                                   # the same stick again: nothing new
+        await until(lambda: not loop_attached(stick), "second eject", 60)
         await wait_state(core, stick.label, S.SAFE_TO_REMOVE, timeout=5)
         assert len(core.jobs.list()) == 1
 
         new_uuid = add_session_like(db)                  # a copy of the demo DB, never the recorder's
         await core.refresh_library()
-        stick.insert()
-        await wait_for(lambda: len(core.jobs.list()) == 2 and core.jobs.list()[-1].state.finished, 120,
-                       "the export of the added session")
+        await asyncio.to_thread(stick.insert)
+        await until(lambda: len(core.jobs.list()) == 2 and core.jobs.list()[-1].state.finished,
+                    "the export of the added session", 120)
         job = max(core.jobs.list(), key=lambda j: j.id)
         assert job.state == JobState.COMPLETED, job.error
         assert {r.uuid for r in job.results if r.ok and not r.skipped} == {new_uuid}
@@ -81,27 +63,25 @@ async def test_real_core_exports_new_sessions_then_only_the_added_one(sticks, re
     # what a person sees on the stick: the files, checkable with sha256sum -c
     def check(root):
         top = root / core.cfg.export.root_folder
-        r = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=top, capture_output=True, text=True)
-        return r.returncode, sorted(os.listdir(top)), r.stdout + r.stderr
-    rc, names, out = stick_files(stick, check)
-    assert rc == 0, out
+        return sha256sum_check(top), sorted(os.listdir(top))
+    problems, names = await asyncio.to_thread(stick_files, stick, check)
+    assert not problems
     assert "manifest.json" in names and "SHA256SUMS" in names
 
 
 async def test_real_core_pull_mid_export_records_nothing(sticks, real_core):
     core, db = real_core
-    stick = sticks("exfat", size_mb=256)
+    stick = await asyncio.to_thread(sticks, "exfat", size_mb=256)
     async with usb.running(core):
-        stick.insert()
+        await asyncio.to_thread(stick.insert)
         await wait_state(core, stick.label, S.EXPORTING, timeout=60)
-        import asyncio
         await asyncio.to_thread(stick.yank)
-        job = await wait_for(lambda: next((j for j in core.jobs.list() if j.state.finished), None), 60, "job end")
+        job = await until(lambda: next((j for j in core.jobs.list() if j.state.finished), None), "job end", 60)
         assert job.state == JobState.FAILED and job.error.startswith("target gone"), job.error
         assert by_label(core, stick.label).state in (S.REMOVED, S.ERROR)
         # the job can fail on the dead mount before udev reports the removal: wait for it
         await wait_state(core, stick.label, S.REMOVED, timeout=30)
-        stick.insert()                                   # the next insertion completes it
+        await asyncio.to_thread(stick.insert)                                   # the next insertion completes it
         dev = await wait_state(core, stick.label, S.SAFE_TO_REMOVE, S.ERROR, timeout=120)
         assert dev.state == S.SAFE_TO_REMOVE, dev.error
         last = max(core.jobs.list(), key=lambda j: j.id)

@@ -9,9 +9,9 @@ import pytest
 from steno_exportd.usb import manager as usb
 from steno_exportd.events import DeviceState as S, JobState
 from steno_exportd.usb.udisks import UDisks
-from tests.usb.fakecore import FakeCore, summary
-from tests.usb.helpers import (StateLog, by_label, loop_attached, make_cfg, prepare, stick_files,
-                               wait_for, wait_state)
+from tests.fakes import FakeCore, make_session, summary
+from tests.parts import until
+from tests.usb.helpers import StateLog, by_label, loop_attached, make_cfg, prepare, stick_files, wait_state
 
 pytestmark = pytest.mark.real
 
@@ -23,11 +23,11 @@ def mounted_in_proc(mount_point: str) -> bool:
 
 @pytest.mark.parametrize("fs", ["vfat", "exfat", "ext4"])
 async def test_insert_exports_new_sessions_and_ejects(sticks, tmp_path, fs):
-    core = FakeCore(make_cfg(tmp_path), n_sessions=2, file_size=512 * 1024, chunk_delay=0.05)
-    stick = sticks(fs)
+    core = FakeCore(make_cfg(tmp_path), write_files=True, n_sessions=2, file_size=512 * 1024, chunk_delay=0.05)
+    stick = await asyncio.to_thread(sticks, fs)
     log = StateLog(core)
     async with usb.running(core):
-        stick.insert()
+        await asyncio.to_thread(stick.insert)
         dev = await wait_state(core, stick.label, S.EXPORTING)
         # mounted by udisks2: the whole system sees it, and so does udisks
         assert dev.mount_point and mounted_in_proc(dev.mount_point)
@@ -44,16 +44,16 @@ async def test_insert_exports_new_sessions_and_ejects(sticks, tmp_path, fs):
         assert all(j.state == JobState.COMPLETED for j in core.jobs.list())
 
         # the same stick again: nothing new is written, it is still ejected
-        stick.insert()
-        await wait_for(lambda: not loop_attached(stick), 20, "second eject")
+        await asyncio.to_thread(stick.insert)
+        await until(lambda: not loop_attached(stick), "second eject", 20)
         await wait_state(core, stick.label, S.SAFE_TO_REMOVE, timeout=5)
         assert len(core.written) == 1
 
         # a new session in the library, the stick again: only that one
-        core.library.sessions.append(summary(3))
-        stick.insert()
-        await wait_for(lambda: len(core.written) == 2, 20, "export of the new session")
-        await wait_for(lambda: not loop_attached(stick), 20, "third eject")
+        core.library.add(make_session(3))
+        await asyncio.to_thread(stick.insert)
+        await until(lambda: len(core.written) == 2, "export of the new session", 20)
+        await until(lambda: not loop_attached(stick), "third eject", 20)
         await wait_state(core, stick.label, S.SAFE_TO_REMOVE, timeout=5)
         assert core.written[1][1] == [3]
     await log.close()
@@ -61,14 +61,14 @@ async def test_insert_exports_new_sessions_and_ejects(sticks, tmp_path, fs):
     assert seq[:5] == ["detected", "mounting", "mounted", "exporting", "verifying"] or \
         seq[:4] == ["detected", "mounting", "mounted", "exporting"], seq
     assert seq[-2:] == ["ejecting", "safe_to_remove"], seq
-    names = stick_files(stick, lambda root: sorted(os.listdir(root / "SilentSteno")))
+    names = await asyncio.to_thread(stick_files, stick, lambda root: sorted(os.listdir(root / "SilentSteno")))
     assert names == sorted([summary(i).uuid for i in (1, 2, 3)] + ["manifest.json"])
 
 
 async def test_cold_plug_stick_present_at_start(sticks, tmp_path):
-    core = FakeCore(make_cfg(tmp_path), n_sessions=1)
-    stick = sticks("ext4")
-    stick.insert()
+    core = FakeCore(make_cfg(tmp_path), write_files=True, n_sessions=1)
+    stick = await asyncio.to_thread(sticks, "ext4")
+    await asyncio.to_thread(stick.insert)
     await asyncio.to_thread(os.system, "udevadm settle -t 10")
     async with usb.running(core):
         dev = await wait_state(core, stick.label, S.SAFE_TO_REMOVE, S.ERROR)
@@ -77,16 +77,16 @@ async def test_cold_plug_stick_present_at_start(sticks, tmp_path):
 
 
 async def test_removal_mid_export_fails_job_then_next_insertion_completes(sticks, tmp_path):
-    core = FakeCore(make_cfg(tmp_path), n_sessions=2, file_size=8 << 20, chunk_delay=0.05)
-    stick = sticks("exfat")     # a FUSE filesystem: killing its helper is how a yank looks here
+    core = FakeCore(make_cfg(tmp_path), write_files=True, n_sessions=2, file_size=8 << 20, chunk_delay=0.05)
+    stick = await asyncio.to_thread(sticks, "exfat")  # a FUSE filesystem: killing its helper is how a yank looks here
     async with usb.running(core) as mgr:
-        stick.insert()
+        await asyncio.to_thread(stick.insert)
         await wait_state(core, stick.label, S.EXPORTING)
         await asyncio.sleep(0.3)
         await asyncio.to_thread(stick.yank)
         await wait_state(core, stick.label, S.REMOVED)
-        job = await wait_for(lambda: next((j for j in core.jobs.list() if j.state.finished), None), 30,
-                             "the job to finish")
+        job = await until(lambda: next((j for j in core.jobs.list() if j.state.finished), None), "the job to finish",
+                          30)
         assert job.state == JobState.FAILED and job.error, job
         assert core.written == []
         assert by_label(core, stick.label).state == S.REMOVED
@@ -94,17 +94,17 @@ async def test_removal_mid_export_fails_job_then_next_insertion_completes(sticks
         # the next insertion completes the export
         core.chunk_delay = 0
         core.file_size = 64 * 1024
-        stick.insert()
+        await asyncio.to_thread(stick.insert)
         await wait_state(core, stick.label, S.SAFE_TO_REMOVE, timeout=30)
         assert [ids for _, ids in core.written] == [[1, 2]]
 
 
 async def test_noexport_marker_mounts_but_never_writes(sticks, tmp_path):
-    core = FakeCore(make_cfg(tmp_path), n_sessions=1)
-    stick = sticks("vfat")
-    prepare(stick, {".steno-noexport": b""})
+    core = FakeCore(make_cfg(tmp_path), write_files=True, n_sessions=1)
+    stick = await asyncio.to_thread(sticks, "vfat")
+    await asyncio.to_thread(prepare, stick, {".steno-noexport": b""})
     async with usb.running(core):
-        stick.insert()
+        await asyncio.to_thread(stick.insert)
         dev = await wait_state(core, stick.label, S.MOUNTED)
         await asyncio.sleep(0.5)
         dev = by_label(core, stick.label)
@@ -119,15 +119,15 @@ async def test_noexport_marker_mounts_but_never_writes(sticks, tmp_path):
 
 
 async def test_stick_config_file_chooses_formats_and_bad_one_is_refused(sticks, tmp_path):
-    core = FakeCore(make_cfg(tmp_path), n_sessions=1)
-    good, bad = sticks("ext4"), sticks("ext4")
-    prepare(good, {"steno-export.toml": b'formats = ["txt"]\neject_after = false\n'})
-    prepare(bad, {"steno-export.toml": b'formats = ["exe"]\n'})
+    core = FakeCore(make_cfg(tmp_path), write_files=True, n_sessions=1)
+    good, bad = await asyncio.to_thread(sticks, "ext4"), await asyncio.to_thread(sticks, "ext4")
+    await asyncio.to_thread(prepare, good, {"steno-export.toml": b'formats = ["txt"]\neject_after = false\n'})
+    await asyncio.to_thread(prepare, bad, {"steno-export.toml": b'formats = ["exe"]\n'})
     async with usb.running(core):
-        good.insert()
-        bad.insert()
+        await asyncio.to_thread(good.insert)
+        await asyncio.to_thread(bad.insert)
         dev = await wait_state(core, bad.label, S.MOUNTED, S.ERROR)
-        await wait_for(lambda: core.jobs.list() and core.jobs.list()[0].state.finished, 20, "the job")
+        await until(lambda: core.jobs.list() and core.jobs.list()[0].state.finished, "the job", 20)
         job = core.jobs.list()[0]
         assert job.formats == ("txt",)
         # eject_after = false on that stick: it stays mounted once the adapter has seen the job end
@@ -140,21 +140,21 @@ async def test_stick_config_file_chooses_formats_and_bad_one_is_refused(sticks, 
 
 
 async def test_stick_without_filesystem_is_reported(sticks, tmp_path):
-    core = FakeCore(make_cfg(tmp_path), n_sessions=1)
-    stick = sticks(None)
+    core = FakeCore(make_cfg(tmp_path), write_files=True, n_sessions=1)
+    stick = await asyncio.to_thread(sticks, None)
     async with usb.running(core):
-        stick.insert()
-        dev = await wait_for(lambda: next((d for d in core.devices.list() if d.device == stick.part), None),
-                             10, "the unusable stick to be reported")
+        await asyncio.to_thread(stick.insert)
+        dev = await until(lambda: next((d for d in core.devices.list() if d.device == stick.part), None),
+                          "the unusable stick to be reported", 10)
         assert dev.state == S.ERROR and "no filesystem" in dev.error
         assert stick.mount_points() == []
 
 
 async def test_read_only_stick(sticks, tmp_path):
-    core = FakeCore(make_cfg(tmp_path), n_sessions=1)
-    stick = sticks("ext4", read_only=True)
+    core = FakeCore(make_cfg(tmp_path), write_files=True, n_sessions=1)
+    stick = await asyncio.to_thread(sticks, "ext4", read_only=True)
     async with usb.running(core):
-        stick.insert()
+        await asyncio.to_thread(stick.insert)
         dev = await wait_state(core, stick.label, S.ERROR)
         assert "read-only" in dev.error
         assert core.jobs.list() == []
@@ -164,22 +164,22 @@ async def test_read_only_stick(sticks, tmp_path):
 
 
 async def test_full_stick_fails_with_reason(sticks, tmp_path):
-    core = FakeCore(make_cfg(tmp_path), n_sessions=1, file_size=8 << 20)
-    stick = sticks("ext4", size_mb=16)
-    prepare(stick, {"filler": b"\0" * (9 << 20)})
+    core = FakeCore(make_cfg(tmp_path), write_files=True, n_sessions=1, file_size=8 << 20)
+    stick = await asyncio.to_thread(sticks, "ext4", size_mb=16)
+    await asyncio.to_thread(prepare, stick, {"filler": b"\0" * (9 << 20)})
     async with usb.running(core):
-        stick.insert()
+        await asyncio.to_thread(stick.insert)
         dev = await wait_state(core, stick.label, S.ERROR, S.SAFE_TO_REMOVE)
         assert dev.state == S.ERROR and "No space left" in dev.error, dev
         assert core.written == []
 
 
 async def test_two_sticks_at_once_each_get_a_job(sticks, tmp_path):
-    core = FakeCore(make_cfg(tmp_path), n_sessions=2)
-    a, b = sticks("exfat"), sticks("ext4")
+    core = FakeCore(make_cfg(tmp_path), write_files=True, n_sessions=2)
+    a, b = await asyncio.to_thread(sticks, "exfat"), await asyncio.to_thread(sticks, "ext4")
     async with usb.running(core):
-        a.insert()
-        b.insert()
+        await asyncio.to_thread(a.insert)
+        await asyncio.to_thread(b.insert)
         for s in (a, b):
             dev = await wait_state(core, s.label, S.SAFE_TO_REMOVE, S.ERROR, timeout=30)
             assert dev.state == S.SAFE_TO_REMOVE, dev.error
@@ -189,10 +189,10 @@ async def test_two_sticks_at_once_each_get_a_job(sticks, tmp_path):
 
 
 async def test_system_disk_never_touched(sticks, tmp_path):
-    core = FakeCore(make_cfg(tmp_path), n_sessions=1)
-    stick = sticks("ext4")
+    core = FakeCore(make_cfg(tmp_path), write_files=True, n_sessions=1)
+    stick = await asyncio.to_thread(sticks, "ext4")
     async with usb.running(core) as mgr:
-        stick.insert()
+        await asyncio.to_thread(stick.insert)
         await wait_state(core, stick.label, S.SAFE_TO_REMOVE)
         root_dev = os.stat("/").st_dev
         assert mgr.watcher is not None
@@ -204,10 +204,10 @@ async def test_system_disk_never_touched(sticks, tmp_path):
 
 
 async def test_eject_during_export_cancels_the_job_first(sticks, tmp_path):
-    core = FakeCore(make_cfg(tmp_path), n_sessions=1, file_size=8 << 20, chunk_delay=0.05)
-    stick = sticks("ext4")
+    core = FakeCore(make_cfg(tmp_path), write_files=True, n_sessions=1, file_size=8 << 20, chunk_delay=0.05)
+    stick = await asyncio.to_thread(sticks, "ext4")
     async with usb.running(core):
-        stick.insert()
+        await asyncio.to_thread(stick.insert)
         dev = await wait_state(core, stick.label, S.EXPORTING)
         await core.eject(dev.id)
         assert by_label(core, stick.label).state == S.SAFE_TO_REMOVE
@@ -218,11 +218,11 @@ async def test_eject_during_export_cancels_the_job_first(sticks, tmp_path):
 
 
 async def test_allow_list_leaves_other_sticks_alone(sticks, tmp_path):
-    core = FakeCore(make_cfg(tmp_path, **{"usb.allow_labels": ["RECOFFICE"]}), n_sessions=1)
-    other, office = sticks("ext4"), sticks("ext4", label="RECOFFICE")
+    core = FakeCore(make_cfg(tmp_path, **{"usb.allow_labels": ["RECOFFICE"]}), write_files=True, n_sessions=1)
+    other, office = await asyncio.to_thread(sticks, "ext4"), await asyncio.to_thread(sticks, "ext4", label="RECOFFICE")
     async with usb.running(core):
-        other.insert()
-        office.insert()
+        await asyncio.to_thread(other.insert)
+        await asyncio.to_thread(office.insert)
         await wait_state(core, office.label, S.SAFE_TO_REMOVE)
         dev = by_label(core, other.label)
         assert dev.state == S.DETECTED and "allow-list" in dev.error
@@ -233,29 +233,29 @@ async def test_allow_list_leaves_other_sticks_alone(sticks, tmp_path):
 
 
 async def test_several_partitions_pick_preferred_label_else_largest(sticks, tmp_path):
-    stick = sticks("ext4", part_sizes_mb=[20, 40], labels=["RECSMALL", "RECBIG"])
-    core = FakeCore(make_cfg(tmp_path), n_sessions=1)
+    stick = await asyncio.to_thread(sticks, "ext4", part_sizes_mb=[20, 40], labels=["RECSMALL", "RECBIG"])
+    core = FakeCore(make_cfg(tmp_path), write_files=True, n_sessions=1)
     async with usb.running(core):
-        stick.insert()
+        await asyncio.to_thread(stick.insert)
         await wait_state(core, "RECBIG", S.SAFE_TO_REMOVE)
         assert by_label(core, "RECSMALL") is None
-    stick.cleanup()
-    core = FakeCore(make_cfg(tmp_path, **{"usb.prefer_labels": ["RECSMALL"]}), n_sessions=1)
+    await asyncio.to_thread(stick.cleanup)
+    core = FakeCore(make_cfg(tmp_path, **{"usb.prefer_labels": ["RECSMALL"]}), write_files=True, n_sessions=1)
     async with usb.running(core):
-        stick.insert()
+        await asyncio.to_thread(stick.insert)
         await wait_state(core, "RECSMALL", S.SAFE_TO_REMOVE)
         assert by_label(core, "RECBIG") is None
 
 
 async def test_unusable_stick_removed_is_reported_removed(sticks, tmp_path):
-    core = FakeCore(make_cfg(tmp_path), n_sessions=1)
-    stick = sticks(None)
+    core = FakeCore(make_cfg(tmp_path), write_files=True, n_sessions=1)
+    stick = await asyncio.to_thread(sticks, None)
     async with usb.running(core):
-        stick.insert()
-        dev = await wait_for(lambda: next((d for d in core.devices.list() if d.device == stick.part), None),
-                             10, "the unusable stick")
-        stick.remove()
-        await wait_for(lambda: core.devices.get(dev.id).state == S.REMOVED, 10, "removed")
+        await asyncio.to_thread(stick.insert)
+        dev = await until(lambda: next((d for d in core.devices.list() if d.device == stick.part), None),
+                          "the unusable stick", 10)
+        await asyncio.to_thread(stick.remove)
+        await until(lambda: core.devices.get(dev.id).state == S.REMOVED, "removed", 10)
 
 
 async def test_watch_without_udisks_says_so_and_keeps_retrying(tmp_path, caplog):
@@ -271,11 +271,11 @@ async def test_watch_without_udisks_says_so_and_keeps_retrying(tmp_path, caplog)
     try:
         addr = proc.stdout.readline().strip()
         assert addr.startswith("unix:"), "private dbus-daemon did not start"
-        core = FakeCore(make_cfg(tmp_path), n_sessions=1)
+        core = FakeCore(make_cfg(tmp_path), write_files=True, n_sessions=1)
         caplog.set_level(logging.DEBUG, "steno_exportd.usb.manager")
         task = asyncio.create_task(usb.watch(core, addr, retry_seconds=0.05))
-        await wait_for(lambda: sum("udisks2 is not running" in r.getMessage() for r in caplog.records) >= 3,
-                       10, "retries")
+        await until(lambda: sum("udisks2 is not running" in r.getMessage() for r in caplog.records) >= 3,
+                    "retries", 10)
         assert not task.done()
         assert [r.levelname for r in caplog.records if "unavailable" in r.getMessage()][:2] == ["ERROR", "DEBUG"]
         task.cancel()
@@ -288,12 +288,12 @@ async def test_watch_without_udisks_says_so_and_keeps_retrying(tmp_path, caplog)
 async def test_auto_export_switched_on_at_runtime_overrides_the_file(sticks, tmp_path):
     """usb.auto_export.enabled = false in the file, then `steno-exportctl auto-export on`: a stick exports."""
     core = FakeCore(make_cfg(tmp_path, **{"usb.auto_export.enabled": False, "usb.auto_export.eject_after": False}),
-                    n_sessions=1)
+                    write_files=True, n_sessions=1)
     core.auto_export = True                 # what core.set_auto_export(True) leaves
-    stick = sticks("ext4")
+    stick = await asyncio.to_thread(sticks, "ext4")
     async with usb.running(core):
-        stick.insert()
-        await wait_for(lambda: core.jobs.list() and core.jobs.list()[0].state.finished, 20, "the export")
+        await asyncio.to_thread(stick.insert)
+        await until(lambda: core.jobs.list() and core.jobs.list()[0].state.finished, "the export", 20)
         dev = await wait_state(core, stick.label, S.MOUNTED)
         await core.eject(dev.id)
     assert core.written and core.written[0][1] == [1]
@@ -301,12 +301,12 @@ async def test_auto_export_switched_on_at_runtime_overrides_the_file(sticks, tmp
 
 async def test_change_event_burst_is_debounced(sticks, tmp_path):
     import subprocess
-    core = FakeCore(make_cfg(tmp_path, **{"usb.auto_export.eject_after": False}), n_sessions=1)
-    stick = sticks("ext4")
+    core = FakeCore(make_cfg(tmp_path, **{"usb.auto_export.eject_after": False}), write_files=True, n_sessions=1)
+    stick = await asyncio.to_thread(sticks, "ext4")
     log = StateLog(core)
     async with usb.running(core) as mgr:
-        stick.insert()
-        await wait_for(lambda: core.jobs.list() and core.jobs.list()[0].state.finished, 20, "the export")
+        await asyncio.to_thread(stick.insert)
+        await until(lambda: core.jobs.list() and core.jobs.list()[0].state.finished, "the export", 20)
         dev = await wait_state(core, stick.label, S.MOUNTED)
         evaluated = []
         orig = mgr.watcher._evaluate

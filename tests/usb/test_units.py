@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import os
 
 import pytest
@@ -14,7 +15,7 @@ from steno_exportd.events import DeviceRemoved, DeviceState, DeviceUpdated, Even
 from steno_exportd.usb import policy
 from steno_exportd.usb.udev import Candidate, classify, pick, system_disks
 from steno_exportd.usb.udisks import mount_options
-from tests.usb.fakecore import summary
+from tests.fakes import summary
 
 USB_PART = {"SUBSYSTEM": "block", "DEVTYPE": "partition", "DEVNAME": "/dev/sdb1", "ID_BUS": "usb",
             "ID_FS_USAGE": "filesystem", "ID_FS_TYPE": "vfat", "ID_FS_UUID": "ABCD-1234",
@@ -144,13 +145,16 @@ def test_select_sessions_new_all_since_days(tmp_path):
     assert policy.select_sessions(sums, recent, set(), now=now) == [2]
 
 
-def test_sessions_on_stick_reads_manifest_shapes(tmp_path):
+def test_sessions_on_stick_reads_the_engines_manifest(tmp_path):
+    from steno_exportd.engine import manifest as mf
     d = tmp_path / "SilentSteno"
     d.mkdir()
-    (d / "manifest.json").write_text('{"sessions": [{"uuid": "u1"}, {"uuid": "u2"}]}')
+    m = mf.Manifest({"u1": {"folder": "a", "files": {}}, "u2": {"folder": "b", "files": {}},
+                     "rebuilt:c": {"folder": "c", "files": {}}, "merged:d": {"folder": "d", "files": {}}})
+    (d / "manifest.json").write_text(json.dumps(m.to_json()))
     assert policy.sessions_on_stick(tmp_path) == {"u1", "u2"}
-    (d / "manifest.json").write_text('{"sessions": {"u3": {"files": []}}}')
-    assert policy.sessions_on_stick(tmp_path) == {"u3"}
+    (d / "manifest.json").write_text('{"sessions": {"u3": {"folder": "x", "files": {}}}}')   # not ours
+    assert policy.sessions_on_stick(tmp_path) == set()
     (d / "manifest.json").write_text("not json")
     assert policy.sessions_on_stick(tmp_path) == set()
 
@@ -158,7 +162,8 @@ def test_sessions_on_stick_reads_manifest_shapes(tmp_path):
 def test_sessions_on_stick_never_follows_a_symlinked_folder(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    (elsewhere / "manifest.json").write_text('{"sessions": {"u1": {}}}')
+    from steno_exportd.engine import manifest as mf
+    (elsewhere / "manifest.json").write_text(json.dumps(mf.Manifest({"u1": {"folder": "a", "files": {}}}).to_json()))
     stick = tmp_path / "stick"
     stick.mkdir()
     (stick / "SilentSteno").symlink_to(elsewhere)

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from steno_exportd import demo
-from tests.web.helpers import DaemonLikeServer, lib_sessions, make_config, started_core
+from tests.configs import make_config
+from tests.web.helpers import DaemonLikeServer, lib_sessions, on_library, started_core
 
 
 @pytest.fixture(scope="session")
@@ -23,7 +24,7 @@ async def web_client(aiohttp_client, tmp_path, demo_lib):
     cores = []
 
     async def make(**over):
-        core = await started_core(make_config(tmp_path, demo_lib, **over))
+        core = await started_core(make_config(tmp_path, **on_library(demo_lib, **over)))
         cores.append(core)
         return await aiohttp_client(DaemonLikeServer(make_app(core))), core
     yield make

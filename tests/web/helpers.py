@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp.test_utils import TestServer
 from aiohttp.web_runner import AppRunner, BaseRunner
 
-from steno_exportd import config, demo
+from steno_exportd import demo
 from steno_exportd.core import Core
 from steno_exportd.library import Library
 from steno_exportd.web.password import hash_password
@@ -23,19 +23,10 @@ PASSWORD = "correct horse battery"
 PASSWORD_HASH = hash_password(PASSWORD)
 
 
-def make_config(tmp: Path, lib: Path, **over):
-    (tmp / "exports").mkdir(exist_ok=True)
-    data = {"recorder": {"db_path": str(lib / demo.DB_NAME)},
-            "state": {"dir": str(tmp / "state"), "runtime_dir": str(tmp / "run")},
-            "export": {"allowed_dirs": [str(tmp / "exports")]},
-            "usb": {"enabled": False}, "http": {"bind": ["127.0.0.1"], "port": 8080}}
-    for dotted, value in over.items():
-        *path, key = dotted.split(".")
-        d = data
-        for p in path:
-            d = d.setdefault(p, {})
-        d[key] = value
-    return config.from_dict(data)
+def on_library(lib: Path, **over: Any) -> dict[str, Any]:
+    """tests.configs.make_config overrides for the page over the demo library in folder ``lib``, on 127.0.0.1."""
+    return {"recorder.db_path": str(lib / demo.DB_NAME), "http.enabled": True, "http.bind": ["127.0.0.1"],
+            "http.port": 8080, **over}
 
 
 async def started_core(cfg):
@@ -49,16 +40,6 @@ class DaemonLikeServer(TestServer):
 
     async def _make_runner(self, **kwargs: Any) -> BaseRunner:
         return AppRunner(self.app, **{**kwargs, "handler_cancellation": False})
-
-
-async def eventually(cond, what: str, timeout: float = 10.0):
-    """Bounded async poll (the server runs on this loop, so a blocking wait would stall it)."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not (value := cond()):
-        assert loop.time() < end, f"timed out after {timeout}s waiting for {what}"
-        await asyncio.sleep(0.02)
-    return value
 
 
 async def open_download(client, path: str, first: int):

@@ -8,12 +8,14 @@ import signal
 import socket
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 
 from steno_exportd import demo
-from tests.parts import wait_for
+from tests.parts import sha256sum_check, wait_for
 from tests.web.helpers import PASSWORD, PASSWORD_HASH
 
 REPO = Path(__file__).resolve().parents[2]
@@ -115,12 +117,9 @@ def test_login_seek_on_click_and_live_job_progress(daemon, chromium_page):
         page.click("a[href$='/zip']")
     zpath = tmp / "dl.zip"
     dl.value.save_as(zpath)
-    import subprocess
     import zipfile
     zipfile.ZipFile(zpath).extractall(tmp / "unzipped")
-    r = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=tmp / "unzipped" / "SilentSteno",
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
+    assert not sha256sum_check(tmp / "unzipped" / "SilentSteno")
     # a share link for 2 downloads, used from a fresh browser (no login) until it is used up
     page.fill("input[name=max_downloads]", "2")
     page.click("form[action$='/share'] button[type=submit]")
@@ -192,5 +191,66 @@ timeout = 5
                                "tr.querySelector('td.state')?.textContent === 'completed')", timeout=60000)
     nas = root / "nas" / "rec-browser"
     assert len(list(nas.rglob("transcript.txt"))) == 2
-    r = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=nas, capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
+    assert not sha256sum_check(nas)
+
+
+def test_a_search_result_opens_the_meeting_at_its_second(daemon, chromium_page):
+    """A word said in one meeting only, typed without its accents on the search page: one meeting
+    found, and its result opens that meeting with the line marked and the player at that second."""
+    url, tmp = daemon
+    page = chromium_page
+    login(page, url)
+    meeting, word, starts = word_said_in_one_meeting(tmp / "library" / demo.DB_NAME)
+    typed = unaccented(word).lower()
+    page.click("nav a[href='/search']")
+    page.fill("input[name=q]", typed)
+    page.click("form.search button[type=submit]")
+    page.wait_for_url("**/search?q=*")
+
+    def indexed() -> bool:          # the daemon indexes the library in the background after its start
+        if "still being indexed" not in page.content() and page.locator("ul.hits a[href*='#t=']").count():
+            return True
+        page.goto(url + "/search?" + urlencode({"q": typed}))
+        return False
+    wait_for(indexed, 30, interval=0.5, what=f"{typed!r} found in a transcript")
+    assert "1 meeting found" in page.content()
+    assert page.locator("ul.hits mark").first.inner_text().casefold() == word.casefold()
+    link = page.locator("ul.hits a[href*='#t=']").first
+    href = link.get_attribute("href")
+    assert href.startswith(f"/sessions/{meeting}#t=")
+    seconds = float(href.split("#t=")[1])
+    assert any(abs(seconds - s) < 0.001 for s in starts), (seconds, starts)
+    link.click()
+    page.wait_for_selector(".transcript li.current")
+    assert page.locator(".transcript li.current").count() == 1
+    start = float(page.locator(".transcript li.current button.seg").get_attribute("data-start"))
+    assert abs(start - seconds) < 0.001, (start, seconds)
+    assert word.casefold() in page.locator(".transcript li.current .text").inner_text().casefold()
+    page.wait_for_function(f"() => Math.abs(document.getElementById('player').currentTime - {seconds}) < 0.5",
+                           timeout=10000)
+
+
+def word_said_in_one_meeting(db: Path) -> tuple[int, str, list[float]]:
+    """(session id, word, starts of its lines): a word of a meeting with a recording that no other text
+    of the library holds (titles, summaries, people...); a Latin-script one, accented if there is one."""
+    from steno_exportd.library import Library
+    with Library(db) as lib:
+        sessions = [lib.get_session(s.id) for s in lib.list_sessions()]
+    where: dict[str, set[int]] = {}
+    for s in sessions:
+        texts = [s.title, s.summary_text, s.description, s.meeting_platform, s.summary.location, *s.summary.tags,
+                 *s.topics, *(f"{a.text} {a.owner}" for a in s.action_items),
+                 *(f"{p.name} {p.role} {p.organization}" for p in s.participants),
+                 *(f"{g.speaker_name} {g.text}" for g in s.segments)]
+        for w in re.findall(r"\w+", " ".join(t or "" for t in texts)):
+            where.setdefault(unaccented(w).casefold(), set()).add(s.id)    # as the index folds it
+    own = [(not w.isascii(), len(w), w, s) for s in sessions if s.audio for g in s.segments
+           for w in re.findall(r"\w+", g.text)
+           if where[unaccented(w).casefold()] == {s.id} and len(w) >= 4 and w.isalpha() and unaccented(w).isascii()]
+    assert own, "the demo library has no word said in one meeting only"
+    *_, word, s = max(own, key=lambda x: x[:3])
+    return s.id, word, [g.start for g in s.segments if word.casefold() in re.findall(r"\w+", g.text.casefold())]
+
+
+def unaccented(word: str) -> str:
+    return "".join(c for c in unicodedata.normalize("NFKD", word) if not unicodedata.combining(c))

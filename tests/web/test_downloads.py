@@ -9,7 +9,8 @@ import zipfile
 
 from steno_exportd.formats import DOCUMENT_TEMPLATES, FORMATS
 from steno_exportd.web.context import CTX
-from tests.web.helpers import csrf, eventually, leave, open_download, open_files, with_audio
+from tests.parts import until
+from tests.web.helpers import csrf, leave, open_download, open_files, with_audio
 
 
 def big_and_small(sessions):
@@ -33,7 +34,7 @@ async def test_clients_leaving_mid_download_are_one_info_line_and_leave_nothing(
         before = len(left_lines(caplog))
         _, writer, length = await open_download(client, path, 256 * 1024)
         leave(writer, reset)
-        await eventually(lambda: len(left_lines(caplog)) > before, f"the log line for {path}")
+        await until(lambda: len(left_lines(caplog)) > before, f"the log line for {path}", in_thread=False)
         line = left_lines(caplog)[before]
         m = re.fullmatch(r"download of (.+): client left after (\d+) of (\d+) bytes", line)
         assert m and name in m.group(1) and 256 * 1024 <= int(m.group(2)) < length == int(m.group(3)), line
@@ -49,8 +50,8 @@ async def test_clients_leaving_mid_download_are_one_info_line_and_leave_nothing(
 
     # nothing left behind: no stream, no open recording, no temp or half-written file, no audit entry
     ctx = client.app[CTX]
-    await eventually(lambda: not ctx.streams, "the ZIP streams to end")
-    await eventually(lambda: str(big.audio.path) not in open_files(), "the recording to be closed")
+    await until(lambda: not ctx.streams, "the ZIP streams to end", in_thread=False)
+    await until(lambda: str(big.audio.path) not in open_files(), "the recording to be closed", in_thread=False)
     assert not [p for p in tmp_path.rglob("*") if p.is_file() and ("tmp" in p.name or p.name.startswith("."))]
     audit = await (await client.get(f"/api/v1/sessions/{big.id}/audit")).json()
     assert len(audit) == 1                                               # only the complete ZIP counts
@@ -67,7 +68,7 @@ async def test_slow_zip_readers_do_not_hold_up_other_clients(web_client, session
     # more stalled ZIP clients than the default thread pool has workers (2 cores: 6)
     slow = [await open_download(client, f"/sessions/{big.id}/zip?formats=audio", 64 * 1024) for _ in range(8)]
     ctx = client.app[CTX]
-    await eventually(lambda: len(ctx.streams) == 8, "the eight ZIP streams")
+    await until(lambda: len(ctx.streams) == 8, "the eight ZIP streams", in_thread=False)
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     r = await client.get(f"/sessions/{other.id}/audio?dl=1")
@@ -84,7 +85,7 @@ async def test_slow_zip_readers_do_not_hold_up_other_clients(web_client, session
     writer.close()
     for _, w, _ in slow:
         w.close()
-    await eventually(lambda: not ctx.streams, "the stalled streams to end")
+    await until(lambda: not ctx.streams, "the stalled streams to end", in_thread=False)
 
 
 async def test_unknown_download_parameters_are_400_naming_the_allowed_values(web_client, sessions):

@@ -5,25 +5,22 @@ import asyncio
 import dataclasses
 import html as htmllib
 import re
-import subprocess
 
 from steno_exportd.samba import share as samba
 from steno_exportd.samba import adapter
+from steno_exportd.smb.push import SmbKind
 from tests import parts
+from tests.parts import sha256sum_check
 from tests.parts.smbd import make_smbd
 from tests.web.helpers import csrf, next_status, sharing_state
 
 
 async def job_done(client, job_id: int, timeout: float = 60.0) -> dict:
     """Poll the job over the API until it finished (bounded)."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while True:
+    async def finished() -> dict | None:
         job = await (await client.get(f"/api/v1/jobs/{job_id}")).json()
-        if job["state"] in ("completed", "failed", "cancelled"):
-            return job
-        assert loop.time() < end, f"job {job_id} still {job['state']} after {timeout}s"
-        await asyncio.sleep(0.1)
+        return job if job["state"] in ("completed", "failed", "cancelled") else None
+    return await parts.until(finished, f"job {job_id} to finish", timeout, 0.1)
 
 
 async def test_send_to_office_from_the_page_lands_verified_on_the_share(web_client, office):
@@ -31,6 +28,7 @@ async def test_send_to_office_from_the_page_lands_verified_on_the_share(web_clie
     client, core = await web_client(**{
         "smb.recorder_folder": "rec-web",
         "smb.remotes": [dataclasses.asdict(dataclasses.replace(remote, formats=["txt", "json"]))]})
+    core.targets.register(SmbKind())            # as the daemon does
     listing = await (await client.get("/")).text()
     ids = re.findall(r'<input type="checkbox" name="id" value="(\d+)"', listing)[:2]
     assert len(ids) == 2
@@ -48,9 +46,7 @@ async def test_send_to_office_from_the_page_lands_verified_on_the_share(web_clie
     done = await job_done(client, job["id"])
     assert done["state"] == "completed", done["error"]
     nas = root / "nas" / "rec-web"
-    check = await asyncio.to_thread(subprocess.run, ["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=nas,
-                                    capture_output=True, text=True)
-    assert check.returncode == 0, check.stdout + check.stderr
+    assert not await asyncio.to_thread(sha256sum_check, nas)
     assert len(list(nas.rglob("transcript.txt"))) == 2 and not list(nas.rglob("*.pdf"))
     jobs = await (await client.get("/devices")).text()
     row = re.search(rf'<tr data-id="{job["id"]}">(.*?)</tr>', jobs, re.S).group(1)

@@ -6,7 +6,8 @@ import re
 import pytest
 
 from steno_exportd import demo
-from tests.web.helpers import DaemonLikeServer, make_config, started_core
+from tests.configs import make_config
+from tests.web.helpers import DaemonLikeServer, on_library, started_core
 
 N = 10_000
 
@@ -21,7 +22,7 @@ def big_lib(tmp_path_factory):
 @pytest.fixture
 async def big_client(big_lib, tmp_path, aiohttp_client):
     from steno_exportd.web import make_app
-    core = await started_core(make_config(tmp_path, big_lib))
+    core = await started_core(make_config(tmp_path, **on_library(big_lib)))
     try:
         yield await aiohttp_client(DaemonLikeServer(make_app(core)))
     finally:

@@ -11,14 +11,15 @@ import pytest
 from steno_exportd.errors import StenoError
 from steno_exportd.web import serve
 from steno_exportd.web.password import verify_password
-from tests.web.helpers import make_config, started_core
+from tests.configs import make_config
+from tests.web.helpers import on_library, started_core
 
 
 async def test_serve_yields_the_url_and_a_busy_port_is_a_clear_error(tmp_path, demo_lib):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    core = await started_core(make_config(tmp_path, demo_lib, **{"http.port": port}))
+    core = await started_core(make_config(tmp_path, **on_library(demo_lib, **{"http.port": port})))
     try:
         async with serve(core) as url:
             assert url == f"http://127.0.0.1:{port}"
@@ -47,9 +48,9 @@ async def test_oversized_headers_431_traversal_404_and_loopback_alias_403(tmp_pa
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    core = await started_core(make_config(tmp_path, demo_lib, **{
+    core = await started_core(make_config(tmp_path, **on_library(demo_lib, **{
         "http.port": port, "http.bind": ["0.0.0.0"], "http.public_url": f"http://127.0.0.1:{port}",
-        "http.auth.allowed_networks": ["127.0.0.1/32"]}))
+        "http.auth.allowed_networks": ["127.0.0.1/32"]})))
     try:
         async with serve(core) as url:
             async with aiohttp.ClientSession() as http:
@@ -77,7 +78,7 @@ async def test_live_event_stream_ends_promptly_when_the_page_stops(tmp_path, dem
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    core = await started_core(make_config(tmp_path, demo_lib, **{"http.port": port}))
+    core = await started_core(make_config(tmp_path, **on_library(demo_lib, **{"http.port": port})))
     loop = asyncio.get_running_loop()
     try:
         async with aiohttp.ClientSession() as http:

@@ -22,6 +22,22 @@
     if (push) sendTo(push);
   });
 
+  // A search result opens the meeting at its line (#t=SECONDS): that line marked and in view, the player there.
+  const at = /^#t=(\d+(?:\.\d+)?)$/.exec(location.hash);
+  if (at) {
+    const want = parseFloat(at[1]);
+    let line = null;
+    document.querySelectorAll(".transcript [data-start]").forEach(function (b) {
+      if (parseFloat(b.dataset.start) <= want + 0.001) line = b;
+    });
+    if (line) {
+      line.parentElement.classList.add("current");
+      line.scrollIntoView({block: "center"});
+      line.focus({preventScroll: true});
+    }
+    if (player) player.currentTime = want;
+  }
+
   // "Send to <remote>": a push job through the API; its progress is on the sticks & jobs page.
   function sendTo(btn) {
     const msg = document.getElementById("push-msg"), remote = btn.dataset.push;

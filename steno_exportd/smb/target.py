@@ -1,0 +1,685 @@
+"""An SMB share as an export Target (smbprotocol): the engine writes into it as into a folder.
+
+Paths are relative to ``\\\\server\\share\\<remote.path>``. What is SMB-specific lives here: one
+connection that is never silently made again (a lost connection fails the call), pipelined writes
+(PIPELINE x CHUNK bytes in flight, smbwire's zero-copy signed WRITEs), pipelined read-back on a
+second connection (a second smbd process, beside the upload), temp files that survive a drop so a
+big recording resumes inside the file, temp names that carry host, pid and a random tag, and a
+rename that never replaces.
+"""
+from __future__ import annotations
+
+import collections
+import functools
+import logging
+import os
+import socket
+import threading
+import uuid
+from typing import Any, Callable
+
+from steno_exportd.config import SmbRemote
+from steno_exportd.engine.targets import TEMP_PREFIX, EntryStat, check_rel
+from steno_exportd.errors import CancelledJob, InvalidArgument, TargetError
+from steno_exportd.smb import wire as smbwire
+from steno_exportd.smb.client import (SmbError, Throttle, explain, is_connection_error, is_negotiate_failure,
+                                      is_silent, probe_smb1_only, read_password)
+
+log = logging.getLogger(__name__)
+
+CHUNK = 8 * 1024 * 1024            # largest write request (capped by the server's max write)
+READ_CHUNK = 2 * 1024 * 1024       # read-back size: 8 MiB responses cost 5x the system time here
+                                   # (each is a fresh allocation: page faults), 1-2 MiB are cheapest
+PIPELINE = 4                       # CHUNKs in flight per file (4 x 8 MiB: as fast as 8 here, half the memory)
+FAST_WRITES = True                 # smbwire: hand-packed, zero-copy WRITE requests
+RESUME_MIN = 64 * 1024 * 1024      # a file this big cut by a drop is resumed where it stopped, not re-sent
+RESUME_ALIGN = 1024 * 1024         # resume offsets are whole MiB
+RESUME_BACKOFF = 2 * PIPELINE * CHUNK   # resume this far before a cut temp file's end: the writes in flight
+                                        # at the drop (PIPELINE x CHUNK) may have landed out of order (holes)
+
+LIST_BYTES = 1024 * 1024           # a folder listing asked for in one answer (about 5,000 entries)
+SMALL = 1024 * 1024                # a file up to this size is written in one round trip (create, write,
+                                   # rename, close) from a copy of its bytes
+
+_FILE_ATTRIBUTE_DIRECTORY = 0x10
+_FILE_ATTRIBUTE_REPARSE_POINT = 0x400
+_STATUS_ACCESS_DENIED = 0xC0000022
+_STATUS_END_OF_FILE = 0xC0000011
+_STATUS_OBJECT_NAME_COLLISION = 0xC0000035
+_STATUS_OBJECT_PATH_NOT_FOUND = 0xC000003A
+_NOT_FOUND = (0xC0000034, 0xC000003A, 0xC0000103)   # name / path not found, a file where a folder should be
+
+
+def _mapped(method: Callable) -> Callable:
+    """Map any smbprotocol/socket error escaping ``method`` (e.g. from a file's close) to SmbError."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *a: Any, **kw: Any) -> Any:
+        try:
+            return method(self, *a, **kw)
+        except (TargetError, CancelledJob, InvalidArgument):
+            raise
+        except Exception as e:
+            t = self if isinstance(self, SmbTarget) else self._t
+            t._gone(e)
+            raise explain(e, t.remote) from e
+    return wrapper
+
+
+class _Exists(TargetError):
+    """A rename found its destination taken (another writer was first)."""
+
+
+def _kind(attributes: int) -> str:
+    if attributes & _FILE_ATTRIBUTE_REPARSE_POINT:
+        return "symlink"                # a symlink/junction on the server: never followed
+    return "dir" if attributes & _FILE_ATTRIBUTE_DIRECTORY else "file"
+
+
+def _set_rename(tr: Any, dst: str, replace: bool) -> None:
+    """Add a rename to ``dst`` (relative to the share) to a compound request on the file."""
+    from smbclient._io import set_info
+    from smbprotocol.file_info import FileRenameInformation
+    info = FileRenameInformation()
+    info["replace_if_exists"] = replace
+    info["file_name"] = dst
+    set_info(tr, info)
+
+
+class SmbTarget:
+    """A folder on an SMB share (remote.path), reached with smbprotocol; the engine's Target protocol."""
+
+    max_file_size: int | None = None
+    atomic_dir_rename = True            # a folder rename is one request, atomic on the server
+
+    def __init__(self, remote: SmbRemote, password: str | None = None, *, name: str = "") -> None:
+        self.remote = remote
+        self.name = name or f"smb:{remote.name}"
+        self.throttle = Throttle(remote.bandwidth_limit_kbps) if remote.bandwidth_limit_kbps else None
+        self._password = password
+        self._cache: dict = {}
+        self._connected = False
+        self.max_write = CHUNK
+        self.max_read = READ_CHUNK
+        self.tag = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._reader: SmbTarget | None = None
+        self._reader_lock = threading.Lock()
+
+    @property
+    def resume_min(self) -> int:
+        return RESUME_MIN
+
+    def unc(self, rel: str) -> str:
+        """UNC path of ``rel`` (relative to the remote's folder)."""
+        parts = [p for p in (self.remote.path.replace("/", "\\").strip("\\"),) if p]
+        parts += check_rel(rel)
+        return f"\\\\{self.remote.server}\\{self.remote.share}" + "".join("\\" + p for p in parts)
+
+    def share_path(self, rel: str) -> str:
+        """``rel`` as the server names it: relative to the share, backslashes."""
+        return "\\".join([p for p in self.remote.path.replace("/", "\\").split("\\") if p] + check_rel(rel))
+
+    def transact(self, rel: str, actions: Callable[[Any], None] = lambda tr: None, *, folder: bool = False,
+                 **open_args: Any) -> Any:
+        """One compound request on ``rel``: CREATE, what ``actions(tr)`` adds, CLOSE; the transaction
+        (``.raw.fd``: what the CREATE answered, ``.results``: the answers to the actions).
+
+        One round trip, where smbclient's own calls take two or three (lstat, rename, small writes)."""
+        from smbclient._io import SMBDirectoryIO, SMBFileTransaction, SMBRawIO
+        from smbprotocol.exceptions import SMBOSError
+
+        def run(**kw: Any) -> Any:
+            raw = (SMBDirectoryIO if folder else SMBRawIO)(self.unc(rel), **open_args, **kw)
+            tr = SMBFileTransaction(raw)
+            actions(tr)
+            try:
+                tr.commit()
+            except SMBOSError:
+                if not raw.closed:          # a request after the create failed: the file stays open
+                    raw.close()
+                raise
+            return tr
+        return self._call(run)
+
+    # -- connection -------------------------------------------------------------------------------
+    def connect(self) -> None:
+        """Connect, log on and make sure the remote's folder exists; SmbError on failure."""
+        if self._connected:
+            return
+        import smbclient
+        from smbclient import ClientConfig
+
+        r = self.remote
+        password = self._password if self._password is not None else read_password(r.password_file)
+        self._password = password
+        if not r.username:
+            # Guest sessions cannot sign, so the negotiate check must be off (process-wide setting).
+            ClientConfig().require_secure_negotiate = False
+        user = (f"{r.domain}\\{r.username}" if r.domain and r.username else r.username) or "guest"
+        try:
+            session = smbclient.register_session(
+                r.server, username=user, password=password or "", port=r.port,
+                encrypt=True if r.require_encryption else None, connection_timeout=r.timeout,
+                connection_cache=self._cache, auth_protocol="ntlm",
+                require_signing=bool(r.username))
+            conn = session.connection
+            smbwire.tune(conn)
+            # A server that stops answering (not closing) is declared dead after ~2x this, not 20 min.
+            conn._receive_timeout = max(5, int(r.timeout * 2))
+            self.max_write = max(64 * 1024, min(CHUNK, conn.max_write_size))
+            self.max_read = max(64 * 1024, min(READ_CHUNK, conn.max_read_size))
+            if r.require_encryption and not session.encrypt_data:
+                raise SmbError(f"{r.server} did not agree to SMB3 encryption (require_encryption = true)", True)
+            try:
+                smbclient.stat(self.unc(""), **self._kw())
+            except Exception as e:
+                raise explain(e, r) from e
+        except SmbError:
+            self.close()
+            raise
+        except Exception as e:
+            self.close()
+            if is_silent(e):
+                # TCP accepted, no SMB reply: not an SMB1 server (those answer or hang up), nothing to
+                # probe, and not retried within this job (each try would wait the whole timeout again).
+                raise SmbError(f"{r.server}:{r.port} is not answering: it accepted the connection but sent "
+                               f"no SMB reply (timed out after {r.timeout:g}s)", True) from e
+            if is_negotiate_failure(e) and "timeout" not in str(e).lower() and probe_smb1_only(r):
+                raise SmbError(f"{r.server} speaks only SMB1; SMB2 or later is needed", True) from e
+            raise explain(e, r) from e
+        self._connected = True
+
+    def close(self) -> None:
+        """Close both connections; safe to call twice."""
+        from smbclient import reset_connection_cache
+        with self._reader_lock:
+            reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
+        reset_connection_cache(fail_on_error=False, connection_cache=self._cache)
+        self._connected = False
+
+    def alive(self) -> bool:
+        """True while the connection is up (never made again silently)."""
+        if self._connected and not all(c.transport.connected and c._t_exc is None for c in self._cache.values()):
+            self._connected = False
+        return self._connected
+
+    def _kw(self) -> dict:
+        return {"port": self.remote.port, "connection_cache": self._cache,
+                "connection_timeout": self.remote.timeout}
+
+    def _live_kw(self) -> dict:
+        """Keyword arguments for a call on the live connection; never lets smbclient reconnect silently."""
+        if not self.alive():
+            raise SmbError(f"{self.remote.server}:{self.remote.port} connection lost")
+        return self._kw()
+
+    def _gone(self, e: BaseException) -> None:
+        if is_connection_error(e):
+            self._connected = False
+
+    def _call(self, fn: Callable, *a: Any, **kw: Any) -> Any:
+        try:
+            return fn(*a, **kw, **self._live_kw())
+        except (SmbError, CancelledJob):
+            raise
+        except Exception as e:
+            self._gone(e)
+            raise explain(e, self.remote) from e
+
+    def _read_connection(self) -> "SmbTarget":
+        """A second connected target on the same folder (its own TCP connection and smbd process)."""
+        with self._reader_lock:
+            if self._reader is None or not self._reader.alive():
+                if self._reader is not None:
+                    self._reader.close()
+                self._reader = None
+                reader = SmbTarget(self.remote, password=self._password, name=self.name)
+                reader.connect()
+                self._reader = reader
+            return self._reader
+
+    # -- the Target protocol ----------------------------------------------------------------------
+    def lstat(self, rel: str) -> EntryStat | None:
+        from smbprotocol import exceptions as ex
+        from smbprotocol.open import CreateOptions, FilePipePrinterAccessMask
+        try:
+            # the CREATE answer carries attributes, size and times: no queries needed
+            tr = self.transact(rel, mode="r", share_access="rwd",
+                                desired_access=FilePipePrinterAccessMask.FILE_READ_ATTRIBUTES,
+                                create_options=CreateOptions.FILE_OPEN_REPARSE_POINT)
+        except SmbError as e:
+            cause = e.__cause__
+            if isinstance(cause, (ex.ObjectNameNotFound, ex.ObjectPathNotFound)) or \
+                    getattr(cause, "ntstatus", None) in _NOT_FOUND:
+                return None
+            raise
+        fd = tr.raw.fd
+        kind = _kind(fd.file_attributes)
+        return EntryStat(kind, fd.end_of_file if kind == "file" else 0, fd.last_write_time.timestamp())
+
+    def exists(self, rel: str) -> bool:
+        return self.lstat(rel) is not None
+
+    @_mapped
+    def scandir(self, rel: str) -> dict[str, EntryStat]:
+        """One round trip (open, list, close) unless the folder is too big for one answer."""
+        from smbprotocol.file_info import FileInformationClass
+        from smbprotocol.open import QueryDirectoryFlags
+        limit = min(LIST_BYTES, self._cache_conn().max_transact_size)
+
+        def query(tr: Any) -> None:
+            tr += tr.raw.fd.query_directory("*", FileInformationClass.FILE_ID_FULL_DIRECTORY_INFORMATION,
+                                            flags=QueryDirectoryFlags.SMB2_RESTART_SCANS, max_output=limit, send=False)
+        entries = self.transact(rel, query, folder=True, share_access="rwd").results[0]
+        if sum(80 + len(e["file_name"].get_value()) for e in entries) > limit - 4096:
+            entries = self._list_all(rel)       # maybe more than one answer holds: ask until the end
+        out = {}
+        for e in entries:
+            name = e["file_name"].get_value().decode("utf-16-le")
+            if name in (".", ".."):
+                continue
+            kind = _kind(e["file_attributes"].get_value())
+            out[name] = EntryStat(kind, e["end_of_file"].get_value() if kind == "file" else 0,
+                                  e["last_write_time"].get_value().timestamp())
+        return out
+
+    def _list_all(self, rel: str) -> list:
+        from smbclient._io import SMBDirectoryIO
+        from smbprotocol.file_info import FileInformationClass
+
+        def run(**kw: Any) -> list:
+            with SMBDirectoryIO(self.unc(rel), share_access="rwd", **kw) as fd:
+                return list(fd.query_directory("*", FileInformationClass.FILE_ID_FULL_DIRECTORY_INFORMATION))
+        return self._call(run)
+
+    def _cache_conn(self) -> Any:
+        return next(iter(self._cache.values()))
+
+    def listdir(self, rel: str) -> list[str]:
+        return sorted(self.scandir(rel))
+
+    def mkdir(self, rel: str) -> None:
+        """Make the folder (and missing parents); one request when only the last one is missing."""
+        import smbclient
+        parts = check_rel(rel)
+        for i in range(len(parts), 0, -1):      # from the deepest: parents usually exist
+            try:
+                self._call(smbclient.mkdir, self.unc("/".join(parts[:i])))
+            except SmbError as e:
+                status = getattr(e.__cause__, "ntstatus", None)
+                if status == _STATUS_OBJECT_PATH_NOT_FOUND and i > 1:
+                    continue                    # a parent is missing: make it first
+                if status != _STATUS_OBJECT_NAME_COLLISION:
+                    raise
+                sub = "/".join(parts[:i])
+                st = self.lstat(sub)
+                if st is None or st.kind != "dir":
+                    raise TargetError(f"a {st.kind if st else 'entry'} is in the way of folder {sub}") from None
+            for j in range(i + 1, len(parts) + 1):
+                self._call(smbclient.mkdir, self.unc("/".join(parts[:j])))
+            return
+
+    def open_write(self, rel: str, *, resume: str | None = None) -> "_SmbWrite":
+        return _SmbWrite(self, rel, resume)
+
+    def open_read(self, rel: str, *, uncached: bool = False) -> "_SmbRead":
+        # uncached: the read-back goes over a second connection (a second smbd process), so it runs
+        # beside the upload of the next file and never shares a client-side cache with the writes
+        return _SmbRead(self._read_connection() if uncached else self, rel)
+
+    def rename(self, src: str, dst: str) -> None:
+        """Rename; never replaces an existing ``dst`` (atomic on the server: of two racing, one wins)."""
+        from smbprotocol.open import CreateOptions, FilePipePrinterAccessMask
+        try:
+            self.transact(src, lambda tr: _set_rename(tr, self.share_path(dst), False), mode="r", share_access="rwd",
+                          desired_access=FilePipePrinterAccessMask.DELETE,
+                          create_options=CreateOptions.FILE_OPEN_REPARSE_POINT)
+        except SmbError as e:
+            if getattr(e.__cause__, "ntstatus", None) == _STATUS_OBJECT_NAME_COLLISION:
+                raise _Exists(f"refusing to replace existing {dst}") from e
+            raise
+
+    def replace_error(self, e: SmbError, src: str, dst: str) -> TargetError:
+        """What a failed rename of ``src`` over ``dst`` means: the server says "access denied" when
+        another program holds ``dst`` open, and "name collision" when ``dst`` is a folder."""
+        from smbprotocol.exceptions import SMBOSError
+        from smbprotocol.open import FilePipePrinterAccessMask
+        status = getattr(e.__cause__, "ntstatus", None)
+        if status == _STATUS_OBJECT_NAME_COLLISION:
+            st = self.lstat(dst)
+            return TargetError(f"refusing to replace a {st.kind if st else 'folder'} on the target: {dst}")
+        if status == _STATUS_ACCESS_DENIED:
+            try:        # opening it as smbclient's rename does tells "in use" (a sharing violation) apart
+                self.transact(dst, mode="r", share_access="rwd", desired_access=FilePipePrinterAccessMask.FILE_EXECUTE)
+            except SmbError as probe:
+                if getattr(probe.__cause__, "ntstatus", None) not in _NOT_FOUND:
+                    return probe
+        if status is not None:
+            return explain(SMBOSError(status, self.unc(src), self.unc(dst)), self.remote)
+        return e
+
+    def remove(self, rel: str) -> None:
+        import smbclient
+        st = self.lstat(rel)
+        if st is None:
+            return
+        self._call(smbclient.rmdir if st.kind == "dir" else smbclient.remove, self.unc(rel))
+
+    def remove_tree(self, rel: str) -> None:
+        st = self.lstat(rel)
+        if st is None:
+            return
+        if st.kind == "dir":
+            for name in self.scandir(rel):
+                self.remove_tree(f"{rel}/{name}")
+        self.remove(rel)
+
+    @_mapped
+    def free_space(self) -> int:
+        import smbclient
+        return self._call(smbclient.stat_volume, self.unc("")).caller_available_size
+
+    def fsync_dir(self, rel: str) -> None:
+        """Nothing to do: SMB has no folder flush; the server commits creates and renames itself."""
+
+    def own_temp(self, name: str) -> bool:
+        """Temp files this host's pushes leave after a drop (another host's are not ours to remove)."""
+        return name.startswith(f"{TEMP_PREFIX}{socket.gethostname()}-")
+
+    # -- small files (the claim) ------------------------------------------------------------------
+    def read_small(self, rel: str, limit: int = 1 << 20) -> bytes | None:
+        """A small file's bytes, None when it is not there."""
+        st = self.lstat(rel)
+        if st is None or st.kind != "file":
+            return None
+        h = self.open_read(rel)
+        try:
+            data = b""
+            while len(data) <= limit:
+                b = h.read(limit)
+                if not b:
+                    return data
+                data += b
+            raise SmbError(f"{rel} on {self.name} is larger than {limit} bytes", True)
+        finally:
+            h.close()
+
+    def create_once(self, rel: str, data: bytes) -> bool:
+        """Write a small file at ``rel`` unless one is there: False when another writer was first.
+
+        Temp name, then a rename that never replaces: atomic on the server, so of several writers
+        racing for one name exactly one gets it, and nobody ever sees it half written."""
+        h = _SmbWrite(self, rel, None, replace=False)
+        h.write(data)
+        try:
+            h.commit()
+        except _Exists:
+            return False
+        return True
+
+
+class _SmbWrite:
+    """A file being written to a temp name, renamed over its final name on commit.
+
+    A small file (up to SMALL) is kept in memory and goes in one round trip at commit: create,
+    write, rename, close. A bigger one is written with up to PIPELINE x CHUNK bytes in flight:
+    write() returns once its bytes are sent (copied into the socket), so the caller may reuse its
+    buffer; the answers are collected as the window fills and by sync(), and the rename and close
+    go in one round trip. A resumable handle's temp file is kept when the connection drops
+    (nothing can remove it then); a resumed one continues that file from ``offset``.
+    """
+
+    def __init__(self, t: SmbTarget, rel: str, resume: str | None, replace: bool = True) -> None:
+        self._t = t
+        head, _, final = rel.rpartition("/")
+        self._rel, self._replace = rel, replace
+        ok = bool(resume) and resume.startswith(TEMP_PREFIX) and not {"/", "\\"} & set(resume) \
+            and t.own_temp(resume)
+        self.temp = resume if ok else f"{TEMP_PREFIX}{t.tag}-{final}"[:200]
+        self.temp_rel = f"{head}/{self.temp}" if head else self.temp
+        self.offset = 0
+        self.done = False
+        self._have = 0
+        self._raw: Any = None
+        self._sent = False                      # something may be on the server: abort() removes it
+        self._small: bytearray | None = None if resume is not None else bytearray()
+        self._inflight: collections.deque = collections.deque()
+        self._inflight_bytes = 0
+        if ok:
+            st = t.lstat(self.temp_rel)
+            self._have = st.size if st is not None and st.kind == "file" else 0
+            start = self._have - RESUME_BACKOFF
+            self.offset = max(0, start - start % RESUME_ALIGN)
+        self._pos = self.offset
+        self.chunk = t.max_write                # 8 MiB writes: as many requests as smbclient sends
+        if self._small is None:
+            self._open()
+
+    def _access(self) -> int:
+        from smbprotocol.open import FilePipePrinterAccessMask as A
+        access = A.FILE_WRITE_DATA | A.FILE_WRITE_ATTRIBUTES | A.FILE_WRITE_EA | A.DELETE   # DELETE: renamed open
+        return access | (A.FILE_READ_DATA | A.FILE_READ_ATTRIBUTES if self.offset else 0)
+
+    def _open(self) -> None:
+        from smbclient._io import SMBRawIO
+
+        def open_raw(**kw: Any) -> Any:
+            raw = SMBRawIO(self._t.unc(self.temp_rel), mode="r+b" if self.offset else "wb",
+                           desired_access=self._access(), **kw)
+            raw.open()
+            return raw
+        self._sent = True
+        self._raw = self._t._call(open_raw)
+        fd = self._raw.fd
+        self._fd, self._conn = fd, fd.connection
+        self._sid, self._tid = fd.tree_connect.session.session_id, fd.tree_connect.tree_connect_id
+        self._fast = FAST_WRITES and smbwire.supported(self._raw)
+        t = self._t
+        self._step = t.throttle.chunk(t.max_write) if t.throttle else t.max_write
+
+    def _avail(self) -> int:
+        return self._conn.sequence_window["high"] - self._conn.sequence_window["low"]
+
+    def _finish_one(self) -> None:
+        req, recv, n = self._inflight.popleft()
+        self._inflight_bytes -= n
+        written = recv(req)
+        if written != n:
+            raise SmbError(f"short write: server took {written} of {n} bytes")
+
+    def write(self, data: bytes | memoryview) -> None:
+        if self._small is not None:
+            if len(self._small) + len(data) <= min(SMALL, self._t.max_write):
+                self._small += data             # a copy: the caller reuses its buffer
+                if self._t.throttle:
+                    self._t.throttle.spend(len(data))
+                return
+            pending, self._small = self._small, None
+            self._open()
+            if pending:
+                self._send(pending)
+        self._send(data)
+
+    @_mapped
+    def _send(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        throttle = self._t.throttle
+        while view:
+            n = min(len(view), self._step)
+            need = (n - 1) // 65536 + 1
+            while self._inflight and (self._inflight_bytes + n > PIPELINE * CHUNK or self._avail() < need + 2):
+                self._finish_one()       # (+2: the verifier's renames and closes share this connection)
+            if self._avail() < need:     # window smaller than one full write: shrink it
+                need = max(1, self._avail() - 2)
+                n = min(n, need * 65536)
+            grow = need if self._avail() - need < need * PIPELINE else 0
+            try:
+                if self._fast:
+                    req = smbwire.send_write(self._raw, view[:n], self._pos, need + grow)
+                    recv = self._fd._write_response
+                else:
+                    msg, recv = self._fd.write(bytes(view[:n]), offset=self._pos, send=False)
+                    req = self._conn.send(msg, sid=self._sid, tid=self._tid, credit_request=need + grow)
+            except ValueError:
+                if not self._inflight:    # another thread took the credits meanwhile: wait for ours
+                    raise
+                self._finish_one()
+                continue
+            self._inflight.append((req, recv, n))
+            self._inflight_bytes += n
+            view = view[n:]
+            self._pos += n
+            if throttle:
+                throttle.spend(n)
+
+    @_mapped
+    def sync(self) -> None:
+        """Wait until the server has taken every byte sent (its answers to the writes)."""
+        if self._raw is None:
+            return
+        while self._inflight:
+            self._finish_one()
+        if self._have > self._pos:        # a resumed temp file longer than the source now is
+            self._raw.truncate(self._pos)
+            self._have = self._pos
+        self._raw._offset = self._pos
+        self._fd.end_of_file = max(self._fd.end_of_file, self._pos)
+
+    def commit(self) -> None:
+        """Rename over ``rel`` (an existing file is replaced, a folder never; with replace=False nothing
+        is: _Exists); the temp file goes on failure."""
+        from smbclient._io import SMBFileTransaction
+        t = self._t
+        dst = t.share_path(self._rel)
+        try:
+            if self._raw is None:       # create, write, rename, close: one round trip
+                data = bytes(self._small or b"")
+
+                def add(tr: Any) -> None:
+                    if data:
+                        tr += tr.raw.fd.write(data, 0, send=False)
+                    _set_rename(tr, dst, self._replace)
+                self._sent = True
+                written = t.transact(self.temp_rel, add, mode="wb", desired_access=self._access()).results
+                if data and written and written[0] != len(data):
+                    raise SmbError(f"short write: server took {written[0]} of {len(data)} bytes")
+            else:
+                self.sync()
+                tr = SMBFileTransaction(self._raw)
+                _set_rename(tr, dst, self._replace)
+                self._raw.close(transaction=tr)
+                t._call(lambda **kw: tr.commit())
+            self.done = True
+        except SmbError as e:
+            if not self._replace and getattr(e.__cause__, "ntstatus", None) == _STATUS_OBJECT_NAME_COLLISION:
+                raise _Exists(f"refusing to replace existing {self._rel}") from e
+            meant = t.replace_error(e, self.temp_rel, self._rel)
+            if meant is e:
+                raise
+            raise meant from e
+        finally:
+            if not self.done:
+                self.abort()
+
+    def abort(self) -> None:
+        """Close and remove the temp file; after a lost connection it stays (removed by the next run,
+        or continued when resumable). Safe to call twice."""
+        if self.done:
+            return
+        self.done = True
+        self._inflight.clear()
+        t = self._t
+        if not self._sent or not t.alive():
+            return          # nothing on the server yet; or smbclient would silently reconnect: don't
+        try:
+            if self._raw is not None and not self._raw.closed:
+                self._raw.close()
+        except Exception as e:  # noqa: BLE001 - the temp file is removed below (or by the next run)
+            t._gone(e)
+        if t.alive():
+            import smbclient
+            try:
+                smbclient.remove(t.unc(self.temp_rel), **t._live_kw())
+            except Exception as e:  # noqa: BLE001 - best effort: the next run removes our temp files
+                log.debug("temp file %s not removed: %s", self.temp_rel, e)
+
+
+class _SmbRead:
+    """A remote file read in order: the first max_read bytes in one round trip with the open and
+    close (all of a small file), the rest with up to PIPELINE READ requests in flight."""
+
+    def __init__(self, t: SmbTarget, rel: str) -> None:
+        self._t, self._rel = t, rel
+        self._raw: Any = None
+        self._inflight: collections.deque = collections.deque()
+        def first_read(tr: Any) -> None:
+            tr += tr.raw.fd.read(0, t.max_read, send=False)
+        tr = None
+        try:
+            tr = t.transact(rel, first_read, mode="rb")
+            self._first = tr.results[0]
+        except SmbError as e:
+            if getattr(e.__cause__, "ntstatus", None) != _STATUS_END_OF_FILE:
+                raise
+            self._first = b""                   # an empty file (reading at its end is an error)
+        self._size = max(len(self._first), self._size_of(tr))
+        self._offset = len(self._first)
+
+    @staticmethod
+    def _size_of(tr: Any) -> int:
+        return tr.raw.fd.end_of_file if tr is not None else 0
+
+    def _avail(self) -> int:
+        return self._conn.sequence_window["high"] - self._conn.sequence_window["low"]
+
+    @_mapped
+    def read(self, n: int = -1) -> bytes:
+        """The next chunk of at most max_read bytes; b"" at the end."""
+        if self._first is not None:
+            first, self._first = self._first, None
+            if first:
+                return first
+        if self._offset >= self._size and not self._inflight:
+            return b""
+        if self._raw is None:                   # bigger than one read: open it for the rest
+            self._raw = self._t._call(_open_read, self._t.unc(self._rel))
+            fd = self._raw.fd
+            self._fd, self._conn = fd, fd.connection
+            self._sid, self._tid = fd.tree_connect.session.session_id, fd.tree_connect.tree_connect_id
+            self._size = fd.end_of_file
+        max_read = self._t.max_read
+        while self._offset < self._size and len(self._inflight) < PIPELINE:
+            k = min(max_read, self._size - self._offset)
+            need = (k - 1) // 65536 + 1
+            if self._avail() < need:
+                if self._inflight:
+                    break
+                need = max(1, self._avail())
+                k = min(k, need * 65536)
+            msg, recv = self._fd.read(self._offset, k, send=False)
+            grow = need if self._avail() - need < need * PIPELINE else 0
+            self._inflight.append((self._conn.send(msg, sid=self._sid, tid=self._tid,
+                                                   credit_request=need + grow), recv, k))
+            self._offset += k
+        if not self._inflight:
+            return b""
+        req, recv, k = self._inflight.popleft()
+        data = recv(req)
+        if len(data) != k:
+            raise SmbError(f"short read: {len(data)} of {k} bytes")
+        return data
+
+    def close(self) -> None:
+        self._inflight.clear()
+        if self._raw is not None and self._t.alive() and not self._raw.closed:
+            try:
+                self._raw.close()
+            except Exception as e:  # noqa: BLE001 - a read handle's close never fails the caller
+                self._t._gone(e)
+
+
+def _open_read(path: str, **kw: Any) -> Any:
+    import smbclient
+    return smbclient.open_file(path, mode="rb", buffering=0, **kw)

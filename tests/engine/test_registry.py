@@ -1,0 +1,79 @@
+"""Target kinds chosen by the target string: what each accepts, refuses and opens."""
+from __future__ import annotations
+
+import pytest
+
+from steno_exportd import config
+from steno_exportd.engine.registry import ArchiveKind, Checked, FolderKind, local
+from steno_exportd.engine.targets import DirectoryTarget
+from steno_exportd.errors import InvalidArgument, TargetError
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    (tmp_path / "exports" / "stick").mkdir(parents=True)
+    (tmp_path / "recorder" / "audio").mkdir(parents=True)
+    return config.from_dict({"recorder": {"db_path": str(tmp_path / "recorder" / "silent_steno.db"),
+                                          "data_dir": str(tmp_path / "recorder" / "audio")},
+                             "export": {"allowed_dirs": [str(tmp_path / "exports")]}})
+
+
+def test_each_string_goes_to_its_kind(cfg, tmp_path):
+    targets = local()
+    assert isinstance(targets.kind_for(str(tmp_path / "exports" / "a.ZIP")), ArchiveKind)
+    assert targets.kind_for(str(tmp_path / "exports" / "a.zip")).fmt == "zip"
+    assert targets.kind_for(str(tmp_path / "exports" / "a.tgz")).fmt == "tar.gz"
+    assert targets.kind_for(str(tmp_path / "exports" / "a.tar.gz")).fmt == "tar.gz"
+    assert isinstance(targets.kind_for(str(tmp_path / "exports" / "stick")), FolderKind)
+    with pytest.raises(InvalidArgument, match=r"^smb: targets are not supported here \(known: FILE.zip, "
+                                               r"FILE.tar.gz, a folder\)$"):
+        targets.kind_for("smb:office")
+    with pytest.raises(InvalidArgument, match="^no target given$"):
+        targets.kind_for("")
+
+
+def test_folders_allowed_existing_and_never_the_recorders(cfg, tmp_path):
+    targets = local()
+    stick = str(tmp_path / "exports" / "stick")
+    assert targets.check(stick, cfg) == Checked("export", stick)
+    with pytest.raises(InvalidArgument, match="is not under an allowed folder"):
+        targets.check(str(tmp_path), cfg)
+    assert targets.check(str(tmp_path), cfg, trusted=True).operation == "export"     # the CLI, a stick
+    with pytest.raises(InvalidArgument, match="target folder does not exist"):
+        targets.check(str(tmp_path / "exports" / "gone"), cfg)
+    for d in ("recorder", "recorder/audio"):
+        with pytest.raises(InvalidArgument, match="refusing to export into the recorder's data folder"):
+            targets.check(str(tmp_path / d), cfg, trusted=True)
+    kind = targets.kind_for(stick)
+    assert kind.root(stick, cfg) == "SilentSteno" and not kind.again(TargetError("x"), 1, lambda: False)
+    with kind.open(stick, cfg, None) as t:
+        assert isinstance(t, DirectoryTarget) and t.root == tmp_path / "exports" / "stick"
+    with pytest.raises(TargetError, match="recorder's data folder"):
+        with kind.open(str(tmp_path / "recorder"), cfg, None):
+            pass
+
+
+def test_archives_need_an_allowed_folder(cfg, tmp_path):
+    targets = local()
+    ok = str(tmp_path / "exports" / "all.zip")
+    assert targets.check(ok, cfg) == Checked("export", ok)
+    with pytest.raises(InvalidArgument, match="is not under an allowed folder"):
+        targets.check(str(tmp_path / "all.tar.gz"), cfg)
+
+
+def test_a_registered_kind_takes_its_scheme(cfg):
+    class Office:
+        label = "office:<x>"
+
+        def matches(self, target):
+            return target.startswith("office:")
+
+        def check(self, target, cfg, *, trusted):
+            return Checked("push", target, ("txt",))
+    targets = local()
+    kind = Office()
+    targets.register(kind)
+    assert targets.kind_for("office:a") is kind
+    assert targets.check("office:a", cfg) == Checked("push", "office:a", ("txt",))
+    with pytest.raises(InvalidArgument, match=r"known: FILE.zip, FILE.tar.gz, office:<x>, a folder"):
+        targets.kind_for("ftp:x")

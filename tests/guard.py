@@ -1,0 +1,271 @@
+"""The per-test guard: what a test must not do to the process it shares with every other test.
+
+A test fails when it blocked an event loop for more than ``BLOCK_LIMIT`` (any loop, in any thread:
+one slow callback or task step; time in the garbage collector does not count) or when it left
+behind a thread, a mount, a loop device or a child process that was not there before its
+function-scoped fixtures were set up. Resources of fixtures with a wider scope (udevd, the system
+bus, udisksd, a browser) exist before that point, so they are never counted against the test that
+happened to start them. Blocking work in other threads is what asyncio.to_thread is for: only a
+loop's own thread is watched.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import gc
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+import psutil
+import pytest
+
+BLOCK_LIMIT = 0.1       # seconds one loop callback may run
+GRACE = 3.0             # seconds leftovers get to go away (executor workers, a reaped child, a lazy unmount)
+UDISKS_MOUNTS = ("/media", "/run/media")      # where udisks mounts sticks (besides the tests' temp folders)
+
+
+# -- the plugin (registered by tests/conftest.py) -------------------------------------------------
+
+def pytest_configure(config: pytest.Config) -> None:
+    MONITOR.install()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    MONITOR.uninstall()
+
+
+@pytest.fixture(autouse=True)
+def _guard(tmp_path_factory):
+    """Fail the test that blocked an event loop > 100 ms or left a thread, mount, loop device or child.
+
+    Function-scoped and autouse from the root conftest: pytest sets it up after every fixture of a
+    wider scope (their daemons are not this test's) and before the test's own fixtures, and tears
+    it down after them; what those leave behind is the test's."""
+    before = Snapshot.take((str(tmp_path_factory.getbasetemp()), *UDISKS_MOUNTS))
+    mark = MONITOR.mark()
+    yield
+    found = MONITOR.take(mark) + leaks(before)
+    if found:
+        pytest.fail("test guard:\n" + "\n".join(found), pytrace=False)
+
+
+# -- a blocked event loop ----------------------------------------------------------------------
+
+@dataclasses.dataclass
+class _Running:
+    start: float
+    handle: asyncio.Handle
+    where: str = ""            # the loop thread's stack, sampled once it ran past the limit
+
+
+class LoopMonitor:
+    """Times every event loop callback (asyncio.Handle._run); a watchdog thread samples the stack
+    of a loop thread that runs one callback past the limit, so the report names the blocking line.
+
+    asyncio's debug mode would time callbacks too, but it also records a traceback at every
+    call_soon, which slows the whole suite down."""
+
+    def __init__(self, limit: float = BLOCK_LIMIT) -> None:
+        self.limit = limit
+        self.blocked: list[str] = []
+        self._running: dict[int, _Running] = {}
+        self._original = None
+        self._stop = threading.Event()
+        self._watchdog: threading.Thread | None = None
+        self._gc_time = [0.0]          # seconds spent in the garbage collector so far
+        self._gc_start = 0.0
+
+    def install(self) -> None:
+        if self._original is not None:
+            return
+        original = self._original = asyncio.Handle._run
+        running, limit, blocked, gc_time = self._running, self.limit, self.blocked, self._gc_time
+
+        def _run(handle: asyncio.Handle) -> None:
+            greenlet = sys.modules.get("greenlet")
+            if greenlet is not None and greenlet.getcurrent().parent is not None:
+                # Playwright's sync API runs its loop in a greenlet and switches to the test from a
+                # callback: the "callback" then lasts as long as the test's own code.
+                return original(handle)
+            tid = threading.get_ident()
+            outer = running.get(tid)
+            entry = running[tid] = _Running(time.monotonic(), handle)
+            collected = gc_time[0]
+            try:
+                original(handle)
+            finally:
+                took = time.monotonic() - entry.start - (gc_time[0] - collected)
+                if outer is None:
+                    running.pop(tid, None)
+                else:
+                    running[tid] = outer
+                if took > limit:
+                    blocked.append(f"blocked an event loop for {took * 1000:.0f} ms in {describe(handle)}"
+                                   + (f"\n  at (sampled):\n{entry.where}" if entry.where else ""))
+
+        asyncio.Handle._run = _run
+        gc.callbacks.append(self._on_gc)
+        self._watchdog = threading.Thread(target=self._watch, name="test-guard-watchdog", daemon=True)
+        self._watchdog.start()
+
+    def uninstall(self) -> None:
+        if self._original is None:
+            return
+        asyncio.Handle._run = self._original
+        self._original = None
+        gc.callbacks.remove(self._on_gc)
+        self._stop.set()
+        if self._watchdog is not None:
+            self._watchdog.join()
+
+    def _on_gc(self, phase: str, info: dict) -> None:
+        """A collection of a big heap pauses every thread; that is not code blocking the loop."""
+        if phase == "start":
+            self._gc_start = time.monotonic()
+        else:
+            self._gc_time[0] += time.monotonic() - self._gc_start
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.limit / 2):
+            now = time.monotonic()
+            frames = None
+            for tid, entry in list(self._running.items()):
+                if entry.where or now - entry.start <= self.limit:
+                    continue
+                frames = frames if frames is not None else sys._current_frames()
+                frame = frames.get(tid)
+                if frame is not None and self._running.get(tid) is entry:
+                    entry.where = _inside_callback(frame)
+
+    def mark(self) -> int:
+        return len(self.blocked)
+
+    def take(self, mark: int) -> list[str]:
+        """The reports since ``mark``, forgotten once taken."""
+        found = self.blocked[mark:]
+        del self.blocked[mark:]
+        return found
+
+
+MONITOR = LoopMonitor()
+
+
+def _inside_callback(frame) -> str:
+    """The sampled stack from the callback inwards (the loop's own frames say nothing)."""
+    stack = traceback.extract_stack(frame)
+    mine = [i for i, f in enumerate(stack) if f.filename == __file__]
+    return "".join(traceback.format_list(stack[mine[-1] + 2 if mine else 0:][-10:]))
+
+
+def describe(handle: asyncio.Handle) -> str:
+    """The task a callback stepped (where it waits now), else the callback itself."""
+    task = getattr(handle._callback, "__self__", None)
+    return repr(task) if isinstance(task, asyncio.Task) else repr(handle)
+
+
+# -- leftovers ---------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """What the process holds that a test could leave behind. Mounts and loop devices are the whole
+    machine's: only those in ``roots`` (this run's temp folders, where udisks mounts) are counted,
+    so another program's mount elsewhere is not this test's leak."""
+
+    roots: tuple[str, ...]
+    threads: frozenset[threading.Thread]
+    mounts: frozenset[str]
+    loops: frozenset[str]
+    children: dict[tuple[int, float], str]      # (pid, start time) -> what it is
+
+    @classmethod
+    def take(cls, roots: tuple[str, ...]) -> "Snapshot":
+        return cls(roots, frozenset(t for t in threading.enumerate() if t.is_alive()), mounts(roots),
+                   loop_devices(roots), children())
+
+    def leaks(self, now: "Snapshot") -> list[str]:
+        """What ``now`` holds that this snapshot did not, one line each."""
+        out = [f"leaked a thread: {t.name}" for t in now.threads - self.threads
+               if t.is_alive() and not _process_wide(t)]
+        out += [f"leaked a mount: {m}" for m in sorted(now.mounts - self.mounts)]
+        out += [f"leaked a loop device: {x}" for x in sorted(now.loops - self.loops)]
+        out += [f"leaked a child process: {now.children[k]}"
+                for k in sorted(now.children.keys() - self.children.keys())]
+        return out
+
+
+def leaks(before: Snapshot, grace: float = GRACE) -> list[str]:
+    """Leftovers since ``before``, given ``grace`` seconds to go away."""
+    deadline = time.monotonic() + grace
+    while True:
+        now = Snapshot.take(before.roots)
+        found = before.leaks(now)
+        if not found or time.monotonic() > deadline:
+            return found
+        for t in now.threads - before.threads:         # an executor worker finishing its last item
+            t.join(max(0.0, min(0.05, deadline - time.monotonic())))
+        time.sleep(0.05)
+
+
+def _under(path: str, roots: tuple[str, ...]) -> bool:
+    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+def mounts(roots: tuple[str, ...]) -> frozenset[str]:
+    """Mounts under ``roots``, one string each (mount id last: a remount is a new mount)."""
+    out = set()
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            sep = fields.index("-")
+            point = fields[4].replace("\\040", " ")
+            if _under(point, roots):
+                out.add(f"{point} ({fields[sep + 1]} from {fields[sep + 2]}, id {fields[0]})")
+    return frozenset(out)
+
+
+def loop_devices(roots: tuple[str, ...]) -> frozenset[str]:
+    """Attached loop devices whose backing file is under ``roots``."""
+    out = set()
+    for d in Path("/sys/block").glob("loop*"):
+        try:
+            backing = (d / "loop" / "backing_file").read_text().strip()
+        except OSError:                     # not attached (or detached just now)
+            continue
+        if _under(backing, roots):
+            out.add(f"/dev/{d.name} ({backing})")
+    return frozenset(out)
+
+
+def children() -> dict[tuple[int, float], str]:
+    """This process's direct children (a session daemon's own children are that daemon's business)."""
+    out = {}
+    for p in psutil.Process().children():
+        try:
+            if _helper_of_multiprocessing(p.pid):
+                continue
+            key = (p.pid, p.create_time())
+            try:
+                out[key] = f"pid {p.pid} {' '.join(p.cmdline())[:160] or p.name()}"
+            except psutil.ZombieProcess:
+                out[key] = f"pid {p.pid} {p.name()} (exited, never waited for)"
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
+def _helper_of_multiprocessing(pid: int) -> bool:
+    """multiprocessing's forkserver and resource tracker live as long as the process, by design."""
+    from multiprocessing import forkserver, resource_tracker
+    return pid in (getattr(forkserver._forkserver, "_forkserver_pid", None),
+                   getattr(resource_tracker._resource_tracker, "_pid", None))
+
+
+def _process_wide(thread: threading.Thread) -> bool:
+    """The render worker pool lives as long as the process (started on first use, as in the daemon):
+    its manager thread and its call queue's feeder thread."""
+    from steno_exportd import render
+    pool = render._pool
+    return pool is not None and thread in (pool._executor_manager_thread, pool._call_queue._thread)

@@ -1,0 +1,146 @@
+"""The test guard (tests/guard.py) catches what it promises, names it, and leaves alone what it must."""
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from tests import guard
+from tests.parts import require_root, require_tool
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def blocked_reports(coro_fn) -> list[str]:
+    """What the guard reports while coro_fn runs in a loop of its own (taken: this test stays clean)."""
+    mark = guard.MONITOR.mark()
+    asyncio.run(coro_fn())
+    return guard.MONITOR.take(mark)
+
+
+def test_a_blocked_loop_is_reported_with_the_line_that_blocked_it():
+    async def blocks():
+        await asyncio.sleep(0)
+        time.sleep(0.3)
+
+    found = blocked_reports(blocks)
+    assert len(found) == 1, found
+    took = re.match(r"blocked an event loop for (\d+) ms in <Task .*blocks\(\)", found[0])
+    assert took and int(took.group(1)) >= 300, found[0]
+    assert "time.sleep(0.3)" in found[0], found[0]          # the sampled stack shows the culprit
+
+
+def test_blocking_work_in_a_thread_and_short_callbacks_are_fine():
+    async def fine():
+        await asyncio.to_thread(time.sleep, 0.3)             # what asyncio.to_thread is for
+        for _ in range(20):
+            time.sleep(0.01)                                 # 10 ms steps: under the limit
+            await asyncio.sleep(0)
+
+    assert blocked_reports(fine) == []
+
+
+def test_a_leaked_thread_is_named_and_one_that_ends_soon_is_not_a_leak(tmp_path):
+    roots = (str(tmp_path),)
+    before = guard.Snapshot.take(roots)
+    stop = threading.Event()
+    leaked = threading.Thread(target=stop.wait, name="forgotten-worker")
+    leaked.start()
+    finishing = threading.Thread(target=time.sleep, args=(0.3,), name="finishing-worker")
+    finishing.start()
+    try:
+        assert guard.leaks(before, grace=1.0) == ["leaked a thread: forgotten-worker"]
+    finally:
+        stop.set()
+        leaked.join()
+    assert guard.leaks(before, grace=1.0) == []
+
+
+def test_a_leaked_child_process_is_named(tmp_path):
+    roots = (str(tmp_path),)
+    before = guard.Snapshot.take(roots)
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        found = guard.leaks(before, grace=0.2)
+        assert found == [f"leaked a child process: pid {child.pid} sleep 30"], found
+        child.kill()
+        found = guard.leaks(before, grace=0.2)                   # killed but never waited for: still there
+        assert found == [f"leaked a child process: pid {child.pid} sleep (exited, never waited for)"], found
+    finally:
+        child.kill()
+        child.wait()
+    assert guard.leaks(before, grace=0.2) == []
+
+
+def test_a_leaked_mount_and_loop_device_are_named_and_another_programs_are_not(tmp_path):
+    require_root()
+    require_tool("mount", "umount", "losetup")
+    ours, elsewhere = tmp_path / "ours", Path(tempfile.mkdtemp(prefix="guard-test-"))
+    ours.mkdir()
+    roots = (str(ours),)
+    before = guard.Snapshot.take(roots)
+    points = [ours / "mnt", elsewhere / "mnt"]
+    for p in points:
+        p.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "guard-test", str(p)], check=True)
+    try:
+        found = guard.leaks(before, grace=0.2)
+        assert len(found) == 1 and found[0].startswith(f"leaked a mount: {ours}/mnt (tmpfs from guard-test, id "), found
+    finally:
+        for p in points:
+            subprocess.run(["umount", str(p)], check=True)
+        shutil.rmtree(elsewhere)
+    image = ours / "disk.img"
+    image.write_bytes(b"\0" * (1 << 20))
+    dev = subprocess.run(["losetup", "-f", "--show", str(image)], check=True, capture_output=True,
+                         text=True).stdout.strip()
+    try:
+        assert guard.leaks(before, grace=0.2) == [f"leaked a loop device: {dev} ({image})"]
+    finally:
+        subprocess.run(["losetup", "-d", dev], check=True)
+    assert guard.leaks(before, grace=1.0) == []
+
+
+def test_the_guard_fails_a_test_that_breaks_a_rule_and_passes_one_that_does_not(pytester, monkeypatch):
+    """A pytest run of its own with the guard plugin: each rule broken once, named in the report,
+    a session-scoped daemon started during a test's setup not counted as that test's."""
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    pytester.makeconftest('pytest_plugins = ["tests.guard"]\n')
+    pytester.makepyfile(test_rules='''
+        import asyncio, subprocess, threading, time
+        import pytest
+
+        @pytest.fixture(scope="session")
+        def daemon():
+            p = subprocess.Popen(["sleep", "60"])
+            yield p
+            p.kill()
+            p.wait()
+
+        def test_clean(daemon):
+            assert daemon.poll() is None
+
+        async def test_blocks_its_loop():
+            time.sleep(0.25)
+
+        def test_leaks_a_thread():
+            threading.Thread(target=time.sleep, args=(10,), name="leaky-thread", daemon=True).start()
+
+        def test_leaks_a_child():
+            subprocess.Popen(["sleep", "3"])
+    ''')
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-o", "asyncio_mode=auto", timeout=120)
+    result.assert_outcomes(passed=4, errors=3)
+    out = result.stdout.str()
+    took = re.search(r"blocked an event loop for (\d+) ms", out)
+    assert "ERROR at teardown of test_blocks_its_loop" in out and took and int(took.group(1)) >= 250
+    assert "time.sleep(0.25)" in out
+    assert "ERROR at teardown of test_leaks_a_thread" in out and "leaked a thread: leaky-thread" in out
+    assert "ERROR at teardown of test_leaks_a_child" in out and "leaked a child process: pid" in out
+    assert "sleep 60" not in out                                    # the session daemon is nobody's leak
+    assert "test_clean" not in out.split("short test summary info")[-1]
