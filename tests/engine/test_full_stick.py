@@ -12,7 +12,7 @@ from tests.parts.loopfs import loop_fs
 
 async def test_full_stick_headline_says_full_and_free_is_refreshed(tmp_path, rec):
     gone = await add(rec, missing=True, start_time="2026-10-01 08:00:00.000000")
-    big = [await add(rec, audio=b"RIFF" + bytes(3 << 20), start_time=f"2026-10-0{i} 09:00:00.000000")
+    big = [await add(rec, audio=(3 << 20) + 4, start_time=f"2026-10-0{i} 09:00:00.000000")
            for i in range(2, 7)]
     with loop_fs(tmp_path, "ext4", size_mb=12, label="SMALL") as (mnt, _dev, _img):
         core = Core(cfg_for(tmp_path, rec, free_space_margin_mb=0, continue_on_error=True))

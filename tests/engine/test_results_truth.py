@@ -21,7 +21,10 @@ def cfg_for(tmp_path, rec: RecorderDB, **export) -> config.Config:
                              "export": {"allowed_dirs": [str(tmp_path)], "formats": ["txt", "json"], **export}})
 
 
-def add_session(rec: RecorderDB, audio: bytes | None = None, missing: bool = False, **cols) -> int:
+def add_session(rec: RecorderDB, audio: bytes | int | None = None, missing: bool = False, **cols) -> int:
+    """audio: the recording's bytes, or its size (a RIFF header and zeros, made here: off the event loop)."""
+    if isinstance(audio, int):
+        audio = b"RIFF" + bytes(audio - 4)
     path = None
     if audio is not None:
         path = rec.audio(f"a{rec._n + 1}.wav", audio)
@@ -68,7 +71,7 @@ async def test_missing_recording_is_ok_with_warnings(tmp_path, rec):
 
 
 async def test_cancelled_queued_job_stays_cancelled_after_restart(tmp_path, rec):
-    sids = [await add(rec, audio=b"RIFF" + bytes(1 << 20)) for _ in range(3)]
+    sids = [await add(rec, audio=(1 << 20) + 4) for _ in range(3)]
     out = tmp_path / "out"
     out.mkdir()
     cfg = cfg_for(tmp_path, rec, max_concurrent_jobs=1)
@@ -152,8 +155,8 @@ async def test_cancel_during_planning_takes_effect_within_a_second(tmp_path, rec
 
 async def test_cancel_mid_copy_leaves_nothing_final_and_verify_says_incomplete(tmp_path, rec):
     from steno_exportd.engine.verify import verify_target
-    first = await add(rec, audio=b"RIFF" + bytes(1 << 20))
-    big = await add(rec, audio=b"RIFF" + bytes(300 << 20))     # long enough to be cancelled mid-copy
+    first = await add(rec, audio=(1 << 20) + 4)
+    big = await add(rec, audio=(300 << 20) + 4)     # long enough to be cancelled mid-copy
     out = tmp_path / "out"
     out.mkdir()
     core = Core(cfg_for(tmp_path, rec))
@@ -185,8 +188,8 @@ async def test_folder_built_in_place_holds_only_temp_names_until_verified(tmp_pa
     verified: a cancel mid-copy leaves nothing complete-looking under a final name."""
     from steno_exportd.engine.targets import DirectoryTarget
     from steno_exportd.engine.verify import verify_target
-    small = await add(rec, audio=b"RIFF" + bytes(1 << 20))
-    big = await add(rec, audio=b"RIFF" + bytes(300 << 20))
+    small = await add(rec, audio=(1 << 20) + 4)
+    big = await add(rec, audio=(300 << 20) + 4)
     out = tmp_path / "out"
     out.mkdir()
     target = DirectoryTarget(str(out), "FATSTICK")
