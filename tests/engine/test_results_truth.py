@@ -22,15 +22,20 @@ def cfg_for(tmp_path, rec: RecorderDB, **export) -> config.Config:
 
 
 def add_session(rec: RecorderDB, audio: bytes | int | None = None, missing: bool = False, **cols) -> int:
-    """audio: the recording's bytes, or its size (a RIFF header and zeros, made here: off the event loop)."""
-    if isinstance(audio, int):
-        audio = b"RIFF" + bytes(audio - 4)
+    """audio: the recording's bytes, or its size (a RIFF header and zeros, written 1 MiB at a time: one
+    300 MB bytes object would hold the GIL, and so the event loop, for a third of a second)."""
     path = None
-    if audio is not None:
+    if isinstance(audio, int):
+        path = rec.audio(f"a{rec._n + 1}.wav", b"RIFF")
+        with open(rec.root / path, "ab") as f:
+            for left in range(audio - 4, 0, -(1 << 20)):
+                f.write(bytes(min(left, 1 << 20)))
+    elif audio is not None:
         path = rec.audio(f"a{rec._n + 1}.wav", audio)
     if missing:
         path = "audio/gone.wav"
-    sid = rec.session(audio_file_path=path, audio_size_bytes=len(audio or b"") or 32, **cols)
+    size = audio if isinstance(audio, int) else len(audio or b"")
+    sid = rec.session(audio_file_path=path, audio_size_bytes=size or 32, **cols)
     rec.entry(sid, 0.0, 2.0, "hello there")
     return sid
 
