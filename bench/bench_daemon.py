@@ -1,6 +1,7 @@
 """Daemon benchmarks: exec -> READY=1, idle RSS, idle CPU, ListSessions over D-Bus on 10,000 sessions,
 ExportSessions with 10,000 ids -> job accepted (target <= 200 ms; it was ~2 minutes when every id loaded
-its session).
+its session), Cancel -> job final while planning, rendering (PDF/DOCX in the worker) and copying
+(target <= 1 s each), SIGTERM -> exit during an export.
 
 Each figure is printed beside an anchor measured in the same run (bare interpreter, in-process
 library call) and the ratio. BENCH_IDLE_SECONDS (default 60) sets the idle CPU window.
@@ -132,6 +133,55 @@ async def export_ms(address: str, out: str) -> tuple[float, float, int]:
     return one, many, n
 
 
+async def cancel_ms(address: str, ids: list[str] | None, formats: list[str], out: str, ready: str) -> tuple[float, str]:
+    """Start an export, wait for the stage (``ready``: "planning", "rendering", "copying"), Cancel it over
+    D-Bus and time until the job's State is final; returns (ms, the final state)."""
+    from dbus_fast import Message, MessageType, Variant
+    from dbus_fast.aio import MessageBus
+
+    bus = await MessageBus(bus_address=address).connect()
+
+    async def call(member: str, sig: str = "", body: list | None = None, path: str = "/org/silentsteno/Export1",
+                   iface: str = "org.silentsteno.Export1.Manager"):
+        r = await bus.call(Message(destination="org.silentsteno.Export1", path=path, interface=iface,
+                                   member=member, signature=sig, body=body or []))
+        assert r.message_type == MessageType.METHOD_RETURN, r.body
+        return r.body
+
+    async def props(job: str) -> dict:
+        body = await call("GetAll", "s", ["org.silentsteno.Export1.Job"], path=job,
+                          iface="org.freedesktop.DBus.Properties")
+        return {k: v.value for k, v in body[0].items()}
+    try:
+        if ids is None:
+            ids = [str(s["id"].value) for s in (await call("ListSessions", "a{sv}", [{}]))[0]]
+        job = (await call("ExportSessions", "asassa{sv}", [ids, formats, out, {"verify": Variant("b", True)}]))[0]
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            j = await props(job)
+            if j["State"] == "running" and (
+                    (ready == "planning" and j["FilesTotal"] == 0)
+                    or (ready == "rendering" and j["FilesTotal"] > 0 and j["FilesDone"] == 0)
+                    or (ready == "copying" and 0 < j["BytesDone"] < j["BytesTotal"])):
+                break
+            if j["State"] not in ("queued", "running"):
+                return float("nan"), f"finished before the stage ({j['State']})"
+            await asyncio.sleep(0.002)
+        t0 = time.perf_counter()
+        await call("Cancel", path=job, iface="org.silentsteno.Export1.Job")
+        while True:
+            j = await props(job)
+            if j["State"] not in ("queued", "running"):
+                return (time.perf_counter() - t0) * 1000, j["State"]
+            await asyncio.sleep(0.005)
+    finally:
+        bus.disconnect()
+
+
+def report_cancel(stage: str, ms: float, state: str) -> None:
+    print(f"daemon_cancel_{stage}_ms: {ms:.0f}  (job {state}; target <= 1000)")
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-daemon-") as t:
         tmp = Path(t)
@@ -153,6 +203,18 @@ def main() -> None:
             print(f"daemon_exec_to_ready_s: {ready:.3f}")
             print(f"anchor_bare_interpreter_s: {anchor:.3f}")
             print(f"ratio_ready_vs_bare: {ready / anchor:.1f}")
+
+            p, _ = start(tmp, cfg)
+            (tmp / "exports").mkdir(exist_ok=True)
+            try:
+                ms, state = asyncio.run(cancel_ms(address, None, ["pdf", "docx"], str(tmp / "exports"), "rendering"))
+                report_cancel("rendering", ms, state)
+                (tmp / "exports" / "audio.d").mkdir()
+                ms, state = asyncio.run(cancel_ms(address, None, ["audio"], str(tmp / "exports" / "audio.d"),
+                                                  "copying"))
+                report_cancel("copying", ms, state)
+            finally:
+                stop(p)
 
             p, _ = start(tmp, cfg)
             try:
@@ -195,10 +257,16 @@ def main() -> None:
                 print(f"daemon_export_10000_ids_accepted_ms: {many:.1f}  ({n} sessions in the job; target <= 200)")
                 print(f"anchor_export_1_id_accepted_ms: {one:.1f}")
                 print(f"ratio_10000_ids_vs_1_id: {many / one:.1f}")
+                (tmp / "exports" / "plan.d").mkdir()
+                ms, state = asyncio.run(cancel_ms(address, None, ["txt"], str(tmp / "exports" / "plan.d"), "planning"))
+                report_cancel("planning", ms, state)
+                t0 = time.perf_counter()
+                stop(p)                     # SIGTERM while the 10,000-session jobs are queued or planning
+                print(f"daemon_sigterm_to_exit_during_export_s: {time.perf_counter() - t0:.2f}  (TimeoutStopSec 30)")
             finally:
-                # planning a 10,000-session job cannot be cancelled yet (issue 15 §2): SIGTERM would wait
-                p.kill()
-                p.wait(10)
+                if p.poll() is None:
+                    p.kill()
+                    p.wait(10)
         finally:
             bus_proc.terminate()
             bus_proc.wait()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping
@@ -18,7 +19,7 @@ from steno_exportd.engine.options import ExportOptions
 from steno_exportd.engine.registry import local as local_targets
 from steno_exportd.engine.state import StateDB
 from steno_exportd.engine.targets import DirectoryTarget, Target
-from steno_exportd.errors import InvalidArgument, NotFoundError
+from steno_exportd.errors import InvalidArgument, NotFoundError, SourceLockedError
 from steno_exportd.library import ChangeToken, Library, SessionListing
 from steno_exportd.model import Session
 from steno_exportd.outbox.queue import Outbox
@@ -45,7 +46,8 @@ class Core:
         self.targets = local_targets()      # the composition root registers more kinds (smb:)
         self.devices = DeviceRegistry(self.events, lambda d: self.state.device_seen(d.uuid or d.id, d.label,
                                                                                      d.fs_type))
-        self.jobs = JobManager(cfg, self.events, self.state, lambda: self.library, targets=self.targets)
+        self.jobs = JobManager(cfg, self.events, self.state, lambda: self.library, targets=self.targets,
+                               on_finished=self._job_finished)
         self.search_index = SearchIndex(Path(cfg.state.dir) / SEARCH_FILE)
         self.outbox = Outbox(cfg, self.events, lambda: self.library)   # mail: stored before it is sent
         self.schedules = Scheduler(self, clock)   # [[schedules]] and the SMB remotes' schedule (tests move the clock)
@@ -125,10 +127,21 @@ class Core:
     # -- sessions --------------------------------------------------------------------
     async def listing(self) -> SessionListing:
         """Every session summary (newest first) with the key rule: the one cached listing, re-read only
-        when the recorder's database changed. Never reads a transcript."""
+        when the recorder's database changed. Never reads a transcript. A locked database is retried
+        (export.retries, with backoff) like during a job."""
         async with self._listing_lock:
-            self._listing = await asyncio.to_thread(self._current_listing, self._listing)
-            return self._listing
+            delay = 0.2
+            for attempt in range(self.cfg.export.retries + 1):
+                try:
+                    self._listing = await asyncio.to_thread(self._current_listing, self._listing)
+                    return self._listing
+                except SourceLockedError as e:
+                    if attempt == self.cfg.export.retries:
+                        raise
+                    log.info("%s; retrying in %.1f s", e, delay)
+                    await asyncio.sleep(delay)
+                    delay *= 2
+            raise AssertionError("unreachable")
 
     def _current_listing(self, cached: SessionListing | None) -> SessionListing:
         lib = self.library
@@ -223,6 +236,18 @@ class Core:
         return await self.outbox.email_sessions(list(session_ids), list(names), recipients, template)
 
     # -- devices ---------------------------------------------------------------------
+    async def _job_finished(self, job: ev.JobSnapshot) -> None:
+        """A device's free space is what the stick holds now, after every job (failed ones too)."""
+        dev = self.devices.find(job.device_id) if job.device_id else None
+        if dev is None or not dev.mount_point:
+            return
+        try:
+            free = (await asyncio.to_thread(shutil.disk_usage, dev.mount_point)).free
+        except OSError:
+            return                          # pulled: the USB adapter reports the removal
+        if self.devices.find(job.device_id) is not None:
+            self.devices.change(job.device_id, free=free)
+
     def set_ejector(self, ejector: Ejector | None) -> None:
         """The USB adapter installs the coroutine that unmounts and powers a device off."""
         self._ejector = ejector

@@ -20,6 +20,10 @@ class SourceError(StenoError):
     """The recorder database (or a file it names) cannot be read."""
 
 
+class SourceLockedError(SourceError):
+    """The recorder's database stayed locked longer than recorder.lock_timeout (transient: retried)."""
+
+
 class NotFoundError(StenoError):
     """An unknown session, job, device, format or template."""
 
@@ -43,9 +47,18 @@ class RenderError(StenoError):
 class TargetError(StenoError):
     """The export target cannot be written (read-only, gone, hostile content)."""
 
+    kind = ""        # what a person acts on: "full", "pulled", "read-only", "permission" or "" (other)
+
+    def __init__(self, *args: object, kind: str | None = None) -> None:
+        super().__init__(*args)
+        if kind is not None:
+            self.kind = kind
+
 
 class TargetFullError(TargetError):
     """Not enough free space, or a file over the filesystem's per-file limit."""
+
+    kind = "full"
 
 
 class VerifyError(StenoError):

@@ -60,15 +60,29 @@ class FileResult:
     source_problem: bool = False   # the recorder's data is at fault (missing audio), not the target
 
 
+class SessionStatus(enum.StrEnum):
+    OK = "ok"
+    WARNINGS = "ok with warnings"    # everything asked for is there, minus what the recorder lacks
+    FAILED = "failed"                # something it was asked to write is not there (see error)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class SessionResult:
     session_id: int
     uuid: str
     title: str
-    ok: bool
+    ok: bool                  # every file it was asked to write is there (a recording the recorder lacks aside)
     skipped: bool = False     # already on the target and unchanged
     error: str = ""
     files: tuple[FileResult, ...] = ()
+    warnings: tuple[str, ...] = ()   # e.g. the recording is missing on the recorder: exported without it
+    problem: str = ""         # a failure's kind for the target: "full", "pulled", "read-only", "permission", ""
+
+    @property
+    def status(self) -> SessionStatus:
+        if not self.ok:
+            return SessionStatus.FAILED
+        return SessionStatus.WARNINGS if self.warnings else SessionStatus.OK
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -112,6 +126,7 @@ class DeviceSnapshot:
     mount_point: str
     state: DeviceState
     error: str = ""
+    skip_reason: str = ""     # why auto-export left this stick alone (.steno-noexport, a rejected steno-export.toml)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -37,6 +37,9 @@ _ERROR_CODES = {
     "org.freedesktop.DBus.Error.ServiceUnknown": EXIT_NOT_RUNNING,
     "org.freedesktop.DBus.Error.NameHasNoOwner": EXIT_NOT_RUNNING,
 }
+# what the bus answers for an object path nobody exports (a job or device that does not exist)
+_NO_OBJECT = ("org.freedesktop.DBus.Error.UnknownObject", "org.freedesktop.DBus.Error.UnknownInterface",
+              "org.freedesktop.DBus.Error.UnknownMethod")
 
 
 class CtlError(Exception):
@@ -75,10 +78,14 @@ class Client:
                            f"is steno-exportd running? (systemctl status steno-exportd)",
                            EXIT_NOT_RUNNING) from None
 
-    async def call(self, path: str, iface: str, member: str, sig: str = "", body: list | None = None) -> list:
+    async def call(self, path: str, iface: str, member: str, sig: str = "", body: list | None = None,
+                   missing: str = "") -> list:
+        """One method call; ``missing`` is the message when ``path`` is no object of the daemon."""
         reply = await self.bus.call(Message(destination=BUS_NAME, path=path, interface=iface, member=member,
                                             signature=sig, body=body or []))
         if reply.message_type == MessageType.ERROR:
+            if missing and reply.error_name in _NO_OBJECT:
+                raise CtlError(missing, EXIT_NOT_FOUND)
             code = _ERROR_CODES.get(reply.error_name, EXIT_FAILED)
             text = reply.body[0] if reply.body else reply.error_name
             if code == EXIT_NOT_RUNNING:
@@ -86,8 +93,8 @@ class Client:
             raise CtlError(text, code)
         return reply.body
 
-    async def props(self, path: str, iface: str) -> dict:
-        return _plain((await self.call(path, PROPS, "GetAll", "s", [iface]))[0])
+    async def props(self, path: str, iface: str, missing: str = "") -> dict:
+        return _plain((await self.call(path, PROPS, "GetAll", "s", [iface], missing=missing))[0])
 
     async def objects(self, iface: str) -> dict[str, dict]:
         objs = (await self.call(ROOT_PATH, "org.freedesktop.DBus.ObjectManager", "GetManagedObjects"))[0]
@@ -206,6 +213,7 @@ async def cmd_devices(c: Client, args: argparse.Namespace) -> int:
         print("no devices")
     for d in devices.values():
         err = f"  error: {d['Error']}" if d["Error"] else ""
+        err += f"  not exported: {d['SkipReason']}" if d.get("SkipReason") else ""
         print(f"{d['Id']:20} {d['Label'] or '-':14} {d['FsType']:6} {_size(d['Free'])} free of {_size(d['Size'])}"
               f"  {d['State']:15} {d['MountPoint'] or ''}{err}")
     return EXIT_OK
@@ -255,9 +263,7 @@ async def cmd_export(c: Client, args: argparse.Namespace) -> int:
     opts: dict[str, Variant] = {}
     if args.template:
         opts["template"] = Variant("s", args.template)
-    if not fmts:
-        raise CtlError("give --formats (see: steno-exportctl formats)", EXIT_USAGE)
-    to = args.to
+    to = args.to                        # no --formats: the daemon uses the target's configured formats
     if to.startswith("/") and not to.startswith(ROOT_PATH + "/"):
         target = os.path.abspath(to)
     elif to.startswith(("smb:", "rclone:")):
@@ -265,6 +271,9 @@ async def cmd_export(c: Client, args: argparse.Namespace) -> int:
     else:
         target = await _device_path(c, to)
     job = (await c.call(ROOT_PATH, MANAGER_IFACE, "ExportSessions", "asassa{sv}", [ids, fmts, target, opts]))[0]
+    if args.json and not args.wait:
+        _print_json({"Path": job, **await c.props(job, JOB_IFACE)})
+        return EXIT_OK
     print(f"job {job.rsplit('/', 1)[-1]} started ({job})", file=sys.stderr if args.wait else sys.stdout)
     if not args.wait:
         return EXIT_OK
@@ -276,9 +285,9 @@ async def _wait(c: Client, job: str, as_json: bool) -> int:
     j: dict = {}
     while True:
         try:
-            j = await c.props(job, JOB_IFACE)
+            j = await c.props(job, JOB_IFACE, missing=f"no job {job.rsplit('/', 1)[-1]}")
         except CtlError as e:
-            if e.code == EXIT_FAILED and not j:
+            if not j:
                 raise
             break  # the job left the bus: its last state is what we saw
         if tty:
@@ -297,12 +306,15 @@ async def _wait(c: Client, job: str, as_json: bool) -> int:
     if as_json:
         _print_json(j)
     else:
-        ok = sum(1 for r in j.get("Results", []) if r["ok"])
-        print(f"{j.get('State', 'gone')}: {ok}/{len(j.get('Results', []))} session(s) ok"
+        results = j.get("Results", [])
+        ok = sum(1 for r in results if r["ok"])
+        print(f"{j.get('State', 'gone')}: {ok}/{len(results)} session(s) ok"
               + (f"; {j['Error']}" if j.get("Error") else ""))
-        for r in j.get("Results", []):
+        for r in results:
             if not r["ok"]:
                 print(f"  session {r['session_id']} {r['title']}: {r['error']}")
+            elif r.get("warnings"):
+                print(f"  session {r['session_id']} {r['title']}: ok with warnings: {'; '.join(r['warnings'])}")
     return EXIT_OK if j.get("State") == "completed" else EXIT_JOB_FAILED
 
 
@@ -365,23 +377,47 @@ async def cmd_schedules(c: Client, args: argparse.Namespace) -> int:
 
 
 async def cmd_cancel(c: Client, args: argparse.Namespace) -> int:
-    await c.call(_job_path(args.job), JOB_IFACE, "Cancel")
-    print(f"job {args.job} cancelled")
+    path = _job_path(args.job)
+    missing = f"no job {path.rsplit('/', 1)[-1]}"
+    await c.call(path, JOB_IFACE, "Cancel", missing=missing)
+    j = await c.props(path, JOB_IFACE, missing=missing)
+    if args.json:
+        _print_json({"Path": path, **j})
+    else:
+        print(f"job {args.job} {j['State']}" + (" (it stops at the next safe point)" if j["State"] == "running"
+                                                 else ""))
     return EXIT_OK
 
 
 async def cmd_eject(c: Client, args: argparse.Namespace) -> int:
     path = await _device_path(c, args.device)
     job = (await c.call(path, DEVICE_IFACE, "Eject"))[0]
-    if args.wait:
-        return await _wait(c, job, False)
-    print(f"ejecting ({job})")
+    j: dict = {}
+    while True:                         # the daemon answers once the eject is done; a queued one is waited for
+        j = await c.props(job, JOB_IFACE, missing="the eject job left the bus")
+        if j["State"] in FINISHED or not args.wait:
+            break
+        await asyncio.sleep(0.25)
+    d = await c.props(path, DEVICE_IFACE)
+    name = d["Label"] or d["Id"]
+    if args.json:
+        _print_json({"Job": {"Path": job, **j}, "Device": {"Path": path, **d}})
+    elif j["State"] == "completed":
+        print(f"{name}: ejected, {d['State'].replace('_', ' ')}")
+    else:
+        print(f"{name}: eject {j['State']}" + (f": {j['Error']}" if j["Error"] else "")
+              + f"; the stick is {d['State'].replace('_', ' ')}")
+    if j["State"] in FINISHED and j["State"] != "completed":
+        return EXIT_FAILED
     return EXIT_OK
 
 
 async def cmd_reload(c: Client, args: argparse.Namespace) -> int:
     await c.call(ROOT_PATH, MANAGER_IFACE, "Reload")
-    print("configuration reloaded")
+    if args.json:
+        _print_json({"reloaded": True})
+    else:
+        print("configuration reloaded")
     return EXIT_OK
 
 
@@ -391,6 +427,9 @@ def _switch(prop: str, what: str):
         if args.value is not None:
             await c.call(ROOT_PATH, PROPS, "Set", "ssv", [MANAGER_IFACE, prop, Variant("b", args.value == "on")])
         p = await c.props(ROOT_PATH, MANAGER_IFACE)
+        if args.json:
+            _print_json({prop: p[prop], **({"SambaState": p["SambaState"]} if prop == "SambaEnabled" else {})})
+            return EXIT_OK
         line = f"{what}: {'on' if p[prop] else 'off'}"
         if prop == "SambaEnabled" and p.get("SambaState") not in ("", "serving" if p[prop] else "off"):
             line += f" ({p['SambaState']})"
@@ -536,9 +575,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(local=False)
     sub = p.add_subparsers(dest="command", required=True)
 
-    def add(name: str, fn: Any, help_: str, listing: bool = True) -> argparse.ArgumentParser:
+    def add(name: str, fn: Any, help_: str, dbus: bool = True) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_, description=help_)
-        if listing:
+        if dbus:                        # every command that talks to the daemon prints JSON on request
             sp.add_argument("--json", action="store_true", help="print JSON")
         sp.set_defaults(fn=fn)
         return sp
@@ -556,7 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("export", cmd_export, "export sessions to a device, a directory, smb:<remote> or rclone:<remote>")
     sp.add_argument("--to", required=True, help="device id/label/path, an allowed directory, smb:<remote> or rclone:<remote>")
     sp.add_argument("--sessions", nargs="+", required=True, help="session ids, uuids or short ids")
-    sp.add_argument("--formats", nargs="+", help="formats, e.g. txt pdf audio")
+    sp.add_argument("--formats", nargs="+", help="formats, e.g. txt pdf audio (default: the configured ones)")
     sp.add_argument("--template", help="PDF/DOCX template")
     sp.add_argument("--wait", action="store_true", help="wait for the job (progress bar on a terminal)")
     sp = add("email", cmd_email, "mail sessions with their documents attached (through the outbox)")
@@ -566,19 +605,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--template", help="PDF/DOCX template")
     add("outbox", cmd_outbox, "list the outbox: queued, sent and failed messages (and why)")
     add("schedules", cmd_schedules, "list scheduled exports and their next run")
-    sp = add("cancel", cmd_cancel, "cancel a job", listing=False)
+    sp = add("cancel", cmd_cancel, "cancel a job")
     sp.add_argument("job", help="job number or object path")
-    sp = add("eject", cmd_eject, "unmount and power off a device", listing=False)
+    sp = add("eject", cmd_eject, "unmount and power off a device")
     sp.add_argument("device", help="device id, label or object path")
     sp.add_argument("--wait", action="store_true", help="wait until it is safe to remove")
-    add("reload", cmd_reload, "reload the daemon's configuration", listing=False)
+    add("reload", cmd_reload, "reload the daemon's configuration")
     for name, prop, what in (("sharing", "SambaEnabled", "the read-only Samba share"),
                              ("auto-export", "AutoExport", "automatic export to plugged-in sticks")):
-        sp = add(name, _switch(prop, name), f"show, or switch on/off, {what} (until the config changes)",
-                 listing=False)
+        sp = add(name, _switch(prop, name), f"show, or switch on/off, {what} (until the config changes)")
         sp.add_argument("value", nargs="?", choices=("on", "off"))
     sp = add("setup-samba", cmd_setup_samba, f"add the line that includes the recorder's share to {SMB_CONF} "
-             "(once, checked by testparm, with a backup; as root); the daemon need not run", listing=False)
+             "(once, checked by testparm, with a backup; as root); the daemon need not run", dbus=False)
     sp.add_argument("--remove", action="store_true", help="take the line out again (before removing the package)")
     sp.add_argument("--smb-conf", default=SMB_CONF, help=f"Samba's configuration (default {SMB_CONF})")
     sp.add_argument("--config", help="steno-exportd's configuration, for samba.snippet_path "

@@ -20,7 +20,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, Iterable
 
-from steno_exportd.errors import NotFoundError, SourceError
+from steno_exportd.errors import NotFoundError, SourceError, SourceLockedError
 from steno_exportd.model import (
     ActionItem, FileRef, Participant, Problem, Segment, Session, SessionSummary,
 )
@@ -475,7 +475,7 @@ class Library:
     def _error(self, e: sqlite3.Error) -> SourceError:
         msg = str(e)
         if "locked" in msg or "busy" in msg:
-            return SourceError(f"recorder database {self.db_path} is locked "
+            return SourceLockedError(f"recorder database {self.db_path} is locked "
                                f"(waited {self.lock_timeout:g} s): {msg}")
         if "not a database" in msg or "encrypted" in msg:
             return SourceError(f"recorder database {self.db_path} is not an SQLite database")

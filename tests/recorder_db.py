@@ -40,12 +40,13 @@ def loose_schema() -> str:
 class RecorderDB:
     """A recorder data dir (``root``) with ``silent_steno.db`` and ``audio/``."""
 
-    def __init__(self, root: Path, schema: str | None = None, wal: bool = True) -> None:
+    def __init__(self, root: Path, schema: str | None = None, wal: bool = True, threads: bool = False) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "audio").mkdir(exist_ok=True)
         self.path = self.root / "silent_steno.db"
-        self.conn = sqlite3.connect(self.path, isolation_level=None)
+        # threads: used from worker threads too (asyncio.to_thread in async tests), one at a time
+        self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=not threads)
         self.conn.executescript(schema if schema is not None else schema_sql())
         if wal:
             self.conn.execute("PRAGMA journal_mode=WAL")

@@ -130,15 +130,19 @@ def job_properties(j: JobSnapshot, device_path: str = "/", results: list | None 
 
 
 def job_result(r: SessionResult) -> dict[str, Variant]:
-    return {
+    d = {
         "session_id": Variant("x", int(r.session_id)),
         "uuid": Variant("s", r.uuid or ""),
         "title": Variant("s", r.title or ""),
         "ok": Variant("b", bool(r.ok)),
+        "status": Variant("s", str(r.status)),
         "skipped": Variant("b", bool(r.skipped)),
         "error": Variant("s", r.error or ""),
         "files": Variant("as", [f.path for f in r.files if f.ok]),
     }
+    if r.warnings:      # only when there are some: every update carries all results (10,000 per job)
+        d["warnings"] = Variant("as", list(r.warnings))
+    return d
 
 
 def device_properties(d: DeviceSnapshot) -> dict[str, Any]:
@@ -154,6 +158,7 @@ def device_properties(d: DeviceSnapshot) -> dict[str, Any]:
         "MountPoint": d.mount_point or "",
         "State": str(d.state),
         "Error": d.error or "",
+        "SkipReason": d.skip_reason or "",
     }
 
 

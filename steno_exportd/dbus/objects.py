@@ -196,6 +196,10 @@ class Device(ServiceInterface):
     def Error(self) -> "s":
         return self.props["Error"]
 
+    @dbus_property(access=READ)
+    def SkipReason(self) -> "s":
+        return self.props["SkipReason"]
+
 
 class Job(ServiceInterface):
     """org.silentsteno.Export1.Job, modelled on org.freedesktop.UDisks2.Job."""

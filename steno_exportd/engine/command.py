@@ -110,13 +110,15 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps({"ok": ok, "target": args.to, "seconds": round(time.monotonic() - t0, 3),
                           "bytes": printer.fields.get("bytes_done", 0),
                           "sessions": [{"id": r.session_id, "uuid": r.uuid, "title": r.title, "ok": r.ok,
-                                        "skipped": r.skipped, "error": r.error,
+                                        "skipped": r.skipped, "status": str(r.status),
+                                        "warnings": list(r.warnings), "error": r.error,
                                         "files": [{"path": f.path, "ok": f.ok, "size": f.size,
                                                    "sha256": f.sha256, "error": f.error} for f in r.files]}
                                        for r in results]}, indent=1))
     else:
         for r in results:
-            status = "skipped (already there)" if r.skipped else ("ok" if r.ok else f"FAILED: {r.error}")
+            status = ("skipped (already there)" if r.skipped else f"FAILED: {r.error}" if not r.ok
+                      else f"ok with warnings: {'; '.join(r.warnings)}" if r.warnings else "ok")
             print(f"{r.session_id:>5} {r.title[:50]:<50} {status}")
         n_ok = sum(r.ok and not r.skipped for r in results)
         n_skip = sum(r.skipped for r in results)

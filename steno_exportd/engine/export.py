@@ -17,7 +17,7 @@ from steno_exportd.engine.hashcache import HashCache
 from steno_exportd.engine.naming import folder_name, format_label, resolve_collision, root_folder, safe_name
 from steno_exportd.engine.plan import PlannedFile, plan_session, render_file, render_options
 from steno_exportd.engine.registry import ArchiveKind, Targets, local
-from steno_exportd.engine.targets import MARKER, PARTIAL_SUFFIX, Target, WriteHandle
+from steno_exportd.engine.targets import MARKER, PARTIAL_SUFFIX, TEMP_PREFIX, Target, WriteHandle, os_error
 from steno_exportd.errors import CancelledJob, SourceError, StenoError, TargetError, TargetFullError, VerifyError
 from steno_exportd.events import FileResult, SessionResult
 
@@ -33,6 +33,15 @@ class _NullProgress:
 
 def _iso(t: Any) -> str:
     return t.isoformat() if t is not None else ""
+
+
+def problem_kind(e: BaseException) -> str:
+    """What a target failure means to a person: "full", "pulled", "read-only", "permission" or ""."""
+    if isinstance(e, TargetError):
+        return e.kind
+    if isinstance(e, OSError):
+        return os_error(e, "").kind
+    return ""
 
 
 def run_export(library: Any, spec: Any, cfg: Config, progress: Any = None, *, targets: Targets | None = None,
@@ -124,41 +133,50 @@ class Exporter:
         sessions = []
         results: list[SessionResult] = []
         for sid in self.spec.session_ids:
+            if self._cancelled():           # planning 10,000 sessions takes a while: a cancel stops it here
+                return results
             try:
                 sessions.append(self._retry(self.lib.get_session, sid))
             except StenoError as e:
                 results.append(SessionResult(int(sid) if str(sid).isdigit() else 0, "", "", False, error=str(e)))
         options = render_options(self.cfg, self.template)
-        plans = [(s, plan_session(s, self.spec.formats, options, self.include_audio, self.reg))
-                 for s in sessions]
+        plans = []
+        for s in sessions:
+            if self._cancelled():
+                return results
+            plans.append((s, plan_session(s, self.spec.formats, options, self.include_audio, self.reg)))
         todo = [(s, pl) for s, pl in plans if not self._unchanged(s, pl)]
         todo_ids = {id(s) for s, _ in todo}
         self.bytes_total = sum(pf.size for _, pl in todo for pf in pl)
         self.files_total = sum(len(pl) for _, pl in todo)
         self.p.update(force=True, bytes_total=self.bytes_total, files_total=self.files_total, bytes_done=0,
                       files_done=0, results=tuple(results))
-        stop_reason = ""
+        stop_reason = stop_kind = ""
         tail: list = []     # the session being finished by the verifier thread (read back, renamed, recorded)
 
         def settle(s: Any, finish: concurrent.futures.Future | None, error: BaseException | None = None) -> None:
             """A session's result: its finish (or the error that stopped it) and its consequences."""
-            nonlocal stop_reason
+            nonlocal stop_reason, stop_kind
             if finish is not None:
                 try:
                     r = finish.result()
                 except (TargetError, OSError) as e:
                     error = e
             if error is not None:
-                r = SessionResult(s.id, s.uuid, s.title, False, error=str(error))
+                kind = problem_kind(error)
                 if isinstance(error, TargetError) and self.target_error is None:
                     self.target_error = error
                 if not isinstance(error, TargetFullError) or "limit" not in str(error):
                     if not self._target_alive():
-                        stop_reason = stop_reason or f"target unusable: {error}"
+                        kind = kind if kind in ("read-only", "permission") else "pulled"
+                        if not stop_reason:
+                            stop_reason, stop_kind = f"target unusable: {error}", kind
+                r = SessionResult(s.id, s.uuid, s.title, False, error=str(error), problem=kind)
             results.append(r)
             self.p.update(force=True, results=tuple(results))
             if not r.ok and not self.cont:
                 stop_reason = stop_reason or f"an earlier session failed ({r.error})"
+                stop_kind = stop_kind or r.problem
 
         def settle_tail() -> None:
             if tail:
@@ -174,13 +192,13 @@ class Exporter:
                         results.append(SessionResult(s.id, s.uuid, s.title, True, skipped=True))
                     else:
                         results.append(SessionResult(s.id, s.uuid, s.title, False,
-                                                     error=f"not attempted: {stop_reason}"))
+                                                     error=f"not attempted: {stop_reason}", problem=stop_kind))
                     continue
                 if not self.cont:
                     settle_tail()           # its failure stops the export: know it before going on
                     if stop_reason:
                         results.append(SessionResult(s.id, s.uuid, s.title, False,
-                                                     error=f"not attempted: {stop_reason}"))
+                                                     error=f"not attempted: {stop_reason}", problem=stop_kind))
                         continue
                 try:
                     finish = self._start_session(s, pl, seq)
@@ -473,7 +491,7 @@ class Exporter:
             if limit is not None and pf.size > limit:
                 raise TargetFullError(f"{pf.name} is {pf.size / 2**30:.2f} GiB, over the {limit / 2**30:.0f} GiB "
                                       f"per-file limit of this filesystem (FAT32); use an exFAT or NTFS stick "
-                                      f"or export without audio")
+                                      f"or export without audio", kind="too large")
         need = sum(pf.size for pf in plan)
         if self._free is None or need + self.margin > self._free:
             self._free = self.t.free_space()    # asked once, and again when the estimate runs short
@@ -503,15 +521,20 @@ class Exporter:
         results: list[FileResult] = []
         verified: list[tuple[str, int, str]] = []
         pending: list = []
+        # a folder built in place (no folder rename on this filesystem): every file stays under a temp name
+        # until the whole session is verified, then the files are renamed one by one
+        staged: dict[str, str] = {}
         for pf in plan:
             rel_final = f"{final_rel}/{pf.name}"
             if pf.error:
-                results.append(FileResult(rel_final, False, error=pf.error, source_problem=True))
+                results.append(FileResult(rel_final, False, error=pf.error, source_problem=pf.fmt == "audio"))
                 continue
             if self._cancelled():
                 raise CancelledJob("cancelled")
             old = old_files.get(pf.name)
             rel = f"{work_rel}/{pf.name}"
+            if in_place and not exists:
+                rel = staged[rel_final] = f"{work_rel}/{TEMP_PREFIX}part-{pf.name}"[:len(work_rel) + 201]
             st = listing.get(pf.name)
             if st is not None:
                 if st.kind != "file":
@@ -553,11 +576,12 @@ class Exporter:
                 continue
             self._done_file(new_entry, results, verified, len(results), pf, rel_final, size, sha)
         return self._verifier.submit(self._finish_session, s, plan, folder, exists, in_place, work_rel, final_rel,
-                                     entry, old_files, listing, new_entry, results, verified, pending)
+                                     entry, old_files, listing, new_entry, results, verified, pending, staged)
 
     def _finish_session(self, s: Any, plan: list[PlannedFile], folder: str, exists: bool, in_place: bool,
                         work_rel: str, final_rel: str, entry: dict | None, old_files: dict, listing: dict,
-                        new_entry: dict, results: list, verified: list, pending: list) -> SessionResult:
+                        new_entry: dict, results: list, verified: list, pending: list,
+                        staged: dict[str, str]) -> SessionResult:
         for i, pf, rel, rel_final, size, sha, (known, st_src), fut in pending:
             try:
                 try:
@@ -586,6 +610,10 @@ class Exporter:
                 if r.ok and r.path.rpartition("/")[2] not in there:
                     raise TargetError(f"the filesystem lost {r.path} when its folder was renamed")
         elif not exists:
+            for r in results:
+                if r.ok and r.path in staged:
+                    self.t.rename(staged[r.path], r.path)
+            self.t.fsync_dir(work_rel)
             self.t.remove(f"{work_rel}/{MARKER}")
         planned = {pf.name for pf in plan}
         for name, f in old_files.items():
@@ -594,10 +622,12 @@ class Exporter:
                 st = listing.get(name)
                 if st is not None and st.kind == "file":
                     new_entry["files"][name] = f
-        ok = all(r.ok for r in results)
+        ok = all(r.ok or r.source_problem for r in results)
         source_errors = {pf.name: pf.error for pf in plan if pf.error}
-        if source_errors:
-            new_entry["errors"] = source_errors
+        # a problem of a format not asked for this time (a missing recording) stays known: not retried
+        known = {n: e for n, e in (entry or {}).get("errors", {}).items() if n not in planned}
+        if source_errors or known:
+            new_entry["errors"] = {**known, **source_errors}
         if sum(1 for r in results if not r.ok) > len(source_errors):
             new_entry["incomplete"] = True
         with self._lock:
@@ -608,8 +638,11 @@ class Exporter:
                 mf.save(self.t, self.root, self.m)
         if self.state is not None and verified:
             self.state.add_history(self.job_id, self.spec.target_name, self.spec.device_id, s.uuid, verified)
-        errors = "; ".join(f"{r.path.rsplit('/', 1)[-1]}: {r.error}" for r in results if not r.ok)
-        return SessionResult(s.id, s.uuid, s.title, ok, error=errors, files=tuple(results))
+        errors = "; ".join(f"{r.path.rsplit('/', 1)[-1]}: {r.error}" for r in results
+                           if not r.ok and not r.source_problem)
+        warnings = tuple(f"recording missing on the recorder, exported without it ({r.error})"
+                         for r in results if r.source_problem)
+        return SessionResult(s.id, s.uuid, s.title, ok, error=errors, files=tuple(results), warnings=warnings)
 
     def _done_file(self, new_entry: dict, results: list, verified: list, i: int, pf: PlannedFile,
                    rel_final: str, size: int, sha: str) -> None:

@@ -15,7 +15,7 @@ from steno_exportd.config import Config
 from steno_exportd.engine.hashcache import HashCache
 from steno_exportd.engine.options import ExportOptions
 from steno_exportd.engine.registry import Targets
-from steno_exportd.errors import NotFoundError
+from steno_exportd.errors import NotFoundError, TargetError
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,27 @@ def default_runner(library: Any, spec: JobSpec, cfg: Config, progress: Progress,
     return run_export(library, spec, cfg, progress, targets=targets, job_id=job_id, state=state, hashes=hashes)
 
 
+# the most serious problem for the target comes first in a job's headline
+HEADLINES = {"pulled": "target gone (stick pulled?)", "full": "target full", "read-only": "target read-only",
+             "permission": "permission denied on the target", "too large": "file too large for the target"}
+
+
+def outcome(results: list[ev.SessionResult]) -> tuple[ev.JobState, str]:
+    """A finished job's state and headline: failed only if something it was asked to write is missing;
+    the headline names the most serious problem for the target with counts, then the warnings."""
+    failed = [r for r in results if not r.ok]
+    warned = [r for r in results if r.ok and r.warnings]
+    parts = []
+    if failed:
+        kinds = [k for k in HEADLINES if any(r.problem == k for r in failed)]
+        first = next((r for r in failed if r.problem == kinds[0]), failed[0]) if kinds else failed[0]
+        what = HEADLINES[kinds[0]] if kinds else "failed"
+        parts.append(f"{what}: {len(failed)} of {len(results)} sessions not written ({first.error})")
+    if warned:
+        parts.append(f"{len(warned)} session{'s' * (len(warned) != 1)} exported with warnings: {warned[0].warnings[0]}")
+    return (ev.JobState.FAILED if failed else ev.JobState.COMPLETED), "; ".join(parts)
+
+
 class _Job:
     def __init__(self, snap: ev.JobSnapshot, spec: JobSpec | None) -> None:
         self.snap = snap
@@ -84,10 +105,13 @@ class JobManager:
     """Runs jobs in worker tasks; the blocking export work runs in threads."""
 
     def __init__(self, cfg: Config, events: ev.EventBus, state: Any, library: Callable[[], Any],
-                 runner: Runner | None = None, targets: Targets | None = None) -> None:
+                 runner: Runner | None = None, targets: Targets | None = None,
+                 on_finished: Callable[[ev.JobSnapshot], Awaitable[None]] | None = None) -> None:
         self.cfg = cfg
         self.targets = targets
         self.hashes: HashCache | None = None     # recordings' SHA-256, shared by every export
+        self._on_finished = on_finished
+        self._saves: set[asyncio.Task] = set()
         self.events = events
         self.state = state
         self._library = library
@@ -121,6 +145,7 @@ class JobManager:
             self._workers.append(asyncio.create_task(self._worker(), name="steno-job-worker"))
 
     async def stop(self) -> None:
+        await asyncio.gather(*self._saves, return_exceptions=True)
         for j in list(self._jobs.values()):
             if not j.snap.state.finished:
                 j.cancel.set()
@@ -168,6 +193,10 @@ class JobManager:
         if job.snap.state == ev.JobState.QUEUED:
             self._set(job, state=ev.JobState.CANCELLED, finished=time.time(), error="cancelled")
             job.done.set()
+            # stored now: a restart must not bring it back as "interrupted"
+            save = asyncio.get_running_loop().create_task(asyncio.to_thread(self.state.save_job, job.snap))
+            self._saves.add(save)
+            save.add_done_callback(self._saves.discard)
         return job.snap
 
     def remove(self, job_id: int) -> None:
@@ -284,23 +313,28 @@ class JobManager:
         except Exception as e:  # noqa: BLE001 - error boundary of one job
             log.warning("job %s failed: %s", job.snap.id, e)
             self._progress(job, progress.fields)
-            self._set(job, state=ev.JobState.FAILED, error=str(e) or type(e).__name__, finished=time.time(),
+            err = str(e) or type(e).__name__
+            kind = e.kind if isinstance(e, TargetError) else ""
+            if kind in HEADLINES and not err.startswith(HEADLINES[kind].split(" (")[0]):
+                err = f"{HEADLINES[kind]}: {err}"      # the whole job stopped on the target: say which problem
+            self._set(job, state=ev.JobState.FAILED, error=err, finished=time.time(),
                       rate=0.0, expected_end=0.0, current_file="")
         else:
             self._progress(job, progress.fields)
-            failed = [r for r in results if not r.ok]
             if job.cancel.is_set():
                 state, err = ev.JobState.CANCELLED, "cancelled"
-            elif failed:
-                state = ev.JobState.FAILED
-                err = f"{len(failed)} of {len(results)} sessions failed: {failed[0].error}"
             else:
-                state, err = ev.JobState.COMPLETED, ""
+                state, err = outcome(results)
             self._set(job, state=state, error=err, results=tuple(results), finished=time.time(),
                       current_file="", expected_end=0.0)
         await asyncio.to_thread(self.state.save_job, job.snap)
         for r in job.snap.results:
             await asyncio.to_thread(self.state.save_result, job.snap.id, r)
+        if self._on_finished is not None:
+            try:
+                await self._on_finished(job.snap)
+            except Exception as e:  # noqa: BLE001 - bookkeeping after a job never fails it
+                log.warning("after job %s: %s", job.snap.id, e)
 
     def _progress(self, job: _Job, fields: dict) -> None:
         if job.snap.state.finished:

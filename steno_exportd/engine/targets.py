@@ -107,11 +107,14 @@ def os_error(e: OSError, what: str) -> TargetError:
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return TargetFullError(f"target full while writing {what}")
     if e.errno == errno.EFBIG:
-        return TargetFullError(f"{what}: file too large for this filesystem")
+        return TargetFullError(f"{what}: file too large for this filesystem", kind="too large")
     if e.errno == errno.EROFS:
-        return TargetError(f"target is read-only ({what})")
-    if e.errno in (errno.EIO, errno.ENXIO, errno.ENODEV, errno.ENOTCONN, errno.ESHUTDOWN):
-        return TargetError(f"target gone or failing ({what}): {e.strerror}")
+        return TargetError(f"target is read-only ({what})", kind="read-only")
+    # ECONNABORTED: what a FUSE filesystem (exfat-fuse, fusefat) answers once its stick is pulled
+    if e.errno in (errno.EIO, errno.ENXIO, errno.ENODEV, errno.ENOTCONN, errno.ESHUTDOWN, errno.ECONNABORTED):
+        return TargetError(f"target gone or failing ({what}): {e.strerror}", kind="pulled")
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return TargetError(f"permission denied on the target ({what})", kind="permission")
     if e.errno == errno.ELOOP:
         return TargetError(f"refusing to follow a symlink on the target: {what}")
     return TargetError(f"{what}: {e.strerror or e}")

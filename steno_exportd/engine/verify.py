@@ -10,13 +10,13 @@ import hashlib
 import os
 import tarfile
 import zipfile
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from steno_exportd.engine import manifest as mf
 from steno_exportd.engine import writer
 from steno_exportd.engine.naming import ROOT_FALLBACK
 from steno_exportd.engine.registry import ArchiveKind, local
-from steno_exportd.engine.targets import DirectoryTarget, Target
+from steno_exportd.engine.targets import MARKER, PARTIAL_SUFFIX, DirectoryTarget, Target
 from steno_exportd.errors import TargetError
 
 _CHUNK = 1 << 20
@@ -29,14 +29,15 @@ class VerifyReport:
     missing: list[str] = dataclasses.field(default_factory=list)
     extra: list[str] = dataclasses.field(default_factory=list)
     problems: list[str] = dataclasses.field(default_factory=list)
+    incomplete: list[str] = dataclasses.field(default_factory=list)   # session folders an export left unfinished
 
     @property
     def ok(self) -> bool:
-        return not (self.changed or self.missing or self.problems)
+        return not (self.changed or self.missing or self.problems or self.incomplete)
 
     def to_json(self) -> dict:
         return dict(ok=self.ok, verified=self.ok_count, changed=self.changed, missing=self.missing,
-                    extra=self.extra, problems=self.problems)
+                    extra=self.extra, problems=self.problems, incomplete=self.incomplete)
 
 
 def _expected(sums: dict[str, str], manifest_files: dict[str, dict], rep: VerifyReport) -> dict[str, str]:
@@ -67,6 +68,24 @@ def _compare(expected: dict[str, str], actual: Callable[[str], str | None], list
             if f"{folder}/{name}" not in expected:
                 rep.extra.append(f"{folder}/{name}")
     return bad
+
+
+def _incomplete(t: Target, root: str, m: Any) -> list[str]:
+    """Session folders an interrupted export left (cancel, yank, power cut, full): a <folder>.partial,
+    a folder built in place that still holds its marker, or one the manifest says is incomplete."""
+    out = []
+    for name in sorted(t.listdir(root)):
+        st = t.lstat(f"{root}/{name}")
+        if st is None or st.kind != "dir":
+            continue
+        if name.endswith(PARTIAL_SUFFIX):
+            out.append(name)
+            continue
+        marker = t.lstat(f"{root}/{name}/{MARKER}")
+        if marker is not None and marker.kind == "file":
+            out.append(name)
+    out += sorted(s["folder"] for s in m.sessions.values() if s.get("incomplete") and s["folder"] not in out)
+    return out
 
 
 def verify_target(path: str | Target, root: str = ROOT_FALLBACK, mark: bool = False) -> VerifyReport:
@@ -107,6 +126,7 @@ def verify_target(path: str | Target, root: str = ROOT_FALLBACK, mark: bool = Fa
         if st is not None and st.kind == "dir":
             listing[folder] = list(t.listdir(f"{root}/{folder}"))
     bad = _compare(expected, actual, listing, rep)
+    rep.incomplete = _incomplete(t, root, m)
     if mark and bad and not m.rebuilt:
         for s in m.sessions.values():
             for name, f in s["files"].items():

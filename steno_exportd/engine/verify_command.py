@@ -35,6 +35,8 @@ def main(args: argparse.Namespace) -> int:
             print(f"EXTRA    {p}")
         for p in rep.problems:
             print(f"PROBLEM  {p}")
+        for p in rep.incomplete:
+            print(f"INCOMPLETE  {p} (an export was interrupted; export again to finish it)")
         print(f"{rep.ok_count} files verified, {len(rep.changed)} changed, {len(rep.missing)} missing, "
-              f"{len(rep.extra)} extra")
+              f"{len(rep.extra)} extra" + (f", {len(rep.incomplete)} session(s) incomplete" if rep.incomplete else ""))
     return 0 if rep.ok else 1

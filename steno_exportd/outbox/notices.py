@@ -69,7 +69,8 @@ def notice_for(event: ev.Event, cfg: Config) -> Notice | None:
         if j.error:
             lines.append(f"Error: {j.error}")
         for r in j.results[:50]:
-            state = "skipped (already there)" if r.skipped else "ok" if r.ok else f"FAILED: {r.error}"
+            state = ("skipped (already there)" if r.skipped else f"FAILED: {r.error}" if not r.ok
+                     else f"ok with warnings: {'; '.join(r.warnings)}" if r.warnings else "ok")
             lines.append(f"{r.title or r.uuid}: {state}")
         if len(j.results) > 50:
             lines.append(f"... and {len(j.results) - 50} more sessions")

@@ -126,7 +126,7 @@ class UsbManager:
         if prev is not None and not prev.done():
             await asyncio.wait({prev})                  # the previous insertion is still winding down
         self.devices.change(did, uuid=c.uuid, label=c.label, fs_type=c.fs_type, device=c.device,
-                            size=c.size, free=0, mount_point="", state=DeviceState.DETECTED)
+                            size=c.size, free=0, mount_point="", state=DeviceState.DETECTED, skip_reason="")
         try:
             await self._process(did, c)
         except asyncio.CancelledError:
@@ -154,6 +154,7 @@ class UsbManager:
         pol = await asyncio.to_thread(policy.stick_policy, Path(mp), self.cfg)
         if not pol.write:
             log.info("%s: not exporting (%s)", c.label or c.uuid, pol.reason)
+            self.devices.change(did, skip_reason=pol.reason)
             return
         if c.read_only or not os.access(mp, os.W_OK) or await self._mounted_ro(mp):
             raise TargetError("the stick is read-only (write-protected or a read-only filesystem)")
@@ -164,10 +165,7 @@ class UsbManager:
             job = await self._export(did, c, ids, policy.formats_for(pol.auto), mp, pol.auto)
             if job.state == JobState.CANCELLED and self.devices.get(did).state == DeviceState.EJECTING:
                 return                                  # an eject request took over
-            if job.state == JobState.FAILED and _only_source_problems(job):
-                # the stick is fine: what could be written is verified; the job reports the rest
-                log.warning("%s: %s", c.label or c.uuid, job.error)
-            elif job.state != JobState.COMPLETED:
+            if job.state != JobState.COMPLETED:
                 raise TargetError(job.error or f"export job {job.id} {job.state}")
         else:
             log.info("%s: nothing new to export", c.label or c.uuid)
@@ -316,8 +314,3 @@ async def watch(core: Core, bus_address: str | None = None, retry_seconds: float
             warned = True
         await asyncio.sleep(retry_seconds)
 
-
-def _only_source_problems(job: JobSnapshot) -> bool:
-    """True when every failure of a finished job is the recorder's data (e.g. a missing recording)."""
-    failed = [r for r in job.results if not r.ok]
-    return bool(failed) and all(r.files and all(f.ok or f.source_problem for f in r.files) for r in failed)

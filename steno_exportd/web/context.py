@@ -260,9 +260,9 @@ def job_json(j: Any) -> dict:
             "sessions": list(j.sessions), "formats": list(j.formats), "device_id": j.device_id,
             "created": j.created, "finished": j.finished,
             "results": [{"session_id": r.session_id, "title": r.title, "ok": r.ok, "skipped": r.skipped,
-                         "error": r.error} for r in j.results]}
+                         "status": str(r.status), "warnings": list(r.warnings), "error": r.error} for r in j.results]}
 
 
 def device_json(d: Any) -> dict:
     return {"id": d.id, "label": d.label, "uuid": d.uuid, "fs_type": d.fs_type, "size": d.size, "free": d.free,
-            "mount_point": d.mount_point, "state": str(d.state), "error": d.error}
+            "mount_point": d.mount_point, "state": str(d.state), "error": d.error, "skip_reason": d.skip_reason}

@@ -114,6 +114,34 @@ def test_push_lands_verifies_and_is_incremental(rec):
         t.close()
 
 
+def test_a_recording_missing_on_the_recorder_is_a_warning_not_a_failed_push(rec):
+    """Issue 15: a session whose recording is gone from the recorder lands without it, 'ok with warnings';
+    the push is not failed (so it is not pushed again forever), and the next push sends nothing."""
+    smbd, remote, root, db = rec
+    cfg = cfg_for(root, db, remote, "rec-gone")
+    folder = root / "nas" / "rec-gone"
+    (db.root / "audio" / "meeting-2.flac").unlink()
+    res = push(cfg, ids=[1, 2, 3])
+    assert [str(r.status) for r in res] == ["ok", "ok with warnings", "ok"], res
+    warned = res[1]
+    assert not warned.error and "recording missing on the recorder" in warned.warnings[0], warned
+    # on the NAS's disk: SHA256SUMS checks out; two recordings, byte-exact; three transcripts
+    r = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=folder, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    got = on_nas(folder)
+    recordings = {hashlib.sha256(p.read_bytes()).hexdigest() for p in (db.root / "audio").iterdir()}
+    assert sorted(h for rel, h in got.items() if rel.endswith(".flac")) == sorted(recordings), sorted(got)
+    assert len([rel for rel in got if rel.endswith("/transcript.txt")]) == 3, sorted(got)
+    assert not [rel for rel in got if TEMP_PREFIX in rel or ".partial/" in rel], sorted(got)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    entry = manifest["sessions"][warned.uuid]
+    assert sorted(pathlib.Path(n).suffix for n in entry["files"]) == [".html", ".txt"], entry
+    assert all((folder / entry["folder"] / n).is_file() for n in entry["files"])
+    before = stamps(folder)
+    again = push(cfg, ids=[1, 2, 3])
+    assert [r.skipped for r in again] == [True] * 3 and stamps(folder) == before, again
+
+
 def test_the_kind_checks_remotes_and_names_the_recorder_folder(office):
     smbd, remote, root, _ = office
     cfg = Config(smb=SmbConfig(recorder_folder="rec-x", remotes=[remote]))

@@ -37,11 +37,12 @@ async def test_real_core_exports_new_sessions_then_only_the_added_one(sticks, re
         assert dev.state == S.SAFE_TO_REMOVE, dev.error
         first = [j for j in core.jobs.list() if j.state.finished]
         assert len(first) == 1
-        failed = [r for r in first[0].results if not r.ok]
-        # the demo library has one session whose recording is missing: reported, and the stick still ejected
-        assert first[0].state == JobState.FAILED and len(failed) == 1, first[0].error
-        assert "no usable audio file" in failed[0].error
-        assert all(f.ok or f.source_problem for f in failed[0].files)
+        warned = [r for r in first[0].results if r.status == "ok with warnings"]
+        # the demo library has one session whose recording is missing: exported without it, reported, and
+        # the job is not "failed" (everything it could write is there), so the stick is ejected
+        assert first[0].state == JobState.COMPLETED and len(warned) == 1, first[0].error
+        assert "no usable audio file" in warned[0].warnings[0] and "without" in first[0].error
+        assert all(f.ok or f.source_problem for f in warned[0].files)
         exported = {r.uuid for r in first[0].results if r.ok and not r.skipped}
         assert exported and not loop_attached(stick)
 
@@ -76,7 +77,7 @@ async def test_real_core_pull_mid_export_records_nothing(sticks, real_core):
         await wait_state(core, stick.label, S.EXPORTING, timeout=60)
         await asyncio.to_thread(stick.yank)
         job = await until(lambda: next((j for j in core.jobs.list() if j.state.finished), None), "job end", 60)
-        assert job.state == JobState.FAILED and job.error
+        assert job.state == JobState.FAILED and job.error.startswith("target gone"), job.error
         assert by_label(core, stick.label).state in (S.REMOVED, S.ERROR)
         # the job can fail on the dead mount before udev reports the removal: wait for it
         await wait_state(core, stick.label, S.REMOVED, timeout=30)
@@ -84,6 +85,7 @@ async def test_real_core_pull_mid_export_records_nothing(sticks, real_core):
         dev = await wait_state(core, stick.label, S.SAFE_TO_REMOVE, S.ERROR, timeout=120)
         assert dev.state == S.SAFE_TO_REMOVE, dev.error
         last = max(core.jobs.list(), key=lambda j: j.id)
-        # every file written and verified, except the demo session whose recording is missing
+        # every file written and verified, except the recording of the demo session that lacks it
+        assert last.state == JobState.COMPLETED, last.error
         assert all(f.ok or f.source_problem for r in last.results for f in r.files), last.error
-        assert [r for r in last.results if not r.ok] and all(r.files for r in last.results if not r.ok)
+        assert [r.status for r in last.results if r.warnings] == ["ok with warnings"]

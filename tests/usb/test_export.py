@@ -109,6 +109,7 @@ async def test_noexport_marker_mounts_but_never_writes(sticks, tmp_path):
         await asyncio.sleep(0.5)
         dev = by_label(core, stick.label)
         assert dev.state == S.MOUNTED and mounted_in_proc(dev.mount_point)
+        assert dev.skip_reason == ".steno-noexport on the stick"
         assert core.jobs.list() == []
         # eject on request (what D-Bus and the web page call): a short tracked job
         job = await core.eject(dev.id)
@@ -132,6 +133,8 @@ async def test_stick_config_file_chooses_formats_and_bad_one_is_refused(sticks, 
         # eject_after = false on that stick: it stays mounted once the adapter has seen the job end
         assert (await wait_state(core, good.label, S.MOUNTED, S.SAFE_TO_REMOVE, S.ERROR)).state == S.MOUNTED
         assert len(core.jobs.list()) == 1                         # nothing for the bad one
+        assert "steno-export.toml on the stick is invalid" in by_label(core, bad.label).skip_reason
+        assert by_label(core, good.label).skip_reason == ""
         await core.eject(by_label(core, good.label).id)
         await core.eject(dev.id)
 

@@ -9,6 +9,7 @@ import zipfile
 
 import pytest
 
+from steno_exportd.events import DeviceState as S
 from tests.parts import sha256sum_check
 from tests.web.helpers import csrf, next_status, sharing_state, with_audio, without_audio
 
@@ -202,3 +203,13 @@ async def test_sharing_state_shows_on_the_devices_page_and_follows_the_switch(we
     assert sharing_state(html) == "on — not serving yet"                  # switched on; no share (yet)
 
 
+
+
+async def test_a_skipped_stick_shows_why_on_the_devices_page(web_client):
+    client, core = await web_client()
+    core.devices.change("fs_ab12", label="KINGSTON", fs_type="vfat", state=S.MOUNTED,
+                        skip_reason=".steno-noexport on the stick")
+    html = await (await client.get("/devices")).text()
+    assert "KINGSTON" in html and "not exported: .steno-noexport on the stick" in html
+    devices = await (await client.get("/api/v1/devices")).json()
+    assert devices[0]["skip_reason"] == ".steno-noexport on the stick"

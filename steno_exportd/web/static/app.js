@@ -103,7 +103,7 @@
   es.addEventListener("device", function (e) {
     const d = JSON.parse(e.data);
     const tr = row(devices, d.id, [d.label || d.id, d.fs_type, Math.round(d.free / 1048576) + " MiB",
-      d.state + (d.error ? ": " + d.error : ""), d.mount_point ? button("Eject", "eject", d.id) : ""]);
+      d.state + (d.error ? ": " + d.error : "") + (d.skip_reason ? " (not exported: " + d.skip_reason + ")" : ""), d.mount_point ? button("Eject", "eject", d.id) : ""]);
     tr.children[3].className = "state";
   });
   es.addEventListener("status", function (e) {

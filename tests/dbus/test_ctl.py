@@ -1,0 +1,98 @@
+"""`steno-exportctl` against a real core behind the real D-Bus service on a private bus (issue 15 §4):
+not-found is rc 4, --json on every command, eject says what it did, export uses the configured formats."""
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+import pytest
+
+from steno_exportd import config, events as ev
+from steno_exportd.core import Core
+from steno_exportd.dbus import service
+from tests.recorder_db import RecorderDB
+
+
+async def ctl(address: str, *argv: str) -> tuple[int, str, str]:
+    p = await asyncio.create_subprocess_exec(sys.executable, "-m", "steno_exportd.exportctl", "--bus", address, *argv,
+                                             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(p.communicate(), 60)
+    return p.returncode, out.decode(), err.decode()
+
+
+@pytest.fixture
+async def daemon(private_bus, tmp_path):
+    """A real Core on a real recorder DB, its D-Bus service on a private bus; USB eject is the one
+    stand-in (there is no USB bus here): it does what the USB adapter does to the device's state."""
+    rec = RecorderDB(tmp_path / "rec")
+    for _ in range(2):
+        sid = rec.session()
+        rec.entry(sid, 0.0, 2.0, "hello there")
+    out = tmp_path / "out"
+    out.mkdir()
+    cfg = config.from_dict({"recorder": {"db_path": str(rec.path)}, "state": {"dir": str(tmp_path / "state")},
+                            "export": {"allowed_dirs": [str(out)], "formats": ["md", "json"]},
+                            "dbus": {"bus": private_bus, "job_linger_seconds": 30.0}})
+    core = Core(cfg)
+
+    async def eject(device_id: str) -> str:
+        core.devices.change(device_id, state=ev.DeviceState.EJECTING)
+        core.devices.change(device_id, state=ev.DeviceState.SAFE_TO_REMOVE)
+        return "powered off"
+
+    await core.start()
+    core.set_ejector(eject)
+    try:
+        async with service.export(core):
+            yield core, out
+    finally:
+        await core.stop()
+        rec.close()
+
+
+async def test_cancel_of_an_unknown_job_is_not_found(daemon, private_bus):
+    rc, out, err = await ctl(private_bus, "cancel", "9999")
+    assert rc == 4 and "no job 9999" in err, (rc, out, err)
+    assert "signature" not in err and "interface" not in err
+
+
+async def test_export_without_formats_uses_the_configured_ones(daemon, private_bus):
+    core, out = daemon
+    rc, text, err = await ctl(private_bus, "export", "--to", str(out), "--sessions", "1,2", "--wait", "--json")
+    assert rc == 0, err
+    job = json.loads(text)
+    assert job["State"] == "completed" and job["Formats"] == ["md", "json"], job
+    assert [r["status"] for r in job["Results"]] == ["ok", "ok"]
+    assert sorted(p.suffix for p in out.rglob("*") if p.suffix in (".md", ".json") and p.parent != out / "SilentSteno")
+
+
+async def test_every_command_speaks_json(daemon, private_bus):
+    core, out = daemon
+    core.devices.change("fs_ab12", label="KINGSTON", fs_type="vfat", size=10, free=5,
+                        state=ev.DeviceState.MOUNTED)
+    for argv in (["status"], ["sessions"], ["devices"], ["jobs"], ["formats"], ["sharing"],
+                 ["auto-export", "off"], ["export", "--to", str(out), "--sessions", "1"]):
+        rc, text, err = await ctl(private_bus, *argv, "--json")
+        assert rc == 0, (argv, err)
+        json.loads(text)
+    rc, text, err = await ctl(private_bus, "cancel", "1", "--json")
+    assert rc == 0, err
+    assert json.loads(text)["State"] in ("cancelled", "completed")
+
+    rc, text, err = await ctl(private_bus, "eject", "KINGSTON", "--json")
+    assert rc == 0, err
+    did = json.loads(text)
+    assert did["Job"]["State"] == "completed" and did["Device"]["State"] == "safe_to_remove", did
+
+
+async def test_eject_says_what_it_did(daemon, private_bus):
+    core, out = daemon
+    core.devices.change("fs_ab12", label="KINGSTON", fs_type="vfat", size=10, free=5,
+                        state=ev.DeviceState.MOUNTED)
+    rc, text, err = await ctl(private_bus, "eject", "KINGSTON")
+    assert rc == 0, err
+    assert text == "KINGSTON: ejected, safe to remove\n", text
+    assert "session(s) ok" not in text
+    rc, text, err = await ctl(private_bus, "eject", "NOPE", "--json")
+    assert rc == 4 and "no device 'NOPE'" in err

@@ -1,0 +1,224 @@
+"""Job results that tell the truth (issue 15): per-session status, the headline, the device's free
+space, a cancelled queued job across a restart, retries of a locked recorder database."""
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sqlite3
+import threading
+import time
+
+import pytest
+
+from steno_exportd import config, events as ev
+from steno_exportd.core import Core, ExportOptions
+from tests.recorder_db import RecorderDB
+
+
+def cfg_for(tmp_path, rec: RecorderDB, **export) -> config.Config:
+    return config.from_dict({"recorder": {"db_path": str(rec.path), "data_dir": str(rec.root), "lock_timeout": 0.1},
+                             "state": {"dir": str(tmp_path / "state")},
+                             "export": {"allowed_dirs": [str(tmp_path)], "formats": ["txt", "json"], **export}})
+
+
+def add_session(rec: RecorderDB, audio: bytes | int | None = None, missing: bool = False, **cols) -> int:
+    """audio: the recording's bytes, or its size (a RIFF header and zeros, written 1 MiB at a time: one
+    300 MB bytes object would hold the GIL, and so the event loop, for a third of a second)."""
+    path = None
+    if isinstance(audio, int):
+        path = rec.audio(f"a{rec._n + 1}.wav", b"RIFF")
+        with open(rec.root / path, "ab") as f:
+            for left in range(audio - 4, 0, -(1 << 20)):
+                f.write(bytes(min(left, 1 << 20)))
+    elif audio is not None:
+        path = rec.audio(f"a{rec._n + 1}.wav", audio)
+    if missing:
+        path = "audio/gone.wav"
+    size = audio if isinstance(audio, int) else len(audio or b"")
+    sid = rec.session(audio_file_path=path, audio_size_bytes=size or 32, **cols)
+    rec.entry(sid, 0.0, 2.0, "hello there")
+    return sid
+
+
+@pytest.fixture
+def rec(tmp_path):
+    r = RecorderDB(tmp_path / "rec", threads=True)     # the async tests add sessions off the event loop
+    yield r
+    r.close()
+
+
+async def add(rec: RecorderDB, **kw) -> int:
+    """add_session in a thread: a 300 MB recording or 3,000 rows would block the event loop."""
+    return await asyncio.to_thread(add_session, rec, **kw)
+
+
+async def test_missing_recording_is_ok_with_warnings(tmp_path, rec):
+    good = add_session(rec, audio=b"RIFF" + b"x" * 1000)
+    gone = add_session(rec, missing=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    core = Core(cfg_for(tmp_path, rec))
+    await core.start()
+    try:
+        snap = await core.export_sessions([good, gone], ["txt", "audio"], str(out))
+        done = await core.jobs.wait(snap.id, 60)
+        assert done.state == ev.JobState.COMPLETED, done.error
+        by_id = {r.session_id: r for r in done.results}
+        assert by_id[good].status == "ok" and by_id[good].ok and not by_id[good].warnings
+        r = by_id[gone]
+        assert r.ok and r.status == "ok with warnings", r
+        assert any("recording" in w and "missing" in w for w in r.warnings), r.warnings
+        assert "without" in done.error or "warning" in done.error, "the job says a session came without its recording"
+        txt = [f for f in r.files if f.ok and f.path.endswith(".txt")]
+        assert txt and (out / txt[0].path).is_file()
+    finally:
+        await core.stop()
+
+
+async def test_cancelled_queued_job_stays_cancelled_after_restart(tmp_path, rec):
+    sids = [await add(rec, audio=(1 << 20) + 4) for _ in range(3)]
+    out = tmp_path / "out"
+    out.mkdir()
+    cfg = cfg_for(tmp_path, rec, max_concurrent_jobs=1)
+    core = Core(cfg)
+    await core.start()
+    try:
+        jobs = [await core.export_sessions(sids, ["txt", "audio"], str(out), ExportOptions(target_name=f"j{i}"))
+                for i in range(3)]
+        last = core.jobs.cancel(jobs[-1].id)
+        assert last.state == ev.JobState.CANCELLED
+        await core.jobs.wait(jobs[0].id, 60)
+    finally:
+        await core.stop()
+    again = Core(cfg)
+    await again.start()
+    try:
+        rows = {d["id"]: d["state"] for d in await asyncio.to_thread(again.state.jobs)}
+        assert rows[jobs[-1].id] == ev.JobState.CANCELLED, rows
+    finally:
+        await again.stop()
+
+
+def _hold_lock(path, seconds: float, held: threading.Event) -> None:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN EXCLUSIVE")
+    held.set()
+    time.sleep(seconds)
+    conn.execute("ROLLBACK")
+    conn.close()
+
+
+async def test_locked_database_at_start_is_retried(tmp_path):
+    rec = RecorderDB(tmp_path / "rec", wal=False)        # a rollback journal: EXCLUSIVE blocks readers
+    try:
+        sid = add_session(rec)
+        out = tmp_path / "out"
+        out.mkdir()
+        core = Core(cfg_for(tmp_path, rec, retries=3))
+        await core.start()
+        try:
+            held = threading.Event()
+            t = threading.Thread(target=_hold_lock, args=(rec.path, 0.8, held))
+            t.start()
+            held.wait(5)
+            snap = await core.export_sessions([sid], ["txt"], str(out))
+            done = await core.jobs.wait(snap.id, 60)
+            t.join()
+            assert done.state == ev.JobState.COMPLETED, done.error
+        finally:
+            await core.stop()
+    finally:
+        rec.close()
+
+
+async def test_cancel_during_planning_takes_effect_within_a_second(tmp_path, rec):
+    def many() -> list[int]:
+        with rec.conn:
+            rec.conn.execute("BEGIN")
+            return [add_session(rec) for _ in range(3000)]      # planning loads each session: ~10 ms apiece
+    sids = await asyncio.to_thread(many)
+    out = tmp_path / "out"
+    out.mkdir()
+    core = Core(cfg_for(tmp_path, rec))
+    await core.start()
+    try:
+        snap = await core.export_sessions(sids, ["txt"], str(out))
+        while core.jobs.get(snap.id).state != ev.JobState.RUNNING:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)
+        assert core.jobs.get(snap.id).files_total == 0, "still planning when cancelled"
+        t0 = time.monotonic()
+        core.jobs.cancel(snap.id)
+        done = await core.jobs.wait(snap.id, 30)
+        took = time.monotonic() - t0
+        assert done.state == ev.JobState.CANCELLED
+        assert took < 1.0 * 1.5, f"cancel during planning took {took:.2f} s (target 1 s; 1.5 s for a busy machine)"
+        assert [p.name for p in (out / "SilentSteno").iterdir() if p.is_dir()] == []
+    finally:
+        await core.stop()
+
+
+async def test_cancel_mid_copy_leaves_nothing_final_and_verify_says_incomplete(tmp_path, rec):
+    from steno_exportd.engine.verify import verify_target
+    first = await add(rec, audio=(1 << 20) + 4)
+    big = await add(rec, audio=(300 << 20) + 4)     # long enough to be cancelled mid-copy
+    out = tmp_path / "out"
+    out.mkdir()
+    core = Core(cfg_for(tmp_path, rec))
+    await core.start()
+    try:
+        done = await core.jobs.wait((await core.export_sessions([first], ["txt", "audio"], str(out))).id, 60)
+        assert done.state == ev.JobState.COMPLETED, done.error
+        snap = await core.export_sessions([big], ["txt", "audio"], str(out))
+        while (j := core.jobs.get(snap.id)).bytes_done == 0 and not j.state.finished:
+            await asyncio.sleep(0.005)
+        assert not j.state.finished and j.bytes_done < j.bytes_total, "cancelled mid-copy"
+        core.jobs.cancel(snap.id)
+        assert (await core.jobs.wait(snap.id, 30)).state == ev.JobState.CANCELLED
+    finally:
+        await core.stop()
+    try:
+        rep = await asyncio.to_thread(verify_target, str(out))
+        folders = sorted(p.name for p in (out / "SilentSteno").iterdir() if p.is_dir())
+        assert len(folders) == 2 and folders[1].endswith(".partial"), folders
+        assert not rep.ok and rep.incomplete == [folders[1]], rep.to_json()
+        assert rep.ok_count == 2, "the finished session (transcript and recording) still checks out"
+    finally:
+        await asyncio.to_thread(shutil.rmtree, out)                 # pytest keeps tmp dirs: not 300 MB of them
+        await asyncio.to_thread(shutil.rmtree, rec.root / "audio")
+
+
+async def test_folder_built_in_place_holds_only_temp_names_until_verified(tmp_path, rec):
+    """Where a folder cannot be renamed (FAT through FUSE), the files keep temp names until the session is
+    verified: a cancel mid-copy leaves nothing complete-looking under a final name."""
+    from steno_exportd.engine.targets import DirectoryTarget
+    from steno_exportd.engine.verify import verify_target
+    small = await add(rec, audio=(1 << 20) + 4)
+    big = await add(rec, audio=(300 << 20) + 4)
+    out = tmp_path / "out"
+    out.mkdir()
+    target = DirectoryTarget(str(out), "FATSTICK")
+    target.atomic_dir_rename = False          # what DirectoryTarget decides on vfat (no folder rename there)
+    core = Core(cfg_for(tmp_path, rec))
+    await core.start()
+    try:
+        snap = await core.export_sessions([big], ["txt", "audio"], target)
+        while (j := core.jobs.get(snap.id)).bytes_done == 0 and not j.state.finished:
+            await asyncio.sleep(0.005)
+        assert not j.state.finished and j.bytes_done < j.bytes_total, "cancelled mid-copy"
+        core.jobs.cancel(snap.id)
+        assert (await core.jobs.wait(snap.id, 30)).state == ev.JobState.CANCELLED
+        [folder] = [p for p in (out / "SilentSteno").iterdir() if p.is_dir()]
+        names = sorted(p.name for p in folder.iterdir())
+        assert all(n.startswith(".steno-") for n in names), f"a final name in an unfinished folder: {names}"
+        rep = await asyncio.to_thread(verify_target, str(out))
+        assert not rep.ok and rep.incomplete == [folder.name], rep.to_json()
+
+        done = await core.jobs.wait((await core.export_sessions([small], ["txt", "audio"], target)).id, 60)
+        assert done.state == ev.JobState.COMPLETED, done.error
+        finished = [p for p in (out / "SilentSteno").iterdir() if p.is_dir() and p != folder]
+        assert [sorted(p.name for p in f.iterdir()) for f in finished] == [["audio.wav", "transcript.txt"]]
+    finally:
+        await core.stop()
+        await asyncio.to_thread(shutil.rmtree, out)
+        await asyncio.to_thread(shutil.rmtree, rec.root / "audio")
