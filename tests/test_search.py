@@ -19,6 +19,7 @@ from steno_exportd.core import Core
 from steno_exportd.errors import InvalidArgument
 from steno_exportd.library import Library
 from steno_exportd.search import SearchIndex
+from tests.guard import BLOCK_LIMIT
 from tests.recorder_db import RecorderDB, meeting, meetings_to_search
 
 REPO = Path(__file__).resolve().parents[1]
@@ -454,7 +455,8 @@ async def test_indexing_never_stalls_the_event_loop(tmp_path):
         tick.cancel()
         await core.stop()
     print(f"max loop lag {max(lags) * 1000:.1f} ms over {len(lags)} ticks")
-    assert len(lags) > 20 and max(lags) < 0.1, f"max loop lag {max(lags) * 1000:.0f} ms"
+    # the suite's one rule for a stalled loop (tests/guard.py: wall time on a shared 2-core runner)
+    assert len(lags) > 20 and max(lags) < BLOCK_LIMIT, f"max loop lag {max(lags) * 1000:.0f} ms"
 
 
 async def _pending_zero(core):
