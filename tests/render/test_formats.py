@@ -320,10 +320,11 @@ def test_render_in_process_and_async():
 
 def test_importing_daemon_modules_does_not_import_reportlab_or_docx():
     code = ("import sys, steno_exportd.render, steno_exportd.cli, steno_exportd.render.command\n"
+            "import steno_exportd.daemon, steno_exportd.mail.sender\n"
             "from steno_exportd import render\n"
             "for n in render.names(): render.get(n).filename(None, render.RenderOptions())\n"
             "bad = [m for m in sys.modules if m.split('.')[0] in ('reportlab', 'docx', 'openpyxl', 'bidi',\n"
-            "                                                   'arabic_reshaper')]\n"
+            "                                                   'arabic_reshaper', 'aiosmtplib')]\n"
             "assert not bad, bad\n"
             "render.get('pdf').render(__import__('tests.render.sessions', fromlist=['x']).empty_session())\n"
             "assert 'reportlab' in sys.modules\n")
