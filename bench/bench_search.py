@@ -175,7 +175,7 @@ def main() -> int:
                         ("phrase", f'"{vocab[0]} {vocab[30]}"'), ("prefix", f"{mid[:4]}*")):
             r = ix.search(q)
             print(f"search_query_{name}_ms: {median_ms(lambda: ix.search(q)):.1f}  ({r.total} sessions"
-                  f"{', ranked by matches' if r.broad else ''})")
+                  f"{', broad: newest first' if r.broad else ''})")
         like = median_ms(lambda: src.execute("SELECT session_id, start_time_seconds FROM transcript_entries "
                                              "WHERE text LIKE ?", (f"%{rare}%",)).fetchall(), 3)
         print(f"anchor_like_scan_rare_word_ms: {like:.1f}")

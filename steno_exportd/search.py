@@ -52,13 +52,16 @@ MAX_OFFSET = 100_000
 HITS_PER_SESSION = 3
 SNIPPET_CHARS = 200
 QUERY_SECONDS = 2.0          # one search never holds a core longer than this
-BROAD_ROWS = 10_000          # more matching rows than this: sessions ranked by matches, not bm25
+BROAD_ROWS = 10_000          # more matching rows than this: newest sessions first, not ranked by bm25
+COUNT_PASS_ROWS = 50_000     # up to this many, a broad query counts them in one pass; beyond, a cursor per session
 MAX_ROW_CHARS = 20_000       # of one indexed text (a hostile row cannot bloat the index)
 LINE_BITS = 24               # rowid = session id << LINE_BITS | row number within the session
 MAX_ROWS = (1 << LINE_BITS) - 1
 MAX_SESSION_ID = (1 << (63 - LINE_BITS)) - 1
 BATCH_ROWS = 4000            # rows per write transaction while indexing
 BACKGROUND_DUTY = 0.5        # share of one core the background indexer may use
+MERGE_SHARE = 0.1            # rows written since the last full merge, as a share of the index, that start one
+MERGE_PAGES = 2000           # FTS5 leaf pages merged per transaction (~0.2 s here)
 
 # Row kinds (stored as small integers: a transcript has thousands of rows).
 KINDS = ("title", "details", "description", "summary", "action_item", "transcript")
@@ -120,7 +123,7 @@ class SessionMatch:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SearchResults:
-    """One page of sessions matching a query, best first (bm25; by number of matches when ``broad``)."""
+    """One page of sessions matching a query, best first (bm25; newest first when ``broad``)."""
 
     query: str
     total: int                      # sessions matching
@@ -129,7 +132,7 @@ class SearchResults:
     sessions: tuple[SessionMatch, ...]
     indexed: int                    # sessions in the index
     pending: int                    # sessions still waiting to be (re)indexed; 0 when current
-    broad: bool = False             # too many matches to rank each: sessions with the most matches first
+    broad: bool = False             # too many matches to rank each: newest sessions first
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -427,6 +430,7 @@ class SearchIndex:
         delta, new = library.changed_since(token)
         if not delta:
             self._token, self._pending = new, 0
+            self._merge_if_due(w, 0)            # one a stop interrupted
             return self._report(t0=t0)
         todo = [(s.id, "added") for s in delta.added] + [(s.id, "changed") for s in delta.changed]
         self._pending = len(todo)
@@ -466,7 +470,30 @@ class SearchIndex:
             if duty < 1.0:
                 time.sleep((time.monotonic() - tb) * (1 - duty) / duty)
         self._token, self._pending = new, 0
+        self._merge_if_due(w, written)
         return self._report(counts, len(delta.removed), written, token is None, True, t0)
+
+    def _merge_if_due(self, w: sqlite3.Connection, written: int) -> None:
+        """Merge the index into one FTS5 segment once a tenth of it was written since the last merge.
+
+        Each write transaction leaves a segment and automerge keeps a few per level; a query opens
+        a cursor on every segment, so a broad query (a cursor per session) costs ~10x more on a
+        freshly built index than on a merged one. Rows written are counted on disk (a restart
+        keeps the count); the merge runs in transactions of MERGE_PAGES and stops when asked to.
+        """
+        row = w.execute("SELECT value FROM meta WHERE key = 'unmerged_rows'").fetchone()
+        unmerged = (int(row[0]) if row else 0) + written
+        total = w.execute("SELECT coalesce(sum(rows), 0) FROM docs").fetchone()[0]
+        if unmerged and unmerged >= MERGE_SHARE * total:
+            while not self._stopping.is_set():
+                before = w.total_changes
+                with _transaction(w):
+                    w.execute("INSERT INTO fts (fts, rank) VALUES ('merge', ?)", (-MERGE_PAGES,))
+                if w.total_changes - before < 2:        # nothing left to merge (FTS5's documented test)
+                    unmerged = 0
+                    break
+        if written or unmerged != (int(row[0]) if row else 0):
+            w.execute("INSERT OR REPLACE INTO meta VALUES ('unmerged_rows', ?)", (str(unmerged),))
 
     def _report(self, counts: dict | None = None, removed: int = 0, rows: int = 0, rebuilt: bool = False,
                 complete: bool = True, t0: float = 0.0) -> UpdateReport:
@@ -559,7 +586,7 @@ class SearchIndex:
 
     def _search(self, conn: sqlite3.Connection, query: str, match: str, limit: int, offset: int) -> SearchResults:
         n = conn.execute("SELECT count(*) FROM (SELECT 1 FROM fts WHERE fts MATCH ? LIMIT ?)",
-                         (match, BROAD_ROWS + 1)).fetchone()[0]
+                         (match, COUNT_PASS_ROWS + 1)).fetchone()[0]
         broad = n > BROAD_ROWS
         best: dict[int, list] = {}                  # session id -> [rank, count, [(rank, rowid)...]]
         if not broad:
@@ -576,10 +603,24 @@ class SearchIndex:
                 if len(b[2]) < HITS_PER_SESSION or rank < b[2][-1][0]:
                     b[2] = sorted(b[2] + [(rank, rowid)])[:HITS_PER_SESSION]
             order = sorted(best, key=lambda sid: (best[sid][0], sid))
-        else:
-            # too many rows to rank each: the sessions that mention it most, newest first among equals
+        elif '" *' in match or n <= COUNT_PASS_ROWS:
+            # too many rows to rank each: newest sessions first. One pass counts the matches of every
+            # session (a prefix term merges the doclists of all its words at every cursor: always).
             best = {sid: [0.0, count, []] for sid, count in self._count_by_session(conn, match)}
-            order = sorted(best, key=lambda sid: (-best[sid][1], -sid))
+            order = sorted(best, reverse=True)
+        else:
+            # too many rows to rank each: newest sessions first. Which sessions match: a cursor per
+            # session that stops at its first match (cheap on a merged index, see _merge_if_due);
+            # counting every match of every session costs 4-8x a pass over them (350,000 rows for a
+            # word said in every line of 1,000 meetings). Only the page's sessions are counted.
+            order = [sid for (sid,) in conn.execute(
+                f"SELECT session_id FROM docs WHERE EXISTS (SELECT 1 FROM fts WHERE fts MATCH ?1 AND rowid "
+                f"BETWEEN session_id << {LINE_BITS} AND (session_id << {LINE_BITS}) | {MAX_ROWS}) "
+                "ORDER BY session_id DESC", (match,))]
+            best = {sid: [0.0, conn.execute(
+                "SELECT count(*) FROM fts WHERE fts MATCH ? AND rowid BETWEEN ? AND ?",
+                (match, sid << LINE_BITS, (sid << LINE_BITS) | MAX_ROWS)).fetchone()[0], []]
+                for sid in order[offset:offset + limit]}
         page = order[offset:offset + limit]
         docs = {r[0]: r[1:] for r in conn.execute(
             f"SELECT session_id, uuid, title, start_time, speakers FROM docs WHERE session_id IN "

@@ -143,16 +143,51 @@ def test_ranked_and_paged(index, rec):
     assert index.search("meeting", offset=10).sessions == ()
 
 
-def test_a_broad_query_ranks_sessions_by_matches(index, rec, monkeypatch):
+def test_a_broad_query_lists_the_newest_sessions_first_with_their_matches(index, rec, monkeypatch):
     built(index)
     monkeypatch.setattr(search, "BROAD_ROWS", 2)
-    r = index.search("meeting")          # 3 rows in the budget session (place, summary, a line), 1 in the other
-    assert r.broad and r.total == 2
-    assert [(m.session_id, m.hit_count) for m in r.sessions] == [(rec.ids["budget"], 3), (rec.ids["plain"], 1)]
-    assert [h.kind for h in r.sessions[0].hits] == ["details", "summary", "transcript"]   # in the session's order
-    assert r.sessions[1].hits[0].seconds == 5.0 and "<mark>meeting</mark>" in r.sessions[1].hits[0].snippet_html
+    assert rec.ids["plain"] > rec.ids["budget"]
+    # counted in one pass; a cursor per session (many rows); a prefix (always one pass)
+    for q, count_pass in (("meeting", 10_000), ("meeting", 2), ("meet*", 2)):
+        monkeypatch.setattr(search, "COUNT_PASS_ROWS", count_pass)
+        r = index.search(q)              # 3 rows in the budget session (place, summary, a line), 1 in the other
+        assert r.broad and r.total == 2, q
+        assert [(m.session_id, m.hit_count) for m in r.sessions] == [(rec.ids["plain"], 1), (rec.ids["budget"], 3)]
+        assert [h.kind for h in r.sessions[1].hits] == ["details", "summary", "transcript"]   # in the session's order
+        assert r.sessions[0].hits[0].seconds == 5.0 and "<mark>meeting</mark>" in r.sessions[0].hits[0].snippet_html
+        page = index.search(q, limit=1, offset=1)
+        assert page.total == 2 and [(m.session_id, m.hit_count) for m in page.sessions] == [(rec.ids["budget"], 3)]
     monkeypatch.setattr(search, "BROAD_ROWS", 10_000)
     assert not index.search("meeting").broad
+
+
+def _segments(path) -> int:
+    """FTS5 segments in the index file (a leaf page's id in fts_data is its segment id << 37)."""
+    with sqlite3.connect(path) as c:
+        return c.execute("SELECT count(DISTINCT id >> 37) FROM fts_data WHERE id >> 37 > 0").fetchone()[0]
+
+
+def test_a_build_in_many_transactions_is_merged_into_one_segment(tmp_path, monkeypatch):
+    # a query opens a cursor on every segment: a broad one, one per session, so segments multiply its cost
+    monkeypatch.setattr(search, "BATCH_ROWS", 50)
+    rec = RecorderDB(tmp_path / "many")
+    for i in range(12):
+        meeting(rec, f"Session {i}", [(float(k), "Ann", f"the word{i} line {k}") for k in range(40)])
+    rec.close()
+    ix = SearchIndex(tmp_path / "state" / search.FILE_NAME)
+    ix.open()
+    try:
+        monkeypatch.setattr(search, "MERGE_SHARE", 2.0)      # never due: what a build leaves behind
+        ix.update(Library(rec.path))
+        assert _segments(ix.path) > 3
+        unmerged = [(r.session_id, r.hit_count) for r in ix.search("the", limit=50).sessions]
+        monkeypatch.setattr(search, "MERGE_SHARE", 0.1)
+        ix.update(Library(rec.path))                        # nothing new: the merge that was due runs
+        assert _segments(ix.path) == 1
+        assert [(r.session_id, r.hit_count) for r in ix.search("the", limit=50).sessions] == unmerged
+        assert len(unmerged) == 12 and ix.search("word7").total == 1
+    finally:
+        ix.close()
 
 
 def test_snippets_are_safe_html(index, rec):
