@@ -106,13 +106,21 @@ class TranscriptLine(Flowable):
     def getSpaceAfter(self):
         return self.st.s_seg.spaceAfter
 
+    def drawOn(self, canvas, x, y, _sW=0):
+        """One graphics state and one translation (to the text's origin) per line."""
+        canvas.saveState()
+        canvas.translate(x + GUTTER, y + self.height - self.para.height)
+        self._draw_at_text(canvas)
+        canvas.restoreState()
+
     def draw(self):
-        c = self.canv
-        b = self.st
+        self.canv.translate(GUTTER, self.height - self.para.height)
+        self._draw_at_text(self.canv)
+
+    def _draw_at_text(self, c) -> None:
+        """Draw with the origin at the text paragraph's bottom left (the gutter is to its left)."""
         if self.head:
-            self.speaker.draw(c, self.height, self.time, b)
-        # drawOn would push another graphics state per line; the caller's drawOn already saved one.
-        c.translate(GUTTER, self.height - self.para.height)
+            self.speaker.draw(c, -GUTTER, self.para.height, self.time, self.st)
         self.para.canv = c
         try:
             self.para.draw()
@@ -140,26 +148,34 @@ class _Name:
         self.tsize = b.s_seg.fontSize - 2
         # name lines, the time under them, and room for the time's descenders
         self.height = (len(self.lines) - 1) * self.leading + self.size + self.tsize + 5
+        self._doc = None        # the document the operators below were made for
+        self._ops = ""
 
-    def draw(self, c, top: float, time: str, b: "_Builder") -> None:
-        """The name below top and the time under it (relative moves: cheaper than absolute origins)."""
+    def draw(self, c, left: float, top: float, time: str, b: "_Builder") -> None:
+        """The name below top and the time under it (relative moves: cheaper than absolute origins).
+
+        The name's operators are made once per speaker and document (the first line puts its glyphs
+        in the fonts' subsets) and repeated for every other line: one Tm and the time are new.
+        """
         x0 = self.lines[0][0]
-        t = c.beginText(x0, top - self.size)
-        # colour operators formatted once per speaker: setFillColor formats and checks alpha every call
-        t._code.append(self.rg)
-        prev = x0
-        for i, (x, runs) in enumerate(self.lines):
-            if i:
-                t.moveCursor(x - prev, self.leading)
-                prev = x
-            for f, text in runs:
-                t.setFont(f, self.size)
-                t.textOut(text)
-        t.moveCursor(-prev, self.tsize + 3)
-        t.setFont(b.font, self.tsize)
-        t._code.append(b.grey_rg)
-        t.textOut(time)
-        c.drawText(t)
+        if self._doc is not c._doc:
+            t = c.beginText(x0, 0)
+            # colour operators formatted once per speaker: setFillColor formats and checks alpha every call
+            t._code.append(self.rg)
+            prev = x0
+            for i, (x, runs) in enumerate(self.lines):
+                if i:
+                    t.moveCursor(x - prev, self.leading)
+                    prev = x
+                for f, text in runs:
+                    t.setFont(f, self.size)
+                    t.textOut(text)
+            t.moveCursor(-prev, self.tsize + 3)
+            t._code.append(b.grey_rg)
+            self._ops = " ".join(t._code[2:])       # after BT and the origin
+            self._doc = c._doc
+        c._code.append(f"BT 1 0 0 1 {fp_str(left + x0, top - self.size)} Tm {self._ops} "
+                       f"{b.time_ops(c, time, self.tsize)} ET")
 
 
 class _Doc(BaseDocTemplate):
@@ -256,6 +272,16 @@ class _Builder:
         self.names: dict[str, _Name] = {}
         self.colours: dict[str, str] = {}
         self.proto = Paragraph("x", self.s_seg).frags[0]
+        self._time_text = None
+
+    def time_ops(self, c, time: str, size: float) -> str:
+        """Text operators of a time in the regular font (font selection included), for a text object."""
+        t = self._time_text
+        if t is None or t._canvas is not c:
+            t = self._time_text = c.beginText(0, 0)
+        t._code = []
+        t.setFont(self.font, size)          # selected again in each text object (a standard font: Tf here)
+        return " ".join([*t._code, t._formatText(time)])
 
     def para(self, text: str, style) -> Flowable:
         """Plain text in style, any script (bold styles use the bold chain)."""

@@ -200,7 +200,7 @@ class BidiParagraph(Flowable):
             prev = x
             for f, text in runs:
                 t.setFont(f, st.fontSize)
-                t.textOut(text)
+                t._code.append(t._formatText(text))     # textOut without the width it would measure again
         self.canv.drawText(t)
 
     def getSpaceBefore(self):
