@@ -430,7 +430,7 @@ class SearchIndex:
         delta, new = library.changed_since(token)
         if not delta:
             self._token, self._pending = new, 0
-            self._merge_if_due(w, 0)            # one a stop interrupted
+            self._merge_if_due(w, 0, duty)      # one a stop interrupted
             return self._report(t0=t0)
         todo = [(s.id, "added") for s in delta.added] + [(s.id, "changed") for s in delta.changed]
         self._pending = len(todo)
@@ -470,10 +470,10 @@ class SearchIndex:
             if duty < 1.0:
                 time.sleep((time.monotonic() - tb) * (1 - duty) / duty)
         self._token, self._pending = new, 0
-        self._merge_if_due(w, written)
+        self._merge_if_due(w, written, duty)
         return self._report(counts, len(delta.removed), written, token is None, True, t0)
 
-    def _merge_if_due(self, w: sqlite3.Connection, written: int) -> None:
+    def _merge_if_due(self, w: sqlite3.Connection, written: int, duty: float = 1.0) -> None:
         """Merge the index into one FTS5 segment once a tenth of it was written since the last merge.
 
         Each write transaction leaves a segment and automerge keeps a few per level; a query opens
@@ -486,12 +486,14 @@ class SearchIndex:
         total = w.execute("SELECT coalesce(sum(rows), 0) FROM docs").fetchone()[0]
         if unmerged and unmerged >= MERGE_SHARE * total:
             while not self._stopping.is_set():
-                before = w.total_changes
+                before, tb = w.total_changes, time.monotonic()
                 with _transaction(w):
                     w.execute("INSERT INTO fts (fts, rank) VALUES ('merge', ?)", (-MERGE_PAGES,))
                 if w.total_changes - before < 2:        # nothing left to merge (FTS5's documented test)
                     unmerged = 0
                     break
+                if duty < 1.0:
+                    time.sleep((time.monotonic() - tb) * (1 - duty) / duty)
         if written or unmerged != (int(row[0]) if row else 0):
             w.execute("INSERT OR REPLACE INTO meta VALUES ('unmerged_rows', ?)", (str(unmerged),))
 
