@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import signal
 import sqlite3
@@ -19,7 +20,6 @@ from steno_exportd.core import Core
 from steno_exportd.errors import InvalidArgument
 from steno_exportd.library import Library
 from steno_exportd.search import SearchIndex
-from tests.guard import BLOCK_LIMIT
 from tests.recorder_db import RecorderDB, meeting, meetings_to_search
 
 REPO = Path(__file__).resolve().parents[1]
@@ -463,37 +463,81 @@ async def _complete(core):
     return core.search_index.last_update.complete and core.search_index.last_update.seconds > 0
 
 
+LOOP_LAG_LIMIT = 0.1       # what a person using the web page or the touchscreen would notice
+TICK = 0.01
+
+# A ticker in a process of its own, beside the test: how late the machine itself was at each moment.
+CONTROL_TICKER = """
+import json, sys, threading, time
+done = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
+late = []
+while not done.is_set():
+    t = time.monotonic()
+    time.sleep(%r)
+    late.append((t + %r, time.monotonic()))
+print(json.dumps(late))
+""" % (TICK, TICK)
+
+
+def _excess(ours: list[tuple[float, float]], control: list[tuple[float, float]]) -> float:
+    """The largest lag of ours beyond what the control ticker saw over the same moment (seconds).
+
+    Both record (when the tick was due, when it came) on the system's monotonic clock; a moment
+    when the whole machine stalled (a 2-core runner under load) delays both.
+    """
+    worst = 0.0
+    for due, came in ours:
+        if came - due <= LOOP_LAG_LIMIT / 2:
+            continue
+        seen = max((min(c_came, came) - max(c_due, due) for c_due, c_came in control
+                    if c_came > due and c_due < came), default=0.0)
+        worst = max(worst, came - due - max(seen, 0.0))
+    return worst
+
+
 async def test_indexing_never_stalls_the_event_loop(tmp_path):
     def build():        # in a thread: writing the recorder's database is no part of the loop measured
         rec = RecorderDB(tmp_path / "big")
-        for i in range(60):
+        for i in range(150):
             meeting(rec, f"Session {i}", [(float(k), f"Speaker {k % 4}", f"word{i} said at {k} in a meeting of "
                                           "many words, as people talk for an hour") for k in range(400)])
         rec.close()     # closed where it was opened (sqlite3 connections belong to their thread)
         return rec
     rec = await asyncio.to_thread(build)
     core = Core(core_config(tmp_path, rec))
-    lags = []
+    ours: list[tuple[float, float]] = []
 
     async def ticker():
         while True:
             t = time.monotonic()
-            await asyncio.sleep(0.01)
-            lags.append(time.monotonic() - t - 0.01)
+            await asyncio.sleep(TICK)
+            ours.append((t + TICK, time.monotonic()))
 
-    tick = asyncio.create_task(ticker())
-    await core.start()
+    control = await asyncio.create_subprocess_exec(sys.executable, "-c", CONTROL_TICKER, stdin=subprocess.PIPE,
+                                                   stdout=subprocess.PIPE)
     try:
-        await until(lambda: _total(core, "word59"), "the build of 60 sessions", timeout=120)
-        await until(lambda: _pending_zero(core), "the build to finish", timeout=120)
+        tick = asyncio.create_task(ticker())
+        await core.start()
+        try:
+            await until(lambda: _total(core, "word149"), "the build of 150 sessions", timeout=180)
+            await until(lambda: _pending_zero(core, 150), "the build to finish", timeout=180)
+        finally:
+            tick.cancel()
+            await core.stop()
+        out, _ = await asyncio.wait_for(control.communicate(b""), 30)
     finally:
-        tick.cancel()
-        await core.stop()
-    print(f"max loop lag {max(lags) * 1000:.1f} ms over {len(lags)} ticks")
-    # the suite's one rule for a stalled loop (tests/guard.py: wall time on a shared 2-core runner)
-    assert len(lags) > 20 and max(lags) < BLOCK_LIMIT, f"max loop lag {max(lags) * 1000:.0f} ms"
+        if control.returncode is None:
+            control.kill()
+            await control.wait()
+    theirs = [tuple(x) for x in json.loads(out)]
+    lags = [came - due for due, came in ours]
+    excess = _excess(ours, theirs)
+    print(f"max loop lag {max(lags) * 1000:.1f} ms over {len(lags)} ticks; beyond the machine's own "
+          f"{excess * 1000:.1f} ms (control ticker: max {max(c - d for d, c in theirs) * 1000:.1f} ms)")
+    assert len(lags) > 100 and excess < LOOP_LAG_LIMIT, f"the loop stalled {excess * 1000:.0f} ms"
 
 
-async def _pending_zero(core):
+async def _pending_zero(core, sessions: int):
     r = await core.search("word0")
-    return r.pending == 0 and r.indexed == 60
+    return r.pending == 0 and r.indexed == sessions
