@@ -480,10 +480,12 @@ class SearchIndex:
         a cursor on every segment, so a broad query (a cursor per session) costs ~10x more on a
         freshly built index than on a merged one. Rows written are counted on disk (a restart
         keeps the count); the merge runs in transactions of MERGE_PAGES and stops when asked to.
+        Between full merges, the small segments of later updates are merged among themselves.
         """
         row = w.execute("SELECT value FROM meta WHERE key = 'unmerged_rows'").fetchone()
-        unmerged = (int(row[0]) if row else 0) + written
         total = w.execute("SELECT coalesce(sum(rows), 0) FROM docs").fetchone()[0]
+        # no count yet: an index built before merging existed is merged once
+        unmerged = (int(row[0]) if row else total) + written
         if unmerged and unmerged >= MERGE_SHARE * total:
             while not self._stopping.is_set():
                 before, tb = w.total_changes, time.monotonic()
@@ -494,7 +496,12 @@ class SearchIndex:
                     break
                 if duty < 1.0:
                     time.sleep((time.monotonic() - tb) * (1 - duty) / duty)
-        if written or unmerged != (int(row[0]) if row else 0):
+        elif written:
+            # the small segments of updates since then merged among themselves (cheap: they are small)
+            with _transaction(w):
+                w.execute("INSERT INTO fts (fts, rank) VALUES ('usermerge', 2)")
+                w.execute("INSERT INTO fts (fts, rank) VALUES ('merge', ?)", (MERGE_PAGES,))
+        if row is None or written or unmerged != int(row[0]):
             w.execute("INSERT OR REPLACE INTO meta VALUES ('unmerged_rows', ?)", (str(unmerged),))
 
     def _report(self, counts: dict | None = None, removed: int = 0, rows: int = 0, rebuilt: bool = False,

@@ -173,21 +173,28 @@ def test_a_build_in_many_transactions_is_merged_into_one_segment(tmp_path, monke
     rec = RecorderDB(tmp_path / "many")
     for i in range(12):
         meeting(rec, f"Session {i}", [(float(k), "Ann", f"the word{i} line {k}") for k in range(40)])
-    rec.close()
     ix = SearchIndex(tmp_path / "state" / search.FILE_NAME)
     ix.open()
     try:
-        monkeypatch.setattr(search, "MERGE_SHARE", 2.0)      # never due: what a build leaves behind
-        ix.update(Library(rec.path))
+        with monkeypatch.context() as m:                    # what a build leaves behind without merging
+            m.setattr(SearchIndex, "_merge_if_due", lambda *a: None)
+            ix.update(Library(rec.path))
         assert _segments(ix.path) > 3
         unmerged = [(r.session_id, r.hit_count) for r in ix.search("the", limit=50).sessions]
-        monkeypatch.setattr(search, "MERGE_SHARE", 0.1)
         ix.update(Library(rec.path))                        # nothing new: the merge that was due runs
         assert _segments(ix.path) == 1
         assert [(r.session_id, r.hit_count) for r in ix.search("the", limit=50).sessions] == unmerged
         assert len(unmerged) == 12 and ix.search("word7").total == 1
+        segments = []
+        for i in range(6):                                   # one new meeting at a time, as the recorder adds them
+            meeting(rec, f"Later {i}", [(float(k), "Ann", f"the later{i} line {k}") for k in range(10)])
+            ix.update(Library(rec.path))
+            segments.append(_segments(ix.path))
+        assert max(segments) <= 3, segments                 # the small ones merged among themselves
+        assert ix.search("the", limit=50).total == 18 and ix.search("later5").total == 1
     finally:
         ix.close()
+        rec.close()
 
 
 def test_snippets_are_safe_html(index, rec):
