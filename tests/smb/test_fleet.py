@@ -23,8 +23,8 @@ from tests.smb.recorder import FORMATS, assert_landed, make_recorder, on_nas, pu
 
 RECORDERS = 8
 # Every recorder's config file, byte for byte: its own data sits at this one path (a bind mount in its own mount
-# namespace), its machine id is its own /etc/machine-id. A schedule pushes everything every few seconds; one job
-# at a time, so a run queued while the last still pushes waits for it (and then finds nothing new).
+# namespace), its machine id is its own /etc/machine-id. A schedule pushes everything every few seconds (a run
+# queued while the last still pushes waits for it: one push per remote folder at a time, then finds nothing new).
 SCHEDULE = f"""
 [[schedules]]
 name = "office"
@@ -74,7 +74,7 @@ def office_fleet(smb_tmp, smbd_factory, office_lan, daemon_factory):
         common = smb_tmp / "recorder"              # the one path every config names
         common.mkdir()
         cfg_file = write_config(smb_tmp / "steno-exportd.toml", common, "system",
-                                **{"dbus.enabled": "false", "export.max_concurrent_jobs": "1"})
+                                **{"dbus.enabled": "false"})
         with open(cfg_file, "a") as f:
             f.write(remote_toml(remote) + SCHEDULE)
         assert "recorder_folder" not in cfg_file.read_text() and "machine_id" not in cfg_file.read_text()
