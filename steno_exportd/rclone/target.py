@@ -6,11 +6,12 @@ rclone (``operations/uploadfile``, chunked) under a temp name and moved to its f
 name; a file the engine already writes under a temp name (a session built in place) is uploaded under
 that name itself, not under a second one, and the engine renames it. Every request is a few round
 trips to the store (a WebDAV move is four), so none is made twice: a file committed by this push is
-not looked up again before its rename or removal. Where the store keeps a hash rclone can read (MD5 or
-SHA-1: SFTP, S3, OneDrive, Nextcloud...), the write hashes the bytes it sends and the commit compares
-the store's hash of the landed file: verified without downloading it. Elsewhere (a WebDAV server without hashes) the engine reads it back
-(rclone's ``--rc-serve``) and hashes it. Session folders are built in place (object stores have no
-atomic folder rename).
+not looked up again before its rename or removal, nor a free name in a folder it made. Where the store
+keeps a hash rclone can read (MD5 or SHA-1: SFTP, S3, OneDrive, Nextcloud...), the write hashes the
+bytes it sends and the commit compares the store's hash of the landed file: verified without
+downloading it. Elsewhere (a WebDAV server without hashes) the engine reads it back (rclone's
+``--rc-serve``) and hashes it. Session folders are built in place (object stores have no atomic
+folder rename).
 """
 from __future__ import annotations
 
@@ -53,6 +54,7 @@ class RcloneTarget:
         self.hash: str | None = None
         self._seq = itertools.count(1)
         self._files: set[str] = set()     # files this push committed (known to be files, not folders)
+        self._made: set[str] = set()      # folders this push made (nothing of anyone else's in them)
 
     def connect(self) -> None:
         """Start rclone, reach the store once (which hash it keeps); a clear error when it cannot."""
@@ -110,6 +112,7 @@ class RcloneTarget:
                 raise TargetError(f"a {st.kind} is in the way of folder {rel}")
             return
         self.rcd.call("operations/mkdir", {"fs": self.fs, "remote": self.rel(rel)})
+        self._made.add(self.rel(rel))
 
     def own_temp(self, name: str) -> bool:
         """Temp files this host's pushes leave after a drop (another host's are not ours to remove)."""
@@ -129,7 +132,10 @@ class RcloneTarget:
                                               "dstFs": self.fs, "dstRemote": self.rel(dst)})
 
     def rename(self, src: str, dst: str) -> None:
-        if self.lstat(dst) is not None:
+        d = self.rel(dst)
+        # a name in a folder this push made is free unless this push wrote it (the recorder's folder is
+        # claimed: no other push writes into it)
+        if (d.rpartition("/")[0] not in self._made or d in self._files) and self.lstat(dst) is not None:
             raise TargetError(f"refusing to replace existing {dst}")
         st = EntryStat("file") if self.rel(src) in self._files else self.lstat(src)
         if st is not None and st.kind == "dir":
@@ -157,6 +163,8 @@ class RcloneTarget:
             raise InvalidArgument("refusing to remove the remote's root")
         if self.lstat(rel) is not None:
             self.rcd.call("operations/purge", {"fs": self.fs, "remote": self.rel(rel)}, missing_ok=True)
+        gone = self.rel(rel)
+        self._made = {d for d in self._made if d != gone and not d.startswith(f"{gone}/")}
 
     def free_space(self) -> int:
         try:
