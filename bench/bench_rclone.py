@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from bench.anchor import alternate, report  # noqa: E402
 from steno_exportd import config  # noqa: E402
 from steno_exportd.engine.export import SimpleSpec, run_export  # noqa: E402
 from steno_exportd.engine.options import ExportOptions  # noqa: E402
@@ -99,28 +99,22 @@ def main() -> int:
                     "rclone": {"config_file": str(conf), "remotes": [{"name": "bench", "remote": f"{srv.remote}:"}]}})
                 push(cfg)                                       # warm-up, not counted
                 shutil.rmtree(served / "warm-up")
-                ours, theirs = [], []
-                for r in range(ROUNDS):
-                    folder = f"ours-{r}"
-                    if r % 2:
-                        theirs.append(bare(conf, audio, f"{srv.remote}:theirs-{r}", kind == "webdav"))
-                        shutil.rmtree(served / f"theirs-{r}")
+
+                def anchor(r: int) -> float:
+                    t = bare(conf, audio, f"{srv.remote}:theirs-{r}", kind == "webdav")
+                    shutil.rmtree(served / f"theirs-{r}")
+                    return t
+
+                def ours(r: int) -> float:
                     t0 = time.perf_counter()
-                    written = push(config.replace(cfg, **{"smb.recorder_folder": folder}))
-                    ours.append(time.perf_counter() - t0)
+                    written = push(config.replace(cfg, **{"smb.recorder_folder": f"ours-{r}"}))
+                    t = time.perf_counter() - t0
                     assert written == total, (written, total)
-                    shutil.rmtree(served / folder)
-                    if not r % 2:
-                        theirs.append(bare(conf, audio, f"{srv.remote}:theirs-{r}", kind == "webdav"))
-                        shutil.rmtree(served / f"theirs-{r}")
-                print(f"rounds {kind} (s): ours " + " ".join(f"{x:.2f}" for x in ours) + " | rclone copy+check "
-                      + " ".join(f"{x:.2f}" for x in theirs), file=sys.stderr)
-                o, t = statistics.median(ours), statistics.median(theirs)
+                    shutil.rmtree(served / f"ours-{r}")
+                    return t
+                theirs, (mine,) = alternate(ROUNDS, anchor, ours)
                 print(f"rclone_{kind}_verify: {'store md5' if kind == 'sftp' else 'download and hash'}")
-                print(f"rclone_{kind}_ours_mib_s: {mib / o:.1f}")
-                print(f"rclone_{kind}_copy_check_mib_s: {mib / t:.1f}")
-                print(f"rclone_{kind}_ratio_ours_vs_copy_check: {t / o:.2f}")
-                print(f"rclone_{kind}_ratio_per_round_median: {statistics.median(b / a for a, b in zip(ours, theirs)):.2f}")
+                report(f"rclone_{kind}", mib, "copy_check", theirs, [("ours", mine)], label=kind)
             finally:
                 srv.stop()
         return 0

@@ -16,14 +16,15 @@ import dataclasses
 import os
 import pathlib
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from typing import Callable
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from bench.anchor import alternate, report  # noqa: E402
 from steno_exportd import config  # noqa: E402
 from steno_exportd.config import SmbRemote  # noqa: E402
 from steno_exportd.engine.export import SimpleSpec, run_export  # noqa: E402
@@ -124,45 +125,29 @@ def main() -> int:
         shutil.rmtree(nas / "warm-up")
         smbclient_put(smbd.port, user, pw, files, "warm-up")
         shutil.rmtree(nas / "warm-up")
-        ours, ours_v, ours_first, theirs = [], [], [], []
-        for r in range(ROUNDS):
-            if r % 2:                       # alternate who goes first: the disk is shared and noisy
+        def anchor(r: int) -> float:
+            os.sync()
+            t = smbclient_put(smbd.port, user, pw, files, f"smbclient-{r}")
+            shutil.rmtree(nas / f"smbclient-{r}")
+            return t
+
+        def ours(verify: bool, known: HashCache | None) -> Callable[[int], float]:
+            def run(r: int) -> float:
                 os.sync()
-                theirs.append(smbclient_put(smbd.port, user, pw, files, f"smbclient-{r}"))
-                shutil.rmtree(nas / f"smbclient-{r}")
-            for verify, known, out in ((False, hashes, ours), (True, hashes, ours_v), (False, None, ours_first)):
-                os.sync()
-                folder = f"ours-{r}-{len(out)}-{int(verify)}-{int(known is not None)}"
+                folder = f"ours-{r}-{int(verify)}-{int(known is not None)}"
                 t0 = time.perf_counter()
                 written = push(cfg_for(folder), verify, known)
-                out.append(time.perf_counter() - t0)
+                t = time.perf_counter() - t0
                 assert written == total, (written, total)
                 shutil.rmtree(nas / folder)
-            if not r % 2:
-                os.sync()
-                theirs.append(smbclient_put(smbd.port, user, pw, files, f"smbclient-{r}"))
-                shutil.rmtree(nas / f"smbclient-{r}")
-        mib = total / 2**20
-        print("rounds (s): ours " + " ".join(f"{x:.2f}" for x in ours) + " | smbclient "
-              + " ".join(f"{x:.2f}" for x in theirs) + " | ours+verify " + " ".join(f"{x:.2f}" for x in ours_v)
-              + " | ours first " + " ".join(f"{x:.2f}" for x in ours_first), file=sys.stderr)
-        o, ov, s = statistics.median(ours), statistics.median(ours_v), statistics.median(theirs)
-        of = statistics.median(ours_first)
-        print(f"smb_push_size_mib: {mib:.0f}")
+                return t
+            return run
+        theirs, (plain, verified, first) = alternate(ROUNDS, anchor, ours(False, hashes), ours(True, hashes),
+                                                     ours(False, None))
+        print(f"smb_push_size_mib: {total / 2**20:.0f}")
         print(f"smb_push_share_folder: {'tmpfs' if on_tmpfs else 'disk'}")
-        print(f"smb_push_ours_mib_s: {mib / o:.1f}")
-        print(f"smb_push_smbclient_put_mib_s: {mib / s:.1f}")
-        print(f"smb_push_ratio_ours_vs_smbclient: {s / o:.2f}")
-        print(f"smb_push_ours_with_verify_mib_s: {mib / ov:.1f}")
-        print(f"smb_push_ratio_ours_verified_vs_smbclient: {s / ov:.2f}")
-        print(f"smb_push_ours_first_mib_s: {mib / of:.1f}")
-        print(f"smb_push_ratio_ours_first_vs_smbclient: {s / of:.2f}")
-        # the machine is shared: also the median of ratios taken within each round
-        print(f"smb_push_ratio_per_round_median: {statistics.median(b / a for a, b in zip(ours, theirs)):.2f}")
-        print(f"smb_push_ratio_verified_per_round_median: "
-              f"{statistics.median(b / a for a, b in zip(ours_v, theirs)):.2f}")
-        print(f"smb_push_ratio_first_per_round_median: "
-              f"{statistics.median(b / a for a, b in zip(ours_first, theirs)):.2f}")
+        report("smb_push", total / 2**20, "smbclient_put", theirs,
+               [("ours", plain), ("ours_verified", verified), ("ours_first", first)])
         return 0
     finally:
         smbd.stop()

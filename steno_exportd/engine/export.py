@@ -5,6 +5,7 @@ import concurrent.futures
 import dataclasses
 import itertools
 import logging
+import math
 import os
 import threading
 import time
@@ -116,6 +117,8 @@ class Exporter:
                                                 # finishes a session while the next one is written
         self.target_error: TargetError | None = None   # the first target fault that failed a session
         self._verifier = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="steno-verify")
+        self._saved_at = -math.inf              # when the manifest was last saved (monotonic)
+        self._markers: list[str] = []           # in-place folders recorded in the manifest but not yet saved
 
     def _cancelled(self) -> bool:
         return bool(self.p.cancelled)
@@ -214,6 +217,13 @@ class Exporter:
                 settle_tail()           # a session whose read-backs had ended before the cancel is kept
             except CancelledJob:
                 pass
+        try:
+            with self._lock:
+                if self._markers:
+                    self._save()        # the sessions a deferred save still holds
+        except (TargetError, OSError) as e:
+            # their folders keep their markers: the next run removes and sends them again
+            log.warning("%s: the manifest was not saved at the end of the run: %s", self.t.name, e)
         if self.spec.options.merge and sessions and not self._cancelled() and not stop_reason:
             try:
                 results.append(self._export_merged(sessions))
@@ -257,6 +267,23 @@ class Exporter:
             log.info("removed %s: its session was deleted on the recorder", folder)
         if removed:
             mf.save(self.t, self.root, self.m)
+
+    def _save(self, marker: str = "") -> None:
+        """Save the manifest (the caller holds the lock), then remove the markers of the in-place folders it
+        now records. A session built in place (``marker``) may wait up to the target's ``save_every``
+        seconds for a later save: its marker stays until then, so a run cut before it removes and sends
+        the folder again (never a finished-looking folder the manifest does not know)."""
+        if marker and not self.t.save_every:
+            self.t.remove(marker)           # saved at once (a stick): as ever, the marker goes first
+        elif marker:
+            self._markers.append(marker)
+            if time.monotonic() - self._saved_at < self.t.save_every:
+                return
+        mf.save(self.t, self.root, self.m)
+        self._saved_at = time.monotonic()
+        markers, self._markers = self._markers, []
+        for rel in markers:
+            self.t.remove(rel)
 
     def _export_merged(self, sessions: list) -> SessionResult:
         """One merged document per format in 'Merged <date> (N sessions)'; reported as session 0."""
@@ -614,7 +641,6 @@ class Exporter:
                 if r.ok and r.path in staged:
                     self.t.rename(staged[r.path], r.path)
             self.t.fsync_dir(work_rel)
-            self.t.remove(f"{work_rel}/{MARKER}")
         planned = {pf.name for pf in plan}
         for name, f in old_files.items():
             # files of an earlier export with other formats stay ours (and in SHA256SUMS)
@@ -633,9 +659,12 @@ class Exporter:
         with self._lock:
             for p in [p for p, r in self.m.partial.items() if r.get("uuid") == s.uuid]:
                 del self.m.partial[p]           # written, or failed and removed: nothing to resume
+            marker = f"{work_rel}/{MARKER}" if in_place and not exists else ""
             if any(r.ok for r in results) or exists:
                 self.m.sessions[s.uuid] = new_entry
-                mf.save(self.t, self.root, self.m)
+                self._save(marker)
+            elif marker:
+                self.t.remove(marker)
         if self.state is not None and verified:
             self.state.add_history(self.job_id, self.spec.target_name, self.spec.device_id, s.uuid, verified)
         errors = "; ".join(f"{r.path.rsplit('/', 1)[-1]}: {r.error}" for r in results

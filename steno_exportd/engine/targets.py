@@ -66,6 +66,8 @@ class Target(Protocol):
     max_file_size: int | None                    # per-file limit (FAT32), None when unlimited
     atomic_dir_rename: bool                      # False: session folders are built in place (marker file)
     resume_min: int | None                       # files this big are written resumably; None: never
+    save_every: float                            # seconds a session built in place may wait for the manifest
+                                                 # save that records it (0: saved after every session)
 
     def lstat(self, rel: str) -> EntryStat | None: ...          # None when absent
     def exists(self, rel: str) -> bool: ...
@@ -268,6 +270,7 @@ class DirectoryTarget:
         # fusefat loses a renamed folder's entries (seen here): build session folders in place there
         self.atomic_dir_rename = "vfat" not in self.fs_type and "fusefat" not in self.fs_type
         self.resume_min: int | None = None      # a yanked stick's temp file is not trusted: rewritten whole
+        self.save_every = 0.0                   # a stick may be pulled any moment: every session saved at once
 
     # -- walking without following symlinks ---------------------------------------
     def _open_dir(self, parts: list[str]) -> int:

@@ -3,11 +3,15 @@
 Every operation is one request to the push's ``rclone rcd`` (process.Rcd). A file is streamed to
 rclone (``operations/uploadfile``, chunked) under a temp name and moved to its final name
 (``operations/movefile``) only when rclone has stored all of it, so no partial file ever has a final
-name. Where the store keeps a hash rclone can read (MD5 or SHA-1: SFTP, S3, OneDrive, Nextcloud...),
-the write hashes the bytes it sends and the commit compares the store's hash of the landed file:
-verified without downloading it. Elsewhere (a WebDAV server without hashes) the engine reads it back
-(rclone's ``--rc-serve``) and hashes it. Session folders are built in place (object stores have no
-atomic folder rename).
+name; a file the engine already writes under a temp name (a session built in place) is uploaded under
+that name itself, not under a second one, and the engine renames it. Every request is a few round
+trips to the store (a WebDAV move is four), so none is made twice: a file committed by this push is
+not looked up again before its rename or removal, nor a free name in a folder it made. Where the store
+keeps a hash rclone can read (MD5 or SHA-1: SFTP, S3, OneDrive, Nextcloud...), the write hashes the
+bytes it sends and the commit compares the store's hash of the landed file: verified without
+downloading it. Elsewhere (a WebDAV server without hashes) the engine reads it back (rclone's
+``--rc-serve``) and hashes it. Session folders are built in place (object stores have no atomic
+folder rename).
 """
 from __future__ import annotations
 
@@ -30,6 +34,8 @@ log = logging.getLogger(__name__)
 CHUNK = 4 * 1024 * 1024            # writes into the upload
 HASHES = ("md5", "sha1")           # the store hashes a write checks, in this order of preference
 NO_FREE_SPACE = 1 << 62            # a store that does not say how much is free: its quota error tells
+SAVE_EVERY = 2.0                   # seconds between manifest saves (each is two uploads and two moves, a few
+                                   # round trips each); the sessions in between keep their folder's marker
 
 
 class RcloneTarget:
@@ -38,6 +44,7 @@ class RcloneTarget:
     max_file_size: int | None = None
     atomic_dir_rename = False           # object stores copy a folder to move it: build in place
     resume_min: int | None = None       # a cut file is sent again whole (rclone's uploads do not resume)
+    save_every = SAVE_EVERY
 
     def __init__(self, rcd: Rcd, base: str, *, name: str = "") -> None:
         self.rcd = rcd
@@ -46,6 +53,8 @@ class RcloneTarget:
         self.tag = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.hash: str | None = None
         self._seq = itertools.count(1)
+        self._files: set[str] = set()     # files this push committed (known to be files, not folders)
+        self._made: set[str] = set()      # folders this push made (nothing of anyone else's in them)
 
     def connect(self) -> None:
         """Start rclone, reach the store once (which hash it keeps); a clear error when it cannot."""
@@ -103,6 +112,7 @@ class RcloneTarget:
                 raise TargetError(f"a {st.kind} is in the way of folder {rel}")
             return
         self.rcd.call("operations/mkdir", {"fs": self.fs, "remote": self.rel(rel)})
+        self._made.add(self.rel(rel))
 
     def own_temp(self, name: str) -> bool:
         """Temp files this host's pushes leave after a drop (another host's are not ours to remove)."""
@@ -122,17 +132,26 @@ class RcloneTarget:
                                               "dstFs": self.fs, "dstRemote": self.rel(dst)})
 
     def rename(self, src: str, dst: str) -> None:
-        if self.lstat(dst) is not None:
+        d = self.rel(dst)
+        # a name in a folder this push made is free unless this push wrote it (the recorder's folder is
+        # claimed: no other push writes into it)
+        if (d.rpartition("/")[0] not in self._made or d in self._files) and self.lstat(dst) is not None:
             raise TargetError(f"refusing to replace existing {dst}")
-        st = self.lstat(src)
+        st = EntryStat("file") if self.rel(src) in self._files else self.lstat(src)
         if st is not None and st.kind == "dir":
             self.rcd.call("sync/move", {"srcFs": f"{self.fs}/{self.rel(src)}", "dstFs": f"{self.fs}/{self.rel(dst)}",
                                         "deleteEmptySrcDirs": True})
             self.remove(src)
         else:
             self.move(src, dst)
+            self._files.discard(self.rel(src))
+            self._files.add(self.rel(dst))
 
     def remove(self, rel: str) -> None:
+        if self.rel(rel) in self._files:       # a file this push committed (a folder's marker): no look-up
+            self._files.discard(self.rel(rel))
+            self.rcd.call("operations/deletefile", {"fs": self.fs, "remote": self.rel(rel)}, missing_ok=True)
+            return
         st = self.lstat(rel)
         if st is None:
             return
@@ -144,6 +163,8 @@ class RcloneTarget:
             raise InvalidArgument("refusing to remove the remote's root")
         if self.lstat(rel) is not None:
             self.rcd.call("operations/purge", {"fs": self.fs, "remote": self.rel(rel)}, missing_ok=True)
+        gone = self.rel(rel)
+        self._made = {d for d in self._made if d != gone and not d.startswith(f"{gone}/")}
 
     def free_space(self) -> int:
         try:
@@ -161,12 +182,13 @@ class RcloneTarget:
 
 
 class _RcloneWrite:
-    """A file streamed to rclone (a chunked multipart upload) under a temp name; moved on commit."""
+    """A file streamed to rclone (a chunked multipart upload) under a temp name; moved on commit (a file
+    whose name is a temp name already is uploaded under it)."""
 
     def __init__(self, t: RcloneTarget, rel: str) -> None:
         self._t, self._rel = t, rel
-        head, _, _ = rel.rpartition("/")
-        self.temp = t.temp_name()
+        head, _, base = t.rel(rel).rpartition("/")
+        self.temp = base if base.startswith(TEMP_PREFIX) else t.temp_name()
         self.temp_rel = f"{head}/{self.temp}" if head else self.temp
         self.offset = 0
         self.chunk = CHUNK
@@ -240,7 +262,9 @@ class _RcloneWrite:
         t = self._t
         try:
             self.sync()
-            t.move(self.temp_rel, self._rel)
+            if self.temp_rel != t.rel(self._rel):
+                t.move(self.temp_rel, self._rel)
+            t._files.add(t.rel(self._rel))
             self.done = True
         finally:
             if not self.done:

@@ -105,6 +105,8 @@ class SmbTarget:
         self._reader: SmbTarget | None = None
         self._reader_lock = threading.Lock()
 
+    save_every = 0.0                   # folders are renamed into place (no marker): saved after every session
+
     @property
     def resume_min(self) -> int:
         return RESUME_MIN

@@ -55,6 +55,7 @@ class Smbd:
     extra_global: str = ""
     shares: str = ""
     include: str = ""
+    interfaces: str = "lo"          # where it listens: lo, plus e.g. an office LAN's NAS address
     proc: subprocess.Popen | None = None
     users: dict[str, str] = dataclasses.field(default_factory=dict)
 
@@ -65,7 +66,7 @@ class Smbd:
         inc = f"include = {self.include}\n" if self.include else ""
         self.conf.write_text(f"""[global]
 smb ports = {self.port}
-interfaces = lo
+interfaces = {self.interfaces}
 bind interfaces only = yes
 disable netbios = yes
 private dir = {r}/private
@@ -195,12 +196,13 @@ def require_samba() -> None:
         parts.require(False, "the smbprotocol package")
 
 
-def make_smbd(root: pathlib.Path, *, shares: str = "", include: str = "", extra_global: str = "") -> Smbd:
+def make_smbd(root: pathlib.Path, *, shares: str = "", include: str = "", extra_global: str = "",
+              interfaces: str = "lo") -> Smbd:
     """A configured (not yet started) smbd under root."""
     root.mkdir(parents=True, exist_ok=True)
     os.chmod(root, 0o755)
     return Smbd(root=root, port=free_port(), conf=root / "smb.conf", shares=shares, include=include,
-                extra_global=extra_global)
+                extra_global=extra_global, interfaces=interfaces)
 
 
 @pytest.fixture
@@ -244,28 +246,34 @@ def rmtree(p: pathlib.Path) -> None:
 PW = "push-pw-1"
 
 
-@pytest.fixture
-def office(smb_tmp, smbd_factory):
-    """An 'office NAS': a writable share [push] for one user, a read-only share [ro]; an export tree."""
-    push_dir = smb_tmp / "nas"
+def start_office_nas(root: pathlib.Path, smbd_factory, interfaces: str = "lo", server: str = "127.0.0.1"):
+    """An 'office NAS' under root: a writable share [push] (root/nas) for one user, a read-only share [ro];
+    started, listening on ``interfaces``. Returns (smbd, the SmbRemote a recorder at ``server`` uses)."""
+    push_dir = root / "nas"
     push_dir.mkdir()
-    (smb_tmp / "ro").mkdir()
-    smbd = smbd_factory(shares=f"""
+    (root / "ro").mkdir()
+    smbd = smbd_factory(interfaces=interfaces, shares=f"""
 [push]
    path = {push_dir}
    read only = no
    force user = root
 [ro]
-   path = {smb_tmp / 'ro'}
+   path = {root / 'ro'}
    read only = yes
    guest ok = yes
 """)
     smbd.start()
     user = smbd.add_user(PW)
-    pwfile = smb_tmp / "pw"
+    pwfile = root / "pw"
     pwfile.write_text(PW + "\n")
     os.chmod(pwfile, 0o600)
+    return smbd, SmbRemote(name="office", server=server, port=smbd.port, share="push", path="",
+                           username=user, password_file=str(pwfile), timeout=5)
+
+
+@pytest.fixture
+def office(smb_tmp, smbd_factory):
+    """An 'office NAS' on loopback (start_office_nas) and an export tree."""
+    smbd, remote = start_office_nas(smb_tmp, smbd_factory)
     sums = make_export_tree(smb_tmp / "export", sessions=3)
-    remote = SmbRemote(name="office", server="127.0.0.1", port=smbd.port, share="push", path="",
-                       username=user, password_file=str(pwfile), timeout=5)
     return smbd, remote, smb_tmp, sums

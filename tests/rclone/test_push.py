@@ -101,6 +101,47 @@ def test_a_server_killed_mid_upload_is_resumed_and_the_push_completes(setup):
     assert stamps(folder) == before
 
 
+def test_a_push_cut_for_good_before_its_deferred_manifest_save_sends_those_sessions_again_once(
+        rclone_server, rclone_tmp, monkeypatch):
+    """The manifest is saved every few seconds, not after every session: a session finished since the last
+    save keeps its folder's marker, so a push cut for good (the store gone) leaves no finished-looking
+    folder the manifest does not know; the next push sends it again, and every session is there once."""
+    from steno_exportd.engine.targets import MARKER
+    from steno_exportd.rclone.target import RcloneTarget
+    srv = rclone_server
+    db = make_recorder(rclone_tmp / "rec", sizes=tuple((2 << 20) + i for i in range(6)))
+    cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+    folder = srv.served / "office" / recorder_folder(cfg)
+    monkeypatch.setattr(RcloneTarget, "save_every", 3600.0)      # the first session's save, then none
+    gone = threading.Event()
+
+    def finished_unsaved() -> list[pathlib.Path]:
+        """Session folders on the store whose files have their final names, still marked incomplete."""
+        return [p for p in folder.iterdir() if p.is_dir() and (p / MARKER).is_file() and (p / "audio.flac").is_file()
+                and (p / "transcript.txt").is_file()] if folder.is_dir() else []
+
+    def kill_for_good(fields: dict) -> bool:
+        if not gone.is_set() and (folder / "manifest.json").is_file() and finished_unsaved():
+            gone.set()              # a later recording is on its way, a finished session waits for the save
+            srv.stop()
+        return False
+
+    with pytest.raises(RcloneError, match="cannot be reached"):
+        push(cfg, Progress(kill_for_good), sleep=lambda s: None)
+    assert gone.is_set(), "the store was never stopped"
+    saved = {s["folder"] for s in json.loads((folder / "manifest.json").read_text())["sessions"].values()}
+    assert len(saved) == 1, saved
+    assert finished_unsaved() and not set(p.name for p in finished_unsaved()) & saved
+
+    srv.start()
+    res = push(cfg)
+    assert [r.ok for r in res] == [True] * 6, [r.error for r in res]
+    assert_landed(folder, db)           # six recordings, each once: no second copy of an unsaved session
+    manifest = json.loads((folder / "manifest.json").read_text())["sessions"]
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == sorted(s["folder"] for s in manifest.values())
+    assert not list(folder.rglob(MARKER))
+
+
 def test_a_wrong_password_is_a_clear_error_and_not_retried(setup, rclone_tmp):
     srv, db, cfg, folder = setup
     srv.client_config(rclone_tmp / "rclone.conf", password="not-the-password")

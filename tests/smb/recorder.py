@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import pathlib
 import subprocess
@@ -43,6 +44,13 @@ def recorder_config(db_path: pathlib.Path, state: pathlib.Path, remote: SmbRemot
         "state": {"dir": str(state), "runtime_dir": str(state / "run")},
         "usb": {"enabled": False}, "http": {"enabled": False},
         "smb": {"recorder_folder": folder, "remotes": [dataclasses.asdict(remote)]}})
+
+
+def remote_toml(remote: SmbRemote, **over: Any) -> str:
+    """The [[smb.remotes]] table of a daemon's config file for ``remote`` (``over``: further keys)."""
+    r = dict(name=remote.name, server=remote.server, port=remote.port, share=remote.share, path=remote.path,
+             username=remote.username, password_file=remote.password_file, timeout=remote.timeout, **over)
+    return "\n[[smb.remotes]]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in r.items()) + "\n"
 
 
 class Progress:

@@ -15,12 +15,7 @@ from steno_exportd.dbus import BUS_NAME, JOB_IFACE, MANAGER_IFACE, ROOT_PATH
 from tests.parts.daemon import REPO, require_core, write_config
 from tests.parts import sha256sum_check, until, wait_for
 from tests.recorder_db import add_session_like, sessions_with_audio
-
-
-def remote_toml(remote, **over) -> str:
-    r = dict(name=remote.name, server=remote.server, port=remote.port, share=remote.share, path=remote.path,
-             username=remote.username, password_file=remote.password_file, timeout=remote.timeout, **over)
-    return "\n[[smb.remotes]]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in r.items()) + "\n"
+from tests.smb.recorder import remote_toml
 
 
 @pytest.fixture
