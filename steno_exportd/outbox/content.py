@@ -91,18 +91,17 @@ def sessions_draft(sessions: Sequence[Any], formats: Sequence[str], options: Ren
                 data = render_file(pf, s)
                 attachments.append(Attachment(name, media_type(name), data=data, size=len(data)))
     subject = sessions_subject([s.title for s in sessions])
-    linking = isinstance(links, Links)
+    share = links if isinstance(links, Links) else None
     context = dict(sessions=[session_context(s) for s in sessions], subject=subject, problems=problems,
                    limit=_mb(limit), host=socket.gethostname(), no_link=links if isinstance(links, str) else "",
-                   link_until=_until(links.hours) if isinstance(links, Links) else "",
-                   link_uses=links.uses if isinstance(links, Links) else 0)
+                   link_until=_until(share.hours) if share else "", link_uses=share.uses if share else 0)
 
     def draft(kept: Sequence[Attachment], left: Sequence[Attachment], tokens: dict[int, str]) -> Draft:
         shared = []
         for s in sessions:
             mine = [a for a in left if whose[a.name] is s]
-            if mine and s.id in tokens:
-                page = links.url(tokens[s.id])            # type: ignore[union-attr]
+            if mine and share and s.id in tokens:
+                page = share.url(tokens[s.id])
                 shared.append(dict(title=one_line(s.title) or "Untitled session", page=page, files=[
                     dict(name=f"{a.name} ({_mb(a.size)})", url=f"{page}/audio?dl=1" if a.recording else page)
                     for a in mine]))
@@ -112,14 +111,14 @@ def sessions_draft(sessions: Sequence[Any], formats: Sequence[str], options: Ren
 
     # the body without attachments (and a link of the very length a real one has for each meeting), plus room for
     # the longest "left out" note, bounds what they may use
-    placeholders = {s.id: "x" * links.token_chars for s in sessions} if linking else {}   # type: ignore[union-attr]
+    placeholders = {s.id: "x" * share.token_chars for s in sessions} if share else {}
     bare = size_of(draft([], attachments, placeholders), domain_of(sender))
     kept, left = fit(attachments, limit - bare - 200 * len(attachments))
     tokens: dict[int, str] = {}
-    if linking:
+    if share:
         for s in sessions:
             if any(whose[a.name] is s for a in left):
-                tokens[s.id] = links.make(s.id)           # type: ignore[union-attr]
+                tokens[s.id] = share.make(s.id)
     return draft(kept, left, tokens), tuple(a.name for a in left)
 
 

@@ -86,13 +86,14 @@ async def selection_page(request: web.Request) -> web.Response:
     """GET /email?id=..: the selected meetings with the form that mails them (no JavaScript needed); the outbox."""
     ctx: WebContext = request.app[CTX]
     keys = _selected(request.query.getall("id", []))
-    chosen = [await ctx.session(str(k)) for k in dict.fromkeys(keys)]
+    listing = await ctx.core.listing()            # summaries: no transcript is loaded to show a title
+    chosen = [listing.by_id[i] for i in dict.fromkeys(listing.resolve(k) for k in keys)]
     sent = None
     if "sent" in request.query:
         entries = {e.id: e for e in ctx.core.outbox.list()}
         sent = entries.get(number(request.query["sent"], "sent"))
-    return ctx.render_page(request, "email.html", chosen=chosen, sent=sent, email_on=ctx.cfg.email.enabled, when=fmt_when,
-                           formats=list(FORMATS), default_formats=ctx.cfg.export.formats,
+    return ctx.render_page(request, "email.html", chosen=chosen, sent=sent, email_on=ctx.cfg.email.enabled,
+                           when=fmt_when, formats=list(FORMATS), default_formats=ctx.cfg.export.formats,
                            mails=list(reversed(ctx.core.outbox.list()))[:OUTBOX_SHOWN],
                            at=lambda x: time.strftime("%Y-%m-%d %H:%M", time.localtime(x)))
 

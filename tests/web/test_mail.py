@@ -140,7 +140,8 @@ async def test_send_selected_meetings_by_email_from_the_list_without_javascript(
         await until(lambda: core.outbox.get(entry.id).state == "sent", "the message marked sent", in_thread=False)
         page = await (await client.get(r.headers["Location"])).text()
         assert f"Message {entry.id} (" in page
-        row = f"<tr><td>{entry.id}</td><td>{html_escape(entry.subject)}</td><td>alice@example.org, bob@example.org</td><td>sent</td>"
+        row = (f"<tr><td>{entry.id}</td><td>{html_escape(entry.subject)}</td>"
+               "<td>alice@example.org, bob@example.org</td><td>sent</td>")
         assert row in page
     finally:
         task.cancel()
