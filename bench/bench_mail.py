@@ -37,7 +37,7 @@ async def ours(port: int, cert: str, password_file: str, audio: Path, state: Pat
     from steno_exportd import config, events as ev
     from steno_exportd.core import Core
     from steno_exportd.mail import sender
-    from tests.engine.fakes import FakeLibrary, make_session
+    from tests.fakes import FakeLibrary, make_session
     small = audio.with_name("small.wav")
     small.write_bytes(b"RIFF" + bytes(1000))
     lib = FakeLibrary([make_session(1, audio, "Big meeting"), make_session(2, small, "Warm-up")])

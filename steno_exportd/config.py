@@ -365,8 +365,13 @@ class EmailConfig:
     recipients: list[str] = opt([], "Default To addresses: notifications go here unless a [[notify.rules]] names "
                                     "its own.")
     max_message_mb: float = opt(20.0, "Largest message, MiB as sent (attachments grow by a third in a mail): over "
-                                      "it the recordings, then the largest other attachments, are left out and the "
-                                      "body says so.", min=0.01, max=1024)
+                                      "it the recordings, then the largest other attachments, are not attached "
+                                      "(see oversize).", min=0.01, max=1024)
+    oversize: str = opt("link", "What a message says about files over max_message_mb: link (a share link of the "
+                                "web page for each meeting concerned, with http.share_links' default expiry and "
+                                "download limit; it works where the web page can be reached, see "
+                                "http.public_url) or omit (the body only names them). With the web page or share "
+                                "links off, link acts as omit and the body says why.", choices=("link", "omit"))
     timeout: float = opt(30.0, "Seconds to wait for the server to connect or to answer one command.", min=1, max=600)
     retry_initial_seconds: float = opt(30.0, "Wait after the first transient failure (4xx answer, timeout, "
                                              "connection refused); it doubles with each try.", min=0.1, max=86400)

@@ -11,6 +11,7 @@ from typing import Any, Awaitable, Callable, Mapping
 from steno_exportd import events as ev
 from steno_exportd import request, retention
 from steno_exportd.access import Access
+from steno_exportd.access.store import LINK_TOKEN_CHARS
 from steno_exportd.config import Config
 from steno_exportd.devices import DeviceRegistry
 from steno_exportd.engine.identity import recorder_folder
@@ -22,6 +23,7 @@ from steno_exportd.engine.targets import DirectoryTarget, Target
 from steno_exportd.errors import InvalidArgument, NotFoundError, SourceLockedError
 from steno_exportd.library import ChangeToken, Library, SessionListing
 from steno_exportd.model import Session
+from steno_exportd.outbox.content import Links
 from steno_exportd.outbox.queue import Outbox
 from steno_exportd.search import FILE_NAME as SEARCH_FILE, SearchIndex, SearchResults
 from steno_exportd.schedules import Scheduler
@@ -49,7 +51,8 @@ class Core:
         self.jobs = JobManager(cfg, self.events, self.state, lambda: self.library, targets=self.targets,
                                on_finished=self._job_finished)
         self.search_index = SearchIndex(Path(cfg.state.dir) / SEARCH_FILE)
-        self.outbox = Outbox(cfg, self.events, lambda: self.library)   # mail: stored before it is sent
+        self.web_url = ""                  # the web page's URL once it listens (set_web_url): share links in mail
+        self.outbox = Outbox(cfg, self.events, lambda: self.library, self._mail_links)   # stored before it is sent
         self.schedules = Scheduler(self, clock)   # [[schedules]] and the SMB remotes' schedule (tests move the clock)
         self._housekeeping: asyncio.Task | None = None
         self.auto_export: bool = cfg.usb.auto_export.enabled
@@ -234,6 +237,25 @@ class Core:
         await asyncio.to_thread(request.template_name, template, self.cfg.render.template_dir)
         session_ids = request.resolve_sessions(keys, await self.listing(), ExportOptions())
         return await self.outbox.email_sessions(list(session_ids), list(names), recipients, template)
+
+    def set_web_url(self, url: str) -> None:
+        """The web adapter's URL (http.public_url or what it listens on); "" while the page is off."""
+        self.web_url = url.rstrip("/")
+
+    def _mail_links(self) -> Links | str:
+        """Share links for files too large to mail (email.oversize = "link"), or why there can be none."""
+        sl = self.cfg.http.share_links
+        if not self.web_url:
+            return "the recorder's web page is off (http.enabled)"
+        if not sl.enabled:
+            return "share links are turned off (http.share_links.enabled)"
+        hours, uses = sl.default_expiry_hours, sl.default_max_downloads
+
+        def make(session_id: int) -> str:
+            link = self.access.store.create_link(session_id, hours, uses)
+            log.info("share link %s… for session %d: a file too large to mail", link.token[:6], session_id)
+            return link.token
+        return Links(self.web_url, hours, uses, make, LINK_TOKEN_CHARS)
 
     # -- devices ---------------------------------------------------------------------
     async def _job_finished(self, job: ev.JobSnapshot) -> None:

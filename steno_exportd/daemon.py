@@ -147,6 +147,8 @@ class Daemon:
                 from steno_exportd import web     # aiohttp only when the web page is on
 
                 self.http_url = str(await stack.enter_async_context(web.serve(core)) or "")
+                core.set_web_url(self.http_url)
+                stack.callback(core.set_web_url, "")
                 log.info("web page at %s", self.http_url)
             if cfg.dbus.enabled:
                 from steno_exportd.dbus import service    # dbus-fast only when the bus is on

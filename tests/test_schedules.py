@@ -257,3 +257,39 @@ async def test_the_state_db_row_survives_and_unknown_rows_are_dropped(make_core,
                            clock)
     assert set(await asyncio.to_thread(core.state.schedules)) == {"keep"}
     assert dataclasses.asdict(core.schedules.list()[0])["next_run"] == local(2026, 11, 23, 2, 0)
+
+
+async def test_tags_and_since_days_choose_what_a_run_takes(make_core, tmp_path, library):
+    """Three meetings: tagged board 2 days ago, tagged board+hr 20 days ago, untagged yesterday."""
+    now = local(2026, 11, 23, 1, 0)
+    when = {1: now - 2 * 86400, 2: now - 20 * 86400, 3: now - 86400}
+    tags = {1: '["board"]', 2: '["hr", "board"]', 3: '[]'}
+    db = sqlite3.connect(library)
+    with db:
+        for sid in (1, 2, 3):
+            db.execute("UPDATE sessions SET start_time = ?, tags = ? WHERE id = ?",
+                       (dt.datetime.fromtimestamp(when[sid], dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f"),
+                        tags[sid], sid))
+    db.close()
+    outs = {name: tmp_path / name for name in ("board", "board-week", "week", "hr")}
+    for out in outs.values():
+        out.mkdir()
+    sched = [{"name": "board", "cron": "0 2 * * *", "target": str(outs["board"]), "sessions": "all",
+              "tags": ["board"], "formats": ["txt"]},
+             {"name": "board-week", "cron": "0 2 * * *", "target": str(outs["board-week"]),
+              "sessions": "since_days", "since_days": 7, "tags": ["board"], "formats": ["txt"]},
+             {"name": "week", "cron": "0 2 * * *", "target": str(outs["week"]), "sessions": "since_days",
+              "since_days": 7, "formats": ["txt"]},
+             {"name": "hr", "cron": "0 2 * * *", "target": str(outs["hr"]), "sessions": "new", "since_days": 30,
+              "tags": ["hr", "sales"], "formats": ["txt"]}]
+    clock = Clock(now)
+    core = await make_core(sched, clock)
+    assert {s.id for s in (await core.listing()).sessions if s.exportable} >= {1, 2, 3}
+    clock.t = local(2026, 11, 23, 2, 0, 1)
+    assert await core.schedules.tick() == ["board", "board-week", "week", "hr"]
+    jobs = await jobs_done(core, 4)
+    by_target = {j.target: set(j.sessions) for j in jobs}
+    assert by_target == {str(outs["board"]): {1, 2}, str(outs["board-week"]): {1}, str(outs["week"]): {1, 3},
+                         str(outs["hr"]): {2}}
+    assert {name: len(exported(out)) for name, out in outs.items()} == {"board": 2, "board-week": 1, "week": 2,
+                                                                         "hr": 1}

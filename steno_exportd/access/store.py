@@ -30,6 +30,7 @@ CREATE TABLE IF NOT EXISTS logins (
 LINK_COLUMNS = {"wrong_pins": "INTEGER NOT NULL DEFAULT 0", "max_wrong_pins": "INTEGER NOT NULL DEFAULT 0"}
 MAX_LOGINS = 1000            # the oldest unused go first: a login flood cannot grow the database
 SEEN_EVERY = 60.0            # last_seen is written at most this often per login
+LINK_TOKEN_CHARS = 24         # every share link's token has this length (a mail's size is known before it exists)
 PRUNE_EVERY = 256            # audit rows written between two prunings: the log stays within its limit + this
 
 
@@ -140,7 +141,7 @@ class AccessStore:
             raise InvalidArgument("expiry must be between a few minutes and a year (hours > 0)")
         if not (1 <= max_downloads <= 1000):
             raise InvalidArgument("max downloads must be between 1 and 1000")
-        token = secrets.token_urlsafe(18)
+        token = secrets.token_urlsafe(LINK_TOKEN_CHARS * 3 // 4)
         now = time.time()
         self._x("INSERT INTO share_links (token, session_id, created, expires, max_downloads, pin_hash, "
                 "max_wrong_pins) VALUES (?, ?, ?, ?, ?, ?, ?)",

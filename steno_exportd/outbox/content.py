@@ -4,7 +4,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import socket
-from typing import Any, Sequence
+import time
+from typing import Any, Callable, Sequence
 
 from steno_exportd.engine.naming import resolve_collision, safe_name
 from steno_exportd.engine.plan import plan_session, render_file
@@ -32,6 +33,20 @@ class Notice:
         return cls(str(d["event"]), str(d["subject"]), tuple(str(x) for x in d["lines"]), float(d["at"]))
 
 
+@dataclasses.dataclass(frozen=True)
+class Links:
+    """Share links for files too large for a message (email.oversize = "link"): made by the core's access store."""
+
+    base: str                           # the web page's URL, e.g. http://recorder.local:8080
+    hours: float                        # each link's lifetime
+    uses: int                           # downloads each link allows
+    make: Callable[[int], str]          # session id -> a new link's token (blocking: a row in access.db)
+    token_chars: int = 24               # every token has this length: the body's size is known before any link exists
+
+    def url(self, token: str) -> str:
+        return f"{self.base}/s/{token}"
+
+
 def _mb(n: float) -> str:
     return f"{n / MiB:.1f} MB"
 
@@ -49,11 +64,17 @@ def domain_of(sender: str) -> str:
 
 
 def sessions_draft(sessions: Sequence[Any], formats: Sequence[str], options: RenderOptions, sender: str,
-                   recipients: Sequence[str], limit: int) -> tuple[Draft, tuple[str, ...]]:
-    """The message for sessions with their documents (rendered like an export's files); and what was left out."""
+                   recipients: Sequence[str], limit: int,
+                   links: Links | str | None = None) -> tuple[Draft, tuple[str, ...]]:
+    """The message for sessions with their documents (rendered like an export's files); and what was left out.
+
+    Files over the limit are named in the body; with ``links`` (email.oversize = "link") each meeting concerned gets
+    a share link there, or ``links`` is the reason why it cannot (a text).
+    """
     attachments: list[Attachment] = []
     problems: list[str] = []
     taken: set[str] = set()
+    whose: dict[str, Any] = {}          # attachment name -> its session
     for s in sessions:
         prefix = f"{s.summary.short_id} " if len(sessions) > 1 else ""
         for pf in plan_session(s, tuple(formats), options, True):
@@ -62,6 +83,7 @@ def sessions_draft(sessions: Sequence[Any], formats: Sequence[str], options: Ren
                 continue
             name = resolve_collision(safe_name(prefix + pf.name), taken)
             taken.add(name)
+            whose[name] = s
             if pf.source is not None:
                 attachments.append(Attachment(name, media_type(name), path=pf.source, size=pf.size,
                                               recording=pf.fmt == "audio"))
@@ -69,18 +91,40 @@ def sessions_draft(sessions: Sequence[Any], formats: Sequence[str], options: Ren
                 data = render_file(pf, s)
                 attachments.append(Attachment(name, media_type(name), data=data, size=len(data)))
     subject = sessions_subject([s.title for s in sessions])
+    share = links if isinstance(links, Links) else None
     context = dict(sessions=[session_context(s) for s in sessions], subject=subject, problems=problems,
-                   limit=_mb(limit), host=socket.gethostname())
+                   limit=_mb(limit), host=socket.gethostname(), no_link=links if isinstance(links, str) else "",
+                   link_until=_until(share.hours) if share else "", link_uses=share.uses if share else 0)
 
-    def draft(kept: Sequence[Attachment], left: Sequence[Attachment]) -> Draft:
+    def draft(kept: Sequence[Attachment], left: Sequence[Attachment], tokens: dict[int, str]) -> Draft:
+        shared = []
+        for s in sessions:
+            mine = [a for a in left if whose[a.name] is s]
+            if mine and share and s.id in tokens:
+                page = share.url(tokens[s.id])
+                shared.append(dict(title=one_line(s.title) or "Untitled session", page=page, files=[
+                    dict(name=f"{a.name} ({_mb(a.size)})", url=f"{page}/audio?dl=1" if a.recording else page)
+                    for a in mine]))
         text, html = body("sessions", attached=[f"{a.name} ({_mb(a.size)})" for a in kept],
-                          left_out=[f"{a.name} ({_mb(a.size)})" for a in left], **context)
+                          left_out=[f"{a.name} ({_mb(a.size)})" for a in left], shared=shared, **context)
         return Draft(sender, tuple(recipients), subject, text, html, tuple(kept))
 
-    # the body without attachments, plus room for the longest "left out" note, bounds what they may use
-    bare = size_of(draft([], attachments), domain_of(sender))
+    # the body without attachments (and a link of the very length a real one has for each meeting), plus room for
+    # the longest "left out" note, bounds what they may use
+    placeholders = {s.id: "x" * share.token_chars for s in sessions} if share else {}
+    bare = size_of(draft([], attachments, placeholders), domain_of(sender))
     kept, left = fit(attachments, limit - bare - 200 * len(attachments))
-    return draft(kept, left), tuple(a.name for a in left)
+    tokens: dict[int, str] = {}
+    if share:
+        for s in sessions:
+            if any(whose[a.name] is s for a in left):
+                tokens[s.id] = share.make(s.id)
+    return draft(kept, left, tokens), tuple(a.name for a in left)
+
+
+def _until(hours: float) -> str:
+    """When a link made now expires, as the recorder's local time."""
+    return time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(time.time() + hours * 3600))
 
 
 def notices_draft(notices: Sequence[Notice], sender: str, recipients: Sequence[str]) -> Draft:

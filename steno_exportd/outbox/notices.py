@@ -93,7 +93,8 @@ class Notifier:
         self.outbox = outbox
         self.cfg = outbox.cfg
         self._wake = asyncio.Event()
-        self._told: collections.deque[tuple] = collections.deque(maxlen=1000)   # (kind, key): each event once
+        self._told: collections.deque[int] = collections.deque(maxlen=1000)     # job ids told: each job once
+        self._devices: dict[str, ev.DeviceState] = {}     # last state seen per device: told when it *becomes* safe
         self._low: set[str] = set()
 
     def reload(self, cfg: Config) -> None:
@@ -114,15 +115,23 @@ class Notifier:
                 log.exception("notification for %s failed", type(event).__name__)
 
     async def record(self, event: ev.Event) -> None:
+        # Each occurrence once: a job's end (its updates repeat the final state), a stick's *change* to safe (the
+        # same stick ejected again later is told again), each DiskSpaceLow (_watch_disk publishes one per crossing)
+        if isinstance(event, ev.DeviceRemoved):
+            self._devices.pop(event.device_id, None)
+            return
+        if isinstance(event, ev.DeviceUpdated):
+            before = self._devices.get(event.device.id)
+            self._devices[event.device.id] = event.device.state
+            if before == event.device.state:
+                return
         notice = notice_for(event, self.cfg)
         if notice is None:
             return
-        key = (notice.event, event.job.id if isinstance(event, ev.JobUpdated) else notice.subject)
-        if isinstance(event, ev.DeviceUpdated):
-            key = (notice.event, event.device.id, event.device.mount_point)
-        if key in self._told:
-            return
-        self._told.append(key)
+        if isinstance(event, ev.JobUpdated):
+            if event.job.id in self._told:
+                return
+            self._told.append(event.job.id)
         for route in routes(self.cfg, notice.event):
             await asyncio.to_thread(self.outbox.add_notice, notice, route.recipients, route.window)
         self._wake.set()

@@ -84,10 +84,12 @@ def _entry(row: tuple) -> tuple[ev.OutboxEntry, dict]:
 class Outbox:
     """The core's mail queue; blocking DB work runs in threads, state changes are published as events."""
 
-    def __init__(self, cfg: Config, events: ev.EventBus, library: Callable[[], Any]) -> None:
+    def __init__(self, cfg: Config, events: ev.EventBus, library: Callable[[], Any],
+                 links: Callable[[], content.Links | str] = lambda: "no web page") -> None:
         self.cfg = cfg
         self.events = events
         self._library = library
+        self._links = links               # share links for what is too large (email.oversize = "link")
         self.dir = Path(cfg.state.dir) / "outbox"
         self._db_path = Path(cfg.state.dir) / "state.db"
         self._db: sqlite3.Connection | None = None
@@ -263,8 +265,9 @@ class Outbox:
         lib = self._library()
         sessions = [lib.get_session(i) for i in request["sessions"]]
         limit = int(self.cfg.email.max_message_mb * 1024 * 1024)
+        links = self._links() if self.cfg.email.oversize == "link" else None
         draft, left_out = content.sessions_draft(sessions, request["formats"], render_options(self.cfg, request["template"]),
-                                                 self.cfg.email.sender, entry.recipients, limit)
+                                                 self.cfg.email.sender, entry.recipients, limit, links)
         token = f"{entry.id}-{secrets.token_hex(8)}.eml"
         size = write(draft, self.dir / token, content.domain_of(draft.sender))
         self._x("UPDATE outbox SET state='queued', subject=?, spool=?, size=?, left_out=?, next_attempt=0 "

@@ -3,14 +3,19 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from typing import Any
 
 from aiohttp import web
 
 from steno_exportd.errors import InvalidArgument
-from steno_exportd.web.context import CTX, WebContext
+from steno_exportd.formats import FORMATS
+from steno_exportd.outbox.queue import MAX_SESSIONS
+from steno_exportd.web.context import CTX, WebContext, number, read_form, session_key
+from steno_exportd.web.pages import fmt_when
 
 MAX_RECIPIENTS_TEXT = 16_000        # the form's address field (50 addresses of at most 320 characters)
+OUTBOX_SHOWN = 50                   # messages the selection's mail page lists, newest first
 
 
 def outbox_json(e: Any) -> dict:
@@ -51,18 +56,57 @@ async def email_api(request: web.Request) -> web.Response:
     return web.json_response(outbox_json(entry), status=202)
 
 
+def _recipients(form: Any) -> list[str]:
+    """The form's address field: one address per line (or separated by commas), bounded."""
+    text = str(form.get("recipients", ""))
+    if len(text) > MAX_RECIPIENTS_TEXT:
+        raise InvalidArgument(f"too many addresses ({len(text):,} characters; at most {MAX_RECIPIENTS_TEXT:,})")
+    return [a.strip() for a in re.split(r"[\n,;]", text) if a.strip()]
+
+
 async def email_form(request: web.Request) -> web.Response:
     """The session page's "Send by email" form: addresses one per line (or separated by commas)."""
     ctx: WebContext = request.app[CTX]
     s = await ctx.session(request.match_info["key"])
     form = await request.post()
-    text = str(form.get("recipients", ""))
-    if len(text) > MAX_RECIPIENTS_TEXT:
-        raise InvalidArgument(f"too many addresses ({len(text):,} characters; at most {MAX_RECIPIENTS_TEXT:,})")
-    recipients = [a.strip() for a in re.split(r"[\n,;]", text) if a.strip()]
+    recipients = _recipients(form)
     formats = [str(f) for f in form.getall("formats", [])]
     await ctx.core.email_sessions([s.id], formats, recipients)
     raise web.HTTPSeeOther(f"/sessions/{s.id}#email")
+
+
+def _selected(values: list[str]) -> list[int | str]:
+    """The meetings ticked on the list page: each key well-formed, at most one message's worth."""
+    if len(values) > MAX_SESSIONS:
+        raise InvalidArgument(f"{len(values):,} meetings selected; at most {MAX_SESSIONS} go in one message")
+    return [session_key(str(v)) for v in values]
+
+
+async def selection_page(request: web.Request) -> web.Response:
+    """GET /email?id=..: the selected meetings with the form that mails them (no JavaScript needed); the outbox."""
+    ctx: WebContext = request.app[CTX]
+    keys = _selected(request.query.getall("id", []))
+    listing = await ctx.core.listing()            # summaries: no transcript is loaded to show a title
+    chosen = [listing.by_id[i] for i in dict.fromkeys(listing.resolve(k) for k in keys)]
+    sent = None
+    if "sent" in request.query:
+        entries = {e.id: e for e in ctx.core.outbox.list()}
+        sent = entries.get(number(request.query["sent"], "sent"))
+    return ctx.render_page(request, "email.html", chosen=chosen, sent=sent, email_on=ctx.cfg.email.enabled,
+                           when=fmt_when, formats=list(FORMATS), default_formats=ctx.cfg.export.formats,
+                           mails=list(reversed(ctx.core.outbox.list()))[:OUTBOX_SHOWN],
+                           at=lambda x: time.strftime("%Y-%m-%d %H:%M", time.localtime(x)))
+
+
+async def selection_send(request: web.Request) -> web.Response:
+    """POST /email: the selected meetings in one message, through the same core call as the session page."""
+    ctx: WebContext = request.app[CTX]
+    form = await read_form(request)
+    keys = _selected(form.getall("id", []) if form else [])
+    if not keys:
+        raise InvalidArgument("select at least one meeting")
+    entry = await ctx.core.email_sessions(keys, [str(f) for f in form.getall("formats", [])], _recipients(form))
+    raise web.HTTPSeeOther(f"/email?sent={entry.id}")
 
 
 async def outbox(request: web.Request) -> web.Response:
@@ -77,5 +121,7 @@ def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_post("/api/v1/sessions/{key}/email", email_api)
     r.add_post("/sessions/{key}/email", email_form)
+    r.add_get("/email", selection_page)
+    r.add_post("/email", selection_send)
     r.add_get("/api/v1/outbox", outbox)
     r.add_get("/api/v1/schedules", schedules)

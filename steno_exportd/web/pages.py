@@ -38,7 +38,7 @@ async def index(request: web.Request) -> web.Response:
     res = await query_sessions(ctx, request.query)
     base = {**res["query"], "sort": res["sort"], "order": res["order"], "per_page": res["per_page"]}
     return ctx.render_page(request, "sessions.html", res=res, when=fmt_when, dur=fmt_duration,
-                           qs=lambda **o: _qs(base, **o), remotes=remotes(ctx))
+                           qs=lambda **o: _qs(base, **o), remotes=remotes(ctx), email_on=ctx.cfg.email.enabled)
 
 
 async def search_page(request: web.Request) -> web.Response:

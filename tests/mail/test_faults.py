@@ -3,6 +3,8 @@ header injection through a session title, a message over the size limit."""
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
 
 import pytest
 
@@ -65,6 +67,32 @@ async def test_a_server_that_is_down_gets_the_message_once_it_is_up(smtp, mail_c
     tried = await until(tried_twice, "two failed tries", in_thread=False)
     assert "refused" in tried.error.lower() or "connect call failed" in tried.error.lower(), tried.error
     up = await smtp(port=down.port)
+    done = await finished(core, entry.id)
+    assert done.state == ev.OutboxState.SENT, done.error
+    assert len(up.received) == 1 and up.received[0].rcpt_tos == TO
+
+
+async def test_a_server_that_never_answers_times_out_and_is_tried_again(smtp, mail_core):
+    """A black hole: the port accepts connections (the kernel's backlog) but no greeting ever comes."""
+    hole = socket.socket()
+    try:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(16)
+        port = hole.getsockname()[1]
+        core = await mail_core(None, **{**(await smtp()).email_config(), "smtp_port": port, "timeout": 1.0})
+
+        entry = await core.email_sessions([1], ["txt"], TO)
+
+        def tried_twice():
+            e = core.outbox.get(entry.id)
+            return e if e.attempts >= 2 and e.state == ev.OutboxState.QUEUED else None
+        started = time.monotonic()
+        tried = await until(tried_twice, "two tries that timed out", timeout=30, in_thread=False)
+        assert "timed out" in tried.error.lower(), tried.error
+        assert time.monotonic() - started >= 1.0          # each try waited email.timeout, then gave up
+    finally:
+        hole.close()
+    up = await smtp(port=port)
     done = await finished(core, entry.id)
     assert done.state == ev.OutboxState.SENT, done.error
     assert len(up.received) == 1 and up.received[0].rcpt_tos == TO

@@ -1,11 +1,18 @@
-"""Notifications: export jobs that finish or fail are mailed by the [notify] rules, one by one or as a digest."""
+"""Notifications: export and push jobs that finish or fail, a stick safe to remove and low disk space are mailed
+by the [notify] rules, one by one or as a digest."""
 from __future__ import annotations
+
+import asyncio
+import dataclasses
 
 import pytest
 
+from steno_exportd import config
 from steno_exportd import events as ev
+from steno_exportd.smb.push import SmbKind
 from tests.fakes import FakeLibrary, make_session
 from tests.parts import until
+from tests.usb.helpers import loop_attached, wait_state
 
 ADMIN = "admin@example.org"
 
@@ -86,3 +93,75 @@ async def test_nothing_is_mailed_for_events_no_rule_names(tmp_path, smtp, mail_c
     [mail] = await mails(server, 1, "the failure mail")
     assert "failed" in mail.message["Subject"]
     assert len(core.outbox.list()) == 1
+
+
+async def test_a_push_done_and_a_push_failed_are_mailed(office, smtp, mail_core):
+    """A real smbd: a push that lands, then one the NAS refuses (a wrong password)."""
+    _, remote, root, _ = office
+    server = await smtp()
+    core = await mail_core(server, recipients=[ADMIN], extra={
+        "notify": {"events": ["push_done", "push_failed"]},
+        "smb": {"recorder_folder": "rec-1", "remotes": [dataclasses.asdict(remote)]}})
+    core.targets.register(SmbKind())                     # as the daemon does
+    ok = await core.jobs.wait((await core.export_sessions([1], ["txt"], "smb:office")).id, 60)
+    assert ok.state == ev.JobState.COMPLETED, ok.error
+    assert list((root / "nas" / "rec-1").rglob("transcript.txt"))
+    [done] = await mails(server, 1, "the 'push finished' mail")
+    assert done.rcpt_tos == [ADMIN]
+    assert done.message["Subject"] == "[steno] Push to smb:office finished: 1 session"
+
+    with open(remote.password_file, "w") as f:
+        f.write("wrong password\n")
+    bad = await core.jobs.wait((await core.export_sessions([1], ["txt"], "smb:office")).id, 60)
+    assert bad.state == ev.JobState.FAILED
+    failed = (await mails(server, 2, "the 'push failed' mail"))[1]
+    assert failed.message["Subject"] == "[steno] Push to smb:office failed: 1 session"
+    assert f"Error: {bad.error}" in failed.text()
+
+
+async def test_low_disk_space_is_mailed_once_per_crossing(tmp_path, smtp, mail_core):
+    server = await smtp()
+    low = {"events": ["disk_low"], "disk_low_mb": 10**9, "disk_check_seconds": 0.1}   # every disk is "low"
+    core = await mail_core(server, recipients=[ADMIN], extra={"notify": low})
+    [first] = await mails(server, 1, "the 'low disk space' mail")
+    state = str(tmp_path / "state")
+    assert first.message["Subject"].startswith("[steno] Low disk space: ")
+    assert first.message["Subject"].endswith(f" free on {core.cfg.recorder_data_dir}") or \
+        first.message["Subject"].endswith(f" free on {state}")
+    assert "notify.disk_low_mb" in first.text()
+    await asyncio.sleep(1.0)             # an absence: ten more checks, still low, told once
+    assert len(server.received) == 1 and len(core.outbox.list()) == 1
+
+    # the space "rises" above the threshold (a lower one), then falls below it again: told again
+    await core.reload(config.replace(core.cfg, **{"notify.disk_low_mb": 1}))
+    await asyncio.sleep(0.5)
+    await core.reload(config.replace(core.cfg, **{"notify.disk_low_mb": 10**9}))
+    second = (await mails(server, 2, "the second 'low disk space' mail"))[1]
+    assert second.message["Subject"] == first.message["Subject"]
+
+
+@pytest.mark.real
+async def test_a_stick_safe_to_remove_is_mailed(sticks, tmp_path, smtp, mail_core):
+    """Real udevd, udisksd and a loop-image stick: inserted, exported, ejected; the mail says it may be pulled."""
+    from steno_exportd.usb import manager as usb
+    stick = await asyncio.to_thread(sticks, "ext4")
+    server = await smtp()
+    core = await mail_core(server, recipients=[ADMIN], extra={
+        "notify": {"events": ["stick_safe"]},
+        "usb": {"enabled": True, "settle_seconds": 0.2, "allow_labels": [stick.label],
+                "auto_export": {"formats": ["txt"], "include_audio": False}}})
+    async with usb.running(core):
+        await asyncio.to_thread(stick.insert)
+        dev = await wait_state(core, stick.label, ev.DeviceState.SAFE_TO_REMOVE, ev.DeviceState.ERROR, timeout=60)
+        assert dev.state == ev.DeviceState.SAFE_TO_REMOVE, dev.error
+        [mail] = await mails(server, 1, "the 'safe to remove' mail")
+        # the same stick again (same filesystem, same mount point): ejected again, told again
+        await asyncio.to_thread(stick.insert)
+        await until(lambda: not loop_attached(stick), "the second eject", 60)
+        await wait_state(core, stick.label, ev.DeviceState.SAFE_TO_REMOVE, timeout=10)
+        again = (await mails(server, 2, "the second 'safe to remove' mail"))[1]
+    assert mail.rcpt_tos == [ADMIN]
+    assert mail.message["Subject"] == again.message["Subject"] == f"[steno] {stick.label} can be removed"
+    assert f"Label: {stick.label}" in mail.text()
+    await asyncio.sleep(1.0)         # an absence: no third mail for the device events that follow
+    assert [e.kind for e in core.outbox.list()] == ["notice", "notice"] and len(server.received) == 2

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import re
 import time
+from html import escape as html_escape, unescape as html_unescape
 
 from croniter import croniter
 
@@ -86,3 +88,88 @@ async def test_schedules_with_their_next_run_on_the_page_and_the_api(web_client,
     html = await (await client.get("/devices")).text()
     shown = time.strftime("%Y-%m-%d %H:%M", time.localtime(expected))
     assert f"<td>nightly</td><td><code>0 2 * * *</code></td><td>{tmp_path}</td><td>{shown}</td><td>never</td>" in html
+
+
+def _selection_form(html: str) -> str:
+    return re.search(r'<form method="get" action="/zip" id="selection">(.*?)</form>', html, re.S).group(1)
+
+
+async def test_send_selected_meetings_by_email_from_the_list_without_javascript(web_client, smtp_server):
+    server, client, core = await _mail_client(web_client, smtp_server)
+    task = asyncio.create_task(sender.run(core))
+    try:
+        # the list page: a second submit button of the selection form (ticked boxes, no script) opens the mail form
+        form = _selection_form(await (await client.get("/")).text())
+        assert '<button type="submit" formaction="/email">Send selected by email</button>' in form
+        ids = re.findall(r'<input type="checkbox" name="id" value="(\d+)"', form)[:2]
+        assert len(ids) == 2
+        page = await (await client.get("/email", params=[("id", i) for i in ids])).text()
+        mail_form = re.search(r'<form method="post" action="/email" class="card">(.*?)</form>', page, re.S).group(1)
+        assert re.findall(r'<input type="hidden" name="id" value="(\d+)">', mail_form) == ids
+        titles = [(await core.session(int(i))).title for i in ids]
+        for t in titles:
+            assert html_escape(t) in mail_form
+        token = re.search(r'name="csrf" value="([^"]+)"', mail_form).group(1)
+        checked = re.findall(r'name="formats" value="(\w+)" checked', mail_form)
+        assert checked == [f for f in re.findall(r'name="formats" value="(\w+)"', mail_form)
+                           if f in core.cfg.export.formats]
+        fields = [("id", i) for i in ids] + [("recipients", "alice@example.org\r\nbob@example.org"),
+                                             ("formats", "txt"), ("formats", "json")]
+
+        # refused like every other form: no token, a stale token, another site; nothing queued
+        for data, headers in [(fields, {}), ([("csrf", "x" * len(token))] + fields, {}),
+                              ([("csrf", token)] + fields, {"Origin": "http://evil.example"})]:
+            r = await client.post("/email", data=data, headers=headers, allow_redirects=False)
+            assert r.status == 403, (headers, r.status)
+        assert core.outbox.list() == []
+
+        r = await client.post("/email", data=[("csrf", token)] + fields, allow_redirects=False)
+        assert r.status == 303
+        [entry] = core.outbox.list()
+        assert r.headers["Location"] == f"/email?sent={entry.id}"
+        assert entry.sessions == tuple(int(i) for i in ids) and entry.kind == "sessions"
+        await until(lambda: server.received, "the mail at the server", timeout=60, in_thread=False)
+        [mail] = server.received
+        assert sorted(mail.rcpt_tos) == ["alice@example.org", "bob@example.org"]
+        assert mail.message["Subject"] == f"2 meetings: {titles[0]} and 1 more"
+        short = [(await core.session(int(i))).summary.short_id for i in ids]
+        assert sorted(mail.attachments()) == sorted(f"{s} {n}" for s in short for n in ("session.json",
+                                                                                         "transcript.txt"))
+        for t in titles:
+            assert t in mail.text()
+        await until(lambda: core.outbox.get(entry.id).state == "sent", "the message marked sent", in_thread=False)
+        page = await (await client.get(r.headers["Location"])).text()
+        assert f"Message {entry.id} (" in page
+        row = (f"<tr><td>{entry.id}</td><td>{html_escape(entry.subject)}</td>"
+               "<td>alice@example.org, bob@example.org</td><td>sent</td>")
+        assert row in page
+    finally:
+        task.cancel()
+
+
+async def test_bad_selections_are_clear_4xx_and_queue_nothing(web_client, smtp_server):
+    server, client, core = await _mail_client(web_client, smtp_server)
+    token = await csrf(client)
+    sid = str(next(s.id for s in (await core.listing()).sessions if s.exportable))
+    good = [("csrf", token), ("id", sid), ("recipients", "alice@example.org")]
+    for data, status, words in [
+            ([("csrf", token), ("recipients", "alice@example.org")], 400, "select at least one meeting"),
+            ([("csrf", token), ("recipients", "a@example.org")] + [("id", sid)] * 101, 400, "at most 100"),
+            ([("csrf", token), ("id", "../1"), ("recipients", "a@example.org")], 400, "not a session id"),
+            ([("csrf", token), ("id", "424242"), ("recipients", "a@example.org")], 404, "424242"),
+            (good[:2] + [("recipients", "alice@example.org\r\nBcc: eve@evil.example")], 400, "Bcc"),
+            (good[:2] + [("recipients", "")], 400, "no recipients"),
+            (good[:2] + [("recipients", "a@example.org," * 2000)], 400, "too many addresses"),
+            (good + [("formats", "exe")], 404, "'exe'")]:
+        r = await client.post("/email", data=data, allow_redirects=False)
+        assert r.status == status, (data[-1], r.status, await r.text())
+        assert words in html_unescape(await r.text()), (data[-1], await r.text())
+    r = await client.get("/email", params=[("id", sid)] * 101)
+    assert r.status == 400 and "at most 100" in await r.text()
+    assert core.outbox.list() == [] and server.received == []
+
+    off_client, off_core = await web_client(**{"email.enabled": False})
+    assert "Send selected by email" not in await (await off_client.get("/")).text()
+    assert "Email is off" in await (await off_client.get("/email", params={"id": sid})).text()
+    r = await off_client.post("/email", data=[("csrf", await csrf(off_client))] + good[1:], allow_redirects=False)
+    assert r.status == 400 and "email is off" in await r.text()
