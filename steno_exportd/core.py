@@ -13,7 +13,7 @@ from steno_exportd.config import Config
 from steno_exportd.devices import DeviceRegistry
 from steno_exportd.engine.options import ExportOptions
 from steno_exportd.engine.targets import DirectoryTarget, Target
-from steno_exportd.errors import InvalidArgument, NotFoundError
+from steno_exportd.errors import InvalidArgument, NotFoundError, StenoError
 from steno_exportd.formats import DOCUMENT_TEMPLATES, FORMATS
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ class Core:
         self.sharing_enabled: bool = cfg.samba.enabled
         self.samba_state: str = "off"      # what the share really does: "serving", "off", "error: ..."
         self._ejector: Ejector | None = None
+        self._samba_passworder: Callable[[Config, str], None] | None = None
         self._started = False
         self._session_count = 0
         self._lib_token: Any = None
@@ -232,6 +233,50 @@ class Core:
             parts.append(f"{n} sessions")
         parts.append(f"{sticks} stick" + ("" if sticks == 1 else "s"))
         return "; ".join(parts)
+
+    # -- who may reach the meetings: web access, pairing, passwords ------------------------------
+    def web_access(self) -> str:
+        """How the web page is protected, in words; "open to the LAN" first when nothing protects it."""
+        h = self.cfg.http
+        if not h.enabled:
+            return "off"
+        if h.auth.mode == "none":
+            from steno_exportd.config import is_loopback
+            if all(is_loopback(b) for b in h.bind):
+                return "no password, this machine only (loopback)"
+            return "OPEN TO THE LAN: no password (http.auth.allow_open_lan = true)"
+        if self.access.password_hash():
+            return "password or paired browsers"
+        return "paired browsers only (no web password set yet)"
+
+    def start_pairing(self) -> Any:
+        """A fresh one-time code (access.PairingCode); the previous one stops working."""
+        return self.access.start_pairing()
+
+    async def pair_browser(self, code: str, addr: str, agent: str) -> tuple[Any, str] | None:
+        """(Login, cookie value) for the browser that typed the valid code; None otherwise; Throttled."""
+        return await self.access.pair(code, addr, agent)
+
+    async def paired_browsers(self) -> list[Any]:
+        return await asyncio.to_thread(self.access.browsers)
+
+    async def revoke_browser(self, login_id: str) -> Any:
+        return await asyncio.to_thread(self.access.revoke_browser, login_id)
+
+    async def set_web_password(self, password: str) -> None:
+        await self.access.set_web_password(password)
+
+    def set_samba_passworder(self, fn: Callable[[Config, str], None] | None) -> None:
+        """The daemon wires what hands the share user's password to the root helper (samba/share.py)."""
+        self._samba_passworder = fn
+
+    async def set_samba_password(self, password: str) -> None:
+        """The read-only share user's password (samba.share_user), applied by the root helper unit."""
+        if not 8 <= len(password) <= 256 or any(c in password for c in "\n\r\0"):
+            raise InvalidArgument("the share password needs 8 to 256 characters and no line breaks")
+        if self._samba_passworder is None:
+            raise StenoError("the Samba share is not available in this daemon")
+        await asyncio.to_thread(self._samba_passworder, self.cfg, password)
 
     def directory_target(self, path: str, name: str = "") -> DirectoryTarget:
         return DirectoryTarget(path, name)

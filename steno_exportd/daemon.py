@@ -140,6 +140,8 @@ class Daemon:
                 self.core = core_mod.Core(cfg)
                 await self.core.start()
                 stack.push_async_callback(self._stop_core)
+                from steno_exportd.samba import share
+                self.core.set_samba_passworder(share.request_password)
             else:
                 log.warning("the export core is not available yet: running without exports")
             await self._log_sessions()

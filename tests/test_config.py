@@ -46,11 +46,14 @@ def test_three_mistakes_reported_together(tmp_path):
 
 def test_check_config_reports_a_share_smbd_would_refuse(tmp_path):
     p = tmp_path / "share.toml"
-    p.write_text('[samba]\nenabled = true\nshare_name = "global"\nguest_ok = false\n')
+    p.write_text('[samba]\nenabled = true\nshare_name = "global"\nguest_ok = false\nshare_user = ""\n')
     r = run_cli("check-config", str(p))
     assert r.returncode == 1
     assert "samba.share_name: 'global' is not a usable share name" in r.stderr
-    assert "samba.valid_users: needed when guest_ok = false" in r.stderr
+    assert "samba.share_user: needed when guest_ok = false" in r.stderr
+    p.write_text('[samba]\nenabled = true\n')                  # the defaults: no guests, the share user
+    r = run_cli("check-config", str(p))
+    assert r.returncode == 0 and "guest_ok = false" in r.stdout and 'share_user = "steno-share"' in r.stdout, r.stderr
     p.write_text('[samba]\nenabled = false\nshare_name = "global"\n')
     r = run_cli("check-config", str(p))
     assert r.returncode == 0 and "sharing is off now" in r.stderr

@@ -153,3 +153,10 @@ def device_properties(d: Any) -> dict[str, Any]:
         "State": str(d.state),
         "Error": d.error or "",
     }
+
+
+def browser(x: Any) -> dict[str, Variant]:
+    """A logged-in browser (access.Login) for ListPairedBrowsers."""
+    return {"id": Variant("s", x.id), "kind": Variant("s", x.kind), "address": Variant("s", x.addr),
+            "agent": Variant("s", x.agent), "created": Variant("t", int(x.created)),
+            "last_seen": Variant("t", int(x.last_seen)), "expires": Variant("t", int(x.expires))}

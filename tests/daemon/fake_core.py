@@ -109,5 +109,8 @@ class FakeCore:
         self.sharing_enabled = on
         self.events.publish(events.StatusChanged("samba_enabled", on))
 
+    def web_access(self) -> str:
+        return "paired browsers only (no web password set yet)"
+
     def status_text(self) -> str:
         return f"idle; {len(self.library.sessions)} sessions; {len(self.devices.devices)} sticks"

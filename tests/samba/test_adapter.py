@@ -32,7 +32,7 @@ async def shared(smb_tmp, smbd_factory, tmp_path, avahi):
         "recorder": {"db_path": str(db)},
         "state": {"dir": str(tmp_path / "state"), "runtime_dir": str(tmp_path / "run")},
         "usb": {"enabled": False}, "http": {"enabled": False},
-        "samba": {"enabled": True, "export_dir": str(smb_tmp / "export"), "snippet_path": str(snippet),
+        "samba": {"enabled": True, "guest_ok": True, "export_dir": str(smb_tmp / "export"), "snippet_path": str(snippet),
                   "formats": ["txt", "json"], "reload_command": smbd.reload_command(),
                   "close_command": smbd.close_command(), "announce_name": ANNOUNCED}})
     core = Core(cfg)

@@ -28,7 +28,9 @@ def make_config(tmp: Path, lib: Path, **over):
     data = {"recorder": {"db_path": str(lib / demo.DB_NAME)},
             "state": {"dir": str(tmp / "state"), "runtime_dir": str(tmp / "run")},
             "export": {"allowed_dirs": [str(tmp / "exports")]},
-            "usb": {"enabled": False}, "http": {"bind": ["127.0.0.1"], "port": 8080}}
+            "usb": {"enabled": False},
+            # loopback only, so no login: the tests of other things than access control need none
+            "http": {"bind": ["127.0.0.1"], "port": 8080, "auth": {"mode": "none"}}}
     for dotted, value in over.items():
         *path, key = dotted.split(".")
         d = data
@@ -186,7 +188,7 @@ class WebDaemon:
         n = len(list(tmp.glob("web-daemon*.toml")))
         cfg = write_config(tmp / f"web-daemon{n}.toml", tmp, "session", **{
             "recorder.db_path": f'"{lib / demo.DB_NAME}"', "dbus.enabled": "false", "http.enabled": "true",
-            "http.bind": '["127.0.0.1"]', "http.port": str(port), **extra})
+            "http.bind": '["127.0.0.1"]', "http.port": str(port), "http.auth.mode": '"none"', **extra})
         proc = factory(cfg, prefix=prefix, env=unit_environment())
         proc.wait_ready(30)
         return cls(proc, f"http://127.0.0.1:{port}", port)
