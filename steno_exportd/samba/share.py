@@ -122,6 +122,11 @@ def request_password(cfg: Config, password: str) -> None:
         with _suppress():
             os.unlink(tmp)
         raise
+    try:        # opened for writing and closed, unchanged: the .path unit's PathChanged starts the root helper
+        os.close(os.open(sc.snippet_path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC))
+    except OSError as e:
+        log.warning("share user %s: could not nudge the reload unit through %s: %s", sc.share_user,
+                    sc.snippet_path, e.strerror or e)
     log.info("share user %s: new password handed to the root helper", sc.share_user)
 
 
