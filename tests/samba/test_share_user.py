@@ -14,6 +14,7 @@ import pytest
 
 from steno_exportd.config import SambaConfig
 from steno_exportd.samba import share as samba
+from tests.configs import make_config
 from tests.parts import wait_for
 from tests.parts.daemon import REPO, require_core, write_config
 from tests.parts.smbdata import client_kw, connected, make_export_tree
@@ -22,19 +23,24 @@ HELPER = "/usr/lib/steno-exportd/samba-share-user"
 UNIT = REPO / "systemd" / "steno-exportd-samba-reload.service"
 
 
-def run_unit(snippet, smbd) -> None:
-    """The root unit's commands, as systemd runs them, against the test smbd."""
+def run_unit(snippet, smbd) -> bool:
+    """The root unit's commands, as systemd runs them, against the test smbd: ExecCondition lines first (one
+    exiting 1-254 skips the rest, 255 fails the unit), then ExecStart. False when the conditions skipped it."""
     default = SambaConfig().snippet_path
+    helper = str(REPO / "packaging" / "samba" / "steno-exportd-samba-user")
     for line in UNIT.read_text().splitlines():
-        if not line.startswith("ExecStart="):
+        kind, _, c = line.partition("=")
+        if kind not in ("ExecCondition", "ExecStart"):
             continue
-        c = line.split("=", 1)[1].replace("$$", "$").replace(default, str(snippet))
-        c = c.replace(HELPER, str(REPO / "packaging" / "samba" / "steno-exportd-samba-user"))
+        # the helper gets the test smbd's conf (its passdb, not the system's)
+        c = c.replace(f"{HELPER} {default}", f"{helper} {snippet} {smbd.conf}")
+        c = c.replace("$$", "$").replace(default, str(snippet))
         c = re.sub(r"(\S*smbcontrol) smbd", rf"\1 -s {shlex.quote(str(smbd.conf))} smbd", c)
-        args = shlex.split(c)
-        if "samba-user" in args[0]:
-            args.append(str(smbd.conf))             # the test smbd's passdb, not the system's
-        subprocess.run(args, check=True, timeout=60, capture_output=True)
+        r = subprocess.run(shlex.split(c), timeout=60, capture_output=True, text=True)
+        if kind == "ExecCondition" and 0 < r.returncode < 255:
+            return False
+        assert r.returncode == 0, (c, r.returncode, r.stderr)
+    return True
 
 
 @pytest.fixture
@@ -84,7 +90,7 @@ def test_the_default_share_refuses_guests_and_serves_the_share_user_after_samba_
     assert r.returncode == 0 and "handed to the root helper" in r.stdout, r.stderr
     request = snippet.with_name(samba.PASSWORD_REQUEST)
     assert request.stat().st_mode & 0o077 == 0                  # only the daemon (and root) can read it
-    run_unit(snippet, smbd)                                     # what the .path unit starts, as root
+    assert run_unit(snippet, smbd)                              # what the .path unit starts, as root
     assert not request.exists()                                 # the password does not stay on disk
     with pytest.raises(LogonFailure):
         client_kw(smbd.port, share_user, "not it")
@@ -112,3 +118,26 @@ def test_the_helper_never_sets_a_password_for_an_account_that_can_log_in(tmp_pat
     snippet.with_name(samba.PASSWORD_REQUEST).symlink_to(target)
     r = subprocess.run([helper, str(snippet), str(smbd.conf)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "not a plain file" in r.stderr
+
+
+def test_a_password_handed_over_while_smbd_is_stopped_is_set_all_the_same(tmp_path, smb_tmp, smbd_factory,
+                                                                          share_user):
+    """The unit skips the reload while smbd is stopped, but not the share user's password: the request does not
+    wait on disk, and once smbd starts the share user reads the share."""
+    import smbclient
+
+    snippet = smb_tmp / "samba" / "steno-exportd.conf"
+    sums = make_export_tree(smb_tmp / "export", sessions=1)
+    smbd = smbd_factory(include=str(snippet))
+    smbd.write_conf()
+    cfg = make_config(tmp_path, **{"samba.export_dir": str(smb_tmp / "export"), "samba.snippet_path": str(snippet),
+                                   "samba.share_user": share_user, "samba.reload_command": []})
+    samba.apply(cfg.samba, enabled=True)
+    samba.request_password(cfg, "set while smbd sleeps")
+    assert run_unit(snippet, smbd) is False                     # no smbd: the reload is skipped ...
+    assert not snippet.with_name(samba.PASSWORD_REQUEST).exists()      # ... the password is not
+    smbd.start()
+    with connected(smbd.port, share_user, "set while smbd sleeps") as kw:
+        names = wait_for(lambda: smbclient.listdir("\\\\127.0.0.1\\meetings", **kw), 60,
+                         what="the share user reading")
+    assert "SHA256SUMS" in names and sums
