@@ -211,7 +211,7 @@ def _routes(session_id: int) -> list[tuple[str, str]]:
     return out
 
 
-async def test_a_fresh_install_answers_no_remote_address_with_meeting_data(web_daemon, own_lib, ipv6_lan):
+def test_a_fresh_install_answers_no_remote_address_with_meeting_data(web_daemon, own_lib, ipv6_lan):
     """From another host on the LAN (a network namespace): every route is the pairing screen or a refusal."""
     from tests.web.helpers import lib_sessions
     ns = ipv6_lan(1)
