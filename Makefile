@@ -29,7 +29,7 @@ test: deps venv
 $(DEMO)/library/silent_steno.db: | venv
 	$(VENV)/bin/steno-exportd demo-data --out $(DEMO)/library --sessions 12 --seed 1
 
-$(DEMO)/config.toml: | venv
+$(DEMO)/config.toml: packaging/demo-config.sh | venv
 	mkdir -p $(DEMO)
 	packaging/demo-config.sh $(CURDIR)/$(DEMO) > $@
 

@@ -17,6 +17,11 @@ allowed_dirs = ["$d/exports", "/tmp"]
 bind = ["127.0.0.1"]
 port = 8080
 
+# This machine only (loopback), so no login: the demo opens straight onto the meetings. On a recorder the
+# page needs one (pairing from the touchscreen, or a password): README, "First start".
+[http.auth]
+mode = "none"
+
 [samba]
 export_dir = "$d/share"
 snippet_path = "$d/samba/steno-exportd.conf"

@@ -202,8 +202,19 @@ class UsbConfig:
 
 @dataclasses.dataclass(frozen=True)
 class HttpAuthConfig:
-    mode: str = opt("none", "Access control: none or password.", choices=("none", "password"))
-    password_hash: str = opt("", "scrypt hash made by 'steno-exportd hash-password'.", secret=True)
+    mode: str = opt("password", "Access control. password: every browser logs in, with the web password or by "
+                                "pairing (a one-time code from the touchscreen); with no password set yet, remote "
+                                "browsers see only the pairing screen. none: no login at all, refused on any "
+                                "address but loopback unless allow_open_lan = true.", choices=("none", "password"))
+    password_hash: str = opt("", "scrypt hash made by 'steno-exportd hash-password'; empty: the password set from "
+                                 "the touchscreen or a paired browser (kept in the state dir) applies. Set here, it "
+                                 "wins over that one.", secret=True)
+    allow_open_lan: bool = opt(False, "With mode = none: allow listening on a non-loopback address, so every device "
+                                      "on the allowed networks reads every meeting without a password.")
+    pairing: bool = opt(True, "Allow pairing a browser with a one-time code shown on the touchscreen "
+                              "(StartPairing over D-Bus, steno-exportctl pair).")
+    pairing_minutes: float = opt(5.0, "How long a pairing code is valid, minutes (it works once).", min=0.05,
+                                 max=60)
     session_hours: float = opt(12.0, "Login lifetime, hours.", min=0.1)
     allowed_networks: list[str] = opt(
         ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fe80::/10", "fc00::/7"],
@@ -263,8 +274,11 @@ class SambaConfig:
     export_dir: str = opt("/srv/steno-export", "Folder kept current and shared.", check=_check_abs_or_empty)
     snippet_path: str = opt("/var/lib/steno-exportd/samba/steno-exportd.conf",
                             "Share definition written here; smb.conf includes it.", check=_check_abs_or_empty)
-    guest_ok: bool = opt(True, "Allow guest (no password) access.")
-    valid_users: list[str] = opt([], "With guest_ok = false: users allowed.")
+    guest_ok: bool = opt(False, "Allow guest (no password) access: anyone on the network reads the share.")
+    share_user: str = opt("steno-share", "With guest_ok = false: the read-only share user; its password is set "
+                                         "with SetSambaPassword over D-Bus or 'steno-exportctl samba-password' "
+                                         "(the root helper unit creates the account).")
+    valid_users: list[str] = opt([], "With guest_ok = false: further users allowed besides share_user.")
     force_user: str = opt("", "User smbd reads the shared files as; empty: the daemon's own user (it writes "
                               "them, 0640 under the shipped unit's UMask=0027). Root: not forced.")
     smb_conf: str = opt("/etc/samba/smb.conf", "Not used: testparm checks the candidate snippet on its own "
@@ -577,11 +591,12 @@ def _build(cls: type, data: Any, path: str, errors: list[str]) -> Any:
     return cls(**kwargs)
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
+def is_loopback(bind: str) -> bool:
+    """Does a listen address (http.bind) reach only this machine?"""
+    if bind.lower() == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(bind.split("%")[0]).is_loopback
     except ValueError:
         return False
 
@@ -596,7 +611,7 @@ def _check_mail(cfg: Config, errors: list[str]) -> None:
         msg = check_address(values[0])
         if msg:
             errors.append(f"{key}: {msg}")
-    if e.security == "none" and not e.starttls and e.username and not _loopback(e.smtp_host):
+    if e.security == "none" and not e.starttls and e.username and not is_loopback(e.smtp_host):
         errors.append(f"email.security: 'none' would send the password for {e.username!r} in clear to "
                       f"{e.smtp_host}; use 'starttls' or 'tls'")
     if e.enabled:
@@ -617,9 +632,12 @@ def _cross_check(cfg: Config, errors: list[str]) -> None:
             errors.append(f"http.auth.allowed_networks[{i}]: {msg}")
     if cfg.http.tls.mode == "files" and not (cfg.http.tls.cert_file and cfg.http.tls.key_file):
         errors.append("http.tls.cert_file: mode = 'files' needs cert_file and key_file")
-    if cfg.http.auth.mode == "password" and not cfg.http.auth.password_hash:
-        errors.append("http.auth.password_hash: required when http.auth.mode = 'password' "
-                      "(make one with 'steno-exportd hash-password')")
+    if cfg.http.enabled and cfg.http.auth.mode == "none" and not cfg.http.auth.allow_open_lan:
+        lan = [b for b in cfg.http.bind if not is_loopback(b)]
+        if lan:
+            errors.append(f"http.auth.mode: 'none' (no password) on {', '.join(lan)} opens every meeting to the "
+                          f"network; bind to 127.0.0.1 only, use mode = 'password' (pairing from the touchscreen), "
+                          f"or set http.auth.allow_open_lan = true if that is really meant")
     names = set()
     for i, r in enumerate(cfg.smb.remotes):
         for key in ("name", "server", "share"):

@@ -10,9 +10,9 @@ from typing import Any, Awaitable, Callable, Mapping
 
 from steno_exportd import events as ev
 from steno_exportd import request, retention
-from steno_exportd.access import Access
+from steno_exportd.access import Access, Login, PairingCode
 from steno_exportd.access.store import LINK_TOKEN_CHARS
-from steno_exportd.config import Config
+from steno_exportd.config import Config, is_loopback
 from steno_exportd.devices import DeviceRegistry
 from steno_exportd.engine.identity import recorder_folder
 from steno_exportd.engine.jobs import JobManager, JobSpec
@@ -20,7 +20,7 @@ from steno_exportd.engine.options import ExportOptions
 from steno_exportd.engine.registry import local as local_targets
 from steno_exportd.engine.state import StateDB
 from steno_exportd.engine.targets import DirectoryTarget, Target
-from steno_exportd.errors import InvalidArgument, NotFoundError, SourceLockedError
+from steno_exportd.errors import InvalidArgument, NotFoundError, SourceLockedError, StenoError
 from steno_exportd.library import ChangeToken, Library, SessionListing
 from steno_exportd.model import Session
 from steno_exportd.outbox.content import Links
@@ -59,6 +59,7 @@ class Core:
         self.sharing_enabled: bool = cfg.samba.enabled
         self.samba_state: str = "off"      # what the share really does: "serving", "off", "error: ..."
         self._ejector: Ejector | None = None
+        self._samba_passworder: Callable[[Config, str], None] | None = None
         self._started = False
         self._lib_token: ChangeToken | None = None
         self._listing: SessionListing | None = None
@@ -312,6 +313,49 @@ class Core:
             parts.append(f"{n} sessions")
         parts.append(f"{sticks} stick" + ("" if sticks == 1 else "s"))
         return "; ".join(parts)
+
+    # -- who may reach the meetings: web access, pairing, passwords ------------------------------
+    def web_access(self) -> str:
+        """How the web page is protected, in words; "open to the LAN" first when nothing protects it."""
+        h = self.cfg.http
+        if not h.enabled:
+            return "off"
+        if h.auth.mode == "none":
+            if all(is_loopback(b) for b in h.bind):
+                return "no password, this machine only (loopback)"
+            return "OPEN TO THE LAN: no password (http.auth.allow_open_lan = true)"
+        if self.access.password_hash():
+            return "password or paired browsers"
+        return "paired browsers only (no web password set yet)"
+
+    def start_pairing(self) -> PairingCode:
+        """A fresh one-time code; the previous one stops working."""
+        return self.access.start_pairing()
+
+    async def pair_browser(self, code: str, addr: str, agent: str) -> tuple[Login, str] | None:
+        """(Login, cookie value) for the browser that typed the valid code; None otherwise; Throttled."""
+        return await self.access.pair(code, addr, agent)
+
+    async def paired_browsers(self) -> list[Login]:
+        return await asyncio.to_thread(self.access.browsers)
+
+    async def revoke_browser(self, login_id: str) -> Login:
+        return await asyncio.to_thread(self.access.revoke_browser, login_id)
+
+    async def set_web_password(self, password: str) -> None:
+        await self.access.set_web_password(password)
+
+    def set_samba_passworder(self, fn: Callable[[Config, str], None] | None) -> None:
+        """The daemon wires what hands the share user's password to the root helper (samba/share.py)."""
+        self._samba_passworder = fn
+
+    async def set_samba_password(self, password: str) -> None:
+        """The read-only share user's password (samba.share_user), applied by the root helper unit."""
+        if not 8 <= len(password) <= 256 or any(c in password for c in "\n\r\0"):
+            raise InvalidArgument("the share password needs 8 to 256 characters and no line breaks")
+        if self._samba_passworder is None:
+            raise StenoError("the Samba share is not available in this daemon")
+        await asyncio.to_thread(self._samba_passworder, self.cfg, password)
 
     def directory_target(self, path: str, name: str = "") -> DirectoryTarget:
         return DirectoryTarget(path, name)

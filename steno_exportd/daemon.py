@@ -24,6 +24,7 @@ from steno_exportd.notify import Notifier
 from steno_exportd.rclone.kind import RcloneKind
 from steno_exportd.rclone.process import config_problems as rclone_problems
 from steno_exportd.samba import adapter as samba
+from steno_exportd.samba import share as samba_share
 from steno_exportd.smb import triggers
 from steno_exportd.smb.push import SmbKind
 
@@ -137,6 +138,7 @@ class Daemon:
             core = self.core = Core(cfg)
             core.targets.register(SmbKind())      # smb:<remote> targets (push to a NAS)
             core.targets.register(RcloneKind())   # rclone:<remote> targets (cloud and other stores)
+            core.set_samba_passworder(samba_share.request_password)   # the share user's password, to the root helper
             for problem in rclone_problems(cfg):
                 log.warning("%s", problem)
             await core.start()

@@ -128,6 +128,9 @@ async def cmd_status(c: Client, args: argparse.Namespace) -> int:
     if args.json:
         _print_json({**p, "Devices": len(devices), "Jobs": len(jobs)})
         return EXIT_OK
+    web = str(p["WebAccess"])
+    if web.startswith("OPEN"):             # first, so nobody misses it
+        print(f"WARNING: the web page is {web}")
     print(f"steno-exportd {p['Version']}: {p['Status']}")
     print(f"  state:       {p['State']}")
     print(f"  sessions:    {p['SessionCount']}")
@@ -140,6 +143,8 @@ async def cmd_status(c: Client, args: argparse.Namespace) -> int:
     print(f"  NAS folder:  {p['RemoteFolder']} (this recorder's folder on smb: and rclone: remotes)")
     if p["HttpUrl"]:
         print(f"  web page:    {p['HttpUrl']}")
+    if web:
+        print(f"  web access:  {web}")
     return EXIT_OK
 
 
@@ -438,6 +443,58 @@ def _switch(prop: str, what: str):
     return cmd
 
 
+async def cmd_pair(c: Client, args: argparse.Namespace) -> int:
+    offer = _plain((await c.call(ROOT_PATH, MANAGER_IFACE, "StartPairing"))[0])
+    if args.json:
+        _print_json(offer)
+        return EXIT_OK
+    print(f"pairing code: {offer['code']}  (valid {offer['seconds'] // 60} min {offer['seconds'] % 60} s, once)")
+    if offer["url"]:
+        print(f"or open:      {offer['url']}")
+        if sys.stdout.isatty():
+            import segno
+            segno.make(offer["url"], error="m").terminal(compact=True)
+    return EXIT_OK
+
+
+async def cmd_browsers(c: Client, args: argparse.Namespace) -> int:
+    found = _plain((await c.call(ROOT_PATH, MANAGER_IFACE, "ListPairedBrowsers"))[0])
+    if args.json:
+        _print_json(found)
+        return EXIT_OK
+    for b in found:
+        seen = time.strftime("%Y-%m-%d %H:%M", time.localtime(b["last_seen"]))
+        print(f"{b['id']}  {b['kind']:8}  {b['address'][:39]:39}  {seen}  {b['agent'][:40]}")
+    if not found:
+        print("no browser is logged in")
+    return EXIT_OK
+
+
+async def cmd_revoke_browser(c: Client, args: argparse.Namespace) -> int:
+    await c.call(ROOT_PATH, MANAGER_IFACE, "RevokeBrowser", "s", [args.id])
+    print(f"browser {args.id} logged out")
+    return EXIT_OK
+
+
+def _read_password(what: str) -> str:
+    """From a terminal (asked twice) or the first line of standard input."""
+    import getpass
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\n")
+    pw = getpass.getpass(f"{what}: ")
+    if getpass.getpass("again: ") != pw:
+        raise CtlError("the two passwords differ", EXIT_USAGE)
+    return pw
+
+
+def _set_password(member: str, what: str, done: str):
+    async def cmd(c: Client, args: argparse.Namespace) -> int:
+        await c.call(ROOT_PATH, MANAGER_IFACE, member, "s", [_read_password(what)])
+        print(done)
+        return EXIT_OK
+    return cmd
+
+
 async def cmd_formats(c: Client, args: argparse.Namespace) -> int:
     fmts = (await c.call(ROOT_PATH, MANAGER_IFACE, "ListFormats"))[0]
     tpls = (await c.call(ROOT_PATH, MANAGER_IFACE, "ListTemplates"))[0]
@@ -611,6 +668,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("device", help="device id, label or object path")
     sp.add_argument("--wait", action="store_true", help="wait until it is safe to remove")
     add("reload", cmd_reload, "reload the daemon's configuration")
+    add("pair", cmd_pair, "a one-time code (and URL/QR) that logs one browser in to the web page")
+    add("browsers", cmd_browsers, "list the browsers logged in to the web page")
+    sp = add("revoke-browser", cmd_revoke_browser, "log one browser out at once")
+    sp.add_argument("id", help="browser id (from 'browsers')")
+    add("web-password", _set_password("SetWebPassword", "web password", "web password set"),
+        "set the web page's password (read from the terminal or standard input)")
+    add("samba-password", _set_password("SetSambaPassword", "share password",
+                                        "share password handed to the root helper"),
+        "set the read-only share user's password (read from the terminal or standard input)")
     for name, prop, what in (("sharing", "SambaEnabled", "the read-only Samba share"),
                              ("auto-export", "AutoExport", "automatic export to plugged-in sticks")):
         sp = add(name, _switch(prop, name), f"show, or switch on/off, {what} (until the config changes)")

@@ -18,9 +18,10 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping, NamedTuple
+from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
 from steno_exportd import events as ev
+from steno_exportd.access import Login, PairingCode
 from steno_exportd.config import Config
 from steno_exportd.core import Core
 from steno_exportd.devices import DeviceRegistry
@@ -279,6 +280,31 @@ class FakeCore:
     def set_samba_state(self, state: str) -> None:
         self.samba_state = state
         self.events.publish(ev.StatusChanged("samba_state", state))
+
+    # who may reach the meetings: the real Core's, over the real access store
+    def web_access(self) -> str:
+        return self._core.web_access()
+
+    def start_pairing(self) -> PairingCode:
+        return self._core.start_pairing()
+
+    async def pair_browser(self, code: str, addr: str, agent: str) -> tuple[Login, str] | None:
+        return await self._core.pair_browser(code, addr, agent)
+
+    async def paired_browsers(self) -> list[Login]:
+        return await self._core.paired_browsers()
+
+    async def revoke_browser(self, login_id: str) -> Login:
+        return await self._core.revoke_browser(login_id)
+
+    async def set_web_password(self, password: str) -> None:
+        await self._core.set_web_password(password)
+
+    def set_samba_passworder(self, fn: Callable[[Config, str], None] | None) -> None:
+        self._core.set_samba_passworder(fn)
+
+    async def set_samba_password(self, password: str) -> None:
+        await self._core.set_samba_password(password)
 
     def directory_target(self, path: str, name: str = "") -> DirectoryTarget:
         return DirectoryTarget(path, name)

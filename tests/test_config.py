@@ -46,11 +46,14 @@ def test_three_mistakes_reported_together(tmp_path):
 
 def test_check_config_reports_a_share_smbd_would_refuse(tmp_path):
     p = tmp_path / "share.toml"
-    p.write_text('[samba]\nenabled = true\nshare_name = "global"\nguest_ok = false\n')
+    p.write_text('[samba]\nenabled = true\nshare_name = "global"\nguest_ok = false\nshare_user = ""\n')
     r = run_cli("check-config", str(p))
     assert r.returncode == 1
     assert "samba.share_name: 'global' is not a usable share name" in r.stderr
-    assert "samba.valid_users: needed when guest_ok = false" in r.stderr
+    assert "samba.share_user: needed when guest_ok = false" in r.stderr
+    p.write_text('[samba]\nenabled = true\n')                  # the defaults: no guests, the share user
+    r = run_cli("check-config", str(p))
+    assert r.returncode == 0 and "guest_ok = false" in r.stdout and 'share_user = "steno-share"' in r.stdout, r.stderr
     p.write_text('[samba]\nenabled = false\nshare_name = "global"\n')
     r = run_cli("check-config", str(p))
     assert r.returncode == 0 and "sharing is off now" in r.stderr
@@ -60,7 +63,9 @@ def test_check_config_reports_a_share_smbd_would_refuse(tmp_path):
     ("[export]\nfolder_pattern = '{date} {titel}'\n", "export.folder_pattern: unknown placeholder '{titel}' (did you mean '{title}'?)"),
     ("[http]\nport = 70000\n", "http.port: must be <= 65535"),
     ("[http.auth]\nallowed_networks = ['10.0.0.0/33']\n", "http.auth.allowed_networks[0]: not a network"),
-    ("[http.auth]\nmode = 'password'\n", "http.auth.password_hash: required"),
+    # no password in the config is fine now (pairing, or one set from the touchscreen); no login on the LAN is not
+    ("[http]\nbind = ['192.168.1.5']\n[http.auth]\nmode = 'none'\n",
+     "http.auth.mode: 'none' (no password) on 192.168.1.5 opens every meeting to the network"),
     ("[dbus]\nbus = 'sytem'\n", "dbus.bus: must be 'system', 'session'"),
     ("[[smb.remotes]]\nname = 'nas'\nserver = 'nas'\nshare = 's'\nschedule = '* *'\n", "smb.remotes[0].schedule: cron expression needs 5 fields"),
     ("[usb]\nenabled = 'yes'\n", "usb.enabled: expected a boolean"),

@@ -6,16 +6,27 @@ same ``core.access``. SQLite in the state dir; nothing here imports an adapter.
 """
 from __future__ import annotations
 
+import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
 from steno_exportd.access.limiter import Attempt, Limiter, LimiterPolicy
+from steno_exportd.access.pairing import Pairing, PairingCode
 from steno_exportd.access.passwords import PasswordChecker, fingerprint, hash_password, verify_password
 from steno_exportd.access.store import AccessStore, Login, ShareLink
+from steno_exportd.errors import InvalidArgument, NotFoundError, StenoError
 from steno_exportd.retention import policies
 
-__all__ = ["Access", "AccessStore", "Attempt", "Limiter", "LimiterPolicy", "Login", "PasswordChecker", "ShareLink",
-           "fingerprint", "hash_password", "verify_password"]
+__all__ = ["Access", "AccessStore", "Attempt", "Limiter", "LimiterPolicy", "Login", "PairingCode",
+           "PasswordChecker", "ShareLink", "fingerprint", "hash_password", "verify_password"]
+
+log = logging.getLogger(__name__)
+
+PAIRING_TAG = "pairing"             # paired browsers outlive a password change; they end when revoked
+WEB_PASSWORD = "web_password_hash"  # the settings key of the password set from the touchscreen
+BROWSER_KINDS = ("password", "pairing")
+MIN_PASSWORD, MAX_PASSWORD = 8, 1024
 
 
 def policy(cfg: Any) -> LimiterPolicy:
@@ -27,18 +38,78 @@ class Access:
     """The store, the limiter and the password checker, made from the config; open() before use."""
 
     def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
         self.store = AccessStore(Path(cfg.state.dir) / "access.db", policies(cfg)["audit"])
         self.limiter = Limiter(policy(cfg))
         self.passwords = PasswordChecker()
+        self.pairing = Pairing()
+        self._stored_hash = ""              # the password set from the touchscreen (settings table), kept here
 
     def open(self) -> None:
         """Blocking (SQLite): call from a thread."""
         self.store.open()
+        self._stored_hash = self.store.setting(WEB_PASSWORD)
 
     def reload(self, cfg: Any) -> None:
         """New limits apply to the next attempt; counts so far are kept."""
+        self.cfg = cfg
         self.limiter.policy = policy(cfg)
         self.store.audit_keep = policies(cfg)["audit"]
+        if not cfg.http.auth.pairing:
+            self.pairing.cancel()
+
+    # ---- the web password: the config's hash wins over the one set from the touchscreen ----------------
+    def password_hash(self) -> str:
+        return self.cfg.http.auth.password_hash or self._stored_hash
+
+    def login_tags(self) -> tuple[str, ...]:
+        """The tags a valid browser login carries: the current password's, or pairing's."""
+        return (fingerprint(self.password_hash()), PAIRING_TAG)
+
+    async def set_web_password(self, password: str) -> None:
+        """Store the scrypt hash in the state dir; logins made with the old password end."""
+        if self.cfg.http.auth.password_hash:
+            raise StenoError("the web password is set in the config (http.auth.password_hash), which wins; "
+                             "change it there")
+        if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
+            raise InvalidArgument(f"the web password needs {MIN_PASSWORD} to {MAX_PASSWORD} characters")
+        stored = await self.passwords.hash(password)
+        await asyncio.to_thread(self.store.set_setting, WEB_PASSWORD, stored)
+        self._stored_hash = stored
+        ended = await asyncio.to_thread(self.store.end_logins, "password")
+        log.info("web password set (%d password logins ended)", ended)
+
+    # ---- pairing: a one-time code from the touchscreen logs one browser in ---------------------------
+    def start_pairing(self) -> PairingCode:
+        a = self.cfg.http.auth
+        if not a.pairing:
+            raise StenoError("pairing is switched off (http.auth.pairing = false)")
+        if a.mode != "password":
+            raise StenoError("the web page needs no login (http.auth.mode = 'none'): nothing to pair")
+        return self.pairing.start(a.pairing_minutes * 60)
+
+    async def pair(self, code: str, addr: str, agent: str) -> tuple[Login, str] | None:
+        """A login for the browser that typed the valid code, or None; guesses go through the limiter
+        (Throttled when this client must wait)."""
+        attempt = self.limiter.acquire(addr)           # counted before the check, like a password
+        if not (self.cfg.http.auth.pairing and self.pairing.redeem(code)):
+            attempt.failed()
+            return None
+        attempt.succeeded()
+        found = await asyncio.to_thread(self.store.create_login, "pairing", PAIRING_TAG,
+                                        self.cfg.http.auth.session_hours * 3600, addr, agent)
+        log.info("browser paired from %s (login %s)", addr, found[0].id)
+        return found
+
+    def browsers(self) -> list[Login]:
+        """Logged-in browsers (by password or pairing), most recently seen first. Blocking."""
+        return [x for x in self.store.logins() if x.kind in BROWSER_KINDS]
+
+    def revoke_browser(self, login_id: str) -> Login:
+        """End one browser's login at once. Blocking."""
+        if login_id not in {x.id for x in self.browsers()}:
+            raise NotFoundError(f"no logged-in browser {login_id[:32]!r}")
+        return self.store.revoke_login(login_id)
 
     def close(self) -> None:
         """Safe to call twice."""

@@ -26,6 +26,7 @@ CREATE TABLE IF NOT EXISTS logins (
     id TEXT PRIMARY KEY, token_hash TEXT NOT NULL UNIQUE, kind TEXT NOT NULL, scope TEXT NOT NULL DEFAULT '',
     secret_tag TEXT NOT NULL, created REAL NOT NULL, expires REAL NOT NULL, last_seen REAL NOT NULL,
     addr TEXT NOT NULL DEFAULT '', agent TEXT NOT NULL DEFAULT '');
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 LINK_COLUMNS = {"wrong_pins": "INTEGER NOT NULL DEFAULT 0", "max_wrong_pins": "INTEGER NOT NULL DEFAULT 0"}
 MAX_LOGINS = 1000            # the oldest unused go first: a login flood cannot grow the database
@@ -70,7 +71,7 @@ class Login:
     """A logged-in browser (or a PIN-opened share link, scope = its token); the cookie value is never stored."""
 
     id: str
-    kind: str                   # "password" (later: "pairing"); "share" for a PIN grant
+    kind: str                   # "password", "pairing" (a browser paired with a code); "share" for a PIN grant
     scope: str
     created: float
     expires: float
@@ -208,8 +209,10 @@ class AccessStore:
                        "LIMIT -1 OFFSET ?)", (MAX_LOGINS,))
         return Login(login_id, kind, scope, now, now + seconds, now, addr[:64], agent[:200]), token
 
-    def login_for(self, token: str, secret_tag: str, scope: str = "") -> Login | None:
-        """The valid login this cookie value belongs to; a login made under another secret ends here."""
+    def login_for(self, token: str, secret_tag: str | tuple[str, ...], scope: str = "") -> Login | None:
+        """The valid login this cookie value belongs to; a login made under another secret ends here (several
+        tags: a login made under any of them is valid)."""
+        tags = (secret_tag,) if isinstance(secret_tag, str) else secret_tag
         if not token or len(token) > 128:
             return None
         now = time.time()
@@ -218,7 +221,7 @@ class AccessStore:
         if not rows:
             return None
         lid, kind, sc, tag, created, expires, seen, addr, agent = rows[0]
-        if expires <= now or tag != secret_tag:       # expired, or made under a password since changed
+        if expires <= now or tag not in tags:         # expired, or made under a password since changed
             self._x("DELETE FROM logins WHERE id = ?", (lid,))
             return None
         if sc != scope:
@@ -250,6 +253,15 @@ class AccessStore:
         if kind:
             return self._n("DELETE FROM logins WHERE kind = ?", (kind,))
         return self._n("DELETE FROM logins")
+
+    # -- settings (what the touchscreen sets: the web password's hash) --------------------------------
+    def setting(self, key: str) -> str:
+        rows = self._x("SELECT value FROM settings WHERE key = ?", (key,))
+        return rows[0][0] if rows else ""
+
+    def set_setting(self, key: str, value: str) -> None:
+        self._x("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = ?",
+                (key, value, value))
 
     # -- audit ---------------------------------------------------------------------
     def audit(self, session_id: int, addr: str, what: str, via: str) -> None:

@@ -200,3 +200,10 @@ def schedule(s: ScheduleSnapshot) -> dict[str, Variant]:
         "last_result": Variant("s", s.last_result),
         "catch_up": Variant("b", bool(s.catch_up)),
     }
+
+
+def browser(x: Any) -> dict[str, Variant]:
+    """A logged-in browser (access.Login) for ListPairedBrowsers."""
+    return {"id": Variant("s", x.id), "kind": Variant("s", x.kind), "address": Variant("s", x.addr),
+            "agent": Variant("s", x.agent), "created": Variant("t", int(x.created)),
+            "last_seen": Variant("t", int(x.last_seen)), "expires": Variant("t", int(x.expires))}

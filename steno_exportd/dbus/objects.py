@@ -73,6 +73,35 @@ class Manager(ServiceInterface):
     async def Reload(self):
         await self._svc.reload()
 
+    @method()
+    @mapped
+    async def StartPairing(self) -> "a{sv}":
+        return await self._svc.start_pairing()
+
+    @method()
+    @mapped
+    async def ListPairedBrowsers(self) -> "aa{sv}":
+        return await self._svc.list_browsers()
+
+    @method()
+    @mapped
+    async def RevokeBrowser(self, id: "s"):  # noqa: A002
+        await self._svc.revoke_browser(id)
+
+    @method()
+    @mapped
+    async def SetWebPassword(self, password: "s"):
+        await self._svc.set_web_password(password)
+
+    @method()
+    @mapped
+    async def SetSambaPassword(self, password: "s"):
+        await self._svc.set_samba_password(password)
+
+    @dbus_property(access=READ)
+    def WebAccess(self) -> "s":
+        return self._svc.core.web_access()
+
     @dbus_property(access=READ)
     def Version(self) -> "s":
         return self._svc.version

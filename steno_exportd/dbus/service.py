@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
+import grp
 import logging
+import os
+import pwd
 import time
 from typing import AsyncIterator, Awaitable, Callable
 
-from dbus_fast import BusType, Message, NameFlag, RequestNameReply, Variant
+from dbus_fast import BusType, Message, MessageType, NameFlag, RequestNameReply, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.service import ServiceInterface
 
@@ -31,6 +35,10 @@ class Host:
     reload: Callable[[], Awaitable[str]] | None = None   # "" when reloaded, else why not; None: not offered
     http_url: str = ""
 
+
+# The unique bus name of the caller whose method runs now: noted by a message handler that sees each call before
+# dbus-fast dispatches it (a method's task copies the context it was started in).
+CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("dbus_caller", default="")
 
 PROGRESS_INTERVAL = 0.25          # PropertiesChanged for progress: at most 4 Hz per job
 OM_IFACE = "org.freedesktop.DBus.ObjectManager"
@@ -117,6 +125,7 @@ class Service:
                 raise
             raise StenoError(f"cannot connect to the D-Bus {bus_cfg} bus: {e}") from e
         self.address = bus_cfg
+        self.bus.add_message_handler(_note_caller)
         self.bus.export(ROOT_PATH, self.manager)
         self.session_count = await self._count_sessions()
         for d in self.core.devices.list():
@@ -390,6 +399,64 @@ class Service:
 
     async def cancel(self, job_id: int) -> None:
         self.core.jobs.cancel(job_id)
+
+    # ---- who may reach the meetings (root or the UI group only, checked here as well as by the bus policy) ----
+
+    async def require_admin(self, what: str) -> None:
+        """The caller is root or a member of dbus.ui_group; PermissionError (NotAuthorized) otherwise."""
+        sender = CALLER.get()
+        uid = -1
+        if sender and self.bus is not None:
+            reply = await self.bus.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                                                interface="org.freedesktop.DBus", member="GetConnectionUnixUser",
+                                                signature="s", body=[sender]))
+            if reply.message_type == MessageType.METHOD_RETURN:
+                uid = int(reply.body[0])
+        if uid == 0 or (uid >= 0 and _in_group(uid, self.cfg.dbus.ui_group)):
+            return
+        log.warning("D-Bus: %s refused to %s (uid %s is neither root nor in group %s)", what, sender, uid,
+                    self.cfg.dbus.ui_group)
+        raise PermissionError(f"{what}: only root or members of the group {self.cfg.dbus.ui_group} may do this")
+
+    async def start_pairing(self) -> dict[str, Variant]:
+        await self.require_admin("StartPairing")
+        offer = self.core.start_pairing()
+        digits = offer.code.replace("-", "")
+        url = f"{self.http_url}/pair?code={digits}" if self.http_url else ""
+        return {"code": Variant("s", offer.code), "url": Variant("s", url),
+                "expires": Variant("t", int(offer.expires)),
+                "seconds": Variant("u", max(0, int(offer.expires - time.time())))}
+
+    async def list_browsers(self) -> list[dict[str, Variant]]:
+        await self.require_admin("ListPairedBrowsers")
+        return [convert.browser(x) for x in await self.core.paired_browsers()]
+
+    async def revoke_browser(self, login_id: str) -> None:
+        await self.require_admin("RevokeBrowser")
+        await self.core.revoke_browser(login_id)
+
+    async def set_web_password(self, password: str) -> None:
+        await self.require_admin("SetWebPassword")
+        await self.core.set_web_password(password)
+
+    async def set_samba_password(self, password: str) -> None:
+        await self.require_admin("SetSambaPassword")
+        await self.core.set_samba_password(password)
+
+
+def _note_caller(msg: Message) -> None:
+    if msg.message_type == MessageType.METHOD_CALL:
+        CALLER.set(msg.sender or "")
+    return None
+
+
+def _in_group(uid: int, group: str) -> bool:
+    try:
+        user = pwd.getpwuid(uid)
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        return False
+    return gid in os.getgrouplist(user.pw_name, user.pw_gid)
 
 
 _FINISHED = {str(s) for s in events.JobState if s.finished}

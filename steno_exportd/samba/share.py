@@ -14,7 +14,7 @@ import re
 import subprocess
 import tempfile
 
-from steno_exportd.config import SambaConfig
+from steno_exportd.config import Config, SambaConfig
 from steno_exportd.errors import ConfigError, TargetError
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def render_snippet(cfg: SambaConfig, *, enabled: bool, vfs_fruit: bool, hostname
         lines.append("   guest ok = yes")
     else:
         lines.append("   guest ok = no")
-        lines.append("   valid users = " + " ".join(cfg.valid_users))
+        lines.append("   valid users = " + " ".join(share_users(cfg)))
     if vfs_fruit:
         lines += ["   vfs objects = fruit streams_xattr",
                   "   fruit:metadata = stream",
@@ -92,6 +92,42 @@ def render_snippet(cfg: SambaConfig, *, enabled: bool, vfs_fruit: bool, hostname
                   "   fruit:wipe_intentionally_left_blank_rfork = yes",
                   "   fruit:delete_empty_adfiles = yes"]
     return head + "\n".join(lines) + "\n"
+
+
+def share_users(cfg: SambaConfig) -> list[str]:
+    """Who may read the share when guests may not: the share user, then samba.valid_users."""
+    return list(dict.fromkeys([u for u in (cfg.share_user, *cfg.valid_users) if u]))
+
+
+PASSWORD_REQUEST = "share-user.request"     # beside the snippet: the root helper sets the password and removes it
+
+
+def request_password(cfg: Config, password: str) -> None:
+    """Hand the share user's password to the root helper unit (steno-exportd-samba-reload.path watches the file):
+    written 0600 under a temp name, then renamed, so the helper never reads half of it."""
+    sc = cfg.samba
+    if not sc.share_user or not _USER_RE.fullmatch(sc.share_user) or sc.share_user[0] in "@+&":
+        raise ConfigError([f"samba.share_user: {sc.share_user!r} is not a user name"], "samba")
+    path = pathlib.Path(sc.snippet_path).with_name(PASSWORD_REQUEST)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.parent)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{sc.share_user}\n{password}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with _suppress():
+            os.unlink(tmp)
+        raise
+    try:        # opened for writing and closed, unchanged: the .path unit's PathChanged starts the root helper
+        os.close(os.open(sc.snippet_path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC))
+    except OSError as e:
+        log.warning("share user %s: could not nudge the reload unit through %s: %s", sc.share_user,
+                    sc.snippet_path, e.strerror or e)
+    log.info("share user %s: new password handed to the root helper", sc.share_user)
 
 
 def force_user(cfg: SambaConfig) -> str:
@@ -120,8 +156,10 @@ def check_config(cfg: SambaConfig) -> list[str]:
             out.append(f"samba.valid_users: {u!r} is not a user or group name")
     if cfg.force_user and (not _USER_RE.fullmatch(cfg.force_user) or cfg.force_user[0] in "@+&"):
         out.append(f"samba.force_user: {cfg.force_user!r} is not a user name")
-    if not cfg.guest_ok and not cfg.valid_users:
-        out.append("samba.valid_users: needed when guest_ok = false")
+    if cfg.share_user and (not _USER_RE.fullmatch(cfg.share_user) or cfg.share_user[0] in "@+&"):
+        out.append(f"samba.share_user: {cfg.share_user!r} is not a user name")
+    if not cfg.guest_ok and not share_users(cfg):
+        out.append("samba.share_user: needed when guest_ok = false")
     return out
 
 

@@ -13,7 +13,7 @@ from typing import Any, AsyncIterator
 from aiohttp import web
 
 from steno_exportd.errors import InvalidArgument, NotFoundError, StenoError, Throttled
-from steno_exportd.web import api, auth, downloads, links, login, mail, pages, server, tls
+from steno_exportd.web import api, auth, downloads, links, login, mail, pages, pairing, server, tls
 from steno_exportd.web.context import (CSRF, CTX, PKG, REFUSALS, SID, WebContext, client_addr, read_form,
                                        wants_json)
 
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self'; "
        "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
-PUBLIC_PREFIXES = ("/login", "/static/", "/s/")
+PUBLIC_PREFIXES = ("/login", "/pair", "/static/", "/s/")
 
 
 async def security_headers(request: web.Request, resp: web.StreamResponse) -> None:
@@ -101,7 +101,7 @@ async def access(request: web.Request, handler: Any) -> web.StreamResponse:
     sid = ""
     if mode == "password":
         token = request.cookies.get(auth.COOKIE, "")
-        found = await asyncio.to_thread(ctx.store.login_for, token, ctx.password_tag()) if token else None
+        found = await asyncio.to_thread(ctx.store.login_for, token, ctx.access.login_tags()) if token else None
         sid = found.id if found is not None else ""
         public = request.path.startswith(PUBLIC_PREFIXES)
         if not sid and not public:
@@ -166,7 +166,7 @@ def make_app(core: Any, tls_on: bool = False) -> web.Application:
                 task.cancel()
 
     app.on_shutdown.append(close_streams)
-    for module in (pages, downloads, links, login, api, mail):
+    for module in (pages, downloads, links, login, pairing, api, mail):
         module.add_routes(app)
     app.router.add_static("/static/", PKG / "static", append_version=False)
     return app

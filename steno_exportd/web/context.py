@@ -74,7 +74,7 @@ class WebContext:
     def password_tag(self) -> str:
         """Logins made under another password hash are over."""
         from steno_exportd.access import fingerprint
-        return fingerprint(self.cfg.http.auth.password_hash)
+        return fingerprint(self.access.password_hash())
 
     async def sessions(self) -> list:
         """Every session summary, newest first: the core's one cached listing."""
@@ -88,6 +88,8 @@ class WebContext:
         kw.setdefault("csrf", request.get(CSRF, ""))
         kw.setdefault("auth_mode", self.cfg.http.auth.mode)
         kw.setdefault("logged_in", bool(request.get(SID)) and self.cfg.http.auth.mode == "password")
+        kw.setdefault("has_password", bool(self.access.password_hash()))
+        kw.setdefault("pairing", self.cfg.http.auth.pairing)
         html = self.jinja.get_template(name).render(**kw)
         return web.Response(text=html, content_type="text/html", charset="utf-8", status=status)
 

@@ -13,7 +13,7 @@ from steno_exportd.web.context import CTX, REFUSALS, WebContext, client_addr, re
 log = logging.getLogger(__name__)
 
 
-def _safe_next(value: str) -> str:
+def safe_next(value: str) -> str:
     """A path on this site, or "/" (no controls: browsers drop a tab in "/<tab>/host", leaving "//host")."""
     if (not value.startswith("/") or value.startswith("//") or len(value) > 2000
             or any(c == "\\" or c <= " " or c == "\x7f" for c in value)):
@@ -25,7 +25,8 @@ async def login_page(request: web.Request) -> web.Response:
     ctx: WebContext = request.app[CTX]
     if ctx.cfg.http.auth.mode != "password":
         raise web.HTTPFound("/")
-    return ctx.render_page(request, "login.html", next=_safe_next(request.query.get("next", "/")), error="")
+    return ctx.render_page(request, "login.html", next=safe_next(request.query.get("next", "/")), error="",
+                           code="")
 
 
 async def login(request: web.Request) -> web.Response:
@@ -33,24 +34,29 @@ async def login(request: web.Request) -> web.Response:
     if ctx.cfg.http.auth.mode != "password":
         raise web.HTTPFound("/")
     form = await read_form(request)
-    nxt = _safe_next(str(form.get("next", "/")))
+    nxt = safe_next(str(form.get("next", "/")))
     addr = client_addr(request)
+    stored = ctx.access.password_hash()
+    if not stored:
+        return ctx.render_page(request, "login.html", status=401, next=nxt, code="",
+                               error="No web password is set yet: pair this browser with a code from the "
+                                     "recorder's touchscreen.")
     try:
         attempt = ctx.access.limiter.acquire(addr)        # counted before the check: concurrent guesses cannot race
     except Throttled as e:
-        return _refused(request, ctx, nxt, e)
+        return refused(request, ctx, nxt, e)
     try:
-        ok = await ctx.access.passwords.verify(str(form.get("password", ""))[:1024], ctx.cfg.http.auth.password_hash)
+        ok = await ctx.access.passwords.verify(str(form.get("password", ""))[:1024], stored)
     except Throttled as e:                                # the checker is busy: this guess was never checked
         attempt.cancelled()
-        return _refused(request, ctx, nxt, e)
+        return refused(request, ctx, nxt, e)
     except BaseException:
         attempt.cancelled()
         raise
     if not ok:
         attempt.failed()
         request.app[REFUSALS].note(addr, "wrong password", level=logging.WARNING)
-        return ctx.render_page(request, "login.html", status=401, next=nxt, error="Wrong password.")
+        return ctx.render_page(request, "login.html", status=401, next=nxt, error="Wrong password.", code="")
     attempt.succeeded()
     hours = ctx.cfg.http.auth.session_hours
     _, token = await asyncio.to_thread(ctx.store.create_login, "password", ctx.password_tag(), hours * 3600, addr,
@@ -61,10 +67,10 @@ async def login(request: web.Request) -> web.Response:
     raise resp
 
 
-def _refused(request: web.Request, ctx: WebContext, nxt: str, e: Throttled) -> web.Response:
+def refused(request: web.Request, ctx: WebContext, nxt: str, e: Throttled) -> web.Response:
     wait = int(e.retry_after) + 1
     request.app[REFUSALS].note(client_addr(request), "login: %s", str(e))
-    resp = ctx.render_page(request, "login.html", status=429, next=nxt,
+    resp = ctx.render_page(request, "login.html", status=429, next=nxt, code="",
                            error=f"Too many failed attempts. Try again in {wait} seconds."
                            if "failed" in str(e) else f"Busy. Try again in {wait} seconds.")
     resp.headers["Retry-After"] = str(wait)
@@ -77,7 +83,7 @@ async def logout(request: web.Request) -> web.Response:
     form = await read_form(request)
     token = request.cookies.get(auth.COOKIE, "")
     if str(form.get("everywhere", "")) and ctx.cfg.http.auth.mode == "password":
-        n = await asyncio.to_thread(ctx.store.end_logins, "password")
+        n = sum([await asyncio.to_thread(ctx.store.end_logins, kind) for kind in ("password", "pairing")])
         log.info("%s logged out everywhere: %d logins ended", client_addr(request), n)
     elif token:
         await asyncio.to_thread(ctx.store.end_login, token)

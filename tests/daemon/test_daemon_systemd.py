@@ -143,7 +143,8 @@ def test_samba_reload_path_unit_verifies_and_watches_the_default_snippet(tmp_pat
     from steno_exportd.config import SambaConfig
     for name in ("steno-exportd-samba-reload.path", "steno-exportd-samba-reload.service"):
         (tmp_path / name).write_text((REPO / "systemd" / name).read_text().replace(
-            "/usr/bin/smbcontrol", shutil.which("smbcontrol") or "/usr/bin/smbcontrol"))
+            "/usr/bin/smbcontrol", shutil.which("smbcontrol") or "/usr/bin/smbcontrol").replace(
+            "/usr/lib/steno-exportd/samba-share-user", str(REPO / "packaging" / "samba" / "steno-exportd-samba-user")))
     r = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "steno-exportd-samba-reload.path")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stderr.strip() == "", r.stdout + r.stderr

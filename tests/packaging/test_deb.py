@@ -1,6 +1,7 @@
 """The built package as a file: lintian, what it holds, its metadata, one version source."""
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import tomllib
@@ -44,8 +45,12 @@ def test_package_holds_everything_an_appliance_needs(deb, tmp_path):
                  "usr/share/dbus-1/system-services/org.silentsteno.Export1.service",
                  "usr/share/polkit-1/rules.d/50-steno-exportd.rules", "lib/udev/rules.d/70-steno-exportd.rules",
                  "usr/share/doc/steno-exportd/examples/config.toml", "usr/share/doc/steno-exportd/samba.md",
-                 "usr/lib/steno-exportd/pyvenv.cfg"):
+                 "usr/lib/steno-exportd/pyvenv.cfg", "usr/lib/steno-exportd/samba-share-user"):
         assert (root / path).is_file(), path
+    # the samba reload unit runs the share user's helper: shipped where the unit looks, executable
+    unit = (root / "lib/systemd/system/steno-exportd-samba-reload.service").read_text()
+    assert "/usr/lib/steno-exportd/samba-share-user " in unit
+    assert os.access(root / "usr/lib/steno-exportd/samba-share-user", os.X_OK)
     # a man page for every command in /usr/bin
     for cmd in (root / "usr" / "bin").iterdir():
         assert list((root / "usr" / "share" / "man").glob(f"man*/{cmd.name}.*.gz")), f"no man page for {cmd.name}"

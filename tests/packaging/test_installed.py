@@ -3,13 +3,17 @@ client would use it, then purged. The tests run in file order on one container (
 the previous one, as on a real recorder)."""
 from __future__ import annotations
 
+import http.cookiejar
 import json
 import re
 import subprocess
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 
 import pytest
+from markupsafe import escape
 
 from tests.packaging.conftest import VERSION, recorder_library
 from tests.parts import require_tool, wait_for
@@ -118,22 +122,76 @@ def test_only_steno_ui_receives_the_daemons_signals(box):
     assert counts[UI] >= 2 and counts[OTHER] == 0, counts
 
 
-def test_web_page_answers_on_the_containers_address(box):
-    def get():
+def _fetch(opener, url: str, data: dict | None = None, **headers: str) -> tuple[int, str]:
+    """(status, body) of one request from the LAN; a refusal is an answer too."""
+    body = urllib.parse.urlencode(data).encode() if data is not None else None
+    try:
+        with opener.open(urllib.request.Request(url, data=body, headers=headers), timeout=10) as r:
+            return r.status, r.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode("utf-8", "replace")
+
+
+def test_a_fresh_install_shows_the_lan_only_the_pairing_screen_until_a_code_pairs_a_browser(box):
+    """Closed out of the box: a browser on the LAN gets the pairing screen and no meeting; a code from
+    `steno-exportctl pair` (steno-ui only) logs that browser in."""
+    base = f"http://{box.ip}:8080"
+    browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+
+    def page():
         try:
-            with urllib.request.urlopen(f"http://{box.ip}:8080/", timeout=10) as r:
-                return r.status, r.read().decode("utf-8", "replace")
+            return _fetch(browser, f"{base}/")
         except OSError:
             return None
-    status, body = wait_for(get, timeout=30, interval=0.5, what=f"the web page on {box.ip}:8080")
-    assert status == 200 and "<html" in body.lower()
-    with urllib.request.urlopen(f"http://{box.ip}:8080/api/v1/status", timeout=10) as r:
-        assert r.status == 200 and json.loads(r.read())
+    status, body = wait_for(page, timeout=30, interval=0.5, what=f"the web page on {box.ip}:8080")
+    assert status == 200 and 'action="/pair"' in body and 'name="password"' not in body, body
+    before = [body] + [_fetch(browser, f"{base}{path}") for path in ("/api/v1/sessions", "/api/v1/status")]
+    assert [b[0] for b in before[1:]] == [401, 401], before
+    assert "paired browsers only" in box.run("steno-exportctl status", user=UI).stdout
+    refused = box.run("steno-exportctl pair", user=OTHER, check=False)
+    assert refused.returncode != 0 and "pairing code" not in refused.stdout
+    offer = json.loads(box.run("steno-exportctl pair --json", user=UI).stdout)
+    assert re.fullmatch(r"\d{4}-\d{4}", offer["code"]) and offer["url"].endswith(f"/pair?code={offer['code']}"
+                                                                                 .replace("-", "")), offer
+    csrf = re.search(r'name="csrf" value="([^"]+)"', body).group(1)
+    status, home = _fetch(browser, f"{base}/pair", {"code": offer["code"], "csrf": csrf, "next": "/"}, Origin=base)
+    assert status == 200 and 'action="/pair"' not in home, home
+    status, listed = _fetch(browser, f"{base}/api/v1/sessions")
+    assert status == 200
+    titles = [s["title"] for s in json.loads(listed)["items"]]
+    assert len(titles) == 7 and all(str(escape(t)) in home for t in titles)
+    assert not any(t in b or str(escape(t)) in b for t in titles for b in (before[0], before[1][1], before[2][1]))
+    status, st = _fetch(browser, f"{base}/api/v1/status")
+    assert status == 200 and json.loads(st)
+    # another browser on the LAN is still outside
+    assert _fetch(urllib.request.build_opener(), f"{base}/api/v1/sessions")[0] == 401
 
 
-def _smbclient(box: Container, command: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["smbclient", "-N", f"//{box.ip}/meetings", "-c", command], capture_output=True,
-                          text=True, timeout=60)
+SHARE_PW = "read-only share pw"
+
+
+def _smbclient(box: Container, command: str, auth: list[str] | None = None) -> subprocess.CompletedProcess:
+    """smbclient from the LAN, as the share user by default (guests are refused out of the box)."""
+    return subprocess.run(["smbclient", *(auth or ["-U", f"steno-share%{SHARE_PW}"]), f"//{box.ip}/meetings",
+                           "-c", command], capture_output=True, text=True, timeout=60)
+
+
+def test_the_share_users_password_is_set_by_the_root_unit_even_while_smbd_is_stopped(box):
+    """steno-exportctl samba-password (steno-ui) hands it to the shipped helper through the .path unit."""
+    assert box.run("systemctl is-active smbd || true").stdout.strip() != "active"
+    request = "/var/lib/steno-exportd/samba/share-user.request"
+    refused = box.run("steno-exportctl samba-password", user=OTHER, check=False, input=SHARE_PW + "\n")
+    assert refused.returncode != 0 and box.run(f"test -e {request} || echo none").stdout.strip() == "none"
+    out = box.run("steno-exportctl samba-password", user=UI, input=SHARE_PW + "\n").stdout
+    assert "handed to the root helper" in out, out
+    try:        # the helper removes the request first, then makes the account and sets its password
+        wait_for(lambda: "steno-share:" in box.run("pdbedit -L").stdout, timeout=30, interval=0.5,
+                 what="the reload unit's helper to set the password")
+    except pytest.fail.Exception:
+        pytest.fail(f"the share user was not set; the unit's journal:\n{box.journal('steno-exportd-samba-reload')}")
+    assert box.run(f"test -e {request} || echo gone").stdout.strip() == "gone"
+    assert box.run("getent passwd steno-share | cut -d: -f7").stdout.strip() == "/usr/sbin/nologin"
+    assert "steno" not in box.run("systemctl list-units --failed --no-legend --plain").stdout
 
 
 def test_setup_samba_then_sharing_on_serves_the_share_read_only(box, tmp_path):
@@ -155,6 +213,9 @@ def test_setup_samba_then_sharing_on_serves_the_share_read_only(box, tmp_path):
     assert "manifest.json" in listing
     assert "serving" in box.run("steno-exportctl status").stdout or \
         "samba:       on" in box.run("steno-exportctl status").stdout
+    guest = _smbclient(box, "ls", auth=["-N"])                 # out of the box, a guest reads nothing
+    assert guest.returncode != 0 and "SHA256SUMS" not in guest.stdout, guest.stdout
+    assert re.search(r"NT_STATUS_(ACCESS_DENIED|LOGON_FAILURE)", guest.stdout + guest.stderr), guest.stderr
     (tmp_path / "intruder.txt").write_text("x")
     put = _smbclient(box, f"put {tmp_path / 'intruder.txt'} intruder.txt")
     assert re.search(r"NT_STATUS_(ACCESS_DENIED|MEDIA_WRITE_PROTECTED)", put.stdout + put.stderr), put.stdout

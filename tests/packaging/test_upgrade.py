@@ -56,10 +56,14 @@ def test_upgrade_keeps_the_admins_edited_config(box, deb):
 def test_removing_the_package_takes_the_share_down(box):
     require_tool("smbclient")
     box.run("systemctl start smbd && steno-exportctl setup-samba")
+    # guests are refused out of the box: the admin sets the share user's password (the root unit applies it)
+    box.run("steno-exportctl samba-password", input="share user pw\n")
+    wait_for(lambda: "steno-share:" in box.run("pdbedit -L").stdout, timeout=30, interval=0.5,
+             what="the share user's password")
 
     def listing() -> subprocess.CompletedProcess:
-        return subprocess.run(["smbclient", "-N", f"//{box.ip}/meetings", "-c", "ls"], capture_output=True,
-                              text=True, timeout=60)
+        return subprocess.run(["smbclient", "-U", "steno-share%share user pw", f"//{box.ip}/meetings", "-c", "ls"],
+                              capture_output=True, text=True, timeout=60)
     # samba.enabled = true from the kept config: the share is up without any steno-exportctl call
     wait_for(lambda: listing().returncode == 0, timeout=90, interval=1,
              what=f"the share from the kept config ({box.run('steno-exportctl status').stdout})")

@@ -29,7 +29,7 @@ async def shared(smb_tmp, smbd_factory, tmp_path, avahi, demo_library):
     await asyncio.to_thread(smbd.start)
     db = await asyncio.to_thread(demo_library, tmp_path / "library", sessions=4, seed=6)
     cfg = make_config(tmp_path, samba={
-        "enabled": True, "export_dir": str(smb_tmp / "export"), "snippet_path": str(snippet),
+        "enabled": True, "guest_ok": True, "export_dir": str(smb_tmp / "export"), "snippet_path": str(snippet),
         "formats": ["txt", "json"], "reload_command": smbd.reload_command(),
         "close_command": smbd.close_command(), "announce_name": ANNOUNCED})
     core = Core(cfg)

@@ -27,8 +27,12 @@ def share_dir(smbd) -> str:
     return str(smbd.root.parent / "export")
 
 
+HELPER = "/usr/lib/steno-exportd/samba-share-user"     # the unit's path of packaging/samba/steno-exportd-samba-user
+
+
 def _cfg(root, smbd, **kw) -> SambaConfig:
-    base = dict(enabled=True, share_name="meetings", export_dir=str(root / "export"),
+    """Guests allowed (no longer the default: tests/samba/test_share_user.py) unless a test says otherwise."""
+    base = dict(enabled=True, guest_ok=True, share_name="meetings", export_dir=str(root / "export"),
                 snippet_path=str(root / "steno-exportd.conf"), smb_conf=str(smbd.conf),
                 reload_command=smbd.reload_command(), close_command=smbd.close_command())
     return SambaConfig(**{**base, **kw})
@@ -167,6 +171,7 @@ def test_systemd_reload_unit_disconnects_users_of_a_closed_share(served):
     def run_unit():
         for c in cmds:
             c = c.replace("$$", "$").replace(default, str(root / "steno-exportd.conf"))
+            c = c.replace(HELPER, str(REPO / "packaging" / "samba" / "steno-exportd-samba-user"))
             c = re.sub(r"(\S*smbcontrol) smbd", rf"\1 -s {shlex.quote(str(smbd.conf))} smbd", c)
             subprocess.run(shlex.split(c), check=True, timeout=60)
 
@@ -244,6 +249,7 @@ def test_the_shipped_path_unit_reloads_smbd_and_closes_the_share(served, user_ma
     for name in ("steno-exportd-samba-reload.path", "steno-exportd-samba-reload.service"):
         text = (REPO / "systemd" / name).read_text().replace(default, str(snippet))
         text = re.sub(r"/usr/bin/smbcontrol smbd", f"{smbcontrol} -s {shlex.quote(str(smbd.conf))} smbd", text)
+        text = text.replace(HELPER, str(REPO / "packaging" / "samba" / "steno-exportd-samba-user"))
         (user_manager.unit_dir / name).write_text(text.replace("WantedBy=multi-user.target",
                                                                "WantedBy=default.target"))
     cfg = _cfg(root, smbd, reload_command=[])

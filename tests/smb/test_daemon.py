@@ -120,7 +120,8 @@ def test_sharing_switched_by_ctl_and_config_reload_on_the_real_daemon(tmp_path, 
     q = json.dumps
     settings = {"samba.export_dir": q(str(smb_tmp / "export")), "samba.snippet_path": q(str(snippet)),
                 "samba.reload_command": q(smbd.reload_command()), "samba.close_command": q(smbd.close_command()),
-                "samba.formats": q(["txt", "json"]), "samba.announce": "false"}
+                "samba.formats": q(["txt", "json"]), "samba.announce": "false",
+                "samba.guest_ok": "true"}           # the share read as a guest (not the default)
     cfg = write_config(tmp_path / "config.toml", tmp_path, private_bus, **settings)
     d = daemon_factory(cfg)
     d.wait_ready(timeout=30)

@@ -463,7 +463,7 @@ def test_recorder_share_and_push_share_on_one_smbd(smb_tmp, smbd_factory):
                         shares=f"[push]\n   path = {smb_tmp / 'nas'}\n   read only = no\n   force user = root\n")
     smbd.start()
     make_export_tree(smb_tmp / "export", sessions=2)
-    samba.apply(SambaConfig(export_dir=str(smb_tmp / "export"), snippet_path=str(snippet),
+    samba.apply(SambaConfig(guest_ok=True, export_dir=str(smb_tmp / "export"), snippet_path=str(snippet),
                             reload_command=smbd.reload_command()), enabled=True)
     user = smbd.add_user(PW)
     pwfile = smb_tmp / "pw"

@@ -24,9 +24,12 @@ PASSWORD_HASH = hash_password(PASSWORD)
 
 
 def on_library(lib: Path, **over: Any) -> dict[str, Any]:
-    """tests.configs.make_config overrides for the page over the demo library in folder ``lib``, on 127.0.0.1."""
+    """tests.configs.make_config overrides for the page over the demo library in folder ``lib``, on 127.0.0.1.
+
+    Loopback only, so no login (mode none): the tests of other things than access control need none.
+    """
     return {"recorder.db_path": str(lib / demo.DB_NAME), "http.enabled": True, "http.bind": ["127.0.0.1"],
-            "http.port": 8080, **over}
+            "http.port": 8080, "http.auth.mode": "none", **over}
 
 
 async def started_core(cfg):
@@ -167,7 +170,7 @@ class WebDaemon:
         n = len(list(tmp.glob("web-daemon*.toml")))
         cfg = write_config(tmp / f"web-daemon{n}.toml", tmp, "session", **{
             "recorder.db_path": f'"{lib / demo.DB_NAME}"', "dbus.enabled": "false", "http.enabled": "true",
-            "http.bind": '["127.0.0.1"]', "http.port": str(port), **extra})
+            "http.bind": '["127.0.0.1"]', "http.port": str(port), "http.auth.mode": '"none"', **extra})
         proc = factory(cfg, prefix=prefix, env=unit_environment())
         proc.wait_ready(30)
         return cls(proc, f"http://127.0.0.1:{port}", port)

@@ -53,7 +53,7 @@ async def test_oversized_headers_431_traversal_404_and_loopback_alias_403(tmp_pa
         port = s.getsockname()[1]
     core = await started_core(make_config(tmp_path, **on_library(demo_lib, **{
         "http.port": port, "http.bind": ["0.0.0.0"], "http.public_url": f"http://127.0.0.1:{port}",
-        "http.auth.allowed_networks": ["127.0.0.1/32"]})))
+        "http.auth.allowed_networks": ["127.0.0.1/32"], "http.auth.allow_open_lan": True})))
     try:
         async with serve(core) as url:
             async with aiohttp.ClientSession() as http:
