@@ -300,6 +300,13 @@ class FakeCore:
     async def set_web_password(self, password: str) -> None:
         await self._core.set_web_password(password)
 
+    @property
+    def web_url(self) -> str:
+        return self._core.web_url
+
+    def set_web_url(self, url: str) -> None:
+        self._core.set_web_url(url)
+
     def set_samba_passworder(self, fn: Callable[[Config, str], None] | None) -> None:
         self._core.set_samba_passworder(fn)
 
