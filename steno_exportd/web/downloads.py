@@ -99,7 +99,7 @@ async def send_audio(request: web.Request, ctx: WebContext, s: Any, via: str,
         if "dl" in request.query and use is None:
             await asyncio.to_thread(ctx.store.audit, s.id, addr, f"audio {path.name}", via)
     name = download_name(s, path.name)
-    return SourceResponse(opened, name, f"session {s.id}", done, use, headers={
+    return SourceResponse(opened, name, f"session {s.id}", done, use, pause=ctx.core.prehasher.pause, headers={
         "Content-Type": ctype, "Content-Disposition": disposition(name, inline="dl" not in request.query)})
 
 
@@ -126,19 +126,22 @@ class SourceResponse(web.StreamResponse):
 
     A file that ends before its length was sent is cut off (connection closed, one WARNING), never left hanging.
     ``done`` runs after a whole file (200, GET) was sent; a share link's ``use`` is committed once bytes went out.
+    ``pause``: held while the file is sent (the background hasher waits: the same disk and CPU).
     """
 
     def __init__(self, opened: Any, name: str, whose: str, done: Any = None, use: Use | None = None,
-                 **kw: Any) -> None:
+                 pause: Any = contextlib.nullcontext, **kw: Any) -> None:
         super().__init__(**kw)
         self._src, self._name, self._whose, self._done, self._use = opened, name, whose, done, use
+        self._pause = pause
         self._sent, self._detail = 0, ""
 
     async def prepare(self, request: web.BaseRequest) -> Any:
         if self.prepared:
             return None
         try:
-            return await self._send(request)
+            with self._pause():
+                return await self._send(request)
         finally:
             self._src.close()
             if self._use is not None:
@@ -258,7 +261,7 @@ async def send_rendered(request: web.Request, ctx: WebContext, s: Any, fmt: str,
         opened = await asyncio.to_thread(SourceRef(path, ctx.cache.root).open)
     except SourceError:
         raise NotFoundError(f"the cached {fmt} went away; try again") from None
-    return SourceResponse(opened, name, f"session {s.id}", done, headers=headers)
+    return SourceResponse(opened, name, f"session {s.id}", done, pause=ctx.core.prehasher.pause, headers=headers)
 
 
 # ---- parameters and ZIP ---------------------------------------------------------------
@@ -295,6 +298,12 @@ async def stream_zip(request: web.Request, ctx: WebContext, ids: list[int], fmts
     Its recordings are opened as they were checked when it is planned and held open until they are sent; one
     that shrinks meanwhile cuts the ZIP off (connection closed, one WARNING naming the session): a ZIP never
     silently misses or truncates one."""
+    with ctx.core.prehasher.pause():          # the background hasher waits while a ZIP is made
+        return await _zip(request, ctx, ids, fmts, name, via, use)
+
+
+async def _zip(request: web.Request, ctx: WebContext, ids: list[int], fmts: tuple[str, ...],
+               name: str, via: str, use: Use | None) -> web.StreamResponse:
     from steno_exportd.engine import archive
 
     sent, held, plan = 0, 0, None
