@@ -18,6 +18,7 @@ import os
 import platform
 import sqlite3
 import threading
+import time
 import zlib
 from pathlib import Path
 from typing import Callable, Iterator
@@ -74,6 +75,7 @@ class Prehasher:
         self._wake: asyncio.Event | None = None
         self._settled: asyncio.Event | None = None
         self._failing = False
+        self._last_busy = 0.0               # when a job or a download was last seen (monotonic)
 
     # -- on the event loop ----------------------------------------------------------------
     async def start(self, library: Callable[[], Library]) -> None:
@@ -81,6 +83,7 @@ class Prehasher:
         if self._task is not None:
             return
         self._stopping.clear()
+        self._last_busy = time.monotonic()  # the daemon starting counts as busy
         self._cache = await asyncio.to_thread(HashCache, self.cache_path, self.max_entries)
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="steno-prehash",
                                                            initializer=self._lower)
@@ -103,6 +106,7 @@ class Prehasher:
             yield
         finally:
             self._holds -= 1
+            self._last_busy = time.monotonic()
 
     async def settled(self, timeout: float | None = None) -> None:
         """Wait until every recording known so far is hashed (or could not be)."""
@@ -135,11 +139,9 @@ class Prehasher:
 
     async def _follow(self, library: Callable[[], Library], wake: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
+        assert self._settled is not None
         while True:
-            if not self._todo:
-                assert self._settled is not None
-                self._settled.set()
-                await wake.wait()
+            await wake.wait()
             wake.clear()
             try:
                 self._todo += await asyncio.to_thread(self._changed, library())
@@ -148,6 +150,8 @@ class Prehasher:
                 (log.debug if self._failing else log.warning)("recordings not hashed ahead: %s", e)
                 self._failing = True
                 self._todo.clear()
+                if not wake.is_set():
+                    self._settled.set()
                 continue
             self._failing = False
             while self._todo and not wake.is_set():
@@ -160,18 +164,26 @@ class Prehasher:
                         self._go.set()
                     else:
                         self._go.clear()
+                        self._last_busy = time.monotonic()
                     await asyncio.wait([fut], timeout=POLL_SECONDS)
                 try:
                     fut.result()
                 except (StenoError, sqlite3.Error, OSError) as e:
                     log.info("recording of %s not hashed ahead: %s", ref.path.name, e)
+            if self._todo:
+                wake.set()                  # kicked meanwhile: look again, then go on with the rest
+            elif not wake.is_set():
+                self._settled.set()
 
     async def _wait_idle(self) -> None:
-        """Until neither a job nor a download has run for idle_seconds."""
-        quiet = 0.0
-        while quiet < self.idle_seconds:
+        """Until neither a job nor a download has run for idle_seconds (no wait between two files)."""
+        while True:
+            now = time.monotonic()
+            if not self._idle():
+                self._last_busy = now
+            elif now - self._last_busy >= self.idle_seconds:
+                return
             await asyncio.sleep(POLL_SECONDS)
-            quiet = quiet + POLL_SECONDS if self._idle() else 0.0
 
     # -- in threads -------------------------------------------------------------------------
     def _lower(self) -> None:

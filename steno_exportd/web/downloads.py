@@ -21,8 +21,9 @@ log = logging.getLogger(__name__)
 
 MAX_SELECTION = 500
 MAX_FORMATS = 32
-ZIP_CHUNK = 128 << 10       # a recording read through Python (checksums not known yet) holds ~6 of these per ZIP
-ZIP_BATCH = 512 << 10       # ... fetched from the reader 512 KiB at a time (a thread hop per chunk costs throughput)
+ZIP_CHUNK = 128 << 10       # the ZIP's own bytes (headers, documents) are gathered up to this before they are sent
+ZIP_BATCH = 512 << 10       # ... fetched 512 KiB at a time (a thread hop per chunk costs throughput); recordings
+                            # go by sendfile (checksums remembered, or hashed ahead by one thread per core)
 RANGE = re.compile(r"([0-9]*)-([0-9]*)")
 AUDIO_TYPES = {".flac": "audio/flac", ".wav": "audio/wav", ".mp3": "audio/mpeg", ".ogg": "audio/ogg",
                ".opus": "audio/ogg", ".m4a": "audio/mp4"}
@@ -369,7 +370,7 @@ async def _stream_parts(request: web.Request, resp: web.StreamResponse, ctx: Web
     except ConnectionError:
         client_left(name, sent, resp.content_length)
         request.protocol.force_close()
-    except SourceChanged as e:        # a recording read through Python (checksums not known yet)
+    except SourceChanged as e:        # a recording that changed while it was hashed (checksums not known yet)
         source_changed(request, name, f"session {e.session_id}", sent, resp.content_length, e)
     except (SourceError, OSError) as e:
         source_changed(request, name, "a session", sent, resp.content_length, e)
