@@ -15,7 +15,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import platform
 import sqlite3
 import threading
 import time
@@ -44,7 +43,7 @@ def idle_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, tid, 19)
     except OSError as e:
         log.debug("nice 19 for the hasher thread: %s", e)
-    nr = IOPRIO_SET.get(platform.machine())
+    nr = IOPRIO_SET.get(os.uname().machine)
     if nr is None:
         return
     import ctypes                   # only here: ~5 ms, never at start-up
@@ -145,9 +144,11 @@ class Prehasher:
             wake.clear()
             try:
                 self._todo += await asyncio.to_thread(self._changed, library())
-            except (StenoError, sqlite3.Error, OSError) as e:
+            except Exception as e:   # noqa: BLE001 - an error boundary: hashing ahead never stops the daemon
                 # the recorder DB missing or locked: once at WARNING, then quietly until it works
-                (log.debug if self._failing else log.warning)("recordings not hashed ahead: %s", e)
+                (log.debug if self._failing else log.warning)("recordings not hashed ahead: %s", e,
+                                                              exc_info=not isinstance(e, (StenoError, sqlite3.Error,
+                                                                                          OSError)))
                 self._failing = True
                 self._todo.clear()
                 if not wake.is_set():
@@ -170,6 +171,8 @@ class Prehasher:
                     fut.result()
                 except (StenoError, sqlite3.Error, OSError) as e:
                     log.info("recording of %s not hashed ahead: %s", ref.path.name, e)
+                except Exception:   # noqa: BLE001 - an error boundary, as above
+                    log.exception("recording of %s not hashed ahead", ref.path.name)
             if self._todo:
                 wake.set()                  # kicked meanwhile: look again, then go on with the rest
             elif not wake.is_set():
