@@ -262,9 +262,15 @@ def _checksums(f: Any, size: int, stop: threading.Event, chunk: int = HASH_CHUNK
     return crc, digest.hexdigest()
 
 
+# files hashed at once by every ZIP together: one per core (CPU and the 1 MiB buffers stay bounded however
+# many ZIPs are made at once)
+_HASHING = threading.BoundedSemaphore(os.cpu_count() or 1)
+
+
 class _Hashers:
-    """The recordings whose checksums are not known, hashed ahead by one thread per core while the ZIP's
-    other parts are sent; each then goes out by sendfile like a known one (its CRC in the data descriptor)."""
+    """The recordings whose checksums are not known, hashed ahead by one thread per core (per ZIP, and at most
+    that many in all: _HASHING) while the ZIP's other parts are sent; each then goes out by sendfile like a
+    known one (its CRC in the data descriptor)."""
 
     def __init__(self, entries: list[ArchiveEntry]) -> None:
         self._stop = threading.Event()
@@ -273,10 +279,16 @@ class _Hashers:
         self._futures = {id(e): self._pool.submit(self._hash, e) for e in entries}
 
     def _hash(self, e: ArchiveEntry) -> tuple[int, str] | None:
-        if e.opened is not None:               # held since planning: sent from this same descriptor
-            return _checksums(e.opened, e.size, self._stop)
-        with e.source.open() as f:              # type: ignore[union-attr]  # pinned: reopened to be sent
-            return _checksums(f, e.size, self._stop)
+        while not _HASHING.acquire(timeout=0.1):
+            if self._stop.is_set():
+                return None
+        try:
+            if e.opened is not None:            # held since planning: sent from this same descriptor
+                return _checksums(e.opened, e.size, self._stop)
+            with e.source.open() as f:          # type: ignore[union-attr]  # pinned: reopened to be sent
+                return _checksums(f, e.size, self._stop)
+        finally:
+            _HASHING.release()
 
     def result(self, e: ArchiveEntry) -> tuple[int, str]:
         """(crc, sha256) of an entry, waiting for its thread; SourceChanged as it was raised."""
@@ -286,8 +298,9 @@ class _Hashers:
         return sums
 
     def close(self) -> None:
+        """Stop this ZIP's hashing: queued files are dropped, running ones end at their next chunk."""
         self._stop.set()
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool.shutdown(wait=True, cancel_futures=True)   # none still reads a file the caller will close
 
 
 def zip_parts(plan: ZipPlan, chunk: int = CHUNK) -> Iterator[bytes | FileSpan]:
