@@ -5,6 +5,9 @@ Anchors in the same run, on the same targets, caches dropped between steps:
   L: cp -r, sync, drop caches, cat of the copies > /dev/null
 Prints wall times, ours/A, ours/L, our peak RSS and the incremental rerun over 1,000 sessions.
 Needs root (loop devices, drop_caches). Cleans up after itself.
+Under BENCH_PROFILE (pi4, pi5: bench/profile.py throttles the CPU to the Pi's SHA-256 rate) anchor A and the
+1,000-session rerun are left out: coreutils' sha256sum has no SHA-NI here while OpenSSL has (on a Pi 4 neither
+has SHA instructions), so A would compare unlike hashers; the ratio to L is the one that matters there.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 from tests.parts.loopfs import MKFS, mount, umount  # noqa: E402
 
 MiB = 1024 * 1024
+PROFILE = os.environ.get("BENCH_PROFILE", "")
 LAYOUT = [200 * MiB] * 8 + [11 * MiB] * 40 + [64 * 1024] * 20
 
 
@@ -98,15 +102,17 @@ def bench_fs(fstype: str, work: Path, srcs: list[Path], src_dir: Path) -> None:
         mount(dev, mnt, fstype)
         try:
             # anchor A
+            a = float("nan")
             drop_caches()
-            t = time.monotonic()
-            subprocess.run(f"sha256sum * > {work}/src.sums", shell=True, check=True, cwd=src_dir)
-            subprocess.run(["cp", "-r", str(src_dir), str(mnt / "A")], check=True)
-            subprocess.run(["sync"], check=True)
-            drop_caches()
-            subprocess.run(["sha256sum", "-c", "--quiet", f"{work}/src.sums"], check=True, cwd=mnt / "A")
-            a = time.monotonic() - t
-            shutil.rmtree(mnt / "A")
+            if not PROFILE:
+                t = time.monotonic()
+                subprocess.run(f"sha256sum * > {work}/src.sums", shell=True, check=True, cwd=src_dir)
+                subprocess.run(["cp", "-r", str(src_dir), str(mnt / "A")], check=True)
+                subprocess.run(["sync"], check=True)
+                drop_caches()
+                subprocess.run(["sha256sum", "-c", "--quiet", f"{work}/src.sums"], check=True, cwd=mnt / "A")
+                a = time.monotonic() - t
+                shutil.rmtree(mnt / "A")
             # anchor L
             drop_caches()
             t = time.monotonic()
@@ -124,10 +130,12 @@ def bench_fs(fstype: str, work: Path, srcs: list[Path], src_dir: Path) -> None:
                                 capture_output=True).returncode == 0
             shutil.rmtree(mnt / "ours")
             subprocess.run(["sync"], check=True)
-            print(f"export_{fstype}_anchor_A_s: {a:.2f}")
+            if not PROFILE:
+                print(f"export_{fstype}_anchor_A_s: {a:.2f}")
             print(f"export_{fstype}_anchor_L_s: {lim:.2f}")
             print(f"export_{fstype}_ours_s: {ours:.2f}")
-            print(f"export_{fstype}_ours_over_A: {ours / a:.2f}  (target <= 0.8)")
+            if not PROFILE:
+                print(f"export_{fstype}_ours_over_A: {ours / a:.2f}  (target <= 0.8)")
             print(f"export_{fstype}_ours_over_L: {ours / lim:.2f}  (target <= 1.15)")
             print(f"export_{fstype}_peak_rss_mb: {rss / MiB:.1f}  (target <= 100)")
             print(f"export_{fstype}_sha256sum_c_ok: {ok}")
@@ -179,7 +187,8 @@ def main() -> int:
         print(f"export_source_gib: {sum(p.stat().st_size for p in srcs) / 1024 ** 3:.2f}")
         for fstype in ("ext4", "exfat"):
             bench_fs(fstype, work, srcs, src_dir)
-        bench_incremental(work)
+        if not PROFILE:
+            bench_incremental(work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -156,6 +156,9 @@ class ExportConfig:
                                   "Directories D-Bus/web callers may export into (the shipped unit must let the "
                                   "service write there: ReadWritePaths=).")
     job_history_days: int = opt(90, "Days finished jobs stay in the state DB.", min=1)
+    hash_ahead: bool = opt(True, "Hash each recording in the background (idle priority, paused while a job or "
+                           "a download runs) once its session is exportable, so the first ZIP or export finds "
+                           "its checksums ready.")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,6 +17,7 @@ from steno_exportd.devices import DeviceRegistry
 from steno_exportd.engine.identity import recorder_folder
 from steno_exportd.engine.jobs import JobManager, JobSpec
 from steno_exportd.engine.options import ExportOptions
+from steno_exportd.engine.prehash import Prehasher
 from steno_exportd.engine.registry import local as local_targets
 from steno_exportd.engine.state import StateDB
 from steno_exportd.engine.targets import DirectoryTarget, Target
@@ -52,6 +53,9 @@ class Core:
                                on_finished=self._job_finished)
         self.search_index = SearchIndex(Path(cfg.state.dir) / SEARCH_FILE)
         self.web_url = ""                  # the web page's URL once it listens (set_web_url): share links in mail
+        # recordings hashed ahead of need (export.hash_ahead), waiting while a job runs or pause() is held
+        self.prehasher = Prehasher(Path(cfg.state.dir) / "cache" / "hashes.db", cfg.retention.hash_cache_entries,
+                                   self._jobs_busy)
         self.outbox = Outbox(cfg, self.events, lambda: self.library, self._mail_links)   # stored before it is sent
         self.schedules = Scheduler(self, clock)   # [[schedules]] and the SMB remotes' schedule (tests move the clock)
         self._housekeeping: asyncio.Task | None = None
@@ -90,6 +94,8 @@ class Core:
         await self.jobs.start()
         await self.outbox.start()
         await self.search_index.start(lambda: self.library)
+        if self.cfg.export.hash_ahead:
+            await self.prehasher.start(lambda: self.library)
         await retention.prune_safely(self)
         await self.schedules.start()
         self._housekeeping = asyncio.create_task(retention.run(self), name="retention")
@@ -100,6 +106,7 @@ class Core:
             return
         self._started = False
         await self.search_index.stop()
+        await self.prehasher.stop()
         if self._housekeeping is not None:
             self._housekeeping.cancel()
             await asyncio.gather(self._housekeeping, return_exceptions=True)
@@ -116,6 +123,8 @@ class Core:
         self.outbox.reload(cfg)
         await self.schedules.reload(cfg)
         self.access.reload(cfg)
+        if old.export.hash_ahead != cfg.export.hash_ahead:
+            await (self.prehasher.start(lambda: self.library) if cfg.export.hash_ahead else self.prehasher.stop())
         if (old.recorder.db_path, old.recorder.data_dir) != (cfg.recorder.db_path, cfg.recorder.data_dir):
             lib, self._library = self._library, None
             self._listing, self._lib_token = None, None
@@ -174,6 +183,8 @@ class Core:
         async with self._listing_lock:
             change, self._listing = await asyncio.to_thread(work, self._listing)
         self.search_index.kick()
+        if change.added or change.changed:
+            self.prehasher.kick()
         if change.added or change.changed or change.removed:
             self.events.publish(change)
         return change
@@ -187,6 +198,10 @@ class Core:
         return request.template_names(self.cfg.render.template_dir)
 
     # -- exports ---------------------------------------------------------------------
+    def _jobs_busy(self) -> bool:
+        """A job queued or running (the background hasher waits meanwhile)."""
+        return any(not j.state.finished for j in self.jobs.list())
+
     async def export_sessions(self, ids: Any, formats: Any, target: str | Target,
                               options: ExportOptions | Mapping[str, Any] | None = None,
                               *, trusted: bool = False) -> ev.JobSnapshot:

@@ -678,6 +678,19 @@ class Library:
                 " FROM file_info WHERE session_id = ? ORDER BY id", (sid,))
         return build_session(summary, extra, tr, people, analysis, files, self.data_dir)
 
+    def recording(self, sid: int) -> FileRef | None:
+        """A session's recording as ``get_session`` resolves and checks it, without its transcript (None: none)."""
+        with self._lock, self._snapshot():
+            found = self._summaries_of([sid])
+            if not found:
+                raise NotFoundError(f"no session with id {sid}")
+            audio_path = self._query(f"SELECT {self._select('sessions', ('audio_file_path',))} FROM sessions "
+                                     "WHERE id = ?", (sid,))[0][0]
+            files = self._query(
+                f"SELECT {self._select('file_info', ('id', 'filename', 'file_path', 'file_type', 'file_format', 'size_bytes', 'checksum', 'mime_type'))}"
+                " FROM file_info WHERE session_id = ? ORDER BY id", (sid,))
+        return _files(found[0], audio_path, files, self.data_dir, [])[0]
+
 
 _OLDEST = dt.datetime.min.replace(tzinfo=UTC)
 

@@ -7,6 +7,7 @@ their lengths are fixed ahead (hex digests have a fixed width), their bytes come
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -15,6 +16,7 @@ import os
 import socket
 import struct
 import tarfile
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -28,6 +30,7 @@ from steno_exportd.recordings import SourceChanged, SourceRef
 log = logging.getLogger(__name__)
 
 CHUNK = 4 << 20
+HASH_CHUNK = 1 << 20        # read buffer of one hashing thread (reused)
 Z64 = 0xFFFFFFFF
 
 
@@ -239,8 +242,81 @@ def _differs_now(f: Any) -> bool:
     return (st.st_size, st.st_mtime_ns) != (f.st.st_size, f.st.st_mtime_ns)
 
 
+def _checksums(f: Any, size: int, stop: threading.Event, chunk: int = HASH_CHUNK) -> tuple[int, str] | None:
+    """CRC-32 and SHA-256 of exactly size bytes of an open source (pread: the caller's offset is untouched);
+    None when stopped; SourceChanged when it shrank or changed meanwhile."""
+    digest, crc, pos = hashlib.sha256(), 0, 0
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    while pos < size:
+        if stop.is_set():
+            return None
+        n = os.preadv(f.fd, [view[:min(chunk, size - pos)]], pos)
+        if n == 0:
+            break
+        digest.update(view[:n])         # hashlib and zlib drop the GIL: one file per thread, all cores busy
+        crc = zlib.crc32(view[:n], crc)
+        pos += n
+    if pos != size or _differs_now(f):
+        raise SourceChanged(f"{f.ref.path.name} changed while being archived ({pos} of {size} bytes read)")
+    return crc, digest.hexdigest()
+
+
+# files hashed at once by every ZIP together: one per core (CPU and the 1 MiB buffers stay bounded however
+# many ZIPs are made at once)
+_HASHING = threading.BoundedSemaphore(os.cpu_count() or 1)
+
+
+class _Hashers:
+    """The recordings whose checksums are not known, hashed ahead by one thread per core (per ZIP, and at most
+    that many in all: _HASHING) while the ZIP's other parts are sent; each then goes out by sendfile like a
+    known one (its CRC in the data descriptor)."""
+
+    def __init__(self, entries: list[ArchiveEntry]) -> None:
+        self._stop = threading.Event()
+        self._pool = concurrent.futures.ThreadPoolExecutor(max(1, min(len(entries), os.cpu_count() or 1)),
+                                                           thread_name_prefix="steno-zip-hash")
+        self._futures = {id(e): self._pool.submit(self._hash, e) for e in entries}
+
+    def _hash(self, e: ArchiveEntry) -> tuple[int, str] | None:
+        while not _HASHING.acquire(timeout=0.1):
+            if self._stop.is_set():
+                return None
+        try:
+            if e.opened is not None:            # held since planning: sent from this same descriptor
+                return _checksums(e.opened, e.size, self._stop)
+            with e.source.open() as f:          # type: ignore[union-attr]  # pinned: reopened to be sent
+                return _checksums(f, e.size, self._stop)
+        finally:
+            _HASHING.release()
+
+    def result(self, e: ArchiveEntry) -> tuple[int, str]:
+        """(crc, sha256) of an entry, waiting for its thread; SourceChanged as it was raised."""
+        sums = self._futures[id(e)].result()
+        if sums is None:
+            raise SourceChanged(f"{e.source.path.name}: stopped")   # type: ignore[union-attr]
+        return sums
+
+    def close(self) -> None:
+        """Stop this ZIP's hashing: queued files are dropped, running ones end at their next chunk."""
+        self._stop.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)   # none still reads a file the caller will close
+
+
 def zip_parts(plan: ZipPlan, chunk: int = CHUNK) -> Iterator[bytes | FileSpan]:
-    """The ZIP as bytes and FileSpans; other files are read once (CRC and SHA-256 on the way)."""
+    """The ZIP as bytes and FileSpans; the files whose checksums are not known are hashed ahead by one
+    thread per core, then sent as FileSpans too (their CRC in the data descriptor after the bytes)."""
+    unknown = [e for e in plan.entries if e.path is not None and e.payload is None and e.trailer is None
+               and not e.known]
+    hashers = _Hashers(unknown) if unknown else None
+    try:
+        yield from _zip_parts(plan, chunk, hashers)
+    finally:
+        if hashers is not None:
+            hashers.close()
+
+
+def _zip_parts(plan: ZipPlan, chunk: int, hashers: _Hashers | None) -> Iterator[bytes | FileSpan]:
     off = 0
     offsets: list[int] = []
     buf = bytearray()
@@ -262,22 +338,16 @@ def zip_parts(plan: ZipPlan, chunk: int = CHUNK) -> Iterator[bytes | FileSpan]:
                 buf.clear()
             yield FileSpan(e.source, e.size, e.session_id, e.opened)  # type: ignore[arg-type]
         else:
-            from steno_exportd.engine.writer import pipelined_reads
-            crc, digest = 0, hashlib.sha256()
+            assert hashers is not None
+            if buf:
+                yield bytes(buf)
+                buf.clear()
             try:
-                with e.opened or e.source.open() as f:  # type: ignore[union-attr]
-                    # SHA-256 in the reader thread, CRC here, the bytes leave from the caller: three
-                    # things at once (hashlib and zlib drop the GIL on large buffers)
-                    reads = _read_all(f, e.size, chunk)
-                    for b in pipelined_reads(lambda: next(reads, b""), digest):
-                        crc = zlib.crc32(b, crc)
-                        if buf:
-                            yield bytes(buf)
-                            buf.clear()
-                        yield b
+                e.crc, e.sha256 = hashers.result(e)
             except SourceChanged as err:
                 raise SourceChanged(str(err), e.session_id) from None
-            e.crc, e.sha256 = crc, digest.hexdigest()
+            # sent like a known one: from the file that was hashed (held open, or reopened and compared)
+            yield FileSpan(e.source, e.size, e.session_id, e.opened)  # type: ignore[arg-type]
         off += e.csize
         buf += _descriptor(e)
         off += len(_descriptor(e))

@@ -21,8 +21,9 @@ log = logging.getLogger(__name__)
 
 MAX_SELECTION = 500
 MAX_FORMATS = 32
-ZIP_CHUNK = 128 << 10       # a recording read through Python (checksums not known yet) holds ~6 of these per ZIP
-ZIP_BATCH = 512 << 10       # ... fetched from the reader 512 KiB at a time (a thread hop per chunk costs throughput)
+ZIP_CHUNK = 128 << 10       # the ZIP's own bytes (headers, documents) are gathered up to this before they are sent
+ZIP_BATCH = 512 << 10       # ... fetched 512 KiB at a time (a thread hop per chunk costs throughput); recordings
+                            # go by sendfile (checksums remembered, or hashed ahead by one thread per core)
 RANGE = re.compile(r"([0-9]*)-([0-9]*)")
 AUDIO_TYPES = {".flac": "audio/flac", ".wav": "audio/wav", ".mp3": "audio/mpeg", ".ogg": "audio/ogg",
                ".opus": "audio/ogg", ".m4a": "audio/mp4"}
@@ -99,7 +100,7 @@ async def send_audio(request: web.Request, ctx: WebContext, s: Any, via: str,
         if "dl" in request.query and use is None:
             await asyncio.to_thread(ctx.store.audit, s.id, addr, f"audio {path.name}", via)
     name = download_name(s, path.name)
-    return SourceResponse(opened, name, f"session {s.id}", done, use, headers={
+    return SourceResponse(opened, name, f"session {s.id}", done, use, pause=ctx.core.prehasher.pause, headers={
         "Content-Type": ctype, "Content-Disposition": disposition(name, inline="dl" not in request.query)})
 
 
@@ -126,19 +127,22 @@ class SourceResponse(web.StreamResponse):
 
     A file that ends before its length was sent is cut off (connection closed, one WARNING), never left hanging.
     ``done`` runs after a whole file (200, GET) was sent; a share link's ``use`` is committed once bytes went out.
+    ``pause``: held while the file is sent (the background hasher waits: the same disk and CPU).
     """
 
     def __init__(self, opened: Any, name: str, whose: str, done: Any = None, use: Use | None = None,
-                 **kw: Any) -> None:
+                 pause: Any = contextlib.nullcontext, **kw: Any) -> None:
         super().__init__(**kw)
         self._src, self._name, self._whose, self._done, self._use = opened, name, whose, done, use
+        self._pause = pause
         self._sent, self._detail = 0, ""
 
     async def prepare(self, request: web.BaseRequest) -> Any:
         if self.prepared:
             return None
         try:
-            return await self._send(request)
+            with self._pause():
+                return await self._send(request)
         finally:
             self._src.close()
             if self._use is not None:
@@ -258,7 +262,7 @@ async def send_rendered(request: web.Request, ctx: WebContext, s: Any, fmt: str,
         opened = await asyncio.to_thread(SourceRef(path, ctx.cache.root).open)
     except SourceError:
         raise NotFoundError(f"the cached {fmt} went away; try again") from None
-    return SourceResponse(opened, name, f"session {s.id}", done, headers=headers)
+    return SourceResponse(opened, name, f"session {s.id}", done, pause=ctx.core.prehasher.pause, headers=headers)
 
 
 # ---- parameters and ZIP ---------------------------------------------------------------
@@ -295,6 +299,12 @@ async def stream_zip(request: web.Request, ctx: WebContext, ids: list[int], fmts
     Its recordings are opened as they were checked when it is planned and held open until they are sent; one
     that shrinks meanwhile cuts the ZIP off (connection closed, one WARNING naming the session): a ZIP never
     silently misses or truncates one."""
+    with ctx.core.prehasher.pause():          # the background hasher waits while a ZIP is made
+        return await _zip(request, ctx, ids, fmts, name, via, use)
+
+
+async def _zip(request: web.Request, ctx: WebContext, ids: list[int], fmts: tuple[str, ...],
+               name: str, via: str, use: Use | None) -> web.StreamResponse:
     from steno_exportd.engine import archive
 
     sent, held, plan = 0, 0, None
@@ -360,7 +370,7 @@ async def _stream_parts(request: web.Request, resp: web.StreamResponse, ctx: Web
     except ConnectionError:
         client_left(name, sent, resp.content_length)
         request.protocol.force_close()
-    except SourceChanged as e:        # a recording read through Python (checksums not known yet)
+    except SourceChanged as e:        # a recording that changed while it was hashed (checksums not known yet)
         source_changed(request, name, f"session {e.session_id}", sent, resp.content_length, e)
     except (SourceError, OSError) as e:
         source_changed(request, name, "a session", sent, resp.content_length, e)

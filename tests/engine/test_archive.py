@@ -38,6 +38,31 @@ def test_zip_stream_valid_and_sized(tmp_path):
     assert not sha256sum_check(tmp_path / "x" / "SilentSteno")
 
 
+def test_recordings_whose_checksums_are_not_known_are_hashed_ahead_and_sent_from_their_file(tmp_path):
+    """A first ZIP: each recording is hashed by a thread of its own (one per core) before its turn, then
+    handed to the sender as a file span (sendfile), its CRC in the data descriptor; the ZIP is right."""
+    from steno_exportd.engine.archive import FileSpan, zip_parts
+    lib = library(tmp_path, 4, audio_size=5_000_000)
+    plan = build_plan(lib, (1, 2, 3, 4), ("txt", "audio"), "detailed", True, _cfg(tmp_path), keep_open=True)
+    try:
+        parts = list(zip_parts(plan))
+    finally:
+        plan.close()
+    spans = [p for p in parts if isinstance(p, FileSpan)]
+    assert len(spans) == 4 and all(p.size == 5_000_000 for p in spans)
+    assert max(len(p) for p in parts if not isinstance(p, FileSpan)) < 1_000_000     # no recording read here
+    out = tmp_path / "first.zip"
+    with open(out, "wb") as f:
+        for p in parts:
+            f.write(p if not isinstance(p, FileSpan) else p.source.path.read_bytes())
+    assert out.stat().st_size == zip_size(plan)
+    with zipfile.ZipFile(out) as z:
+        assert z.testzip() is None
+        assert all(i.flag_bits & 0x08 for i in z.infolist() if i.filename.endswith(".wav"))
+        z.extractall(tmp_path / "x")
+    assert not sha256sum_check(tmp_path / "x" / "SilentSteno")
+
+
 def test_export_to_zip_and_tar(tmp_path):
     lib = library(tmp_path, 2)
     cfg = _cfg(tmp_path)
