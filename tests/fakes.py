@@ -172,6 +172,7 @@ class FakeCore:
         self.outbox = self._core.outbox
         self.access = self._core.access
         self.search_index = self._core.search_index
+        self.prehasher = self._core.prehasher        # never started: hashes nothing ahead
         self.schedules = self._core.schedules      # never started: lists nothing
         self.remote_folder = self._core.remote_folder
         self.targets = self._core.targets
