@@ -6,8 +6,11 @@ same ``core.access``. SQLite in the state dir; nothing here imports an adapter.
 """
 from __future__ import annotations
 
+import ipaddress
+import socket
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from steno_exportd.access.limiter import Attempt, Limiter, LimiterPolicy
 from steno_exportd.access.passwords import PasswordChecker, fingerprint, hash_password, verify_password
@@ -15,7 +18,36 @@ from steno_exportd.access.store import AccessStore, Login, ShareLink
 from steno_exportd.retention import policies
 
 __all__ = ["Access", "AccessStore", "Attempt", "Limiter", "LimiterPolicy", "Login", "PasswordChecker", "ShareLink",
-           "fingerprint", "hash_password", "verify_password"]
+           "fingerprint", "hash_password", "share_url", "verify_password"]
+
+
+def share_url(cfg: Any, token: str, host: str = "", tls: bool = False) -> str:
+    """The full address of share link ``token`` for someone on another device (a phone scanning its QR code).
+
+    http.public_url when set; else the name or address the asking browser used (``host``: a Host header the
+    web page has already checked against the names it answers to), unless that only means this machine
+    (localhost, a loopback address): then, like with no browser at all (D-Bus), <hostname>.local."""
+    if cfg.http.public_url:
+        return cfg.http.public_url.rstrip("/") + f"/s/{token}"
+    scheme = "https" if tls else "http"
+    name = ""
+    if host:
+        try:
+            name = (urlsplit("//" + host).hostname or "").lower()
+        except ValueError:
+            name = ""
+    if name and not _only_here(name):
+        return f"{scheme}://{host}/s/{token}"
+    return f"{scheme}://{socket.gethostname().lower()}.local:{cfg.http.port}/s/{token}"
+
+
+def _only_here(name: str) -> bool:
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def policy(cfg: Any) -> LimiterPolicy:

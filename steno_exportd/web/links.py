@@ -5,6 +5,7 @@ when it fails before its first byte, and is written to the audit log with the gu
 from __future__ import annotations
 
 import asyncio
+import html
 import logging
 import re
 import time
@@ -12,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from steno_exportd.access import fingerprint
+from steno_exportd.access import fingerprint, share_url
 from steno_exportd.errors import InvalidArgument, NotFoundError, StenoError, Throttled
 from steno_exportd.web import auth
 from steno_exportd.web.context import CTX, REFUSALS, WebContext, bounded, client_addr, read_form
@@ -59,6 +60,26 @@ async def revoke(ctx: WebContext, token: str) -> Any:
 async def revoke_share(request: web.Request) -> web.Response:
     link = await revoke(request.app[CTX], request.match_info["token"])
     raise web.HTTPSeeOther(f"/sessions/{link.session_id}#share")
+
+
+def qr_svg(url: str, label: str) -> str:
+    """``url`` as a QR code: an inline SVG (dark on white, 4-module quiet zone) that scales to its box."""
+    import segno
+    svg = segno.make(url, error="m").svg_inline(dark="#000", light="#fff", svgclass="qr", omitsize=True)
+    return svg.replace("<svg ", f'<svg role="img" aria-label="{html.escape(label, quote=True)}" ', 1)
+
+
+async def link_views(request: web.Request, ctx: WebContext, session_id: int) -> list[dict]:
+    """The session's share links for its page, newest first: full URL, uses left, QR code while usable."""
+    rows = await asyncio.to_thread(ctx.store.links, session_id)
+    out = []
+    for link in sorted(rows, key=lambda x: -x.created):
+        view = link.public()
+        view["full_url"] = share_url(ctx.cfg, link.token, request.headers.get("Host", ""), ctx.tls)
+        view["left"] = max(0, link.max_downloads - link.downloads)
+        view["qr"] = qr_svg(view["full_url"], "QR code of the share link") if link.state == "active" else ""
+        out.append(view)
+    return out
 
 
 def _share_cookie(token: str) -> str:
