@@ -47,3 +47,21 @@ def when(t: Any, style: str = "datetime", none: str = "—") -> Markup:
     text = m.strftime("%d %b %Y" if style == "date" else "%d %b %Y, %H:%M").lstrip("0")
     return Markup('<time datetime="{}" data-style="{}">{}</time>').format(
         m.isoformat(timespec="seconds"), style, text)
+
+
+def fmt_time(seconds: float) -> str:
+    """Seconds into a meeting as HH:MM:SS."""
+    s = int(seconds)
+    return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def fmt_when(t: Any) -> str:
+    """A start time as plain text in the server's time zone (where a <time> element cannot go)."""
+    return t.astimezone().strftime("%Y-%m-%d %H:%M") if t else "—"
+
+
+def fmt_duration(sec: Any) -> str:
+    """A length in hours and minutes."""
+    if not sec:
+        return "—"
+    return f"{sec // 3600} h {sec % 3600 // 60:02d} min" if sec >= 3600 else f"{max(1, round(sec / 60))} min"

@@ -18,7 +18,7 @@ from steno_exportd.errors import InvalidArgument, NotFoundError, StenoError, Thr
 from steno_exportd.web import auth
 from steno_exportd.web.context import CTX, REFUSALS, WebContext, bounded, client_addr, read_form
 from steno_exportd.web.downloads import download_name, one_of, send_audio, stream_zip
-from steno_exportd.web.pages import fmt_duration, fmt_when
+from steno_exportd.web.human import fmt_duration, fmt_when
 
 TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -115,8 +115,7 @@ async def share_page(request: web.Request) -> web.Response:
         return ctx.render_page(request, "share_pin.html", token=link.token, error="")
     s = await ctx.session(str(link.session_id))
     return ctx.render_page(request, "share.html", s=s, link=link.public(), when=fmt_when, dur=fmt_duration,
-                           left=link.max_downloads - link.downloads,
-                           expires=time.strftime("%Y-%m-%d %H:%M", time.localtime(link.expires)))
+                           left=link.max_downloads - link.downloads, expires=link.expires)
 
 
 async def share_pin(request: web.Request) -> web.Response:

@@ -13,21 +13,7 @@ from steno_exportd.errors import InvalidArgument
 from steno_exportd.formats import DOCUMENT_TEMPLATES
 from steno_exportd.web.context import (CTX, WebContext, device_json, job_json, number, query_sessions,
                                        search_sessions)
-
-
-def fmt_time(seconds: float) -> str:
-    s = int(seconds)
-    return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
-def fmt_when(t: Any) -> str:
-    return t.astimezone().strftime("%Y-%m-%d %H:%M") if t else "—"
-
-
-def fmt_duration(sec: Any) -> str:
-    if not sec:
-        return "—"
-    return f"{sec // 3600} h {sec % 3600 // 60:02d} min" if sec >= 3600 else f"{max(1, round(sec / 60))} min"
+from steno_exportd.web.human import fmt_duration, fmt_time, fmt_when
 
 
 def _qs(query: dict, **over: Any) -> str:
