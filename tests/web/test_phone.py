@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.parts import require, require_tool
+from tests.parts import require, require_tool, wait_for
 from tests.web import tour as T
 
 WIDE_OK = "() => document.documentElement.scrollWidth <= window.innerWidth"
@@ -76,13 +76,16 @@ def test_the_qr_code_decodes_to_the_full_share_url(browser, toured, tmp_path):
     require_tool("zbarimg")
     parts = urlsplit(toured.share_url)
     assert parts.scheme == "http" and parts.path == toured.share_path and parts.hostname, toured.share_url
-    ctx = browser.new_context(viewport=T.PHONE)
+    ctx = browser.new_context(viewport=T.PHONE, permissions=["clipboard-read", "clipboard-write"])
     try:
         page = ctx.new_page()
         T.log_in(page, toured.url)
         page.goto(f"{toured.url}/sessions/{toured.session_id}#share")
         item = page.locator("ul.links li").first
-        assert item.locator("input.full-url").input_value() == toured.share_url
+        assert item.locator(".full-url").inner_text() == toured.share_url
+        item.locator("button[data-copy]").click()                   # one tap: the link is on the clipboard
+        wait_for(lambda: item.locator("button[data-copy]").inner_text() == "Copied", 5, what="'Copied'")
+        assert page.evaluate("navigator.clipboard.readText()") == toured.share_url
         item.locator("details.qr-box summary").click()
         qr = item.locator("svg.qr")
         (tmp_path / "qr.png").write_bytes(qr.screenshot())    # (path=: Playwright would start a writer thread)

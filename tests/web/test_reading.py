@@ -92,7 +92,7 @@ async def test_a_share_link_is_shown_in_full_with_its_state(web_client, sessions
                           allow_redirects=False)
     assert r.status == 303
     html = await (await client.get(f"/sessions/{s.id}")).text()
-    [(tok, full)] = re.findall(r'<input id="u-([^"]+)" class="full-url" value="([^"]+)" readonly>', html)
+    [(tok, full)] = re.findall(r'<code id="u-([^"]+)" class="full-url">([^<]+)</code>', html)
     assert full == share_url(core.cfg, tok, f"127.0.0.1:{client.server.port}") and full.endswith(f"/s/{tok}")
     assert "4 of 4 downloads left" in html and '<svg role="img" aria-label="QR code of the share link"' in html
     assert f'data-copy="u-{tok}"' in html

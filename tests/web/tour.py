@@ -1,15 +1,11 @@
 """Every page of the web app, filled in as a user would see it: the daemon (`run --demo`), a login, an export
-(history, a job), share links (one with a PIN); used by the layout tests and by the screenshot script:
-
-    .venv/bin/python -m tests.web.tour docs/screenshots     # PNGs of each page, phone and laptop, light and dark
-"""
+(history, a job), share links (one with a PIN); used by tests/web/test_phone.py and by
+packaging/screenshots.py (the pictures in docs/screenshots/)."""
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import re
-import sys
-import tempfile
 from pathlib import Path
 
 from steno_exportd import demo
@@ -76,7 +72,7 @@ def tour(browser, tmp: Path):
             wait_for(lambda: page.locator("ul.links li").count() == 2, 10, what="two share links")
             newest = page.locator("ul.links li").first
             share_path = newest.locator("a[href^='/s/']").get_attribute("href")
-            share_url = newest.locator("input.full-url").input_value()
+            share_url = newest.locator(".full-url").inner_text()
             pin_path = page.locator("ul.links li").nth(1).locator("a[href^='/s/']").get_attribute("href")
             page.goto(url + "/devices")
             wait_for(lambda: "completed" in page.locator("#jobs").inner_text()
@@ -106,32 +102,3 @@ def pages(browser, t: Tour, size: str, scheme: str):
                 yield name, page
         finally:
             ctx.close()
-
-
-def main(out: str) -> None:
-    """Screenshots of every page at both sizes and in both colour schemes into ``out``."""
-    import os
-
-    from playwright.sync_api import sync_playwright
-    target = Path(out)
-    target.mkdir(parents=True, exist_ok=True)
-    exe = next(p for p in CHROMIUM if os.path.exists(p))
-    with sync_playwright() as pw, tempfile.TemporaryDirectory() as tmp:
-        browser = pw.chromium.launch(executable_path=exe, args=["--no-sandbox", "--disable-gpu",
-                                                                "--disable-dev-shm-usage"])
-        try:
-            with tour(browser, Path(tmp)) as t:
-                for size in SIZES:
-                    for scheme in ("light", "dark"):
-                        for name, page in pages(browser, t, size, scheme):
-                            if scheme == "dark" and name not in ("meeting", "meetings"):
-                                continue        # dark mode shown on the two main pages: the folder stays small
-                            path = target / f"{name}-{size}{'-dark' if scheme == 'dark' else ''}.png"
-                            page.screenshot(path=str(path), full_page=False)
-                            print(path)
-        finally:
-            browser.close()
-
-
-if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "docs/screenshots")

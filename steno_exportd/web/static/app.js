@@ -158,15 +158,14 @@
 
   // Copy a share link: the clipboard where the browser allows it (https or localhost), else the text selected.
   function copyLink(btn) {
-    const field = document.getElementById(btn.dataset.copy);
-    const done = function (text) { btn.textContent = text; setTimeout(function () { btn.textContent = "Copy"; }, 2500); };
-    field.focus(); field.select();
-    if (navigator.clipboard && window.isSecureContext) {
-      navigator.clipboard.writeText(field.value).then(function () { done("Copied"); },
-        function () { done(document.execCommand("copy") ? "Copied" : "Selected: copy it"); });
-    } else {
-      done(document.execCommand("copy") ? "Copied" : "Selected: copy it");
-    }
+    const field = document.getElementById(btn.dataset.copy), text = field.textContent.trim();
+    const done = function (said) { btn.textContent = said; setTimeout(function () { btn.textContent = "Copy"; }, 2500); };
+    const range = document.createRange();
+    range.selectNodeContents(field);
+    const sel = window.getSelection(); sel.removeAllRanges(); sel.addRange(range);
+    const fallback = function () { done(document.execCommand("copy") ? "Copied" : "Selected: copy it"); };
+    if (navigator.clipboard && window.isSecureContext) navigator.clipboard.writeText(text).then(function () { done("Copied"); }, fallback);
+    else fallback();
   }
 
   // "Send to <remote>": a push job through the API; its progress is on the sticks & jobs page.
