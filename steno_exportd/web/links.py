@@ -24,22 +24,7 @@ TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 async def new_link(ctx: WebContext, session_id: int, hours: Any, max_downloads: Any, pin: str) -> dict:
-    sl = ctx.cfg.http.share_links
-    if not sl.enabled:
-        raise StenoError("share links are turned off (http.share_links.enabled)")
-    try:
-        h = float(str(hours)[:32]) if str(hours).strip() else sl.default_expiry_hours
-        m = int(str(max_downloads)[:12]) if str(max_downloads).strip() else sl.default_max_downloads
-    except (TypeError, ValueError):
-        raise InvalidArgument("hours and max_downloads must be numbers") from None
-    pin = pin.strip()
-    if pin and not (pin.isascii() and pin.isdigit() and sl.min_pin_digits <= len(pin) <= 12):
-        raise InvalidArgument(f"a PIN is {sl.min_pin_digits} to 12 digits (http.share_links.min_pin_digits)")
-    if not (0 < h <= 24 * 366) or not (1 <= m <= 1000):     # checked before a PIN costs a hash
-        raise InvalidArgument("hours: more than 0, at most a year; max_downloads: 1 to 1000")
-    pin_hash = await ctx.access.passwords.hash(pin) if pin else ""
-    link = await asyncio.to_thread(ctx.store.create_link, session_id, h, m, pin_hash,
-                                   sl.max_wrong_pins if pin else 0)
+    link = await ctx.access.create_link(ctx.cfg, session_id, hours, max_downloads, pin)
     return link.public()
 
 
