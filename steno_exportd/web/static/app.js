@@ -230,7 +230,7 @@
       j.sessions.length + (j.sessions.length === 1 ? " meeting" : " meetings");
     const tr = row(jobs, j.id, [String(j.id), j.operation, meetings, j.target, bar, j.state + (j.error ? ": " + j.error : ""),
       active ? button("Cancel", "cancel", j.id) : ""]);
-    ["", "What", "Meetings", "Target", "Progress", "State", ""].forEach(function (label, i) {
+    ["Job", "What", "Meetings", "Target", "Progress", "State", ""].forEach(function (label, i) {
       if (label) tr.children[i].dataset.label = label;
     });
     tr.children[2].className = "meetings"; tr.children[3].className = "target"; tr.children[5].className = "state";
