@@ -125,3 +125,15 @@ def test_human_sizes_and_times():
     assert tag.startswith(f'<time datetime="{t.astimezone().isoformat(timespec="seconds")}" data-style="datetime">')
     assert str(human.when(dt.date(2026, 3, 4))) == '<time datetime="2026-03-04" data-style="day">4 Mar 2026</time>'
     assert str(human.when(None)) == "—" and str(human.when(0, none="never")) == "never"
+
+
+async def test_select_all_without_scripts(web_client):
+    """"Select all" is a link: without scripts it reloads the list with every box ticked (and "Select none")."""
+    client, _ = await web_client()
+    html = await (await client.get("/")).text()
+    boxes = re.findall(r'<input type="checkbox" name="id" value="[0-9]+"( checked)?>', html)
+    assert boxes and not any(boxes) and ">Select all</a>" in html
+    href = re.search(r'<a class="button secondary" id="select-all" href="([^"]+)"', html).group(1)
+    html = await (await client.get(href.replace("&amp;", "&"))).text()
+    boxes = re.findall(r'<input type="checkbox" name="id" value="[0-9]+"( checked)?>', html)
+    assert boxes and all(boxes) and ">Select none</a>" in html
