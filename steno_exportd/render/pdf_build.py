@@ -97,6 +97,8 @@ class TranscriptLine(Flowable):
         return aw, self.height
 
     def split(self, aw, ah):
+        if self.head and self.speaker.height > ah:     # the name would not fit here: the line starts on the next page
+            return []
         parts = self.para.split(aw - GUTTER, ah)
         if len(parts) < 2:
             return []
