@@ -141,3 +141,42 @@ def test_select_all_ticks_every_meeting_on_the_page(browser, toured):
         assert page.locator("#select-all").inner_text() == "Select none"
     finally:
         ctx.close()
+
+
+def test_long_transcript_loads_on_demand_finds_and_follows_the_timeline(browser, toured):
+    """A 2-hour meeting: the page holds the first lines, the rest come as the reader scrolls; the find box
+    keeps only the lines with the word (accents ignored); a turn in the timeline plays from its second with
+    its line marked and in view."""
+    from steno_exportd.web.pages import FIRST_LINES
+    ctx = browser.new_context(viewport=T.PHONE)
+    try:
+        page = ctx.new_page()
+        T.log_in(page, toured.url)
+        page.goto(f"{toured.url}/sessions/{toured.session_id}")
+        lines = page.locator("#transcript > li")
+        total = int(page.locator("#transcript").get_attribute("data-total"))
+        assert lines.count() == FIRST_LINES < total
+        page.locator("#tr-more").scroll_into_view_if_needed()
+        wait_for(lambda: lines.count() > FIRST_LINES, 10, what="more lines as the reader scrolls")
+        word = page.locator("#transcript li .text").nth(3).inner_text().split()[-1].strip(".,;:!?")
+        page.fill("#find", word.upper())
+        wait_for(lambda: lines.count() == total, 20, what="every line loaded for find")
+        wait_for(lambda: "with" in page.locator("#find-status").inner_text(), 10, what="the count")
+        shown = page.eval_on_selector_all("#transcript > li:not([hidden]) .text", "els => els.map(e => e.textContent)")
+        assert shown and all(word.casefold() in t.casefold() for t in shown)
+        assert page.locator("#find-status").inner_text().startswith(f"{len(shown)} line")
+        page.fill("#find", "")
+        wait_for(lambda: page.locator("#transcript > li[hidden]").count() == 0, 10, what="all lines again")
+        turn = page.locator("svg.speaker-timeline a").nth(40)
+        second = float(turn.get_attribute("href").split("#t=")[1])
+        turn.click(force=True)                  # a pointer user's click (the turns are left out of the tab order)
+        page.wait_for_function(f"() => Math.abs(document.getElementById('player').currentTime - {second}) < 1",
+                               timeout=10000)
+        current = page.locator("#transcript li.current")
+        wait_for(lambda: current.count() == 1, 10, what="the line of that second marked")
+        start = float(current.locator("[data-start]").get_attribute("data-start"))
+        assert start <= second + 0.001
+        box = current.bounding_box()
+        assert 0 <= box["y"] and box["y"] + box["height"] <= T.PHONE["height"], box
+    finally:
+        ctx.close()
