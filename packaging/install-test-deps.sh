@@ -3,14 +3,15 @@
 # filesystems, Chromium, poppler, nginx for benchmarks; qpdf, tidy, a CJK TrueType font and headless
 # LibreOffice (the -nogui writer/calc, ~15 s) check the rendered documents) and what `make deb` and
 # its tests need (debhelper, lintian, pip; systemd-nspawn for the install tests, qemu-user and
-# mmdebstrap for the arm64 package). Idempotent; root only.
+# mmdebstrap for the arm64 package; zbar-tools decodes the share page's QR code, axe-core from npm checks
+# every page's accessibility). Idempotent; root only.
 set -eu
 PKGS="python3-venv udev dbus udisks2 policykit-1 samba smbclient dosfstools exfatprogs fdisk
 exfat-fuse fusefat ntfs-3g chromium poppler-utils nginx-light fonts-dejavu-core iproute2
 util-linux psmisc systemd flac nodejs avahi-daemon avahi-utils
 qpdf tidy fonts-droid-fallback libreoffice-writer-nogui libreoffice-calc-nogui rclone
 debhelper dpkg-dev lintian binutils python3-pip python3-setuptools python3-wheel man-db
-systemd-container qemu-user-static mmdebstrap"
+systemd-container qemu-user-static mmdebstrap zbar-tools"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -20,6 +21,12 @@ if [ -n "$missing" ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+# axe-core (the accessibility checker the browser tests run inside each page), from npm, pinned.
+AXE=/opt/steno-test-js/node_modules/axe-core/axe.min.js
+command -v npm >/dev/null || apt-get install -y -qq --no-install-recommends npm >/dev/null
+if [ ! -e "$AXE" ] || ! grep -q '"version": "4.10.3"' "${AXE%/axe.min.js}/package.json"; then
+  npm install --prefix /opt/steno-test-js --no-audit --no-fund --silent axe-core@4.10.3
 fi
 # exFAT mounts through FUSE here: `mount -t exfat` and udisks need /sbin/mount.exfat.
 [ -e /sbin/mount.exfat ] || ln -sf /sbin/mount.exfat-fuse /sbin/mount.exfat

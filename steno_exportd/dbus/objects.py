@@ -40,6 +40,11 @@ class Manager(ServiceInterface):
 
     @method()
     @mapped
+    async def CreateShareLink(self, id: "s", options: "a{sv}") -> "a{sv}":  # noqa: A002
+        return await self._svc.create_share_link(id, options)
+
+    @method()
+    @mapped
     async def ExportSessions(self, ids: "as", formats: "as", target: "s", options: "a{sv}") -> "o":
         return await self._svc.export_sessions(ids, formats, target, options)
 

@@ -16,7 +16,7 @@ from dbus_fast import BusType, Message, MessageType, NameFlag, RequestNameReply,
 from dbus_fast.aio import MessageBus
 from dbus_fast.service import ServiceInterface
 
-from steno_exportd import __version__, events, formats, request
+from steno_exportd import __version__, access, events, formats, request
 from steno_exportd.config import Config
 from steno_exportd.core import Core, SessionListing
 from steno_exportd.dbus import BUS_NAME, ROOT_PATH, convert, device_path, job_path
@@ -323,6 +323,23 @@ class Service:
         """Manager.SearchSessions: [sessions, total, pending]; the core checks the query and the limit."""
         r = await self.core.search(query, limit)
         return [convert.search_results(r), r.total, r.pending]
+
+    async def create_share_link(self, key: str, options: dict[str, Variant]) -> dict[str, Variant]:
+        """Manager.CreateShareLink: a share link with its full URL (the touchscreen shows it as a QR code)."""
+        opts = convert.unwrap(options)
+        unknown = sorted(set(opts) - {"hours", "max_downloads", "pin"})
+        if unknown:
+            raise InvalidArgument(f"unknown option {unknown[0][:40]!r}; allowed: hours, max_downloads, pin")
+        pin = opts.get("pin", "")
+        if not isinstance(pin, str):
+            raise InvalidArgument("pin: a string of digits")
+        s = await self.core.session(key)
+        cfg = self.core.cfg
+        link = await self.core.access.create_link(cfg, s.id, opts.get("hours", ""), opts.get("max_downloads", ""), pin)
+        url = access.share_url(cfg, link.token, tls=cfg.http.tls.mode != "off")
+        return {"token": Variant("s", link.token), "url": Variant("s", url), "session_id": Variant("x", s.id),
+                "expires": Variant("d", link.expires), "max_downloads": Variant("u", link.max_downloads),
+                "pin": Variant("b", link.has_pin)}
 
     def list_formats(self) -> list[str]:
         return list(formats.FORMATS)

@@ -6,7 +6,7 @@ from steno_exportd.render.base import Renderer, RenderOptions
 
 
 class PdfRenderer(Renderer):
-    name, extension, media_type, version = "pdf", "pdf", "application/pdf", 1
+    name, extension, media_type, version = "pdf", "pdf", "application/pdf", 2
     heavy = True
     mergeable = True
     basename = "report"

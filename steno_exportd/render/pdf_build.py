@@ -97,6 +97,8 @@ class TranscriptLine(Flowable):
         return aw, self.height
 
     def split(self, aw, ah):
+        if self.head and self.speaker.height > ah:     # the name would not fit here: the line starts on the next page
+            return []
         parts = self.para.split(aw - GUTTER, ah)
         if len(parts) < 2:
             return []
@@ -386,6 +388,10 @@ class _Builder:
                                  Paragraph(hms(r.seconds), self.s_cellr), self.share_bar(r.share),
                                  Paragraph(f"{r.words:,}", self.s_cellr)])
                 out.append(KeepTogether(self.table(rows, [width - 13 * cm, 3.5 * cm, 2.8 * cm, 4.5 * cm, 2.2 * cm])))
+                if s.segments:          # who spoke when, the same figure as on the web page
+                    from steno_exportd.render.pdf_timeline import SpeakerTimeline
+                    out.append(KeepTogether([Spacer(1, 8), Paragraph("Who spoke when", self.s_head),
+                                             Spacer(1, 3), SpeakerTimeline(s, width, self)]))
             else:
                 out.append(Paragraph("No participants recorded.", self.s_empty))
         if "transcript" in sections:

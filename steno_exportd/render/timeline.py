@@ -67,7 +67,7 @@ def span(session: Session) -> float:
     return end if end > 0 else 1.0
 
 
-def _tick_label(s: int) -> str:
+def tick_label(s: int) -> str:
     if s == 0:
         return "0"
     h, m, sec = s // 3600, s % 3600 // 60, s % 60
@@ -144,7 +144,7 @@ def timeline_svg(session: Session, *, width: int = 800, lane_height: int = 24, l
         anchor = "start" if s == 0 else "end" if x > x1 - 30 else "middle"
         out.append(f'<line x1="{x:.1f}" y1="{axis_y}" x2="{x:.1f}" y2="{axis_y + 4}"/>'
                    f'<text x="{x:.1f}" y="{axis_y + 6 + font_size}" text-anchor="{anchor}" stroke="none">'
-                   f'{_tick_label(s)}</text>')
+                   f'{tick_label(s)}</text>')
         s += step
     out.append("</g></svg>")
     return "".join(out)

@@ -29,6 +29,13 @@ class RenderCache:
             return None
         return p
 
+    def size(self, key: str) -> int | None:
+        """Bytes of a cached item (its use time untouched), None when it is not cached."""
+        try:
+            return (self.root / key[:2] / key).stat().st_size
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
     def put(self, key: str, data: bytes) -> Path | None:
         """Store atomically (temp name, rename); None when caching is off or the item is too big."""
         if self.max_bytes <= 0 or len(data) > self.max_bytes:

@@ -14,7 +14,7 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from steno_exportd import search
 from steno_exportd.errors import InvalidArgument
-from steno_exportd.web import auth
+from steno_exportd.web import auth, human
 from steno_exportd.web.cache import RenderCache
 from steno_exportd.web.server import RefusalLog
 
@@ -51,6 +51,7 @@ class WebContext:
         self.hashes = HashCache(state / "cache" / "hashes.db", cfg.retention.hash_cache_entries)
         self.jinja = jinja2.Environment(loader=jinja2.FileSystemLoader(str(PKG / "templates")),
                                         autoescape=True, trim_blocks=True, lstrip_blocks=True)
+        self.jinja.filters.update(when=human.when, size=human.size)
         self._names: tuple[Any, frozenset[str]] = (None, frozenset())
         self.streams: set[web.StreamResponse] = set()
         self.tls = False
@@ -90,6 +91,9 @@ class WebContext:
         kw.setdefault("logged_in", bool(request.get(SID)) and self.cfg.http.auth.mode == "password")
         kw.setdefault("has_password", bool(self.access.password_hash()))
         kw.setdefault("pairing", self.cfg.http.auth.pairing)
+        # a share link's guest, or a browser not logged in: no links that only lead to the login page
+        member = self.cfg.http.auth.mode != "password" or bool(request.get(SID))
+        kw.setdefault("guest", not member or request.path.startswith("/s/"))
         html = self.jinja.get_template(name).render(**kw)
         return web.Response(text=html, content_type="text/html", charset="utf-8", status=status)
 

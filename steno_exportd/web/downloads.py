@@ -265,6 +265,15 @@ async def send_rendered(request: web.Request, ctx: WebContext, s: Any, fmt: str,
     return SourceResponse(opened, name, f"session {s.id}", done, pause=ctx.core.prehasher.pause, headers=headers)
 
 
+def cached_size(ctx: WebContext, s: Any, fmt: str, template: str) -> int | None:
+    """The size of a download made before (in the render cache), None when it has not been made yet."""
+    from steno_exportd import render
+    from steno_exportd.engine.plan import render_options
+
+    opts = render_options(ctx.cfg, template)
+    return ctx.cache.size(ctx.cache.key(s.uuid, s.updated_at, fmt, render.get(fmt).version, template, opts))
+
+
 # ---- parameters and ZIP ---------------------------------------------------------------
 
 def one_of(value: str, allowed: Any, what: str) -> str:

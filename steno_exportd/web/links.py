@@ -5,6 +5,7 @@ when it fails before its first byte, and is written to the audit log with the gu
 from __future__ import annotations
 
 import asyncio
+import html
 import logging
 import re
 import time
@@ -12,33 +13,18 @@ from typing import Any
 
 from aiohttp import web
 
-from steno_exportd.access import fingerprint
+from steno_exportd.access import fingerprint, share_url
 from steno_exportd.errors import InvalidArgument, NotFoundError, StenoError, Throttled
 from steno_exportd.web import auth
 from steno_exportd.web.context import CTX, REFUSALS, WebContext, bounded, client_addr, read_form
 from steno_exportd.web.downloads import download_name, one_of, send_audio, stream_zip
-from steno_exportd.web.pages import fmt_duration, fmt_when
+from steno_exportd.web.human import fmt_duration, fmt_when
 
 TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 async def new_link(ctx: WebContext, session_id: int, hours: Any, max_downloads: Any, pin: str) -> dict:
-    sl = ctx.cfg.http.share_links
-    if not sl.enabled:
-        raise StenoError("share links are turned off (http.share_links.enabled)")
-    try:
-        h = float(str(hours)[:32]) if str(hours).strip() else sl.default_expiry_hours
-        m = int(str(max_downloads)[:12]) if str(max_downloads).strip() else sl.default_max_downloads
-    except (TypeError, ValueError):
-        raise InvalidArgument("hours and max_downloads must be numbers") from None
-    pin = pin.strip()
-    if pin and not (pin.isascii() and pin.isdigit() and sl.min_pin_digits <= len(pin) <= 12):
-        raise InvalidArgument(f"a PIN is {sl.min_pin_digits} to 12 digits (http.share_links.min_pin_digits)")
-    if not (0 < h <= 24 * 366) or not (1 <= m <= 1000):     # checked before a PIN costs a hash
-        raise InvalidArgument("hours: more than 0, at most a year; max_downloads: 1 to 1000")
-    pin_hash = await ctx.access.passwords.hash(pin) if pin else ""
-    link = await asyncio.to_thread(ctx.store.create_link, session_id, h, m, pin_hash,
-                                   sl.max_wrong_pins if pin else 0)
+    link = await ctx.access.create_link(ctx.cfg, session_id, hours, max_downloads, pin)
     return link.public()
 
 
@@ -59,6 +45,26 @@ async def revoke(ctx: WebContext, token: str) -> Any:
 async def revoke_share(request: web.Request) -> web.Response:
     link = await revoke(request.app[CTX], request.match_info["token"])
     raise web.HTTPSeeOther(f"/sessions/{link.session_id}#share")
+
+
+def qr_svg(url: str, label: str) -> str:
+    """``url`` as a QR code: an inline SVG (dark on white, 4-module quiet zone) that scales to its box."""
+    import segno
+    svg = segno.make(url, error="m").svg_inline(dark="#000", light="#fff", svgclass="qr", omitsize=True)
+    return svg.replace("<svg ", f'<svg role="img" aria-label="{html.escape(label, quote=True)}" ', 1)
+
+
+async def link_views(request: web.Request, ctx: WebContext, session_id: int) -> list[dict]:
+    """The session's share links for its page, newest first: full URL, uses left, QR code while usable."""
+    rows = await asyncio.to_thread(ctx.store.links, session_id)
+    out = []
+    for link in sorted(rows, key=lambda x: -x.created):
+        view = link.public()
+        view["full_url"] = share_url(ctx.cfg, link.token, request.headers.get("Host", ""), ctx.tls)
+        view["left"] = max(0, link.max_downloads - link.downloads)
+        view["qr"] = qr_svg(view["full_url"], "QR code of the share link") if link.state == "active" else ""
+        out.append(view)
+    return out
 
 
 def _share_cookie(token: str) -> str:
@@ -94,8 +100,7 @@ async def share_page(request: web.Request) -> web.Response:
         return ctx.render_page(request, "share_pin.html", token=link.token, error="")
     s = await ctx.session(str(link.session_id))
     return ctx.render_page(request, "share.html", s=s, link=link.public(), when=fmt_when, dur=fmt_duration,
-                           left=link.max_downloads - link.downloads,
-                           expires=time.strftime("%Y-%m-%d %H:%M", time.localtime(link.expires)))
+                           left=link.max_downloads - link.downloads, expires=link.expires)
 
 
 async def share_pin(request: web.Request) -> web.Response:

@@ -123,3 +123,38 @@ def test_hostile_names_are_escaped_and_an_empty_meeting_says_so():
     assert "No speech" in empty and root.find(f"{SVG}desc").text == "No speech was transcribed in this recording."
     assert root.find(f"{SVG}title").text == "Who spoke when: Untitled session"
     assert not list(root.iter(f"{SVG}a"))
+
+
+def test_the_pdf_report_draws_the_timeline_in_the_speakers_colours(tmp_path):
+    """The summary report of a long meeting shows "Who spoke when" with a bar in every speaker's colour
+    (rasterised by poppler, as a reader sees it); a meeting without speech has no such figure."""
+    import subprocess
+
+    from steno_exportd import render
+    from steno_exportd.render.base import RenderOptions
+    from tests.parts import require_tool
+    require_tool("pdftoppm", "pdftotext")
+    s = long_session()
+    pdf = tmp_path / "r.pdf"
+    pdf.write_bytes(render._work("pdf", s, RenderOptions(template="summary")).data)
+    text = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+    assert "Who spoke when" in text
+    subprocess.run(["pdftoppm", "-r", "100", str(pdf), str(tmp_path / "p")], check=True)     # PPM pages
+    pixels = set().union(*(ppm_colours(p.read_bytes()) for p in tmp_path.glob("p-*.ppm")))
+    lanes = speaker_timeline(s).lanes
+    assert len(lanes) >= 2
+    missing = [lane.name for lane in lanes
+               if tuple(int(lane.colour[i:i + 2], 16) for i in (1, 3, 5)) not in pixels]
+    assert not missing, missing
+    empty = tmp_path / "e.pdf"
+    empty.write_bytes(render._work("pdf", empty_session(), RenderOptions(template="summary")).data)
+    text = subprocess.run(["pdftotext", str(empty), "-"], capture_output=True, text=True, check=True).stdout
+    assert "Who spoke when" not in text
+
+
+def ppm_colours(ppm: bytes) -> set[tuple[int, int, int]]:
+    """The distinct colours of a binary PPM (P6) image."""
+    parts = ppm.split(maxsplit=4)
+    assert parts[0] == b"P6" and parts[3] == b"255", parts[:4]
+    data = parts[4]
+    return {tuple(data[i:i + 3]) for i in range(0, len(data) - 2, 3)}

@@ -10,6 +10,7 @@ import zipfile
 import pytest
 
 from steno_exportd.events import DeviceState as S
+from steno_exportd.web.pages import FIRST_LINES
 from tests.parts import sha256sum_check
 from tests.web.helpers import csrf, next_status, sharing_state, with_audio, without_audio
 
@@ -64,9 +65,11 @@ async def test_session_page_transcript_player_and_problems(web_client, sessions)
     r = await client.get(f"/sessions/{s.uuid}")                         # uuid works as well as the id
     html = await r.text()
     assert r.status == 200
-    assert f'<audio id="player" controls preload="metadata" src="/sessions/{s.id}/audio">' in html
+    assert f'<audio id="player" controls preload="metadata" src="/sessions/{s.id}/audio"' in html
     starts = re.findall(r'data-start="([0-9.]+)"', html)
-    assert len(starts) == len(s.segments) and float(starts[1]) == s.segments[1].start
+    assert len(starts) == min(len(s.segments), FIRST_LINES) and float(starts[1]) == s.segments[1].start
+    whole = await (await client.get(f"/sessions/{s.id}?all=1")).text()     # without scripts: every line
+    assert [float(x) for x in re.findall(r'data-start="([0-9.]+)"', whole)] == [g.start for g in s.segments]
     assert "<script" not in html.replace('<script src="/static/app.js" defer></script>', "")   # no inline script
     bad = without_audio(sessions)
     html = await (await client.get(f"/sessions/{bad.id}")).text()
