@@ -91,6 +91,7 @@ class WebContext:
         kw.setdefault("logged_in", bool(request.get(SID)) and self.cfg.http.auth.mode == "password")
         kw.setdefault("has_password", bool(self.access.password_hash()))
         kw.setdefault("pairing", self.cfg.http.auth.pairing)
+        kw.setdefault("email_on", self.cfg.email.enabled)
         # a share link's guest, or a browser not logged in: no links that only lead to the login page
         member = self.cfg.http.auth.mode != "password" or bool(request.get(SID))
         kw.setdefault("guest", not member or request.path.startswith("/s/"))

@@ -102,6 +102,9 @@ async def test_send_selected_meetings_by_email_from_the_list_without_javascript(
         # the list page: a second submit button of the selection form (ticked boxes, no script) opens the mail form
         form = _selection_form(await (await client.get("/")).text())
         assert '<button type="submit" formaction="/email">Send selected by email</button>' in form
+        # every page links the outbox (the mail page with nothing selected lists it)
+        assert '<a href="/email">Mail</a>' in await (await client.get("/history")).text()
+        assert 'id="outbox"' in await (await client.get("/email")).text()
         ids = re.findall(r'<input type="checkbox" name="id" value="(\d+)"', form)[:2]
         assert len(ids) == 2
         page = await (await client.get("/email", params=[("id", i) for i in ids])).text()
@@ -170,7 +173,8 @@ async def test_bad_selections_are_clear_4xx_and_queue_nothing(web_client, smtp_s
     assert core.outbox.list() == [] and server.received == []
 
     off_client, off_core = await web_client(**{"email.enabled": False})
-    assert "Send selected by email" not in await (await off_client.get("/")).text()
+    off_list = await (await off_client.get("/")).text()
+    assert "Send selected by email" not in off_list and '<a href="/email">Mail</a>' not in off_list
     assert "Email is off" in await (await off_client.get("/email", params={"id": sid})).text()
     r = await off_client.post("/email", data=[("csrf", await csrf(off_client))] + good[1:], allow_redirects=False)
     assert r.status == 400 and "email is off" in await r.text()
