@@ -83,3 +83,23 @@ def test_a_full_notify_socket_never_stalls_the_daemon(tmp_path, private_bus, dae
     d.notify.drain()
     d.signal(signal.SIGTERM)
     assert d.wait_exit(5) == 0
+
+
+def test_exit_after_a_pdf_export_prints_no_ignored_exception(tmp_path, private_bus, daemon_factory):
+    """The render worker pool is shut down on the way out: Python printed "Exception ignored in ...
+    weakref_cb" at exit when it was left to the interpreter's own clean-up."""
+    from tests.parts.daemon import make_library
+    make_library(tmp_path, sessions=2)
+    (tmp_path / "exports").mkdir()
+    d = daemon_factory(write_config(tmp_path / "c.toml", tmp_path, private_bus))
+    d.wait_ready()
+    r = subprocess.run([sys.executable, "-m", "steno_exportd.exportctl", "--bus", private_bus, "export",
+                        "--to", str(tmp_path / "exports"), "--sessions", "1", "--formats", "pdf", "--wait"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert list((tmp_path / "exports").rglob("*.pdf")), "the PDF was rendered in the worker process"
+    d.signal(signal.SIGTERM)
+    assert d.wait_exit(10) == 0
+    log = d.log()
+    assert "stopped" in log
+    assert "Exception ignored" not in log and "Traceback" not in log, log
