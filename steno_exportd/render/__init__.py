@@ -60,14 +60,16 @@ _pool_lock = threading.Lock()
 POLL = 0.05     # seconds between looks at a caller's cancel flag while the worker renders
 
 
-def _executor() -> concurrent.futures.ProcessPoolExecutor:
+def _submit(name: str, what: Session | Sequence[Session], options: RenderOptions | None
+            ) -> tuple[concurrent.futures.ProcessPoolExecutor, concurrent.futures.Future]:
+    """A render queued in the worker process (started on first use, again after it was stopped)."""
     global _pool
-    with _pool_lock:
+    with _pool_lock:        # (never a pool being stopped: _drop takes it out of use under this lock)
         if _pool is None:
             methods = multiprocessing.get_all_start_methods()
             ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
             _pool = concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx)
-        return _pool
+        return _pool, _pool.submit(_work, name, what, options)
 
 
 def _kill_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
@@ -124,13 +126,16 @@ def render_result_in_process(name: str, what: Session | Sequence[Session], optio
         return _work(name, what, options)
     stop = cancelled or (lambda: False)
     for attempt in (1, 2):
-        pool = _executor()
+        pool, fut = _submit(name, what, options)
         try:
-            return _wait(pool, pool.submit(_work, name, what, options), stop)
-        except concurrent.futures.process.BrokenProcessPool:
-            # the worker died (killed by another caller's cancel, out of memory): once more with a new one
+            return _wait(pool, fut, stop)
+        except (concurrent.futures.process.BrokenProcessPool, concurrent.futures.CancelledError):
+            # the worker died or was stopped under it (another caller's cancel, out of memory, the daemon
+            # stopping): once more with a new one
             _drop(pool, kill=False)
-            if attempt == 2 or stop():
+            if stop():
+                raise CancelledJob("cancelled") from None
+            if attempt == 2:
                 raise
     raise AssertionError("unreachable")
 
@@ -145,12 +150,5 @@ async def async_render(name: str, what: Session | Sequence[Session],
                        options: RenderOptions | None = None) -> Rendered:
     """Render without blocking the loop: heavy in the worker process, light in a thread."""
     if get(name).heavy:
-        for attempt in (1, 2):
-            pool = _executor()
-            try:
-                return await asyncio.wrap_future(pool.submit(_work, name, what, options))
-            except concurrent.futures.process.BrokenProcessPool:
-                await asyncio.to_thread(_drop, pool, False)   # (a job's cancel killed the shared worker)
-                if attempt == 2:
-                    raise
+        return await asyncio.to_thread(render_result_in_process, name, what, options)
     return await asyncio.to_thread(_work, name, what, options)
