@@ -11,6 +11,7 @@ import concurrent.futures
 import importlib
 import logging
 import multiprocessing
+import signal
 import threading
 from typing import Callable, Sequence
 
@@ -60,15 +61,23 @@ _pool_lock = threading.Lock()
 POLL = 0.05     # seconds between looks at a caller's cancel flag while the worker renders
 
 
+def _worker_init() -> None:
+    # the daemon stops its worker itself (a job's cancel, shutdown()): systemd's SIGTERM to the whole cgroup
+    # or a Ctrl-C to the process group must not kill a render under a job and fail the job
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _submit(name: str, what: Session | Sequence[Session], options: RenderOptions | None
             ) -> tuple[concurrent.futures.ProcessPoolExecutor, concurrent.futures.Future]:
     """A render queued in the worker process (started on first use, again after it was stopped)."""
     global _pool
     with _pool_lock:        # (never a pool being stopped: _drop takes it out of use under this lock)
         if _pool is None:
-            methods = multiprocessing.get_all_start_methods()
-            ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-            _pool = concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx)
+            # spawn: never a fork of this threaded process, and the worker is our own child (not a fork
+            # server's, which systemd's SIGTERM to the cgroup ends first): a stop or cancel can always kill it
+            ctx = multiprocessing.get_context("spawn")
+            _pool = concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_worker_init)
         return _pool, _pool.submit(_work, name, what, options)
 
 

@@ -154,12 +154,12 @@ def test_samba_reload_path_unit_verifies_and_watches_the_default_snippet(tmp_pat
 
 
 def _render_cpu_seconds(main_pid: int) -> float:
-    """CPU seconds of the service's render worker (a child of its multiprocessing fork server)."""
+    """CPU seconds of the service's render worker (its spawned child process)."""
     import psutil
     total = 0.0
     try:
         for p in psutil.Process(main_pid).children(recursive=True):
-            if p.ppid() != main_pid:
+            if any("spawn_main" in part for part in p.cmdline()):
                 t = p.cpu_times()
                 total += t.user + t.system
     except psutil.NoSuchProcess:

@@ -26,12 +26,12 @@ def _long_session(rec: RecorderDB, entries: int) -> int:
 
 
 def render_workers() -> set[int]:
-    """The render worker processes of this process: children of its multiprocessing fork server."""
+    """The render worker processes of this process (multiprocessing's spawned children)."""
     out: set[int] = set()
     for child in psutil.Process().children():
         try:
-            if any("forkserver" in part for part in child.cmdline()):
-                out |= {p.pid for p in child.children()}
+            if any("spawn_main" in part for part in child.cmdline()):
+                out.add(child.pid)
         except psutil.NoSuchProcess:
             continue
     return out
