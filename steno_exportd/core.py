@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping
 
 from steno_exportd import events as ev
-from steno_exportd import request, retention
+from steno_exportd import render, request, retention
 from steno_exportd.access import Access, Login, PairingCode
 from steno_exportd.access.store import LINK_TOKEN_CHARS
 from steno_exportd.config import Config, is_loopback
@@ -115,6 +115,7 @@ class Core:
         await self.outbox.stop()
         await asyncio.to_thread(self.state.close)
         await asyncio.to_thread(self.access.close)
+        await asyncio.to_thread(render.shutdown)    # the render worker: not left to the interpreter's exit
 
     async def reload(self, cfg: Config) -> None:
         old = self.cfg

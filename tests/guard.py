@@ -258,10 +258,14 @@ def children() -> dict[tuple[int, float], str]:
 
 
 def _helper_of_multiprocessing(pid: int) -> bool:
-    """multiprocessing's forkserver and resource tracker live as long as the process, by design."""
+    """multiprocessing's forkserver and resource tracker live as long as the process, by design, and so
+    does the render worker (a spawned child, started on first use as in the daemon; Core.stop ends it)."""
     from multiprocessing import forkserver, resource_tracker
-    return pid in (getattr(forkserver._forkserver, "_forkserver_pid", None),
-                   getattr(resource_tracker._resource_tracker, "_pid", None))
+    from steno_exportd import render
+    pool = render._pool
+    workers = {p.pid for p in (pool._processes or {}).values()} if pool is not None else set()
+    return pid in workers or pid in (getattr(forkserver._forkserver, "_forkserver_pid", None),
+                                     getattr(resource_tracker._resource_tracker, "_pid", None))
 
 
 def _process_wide(thread: threading.Thread) -> bool:

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 
 from steno_exportd import __version__
 from steno_exportd.engine import manifest as mf
-from steno_exportd.errors import SourceError
+from steno_exportd.errors import CancelledJob, SourceError
 from steno_exportd.recordings import SourceChanged, SourceRef
 
 log = logging.getLogger(__name__)
@@ -422,11 +422,14 @@ class _Chunks:
 
 
 def build_plan(library: Any, session_ids: tuple, formats: tuple, template: str, include_audio: bool, cfg: Any,
-               reg: Any = None, errors: dict | None = None, hashes: Any = None, keep_open: bool = False) -> ZipPlan:
+               reg: Any = None, errors: dict | None = None, hashes: Any = None, keep_open: bool = False,
+               warnings: dict | None = None, cancelled: Callable[[], bool] | None = None) -> ZipPlan:
     """Sessions x formats -> archive entries with the same layout as a folder export.
 
     Recordings are opened as the library checked them (no symlink followed, the same file) and pinned;
-    keep_open holds them open until plan.close(), so the archive is read from exactly what was checked."""
+    keep_open holds them open until plan.close(), so the archive is read from exactly what was checked.
+    ``errors``/``warnings``: session id -> what is not in the archive; a warning is the recorder's own lack (a
+    recording missing there), exported without it as a folder export does. ``cancelled`` stops a render."""
     from steno_exportd.engine.naming import folder_name, format_label, resolve_collision, root_folder, safe_name
     from steno_exportd.engine.plan import plan_session, render_file, render_options
 
@@ -447,8 +450,11 @@ def build_plan(library: Any, session_ids: tuple, formats: tuple, template: str, 
                                 "updated_at": s.updated_at.isoformat() if s.updated_at else ""}
             for pf in plan_session(s, formats, options, include_audio, reg):
                 if pf.error:
-                    if errors is not None:
-                        errors.setdefault(s.id, []).append(pf.error)
+                    found = warnings if pf.fmt == "audio" else errors     # (a missing recording: the recorder's)
+                    if found is not None:
+                        found.setdefault(s.id, []).append(
+                            f"recording missing on the recorder, exported without it ({pf.error})"
+                            if pf.fmt == "audio" else pf.error)
                     continue
                 name = f"{root}/{folder}/{pf.name}"
                 if pf.source is not None:
@@ -467,7 +473,9 @@ def build_plan(library: Any, session_ids: tuple, formats: tuple, template: str, 
                     entries.append(e)
                 else:
                     try:
-                        data = render_file(pf, s, reg)
+                        data = render_file(pf, s, reg, cancelled)
+                    except CancelledJob:
+                        raise
                     except Exception as e:  # noqa: BLE001 - one file's problem is reported, others go on
                         if errors is not None:
                             errors.setdefault(s.id, []).append(f"{pf.name}: {e}")
@@ -505,7 +513,9 @@ def export_archive(library: Any, spec: Any, cfg: Any, progress: Any, reg: Any = 
     template = o.template or cfg.export.template
     include_audio = cfg.export.include_audio if o.include_audio is None else o.include_audio
     errors: dict = {}
-    plan = build_plan(library, spec.session_ids, spec.formats, template, include_audio, cfg, reg, errors)
+    warnings: dict = {}
+    plan = build_plan(library, spec.session_ids, spec.formats, template, include_audio, cfg, reg, errors,
+                      warnings=warnings, cancelled=lambda: bool(progress.cancelled))
     path = Path(spec.target)
     t = DirectoryTarget(path.parent or ".")
     total = sum(e.csize for e in plan.entries)
@@ -516,7 +526,6 @@ def export_archive(library: Any, spec: Any, cfg: Any, progress: Any, reg: Any = 
         if fmt == "zip":
             for b in zip_stream(plan):
                 if progress.cancelled:
-                    from steno_exportd.errors import CancelledJob
                     raise CancelledJob("cancelled")
                 h.write(b)
                 done += len(b)
@@ -524,6 +533,8 @@ def export_archive(library: Any, spec: Any, cfg: Any, progress: Any, reg: Any = 
         else:
             class _W:
                 def write(self, b):
+                    if progress.cancelled:
+                        raise CancelledJob("cancelled")
                     h.write(b)
                     return len(b)
 
@@ -540,5 +551,6 @@ def export_archive(library: Any, spec: Any, cfg: Any, progress: Any, reg: Any = 
     for sid in spec.session_ids:
         s = library.get_session(sid)
         errs = errors.get(s.id, [])
-        results.append(SessionResult(s.id, s.uuid, s.title, not errs, error="; ".join(errs)))
+        results.append(SessionResult(s.id, s.uuid, s.title, not errs, error="; ".join(errs),
+                                     warnings=tuple(warnings.get(s.id, ()))))
     return results

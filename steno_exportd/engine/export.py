@@ -689,7 +689,7 @@ class Exporter:
     def _write_verified(self, s: Any, pf: PlannedFile, rel: str, attempts: tuple = (1, 2),
                         data: bytes | None = None, folder: str = "") -> tuple[int, str]:
         if pf.source is None and data is None:
-            data = self._retry(render_file, pf, s, self.reg)
+            data = self._retry(render_file, pf, s, self.reg, self._cancelled)
             self.bytes_total += len(data)
             self.p.update(bytes_total=self.bytes_total)
         for attempt in attempts:

@@ -5,6 +5,7 @@ import dataclasses
 import logging
 import types
 from pathlib import Path
+from typing import Callable
 
 from steno_exportd.config import Config
 from steno_exportd.engine.naming import resolve_collision, safe_name
@@ -84,9 +85,10 @@ def _plan_audio(session: Session, reg: types.ModuleType, options: RenderOptions,
     return PlannedFile(name, "audio", version, source=src, size=src.stat().st_size)
 
 
-def render_file(pf: PlannedFile, session: Session, reg: types.ModuleType | None = None) -> bytes:
-    """The bytes of a planned rendered file (heavy formats in the worker process)."""
+def render_file(pf: PlannedFile, session: Session, reg: types.ModuleType | None = None,
+                cancelled: Callable[[], bool] | None = None) -> bytes:
+    """The bytes of a planned rendered file (heavy formats in the worker process, stopped by ``cancelled``)."""
     reg = reg or registry()
     if pf.heavy:
-        return reg.render_in_process(pf.fmt, session, pf.options)
+        return reg.render_in_process(pf.fmt, session, pf.options, cancelled)
     return reg.get(pf.fmt).render(session, pf.options)

@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import importlib
+import logging
 import multiprocessing
+import signal
 import threading
-from typing import Sequence
+from typing import Callable, Sequence
 
-from steno_exportd.errors import NotFoundError
+from steno_exportd.errors import CancelledJob, NotFoundError
 from steno_exportd.formats import DOCUMENT_TEMPLATES, FORMATS
 from steno_exportd.model import Session
 from steno_exportd.render.base import Rendered, Renderer, RenderOptions
@@ -24,6 +26,7 @@ __all__ = ["names", "get", "template_names", "RenderOptions", "Renderer", "Rende
 _MODULES = {"txt": "txt", "md": "md", "html": "html", "json": "json_", "srt": "srt", "vtt": "vtt",
             "csv": "csv_", "xlsx": "xlsx", "pdf": "pdf", "docx": "docx_", "ics": "ics", "audio": "audio"}
 _cache: dict[str, Renderer] = {}
+log = logging.getLogger(__name__)
 
 
 def names() -> list[str]:
@@ -55,48 +58,106 @@ def _work(name: str, what: Session | Sequence[Session], options: RenderOptions |
 
 _pool: concurrent.futures.ProcessPoolExecutor | None = None
 _pool_lock = threading.Lock()
+POLL = 0.05     # seconds between looks at a caller's cancel flag while the worker renders
 
 
-def _executor() -> concurrent.futures.ProcessPoolExecutor:
+def _worker_init() -> None:
+    # the daemon stops its worker itself (a job's cancel, shutdown()): systemd's SIGTERM to the whole cgroup
+    # or a Ctrl-C to the process group must not kill a render under a job and fail the job
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _submit(name: str, what: Session | Sequence[Session], options: RenderOptions | None
+            ) -> tuple[concurrent.futures.ProcessPoolExecutor, concurrent.futures.Future]:
+    """A render queued in the worker process (started on first use, again after it was stopped)."""
+    global _pool
+    with _pool_lock:        # (never a pool being stopped: _drop takes it out of use under this lock)
+        if _pool is None:
+            # spawn: never a fork of this threaded process, and the worker is our own child (not a fork
+            # server's, which systemd's SIGTERM to the cgroup ends first): a stop or cancel can always kill it
+            ctx = multiprocessing.get_context("spawn")
+            _pool = concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_worker_init)
+        return _pool, _pool.submit(_work, name, what, options)
+
+
+def _kill_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    # Python 3.14 has ProcessPoolExecutor.kill_workers(); on 3.11 its processes are reached the way that
+    # method does. Process.kill() never signals a pid that was already reaped.
+    for proc in list((pool._processes or {}).values()):
+        proc.kill()
+
+
+def _drop(pool: concurrent.futures.ProcessPoolExecutor, kill: bool) -> None:
+    """Take a pool out of use (the next render starts a new worker), killing its worker if asked."""
     global _pool
     with _pool_lock:
-        if _pool is None:
-            methods = multiprocessing.get_all_start_methods()
-            ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-            _pool = concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx)
-        return _pool
+        if _pool is pool:
+            _pool = None
+    if kill:
+        _kill_workers(pool)
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def shutdown() -> None:
-    """Stop the worker process (idempotent)."""
-    global _pool
+    """Stop the worker process, killing a render still running in it (idempotent): the daemon's way out.
+
+    A pool left to the interpreter's exit handlers prints "Exception ignored ... weakref_cb" there."""
     with _pool_lock:
-        pool, _pool = _pool, None
+        pool = _pool
     if pool is not None:
-        pool.shutdown(wait=True, cancel_futures=True)
+        _drop(pool, kill=True)
 
 
-def render_result_in_process(name: str, what: Session | Sequence[Session],
-                             options: RenderOptions | None = None) -> Rendered:
-    """Render (merged when given a list); heavy formats run in the worker process."""
+def _wait(pool: concurrent.futures.ProcessPoolExecutor, fut: concurrent.futures.Future,
+          cancelled: Callable[[], bool]) -> Rendered:
+    """The future's result; when ``cancelled()`` turns true first, CancelledJob within POLL seconds:
+    a render not started is withdrawn, a running one is stopped by killing the worker (reportlab cannot
+    be interrupted), and the next render gets a new worker."""
+    while True:
+        try:
+            return fut.result(timeout=POLL)
+        except concurrent.futures.TimeoutError:
+            if not cancelled():
+                continue
+        if not fut.cancel():
+            log.info("cancelled while rendering: stopping the render worker")
+            _drop(pool, kill=True)
+        raise CancelledJob("cancelled")
+
+
+def render_result_in_process(name: str, what: Session | Sequence[Session], options: RenderOptions | None = None,
+                             cancelled: Callable[[], bool] | None = None) -> Rendered:
+    """Render (merged when given a list); heavy formats run in the worker process.
+
+    ``cancelled``: polled while the worker renders; true stops the render (CancelledJob) within 0.05 s."""
     if not get(name).heavy:
         return _work(name, what, options)
-    try:
-        return _executor().submit(_work, name, what, options).result()
-    except concurrent.futures.process.BrokenProcessPool:
-        shutdown()
-        return _executor().submit(_work, name, what, options).result()
+    stop = cancelled or (lambda: False)
+    for attempt in (1, 2):
+        pool, fut = _submit(name, what, options)
+        try:
+            return _wait(pool, fut, stop)
+        except (concurrent.futures.process.BrokenProcessPool, concurrent.futures.CancelledError):
+            # the worker died or was stopped under it (another caller's cancel, out of memory, the daemon
+            # stopping): once more with a new one
+            _drop(pool, kill=False)
+            if stop():
+                raise CancelledJob("cancelled") from None
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
-def render_in_process(name: str, what: Session | Sequence[Session], options: RenderOptions | None = None) -> bytes:
+def render_in_process(name: str, what: Session | Sequence[Session], options: RenderOptions | None = None,
+                      cancelled: Callable[[], bool] | None = None) -> bytes:
     """Bytes of render_result_in_process."""
-    return render_result_in_process(name, what, options).data
+    return render_result_in_process(name, what, options, cancelled).data
 
 
 async def async_render(name: str, what: Session | Sequence[Session],
                        options: RenderOptions | None = None) -> Rendered:
     """Render without blocking the loop: heavy in the worker process, light in a thread."""
     if get(name).heavy:
-        fut = _executor().submit(_work, name, what, options)
-        return await asyncio.wrap_future(fut)
+        return await asyncio.to_thread(render_result_in_process, name, what, options)
     return await asyncio.to_thread(_work, name, what, options)

@@ -83,3 +83,40 @@ def test_a_full_notify_socket_never_stalls_the_daemon(tmp_path, private_bus, dae
     d.notify.drain()
     d.signal(signal.SIGTERM)
     assert d.wait_exit(5) == 0
+
+
+def test_sigterm_while_a_pdf_renders_exits_at_once_and_cleanly(tmp_path, private_bus, daemon_factory):
+    """SIGTERM while a long PDF renders in the worker process: the render is stopped (the worker killed),
+    the daemon exits 0 within its stop budget, and the interpreter's exit prints nothing (issue 15)."""
+    from tests.daemon.test_daemon_systemd import _render_cpu_seconds
+    from tests.recorder_db import RecorderDB
+
+    rec = RecorderDB(tmp_path / "library")
+    try:
+        with rec.conn:
+            rec.conn.execute("BEGIN")
+            sid = rec.session()
+            for i in range(40_000):
+                rec.entry(sid, i * 2.0, i * 2.0 + 1.5, f"sentence {i}: what was said about the budget and the plan")
+    finally:
+        rec.close()
+    (tmp_path / "exports").mkdir()
+    d = daemon_factory(write_config(tmp_path / "c.toml", tmp_path, private_bus))
+    d.wait_ready()
+    r = subprocess.run([sys.executable, "-m", "steno_exportd.exportctl", "--bus", private_bus, "export",
+                        "--to", str(tmp_path / "exports"), "--sessions", str(sid), "--formats", "pdf"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    deadline = time.monotonic() + 60
+    while _render_cpu_seconds(d.proc.pid) < 1.5:
+        assert time.monotonic() < deadline, "the PDF never rendered"
+        time.sleep(0.1)
+    t0 = time.monotonic()
+    d.signal(signal.SIGTERM)
+    assert d.wait_exit(30) == 0
+    took = time.monotonic() - t0
+    log = d.log()
+    assert took < 5, f"SIGTERM to exit took {took:.1f} s while a PDF rendered"
+    assert log.rstrip().endswith("INFO steno_exportd.daemon: stopped"), log[-2000:]
+    assert "Exception ignored" not in log and "Traceback" not in log, log[-2000:]
+    assert not list((tmp_path / "exports").rglob("*.pdf")), "a PDF under its final name"

@@ -152,3 +152,78 @@ def test_samba_reload_path_unit_verifies_and_watches_the_default_snippet(tmp_pat
     assert f"PathChanged={SambaConfig().snippet_path}" in text
     # the hardened daemon can write the snippet: it is under its StateDirectory
     assert SambaConfig().snippet_path.startswith("/var/lib/steno-exportd/")
+
+
+def _render_cpu_seconds(main_pid: int) -> float:
+    """CPU seconds of the service's render worker (its spawned child process)."""
+    import psutil
+    total = 0.0
+    try:
+        for p in psutil.Process(main_pid).children(recursive=True):
+            if any("spawn_main" in part for part in p.cmdline()):
+                t = p.cpu_times()
+                total += t.user + t.system
+    except psutil.NoSuchProcess:
+        pass
+    return total
+
+
+def test_systemctl_stop_during_a_large_export_ends_without_sigkill(tmp_path, private_bus, user_manager):
+    """`systemctl stop` while a long PDF renders in the worker process (~15 s here, longer than the unit's
+    TimeoutStopSec): the service stops in time by itself (Result=success, no SIGKILL), the job is recorded as
+    cancelled, and nothing is left under a final name (issue 15)."""
+    import sqlite3
+    from tests.engine.test_results_truth import add_session
+    from tests.recorder_db import RecorderDB
+
+    rec = RecorderDB(tmp_path / "library")
+    try:
+        with rec.conn:
+            rec.conn.execute("BEGIN")
+            sid = add_session(rec, audio=50 << 20)
+            for i in range(40_000):
+                rec.entry(sid, 2.0 + i * 2, 3.5 + i * 2, f"sentence {i}: what was said about the budget and the plan")
+    finally:
+        rec.close()
+    (tmp_path / "exports").mkdir()
+    config = write_config(tmp_path / "config.toml", tmp_path, private_bus,
+                          **{"recorder.data_dir": f'"{tmp_path / "library"}"'})
+    m = user_manager
+    unit = _user_unit(tmp_path, config)
+    timeout = int(re.search(r"^TimeoutStopSec=(\d+)", unit, re.M).group(1))
+    (m.unit_dir / "steno-exportd.service").write_text(unit)
+    m.systemctl("daemon-reload")
+    log = tmp_path / "service.log"
+    try:
+        m.systemctl("start", "steno-exportd.service")
+        pid = int(m.show("steno-exportd.service", "MainPID")["MainPID"])
+        r = subprocess.run([sys.executable, "-m", "steno_exportd.exportctl", "--bus", private_bus, "export",
+                            "--to", str(tmp_path / "exports"), "--sessions", str(sid), "--formats", "txt", "pdf",
+                            "audio"], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+        wait_for(lambda: _render_cpu_seconds(pid) >= 1.5, timeout=60, interval=0.1, what="the PDF rendering")
+        t0 = time.monotonic()
+        m.systemctl("stop", "steno-exportd.service", timeout=60)
+        took = time.monotonic() - t0
+        st = m.show("steno-exportd.service", "Result", "ActiveState")
+        assert st["ActiveState"] == "inactive", st
+        assert st["Result"] == "success", f"{st}: the stop was not clean (systemd killed the service)"
+        assert took < timeout, f"systemctl stop took {took:.1f} s (TimeoutStopSec={timeout})"
+        # (Result is "timeout" when the stop ran out of time and systemd sent SIGKILL; this user manager's
+        # own log goes to the kernel's, not to the test)
+        assert log.read_text().rstrip().endswith("INFO steno_exportd.daemon: stopped"), "the daemon's own way out"
+    finally:
+        m.systemctl("stop", "steno-exportd.service", check=False, timeout=60)
+        sys.stderr.write(f"---- service log ----\n{log.read_text() if log.exists() else ''}\n")
+    db = sqlite3.connect(f"file:{tmp_path / 'state' / 'state.db'}?mode=ro", uri=True)
+    try:
+        jobs = db.execute("SELECT id, state, error FROM jobs").fetchall()
+    finally:
+        db.close()
+    assert [(state, error) for _, state, error in jobs] == [("cancelled", "cancelled")], jobs
+    root = tmp_path / "exports" / "SilentSteno"
+    folders = [p for p in root.iterdir() if p.is_dir()]
+    assert all(p.name.endswith(".partial") for p in folders), f"a session under its final name: {folders}"
+    r = subprocess.run([sys.executable, "-m", "steno_exportd", "verify", str(tmp_path / "exports")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "INCOMPLETE" in r.stdout, r.stdout + r.stderr

@@ -4,6 +4,8 @@ from __future__ import annotations
 import tarfile
 import zipfile
 
+import pytest
+
 from steno_exportd.engine.archive import build_plan, zip_size, zip_stream
 from steno_exportd.engine.export import SimpleSpec, run_export
 from steno_exportd.engine.options import ExportOptions
@@ -102,3 +104,42 @@ def test_zip64_over_4_gib(tmp_path):
         assert "a/big.wav" in sums and "0" * 64 not in sums
         with z.open("SilentSteno/a/big.wav") as m:
             assert m.read(1024) == b"\0" * 1024
+
+
+@pytest.mark.parametrize("name", ["meetings.zip", "meetings.tar.gz"])
+async def test_archive_with_a_recording_missing_on_the_recorder_is_ok_with_warnings(tmp_path, name):
+    """As a folder or a stick: the session is exported without its recording, reported, and the job is not
+    failed (issue 15)."""
+    from steno_exportd import events as ev
+    from steno_exportd.core import Core
+    from tests.engine.test_results_truth import add_session, cfg_for
+    from tests.recorder_db import RecorderDB
+
+    rec = RecorderDB(tmp_path / "rec")
+    try:
+        good = add_session(rec, audio=b"RIFF" + b"x" * 1000)
+        gone = add_session(rec, missing=True)
+        core = Core(cfg_for(tmp_path, rec))
+        await core.start()
+        try:
+            out = tmp_path / name
+            snap = await core.export_sessions([good, gone], ["txt", "audio"], str(out))
+            done = await core.jobs.wait(snap.id, 60)
+        finally:
+            await core.stop()
+    finally:
+        rec.close()
+    assert done.state == ev.JobState.COMPLETED, done.error
+    by_id = {r.session_id: r for r in done.results}
+    assert by_id[good].status == "ok" and not by_id[good].warnings, by_id[good]
+    r = by_id[gone]
+    assert r.ok and r.status == "ok with warnings" and not r.error, r
+    assert any("recording missing on the recorder" in w for w in r.warnings), r.warnings
+    assert "without" in done.error, "the job's headline says a session came without its recording"
+    if name.endswith(".zip"):
+        with zipfile.ZipFile(out) as z:
+            names = z.namelist()
+    else:
+        with tarfile.open(out) as t:
+            names = t.getnames()
+    assert len([n for n in names if n.endswith(".txt")]) == 2 and len([n for n in names if n.endswith(".wav")]) == 1

@@ -203,3 +203,71 @@ def test_read_only_and_hostile_targets(tmp_path):
         mount(dev, mnt, "ext4", ro=True)
         with pytest.raises(TargetError, match="read-only"):
             _export(lib, cfg, mnt)
+
+
+def _yanked(mnt, folders_before: set[str]) -> tuple[list[str], list[str]]:
+    """After a yank: (session folders that look finished, unfinished ones holding only .partial/temp names);
+    fails on a complete-looking file under its final name in an unfinished folder."""
+    root = mnt / "SilentSteno"
+    finished, unfinished = [], []
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        names = sorted(p.name for p in d.iterdir())
+        if d.name.endswith(".partial") or all(n.startswith(".steno-") for n in names):
+            unfinished.append(d.name)
+        else:
+            assert ".steno-incomplete" not in names and not [n for n in names if n.startswith(".steno-")], \
+                f"{d.name}: final names beside temp names in an unfinished folder: {names}"
+            finished.append(d.name)
+    return finished, unfinished
+
+
+@pytest.mark.parametrize("fstype", ["exfat", "vfat"])
+def test_yank_mid_export_leaves_only_partial_names_and_verify_says_incomplete(tmp_path, fstype):
+    """The FUSE server of a FAT/exFAT stick killed mid-export (a yank, TESTING.md): after plugging it back
+    in, an unfinished session has only .partial/temp names (vfat cannot rename a folder: temp file names in
+    a folder built in place) and `verify` says incomplete (issue 15)."""
+    lib = library(tmp_path, 4, audio_size=40_000_000)
+    cfg = _cfg(tmp_path)
+    with loop_fs(tmp_path, fstype, 2100 if fstype == "vfat" else 300) as (mnt, dev, img):
+        pid = fuse_helper_pid(dev)
+        assert pid, "no FUSE helper found"
+        out: dict = {}
+
+        def work():
+            try:
+                out["res"] = _export(lib, cfg, mnt)
+            except Exception as e:  # noqa: BLE001
+                out["err"] = e
+
+        def copying() -> bool:
+            # the second session's recording half copied: the first is finished by then
+            return sum(1 for q in (mnt / "SilentSteno").rglob(".steno-tmp-*") if q.stat().st_size > 10_000_000) \
+                and len([d for d in (mnt / "SilentSteno").iterdir() if d.is_dir()]) >= 2
+
+        t = threading.Thread(target=work)
+        t.start()
+        try:
+            wait_for(lambda: not t.is_alive() or copying(), 120, interval=0.05, what="the second session copying")
+        finally:
+            os.kill(pid, signal.SIGKILL)
+            t.join(120)
+        assert not t.is_alive()
+        assert "err" in out or not all(r.ok for r in out["res"]), "the yank failed the export"
+        umount(mnt)
+        mount(dev, mnt, fstype)                 # plugged in again
+        finished, unfinished = _yanked(mnt, set())
+        assert unfinished, "the session being copied is left unfinished"
+        r = subprocess.run([sys.executable, "-m", "steno_exportd", "verify", str(mnt)], capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 1, r.stdout + r.stderr
+        incomplete = sorted(ln.removeprefix("INCOMPLETE  ").split(" (an export was interrupted")[0]
+                            for ln in r.stdout.splitlines() if ln.startswith("INCOMPLETE"))
+        assert incomplete == unfinished, r.stdout
+        assert "session(s) incomplete" in r.stdout.splitlines()[-1], r.stdout
+
+        # and the next export finishes the job: every session complete, nothing temporary left
+        res = _export(lib, cfg, mnt)
+        assert all(x.ok for x in res), res
+        assert _sums_ok(mnt) and not _leftovers(mnt)
+        assert verify_target(str(mnt)).ok
+        assert len(_yanked(mnt, set())[0]) == 4
