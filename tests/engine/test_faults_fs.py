@@ -239,9 +239,15 @@ def test_yank_mid_export_leaves_only_partial_names_and_verify_says_incomplete(tm
             except Exception as e:  # noqa: BLE001
                 out["err"] = e
 
+        def size(q: Path) -> int:
+            try:
+                return q.stat().st_size
+            except FileNotFoundError:       # renamed to its final name between the listing and the stat
+                return 0
+
         def copying() -> bool:
             # the second session's recording half copied: the first is finished by then
-            return sum(1 for q in (mnt / "SilentSteno").rglob(".steno-tmp-*") if q.stat().st_size > 10_000_000) \
+            return sum(1 for q in (mnt / "SilentSteno").rglob(".steno-tmp-*") if size(q) > 10_000_000) \
                 and len([d for d in (mnt / "SilentSteno").iterdir() if d.is_dir()]) >= 2
 
         t = threading.Thread(target=work)
