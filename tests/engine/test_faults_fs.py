@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -126,27 +127,35 @@ def test_sigkill_mid_file_then_rerun(tmp_path):
         assert len([d for d in root.iterdir() if d.is_dir()]) == 3
 
 
+def _yank_during_export(lib, cfg, mnt, dev, when, timeout: float, what: str) -> dict:
+    """Export in a thread and kill the stick's FUSE server once when() holds (a yank); {"res"} or {"err"}."""
+    pid = fuse_helper_pid(dev)
+    assert pid, "no FUSE helper found"
+    out: dict = {}
+
+    def work():
+        try:
+            out["res"] = _export(lib, cfg, mnt)
+        except Exception as e:  # noqa: BLE001
+            out["err"] = e
+
+    t = threading.Thread(target=work)
+    t.start()
+    try:
+        wait_for(lambda: not t.is_alive() or when(), timeout, interval=0.05, what=what)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        t.join(120)
+    assert not t.is_alive()
+    return out
+
+
 def test_yank_fuse_helper_mid_copy(tmp_path):
     lib = library(tmp_path, 3, audio_size=40_000_000)
     cfg = _cfg(tmp_path)
     with loop_fs(tmp_path, "exfat", 300) as (mnt, dev, img):
-        pid = fuse_helper_pid(dev)
-        assert pid, "no FUSE helper found"
-        out: dict = {}
-
-        def work():
-            try:
-                out["res"] = _export(lib, cfg, mnt)
-            except Exception as e:  # noqa: BLE001
-                out["err"] = e
-
-        t = threading.Thread(target=work)
-        t.start()
-        wait_for(lambda: any(True for _ in mnt.rglob(".steno-tmp-*")) or not t.is_alive(), 30,
-                 what="copy started")
-        os.kill(pid, signal.SIGKILL)
-        t.join(60)
-        assert not t.is_alive()
+        out = _yank_during_export(lib, cfg, mnt, dev, lambda: any(True for _ in mnt.rglob(".steno-tmp-*")), 30,
+                                  what="copy started")
         if "err" in out:
             assert isinstance(out["err"], TargetError), out["err"]
             assert str(out["err"])
@@ -229,16 +238,6 @@ def test_yank_mid_export_leaves_only_partial_names_and_verify_says_incomplete(tm
     lib = library(tmp_path, 4, audio_size=40_000_000)
     cfg = _cfg(tmp_path)
     with loop_fs(tmp_path, fstype, 2100 if fstype == "vfat" else 300) as (mnt, dev, img):
-        pid = fuse_helper_pid(dev)
-        assert pid, "no FUSE helper found"
-        out: dict = {}
-
-        def work():
-            try:
-                out["res"] = _export(lib, cfg, mnt)
-            except Exception as e:  # noqa: BLE001
-                out["err"] = e
-
         def size(q: Path) -> int:
             try:
                 return q.stat().st_size
@@ -250,14 +249,7 @@ def test_yank_mid_export_leaves_only_partial_names_and_verify_says_incomplete(tm
             return sum(1 for q in (mnt / "SilentSteno").rglob(".steno-tmp-*") if size(q) > 10_000_000) \
                 and len([d for d in (mnt / "SilentSteno").iterdir() if d.is_dir()]) >= 2
 
-        t = threading.Thread(target=work)
-        t.start()
-        try:
-            wait_for(lambda: not t.is_alive() or copying(), 120, interval=0.05, what="the second session copying")
-        finally:
-            os.kill(pid, signal.SIGKILL)
-            t.join(120)
-        assert not t.is_alive()
+        out = _yank_during_export(lib, cfg, mnt, dev, copying, 120, what="the second session copying")
         assert "err" in out or not all(r.ok for r in out["res"]), "the yank failed the export"
         umount(mnt)
         mount(dev, mnt, fstype)                 # plugged in again
