@@ -16,7 +16,7 @@ from steno_exportd.engine import manifest as mf
 from steno_exportd.engine import writer
 from steno_exportd.engine.naming import ROOT_FALLBACK
 from steno_exportd.engine.registry import ArchiveKind, local
-from steno_exportd.engine.targets import MARKER, PARTIAL_SUFFIX, DirectoryTarget, Target
+from steno_exportd.engine.targets import MARKER, PARTIAL_SUFFIX, TEMP_PREFIX, DirectoryTarget, Target
 from steno_exportd.errors import TargetError
 
 _CHUNK = 1 << 20
@@ -72,7 +72,8 @@ def _compare(expected: dict[str, str], actual: Callable[[str], str | None], list
 
 def _incomplete(t: Target, root: str, m: Any) -> list[str]:
     """Session folders an interrupted export left (cancel, yank, power cut, full): a <folder>.partial,
-    a folder built in place that still holds its marker, or one the manifest says is incomplete."""
+    a folder built in place that still holds its marker or nothing but temp names, or one the manifest says
+    is incomplete."""
     out = []
     for name in sorted(t.listdir(root)):
         st = t.lstat(f"{root}/{name}")
@@ -81,8 +82,10 @@ def _incomplete(t: Target, root: str, m: Any) -> list[str]:
         if name.endswith(PARTIAL_SUFFIX):
             out.append(name)
             continue
-        marker = t.lstat(f"{root}/{name}/{MARKER}")
-        if marker is not None and marker.kind == "file":
+        # its marker, or (the marker's write lost with a yanked stick's unflushed metadata) nothing but
+        # temp names: an empty folder or a file still being written
+        names = t.listdir(f"{root}/{name}")
+        if MARKER in names or all(n.startswith(TEMP_PREFIX) for n in names):
             out.append(name)
     out += sorted(s["folder"] for s in m.sessions.values() if s.get("incomplete") and s["folder"] not in out)
     return out
