@@ -371,9 +371,11 @@ class Exporter:
                     self.t.remove_tree(rel)
                     self._root_names.discard(name)
             elif st.kind == "dir" and not self._owned_folder(name):
-                m = self.t.lstat(f"{rel}/{MARKER}")
-                if m is not None and m.kind == "file":
-                    self.t.remove_tree(rel)     # an in-place build interrupted before completion
+                # an in-place build interrupted before completion: its marker, or (the marker's write lost with
+                # a yanked stick's unflushed metadata) nothing but our temp names, or nothing at all
+                names = self.t.listdir(rel)
+                if MARKER in names or all(self.t.own_temp(n) for n in names):
+                    self.t.remove_tree(rel)
                     self._root_names.discard(name)
             elif self.t.own_temp(name) and st.kind == "file":
                 self.t.remove(rel)
@@ -464,6 +466,8 @@ class Exporter:
         try:
             listing = self.t.scandir(f"{self.root}/{entry['folder']}")
         except TargetError:
+            return False
+        if MARKER in listing:       # recorded, then cut before its files were all renamed and its marker removed
             return False
         errors = entry.get("errors", {})
         for pf in plan:
@@ -627,20 +631,6 @@ class Exporter:
                 results[i] = FileResult(rel_final, False, error=str(e))
                 continue
             self._done_file(new_entry, results, verified, i, pf, rel_final, size, sha)
-        if not exists and not in_place:
-            with self._lock:
-                self.t.rename(work_rel, final_rel)
-                self._root_names.discard(work_rel[len(self.root) + 1:])
-                self._root_names.add(folder)
-            there = self.t.scandir(final_rel)
-            for r in results:
-                if r.ok and r.path.rpartition("/")[2] not in there:
-                    raise TargetError(f"the filesystem lost {r.path} when its folder was renamed")
-        elif not exists:
-            for r in results:
-                if r.ok and r.path in staged:
-                    self.t.rename(staged[r.path], r.path)
-            self.t.fsync_dir(work_rel)
         planned = {pf.name for pf in plan}
         for name, f in old_files.items():
             # files of an earlier export with other formats stay ours (and in SHA256SUMS)
@@ -656,15 +646,45 @@ class Exporter:
             new_entry["errors"] = {**known, **source_errors}
         if sum(1 for r in results if not r.ok) > len(source_errors):
             new_entry["incomplete"] = True
+        record = any(r.ok for r in results) or exists
+        # the marker of this build, or one an earlier run left in a folder it had recorded (cut before removing it)
+        marker = f"{work_rel}/{MARKER}" if (in_place and not exists) or MARKER in listing else ""
+        deferred = bool(marker and self.t.save_every and not exists)
         with self._lock:
             for p in [p for p, r in self.m.partial.items() if r.get("uuid") == s.uuid]:
                 del self.m.partial[p]           # written, or failed and removed: nothing to resume
-            marker = f"{work_rel}/{MARKER}" if in_place and not exists else ""
-            if any(r.ok for r in results) or exists:
+            if record and not deferred:
+                # recorded BEFORE the folder looks finished (renamed into place, marker removed): a stick pulled
+                # in between leaves a folder the next run knows and completes, never an unknown finished-looking
+                # twin beside which it would write "<name> (2)"
                 self.m.sessions[s.uuid] = new_entry
-                self._save(marker)
-            elif marker:
-                self.t.remove(marker)
+                self._save()
+        if not record:
+            # nothing of it written: no empty folder left under a final name (the next run would step around it)
+            with self._lock:
+                self.t.remove_tree(work_rel)
+                self._root_names.discard(work_rel[len(self.root) + 1:])
+        elif not exists and not in_place:
+            with self._lock:
+                self.t.rename(work_rel, final_rel)
+                self._root_names.discard(work_rel[len(self.root) + 1:])
+                self._root_names.add(folder)
+            there = self.t.scandir(final_rel)
+            for r in results:
+                if r.ok and r.path.rpartition("/")[2] not in there:
+                    raise TargetError(f"the filesystem lost {r.path} when its folder was renamed")
+        elif not exists:
+            for r in results:
+                if r.ok and r.path in staged:
+                    self.t.rename(staged[r.path], r.path)
+            self.t.fsync_dir(work_rel)
+        if record and marker:
+            with self._lock:
+                if deferred:                    # recorded at the next save (the marker stays until then)
+                    self.m.sessions[s.uuid] = new_entry
+                    self._save(marker)
+                else:
+                    self.t.remove(marker)
         if self.state is not None and verified:
             self.state.add_history(self.job_id, self.spec.target_name, self.spec.device_id, s.uuid, verified)
         errors = "; ".join(f"{r.path.rsplit('/', 1)[-1]}: {r.error}" for r in results

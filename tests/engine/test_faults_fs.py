@@ -269,3 +269,74 @@ def test_yank_mid_export_leaves_only_partial_names_and_verify_says_incomplete(tm
         assert _sums_ok(mnt) and not _leftovers(mnt)
         assert verify_target(str(mnt)).ok
         assert len(_yanked(mnt, set())[0]) == 4
+
+
+def _kill_stick(dev: str) -> None:
+    pid = fuse_helper_pid(dev)
+    assert pid, "no FUSE helper found"
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not Path(f"/proc/{pid}").exists(), 10, what="the stick's FUSE server gone")
+
+
+@pytest.mark.parametrize("fstype,moment", [("exfat", "before the save"), ("vfat", "before the save"),
+                                           ("exfat", "after the save"), ("vfat", "after the save"),
+                                           ("vfat", "inside the marker's write")])
+def test_yank_at_a_sessions_last_step_then_the_next_export_completes_it_once(tmp_path, monkeypatch, fstype, moment):
+    """A stick yanked at each step that ends a session (the manifest save recording it; the folder's rename or
+    its marker's removal; the marker's own write): the next export completes every session in ONE folder
+    (never "<name> (2)" beside a finished-looking twin), leaves no temp name, and verify agrees with what
+    the stick holds. Seen as the random yank test's flake."""
+    from steno_exportd.engine import manifest
+    lib = library(tmp_path, 3, audio_size=1_500_000)
+    first = lib.sessions[min(lib.sessions)].uuid
+    cfg = _cfg(tmp_path)
+    save, write_atomic = manifest.save, manifest.write_atomic
+    with loop_fs(tmp_path, fstype, 2100 if fstype == "vfat" else 64) as (mnt, dev, img):
+        fired = []
+
+        def saving(target, root, m):
+            if not fired and first in m.sessions and moment != "inside the marker's write":
+                fired.append(moment)
+                if moment == "before the save":
+                    _kill_stick(dev)
+                    return save(target, root, m)
+                save(target, root, m)
+                _kill_stick(dev)
+                return None
+            return save(target, root, m)
+
+        markers = []
+
+        def writing(target, rel, data):
+            if moment == "inside the marker's write" and rel.endswith("/.steno-incomplete"):
+                markers.append(rel)
+                if len(markers) == 2 and not fired:       # the second session's folder: its marker half made
+                    fired.append(moment)
+                    h = target.open_write(rel)
+                    h.write(data)
+                    h.sync()
+                    _kill_stick(dev)
+                    h.commit()
+            return write_atomic(target, rel, data)
+
+        monkeypatch.setattr(manifest, "save", saving)
+        monkeypatch.setattr(manifest, "write_atomic", writing)
+        try:
+            res = _export(lib, cfg, mnt)
+            assert not all(r.ok for r in res), "the yank failed the export"
+        except (TargetError, OSError):
+            pass
+        monkeypatch.undo()
+        assert fired == [moment], "the export never reached the moment of the yank"
+        umount(mnt)
+        mount(dev, mnt, fstype)                 # plugged in again
+        finished, unfinished = _yanked(mnt, set())
+        rep = verify_target(str(mnt))
+        assert sorted(rep.incomplete) == unfinished, (rep.incomplete, unfinished)
+        res = _export(lib, cfg, mnt)
+        assert all(x.ok for x in res), res
+        folders = sorted(d.name for d in (mnt / "SilentSteno").iterdir() if d.is_dir())
+        assert len(folders) == 3 and not [f for f in folders if f.endswith(" (2)")], folders
+        assert _sums_ok(mnt) and not _leftovers(mnt)
+        assert verify_target(str(mnt)).ok
+        assert all(r.skipped for r in _export(lib, cfg, mnt))
