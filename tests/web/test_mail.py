@@ -146,7 +146,8 @@ async def test_send_selected_meetings_by_email_from_the_list_without_javascript(
         assert f"Message {entry.id} (" in page
         row = (f"<tr><td>{entry.id}</td><td>{html_escape(entry.subject)}</td>"
                "<td>alice@example.org, bob@example.org</td><td>sent</td>")
-        assert row in page
+        created = datetime.datetime.fromtimestamp(entry.created).astimezone().isoformat(timespec="seconds")
+        assert row + f'<td><time datetime="{created}" data-style="datetime">' in page   # the site's one time format
     finally:
         task.cancel()
 
