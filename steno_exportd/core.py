@@ -258,6 +258,15 @@ class Core:
         session_ids = request.resolve_sessions(keys, await self.listing(), ExportOptions())
         return await self.outbox.email_sessions(list(session_ids), list(names), recipients, template)
 
+    async def retry_mail(self, entry_id: Any) -> ev.OutboxEntry:
+        """Send a failed or cancelled message again (composed anew), or a queued one now; InvalidArgument for an
+        id that names no message, BusyError while it is being composed or sent."""
+        return await self.outbox.retry(request.outbox_id(entry_id))
+
+    async def cancel_mail(self, entry_id: Any) -> ev.OutboxEntry:
+        """Withdraw a message still waiting to be sent; InvalidArgument for a bad id or a finished message."""
+        return await self.outbox.cancel(request.outbox_id(entry_id))
+
     @property
     def web_url(self) -> str:
         """The web page's URL for people: http.public_url (the current config's) once the page listens, else

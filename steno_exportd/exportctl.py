@@ -179,11 +179,16 @@ def _marked(snippet: str, marks: list, tty: bool) -> str:
     return "".join(out + [snippet[pos:]])
 
 
-def _count(text: str) -> int:
-    """A whole number that fits D-Bus 'u' (the daemon checks its own range)."""
-    if not text.isdigit() or int(text) >= 2**32:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text[:20]!r}")
-    return int(text)
+def _whole(bits: int) -> Callable[[str], int]:
+    """A whole number that fits a D-Bus 'u' (32 bits) or 't' (64); the daemon checks its own range."""
+    def parse(text: str) -> int:
+        if not (text.isascii() and text.isdigit()) or int(text) >= 2**bits:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text[:20]!r}")
+        return int(text)
+    return parse
+
+
+_count = _whole(32)
 
 
 def _clock(seconds: float) -> str:
@@ -358,6 +363,21 @@ def _listing(member: str, empty: str, lines: Callable[[dict], Iterator[str]]):
             print("\n".join(lines(item)))
         return EXIT_OK
     return cmd
+
+
+async def cmd_outbox(c: Client, args: argparse.Namespace) -> int:
+    """The outbox listed, or one message retried or cancelled."""
+    if args.action is None:
+        return await _listing("ListOutbox", "the outbox is empty", _outbox_lines)(c, args)
+    if args.id is None:
+        raise CtlError(f"outbox {args.action} needs the message's id (steno-exportctl outbox lists them)", EXIT_USAGE)
+    member = {"retry": "RetryMail", "cancel": "CancelMail"}[args.action]
+    e = _plain((await c.call(ROOT_PATH, MANAGER_IFACE, member, "t", [args.id]))[0])
+    if args.json:
+        _print_json(e)
+    else:
+        print("\n".join(_outbox_lines(e)))
+    return EXIT_OK
 
 
 def _outbox_lines(e: dict) -> Iterator[str]:
@@ -651,8 +671,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--sessions", nargs="+", required=True, help="session ids, uuids or short ids")
     sp.add_argument("--formats", nargs="+", help="formats to attach (default: export.formats)")
     sp.add_argument("--template", help="PDF/DOCX template")
-    add("outbox", _listing("ListOutbox", "the outbox is empty", _outbox_lines),
-        "list the outbox: queued, sent and failed messages (and why)")
+    sp = add("outbox", cmd_outbox, "list the outbox: queued, sent and failed messages (and why); "
+             "retry or cancel one")
+    sp.add_argument("action", nargs="?", choices=("retry", "cancel"),
+                    help="retry: send a failed or cancelled message again (or a queued one now); "
+                    "cancel: withdraw a message still waiting")
+    sp.add_argument("id", nargs="?", type=_whole(64), help="the message's id (the first column of the list)")
     add("schedules", _listing("ListSchedules", "no schedules", _schedule_lines),
         "list scheduled exports and their next run")
     sp = add("cancel", cmd_cancel, "cancel a job")

@@ -407,6 +407,14 @@ class Service:
     def list_outbox(self) -> list[dict[str, Variant]]:
         return [convert.outbox_entry(e) for e in self.core.outbox.list()]
 
+    async def retry_mail(self, entry_id: int) -> dict[str, Variant]:
+        """Manager.RetryMail: the core checks the id and the message's state."""
+        return convert.outbox_entry(await self.core.retry_mail(entry_id))
+
+    async def cancel_mail(self, entry_id: int) -> dict[str, Variant]:
+        """Manager.CancelMail: the core checks the id and the message's state."""
+        return convert.outbox_entry(await self.core.cancel_mail(entry_id))
+
     def list_schedules(self) -> list[dict[str, Variant]]:
         return [convert.schedule(s) for s in self.core.schedules.list()]
 

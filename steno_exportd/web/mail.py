@@ -107,6 +107,14 @@ async def selection_send(request: web.Request) -> web.Response:
     raise web.HTTPSeeOther(f"/email?sent={entry.id}")
 
 
+async def outbox_action(request: web.Request) -> web.Response:
+    """POST /email/outbox/{id}/retry|cancel: the outbox page's buttons; the core checks the id and the state."""
+    core = request.app[CTX].core
+    act = {"retry": core.retry_mail, "cancel": core.cancel_mail}[request.match_info["action"]]
+    await act(request.match_info["id"])
+    raise web.HTTPSeeOther("/email#outbox")
+
+
 async def outbox(request: web.Request) -> web.Response:
     return web.json_response([outbox_json(e) for e in request.app[CTX].core.outbox.list()])
 
@@ -121,5 +129,6 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/sessions/{key}/email", email_form)
     r.add_get("/email", selection_page)
     r.add_post("/email", selection_send)
+    r.add_post("/email/outbox/{id}/{action:retry|cancel}", outbox_action)
     r.add_get("/api/v1/outbox", outbox)
     r.add_get("/api/v1/schedules", schedules)
