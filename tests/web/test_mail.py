@@ -144,7 +144,7 @@ async def test_send_selected_meetings_by_email_from_the_list_without_javascript(
         await until(lambda: core.outbox.get(entry.id).state == "sent", "the message marked sent", in_thread=False)
         page = await (await client.get(r.headers["Location"])).text()
         assert f"Message {entry.id} (" in page
-        row = (f"<tr><td>{entry.id}</td><td>{html_escape(entry.subject)}</td>"
+        row = (f"<tr data-id=\"{entry.id}\"><td>{entry.id}</td><td>{html_escape(entry.subject)}</td>"
                "<td>alice@example.org, bob@example.org</td><td>sent</td>")
         created = datetime.datetime.fromtimestamp(entry.created).astimezone().isoformat(timespec="seconds")
         assert row + f'<td><time datetime="{created}" data-style="datetime">' in page   # the site's one time format
