@@ -202,9 +202,10 @@ class Outbox:
         self.events.publish(ev.OutboxUpdated(entry))
 
     def _finish_sync(self, entry_id: int, state: ev.OutboxState, error: str) -> ev.OutboxEntry:
-        """Mark a message sent or failed; its spool file goes (the row keeps what to compose it again)."""
+        """Mark a message sent or failed; its spool file goes (the row keeps what to compose it again). A message
+        cancelled meanwhile (while it was composed) stays cancelled."""
         spool = self._spool.get(entry_id, "")
-        self._x("UPDATE outbox SET state=?, error=?, finished=?, spool='' WHERE id=?",
+        self._x("UPDATE outbox SET state=?, error=?, finished=?, spool='' WHERE id=? AND state != 'cancelled'",
                 (str(state), error, time.time(), entry_id))
         if spool:
             (self.dir / spool).unlink(missing_ok=True)
@@ -418,7 +419,7 @@ class Outbox:
         entry = self._listed(entry_id)
         if entry.state in (ev.OutboxState.COMPOSING, ev.OutboxState.SENDING):
             raise BusyError(f"message {entry_id} is being {'composed' if entry.state == 'composing' else 'sent'} "
-                            "right now; it can be retried once it has failed")
+                            "right now; try again in a moment")
         if entry.state == ev.OutboxState.SENT:
             raise InvalidArgument(f"message {entry_id} was sent; there is nothing to retry")
         changed, updated = await asyncio.to_thread(self._retry_sync, entry)
