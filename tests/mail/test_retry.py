@@ -4,6 +4,7 @@ racing the mail adapter leaves each message sent or cancelled, never both."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from steno_exportd import events as ev
 from steno_exportd.errors import BusyError, InvalidArgument
 from steno_exportd.outbox.content import Notice
+from tests.fakes import FakeLibrary, make_session
 from tests.mail.conftest import finished
 from tests.parts import until
 
@@ -113,3 +115,50 @@ async def test_a_cancel_racing_the_mail_adapter_leaves_each_message_sent_or_canc
     assert sorted(m.rcpt_tos[0] for m in server.received) == sorted(f"r{ids.index(i)}@example.org" for i in sent)
     assert list(core.outbox.dir.iterdir()) == []         # no spool file left behind by either outcome
     assert cancelled, f"no cancel won its race: {said}"
+
+
+class HeldLibrary(FakeLibrary):
+    """A library whose sessions load only once the test lets them (then, if told, fail to)."""
+
+    def __init__(self, sessions) -> None:
+        super().__init__(sessions)
+        self.loading = threading.Event()
+        self.release = threading.Event()
+        self.fail = False
+
+    def get_session(self, key):
+        self.loading.set()
+        assert self.release.wait(30), "never released"
+        if self.fail:
+            raise OSError("the recorder's disk went away")
+        return super().get_session(key)
+
+
+@pytest.mark.parametrize("then_fails", [False, True])
+async def test_a_message_cancelled_while_it_is_composed_stays_cancelled_and_leaves_no_file(smtp, mail_core,
+                                                                                             then_fails):
+    lib = HeldLibrary([make_session(1)])
+    server = await smtp()
+    core = await mail_core(server, library=lib)
+    entry = await core.email_sessions([1], ["txt"], ["alice@example.org"])
+    await asyncio.to_thread(lib.loading.wait, 30)
+    with pytest.raises(BusyError, match="being composed right now"):
+        await core.retry_mail(entry.id)
+    assert (await core.cancel_mail(entry.id)).state == ev.OutboxState.CANCELLED
+    lib.fail = then_fails
+    events = core.events.subscribe()
+    update = asyncio.ensure_future(events.__anext__())
+    await asyncio.sleep(0)                      # subscribed once its generator has run
+    lib.release.set()
+    try:
+        while True:                             # what the compose reports once it ends (written, or failed)
+            e = await asyncio.wait_for(update, 30)
+            if isinstance(e, ev.OutboxUpdated) and e.entry.id == entry.id:
+                break
+            update = asyncio.ensure_future(events.__anext__())
+    finally:
+        await events.aclose()
+    assert e.entry.state == ev.OutboxState.CANCELLED and e.entry.error == "cancelled"
+    assert core.outbox.get(entry.id).state == ev.OutboxState.CANCELLED
+    assert list(core.outbox.dir.iterdir()) == []        # the message written meanwhile is gone
+    assert server.handler.data_attempts == 0 and server.received == []
