@@ -10,7 +10,7 @@ from typing import Any, Awaitable, Callable, Mapping
 
 from steno_exportd import events as ev
 from steno_exportd import render, request, retention
-from steno_exportd.access import Access, Login, PairingCode
+from steno_exportd.access import Access, Login, PairingCode, share_url
 from steno_exportd.access.store import LINK_TOKEN_CHARS
 from steno_exportd.config import Config, is_loopback
 from steno_exportd.devices import DeviceRegistry
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 __all__ = ["Core", "ExportOptions", "SessionListing"]
 
 Ejector = Callable[[str], Awaitable[Any]]
+LINK_TIMEOUT = 60.0         # seconds a compose thread waits for a mailed share link (a row in access.db)
 
 
 class Core:
@@ -52,7 +53,8 @@ class Core:
         self.jobs = JobManager(cfg, self.events, self.state, lambda: self.library, targets=self.targets,
                                on_finished=self._job_finished)
         self.search_index = SearchIndex(Path(cfg.state.dir) / SEARCH_FILE)
-        self.web_url = ""                  # the web page's URL once it listens (set_web_url): share links in mail
+        self._listening = ""               # where the web page listens (set_web_url); "" while it is off
+        self._loop: asyncio.AbstractEventLoop | None = None     # the core's loop: links made from compose threads
         # recordings hashed ahead of need (export.hash_ahead), waiting while a job runs or pause() is held
         self.prehasher = Prehasher(Path(cfg.state.dir) / "cache" / "hashes.db", cfg.retention.hash_cache_entries,
                                    self._jobs_busy)
@@ -89,6 +91,7 @@ class Core:
         if self._started:
             return
         self._started = True
+        self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self.state.open)
         await asyncio.to_thread(self.access.open)
         await self.jobs.start()
@@ -255,24 +258,48 @@ class Core:
         session_ids = request.resolve_sessions(keys, await self.listing(), ExportOptions())
         return await self.outbox.email_sessions(list(session_ids), list(names), recipients, template)
 
+    async def retry_mail(self, entry_id: Any) -> ev.OutboxEntry:
+        """Send a failed or cancelled message again (composed anew), or a queued one now; InvalidArgument for an
+        id that names no message, BusyError while it is being composed or sent."""
+        return await self.outbox.retry(request.outbox_id(entry_id))
+
+    async def cancel_mail(self, entry_id: Any) -> ev.OutboxEntry:
+        """Withdraw a message still waiting to be sent; InvalidArgument for a bad id or a finished message."""
+        return await self.outbox.cancel(request.outbox_id(entry_id))
+
+    @property
+    def web_url(self) -> str:
+        """The web page's URL for people: http.public_url (the current config's) once the page listens, else
+        where it listens; "" while the page is off."""
+        if not self._listening:
+            return ""
+        return self.cfg.http.public_url.rstrip("/") or self._listening
+
     def set_web_url(self, url: str) -> None:
-        """The web adapter's URL (http.public_url or what it listens on); "" while the page is off."""
-        self.web_url = url.rstrip("/")
+        """The web adapter says where it listens (its URL without http.public_url); "" when it stops."""
+        self._listening = url.rstrip("/")
 
     def _mail_links(self) -> Links | str:
-        """Share links for files too large to mail (email.oversize = "link"), or why there can be none."""
-        sl = self.cfg.http.share_links
-        if not self.web_url:
+        """Share links for files too large to mail (email.oversize = "link"), or why there can be none.
+
+        Links are made as the web page and D-Bus make them (Access.create_link: its limits and checks) and
+        addressed as they address them (access.share_url: http.public_url, else <hostname>.local)."""
+        cfg, loop = self.cfg, self._loop
+        sl = cfg.http.share_links
+        if not self.web_url or loop is None:
             return "the recorder's web page is off (http.enabled)"
         if not sl.enabled:
             return "share links are turned off (http.share_links.enabled)"
         hours, uses = sl.default_expiry_hours, sl.default_max_downloads
+        tls = cfg.http.tls.mode != "off"
 
         def make(session_id: int) -> str:
-            link = self.access.store.create_link(session_id, hours, uses)
+            # called from the message's compose thread: the link is made on the core's loop, as for any caller
+            made = asyncio.run_coroutine_threadsafe(self.access.create_link(cfg, session_id, hours, uses), loop)
+            link = made.result(LINK_TIMEOUT)
             log.info("share link %s… for session %d: a file too large to mail", link.token[:6], session_id)
             return link.token
-        return Links(self.web_url, hours, uses, make, LINK_TOKEN_CHARS)
+        return Links(lambda token: share_url(cfg, token, tls=tls), hours, uses, make, LINK_TOKEN_CHARS)
 
     # -- devices ---------------------------------------------------------------------
     async def _job_finished(self, job: ev.JobSnapshot) -> None:

@@ -109,7 +109,6 @@ class Daemon:
         self.notifier = Notifier()
         self.core: Core | None = None
         self.bus_service: Service | None = None
-        self.http_url = ""
         self.bus_address = ""
         self._stop = asyncio.Event()
         self._reload_requested = asyncio.Event()
@@ -148,15 +147,13 @@ class Daemon:
             if cfg.http.enabled:
                 from steno_exportd import web     # aiohttp only when the web page is on
 
-                self.http_url = str(await stack.enter_async_context(web.serve(core)) or "")
-                core.set_web_url(self.http_url)
+                core.set_web_url(str(await stack.enter_async_context(web.serve(core)) or ""))
                 stack.callback(core.set_web_url, "")
-                log.info("web page at %s", self.http_url)
+                log.info("web page at %s", core.web_url)
             if cfg.dbus.enabled:
                 from steno_exportd.dbus import service    # dbus-fast only when the bus is on
 
-                host = service.Host(status_text=self.status_text, reload=self._reload_for_bus,
-                                    http_url=self.http_url)
+                host = service.Host(status_text=self.status_text, reload=self._reload_for_bus)
                 self.bus_service = await stack.enter_async_context(service.export(core, host))
                 self.bus_address = self.bus_service.address
 
@@ -316,7 +313,7 @@ class Daemon:
             arg = "" if bus == "system" else f" --bus {bus}"
             lines.append(f"  reach it with:  steno-exportctl{arg} status")
             lines.append(f"                  steno-exportctl{arg} sessions")
-        if self.http_url:
-            lines.append(f"  web page:       {self.http_url}")
+        if self.core is not None and self.core.web_url:
+            lines.append(f"  web page:       {self.core.web_url}")
         lines.append("  stop with Ctrl-C.")
         print("\n".join(lines), flush=True)

@@ -44,10 +44,11 @@ class OutboxState(enum.StrEnum):
     SENDING = "sending"
     SENT = "sent"                    # the server accepted it (for every recipient it did not refuse)
     FAILED = "failed"                # given up: a permanent refusal, or transient ones for too long
+    CANCELLED = "cancelled"          # withdrawn before it was sent (Core.cancel_mail); retry_mail sends it again
 
     @property
     def finished(self) -> bool:
-        return self in (OutboxState.SENT, OutboxState.FAILED)
+        return self in (OutboxState.SENT, OutboxState.FAILED, OutboxState.CANCELLED)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
@@ -179,11 +179,16 @@ def _marked(snippet: str, marks: list, tty: bool) -> str:
     return "".join(out + [snippet[pos:]])
 
 
-def _count(text: str) -> int:
-    """A whole number that fits D-Bus 'u' (the daemon checks its own range)."""
-    if not text.isdigit() or int(text) >= 2**32:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text[:20]!r}")
-    return int(text)
+def _whole(bits: int) -> Callable[[str], int]:
+    """A whole number that fits a D-Bus 'u' (32 bits) or 't' (64); the daemon checks its own range."""
+    def parse(text: str) -> int:
+        if not (text.isascii() and text.isdigit()) or int(text) >= 2**bits:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text[:20]!r}")
+        return int(text)
+    return parse
+
+
+_count = _whole(32)
 
 
 def _clock(seconds: float) -> str:
@@ -344,41 +349,56 @@ async def cmd_email(c: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _listing(member: str, empty: str, lines: Callable[[dict], Iterator[str]]):
+    """A command that prints what a Manager list method returns: JSON, or ``lines`` of each item (``empty``
+    for none)."""
+    async def cmd(c: Client, args: argparse.Namespace) -> int:
+        items = _plain((await c.call(ROOT_PATH, MANAGER_IFACE, member))[0])
+        if args.json:
+            _print_json(items)
+            return EXIT_OK
+        if not items:
+            print(empty)
+        for item in items:
+            print("\n".join(lines(item)))
+        return EXIT_OK
+    return cmd
+
+
 async def cmd_outbox(c: Client, args: argparse.Namespace) -> int:
-    entries = _plain((await c.call(ROOT_PATH, MANAGER_IFACE, "ListOutbox"))[0])
+    """The outbox listed, or one message retried or cancelled."""
+    if args.action is None:
+        return await _listing("ListOutbox", "the outbox is empty", _outbox_lines)(c, args)
+    if args.id is None:
+        raise CtlError(f"outbox {args.action} needs the message's id (steno-exportctl outbox lists them)", EXIT_USAGE)
+    member = {"retry": "RetryMail", "cancel": "CancelMail"}[args.action]
+    e = _plain((await c.call(ROOT_PATH, MANAGER_IFACE, member, "t", [args.id]))[0])
     if args.json:
-        _print_json(entries)
-        return EXIT_OK
-    if not entries:
-        print("the outbox is empty")
-    for e in entries:
-        who = ", ".join(e["delivered"] + e["recipients"])
-        print(f"{e['id']:>4}  {e['state']:9} {_time(e['created'])}  {e['subject']}  -> {who}")
-        if e["state"] == "queued" and e["attempts"]:
-            print(f"      try {e['attempts'] + 1} at {_time(e['next_attempt'])}: last {e['error']}")
-        elif e["error"]:
-            print(f"      {'failed: ' if e['state'] == 'failed' else ''}{e['error']}")
-        for r in e["refused"]:
-            print(f"      refused: {r}")
-        if e["left_out"]:
-            print(f"      left out (over the size limit): {', '.join(e['left_out'])}")
+        _print_json(e)
+    else:
+        print("\n".join(_outbox_lines(e)))
     return EXIT_OK
 
 
-async def cmd_schedules(c: Client, args: argparse.Namespace) -> int:
-    items = _plain((await c.call(ROOT_PATH, MANAGER_IFACE, "ListSchedules"))[0])
-    if args.json:
-        _print_json(items)
-        return EXIT_OK
-    if not items:
-        print("no schedules")
-    for s in items:
-        print(f"{s['name']:16} {s['when']:16} next {_time(s['next_run'])}  {s['sessions']:10} -> {s['target']}")
-        if s["last_run"]:
-            print(f"{'':16} last {_time(s['last_run'])}: {s['last_result']}")
-        elif s["last_result"]:
-            print(f"{'':16} {s['last_result']}")
-    return EXIT_OK
+def _outbox_lines(e: dict) -> Iterator[str]:
+    who = ", ".join(e["delivered"] + e["recipients"])
+    yield f"{e['id']:>4}  {e['state']:9} {_time(e['created'])}  {e['subject']}  -> {who}"
+    if e["state"] == "queued" and e["attempts"]:
+        yield f"      try {e['attempts'] + 1} at {_time(e['next_attempt'])}: last {e['error']}"
+    elif e["error"]:
+        yield f"      {'failed: ' if e['state'] == 'failed' else ''}{e['error']}"
+    for r in e["refused"]:
+        yield f"      refused: {r}"
+    if e["left_out"]:
+        yield f"      left out (over the size limit): {', '.join(e['left_out'])}"
+
+
+def _schedule_lines(s: dict) -> Iterator[str]:
+    yield f"{s['name']:16} {s['when']:16} next {_time(s['next_run'])}  {s['sessions']:10} -> {s['target']}"
+    if s["last_run"]:
+        yield f"{'':16} last {_time(s['last_run'])}: {s['last_result']}"
+    elif s["last_result"]:
+        yield f"{'':16} {s['last_result']}"
 
 
 async def cmd_cancel(c: Client, args: argparse.Namespace) -> int:
@@ -457,17 +477,8 @@ async def cmd_pair(c: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def cmd_browsers(c: Client, args: argparse.Namespace) -> int:
-    found = _plain((await c.call(ROOT_PATH, MANAGER_IFACE, "ListPairedBrowsers"))[0])
-    if args.json:
-        _print_json(found)
-        return EXIT_OK
-    for b in found:
-        seen = time.strftime("%Y-%m-%d %H:%M", time.localtime(b["last_seen"]))
-        print(f"{b['id']}  {b['kind']:8}  {b['address'][:39]:39}  {seen}  {b['agent'][:40]}")
-    if not found:
-        print("no browser is logged in")
-    return EXIT_OK
+def _browser_lines(b: dict) -> Iterator[str]:
+    yield f"{b['id']}  {b['kind']:8}  {b['address'][:39]:39}  {_time(b['last_seen'] * 1_000_000)}  {b['agent'][:40]}"
 
 
 async def cmd_revoke_browser(c: Client, args: argparse.Namespace) -> int:
@@ -660,8 +671,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--sessions", nargs="+", required=True, help="session ids, uuids or short ids")
     sp.add_argument("--formats", nargs="+", help="formats to attach (default: export.formats)")
     sp.add_argument("--template", help="PDF/DOCX template")
-    add("outbox", cmd_outbox, "list the outbox: queued, sent and failed messages (and why)")
-    add("schedules", cmd_schedules, "list scheduled exports and their next run")
+    sp = add("outbox", cmd_outbox, "list the outbox: queued, sent and failed messages (and why); "
+             "retry or cancel one")
+    sp.add_argument("action", nargs="?", choices=("retry", "cancel"),
+                    help="retry: send a failed or cancelled message again (or a queued one now); "
+                    "cancel: withdraw a message still waiting")
+    sp.add_argument("id", nargs="?", type=_whole(64), help="the message's id (the first column of the list)")
+    add("schedules", _listing("ListSchedules", "no schedules", _schedule_lines),
+        "list scheduled exports and their next run")
     sp = add("cancel", cmd_cancel, "cancel a job")
     sp.add_argument("job", help="job number or object path")
     sp = add("eject", cmd_eject, "unmount and power off a device")
@@ -669,7 +686,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--wait", action="store_true", help="wait until it is safe to remove")
     add("reload", cmd_reload, "reload the daemon's configuration")
     add("pair", cmd_pair, "a one-time code (and URL/QR) that logs one browser in to the web page")
-    add("browsers", cmd_browsers, "list the browsers logged in to the web page")
+    add("browsers", _listing("ListPairedBrowsers", "no browser is logged in", _browser_lines),
+        "list the browsers logged in to the web page")
     sp = add("revoke-browser", cmd_revoke_browser, "log one browser out at once")
     sp.add_argument("id", help="browser id (from 'browsers')")
     add("web-password", _set_password("SetWebPassword", "web password", "web password set"),

@@ -74,6 +74,16 @@ def session_key(key: Any) -> int | str:
     return k
 
 
+def outbox_id(value: Any) -> int:
+    """An outbox message's id as a caller sends it (a number, or its digits as text): 1 or more."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18:
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value < 2**63:
+        raise InvalidArgument(f"{_shown(value)} is no outbox message id: ids are whole numbers from 1 "
+                              "(steno-exportctl outbox lists them)")
+    return value
+
+
 def resolve_sessions(keys: str | tuple[int | str, ...], listing: SessionListing,
                      options: ExportOptions) -> tuple[int, ...]:
     """Session ids for checked keys (see ``session_keys``), from the listing: no transcript is read."""

@@ -301,6 +301,12 @@ class FakeCore:
     async def set_web_password(self, password: str) -> None:
         await self._core.set_web_password(password)
 
+    async def retry_mail(self, entry_id: Any) -> ev.OutboxEntry:
+        return await self._core.retry_mail(entry_id)
+
+    async def cancel_mail(self, entry_id: Any) -> ev.OutboxEntry:
+        return await self._core.cancel_mail(entry_id)
+
     @property
     def web_url(self) -> str:
         return self._core.web_url

@@ -60,6 +60,16 @@ class Manager(ServiceInterface):
 
     @method()
     @mapped
+    async def RetryMail(self, id: "t") -> "a{sv}":  # noqa: A002
+        return await self._svc.retry_mail(id)
+
+    @method()
+    @mapped
+    async def CancelMail(self, id: "t") -> "a{sv}":  # noqa: A002
+        return await self._svc.cancel_mail(id)
+
+    @method()
+    @mapped
     def ListSchedules(self) -> "aa{sv}":
         return self._svc.list_schedules()
 

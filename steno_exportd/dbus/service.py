@@ -29,11 +29,10 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class Host:
-    """What the service needs from the daemon beyond the core: its status line, reload, the web page's URL."""
+    """What the service needs from the daemon beyond the core: its status line and reload."""
 
     status_text: Callable[[], str] | None = None         # None: the core's status line
     reload: Callable[[], Awaitable[str]] | None = None   # "" when reloaded, else why not; None: not offered
-    http_url: str = ""
 
 
 # The unique bus name of the caller whose method runs now: noted by a message handler that sees each call before
@@ -102,7 +101,8 @@ class Service:
 
     @property
     def http_url(self) -> str:
-        return self.host.http_url
+        """The web page's URL (http.public_url of the current config first); "" while the page is off."""
+        return self.core.web_url
 
     def status_text(self) -> str:
         return self.host.status_text() if self.host.status_text is not None else self.core.status_text()
@@ -406,6 +406,14 @@ class Service:
 
     def list_outbox(self) -> list[dict[str, Variant]]:
         return [convert.outbox_entry(e) for e in self.core.outbox.list()]
+
+    async def retry_mail(self, entry_id: int) -> dict[str, Variant]:
+        """Manager.RetryMail: the core checks the id and the message's state."""
+        return convert.outbox_entry(await self.core.retry_mail(entry_id))
+
+    async def cancel_mail(self, entry_id: int) -> dict[str, Variant]:
+        """Manager.CancelMail: the core checks the id and the message's state."""
+        return convert.outbox_entry(await self.core.cancel_mail(entry_id))
 
     def list_schedules(self) -> list[dict[str, Variant]]:
         return [convert.schedule(s) for s in self.core.schedules.list()]

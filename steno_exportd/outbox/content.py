@@ -37,14 +37,11 @@ class Notice:
 class Links:
     """Share links for files too large for a message (email.oversize = "link"): made by the core's access store."""
 
-    base: str                           # the web page's URL, e.g. http://recorder.local:8080
+    url: Callable[[str], str]           # a token -> the link's full address (access.share_url)
     hours: float                        # each link's lifetime
     uses: int                           # downloads each link allows
     make: Callable[[int], str]          # session id -> a new link's token (blocking: a row in access.db)
     token_chars: int = 24               # every token has this length: the body's size is known before any link exists
-
-    def url(self, token: str) -> str:
-        return f"{self.base}/s/{token}"
 
 
 def _mb(n: float) -> str:

@@ -1,6 +1,7 @@
 """Outbox: every message stored in the state DB (and a spool file) before it is sent; retries; snapshots.
 
-A message goes composing -> queued -> sending -> sent | failed. Its row is written before any
+A message goes composing -> queued -> sending -> sent | failed; a waiting one may be cancelled, and a failed or
+cancelled one retried (composed again, from its row). Its row is written before any
 work, its MIME file (<state>/outbox/<token>.eml) before it is queued, so a restart loses nothing:
 composing rows are composed again, sending ones are queued again, queued ones are tried at once.
 The mail adapter (steno_exportd/mail/) takes due messages with ``next_due()`` and says how it went
@@ -22,7 +23,7 @@ from typing import Any, Callable, Sequence
 from steno_exportd import events as ev
 from steno_exportd.config import Config
 from steno_exportd.engine.plan import render_options
-from steno_exportd.errors import InvalidArgument, NotFoundError, StenoError
+from steno_exportd.errors import BusyError, InvalidArgument, NotFoundError, StenoError
 from steno_exportd.outbox import content
 from steno_exportd.outbox.address import parse_address, parse_recipients
 from steno_exportd.outbox.compose import write
@@ -67,6 +68,17 @@ class Delivery:
     deferred: tuple[tuple[str, str], ...] = ()    # (recipient, reason): refused for now (4xx)
     error: str = ""                               # the whole try failed
     transient: bool = False                       # ... and another try may succeed
+
+
+def _refused_address(refusal: str) -> str:
+    """The recipient of a refusal ("Name <a@b.example>: 550 no such user"), "" when none parses."""
+    parts = refusal.split(": ")
+    for i in range(1, len(parts)):
+        try:
+            return str(parse_address(": ".join(parts[:i])))
+        except InvalidArgument:
+            continue
+    return ""
 
 
 def _entry(row: tuple) -> tuple[ev.OutboxEntry, dict]:
@@ -172,6 +184,13 @@ class Outbox:
                 raise StenoError("the outbox is closed")
             return self._db.execute(sql, args).fetchall()
 
+    def _n(self, sql: str, args: tuple = ()) -> int:
+        """Rows an UPDATE changed (a state change guarded by the state it expects)."""
+        with self._lock:
+            if self._db is None:
+                raise StenoError("the outbox is closed")
+            return self._db.execute(sql, args).rowcount
+
     def _row(self, entry_id: int) -> ev.OutboxEntry:
         row = self._x(f"SELECT {','.join(_COLUMNS)} FROM outbox WHERE id=?", (entry_id,))[0]
         entry, d = _entry(row)
@@ -183,9 +202,10 @@ class Outbox:
         self.events.publish(ev.OutboxUpdated(entry))
 
     def _finish_sync(self, entry_id: int, state: ev.OutboxState, error: str) -> ev.OutboxEntry:
-        """Mark a message sent or failed; its spool file goes (the row keeps what to compose it again)."""
+        """Mark a message sent or failed; its spool file goes (the row keeps what to compose it again). A message
+        cancelled meanwhile (while it was composed) stays cancelled."""
         spool = self._spool.get(entry_id, "")
-        self._x("UPDATE outbox SET state=?, error=?, finished=?, spool='' WHERE id=?",
+        self._x("UPDATE outbox SET state=?, error=?, finished=?, spool='' WHERE id=? AND state != 'cancelled'",
                 (str(state), error, time.time(), entry_id))
         if spool:
             (self.dir / spool).unlink(missing_ok=True)
@@ -262,17 +282,25 @@ class Outbox:
 
     def _compose_sync(self, entry: ev.OutboxEntry) -> ev.OutboxEntry:
         request = json.loads(self._x("SELECT request FROM outbox WHERE id=?", (entry.id,))[0][0])
-        lib = self._library()
-        sessions = [lib.get_session(i) for i in request["sessions"]]
-        limit = int(self.cfg.email.max_message_mb * 1024 * 1024)
-        links = self._links() if self.cfg.email.oversize == "link" else None
-        draft, left_out = content.sessions_draft(sessions, request["formats"], render_options(self.cfg, request["template"]),
-                                                 self.cfg.email.sender, entry.recipients, limit, links)
+        left_out: tuple[str, ...] = ()
+        if entry.kind == "notice":          # a retried notice: the notices its row keeps
+            draft = content.notices_draft([content.Notice.from_json(n) for n in request["notices"]],
+                                          self.cfg.email.sender, entry.recipients)
+        else:
+            lib = self._library()
+            sessions = [lib.get_session(i) for i in request["sessions"]]
+            limit = int(self.cfg.email.max_message_mb * 1024 * 1024)
+            links = self._links() if self.cfg.email.oversize == "link" else None
+            draft, left_out = content.sessions_draft(sessions, request["formats"],
+                                                     render_options(self.cfg, request["template"]),
+                                                     self.cfg.email.sender, entry.recipients, limit, links)
         token = f"{entry.id}-{secrets.token_hex(8)}.eml"
-        size = write(draft, self.dir / token, content.domain_of(draft.sender))
-        self._x("UPDATE outbox SET state='queued', subject=?, spool=?, size=?, left_out=?, next_attempt=0 "
-                "WHERE id=? AND state='composing'", (draft.subject, token, size, json.dumps(list(left_out)),
-                                                     entry.id))
+        path = self.dir / token
+        size = write(draft, path, content.domain_of(draft.sender))
+        if not self._n("UPDATE outbox SET state='queued', subject=?, spool=?, size=?, left_out=?, next_attempt=0 "
+                       "WHERE id=? AND state='composing'", (draft.subject, token, size, json.dumps(list(left_out)),
+                                                            entry.id)):
+            path.unlink(missing_ok=True)    # cancelled while it was composed: no file for a message that never goes
         return self._row(entry.id)
 
     # -- notifications ---------------------------------------------------------------
@@ -316,16 +344,22 @@ class Outbox:
                 if wait <= 0:
                     entry, out = await asyncio.to_thread(self._claim, first.id)
                     self._publish(entry)
-                    return out
+                    if out is not None:
+                        return out
+                    continue
                 timeout = wait
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except asyncio.TimeoutError:
                 pass
 
-    def _claim(self, entry_id: int) -> tuple[ev.OutboxEntry, Outgoing]:
-        self._x("UPDATE outbox SET state='sending', attempts=attempts+1 WHERE id=?", (entry_id,))
+    def _claim(self, entry_id: int) -> tuple[ev.OutboxEntry, Outgoing | None]:
+        """Mark a queued message sending; (its row, None) when it is no longer queued (cancelled meanwhile)."""
+        claimed = self._n("UPDATE outbox SET state='sending', attempts=attempts+1 WHERE id=? AND state='queued'",
+                          (entry_id,))
         entry = self._row(entry_id)
+        if not claimed:
+            return entry, None
         return entry, Outgoing(entry_id, parse_address(self.cfg.email.sender).addr_spec,
                                tuple(parse_address(r).addr_spec for r in entry.recipients),
                                self.dir / self._spool[entry_id], entry.size)
@@ -372,10 +406,73 @@ class Outbox:
         log.info("message %d sent to %s", entry_id, ", ".join(delivered))
         return self._finish_sync(entry_id, ev.OutboxState.SENT, "; ".join(f"refused {r}" for r in refused))
 
+    # -- what a person asks for (Core.retry_mail / cancel_mail) ---------------------------
+    def _listed(self, entry_id: int) -> ev.OutboxEntry:
+        entry = self._entries.get(entry_id)
+        if entry is None:
+            raise InvalidArgument(f"there is no message {entry_id} in the outbox (steno-exportctl outbox lists them)")
+        return entry
+
+    async def retry(self, entry_id: int) -> ev.OutboxEntry:
+        """Send a failed or cancelled message again (composed anew from its row, to every recipient that has not
+        got it, with a fresh give_up_hours), or a queued one now instead of after its back-off."""
+        entry = self._listed(entry_id)
+        if entry.state in (ev.OutboxState.COMPOSING, ev.OutboxState.SENDING):
+            raise BusyError(f"message {entry_id} is being {'composed' if entry.state == 'composing' else 'sent'} "
+                            "right now; try again in a moment")
+        if entry.state == ev.OutboxState.SENT:
+            raise InvalidArgument(f"message {entry_id} was sent; there is nothing to retry")
+        changed, updated = await asyncio.to_thread(self._retry_sync, entry)
+        if not changed:                     # the mail adapter took it in between
+            raise BusyError(f"message {entry_id} is being sent right now")
+        log.info("message %d: retry asked for (%s)", entry_id, entry.state)
+        self._publish(updated)
+        self._wake.set()
+        self._compose_wake.set()
+        return updated
+
+    def _retry_sync(self, entry: ev.OutboxEntry) -> tuple[int, ev.OutboxEntry]:
+        if entry.state == ev.OutboxState.QUEUED:
+            changed = self._n("UPDATE outbox SET next_attempt=0 WHERE id=? AND state='queued'", (entry.id,))
+            return changed, self._row(entry.id)
+        # refused for good (5xx) by some: they get it too, as a person asks for it again
+        pending = list(entry.recipients) + [a for a in map(_refused_address, entry.refused) if a]
+        if not pending:
+            raise InvalidArgument(f"message {entry.id} has nobody left to send it to")
+        changed = self._n("UPDATE outbox SET state='composing', recipients=?, refused='[]', attempts=0, "
+                          "next_attempt=0, error='', finished=0, created=? WHERE id=? AND state IN "
+                          "('failed','cancelled')", (json.dumps(pending), time.time(), entry.id))
+        return changed, self._row(entry.id)
+
+    async def cancel(self, entry_id: int) -> ev.OutboxEntry:
+        """Withdraw a message that is waiting (composing or queued): it is never sent; its spool file goes."""
+        entry = self._listed(entry_id)
+        if entry.state == ev.OutboxState.SENDING:
+            raise BusyError(f"message {entry_id} is being sent right now; it cannot be called back")
+        if entry.state.finished:
+            raise InvalidArgument(f"message {entry_id} is {entry.state} already; only a waiting message can be "
+                                  "cancelled")
+        updated = await asyncio.to_thread(self._cancel_sync, entry_id)
+        if updated.state != ev.OutboxState.CANCELLED:     # claimed by the mail adapter in between
+            raise BusyError(f"message {entry_id} is being sent right now; it cannot be called back")
+        log.info("message %d cancelled", entry_id)
+        self._publish(updated)
+        return updated
+
+    def _cancel_sync(self, entry_id: int) -> ev.OutboxEntry:
+        if not self._n("UPDATE outbox SET state='cancelled', error='cancelled', finished=? WHERE id=? "
+                       "AND state IN ('composing','queued')", (time.time(), entry_id)):
+            return self._row(entry_id)
+        spool = self._spool.get(entry_id, "")
+        self._x("UPDATE outbox SET spool='' WHERE id=?", (entry_id,))
+        if spool:
+            (self.dir / spool).unlink(missing_ok=True)
+        return self._row(entry_id)
+
     # -- retention -------------------------------------------------------------------
     def prune(self, keep: Keep) -> list[int]:
-        """(blocking) Drop sent/failed messages past keep (never a waiting one); return their ids."""
-        return prune_rows(self._x, "outbox", "created", keep, protect="state NOT IN ('sent','failed')")
+        """(blocking) Drop sent/failed/cancelled messages past keep (never a waiting one); return their ids."""
+        return prune_rows(self._x, "outbox", "created", keep, protect="state NOT IN ('sent','failed','cancelled')")
 
     def forget(self, ids: Sequence[int]) -> None:
         for i in ids:

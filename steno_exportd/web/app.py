@@ -172,9 +172,8 @@ def make_app(core: Any, tls_on: bool = False) -> web.Application:
     return app
 
 
-def public_url(cfg: Any, bound: list[str], scheme: str = "http") -> str:
-    if cfg.http.public_url:
-        return cfg.http.public_url
+def listening_url(cfg: Any, bound: list[str], scheme: str = "http") -> str:
+    """Where the page listens (not http.public_url: the core puts that first, from the config of the moment)."""
     host = bound[0] if bound else "127.0.0.1"
     if host in ("0.0.0.0", "::", ""):
         host = f"{socket.gethostname()}.local"
@@ -185,7 +184,7 @@ def public_url(cfg: Any, bound: list[str], scheme: str = "http") -> str:
 
 @contextlib.asynccontextmanager
 async def serve(core: Any) -> AsyncIterator[str]:
-    """Run the web page for the daemon: yields its URL; a port in use is a clear StenoError."""
+    """Run the web page for the daemon: yields where it listens; a port in use is a clear StenoError."""
     started = time.monotonic()
     cfg = core.cfg
     ssl_ctx = await asyncio.to_thread(tls.context, cfg)
@@ -204,7 +203,7 @@ async def serve(core: Any) -> AsyncIterator[str]:
                 site = web.SockSite(runner, sock, ssl_context=ssl_ctx, backlog=server.ACCEPT_BATCH)
                 await site.start()
                 sock.listen(server.LISTEN_QUEUE)
-        url = public_url(cfg, list(cfg.http.bind), "https" if ssl_ctx is not None else "http")
+        url = listening_url(cfg, list(cfg.http.bind), "https" if ssl_ctx is not None else "http")
         log.info("web page listening on %s (%d ms; at most %d connections)", url,
                  (time.monotonic() - started) * 1000, guard.cap)
         yield url

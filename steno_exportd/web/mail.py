@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from typing import Any
 
 from aiohttp import web
@@ -12,7 +11,7 @@ from steno_exportd.errors import InvalidArgument
 from steno_exportd.formats import FORMATS
 from steno_exportd.outbox.queue import MAX_SESSIONS
 from steno_exportd.web.context import CTX, WebContext, number, read_form, session_key
-from steno_exportd.web.pages import fmt_when
+from steno_exportd.web.human import fmt_when
 
 MAX_RECIPIENTS_TEXT = 16_000        # the form's address field (50 addresses of at most 320 characters)
 OUTBOX_SHOWN = 50                   # messages the selection's mail page lists, newest first
@@ -94,8 +93,7 @@ async def selection_page(request: web.Request) -> web.Response:
         sent = entries.get(number(request.query["sent"], "sent"))
     return ctx.render_page(request, "email.html", chosen=chosen, sent=sent, email_on=ctx.cfg.email.enabled,
                            when=fmt_when, formats=list(FORMATS), default_formats=ctx.cfg.export.formats,
-                           mails=list(reversed(ctx.core.outbox.list()))[:OUTBOX_SHOWN],
-                           at=lambda x: time.strftime("%Y-%m-%d %H:%M", time.localtime(x)))
+                           mails=list(reversed(ctx.core.outbox.list()))[:OUTBOX_SHOWN])
 
 
 async def selection_send(request: web.Request) -> web.Response:
@@ -107,6 +105,14 @@ async def selection_send(request: web.Request) -> web.Response:
         raise InvalidArgument("select at least one meeting")
     entry = await ctx.core.email_sessions(keys, [str(f) for f in form.getall("formats", [])], _recipients(form))
     raise web.HTTPSeeOther(f"/email?sent={entry.id}")
+
+
+async def outbox_action(request: web.Request) -> web.Response:
+    """POST /email/outbox/{id}/retry|cancel: the outbox page's buttons; the core checks the id and the state."""
+    core = request.app[CTX].core
+    act = {"retry": core.retry_mail, "cancel": core.cancel_mail}[request.match_info["action"]]
+    await act(request.match_info["id"])
+    raise web.HTTPSeeOther("/email#outbox")
 
 
 async def outbox(request: web.Request) -> web.Response:
@@ -123,5 +129,6 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/sessions/{key}/email", email_form)
     r.add_get("/email", selection_page)
     r.add_post("/email", selection_send)
+    r.add_post("/email/outbox/{id}/{action:retry|cancel}", outbox_action)
     r.add_get("/api/v1/outbox", outbox)
     r.add_get("/api/v1/schedules", schedules)

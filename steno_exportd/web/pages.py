@@ -138,8 +138,7 @@ async def devices_page(request: web.Request) -> web.Response:
                            devices=[device_json(d) for d in ctx.core.devices.list()],
                            jobs=[{**job_json(j), "meetings": meetings(j.sessions, titles)}
                                  for j in sorted(ctx.core.jobs.list(), key=lambda j: -j.id)],
-                           schedules=ctx.core.schedules.list(),
-                           at=lambda x: time.strftime("%Y-%m-%d %H:%M", time.localtime(x)) if x else "never")
+                           schedules=ctx.core.schedules.list())
 
 
 def meetings(ids: Any, titles: dict[int, str], most: int = 3) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 from aiohttp import web
 
@@ -54,8 +53,7 @@ async def browsers_page(request: web.Request) -> web.Response:
     ctx: WebContext = request.app[CTX]
     found = await ctx.core.paired_browsers()
     return ctx.render_page(request, "browsers.html", browsers=found, me=request.get(SID, ""), notice="",
-                           config_password=bool(ctx.cfg.http.auth.password_hash),
-                           at=lambda x: time.strftime("%Y-%m-%d %H:%M", time.localtime(x)))
+                           config_password=bool(ctx.cfg.http.auth.password_hash))
 
 
 async def revoke(request: web.Request) -> web.Response:
@@ -74,8 +72,7 @@ async def set_password(request: web.Request) -> web.Response:
         found = await ctx.core.paired_browsers()
         return ctx.render_page(request, "browsers.html", status=400, browsers=found, me=request.get(SID, ""),
                                notice="The two passwords differ.",
-                               config_password=bool(ctx.cfg.http.auth.password_hash),
-                               at=lambda x: time.strftime("%Y-%m-%d %H:%M", time.localtime(x)))
+                               config_password=bool(ctx.cfg.http.auth.password_hash))
     await ctx.core.set_web_password(pw)
     log.info("%s set the web password", client_addr(request))
     raise web.HTTPSeeOther("/browsers")

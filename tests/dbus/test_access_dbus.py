@@ -102,6 +102,8 @@ def test_pairing_from_dbus_logs_in_one_chromium_and_revoking_ends_it(tmp_path, s
     found = json.loads(r.stdout)
     assert [(b["kind"], b["address"]) for b in found] == [("pairing", "127.0.0.1")]
     assert "Chrome" in found[0]["agent"]
+    r = ctl(shared_bus, "browsers")
+    assert r.returncode == 0 and r.stdout.startswith(f"{found[0]['id']}  pairing   127.0.0.1"), r.stdout
     r = ctl(shared_bus, "revoke-browser", found[0]["id"])
     assert r.returncode == 0, r.stderr
     page.goto(url + "/")                                    # at once: the next request is outside

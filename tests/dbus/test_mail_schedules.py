@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import subprocess
 import sys
+import time
 
 from croniter import croniter
 from dateutil import tz
@@ -114,4 +115,79 @@ async def test_mail_and_schedules_over_dbus_and_exportctl(tmp_path, private_bus,
         cfg.write_text(base)
         assert ctl(private_bus, "reload").returncode == 0
         assert ctl(private_bus, "schedules").stdout == "no schedules\n"
+    await asyncio.to_thread(by_ctl)
+
+
+async def test_a_failed_message_is_retried_and_a_waiting_one_cancelled_over_dbus_and_exportctl(
+        tmp_path, private_bus, daemon_factory, smtp_server):
+    require_core()
+    server = smtp_server("none", auth=False)
+    # the first try is refused for good, the retry for now (it waits an hour for its next try), the third goes
+    server.handler.data_answers = ["554 5.7.1 refused by policy", "451 4.3.0 busy, try later"]
+
+    def start():                     # blocking: off the event loop
+        make_library(tmp_path, sessions=2)
+        cfg = write_config(tmp_path / "c.toml", tmp_path, private_bus, **{
+            "email.enabled": "true", "email.smtp_host": '"127.0.0.1"', "email.smtp_port": str(server.port),
+            "email.sender": '"steno@recorder.example"', "email.retry_initial_seconds": "3600"})
+        daemon_factory(cfg).wait_ready(timeout=30)
+    await asyncio.to_thread(start)
+
+    bus = await MessageBus(bus_address=private_bus).connect()
+    try:
+        async def entry(msg_id: int, state: str) -> dict:
+            for _ in range(300):
+                found = {e["id"].value: e for e in (await call(bus, ROOT_PATH, MANAGER_IFACE, "ListOutbox")).body[0]}
+                if found[msg_id]["state"].value == state:
+                    return {k: v.value for k, v in found[msg_id].items()}
+                await asyncio.sleep(0.1)
+            raise AssertionError(f"message {msg_id} never {state}: {found[msg_id]}")
+
+        r = await call(bus, ROOT_PATH, MANAGER_IFACE, "EmailSessions", "asasasa{sv}",
+                       [["1"], ["txt"], ["Alice <alice@example.org>"], {}])
+        msg_id = r.body[0]
+        failed = await entry(msg_id, "failed")
+        assert "554 5.7.1 refused by policy" in failed["error"] and server.received == []
+
+        # ids that name no message, and a failed message that is no longer waiting, are InvalidArgs with the reason
+        for member, bad, words in (("RetryMail", 0, "no outbox message id"), ("CancelMail", 0, "no outbox message id"),
+                                   ("RetryMail", msg_id + 100, f"no message {msg_id + 100} in the outbox"),
+                                   ("CancelMail", msg_id + 100, f"no message {msg_id + 100} in the outbox"),
+                                   ("CancelMail", msg_id, f"message {msg_id} is failed already")):
+            r = await call(bus, ROOT_PATH, MANAGER_IFACE, member, "t", [bad])
+            assert r.message_type == MessageType.ERROR and r.error_name == ERR + "InvalidArgs", (member, bad, r.body)
+            assert words in r.body[0], (member, bad, r.body)
+
+        r = await call(bus, ROOT_PATH, MANAGER_IFACE, "RetryMail", "t", [msg_id])
+        assert r.message_type == MessageType.METHOD_RETURN, r.body
+        assert r.body[0]["state"].value == "composing" and r.body[0]["error"].value == ""
+        waiting = await entry(msg_id, "queued")      # the second answer: 4xx, the next try in an hour
+        assert "451 4.3.0" in waiting["error"] and waiting["attempts"] == 1
+        assert waiting["next_attempt"] > (time.time() + 3000) * 1e6
+    finally:
+        bus.disconnect()
+
+    def by_ctl():                    # steno-exportctl runs: blocking, off the event loop
+        r = ctl(private_bus, "outbox", "cancel", str(msg_id))
+        assert r.returncode == 0 and f"{msg_id:>4}  cancelled" in r.stdout, r.stdout + r.stderr
+        attempts = server.handler.data_attempts
+        assert attempts == 2 and server.received == []
+        [listed] = json.loads(ctl(private_bus, "outbox", "--json").stdout)
+        assert (listed["state"], listed["error"]) == ("cancelled", "cancelled")
+        r = ctl(private_bus, "outbox", "cancel", str(msg_id))
+        assert r.returncode == 2 and f"message {msg_id} is cancelled already" in r.stderr, r.stderr
+
+        r = ctl(private_bus, "outbox", "retry", str(msg_id), "--json")
+        assert r.returncode == 0 and json.loads(r.stdout)["state"] == "composing", r.stdout + r.stderr
+        [mail] = wait_for(lambda: server.received, 30, what="the retried message")
+        assert mail.rcpt_tos == ["alice@example.org"] and "transcript" in next(iter(mail.attachments()))
+        wait_for(lambda: json.loads(ctl(private_bus, "outbox", "--json").stdout)[0]["state"] == "sent", 30,
+                 what="the message listed as sent")
+        r = ctl(private_bus, "outbox", "retry", str(msg_id))
+        assert r.returncode == 2 and f"message {msg_id} was sent; there is nothing to retry" in r.stderr, r.stderr
+        for args, words in ((["retry", "x1"], "not a whole number: 'x1'"), (["cancel", "0"], "no outbox message id"),
+                            (["retry", "77"], "no message 77 in the outbox")):
+            r = ctl(private_bus, "outbox", *args)
+            assert r.returncode == 2 and words in r.stderr, (args, r.stderr)
+        assert server.handler.data_attempts == 3 and len(server.received) == 1
     await asyncio.to_thread(by_ctl)

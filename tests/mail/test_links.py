@@ -12,7 +12,8 @@ import urllib.request
 
 import pytest
 
-from steno_exportd import events as ev
+from steno_exportd import config, events as ev
+from steno_exportd.core import Core
 from tests.mail.conftest import finished
 from tests.parts import wait_for
 from tests.parts.daemon import make_library, write_config
@@ -55,6 +56,7 @@ def test_a_recording_over_the_limit_comes_as_a_share_link_that_downloads_it_and_
     cfg = write_config(tmp_path / "c.toml", tmp_path, "session", **{f"email.{k}": v for k, v in email.items()}, **{
         "dbus.enabled": "false", "http.enabled": "true", "http.bind": '["127.0.0.1"]', "http.port": str(port),
         "http.auth.mode": '"none"',   # the admin's own page on loopback (closed by default: issue 22)
+        "http.public_url": f'"http://127.0.0.1:{port}"',   # the name the mailed link carries (else <host>.local)
         # the shortest lifetime the config allows (36 s): the test sees the link expire
         "http.share_links.default_expiry_hours": "0.01", "http.share_links.default_max_downloads": "3"})
     daemon = daemon_factory(cfg)
@@ -115,3 +117,43 @@ async def test_without_a_link_the_files_are_named_and_the_body_says_why(keys, ht
         assert "Left out" in body and "audio.flac" in body and "/s/" not in body
         assert (says in body) if says else ("No download link" not in body)
     assert core.access.store.links() == []
+
+
+async def test_a_mailed_link_follows_http_public_url_even_after_a_reload_and_is_revocable(smtp, mail_core):
+    server = await smtp()
+    public = "https://steno.example.org/meetings/"
+    core = await mail_core(server, max_message_mb=0.1, extra={"http": {"public_url": public}})
+    core.set_web_url("http://127.0.0.1:9")                 # where the page listens: not what a mail may carry
+    assert core.web_url == public.rstrip("/")
+
+    entry = await core.email_sessions([1], ["txt", "audio"], [TO])
+    assert (await finished(core, entry.id)).state == ev.OutboxState.SENT
+    [mail] = server.received
+    tokens = re.findall(r"https://steno\.example\.org/meetings/s/([A-Za-z0-9_-]{24})/audio\?dl=1", mail.text())
+    assert len(set(tokens)) == 1 and "127.0.0.1" not in mail.text() + mail.html()
+    [link] = core.access.store.links(1)                    # listed with the session's other share links
+    assert (link.token, link.state, link.max_downloads) == (tokens[0], "active", 5)
+    assert core.access.store.revoke(link.token).state == "revoked"
+
+    # a reload moves the page to another public name: the core's URL and the next mailed link follow it
+    moved = "http://recorder.office.example:8080"
+    await core.reload(config.replace(core.cfg, **{"http.public_url": moved}))
+    assert core.web_url == moved
+    entry = await core.email_sessions([2], ["audio"], [TO])
+    assert (await finished(core, entry.id)).state == ev.OutboxState.SENT
+    assert re.search(rf"{re.escape(moved)}/s/[A-Za-z0-9_-]{{24}}/audio\?dl=1", server.received[1].text())
+    assert len(core.access.store.links(2)) == 1
+
+
+async def test_the_web_url_follows_a_reload_of_http_public_url(tmp_path, demo_library):
+    core = Core(config.from_dict({"recorder": {"db_path": str(demo_library)}, "state": {"dir": str(tmp_path)},
+                                  "http": {"public_url": "https://a.example/"}}))
+    assert core.web_url == ""                              # the page does not listen yet
+    core.set_web_url("http://192.0.2.7:8080/")
+    assert core.web_url == "https://a.example"
+    await core.reload(config.replace(core.cfg, **{"http.public_url": "https://b.example"}))
+    assert core.web_url == "https://b.example"
+    await core.reload(config.replace(core.cfg, **{"http.public_url": ""}))
+    assert core.web_url == "http://192.0.2.7:8080"        # no public name: where it listens
+    core.set_web_url("")
+    assert core.web_url == ""

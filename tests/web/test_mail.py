@@ -144,9 +144,10 @@ async def test_send_selected_meetings_by_email_from_the_list_without_javascript(
         await until(lambda: core.outbox.get(entry.id).state == "sent", "the message marked sent", in_thread=False)
         page = await (await client.get(r.headers["Location"])).text()
         assert f"Message {entry.id} (" in page
-        row = (f"<tr><td>{entry.id}</td><td>{html_escape(entry.subject)}</td>"
+        row = (f"<tr data-id=\"{entry.id}\"><td>{entry.id}</td><td>{html_escape(entry.subject)}</td>"
                "<td>alice@example.org, bob@example.org</td><td>sent</td>")
-        assert row in page
+        created = datetime.datetime.fromtimestamp(entry.created).astimezone().isoformat(timespec="seconds")
+        assert row + f'<td><time datetime="{created}" data-style="datetime">' in page   # the site's one time format
     finally:
         task.cancel()
 
@@ -178,3 +179,41 @@ async def test_bad_selections_are_clear_4xx_and_queue_nothing(web_client, smtp_s
     assert "Email is off" in await (await off_client.get("/email", params={"id": sid})).text()
     r = await off_client.post("/email", data=[("csrf", await csrf(off_client))] + good[1:], allow_redirects=False)
     assert r.status == 400 and "email is off" in await r.text()
+
+
+async def test_the_outbox_page_retries_a_failed_message_and_refuses_bad_ids(web_client, smtp_server):
+    server, client, core = await _mail_client(web_client, smtp_server)
+    server.handler.data_answers = ["554 5.7.1 refused by policy"]
+    task = asyncio.create_task(sender.run(core))
+    try:
+        sid = next(s.id for s in (await core.listing()).sessions if s.exportable)
+        entry = await core.email_sessions([sid], ["txt"], ["alice@example.org"])
+        await until(lambda: core.outbox.get(entry.id).state == "failed", "the message failed", in_thread=False)
+        page = await (await client.get("/email")).text()
+        row = re.search(rf'<tr data-id="{entry.id}">(.*?)</tr>', page, re.S).group(1)
+        assert "554 5.7.1 refused by policy" in row and ">Send again</button>" in row and ">Cancel<" not in row
+        action = f"/email/outbox/{entry.id}/retry"
+        assert f'action="{action}"' in row
+
+        r = await client.post(action, allow_redirects=False)
+        assert r.status == 403 and core.outbox.get(entry.id).state == "failed"     # no CSRF token
+        token = await csrf(client)
+        for path, status, words in [(f"/email/outbox/{entry.id}/cancel", 400, "is failed already"),
+                                    ("/email/outbox/0/retry", 400, "no outbox message id"),
+                                    ("/email/outbox/%C2%B2/retry", 400, "no outbox message id"),   # a superscript 2
+                                    ("/email/outbox/99999/retry", 400, "no message 99999 in the outbox"),
+                                    (f"/email/outbox/{entry.id}/resend", 404, "")]:
+            r = await client.post(path, data={"csrf": token}, allow_redirects=False)
+            assert r.status == status and words in await r.text(), (path, r.status)
+        assert core.outbox.get(entry.id).state == "failed" and server.handler.data_attempts == 1
+
+        r = await client.post(action, data={"csrf": token}, allow_redirects=False)
+        assert r.status == 303 and r.headers["Location"] == "/email#outbox"
+        await until(lambda: core.outbox.get(entry.id).state == "sent", "the retried message sent", in_thread=False)
+        [mail] = server.received
+        assert mail.rcpt_tos == ["alice@example.org"]
+        row = re.search(rf'<tr data-id="{entry.id}">(.*?)</tr>',
+                        await (await client.get("/email")).text(), re.S).group(1)
+        assert "<td>sent</td>" in row and "<form" not in row      # nothing left to retry or cancel
+    finally:
+        task.cancel()

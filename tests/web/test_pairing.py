@@ -5,6 +5,7 @@ cookies); the D-Bus side and Chromium are in tests/dbus/test_access_dbus.py."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import re
 import subprocess
 import sys
@@ -91,6 +92,10 @@ async def test_guessing_codes_is_limited_like_passwords(web_client, sessions):
     assert r.status == 429 and int(r.headers["Retry-After"]) > 0
 
 
+def _iso(t: float) -> str:
+    return datetime.datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds")
+
+
 async def test_a_revoked_browser_loses_access_at_once(web_client, sessions):
     client, core = await web_client(**CLOSED)
     title = next(iter(sessions.values())).title
@@ -102,6 +107,9 @@ async def test_a_revoked_browser_loses_access_at_once(web_client, sessions):
         page = await (await client.get("/browsers")).text()
         ids = re.findall(r'<tr data-id="([0-9a-f]+)"', page)
         assert len(ids) == 2 and "(this browser)" in page
+        for b in await core.paired_browsers():     # times as the rest of the site shows them: in the browser's locale
+            for t in (b.created, b.last_seen):
+                assert f'<time datetime="{_iso(t)}" data-style="datetime">' in page
         mine = re.search(r'<tr data-id="([0-9a-f]+)">\s*<td>paired \(this browser\)', page).group(1)
         theirs = next(i for i in ids if i != mine)
         r = await client.post(f"/browsers/{theirs}/revoke", data={"csrf": await csrf(client)},

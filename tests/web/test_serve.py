@@ -55,7 +55,8 @@ async def test_oversized_headers_431_traversal_404_and_loopback_alias_403(tmp_pa
         "http.port": port, "http.bind": ["0.0.0.0"], "http.public_url": f"http://127.0.0.1:{port}",
         "http.auth.allowed_networks": ["127.0.0.1/32"], "http.auth.allow_open_lan": True})))
     try:
-        async with serve(core) as url:
+        async with serve(core):
+            url = f"http://127.0.0.1:{port}"
             async with aiohttp.ClientSession() as http:
                 async with http.get(url + "/", headers={"X-Big": "x" * 20000}) as r:
                     assert r.status == 431
