@@ -1,9 +1,11 @@
 """A folder on an rclone remote as an export Target: the engine writes into it as into a folder.
 
-Every operation is one request to the push's ``rclone rcd`` (process.Rcd). A file is streamed to
-rclone (``operations/uploadfile``, chunked) under a temp name and moved to its final name
-(``operations/movefile``) only when rclone has stored all of it, so no partial file ever has a final
-name; a file the engine already writes under a temp name (a session built in place) is uploaded under
+Every operation is one request to the push's ``rclone rcd`` (process.Rcd). A recording is copied by
+rclone from its local path (``operations/copyfile``, a job whose progress paces the engine's reads: no
+stream through this process, and no spool copy on stores that cannot take a stream of unknown size,
+such as WebDAV); other files are streamed to rclone (``operations/uploadfile``, chunked). Either lands
+under a temp name and is moved to its final name (``operations/movefile``) only when rclone has stored
+all of it, so no partial file ever has a final name; a file the engine already writes under a temp name (a session built in place) is uploaded under
 that name itself, not under a second one, and the engine renames it. Every request is a few round
 trips to the store (a WebDAV move is four), so none is made twice: a file committed by this push is
 not looked up again before its rename or removal, nor a free name in a folder it made. Where the store
@@ -21,12 +23,15 @@ import itertools
 import logging
 import os
 import socket
+import stat as stat_mod
+import time
 import urllib.parse
 import uuid
+from pathlib import Path
 from typing import Any
 
 from steno_exportd.engine.targets import TEMP_PREFIX, EntryStat, check_rel
-from steno_exportd.errors import InvalidArgument, TargetError
+from steno_exportd.errors import InvalidArgument, SourceError, TargetError
 from steno_exportd.rclone.process import Rcd, RcloneError
 
 log = logging.getLogger(__name__)
@@ -34,6 +39,9 @@ log = logging.getLogger(__name__)
 CHUNK = 4 * 1024 * 1024            # writes into the upload
 HASHES = ("md5", "sha1")           # the store hashes a write checks, in this order of preference
 NO_FREE_SPACE = 1 << 62            # a store that does not say how much is free: its quota error tells
+AHEAD = 64 * 1024 * 1024           # a copy rclone makes of a local file: how far the engine's reads (its
+                                   # progress) may run ahead of what rclone has sent
+POLL = 0.02                        # seconds between looks at such a copy's progress
 SAVE_EVERY = 2.0                   # seconds between manifest saves (each is two uploads and two moves, a few
                                    # round trips each); the sessions in between keep their folder's marker
 
@@ -182,12 +190,15 @@ class RcloneTarget:
 
 
 class _RcloneWrite:
-    """A file streamed to rclone (a chunked multipart upload) under a temp name; moved on commit (a file
-    whose name is a temp name already is uploaded under it)."""
+    """A file uploaded under a temp name and moved on commit (a file whose name is a temp name already is
+    uploaded under it). A local file (from_file) is copied by rclone itself (``operations/copyfile``, a job
+    the writes pace: the progress shown is what rclone sent); other bytes are streamed to rclone (a chunked
+    multipart upload)."""
 
     def __init__(self, t: RcloneTarget, rel: str) -> None:
         self._t, self._rel = t, rel
         head, _, base = t.rel(rel).rpartition("/")
+        self._head = head
         self.temp = base if base.startswith(TEMP_PREFIX) else t.temp_name()
         self.temp_rel = f"{head}/{self.temp}" if head else self.temp
         self.offset = 0
@@ -198,7 +209,83 @@ class _RcloneWrite:
         self._digest = hashlib.new(t.hash) if t.hash else None
         self._stored = False
         self._boundary = f"steno{uuid.uuid4().hex}"
-        query = urllib.parse.urlencode({"fs": t.fs, "remote": t.rel(head) if head else ""})
+        self._conn: http.client.HTTPConnection | None = None      # the stream (opened by the first write)
+        self._job: int | None = None        # rclone's own copy of the local file (from_file)
+        self._group = ""
+        self._src: tuple[Path, tuple] | None = None
+        self._copied = 0                    # bytes rclone reported copied
+        self._ended: dict | None = None     # the copy job's final status
+
+    # -- a local file, copied by rclone ---------------------------------------------------------------
+    def from_file(self, src: Path, st: os.stat_result) -> None:
+        """Let rclone copy ``src`` from its path: no stream through this process, and a store that cannot
+        take a stream of unknown size (WebDAV) gets no spool copy first. Only when the path is still the
+        regular file the engine opened (same device and inode: never a symlink swapped in)."""
+        if self._conn is not None or self._job is not None or self._size:
+            return
+        src = Path(os.path.abspath(src))
+        try:
+            now = os.lstat(src)
+        except OSError:
+            return                          # the engine's own read reports it
+        if not stat_mod.S_ISREG(now.st_mode) or _key(now) != _key(st):
+            return
+        t = self._t
+        self._group = f"steno-{t.tag}-{self.temp}"
+        r = t.rcd.call("operations/copyfile", {"srcFs": f":local:{src.parent}", "srcRemote": src.name,
+                                               "dstFs": t.fs, "dstRemote": t.rel(self.temp_rel),
+                                               "_async": True, "_group": self._group}) or {}
+        self._job = int(r.get("jobid") or 0) or None
+        if self._job is None:
+            raise RcloneError(f"{t.name}: rclone did not start the copy of {self._rel} ({r})")
+        self._src = (src, _key(st))
+
+    def _status(self) -> dict | None:
+        """The copy job's final status, None while it runs."""
+        if self._ended is None:
+            r = self._t.rcd.call("job/status", {"jobid": self._job}) or {}
+            if r.get("finished"):
+                self._ended = r
+        return self._ended
+
+    def _follow(self, upto: int | None) -> None:
+        """Wait until rclone has copied ``upto`` bytes (None: until the copy ended); a copy that makes no
+        progress for the rcd's timeout is a stalled store."""
+        t = self._t
+        idle = time.monotonic()
+        while upto is None or self._copied < upto:
+            if self._status() is not None:
+                return
+            stats = t.rcd.call("core/stats", {"group": self._group}) or {}
+            copied = int(stats.get("bytes") or 0)
+            if copied > self._copied:
+                self._copied, idle = copied, time.monotonic()
+                if upto is not None and copied >= upto:
+                    return
+            elif time.monotonic() - idle > t.rcd.timeout:
+                raise RcloneError(f"{t.name}: the upload of {self._rel} stalled (nothing sent for "
+                                  f"{t.rcd.timeout:.0f}s)")
+            time.sleep(POLL)
+
+    def _copy_ended(self) -> None:
+        """The copy job's outcome: its error explained; the source must not have changed meanwhile."""
+        self._follow(None)
+        status = self._ended or {}
+        if not status.get("success"):
+            self._t.rcd.fail(str(status.get("error") or "the copy failed"))
+        assert self._src is not None
+        src, key = self._src
+        try:
+            same = _key(os.lstat(src)) == key
+        except OSError:
+            same = False
+        if not same:
+            raise SourceError(f"{src} changed while it was copied")
+
+    # -- a stream ---------------------------------------------------------------------------------------
+    def _open_stream(self) -> None:
+        t = self._t
+        query = urllib.parse.urlencode({"fs": t.fs, "remote": self._head})
         self._conn = t.rcd.connection()
         try:
             self._conn.putrequest("POST", f"/operations/uploadfile?{query}", skip_accept_encoding=True)
@@ -214,12 +301,14 @@ class _RcloneWrite:
             raise RcloneError(f"{t.name}: rclone stopped answering ({e})") from e
 
     def _send(self, data: bytes | memoryview) -> None:
+        assert self._conn is not None
         self._conn.send(b"%x\r\n" % len(data))
         self._conn.send(data)
         self._conn.send(b"\r\n")
 
     def _failed(self, e: Exception) -> TargetError:
         """Why the upload stopped: rclone's answer when it gave one (the store's error), else the drop."""
+        assert self._conn is not None
         try:
             r = self._conn.getresponse()
             self._t.rcd.answer(r.status, r.read(1 << 20))
@@ -232,18 +321,30 @@ class _RcloneWrite:
     def write(self, data: bytes | memoryview) -> None:
         if not data:
             return
-        try:
-            self._send(data)
-        except OSError as e:
-            raise self._failed(e) from e
+        if self._job is None:
+            if self._conn is None:
+                self._open_stream()
+            try:
+                self._send(data)
+            except OSError as e:
+                raise self._failed(e) from e
         if self._digest is not None:
             self._digest.update(data)
         self._size += len(data)
+        if self._job is not None and self._size - self._copied > AHEAD:
+            self._follow(self._size - AHEAD)
 
     def sync(self) -> None:
         """End the upload and wait until rclone has stored the whole temp file."""
         if self._stored:
             return
+        if self._job is not None:
+            self._copy_ended()
+            self._stored = True
+            return
+        if self._conn is None:
+            self._open_stream()             # an empty file
+        assert self._conn is not None
         try:
             self._send(f"\r\n--{self._boundary}--\r\n".encode())
             self._conn.send(b"0\r\n\r\n")
@@ -283,12 +384,21 @@ class _RcloneWrite:
         if self.done:
             return
         self.done = True
-        self._conn.close()
+        if self._conn is not None:
+            self._conn.close()
         try:
+            if self._job is not None and self._status() is None:
+                self._t.rcd.call("job/stop", {"jobid": self._job})
+                self._follow(None)          # (stopped: its temp file is complete or gone before the removal)
             self._t.rcd.call("operations/deletefile", {"fs": self._t.fs, "remote": self._t.rel(self.temp_rel)},
                              missing_ok=True)
         except TargetError as e:
             log.debug("temp file %s not removed: %s", self.temp_rel, e)
+
+
+def _key(st: os.stat_result) -> tuple:
+    """What tells a file changed (or was replaced) between two looks."""
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 class _RcloneRead:
