@@ -30,7 +30,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from steno_exportd.engine.targets import TEMP_PREFIX, EntryStat, check_rel
+from steno_exportd.engine.targets import MARKER, TEMP_PREFIX, EntryStat, check_rel
 from steno_exportd.errors import InvalidArgument, SourceError, TargetError
 from steno_exportd.rclone.process import Rcd, RcloneError
 
@@ -41,7 +41,7 @@ HASHES = ("md5", "sha1")           # the store hashes a write checks, in this or
 NO_FREE_SPACE = 1 << 62            # a store that does not say how much is free: its quota error tells
 AHEAD = 64 * 1024 * 1024           # a copy rclone makes of a local file: how far the engine's reads (its
                                    # progress) may run ahead of what rclone has sent
-POLL = 0.02                        # seconds between looks at such a copy's progress
+POLL = 0.01                        # seconds between looks at such a copy's progress
 SAVE_EVERY = 2.0                   # seconds between manifest saves (each is two uploads and two moves, a few
                                    # round trips each); the sessions in between keep their folder's marker
 
@@ -199,7 +199,9 @@ class _RcloneWrite:
         self._t, self._rel = t, rel
         head, _, base = t.rel(rel).rpartition("/")
         self._head = head
-        self.temp = base if base.startswith(TEMP_PREFIX) else t.temp_name()
+        # a folder's marker goes under its own name too: cut short, it still says "incomplete" (being there is
+        # all it says), and a move is several round trips (five on WebDAV)
+        self.temp = base if base.startswith(TEMP_PREFIX) or base == MARKER else t.temp_name()
         self.temp_rel = f"{head}/{self.temp}" if head else self.temp
         self.offset = 0
         self.chunk = CHUNK
