@@ -6,7 +6,11 @@ Prints `name: value` lines: total throughput of the fleet (from the moment every
 ready and told to go until the last one finished) beside smbclient's, their ratio, and the slowest
 recorder's own time. Each recorder runs a push job as on a fresh recorder: the recordings' SHA-256
 computed on the way, every file read back and compared (export.verify, the default); BENCH_FLEET_VERIFY=0
-pushes without the read-back. Both sides sign (SMB3, a named user); recordings come from the page cache.
+pushes without the read-back. With the read-back, a second anchor puts the files with smbclient and
+gets them back (into /dev/null, not hashed); the target (0.8x) is against the put alone. Both sides sign
+(SMB3, a named user): what each side negotiated is printed (smbstatus), with our request sizes, and the
+CPU seconds each side's client(s) and smbd used (2 cores here: the fleet is CPU bound where the anchor,
+one smbclient, waits on round trips). Recordings come from the page cache.
 The share's folder is a tmpfs (as in bench_smb: this VM's disk writeback swings either side by 3x);
 BENCH_FLEET_DISK=1 keeps it on disk. Needs root (a test user, smbd on a loopback port 4450-4499).
 BENCH_FLEET_RECORDERS, BENCH_FLEET_MIB (per recorder) and BENCH_FLEET_ROUNDS change the sizes.
@@ -70,21 +74,22 @@ def recorder(cfg_json: str) -> int:
     ids = tuple(s.id for s in lib.list_sessions(exportable_only=True))
     print("ready", flush=True)
     sys.stdin.readline()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), os.times()
     try:
         res = run_export(lib, SimpleSpec("smb:office", ids, ("audio",), ExportOptions(verify=VERIFY)), cfg,
                          targets=targets, hashes=None)
     finally:
         lib.close()
-    seconds = time.perf_counter() - t0
+    seconds, c1 = time.perf_counter() - t0, os.times()
     bad = [r.error for r in res if not r.ok or r.skipped]
-    print(json.dumps({"seconds": seconds, "bytes": sum(f.size for r in res for f in r.files), "errors": bad}),
-          flush=True)
+    print(json.dumps({"seconds": seconds, "bytes": sum(f.size for r in res for f in r.files), "errors": bad,
+                      "cpu": c1.user - c0.user + c1.system - c0.system}), flush=True)
     return 0 if not bad else 1
 
 
-def fleet(raws: list[dict], total: int) -> tuple[float, float]:
-    """Every recorder at once: (seconds until the last finished, the slowest recorder's own seconds)."""
+def fleet(raws: list[dict], total: int) -> tuple[float, float, float]:
+    """Every recorder at once: (seconds until the last finished, the slowest recorder's own seconds, the CPU
+    seconds of all recorders' pushes)."""
     procs = [subprocess.Popen([sys.executable, __file__, "--recorder", json.dumps(raw)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for raw in raws]
     try:
@@ -105,7 +110,7 @@ def fleet(raws: list[dict], total: int) -> tuple[float, float]:
                 p.wait()
     assert all(o.get("errors") == [] for o in outs), outs
     assert sum(o["bytes"] for o in outs) == total, (outs, total)
-    return wall, max(o["seconds"] for o in outs)
+    return wall, max(o["seconds"] for o in outs), sum(o["cpu"] for o in outs)
 
 
 def smbclient_put(port: int, user: str, pw: str, files: list[pathlib.Path], dest: str) -> float:
@@ -119,6 +124,69 @@ def smbclient_put(port: int, user: str, pw: str, files: list[pathlib.Path], dest
                     "--client-protection=sign", "-c", "; ".join(cmds)],
                    check=True, capture_output=True, timeout=1200)
     return time.perf_counter() - t0
+
+
+def smbclient_get(port: int, user: str, pw: str, files: list[pathlib.Path], dest: str) -> float:
+    """What smbclient_put wrote read back in one smbclient session (into /dev/null): the read-back alone."""
+    cmds = [f'get "{dest}/{f.parent.parent.name}/{f.name}" /dev/null' for f in files]
+    t0 = time.perf_counter()
+    subprocess.run(["smbclient", "//127.0.0.1/push", "-p", str(port), "-U", f"{user}%{pw}",
+                    "--client-protection=sign", "-c", "; ".join(cmds)],
+                   check=True, capture_output=True, timeout=1200)
+    return time.perf_counter() - t0
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's reaped children (user + system)."""
+    r = os.times()
+    return r.children_user + r.children_system
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a process, its reaped children and its live (or not yet reaped) children: smbd forks one
+    process per connection."""
+    def stat(p: int) -> list[str]:
+        try:
+            return pathlib.Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return []
+    tick = os.sysconf("SC_CLK_TCK")
+    total = sum(int(x) for x in stat(pid)[11:15]) / tick
+    for d in pathlib.Path("/proc").iterdir():
+        f = stat(int(d.name)) if d.name.isdigit() else []
+        if f and int(f[1]) == pid:
+            total += sum(int(x) for x in f[11:13]) / tick
+    return total
+
+
+def negotiated(smbd_conf: pathlib.Path, port: int, user: str, pw: str, remote: SmbRemote) -> tuple[str, str]:
+    """What each side negotiates with this smbd, as smbstatus shows it (protocol, encryption, signing), ours
+    with its request sizes: the anchor and ours are compared like with like."""
+    from steno_exportd.smb import target as smbt
+    t = smbt.SmbTarget(remote)
+    p = subprocess.Popen(["smbclient", "//127.0.0.1/push", "-p", str(port), "-U", f"{user}%{pw}",
+                          "--client-protection=sign"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    try:
+        t.connect()
+        deadline = time.monotonic() + 10
+        rows: list[list[str]] = []
+        while time.monotonic() < deadline and len(rows) < 2:
+            out = subprocess.run(["smbstatus", "-s", str(smbd_conf), "-b"], capture_output=True, text=True).stdout
+            rows = [ln.split() for ln in out.splitlines() if "ipv4:127.0.0.1:" in ln]
+            time.sleep(0.2)
+        ours_port = t._cache_conn().transport._sock.getsockname()[1]
+        def show(r: list[str]) -> str:
+            return f"{r[-3]}, encryption {r[-2]}, signing {r[-1]}"
+        ours = [show(r) for r in rows if f":{ours_port})" in " ".join(r)]
+        theirs = [show(r) for r in rows if f":{ours_port})" not in " ".join(r)]
+        sizes = (f"; writes {t.max_write >> 20} MiB x {smbt.PIPELINE} in flight, read-back {t.max_read >> 20} MiB x "
+                 f"{smbt.PIPELINE} on a second connection")
+        return (ours[0] if ours else "?") + sizes, theirs[0] if theirs else "?"
+    finally:
+        t.close()
+        p.stdin.close()
+        p.wait(30)
 
 
 def main() -> int:
@@ -162,6 +230,8 @@ def main() -> int:
         os.sync()
         mib = total / 2**20
         slowest: list[float] = []
+        got: list[float] = []           # smbclient put + get of the same files (the anchor with a read-back)
+        cpu: dict[str, list[float]] = {"ours": [], "ours_smbd": [], "smbclient": [], "smbclient_smbd": []}
 
         def clear() -> None:
             for p in nas.iterdir():
@@ -169,18 +239,30 @@ def main() -> int:
             os.sync()
 
         def ours(r: int) -> float:
-            wall, slow = fleet(raws, total)
+            s0 = tree_cpu(smbd.proc.pid)
+            wall, slow, used = fleet(raws, total)
+            cpu["ours_smbd"].append(tree_cpu(smbd.proc.pid) - s0)
+            cpu["ours"].append(used)
             slowest.append(slow)
             clear()
             return wall
 
         def anchor(r: int) -> float:
+            s0, c0 = tree_cpu(smbd.proc.pid), children_cpu()
             t = smbclient_put(smbd.port, user, pw, files, f"smbclient-{r}")
+            cpu["smbclient"].append(children_cpu() - c0)
+            cpu["smbclient_smbd"].append(tree_cpu(smbd.proc.pid) - s0)
+            if VERIFY:          # like with like: the same bytes read back by smbclient (not hashed), timed apart
+                got.append(t + smbclient_get(smbd.port, user, pw, files, f"smbclient-{r}"))
             clear()
             return t
+        mine_neg, their_neg = negotiated(smbd.conf, smbd.port, user, pw, remote)
         ours(-1)                          # warm-up, not counted: a fresh share and smbd's first allocations
-        slowest.clear()
         anchor(-1)
+        slowest.clear()
+        got.clear()
+        for v in cpu.values():
+            v.clear()
         theirs, (mine,) = alternate(ROUNDS, anchor, ours)
         print(f"fleet_recorders: {RECORDERS}")
         print(f"fleet_size_mib: {mib:.0f}")
@@ -189,6 +271,14 @@ def main() -> int:
         report("fleet", mib, "smbclient_put", theirs, [("ours", mine)])
         print(f"fleet_slowest_recorder_s: {statistics.median(slowest):.2f}")
         print(f"fleet_slowest_recorder_vs_smbclient_all: {statistics.median(slowest) / statistics.median(theirs):.2f}")
+        if got:
+            print(f"fleet_smbclient_put_get_mib_s: {mib / statistics.median(got):.1f}")
+            print(f"fleet_ratio_ours_vs_smbclient_put_get: {statistics.median(got) / statistics.median(mine):.2f}")
+        print(f"fleet_ours_negotiated: {mine_neg}")
+        print(f"fleet_smbclient_negotiated: {their_neg}")
+        # where the time goes on a 2-core machine: CPU seconds of each side's client(s) and of smbd (medians)
+        for k, v in cpu.items():
+            print(f"fleet_cpu_{k}_s: {statistics.median(v):.2f}")
         return 0
     finally:
         for db in dbs:

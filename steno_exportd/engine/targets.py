@@ -46,6 +46,9 @@ class WriteHandle(Protocol):
     verified: bool                              # after commit: the store's own hash of the landed file matched
                                                 # the bytes written (a cloud store): no read-back needed
 
+    def from_file(self, src: Path, st: os.stat_result) -> None: ...
+    # every byte written next is src's (a regular file the caller opened, fstat st): a target that copies a
+    # local file better itself (rclone: no stream through this process) may do so; write() still gets each byte
     def write(self, data: bytes | memoryview) -> None: ...
     def sync(self) -> None: ...                 # fsync the data
     def commit(self) -> None: ...               # rename to the final name, fsync the folder
@@ -169,6 +172,9 @@ class _DirWrite:
             os.close(dir_fd)
             raise os_error(e, rel) from e
         self._done = False
+
+    def from_file(self, src: Path, st: os.stat_result) -> None:
+        """Nothing: the bytes come through write()."""
 
     def write(self, data: bytes | memoryview) -> None:
         view = memoryview(data)

@@ -151,6 +151,8 @@ def copy_into(src: Path, h: WriteHandle, *, tick: Tick = lambda n: None,
         t.start()
         size = h.offset
         try:
+            if not h.offset:
+                h.from_file(src, os.fstat(fd))
             while True:
                 item = full.get()
                 if item is _END:

@@ -492,6 +492,9 @@ class _SmbWrite:
         if written != n:
             raise SmbError(f"short write: server took {written} of {n} bytes")
 
+    def from_file(self, src: Any, st: os.stat_result) -> None:
+        """Nothing: the bytes come through write() (pipelined here)."""
+
     def write(self, data: bytes | memoryview) -> None:
         if self._small is not None:
             if len(self._small) + len(data) <= min(SMALL, self._t.max_write):

@@ -2,6 +2,7 @@
 with MD5): land verified, send nothing twice, survive a server killed mid-upload, refuse a bad login."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
@@ -178,3 +179,66 @@ def test_a_world_readable_rclone_config_is_reported(tmp_path):
     assert "other users can read it" in r.stderr, r.stderr
     os.chmod(conf, 0o600)
     assert config_problems(cfg) == []
+
+
+def _connected(srv, tmp: pathlib.Path):
+    """An RcloneTarget on the served store's "office" folder, connected (closed by the caller)."""
+    from steno_exportd.rclone.process import Rcd
+    from steno_exportd.rclone.target import RcloneTarget
+    db = make_recorder(tmp / "rec", sizes=(1 << 20,))
+    cfg = make_cfg(tmp, db, srv.client_config(tmp / "rclone.conf"), f"{srv.remote}:office")
+    remote = cfg.rclone.remotes[0]
+    t = RcloneTarget(Rcd(cfg, remote), remote.remote, name="rclone:cloud")
+    t.connect()
+    t.mkdir("x")
+    return t
+
+
+@pytest.mark.parametrize("swap", ["file", "symlink"])
+def test_a_recording_replaced_after_it_was_opened_lands_as_read_not_as_replaced(rclone_server, rclone_tmp, swap):
+    """rclone copies a recording from its path only while the path is the file the engine opened (same inode,
+    no symlink): a path replaced meanwhile lands the bytes the engine read and hashed, never the new file's."""
+    srv = rclone_server
+    t = _connected(srv, rclone_tmp)
+    try:
+        src, other = rclone_tmp / "rec.flac", rclone_tmp / "other.flac"
+        read = os.urandom(3 << 20)
+        src.write_bytes(read)
+        other.write_bytes(os.urandom(5 << 20))
+        st = os.stat(src)
+        src.unlink()
+        if swap == "file":
+            os.link(other, src)
+        else:
+            src.symlink_to(other)
+        h = t.open_write("x/a.flac")
+        h.from_file(src, st)
+        h.write(read)
+        h.sync()
+        h.commit()
+    finally:
+        t.close()
+    landed = (srv.served / "office" / "x" / "a.flac").read_bytes()
+    assert (len(landed), hashlib.sha256(landed).hexdigest()) == (len(read), hashlib.sha256(read).hexdigest())
+    assert os.listdir(srv.served / "office" / "x") == ["a.flac"]
+
+
+def test_a_recording_changed_while_rclone_copies_it_fails_and_lands_nothing(rclone_server, rclone_tmp):
+    from steno_exportd.errors import SourceError
+    srv = rclone_server
+    t = _connected(srv, rclone_tmp)
+    try:
+        src = rclone_tmp / "rec.flac"
+        data = os.urandom(8 << 20)
+        src.write_bytes(data)
+        st = os.stat(src)
+        h = t.open_write("x/a.flac")
+        h.from_file(src, st)
+        h.write(data)
+        os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))     # written to again, as far as anyone can tell
+        with pytest.raises((SourceError, RcloneError), match="changed while it was copied|being updated"):
+            h.sync()
+        h.abort()
+    finally:
+        t.close()
+    assert os.listdir(srv.served / "office" / "x") == []
