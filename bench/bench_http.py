@@ -137,7 +137,7 @@ async def main() -> None:
         cfg = config.from_dict({"recorder": {"db_path": str(lib / demo.DB_NAME)},
                                 "state": {"dir": str(tmp_path / "state"), "runtime_dir": str(tmp_path / "run")},
                                 "export": {"allowed_dirs": [str(tmp_path / "exports")], "hash_ahead": False},
-                                "usb": {"enabled": False}, "http": {"bind": ["127.0.0.1"], "port": port}})
+                                "usb": {"enabled": False}, "http": {"bind": ["127.0.0.1"], "port": port, "auth": {"mode": "none"}}})
         core = Core(cfg)
         await core.start()
         from steno_exportd.web import serve
