@@ -18,9 +18,10 @@ import os
 import sqlite3
 import threading
 import time
-import zlib
 from pathlib import Path
 from typing import Callable, Iterator
+
+from isal.isal_zlib import crc32
 
 from steno_exportd.engine.hashcache import HashCache
 from steno_exportd.errors import SourceError, StenoError
@@ -237,8 +238,8 @@ class Prehasher:
                 n = os.preadv(f.fd, [buf], pos)
                 if n == 0:
                     break
-                digest.update(view[:n])     # hashlib and zlib drop the GIL on large buffers
-                crc = zlib.crc32(view[:n], crc)
+                digest.update(view[:n])     # hashlib and isal drop the GIL on large buffers
+                crc = crc32(view[:n], crc)
                 pos += n
                 self.bytes += n
             now = os.fstat(f.fd)

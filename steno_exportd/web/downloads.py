@@ -23,7 +23,7 @@ MAX_SELECTION = 500
 MAX_FORMATS = 32
 ZIP_CHUNK = 128 << 10       # the ZIP's own bytes (headers, documents) are gathered up to this before they are sent
 ZIP_BATCH = 512 << 10       # ... fetched 512 KiB at a time (a thread hop per chunk costs throughput); recordings
-                            # go by sendfile (checksums remembered, or hashed ahead by one thread per core)
+                            # go by sendfile (checksums remembered, or hashed by one thread per core meanwhile)
 RANGE = re.compile(r"([0-9]*)-([0-9]*)")
 AUDIO_TYPES = {".flac": "audio/flac", ".wav": "audio/wav", ".mp3": "audio/mpeg", ".ogg": "audio/ogg",
                ".opus": "audio/ogg", ".m4a": "audio/mp4"}
@@ -421,7 +421,8 @@ async def _send_file_span(request: web.Request, span: Any) -> int:
     except FileEnded as e:
         raise FileEnded(e.sent, e.why, span.session_id) from None
     finally:
-        src.close()
+        if span.opened is None:       # the plan's own (held open) is closed with the plan: a thread may still
+            src.close()               # be hashing it while it is sent
 
 
 async def session_zip(request: web.Request) -> web.StreamResponse:
