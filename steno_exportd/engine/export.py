@@ -119,6 +119,7 @@ class Exporter:
         self._verifier = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="steno-verify")
         self._saved_at = -math.inf              # when the manifest was last saved (monotonic)
         self._markers: list[str] = []           # in-place folders recorded in the manifest but not yet saved
+        self._unsaved = False                   # a change of the manifest (a session finished) not saved yet
 
     def _cancelled(self) -> bool:
         return bool(self.p.cancelled)
@@ -219,8 +220,8 @@ class Exporter:
                 pass
         try:
             with self._lock:
-                if self._markers:
-                    self._save()        # the sessions a deferred save still holds
+                if self._markers or self._unsaved:
+                    self._save()        # the sessions a deferred save still holds, or finished since the last
         except (TargetError, OSError) as e:
             # their folders keep their markers: the next run removes and sends them again
             log.warning("%s: the manifest was not saved at the end of the run: %s", self.t.name, e)
@@ -281,6 +282,7 @@ class Exporter:
                 return
         mf.save(self.t, self.root, self.m)
         self._saved_at = time.monotonic()
+        self._unsaved = False
         markers, self._markers = self._markers, []
         for rel in markers:
             self.t.remove(rel)
@@ -372,9 +374,12 @@ class Exporter:
                     self._root_names.discard(name)
             elif st.kind == "dir" and not self._owned_folder(name):
                 # an in-place build interrupted before completion: its marker, or (the marker's write lost with
-                # a yanked stick's unflushed metadata) nothing but our temp names, or nothing at all
-                names = self.t.listdir(rel)
-                if MARKER in names or all(self.t.own_temp(n) for n in names):
+                # a yanked stick's unflushed metadata) nothing but our temp names; an empty folder may be a user's
+                try:
+                    names = self.t.listdir(rel)
+                except TargetError:
+                    continue                    # not ours to read: left alone
+                if names and (MARKER in names or all(self.t.own_temp(n) for n in names)):
                     self.t.remove_tree(rel)
                     self._root_names.discard(name)
             elif self.t.own_temp(name) and st.kind == "file":
@@ -460,7 +465,8 @@ class Exporter:
 
     def _unchanged(self, s: Any, plan: list[PlannedFile]) -> bool:
         entry = self.m.sessions.get(s.uuid)
-        if not entry or entry.get("updated_at") != _iso(s.updated_at) or entry.get("incomplete"):
+        if (not entry or entry.get("updated_at") != _iso(s.updated_at) or entry.get("incomplete")
+                or entry.get("finishing")):
             return False
         files = entry.get("files", {})
         try:
@@ -650,13 +656,18 @@ class Exporter:
         # the marker of this build, or one an earlier run left in a folder it had recorded (cut before removing it)
         marker = f"{work_rel}/{MARKER}" if (in_place and not exists) or MARKER in listing else ""
         deferred = bool(marker and self.t.save_every and not exists)
+        finishing = record and not deferred and (not exists or bool(marker))
         with self._lock:
             for p in [p for p, r in self.m.partial.items() if r.get("uuid") == s.uuid]:
                 del self.m.partial[p]           # written, or failed and removed: nothing to resume
             if record and not deferred:
                 # recorded BEFORE the folder looks finished (renamed into place, marker removed): a stick pulled
                 # in between leaves a folder the next run knows and completes, never an unknown finished-looking
-                # twin beside which it would write "<name> (2)"
+                # twin beside which it would write "<name> (2)". Until a later save it is "finishing": not yet
+                # exported for the auto-export's "new" sessions and the office index, and completed by any export
+                # of it
+                if finishing:
+                    new_entry["finishing"] = True
                 self.m.sessions[s.uuid] = new_entry
                 self._save()
         if not record:
@@ -685,6 +696,10 @@ class Exporter:
                     self._save(marker)
                 else:
                     self.t.remove(marker)
+        if finishing:
+            with self._lock:
+                new_entry.pop("finishing", None)
+                self._unsaved = True            # written by the next save, at the latest the run's last
         if self.state is not None and verified:
             self.state.add_history(self.job_id, self.spec.target_name, self.spec.device_id, s.uuid, verified)
         errors = "; ".join(f"{r.path.rsplit('/', 1)[-1]}: {r.error}" for r in results

@@ -47,8 +47,10 @@ class Manifest:
         return out
 
     def exported(self) -> set[str]:
-        """UUIDs of the sessions exported here (not folders recovered from SHA256SUMS, not merged ones)."""
-        return {u for u in self.sessions if not u.startswith(("rebuilt:", "merged:"))}
+        """UUIDs of the sessions exported here (not folders recovered from SHA256SUMS, not merged ones, not one
+        recorded and then cut before its folder was finished)."""
+        return {u for u, s in self.sessions.items() if not u.startswith(("rebuilt:", "merged:"))
+                and not s.get("finishing")}
 
     def folders(self) -> dict[str, str]:
         """folder (casefolded) -> session uuid."""

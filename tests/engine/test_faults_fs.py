@@ -13,8 +13,10 @@ import pytest
 
 from steno_exportd.engine.export import SimpleSpec, run_export
 from steno_exportd.engine.options import ExportOptions
+from steno_exportd.engine.targets import DirectoryTarget
 from steno_exportd.engine.verify import verify_target
 from steno_exportd.errors import TargetError
+from steno_exportd.usb.policy import sessions_on_stick
 from tests.configs import make_config
 from tests.fakes import FakeLibrary, library, make_session
 from tests.parts.loopfs import fuse_helper_pid, loop_fs, mount, umount
@@ -312,6 +314,10 @@ def test_yank_at_a_sessions_last_step_then_the_next_export_completes_it_once(tmp
                 markers.append(rel)
                 if len(markers) == 2 and not fired:       # the second session's folder: its marker half made
                     fired.append(moment)
+                    here = rel.split("/")[-2]
+                    # the first session finished meanwhile by the verifier thread: not cut mid-rename here
+                    wait_for(lambda: not [d for d in (mnt / "SilentSteno").iterdir() if d.is_dir() and d.name != here
+                                          and (d / ".steno-incomplete").exists()], 30, what="session 1 finished")
                     h = target.open_write(rel)
                     h.write(data)
                     h.sync()
@@ -333,10 +339,19 @@ def test_yank_at_a_sessions_last_step_then_the_next_export_completes_it_once(tmp
         finished, unfinished = _yanked(mnt, set())
         rep = verify_target(str(mnt))
         assert sorted(rep.incomplete) == unfinished, (rep.incomplete, unfinished)
+        on_stick = manifest.load(DirectoryTarget(str(mnt)), "SilentSteno")
+        if moment == "before the save":
+            assert first not in on_stick.sessions
+        elif moment == "after the save":        # recorded, its folder not finished: not "exported" for auto-export
+            assert first in on_stick.sessions and first not in sessions_on_stick(mnt)
+            assert on_stick.sessions[first]["folder"] not in finished
+        else:                                   # the first session finished before the yank
+            assert first in on_stick.sessions and on_stick.sessions[first]["folder"] in finished
         res = _export(lib, cfg, mnt)
         assert all(x.ok for x in res), res
         folders = sorted(d.name for d in (mnt / "SilentSteno").iterdir() if d.is_dir())
         assert len(folders) == 3 and not [f for f in folders if f.endswith(" (2)")], folders
         assert _sums_ok(mnt) and not _leftovers(mnt)
         assert verify_target(str(mnt)).ok
+        assert sessions_on_stick(mnt) == {x.uuid for x in lib.sessions.values()}
         assert all(r.skipped for r in _export(lib, cfg, mnt))
