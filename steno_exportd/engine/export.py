@@ -374,12 +374,13 @@ class Exporter:
                     self._root_names.discard(name)
             elif st.kind == "dir" and not self._owned_folder(name):
                 # an in-place build interrupted before completion: its marker, or (the marker's write lost with
-                # a yanked stick's unflushed metadata) nothing but our temp names; an empty folder may be a user's
+                # a yanked stick's unflushed metadata) nothing but our temp names, or nothing: what verify calls
+                # incomplete (an empty folder holds nothing to lose)
                 try:
                     names = self.t.listdir(rel)
                 except TargetError:
                     continue                    # not ours to read: left alone
-                if names and (MARKER in names or all(self.t.own_temp(n) for n in names)):
+                if MARKER in names or all(self.t.own_temp(n) for n in names):
                     self.t.remove_tree(rel)
                     self._root_names.discard(name)
             elif self.t.own_temp(name) and st.kind == "file":

@@ -165,11 +165,13 @@ class _DirWrite:
         self.offset = 0
         self.chunk = COPY_CHUNK
         self.verified = False
+        self._fd, self._done = -1, True         # (nothing to abort if the open below fails)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             self._fd = os.open(self.temp, flags, 0o644, dir_fd=dir_fd)
         except OSError as e:
             os.close(dir_fd)
+            self._dir_fd = -1                   # closed: never closed again (its number may be reused by then)
             raise os_error(e, rel) from e
         self._done = False
 
