@@ -35,7 +35,8 @@ def pushing_daemon(tmp_path, office, private_bus, daemon_factory, demo_library):
 
 def pushed_folders(nas) -> dict[str, str]:
     try:
-        return {u: s["folder"] for u, s in json.loads((nas / "manifest.json").read_text())["sessions"].items()}
+        return {u: s["folder"] for u, s in json.loads((nas / "manifest.json").read_text())["sessions"].items()
+                if not s.get("finishing")}     # (recorded, its folder maybe not renamed into place yet)
     except (OSError, ValueError, KeyError):
         return {}
 

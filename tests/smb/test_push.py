@@ -52,9 +52,11 @@ def cfg_for(root, db, remote, folder, **remote_changes):
 
 
 def sessions_on_nas(folder: pathlib.Path) -> dict[str, str]:
-    """uuid -> session folder, from the NAS's manifest.json."""
+    """uuid -> session folder, from the NAS's manifest.json (not one recorded but still "finishing": its folder
+    may not be renamed into place yet)."""
     try:
-        return {u: s["folder"] for u, s in json.loads((folder / "manifest.json").read_text())["sessions"].items()}
+        return {u: s["folder"] for u, s in json.loads((folder / "manifest.json").read_text())["sessions"].items()
+                if not s.get("finishing")}
     except (OSError, ValueError, KeyError):
         return {}
 
