@@ -6,7 +6,7 @@ import zipfile
 
 import pytest
 
-from steno_exportd.engine.archive import build_plan, zip_size, zip_stream
+from steno_exportd.engine.archive import FileSpan, build_plan, zip_size, zip_stream
 from steno_exportd.engine.export import SimpleSpec, run_export
 from steno_exportd.engine.options import ExportOptions
 from tests.configs import make_config
@@ -40,10 +40,19 @@ def test_zip_stream_valid_and_sized(tmp_path):
     assert not sha256sum_check(tmp_path / "x" / "SilentSteno")
 
 
+def _written(out, parts, plan):
+    """The streamed parts written to ``out`` (a FileSpan read from its file), checked against the planned size."""
+    with open(out, "wb") as f:
+        for p in parts:
+            f.write(p if not isinstance(p, FileSpan) else p.source.path.read_bytes())
+    assert out.stat().st_size == zip_size(plan)
+    return out
+
+
 def test_recordings_whose_checksums_are_not_known_are_hashed_ahead_and_sent_from_their_file(tmp_path):
     """A first ZIP: each recording is hashed by a thread of its own (one per core) before its turn, then
     handed to the sender as a file span (sendfile), its CRC in the data descriptor; the ZIP is right."""
-    from steno_exportd.engine.archive import FileSpan, zip_parts
+    from steno_exportd.engine.archive import zip_parts
     lib = library(tmp_path, 4, audio_size=5_000_000)
     plan = build_plan(lib, (1, 2, 3, 4), ("txt", "audio"), "detailed", True, _cfg(tmp_path), keep_open=True)
     try:
@@ -53,12 +62,7 @@ def test_recordings_whose_checksums_are_not_known_are_hashed_ahead_and_sent_from
     spans = [p for p in parts if isinstance(p, FileSpan)]
     assert len(spans) == 4 and all(p.size == 5_000_000 for p in spans)
     assert max(len(p) for p in parts if not isinstance(p, FileSpan)) < 1_000_000     # no recording read here
-    out = tmp_path / "first.zip"
-    with open(out, "wb") as f:
-        for p in parts:
-            f.write(p if not isinstance(p, FileSpan) else p.source.path.read_bytes())
-    assert out.stat().st_size == zip_size(plan)
-    with zipfile.ZipFile(out) as z:
+    with zipfile.ZipFile(_written(tmp_path / "first.zip", parts, plan)) as z:
         assert z.testzip() is None
         assert all(i.flag_bits & 0x08 for i in z.infolist() if i.filename.endswith(".wav"))
         z.extractall(tmp_path / "x")
@@ -74,7 +78,7 @@ def test_a_recording_is_sent_while_it_is_hashed_not_after(tmp_path):
     import threading
 
     from steno_exportd.engine import archive
-    from steno_exportd.engine.archive import FileSpan, zip_parts
+    from steno_exportd.engine.archive import zip_parts
     lib = library(tmp_path, 2, audio_size=5_000_000)
     plan = build_plan(lib, (1, 2), ("txt", "audio"), "detailed", True, _cfg(tmp_path), keep_open=True)
     slots = os.cpu_count() or 1
@@ -102,12 +106,7 @@ def test_a_recording_is_sent_while_it_is_hashed_not_after(tmp_path):
     assert came, "no recording was sent before its hash could start"
     assert unhashed                     # sent while its thread hashes it
     assert not t.is_alive()
-    out = tmp_path / "first.zip"
-    with open(out, "wb") as f:
-        for p in parts:
-            f.write(p if not isinstance(p, FileSpan) else p.source.path.read_bytes())
-    assert out.stat().st_size == zip_size(plan)
-    with zipfile.ZipFile(out) as z:
+    with zipfile.ZipFile(_written(tmp_path / "first.zip", parts, plan)) as z:
         assert z.testzip() is None
         z.extractall(tmp_path / "x")
     assert not sha256sum_check(tmp_path / "x" / "SilentSteno")
