@@ -67,6 +67,7 @@ class RcloneTarget:
         self._mine: dict[str, set[str]] = {}   # folders only this push writes in (made by it, or claimed and
                                                # listed): the names in each, so an absent name costs no look-up
         self._claimed: set[str] = set()
+        self._dirs: set[str] = set()      # folders known to be there (a folder is not removed under a push)
 
     def connect(self) -> None:
         """Start rclone, reach the store once (which hash it keeps); a clear error when it cannot."""
@@ -75,7 +76,9 @@ class RcloneTarget:
         kept = [str(h).lower() for h in info.get("Hashes") or []]
         self.hash = next((h for h in HASHES if h in kept), None)
         self.rcd.call("operations/mkdir", {"fs": self.fs, "remote": ""})
-        self.rcd.call("operations/list", {"fs": self.fs, "remote": "", "opt": {"dirsOnly": True}})  # the login
+        r = self.rcd.call("operations/list", {"fs": self.fs, "remote": "", "opt": {"dirsOnly": True}}) or {}  # the login
+        # folders there now (the recorder's, the office index): no look-up before using them
+        self._dirs = {d["Name"] for d in r.get("list") or [] if isinstance(d, dict) and d.get("IsDir") and d.get("Name")}
 
     @staticmethod
     def rel(rel: str) -> str:
@@ -114,6 +117,7 @@ class RcloneTarget:
             gone = self.rel(rel)
             for d in [d for d in self._mine if d == gone or d.startswith(f"{gone}/")]:
                 del self._mine[d]
+            self._dirs = {d for d in self._dirs if d != gone and not d.startswith(f"{gone}/")}
 
     def claimed(self, rel: str) -> None:
         """``rel`` is claimed by this recorder: no other push writes in it (its listing, once read, stays true)."""
@@ -145,6 +149,8 @@ class RcloneTarget:
         return sorted(self.scandir(rel))
 
     def mkdir(self, rel: str) -> None:
+        if self.rel(rel) in self._dirs:
+            return
         st = self.lstat(rel)
         if st is not None:
             if st.kind != "dir":
