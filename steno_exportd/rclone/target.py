@@ -177,11 +177,8 @@ class RcloneTarget:
 
     def move(self, src: str, dst: str, *, free: bool = False) -> None:
         """Move a file; ``free``: dst is known absent, so rclone need not look it up first (one request less)."""
-        params: dict[str, Any] = {"srcFs": self.fs, "srcRemote": self.rel(src), "dstFs": self.fs,
-                                  "dstRemote": self.rel(dst)}
-        if free:
-            params["_config"] = {"NoCheckDest": True}
-        self.rcd.call("operations/movefile", params)
+        self.rcd.call("operations/movefile", {"srcFs": self.fs, "srcRemote": self.rel(src), "dstFs": self.fs,
+                                              "dstRemote": self.rel(dst), "_config": _always(free)})
         self._landed(src, False)
         self._landed(dst)
 
@@ -289,11 +286,9 @@ class _RcloneWrite:
             return
         t = self._t
         self._group = f"steno-{t.tag}-{self.temp}"
-        params: dict[str, Any] = {"srcFs": f":local:{src.parent}", "srcRemote": src.name, "dstFs": t.fs,
-                                  "dstRemote": t.rel(self.temp_rel), "_async": True, "_group": self._group}
-        if self._fresh or t._absent(self.temp_rel):
-            params["_config"] = {"NoCheckDest": True}   # nothing there to look up first (one request less)
-        r = t.rcd.call("operations/copyfile", params) or {}
+        r = t.rcd.call("operations/copyfile", {"srcFs": f":local:{src.parent}", "srcRemote": src.name, "dstFs": t.fs,
+                                               "dstRemote": t.rel(self.temp_rel), "_async": True, "_group": self._group,
+                                               "_config": _always(self._fresh or t._absent(self.temp_rel))}) or {}
         self._job = int(r.get("jobid") or 0) or None
         if self._job is None:
             raise RcloneError(f"{t.name}: rclone did not start the copy of {self._rel} ({r})")
@@ -456,6 +451,14 @@ class _RcloneWrite:
             self._t._landed(self.temp_rel, False)
         except TargetError as e:
             log.debug("temp file %s not removed: %s", self.temp_rel, e)
+
+
+def _always(free: bool) -> dict[str, bool]:
+    """rclone's settings for a copy or move that must happen: by default rclone skips one onto a file of the same
+    size (and time, where the store keeps it: WebDAV does not), deleting a move's source, so a SHA256SUMS whose
+    lines changed but not its length was never replaced. ``free``: the destination is known absent, so rclone need
+    not look it up first (one request less; a name taken meanwhile fails the move instead of being replaced)."""
+    return {"IgnoreTimes": True, "NoCheckDest": True} if free else {"IgnoreTimes": True}
 
 
 def _key(st: os.stat_result) -> tuple:
