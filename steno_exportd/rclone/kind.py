@@ -76,6 +76,7 @@ def claim(t: RcloneTarget, folder: str, rid: str) -> None:
     if t.lstat(rel) is None:
         write_atomic(t, rel, claim_body(rid))
         log.info("%s: folder %s claimed for this recorder", t.name, folder)
+        t.claimed(folder)
         return
     h = t.open_read(rel)
     try:
@@ -90,3 +91,4 @@ def claim(t: RcloneTarget, folder: str, rid: str) -> None:
     if owner != rid:
         raise RcloneError(f"folder {folder} on {t.name} belongs to another recorder ({host or 'unknown host'}, "
                           f"id {owner[:8]}); set smb.recorder_folder", True)
+    t.claimed(folder)

@@ -42,8 +42,12 @@ NO_FREE_SPACE = 1 << 62            # a store that does not say how much is free:
 AHEAD = 64 * 1024 * 1024           # a copy rclone makes of a local file: how far the engine's reads (its
                                    # progress) may run ahead of what rclone has sent
 POLL = 0.01                        # seconds between looks at such a copy's progress
-SAVE_EVERY = 2.0                   # seconds between manifest saves (each is two uploads and two moves, a few
-                                   # round trips each); the sessions in between keep their folder's marker
+STATS_EVERY = 25                   # waiting for a copy's end: its byte count read every this many looks (each
+                                   # look is an rc call: ~250 of them in a 250 MiB push cost ~0.2 s of two cores)
+SAVE_EVERY = 10.0                  # seconds between manifest saves: each is two uploads and two moves (16 store
+                                   # requests on WebDAV, ~0.2 s on loopback, a second or more on a distant store) and
+                                   # the markers' removals; the sessions in between keep their folder's marker, so a
+                                   # push cut before the next save sends at most this much work again
 
 
 class RcloneTarget:
@@ -62,7 +66,10 @@ class RcloneTarget:
         self.hash: str | None = None
         self._seq = itertools.count(1)
         self._files: set[str] = set()     # files this push committed (known to be files, not folders)
-        self._made: set[str] = set()      # folders this push made (nothing of anyone else's in them)
+        self._mine: dict[str, set[str]] = {}   # folders only this push writes in (made by it, or claimed and
+                                               # listed): the names in each, so an absent name costs no look-up
+        self._claimed: set[str] = set()
+        self._dirs: set[str] = set()      # folders known to be there (a folder is not removed under a push)
 
     def connect(self) -> None:
         """Start rclone, reach the store once (which hash it keeps); a clear error when it cannot."""
@@ -71,7 +78,9 @@ class RcloneTarget:
         kept = [str(h).lower() for h in info.get("Hashes") or []]
         self.hash = next((h for h in HASHES if h in kept), None)
         self.rcd.call("operations/mkdir", {"fs": self.fs, "remote": ""})
-        self.rcd.call("operations/list", {"fs": self.fs, "remote": "", "opt": {"dirsOnly": True}})  # the login
+        r = self.rcd.call("operations/list", {"fs": self.fs, "remote": "", "opt": {"dirsOnly": True}}) or {}  # the login
+        # folders there now (the recorder's, the office index): no look-up before using them
+        self._dirs = {d["Name"] for d in r.get("list") or [] if isinstance(d, dict) and d.get("IsDir") and d.get("Name")}
 
     @staticmethod
     def rel(rel: str) -> str:
@@ -94,9 +103,33 @@ class RcloneTarget:
             raise
         return (r or {}).get("item")
 
+    def _absent(self, rel: str) -> bool:
+        """Known not to be there: a name missing from a folder only this push writes in."""
+        head, _, base = self.rel(rel).rpartition("/")
+        names = self._mine.get(head)
+        return names is not None and base not in names
+
+    def _landed(self, rel: str, there: bool = True) -> None:
+        """Keep the names of our own folders current: ``rel`` is there now (or gone)."""
+        head, _, base = self.rel(rel).rpartition("/")
+        names = self._mine.get(head)
+        if names is not None:
+            (names.add if there else names.discard)(base)
+        if not there:
+            gone = self.rel(rel)
+            for d in [d for d in self._mine if d == gone or d.startswith(f"{gone}/")]:
+                del self._mine[d]
+            self._dirs = {d for d in self._dirs if d != gone and not d.startswith(f"{gone}/")}
+
+    def claimed(self, rel: str) -> None:
+        """``rel`` is claimed by this recorder: no other push writes in it (its listing, once read, stays true)."""
+        self._claimed.add(self.rel(rel))
+
     def lstat(self, rel: str) -> EntryStat | None:
         if not check_rel(rel):
             return EntryStat("dir")
+        if self._absent(rel):
+            return None
         d = self._stat(rel)
         return self._entry(d) if d else None
 
@@ -108,19 +141,28 @@ class RcloneTarget:
                                               "opt": {"noMimeType": True, "noModTime": True}}, missing_ok=True)
         if r is None:
             raise TargetError(f"{self.name}: folder not found: {rel}")
-        return {d["Name"]: self._entry(d) for d in r.get("list") or [] if isinstance(d, dict) and d.get("Name")}
+        out = {d["Name"]: self._entry(d) for d in r.get("list") or [] if isinstance(d, dict) and d.get("Name")}
+        folder = self.rel(rel)
+        if folder in self._mine or folder.rpartition("/")[0] in self._mine or folder in self._claimed:
+            self._mine[folder] = set(out)
+        return out
 
     def listdir(self, rel: str) -> list[str]:
         return sorted(self.scandir(rel))
 
     def mkdir(self, rel: str) -> None:
+        if self.rel(rel) in self._dirs:
+            return
         st = self.lstat(rel)
         if st is not None:
             if st.kind != "dir":
                 raise TargetError(f"a {st.kind} is in the way of folder {rel}")
             return
         self.rcd.call("operations/mkdir", {"fs": self.fs, "remote": self.rel(rel)})
-        self._made.add(self.rel(rel))
+        self._landed(rel)
+        head = self.rel(rel).rpartition("/")[0]
+        if head in self._mine or head in self._claimed:     # (elsewhere another recorder may have made it too)
+            self._mine[self.rel(rel)] = set()
 
     def own_temp(self, name: str) -> bool:
         """Temp files this host's pushes leave after a drop (another host's are not ours to remove)."""
@@ -135,23 +177,31 @@ class RcloneTarget:
     def open_read(self, rel: str, *, uncached: bool = False) -> "_RcloneRead":
         return _RcloneRead(self, rel)
 
-    def move(self, src: str, dst: str) -> None:
-        self.rcd.call("operations/movefile", {"srcFs": self.fs, "srcRemote": self.rel(src),
-                                              "dstFs": self.fs, "dstRemote": self.rel(dst)})
+    def move(self, src: str, dst: str, *, free: bool = False) -> None:
+        """Move a file; ``free``: dst is known absent, so rclone need not look it up first (one request less)."""
+        self.rcd.call("operations/movefile", {"srcFs": self.fs, "srcRemote": self.rel(src), "dstFs": self.fs,
+                                              "dstRemote": self.rel(dst), "_config": _always(free)})
+        self._landed(src, False)
+        self._landed(dst)
 
     def rename(self, src: str, dst: str) -> None:
-        d = self.rel(dst)
-        # a name in a folder this push made is free unless this push wrote it (the recorder's folder is
-        # claimed: no other push writes into it)
-        if (d.rpartition("/")[0] not in self._made or d in self._files) and self.lstat(dst) is not None:
+        # a name missing from a folder only this push writes in (made by it, or the recorder's claimed folder)
+        # is free without a look-up
+        free = self._absent(dst)
+        if not free and self.lstat(dst) is not None:
             raise TargetError(f"refusing to replace existing {dst}")
         st = EntryStat("file") if self.rel(src) in self._files else self.lstat(src)
         if st is not None and st.kind == "dir":
             self.rcd.call("sync/move", {"srcFs": f"{self.fs}/{self.rel(src)}", "dstFs": f"{self.fs}/{self.rel(dst)}",
                                         "deleteEmptySrcDirs": True})
+            names = self._mine.pop(self.rel(src), None)
+            self._landed(src, False)
+            self._landed(dst)
+            if names is not None:
+                self._mine[self.rel(dst)] = names
             self.remove(src)
         else:
-            self.move(src, dst)
+            self.move(src, dst, free=True)      # (checked above: absent)
             self._files.discard(self.rel(src))
             self._files.add(self.rel(dst))
 
@@ -159,12 +209,14 @@ class RcloneTarget:
         if self.rel(rel) in self._files:       # a file this push committed (a folder's marker): no look-up
             self._files.discard(self.rel(rel))
             self.rcd.call("operations/deletefile", {"fs": self.fs, "remote": self.rel(rel)}, missing_ok=True)
+            self._landed(rel, False)
             return
         st = self.lstat(rel)
         if st is None:
             return
         self.rcd.call("operations/rmdir" if st.kind == "dir" else "operations/deletefile",
                       {"fs": self.fs, "remote": self.rel(rel)}, missing_ok=True)
+        self._landed(rel, False)
 
     def remove_tree(self, rel: str) -> None:
         if not check_rel(rel):
@@ -172,7 +224,8 @@ class RcloneTarget:
         if self.lstat(rel) is not None:
             self.rcd.call("operations/purge", {"fs": self.fs, "remote": self.rel(rel)}, missing_ok=True)
         gone = self.rel(rel)
-        self._made = {d for d in self._made if d != gone and not d.startswith(f"{gone}/")}
+        self._files = {f for f in self._files if not f.startswith(f"{gone}/")}
+        self._landed(rel, False)
 
     def free_space(self) -> int:
         try:
@@ -201,7 +254,8 @@ class _RcloneWrite:
         self._head = head
         # a folder's marker goes under its own name too: cut short, it still says "incomplete" (being there is
         # all it says), and a move is several round trips (five on WebDAV)
-        self.temp = base if base.startswith(TEMP_PREFIX) or base == MARKER else t.temp_name()
+        self._fresh = not (base.startswith(TEMP_PREFIX) or base == MARKER)   # a temp name of this push's own
+        self.temp = t.temp_name() if self._fresh else base
         self.temp_rel = f"{head}/{self.temp}" if head else self.temp
         self.offset = 0
         self.chunk = CHUNK
@@ -234,9 +288,9 @@ class _RcloneWrite:
             return
         t = self._t
         self._group = f"steno-{t.tag}-{self.temp}"
-        r = t.rcd.call("operations/copyfile", {"srcFs": f":local:{src.parent}", "srcRemote": src.name,
-                                               "dstFs": t.fs, "dstRemote": t.rel(self.temp_rel),
-                                               "_async": True, "_group": self._group}) or {}
+        r = t.rcd.call("operations/copyfile", {"srcFs": f":local:{src.parent}", "srcRemote": src.name, "dstFs": t.fs,
+                                               "dstRemote": t.rel(self.temp_rel), "_async": True, "_group": self._group,
+                                               "_config": _always(self._fresh or t._absent(self.temp_rel))}) or {}
         self._job = int(r.get("jobid") or 0) or None
         if self._job is None:
             raise RcloneError(f"{t.name}: rclone did not start the copy of {self._rel} ({r})")
@@ -255,9 +309,14 @@ class _RcloneWrite:
         progress for the rcd's timeout is a stalled store."""
         t = self._t
         idle = time.monotonic()
-        while upto is None or self._copied < upto:
+        for look in itertools.count():
+            if upto is not None and self._copied >= upto:
+                return
             if self._status() is not None:
                 return
+            if upto is None and look % STATS_EVERY:
+                time.sleep(POLL)            # waiting for the end: its progress only tells a stall (seconds away)
+                continue
             stats = t.rcd.call("core/stats", {"group": self._group}) or {}
             copied = int(stats.get("bytes") or 0)
             if copied > self._copied:
@@ -366,7 +425,9 @@ class _RcloneWrite:
         try:
             self.sync()
             if self.temp_rel != t.rel(self._rel):
-                t.move(self.temp_rel, self._rel)
+                t.move(self.temp_rel, self._rel, free=t._absent(self._rel))
+            else:
+                t._landed(self._rel)
             t._files.add(t.rel(self._rel))
             self.done = True
         finally:
@@ -394,8 +455,17 @@ class _RcloneWrite:
                 self._follow(None)          # (stopped: its temp file is complete or gone before the removal)
             self._t.rcd.call("operations/deletefile", {"fs": self._t.fs, "remote": self._t.rel(self.temp_rel)},
                              missing_ok=True)
+            self._t._landed(self.temp_rel, False)
         except TargetError as e:
             log.debug("temp file %s not removed: %s", self.temp_rel, e)
+
+
+def _always(free: bool) -> dict[str, bool]:
+    """rclone's settings for a copy or move that must happen: by default rclone skips one onto a file of the same
+    size (and time, where the store keeps it: WebDAV does not), deleting a move's source, so a SHA256SUMS whose
+    lines changed but not its length was never replaced. ``free``: the destination is known absent, so rclone need
+    not look it up first (one request less; a name taken meanwhile fails the move instead of being replaced)."""
+    return {"IgnoreTimes": True, "NoCheckDest": True} if free else {"IgnoreTimes": True}
 
 
 def _key(st: os.stat_result) -> tuple:

@@ -7,6 +7,7 @@ import json
 import os
 import pathlib
 import socket
+import sqlite3
 import subprocess
 import threading
 import time
@@ -22,7 +23,7 @@ from steno_exportd.engine.registry import local
 from steno_exportd.library import Library
 from steno_exportd.rclone.kind import RcloneKind
 from steno_exportd.rclone.process import RcloneError, config_problems
-from tests.smb.recorder import FORMATS, Progress, assert_landed, make_recorder, stamps
+from tests.smb.recorder import FORMATS, Progress, assert_landed, make_recorder, on_nas, stamps
 
 MACHINE_ID = "0123456789abcdef0123456789abcdef"
 
@@ -100,6 +101,35 @@ def test_a_server_killed_mid_upload_is_resumed_and_the_push_completes(setup):
     before = stamps(folder)
     assert all(r.skipped for r in push(cfg))      # and nothing is missing: a third push sends nothing
     assert stamps(folder) == before
+
+
+def test_a_session_changed_on_the_recorder_replaces_its_files_in_its_folder(setup):
+    """A second push into the recorder's own folder (claimed, its names known from one listing) replaces a changed
+    session's files under their names (a move over an existing file, never treated as free), leaves the others
+    alone and replaces manifest.json and SHA256SUMS."""
+    srv, db, cfg, folder = setup
+    assert all(r.ok for r in push(cfg))
+    before = stamps(folder)
+    audio = db.root / "audio" / "meeting-1.flac"
+    data = b"re-encoded " + audio.read_bytes()[11:]
+    audio.write_bytes(data)
+    con = sqlite3.connect(db.path)
+    with con:
+        con.execute("UPDATE transcript_entries SET text = 'edited after the first push' WHERE session_id = 1")
+        con.execute("UPDATE sessions SET updated_at = '2026-12-01 10:00:00.000000' WHERE id = 1")
+    con.close()
+    res = push(cfg)
+    assert [r.ok for r in res] == [True] * 3 and sorted(r.skipped for r in res) == [False, True, True], res
+    assert_landed(folder, db)
+    fresh = hashlib.sha256(data).hexdigest()
+    rel = next(rel for rel, h in on_nas(folder).items() if h == fresh)
+    assert f"{fresh}  {rel}" in (folder / "SHA256SUMS").read_text()
+    changed = rel.split("/")[0]
+    assert "edited after the first push" in (folder / changed / "transcript.txt").read_text()
+    after = stamps(folder)
+    assert sorted(after) == sorted(before)              # the same files, under the same names
+    assert {k for k in after if after[k] != before[k]} <= {k for k in after if k.startswith(f"{changed}/")}
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == sorted({k.split("/")[0] for k in before})
 
 
 def test_a_push_cut_for_good_before_its_deferred_manifest_save_sends_those_sessions_again_once(
