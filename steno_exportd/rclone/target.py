@@ -117,9 +117,10 @@ class RcloneTarget:
             (names.add if there else names.discard)(base)
         if not there:
             gone = self.rel(rel)
-            for d in [d for d in self._mine if d == gone or d.startswith(f"{gone}/")]:
-                del self._mine[d]
-            self._dirs = {d for d in self._dirs if d != gone and not d.startswith(f"{gone}/")}
+            # list()/set(): copied in one step, as the verifier thread may add a folder meanwhile
+            for d in [d for d in list(self._mine) if d == gone or d.startswith(f"{gone}/")]:
+                self._mine.pop(d, None)
+            self._dirs = {d for d in set(self._dirs) if d != gone and not d.startswith(f"{gone}/")}
 
     def claimed(self, rel: str) -> None:
         """``rel`` is claimed by this recorder: no other push writes in it (its listing, once read, stays true)."""
@@ -224,7 +225,7 @@ class RcloneTarget:
         if self.lstat(rel) is not None:
             self.rcd.call("operations/purge", {"fs": self.fs, "remote": self.rel(rel)}, missing_ok=True)
         gone = self.rel(rel)
-        self._files = {f for f in self._files if not f.startswith(f"{gone}/")}
+        self._files = {f for f in set(self._files) if not f.startswith(f"{gone}/")}
         self._landed(rel, False)
 
     def free_space(self) -> int:
