@@ -174,22 +174,29 @@ async def test_a_recording_starts_without_loading_its_transcript(web_client, ses
     monkeypatch.setattr(Library, "get_session", lambda self, key: loads.append(key) or get_session(self, key))
     client, core = await web_client()
     big, small = big_and_small(sessions)
+    r = await client.post(f"/api/v1/sessions/{small.id}/share-links", json={},
+                          headers={"X-CSRF-Token": await csrf(client)})
+    assert r.status == 201, await r.text()
+    shared = (await r.json())["url"]
+
+    async def indexed():            # the search index reads every session once, in the background
+        return (await core.search("meeting")).pending == 0
+    await until(indexed, "the core to index the meetings", timeout=60)
+    loads.clear()
     r = await client.get(f"/sessions/{big.uuid}/audio", params={"dl": "1"})
     assert r.status == 200 and await r.read() == big.audio.path.read_bytes()
     assert big.summary.short_id in r.headers["Content-Disposition"]
     r = await client.get(f"/sessions/{small.id}/audio", headers={"Range": "bytes=4-9"})
     assert r.status == 206 and await r.read() == small.audio.path.read_bytes()[4:10]
-    r = await client.post(f"/api/v1/sessions/{small.id}/share-links", json={},
-                          headers={"X-CSRF-Token": await csrf(client)})
-    assert r.status == 201, await r.text()
     anon = await anonymous(client)
     try:
-        r = await anon.get(f"{(await r.json())['url']}/audio")
+        r = await anon.get(f"{shared}/audio")
         assert r.status == 200 and await r.read() == small.audio.path.read_bytes()
         assert small.summary.short_id in r.headers["Content-Disposition"]
     finally:
         await anon.session.close()
     assert loads == [], "no session was loaded whole to send its recording"
+    assert (await core.search("meeting")).pending == 0, "(nothing else read a session meanwhile)"
     r = await client.get("/zip", params=[("id", big.uuid), ("id", str(small.id)), ("id", str(big.id)),
                                          ("formats", "audio")])
     assert r.status == 200 and len(await r.read()) > big.audio.size + small.audio.size
