@@ -23,7 +23,7 @@ from steno_exportd.engine.state import StateDB
 from steno_exportd.engine.targets import DirectoryTarget, Target
 from steno_exportd.errors import InvalidArgument, NotFoundError, SourceLockedError, StenoError
 from steno_exportd.library import ChangeToken, Library, SessionListing
-from steno_exportd.model import Session
+from steno_exportd.model import FileRef, Session, SessionSummary
 from steno_exportd.outbox.content import Links
 from steno_exportd.outbox.queue import Outbox
 from steno_exportd.search import FILE_NAME as SEARCH_FILE, SearchIndex, SearchResults
@@ -171,6 +171,17 @@ class Core:
         """The whole session a caller's key names (id, uuid or short id; see SessionKeys)."""
         sid = (await self.listing()).resolve(request.session_key(key))
         return await asyncio.to_thread(self.library.get_session, sid)
+
+    async def summary(self, key: Any) -> SessionSummary:
+        """The summary of the session a caller's key names, from the cached listing (no transcript loaded)."""
+        listing = await self.listing()
+        return listing.by_id[listing.resolve(request.session_key(key))]
+
+    async def recording(self, key: Any) -> tuple[SessionSummary, FileRef | None]:
+        """The session a key names and its recording as ``session`` checks it, without loading its transcript
+        (a download's first byte does not wait for thousands of segments); None: no usable recording."""
+        summary = await self.summary(key)
+        return summary, await asyncio.to_thread(self.library.recording, summary.id)
 
     async def refresh_library(self) -> ev.SessionsChanged:
         """Publish what changed in the recorder's database since the last call; keeps the listing current."""

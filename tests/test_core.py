@@ -82,3 +82,23 @@ async def test_sizes_and_types_are_checked_before_any_work(env):
     assert reads == ["list"], "ids are resolved from the (cached) listing, never by loading a session"
     spec = await core.check_export("all", [], str(out))
     assert spec.formats == tuple(core.cfg.export.formats) and spec.session_ids == (2, 1)
+
+
+async def test_a_recording_is_looked_up_without_loading_its_session(env):
+    """summary() and recording(): the listing's summary and the recording as session() checks it, no load."""
+    core, rec, reads, _ = env
+    sid = rec.session(audio_file_path=rec.audio("board.wav"))
+    uuid = (await core.listing()).by_id[sid].uuid
+    whole = await core.session(sid)
+    assert whole.audio is not None and whole.audio.path.name == "board.wav"
+    reads.clear()
+    assert (await core.summary(uuid[:8])) == whole.summary
+    summary, recording = await core.recording(uuid)
+    assert summary == whole.summary and recording == whole.audio
+    assert await core.recording(1) == ((await core.listing()).by_id[1], None)
+    assert reads == []
+    with pytest.raises(NotFoundError):
+        await core.recording(99)
+    with pytest.raises(InvalidArgument, match="too long"):
+        await core.summary("1" * 100_000)
+    assert reads == []

@@ -85,6 +85,14 @@ class WebContext:
         """The session a URL names: its form checked here (a 400), then looked up by the core's key rule."""
         return await self.core.session(session_key(key))
 
+    async def summary(self, key: str) -> Any:
+        """The summary of the session a URL names (from the listing: no transcript loaded)."""
+        return await self.core.summary(session_key(key))
+
+    async def recording(self, key: str) -> Any:
+        """The session a URL names (its summary) and its checked recording, without loading its transcript."""
+        return await self.core.recording(session_key(key))
+
     def render_page(self, request: web.Request, name: str, status: int = 200, **kw: Any) -> web.Response:
         kw.setdefault("csrf", request.get(CSRF, ""))
         kw.setdefault("auth_mode", self.cfg.http.auth.mode)

@@ -36,9 +36,10 @@ def disposition(filename: str, inline: bool = False) -> str:
     return f"{kind}; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
-def download_name(s: Any, name: str) -> str:
-    stem = re.sub(r'[\x00-\x1f\\/:*?"<>|]+', "_", s.title or f"Session {s.id}").strip(" .")[:80]
-    return f"{stem} ({s.summary.short_id}) {name}"
+def download_name(summary: Any, name: str) -> str:
+    """A download's file name: the session's title (or "Session N") and short id before ``name``."""
+    stem = re.sub(r'[\x00-\x1f\\/:*?"<>|]+', "_", summary.title or f"Session {summary.id}").strip(" .")[:80]
+    return f"{stem} ({summary.short_id}) {name}"
 
 
 class Use(Protocol):
@@ -80,27 +81,28 @@ def source_changed(request: web.BaseRequest, name: str, whose: str, sent: int, t
 
 async def audio(request: web.Request) -> web.StreamResponse:
     ctx: WebContext = request.app[CTX]
-    s = await ctx.session(request.match_info["key"])
-    return await send_audio(request, ctx, s, via="page")
+    summary, recording = await ctx.recording(request.match_info["key"])     # no transcript loaded
+    return await send_audio(request, ctx, summary, recording, via="page")
 
 
-async def send_audio(request: web.Request, ctx: WebContext, s: Any, via: str,
+async def send_audio(request: web.Request, ctx: WebContext, summary: Any, recording: Any, via: str,
                      use: Use | None = None) -> web.StreamResponse:
     """The recording, opened as the library checked it (no symlink followed, same file) and sent from that."""
-    if s.audio is None or s.audio.path is None:
+    if recording is None or recording.path is None:
+        s = await ctx.session(str(summary.id))         # only to say why (the whole session's problems)
         reasons = "; ".join(p.reason for p in s.problems if "audio" in p.field) or "no recording"
         raise NotFoundError(f"this session has no usable recording ({reasons})")
-    path = s.audio.path
-    ref = SourceRef(path, ctx.cfg.recorder_data_dir, s.audio.dev, s.audio.ino)
+    path = recording.path
+    ref = SourceRef(path, ctx.cfg.recorder_data_dir, recording.dev, recording.ino)
     opened = await asyncio.to_thread(ref.open)          # SourceChanged (409): swapped or gone since the check
     ctype = AUDIO_TYPES.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     addr = client_addr(request)
 
     async def done() -> None:
         if "dl" in request.query and use is None:
-            await asyncio.to_thread(ctx.store.audit, s.id, addr, f"audio {path.name}", via)
-    name = download_name(s, path.name)
-    return SourceResponse(opened, name, f"session {s.id}", done, use, pause=ctx.core.prehasher.pause, headers={
+            await asyncio.to_thread(ctx.store.audit, summary.id, addr, f"audio {path.name}", via)
+    name = download_name(summary, path.name)
+    return SourceResponse(opened, name, f"session {summary.id}", done, use, pause=ctx.core.prehasher.pause, headers={
         "Content-Type": ctype, "Content-Disposition": disposition(name, inline="dl" not in request.query)})
 
 
@@ -245,7 +247,7 @@ async def send_rendered(request: web.Request, ctx: WebContext, s: Any, fmt: str,
     template = _template(template, ctx)
     opts = render_options(ctx.cfg, template)        # the same options as an export's files
     key = ctx.cache.key(s.uuid, s.updated_at, fmt, r.version, template, opts)
-    name = download_name(s, r.filename(s, opts))
+    name = download_name(s.summary, r.filename(s, opts))
     headers = {"Content-Disposition": disposition(name), "Content-Type": r.media_type}
     path = await asyncio.to_thread(ctx.cache.get, key)
     if path is None:
@@ -427,9 +429,9 @@ async def _send_file_span(request: web.Request, span: Any) -> int:
 
 async def session_zip(request: web.Request) -> web.StreamResponse:
     ctx: WebContext = request.app[CTX]
-    s = await ctx.session(request.match_info["key"])
-    return await stream_zip(request, ctx, [s.id], _formats(request.query, ctx),
-                            download_name(s, "SilentSteno.zip"), "page")
+    summary = await ctx.summary(request.match_info["key"])     # the plan loads the session itself
+    return await stream_zip(request, ctx, [summary.id], _formats(request.query, ctx),
+                            download_name(summary, "SilentSteno.zip"), "page")
 
 
 async def selection_zip(request: web.Request) -> web.StreamResponse:
@@ -442,10 +444,10 @@ async def selection_zip(request: web.Request) -> web.StreamResponse:
     for key in raw:
         session_key(key)              # every key well-formed before any is looked up
     ids: list[int] = []
-    for key in raw:
-        s = await ctx.session(key)
-        if s.id not in ids:
-            ids.append(s.id)
+    for key in raw:                   # resolved from the listing: the plan loads each session once
+        sid = (await ctx.summary(key)).id
+        if sid not in ids:
+            ids.append(sid)
     stamp = time.strftime("%Y-%m-%d")
     return await stream_zip(request, ctx, ids, _formats(request.query, ctx),
                             f"SilentSteno {stamp} ({len(ids)} sessions).zip", "page")

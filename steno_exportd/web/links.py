@@ -172,18 +172,18 @@ async def share_download(request: web.Request) -> web.StreamResponse:
     if not await _pin_ok(request, ctx, link):
         raise web.HTTPForbidden(text="Enter the PIN first.")
     what = one_of(request.match_info["what"], ("zip", "audio"), "download")
-    s = await ctx.session(str(link.session_id))
+    summary, recording = await ctx.recording(str(link.session_id))     # no transcript loaded
     use = None
     if request.method != "HEAD":
         if not await asyncio.to_thread(ctx.store.reserve_use, link.token):
             raise web.HTTPGone(text="This share link is used up. Ask for a new one.")
-        use = ShareUse(ctx, link.token, s.id, client_addr(request), what)
+        use = ShareUse(ctx, link.token, summary.id, client_addr(request), what)
     via = f"share link {link.token[:6]}…"
     try:
         if what == "audio":
-            return await send_audio(request, ctx, s, via=via, use=use)
-        return await stream_zip(request, ctx, [s.id], tuple(ctx.cfg.export.formats),
-                                download_name(s, "SilentSteno.zip"), via, use=use)
+            return await send_audio(request, ctx, summary, recording, via=via, use=use)
+        return await stream_zip(request, ctx, [summary.id], tuple(ctx.cfg.export.formats),
+                                download_name(summary, "SilentSteno.zip"), via, use=use)
     except BaseException:
         if use is not None and what == "audio":      # nothing was sent: the use goes back (the ZIP does it itself)
             await use.release()
