@@ -65,9 +65,15 @@ def start(tmp: Path, cfg: Path) -> tuple[subprocess.Popen, float]:
             raise SystemExit(f"daemon exited: {(tmp / 'daemon.log').read_text()}")
 
 
-def stop(p: subprocess.Popen) -> None:
+def stop(p: subprocess.Popen, log: Path | None = None) -> None:
+    """SIGTERM, and wait as long as systemd would (TimeoutStopSec 30) before it would SIGKILL."""
     p.send_signal(signal.SIGTERM)
-    p.wait(10)
+    try:
+        p.wait(30)
+    except subprocess.TimeoutExpired:
+        tail = log.read_text().splitlines()[-15:] if log else []
+        raise SystemExit("the daemon did not exit within TimeoutStopSec (30 s) of SIGTERM; its log ends:\n"
+                         + "\n".join(tail)) from None
 
 
 def bare_interpreter_seconds() -> float:
@@ -261,7 +267,7 @@ def main() -> None:
                 ms, state = asyncio.run(cancel_ms(address, None, ["txt"], str(tmp / "exports" / "plan.d"), "planning"))
                 report_cancel("planning", ms, state)
                 t0 = time.perf_counter()
-                stop(p)                     # SIGTERM while the 10,000-session jobs are queued or planning
+                stop(p, tmp / "daemon.log")  # SIGTERM while the 10,000-session jobs are queued or planning
                 print(f"daemon_sigterm_to_exit_during_export_s: {time.perf_counter() - t0:.2f}  (TimeoutStopSec 30)")
             finally:
                 if p.poll() is None:

@@ -144,7 +144,8 @@ class Prehasher:
             await wake.wait()
             wake.clear()
             try:
-                self._todo += await asyncio.to_thread(self._changed, library())
+                # in the worker's own pool (not the loop's): stop() waits for it before it closes the cache
+                self._todo += await loop.run_in_executor(self._pool, self._changed, library())
             except Exception as e:   # noqa: BLE001 - an error boundary: hashing ahead never stops the daemon
                 # the recorder DB missing or locked: once at WARNING, then quietly until it works
                 (log.debug if self._failing else log.warning)("recordings not hashed ahead: %s", e,
@@ -199,6 +200,8 @@ class Prehasher:
         delta, token = lib.changed_since(self._token)
         out = []
         for s in (*delta.added, *delta.changed):
+            if self._stopping.is_set():     # a first look at a big library is long (~2 ms a session)
+                return []                   # (the token kept: the next start looks again)
             if not s.exportable:
                 continue
             try:

@@ -133,3 +133,35 @@ async def test_the_hasher_waits_while_a_download_or_a_job_runs(web_client, own_l
     await hasher.settled(timeout=180)
     assert hasher.hashed == len(files)
     assert hasher.bytes == total                       # each picked up where it paused, none read twice
+
+
+async def test_a_stop_ends_the_first_look_at_a_big_library_at_once(tmp_path):
+    """The first look at a library (each added session's recording looked up) stops with the hasher: it ran on
+    in a thread after stop() (20 s for 10,000 sessions here), and asyncio's exit waits for such threads, so a
+    SIGTERM soon after start took 20 s (systemd kills at 30) and the look used a cache already closed."""
+    from steno_exportd.engine.prehash import Prehasher
+
+    class Looked(Library):
+        """The recorder's library, counting (and slowing a little) each recording looked up."""
+        looked = 0
+
+        def recording(self, session_id):
+            Looked.looked += 1
+            time.sleep(0.002)
+            return super().recording(session_id)
+
+    d = tmp_path / "lib"
+    await asyncio.to_thread(demo.generate, d, sessions=600, seed=3, small=True)
+    lib = Looked(d / demo.DB_NAME)
+    hasher = Prehasher(tmp_path / "hashes.sqlite", 10_000, lambda: False, idle_seconds=3600)
+    try:
+        await hasher.start(lambda: lib)
+        await until(lambda: Looked.looked >= 20, timeout=30)
+        await hasher.stop()
+        stopped_at = Looked.looked
+        await asyncio.sleep(0.5)
+        assert Looked.looked - stopped_at <= 1, "the look went on after stop()"
+        assert Looked.looked < 300
+    finally:
+        await hasher.stop()
+        lib.close()
