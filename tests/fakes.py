@@ -222,6 +222,12 @@ class FakeCore:
     async def session(self, key: Any) -> Session:
         return await self._core.session(key)
 
+    async def summary(self, key: Any) -> Any:
+        return await self._core.summary(key)
+
+    async def recording(self, key: Any) -> Any:
+        return await self._core.recording(key)
+
     def template_names(self) -> list[str]:
         return self._core.template_names()
 
