@@ -24,6 +24,7 @@ import logging
 import os
 import socket
 import stat as stat_mod
+import threading
 import time
 import urllib.parse
 import uuid
@@ -70,6 +71,7 @@ class RcloneTarget:
                                                # listed): the names in each, so an absent name costs no look-up
         self._claimed: set[str] = set()
         self._dirs: set[str] = set()      # folders known to be there (a folder is not removed under a push)
+        self._names = threading.RLock()   # the four above: used by the export's main and verifier threads
 
     def connect(self) -> None:
         """Start rclone, reach the store once (which hash it keeps); a clear error when it cannot."""
@@ -106,21 +108,22 @@ class RcloneTarget:
     def _absent(self, rel: str) -> bool:
         """Known not to be there: a name missing from a folder only this push writes in."""
         head, _, base = self.rel(rel).rpartition("/")
-        names = self._mine.get(head)
-        return names is not None and base not in names
+        with self._names:
+            names = self._mine.get(head)
+            return names is not None and base not in names
 
     def _landed(self, rel: str, there: bool = True) -> None:
         """Keep the names of our own folders current: ``rel`` is there now (or gone)."""
         head, _, base = self.rel(rel).rpartition("/")
-        names = self._mine.get(head)
-        if names is not None:
-            (names.add if there else names.discard)(base)
-        if not there:
-            gone = self.rel(rel)
-            # list()/set(): copied in one step, as the verifier thread may add a folder meanwhile
-            for d in [d for d in list(self._mine) if d == gone or d.startswith(f"{gone}/")]:
-                self._mine.pop(d, None)
-            self._dirs = {d for d in set(self._dirs) if d != gone and not d.startswith(f"{gone}/")}
+        gone = self.rel(rel)
+        with self._names:
+            names = self._mine.get(head)
+            if names is not None:
+                (names.add if there else names.discard)(base)
+            if not there and (gone in self._mine or gone in self._dirs):    # a folder we knew (a file: no walk)
+                for d in [d for d in self._mine if d == gone or d.startswith(f"{gone}/")]:
+                    del self._mine[d]
+                self._dirs = {d for d in self._dirs if d != gone and not d.startswith(f"{gone}/")}
 
     def claimed(self, rel: str) -> None:
         """``rel`` is claimed by this recorder: no other push writes in it (its listing, once read, stays true)."""
@@ -144,8 +147,9 @@ class RcloneTarget:
             raise TargetError(f"{self.name}: folder not found: {rel}")
         out = {d["Name"]: self._entry(d) for d in r.get("list") or [] if isinstance(d, dict) and d.get("Name")}
         folder = self.rel(rel)
-        if folder in self._mine or folder.rpartition("/")[0] in self._mine or folder in self._claimed:
-            self._mine[folder] = set(out)
+        with self._names:
+            if folder in self._mine or folder.rpartition("/")[0] in self._mine or folder in self._claimed:
+                self._mine[folder] = set(out)
         return out
 
     def listdir(self, rel: str) -> list[str]:
@@ -154,16 +158,22 @@ class RcloneTarget:
     def mkdir(self, rel: str) -> None:
         if self.rel(rel) in self._dirs:
             return
-        st = self.lstat(rel)
-        if st is not None:
+        # looked up on the store, not taken from the recorder folder's listing: a folder someone put there since
+        # (a person restoring a session, a sync client) is not this push's own empty folder, so its files are
+        # never taken as free names and replaced (a move replaces on every store)
+        d = self._stat(rel) if check_rel(rel) else {"IsDir": True}
+        if d:
+            st = self._entry(d)
             if st.kind != "dir":
                 raise TargetError(f"a {st.kind} is in the way of folder {rel}")
+            self._landed(rel)
             return
         self.rcd.call("operations/mkdir", {"fs": self.fs, "remote": self.rel(rel)})
         self._landed(rel)
         head = self.rel(rel).rpartition("/")[0]
-        if head in self._mine or head in self._claimed:     # (elsewhere another recorder may have made it too)
-            self._mine[self.rel(rel)] = set()
+        with self._names:
+            if head in self._mine or head in self._claimed:     # (elsewhere another recorder may have made it too)
+                self._mine[self.rel(rel)] = set()
 
     def own_temp(self, name: str) -> bool:
         """Temp files this host's pushes leave after a drop (another host's are not ours to remove)."""
@@ -195,20 +205,23 @@ class RcloneTarget:
         if st is not None and st.kind == "dir":
             self.rcd.call("sync/move", {"srcFs": f"{self.fs}/{self.rel(src)}", "dstFs": f"{self.fs}/{self.rel(dst)}",
                                         "deleteEmptySrcDirs": True})
-            names = self._mine.pop(self.rel(src), None)
-            self._landed(src, False)
-            self._landed(dst)
-            if names is not None:
-                self._mine[self.rel(dst)] = names
+            with self._names:
+                names = self._mine.pop(self.rel(src), None)
+                self._landed(src, False)
+                self._landed(dst)
+                if names is not None:
+                    self._mine[self.rel(dst)] = names
             self.remove(src)
         else:
             self.move(src, dst, free=True)      # (checked above: absent)
-            self._files.discard(self.rel(src))
-            self._files.add(self.rel(dst))
+            with self._names:
+                self._files.discard(self.rel(src))
+                self._files.add(self.rel(dst))
 
     def remove(self, rel: str) -> None:
         if self.rel(rel) in self._files:       # a file this push committed (a folder's marker): no look-up
-            self._files.discard(self.rel(rel))
+            with self._names:
+                self._files.discard(self.rel(rel))
             self.rcd.call("operations/deletefile", {"fs": self.fs, "remote": self.rel(rel)}, missing_ok=True)
             self._landed(rel, False)
             return
@@ -225,7 +238,8 @@ class RcloneTarget:
         if self.lstat(rel) is not None:
             self.rcd.call("operations/purge", {"fs": self.fs, "remote": self.rel(rel)}, missing_ok=True)
         gone = self.rel(rel)
-        self._files = {f for f in set(self._files) if not f.startswith(f"{gone}/")}
+        with self._names:
+            self._files = {f for f in self._files if not f.startswith(f"{gone}/")}
         self._landed(rel, False)
 
     def free_space(self) -> int:
@@ -429,7 +443,8 @@ class _RcloneWrite:
                 t.move(self.temp_rel, self._rel, free=t._absent(self._rel))
             else:
                 t._landed(self._rel)
-            t._files.add(t.rel(self._rel))
+            with t._names:
+                t._files.add(t.rel(self._rel))
             self.done = True
         finally:
             if not self.done:
@@ -465,7 +480,9 @@ def _always(free: bool) -> dict[str, bool]:
     """rclone's settings for a copy or move that must happen: by default rclone skips one onto a file of the same
     size (and time, where the store keeps it: WebDAV does not), deleting a move's source, so a SHA256SUMS whose
     lines changed but not its length was never replaced. ``free``: the destination is known absent, so rclone need
-    not look it up first (one request less; a name taken meanwhile fails the move instead of being replaced)."""
+    not look it up first (one request less). A move replaces what is there on every store (WebDAV sends
+    Overwrite: T), with or without this: the guard against replacing someone's file is rename()'s own look-up,
+    skipped only for names in folders this push made after looking them up, or listed."""
     return {"IgnoreTimes": True, "NoCheckDest": True} if free else {"IgnoreTimes": True}
 
 

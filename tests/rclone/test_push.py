@@ -132,6 +132,41 @@ def test_a_session_changed_on_the_recorder_replaces_its_files_in_its_folder(setu
     assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == sorted({k.split("/")[0] for k in before})
 
 
+def test_a_folder_that_appears_on_the_store_mid_push_is_not_overwritten(setup, rclone_tmp):
+    """A session's folder put on the store by someone else after the push listed the recorder's folder (a person
+    restoring it, a sync client) is not taken as the push's own empty folder: its files are never replaced."""
+    srv, db, cfg, folder = setup
+    probe_tmp = rclone_tmp / "probe"
+    probe_tmp.mkdir()
+    probe = make_cfg(probe_tmp, db, pathlib.Path(cfg.rclone.config_file), f"{srv.remote}:office/probe")
+    order: list[str] = []
+
+    def seen(fields: dict) -> bool:
+        name = str(fields.get("current_file", "")).split("/")[-2:-1]
+        if name and "Meeting" in name[0] and name[0] not in order:
+            order.append(name[0])
+        return False
+    assert all(r.ok for r in push(probe, Progress(cancel_when=seen)))   # the folders, in the order pushed
+    names = [n.removesuffix(".partial") for n in order]
+    assert len(names) == 3, order
+    own = rclone_tmp / "own.txt"
+    own.write_text("a person's own file\n")
+    planted: list[str] = []
+
+    def plant(fields: dict) -> bool:
+        """While the first session is written (after the push listed the recorder's folder), the last
+        session's folder appears on the store (through the store), holding a file under a name the push writes."""
+        if not planted and names[0] in str(fields.get("current_file", "")):
+            dst = f"{srv.remote}:office/meetings/{folder.name}/{names[-1]}/transcript.txt"
+            subprocess.run(["rclone", "--config", cfg.rclone.config_file, "copyto", str(own), dst],
+                           check=True, capture_output=True, timeout=60)
+            planted.append(dst)
+        return False
+    push(cfg, Progress(cancel_when=plant))
+    assert planted, "the folder was never planted"
+    assert (folder / names[-1] / "transcript.txt").read_text() == "a person's own file\n"
+
+
 def test_a_push_cut_for_good_before_its_deferred_manifest_save_sends_those_sessions_again_once(
         rclone_server, rclone_tmp, monkeypatch):
     """The manifest is saved every few seconds, not after every session: a session finished since the last
