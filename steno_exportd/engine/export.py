@@ -218,13 +218,22 @@ class Exporter:
                 settle_tail()           # a session whose read-backs had ended before the cancel is kept
             except CancelledJob:
                 pass
+        pending = {rel.rsplit("/", 1)[0][len(self.root) + 1:] for rel in self._markers}
         try:
             with self._lock:
                 if self._markers or self._unsaved:
                     self._save()        # the sessions a deferred save still holds, or finished since the last
         except (TargetError, OSError) as e:
-            # their folders keep their markers: the next run removes and sends them again
+            # their folders keep their markers: the next run removes and sends them again, so they are not done
+            # (reported done, a push-on-new would move its mark past them and never send them again)
             log.warning("%s: the manifest was not saved at the end of the run: %s", self.t.name, e)
+            if isinstance(e, TargetError) and self.target_error is None:
+                self.target_error = e   # the store failed: the push is tried again, as for a session's fault
+            for i, r in enumerate(results):
+                if r.ok and not r.skipped and self.m.sessions.get(r.uuid, {}).get("folder") in pending:
+                    results[i] = dataclasses.replace(r, ok=False, problem=problem_kind(e),
+                                                     error=f"written, but not recorded on the target: {e}")
+            self.p.update(force=True, results=tuple(results))
         if self.spec.options.merge and sessions and not self._cancelled() and not stop_reason:
             try:
                 results.append(self._export_merged(sessions))

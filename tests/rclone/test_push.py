@@ -208,6 +208,44 @@ def test_a_push_cut_for_good_before_its_deferred_manifest_save_sends_those_sessi
     assert not list(folder.rglob(MARKER))
 
 
+def test_a_push_whose_last_manifest_save_fails_does_not_report_those_sessions_done(rclone_server, rclone_tmp,
+                                                                                    monkeypatch):
+    """The store goes away after the last session is written but before the run's final manifest save: the
+    sessions that save was to record still carry their markers, so the push must not report them done (a
+    push-on-new would move its mark past them, and the next push would remove their folders as leftovers
+    without sending them again). The next push completes them, each once."""
+    from steno_exportd.engine.targets import MARKER
+    from steno_exportd.rclone.target import RcloneTarget
+    srv = rclone_server
+    db = make_recorder(rclone_tmp / "rec", sizes=tuple((1 << 20) + i for i in range(4)))
+    cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+    folder = srv.served / "office" / recorder_folder(cfg)
+    monkeypatch.setattr(RcloneTarget, "save_every", 3600.0)      # the first session's save, then the run's last
+    gone = threading.Event()
+
+    def kill_at_the_end(fields: dict) -> bool:
+        results = fields.get("results") or ()
+        if not gone.is_set() and len(results) == 4 and all(r.ok for r in results):
+            gone.set()              # every session written and read back; the final save is next
+            srv.stop()
+        return False
+
+    try:
+        res = push(cfg, Progress(kill_at_the_end), sleep=lambda s: None)
+    except RcloneError:
+        res = None                  # failed as a whole: not reported done either
+    assert gone.is_set(), "the store was never stopped"
+    marked = {p.name for p in folder.iterdir() if p.is_dir() and (p / MARKER).is_file()}
+    assert len(marked) == 3, marked                 # the first session was saved; three waited for the last save
+    assert res is None or sum(r.ok for r in res) <= 1, [(r.ok, r.error) for r in res]
+
+    srv.start()
+    res = push(cfg)
+    assert [r.ok for r in res] == [True] * 4, [r.error for r in res]
+    assert_landed(folder, db)
+    assert not list(folder.rglob(MARKER))
+
+
 def test_a_wrong_password_is_a_clear_error_and_not_retried(setup, rclone_tmp):
     srv, db, cfg, folder = setup
     srv.client_config(rclone_tmp / "rclone.conf", password="not-the-password")
