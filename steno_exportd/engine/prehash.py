@@ -71,6 +71,7 @@ class Prehasher:
         self._todo: list[SourceRef] = []
         self._cache: HashCache | None = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._looker: concurrent.futures.ThreadPoolExecutor | None = None
         self._task: asyncio.Task | None = None
         self._wake: asyncio.Event | None = None
         self._settled: asyncio.Event | None = None
@@ -87,6 +88,9 @@ class Prehasher:
         self._cache = await asyncio.to_thread(HashCache, self.cache_path, self.max_entries)
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="steno-prehash",
                                                            initializer=self._lower)
+        # the look at the library at normal priority: it holds the library's lock, which a download or a
+        # listing waits for (at idle priority on busy cores it would keep them waiting)
+        self._looker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="steno-prehash-look")
         self._wake, self._settled = asyncio.Event(), asyncio.Event()
         self._task = asyncio.create_task(self._follow(library, self._wake), name="prehash")
         self.kick()
@@ -127,9 +131,10 @@ class Prehasher:
                 t = asyncio.current_task()
                 if t is not None and t.cancelling():
                     raise
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await asyncio.to_thread(pool.shutdown, True, cancel_futures=True)
+        for pool in (self._pool, self._looker):
+            if pool is not None:
+                await asyncio.to_thread(pool.shutdown, True, cancel_futures=True)
+        self._pool = self._looker = None
         cache, self._cache = self._cache, None
         if cache is not None:
             await asyncio.to_thread(cache.close)
@@ -144,8 +149,8 @@ class Prehasher:
             await wake.wait()
             wake.clear()
             try:
-                # in the worker's own pool (not the loop's): stop() waits for it before it closes the cache
-                self._todo += await loop.run_in_executor(self._pool, self._changed, library())
+                # in a pool of the hasher's own (not the loop's): stop() waits for it before it closes the cache
+                self._todo += await loop.run_in_executor(self._looker, self._changed, library())
             except Exception as e:   # noqa: BLE001 - an error boundary: hashing ahead never stops the daemon
                 # the recorder DB missing or locked: once at WARNING, then quietly until it works
                 (log.debug if self._failing else log.warning)("recordings not hashed ahead: %s", e,
