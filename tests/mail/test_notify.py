@@ -64,7 +64,10 @@ async def test_a_finished_and_a_failed_export_are_mailed(tmp_path, smtp, mail_co
     assert third.message["Subject"] == f"[steno] Export to {tmp_path / 'b'} failed: 2 sessions"
     assert f"Error: {bad.error}" in third.text()
     assert [e.kind for e in core.outbox.list()] == ["notice", "notice", "notice"]
-    assert all(e.state == ev.OutboxState.SENT for e in core.outbox.list())
+    # the server has the message before the sender hears its answer and records it sent: wait for that
+    await until(lambda: all(e.state == ev.OutboxState.SENT for e in core.outbox.list()),
+                "every message recorded as sent", in_thread=False)
+    assert len(server.received) == 3                # and none sent twice
 
 
 async def test_rules_route_events_and_a_digest_collects_them(tmp_path, smtp, mail_core, two_sessions):
