@@ -25,6 +25,7 @@ def test_shipped_config_is_valid_and_documents_every_key():
         assert f"{leaf} = " in text, f"{key} is not documented in config/config.toml"
         assert f"type: {type_name}" in text
         assert doc, f"{key} has no documentation"
+        assert f"# {doc}" in text, f"{key}: config/config.toml describes it otherwise than the code"
 
 
 def test_check_config_ok():
