@@ -82,7 +82,8 @@ async def private_bus() -> AsyncIterator[str]:
     proc = await asyncio.create_subprocess_exec(
         "dbus-daemon", "--session", "--nofork", "--nopidfile", "--print-address=1",
         stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL)
+        stderr=asyncio.subprocess.DEVNULL,
+        start_new_session=True)      # a Ctrl-C at the terminal stops the daemon, which then stops its bus
     try:
         line = await asyncio.wait_for(proc.stdout.readline(), 10)
         address = line.decode().strip()

@@ -9,11 +9,13 @@ import grp
 import logging
 import os
 import pwd
+import socket
 import time
 from typing import AsyncIterator, Awaitable, Callable
 
 from dbus_fast import BusType, Message, MessageType, NameFlag, RequestNameReply, Variant
 from dbus_fast.aio import MessageBus
+from dbus_fast.aio.message_bus import _MessageWriter
 from dbus_fast.service import ServiceInterface
 
 from steno_exportd import __version__, access, events, formats, request
@@ -43,8 +45,39 @@ PROGRESS_INTERVAL = 0.25          # PropertiesChanged for progress: at most 4 Hz
 OM_IFACE = "org.freedesktop.DBus.ObjectManager"
 
 
+class _Patient:
+    """The bus socket as dbus-fast's writer sees it: a full socket buffer (EAGAIN) means "wait until writable".
+
+    dbus-fast 5.2 writes at once when its queue looks empty, even while the previous message is only partly
+    sent; the bus daemon not reading for a moment then made send() raise EAGAIN, which dbus-fast took for a
+    lost bus (the daemon's D-Bus API was gone until a restart). 0 bytes sent keeps the message and waits."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def send(self, data: memoryview) -> int:
+        try:
+            return self._sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            return 0
+
+    def sendmsg(self, buffers: list, ancdata: list) -> int:
+        try:
+            return self._sock.sendmsg(buffers, ancdata)
+        except (BlockingIOError, InterruptedError):
+            return 0
+
+
 class _Bus(MessageBus):
-    """A MessageBus whose InterfacesAdded/Removed come from the ObjectManager's path (the root)."""
+    """A MessageBus whose InterfacesAdded/Removed come from the ObjectManager's path (the root), and whose
+    writer waits for room in the socket (_Patient)."""
+
+    async def connect(self) -> "_Bus":
+        await super().connect()
+        if not isinstance(self._writer, _MessageWriter) or not isinstance(self._writer.sock, socket.socket):
+            raise StenoError("this dbus-fast version is not the one steno-exportd was built for (5.x)")
+        self._writer.sock = _Patient(self._writer.sock)
+        return self
 
     def _emit_interface_added(self, path: str, interface: ServiceInterface) -> None:
         if self._disconnected:
@@ -90,6 +123,7 @@ class Service:
         self._linger: dict[int, asyncio.TimerHandle] = {}
         self._completed: set[int] = set()
         self._follow_task: asyncio.Task | None = None
+        self._lost_task: asyncio.Task | None = None
         self._wire: tuple[SessionListing | None, dict[int, dict[str, Variant]]] = (None, {})
         self._next_run = 0
 
@@ -137,9 +171,18 @@ class Service:
         if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
             raise StenoError(f"the D-Bus name {BUS_NAME} is already owned (another steno-exportd running?)")
         log.info("D-Bus: %s on the %s bus", BUS_NAME, bus_cfg)
+        self._lost_task = asyncio.create_task(self._note_lost(self.bus), name="dbus-lost")
+
+    async def _note_lost(self, bus: MessageBus) -> None:
+        """One line when the bus goes away under the daemon (the touchscreen loses its API until a restart)."""
+        with contextlib.suppress(Exception):
+            await bus.wait_for_disconnect()
+        if self.bus is bus:             # not our own stop (stop() lets go of self.bus first)
+            log.warning("D-Bus: the connection to the %s bus was lost; the touchscreen and steno-exportctl cannot "
+                        "reach the daemon until it is restarted", self.address)
 
     async def stop(self) -> None:
-        """Release the name and disconnect; safe to call twice."""
+        """Release the name and disconnect (unless the bus already went away); safe to call twice."""
         if self._follow_task is not None:
             self._follow_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -151,11 +194,15 @@ class Service:
         self._linger.clear()
         if self.bus is not None:
             bus, self.bus = self.bus, None
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(bus.release_name(BUS_NAME), 1)
-            bus.disconnect()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(bus.wait_for_disconnect(), 1)
+            if bus.connected:           # (gone already: a message sent now fails on the closed socket, unheard)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(bus.release_name(BUS_NAME), 1)
+                bus.disconnect()
+        if self._lost_task is not None:
+            # it ends with the disconnect; cancelled before, it would cancel dbus-fast's own disconnect future
+            lost, self._lost_task = self._lost_task, None
+            await asyncio.wait([lost], timeout=1)
+            lost.cancel()
 
     # ---- events --------------------------------------------------------------------
 

@@ -186,3 +186,35 @@ async def test_device_export_and_busy(running):
     r = await call(bus, ROOT_PATH + "/devices/fs_99", "org.silentsteno.Export1.Device", "Export", "asasa{sv}",
                    [["1"], ["txt"], {}])
     assert r.error_name == "org.silentsteno.Export1.Error.Busy" and "not mounted" in r.body[0]
+
+
+async def test_a_burst_of_signals_while_the_bus_is_busy_keeps_the_connection(tmp_path):
+    """The bus daemon not reading for a moment (busy, or a big reply to a slow client): the daemon's socket fills;
+    its next message must wait for room, not drop the connection (dbus-fast took EAGAIN for a lost bus, and the
+    touchscreen lost the API until a restart)."""
+    import os
+    import signal
+    from tests.parts.dbus import PrivateBus
+    (tmp_path / "dbus").mkdir()
+    bus = PrivateBus(tmp_path / "dbus")
+    try:
+        cfg = make_config(tmp_path, **{"dbus.bus": bus.address, "export.allowed_dirs": [str(tmp_path)]})
+        async with service.export(FakeCore(cfg)) as svc:
+            os.kill(bus.proc.pid, signal.SIGSTOP)
+            try:
+                for n in range(40):         # 4 MB of signals: far beyond a socket's buffer
+                    svc.manager.emit_properties_changed({"Status": f"{n} " + "x" * 100_000})
+                    await asyncio.sleep(0)
+                await asyncio.sleep(0.5)
+            finally:
+                os.kill(bus.proc.pid, signal.SIGCONT)
+            client = await MessageBus(bus_address=bus.address).connect()
+            try:
+                r = await asyncio.wait_for(call(client, ROOT_PATH, "org.freedesktop.DBus.Properties", "Get", "ss",
+                                                [MANAGER_IFACE, "Status"]), 10)
+                assert r.message_type == MessageType.METHOD_RETURN, r.body
+                assert svc.bus is not None and svc.bus.connected
+            finally:
+                client.disconnect()
+    finally:
+        bus.stop()

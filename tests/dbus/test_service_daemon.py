@@ -217,7 +217,7 @@ def test_demo_mode_private_bus_and_ctl(tmp_path):
     out = tmp_path / "demo.out"
     with open(out, "wb") as f:
         p = subprocess.Popen([sys.executable, "-m", "steno_exportd", "--config", str(cfg), "run", "--demo"],
-                             stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+                             stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
     try:
         line = wait_for(lambda: re.search(r"steno-exportctl --bus (\S+) status", out.read_text()),
                         timeout=30, what="the demo's steno-exportctl hint")
@@ -230,5 +230,28 @@ def test_demo_mode_private_bus_and_ctl(tmp_path):
         assert {x["id"] for x in listed} == {x.id for x in lib.list_sessions()}
         lib.close()
     finally:
-        p.send_signal(signal.SIGINT)
+        os.killpg(p.pid, signal.SIGINT)     # Ctrl-C at a terminal: the whole foreground process group
         assert p.wait(10) == 0, out.read_text()
+    shown = out.read_text()
+    assert "Traceback" not in shown and "ERROR" not in shown.split("stopping", 1)[-1], shown
+
+
+def test_a_stop_after_the_bus_went_away_is_quiet(tmp_path, daemon_factory):
+    """The bus daemon gone first (a demo's Ctrl-C reaches its private bus too; a restarted dbus): the daemon's
+    stop says nothing of a lost message and exits 0 (it tried to release its name on the closed socket)."""
+    from tests.parts import wait_for
+    from tests.parts.dbus import PrivateBus
+    require_core()
+    make_library(tmp_path, sessions=2)
+    (tmp_path / "dbus").mkdir()
+    bus = PrivateBus(tmp_path / "dbus")
+    try:
+        d = daemon_factory(write_config(tmp_path / "config.toml", tmp_path, bus.address))
+        d.wait_ready(timeout=30)
+    finally:
+        bus.stop()
+    wait_for(lambda: "connection to the" in d.log(), timeout=10, what="one line: the bus was lost")
+    d.signal(signal.SIGTERM)
+    assert d.wait_exit(10) == 0, d.log()
+    after = d.log().split("stopping", 1)[-1]
+    assert "Traceback" not in after and "ERROR" not in after, after
