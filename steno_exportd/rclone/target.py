@@ -12,8 +12,11 @@ not looked up again before its rename or removal, nor a free name in a folder it
 keeps a hash rclone can read (MD5 or SHA-1: SFTP, S3, OneDrive, Nextcloud...), the write hashes the
 bytes it sends and the commit compares the store's hash of the landed file: verified without
 downloading it. Elsewhere (a WebDAV server without hashes) the engine reads it back (rclone's
-``--rc-serve``) and hashes it. Session folders are built in place (object stores have no atomic
-folder rename).
+``--rc-serve``) and hashes it. On a store that moves a folder in one request (rclone's DirMove:
+WebDAV, SFTP) a session is built as ``<folder>.partial``, its files under their final names (the
+folder's name says "incomplete"), and moved into place whole once the manifest save that records it
+landed (a move that never merges into or replaces a folder there); elsewhere (object stores copy a
+folder to move it) it is built in place with a marker file.
 """
 from __future__ import annotations
 
@@ -166,13 +169,21 @@ class RcloneTarget:
         # never taken as free names and replaced (a move replaces on every store). But a <session>.partial folder
         # absent from a folder only this push writes in: the engine's own working name (it removes any it finds),
         # moved into place by rename(), which never replaces a folder
-        partial = self.rel(rel).endswith(PARTIAL_SUFFIX) and self._absent(rel)
+        absent = self._absent(rel)            # as far as the listing of a folder only this push writes in tells
+        partial = self.rel(rel).endswith(PARTIAL_SUFFIX) and absent
         d = None if partial else self._stat(rel) if check_rel(rel) else {"IsDir": True}
         if d:
             st = self._entry(d)
             if st.kind != "dir":
                 raise TargetError(f"a {st.kind} is in the way of folder {rel}")
             self._landed(rel)
+            head, _, base = self.rel(rel).rpartition("/")
+            if absent and head in self._claimed:
+                # appeared in the recorder's own folder since the push listed it: someone else's, never written
+                # into (the engine takes the folder it asks for as its own new one: it was mixed, and the next
+                # push removed it, with their files, as an interrupted build of its own)
+                raise TargetError(f"a folder named {base!r} appeared on the store meanwhile (not ours, left alone); "
+                                  f"the session is sent again by the next push")
             return
         self.rcd.call("operations/mkdir", {"fs": self.fs, "remote": self.rel(rel)})
         self._landed(rel)

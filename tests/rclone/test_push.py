@@ -132,6 +132,24 @@ def test_a_session_changed_on_the_recorder_replaces_its_files_in_its_folder(setu
     assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == sorted({k.split("/")[0] for k in before})
 
 
+BUILDS = ("moved", "in place")
+
+
+@pytest.fixture(params=BUILDS)
+def build(request, monkeypatch) -> str:
+    """How session folders are built: as <folder>.partial moved into place in one request (a store with rclone's
+    DirMove: WebDAV and SFTP), or in place with a marker file (an object store without one: forced here)."""
+    from steno_exportd.rclone.target import RcloneTarget
+    if request.param == "in place":
+        connect = RcloneTarget.connect
+
+        def no_dir_move(self) -> None:
+            connect(self)
+            self.atomic_dir_rename = False
+        monkeypatch.setattr(RcloneTarget, "connect", no_dir_move)
+    return request.param
+
+
 def _folder_names(srv, db, cfg, rclone_tmp: pathlib.Path) -> list[str]:
     """The session folders a push of this recorder makes, in the order it makes them (found by a push elsewhere)."""
     probe_tmp = rclone_tmp / "probe"
@@ -183,7 +201,7 @@ def test_a_folder_that_appears_on_the_store_mid_push_is_not_overwritten(setup, r
     assert (folder / names[-1] / "transcript.txt").read_text() == "a person's own file\n"
 
 
-def test_a_folder_that_appears_on_the_store_mid_push_is_not_mixed_nor_removed_later(setup, rclone_tmp):
+def test_a_folder_that_appears_on_the_store_mid_push_is_not_mixed_nor_removed_later(setup, rclone_tmp, build):
     """Such a folder gets nothing of the push's (it was given the push's marker and files, and the next push then
     removed it with the person's file as an interrupted build of its own); the session is reported failed, and
     the next push sends it beside that folder, which it leaves alone."""
@@ -269,24 +287,6 @@ def test_a_webdav_push_costs_few_store_requests_per_session(rclone_tmp, monkeypa
             srv.stop()
     per_session = (counts[1] - counts[0]) / 4
     assert per_session <= 10, (counts, per_session)
-
-
-BUILDS = ("moved", "in place")
-
-
-@pytest.fixture(params=BUILDS)
-def build(request, monkeypatch) -> str:
-    """How session folders are built: as <folder>.partial moved into place in one request (a store with rclone's
-    DirMove: WebDAV and SFTP), or in place with a marker file (an object store without one: forced here)."""
-    from steno_exportd.rclone.target import RcloneTarget
-    if request.param == "in place":
-        connect = RcloneTarget.connect
-
-        def no_dir_move(self) -> None:
-            connect(self)
-            self.atomic_dir_rename = False
-        monkeypatch.setattr(RcloneTarget, "connect", no_dir_move)
-    return request.param
 
 
 def waiting(folder: pathlib.Path, fields: dict) -> list[str]:
