@@ -12,11 +12,11 @@ not looked up again before its rename or removal, nor a free name in a folder it
 keeps a hash rclone can read (MD5 or SHA-1: SFTP, S3, OneDrive, Nextcloud...), the write hashes the
 bytes it sends and the commit compares the store's hash of the landed file: verified without
 downloading it. Elsewhere (a WebDAV server without hashes) the engine reads it back (rclone's
-``--rc-serve``) and hashes it. On a store that moves a folder in one request (rclone's DirMove:
-WebDAV, SFTP) a session is built as ``<folder>.partial``, its files under their final names (the
-folder's name says "incomplete"), and moved into place whole once the manifest save that records it
-landed (a move that never merges into or replaces a folder there); elsewhere (object stores copy a
-folder to move it) it is built in place with a marker file.
+``--rc-serve``) and hashes it. On a WebDAV store (which moves a folder in one request: rclone's
+DirMove) a session is built as ``<folder>.partial``, its files under their final names (the folder's
+name says "incomplete"), and moved into place whole once the manifest save that records it landed (a
+move that never merges into or replaces a folder there); elsewhere it is built in place with a marker
+file (see _moves_folders).
 """
 from __future__ import annotations
 
@@ -58,9 +58,9 @@ class RcloneTarget:
     """``<remote.remote>`` (an rclone "NAME:path") through rclone rcd; the engine's Target protocol."""
 
     max_file_size: int | None = None
-    atomic_dir_rename = False           # set by connect(): a store that moves a folder in one request (WebDAV, SFTP:
-                                        # rclone's DirMove) gets a session built as <folder>.partial and moved into
-                                        # place; object stores (S3) copy a folder to move it: built in place
+    atomic_dir_rename = False           # set by connect() (_moves_folders): a WebDAV store, which moves a folder in
+                                        # one request, gets a session built as <folder>.partial and moved into place;
+                                        # elsewhere built in place (object stores copy a folder to move it)
     resume_min: int | None = None       # a cut file is sent again whole (rclone's uploads do not resume)
     save_every = SAVE_EVERY
 
@@ -84,11 +84,25 @@ class RcloneTarget:
         info = self.rcd.call("operations/fsinfo", {"fs": self.fs}) or {}
         kept = [str(h).lower() for h in info.get("Hashes") or []]
         self.hash = next((h for h in HASHES if h in kept), None)
-        self.atomic_dir_rename = bool((info.get("Features") or {}).get("DirMove"))
+        self.atomic_dir_rename = self._moves_folders(info)
         self.rcd.call("operations/mkdir", {"fs": self.fs, "remote": ""})
         r = self.rcd.call("operations/list", {"fs": self.fs, "remote": "", "opt": {"dirsOnly": True}}) or {}  # the login
         # folders there now (the recorder's, the office index): no look-up before using them
         self._dirs = {d["Name"] for d in r.get("list") or [] if isinstance(d, dict) and d.get("IsDir") and d.get("Name")}
+
+    def _moves_folders(self, info: dict) -> bool:
+        """Build sessions as <folder>.partial and move them into place (fewer requests per session) on a WebDAV
+        store: rclone moves a folder there in one MOVE (its DirMove), and opening a folder as a remote of its own
+        (which rclone's folder move does, twice) costs nothing. Elsewhere in place: SFTP also has DirMove, but each
+        folder opened that way is an SSH connection of its own (two per session, idle for a minute), and it does
+        not pace its requests, so in place costs it little; object stores copy a folder to move it."""
+        if not (info.get("Features") or {}).get("DirMove"):
+            return False
+        try:
+            conf = self.rcd.call("config/get", {"name": self.fs.partition(":")[0]}) or {}
+        except RcloneError:
+            return False                    # (a remote given as a connection string: in place)
+        return conf.get("type") == "webdav"
 
     @staticmethod
     def rel(rel: str) -> str:

@@ -137,16 +137,16 @@ BUILDS = ("moved", "in place")
 
 @pytest.fixture(params=BUILDS)
 def build(request, monkeypatch) -> str:
-    """How session folders are built: as <folder>.partial moved into place in one request (a store with rclone's
-    DirMove: WebDAV and SFTP), or in place with a marker file (an object store without one: forced here)."""
+    """How session folders are built, forced either way on both stores (rclone has a folder move on both):
+    as <folder>.partial moved into place in one request (what a WebDAV store gets), or in place with a marker
+    file (SFTP, object stores)."""
     from steno_exportd.rclone.target import RcloneTarget
-    if request.param == "in place":
-        connect = RcloneTarget.connect
+    connect = RcloneTarget.connect
 
-        def no_dir_move(self) -> None:
-            connect(self)
-            self.atomic_dir_rename = False
-        monkeypatch.setattr(RcloneTarget, "connect", no_dir_move)
+    def forced(self) -> None:
+        connect(self)
+        self.atomic_dir_rename = request.param == "moved"
+    monkeypatch.setattr(RcloneTarget, "connect", forced)
     return request.param
 
 
@@ -223,8 +223,9 @@ def test_a_folder_that_appears_on_the_store_mid_push_is_not_mixed_nor_removed_la
     assert len(manifest) == 3 and names[-1] not in {s["folder"] for s in manifest.values()}
 
 
+@pytest.mark.parametrize("build", ["moved"], indirect=True)
 def test_a_folder_that_appears_just_before_its_session_is_moved_into_place_is_left_alone(setup, rclone_tmp,
-                                                                                          monkeypatch):
+                                                                                          monkeypatch, build):
     """The session's folder name is taken on the store in the moment between the save's look and the move of
     <folder>.partial into place: the move does not merge into it or replace it, and the manifest saved just before
     no longer names it as ours (the next push would write into it)."""
