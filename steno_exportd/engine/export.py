@@ -319,9 +319,10 @@ class Exporter:
             except TargetError as e:
                 return e
             return None
-        # a few at once: each is a few requests of a store that paces them (rclone's WebDAV: 10 ms apart)
-        with concurrent.futures.ThreadPoolExecutor(min(MOVERS, len(moves) or 1), "steno-move") as pool:
-            outcomes = list(pool.map(move, moves))
+        outcomes: list[TargetError | None] = []
+        if moves:       # a few at once: each is a few requests of a store that paces them (rclone's WebDAV)
+            with concurrent.futures.ThreadPoolExecutor(min(MOVERS, len(moves)), "steno-move") as pool:
+                outcomes = list(pool.map(move, moves))
         refused = False
         for h, error in zip(moves, outcomes):
             if error is None:

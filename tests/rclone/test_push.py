@@ -217,7 +217,8 @@ def test_a_folder_that_appears_on_the_store_mid_push_is_not_mixed_nor_removed_la
 
     res = push(cfg)
     assert [r.ok for r in res] == [True] * 3, [r.error for r in res]
-    assert os.listdir(theirs) == ["transcript.txt"] and (theirs / "transcript.txt").read_text() == "a person's own file\n"
+    assert os.listdir(theirs) == ["transcript.txt"]
+    assert (theirs / "transcript.txt").read_text() == "a person's own file\n"
     assert_landed(folder, db)
     manifest = json.loads((folder / "manifest.json").read_text())["sessions"]
     assert len(manifest) == 3 and names[-1] not in {s["folder"] for s in manifest.values()}
@@ -243,7 +244,8 @@ def test_a_folder_that_appears_just_before_its_session_is_moved_into_place_is_le
     res = push(cfg)
     assert planted, "no folder was moved into place"
     theirs = folder / planted[0]
-    assert os.listdir(theirs) == ["transcript.txt"] and (theirs / "transcript.txt").read_text() == "a person's own file\n"
+    assert os.listdir(theirs) == ["transcript.txt"]
+    assert (theirs / "transcript.txt").read_text() == "a person's own file\n"
     assert sorted(r.ok for r in res) == [False, True, True], [(r.ok, r.error) for r in res]
     manifest = json.loads((folder / "manifest.json").read_text())["sessions"]
     assert planted[0] not in {s["folder"] for s in manifest.values()}
