@@ -298,14 +298,18 @@ class Exporter:
             if time.monotonic() - self._saved_at < self.t.save_every:
                 return
         held_now, self._held = self._held, []
-        if any(h.partial for h in held_now):
-            # a final name taken on the target since the session began (someone's own folder, a sync client) is
-            # never recorded as ours: the save would make the next run write into that folder
-            there = set(self.t.listdir(self.root))
-            for h in [h for h in held_now if h.partial and h.final.rpartition("/")[2] in there]:
-                self._refuse(h)
-                held_now.remove(h)
-        mf.save(self.t, self.root, self.m)
+        try:
+            if any(h.partial for h in held_now):
+                # a final name taken on the target since the session began (someone's own folder, a sync client)
+                # is never recorded as ours: the save would make the next run write into that folder
+                there = set(self.t.listdir(self.root))
+                for h in [h for h in held_now if h.partial and h.final.rpartition("/")[2] in there]:
+                    self._refuse(h)
+                    held_now.remove(h)
+            mf.save(self.t, self.root, self.m)
+        except BaseException:
+            self._held = held_now + self._held      # still waiting: the run's end reports them not done
+            raise
         self._saved_at = time.monotonic()
         self._unsaved = False
         for h in held_now:
@@ -323,31 +327,44 @@ class Exporter:
         if moves:       # a few at once: each is a few requests of a store that paces them (rclone's WebDAV)
             with concurrent.futures.ThreadPoolExecutor(min(MOVERS, len(moves)), "steno-move") as pool:
                 outcomes = list(pool.map(move, moves))
-        refused = False
+        undone = False
         for h, error in zip(moves, outcomes):
             if error is None:
                 self._root_names.discard(h.partial[len(self.root) + 1:])
                 self._root_names.add(h.final[len(self.root) + 1:])
-            elif self.t.lstat(h.final) is not None:
+                continue
+            undone = True
+            try:
+                taken = self.t.lstat(h.final) is not None
+            except TargetError:
+                taken = False
+            if taken:
                 self._refuse(h)                 # taken in the moment between the look and the rename
-                refused = True
             else:
-                raise error
-        if refused:
-            mf.save(self.t, self.root, self.m)      # no longer naming a folder that is not ours
+                # the store failed: not done (reported done, a push-on-new would move its mark past it); the next
+                # run finds its folder missing and sends it again
+                self._unrecord(h, f"written, but not moved into place on the target: {error}")
+                if self.target_error is None:
+                    self.target_error = error   # the push is tried again
+        if undone:
+            mf.save(self.t, self.root, self.m)      # no longer naming a folder that is not in place
 
     def _refuse(self, h: "_Held") -> None:
         """A held session whose folder name was taken on the target meanwhile: not recorded, reported failed;
         its ``.partial`` folder is removed by the next run, which sends it again under a free name."""
+        name = h.final.rpartition("/")[2]
+        log.warning("%s: %s appeared on the target while the session was written (not ours): left alone",
+                    self.t.name, h.final)
+        self._unrecord(h, f"a folder named {name!r} appeared on the target meanwhile (not ours, left alone); "
+                          f"the session is sent again by the next export")
+
+    def _unrecord(self, h: "_Held", why: str) -> None:
+        """A held session not finished after all: its manifest entry as before, and reported failed (why)."""
         if h.before is None:
             self.m.sessions.pop(h.uuid, None)
         else:
             self.m.sessions[h.uuid] = h.before
-        name = h.final.rpartition("/")[2]
-        log.warning("%s: %s appeared on the target while the session was written (not ours): left alone",
-                    self.t.name, h.final)
-        self._refused[h.uuid] = (f"a folder named {name!r} appeared on the target meanwhile (not ours, left "
-                                 f"alone); the session is sent again by the next export")
+        self._refused[h.uuid] = why
 
     def _export_merged(self, sessions: list) -> SessionResult:
         """One merged document per format in 'Merged <date> (N sessions)'; reported as session 0."""

@@ -386,6 +386,61 @@ def test_a_push_whose_last_manifest_save_fails_does_not_report_those_sessions_do
     assert not list(folder.rglob(MARKER)) and not unfinished(folder)
 
 
+def test_sessions_whose_folders_were_not_moved_into_place_are_not_reported_done(rclone_server, rclone_tmp,
+                                                                                monkeypatch):
+    """A deferred save mid-push records several sessions built as <folder>.partial, then the store goes away as
+    their folders are moved into place: none of them is reported done (reported done, a push-on-new would move
+    its mark past them and never send them again). The next push completes them, each once."""
+    from steno_exportd.engine.export import Exporter
+    from steno_exportd.rclone.target import RcloneTarget
+    srv = rclone_server
+    db = make_recorder(rclone_tmp / "rec", sizes=tuple((1 << 20) + i for i in range(4)))
+    cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+    folder = srv.served / "office" / recorder_folder(cfg)
+    connect, save, move_dir = RcloneTarget.connect, Exporter._save, RcloneTarget._move_dir
+
+    def moved(self) -> None:
+        connect(self)
+        self.atomic_dir_rename = True
+    saves: list[int] = []
+
+    def save_at_the_fourth(self, held=None) -> None:
+        if held is not None:
+            saves.append(1)
+            if len(saves) == 4:             # the first session was saved at once; 2 and 3 wait for this save
+                monkeypatch.setattr(RcloneTarget, "save_every", 0.0)
+        save(self, held)
+    gone = threading.Event()
+
+    def move_gone(self, src: str, dst: str) -> None:
+        if RcloneTarget.save_every == 0.0 and not gone.is_set():
+            gone.set()
+            srv.stop()
+        move_dir(self, src, dst)
+    monkeypatch.setattr(RcloneTarget, "connect", moved)
+    monkeypatch.setattr(RcloneTarget, "save_every", 3600.0)
+    monkeypatch.setattr(Exporter, "_save", save_at_the_fourth)
+    monkeypatch.setattr(RcloneTarget, "_move_dir", move_gone)
+    shown = Progress()              # a job failed as a whole keeps the results its progress showed last
+    try:
+        res = list(push(cfg, shown, sleep=lambda s: None))
+    except RcloneError:
+        res = list(shown.fields.get("results") or ())
+    assert gone.is_set(), "the store was never stopped"
+    in_place = {p.name for p in folder.iterdir() if p.is_dir() and not p.name.endswith(".partial")
+                and not p.name.startswith((".", "_"))}
+    assert len(in_place) == 1, in_place
+    assert sum(r.ok for r in res) <= len(in_place), [(r.ok, r.error) for r in res]
+
+    monkeypatch.setattr(Exporter, "_save", save)
+    monkeypatch.setattr(RcloneTarget, "_move_dir", move_dir)
+    srv.start()
+    res = push(cfg)
+    assert [r.ok for r in res] == [True] * 4, [r.error for r in res]
+    assert_landed(folder, db)
+    assert not unfinished(folder)
+
+
 def test_a_wrong_password_is_a_clear_error_and_not_retried(setup, rclone_tmp):
     srv, db, cfg, folder = setup
     srv.client_config(rclone_tmp / "rclone.conf", password="not-the-password")
