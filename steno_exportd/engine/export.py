@@ -24,6 +24,8 @@ from steno_exportd.events import FileResult, SessionResult
 
 log = logging.getLogger(__name__)
 
+MOVERS = 4              # folders renamed into place at once after a deferred manifest save
+
 
 class _NullProgress:
     cancelled = False
@@ -118,7 +120,8 @@ class Exporter:
         self.target_error: TargetError | None = None   # the first target fault that failed a session
         self._verifier = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="steno-verify")
         self._saved_at = -math.inf              # when the manifest was last saved (monotonic)
-        self._markers: list[str] = []           # in-place folders recorded in the manifest but not yet saved
+        self._held: list[_Held] = []            # sessions recorded in the manifest, waiting for its next save
+        self._refused: dict[str, str] = {}      # session uuid -> why its folder was not moved into place
         self._unsaved = False                   # a change of the manifest (a session finished) not saved yet
 
     def _cancelled(self) -> bool:
@@ -218,21 +221,27 @@ class Exporter:
                 settle_tail()           # a session whose read-backs had ended before the cancel is kept
             except CancelledJob:
                 pass
-        pending = {rel.rsplit("/", 1)[0][len(self.root) + 1:] for rel in self._markers}
+        pending = {h.uuid for h in self._held}
         try:
             with self._lock:
-                if self._markers or self._unsaved:
+                if self._held or self._unsaved:
                     self._save()        # the sessions a deferred save still holds, or finished since the last
         except (TargetError, OSError) as e:
-            # their folders keep their markers: the next run removes and sends them again, so they are not done
-            # (reported done, a push-on-new would move its mark past them and never send them again)
+            # their folders keep their markers or .partial names: the next run removes and sends them again, so
+            # they are not done (reported done, a push-on-new would move its mark past them and never send them
+            # again)
             log.warning("%s: the manifest was not saved at the end of the run: %s", self.t.name, e)
             if isinstance(e, TargetError) and self.target_error is None:
                 self.target_error = e   # the store failed: the push is tried again, as for a session's fault
             for i, r in enumerate(results):
-                if r.ok and not r.skipped and self.m.sessions.get(r.uuid, {}).get("folder") in pending:
+                if r.ok and not r.skipped and r.uuid in pending:
                     results[i] = dataclasses.replace(r, ok=False, problem=problem_kind(e),
                                                      error=f"written, but not recorded on the target: {e}")
+            self.p.update(force=True, results=tuple(results))
+        if self._refused:
+            for i, r in enumerate(results):
+                if r.ok and not r.skipped and r.uuid in self._refused:
+                    results[i] = dataclasses.replace(r, ok=False, error=self._refused[r.uuid])
             self.p.update(force=True, results=tuple(results))
         if self.spec.options.merge and sessions and not self._cancelled() and not stop_reason:
             try:
@@ -278,23 +287,84 @@ class Exporter:
         if removed:
             mf.save(self.t, self.root, self.m)
 
-    def _save(self, marker: str = "") -> None:
-        """Save the manifest (the caller holds the lock), then remove the markers of the in-place folders it
-        now records. A session built in place (``marker``) may wait up to the target's ``save_every``
-        seconds for a later save: its marker stays until then, so a run cut before it removes and sends
-        the folder again (never a finished-looking folder the manifest does not know)."""
-        if marker and not self.t.save_every:
-            self.t.remove(marker)           # saved at once (a stick): as ever, the marker goes first
-        elif marker:
-            self._markers.append(marker)
+    def _save(self, held: "_Held | None" = None) -> None:
+        """Save the manifest (the caller holds the lock), then finish the sessions it now records that waited for
+        it: a folder built in place loses its marker, one built as ``<folder>.partial`` is renamed into place. A
+        ``held`` session may wait up to the target's ``save_every`` seconds for a later save: until then its folder
+        says "incomplete", so a run cut before the save removes it and sends it again (never a finished-looking
+        folder the manifest does not know)."""
+        if held is not None:
+            self._held.append(held)
             if time.monotonic() - self._saved_at < self.t.save_every:
                 return
-        mf.save(self.t, self.root, self.m)
+        held_now, self._held = self._held, []
+        try:
+            if any(h.partial for h in held_now):
+                # a final name taken on the target since the session began (someone's own folder, a sync client)
+                # is never recorded as ours: the save would make the next run write into that folder
+                there = set(self.t.listdir(self.root))
+                for h in [h for h in held_now if h.partial and h.final.rpartition("/")[2] in there]:
+                    self._refuse(h)
+                    held_now.remove(h)
+            mf.save(self.t, self.root, self.m)
+        except BaseException:
+            self._held = held_now + self._held      # still waiting: the run's end reports them not done
+            raise
         self._saved_at = time.monotonic()
         self._unsaved = False
-        markers, self._markers = self._markers, []
-        for rel in markers:
-            self.t.remove(rel)
+        for h in held_now:
+            if not h.partial:
+                self.t.remove(h.marker)
+        moves = [h for h in held_now if h.partial]
+
+        def move(h: _Held) -> TargetError | None:
+            try:
+                self.t.rename(h.partial, h.final)      # (never replaces: refused when the name is taken)
+            except TargetError as e:
+                return e
+            return None
+        outcomes: list[TargetError | None] = []
+        if moves:       # a few at once: each is a few requests of a store that paces them (rclone's WebDAV)
+            with concurrent.futures.ThreadPoolExecutor(min(MOVERS, len(moves)), "steno-move") as pool:
+                outcomes = list(pool.map(move, moves))
+        undone = False
+        for h, error in zip(moves, outcomes):
+            if error is None:
+                self._root_names.discard(h.partial[len(self.root) + 1:])
+                self._root_names.add(h.final[len(self.root) + 1:])
+                continue
+            undone = True
+            try:
+                taken = self.t.lstat(h.final) is not None
+            except TargetError:
+                taken = False
+            if taken:
+                self._refuse(h)                 # taken in the moment between the look and the rename
+            else:
+                # the store failed: not done (reported done, a push-on-new would move its mark past it); the next
+                # run finds its folder missing and sends it again
+                self._unrecord(h, f"written, but not moved into place on the target: {error}")
+                if self.target_error is None:
+                    self.target_error = error   # the push is tried again
+        if undone:
+            mf.save(self.t, self.root, self.m)      # no longer naming a folder that is not in place
+
+    def _refuse(self, h: "_Held") -> None:
+        """A held session whose folder name was taken on the target meanwhile: not recorded, reported failed;
+        its ``.partial`` folder is removed by the next run, which sends it again under a free name."""
+        name = h.final.rpartition("/")[2]
+        log.warning("%s: %s appeared on the target while the session was written (not ours): left alone",
+                    self.t.name, h.final)
+        self._unrecord(h, f"a folder named {name!r} appeared on the target meanwhile (not ours, left alone); "
+                          f"the session is sent again by the next export")
+
+    def _unrecord(self, h: "_Held", why: str) -> None:
+        """A held session not finished after all: its manifest entry as before, and reported failed (why)."""
+        if h.before is None:
+            self.m.sessions.pop(h.uuid, None)
+        else:
+            self.m.sessions[h.uuid] = h.before
+        self._refused[h.uuid] = why
 
     def _export_merged(self, sessions: list) -> SessionResult:
         """One merged document per format in 'Merged <date> (N sessions)'; reported as session 0."""
@@ -665,7 +735,9 @@ class Exporter:
         record = any(r.ok for r in results) or exists
         # the marker of this build, or one an earlier run left in a folder it had recorded (cut before removing it)
         marker = f"{work_rel}/{MARKER}" if (in_place and not exists) or MARKER in listing else ""
-        deferred = bool(marker and self.t.save_every and not exists)
+        # a new folder on a target saved now and then (save_every) waits for the save that records it: its marker
+        # (built in place) or its .partial name (renamed into place after that save) says "incomplete" until then
+        deferred = bool(self.t.save_every and not exists and (marker or not in_place))
         finishing = record and not deferred and (not exists or bool(marker))
         with self._lock:
             for p in [p for p, r in self.m.partial.items() if r.get("uuid") == s.uuid]:
@@ -685,7 +757,7 @@ class Exporter:
             with self._lock:
                 self.t.remove_tree(work_rel)
                 self._root_names.discard(work_rel[len(self.root) + 1:])
-        elif not exists and not in_place:
+        elif not exists and not in_place and not deferred:
             with self._lock:
                 self.t.rename(work_rel, final_rel)
                 self._root_names.discard(work_rel[len(self.root) + 1:])
@@ -694,18 +766,19 @@ class Exporter:
             for r in results:
                 if r.ok and r.path.rpartition("/")[2] not in there:
                     raise TargetError(f"the filesystem lost {r.path} when its folder was renamed")
-        elif not exists:
+        elif not exists and in_place:
             for r in results:
                 if r.ok and r.path in staged:
                     self.t.rename(staged[r.path], r.path)
             self.t.fsync_dir(work_rel)
-        if record and marker:
+        if record and deferred:                 # recorded at the next save (marked incomplete until then)
             with self._lock:
-                if deferred:                    # recorded at the next save (the marker stays until then)
-                    self.m.sessions[s.uuid] = new_entry
-                    self._save(marker)
-                else:
-                    self.t.remove(marker)
+                held = _Held(s.uuid, marker, "" if in_place else work_rel, final_rel, self.m.sessions.get(s.uuid))
+                self.m.sessions[s.uuid] = new_entry
+                self._save(held)
+        elif record and marker:
+            with self._lock:
+                self.t.remove(marker)
         if finishing:
             with self._lock:
                 new_entry.pop("finishing", None)
@@ -768,6 +841,18 @@ class Exporter:
                 self.bytes_done = start
                 self.t.remove(rel)
         raise AssertionError("unreachable")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Held:
+    """A session recorded in the manifest, finished by its next save: its marker removed (built in place) or
+    its ``partial`` folder renamed to ``final``; ``before``: its manifest entry before (restored if refused)."""
+
+    uuid: str
+    marker: str
+    partial: str
+    final: str
+    before: dict | None
 
 
 @dataclasses.dataclass(frozen=True)

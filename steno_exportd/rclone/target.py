@@ -12,8 +12,11 @@ not looked up again before its rename or removal, nor a free name in a folder it
 keeps a hash rclone can read (MD5 or SHA-1: SFTP, S3, OneDrive, Nextcloud...), the write hashes the
 bytes it sends and the commit compares the store's hash of the landed file: verified without
 downloading it. Elsewhere (a WebDAV server without hashes) the engine reads it back (rclone's
-``--rc-serve``) and hashes it. Session folders are built in place (object stores have no atomic
-folder rename).
+``--rc-serve``) and hashes it. On a WebDAV store (which moves a folder in one request: rclone's
+DirMove) a session is built as ``<folder>.partial``, its files under their final names (the folder's
+name says "incomplete"), and moved into place whole once the manifest save that records it landed (a
+move that never merges into or replaces a folder there); elsewhere it is built in place with a marker
+file (see _moves_folders).
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from steno_exportd.engine.targets import MARKER, TEMP_PREFIX, EntryStat, check_rel
+from steno_exportd.engine.targets import MARKER, PARTIAL_SUFFIX, TEMP_PREFIX, EntryStat, check_rel
 from steno_exportd.errors import InvalidArgument, SourceError, TargetError
 from steno_exportd.rclone.process import Rcd, RcloneError
 
@@ -55,7 +58,9 @@ class RcloneTarget:
     """``<remote.remote>`` (an rclone "NAME:path") through rclone rcd; the engine's Target protocol."""
 
     max_file_size: int | None = None
-    atomic_dir_rename = False           # object stores copy a folder to move it: build in place
+    atomic_dir_rename = False           # set by connect() (_moves_folders): a WebDAV store, which moves a folder in
+                                        # one request, gets a session built as <folder>.partial and moved into place;
+                                        # elsewhere built in place (object stores copy a folder to move it)
     resume_min: int | None = None       # a cut file is sent again whole (rclone's uploads do not resume)
     save_every = SAVE_EVERY
 
@@ -79,10 +84,25 @@ class RcloneTarget:
         info = self.rcd.call("operations/fsinfo", {"fs": self.fs}) or {}
         kept = [str(h).lower() for h in info.get("Hashes") or []]
         self.hash = next((h for h in HASHES if h in kept), None)
+        self.atomic_dir_rename = self._moves_folders(info)
         self.rcd.call("operations/mkdir", {"fs": self.fs, "remote": ""})
         r = self.rcd.call("operations/list", {"fs": self.fs, "remote": "", "opt": {"dirsOnly": True}}) or {}  # the login
         # folders there now (the recorder's, the office index): no look-up before using them
         self._dirs = {d["Name"] for d in r.get("list") or [] if isinstance(d, dict) and d.get("IsDir") and d.get("Name")}
+
+    def _moves_folders(self, info: dict) -> bool:
+        """Build sessions as <folder>.partial and move them into place (fewer requests per session) on a WebDAV
+        store: rclone moves a folder there in one MOVE (its DirMove), and opening a folder as a remote of its own
+        (which rclone's folder move does, twice) costs nothing. Elsewhere in place: SFTP also has DirMove, but each
+        folder opened that way is an SSH connection of its own (two per session, idle for a minute), and it does
+        not pace its requests, so in place costs it little; object stores copy a folder to move it."""
+        if not (info.get("Features") or {}).get("DirMove"):
+            return False
+        try:
+            conf = self.rcd.call("config/get", {"name": self.fs.partition(":")[0]}) or {}
+        except RcloneError:
+            return False                    # (a remote given as a connection string: in place)
+        return conf.get("type") == "webdav"
 
     @staticmethod
     def rel(rel: str) -> str:
@@ -160,13 +180,24 @@ class RcloneTarget:
             return
         # looked up on the store, not taken from the recorder folder's listing: a folder someone put there since
         # (a person restoring a session, a sync client) is not this push's own empty folder, so its files are
-        # never taken as free names and replaced (a move replaces on every store)
-        d = self._stat(rel) if check_rel(rel) else {"IsDir": True}
+        # never taken as free names and replaced (a move replaces on every store). But a <session>.partial folder
+        # absent from a folder only this push writes in: the engine's own working name (it removes any it finds),
+        # moved into place by rename(), which never replaces a folder
+        absent = self._absent(rel)            # as far as the listing of a folder only this push writes in tells
+        partial = self.rel(rel).endswith(PARTIAL_SUFFIX) and absent
+        d = None if partial else self._stat(rel) if check_rel(rel) else {"IsDir": True}
         if d:
             st = self._entry(d)
             if st.kind != "dir":
                 raise TargetError(f"a {st.kind} is in the way of folder {rel}")
             self._landed(rel)
+            head, _, base = self.rel(rel).rpartition("/")
+            if absent and head in self._claimed:
+                # appeared in the recorder's own folder since the push listed it: someone else's, never written
+                # into (the engine takes the folder it asks for as its own new one: it was mixed, and the next
+                # push removed it, with their files, as an interrupted build of its own)
+                raise TargetError(f"a folder named {base!r} appeared on the store meanwhile (not ours, left alone); "
+                                  f"the session is sent again by the next push")
             return
         self.rcd.call("operations/mkdir", {"fs": self.fs, "remote": self.rel(rel)})
         self._landed(rel)
@@ -196,27 +227,46 @@ class RcloneTarget:
         self._landed(dst)
 
     def rename(self, src: str, dst: str) -> None:
+        with self._names:
+            made = self.rel(src) in self._mine         # a folder this push made (or listed)
+        if made or (self.rel(src) not in self._files and (st := self.lstat(src)) is not None and st.kind == "dir"):
+            self._move_dir(src, dst)
+            return
         # a name missing from a folder only this push writes in (made by it, or the recorder's claimed folder)
         # is free without a look-up
-        free = self._absent(dst)
-        if not free and self.lstat(dst) is not None:
+        if not self._absent(dst) and self.lstat(dst) is not None:
             raise TargetError(f"refusing to replace existing {dst}")
-        st = EntryStat("file") if self.rel(src) in self._files else self.lstat(src)
-        if st is not None and st.kind == "dir":
-            self.rcd.call("sync/move", {"srcFs": f"{self.fs}/{self.rel(src)}", "dstFs": f"{self.fs}/{self.rel(dst)}",
-                                        "deleteEmptySrcDirs": True})
-            with self._names:
-                names = self._mine.pop(self.rel(src), None)
-                self._landed(src, False)
+        self.move(src, dst, free=True)      # (checked above: absent)
+        with self._names:
+            self._files.discard(self.rel(src))
+            self._files.add(self.rel(dst))
+
+    def _move_dir(self, src: str, dst: str) -> None:
+        """Move a folder in one request of the store (rclone's DirMove: a WebDAV MOVE with "Overwrite: F", an SFTP
+        rename), never replacing or merging into a folder there: rclone falls back to moving file by file into a
+        folder it finds at ``dst``, a fallback these settings make it refuse (it cannot run with both), so the
+        move happens whole or not at all. No look-up first: rclone looks, and the store refuses too."""
+        try:
+            self.rcd.call("sync/move", {"srcFs": self._sub(src), "dstFs": self._sub(dst),
+                                        "_config": {"NoCheckDest": True, "Immutable": True}})
+        except RcloneError:
+            if self._stat(dst) is not None:         # (looked up: not taken from a listing, which it may postdate)
                 self._landed(dst)
-                if names is not None:
-                    self._mine[self.rel(dst)] = names
-            self.remove(src)
-        else:
-            self.move(src, dst, free=True)      # (checked above: absent)
-            with self._names:
-                self._files.discard(self.rel(src))
-                self._files.add(self.rel(dst))
+                raise TargetError(f"refusing to replace existing {dst}") from None
+            raise
+        with self._names:
+            names = self._mine.pop(self.rel(src), None)
+            self._landed(src, False)
+            self._landed(dst)
+            if names is not None:
+                self._mine[self.rel(dst)] = names
+            self._dirs.add(self.rel(dst))
+
+    def _sub(self, rel: str) -> str:
+        """The remote of a folder below the push's remote, as a folder ("NAME:path/to/it/"): rclone opens it
+        without looking whether it is a file."""
+        base = self.fs if self.fs.endswith((":", "/")) else f"{self.fs}/"
+        return f"{base}{self.rel(rel)}/"
 
     def remove(self, rel: str) -> None:
         if self.rel(rel) in self._files:       # a file this push committed (a folder's marker): no look-up
@@ -268,8 +318,11 @@ class _RcloneWrite:
         head, _, base = t.rel(rel).rpartition("/")
         self._head = head
         # a folder's marker goes under its own name too: cut short, it still says "incomplete" (being there is
-        # all it says), and a move is several round trips (five on WebDAV)
-        self._fresh = not (base.startswith(TEMP_PREFIX) or base == MARKER)   # a temp name of this push's own
+        # all it says), and a move is several round trips (five on WebDAV); so does a file in a <session>.partial
+        # folder this push made: the folder's name says "incomplete" (moved into place whole, once verified)
+        with t._names:
+            partial = head.endswith(PARTIAL_SUFFIX) and head in t._mine
+        self._fresh = not (base.startswith(TEMP_PREFIX) or base == MARKER or partial)   # needs a temp name
         self.temp = t.temp_name() if self._fresh else base
         self.temp_rel = f"{head}/{self.temp}" if head else self.temp
         self.offset = 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import re
 import secrets
 import shutil
 import subprocess
@@ -30,6 +31,7 @@ class RcloneServer:
     user: str = "steno"
     password: str = dataclasses.field(default_factory=lambda: secrets.token_hex(8))
     proc: subprocess.Popen | None = None
+    verbose: bool = False                   # its log names every request it answers (requests() counts them)
 
     def start(self) -> None:
         self.port = self.port or free_port(18900, 18999)
@@ -37,7 +39,7 @@ class RcloneServer:
         self.proc = subprocess.Popen(
             ["rclone", "serve", self.kind, str(self.served), "--addr", f"127.0.0.1:{self.port}",
              "--user", self.user, "--pass", self.password, "--cache-dir", str(self.work / "cache"),
-             "--config", "/dev/null"], stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+             "--config", "/dev/null", *(["-v"] if self.verbose else [])], stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
         parts.wait_for(lambda: _listening(self.port) or self.proc.poll() is not None, 20,
                        what=f"rclone serve {self.kind} on port {self.port}")
@@ -48,6 +50,12 @@ class RcloneServer:
             self.proc.kill()
             self.proc.wait(10)
         self.proc = None
+
+    def requests(self) -> int:
+        """How many requests the server has answered (verbose: its log has a line for each)."""
+        assert self.verbose
+        text = (self.work / f"serve-{self.kind}.log").read_text(errors="replace")
+        return len(re.findall(r": [A-Z]+ from 127\.0\.0\.1:\d+$", text, re.M))
 
     @property
     def remote(self) -> str:

@@ -132,10 +132,26 @@ def test_a_session_changed_on_the_recorder_replaces_its_files_in_its_folder(setu
     assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == sorted({k.split("/")[0] for k in before})
 
 
-def test_a_folder_that_appears_on_the_store_mid_push_is_not_overwritten(setup, rclone_tmp):
-    """A session's folder put on the store by someone else after the push listed the recorder's folder (a person
-    restoring it, a sync client) is not taken as the push's own empty folder: its files are never replaced."""
-    srv, db, cfg, folder = setup
+BUILDS = ("moved", "in place")
+
+
+@pytest.fixture(params=BUILDS)
+def build(request, monkeypatch) -> str:
+    """How session folders are built, forced either way on both stores (rclone has a folder move on both):
+    as <folder>.partial moved into place in one request (what a WebDAV store gets), or in place with a marker
+    file (SFTP, object stores)."""
+    from steno_exportd.rclone.target import RcloneTarget
+    connect = RcloneTarget.connect
+
+    def forced(self) -> None:
+        connect(self)
+        self.atomic_dir_rename = request.param == "moved"
+    monkeypatch.setattr(RcloneTarget, "connect", forced)
+    return request.param
+
+
+def _folder_names(srv, db, cfg, rclone_tmp: pathlib.Path) -> list[str]:
+    """The session folders a push of this recorder makes, in the order it makes them (found by a push elsewhere)."""
     probe_tmp = rclone_tmp / "probe"
     probe_tmp.mkdir()
     probe = make_cfg(probe_tmp, db, pathlib.Path(cfg.rclone.config_file), f"{srv.remote}:office/probe")
@@ -146,32 +162,158 @@ def test_a_folder_that_appears_on_the_store_mid_push_is_not_overwritten(setup, r
         if name and "Meeting" in name[0] and name[0] not in order:
             order.append(name[0])
         return False
-    assert all(r.ok for r in push(probe, Progress(cancel_when=seen)))   # the folders, in the order pushed
+    assert all(r.ok for r in push(probe, Progress(cancel_when=seen)))
     names = [n.removesuffix(".partial") for n in order]
     assert len(names) == 3, order
+    return names
+
+
+def _plant(srv, cfg, rclone_tmp: pathlib.Path, rel: str) -> None:
+    """A person's own file put on the store through the store (a restore, a sync client): "a person's own file"."""
     own = rclone_tmp / "own.txt"
     own.write_text("a person's own file\n")
+    subprocess.run(["rclone", "--config", cfg.rclone.config_file, "copyto", str(own), f"{srv.remote}:{rel}"],
+                   check=True, capture_output=True, timeout=60)
+
+
+def _plant_mid_push(srv, cfg, folder: pathlib.Path, rclone_tmp: pathlib.Path, names: list[str]) -> tuple[list, list]:
+    """Push; while the first session is written (after the push listed the recorder's folder), the last session's
+    folder appears on the store, holding a file under a name the push writes. The push's results, and what was
+    planted."""
     planted: list[str] = []
 
     def plant(fields: dict) -> bool:
-        """While the first session is written (after the push listed the recorder's folder), the last
-        session's folder appears on the store (through the store), holding a file under a name the push writes."""
         if not planted and names[0] in str(fields.get("current_file", "")):
-            dst = f"{srv.remote}:office/meetings/{folder.name}/{names[-1]}/transcript.txt"
-            subprocess.run(["rclone", "--config", cfg.rclone.config_file, "copyto", str(own), dst],
-                           check=True, capture_output=True, timeout=60)
-            planted.append(dst)
+            _plant(srv, cfg, rclone_tmp, f"office/meetings/{folder.name}/{names[-1]}/transcript.txt")
+            planted.append(names[-1])
         return False
-    push(cfg, Progress(cancel_when=plant))
+    res = push(cfg, Progress(cancel_when=plant))
     assert planted, "the folder was never planted"
+    return res, planted
+
+
+def test_a_folder_that_appears_on_the_store_mid_push_is_not_overwritten(setup, rclone_tmp):
+    """A session's folder put on the store by someone else after the push listed the recorder's folder (a person
+    restoring it, a sync client) is not taken as the push's own empty folder: its files are never replaced."""
+    srv, db, cfg, folder = setup
+    names = _folder_names(srv, db, cfg, rclone_tmp)
+    _plant_mid_push(srv, cfg, folder, rclone_tmp, names)
     assert (folder / names[-1] / "transcript.txt").read_text() == "a person's own file\n"
 
 
+def test_a_folder_that_appears_on_the_store_mid_push_is_not_mixed_nor_removed_later(setup, rclone_tmp, build):
+    """Such a folder gets nothing of the push's (it was given the push's marker and files, and the next push then
+    removed it with the person's file as an interrupted build of its own); the session is reported failed, and
+    the next push sends it beside that folder, which it leaves alone."""
+    srv, db, cfg, folder = setup
+    names = _folder_names(srv, db, cfg, rclone_tmp)
+    res, planted = _plant_mid_push(srv, cfg, folder, rclone_tmp, names)
+    theirs = folder / names[-1]
+    assert os.listdir(theirs) == ["transcript.txt"], os.listdir(theirs)
+    assert sorted(r.ok for r in res) == [False, True, True], [(r.ok, r.error) for r in res]
+    assert "appeared" in next(r.error for r in res if not r.ok)
+    manifest = json.loads((folder / "manifest.json").read_text())["sessions"]
+    assert names[-1] not in {s["folder"] for s in manifest.values()}
+
+    res = push(cfg)
+    assert [r.ok for r in res] == [True] * 3, [r.error for r in res]
+    assert os.listdir(theirs) == ["transcript.txt"]
+    assert (theirs / "transcript.txt").read_text() == "a person's own file\n"
+    assert_landed(folder, db)
+    manifest = json.loads((folder / "manifest.json").read_text())["sessions"]
+    assert len(manifest) == 3 and names[-1] not in {s["folder"] for s in manifest.values()}
+
+
+@pytest.mark.parametrize("build", ["moved"], indirect=True)
+def test_a_folder_that_appears_just_before_its_session_is_moved_into_place_is_left_alone(setup, rclone_tmp,
+                                                                                          monkeypatch, build):
+    """The session's folder name is taken on the store in the moment between the save's look and the move of
+    <folder>.partial into place: the move does not merge into it or replace it, and the manifest saved just before
+    no longer names it as ours (the next push would write into it)."""
+    from steno_exportd.rclone.target import RcloneTarget
+    srv, db, cfg, folder = setup
+    planted: list[str] = []
+    move_dir = RcloneTarget._move_dir
+
+    def move_late(self, src: str, dst: str) -> None:
+        if not planted:
+            planted.append(dst.rpartition("/")[2])
+            _plant(srv, cfg, rclone_tmp, f"office/meetings/{dst}/transcript.txt")
+        move_dir(self, src, dst)
+    monkeypatch.setattr(RcloneTarget, "_move_dir", move_late)
+    res = push(cfg)
+    assert planted, "no folder was moved into place"
+    theirs = folder / planted[0]
+    assert os.listdir(theirs) == ["transcript.txt"]
+    assert (theirs / "transcript.txt").read_text() == "a person's own file\n"
+    assert sorted(r.ok for r in res) == [False, True, True], [(r.ok, r.error) for r in res]
+    manifest = json.loads((folder / "manifest.json").read_text())["sessions"]
+    assert planted[0] not in {s["folder"] for s in manifest.values()}
+    monkeypatch.setattr(RcloneTarget, "_move_dir", move_dir)
+    res = push(cfg)
+    assert [r.ok for r in res] == [True] * 3, [r.error for r in res]
+    assert os.listdir(theirs) == ["transcript.txt"]
+    assert_landed(folder, db)
+
+
+def test_a_webdav_push_costs_few_store_requests_per_session(rclone_tmp, monkeypatch):
+    """rclone's WebDAV backend starts one request per 10 ms at most: a session (one recording) costs at most ten
+    requests of the store beyond the push's own (it cost 17: a look-up before its folder, a marker written and
+    removed, a temp name moved). Counted in the WebDAV server's own log, as the difference of two pushes."""
+    from tests.parts import require_tool
+    from tests.parts.rclone import RcloneServer
+    from steno_exportd.rclone.target import RcloneTarget
+    require_tool("rclone")
+    monkeypatch.setattr(RcloneTarget, "save_every", 3600.0)      # the same saves in both pushes, however slow
+    counts = []
+    for n in (2, 6):
+        tmp = rclone_tmp / f"n{n}"
+        (tmp / "served").mkdir(parents=True)
+        srv = RcloneServer("webdav", tmp / "served", tmp, verbose=True)
+        srv.start()
+        try:
+            db = make_recorder(tmp / "rec", sizes=tuple((1 << 20) + i for i in range(n)))
+            cfg = make_cfg(tmp, db, srv.client_config(tmp / "rclone.conf"), f"{srv.remote}:office")
+            before = srv.requests()
+            lib = Library.from_config(cfg)
+            targets = local()
+            targets.register(RcloneKind())
+            try:
+                ids = tuple(s.id for s in lib.list_sessions(exportable_only=True))
+                res = run_export(lib, SimpleSpec("rclone:cloud", ids, ("audio",), ExportOptions()), cfg,
+                                 targets=targets)
+            finally:
+                lib.close()
+            assert [r.ok for r in res] == [True] * n, [r.error for r in res]
+            counts.append(srv.requests() - before)
+        finally:
+            srv.stop()
+    per_session = (counts[1] - counts[0]) / 4
+    assert per_session <= 10, (counts, per_session)
+
+
+def waiting(folder: pathlib.Path, fields: dict) -> list[str]:
+    """Sessions reported written whose folder on the store still says "incomplete" (its marker, or its
+    <folder>.partial name): what the manifest save they wait for finishes."""
+    from steno_exportd.engine.targets import MARKER
+    done = {pathlib.PurePath(f.path).parent.name for r in fields.get("results") or () if r.ok and not r.skipped
+            for f in r.files}
+    return sorted(n for n in done if (folder / n / MARKER).is_file() or (folder / f"{n}.partial").is_dir())
+
+
+def unfinished(folder: pathlib.Path) -> set[str]:
+    """Folders on the store that say "incomplete": their marker, or a <folder>.partial name."""
+    from steno_exportd.engine.targets import MARKER
+    return {p.name.removesuffix(".partial") for p in folder.iterdir()
+            if p.is_dir() and ((p / MARKER).is_file() or p.name.endswith(".partial"))}
+
+
 def test_a_push_cut_for_good_before_its_deferred_manifest_save_sends_those_sessions_again_once(
-        rclone_server, rclone_tmp, monkeypatch):
+        rclone_server, rclone_tmp, monkeypatch, build):
     """The manifest is saved every few seconds, not after every session: a session finished since the last
-    save keeps its folder's marker, so a push cut for good (the store gone) leaves no finished-looking
-    folder the manifest does not know; the next push sends it again, and every session is there once."""
+    save keeps its folder's marker (or its .partial name), so a push cut for good (the store gone) leaves no
+    finished-looking folder the manifest does not know; the next push sends it again, and every session is
+    there once."""
     from steno_exportd.engine.targets import MARKER
     from steno_exportd.rclone.target import RcloneTarget
     srv = rclone_server
@@ -179,25 +321,23 @@ def test_a_push_cut_for_good_before_its_deferred_manifest_save_sends_those_sessi
     cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
     folder = srv.served / "office" / recorder_folder(cfg)
     monkeypatch.setattr(RcloneTarget, "save_every", 3600.0)      # the first session's save, then none
-    gone = threading.Event()
-
-    def finished_unsaved() -> list[pathlib.Path]:
-        """Session folders on the store whose files have their final names, still marked incomplete."""
-        return [p for p in folder.iterdir() if p.is_dir() and (p / MARKER).is_file() and (p / "audio.flac").is_file()
-                and (p / "transcript.txt").is_file()] if folder.is_dir() else []
+    gone: list[str] = []
 
     def kill_for_good(fields: dict) -> bool:
-        if not gone.is_set() and (folder / "manifest.json").is_file() and finished_unsaved():
-            gone.set()              # a later recording is on its way, a finished session waits for the save
+        if not gone and (folder / "manifest.json").is_file() and waiting(folder, fields):
+            gone.extend(waiting(folder, fields))    # a later recording is on its way, a finished session waits
             srv.stop()
         return False
 
     with pytest.raises(RcloneError, match="cannot be reached"):
         push(cfg, Progress(kill_for_good), sleep=lambda s: None)
-    assert gone.is_set(), "the store was never stopped"
+    assert gone, "the store was never stopped"
     saved = {s["folder"] for s in json.loads((folder / "manifest.json").read_text())["sessions"].values()}
     assert len(saved) == 1, saved
-    assert finished_unsaved() and not set(p.name for p in finished_unsaved()) & saved
+    assert set(gone) <= unfinished(folder) and not set(gone) & saved
+    looks_finished = {p.name for p in folder.iterdir() if p.is_dir() and not p.name.endswith(".partial")
+                      and not (p / MARKER).exists()}
+    assert looks_finished <= saved, (looks_finished, saved)      # no finished-looking folder the manifest does not know
 
     srv.start()
     res = push(cfg)
@@ -209,11 +349,11 @@ def test_a_push_cut_for_good_before_its_deferred_manifest_save_sends_those_sessi
 
 
 def test_a_push_whose_last_manifest_save_fails_does_not_report_those_sessions_done(rclone_server, rclone_tmp,
-                                                                                    monkeypatch):
+                                                                                    monkeypatch, build):
     """The store goes away after the last session is written but before the run's final manifest save: the
-    sessions that save was to record still carry their markers, so the push must not report them done (a
-    push-on-new would move its mark past them, and the next push would remove their folders as leftovers
-    without sending them again). The next push completes them, each once."""
+    sessions that save was to record still carry their markers (or .partial names), so the push must not report
+    them done (a push-on-new would move its mark past them, and the next push would remove their folders as
+    leftovers without sending them again). The next push completes them, each once."""
     from steno_exportd.engine.targets import MARKER
     from steno_exportd.rclone.target import RcloneTarget
     srv = rclone_server
@@ -235,7 +375,7 @@ def test_a_push_whose_last_manifest_save_fails_does_not_report_those_sessions_do
     except RcloneError:
         res = None                  # failed as a whole: not reported done either
     assert gone.is_set(), "the store was never stopped"
-    marked = {p.name for p in folder.iterdir() if p.is_dir() and (p / MARKER).is_file()}
+    marked = unfinished(folder)
     assert len(marked) == 3, marked                 # the first session was saved; three waited for the last save
     assert res is None or sum(r.ok for r in res) <= 1, [(r.ok, r.error) for r in res]
 
@@ -243,7 +383,62 @@ def test_a_push_whose_last_manifest_save_fails_does_not_report_those_sessions_do
     res = push(cfg)
     assert [r.ok for r in res] == [True] * 4, [r.error for r in res]
     assert_landed(folder, db)
-    assert not list(folder.rglob(MARKER))
+    assert not list(folder.rglob(MARKER)) and not unfinished(folder)
+
+
+def test_sessions_whose_folders_were_not_moved_into_place_are_not_reported_done(rclone_server, rclone_tmp,
+                                                                                monkeypatch):
+    """A deferred save mid-push records several sessions built as <folder>.partial, then the store goes away as
+    their folders are moved into place: none of them is reported done (reported done, a push-on-new would move
+    its mark past them and never send them again). The next push completes them, each once."""
+    from steno_exportd.engine.export import Exporter
+    from steno_exportd.rclone.target import RcloneTarget
+    srv = rclone_server
+    db = make_recorder(rclone_tmp / "rec", sizes=tuple((1 << 20) + i for i in range(4)))
+    cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+    folder = srv.served / "office" / recorder_folder(cfg)
+    connect, save, move_dir = RcloneTarget.connect, Exporter._save, RcloneTarget._move_dir
+
+    def moved(self) -> None:
+        connect(self)
+        self.atomic_dir_rename = True
+    saves: list[int] = []
+
+    def save_at_the_fourth(self, held=None) -> None:
+        if held is not None:
+            saves.append(1)
+            if len(saves) == 4:             # the first session was saved at once; 2 and 3 wait for this save
+                monkeypatch.setattr(RcloneTarget, "save_every", 0.0)
+        save(self, held)
+    gone = threading.Event()
+
+    def move_gone(self, src: str, dst: str) -> None:
+        if RcloneTarget.save_every == 0.0 and not gone.is_set():
+            gone.set()
+            srv.stop()
+        move_dir(self, src, dst)
+    monkeypatch.setattr(RcloneTarget, "connect", moved)
+    monkeypatch.setattr(RcloneTarget, "save_every", 3600.0)
+    monkeypatch.setattr(Exporter, "_save", save_at_the_fourth)
+    monkeypatch.setattr(RcloneTarget, "_move_dir", move_gone)
+    shown = Progress()              # a job failed as a whole keeps the results its progress showed last
+    try:
+        res = list(push(cfg, shown, sleep=lambda s: None))
+    except RcloneError:
+        res = list(shown.fields.get("results") or ())
+    assert gone.is_set(), "the store was never stopped"
+    in_place = {p.name for p in folder.iterdir() if p.is_dir() and not p.name.endswith(".partial")
+                and not p.name.startswith((".", "_"))}
+    assert len(in_place) == 1, in_place
+    assert sum(r.ok for r in res) <= len(in_place), [(r.ok, r.error) for r in res]
+
+    monkeypatch.setattr(Exporter, "_save", save)
+    monkeypatch.setattr(RcloneTarget, "_move_dir", move_dir)
+    srv.start()
+    res = push(cfg)
+    assert [r.ok for r in res] == [True] * 4, [r.error for r in res]
+    assert_landed(folder, db)
+    assert not unfinished(folder)
 
 
 def test_a_wrong_password_is_a_clear_error_and_not_retried(setup, rclone_tmp):
