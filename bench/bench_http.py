@@ -20,6 +20,13 @@ download and the ZIPs with checksums known; the first ZIPs (the recordings hashe
 background hasher ran) in BENCH_HTTP_AHEAD samples each (default 5), each the first ZIP of a daemon of its own
 (a fresh state: nothing hashed). The files are read into the page cache before each round (other benchmarks drop
 caches: a file evicted meanwhile would cost whichever server went first).
+Placement (printed as http_placement): on the device the client is another machine on the LAN; here it is curl on
+loopback, and on 2 cores where the scheduler puts it decided a transfer's time (curl on the server's core: 1.0-1.2 s
+per GiB, on the other: 0.66-0.99 s, for nginx as for us). So for every figure against nginx except the first ZIP
+hashed while sent, both servers and curl are pinned the same way: the server (nginx's one worker process; every
+thread of ours, which serves from this benchmark's own process) on CPU SERVER_CPU, curl on CPU CLIENT_CPU.
+The first ZIP hashed while sent is left to the scheduler for both servers (its hashing threads take every core a
+daemon has; pinned to one core it would measure a one-core daemon). BENCH_HTTP_PIN=0 leaves all to the scheduler.
 """
 from __future__ import annotations
 
@@ -45,6 +52,32 @@ SIZE = 1024 * 1024 * 1024
 ZIP_PART = 256 * 1024 * 1024
 ROUNDS = int(os.environ.get("BENCH_HTTP_ROUNDS", "9"))
 AHEAD = int(os.environ.get("BENCH_HTTP_AHEAD", "5"))
+PIN = os.environ.get("BENCH_HTTP_PIN", "1") != "0" and len(os.sched_getaffinity(0)) >= 2
+SERVER_CPU, CLIENT_CPU = sorted(os.sched_getaffinity(0))[:2] if PIN else (None, None)
+ALL_CPUS = os.sched_getaffinity(0)
+
+
+def pinned(cmd: list[str], cpu: int | None) -> list[str]:
+    """cmd run on one CPU (taskset), or as it is when cpu is None."""
+    return cmd if cpu is None else ["taskset", "-c", str(cpu), *cmd]
+
+
+def pin_this_process(cpus: set[int] | None) -> None:
+    """Every thread of this process (ours serves from it) on these CPUs; threads started later inherit it."""
+    if cpus is None:
+        return
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except (ProcessLookupError, PermissionError):
+            pass              # a thread that just ended
+
+
+def placement() -> str:
+    if not PIN:
+        return "left to the scheduler for both servers and curl (BENCH_HTTP_PIN=0)"
+    return (f"server on CPU {SERVER_CPU} (nginx's worker process; every thread of ours), curl on CPU {CLIENT_CPU}, "
+            f"the same for both; the first ZIP hashed while sent: left to the scheduler for both")
 
 
 def free_port() -> int:
@@ -53,18 +86,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def curl_timed(url: str) -> tuple[float, float, int]:
-    """(seconds to the first byte, seconds in all, bytes) of one GET by curl to /dev/null."""
-    r = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w",
-                        "%{time_starttransfer} %{time_total} %{size_download} %{http_code}", url],
+def curl_timed(url: str, cpu: int | None = None) -> tuple[float, float, int]:
+    """(seconds to the first byte, seconds in all, bytes) of one GET by curl to /dev/null (on CPU cpu)."""
+    r = subprocess.run(pinned(["curl", "-s", "-o", "/dev/null", "-w",
+                               "%{time_starttransfer} %{time_total} %{size_download} %{http_code}", url], cpu),
                        capture_output=True, text=True, check=True)
     first, t, size, code = r.stdout.split()
     assert code == "200", (url, code)
     return float(first), float(t), int(size)
 
 
-def curl_seconds(url: str) -> tuple[float, int]:
-    first, t, size = curl_timed(url)
+def curl_seconds(url: str, cpu: int | None = None) -> tuple[float, int]:
+    first, t, size = curl_timed(url, cpu)
     return t, size
 
 
@@ -94,11 +127,11 @@ async def interleaved(rounds: int, files: list[Path], anchor: str, *ours: str) -
         await asyncio.to_thread(warm, files)
         order = list(range(len(urls))) if i % 2 == 0 else [*range(1, len(urls)), 0]
         for k in order:
-            out[k].append(await asyncio.to_thread(curl_timed, urls[k]))
+            out[k].append(await asyncio.to_thread(curl_timed, urls[k], CLIENT_CPU))
     return out
 
 
-def start_nginx(root: Path, port: int, work: Path) -> subprocess.Popen:
+def start_nginx(root: Path, port: int, work: Path, cpu: int | None) -> subprocess.Popen:
     conf = work / "nginx.conf"
     conf.write_text(f"""daemon off; worker_processes 1; pid {work}/nginx.pid; error_log {work}/error.log;
 events {{}}
@@ -106,7 +139,7 @@ http {{ access_log off; sendfile on; client_body_temp_path {work}; proxy_temp_pa
   fastcgi_temp_path {work}; uwsgi_temp_path {work}; scgi_temp_path {work};
   server {{ listen 127.0.0.1:{port}; root {root}; }} }}
 """)
-    p = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(work)], stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(pinned(["nginx", "-c", str(conf), "-p", str(work)], cpu), stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         with socket.socket() as s:
@@ -188,7 +221,7 @@ async def main() -> None:
         core = Core(cfg)
         await core.start()
         from steno_exportd.web import serve
-        ng = start_nginx(www, nport, tmp_path)
+        ng = start_nginx(www, nport, tmp_path, SERVER_CPU)
         try:
             async with serve(core) as url:
                 files = [audio[big], *(audio[i] for i in zip_ids)]
@@ -196,8 +229,12 @@ async def main() -> None:
                 zip_url = f"{url}/zip?formats=audio&" + "&".join(f"id={i}" for i in zip_ids)
                 load = open("/proc/loadavg").read().split()[0]
                 await asyncio.to_thread(curl_seconds, zip_url)    # hashes the recordings (first ZIPs: below)
-                ng_runs, audio_runs, zip_runs = await interleaved(
-                    ROUNDS, files, f"{nginx_url(nport)}/audio.bin", f"{url}/sessions/{big}/audio?dl=1", zip_url)
+                pin_this_process({SERVER_CPU} if PIN else None)
+                try:
+                    ng_runs, audio_runs, zip_runs = await interleaved(
+                        ROUNDS, files, f"{nginx_url(nport)}/audio.bin", f"{url}/sessions/{big}/audio?dl=1", zip_url)
+                finally:
+                    pin_this_process(ALL_CPUS)
                 assert all(n == SIZE for *_, n in ng_runs + audio_runs) and all(n > 4 * ZIP_PART for *_, n in zip_runs)
                 nginx_file, ours_audio, ours_zip = ([t for _, t, _ in xs] for xs in (ng_runs, audio_runs, zip_runs))
                 a, z, ng_t = (statistics.median(x) for x in (ours_audio, ours_zip, nginx_file))
@@ -205,6 +242,7 @@ async def main() -> None:
                 zip_rounds = [n / o for n, o in zip(nginx_file, ours_zip)]
                 gib = SIZE / 2 ** 30
                 print(f"http_load_average_1min: {load} (2 cores)")
+                print(f"http_placement: {placement()}")
                 print(f"http_download_1GiB_MBps: {1024 * gib / a:.0f}")
                 print(f"anchor_nginx_1GiB_MBps: {1024 * gib / ng_t:.0f}")
                 print(f"http_download_ratio_ours_over_nginx: {statistics.median(rounds):.2f}  (target >= 1.0; median "
@@ -251,9 +289,12 @@ async def first_zips(cfg: config.Config, tmp: Path, www: Path, zip_ids: list[int
 
     from steno_exportd.web import serve
     nport = free_port()
-    ng = start_nginx(www, nport, tmp)
+    cpu = SERVER_CPU if ahead else None     # hashed while sent: every core the daemon has (see the docstring)
+    ng = start_nginx(www, nport, tmp, cpu)
+    client = CLIENT_CPU if ahead else None
     ratios, ours, theirs, idle = [], [], [], []
     kind = "ahead" if ahead else "first"
+    pin_this_process({cpu} if cpu is not None else None)
     try:
         for i in range(AHEAD):
             state = dataclasses.replace(cfg.state, dir=str(tmp / f"state-{kind}-{i}"))
@@ -272,17 +313,18 @@ async def first_zips(cfg: config.Config, tmp: Path, www: Path, zip_ids: list[int
                     zip_url = f"{url}/zip?formats=audio&" + "&".join(f"id={sid}" for sid in zip_ids)
                     ng_url = f"{nginx_url(nport)}/audio.bin"
                     if i % 2 == 0:
-                        ng_t, _ = await asyncio.to_thread(curl_seconds, ng_url)
-                    first, n = await asyncio.to_thread(curl_seconds, zip_url)
+                        ng_t, _ = await asyncio.to_thread(curl_seconds, ng_url, client)
+                    first, n = await asyncio.to_thread(curl_seconds, zip_url, client)
                     assert n > 4 * ZIP_PART
                     if i % 2:
-                        ng_t, _ = await asyncio.to_thread(curl_seconds, ng_url)
+                        ng_t, _ = await asyncio.to_thread(curl_seconds, ng_url, client)
             finally:
                 await core.stop()
             ours.append(first)
             theirs.append(ng_t)
             ratios.append(ng_t / first)
     finally:
+        pin_this_process(ALL_CPUS)
         ng.send_signal(signal.SIGTERM)
         ng.wait(10)
     if ahead:
