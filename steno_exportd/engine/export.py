@@ -121,7 +121,7 @@ class Exporter:
         self._verifier = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="steno-verify")
         self._saved_at = -math.inf              # when the manifest was last saved (monotonic)
         self._held: list[_Held] = []            # sessions recorded in the manifest, waiting for its next save
-        self._refused: dict[str, str] = {}      # session uuid -> why its folder was not moved into place
+        self._undone: dict[str, tuple[str, str]] = {}   # session uuid -> (why, problem): written, but not done
         self._unsaved = False                   # a change of the manifest (a session finished) not saved yet
 
     def _cancelled(self) -> bool:
@@ -233,15 +233,13 @@ class Exporter:
             log.warning("%s: the manifest was not saved at the end of the run: %s", self.t.name, e)
             if isinstance(e, TargetError) and self.target_error is None:
                 self.target_error = e   # the store failed: the push is tried again, as for a session's fault
+            for uuid in pending:
+                self._undone[uuid] = (f"written, but not recorded on the target: {e}", problem_kind(e))
+        if self._undone:
             for i, r in enumerate(results):
-                if r.ok and not r.skipped and r.uuid in pending:
-                    results[i] = dataclasses.replace(r, ok=False, problem=problem_kind(e),
-                                                     error=f"written, but not recorded on the target: {e}")
-            self.p.update(force=True, results=tuple(results))
-        if self._refused:
-            for i, r in enumerate(results):
-                if r.ok and not r.skipped and r.uuid in self._refused:
-                    results[i] = dataclasses.replace(r, ok=False, error=self._refused[r.uuid])
+                if r.ok and not r.skipped and r.uuid in self._undone:
+                    error, problem = self._undone[r.uuid]
+                    results[i] = dataclasses.replace(r, ok=False, problem=problem, error=error)
             self.p.update(force=True, results=tuple(results))
         if self.spec.options.merge and sessions and not self._cancelled() and not stop_reason:
             try:
@@ -364,7 +362,7 @@ class Exporter:
             self.m.sessions.pop(h.uuid, None)
         else:
             self.m.sessions[h.uuid] = h.before
-        self._refused[h.uuid] = why
+        self._undone[h.uuid] = (why, "")
 
     def _export_merged(self, sessions: list) -> SessionResult:
         """One merged document per format in 'Merged <date> (N sessions)'; reported as session 0."""
