@@ -114,7 +114,7 @@ class Exporter:
         self.bytes_resumed = 0          # bytes of files cut by an earlier drop that were not sent again
         self._root_names: set[str] = set()      # the root folder's entries (listed once, kept current)
         self._free: int | None = None           # free space on the target, less what this run planned
-        self._buffers = writer.Buffers()
+        self._rings = threading.local()         # each writing thread's read buffers (writer.Buffers)
         self._lock = threading.RLock()          # the manifest and the root's names: the verifier thread
                                                 # finishes a session while the next one is written
         self.target_error: TargetError | None = None   # the first target fault that failed a session
@@ -123,6 +123,16 @@ class Exporter:
         self._held: list[_Held] = []            # sessions recorded in the manifest, waiting for its next save
         self._undone: dict[str, tuple[str, str]] = {}   # session uuid -> (why, problem): written, but not done
         self._unsaved = False                   # a change of the manifest (a session finished) not saved yet
+
+    @property
+    def _buffers(self) -> writer.Buffers:
+        """This thread's read buffers: a rewrite after a failed read-back (on the verifier thread) never shares them
+        with the copy the main thread makes meanwhile (both copies read into the same buffers: either file could
+        land with the other's bytes, hashed as they landed, so that the read-back passed)."""
+        ring = getattr(self._rings, "ring", None)
+        if ring is None:
+            ring = self._rings.ring = writer.Buffers()
+        return ring
 
     def _cancelled(self) -> bool:
         return bool(self.p.cancelled)
