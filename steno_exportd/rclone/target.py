@@ -46,6 +46,7 @@ NO_FREE_SPACE = 1 << 62            # a store that does not say how much is free:
 AHEAD = 64 * 1024 * 1024           # a copy rclone makes of a local file: how far the engine's reads (its
                                    # progress) may run ahead of what rclone has sent
 POLL = 0.01                        # seconds between looks at such a copy's progress
+POLL_END = 0.04                    # at most this long between looks at a copy's end (the most it adds to one)
 STATS_EVERY = 25                   # waiting for a copy's end: its byte count read every this many looks (each
                                    # look is an rc call: ~250 of them in a 250 MiB push cost ~0.2 s of two cores)
 SAVE_EVERY = 10.0                  # seconds between manifest saves: each is two uploads and two moves (16 store
@@ -377,13 +378,17 @@ class _RcloneWrite:
         progress for the rcd's timeout is a stalled store."""
         t = self._t
         idle = time.monotonic()
+        pause = POLL
         for look in itertools.count():
             if upto is not None and self._copied >= upto:
                 return
             if self._status() is not None:
                 return
             if upto is None and look % STATS_EVERY:
-                time.sleep(POLL)            # waiting for the end: its progress only tells a stall (seconds away)
+                # waiting for the end: its progress only tells a stall (seconds away); each look is a request to
+                # rclone (about a millisecond of CPU on each side), so a longer wait looks less often
+                time.sleep(pause)
+                pause = min(pause * 1.25, POLL_END)
                 continue
             stats = t.rcd.call("core/stats", {"group": self._group}) or {}
             copied = int(stats.get("bytes") or 0)
