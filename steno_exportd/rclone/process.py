@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 STDERR_KEEP = 16 * 1024             # the tail of rclone's stderr kept for the message
 OUTPUT_LIMIT = 64 * 1024 * 1024     # a listing or small file read at most this big
+LOCK_WAIT = 3.0                     # seconds an operation on the store waits out a lock there (WebDAV's 423 Locked)
 
 _AUTH = re.compile(r"401|403 forbidden|unauthori[sz]ed|unable to authenticate|authentication failed|"
                    r"permission denied|access denied|invalid_grant|invalid_client|couldn't fetch token|"
@@ -35,6 +36,7 @@ _QUOTA = re.compile(r"quota|insufficient storage|\b507\b|no space left|storage.{
 _NETWORK = re.compile(r"connection refused|no such host|network is unreachable|no route to host|i/o timeout|"
                       r"connection reset|broken pipe|unexpected eof|\beof\b|timeout|dial tcp|"
                       r"connection lost|connection closed|server closed", re.I)
+_LOCKED = re.compile(r"\b423 Locked\b", re.I)
 _CONFIG = re.compile(r"didn't find section in config file|config file .{0,40}not found|"
                      r"unknown backend|couldn't find type", re.I)
 
@@ -71,6 +73,9 @@ def explain(code: int, err: str, where: str) -> TargetError:
     if _NETWORK.search(err) or code == 5:
         return RcloneError(f"{where}: the store cannot be reached (network down or server not answering) "
                            f"({line})")
+    if _LOCKED.search(err):
+        return RcloneError(f"{where}: a file or folder on the store is locked by another program (a document "
+                           f"open from the store?); the push is tried again later ({line})")
     if code == 7:
         return RcloneError(f"{where}: the store refused the request for good ({line})", True)
     return RcloneError(f"{where}: {line}", code in (1, 3, 4))
@@ -151,7 +156,30 @@ class Rcd:
         return {"Authorization": self._auth}
 
     def call(self, method: str, params: dict, *, missing_ok: bool = False) -> dict | None:
-        """One remote-control call; its JSON answer, None when missing_ok and the path is not there."""
+        """One remote-control call; its JSON answer, None when missing_ok and the path is not there. An operation
+        the store refused because a file or folder there was locked (WebDAV's 423: a lock another client holds, or
+        one the server takes for a moment while it answers another request; rclone's own retries of it are off,
+        see --low-level-retries) was not done: it is made again for up to LOCK_WAIT seconds."""
+        if not method.startswith(("operations/", "sync/")):
+            return self._call(method, params, missing_ok=missing_ok)
+        return self.unlocked(lambda: self._call(method, params, missing_ok=missing_ok), method)
+
+    def unlocked(self, fn: "typing.Callable[[], typing.Any]", what: str) -> typing.Any:
+        """fn() (an operation on the store), made again while the store answers 423 Locked, for up to LOCK_WAIT
+        seconds: then its error says the store holds a lock."""
+        pause, waited = 0.05, 0.0
+        while True:
+            try:
+                return fn()
+            except RcloneError as e:
+                if waited >= LOCK_WAIT or not _LOCKED.search(str(e)):
+                    raise
+                log.debug("%s: %s: locked on the store, again in %.2fs", self.where, what, pause)
+                time.sleep(pause)
+                waited += pause
+                pause = min(pause * 2, LOCK_WAIT - waited) or pause
+
+    def _call(self, method: str, params: dict, *, missing_ok: bool = False) -> dict | None:
         conn = self.connection()
         try:
             try:

@@ -41,6 +41,8 @@ from steno_exportd.rclone.process import Rcd, RcloneError
 log = logging.getLogger(__name__)
 
 CHUNK = 4 * 1024 * 1024            # writes into the upload
+SMALL = 1024 * 1024                # a file this small (a manifest, a transcript) is kept until its upload ends: sent in
+                                   # one request, made again when the store answers 423 Locked (a stream cannot be)
 HASHES = ("md5", "sha1")           # the store hashes a write checks, in this order of preference
 NO_FREE_SPACE = 1 << 62            # a store that does not say how much is free: its quota error tells
 AHEAD = 64 * 1024 * 1024           # a copy rclone makes of a local file: how far the engine's reads (its
@@ -312,7 +314,8 @@ class _RcloneWrite:
     """A file uploaded under a temp name and moved on commit (a file whose name is a temp name already is
     uploaded under it). A local file (from_file) is copied by rclone itself (``operations/copyfile``, a job
     the writes pace: the progress shown is what rclone sent); other bytes are streamed to rclone (a chunked
-    multipart upload)."""
+    multipart upload), but those of a small file are kept and sent whole by sync(), again while the store answers
+    423 Locked."""
 
     def __init__(self, t: RcloneTarget, rel: str) -> None:
         self._t, self._rel = t, rel
@@ -339,6 +342,7 @@ class _RcloneWrite:
         self._group = ""
         self._src: tuple[Path, tuple] | None = None
         self._copied = 0                    # bytes rclone reported copied
+        self._small = bytearray()           # the bytes written while they are at most SMALL (sent by sync())
         self._ended: dict | None = None     # the copy job's final status
 
     # -- a local file, copied by rclone ---------------------------------------------------------------
@@ -348,6 +352,7 @@ class _RcloneWrite:
         regular file the engine opened (same device and inode: never a symlink swapped in)."""
         if self._conn is not None or self._job is not None or self._size:
             return
+        self._small = bytearray()
         src = Path(os.path.abspath(src))
         try:
             now = os.lstat(src)
@@ -456,12 +461,18 @@ class _RcloneWrite:
         if not data:
             return
         if self._job is None:
-            if self._conn is None:
-                self._open_stream()
-            try:
-                self._send(data)
-            except OSError as e:
-                raise self._failed(e) from e
+            if self._conn is None and self._size + len(data) <= SMALL:
+                self._small += data
+            else:
+                try:
+                    if self._conn is None:
+                        self._open_stream()
+                        if self._small:
+                            self._send(self._small)
+                            self._small = bytearray()
+                    self._send(data)
+                except OSError as e:
+                    raise self._failed(e) from e
         if self._digest is not None:
             self._digest.update(data)
         self._size += len(data)
@@ -476,8 +487,23 @@ class _RcloneWrite:
             self._copy_ended()
             self._stored = True
             return
-        if self._conn is None:
-            self._open_stream()             # an empty file
+        if self._conn is None:              # a small file (or an empty one): sent whole, again while locked
+            self._t.rcd.unlocked(self._send_small, f"the upload of {self._rel}")
+            self._stored = True
+            return
+        self._end_stream()
+        self._stored = True
+
+    def _send_small(self) -> None:
+        try:
+            self._open_stream()
+            if self._small:
+                self._send(self._small)
+        except OSError as e:
+            raise self._failed(e) from e
+        self._end_stream()
+
+    def _end_stream(self) -> None:
         assert self._conn is not None
         try:
             self._send(f"\r\n--{self._boundary}--\r\n".encode())
@@ -489,7 +515,6 @@ class _RcloneWrite:
         finally:
             self._conn.close()
         self._t.rcd.answer(r.status, body)
-        self._stored = True
 
     def commit(self) -> None:
         """Move the temp file to the final name (replacing an old file); then, where the store keeps a

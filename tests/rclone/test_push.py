@@ -23,6 +23,7 @@ from steno_exportd.engine.registry import local
 from steno_exportd.library import Library
 from steno_exportd.rclone.kind import RcloneKind
 from steno_exportd.rclone.process import RcloneError, config_problems
+from tests import parts
 from tests.smb.recorder import FORMATS, Progress, assert_landed, make_recorder, on_nas, stamps
 
 MACHINE_ID = "0123456789abcdef0123456789abcdef"
@@ -540,3 +541,100 @@ def test_a_recording_changed_while_rclone_copies_it_fails_and_lands_nothing(rclo
     finally:
         t.close()
     assert os.listdir(srv.served / "office" / "x") == []
+
+
+LOCKINFO = (b'<?xml version="1.0"?><d:lockinfo xmlns:d="DAV:"><d:lockscope><d:exclusive/></d:lockscope>'
+            b'<d:locktype><d:write/></d:locktype><d:owner>a person</d:owner></d:lockinfo>')
+
+
+def _dav(srv, method: str, path: str, headers: dict, data: bytes | None = None):
+    """One request of another WebDAV client (a person's file manager) to the served store."""
+    import base64
+    import urllib.parse
+    import urllib.request
+    auth = base64.b64encode(f"{srv.user}:{srv.password}".encode()).decode()
+    req = urllib.request.Request(f"http://127.0.0.1:{srv.port}/{urllib.parse.quote(path)}/", data=data,
+                                 method=method, headers={**headers, "Authorization": f"Basic {auth}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return r.status, r.headers
+
+
+def _lock_at_the_end(srv, folder: pathlib.Path, sessions: int, hold: float | None) -> tuple[Progress, list]:
+    """A Progress that has another client lock the recorder's folder on the store (a WebDAV LOCK, depth 0) once
+    every session is written and read back, as the run's last manifest save and folder moves begin; released
+    after ``hold`` seconds (None: kept)."""
+    taken: list[str] = []
+    path = folder.relative_to(srv.served).as_posix()
+
+    def lock(fields: dict) -> bool:
+        results = fields.get("results") or ()
+        if not taken and len(results) == sessions and all(r.ok for r in results):
+            _, headers = _dav(srv, "LOCK", path, {"Depth": "0", "Timeout": "Second-60",
+                                                  "Content-Type": "application/xml"}, LOCKINFO)
+            taken.append(headers["Lock-Token"])
+            if hold is not None:
+                threading.Timer(hold, _dav, (srv, "UNLOCK", path, {"Lock-Token": taken[0]})).start()
+        return False
+    return Progress(lock), taken
+
+
+def test_a_folder_locked_on_the_store_for_a_moment_is_waited_for(rclone_tmp):
+    """Another client holds a lock on the recorder's folder for a moment as the push ends (a WebDAV server also
+    takes one for a moment while it answers a request there, and answers 423 Locked meanwhile: seen in bench
+    rclone as a push failed and started over): the manifest save and the folders' moves wait for it, and the
+    push completes at its first attempt (failed: the save was refused, the push started over three times while
+    the lock was held and failed)."""
+    from tests.parts.rclone import RcloneServer
+    parts.require_tool("rclone")
+    served = rclone_tmp / "served"
+    served.mkdir()
+    srv = RcloneServer("webdav", served, rclone_tmp)
+    srv.start()
+    try:
+        db = make_recorder(rclone_tmp / "rec", sizes=tuple((1 << 20) + i for i in range(3)))
+        cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+        folder = srv.served / "office" / recorder_folder(cfg)
+        progress, taken = _lock_at_the_end(srv, folder, 3, hold=1.5)
+        attempts: list[float] = []
+        res = push(cfg, progress, sleep=attempts.append)
+        assert taken, "the folder was never locked"
+        assert [r.ok for r in res] == [True] * 3, [r.error for r in res]
+        assert attempts == [], "the push failed and started over"
+        assert_landed(folder, db)
+        assert not unfinished(folder)
+    finally:
+        srv.stop()
+
+
+def test_a_folder_locked_on_the_store_for_good_is_a_clear_error(rclone_tmp, monkeypatch):
+    """A lock another client keeps (a document left open from the store): the push says so, in words."""
+    from steno_exportd.rclone import process
+    from tests.parts.rclone import RcloneServer
+    monkeypatch.setattr(process, "LOCK_WAIT", 0.3)      # (each request waits it out: three attempts of many)
+    parts.require_tool("rclone")
+    served = rclone_tmp / "served"
+    served.mkdir()
+    srv = RcloneServer("webdav", served, rclone_tmp)
+    srv.start()
+    try:
+        db = make_recorder(rclone_tmp / "rec", sizes=tuple((1 << 20) + i for i in range(2)))
+        cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+        folder = srv.served / "office" / recorder_folder(cfg)
+        progress, taken = _lock_at_the_end(srv, folder, 2, hold=None)
+        try:
+            res = push(cfg, progress, sleep=lambda s: None)
+            errors = [r.error for r in res if not r.ok]
+        except RcloneError as e:
+            errors = [str(e)]
+        assert taken, "the folder was never locked"
+        assert errors and all("locked by another program" in e for e in errors), errors
+        import urllib.error
+        try:                # the lock given up: the next push completes
+            _dav(srv, "UNLOCK", folder.relative_to(served).as_posix(), {"Lock-Token": taken[0]})
+        except urllib.error.HTTPError as e:
+            assert e.code == 409, e         # (409: no such lock any more; the push below tells if one is held)
+        res = push(cfg)
+        assert [r.ok for r in res] == [True] * 2, [r.error for r in res]
+        assert_landed(folder, db)
+    finally:
+        srv.stop()
