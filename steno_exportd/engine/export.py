@@ -114,7 +114,7 @@ class Exporter:
         self.bytes_resumed = 0          # bytes of files cut by an earlier drop that were not sent again
         self._root_names: set[str] = set()      # the root folder's entries (listed once, kept current)
         self._free: int | None = None           # free space on the target, less what this run planned
-        self._rings = threading.local()         # each writing thread's read buffers (writer.Buffers)
+        self._rings = _Rings()
         self._lock = threading.RLock()          # the manifest and the root's names: the verifier thread
                                                 # finishes a session while the next one is written
         self.target_error: TargetError | None = None   # the first target fault that failed a session
@@ -126,13 +126,9 @@ class Exporter:
 
     @property
     def _buffers(self) -> writer.Buffers:
-        """This thread's read buffers: a rewrite after a failed read-back (on the verifier thread) never shares them
-        with the copy the main thread makes meanwhile (both copies read into the same buffers: either file could
-        land with the other's bytes, hashed as they landed, so that the read-back passed)."""
-        ring = getattr(self._rings, "ring", None)
-        if ring is None:
-            ring = self._rings.ring = writer.Buffers()
-        return ring
+        """This thread's read buffers: a rewrite after a failed read-back (the verifier thread) and the main thread's
+        copy meanwhile never read into the same ones (either file could land with the other's bytes)."""
+        return self._rings.ring
 
     def _cancelled(self) -> bool:
         return bool(self.p.cancelled)
@@ -849,6 +845,13 @@ class Exporter:
                 self.bytes_done = start
                 self.t.remove(rel)
         raise AssertionError("unreachable")
+
+
+class _Rings(threading.local):
+    """Each copying thread's read buffers."""
+
+    def __init__(self) -> None:
+        self.ring = writer.Buffers()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,7 @@ import subprocess
 import threading
 import time
 import typing
-from typing import IO
+from typing import IO, Any, Callable
 
 from steno_exportd.config import Config, RcloneRemote
 from steno_exportd.errors import TargetError, TargetFullError
@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 STDERR_KEEP = 16 * 1024             # the tail of rclone's stderr kept for the message
 OUTPUT_LIMIT = 64 * 1024 * 1024     # a listing or small file read at most this big
-LOCK_WAIT = 3.0                     # seconds an operation on the store waits out a lock there (WebDAV's 423 Locked)
+LOCK_WAIT = 3.0                     # seconds an operation on the store is made again while the store answers 423
+                                    # Locked (a WebDAV lock there)
 
 _AUTH = re.compile(r"401|403 forbidden|unauthori[sz]ed|unable to authenticate|authentication failed|"
                    r"permission denied|access denied|invalid_grant|invalid_client|couldn't fetch token|"
@@ -36,7 +37,7 @@ _QUOTA = re.compile(r"quota|insufficient storage|\b507\b|no space left|storage.{
 _NETWORK = re.compile(r"connection refused|no such host|network is unreachable|no route to host|i/o timeout|"
                       r"connection reset|broken pipe|unexpected eof|\beof\b|timeout|dial tcp|"
                       r"connection lost|connection closed|server closed", re.I)
-_LOCKED = re.compile(r"\b423 Locked\b", re.I)
+_LOCKED = re.compile(r": 423 Locked\b")     # rclone's text of a WebDAV answer "423 Locked" (case kept: not a title)
 _CONFIG = re.compile(r"didn't find section in config file|config file .{0,40}not found|"
                      r"unknown backend|couldn't find type", re.I)
 
@@ -44,9 +45,10 @@ _CONFIG = re.compile(r"didn't find section in config file|config file .{0,40}not
 class RcloneError(TargetError):
     """An rclone push failed; ``permanent`` errors (login, config) are not retried."""
 
-    def __init__(self, message: str, permanent: bool = False) -> None:
+    def __init__(self, message: str, permanent: bool = False, locked: bool = False) -> None:
         super().__init__(message)
         self.permanent = permanent
+        self.locked = locked            # the store refused it while something there was locked: not done
 
 
 def last_line(err: str) -> str:
@@ -60,6 +62,9 @@ def last_line(err: str) -> str:
 def explain(code: int, err: str, where: str) -> TargetError:
     """rclone's exit code and stderr as the error a person can act on."""
     line = last_line(err) or f"rclone exited with status {code}"
+    if _LOCKED.search(err):         # (first: the text names paths, whose digits and words the others could match)
+        return RcloneError(f"{where}: a file or folder on the store is locked by another program (a document "
+                           f"open from the store?) ({line})", locked=True)
     if _CONFIG.search(err):
         return RcloneError(f"{where}: the rclone remote is not set up in the rclone config ({line})", True)
     if _AUTH.search(err):
@@ -73,9 +78,6 @@ def explain(code: int, err: str, where: str) -> TargetError:
     if _NETWORK.search(err) or code == 5:
         return RcloneError(f"{where}: the store cannot be reached (network down or server not answering) "
                            f"({line})")
-    if _LOCKED.search(err):
-        return RcloneError(f"{where}: a file or folder on the store is locked by another program (a document "
-                           f"open from the store?); the push is tried again later ({line})")
     if code == 7:
         return RcloneError(f"{where}: the store refused the request for good ({line})", True)
     return RcloneError(f"{where}: {line}", code in (1, 3, 4))
@@ -155,29 +157,32 @@ class Rcd:
     def headers(self) -> dict[str, str]:
         return {"Authorization": self._auth}
 
-    def call(self, method: str, params: dict, *, missing_ok: bool = False) -> dict | None:
+    def call(self, method: str, params: dict, *, missing_ok: bool = False, locked_again: bool = True
+             ) -> dict | None:
         """One remote-control call; its JSON answer, None when missing_ok and the path is not there. An operation
         the store refused because a file or folder there was locked (WebDAV's 423: a lock another client holds, or
         one the server takes for a moment while it answers another request; rclone's own retries of it are off,
-        see --low-level-retries) was not done: it is made again for up to LOCK_WAIT seconds."""
-        if not method.startswith(("operations/", "sync/")):
+        see --low-level-retries) was not done: it is made again for up to LOCK_WAIT seconds (not when
+        ``locked_again`` is False: a move whose free destination was looked up before, which a lock there may mean
+        someone is taking)."""
+        if not locked_again or not method.startswith(("operations/", "sync/")):
             return self._call(method, params, missing_ok=missing_ok)
         return self.unlocked(lambda: self._call(method, params, missing_ok=missing_ok), method)
 
-    def unlocked(self, fn: "typing.Callable[[], typing.Any]", what: str) -> typing.Any:
-        """fn() (an operation on the store), made again while the store answers 423 Locked, for up to LOCK_WAIT
-        seconds: then its error says the store holds a lock."""
-        pause, waited = 0.05, 0.0
+    def unlocked(self, fn: Callable[[], Any], what: str) -> Any:
+        """fn() (an operation on the store), made again while the store answers 423 Locked, until LOCK_WAIT seconds
+        have passed: then its error says the store holds a lock."""
+        pause, deadline = 0.05, time.monotonic() + LOCK_WAIT
         while True:
             try:
                 return fn()
             except RcloneError as e:
-                if waited >= LOCK_WAIT or not _LOCKED.search(str(e)):
+                left = deadline - time.monotonic()
+                if not e.locked or left <= 0:
                     raise
-                log.debug("%s: %s: locked on the store, again in %.2fs", self.where, what, pause)
-                time.sleep(pause)
-                waited += pause
-                pause = min(pause * 2, LOCK_WAIT - waited) or pause
+                log.debug("%s: %s: locked on the store, again in %.2fs", self.where, what, min(pause, left))
+                time.sleep(min(pause, left))
+                pause *= 2
 
     def _call(self, method: str, params: dict, *, missing_ok: bool = False) -> dict | None:
         conn = self.connection()

@@ -3,12 +3,14 @@
 Every operation is one request to the push's ``rclone rcd`` (process.Rcd). A recording is copied by
 rclone from its local path (``operations/copyfile``, a job whose progress paces the engine's reads: no
 stream through this process, and no spool copy on stores that cannot take a stream of unknown size,
-such as WebDAV); other files are streamed to rclone (``operations/uploadfile``, chunked). Either lands
+such as WebDAV); other files are streamed to rclone (``operations/uploadfile``, chunked; a small one is sent
+whole, so that it can be sent again when the store answers 423 Locked, as any operation is). Either lands
 under a temp name and is moved to its final name (``operations/movefile``) only when rclone has stored
-all of it, so no partial file ever has a final name; a file the engine already writes under a temp name (a session built in place) is uploaded under
-that name itself, not under a second one, and the engine renames it. Every request is a few round
-trips to the store (a WebDAV move is four), so none is made twice: a file committed by this push is
-not looked up again before its rename or removal, nor a free name in a folder it made. Where the store
+all of it, so no partial file ever has a final name; a file the engine already writes under a temp name (a
+session built in place) is uploaded under that name itself, not under a second one, and the engine renames it.
+Every request is a few round trips to the store (a WebDAV move is four), so none is made twice (but one refused
+as locked): a file committed by this push is not looked up again before its rename or removal, nor a free name
+in a folder it made. Where the store
 keeps a hash rclone can read (MD5 or SHA-1: SFTP, S3, OneDrive, Nextcloud...), the write hashes the
 bytes it sends and the commit compares the store's hash of the landed file: verified without
 downloading it. Elsewhere (a WebDAV server without hashes) the engine reads it back (rclone's
@@ -222,10 +224,11 @@ class RcloneTarget:
     def open_read(self, rel: str, *, uncached: bool = False) -> "_RcloneRead":
         return _RcloneRead(self, rel)
 
-    def move(self, src: str, dst: str, *, free: bool = False) -> None:
+    def move(self, src: str, dst: str, *, free: bool = False, locked_again: bool = True) -> None:
         """Move a file; ``free``: dst is known absent, so rclone need not look it up first (one request less)."""
         self.rcd.call("operations/movefile", {"srcFs": self.fs, "srcRemote": self.rel(src), "dstFs": self.fs,
-                                              "dstRemote": self.rel(dst), "_config": _always(free)})
+                                              "dstRemote": self.rel(dst), "_config": _always(free)},
+                      locked_again=locked_again)
         self._landed(src, False)
         self._landed(dst)
 
@@ -239,7 +242,8 @@ class RcloneTarget:
         # is free without a look-up
         if not self._absent(dst) and self.lstat(dst) is not None:
             raise TargetError(f"refusing to replace existing {dst}")
-        self.move(src, dst, free=True)      # (checked above: absent)
+        # (checked above: absent); not made again when refused as locked: someone may be taking that name
+        self.move(src, dst, free=True, locked_again=False)
         with self._names:
             self._files.discard(self.rel(src))
             self._files.add(self.rel(dst))
@@ -495,6 +499,8 @@ class _RcloneWrite:
         self._stored = True
 
     def _send_small(self) -> None:
+        if self._conn is not None:
+            self._conn.close()              # (the try before, refused as locked)
         try:
             self._open_stream()
             if self._small:
@@ -502,6 +508,7 @@ class _RcloneWrite:
         except OSError as e:
             raise self._failed(e) from e
         self._end_stream()
+        self._small = bytearray()
 
     def _end_stream(self) -> None:
         assert self._conn is not None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import pathlib
 import socket
@@ -559,10 +560,11 @@ def _dav(srv, method: str, path: str, headers: dict, data: bytes | None = None):
         return r.status, r.headers
 
 
-def _lock_at_the_end(srv, folder: pathlib.Path, sessions: int, hold: float | None) -> tuple[Progress, list]:
+def _lock_at_the_end(srv, folder: pathlib.Path, sessions: int, hold: float | None,
+                     timers: list) -> tuple[Progress, list]:
     """A Progress that has another client lock the recorder's folder on the store (a WebDAV LOCK, depth 0) once
     every session is written and read back, as the run's last manifest save and folder moves begin; released
-    after ``hold`` seconds (None: kept)."""
+    after ``hold`` seconds (None: kept) by a timer put in ``timers``."""
     taken: list[str] = []
     path = folder.relative_to(srv.served).as_posix()
 
@@ -573,44 +575,59 @@ def _lock_at_the_end(srv, folder: pathlib.Path, sessions: int, hold: float | Non
                                                   "Content-Type": "application/xml"}, LOCKINFO)
             taken.append(headers["Lock-Token"])
             if hold is not None:
-                threading.Timer(hold, _dav, (srv, "UNLOCK", path, {"Lock-Token": taken[0]})).start()
+                timers.append(threading.Timer(hold, _dav, (srv, "UNLOCK", path, {"Lock-Token": taken[0]})))
+                timers[-1].start()
         return False
     return Progress(lock), taken
 
 
-def test_a_folder_locked_on_the_store_for_a_moment_is_waited_for(rclone_tmp):
+def _met_locks(caplog) -> int:
+    return sum("locked on the store, again" in r.getMessage() for r in caplog.records)
+
+
+def test_a_folder_locked_on_the_store_for_a_moment_is_waited_for(rclone_tmp, monkeypatch, caplog):
     """Another client holds a lock on the recorder's folder for a moment as the push ends (a WebDAV server also
     takes one for a moment while it answers a request there, and answers 423 Locked meanwhile: seen in bench
     rclone as a push failed and started over): the manifest save and the folders' moves wait for it, and the
     push completes at its first attempt (failed: the save was refused, the push started over three times while
     the lock was held and failed)."""
+    from steno_exportd.rclone.target import RcloneTarget
     from tests.parts.rclone import RcloneServer
     parts.require_tool("rclone")
+    monkeypatch.setattr(RcloneTarget, "save_every", 3600.0)      # the first session's save, then the run's last
     served = rclone_tmp / "served"
     served.mkdir()
     srv = RcloneServer("webdav", served, rclone_tmp)
     srv.start()
+    timers: list[threading.Timer] = []
     try:
         db = make_recorder(rclone_tmp / "rec", sizes=tuple((1 << 20) + i for i in range(3)))
         cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
         folder = srv.served / "office" / recorder_folder(cfg)
-        progress, taken = _lock_at_the_end(srv, folder, 3, hold=1.5)
+        progress, taken = _lock_at_the_end(srv, folder, 3, 1.5, timers)
         attempts: list[float] = []
-        res = push(cfg, progress, sleep=attempts.append)
+        with caplog.at_level(logging.DEBUG, logger="steno_exportd.rclone.process"):
+            res = push(cfg, progress, sleep=attempts.append)
         assert taken, "the folder was never locked"
+        assert _met_locks(caplog), "the push never met the lock"
         assert [r.ok for r in res] == [True] * 3, [r.error for r in res]
         assert attempts == [], "the push failed and started over"
         assert_landed(folder, db)
         assert not unfinished(folder)
     finally:
+        for t in timers:
+            t.cancel()
+            t.join(10)
         srv.stop()
 
 
-def test_a_folder_locked_on_the_store_for_good_is_a_clear_error(rclone_tmp, monkeypatch):
+def test_a_folder_locked_on_the_store_for_good_is_a_clear_error(rclone_tmp, monkeypatch, caplog):
     """A lock another client keeps (a document left open from the store): the push says so, in words."""
     from steno_exportd.rclone import process
+    from steno_exportd.rclone.target import RcloneTarget
     from tests.parts.rclone import RcloneServer
     monkeypatch.setattr(process, "LOCK_WAIT", 0.3)      # (each request waits it out: three attempts of many)
+    monkeypatch.setattr(RcloneTarget, "save_every", 3600.0)      # the first session's save, then the run's last
     parts.require_tool("rclone")
     served = rclone_tmp / "served"
     served.mkdir()
@@ -620,13 +637,15 @@ def test_a_folder_locked_on_the_store_for_good_is_a_clear_error(rclone_tmp, monk
         db = make_recorder(rclone_tmp / "rec", sizes=tuple((1 << 20) + i for i in range(2)))
         cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
         folder = srv.served / "office" / recorder_folder(cfg)
-        progress, taken = _lock_at_the_end(srv, folder, 2, hold=None)
-        try:
-            res = push(cfg, progress, sleep=lambda s: None)
-            errors = [r.error for r in res if not r.ok]
-        except RcloneError as e:
-            errors = [str(e)]
+        progress, taken = _lock_at_the_end(srv, folder, 2, None, [])
+        with caplog.at_level(logging.DEBUG, logger="steno_exportd.rclone.process"):
+            try:
+                res = push(cfg, progress, sleep=lambda s: None)
+                errors = [r.error for r in res if not r.ok]
+            except RcloneError as e:
+                errors = [str(e)]
         assert taken, "the folder was never locked"
+        assert _met_locks(caplog), "the push never met the lock"
         assert errors and all("locked by another program" in e for e in errors), errors
         import urllib.error
         try:                # the lock given up: the next push completes
