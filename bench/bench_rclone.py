@@ -6,9 +6,15 @@ Prints `name: value` lines per store. SFTP keeps MD5: ours checks the store's ha
 it, `rclone check --download` does the same. Ours is the whole job (claim, plan, temp names, moves,
 manifest.json, SHA256SUMS, the office index); files come from the page cache; the served folder is
 a tmpfs. BENCH_RCLONE_MIB sets the size (default 256), BENCH_RCLONE_ROUNDS the rounds (default 3).
+
+webdav_distant: the same 12 sessions, smaller (BENCH_RCLONE_DISTANT_MIB, default 48), pushed to the WebDAV store
+through a relay that holds every byte for half of BENCH_RCLONE_RTT_MS (default 20: a store across a city) each way
+(tests/parts/delay.py; this kernel has no netem), ours and the anchor alike: where round trips, not bytes or CPU,
+decide the time.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 import shutil
@@ -26,17 +32,20 @@ from steno_exportd.engine.options import ExportOptions  # noqa: E402
 from steno_exportd.engine.registry import local  # noqa: E402
 from steno_exportd.library import Library  # noqa: E402
 from steno_exportd.rclone.kind import RcloneKind  # noqa: E402
+from tests.parts.delay import DelayRelay  # noqa: E402
 from tests.parts.rclone import RcloneServer  # noqa: E402
 from tests.recorder_db import RecorderDB  # noqa: E402
 
 TOTAL_MIB = int(os.environ.get("BENCH_RCLONE_MIB", "256"))
+DISTANT_MIB = int(os.environ.get("BENCH_RCLONE_DISTANT_MIB", "48"))
+RTT_MS = float(os.environ.get("BENCH_RCLONE_RTT_MS", "20"))
 ROUNDS = int(os.environ.get("BENCH_RCLONE_ROUNDS", "3"))
 
 
-def make_recorder(root: pathlib.Path) -> tuple[RecorderDB, pathlib.Path]:
-    """~TOTAL_MIB of recordings: 4 large (80%) and 8 medium ones, one per session."""
-    big = TOTAL_MIB * 8 // 10 // 4
-    med = max(1, (TOTAL_MIB - big * 4) // 8)
+def make_recorder(root: pathlib.Path, total_mib: int = TOTAL_MIB) -> tuple[RecorderDB, pathlib.Path]:
+    """~total_mib of recordings: 4 large (80%) and 8 medium ones, one per session."""
+    big = total_mib * 8 // 10 // 4
+    med = max(1, (total_mib - big * 4) // 8)
     db = RecorderDB(root)
     block = os.urandom(1024 * 1024)
     for i, mib in enumerate([big] * 4 + [med] * 8):
@@ -87,11 +96,20 @@ def main() -> int:
         total = sum(p.stat().st_size for p in audio.iterdir())
         mib = total / 2**20
         print(f"rclone_push_size_mib: {mib:.0f}")
-        for kind in ("sftp", "webdav"):
+        for kind, rtt in (("sftp", 0.0), ("webdav", 0.0), ("webdav", RTT_MS)):
             srv = RcloneServer(kind, served, tmp)
             srv.start()
+            relay = DelayRelay(srv.port, rtt) if rtt else None
+            name = f"{kind}_distant" if rtt else kind
+            if rtt:
+                db, audio = make_recorder(tmp / "distant", DISTANT_MIB)
+                total = sum(p.stat().st_size for p in audio.iterdir())
+                mib = total / 2**20
+                print(f"rclone_{name}_size_mib: {mib:.0f}")
+                print(f"rclone_{name}_rtt_ms: {rtt:.0f}")
             try:
-                conf = srv.client_config(tmp / f"rclone-{kind}.conf")
+                far = dataclasses.replace(srv, port=relay.port) if relay else srv
+                conf = far.client_config(tmp / f"rclone-{name}.conf")
                 cfg = config.from_dict({
                     "recorder": {"db_path": str(db.path)},
                     "state": {"dir": str(tmp / "state"), "runtime_dir": str(tmp / "run")},
@@ -113,9 +131,11 @@ def main() -> int:
                     shutil.rmtree(served / f"ours-{r}")
                     return t
                 theirs, (mine,) = alternate(ROUNDS, anchor, ours)
-                print(f"rclone_{kind}_verify: {'store md5' if kind == 'sftp' else 'download and hash'}")
-                report(f"rclone_{kind}", mib, "copy_check", theirs, [("ours", mine)], label=kind)
+                print(f"rclone_{name}_verify: {'store md5' if kind == 'sftp' else 'download and hash'}")
+                report(f"rclone_{name}", mib, "copy_check", theirs, [("ours", mine)], label=name)
             finally:
+                if relay:
+                    relay.close()
                 srv.stop()
         return 0
     finally:

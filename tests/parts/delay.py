@@ -1,0 +1,79 @@
+"""A store far away: a TCP relay on loopback that holds every byte for a one-way delay in each direction (this
+machine's kernel has no netem). Bandwidth is left alone: what it adds is the round trips a distant store costs,
+paid by every request, so a client that waits for each answer before its next request pays it once per request.
+"""
+from __future__ import annotations
+
+import queue
+import socket
+import threading
+import time
+
+
+class DelayRelay:
+    """127.0.0.1:<port> relayed to 127.0.0.1:<to>, each direction delayed by ``rtt_ms / 2``."""
+
+    def __init__(self, to: int, rtt_ms: float) -> None:
+        self.to = to
+        self.one_way = rtt_ms / 2000.0
+        self._srv = socket.socket()
+        self._srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._srv.bind(("127.0.0.1", 0))
+        self._srv.listen(64)
+        self.port = self._srv.getsockname()[1]
+        self._socks: list[socket.socket] = []
+        self._stopped = False
+        threading.Thread(target=self._accept, name="delay-accept", daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._stopped:
+            try:
+                a, _ = self._srv.accept()
+            except OSError:
+                return
+            try:
+                b = socket.create_connection(("127.0.0.1", self.to))
+            except OSError:
+                a.close()
+                continue
+            for s in (a, b):
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._socks += [a, b]
+            for src, dst in ((a, b), (b, a)):
+                q: queue.Queue = queue.Queue()
+                threading.Thread(target=self._read, args=(src, q), daemon=True).start()
+                threading.Thread(target=self._write, args=(dst, q), daemon=True).start()
+
+    def _read(self, src: socket.socket, q: queue.Queue) -> None:
+        while True:
+            try:
+                data = src.recv(1 << 18)
+            except OSError:
+                data = b""
+            q.put((time.monotonic() + self.one_way, data))
+            if not data:
+                return
+
+    @staticmethod
+    def _write(dst: socket.socket, q: queue.Queue) -> None:
+        while True:
+            due, data = q.get()
+            wait = due - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            try:
+                if not data:
+                    dst.shutdown(socket.SHUT_WR)
+                    return
+                dst.sendall(data)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self._stopped = True
+        self._srv.close()
+        for s in self._socks:
+            try:
+                s.close()
+            except OSError:
+                pass
