@@ -1,6 +1,7 @@
 """Run one export: preflight, write each session atomically, verify, record manifest and history."""
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import itertools
@@ -91,7 +92,7 @@ def _attempt(library: Any, spec: Any, cfg: Config, progress: Any, job_id: int, s
     try:
         return ex.run(), ex.target_error
     finally:
-        ex._verifier.shutdown(wait=True)
+        ex.shutdown()
 
 
 class Exporter:
@@ -118,7 +119,13 @@ class Exporter:
         self._lock = threading.RLock()          # the manifest and the root's names: the verifier thread
                                                 # finishes a session while the next one is written
         self.target_error: TargetError | None = None   # the first target fault that failed a session
+        # sessions are finished one after the other, in order (their results, the manifest); their files' commits
+        # and read-backs run beside them and beside the next sessions' writes, target.checks at once, and as many
+        # sessions in flight (a store far away is slow per request, not per byte)
         self._verifier = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="steno-verify")
+        self.depth = max(1, int(target.checks))
+        self._checks = self._verifier if self.depth == 1 else \
+            concurrent.futures.ThreadPoolExecutor(self.depth, thread_name_prefix="steno-check")
         self._saved_at = -math.inf              # when the manifest was last saved (monotonic)
         self._held: list[_Held] = []            # sessions recorded in the manifest, waiting for its next save
         self._undone: dict[str, tuple[str, str]] = {}   # session uuid -> (why, problem): written, but not done
@@ -130,6 +137,11 @@ class Exporter:
         copy meanwhile never read into the same ones (either file could land with the other's bytes)."""
         return self._rings.ring
 
+    def shutdown(self) -> None:
+        """Wait for the sessions and read-backs still running (a run ended by an error), then end their threads."""
+        self._verifier.shutdown(wait=True)
+        self._checks.shutdown(wait=True)
+
     def _cancelled(self) -> bool:
         return bool(self.p.cancelled)
 
@@ -139,7 +151,8 @@ class Exporter:
         self.p.update(bytes_done=self.bytes_done)
 
     def run(self) -> list[SessionResult]:
-        t0 = time.monotonic()
+        t0 = self._saved_at = time.monotonic()      # a held session waits save_every from the start: not a save
+                                                    # for the first session alone, which held up the next ones
         self.t.mkdir(self.root)
         self.m = mf.load(self.t, self.root)
         self._clean_leftovers()
@@ -165,7 +178,9 @@ class Exporter:
         self.p.update(force=True, bytes_total=self.bytes_total, files_total=self.files_total, bytes_done=0,
                       files_done=0, results=tuple(results))
         stop_reason = stop_kind = ""
-        tail: list = []     # the session being finished by the verifier thread (read back, renamed, recorded)
+        # the sessions being finished by the verifier thread (read back, renamed, recorded), oldest first: at most
+        # self.depth; an unchanged session's result waits behind them, so results keep the sessions' order
+        tail: collections.deque = collections.deque()
 
         def settle(s: Any, finish: concurrent.futures.Future | None, error: BaseException | None = None) -> None:
             """A session's result: its finish (or the error that stopped it) and its consequences."""
@@ -191,21 +206,35 @@ class Exporter:
                 stop_reason = stop_reason or f"an earlier session failed ({r.error})"
                 stop_kind = stop_kind or r.problem
 
-        def settle_tail() -> None:
+        def settle_tail(keep: int = 0) -> None:
+            """Settle the oldest sessions until at most ``keep`` are left, and any finished already."""
+            while tail and (len(tail) > keep or not isinstance(tail[0][1], concurrent.futures.Future)
+                            or tail[0][1].done()):
+                s, finish = tail.popleft()
+                if isinstance(finish, SessionResult):
+                    results.append(finish)
+                else:
+                    settle(s, finish)
+
+        def skipped(s: Any) -> None:
+            """An unchanged session: its result after those of the sessions before it."""
+            r = SessionResult(s.id, s.uuid, s.title, True, skipped=True)
             if tail:
-                settle(*tail.pop())
+                tail.append((s, r))
+            else:
+                results.append(r)
 
         try:
             for seq, (s, pl) in enumerate(plans, 1):
                 if self._cancelled():
                     break
-                if id(s) not in todo_ids or stop_reason:
+                if id(s) not in todo_ids:
+                    skipped(s)
+                    continue
+                if stop_reason:
                     settle_tail()
-                    if id(s) not in todo_ids:
-                        results.append(SessionResult(s.id, s.uuid, s.title, True, skipped=True))
-                    else:
-                        results.append(SessionResult(s.id, s.uuid, s.title, False,
-                                                     error=f"not attempted: {stop_reason}", problem=stop_kind))
+                    results.append(SessionResult(s.id, s.uuid, s.title, False,
+                                                 error=f"not attempted: {stop_reason}", problem=stop_kind))
                     continue
                 if not self.cont:
                     settle_tail()           # its failure stops the export: know it before going on
@@ -219,14 +248,15 @@ class Exporter:
                     settle_tail()
                     settle(s, None, e)
                     continue
-                settle_tail()       # (finished meanwhile by the verifier thread, while this one was written)
+                settle_tail(self.depth - 1)     # (those finished by the verifier thread while this one was written)
                 tail.append((s, finish))
             settle_tail()
         except CancelledJob:
-            try:
-                settle_tail()           # a session whose read-backs had ended before the cancel is kept
-            except CancelledJob:
-                pass
+            while tail:                 # a session whose read-backs had ended before the cancel is kept
+                try:
+                    settle_tail()
+                except CancelledJob:
+                    pass
         pending = {h.uuid for h in self._held}
         try:
             with self._lock:
@@ -682,10 +712,10 @@ class Exporter:
                                                     tick=self._tick, cancelled=self._cancelled,
                                                     buffers=self._buffers, known=known)
                     if self.verify:
-                        fut = self._verifier.submit(writer.finish_and_verify, h, self.t, rel, size, sha,
-                                                    self._cancelled, known is None)
+                        fut = self._checks.submit(writer.finish_and_verify, h, self.t, rel, size, sha,
+                                                  self._cancelled, known is None)
                     else:
-                        fut = self._verifier.submit(writer.finish, h)
+                        fut = self._checks.submit(writer.finish, h)
                     pending.append((len(results), pf, rel, rel_final, size, sha, (known, st_src), fut))
                     results.append(None)  # type: ignore[arg-type]
                     continue

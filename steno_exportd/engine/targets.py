@@ -71,6 +71,8 @@ class Target(Protocol):
     resume_min: int | None                       # files this big are written resumably; None: never
     save_every: float                            # seconds a session built in place may wait for the manifest
                                                  # save that records it (0: saved after every session)
+    checks: int                                  # files committed and read back at once, and as many sessions in
+                                                 # flight beside the one written (1: one after the other)
 
     def lstat(self, rel: str) -> EntryStat | None: ...          # None when absent
     def exists(self, rel: str) -> bool: ...
@@ -279,6 +281,7 @@ class DirectoryTarget:
         self.atomic_dir_rename = "vfat" not in self.fs_type and "fusefat" not in self.fs_type
         self.resume_min: int | None = None      # a yanked stick's temp file is not trusted: rewritten whole
         self.save_every = 0.0                   # a stick may be pulled any moment: every session saved at once
+        self.checks = 1                         # one device: read-backs side by side would only seek between them
 
     # -- walking without following symlinks ---------------------------------------
     def _open_dir(self, parts: list[str]) -> int:

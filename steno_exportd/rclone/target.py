@@ -53,6 +53,9 @@ POLL = 0.01                        # seconds between looks at such a copy's prog
 POLL_END = 0.04                    # at most this long between looks at a copy's end (the most it adds to one)
 STATS_EVERY = 25                   # waiting for a copy's end: its byte count read every this many looks (each
                                    # look is an rc call: ~250 of them in a 250 MiB push cost ~0.2 s of two cores)
+CHECKS = 4                         # files committed and read back at once, and as many sessions in flight: every
+                                   # request to a store is a round trip (rclone paces WebDAV's too), every read-back
+                                   # a stream of its own (rclone's own check runs 8)
 SAVE_EVERY = 10.0                  # seconds between manifest saves: each is two uploads and two moves (16 store
                                    # requests on WebDAV, ~0.2 s on loopback, a second or more on a distant store) and
                                    # the markers' removals; the sessions in between keep their folder's marker, so a
@@ -68,6 +71,7 @@ class RcloneTarget:
                                         # elsewhere built in place (object stores copy a folder to move it)
     resume_min: int | None = None       # a cut file is sent again whole (rclone's uploads do not resume)
     save_every = SAVE_EVERY
+    checks = CHECKS
 
     def __init__(self, rcd: Rcd, base: str, *, name: str = "") -> None:
         self.rcd = rcd

@@ -106,6 +106,8 @@ class SmbTarget:
         self._reader_lock = threading.Lock()
 
     save_every = 0.0                   # folders are renamed into place (no marker): saved after every session
+    checks = 1                         # one read-back at a time beside the next session's writes (a NAS many
+                                       # recorders share)
 
     @property
     def resume_min(self) -> int:

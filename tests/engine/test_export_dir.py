@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import threading
+import time
 
 from steno_exportd import config
 from steno_exportd.engine.export import SimpleSpec, run_export
@@ -211,4 +212,54 @@ def test_a_file_rewritten_after_a_failed_read_back_lands_as_its_recording_while_
         landed = next(root.glob(f"*Meeting {i} */audio.wav"))
         assert hashlib.sha256(landed.read_bytes()).hexdigest() == hashlib.sha256(f.read_bytes()).hexdigest(), \
             f"session {i}'s recording landed with other bytes"
+    assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=root).returncode == 0
+
+
+def test_with_several_sessions_in_flight_results_keep_the_sessions_order(tmp_path):
+    """A target that reads back several files at once (target.checks, as a store far away does) has several
+    sessions in flight: results still come in the sessions' order, unchanged ones between them, each session
+    lands once and verified, and the manifest records them all."""
+    from steno_exportd.engine.targets import DirectoryTarget
+
+    lib = library(tmp_path, 9, audio_size=3 << 20)
+    out = tmp_path / "out"
+    out.mkdir()
+    cfg = make_config(tmp_path)
+
+    class Far(DirectoryTarget):
+        def __init__(self, root):
+            super().__init__(root)
+            self.checks = 4
+            self.reading = self.most = 0
+            self._count = threading.Lock()
+
+        def open_read(self, rel, *, uncached=False):
+            h = super().open_read(rel, uncached=uncached)
+            with self._count:
+                self.reading += 1
+                self.most = max(self.most, self.reading)
+            target = self
+
+            class Counted:
+                def read(self, n):
+                    time.sleep(0.002)       # a read-back that takes a while, as over a network
+                    return h.read(n)
+
+                def close(self):
+                    with target._count:
+                        target.reading -= 1
+                    h.close()
+            return Counted()
+
+    res = run_export(lib, SimpleSpec(Far(out), (2, 5, 8), ("txt", "audio"), ExportOptions()), cfg)
+    assert [r.ok for r in res] == [True] * 3, res
+    far = Far(out)
+    res = run_export(lib, SimpleSpec(far, tuple(range(1, 10)), ("txt", "audio"), ExportOptions()), cfg)
+    assert [r.session_id for r in res] == list(range(1, 10))
+    assert [r.skipped for r in res] == [i in (2, 5, 8) for i in range(1, 10)]
+    assert all(r.ok for r in res), [r.error for r in res if not r.ok]
+    assert far.most > 1, "never more than one read-back at a time"
+    root = out / "SilentSteno"
+    assert len([p for p in root.iterdir() if p.is_dir()]) == 9
+    assert len(json.loads((root / "manifest.json").read_text())["sessions"]) == 9
     assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=root).returncode == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import pathlib
 import socket
@@ -310,6 +311,20 @@ def unfinished(folder: pathlib.Path) -> set[str]:
             if p.is_dir() and ((p / MARKER).is_file() or p.name.endswith(".partial"))}
 
 
+def first_saved_at_once(monkeypatch) -> None:
+    """The first session a push holds for a save (save_every) is saved at once, as if save_every had passed; the
+    later ones wait for theirs."""
+    from steno_exportd.engine.export import Exporter
+    save, held_before = Exporter._save, []
+
+    def save_first(self, held=None) -> None:
+        if held is not None and not held_before:
+            held_before.append(held)
+            self._saved_at = -math.inf
+        save(self, held)
+    monkeypatch.setattr(Exporter, "_save", save_first)
+
+
 def test_a_push_cut_for_good_before_its_deferred_manifest_save_sends_those_sessions_again_once(
         rclone_server, rclone_tmp, monkeypatch, build):
     """The manifest is saved every few seconds, not after every session: a session finished since the last
@@ -323,6 +338,7 @@ def test_a_push_cut_for_good_before_its_deferred_manifest_save_sends_those_sessi
     cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
     folder = srv.served / "office" / recorder_folder(cfg)
     monkeypatch.setattr(RcloneTarget, "save_every", 3600.0)      # the first session's save, then none
+    first_saved_at_once(monkeypatch)
     gone: list[str] = []
 
     def kill_for_good(fields: dict) -> bool:
@@ -363,6 +379,7 @@ def test_a_push_whose_last_manifest_save_fails_does_not_report_those_sessions_do
     cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
     folder = srv.served / "office" / recorder_folder(cfg)
     monkeypatch.setattr(RcloneTarget, "save_every", 3600.0)      # the first session's save, then the run's last
+    first_saved_at_once(monkeypatch)
     gone = threading.Event()
 
     def kill_at_the_end(fields: dict) -> bool:
@@ -409,7 +426,9 @@ def test_sessions_whose_folders_were_not_moved_into_place_are_not_reported_done(
     def save_at_the_fourth(self, held=None) -> None:
         if held is not None:
             saves.append(1)
-            if len(saves) == 4:             # the first session was saved at once; 2 and 3 wait for this save
+            if len(saves) == 1:             # the first session saved at once; 2 and 3 wait for the fourth's save
+                self._saved_at = -math.inf
+            if len(saves) == 4:
                 monkeypatch.setattr(RcloneTarget, "save_every", 0.0)
         save(self, held)
     gone = threading.Event()
@@ -594,7 +613,7 @@ def test_a_folder_locked_on_the_store_for_a_moment_is_waited_for(rclone_tmp, mon
     from steno_exportd.rclone.target import RcloneTarget
     from tests.parts.rclone import RcloneServer
     parts.require_tool("rclone")
-    monkeypatch.setattr(RcloneTarget, "save_every", 3600.0)      # the first session's save, then the run's last
+    monkeypatch.setattr(RcloneTarget, "save_every", 3600.0)      # every session saved by the run's last save
     served = rclone_tmp / "served"
     served.mkdir()
     srv = RcloneServer("webdav", served, rclone_tmp)
@@ -627,7 +646,7 @@ def test_a_folder_locked_on_the_store_for_good_is_a_clear_error(rclone_tmp, monk
     from steno_exportd.rclone.target import RcloneTarget
     from tests.parts.rclone import RcloneServer
     monkeypatch.setattr(process, "LOCK_WAIT", 0.3)      # (each request waits it out: three attempts of many)
-    monkeypatch.setattr(RcloneTarget, "save_every", 3600.0)      # the first session's save, then the run's last
+    monkeypatch.setattr(RcloneTarget, "save_every", 3600.0)      # every session saved by the run's last save
     parts.require_tool("rclone")
     served = rclone_tmp / "served"
     served.mkdir()
