@@ -194,7 +194,9 @@ class Exporter:
                 kind = problem_kind(error)
                 if isinstance(error, TargetError) and self.target_error is None:
                     self.target_error = error
-                if not isinstance(error, TargetFullError) or "limit" not in str(error):
+                if stop_reason.startswith("target unusable"):
+                    kind = stop_kind            # (known: not looked at again for each session that was in flight)
+                elif not isinstance(error, TargetFullError) or "limit" not in str(error):
                     if not self._target_alive():
                         kind = kind if kind in ("read-only", "permission") else "pulled"
                         if not stop_reason:
@@ -248,8 +250,8 @@ class Exporter:
                     settle_tail()
                     settle(s, None, e)
                     continue
-                settle_tail(self.depth - 1)     # (those finished by the verifier thread while this one was written)
-                tail.append((s, finish))
+                tail.append((s, finish))        # (first: a cancel raised by an older one's finish still waits for it)
+                settle_tail(self.depth)         # (those finished by the verifier thread while this one was written)
             settle_tail()
         except CancelledJob:
             while tail:                 # a session whose read-backs had ended before the cancel is kept

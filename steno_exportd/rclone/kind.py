@@ -56,7 +56,8 @@ class RcloneKind(RemoteKind):
         rid = self.recorder_id(cfg)
         folder = recorder_folder(cfg, rid)
         with self.one_at_a_time(f"{remote.remote}/{folder}", target, progress):
-            t = RcloneTarget(Rcd(cfg, remote), remote.remote, name=target)
+            t = RcloneTarget(Rcd(cfg, remote), remote.remote, name=target,
+                             cancelled=lambda: bool(getattr(progress, "cancelled", False)))
             try:
                 t.connect()
                 t.mkdir(folder)

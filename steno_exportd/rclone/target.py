@@ -34,10 +34,10 @@ import time
 import urllib.parse
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from steno_exportd.engine.targets import MARKER, PARTIAL_SUFFIX, TEMP_PREFIX, EntryStat, check_rel
-from steno_exportd.errors import InvalidArgument, SourceError, TargetError
+from steno_exportd.errors import CancelledJob, InvalidArgument, SourceError, TargetError
 from steno_exportd.rclone.process import Rcd, RcloneError
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,8 @@ SMALL = 1024 * 1024                # a file this small (a manifest, a transcript
                                    # one request, made again when the store answers 423 Locked (a stream cannot be)
 HASHES = ("md5", "sha1")           # the store hashes a write checks, in this order of preference
 NO_FREE_SPACE = 1 << 62            # a store that does not say how much is free: its quota error tells
-AHEAD = 64 * 1024 * 1024           # a copy rclone makes of a local file: how far the engine's reads (its
-                                   # progress) may run ahead of what rclone has sent
+AHEAD = 64 * 1024 * 1024           # copies rclone makes of local files: how far the engine's reads (its
+                                   # progress) may run ahead of what rclone has sent, all copies in flight together
 POLL = 0.01                        # seconds between looks at such a copy's progress
 POLL_END = 0.04                    # at most this long between looks at a copy's end (the most it adds to one)
 STATS_EVERY = 25                   # waiting for a copy's end: its byte count read every this many looks (each
@@ -73,8 +73,9 @@ class RcloneTarget:
     save_every = SAVE_EVERY
     checks = CHECKS
 
-    def __init__(self, rcd: Rcd, base: str, *, name: str = "") -> None:
+    def __init__(self, rcd: Rcd, base: str, *, name: str = "", cancelled: Callable[[], bool] = lambda: False) -> None:
         self.rcd = rcd
+        self.cancelled = cancelled        # the job was cancelled: a wait for rclone's copy stops it (CancelledJob)
         self.fs = base
         self.name = name or rcd.where
         self.tag = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -351,6 +352,7 @@ class _RcloneWrite:
         self._src: tuple[Path, tuple] | None = None
         self._copied = 0                    # bytes rclone reported copied
         self._small = bytearray()           # the bytes written while they are at most SMALL (sent by sync())
+        self._ahead = AHEAD // t.checks     # (a share: the copies in flight together run at most AHEAD ahead)
         self._ended: dict | None = None     # the copy job's final status
 
     # -- a local file, copied by rclone ---------------------------------------------------------------
@@ -386,9 +388,10 @@ class _RcloneWrite:
                 self._ended = r
         return self._ended
 
-    def _follow(self, upto: int | None) -> None:
+    def _follow(self, upto: int | None, stoppable: bool = True) -> None:
         """Wait until rclone has copied ``upto`` bytes (None: until the copy ended); a copy that makes no
-        progress for the rcd's timeout is a stalled store."""
+        progress for the rcd's timeout is a stalled store. A cancelled job stops the copy (``stoppable``: not
+        the wait of abort() for a copy it stopped)."""
         t = self._t
         idle = time.monotonic()
         pause = POLL
@@ -397,6 +400,8 @@ class _RcloneWrite:
                 return
             if self._status() is not None:
                 return
+            if stoppable and t.cancelled():
+                raise CancelledJob("cancelled")     # (the caller aborts this write: the copy is stopped there)
             if upto is None and look % STATS_EVERY:
                 # waiting for the end: its progress only tells a stall (seconds away); each look is a request to
                 # rclone (about a millisecond of CPU on each side), so a longer wait looks less often
@@ -484,8 +489,8 @@ class _RcloneWrite:
         if self._digest is not None:
             self._digest.update(data)
         self._size += len(data)
-        if self._job is not None and self._size - self._copied > AHEAD:
-            self._follow(self._size - AHEAD)
+        if self._job is not None and self._size - self._copied > self._ahead:
+            self._follow(self._size - self._ahead)
 
     def sync(self) -> None:
         """End the upload and wait until rclone has stored the whole temp file."""
@@ -562,7 +567,7 @@ class _RcloneWrite:
         try:
             if self._job is not None and self._status() is None:
                 self._t.rcd.call("job/stop", {"jobid": self._job})
-                self._follow(None)          # (stopped: its temp file is complete or gone before the removal)
+                self._follow(None, stoppable=False)     # (stopped: its temp file complete or gone before removal)
             self._t.rcd.call("operations/deletefile", {"fs": self._t.fs, "remote": self._t.rel(self.temp_rel)},
                              missing_ok=True)
             self._t._landed(self.temp_rel, False)

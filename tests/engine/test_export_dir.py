@@ -7,7 +7,6 @@ import logging
 import os
 import subprocess
 import threading
-import time
 
 from steno_exportd import config
 from steno_exportd.engine.export import SimpleSpec, run_export
@@ -227,22 +226,31 @@ def test_with_several_sessions_in_flight_results_keep_the_sessions_order(tmp_pat
     cfg = make_config(tmp_path)
 
     class Far(DirectoryTarget):
+        """Recordings' read-backs counted; the first one held until a second one runs beside it (10 s at most)."""
+
         def __init__(self, root):
             super().__init__(root)
             self.checks = 4
             self.reading = self.most = 0
             self._count = threading.Lock()
+            self.second = threading.Event()
 
         def open_read(self, rel, *, uncached=False):
             h = super().open_read(rel, uncached=uncached)
+            if not rel.endswith("audio.wav"):
+                return h
             with self._count:
                 self.reading += 1
                 self.most = max(self.most, self.reading)
+                first = self.most == 1
+                if self.reading > 1:
+                    self.second.set()
             target = self
 
             class Counted:
                 def read(self, n):
-                    time.sleep(0.002)       # a read-back that takes a while, as over a network
+                    if first:
+                        target.second.wait(10)
                     return h.read(n)
 
                 def close(self):
@@ -258,7 +266,7 @@ def test_with_several_sessions_in_flight_results_keep_the_sessions_order(tmp_pat
     assert [r.session_id for r in res] == list(range(1, 10))
     assert [r.skipped for r in res] == [i in (2, 5, 8) for i in range(1, 10)]
     assert all(r.ok for r in res), [r.error for r in res if not r.ok]
-    assert far.most > 1, "never more than one read-back at a time"
+    assert far.most > 1, "never more than one recording read back at a time"
     root = out / "SilentSteno"
     assert len([p for p in root.iterdir() if p.is_dir()]) == 9
     assert len(json.loads((root / "manifest.json").read_text())["sessions"]) == 9

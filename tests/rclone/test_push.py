@@ -2,6 +2,7 @@
 with MD5): land verified, send nothing twice, survive a server killed mid-upload, refuse a bad login."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -674,5 +675,38 @@ def test_a_folder_locked_on_the_store_for_good_is_a_clear_error(rclone_tmp, monk
         res = push(cfg)
         assert [r.ok for r in res] == [True] * 2, [r.error for r in res]
         assert_landed(folder, db)
+    finally:
+        srv.stop()
+
+
+def test_a_cancel_stops_the_uploads_in_flight_at_once(rclone_tmp):
+    """Several sessions are in flight on a slow store (rclone's bandwidth limit): a cancel stops their copies where
+    they are, not after rclone has sent the rest of each (failed: the push ended only once every copy in flight had
+    been sent), and leaves no temp file and no session reported done."""
+    from tests.parts.rclone import RcloneServer
+    parts.require_tool("rclone")
+    served = rclone_tmp / "served"
+    served.mkdir()
+    srv = RcloneServer("webdav", served, rclone_tmp)
+    srv.start()
+    try:
+        db = make_recorder(rclone_tmp / "rec", sizes=tuple((6 << 20) + i for i in range(4)))
+        cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+        cfg = config.replace(cfg, **{"rclone.remotes": (dataclasses.replace(cfg.rclone.remotes[0],
+                                                                             bandwidth_limit_kbps=2048),)})
+        folder = srv.served / "office" / recorder_folder(cfg)
+        asked: list[float] = []
+
+        def cancel_once_sending(fields: dict) -> bool:
+            if not asked and fields.get("bytes_done", 0) >= 8 << 20:    # two sessions' copies under way
+                asked.append(time.monotonic())
+            return bool(asked)
+        res = push(cfg, Progress(cancel_once_sending), sleep=lambda s: None)
+        assert asked, "never cancelled"
+        took = time.monotonic() - asked[0]
+        # 24 MiB at 2 MiB/s: the copies in flight held ~10 s more to send when the cancel came
+        assert took < 4, f"the push ended {took:.1f}s after the cancel"
+        assert not [r for r in res if r.ok and not r.skipped], [(r.ok, r.error) for r in res]
+        assert not [p for p in served.rglob("*") if p.name.startswith(".steno-tmp")]
     finally:
         srv.stop()
