@@ -105,7 +105,9 @@ async def start_export(request: web.Request) -> web.Response:
         raise InvalidArgument("formats: a list of format names")
     opts = body.get("options") or {}
     fields = {f.name for f in dataclasses.fields(ExportOptions)}
-    if not isinstance(opts, dict) or set(opts) - fields:
+    if not isinstance(opts, dict):
+        raise InvalidArgument(f"options: an object with keys among {sorted(fields)}")
+    if set(opts) - fields:
         raise InvalidArgument(f"options: unknown keys {sorted(set(opts) - fields)}; valid: {sorted(fields)}")
     if isinstance(sessions, list) and len(sessions) > 10_000:
         raise InvalidArgument("sessions: at most 10,000 in one export")

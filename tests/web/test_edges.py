@@ -154,3 +154,18 @@ async def test_an_overlong_request_line_is_answered_in_the_apis_error_shape(web_
         assert status in (400, 414, 431) and headers["content-type"].startswith("application/json"), (status, headers)
         assert json.loads(body)["status"] == status
     quiet(caplog)
+
+
+async def test_export_options_that_are_not_an_object_are_a_400(web_client, sessions, tmp_path):
+    """Found by the OpenAPI fuzzing test in CI: "options": true made the API's error message itself fail (a 500
+    with a traceback in the log)."""
+    client, _ = await web_client()
+    port = client.server.port
+    token = await csrf(client)
+    cookies = "; ".join(f"{c.key}={c.value}" for c in client.session.cookie_jar)
+    base = {"X-CSRF-Token": token, "Cookie": cookies, "Content-Type": "application/json"}
+    for options in (True, 5, "verify", [1, 2], {"bogus": 1}):
+        body = json.dumps({"sessions": [1], "formats": ["txt"], "target": str(tmp_path / "exports"),
+                           "options": options}).encode()
+        status, _, answer = await raw(port, request("POST", "/api/v1/exports", port, base, body))
+        assert status == 400 and b"options" in answer, (options, status, answer[:200])
