@@ -564,6 +564,21 @@ def test_a_recording_changed_while_rclone_copies_it_fails_and_lands_nothing(rclo
     assert os.listdir(srv.served / "office" / "x") == []
 
 
+@pytest.fixture
+def webdav(rclone_tmp):
+    """A WebDAV store rclone serves on loopback (for what only WebDAV has: locks), stopped afterwards."""
+    from tests.parts.rclone import RcloneServer
+    parts.require_tool("rclone")
+    served = rclone_tmp / "served"
+    served.mkdir()
+    srv = RcloneServer("webdav", served, rclone_tmp)
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
 LOCKINFO = (b'<?xml version="1.0"?><d:lockinfo xmlns:d="DAV:"><d:lockscope><d:exclusive/></d:lockscope>'
             b'<d:locktype><d:write/></d:locktype><d:owner>a person</d:owner></d:lockinfo>')
 
@@ -605,20 +620,15 @@ def _met_locks(caplog) -> int:
     return sum("locked on the store, again" in r.getMessage() for r in caplog.records)
 
 
-def test_a_folder_locked_on_the_store_for_a_moment_is_waited_for(rclone_tmp, monkeypatch, caplog):
+def test_a_folder_locked_on_the_store_for_a_moment_is_waited_for(webdav, rclone_tmp, monkeypatch, caplog):
     """Another client holds a lock on the recorder's folder for a moment as the push ends (a WebDAV server also
     takes one for a moment while it answers a request there, and answers 423 Locked meanwhile: seen in bench
     rclone as a push failed and started over): the manifest save and the folders' moves wait for it, and the
     push completes at its first attempt (failed: the save was refused, the push started over three times while
     the lock was held and failed)."""
     from steno_exportd.rclone.target import RcloneTarget
-    from tests.parts.rclone import RcloneServer
-    parts.require_tool("rclone")
     monkeypatch.setattr(RcloneTarget, "save_every", 3600.0)      # every session saved by the run's last save
-    served = rclone_tmp / "served"
-    served.mkdir()
-    srv = RcloneServer("webdav", served, rclone_tmp)
-    srv.start()
+    srv, served = webdav, webdav.served
     timers: list[threading.Timer] = []
     try:
         db = make_recorder(rclone_tmp / "rec", sizes=tuple((1 << 20) + i for i in range(3)))
@@ -638,75 +648,58 @@ def test_a_folder_locked_on_the_store_for_a_moment_is_waited_for(rclone_tmp, mon
         for t in timers:
             t.cancel()
             t.join(10)
-        srv.stop()
 
 
-def test_a_folder_locked_on_the_store_for_good_is_a_clear_error(rclone_tmp, monkeypatch, caplog):
+def test_a_folder_locked_on_the_store_for_good_is_a_clear_error(webdav, rclone_tmp, monkeypatch, caplog):
     """A lock another client keeps (a document left open from the store): the push says so, in words."""
     from steno_exportd.rclone import process
     from steno_exportd.rclone.target import RcloneTarget
-    from tests.parts.rclone import RcloneServer
     monkeypatch.setattr(process, "LOCK_WAIT", 0.3)      # (each request waits it out: three attempts of many)
     monkeypatch.setattr(RcloneTarget, "save_every", 3600.0)      # every session saved by the run's last save
-    parts.require_tool("rclone")
-    served = rclone_tmp / "served"
-    served.mkdir()
-    srv = RcloneServer("webdav", served, rclone_tmp)
-    srv.start()
-    try:
-        db = make_recorder(rclone_tmp / "rec", sizes=tuple((1 << 20) + i for i in range(2)))
-        cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
-        folder = srv.served / "office" / recorder_folder(cfg)
-        progress, taken = _lock_at_the_end(srv, folder, 2, None, [])
-        with caplog.at_level(logging.DEBUG, logger="steno_exportd.rclone.process"):
-            try:
-                res = push(cfg, progress, sleep=lambda s: None)
-                errors = [r.error for r in res if not r.ok]
-            except RcloneError as e:
-                errors = [str(e)]
-        assert taken, "the folder was never locked"
-        assert _met_locks(caplog), "the push never met the lock"
-        assert errors and all("locked by another program" in e for e in errors), errors
-        import urllib.error
-        try:                # the lock given up: the next push completes
-            _dav(srv, "UNLOCK", folder.relative_to(served).as_posix(), {"Lock-Token": taken[0]})
-        except urllib.error.HTTPError as e:
-            assert e.code == 409, e         # (409: no such lock any more; the push below tells if one is held)
-        res = push(cfg)
-        assert [r.ok for r in res] == [True] * 2, [r.error for r in res]
-        assert_landed(folder, db)
-    finally:
-        srv.stop()
+    srv, served = webdav, webdav.served
+    db = make_recorder(rclone_tmp / "rec", sizes=tuple((1 << 20) + i for i in range(2)))
+    cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+    folder = srv.served / "office" / recorder_folder(cfg)
+    progress, taken = _lock_at_the_end(srv, folder, 2, None, [])
+    with caplog.at_level(logging.DEBUG, logger="steno_exportd.rclone.process"):
+        try:
+            res = push(cfg, progress, sleep=lambda s: None)
+            errors = [r.error for r in res if not r.ok]
+        except RcloneError as e:
+            errors = [str(e)]
+    assert taken, "the folder was never locked"
+    assert _met_locks(caplog), "the push never met the lock"
+    assert errors and all("locked by another program" in e for e in errors), errors
+    import urllib.error
+    try:                # the lock given up: the next push completes
+        _dav(srv, "UNLOCK", folder.relative_to(served).as_posix(), {"Lock-Token": taken[0]})
+    except urllib.error.HTTPError as e:
+        assert e.code == 409, e         # (409: no such lock any more; the push below tells if one is held)
+    res = push(cfg)
+    assert [r.ok for r in res] == [True] * 2, [r.error for r in res]
+    assert_landed(folder, db)
 
 
-def test_a_cancel_stops_the_uploads_in_flight_at_once(rclone_tmp):
+def test_a_cancel_stops_the_uploads_in_flight_at_once(webdav, rclone_tmp):
     """Several sessions are in flight on a slow store (rclone's bandwidth limit): a cancel stops their copies where
     they are, not after rclone has sent the rest of each (failed: the push ended only once every copy in flight had
     been sent), and leaves no temp file and no session reported done."""
-    from tests.parts.rclone import RcloneServer
-    parts.require_tool("rclone")
-    served = rclone_tmp / "served"
-    served.mkdir()
-    srv = RcloneServer("webdav", served, rclone_tmp)
-    srv.start()
-    try:
-        db = make_recorder(rclone_tmp / "rec", sizes=tuple((6 << 20) + i for i in range(4)))
-        cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
-        cfg = config.replace(cfg, **{"rclone.remotes": (dataclasses.replace(cfg.rclone.remotes[0],
-                                                                             bandwidth_limit_kbps=2048),)})
-        folder = srv.served / "office" / recorder_folder(cfg)
-        asked: list[float] = []
+    srv, served = webdav, webdav.served
+    db = make_recorder(rclone_tmp / "rec", sizes=tuple((6 << 20) + i for i in range(4)))
+    cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+    cfg = config.replace(cfg, **{"rclone.remotes": (dataclasses.replace(cfg.rclone.remotes[0],
+                                                                         bandwidth_limit_kbps=2048),)})
+    folder = srv.served / "office" / recorder_folder(cfg)
+    asked: list[float] = []
 
-        def cancel_once_sending(fields: dict) -> bool:
-            if not asked and fields.get("bytes_done", 0) >= 8 << 20:    # two sessions' copies under way
-                asked.append(time.monotonic())
-            return bool(asked)
-        res = push(cfg, Progress(cancel_once_sending), sleep=lambda s: None)
-        assert asked, "never cancelled"
-        took = time.monotonic() - asked[0]
-        # 24 MiB at 2 MiB/s: the copies in flight held ~10 s more to send when the cancel came
-        assert took < 4, f"the push ended {took:.1f}s after the cancel"
-        assert not [r for r in res if r.ok and not r.skipped], [(r.ok, r.error) for r in res]
-        assert not [p for p in served.rglob("*") if p.name.startswith(".steno-tmp")]
-    finally:
-        srv.stop()
+    def cancel_once_sending(fields: dict) -> bool:
+        if not asked and fields.get("bytes_done", 0) >= 8 << 20:    # two sessions' copies under way
+            asked.append(time.monotonic())
+        return bool(asked)
+    res = push(cfg, Progress(cancel_once_sending), sleep=lambda s: None)
+    assert asked, "never cancelled"
+    took = time.monotonic() - asked[0]
+    # 24 MiB at 2 MiB/s: the copies in flight held ~10 s more to send when the cancel came
+    assert took < 4, f"the push ended {took:.1f}s after the cancel"
+    assert not [r for r in res if r.ok and not r.skipped], [(r.ok, r.error) for r in res]
+    assert not [p for p in served.rglob("*") if p.name.startswith(".steno-tmp")]
