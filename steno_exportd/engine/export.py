@@ -19,13 +19,13 @@ from steno_exportd.engine.hashcache import HashCache
 from steno_exportd.engine.naming import folder_name, format_label, resolve_collision, root_folder, safe_name
 from steno_exportd.engine.plan import PlannedFile, plan_session, render_file, render_options
 from steno_exportd.engine.registry import ArchiveKind, Targets, local
-from steno_exportd.engine.targets import MARKER, PARTIAL_SUFFIX, TEMP_PREFIX, Target, WriteHandle, os_error
+from steno_exportd.engine.targets import MARKER, PARTIAL_SUFFIX, TEMP_PREFIX, EntryStat, Target, WriteHandle, os_error
 from steno_exportd.errors import CancelledJob, SourceError, StenoError, TargetError, TargetFullError, VerifyError
 from steno_exportd.events import FileResult, SessionResult
 
 log = logging.getLogger(__name__)
 
-MOVERS = 4              # folders renamed into place at once after a deferred manifest save
+MOVERS = 8              # folders renamed into place at once after a deferred manifest save
 
 
 class _NullProgress:
@@ -154,8 +154,9 @@ class Exporter:
         t0 = self._saved_at = time.monotonic()      # a held session waits save_every from the start: not a save
                                                     # for the first session alone, which held up the next ones
         self.t.mkdir(self.root)
+        entries = self.t.scandir(self.root)     # listed first: a store answers the manifest's look-ups from it
         self.m = mf.load(self.t, self.root)
-        self._clean_leftovers()
+        self._clean_leftovers(entries)
         sessions = []
         results: list[SessionResult] = []
         for sid in self.spec.session_ids:
@@ -473,10 +474,9 @@ class Exporter:
         except (TargetError, OSError):
             return False
 
-    def _clean_leftovers(self) -> None:
-        """Remove our temp files and <folder>.partial trees left by a crash or a yank, except what a
-        resumable write continues (its temp file and its folder)."""
-        entries = self.t.scandir(self.root)
+    def _clean_leftovers(self, entries: dict[str, EntryStat]) -> None:
+        """Remove our temp files and <folder>.partial trees left by a crash or a yank (``entries``: the root's
+        listing), except what a resumable write continues (its temp file and its folder)."""
         self._root_names = set(entries)     # what the run adds is added here: one listing per run
         for p in [p for p in self.m.partial if self._resume_folder(p) not in entries]:
             del self.m.partial[p]           # its folder is gone: nothing to resume

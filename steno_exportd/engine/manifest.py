@@ -1,6 +1,7 @@
 """SHA256SUMS + manifest.json in the target's root folder: read, rebuild, write atomically."""
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import datetime as dt
 import hashlib
@@ -143,7 +144,7 @@ def load(target: Target, root: str) -> Manifest:
     st = target.lstat(f"{root}/{MANIFEST}")
     if st is not None and st.kind == "file":
         try:
-            return read(target, root)
+            return parse(_read_all(target, f"{root}/{MANIFEST}"))     # (looked up just above)
         except (ValueError, TypeError, UnicodeDecodeError, TargetError) as e:
             log.warning("manifest on %s unusable (%s): rebuilding it", target.name, e)
             return rebuild(target, root, f"manifest unusable: {e}")
@@ -191,10 +192,32 @@ def write_atomic(target: Target, rel: str, data: bytes) -> None:
 
 
 def save(target: Target, root: str, m: Manifest) -> None:
-    """Rewrite SHA256SUMS and manifest.json atomically."""
-    write_atomic(target, f"{root}/{SUMS}", m.sums_text().encode("utf-8"))
-    write_atomic(target, f"{root}/{MANIFEST}", json.dumps(m.to_json(), indent=1, sort_keys=True,
-                                                            ensure_ascii=False).encode("utf-8"))
+    """Rewrite SHA256SUMS and manifest.json atomically, in that order."""
+    files = [(f"{root}/{SUMS}", m.sums_text().encode("utf-8")),
+             (f"{root}/{MANIFEST}", json.dumps(m.to_json(), indent=1, sort_keys=True,
+                                               ensure_ascii=False).encode("utf-8"))]
+    if target.checks == 1:
+        for rel, data in files:
+            write_atomic(target, rel, data)
+        return
+    # a store that takes several files at once (each request a round trip away): both uploaded at once, then
+    # committed in the same order as above
+    handles = [target.open_write(rel) for rel, _ in files]
+    committed = 0
+    try:
+        for h, (_, data) in zip(handles, files):
+            h.write(data)
+        with concurrent.futures.ThreadPoolExecutor(1, "steno-save") as pool:
+            second = pool.submit(handles[1].sync)
+            handles[0].sync()
+            second.result()
+        for h in handles:
+            h.commit()
+            committed += 1
+    except BaseException:
+        for h in handles[committed:]:
+            h.abort()
+        raise
 
 
 def entry(size: int, sha: str, renderer: str, version: str, template: str = "") -> dict[str, Any]:

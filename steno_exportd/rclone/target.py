@@ -86,7 +86,9 @@ class RcloneTarget:
                                                # listed): the names in each, so an absent name costs no look-up
         self._claimed: set[str] = set()
         self._dirs: set[str] = set()      # folders known to be there (a folder is not removed under a push)
-        self._names = threading.RLock()   # the four above: used by the export's main and verifier threads
+        self._unmade: set[str] = set()    # <session>.partial folders of this push not made on the store yet: the
+                                          # first upload into one makes it (rclone makes a file's folder first)
+        self._names = threading.RLock()   # the five above: used by the export's main and verifier threads
 
     def connect(self) -> None:
         """Start rclone, reach the store once (which hash it keeps); a clear error when it cannot."""
@@ -150,6 +152,10 @@ class RcloneTarget:
             names = self._mine.get(head)
             if names is not None:
                 (names.add if there else names.discard)(base)
+            if there:
+                self._unmade.discard(head)      # a file landed in it: the upload made the folder
+            else:
+                self._unmade.discard(gone)
             if not there and (gone in self._mine or gone in self._dirs):    # a folder we knew (a file: no walk)
                 for d in [d for d in self._mine if d == gone or d.startswith(f"{gone}/")]:
                     del self._mine[d]
@@ -160,7 +166,7 @@ class RcloneTarget:
         self._claimed.add(self.rel(rel))
 
     def lstat(self, rel: str) -> EntryStat | None:
-        if not check_rel(rel):
+        if not check_rel(rel) or self.rel(rel) in self._unmade:
             return EntryStat("dir")
         if self._absent(rel):
             return None
@@ -171,6 +177,8 @@ class RcloneTarget:
         return self.lstat(rel) is not None
 
     def scandir(self, rel: str) -> dict[str, EntryStat]:
+        if self.rel(rel) in self._unmade:
+            return {}
         r = self.rcd.call("operations/list", {"fs": self.fs, "remote": self.rel(rel),
                                               "opt": {"noMimeType": True, "noModTime": True}}, missing_ok=True)
         if r is None:
@@ -195,7 +203,17 @@ class RcloneTarget:
         # moved into place by rename(), which never replaces a folder
         absent = self._absent(rel)            # as far as the listing of a folder only this push writes in tells
         partial = self.rel(rel).endswith(PARTIAL_SUFFIX) and absent
-        d = None if partial else self._stat(rel) if check_rel(rel) else {"IsDir": True}
+        if partial:
+            # not made now: every upload makes its file's folder first (rclone's WebDAV: MKCOL, an existing one
+            # taken as made, as a mkdir does), so a session's first file makes it, a round trip less per
+            # session; a folder nothing was written into is made by its move (_move_dir)
+            with self._names:
+                self._unmade.add(self.rel(rel))
+                self._mine[self.rel(rel)] = set()
+                self._dirs.add(self.rel(rel))
+            self._landed(rel)
+            return
+        d = self._stat(rel) if check_rel(rel) else {"IsDir": True}
         if d:
             st = self._entry(d)
             if st.kind != "dir":
@@ -208,11 +226,14 @@ class RcloneTarget:
                 # push removed it, with their files, as an interrupted build of its own)
                 raise TargetError(f"a folder named {base!r} appeared on the store meanwhile (not ours, left alone); "
                                   f"the session is sent again by the next push")
+            with self._names:
+                self._dirs.add(self.rel(rel))
             return
         self.rcd.call("operations/mkdir", {"fs": self.fs, "remote": self.rel(rel)})
         self._landed(rel)
         head = self.rel(rel).rpartition("/")[0]
         with self._names:
+            self._dirs.add(self.rel(rel))
             if head in self._mine or head in self._claimed:     # (elsewhere another recorder may have made it too)
                 self._mine[self.rel(rel)] = set()
 
@@ -258,6 +279,12 @@ class RcloneTarget:
         rename), never replacing or merging into a folder there: rclone falls back to moving file by file into a
         folder it finds at ``dst``, a fallback these settings make it refuse (it cannot run with both), so the
         move happens whole or not at all. No look-up first: rclone looks, and the store refuses too."""
+        with self._names:
+            unmade = self.rel(src) in self._unmade
+        if unmade:                                  # nothing was written into it
+            self.rcd.call("operations/mkdir", {"fs": self.fs, "remote": self.rel(src)})
+            with self._names:
+                self._unmade.discard(self.rel(src))
         try:
             self.rcd.call("sync/move", {"srcFs": self._sub(src), "dstFs": self._sub(dst),
                                         "_config": {"NoCheckDest": True, "Immutable": True}})
