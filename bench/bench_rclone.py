@@ -10,7 +10,8 @@ a tmpfs. BENCH_RCLONE_MIB sets the size (default 256), BENCH_RCLONE_ROUNDS the r
 webdav_distant: the same 12 sessions, smaller (BENCH_RCLONE_DISTANT_MIB, default 48), pushed to the WebDAV store
 through a relay that holds every byte for half of BENCH_RCLONE_RTT_MS (default 20: a store across a city) each way
 (tests/parts/delay.py; this kernel has no netem), ours and the anchor alike: where round trips, not bytes or CPU,
-decide the time.
+decide the time. Then on that store, a push that finds nothing new among BENCH_RCLONE_INCREMENTAL_SESSIONS
+(default 200) sessions already there vs `rclone copy` with nothing to send.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import dataclasses
 import os
 import pathlib
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,7 +27,7 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from bench.anchor import alternate, report  # noqa: E402
+from bench.anchor import alternate, report, rounds_line  # noqa: E402
 from steno_exportd import config  # noqa: E402
 from steno_exportd.engine.export import SimpleSpec, run_export  # noqa: E402
 from steno_exportd.engine.options import ExportOptions  # noqa: E402
@@ -40,6 +42,7 @@ TOTAL_MIB = int(os.environ.get("BENCH_RCLONE_MIB", "256"))
 DISTANT_MIB = int(os.environ.get("BENCH_RCLONE_DISTANT_MIB", "48"))
 RTT_MS = float(os.environ.get("BENCH_RCLONE_RTT_MS", "20"))
 ROUNDS = int(os.environ.get("BENCH_RCLONE_ROUNDS", "3"))
+INCREMENTAL_SESSIONS = int(os.environ.get("BENCH_RCLONE_INCREMENTAL_SESSIONS", "200"))
 
 
 def make_recorder(root: pathlib.Path, total_mib: int = TOTAL_MIB) -> tuple[RecorderDB, pathlib.Path]:
@@ -58,18 +61,70 @@ def make_recorder(root: pathlib.Path, total_mib: int = TOTAL_MIB) -> tuple[Recor
     return db, root / "audio"
 
 
-def push(cfg: config.Config) -> int:
+def _export(cfg: config.Config) -> list:
     targets = local()
     targets.register(RcloneKind(recorder_id="b" * 32))
     lib = Library.from_config(cfg)
     try:
         ids = tuple(s.id for s in lib.list_sessions(exportable_only=True))
-        res = run_export(lib, SimpleSpec("rclone:bench", ids, ("audio",), ExportOptions(verify=True)), cfg,
-                         targets=targets)
+        return run_export(lib, SimpleSpec("rclone:bench", ids, ("audio",), ExportOptions(verify=True)), cfg,
+                          targets=targets)
     finally:
         lib.close()
+
+
+def push(cfg: config.Config) -> int:
+    res = _export(cfg)
     assert all(r.ok and not r.skipped for r in res), [r.error for r in res if not r.ok]
     return sum(f.size for r in res for f in r.files)
+
+
+def many_small(root: pathlib.Path, count: int) -> tuple[RecorderDB, pathlib.Path]:
+    """``count`` sessions of a 64 KiB recording each."""
+    db = RecorderDB(root)
+    for i in range(count):
+        p = root / "audio" / f"small-{i:04d}.flac"
+        p.write_bytes(os.urandom(64 * 1024))
+        db.session(title=f"Small {i:04d}", audio_format="flac", audio_size_bytes=64 * 1024,
+                   audio_file_path=f"audio/{p.name}")
+    return db, root / "audio"
+
+
+def nothing_new(tmp: pathlib.Path, srv: RcloneServer, conf: pathlib.Path) -> None:
+    """A push of a recorder whose INCREMENTAL_SESSIONS sessions are all on the store already (what a push-on-new
+    or a schedule finds most of the time) vs `rclone copy` of the same recordings with nothing to send (it lists
+    the store and compares sizes): where each look at the store is a round trip."""
+    db, audio = many_small(tmp / "many", INCREMENTAL_SESSIONS)
+    cfg = config.from_dict({
+        "recorder": {"db_path": str(db.path)},
+        "state": {"dir": str(tmp / "state-many"), "runtime_dir": str(tmp / "run")},
+        "smb": {"recorder_folder": "ours-many"},
+        "rclone": {"config_file": str(conf), "remotes": [{"name": "bench", "remote": f"{srv.remote}:"}]}})
+    push(cfg)
+    dest = f"{srv.remote}:theirs-many"
+    subprocess.run(["rclone", "--config", str(conf), "copy", str(audio), dest], check=True, capture_output=True)
+
+    def anchor(r: int) -> float:
+        t0 = time.perf_counter()
+        out = subprocess.run(["rclone", "--config", str(conf), "copy", "-v", str(audio), dest], check=True,
+                             capture_output=True, text=True)
+        t = time.perf_counter() - t0
+        assert "Copied" not in out.stderr, out.stderr
+        return t
+
+    def ours(r: int) -> float:
+        t0 = time.perf_counter()
+        res = _export(cfg)
+        t = time.perf_counter() - t0
+        assert len(res) == INCREMENTAL_SESSIONS and all(r.ok and r.skipped for r in res), res[:3]
+        return t
+    theirs, (mine,) = alternate(ROUNDS, anchor, ours)
+    rounds_line("webdav_distant_nothing_new", [("ours", mine), ("rclone_copy", theirs)])
+    t, o = statistics.median(theirs), statistics.median(mine)
+    print(f"rclone_webdav_distant_nothing_new_sessions: {INCREMENTAL_SESSIONS}")
+    print(f"rclone_webdav_distant_nothing_new_rclone_copy_s: {t:.2f}")
+    print(f"rclone_webdav_distant_nothing_new_ours_s: {o:.2f}")
+    print(f"rclone_webdav_distant_nothing_new_ratio_ours_vs_rclone_copy: {t / o:.2f}  (higher: ours faster)")
 
 
 def bare(conf: pathlib.Path, src: pathlib.Path, dest: str, download: bool) -> float:
@@ -133,6 +188,8 @@ def main() -> int:
                 theirs, (mine,) = alternate(ROUNDS, anchor, ours)
                 print(f"rclone_{name}_verify: {'store md5' if kind == 'sftp' else 'download and hash'}")
                 report(f"rclone_{name}", mib, "copy_check", theirs, [("ours", mine)], label=name)
+                if rtt:
+                    nothing_new(tmp, far, conf)
             finally:
                 if relay:
                     relay.close()

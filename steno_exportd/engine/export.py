@@ -26,6 +26,8 @@ from steno_exportd.events import FileResult, SessionResult
 log = logging.getLogger(__name__)
 
 MOVERS = 8              # folders renamed into place at once after a deferred manifest save
+LISTERS = 8             # folders of sessions already exported listed at once, on a store that takes several requests
+                        # at once (checks > 1): one round trip each (rclone's own check lists 8 at once)
 
 
 class _NullProgress:
@@ -172,7 +174,10 @@ class Exporter:
             if self._cancelled():
                 return results
             plans.append((s, plan_session(s, self.spec.formats, options, self.include_audio, self.reg)))
-        todo = [(s, pl) for s, pl in plans if not self._unchanged(s, pl)]
+        listings = self._listings([s for s, _ in plans])
+        if self._cancelled():
+            return results
+        todo = [(s, pl) for s, pl in plans if not self._unchanged(s, pl, listings.get(s.uuid))]
         todo_ids = {id(s) for s, _ in todo}
         self.bytes_total = sum(pf.size for _, pl in todo for pf in pl)
         self.files_total = sum(len(pl) for _, pl in todo)
@@ -579,16 +584,40 @@ class Exporter:
             self._tick(h.offset)
         return h
 
-    def _unchanged(self, s: Any, plan: list[PlannedFile]) -> bool:
+    def _recorded(self, s: Any) -> dict | None:
+        """The manifest's entry of a session exported whole and not changed on the recorder since."""
         entry = self.m.sessions.get(s.uuid)
         if (not entry or entry.get("updated_at") != _iso(s.updated_at) or entry.get("incomplete")
                 or entry.get("finishing")):
+            return None
+        return entry
+
+    def _listings(self, sessions: list[Any]) -> dict[str, dict[str, EntryStat] | None]:
+        """The folders of the sessions recorded as exported and unchanged, as the target lists them now (None: not
+        readable), by uuid: several at once on a store that takes several requests at once, where each is a round
+        trip (a thousand sessions were a thousand round trips in series before a push found nothing new); a cancel
+        stops them."""
+        folders = {s.uuid: f"{self.root}/{e['folder']}" for s in sessions if (e := self._recorded(s)) is not None}
+
+        def listing(rel: str) -> dict[str, EntryStat] | None:
+            if self._cancelled():
+                return None
+            try:
+                return self.t.scandir(rel)
+            except TargetError:
+                return None
+        if self.t.checks == 1 or len(folders) < 2:
+            return {u: listing(rel) for u, rel in folders.items()}
+        with concurrent.futures.ThreadPoolExecutor(min(LISTERS, len(folders)), "steno-list") as pool:
+            return dict(zip(folders, pool.map(listing, folders.values())))
+
+    def _unchanged(self, s: Any, plan: list[PlannedFile], listing: dict[str, EntryStat] | None) -> bool:
+        """Already on the target as this plan would write it: recorded, its files there with their sizes
+        (``listing``: its folder's, from _listings)."""
+        entry = self._recorded(s)
+        if entry is None or listing is None:
             return False
         files = entry.get("files", {})
-        try:
-            listing = self.t.scandir(f"{self.root}/{entry['folder']}")
-        except TargetError:
-            return False
         if MARKER in listing:       # recorded, then cut before its files were all renamed and its marker removed
             return False
         errors = entry.get("errors", {})

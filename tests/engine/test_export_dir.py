@@ -271,3 +271,55 @@ def test_with_several_sessions_in_flight_results_keep_the_sessions_order(tmp_pat
     assert len([p for p in root.iterdir() if p.is_dir()]) == 9
     assert len(json.loads((root / "manifest.json").read_text())["sessions"]) == 9
     assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=root).returncode == 0
+
+
+def test_a_store_far_away_lists_the_folders_of_sessions_already_exported_several_at_once(tmp_path):
+    """Finding what is new looks at the folder of every session already exported: on a target that takes several
+    requests at once (target.checks, as a store far away does: each listing a round trip), several at once. What
+    they show still counts: a recording deleted on the target is sent again, the rest is skipped."""
+    from steno_exportd.engine.targets import DirectoryTarget
+
+    lib = library(tmp_path, 8)
+    out = tmp_path / "out"
+    out.mkdir()
+    cfg = make_config(tmp_path)
+    assert all(r.ok for r in _run(lib, cfg, out, range(1, 9), ("txt", "audio")))
+    root = out / "SilentSteno"
+
+    class Far(DirectoryTarget):
+        """Listings of session folders counted; the first one held until a second one runs beside it (10 s at most)."""
+
+        def __init__(self, root):
+            super().__init__(root)
+            self.checks = 4
+            self.listing = self.most = self.calls = 0
+            self._count = threading.Lock()
+            self.second = threading.Event()
+
+        def scandir(self, rel):
+            if "/" not in rel:                  # the export's root
+                return super().scandir(rel)
+            with self._count:
+                self.calls += 1
+                self.listing += 1
+                self.most = max(self.most, self.listing)
+                first = self.calls == 1
+                if self.listing > 1:
+                    self.second.set()
+            try:
+                if first:
+                    self.second.wait(10)
+                return super().scandir(rel)
+            finally:
+                with self._count:
+                    self.listing -= 1
+
+    victim = next(root.glob("*Meeting 3 */audio.wav"))
+    victim.unlink()
+    far = Far(out)
+    res = run_export(lib, SimpleSpec(far, tuple(range(1, 9)), ("txt", "audio"), ExportOptions()), cfg)
+    assert [r.skipped for r in res] == [i != 3 for i in range(1, 9)], res
+    assert all(r.ok for r in res), [r.error for r in res if not r.ok]
+    assert victim.exists()
+    assert far.most > 1, "the folders of the sessions already exported were listed one at a time"
+    assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=root).returncode == 0
