@@ -130,6 +130,7 @@ class Exporter:
             concurrent.futures.ThreadPoolExecutor(self.depth, thread_name_prefix="steno-check")
         self._saved_at = -math.inf              # when the manifest was last saved (monotonic)
         self._held: list[_Held] = []            # sessions recorded in the manifest, waiting for its next save
+        self._save_queued = False               # a save of them is queued on the verifier thread (_save_due)
         self._undone: dict[str, tuple[str, str]] = {}   # session uuid -> (why, problem): written, but not done
         self._unsaved = False                   # a change of the manifest (a session finished) not saved yet
 
@@ -150,7 +151,26 @@ class Exporter:
     def _tick(self, n: int) -> None:
         with self._lock:
             self.bytes_done += n
+            due = bool(self._held) and not self._save_queued and \
+                time.monotonic() - self._saved_at >= self.t.save_every
+            if due:
+                self._save_queued = True
+        if due:
+            # sessions held for a save while a long file is written: saved now, not when that file's session ends
+            self._verifier.submit(self._save_due)
         self.p.update(bytes_done=self.bytes_done)
+
+    def _save_due(self) -> None:
+        """The save the held sessions wait for, once save_every has passed (on the verifier thread, in turn with
+        the sessions it finishes). A failure leaves them held: the next save tries again and reports it."""
+        with self._lock:
+            self._save_queued = False
+            if not self._held or time.monotonic() - self._saved_at < self.t.save_every:
+                return
+            try:
+                self._save()
+            except (TargetError, OSError) as e:
+                log.warning("%s: manifest not saved (tried again at the next save): %s", self.t.name, e)
 
     def run(self) -> list[SessionResult]:
         t0 = self._saved_at = time.monotonic()      # a held session waits save_every from the start: not a save

@@ -7,12 +7,13 @@ import logging
 import os
 import subprocess
 import threading
+import time
 
 from steno_exportd import config
 from steno_exportd.engine.export import SimpleSpec, run_export
 from steno_exportd.engine.options import ExportOptions
 from tests.configs import make_config
-from tests.fakes import library
+from tests.fakes import FakeLibrary, library, make_session
 
 
 def _run(lib, cfg, target, ids, formats=("txt", "json", "audio")):
@@ -323,3 +324,57 @@ def test_a_store_far_away_lists_the_folders_of_sessions_already_exported_several
     assert victim.exists()
     assert far.most > 1, "the folders of the sessions already exported were listed one at a time"
     assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=root).returncode == 0
+
+
+def test_sessions_held_for_a_later_save_are_saved_while_a_long_recording_is_still_being_written(tmp_path):
+    """On a target saved now and then (save_every, as a store far away is), a finished session waits at most
+    save_every for the save that records it, even while the next session's long recording is written: it was
+    held until that session ended, minutes later on a slow link, its folder still named .partial, and a push cut
+    meanwhile sent it again."""
+    from steno_exportd.engine.targets import DirectoryTarget
+
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    (rec / "s1.wav").write_bytes(os.urandom(100_000))
+    (rec / "s2.wav").write_bytes(os.urandom(24 << 20))
+    lib = FakeLibrary([make_session(1, rec / "s1.wav"), make_session(2, rec / "s2.wav")])
+    out = tmp_path / "out"
+    out.mkdir()
+    cfg = make_config(tmp_path)
+    root = out / "SilentSteno"
+    seen: list[bool] = []
+
+    def first_saved() -> bool:
+        try:
+            m = json.loads((root / "manifest.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return any(e["title"] == "Meeting 1" for e in m["sessions"].values()) and \
+            any(p.is_dir() and p.name.endswith("Meeting 1 (00000001)") for p in root.iterdir())
+
+    class Slow(DirectoryTarget):
+        """Saved every second at most; the second recording written a MiB every 0.1 s (2.4 s)."""
+
+        def __init__(self, root):
+            super().__init__(root)
+            self.save_every = 1.0
+
+        def open_write(self, rel, *, resume=None):
+            h = super().open_write(rel, resume=resume)
+            if "Meeting 2" in rel and rel.endswith("audio.wav"):
+                write = h.write
+
+                def slow(data):
+                    write(data)
+                    seen.append(first_saved())
+                    if not seen[-1]:
+                        time.sleep(0.1)
+                h.write = slow
+            return h
+
+    res = run_export(lib, SimpleSpec(Slow(out), (1, 2), ("txt", "audio"), ExportOptions()), cfg)
+    assert all(r.ok for r in res), [r.error for r in res if not r.ok]
+    assert len(seen) == 24
+    assert any(seen), "the first session was saved only after the second one's recording was written"
+    assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=root).returncode == 0
+    assert not [p for p in root.rglob("*") if ".partial" in p.name]
