@@ -140,6 +140,10 @@ class Exporter:
         copy meanwhile never read into the same ones (either file could land with the other's bytes)."""
         return self._rings.ring
 
+    def _thread_buffers(self) -> writer.Buffers:
+        """The read buffers of the thread that calls it (a read-back handed to the checks' pool)."""
+        return self._rings.ring
+
     def shutdown(self) -> None:
         """Wait for the sessions and read-backs still running (a run ended by an error), then end their threads."""
         self._verifier.shutdown(wait=True)
@@ -764,7 +768,7 @@ class Exporter:
                                                     buffers=self._buffers, known=known)
                     if self.verify:
                         fut = self._checks.submit(writer.finish_and_verify, h, self.t, rel, size, sha,
-                                                  self._cancelled, known is None)
+                                                  self._cancelled, known is None, self._thread_buffers)
                     else:
                         fut = self._checks.submit(writer.finish, h)
                     pending.append((len(results), pf, rel, rel_final, size, sha, (known, st_src), fut))
@@ -912,7 +916,7 @@ class Exporter:
                     self._remember(pf, st_src, sha)
                 return size, sha
             try:
-                writer.verify(self.t, rel, size, sha, cancelled=self._cancelled)
+                writer.verify(self.t, rel, size, sha, cancelled=self._cancelled, buffers=self._buffers)
                 if data is None and not known:
                     self._remember(pf, st_src, sha)
                 return size, sha

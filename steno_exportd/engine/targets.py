@@ -58,6 +58,7 @@ class WriteHandle(Protocol):
 @runtime_checkable
 class ReadHandle(Protocol):
     def read(self, n: int) -> bytes: ...
+    def readinto(self, buf: bytearray) -> int: ...     # the next bytes (at most len(buf)) into buf; 0 at the end
     def close(self) -> None: ...
 
 

@@ -117,11 +117,13 @@ def verify_target(path: str | Target, root: str = ROOT_FALLBACK, mark: bool = Fa
         rep.problems.append(f"{mf.MANIFEST} missing or unusable")
     expected = _expected(sums, m.owned_paths(), rep)
 
+    buffers = writer.Buffers()              # one set for every file (a fresh one zeroes 4 MiB even for a small file)
+
     def actual(rel: str) -> str | None:
         st = t.lstat(f"{root}/{rel}")
         if st is None:
             return None
-        return writer.read_back(t, f"{root}/{rel}")[1] if st.kind == "file" else ""
+        return writer.read_back(t, f"{root}/{rel}", buffers=buffers)[1] if st.kind == "file" else ""
 
     listing: dict[str, list[str]] = {}
     for folder in {rel.split("/", 1)[0] for rel in expected}:

@@ -642,5 +642,11 @@ class _RcloneRead:
         except (OSError, http.client.HTTPException) as e:        # a cut body: IncompleteRead
             raise RcloneError(f"{self._t.name}: the read-back was cut ({e})") from e
 
+    def readinto(self, buf: bytearray) -> int:
+        try:
+            return self._r.readinto(buf)
+        except (OSError, http.client.HTTPException) as e:
+            raise RcloneError(f"{self._t.name}: the read-back was cut ({e})") from e
+
     def close(self) -> None:
         self._conn.close()

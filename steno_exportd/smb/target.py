@@ -634,6 +634,7 @@ class _SmbRead:
             self._first = b""                   # an empty file (reading at its end is an error)
         self._size = max(len(self._first), self._size_of(tr))
         self._offset = len(self._first)
+        self._rest = memoryview(b"")             # what readinto() did not take of the last chunk
 
     @staticmethod
     def _size_of(tr: Any) -> int:
@@ -641,6 +642,15 @@ class _SmbRead:
 
     def _avail(self) -> int:
         return self._conn.sequence_window["high"] - self._conn.sequence_window["low"]
+
+    def readinto(self, buf: bytearray) -> int:
+        """The next bytes (at most len(buf)) into buf; 0 at the end."""
+        if not self._rest:
+            self._rest = memoryview(self.read())
+        n = min(len(buf), len(self._rest))
+        buf[:n] = self._rest[:n]
+        self._rest = self._rest[n:]
+        return n
 
     @_mapped
     def read(self, n: int = -1) -> bytes:

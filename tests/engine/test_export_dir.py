@@ -141,6 +141,13 @@ class _BadOnce:
             data = bytes([data[0] ^ 0xFF]) + data[1:]
         return data
 
+    def readinto(self, buf):
+        n = self._h.readinto(buf)
+        if self._first and n:
+            self._first = False
+            buf[0] ^= 0xFF
+        return n
+
     def close(self):
         self._h.close()
 
@@ -253,6 +260,11 @@ def test_with_several_sessions_in_flight_results_keep_the_sessions_order(tmp_pat
                     if first:
                         target.second.wait(10)
                     return h.read(n)
+
+                def readinto(self, buf):
+                    if first:
+                        target.second.wait(10)
+                    return h.readinto(buf)
 
                 def close(self):
                     with target._count:
