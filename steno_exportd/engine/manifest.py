@@ -117,11 +117,13 @@ def hash_target_file(target: Target, rel: str, uncached: bool = False) -> tuple[
         h.close()
 
 
-def read(target: Target, root: str) -> Manifest:
-    """manifest.json as written (never rebuilt); ValueError (or TargetError) when missing or not ours."""
-    st = target.lstat(f"{root}/{MANIFEST}")
-    if st is None or st.kind != "file":
-        raise ValueError(f"no {MANIFEST}" if st is None else f"{MANIFEST} is not a file")
+def read(target: Target, root: str, *, found: bool = False) -> Manifest:
+    """manifest.json as written (never rebuilt); ValueError (or TargetError) when missing or not ours.
+    ``found``: the caller has just looked it up and found a file (not looked up again: a round trip on a store)."""
+    if not found:
+        st = target.lstat(f"{root}/{MANIFEST}")
+        if st is None or st.kind != "file":
+            raise ValueError(f"no {MANIFEST}" if st is None else f"{MANIFEST} is not a file")
     return parse(_read_all(target, f"{root}/{MANIFEST}"))
 
 
@@ -144,7 +146,7 @@ def load(target: Target, root: str) -> Manifest:
     st = target.lstat(f"{root}/{MANIFEST}")
     if st is not None and st.kind == "file":
         try:
-            return parse(_read_all(target, f"{root}/{MANIFEST}"))     # (looked up just above)
+            return read(target, root, found=True)
         except (ValueError, TypeError, UnicodeDecodeError, TargetError) as e:
             log.warning("manifest on %s unusable (%s): rebuilding it", target.name, e)
             return rebuild(target, root, f"manifest unusable: {e}")
@@ -181,43 +183,46 @@ def rebuild(target: Target, root: str, reason: str = "") -> Manifest:
 
 
 def write_atomic(target: Target, rel: str, data: bytes) -> None:
-    h = target.open_write(rel)
+    """One file written under a temp name, synced, then given its name: never a partial file under it."""
+    write_files(target, [(rel, data)])
+
+
+def write_files(target: Target, files: list[tuple[str, bytes]]) -> None:
+    """Files written atomically (as write_atomic), given their names in the order listed. On a target that takes
+    several requests at once (``checks`` > 1: each request a round trip away) all are sent and synced at once
+    before the first is named; elsewhere each is written and named before the next. A failure leaves the files
+    not yet named unwritten (their temp files removed), those named before it in place."""
+    together = target.checks > 1 and len(files) > 1
+    handles: list[Any] = []
+    named = 0
     try:
-        h.write(data)
-        h.sync()
-        h.commit()
+        for rel, data in files:
+            handles.append(target.open_write(rel))
+            handles[-1].write(data)
+            if not together:
+                handles[-1].sync()
+                handles[-1].commit()
+                named += 1
+        if together:
+            with concurrent.futures.ThreadPoolExecutor(len(handles) - 1, "steno-save") as pool:
+                rest = [pool.submit(h.sync) for h in handles[1:]]
+                handles[0].sync()
+                for f in rest:
+                    f.result()
+            for h in handles:
+                h.commit()
+                named += 1
     except BaseException:
-        h.abort()
+        for h in handles[named:]:
+            h.abort()
         raise
 
 
 def save(target: Target, root: str, m: Manifest) -> None:
     """Rewrite SHA256SUMS and manifest.json atomically, in that order."""
-    files = [(f"{root}/{SUMS}", m.sums_text().encode("utf-8")),
-             (f"{root}/{MANIFEST}", json.dumps(m.to_json(), indent=1, sort_keys=True,
-                                               ensure_ascii=False).encode("utf-8"))]
-    if target.checks == 1:
-        for rel, data in files:
-            write_atomic(target, rel, data)
-        return
-    # a store that takes several files at once (each request a round trip away): both uploaded at once, then
-    # committed in the same order as above
-    handles = [target.open_write(rel) for rel, _ in files]
-    committed = 0
-    try:
-        for h, (_, data) in zip(handles, files):
-            h.write(data)
-        with concurrent.futures.ThreadPoolExecutor(1, "steno-save") as pool:
-            second = pool.submit(handles[1].sync)
-            handles[0].sync()
-            second.result()
-        for h in handles:
-            h.commit()
-            committed += 1
-    except BaseException:
-        for h in handles[committed:]:
-            h.abort()
-        raise
+    write_files(target, [(f"{root}/{SUMS}", m.sums_text().encode("utf-8")),
+                         (f"{root}/{MANIFEST}", json.dumps(m.to_json(), indent=1, sort_keys=True,
+                                                           ensure_ascii=False).encode("utf-8"))])
 
 
 def entry(size: int, sha: str, renderer: str, version: str, template: str = "") -> dict[str, Any]:
