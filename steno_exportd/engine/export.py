@@ -6,7 +6,6 @@ import concurrent.futures
 import dataclasses
 import itertools
 import logging
-import math
 import os
 import threading
 import time
@@ -128,20 +127,16 @@ class Exporter:
         self.depth = max(1, int(target.checks))
         self._checks = self._verifier if self.depth == 1 else \
             concurrent.futures.ThreadPoolExecutor(self.depth, thread_name_prefix="steno-check")
-        self._saved_at = -math.inf              # when the manifest was last saved (monotonic)
+        self._saved_at = 0.0                    # when the manifest was last saved (monotonic; run() sets the start)
         self._held: list[_Held] = []            # sessions recorded in the manifest, waiting for its next save
         self._save_queued = False               # a save of them is queued on the verifier thread (_save_due)
         self._undone: dict[str, tuple[str, str]] = {}   # session uuid -> (why, problem): written, but not done
         self._unsaved = False                   # a change of the manifest (a session finished) not saved yet
 
-    @property
     def _buffers(self) -> writer.Buffers:
-        """This thread's read buffers: a rewrite after a failed read-back (the verifier thread) and the main thread's
-        copy meanwhile never read into the same ones (either file could land with the other's bytes)."""
-        return self._rings.ring
-
-    def _thread_buffers(self) -> writer.Buffers:
-        """The read buffers of the thread that calls it (a read-back handed to the checks' pool)."""
+        """The read buffers of the thread that calls it: a rewrite after a failed read-back (the verifier thread) and
+        the main thread's copy meanwhile never read into the same ones (either file could land with the other's
+        bytes); a read-back handed to the checks' pool is given this method, to call on its own thread."""
         return self._rings.ring
 
     def shutdown(self) -> None:
@@ -155,8 +150,7 @@ class Exporter:
     def _tick(self, n: int) -> None:
         with self._lock:
             self.bytes_done += n
-            due = bool(self._held) and not self._save_queued and \
-                time.monotonic() - self._saved_at >= self.t.save_every
+            due = bool(self._held) and not self._save_queued and self._due()
             if due:
                 self._save_queued = True
         if due:
@@ -164,12 +158,16 @@ class Exporter:
             self._verifier.submit(self._save_due)
         self.p.update(bytes_done=self.bytes_done)
 
+    def _due(self) -> bool:
+        """save_every has passed since the manifest was last saved (the caller holds the lock)."""
+        return time.monotonic() - self._saved_at >= self.t.save_every
+
     def _save_due(self) -> None:
         """The save the held sessions wait for, once save_every has passed (on the verifier thread, in turn with
         the sessions it finishes). A failure leaves them held: the next save tries again and reports it."""
         with self._lock:
             self._save_queued = False
-            if not self._held or time.monotonic() - self._saved_at < self.t.save_every:
+            if not self._held or not self._due():
                 return
             try:
                 self._save()
@@ -361,7 +359,7 @@ class Exporter:
         folder the manifest does not know)."""
         if held is not None:
             self._held.append(held)
-            if time.monotonic() - self._saved_at < self.t.save_every:
+            if not self._due():
                 return
         held_now, self._held = self._held, []
         try:
@@ -765,10 +763,10 @@ class Exporter:
                     known, st_src = self._hash_of(pf)
                     size, sha, h = writer.copy_into(pf.source, self._open_write(s, folder, pf, rel),
                                                     tick=self._tick, cancelled=self._cancelled,
-                                                    buffers=self._buffers, known=known)
+                                                    buffers=self._buffers(), known=known)
                     if self.verify:
                         fut = self._checks.submit(writer.finish_and_verify, h, self.t, rel, size, sha,
-                                                  self._cancelled, known is None, self._thread_buffers)
+                                                  self._cancelled, known is None, self._buffers)
                     else:
                         fut = self._checks.submit(writer.finish, h)
                     pending.append((len(results), pf, rel, rel_final, size, sha, (known, st_src), fut))
@@ -906,7 +904,7 @@ class Exporter:
                 known, st_src = self._hash_of(pf) if attempt == 1 else (None, None)
                 h = self._open_write(s, folder, pf, rel) if attempt == 1 else self.t.open_write(rel)
                 size, sha, h = writer.copy_into(pf.source, h, tick=self._tick, cancelled=self._cancelled,
-                                                buffers=self._buffers, known=known)
+                                                buffers=self._buffers(), known=known)
                 writer.finish(h)
                 checked = h.verified and not known
             else:
@@ -916,7 +914,7 @@ class Exporter:
                     self._remember(pf, st_src, sha)
                 return size, sha
             try:
-                writer.verify(self.t, rel, size, sha, cancelled=self._cancelled, buffers=self._buffers)
+                writer.verify(self.t, rel, size, sha, cancelled=self._cancelled, buffers=self._buffers())
                 if data is None and not known:
                     self._remember(pf, st_src, sha)
                 return size, sha
