@@ -7,7 +7,7 @@ import os
 import queue
 import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from steno_exportd.engine.targets import Target, WriteHandle
 from steno_exportd.errors import CancelledJob, SourceError, VerifyError
@@ -90,62 +90,97 @@ def copy_into(src: Path, h: WriteHandle, *, tick: Tick = lambda n: None,
             pass
         if known is not None:
             return _copy_known(src, fd, h, tick, cancelled, buffers), known, h
-        free: queue.SimpleQueue = queue.SimpleQueue()
-        for buf in (buffers or Buffers()).ring(h.chunk):
-            free.put(buf)
-        full: queue.SimpleQueue = queue.SimpleQueue()
         digest = hashlib.sha256()
-        stop = threading.Event()
-
-        def reader() -> None:
-            skip = h.offset
-            try:
-                while not stop.is_set():
-                    buf = free.get()
-                    if buf is None:
-                        break
-                    n = os.readv(fd, [memoryview(buf)[:min(skip, len(buf))] if skip else buf])
-                    if n == 0:
-                        break
-                    digest.update(memoryview(buf)[:n])
-                    if skip:
-                        skip -= n
-                        free.put(buf)
-                        continue
-                    full.put((buf, n))
-                full.put(_END)
-            except BaseException as e:  # noqa: BLE001 - handed to the writer
-                full.put(e)
-
-        t = threading.Thread(target=reader, name="steno-read", daemon=True)
-        t.start()
         size = h.offset
-        try:
-            if not h.offset:
-                h.from_file(src, os.fstat(fd))
-            while True:
-                item = full.get()
-                if item is _END:
-                    break
-                if isinstance(item, BaseException):
-                    raise SourceError(f"cannot read {src}: {item}") from item
-                if cancelled():
-                    raise CancelledJob("cancelled")
-                buf, n = item
-                h.write(memoryview(buf)[:n])
-                free.put(buf)
-                size += n
-                tick(n)
-        except BaseException:
-            h.abort()
-            raise
-        finally:
-            stop.set()
-            free.put(None)
-            t.join()
+        with _ReadAhead(lambda buf: os.readv(fd, [buf]), iter((buffers or Buffers()).ring(h.chunk)),
+                        cancelled, each=digest.update, skip=h.offset,
+                        failed=lambda e: SourceError(f"cannot read {src}: {e}")) as chunks:
+            try:
+                if not h.offset:
+                    h.from_file(src, os.fstat(fd))
+                for buf, n in chunks:
+                    h.write(memoryview(buf)[:n])
+                    chunks.done(buf)
+                    size += n
+                    tick(n)
+            except BaseException:
+                h.abort()
+                raise
         return size, digest.hexdigest(), h
     finally:
         os.close(fd)
+
+
+class _ReadAhead:
+    """A reader thread ("steno-read") filling reused buffers while the caller uses the ones before.
+
+    ``read(buf)`` reads into ``buf`` and returns how many bytes (0 at the end). Buffers come from ``spare``
+    while none is free (taken when first needed: a small file needs one) and go back by ``done()``.
+    ``each`` sees every chunk in the reader thread (hashing beside the caller's I/O); the first ``skip``
+    bytes are read and seen, not handed over. Iterating yields (buffer, bytes); an error of the reader is
+    raised there (through ``failed`` when given), and ``cancelled()`` is looked at before each chunk.
+    Leaving the ``with`` stops the reader and waits for it, also on failure."""
+
+    def __init__(self, read: Callable[[Any], int], spare: Iterator[bytearray], cancelled: Callable[[], bool],
+                 *, each: Callable[[memoryview], Any] | None = None, skip: int = 0,
+                 failed: Callable[[BaseException], BaseException] | None = None) -> None:
+        self._read, self._spare, self._cancelled = read, spare, cancelled
+        self._each, self._skip, self._failed = each, skip, failed
+        self._free: queue.SimpleQueue = queue.SimpleQueue()
+        self._full: queue.SimpleQueue = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._reader, name="steno-read", daemon=True)
+
+    def __enter__(self) -> _ReadAhead:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._free.put(None)
+        self._thread.join()
+
+    def __iter__(self) -> Iterator[tuple[bytearray, int]]:
+        while (item := self._full.get()) is not _END:
+            if isinstance(item, BaseException):
+                if self._failed is None:
+                    raise item
+                raise self._failed(item) from item
+            if self._cancelled():
+                raise CancelledJob("cancelled")
+            yield item
+
+    def done(self, buf: bytearray) -> None:
+        """Hand ``buf`` back to the reader."""
+        self._free.put(buf)
+
+    def _reader(self) -> None:
+        free, full, read, each, skip = self._free, self._full, self._read, self._each, self._skip
+        spare: Iterator[bytearray] | None = self._spare
+        try:
+            while not self._stop.is_set():
+                buf = None
+                if spare is not None and free.empty():
+                    buf = next(spare, None)
+                    if buf is None:
+                        spare = None
+                if buf is None:
+                    buf = free.get()
+                    if buf is None:
+                        break
+                n = read(memoryview(buf)[:min(skip, len(buf))] if skip else buf)
+                if not n:
+                    break
+                if each is not None:
+                    each(memoryview(buf)[:n])
+                if skip:
+                    skip -= n
+                    free.put(buf)
+                    continue
+                full.put((buf, n))
+            full.put(_END)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            full.put(e)
 
 
 def _copy_known(src: Path, fd: int, h: WriteHandle, tick: Tick, cancelled: Callable[[], bool],
@@ -202,47 +237,13 @@ def read_back(target: Target, rel: str, *, cancelled: Callable[[], bool] = lambd
     buffers = buffers or Buffers()
     h = target.open_read(rel, uncached=True)
     try:
-        free: queue.SimpleQueue = queue.SimpleQueue()
-        full: queue.SimpleQueue = queue.SimpleQueue()
-        stop = threading.Event()
-
-        def reader() -> None:
-            made = 0
-            try:
-                while not stop.is_set():
-                    if made < READ_RING and free.empty():
-                        buf = buffers.read(made)
-                        made += 1
-                    else:
-                        buf = free.get()
-                    if buf is None:
-                        break
-                    n = h.readinto(buf)
-                    if not n:
-                        break
-                    full.put((buf, n))
-                full.put(_END)
-            except BaseException as e:  # noqa: BLE001 - handed to the consumer
-                full.put(e)
-
-        t = threading.Thread(target=reader, name="steno-read", daemon=True)
-        t.start()
         digest = hashlib.sha256()
         size = 0
-        try:
-            while (item := full.get()) is not _END:
-                if isinstance(item, BaseException):
-                    raise item
-                if cancelled():
-                    raise CancelledJob("cancelled")
-                buf, n = item
+        with _ReadAhead(h.readinto, (buffers.read(i) for i in range(READ_RING)), cancelled) as chunks:
+            for buf, n in chunks:
                 digest.update(memoryview(buf)[:n])
-                free.put(buf)
+                chunks.done(buf)
                 size += n
-        finally:
-            stop.set()
-            free.put(None)
-            t.join()
         return size, digest.hexdigest()
     finally:
         h.close()

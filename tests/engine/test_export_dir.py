@@ -12,6 +12,8 @@ import time
 from steno_exportd import config
 from steno_exportd.engine.export import SimpleSpec, run_export
 from steno_exportd.engine.options import ExportOptions
+from steno_exportd.engine.targets import MARKER, DirectoryTarget
+from steno_exportd.errors import TargetError
 from tests.configs import make_config
 from tests.fakes import FakeLibrary, library, make_session
 
@@ -338,25 +340,17 @@ def test_a_store_far_away_lists_the_folders_of_sessions_already_exported_several
     assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=root).returncode == 0
 
 
-def test_sessions_held_for_a_later_save_are_saved_while_a_long_recording_is_still_being_written(tmp_path):
-    """On a target saved now and then (save_every, as a store far away is), a finished session waits at most
-    save_every for the save that records it, even while the next session's long recording is written: it was
-    held until that session ended, minutes later on a slow link, its folder still named .partial, and a push cut
-    meanwhile sent it again."""
-    from steno_exportd.engine.targets import DirectoryTarget
+class _SavedNowAndThen(DirectoryTarget):
+    """A target saved every second at most (save_every, as a store far away is); Meeting 2's recording written a
+    MiB every 0.1 s until Meeting 1 is saved and in place. ``seen``: for each MiB written, whether it was then."""
 
-    rec = tmp_path / "rec"
-    rec.mkdir()
-    (rec / "s1.wav").write_bytes(os.urandom(100_000))
-    (rec / "s2.wav").write_bytes(os.urandom(24 << 20))
-    lib = FakeLibrary([make_session(1, rec / "s1.wav"), make_session(2, rec / "s2.wav")])
-    out = tmp_path / "out"
-    out.mkdir()
-    cfg = make_config(tmp_path)
-    root = out / "SilentSteno"
-    seen: list[bool] = []
+    def __init__(self, root):
+        super().__init__(root)
+        self.save_every = 1.0
+        self.seen: list[bool] = []
 
-    def first_saved() -> bool:
+    def first_saved(self) -> bool:
+        root = self.root / "SilentSteno"
         try:
             m = json.loads((root / "manifest.json").read_text())
         except (OSError, ValueError):
@@ -364,29 +358,85 @@ def test_sessions_held_for_a_later_save_are_saved_while_a_long_recording_is_stil
         return any(e["title"] == "Meeting 1" for e in m["sessions"].values()) and \
             any(p.is_dir() and p.name.endswith("Meeting 1 (00000001)") for p in root.iterdir())
 
-    class Slow(DirectoryTarget):
-        """Saved every second at most; the second recording written a MiB every 0.1 s (2.4 s)."""
+    def open_write(self, rel, *, resume=None):
+        h = super().open_write(rel, resume=resume)
+        if "Meeting 2" in rel and rel.endswith("audio.wav"):
+            write = h.write
 
-        def __init__(self, root):
-            super().__init__(root)
-            self.save_every = 1.0
+            def slow(data):
+                write(data)
+                self.seen.append(self.first_saved())
+                if not self.seen[-1]:
+                    time.sleep(0.1)
+            h.write = slow
+        return h
 
-        def open_write(self, rel, *, resume=None):
-            h = super().open_write(rel, resume=resume)
-            if "Meeting 2" in rel and rel.endswith("audio.wav"):
-                write = h.write
 
-                def slow(data):
-                    write(data)
-                    seen.append(first_saved())
-                    if not seen[-1]:
-                        time.sleep(0.1)
-                h.write = slow
-            return h
+def _short_then_long(tmp_path, long_mib):
+    """Session 1 with a 100 KB recording, session 2 with one of ``long_mib`` MiB; the export folder (empty)."""
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    (rec / "s1.wav").write_bytes(os.urandom(100_000))
+    (rec / "s2.wav").write_bytes(os.urandom(long_mib << 20))
+    out = tmp_path / "out"
+    out.mkdir()
+    return FakeLibrary([make_session(1, rec / "s1.wav"), make_session(2, rec / "s2.wav")]), out
 
-    res = run_export(lib, SimpleSpec(Slow(out), (1, 2), ("txt", "audio"), ExportOptions()), cfg)
+
+def test_sessions_held_for_a_later_save_are_saved_while_a_long_recording_is_still_being_written(tmp_path):
+    """On a target saved now and then (save_every, as a store far away is), a finished session waits at most
+    save_every for the save that records it, even while the next session's long recording is written: it was
+    held until that session ended, minutes later on a slow link, its folder still named .partial, and a push cut
+    meanwhile sent it again."""
+    lib, out = _short_then_long(tmp_path, 24)
+    root = out / "SilentSteno"
+    target = _SavedNowAndThen(out)
+    res = run_export(lib, SimpleSpec(target, (1, 2), ("txt", "audio"), ExportOptions()), make_config(tmp_path))
     assert all(r.ok for r in res), [r.error for r in res if not r.ok]
-    assert len(seen) == 24
-    assert any(seen), "the first session was saved only after the second one's recording was written"
+    assert len(target.seen) == 24
+    assert any(target.seen), "the first session was saved only after the second one's recording was written"
     assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=root).returncode == 0
     assert not [p for p in root.rglob("*") if ".partial" in p.name]
+
+
+def test_a_failed_due_save_loses_no_session_and_is_tried_again(tmp_path, caplog, capsys):
+    """The save that held sessions wait for (save_every has passed while the next session's long recording is
+    written) fails once: the store refuses manifest.json. The sessions stay held and the next save records them:
+    the push ends with both sessions exported, verified, recorded and in place, one warning said, no traceback."""
+    lib, out = _short_then_long(tmp_path, 32)
+    root = out / "SilentSteno"
+    refused: list[int] = []                 # MiB of Meeting 2's recording written when the save was refused
+
+    class RefusesOnce(_SavedNowAndThen):
+        def open_write(self, rel, *, resume=None):
+            h = super().open_write(rel, resume=resume)
+            if rel == "SilentSteno/manifest.json" and self.seen and not refused:
+
+                def refuse():
+                    refused.append(len(self.seen))
+                    h.abort()
+                    raise TargetError("SilentSteno/manifest.json: the store refused the upload")
+                h.commit = refuse
+            return h
+
+    target = RefusesOnce(out)
+    with caplog.at_level(logging.WARNING):
+        res = run_export(lib, SimpleSpec(target, (1, 2), ("txt", "audio"), ExportOptions()), make_config(tmp_path))
+    assert refused and refused[0] < 32, "no save was refused while the long recording was written"
+    assert [(r.session_id, r.ok, r.skipped) for r in res] == [(1, True, False), (2, True, False)], \
+        [r.error for r in res]
+    assert any(target.seen), "the first session was saved only after the second one's recording was written"
+    m = json.loads((root / "manifest.json").read_text())
+    assert sorted(e["title"] for e in m["sessions"].values()) == ["Meeting 1", "Meeting 2"]
+    for e in m["sessions"].values():
+        folder = root / e["folder"]
+        assert folder.is_dir() and not (folder / MARKER).exists(), f"{e['folder']} not in place"
+        for name, f in e["files"].items():
+            assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == f["sha256"], f"{e['folder']}/{name}"
+    assert not [p for p in root.rglob("*") if ".partial" in p.name or ".steno-tmp" in p.name]
+    assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=root).returncode == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "manifest not saved" in warnings[0] and "refused the upload" in warnings[0], \
+        warnings
+    assert not [r for r in caplog.records if r.exc_info]
+    assert "Traceback" not in caplog.text + capsys.readouterr().err
