@@ -182,13 +182,14 @@ def test_file_info_escaping_or_missing_is_reported(rec, tmp_path):
 
 
 def test_malformed_json_columns(rec):
-    sid = good_session(rec, tags="[not json", session_metadata="{")
+    sid = good_session(rec, tags="[not json", session_metadata="[" * 20_000)
     rec.analysis(sid, "insights", "x", action_items="oops", key_topics='{"a": 1}')
     other = good_session(rec)
     lib = Library(rec.path)
     s = lib.get_session(sid)
     f = fields(s)
     assert "malformed JSON" in f["tags"] and "malformed JSON" in f["session_metadata"]
+    assert "nested too deeply" in f["session_metadata"]     # json.loads raised RecursionError: the read failed
     assert any(k.endswith(".action_items") and "malformed JSON" in v for k, v in f.items())
     assert any(k.endswith(".key_topics") and "expected a JSON list" in v for k, v in f.items())
     assert s.summary.tags == () and s.summary_text == "We talked about the budget." and len(s.action_items) == 2

@@ -17,10 +17,10 @@ push, the recorder's line of the office index is rewritten (engine.index: its ow
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from typing import Any, Iterator
 
+from steno_exportd import jsonsafe
 from steno_exportd.config import Config, SmbRemote
 from steno_exportd.engine import index
 from steno_exportd.engine import manifest as mf
@@ -134,7 +134,7 @@ def _legacy(t: SmbTarget, folder: str) -> dict:
     if raw is None:
         return {}
     try:
-        data = json.loads(raw)
+        data = jsonsafe.loads(raw)
     except ValueError:
         return {}
     return data if isinstance(data, dict) else {}

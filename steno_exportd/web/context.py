@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
-from steno_exportd import search
+from steno_exportd import jsonsafe, search
 from steno_exportd.errors import InvalidArgument
 from steno_exportd.web import auth, human
 from steno_exportd.web.cache import RenderCache
@@ -160,8 +159,8 @@ async def read_json(request: web.Request) -> dict:
     except RequestPayloadError:
         raise InvalidArgument("the request body could not be read (its encoding or framing is broken)") from None
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
+        data = jsonsafe.loads(raw)
+    except (UnicodeDecodeError, ValueError):
         raise InvalidArgument("the request body is not valid JSON") from None
     if not isinstance(data, dict):
         raise InvalidArgument("the request body must be a JSON object")
