@@ -15,6 +15,7 @@ import typing
 from pathlib import Path
 from typing import Any, Callable
 
+from steno_exportd import safeparse
 from steno_exportd.errors import ConfigError
 from steno_exportd.formats import DOCUMENT_TEMPLATES, FORMATS
 
@@ -724,7 +725,7 @@ def load(path: Path | str | None = None) -> Config:
             return Config()
         raise ConfigError([f"{p}: file not found"], str(p))
     try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
+        data = safeparse.toml_loads(p.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([f"TOML syntax error: {e}"], str(p)) from None
     except (OSError, UnicodeDecodeError) as e:

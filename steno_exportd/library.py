@@ -19,7 +19,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, Iterable
 
-from steno_exportd import jsonsafe
+from steno_exportd import safeparse
 from steno_exportd.errors import NotFoundError, SourceError, SourceLockedError
 from steno_exportd.model import (
     ActionItem, FileRef, Participant, Problem, Segment, Session, SessionSummary,
@@ -147,7 +147,7 @@ def _json(value: Any, field: str, problems: list[Problem], default: Any = None) 
     if not isinstance(value, (str, bytes)):
         return value
     try:
-        return jsonsafe.loads(value)
+        return safeparse.json_loads(value)
     except ValueError as e:
         problems.append(Problem(field, f"malformed JSON ({e.msg} at char {e.pos})"))
         return default

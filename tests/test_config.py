@@ -73,6 +73,7 @@ def test_check_config_reports_a_share_smbd_would_refuse(tmp_path):
     ("[logging]\nlevel = 'VERBOSE'\n", "logging.level: 'VERBOSE' is not one of"),
     ("usb = 3\n", "usb: expected a table"),
     ("[render\n", "TOML syntax error"),
+    ("a = " + "[" * 5_000 + "\n", "TOML syntax error: nested too deeply"),     # tomllib's RecursionError before
 ])
 def test_bad_values(tmp_path, toml, expected):
     p = tmp_path / "c.toml"

@@ -15,7 +15,7 @@ import socket
 import time
 import uuid
 
-from steno_exportd import jsonsafe
+from steno_exportd import safeparse
 from steno_exportd.config import Config
 from steno_exportd.engine.naming import safe_name
 
@@ -86,7 +86,7 @@ def claim_body(rid: str) -> bytes:
 def claim_owner(raw: bytes) -> tuple[str, str]:
     """(recorder id, host) a claim file names; ValueError when it is not a claim."""
     try:
-        data = jsonsafe.loads(raw)
+        data = safeparse.json_loads(raw)
         return str(data["recorder_id"]), str(data.get("host") or "")
     except (ValueError, TypeError, KeyError):
         raise ValueError(f"{CLAIM_NAME} is unreadable") from None

@@ -10,7 +10,7 @@ import logging
 import socket
 from typing import Any
 
-from steno_exportd import __version__, jsonsafe
+from steno_exportd import __version__, safeparse
 from steno_exportd.engine.targets import Target
 from steno_exportd.errors import TargetError
 
@@ -129,7 +129,7 @@ def read(target: Target, root: str, *, found: bool = False) -> Manifest:
 
 def parse(raw: bytes) -> Manifest:
     """A manifest.json's bytes; ValueError (or UnicodeDecodeError) when they are not ours."""
-    data = jsonsafe.loads(raw)
+    data = safeparse.json_loads(raw)
     if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("sessions"), dict):
         raise ValueError("not a steno-exportd manifest")
     if int(data.get("version", 0)) > VERSION:

@@ -18,7 +18,7 @@ import time
 import typing
 from typing import IO, Any, Callable
 
-from steno_exportd import jsonsafe
+from steno_exportd import safeparse
 from steno_exportd.config import Config, RcloneRemote
 from steno_exportd.errors import TargetError, TargetFullError
 
@@ -204,7 +204,7 @@ class Rcd:
         if len(body) > OUTPUT_LIMIT:
             raise RcloneError(f"{self.where}: rclone's answer is larger than {OUTPUT_LIMIT} bytes", True)
         try:
-            data = jsonsafe.loads(body) if body.strip() else {}
+            data = safeparse.json_loads(body) if body.strip() else {}
         except ValueError:
             data = {"error": body[:300].decode("utf-8", "replace")}
         if status == 200 and not data.get("error"):      # (job/status answers "error": "" when it has none)

@@ -17,6 +17,7 @@ import os
 import re
 import tomllib
 
+from steno_exportd import safeparse
 from steno_exportd.errors import NotFoundError
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,8 @@ def _parse(path: str) -> tuple[dict[str, DocTemplate], tuple[str, ...]]:
     out: dict[str, DocTemplate] = {}
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as e:
+            data = safeparse.toml_loads(f.read().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         return {}, (f"{path}: {e}; using the built-in document templates",)
     for name, spec in data.items():
         if not isinstance(spec, dict) or not re.fullmatch(r"[A-Za-z0-9_-]{1,40}", name):

@@ -20,7 +20,7 @@ import contextlib
 import logging
 from typing import Any, Iterator
 
-from steno_exportd import jsonsafe
+from steno_exportd import safeparse
 from steno_exportd.config import Config, SmbRemote
 from steno_exportd.engine import index
 from steno_exportd.engine import manifest as mf
@@ -134,7 +134,7 @@ def _legacy(t: SmbTarget, folder: str) -> dict:
     if raw is None:
         return {}
     try:
-        data = jsonsafe.loads(raw)
+        data = safeparse.json_loads(raw)
     except ValueError:
         return {}
     return data if isinstance(data, dict) else {}

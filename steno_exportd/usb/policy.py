@@ -9,7 +9,7 @@ import tomllib
 from pathlib import Path
 from typing import Iterable
 
-from steno_exportd import config as config_mod
+from steno_exportd import config as config_mod, safeparse
 from steno_exportd.config import AutoExportConfig, UsbConfig
 from steno_exportd.engine import manifest as mf
 from steno_exportd.engine.naming import ROOT_FALLBACK
@@ -60,7 +60,7 @@ def stick_policy(root: Path, cfg: UsbConfig) -> StickPolicy:
     if not os.path.lexists(path):
         return StickPolicy(True, "configuration", auto)
     try:
-        data = tomllib.loads(_read_small_regular(path, MAX_STICK_CONFIG).decode("utf-8"))
+        data = safeparse.toml_loads(_read_small_regular(path, MAX_STICK_CONFIG).decode("utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         return StickPolicy(False, f"{STICK_CONFIG} on the stick is unusable: {e}", auto)
     # The file is the [usb.auto_export] table; validate it exactly like the main config.

@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
-from steno_exportd import jsonsafe, search
+from steno_exportd import safeparse, search
 from steno_exportd.errors import InvalidArgument
 from steno_exportd.web import auth, human
 from steno_exportd.web.cache import RenderCache
@@ -159,7 +159,7 @@ async def read_json(request: web.Request) -> dict:
     except RequestPayloadError:
         raise InvalidArgument("the request body could not be read (its encoding or framing is broken)") from None
     try:
-        data = jsonsafe.loads(raw)
+        data = safeparse.json_loads(raw)
     except (UnicodeDecodeError, ValueError):
         raise InvalidArgument("the request body is not valid JSON") from None
     if not isinstance(data, dict):

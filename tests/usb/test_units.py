@@ -118,6 +118,14 @@ def test_stick_config_symlink_and_huge_file_are_refused(tmp_path):
     assert not policy.stick_policy(root, config.Config().usb).write
 
 
+def test_stick_config_nested_too_deeply_is_refused_with_a_reason(tmp_path):
+    """A stick's author writes 5,000 nested arrays into steno-export.toml (well under its size limit): tomllib
+    raised RecursionError, which escaped the stick's handling; now the stick is left alone, saying why."""
+    (tmp_path / "steno-export.toml").write_text("formats = " + "[" * 5_000 + "\n")
+    p = policy.stick_policy(tmp_path, config.Config().usb)
+    assert not p.write and "unusable" in p.reason and "nested too deeply" in p.reason
+
+
 def test_stick_config_can_disable_auto_export(tmp_path):
     (tmp_path / "steno-export.toml").write_text("enabled = false\n")
     p = policy.stick_policy(tmp_path, config.Config().usb)

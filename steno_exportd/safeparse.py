@@ -1,0 +1,24 @@
+"""JSON and TOML someone else wrote (a store, a stick, a request, the recorder's database, a config file), parsed;
+text nested too deeply for the parser (20,000 '[') is malformed like any other: json.JSONDecodeError (a
+ValueError) or tomllib.TOMLDecodeError, which every caller handles, not the RecursionError json.loads and tomllib
+raise, which escaped those handlers (a manifest.json that failed every push instead of being rebuilt, a request
+body answered with a traceback, a stick's steno-export.toml that failed its handling)."""
+from __future__ import annotations
+
+import json
+import tomllib
+from typing import Any
+
+
+def json_loads(raw: str | bytes | bytearray) -> Any:
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", raw if isinstance(raw, str) else "", 0) from None
+
+
+def toml_loads(text: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except RecursionError:
+        raise tomllib.TOMLDecodeError("nested too deeply") from None
