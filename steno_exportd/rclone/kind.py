@@ -17,7 +17,7 @@ from steno_exportd.engine import index
 from steno_exportd.engine.identity import CLAIM_NAME, SHORT, claim_body, claim_owner, recorder_folder
 from steno_exportd.engine.manifest import write_atomic
 from steno_exportd.engine.registry import RemoteKind
-from steno_exportd.errors import StenoError
+from steno_exportd.errors import StenoError, TargetError
 from steno_exportd.rclone.process import Rcd, RcloneError, config_problems
 from steno_exportd.rclone.target import RcloneTarget
 
@@ -75,10 +75,21 @@ def claim(t: RcloneTarget, folder: str, rid: str) -> None:
         return
     rel = f"{folder}/{CLAIM_NAME}"
     if t.lstat(rel) is None:
-        write_atomic(t, rel, claim_body(rid))
-        log.info("%s: folder %s claimed for this recorder", t.name, folder)
-        t.claimed(folder)
-        return
+        # written under a temp name, then renamed to the claim's name, which a rename never replaces: two recorders
+        # given one folder name (a config copied to both) that both found it unclaimed do not both take it, the
+        # second's rename finds the first's claim and its push stops below, before writing a file
+        temp = f"{folder}/{t.temp_name()}"
+        write_atomic(t, temp, claim_body(rid))
+        try:
+            t.rename(temp, rel)
+        except TargetError:
+            t.remove(temp)
+            if t.lstat(rel) is None:
+                raise                       # not refused for a claim there: the store's own fault
+        else:
+            log.info("%s: folder %s claimed for this recorder", t.name, folder)
+            t.claimed(folder)
+            return
     h = t.open_read(rel)
     try:
         raw = h.read(CLAIM_LIMIT)
