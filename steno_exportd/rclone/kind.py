@@ -55,7 +55,7 @@ class RcloneKind(RemoteKind):
             log.warning("%s", p)
         rid = self.recorder_id(cfg)
         folder = recorder_folder(cfg, rid)
-        with self.one_at_a_time(f"{remote.remote}/{folder}", target, progress):
+        with self.one_at_a_time((_folder_of(remote.remote), folder), target, progress):
             t = RcloneTarget(Rcd(cfg, remote), remote.remote, name=target,
                              cancelled=lambda: bool(getattr(progress, "cancelled", False)))
             try:
@@ -67,6 +67,13 @@ class RcloneKind(RemoteKind):
                     index.write(t, folder, rid[:SHORT])
             finally:
                 t.close()
+
+
+def _folder_of(remote: str) -> str:
+    """One spelling of the folder an rclone remote names ("nas:office/" is "nas:office"; "nas:/" stays the root):
+    pushes to one folder take turns whichever remote of the config names it."""
+    path = remote.rstrip("/")
+    return f"{path}/" if path.endswith(":") and path != remote else path
 
 
 def claim(t: RcloneTarget, folder: str, rid: str) -> None:

@@ -159,3 +159,60 @@ def test_a_deeply_nested_manifest_on_the_store_is_rebuilt(rclone_server, rclone_
     assert [r.ok for r in res] == [True, True], [r.error for r in res]
     assert_landed(folder, db)
     db.close()
+
+
+@pytest.mark.parametrize("rclone_server", ["webdav"], indirect=True)
+def test_two_remotes_spelling_one_folder_two_ways_push_one_at_a_time(rclone_server, rclone_tmp, monkeypatch):
+    """An admin configures one store twice, "office" and "office/" (one remote for formats on new sessions, one
+    nightly with audio). Both name the same folder, so their pushes take turns, as two pushes to one remote do:
+    the second waits ("waiting for another push") while the first is under way, and then both land. Before, the
+    lock was keyed by the spelling: both pushed into the folder at once, each one's clean-up free to remove the
+    other's unfinished .partial folders."""
+    srv = rclone_server
+    conf = srv.client_config(rclone_tmp / "rclone.conf")
+    db = make_recorder(rclone_tmp / "rec", sizes=(100_000, 100_500))
+    cfg = cfg_for(rclone_tmp / "r", db, conf, [{"name": "cloud", "remote": f"{srv.remote}:office"},
+                                               {"name": "nightly", "remote": f"{srv.remote}:office/"}])
+    held, go = threading.Event(), threading.Event()
+    real = RcloneTarget.open_write
+
+    def open_write(self, rel, **kw):
+        if threading.current_thread().name == "first" and not held.is_set():
+            held.set()                                      # the first push is under way, held at its first file
+            assert go.wait(60)
+        return real(self, rel, **kw)
+    monkeypatch.setattr(RcloneTarget, "open_write", open_write)
+    kind = RcloneKind(recorder_id="c3" * 16, sleep=lambda s: None)     # one kind: the daemon registers one
+
+    class Progress:
+        cancelled = False
+        waiting = threading.Event()
+
+        def update(self, force=False, **fields):
+            if "waiting for another push" in str(fields.get("current_file", "")):
+                self.waiting.set()
+    results: dict = {}
+
+    def run(name, target, progress=None):
+        try:
+            results[name] = push_to(cfg, target, kind=kind, progress=progress)
+        except Exception as e:  # noqa: BLE001 - the outcome is the test's subject
+            results[name] = e
+    first = threading.Thread(target=run, args=("first", "rclone:cloud"), name="first")
+    first.start()
+    try:
+        assert held.wait(60)
+        second_progress = Progress()
+        second = threading.Thread(target=run, args=("second", "rclone:nightly", second_progress), name="second")
+        second.start()
+        waited = second_progress.waiting.wait(10)
+    finally:
+        go.set()
+        first.join(120)
+    second.join(120)
+    assert waited, "the second push did not wait for the first"
+    for name in ("first", "second"):
+        assert isinstance(results[name], list) and all(r.ok for r in results[name]), results[name]
+    folder = next(p for p in (srv.served / "office").iterdir() if p.is_dir() and p.name != "_index")
+    assert_landed(folder, db)
+    db.close()
