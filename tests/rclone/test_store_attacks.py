@@ -1,0 +1,161 @@
+"""Failing repros (h30-attack): the rclone push against a careless admin, a person editing the store, and a
+store that lies. Each test states what must hold; on the code of this branch's base it does not."""
+from __future__ import annotations
+
+import json
+import pathlib
+import threading
+
+import pytest
+
+from steno_exportd import config
+from steno_exportd.engine.export import SimpleSpec, run_export
+from steno_exportd.engine.identity import CLAIM_NAME
+from steno_exportd.engine.options import ExportOptions
+from steno_exportd.engine.registry import local
+from steno_exportd.library import Library
+from steno_exportd.rclone.kind import RcloneKind
+from steno_exportd.rclone.process import RcloneError
+from steno_exportd.rclone.target import RcloneTarget
+from tests.rclone.test_push import MACHINE_ID
+from tests.smb.recorder import FORMATS, assert_landed, make_recorder
+
+
+def cfg_for(tmp: pathlib.Path, db, conf: pathlib.Path, remotes: list[dict], folder: str = "") -> config.Config:
+    tmp.mkdir(parents=True, exist_ok=True)
+    mid = tmp / "machine-id"
+    mid.write_text(MACHINE_ID + "\n")
+    return config.from_dict({
+        "recorder": {"db_path": str(db.path), "machine_id_file": str(mid)},
+        "state": {"dir": str(tmp / "state"), "runtime_dir": str(tmp / "state" / "run")},
+        "usb": {"enabled": False}, "http": {"enabled": False},
+        **({"smb": {"recorder_folder": folder}} if folder else {}),
+        "rclone": {"config_file": str(conf), "remotes": [{"timeout": 5, **r} for r in remotes]}})
+
+
+def push_to(cfg: config.Config, target: str = "rclone:cloud", *, kind: RcloneKind | None = None, progress=None
+            ) -> list:
+    targets = local()
+    targets.register(kind or RcloneKind(sleep=lambda s: None))
+    lib = Library.from_config(cfg)
+    try:
+        ids = tuple(s.id for s in lib.list_sessions(exportable_only=True))
+        return run_export(lib, SimpleSpec(target, ids, FORMATS, ExportOptions(), target_name=target), cfg,
+                          progress, targets=targets)
+    finally:
+        lib.close()
+
+
+def snapshot(base: pathlib.Path) -> dict[str, bytes]:
+    return {p.relative_to(base).as_posix(): p.read_bytes() for p in base.rglob("*") if p.is_file()}
+
+
+def test_two_recorders_first_push_at_the_same_moment_one_gets_the_folder(rclone_server, rclone_tmp, monkeypatch):
+    """Two recorders given one folder name (an admin copied one config to both: smb.recorder_folder, which names
+    the folder on rclone remotes too) make their first push at the same moment (one schedule): both find the
+    folder unclaimed. As on SMB (tests/smb/test_push.py, same name), exactly one gets the folder; the other fails
+    before writing a file, whatever the order of their looks."""
+    srv = rclone_server
+    conf = srv.client_config(rclone_tmp / "rclone.conf")
+    remote = [{"name": "cloud", "remote": f"{srv.remote}:office"}]
+    db_a = make_recorder(rclone_tmp / "rec-a", sizes=(200_000, 200_500))
+    db_b = make_recorder(rclone_tmp / "rec-b", sizes=(100_000, 100_500), seed=7)
+    cfg_a = cfg_for(rclone_tmp / "a", db_a, conf, remote, folder="steno")
+    cfg_b = cfg_for(rclone_tmp / "b", db_b, conf, remote, folder="steno")
+    a_done, b_looked = threading.Event(), threading.Event()
+    real = RcloneTarget.lstat
+
+    def lstat(self, rel):
+        out = real(self, rel)
+        if rel.endswith(CLAIM_NAME) and threading.current_thread().name == "b" and not b_looked.is_set():
+            b_looked.set()                                  # B has seen the folder unclaimed...
+            assert out is None and a_done.wait(60)          # ...and is held there while A pushes
+        return out
+    monkeypatch.setattr(RcloneTarget, "lstat", lstat)
+    results: dict = {}
+
+    def run(name, rid, cfg):
+        try:
+            if name == "a":
+                assert b_looked.wait(60)
+            results[name] = push_to(cfg, kind=RcloneKind(recorder_id=rid, sleep=lambda s: None))
+        except Exception as e:  # noqa: BLE001 - the outcome is the test's subject
+            results[name] = e
+        finally:
+            if name == "a":
+                a_done.set()
+    threads = [threading.Thread(target=run, args=("b", "b2" * 16, cfg_b), name="b"),
+               threading.Thread(target=run, args=("a", "a1" * 16, cfg_a), name="a")]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(120)
+    folder = srv.served / "office" / "steno"
+    assert isinstance(results["a"], list) and all(r.ok for r in results["a"]), results["a"]
+    assert isinstance(results["b"], RcloneError), results["b"]
+    assert "belongs to another recorder" in str(results["b"]) and "id a1a1a1a1" in str(results["b"])
+    assert json.loads((folder / CLAIM_NAME).read_text())["recorder_id"] == "a1" * 16
+    assert_landed(folder, db_a)                             # A's files, none of B's
+    db_a.close()
+    db_b.close()
+
+
+@pytest.mark.parametrize("rclone_server", ["webdav"], indirect=True)
+def test_a_rendered_file_slower_to_upload_than_the_idle_timeout_still_lands(rclone_server, rclone_tmp, monkeypatch):
+    """A WebDAV store cannot take a stream of unknown size: rclone spools a streamed file (a transcript, a PDF, the
+    manifest) and uploads it only once the stream has ended, while the push waits for its answer with no byte
+    moving on its connection. Bytes are moving to the store all that time (the admin's bandwidth limit, a slow
+    uplink), so this is no stall: the file must land, as a recording many times its size does (rclone copies
+    those from their path, its progress watched). Scaled down: rclone rcd's idle timeout (at least 60 s, 4x the
+    remote's timeout) set to 3 s, and a transcript that takes several seconds at 128 KiB/s."""
+    from steno_exportd.rclone.process import Rcd
+    from tests.recorder_db import RecorderDB
+    from tests.parts.smbdata import _pseudo
+    init = Rcd.__init__
+
+    def scaled(self, cfg, remote):
+        init(self, cfg, remote)
+        self.timeout = 3.0
+    monkeypatch.setattr(Rcd, "__init__", scaled)
+    srv = rclone_server
+    db = RecorderDB(rclone_tmp / "rec")
+    sid = db.session(title="A long meeting", audio_format="flac", audio_size_bytes=512 << 10,
+                     start_time="2026-11-10 09:00:00.000000",
+                     audio_file_path=db.audio("long.flac", _pseudo(512 << 10, 3)))
+    for k in range(6000):
+        db.entry(sid, k * 2.0, k * 2.0 + 1.5, f"Line {k}: " + "and so the committee agreed to look at it again " * 2)
+    cfg = cfg_for(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"),
+                  [{"name": "cloud", "remote": f"{srv.remote}:office", "bandwidth_limit_kbps": 128}])
+    targets = local()
+    targets.register(RcloneKind(sleep=lambda s: None))
+    lib = Library.from_config(cfg)
+    try:
+        res = run_export(lib, SimpleSpec("rclone:cloud", (sid,), ("txt", "audio"), ExportOptions(),
+                                         target_name="rclone:cloud"), cfg, targets=targets)
+    finally:
+        lib.close()
+    assert [r.ok for r in res] == [True], [r.error for r in res]
+    folder = next(p for p in (srv.served / "office").iterdir() if p.is_dir() and p.name != "_index")
+    txt = next(folder.rglob("transcript.txt"))
+    assert txt.stat().st_size > 600_000
+    db.close()
+
+
+@pytest.mark.parametrize("rclone_server", ["webdav"], indirect=True)
+def test_a_deeply_nested_manifest_on_the_store_is_rebuilt(rclone_server, rclone_tmp):
+    """Someone (a person, a broken sync client, a hostile store) leaves 200 KB of '[' as the recorder folder's
+    manifest.json. Like any other unusable manifest.json it is rebuilt (from SHA256SUMS) and the push lands.
+    Today json.loads raises RecursionError ("maximum recursion depth exceeded while decoding a JSON array"), which
+    manifest.load() does not catch: the job fails with that text, and so does every push after it."""
+    from tests.rclone.test_push import make_cfg, push
+    from steno_exportd.engine.identity import recorder_folder
+    srv = rclone_server
+    db = make_recorder(rclone_tmp / "rec", sizes=(100_000, 100_500))
+    cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+    assert all(r.ok for r in push(cfg))
+    folder = srv.served / "office" / recorder_folder(cfg)
+    (folder / "manifest.json").write_bytes(b"[" * 200_000)
+    res = push(cfg, sleep=lambda s: None)
+    assert [r.ok for r in res] == [True, True], [r.error for r in res]
+    assert_landed(folder, db)
+    db.close()
