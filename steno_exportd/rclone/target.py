@@ -27,6 +27,7 @@ import http.client
 import itertools
 import logging
 import os
+import select
 import socket
 import stat as stat_mod
 import threading
@@ -53,6 +54,8 @@ POLL = 0.01                        # seconds between looks at such a copy's prog
 POLL_END = 0.04                    # at most this long between looks at a copy's end (the most it adds to one)
 STATS_EVERY = 25                   # waiting for a copy's end: its byte count read every this many looks (each
                                    # look is an rc call: ~250 of them in a 250 MiB push cost ~0.2 s of two cores)
+ANSWER_LOOK = 1.0                  # waiting for the answer to a stream (rclone uploading what it spooled): seconds
+                                   # between looks at its byte count (a cancel is looked at every POLL_END)
 CHECKS = 4                         # files committed and read back at once, and as many sessions in flight: every
                                    # request to a store is a round trip (rclone paces WebDAV's too), every read-back
                                    # a stream of its own (rclone's own check runs 8)
@@ -464,7 +467,9 @@ class _RcloneWrite:
     # -- a stream ---------------------------------------------------------------------------------------
     def _open_stream(self) -> None:
         t = self._t
-        query = urllib.parse.urlencode({"fs": t.fs, "remote": self._head})
+        # (its own stats group, as a copy's: the wait for its answer watches its progress, see _await_answer)
+        self._group = f"steno-{t.tag}-{self.temp}"
+        query = urllib.parse.urlencode({"fs": t.fs, "remote": self._head, "_group": self._group})
         self._conn = t.rcd.connection()
         try:
             self._conn.putrequest("POST", f"/operations/uploadfile?{query}", skip_accept_encoding=True)
@@ -551,6 +556,7 @@ class _RcloneWrite:
         try:
             self._send(f"\r\n--{self._boundary}--\r\n".encode())
             self._conn.send(b"0\r\n\r\n")
+            self._await_answer()
             r = self._conn.getresponse()
             body = r.read(1 << 20)
         except (OSError, http.client.HTTPException) as e:
@@ -558,6 +564,33 @@ class _RcloneWrite:
         finally:
             self._conn.close()
         self._t.rcd.answer(r.status, body)
+
+    def _await_answer(self) -> None:
+        """Wait until rclone answers the ended stream. Where the store cannot take a stream of unknown size
+        (WebDAV), rclone spooled it and uploads it only now: no byte moves on this connection until the store has
+        all of it, which takes as long as the uplink (or the bandwidth limit) makes it, so the connection's idle
+        timeout is no sign of a stall. rclone's byte count for this upload is: a wait fails when it has not moved
+        for the rcd's timeout (as a copy's, _follow). A cancelled job stops the wait (CancelledJob: the caller
+        aborts this write)."""
+        assert self._conn is not None and self._conn.sock is not None
+        t = self._t
+        sock = self._conn.sock
+        moved, idle = -1, time.monotonic()
+        look = idle + ANSWER_LOOK
+        while not select.select([sock], [], [], POLL_END)[0]:
+            if t.cancelled():
+                raise CancelledJob("cancelled")
+            now = time.monotonic()
+            if now < look:
+                continue
+            look = now + ANSWER_LOOK
+            stats = t.rcd.call("core/stats", {"group": self._group}) or {}
+            sent = int(stats.get("bytes") or 0)
+            if sent != moved:
+                moved, idle = sent, now
+            elif now - idle > t.rcd.timeout:
+                raise RcloneError(f"{t.name}: the upload of {self._rel} stalled (no byte moved for "
+                                  f"{t.rcd.timeout:.0f}s)")
 
     def commit(self) -> None:
         """Move the temp file to the final name (replacing an old file); then, where the store keeps a

@@ -703,3 +703,82 @@ def test_a_cancel_stops_the_uploads_in_flight_at_once(webdav, rclone_tmp):
     assert took < 4, f"the push ended {took:.1f}s after the cancel"
     assert not [r for r in res if r.ok and not r.skipped], [(r.ok, r.error) for r in res]
     assert not [p for p in served.rglob("*") if p.name.startswith(".steno-tmp")]
+
+
+def test_a_store_that_stops_answering_while_a_streamed_file_is_awaited_is_a_clear_error_soon(webdav, rclone_tmp,
+                                                                                              monkeypatch, caplog):
+    """The wait for the answer to a streamed file (a transcript: rclone spools it for WebDAV and uploads it once the
+    stream ended, no byte moving on the push's connection meanwhile) is not cut by that connection's idle timeout,
+    but a store that stops answering then (its server frozen) still ends that attempt soon, with a clear error: no
+    byte moved for the rcd's timeout (scaled down to 3 s). The next attempt, the store back, lands the push."""
+    import signal
+    from steno_exportd.rclone.process import Rcd
+    from steno_exportd.rclone.target import _RcloneWrite
+    init, wait = Rcd.__init__, _RcloneWrite._await_answer
+
+    def scaled(self, cfg, remote):
+        init(self, cfg, remote)
+        self.timeout = 3.0
+    frozen: list[float] = []
+
+    def freeze_once(self):
+        if not frozen and self._rel.endswith("transcript.txt"):
+            os.kill(srv.proc.pid, signal.SIGSTOP)
+            frozen.append(time.monotonic())
+        return wait(self)
+    monkeypatch.setattr(Rcd, "__init__", scaled)
+    monkeypatch.setattr(_RcloneWrite, "_await_answer", freeze_once)
+    srv = webdav
+    db = make_recorder(rclone_tmp / "rec", sizes=((1 << 20) + 1,))
+    cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+    failed: list[float] = []
+
+    def thaw(seconds: float) -> None:        # the wait before the next attempt: the store is back
+        failed.append(time.monotonic())
+        os.kill(srv.proc.pid, signal.SIGCONT)
+    try:
+        with caplog.at_level(logging.WARNING):
+            res = push(cfg, sleep=thaw)
+    finally:
+        os.kill(srv.proc.pid, signal.SIGCONT)
+    assert frozen and failed, "the store was never frozen while a streamed file was awaited"
+    assert failed[0] - frozen[0] < 15, f"the attempt ended {failed[0] - frozen[0]:.1f}s after the store froze"
+    attempts = [r.getMessage() for r in caplog.records if "attempt 1/" in r.getMessage()]
+    assert attempts and "transcript.txt stalled (no byte moved for 3s)" in attempts[0], attempts
+    assert [r.ok for r in res] == [True], [r.error for r in res]
+    assert_landed(srv.served / "office" / recorder_folder(cfg), db)
+
+
+def test_a_cancel_while_a_streamed_file_is_awaited_stops_it_at_once(webdav, rclone_tmp, monkeypatch):
+    """A cancel that comes while the push waits for rclone's answer to a streamed file (a long transcript rclone
+    uploads to WebDAV only once the stream has ended, slowly: the bandwidth limit) stops that wait at once (failed:
+    the push ended only once the whole transcript had been sent, 16 s later), and leaves no temp file and no session
+    reported done."""
+    from tests.parts.smbdata import _pseudo
+    from tests.recorder_db import RecorderDB
+    from steno_exportd.rclone.target import _RcloneWrite
+    srv = webdav
+    db = RecorderDB(rclone_tmp / "rec")
+    sid = db.session(title="A long meeting", audio_format="flac", audio_size_bytes=1 << 10,
+                     start_time="2026-11-10 09:00:00.000000", audio_file_path=db.audio("m.flac", _pseudo(1 << 10, 3)))
+    for k in range(6000):           # a transcript of ~700 KB: seconds through rclone at 128 KiB/s (spooled, then sent)
+        db.entry(sid, k * 2.0, k * 2.0 + 1.5, f"Line {k}: " + "and so the committee agreed to look at it again " * 2)
+    cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+    cfg = config.replace(cfg, **{"rclone.remotes": (dataclasses.replace(cfg.rclone.remotes[0],
+                                                                         bandwidth_limit_kbps=128),)})
+    progress, asked = Progress(), []
+    sync = _RcloneWrite.sync
+
+    def cancel_there(self):             # the stream has been written: its end sent and its answer awaited next
+        if not asked and self._rel.endswith("transcript.txt"):
+            progress.cancelled = True
+            asked.append(time.monotonic())
+        return sync(self)
+    monkeypatch.setattr(_RcloneWrite, "sync", cancel_there)
+    res = push(cfg, progress, sleep=lambda s: None)
+    assert asked, "never cancelled"
+    took = time.monotonic() - asked[0]
+    assert took < 3, f"the push ended {took:.1f}s after the cancel"
+    assert not [r for r in res if r.ok and not r.skipped], [(r.ok, r.error) for r in res]
+    assert not [p for p in srv.served.rglob("*") if p.name.startswith(".steno-tmp")]
+    db.close()
