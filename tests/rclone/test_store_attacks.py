@@ -1,5 +1,6 @@
-"""Failing repros (h30-attack): the rclone push against a careless admin, a person editing the store, and a
-store that lies. Each test states what must hold; on the code of this branch's base it does not."""
+"""The rclone push against a careless admin (one folder name or one store configured twice), a person or a
+broken sync client editing the store, and a slow link: what a user must see. Each test was written as a repro
+of a defect an attack found, and failed before its fix."""
 from __future__ import annotations
 
 import json
