@@ -27,7 +27,6 @@ import http.client
 import itertools
 import logging
 import os
-import select
 import socket
 import stat as stat_mod
 import threading
@@ -37,6 +36,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
+from steno_exportd import sockwait
 from steno_exportd.engine.targets import MARKER, PARTIAL_SUFFIX, TEMP_PREFIX, EntryStat, check_rel
 from steno_exportd.errors import CancelledJob, InvalidArgument, SourceError, TargetError
 from steno_exportd.rclone.process import Rcd, RcloneError
@@ -577,7 +577,7 @@ class _RcloneWrite:
         sock = self._conn.sock
         moved, idle = -1, time.monotonic()
         look = idle + ANSWER_LOOK
-        while not select.select([sock], [], [], POLL_END)[0]:
+        while not sockwait.ready(sock, POLL_END):
             if t.cancelled():
                 raise CancelledJob("cancelled")
             now = time.monotonic()

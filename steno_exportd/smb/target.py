@@ -160,6 +160,7 @@ class SmbTarget:
             # Guest sessions cannot sign, so the negotiate check must be off (process-wide setting).
             ClientConfig().require_secure_negotiate = False
         user = (f"{r.domain}\\{r.username}" if r.domain and r.username else r.username) or "guest"
+        smbwire.install()
         try:
             session = smbclient.register_session(
                 r.server, username=user, password=password or "", port=r.port,

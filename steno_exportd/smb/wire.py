@@ -9,7 +9,11 @@ sessions, DFS trees and unknown dialect/signing set-ups use smbprotocol's own pa
 """
 from __future__ import annotations
 
+import errno
 import struct
+import time
+
+from steno_exportd import sockwait
 
 _HDR = struct.Struct("<4sHHHHHHIIQIIQ16s")      # SMB2 sync header, 64 bytes
 _WRITE = struct.Struct("<HHIQ16sIIHHI")        # SMB2 WRITE request without buffer, 48 bytes
@@ -118,9 +122,7 @@ def send_write(raw, data, offset: int, credit_request: int):
 
 def _sendmsg(transport, parts, stall_timeout: float = 60.0) -> None:
     """Send all parts; a server that stops reading for stall_timeout closes the connection (no hang)."""
-    import select
     import socket
-    import time
 
     views = [memoryview(p).cast("B") for p in parts]
     stalled = False
@@ -135,7 +137,7 @@ def _sendmsg(transport, parts, stall_timeout: float = 60.0) -> None:
                 if left <= 0:
                     stalled = True
                     break
-                select.select([], [sock], [], min(left, 1.0))
+                sockwait.ready(sock, min(left, 1.0), write=True)
                 continue
             deadline = time.monotonic() + stall_timeout
             while sent and views:
@@ -155,42 +157,46 @@ def write_response(raw, request) -> int:
     return raw.fd._write_response(request)
 
 
+def _recv(self, length, timeout):
+    """smbprotocol's Tcp._recv without its per-chunk logging and copies, waiting with poll() (sockwait), not
+    select(), which refuses a socket numbered past 1024."""
+    buffer = bytearray(length)
+    view = memoryview(buffer)
+    offset = 0
+    sock = self._sock
+    while offset < length:
+        start = time.monotonic()
+        with self._close_lock:
+            if not self.connected:
+                return None, timeout
+            if not sockwait.ready(sock, max(timeout, 1)):
+                raise TimeoutError(f"recv idle for {time.monotonic() - start:.1f}s ({offset}/{length} bytes)")
+            timeout -= time.monotonic() - start
+            try:
+                n = sock.recv_into(view[offset:])
+            except OSError as e:
+                if e.errno not in (errno.ESHUTDOWN, errno.ECONNRESET, errno.ECONNABORTED):
+                    raise
+                n = 0
+        if n == 0:
+            self.close()
+            return None, timeout
+        offset += n
+    return bytes(buffer), timeout
+
+
+def install() -> None:
+    """Our receive loop in smbprotocol's transport class, before a session is registered: its negotiate and log-on
+    wait on the socket too (smbprotocol's own loop used select())."""
+    from smbprotocol import transport
+    if hasattr(transport, "Tcp") and hasattr(transport.Tcp, "_recv"):
+        transport.Tcp._recv = _recv
+
+
 def tune(connection) -> None:
-    """Give this connection's transport a receive loop without per-chunk logging and copies."""
-    import errno
-    import select
-    import time
+    """Give this connection a signature check without copies (the receive loop is the class's: install())."""
     import types
 
-    transport = connection.transport
-
-    def _recv(self, length, timeout):
-        buffer = bytearray(length)
-        view = memoryview(buffer)
-        offset = 0
-        sock = self._sock
-        while offset < length:
-            start = time.monotonic()
-            with self._close_lock:
-                if not self.connected:
-                    return None, timeout
-                if not select.select([sock], [], [], max(timeout, 1))[0]:
-                    raise TimeoutError(f"recv idle for {time.monotonic() - start:.1f}s ({offset}/{length} bytes)")
-                timeout -= time.monotonic() - start
-                try:
-                    n = sock.recv_into(view[offset:])
-                except OSError as e:
-                    if e.errno not in (errno.ESHUTDOWN, errno.ECONNRESET, errno.ECONNABORTED):
-                        raise
-                    n = 0
-            if n == 0:
-                self.close()
-                return None, timeout
-            offset += n
-        return bytes(buffer), timeout
-
-    if hasattr(transport, "_recv") and hasattr(transport, "_close_lock"):
-        transport._recv = types.MethodType(_recv, transport)
     if hasattr(connection, "verify_signature") and hasattr(connection, "_generate_signature"):
         connection.verify_signature = types.MethodType(_verify_signature, connection)
 

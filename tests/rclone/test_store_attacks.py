@@ -217,3 +217,19 @@ def test_two_remotes_spelling_one_folder_two_ways_push_one_at_a_time(rclone_serv
     folder = next(p for p in (srv.served / "office").iterdir() if p.is_dir() and p.name != "_index")
     assert_landed(folder, db)
     db.close()
+
+
+@pytest.mark.parametrize("rclone_server", ["webdav"], indirect=True)
+def test_a_push_lands_when_its_sockets_are_numbered_above_1024(rclone_server, rclone_tmp):
+    """As on SMB (tests/smb/test_push.py, same name): the wait for a streamed file's answer used select(), which
+    refuses a socket numbered past 1024; seen in bench rclone, whose relay and parallel requests hold that many."""
+    from tests.parts.fds import above_1024
+    srv = rclone_server
+    db = make_recorder(rclone_tmp / "rec", sizes=(100_000, 100_500))
+    cfg = cfg_for(rclone_tmp / "r", db, srv.client_config(rclone_tmp / "rclone.conf"),
+                  [{"name": "cloud", "remote": f"{srv.remote}:office"}], folder="fd")
+    with above_1024():
+        res = push_to(cfg)
+    assert [r.ok for r in res] == [True, True], [r.error for r in res]
+    assert_landed(srv.served / "office" / "fd", db)
+    db.close()

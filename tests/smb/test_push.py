@@ -779,3 +779,15 @@ def test_recorder_id_from_machine_id_or_kept_in_state_dir(tmp_path):
     assert b and b != a and b == recorder_id(str(tmp_path / "state"), missing)
     assert (tmp_path / "state" / "recorder-id").read_text().strip() == b
     assert recorder_id(str(tmp_path / "state2"), missing) != b
+
+
+def test_a_push_lands_when_its_sockets_are_numbered_above_1024(rec):
+    """The daemon may hold over a thousand descriptors (web connections, a push's parallel requests; its unit's
+    LimitNOFILE is far above 1024), so a push's socket can be numbered past 1024. The SMB client waited on it
+    with select(), which refuses such a number ("filedescriptor out of range in select()"): the push failed."""
+    from tests.parts.fds import above_1024
+    smbd, remote, root, db = rec
+    with above_1024():
+        res = push(cfg_for(root, db, remote, "rec-fd"))
+    assert [r.ok for r in res] == [True] * 3, [r.error for r in res]
+    assert_landed(root / "nas" / "rec-fd", db)
