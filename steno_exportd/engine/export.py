@@ -173,6 +173,8 @@ class Exporter:
                 self._save()
             except (TargetError, OSError) as e:
                 log.warning("%s: manifest not saved (tried again at the next save): %s", self.t.name, e)
+            except CancelledJob:
+                return              # the job is ending: the main thread reports it
             except Exception:       # a bug of ours: nobody waits for this thread's result, so it is logged here
                 log.exception("%s: manifest not saved (tried again at the next save)", self.t.name)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import posixpath
 from typing import Any, Iterator
 
 from steno_exportd.config import Config, RcloneRemote
@@ -69,11 +70,14 @@ class RcloneKind(RemoteKind):
                 t.close()
 
 
-def _folder_of(remote: str) -> str:
-    """One spelling of the folder an rclone remote names ("nas:office/" is "nas:office"; "nas:/" stays the root):
-    pushes to one folder take turns whichever remote of the config names it."""
-    path = remote.rstrip("/")
-    return f"{path}/" if path.endswith(":") and path != remote else path
+def _folder_of(remote: str) -> tuple[str, str]:
+    """One key for the folder an rclone remote names, whichever way it is spelled ("nas:office/", "nas:/office",
+    "nas:./office" are "nas:office"): pushes to one folder take turns whichever remote of the config names it.
+    On SFTP, FTP and local remotes "nas:/x" and "nas:x" differ (root, home): those take turns too, which costs
+    a wait, where two keys for one folder would let two pushes clean up each other's work."""
+    name, colon, path = remote.rpartition(":") if remote.startswith(":") else remote.partition(":")
+    path = posixpath.normpath(path.strip("/") or ".")
+    return (name + colon, "" if path == "." else path)
 
 
 def claim(t: RcloneTarget, folder: str, rid: str) -> None:
@@ -82,15 +86,18 @@ def claim(t: RcloneTarget, folder: str, rid: str) -> None:
         return
     rel = f"{folder}/{CLAIM_NAME}"
     if t.lstat(rel) is None:
-        # written under a temp name, then renamed to the claim's name, which a rename never replaces: two recorders
-        # given one folder name (a config copied to both) that both found it unclaimed do not both take it, the
-        # second's rename finds the first's claim and its push stops below, before writing a file
+        # written under a temp name, then renamed to the claim's name; the rename looks the name up first and
+        # refuses to replace a claim there: two recorders given one folder name (a config copied to both) that
+        # both found it unclaimed do not both take it, the second's rename finds the first's claim and its push
+        # stops below, before writing a file (unless both renames' look-ups come before either's move: a window of
+        # one round trip, as rclone has no create-if-absent on most stores)
         temp = f"{folder}/{t.temp_name()}"
         write_atomic(t, temp, claim_body(rid))
         try:
             t.rename(temp, rel)
         except TargetError:
-            t.remove(temp)
+            with contextlib.suppress(TargetError):
+                t.remove(temp)              # (else left: this host's temp file, which the next push removes)
             if t.lstat(rel) is None:
                 raise                       # not refused for a claim there: the store's own fault
         else:

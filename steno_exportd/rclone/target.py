@@ -378,7 +378,8 @@ class _RcloneWrite:
         self._boundary = f"steno{uuid.uuid4().hex}"
         self._conn: http.client.HTTPConnection | None = None      # the stream (opened by the first write)
         self._job: int | None = None        # rclone's own copy of the local file (from_file)
-        self._group = ""
+        self._group = f"steno-{t.tag}-g{next(t._seq)}"   # this upload's rclone stats: its own, never shared
+                                                          # (a .partial folder's file is named as in the others)
         self._src: tuple[Path, tuple] | None = None
         self._copied = 0                    # bytes rclone reported copied
         self._small = bytearray()           # the bytes written while they are at most SMALL (sent by sync())
@@ -401,7 +402,6 @@ class _RcloneWrite:
         if not stat_mod.S_ISREG(now.st_mode) or _key(now) != _key(st):
             return
         t = self._t
-        self._group = f"steno-{t.tag}-{self.temp}"
         r = t.rcd.call("operations/copyfile", {"srcFs": f":local:{src.parent}", "srcRemote": src.name, "dstFs": t.fs,
                                                "dstRemote": t.rel(self.temp_rel), "_async": True, "_group": self._group,
                                                "_config": _always(self._fresh or t._absent(self.temp_rel))}) or {}
@@ -445,8 +445,7 @@ class _RcloneWrite:
                 if upto is not None and copied >= upto:
                     return
             elif time.monotonic() - idle > t.rcd.timeout:
-                raise RcloneError(f"{t.name}: the upload of {self._rel} stalled (nothing sent for "
-                                  f"{t.rcd.timeout:.0f}s)")
+                raise self._stalled()
             time.sleep(POLL)
 
     def _copy_ended(self) -> None:
@@ -468,7 +467,6 @@ class _RcloneWrite:
     def _open_stream(self) -> None:
         t = self._t
         # (its own stats group, as a copy's: the wait for its answer watches its progress, see _await_answer)
-        self._group = f"steno-{t.tag}-{self.temp}"
         query = urllib.parse.urlencode({"fs": t.fs, "remote": self._head, "_group": self._group})
         self._conn = t.rcd.connection()
         try:
@@ -584,13 +582,20 @@ class _RcloneWrite:
             if now < look:
                 continue
             look = now + ANSWER_LOOK
-            stats = t.rcd.call("core/stats", {"group": self._group}) or {}
-            sent = int(stats.get("bytes") or 0)
+            try:
+                sent = int((t.rcd.call("core/stats", {"group": self._group}) or {}).get("bytes") or 0)
+            except RcloneError as e:          # (rclone slow to answer a look: the idle limit decides, not one look)
+                log.debug("%s: %s: no progress read (%s)", t.name, self._rel, e)
+                sent = moved
             if sent != moved:
                 moved, idle = sent, now
             elif now - idle > t.rcd.timeout:
-                raise RcloneError(f"{t.name}: the upload of {self._rel} stalled (no byte moved for "
-                                  f"{t.rcd.timeout:.0f}s)")
+                raise self._stalled()
+
+    def _stalled(self) -> RcloneError:
+        """No byte of this upload moved for the rcd's timeout (a copy's or a spooled stream's)."""
+        return RcloneError(f"{self._t.name}: the upload of {self._rel} stalled (no byte moved for "
+                           f"{self._t.rcd.timeout:.0f}s)")
 
     def commit(self) -> None:
         """Move the temp file to the final name (replacing an old file); then, where the store keeps a

@@ -233,3 +233,13 @@ def test_a_push_lands_when_its_sockets_are_numbered_above_1024(rclone_server, rc
     assert [r.ok for r in res] == [True, True], [r.error for r in res]
     assert_landed(srv.served / "office" / "fd", db)
     db.close()
+
+
+@pytest.mark.parametrize("one, other", [("nas:office", "nas:office/"), ("nas:office", "nas:/office"),
+                                        ("nas:office", "nas:./office/."), ("nas:", "nas:/"),
+                                        (":webdav,url=http://h:8080/dav:x", ":webdav,url=http://h:8080/dav:/x/")])
+def test_spellings_of_one_folder_share_one_lock(one, other):
+    """The spellings of one folder that a store takes as the same one push one at a time (see the test above)."""
+    from steno_exportd.rclone.kind import _folder_of
+    assert _folder_of(one) == _folder_of(other)
+    assert _folder_of("nas:office") != _folder_of("nas:office2") != _folder_of("nas2:office")
