@@ -8,7 +8,7 @@ import hashlib
 import json
 import logging
 import socket
-from typing import Any
+from typing import Any, Iterable
 
 from steno_exportd import __version__, safeparse
 from steno_exportd.engine.targets import Target
@@ -20,6 +20,15 @@ MANIFEST = "manifest.json"
 SUMS = "SHA256SUMS"
 FORMAT = "steno-exportd-manifest"
 VERSION = 1
+
+# What a manifest.json or SHA256SUMS may be, read from a target: those of 15,000 meetings of 8 files each (34 MiB
+# and 900,000 values of JSON, 120,000 lines of sums), more than a recorder writes in ten years. Someone else's
+# file (a stick's author, a person or a program on the store) could otherwise be read and parsed into more than
+# the unit's MemoryMax (24 MiB of '{},' is 400 MB of Python objects); beyond these it is unusable, like any file
+# that is not ours, and costs no more memory than the largest one of ours.
+MAX_BYTES = 40 << 20
+MAX_VALUES = 1_000_000
+MAX_SUMS_LINES = 160_000
 
 
 def now_iso() -> str:
@@ -73,7 +82,10 @@ _HEX = frozenset("0123456789abcdef")
 
 
 def parse_sums(text: str) -> dict[str, str]:
-    """path -> sha256 of a sha256sum-format text (text and binary mode lines)."""
+    """path -> sha256 of a sha256sum-format text (text and binary mode lines); ValueError when it has more than
+    MAX_SUMS_LINES lines."""
+    if text.count("\n") > MAX_SUMS_LINES:
+        raise ValueError(f"{SUMS} has more than {MAX_SUMS_LINES:,} lines")
     out = {}
     for line in text.splitlines():
         digest = line[:64].lower()
@@ -84,23 +96,29 @@ def parse_sums(text: str) -> dict[str, str]:
 
 def read_sums(target: Target, root: str) -> dict[str, str]:
     """The root folder's SHA256SUMS (path below the root -> sha256); TargetError when unreadable."""
-    return parse_sums(_read_all(target, f"{root}/{SUMS}").decode("utf-8", "replace"))
+    try:
+        return parse_sums(_read_all(target, f"{root}/{SUMS}").decode("utf-8", "replace"))
+    except ValueError as e:
+        raise TargetError(str(e)) from None
 
 
-def _read_all(target: Target, rel: str, limit: int = 64 * 1024 * 1024) -> bytes:
+def _read_all(target: Target, rel: str) -> bytearray:
     h = target.open_read(rel)
     try:
-        chunks, total = [], 0
-        while True:
-            b = h.read(1 << 20)
-            if not b:
-                return b"".join(chunks)
-            chunks.append(b)
-            total += len(b)
-            if total > limit:
-                raise TargetError(f"{rel} is too large")
+        return read_capped(iter(lambda: h.read(1 << 20), b""), rel)
     finally:
         h.close()
+
+
+def read_capped(chunks: Iterable[bytes], what: str) -> bytearray:
+    """The bytes of a manifest.json or SHA256SUMS, read in ``chunks``; TargetError past MAX_BYTES (one buffer,
+    not the chunks and their join)."""
+    data = bytearray()
+    for b in chunks:
+        data += b
+        if len(data) > MAX_BYTES:
+            raise TargetError(f"{what} is larger than {MAX_BYTES >> 20} MiB")
+    return data
 
 
 def hash_target_file(target: Target, rel: str, uncached: bool = False) -> tuple[int, str]:
@@ -127,9 +145,9 @@ def read(target: Target, root: str, *, found: bool = False) -> Manifest:
     return parse(_read_all(target, f"{root}/{MANIFEST}"))
 
 
-def parse(raw: bytes) -> Manifest:
+def parse(raw: bytes | bytearray) -> Manifest:
     """A manifest.json's bytes; ValueError (or UnicodeDecodeError) when they are not ours."""
-    data = safeparse.json_loads(raw)
+    data = safeparse.json_loads(raw, max_values=MAX_VALUES)
     if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("sessions"), dict):
         raise ValueError("not a steno-exportd manifest")
     if int(data.get("version", 0)) > VERSION:

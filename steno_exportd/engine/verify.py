@@ -171,6 +171,7 @@ def verify_archive(path: str, root: str = ROOT_FALLBACK, fmt: str = "zip") -> Ve
     hashes: dict[str, str] = {}          # rel path under root -> sha256 ('' for a non-file)
     listing: dict[str, list[str]] = {}
     sums_raw = manifest_raw = None
+    too_large = False
     prefix = f"{root}/"
     try:
         for name, regular, chunks in _members(path, fmt):
@@ -184,7 +185,12 @@ def verify_archive(path: str, root: str = ROOT_FALLBACK, fmt: str = "zip") -> Ve
             if not rel:
                 continue
             if rel in (mf.SUMS, mf.MANIFEST) and regular:
-                data = b"".join(chunks())
+                try:
+                    data = bytes(mf.read_capped(chunks(), rel))
+                except TargetError as e:
+                    rep.problems.append(str(e))
+                    too_large = True
+                    continue
                 sums_raw, manifest_raw = (data, manifest_raw) if rel == mf.SUMS else (sums_raw, data)
                 continue
             if not regular:
@@ -202,9 +208,13 @@ def verify_archive(path: str, root: str = ROOT_FALLBACK, fmt: str = "zip") -> Ve
                 listing.setdefault(folder, []).append(fname)
     except (OSError, EOFError, zipfile.BadZipFile, tarfile.TarError, RuntimeError) as e:
         raise TargetError(f"cannot read archive {path}: {e}") from e
-    if sums_raw is None and manifest_raw is None and not hashes:
+    if sums_raw is None and manifest_raw is None and not hashes and not too_large:
         raise TargetError(f"no {root}/ folder in {path}")
-    sums = mf.parse_sums(sums_raw.decode("utf-8", "replace")) if sums_raw is not None else {}
+    try:
+        sums = mf.parse_sums(sums_raw.decode("utf-8", "replace")) if sums_raw is not None else {}
+    except ValueError as e:
+        sums = {}
+        rep.problems.append(str(e))
     if sums_raw is None:
         rep.problems.append(f"{mf.SUMS} missing")
     files: dict[str, dict] = {}

@@ -130,11 +130,11 @@ def _check_owner(t: SmbTarget, folder: str, rid: str, owner: str, host: Any) -> 
 
 def _legacy(t: SmbTarget, folder: str) -> dict:
     """The LEGACY_MANIFEST an earlier version left in the folder ({} when none or unreadable)."""
-    raw = t.read_small(f"{folder}/{LEGACY_MANIFEST}", limit=64 * 1024 * 1024)
+    raw = t.read_small(f"{folder}/{LEGACY_MANIFEST}", limit=mf.MAX_BYTES)
     if raw is None:
         return {}
     try:
-        data = safeparse.json_loads(raw)
+        data = safeparse.json_loads(raw, max_values=mf.MAX_VALUES)
     except ValueError:
         return {}
     return data if isinstance(data, dict) else {}

@@ -9,6 +9,8 @@ import subprocess
 import threading
 import time
 
+import pytest
+
 from steno_exportd import config
 from steno_exportd.engine.export import SimpleSpec, run_export
 from steno_exportd.engine.options import ExportOptions
@@ -440,3 +442,95 @@ def test_a_failed_due_save_loses_no_session_and_is_tried_again(tmp_path, caplog,
         warnings
     assert not [r for r in caplog.records if r.exc_info]
     assert "Traceback" not in caplog.text + capsys.readouterr().err
+
+
+_PEAK = ("import atexit, runpy, sys; atexit.register(lambda: sys.stderr.write('VmHWM %s' % "
+         "open('/proc/self/status').read().split('VmHWM:')[1].split()[0])); "
+         "sys.argv[0] = 'steno-exportd'; runpy.run_module('steno_exportd', run_name='__main__')")
+
+
+def _export_rss(db_root, out) -> tuple[dict, int]:
+    """`steno-exportd export` of every session to ``out`` in a process of its own: (its JSON result, its peak
+    RSS in MiB, read from the kernel as it exits)."""
+    import sys
+    p = subprocess.run([sys.executable, "-c", _PEAK, "export", "--db", str(db_root / "silent_steno.db"),
+                        "--data-dir", str(db_root), "--to", str(out), "--sessions", "all", "--formats", "txt,audio",
+                        "--json"], capture_output=True, text=True, timeout=300)
+    assert p.stdout, p.stderr[-2000:]
+    assert "Traceback" not in p.stderr, p.stderr[-2000:]
+    return json.loads(p.stdout), int(p.stderr.rpartition("VmHWM ")[2]) // 1024
+
+
+def _hostile_manifest(root) -> None:
+    with open(root / "manifest.json", "wb") as f:     # 2.4 million small entries in 24 MiB: 400 MB once parsed
+        f.write(b'{"format":"steno-exportd-manifest","version":1,"sessions":{"x":{}')
+        for k in range(0, 2_400_000, 100_000):
+            f.write(b"".join(b',"%07d":{}' % i for i in range(k, k + 100_000)))
+        f.write(b"}}")
+
+
+def _huge_manifest(root) -> None:
+    with open(root / "manifest.json", "wb") as f:     # one 60 MiB string: about 250 MB to read and parse
+        f.write(b'{"format":"steno-exportd-manifest","version":1,"sessions":{},"x":"')
+        for _ in range(60):
+            f.write(b"a" * (1 << 20))
+        f.write(b'"}')
+
+
+def _huge_sums(root) -> None:
+    (root / "manifest.json").unlink()
+    line = b"%s  %%07d/audio.flac\n" % (b"0" * 64)
+    with open(root / "SHA256SUMS", "wb") as f:        # 27 MiB, 330,000 lines of files that are not there
+        for k in range(0, 330_000, 10_000):
+            f.write(b"".join(line % i for i in range(k, k + 10_000)))
+
+
+@pytest.mark.parametrize("plant", [_hostile_manifest, _huge_manifest, _huge_sums])
+def test_a_hostile_manifest_on_a_stick_is_rebuilt_in_bounded_memory(tmp_path, plant):
+    """A stick's author (or anyone who can write the store) leaves a manifest.json or SHA256SUMS that is JSON or
+    text of the right shape but huge in Python objects. The daemon's unit has MemoryMax=256M, and it idles near
+    60 MB: parsing such a file got it killed by the kernel, and with it every job, each time the stick came back.
+    The export must treat it as any unusable manifest (rebuilt, the sessions land and verify), costing no more
+    memory than the largest manifest a recorder writes (about 15,000 meetings). Before: peak RSS 502, 212 and 186
+    MiB, against 57-87 MiB for a clean export."""
+    from tests.smb.recorder import make_recorder
+    db = make_recorder(tmp_path / "rec", sizes=(100_000, 100_500))
+    db.close()
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    result, base_rss = _export_rss(tmp_path / "rec", clean)
+    assert result["ok"], result
+    out = tmp_path / "stick"
+    out.mkdir()
+    result, _ = _export_rss(tmp_path / "rec", out)
+    assert result["ok"], result
+    plant(out / "SilentSteno")
+    (next(p for p in (out / "SilentSteno").iterdir() if p.is_dir()) / "transcript.txt").unlink()
+    result, rss = _export_rss(tmp_path / "rec", out)
+    assert result["ok"], result
+    assert rss < 160, f"peak RSS {rss} MiB (a clean export: {base_rss} MiB)"
+    root = out / "SilentSteno"
+    assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=root).returncode == 0
+    sessions = json.loads((root / "manifest.json").read_text())["sessions"]
+    exported = [s for u, s in sessions.items() if not u.startswith(("rebuilt:", "merged:"))]
+    assert len(exported) == 2 and all((root / s["folder"] / "transcript.txt").is_file() for s in exported)
+
+
+def test_the_largest_manifest_a_recorder_writes_is_read_not_rebuilt(tmp_path):
+    """The bounds on a manifest.json read from a target (above) leave room for 15,000 meetings of 8 files each."""
+    from steno_exportd.engine import manifest as mf
+    names = ["audio.flac", "transcript.txt", "transcript.pdf", "transcript.docx", "summary.md", "actions.csv",
+             "participants.txt", "session.html"]
+    m = mf.Manifest()
+    for i in range(15_000):
+        u = f"{i:08x}-1234-4567-89ab-{i:012x}"
+        m.sessions[u] = {"folder": f"2026-11-{i % 28 + 1:02d} 10-00 Weekly planning meeting of the team ({u[:8]})",
+                         "updated_at": mf.now_iso(),
+                         "files": {n: mf.entry(123456789, hashlib.sha256(f"{i}{n}".encode()).hexdigest(),
+                                               "transcript-pdf", "1.4.2", "default") for n in names}}
+    (tmp_path / "SilentSteno").mkdir()
+    t = DirectoryTarget(str(tmp_path))
+    mf.save(t, "SilentSteno", m)
+    got = mf.load(t, "SilentSteno")
+    assert not got.rebuilt and len(got.exported()) == 15_000 and got.owned_paths() == m.owned_paths()
+    assert len(mf.read_sums(t, "SilentSteno")) == 120_000

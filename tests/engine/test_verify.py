@@ -99,3 +99,20 @@ def test_verify_hostile_archives_are_clear_errors(tmp_path, capsys):
     assert not rep.ok and rep.problems
     assert not (tmp_path / "etc").exists()
 
+
+
+def test_an_archive_whose_manifest_unpacks_to_gigabytes_is_a_clear_problem(tmp_path):
+    """A .zip handed to an admin to `steno-exportd verify`: its manifest.json and SHA256SUMS compress a thousand
+    times (spaces). Each was unpacked whole into memory (1 GB of spaces is 1 GB); now reading stops at the
+    bound a manifest read from any target has, and the report says so."""
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
+        for name in ("SilentSteno/manifest.json", "SilentSteno/SHA256SUMS"):
+            with z.open(name, "w", force_zip64=True) as f:
+                for _ in range(48):
+                    f.write(b" " * (1 << 20))
+    assert bomb.stat().st_size < 1 << 20
+    rep = verify_target(str(bomb))
+    assert not rep.ok
+    assert any("manifest.json is larger than 40 MiB" in p for p in rep.problems), rep.problems
+    assert any("SHA256SUMS is larger than 40 MiB" in p for p in rep.problems), rep.problems
