@@ -32,14 +32,23 @@ from tests.smb.recorder import FORMATS, Progress, assert_landed, make_recorder, 
 MACHINE_ID = "0123456789abcdef0123456789abcdef"
 
 
-def make_cfg(tmp: pathlib.Path, db, conf: pathlib.Path, remote: str) -> config.Config:
+def cfg_for(tmp: pathlib.Path, db, conf: pathlib.Path, remotes: list[dict], folder: str = "") -> config.Config:
+    """A recorder's config pushing to ``remotes`` (rclone.remotes entries, timeout 5 s unless given) through the
+    rclone config ``conf``; ``folder``: smb.recorder_folder, which names the recorder's folder on rclone remotes too."""
+    tmp.mkdir(parents=True, exist_ok=True)
     mid = tmp / "machine-id"
     mid.write_text(MACHINE_ID + "\n")
     return config.from_dict({
         "recorder": {"db_path": str(db.path), "machine_id_file": str(mid)},
         "state": {"dir": str(tmp / "state"), "runtime_dir": str(tmp / "state" / "run")},
         "usb": {"enabled": False}, "http": {"enabled": False},
-        "rclone": {"config_file": str(conf), "remotes": [{"name": "cloud", "remote": remote, "timeout": 5}]}})
+        **({"smb": {"recorder_folder": folder}} if folder else {}),
+        "rclone": {"config_file": str(conf), "remotes": [{"timeout": 5, **r} for r in remotes]}})
+
+
+def make_cfg(tmp: pathlib.Path, db, conf: pathlib.Path, remote: str) -> config.Config:
+    """One remote, rclone:cloud, at ``remote`` (an rclone "NAME:path")."""
+    return cfg_for(tmp, db, conf, [{"name": "cloud", "remote": remote}])
 
 
 def push(cfg: config.Config, progress=None, sleep=None, options: ExportOptions = ExportOptions()) -> list:

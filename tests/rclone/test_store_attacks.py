@@ -18,20 +18,8 @@ from steno_exportd.library import Library
 from steno_exportd.rclone.kind import RcloneKind
 from steno_exportd.rclone.process import RcloneError
 from steno_exportd.rclone.target import RcloneTarget
-from tests.rclone.test_push import MACHINE_ID
+from tests.rclone.test_push import cfg_for
 from tests.smb.recorder import FORMATS, assert_landed, make_recorder
-
-
-def cfg_for(tmp: pathlib.Path, db, conf: pathlib.Path, remotes: list[dict], folder: str = "") -> config.Config:
-    tmp.mkdir(parents=True, exist_ok=True)
-    mid = tmp / "machine-id"
-    mid.write_text(MACHINE_ID + "\n")
-    return config.from_dict({
-        "recorder": {"db_path": str(db.path), "machine_id_file": str(mid)},
-        "state": {"dir": str(tmp / "state"), "runtime_dir": str(tmp / "state" / "run")},
-        "usb": {"enabled": False}, "http": {"enabled": False},
-        **({"smb": {"recorder_folder": folder}} if folder else {}),
-        "rclone": {"config_file": str(conf), "remotes": [{"timeout": 5, **r} for r in remotes]}})
 
 
 def push_to(cfg: config.Config, target: str = "rclone:cloud", *, kind: RcloneKind | None = None, progress=None
