@@ -510,14 +510,17 @@ def test_a_world_readable_rclone_config_is_reported(tmp_path):
     assert config_problems(cfg) == []
 
 
-def _connected(srv, tmp: pathlib.Path):
-    """An RcloneTarget on the served store's "office" folder, connected (closed by the caller)."""
+def _connected(srv, tmp: pathlib.Path, *, idle: float | None = None, cancelled=lambda: False, **remote):
+    """An RcloneTarget on the served store's "office" folder, connected (closed by the caller). ``remote``: settings
+    of the remote (bandwidth_limit_kbps=...); ``idle``: rclone rcd's idle timeout scaled down (at least 60 s)."""
     from steno_exportd.rclone.process import Rcd
     from steno_exportd.rclone.target import RcloneTarget
     db = make_recorder(tmp / "rec", sizes=(1 << 20,))
     cfg = make_cfg(tmp, db, srv.client_config(tmp / "rclone.conf"), f"{srv.remote}:office")
-    remote = cfg.rclone.remotes[0]
-    t = RcloneTarget(Rcd(cfg, remote), remote.remote, name="rclone:cloud")
+    remote = dataclasses.replace(cfg.rclone.remotes[0], **remote)
+    rcd = Rcd(cfg, remote)
+    rcd.timeout = idle or rcd.timeout
+    t = RcloneTarget(rcd, remote.remote, name="rclone:cloud", cancelled=cancelled)
     t.connect()
     t.mkdir("x")
     return t
