@@ -39,7 +39,7 @@ from typing import Any, Callable
 from steno_exportd import sockwait
 from steno_exportd.engine.targets import MARKER, PARTIAL_SUFFIX, TEMP_PREFIX, EntryStat, check_rel
 from steno_exportd.errors import CancelledJob, InvalidArgument, SourceError, TargetError
-from steno_exportd.rclone.process import Rcd, RcloneError
+from steno_exportd.rclone.process import Rcd, RcloneError, is_file
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,14 @@ class RcloneTarget:
     def connect(self) -> None:
         """Start rclone, reach the store once (which hash it keeps); a clear error when it cannot."""
         self.rcd.start()
-        info = self.rcd.call("operations/fsinfo", {"fs": self.fs}) or {}
+        try:
+            info = self.rcd.call("operations/fsinfo", {"fs": self.fs}) or {}
+        except RcloneError as e:
+            if not is_file(e):
+                raise
+            path = (self.fs.rpartition(":") if self.fs.startswith(":") else self.fs.partition(":"))[2]
+            raise RcloneError(f"{self.name}: {path.strip('/') or '/'} on the store is a file, not a folder; the "
+                              f"remote must name a folder", True) from None
         kept = [str(h).lower() for h in info.get("Hashes") or []]
         self.hash = next((h for h in HASHES if h in kept), None)
         self.atomic_dir_rename = self._moves_folders(info)

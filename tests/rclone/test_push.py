@@ -495,6 +495,26 @@ def test_a_store_that_cannot_be_reached_is_a_clear_error(rclone_server, rclone_t
     assert len(waits) == 2              # tried 3 times, with backoff
 
 
+def test_a_remote_that_names_a_file_is_a_clear_error_at_once(rclone_server, rclone_tmp):
+    """A remote whose path names a file on the store (nas:office/report.docx: a file's path pasted as the folder) is
+    an error that says so at once, not a drop tried three times (failed: "rclone:cloud: is a file not a directory",
+    retried 2 s and 4 s later), and the file is left alone."""
+    srv = rclone_server
+    (srv.served / "office").mkdir()
+    report = srv.served / "office" / "report.docx"
+    report.write_bytes(b"the quarterly report")
+    db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
+    cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office/report.docx")
+    waits: list[float] = []
+    with pytest.raises(RcloneError) as e:
+        push(cfg, sleep=waits.append)
+    assert str(e.value) == ("rclone:cloud: office/report.docx on the store is a file, not a folder; the remote must "
+                            "name a folder")
+    assert e.value.permanent and waits == []
+    assert [p.name for p in (srv.served / "office").iterdir()] == ["report.docx"]
+    assert report.read_bytes() == b"the quarterly report"
+
+
 def test_a_world_readable_rclone_config_is_reported(tmp_path):
     conf = tmp_path / "rclone.conf"
     conf.write_text("[x]\ntype = local\n")
