@@ -137,7 +137,7 @@ def test_a_rendered_file_slower_to_upload_than_the_idle_timeout_still_lands(rclo
 
 
 SLOW = 1024            # KiB/s (rclone's bandwidth limit): one 4 MiB chunk of a stream takes 4 s to go
-IDLE = 2.0             # rclone rcd's idle timeout, scaled down (at least 60 s: 4x the remote's timeout)
+IDLE = 2.0             # rclone rcd's idle timeout, scaled down (4x the remote's timeout: 120 s by default, >= 60 s)
 BIG = 24 << 20         # a rendered file sent in 4 MiB chunks (write_bytes), past what rclone's read-ahead and the
                        # sockets take in at once (~16 MiB): its last chunks go at the link's pace
 
@@ -164,10 +164,10 @@ def _send_slowly(srv, tmp: pathlib.Path, data: bytes, *, on_write=lambda n: None
 def test_a_streamed_file_whose_chunks_take_longer_to_send_than_the_idle_timeout_still_lands(rclone_server,
                                                                                             rclone_tmp):
     """A store that takes a stream as it comes (SFTP: rclone writes to it what it reads) takes each chunk of a
-    streamed file (a rendered file, sent in 4 MiB chunks) at the uplink's pace, or the admin's bandwidth limit: at
-    ~64 KiB/s one chunk takes longer than rclone rcd's idle timeout (60 s), bytes moving all the while. Failed: the
-    send of one chunk was bounded as a whole by the connection's timeout, so each attempt ended "cut (timed out)"
-    and the file never landed. Scaled down: see SLOW, IDLE, BIG."""
+    streamed file (a rendered file, sent in 4 MiB chunks) at the uplink's pace, or the admin's bandwidth limit: below
+    ~34 KiB/s one chunk takes longer than rclone rcd's idle timeout (120 s by default), bytes moving all the while.
+    Failed: the send of one chunk was bounded as a whole by the connection's timeout, so each attempt ended "cut
+    (timed out)" and the file never landed. Scaled down: see SLOW, IDLE, BIG."""
     data = _pseudo(BIG, 5)
     _send_slowly(rclone_server, rclone_tmp, data)
     assert (rclone_server.served / "office" / "x" / "report.pdf").read_bytes() == data
