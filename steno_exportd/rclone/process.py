@@ -39,6 +39,7 @@ _NETWORK = re.compile(r"connection refused|no such host|network is unreachable|n
                       r"connection reset|broken pipe|unexpected eof|\beof\b|timeout|dial tcp|"
                       r"connection lost|connection closed|server closed", re.I)
 _LOCKED = re.compile(r": 423 Locked\b")     # rclone's text of a WebDAV answer "423 Locked" (case kept: not a title)
+_IS_FILE = re.compile(r"is a file not a directory", re.I)     # rclone's ErrorIsFile: a path names a file
 _CONFIG = re.compile(r"didn't find section in config file|config file .{0,40}not found|"
                      r"unknown backend|couldn't find type", re.I)
 
@@ -60,12 +61,19 @@ def last_line(err: str) -> str:
     return re.sub(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d\s+", "", text)[:300]
 
 
+def is_file(e: RcloneError) -> bool:
+    """rclone refused a path because it names a file where a folder must be."""
+    return bool(_IS_FILE.search(str(e)))
+
+
 def explain(code: int, err: str, where: str) -> TargetError:
     """rclone's exit code and stderr as the error a person can act on."""
     line = last_line(err) or f"rclone exited with status {code}"
     if _LOCKED.search(err):         # (first: the text names paths, whose digits and words the others could match)
         return RcloneError(f"{where}: a file or folder on the store is locked by another program (a document "
                            f"open from the store?) ({line})", locked=True)
+    if _IS_FILE.search(err):
+        return RcloneError(f"{where}: a file on the store is where a folder must be ({line})", True)
     if _CONFIG.search(err):
         return RcloneError(f"{where}: the rclone remote is not set up in the rclone config ({line})", True)
     if _AUTH.search(err):

@@ -39,7 +39,7 @@ from typing import Any, Callable
 from steno_exportd import sockwait
 from steno_exportd.engine.targets import MARKER, PARTIAL_SUFFIX, TEMP_PREFIX, EntryStat, check_rel
 from steno_exportd.errors import CancelledJob, InvalidArgument, SourceError, TargetError
-from steno_exportd.rclone.process import Rcd, RcloneError
+from steno_exportd.rclone.process import Rcd, RcloneError, is_file
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +51,11 @@ NO_FREE_SPACE = 1 << 62            # a store that does not say how much is free:
 AHEAD = 64 * 1024 * 1024           # copies rclone makes of local files: how far the engine's reads (its
                                    # progress) may run ahead of what rclone has sent, all copies in flight together
 POLL = 0.01                        # seconds between looks at such a copy's progress
-POLL_END = 0.04                    # at most this long between looks at a copy's end (the most it adds to one)
-STATS_EVERY = 25                   # waiting for a copy's end: its byte count read every this many looks (each
-                                   # look is an rc call: ~250 of them in a 250 MiB push cost ~0.2 s of two cores)
-ANSWER_LOOK = 1.0                  # waiting for the answer to a stream (rclone uploading what it spooled): seconds
-                                   # between looks at its byte count (a cancel is looked at every POLL_END)
+POLL_END = 0.04                    # at most this long between looks at a copy's end (the most it adds to one), a
+                                   # stream's answer or room on its connection (and at a cancel meanwhile)
+LOOK = 1.0                         # waiting for a copy's end, a stream's answer (rclone uploading what it spooled) or
+                                   # room to send on a stream: seconds between looks at rclone's byte count for the
+                                   # upload, which tell a stall (each look is an rc call: ~1 ms of CPU on each side)
 CHECKS = 4                         # files committed and read back at once, and as many sessions in flight: every
                                    # request to a store is a round trip (rclone paces WebDAV's too), every read-back
                                    # a stream of its own (rclone's own check runs 8)
@@ -96,7 +96,14 @@ class RcloneTarget:
     def connect(self) -> None:
         """Start rclone, reach the store once (which hash it keeps); a clear error when it cannot."""
         self.rcd.start()
-        info = self.rcd.call("operations/fsinfo", {"fs": self.fs}) or {}
+        try:
+            info = self.rcd.call("operations/fsinfo", {"fs": self.fs}) or {}
+        except RcloneError as e:
+            if not is_file(e):
+                raise
+            path = (self.fs.rpartition(":") if self.fs.startswith(":") else self.fs.partition(":"))[2]
+            raise RcloneError(f"{self.name}: {path.strip('/') or '/'} on the store is a file, not a folder; the "
+                              f"remote must name a folder", True) from None
         kept = [str(h).lower() for h in info.get("Hashes") or []]
         self.hash = next((h for h in HASHES if h in kept), None)
         self.atomic_dir_rename = self._moves_folders(info)
@@ -381,7 +388,8 @@ class _RcloneWrite:
         self._group = f"steno-{t.tag}-g{next(t._seq)}"   # this upload's rclone stats: its own, never shared
                                                           # (a .partial folder's file is named as in the others)
         self._src: tuple[Path, tuple] | None = None
-        self._copied = 0                    # bytes rclone reported copied
+        self._copied = 0                    # bytes rclone reported copied (or, of a stream, took)
+        self._sent = 0                      # bytes of a stream put on its connection
         self._small = bytearray()           # the bytes written while they are at most SMALL (sent by sync())
         self._ahead = AHEAD // t.checks     # (a share: the copies in flight together run at most AHEAD ahead)
         self._ended: dict | None = None     # the copy job's final status
@@ -422,31 +430,48 @@ class _RcloneWrite:
         """Wait until rclone has copied ``upto`` bytes (None: until the copy ended); a copy that makes no
         progress for the rcd's timeout is a stalled store. A cancelled job stops the copy (``stoppable``: not
         the wait of abort() for a copy it stopped)."""
-        t = self._t
-        idle = time.monotonic()
         pause = POLL
-        for look in itertools.count():
-            if upto is not None and self._copied >= upto:
-                return
-            if self._status() is not None:
-                return
-            if stoppable and t.cancelled():
-                raise CancelledJob("cancelled")     # (the caller aborts this write: the copy is stopped there)
-            if upto is None and look % STATS_EVERY:
-                # waiting for the end: its progress only tells a stall (seconds away); each look is a request to
-                # rclone (about a millisecond of CPU on each side), so a longer wait looks less often
-                time.sleep(pause)
+
+        def there() -> bool:
+            nonlocal pause
+            if (upto is not None and self._copied >= upto) or self._status() is not None:
+                return True
+            time.sleep(pause)
+            if upto is None:        # waiting for the end: its progress only tells a stall (seconds away)
                 pause = min(pause * 1.25, POLL_END)
+            return False
+        # pacing reads rclone's count at each look; waiting for the end, every LOOK seconds
+        self._while_moving(there, 0.0 if upto is not None else LOOK, stoppable=stoppable)
+
+    def _while_moving(self, ready: Callable[[], bool], every: float, *, stoppable: bool = True) -> None:
+        """Wait until ready() (which waits a moment itself when it says no) while this upload moves: bytes of a stream
+        put on its connection, or rclone's byte count for it (its own stats group, read every ``every`` seconds
+        while nothing else moved). Nothing moving for the rcd's timeout is a stall (_stalled). A cancelled job stops
+        the wait (CancelledJob: the caller aborts this write; ``stoppable``: not abort()'s wait for a copy it
+        stopped). One failed look at rclone's count ends nothing (rclone slow to answer: the idle limit decides)."""
+        t = self._t
+        sent, counted = self._sent, self._copied
+        idle = look = time.monotonic()
+        while not ready():
+            if stoppable and t.cancelled():
+                raise CancelledJob("cancelled")
+            now = time.monotonic()
+            if self._sent != sent:
+                sent, idle, look = self._sent, now, now + every
                 continue
-            stats = t.rcd.call("core/stats", {"group": self._group}) or {}
-            copied = int(stats.get("bytes") or 0)
-            if copied > self._copied:
-                self._copied, idle = copied, time.monotonic()
-                if upto is not None and copied >= upto:
-                    return
-            elif time.monotonic() - idle > t.rcd.timeout:
+            if now < look:
+                continue
+            look = now + every
+            try:
+                count = int((t.rcd.call("core/stats", {"group": self._group}) or {}).get("bytes") or 0)
+            except RcloneError as e:
+                log.debug("%s: %s: no progress read (%s)", t.name, self._rel, e)
+                count = counted
+            if count != counted:
+                counted, idle = count, now
+                self._copied = max(self._copied, count)
+            elif now - idle > t.rcd.timeout:
                 raise self._stalled()
-            time.sleep(POLL)
 
     def _copy_ended(self) -> None:
         """The copy job's outcome: its error explained; the source must not have changed meanwhile."""
@@ -482,11 +507,32 @@ class _RcloneWrite:
             self._conn.close()
             raise RcloneError(f"{t.name}: rclone stopped answering ({e})") from e
 
-    def _send(self, data: bytes | memoryview) -> None:
-        assert self._conn is not None
-        self._conn.send(b"%x\r\n" % len(data))
-        self._conn.send(data)
-        self._conn.send(b"\r\n")
+    def _send(self, data: bytes | memoryview, *, last: bool = False) -> None:
+        """``data`` as one chunk of the stream's body (``last``: and the body's end). A store that takes a stream as
+        it comes (SFTP) takes it at the uplink's pace, where one chunk can take longer than the connection's timeout
+        (which bounds a whole sendall()): sent as long as bytes move (_while_moving), a cancel looked at meanwhile."""
+        assert self._conn is not None and self._conn.sock is not None
+        sock = self._conn.sock
+        views = [memoryview(b"%x\r\n" % len(data)), memoryview(data).cast("B"),
+                 memoryview(b"\r\n0\r\n\r\n" if last else b"\r\n")]
+
+        def sent() -> bool:
+            try:
+                n = sock.sendmsg(views)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            self._sent += n
+            while views and n >= len(views[0]):
+                n -= len(views.pop(0))
+            if views:
+                views[0] = views[0][n:]
+                sockwait.ready(sock, POLL_END, write=True)
+            return not views
+        sock.setblocking(False)
+        try:
+            self._while_moving(sent, LOOK)
+        finally:
+            sock.settimeout(self._conn.timeout)
 
     def _failed(self, e: Exception) -> TargetError:
         """Why the upload stopped: rclone's answer when it gave one (the store's error), else the drop."""
@@ -552,8 +598,7 @@ class _RcloneWrite:
     def _end_stream(self) -> None:
         assert self._conn is not None
         try:
-            self._send(f"\r\n--{self._boundary}--\r\n".encode())
-            self._conn.send(b"0\r\n\r\n")
+            self._send(f"\r\n--{self._boundary}--\r\n".encode(), last=True)
             self._await_answer()
             r = self._conn.getresponse()
             body = r.read(1 << 20)
@@ -567,33 +612,13 @@ class _RcloneWrite:
         """Wait until rclone answers the ended stream. Where the store cannot take a stream of unknown size
         (WebDAV), rclone spooled it and uploads it only now: no byte moves on this connection until the store has
         all of it, which takes as long as the uplink (or the bandwidth limit) makes it, so the connection's idle
-        timeout is no sign of a stall. rclone's byte count for this upload is: a wait fails when it has not moved
-        for the rcd's timeout (as a copy's, _follow). A cancelled job stops the wait (CancelledJob: the caller
-        aborts this write)."""
+        timeout is no sign of a stall; rclone's byte count for this upload is (_while_moving)."""
         assert self._conn is not None and self._conn.sock is not None
-        t = self._t
         sock = self._conn.sock
-        moved, idle = -1, time.monotonic()
-        look = idle + ANSWER_LOOK
-        while not sockwait.ready(sock, POLL_END):
-            if t.cancelled():
-                raise CancelledJob("cancelled")
-            now = time.monotonic()
-            if now < look:
-                continue
-            look = now + ANSWER_LOOK
-            try:
-                sent = int((t.rcd.call("core/stats", {"group": self._group}) or {}).get("bytes") or 0)
-            except RcloneError as e:          # (rclone slow to answer a look: the idle limit decides, not one look)
-                log.debug("%s: %s: no progress read (%s)", t.name, self._rel, e)
-                sent = moved
-            if sent != moved:
-                moved, idle = sent, now
-            elif now - idle > t.rcd.timeout:
-                raise self._stalled()
+        self._while_moving(lambda: sockwait.ready(sock, POLL_END), LOOK)
 
     def _stalled(self) -> RcloneError:
-        """No byte of this upload moved for the rcd's timeout (a copy's or a spooled stream's)."""
+        """No byte of this upload moved for the rcd's timeout (a copy's or a stream's)."""
         return RcloneError(f"{self._t.name}: the upload of {self._rel} stalled (no byte moved for "
                            f"{self._t.rcd.timeout:.0f}s)")
 

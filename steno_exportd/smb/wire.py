@@ -10,7 +10,11 @@ sessions, DFS trees and unknown dialect/signing set-ups use smbprotocol's own pa
 from __future__ import annotations
 
 import errno
+import importlib.metadata
+import inspect
+import logging
 import struct
+import threading
 import time
 
 from steno_exportd import sockwait
@@ -20,6 +24,8 @@ _WRITE = struct.Struct("<HHIQ16sIIHHI")        # SMB2 WRITE request without buff
 _CMD_WRITE = 9
 _FLAG_SIGNED = 0x00000008
 _PAYLOAD = 65536
+
+log = logging.getLogger(__name__)
 
 
 def supported(raw) -> bool:
@@ -157,6 +163,13 @@ def write_response(raw, request) -> int:
     return raw.fd._write_response(request)
 
 
+_WRITTEN_FOR = "1.17."                  # the smbprotocol versions whose Tcp _recv replaces (packaging/requirements.lock)
+_ATTRS = ("_sock", "_sock_lock", "_close_lock", "connected")     # what _recv and _sendmsg use of a Tcp
+_METHODS = ("recv", "_recv", "close")
+_installed: dict[type, bool] = {}      # install()'s decision for each class (one warning, not one per push)
+_decided = threading.Lock()
+
+
 def _recv(self, length, timeout):
     """smbprotocol's Tcp._recv without its per-chunk logging and copies, waiting with poll() (sockwait), not
     select(), which refuses a socket numbered past 1024."""
@@ -185,12 +198,45 @@ def _recv(self, length, timeout):
     return bytes(buffer), timeout
 
 
-def install() -> None:
+def install() -> bool:
     """Our receive loop in smbprotocol's transport class, before a session is registered: its negotiate and log-on
-    wait on the socket too (smbprotocol's own loop used select())."""
+    wait on the socket too (smbprotocol's own loop used select()). Only on the smbprotocol it was written for: on
+    another (a version, or a class, that differs) smbprotocol's own loop stays and one warning says so. True when
+    ours is in."""
     from smbprotocol import transport
-    if hasattr(transport, "Tcp") and hasattr(transport.Tcp, "_recv"):
-        transport.Tcp._recv = _recv
+    tcp = transport.Tcp
+    with _decided:
+        if tcp not in _installed:
+            why = _unknown(tcp)
+            if why:
+                log.warning("smbprotocol's own receive loop is kept (%s; steno-exportd's was written for smbprotocol "
+                            "%sx): it waits with select(), which fails on a socket numbered 1024 or more, so an SMB "
+                            "push can fail while the daemon has many connections open", why, _WRITTEN_FOR)
+            else:
+                tcp._recv = _recv
+            _installed[tcp] = not why
+        return _installed[tcp]
+
+
+def _unknown(tcp: type) -> str:
+    """What differs from the smbprotocol _recv was written for ('' when nothing does)."""
+    try:
+        version = importlib.metadata.version("smbprotocol")
+    except importlib.metadata.PackageNotFoundError:
+        version = "(version unknown)"
+    if not version.startswith(_WRITTEN_FOR):
+        return f"smbprotocol {version} is installed"
+    try:
+        probe = tcp("127.0.0.1", 445)       # (1.17's __init__ only stores its arguments)
+    except Exception as e:
+        return f"its {tcp.__name__}() failed: {e}"
+    missing = [a for a in _ATTRS if not hasattr(probe, a)] + [m for m in _METHODS if not callable(getattr(tcp, m, None))]
+    if missing:
+        return f"its {tcp.__name__} has no {', '.join(missing)}"
+    params = list(inspect.signature(tcp._recv).parameters)
+    if params != ["self", "length", "timeout"]:
+        return f"its {tcp.__name__}._recv takes ({', '.join(params)})"
+    return ""
 
 
 def tune(connection) -> None:

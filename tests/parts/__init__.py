@@ -15,11 +15,11 @@ import pytest
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-def require(ok: bool, what: str) -> None:
+def require(ok: bool, what: str, how: str = "install with packaging/install-test-deps.sh") -> None:
     """Fail (in CI) or skip (elsewhere) when a real component is missing."""
     if ok:
         return
-    msg = f"needs {what} (install with packaging/install-test-deps.sh)"
+    msg = f"needs {what} ({how})"
     if IN_CI:
         pytest.fail(msg)
     pytest.skip(msg + " [not CI]")

@@ -32,14 +32,23 @@ from tests.smb.recorder import FORMATS, Progress, assert_landed, make_recorder, 
 MACHINE_ID = "0123456789abcdef0123456789abcdef"
 
 
-def make_cfg(tmp: pathlib.Path, db, conf: pathlib.Path, remote: str) -> config.Config:
+def cfg_for(tmp: pathlib.Path, db, conf: pathlib.Path, remotes: list[dict], folder: str = "") -> config.Config:
+    """A recorder's config pushing to ``remotes`` (rclone.remotes entries, timeout 5 s unless given) through the
+    rclone config ``conf``; ``folder``: smb.recorder_folder, which names the recorder's folder on rclone remotes too."""
+    tmp.mkdir(parents=True, exist_ok=True)
     mid = tmp / "machine-id"
     mid.write_text(MACHINE_ID + "\n")
     return config.from_dict({
         "recorder": {"db_path": str(db.path), "machine_id_file": str(mid)},
         "state": {"dir": str(tmp / "state"), "runtime_dir": str(tmp / "state" / "run")},
         "usb": {"enabled": False}, "http": {"enabled": False},
-        "rclone": {"config_file": str(conf), "remotes": [{"name": "cloud", "remote": remote, "timeout": 5}]}})
+        **({"smb": {"recorder_folder": folder}} if folder else {}),
+        "rclone": {"config_file": str(conf), "remotes": [{"timeout": 5, **r} for r in remotes]}})
+
+
+def make_cfg(tmp: pathlib.Path, db, conf: pathlib.Path, remote: str) -> config.Config:
+    """One remote, rclone:cloud, at ``remote`` (an rclone "NAME:path")."""
+    return cfg_for(tmp, db, conf, [{"name": "cloud", "remote": remote}])
 
 
 def push(cfg: config.Config, progress=None, sleep=None, options: ExportOptions = ExportOptions()) -> list:
@@ -486,6 +495,26 @@ def test_a_store_that_cannot_be_reached_is_a_clear_error(rclone_server, rclone_t
     assert len(waits) == 2              # tried 3 times, with backoff
 
 
+def test_a_remote_that_names_a_file_is_a_clear_error_at_once(rclone_server, rclone_tmp):
+    """A remote whose path names a file on the store (nas:office/report.docx: a file's path pasted as the folder) is
+    an error that says so at once, not a drop tried three times (failed: "rclone:cloud: is a file not a directory",
+    retried 2 s and 4 s later), and the file is left alone."""
+    srv = rclone_server
+    (srv.served / "office").mkdir()
+    report = srv.served / "office" / "report.docx"
+    report.write_bytes(b"the quarterly report")
+    db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
+    cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office/report.docx")
+    waits: list[float] = []
+    with pytest.raises(RcloneError) as e:
+        push(cfg, sleep=waits.append)
+    assert str(e.value) == ("rclone:cloud: office/report.docx on the store is a file, not a folder; the remote must "
+                            "name a folder")
+    assert e.value.permanent and waits == []
+    assert [p.name for p in (srv.served / "office").iterdir()] == ["report.docx"]
+    assert report.read_bytes() == b"the quarterly report"
+
+
 def test_a_world_readable_rclone_config_is_reported(tmp_path):
     conf = tmp_path / "rclone.conf"
     conf.write_text("[x]\ntype = local\n")
@@ -501,14 +530,17 @@ def test_a_world_readable_rclone_config_is_reported(tmp_path):
     assert config_problems(cfg) == []
 
 
-def _connected(srv, tmp: pathlib.Path):
-    """An RcloneTarget on the served store's "office" folder, connected (closed by the caller)."""
+def _connected(srv, tmp: pathlib.Path, *, idle: float | None = None, cancelled=lambda: False, **remote):
+    """An RcloneTarget on the served store's "office" folder, connected (closed by the caller). ``remote``: settings
+    of the remote (bandwidth_limit_kbps=...); ``idle``: rclone rcd's idle timeout scaled down (at least 60 s)."""
     from steno_exportd.rclone.process import Rcd
     from steno_exportd.rclone.target import RcloneTarget
     db = make_recorder(tmp / "rec", sizes=(1 << 20,))
     cfg = make_cfg(tmp, db, srv.client_config(tmp / "rclone.conf"), f"{srv.remote}:office")
-    remote = cfg.rclone.remotes[0]
-    t = RcloneTarget(Rcd(cfg, remote), remote.remote, name="rclone:cloud")
+    remote = dataclasses.replace(cfg.rclone.remotes[0], **remote)
+    rcd = Rcd(cfg, remote)
+    rcd.timeout = idle or rcd.timeout
+    t = RcloneTarget(rcd, remote.remote, name="rclone:cloud", cancelled=cancelled)
     t.connect()
     t.mkdir("x")
     return t

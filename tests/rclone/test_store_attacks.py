@@ -4,34 +4,28 @@ of a defect an attack found, and failed before its fix."""
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import signal
 import threading
+import time
 
 import pytest
 
 from steno_exportd import config
+from steno_exportd.engine import writer
 from steno_exportd.engine.export import SimpleSpec, run_export
 from steno_exportd.engine.identity import CLAIM_NAME
 from steno_exportd.engine.options import ExportOptions
 from steno_exportd.engine.registry import local
+from steno_exportd.errors import CancelledJob
 from steno_exportd.library import Library
 from steno_exportd.rclone.kind import RcloneKind
 from steno_exportd.rclone.process import RcloneError
-from steno_exportd.rclone.target import RcloneTarget
-from tests.rclone.test_push import MACHINE_ID
+from steno_exportd.rclone.target import RcloneTarget, _RcloneWrite
+from tests.parts.smbdata import _pseudo
+from tests.rclone.test_push import _connected, cfg_for
 from tests.smb.recorder import FORMATS, assert_landed, make_recorder
-
-
-def cfg_for(tmp: pathlib.Path, db, conf: pathlib.Path, remotes: list[dict], folder: str = "") -> config.Config:
-    tmp.mkdir(parents=True, exist_ok=True)
-    mid = tmp / "machine-id"
-    mid.write_text(MACHINE_ID + "\n")
-    return config.from_dict({
-        "recorder": {"db_path": str(db.path), "machine_id_file": str(mid)},
-        "state": {"dir": str(tmp / "state"), "runtime_dir": str(tmp / "state" / "run")},
-        "usb": {"enabled": False}, "http": {"enabled": False},
-        **({"smb": {"recorder_folder": folder}} if folder else {}),
-        "rclone": {"config_file": str(conf), "remotes": [{"timeout": 5, **r} for r in remotes]}})
 
 
 def push_to(cfg: config.Config, target: str = "rclone:cloud", *, kind: RcloneKind | None = None, progress=None
@@ -140,6 +134,79 @@ def test_a_rendered_file_slower_to_upload_than_the_idle_timeout_still_lands(rclo
     txt = next(folder.rglob("transcript.txt"))
     assert txt.stat().st_size > 600_000
     db.close()
+
+
+SLOW = 1024            # KiB/s (rclone's bandwidth limit): one 4 MiB chunk of a stream takes 4 s to go
+IDLE = 2.0             # rclone rcd's idle timeout, scaled down (4x the remote's timeout: 120 s by default, >= 60 s)
+BIG = 24 << 20         # a rendered file sent in 4 MiB chunks (write_bytes), past what rclone's read-ahead and the
+                       # sockets take in at once (~16 MiB): its last chunks go at the link's pace
+
+
+def _send_slowly(srv, tmp: pathlib.Path, data: bytes, *, on_write=lambda n: None, cancelled=lambda: False) -> None:
+    """Send ``data`` as the export sends a rendered file (writer.write_bytes) to x/report.pdf, at SLOW KiB/s with
+    an idle timeout of IDLE s; on_write(n) before the n-th chunk's write (from 1)."""
+    t = _connected(srv, tmp, idle=IDLE, cancelled=cancelled, bandwidth_limit_kbps=SLOW)
+    real, calls = _RcloneWrite.write, []
+
+    def write(self, chunk):
+        calls.append(len(chunk))
+        on_write(len(calls))
+        return real(self, chunk)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(_RcloneWrite, "write", write)
+            writer.write_bytes(data, t, "x/report.pdf")
+    finally:
+        t.close()
+
+
+@pytest.mark.parametrize("rclone_server", ["sftp"], indirect=True)
+def test_a_streamed_file_whose_chunks_take_longer_to_send_than_the_idle_timeout_still_lands(rclone_server,
+                                                                                            rclone_tmp):
+    """A store that takes a stream as it comes (SFTP: rclone writes to it what it reads) takes each chunk of a
+    streamed file (a rendered file, sent in 4 MiB chunks) at the uplink's pace, or the admin's bandwidth limit: below
+    ~34 KiB/s one chunk takes longer than rclone rcd's idle timeout (120 s by default), bytes moving all the while.
+    Failed: the send of one chunk was bounded as a whole by the connection's timeout, so each attempt ended "cut
+    (timed out)" and the file never landed. Scaled down: see SLOW, IDLE, BIG."""
+    data = _pseudo(BIG, 5)
+    _send_slowly(rclone_server, rclone_tmp, data)
+    assert (rclone_server.served / "office" / "x" / "report.pdf").read_bytes() == data
+
+
+@pytest.mark.parametrize("rclone_server", ["sftp"], indirect=True)
+def test_a_streamed_file_whose_store_stops_taking_bytes_mid_send_is_a_clear_stall_soon(rclone_server, rclone_tmp):
+    """The same slow send, the store frozen (its server stopped) once its chunks go at the link's pace: rclone stops
+    reading, no byte moves, and the send ends soon after the idle timeout with an error that says so."""
+    srv, frozen = rclone_server, []
+
+    def freeze(n: int) -> None:
+        if n == 5:
+            os.kill(srv.proc.pid, signal.SIGSTOP)
+            frozen.append(time.monotonic())
+    try:
+        with pytest.raises(RcloneError) as e:
+            _send_slowly(srv, rclone_tmp, _pseudo(BIG, 5), on_write=freeze)
+        took = time.monotonic() - frozen[0]
+    finally:
+        os.kill(srv.proc.pid, signal.SIGCONT)
+    assert str(e.value) == f"rclone:cloud: the upload of x/report.pdf stalled (no byte moved for {IDLE:.0f}s)"
+    assert took < 15, f"the send ended {took:.1f}s after the store froze"
+
+
+@pytest.mark.parametrize("rclone_server", ["sftp"], indirect=True)
+def test_a_cancel_while_a_chunk_of_a_streamed_file_goes_slowly_stops_it_at_once(rclone_server, rclone_tmp):
+    """A cancel that comes while one chunk of a streamed file goes at the link's pace stops the send at once (failed:
+    the chunk's send ran to its end, or to the idle timeout and failed as "cut"), and the file does not land."""
+    asked: list[float] = []
+
+    def cancel_at(n: int) -> None:
+        if n == 5:
+            asked.append(time.monotonic())
+    with pytest.raises(CancelledJob):
+        _send_slowly(rclone_server, rclone_tmp, _pseudo(BIG, 5), on_write=cancel_at, cancelled=lambda: bool(asked))
+    took = time.monotonic() - asked[0]
+    assert took < 1, f"the send ended {took:.1f}s after the cancel"
+    assert not (rclone_server.served / "office" / "x" / "report.pdf").exists()
 
 
 @pytest.mark.parametrize("rclone_server", ["webdav"], indirect=True)
