@@ -21,14 +21,15 @@ SUMS = "SHA256SUMS"
 FORMAT = "steno-exportd-manifest"
 VERSION = 1
 
-# What a manifest.json or SHA256SUMS may be, read from a target: those of 15,000 meetings of 8 files each (34 MiB
-# and 900,000 values of JSON, 120,000 lines of sums), more than a recorder writes in ten years. Someone else's
-# file (a stick's author, a person or a program on the store) could otherwise be read and parsed into more than
-# the unit's MemoryMax (24 MiB of '{},' is 400 MB of Python objects); beyond these it is unusable, like any file
-# that is not ours, and costs no more memory than the largest one of ours.
-MAX_BYTES = 40 << 20
+# What a manifest.json or SHA256SUMS may be, read from a target: about 8,800 meetings of the 5 files a push writes
+# by default (5,500 of 8 files, each ~113 or ~180 JSON values and keys): 20 MiB, a million values and keys, 100,000
+# lines of sums. Someone else's file (a stick's author, a person or a program on the store) could otherwise be read
+# and parsed into more than the unit's MemoryMax (24 MiB of '{},' is 400 MB of Python objects). Beyond these it is
+# unusable, like any file that is not ours (rebuilt from SHA256SUMS); within them the costliest file (unique keys
+# and strings) takes about 145 MB to read and parse, the largest of ours about 70 MB.
+MAX_BYTES = 20 << 20
 MAX_VALUES = 1_000_000
-MAX_SUMS_LINES = 160_000
+MAX_SUMS_LINES = 100_000
 
 
 def now_iso() -> str:
@@ -84,10 +85,12 @@ _HEX = frozenset("0123456789abcdef")
 def parse_sums(text: str) -> dict[str, str]:
     """path -> sha256 of a sha256sum-format text (text and binary mode lines); ValueError when it has more than
     MAX_SUMS_LINES lines."""
-    if text.count("\n") > MAX_SUMS_LINES:
+    lines = text.split("\n", MAX_SUMS_LINES)          # (lines end in '\n' alone: splitlines() would take a
+    if len(lines) > MAX_SUMS_LINES and lines[-1]:      # '\r' or a '\x1c' for one, unbounded)
         raise ValueError(f"{SUMS} has more than {MAX_SUMS_LINES:,} lines")
     out = {}
-    for line in text.splitlines():
+    for line in lines:
+        line = line.removesuffix("\r")
         digest = line[:64].lower()
         if len(line) > 66 and line[64:66] in ("  ", " *") and set(digest) <= _HEX:
             out[line[66:]] = digest

@@ -485,7 +485,24 @@ def _huge_sums(root) -> None:
             f.write(b"".join(line % i for i in range(k, k + 10_000)))
 
 
-@pytest.mark.parametrize("plant", [_hostile_manifest, _huge_manifest, _huge_sums])
+def _sums_in_cr_lines(root) -> None:
+    (root / "manifest.json").unlink()
+    line = b"%s  %%07d/audio.flac\r" % (b"0" * 64)
+    with open(root / "SHA256SUMS", "wb") as f:        # 19 MiB, 290,000 lines ended by '\r' alone, no '\n'
+        for k in range(0, 290_000, 10_000):
+            f.write(b"".join(line % i for i in range(k, k + 10_000)))
+
+
+def _costliest_within_bounds(root) -> None:
+    with open(root / "manifest.json", "wb") as f:     # unique keys and strings, just inside the bounds
+        f.write(b'{"format":"steno-exportd-manifest","version":1,"sessions":{},"x":{"a":0')
+        for k in range(0, 490_000, 10_000):
+            f.write(b"".join(b',"%07d":"%030d"' % (i, i) for i in range(k, k + 10_000)))
+        f.write(b"}}")
+
+
+@pytest.mark.parametrize("plant", [_hostile_manifest, _huge_manifest, _huge_sums, _sums_in_cr_lines,
+                                   _costliest_within_bounds])
 def test_a_hostile_manifest_on_a_stick_is_rebuilt_in_bounded_memory(tmp_path, plant):
     """A stick's author (or anyone who can write the store) leaves a manifest.json or SHA256SUMS that is JSON or
     text of the right shape but huge in Python objects. The daemon's unit has MemoryMax=256M, and it idles near
@@ -508,7 +525,10 @@ def test_a_hostile_manifest_on_a_stick_is_rebuilt_in_bounded_memory(tmp_path, pl
     (next(p for p in (out / "SilentSteno").iterdir() if p.is_dir()) / "transcript.txt").unlink()
     result, rss = _export_rss(tmp_path / "rec", out)
     assert result["ok"], result
-    assert rss < 160, f"peak RSS {rss} MiB (a clean export: {base_rss} MiB)"
+    # refused before they are parsed: about 40 MB (the file read) over a clean export; parsed, the costliest file
+    # within the bounds: about 145 MB over it, and the unit's MemoryMax is 256 MB
+    limit = 230 if plant is _costliest_within_bounds else 160
+    assert rss < limit, f"peak RSS {rss} MiB (a clean export: {base_rss} MiB)"
     root = out / "SilentSteno"
     assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=root).returncode == 0
     sessions = json.loads((root / "manifest.json").read_text())["sessions"]
@@ -517,20 +537,21 @@ def test_a_hostile_manifest_on_a_stick_is_rebuilt_in_bounded_memory(tmp_path, pl
 
 
 def test_the_largest_manifest_a_recorder_writes_is_read_not_rebuilt(tmp_path):
-    """The bounds on a manifest.json read from a target (above) leave room for 15,000 meetings of 8 files each."""
+    """The bounds on a manifest.json read from a target (above) leave room for the meetings of the 5 files a push
+    writes by default, each entry as the export writes it, with commas in the titles (each counts): 8,000 of them."""
     from steno_exportd.engine import manifest as mf
-    names = ["audio.flac", "transcript.txt", "transcript.pdf", "transcript.docx", "summary.md", "actions.csv",
-             "participants.txt", "session.html"]
+    names = ["audio.flac", "transcript.txt", "transcript.html", "transcript.pdf", "transcript.json"]
     m = mf.Manifest()
-    for i in range(15_000):
+    for i in range(8_000):
         u = f"{i:08x}-1234-4567-89ab-{i:012x}"
-        m.sessions[u] = {"folder": f"2026-11-{i % 28 + 1:02d} 10-00 Weekly planning meeting of the team ({u[:8]})",
-                         "updated_at": mf.now_iso(),
+        title = f"Weekly planning: budget, hiring, roadmap, {i}"
+        m.sessions[u] = {"id": i, "title": title, "folder": f"2026-11-{i % 28 + 1:02d} 10-00 {title}",
+                         "updated_at": mf.now_iso(), "exported_at": mf.now_iso(),
                          "files": {n: mf.entry(123456789, hashlib.sha256(f"{i}{n}".encode()).hexdigest(),
                                                "transcript-pdf", "1.4.2", "default") for n in names}}
     (tmp_path / "SilentSteno").mkdir()
     t = DirectoryTarget(str(tmp_path))
     mf.save(t, "SilentSteno", m)
     got = mf.load(t, "SilentSteno")
-    assert not got.rebuilt and len(got.exported()) == 15_000 and got.owned_paths() == m.owned_paths()
-    assert len(mf.read_sums(t, "SilentSteno")) == 120_000
+    assert not got.rebuilt and len(got.exported()) == 8_000 and got.owned_paths() == m.owned_paths()
+    assert len(mf.read_sums(t, "SilentSteno")) == 40_000
