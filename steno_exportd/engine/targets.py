@@ -25,6 +25,7 @@ COPY_CHUNK = 1 << 20                    # a local filesystem's write size: 1 MiB
 TEMP_PREFIX = ".steno-tmp-"
 PARTIAL_SUFFIX = ".partial"              # a session folder being built
 MARKER = ".steno-incomplete"             # in a folder built in place (no atomic dir rename)
+MAX_TREE_DEPTH = 8                       # folders below one remove_tree removes (ours: one, a session's files)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -444,13 +445,15 @@ class DirectoryTarget:
         finally:
             os.close(fd)
 
-    def remove_tree(self, rel: str) -> None:
+    def remove_tree(self, rel: str, _depth: int = 0) -> None:
         st = self.lstat(rel)
         if st is None:
             return
         if st.kind == "dir":
+            if _depth >= MAX_TREE_DEPTH:    # ours are a folder of files; someone else's may be nested without end
+                raise TargetError(f"{rel} holds folders nested more than {MAX_TREE_DEPTH} deep: not ours")
             for n in self.listdir(rel):
-                self.remove_tree(f"{rel}/{n}")
+                self.remove_tree(f"{rel}/{n}", _depth + 1)
         self.remove(rel)
 
     def free_space(self) -> int:

@@ -534,3 +534,42 @@ def test_the_largest_manifest_a_recorder_writes_is_read_not_rebuilt(tmp_path):
     got = mf.load(t, "SilentSteno")
     assert not got.rebuilt and len(got.exported()) == 15_000 and got.owned_paths() == m.owned_paths()
     assert len(mf.read_sums(t, "SilentSteno")) == 120_000
+
+
+def _nest(top, depth: int) -> None:
+    """top/a/a/a/... ``depth`` folders deep (made through folder descriptors: no path grows past PATH_MAX)."""
+    top.mkdir()
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(depth):
+            os.mkdir("a", dir_fd=fd)
+            nfd = os.open("a", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("planted", ["Holiday.partial", "Holiday"])
+def test_a_deeply_nested_folder_left_in_the_export_folder_does_not_stop_the_export(tmp_path, planted, caplog):
+    """A stick's author leaves in SilentSteno/ a folder that the export cleans up as an interrupted one of its own
+    (a '<name>.partial' folder, or a folder holding the '.steno-incomplete' marker) with 5,000 folders nested in
+    it. Its removal recursed once per level: RecursionError ('maximum recursion depth exceeded') failed every
+    export to that stick, as the job's and the stick's only message. Now the export goes on (the folder is left
+    alone, saying why in one line) and the session lands."""
+    lib = library(tmp_path, 1)
+    out = tmp_path / "out"
+    (out / "SilentSteno").mkdir(parents=True)
+    _nest(out / "SilentSteno" / planted, 5_000)
+    if not planted.endswith(".partial"):
+        (out / "SilentSteno" / planted / MARKER).write_text("incomplete\n")
+    try:
+        with caplog.at_level(logging.INFO):
+            res = _run(lib, make_config(tmp_path), out, [1])
+    finally:
+        if (out / "SilentSteno" / planted).exists():        # (pytest's own clean-up recurses too)
+            subprocess.run(["rm", "-rf", str(out / "SilentSteno" / planted)], check=True)
+    assert [r.ok for r in res] == [True], res
+    root = out / "SilentSteno"
+    assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=root).returncode == 0
+    assert not [r for r in caplog.records if r.exc_info]
