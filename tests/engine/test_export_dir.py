@@ -573,3 +573,36 @@ def test_a_deeply_nested_folder_left_in_the_export_folder_does_not_stop_the_expo
     root = out / "SilentSteno"
     assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=root).returncode == 0
     assert not [r for r in caplog.records if r.exc_info]
+
+
+def test_an_export_folder_of_a_million_entries_is_refused_in_bounded_memory(tmp_path):
+    """A stick's author fills SilentSteno/ with a million entries (hard links with 237-character names: no inode,
+    no data, a few seconds to make). Every listing of the folder read them all at once: the export's peak RSS was
+    about 450 MiB, over the daemon's MemoryMax=256M (killed by the kernel with every job, each time the stick came
+    back). A recorder writes no folder of more than 50,000 entries: beyond that the listing stops, and the export
+    is refused with one line saying why."""
+    import sys
+    from tests.smb.recorder import make_recorder
+    db = make_recorder(tmp_path / "rec", sizes=(100_000, 100_500))
+    db.close()
+    out = tmp_path / "stick"
+    root = out / "SilentSteno"
+    root.mkdir(parents=True)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for i in range(1_000_000):
+            if i % 60_000 == 0:                     # (ext4 allows 65,000 links to one file)
+                src = out / f"x{i}"
+                src.write_bytes(b"")
+            os.link(src, f"{i:07d}" + "n" * 230, dst_dir_fd=fd)
+    finally:
+        os.close(fd)
+    p = subprocess.run([sys.executable, "-c", _PEAK, "export", "--db", str(tmp_path / "rec" / "silent_steno.db"),
+                        "--data-dir", str(tmp_path / "rec"), "--to", str(out), "--sessions", "all",
+                        "--formats", "txt,audio", "--json"], capture_output=True, text=True, timeout=300)
+    rss = int(p.stderr.rpartition("VmHWM ")[2]) // 1024
+    assert "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert rss < 160, f"peak RSS {rss} MiB"
+    message = p.stderr.rpartition("VmHWM ")[0].strip()
+    assert p.returncode == 1 and message == ("export failed: SilentSteno holds more than 50,000 entries: not a "
+                                             "folder this recorder writes"), p.stdout[-500:] + p.stderr[-500:]
