@@ -178,12 +178,17 @@ def _has_sums(target: Target, root: str) -> bool:
 
 
 def rebuild(target: Target, root: str, reason: str = "") -> Manifest:
-    """Recover what we own from SHA256SUMS, keeping only files whose bytes still match."""
+    """Recover what we own from SHA256SUMS, keeping only files whose bytes still match. Reads no more than the
+    target holds in use (``used_space()`` where it says): someone else's SHA256SUMS may name sparse files of
+    terabytes, or one file under many names, and hashing them took hours that no cancel stops."""
     m = Manifest(rebuilt=True, problems=[reason] if reason else [])
     try:
         sums = read_sums(target, root)
     except (TargetError, OSError):
         sums = {}
+    used = getattr(target, "used_space", None)
+    budget = used() if used is not None else float("inf")
+    unread = 0
     for rel, sha in sums.items():
         folder, _, name = rel.partition("/")
         if not name or "/" in name:
@@ -191,12 +196,19 @@ def rebuild(target: Target, root: str, reason: str = "") -> Manifest:
         st = target.lstat(f"{root}/{rel}")
         if st is None or st.kind != "file":
             continue
+        if st.size > budget:
+            unread += 1                 # more than the target holds: not a file we wrote
+            continue
+        budget -= st.size
         size, actual = hash_target_file(target, f"{root}/{rel}")
         if actual != sha:
             continue
         key = f"rebuilt:{folder}"
         s = m.sessions.setdefault(key, {"folder": folder, "updated_at": "", "files": {}})
         s["files"][name] = {"size": size, "sha256": sha, "renderer": "", "version": ""}
+    if unread:
+        log.warning("%s: %d file(s) named in %s not checked: together larger than the target holds", target.name,
+                    unread, SUMS)
     return m
 
 

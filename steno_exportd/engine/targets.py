@@ -475,6 +475,15 @@ class DirectoryTarget:
             raise os_error(e, str(self.root)) from e
         return st.f_bavail * st.f_frsize
 
+    def used_space(self) -> int:
+        """Bytes in use on the filesystem: what any reading of its files can total (a sparse file or one of many
+        hard links aside)."""
+        try:
+            st = os.statvfs(self.root)
+        except OSError as e:
+            raise os_error(e, str(self.root)) from e
+        return (st.f_blocks - st.f_bfree) * st.f_frsize
+
     def fsync_dir(self, rel: str) -> None:
         fd = self._open_dir(check_rel(rel))
         try:

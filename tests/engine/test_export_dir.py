@@ -606,3 +606,34 @@ def test_an_export_folder_of_a_million_entries_is_refused_in_bounded_memory(tmp_
     message = p.stderr.rpartition("VmHWM ")[0].strip()
     assert p.returncode == 1 and message == ("export failed: SilentSteno holds more than 50,000 entries: not a "
                                              "folder this recorder writes"), p.stdout[-500:] + p.stderr[-500:]
+
+
+_READ = ("import atexit, runpy, sys; atexit.register(lambda: sys.stderr.write('rchar %s' % "
+         "open('/proc/self/io').read().split('rchar:')[1].split()[0])); "
+         "sys.argv[0] = 'steno-exportd'; runpy.run_module('steno_exportd', run_name='__main__')")
+
+
+def test_a_rebuild_reads_no_more_than_the_stick_holds(tmp_path):
+    """A stick's author leaves SilentSteno/ without manifest.json and with a SHA256SUMS naming a sparse file of
+    32 GiB (a moment to make on ext4, no space taken; 16 TiB works as well). The rebuild hashed every byte of it:
+    the export read 32 GiB (hours per stick for 16 TiB, and no cancel or eject stops a hash). Now a rebuild reads
+    no more than the filesystem holds in use: a file larger than that is not one we wrote, and is left unchecked;
+    the sessions land."""
+    import sys
+    from tests.parts.loopfs import loop_fs
+    from tests.smb.recorder import make_recorder
+    db = make_recorder(tmp_path / "rec", sizes=(100_000, 100_500))
+    db.close()
+    with loop_fs(tmp_path, "ext4", 600) as (out, dev, img):       # (4 KiB blocks: files up to 16 TiB)
+        root = out / "SilentSteno"
+        (root / "Big").mkdir(parents=True)
+        with open(root / "Big" / "audio.flac", "wb") as f:
+            f.truncate(32 << 30)
+        (root / "SHA256SUMS").write_text(f"{'0' * 64}  Big/audio.flac\n")
+        p = subprocess.run([sys.executable, "-c", _READ, "export", "--db", str(tmp_path / "rec" / "silent_steno.db"),
+                            "--data-dir", str(tmp_path / "rec"), "--to", str(out), "--sessions", "all",
+                            "--formats", "txt,audio", "--json"], capture_output=True, text=True, timeout=600)
+    assert "Traceback" not in p.stderr, p.stderr[-2000:]
+    read = int(p.stderr.rpartition("rchar ")[2])
+    assert read < 1 << 30, f"read {read / 2**30:.1f} GiB"
+    assert json.loads(p.stdout)["ok"], p.stdout
