@@ -145,6 +145,12 @@ def read(target: Target, root: str, *, found: bool = False) -> Manifest:
     return parse(_read_all(target, f"{root}/{MANIFEST}"))
 
 
+def plain_name(folder: Any) -> bool:
+    """A folder name as we write them: one name below the root. Someone else's manifest or SHA256SUMS may say '..',
+    '' or 'a/b' (an export refused as a whole, files written into the root itself or into another folder)."""
+    return isinstance(folder, str) and folder not in ("", ".", "..") and not any(c in folder for c in "/\\\0")
+
+
 def parse(raw: bytes | bytearray) -> Manifest:
     """A manifest.json's bytes; ValueError (or UnicodeDecodeError) when they are not ours."""
     data = safeparse.json_loads(raw, max_values=MAX_VALUES)
@@ -153,7 +159,7 @@ def parse(raw: bytes | bytearray) -> Manifest:
     if int(data.get("version", 0)) > VERSION:
         raise ValueError(f"manifest version {data.get('version')} is newer than ours")
     sessions = {u: s for u, s in data["sessions"].items()
-                if isinstance(s, dict) and isinstance(s.get("folder"), str) and isinstance(s.get("files"), dict)}
+                if isinstance(s, dict) and plain_name(s.get("folder")) and isinstance(s.get("files"), dict)}
     partial = data.get("partial")
     partial = {p: r for p, r in partial.items() if isinstance(r, dict)} if isinstance(partial, dict) else {}
     return Manifest(sessions, partial)
@@ -191,7 +197,7 @@ def rebuild(target: Target, root: str, reason: str = "") -> Manifest:
     unread = 0
     for rel, sha in sums.items():
         folder, _, name = rel.partition("/")
-        if not name or "/" in name:
+        if not name or not plain_name(folder) or not plain_name(name):
             continue
         st = target.lstat(f"{root}/{rel}")
         if st is None or st.kind != "file":

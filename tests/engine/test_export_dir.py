@@ -637,3 +637,41 @@ def test_a_rebuild_reads_no_more_than_the_stick_holds(tmp_path):
     read = int(p.stderr.rpartition("rchar ")[2])
     assert read < 1 << 30, f"read {read / 2**30:.1f} GiB"
     assert json.loads(p.stdout)["ok"], p.stdout
+
+
+def _folder_of_first(root, folder: str) -> None:
+    m = json.loads((root / "manifest.json").read_text())
+    m["sessions"][min(m["sessions"])]["folder"] = folder
+    (root / "manifest.json").write_text(json.dumps(m))
+
+
+def _sums_line(root, path: str) -> None:
+    (root / "manifest.json").unlink()
+    with open(root / "SHA256SUMS", "a") as f:
+        f.write(f"{'0' * 64}  {path}\n")
+
+
+@pytest.mark.parametrize("plant", [lambda r: _folder_of_first(r, "../elsewhere"), lambda r: _folder_of_first(r, ""),
+                                   lambda r: _folder_of_first(r, "a/b"), lambda r: _sums_line(r, "../audio.wav")],
+                         ids=["manifest ..", "manifest empty", "manifest a/b", "sums .."])
+def test_a_manifest_naming_a_folder_that_is_not_a_plain_name_is_not_ours(tmp_path, plant):
+    """A stick's author edits manifest.json (or SHA256SUMS, with manifest.json gone) so that a session's folder is
+    '../elsewhere', '', 'a/b', or a line names '../audio.wav': the export used the folder as given. '..' failed every
+    export to the stick ('bad target path'), '' wrote the session's files into SilentSteno/ itself, 'a/b' into a
+    folder nested in another. A folder that is not a plain name is not one we wrote: the entry is ignored, and
+    each session lands in a folder of its own."""
+    lib = library(tmp_path, 2)
+    out = tmp_path / "out"
+    out.mkdir()
+    cfg = make_config(tmp_path)
+    assert all(r.ok for r in _run(lib, cfg, out, [1, 2], formats=("txt",)))
+    root = out / "SilentSteno"
+    plant(root)
+    res = _run(lib, cfg, out, [1, 2], formats=("txt", "json"))
+    assert [r.ok for r in res] == [True, True], res
+    sessions = json.loads((root / "manifest.json").read_text())["sessions"]
+    folders = sorted(s["folder"] for u, s in sessions.items() if not u.startswith("rebuilt:"))
+    assert len(folders) == 2 and all(f and "/" not in f and f != ".." for f in folders), folders
+    assert all(sorted(os.listdir(root / f)) == ["session.json", "transcript.txt"] for f in folders)
+    assert sorted(p.name for p in root.iterdir() if p.is_file()) == ["SHA256SUMS", "manifest.json"]
+    assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=root).returncode == 0
