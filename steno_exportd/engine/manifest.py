@@ -160,6 +160,10 @@ def parse(raw: bytes | bytearray) -> Manifest:
         raise ValueError(f"manifest version {data.get('version')} is newer than ours")
     sessions = {u: s for u, s in data["sessions"].items()
                 if isinstance(s, dict) and plain_name(s.get("folder")) and isinstance(s.get("files"), dict)}
+    for s in sessions.values():         # records of the wrong shape (someone else's edit) are not ours either
+        s["files"] = {n: f for n, f in s["files"].items() if isinstance(f, dict)}
+        if not isinstance(s.get("errors", {}), dict):
+            del s["errors"]
     partial = data.get("partial")
     partial = {p: r for p, r in partial.items() if isinstance(r, dict)} if isinstance(partial, dict) else {}
     return Manifest(sessions, partial)

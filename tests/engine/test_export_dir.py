@@ -675,3 +675,34 @@ def test_a_manifest_naming_a_folder_that_is_not_a_plain_name_is_not_ours(tmp_pat
     assert all(sorted(os.listdir(root / f)) == ["session.json", "transcript.txt"] for f in folders)
     assert sorted(p.name for p in root.iterdir() if p.is_file()) == ["SHA256SUMS", "manifest.json"]
     assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=root).returncode == 0
+
+
+def _first_entry(root, change) -> None:
+    m = json.loads((root / "manifest.json").read_text())
+    change(m["sessions"][min(m["sessions"])])
+    (root / "manifest.json").write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("change,first", [
+    (lambda e: e["files"].update({"transcript.txt": 5}), "transcript.txt: a file we did not write is in the way; "
+                                                          "not overwritten"),
+    (lambda e: e.update({"errors": 5}), "")], ids=["a file's record not a table", "errors not a table"])
+def test_a_manifest_entry_of_the_wrong_shape_is_ignored_not_an_attribute_error(tmp_path, change, first):
+    """A stick's author edits one session's entry in manifest.json: a file's record is a number, or its 'errors'
+    is. Every export to the stick failed as a whole with "'int' object has no attribute 'get'" (or 'items'), the
+    job's and the stick's only message. A record of the wrong shape is not ours: it is ignored (a file it named is
+    then one we did not write, left alone and said so), and the rest lands, recorded and checkable."""
+    lib = library(tmp_path, 2)
+    out = tmp_path / "out"
+    out.mkdir()
+    cfg = make_config(tmp_path)
+    assert all(r.ok for r in _run(lib, cfg, out, [1, 2], formats=("txt",)))
+    root = out / "SilentSteno"
+    _first_entry(root, change)
+    res = _run(lib, cfg, out, [1, 2], formats=("txt", "json"))
+    assert [(r.ok, r.error) for r in res] == [(not first, first), (True, "")], res
+    sessions = json.loads((root / "manifest.json").read_text())["sessions"]
+    files = [sorted(s["files"]) for _, s in sorted(sessions.items())]
+    assert files == [["session.json"] if first else ["session.json", "transcript.txt"],
+                     ["session.json", "transcript.txt"]], sessions
+    assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=root).returncode == 0
