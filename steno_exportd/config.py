@@ -184,7 +184,7 @@ class AutoExportConfig:
     enabled: bool = opt(True, "Export automatically when a stick is inserted.")
     sessions: str = opt("new", "Which sessions: new (not on the stick yet), all, since_days.",
                         choices=("new", "all", "since_days"))
-    since_days: int = opt(30, "With sessions = since_days: how many days back.", min=1)
+    since_days: int = opt(30, "With sessions = since_days: how many days back.", min=1, max=36500)
     formats: list[str] = opt(["txt", "html", "pdf", "srt", "audio"], "Formats written to sticks.",
                              items=FORMATS)
     template: str = opt("detailed", "PDF/DOCX template for sticks.")

@@ -512,12 +512,21 @@ class Exporter:
         for p in [p for p in self.m.partial if self._resume_folder(p) not in entries]:
             del self.m.partial[p]           # its folder is gone: nothing to resume
         resuming = {self._resume_folder(p) for p in self.m.partial}
+
+        def drop(rel: str, name: str) -> None:
+            try:
+                self.t.remove_tree(rel)
+            except TargetError as e:
+                if e.kind == "pulled":
+                    raise
+                log.warning("%s: %s left alone: %s", self.t.name, rel, e)    # someone else's: its name stays taken
+                return
+            self._root_names.discard(name)
         for name, st in entries.items():
             rel = f"{self.root}/{name}"
             if name.endswith(PARTIAL_SUFFIX) and st.kind == "dir":
                 if name not in resuming:        # (one a write resumes is cleaned when built again)
-                    self.t.remove_tree(rel)
-                    self._root_names.discard(name)
+                    drop(rel, name)
             elif st.kind == "dir" and not self._owned_folder(name):
                 # an in-place build interrupted before completion: its marker, or (the marker's write lost with
                 # a yanked stick's unflushed metadata) nothing but our temp names, or nothing: what verify calls
@@ -527,8 +536,7 @@ class Exporter:
                 except TargetError:
                     continue                    # not ours to read: left alone
                 if MARKER in names or all(self.t.own_temp(n) for n in names):
-                    self.t.remove_tree(rel)
-                    self._root_names.discard(name)
+                    drop(rel, name)
             elif self.t.own_temp(name) and st.kind == "file":
                 self.t.remove(rel)
                 self._root_names.discard(name)

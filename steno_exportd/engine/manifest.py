@@ -148,6 +148,12 @@ def read(target: Target, root: str, *, found: bool = False) -> Manifest:
     return parse(_read_all(target, f"{root}/{MANIFEST}"))
 
 
+def plain_name(folder: Any) -> bool:
+    """A folder name as we write them: one name below the root. Someone else's manifest or SHA256SUMS may say '..',
+    '' or 'a/b' (an export refused as a whole, files written into the root itself or into another folder)."""
+    return isinstance(folder, str) and folder not in ("", ".", "..") and not any(c in folder for c in "/\\\0")
+
+
 def parse(raw: bytes | bytearray) -> Manifest:
     """A manifest.json's bytes; ValueError (or UnicodeDecodeError) when they are not ours."""
     data = safeparse.json_loads(raw, max_values=MAX_VALUES)
@@ -156,7 +162,11 @@ def parse(raw: bytes | bytearray) -> Manifest:
     if int(data.get("version", 0)) > VERSION:
         raise ValueError(f"manifest version {data.get('version')} is newer than ours")
     sessions = {u: s for u, s in data["sessions"].items()
-                if isinstance(s, dict) and isinstance(s.get("folder"), str) and isinstance(s.get("files"), dict)}
+                if isinstance(s, dict) and plain_name(s.get("folder")) and isinstance(s.get("files"), dict)}
+    for s in sessions.values():         # records of the wrong shape (someone else's edit) are not ours either
+        s["files"] = {n: f for n, f in s["files"].items() if isinstance(f, dict)}
+        if not isinstance(s.get("errors", {}), dict):
+            del s["errors"]
     partial = data.get("partial")
     partial = {p: r for p, r in partial.items() if isinstance(r, dict)} if isinstance(partial, dict) else {}
     return Manifest(sessions, partial)
@@ -181,25 +191,37 @@ def _has_sums(target: Target, root: str) -> bool:
 
 
 def rebuild(target: Target, root: str, reason: str = "") -> Manifest:
-    """Recover what we own from SHA256SUMS, keeping only files whose bytes still match."""
+    """Recover what we own from SHA256SUMS, keeping only files whose bytes still match. Reads no more than the
+    target holds in use (``used_space()`` where it says): someone else's SHA256SUMS may name sparse files of
+    terabytes, or one file under many names, and hashing them took hours that no cancel stops."""
     m = Manifest(rebuilt=True, problems=[reason] if reason else [])
     try:
         sums = read_sums(target, root)
     except (TargetError, OSError):
         sums = {}
+    used = getattr(target, "used_space", None)
+    budget = used() if used is not None else float("inf")
+    unread = 0
     for rel, sha in sums.items():
         folder, _, name = rel.partition("/")
-        if not name or "/" in name:
+        if not name or not plain_name(folder) or not plain_name(name):
             continue
         st = target.lstat(f"{root}/{rel}")
         if st is None or st.kind != "file":
             continue
+        if st.size > budget:
+            unread += 1                 # more than the target holds: not a file we wrote
+            continue
+        budget -= st.size
         size, actual = hash_target_file(target, f"{root}/{rel}")
         if actual != sha:
             continue
         key = f"rebuilt:{folder}"
         s = m.sessions.setdefault(key, {"folder": folder, "updated_at": "", "files": {}})
         s["files"][name] = {"size": size, "sha256": sha, "renderer": "", "version": ""}
+    if unread:
+        log.warning("%s: %d file(s) named in %s not checked: together larger than the target holds", target.name,
+                    unread, SUMS)
     return m
 
 

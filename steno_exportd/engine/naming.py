@@ -9,22 +9,24 @@ _FORBIDDEN = re.compile(r'[<>:"/\\|?*\x00-\x1f\x7f]')
 _RESERVED = {"CON", "PRN", "AUX", "NUL", "CLOCK$", "CONIN$", "CONOUT$",
              *(f"COM{i}" for i in range(10)), *(f"LPT{i}" for i in range(10)),
              "COM¹", "COM²", "COM³", "LPT¹", "LPT²", "LPT³"}
-MAX_UTF16 = 255
+MAX_NAME = 255
 ROOT_FALLBACK = "SilentSteno"
 
 
-def _utf16_len(s: str) -> int:
-    return len(s.encode("utf-16-le")) // 2
+def _name_len(s: str) -> int:
+    """A name's length as filesystems limit it: bytes of UTF-8 (ext4's 255 bytes). Never less than its UTF-16 code
+    units (FAT, exFAT and NTFS allow 255 of those), so a name within it fits on all of them."""
+    return len(s.encode("utf-8", "surrogatepass"))
 
 
-def truncate_utf16(s: str, limit: int) -> str:
-    """Cut s to at most limit UTF-16 code units without splitting a character."""
-    while _utf16_len(s) > limit:
+def truncate_name(s: str, limit: int) -> str:
+    """Cut s to at most limit (as _name_len counts) without splitting a character."""
+    while _name_len(s) > limit:
         s = s[:-1]
     return s
 
 
-def safe_name(name: str, fallback: str = "unnamed", limit: int = MAX_UTF16) -> str:
+def safe_name(name: str, fallback: str = "unnamed", limit: int = MAX_NAME) -> str:
     """A file or folder name every common filesystem accepts."""
     s = unicodedata.normalize("NFC", name)
     s = _FORBIDDEN.sub("_", s)
@@ -35,12 +37,12 @@ def safe_name(name: str, fallback: str = "unnamed", limit: int = MAX_UTF16) -> s
     stem, dot, ext = s.partition(".")
     if stem.upper().rstrip(" ") in _RESERVED:
         s = "_" + s
-    if _utf16_len(s) > limit:
+    if _name_len(s) > limit:
         base, dot, ext = s.rpartition(".")
         if dot and 0 < len(ext) <= 8:
-            s = truncate_utf16(base, limit - _utf16_len(ext) - 1).rstrip(". ") + "." + ext
+            s = truncate_name(base, limit - _name_len(ext) - 1).rstrip(". ") + "." + ext
         else:
-            s = truncate_utf16(s, limit).rstrip(". ")
+            s = truncate_name(s, limit).rstrip(". ")
     return s
 
 
@@ -55,7 +57,7 @@ def resolve_collision(name: str, taken: set[str]) -> str:
     i = 2
     while True:
         suffix = f" ({i})"
-        cand = truncate_utf16(base, MAX_UTF16 - _utf16_len(suffix) - (len(ext) + 1 if dot else 0)) + suffix
+        cand = truncate_name(base, MAX_NAME - _name_len(suffix) - (len(ext) + 1 if dot else 0)) + suffix
         cand = cand + (f".{ext}" if dot else "")
         if cand.casefold() not in low:
             return cand

@@ -14,7 +14,7 @@ import os
 import secrets
 import stat as stat_mod
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Iterator, Protocol, runtime_checkable
 
 from steno_exportd.errors import InvalidArgument, TargetError, TargetFullError
 
@@ -25,6 +25,8 @@ COPY_CHUNK = 1 << 20                    # a local filesystem's write size: 1 MiB
 TEMP_PREFIX = ".steno-tmp-"
 PARTIAL_SUFFIX = ".partial"              # a session folder being built
 MARKER = ".steno-incomplete"             # in a folder built in place (no atomic dir rename)
+MAX_ENTRIES = 50_000                     # in one folder: a recorder writes no more (its manifest holds 15,000 sessions)
+MAX_TREE_DEPTH = 8                       # folders below one remove_tree removes (ours: one, a session's files)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -258,6 +260,17 @@ class _FdRead:
             self._fd = -1
 
 
+def _names(fd: int, rel: str) -> Iterator[str]:
+    """The names in an open folder, one at a time; TargetError past MAX_ENTRIES. A stick's author can put millions
+    in a folder: read at once, the names of a million outgrew the daemon's memory."""
+    with os.scandir(fd) as it:
+        for n, entry in enumerate(it):
+            if n >= MAX_ENTRIES:
+                raise TargetError(f"{rel or 'the target'} holds more than {MAX_ENTRIES:,} entries: not a folder this "
+                                  f"recorder writes")
+            yield entry.name
+
+
 def _lstat_at(name: str, dir_fd: int) -> EntryStat | None:
     try:
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
@@ -330,7 +343,7 @@ class DirectoryTarget:
     def listdir(self, rel: str) -> list[str]:
         fd = self._open_dir(check_rel(rel))
         try:
-            return sorted(os.listdir(fd))
+            return sorted(_names(fd, rel))
         except OSError as e:
             raise os_error(e, rel) from e
         finally:
@@ -340,7 +353,7 @@ class DirectoryTarget:
         fd = self._open_dir(check_rel(rel))
         try:
             out = {}
-            for name in os.listdir(fd):
+            for name in _names(fd, rel):
                 st = _lstat_at(name, fd)
                 if st is not None:
                     out[name] = st
@@ -444,13 +457,15 @@ class DirectoryTarget:
         finally:
             os.close(fd)
 
-    def remove_tree(self, rel: str) -> None:
+    def remove_tree(self, rel: str, _depth: int = 0) -> None:
         st = self.lstat(rel)
         if st is None:
             return
         if st.kind == "dir":
+            if _depth >= MAX_TREE_DEPTH:    # ours are a folder of files; someone else's may be nested without end
+                raise TargetError(f"{rel} holds folders nested more than {MAX_TREE_DEPTH} deep: not ours")
             for n in self.listdir(rel):
-                self.remove_tree(f"{rel}/{n}")
+                self.remove_tree(f"{rel}/{n}", _depth + 1)
         self.remove(rel)
 
     def free_space(self) -> int:
@@ -459,6 +474,15 @@ class DirectoryTarget:
         except OSError as e:
             raise os_error(e, str(self.root)) from e
         return st.f_bavail * st.f_frsize
+
+    def used_space(self) -> int:
+        """Bytes in use on the filesystem: what any reading of its files can total (a sparse file or one of many
+        hard links aside)."""
+        try:
+            st = os.statvfs(self.root)
+        except OSError as e:
+            raise os_error(e, str(self.root)) from e
+        return (st.f_blocks - st.f_bfree) * st.f_frsize
 
     def fsync_dir(self, rel: str) -> None:
         fd = self._open_dir(check_rel(rel))

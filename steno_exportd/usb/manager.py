@@ -204,8 +204,11 @@ class UsbManager:
         await started.wait()
         await asyncio.sleep(0)                      # the subscription exists before the job starts
         try:
-            # the mount point comes from udisks, not from a caller: export.allowed_dirs does not apply
-            job = await self.core.export_sessions(ids, formats, mp, _options(auto, did, c), trusted=True)
+            # the mount point comes from udisks, not from a caller: export.allowed_dirs does not apply. It is named
+            # as a folder (a trailing '/'): the stick's label names it, and a label like 'X.zip' made it an archive
+            # written beside the mount point, outside the stick
+            job = await self.core.export_sessions(ids, formats, os.path.join(mp, ""), _options(auto, did, c),
+                                                  trusted=True)
             self._jobs[did] = job.id
             self.devices.change(did, state=DeviceState.EXPORTING)
             log.info("%s: exporting %d session(s) as job %s", c.label or c.uuid, len(ids), job.id)

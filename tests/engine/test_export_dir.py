@@ -555,3 +555,175 @@ def test_the_largest_manifest_a_recorder_writes_is_read_not_rebuilt(tmp_path):
     got = mf.load(t, "SilentSteno")
     assert not got.rebuilt and len(got.exported()) == 8_000 and got.owned_paths() == m.owned_paths()
     assert len(mf.read_sums(t, "SilentSteno")) == 40_000
+
+
+def _nest(top, depth: int) -> None:
+    """top/a/a/a/... ``depth`` folders deep (made through folder descriptors: no path grows past PATH_MAX)."""
+    top.mkdir()
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(depth):
+            os.mkdir("a", dir_fd=fd)
+            nfd = os.open("a", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("planted", ["Holiday.partial", "Holiday"])
+def test_a_deeply_nested_folder_left_in_the_export_folder_does_not_stop_the_export(tmp_path, planted, caplog):
+    """A stick's author leaves in SilentSteno/ a folder that the export cleans up as an interrupted one of its own
+    (a '<name>.partial' folder, or a folder holding the '.steno-incomplete' marker) with 5,000 folders nested in
+    it. Its removal recursed once per level: RecursionError ('maximum recursion depth exceeded') failed every
+    export to that stick, as the job's and the stick's only message. Now the export goes on (the folder is left
+    alone, saying why in one line) and the session lands."""
+    lib = library(tmp_path, 1)
+    out = tmp_path / "out"
+    (out / "SilentSteno").mkdir(parents=True)
+    _nest(out / "SilentSteno" / planted, 5_000)
+    if not planted.endswith(".partial"):
+        (out / "SilentSteno" / planted / MARKER).write_text("incomplete\n")
+    try:
+        with caplog.at_level(logging.INFO):
+            res = _run(lib, make_config(tmp_path), out, [1])
+    finally:
+        if (out / "SilentSteno" / planted).exists():        # (pytest's own clean-up recurses too)
+            subprocess.run(["rm", "-rf", str(out / "SilentSteno" / planted)], check=True)
+    assert [r.ok for r in res] == [True], res
+    root = out / "SilentSteno"
+    assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=root).returncode == 0
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+def test_an_export_folder_of_a_million_entries_is_refused_in_bounded_memory(tmp_path):
+    """A stick's author fills SilentSteno/ with a million entries (hard links with 237-character names: no inode,
+    no data, a few seconds to make). Every listing of the folder read them all at once: the export's peak RSS was
+    about 450 MiB, over the daemon's MemoryMax=256M (killed by the kernel with every job, each time the stick came
+    back). A recorder writes no folder of more than 50,000 entries: beyond that the listing stops, and the export
+    is refused with one line saying why."""
+    import sys
+    from tests.smb.recorder import make_recorder
+    db = make_recorder(tmp_path / "rec", sizes=(100_000, 100_500))
+    db.close()
+    out = tmp_path / "stick"
+    root = out / "SilentSteno"
+    root.mkdir(parents=True)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for i in range(1_000_000):
+            if i % 60_000 == 0:                     # (ext4 allows 65,000 links to one file)
+                src = out / f"x{i}"
+                src.write_bytes(b"")
+            os.link(src, f"{i:07d}" + "n" * 230, dst_dir_fd=fd)
+    finally:
+        os.close(fd)
+    p = subprocess.run([sys.executable, "-c", _PEAK, "export", "--db", str(tmp_path / "rec" / "silent_steno.db"),
+                        "--data-dir", str(tmp_path / "rec"), "--to", str(out), "--sessions", "all",
+                        "--formats", "txt,audio", "--json"], capture_output=True, text=True, timeout=300)
+    rss = int(p.stderr.rpartition("VmHWM ")[2]) // 1024
+    assert "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert rss < 160, f"peak RSS {rss} MiB"
+    message = p.stderr.rpartition("VmHWM ")[0].strip()
+    assert p.returncode == 1 and message == ("export failed: SilentSteno holds more than 50,000 entries: not a "
+                                             "folder this recorder writes"), p.stdout[-500:] + p.stderr[-500:]
+
+
+_READ = ("import atexit, runpy, sys; atexit.register(lambda: sys.stderr.write('rchar %s' % "
+         "open('/proc/self/io').read().split('rchar:')[1].split()[0])); "
+         "sys.argv[0] = 'steno-exportd'; runpy.run_module('steno_exportd', run_name='__main__')")
+
+
+def test_a_rebuild_reads_no_more_than_the_stick_holds(tmp_path):
+    """A stick's author leaves SilentSteno/ without manifest.json and with a SHA256SUMS naming a sparse file of
+    32 GiB (a moment to make on ext4, no space taken; 16 TiB works as well). The rebuild hashed every byte of it:
+    the export read 32 GiB (hours per stick for 16 TiB, and no cancel or eject stops a hash). Now a rebuild reads
+    no more than the filesystem holds in use: a file larger than that is not one we wrote, and is left unchecked;
+    the sessions land."""
+    import sys
+    from tests.parts.loopfs import loop_fs
+    from tests.smb.recorder import make_recorder
+    db = make_recorder(tmp_path / "rec", sizes=(100_000, 100_500))
+    db.close()
+    with loop_fs(tmp_path, "ext4", 600) as (out, dev, img):       # (4 KiB blocks: files up to 16 TiB)
+        root = out / "SilentSteno"
+        (root / "Big").mkdir(parents=True)
+        with open(root / "Big" / "audio.flac", "wb") as f:
+            f.truncate(32 << 30)
+        (root / "SHA256SUMS").write_text(f"{'0' * 64}  Big/audio.flac\n")
+        p = subprocess.run([sys.executable, "-c", _READ, "export", "--db", str(tmp_path / "rec" / "silent_steno.db"),
+                            "--data-dir", str(tmp_path / "rec"), "--to", str(out), "--sessions", "all",
+                            "--formats", "txt,audio", "--json"], capture_output=True, text=True, timeout=600)
+    assert "Traceback" not in p.stderr, p.stderr[-2000:]
+    read = int(p.stderr.rpartition("rchar ")[2])
+    assert read < 1 << 30, f"read {read / 2**30:.1f} GiB"
+    assert json.loads(p.stdout)["ok"], p.stdout
+
+
+def _folder_of_first(root, folder: str) -> None:
+    m = json.loads((root / "manifest.json").read_text())
+    m["sessions"][min(m["sessions"])]["folder"] = folder
+    (root / "manifest.json").write_text(json.dumps(m))
+
+
+def _sums_line(root, path: str) -> None:
+    (root / "manifest.json").unlink()
+    with open(root / "SHA256SUMS", "a") as f:
+        f.write(f"{'0' * 64}  {path}\n")
+
+
+@pytest.mark.parametrize("plant", [lambda r: _folder_of_first(r, "../elsewhere"), lambda r: _folder_of_first(r, ""),
+                                   lambda r: _folder_of_first(r, "a/b"), lambda r: _sums_line(r, "../audio.wav")],
+                         ids=["manifest ..", "manifest empty", "manifest a/b", "sums .."])
+def test_a_manifest_naming_a_folder_that_is_not_a_plain_name_is_not_ours(tmp_path, plant):
+    """A stick's author edits manifest.json (or SHA256SUMS, with manifest.json gone) so that a session's folder is
+    '../elsewhere', '', 'a/b', or a line names '../audio.wav': the export used the folder as given. '..' failed every
+    export to the stick ('bad target path'), '' wrote the session's files into SilentSteno/ itself, 'a/b' into a
+    folder nested in another. A folder that is not a plain name is not one we wrote: the entry is ignored, and
+    each session lands in a folder of its own."""
+    lib = library(tmp_path, 2)
+    out = tmp_path / "out"
+    out.mkdir()
+    cfg = make_config(tmp_path)
+    assert all(r.ok for r in _run(lib, cfg, out, [1, 2], formats=("txt",)))
+    root = out / "SilentSteno"
+    plant(root)
+    res = _run(lib, cfg, out, [1, 2], formats=("txt", "json"))
+    assert [r.ok for r in res] == [True, True], res
+    sessions = json.loads((root / "manifest.json").read_text())["sessions"]
+    folders = sorted(s["folder"] for u, s in sessions.items() if not u.startswith("rebuilt:"))
+    assert len(folders) == 2 and all(f and "/" not in f and f != ".." for f in folders), folders
+    assert all(sorted(os.listdir(root / f)) == ["session.json", "transcript.txt"] for f in folders)
+    assert sorted(p.name for p in root.iterdir() if p.is_file()) == ["SHA256SUMS", "manifest.json"]
+    assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=root).returncode == 0
+
+
+def _first_entry(root, change) -> None:
+    m = json.loads((root / "manifest.json").read_text())
+    change(m["sessions"][min(m["sessions"])])
+    (root / "manifest.json").write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("change,first", [
+    (lambda e: e["files"].update({"transcript.txt": 5}), "transcript.txt: a file we did not write is in the way; "
+                                                          "not overwritten"),
+    (lambda e: e.update({"errors": 5}), "")], ids=["a file's record not a table", "errors not a table"])
+def test_a_manifest_entry_of_the_wrong_shape_is_ignored_not_an_attribute_error(tmp_path, change, first):
+    """A stick's author edits one session's entry in manifest.json: a file's record is a number, or its 'errors'
+    is. Every export to the stick failed as a whole with "'int' object has no attribute 'get'" (or 'items'), the
+    job's and the stick's only message. A record of the wrong shape is not ours: it is ignored (a file it named is
+    then one we did not write, left alone and said so), and the rest lands, recorded and checkable."""
+    lib = library(tmp_path, 2)
+    out = tmp_path / "out"
+    out.mkdir()
+    cfg = make_config(tmp_path)
+    assert all(r.ok for r in _run(lib, cfg, out, [1, 2], formats=("txt",)))
+    root = out / "SilentSteno"
+    _first_entry(root, change)
+    res = _run(lib, cfg, out, [1, 2], formats=("txt", "json"))
+    assert [(r.ok, r.error) for r in res] == [(not first, first), (True, "")], res
+    sessions = json.loads((root / "manifest.json").read_text())["sessions"]
+    files = [sorted(s["files"]) for _, s in sorted(sessions.items())]
+    assert files == [["session.json"] if first else ["session.json", "transcript.txt"],
+                     ["session.json", "transcript.txt"]], sessions
+    assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=root).returncode == 0

@@ -358,3 +358,24 @@ def test_yank_at_a_sessions_last_step_then_the_next_export_completes_it_once(tmp
         assert verify_target(str(mnt)).ok
         assert sessions_on_stick(mnt) == {x.uuid for x in lib.sessions.values()}
         assert all(r.skipped for r in _export(lib, cfg, mnt))
+
+
+@pytest.mark.parametrize("fstype", ["ext4", "exfat"])
+def test_a_long_title_in_a_non_latin_script_lands_on_every_filesystem(tmp_path, fstype):
+    """Session folders were cut to 240 UTF-16 units, the FAT/exFAT/NTFS limit, but a stick's author may format it
+    ext4, whose limit is 255 bytes: a meeting titled in Japanese (150 characters, 450 bytes) failed there on every
+    export with 'File name too long', the session never on the stick. Now its folder lands on every filesystem,
+    named after as much of the title as fits, and verifies. (Not vfat here: fusefat, this machine's stand-in for
+    the kernel's vfat, refuses every name that is not ASCII with EPERM.)"""
+    audio = tmp_path / "a.wav"
+    audio.write_bytes(os.urandom(100_000))
+    lib = FakeLibrary([make_session(1, audio, title="会議の記録" * 30), make_session(2, audio, title="😀" * 200)])
+    cfg = _cfg(tmp_path)
+    with loop_fs(tmp_path, fstype, 2100 if fstype == "vfat" else 64) as (mnt, dev, img):
+        res = _export(lib, cfg, mnt)
+        assert [r.ok for r in res] == [True, True], [r.error for r in res]
+        folders = sorted(p.name for p in (mnt / "SilentSteno").iterdir() if p.is_dir())
+        assert len(folders) == 2 and folders[0].startswith("2026-01-02 会議の記録会議の記録"), folders
+        assert _sums_ok(mnt) and not _leftovers(mnt)
+        assert verify_target(str(mnt)).ok
+        assert all(r.skipped for r in _export(lib, cfg, mnt))

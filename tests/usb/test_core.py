@@ -89,3 +89,43 @@ async def test_real_core_pull_mid_export_records_nothing(sticks, real_core):
         assert last.state == JobState.COMPLETED, last.error
         assert all(f.ok or f.source_problem for r in last.results for f in r.files), last.error
         assert [r.status for r in last.results if r.warnings] == ["ok with warnings"]
+
+
+@pytest.mark.parametrize("suffix", [".zip", ".tgz"])
+async def test_a_stick_labelled_like_an_archive_is_exported_into_not_beside(sticks, real_core, suffix):
+    """A stick's author chose its label: udisks mounts an ext4 stick labelled 'REC1234.zip' at
+    /media/root/REC1234.zip. That is the stick's folder, never an archive to write beside it: nothing is written
+    into the folder that holds the mount point (outside the stick, the recorder's own disk), and the export
+    lands on the stick as on any other."""
+    import threading
+    import uuid as uuidlib
+    core, db = real_core
+    stick = await asyncio.to_thread(sticks, "ext4", label="REC" + uuidlib.uuid4().hex[:4].upper() + suffix,
+                                    size_mb=256)
+    seen: set[str] = set()
+    stop = threading.Event()
+
+    def watch(parent: str) -> None:
+        while not stop.is_set():
+            try:
+                seen.update(n for n in os.listdir(parent) if n.startswith(".steno"))
+            except OSError:
+                pass
+            stop.wait(0.002)
+    watcher = None
+    async with usb.running(core):
+        await asyncio.to_thread(stick.insert)
+        dev = await wait_state(core, stick.label, S.MOUNTED, S.EXPORTING, S.SAFE_TO_REMOVE, S.ERROR, timeout=60)
+        if dev.mount_point:
+            watcher = threading.Thread(target=watch, args=(os.path.dirname(dev.mount_point),), daemon=True)
+            watcher.start()
+        dev = await wait_state(core, stick.label, S.SAFE_TO_REMOVE, S.ERROR, timeout=120)
+        stop.set()
+        if watcher is not None:
+            await asyncio.to_thread(watcher.join)
+        assert not seen, f"written beside the stick's mount point: {seen}"
+        assert dev.state == S.SAFE_TO_REMOVE, dev.error
+        job = max(core.jobs.list(), key=lambda j: j.id)
+        assert job.state == JobState.COMPLETED and job.operation == "export", job.error
+    names = await asyncio.to_thread(stick_files, stick, lambda root: sorted(os.listdir(root / "SilentSteno")))
+    assert "manifest.json" in names and "SHA256SUMS" in names

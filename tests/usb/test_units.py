@@ -126,6 +126,18 @@ def test_stick_config_nested_too_deeply_is_refused_with_a_reason(tmp_path):
     assert not p.write and "unusable" in p.reason and "nested too deeply" in p.reason
 
 
+@pytest.mark.parametrize("days", [100_000_000, 10_000_000_000])
+def test_stick_config_since_days_beyond_any_date_is_refused_with_a_reason(tmp_path, days):
+    """A stick's author asks for the sessions of the last 100 million days: the stick's file was accepted, then
+    choosing the sessions failed with OverflowError, shown on the device as 'date value out of range' (or
+    'days=...; must have magnitude <= 999999999'). Now the file is invalid, saying which key and why."""
+    (tmp_path / "steno-export.toml").write_text(f'sessions = "since_days"\nsince_days = {days}\n')
+    p = policy.stick_policy(tmp_path, config.Config().usb)
+    if p.write:
+        policy.select_sessions([summary(1)], p.auto, set())
+    assert not p.write and "invalid" in p.reason and "since_days" in p.reason, p.reason
+
+
 def test_stick_config_can_disable_auto_export(tmp_path):
     (tmp_path / "steno-export.toml").write_text("enabled = false\n")
     p = policy.stick_policy(tmp_path, config.Config().usb)
