@@ -1,0 +1,31 @@
+"""A guest on the LAN and a share-link holder at the edges the other files do not reach: byte ranges with
+numbers too long for int(), ..."""
+from __future__ import annotations
+
+import logging
+
+from tests.web.helpers import raw, request, with_audio
+from tests.web.test_edges import quiet
+from tests.web.test_share_caps import make_link, uses
+
+
+async def test_a_range_with_thousands_of_digits_is_answered_not_a_traceback(web_client, sessions, caplog):
+    """int() refuses a number of more than 4,300 digits (ValueError); a Range header holds 8,000. Such a number
+    is still only a number: past the end (416), or an end or suffix longer than the file (all of it)."""
+    caplog.set_level(logging.DEBUG)
+    client, _ = await web_client()
+    port = client.server.port
+    s = with_audio(sessions)
+    size = s.audio.size
+    link = await make_link(client, s.id, max_downloads=1)
+    big = "9" * 5000
+    for path in (f"/s/{link['token']}/audio", f"/sessions/{s.id}/audio"):
+        status, headers, _ = await raw(port, request("GET", path, port, {"Range": f"bytes={big}-"}))
+        assert (status, headers.get("content-range")) == (416, f"bytes */{size}"), (path, status)
+        assert await uses(client, s.id, link["token"]) == 0          # nothing sent: the use was given back
+    path = f"/sessions/{s.id}/audio"
+    for spec, first, last in ((f"0-{big}", 0, size - 1), (f"-{big}", 0, size - 1), ("0" * 5000 + "1-2", 1, 2)):
+        status, headers, body = await raw(port, request("GET", path, port, {"Range": f"bytes={spec}"}))
+        assert (status, headers.get("content-range"), len(body)) == \
+            (206, f"bytes {first}-{last}/{size}", last - first + 1), spec[:12]
+    quiet(caplog)
