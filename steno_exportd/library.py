@@ -241,6 +241,8 @@ def _summary_from_row(row: tuple) -> SessionSummary:
             problems.append(Problem("duration_seconds", f"not a number: {duration!r}"))
         elif n < 0:
             problems.append(Problem("duration_seconds", f"negative duration {duration}"))
+        elif n >= 2 ** 63:                  # what SQLite's INTEGER and D-Bus's int64 hold
+            problems.append(Problem("duration_seconds", f"duration {duration} is too large"))
         else:
             dur = int(n)
     if dur is None and start_dt and end_dt and end_dt >= start_dt:
