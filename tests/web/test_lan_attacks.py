@@ -29,3 +29,24 @@ async def test_a_range_with_thousands_of_digits_is_answered_not_a_traceback(web_
         assert (status, headers.get("content-range"), len(body)) == \
             (206, f"bytes {first}-{last}/{size}", last - first + 1), spec[:12]
     quiet(caplog)
+
+
+async def test_finding_in_a_long_transcript_folds_the_words_once(web_client, sessions):
+    """The find box folds what was typed for every line it looks at: 200 characters that NFKD spreads over
+    18 each (U+FDFA), four guests at once on a 2,000-line meeting, held the event loop for seconds (every
+    other client, and the watchdog, waited). The test guard fails a test whose loop is blocked."""
+    import asyncio
+    client, _ = await web_client()
+    s = max(sessions.values(), key=lambda x: len(x.segments))
+    assert len(s.segments) >= 2000
+
+    async def find(text: str) -> str:
+        r = await client.get(f"/sessions/{s.id}", params={"find": text})
+        assert r.status == 200
+        return await r.text()
+    pages = await asyncio.gather(*(find("\ufdfa" * 200) for _ in range(4)))
+    assert all("0 lines with" in page for page in pages)
+    word = s.segments[0].text.split()[0]
+    expect = sum(word.casefold() in g.text.casefold() or word.casefold() in g.speaker_name.casefold()
+                 for g in s.segments)
+    assert f"{expect} line{'' if expect == 1 else 's'} with" in await find(word.upper())
