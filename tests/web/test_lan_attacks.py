@@ -1,8 +1,10 @@
 """A guest on the LAN and a share-link holder at the edges the other files do not reach: byte ranges with
-numbers too long for int(), ..."""
+numbers too long for int(), the find box's folding, downloads whose clients stopped reading."""
 from __future__ import annotations
 
 import logging
+
+import pytest
 
 from tests.web.helpers import raw, request, with_audio
 from tests.web.test_edges import quiet
@@ -50,3 +52,25 @@ async def test_finding_in_a_long_transcript_folds_the_words_once(web_client, ses
     expect = sum(word.casefold() in g.text.casefold() or word.casefold() in g.speaker_name.casefold()
                  for g in s.segments)
     assert f"{expect} line{'' if expect == 1 else 's'} with" in await find(word.upper())
+
+
+@pytest.mark.xfail(strict=True, reason="server.Connections.admit evicts only idle connections and event streams: a "
+                   "download whose client stopped reading is never a victim; needs write progress per connection")
+async def test_downloads_that_stopped_reading_do_not_lock_the_page_out(web_client, own_lib):
+    """A guest opens as many downloads as the page takes connections (http.max_connections) and stops reading
+    each after its first bytes: none is idle (a request is in progress), so each newcomer was closed
+    instead, and the page stayed unreachable for everyone for as long as the guest kept them open."""
+    import asyncio
+    from tests.web.helpers import leave, open_download
+    from tests.web.test_hostile_files import grow, recordings
+    sid, path = next(iter(recordings(own_lib).items()))
+    grow(path, 64 << 20)                               # more than the socket buffers hold
+    client, _ = await web_client(own_lib, **{"http.max_connections": 16, "http.idle_timeout": 1})
+    stalled = [await open_download(client, f"/sessions/{sid}/audio", 1024) for _ in range(16)]
+    try:
+        await asyncio.sleep(2)                         # longer than http.idle_timeout without a byte read
+        status, _, body = await raw(client.server.port, request("GET", "/api/v1/status", client.server.port))
+        assert status == 200, (status, body[:200])
+    finally:
+        for _, writer, _ in stalled:
+            leave(writer, reset=True)
