@@ -2,11 +2,13 @@
 numbers too long for int(), the find box's folding, downloads whose clients stopped reading."""
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
 
-from tests.web.helpers import raw, request, with_audio
+from tests.web.helpers import leave, open_download, raw, request, with_audio
+from tests.web.test_hostile_files import grow, recordings
 from tests.web.test_edges import quiet
 from tests.web.test_share_caps import make_link, uses
 
@@ -37,7 +39,6 @@ async def test_finding_in_a_long_transcript_folds_the_words_once(web_client, ses
     """The find box folds what was typed for every line it looks at: 200 characters that NFKD spreads over
     18 each (U+FDFA), four guests at once on a 2,000-line meeting, held the event loop for seconds (every
     other client, and the watchdog, waited). The test guard fails a test whose loop is blocked."""
-    import asyncio
     client, _ = await web_client()
     s = max(sessions.values(), key=lambda x: len(x.segments))
     assert len(s.segments) >= 2000
@@ -60,9 +61,6 @@ async def test_downloads_that_stopped_reading_do_not_lock_the_page_out(web_clien
     """A guest opens as many downloads as the page takes connections (http.max_connections) and stops reading
     each after its first bytes: none is idle (a request is in progress), so each newcomer was closed
     instead, and the page stayed unreachable for everyone for as long as the guest kept them open."""
-    import asyncio
-    from tests.web.helpers import leave, open_download
-    from tests.web.test_hostile_files import grow, recordings
     sid, path = next(iter(recordings(own_lib).items()))
     grow(path, 64 << 20)                               # more than the socket buffers hold
     client, _ = await web_client(own_lib, **{"http.max_connections": 16, "http.idle_timeout": 1})
