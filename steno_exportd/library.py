@@ -11,6 +11,7 @@ import dataclasses
 import itertools
 import datetime as dt
 import logging
+import math
 import os
 import sqlite3
 import stat as stat_mod
@@ -154,14 +155,15 @@ def _json(value: Any, field: str, problems: list[Problem], default: Any = None) 
 
 
 def _num(value: Any) -> float | None:
+    """A number column as a float; None when NULL, not a number, or not finite (SQLite keeps 9e999 as Infinity,
+    float() reads the text 'nan': int() of either raises, and NaN passes every comparison)."""
     if value is None or isinstance(value, bool):
         return None
-    if isinstance(value, (int, float)):
-        return float(value)
     try:
-        return float(value)
-    except (TypeError, ValueError):
+        n = float(value)
+    except (TypeError, ValueError, OverflowError):
         return None
+    return n if math.isfinite(n) else None
 
 
 def _dt_field(row_value: Any, field: str, problems: list[Problem], required: bool) -> dt.datetime | None:
@@ -239,6 +241,8 @@ def _summary_from_row(row: tuple) -> SessionSummary:
             problems.append(Problem("duration_seconds", f"not a number: {duration!r}"))
         elif n < 0:
             problems.append(Problem("duration_seconds", f"negative duration {duration}"))
+        elif n >= 2 ** 63:                  # what SQLite's INTEGER and D-Bus's int64 hold
+            problems.append(Problem("duration_seconds", f"duration {duration} is too large"))
         else:
             dur = int(n)
     if dur is None and start_dt and end_dt and end_dt >= start_dt:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import shutil
 import sqlite3
@@ -262,6 +263,40 @@ def test_negative_durations(rec):
     assert s.duration_seconds == 3600          # from start/end time instead
     assert any("ends" in r and "before it starts" in r for r in f.values())
     assert all(seg.end >= seg.start for seg in s.segments)
+
+
+def test_infinite_and_nan_numbers_are_problems_and_never_stop_the_listing(rec):
+    """SQLite stores an overflowing REAL (9e999) as Infinity, and a text 'nan' reads as a number to float():
+    int() of either raised, and one such session stopped the whole listing (every page and export)."""
+    rec.conn.execute("PRAGMA ignore_check_constraints = ON")
+    good = good_session(rec)
+    dur_inf, dur_nan, line_inf, line_nan, odd = (good_session(rec) for _ in range(5))
+    rec.conn.execute("UPDATE sessions SET duration_seconds = 9e999 WHERE id = ?", (dur_inf,))
+    rec.conn.execute("UPDATE sessions SET duration_seconds = 'nan' WHERE id = ?", (dur_nan,))
+    last = "(SELECT max(id) FROM transcript_entries WHERE session_id = ?)"
+    rec.conn.execute(f"UPDATE transcript_entries SET start_time_seconds = 9e999 WHERE id = {last}", (line_inf,))
+    rec.conn.execute(f"UPDATE transcript_entries SET end_time_seconds = 'nan', confidence = 'nan' WHERE id = {last}",
+                     (line_nan,))
+    rec.conn.execute("UPDATE participants SET total_speaking_time_seconds = -9e999, speaking_percentage = 'nan' "
+                     "WHERE session_id = ?", (odd,))
+    rec.file(odd, "audio/gone.txt", size=0)
+    rec.conn.execute("UPDATE file_info SET size_bytes = 9e999 WHERE session_id = ?", (odd,))
+    lib = Library(rec.path)
+    assert {s.id for s in lib.list_sessions()} == {good, dur_inf, dur_nan, line_inf, line_nan, odd}
+    assert lib.get_session(good).problems == ()
+    for sid in (dur_inf, dur_nan):
+        s = lib.get_session(sid)
+        assert "not a number" in fields(s)["duration_seconds"] and s.duration_seconds == 3600, sid
+    s = lib.get_session(line_inf)
+    assert [seg.text for seg in s.segments] == ["Good morning everyone", "Morning"]
+    assert any("invalid start time" in r for r in fields(s).values())
+    s = lib.get_session(line_nan)
+    assert s.segments[-1].end == s.segments[-1].start == 4.5 and s.segments[-1].confidence is None
+    s = lib.get_session(odd)
+    reasons = " | ".join(p.reason for p in s.problems)
+    assert "invalid speaking time" in reasons and "invalid speaking percentage" in reasons
+    assert all(math.isfinite(p.speaking_seconds) and math.isfinite(p.speaking_percentage) for p in s.participants)
+    assert [f.size for f in s.files] == [0]
 
 
 def test_transcript_out_of_order_and_overlapping(rec):

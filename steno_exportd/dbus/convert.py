@@ -15,24 +15,35 @@ def _iso(t: dt.datetime | None) -> str:
     return t.isoformat() if t else ""
 
 
+def _text(s: Any) -> str:
+    """Text from the recorder's database for a D-Bus string, which may not hold NUL (SQLite text may: one such
+    title made the marshalling of a whole ListSessions fail)."""
+    s = str(s) if s else ""
+    return s.replace("\x00", "\ufffd") if "\x00" in s else s
+
+
+def _texts(items: Any) -> list[str]:
+    return [_text(x) for x in items]
+
+
 def session_summary(s: SessionSummary) -> dict[str, Variant]:
     """A SessionSummary as a{sv}: the keys documented in docs/dbus-api.md."""
     return {
         "id": Variant("x", int(s.id)),
-        "uuid": Variant("s", s.uuid or ""),
-        "short_id": Variant("s", s.short_id),
-        "title": Variant("s", s.title or ""),
-        "status": Variant("s", s.status or ""),
+        "uuid": Variant("s", _text(s.uuid)),
+        "short_id": Variant("s", _text(s.short_id)),
+        "title": Variant("s", _text(s.title)),
+        "status": Variant("s", _text(s.status)),
         "start_time": Variant("s", _iso(s.start_time)),
         "end_time": Variant("s", _iso(s.end_time)),
         "duration": Variant("x", int(s.duration_seconds or 0)),
-        "location": Variant("s", s.location or ""),
+        "location": Variant("s", _text(s.location)),
         "participant_count": Variant("x", int(s.participant_count or 0)),
-        "audio_format": Variant("s", s.audio_format or ""),
+        "audio_format": Variant("s", _text(s.audio_format)),
         "audio_size": Variant("x", int(s.audio_size or 0)),
-        "tags": Variant("as", [str(t) for t in s.tags]),
+        "tags": Variant("as", _texts(s.tags)),
         "exportable": Variant("b", bool(s.exportable)),
-        "problems": Variant("as", [f"{p.field}: {p.reason}" for p in s.problems]),
+        "problems": Variant("as", _texts(f"{p.field}: {p.reason}" for p in s.problems)),
     }
 
 
@@ -41,34 +52,34 @@ def session_listing(s: SessionSummary) -> dict[str, Variant]:
     when empty, so 10,000 fit in 200 ms; GetSession has everything."""
     d = {
         "id": Variant("x", int(s.id)),
-        "uuid": Variant("s", s.uuid or ""),
-        "title": Variant("s", s.title or ""),
-        "status": Variant("s", s.status or ""),
+        "uuid": Variant("s", _text(s.uuid)),
+        "title": Variant("s", _text(s.title)),
+        "status": Variant("s", _text(s.status)),
         "start_time": Variant("s", _iso(s.start_time)),
         "duration": Variant("x", int(s.duration_seconds or 0)),
         "exportable": Variant("b", bool(s.exportable)),
     }
     if s.location:
-        d["location"] = Variant("s", s.location)
+        d["location"] = Variant("s", _text(s.location))
     if s.participant_count:
         d["participant_count"] = Variant("x", int(s.participant_count))
     if s.audio_size:
         d["audio_size"] = Variant("x", int(s.audio_size))
     if s.problems:
-        d["problems"] = Variant("as", [f"{p.field}: {p.reason}" for p in s.problems])
+        d["problems"] = Variant("as", _texts(f"{p.field}: {p.reason}" for p in s.problems))
     return d
 
 
 def session(full: Session) -> dict[str, Variant]:
     """A whole Session as a{sv}: every summary key plus people, summary text and counts."""
     d = session_summary(full.summary)
-    d["problems"] = Variant("as", [f"{p.field}: {p.reason}" for p in full.problems])
-    d["description"] = Variant("s", full.description or "")
-    d["participants"] = Variant("as", [p.name for p in full.participants])
+    d["problems"] = Variant("as", _texts(f"{p.field}: {p.reason}" for p in full.problems))
+    d["description"] = Variant("s", _text(full.description))
+    d["participants"] = Variant("as", _texts(p.name for p in full.participants))
     d["segment_count"] = Variant("x", len(full.segments))
-    d["summary"] = Variant("s", full.summary_text or "")
-    d["action_items"] = Variant("as", [a.text for a in full.action_items])
-    d["topics"] = Variant("as", list(full.topics))
+    d["summary"] = Variant("s", _text(full.summary_text))
+    d["action_items"] = Variant("as", _texts(a.text for a in full.action_items))
+    d["topics"] = Variant("as", _texts(full.topics))
     d["has_audio"] = Variant("b", full.audio is not None)
     return d
 
@@ -77,8 +88,8 @@ def search_results(r: SearchResults) -> list[dict[str, Variant]]:
     """SearchSessions' sessions: id, uuid, title, start_time, matches and the best hits (best first)."""
     return [{
         "id": Variant("x", int(m.session_id)),
-        "uuid": Variant("s", m.uuid or ""),
-        "title": Variant("s", m.title or ""),
+        "uuid": Variant("s", _text(m.uuid)),
+        "title": Variant("s", _text(m.title)),
         "start_time": Variant("s", _iso(m.start_time)),
         "matches": Variant("x", int(m.hit_count)),
         "hits": Variant("aa{sv}", [search_hit(h) for h in m.hits]),
@@ -133,15 +144,15 @@ def job_result(r: SessionResult) -> dict[str, Variant]:
     d = {
         "session_id": Variant("x", int(r.session_id)),
         "uuid": Variant("s", r.uuid or ""),
-        "title": Variant("s", r.title or ""),
+        "title": Variant("s", _text(r.title)),
         "ok": Variant("b", bool(r.ok)),
         "status": Variant("s", str(r.status)),
         "skipped": Variant("b", bool(r.skipped)),
-        "error": Variant("s", r.error or ""),
+        "error": Variant("s", _text(r.error)),
         "files": Variant("as", [f.path for f in r.files if f.ok]),
     }
     if r.warnings:      # only when there are some: every update carries all results (10,000 per job)
-        d["warnings"] = Variant("as", list(r.warnings))
+        d["warnings"] = Variant("as", _texts(r.warnings))
     return d
 
 

@@ -8,7 +8,7 @@ from reportlab.platypus import Flowable
 
 from steno_exportd.model import Session
 from steno_exportd.render.common import one_line
-from steno_exportd.render.timeline import MAX_TICKS, TICK_STEPS, speaker_timeline, span, tick_label
+from steno_exportd.render.timeline import speaker_timeline, span, tick_label, ticks
 
 LANE = 13.0         # points per speaker lane
 LABEL = 95.0        # points for the names
@@ -51,9 +51,7 @@ class SpeakerTimeline(Flowable):
         c.setLineWidth(0.5)
         c.line(x0, axis, x1, axis)
         c.setFont(b.font, 7)
-        step = next((s for s in TICK_STEPS if self.tl.duration / s <= MAX_TICKS), TICK_STEPS[-1])
-        s = 0
-        while s <= self.tl.duration + 1e-6:
+        for s in ticks(self.tl.duration):
             x = x0 + s * scale
             c.line(x, axis, x, axis - 2.5)
             label = tick_label(s)
@@ -63,4 +61,3 @@ class SpeakerTimeline(Flowable):
                 c.drawRightString(x, 1, label)
             else:
                 c.drawCentredString(x, 1, label)
-            s += step

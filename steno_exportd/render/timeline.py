@@ -67,6 +67,17 @@ def span(session: Session) -> float:
     return end if end > 0 else 1.0
 
 
+def ticks(duration: float) -> range:
+    """The axis' ticks (seconds): at most MAX_TICKS steps of one of TICK_STEPS, or of a multiple of the longest
+    for a longer figure (a recorder's bogus duration of decades must not draw one tick per six hours)."""
+    step = next((s for s in TICK_STEPS if duration / s <= MAX_TICKS), None)
+    end = int(duration + 1e-6)
+    if step is None:
+        longest = TICK_STEPS[-1]
+        step = -(-end // (longest * MAX_TICKS)) * longest
+    return range(0, end + 1, step)
+
+
 def tick_label(s: int) -> str:
     if s == 0:
         return "0"
@@ -135,16 +146,13 @@ def timeline_svg(session: Session, *, width: int = 800, lane_height: int = 24, l
     if not tl.lanes:
         out.append(f'<text x="{(x0 + x1) / 2:.1f}" y="{top + lane_height / 2:.1f}" text-anchor="middle" '
                    f'dominant-baseline="middle" fill="currentColor">No speech</text>')
-    step = next((s for s in TICK_STEPS if tl.duration / s <= MAX_TICKS), TICK_STEPS[-1])
     out.append(f'<g class="axis" fill="currentColor" stroke="currentColor" stroke-opacity="0.4">'
                f'<line x1="{x0:.1f}" y1="{axis_y}" x2="{x1:.1f}" y2="{axis_y}"/>')
-    s = 0
-    while s <= tl.duration + 1e-6:
+    for s in ticks(tl.duration):
         x = x0 + s * scale
         anchor = "start" if s == 0 else "end" if x > x1 - 30 else "middle"
         out.append(f'<line x1="{x:.1f}" y1="{axis_y}" x2="{x:.1f}" y2="{axis_y + 4}"/>'
                    f'<text x="{x:.1f}" y="{axis_y + 6 + font_size}" text-anchor="{anchor}" stroke="none">'
                    f'{tick_label(s)}</text>')
-        s += step
     out.append("</g></svg>")
     return "".join(out)

@@ -113,15 +113,20 @@ def byte_range(header: str, size: int) -> tuple[int, int] | None | str:
     m = RANGE.fullmatch(header[6:].strip())
     if not m or (not m.group(1) and not m.group(2)):
         return "bad"                     # several ranges (no multipart answers here) or garbage
-    first, last = m.groups()
-    if not first:                        # the last N bytes; N = 0 asks for nothing
-        n = int(last)
+    first, last = (_offset(x) if x else None for x in m.groups())
+    if first is None:                    # the last N bytes; N = 0 asks for nothing
+        n = last or 0
         return (max(0, size - n), min(n, size)) if n and size else "bad"
-    start = int(first)
-    if start >= size or (last and int(last) < start):
+    if first >= size or (last is not None and last < first):
         return "bad"
-    end = min(int(last), size - 1) if last else size - 1
-    return start, end - start + 1
+    end = min(last, size - 1) if last is not None else size - 1
+    return first, end - first + 1
+
+
+def _offset(digits: str) -> int:
+    """A Range number; one past any file's size when longer than 18 digits (int() refuses 4,300 and more)."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 18 else 10 ** 18
 
 
 class SourceResponse(web.StreamResponse):

@@ -92,7 +92,8 @@ async def session_page(request: web.Request) -> web.Response:
     find = request.query.get("find", "")[:200].strip()
     lines = list(enumerate(s.segments))
     if find:
-        lines = [(i, g) for i, g in lines if folded(find) in folded(g.text) or folded(find) in folded(g.speaker_name)]
+        want = folded(find)          # once: NFKD spreads a character over up to 18
+        lines = [(i, g) for i, g in lines if want in folded(g.text) or want in folded(g.speaker_name)]
     shown = lines if everything or find else lines[:FIRST_LINES]
     downloads = await asyncio.to_thread(_downloads, ctx, s)
     links = await link_views(request, ctx, s.id)

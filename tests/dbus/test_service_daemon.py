@@ -114,6 +114,62 @@ async def test_typed_errors(setup):
         bus.disconnect()
 
 
+def test_a_duration_past_int64_still_lists_every_session(tmp_path, private_bus, daemon_factory):
+    """The recorder wrote 1e19 (a REAL) as a duration: D-Bus's 'x' holds at most 2**63 - 1, and marshalling
+    the listing failed, so the touchscreen got an error instead of any session."""
+    import sqlite3
+    require_core()
+    db = make_library(tmp_path, sessions=4)
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA ignore_check_constraints = ON")
+        conn.execute("UPDATE sessions SET duration_seconds = 1e19 WHERE id = 2")
+        every = [row[0] for row in conn.execute("SELECT id FROM sessions")]
+    (tmp_path / "exports").mkdir()
+    d = daemon_factory(write_config(tmp_path / "config.toml", tmp_path, private_bus))
+    d.wait_ready(timeout=30)
+
+    async def check():
+        bus = await _client(private_bus)
+        try:
+            r = await call(bus, ROOT_PATH, MANAGER_IFACE, "ListSessions", "a{sv}", [{}])
+            assert r.message_type == MessageType.METHOD_RETURN, r.body
+            assert sorted(s["id"].value for s in r.body[0]) == sorted(every)
+            r = await call(bus, ROOT_PATH, MANAGER_IFACE, "GetSession", "s", ["2"])
+            assert r.message_type == MessageType.METHOD_RETURN, r.body
+            assert any("duration_seconds" in p for p in r.body[0]["problems"].value)
+        finally:
+            bus.disconnect()
+    asyncio.run(check())
+    assert d.proc.poll() is None
+
+
+def test_a_nul_in_a_title_still_lists_every_session(tmp_path, private_bus, daemon_factory):
+    """SQLite text may hold NUL; a D-Bus string may not."""
+    import sqlite3
+    require_core()
+    db = make_library(tmp_path, sessions=4)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE sessions SET title = ?, location = ? WHERE id = 2", ("Budget\x00review", "Room\x001"))
+        conn.execute("UPDATE participants SET name = ? WHERE session_id = 2", ("Al\x00ice",))
+        every = [row[0] for row in conn.execute("SELECT id FROM sessions")]
+    (tmp_path / "exports").mkdir()
+    d = daemon_factory(write_config(tmp_path / "config.toml", tmp_path, private_bus))
+    d.wait_ready(timeout=30)
+
+    async def check():
+        bus = await _client(private_bus)
+        try:
+            r = await call(bus, ROOT_PATH, MANAGER_IFACE, "ListSessions", "a{sv}", [{}])
+            assert r.message_type == MessageType.METHOD_RETURN, r.body
+            assert sorted(s["id"].value for s in r.body[0]) == sorted(every)
+            r = await call(bus, ROOT_PATH, MANAGER_IFACE, "GetSession", "s", ["2"])
+            assert r.message_type == MessageType.METHOD_RETURN, r.body
+        finally:
+            bus.disconnect()
+    asyncio.run(check())
+    assert d.proc.poll() is None
+
+
 async def test_export_object_manager_and_rate_bounded_progress(setup):
     tmp, address, d = setup
     bus = await _client(address)

@@ -226,3 +226,27 @@ async def test_a_recording_truncated_mid_zip_cuts_the_zip_cleanly(web_client, ow
     lines = warnings_about(caplog, "changed while")
     assert len(lines) == 2 and all(f"(session {second_id})" in x for x in lines), lines
     no_errors(caplog)
+
+
+async def test_a_duration_of_decades_draws_a_timeline_of_a_few_ticks(web_client, own_lib):
+    """A recorder that writes an epoch time where a duration goes (1.7e9 s): the timeline's axis took one
+    tick per 6 hours however long, so the session page and its PDF grew with the number (79,000 ticks here;
+    at 1.7e12, milliseconds, the daemon ran out of memory drawing them)."""
+    import sqlite3
+    from steno_exportd.render.timeline import MAX_TICKS
+    client, core = await web_client(own_lib)
+    sid = [s.id for s in (await core.listing()).sessions if (await core.session(s.id)).segments][0]
+    pdf = await client.get(f"/sessions/{sid}/download/pdf")
+    assert pdf.status == 200
+    normal_pdf = len(await pdf.read())
+    with sqlite3.connect(own_lib / "silent_steno.db") as db:
+        db.execute("UPDATE sessions SET duration_seconds = 1700000000, updated_at = '2031-01-01 00:00:00.000000' "
+                   "WHERE id = ?", (sid,))
+    r = await client.get(f"/sessions/{sid}")
+    assert r.status == 200
+    page = await r.text()
+    axis = re.search(r'<g class="axis".*?</g>', page, re.S).group(0)
+    assert 2 <= axis.count("<text") <= MAX_TICKS + 1, axis.count("<text")
+    pdf = await client.get(f"/sessions/{sid}/download/pdf")
+    assert pdf.status == 200
+    assert len(await pdf.read()) < 2 * normal_pdf
