@@ -100,6 +100,7 @@ class SmbTarget:
         self._cache: dict = {}
         self._connected = False
         self.max_write = CHUNK
+        self.wire = False                  # smbwire.install() said ours are in (at connect)
         self.max_read = READ_CHUNK
         self.tag = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._reader: SmbTarget | None = None
@@ -160,15 +161,16 @@ class SmbTarget:
             # Guest sessions cannot sign, so the negotiate check must be off (process-wide setting).
             ClientConfig().require_secure_negotiate = False
         user = (f"{r.domain}\\{r.username}" if r.domain and r.username else r.username) or "guest"
-        smbwire.install()
-        try:
+        self.wire = smbwire.install()      # our receive loop, signature check and writes: only on the smbprotocol
+        try:                               # they were written for
             session = smbclient.register_session(
                 r.server, username=user, password=password or "", port=r.port,
                 encrypt=True if r.require_encryption else None, connection_timeout=r.timeout,
                 connection_cache=self._cache, auth_protocol="ntlm",
                 require_signing=bool(r.username))
             conn = session.connection
-            smbwire.tune(conn)
+            if self.wire:
+                smbwire.tune(conn)
             # A server that stops answering (not closing) is declared dead after ~2x this, not 20 min.
             conn._receive_timeout = max(5, int(r.timeout * 2))
             self.max_write = max(64 * 1024, min(CHUNK, conn.max_write_size))
@@ -481,7 +483,7 @@ class _SmbWrite:
         fd = self._raw.fd
         self._fd, self._conn = fd, fd.connection
         self._sid, self._tid = fd.tree_connect.session.session_id, fd.tree_connect.tree_connect_id
-        self._fast = FAST_WRITES and smbwire.supported(self._raw)
+        self._fast = FAST_WRITES and self._t.wire and smbwire.supported(self._raw)
         t = self._t
         self._step = t.throttle.chunk(t.max_write) if t.throttle else t.max_write
 

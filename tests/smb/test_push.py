@@ -84,6 +84,23 @@ def test_small_writes_reuse_buffers_without_mixing_files(rec, monkeypatch, verif
     assert_landed(root / "nas" / "rec-small", db)
 
 
+def test_on_an_smbprotocol_ours_were_not_written_for_a_push_takes_its_own_paths_and_lands(rec, monkeypatch):
+    """smbwire's receive loop, signature check and WRITEs lean on smbprotocol's insides; where install() finds an
+    smbprotocol they were not written for, none of them is used (before: only the receive loop was left out, and the
+    signature check and WRITEs were still ours), and the push lands on smbprotocol's own paths."""
+    from steno_exportd.smb import wire
+
+    def ours(*args, **kwargs):
+        raise AssertionError("smbwire used on an smbprotocol it was not written for")
+    monkeypatch.setattr(wire, "install", lambda: False)
+    monkeypatch.setattr(wire, "tune", ours)
+    monkeypatch.setattr(wire, "send_write", ours)
+    smbd, remote, root, db = rec
+    res = push(cfg_for(root, db, remote, "rec-theirs"))
+    assert [(r.ok, r.error) for r in res] == [(True, "")] * 3, res
+    assert_landed(root / "nas" / "rec-theirs", db)
+
+
 def test_push_lands_verifies_and_is_incremental(rec):
     smbd, remote, root, db = rec
     cfg = cfg_for(root, db, remote, "rec-a")
