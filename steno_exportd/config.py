@@ -262,7 +262,8 @@ class HttpConfig:
     host_names: list[str] = opt([], "Further names the page answers to (besides its host name, <host>.local, "
                                     "localhost, its addresses and public_url's host); other Host headers get 421.")
     max_connections: int = opt(512, "Open connections at most (also bounded by the open-file limit); past it "
-                                    "the longest idle ones are closed first.", min=16)
+                                    "the longest idle ones are closed first, then downloads whose client stopped "
+                                    "reading for idle_timeout.", min=16)
     idle_timeout: float = opt(15.0, "Seconds a connection may stay silent (no request, or a request's headers "
                                     "not complete) before it is closed.", min=1)
     body_timeout: float = opt(30.0, "Seconds a client may take to send a request body.", min=1)

@@ -142,8 +142,8 @@ def make_app(core: Any, tls_on: bool = False) -> web.Application:
     app = web.Application(middlewares=[errors, access],
                           client_max_size=cfg.http.max_body_kb * 1024)
     app[REFUSALS] = server.RefusalLog()
-    app[server.SERVING] = server.Serving(server.Connections(cfg.http.max_connections, app[REFUSALS]),
-                                         cfg.http.idle_timeout)
+    app[server.SERVING] = server.Serving(server.Connections(cfg.http.max_connections, app[REFUSALS],
+                                                            cfg.http.idle_timeout), cfg.http.idle_timeout)
 
     async def context(app: web.Application) -> AsyncIterator[None]:
         ctx = await asyncio.to_thread(WebContext, core)

@@ -3,9 +3,12 @@ requests (one rate-limited log line per client, never a traceback), a generic Se
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import logging
 import resource
 import socket
+import struct
+import termios
 import time
 import weakref
 from typing import Any
@@ -63,12 +66,29 @@ def source_file_budget(connections: int) -> int:
     return max(16, file_limit() - RESERVED_FILES - connections)
 
 
-class Connections:
-    """Bounds the open connections: past the cap, the longest idle ones go first, then the oldest event
-    streams; when none can go, the newcomer is closed."""
+def stalled_for(h: RequestHandler) -> float:
+    """Seconds since this connection last sent a byte while bytes wait to be sent or acknowledged: a download whose
+    client stopped reading (its window closed, only the kernel's probes go out). 0 when nothing waits."""
+    sock = h.transport.get_extra_info("socket") if h.transport is not None else None
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return 0.0
+    try:
+        queued = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+        if queued <= 0:
+            return 0.0
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 48)
+        return struct.unpack_from("I", info, 44)[0] / 1000      # struct tcp_info's tcpi_last_data_sent (ms)
+    except (OSError, struct.error):
+        return 0.0
 
-    def __init__(self, max_connections: int, refusals: RefusalLog) -> None:
+
+class Connections:
+    """Bounds the open connections: past the cap, the longest idle ones go first, then downloads whose client
+    stopped reading for ``idle_timeout``, then the oldest event streams; when none can go, the newcomer is closed."""
+
+    def __init__(self, max_connections: int, refusals: RefusalLog, idle_timeout: float = 60.0) -> None:
         self.cap = max(16, min(max_connections, file_limit() - RESERVED_FILES))
+        self.idle_timeout = idle_timeout
         self.refusals = refusals
         self.streams: weakref.WeakSet = weakref.WeakSet()   # handlers serving an event stream
         self.evicted = 0
@@ -81,8 +101,13 @@ class Connections:
         idle = sorted((h for h in conns if h is not newcomer and not h._request_in_progress),
                       key=lambda h: h.last_active)
         victims = idle[:want]
+        if len(victims) < want:      # (a client that stopped reading holds its connection as long as it likes)
+            stalled = sorted(((t, h) for h in conns if h is not newcomer and h._request_in_progress
+                              and h not in self.streams and (t := stalled_for(h)) >= self.idle_timeout),
+                             key=lambda th: -th[0])
+            victims += [h for _, h in stalled][: want - len(victims)]
         if len(victims) < want:
-            victims += [h for h in conns if h in self.streams][: want - len(victims)]
+            victims += [h for h in conns if h in self.streams and h not in victims][: want - len(victims)]
         if not victims:
             victims = [newcomer]
             self.refusals.note(_peer(newcomer), "%d connections open, none idle; new connection closed", len(conns))

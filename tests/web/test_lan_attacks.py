@@ -55,8 +55,6 @@ async def test_finding_in_a_long_transcript_folds_the_words_once(web_client, ses
     assert f"{expect} line{'' if expect == 1 else 's'} with" in await find(word.upper())
 
 
-@pytest.mark.xfail(strict=True, reason="server.Connections.admit evicts only idle connections and event streams: a "
-                   "download whose client stopped reading is never a victim; needs write progress per connection")
 async def test_downloads_that_stopped_reading_do_not_lock_the_page_out(web_client, own_lib):
     """A guest opens as many downloads as the page takes connections (http.max_connections) and stops reading
     each after its first bytes: none is idle (a request is in progress), so each newcomer was closed
