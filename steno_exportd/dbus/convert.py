@@ -143,7 +143,7 @@ def job_properties(j: JobSnapshot, device_path: str = "/", results: list | None 
 def job_result(r: SessionResult) -> dict[str, Variant]:
     d = {
         "session_id": Variant("x", int(r.session_id)),
-        "uuid": Variant("s", r.uuid or ""),
+        "uuid": Variant("s", _text(r.uuid)),
         "title": Variant("s", _text(r.title)),
         "ok": Variant("b", bool(r.ok)),
         "status": Variant("s", str(r.status)),

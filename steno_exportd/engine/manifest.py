@@ -22,14 +22,14 @@ FORMAT = "steno-exportd-manifest"
 VERSION = 1
 
 # What a manifest.json or SHA256SUMS may be, read from a target: about 8,800 meetings of the 5 files a push writes
-# by default (5,500 of 8 files, each ~113 or ~180 JSON values and keys): 20 MiB, a million values and keys, 100,000
+# by default (5,500 of 8 files, each ~113 or ~180 JSON values and keys): 20 MiB, a million values and keys, 200,000
 # lines of sums. Someone else's file (a stick's author, a person or a program on the store) could otherwise be read
 # and parsed into more than the unit's MemoryMax (24 MiB of '{},' is 400 MB of Python objects). Beyond these it is
 # unusable, like any file that is not ours (rebuilt from SHA256SUMS); within them the costliest file (unique keys
 # and strings) takes about 145 MB to read and parse, the largest of ours about 70 MB.
 MAX_BYTES = 20 << 20
 MAX_VALUES = 1_000_000
-MAX_SUMS_LINES = 100_000
+MAX_SUMS_LINES = 200_000
 
 
 def now_iso() -> str:
@@ -164,7 +164,7 @@ def parse(raw: bytes | bytearray) -> Manifest:
     sessions = {u: s for u, s in data["sessions"].items()
                 if isinstance(s, dict) and plain_name(s.get("folder")) and isinstance(s.get("files"), dict)}
     for s in sessions.values():         # records of the wrong shape (someone else's edit) are not ours either
-        s["files"] = {n: f for n, f in s["files"].items() if isinstance(f, dict)}
+        s["files"] = {n: f for n, f in s["files"].items() if isinstance(f, dict) and plain_name(n)}
         if not isinstance(s.get("errors", {}), dict):
             del s["errors"]
     partial = data.get("partial")

@@ -211,7 +211,9 @@ class ArchiveKind:
         self.fmt = fmt                      # what the archive writer writes: "zip", "tar.gz"
 
     def matches(self, target: str) -> bool:
-        return not _SCHEME.match(target) and target.lower().endswith(self.suffixes)
+        # a folder named like an archive is a folder (a stick labelled 'REC.zip' mounted at /media/<user>/REC.zip,
+        # exported to from the touchscreen, the page or the CLI): never an archive written beside it, outside it
+        return not _SCHEME.match(target) and target.lower().endswith(self.suffixes) and not os.path.isdir(target)
 
     def check(self, target: str, cfg: Config, *, trusted: bool) -> Checked:
         allowed(target, os.path.dirname(target) or ".", cfg, trusted)

@@ -25,7 +25,7 @@ COPY_CHUNK = 1 << 20                    # a local filesystem's write size: 1 MiB
 TEMP_PREFIX = ".steno-tmp-"
 PARTIAL_SUFFIX = ".partial"              # a session folder being built
 MARKER = ".steno-incomplete"             # in a folder built in place (no atomic dir rename)
-MAX_ENTRIES = 50_000                     # in one folder: a recorder writes no more (its manifest holds 15,000 sessions)
+MAX_ENTRIES = 50_000                     # in one folder: a recorder writes no more (its manifest is read for about 8,800 sessions)
 MAX_TREE_DEPTH = 8                       # folders below one remove_tree removes (ours: one, a session's files)
 
 

@@ -32,6 +32,23 @@ def test_each_string_goes_to_its_kind(cfg, tmp_path):
         targets.kind_for("")
 
 
+def test_a_folder_named_like_an_archive_is_exported_into_not_beside(cfg, tmp_path):
+    """A stick labelled 'REC.zip' is mounted at /media/<user>/REC.zip. Exported to by hand (the touchscreen's
+    ExportToDevice, the page's "device", the CLI's --to), its mount point was taken for an archive to write: a temp
+    file of every selected session beside the mount point, outside the stick, then 'refusing to replace a dir'. A
+    folder named like an archive is a folder: the export lands in it, and nothing is written beside it."""
+    from steno_exportd.engine.export import SimpleSpec, run_export
+    from steno_exportd.engine.options import ExportOptions
+    from tests.fakes import library
+    stick = tmp_path / "exports" / "media" / "REC1234.zip"
+    stick.mkdir(parents=True)
+    assert isinstance(local().kind_for(str(stick)), FolderKind)
+    res = run_export(library(tmp_path, 1), SimpleSpec(str(stick), (1,), ("txt",), ExportOptions()), cfg)
+    assert [r.ok for r in res] == [True], res
+    assert sorted(p.name for p in stick.parent.iterdir()) == ["REC1234.zip"]
+    assert (stick / "SilentSteno" / "SHA256SUMS").is_file()
+
+
 def test_folders_allowed_existing_and_never_the_recorders(cfg, tmp_path):
     targets = local()
     stick = str(tmp_path / "exports" / "stick")

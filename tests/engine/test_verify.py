@@ -116,3 +116,17 @@ def test_an_archive_whose_manifest_unpacks_to_gigabytes_is_a_clear_problem(tmp_p
     assert not rep.ok
     assert rep.problems == ["manifest.json is larger than 20 MiB",
                             "SHA256SUMS is larger than 20 MiB"], rep.problems
+
+
+def test_a_manifest_naming_a_file_outside_its_folder_is_a_problem_not_a_failed_verify(tmp_path):
+    """A stick's author edits manifest.json so that a session lists '../manifest.json' among its files: verify
+    failed with 'bad target path' (the export's pruning would too); such a name is not ours, like a folder that is
+    not a plain name."""
+    out = _export(tmp_path, "out")
+    path = out / "SilentSteno" / "manifest.json"
+    m = json.loads(path.read_text())
+    session = next(iter(m["sessions"].values()))
+    session["files"]["../manifest.json"] = dict(next(iter(session["files"].values())))
+    path.write_text(json.dumps(m))
+    rep = verify_target(str(out))
+    assert rep.ok, rep.problems
