@@ -108,13 +108,15 @@ class Core:
         if not self._started:
             return
         self._started = False
-        await self.search_index.stop()
-        await self.prehasher.stop()
         if self._housekeeping is not None:
             self._housekeeping.cancel()
             await asyncio.gather(self._housekeeping, return_exceptions=True)
         await self.schedules.stop()
+        # the jobs first: the search index's stop waits for the batch it is indexing (seconds for a long
+        # transcript), and a job cancelled only after it ran past the daemon's stop bound (systemd's watchdog)
         await self.jobs.stop()
+        await self.search_index.stop()
+        await self.prehasher.stop()
         await self.outbox.stop()
         await asyncio.to_thread(self.state.close)
         await asyncio.to_thread(self.access.close)
