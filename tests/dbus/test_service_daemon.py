@@ -117,12 +117,21 @@ async def test_typed_errors(setup):
 def test_a_duration_past_int64_still_lists_every_session(tmp_path, private_bus, daemon_factory):
     """The recorder wrote 1e19 (a REAL) as a duration: D-Bus's 'x' holds at most 2**63 - 1, and marshalling
     the listing failed, so the touchscreen got an error instead of any session."""
+    def change(conn):
+        conn.execute("PRAGMA ignore_check_constraints = ON")
+        conn.execute("UPDATE sessions SET duration_seconds = 1e19 WHERE id = 2")
+    session = _lists_every_session(tmp_path, private_bus, daemon_factory, change)
+    assert any("duration_seconds" in p for p in session["problems"].value)
+
+
+def _lists_every_session(tmp_path, private_bus, daemon_factory, change) -> dict:
+    """A daemon on a library of 4 sessions, the second one ``change``d in the database: ListSessions lists them
+    all and GetSession answers for the second. Its dictionary."""
     import sqlite3
     require_core()
     db = make_library(tmp_path, sessions=4)
     with sqlite3.connect(db) as conn:
-        conn.execute("PRAGMA ignore_check_constraints = ON")
-        conn.execute("UPDATE sessions SET duration_seconds = 1e19 WHERE id = 2")
+        change(conn)
         every = [row[0] for row in conn.execute("SELECT id FROM sessions")]
     (tmp_path / "exports").mkdir()
     d = daemon_factory(write_config(tmp_path / "config.toml", tmp_path, private_bus))
@@ -136,38 +145,20 @@ def test_a_duration_past_int64_still_lists_every_session(tmp_path, private_bus, 
             assert sorted(s["id"].value for s in r.body[0]) == sorted(every)
             r = await call(bus, ROOT_PATH, MANAGER_IFACE, "GetSession", "s", ["2"])
             assert r.message_type == MessageType.METHOD_RETURN, r.body
-            assert any("duration_seconds" in p for p in r.body[0]["problems"].value)
+            return r.body[0]
         finally:
             bus.disconnect()
-    asyncio.run(check())
+    session = asyncio.run(check())
     assert d.proc.poll() is None
+    return session
 
 
 def test_a_nul_in_a_title_still_lists_every_session(tmp_path, private_bus, daemon_factory):
     """SQLite text may hold NUL; a D-Bus string may not."""
-    import sqlite3
-    require_core()
-    db = make_library(tmp_path, sessions=4)
-    with sqlite3.connect(db) as conn:
+    def change(conn):
         conn.execute("UPDATE sessions SET title = ?, location = ? WHERE id = 2", ("Budget\x00review", "Room\x001"))
         conn.execute("UPDATE participants SET name = ? WHERE session_id = 2", ("Al\x00ice",))
-        every = [row[0] for row in conn.execute("SELECT id FROM sessions")]
-    (tmp_path / "exports").mkdir()
-    d = daemon_factory(write_config(tmp_path / "config.toml", tmp_path, private_bus))
-    d.wait_ready(timeout=30)
-
-    async def check():
-        bus = await _client(private_bus)
-        try:
-            r = await call(bus, ROOT_PATH, MANAGER_IFACE, "ListSessions", "a{sv}", [{}])
-            assert r.message_type == MessageType.METHOD_RETURN, r.body
-            assert sorted(s["id"].value for s in r.body[0]) == sorted(every)
-            r = await call(bus, ROOT_PATH, MANAGER_IFACE, "GetSession", "s", ["2"])
-            assert r.message_type == MessageType.METHOD_RETURN, r.body
-        finally:
-            bus.disconnect()
-    asyncio.run(check())
-    assert d.proc.poll() is None
+    _lists_every_session(tmp_path, private_bus, daemon_factory, change)
 
 
 async def test_export_object_manager_and_rate_bounded_progress(setup):

@@ -672,6 +672,16 @@ def _sums_line(root, path: str) -> None:
         f.write(f"{'0' * 64}  {path}\n")
 
 
+def _two_exported(tmp_path):
+    """(library, config, target folder): two sessions exported there as text."""
+    lib = library(tmp_path, 2)
+    out = tmp_path / "out"
+    out.mkdir()
+    cfg = make_config(tmp_path)
+    assert all(r.ok for r in _run(lib, cfg, out, [1, 2], formats=("txt",)))
+    return lib, cfg, out
+
+
 @pytest.mark.parametrize("plant", [lambda r: _folder_of_first(r, "../elsewhere"), lambda r: _folder_of_first(r, ""),
                                    lambda r: _folder_of_first(r, "a/b"), lambda r: _sums_line(r, "../audio.wav")],
                          ids=["manifest ..", "manifest empty", "manifest a/b", "sums .."])
@@ -681,11 +691,7 @@ def test_a_manifest_naming_a_folder_that_is_not_a_plain_name_is_not_ours(tmp_pat
     export to the stick ('bad target path'), '' wrote the session's files into SilentSteno/ itself, 'a/b' into a
     folder nested in another. A folder that is not a plain name is not one we wrote: the entry is ignored, and
     each session lands in a folder of its own."""
-    lib = library(tmp_path, 2)
-    out = tmp_path / "out"
-    out.mkdir()
-    cfg = make_config(tmp_path)
-    assert all(r.ok for r in _run(lib, cfg, out, [1, 2], formats=("txt",)))
+    lib, cfg, out = _two_exported(tmp_path)
     root = out / "SilentSteno"
     plant(root)
     res = _run(lib, cfg, out, [1, 2], formats=("txt", "json"))
@@ -713,11 +719,7 @@ def test_a_manifest_entry_of_the_wrong_shape_is_ignored_not_an_attribute_error(t
     is. Every export to the stick failed as a whole with "'int' object has no attribute 'get'" (or 'items'), the
     job's and the stick's only message. A record of the wrong shape is not ours: it is ignored (a file it named is
     then one we did not write, left alone and said so), and the rest lands, recorded and checkable."""
-    lib = library(tmp_path, 2)
-    out = tmp_path / "out"
-    out.mkdir()
-    cfg = make_config(tmp_path)
-    assert all(r.ok for r in _run(lib, cfg, out, [1, 2], formats=("txt",)))
+    lib, cfg, out = _two_exported(tmp_path)
     root = out / "SilentSteno"
     _first_entry(root, change)
     res = _run(lib, cfg, out, [1, 2], formats=("txt", "json"))
