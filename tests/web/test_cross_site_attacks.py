@@ -1,0 +1,52 @@
+"""A web page elsewhere, opened by a user on the LAN, and a logged-in browser whose cookie was copied: what they
+could still read or change. Real requests to the real app; Chromium where the browser's own behaviour matters."""
+from __future__ import annotations
+
+import os
+import time
+
+from tests.parts.chromium import chromium_page  # noqa: F401
+from tests.web.helpers import PASSWORD, PASSWORD_HASH, raw, request, with_audio
+from tests.web.test_hostile_files import recordings
+from tests.web.test_share_caps import make_link
+
+async def test_private_answers_are_never_kept_by_a_cache(web_client, sessions):
+    """Meeting data (API JSON, downloads, a share link's download) goes to no browser or proxy cache: a proxy
+    would hand a share link's file on after its revocation, a browser its meetings after logout."""
+    client, _ = await web_client()
+    s = with_audio(sessions)
+    link = await make_link(client, s.id, max_downloads=5)
+    port = client.server.port
+    cookies = "; ".join(f"{c.key}={c.value}" for c in client.session.cookie_jar)
+    for path in ("/api/v1/sessions", f"/api/v1/sessions/{s.id}", f"/api/v1/sessions/{s.id}/share-links",
+                 "/api/v1/jobs", "/api/v1/status", f"/api/v1/sessions/{s.id}/audit", "/api/v1/nope",
+                 f"/sessions/{s.id}/audio", f"/sessions/{s.id}/download/txt", f"/sessions/{s.id}/zip",
+                 f"/zip?id={s.id}", f"/s/{link['token']}/audio", f"/s/{link['token']}/zip"):
+        status, headers, _ = await raw(port, request("GET", path, port, {"Cookie": cookies}))
+        assert status in (200, 404), (path, status)
+        assert "no-store" in headers.get("cache-control", ""), (path, headers.get("cache-control"))
+    status, headers, _ = await raw(port, request("GET", "/static/app.js", port))      # the same for everyone
+    assert status == 200 and "no-store" not in headers.get("cache-control", "")
+
+
+# Chromium last: its (module-scoped) Playwright loop would stop the async tests above from starting theirs
+def test_after_logout_the_browser_does_not_play_a_recording_from_its_cache(web_daemon, own_lib, chromium_page):
+    """A shared computer: the user listened to a meeting and logged out; the next person opens the recording's
+    address from the history. It must be the login page, not the meeting from Chromium's cache."""
+    sid, path = next(iter(recordings(own_lib).items()))
+    month = time.time() - 30 * 86400            # recorded a month ago: a cache may keep it for days (RFC 9111 4.2.2)
+    os.utime(path, (month, month))
+    d = web_daemon(own_lib, **{"http.auth.mode": '"password"', "http.auth.password_hash": f'"{PASSWORD_HASH}"'})
+    page = chromium_page
+    page.context.clear_cookies()
+    page.goto(d.url + "/")
+    page.fill("#password", PASSWORD)
+    page.click("#login-form button[type=submit]")
+    page.wait_for_url(d.url + "/")
+    audio = f"{d.url}/sessions/{sid}/audio"
+    assert page.goto(audio).status == 200
+    page.goto(d.url + "/")
+    page.click("form[action='/logout'] button[type=submit]")
+    page.wait_for_url("**/login")
+    page.goto(audio)
+    assert "/login" in page.url, f"after logout Chromium still shows {page.url} (from its cache)"
