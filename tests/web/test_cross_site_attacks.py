@@ -6,9 +6,12 @@ import os
 import time
 
 from tests.parts.chromium import chromium_page  # noqa: F401
-from tests.web.helpers import PASSWORD, PASSWORD_HASH, raw, request, with_audio
+from tests.web.helpers import PASSWORD, PASSWORD_HASH, anonymous, csrf, login_form, raw, request, with_audio
 from tests.web.test_hostile_files import recordings
 from tests.web.test_share_caps import make_link
+
+CLOSED = {"http.auth.mode": "password"}          # the shipped default: the password set from a browser or the UI
+
 
 async def test_private_answers_are_never_kept_by_a_cache(web_client, sessions):
     """Meeting data (API JSON, downloads, a share link's download) goes to no browser or proxy cache: a proxy
@@ -27,6 +30,42 @@ async def test_private_answers_are_never_kept_by_a_cache(web_client, sessions):
         assert "no-store" in headers.get("cache-control", ""), (path, headers.get("cache-control"))
     status, headers, _ = await raw(port, request("GET", "/static/app.js", port))      # the same for everyone
     assert status == 200 and "no-store" not in headers.get("cache-control", "")
+
+
+async def test_a_copied_cookie_cannot_change_the_password(web_client):
+    """Whoever copied a logged-in cookie must not turn it into the password: set a new one, the owner is locked
+    out and "log out everywhere" no longer ends the copier's access (they log in again)."""
+    client, core = await web_client(**CLOSED)
+    await core.set_web_password(PASSWORD)
+    owner = await anonymous(client)
+    thief = await anonymous(client)
+    try:
+        assert (await login_form(owner, PASSWORD)).status == 303
+        thief.session.cookie_jar.update_cookies(
+            {"steno_session": next(c.value for c in owner.session.cookie_jar if c.key == "steno_session")})
+        token = await csrf(thief)
+        r = await thief.post("/password", data={"csrf": token, "password": "the thief's own",
+                                                "again": "the thief's own"}, allow_redirects=False)
+        assert r.status == 403 and "current password" in await r.text(), r.status
+        r = await thief.post("/password", data={"csrf": token, "current": "a guess at it",
+                                                "password": "the thief's own", "again": "the thief's own"},
+                             allow_redirects=False)
+        assert r.status == 403 and "current password" in await r.text(), r.status
+        other = await anonymous(client)
+        try:
+            assert (await login_form(other, PASSWORD)).status == 303        # the owner's password still works
+            assert (await login_form(other, "the thief's own")).status == 401
+        finally:
+            await other.session.close()
+        # the owner, who knows it, still changes it from the page
+        r = await owner.post("/password", data={"csrf": await csrf(owner), "current": PASSWORD,
+                                                "password": "a better one 2", "again": "a better one 2"},
+                             allow_redirects=False)
+        assert r.status == 303, await r.text()
+        assert (await login_form(owner, "a better one 2")).status == 303
+    finally:
+        await owner.session.close()
+        await thief.session.close()
 
 
 # Chromium last: its (module-scoped) Playwright loop would stop the async tests above from starting theirs
