@@ -26,10 +26,10 @@ PUBLIC_PREFIXES = ("/login", "/pair", "/static/", "/s/")
 
 async def security_headers(request: web.Request, resp: web.StreamResponse) -> None:
     """on_response_prepare: every answer (pages, files, streams, errors) carries the headers."""
-    _headers(resp)
+    _headers(resp, shared=request.path.startswith("/static/"))
 
 
-def _headers(resp: web.StreamResponse) -> None:
+def _headers(resp: web.StreamResponse, shared: bool) -> None:
     h = resp.headers
     h["Server"] = server.SERVER           # no Python or aiohttp version for a scanner
     h.setdefault("Content-Security-Policy", CSP)
@@ -38,7 +38,9 @@ def _headers(resp: web.StreamResponse) -> None:
     # Origin is what tells them from a cross-site post; other sites still never see a Referer (share tokens)
     h.setdefault("Referrer-Policy", "same-origin")
     h.setdefault("X-Frame-Options", "DENY")
-    if resp.content_type == "text/html":
+    if not shared:
+        # meetings and their files go to no cache: without this a recording (Last-Modified, no Cache-Control)
+        # played from the browser's cache after logout, and a proxy could hand a share link's file on after revoke
         h.setdefault("Cache-Control", "no-store")
 
 

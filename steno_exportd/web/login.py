@@ -42,22 +42,12 @@ async def login(request: web.Request) -> web.Response:
                                error="No web password is set yet: pair this browser with a code from the "
                                      "recorder's touchscreen.")
     try:
-        attempt = ctx.access.limiter.acquire(addr)        # counted before the check: concurrent guesses cannot race
+        ok = await guess(ctx, addr, str(form.get("password", "")), stored)
     except Throttled as e:
         return refused(request, ctx, nxt, e)
-    try:
-        ok = await ctx.access.passwords.verify(str(form.get("password", ""))[:1024], stored)
-    except Throttled as e:                                # the checker is busy: this guess was never checked
-        attempt.cancelled()
-        return refused(request, ctx, nxt, e)
-    except BaseException:
-        attempt.cancelled()
-        raise
     if not ok:
-        attempt.failed()
         request.app[REFUSALS].note(addr, "wrong password", level=logging.WARNING)
         return ctx.render_page(request, "login.html", status=401, next=nxt, error="Wrong password.", code="")
-    attempt.succeeded()
     hours = ctx.cfg.http.auth.session_hours
     _, token = await asyncio.to_thread(ctx.store.create_login, "password", ctx.password_tag(), hours * 3600, addr,
                                        request.headers.get("User-Agent", ""))
@@ -65,6 +55,22 @@ async def login(request: web.Request) -> web.Response:
     resp.set_cookie(auth.COOKIE, token, httponly=True, samesite="Strict", max_age=int(hours * 3600), path="/",
                     secure=ctx.tls)
     raise resp
+
+
+async def guess(ctx: WebContext, addr: str, password: str, stored: str) -> bool:
+    """One guess at the web password, counted by the limiter before it is checked (concurrent guesses cannot
+    race); Throttled when this client must wait or the checker is busy (then the guess was never checked)."""
+    attempt = ctx.access.limiter.acquire(addr)
+    try:
+        ok = await ctx.access.passwords.verify(password[:1024], stored)
+    except BaseException:
+        attempt.cancelled()
+        raise
+    if ok:
+        attempt.succeeded()
+    else:
+        attempt.failed()
+    return ok
 
 
 def refused(request: web.Request, ctx: WebContext, nxt: str, e: Throttled) -> web.Response:

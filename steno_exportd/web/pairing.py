@@ -10,7 +10,7 @@ from aiohttp import web
 from steno_exportd.errors import Throttled
 from steno_exportd.web import auth
 from steno_exportd.web.context import CTX, KEY, REFUSALS, SID, WebContext, bounded, client_addr, read_form
-from steno_exportd.web.login import refused, safe_next
+from steno_exportd.web.login import guess, refused, safe_next
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +50,7 @@ async def pair(request: web.Request) -> web.Response:
 
 
 async def browsers_page(request: web.Request) -> web.Response:
-    ctx: WebContext = request.app[CTX]
-    found = await ctx.core.paired_browsers()
-    return ctx.render_page(request, "browsers.html", browsers=found, me=request.get(SID, ""), notice="",
-                           config_password=bool(ctx.cfg.http.auth.password_hash))
+    return await _browsers(request, request.app[CTX], 200, "")
 
 
 async def revoke(request: web.Request) -> web.Response:
@@ -65,17 +62,35 @@ async def revoke(request: web.Request) -> web.Response:
 
 
 async def set_password(request: web.Request) -> web.Response:
+    """A new web password; changing one needs the current one (a copied cookie must not become the password)."""
     ctx: WebContext = request.app[CTX]
     form = await read_form(request)
     pw, again = str(form.get("password", ""))[:2048], str(form.get("again", ""))[:2048]
+    stored = "" if ctx.cfg.http.auth.password_hash else ctx.access.password_hash()   # the config's: core refuses
+    if stored:
+        addr, current = client_addr(request), str(form.get("current", ""))
+        try:
+            ok = bool(current) and await guess(ctx, addr, current, stored)
+        except Throttled as e:
+            wait = int(e.retry_after) + 1
+            resp = await _browsers(request, ctx, 429, f"Too many failed attempts. Try again in {wait} seconds.")
+            resp.headers["Retry-After"] = str(wait)
+            return resp
+        if not ok:
+            request.app[REFUSALS].note(addr, "wrong current password (password change)", level=logging.WARNING)
+            return await _browsers(request, ctx, 403, "The current password is wrong; the password is unchanged. "
+                                                      "Forgot it? Set a new one on the recorder's touchscreen.")
     if pw != again:
-        found = await ctx.core.paired_browsers()
-        return ctx.render_page(request, "browsers.html", status=400, browsers=found, me=request.get(SID, ""),
-                               notice="The two passwords differ.",
-                               config_password=bool(ctx.cfg.http.auth.password_hash))
+        return await _browsers(request, ctx, 400, "The two passwords differ.")
     await ctx.core.set_web_password(pw)
     log.info("%s set the web password", client_addr(request))
     raise web.HTTPSeeOther("/browsers")
+
+
+async def _browsers(request: web.Request, ctx: WebContext, status: int, notice: str) -> web.Response:
+    found = await ctx.core.paired_browsers()
+    return ctx.render_page(request, "browsers.html", status=status, browsers=found, me=request.get(SID, ""),
+                           notice=notice, config_password=bool(ctx.cfg.http.auth.password_hash))
 
 
 def add_routes(app: web.Application) -> None:
