@@ -408,23 +408,6 @@ class SmbTarget:
         return name.startswith(f"{TEMP_PREFIX}{socket.gethostname()}-")
 
     # -- small files (the claim) ------------------------------------------------------------------
-    def read_small(self, rel: str, limit: int = 1 << 20) -> bytes | None:
-        """A small file's bytes, None when it is not there."""
-        st = self.lstat(rel)
-        if st is None or st.kind != "file":
-            return None
-        h = self.open_read(rel)
-        try:
-            data = b""
-            while len(data) <= limit:
-                b = h.read(limit)
-                if not b:
-                    return data
-                data += b
-            raise SmbError(f"{rel} on {self.name} is larger than {limit} bytes", True)
-        finally:
-            h.close()
-
     def create_once(self, rel: str, data: bytes) -> bool:
         """Write a small file at ``rel`` unless one is there: False when another writer was first.
 

@@ -886,3 +886,25 @@ def test_a_folder_of_many_short_names_is_listed_whole(office):
         assert len(t.listdir("short")) == 20_000
     finally:
         t.close()
+
+
+@pytest.mark.parametrize("name,size,limit", [(smbpush.LEGACY_MANIFEST, 1 << 30, "20 MiB"),
+                                             (smbpush.CLAIM_NAME, 2 << 20, "1 MiB")], ids=["legacy", "claim"])
+def test_a_huge_ownership_file_on_the_nas_is_refused_with_a_clear_error(rec, name, size, limit):
+    """Someone on the NAS leaves a huge .steno-push.json (1 GiB, sparse) or .steno-push-owner.json in the recorder's
+    folder. It was read by a second capped reader of its own (bytes +=: each chunk copied all that came before) and
+    refused with 'rec-huge/.steno-push.json on smb:office is larger than 20971520 bytes'. Now the manifest's one
+    capped reader reads it no further than its bound (20 MiB, 1 MiB for a claim), and the push is refused, not
+    retried, with a line that says whose the folder is not known and what to do; nothing is written."""
+    smbd, remote, root, db = rec
+    folder = root / "nas" / "rec-huge"
+    folder.mkdir()
+    with open(folder / name, "wb") as f:
+        f.truncate(size)
+    cfg = cfg_for(root, db, remote, "rec-huge")
+    with pytest.raises(SmbError) as ei:
+        push(cfg, recorder_id="d5" * 16)
+    assert str(ei.value) == (f"smb:office: folder rec-huge on \\\\127.0.0.1\\push: {name} is larger than {limit}, so "
+                             f"the owner of the folder is unknown; delete that file if this recorder owns the folder")
+    assert ei.value.permanent
+    assert os.listdir(folder) == [name]
