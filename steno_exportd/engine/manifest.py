@@ -100,27 +100,28 @@ def parse_sums(text: str) -> dict[str, str]:
 def read_sums(target: Target, root: str) -> dict[str, str]:
     """The root folder's SHA256SUMS (path below the root -> sha256); TargetError when unreadable."""
     try:
-        return parse_sums(_read_all(target, f"{root}/{SUMS}").decode("utf-8", "replace"))
+        return parse_sums(read_file(target, f"{root}/{SUMS}").decode("utf-8", "replace"))
     except ValueError as e:
         raise TargetError(str(e)) from None
 
 
-def _read_all(target: Target, rel: str) -> bytearray:
+def read_file(target: Target, rel: str, limit: int = MAX_BYTES) -> bytearray:
+    """A file of ours on a target (a manifest.json, SHA256SUMS, a push's claim): read_capped."""
     h = target.open_read(rel)
     try:
-        return read_capped(iter(lambda: h.read(1 << 20), b""), rel)
+        return read_capped(iter(lambda: h.read(1 << 20), b""), rel, limit)
     finally:
         h.close()
 
 
-def read_capped(chunks: Iterable[bytes], what: str) -> bytearray:
-    """The bytes of a manifest.json or SHA256SUMS, read in ``chunks``; TargetError past MAX_BYTES (one buffer,
-    not the chunks and their join)."""
+def read_capped(chunks: Iterable[bytes], what: str, limit: int = MAX_BYTES) -> bytearray:
+    """The bytes of a manifest.json, SHA256SUMS (or a smaller file of ours: ``limit``, whole MiB), read in
+    ``chunks``; TargetError past ``limit`` (one buffer, not the chunks and their join)."""
     data = bytearray()
     for b in chunks:
         data += b
-        if len(data) > MAX_BYTES:
-            raise TargetError(f"{what} is larger than {MAX_BYTES >> 20} MiB")
+        if len(data) > limit:
+            raise TargetError(f"{what} is larger than {limit >> 20} MiB")
     return data
 
 
@@ -145,7 +146,7 @@ def read(target: Target, root: str, *, found: bool = False) -> Manifest:
         st = target.lstat(f"{root}/{MANIFEST}")
         if st is None or st.kind != "file":
             raise ValueError(f"no {MANIFEST}" if st is None else f"{MANIFEST} is not a file")
-    return parse(_read_all(target, f"{root}/{MANIFEST}"))
+    return parse(read_file(target, f"{root}/{MANIFEST}"))
 
 
 def plain_name(folder: Any) -> bool:

@@ -260,15 +260,35 @@ class _FdRead:
             self._fd = -1
 
 
+def too_many_entries(rel: str) -> TargetError:
+    """What a listing past MAX_ENTRIES says (every target's)."""
+    return TargetError(f"{rel or 'the target'} holds more than {MAX_ENTRIES:,} entries: not a folder this recorder "
+                       f"writes")
+
+
 def _names(fd: int, rel: str) -> Iterator[str]:
     """The names in an open folder, one at a time; TargetError past MAX_ENTRIES. A stick's author can put millions
     in a folder: read at once, the names of a million outgrew the daemon's memory."""
     with os.scandir(fd) as it:
         for n, entry in enumerate(it):
             if n >= MAX_ENTRIES:
-                raise TargetError(f"{rel or 'the target'} holds more than {MAX_ENTRIES:,} entries: not a folder this "
-                                  f"recorder writes")
+                raise too_many_entries(rel)
             yield entry.name
+
+
+def remove_tree(target: Target, rel: str, _depth: int = 0) -> None:
+    """A folder we own and everything below it, through the target's lstat, listdir and remove (never following a
+    symlink); TargetError past MAX_TREE_DEPTH folders (ours are a folder of files; someone else's may be nested
+    without end) or, from listdir, MAX_ENTRIES entries in one folder."""
+    st = target.lstat(rel)
+    if st is None:
+        return
+    if st.kind == "dir":
+        if _depth >= MAX_TREE_DEPTH:
+            raise TargetError(f"{rel} holds folders nested more than {MAX_TREE_DEPTH} deep: not ours")
+        for n in target.listdir(rel):
+            remove_tree(target, f"{rel}/{n}", _depth + 1)
+    target.remove(rel)
 
 
 def _lstat_at(name: str, dir_fd: int) -> EntryStat | None:
@@ -457,16 +477,8 @@ class DirectoryTarget:
         finally:
             os.close(fd)
 
-    def remove_tree(self, rel: str, _depth: int = 0) -> None:
-        st = self.lstat(rel)
-        if st is None:
-            return
-        if st.kind == "dir":
-            if _depth >= MAX_TREE_DEPTH:    # ours are a folder of files; someone else's may be nested without end
-                raise TargetError(f"{rel} holds folders nested more than {MAX_TREE_DEPTH} deep: not ours")
-            for n in self.listdir(rel):
-                self.remove_tree(f"{rel}/{n}", _depth + 1)
-        self.remove(rel)
+    def remove_tree(self, rel: str) -> None:
+        remove_tree(self, rel)
 
     def free_space(self) -> int:
         try:

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 PREFIX = "smb:"
 LEGACY_MANIFEST = ".steno-push.json"    # written by versions that pushed a local staging copy: adopted, removed
+CLAIM_MAX = 1 << 20                     # a claim file is read no further (ours: about 120 bytes)
 ATTEMPTS = 3                            # tries of one push after transient faults (a drop, a file in use)
 BACKOFF = 2.0                           # seconds before the second try; doubled each time
 
@@ -90,7 +91,22 @@ class SmbKind(RemoteKind):
 
 def read_claim(t: SmbTarget, folder: str) -> bytes | None:
     """The claim file's bytes, None when the folder is not claimed yet."""
-    return t.read_small(f"{folder}/{CLAIM_NAME}")
+    return _read_owner_file(t, folder, CLAIM_NAME, CLAIM_MAX)
+
+
+def _read_owner_file(t: SmbTarget, folder: str, name: str, limit: int) -> bytes | None:
+    """A file of the folder that names its owner (None when there is none); SmbError (permanent) past ``limit``:
+    someone else's file, and the owner unknown."""
+    st = t.lstat(f"{folder}/{name}")
+    if st is None or st.kind != "file":
+        return None
+    try:
+        return bytes(mf.read_file(t, f"{folder}/{name}", limit))
+    except SmbError:
+        raise
+    except TargetError:
+        raise SmbError(f"folder {folder} on {_where(t)}: {name} is larger than {limit >> 20} MiB, so the owner of "
+                       f"the folder is unknown; delete that file if this recorder owns the folder", True) from None
 
 
 def claim(t: SmbTarget, folder: str, rid: str) -> None:
@@ -130,7 +146,7 @@ def _check_owner(t: SmbTarget, folder: str, rid: str, owner: str, host: Any) -> 
 
 def _legacy(t: SmbTarget, folder: str) -> dict:
     """The LEGACY_MANIFEST an earlier version left in the folder ({} when none or unreadable)."""
-    raw = t.read_small(f"{folder}/{LEGACY_MANIFEST}", limit=mf.MAX_BYTES)
+    raw = _read_owner_file(t, folder, LEGACY_MANIFEST, mf.MAX_BYTES)
     if raw is None:
         return {}
     try:

@@ -19,7 +19,8 @@ import uuid
 from typing import Any, Callable
 
 from steno_exportd.config import SmbRemote
-from steno_exportd.engine.targets import TEMP_PREFIX, EntryStat, check_rel
+from steno_exportd.engine import targets
+from steno_exportd.engine.targets import MAX_ENTRIES, TEMP_PREFIX, EntryStat, check_rel
 from steno_exportd.errors import CancelledJob, InvalidArgument, TargetError
 from steno_exportd.smb import wire as smbwire
 from steno_exportd.smb.client import (SmbError, Throttle, explain, is_connection_error, is_negotiate_failure,
@@ -74,6 +75,21 @@ def _kind(attributes: int) -> str:
     if attributes & _FILE_ATTRIBUTE_REPARSE_POINT:
         return "symlink"                # a symlink/junction on the server: never followed
     return "dir" if attributes & _FILE_ATTRIBUTE_DIRECTORY else "file"
+
+
+def _stats(entries: Any, rel: str) -> dict[str, EntryStat]:
+    """name -> EntryStat of a folder's listing (QUERY_DIRECTORY answers); TargetError past MAX_ENTRIES."""
+    out = {}
+    for e in entries:
+        name = e["file_name"].get_value().decode("utf-16-le")
+        if name in (".", ".."):
+            continue
+        if len(out) >= MAX_ENTRIES:
+            raise targets.too_many_entries(rel)
+        kind = _kind(e["file_attributes"].get_value())
+        out[name] = EntryStat(kind, e["end_of_file"].get_value() if kind == "file" else 0,
+                              e["last_write_time"].get_value().timestamp())
+    return out
 
 
 def _set_rename(tr: Any, dst: str, replace: bool) -> None:
@@ -280,26 +296,28 @@ class SmbTarget:
             tr += tr.raw.fd.query_directory("*", FileInformationClass.FILE_ID_FULL_DIRECTORY_INFORMATION,
                                             flags=QueryDirectoryFlags.SMB2_RESTART_SCANS, max_output=limit, send=False)
         entries = self.transact(rel, query, folder=True, share_access="rwd").results[0]
-        if sum(80 + len(e["file_name"].get_value()) for e in entries) > limit - 4096:
-            entries = self._list_all(rel)       # maybe more than one answer holds: ask until the end
-        out = {}
-        for e in entries:
-            name = e["file_name"].get_value().decode("utf-16-le")
-            if name in (".", ".."):
-                continue
-            kind = _kind(e["file_attributes"].get_value())
-            out[name] = EntryStat(kind, e["end_of_file"].get_value() if kind == "file" else 0,
-                                  e["last_write_time"].get_value().timestamp())
-        return out
+        # each entry: 80 bytes, its name, padding to 8 (without the padding, an answer full of short names looked
+        # complete: a folder of 60,000 was listed as its first 10,920)
+        if sum((80 + len(e["file_name"].get_value()) + 7) & ~7 for e in entries) > limit - 4096:
+            return self._list_all(rel)          # maybe more than one answer holds: ask until the end
+        return _stats(entries, rel)
 
-    def _list_all(self, rel: str) -> list:
+    def _list_all(self, rel: str) -> dict[str, EntryStat]:
+        """A listing of many answers; TargetError past MAX_ENTRIES (someone else's folder may hold millions: each
+        answer's entries are taken as they come, and the listing stops there)."""
         from smbclient._io import SMBDirectoryIO
         from smbprotocol.file_info import FileInformationClass
 
-        def run(**kw: Any) -> list:
+        def run(**kw: Any) -> dict[str, EntryStat] | None:
             with SMBDirectoryIO(self.unc(rel), share_access="rwd", **kw) as fd:
-                return list(fd.query_directory("*", FileInformationClass.FILE_ID_FULL_DIRECTORY_INFORMATION))
-        return self._call(run)
+                try:
+                    return _stats(fd.query_directory("*", FileInformationClass.FILE_ID_FULL_DIRECTORY_INFORMATION), rel)
+                except TargetError:
+                    return None                 # (_call would take it for an SMB failure)
+        out = self._call(run)
+        if out is None:
+            raise targets.too_many_entries(rel)
+        return out
 
     def _cache_conn(self) -> Any:
         return next(iter(self._cache.values()))
@@ -375,13 +393,7 @@ class SmbTarget:
         self._call(smbclient.rmdir if st.kind == "dir" else smbclient.remove, self.unc(rel))
 
     def remove_tree(self, rel: str) -> None:
-        st = self.lstat(rel)
-        if st is None:
-            return
-        if st.kind == "dir":
-            for name in self.scandir(rel):
-                self.remove_tree(f"{rel}/{name}")
-        self.remove(rel)
+        targets.remove_tree(self, rel)
 
     @_mapped
     def free_space(self) -> int:
@@ -396,23 +408,6 @@ class SmbTarget:
         return name.startswith(f"{TEMP_PREFIX}{socket.gethostname()}-")
 
     # -- small files (the claim) ------------------------------------------------------------------
-    def read_small(self, rel: str, limit: int = 1 << 20) -> bytes | None:
-        """A small file's bytes, None when it is not there."""
-        st = self.lstat(rel)
-        if st is None or st.kind != "file":
-            return None
-        h = self.open_read(rel)
-        try:
-            data = b""
-            while len(data) <= limit:
-                b = h.read(limit)
-                if not b:
-                    return data
-                data += b
-            raise SmbError(f"{rel} on {self.name} is larger than {limit} bytes", True)
-        finally:
-            h.close()
-
     def create_once(self, rel: str, data: bytes) -> bool:
         """Write a small file at ``rel`` unless one is there: False when another writer was first.
 

@@ -247,9 +247,11 @@ class UDisks:
 
 
 def _alive(mount_point: str) -> bool:
-    """False for a mount whose filesystem is gone (ENOTCONN/ECONNABORTED from a dead FUSE helper)."""
+    """False for a mount whose filesystem is gone (ENOTCONN/ECONNABORTED from a dead FUSE helper). Opens the root
+    and reads its first entries only: a stick's root may hold a million, all read on every check before."""
     try:
-        os.listdir(mount_point)
+        with os.scandir(mount_point) as it:
+            next(it, None)
         return True
     except OSError as e:
         return e.errno not in (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO, errno.ENODEV)

@@ -18,6 +18,7 @@ from steno_exportd.engine.targets import MARKER, DirectoryTarget
 from steno_exportd.errors import TargetError
 from tests.configs import make_config
 from tests.fakes import FakeLibrary, library, make_session
+from tests.parts import nest_folders
 
 
 def _run(lib, cfg, target, ids, formats=("txt", "json", "audio")):
@@ -557,20 +558,6 @@ def test_the_largest_manifest_a_recorder_writes_is_read_not_rebuilt(tmp_path):
     assert len(mf.read_sums(t, "SilentSteno")) == 40_000
 
 
-def _nest(top, depth: int) -> None:
-    """top/a/a/a/... ``depth`` folders deep (made through folder descriptors: no path grows past PATH_MAX)."""
-    top.mkdir()
-    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for _ in range(depth):
-            os.mkdir("a", dir_fd=fd)
-            nfd = os.open("a", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
-    finally:
-        os.close(fd)
-
-
 @pytest.mark.parametrize("planted", ["Holiday.partial", "Holiday"])
 def test_a_deeply_nested_folder_left_in_the_export_folder_does_not_stop_the_export(tmp_path, planted, caplog):
     """A stick's author leaves in SilentSteno/ a folder that the export cleans up as an interrupted one of its own
@@ -581,7 +568,7 @@ def test_a_deeply_nested_folder_left_in_the_export_folder_does_not_stop_the_expo
     lib = library(tmp_path, 1)
     out = tmp_path / "out"
     (out / "SilentSteno").mkdir(parents=True)
-    _nest(out / "SilentSteno" / planted, 5_000)
+    nest_folders(out / "SilentSteno" / planted, 5_000)
     if not planted.endswith(".partial"):
         (out / "SilentSteno" / planted / MARKER).write_text("incomplete\n")
     try:

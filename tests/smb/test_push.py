@@ -23,7 +23,7 @@ import pytest
 
 from steno_exportd.config import Config, SmbConfig, SmbRemote
 from steno_exportd.engine.registry import Checked, local
-from steno_exportd.engine.targets import TEMP_PREFIX
+from steno_exportd.engine.targets import MARKER, MAX_ENTRIES, TEMP_PREFIX
 from steno_exportd.errors import NotFoundError
 from steno_exportd.smb import push as smbpush
 from steno_exportd.smb import target as smbtarget
@@ -31,6 +31,7 @@ from steno_exportd.engine.identity import recorder_id
 from steno_exportd.smb.client import SmbError
 from steno_exportd.smb.target import SmbTarget
 from tests import parts
+from tests.parts import nest_folders
 from tests.parts.daemon import REPO
 from tests.parts.smbd import PW
 from tests.parts.smbdata import make_export_tree
@@ -808,3 +809,102 @@ def test_a_push_lands_when_its_sockets_are_numbered_above_1024(rec):
         res = push(cfg_for(root, db, remote, "rec-fd"))
     assert [r.ok for r in res] == [True] * 3, [r.error for r in res]
     assert_landed(root / "nas" / "rec-fd", db)
+
+
+def _empty_files(folder: pathlib.Path, n: int) -> None:
+    """folder/00000 ... on the NAS's disk: ``n`` empty files."""
+    folder.mkdir(parents=True)
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for i in range(n):
+            os.close(os.open(f"{i:05d}", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+    finally:
+        os.close(fd)
+
+
+def _left_alone(caplog, name: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if name in r.getMessage() and "left alone" in r.getMessage()]
+
+
+@pytest.mark.parametrize("planted", ["Holiday.partial", "Holiday"])
+def test_a_deeply_nested_folder_in_the_recorder_folder_is_left_alone_and_the_push_lands(rec, planted, caplog):
+    """Someone on the NAS leaves in the recorder's folder a folder the push cleans up as an interrupted one of its
+    own (a '<name>.partial' folder, or one holding the '.steno-incomplete' marker) with 1,500 folders nested in it.
+    Its removal went down one level after another over SMB (two round trips each) until Python's recursion limit,
+    and the one line said 'SMB error on \\\\127.0.0.1\\push: RecursionError: maximum recursion depth exceeded'. Now,
+    as on a stick, a tree deeper than MAX_TREE_DEPTH (8) is left alone, the line saying so, and the sessions land."""
+    smbd, remote, root, db = rec
+    folder = root / "nas" / "rec-deep"
+    folder.mkdir()
+    nest_folders(folder / planted, 1_500)
+    if not planted.endswith(".partial"):
+        (folder / planted / MARKER).write_text("incomplete\n")
+    try:
+        with caplog.at_level(logging.INFO, logger="steno_exportd"):
+            res = push(cfg_for(root, db, remote, "rec-deep"))
+        assert [(r.ok, r.error) for r in res] == [(True, "")] * 3, res
+        assert (folder / planted / "a" / "a").is_dir()          # someone else's: never removed
+        said = _left_alone(caplog, planted)
+        assert len(said) == 1 and "nested more than 8 deep" in said[0], said
+        assert not [r for r in caplog.records if r.exc_info]
+    finally:
+        subprocess.run(["rm", "-rf", str(folder / planted)], check=True)     # (shutil's rmtree recurses too)
+    assert_landed(folder, db)
+
+
+def test_a_folder_of_60000_entries_in_the_recorder_folder_is_left_alone_and_the_push_lands(rec, caplog):
+    """Someone on the NAS leaves a '<name>.partial' folder of 60,000 files in the recorder's folder. The push listed
+    it (its first 10,920 files: see the next test) and removed them one by one over SMB, three round trips each, for
+    nearly two minutes, until the server said 'Directory not empty': someone else's files gone, and time no cancel
+    shortens. Now a listing stops past MAX_ENTRIES (50,000), as on a stick: the folder is left alone with one line
+    saying why, and the sessions land."""
+    smbd, remote, root, db = rec
+    folder = root / "nas" / "rec-many"
+    _empty_files(folder / "Big.partial", 60_000)
+    try:
+        with caplog.at_level(logging.INFO, logger="steno_exportd"):
+            res = push(cfg_for(root, db, remote, "rec-many"))
+        assert [(r.ok, r.error) for r in res] == [(True, "")] * 3, res
+        assert len(os.listdir(folder / "Big.partial")) == 60_000
+        said = _left_alone(caplog, "Big.partial")
+        assert said == [f"smb:office: rec-many/Big.partial left alone: rec-many/Big.partial holds more than "
+                        f"{MAX_ENTRIES:,} entries: not a folder this recorder writes"], said
+    finally:
+        shutil.rmtree(folder / "Big.partial")
+    assert_landed(folder, db)
+
+
+def test_a_folder_of_many_short_names_is_listed_whole(office):
+    """A folder of 20,000 files named '00000'...'19999': the first answer to a listing (1 MiB) is full of them, and
+    it was taken for the whole folder (its size was reckoned without each entry's padding): the listing said 10,920
+    files. Everything listed, in more answers."""
+    smbd, remote, root, _ = office
+    _empty_files(root / "nas" / "short", 20_000)
+    t = SmbTarget(remote)
+    try:
+        t.connect()
+        assert len(t.listdir("short")) == 20_000
+    finally:
+        t.close()
+
+
+@pytest.mark.parametrize("name,size,limit", [(smbpush.LEGACY_MANIFEST, 1 << 30, "20 MiB"),
+                                             (smbpush.CLAIM_NAME, 2 << 20, "1 MiB")], ids=["legacy", "claim"])
+def test_a_huge_ownership_file_on_the_nas_is_refused_with_a_clear_error(rec, name, size, limit):
+    """Someone on the NAS leaves a huge .steno-push.json (1 GiB, sparse) or .steno-push-owner.json in the recorder's
+    folder. It was read by a second capped reader of its own (bytes +=: each chunk copied all that came before) and
+    refused with 'rec-huge/.steno-push.json on smb:office is larger than 20971520 bytes'. Now the manifest's one
+    capped reader reads it no further than its bound (20 MiB, 1 MiB for a claim), and the push is refused, not
+    retried, with a line that says whose the folder is not known and what to do; nothing is written."""
+    smbd, remote, root, db = rec
+    folder = root / "nas" / "rec-huge"
+    folder.mkdir()
+    with open(folder / name, "wb") as f:
+        f.truncate(size)
+    cfg = cfg_for(root, db, remote, "rec-huge")
+    with pytest.raises(SmbError) as ei:
+        push(cfg, recorder_id="d5" * 16)
+    assert str(ei.value) == (f"smb:office: folder rec-huge on \\\\127.0.0.1\\push: {name} is larger than {limit}, so "
+                             f"the owner of the folder is unknown; delete that file if this recorder owns the folder")
+    assert ei.value.permanent
+    assert os.listdir(folder) == [name]

@@ -6,6 +6,7 @@ import os
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from steno_exportd import config
 from steno_exportd.events import DeviceState, DeviceUpdated
@@ -80,8 +81,9 @@ def stick_files(stick: Stick, fn) -> object:
         stick.remove()
 
 
-def prepare(stick: Stick, files: dict[str, bytes]) -> None:
-    """Put files on a stick before it is 'inserted' (mounted privately, then removed again)."""
+def prepare(stick: Stick, files: dict[str, bytes], fill: Callable[[Path], None] | None = None) -> None:
+    """Put files on a stick before it is 'inserted' (mounted privately, then removed again); ``fill(root)``:
+    anything else to make there."""
     stick.insert()
     subprocess.run(["udevadm", "settle", "-t", "10"], check=False)
     d = tempfile.mkdtemp(prefix="stick-", dir=stick.image.parent)      # the test's own folder
@@ -92,6 +94,8 @@ def prepare(stick: Stick, files: dict[str, bytes]) -> None:
                 p = Path(d, name)
                 p.parent.mkdir(parents=True, exist_ok=True)
                 p.write_bytes(data)
+            if fill is not None:
+                fill(Path(d))
         finally:
             subprocess.run(["sync"], check=False)
             subprocess.run(["umount", d], check=False, timeout=30)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -10,7 +12,7 @@ from steno_exportd.usb import manager as usb
 from steno_exportd.events import DeviceState as S, JobState
 from steno_exportd.usb.udisks import UDisks
 from tests.fakes import FakeCore, make_session, summary
-from tests.parts import until
+from tests.parts import require_tool, until
 from tests.usb.helpers import StateLog, by_label, loop_attached, make_cfg, prepare, stick_files, wait_state
 
 pytestmark = pytest.mark.real
@@ -320,3 +322,52 @@ async def test_change_event_burst_is_debounced(sticks, tmp_path):
         await core.eject(dev.id)
     await log.close()
     assert log.states[stick.label].count("detected") == 1
+
+
+def _links(root, n: int) -> None:
+    """``n`` names in root: hard links (no inode, no data; ext4 takes 65,000 per file)."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for i in range(n):
+            if i % 60_000 == 0:
+                src = f"x{i}"
+                os.close(os.open(src, os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+            os.link(src, f"{i:07d}-meeting-notes", src_dir_fd=fd, dst_dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+_MOUNT = ("import asyncio, sys\n"
+          "from steno_exportd.usb.udisks import UDisks\n"
+          "async def main():\n"
+          "    ud = await UDisks.connect()\n"
+          "    try:\n"
+          "        print(await ud.mount(sys.argv[1]), end='')\n"
+          "    finally:\n"
+          "        await ud.close()\n"
+          "asyncio.run(main())\n")
+
+
+async def test_a_mounted_stick_of_many_root_entries_is_checked_without_reading_them_all(sticks, tmp_path):
+    """A stick whose root holds 60,000 entries (a million works as well), already mounted: each mount of it checks
+    the mount is alive before using it, and that check listed the whole root (os.listdir: some 470 getdents64
+    calls here, a million names in memory on a bigger stick). Now the check reads the root's first entries only:
+    counted by strace, at most 2 getdents64 calls on the mount point."""
+    require_tool("strace")
+    stick = await asyncio.to_thread(sticks, "ext4")
+    await asyncio.to_thread(prepare, stick, {}, lambda root: _links(root, 60_000))
+    await asyncio.to_thread(stick.insert)
+    await asyncio.to_thread(subprocess.run, ["udevadm", "settle", "-t", "10"], check=False)
+    ud = await UDisks.connect()
+    try:
+        mp = await ud.mount(stick.part)
+        trace = tmp_path / "getdents.trace"
+        p = await asyncio.to_thread(
+            subprocess.run, ["strace", "-f", "-qq", "-P", mp, "-e", "trace=getdents64", "-o", str(trace),
+                             sys.executable, "-c", _MOUNT, stick.part], capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0 and p.stdout == mp, p.stderr[-2000:]
+        calls = [line for line in trace.read_text().splitlines() if "getdents64(" in line]
+        assert len(calls) <= 2, f"{len(calls)} getdents64 calls on {mp}"
+    finally:
+        await ud.unmount(stick.part)
+        await ud.close()
