@@ -65,7 +65,8 @@ class RcloneKind(RemoteKind):
                 claim(t, folder, rid)
                 yield t
                 if cfg.smb.office_index:
-                    index.write(t, folder, rid[:SHORT])
+                    with t.unstoppable():       # (after a cancel too: it lists what the run's last save recorded)
+                        index.write(t, folder, rid[:SHORT])
             finally:
                 t.close()
 

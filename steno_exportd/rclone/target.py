@@ -22,6 +22,7 @@ file (see _moves_folders).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import itertools
@@ -34,7 +35,7 @@ import time
 import urllib.parse
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from steno_exportd import sockwait
 from steno_exportd.engine.targets import MARKER, PARTIAL_SUFFIX, TEMP_PREFIX, EntryStat, check_rel
@@ -92,6 +93,20 @@ class RcloneTarget:
         self._unmade: set[str] = set()    # <session>.partial folders of this push not made on the store yet: the
                                           # first upload into one makes it (rclone makes a file's folder first)
         self._names = threading.RLock()   # the five above: used by the export's main and verifier threads
+        self._unstoppable = 0             # unstoppable() blocks open: files opened for writing now ignore the cancel
+
+    @contextlib.contextmanager
+    def unstoppable(self) -> Iterator[None]:
+        """Files opened for writing inside it are written to their end whatever the job's cancel: the run's last
+        manifest save, which records the sessions read back before a cancel (stopped, those were sent again by
+        the next push). Uploads begun before it (the sessions in flight) still stop at the cancel."""
+        with self._names:
+            self._unstoppable += 1
+        try:
+            yield
+        finally:
+            with self._names:
+                self._unstoppable -= 1
 
     def connect(self) -> None:
         """Start rclone, reach the store once (which hash it keeps); a clear error when it cannot."""
@@ -393,6 +408,8 @@ class _RcloneWrite:
         self._small = bytearray()           # the bytes written while they are at most SMALL (sent by sync())
         self._ahead = AHEAD // t.checks     # (a share: the copies in flight together run at most AHEAD ahead)
         self._ended: dict | None = None     # the copy job's final status
+        with t._names:
+            self._stoppable = not t._unstoppable     # (opened inside unstoppable(): the cancel is not looked at)
 
     # -- a local file, copied by rclone ---------------------------------------------------------------
     def from_file(self, src: Path, st: os.stat_result) -> None:
@@ -453,7 +470,7 @@ class _RcloneWrite:
         sent, counted = self._sent, self._copied
         idle = look = time.monotonic()
         while not ready():
-            if stoppable and t.cancelled():
+            if stoppable and self._stoppable and t.cancelled():
                 raise CancelledJob("cancelled")
             now = time.monotonic()
             if self._sent != sent:
