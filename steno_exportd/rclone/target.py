@@ -66,6 +66,14 @@ SAVE_EVERY = 10.0                  # seconds between manifest saves: each is two
                                    # push cut before the next save sends at most this much work again
 
 
+def split_remote(remote: str) -> tuple[str, str]:
+    """An rclone remote string as (its remote, with the colon; the path on it): "nas:office/x" is ("nas:",
+    "office/x"); a connection string's own colons stay in the first (":webdav,url=http://h:8080/dav:x" is
+    (":webdav,url=http://h:8080/dav:", "x"))."""
+    name, colon, path = remote.rpartition(":") if remote.startswith(":") else remote.partition(":")
+    return name + colon, path
+
+
 class RcloneTarget:
     """``<remote.remote>`` (an rclone "NAME:path") through rclone rcd; the engine's Target protocol."""
 
@@ -116,7 +124,7 @@ class RcloneTarget:
         except RcloneError as e:
             if not is_file(e):
                 raise
-            path = (self.fs.rpartition(":") if self.fs.startswith(":") else self.fs.partition(":"))[2]
+            path = split_remote(self.fs)[1]
             raise RcloneError(f"{self.name}: {path.strip('/') or '/'} on the store is a file, not a folder; the "
                               f"remote must name a folder", True) from None
         kept = [str(h).lower() for h in info.get("Hashes") or []]
