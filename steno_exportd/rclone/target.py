@@ -683,6 +683,11 @@ class _RcloneWrite:
             if self._job is not None and self._status() is None:
                 self._t.rcd.call("job/stop", {"jobid": self._job})
                 self._follow(None, stoppable=False)     # (stopped: its temp file complete or gone before removal)
+        except TargetError as e:
+            # the stopped copy's own end: job/status answers a failed job with its error ("context canceled"), which
+            # skipped the removal below; rclone's SFTP upload leaves the part it wrote when stopped
+            log.debug("%s: copy of %s stopped: %s", self._t.name, self._rel, e)
+        try:
             self._t.rcd.call("operations/deletefile", {"fs": self._t.fs, "remote": self._t.rel(self.temp_rel)},
                              missing_ok=True)
             self._t._landed(self.temp_rel, False)
