@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -293,7 +294,9 @@ class Exporter:
                     pass
         pending = {h.uuid for h in self._held}
         try:
-            with self._lock:
+            # (a target that stops its own uploads at a cancel, rclone, lets this save end: it records the sessions
+            # read back before the cancel, which the next push would otherwise send again)
+            with self._lock, getattr(self.t, "unstoppable", contextlib.nullcontext)():
                 if self._held or self._unsaved:
                     self._save()        # the sessions a deferred save still holds, or finished since the last
         except (TargetError, OSError) as e:

@@ -20,7 +20,7 @@ from steno_exportd.engine.manifest import write_atomic
 from steno_exportd.engine.registry import RemoteKind
 from steno_exportd.errors import StenoError, TargetError
 from steno_exportd.rclone.process import Rcd, RcloneError, config_problems
-from steno_exportd.rclone.target import RcloneTarget
+from steno_exportd.rclone.target import RcloneTarget, split_remote
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,8 @@ class RcloneKind(RemoteKind):
                 claim(t, folder, rid)
                 yield t
                 if cfg.smb.office_index:
-                    index.write(t, folder, rid[:SHORT])
+                    with t.unstoppable():       # (after a cancel too: it lists what the run's last save recorded)
+                        index.write(t, folder, rid[:SHORT])
             finally:
                 t.close()
 
@@ -75,9 +76,9 @@ def _folder_of(remote: str) -> tuple[str, str]:
     "nas:./office" are "nas:office"): pushes to one folder take turns whichever remote of the config names it.
     On SFTP, FTP and local remotes "nas:/x" and "nas:x" differ (root, home): those take turns too, which costs
     a wait, where two keys for one folder would let two pushes clean up each other's work."""
-    name, colon, path = remote.rpartition(":") if remote.startswith(":") else remote.partition(":")
+    name, path = split_remote(remote)
     path = posixpath.normpath(path.strip("/") or ".")
-    return (name + colon, "" if path == "." else path)
+    return (name, "" if path == "." else path)
 
 
 def claim(t: RcloneTarget, folder: str, rid: str) -> None:

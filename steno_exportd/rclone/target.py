@@ -22,6 +22,7 @@ file (see _moves_folders).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import itertools
@@ -34,7 +35,7 @@ import time
 import urllib.parse
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from steno_exportd import sockwait
 from steno_exportd.engine.targets import MARKER, PARTIAL_SUFFIX, TEMP_PREFIX, EntryStat, check_rel
@@ -65,6 +66,14 @@ SAVE_EVERY = 10.0                  # seconds between manifest saves: each is two
                                    # push cut before the next save sends at most this much work again
 
 
+def split_remote(remote: str) -> tuple[str, str]:
+    """An rclone remote string as (its remote, with the colon; the path on it): "nas:office/x" is ("nas:",
+    "office/x"); a connection string's own colons stay in the first (":webdav,url=http://h:8080/dav:x" is
+    (":webdav,url=http://h:8080/dav:", "x"))."""
+    name, colon, path = remote.rpartition(":") if remote.startswith(":") else remote.partition(":")
+    return name + colon, path
+
+
 class RcloneTarget:
     """``<remote.remote>`` (an rclone "NAME:path") through rclone rcd; the engine's Target protocol."""
 
@@ -92,6 +101,20 @@ class RcloneTarget:
         self._unmade: set[str] = set()    # <session>.partial folders of this push not made on the store yet: the
                                           # first upload into one makes it (rclone makes a file's folder first)
         self._names = threading.RLock()   # the five above: used by the export's main and verifier threads
+        self._unstoppable = 0             # unstoppable() blocks open: files opened for writing now ignore the cancel
+
+    @contextlib.contextmanager
+    def unstoppable(self) -> Iterator[None]:
+        """Files opened for writing inside it are written to their end whatever the job's cancel: the run's last
+        manifest save, which records the sessions read back before a cancel (stopped, those were sent again by
+        the next push). Uploads begun before it (the sessions in flight) still stop at the cancel."""
+        with self._names:
+            self._unstoppable += 1
+        try:
+            yield
+        finally:
+            with self._names:
+                self._unstoppable -= 1
 
     def connect(self) -> None:
         """Start rclone, reach the store once (which hash it keeps); a clear error when it cannot."""
@@ -101,7 +124,7 @@ class RcloneTarget:
         except RcloneError as e:
             if not is_file(e):
                 raise
-            path = (self.fs.rpartition(":") if self.fs.startswith(":") else self.fs.partition(":"))[2]
+            path = split_remote(self.fs)[1]
             raise RcloneError(f"{self.name}: {path.strip('/') or '/'} on the store is a file, not a folder; the "
                               f"remote must name a folder", True) from None
         kept = [str(h).lower() for h in info.get("Hashes") or []]
@@ -393,6 +416,8 @@ class _RcloneWrite:
         self._small = bytearray()           # the bytes written while they are at most SMALL (sent by sync())
         self._ahead = AHEAD // t.checks     # (a share: the copies in flight together run at most AHEAD ahead)
         self._ended: dict | None = None     # the copy job's final status
+        with t._names:
+            self._stoppable = not t._unstoppable     # (opened inside unstoppable(): the cancel is not looked at)
 
     # -- a local file, copied by rclone ---------------------------------------------------------------
     def from_file(self, src: Path, st: os.stat_result) -> None:
@@ -453,7 +478,7 @@ class _RcloneWrite:
         sent, counted = self._sent, self._copied
         idle = look = time.monotonic()
         while not ready():
-            if stoppable and t.cancelled():
+            if stoppable and self._stoppable and t.cancelled():
                 raise CancelledJob("cancelled")
             now = time.monotonic()
             if self._sent != sent:
@@ -658,6 +683,11 @@ class _RcloneWrite:
             if self._job is not None and self._status() is None:
                 self._t.rcd.call("job/stop", {"jobid": self._job})
                 self._follow(None, stoppable=False)     # (stopped: its temp file complete or gone before removal)
+        except TargetError as e:
+            # the stopped copy's own end: job/status answers a failed job with its error ("context canceled"), which
+            # skipped the removal below; rclone's SFTP upload leaves the part it wrote when stopped
+            log.debug("%s: copy of %s stopped: %s", self._t.name, self._rel, e)
+        try:
             self._t.rcd.call("operations/deletefile", {"fs": self._t.fs, "remote": self._t.rel(self.temp_rel)},
                              missing_ok=True)
             self._t._landed(self.temp_rel, False)

@@ -23,7 +23,8 @@ class DelayRelay:
         self.port = self._srv.getsockname()[1]
         self._socks: list[socket.socket] = []
         self._stopped = False
-        threading.Thread(target=self._accept, name="delay-accept", daemon=True).start()
+        self._threads = [threading.Thread(target=self._accept, name="delay-accept", daemon=True)]
+        self._threads[0].start()
 
     def _accept(self) -> None:
         while not self._stopped:
@@ -41,8 +42,10 @@ class DelayRelay:
             self._socks += [a, b]
             for src, dst in ((a, b), (b, a)):
                 q: queue.Queue = queue.Queue()
-                threading.Thread(target=self._read, args=(src, q), daemon=True).start()
-                threading.Thread(target=self._write, args=(dst, q), daemon=True).start()
+                for th in (threading.Thread(target=self._read, args=(src, q), name="delay-read", daemon=True),
+                           threading.Thread(target=self._write, args=(dst, q), name="delay-write", daemon=True)):
+                    self._threads.append(th)
+                    th.start()
 
     def _read(self, src: socket.socket, q: queue.Queue) -> None:
         while True:
@@ -70,10 +73,16 @@ class DelayRelay:
                 return
 
     def close(self) -> None:
+        """Stop relaying and wait for its threads (a shutdown wakes a thread blocked in accept or recv; a close
+        alone does not)."""
         self._stopped = True
-        self._srv.close()
-        for s in self._socks:
-            try:
+        for group in ([self._srv], self._socks):       # (the listener first: no connection is added after)
+            for s in group:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
                 s.close()
-            except OSError:
-                pass
+            self._threads[0].join(10)
+        for th in self._threads:
+            th.join(10)

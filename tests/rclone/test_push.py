@@ -814,3 +814,57 @@ def test_a_cancel_while_a_streamed_file_is_awaited_stops_it_at_once(webdav, rclo
     assert not [r for r in res if r.ok and not r.skipped], [(r.ok, r.error) for r in res]
     assert not [p for p in srv.served.rglob("*") if p.name.startswith(".steno-tmp")]
     db.close()
+
+
+@pytest.fixture
+def far_webdav(webdav, rclone_tmp):
+    """The WebDAV store as if far away (tests/parts/delay.py: 100 ms round trips, each answer later than the push's
+    40 ms looks at it), and its rclone config; the relay closed afterwards."""
+    from tests.parts.delay import DelayRelay
+    relay = DelayRelay(webdav.port, 100)
+    try:
+        yield webdav, dataclasses.replace(webdav, port=relay.port).client_config(rclone_tmp / "rclone.conf")
+    finally:
+        relay.close()
+
+
+def test_a_cancel_keeps_the_sessions_read_back_before_it(far_webdav, rclone_tmp, monkeypatch, build):
+    """A push to a store far away is cancelled after some sessions were sent and read back, before the manifest save
+    that records them (saved every save_every seconds): the run's last save still records them and moves them into
+    place (failed: the cancel stopped that save's uploads, so the store's manifest did not list them, their folders
+    kept their .partial names or markers, and the next push removed and sent them again)."""
+    from steno_exportd.rclone.target import RcloneTarget
+    srv, conf = far_webdav
+    monkeypatch.setattr(RcloneTarget, "save_every", 3600.0)      # no save before the run's last
+    db = make_recorder(rclone_tmp / "rec", sizes=tuple((256 << 10) + i for i in range(6)))
+    cfg = make_cfg(rclone_tmp, db, conf, f"{srv.remote}:office")
+    folder = srv.served / "office" / recorder_folder(cfg)
+    done: set[str] = set()
+
+    def cancel_after_two(fields: dict) -> bool:
+        if not done:
+            ok = {r.uuid for r in fields.get("results") or () if r.ok and not r.skipped}
+            if len(ok) >= 2:
+                done.update(ok)             # what the page showed done when the cancel was asked
+        return bool(done)
+    res = push(cfg, Progress(cancel_after_two), sleep=lambda s: None)
+    assert done, "never cancelled"
+    assert len(done) < 6, "every session was done before the cancel"
+    assert (folder / "manifest.json").is_file(), "no manifest on the store"
+    saved = json.loads((folder / "manifest.json").read_text())["sessions"]
+    assert done <= set(saved), (sorted(done), sorted(saved))
+    assert done <= {r.uuid for r in res if r.ok}, [(r.uuid, r.ok, r.error) for r in res]
+    assert not {saved[u]["folder"] for u in done} & unfinished(folder)
+    sent = (folder / "SHA256SUMS").read_text()
+    assert all(f"{saved[u]['folder']}/" in sent for u in done)
+
+    before = stamps(folder)
+    p = Progress()
+    res = push(cfg, p, sleep=lambda s: None)
+    assert [r.ok for r in res] == [True] * 6, [r.error for r in res]
+    assert done <= {r.uuid for r in res if r.skipped}, [(r.uuid, r.skipped) for r in res]
+    again = {k for k in before if k.split("/")[0] in {saved[u]["folder"] for u in done}}
+    assert {k: stamps(folder)[k] for k in again} == {k: before[k] for k in again}    # not sent again
+    assert p.fields["bytes_done"] == sum(f.size for r in res if not r.skipped for f in r.files)
+    assert_landed(folder, db)
+    db.close()
