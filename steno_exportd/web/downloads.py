@@ -333,6 +333,11 @@ async def _zip(request: web.Request, ctx: WebContext, ids: list[int], fmts: tupl
     sent, held, plan = 0, 0, None
     try:
         template = _template(request.query.get("template", ""), ctx)
+        headers = {"Content-Type": "application/zip", "Content-Disposition": disposition(name)}
+        if request.method == "HEAD":  # its length is known only once every document is rendered: not for HEAD
+            resp = web.StreamResponse(headers=headers)
+            await resp.prepare(request)
+            return resp
         errors: dict = {}
         held = len(ids) if "audio" in fmts else 0         # at most one recording per session stays open
         if ctx.source_files + held > ctx.source_budget:
@@ -340,15 +345,12 @@ async def _zip(request: web.Request, ctx: WebContext, ids: list[int], fmts: tupl
         ctx.source_files += held
         plan = await asyncio.to_thread(archive.build_plan, ctx.core.library, tuple(ids), fmts, template,
                                        "audio" in fmts, ctx.cfg, None, errors, ctx.hashes, True)
-        resp = web.StreamResponse(headers={"Content-Type": "application/zip",
-                                           "Content-Disposition": disposition(name)})
+        resp = web.StreamResponse(headers=headers)
         resp.content_length = archive.zip_size(plan)
         if errors:
             resp.headers["X-Steno-Problems"] = quote("; ".join(f"session {k}: {', '.join(v)}"
                                                                for k, v in errors.items()))[:2000]
         await resp.prepare(request)
-        if request.method == "HEAD":
-            return resp
         sent = await _stream_parts(request, resp, ctx, plan, name)
     finally:
         if plan is not None:
