@@ -10,6 +10,7 @@ import asyncio
 import ipaddress
 import logging
 import socket
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -83,12 +84,16 @@ class Access:
         self._stored_hash = self.store.setting(WEB_PASSWORD)
 
     def reload(self, cfg: Any) -> None:
-        """New limits apply to the next attempt; counts so far are kept."""
+        """New limits apply to the next attempt; counts so far are kept. A new password ends the logins made
+        under the old one, and what they hold open."""
+        before = self.password_hash()
         self.cfg = cfg
         self.limiter.policy = policy(cfg)
         self.store.audit_keep = policies(cfg)["audit"]
         if not cfg.http.auth.pairing:
             self.pairing.cancel()
+        if self.password_hash() != before:
+            self.store.grants_changed()
 
     # ---- the web password: the config's hash wins over the one set from the touchscreen ----------------
     def password_hash(self) -> str:
@@ -142,6 +147,25 @@ class Access:
         if login_id not in {x.id for x in self.browsers()}:
             raise NotFoundError(f"no logged-in browser {login_id[:32]!r}")
         return self.store.revoke_login(login_id)
+
+    # ---- what an open download or event stream was granted under: still valid? ----------------------
+    def link_ended(self, token: str) -> str:
+        """Why a download under share link ``token`` must stop now ("revoked", "expired"); "" while it may go on
+        (a link used up by the very downloads under way still serves them). Blocking."""
+        try:
+            link = self.store.link(token)
+        except NotFoundError:
+            return "gone"
+        if link.revoked:
+            return "revoked"
+        return "expired" if link.expires <= time.time() else ""
+
+    def login_ended(self, cookie: str) -> str:
+        """Why what a browser opened under login cookie ``cookie`` must stop now; "" while the login is valid
+        (logout, "log out everywhere", a new password, a revoked browser, its end all end it). Blocking."""
+        if self.store.login_for(cookie, self.login_tags()) is not None:
+            return ""
+        return "ended (logout, a new password or revoked)"
 
     async def create_link(self, cfg: Any, session_id: int, hours: Any, max_downloads: Any, pin: str = "") -> ShareLink:
         """A share link for session_id (the web page's form, the API and D-Bus): the limits checked first,

@@ -9,6 +9,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 from steno_exportd.errors import InvalidArgument, NotFoundError
 from steno_exportd.retention import Keep, prune_rows
@@ -91,6 +92,8 @@ class AccessStore:
         self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()
         self._since_prune = 0
+        self.generation = 0               # bumped whenever a grant may have ended (grants_changed)
+        self._listeners: list[Callable[[], None]] = []
 
     def open(self) -> None:
         if self._db is not None:
@@ -134,6 +137,17 @@ class AccessStore:
             assert self._db is not None, "access store not open"
             return self._db.execute(sql, args).rowcount
 
+    # -- grants ending: whoever holds something open under a link or a login is told ---------------
+    def watch_grants(self, fn: Callable[[], None]) -> None:
+        """Call fn (from whichever thread ended them) after links were revoked or logins ended."""
+        self._listeners.append(fn)
+
+    def grants_changed(self) -> None:
+        """A link was revoked or logins ended (or the password they were made under changed)."""
+        self.generation += 1
+        for fn in list(self._listeners):
+            fn()
+
     # -- share links -------------------------------------------------------------
     def create_link(self, session_id: int, hours: float, max_downloads: int, pin_hash: str = "",
                     max_wrong_pins: int = 0) -> ShareLink:
@@ -170,6 +184,7 @@ class AccessStore:
         self.link(token)
         self._x("UPDATE share_links SET revoked = ? WHERE token = ? AND revoked = 0", (time.time(), token))
         self._x("DELETE FROM logins WHERE kind = 'share' AND scope = ?", (token,))
+        self.grants_changed()
         return self.link(token)
 
     def reserve_use(self, token: str) -> bool:
@@ -233,6 +248,7 @@ class AccessStore:
 
     def end_login(self, token: str) -> None:
         self._x("DELETE FROM logins WHERE token_hash = ?", (_hash(token),))
+        self.grants_changed()
 
     def logins(self, kind: str | None = None) -> list[Login]:
         """The valid logins, most recently seen first."""
@@ -246,13 +262,14 @@ class AccessStore:
         if not found:
             raise NotFoundError(f"no login {login_id[:32]!r}")
         self._x("DELETE FROM logins WHERE id = ?", (login_id,))
+        self.grants_changed()
         return found[0]
 
     def end_logins(self, kind: str | None = None) -> int:
         """End every login (of one kind): "log out everywhere"; how many ended."""
-        if kind:
-            return self._n("DELETE FROM logins WHERE kind = ?", (kind,))
-        return self._n("DELETE FROM logins")
+        n = self._n("DELETE FROM logins WHERE kind = ?", (kind,)) if kind else self._n("DELETE FROM logins")
+        self.grants_changed()
+        return n
 
     # -- settings (what the touchscreen sets: the web password's hash) --------------------------------
     def setting(self, key: str) -> str:

@@ -14,8 +14,9 @@ from aiohttp import web
 from steno_exportd import events as ev
 from steno_exportd.errors import InvalidArgument, StenoError
 from steno_exportd.search import MAX_LIMIT, MAX_OFFSET, MAX_QUERY_CHARS, SearchHit, SearchResults
-from steno_exportd.web.context import (CTX, MAX_PER_PAGE, WebContext, bounded, device_json, job_json, number,
-                                       query_sessions, read_json, search_sessions, session_json, summary_json)
+from steno_exportd.web.context import (CTX, MAX_PER_PAGE, WebContext, bounded, client_addr, device_json, job_json,
+                                       number, query_sessions, read_json, search_sessions, session_json,
+                                       summary_json)
 from steno_exportd.web.links import new_link, revoke
 from steno_exportd.web.server import SERVING
 
@@ -196,6 +197,7 @@ async def events_stream(request: web.Request) -> web.StreamResponse:
     resp._steno_task = asyncio.current_task()  # type: ignore[attr-defined]
     request.app[SERVING].guard.streams.add(request.protocol)     # may be closed first when connections run out
     agen = ctx.core.events.subscribe()
+    watch = ctx.grants.open(request, asyncio.current_task())     # cancelled when its login ends
     try:
         await resp.write(b"retry: 2000\n\n")
         for d in ctx.core.devices.list():
@@ -221,6 +223,9 @@ async def events_stream(request: web.Request) -> web.StreamResponse:
     except (ConnectionResetError, asyncio.CancelledError, StopAsyncIteration):
         pass
     finally:
+        ctx.grants.close(watch)
+        if watch is not None and watch.ended:
+            log.info("event stream of %s closed: %s %s", client_addr(request), watch.grant.what, watch.ended)
         ctx.streams.discard(resp)
         with contextlib.suppress(Exception):
             await agen.aclose()

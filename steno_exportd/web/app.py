@@ -16,6 +16,7 @@ from steno_exportd.errors import InvalidArgument, NotFoundError, StenoError, Thr
 from steno_exportd.web import api, auth, downloads, links, login, mail, pages, pairing, server, tls
 from steno_exportd.web.context import (CSRF, CTX, PKG, REFUSALS, SID, WebContext, client_addr, read_form,
                                        wants_json)
+from steno_exportd.web.grants import GRANT, login_grant
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +104,11 @@ async def access(request: web.Request, handler: Any) -> web.StreamResponse:
     sid = ""
     if mode == "password":
         token = request.cookies.get(auth.COOKIE, "")
+        generation = ctx.store.generation
         found = await asyncio.to_thread(ctx.store.login_for, token, ctx.access.login_tags()) if token else None
         sid = found.id if found is not None else ""
+        if found is not None:
+            request[GRANT] = login_grant(ctx.access, found, token, generation)
         public = request.path.startswith(PUBLIC_PREFIXES)
         if not sid and not public:
             if wants_json(request) or request.method != "GET":

@@ -15,6 +15,7 @@ from steno_exportd import safeparse, search
 from steno_exportd.errors import InvalidArgument
 from steno_exportd.web import auth, human
 from steno_exportd.web.cache import RenderCache
+from steno_exportd.web.grants import OpenStreams
 from steno_exportd.web.server import RefusalLog
 
 CTX = web.AppKey("ctx", object)
@@ -53,6 +54,7 @@ class WebContext:
         self.jinja.filters.update(when=human.when, size=human.size)
         self._names: tuple[Any, frozenset[str]] = (None, frozenset())
         self.streams: set[web.StreamResponse] = set()
+        self.grants = OpenStreams(self.access.store)    # streams cut when the link or login they need ends
         self.tls = False
         self.source_files = 0               # recordings held open by ZIP downloads now ...
         self.source_budget = 64             # ... and at most (set by make_app from the open-file limit)

@@ -65,8 +65,13 @@ class FileEnded(ConnectionError):
         self.sent, self.why, self.session_id = sent, why, session_id
 
 
-def client_left(name: str, sent: int, total: int | None) -> None:
-    """A download the client walked away from: one quiet line, no traceback (nothing failed here)."""
+def client_left(name: str, sent: int, total: int | None, watch: Any = None) -> None:
+    """A download the client walked away from: one quiet line, no traceback (nothing failed here); or one
+    cut because what it was sent under ended (``watch``, grants.OpenStreams.watching)."""
+    if watch is not None and watch.ended:
+        log.info("download of %s cut after %d of %s bytes: %s %s", name, sent, total if total is not None else "?",
+                 watch.grant.what, watch.ended)
+        return
     log.info("download of %s: client left after %d of %s bytes", name, sent, total if total is not None else "?")
 
 
@@ -143,12 +148,14 @@ class SourceResponse(web.StreamResponse):
         self._src, self._name, self._whose, self._done, self._use = opened, name, whose, done, use
         self._pause = pause
         self._sent, self._detail = 0, ""
+        self._watch: Any = None         # cut when the link or login it is sent under ends
 
     async def prepare(self, request: web.BaseRequest) -> Any:
         if self.prepared:
             return None
         try:
-            with self._pause():
+            with self._pause(), request.app[CTX].grants.watching(request) as watch:
+                self._watch = watch
                 return await self._send(request)
         finally:
             self._src.close()
@@ -192,7 +199,7 @@ class SourceResponse(web.StreamResponse):
             self._sent = await send_span(request, self._src, start, count)
         except ClientLeft as e:
             self._sent = e.sent
-            client_left(self._name, e.sent, count)
+            client_left(self._name, e.sent, count, self._watch)
             raise
         except FileEnded as e:
             self._sent = e.sent
@@ -326,6 +333,11 @@ async def _zip(request: web.Request, ctx: WebContext, ids: list[int], fmts: tupl
     sent, held, plan = 0, 0, None
     try:
         template = _template(request.query.get("template", ""), ctx)
+        headers = {"Content-Type": "application/zip", "Content-Disposition": disposition(name)}
+        if request.method == "HEAD":  # its length is known only once every document is rendered: not for HEAD
+            resp = web.StreamResponse(headers=headers)
+            await resp.prepare(request)
+            return resp
         errors: dict = {}
         held = len(ids) if "audio" in fmts else 0         # at most one recording per session stays open
         if ctx.source_files + held > ctx.source_budget:
@@ -333,15 +345,12 @@ async def _zip(request: web.Request, ctx: WebContext, ids: list[int], fmts: tupl
         ctx.source_files += held
         plan = await asyncio.to_thread(archive.build_plan, ctx.core.library, tuple(ids), fmts, template,
                                        "audio" in fmts, ctx.cfg, None, errors, ctx.hashes, True)
-        resp = web.StreamResponse(headers={"Content-Type": "application/zip",
-                                           "Content-Disposition": disposition(name)})
+        resp = web.StreamResponse(headers=headers)
         resp.content_length = archive.zip_size(plan)
         if errors:
             resp.headers["X-Steno-Problems"] = quote("; ".join(f"session {k}: {', '.join(v)}"
                                                                for k, v in errors.items()))[:2000]
         await resp.prepare(request)
-        if request.method == "HEAD":
-            return resp
         sent = await _stream_parts(request, resp, ctx, plan, name)
     finally:
         if plan is not None:
@@ -362,7 +371,14 @@ async def _zip(request: web.Request, ctx: WebContext, ids: list[int], fmts: tupl
 
 async def _stream_parts(request: web.Request, resp: web.StreamResponse, ctx: WebContext, plan: Any,
                         name: str) -> int:
-    """Write the plan's parts; the bytes sent (short of the length when the client left or a file changed)."""
+    """Write the plan's parts; the bytes sent (short of the length when the client left, a file changed or the
+    link or login it was sent under ended)."""
+    with ctx.grants.watching(request) as watch:
+        return await _write_parts(request, resp, ctx, plan, name, watch)
+
+
+async def _write_parts(request: web.Request, resp: web.StreamResponse, ctx: WebContext, plan: Any,
+                       name: str, watch: Any) -> int:
     from steno_exportd.engine import archive
 
     parts = archive.zip_parts(plan, chunk=ZIP_CHUNK)
@@ -381,10 +397,10 @@ async def _stream_parts(request: web.Request, resp: web.StreamResponse, ctx: Web
         source_changed(request, name, f"session {e.session_id}", sent + e.sent, resp.content_length, e.why)
         return sent + e.sent
     except ClientLeft as e:           # the client left: one INFO line, nothing counted or cached
-        client_left(name, sent + e.sent, resp.content_length)
+        client_left(name, sent + e.sent, resp.content_length, watch)
         return sent + e.sent
     except ConnectionError:
-        client_left(name, sent, resp.content_length)
+        client_left(name, sent, resp.content_length, watch)
         request.protocol.force_close()
     except SourceChanged as e:        # a recording that changed while it was hashed (checksums not known yet)
         source_changed(request, name, f"session {e.session_id}", sent, resp.content_length, e)

@@ -18,6 +18,7 @@ from steno_exportd.errors import InvalidArgument, NotFoundError, StenoError, Thr
 from steno_exportd.web import auth
 from steno_exportd.web.context import CTX, REFUSALS, WebContext, bounded, client_addr, read_form
 from steno_exportd.web.downloads import download_name, one_of, send_audio, stream_zip
+from steno_exportd.web.grants import GRANT, link_grant
 from steno_exportd.web.human import fmt_duration, fmt_when
 
 TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -168,9 +169,11 @@ class ShareUse:
 
 async def share_download(request: web.Request) -> web.StreamResponse:
     ctx: WebContext = request.app[CTX]
+    generation = ctx.store.generation
     link = await _usable_link(request, ctx)
     if not await _pin_ok(request, ctx, link):
         raise web.HTTPForbidden(text="Enter the PIN first.")
+    request[GRANT] = link_grant(ctx.access, link, generation)     # the link, not a login: cut when it ends
     what = one_of(request.match_info["what"], ("zip", "audio"), "download")
     summary, recording = await ctx.recording(str(link.session_id))     # no transcript loaded
     use = None

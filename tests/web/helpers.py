@@ -58,9 +58,44 @@ async def open_download(client, path: str, first: int):
     return reader, writer, length
 
 
+async def slow_download(port: int, path: str, cookie: str = "", first: int = 1 << 20, rcvbuf: int = 64 << 10):
+    """A guest that asks for ``path`` and reads its first bytes slowly, through a small receive buffer (what
+    the server sends ahead is bounded by its own send buffer); -> (reader, writer, status line, length)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=rcvbuf)
+    extra = f"Cookie: steno_session={cookie}\r\n" if cookie else ""
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}\r\n".encode())
+    head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)).decode()
+    m = re.search(r"(?im)^content-length: *(\d+)", head)
+    got = 0
+    while got < first:
+        got += len(await asyncio.wait_for(reader.read(min(16 << 10, first - got)), 30))
+        await asyncio.sleep(0.005)
+    return reader, writer, head.split("\r\n")[0], int(m.group(1)) if m else None
+
+
+async def read_on(reader, most: int, timeout: float = 20.0) -> tuple[int, bool]:
+    """Read as fast as possible until the server ends the answer or ``most`` bytes came; (bytes, ended)."""
+    n = 0
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            while n < most:
+                try:
+                    chunk = await reader.read(1 << 16)
+                except ConnectionError:
+                    return n, True
+                if not chunk:
+                    return n, True
+                n += len(chunk)
+    return n, False
+
+
 def leave(writer, reset: bool = False) -> None:
     """The browser tab goes away: a plain close (FIN), or an abort (RST) like a dropped Wi-Fi client."""
-    if reset:
+    if reset and not writer.is_closing():
         writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     writer.close()
 

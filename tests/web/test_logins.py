@@ -1,12 +1,15 @@
 """Every way a login should end: logout, a password change, "log out everywhere", a restart that keeps only
-what was valid; a copied cookie dies with it."""
+what was valid; a copied cookie dies with it, and so do the downloads and event streams it holds open."""
 from __future__ import annotations
 
+import asyncio
 import re
+
+import pytest
 
 from steno_exportd import config
 from steno_exportd.access.passwords import hash_password
-from tests.web.helpers import PASSWORD, PASSWORD_HASH, anonymous, login_form
+from tests.web.helpers import PASSWORD, PASSWORD_HASH, anonymous, leave, login_form, read_on, slow_download
 
 PW = {"http.auth.mode": "password", "http.auth.password_hash": PASSWORD_HASH}
 
@@ -83,3 +86,56 @@ async def test_a_restart_keeps_valid_logins_and_only_those(web_client):
     assert not await works(restarted, ended)
     changed, _ = await web_client(**{**PW, "http.auth.password_hash": hash_password("changed while stopped")})
     assert not await works(changed, kept)                  # the password changed while the daemon was down
+
+
+async def end_login(how: str, client, core, browser) -> None:
+    """End the browser's login the way a user (or the touchscreen, over D-Bus: the same core calls) does."""
+    if how == "logout":
+        r = await browser.post("/logout", data={"csrf": await page_token(browser)}, allow_redirects=False)
+        assert r.status == 303
+    elif how == "everywhere":
+        other, _ = await logged_in(client)
+        r = await other.post("/logout", data={"csrf": await page_token(other), "everywhere": "1"},
+                             allow_redirects=False)
+        assert r.status == 303
+        await other.session.close()
+    elif how == "new password":                       # the touchscreen's SetWebPassword
+        await core.set_web_password("another good password")
+    elif how == "new password in the config":        # edited, then systemctl reload
+        await core.reload(config.replace(core.cfg, **{"http.auth.password_hash": hash_password("changed")}))
+    elif how == "browser revoked":                    # the touchscreen's RevokeBrowser
+        (login,) = await core.paired_browsers()
+        await core.revoke_browser(login.id)
+
+
+@pytest.mark.parametrize("how", ["logout", "everywhere", "new password", "new password in the config",
+                                 "browser revoked"])
+async def test_a_download_and_the_event_stream_end_with_their_login(web_client, own_lib, how):
+    """A copied cookie downloads a large recording slowly and follows the live events; the login ends. The
+    download went on to its last byte and the event stream stayed open (keepalives every 15 s, every job)."""
+    from tests.web.test_hostile_files import grow, recordings
+    sid, path = next(iter(recordings(own_lib).items()))
+    grow(path, 64 << 20)
+    if how == "new password in the config":
+        client, core = await web_client(own_lib, **PW)
+    else:
+        client, core = await web_client(own_lib, **{"http.auth.mode": "password"})
+        await core.set_web_password(PASSWORD)
+    browser, value = await logged_in(client)
+    port = client.server.port
+    opened = []
+    try:
+        opened.append(reader := await slow_download(port, f"/sessions/{sid}/audio", value))
+        opened.append(events := await slow_download(port, "/api/v1/events", value, first=0))
+        assert reader[2] == events[2] == "HTTP/1.1 200 OK"
+        length = reader[3]
+        await end_login(how, client, core, browser)
+        after, ended = await read_on(reader[0], length - (1 << 20))
+        _, stream_ended = await read_on(events[0], 1 << 20, timeout=5)
+    finally:
+        for _, writer, _, _ in opened:
+            leave(writer, reset=True)
+        await browser.session.close()
+    assert (ended and after < 8 << 20, stream_ended) == (True, True), \
+        f"{after >> 20} MiB of {length >> 20} read after the login ended; event stream ended: {stream_ended}"
+    assert not await works(client, value)
