@@ -57,7 +57,7 @@ def resolve_collision(name: str, taken: set[str]) -> str:
     i = 2
     while True:
         suffix = f" ({i})"
-        cand = truncate_name(base, MAX_NAME - _name_len(suffix) - (len(ext) + 1 if dot else 0)) + suffix
+        cand = truncate_name(base, MAX_NAME - _name_len(suffix) - (_name_len(ext) + 1 if dot else 0)) + suffix
         cand = cand + (f".{ext}" if dot else "")
         if cand.casefold() not in low:
             return cand

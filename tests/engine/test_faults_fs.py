@@ -379,3 +379,27 @@ def test_a_long_title_in_a_non_latin_script_lands_on_every_filesystem(tmp_path, 
         assert _sums_ok(mnt) and not _leftovers(mnt)
         assert verify_target(str(mnt)).ok
         assert all(r.skipped for r in _export(lib, cfg, mnt))
+
+
+def test_a_collision_on_a_long_name_with_a_non_latin_extension_fits_ext4(tmp_path):
+    """resolve_collision cut a name to make room for ' (2)' by the extension's length in characters, not in
+    UTF-8 bytes: a 255-byte name (the longest ext4 takes) ending in a one-character Japanese extension ('.議',
+    3 bytes) became a 257-byte ' (2)' twin, and ext4 refused to create it ('File name too long'). Latent in the
+    engine's own names (a session folder is cut at 240 bytes, renderers' file names end in ASCII extensions), so
+    asked of the function directly, on a real ext4: the twin is created beside the name it steps around."""
+    from steno_exportd.engine.naming import resolve_collision
+    name = "会" * 83 + "ab.議"
+    assert len(name.encode()) == 255
+    with loop_fs(tmp_path, "ext4", 16) as (mnt, dev, img):
+        (mnt / name).write_bytes(b"1")
+        taken = {name}
+        for n in (2, 3):
+            twin = resolve_collision(name, taken)
+            try:
+                (mnt / twin).write_bytes(b"%d" % n)
+            except OSError as e:
+                pytest.fail(f"{twin!r} ({len(twin.encode())} bytes): {e}")
+            assert twin.endswith(f" ({n}).議") and twin.startswith("会" * 82), twin
+            taken.add(twin)
+        assert sorted(p.read_bytes() for p in mnt.iterdir() if p.is_file()) == [b"1", b"2", b"3"]
+
