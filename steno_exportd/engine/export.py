@@ -15,7 +15,7 @@ from steno_exportd.config import Config
 from steno_exportd.engine import manifest as mf
 from steno_exportd.engine import writer
 from steno_exportd.engine.hashcache import HashCache
-from steno_exportd.engine.naming import folder_name, format_label, resolve_collision, root_folder, safe_name
+from steno_exportd.engine.naming import OLD_UNITS, folder_name, format_label, resolve_collision, root_folder, safe_name
 from steno_exportd.engine.plan import PlannedFile, plan_session, render_file, render_options
 from steno_exportd.engine.registry import ArchiveKind, Targets, local
 from steno_exportd.engine.targets import MARKER, PARTIAL_SUFFIX, TEMP_PREFIX, EntryStat, Target, WriteHandle, os_error
@@ -688,11 +688,12 @@ class Exporter:
         name = safe_name(raw, f"Session {s.id}", limit=240)
         taken = set(self._root_names) | {e["folder"] for u, e in self.m.sessions.items() if u != s.uuid}
         taken |= {n[: -len(PARTIAL_SUFFIX)] for n in taken if n.endswith(PARTIAL_SUFFIX)}
-        rebuilt = self.m.sessions.get(f"rebuilt:{name}")
-        if rebuilt is not None:
-            # a folder we wrote before the manifest was lost: adopt it
-            self.m.sessions[s.uuid] = self.m.sessions.pop(f"rebuilt:{name}")
-            return name, True
+        # a folder we wrote before the manifest was lost: adopt it, named as we cut names now or as older
+        # versions did (a long non-Latin title cut at 240 UTF-16 units, not bytes)
+        for cut in dict.fromkeys((name, safe_name(raw, f"Session {s.id}", limit=240, units=OLD_UNITS))):
+            if f"rebuilt:{cut}" in self.m.sessions:
+                self.m.sessions[s.uuid] = self.m.sessions.pop(f"rebuilt:{cut}")
+                return cut, True
         return resolve_collision(name, taken), False
 
     def _start_session(self, s: Any, plan: list[PlannedFile], seq: int) -> concurrent.futures.Future:
