@@ -10,24 +10,28 @@ _RESERVED = {"CON", "PRN", "AUX", "NUL", "CLOCK$", "CONIN$", "CONOUT$",
              *(f"COM{i}" for i in range(10)), *(f"LPT{i}" for i in range(10)),
              "COM¹", "COM²", "COM³", "LPT¹", "LPT²", "LPT³"}
 MAX_NAME = 255
+OLD_UNITS = "utf-16"        # how names were cut before 2b6a5c9: folders they named are still found by that cut
 ROOT_FALLBACK = "SilentSteno"
 
 
-def _name_len(s: str) -> int:
+def _name_len(s: str, units: str = "utf-8") -> int:
     """A name's length as filesystems limit it: bytes of UTF-8 (ext4's 255 bytes). Never less than its UTF-16 code
-    units (FAT, exFAT and NTFS allow 255 of those), so a name within it fits on all of them."""
+    units (FAT, exFAT and NTFS allow 255 of those), so a name within it fits on all of them. ``units="utf-16"``:
+    in UTF-16 code units, as versions before 2b6a5c9 cut names (see OLD_UNITS)."""
+    if units == OLD_UNITS:
+        return len(s.encode("utf-16-le", "surrogatepass")) // 2
     return len(s.encode("utf-8", "surrogatepass"))
 
 
-def truncate_name(s: str, limit: int) -> str:
+def truncate_name(s: str, limit: int, units: str = "utf-8") -> str:
     """Cut s to at most limit (as _name_len counts) without splitting a character."""
-    while _name_len(s) > limit:
+    while _name_len(s, units) > limit:
         s = s[:-1]
     return s
 
 
-def safe_name(name: str, fallback: str = "unnamed", limit: int = MAX_NAME) -> str:
-    """A file or folder name every common filesystem accepts."""
+def safe_name(name: str, fallback: str = "unnamed", limit: int = MAX_NAME, units: str = "utf-8") -> str:
+    """A file or folder name every common filesystem accepts (``units``: as _name_len counts the limit)."""
     s = unicodedata.normalize("NFC", name)
     s = _FORBIDDEN.sub("_", s)
     s = re.sub(r"\s+", " ", s).strip()
@@ -37,12 +41,12 @@ def safe_name(name: str, fallback: str = "unnamed", limit: int = MAX_NAME) -> st
     stem, dot, ext = s.partition(".")
     if stem.upper().rstrip(" ") in _RESERVED:
         s = "_" + s
-    if _name_len(s) > limit:
+    if _name_len(s, units) > limit:
         base, dot, ext = s.rpartition(".")
         if dot and 0 < len(ext) <= 8:
-            s = truncate_name(base, limit - _name_len(ext) - 1).rstrip(". ") + "." + ext
+            s = truncate_name(base, limit - _name_len(ext, units) - 1, units).rstrip(". ") + "." + ext
         else:
-            s = truncate_name(s, limit).rstrip(". ")
+            s = truncate_name(s, limit, units).rstrip(". ")
     return s
 
 
@@ -57,7 +61,7 @@ def resolve_collision(name: str, taken: set[str]) -> str:
     i = 2
     while True:
         suffix = f" ({i})"
-        cand = truncate_name(base, MAX_NAME - _name_len(suffix) - (len(ext) + 1 if dot else 0)) + suffix
+        cand = truncate_name(base, MAX_NAME - _name_len(suffix) - (_name_len(ext) + 1 if dot else 0)) + suffix
         cand = cand + (f".{ext}" if dot else "")
         if cand.casefold() not in low:
             return cand

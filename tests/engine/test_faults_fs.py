@@ -379,3 +379,60 @@ def test_a_long_title_in_a_non_latin_script_lands_on_every_filesystem(tmp_path, 
         assert _sums_ok(mnt) and not _leftovers(mnt)
         assert verify_target(str(mnt)).ok
         assert all(r.skipped for r in _export(lib, cfg, mnt))
+
+
+def test_a_collision_on_a_long_name_with_a_non_latin_extension_fits_ext4(tmp_path):
+    """resolve_collision cut a name to make room for ' (2)' by the extension's length in characters, not in
+    UTF-8 bytes: a 255-byte name (the longest ext4 takes) ending in a one-character Japanese extension ('.議',
+    3 bytes) became a 257-byte ' (2)' twin, and ext4 refused to create it ('File name too long'). Latent in the
+    engine's own names (a session folder is cut at 240 bytes, renderers' file names end in ASCII extensions), so
+    asked of the function directly, on a real ext4: the twin is created beside the name it steps around."""
+    from steno_exportd.engine.naming import resolve_collision
+    name = "会" * 83 + "ab.議"
+    assert len(name.encode()) == 255
+    with loop_fs(tmp_path, "ext4", 16) as (mnt, dev, img):
+        (mnt / name).write_bytes(b"1")
+        taken = {name}
+        for n in (2, 3):
+            twin = resolve_collision(name, taken)
+            try:
+                (mnt / twin).write_bytes(b"%d" % n)
+            except OSError as e:
+                pytest.fail(f"{twin!r} ({len(twin.encode())} bytes): {e}")
+            assert twin.endswith(f" ({n}).議") and twin.startswith("会" * 82), twin
+            taken.add(twin)
+        assert sorted(p.read_bytes() for p in mnt.iterdir() if p.is_file()) == [b"1", b"2", b"3"]
+
+
+def test_a_folder_an_older_version_named_from_a_long_non_latin_title_is_adopted_after_a_lost_manifest(tmp_path):
+    """Before 2b6a5c9 a session folder was cut at 240 UTF-16 units; now at 240 bytes of UTF-8. An exFAT stick
+    exported to by an older version holds a folder named from a long Japanese title as the old cut made it (here:
+    the whole name, 172 units, 472 bytes). With manifest.json lost, the rebuild from SHA256SUMS knows that folder,
+    but the export looked it up by the new cut only: it wrote the session again into a second folder beside it
+    (two copies of the meeting, SHA256SUMS naming both). Now the old cut of the same title is matched too: the
+    old folder is the session's, no second folder, and the next export sends nothing."""
+    from steno_exportd.engine.naming import folder_name
+    audio = tmp_path / "a.wav"
+    audio.write_bytes(os.urandom(100_000))
+    lib = FakeLibrary([make_session(1, audio, title="会議の記録" * 30)])
+    cfg = _cfg(tmp_path)
+    old = folder_name(lib.sessions[1].summary, "pattern", cfg.export.folder_pattern)
+    assert len(old.encode("utf-16-le")) // 2 <= 240 < len(old.encode())     # the old cut: none
+    with loop_fs(tmp_path, "exfat", 64) as (mnt, dev, img):
+        assert all(r.ok for r in _export(lib, cfg, mnt))
+        root = mnt / "SilentSteno"
+        new, = [p.name for p in root.iterdir() if p.is_dir()]
+        assert new != old
+        # the stick as the older version left it: its folder name, SHA256SUMS naming it, manifest.json lost
+        (root / new).rename(root / old)
+        sums = (root / "SHA256SUMS").read_text().replace(f"  {new}/", f"  {old}/")
+        (root / "SHA256SUMS").write_text(sums)
+        (root / "manifest.json").unlink()
+        assert _sums_ok(mnt)
+        res = _export(lib, cfg, mnt)
+        assert [r.ok for r in res] == [True], [r.error for r in res]
+        folders = sorted(p.name for p in root.iterdir() if p.is_dir())
+        assert folders == [old], folders
+        assert _sums_ok(mnt) and not _leftovers(mnt) and verify_target(str(mnt)).ok
+        assert (root / "SHA256SUMS").read_text().count("\n") == len(FORMATS)
+        assert all(r.skipped for r in _export(lib, cfg, mnt))
