@@ -6,7 +6,7 @@
 # mmdebstrap for the arm64 package; zbar-tools decodes the share page's QR code, axe-core from npm checks
 # every page's accessibility). Idempotent; root only.
 set -eu
-PKGS="python3-venv udev dbus udisks2 policykit-1 samba smbclient dosfstools exfatprogs fdisk
+PKGS="python3-venv udev dbus udisks2 policykit-1 samba smbclient strace dosfstools exfatprogs fdisk
 exfat-fuse fusefat ntfs-3g chromium poppler-utils nginx-light fonts-dejavu-core iproute2
 util-linux psmisc systemd flac nodejs avahi-daemon avahi-utils
 qpdf tidy fonts-droid-fallback libreoffice-writer-nogui libreoffice-calc-nogui rclone
