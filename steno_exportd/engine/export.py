@@ -126,10 +126,6 @@ class Exporter:
         # sessions in flight (a store far away is slow per request, not per byte)
         self._verifier = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="steno-verify")
         self.depth = max(1, int(target.checks))
-        # <folder>.partial folders carry our marker, so the clean-up after a crash tells them from a person's own
-        # 'Notes.partial' beside them; not on a store taking several requests at once (rclone's), where the marker's
-        # write and removal were 4 more round trips per session: there every .partial is taken for ours, as before
-        self.mark_partial = target.checks == 1
         self._checks = self._verifier if self.depth == 1 else \
             concurrent.futures.ThreadPoolExecutor(self.depth, thread_name_prefix="steno-check")
         self._saved_at = 0.0                    # when the manifest was last saved (monotonic; run() sets the start)
@@ -364,10 +360,10 @@ class Exporter:
 
     def _save(self, held: "_Held | None" = None) -> None:
         """Save the manifest (the caller holds the lock), then finish the sessions it now records that waited for
-        it: a folder built as ``<folder>.partial`` is renamed into place, then loses its marker (as one built in
-        place). A ``held`` session may wait up to the target's ``save_every`` seconds for a later save: until then
-        its folder says "incomplete", so a run cut before the save removes it and sends it again (never a
-        finished-looking folder the manifest does not know)."""
+        it: a folder built in place loses its marker, one built as ``<folder>.partial`` is renamed into place. A
+        ``held`` session may wait up to the target's ``save_every`` seconds for a later save: until then its folder
+        says "incomplete", so a run cut before the save removes it and sends it again (never a finished-looking
+        folder the manifest does not know)."""
         if held is not None:
             self._held.append(held)
             if not self._due():
@@ -397,11 +393,6 @@ class Exporter:
                 self.t.rename(h.partial, h.final)      # (never replaces: refused when the name is taken)
             except TargetError as e:
                 return e
-            try:
-                if h.marker:
-                    self.t.remove(h.marker)
-            except TargetError as e:    # recorded: the next export of it removes the marker
-                log.warning("%s: %s not removed: %s", self.t.name, h.marker, e)
             return None
         outcomes: list[TargetError | None] = []
         if moves:       # a few at once: each is a few requests of a store that paces them (rclone's WebDAV)
@@ -458,7 +449,7 @@ class Exporter:
         work_rel = final_rel if in_place else f"{final_rel}{PARTIAL_SUFFIX}"
         self.t.mkdir(work_rel)
         self._root_names.add(work_rel[len(self.root) + 1:])
-        if in_place or self.mark_partial:
+        if in_place:
             mf.write_atomic(self.t, f"{work_rel}/{MARKER}", b"incomplete\n")
         files: list[FileResult] = []
         entry = {"id": 0, "title": "merged", "folder": folder, "updated_at": mf.now_iso(),
@@ -481,12 +472,12 @@ class Exporter:
                 continue
             entry["files"][name] = mf.entry(size, sha, fmt, pf.version, self.template)
             files.append(FileResult(f"{final_rel}/{name}", True, size, sha))
-        if not in_place:
+        if in_place:
+            self.t.remove(f"{work_rel}/{MARKER}")
+        else:
             self.t.rename(work_rel, final_rel)
             self._root_names.discard(work_rel[len(self.root) + 1:])
             self._root_names.add(folder)
-        if in_place or self.mark_partial:
-            self.t.remove(f"{final_rel}/{MARKER}")
         self.m.sessions[f"merged:{folder}"] = entry
         mf.save(self.t, self.root, self.m)
         ok = all(f.ok for f in files)
@@ -519,9 +510,7 @@ class Exporter:
 
     def _clean_leftovers(self, entries: dict[str, EntryStat]) -> None:
         """Remove our temp files and <folder>.partial trees left by a crash or a yank (``entries``: the root's
-        listing), except what a resumable write continues (its temp file and its folder). A folder is ours when it
-        holds our marker or nothing but our temp names (a <folder>.partial also when the manifest records
-        <folder>); someone's own 'Notes.partial' is left alone."""
+        listing), except what a resumable write continues (its temp file and its folder)."""
         self._root_names = set(entries)     # what the run adds is added here: one listing per run
         for p in [p for p in self.m.partial if self._resume_folder(p) not in entries]:
             del self.m.partial[p]           # its folder is gone: nothing to resume
@@ -538,24 +527,19 @@ class Exporter:
             self._root_names.discard(name)
         for name, st in entries.items():
             rel = f"{self.root}/{name}"
-            partial = name.endswith(PARTIAL_SUFFIX)
-            if partial and st.kind == "dir" and name in resuming:
-                continue                        # (one a write resumes is cleaned when built again)
-            if st.kind == "dir" and (partial or not self._owned_folder(name)):
-                # a build interrupted before completion (in place, or as <folder>.partial): its marker, or (the
-                # marker's write lost with a yanked stick's unflushed metadata) nothing but our temp names, or
-                # nothing: what verify calls incomplete (an empty folder holds nothing to lose); a .partial one
-                # also when its session was recorded before it was cut between its rename and the save
+            if name.endswith(PARTIAL_SUFFIX) and st.kind == "dir":
+                if name not in resuming:        # (one a write resumes is cleaned when built again)
+                    drop(rel, name)
+            elif st.kind == "dir" and not self._owned_folder(name):
+                # an in-place build interrupted before completion: its marker, or (the marker's write lost with
+                # a yanked stick's unflushed metadata) nothing but our temp names, or nothing: what verify calls
+                # incomplete (an empty folder holds nothing to lose)
                 try:
                     names = self.t.listdir(rel)
                 except TargetError:
                     continue                    # not ours to read: left alone
-                if (MARKER in names or all(self.t.own_temp(n) for n in names)
-                        or (partial and (not self.mark_partial or self._owned_folder(name[:-len(PARTIAL_SUFFIX)])))):
+                if MARKER in names or all(self.t.own_temp(n) for n in names):
                     drop(rel, name)
-                elif partial:
-                    log.info("%s: %s left alone: named like an unfinished folder of ours, but without our marker",
-                             self.t.name, rel)
             elif self.t.own_temp(name) and st.kind == "file":
                 self.t.remove(rel)
                 self._root_names.discard(name)
@@ -745,7 +729,7 @@ class Exporter:
                     self.t.remove_tree(work_rel)
                 self.t.mkdir(work_rel)
                 self._root_names.add(work_rel[len(self.root) + 1:])
-            if in_place or self.mark_partial:
+            if in_place:
                 mf.write_atomic(self.t, f"{work_rel}/{MARKER}", b"incomplete\n")
         if exists:
             self._clean_folder(work_rel)
@@ -852,10 +836,8 @@ class Exporter:
         if sum(1 for r in results if not r.ok) > len(source_errors):
             new_entry["incomplete"] = True
         record = any(r.ok for r in results) or exists
-        # the marker of this build (removed once its folder has its final name), or one an earlier run left in a
-        # folder it had recorded (cut before removing it)
-        marker = f"{final_rel}/{MARKER}" if (not exists and (in_place or self.mark_partial)) or MARKER in listing \
-            else ""
+        # the marker of this build, or one an earlier run left in a folder it had recorded (cut before removing it)
+        marker = f"{work_rel}/{MARKER}" if (in_place and not exists) or MARKER in listing else ""
         # a new folder on a target saved now and then (save_every) waits for the save that records it: its marker
         # (built in place) or its .partial name (renamed into place after that save) says "incomplete" until then
         deferred = bool(self.t.save_every and not exists and (marker or not in_place))
@@ -973,9 +955,8 @@ class _Rings(threading.local):
 
 @dataclasses.dataclass(frozen=True)
 class _Held:
-    """A session recorded in the manifest, finished by its next save: its ``partial`` folder renamed to ``final``
-    (when built as one), then its ``marker`` (in ``final``) removed; ``before``: its manifest entry before
-    (restored if refused)."""
+    """A session recorded in the manifest, finished by its next save: its marker removed (built in place) or
+    its ``partial`` folder renamed to ``final``; ``before``: its manifest entry before (restored if refused)."""
 
     uuid: str
     marker: str

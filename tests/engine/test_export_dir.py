@@ -716,25 +716,3 @@ def test_a_manifest_entry_of_the_wrong_shape_is_ignored_not_an_attribute_error(t
     assert files == [["session.json"] if first else ["session.json", "transcript.txt"],
                      ["session.json", "transcript.txt"]], sessions
     assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=root).returncode == 0
-
-
-def test_a_persons_partial_folder_in_the_export_folder_is_left_alone(tmp_path, caplog):
-    """Someone keeps their own folder 'Notes.partial' (their files, nothing of ours) in the export folder. The
-    export's clean-up took every '<name>.partial' folder for an interrupted build of its own and removed it, with
-    their files. Now only a '.partial' folder carrying our marker (or holding nothing but our temp names) is
-    removed; theirs stays as it was, said once in the log, and the session lands beside it."""
-    lib = library(tmp_path, 1)
-    out = tmp_path / "out"
-    theirs = out / "SilentSteno" / "Notes.partial"
-    theirs.mkdir(parents=True)
-    (theirs / "todo.txt").write_text("call the caterer")
-    with caplog.at_level(logging.INFO):
-        res = _run(lib, make_config(tmp_path), out, [1])
-    assert [r.ok for r in res] == [True], res
-    assert theirs.is_dir() and os.listdir(theirs) == ["todo.txt"], "their folder was removed"
-    assert (theirs / "todo.txt").read_text() == "call the caterer"
-    said = [r.getMessage() for r in caplog.records if "Notes.partial" in r.getMessage()]
-    assert len(said) == 1 and "left alone" in said[0], said
-    root = out / "SilentSteno"
-    assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=root).returncode == 0
-    assert not (theirs / MARKER).exists()
