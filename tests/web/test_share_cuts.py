@@ -4,6 +4,7 @@ changes nothing the owner or the guest sees but the audit line that says so."""
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 
@@ -65,3 +66,40 @@ async def test_a_download_broken_by_the_network_counts_as_a_use(web_client, own_
     finally:
         await guest.session.close()
     assert await uses(client, sid, link["token"]) == 2
+
+
+async def enter_pin(client, url: str, pin: str) -> int:
+    page = await (await client.get(url)).text()
+    token = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+    r = await client.post(url, data={"pin": pin, "csrf": token}, allow_redirects=False)
+    return r.status
+
+
+async def test_a_link_locked_by_wrong_pins_lets_the_download_of_the_right_pin_finish(web_client, own_lib):
+    """The lock stops guessing, it is no revoke: the guest who typed the right PIN reads on to the last byte
+    while someone else's wrong PINs lock the link (cutting it would hand a guesser a way to break the rightful
+    guest's download and nothing else); afterwards the link refuses everyone, the right PIN too."""
+    from tests.web.test_hostile_files import grow, recordings
+    sid, path = next(iter(recordings(own_lib).items()))
+    grow(path, BIG)
+    client, _ = await web_client(own_lib, **{"http.share_links.max_wrong_pins": 3})
+    link = await make_link(client, sid, max_downloads=5, pin="271828")
+    guest, guesser = await anonymous(client), await anonymous(client)
+    try:
+        assert await enter_pin(guest, link["url"], "271828") == 303
+        grant = next(f"{c.key}={c.value}" for c in guest.session.cookie_jar if c.key.startswith("steno_share_"))
+        reader, writer, status, length = await slow_download(client.server.port, f"{link['url']}/audio",
+                                                             cookies=grant)
+        try:
+            assert status == "HTTP/1.1 200 OK"
+            assert [await enter_pin(guesser, link["url"], "000000") for _ in range(3)] == [403, 403, 403]
+            listed = await (await client.get(f"/api/v1/sessions/{sid}/share-links")).json()
+            assert [x["state"] for x in listed] == ["locked (wrong PINs)"]
+            got, _ = await read_on(reader, length - (1 << 20))
+        finally:
+            leave(writer, reset=True)
+        assert got == length - (1 << 20), f"{got >> 20} of {(length >> 20) - 1} MiB after the lock"
+        assert (await guest.get(f"{link['url']}/audio")).status == 410
+    finally:
+        await guest.session.close()
+        await guesser.session.close()
