@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 PAIRING_TAG = "pairing"             # paired browsers outlive a password change; they end when revoked
 WEB_PASSWORD = "web_password_hash"  # the settings key of the password set from the touchscreen
+PASSWORD_SWEPT = "links_password_tag"   # the password (its fingerprint) the links made by logins were last kept for
 BROWSER_KINDS = BROWSER_MADE
 # What a new password revokes: the links made by the logins it ends (paired browsers outlive it, and so do their
 # links: revoking one, or "log out everywhere", ends both), and links whose maker is not known (older stores)
@@ -86,6 +87,11 @@ class Access:
         """Blocking (SQLite): call from a thread."""
         self.store.open()
         self._stored_hash = self.store.setting(WEB_PASSWORD)
+        swept = self.store.setting(PASSWORD_SWEPT)
+        if swept and swept != fingerprint(self.password_hash()):    # the config's changed while it was stopped
+            self._password_changed("a new password in the config since the last start")
+        else:
+            self.store.set_setting(PASSWORD_SWEPT, fingerprint(self.password_hash()))
 
     def reload(self, cfg: Any) -> None:
         """New limits apply to the next attempt; counts so far are kept. A new password ends the logins made
@@ -124,6 +130,7 @@ class Access:
         asked for meanwhile is refused or revoked); (logins ended, links revoked). Blocking."""
         ended = self.store.end_logins("password")
         revoked = self.store.revoke_made_by(PASSWORD_MADE)
+        self.store.set_setting(PASSWORD_SWEPT, fingerprint(self.password_hash()))
         log.info("%s: %d password logins ended, %d share links made by them (or by an unknown maker) revoked",
                  why, ended, revoked)
         return ended, revoked

@@ -46,14 +46,16 @@ ENDS = {"logout": {"password": 200, "pairing": 200, "device": 200},      # its u
         "everywhere": {"password": 410, "pairing": 410, "device": 200},
         "new password": {"password": 410, "pairing": 200, "device": 200},
         "new password in the config": {"password": 410, "pairing": 200, "device": 200},
-        "browser revoked": {"password": 410, "pairing": 200, "device": 200}}
+        "browser revoked": {"password": 410, "pairing": 200, "device": 200},
+        "new password in the config while stopped": {"password": 410, "pairing": 200, "device": 200}}
 
 
 @pytest.mark.parametrize("how", list(ENDS))
 async def test_links_made_by_browsers_end_with_their_logins_and_links_made_at_the_recorder_stay(
         web_client, sessions, caplog, how):
-    client, core = await web_client(**(PW if how == "new password in the config" else CLOSED))
-    if how != "new password in the config":
+    in_config = how.startswith("new password in the config")
+    client, core = await web_client(**(PW if in_config else CLOSED))
+    if not in_config:
         await core.set_web_password(PASSWORD)
     s = with_audio(sessions)
     by_password, by_pairing, links = await browsers(client, core, s.id)
@@ -67,6 +69,9 @@ async def test_links_made_by_browsers_end_with_their_logins_and_links_made_at_th
             await core.set_web_password("another good password")
         elif how == "new password in the config":
             await core.reload(config.replace(core.cfg, **{"http.auth.password_hash": hash_password("changed")}))
+        elif how == "new password in the config while stopped":     # edited, then a restart (no reload)
+            await core.stop()
+            client, core = await web_client(**{**PW, "http.auth.password_hash": hash_password("changed")})
         else:                                        # the touchscreen revokes the browser logged in by password
             (login,) = [x for x in await core.paired_browsers() if x.kind == "password"]
             await core.revoke_browser(login.id)
