@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from steno_exportd.access.limiter import Attempt, Limiter, LimiterPolicy
 from steno_exportd.access.pairing import Pairing, PairingCode
 from steno_exportd.access.passwords import PasswordChecker, fingerprint, hash_password, verify_password
-from steno_exportd.access.store import AccessStore, Login, ShareLink
+from steno_exportd.access.store import AT_DEVICE, BROWSER_MADE, UNKNOWN, AccessStore, Login, ShareLink
 from steno_exportd.errors import InvalidArgument, NotFoundError, StenoError
 from steno_exportd.retention import policies
 
@@ -29,7 +29,12 @@ log = logging.getLogger(__name__)
 
 PAIRING_TAG = "pairing"             # paired browsers outlive a password change; they end when revoked
 WEB_PASSWORD = "web_password_hash"  # the settings key of the password set from the touchscreen
-BROWSER_KINDS = ("password", "pairing")
+PASSWORD_SWEPT = "links_password_tag"   # the password (its fingerprint) the links made by logins were last kept for
+BROWSER_KINDS = BROWSER_MADE
+# What a new password revokes: the links made by the logins it ends (paired browsers outlive it, and so do their
+# links: revoking one, or "log out everywhere", ends both), and links whose maker is not known (older stores)
+PASSWORD_MADE = ("password", UNKNOWN)
+EVERYWHERE_MADE = (*BROWSER_KINDS, UNKNOWN)
 MIN_PASSWORD, MAX_PASSWORD = 8, 1024
 
 
@@ -82,6 +87,11 @@ class Access:
         """Blocking (SQLite): call from a thread."""
         self.store.open()
         self._stored_hash = self.store.setting(WEB_PASSWORD)
+        swept = self.store.setting(PASSWORD_SWEPT)
+        if swept and swept != fingerprint(self.password_hash()):    # the config's changed while it was stopped
+            self._password_changed("a new password in the config since the last start")
+        else:
+            self.store.set_setting(PASSWORD_SWEPT, fingerprint(self.password_hash()))
 
     def reload(self, cfg: Any) -> None:
         """New limits apply to the next attempt; counts so far are kept. A new password ends the logins made
@@ -93,7 +103,7 @@ class Access:
         if not cfg.http.auth.pairing:
             self.pairing.cancel()
         if self.password_hash() != before:
-            self.store.grants_changed()
+            self._password_changed("a new password in the config")
 
     # ---- the web password: the config's hash wins over the one set from the touchscreen ----------------
     def password_hash(self) -> str:
@@ -113,8 +123,24 @@ class Access:
         stored = await self.passwords.hash(password)
         await asyncio.to_thread(self.store.set_setting, WEB_PASSWORD, stored)
         self._stored_hash = stored
-        ended = await asyncio.to_thread(self.store.end_logins, "password")
-        log.info("web password set (%d password logins ended)", ended)
+        await asyncio.to_thread(self._password_changed, "web password set")
+
+    def _password_changed(self, why: str) -> tuple[int, int]:
+        """The logins made with the old password end, then the share links they made (in this order: a link
+        asked for meanwhile is refused or revoked); (logins ended, links revoked). Blocking."""
+        ended = self.store.end_logins("password")
+        revoked = self.store.revoke_made_by(PASSWORD_MADE)
+        self.store.set_setting(PASSWORD_SWEPT, fingerprint(self.password_hash()))
+        log.info("%s: %d password logins ended, %d share links made by them (or by an unknown maker) revoked",
+                 why, ended, revoked)
+        return ended, revoked
+
+    def log_out_everywhere(self) -> tuple[int, int]:
+        """End every browser's login, then every share link a browser made (and links whose maker is not
+        known); links made at the recorder stay; (logins ended, links revoked). Blocking."""
+        ended = sum(self.store.end_logins(kind) for kind in BROWSER_KINDS)
+        revoked = self.store.revoke_made_by(EVERYWHERE_MADE)
+        return ended, revoked
 
     # ---- pairing: a one-time code from the touchscreen logs one browser in ---------------------------
     def start_pairing(self) -> PairingCode:
@@ -143,10 +169,14 @@ class Access:
         return [x for x in self.store.logins() if x.kind in BROWSER_KINDS]
 
     def revoke_browser(self, login_id: str) -> Login:
-        """End one browser's login at once. Blocking."""
+        """End one browser's login at once, then revoke the share links it made. Blocking."""
         if login_id not in {x.id for x in self.browsers()}:
             raise NotFoundError(f"no logged-in browser {login_id[:32]!r}")
-        return self.store.revoke_login(login_id)
+        gone = self.store.revoke_login(login_id)
+        revoked = self.store.revoke_made_by(login_id=login_id)
+        log.info("browser %s (%s, %s) revoked: %d share links it made revoked", gone.id, gone.kind, gone.addr,
+                 revoked)
+        return gone
 
     # ---- what an open download or event stream was granted under: still valid? ----------------------
     def link_ended(self, token: str) -> str:
@@ -167,9 +197,12 @@ class Access:
             return ""
         return "ended (logout, a new password or revoked)"
 
-    async def create_link(self, cfg: Any, session_id: int, hours: Any, max_downloads: Any, pin: str = "") -> ShareLink:
+    async def create_link(self, cfg: Any, session_id: int, hours: Any, max_downloads: Any, pin: str = "",
+                          made_by: str = AT_DEVICE, login_id: str = "") -> ShareLink:
         """A share link for session_id (the web page's form, the API and D-Bus): the limits checked first,
-        then the PIN hashed (bounded); empty hours or max_downloads: the configured defaults."""
+        then the PIN hashed (bounded); empty hours or max_downloads: the configured defaults. ``made_by``:
+        AT_DEVICE (touchscreen, D-Bus, CLI), BY_PAGE (no login) or the kind of the browser login ``login_id``
+        (it must still exist when the link is stored: NotAllowedError)."""
         sl = cfg.http.share_links
         if not sl.enabled:
             raise StenoError("share links are turned off (http.share_links.enabled)")
@@ -185,7 +218,7 @@ class Access:
             raise InvalidArgument("hours: more than 0, at most a year; max_downloads: 1 to 1000")
         pin_hash = await self.passwords.hash(pin) if pin else ""
         return await asyncio.to_thread(self.store.create_link, session_id, h, m, pin_hash,
-                                       sl.max_wrong_pins if pin else 0)
+                                       sl.max_wrong_pins if pin else 0, made_by, login_id)
 
     def close(self) -> None:
         """Safe to call twice."""

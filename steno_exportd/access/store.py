@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from steno_exportd.errors import InvalidArgument, NotFoundError
+from steno_exportd.errors import InvalidArgument, NotAllowedError, NotFoundError
 from steno_exportd.retention import Keep, prune_rows
 
 SCHEMA = """
@@ -29,7 +29,16 @@ CREATE TABLE IF NOT EXISTS logins (
     addr TEXT NOT NULL DEFAULT '', agent TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-LINK_COLUMNS = {"wrong_pins": "INTEGER NOT NULL DEFAULT 0", "max_wrong_pins": "INTEGER NOT NULL DEFAULT 0"}
+# made_by: what made a link ("device", "page", or a browser login's kind); '' in a store from before it was kept
+LINK_COLUMNS = {"wrong_pins": "INTEGER NOT NULL DEFAULT 0", "max_wrong_pins": "INTEGER NOT NULL DEFAULT 0",
+                "made_by": "TEXT NOT NULL DEFAULT ''", "made_by_login": "TEXT NOT NULL DEFAULT ''"}
+AT_DEVICE = "device"         # the touchscreen, D-Bus, the CLI, the daemon itself (a mail's link): someone at it
+BY_PAGE = "page"             # the web page with no login (http.auth.mode = "none")
+UNKNOWN = ""                 # a link kept from before its maker was recorded
+BROWSER_MADE = ("password", "pairing")      # the login kinds that make links (a "share" login cannot)
+MADE_BY = {AT_DEVICE: "the recorder (touchscreen, D-Bus or CLI)", BY_PAGE: "the web page (no login)",
+           "password": "a browser logged in with the password", "pairing": "a paired browser",
+           UNKNOWN: "unknown (made before the recorder kept who made links)"}
 MAX_LOGINS = 1000            # the oldest unused go first: a login flood cannot grow the database
 SEEN_EVERY = 60.0            # last_seen is written at most this often per login
 LINK_TOKEN_CHARS = 24         # every share link's token has this length (a mail's size is known before it exists)
@@ -48,6 +57,8 @@ class ShareLink:
     revoked: float
     wrong_pins: int = 0
     max_wrong_pins: int = 0     # 0: no lock
+    made_by: str = AT_DEVICE    # AT_DEVICE, BY_PAGE, a browser login's kind ("password", "pairing") or UNKNOWN
+    made_by_login: str = ""     # the id of the browser login that made it
 
     @property
     def state(self) -> str:
@@ -64,7 +75,8 @@ class ShareLink:
     def public(self) -> dict:
         return {"token": self.token, "session_id": self.session_id, "created": self.created,
                 "expires": self.expires, "max_downloads": self.max_downloads, "downloads": self.downloads,
-                "pin": self.has_pin, "state": self.state, "url": f"/s/{self.token}"}
+                "pin": self.has_pin, "state": self.state, "url": f"/s/{self.token}", "made_by": self.made_by,
+                "made_by_login": self.made_by_login, "made_by_text": MADE_BY.get(self.made_by, self.made_by)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,26 +162,36 @@ class AccessStore:
 
     # -- share links -------------------------------------------------------------
     def create_link(self, session_id: int, hours: float, max_downloads: int, pin_hash: str = "",
-                    max_wrong_pins: int = 0) -> ShareLink:
-        """A new link; pin_hash made by the caller (passwords.hash_password), "" for none."""
+                    max_wrong_pins: int = 0, made_by: str = AT_DEVICE, login_id: str = "") -> ShareLink:
+        """A new link; pin_hash made by the caller (passwords.hash_password), "" for none. Made by a browser
+        login (``login_id``): only while that login exists, checked in the same statement, so a link asked for
+        as the login ends is either refused here or revoked with the login's links (NotAllowedError)."""
         if not (0 < hours <= 24 * 366):
             raise InvalidArgument("expiry must be between a few minutes and a year (hours > 0)")
         if not (1 <= max_downloads <= 1000):
             raise InvalidArgument("max downloads must be between 1 and 1000")
+        if made_by not in MADE_BY or made_by == UNKNOWN or bool(login_id) != (made_by in BROWSER_MADE):
+            raise InvalidArgument(f"a share link made by {made_by!r} (login {login_id[:32]!r})")
         token = secrets.token_urlsafe(LINK_TOKEN_CHARS * 3 // 4)
         now = time.time()
-        self._x("INSERT INTO share_links (token, session_id, created, expires, max_downloads, pin_hash, "
-                "max_wrong_pins) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (token, session_id, now, now + hours * 3600, max_downloads, pin_hash, max_wrong_pins))
+        made = self._n("INSERT INTO share_links (token, session_id, created, expires, max_downloads, pin_hash, "
+                       "max_wrong_pins, made_by, made_by_login) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? "
+                       "WHERE ? = '' OR EXISTS (SELECT 1 FROM logins WHERE id = ? AND kind = ? AND expires > ?)",
+                       (token, session_id, now, now + hours * 3600, max_downloads, pin_hash, max_wrong_pins,
+                        made_by, login_id, login_id, login_id, made_by, now))
+        if made != 1:
+            raise NotAllowedError("the login that asked for this link has ended (logout, a new password or "
+                                  "revoked): log in again")
         return self.link(token)
 
     def link(self, token: str) -> ShareLink:
         rows = self._x("SELECT token, session_id, created, expires, max_downloads, downloads, pin_hash != '', "
-                       "revoked, wrong_pins, max_wrong_pins FROM share_links WHERE token = ?", (token,))
+                       "revoked, wrong_pins, max_wrong_pins, made_by, made_by_login FROM share_links "
+                       "WHERE token = ?", (token,))
         if not rows:
             raise NotFoundError("no such share link")
-        t, sid, c, e, m, d, pin, r, w, mw = rows[0]
-        return ShareLink(t, sid, c, e, m, d, bool(pin), r, w, mw)
+        t, sid, c, e, m, d, pin, r, w, mw, mb, ml = rows[0]
+        return ShareLink(t, sid, c, e, m, d, bool(pin), r, w, mw, mb, ml)
 
     def pin_hash(self, token: str) -> str:
         rows = self._x("SELECT pin_hash FROM share_links WHERE token = ?", (token,))
@@ -186,6 +208,33 @@ class AccessStore:
         self._x("DELETE FROM logins WHERE kind = 'share' AND scope = ?", (token,))
         self.grants_changed()
         return self.link(token)
+
+    def revoke_made_by(self, kinds: tuple[str, ...] = (), login_id: str = "") -> int:
+        """Revoke the links made by logins of these kinds (UNKNOWN among them: links whose maker is not known),
+        or by the login ``login_id``; how many were revoked. Their PIN grants end and open downloads are cut.
+
+        Call it after the logins ended: a link is then either made before (revoked here) or refused."""
+        if not kinds and not login_id:
+            return 0
+        marks = ", ".join("?" * len(kinds)) or "NULL"
+        with self._lock:
+            assert self._db is not None, "access store not open"
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                tokens = [t for (t,) in db.execute(
+                    f"SELECT token FROM share_links WHERE revoked = 0 AND (made_by IN ({marks}) OR "
+                    "(? != '' AND made_by_login = ?))", (*kinds, login_id, login_id))]
+                db.executemany("UPDATE share_links SET revoked = ? WHERE token = ?",
+                               [(time.time(), t) for t in tokens])
+                db.executemany("DELETE FROM logins WHERE kind = 'share' AND scope = ?", [(t,) for t in tokens])
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        if tokens:
+            self.grants_changed()
+        return len(tokens)
 
     def reserve_use(self, token: str) -> bool:
         """Take one use of a usable link (before its first byte is sent); False when none is left."""

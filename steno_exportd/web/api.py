@@ -143,7 +143,7 @@ async def create_link(request: web.Request) -> web.Response:
     pin = body.get("pin") or ""
     if not isinstance(pin, str):
         raise InvalidArgument("pin: a string of digits")
-    return web.json_response(await new_link(ctx, s.id, body.get("hours", ""), body.get("max_downloads", ""), pin),
+    return web.json_response(await new_link(request, s.id, body.get("hours", ""), body.get("max_downloads", ""), pin),
                              status=201)
 
 
@@ -296,7 +296,12 @@ def openapi_document(version: str) -> dict:
         "mount_point": text, "state": text, "error": text}}
     link = {"type": "object", "required": ["token", "session_id", "state", "url"], "properties": {
         "token": text, "session_id": integer, "created": num, "expires": num, "max_downloads": integer,
-        "downloads": integer, "pin": {"type": "boolean"}, "state": text, "url": text}}
+        "downloads": integer, "pin": {"type": "boolean"}, "state": text, "url": text,
+        "made_by": {"type": "string", "enum": ["device", "page", "password", "pairing", ""],
+                    "description": "what made it: the recorder (touchscreen, D-Bus, CLI), the web page without "
+                                   "a login, a browser login's kind, or '' (unknown: made by an older version)"},
+        "made_by_login": {"type": "string", "description": "the browser login that made it (else '')"},
+        "made_by_text": text}}
     return {
         "openapi": "3.0.3",
         "info": {"title": "steno-exportd", "version": version,

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from steno_exportd.errors import InvalidArgument, NotFoundError, StenoError, Throttled
 from steno_exportd.web import api, auth, downloads, links, login, mail, pages, pairing, server, tls
-from steno_exportd.web.context import (CSRF, CTX, PKG, REFUSALS, SID, WebContext, client_addr, read_form,
+from steno_exportd.web.context import (CSRF, CTX, LOGIN, PKG, REFUSALS, SID, WebContext, client_addr, read_form,
                                        wants_json)
 from steno_exportd.web.grants import GRANT, login_grant
 
@@ -109,6 +109,7 @@ async def access(request: web.Request, handler: Any) -> web.StreamResponse:
         sid = found.id if found is not None else ""
         if found is not None:
             request[GRANT] = login_grant(ctx.access, found, token, generation)
+            request[LOGIN] = found
         public = request.path.startswith(PUBLIC_PREFIXES)
         if not sid and not public:
             if wants_json(request) or request.method != "GET":

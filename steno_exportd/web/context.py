@@ -21,6 +21,7 @@ from steno_exportd.web.server import RefusalLog
 CTX = web.AppKey("ctx", object)
 REFUSALS = web.AppKey("refusals", RefusalLog)      # one rate-limited log line per refused client
 SID = web.RequestKey("sid", str)            # the login's id ("" when not logged in)
+LOGIN = web.RequestKey("login", object)     # the Login itself (only when logged in)
 CSRF = web.RequestKey("csrf", str)
 PKG = Path(__file__).parent
 PER_PAGE = 50

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from steno_exportd.errors import InvalidArgument, NotFoundError, SourceError, Throttled
 from steno_exportd.recordings import SourceChanged, SourceRef
+from steno_exportd.web import human
 from steno_exportd.web.context import CTX, WebContext, client_addr, session_key
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,14 @@ def client_left(name: str, sent: int, total: int | None, watch: Any = None) -> N
                  watch.grant.what, watch.ended)
         return
     log.info("download of %s: client left after %d of %s bytes", name, sent, total if total is not None else "?")
+
+
+def short_of(sent: int, total: int | None, cut: str) -> str:
+    """What a share link's audit line adds for a download that did not send all of itself ("" when it did):
+    cut by the server because its grant ended (``cut``: why), or broken off (the network, a changed file)."""
+    if total is None or sent >= total:
+        return ""
+    return f" ({f'cut: link {cut}' if cut else 'broken off'} after {human.size(sent)} of {human.size(total)})"
 
 
 def source_changed(request: web.BaseRequest, name: str, whose: str, sent: int, total: int | None,
@@ -147,7 +156,7 @@ class SourceResponse(web.StreamResponse):
         super().__init__(**kw)
         self._src, self._name, self._whose, self._done, self._use = opened, name, whose, done, use
         self._pause = pause
-        self._sent, self._detail = 0, ""
+        self._sent, self._detail, self._count = 0, "", 0
         self._watch: Any = None         # cut when the link or login it is sent under ends
 
     async def prepare(self, request: web.BaseRequest) -> Any:
@@ -160,7 +169,9 @@ class SourceResponse(web.StreamResponse):
         finally:
             self._src.close()
             if self._use is not None:
-                await (self._use.commit(self._detail) if self._sent else self._use.release())
+                cut = self._watch.ended if self._watch is not None else ""
+                await (self._use.commit(self._detail + short_of(self._sent, self._count, cut)) if self._sent
+                       else self._use.release())
 
     async def _send(self, request: web.BaseRequest) -> Any:
         st = self._src.st
@@ -191,7 +202,7 @@ class SourceResponse(web.StreamResponse):
                 self.set_status(206)
                 self.headers["Content-Range"] = f"bytes {start}-{start + count - 1}/{size}"
                 self._detail = f" (bytes {start}-{start + count - 1})"
-        self.content_length = count
+        self.content_length = self._count = count
         writer = await super().prepare(request)
         if request.method == "HEAD" or count == 0:
             return writer
@@ -330,7 +341,7 @@ async def _zip(request: web.Request, ctx: WebContext, ids: list[int], fmts: tupl
                name: str, via: str, use: Use | None) -> web.StreamResponse:
     from steno_exportd.engine import archive
 
-    sent, held, plan = 0, 0, None
+    sent, held, plan, cut, resp = 0, 0, None, "", None
     try:
         template = _template(request.query.get("template", ""), ctx)
         headers = {"Content-Type": "application/zip", "Content-Disposition": disposition(name)}
@@ -351,13 +362,14 @@ async def _zip(request: web.Request, ctx: WebContext, ids: list[int], fmts: tupl
             resp.headers["X-Steno-Problems"] = quote("; ".join(f"session {k}: {', '.join(v)}"
                                                                for k, v in errors.items()))[:2000]
         await resp.prepare(request)
-        sent = await _stream_parts(request, resp, ctx, plan, name)
+        sent, cut = await _stream_parts(request, resp, ctx, plan, name)
     finally:
         if plan is not None:
             plan.close()
         ctx.source_files -= held
         if use is not None:
-            await (use.commit("") if sent else use.release())
+            await (use.commit(short_of(sent, resp.content_length if resp else None, cut)) if sent
+                   else use.release())
     if sent != resp.content_length:
         return resp                   # cut off (logged)
     for e in plan.entries:          # recordings hashed on the way: the next ZIP can use sendfile
@@ -370,11 +382,12 @@ async def _zip(request: web.Request, ctx: WebContext, ids: list[int], fmts: tupl
 
 
 async def _stream_parts(request: web.Request, resp: web.StreamResponse, ctx: WebContext, plan: Any,
-                        name: str) -> int:
+                        name: str) -> tuple[int, str]:
     """Write the plan's parts; the bytes sent (short of the length when the client left, a file changed or the
-    link or login it was sent under ended)."""
+    link or login it was sent under ended) and why it was cut by the server ("" when it was not)."""
     with ctx.grants.watching(request) as watch:
-        return await _write_parts(request, resp, ctx, plan, name, watch)
+        sent = await _write_parts(request, resp, ctx, plan, name, watch)
+        return sent, watch.ended if watch is not None else ""
 
 
 async def _write_parts(request: web.Request, resp: web.StreamResponse, ctx: WebContext, plan: Any,

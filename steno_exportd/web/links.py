@@ -14,9 +14,10 @@ from typing import Any
 from aiohttp import web
 
 from steno_exportd.access import fingerprint, share_url
-from steno_exportd.errors import InvalidArgument, NotFoundError, StenoError, Throttled
+from steno_exportd.access.store import BY_PAGE
+from steno_exportd.errors import InvalidArgument, NotAllowedError, NotFoundError, StenoError, Throttled
 from steno_exportd.web import auth
-from steno_exportd.web.context import CTX, REFUSALS, WebContext, bounded, client_addr, read_form
+from steno_exportd.web.context import CTX, LOGIN, REFUSALS, SID, WebContext, bounded, client_addr, read_form
 from steno_exportd.web.downloads import download_name, one_of, send_audio, stream_zip
 from steno_exportd.web.grants import GRANT, link_grant
 from steno_exportd.web.human import fmt_duration, fmt_when
@@ -24,8 +25,16 @@ from steno_exportd.web.human import fmt_duration, fmt_when
 TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
-async def new_link(ctx: WebContext, session_id: int, hours: Any, max_downloads: Any, pin: str) -> dict:
-    link = await ctx.access.create_link(ctx.cfg, session_id, hours, max_downloads, pin)
+async def new_link(request: web.Request, session_id: int, hours: Any, max_downloads: Any, pin: str) -> dict:
+    """A link made by this browser's login (it is revoked with that login's links), or by the page when it
+    needs no login."""
+    ctx: WebContext = request.app[CTX]
+    login = request.get(LOGIN)
+    made_by, login_id = (login.kind, login.id) if login is not None else (BY_PAGE, "")
+    try:
+        link = await ctx.access.create_link(ctx.cfg, session_id, hours, max_downloads, pin, made_by, login_id)
+    except NotAllowedError as e:            # the login ended while the link was being made
+        raise web.HTTPUnauthorized(text=str(e)) from None
     return link.public()
 
 
@@ -33,7 +42,7 @@ async def create_share(request: web.Request) -> web.Response:
     ctx: WebContext = request.app[CTX]
     s = await ctx.session(request.match_info["key"])
     form = await read_form(request)
-    await new_link(ctx, s.id, form.get("hours", ""), form.get("max_downloads", ""), str(form.get("pin", "")))
+    await new_link(request, s.id, form.get("hours", ""), form.get("max_downloads", ""), str(form.get("pin", "")))
     raise web.HTTPSeeOther(f"/sessions/{s.id}#share")
 
 
@@ -56,13 +65,16 @@ def qr_svg(url: str, label: str) -> str:
 
 
 async def link_views(request: web.Request, ctx: WebContext, session_id: int) -> list[dict]:
-    """The session's share links for its page, newest first: full URL, uses left, QR code while usable."""
+    """The session's share links for its page, newest first: full URL, uses left, QR code while usable, who
+    made it."""
+    me = request.get(SID, "")
     rows = await asyncio.to_thread(ctx.store.links, session_id)
     out = []
     for link in sorted(rows, key=lambda x: -x.created):
         view = link.public()
         view["full_url"] = share_url(ctx.cfg, link.token, request.headers.get("Host", ""), ctx.tls)
         view["left"] = max(0, link.max_downloads - link.downloads)
+        view["made_by_me"] = bool(me) and link.made_by_login == me
         view["qr"] = qr_svg(view["full_url"], "QR code of the share link") if link.state == "active" else ""
         out.append(view)
     return out

@@ -89,8 +89,9 @@ async def logout(request: web.Request) -> web.Response:
     form = await read_form(request)
     token = request.cookies.get(auth.COOKIE, "")
     if str(form.get("everywhere", "")) and ctx.cfg.http.auth.mode == "password":
-        n = sum([await asyncio.to_thread(ctx.store.end_logins, kind) for kind in ("password", "pairing")])
-        log.info("%s logged out everywhere: %d logins ended", client_addr(request), n)
+        n, links = await asyncio.to_thread(ctx.access.log_out_everywhere)
+        log.info("%s logged out everywhere: %d logins ended, %d share links made by browsers revoked",
+                 client_addr(request), n, links)
     elif token:
         await asyncio.to_thread(ctx.store.end_login, token)
     resp = web.HTTPSeeOther("/login")

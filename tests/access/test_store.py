@@ -9,7 +9,7 @@ import time
 import pytest
 
 from steno_exportd.access.store import MAX_LOGINS, AccessStore
-from steno_exportd.errors import NotFoundError
+from steno_exportd.errors import NotAllowedError, NotFoundError
 
 
 @pytest.fixture
@@ -106,3 +106,71 @@ def test_links_and_audit_move_over_from_the_old_web_db(tmp_path):
         assert s.audit_log(7) == [{"at": 1.0, "addr": "10.0.0.9", "what": "zip", "via": "page"}]
     finally:
         s.close()
+
+
+def test_an_older_store_loads_and_its_links_of_unknown_maker_go_with_browser_links(tmp_path):
+    """A store from before links kept their maker: it opens, its link works and says its maker is unknown; it is
+    revoked with the links browsers made (it may have been one), never by a single browser's revocation."""
+    path = tmp_path / "access.db"
+    old = sqlite3.connect(path)
+    old.executescript("""
+        CREATE TABLE share_links (token TEXT PRIMARY KEY, session_id INTEGER NOT NULL, created REAL NOT NULL,
+            expires REAL NOT NULL, max_downloads INTEGER NOT NULL, downloads INTEGER NOT NULL DEFAULT 0,
+            pin_hash TEXT NOT NULL DEFAULT '', revoked REAL NOT NULL DEFAULT 0, note TEXT NOT NULL DEFAULT '',
+            wrong_pins INTEGER NOT NULL DEFAULT 0, max_wrong_pins INTEGER NOT NULL DEFAULT 0);""")
+    old.execute("INSERT INTO share_links (token, session_id, created, expires, max_downloads) "
+                "VALUES ('old', 7, 1, ?, 5)", (time.time() + 3600,))
+    old.commit()
+    old.close()
+    s = AccessStore(path)
+    s.open()
+    try:
+        link = s.link("old")
+        assert (link.state, link.made_by, link.made_by_login) == ("active", "", "")
+        assert "unknown" in link.public()["made_by_text"]
+        assert s.reserve_use("old")
+        made_here = s.create_link(7, 1.0, 5)                                    # the touchscreen's
+        assert (made_here.made_by, s.revoke_made_by(login_id="some-browser")) == ("device", 0)
+        assert s.revoke_made_by(("password",)) == 0 and s.link("old").state == "active"
+        assert s.revoke_made_by(("password", "pairing", "")) == 1
+        assert s.link("old").state == "revoked" and s.link(made_here.token).state == "active"
+    finally:
+        s.close()
+
+
+def test_a_link_asked_for_while_its_login_ends_is_refused_or_revoked(store):
+    """A copied cookie makes links as fast as it can while the owner logs out everywhere: afterwards no link it
+    made is usable, whichever came first (each was refused, or made and then revoked)."""
+    login, _ = store.create_login("password", "tag", 3600)
+    other, _ = store.create_login("pairing", "pairing", 3600)
+    made, refused, tries, start, done = [], [], [], threading.Barrier(9), threading.Event()
+
+    def thief() -> None:
+        start.wait()
+        for _ in range(20000):                  # until a few tries after the owner is done
+            tries.append(1)
+            try:
+                made.append(store.create_link(1, 1.0, 1000, made_by="password", login_id=login.id).token)
+            except NotAllowedError:
+                refused.append(1)
+                if done.is_set() and len(refused) > 20:
+                    return
+
+    def owner() -> None:
+        start.wait()
+        time.sleep(0.02)
+        store.end_logins("password")
+        store.end_logins("pairing")
+        store.revoke_made_by(("password", "pairing", ""))
+        done.set()
+    threads = [threading.Thread(target=thief) for _ in range(8)] + [threading.Thread(target=owner)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert made and refused, (len(made), len(refused))                          # the race did happen
+    assert [t for t in made if store.reserve_use(t)] == []
+    assert {store.link(t).state for t in made} == {"revoked"}
+    assert len(made) + len(refused) == len(tries)
+    with pytest.raises(NotAllowedError):                                        # a login that never was
+        store.create_link(1, 1.0, 1, made_by="pairing", login_id=other.id + "x")

@@ -58,15 +58,18 @@ async def open_download(client, path: str, first: int):
     return reader, writer, length
 
 
-async def slow_download(port: int, path: str, cookie: str = "", first: int = 1 << 20, rcvbuf: int = 64 << 10):
+async def slow_download(port: int, path: str, cookie: str = "", first: int = 1 << 20, rcvbuf: int = 64 << 10,
+                        cookies: str = ""):
     """A guest that asks for ``path`` and reads its first bytes slowly, through a small receive buffer (what
-    the server sends ahead is bounded by its own send buffer); -> (reader, writer, status line, length)."""
+    the server sends ahead is bounded by its own send buffer); ``cookie``: a login's, ``cookies``: any others
+    ("name=value; ..."); -> (reader, writer, status line, length)."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.setblocking(False)
     await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
     reader, writer = await asyncio.open_connection(sock=sock, limit=rcvbuf)
-    extra = f"Cookie: steno_session={cookie}\r\n" if cookie else ""
+    cookies = "; ".join(x for x in (f"steno_session={cookie}" if cookie else "", cookies) if x)
+    extra = f"Cookie: {cookies}\r\n" if cookies else ""
     writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}\r\n".encode())
     head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)).decode()
     m = re.search(r"(?im)^content-length: *(\d+)", head)

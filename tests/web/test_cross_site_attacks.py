@@ -71,9 +71,6 @@ async def test_a_copied_cookie_cannot_change_the_password(web_client):
 
 
 
-@pytest.mark.xfail(strict=True, reason="share links do not record the login that made them, and no logout ends "
-                   "them: the fix needs the access store (a link's creator) and a decision on what 'log out "
-                   "everywhere' revokes; not made here")
 async def test_a_copied_cookie_keeps_no_access_through_a_share_link_it_made(web_client, sessions):
     """Whoever copied a logged-in cookie makes a share link (a year, 1000 downloads) before the owner notices:
     "log out everywhere" and a new password end the cookie, but the link still hands out the meeting."""
