@@ -70,3 +70,36 @@ async def test_an_export_flood_from_several_connections_queues_a_bounded_number(
         # a hundred queued exports would make a polite stop wait for them: this test is about the queue
         d.proc.send_signal(signal.SIGKILL)
         await asyncio.to_thread(d.proc.wait, 10)
+
+
+async def test_calls_in_flight_when_the_daemon_stops_are_answered_and_leave_no_traceback(tmp_path, private_bus,
+                                                                                         daemon_factory):
+    """SIGTERM while a caller has 100 calls outstanding: each gets an answer (its result, or an error when the
+    daemon has gone), the daemon exits at once and cleanly, and its log holds no traceback."""
+    lib = await asyncio.to_thread(make_library, tmp_path / "lib", sessions=20)
+    out = tmp_path / "exports"
+    out.mkdir()
+    cfg = write_config(tmp_path / "config.toml", tmp_path, private_bus, **{"recorder.db_path": f'"{lib}"'})
+    d = daemon_factory(cfg)
+    await asyncio.to_thread(d.wait_ready, timeout=60)
+    bus = await MessageBus(bus_address=private_bus).connect()
+    try:
+        ids = [str(x["id"].value) for x in (await _call(bus, "ListSessions", "a{sv}", [{}]))[0].body[0]]
+        calls = [_call(bus, "ExportSessions", "asassa{sv}", [ids, ["txt", "json"], str(out), {}]) for _ in range(20)]
+        calls += [_call(bus, "SearchSessions", "su", ["meeting", 50]) for _ in range(40)]
+        calls += [_call(bus, "ListSessions", "a{sv}", [{}]) for _ in range(40)]
+        outstanding = asyncio.gather(*calls)
+        await asyncio.sleep(0.2)
+        t0 = time.monotonic()
+        d.proc.send_signal(signal.SIGTERM)
+        rc = await asyncio.to_thread(d.proc.wait, 30)
+        took = time.monotonic() - t0
+        answers = [r for r, _ in await outstanding]
+    finally:
+        bus.disconnect()
+    assert rc == 0 and took < 10, (rc, took)
+    assert len(answers) == 100
+    kinds = {(r.message_type, r.error_name) for r in answers}
+    assert kinds <= {(MessageType.METHOD_RETURN, None), (MessageType.ERROR, "org.freedesktop.DBus.Error.NoReply")}, kinds
+    log = d.log()
+    assert "Traceback" not in log and "ERROR" not in log, log[-4000:]
