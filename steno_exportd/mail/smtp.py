@@ -157,6 +157,10 @@ async def _deliver(cfg: EmailConfig, out: Outgoing, f: BinaryIO) -> Delivery:
     except Refused as e:
         return Delivery(error=str(e), transient=e.transient)
     except aiosmtplib.SMTPResponseException as e:
+        if e.code == aiosmtplib.SMTPStatus.invalid_response:      # aiosmtplib's code for what is no SMTP reply
+            said = " ".join(str(e.message).split())[:120]
+            return Delivery(error=f"{where} does not answer like an SMTP server ({said}); check email.smtp_host "
+                                  "and email.smtp_port", transient=False)
         return Delivery(error=f"{where} answered {_code(e)}", transient=_transient_code(e.code))
     except aiosmtplib.SMTPNotSupported as e:
         return Delivery(error=f"{where}: {e}", transient=False)
