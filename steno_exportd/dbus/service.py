@@ -41,6 +41,8 @@ class Host:
 # dbus-fast dispatches it (a method's task copies the context it was started in).
 CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("dbus_caller", default="")
 
+MAX_WAITING_JOBS = 100            # exports queued or running at once: one more from D-Bus is refused (Busy)
+STOP_GRACE = 3.0                  # seconds calls in flight at a stop get to finish and be answered
 PROGRESS_INTERVAL = 0.25          # PropertiesChanged for progress: at most 4 Hz per job
 OM_IFACE = "org.freedesktop.DBus.ObjectManager"
 
@@ -78,6 +80,21 @@ class _Bus(MessageBus):
             raise StenoError("this dbus-fast version is not the one steno-exportd was built for (5.x)")
         self._writer.sock = _Patient(self._writer.sock)
         return self
+
+    def send(self, msg: Message) -> asyncio.Future:
+        """A reply of a call that finished after our disconnect is dropped (nobody can get it): sent, it failed
+        on the closed socket with a traceback in the log for every such call."""
+        if self._disconnected or self._user_disconnect:
+            done = self._loop.create_future()
+            done.set_result(None)
+            return done
+        return super().send(msg)
+
+    async def settle(self, timeout: float) -> None:
+        """Wait (at most timeout) for the method calls in flight, so that they are answered before we go."""
+        pending = [f for f in self._pending_futures if not f.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
 
     def _emit_interface_added(self, path: str, interface: ServiceInterface) -> None:
         if self._disconnected:
@@ -126,6 +143,7 @@ class Service:
         self._lost_task: asyncio.Task | None = None
         self._wire: tuple[SessionListing | None, dict[int, dict[str, Variant]]] = (None, {})
         self._next_run = 0
+        self._one_export = asyncio.Lock()
 
     # ---- properties ----------------------------------------------------------------
 
@@ -193,11 +211,14 @@ class Service:
         self._job_flush.clear()
         self._linger.clear()
         if self.bus is not None:
-            bus, self.bus = self.bus, None
+            bus = self.bus
             if bus.connected:           # (gone already: a message sent now fails on the closed socket, unheard)
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(bus.release_name(BUS_NAME), 1)
-                bus.disconnect()
+                if isinstance(bus, _Bus):
+                    await bus.settle(STOP_GRACE)     # calls that came before the stop get their answers
+            self.bus = None
+            bus.disconnect()
         if self._lost_task is not None:
             # it ends with the disconnect; cancelled before, it would cancel dbus-fast's own disconnect future
             lost, self._lost_task = self._lost_task, None
@@ -268,6 +289,8 @@ class Service:
             self.manager.emit_properties_changed({"State": state})
 
     def _device_updated(self, d: DeviceSnapshot) -> None:
+        if self.bus is None:            # stopped (a call that finished after the stop)
+            return
         props = convert.device_properties(d)
         obj = self._devices.get(d.id)
         if obj is None:
@@ -281,6 +304,8 @@ class Service:
             self.bus.unexport(device_path(device_id))
 
     def _job_updated(self, j: JobSnapshot) -> None:
+        if self.bus is None:            # stopped (a call that finished after the stop)
+            return
         dev = device_path(j.device_id) if j.device_id and j.device_id in self._devices else "/"
         props = convert.job_properties(j, dev, self._converted_results(j))
         obj = self._jobs.get(j.id)
@@ -414,9 +439,7 @@ class Service:
             return await self.export_to_device(self._device_id_for_path(target), ids, fmts, options)
         if not target:
             raise InvalidArgument("no target given (a device object path, a directory, or smb:<remote>)")
-        job = await self.core.export_sessions(ids, fmts, target, convert.unwrap(options))
-        self._job_updated(job)
-        return job_path(job.id)
+        return await self._submit(ids, fmts, target, options)
 
     async def export_to_device(self, device_id: str, ids: list[str], fmts: list[str],
                                options: dict[str, Variant]) -> str:
@@ -428,9 +451,24 @@ class Service:
             raise BusyError(f"device {dev.props['Label'] or device_id} is not mounted "
                             f"(state: {dev.props['State']})")
         # Like the USB auto-export: the target of a stick export is its mount point.
-        job = await self.core.export_sessions(ids, fmts, mount_point, convert.unwrap(options))
+        return await self._submit(ids, fmts, mount_point, options)
+
+    async def _submit(self, ids: list[str], fmts: list[str], target: str, options: dict[str, Variant]) -> str:
+        """Queue an export (the core checks it) unless MAX_WAITING_JOBS wait or run already. One at a time: the
+        count and the queueing cannot be raced past the bound, and a flood of exports waits here instead of
+        filling the queue for the session listing that every other caller needs too."""
+        self._require_room()            # a full queue refuses at once, before any work
+        async with self._one_export:
+            self._require_room()
+            job = await self.core.export_sessions(ids, fmts, target, convert.unwrap(options))
         self._job_updated(job)
         return job_path(job.id)
+
+    def _require_room(self) -> None:
+        waiting = sum(1 for j in self.core.jobs.list() if not j.state.finished)
+        if waiting >= MAX_WAITING_JOBS:
+            raise BusyError(f"{waiting} exports are waiting or running already (at most {MAX_WAITING_JOBS}); "
+                            "try again when some are done")
 
     async def eject(self, device_id: str) -> str:
         job = await self.core.eject(device_id)

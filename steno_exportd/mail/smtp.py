@@ -83,7 +83,11 @@ async def _send_data(smtp: aiosmtplib.SMTP, f: BinaryIO, timeout: float) -> None
         writer.write(_stuffed(block, at_line_start))
         at_line_start = block.endswith(b"\n")
         tail = (tail + block)[-2:]
-        await asyncio.wait_for(writer.drain(), timeout)
+        try:
+            await asyncio.wait_for(writer.drain(), timeout)
+        except asyncio.TimeoutError:
+            raise Refused(f"{smtp.hostname}:{smtp.port} stopped reading the message (nothing taken for {timeout:g} s)",
+                          transient=True) from None
     writer.write((b"" if tail == b"\r\n" else b"\r\n") + b".\r\n")
     reply = await smtp.protocol.read_response(timeout=max(timeout, FINAL_REPLY_TIMEOUT))
     if reply.code != 250:
@@ -153,6 +157,10 @@ async def _deliver(cfg: EmailConfig, out: Outgoing, f: BinaryIO) -> Delivery:
     except Refused as e:
         return Delivery(error=str(e), transient=e.transient)
     except aiosmtplib.SMTPResponseException as e:
+        if e.code == aiosmtplib.SMTPStatus.invalid_response:      # aiosmtplib's code for what is no SMTP reply
+            said = " ".join(str(e.message).split())[:120]
+            return Delivery(error=f"{where} does not answer like an SMTP server ({said}); check email.smtp_host "
+                                  "and email.smtp_port", transient=False)
         return Delivery(error=f"{where} answered {_code(e)}", transient=_transient_code(e.code))
     except aiosmtplib.SMTPNotSupported as e:
         return Delivery(error=f"{where}: {e}", transient=False)
@@ -161,7 +169,7 @@ async def _deliver(cfg: EmailConfig, out: Outgoing, f: BinaryIO) -> Delivery:
         if isinstance(tls, ssl.SSLCertVerificationError):
             return Delivery(error=f"the certificate of {where} is not trusted ({tls.verify_message}); "
                                   "set email.ca_file to its CA", transient=False)
-        return Delivery(error=f"{where}: {e or type(e).__name__}", transient=True)
+        return Delivery(error=f"{where}: {str(e) or type(e).__name__}", transient=True)
     finally:
         await _close(smtp)
 

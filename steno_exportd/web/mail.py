@@ -67,9 +67,9 @@ async def email_form(request: web.Request) -> web.Response:
     """The session page's "Send by email" form: addresses one per line (or separated by commas)."""
     ctx: WebContext = request.app[CTX]
     s = await ctx.session(request.match_info["key"])
-    form = await request.post()
+    form = await read_form(request)
     recipients = _recipients(form)
-    formats = [str(f) for f in form.getall("formats", [])]
+    formats = [str(f) for f in form.getall("formats", [])] if form else []
     await ctx.core.email_sessions([s.id], formats, recipients)
     raise web.HTTPSeeOther(f"/sessions/{s.id}#email")
 

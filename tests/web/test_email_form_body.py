@@ -1,0 +1,54 @@
+"""The session page's "Send by email" form read like every other form: within http.body_timeout, bounded in
+size, a malformed body a 400 — also when the CSRF token comes in the header (the form is then read by the
+handler itself, not by the CSRF check)."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+from tests.web.helpers import csrf
+
+MAIL = {"email.enabled": True, "email.smtp_host": "127.0.0.1", "email.smtp_port": 9,
+        "email.sender": "steno@recorder.example"}
+
+
+async def _session_and_token(web_client, **over):
+    client, core = await web_client(**MAIL, **over)
+    sid = next(s.id for s in (await core.listing()).sessions if s.exportable)
+    return client, core, sid, await csrf(client)
+
+
+async def test_a_form_that_trickles_in_gets_408_within_body_timeout(web_client):
+    client, core, sid, token = await _session_and_token(web_client, **{"http.body_timeout": 1.0})
+
+    async def trickle():
+        yield b"recipients=alice%40example.org"
+        for _ in range(20):                 # 10 s of one byte per half second, were the server to keep reading
+            await asyncio.sleep(0.5)
+            yield b"x"
+    started = time.monotonic()
+    r = await client.post(f"/sessions/{sid}/email", data=trickle(), allow_redirects=False,
+                          headers={"X-CSRF-Token": token, "Content-Type": "application/x-www-form-urlencoded"})
+    took = time.monotonic() - started
+    assert r.status == 408 and "too slowly" in await r.text(), (r.status, await r.text())
+    assert took < 5, f"answered after {took:.1f} s"
+    assert core.outbox.list() == []
+
+
+async def test_a_malformed_or_huge_form_is_a_clear_4xx(web_client):
+    client, core, sid, token = await _session_and_token(web_client, **{"http.max_body_kb": 64})
+    headers = {"X-CSRF-Token": token}
+    broken = await client.post(f"/sessions/{sid}/email", data=b"recipients=\xff\xfe@example.org",
+                               allow_redirects=False,
+                               headers={**headers, "Content-Type": "application/x-www-form-urlencoded"})
+    assert broken.status == 400, (broken.status, await broken.text())
+    assert "form could not be read" in await broken.text()
+    # a body that is no form at all: no addresses (a 400 naming them), never a 500
+    other = await client.post(f"/sessions/{sid}/email", data=b'{"recipients": "a@b.example"}',
+                              allow_redirects=False, headers={**headers, "Content-Type": "application/json"})
+    assert other.status == 400, (other.status, await other.text())
+    # last: the server answers before reading it all, and closes the connection
+    huge = await client.post(f"/sessions/{sid}/email", data={"recipients": "a" * (1 << 20)},
+                             allow_redirects=False, headers=headers)
+    assert huge.status == 413, (huge.status, await huge.text())
+    assert core.outbox.list() == []
