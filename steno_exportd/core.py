@@ -21,7 +21,7 @@ from steno_exportd.engine.prehash import Prehasher
 from steno_exportd.engine.registry import local as local_targets
 from steno_exportd.engine.state import StateDB
 from steno_exportd.engine.targets import DirectoryTarget, Target
-from steno_exportd.errors import InvalidArgument, NotFoundError, SourceLockedError, StenoError
+from steno_exportd.errors import BusyError, InvalidArgument, NotFoundError, SourceLockedError, StenoError
 from steno_exportd.library import ChangeToken, Library, SessionListing
 from steno_exportd.model import FileRef, Session, SessionSummary
 from steno_exportd.outbox.content import Links
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 __all__ = ["Core", "ExportOptions", "SessionListing"]
 
 Ejector = Callable[[str], Awaitable[Any]]
+MAX_WAITING_JOBS = 100      # a caller's exports waiting or running at once: one more is refused (BusyError)
 LINK_TIMEOUT = 60.0         # seconds a compose thread waits for a mailed share link (a row in access.db)
 
 
@@ -46,6 +47,7 @@ class Core:
         self.events = ev.EventBus()
         self.access = Access(cfg)          # logins, share links, audit log, the limiter for every secret
         self._library = library
+        self._one_export = asyncio.Lock()  # a caller's exports are checked and queued one at a time
         self.state = StateDB(Path(cfg.state.dir) / "state.db")
         self.targets = local_targets()      # the composition root registers more kinds (smb:)
         self.devices = DeviceRegistry(self.events, lambda d: self.state.device_seen(d.uuid or d.id, d.label,
@@ -222,8 +224,24 @@ class Core:
     async def export_sessions(self, ids: Any, formats: Any, target: str | Target,
                               options: ExportOptions | Mapping[str, Any] | None = None,
                               *, trusted: bool = False) -> ev.JobSnapshot:
-        """Check a caller's request (``check_export``) and queue it as a job."""
-        return await self.jobs.submit(await self.check_export(ids, formats, target, options, trusted=trusted))
+        """Check a caller's request (``check_export``) and queue it as a job.
+
+        A caller's export (D-Bus, the web API, a push trigger: not ``trusted``) is refused at once (BusyError)
+        while MAX_WAITING_JOBS exports wait or run, and such exports are checked and queued one at a time: the
+        bound cannot be raced past, and a flood waits here instead of filling the loop ahead of every other
+        caller. The daemon's own (a stick's auto-export, schedules, the share) are never refused."""
+        if trusted:
+            return await self.jobs.submit(await self.check_export(ids, formats, target, options, trusted=True))
+        self._require_room()                    # a full queue refuses at once, before any work
+        async with self._one_export:
+            self._require_room()
+            return await self.jobs.submit(await self.check_export(ids, formats, target, options))
+
+    def _require_room(self) -> None:
+        waiting = sum(1 for j in self.jobs.list() if not j.state.finished)
+        if waiting >= MAX_WAITING_JOBS:
+            raise BusyError(f"{waiting} exports are waiting or running already (at most {MAX_WAITING_JOBS}); "
+                            "try again when some are done")
 
     async def check_export(self, ids: Any, formats: Any, target: str | Target,
                            options: ExportOptions | Mapping[str, Any] | None = None,

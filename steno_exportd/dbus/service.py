@@ -41,7 +41,6 @@ class Host:
 # dbus-fast dispatches it (a method's task copies the context it was started in).
 CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("dbus_caller", default="")
 
-MAX_WAITING_JOBS = 100            # exports queued or running at once: one more from D-Bus is refused (Busy)
 STOP_GRACE = 3.0                  # seconds calls in flight at a stop get to finish and be answered
 PROGRESS_INTERVAL = 0.25          # PropertiesChanged for progress: at most 4 Hz per job
 OM_IFACE = "org.freedesktop.DBus.ObjectManager"
@@ -143,7 +142,6 @@ class Service:
         self._lost_task: asyncio.Task | None = None
         self._wire: tuple[SessionListing | None, dict[int, dict[str, Variant]]] = (None, {})
         self._next_run = 0
-        self._one_export = asyncio.Lock()
 
     # ---- properties ----------------------------------------------------------------
 
@@ -454,21 +452,10 @@ class Service:
         return await self._submit(ids, fmts, mount_point, options)
 
     async def _submit(self, ids: list[str], fmts: list[str], target: str, options: dict[str, Variant]) -> str:
-        """Queue an export (the core checks it) unless MAX_WAITING_JOBS wait or run already. One at a time: the
-        count and the queueing cannot be raced past the bound, and a flood of exports waits here instead of
-        filling the queue for the session listing that every other caller needs too."""
-        self._require_room()            # a full queue refuses at once, before any work
-        async with self._one_export:
-            self._require_room()
-            job = await self.core.export_sessions(ids, fmts, target, convert.unwrap(options))
+        """Queue an export: the core checks it, and bounds what callers may queue (Busy past core.MAX_WAITING_JOBS)."""
+        job = await self.core.export_sessions(ids, fmts, target, convert.unwrap(options))
         self._job_updated(job)
         return job_path(job.id)
-
-    def _require_room(self) -> None:
-        waiting = sum(1 for j in self.core.jobs.list() if not j.state.finished)
-        if waiting >= MAX_WAITING_JOBS:
-            raise BusyError(f"{waiting} exports are waiting or running already (at most {MAX_WAITING_JOBS}); "
-                            "try again when some are done")
 
     async def eject(self, device_id: str) -> str:
         job = await self.core.eject(device_id)

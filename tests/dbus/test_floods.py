@@ -11,7 +11,7 @@ from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
 from steno_exportd.dbus import BUS_NAME, MANAGER_IFACE, ROOT_PATH
-from steno_exportd.dbus.service import MAX_WAITING_JOBS
+from steno_exportd.core import MAX_WAITING_JOBS
 from tests.parts.daemon import make_library, write_config
 
 BUSY = "org.silentsteno.Export1.Error.Busy"
