@@ -1,6 +1,7 @@
 """Faults on real filesystems in loop images: full, FAT32 limit, kill, yank, bit flip, hostile content."""
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -285,29 +286,37 @@ def _kill_stick(dev: str) -> None:
 
 @pytest.mark.parametrize("fstype,moment", [("exfat", "before the save"), ("vfat", "before the save"),
                                            ("exfat", "after the save"), ("vfat", "after the save"),
-                                           ("vfat", "inside the marker's write")])
+                                           ("vfat", "inside the marker's write"),
+                                           ("exfat", "before the folder's rename"),
+                                           ("exfat", "after the folder's rename")])
 def test_yank_at_a_sessions_last_step_then_the_next_export_completes_it_once(tmp_path, monkeypatch, fstype, moment):
     """A stick yanked at each step that ends a session (the manifest save recording it; the folder's rename or
     its marker's removal; the marker's own write): the next export completes every session in ONE folder
     (never "<name> (2)" beside a finished-looking twin), leaves no temp name, and verify agrees with what
-    the stick holds. Seen as the random yank test's flake."""
+    the stick holds. Seen as the random yank test's flake. Around a <folder>.partial's rename (exFAT): its marker
+    is removed before it, so a yank leaves either a .partial folder without the marker (recorded: ours, removed
+    and sent again) or a finished folder without it (never a finished-looking folder holding the marker)."""
     from steno_exportd.engine import manifest
     lib = library(tmp_path, 3, audio_size=1_500_000)
     first = lib.sessions[min(lib.sessions)].uuid
     cfg = _cfg(tmp_path)
-    save, write_atomic = manifest.save, manifest.write_atomic
+    save, write_atomic, rename = manifest.save, manifest.write_atomic, DirectoryTarget.rename
     with loop_fs(tmp_path, fstype, 2100 if fstype == "vfat" else 64) as (mnt, dev, img):
         fired = []
 
-        def saving(target, root, m):
-            if not fired and first in m.sessions and moment != "inside the marker's write":
-                fired.append(moment)
-                if moment == "before the save":
-                    _kill_stick(dev)
-                    return save(target, root, m)
-                save(target, root, m)
+        def yanked(step, *args):
+            """The step, the stick yanked just before it ("before ..." moments) or just after it."""
+            fired.append(moment)
+            if moment.startswith("before"):
                 _kill_stick(dev)
-                return None
+                return step(*args)
+            out = step(*args)
+            _kill_stick(dev)
+            return out
+
+        def saving(target, root, m):
+            if not fired and first in m.sessions and moment in ("before the save", "after the save"):
+                return yanked(save, target, root, m)
             return save(target, root, m)
 
         markers = []
@@ -328,8 +337,14 @@ def test_yank_at_a_sessions_last_step_then_the_next_export_completes_it_once(tmp
                     h.commit()
             return write_atomic(target, rel, data)
 
+        def renaming(target, src, dst):
+            if moment.endswith("folder's rename") and not fired and src.endswith(".partial"):
+                return yanked(rename, target, src, dst)     # the first session's (sessions finish in order)
+            return rename(target, src, dst)
+
         monkeypatch.setattr(manifest, "save", saving)
         monkeypatch.setattr(manifest, "write_atomic", writing)
+        monkeypatch.setattr(DirectoryTarget, "rename", renaming)
         try:
             res = _export(lib, cfg, mnt)
             assert not all(r.ok for r in res), "the yank failed the export"
@@ -345,7 +360,8 @@ def test_yank_at_a_sessions_last_step_then_the_next_export_completes_it_once(tmp
         on_stick = manifest.load(DirectoryTarget(str(mnt)), "SilentSteno")
         if moment == "before the save":
             assert first not in on_stick.sessions
-        elif moment == "after the save":        # recorded, its folder not finished: not "exported" for auto-export
+        elif moment in ("after the save", "before the folder's rename"):
+            # recorded, its folder not finished: not "exported" for auto-export
             assert first in on_stick.sessions and first not in sessions_on_stick(mnt)
             assert on_stick.sessions[first]["folder"] not in finished
         else:                                   # the first session finished before the yank
@@ -436,3 +452,36 @@ def test_a_folder_an_older_version_named_from_a_long_non_latin_title_is_adopted_
         assert _sums_ok(mnt) and not _leftovers(mnt) and verify_target(str(mnt)).ok
         assert (root / "SHA256SUMS").read_text().count("\n") == len(FORMATS)
         assert all(r.skipped for r in _export(lib, cfg, mnt))
+
+
+@pytest.mark.parametrize("fstype", ["ext4", "exfat", "vfat"])
+def test_a_persons_partial_folder_on_the_stick_survives_exports(tmp_path, caplog, fstype):
+    """Someone keeps their own folder 'Notes.partial' (their file in it) in SilentSteno/ on their stick. The
+    export's clean-up took every '<name>.partial' folder for an interrupted build of its own and removed it with
+    their file. Now a .partial folder is ours only with our marker, nothing but our temp names, or its folder
+    recorded in the manifest: theirs stays as it was, said in one log line per export, the sessions land beside
+    it, and verify does not call it an unfinished export."""
+    lib = library(tmp_path, 2)
+    cfg = _cfg(tmp_path)
+    with loop_fs(tmp_path, fstype, 2100 if fstype == "vfat" else 64) as (mnt, dev, img):
+        root = mnt / "SilentSteno"
+        theirs = root / "Notes.partial"
+        theirs.mkdir(parents=True)
+        (theirs / "todo.txt").write_text("call the caterer\n")
+        for run in (1, 2):
+            caplog.clear()
+            with caplog.at_level(logging.INFO, logger="steno_exportd"):
+                res = _export(lib, cfg, mnt)
+            assert [r.ok for r in res] == [True, True], [r.error for r in res]
+            assert [r.skipped for r in res] == [run == 2] * 2, res
+            assert theirs.is_dir() and sorted(os.listdir(theirs)) == ["todo.txt"], "their folder was removed"
+            assert (theirs / "todo.txt").read_text() == "call the caterer\n"
+            said = [r.getMessage() for r in caplog.records if "Notes.partial" in r.getMessage()]
+            assert len(said) == 1 and "left alone" in said[0], said
+        folders = sorted(p.name for p in root.iterdir() if p.is_dir())
+        assert len(folders) == 3 and "Notes.partial" in folders and not [f for f in folders if f.endswith(" (2)")], \
+            folders
+        assert _sums_ok(mnt) and not [p for p in _leftovers(mnt) if not p.is_relative_to(theirs)]
+        rep = verify_target(str(mnt))
+        assert rep.ok and not rep.incomplete, (rep.incomplete, rep.problems)
+
