@@ -76,7 +76,8 @@ class Target(Protocol):
                                                  # save that records it (0: saved after every session)
     checks: int                                  # files committed and read back at once, and as many sessions in
                                                  # flight beside the one written (1: one after the other)
-    # optional (read with getattr, default False): marks_partial, a <folder>.partial is built with our marker
+    # optional (read with getattr): marks_partial (default False), a <folder>.partial is built with our marker;
+    # alive(rel) -> bool, the folder still readable, reading as little as it can (default: its whole listing)
 
     def lstat(self, rel: str) -> EntryStat | None: ...          # None when absent
     def exists(self, rel: str) -> bool: ...
@@ -378,6 +379,22 @@ class DirectoryTarget:
             return sorted(_names(fd, rel))
         except OSError as e:
             raise os_error(e, rel) from e
+        finally:
+            os.close(fd)
+
+    def alive(self, rel: str) -> bool:
+        """False when the folder cannot be read (a pulled stick, a dead FUSE helper): reads its first entry only,
+        not all (a stick's author may keep thousands there)."""
+        try:
+            fd = self._open_dir(check_rel(rel))
+        except TargetError:
+            return False
+        try:
+            with os.scandir(fd) as it:
+                next(it, None)
+            return True
+        except OSError:
+            return False
         finally:
             os.close(fd)
 

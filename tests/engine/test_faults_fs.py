@@ -485,3 +485,48 @@ def test_a_persons_partial_folder_on_the_stick_survives_exports(tmp_path, caplog
         rep = verify_target(str(mnt))
         assert rep.ok and not rep.incomplete, (rep.incomplete, rep.problems)
 
+
+
+def test_a_full_session_on_a_stick_whose_folder_holds_many_entries_does_not_count_the_stick_as_gone(tmp_path):
+    """A stick's author keeps 49,999 entries (their files) in SilentSteno/. A session too big for the stick's free
+    space failed, and the export then asked whether the stick was still there by listing that whole folder: past
+    the 50,000 entries a recorder writes (the sessions landed meanwhile pushed it over), the listing failed, the
+    stick counted as pulled, and every later session was 'not attempted: target unusable'. Now the check reads only
+    the folder's first entry: the big session is reported full (not pulled) and the next one lands."""
+    src = tmp_path / "rec"
+    src.mkdir()
+    small = [src / f"s{i}.wav" for i in (1, 3)]
+    for p in small:
+        p.write_bytes(os.urandom(100_000))
+    big = src / "s2.wav"
+    with open(big, "wb") as f:
+        f.truncate(200 * 1024 * 1024)           # more than the stick holds (never read: refused before the copy)
+    lib = FakeLibrary([make_session(1, small[0]), make_session(2, big), make_session(3, small[1])])
+    with loop_fs(tmp_path, "ext4", 64) as (mnt, dev, img):
+        root = mnt / "SilentSteno"
+        root.mkdir()
+        theirs = mnt / "theirs"
+        theirs.write_bytes(b"")
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for i in range(49_999):             # hard links: no inode each (a 64 MiB ext4 has 16,384)
+                os.link(theirs, f"n{i:05d}", dst_dir_fd=fd)
+        finally:
+            os.close(fd)
+        res = _export(lib, _cfg(tmp_path), mnt)
+        assert [(r.ok, r.problem) for r in res] == [(True, ""), (False, "full"), (True, "")], \
+            [(r.ok, r.problem, r.error) for r in res]
+        assert "target full" in res[1].error and "not attempted" not in res[2].error, res
+        assert _sums_ok(mnt)
+
+
+def test_a_yanked_stick_is_not_alive_though_only_its_first_entry_is_read(tmp_path):
+    """The check after a session's failure reads one entry of the export folder: it still tells a yanked exFAT
+    stick (its FUSE server gone) from a live one."""
+    with loop_fs(tmp_path, "exfat", 64) as (mnt, dev, img):
+        (mnt / "SilentSteno").mkdir()
+        (mnt / "SilentSteno" / "a.txt").write_text("a")
+        t = DirectoryTarget(str(mnt))
+        assert t.alive("SilentSteno")
+        _kill_stick(dev)
+        assert not t.alive("SilentSteno")
