@@ -19,7 +19,8 @@ from steno_exportd.engine.hashcache import HashCache
 from steno_exportd.engine.naming import OLD_UNITS, folder_name, format_label, resolve_collision, root_folder, safe_name
 from steno_exportd.engine.plan import PlannedFile, plan_session, render_file, render_options
 from steno_exportd.engine.registry import ArchiveKind, Targets, local
-from steno_exportd.engine.targets import MARKER, PARTIAL_SUFFIX, TEMP_PREFIX, EntryStat, Target, WriteHandle, os_error
+from steno_exportd.engine.targets import (MARKER, PARTIAL_SUFFIX, TEMP_PREFIX, EntryStat, Target, WriteHandle, os_error,
+                                          unfinished)
 from steno_exportd.errors import CancelledJob, SourceError, StenoError, TargetError, TargetFullError, VerifyError
 from steno_exportd.events import FileResult, SessionResult
 
@@ -126,6 +127,10 @@ class Exporter:
         # sessions in flight (a store far away is slow per request, not per byte)
         self._verifier = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="steno-verify")
         self.depth = max(1, int(target.checks))
+        # a <folder>.partial is built with our marker inside, removed before its rename, so the clean-up after a
+        # crash tells it from a stick's author's own 'Notes.partial' beside it; on a target without marks_partial
+        # (SMB, rclone: 4 more round trips per session there) every .partial is taken for ours
+        self.mark_partial = bool(getattr(target, "marks_partial", False))
         self._checks = self._verifier if self.depth == 1 else \
             concurrent.futures.ThreadPoolExecutor(self.depth, thread_name_prefix="steno-check")
         self._saved_at = 0.0                    # when the manifest was last saved (monotonic; run() sets the start)
@@ -360,7 +365,8 @@ class Exporter:
 
     def _save(self, held: "_Held | None" = None) -> None:
         """Save the manifest (the caller holds the lock), then finish the sessions it now records that waited for
-        it: a folder built in place loses its marker, one built as ``<folder>.partial`` is renamed into place. A
+        it: a folder built in place loses its marker, one built as ``<folder>.partial`` loses it (if it has one)
+        and is renamed into place. A
         ``held`` session may wait up to the target's ``save_every`` seconds for a later save: until then its folder
         says "incomplete", so a run cut before the save removes it and sends it again (never a finished-looking
         folder the manifest does not know)."""
@@ -390,6 +396,8 @@ class Exporter:
 
         def move(h: _Held) -> TargetError | None:
             try:
+                if h.marker:
+                    self._unmark(h.partial)
                 self.t.rename(h.partial, h.final)      # (never replaces: refused when the name is taken)
             except TargetError as e:
                 return e
@@ -449,7 +457,7 @@ class Exporter:
         work_rel = final_rel if in_place else f"{final_rel}{PARTIAL_SUFFIX}"
         self.t.mkdir(work_rel)
         self._root_names.add(work_rel[len(self.root) + 1:])
-        if in_place:
+        if in_place or self.mark_partial:
             mf.write_atomic(self.t, f"{work_rel}/{MARKER}", b"incomplete\n")
         files: list[FileResult] = []
         entry = {"id": 0, "title": "merged", "folder": folder, "updated_at": mf.now_iso(),
@@ -474,12 +482,16 @@ class Exporter:
             files.append(FileResult(f"{final_rel}/{name}", True, size, sha))
         if in_place:
             self.t.remove(f"{work_rel}/{MARKER}")
-        else:
+        # recorded before a .partial is renamed: without its marker, it is ours only when the manifest names its
+        # folder (cut before the rename: the next clean-up removes it, and this entry)
+        self.m.sessions[f"merged:{folder}"] = entry
+        mf.save(self.t, self.root, self.m)
+        if not in_place:
+            if self.mark_partial:
+                self._unmark(work_rel)
             self.t.rename(work_rel, final_rel)
             self._root_names.discard(work_rel[len(self.root) + 1:])
             self._root_names.add(folder)
-        self.m.sessions[f"merged:{folder}"] = entry
-        mf.save(self.t, self.root, self.m)
         ok = all(f.ok for f in files)
         return SessionResult(0, "", "merged", ok, error="; ".join(f.error for f in files if not f.ok),
                              files=tuple(files))
@@ -498,11 +510,20 @@ class Exporter:
                 delay *= 2
         raise AssertionError("unreachable")
 
-    def _owned_folder(self, name: str) -> bool:
-        return any(e["folder"] == name for e in self.m.sessions.values())
+    def _unmark(self, work_rel: str) -> None:
+        """A finished <folder>.partial loses its marker, synced BEFORE its rename: a stick pulled at any moment
+        shows either a .partial folder (recorded: ours) or a finished folder without the marker, never a
+        finished-looking folder that says it is incomplete."""
+        self.t.remove(f"{work_rel}/{MARKER}")
+        self.t.fsync_dir(work_rel)
 
     def _target_alive(self) -> bool:
+        """The target still answers after a session's failure: its export folder read, as little of it as the
+        target can (a whole listing failed past 50,000 entries: a stick counted as pulled)."""
+        alive = getattr(self.t, "alive", None)
         try:
+            if alive is not None:
+                return bool(alive(self.root))
             self.t.listdir(self.root)
             return True
         except (TargetError, OSError):
@@ -510,7 +531,8 @@ class Exporter:
 
     def _clean_leftovers(self, entries: dict[str, EntryStat]) -> None:
         """Remove our temp files and <folder>.partial trees left by a crash or a yank (``entries``: the root's
-        listing), except what a resumable write continues (its temp file and its folder)."""
+        listing), except what a resumable write continues (its temp file and its folder). A folder is ours by
+        targets.unfinished(): someone's own 'Notes.partial' is left alone, said in one line."""
         self._root_names = set(entries)     # what the run adds is added here: one listing per run
         for p in [p for p in self.m.partial if self._resume_folder(p) not in entries]:
             del self.m.partial[p]           # its folder is gone: nothing to resume
@@ -525,21 +547,34 @@ class Exporter:
                 log.warning("%s: %s left alone: %s", self.t.name, rel, e)    # someone else's: its name stays taken
                 return
             self._root_names.discard(name)
+        recorded = {e["folder"] for e in self.m.sessions.values()}
         for name, st in entries.items():
             rel = f"{self.root}/{name}"
-            if name.endswith(PARTIAL_SUFFIX) and st.kind == "dir":
-                if name not in resuming:        # (one a write resumes is cleaned when built again)
-                    drop(rel, name)
-            elif st.kind == "dir" and not self._owned_folder(name):
-                # an in-place build interrupted before completion: its marker, or (the marker's write lost with
-                # a yanked stick's unflushed metadata) nothing but our temp names, or nothing: what verify calls
+            partial = name.endswith(PARTIAL_SUFFIX)
+            if partial and st.kind == "dir" and name in resuming:
+                continue                        # (one a write resumes is cleaned when built again)
+            if partial and st.kind == "dir" and not self.mark_partial:
+                drop(rel, name)                 # (a store made no markers: every .partial is ours)
+            elif st.kind == "dir" and (partial or name not in recorded):
+                # a build interrupted before completion (in place, or as <folder>.partial): what verify calls
                 # incomplete (an empty folder holds nothing to lose)
                 try:
                     names = self.t.listdir(rel)
-                except TargetError:
-                    continue                    # not ours to read: left alone
-                if MARKER in names or all(self.t.own_temp(n) for n in names):
+                except TargetError as e:        # not ours to read: left alone
+                    if e.kind == "pulled":
+                        raise
+                    if partial:                 # (too many entries: said, as its removal said it)
+                        log.warning("%s: %s left alone: %s", self.t.name, rel, e)
+                    continue
+                if unfinished(name, names, self.t.own_temp, recorded):
                     drop(rel, name)
+                    base = name[:-len(PARTIAL_SUFFIX)]
+                    if partial and base not in entries and f"merged:{base}" in self.m.sessions:
+                        del self.m.sessions[f"merged:{base}"]   # cut before its rename: not sent again
+                        self._unsaved = True
+                elif partial:
+                    log.info("%s: %s left alone: named like an unfinished folder of ours, but without our marker "
+                             "(someone's own folder)", self.t.name, rel)
             elif self.t.own_temp(name) and st.kind == "file":
                 self.t.remove(rel)
                 self._root_names.discard(name)
@@ -729,7 +764,7 @@ class Exporter:
                     self.t.remove_tree(work_rel)
                 self.t.mkdir(work_rel)
                 self._root_names.add(work_rel[len(self.root) + 1:])
-            if in_place:
+            if in_place or self.mark_partial:
                 mf.write_atomic(self.t, f"{work_rel}/{MARKER}", b"incomplete\n")
         if exists:
             self._clean_folder(work_rel)
@@ -836,8 +871,10 @@ class Exporter:
         if sum(1 for r in results if not r.ok) > len(source_errors):
             new_entry["incomplete"] = True
         record = any(r.ok for r in results) or exists
-        # the marker of this build, or one an earlier run left in a folder it had recorded (cut before removing it)
-        marker = f"{work_rel}/{MARKER}" if (in_place and not exists) or MARKER in listing else ""
+        # the marker of this build (a .partial one's removed before its rename), or one an earlier run left in a
+        # folder it had recorded (cut before removing it)
+        marker = f"{work_rel}/{MARKER}" if (not exists and (in_place or self.mark_partial)) or MARKER in listing \
+            else ""
         # a new folder on a target saved now and then (save_every) waits for the save that records it: its marker
         # (built in place) or its .partial name (renamed into place after that save) says "incomplete" until then
         deferred = bool(self.t.save_every and not exists and (marker or not in_place))
@@ -862,6 +899,9 @@ class Exporter:
                 self._root_names.discard(work_rel[len(self.root) + 1:])
         elif not exists and not in_place and not deferred:
             with self._lock:
+                if marker:
+                    self._unmark(work_rel)
+                    marker = ""
                 self.t.rename(work_rel, final_rel)
                 self._root_names.discard(work_rel[len(self.root) + 1:])
                 self._root_names.add(folder)
@@ -956,7 +996,8 @@ class _Rings(threading.local):
 @dataclasses.dataclass(frozen=True)
 class _Held:
     """A session recorded in the manifest, finished by its next save: its marker removed (built in place) or
-    its ``partial`` folder renamed to ``final``; ``before``: its manifest entry before (restored if refused)."""
+    its ``partial`` folder renamed to ``final`` (its marker, if any, removed first); ``before``: its manifest entry
+    before (restored if refused)."""
 
     uuid: str
     marker: str

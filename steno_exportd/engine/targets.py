@@ -14,7 +14,7 @@ import os
 import secrets
 import stat as stat_mod
 from pathlib import Path
-from typing import Iterator, Protocol, runtime_checkable
+from typing import Callable, Container, Iterable, Iterator, Protocol, runtime_checkable
 
 from steno_exportd.errors import InvalidArgument, TargetError, TargetFullError
 
@@ -24,7 +24,7 @@ FAT32_MAX_FILE = 4 * 1024 ** 3 - 1
 COPY_CHUNK = 1 << 20                    # a local filesystem's write size: 1 MiB writes
 TEMP_PREFIX = ".steno-tmp-"
 PARTIAL_SUFFIX = ".partial"              # a session folder being built
-MARKER = ".steno-incomplete"             # in a folder built in place (no atomic dir rename)
+MARKER = ".steno-incomplete"             # in a folder being built (in place, or as <folder>.partial)
 MAX_ENTRIES = 50_000                     # in one folder: a recorder writes no more (its manifest is read for about 8,800 sessions)
 MAX_TREE_DEPTH = 8                       # folders below one remove_tree removes (ours: one, a session's files)
 
@@ -76,6 +76,8 @@ class Target(Protocol):
                                                  # save that records it (0: saved after every session)
     checks: int                                  # files committed and read back at once, and as many sessions in
                                                  # flight beside the one written (1: one after the other)
+    # optional (read with getattr): marks_partial (default False), a <folder>.partial is built with our marker;
+    # alive(rel) -> bool, the folder still readable, reading as little as it can (default: its whole listing)
 
     def lstat(self, rel: str) -> EntryStat | None: ...          # None when absent
     def exists(self, rel: str) -> bool: ...
@@ -260,6 +262,16 @@ class _FdRead:
             self._fd = -1
 
 
+def unfinished(name: str, names: Iterable[str], own_temp: Callable[[str], bool], recorded: Container[str]) -> bool:
+    """A folder ``name`` (holding ``names``) that an export of ours began and did not finish: it holds our marker,
+    or nothing but our temp names (an empty folder, or the marker's write lost with a yanked stick's unflushed
+    metadata); a <folder>.partial also when <folder> is ``recorded`` in the manifest (its marker is removed before
+    its rename, and older versions made none). Anything else named '<name>.partial' is someone's own folder."""
+    names = list(names)
+    return (MARKER in names or all(own_temp(n) for n in names)
+            or (name.endswith(PARTIAL_SUFFIX) and name[:-len(PARTIAL_SUFFIX)] in recorded))
+
+
 def too_many_entries(rel: str) -> TargetError:
     """What a listing past MAX_ENTRIES says (every target's)."""
     return TargetError(f"{rel or 'the target'} holds more than {MAX_ENTRIES:,} entries: not a folder this recorder "
@@ -316,6 +328,7 @@ class DirectoryTarget:
         self.resume_min: int | None = None      # a yanked stick's temp file is not trusted: rewritten whole
         self.save_every = 0.0                   # a stick may be pulled any moment: every session saved at once
         self.checks = 1                         # one device: read-backs side by side would only seek between them
+        self.marks_partial = True               # a stick's author may keep a 'Notes.partial' of their own there
 
     # -- walking without following symlinks ---------------------------------------
     def _open_dir(self, parts: list[str]) -> int:
@@ -366,6 +379,22 @@ class DirectoryTarget:
             return sorted(_names(fd, rel))
         except OSError as e:
             raise os_error(e, rel) from e
+        finally:
+            os.close(fd)
+
+    def alive(self, rel: str) -> bool:
+        """False when the folder cannot be read (a pulled stick, a dead FUSE helper): reads its first entry only,
+        not all (a stick's author may keep thousands there)."""
+        try:
+            fd = self._open_dir(check_rel(rel))
+        except TargetError:
+            return False
+        try:
+            with os.scandir(fd) as it:
+                next(it, None)
+            return True
+        except OSError:
+            return False
         finally:
             os.close(fd)
 

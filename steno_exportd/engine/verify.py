@@ -16,7 +16,7 @@ from steno_exportd.engine import manifest as mf
 from steno_exportd.engine import writer
 from steno_exportd.engine.naming import ROOT_FALLBACK
 from steno_exportd.engine.registry import ArchiveKind, local
-from steno_exportd.engine.targets import MARKER, PARTIAL_SUFFIX, TEMP_PREFIX, DirectoryTarget, Target
+from steno_exportd.engine.targets import TEMP_PREFIX, DirectoryTarget, Target, unfinished
 from steno_exportd.errors import TargetError
 
 _CHUNK = 1 << 20
@@ -71,21 +71,20 @@ def _compare(expected: dict[str, str], actual: Callable[[str], str | None], list
 
 
 def _incomplete(t: Target, root: str, m: Any) -> list[str]:
-    """Session folders an interrupted export left (cancel, yank, power cut, full): a <folder>.partial,
-    a folder built in place that still holds its marker or nothing but temp names, or one the manifest says
-    is incomplete."""
+    """Session folders an interrupted export left (cancel, yank, power cut, full): targets.unfinished() (a
+    <folder>.partial or a folder built in place; someone's own 'Notes.partial' is not ours), or one the manifest
+    says is incomplete."""
     out = []
+    recorded = {s["folder"] for s in m.sessions.values()}
     for name in sorted(t.listdir(root)):
         st = t.lstat(f"{root}/{name}")
         if st is None or st.kind != "dir":
             continue
-        if name.endswith(PARTIAL_SUFFIX):
-            out.append(name)
-            continue
-        # its marker, or (the marker's write lost with a yanked stick's unflushed metadata) nothing but
-        # temp names: an empty folder or a file still being written
-        names = t.listdir(f"{root}/{name}")
-        if MARKER in names or all(n.startswith(TEMP_PREFIX) for n in names):
+        try:
+            names = t.listdir(f"{root}/{name}")
+        except TargetError:
+            continue                # not ours to read (someone's own folder)
+        if unfinished(name, names, lambda n: n.startswith(TEMP_PREFIX), recorded):
             out.append(name)
     out += sorted(s["folder"] for s in m.sessions.values() if s.get("incomplete") and s["folder"] not in out)
     return out

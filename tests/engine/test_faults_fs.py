@@ -1,6 +1,7 @@
 """Faults on real filesystems in loop images: full, FAT32 limit, kill, yank, bit flip, hostile content."""
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -285,29 +286,37 @@ def _kill_stick(dev: str) -> None:
 
 @pytest.mark.parametrize("fstype,moment", [("exfat", "before the save"), ("vfat", "before the save"),
                                            ("exfat", "after the save"), ("vfat", "after the save"),
-                                           ("vfat", "inside the marker's write")])
+                                           ("vfat", "inside the marker's write"),
+                                           ("exfat", "before the folder's rename"),
+                                           ("exfat", "after the folder's rename")])
 def test_yank_at_a_sessions_last_step_then_the_next_export_completes_it_once(tmp_path, monkeypatch, fstype, moment):
     """A stick yanked at each step that ends a session (the manifest save recording it; the folder's rename or
     its marker's removal; the marker's own write): the next export completes every session in ONE folder
     (never "<name> (2)" beside a finished-looking twin), leaves no temp name, and verify agrees with what
-    the stick holds. Seen as the random yank test's flake."""
+    the stick holds. Seen as the random yank test's flake. Around a <folder>.partial's rename (exFAT): its marker
+    is removed before it, so a yank leaves either a .partial folder without the marker (recorded: ours, removed
+    and sent again) or a finished folder without it (never a finished-looking folder holding the marker)."""
     from steno_exportd.engine import manifest
     lib = library(tmp_path, 3, audio_size=1_500_000)
     first = lib.sessions[min(lib.sessions)].uuid
     cfg = _cfg(tmp_path)
-    save, write_atomic = manifest.save, manifest.write_atomic
+    save, write_atomic, rename = manifest.save, manifest.write_atomic, DirectoryTarget.rename
     with loop_fs(tmp_path, fstype, 2100 if fstype == "vfat" else 64) as (mnt, dev, img):
         fired = []
 
-        def saving(target, root, m):
-            if not fired and first in m.sessions and moment != "inside the marker's write":
-                fired.append(moment)
-                if moment == "before the save":
-                    _kill_stick(dev)
-                    return save(target, root, m)
-                save(target, root, m)
+        def yanked(step, *args):
+            """The step, the stick yanked just before it ("before ..." moments) or just after it."""
+            fired.append(moment)
+            if moment.startswith("before"):
                 _kill_stick(dev)
-                return None
+                return step(*args)
+            out = step(*args)
+            _kill_stick(dev)
+            return out
+
+        def saving(target, root, m):
+            if not fired and first in m.sessions and moment in ("before the save", "after the save"):
+                return yanked(save, target, root, m)
             return save(target, root, m)
 
         markers = []
@@ -328,8 +337,14 @@ def test_yank_at_a_sessions_last_step_then_the_next_export_completes_it_once(tmp
                     h.commit()
             return write_atomic(target, rel, data)
 
+        def renaming(target, src, dst):
+            if moment.endswith("folder's rename") and not fired and src.endswith(".partial"):
+                return yanked(rename, target, src, dst)     # the first session's (sessions finish in order)
+            return rename(target, src, dst)
+
         monkeypatch.setattr(manifest, "save", saving)
         monkeypatch.setattr(manifest, "write_atomic", writing)
+        monkeypatch.setattr(DirectoryTarget, "rename", renaming)
         try:
             res = _export(lib, cfg, mnt)
             assert not all(r.ok for r in res), "the yank failed the export"
@@ -345,7 +360,8 @@ def test_yank_at_a_sessions_last_step_then_the_next_export_completes_it_once(tmp
         on_stick = manifest.load(DirectoryTarget(str(mnt)), "SilentSteno")
         if moment == "before the save":
             assert first not in on_stick.sessions
-        elif moment == "after the save":        # recorded, its folder not finished: not "exported" for auto-export
+        elif moment in ("after the save", "before the folder's rename"):
+            # recorded, its folder not finished: not "exported" for auto-export
             assert first in on_stick.sessions and first not in sessions_on_stick(mnt)
             assert on_stick.sessions[first]["folder"] not in finished
         else:                                   # the first session finished before the yank
@@ -436,3 +452,81 @@ def test_a_folder_an_older_version_named_from_a_long_non_latin_title_is_adopted_
         assert _sums_ok(mnt) and not _leftovers(mnt) and verify_target(str(mnt)).ok
         assert (root / "SHA256SUMS").read_text().count("\n") == len(FORMATS)
         assert all(r.skipped for r in _export(lib, cfg, mnt))
+
+
+@pytest.mark.parametrize("fstype", ["ext4", "exfat", "vfat"])
+def test_a_persons_partial_folder_on_the_stick_survives_exports(tmp_path, caplog, fstype):
+    """Someone keeps their own folder 'Notes.partial' (their file in it) in SilentSteno/ on their stick. The
+    export's clean-up took every '<name>.partial' folder for an interrupted build of its own and removed it with
+    their file. Now a .partial folder is ours only with our marker, nothing but our temp names, or its folder
+    recorded in the manifest: theirs stays as it was, said in one log line per export, the sessions land beside
+    it, and verify does not call it an unfinished export."""
+    lib = library(tmp_path, 2)
+    cfg = _cfg(tmp_path)
+    with loop_fs(tmp_path, fstype, 2100 if fstype == "vfat" else 64) as (mnt, dev, img):
+        root = mnt / "SilentSteno"
+        theirs = root / "Notes.partial"
+        theirs.mkdir(parents=True)
+        (theirs / "todo.txt").write_text("call the caterer\n")
+        for run in (1, 2):
+            caplog.clear()
+            with caplog.at_level(logging.INFO, logger="steno_exportd"):
+                res = _export(lib, cfg, mnt)
+            assert [r.ok for r in res] == [True, True], [r.error for r in res]
+            assert [r.skipped for r in res] == [run == 2] * 2, res
+            assert theirs.is_dir() and sorted(os.listdir(theirs)) == ["todo.txt"], "their folder was removed"
+            assert (theirs / "todo.txt").read_text() == "call the caterer\n"
+            said = [r.getMessage() for r in caplog.records if "Notes.partial" in r.getMessage()]
+            assert len(said) == 1 and "left alone" in said[0], said
+        folders = sorted(p.name for p in root.iterdir() if p.is_dir())
+        assert len(folders) == 3 and "Notes.partial" in folders and not [f for f in folders if f.endswith(" (2)")], \
+            folders
+        assert _sums_ok(mnt) and not [p for p in _leftovers(mnt) if not p.is_relative_to(theirs)]
+        rep = verify_target(str(mnt))
+        assert rep.ok and not rep.incomplete, (rep.incomplete, rep.problems)
+
+
+
+def test_a_full_session_on_a_stick_whose_folder_holds_many_entries_does_not_count_the_stick_as_gone(tmp_path):
+    """A stick's author keeps 49,999 entries (their files) in SilentSteno/. A session too big for the stick's free
+    space failed, and the export then asked whether the stick was still there by listing that whole folder: past
+    the 50,000 entries a recorder writes (the sessions landed meanwhile pushed it over), the listing failed, the
+    stick counted as pulled, and every later session was 'not attempted: target unusable'. Now the check reads only
+    the folder's first entry: the big session is reported full (not pulled) and the next one lands."""
+    src = tmp_path / "rec"
+    src.mkdir()
+    small = [src / f"s{i}.wav" for i in (1, 3)]
+    for p in small:
+        p.write_bytes(os.urandom(100_000))
+    big = src / "s2.wav"
+    with open(big, "wb") as f:
+        f.truncate(200 * 1024 * 1024)           # more than the stick holds (never read: refused before the copy)
+    lib = FakeLibrary([make_session(1, small[0]), make_session(2, big), make_session(3, small[1])])
+    with loop_fs(tmp_path, "ext4", 64) as (mnt, dev, img):
+        root = mnt / "SilentSteno"
+        root.mkdir()
+        theirs = mnt / "theirs"
+        theirs.write_bytes(b"")
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for i in range(49_999):             # hard links: no inode each (a 64 MiB ext4 has 16,384)
+                os.link(theirs, f"n{i:05d}", dst_dir_fd=fd)
+        finally:
+            os.close(fd)
+        res = _export(lib, _cfg(tmp_path), mnt)
+        assert [(r.ok, r.problem) for r in res] == [(True, ""), (False, "full"), (True, "")], \
+            [(r.ok, r.problem, r.error) for r in res]
+        assert "target full" in res[1].error and "not attempted" not in res[2].error, res
+        assert _sums_ok(mnt)
+
+
+def test_a_yanked_stick_is_not_alive_though_only_its_first_entry_is_read(tmp_path):
+    """The check after a session's failure reads one entry of the export folder: it still tells a yanked exFAT
+    stick (its FUSE server gone) from a live one."""
+    with loop_fs(tmp_path, "exfat", 64) as (mnt, dev, img):
+        (mnt / "SilentSteno").mkdir()
+        (mnt / "SilentSteno" / "a.txt").write_text("a")
+        t = DirectoryTarget(str(mnt))
+        assert t.alive("SilentSteno")
+        _kill_stick(dev)
+        assert not t.alive("SilentSteno")
