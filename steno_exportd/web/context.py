@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from steno_exportd import safeparse, search
@@ -146,7 +147,8 @@ async def read_form(request: web.Request) -> Any:
             return await request.post()
     except TimeoutError:
         raise web.HTTPRequestTimeout(text="the form came too slowly") from None
-    except (ValueError, LookupError, UnicodeDecodeError, AssertionError, RequestPayloadError) as e:
+    except (ValueError, LookupError, UnicodeDecodeError, AssertionError, RequestPayloadError,
+            HttpProcessingError) as e:         # (a part's broken headers: InvalidHeader)
         raise InvalidArgument(f"the form could not be read: {str(e).splitlines()[0][:80] if str(e) else e!r}") \
             from None
 

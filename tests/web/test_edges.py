@@ -103,6 +103,20 @@ async def test_every_post_answers_a_multipart_body_without_boundary_with_400(web
         assert 300 <= status < 500, (path, status, body[:200])
 
 
+async def test_a_multipart_body_with_broken_part_headers_is_a_400_not_a_traceback(web_client, sessions, caplog):
+    client, _ = await web_client()
+    s = with_audio(sessions)
+    port = client.server.port
+    cookies = "; ".join(f"{c.key}={c.value}" for c in client.session.cookie_jar)
+    junk = b"--zz\r\n\x00\x01 no header here\r\n\r\nbody\r\n--zz--\r\n"
+    for path in ("/login", f"/sessions/{s.id}/share", f"/sessions/{s.id}/email"):
+        status, _, body = await raw(port, request("POST", path, port, {
+            "Content-Type": "multipart/form-data; boundary=zz", "Cookie": cookies}, junk))
+        assert status == 400, (path, status, body[:200])
+    quiet(caplog)
+    assert not [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
+
+
 async def test_a_foreign_host_is_refused_in_every_mode(web_client):
     hostname = socket.gethostname()
     for mode in ({}, {"http.auth.mode": "password", "http.auth.password_hash": "scrypt$16384$8$1$AA==$AA=="}):
