@@ -86,7 +86,8 @@ class RemoteKind:
             if r.name == name:
                 return r
         known = ", ".join(r.name for r in remotes) or f"none configured in {cls.section}"
-        raise NotFoundError(f"no {cls.noun} remote {name!r} (known: {known})")
+        shown = name if len(name) <= 40 else f"{name[:40]}…"     # (a caller's name: not echoed whole)
+        raise NotFoundError(f"no {cls.noun} remote {shown!r} (known: {known[:200]})")
 
     def matches(self, target: str) -> bool:
         return target.startswith(self.prefix)

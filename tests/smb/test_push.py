@@ -173,6 +173,9 @@ def test_the_kind_checks_remotes_and_names_the_recorder_folder(office):
     assert kind.root("smb:office", cfg) == "rec-x"
     with pytest.raises(NotFoundError, match=r"no SMB remote 'nope' \(known: office\)"):
         targets.check("smb:nope", cfg)
+    with pytest.raises(NotFoundError) as e:                # a caller's 4,000-character name is not echoed whole
+        targets.check("smb:" + "x" * 4000, cfg)
+    assert len(str(e.value)) < 120 and "(known: office)" in str(e.value), str(e.value)[:200]
     without = local()                                      # a process that did not register smb: (the CLI)
     with pytest.raises(Exception, match="smb: targets are not supported here"):
         without.check("smb:office", cfg)
