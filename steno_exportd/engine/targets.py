@@ -382,7 +382,7 @@ class DirectoryTarget:
         finally:
             os.close(fd)
 
-    def alive(self, rel: str) -> bool:
+    def folder_alive(self, rel: str) -> bool:
         """False when the folder cannot be read (a pulled stick, a dead FUSE helper): reads its first entry only,
         not all (a stick's author may keep thousands there)."""
         try:

@@ -527,6 +527,6 @@ def test_a_yanked_stick_is_not_alive_though_only_its_first_entry_is_read(tmp_pat
         (mnt / "SilentSteno").mkdir()
         (mnt / "SilentSteno" / "a.txt").write_text("a")
         t = DirectoryTarget(str(mnt))
-        assert t.alive("SilentSteno")
+        assert t.folder_alive("SilentSteno")
         _kill_stick(dev)
-        assert not t.alive("SilentSteno")
+        assert not t.folder_alive("SilentSteno")
