@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 __all__ = ["Core", "ExportOptions", "SessionListing"]
 
 Ejector = Callable[[str], Awaitable[Any]]
-MAX_WAITING_JOBS = 100      # a caller's exports waiting or running at once: one more is refused (BusyError)
+MAX_WAITING_JOBS = 100      # callers' exports (D-Bus, web API) asked for, waiting or running: one more is Busy
 LINK_TIMEOUT = 60.0         # seconds a compose thread waits for a mailed share link (a row in access.db)
 
 
@@ -48,6 +48,8 @@ class Core:
         self.access = Access(cfg)          # logins, share links, audit log, the limiter for every secret
         self._library = library
         self._one_export = asyncio.Lock()  # a caller's exports are checked and queued one at a time
+        self._asked = 0                    # callers' exports being checked or waiting for their turn
+        self._caller_jobs: set[int] = set()   # callers' jobs not known to be finished
         self.state = StateDB(Path(cfg.state.dir) / "state.db")
         self.targets = local_targets()      # the composition root registers more kinds (smb:)
         self.devices = DeviceRegistry(self.events, lambda d: self.state.device_seen(d.uuid or d.id, d.label,
@@ -223,22 +225,30 @@ class Core:
 
     async def export_sessions(self, ids: Any, formats: Any, target: str | Target,
                               options: ExportOptions | Mapping[str, Any] | None = None,
-                              *, trusted: bool = False) -> ev.JobSnapshot:
+                              *, trusted: bool = False, internal: bool = False) -> ev.JobSnapshot:
         """Check a caller's request (``check_export``) and queue it as a job.
 
-        A caller's export (D-Bus, the web API, a push trigger: not ``trusted``) is refused at once (BusyError)
-        while MAX_WAITING_JOBS exports wait or run, and such exports are checked and queued one at a time: the
-        bound cannot be raced past, and a flood waits here instead of filling the loop ahead of every other
-        caller. The daemon's own (a stick's auto-export, schedules, the share) are never refused."""
-        if trusted:
-            return await self.jobs.submit(await self.check_export(ids, formats, target, options, trusted=True))
+        A caller's export (D-Bus, the web API) is refused at once (BusyError) while MAX_WAITING_JOBS callers'
+        exports are asked for, wait or run; they are checked and queued one at a time, so the bound cannot be raced
+        past and a flood waits here instead of filling the loop and its threads ahead of every other caller. The
+        daemon's own (``trusted``: a stick's auto-export, schedules, the share; ``internal``: a push trigger) are
+        never refused and not counted."""
+        if trusted or internal:
+            return await self.jobs.submit(await self.check_export(ids, formats, target, options, trusted=trusted))
         self._require_room()                    # a full queue refuses at once, before any work
-        async with self._one_export:
-            self._require_room()
-            return await self.jobs.submit(await self.check_export(ids, formats, target, options))
+        self._asked += 1
+        try:
+            async with self._one_export:
+                job = await self.jobs.submit(await self.check_export(ids, formats, target, options))
+        finally:
+            self._asked -= 1
+        self._caller_jobs.add(job.id)
+        return job
 
     def _require_room(self) -> None:
-        waiting = sum(1 for j in self.jobs.list() if not j.state.finished)
+        unfinished = {j.id for j in self.jobs.list() if not j.state.finished}
+        self._caller_jobs &= unfinished
+        waiting = len(self._caller_jobs) + self._asked
         if waiting >= MAX_WAITING_JOBS:
             raise BusyError(f"{waiting} exports are waiting or running already (at most {MAX_WAITING_JOBS}); "
                             "try again when some are done")

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from steno_exportd.access.limiter import Attempt, Limiter, LimiterPolicy
 from steno_exportd.access.pairing import Pairing, PairingCode
 from steno_exportd.access.passwords import PasswordChecker, fingerprint, hash_password, verify_password
-from steno_exportd.access.store import AT_DEVICE, BROWSER_MADE, UNKNOWN, AccessStore, Login, ShareLink
+from steno_exportd.access.store import AT_DEVICE, BROWSER_MADE, BY_PAGE, UNKNOWN, AccessStore, Login, ShareLink
 from steno_exportd.errors import InvalidArgument, NotFoundError, StenoError
 from steno_exportd.retention import policies
 
@@ -34,7 +34,9 @@ BROWSER_KINDS = BROWSER_MADE
 # What a new password revokes: the links made by the logins it ends (paired browsers outlive it, and so do their
 # links: revoking one, or "log out everywhere", ends both), and links whose maker is not known (older stores)
 PASSWORD_MADE = ("password", UNKNOWN)
-EVERYWHERE_MADE = (*BROWSER_KINDS, UNKNOWN)
+# and what "log out everywhere" revokes: links of every browser, of the page while it needed no login (any
+# guest could make one), and of unknown makers
+EVERYWHERE_MADE = (*BROWSER_KINDS, BY_PAGE, UNKNOWN)
 MIN_PASSWORD, MAX_PASSWORD = 8, 1024
 
 
@@ -136,8 +138,9 @@ class Access:
         return ended, revoked
 
     def log_out_everywhere(self) -> tuple[int, int]:
-        """End every browser's login, then every share link a browser made (and links whose maker is not
-        known); links made at the recorder stay; (logins ended, links revoked). Blocking."""
+        """End every browser's login, then every share link a browser made (also the page's while it needed no
+        login, and links whose maker is not known); links made at the recorder stay; (logins ended, links
+        revoked). Blocking."""
         ended = sum(self.store.end_logins(kind) for kind in BROWSER_KINDS)
         revoked = self.store.revoke_made_by(EVERYWHERE_MADE)
         return ended, revoked

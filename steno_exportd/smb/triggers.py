@@ -114,7 +114,7 @@ async def _push(core: Core, target: str, remote: SmbRemote | RcloneRemote, ids: 
     """Queue a push job to ``target`` (the core's target registry resolves it); its job id, None when
     it could not be queued."""
     try:
-        job = await core.export_sessions(ids, list(remote.formats), target, ExportOptions())
+        job = await core.export_sessions(ids, list(remote.formats), target, ExportOptions(), internal=True)
     except Exception as e:  # error boundary: a failed trigger never stops the loop
         log.warning("push to %s not queued: %s", target, e)
         return None

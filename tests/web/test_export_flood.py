@@ -38,3 +38,23 @@ async def test_an_export_flood_over_the_api_queues_a_bounded_number(web_client, 
     assert r.status == 200
     for j in waiting:                       # a hundred queued exports would make the core's stop wait for them
         core.jobs.cancel(j.id)
+
+
+async def test_the_daemons_own_exports_neither_count_nor_are_refused(web_client, tmp_path, sessions):
+    """A stick's auto-export, a schedule or a push trigger is never refused, and 100 of them do not refuse a
+    caller's export: the bound is on what callers ask for."""
+    client, core = await web_client(**{"export.max_concurrent_jobs": 1})
+    (tmp_path / "exports").mkdir(exist_ok=True)
+    target, ids = str(tmp_path / "exports"), list(sessions)
+    for _ in range(MAX_WAITING_JOBS):
+        await core.export_sessions(ids, ["txt"], target, trusted=True)
+    for _ in range(5):
+        await core.export_sessions(ids, ["txt"], target, internal=True)
+    try:
+        r = await client.post("/api/v1/exports", json={"sessions": ids, "formats": ["txt"], "target": target},
+                              headers={"X-CSRF-Token": await csrf(client)})
+        assert r.status == 202, await r.text()
+    finally:
+        for j in core.jobs.list():
+            if not j.state.finished:
+                core.jobs.cancel(j.id)

@@ -128,3 +128,28 @@ async def test_a_download_under_a_link_made_by_a_copied_cookie_stops_at_log_out_
     finally:
         await owner.session.close()
         await thief.session.close()
+
+
+async def test_links_made_while_no_login_was_needed_end_with_log_out_everywhere(web_client, sessions):
+    """Any guest on the LAN could make a link while http.auth.mode was "none"; the owner who then sets a password
+    and logs out everywhere (the action of someone who suspects a leak) ends those links too."""
+    client, core = await web_client()                       # no login: the page makes links for anyone
+    s = with_audio(sessions)
+    guest = await anonymous(client)
+    try:
+        token = (await make_link(guest, s.id, max_downloads=50))["token"]
+    finally:
+        await guest.session.close()
+    device = (await core.access.create_link(core.cfg, s.id, "", 50)).public()["token"]
+    await core.stop()
+    client, core = await web_client(**PW)                   # the admin closes the page: a restart with a password
+    owner = await anonymous(client)
+    try:
+        assert (await login_form(owner, PASSWORD)).status == 303
+        assert await guest_status(client, token) == 200
+        r = await owner.post("/logout", allow_redirects=False,
+                             data={"csrf": await page_token(owner), "everywhere": "1"})
+        assert r.status == 303
+        assert (await guest_status(client, token), await guest_status(client, device)) == (410, 200)
+    finally:
+        await owner.session.close()
