@@ -241,7 +241,7 @@ class FakeCore:
 
     async def export_sessions(self, ids: Any, formats: Any, target: str | Target,
                               options: ExportOptions | Mapping[str, Any] | None = None,
-                              *, trusted: bool = False) -> ev.JobSnapshot:
+                              *, trusted: bool = False, internal: bool = False) -> ev.JobSnapshot:
         """Core's check (an unknown session, format, option or target raises as there), then a fake job."""
         spec = await self.check_export(ids, formats, target, options, trusted=trusted)
         self.exports.append(ExportCall(ids, tuple(formats), target, trusted))

@@ -70,7 +70,8 @@ class FakeCore:
     async def listing(self):
         return types.SimpleNamespace(sessions=tuple(self.library.list_sessions()))
 
-    async def export_sessions(self, ids, formats, target, options):
+    async def export_sessions(self, ids, formats, target, options, *, internal=False):
+        assert internal, "a push trigger's export is the daemon's own: never refused by the callers' bound"
         self.calls.append((ids, tuple(formats), target))
         job = events.JobSnapshot(id=len(self.jobs) + 1, operation="push", target=target,
                                  state=events.JobState.QUEUED, sessions=tuple(ids) if ids != "all" else ())
