@@ -467,7 +467,7 @@ def build_plan(library: Any, session_ids: tuple, formats: tuple, template: str, 
                 name = f"{root}/{folder}/{pf.name}"
                 if pf.source is not None:
                     try:
-                        source, opened = _check_source(pf.source, s, data_dir, keep_open)
+                        source, opened = _check_source(pf, s, data_dir, keep_open)
                     except SourceError as err:
                         if errors is not None:
                             errors.setdefault(s.id, []).append(f"{pf.name}: {err}")
@@ -498,13 +498,11 @@ def build_plan(library: Any, session_ids: tuple, formats: tuple, template: str, 
     return make_plan(entries, root, sessions)
 
 
-def _check_source(path: Path, s: Any, data_dir: Path, keep_open: bool) -> tuple[SourceRef, Any]:
+def _check_source(pf: Any, s: Any, data_dir: Path, keep_open: bool) -> tuple[SourceRef, Any]:
     """Open a recording as the library checked it (no symlink followed, same file): its pinned reference,
     and the open file when keep_open (else it is closed again)."""
-    ref = SourceRef(Path(path), Path(data_dir))
-    audio = s.audio
-    if audio is not None and audio.path == path and audio.dev:
-        ref = dataclasses.replace(ref, dev=audio.dev, ino=audio.ino)
+    from steno_exportd.engine.plan import source_ref
+    ref = source_ref(pf, s, data_dir)
     f = ref.open()
     if not keep_open:
         f.close()

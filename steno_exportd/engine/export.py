@@ -17,7 +17,7 @@ from steno_exportd.engine import manifest as mf
 from steno_exportd.engine import writer
 from steno_exportd.engine.hashcache import HashCache
 from steno_exportd.engine.naming import OLD_UNITS, folder_name, format_label, resolve_collision, root_folder, safe_name
-from steno_exportd.engine.plan import PlannedFile, plan_session, render_file, render_options
+from steno_exportd.engine.plan import PlannedFile, plan_session, render_file, render_options, source_ref
 from steno_exportd.engine.registry import ArchiveKind, Targets, local
 from steno_exportd.engine.targets import (MARKER, PARTIAL_SUFFIX, TEMP_PREFIX, EntryStat, Target, WriteHandle, os_error,
                                           unfinished)
@@ -812,7 +812,8 @@ class Exporter:
                     if pending and pending[-1][-1].done():
                         pending[-1][-1].result()     # surface a target error early
                     known, st_src = self._hash_of(pf)
-                    size, sha, h = writer.copy_into(pf.source, self._open_write(s, folder, pf, rel),
+                    size, sha, h = writer.copy_into(source_ref(pf, s, self.lib.data_dir),
+                                                    self._open_write(s, folder, pf, rel),
                                                     tick=self._tick, cancelled=self._cancelled,
                                                     buffers=self._buffers(), known=known)
                     if self.verify:
@@ -959,8 +960,8 @@ class Exporter:
             if data is None:
                 known, st_src = self._hash_of(pf) if attempt == 1 else (None, None)
                 h = self._open_write(s, folder, pf, rel) if attempt == 1 else self.t.open_write(rel)
-                size, sha, h = writer.copy_into(pf.source, h, tick=self._tick, cancelled=self._cancelled,
-                                                buffers=self._buffers(), known=known)
+                size, sha, h = writer.copy_into(source_ref(pf, s, self.lib.data_dir), h, tick=self._tick,
+                                                cancelled=self._cancelled, buffers=self._buffers(), known=known)
                 writer.finish(h)
                 checked = h.verified and not known
             else:

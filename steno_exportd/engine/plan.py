@@ -11,6 +11,7 @@ from steno_exportd.config import Config
 from steno_exportd.engine.naming import resolve_collision, safe_name
 from steno_exportd.errors import StenoError
 from steno_exportd.model import Session
+from steno_exportd.recordings import SourceRef
 from steno_exportd.render.base import RenderOptions
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,17 @@ def _plan_audio(session: Session, reg: types.ModuleType, options: RenderOptions,
     name = resolve_collision(safe_name(r.filename(session, options)), taken)
     taken.add(name)
     return PlannedFile(name, "audio", version, source=src, size=src.stat().st_size)
+
+
+def source_ref(pf: PlannedFile, session: Session, data_dir: Path) -> SourceRef:
+    """A planned copy's recording as the library checked it (same device and inode), to be opened through the data
+    folder without following a symlink (SourceRef.open): never the file a symlink swapped in since names."""
+    assert pf.source is not None
+    ref = SourceRef(Path(pf.source), Path(data_dir))
+    audio = session.audio
+    if audio is not None and audio.path == pf.source and audio.dev:
+        ref = dataclasses.replace(ref, dev=audio.dev, ino=audio.ino)
+    return ref
 
 
 def render_file(pf: PlannedFile, session: Session, reg: types.ModuleType | None = None,

@@ -48,9 +48,11 @@ class WriteHandle(Protocol):
     verified: bool                              # after commit: the store's own hash of the landed file matched
                                                 # the bytes written (a cloud store): no read-back needed
 
-    def from_file(self, src: Path, st: os.stat_result) -> None: ...
-    # every byte written next is src's (a regular file the caller opened, fstat st): a target that copies a
-    # local file better itself (rclone: no stream through this process) may do so; write() still gets each byte
+    def from_file(self, src: Path, fd: int, st: os.stat_result) -> None: ...
+    # every byte written next is the file open as ``fd`` (a regular file the caller opened at src without following
+    # a symlink, fstat st; the caller closes it once the writes end): a target that copies a local file better
+    # itself (rclone: no stream through this process) may do so from that file (a dup of ``fd``), never from the
+    # path, which may name another file by then; write() still gets each byte
     def write(self, data: bytes | memoryview) -> None: ...
     def sync(self) -> None: ...                 # fsync the data
     def commit(self) -> None: ...               # rename to the final name, fsync the folder
@@ -182,7 +184,7 @@ class _DirWrite:
             raise os_error(e, rel) from e
         self._done = False
 
-    def from_file(self, src: Path, st: os.stat_result) -> None:
+    def from_file(self, src: Path, fd: int, st: os.stat_result) -> None:
         """Nothing: the bytes come through write()."""
 
     def write(self, data: bytes | memoryview) -> None:

@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterator
 
 from steno_exportd.engine.targets import Target, WriteHandle
 from steno_exportd.errors import CancelledJob, SourceError, VerifyError
+from steno_exportd.recordings import SourceRef
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +66,12 @@ class Buffers:
         return self._reads[i]
 
 
-def copy_into(src: Path, h: WriteHandle, *, tick: Tick = lambda n: None,
+def copy_into(ref: SourceRef, h: WriteHandle, *, tick: Tick = lambda n: None,
               cancelled: Callable[[], bool] = lambda: False, buffers: Buffers | None = None,
               known: str | None = None) -> tuple[int, str, WriteHandle]:
-    """Copy src into an open write handle from its offset; (size, sha256 of the whole file, handle).
+    """Copy the recorder file ``ref`` into an open write handle from its offset; (size, sha256 of the whole file,
+    handle). The file is opened through the data folder without following a symlink, and must be the one the
+    library checked (SourceRef.open): every byte copied is that file's (SourceChanged when it is not).
 
     A reader thread reads into a small ring of reused buffers of the handle's chunk size and hashes
     them (hashlib drops the GIL) while this thread writes: no per-chunk allocation, hashing beside
@@ -78,11 +81,13 @@ def copy_into(src: Path, h: WriteHandle, *, tick: Tick = lambda n: None,
     bytes: they are only read and hashed (skipped when the hash is known). The handle is aborted
     when anything fails.
     """
+    src = ref.path
     try:
-        fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as e:
+        f = ref.open()
+    except SourceError:
         h.abort()
-        raise SourceError(f"cannot read {src}: {e.strerror}") from e
+        raise
+    fd = f.fd
     try:
         try:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
@@ -97,7 +102,7 @@ def copy_into(src: Path, h: WriteHandle, *, tick: Tick = lambda n: None,
                         failed=lambda e: SourceError(f"cannot read {src}: {e}")) as chunks:
             try:
                 if not h.offset:
-                    h.from_file(src, os.fstat(fd))
+                    h.from_file(src, fd, f.st)
                 for buf, n in chunks:
                     h.write(memoryview(buf)[:n])
                     chunks.done(buf)
@@ -108,7 +113,7 @@ def copy_into(src: Path, h: WriteHandle, *, tick: Tick = lambda n: None,
                 raise
         return size, digest.hexdigest(), h
     finally:
-        os.close(fd)
+        f.close()
 
 
 class _ReadAhead:
@@ -194,7 +199,7 @@ def _copy_known(src: Path, fd: int, h: WriteHandle, tick: Tick, cancelled: Calla
         if size:
             os.lseek(fd, size, os.SEEK_SET)
         else:
-            h.from_file(src, os.fstat(fd))
+            h.from_file(src, fd, os.fstat(fd))
         while True:
             if cancelled():
                 raise CancelledJob("cancelled")

@@ -1,9 +1,10 @@
 """A folder on an rclone remote as an export Target: the engine writes into it as into a folder.
 
 Every operation is one request to the push's ``rclone rcd`` (process.Rcd). A recording is copied by
-rclone from its local path (``operations/copyfile``, a job whose progress paces the engine's reads: no
-stream through this process, and no spool copy on stores that cannot take a stream of unknown size,
-such as WebDAV); other files are streamed to rclone (``operations/uploadfile``, chunked; a small one is sent
+rclone from the file the engine opened (``operations/copyfile`` of ``/proc/<our pid>/fd/<a dup of its descriptor>``,
+never its path, which whoever writes the data folder may point elsewhere meanwhile; a job whose progress paces the
+engine's reads: no stream through this process, and no spool copy on stores that cannot take a stream of unknown
+size, such as WebDAV); other files are streamed to rclone (``operations/uploadfile``, chunked; a small one is sent
 whole, so that it can be sent again when the store answers 423 Locked, as any operation is). Either lands
 under a temp name and is moved to its final name (``operations/movefile``) only when rclone has stored
 all of it, so no partial file ever has a final name; a file the engine already writes under a temp name (a
@@ -102,6 +103,7 @@ class RcloneTarget:
                                           # first upload into one makes it (rclone makes a file's folder first)
         self._names = threading.RLock()   # the five above: used by the export's main and verifier threads
         self._unstoppable = 0             # unstoppable() blocks open: files opened for writing now ignore the cancel
+        self._lingering: list[int] = []   # descriptors of copies not known ended: closed once rclone has stopped
 
     @contextlib.contextmanager
     def unstoppable(self) -> Iterator[None]:
@@ -376,7 +378,19 @@ class RcloneTarget:
         """Nothing to do: rclone answers once the store has the file."""
 
     def close(self) -> None:
-        self.rcd.close()
+        try:
+            self.rcd.close()
+        finally:
+            with self._names:
+                fds, self._lingering = self._lingering, []
+            for fd in fds:
+                os.close(fd)
+
+    def _linger(self, fd: int) -> None:
+        """Keep ``fd`` open until rclone has stopped: a copy of it not known ended may open it still, and its number,
+        closed, would be the next file this process opens (its state database, a share link store)."""
+        with self._names:
+            self._lingering.append(fd)
 
 
 class _RcloneWrite:
@@ -410,7 +424,8 @@ class _RcloneWrite:
         self._job: int | None = None        # rclone's own copy of the local file (from_file)
         self._group = f"steno-{t.tag}-g{next(t._seq)}"   # this upload's rclone stats: its own, never shared
                                                           # (a .partial folder's file is named as in the others)
-        self._src: tuple[Path, tuple] | None = None
+        self._src: tuple[Path, int, tuple] | None = None   # the copied recording: its path (for messages), our
+                                                           # dup of the engine's descriptor (rclone reads it), its key
         self._copied = 0                    # bytes rclone reported copied (or, of a stream, took)
         self._sent = 0                      # bytes of a stream put on its connection
         self._small = bytearray()           # the bytes written while they are at most SMALL (sent by sync())
@@ -420,28 +435,41 @@ class _RcloneWrite:
             self._stoppable = not t._unstoppable     # (opened inside unstoppable(): the cancel is not looked at)
 
     # -- a local file, copied by rclone ---------------------------------------------------------------
-    def from_file(self, src: Path, st: os.stat_result) -> None:
-        """Let rclone copy ``src`` from its path: no stream through this process, and a store that cannot
-        take a stream of unknown size (WebDAV) gets no spool copy first. Only when the path is still the
-        regular file the engine opened (same device and inode: never a symlink swapped in)."""
-        if self._conn is not None or self._job is not None or self._size:
+    def from_file(self, src: Path, fd: int, st: os.stat_result) -> None:
+        """Let rclone copy the file the engine opened as ``fd``: no stream through this process, and a store that
+        cannot take a stream of unknown size (WebDAV) gets no spool copy first. rclone opens our own descriptor of
+        it (``/proc/<pid>/fd/<n>``, a magic link to the open file: the same inode whatever ``src`` names by then),
+        never the path, which whoever writes the data folder can swap for a symlink between any look at it and
+        rclone's open, and back. The dup stays open until the copy has ended."""
+        if self._conn is not None or self._job is not None or self._size or not stat_mod.S_ISREG(st.st_mode):
             return
         self._small = bytearray()
-        src = Path(os.path.abspath(src))
-        try:
-            now = os.lstat(src)
-        except OSError:
-            return                          # the engine's own read reports it
-        if not stat_mod.S_ISREG(now.st_mode) or _key(now) != _key(st):
-            return
         t = self._t
-        r = t.rcd.call("operations/copyfile", {"srcFs": f":local:{src.parent}", "srcRemote": src.name, "dstFs": t.fs,
-                                               "dstRemote": t.rel(self.temp_rel), "_async": True, "_group": self._group,
-                                               "_config": _always(self._fresh or t._absent(self.temp_rel))}) or {}
-        self._job = int(r.get("jobid") or 0) or None
-        if self._job is None:
-            raise RcloneError(f"{t.name}: rclone did not start the copy of {self._rel} ({r})")
-        self._src = (src, _key(st))
+        own = os.dup(fd)                    # (close-on-exec: no other child inherits it)
+        try:
+            r = t.rcd.call("operations/copyfile", {
+                "srcFs": f":local,copy_links=true:/proc/{os.getpid()}/fd", "srcRemote": str(own), "dstFs": t.fs,
+                "dstRemote": t.rel(self.temp_rel), "_async": True, "_group": self._group,
+                "_config": _always(self._fresh or t._absent(self.temp_rel))}) or {}
+            self._job = int(r.get("jobid") or 0) or None
+            if self._job is None:
+                raise RcloneError(f"{t.name}: rclone did not start the copy of {self._rel} ({r})")
+        except BaseException:
+            t._linger(own)                  # (a copy rclone may have started all the same)
+            raise
+        self._src = (Path(src), own, _key(st))
+
+    def _release(self, last: bool = True) -> None:
+        """Close our descriptor of the copied recording once the copy has ended; ``last`` (abort()): else keep it
+        until rclone stops."""
+        if self._src is None or self._src[1] < 0 or (self._ended is None and not last):
+            return
+        src, own, key = self._src
+        self._src = (src, -1, key)
+        if self._ended is not None:
+            os.close(own)
+        else:
+            self._t._linger(own)
 
     def _status(self) -> dict | None:
         """The copy job's final status, None while it runs."""
@@ -499,19 +527,19 @@ class _RcloneWrite:
                 raise self._stalled()
 
     def _copy_ended(self) -> None:
-        """The copy job's outcome: its error explained; the source must not have changed meanwhile."""
-        self._follow(None)
-        status = self._ended or {}
-        if not status.get("success"):
-            self._t.rcd.fail(str(status.get("error") or "the copy failed"))
-        assert self._src is not None
-        src, key = self._src
+        """The copy job's outcome: its error explained; the file copied must not have changed meanwhile (written
+        to: another size or time)."""
         try:
-            same = _key(os.lstat(src)) == key
-        except OSError:
-            same = False
-        if not same:
-            raise SourceError(f"{src} changed while it was copied")
+            self._follow(None)
+            status = self._ended or {}
+            if not status.get("success"):
+                self._t.rcd.fail(str(status.get("error") or "the copy failed"))
+            assert self._src is not None
+            src, own, key = self._src
+            if _key(os.fstat(own)) != key:
+                raise SourceError(f"{src} changed while it was copied")
+        finally:
+            self._release(last=False)           # (not ended: abort() stops it first)
 
     # -- a stream ---------------------------------------------------------------------------------------
     def _open_stream(self) -> None:
@@ -687,6 +715,8 @@ class _RcloneWrite:
             # the stopped copy's own end: job/status answers a failed job with its error ("context canceled"), which
             # skipped the removal below; rclone's SFTP upload leaves the part it wrote when stopped
             log.debug("%s: copy of %s stopped: %s", self._t.name, self._rel, e)
+        finally:
+            self._release()
         try:
             self._t.rcd.call("operations/deletefile", {"fs": self._t.fs, "remote": self._t.rel(self.temp_rel)},
                              missing_ok=True)

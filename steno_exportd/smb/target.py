@@ -492,7 +492,7 @@ class _SmbWrite:
         if written != n:
             raise SmbError(f"short write: server took {written} of {n} bytes")
 
-    def from_file(self, src: Any, st: os.stat_result) -> None:
+    def from_file(self, src: Any, fd: int, st: os.stat_result) -> None:
         """Nothing: the bytes come through write() (pipelined here)."""
 
     def write(self, data: bytes | memoryview) -> None:

@@ -548,8 +548,9 @@ def _connected(srv, tmp: pathlib.Path, *, idle: float | None = None, cancelled=l
 
 @pytest.mark.parametrize("swap", ["file", "symlink"])
 def test_a_recording_replaced_after_it_was_opened_lands_as_read_not_as_replaced(rclone_server, rclone_tmp, swap):
-    """rclone copies a recording from its path only while the path is the file the engine opened (same inode,
-    no symlink): a path replaced meanwhile lands the bytes the engine read and hashed, never the new file's."""
+    """rclone copies the recording the engine opened (its descriptor), never what the path names: a path replaced
+    meanwhile (even after the engine closed its descriptor) lands the bytes the engine read and hashed, never the
+    new file's."""
     srv = rclone_server
     t = _connected(srv, rclone_tmp)
     try:
@@ -557,15 +558,16 @@ def test_a_recording_replaced_after_it_was_opened_lands_as_read_not_as_replaced(
         read = os.urandom(3 << 20)
         src.write_bytes(read)
         other.write_bytes(os.urandom(5 << 20))
-        st = os.stat(src)
+        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)     # the engine's own descriptor of it
         src.unlink()
         if swap == "file":
             os.link(other, src)
         else:
             src.symlink_to(other)
         h = t.open_write("x/a.flac")
-        h.from_file(src, st)
+        h.from_file(src, fd, os.fstat(fd))
         h.write(read)
+        os.close(fd)            # (the engine closes it once it has read it: rclone's copy may still run)
         h.sync()
         h.commit()
     finally:
@@ -583,10 +585,12 @@ def test_a_recording_changed_while_rclone_copies_it_fails_and_lands_nothing(rclo
         src = rclone_tmp / "rec.flac"
         data = os.urandom(8 << 20)
         src.write_bytes(data)
-        st = os.stat(src)
+        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+        st = os.fstat(fd)
         h = t.open_write("x/a.flac")
-        h.from_file(src, st)
+        h.from_file(src, fd, st)
         h.write(data)
+        os.close(fd)
         os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))     # written to again, as far as anyone can tell
         with pytest.raises((SourceError, RcloneError), match="changed while it was copied|being updated"):
             h.sync()
