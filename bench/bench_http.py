@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from steno_exportd import config, demo  # noqa: E402
 from steno_exportd.core import Core  # noqa: E402
+from tests.parts import LoopLag  # noqa: E402
 
 SIZE = 1024 * 1024 * 1024
 ZIP_PART = 256 * 1024 * 1024
@@ -158,29 +159,6 @@ def parallel_rps(url: str, n: int = 1000, par: int = 64) -> float:
     subprocess.run(["curl", "-s", "--no-progress-meter", "--parallel", "--parallel-max", str(par), *args],
                    check=True, stderr=subprocess.DEVNULL)
     return n / (time.perf_counter() - t)
-
-
-class LoopLag:
-    """The longest time the event loop was late for a 10 ms tick."""
-
-    def __init__(self) -> None:
-        self.worst = 0.0
-        self._task: asyncio.Task | None = None
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            t = loop.time()
-            await asyncio.sleep(0.01)
-            self.worst = max(self.worst, loop.time() - t - 0.01)
-
-    def __enter__(self) -> "LoopLag":
-        self._task = asyncio.get_running_loop().create_task(self._run())
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
 
 
 async def main() -> None:

@@ -127,19 +127,20 @@ class Core:
         await asyncio.to_thread(render.shutdown)    # the render worker: not left to the interpreter's exit
 
     async def reload(self, cfg: Config) -> None:
+        """Take a new config; its SQLite work (state, access store, the library it replaces) runs in threads."""
         old = self.cfg
         self.cfg = cfg
         self.jobs.reload(cfg)
         self.outbox.reload(cfg)
         await self.schedules.reload(cfg)
-        self.access.reload(cfg)
+        await self.access.reload(cfg)
         if old.export.hash_ahead != cfg.export.hash_ahead:
             await (self.prehasher.start(lambda: self.library) if cfg.export.hash_ahead else self.prehasher.stop())
         if (old.recorder.db_path, old.recorder.data_dir) != (cfg.recorder.db_path, cfg.recorder.data_dir):
             lib, self._library = self._library, None
             self._listing, self._lib_token = None, None
-            if lib is not None:
-                lib.close()
+            if lib is not None:     # waits for a read under way (a long meeting takes seconds to load)
+                await asyncio.to_thread(lib.close)
         # a switch changed in the file wins over the D-Bus/web setting; an unchanged one leaves it
         if old.usb.auto_export.enabled != cfg.usb.auto_export.enabled:
             self.set_auto_export(cfg.usb.auto_export.enabled)

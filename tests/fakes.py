@@ -205,7 +205,7 @@ class FakeCore:
     async def reload(self, cfg: Config) -> None:
         self.cfg = self._core.cfg = cfg
         self.outbox.reload(cfg)
-        self.access.reload(cfg)
+        await self.access.reload(cfg)
         self.events.publish(ev.StatusChanged("config", "reloaded"))
 
     async def refresh_library(self) -> ev.SessionsChanged:

@@ -95,9 +95,9 @@ class Access:
         else:
             self.store.set_setting(PASSWORD_SWEPT, fingerprint(self.password_hash()))
 
-    def reload(self, cfg: Any) -> None:
+    async def reload(self, cfg: Any) -> None:
         """New limits apply to the next attempt; counts so far are kept. A new password ends the logins made
-        under the old one, and what they hold open."""
+        under the old one, and what they hold open (in a thread: SQLite)."""
         before = self.password_hash()
         self.cfg = cfg
         self.limiter.policy = policy(cfg)
@@ -105,7 +105,7 @@ class Access:
         if not cfg.http.auth.pairing:
             self.pairing.cancel()
         if self.password_hash() != before:
-            self._password_changed("a new password in the config")
+            await asyncio.to_thread(self._password_changed, "a new password in the config")
 
     # ---- the web password: the config's hash wins over the one set from the touchscreen ----------------
     def password_hash(self) -> str:

@@ -18,6 +18,7 @@ INVALID_ARGS = ERROR_PREFIX + "InvalidArgs"
 BUSY = ERROR_PREFIX + "Busy"
 NOT_AUTHORIZED = ERROR_PREFIX + "NotAuthorized"
 FAILED = ERROR_PREFIX + "Failed"
+STOPPING = "steno-exportd is stopping; try again once it runs"   # a call cut off at the stop (its cancel message)
 
 
 def to_dbus_error(exc: BaseException) -> DBusError:
@@ -46,7 +47,9 @@ def mapped(fn: Callable) -> Callable:
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
             try:
                 return await fn(*args, **kwargs)
-            except asyncio.CancelledError:
+            except asyncio.CancelledError as e:
+                if e.args == (STOPPING,):       # cut off by the service's stop (logged there): a typed answer
+                    raise DBusError(FAILED, STOPPING) from None
                 raise
             except Exception as e:  # noqa: BLE001 - every error becomes a typed reply
                 raise to_dbus_error(e) from e

@@ -22,6 +22,7 @@ from steno_exportd import __version__, access, events, formats, request
 from steno_exportd.config import Config
 from steno_exportd.core import Core, SessionListing
 from steno_exportd.dbus import BUS_NAME, ROOT_PATH, convert, device_path, job_path
+from steno_exportd.dbus.errors import STOPPING
 from steno_exportd.dbus.objects import Device, Job, Manager
 from steno_exportd.errors import BusyError, InvalidArgument, NotFoundError, StenoError
 from steno_exportd.events import DeviceSnapshot, JobSnapshot
@@ -42,6 +43,7 @@ class Host:
 CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("dbus_caller", default="")
 
 STOP_GRACE = 3.0                  # seconds calls in flight at a stop get to finish and be answered
+CUT_WAIT = 0.5                    # seconds calls still running after it get to end once cancelled
 PROGRESS_INTERVAL = 0.25          # PropertiesChanged for progress: at most 4 Hz per job
 OM_IFACE = "org.freedesktop.DBus.ObjectManager"
 
@@ -90,10 +92,20 @@ class _Bus(MessageBus):
         return super().send(msg)
 
     async def settle(self, timeout: float) -> None:
-        """Wait (at most timeout) for the method calls in flight, so that they are answered before we go."""
+        """Wait (at most timeout) for the method calls in flight, so that they are answered before we go; the
+        ones still running then are cancelled (answered STOPPING by errors.mapped), with one log line."""
         pending = [f for f in self._pending_futures if not f.done()]
         if pending:
             await asyncio.wait(pending, timeout=timeout)
+        late = [f for f in self._pending_futures if not f.done()]
+        if not late:
+            return
+        names = sorted(_call_name(f) for f in late)
+        log.warning("D-Bus: %d call%s still running %g s after the stop began, ended (told: stopping): %s",
+                    len(late), "" if len(late) == 1 else "s", timeout, ", ".join(names))
+        for f in late:
+            f.cancel(STOPPING)
+        await asyncio.wait(late, timeout=CUT_WAIT)
 
     def _emit_interface_added(self, path: str, interface: ServiceInterface) -> None:
         if self._disconnected:
@@ -107,6 +119,12 @@ class _Bus(MessageBus):
             return
         self.send(Message.new_signal(path=ROOT_PATH, interface=OM_IFACE, member="InterfacesRemoved",
                                      signature="oas", body=[path, removed_interfaces]))
+
+
+def _call_name(fut: asyncio.Future) -> str:
+    """The D-Bus method a call's task runs (its coroutine is errors.mapped's wrapper, named as the method)."""
+    coro = fut.get_coro() if isinstance(fut, asyncio.Task) else None
+    return getattr(coro, "__name__", "") or "a method call"
 
 
 def _variants(iface: ServiceInterface) -> dict[str, Variant]:

@@ -302,3 +302,44 @@ def test_a_stop_after_the_bus_went_away_is_quiet(tmp_path, daemon_factory):
     assert d.wait_exit(10) == 0, d.log()
     after = d.log().split("stopping", 1)[-1]
     assert "Traceback" not in after and "ERROR" not in after, after
+
+
+async def test_a_call_running_past_the_stop_grace_ends_in_one_line(tmp_path, private_bus, daemon_factory):
+    """SIGTERM while a D-Bus call is still working (ListSessions waiting out the recorder's lock, its retries
+    with backoff: ~12 s): the stop waits service.STOP_GRACE for it, then the call is ended with one log line
+    naming it, no traceback, and the daemon exits 0 within its stop bound."""
+    import sqlite3
+
+    from steno_exportd.dbus.service import STOP_GRACE
+    require_core()
+    db = await asyncio.to_thread(make_library, tmp_path, 3)
+    c = sqlite3.connect(db)                 # a rollback journal: the recorder's EXCLUSIVE lock blocks readers
+    c.execute("PRAGMA journal_mode=DELETE")
+    c.close()
+    (tmp_path / "exports").mkdir()
+    cfg = write_config(tmp_path / "config.toml", tmp_path, private_bus,
+                       **{"recorder.lock_timeout": "0.2", "export.retries": "6"})
+    d = daemon_factory(cfg)
+    await asyncio.to_thread(d.wait_ready, 30)
+    bus = await MessageBus(bus_address=private_bus).connect()
+    recorder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    try:
+        recorder.execute("BEGIN EXCLUSIVE")
+        slow = asyncio.ensure_future(call(bus, ROOT_PATH, MANAGER_IFACE, "ListSessions", "a{sv}", [{}]))
+        await asyncio.sleep(1.0)
+        assert not slow.done(), "the call was not slow"
+        t0 = time.monotonic()
+        d.signal(signal.SIGTERM)
+        assert await asyncio.to_thread(d.wait_exit, 10) == 0, d.log()
+        took = time.monotonic() - t0
+        assert STOP_GRACE <= took < 5, f"stopped after {took:.1f} s (grace {STOP_GRACE} s, bound 5 s)"
+        r = await asyncio.wait_for(slow, 5)
+        assert r.message_type == MessageType.ERROR and r.error_name == ERR + "Failed" and "stopping" in r.body[0], \
+            (r.error_name, r.body)
+    finally:
+        recorder.close()
+        bus.disconnect()
+    after = d.log().split("stopping", 1)[-1]
+    assert "Traceback" not in after, after
+    lines = [x for x in after.splitlines() if "ListSessions" in x]
+    assert len(lines) == 1 and "still running" in lines[0], after

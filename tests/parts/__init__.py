@@ -5,6 +5,7 @@ Each component's fixtures live in their own module (tests/parts/<component>.py) 
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import time
@@ -118,3 +119,26 @@ def nest_folders(top, depth: int) -> None:
             fd = nfd
     finally:
         os.close(fd)
+
+
+class LoopLag:
+    """The longest time the event loop was late for a 10 ms tick (what every other caller waited at most)."""
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+        self._task: asyncio.Task | None = None
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            t = loop.time()
+            await asyncio.sleep(0.01)
+            self.worst = max(self.worst, loop.time() - t - 0.01)
+
+    def __enter__(self) -> "LoopLag":
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()

@@ -204,3 +204,41 @@ async def test_a_recording_starts_without_loading_its_transcript(web_client, ses
     no_audio = next(s for s in sessions.values() if s.audio is None)
     r = await client.get(f"/sessions/{no_audio.id}/audio")
     assert r.status == 404 and "no usable recording" in await r.text()
+
+
+async def test_zip_clients_leaving_before_the_first_byte_stop_its_rendering(web_client, tmp_path, caplog):
+    """THREATS: a guest must never exhaust CPU. Guests open ZIPs of a long meeting's PDF (seconds of reportlab in
+    the render worker before the first byte) and leave at once: the rendering stops within a second of them
+    leaving (the worker burns no more CPU), one INFO line each, and the next ZIP is served whole."""
+    from tests.engine.test_cancel_render import _long_session, cpu_seconds, render_workers
+    from tests.recorder_db import RecorderDB
+
+    caplog.set_level(logging.INFO)
+    rec = RecorderDB(tmp_path / "rec", threads=True)
+    try:
+        long = await asyncio.to_thread(_long_session, rec, 15_000)       # its PDF: seconds of CPU (~0.6 ms an entry)
+        short = await asyncio.to_thread(_long_session, rec, 5)
+        client, _ = await web_client(rec.root, **{"recorder.db_path": str(rec.path)})
+        guests = []
+        for _ in range(4):
+            reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+            writer.write(f"GET /zip?formats=pdf&id={long} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            guests.append(writer)
+        await until(lambda: render_workers() and cpu_seconds(render_workers()) >= 0.5, "the PDF rendering",
+                    timeout=60)
+        for writer in guests:
+            leave(writer)
+        await asyncio.sleep(1.0)                         # the bound: rendering for nobody ends within a second
+        workers = await asyncio.to_thread(render_workers)
+        before = await asyncio.to_thread(cpu_seconds, workers)
+        await asyncio.sleep(2.0)
+        burnt = await asyncio.to_thread(cpu_seconds, workers) - before
+        assert burnt < 0.2, f"the render worker went on rendering for clients that left: {burnt:.2f} s of CPU in 2 s"
+        await until(lambda: len([r for r in caplog.records if "client left" in r.getMessage()]) == 4,
+                    "one line per client that left", in_thread=False)
+        r = await asyncio.wait_for(client.get("/zip", params={"formats": "pdf", "id": str(short)}), 60)
+        assert zipfile.ZipFile(io.BytesIO(await r.read())).testzip() is None
+        noisy = [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+        assert not noisy, [f"{r.levelname} {r.name}: {r.getMessage()}" for r in noisy]
+    finally:
+        rec.close()
