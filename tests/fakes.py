@@ -80,6 +80,13 @@ class FakeLibrary:
                 return s
         raise NotFoundError(f"no session {key!r}")
 
+    @property
+    def data_dir(self) -> Path:
+        """The recorder's data folder, as Library.data_dir: here the folder that holds every session's recording
+        (the engine opens each recording through it without following a symlink)."""
+        parents = [str(s.audio.path.parent) for s in self.sessions.values() if s.audio is not None]
+        return Path(os.path.commonpath(parents)) if parents else Path("/")
+
     def data_version(self) -> int:
         return self._version
 
