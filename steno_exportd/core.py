@@ -11,7 +11,7 @@ from typing import Any, Awaitable, Callable, Mapping
 from steno_exportd import events as ev
 from steno_exportd import render, request, retention
 from steno_exportd.access import Access, Login, PairingCode, share_url
-from steno_exportd.access.store import LINK_TOKEN_CHARS
+from steno_exportd.access.store import AT_DEVICE, LINK_TOKEN_CHARS
 from steno_exportd.config import Config, is_loopback
 from steno_exportd.devices import DeviceRegistry
 from steno_exportd.engine.identity import recorder_folder
@@ -289,21 +289,24 @@ class Core:
         return (checked.operation, target, options.target_name or checked.name,
                 checked.formats or tuple(self.cfg.export.formats))
 
-    async def email_sessions(self, ids: Any, formats: Any, recipients: list[str],
-                             template: str | None = None) -> ev.OutboxEntry:
+    async def email_sessions(self, ids: Any, formats: Any, recipients: list[str], template: str | None = None,
+                             *, made_by: str = AT_DEVICE, login_id: str = "") -> ev.OutboxEntry:
         """Validate and store a message with the sessions' documents attached; it is composed and sent
-        in the background (core.outbox lists it, OutboxUpdated follows it)."""
+        in the background (core.outbox lists it, OutboxUpdated follows it). ``made_by``, ``login_id``: who asked,
+        as for Access.create_link; the share links the message carries are recorded as made by them."""
         keys = request.session_keys(ids)
         names = request.format_names(formats) or tuple(self.cfg.export.formats)
         template = template or self.cfg.export.template
         await asyncio.to_thread(request.template_name, template, self.cfg.render.template_dir)
         session_ids = request.resolve_sessions(keys, await self.listing(), ExportOptions())
-        return await self.outbox.email_sessions(list(session_ids), list(names), recipients, template)
+        return await self.outbox.email_sessions(list(session_ids), list(names), recipients, template,
+                                                made_by=made_by, login_id=login_id)
 
-    async def retry_mail(self, entry_id: Any) -> ev.OutboxEntry:
-        """Send a failed or cancelled message again (composed anew), or a queued one now; InvalidArgument for an
-        id that names no message, BusyError while it is being composed or sent."""
-        return await self.outbox.retry(request.outbox_id(entry_id))
+    async def retry_mail(self, entry_id: Any, *, made_by: str = AT_DEVICE, login_id: str = "") -> ev.OutboxEntry:
+        """Send a failed or cancelled message again (composed anew; its new share links made by ``made_by``,
+        ``login_id``, who asked for it again), or a queued one now; InvalidArgument for an id that names no
+        message, BusyError while it is being composed or sent."""
+        return await self.outbox.retry(request.outbox_id(entry_id), made_by=made_by, login_id=login_id)
 
     async def cancel_mail(self, entry_id: Any) -> ev.OutboxEntry:
         """Withdraw a message still waiting to be sent; InvalidArgument for a bad id or a finished message."""
@@ -321,11 +324,12 @@ class Core:
         """The web adapter says where it listens (its URL without http.public_url); "" when it stops."""
         self._listening = url.rstrip("/")
 
-    def _mail_links(self) -> Links | str:
+    def _mail_links(self, made_by: str = AT_DEVICE, login_id: str = "") -> Links | str:
         """Share links for files too large to mail (email.oversize = "link"), or why there can be none.
 
-        Links are made as the web page and D-Bus make them (Access.create_link: its limits and checks) and
-        addressed as they address them (access.share_url: http.public_url, else <hostname>.local)."""
+        Links are made as the web page and D-Bus make them (Access.create_link: its limits and checks), made by
+        whoever asked for the message (a browser's login: revoked with that login's links), and addressed as
+        they address them (access.share_url: http.public_url, else <hostname>.local)."""
         cfg, loop = self.cfg, self._loop
         sl = cfg.http.share_links
         if not self.web_url or loop is None:
@@ -337,7 +341,8 @@ class Core:
 
         def make(session_id: int) -> str:
             # called from the message's compose thread: the link is made on the core's loop, as for any caller
-            made = asyncio.run_coroutine_threadsafe(self.access.create_link(cfg, session_id, hours, uses), loop)
+            made = asyncio.run_coroutine_threadsafe(
+                self.access.create_link(cfg, session_id, hours, uses, made_by=made_by, login_id=login_id), loop)
             link = made.result(LINK_TIMEOUT)
             log.info("share link %s… for session %d: a file too large to mail", link.token[:6], session_id)
             return link.token

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
 from steno_exportd import events as ev
 from steno_exportd.access import Login, PairingCode
+from steno_exportd.access.store import AT_DEVICE
 from steno_exportd.config import Config
 from steno_exportd.core import Core
 from steno_exportd.devices import DeviceRegistry
@@ -262,10 +263,11 @@ class FakeCore:
             task.add_done_callback(self._tasks.discard)
         return job
 
-    async def email_sessions(self, ids: Any, formats: Any, recipients: list[str],
-                             template: str | None = None) -> ev.OutboxEntry:
+    async def email_sessions(self, ids: Any, formats: Any, recipients: list[str], template: str | None = None,
+                             *, made_by: str = AT_DEVICE, login_id: str = "") -> ev.OutboxEntry:
         """Core's checks, then the real outbox (composed and queued there; nothing sends it here)."""
-        return await self._core.email_sessions(ids, formats, recipients, template)
+        return await self._core.email_sessions(ids, formats, recipients, template, made_by=made_by,
+                                               login_id=login_id)
 
     def set_ejector(self, ejector: Any) -> None:
         self._ejector = ejector
@@ -314,8 +316,8 @@ class FakeCore:
     async def set_web_password(self, password: str) -> None:
         await self._core.set_web_password(password)
 
-    async def retry_mail(self, entry_id: Any) -> ev.OutboxEntry:
-        return await self._core.retry_mail(entry_id)
+    async def retry_mail(self, entry_id: Any, *, made_by: str = AT_DEVICE, login_id: str = "") -> ev.OutboxEntry:
+        return await self._core.retry_mail(entry_id, made_by=made_by, login_id=login_id)
 
     async def cancel_mail(self, entry_id: Any) -> ev.OutboxEntry:
         return await self._core.cancel_mail(entry_id)

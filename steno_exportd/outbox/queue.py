@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from steno_exportd import events as ev
+from steno_exportd.access.store import AT_DEVICE
 from steno_exportd.config import Config
 from steno_exportd.engine.plan import render_options
 from steno_exportd.errors import BusyError, InvalidArgument, NotFoundError, StenoError
@@ -97,11 +98,11 @@ class Outbox:
     """The core's mail queue; blocking DB work runs in threads, state changes are published as events."""
 
     def __init__(self, cfg: Config, events: ev.EventBus, library: Callable[[], Any],
-                 links: Callable[[], content.Links | str] = lambda: "no web page") -> None:
+                 links: Callable[[str, str], content.Links | str] = lambda made_by, login_id: "no web page") -> None:
         self.cfg = cfg
         self.events = events
         self._library = library
-        self._links = links               # share links for what is too large (email.oversize = "link")
+        self._links = links               # (made_by, login_id) -> share links for what is too large (oversize)
         self.dir = Path(cfg.state.dir) / "outbox"
         self._db_path = Path(cfg.state.dir) / "state.db"
         self._db: sqlite3.Connection | None = None
@@ -235,8 +236,9 @@ class Outbox:
 
     # -- sessions by email -----------------------------------------------------------
     async def email_sessions(self, session_ids: Sequence[int], formats: Sequence[str], recipients: object,
-                             template: str) -> ev.OutboxEntry:
-        """Store a message for sessions (checked ids) and formats; it is composed and sent in the background."""
+                             template: str, *, made_by: str = AT_DEVICE, login_id: str = "") -> ev.OutboxEntry:
+        """Store a message for sessions (checked ids) and formats; it is composed and sent in the background, its
+        share links made by who asked for it (``made_by``, ``login_id``: as for Access.create_link)."""
         if not self.cfg.email.enabled:
             raise InvalidArgument("email is off: set [email] enabled = true in the config")
         addresses = parse_recipients(recipients)
@@ -250,7 +252,8 @@ class Outbox:
                                   "try again when they are out")
         summaries = {s.id: s for s in await asyncio.to_thread(self._library().list_sessions)}
         subject = content.sessions_subject([summaries[i].title if i in summaries else "" for i in session_ids])
-        request = dict(sessions=list(session_ids), formats=list(formats), template=template)
+        request = dict(sessions=list(session_ids), formats=list(formats), template=template, made_by=made_by,
+                       made_by_login=login_id)
         entry = await asyncio.to_thread(self._insert, "sessions", ev.OutboxState.COMPOSING, subject,
                                         [str(a) for a in addresses], request)
         self._publish(entry)
@@ -290,7 +293,9 @@ class Outbox:
             lib = self._library()
             sessions = [lib.get_session(i) for i in request["sessions"]]
             limit = int(self.cfg.email.max_message_mb * 1024 * 1024)
-            links = self._links() if self.cfg.email.oversize == "link" else None
+            # a row from before makers were kept: made at the recorder, as then
+            links = (self._links(request.get("made_by", AT_DEVICE), request.get("made_by_login", ""))
+                     if self.cfg.email.oversize == "link" else None)
             draft, left_out = content.sessions_draft(sessions, request["formats"],
                                                      render_options(self.cfg, request["template"]),
                                                      self.cfg.email.sender, entry.recipients, limit, links)
@@ -413,16 +418,17 @@ class Outbox:
             raise InvalidArgument(f"there is no message {entry_id} in the outbox (steno-exportctl outbox lists them)")
         return entry
 
-    async def retry(self, entry_id: int) -> ev.OutboxEntry:
+    async def retry(self, entry_id: int, *, made_by: str = AT_DEVICE, login_id: str = "") -> ev.OutboxEntry:
         """Send a failed or cancelled message again (composed anew from its row, to every recipient that has not
-        got it, with a fresh give_up_hours), or a queued one now instead of after its back-off."""
+        got it, with a fresh give_up_hours, its new share links made by who asks now: ``made_by``, ``login_id``),
+        or a queued one now instead of after its back-off."""
         entry = self._listed(entry_id)
         if entry.state in (ev.OutboxState.COMPOSING, ev.OutboxState.SENDING):
             raise BusyError(f"message {entry_id} is being {'composed' if entry.state == 'composing' else 'sent'} "
                             "right now; try again in a moment")
         if entry.state == ev.OutboxState.SENT:
             raise InvalidArgument(f"message {entry_id} was sent; there is nothing to retry")
-        changed, updated = await asyncio.to_thread(self._retry_sync, entry)
+        changed, updated = await asyncio.to_thread(self._retry_sync, entry, made_by, login_id)
         if not changed:                     # the mail adapter took it in between
             raise BusyError(f"message {entry_id} is being sent right now")
         log.info("message %d: retry asked for (%s)", entry_id, entry.state)
@@ -431,7 +437,7 @@ class Outbox:
         self._compose_wake.set()
         return updated
 
-    def _retry_sync(self, entry: ev.OutboxEntry) -> tuple[int, ev.OutboxEntry]:
+    def _retry_sync(self, entry: ev.OutboxEntry, made_by: str, login_id: str) -> tuple[int, ev.OutboxEntry]:
         if entry.state == ev.OutboxState.QUEUED:
             changed = self._n("UPDATE outbox SET next_attempt=0 WHERE id=? AND state='queued'", (entry.id,))
             return changed, self._row(entry.id)
@@ -439,9 +445,13 @@ class Outbox:
         pending = list(entry.recipients) + [a for a in map(_refused_address, entry.refused) if a]
         if not pending:
             raise InvalidArgument(f"message {entry.id} has nobody left to send it to")
+        request = json.loads(self._x("SELECT request FROM outbox WHERE id=?", (entry.id,))[0][0])
+        if entry.kind == "sessions":
+            request.update(made_by=made_by, made_by_login=login_id)
         changed = self._n("UPDATE outbox SET state='composing', recipients=?, refused='[]', attempts=0, "
-                          "next_attempt=0, error='', finished=0, created=? WHERE id=? AND state IN "
-                          "('failed','cancelled')", (json.dumps(pending), time.time(), entry.id))
+                          "next_attempt=0, error='', finished=0, created=?, request=? WHERE id=? AND state IN "
+                          "('failed','cancelled')", (json.dumps(pending), time.time(), json.dumps(request),
+                                                     entry.id))
         return changed, self._row(entry.id)
 
     async def cancel(self, entry_id: int) -> ev.OutboxEntry:

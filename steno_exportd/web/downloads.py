@@ -508,6 +508,10 @@ async def selection_zip(request: web.Request) -> web.StreamResponse:
                             f"SilentSteno {stamp} ({len(ids)} sessions).zip", "page")
 
 
+# the page's own downloads (each one written to the audit log): never for another site's page (app.access)
+AUDITED = (audio, rendered, session_zip, selection_zip)
+
+
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/sessions/{key}/audio", audio)

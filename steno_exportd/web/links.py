@@ -25,12 +25,18 @@ from steno_exportd.web.human import fmt_duration, fmt_when
 TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
+def link_maker(request: web.Request) -> tuple[str, str]:
+    """(made_by, login_id) of a share link made for this request, also in a mail it asks for: this browser's
+    login (its links are revoked with it), or the page when it needs no login (BY_PAGE)."""
+    login = request.get(LOGIN)
+    return (login.kind, login.id) if login is not None else (BY_PAGE, "")
+
+
 async def new_link(request: web.Request, session_id: int, hours: Any, max_downloads: Any, pin: str) -> dict:
     """A link made by this browser's login (it is revoked with that login's links), or by the page when it
     needs no login."""
     ctx: WebContext = request.app[CTX]
-    login = request.get(LOGIN)
-    made_by, login_id = (login.kind, login.id) if login is not None else (BY_PAGE, "")
+    made_by, login_id = link_maker(request)
     try:
         link = await ctx.access.create_link(ctx.cfg, session_id, hours, max_downloads, pin, made_by, login_id)
     except NotAllowedError as e:            # the login ended while the link was being made

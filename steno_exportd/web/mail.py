@@ -12,6 +12,7 @@ from steno_exportd.formats import FORMATS
 from steno_exportd.outbox.queue import MAX_SESSIONS
 from steno_exportd.web.context import CTX, WebContext, number, read_form, session_key
 from steno_exportd.web.human import fmt_when
+from steno_exportd.web.links import link_maker
 
 MAX_RECIPIENTS_TEXT = 16_000        # the form's address field (50 addresses of at most 320 characters)
 OUTBOX_SHOWN = 50                   # messages the selection's mail page lists, newest first
@@ -50,8 +51,10 @@ async def email_api(request: web.Request) -> web.Response:
     template = body.get("template") or None
     if template is not None and not isinstance(template, str):
         raise InvalidArgument("template: a string")
+    made_by, login_id = link_maker(request)
     entry = await ctx.core.email_sessions([request.match_info["key"]], _strings(body.get("formats", []), "formats"),
-                                          _strings(body.get("recipients"), "recipients"), template)
+                                          _strings(body.get("recipients"), "recipients"), template,
+                                          made_by=made_by, login_id=login_id)
     return web.json_response(outbox_json(entry), status=202)
 
 
@@ -70,7 +73,8 @@ async def email_form(request: web.Request) -> web.Response:
     form = await read_form(request)
     recipients = _recipients(form)
     formats = [str(f) for f in form.getall("formats", [])] if form else []
-    await ctx.core.email_sessions([s.id], formats, recipients)
+    made_by, login_id = link_maker(request)
+    await ctx.core.email_sessions([s.id], formats, recipients, made_by=made_by, login_id=login_id)
     raise web.HTTPSeeOther(f"/sessions/{s.id}#email")
 
 
@@ -103,15 +107,20 @@ async def selection_send(request: web.Request) -> web.Response:
     keys = _selected(form.getall("id", []) if form else [])
     if not keys:
         raise InvalidArgument("select at least one meeting")
-    entry = await ctx.core.email_sessions(keys, [str(f) for f in form.getall("formats", [])], _recipients(form))
+    made_by, login_id = link_maker(request)
+    entry = await ctx.core.email_sessions(keys, [str(f) for f in form.getall("formats", [])], _recipients(form),
+                                          made_by=made_by, login_id=login_id)
     raise web.HTTPSeeOther(f"/email?sent={entry.id}")
 
 
 async def outbox_action(request: web.Request) -> web.Response:
     """POST /email/outbox/{id}/retry|cancel: the outbox page's buttons; the core checks the id and the state."""
     core = request.app[CTX].core
-    act = {"retry": core.retry_mail, "cancel": core.cancel_mail}[request.match_info["action"]]
-    await act(request.match_info["id"])
+    if request.match_info["action"] == "retry":       # composed anew: its new links are this browser's
+        made_by, login_id = link_maker(request)
+        await core.retry_mail(request.match_info["id"], made_by=made_by, login_id=login_id)
+    else:
+        await core.cancel_mail(request.match_info["id"])
     raise web.HTTPSeeOther("/email#outbox")
 
 

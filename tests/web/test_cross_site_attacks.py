@@ -2,12 +2,19 @@
 could still read or change. Real requests to the real app; Chromium where the browser's own behaviour matters."""
 from __future__ import annotations
 
+import contextlib
+import http.server
+import json
+import logging
 import os
+import threading
 import time
+import urllib.request
 
 import pytest
 
 from tests.parts.chromium import chromium_page  # noqa: F401
+from tests.parts import wait_for
 from tests.web.helpers import PASSWORD, PASSWORD_HASH, anonymous, csrf, login_form, raw, request, with_audio
 from tests.web.test_hostile_files import recordings
 from tests.web.test_share_caps import make_link
@@ -93,6 +100,54 @@ async def test_a_copied_cookie_keeps_no_access_through_a_share_link_it_made(web_
         await owner.session.close()
         await thief.session.close()
 
+
+# what Chromium sends when a page of another site makes the user's browser ask: an <img>, <audio> or
+# fetch(no-cors), an <iframe>, a link the user follows (the page cannot read any answer: no CORS)
+FROM_ELSEWHERE = {
+    "img": {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image",
+            "Referer": "http://evil.example/"},
+    "iframe": {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "iframe"},
+    "link": {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document",
+             "Sec-Fetch-User": "?1"}}
+OWN_PAGE = {"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
+TYPED = {"Sec-Fetch-Site": "none", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}    # or bookmarked
+
+
+def downloads_of(sid: int) -> list[str]:
+    return [f"/sessions/{sid}/audio?dl=1", f"/sessions/{sid}/download/txt", f"/sessions/{sid}/zip", f"/zip?id={sid}"]
+
+
+async def test_a_page_elsewhere_adds_no_download_to_the_audit_log_while_the_page_needs_no_login(
+        web_client, sessions, caplog):
+    """http.auth.mode = "none": no cookie stands between another site's page and the recorder's downloads. What
+    it makes the user's browser ask for is refused (one log line for many), and the session's audit log lists
+    only the downloads the user made: from the page itself, typed or bookmarked, or by a share link (opened
+    from a mail or a chat, elsewhere by design)."""
+    client, core = await web_client()
+    s = with_audio(sessions)
+    port = client.server.port
+    caplog.set_level(logging.INFO, logger="steno_exportd")
+    got = {}
+    for _ in range(3):
+        for kind, headers in FROM_ELSEWHERE.items():
+            for path in downloads_of(s.id):
+                status, _, body = await raw(port, request("GET", path, port, headers))
+                got[kind, path] = status, b"another site" in body
+    audit = await (await client.get(f"/api/v1/sessions/{s.id}/audit")).json()
+    assert audit == [], f"downloads another site asked for are in the audit log: {audit[:4]}"
+    assert set(got.values()) == {(403, True)}, got
+    assert len([r for r in caplog.records if "cross-site GET" in r.getMessage()]) == 1, caplog.text
+
+    # a link from elsewhere to the page itself opens it
+    assert (await raw(port, request("GET", f"/sessions/{s.id}", port, FROM_ELSEWHERE["link"])))[0] == 200
+    for headers in (OWN_PAGE, TYPED, {}):          # {}: a client that sends no fetch metadata (curl, an old browser)
+        assert (await raw(port, request("GET", f"/sessions/{s.id}/audio?dl=1", port, headers)))[0] == 200
+    link = await make_link(client, s.id, max_downloads=5)
+    assert (await raw(port, request("GET", f"/s/{link['token']}/audio", port, FROM_ELSEWHERE["link"])))[0] == 200
+    audit = await (await client.get(f"/api/v1/sessions/{s.id}/audit")).json()
+    assert sorted(x["via"][:10] for x in audit) == ["page"] * 3 + ["share link"], audit
+
+
 # Chromium last: its (module-scoped) Playwright loop would stop the async tests above from starting theirs
 def test_after_logout_the_browser_does_not_play_a_recording_from_its_cache(web_daemon, own_lib, chromium_page):
     """A shared computer: the user listened to a meeting and logged out; the next person opens the recording's
@@ -114,3 +169,54 @@ def test_after_logout_the_browser_does_not_play_a_recording_from_its_cache(web_d
     page.wait_for_url("**/login")
     page.goto(audio)
     assert "/login" in page.url, f"after logout Chromium still shows {page.url} (from its cache)"
+
+
+class _EvilPage(http.server.BaseHTTPRequestHandler):
+    """Another site's page: it makes the visitor's browser ask the recorder for downloads."""
+    html = b""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(self.html)))
+        self.end_headers()
+        self.wfile.write(self.html)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def evil_site(html: str):
+    """The page on a host of its own (127.0.0.2: another site to Chromium than the recorder's 127.0.0.1)."""
+    handler = type("Evil", (_EvilPage,), {"html": html.encode()})
+    server = http.server.ThreadingHTTPServer(("127.0.0.2", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.2:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def test_a_page_elsewhere_opened_in_chromium_adds_no_download_to_the_audit_log(web_daemon, own_lib, chromium_page):
+    """The real daemon with no login (mode "none", its default on loopback); the user opens another site's page
+    in Chromium; it embeds the recorder's downloads. The audit log a user reads stays empty."""
+    sid = next(iter(recordings(own_lib)))
+    d = web_daemon(own_lib)
+    tags = "".join(f'<img src="{d.url}{p}">' for p in downloads_of(sid))
+    tags += f'<iframe src="{d.url}/sessions/{sid}/zip"></iframe>'
+    tags += f'<script>fetch("{d.url}/sessions/{sid}/download/txt", {{mode: "no-cors"}}).finally(() => ' \
+            'document.title = "fetched")</script>'
+    with evil_site(f"<!doctype html><title>cats</title>{tags}") as url:
+        chromium_page.goto(url, wait_until="load")
+        chromium_page.wait_for_function("document.title === 'fetched'", timeout=30_000)
+
+    def audit() -> list:
+        with urllib.request.urlopen(f"{d.url}/api/v1/sessions/{sid}/audit", timeout=30) as r:
+            return json.loads(r.read())
+    wait_for(lambda: audit() or "cross-site GET" in d.log(), timeout=30, what="the requests at the daemon")
+    assert audit() == [], f"downloads another site asked for are in the audit log: {audit()}\n{d.log()[-3000:]}"
+    assert d.log().count("cross-site GET") == 1, d.log()

@@ -3,12 +3,17 @@
 downloads under them; links made at the recorder stay. Real Core and app; guests are fresh browsers."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import re
 
 import pytest
 
 from steno_exportd import config
 from steno_exportd.access.passwords import hash_password
+from steno_exportd.mail import sender
+from tests.parts import until
 from tests.web.helpers import PASSWORD, PASSWORD_HASH, anonymous, login_form, slow_download, with_audio
 from tests.web.test_logins import page_token
 from tests.web.test_pairing import pair
@@ -153,3 +158,71 @@ async def test_links_made_while_no_login_was_needed_end_with_log_out_everywhere(
         assert (await guest_status(client, token), await guest_status(client, device)) == (410, 200)
     finally:
         await owner.session.close()
+
+
+# mail to a real SMTP server; every recording is over the limit, so a message carries a share link instead
+MAIL = {"email.enabled": True, "email.smtp_host": "127.0.0.1", "email.sender": "steno@recorder.example",
+        "email.max_message_mb": 0.01, "email.oversize": "link"}
+MAILED_LINK = re.compile(r"/s/([A-Za-z0-9_-]{24})/audio\?dl=1")
+
+
+async def ask_mail(browser, route: str, sid: int, to: str, core, server) -> None:
+    """The browser asks for session ``sid``'s recording by mail to ``to``: by the session page's form, the API,
+    the list page's selection form, or the outbox page's "Send again" of a message that failed."""
+    token = await page_token(browser)
+    if route == "api":
+        r = await browser.post(f"/api/v1/sessions/{sid}/email", headers={"X-CSRF-Token": token},
+                               json={"recipients": [to], "formats": ["audio"]})
+        assert r.status == 202, await r.text()
+        return
+    if route == "retry":
+        server.handler.data_answers = ["554 5.7.1 refused by policy"]
+        entry = await core.email_sessions([sid], ["audio"], [to])
+        await until(lambda: core.outbox.get(entry.id).state == "failed", "the message failed", in_thread=False)
+        path, fields = f"/email/outbox/{entry.id}/retry", []
+    else:
+        path, fields = {"form": (f"/sessions/{sid}/email", []), "selection": ("/email", [("id", str(sid))])}[route]
+        fields += [("recipients", to), ("formats", "audio")]
+    r = await browser.post(path, allow_redirects=False, data=[("csrf", token), *fields])
+    assert r.status == 303, await r.text()
+
+
+@pytest.mark.parametrize("route, how", [("form", "everywhere"), ("api", "everywhere"), ("selection", "everywhere"),
+                                        ("retry", "everywhere"), ("form", "new password")])
+async def test_a_link_mailed_for_a_copied_cookie_ends_with_its_login_and_one_mailed_at_the_recorder_stays(
+        web_client, smtp_server, sessions, route, how):
+    """A copied cookie has the recording mailed out (too large to attach: the mail carries a share link), or a
+    failed message sent again; the owner logs out everywhere or sets a new password: that link no longer serves
+    the recording. A mail asked for at the recorder (the core's call, as D-Bus and the schedules make it) keeps
+    its link."""
+    server = await asyncio.to_thread(smtp_server, "none", False)
+    client, core = await web_client(**CLOSED, **MAIL, **{"email.smtp_port": server.port})
+    core.set_web_url(f"http://127.0.0.1:{client.server.port}")      # what serve() tells the daemon's core
+    await core.set_web_password(PASSWORD)
+    s = with_audio(sessions)
+    task = asyncio.create_task(sender.run(core))
+    owner, thief = await anonymous(client), await anonymous(client)
+    try:
+        assert (await login_form(owner, PASSWORD)).status == 303
+        thief.session.cookie_jar.update_cookies(
+            {"steno_session": next(c.value for c in owner.session.cookie_jar if c.key == "steno_session")})
+        await ask_mail(thief, route, s.id, "eve@example.org", core, server)
+        await core.email_sessions([s.id], ["audio"], ["owner@example.org"])
+        await until(lambda: len(server.received) == 2, "both mails at the server", timeout=60, in_thread=False)
+        tokens = {m.rcpt_tos[0]: MAILED_LINK.search(m.text()).group(1) for m in server.received}
+        assert {to: await guest_status(client, t) for to, t in tokens.items()} == \
+            {"eve@example.org": 200, "owner@example.org": 200}
+        if how == "everywhere":
+            r = await owner.post("/logout", allow_redirects=False,
+                                 data={"csrf": await page_token(owner), "everywhere": "1"})
+            assert r.status == 303
+        else:
+            await core.set_web_password("another good password")
+        assert {to: await guest_status(client, t) for to, t in tokens.items()} == \
+            {"eve@example.org": 410, "owner@example.org": 200}
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await owner.session.close()
+        await thief.session.close()
