@@ -245,9 +245,9 @@ class SourceResponse(web.StreamResponse):
 
 async def send_span(request: web.BaseRequest, src: Any, start: int, count: int) -> int:
     """count bytes of an open file from start, by sendfile; ClientLeft or FileEnded (both ConnectionErrors)."""
-    if gone(request):
-        raise ClientLeft(0)
     transport = request.transport
+    if transport is None or transport.is_closing():
+        raise ClientLeft(0)
     await request.writer.drain()
     f = io.FileIO(src.fileno(), "rb", closefd=False)
     try:
