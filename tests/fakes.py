@@ -58,8 +58,9 @@ def summary(i: int, status: str = "completed") -> SessionSummary:
 class FakeLibrary:
     """The Library API over sessions in memory; ``add`` replaces a session with the same id."""
 
-    def __init__(self, sessions: Iterable[Session] = ()) -> None:
+    def __init__(self, sessions: Iterable[Session] = (), data_dir: Path | None = None) -> None:
         self.sessions: dict[int, Session] = {}
+        self._data_dir = data_dir
         self._version = 0
         self.add(*sessions)
 
@@ -84,7 +85,9 @@ class FakeLibrary:
     @property
     def data_dir(self) -> Path:
         """The recorder's data folder, as Library.data_dir: here the folder that holds every session's recording
-        (the engine opens each recording through it without following a symlink)."""
+        (the engine opens each recording through it without following a symlink), unless one was given."""
+        if self._data_dir is not None:
+            return self._data_dir
         parents = [str(s.audio.path.parent) for s in self.sessions.values() if s.audio is not None]
         return Path(os.path.commonpath(parents)) if parents else Path("/")
 

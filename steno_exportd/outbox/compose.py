@@ -19,6 +19,8 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import IO, Any, Sequence
 
+from steno_exportd.recordings import SourceRef
+
 POLICY = email.policy.SMTP               # CRLF line ends; refuses CR/LF inside a header value
 BLOCK = 57 * 16 * 1024                   # base64 input per block: whole 76-character lines (57 bytes each)
 TEMPLATES = Path(__file__).parent / "templates"
@@ -31,6 +33,7 @@ class Attachment:
     media_type: str
     data: bytes | None = None           # a rendered document
     path: Path | None = None            # a file sent as it is (a recording)
+    source: SourceRef | None = None     # the recording as the library checked it: opened through the data folder
     size: int = 0
     recording: bool = False
 
@@ -131,7 +134,11 @@ def _stream_base64(a: Attachment, out: IO[bytes]) -> None:
             out.write(base64.encodebytes(a.data[i:i + BLOCK]).replace(b"\n", b"\r\n"))
         return
     assert a.path is not None
-    fd = os.open(a.path, os.O_RDONLY | os.O_NOFOLLOW)   # never follow a symlink in the recorder's folder
+    if a.source is not None:            # no symlink followed in any folder of it, and the very file checked
+        with a.source.open() as src:
+            fd = os.dup(src.fileno())
+    else:
+        fd = os.open(a.path, os.O_RDONLY | os.O_NOFOLLOW)   # never follow a symlink in the recorder's folder
     with os.fdopen(fd, "rb") as f:
         left = a.size
         while left > 0:

@@ -5,10 +5,11 @@ import dataclasses
 import datetime as dt
 import socket
 import time
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from steno_exportd.engine.naming import resolve_collision, safe_name
-from steno_exportd.engine.plan import plan_session, render_file
+from steno_exportd.engine.plan import plan_session, render_file, source_ref
 from steno_exportd.render.base import RenderOptions
 from steno_exportd.outbox.compose import Attachment, Draft, body, fit, media_type, one_line, size_of
 from steno_exportd.render.common import date_text, session_context
@@ -62,11 +63,12 @@ def domain_of(sender: str) -> str:
 
 def sessions_draft(sessions: Sequence[Any], formats: Sequence[str], options: RenderOptions, sender: str,
                    recipients: Sequence[str], limit: int,
-                   links: Links | str | None = None) -> tuple[Draft, tuple[str, ...]]:
+                   links: Links | str | None = None, data_dir: Path | None = None) -> tuple[Draft, tuple[str, ...]]:
     """The message for sessions with their documents (rendered like an export's files); and what was left out.
 
     Files over the limit are named in the body; with ``links`` (email.oversize = "link") each meeting concerned gets
-    a share link there, or ``links`` is the reason why it cannot (a text).
+    a share link there, or ``links`` is the reason why it cannot (a text). A recording is attached as the file the
+    library checked, opened through ``data_dir`` (the recorder's data folder) without following a symlink.
     """
     attachments: list[Attachment] = []
     problems: list[str] = []
@@ -83,7 +85,8 @@ def sessions_draft(sessions: Sequence[Any], formats: Sequence[str], options: Ren
             whose[name] = s
             if pf.source is not None:
                 attachments.append(Attachment(name, media_type(name), path=pf.source, size=pf.size,
-                                              recording=pf.fmt == "audio"))
+                                              recording=pf.fmt == "audio",
+                                              source=source_ref(pf, s, data_dir) if data_dir is not None else None))
             else:
                 data = render_file(pf, s)
                 attachments.append(Attachment(name, media_type(name), data=data, size=len(data)))

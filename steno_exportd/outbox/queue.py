@@ -298,7 +298,8 @@ class Outbox:
                      if self.cfg.email.oversize == "link" else None)
             draft, left_out = content.sessions_draft(sessions, request["formats"],
                                                      render_options(self.cfg, request["template"]),
-                                                     self.cfg.email.sender, entry.recipients, limit, links)
+                                                     self.cfg.email.sender, entry.recipients, limit, links,
+                                                     lib.data_dir)
         token = f"{entry.id}-{secrets.token_hex(8)}.eml"
         path = self.dir / token
         size = write(draft, path, content.domain_of(draft.sender))

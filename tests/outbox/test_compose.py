@@ -80,3 +80,34 @@ def test_fit_leaves_out_recordings_first_then_the_largest():
     assert fit([rec, big, small], 3000) == ([big, small], [rec])
     assert fit([rec, big, small], 1000) == ([small], [rec, big])
     assert fit([rec, big, small], 10) == ([], [rec, big, small])
+
+
+def test_a_recording_whose_folder_is_swapped_for_a_symlink_after_its_check_is_not_attached(tmp_path):
+    """THREATS.md: whoever writes the recorder's data folder may swap a folder for a symlink at any moment. A mail
+    was composed from the session the library checked; its recording's folder is then swapped for a symlink to a
+    folder of the daemon's own holding a file of the same name. The message must not carry that file."""
+    from steno_exportd.engine.plan import render_options
+    from steno_exportd.outbox import content
+    from steno_exportd.recordings import SourceError
+    from tests.configs import make_config
+    from tests.fakes import FakeLibrary, make_session
+    data = tmp_path / "data"
+    (data / "audio").mkdir(parents=True)
+    rec = data / "audio" / "s1.wav"
+    rec.write_bytes(os.urandom(64 * 1024))
+    secret_dir = tmp_path / "state"
+    secret_dir.mkdir()
+    (secret_dir / "s1.wav").write_bytes((b"SECRET-OF-THE-DAEMON " * 4000)[:64 * 1024])     # the very same size
+    lib = FakeLibrary([make_session(1, rec)], data_dir=data)
+    cfg = make_config(tmp_path)
+    d, _ = content.sessions_draft([lib.get_session(1)], ["audio"], render_options(cfg, None), "steno@r.example",
+                                  ["alice@example.org"], 10 << 20, data_dir=lib.data_dir)
+    os.rename(data / "audio", data / "audio.real")           # the swap, at the worst moment: after the check
+    os.symlink(secret_dir, data / "audio")
+    out = tmp_path / "m.eml"
+    with pytest.raises((OSError, SourceError)) as e:
+        write(d, out, "r.example")
+        raise AssertionError("the message was written: " + ("with the daemon's file attached" if b"U0VDUkVU" in
+                             out.read_bytes() or b"SECRET" in parse(out).as_bytes() else "without it"))
+    assert "symlink" in str(e.value) or "changed" in str(e.value), e.value
+    assert not out.exists() and not list(tmp_path.glob(".m.eml*")), "a part of the message was left behind"
