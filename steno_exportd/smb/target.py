@@ -107,6 +107,8 @@ class SmbTarget:
 
     max_file_size: int | None = None
     atomic_dir_rename = True            # a folder rename is one request, atomic on the server
+    marks_partial = True                # people browse the NAS: someone's own 'Notes.partial' may sit beside ours
+                                        # (our marker in ours: one small write and one removal per session)
 
     def __init__(self, remote: SmbRemote, password: str | None = None, *, name: str = "") -> None:
         self.remote = remote
@@ -122,7 +124,7 @@ class SmbTarget:
         self._reader: SmbTarget | None = None
         self._reader_lock = threading.Lock()
 
-    save_every = 0.0                   # folders are renamed into place (no marker): saved after every session
+    save_every = 0.0                   # folders are renamed into place: saved after every session
     checks = 1                         # one read-back at a time beside the next session's writes (a NAS many
                                        # recorders share)
 

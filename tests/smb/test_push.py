@@ -832,7 +832,7 @@ def _left_alone(caplog, name: str) -> list[str]:
 @pytest.mark.parametrize("planted", ["Holiday.partial", "Holiday"])
 def test_a_deeply_nested_folder_in_the_recorder_folder_is_left_alone_and_the_push_lands(rec, planted, caplog):
     """Someone on the NAS leaves in the recorder's folder a folder the push cleans up as an interrupted one of its
-    own (a '<name>.partial' folder, or one holding the '.steno-incomplete' marker) with 1,500 folders nested in it.
+    own (one holding the '.steno-incomplete' marker, named '<name>.partial' or not) with 1,500 folders nested in it.
     Its removal went down one level after another over SMB (two round trips each) until Python's recursion limit,
     and the one line said 'SMB error on \\\\127.0.0.1\\push: RecursionError: maximum recursion depth exceeded'. Now,
     as on a stick, a tree deeper than MAX_TREE_DEPTH (8) is left alone, the line saying so, and the sessions land."""
@@ -840,8 +840,7 @@ def test_a_deeply_nested_folder_in_the_recorder_folder_is_left_alone_and_the_pus
     folder = root / "nas" / "rec-deep"
     folder.mkdir()
     nest_folders(folder / planted, 1_500)
-    if not planted.endswith(".partial"):
-        (folder / planted / MARKER).write_text("incomplete\n")
+    (folder / planted / MARKER).write_text("incomplete\n")     # (a .partial without it is someone's: left alone)
     try:
         with caplog.at_level(logging.INFO, logger="steno_exportd"):
             res = push(cfg_for(root, db, remote, "rec-deep"))
@@ -852,6 +851,22 @@ def test_a_deeply_nested_folder_in_the_recorder_folder_is_left_alone_and_the_pus
         assert not [r for r in caplog.records if r.exc_info]
     finally:
         subprocess.run(["rm", "-rf", str(folder / planted)], check=True)     # (shutil's rmtree recurses too)
+    assert_landed(folder, db)
+
+
+def test_a_persons_partial_folder_in_the_recorder_folder_survives_pushes(rec, caplog):
+    """Someone browsing the NAS keeps their own folder 'Notes.partial' (their file in it) in the recorder's folder.
+    The push's clean-up took every '<name>.partial' there for an interrupted build of its own (the SMB target made
+    no marker) and removed it with their file. Now our .partial folders carry our marker there too (one small
+    write and one removal per session): theirs stays, said in one line per push, and the sessions land."""
+    smbd, remote, root, db = rec
+    folder = root / "nas" / "rec-notes"
+    theirs = parts.persons_partial(folder)
+    try:
+        parts.runs_leave_theirs_alone(lambda: push(cfg_for(root, db, remote, "rec-notes")), theirs, caplog, 3)
+        assert not list(folder.rglob(MARKER))
+    finally:
+        shutil.rmtree(theirs, ignore_errors=True)
     assert_landed(folder, db)
 
 
