@@ -541,7 +541,7 @@ class Exporter:
     def _target_alive(self) -> bool:
         """The target still answers after a session's failure: its export folder read, as little of it as the
         target can (a whole listing failed past 50,000 entries: a stick counted as pulled)."""
-        alive = getattr(self.t, "folder_alive", None)   # (SmbTarget.alive(): its connection)
+        alive = getattr(self.t, "folder_alive", None)   # (a stick's, the NAS's; SmbTarget.alive(): its connection)
         try:
             if alive is not None:
                 return bool(alive(self.root))

@@ -304,6 +304,29 @@ class SmbTarget:
             return self._list_all(rel)          # maybe more than one answer holds: ask until the end
         return _stats(entries, rel)
 
+    def folder_alive(self, rel: str) -> bool:
+        """False when the folder cannot be read (the connection lost, the share or folder gone): one round trip
+        asking for its first entry, not a listing of all (someone may keep thousands of files beside ours)."""
+        from smbprotocol import exceptions as ex
+        from smbprotocol.file_info import FileInformationClass
+        from smbprotocol.header import NtStatus
+        from smbprotocol.open import QueryDirectoryFlags
+
+        def first(tr: Any) -> None:
+            tr += tr.raw.fd.query_directory("*", FileInformationClass.FILE_NAMES_INFORMATION,
+                                            flags=QueryDirectoryFlags.SMB2_RESTART_SCANS |
+                                            QueryDirectoryFlags.SMB2_RETURN_SINGLE_ENTRY, max_output=4096,
+                                            send=False)
+        try:
+            self.transact(rel, first, folder=True, share_access="rwd")
+        except TargetError as e:        # (an empty folder, where a server lists no '.': read, nothing in it)
+            cause = e.__cause__
+            return isinstance(cause, ex.NoMoreFiles) or \
+                getattr(cause, "ntstatus", None) == NtStatus.STATUS_NO_MORE_FILES
+        except Exception:                   # noqa: BLE001 - whatever fails, the folder cannot be read
+            return False
+        return True
+
     def _list_all(self, rel: str) -> dict[str, EntryStat]:
         """A listing of many answers; TargetError past MAX_ENTRIES (someone else's folder may hold millions: each
         answer's entries are taken as they come, and the listing stops there)."""

@@ -24,7 +24,7 @@ import pytest
 from steno_exportd.config import Config, SmbConfig, SmbRemote
 from steno_exportd.engine.registry import Checked, local
 from steno_exportd.engine.targets import MARKER, MAX_ENTRIES, TEMP_PREFIX
-from steno_exportd.errors import NotFoundError
+from steno_exportd.errors import NotFoundError, TargetError
 from steno_exportd.smb import push as smbpush
 from steno_exportd.smb import target as smbtarget
 from steno_exportd.engine.identity import recorder_id
@@ -904,6 +904,31 @@ def test_a_folder_of_many_short_names_is_listed_whole(office):
         assert len(t.listdir("short")) == 20_000
     finally:
         t.close()
+
+
+def test_the_alive_check_after_a_failed_session_reads_one_entry_of_a_crowded_folder(office):
+    """After a session fails, the push asks whether the NAS still answers. SmbTarget had no folder_alive, so the
+    engine listed the whole recorder's folder: many answers over SMB, and with someone's 60,000 files there the
+    listing failed past 50,000 entries and the NAS counted as gone (every later session 'not attempted'). Now one
+    request reads the folder's first entry: alive, however crowded or empty; not alive once the server is gone,
+    nor for a folder that is not there."""
+    smbd, remote, root, _ = office
+    _empty_files(root / "nas" / "crowded", 60_000)
+    (root / "nas" / "empty").mkdir()
+    t = SmbTarget(remote)
+    try:
+        t.connect()
+        with pytest.raises(TargetError, match="more than"):
+            t.listdir("crowded")                # what the check read before
+        assert t.folder_alive("crowded") and t.folder_alive("empty")
+        assert not t.folder_alive("not-there")
+        smbd.kill()
+        assert not t.folder_alive("crowded")
+    finally:
+        t.close()
+        if smbd.proc.poll() is not None:
+            smbd.start()
+        shutil.rmtree(root / "nas" / "crowded")
 
 
 @pytest.mark.parametrize("name,size,limit", [(smbpush.LEGACY_MANIFEST, 1 << 30, "20 MiB"),
