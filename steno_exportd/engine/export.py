@@ -133,7 +133,7 @@ class Exporter:
         # (SMB: a small write and a removal per session); on a target without marks_partial (rclone's WebDAV: two
         # uploads, several round trips each) this recorder's own record says which .partial folders it began
         self.mark_partial = bool(getattr(target, "marks_partial", False))
-        self.begun = None if self.mark_partial else Begun(cfg.state.dir, target.name, root)
+        self.begun = None if self.mark_partial else Begun(cfg.state.dir, getattr(target, "place", target.name), root)
         self._checks = self._verifier if self.depth == 1 else \
             concurrent.futures.ThreadPoolExecutor(self.depth, thread_name_prefix="steno-check")
         self._saved_at = 0.0                    # when the manifest was last saved (monotonic; run() sets the start)

@@ -77,7 +77,7 @@ class Target(Protocol):
     checks: int                                  # files committed and read back at once, and as many sessions in
                                                  # flight beside the one written (1: one after the other)
     # optional (read with getattr): marks_partial (default False), a <folder>.partial is built with our marker
-    # (without: the recorder's own record, engine/begun.py, says which it began);
+    # (without: the recorder's own record, engine/begun.py, says which it began; keyed by place, default name);
     # folder_alive(rel) -> bool, the folder still readable, reading as little as it can (default: its listing)
 
     def lstat(self, rel: str) -> EntryStat | None: ...          # None when absent
