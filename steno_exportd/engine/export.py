@@ -15,6 +15,7 @@ from typing import Any
 from steno_exportd.config import Config
 from steno_exportd.engine import manifest as mf
 from steno_exportd.engine import writer
+from steno_exportd.engine.begun import Begun
 from steno_exportd.engine.hashcache import HashCache
 from steno_exportd.engine.naming import OLD_UNITS, folder_name, format_label, resolve_collision, root_folder, safe_name
 from steno_exportd.engine.plan import PlannedFile, plan_session, render_file, render_options, source_ref
@@ -129,8 +130,10 @@ class Exporter:
         self.depth = max(1, int(target.checks))
         # a <folder>.partial is built with our marker inside, removed before its rename, so the clean-up after a
         # crash tells it from a stick's author's own 'Notes.partial' beside it; on a target without marks_partial
-        # (SMB, rclone: 4 more round trips per session there) every .partial is taken for ours
+        # (SMB: a small write and a removal per session); on a target without marks_partial (rclone's WebDAV: two
+        # uploads, several round trips each) this recorder's own record says which .partial folders it began
         self.mark_partial = bool(getattr(target, "marks_partial", False))
+        self.begun = None if self.mark_partial else Begun(cfg.state.dir, getattr(target, "place", target.name), root)
         self._checks = self._verifier if self.depth == 1 else \
             concurrent.futures.ThreadPoolExecutor(self.depth, thread_name_prefix="steno-check")
         self._saved_at = 0.0                    # when the manifest was last saved (monotonic; run() sets the start)
@@ -407,6 +410,7 @@ class Exporter:
             with concurrent.futures.ThreadPoolExecutor(min(MOVERS, len(moves)), "steno-move") as pool:
                 outcomes = list(pool.map(move, moves))
         undone = False
+        self._ended(*(h.partial for h, error in zip(moves, outcomes) if error is None))
         for h, error in zip(moves, outcomes):
             if error is None:
                 self._root_names.discard(h.partial[len(self.root) + 1:])
@@ -455,6 +459,8 @@ class Exporter:
         in_place = not getattr(self.t, "atomic_dir_rename", True)
         final_rel = f"{self.root}/{folder}"
         work_rel = final_rel if in_place else f"{final_rel}{PARTIAL_SUFFIX}"
+        if not in_place:
+            self._begin(work_rel)
         self.t.mkdir(work_rel)
         self._root_names.add(work_rel[len(self.root) + 1:])
         if in_place or self.mark_partial:
@@ -482,16 +488,21 @@ class Exporter:
             files.append(FileResult(f"{final_rel}/{name}", True, size, sha))
         if in_place:
             self.t.remove(f"{work_rel}/{MARKER}")
-        # recorded before a .partial is renamed: without its marker, it is ours only when the manifest names its
-        # folder (cut before the rename: the next clean-up removes it, and this entry)
+        # recorded before a .partial is renamed: without its marker, it is ours only when the manifest says its
+        # folder is "finishing" (cut before the rename: the next clean-up removes it, and this entry)
+        if not in_place:
+            entry["finishing"] = True
         self.m.sessions[f"merged:{folder}"] = entry
         mf.save(self.t, self.root, self.m)
         if not in_place:
             if self.mark_partial:
                 self._unmark(work_rel)
             self.t.rename(work_rel, final_rel)
+            self._ended(work_rel)
             self._root_names.discard(work_rel[len(self.root) + 1:])
             self._root_names.add(folder)
+            entry.pop("finishing", None)
+            self._unsaved = True            # written by the next save, at the latest the run's last
         ok = all(f.ok for f in files)
         return SessionResult(0, "", "merged", ok, error="; ".join(f.error for f in files if not f.ok),
                              files=tuple(files))
@@ -517,10 +528,20 @@ class Exporter:
         self.t.remove(f"{work_rel}/{MARKER}")
         self.t.fsync_dir(work_rel)
 
+    def _begin(self, work_rel: str) -> None:
+        """A <folder>.partial about to be made: in this recorder's own record first, on a target without markers."""
+        if self.begun is not None:
+            self.begun.add(work_rel[len(self.root) + 1:])
+
+    def _ended(self, *work_rels: str) -> None:
+        """<folder>.partial folders moved into place or removed: out of the record."""
+        if self.begun is not None and work_rels:
+            self.begun.discard(*(r[len(self.root) + 1:] for r in work_rels))
+
     def _target_alive(self) -> bool:
         """The target still answers after a session's failure: its export folder read, as little of it as the
         target can (a whole listing failed past 50,000 entries: a stick counted as pulled)."""
-        alive = getattr(self.t, "folder_alive", None)   # (SmbTarget.alive(): its connection)
+        alive = getattr(self.t, "folder_alive", None)   # (a stick's, the NAS's; SmbTarget.alive(): its connection)
         try:
             if alive is not None:
                 return bool(alive(self.root))
@@ -547,14 +568,20 @@ class Exporter:
                 log.warning("%s: %s left alone: %s", self.t.name, rel, e)    # someone else's: its name stays taken
                 return
             self._root_names.discard(name)
+            self._ended(rel)
         recorded = {e["folder"] for e in self.m.sessions.values()}
+        # recorded, then cut before its <folder>.partial was renamed into place: that .partial is ours (a person's
+        # own '<folder>.partial', a finished folder of ours they renamed, is not)
+        finishing = {e["folder"] for e in self.m.sessions.values() if e.get("finishing")}
+        if self.begun is not None:
+            self.begun.keep_only({n for n, st in entries.items() if st.kind == "dir"})
         for name, st in entries.items():
             rel = f"{self.root}/{name}"
             partial = name.endswith(PARTIAL_SUFFIX)
             if partial and st.kind == "dir" and name in resuming:
                 continue                        # (one a write resumes is cleaned when built again)
-            if partial and st.kind == "dir" and not self.mark_partial:
-                drop(rel, name)                 # (a store made no markers: every .partial is ours)
+            if partial and st.kind == "dir" and self.begun is not None and name in self.begun:
+                drop(rel, name)                 # (no marker on this target: our own record says we began it)
             elif st.kind == "dir" and (partial or name not in recorded):
                 # a build interrupted before completion (in place, or as <folder>.partial): what verify calls
                 # incomplete (an empty folder holds nothing to lose)
@@ -566,15 +593,15 @@ class Exporter:
                     if partial:                 # (too many entries: said, as its removal said it)
                         log.warning("%s: %s left alone: %s", self.t.name, rel, e)
                     continue
-                if unfinished(name, names, self.t.own_temp, recorded):
+                if unfinished(name, names, self.t.own_temp, finishing):
                     drop(rel, name)
                     base = name[:-len(PARTIAL_SUFFIX)]
                     if partial and base not in entries and f"merged:{base}" in self.m.sessions:
                         del self.m.sessions[f"merged:{base}"]   # cut before its rename: not sent again
                         self._unsaved = True
                 elif partial:
-                    log.info("%s: %s left alone: named like an unfinished folder of ours, but without our marker "
-                             "(someone's own folder)", self.t.name, rel)
+                    log.info("%s: %s left alone: named like an unfinished folder of ours, but not one (without our "
+                             "marker or record): someone's own folder", self.t.name, rel)
             elif self.t.own_temp(name) and st.kind == "file":
                 self.t.remove(rel)
                 self._root_names.discard(name)
@@ -713,7 +740,12 @@ class Exporter:
             st = self.t.lstat(f"{self.root}/{entry['folder']}")
             if st is not None and st.kind == "dir":
                 return entry["folder"], True
-            if st is None:
+            # built again as <folder>.partial: not where the clean-up left someone's own folder of that name (our
+            # finished folder they renamed so), which the build would remove first
+            work = f"{entry['folder']}{PARTIAL_SUFFIX}"
+            theirs = getattr(self.t, "atomic_dir_rename", True) and work in self._root_names and \
+                not any(self._resume_folder(p) == work for p in self.m.partial)
+            if st is None and not theirs:
                 return entry["folder"], False
         for rec in self.m.partial.values():         # a folder being built when the target dropped
             name = rec.get("folder")
@@ -762,6 +794,8 @@ class Exporter:
                     self._clean_folder(work_rel, everything=True)   # but the temp file a write resumes
                 elif work_rel[len(self.root) + 1:] in self._root_names:
                     self.t.remove_tree(work_rel)
+                if not in_place:
+                    self._begin(work_rel)
                 self.t.mkdir(work_rel)
                 self._root_names.add(work_rel[len(self.root) + 1:])
             if in_place or self.mark_partial:
@@ -897,6 +931,7 @@ class Exporter:
             # nothing of it written: no empty folder left under a final name (the next run would step around it)
             with self._lock:
                 self.t.remove_tree(work_rel)
+                self._ended(work_rel)
                 self._root_names.discard(work_rel[len(self.root) + 1:])
         elif not exists and not in_place and not deferred:
             with self._lock:
@@ -904,6 +939,7 @@ class Exporter:
                     self._unmark(work_rel)
                     marker = ""
                 self.t.rename(work_rel, final_rel)
+                self._ended(work_rel)
                 self._root_names.discard(work_rel[len(self.root) + 1:])
                 self._root_names.add(folder)
             there = self.t.scandir(final_rel)

@@ -78,7 +78,8 @@ class Target(Protocol):
                                                  # save that records it (0: saved after every session)
     checks: int                                  # files committed and read back at once, and as many sessions in
                                                  # flight beside the one written (1: one after the other)
-    # optional (read with getattr): marks_partial (default False), a <folder>.partial is built with our marker;
+    # optional (read with getattr): marks_partial (default False), a <folder>.partial is built with our marker
+    # (without: the recorder's own record, engine/begun.py, says which it began; keyed by place, default name);
     # folder_alive(rel) -> bool, the folder still readable, reading as little as it can (default: its listing)
 
     def lstat(self, rel: str) -> EntryStat | None: ...          # None when absent
@@ -264,14 +265,15 @@ class _FdRead:
             self._fd = -1
 
 
-def unfinished(name: str, names: Iterable[str], own_temp: Callable[[str], bool], recorded: Container[str]) -> bool:
+def unfinished(name: str, names: Iterable[str], own_temp: Callable[[str], bool], finishing: Container[str]) -> bool:
     """A folder ``name`` (holding ``names``) that an export of ours began and did not finish: it holds our marker,
     or nothing but our temp names (an empty folder, or the marker's write lost with a yanked stick's unflushed
-    metadata); a <folder>.partial also when <folder> is ``recorded`` in the manifest (its marker is removed before
-    its rename, and older versions made none). Anything else named '<name>.partial' is someone's own folder."""
+    metadata); a <folder>.partial also when the manifest records <folder> as ``finishing`` (recorded, then cut
+    before the rename: its marker is removed before it). Anything else named '<name>.partial' is someone's own
+    folder, also one of our finished folders a person renamed so (recorded, but not finishing)."""
     names = list(names)
     return (MARKER in names or all(own_temp(n) for n in names)
-            or (name.endswith(PARTIAL_SUFFIX) and name[:-len(PARTIAL_SUFFIX)] in recorded))
+            or (name.endswith(PARTIAL_SUFFIX) and name[:-len(PARTIAL_SUFFIX)] in finishing))
 
 
 def too_many_entries(rel: str) -> TargetError:

@@ -75,7 +75,7 @@ def _incomplete(t: Target, root: str, m: Any) -> list[str]:
     <folder>.partial or a folder built in place; someone's own 'Notes.partial' is not ours), or one the manifest
     says is incomplete."""
     out = []
-    recorded = {s["folder"] for s in m.sessions.values()}
+    finishing = {s["folder"] for s in m.sessions.values() if s.get("finishing")}
     for name in sorted(t.listdir(root)):
         st = t.lstat(f"{root}/{name}")
         if st is None or st.kind != "dir":
@@ -84,7 +84,7 @@ def _incomplete(t: Target, root: str, m: Any) -> list[str]:
             names = t.listdir(f"{root}/{name}")
         except TargetError:
             continue                # not ours to read (someone's own folder)
-        if unfinished(name, names, lambda n: n.startswith(TEMP_PREFIX), recorded):
+        if unfinished(name, names, lambda n: n.startswith(TEMP_PREFIX), finishing):
             out.append(name)
     out += sorted(s["folder"] for s in m.sessions.values() if s.get("incomplete") and s["folder"] not in out)
     return out

@@ -57,7 +57,7 @@ class RcloneKind(RemoteKind):
         rid = self.recorder_id(cfg)
         folder = recorder_folder(cfg, rid)
         with self.one_at_a_time((_folder_of(remote.remote), folder), target, progress):
-            t = RcloneTarget(Rcd(cfg, remote), remote.remote, name=target,
+            t = RcloneTarget(Rcd(cfg, remote), remote.remote, name=target, place=":".join(_folder_of(remote.remote)),
                              cancelled=lambda: bool(getattr(progress, "cancelled", False)))
             try:
                 t.connect()

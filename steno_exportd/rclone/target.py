@@ -86,11 +86,14 @@ class RcloneTarget:
     save_every = SAVE_EVERY
     checks = CHECKS
 
-    def __init__(self, rcd: Rcd, base: str, *, name: str = "", cancelled: Callable[[], bool] = lambda: False) -> None:
+    def __init__(self, rcd: Rcd, base: str, *, name: str = "", place: str = "",
+                 cancelled: Callable[[], bool] = lambda: False) -> None:
         self.rcd = rcd
         self.cancelled = cancelled        # the job was cancelled: a wait for rclone's copy stops it (CancelledJob)
         self.fs = base
         self.name = name or rcd.where
+        self.place = place or base        # the store's folder, however a remote spells it: the recorder's own
+                                          # record of the .partial folders it began there is kept by it
         self.tag = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.hash: str | None = None
         self._seq = itertools.count(1)

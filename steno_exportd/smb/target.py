@@ -107,6 +107,8 @@ class SmbTarget:
 
     max_file_size: int | None = None
     atomic_dir_rename = True            # a folder rename is one request, atomic on the server
+    marks_partial = True                # people browse the NAS: someone's own 'Notes.partial' may sit beside ours
+                                        # (our marker in ours: one small write and one removal per session)
 
     def __init__(self, remote: SmbRemote, password: str | None = None, *, name: str = "") -> None:
         self.remote = remote
@@ -122,7 +124,7 @@ class SmbTarget:
         self._reader: SmbTarget | None = None
         self._reader_lock = threading.Lock()
 
-    save_every = 0.0                   # folders are renamed into place (no marker): saved after every session
+    save_every = 0.0                   # folders are renamed into place: saved after every session
     checks = 1                         # one read-back at a time beside the next session's writes (a NAS many
                                        # recorders share)
 
@@ -301,6 +303,29 @@ class SmbTarget:
         if sum((80 + len(e["file_name"].get_value()) + 7) & ~7 for e in entries) > limit - 4096:
             return self._list_all(rel)          # maybe more than one answer holds: ask until the end
         return _stats(entries, rel)
+
+    def folder_alive(self, rel: str) -> bool:
+        """False when the folder cannot be read (the connection lost, the share or folder gone): one round trip
+        asking for its first entry, not a listing of all (someone may keep thousands of files beside ours)."""
+        from smbprotocol import exceptions as ex
+        from smbprotocol.file_info import FileInformationClass
+        from smbprotocol.header import NtStatus
+        from smbprotocol.open import QueryDirectoryFlags
+
+        def first(tr: Any) -> None:
+            tr += tr.raw.fd.query_directory("*", FileInformationClass.FILE_NAMES_INFORMATION,
+                                            flags=QueryDirectoryFlags.SMB2_RESTART_SCANS |
+                                            QueryDirectoryFlags.SMB2_RETURN_SINGLE_ENTRY, max_output=4096,
+                                            send=False)
+        try:
+            self.transact(rel, first, folder=True, share_access="rwd")
+        except TargetError as e:        # (an empty folder, where a server lists no '.': read, nothing in it)
+            cause = e.__cause__
+            return isinstance(cause, ex.NoMoreFiles) or \
+                getattr(cause, "ntstatus", None) == NtStatus.STATUS_NO_MORE_FILES
+        except Exception:                   # noqa: BLE001 - whatever fails, the folder cannot be read
+            return False
+        return True
 
     def _list_all(self, rel: str) -> dict[str, EntryStat]:
         """A listing of many answers; TargetError past MAX_ENTRIES (someone else's folder may hold millions: each

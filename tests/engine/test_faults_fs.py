@@ -21,7 +21,7 @@ from steno_exportd.usb.policy import sessions_on_stick
 from tests.configs import make_config
 from tests.fakes import FakeLibrary, library, make_session
 from tests.parts.loopfs import fuse_helper_pid, loop_fs, mount, umount
-from tests.parts import wait_for
+from tests.parts import persons_partial, runs_leave_theirs_alone, wait_for
 
 FORMATS = ("txt", "json", "audio")
 
@@ -465,19 +465,8 @@ def test_a_persons_partial_folder_on_the_stick_survives_exports(tmp_path, caplog
     cfg = _cfg(tmp_path)
     with loop_fs(tmp_path, fstype, 2100 if fstype == "vfat" else 64) as (mnt, dev, img):
         root = mnt / "SilentSteno"
-        theirs = root / "Notes.partial"
-        theirs.mkdir(parents=True)
-        (theirs / "todo.txt").write_text("call the caterer\n")
-        for run in (1, 2):
-            caplog.clear()
-            with caplog.at_level(logging.INFO, logger="steno_exportd"):
-                res = _export(lib, cfg, mnt)
-            assert [r.ok for r in res] == [True, True], [r.error for r in res]
-            assert [r.skipped for r in res] == [run == 2] * 2, res
-            assert theirs.is_dir() and sorted(os.listdir(theirs)) == ["todo.txt"], "their folder was removed"
-            assert (theirs / "todo.txt").read_text() == "call the caterer\n"
-            said = [r.getMessage() for r in caplog.records if "Notes.partial" in r.getMessage()]
-            assert len(said) == 1 and "left alone" in said[0], said
+        theirs = persons_partial(root)
+        runs_leave_theirs_alone(lambda: _export(lib, cfg, mnt), theirs, caplog, 2)
         folders = sorted(p.name for p in root.iterdir() if p.is_dir())
         assert len(folders) == 3 and "Notes.partial" in folders and not [f for f in folders if f.endswith(" (2)")], \
             folders
@@ -485,6 +474,34 @@ def test_a_persons_partial_folder_on_the_stick_survives_exports(tmp_path, caplog
         rep = verify_target(str(mnt))
         assert rep.ok and not rep.incomplete, (rep.incomplete, rep.problems)
 
+
+@pytest.mark.parametrize("fstype", ["ext4", "exfat"])
+def test_a_finished_folder_a_person_renamed_to_partial_survives_the_next_export(tmp_path, caplog, fstype):
+    """A person renames one of our finished session folders 'X' to 'X.partial' on their stick (X recorded in the
+    manifest). The next export took it for a build of ours cut between the manifest save and the folder's rename
+    ("a .partial whose folder the manifest records") and removed it with every file in it. Now only a folder the
+    manifest says was being finished ('finishing') is ours by that rule: theirs stays, byte for byte, said in one
+    line; the session lands again beside it, under a free name."""
+    lib = library(tmp_path, 2)
+    cfg = _cfg(tmp_path)
+    with loop_fs(tmp_path, fstype, 64) as (mnt, dev, img):
+        assert all(r.ok for r in _export(lib, cfg, mnt))
+        root = mnt / "SilentSteno"
+        first = sorted(p for p in root.iterdir() if p.is_dir())[0]
+        theirs = first.with_name(f"{first.name}.partial")
+        kept = {p.name: p.read_bytes() for p in first.iterdir()}
+        first.rename(theirs)
+        with caplog.at_level(logging.INFO, logger="steno_exportd"):
+            res = _export(lib, cfg, mnt)
+        assert [r.ok for r in res] == [True, True], [r.error for r in res]
+        assert theirs.is_dir() and {p.name: p.read_bytes() for p in theirs.iterdir()} == kept, \
+            "their folder was removed"
+        said = [r.getMessage() for r in caplog.records if theirs.name in r.getMessage()]
+        assert len(said) == 1 and "left alone" in said[0], said
+        assert _sums_ok(mnt)
+        assert sessions_on_stick(mnt) == {x.uuid for x in lib.sessions.values()}
+        assert all(r.skipped for r in _export(lib, cfg, mnt))
+        assert {p.name: p.read_bytes() for p in theirs.iterdir()} == kept
 
 
 def test_a_full_session_on_a_stick_whose_folder_holds_many_entries_does_not_count_the_stick_as_gone(tmp_path):

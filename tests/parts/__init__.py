@@ -142,3 +142,26 @@ class LoopLag:
     def __exit__(self, *exc: object) -> None:
         assert self._task is not None
         self._task.cancel()
+
+
+def persons_partial(folder):
+    """A person's own folder 'Notes.partial' in ``folder`` (on a stick, a NAS, a store), their file in it."""
+    theirs = folder / "Notes.partial"
+    theirs.mkdir(parents=True)
+    (theirs / "todo.txt").write_text("call the caterer\n")
+    return theirs
+
+
+def runs_leave_theirs_alone(run: Callable[[], list], theirs, caplog, sessions: int) -> None:
+    """Two runs of ``run()`` (an export or a push): every session lands in the first and is skipped in the second,
+    and the person's folder ``theirs`` (persons_partial) stays as it was, each run saying so in one line."""
+    import logging
+    for n in (1, 2):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="steno_exportd"):
+            res = run()
+        assert [(r.ok, r.skipped) for r in res] == [(True, n == 2)] * sessions, [r.error for r in res]
+        assert theirs.is_dir() and sorted(os.listdir(theirs)) == ["todo.txt"], "their folder was removed"
+        assert (theirs / "todo.txt").read_text() == "call the caterer\n"
+        said = [r.getMessage() for r in caplog.records if theirs.name in r.getMessage()]
+        assert len(said) == 1 and "left alone" in said[0], said

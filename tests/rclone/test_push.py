@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import pathlib
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -266,6 +267,20 @@ def test_a_folder_that_appears_just_before_its_session_is_moved_into_place_is_le
     res = push(cfg)
     assert [r.ok for r in res] == [True] * 3, [r.error for r in res]
     assert os.listdir(theirs) == ["transcript.txt"]
+    assert_landed(folder, db)
+
+
+@pytest.mark.parametrize("build", ["moved"], indirect=True)
+def test_a_persons_partial_folder_in_the_recorders_folder_survives_pushes(setup, build, caplog):
+    """Someone keeps their own folder 'Notes.partial' (their file in it) in the recorder's folder on the store. A
+    push building sessions as <folder>.partial (WebDAV) took every '<name>.partial' there for an interrupted build of
+    its own and removed it with their file. Now such a folder is ours only when this recorder's own record (in its
+    state folder, no store request) says it began it, or it holds nothing but our temp names: theirs stays, said in
+    one line per push, and the sessions land."""
+    srv, db, cfg, folder = setup
+    theirs = parts.persons_partial(folder)
+    parts.runs_leave_theirs_alone(lambda: push(cfg), theirs, caplog, 3)
+    shutil.rmtree(theirs)
     assert_landed(folder, db)
 
 

@@ -24,7 +24,7 @@ import pytest
 from steno_exportd.config import Config, SmbConfig, SmbRemote
 from steno_exportd.engine.registry import Checked, local
 from steno_exportd.engine.targets import MARKER, MAX_ENTRIES, TEMP_PREFIX
-from steno_exportd.errors import NotFoundError
+from steno_exportd.errors import NotFoundError, TargetError
 from steno_exportd.smb import push as smbpush
 from steno_exportd.smb import target as smbtarget
 from steno_exportd.engine.identity import recorder_id
@@ -832,7 +832,7 @@ def _left_alone(caplog, name: str) -> list[str]:
 @pytest.mark.parametrize("planted", ["Holiday.partial", "Holiday"])
 def test_a_deeply_nested_folder_in_the_recorder_folder_is_left_alone_and_the_push_lands(rec, planted, caplog):
     """Someone on the NAS leaves in the recorder's folder a folder the push cleans up as an interrupted one of its
-    own (a '<name>.partial' folder, or one holding the '.steno-incomplete' marker) with 1,500 folders nested in it.
+    own (one holding the '.steno-incomplete' marker, named '<name>.partial' or not) with 1,500 folders nested in it.
     Its removal went down one level after another over SMB (two round trips each) until Python's recursion limit,
     and the one line said 'SMB error on \\\\127.0.0.1\\push: RecursionError: maximum recursion depth exceeded'. Now,
     as on a stick, a tree deeper than MAX_TREE_DEPTH (8) is left alone, the line saying so, and the sessions land."""
@@ -840,8 +840,7 @@ def test_a_deeply_nested_folder_in_the_recorder_folder_is_left_alone_and_the_pus
     folder = root / "nas" / "rec-deep"
     folder.mkdir()
     nest_folders(folder / planted, 1_500)
-    if not planted.endswith(".partial"):
-        (folder / planted / MARKER).write_text("incomplete\n")
+    (folder / planted / MARKER).write_text("incomplete\n")     # (a .partial without it is someone's: left alone)
     try:
         with caplog.at_level(logging.INFO, logger="steno_exportd"):
             res = push(cfg_for(root, db, remote, "rec-deep"))
@@ -852,6 +851,22 @@ def test_a_deeply_nested_folder_in_the_recorder_folder_is_left_alone_and_the_pus
         assert not [r for r in caplog.records if r.exc_info]
     finally:
         subprocess.run(["rm", "-rf", str(folder / planted)], check=True)     # (shutil's rmtree recurses too)
+    assert_landed(folder, db)
+
+
+def test_a_persons_partial_folder_in_the_recorder_folder_survives_pushes(rec, caplog):
+    """Someone browsing the NAS keeps their own folder 'Notes.partial' (their file in it) in the recorder's folder.
+    The push's clean-up took every '<name>.partial' there for an interrupted build of its own (the SMB target made
+    no marker) and removed it with their file. Now our .partial folders carry our marker there too (one small
+    write and one removal per session): theirs stays, said in one line per push, and the sessions land."""
+    smbd, remote, root, db = rec
+    folder = root / "nas" / "rec-notes"
+    theirs = parts.persons_partial(folder)
+    try:
+        parts.runs_leave_theirs_alone(lambda: push(cfg_for(root, db, remote, "rec-notes")), theirs, caplog, 3)
+        assert not list(folder.rglob(MARKER))
+    finally:
+        shutil.rmtree(theirs, ignore_errors=True)
     assert_landed(folder, db)
 
 
@@ -889,6 +904,31 @@ def test_a_folder_of_many_short_names_is_listed_whole(office):
         assert len(t.listdir("short")) == 20_000
     finally:
         t.close()
+
+
+def test_the_alive_check_after_a_failed_session_reads_one_entry_of_a_crowded_folder(office):
+    """After a session fails, the push asks whether the NAS still answers. SmbTarget had no folder_alive, so the
+    engine listed the whole recorder's folder: many answers over SMB, and with someone's 60,000 files there the
+    listing failed past 50,000 entries and the NAS counted as gone (every later session 'not attempted'). Now one
+    request reads the folder's first entry: alive, however crowded or empty; not alive once the server is gone,
+    nor for a folder that is not there."""
+    smbd, remote, root, _ = office
+    _empty_files(root / "nas" / "crowded", 60_000)
+    (root / "nas" / "empty").mkdir()
+    t = SmbTarget(remote)
+    try:
+        t.connect()
+        with pytest.raises(TargetError, match="more than"):
+            t.listdir("crowded")                # what the check read before
+        assert t.folder_alive("crowded") and t.folder_alive("empty")
+        assert not t.folder_alive("not-there")
+        smbd.kill()
+        assert not t.folder_alive("crowded")
+    finally:
+        t.close()
+        if smbd.proc.poll() is not None:
+            smbd.start()
+        shutil.rmtree(root / "nas" / "crowded")
 
 
 @pytest.mark.parametrize("name,size,limit", [(smbpush.LEGACY_MANIFEST, 1 << 30, "20 MiB"),

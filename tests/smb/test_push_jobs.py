@@ -12,7 +12,7 @@ import pytest
 from steno_exportd import demo, events
 from steno_exportd.core import Core
 from steno_exportd.engine.options import ExportOptions
-from steno_exportd.engine.targets import TEMP_PREFIX
+from steno_exportd.engine.targets import MARKER, TEMP_PREFIX
 from steno_exportd.errors import NotFoundError
 from steno_exportd.library import Library
 from steno_exportd.smb.push import SmbKind
@@ -162,7 +162,8 @@ async def test_cancel_mid_push_leaves_no_file_under_a_final_name(slow_core):
     assert not [p for p in on_nas if p.name.startswith(TEMP_PREFIX)], "a temp file was left"
     assert not [p for p in on_nas if p.suffix == ext], "the cut recording sits under its final name"
     landed = {p.name: p.read_bytes() for p in on_nas if p.parent != nas}
-    assert list(landed) == ["transcript.txt"], landed      # the transcript went before the recording
+    # the transcript went before the recording; the folder (still <folder>.partial) holds our marker
+    assert sorted(landed) == [MARKER, "transcript.txt"], landed
     remote = dataclasses.replace(core.cfg.smb.remotes[0], bandwidth_limit_kbps=0)    # the rerun at full speed
     await core.reload(dataclasses.replace(core.cfg, smb=dataclasses.replace(core.cfg.smb, remotes=[remote])))
     again = await finished(core, (await core.export_sessions([big.id], ["txt", "audio"], "smb:office",
