@@ -8,6 +8,7 @@ lost with the state folder leaves a leftover in place (said in one line), never 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -86,6 +87,13 @@ class Begun:
             finally:
                 os.close(dfd)
         except OSError as e:
-            # not fatal: a folder whose record is lost is left alone by a later clean-up (said there)
-            log.log(logging.DEBUG if self._warned else logging.WARNING, "%s: not written: %s", self.path, e)
+            # not fatal: a folder whose record is lost is left alone by a later clean-up (said there). But the record
+            # there is no longer true (it may name a folder moved into place since, which a person may then rename
+            # to '<name>.partial'): removed, so that a later clean-up leaves every .partial alone rather than remove
+            # theirs (removing works on a full disk)
+            for stale in (tmp, self.path):
+                with contextlib.suppress(OSError):
+                    stale.unlink()
+            log.log(logging.DEBUG if self._warned else logging.WARNING, "%s: not written (%s): removed; until it is "
+                    "written again, .partial folders on that target are left alone", self.path, e)
             self._warned = True

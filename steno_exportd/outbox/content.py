@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from steno_exportd.engine.naming import resolve_collision, safe_name
+from steno_exportd.errors import NotAllowedError
 from steno_exportd.engine.plan import plan_session, render_file, source_ref
 from steno_exportd.render.base import RenderOptions
 from steno_exportd.outbox.compose import Attachment, Draft, body, fit, media_type, one_line, size_of
@@ -43,6 +44,10 @@ class Links:
     uses: int                           # downloads each link allows
     make: Callable[[int], str]          # session id -> a new link's token (blocking: a row in access.db)
     token_chars: int = 24               # every token has this length: the body's size is known before any link exists
+
+
+ENDED_LOGIN = ("the login on the recorder's web page that asked for this message ended before its links were "
+               "made")
 
 
 def _mb(n: float) -> str:
@@ -116,9 +121,16 @@ def sessions_draft(sessions: Sequence[Any], formats: Sequence[str], options: Ren
     kept, left = fit(attachments, limit - bare - 200 * len(attachments))
     tokens: dict[int, str] = {}
     if share:
-        for s in sessions:
-            if any(whose[a.name] is s for a in left):
-                tokens[s.id] = share.make(s.id)
+        try:
+            for s in sessions:
+                if any(whose[a.name] is s for a in left):
+                    tokens[s.id] = share.make(s.id)
+        except NotAllowedError:
+            # the browser login that asked for the message ended before its links were made (a logout, a new
+            # password): the message goes without links, saying why (any made already ended with that login);
+            # never links made at the recorder instead, which would outlive "log out everywhere"
+            tokens, share = {}, None
+            context.update(no_link=ENDED_LOGIN, link_until="", link_uses=0)
     return draft(kept, left, tokens), tuple(a.name for a in left)
 
 

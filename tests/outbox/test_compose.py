@@ -111,3 +111,29 @@ def test_a_recording_whose_folder_is_swapped_for_a_symlink_after_its_check_is_no
                              out.read_bytes() or b"SECRET" in parse(out).as_bytes() else "without it"))
     assert "symlink" in str(e.value) or "changed" in str(e.value), e.value
     assert not out.exists() and not list(tmp_path.glob(".m.eml*")), "a part of the message was left behind"
+
+
+def test_a_mail_whose_browser_login_ended_before_its_links_were_made_goes_without_links_saying_why(tmp_path):
+    """A browser asked for a mail of a meeting too large to attach (email.oversize = "link") and its user logged out
+    before the outbox composed it: the access store refuses the link (a link of a login that ended would outlive
+    it). The mail still goes, without a link, saying why; it does not fail whole."""
+    from steno_exportd.engine.plan import render_options
+    from steno_exportd.errors import NotAllowedError
+    from steno_exportd.outbox import content
+    from tests.configs import make_config
+    from tests.fakes import library
+
+    def ended(session_id: int) -> str:
+        raise NotAllowedError("the login that asked for this link has ended (logout, a new password or revoked): "
+                              "log in again")
+    lib = library(tmp_path, 1, audio_size=300_000)
+    links = content.Links(lambda token: f"http://steno.local:8080/s/{token}", 24.0, 3, ended)
+    d, left = content.sessions_draft([lib.get_session(1)], ["txt", "audio"], render_options(make_config(tmp_path), None),
+                                     "steno@r.example", ["alice@example.org"], 200_000, links,
+                                     data_dir=lib.data_dir)
+    out = tmp_path / "m.eml"
+    write(d, out, "r.example")
+    text = parse(out).get_body(("plain",)).get_content()
+    assert left == ("audio.wav",) and "audio.wav" in text
+    assert "/s/" not in text and content.ENDED_LOGIN in text, text
+    assert [a.get_filename() for a in parse(out).iter_attachments()] == ["transcript.txt"]
