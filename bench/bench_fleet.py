@@ -14,6 +14,13 @@ one smbclient, waits on round trips). Recordings come from the page cache.
 The share's folder is a tmpfs (as in bench_smb: this VM's disk writeback swings either side by 3x);
 BENCH_FLEET_DISK=1 keeps it on disk. Needs root (a test user, smbd on a loopback port 4450-4499).
 BENCH_FLEET_RECORDERS, BENCH_FLEET_MIB (per recorder) and BENCH_FLEET_ROUNDS change the sizes.
+
+Then the same again over an office link (lines `fleet_link_*`): the recorders and the anchor's smbclient run in a
+network namespace of their own, joined to this machine (the NAS) by one veth pair whose two directions are each
+held to BENCH_FLEET_LINK_MBIT (default 940, a Pi's and a NAS's gigabit port as measured; 0: skip) by a token bucket
+(tc tbf), MTU 1500: the NAS's one port, shared by all recorders, full duplex, as in an office. There the writes and
+the read-backs travel in opposite directions, and the wire, not this machine's 2 cores, is the limit for the anchor.
+The loopback lines stay: they measure CPU per byte with smbd and all eight recorders on 2 cores.
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import secrets
 import shutil
 import statistics
 import subprocess
@@ -39,6 +47,7 @@ from steno_exportd.engine.options import ExportOptions  # noqa: E402
 from steno_exportd.engine.registry import local  # noqa: E402
 from steno_exportd.library import Library  # noqa: E402
 from steno_exportd.smb.push import SmbKind  # noqa: E402
+from tests.parts.netns import free_net  # noqa: E402
 from tests.parts.smbd import make_smbd  # noqa: E402
 from tests.recorder_db import RecorderDB  # noqa: E402
 
@@ -46,6 +55,7 @@ RECORDERS = int(os.environ.get("BENCH_FLEET_RECORDERS", "8"))
 MIB = int(os.environ.get("BENCH_FLEET_MIB", "256"))
 ROUNDS = int(os.environ.get("BENCH_FLEET_ROUNDS", "3"))
 VERIFY = os.environ.get("BENCH_FLEET_VERIFY", "1") != "0"
+LINK_MBIT = int(os.environ.get("BENCH_FLEET_LINK_MBIT", "940"))
 SESSIONS = 4                    # per recorder: 4 recordings of MIB / 4
 
 
@@ -63,6 +73,43 @@ def make_recorder(root: pathlib.Path, seed: int) -> tuple[RecorderDB, list[pathl
                    audio_file_path=f"audio/{p.name}", uuid=f"{i + 1:08x}-{seed:04x}-4222-8333-{i + 1:012x}")
         files.append(p)
     return db, files
+
+
+class Link:
+    """The office side of one NAS port: a network namespace for every client, joined to this machine by a veth pair
+    whose two directions are each held to ``mbit`` by tbf. Deleted by close() (with it the veth pair)."""
+
+    def __init__(self, mbit: int) -> None:
+        tag = secrets.token_hex(3)
+        self.ns, self.host_if, ns_if = f"steno-fleet-{tag}", f"sf{tag}h", f"sf{tag}n"
+        net = free_net()
+        self.nas, self.client = f"{net}.1", f"{net}.2"
+        shape = ["root", "tbf", "rate", f"{mbit}mbit", "burst", "1mb", "latency", "10ms"]
+        self._run("ip", "netns", "add", self.ns)
+        try:
+            self._run("ip", "link", "add", self.host_if, "mtu", "1500", "type", "veth", "peer", "name", ns_if,
+                      "mtu", "1500", "netns", self.ns)
+            self._run("ip", "addr", "add", f"{self.nas}/24", "dev", self.host_if)
+            self._run("ip", "link", "set", self.host_if, "up")
+            self._run("tc", "qdisc", "add", "dev", self.host_if, *shape)              # NAS -> office
+            self._run(*self.prefix, "ip", "addr", "add", f"{self.client}/24", "dev", ns_if)
+            self._run(*self.prefix, "ip", "link", "set", ns_if, "up")
+            self._run(*self.prefix, "ip", "link", "set", "lo", "up")
+            self._run(*self.prefix, "tc", "qdisc", "add", "dev", ns_if, *shape)       # office -> NAS
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def prefix(self) -> list[str]:
+        return ["ip", "netns", "exec", self.ns]
+
+    @staticmethod
+    def _run(*cmd: str) -> None:
+        subprocess.run(cmd, check=True, capture_output=True, timeout=60)
+
+    def close(self) -> None:
+        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True, timeout=60)
 
 
 def recorder(cfg_json: str) -> int:
@@ -87,10 +134,10 @@ def recorder(cfg_json: str) -> int:
     return 0 if not bad else 1
 
 
-def fleet(raws: list[dict], total: int) -> tuple[float, float, float]:
-    """Every recorder at once: (seconds until the last finished, the slowest recorder's own seconds, the CPU
-    seconds of all recorders' pushes)."""
-    procs = [subprocess.Popen([sys.executable, __file__, "--recorder", json.dumps(raw)],
+def fleet(raws: list[dict], total: int, prefix: list[str]) -> tuple[float, float, float]:
+    """Every recorder at once (each started under ``prefix``): (seconds until the last finished, the slowest
+    recorder's own seconds, the CPU seconds of all recorders' pushes)."""
+    procs = [subprocess.Popen([*prefix, sys.executable, __file__, "--recorder", json.dumps(raw)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for raw in raws]
     try:
         for p in procs:
@@ -113,24 +160,26 @@ def fleet(raws: list[dict], total: int) -> tuple[float, float, float]:
     return wall, max(o["seconds"] for o in outs), sum(o["cpu"] for o in outs)
 
 
-def smbclient_put(port: int, user: str, pw: str, files: list[pathlib.Path], dest: str) -> float:
+def smbclient_put(server: str, port: int, user: str, pw: str, files: list[pathlib.Path], dest: str,
+                  prefix: list[str]) -> float:
     """The same recordings in one smbclient session, one folder per recorder."""
     cmds = [f"mkdir {dest}"]
     for f in files:
         cmds.append(f"mkdir {dest}/{f.parent.parent.name}")
         cmds.append(f'put "{f}" "{dest}/{f.parent.parent.name}/{f.name}"')
     t0 = time.perf_counter()
-    subprocess.run(["smbclient", "//127.0.0.1/push", "-p", str(port), "-U", f"{user}%{pw}",
+    subprocess.run([*prefix, "smbclient", f"//{server}/push", "-p", str(port), "-U", f"{user}%{pw}",
                     "--client-protection=sign", "-c", "; ".join(cmds)],
                    check=True, capture_output=True, timeout=1200)
     return time.perf_counter() - t0
 
 
-def smbclient_get(port: int, user: str, pw: str, files: list[pathlib.Path], dest: str) -> float:
+def smbclient_get(server: str, port: int, user: str, pw: str, files: list[pathlib.Path], dest: str,
+                  prefix: list[str]) -> float:
     """What smbclient_put wrote read back in one smbclient session (into /dev/null): the read-back alone."""
     cmds = [f'get "{dest}/{f.parent.parent.name}/{f.name}" /dev/null' for f in files]
     t0 = time.perf_counter()
-    subprocess.run(["smbclient", "//127.0.0.1/push", "-p", str(port), "-U", f"{user}%{pw}",
+    subprocess.run([*prefix, "smbclient", f"//{server}/push", "-p", str(port), "-U", f"{user}%{pw}",
                     "--client-protection=sign", "-c", "; ".join(cmds)],
                    check=True, capture_output=True, timeout=1200)
     return time.perf_counter() - t0
@@ -190,9 +239,21 @@ def negotiated(smbd_conf: pathlib.Path, port: int, user: str, pw: str, remote: S
 
 
 def main() -> int:
-    if os.geteuid() != 0 or not shutil.which("smbd"):
-        print("bench_fleet: needs root and samba (packaging/install-test-deps.sh)", file=sys.stderr)
+    if os.geteuid() != 0 or not shutil.which("smbd") or not shutil.which("tc"):
+        print("bench_fleet: needs root, samba and tc (packaging/install-test-deps.sh)", file=sys.stderr)
         return 1
+    run("fleet", None)
+    if LINK_MBIT:
+        link = Link(LINK_MBIT)
+        try:
+            run("fleet_link", link)
+        finally:
+            link.close()
+    return 0
+
+
+def run(name: str, link: Link | None) -> None:
+    """One fleet benchmark on loopback (link None) or over ``link``: its lines start with ``name``."""
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="steno-bench-fleet-"))
     os.chmod(tmp, 0o755)
     nas = tmp / "nas"
@@ -201,7 +262,9 @@ def main() -> int:
     if on_tmpfs:
         subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={RECORDERS * MIB * 5 // 4 + 64}m,mode=0755",
                         "steno-bench-fleet", str(nas)], check=True)
-    smbd = make_smbd(tmp / "smbd", shares=f"[push]\n   path = {nas}\n   read only = no\n   force user = root\n")
+    smbd = make_smbd(tmp / "smbd", shares=f"[push]\n   path = {nas}\n   read only = no\n   force user = root\n",
+                     interfaces=f"lo {link.host_if}" if link else "lo")
+    server, prefix = (link.nas, link.prefix) if link else ("127.0.0.1", [])
     dbs: list[RecorderDB] = []
     try:
         smbd.start()
@@ -210,7 +273,7 @@ def main() -> int:
         pwfile = tmp / "pw"
         pwfile.write_text(pw)
         os.chmod(pwfile, 0o600)
-        remote = SmbRemote(name="office", server="127.0.0.1", port=smbd.port, share="push",
+        remote = SmbRemote(name="office", server=server, port=smbd.port, share="push",
                            username=user, password_file=str(pwfile), timeout=30)
         files: list[pathlib.Path] = []
         raws: list[dict] = []
@@ -240,7 +303,7 @@ def main() -> int:
 
         def ours(r: int) -> float:
             s0 = tree_cpu(smbd.proc.pid)
-            wall, slow, used = fleet(raws, total)
+            wall, slow, used = fleet(raws, total, prefix)
             cpu["ours_smbd"].append(tree_cpu(smbd.proc.pid) - s0)
             cpu["ours"].append(used)
             slowest.append(slow)
@@ -249,14 +312,14 @@ def main() -> int:
 
         def anchor(r: int) -> float:
             s0, c0 = tree_cpu(smbd.proc.pid), children_cpu()
-            t = smbclient_put(smbd.port, user, pw, files, f"smbclient-{r}")
+            t = smbclient_put(server, smbd.port, user, pw, files, f"smbclient-{r}", prefix)
             cpu["smbclient"].append(children_cpu() - c0)
             cpu["smbclient_smbd"].append(tree_cpu(smbd.proc.pid) - s0)
             if VERIFY:          # like with like: the same bytes read back by smbclient (not hashed), timed apart
-                got.append(t + smbclient_get(smbd.port, user, pw, files, f"smbclient-{r}"))
+                got.append(t + smbclient_get(server, smbd.port, user, pw, files, f"smbclient-{r}", prefix))
             clear()
             return t
-        mine_neg, their_neg = negotiated(smbd.conf, smbd.port, user, pw, remote)
+        mine_neg, their_neg = negotiated(smbd.conf, smbd.port, user, pw, dataclasses.replace(remote, server="127.0.0.1"))
         ours(-1)                          # warm-up, not counted: a fresh share and smbd's first allocations
         anchor(-1)
         slowest.clear()
@@ -264,22 +327,23 @@ def main() -> int:
         for v in cpu.values():
             v.clear()
         theirs, (mine,) = alternate(ROUNDS, anchor, ours)
-        print(f"fleet_recorders: {RECORDERS}")
-        print(f"fleet_size_mib: {mib:.0f}")
-        print(f"fleet_verify: {'read back' if VERIFY else 'off'}")
-        print(f"fleet_share_folder: {'tmpfs' if on_tmpfs else 'disk'}")
-        report("fleet", mib, "smbclient_put", theirs, [("ours", mine)])
-        print(f"fleet_slowest_recorder_s: {statistics.median(slowest):.2f}")
-        print(f"fleet_slowest_recorder_vs_smbclient_all: {statistics.median(slowest) / statistics.median(theirs):.2f}")
+        print(f"{name}_recorders: {RECORDERS}")
+        if link:
+            print(f"{name}_mbit_each_way: {LINK_MBIT}")
+        print(f"{name}_size_mib: {mib:.0f}")
+        print(f"{name}_verify: {'read back' if VERIFY else 'off'}")
+        print(f"{name}_share_folder: {'tmpfs' if on_tmpfs else 'disk'}")
+        report(name, mib, "smbclient_put", theirs, [("ours", mine)])
+        print(f"{name}_slowest_recorder_s: {statistics.median(slowest):.2f}")
+        print(f"{name}_slowest_recorder_vs_smbclient_all: {statistics.median(slowest) / statistics.median(theirs):.2f}")
         if got:
-            print(f"fleet_smbclient_put_get_mib_s: {mib / statistics.median(got):.1f}")
-            print(f"fleet_ratio_ours_vs_smbclient_put_get: {statistics.median(got) / statistics.median(mine):.2f}")
-        print(f"fleet_ours_negotiated: {mine_neg}")
-        print(f"fleet_smbclient_negotiated: {their_neg}")
+            print(f"{name}_smbclient_put_get_mib_s: {mib / statistics.median(got):.1f}")
+            print(f"{name}_ratio_ours_vs_smbclient_put_get: {statistics.median(got) / statistics.median(mine):.2f}")
+        print(f"{name}_ours_negotiated: {mine_neg}")
+        print(f"{name}_smbclient_negotiated: {their_neg}")
         # where the time goes on a 2-core machine: CPU seconds of each side's client(s) and of smbd (medians)
         for k, v in cpu.items():
-            print(f"fleet_cpu_{k}_s: {statistics.median(v):.2f}")
-        return 0
+            print(f"{name}_cpu_{k}_s: {statistics.median(v):.2f}")
     finally:
         for db in dbs:
             db.close()

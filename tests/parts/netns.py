@@ -104,7 +104,7 @@ class OfficeLan:
     hosts: list[Host]
 
 
-def _free_net() -> str:
+def free_net() -> str:
     """A 10.214.x.0/24 no interface of this machine is on (other tests make LANs too)."""
     used = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True, timeout=30).stdout
     for _ in range(50):
@@ -125,7 +125,7 @@ def office_lan() -> Iterator:
 
     def make(hosts: int) -> OfficeLan:
         tag = secrets.token_hex(3)
-        net = _free_net()
+        net = free_net()
         bridge = f"sb{tag}"
         _ip("link", "add", bridge, "type", "bridge")
         bridges.append(bridge)
