@@ -31,6 +31,7 @@ from steno_exportd.engine.jobs import JobSpec
 from steno_exportd.engine.options import ExportOptions
 from steno_exportd.engine.targets import DirectoryTarget, Target
 from steno_exportd.errors import NotFoundError
+from steno_exportd.rclone.kind import RcloneKind
 from steno_exportd.library import SessionListing, SessionsDelta
 from steno_exportd.search import SearchResults
 from steno_exportd.smb.push import SmbKind
@@ -123,6 +124,7 @@ class ExportCall(NamedTuple):
     formats: tuple[str, ...]
     target: Any
     trusted: bool
+    internal: bool
 
 
 class FakeJobs:
@@ -161,6 +163,13 @@ class FakeJobs:
         self._events.publish(ev.JobUpdated(job))
         return job
 
+    def end(self, job_id: int, ok: bool, error: str = "") -> ev.JobSnapshot:
+        """Finish a job: every session of it done, or every one failed with ``error``."""
+        job = self.get(job_id)
+        results = tuple(ev.SessionResult(i, f"u{i}", "", ok, error="" if ok else error) for i in job.sessions)
+        return self.update(job_id, state=ev.JobState.COMPLETED if ok else ev.JobState.FAILED,
+                           error="" if ok else error, results=results, finished=time.time())
+
 
 class FakeCore:
     """Core's API over a FakeLibrary, without the engine.
@@ -187,7 +196,8 @@ class FakeCore:
         self.schedules = self._core.schedules      # never started: lists nothing
         self.remote_folder = self._core.remote_folder
         self.targets = self._core.targets
-        self.targets.register(SmbKind())        # as the daemon does: smb: targets are checked as there
+        self.targets.register(SmbKind())        # as the daemon does: smb: and rclone: targets are checked as there
+        self.targets.register(RcloneKind())
         self.jobs = FakeJobs(self.events)
         self.devices = DeviceRegistry(self.events)
         self.auto_export = cfg.usb.auto_export.enabled
@@ -255,7 +265,7 @@ class FakeCore:
                               *, trusted: bool = False, internal: bool = False) -> ev.JobSnapshot:
         """Core's check (an unknown session, format, option or target raises as there), then a fake job."""
         spec = await self.check_export(ids, formats, target, options, trusted=trusted)
-        self.exports.append(ExportCall(ids, tuple(formats), target, trusted))
+        self.exports.append(ExportCall(ids, tuple(formats), target, trusted, internal))
         job = self.jobs.add(operation=spec.operation, target=spec.target_name, device_id=spec.device_id,
                             state=ev.JobState.QUEUED, sessions=spec.session_ids, formats=spec.formats,
                             bytes_total=self.file_size * len(spec.session_ids))

@@ -33,7 +33,7 @@ def test_the_fake_core_has_every_public_name_and_signature_of_core(tmp_path):
 async def test_an_export_is_recorded_and_its_job_written_or_held(tmp_path):
     held = FakeCore(make_config(tmp_path, **{"smb.remotes": [dict(name="office", server="nas", share="s")]}))
     job = await held.export_sessions("all", ["txt"], "smb:office")
-    assert held.exports == [("all", ("txt",), "smb:office", False)]
+    assert held.exports == [("all", ("txt",), "smb:office", False, False)]
     assert job.state == ev.JobState.QUEUED and job.sessions == (1, 2, 3)
     assert held.jobs.cancel(job.id).state == ev.JobState.CANCELLED
 

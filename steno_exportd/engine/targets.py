@@ -386,19 +386,20 @@ class DirectoryTarget:
         finally:
             os.close(fd)
 
-    def folder_alive(self, rel: str) -> bool:
+    def folder_alive(self, rel: str, gone: Container[int] | None = None) -> bool:
         """False when the folder cannot be read (a pulled stick, a dead FUSE helper): reads its first entry only,
-        not all (a stick's author may keep thousands there)."""
+        not all (a stick's author may keep thousands there). With ``gone``, only an error of one of those errnos
+        is False (another one, say a denied read, still means the filesystem answers)."""
         try:
             fd = self._open_dir(check_rel(rel))
-        except TargetError:
-            return False
+        except TargetError as e:
+            return gone is not None and getattr(e.__cause__, "errno", None) not in gone
         try:
             with os.scandir(fd) as it:
                 next(it, None)
             return True
-        except OSError:
-            return False
+        except OSError as e:
+            return gone is not None and e.errno not in gone
         finally:
             os.close(fd)
 

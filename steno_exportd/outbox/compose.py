@@ -32,8 +32,8 @@ class Attachment:
     name: str
     media_type: str
     data: bytes | None = None           # a rendered document
-    path: Path | None = None            # a file sent as it is (a recording)
-    source: SourceRef | None = None     # the recording as the library checked it: opened through the data folder
+    source: SourceRef | None = None     # a file sent as it is (a recording), as the library checked it: opened
+                                        # through the data folder, no symlink followed in any folder of it
     size: int = 0
     recording: bool = False
 
@@ -133,22 +133,19 @@ def _stream_base64(a: Attachment, out: IO[bytes]) -> None:
         for i in range(0, len(a.data), BLOCK):
             out.write(base64.encodebytes(a.data[i:i + BLOCK]).replace(b"\n", b"\r\n"))
         return
-    assert a.path is not None
-    if a.source is not None:            # no symlink followed in any folder of it, and the very file checked
-        with a.source.open() as src:
-            fd = os.dup(src.fileno())
-    else:
-        fd = os.open(a.path, os.O_RDONLY | os.O_NOFOLLOW)   # never follow a symlink in the recorder's folder
+    assert a.source is not None
+    with a.source.open() as src:        # the very file checked
+        fd = os.dup(src.fileno())
     with os.fdopen(fd, "rb") as f:
         left = a.size
         while left > 0:
             block = f.read(min(BLOCK, left))
             if not block:
-                raise OSError(f"{a.path} became shorter while it was attached")
+                raise OSError(f"{a.source.path} became shorter while it was attached")
             left -= len(block)
             out.write(base64.encodebytes(block).replace(b"\n", b"\r\n"))
         if f.read(1):
-            raise OSError(f"{a.path} grew while it was attached")
+            raise OSError(f"{a.source.path} grew while it was attached")
 
 
 def write(draft: Draft, path: Path, domain: str) -> int:

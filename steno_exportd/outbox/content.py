@@ -68,7 +68,7 @@ def domain_of(sender: str) -> str:
 
 def sessions_draft(sessions: Sequence[Any], formats: Sequence[str], options: RenderOptions, sender: str,
                    recipients: Sequence[str], limit: int,
-                   links: Links | str | None = None, data_dir: Path | None = None) -> tuple[Draft, tuple[str, ...]]:
+                   links: Links | str | None = None, *, data_dir: Path) -> tuple[Draft, tuple[str, ...]]:
     """The message for sessions with their documents (rendered like an export's files); and what was left out.
 
     Files over the limit are named in the body; with ``links`` (email.oversize = "link") each meeting concerned gets
@@ -89,9 +89,8 @@ def sessions_draft(sessions: Sequence[Any], formats: Sequence[str], options: Ren
             taken.add(name)
             whose[name] = s
             if pf.source is not None:
-                attachments.append(Attachment(name, media_type(name), path=pf.source, size=pf.size,
-                                              recording=pf.fmt == "audio",
-                                              source=source_ref(pf, s, data_dir) if data_dir is not None else None))
+                attachments.append(Attachment(name, media_type(name), source=source_ref(pf, s, data_dir), size=pf.size,
+                                              recording=pf.fmt == "audio"))
             else:
                 data = render_file(pf, s)
                 attachments.append(Attachment(name, media_type(name), data=data, size=len(data)))

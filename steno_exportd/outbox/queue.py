@@ -299,7 +299,7 @@ class Outbox:
             draft, left_out = content.sessions_draft(sessions, request["formats"],
                                                      render_options(self.cfg, request["template"]),
                                                      self.cfg.email.sender, entry.recipients, limit, links,
-                                                     lib.data_dir)
+                                                     data_dir=lib.data_dir)
         token = f"{entry.id}-{secrets.token_hex(8)}.eml"
         path = self.dir / token
         size = write(draft, path, content.domain_of(draft.sender))

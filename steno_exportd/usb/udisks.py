@@ -5,12 +5,12 @@ import asyncio
 import dataclasses
 import errno
 import logging
-import os
 import re
 
 from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
+from steno_exportd.engine.targets import DirectoryTarget
 from steno_exportd.errors import StenoError
 
 log = logging.getLogger(__name__)
@@ -25,6 +25,8 @@ I_PART = NAME + ".Partition"
 I_DRIVE = NAME + ".Drive"
 I_LOOP = NAME + ".Loop"
 PROPS = "org.freedesktop.DBus.Properties"
+# a mount whose filesystem is gone: what a dead FUSE helper (a stick pulled without eject) answers
+GONE = frozenset({errno.ENOTCONN, errno.ECONNABORTED, errno.EIO, errno.ENODEV})
 
 # Options udisks accepts per filesystem, beside the safe ones from the config.
 # No 'flush' on vfat: the writer fsyncs every file itself, flush only slows bulk copies.
@@ -247,11 +249,6 @@ class UDisks:
 
 
 def _alive(mount_point: str) -> bool:
-    """False for a mount whose filesystem is gone (ENOTCONN/ECONNABORTED from a dead FUSE helper). Opens the root
-    and reads its first entries only: a stick's root may hold a million, all read on every check before."""
-    try:
-        with os.scandir(mount_point) as it:
-            next(it, None)
-        return True
-    except OSError as e:
-        return e.errno not in (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO, errno.ENODEV)
+    """False for a mount whose filesystem is gone (ENOTCONN/ECONNABORTED from a dead FUSE helper): the directory
+    target's check of its root (its first entry read, not all: a stick's root may hold a million)."""
+    return DirectoryTarget(mount_point).folder_alive("", gone=GONE)

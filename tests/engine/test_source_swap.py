@@ -4,13 +4,11 @@ while a thread keeps swapping the recordings between the real files and symlinks
 (a secret), and a watcher that holds every file that ever appears in the export folder."""
 from __future__ import annotations
 
-import time
-
 from steno_exportd.engine.export import SimpleSpec, run_export
 from steno_exportd.engine.options import ExportOptions
 from tests.configs import make_config
 from tests.fakes import library
-from tests.rclone.test_source_swap import MARKER, swapping
+from tests.parts.swap import MARKER, runs_while_swapping
 
 EXPORTS = 12                # exports into fresh folders (each copies every recording again) ...
 BUDGET = 30.0               # ... for at most this many seconds
@@ -25,24 +23,19 @@ def test_a_recording_swapped_for_a_symlink_during_an_export_never_copies_the_fil
     cfg = make_config(tmp_path)
     outs = tmp_path / "sticks"
     outs.mkdir()
-    results, done = [], 0
-    with swapping(recordings, secret, outs) as (watch, swapper):
-        start = time.monotonic()
-        while done < EXPORTS and time.monotonic() - start < BUDGET:
-            out = outs / f"stick{done}"
-            out.mkdir()
-            results += run_export(lib, SimpleSpec(str(out), tuple(range(1, 9)), ("audio",), ExportOptions()), cfg)
-            done += 1
-            if watch.leaked():
-                break
-    try:
-        leaked = watch.leaked()
-        assert not leaked, f"the secret reached the stick in {done} export(s): {leaked}"
-        # the race ran: the paths were swapped during the exports, and files appeared meanwhile
-        assert swapper.swaps > 100 and len(watch.held) > 8 * done, (swapper.swaps, len(watch.held))
-        for f in outs.rglob("*.wav"):
-            assert f.read_bytes() in real, f"{f} is not a recording"
-    finally:
-        watch.close()
+    results = []
+
+    def one_export(i, _swapper):
+        out = outs / f"stick{i}"
+        out.mkdir()
+        results.extend(run_export(lib, SimpleSpec(str(out), tuple(range(1, 9)), ("audio",), ExportOptions()), cfg))
+
+    got = runs_while_swapping(recordings, secret, outs, one_export, EXPORTS, BUDGET)
+    done = got.runs
+    assert not got.leaked, f"the secret reached the stick in {done} export(s): {got.leaked}"
+    # the race ran: the paths were swapped during the exports, and files appeared meanwhile
+    assert got.swaps > 100 and got.seen > 8 * done, (got.swaps, got.seen)
+    for f in outs.rglob("*.wav"):
+        assert f.read_bytes() in real, f"{f} is not a recording"
     # a recording met as a symlink fails that session (sent again by the next export), it is never a success
     assert any(r.ok for r in results), results

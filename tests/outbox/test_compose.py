@@ -9,6 +9,7 @@ import os
 import pytest
 
 from steno_exportd.outbox.compose import Attachment, Draft, fit, size_of, write
+from steno_exportd.recordings import reference
 
 
 def draft(attachments=(), subject="Meeting: Weekly sync", sender="steno@recorder.example",
@@ -27,7 +28,7 @@ def test_sizes_are_exact_and_attachments_decode_to_their_bytes(tmp_path):
         if n % 2:
             p = tmp_path / f"in{n}.bin"
             p.write_bytes(data)
-            atts.append(Attachment(f"f{n}.bin", "application/octet-stream", path=p, size=n))
+            atts.append(Attachment(f"f{n}.bin", "application/octet-stream", source=reference(p, tmp_path), size=n))
         else:
             atts.append(Attachment(f"f{n}.bin", "application/octet-stream", data=data, size=n))
     d = draft(atts)
@@ -37,7 +38,7 @@ def test_sizes_are_exact_and_attachments_decode_to_their_bytes(tmp_path):
     msg = parse(out)
     got = {p.get_filename(): p.get_payload(decode=True) for p in msg.iter_attachments()}
     for a in atts:
-        want = a.data if a.data is not None else a.path.read_bytes()
+        want = a.data if a.data is not None else a.source.path.read_bytes()
         assert hashlib.sha256(got[a.name]).digest() == hashlib.sha256(want).digest(), a.name
     raw = out.read_bytes()
     assert b"\r\n" in raw and b"\n" not in raw.replace(b"\r\n", b"")          # CRLF only

@@ -4,128 +4,16 @@ store rclone serves, while a thread keeps swapping the recordings between the re
 of the daemon's own (a secret), and a watcher that holds every file that ever appears on the store's disk."""
 from __future__ import annotations
 
-import contextlib
 import os
 import pathlib
-import random
-import threading
-import time
-from typing import Iterator
 
 from steno_exportd.engine.identity import recorder_folder
+from tests.parts.swap import MARKER, runs_while_swapping
 from tests.rclone.test_push import make_cfg, push
 from tests.smb.recorder import make_recorder
 
-MARKER = b"STENO-SECRET-SHARE-LINK-STORE:"
 PUSHES = 4                  # pushes into fresh folders (each sends every recording again) ...
 BUDGET = 40.0               # ... for at most this many seconds
-
-
-class Swapper(threading.Thread):
-    """Swaps every recording between the real file (a hard link: the same inode the library checked) and a
-    symlink to ``secret``, each state for 0-2 ms, until stopped; the real files are back in place afterwards."""
-
-    def __init__(self, paths: list[pathlib.Path], secret: pathlib.Path) -> None:
-        super().__init__(name="test-swapper", daemon=True)
-        self.paths, self.secret = paths, secret
-        self.keep = {p: p.with_name(f".{p.name}.keep") for p in paths}
-        for p, k in self.keep.items():
-            os.link(p, k)
-        self.stop = threading.Event()
-        self.swaps = 0
-
-    def _put(self, p: pathlib.Path, evil: bool) -> None:
-        tmp = p.with_name(f".{p.name}.swap")
-        if evil:
-            os.symlink(self.secret, tmp)
-        else:
-            os.link(self.keep[p], tmp)
-        os.replace(tmp, p)
-
-    def run(self) -> None:
-        rnd = random.Random(34)
-        while not self.stop.is_set():
-            for p in self.paths:
-                self._put(p, True)
-            self.swaps += 1
-            time.sleep(rnd.uniform(0, 0.002))
-            for p in self.paths:
-                self._put(p, False)
-            time.sleep(rnd.uniform(0, 0.002))
-
-    def close(self) -> None:
-        self.stop.set()
-        if self.is_alive():
-            self.join(10)
-        for p, k in self.keep.items():
-            self._put(p, False)
-            k.unlink()
-
-
-class StoreWatch(threading.Thread):
-    """Opens every file that appears under the store's folder as soon as it is seen and keeps it open, so what
-    was written into it can be read afterwards even when the push removed it (a temp file, a rejected copy)."""
-
-    def __init__(self, root: pathlib.Path) -> None:
-        super().__init__(name="test-store-watch", daemon=True)
-        self.root = root
-        self.held: dict[int, tuple[str, int]] = {}     # inode -> (path when first seen, descriptor)
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            for dirpath, _dirs, files in os.walk(self.root):
-                for name in files:
-                    path = os.path.join(dirpath, name)
-                    try:
-                        st = os.lstat(path)
-                        if st.st_ino not in self.held:
-                            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-                            with self.lock:
-                                self.held[st.st_ino] = (path, fd)
-                    except OSError:
-                        pass                # gone meanwhile
-            time.sleep(0.0005)
-
-    def leaked(self) -> list[str]:
-        """The files seen on the store that hold the secret's bytes (read now, to their end)."""
-        out = []
-        with self.lock:
-            held = list(self.held.values())
-        for path, fd in held:
-            data = os.pread(fd, os.fstat(fd).st_size, 0)
-            if MARKER in data:
-                out.append(f"{os.path.relpath(path, self.root)} ({len(data)} bytes)")
-        return out
-
-    def close(self) -> None:
-        self.stop.set()
-        if self.is_alive():
-            self.join(10)
-        for _path, fd in self.held.values():
-            os.close(fd)
-        self.held.clear()
-
-
-@contextlib.contextmanager
-def swapping(recordings: list[pathlib.Path], secret: pathlib.Path, store: pathlib.Path
-             ) -> Iterator[tuple[StoreWatch, Swapper]]:
-    """A Swapper at work on ``recordings`` and a StoreWatch on ``store`` during the body; afterwards the recordings
-    are back and the watch has stopped looking (the files it holds are read by the caller, who closes it)."""
-    watch = StoreWatch(store)
-    swapper = Swapper(recordings, secret)
-    watch.start()
-    swapper.start()
-    try:
-        yield watch, swapper
-    except BaseException:
-        watch.close()
-        raise
-    finally:
-        swapper.close()
-        watch.stop.set()
-        watch.join(10)
 
 
 def test_a_recording_swapped_for_a_symlink_during_a_push_never_sends_the_file_it_points_to(rclone_server,
@@ -137,28 +25,22 @@ def test_a_recording_swapped_for_a_symlink_during_a_push_never_sends_the_file_it
     secret = rclone_tmp / "state-of-the-daemon.db"     # outside the data folder, readable by the daemon's user
     secret.write_bytes((MARKER * 30000)[:(700 << 10) + 7])
     conf = srv.client_config(rclone_tmp / "rclone.conf")
-    results, pushed = [], 0
-    with swapping(recordings, secret, srv.served) as (watch, swapper):
-        start = time.monotonic()
-        while pushed < PUSHES and time.monotonic() - start < BUDGET:
-            cfg = make_cfg(rclone_tmp / f"push{pushed}", db, conf, f"{srv.remote}:office/run{pushed}")
-            results += push(cfg)
-            pushed += 1
-            if watch.leaked():
-                break
-    try:
-        leaked = watch.leaked()
-        assert not leaked, f"the secret reached the store in {pushed} push(es): {leaked}"
-        # the race ran: the paths were swapped during the pushes, and files appeared on the store meanwhile
-        assert swapper.swaps > 100 and len(watch.held) > 8 * pushed, (swapper.swaps, len(watch.held))
-        # and what landed under a recording's name is that recording, nothing else
-        for i in range(pushed):
-            folder = srv.served / "office" / f"run{i}" / recorder_folder(
-                make_cfg(rclone_tmp / f"push{i}", db, conf, f"{srv.remote}:office/run{i}"))
-            for f in folder.rglob("*.flac"):
-                assert f.read_bytes() in real, f"{f} is not a recording"
-    finally:
-        watch.close()
+    results = []
+
+    def one_push(i, _swapper):
+        results.extend(push(make_cfg(rclone_tmp / f"push{i}", db, conf, f"{srv.remote}:office/run{i}")))
+
+    got = runs_while_swapping(recordings, secret, srv.served, one_push, PUSHES, BUDGET)
+    pushed = got.runs
+    assert not got.leaked, f"the secret reached the store in {pushed} push(es): {got.leaked}"
+    # the race ran: the paths were swapped during the pushes, and files appeared on the store meanwhile
+    assert got.swaps > 100 and got.seen > 8 * pushed, (got.swaps, got.seen)
+    # and what landed under a recording's name is that recording, nothing else
+    for i in range(pushed):
+        folder = srv.served / "office" / f"run{i}" / recorder_folder(
+            make_cfg(rclone_tmp / f"push{i}", db, conf, f"{srv.remote}:office/run{i}"))
+        for f in folder.rglob("*.flac"):
+            assert f.read_bytes() in real, f"{f} is not a recording"
     assert results
 
 
@@ -178,38 +60,33 @@ def test_rclone_copies_the_recording_the_engine_opened_not_what_its_path_names_l
         recordings.append(p)
     secret = rclone_tmp / "state-of-the-daemon.db"
     secret.write_bytes((MARKER * 30000)[:(700 << 10) + 7])
-    copies = 0
-    with contextlib.ExitStack() as stack:
-        stack.callback(t.close)
-        watch, swapper = stack.enter_context(swapping(recordings, secret, srv.served))
-        start = time.monotonic()
-        while time.monotonic() - start < BUDGET / 2 and copies < 120:
-            src = recordings[copies % len(recordings)]
-            data = swapper.keep[src].read_bytes()
-            fd = os.open(swapper.keep[src], os.O_RDONLY | os.O_NOFOLLOW)     # the inode the engine checked
+
+    def one_copy(i, swapper):
+        src = recordings[i % len(recordings)]
+        data = swapper.keep[src].read_bytes()
+        fd = os.open(swapper.keep[src], os.O_RDONLY | os.O_NOFOLLOW)     # the inode the engine checked
+        try:
+            h = t.open_write(f"x/{i}.flac")
             try:
-                h = t.open_write(f"x/{copies}.flac")
-                try:
-                    h.from_file(src, fd, os.fstat(fd))
-                    h.write(data)
-                    h.sync()
-                    h.commit()
-                except Exception:       # noqa: BLE001 - a copy refused as changed is fine; what landed matters
-                    h.abort()
-            finally:
-                os.close(fd)
-            copies += 1
-            if watch.leaked():
-                break
+                h.from_file(src, fd, os.fstat(fd))
+                h.write(data)
+                h.sync()
+                h.commit()
+            except Exception:       # noqa: BLE001 - a copy refused as changed is fine; what landed matters
+                h.abort()
+        finally:
+            os.close(fd)
+
     try:
-        leaked = watch.leaked()
-        assert not leaked, f"the secret reached the store in {copies} copies: {leaked}"
-        assert swapper.swaps > 100 and copies >= 60, (swapper.swaps, copies)
-        real = {p.read_bytes() for p in recordings}
-        landed = list((srv.served / "office" / "x").glob("*.flac"))
-        assert landed and all(f.read_bytes() in real for f in landed)
+        got = runs_while_swapping(recordings, secret, srv.served, one_copy, 120, BUDGET / 2)
     finally:
-        watch.close()
+        t.close()
+    copies = got.runs
+    assert not got.leaked, f"the secret reached the store in {copies} copies: {got.leaked}"
+    assert got.swaps > 100 and copies >= 60, (got.swaps, copies)
+    real = {p.read_bytes() for p in recordings}
+    landed = list((srv.served / "office" / "x").glob("*.flac"))
+    assert landed and all(f.read_bytes() in real for f in landed)
 
 
 HARDENED = r'''

@@ -357,7 +357,7 @@ async def test_adapter_follows_sharing_switch(served):
         await until_adapter(lambda: states[-1] == "serving")
         await until_adapter(lambda: core.exports)    # the refresh is queued right after "serving" is published
         # trusted: the share folder is the daemon's own, not subject to export.allowed_dirs
-        assert core.exports == [("all", tuple(core.cfg.samba.formats), str(root / "export"), True)]
+        assert core.exports == [("all", tuple(core.cfg.samba.formats), str(root / "export"), True, False)]
         kw = await asyncio.to_thread(client_kw, smbd.port)
         try:
             names = await asyncio.to_thread(smbclient.listdir, "\\\\127.0.0.1\\meetings", **kw)
