@@ -449,6 +449,8 @@ def build_plan(library: Any, session_ids: tuple, formats: tuple, template: str, 
     taken: set[str] = set()
     try:
         for seq, sid in enumerate(session_ids, 1):
+            if cancelled is not None and cancelled():
+                raise CancelledJob("cancelled")
             s = library.get_session(sid)
             named = folder_name(s.summary, cfg.export.naming, cfg.export.folder_pattern, seq=seq,
                                 fmt=format_label(formats, include_audio))

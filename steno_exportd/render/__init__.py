@@ -57,7 +57,12 @@ def _work(name: str, what: Session | Sequence[Session], options: RenderOptions |
 
 
 _pool: concurrent.futures.ProcessPoolExecutor | None = None
-_pool_lock = threading.Lock()
+_pool_lock = threading.Lock()   # a pool's life has one owner at a time: create, submit, take out of use, kill
+_turn = threading.Lock()
+# ^ one render in the worker at a time: a render waiting its turn is withdrawn by not taking it, and the worker a
+#   cancel kills holds no other caller's render. (Never future.cancel() with renders queued in the pool: Python
+#   3.11's executor, its worker killed, sets an exception on that cancelled future, its manager thread dies of
+#   InvalidStateError and every other render in it waits forever.)
 POLL = 0.05     # seconds between looks at a caller's cancel flag while the worker renders
 
 
@@ -72,7 +77,7 @@ def _submit(name: str, what: Session | Sequence[Session], options: RenderOptions
             ) -> tuple[concurrent.futures.ProcessPoolExecutor, concurrent.futures.Future]:
     """A render queued in the worker process (started on first use, again after it was stopped)."""
     global _pool
-    with _pool_lock:        # (never a pool being stopped: _drop takes it out of use under this lock)
+    with _pool_lock:        # the worker is spawned here: a kill (under this lock too) finds it fully started
         if _pool is None:
             # spawn: never a fork of this threaded process, and the worker is our own child (not a fork
             # server's, which systemd's SIGTERM to the cgroup ends first): a stop or cancel can always kill it
@@ -89,13 +94,17 @@ def _kill_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
 
 
 def _drop(pool: concurrent.futures.ProcessPoolExecutor, kill: bool) -> None:
-    """Take a pool out of use (the next render starts a new worker), killing its worker if asked."""
+    """Take a pool out of use (the next render starts a new worker), killing its worker if asked.
+
+    Only the caller that takes it out shuts it down: two shutdowns at once close its queues' descriptors twice,
+    the second time a descriptor a new worker being spawned had just been given (OSError EBADF there)."""
     global _pool
     with _pool_lock:
-        if _pool is pool:
-            _pool = None
-    if kill:
-        _kill_workers(pool)
+        if _pool is not pool:
+            return
+        _pool = None
+        if kill:
+            _kill_workers(pool)
     pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -111,9 +120,9 @@ def shutdown() -> None:
 
 def _wait(pool: concurrent.futures.ProcessPoolExecutor, fut: concurrent.futures.Future,
           cancelled: Callable[[], bool]) -> Rendered:
-    """The future's result; when ``cancelled()`` turns true first, CancelledJob within POLL seconds:
-    a render not started is withdrawn, a running one is stopped by killing the worker (reportlab cannot
-    be interrupted), and the next render gets a new worker."""
+    """The future's result; when ``cancelled()`` turns true first, CancelledJob within POLL seconds: the
+    render is stopped by killing the worker (reportlab cannot be interrupted; it renders nobody else's: _turn),
+    and the next render gets a new worker."""
     while True:
         try:
             return fut.result(timeout=POLL)
@@ -135,17 +144,22 @@ def render_result_in_process(name: str, what: Session | Sequence[Session], optio
         return _work(name, what, options)
     stop = cancelled or (lambda: False)
     for attempt in (1, 2):
-        pool, fut = _submit(name, what, options)
-        try:
-            return _wait(pool, fut, stop)
-        except (concurrent.futures.process.BrokenProcessPool, concurrent.futures.CancelledError):
-            # the worker died or was stopped under it (another caller's cancel, out of memory, the daemon
-            # stopping): once more with a new one
-            _drop(pool, kill=False)
+        while not _turn.acquire(timeout=POLL):
             if stop():
-                raise CancelledJob("cancelled") from None
-            if attempt == 2:
-                raise
+                raise CancelledJob("cancelled")         # withdrawn before it reached the worker
+        try:
+            pool, fut = _submit(name, what, options)
+            try:
+                return _wait(pool, fut, stop)
+            except (concurrent.futures.process.BrokenProcessPool, concurrent.futures.CancelledError):
+                # the worker died under it (out of memory, the daemon stopping): once more with a new one
+                _drop(pool, kill=False)
+                if stop():
+                    raise CancelledJob("cancelled") from None
+                if attempt == 2:
+                    raise
+        finally:
+            _turn.release()
     raise AssertionError("unreachable")
 
 

@@ -7,13 +7,14 @@ import io
 import logging
 import mimetypes
 import re
+import threading
 import time
 from typing import Any, Protocol
 from urllib.parse import quote
 
 from aiohttp import web
 
-from steno_exportd.errors import InvalidArgument, NotFoundError, SourceError, Throttled
+from steno_exportd.errors import CancelledJob, InvalidArgument, NotFoundError, SourceError, Throttled
 from steno_exportd.recordings import SourceChanged, SourceRef
 from steno_exportd.web import human
 from steno_exportd.web.context import CTX, WebContext, client_addr, session_key
@@ -74,6 +75,12 @@ def client_left(name: str, sent: int, total: int | None, watch: Any = None) -> N
                  watch.grant.what, watch.ended)
         return
     log.info("download of %s: client left after %d of %s bytes", name, sent, total if total is not None else "?")
+
+
+def gone(request: web.BaseRequest) -> bool:
+    """The client closed its connection (also read from a worker thread: a render polls it)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 def short_of(sent: int, total: int | None, cut: str) -> str:
@@ -238,9 +245,9 @@ class SourceResponse(web.StreamResponse):
 
 async def send_span(request: web.BaseRequest, src: Any, start: int, count: int) -> int:
     """count bytes of an open file from start, by sendfile; ClientLeft or FileEnded (both ConnectionErrors)."""
-    transport = request.transport
-    if transport is None or transport.is_closing():
+    if gone(request):
         raise ClientLeft(0)
+    transport = request.transport
     await request.writer.drain()
     f = io.FileIO(src.fileno(), "rb", closefd=False)
     try:
@@ -354,14 +361,28 @@ async def _zip(request: web.Request, ctx: WebContext, ids: list[int], fmts: tupl
         if ctx.source_files + held > ctx.source_budget:
             raise Throttled("too many ZIP downloads at once; try again in a moment", 5.0)
         ctx.source_files += held
-        plan = await asyncio.to_thread(archive.build_plan, ctx.core.library, tuple(ids), fmts, template,
-                                       "audio" in fmts, ctx.cfg, None, errors, ctx.hashes, True)
+        # its documents are rendered before the first byte (minutes of PDF for a long meeting): a client that
+        # leaves meanwhile (or a handler cancelled) stops the rendering, not only the first write after it
+        ended = threading.Event()
+        try:
+            plan = await asyncio.to_thread(archive.build_plan, ctx.core.library, tuple(ids), fmts, template,
+                                           "audio" in fmts, ctx.cfg, None, errors, ctx.hashes, True,
+                                           cancelled=lambda: ended.is_set() or gone(request))
+        except CancelledJob:
+            client_left(name, 0, None)
+            return web.Response(status=499)     # nobody reads it: the connection is gone
+        finally:
+            ended.set()
         resp = web.StreamResponse(headers=headers)
         resp.content_length = archive.zip_size(plan)
         if errors:
             resp.headers["X-Steno-Problems"] = quote("; ".join(f"session {k}: {', '.join(v)}"
                                                                for k, v in errors.items()))[:2000]
-        await resp.prepare(request)
+        try:
+            await resp.prepare(request)
+        except ConnectionError:         # it left just as the headers went out
+            client_left(name, 0, resp.content_length)
+            return resp
         sent, cut = await _stream_parts(request, resp, ctx, plan, name)
     finally:
         if plan is not None:

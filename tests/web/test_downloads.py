@@ -5,6 +5,7 @@ import asyncio
 import io
 import logging
 import re
+import resource
 import zipfile
 
 from steno_exportd.formats import DOCUMENT_TEMPLATES, FORMATS
@@ -204,3 +205,135 @@ async def test_a_recording_starts_without_loading_its_transcript(web_client, ses
     no_audio = next(s for s in sessions.values() if s.audio is None)
     r = await client.get(f"/sessions/{no_audio.id}/audio")
     assert r.status == 404 and "no usable recording" in await r.text()
+
+
+async def long_and_short(web_client, rec):
+    """(client, core, long, short): a server on a recorder with a long meeting (its PDF: seconds of CPU, ~0.6 ms an
+    entry) and a short one."""
+    from tests.engine.test_cancel_render import _long_session
+    long = await asyncio.to_thread(_long_session, rec, 15_000)
+    short = await asyncio.to_thread(_long_session, rec, 5)
+    client, core = await web_client(rec.root, **{"recorder.db_path": str(rec.path)})
+    return client, core, long, short
+
+
+async def open_zips(client, sid: int, n: int) -> list:
+    """n guests asking for a session's PDF ZIP and reading nothing: their connections' writers."""
+    guests = []
+    for _ in range(n):
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+        writer.write(f"GET /zip?formats=pdf&id={sid} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        guests.append(writer)
+    return guests
+
+
+async def test_zip_clients_leaving_before_the_first_byte_stop_its_rendering(web_client, tmp_path, caplog):
+    """THREATS: a guest must never exhaust CPU. Guests open ZIPs of a long meeting's PDF (seconds of reportlab in
+    the render worker before the first byte) and leave at once: the rendering stops within a second of them
+    leaving (the worker burns no more CPU), one INFO line each, and the next ZIP is served whole."""
+    from tests.engine.test_cancel_render import cpu_seconds, render_workers
+    from tests.recorder_db import RecorderDB
+
+    caplog.set_level(logging.INFO)
+    rec = RecorderDB(tmp_path / "rec", threads=True)
+    try:
+        client, _, long, short = await long_and_short(web_client, rec)
+        guests = await open_zips(client, long, 4)
+        await until(lambda: render_workers() and cpu_seconds(render_workers()) >= 0.5, "the PDF rendering",
+                    timeout=60)
+        for writer in guests:
+            leave(writer)
+        await asyncio.sleep(1.0)                         # the bound: rendering for nobody ends within a second
+        workers = await asyncio.to_thread(render_workers)
+        before = await asyncio.to_thread(cpu_seconds, workers)
+        await asyncio.sleep(2.0)
+        burnt = await asyncio.to_thread(cpu_seconds, workers) - before
+        assert burnt < 0.2, f"the render worker went on rendering for clients that left: {burnt:.2f} s of CPU in 2 s"
+        await until(lambda: len([r for r in caplog.records if "client left" in r.getMessage()]) == 4,
+                    "one line per client that left", in_thread=False)
+        r = await asyncio.wait_for(client.get("/zip", params={"formats": "pdf", "id": str(short)}), 60)
+        assert zipfile.ZipFile(io.BytesIO(await r.read())).testzip() is None
+        noisy = [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+        assert not noisy, [f"{r.levelname} {r.name}: {r.getMessage()}" for r in noisy]
+    finally:
+        rec.close()
+
+
+def worker_cpu() -> float:
+    """CPU seconds of every render worker this process had: the ones ended (and waited for) and the live ones."""
+    from tests.engine.test_cancel_render import cpu_seconds, render_workers
+    ended = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ended.ru_utime + ended.ru_stime + cpu_seconds(render_workers())
+
+
+async def test_zip_clients_leaving_at_once_stop_their_renders_and_fail_nobody_elses(web_client, tmp_path, caplog):
+    """THREATS: guests must neither pin the CPU nor starve other callers. Eight guests open PDF ZIPs of a long
+    meeting and leave at once while two job-like threads render PDFs in the one shared worker and two browsers
+    download PDF ZIPs and stay: every staying caller gets its whole result (no BrokenProcessPool, no OSError),
+    and the worker stops rendering for the guests (not all eight of their renders)."""
+    from steno_exportd import render
+    from tests.engine.test_cancel_render import render_workers
+    from tests.recorder_db import RecorderDB
+    from tests.render.test_worker import pdf_body
+
+    caplog.set_level(logging.INFO)
+    rec = RecorderDB(tmp_path / "rec", threads=True)
+    try:
+        client, core, long, short = await long_and_short(web_client, rec)
+        small = await asyncio.to_thread(core.library.get_session, short)
+        expected = pdf_body(render.get("pdf").render_result(small, render.RenderOptions()).data)
+        # one guest's render: its CPU in the worker (the worker started and warm, as in a running daemon)
+        before = await asyncio.to_thread(worker_cpu)
+        await asyncio.to_thread(lambda: render.render_in_process("pdf", core.library.get_session(long)))
+        one = await asyncio.to_thread(worker_cpu) - before
+
+        guests = await open_zips(client, long, 8)
+        start = await asyncio.to_thread(worker_cpu)
+        await until(lambda: worker_cpu() - start >= 0.3, "the guests' PDF rendering", timeout=60)
+
+        outcomes: list[str] = []
+
+        def job_like() -> None:
+            for _ in range(5):
+                try:
+                    data = render.render_in_process("pdf", small, render.RenderOptions())
+                    outcomes.append("whole" if pdf_body(data) == expected else "wrong render")
+                except Exception as e:     # noqa: BLE001 - counted: any of them is the failure looked for
+                    outcomes.append(repr(e))
+
+        async def browser() -> None:
+            for _ in range(3):
+                r = await client.get("/zip", params={"formats": "pdf", "id": str(short)})
+                body = await r.read()
+                try:
+                    z = zipfile.ZipFile(io.BytesIO(body))
+                    whole = r.status == 200 and z.testzip() is None and \
+                        [n for n in z.namelist() if n.endswith(".pdf") and z.read(n).startswith(b"%PDF")]
+                except zipfile.BadZipFile:
+                    whole = False
+                outcomes.append("whole" if whole else f"download {r.status}: {body[:200]!r}")
+
+        staying = asyncio.gather(asyncio.to_thread(job_like), asyncio.to_thread(job_like), browser(), browser())
+        await asyncio.sleep(0.3)                          # the staying callers' renders are queued
+        left = await asyncio.to_thread(worker_cpu)
+        for writer in guests:
+            leave(writer)
+        await asyncio.wait_for(staying, 180)
+        assert outcomes.count("whole") == len(outcomes) == 16, \
+            f"{outcomes.count('whole')} of 16 staying callers got their whole result: {outcomes}"
+        await asyncio.sleep(1.0)
+        idle = await asyncio.to_thread(worker_cpu)
+        await asyncio.sleep(2.0)
+        assert await asyncio.to_thread(worker_cpu) - idle < 0.2, "the worker went on rendering for guests that left"
+        burnt = idle - left
+        assert burnt < 2 * one + 1.5, \
+            f"the worker rendered {burnt:.1f} s for 8 guests that left (one guest's render: {one:.1f} s)"
+        # one line per guest that left (a guest whose ZIP was whole before it left was served: no line)
+        await until(lambda: len(left_lines(caplog)) >= 4, "the guests' lines", in_thread=False)
+        await asyncio.sleep(0.5)
+        assert len(left_lines(caplog)) <= 8, left_lines(caplog)
+        noisy = [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+        assert not noisy, [f"{r.levelname} {r.name}: {r.getMessage()}" for r in noisy]
+        assert render_workers()
+    finally:
+        rec.close()

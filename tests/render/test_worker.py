@@ -1,0 +1,78 @@
+"""The one shared render worker under cancel churn: a caller's cancel never fails another caller's render."""
+from __future__ import annotations
+
+import collections
+import random
+import re
+import threading
+import time
+
+from steno_exportd import render
+from steno_exportd.errors import CancelledJob
+from tests.render import sessions as S
+
+OPTS = render.RenderOptions()
+
+
+def pdf_body(data: bytes) -> bytes:
+    """A PDF without what differs between two renders of the same session (its /ID and dates)."""
+    data = re.sub(rb"\[<[0-9a-f]{32}><[0-9a-f]{32}>\]", b"[ID]", data)
+    return re.sub(rb"\(D:\d{14}[^)]*\)", b"(D:date)", data)
+
+
+def test_cancels_under_churn_never_fail_another_callers_render():
+    """Threads cancel their running PDF renders over and over (a guest's ZIP left, a job cancelled) while
+    others render and wait: every render nobody cancelled comes back whole (no BrokenProcessPool, no
+    OSError from a worker spawned while another was killed), and the cancels took effect."""
+    small = S.multilingual_session()
+    medium = S.long_session(300)            # ~0.15 s in the worker: cancelled while it runs
+    expected = pdf_body(render.get("pdf").render_result(small, OPTS).data)
+    end = time.monotonic() + 10
+    counts: collections.Counter = collections.Counter()
+    failures: list[str] = []
+    lock = threading.Lock()
+
+    def stay(seed: int) -> None:
+        rnd = random.Random(seed)
+        while time.monotonic() < end:
+            try:
+                data = render.render_in_process("pdf", small, OPTS)
+                outcome = "whole" if pdf_body(data) == expected else "wrong"
+            except Exception as e:     # noqa: BLE001 - counted: any of them is the failure this test is about
+                outcome = "failed"
+                with lock:
+                    failures.append(repr(e))
+            with lock:
+                counts[outcome] += 1
+            time.sleep(rnd.uniform(0, 0.2))     # gaps: moments when a canceller is alone in the worker
+
+    def cancel(seed: int) -> None:
+        rnd = random.Random(seed)
+        while time.monotonic() < end:
+            at = time.monotonic() + rnd.uniform(0.0, 0.25)
+            try:
+                render.render_in_process("pdf", medium, OPTS, cancelled=lambda: time.monotonic() >= at)
+                outcome = "rendered"
+            except CancelledJob:
+                outcome = "cancelled"
+            except Exception as e:     # noqa: BLE001
+                outcome = "cancel failed"
+                with lock:
+                    failures.append(f"cancelled render: {e!r}")
+            with lock:
+                counts[outcome] += 1
+
+    threads = [threading.Thread(target=stay, args=(i,)) for i in range(3)] + \
+              [threading.Thread(target=cancel, args=(10 + i,)) for i in range(3)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not any(t.is_alive() for t in threads), "a render never returned"
+        stayed = counts["whole"] + counts["wrong"] + counts["failed"]
+        assert stayed >= 10 and counts["cancelled"] >= 10, counts
+        assert counts["whole"] == stayed and not failures, \
+            f"{counts['whole']} of {stayed} renders nobody cancelled came back whole; {counts}; {failures[:5]}"
+    finally:
+        render.shutdown()
