@@ -18,7 +18,7 @@ BENCH_FLEET_RECORDERS, BENCH_FLEET_MIB (per recorder) and BENCH_FLEET_ROUNDS cha
 Then the same again over an office link (lines `fleet_link_*`): the recorders and the anchor's smbclient run in a
 network namespace of their own, joined to this machine (the NAS) by one veth pair whose two directions are each
 held to BENCH_FLEET_LINK_MBIT (default 940, a Pi's and a NAS's gigabit port as measured; 0: skip) by a token bucket
-(tc tbf), MTU 1500: the NAS's one port, shared by all recorders, full duplex, as in an office. There the writes and
+(tc tbf), MTU 1500 with the segmentation offloads a NIC has left on: the NAS's one port, shared by all recorders, full duplex, as in an office. There the writes and
 the read-backs travel in opposite directions, and the wire, not this machine's 2 cores, is the limit for the anchor.
 The loopback lines stay: they measure CPU per byte with smbd and all eight recorders on 2 cores.
 """
@@ -30,6 +30,7 @@ import os
 import pathlib
 import secrets
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -109,7 +110,9 @@ class Link:
         subprocess.run(cmd, check=True, capture_output=True, timeout=60)
 
     def close(self) -> None:
-        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True, timeout=60)
+        r = subprocess.run(["ip", "netns", "del", self.ns], capture_output=True, text=True, timeout=60)
+        if r.returncode:
+            print(f"bench_fleet: could not delete network namespace {self.ns}: {r.stderr.strip()}", file=sys.stderr)
 
 
 def recorder(cfg_json: str) -> int:
@@ -242,6 +245,7 @@ def main() -> int:
     if os.geteuid() != 0 or not shutil.which("smbd") or not shutil.which("tc"):
         print("bench_fleet: needs root, samba and tc (packaging/install-test-deps.sh)", file=sys.stderr)
         return 1
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))     # a stopped run still cleans up (finally blocks)
     run("fleet", None)
     if LINK_MBIT:
         link = Link(LINK_MBIT)
@@ -259,14 +263,16 @@ def run(name: str, link: Link | None) -> None:
     nas = tmp / "nas"
     nas.mkdir()
     on_tmpfs = os.environ.get("BENCH_FLEET_DISK") != "1"
-    if on_tmpfs:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={RECORDERS * MIB * 5 // 4 + 64}m,mode=0755",
-                        "steno-bench-fleet", str(nas)], check=True)
+    mounted = False
     smbd = make_smbd(tmp / "smbd", shares=f"[push]\n   path = {nas}\n   read only = no\n   force user = root\n",
                      interfaces=f"lo {link.host_if}" if link else "lo")
     server, prefix = (link.nas, link.prefix) if link else ("127.0.0.1", [])
     dbs: list[RecorderDB] = []
     try:
+        if on_tmpfs:
+            subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={RECORDERS * MIB * 5 // 4 + 64}m,mode=0755",
+                            "steno-bench-fleet", str(nas)], check=True)
+            mounted = True
         smbd.start()
         pw = "bench-pw"
         user = smbd.add_user(pw)
@@ -349,7 +355,7 @@ def run(name: str, link: Link | None) -> None:
             db.close()
         smbd.stop()
         smbd.remove_users()
-        if on_tmpfs:
+        if mounted:
             subprocess.run(["umount", "-l", str(nas)], check=False)
         shutil.rmtree(tmp, ignore_errors=True)
 

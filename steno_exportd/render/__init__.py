@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import importlib
 import logging
 import multiprocessing
 import signal
 import threading
-from typing import Callable, Sequence
+import time
+from typing import Any, Callable, Sequence, TypeVar
 
 from steno_exportd.errors import CancelledJob, NotFoundError
 from steno_exportd.formats import DOCUMENT_TEMPLATES, FORMATS
@@ -21,7 +23,8 @@ from steno_exportd.model import Session
 from steno_exportd.render.base import Rendered, Renderer, RenderOptions
 
 __all__ = ["names", "get", "template_names", "RenderOptions", "Renderer", "Rendered", "render_in_process",
-           "render_result_in_process", "async_render", "shutdown"]
+           "render_result_in_process", "async_render", "waiting_for_worker", "shutdown"]
+T = TypeVar("T")
 
 _MODULES = {"txt": "txt", "md": "md", "html": "html", "json": "json_", "srt": "srt", "vtt": "vtt",
             "csv": "csv_", "xlsx": "xlsx", "pdf": "pdf", "docx": "docx_", "ics": "ics", "audio": "audio"}
@@ -63,7 +66,9 @@ _turn = threading.Lock()
 #   cancel kills holds no other caller's render. (Never future.cancel() with renders queued in the pool: Python
 #   3.11's executor, its worker killed, sets an exception on that cancelled future, its manager thread dies of
 #   InvalidStateError and every other render in it waits forever.)
+_stops = 0      # render.shutdown()s so far: a render begun before one is stopped by it, never retried in a new worker
 POLL = 0.05     # seconds between looks at a caller's cancel flag while the worker renders
+STOP_WAIT = 3.0     # seconds a stop waits for the threads that waited for the worker to end
 
 
 def _worker_init() -> None:
@@ -111,11 +116,23 @@ def _drop(pool: concurrent.futures.ProcessPoolExecutor, kill: bool) -> None:
 def shutdown() -> None:
     """Stop the worker process, killing a render still running in it (idempotent): the daemon's way out.
 
-    A pool left to the interpreter's exit handlers prints "Exception ignored ... weakref_cb" there."""
+    Every render begun before it ends with CancelledJob: the one running (its worker killed) and those waiting their
+    turn, none retried in a new worker (which would outlive the stop). A pool left to the interpreter's exit
+    handlers prints "Exception ignored ... weakref_cb" there."""
+    global _pool, _stops, _waiting
     with _pool_lock:
-        pool = _pool
+        _stops += 1
+        pool, _pool = _pool, None
+        waiting, _waiting = _waiting, None
+        if pool is not None:
+            _kill_workers(pool)
     if pool is not None:
-        _drop(pool, kill=True)
+        pool.shutdown(wait=True, cancel_futures=True)
+    if waiting is not None:         # its callers see the stop within POLL; none is waited for past STOP_WAIT
+        waiting.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + STOP_WAIT
+        for t in list(getattr(waiting, "_threads", ())):
+            t.join(max(0.0, deadline - time.monotonic()))
 
 
 def _wait(pool: concurrent.futures.ProcessPoolExecutor, fut: concurrent.futures.Future,
@@ -129,9 +146,9 @@ def _wait(pool: concurrent.futures.ProcessPoolExecutor, fut: concurrent.futures.
         except concurrent.futures.TimeoutError:
             if not cancelled():
                 continue
-        if not fut.cancel():
-            log.info("cancelled while rendering: stopping the render worker")
-            _drop(pool, kill=True)
+        # killed even when not started yet: never fut.cancel() (see _turn); the worker holds no other render
+        log.info("cancelled while rendering: stopping the render worker")
+        _drop(pool, kill=True)
         raise CancelledJob("cancelled")
 
 
@@ -142,17 +159,22 @@ def render_result_in_process(name: str, what: Session | Sequence[Session], optio
     ``cancelled``: polled while the worker renders; true stops the render (CancelledJob) within 0.05 s."""
     if not get(name).heavy:
         return _work(name, what, options)
-    stop = cancelled or (lambda: False)
+    begun = _stops
+
+    def stop() -> bool:         # the caller's cancel, or the daemon stopping since this render began
+        return _stops != begun or (cancelled is not None and cancelled())
     for attempt in (1, 2):
         while not _turn.acquire(timeout=POLL):
             if stop():
                 raise CancelledJob("cancelled")         # withdrawn before it reached the worker
         try:
+            if stop():
+                raise CancelledJob("cancelled")
             pool, fut = _submit(name, what, options)
             try:
                 return _wait(pool, fut, stop)
             except (concurrent.futures.process.BrokenProcessPool, concurrent.futures.CancelledError):
-                # the worker died under it (out of memory, the daemon stopping): once more with a new one
+                # the worker died under it (out of memory): once more with a new one; not when it was stopped
                 _drop(pool, kill=False)
                 if stop():
                     raise CancelledJob("cancelled") from None
@@ -169,9 +191,24 @@ def render_in_process(name: str, what: Session | Sequence[Session], options: Ren
     return render_result_in_process(name, what, options, cancelled).data
 
 
+_waiting: concurrent.futures.ThreadPoolExecutor | None = None
+WAITERS = 32    # threads that may wait for the worker at once (beyond: queued, as requests are)
+
+
+async def waiting_for_worker(fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+    """fn(*args, **kw) in a thread of the callers that wait for the render worker: not one of the loop's default
+    threads, which the page's reads, the logins and the jobs' bookkeeping need (a guest asking for eight long PDFs
+    at once held them all while the worker rendered them one after the other, and the page stood still)."""
+    global _waiting
+    with _pool_lock:
+        if _waiting is None:
+            _waiting = concurrent.futures.ThreadPoolExecutor(WAITERS, thread_name_prefix="steno-render-wait")
+    return await asyncio.get_running_loop().run_in_executor(_waiting, functools.partial(fn, *args, **kw))
+
+
 async def async_render(name: str, what: Session | Sequence[Session],
                        options: RenderOptions | None = None) -> Rendered:
     """Render without blocking the loop: heavy in the worker process, light in a thread."""
     if get(name).heavy:
-        return await asyncio.to_thread(render_result_in_process, name, what, options)
+        return await waiting_for_worker(render_result_in_process, name, what, options)
     return await asyncio.to_thread(_work, name, what, options)

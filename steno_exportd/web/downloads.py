@@ -346,6 +346,7 @@ async def stream_zip(request: web.Request, ctx: WebContext, ids: list[int], fmts
 
 async def _zip(request: web.Request, ctx: WebContext, ids: list[int], fmts: tuple[str, ...],
                name: str, via: str, use: Use | None) -> web.StreamResponse:
+    from steno_exportd import render
     from steno_exportd.engine import archive
 
     sent, held, plan, cut, resp = 0, 0, None, "", None
@@ -365,9 +366,10 @@ async def _zip(request: web.Request, ctx: WebContext, ids: list[int], fmts: tupl
         # leaves meanwhile (or a handler cancelled) stops the rendering, not only the first write after it
         ended = threading.Event()
         try:
-            plan = await asyncio.to_thread(archive.build_plan, ctx.core.library, tuple(ids), fmts, template,
-                                           "audio" in fmts, ctx.cfg, None, errors, ctx.hashes, True,
-                                           cancelled=lambda: ended.is_set() or gone(request))
+            # (in a thread of the callers waiting for the render worker: never the page's)
+            plan = await render.waiting_for_worker(archive.build_plan, ctx.core.library, tuple(ids), fmts,
+                                                   template, "audio" in fmts, ctx.cfg, None, errors, ctx.hashes,
+                                                   True, cancelled=lambda: ended.is_set() or gone(request))
         except CancelledJob:
             client_left(name, 0, None)
             return web.Response(status=499)     # nobody reads it: the connection is gone

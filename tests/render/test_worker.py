@@ -76,3 +76,39 @@ def test_cancels_under_churn_never_fail_another_callers_render():
             f"{counts['whole']} of {stayed} renders nobody cancelled came back whole; {counts}; {failures[:5]}"
     finally:
         render.shutdown()
+
+
+def test_a_stop_ends_the_running_render_and_those_waiting_without_a_new_worker():
+    """The daemon stopping (render.shutdown) while one PDF renders and another waits its turn: both callers get
+    CancelledJob at once, and no new worker is started behind the stop to render them again."""
+    long = S.long_session(4000)                 # seconds in the worker
+    outcomes: list[str] = []
+    took: list[float] = []
+
+    def caller() -> None:
+        t0 = time.monotonic()
+        try:
+            render.render_in_process("pdf", long, OPTS)
+            outcomes.append("rendered")
+        except CancelledJob:
+            outcomes.append("cancelled")
+        except Exception as e:  # noqa: BLE001 - what a caller would see
+            outcomes.append(f"{type(e).__name__}: {e}")
+        took.append(time.monotonic() - t0)
+
+    threads = [threading.Thread(target=caller) for _ in range(2)]
+    for th in threads:
+        th.start()
+        time.sleep(0.3)
+    time.sleep(0.7)                             # one renders, the other waits its turn
+    t0 = time.monotonic()
+    render.shutdown()
+    for th in threads:
+        th.join(30)
+    try:
+        assert sorted(outcomes) == ["cancelled", "cancelled"], \
+            f"after the stop the callers saw {outcomes} ({[round(x, 1) for x in took]} s each)"
+        assert time.monotonic() - t0 < 2, f"the stop took {time.monotonic() - t0:.1f} s to end both renders"
+        assert render._pool is None, "a new render worker was started after the stop"
+    finally:
+        render.shutdown()

@@ -6,6 +6,7 @@ import io
 import logging
 import re
 import resource
+import time
 import zipfile
 
 from steno_exportd.formats import DOCUMENT_TEMPLATES, FORMATS
@@ -281,8 +282,10 @@ async def test_zip_clients_leaving_at_once_stop_their_renders_and_fail_nobody_el
     try:
         client, core, long, short = await long_and_short(web_client, rec)
         small = await asyncio.to_thread(core.library.get_session, short)
-        expected = pdf_body(render.get("pdf").render_result(small, render.RenderOptions()).data)
+        expected = pdf_body((await asyncio.to_thread(render.get("pdf").render_result, small,
+                                                     render.RenderOptions())).data)     # (off the loop)
         # one guest's render: its CPU in the worker (the worker started and warm, as in a running daemon)
+        await asyncio.to_thread(render.render_in_process, "pdf", small, render.RenderOptions())
         before = await asyncio.to_thread(worker_cpu)
         await asyncio.to_thread(lambda: render.render_in_process("pdf", core.library.get_session(long)))
         one = await asyncio.to_thread(worker_cpu) - before
@@ -335,5 +338,35 @@ async def test_zip_clients_leaving_at_once_stop_their_renders_and_fail_nobody_el
         noisy = [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
         assert not noisy, [f"{r.levelname} {r.name}: {r.getMessage()}" for r in noisy]
         assert render_workers()
+    finally:
+        rec.close()
+
+
+async def test_documents_being_made_for_a_guest_never_stall_the_page_for_others(web_client, tmp_path):
+    """THREATS: a guest must not take the page down. A guest asks for a long meeting's PDF eight times at once
+    (each a render of seconds, made one after the other in the one worker): meanwhile another person's meeting
+    page and the status answer at once, not after the guest's renders (the threads the page's reads run in are
+    not held by callers waiting for the worker)."""
+    from tests.engine.test_cancel_render import _long_session
+    from tests.recorder_db import RecorderDB
+
+    rec = RecorderDB(tmp_path / "rec", threads=True)
+    try:
+        medium = await asyncio.to_thread(_long_session, rec, 6000)
+        short = await asyncio.to_thread(_long_session, rec, 5)
+        client, core = await web_client(rec.root, **{"recorder.db_path": str(rec.path)})
+        guest = [asyncio.ensure_future(client.get(f"/sessions/{medium}/download/pdf")) for _ in range(8)]
+        await asyncio.sleep(1.5)                    # the guest's renders: one in the worker, the others waiting
+        waits = []
+        for path in (f"/sessions/{short}", "/api/v1/status", f"/sessions/{short}"):
+            t0 = time.monotonic()
+            r = await asyncio.wait_for(client.get(path), 120)
+            await r.read()
+            waits.append(time.monotonic() - t0)
+            assert r.status == 200, (path, r.status)
+        assert not all(g.done() for g in guest), "the guest's renders were over before the page was asked for"
+        assert max(waits) < 1.0, f"the page waited for the guest's renders: {[round(w, 1) for w in waits]} s"
+        for g in guest:
+            g.cancel()
     finally:
         rec.close()
