@@ -13,8 +13,8 @@ from typing import Any, AsyncIterator
 from aiohttp import web
 
 from steno_exportd.errors import InvalidArgument, NotFoundError, StenoError, Throttled
-from steno_exportd.web import api, auth, downloads, links, login, mail, pages, pairing, server, tls
-from steno_exportd.web.context import (CSRF, CTX, LOGIN, PKG, REFUSALS, SID, WebContext, client_addr, read_form,
+from steno_exportd.web import api, auth, downloads, links, login, mail, pages, pairing, server, static, tls
+from steno_exportd.web.context import (CSRF, CTX, LOGIN, REFUSALS, SID, WebContext, client_addr, read_form,
                                        wants_json)
 from steno_exportd.web.grants import GRANT, login_grant
 
@@ -173,6 +173,7 @@ def make_app(core: Any, tls_on: bool = False) -> web.Application:
         ctx.tls = tls_on
         ctx.source_budget = server.source_file_budget(app[server.SERVING].guard.cap)
         app[CTX] = ctx
+        app[static.FILES] = ctx.static
         yield
         for resp in list(ctx.streams):
             with contextlib.suppress(Exception):
@@ -189,9 +190,8 @@ def make_app(core: Any, tls_on: bool = False) -> web.Application:
                 task.cancel()
 
     app.on_shutdown.append(close_streams)
-    for module in (pages, downloads, links, login, pairing, api, mail):
+    for module in (pages, downloads, links, login, pairing, api, mail, static):
         module.add_routes(app)
-    app.router.add_static("/static/", PKG / "static", append_version=False)
     return app
 
 

@@ -14,7 +14,7 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from steno_exportd import safeparse, search
 from steno_exportd.errors import InvalidArgument
-from steno_exportd.web import auth, human
+from steno_exportd.web import auth, human, static
 from steno_exportd.web.cache import RenderCache
 from steno_exportd.web.grants import OpenStreams
 from steno_exportd.web.server import RefusalLog
@@ -51,6 +51,7 @@ class WebContext:
         self.cache = RenderCache(state / "cache" / "render", cfg.http.cache_max_mb * 1024 * 1024)
         from steno_exportd.engine.hashcache import HashCache
         self.hashes = HashCache(state / "cache" / "hashes.db", cfg.retention.hash_cache_entries)
+        self.static = static.load(PKG / "static")   # the page's script and style sheet, in memory
         self.jinja = jinja2.Environment(loader=jinja2.FileSystemLoader(str(PKG / "templates")),
                                         autoescape=True, trim_blocks=True, lstrip_blocks=True)
         self.jinja.filters.update(when=human.when, size=human.size)

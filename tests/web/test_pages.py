@@ -216,3 +216,26 @@ async def test_a_skipped_stick_shows_why_on_the_devices_page(web_client):
     assert "KINGSTON" in html and "not exported: .steno-noexport on the stick" in html
     devices = await (await client.get("/api/v1/devices")).json()
     assert devices[0]["skip_reason"] == ".steno-noexport on the stick"
+
+
+async def test_the_page_s_script_and_style_are_revalidated_so_an_upgrade_never_leaves_a_stale_one(web_client):
+    """A browser kept /static/app.js from before an upgrade (no Cache-Control: cached by its heuristic for a tenth
+    of the file's age, days for a package's file) and ran it against the new pages. Now each answer says to ask
+    again (no-cache) with a validator, and asking again costs a 304 without the body."""
+    from steno_exportd.web.context import PKG
+    client, _ = await web_client()
+    for name, kind in (("app.js", "javascript"), ("style.css", "text/css")):
+        r = await client.get(f"/static/{name}")
+        body = await r.read()
+        assert r.status == 200 and body == (PKG / "static" / name).read_bytes(), name
+        assert kind in r.headers["Content-Type"], r.headers["Content-Type"]
+        assert "no-cache" in r.headers.get("Cache-Control", ""), f"{name}: {r.headers.get('Cache-Control')!r}"
+        etag = r.headers["ETag"]
+        again = await client.get(f"/static/{name}", headers={"If-None-Match": etag})
+        assert again.status == 304 and await again.read() == b"", name
+        other = await client.get(f"/static/{name}", headers={"If-None-Match": '"an-older-version"'})
+        assert other.status == 200 and await other.read() == body, name
+        head = await client.head(f"/static/{name}")
+        assert head.status == 200 and int(head.headers["Content-Length"]) == len(body), name
+    for path in ("/static/", "/static/nope.js", "/static/templates", "/static/.%2e/app.py"):
+        assert (await client.get(path)).status == 404, path
