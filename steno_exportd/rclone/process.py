@@ -34,7 +34,9 @@ _AUTH = re.compile(r"401|403 forbidden|unauthori[sz]ed|unable to authenticate|au
                    r"token.{0,40}expired|expired.{0,40}token|login|bad password", re.I)
 _EXPIRED = re.compile(r"invalid_grant|expired", re.I)
 _QUOTA = re.compile(r"quota|insufficient storage|\b507\b|no space left|storage.{0,20}full|"
-                    r"out of space|disk full", re.I)
+                    r"out of space|disk full|"
+                    r"too big for remaining disk space|no space on filesystem",   # SFTP: rclone's, the protocol's
+                    re.I)
 _NETWORK = re.compile(r"connection refused|no such host|network is unreachable|no route to host|i/o timeout|"
                       r"connection reset|broken pipe|unexpected eof|\beof\b|timeout|dial tcp|"
                       r"connection lost|connection closed|server closed", re.I)
@@ -83,7 +85,7 @@ def explain(code: int, err: str, where: str) -> TargetError:
         return RcloneError(f"{where}: the store refused the login (wrong user or password in the rclone "
                            f"config) ({line})", True)
     if _QUOTA.search(err):
-        return TargetFullError(f"{where}: the store is full (quota reached) ({line})")
+        return TargetFullError(f"{where}: the store is full (no space left, or its quota reached) ({line})")
     if _NETWORK.search(err) or code == 5:
         return RcloneError(f"{where}: the store cannot be reached (network down or server not answering) "
                            f"({line})")

@@ -26,8 +26,10 @@ from steno_exportd.engine.options import ExportOptions
 from steno_exportd.engine.registry import local
 from steno_exportd.library import Library
 from steno_exportd.rclone.kind import RcloneKind
+from steno_exportd.errors import TargetFullError
 from steno_exportd.rclone.process import RcloneError, config_problems
 from tests import parts
+from tests.parts.rclone import RcloneServer
 from tests.smb.recorder import FORMATS, Progress, assert_landed, make_recorder, on_nas, stamps
 
 MACHINE_ID = "0123456789abcdef0123456789abcdef"
@@ -289,7 +291,6 @@ def test_a_webdav_push_costs_few_store_requests_per_session(rclone_tmp, monkeypa
     requests of the store beyond the push's own (it cost 17: a look-up before its folder, a marker written and
     removed, a temp name moved). Counted in the WebDAV server's own log, as the difference of two pushes."""
     from tests.parts import require_tool
-    from tests.parts.rclone import RcloneServer
     from steno_exportd.rclone.target import RcloneTarget
     require_tool("rclone")
     monkeypatch.setattr(RcloneTarget, "save_every", 3600.0)      # the same saves in both pushes, however slow
@@ -618,7 +619,6 @@ def test_a_recording_changed_while_rclone_copies_it_fails_and_lands_nothing(rclo
 @pytest.fixture
 def webdav(rclone_tmp):
     """A WebDAV store rclone serves on loopback (for what only WebDAV has: locks), stopped afterwards."""
-    from tests.parts.rclone import RcloneServer
     parts.require_tool("rclone")
     served = rclone_tmp / "served"
     served.mkdir()
@@ -887,3 +887,42 @@ def test_a_cancel_keeps_the_sessions_read_back_before_it(far_webdav, rclone_tmp,
     assert p.fields["bytes_done"] == sum(f.size for r in res if not r.skipped for f in r.files)
     assert_landed(folder, db)
     db.close()
+
+
+@pytest.fixture
+def full_sftp(rclone_tmp):
+    """An SFTP store (rclone serve sftp) on a 16 MiB filesystem that another program has filled."""
+    parts.require_tool("rclone")
+    served = rclone_tmp / "full"
+    served.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0755", "steno-full-store", str(served)], check=True)
+    srv = None
+    try:
+        with open(served / "someone-elses.bin", "wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * (1 << 20))
+                    f.flush()
+            except OSError:
+                pass
+        srv = RcloneServer("sftp", served, rclone_tmp)
+        srv.start()
+        yield srv
+    finally:
+        if srv is not None:
+            srv.stop()
+        subprocess.run(["umount", "-l", str(served)], check=False)
+
+
+def test_a_full_sftp_store_is_said_to_be_full_and_not_tried_again(full_sftp, rclone_tmp):
+    """rclone's SFTP answer to a full disk ("preallocate: file too big for remaining disk space") was no known
+    error: the push was tried three times, 6 s of backoff, and failed with rclone's own words. Now it is the
+    store being full, said so, at once."""
+    db = make_recorder(rclone_tmp / "rec", sizes=(3 << 20,))
+    conf = full_sftp.client_config(rclone_tmp / "rclone.conf")
+    cfg = make_cfg(rclone_tmp, db, conf, f"{full_sftp.remote}:office")
+    waits: list[float] = []
+    with pytest.raises(TargetFullError) as e:
+        push(cfg, sleep=waits.append)
+    assert "the store is full" in str(e.value) and "rclone:cloud" in str(e.value), str(e.value)
+    assert waits == []
