@@ -47,6 +47,7 @@ from steno_exportd.engine.options import ExportOptions  # noqa: E402
 from steno_exportd.engine.registry import local  # noqa: E402
 from steno_exportd.library import Library  # noqa: E402
 from steno_exportd.smb.push import SmbKind  # noqa: E402
+from tests.parts import proc_stat  # noqa: E402
 from tests.parts.netns import ShapedLink, shaped_link  # noqa: E402
 from tests.parts.smbd import make_smbd  # noqa: E402
 from tests.recorder_db import RecorderDB  # noqa: E402
@@ -159,7 +160,7 @@ def tree_cpu(pid: int) -> float:
     process per connection."""
     def stat(p: int) -> list[str]:
         try:
-            return pathlib.Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            return proc_stat(p)
         except OSError:
             return []
     tick = os.sysconf("SC_CLK_TCK")
