@@ -28,7 +28,6 @@ import dataclasses
 import json
 import os
 import pathlib
-import secrets
 import shutil
 import signal
 import statistics
@@ -48,7 +47,8 @@ from steno_exportd.engine.options import ExportOptions  # noqa: E402
 from steno_exportd.engine.registry import local  # noqa: E402
 from steno_exportd.library import Library  # noqa: E402
 from steno_exportd.smb.push import SmbKind  # noqa: E402
-from tests.parts.netns import free_net  # noqa: E402
+from tests.parts import proc_stat  # noqa: E402
+from tests.parts.netns import ShapedLink, shaped_link  # noqa: E402
 from tests.parts.smbd import make_smbd  # noqa: E402
 from tests.recorder_db import RecorderDB  # noqa: E402
 
@@ -74,45 +74,6 @@ def make_recorder(root: pathlib.Path, seed: int) -> tuple[RecorderDB, list[pathl
                    audio_file_path=f"audio/{p.name}", uuid=f"{i + 1:08x}-{seed:04x}-4222-8333-{i + 1:012x}")
         files.append(p)
     return db, files
-
-
-class Link:
-    """The office side of one NAS port: a network namespace for every client, joined to this machine by a veth pair
-    whose two directions are each held to ``mbit`` by tbf. Deleted by close() (with it the veth pair)."""
-
-    def __init__(self, mbit: int) -> None:
-        tag = secrets.token_hex(3)
-        self.ns, self.host_if, ns_if = f"steno-fleet-{tag}", f"sf{tag}h", f"sf{tag}n"
-        net = free_net()
-        self.nas, self.client = f"{net}.1", f"{net}.2"
-        shape = ["root", "tbf", "rate", f"{mbit}mbit", "burst", "1mb", "latency", "10ms"]
-        self._run("ip", "netns", "add", self.ns)
-        try:
-            self._run("ip", "link", "add", self.host_if, "mtu", "1500", "type", "veth", "peer", "name", ns_if,
-                      "mtu", "1500", "netns", self.ns)
-            self._run("ip", "addr", "add", f"{self.nas}/24", "dev", self.host_if)
-            self._run("ip", "link", "set", self.host_if, "up")
-            self._run("tc", "qdisc", "add", "dev", self.host_if, *shape)              # NAS -> office
-            self._run(*self.prefix, "ip", "addr", "add", f"{self.client}/24", "dev", ns_if)
-            self._run(*self.prefix, "ip", "link", "set", ns_if, "up")
-            self._run(*self.prefix, "ip", "link", "set", "lo", "up")
-            self._run(*self.prefix, "tc", "qdisc", "add", "dev", ns_if, *shape)       # office -> NAS
-        except BaseException:
-            self.close()
-            raise
-
-    @property
-    def prefix(self) -> list[str]:
-        return ["ip", "netns", "exec", self.ns]
-
-    @staticmethod
-    def _run(*cmd: str) -> None:
-        subprocess.run(cmd, check=True, capture_output=True, timeout=60)
-
-    def close(self) -> None:
-        r = subprocess.run(["ip", "netns", "del", self.ns], capture_output=True, text=True, timeout=60)
-        if r.returncode:
-            print(f"bench_fleet: could not delete network namespace {self.ns}: {r.stderr.strip()}", file=sys.stderr)
 
 
 def recorder(cfg_json: str) -> int:
@@ -199,7 +160,7 @@ def tree_cpu(pid: int) -> float:
     process per connection."""
     def stat(p: int) -> list[str]:
         try:
-            return pathlib.Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            return proc_stat(p)
         except OSError:
             return []
     tick = os.sysconf("SC_CLK_TCK")
@@ -248,15 +209,12 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))     # a stopped run still cleans up (finally blocks)
     run("fleet", None)
     if LINK_MBIT:
-        link = Link(LINK_MBIT)
-        try:
+        with shaped_link(LINK_MBIT) as link:
             run("fleet_link", link)
-        finally:
-            link.close()
     return 0
 
 
-def run(name: str, link: Link | None) -> None:
+def run(name: str, link: ShapedLink | None) -> None:
     """One fleet benchmark on loopback (link None) or over ``link``: its lines start with ``name``."""
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="steno-bench-fleet-"))
     os.chmod(tmp, 0o755)
@@ -266,7 +224,7 @@ def run(name: str, link: Link | None) -> None:
     mounted = False
     smbd = make_smbd(tmp / "smbd", shares=f"[push]\n   path = {nas}\n   read only = no\n   force user = root\n",
                      interfaces=f"lo {link.host_if}" if link else "lo")
-    server, prefix = (link.nas, link.prefix) if link else ("127.0.0.1", [])
+    server, prefix = (link.nas, link.host.exec_prefix()) if link else ("127.0.0.1", [])
     dbs: list[RecorderDB] = []
     try:
         if on_tmpfs:

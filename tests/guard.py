@@ -22,6 +22,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.parts import proc_stat
+
 BLOCK_LIMIT = 0.5       # seconds one loop callback may run (wall time: on a busy 2-core runner a step of
                         # 100-400 ms is often just daemon subprocesses or a first import competing for the CPU)
 GRACE = 3.0             # seconds leftovers get to go away (executor workers, a reaped child, a lazy unmount)
@@ -262,7 +264,7 @@ def _started(pid: int) -> int:
     create_time() adds the boot time, which this VM reports a second apart as its clock is corrected: the same
     session daemons (udevd, dbus-daemon, udisksd) were counted as new children of three tests."""
     try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        return int(proc_stat(pid)[19])
     except (OSError, IndexError, ValueError):
         raise psutil.NoSuchProcess(pid) from None
 

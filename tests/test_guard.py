@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
 import subprocess
@@ -10,8 +11,10 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
+
 from tests import guard
-from tests.parts import require_root, require_tool
+from tests.parts import proc_stat, require_root, require_tool
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,6 +74,23 @@ def test_a_leaked_child_process_is_named(tmp_path):
         child.kill()
         found = guard.leaks(before, grace=0.2)                   # killed but never waited for: still there
         assert found == [f"leaked a child process: pid {child.pid} sleep (exited, never waited for)"], found
+    finally:
+        child.kill()
+        child.wait()
+    assert guard.leaks(before, grace=0.2) == []
+
+
+def test_a_child_whose_name_holds_parentheses_and_spaces_is_read_from_proc_right(tmp_path):
+    exe = tmp_path / "x) 1 2 (y"                # its name in /proc/<pid>/stat: "(x) 1 2 (y)"
+    shutil.copy(shutil.which("sleep"), exe)
+    before = guard.Snapshot.take((str(tmp_path),))
+    child = subprocess.Popen([str(exe), "30"])
+    try:
+        fields = proc_stat(child.pid)
+        assert fields[0] in "RS" and int(fields[1]) == os.getpid(), fields
+        started = psutil.boot_time() + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+        assert abs(started - psutil.Process(child.pid).create_time()) < 2, fields
+        assert guard.leaks(before, grace=0.2) == [f"leaked a child process: pid {child.pid} {exe} 30"]
     finally:
         child.kill()
         child.wait()

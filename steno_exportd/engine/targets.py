@@ -166,6 +166,45 @@ def _limit_for(fstype: str) -> int | None:
     return None
 
 
+def _open_dir(root: Path, parts: list[str]) -> int:
+    """An open folder root/parts..., no symlink followed below root; TargetError a person can act on."""
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise os_error(e, str(root)) from e
+    for i, p in enumerate(parts):
+        try:
+            nfd = os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        except OSError as e:
+            os.close(fd)
+            what = "/".join(parts[: i + 1])
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise TargetError(f"not a folder (a symlink or a file is in the way): {what}") from e
+            raise os_error(e, what) from e
+        os.close(fd)
+        fd = nfd
+    return fd
+
+
+def dir_alive(path: str | Path, gone: Container[int] | None = None, rel: str = "") -> bool:
+    """False when the folder (``rel`` below ``path``, no symlink followed) cannot be read (a pulled stick, a dead
+    FUSE helper): reads its first entry only, not all (a stick's author may keep thousands there). With ``gone``,
+    only an error of one of those errnos is False (another one, say a denied read, still means the filesystem
+    answers)."""
+    try:
+        fd = _open_dir(Path(path), check_rel(rel))
+    except TargetError as e:
+        return gone is not None and getattr(e.__cause__, "errno", None) not in gone
+    try:
+        with os.scandir(fd) as it:
+            next(it, None)
+        return True
+    except OSError as e:
+        return gone is not None and e.errno not in gone
+    finally:
+        os.close(fd)
+
+
 class _DirWrite:
     """A temp file in an open directory; renamed into place on commit."""
 
@@ -336,22 +375,7 @@ class DirectoryTarget:
 
     # -- walking without following symlinks ---------------------------------------
     def _open_dir(self, parts: list[str]) -> int:
-        try:
-            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as e:
-            raise os_error(e, str(self.root)) from e
-        for i, p in enumerate(parts):
-            try:
-                nfd = os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-            except OSError as e:
-                os.close(fd)
-                what = "/".join(parts[: i + 1])
-                if e.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise TargetError(f"not a folder (a symlink or a file is in the way): {what}") from e
-                raise os_error(e, what) from e
-            os.close(fd)
-            fd = nfd
-        return fd
+        return _open_dir(self.root, parts)
 
     def _split(self, rel: str) -> tuple[list[str], str]:
         parts = check_rel(rel)
@@ -387,21 +411,8 @@ class DirectoryTarget:
             os.close(fd)
 
     def folder_alive(self, rel: str, gone: Container[int] | None = None) -> bool:
-        """False when the folder cannot be read (a pulled stick, a dead FUSE helper): reads its first entry only,
-        not all (a stick's author may keep thousands there). With ``gone``, only an error of one of those errnos
-        is False (another one, say a denied read, still means the filesystem answers)."""
-        try:
-            fd = self._open_dir(check_rel(rel))
-        except TargetError as e:
-            return gone is not None and getattr(e.__cause__, "errno", None) not in gone
-        try:
-            with os.scandir(fd) as it:
-                next(it, None)
-            return True
-        except OSError as e:
-            return gone is not None and e.errno not in gone
-        finally:
-            os.close(fd)
+        """dir_alive of a folder of this target."""
+        return dir_alive(self.root, gone, rel)
 
     def scandir(self, rel: str) -> dict[str, EntryStat]:
         fd = self._open_dir(check_rel(rel))

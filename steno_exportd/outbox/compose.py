@@ -31,9 +31,8 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 class Attachment:
     name: str
     media_type: str
-    data: bytes | None = None           # a rendered document
-    source: SourceRef | None = None     # a file sent as it is (a recording), as the library checked it: opened
-                                        # through the data folder, no symlink followed in any folder of it
+    body: bytes | SourceRef             # a rendered document's bytes, or a file sent as it is (a recording) as the
+                                        # library checked it: opened through the data folder, no symlink followed
     size: int = 0
     recording: bool = False
 
@@ -129,23 +128,23 @@ def size_of(draft: Draft, domain: str) -> int:
 
 
 def _stream_base64(a: Attachment, out: IO[bytes]) -> None:
-    if a.data is not None:
-        for i in range(0, len(a.data), BLOCK):
-            out.write(base64.encodebytes(a.data[i:i + BLOCK]).replace(b"\n", b"\r\n"))
+    if isinstance(a.body, bytes):
+        for i in range(0, len(a.body), BLOCK):
+            out.write(base64.encodebytes(a.body[i:i + BLOCK]).replace(b"\n", b"\r\n"))
         return
-    assert a.source is not None
-    with a.source.open() as src:        # the very file checked
+    source = a.body
+    with source.open() as src:          # the very file checked
         fd = os.dup(src.fileno())
     with os.fdopen(fd, "rb") as f:
         left = a.size
         while left > 0:
             block = f.read(min(BLOCK, left))
             if not block:
-                raise OSError(f"{a.source.path} became shorter while it was attached")
+                raise OSError(f"{source.path} became shorter while it was attached")
             left -= len(block)
             out.write(base64.encodebytes(block).replace(b"\n", b"\r\n"))
         if f.read(1):
-            raise OSError(f"{a.source.path} grew while it was attached")
+            raise OSError(f"{source.path} grew while it was attached")
 
 
 def write(draft: Draft, path: Path, domain: str) -> int:

@@ -89,11 +89,11 @@ def sessions_draft(sessions: Sequence[Any], formats: Sequence[str], options: Ren
             taken.add(name)
             whose[name] = s
             if pf.source is not None:
-                attachments.append(Attachment(name, media_type(name), source=source_ref(pf, s, data_dir), size=pf.size,
+                attachments.append(Attachment(name, media_type(name), source_ref(pf, s, data_dir), size=pf.size,
                                               recording=pf.fmt == "audio"))
             else:
                 data = render_file(pf, s)
-                attachments.append(Attachment(name, media_type(name), data=data, size=len(data)))
+                attachments.append(Attachment(name, media_type(name), data, size=len(data)))
     subject = sessions_subject([s.title for s in sessions])
     share = links if isinstance(links, Links) else None
     context = dict(sessions=[session_context(s) for s in sessions], subject=subject, problems=problems,

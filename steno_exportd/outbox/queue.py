@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from steno_exportd import events as ev
+from steno_exportd import events as ev, render
 from steno_exportd.access.store import AT_DEVICE
 from steno_exportd.config import Config
 from steno_exportd.engine.plan import render_options
@@ -269,7 +269,8 @@ class Outbox:
 
     async def _compose(self, entry: ev.OutboxEntry) -> None:
         try:
-            updated = await asyncio.to_thread(self._compose_sync, entry)
+            # its PDFs wait for the one render worker: in a thread of those callers, never one the page needs
+            updated = await render.waiting_for_worker(self._compose_sync, entry)
         except asyncio.CancelledError:
             raise
         except (StenoError, OSError, ValueError) as e:

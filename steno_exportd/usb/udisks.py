@@ -10,7 +10,7 @@ import re
 from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
-from steno_exportd.engine.targets import DirectoryTarget
+from steno_exportd.engine.targets import dir_alive
 from steno_exportd.errors import StenoError
 
 log = logging.getLogger(__name__)
@@ -249,6 +249,6 @@ class UDisks:
 
 
 def _alive(mount_point: str) -> bool:
-    """False for a mount whose filesystem is gone (ENOTCONN/ECONNABORTED from a dead FUSE helper): the directory
-    target's check of its root (its first entry read, not all: a stick's root may hold a million)."""
-    return DirectoryTarget(mount_point).folder_alive("", gone=GONE)
+    """False for a mount whose filesystem is gone (ENOTCONN/ECONNABORTED from a dead FUSE helper): its root's
+    first entry read, not all (a stick's root may hold a million)."""
+    return dir_alive(mount_point, GONE)

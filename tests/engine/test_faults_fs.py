@@ -14,10 +14,11 @@ import pytest
 
 from steno_exportd.engine.export import SimpleSpec, run_export
 from steno_exportd.engine.options import ExportOptions
-from steno_exportd.engine.targets import DirectoryTarget
+from steno_exportd.engine.targets import DirectoryTarget, dir_alive
 from steno_exportd.engine.verify import verify_target
 from steno_exportd.errors import TargetError
 from steno_exportd.usb.policy import sessions_on_stick
+from steno_exportd.usb.udisks import GONE
 from tests.configs import make_config
 from tests.fakes import FakeLibrary, library, make_session
 from tests.parts.loopfs import fuse_helper_pid, loop_fs, mount, umount
@@ -545,5 +546,7 @@ def test_a_yanked_stick_is_not_alive_though_only_its_first_entry_is_read(tmp_pat
         (mnt / "SilentSteno" / "a.txt").write_text("a")
         t = DirectoryTarget(str(mnt))
         assert t.folder_alive("SilentSteno")
+        assert dir_alive(mnt, GONE)                             # udisks's look at a mount it finds
         _kill_stick(dev)
         assert not t.folder_alive("SilentSteno")
+        assert not dir_alive(mnt, GONE), "a dead FUSE mount would be reused instead of mounted afresh"

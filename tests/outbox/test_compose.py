@@ -28,9 +28,9 @@ def test_sizes_are_exact_and_attachments_decode_to_their_bytes(tmp_path):
         if n % 2:
             p = tmp_path / f"in{n}.bin"
             p.write_bytes(data)
-            atts.append(Attachment(f"f{n}.bin", "application/octet-stream", source=reference(p, tmp_path), size=n))
+            atts.append(Attachment(f"f{n}.bin", "application/octet-stream", reference(p, tmp_path), size=n))
         else:
-            atts.append(Attachment(f"f{n}.bin", "application/octet-stream", data=data, size=n))
+            atts.append(Attachment(f"f{n}.bin", "application/octet-stream", data, size=n))
     d = draft(atts)
     out = tmp_path / "m.eml"
     size = write(d, out, 'recorder.example')
@@ -38,7 +38,7 @@ def test_sizes_are_exact_and_attachments_decode_to_their_bytes(tmp_path):
     msg = parse(out)
     got = {p.get_filename(): p.get_payload(decode=True) for p in msg.iter_attachments()}
     for a in atts:
-        want = a.data if a.data is not None else a.source.path.read_bytes()
+        want = a.body if isinstance(a.body, bytes) else a.body.path.read_bytes()
         assert hashlib.sha256(got[a.name]).digest() == hashlib.sha256(want).digest(), a.name
     raw = out.read_bytes()
     assert b"\r\n" in raw and b"\n" not in raw.replace(b"\r\n", b"")          # CRLF only
@@ -47,7 +47,7 @@ def test_sizes_are_exact_and_attachments_decode_to_their_bytes(tmp_path):
 
 
 def test_header_values_never_carry_a_line_break(tmp_path):
-    d = draft([Attachment("a\r\nContent-Type: text/html\r\n\r\n<script>.txt", "text/plain", data=b"x", size=1)],
+    d = draft([Attachment("a\r\nContent-Type: text/html\r\n\r\n<script>.txt", "text/plain", b"x", size=1)],
               subject="Board\r\nBcc: mallory@evil.example")
     write(d, tmp_path / "m.eml", "recorder.example")
     msg = parse(tmp_path / "m.eml")
@@ -62,7 +62,7 @@ def test_header_values_never_carry_a_line_break(tmp_path):
 
 
 def test_non_ascii_names_and_subjects_are_encoded(tmp_path):
-    d = draft([Attachment("Protokoll Müller – März.txt", "text/plain", data="ä".encode(), size=2)],
+    d = draft([Attachment("Protokoll Müller – März.txt", "text/plain", "ä".encode(), size=2)],
               subject="Besprechung: Größe & Budget ✓", recipients=("Jürgen Groß <j@example.org>",))
     write(d, tmp_path / "m.eml", "recorder.example")
     raw = (tmp_path / "m.eml").read_bytes()
@@ -74,9 +74,9 @@ def test_non_ascii_names_and_subjects_are_encoded(tmp_path):
 
 
 def test_fit_leaves_out_recordings_first_then_the_largest():
-    rec = Attachment("audio.flac", "audio/flac", size=3000, recording=True)
-    big = Attachment("report.pdf", "application/pdf", size=2000)
-    small = Attachment("t.txt", "text/plain", size=100)
+    rec = Attachment("audio.flac", "audio/flac", bytes(3000), size=3000, recording=True)
+    big = Attachment("report.pdf", "application/pdf", bytes(2000), size=2000)
+    small = Attachment("t.txt", "text/plain", bytes(100), size=100)
     assert fit([rec, big, small], 10_000) == ([rec, big, small], [])
     assert fit([rec, big, small], 3000) == ([big, small], [rec])
     assert fit([rec, big, small], 1000) == ([small], [rec, big])

@@ -35,6 +35,14 @@ def require_root() -> None:
     require(os.geteuid() == 0, "root")
 
 
+def proc_stat(pid: int) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name (which may hold spaces and parentheses): [0] is
+    proc(5)'s field 3 (state), [1] the parent's pid, [11:15] the CPU ticks (own and waited-for children's user,
+    system), [19] the start in clock ticks since boot. OSError when there is no such process."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
 def wait_for(cond: Callable[[], object], timeout: float = 10.0, interval: float = 0.02,
              what: str = "condition") -> object:
     """Bounded poll: return cond()'s first truthy value or fail naming what was awaited."""

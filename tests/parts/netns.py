@@ -9,16 +9,23 @@ test asks for (all without duplicate address detection, so they work at once). A
 ``lan.nas``). Each host may get its own /etc files (``ip netns exec`` binds /etc/netns/<name>/<file> over
 /etc/<file>), e.g. its own /etc/machine-id.
 
-Namespaces, veth pairs, the bridge and the /etc/netns folders are always deleted afterwards.
+``shaped_link(mbit)``: a context manager (no pytest needed: the benchmarks use it) for one host behind a veth pair
+whose two directions are each held to ``mbit`` by tbf, as a NAS's one port shared by an office.
+
+Namespaces, veth pairs (with their qdiscs), the bridge and the /etc/netns folders are always deleted afterwards.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import pathlib
 import secrets
 import shutil
+import signal
 import subprocess
+import sys
+import threading
 from typing import Iterator
 
 import pytest
@@ -26,14 +33,20 @@ import pytest
 from tests.parts import require, require_root, require_tool
 
 
-def _ip(*args: str, ns: str = "") -> None:
-    cmd = ["ip", "-batch", "-"] if args and args[0] == "-batch" else ["ip", *args]
+def _run(cmd: list[str], ns: str = "", input: str | None = None) -> None:
+    """A command (in namespace ``ns`` if given); RuntimeError with its stderr when it fails."""
     if ns:
         cmd = ["ip", "netns", "exec", ns, *cmd]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60,
-                       input=args[1] if args and args[0] == "-batch" else None)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, input=input)
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)}: {r.stderr.strip()}")
+
+
+def _ip(*args: str, ns: str = "") -> None:
+    if args and args[0] == "-batch":
+        _run(["ip", "-batch", "-"], ns, args[1])
+    else:
+        _run(["ip", *args], ns)
 
 
 @dataclasses.dataclass
@@ -155,3 +168,72 @@ def office_lan() -> Iterator:
         shutil.rmtree(pathlib.Path("/etc/netns") / name, ignore_errors=True)
     for bridge in bridges:
         subprocess.run(["ip", "link", "del", bridge], capture_output=True, timeout=60)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShapedLink:
+    host: Host                     # the far side: its namespace and its address on the link
+    host_if: str                   # this machine's end of the veth pair
+    ns_if: str                     # the namespace's end
+    nas: str                       # this machine's address on the link: where a server listens
+
+
+def _gone(link: ShapedLink) -> list[str]:
+    """Delete a shaped link; what could not be deleted. This machine's end first: a veth goes with both ends and
+    their qdiscs even while a process still holds the namespace (which keeps it alive after `ip netns del`)."""
+    left = []
+    if os.path.exists(f"/sys/class/net/{link.host_if}"):
+        r = subprocess.run(["ip", "link", "del", link.host_if], capture_output=True, text=True, timeout=60)
+        if r.returncode and os.path.exists(f"/sys/class/net/{link.host_if}"):
+            left.append(f"veth {link.host_if}: {r.stderr.strip()}")
+    if os.path.exists(f"/run/netns/{link.host.name}"):
+        r = subprocess.run(["ip", "netns", "del", link.host.name], capture_output=True, text=True, timeout=60)
+        if r.returncode:
+            left.append(f"network namespace {link.host.name}: {r.stderr.strip()}")
+    return left
+
+
+def _raise_exit(signum: int, frame: object) -> None:
+    sys.exit(128 + signum)
+
+
+@contextlib.contextmanager
+def shaped_link(mbit: int) -> Iterator[ShapedLink]:
+    """A namespace joined to this machine by a veth pair (MTU 1500), each direction held to ``mbit`` by tbf.
+
+    Deleted on the way out, also when setting it up fails or on SIGTERM: where SIGTERM would kill the process
+    outright (its default, in the main thread), it ends the process through this block's clean-up instead."""
+    if mbit <= 0:
+        raise ValueError(f"a shaped link needs a rate above 0 Mbit/s, not {mbit}")
+    tag = secrets.token_hex(3)
+    net = free_net()
+    link = ShapedLink(Host(f"steno-link-{tag}", f"{net}.2"), f"sl{tag}h", f"sl{tag}n", f"{net}.1")
+    own_handler = (threading.current_thread() is threading.main_thread()
+                   and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
+    if own_handler:
+        signal.signal(signal.SIGTERM, _raise_exit)
+    shape = ["root", "tbf", "rate", f"{mbit}mbit", "burst", "1mb", "latency", "10ms"]
+    try:
+        _ip("netns", "add", link.host.name)
+        _ip("link", "add", link.host_if, "mtu", "1500", "type", "veth", "peer", "name", link.ns_if,
+            "mtu", "1500", "netns", link.host.name)
+        _ip("addr", "add", f"{link.nas}/24", "dev", link.host_if)
+        _ip("link", "set", link.host_if, "up")
+        _run(["tc", "qdisc", "add", "dev", link.host_if, *shape])                    # this machine -> the host
+        _ip("-batch", f"addr add {link.host.addr}/24 dev {link.ns_if}\nlink set {link.ns_if} up\n"
+            "link set lo up\n", ns=link.host.name)
+        _run(["tc", "qdisc", "add", "dev", link.ns_if, *shape], ns=link.host.name)   # the host -> this machine
+        yield link
+    finally:
+        # a second SIGTERM waits until everything is deleted (then it ends the process as it would have)
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        try:
+            left = _gone(link)
+            if own_handler and signal.getsignal(signal.SIGTERM) is _raise_exit:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        if left:
+            if sys.exc_info()[0] is None:
+                raise RuntimeError(f"shaped link left behind: {'; '.join(left)}")
+            print(f"shaped link left behind: {'; '.join(left)}", file=sys.stderr)

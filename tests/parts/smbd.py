@@ -171,10 +171,9 @@ def _children(pid: int) -> list[int]:
         if not d.name.isdigit():
             continue
         try:
-            stat = (d / "stat").read_text()
+            ppid = int(parts.proc_stat(int(d.name))[1])
         except OSError:
             continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
         if ppid == pid:
             out.append(int(d.name))
     return out

@@ -6,12 +6,11 @@ import io
 import logging
 import os
 import re
-import threading
-import time
 import zipfile
 from pathlib import Path
 
 from steno_exportd.library import Library
+from tests.parts.swap import Swapper
 from tests.web.helpers import csrf
 
 GROWN = 24 << 20            # recordings grown to this size (header kept) so a download takes a while
@@ -35,37 +34,6 @@ def grow(path: Path, size: int = GROWN) -> bytes:
     with open(path, "r+b") as f:
         f.truncate(size)
     return path.read_bytes()
-
-
-class Swapper:
-    """Swap a recording for a symlink (to a file outside the data folder) and back, as fast as it can."""
-
-    def __init__(self, recording: Path, target: Path) -> None:
-        self.recording, self.target = recording, target
-        self.keep = recording.with_name(".keep-" + recording.name)
-        os.link(recording, self.keep)
-        self.stop = threading.Event()
-        self.swaps = 0
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        link, real = self.recording.with_name(".link"), self.recording.with_name(".real")
-        while not self.stop.is_set():
-            os.symlink(self.target, link)
-            os.replace(link, self.recording)        # now a symlink out of the data folder
-            time.sleep(0.0005)
-            os.link(self.keep, real)
-            os.replace(real, self.recording)        # the real recording again
-            time.sleep(0.0005)
-            self.swaps += 1
-
-    def __enter__(self) -> "Swapper":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join()
 
 
 async def fetch(client, path: str, headers: dict) -> tuple:
@@ -92,7 +60,9 @@ async def test_a_recording_swapped_for_a_symlink_never_serves_what_it_points_to(
     paths = [f"/sessions/{sid}/audio?dl=1", f"/sessions/{sid}/audio", f"{link['url']}/audio",
              f"/sessions/{sid}/zip?formats=audio", f"{link['url']}/zip"]
     served, refused, leaked, wrong, failed, hung = 0, 0, [], [], [], []
-    with Swapper(path, secret) as swapper:
+    swapper = Swapper([path], secret)
+    swapper.start()
+    try:
         deadline = asyncio.get_running_loop().time() + 4
         while asyncio.get_running_loop().time() < deadline:
             rs = await asyncio.gather(*(fetch(client, p, h) for p in paths for h in ({}, {"Range": "bytes=0-"})))
@@ -110,6 +80,8 @@ async def test_a_recording_swapped_for_a_symlink_never_serves_what_it_points_to(
                     refused += 1
                     if r.status >= 500:
                         failed.append((r.url.path, r.status))
+    finally:
+        await asyncio.to_thread(swapper.close)          # the real recording back in place
     assert not leaked, f"{len(leaked)} answers carried the file outside the data folder: {leaked[:5]}"
     assert not wrong, f"{len(wrong)} recordings served were not the recording: {wrong[:5]}"
     assert not failed, f"{len(failed)} server errors: {failed[:5]}"
