@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
 import dataclasses
+import functools
 import itertools
 import logging
 import threading
@@ -60,6 +63,8 @@ class Progress:
     def cancelled(self) -> bool:
         return self.cancel.is_set()
 
+
+MAX_JOBS = 16       # the most jobs that run at once: export.max_concurrent_jobs's maximum (config.py)
 
 Runner = Callable[[Any, JobSpec, Config, Progress, int], list[ev.SessionResult]]
 
@@ -122,6 +127,10 @@ class JobManager:
         self._seq = itertools.count()
         self._next_id = 1
         self._loop: asyncio.AbstractEventLoop | None = None
+        # the jobs' own threads (made as jobs run, at most the config's maximum): a job holds its thread for the
+        # whole export, so in the loop's few default threads (6 on 2 cores) a few exports left the page's reads, the
+        # login check and the jobs' own bookkeeping none
+        self._threads: concurrent.futures.ThreadPoolExecutor | None = None
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -129,6 +138,7 @@ class JobManager:
             return
         self._loop = asyncio.get_running_loop()
         self._queue = asyncio.PriorityQueue()
+        self._threads = concurrent.futures.ThreadPoolExecutor(MAX_JOBS, thread_name_prefix="steno-job")
         self.hashes = await asyncio.to_thread(HashCache, Path(self.cfg.state.dir) / "cache" / "hashes.db")
         self._next_id = max(self._next_id, await asyncio.to_thread(self.state.next_job_id))
         for d in await asyncio.to_thread(self.state.jobs, (str(ev.JobState.INTERRUPTED),)):
@@ -156,6 +166,9 @@ class JobManager:
             w.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers = []
+        if self._threads is not None:
+            self._threads.shutdown(wait=False)      # (the jobs ended above; a job still running ends by its cancel)
+            self._threads = None
         for j in list(self._jobs.values()):
             if not j.snap.state.finished:
                 self._set(j, state=ev.JobState.CANCELLED, error="the daemon stopped", finished=time.time())
@@ -303,10 +316,11 @@ class JobManager:
         try:
             lib = self._library()
             if runner is None:
-                results = await asyncio.to_thread(default_runner, lib, job.spec, self.cfg, progress, job.snap.id,
-                                                  self.state, self.targets, self.hashes)
+                work = functools.partial(default_runner, lib, job.spec, self.cfg, progress, job.snap.id, self.state,
+                                         self.targets, self.hashes)
             else:
-                results = await asyncio.to_thread(runner, lib, job.spec, self.cfg, progress, job.snap.id)
+                work = functools.partial(runner, lib, job.spec, self.cfg, progress, job.snap.id)
+            results = await loop.run_in_executor(self._threads, contextvars.copy_context().run, work)
         except asyncio.CancelledError:
             job.cancel.set()
             raise

@@ -1,0 +1,59 @@
+"""Export jobs run in threads of their own, never in the loop's default executor: the page's reads, the login
+check and the jobs' own bookkeeping run there, in few threads (min(32, cores + 4): 6 on 2 cores, 8 on a Pi 5)."""
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+
+from steno_exportd import events as ev
+from steno_exportd.engine.jobs import JobManager, JobSpec
+from steno_exportd.engine.state import StateDB
+from tests.configs import make_config
+
+# the size asyncio gives the loop's default executor (ThreadPoolExecutor's default)
+DEFAULT_THREADS = min(32, (os.cpu_count() or 1) + 4)
+
+
+async def test_more_running_exports_than_default_threads_all_run_and_never_stall_the_page(tmp_path):
+    """THREATS: nobody starves other callers. export.max_concurrent_jobs set above the number of the loop's default
+    threads: every job runs at once (before, only as many as those threads ran, the rest waited), and meanwhile the
+    page's short blocking work still gets a thread at once (before, none was left while exports ran). The jobs'
+    work is held open until the test has looked."""
+    jobs_at_once = DEFAULT_THREADS + 2
+    cfg = make_config(tmp_path, **{"export.max_concurrent_jobs": jobs_at_once})
+    release = threading.Event()
+    running: list[int] = []
+
+    def export(lib, spec, cfg, progress, job_id):       # an export that lasts until the test has looked
+        running.append(job_id)
+        release.wait(60)
+        return []
+    state = StateDB(tmp_path / "state.db")
+    jobs = JobManager(cfg, ev.EventBus(), state, lambda: None, runner=export)
+    await jobs.start()
+    try:
+        snaps = []
+        for i in range(jobs_at_once):
+            try:
+                snaps.append(await asyncio.wait_for(jobs.submit(JobSpec("export", "dir", f"to-{i}")), 10))
+            except TimeoutError:
+                raise AssertionError(f"asking for export {i + 1} waited 10 s for a thread while {len(running)} "
+                                     f"exports ran") from None
+        deadline = time.monotonic() + 10
+        while len(running) < jobs_at_once and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert len(running) == jobs_at_once, f"{len(running)} of {jobs_at_once} exports ran at once"
+        asked = time.monotonic()
+        await asyncio.wait_for(asyncio.to_thread(time.sleep, 0), 10)    # what a page's read asks for
+        waited = time.monotonic() - asked
+        assert waited < 0.5, f"the page waited {waited:.1f} s for a thread while {len(running)} exports ran"
+        release.set()
+        for s in snaps:
+            done = await jobs.wait(s.id, timeout=30)
+            assert done.state == ev.JobState.COMPLETED, done.error
+    finally:
+        release.set()
+        await jobs.stop()
+        state.close()
