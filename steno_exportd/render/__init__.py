@@ -15,7 +15,6 @@ import logging
 import multiprocessing
 import signal
 import threading
-import time
 from typing import Any, Callable, Sequence, TypeVar
 
 from steno_exportd.errors import CancelledJob, NotFoundError
@@ -163,21 +162,19 @@ def shutdown() -> None:
     Every render begun before it ends with CancelledJob: the one running (its worker killed) and those waiting their
     turn, none retried in a new worker (which would outlive the stop). A pool left to the interpreter's exit
     handlers prints "Exception ignored ... weakref_cb" there."""
-    global _pool, _stops, _waiting
+    global _stops, _waiting
     with _pool_lock:
         _stops += 1
-        pool, _pool = _pool, None
+        pool = _pool
         waiting, _waiting = _waiting, None
-        if pool is not None:
-            _kill_workers(pool)
     _turns.wake()                   # the renders waiting their turn see the stop at once
     if pool is not None:
-        pool.shutdown(wait=True, cancel_futures=True)
+        _drop(pool, kill=True)
     if waiting is not None:         # its callers see the stop within POLL; none is waited for past STOP_WAIT
-        waiting.shutdown(wait=False, cancel_futures=True)
-        deadline = time.monotonic() + STOP_WAIT
-        for t in list(getattr(waiting, "_threads", ())):
-            t.join(max(0.0, deadline - time.monotonic()))
+        stop = threading.Thread(target=waiting.shutdown, kwargs={"cancel_futures": True},
+                                name="steno-render-stop", daemon=True)
+        stop.start()
+        stop.join(STOP_WAIT)
 
 
 def _wait(pool: concurrent.futures.ProcessPoolExecutor, fut: concurrent.futures.Future,
