@@ -7,6 +7,7 @@ their heavy libraries only when they render, and are run in a worker process by
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import functools
 import importlib
@@ -14,7 +15,6 @@ import logging
 import multiprocessing
 import signal
 import threading
-import time
 from typing import Any, Callable, Sequence, TypeVar
 
 from steno_exportd.errors import CancelledJob, NotFoundError
@@ -61,13 +61,56 @@ def _work(name: str, what: Session | Sequence[Session], options: RenderOptions |
 
 _pool: concurrent.futures.ProcessPoolExecutor | None = None
 _pool_lock = threading.Lock()   # a pool's life has one owner at a time: create, submit, take out of use, kill
-_turn = threading.Lock()
-# ^ one render in the worker at a time: a render waiting its turn is withdrawn by not taking it, and the worker a
-#   cancel kills holds no other caller's render. (Never future.cancel() with renders queued in the pool: Python
-#   3.11's executor, its worker killed, sets an exception on that cancelled future, its manager thread dies of
-#   InvalidStateError and every other render in it waits forever.)
+
+
+class _Turns:
+    """One render in the worker at a time, first come first served: a render waiting its turn is withdrawn by
+    leaving the queue, and the worker a cancel kills holds no other caller's render. (Never future.cancel() with
+    renders queued in the pool: Python 3.11's executor, its worker killed, sets an exception on that cancelled
+    future, its manager thread dies of InvalidStateError and every other render in it waits forever.)"""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: collections.deque[object] = collections.deque()    # the waiting callers' tickets, in order
+        self._held = False
+
+    def take(self, stop: Callable[[], bool]) -> None:
+        """Wait for the turn after every caller that asked before; CancelledJob when ``stop()`` turns true first
+        (looked at every POLL seconds, and at once on wake())."""
+        me = object()
+        with self._cond:
+            self._queue.append(me)
+        try:
+            while True:
+                with self._cond:
+                    if not self._held and self._queue[0] is me:
+                        self._queue.popleft()
+                        self._held = True
+                        return
+                    self._cond.wait(POLL)
+                if stop():              # (the caller's own flag: never looked at under the queue's lock)
+                    raise CancelledJob("cancelled")         # withdrawn before it reached the worker
+        except BaseException:
+            with self._cond:
+                self._queue.remove(me)
+                self._cond.notify_all()         # it may have been first: the next one goes
+            raise
+
+    def give(self) -> None:
+        """End the turn: the longest waiting caller takes it."""
+        with self._cond:
+            self._held = False
+            self._cond.notify_all()
+
+    def wake(self) -> None:
+        """Every waiting caller looks at its stop at once (the daemon stopping)."""
+        with self._cond:
+            self._cond.notify_all()
+
+
+_turns = _Turns()
 _stops = 0      # render.shutdown()s so far: a render begun before one is stopped by it, never retried in a new worker
-POLL = 0.05     # seconds between looks at a caller's cancel flag while the worker renders
+POLL = 0.05     # seconds between looks at a caller's cancel flag while it waits its turn and while the worker renders
 STOP_WAIT = 3.0     # seconds a stop waits for the threads that waited for the worker to end
 
 
@@ -119,26 +162,25 @@ def shutdown() -> None:
     Every render begun before it ends with CancelledJob: the one running (its worker killed) and those waiting their
     turn, none retried in a new worker (which would outlive the stop). A pool left to the interpreter's exit
     handlers prints "Exception ignored ... weakref_cb" there."""
-    global _pool, _stops, _waiting
+    global _stops, _waiting
     with _pool_lock:
         _stops += 1
-        pool, _pool = _pool, None
+        pool = _pool
         waiting, _waiting = _waiting, None
-        if pool is not None:
-            _kill_workers(pool)
+    _turns.wake()                   # the renders waiting their turn see the stop at once
     if pool is not None:
-        pool.shutdown(wait=True, cancel_futures=True)
+        _drop(pool, kill=True)
     if waiting is not None:         # its callers see the stop within POLL; none is waited for past STOP_WAIT
-        waiting.shutdown(wait=False, cancel_futures=True)
-        deadline = time.monotonic() + STOP_WAIT
-        for t in list(getattr(waiting, "_threads", ())):
-            t.join(max(0.0, deadline - time.monotonic()))
+        stop = threading.Thread(target=waiting.shutdown, kwargs={"cancel_futures": True},
+                                name="steno-render-stop", daemon=True)
+        stop.start()
+        stop.join(STOP_WAIT)
 
 
 def _wait(pool: concurrent.futures.ProcessPoolExecutor, fut: concurrent.futures.Future,
           cancelled: Callable[[], bool]) -> Rendered:
     """The future's result; when ``cancelled()`` turns true first, CancelledJob within POLL seconds: the
-    render is stopped by killing the worker (reportlab cannot be interrupted; it renders nobody else's: _turn),
+    render is stopped by killing the worker (reportlab cannot be interrupted; it renders nobody else's: _Turns),
     and the next render gets a new worker."""
     while True:
         try:
@@ -146,7 +188,7 @@ def _wait(pool: concurrent.futures.ProcessPoolExecutor, fut: concurrent.futures.
         except concurrent.futures.TimeoutError:
             if not cancelled():
                 continue
-        # killed even when not started yet: never fut.cancel() (see _turn); the worker holds no other render
+        # killed even when not started yet: never fut.cancel() (see _Turns); the worker holds no other render
         log.info("cancelled while rendering: stopping the render worker")
         _drop(pool, kill=True)
         raise CancelledJob("cancelled")
@@ -164,9 +206,7 @@ def render_result_in_process(name: str, what: Session | Sequence[Session], optio
     def stop() -> bool:         # the caller's cancel, or the daemon stopping since this render began
         return _stops != begun or (cancelled is not None and cancelled())
     for attempt in (1, 2):
-        while not _turn.acquire(timeout=POLL):
-            if stop():
-                raise CancelledJob("cancelled")         # withdrawn before it reached the worker
+        _turns.take(stop)
         try:
             if stop():
                 raise CancelledJob("cancelled")
@@ -181,7 +221,7 @@ def render_result_in_process(name: str, what: Session | Sequence[Session], optio
                 if attempt == 2:
                     raise
         finally:
-            _turn.release()
+            _turns.give()
     raise AssertionError("unreachable")
 
 

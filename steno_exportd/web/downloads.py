@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import logging
 import mimetypes
@@ -281,11 +282,10 @@ async def send_rendered(request: web.Request, ctx: WebContext, s: Any, fmt: str,
     headers = {"Content-Disposition": disposition(name), "Content-Type": r.media_type}
     path = await asyncio.to_thread(ctx.cache.get, key)
     if path is None:
-        result = await render.async_render(fmt, s, opts)
-        path = await asyncio.to_thread(ctx.cache.put, key, result.data)
+        path, data = await made_once(ctx, key, fmt, s, opts)
         if path is None:
             await asyncio.to_thread(ctx.store.audit, s.id, client_addr(request), f"{fmt} ({template})", via)
-            return web.Response(body=result.data, headers=headers)
+            return web.Response(body=data, headers=headers)
     addr = client_addr(request)
 
     async def done() -> None:
@@ -295,6 +295,35 @@ async def send_rendered(request: web.Request, ctx: WebContext, s: Any, fmt: str,
     except SourceError:
         raise NotFoundError(f"the cached {fmt} went away; try again") from None
     return SourceResponse(opened, name, f"session {s.id}", done, pause=ctx.core.prehasher.pause, headers=headers)
+
+
+async def made_once(ctx: WebContext, key: str, fmt: str, s: Any, opts: Any) -> tuple[Any, bytes]:
+    """A document not in the cache, rendered once for every request that asks for it meanwhile: (its path in the
+    cache, b"") or, when it is not cached (cache off, too big), (None, its bytes). The render is a task of its own:
+    it goes on for the others when the request that started it goes away, and its error reaches every one."""
+    task = ctx.making.get(key)
+    if task is None:
+        task = ctx.making[key] = asyncio.create_task(_make(ctx, key, fmt, s, opts))
+        task.add_done_callback(functools.partial(_made, ctx.making, key))
+    return await asyncio.shield(task)
+
+
+async def _make(ctx: WebContext, key: str, fmt: str, s: Any, opts: Any) -> tuple[Any, bytes]:
+    from steno_exportd import render
+
+    path = await asyncio.to_thread(ctx.cache.get, key)      # put by a render that ended since this one's miss
+    if path is not None:
+        return path, b""
+    data = (await render.async_render(fmt, s, opts)).data
+    path = await asyncio.to_thread(ctx.cache.put, key, data)
+    return (path, b"") if path is not None else (None, data)
+
+
+def _made(making: dict, key: str, task: asyncio.Future) -> None:
+    if making.get(key) is task:
+        del making[key]
+    if not task.cancelled():
+        task.exception()            # seen, even when every request that waited for it has gone
 
 
 def cached_size(ctx: WebContext, s: Any, fmt: str, template: str) -> int | None:

@@ -9,6 +9,7 @@ import time
 
 from steno_exportd import render
 from steno_exportd.errors import CancelledJob
+from tests.parts import wait_for
 from tests.render import sessions as S
 
 OPTS = render.RenderOptions()
@@ -81,7 +82,7 @@ def test_cancels_under_churn_never_fail_another_callers_render():
 def test_a_stop_ends_the_running_render_and_those_waiting_without_a_new_worker():
     """The daemon stopping (render.shutdown) while one PDF renders and another waits its turn: both callers get
     CancelledJob at once, and no new worker is started behind the stop to render them again."""
-    long = S.long_session(4000)                 # seconds in the worker
+    long = S.long_session(20_000)               # far longer than the test in the worker (4,000: done in 1.2 s here)
     outcomes: list[str] = []
     took: list[float] = []
 
@@ -112,3 +113,55 @@ def test_a_stop_ends_the_running_render_and_those_waiting_without_a_new_worker()
         assert render._pool is None, "a new render worker was started after the stop"
     finally:
         render.shutdown()
+
+
+def test_renders_take_the_worker_in_the_order_they_asked_and_a_cancelled_waiter_leaves_the_queue():
+    """A job's render (a USB export, a mail) is never overtaken by renders asked for after it (a guest's): while one
+    render holds the worker, eight more ask in a known order and get it in that order; one cancelled while it waits
+    in the middle of the queue leaves at once (before the worker is free) and holds up none of those behind it."""
+    held = S.long_session(20_000)               # far longer than the test: it holds the worker until cancelled
+    small = S.multilingual_session()
+    polls: collections.Counter = collections.Counter()     # a caller's cancel flag was looked at: it waits its turn
+    ran: list[tuple[object, str]] = []          # (caller, outcome) in the order the renders ended
+    lock = threading.Lock()
+    release, leave, never = threading.Event(), threading.Event(), threading.Event()
+
+    def caller(who: object, session, flag: threading.Event) -> None:
+        def cancelled() -> bool:
+            with lock:
+                polls[who] += 1
+            return flag.is_set()
+        try:
+            render.render_in_process("pdf", session, OPTS, cancelled=cancelled)
+            outcome = "rendered"
+        except CancelledJob:
+            outcome = "cancelled"
+        except Exception as e:     # noqa: BLE001 - what the caller would see
+            outcome = repr(e)
+        with lock:
+            ran.append((who, outcome))
+
+    threads = [threading.Thread(target=caller, args=("holder", held, release))]
+    try:
+        threads[0].start()
+        wait_for(lambda: polls["holder"], 60, what="the long render to hold the worker")
+        for i in range(8):                      # each asks only once the one before it waits its turn
+            threads.append(threading.Thread(target=caller, args=(i, small, leave if i == 3 else never)))
+            threads[-1].start()
+            wait_for(lambda: polls[i], 10, what=f"caller {i} to wait its turn")
+        leave.set()
+        wait_for(lambda: ran, 10, what="the cancelled waiter to leave")
+        assert ran == [(3, "cancelled")], f"while the worker was held: {ran}"
+        release.set()
+        for t in threads:
+            t.join(120)
+        assert not any(t.is_alive() for t in threads), f"a render never returned: {ran}"
+        assert ran[1] == ("holder", "cancelled"), ran
+        assert ran[2:] == [(i, "rendered") for i in (0, 1, 2, 4, 5, 6, 7)], \
+            f"the renders did not take the worker in the order they asked for it: {ran[2:]}"
+    finally:
+        release.set()
+        leave.set()
+        render.shutdown()
+        for t in threads:
+            t.join(30)

@@ -9,6 +9,8 @@ import resource
 import time
 import zipfile
 
+import pytest
+
 from steno_exportd.formats import DOCUMENT_TEMPLATES, FORMATS
 from steno_exportd.web.context import CTX
 from tests.parts import until
@@ -343,19 +345,19 @@ async def test_zip_clients_leaving_at_once_stop_their_renders_and_fail_nobody_el
 
 
 async def test_documents_being_made_for_a_guest_never_stall_the_page_for_others(web_client, tmp_path):
-    """THREATS: a guest must not take the page down. A guest asks for a long meeting's PDF eight times at once
-    (each a render of seconds, made one after the other in the one worker): meanwhile another person's meeting
-    page and the status answer at once, not after the guest's renders (the threads the page's reads run in are
-    not held by callers waiting for the worker)."""
+    """THREATS: a guest must not take the page down. A guest asks for eight long meetings' PDFs at once (each a
+    render of seconds, made one after the other in the one worker; eight asks for the same one share its render):
+    meanwhile another person's meeting page and the status answer at once, not after the guest's renders (the
+    threads the page's reads run in are not held by callers waiting for the worker)."""
     from tests.engine.test_cancel_render import _long_session
     from tests.recorder_db import RecorderDB
 
     rec = RecorderDB(tmp_path / "rec", threads=True)
     try:
-        medium = await asyncio.to_thread(_long_session, rec, 6000)
+        medium = [await asyncio.to_thread(_long_session, rec, 6000) for _ in range(8)]
         short = await asyncio.to_thread(_long_session, rec, 5)
         client, core = await web_client(rec.root, **{"recorder.db_path": str(rec.path)})
-        guest = [asyncio.ensure_future(client.get(f"/sessions/{medium}/download/pdf")) for _ in range(8)]
+        guest = [asyncio.ensure_future(client.get(f"/sessions/{m}/download/pdf")) for m in medium]
         await asyncio.sleep(1.5)                    # the guest's renders: one in the worker, the others waiting
         waits = []
         for path in (f"/sessions/{short}", "/api/v1/status", f"/sessions/{short}"):
@@ -368,5 +370,42 @@ async def test_documents_being_made_for_a_guest_never_stall_the_page_for_others(
         assert max(waits) < 1.0, f"the page waited for the guest's renders: {[round(w, 1) for w in waits]} s"
         for g in guest:
             g.cancel()
+    finally:
+        rec.close()
+
+
+@pytest.mark.parametrize("cache_mb", [256, 0], ids=["cached", "cache-off"])
+async def test_requests_at_once_for_the_same_new_document_share_one_render(web_client, tmp_path, monkeypatch,
+                                                                           cache_mb):
+    """THREATS: a guest must neither exhaust CPU nor starve a job's renders. A long meeting's PDF not made before:
+    a guest asks for it and leaves at once, and eight more requests for it come in meanwhile: the eight get the same
+    whole PDF, rendered once in the worker (not nine times one after the other), with the render cache on or off."""
+    from steno_exportd import render
+    from tests.engine.test_cancel_render import _long_session
+    from tests.recorder_db import RecorderDB
+
+    submitted: list[str] = []           # what reached the render worker
+    submit = render._submit
+    monkeypatch.setattr(render, "_submit", lambda name, *a: submitted.append(name) or submit(name, *a))
+    rec = RecorderDB(tmp_path / "rec", threads=True)
+    try:
+        medium = await asyncio.to_thread(_long_session, rec, 3000)      # seconds of reportlab
+        client, _ = await web_client(rec.root, **{"recorder.db_path": str(rec.path), "http.cache_max_mb": cache_mb})
+        path = f"/sessions/{medium}/download/pdf"
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        await until(lambda: submitted, "the guest's render to start", timeout=60, in_thread=False)
+        leave(writer)
+
+        async def fetch() -> tuple[int, str, int, bytes]:
+            r = await client.get(path)
+            return r.status, r.headers.get("Content-Type", ""), int(r.headers.get("Content-Length", -1)), \
+                await r.read()
+        got = await asyncio.wait_for(asyncio.gather(*(fetch() for _ in range(8))), 300)
+        assert submitted == ["pdf"], f"the PDF was rendered {len(submitted)} times for nine requests at once"
+        body = got[0][3]
+        assert body.startswith(b"%PDF") and body.rstrip().endswith(b"%%EOF"), body[-200:]
+        assert all(g == (200, "application/pdf", len(body), body) for g in got), \
+            [(status, ctype, length, len(b), b == body) for status, ctype, length, b in got]
     finally:
         rec.close()
