@@ -846,10 +846,8 @@ class Exporter:
                     if pending and pending[-1][-1].done():
                         pending[-1][-1].result()     # surface a target error early
                     known, st_src = self._hash_of(pf)
-                    h = self._open_write(s, folder, pf, rel)
-                    if self.verify:
-                        writer.trail(h)         # read back beside its writes where the target can
-                    size, sha, h = writer.copy_into(source_ref(pf, s, self.lib.data_dir), h,
+                    size, sha, h = writer.copy_into(source_ref(pf, s, self.lib.data_dir),
+                                                    self._open_write(s, folder, pf, rel),
                                                     tick=self._tick, cancelled=self._cancelled,
                                                     buffers=self._buffers(), known=known)
                     if self.verify:

@@ -34,38 +34,15 @@ def finish(h: Any) -> None:
         raise
 
 
-def trail(h: Any) -> None:
-    """Have the handle's file read back from the store while it is written, where the target can (SMB: a big file,
-    on its second connection); finish_and_verify() then compares what that read-back got."""
-    start = getattr(h, "trail", None)
-    if start is not None:
-        start()
-
-
 def finish_and_verify(h: Any, target: Target, rel: str, size: int, sha: str,
                       cancelled: Callable[[], bool] = lambda: False, hashed: bool = True,
                       buffers: Callable[[], Buffers] | None = None) -> None:
     """finish(), then the read-back; skipped when the store's own hash checked the bytes written and
     ``sha`` was hashed from those same bytes (``hashed``; a remembered hash is checked by a read-back).
-    A file read back beside its writes (trail()) is compared with what that read-back got, once the last write
-    was answered; without one (or when it failed) the file is read back whole after its rename.
     ``buffers``: the running thread's (called there)."""
-    got = None
-    try:
-        h.sync()
-        trailed = getattr(h, "trailed", None)
-        if trailed is not None:
-            got = trailed(cancelled)
-        h.commit()
-    except BaseException:
-        h.abort()
-        raise
-    if h.verified and hashed:
-        return
-    if got is None:
+    finish(h)
+    if not (h.verified and hashed):
         verify(target, rel, size, sha, cancelled, buffers() if buffers is not None else None)
-    else:
-        _compare(rel, got, size, sha)
 
 
 class Buffers:
@@ -279,12 +256,7 @@ def read_back(target: Target, rel: str, *, cancelled: Callable[[], bool] = lambd
 
 def verify(target: Target, rel: str, size: int, sha: str,
            cancelled: Callable[[], bool] = lambda: False, buffers: Buffers | None = None) -> None:
-    _compare(rel, read_back(target, rel, cancelled=cancelled, buffers=buffers), size, sha)
-
-
-def _compare(rel: str, read: tuple[int, str], size: int, sha: str) -> None:
-    """VerifyError unless what was read back, (size, sha256), is what was written."""
-    got_size, got = read
+    got_size, got = read_back(target, rel, cancelled=cancelled, buffers=buffers)
     if got_size != size or got != sha:
         raise VerifyError(f"{rel}: read back {got_size} bytes sha256 {got[:12]}..., wrote {size} bytes "
                           f"sha256 {sha[:12]}...")

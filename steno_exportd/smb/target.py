@@ -3,15 +3,14 @@
 Paths are relative to ``\\\\server\\share\\<remote.path>``. What is SMB-specific lives here: one
 connection that is never silently made again (a lost connection fails the call), pipelined writes
 (PIPELINE x CHUNK bytes in flight, smbwire's zero-copy signed WRITEs), pipelined read-back on a
-second connection (a second smbd process, beside the upload; a big file's read-back trails its
-writes), temp files that survive a drop so a big recording resumes inside the file, temp names
-that carry host, pid and a random tag, and a rename that never replaces.
+second connection (a second smbd process, beside the upload), temp files that survive a drop so a
+big recording resumes inside the file, temp names that carry host, pid and a random tag, and a
+rename that never replaces.
 """
 from __future__ import annotations
 
 import collections
 import functools
-import hashlib
 import logging
 import os
 import socket
@@ -476,14 +475,12 @@ class _SmbWrite:
         self._small: bytearray | None = None if resume is not None else bytearray()
         self._inflight: collections.deque = collections.deque()
         self._inflight_bytes = 0
-        self._trail: _Trail | bool | None = None     # False: asked for, starts when the file is opened
         if ok:
             st = t.lstat(self.temp_rel)
             self._have = st.size if st is not None and st.kind == "file" else 0
             start = self._have - RESUME_BACKOFF
             self.offset = max(0, start - start % RESUME_ALIGN)
         self._pos = self.offset
-        self._acked = self.offset               # the server answered every write before this offset
         self.chunk = t.max_write                # 8 MiB writes: as many requests as smbclient sends
         if self._small is None:
             self._open()
@@ -497,8 +494,7 @@ class _SmbWrite:
         from smbclient._io import SMBRawIO
 
         def open_raw(**kw: Any) -> Any:
-            # others may read it meanwhile (FILE_SHARE_READ): the trailing read-back, on the second connection
-            raw = SMBRawIO(self._t.unc(self.temp_rel), mode="r+b" if self.offset else "wb", share_access="r",
+            raw = SMBRawIO(self._t.unc(self.temp_rel), mode="r+b" if self.offset else "wb",
                            desired_access=self._access(), **kw)
             raw.open()
             return raw
@@ -510,28 +506,6 @@ class _SmbWrite:
         self._fast = FAST_WRITES and self._t.wire and smbwire.supported(self._raw)
         t = self._t
         self._step = t.throttle.chunk(t.max_write) if t.throttle else t.max_write
-        if self._trail is not None:
-            self._trail = _Trail(t, self.temp_rel, self._acked)
-
-    def trail(self) -> None:
-        """Read the file back from the server while it is written (a big file, once opened): trailed() gives what
-        the server returned. The part a resumed write keeps is read too (from 0): it is the one not to trust."""
-        if self._trail is None:
-            self._trail = _Trail(self._t, self.temp_rel, self._acked) if self._raw is not None else False
-
-    def trailed(self, cancelled: Callable[[], bool] = lambda: False) -> tuple[int, str] | None:
-        """After sync(): (size, sha256) of the file as the server returned it to the trailing read-back (read on to
-        the server's end of the file); None when there was none or it failed (the caller reads the file back
-        whole). CancelledJob when ``cancelled()`` turns true meanwhile."""
-        trail, self._trail = self._trail, None
-        if not trail:
-            return None
-        return trail.finish(cancelled)
-
-    def _stop_trail(self) -> None:
-        trail, self._trail = self._trail, None
-        if trail:
-            trail.stop()
 
     def _avail(self) -> int:
         return self._conn.sequence_window["high"] - self._conn.sequence_window["low"]
@@ -542,9 +516,6 @@ class _SmbWrite:
         written = recv(req)
         if written != n:
             raise SmbError(f"short write: server took {written} of {n} bytes")
-        self._acked += n
-        if self._trail:
-            self._trail.advance(self._acked)
 
     def from_file(self, src: Any, fd: int, st: os.stat_result) -> None:
         """Nothing: the bytes come through write() (pipelined here)."""
@@ -567,8 +538,6 @@ class _SmbWrite:
         view = memoryview(data)
         throttle = self._t.throttle
         while view:
-            while self._trail and self._inflight and self._inflight[0][0].response_event.is_set():
-                self._finish_one()       # answered: the trailing read-back may read it now
             n = min(len(view), self._step)
             need = (n - 1) // 65536 + 1
             while self._inflight and (self._inflight_bytes + n > PIPELINE * CHUNK or self._avail() < need + 2):
@@ -606,9 +575,6 @@ class _SmbWrite:
         if self._have > self._pos:        # a resumed temp file longer than the source now is
             self._raw.truncate(self._pos)
             self._have = self._pos
-        self._acked = self._pos
-        if self._trail:
-            self._trail.advance(self._acked)
         self._raw._offset = self._pos
         self._fd.end_of_file = max(self._fd.end_of_file, self._pos)
 
@@ -632,7 +598,6 @@ class _SmbWrite:
                     raise SmbError(f"short write: server took {written[0]} of {len(data)} bytes")
             else:
                 self.sync()
-                self._stop_trail()      # (its handle is closed before the rename)
                 tr = SMBFileTransaction(self._raw)
                 _set_rename(tr, dst, self._replace)
                 self._raw.close(transaction=tr)
@@ -656,7 +621,6 @@ class _SmbWrite:
             return
         self.done = True
         self._inflight.clear()
-        self._stop_trail()
         t = self._t
         if not self._sent or not t.alive():
             return          # nothing on the server yet; or smbclient would silently reconnect: don't
@@ -677,16 +641,10 @@ class _SmbRead:
     """A remote file read in order: the first max_read bytes in one round trip with the open and
     close (all of a small file), the rest with up to PIPELINE READ requests in flight."""
 
-    def __init__(self, t: SmbTarget, rel: str, *, following: bool = False) -> None:
+    def __init__(self, t: SmbTarget, rel: str) -> None:
         self._t, self._rel = t, rel
         self._raw: Any = None
         self._inflight: collections.deque = collections.deque()
-        self._rest = memoryview(b"")             # what readinto() did not take of the last chunk
-        if following:       # a file being written: opened at once, read as far as follow() says
-            self._first, self._size, self._offset = None, 0, 0
-            self._open(share_access="rwd")      # (the writer's open holds write and delete access)
-            return
-
         def first_read(tr: Any) -> None:
             tr += tr.raw.fd.read(0, t.max_read, send=False)
         tr = None
@@ -699,6 +657,7 @@ class _SmbRead:
             self._first = b""                   # an empty file (reading at its end is an error)
         self._size = max(len(self._first), self._size_of(tr))
         self._offset = len(self._first)
+        self._rest = memoryview(b"")             # what readinto() did not take of the last chunk
 
     @staticmethod
     def _size_of(tr: Any) -> int:
@@ -716,32 +675,9 @@ class _SmbRead:
         self._rest = self._rest[n:]
         return n
 
-    def _open(self, **kw: Any) -> None:
-        self._raw = self._t._call(_open_read, self._t.unc(self._rel), **kw)
-        fd = self._raw.fd
-        self._fd, self._conn = fd, fd.connection
-        self._sid, self._tid = fd.tree_connect.session.session_id, fd.tree_connect.tree_connect_id
-
-    def follow(self, limit: int) -> bool:
-        """Read up to ``limit`` (a following read: what the writer's server answered so far); True when something
-        is left to read or wait for."""
-        self._size = max(self._size, limit)
-        return self._offset < self._size or bool(self._inflight)
-
-    @_mapped
-    def server_size(self) -> int:
-        """The file's size as the server says it now (one round trip)."""
-        from smbclient._io import SMBFileTransaction, query_info
-        from smbprotocol.file_info import FileStandardInformation
-        tr = SMBFileTransaction(self._raw)
-        query_info(tr, FileStandardInformation)
-        tr.commit()
-        return tr.results[0]["end_of_file"].get_value()
-
     @_mapped
     def read(self, n: int = -1) -> bytes:
         """The next chunk of at most max_read bytes; b"" at the end."""
-        from smbprotocol.exceptions import SMBException
         if self._first is not None:
             first, self._first = self._first, None
             if first:
@@ -749,8 +685,11 @@ class _SmbRead:
         if self._offset >= self._size and not self._inflight:
             return b""
         if self._raw is None:                   # bigger than one read: open it for the rest
-            self._open()
-            self._size = self._fd.end_of_file
+            self._raw = self._t._call(_open_read, self._t.unc(self._rel))
+            fd = self._raw.fd
+            self._fd, self._conn = fd, fd.connection
+            self._sid, self._tid = fd.tree_connect.session.session_id, fd.tree_connect.tree_connect_id
+            self._size = fd.end_of_file
         max_read = self._t.max_read
         while self._offset < self._size and len(self._inflight) < PIPELINE:
             k = min(max_read, self._size - self._offset)
@@ -762,13 +701,8 @@ class _SmbRead:
                 k = min(k, need * 65536)
             msg, recv = self._fd.read(self._offset, k, send=False)
             grow = need if self._avail() - need < need * PIPELINE else 0
-            try:
-                req = self._conn.send(msg, sid=self._sid, tid=self._tid, credit_request=need + grow)
-            except SMBException as e:   # another reader on this connection took the credits meanwhile
-                if not self._inflight or "credits" not in str(e):
-                    raise
-                break
-            self._inflight.append((req, recv, k))
+            self._inflight.append((self._conn.send(msg, sid=self._sid, tid=self._tid,
+                                                   credit_request=need + grow), recv, k))
             self._offset += k
         if not self._inflight:
             return b""
@@ -779,90 +713,12 @@ class _SmbRead:
         return data
 
     def close(self) -> None:
-        while self._inflight and self._t.alive():  # reads stopped half way: their answers are taken, not left
-            req, recv, k = self._inflight.popleft()
-            try:
-                recv(req)
-            except Exception as e:  # noqa: BLE001 - an answer nobody waits for any more
-                self._t._gone(e)
         self._inflight.clear()
         if self._raw is not None and self._t.alive() and not self._raw.closed:
             try:
                 self._raw.close()
             except Exception as e:  # noqa: BLE001 - a read handle's close never fails the caller
                 self._t._gone(e)
-
-
-class _Trail:
-    """The read-back of a file while it is written: a thread ("steno-trail") on the target's second connection reads
-    it in order as far as the server has answered its writes (never further: no byte is read before the server took
-    it) and hashes it; finish(), once the last write is answered, reads what is left and the server's size of the
-    file. What it hashes is what the server returned, never a copy kept here."""
-
-    def __init__(self, t: SmbTarget, rel: str, acked: int) -> None:
-        self._t, self._rel = t, rel
-        self._cond = threading.Condition()
-        self._acked, self._last, self._stopped = acked, False, False
-        self._cancelled: Callable[[], bool] = lambda: False
-        self._got: tuple[int, str] | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="steno-trail", daemon=True)
-        self._thread.start()
-
-    def advance(self, acked: int) -> None:
-        """The server answered every write before ``acked``."""
-        with self._cond:
-            self._acked = acked
-            self._cond.notify()
-
-    def finish(self, cancelled: Callable[[], bool]) -> tuple[int, str] | None:
-        """After the last write's answer: (size, sha256) of the file as the server returned it; None when the
-        read-back failed (logged); CancelledJob when ``cancelled()`` turned true."""
-        with self._cond:
-            self._last, self._cancelled = True, cancelled
-            self._cond.notify()
-        self._thread.join()
-        if isinstance(self._error, CancelledJob):
-            raise self._error
-        if self._error is not None:
-            log.info("the read-back of %s beside its writes failed (%s); it is read back whole", self._rel,
-                     self._error)
-        return self._got
-
-    def stop(self) -> None:
-        """Stop reading and wait for the thread (its read handle closed); safe to call twice."""
-        with self._cond:
-            self._stopped = True
-            self._cond.notify()
-        self._thread.join()
-
-    def _run(self) -> None:
-        reader: _SmbRead | None = None
-        try:
-            reader = _SmbRead(self._t._read_connection(), self._rel, following=True)
-            digest = hashlib.sha256()
-            while True:
-                with self._cond:
-                    while not (self._stopped or reader.follow(self._acked) or self._last):
-                        self._cond.wait()
-                    if self._stopped:
-                        return
-                    last = self._last
-                if last and self._cancelled():
-                    raise CancelledJob("cancelled")
-                data = reader.read()
-                if data:
-                    digest.update(data)
-                elif last:
-                    # every byte before the end the writes reached was read (a short read fails); the size is the
-                    # server's (longer or shorter than what was written: the comparison fails)
-                    self._got = (reader.server_size(), digest.hexdigest())
-                    return
-        except BaseException as e:  # noqa: BLE001 - handed to finish()
-            self._error = e
-        finally:
-            if reader is not None:
-                reader.close()
 
 
 def _open_read(path: str, **kw: Any) -> Any:

@@ -276,22 +276,3 @@ def office(smb_tmp, smbd_factory):
     smbd, remote = start_office_nas(smb_tmp, smbd_factory)
     sums = make_export_tree(smb_tmp / "export", sessions=3)
     return smbd, remote, smb_tmp, sums
-
-
-def readers_of(smbd: Smbd, path: pathlib.Path) -> dict[int, int]:
-    """pid -> bytes it has read so far (rchar: its file and socket reads) of each smbd child that holds ``path``
-    open for reading only (a client reading the file: not its writer)."""
-    out = {}
-    for pid in _children(smbd.proc.pid) if smbd.proc else []:
-        proc = pathlib.Path(f"/proc/{pid}")
-        try:
-            for fd in (proc / "fd").iterdir():
-                if os.readlink(fd) != str(path):
-                    continue
-                flags = int((proc / "fdinfo" / fd.name).read_text().split("flags:")[1].split()[0], 8)
-                if flags & os.O_ACCMODE == os.O_RDONLY:
-                    io = dict(line.split(": ") for line in (proc / "io").read_text().splitlines())
-                    out[pid] = int(io["rchar"])
-        except (OSError, IndexError, ValueError):
-            continue            # gone meanwhile
-    return out

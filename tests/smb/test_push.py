@@ -33,7 +33,7 @@ from steno_exportd.smb.target import SmbTarget
 from tests import parts
 from tests.parts import nest_folders
 from tests.parts.daemon import REPO
-from tests.parts.smbd import PW, readers_of
+from tests.parts.smbd import PW
 from tests.parts.smbdata import make_export_tree
 from tests.smb.recorder import (FORMATS, Progress, assert_landed, make_recorder, on_nas, push, recorder_config,
                                 stamps)
@@ -419,81 +419,6 @@ def test_a_damaged_cut_recording_is_caught_by_read_back_and_sent_again_whole(res
     assert [r for r in caplog.records if "verify failed" in r.getMessage() and "audio.flac" in r.getMessage()]
     assert progress.fields["bytes_done"] - resumed >= 2 * size - resumed      # the rest, then all of it again
     assert_landed(nas, db)
-
-
-@pytest.fixture
-def big_rec(office, smb_tmp):
-    """The office NAS and a recorder with one 8 MiB recording (pushed at 2 MiB/s by _slow: about 4 s)."""
-    smbd, remote, root, _ = office
-    db = make_recorder(smb_tmp / "big-rec", sizes=(8 * 1024 * 1024,), seed=5)
-    yield smbd, remote, root, db
-    db.close()
-
-
-def _size(p: pathlib.Path) -> int:
-    try:
-        return p.stat().st_size
-    except FileNotFoundError:               # renamed into place
-        return 1 << 62
-
-
-def test_a_recording_is_read_back_from_the_nas_while_it_is_written(big_rec):
-    """Issue 20: a recording was read back only after its last byte was written and renamed (in a fleet push each
-    recorder's last read-back ran alone at the end); now the NAS serves it back to a second reader while it is
-    written: between 1 and 7 of its 8 MiB landing on the NAS's disk, a reader other than the writer read most of it."""
-    smbd, remote, root, db = big_rec
-    nas = root / "nas" / "rec-trail"
-    th, out = _push_in_thread(_slow(root, db, remote, "rec-trail"))
-    try:
-        temp = parts.wait_for(lambda: next(nas.rglob(f"{TEMP_PREFIX}*audio.flac"), None), timeout=30,
-                              what="the recording's temp file on the NAS")
-        parts.wait_for(lambda: _size(temp) >= 1 << 20, timeout=30, what="1 MiB of the recording on the NAS")
-        before = readers_of(smbd, temp)
-        parts.wait_for(lambda: _size(temp) >= 7 << 20, timeout=30, what="7 MiB of the recording on the NAS")
-        after = readers_of(smbd, temp)
-    finally:
-        th.join(60)
-    assert not th.is_alive() and out and not isinstance(out[0], Exception), out
-    assert all(r.ok for r in out[0]), out[0]
-    read = sum(n - before.get(pid, 0) for pid, n in after.items())
-    assert read >= 4 << 20, f"read back while 6 MiB were written: {read} bytes ({before} -> {after})"
-    assert_landed(nas, db)
-
-
-def test_a_block_the_nas_loses_while_the_recording_is_written_is_caught_and_sent_again(big_rec, caplog, monkeypatch):
-    """A block of the part already written changes on the NAS's disk while the rest is still being written, before
-    anything read it back (a read-back beside the writes is held at 4 MiB until then, as a slow second connection
-    would): the read-back catches it, the recording is sent again once and lands whole."""
-    smbd, remote, root, db = big_rec
-    nas = root / "nas" / "rec-lost"
-    lost = threading.Event()
-    held: list[int] = []                # how far the writes' answers would have let a read-back go meanwhile
-    follow = getattr(smbtarget._SmbRead, "follow", None)
-
-    def held_at_4_mib(reader, limit):
-        if not lost.is_set():
-            held.append(limit)
-            limit = min(limit, 4 << 20)
-        return follow(reader, limit)
-    monkeypatch.setattr(smbtarget._SmbRead, "follow", held_at_4_mib, raising=False)
-    with caplog.at_level(logging.INFO, logger="steno_exportd"):
-        th, out = _push_in_thread(_slow(root, db, remote, "rec-lost"))
-        try:
-            temp = parts.wait_for(lambda: next(nas.rglob(f"{TEMP_PREFIX}*audio.flac"), None), timeout=30,
-                                  what="the recording's temp file on the NAS")
-            parts.wait_for(lambda: _size(temp) >= 7 << 20, timeout=30, what="7 MiB of the recording on the NAS")
-            with open(temp, "r+b") as f:
-                f.seek(5 << 20)
-                f.write(b"\0" * 4096)                 # the NAS lost a block written 2 MiB ago
-        finally:
-            lost.set()
-            th.join(60)
-    assert not th.is_alive() and out and not isinstance(out[0], Exception), out
-    assert all(r.ok for r in out[0]), out[0]
-    assert [r for r in caplog.records if "verify failed" in r.getMessage() and "audio.flac" in r.getMessage()]
-    assert_landed(nas, db)
-    # where a read-back ran beside the writes, the writes' answers had passed the lost block while it was held
-    assert not held or max(held) >= (5 << 20) + 4096, max(held)
 
 
 def test_stale_temp_files_from_a_drop_are_removed_on_the_next_push(rec):
