@@ -20,6 +20,7 @@ from steno_exportd.errors import ConfigError
 from steno_exportd.formats import DOCUMENT_TEMPLATES, FORMATS
 
 DEFAULT_PATH = Path("/etc/steno-exportd/config.toml")
+MAX_CONCURRENT_JOBS = 16        # export.max_concurrent_jobs at most (the jobs' own threads: engine/jobs.py)
 
 Check = Callable[[Any], "str | None"]
 
@@ -151,7 +152,7 @@ class ExportConfig:
     overwrite_foreign: bool = opt(False, "Replace files on a target that this daemon did not write.")
     free_space_margin_mb: int = opt(16, "Free space kept in reserve on a target, MiB.", min=0)
     continue_on_error: bool = opt(True, "Keep exporting other sessions when one fails.")
-    max_concurrent_jobs: int = opt(2, "Jobs that run at the same time.", min=1, max=16)
+    max_concurrent_jobs: int = opt(2, "Jobs that run at the same time.", min=1, max=MAX_CONCURRENT_JOBS)
     retries: int = opt(2, "Retries of a transient error, with backoff.", min=0, max=10)
     allowed_dirs: list[str] = opt(["/media", "/srv/steno-export"],
                                   "Directories D-Bus/web callers may export into (the shipped unit must let the "

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from steno_exportd import events as ev
-from steno_exportd.config import Config
+from steno_exportd.config import MAX_CONCURRENT_JOBS, Config
 from steno_exportd.engine.hashcache import HashCache
 from steno_exportd.engine.options import ExportOptions
 from steno_exportd.engine.registry import Targets
@@ -63,8 +63,6 @@ class Progress:
     def cancelled(self) -> bool:
         return self.cancel.is_set()
 
-
-MAX_JOBS = 16       # the most jobs that run at once: export.max_concurrent_jobs's maximum (config.py)
 
 Runner = Callable[[Any, JobSpec, Config, Progress, int], list[ev.SessionResult]]
 
@@ -138,7 +136,7 @@ class JobManager:
             return
         self._loop = asyncio.get_running_loop()
         self._queue = asyncio.PriorityQueue()
-        self._threads = concurrent.futures.ThreadPoolExecutor(MAX_JOBS, thread_name_prefix="steno-job")
+        self._threads = concurrent.futures.ThreadPoolExecutor(MAX_CONCURRENT_JOBS, thread_name_prefix="steno-job")
         self.hashes = await asyncio.to_thread(HashCache, Path(self.cfg.state.dir) / "cache" / "hashes.db")
         self._next_id = max(self._next_id, await asyncio.to_thread(self.state.next_job_id))
         for d in await asyncio.to_thread(self.state.jobs, (str(ev.JobState.INTERRUPTED),)):

@@ -225,14 +225,19 @@ def shaped_link(mbit: int) -> Iterator[ShapedLink]:
         _run(["tc", "qdisc", "add", "dev", link.ns_if, *shape], ns=link.host.name)   # the host -> this machine
         yield link
     finally:
-        # a second SIGTERM waits until everything is deleted (then it ends the process as it would have)
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        # a second SIGTERM waits until everything is deleted (then it ends the process as it would have): its
+        # handler only notes it meanwhile (Python runs handlers in the main thread whatever thread the kernel
+        # picked, so a signal mask would not hold it off where other threads run)
+        later: list[int] = []
+        if own_handler:
+            signal.signal(signal.SIGTERM, lambda signum, frame: later.append(signum))
         try:
             left = _gone(link)
-            if own_handler and signal.getsignal(signal.SIGTERM) is _raise_exit:
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
         finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            if own_handler:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if later:
+            sys.exit(128 + later[0])
         if left:
             if sys.exc_info()[0] is None:
                 raise RuntimeError(f"shaped link left behind: {'; '.join(left)}")

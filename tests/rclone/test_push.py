@@ -893,6 +893,7 @@ def test_a_cancel_keeps_the_sessions_read_back_before_it(far_webdav, rclone_tmp,
 def full_sftp(rclone_tmp):
     """An SFTP store (rclone serve sftp) on a 16 MiB filesystem that another program has filled."""
     parts.require_tool("rclone")
+    parts.require_root()
     served = rclone_tmp / "full"
     served.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0755", "steno-full-store", str(served)], check=True)

@@ -6,6 +6,7 @@ import io
 import logging
 import re
 import resource
+import threading
 import time
 import zipfile
 
@@ -384,9 +385,26 @@ async def test_requests_at_once_for_the_same_new_document_share_one_render(web_c
     from tests.engine.test_cancel_render import _long_session
     from tests.recorder_db import RecorderDB
 
+    from steno_exportd.web import downloads
+
     submitted: list[str] = []           # what reached the render worker
-    submit = render._submit
-    monkeypatch.setattr(render, "_submit", lambda name, *a: submitted.append(name) or submit(name, *a))
+    asked: list[str] = []               # requests that came to the render (a new one or one under way)
+    everyone_asked = threading.Event()  # the first render is held until every request has come to it (else a late
+    submit = render._submit             # request would start a second render after the first one ended)
+    made_once = downloads.made_once
+
+    def held_submit(name, *a):
+        submitted.append(name)
+        everyone_asked.wait(60)
+        return submit(name, *a)
+
+    async def counted(*a):
+        asked.append(a[1])
+        if len(asked) >= 9:
+            everyone_asked.set()
+        return await made_once(*a)
+    monkeypatch.setattr(render, "_submit", held_submit)
+    monkeypatch.setattr(downloads, "made_once", counted)
     rec = RecorderDB(tmp_path / "rec", threads=True)
     try:
         medium = await asyncio.to_thread(_long_session, rec, 3000)      # seconds of reportlab
@@ -402,10 +420,12 @@ async def test_requests_at_once_for_the_same_new_document_share_one_render(web_c
             return r.status, r.headers.get("Content-Type", ""), int(r.headers.get("Content-Length", -1)), \
                 await r.read()
         got = await asyncio.wait_for(asyncio.gather(*(fetch() for _ in range(8))), 300)
+        assert len(asked) == 9 and everyone_asked.is_set(), asked
         assert submitted == ["pdf"], f"the PDF was rendered {len(submitted)} times for nine requests at once"
         body = got[0][3]
         assert body.startswith(b"%PDF") and body.rstrip().endswith(b"%%EOF"), body[-200:]
         assert all(g == (200, "application/pdf", len(body), body) for g in got), \
             [(status, ctype, length, len(b), b == body) for status, ctype, length, b in got]
     finally:
+        everyone_asked.set()
         rec.close()
