@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -122,7 +123,11 @@ def test_a_sigterm_while_the_link_is_up_deletes_it():
     p = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True)
     try:
-        host_if, ns = p.stdout.readline().split()
+        ready, _, _ = select.select([p.stdout], [], [], 60)     # the link up, or the child's failure: never a hang
+        assert ready, "the link was not up within 60 s"
+        line = p.stdout.readline()
+        assert line, p.stderr.read()
+        host_if, ns = line.split()
         assert Path(f"/sys/class/net/{host_if}").exists()
         p.send_signal(signal.SIGTERM)
         assert p.wait(30) == 128 + signal.SIGTERM, p.stderr.read()
