@@ -283,6 +283,7 @@ async def send_rendered(request: web.Request, ctx: WebContext, s: Any, fmt: str,
     path = await asyncio.to_thread(ctx.cache.get, key)
     if path is None:
         path, data = await made_once(ctx, key, fmt, s, opts)
+        await ctx.grants.still_granted(request)     # (the login may have ended while it was rendered)
         if path is None:
             await asyncio.to_thread(ctx.store.audit, s.id, client_addr(request), f"{fmt} ({template})", via)
             return web.Response(body=data, headers=headers)
@@ -404,6 +405,7 @@ async def _zip(request: web.Request, ctx: WebContext, ids: list[int], fmts: tupl
             return web.Response(status=499)     # nobody reads it: the connection is gone
         finally:
             ended.set()
+        await ctx.grants.still_granted(request)     # (the link or login may have ended while it was rendered)
         resp = web.StreamResponse(headers=headers)
         resp.content_length = archive.zip_size(plan)
         if errors:
