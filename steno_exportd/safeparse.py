@@ -2,7 +2,8 @@
 text nested too deeply for the parser (20,000 '[') is malformed like any other: json.JSONDecodeError (a
 ValueError) or tomllib.TOMLDecodeError, which every caller handles, not the RecursionError json.loads and tomllib
 raise, which escaped those handlers (a manifest.json that failed every push instead of being rebuilt, a request
-body answered with a traceback, a stick's steno-export.toml that failed its handling)."""
+body answered with a traceback, a stick's steno-export.toml that failed its handling). And someone else's words
+put in a message or a log line, made printable."""
 from __future__ import annotations
 
 import json
@@ -29,3 +30,11 @@ def toml_loads(text: str) -> dict[str, Any]:
         return tomllib.loads(text)
     except RecursionError:
         raise tomllib.TOMLDecodeError("nested too deeply") from None
+
+
+def printable(text: str) -> str:
+    """Someone else's words (a client's, a store's) for one log line or message: control characters escaped
+    (\\x1b, \\n: no terminal escapes, no forged lines in the journal), printable ones, accents too, kept."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)

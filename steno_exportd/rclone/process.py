@@ -56,11 +56,12 @@ class RcloneError(TargetError):
 
 
 def last_line(err: str) -> str:
-    """The most telling line of rclone's stderr (its last error, without the timestamp)."""
+    """The most telling line of rclone's stderr (its last error, without the timestamp), printable: it may carry
+    the store's own words (a WebDAV error's body), which must not put escapes on a terminal or lines in the log."""
     lines = [ln.strip() for ln in err.splitlines() if ln.strip()]
     errors = [ln for ln in lines if "ERROR" in ln or "Failed" in ln or "CRITICAL" in ln] or lines
     text = errors[-1] if errors else ""
-    return re.sub(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d\s+", "", text)[:300]
+    return safeparse.printable(re.sub(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d\s+", "", text)[:300])
 
 
 def is_file(e: RcloneError) -> bool:

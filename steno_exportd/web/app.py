@@ -178,7 +178,7 @@ def make_app(core: Any, tls_on: bool = False) -> web.Application:
         for resp in list(ctx.streams):
             with contextlib.suppress(Exception):
                 resp.force_close()
-        making = list(ctx.making.values())      # documents rendered for requests that are gone now
+        making = [m.task for m in ctx.making.values()]      # documents rendered for requests that are gone now
         for task in making:
             task.cancel()
         await asyncio.gather(*making, return_exceptions=True)

@@ -282,7 +282,14 @@ async def send_rendered(request: web.Request, ctx: WebContext, s: Any, fmt: str,
     headers = {"Content-Disposition": disposition(name), "Content-Type": r.media_type}
     path = await asyncio.to_thread(ctx.cache.get, key)
     if path is None:
-        path, data = await made_once(ctx, key, fmt, s, opts)
+        try:
+            path, data = await made_once(ctx, key, fmt, s, opts, request)
+        except CancelledJob:
+            if not gone(request):
+                raise
+            client_left(name, 0, None)
+            return web.Response(status=499)     # nobody reads it: the connection is gone
+        await ctx.grants.still_granted(request)     # (the login may have ended while it was rendered)
         if path is None:
             await asyncio.to_thread(ctx.store.audit, s.id, client_addr(request), f"{fmt} ({template})", via)
             return web.Response(body=data, headers=headers)
@@ -297,30 +304,61 @@ async def send_rendered(request: web.Request, ctx: WebContext, s: Any, fmt: str,
     return SourceResponse(opened, name, f"session {s.id}", done, pause=ctx.core.prehasher.pause, headers=headers)
 
 
-async def made_once(ctx: WebContext, key: str, fmt: str, s: Any, opts: Any) -> tuple[Any, bytes]:
+class Making:
+    """One document rendered for every request that asks for it meanwhile (the render cache's key)."""
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task | None = None
+        self.requests: list[web.BaseRequest] = []      # those waiting for it now
+        self.abandoned = False                         # stopped: every request waiting for it had left
+
+    def left(self) -> bool:
+        """Every request that waits for it has gone (also read from the thread that waits for the worker)."""
+        if all(gone(r) for r in tuple(self.requests)):
+            self.abandoned = True
+        return self.abandoned
+
+
+async def made_once(ctx: WebContext, key: str, fmt: str, s: Any, opts: Any,
+                    request: web.BaseRequest) -> tuple[Any, bytes]:
     """A document not in the cache, rendered once for every request that asks for it meanwhile: (its path in the
     cache, b"") or, when it is not cached (cache off, too big), (None, its bytes). The render is a task of its own:
-    it goes on for the others when the request that started it goes away, and its error reaches every one."""
-    task = ctx.making.get(key)
-    if task is None:
-        task = ctx.making[key] = asyncio.create_task(_make(ctx, key, fmt, s, opts))
-        task.add_done_callback(functools.partial(_made, ctx.making, key))
-    return await asyncio.shield(task)
+    it goes on for the others when the request that started it goes away, its error reaches every one, and it
+    stops (CancelledJob) once every request waiting for it has left."""
+    for _ in range(2):
+        making = ctx.making.get(key)
+        if making is None:
+            making = ctx.making[key] = Making()
+            making.task = asyncio.create_task(_make(ctx, key, fmt, s, opts, making.left))
+            making.task.add_done_callback(functools.partial(_made, ctx.making, key, making))
+        making.requests.append(request)
+        try:
+            return await asyncio.shield(making.task)      # type: ignore[arg-type]
+        except CancelledJob:
+            if not making.abandoned or gone(request):   # (a stop of the daemon) or it left too
+                raise
+            # it came while a render every other requester had left was being stopped: one of its own
+        finally:
+            making.requests.remove(request)
+    raise CancelledJob("cancelled")
 
 
-async def _make(ctx: WebContext, key: str, fmt: str, s: Any, opts: Any) -> tuple[Any, bytes]:
+async def _make(ctx: WebContext, key: str, fmt: str, s: Any, opts: Any, left: Any) -> tuple[Any, bytes]:
     from steno_exportd import render
 
     path = await asyncio.to_thread(ctx.cache.get, key)      # put by a render that ended since this one's miss
     if path is not None:
         return path, b""
-    data = (await render.async_render(fmt, s, opts)).data
+    if render.get(fmt).heavy:                               # (in a thread of the callers waiting for the worker)
+        data = (await render.waiting_for_worker(render.render_result_in_process, fmt, s, opts, left)).data
+    else:
+        data = (await render.async_render(fmt, s, opts)).data
     path = await asyncio.to_thread(ctx.cache.put, key, data)
     return (path, b"") if path is not None else (None, data)
 
 
-def _made(making: dict, key: str, task: asyncio.Future) -> None:
-    if making.get(key) is task:
+def _made(making: dict, key: str, one: Making, task: asyncio.Future) -> None:
+    if making.get(key) is one:
         del making[key]
     if not task.cancelled():
         task.exception()            # seen, even when every request that waited for it has gone
@@ -404,6 +442,7 @@ async def _zip(request: web.Request, ctx: WebContext, ids: list[int], fmts: tupl
             return web.Response(status=499)     # nobody reads it: the connection is gone
         finally:
             ended.set()
+        await ctx.grants.still_granted(request)     # (the link or login may have ended while it was rendered)
         resp = web.StreamResponse(headers=headers)
         resp.content_length = archive.zip_size(plan)
         if errors:

@@ -28,6 +28,13 @@ class Grant:
     expires: float                  # time.time() when it ends by itself
     generation: int                 # the access store's generation before it was checked
     ended: Callable[[], str]        # blocking (one SQLite query): why it is over now, "" while valid
+    link: bool = False              # a share link's (else a login's)
+
+    def refusal(self, why: str) -> web.HTTPException:
+        """The answer to a request whose grant ended (``why``) before its first byte."""
+        if self.link:
+            return web.HTTPGone(text=f"This share link is {why}. Ask for a new one.")
+        return web.HTTPUnauthorized(text=f"Your login {why}; log in again.")
 
 
 GRANT = web.RequestKey("grant", Grant)
@@ -35,7 +42,7 @@ GRANT = web.RequestKey("grant", Grant)
 
 def link_grant(access: Any, link: Any, generation: int) -> Grant:
     return Grant(f"share link {link.token[:6]}…", link.expires, generation,
-                 lambda: access.link_ended(link.token))
+                 lambda: access.link_ended(link.token), link=True)
 
 
 def login_grant(access: Any, login: Any, cookie: str, generation: int) -> Grant:
@@ -86,6 +93,25 @@ class OpenStreams:
         if self._store.generation != w.checked:        # something ended since the grant was checked
             self._schedule()
         return w
+
+    async def still_granted(self, request: web.BaseRequest) -> None:
+        """Refuse (401, or 410 for a share link) a request whose grant ended since it was let in: asked after a
+        long wait before the first byte (a render of minutes), which a stream's watch does not cut in time (a
+        small answer is in the socket before the watch's check is back)."""
+        grant = request.get(GRANT)
+        if grant is None:
+            return
+        if grant.expires <= time.time():
+            raise grant.refusal("expired")
+        if self._store.generation == grant.generation:      # nothing ended since it was checked
+            return
+        try:
+            why = await asyncio.to_thread(grant.ended)
+        except Exception as e:  # noqa: BLE001 - a grant that cannot be checked is over (as in _check)
+            log.warning("%s could not be checked (%s)", grant.what, e)
+            why = "not checked"
+        if why:
+            raise grant.refusal(why)
 
     def close(self, w: Watch | None) -> None:
         if w is not None:

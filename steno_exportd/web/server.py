@@ -18,6 +18,8 @@ from aiohttp.http_exceptions import LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_server import Server
 
+from steno_exportd.safeparse import printable
+
 log = logging.getLogger(__name__)
 
 SERVER = "steno-exportd"
@@ -49,12 +51,7 @@ class RefusalLog:
         self._lines += 1
         held, self._held = self._held, 0
         log.log(level, "refused %s: " + message + (f" ({held} more refusals not logged)" if held else ""),
-                _printable(addr), *(_printable(a) if isinstance(a, str) else a for a in args))
-
-
-def _printable(text: str) -> str:
-    """A client's words in one log line: control characters escaped (no forged lines in the journal)."""
-    return text if text.isprintable() else text.encode("unicode_escape", "replace").decode("ascii")
+                printable(addr), *(printable(a) if isinstance(a, str) else a for a in args))
 
 
 def file_limit() -> int:

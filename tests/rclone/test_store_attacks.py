@@ -18,7 +18,7 @@ from steno_exportd.engine.export import SimpleSpec, run_export
 from steno_exportd.engine.identity import CLAIM_NAME
 from steno_exportd.engine.options import ExportOptions
 from steno_exportd.engine.registry import local
-from steno_exportd.errors import CancelledJob
+from steno_exportd.errors import CancelledJob, TargetError
 from steno_exportd.library import Library
 from steno_exportd.rclone.kind import RcloneKind
 from steno_exportd.rclone.process import RcloneError
@@ -310,3 +310,57 @@ def test_spellings_of_one_folder_share_one_lock(one, other):
     from steno_exportd.rclone.kind import _folder_of
     assert _folder_of(one) == _folder_of(other)
     assert _folder_of("nas:office") != _folder_of("nas:office2") != _folder_of("nas2:office")
+
+
+FORGED = "Failed: \x1b[2K\x1b[1Ajob 7 completed: every session verified on the store\x07"
+
+
+@pytest.mark.parametrize("status", [403, 507, 500])
+def test_a_stores_own_words_reach_the_error_and_the_log_as_one_printable_line(rclone_tmp, caplog, status):
+    """THREATS: the NAS may fail and lie, never make a push look verified. A store (an office WebDAV server, or
+    whatever answers at its address) answers every request with an error whose text carries terminal escapes, a
+    bell (rclone passes a WebDAV error's body on as its message). The push's error, shown on the
+    touchscreen, the page, D-Bus and steno-exportctl, and the log lines hold that text only as printable
+    characters: no escape can clear the admin's terminal line, no line of the store's can pass for one of ours."""
+    import http.server
+    import subprocess
+
+    from tests import parts
+    parts.require_tool("rclone")
+
+    class Hostile(http.server.BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            body = FORGED.encode()
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        do_GET = do_PUT = do_PROPFIND = do_MKCOL = do_DELETE = do_MOVE = do_HEAD = _answer
+
+        def log_message(self, *a) -> None:
+            pass
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hostile)
+    serving = threading.Thread(target=srv.serve_forever, daemon=True)
+    serving.start()
+    try:
+        conf = rclone_tmp / "rclone.conf"
+        obscured = subprocess.run(["rclone", "obscure", "pw"], check=True, capture_output=True, text=True).stdout
+        conf.write_text(f"[nas]\ntype = webdav\nurl = http://127.0.0.1:{srv.server_address[1]}/\nvendor = other\n"
+                        f"user = u\npass = {obscured.strip()}\n")
+        os.chmod(conf, 0o600)
+        db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
+        cfg = cfg_for(rclone_tmp, db, conf, [{"name": "cloud", "remote": "nas:office"}])
+        with caplog.at_level("DEBUG", logger="steno_exportd"):
+            try:
+                errors = [r.error for r in push_to(cfg) if not r.ok]
+            except TargetError as e:            # (RcloneError, TargetFullError)
+                errors = [str(e)]
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        serving.join(10)
+    assert errors and all("job 7 completed" in e for e in errors), errors     # the store's words are kept...
+    shown = [e for e in errors if not e.isprintable()]
+    logged = [r.getMessage() for r in caplog.records
+              if r.name.startswith("steno_exportd") and not r.getMessage().isprintable()]
+    assert (shown, logged) == ([], []), "control characters of the store's reached the error or the log"

@@ -429,3 +429,50 @@ async def test_requests_at_once_for_the_same_new_document_share_one_render(web_c
     finally:
         everyone_asked.set()
         rec.close()
+
+
+async def test_documents_every_requester_left_stop_rendering_and_keep_nobody_waiting(web_client, tmp_path,
+                                                                                     monkeypatch):
+    """THREATS: nobody's requests may starve others' renders. A user asks for three long meetings' PDFs not made
+    before (a render of seconds each, one after the other in the one worker) and closes the tab at once; then
+    someone asks for a short meeting's PDF. It comes without the three long PDFs being made for nobody: the render
+    under way stops and those waiting their turn are withdrawn (none of them reaches the cache)."""
+    from tests.engine.test_cancel_render import _long_session
+    from tests.recorder_db import RecorderDB
+
+    from steno_exportd import render
+
+    submitted: list[str] = []           # what reached the render worker
+    submit = render._submit
+    monkeypatch.setattr(render, "_submit", lambda name, *a: submitted.append(name) or submit(name, *a))
+    rec = RecorderDB(tmp_path / "rec", threads=True)
+    try:
+        long = [await asyncio.to_thread(_long_session, rec, 3000) for _ in range(3)]
+        short = await asyncio.to_thread(_long_session, rec, 5)
+        client, _ = await web_client(rec.root, **{"recorder.db_path": str(rec.path)})
+        ctx = client.server.app[CTX]
+        writers = []
+        for sid in long:
+            reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+            writer.write(f"GET /sessions/{sid}/download/pdf HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            writers.append(writer)
+        await until(lambda: submitted and len(ctx.making) == 3, "the three renders to be asked for", timeout=60,
+                    in_thread=False)
+        for writer in writers:
+            leave(writer)
+        r = await asyncio.wait_for(client.get(f"/sessions/{short}/download/pdf"), 300)
+        body = await r.read()
+        assert r.status == 200 and body.startswith(b"%PDF"), (r.status, body[:200])
+        made = [sid for sid in long if (await client.get(f"/sessions/{sid}")).status == 200
+                and downloads_cached(ctx, sid)]
+        assert (made, submitted) == ([], ["pdf", "pdf"]), \
+            f"{len(made)} of the 3 PDFs nobody waited for were made; renders in the worker: {submitted}"
+    finally:
+        rec.close()
+
+
+def downloads_cached(ctx, sid: int) -> bool:
+    """Is the session's PDF (default template) in the render cache?"""
+    from steno_exportd.web.downloads import cached_size
+    s = ctx.core.library.get_session(sid)
+    return cached_size(ctx, s, "pdf", ctx.cfg.export.template) is not None

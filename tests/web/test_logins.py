@@ -139,3 +139,44 @@ async def test_a_download_and_the_event_stream_end_with_their_login(web_client, 
     assert (ended and after < 8 << 20, stream_ended) == (True, True), \
         f"{after >> 20} MiB of {length >> 20} read after the login ended; event stream ended: {stream_ended}"
     assert not await works(client, value)
+
+
+@pytest.mark.parametrize("cache_mb", [256, 0], ids=["cached", "cache-off"])
+async def test_a_document_whose_login_ended_while_it_was_rendered_is_not_sent(web_client, own_lib, monkeypatch,
+                                                                              cache_mb):
+    """THREATS: a copied cookie keeps no access after logout. It asks for a meeting's PDF not made before (a
+    render of minutes for a long meeting); the user logs out while it is rendered. When the render ends, that
+    request gets a 401 and not one byte of the PDF (the render itself is kept for the cache)."""
+    import threading
+
+    from steno_exportd import render
+    from tests.parts import until
+    from tests.web.test_hostile_files import recordings
+
+    submitted: list[str] = []
+    release = threading.Event()              # the render is held until the login has ended
+    submit = render._submit
+
+    def held_submit(name, *a):
+        submitted.append(name)
+        release.wait(60)
+        return submit(name, *a)
+    monkeypatch.setattr(render, "_submit", held_submit)
+    sid = next(iter(recordings(own_lib)))
+    client, _ = await web_client(own_lib, **PW, **{"http.cache_max_mb": cache_mb})
+    browser, value = await logged_in(client)
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    try:
+        writer.write(f"GET /sessions/{sid}/download/pdf HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     f"Cookie: steno_session={value}\r\nConnection: close\r\n\r\n".encode())
+        await until(lambda: submitted, "the PDF's render to start", timeout=30, in_thread=False)
+        r = await browser.post("/logout", data={"csrf": await page_token(browser)}, allow_redirects=False)
+        assert r.status == 303
+        release.set()
+        answer = await asyncio.wait_for(reader.read(), 60)
+    finally:
+        release.set()
+        leave(writer, reset=True)
+        await browser.session.close()
+    assert b"%PDF" not in answer and answer.startswith(b"HTTP/1.1 401"), answer[:300]
+    assert not await works(client, value)

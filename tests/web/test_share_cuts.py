@@ -103,3 +103,41 @@ async def test_a_link_locked_by_wrong_pins_lets_the_download_of_the_right_pin_fi
     finally:
         await guest.session.close()
         await guesser.session.close()
+
+
+async def test_a_zip_whose_link_was_revoked_while_its_documents_were_rendered_sends_nothing(web_client, own_lib,
+                                                                                          monkeypatch):
+    """THREATS: a share-link holder keeps no access after revoke. The guest asks for the session's ZIP; its
+    documents are rendered before the first byte (minutes for a long meeting); the owner revokes the link
+    meanwhile. The guest then gets a 410 and not one byte of the ZIP (its transcript and report lead it), and
+    the use is given back."""
+    import threading
+
+    from steno_exportd import render
+    from tests.parts import until
+    from tests.web.test_hostile_files import recordings
+
+    submitted: list[str] = []
+    release = threading.Event()              # the documents' render is held until the link is revoked
+    submit = render._submit
+
+    def held_submit(name, *a):
+        submitted.append(name)
+        release.wait(60)
+        return submit(name, *a)
+    monkeypatch.setattr(render, "_submit", held_submit)
+    sid = next(iter(recordings(own_lib)))
+    client, _ = await web_client(own_lib)
+    link = await make_link(client, sid, max_downloads=3)
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    try:
+        writer.write(f"GET {link['url']}/zip HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+        await until(lambda: submitted, "the ZIP's documents to be rendered", timeout=30, in_thread=False)
+        await revoke(client, link["token"])
+        release.set()
+        answer = await asyncio.wait_for(reader.read(), 60)
+    finally:
+        release.set()
+        leave(writer, reset=True)
+    assert b"PK\x03\x04" not in answer and answer.startswith(b"HTTP/1.1 410"), answer[:300]
+    assert await uses(client, sid, link["token"]) == 0
