@@ -158,7 +158,28 @@ async def test_cancel_during_planning_takes_effect_within_a_second(tmp_path, rec
         await core.stop()
 
 
-async def test_cancel_mid_copy_leaves_nothing_final_and_verify_says_incomplete(tmp_path, rec):
+def cancel_mid_copy(monkeypatch, core: Core) -> list[int]:
+    """The user's cancel (JobManager.cancel, on the loop) of the running job once it copied 8 MiB of a recording
+    over 100 MiB, the copy held until the cancel was taken: mid-copy on any disk (a fast one copied 300 MiB
+    between two looks of a test that polled the progress). Returns the bytes done when it fired."""
+    from steno_exportd.engine import jobs
+    loop, update, fired = asyncio.get_running_loop(), jobs.Progress.update, []
+
+    async def cancel() -> None:
+        [job] = [j for j in core.jobs.list() if j.state == ev.JobState.RUNNING]
+        core.jobs.cancel(job.id)
+
+    def at_8_mib(self, force: bool = False, **fields) -> None:
+        update(self, force, **fields)
+        if not fired and self.fields.get("bytes_total", 0) > 100 << 20 and self.fields.get("bytes_done", 0) >= 8 << 20:
+            fired.append(self.fields["bytes_done"])
+            update(self, True)                      # the bytes so far are published before the cancel
+            asyncio.run_coroutine_threadsafe(cancel(), loop).result(10)
+    monkeypatch.setattr(jobs.Progress, "update", at_8_mib)
+    return fired
+
+
+async def test_cancel_mid_copy_leaves_nothing_final_and_verify_says_incomplete(tmp_path, rec, monkeypatch):
     from steno_exportd.engine.verify import verify_target
     first = await add(rec, audio=(1 << 20) + 4)
     big = await add(rec, audio=(300 << 20) + 4)     # long enough to be cancelled mid-copy
@@ -169,12 +190,10 @@ async def test_cancel_mid_copy_leaves_nothing_final_and_verify_says_incomplete(t
     try:
         done = await core.jobs.wait((await core.export_sessions([first], ["txt", "audio"], str(out))).id, 60)
         assert done.state == ev.JobState.COMPLETED, done.error
+        fired = cancel_mid_copy(monkeypatch, core)
         snap = await core.export_sessions([big], ["txt", "audio"], str(out))
-        while (j := core.jobs.get(snap.id)).bytes_done == 0 and not j.state.finished:
-            await asyncio.sleep(0.005)
-        assert not j.state.finished and j.bytes_done < j.bytes_total, "cancelled mid-copy"
-        core.jobs.cancel(snap.id)
-        assert (await core.jobs.wait(snap.id, 30)).state == ev.JobState.CANCELLED
+        j = await core.jobs.wait(snap.id, 30)
+        assert j.state == ev.JobState.CANCELLED and fired and j.bytes_done < j.bytes_total, ("cancelled mid-copy", j)
     finally:
         await core.stop()
     try:
@@ -188,7 +207,7 @@ async def test_cancel_mid_copy_leaves_nothing_final_and_verify_says_incomplete(t
         await asyncio.to_thread(shutil.rmtree, rec.root / "audio")
 
 
-async def test_folder_built_in_place_holds_only_temp_names_until_verified(tmp_path, rec):
+async def test_folder_built_in_place_holds_only_temp_names_until_verified(tmp_path, rec, monkeypatch):
     """Where a folder cannot be renamed (FAT through FUSE), the files keep temp names until the session is
     verified: a cancel mid-copy leaves nothing complete-looking under a final name."""
     from steno_exportd.engine.targets import DirectoryTarget
@@ -202,12 +221,10 @@ async def test_folder_built_in_place_holds_only_temp_names_until_verified(tmp_pa
     core = Core(cfg_for(tmp_path, rec))
     await core.start()
     try:
+        fired = cancel_mid_copy(monkeypatch, core)
         snap = await core.export_sessions([big], ["txt", "audio"], target)
-        while (j := core.jobs.get(snap.id)).bytes_done == 0 and not j.state.finished:
-            await asyncio.sleep(0.005)
-        assert not j.state.finished and j.bytes_done < j.bytes_total, "cancelled mid-copy"
-        core.jobs.cancel(snap.id)
-        assert (await core.jobs.wait(snap.id, 30)).state == ev.JobState.CANCELLED
+        j = await core.jobs.wait(snap.id, 30)
+        assert j.state == ev.JobState.CANCELLED and fired and j.bytes_done < j.bytes_total, ("cancelled mid-copy", j)
         [folder] = [p for p in (out / "SilentSteno").iterdir() if p.is_dir()]
         names = sorted(p.name for p in folder.iterdir())
         assert all(n.startswith(".steno-") for n in names), f"a final name in an unfinished folder: {names}"
