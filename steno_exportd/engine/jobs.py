@@ -175,6 +175,8 @@ class JobManager:
             self.hashes = None
 
     def reload(self, cfg: Config) -> None:
+        """A new config: more workers when it allows more exports at once; when fewer, those beyond it end as they
+        are next given a job (a running export is never cut)."""
         self.cfg = cfg
         if self._workers:
             self._spawn_workers()
@@ -287,8 +289,15 @@ class JobManager:
 
     async def _worker(self) -> None:
         assert self._queue is not None
+        me = asyncio.current_task()
         while True:
-            _, _, jid = await self._queue.get()
+            item = await self._queue.get()
+            if me in self._workers and self._workers.index(me) >= self.cfg.export.max_concurrent_jobs:
+                # fewer exports at once since a reload: this worker ends, its job goes to those that stay
+                self._workers.remove(me)
+                self._queue.put_nowait(item)
+                return
+            _, _, jid = item
             job = self._jobs.get(jid)
             if job is None or job.snap.state != ev.JobState.QUEUED:
                 continue
