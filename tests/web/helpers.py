@@ -8,6 +8,7 @@ import os
 import re
 import socket
 import struct
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -264,3 +265,19 @@ def corpus(name: str) -> list[str]:
     """A hostile-input list from tests/web/corpus/ (comments and blank lines dropped)."""
     text = (Path(__file__).parent / "corpus" / name).read_text()
     return [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def held_renders(monkeypatch, release: threading.Event | None = None) -> tuple[list[str], threading.Event]:
+    """Renders that reach the render worker are named in the list, in order, and held there until the event is set
+    (60 s at most): a render of minutes, ended when the test says."""
+    from steno_exportd import render
+    submitted: list[str] = []
+    release = release if release is not None else threading.Event()
+    submit = render._submit
+
+    def held_submit(name, *a):
+        submitted.append(name)
+        release.wait(60)
+        return submit(name, *a)
+    monkeypatch.setattr(render, "_submit", held_submit)
+    return submitted, release

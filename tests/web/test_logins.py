@@ -147,21 +147,11 @@ async def test_a_document_whose_login_ended_while_it_was_rendered_is_not_sent(we
     """THREATS: a copied cookie keeps no access after logout. It asks for a meeting's PDF not made before (a
     render of minutes for a long meeting); the user logs out while it is rendered. When the render ends, that
     request gets a 401 and not one byte of the PDF (the render itself is kept for the cache)."""
-    import threading
-
-    from steno_exportd import render
     from tests.parts import until
+    from tests.web.helpers import held_renders
     from tests.web.test_hostile_files import recordings
 
-    submitted: list[str] = []
-    release = threading.Event()              # the render is held until the login has ended
-    submit = render._submit
-
-    def held_submit(name, *a):
-        submitted.append(name)
-        release.wait(60)
-        return submit(name, *a)
-    monkeypatch.setattr(render, "_submit", held_submit)
+    submitted, release = held_renders(monkeypatch)              # the render is held until the login has ended
     sid = next(iter(recordings(own_lib)))
     client, _ = await web_client(own_lib, **PW, **{"http.cache_max_mb": cache_mb})
     browser, value = await logged_in(client)

@@ -111,21 +111,11 @@ async def test_a_zip_whose_link_was_revoked_while_its_documents_were_rendered_se
     documents are rendered before the first byte (minutes for a long meeting); the owner revokes the link
     meanwhile. The guest then gets a 410 and not one byte of the ZIP (its transcript and report lead it), and
     the use is given back."""
-    import threading
-
-    from steno_exportd import render
     from tests.parts import until
+    from tests.web.helpers import held_renders
     from tests.web.test_hostile_files import recordings
 
-    submitted: list[str] = []
-    release = threading.Event()              # the documents' render is held until the link is revoked
-    submit = render._submit
-
-    def held_submit(name, *a):
-        submitted.append(name)
-        release.wait(60)
-        return submit(name, *a)
-    monkeypatch.setattr(render, "_submit", held_submit)
+    submitted, release = held_renders(monkeypatch)              # the documents' render is held until the link is revoked
     sid = next(iter(recordings(own_lib)))
     client, _ = await web_client(own_lib)
     link = await make_link(client, sid, max_downloads=3)
