@@ -7,7 +7,7 @@ import pathlib
 import steno_exportd
 
 PACKAGE = pathlib.Path(steno_exportd.__file__).parent
-CORE = ("library", "render", "engine", "core", "config", "model", "events", "errors", "formats", "devices")
+CORE = ("library", "render", "engine", "core", "config", "model", "events", "errors", "formats", "devices", "pools")
 OUTSIDE = ("aiohttp", "dbus_fast", "pyudev", "smbprotocol", "smbclient")
 ADAPTERS = ("usb", "dbus", "web", "samba", "smb", "rclone", "daemon", "notify", "cli", "exportctl")
 

@@ -1,7 +1,6 @@
 """Passwords and PINs: scrypt hashes, checked in a small pool of their own (bounded CPU and memory)."""
 from __future__ import annotations
 
-import asyncio
 import base64
 import concurrent.futures
 import hashlib
@@ -10,6 +9,7 @@ import os
 from typing import Any
 
 from steno_exportd.errors import Throttled
+from steno_exportd.pools import in_pool
 
 N, R, P = 2 ** 14, 8, 1
 WORKERS = 2          # scrypt at N=2^14, r=8 needs 16 MiB per running check (PERFORMANCE.md): 32 MiB at most
@@ -70,7 +70,7 @@ class PasswordChecker:
             self._pool = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="steno-scrypt")
         self._pending += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+            return await in_pool(self._pool, fn, *args)
         finally:
             self._pending -= 1
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextvars
 import dataclasses
 import functools
 import itertools
@@ -19,6 +18,7 @@ from steno_exportd.engine.hashcache import HashCache
 from steno_exportd.engine.options import ExportOptions
 from steno_exportd.engine.registry import Targets
 from steno_exportd.errors import NotFoundError, TargetError
+from steno_exportd.pools import in_pool
 
 log = logging.getLogger(__name__)
 
@@ -327,7 +327,7 @@ class JobManager:
                                          self.targets, self.hashes)
             else:
                 work = functools.partial(runner, lib, job.spec, self.cfg, progress, job.snap.id)
-            results = await loop.run_in_executor(self._threads, contextvars.copy_context().run, work)
+            results = await in_pool(self._threads, work)
         except asyncio.CancelledError:
             job.cancel.set()
             raise

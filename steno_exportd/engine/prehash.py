@@ -26,6 +26,7 @@ from isal.isal_zlib import crc32
 from steno_exportd.engine.hashcache import HashCache
 from steno_exportd.errors import SourceError, StenoError
 from steno_exportd.library import ChangeToken, Library
+from steno_exportd.pools import in_pool
 from steno_exportd.recordings import SourceRef
 
 log = logging.getLogger(__name__)
@@ -143,14 +144,13 @@ class Prehasher:
         return self._holds == 0 and not self._busy()
 
     async def _follow(self, library: Callable[[], Library], wake: asyncio.Event) -> None:
-        loop = asyncio.get_running_loop()
         assert self._settled is not None
         while True:
             await wake.wait()
             wake.clear()
             try:
                 # in a pool of the hasher's own (not the loop's): stop() waits for it before it closes the cache
-                self._todo += await loop.run_in_executor(self._looker, self._changed, library())
+                self._todo += await in_pool(self._looker, self._changed, library())
             except Exception as e:   # noqa: BLE001 - an error boundary: hashing ahead never stops the daemon
                 # the recorder DB missing or locked: once at WARNING, then quietly until it works
                 (log.debug if self._failing else log.warning)("recordings not hashed ahead: %s", e,
@@ -166,7 +166,7 @@ class Prehasher:
                 await self._wait_idle()
                 ref = self._todo.pop(0)
                 self._go.set()
-                fut = loop.run_in_executor(self._pool, self._hash, ref)
+                fut = in_pool(self._pool, self._hash, ref)
                 while not fut.done():               # pause at the next chunk while a job or a download runs
                     if self._idle():
                         self._go.set()

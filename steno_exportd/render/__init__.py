@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
-import functools
 import importlib
 import logging
 import multiprocessing
@@ -20,6 +19,7 @@ from typing import Any, Callable, Sequence, TypeVar
 from steno_exportd.errors import CancelledJob, NotFoundError
 from steno_exportd.formats import DOCUMENT_TEMPLATES, FORMATS
 from steno_exportd.model import Session
+from steno_exportd.pools import in_pool
 from steno_exportd.render.base import Rendered, Renderer, RenderOptions
 
 __all__ = ["names", "get", "template_names", "RenderOptions", "Renderer", "Rendered", "render_in_process",
@@ -243,7 +243,7 @@ async def waiting_for_worker(fn: Callable[..., T], *args: Any, **kw: Any) -> T:
     with _pool_lock:
         if _waiting is None:
             _waiting = concurrent.futures.ThreadPoolExecutor(WAITERS, thread_name_prefix="steno-render-wait")
-    return await asyncio.get_running_loop().run_in_executor(_waiting, functools.partial(fn, *args, **kw))
+    return await in_pool(_waiting, fn, *args, **kw)
 
 
 async def async_render(name: str, what: Session | Sequence[Session],

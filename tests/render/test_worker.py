@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import collections
+import contextvars
 import random
 import re
 import threading
@@ -165,3 +166,27 @@ def test_renders_take_the_worker_in_the_order_they_asked_and_a_cancelled_waiter_
         render.shutdown()
         for t in threads:
             t.join(30)
+
+
+WHO: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="nobody")
+
+
+async def test_a_call_waiting_for_the_worker_runs_in_its_callers_context():
+    """What runs in a thread that waits for the worker (a mail's compose, a ZIP's plan) sees the contextvars of the
+    coroutine that asked, as under asyncio.to_thread (a caller's name for its log lines, a request's cancel), and
+    what it sets there stays there."""
+    def seen() -> str:
+        got = WHO.get()
+        WHO.set("set in the thread")
+        return got
+
+    async def ask(who: str) -> tuple[str, str]:
+        WHO.set(who)
+        got = await render.waiting_for_worker(seen)
+        return got, WHO.get()
+
+    try:
+        results = [await ask(f"caller {i}") for i in range(3)]
+    finally:
+        render.shutdown()
+    assert results == [(f"caller {i}", f"caller {i}") for i in range(3)], results
