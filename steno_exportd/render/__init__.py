@@ -205,23 +205,24 @@ def render_result_in_process(name: str, what: Session | Sequence[Session], optio
 
     def stop() -> bool:         # the caller's cancel, or the daemon stopping since this render began
         return _stops != begun or (cancelled is not None and cancelled())
-    for attempt in (1, 2):
-        _turns.take(stop)
-        try:
+    _turns.take(stop)
+    try:
+        for attempt in (1, 2):
             if stop():
                 raise CancelledJob("cancelled")
             pool, fut = _submit(name, what, options)
             try:
                 return _wait(pool, fut, stop)
             except (concurrent.futures.process.BrokenProcessPool, concurrent.futures.CancelledError):
-                # the worker died under it (out of memory): once more with a new one; not when it was stopped
+                # the worker died under it (out of memory): once more with a new one, in the same turn (not behind
+                # the renders that asked after it); not when it was stopped
                 _drop(pool, kill=False)
                 if stop():
                     raise CancelledJob("cancelled") from None
                 if attempt == 2:
                     raise
-        finally:
-            _turns.give()
+    finally:
+        _turns.give()
     raise AssertionError("unreachable")
 
 

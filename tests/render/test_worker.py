@@ -190,3 +190,53 @@ async def test_a_call_waiting_for_the_worker_runs_in_its_callers_context():
     finally:
         render.shutdown()
     assert results == [(f"caller {i}", f"caller {i}") for i in range(3)], results
+
+
+def test_a_render_whose_worker_died_keeps_its_turn():
+    """The worker dies under a job's render (the kernel's OOM killer) while two later renders wait their turn: the
+    render is made again in a new worker before either of them, not sent to the back of the queue behind renders
+    that asked after it (a USB export overtaken by every guest download that came meanwhile)."""
+    first = S.long_session(6_000)               # ~2 s in the worker: still rendering when its worker is killed
+    small = S.multilingual_session()
+    polls: collections.Counter = collections.Counter()     # a caller's cancel flag was looked at
+    ran: list[tuple[str, str]] = []             # (caller, outcome) in the order the renders ended
+    lock = threading.Lock()
+
+    def caller(who: str, session) -> None:
+        def cancelled() -> bool:
+            with lock:
+                polls[who] += 1
+            return False
+        try:
+            render.render_in_process("pdf", session, OPTS, cancelled=cancelled)
+            outcome = "rendered"
+        except Exception as e:     # noqa: BLE001 - what the caller would see
+            outcome = repr(e)
+        with lock:
+            ran.append((who, outcome))
+
+    def worker() -> list:
+        with render._pool_lock:
+            pool = render._pool
+            return list((pool._processes or {}).values()) if pool is not None else []
+
+    threads = [threading.Thread(target=caller, args=("A", first))]
+    try:
+        threads[0].start()
+        dead = wait_for(worker, 60, what="the worker to start for A")[0]
+        for who in ("B", "C"):                  # each asks only once the one before it waits its turn
+            threads.append(threading.Thread(target=caller, args=(who, small)))
+            threads[-1].start()
+            wait_for(lambda: polls[who], 10, what=f"{who} to wait its turn")
+        assert ran == [], f"A's render ended before its worker was killed: {ran}"
+        dead.kill()                             # SIGKILL, as the OOM killer does
+        for t in threads:
+            t.join(120)
+        assert not any(t.is_alive() for t in threads), f"a render never returned: {ran}"
+        assert [w.pid for w in worker()] != [dead.pid], "A's render was not made again in a new worker"
+        assert ran == [("A", "rendered"), ("B", "rendered"), ("C", "rendered")], \
+            f"the render whose worker died lost its turn: {ran}"
+    finally:
+        render.shutdown()
+        for t in threads:
+            t.join(30)
