@@ -131,7 +131,13 @@ def _submit(name: str, what: Session | Sequence[Session], options: RenderOptions
             # server's, which systemd's SIGTERM to the cgroup ends first): a stop or cancel can always kill it
             ctx = multiprocessing.get_context("spawn")
             _pool = concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_worker_init)
-        return _pool, _pool.submit(_work, name, what, options)
+        try:
+            return _pool, _pool.submit(_work, name, what, options)
+        except concurrent.futures.process.BrokenProcessPool as e:
+            # its worker died while idle: failed like a render it died under (the caller's retry drops the pool)
+            failed: concurrent.futures.Future = concurrent.futures.Future()
+            failed.set_exception(e)
+            return _pool, failed
 
 
 def _kill_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:

@@ -240,3 +240,23 @@ def test_a_render_whose_worker_died_keeps_its_turn():
         render.shutdown()
         for t in threads:
             t.join(30)
+
+
+def test_a_worker_that_died_while_idle_is_replaced_for_the_next_render():
+    """The idle worker is killed between two renders (the OOM killer, someone's kill): the next render is made
+    in a new worker, and the ones after it too (before, every render failed with BrokenProcessPool until the
+    daemon was restarted)."""
+    small = S.multilingual_session()
+    expected = pdf_body(render.get("pdf").render_result(small, OPTS).data)
+    try:
+        render.render_in_process("pdf", small, OPTS)
+        with render._pool_lock:
+            idle = list(render._pool._processes.values())
+        assert len(idle) == 1
+        idle[0].kill()
+        idle[0].join(30)
+        wait_for(lambda: render._pool._broken, 30, what="the pool to see its worker gone")
+        got = [pdf_body(render.render_in_process("pdf", small, OPTS)) == expected for _ in range(3)]
+        assert got == [True, True, True], got
+    finally:
+        render.shutdown()
