@@ -145,6 +145,12 @@ def _kill_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
     # method does. Process.kill() never signals a pid that was already reaped.
     for proc in list((pool._processes or {}).values()):
         proc.kill()
+    # A worker killed while it wrote a result (a render done just as its cancel came) leaves the pool's manager
+    # thread reading the rest of it, which never comes while this process holds the pipe's write end too: the pool's
+    # shutdown then waits for that thread forever, holding the turn (every render hung, the worker left unreaped).
+    # Closed here, the read ends (EOF) once the worker is gone, and the pool sees itself broken.
+    if pool._result_queue is not None:
+        pool._result_queue._writer.close()
 
 
 def _drop(pool: concurrent.futures.ProcessPoolExecutor, kill: bool) -> None:

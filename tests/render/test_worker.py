@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import collections
 import contextvars
+import os
+import struct
+import sys
 import random
 import re
 import threading
@@ -259,4 +262,52 @@ def test_a_worker_that_died_while_idle_is_replaced_for_the_next_render():
         got = [pdf_body(render.render_in_process("pdf", small, OPTS)) == expected for _ in range(3)]
         assert got == [True, True, True], got
     finally:
+        render.shutdown()
+
+
+def _half_a_result() -> None:
+    """In the worker: the first bytes of a result message (its length says 1 MiB), then nothing, as a worker killed
+    while it sends a big document leaves it."""
+    frame = sys._getframe()
+    while "result_queue" not in frame.f_locals:            # concurrent.futures.process._process_worker's own
+        frame = frame.f_back
+    os.write(frame.f_locals["result_queue"]._writer.fileno(), struct.pack("!i", 1 << 20) + b"%PDF-1.4 ")
+    time.sleep(3600)
+
+
+def test_a_cancel_that_kills_the_worker_while_it_sends_its_result_ends_and_the_next_render_is_made():
+    """A render is cancelled just as the worker sends its result (the cancel kills the worker mid-send): the cancel
+    ends at once and the next render is made in a new worker (before, the pool's manager thread waited forever for
+    the rest of the result, and the cancel, the worker's turn and every render after it with it; the killed worker
+    was left unreaped: a defunct python child of a hung test run)."""
+    small = S.multilingual_session()
+    outcome: list[str] = []
+    try:
+        render.render_in_process("pdf", small, OPTS)           # the worker started
+        with render._pool_lock:
+            pool = render._pool
+            fut = pool.submit(_half_a_result)
+            worker = list(pool._processes.values())[0]
+        wait_for(lambda: fut.running() and not fut.done(), 30, what="the worker to take the call")
+        time.sleep(0.5)                                         # it sent the first bytes and waits
+
+        def cancel() -> None:
+            try:
+                render._wait(pool, fut, lambda: True)           # the cancel path of render_result_in_process
+            except CancelledJob:
+                outcome.append("cancelled")
+            except Exception as e:     # noqa: BLE001 - what the caller would see
+                outcome.append(repr(e))
+        t = threading.Thread(target=cancel, daemon=True)
+        t.start()
+        t.join(30)
+        assert not t.is_alive() and outcome == ["cancelled"], \
+            f"the cancel of a render whose worker was killed mid-send never ended: {outcome}"
+        worker.join(30)
+        assert worker.exitcode is not None, "the killed worker was left unreaped"
+        assert pdf_body(render.render_in_process("pdf", small, OPTS)) == \
+            pdf_body(render.get("pdf").render_result(small, OPTS).data)
+    finally:
+        if pool._result_queue is not None:                      # unblock a hung manager thread (old code)
+            pool._result_queue._writer.close()
         render.shutdown()
