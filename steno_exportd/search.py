@@ -22,8 +22,10 @@ highlight of the folded text back, character by character.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import datetime as dt
+import functools
 import html
 import json
 import logging
@@ -325,6 +327,10 @@ class SearchIndex:
         self._stopping = threading.Event()
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
+        # the background indexer's own thread: an update lasts seconds to minutes (a long meeting's transcript, a
+        # first build, the duty cycle's sleeps, the library's lock while a mail or a download loads a session), and
+        # in the loop's few default threads (6 on 2 cores) it left the page's reads and the logins one fewer
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._failing = False
         self.rebuilds = 0                   # times the index was built from scratch since this object exists
         self.last_update = UpdateReport()
@@ -712,7 +718,8 @@ class SearchIndex:
         self._stopping.clear()
         self._wake = asyncio.Event()
         await asyncio.to_thread(self.open)
-        self._task = asyncio.create_task(self._follow(library, self._wake), name="search-index")
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="steno-search-index")
+        self._task = asyncio.create_task(self._follow(library, self._wake, self._pool), name="search-index")
         self.kick()
 
     def kick(self) -> None:
@@ -731,14 +738,20 @@ class SearchIndex:
             except asyncio.CancelledError:
                 if asyncio.current_task().cancelling():
                     raise
+        pool, self._pool = self._pool, None
+        if pool is not None:                # the batch being written ends (it saw the stop)
+            await asyncio.to_thread(pool.shutdown, True, cancel_futures=True)
         await asyncio.to_thread(self.close)
 
-    async def _follow(self, library: Callable[[], Library], wake: asyncio.Event) -> None:
+    async def _follow(self, library: Callable[[], Library], wake: asyncio.Event,
+                      pool: concurrent.futures.Executor) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await wake.wait()
             wake.clear()
             try:
-                report = await asyncio.to_thread(self.update, library(), duty=BACKGROUND_DUTY)
+                report = await loop.run_in_executor(pool, functools.partial(self.update, library(),
+                                                                            duty=BACKGROUND_DUTY))
             except (StenoError, sqlite3.Error, OSError) as e:
                 # the recorder DB missing or locked: once at WARNING, then quietly until it works
                 (log.debug if self._failing else log.warning)("search index not updated: %s", e)

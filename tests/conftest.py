@@ -17,6 +17,7 @@ pytest_plugins = [      # a module another one imports comes first (assertion re
     "tests.parts.avahi",
     "tests.parts.smtp",
     "tests.parts.netns",
+    "tests.default_threads",    # default_threads: what ran in the loop's default executor (opt-in, per test)
     "tests.guard",      # the autouse guard: a blocked event loop, leaked threads/mounts/loops/children
     "pytester",         # tests/test_guard.py runs tests that break the rules in a pytest of their own
 ]

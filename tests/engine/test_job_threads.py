@@ -3,7 +3,6 @@ check and the jobs' own bookkeeping run there, in few threads (min(32, cores + 4
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import time
 
@@ -11,12 +10,10 @@ from steno_exportd import events as ev
 from steno_exportd.engine.jobs import JobManager, JobSpec
 from steno_exportd.engine.state import StateDB
 from tests.configs import make_config
-
-# the size asyncio gives the loop's default executor (ThreadPoolExecutor's default)
-DEFAULT_THREADS = min(32, (os.cpu_count() or 1) + 4)
+from tests.default_threads import DEFAULT_THREADS, HOLDERS, callable_name
 
 
-async def test_more_running_exports_than_default_threads_all_run_and_never_stall_the_page(tmp_path):
+async def test_more_running_exports_than_default_threads_all_run_and_never_stall_the_page(default_threads, tmp_path):
     """THREATS: nobody starves other callers. export.max_concurrent_jobs set above the number of the loop's default
     threads: every job runs at once (before, only as many as those threads ran, the rest waited), and meanwhile the
     page's short blocking work still gets a thread at once (before, none was left while exports ran). The jobs'
@@ -53,6 +50,8 @@ async def test_more_running_exports_than_default_threads_all_run_and_never_stall
         for s in snaps:
             done = await jobs.wait(s.id, timeout=30)
             assert done.state == ev.JobState.COMPLETED, done.error
+        held = default_threads.holders(HOLDERS + (callable_name(export),))
+        assert not held, f"exports ran in the loop's default threads: {held}"
     finally:
         release.set()
         await jobs.stop()

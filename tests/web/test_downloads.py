@@ -345,7 +345,7 @@ async def test_zip_clients_leaving_at_once_stop_their_renders_and_fail_nobody_el
         rec.close()
 
 
-async def test_documents_being_made_for_a_guest_never_stall_the_page_for_others(web_client, tmp_path):
+async def test_documents_being_made_for_a_guest_never_stall_the_page_for_others(default_threads, web_client, tmp_path):
     """THREATS: a guest must not take the page down. A guest asks for eight long meetings' PDFs at once (each a
     render of seconds, made one after the other in the one worker; eight asks for the same one share its render):
     meanwhile another person's meeting page and the status answer at once, not after the guest's renders (the
@@ -369,6 +369,8 @@ async def test_documents_being_made_for_a_guest_never_stall_the_page_for_others(
             assert r.status == 200, (path, r.status)
         assert not all(g.done() for g in guest), "the guest's renders were over before the page was asked for"
         assert max(waits) < 1.0, f"the page waited for the guest's renders: {[round(w, 1) for w in waits]} s"
+        held = default_threads.holders()
+        assert not held, f"the guest's renders were waited for in the loop's default threads: {held}"
         for g in guest:
             g.cancel()
     finally:
