@@ -25,7 +25,6 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import datetime as dt
-import functools
 import html
 import json
 import logging
@@ -41,6 +40,7 @@ from typing import Any, Callable
 from steno_exportd.errors import InvalidArgument, NotFoundError, SourceError, StenoError
 from steno_exportd.library import ChangeToken, Library
 from steno_exportd.model import Session
+from steno_exportd.pools import in_pool
 
 log = logging.getLogger(__name__)
 
@@ -745,13 +745,11 @@ class SearchIndex:
 
     async def _follow(self, library: Callable[[], Library], wake: asyncio.Event,
                       pool: concurrent.futures.Executor) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await wake.wait()
             wake.clear()
             try:
-                report = await loop.run_in_executor(pool, functools.partial(self.update, library(),
-                                                                            duty=BACKGROUND_DUTY))
+                report = await in_pool(pool, self.update, library(), duty=BACKGROUND_DUTY)
             except (StenoError, sqlite3.Error, OSError) as e:
                 # the recorder DB missing or locked: once at WARNING, then quietly until it works
                 (log.debug if self._failing else log.warning)("search index not updated: %s", e)
