@@ -211,8 +211,9 @@ class Scheduler:
             nxt = min((s.next_run for s in self.list()), default=None)
             timeout = RECHECK if nxt is None else min(RECHECK, max(0.0, nxt - self.clock()))
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(timeout):    # (wait_for on 3.11 drops a cancel that comes with a wake)
+                    await self._wake.wait()
+            except TimeoutError:
                 pass
             self._wake.clear()
             waiters, self._waiters = self._waiters, []      # only a pass that starts after tick() answers it

@@ -293,3 +293,15 @@ async def test_tags_and_since_days_choose_what_a_run_takes(make_core, tmp_path, 
                          str(outs["hr"]): {2}}
     assert {name: len(exported(out)) for name, out in outs.items()} == {"board": 2, "board-week": 1, "week": 2,
                                                                          "hr": 1}
+
+
+async def test_a_stop_that_comes_with_a_wake_ends_the_scheduler(make_core, tmp_path):
+    """A stop of the daemon as a reload wakes the scheduler's waiting loop (the same moment: the wake is set, then
+    the loop's task cancelled) ends that loop. Python 3.11's wait_for returns the wake's result and drops the cancel
+    when both come at once: the scheduler's loop went round and waited again, and the stop waited forever."""
+    core = await make_core([], Clock(1_000_000.0))
+    for _ in range(5):
+        await asyncio.sleep(0.01)          # the loop waits for its wake (with a timeout: the next recheck)
+    core.schedules._wake.set()             # a reload, as the daemon stops
+    done, _ = await asyncio.wait([asyncio.create_task(core.schedules.stop())], timeout=5)
+    assert done, "the scheduler's stop did not end: its loop lost the cancel that came with a wake"

@@ -144,8 +144,9 @@ class Notifier:
                 self.outbox.notice_queued(entry)
             try:
                 timeout = None if next_due is None else max(0.0, next_due - time.time())
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(timeout):    # (wait_for on 3.11 drops a cancel that comes with a wake)
+                    await self._wake.wait()
+            except TimeoutError:
                 pass
 
     def _flush(self) -> tuple[list[ev.OutboxEntry], float | None]:

@@ -214,10 +214,11 @@ class UsbManager:
             log.info("%s: exporting %d session(s) as job %s", c.label or c.uuid, len(ids), job.id)
             while not job.state.finished:
                 try:
-                    upd = await asyncio.wait_for(updates.get(), 0.5)
+                    async with asyncio.timeout(0.5):    # (wait_for on 3.11 drops a cancel that comes with an update)
+                        upd = await updates.get()
                     if upd.id == job.id:
                         job = upd
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     job = self.core.jobs.get(job.id)
                 if (not job.state.finished and job.bytes_total and job.bytes_done >= job.bytes_total
                         and self.devices.get(did).state == DeviceState.EXPORTING):
