@@ -325,9 +325,11 @@ async def made_once(ctx: WebContext, key: str, fmt: str, s: Any, opts: Any,
     cache, b"") or, when it is not cached (cache off, too big), (None, its bytes). The render is a task of its own:
     it goes on for the others when the request that started it goes away, its error reaches every one, and it
     stops (CancelledJob) once every request waiting for it has left."""
-    for _ in range(2):
+    for attempt in range(2):
         making = ctx.making.get(key)
-        if making is None:
+        # one being stopped (every requester left; its task may have ended, not yet taken out), or a second try
+        # (what it joined was stopped as it came): one of its own, with this request in it from its first look
+        if making is None or making.abandoned or attempt:
             making = ctx.making[key] = Making()
             making.task = asyncio.create_task(_make(ctx, key, fmt, s, opts, making.left))
             making.task.add_done_callback(functools.partial(_made, ctx.making, key, making))
