@@ -292,8 +292,10 @@ class JobManager:
         me = asyncio.current_task()
         while True:
             item = await self._queue.get()
-            if me in self._workers and self._workers.index(me) >= self.cfg.export.max_concurrent_jobs:
-                # fewer exports at once since a reload: this worker ends, its job goes to those that stay
+            if me in self._workers and len(self._workers) > self.cfg.export.max_concurrent_jobs:
+                # fewer exports at once since a reload: this worker ends, its job goes to those that stay. Whichever
+                # worker is given it (not the last ones by place: those may be running an export begun before the
+                # reload, and a worker before them would start this one beside it, over the maximum)
                 self._workers.remove(me)
                 self._queue.put_nowait(item)
                 return

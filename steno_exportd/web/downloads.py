@@ -117,6 +117,7 @@ async def send_audio(request: web.Request, ctx: WebContext, summary: Any, record
     path = recording.path
     ref = SourceRef(path, ctx.cfg.recorder_data_dir, recording.dev, recording.ino)
     opened = await asyncio.to_thread(ref.open)          # SourceChanged (409): swapped or gone since the check
+    await granted_or_closed(request, ctx, opened)
     ctype = AUDIO_TYPES.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     addr = client_addr(request)
 
@@ -126,6 +127,16 @@ async def send_audio(request: web.Request, ctx: WebContext, summary: Any, record
     name = download_name(summary, path.name)
     return SourceResponse(opened, name, f"session {summary.id}", done, use, pause=ctx.core.prehasher.pause, headers={
         "Content-Type": ctype, "Content-Disposition": disposition(name, inline="dl" not in request.query)})
+
+
+async def granted_or_closed(request: web.BaseRequest, ctx: WebContext, opened: Any) -> None:
+    """The request's login or link still holds after the waits before its first byte (thread hops, a render), or
+    the opened file is closed and the request refused (grants.OpenStreams.still_granted)."""
+    try:
+        await ctx.grants.still_granted(request)
+    except BaseException:
+        opened.close()
+        raise
 
 
 def byte_range(header: str, size: int) -> tuple[int, int] | None | str:
@@ -289,8 +300,8 @@ async def send_rendered(request: web.Request, ctx: WebContext, s: Any, fmt: str,
                 raise
             client_left(name, 0, None)
             return web.Response(status=499)     # nobody reads it: the connection is gone
-        await ctx.grants.still_granted(request)     # (the login may have ended while it was rendered)
         if path is None:
+            await ctx.grants.still_granted(request)     # (the login may have ended while it was rendered)
             await asyncio.to_thread(ctx.store.audit, s.id, client_addr(request), f"{fmt} ({template})", via)
             return web.Response(body=data, headers=headers)
     addr = client_addr(request)
@@ -301,6 +312,8 @@ async def send_rendered(request: web.Request, ctx: WebContext, s: Any, fmt: str,
         opened = await asyncio.to_thread(SourceRef(path, ctx.cache.root).open)
     except SourceError:
         raise NotFoundError(f"the cached {fmt} went away; try again") from None
+    # the login may have ended while it was rendered or opened: a small one goes out whole before the watch looks
+    await granted_or_closed(request, ctx, opened)
     return SourceResponse(opened, name, f"session {s.id}", done, pause=ctx.core.prehasher.pause, headers=headers)
 
 
@@ -325,9 +338,11 @@ async def made_once(ctx: WebContext, key: str, fmt: str, s: Any, opts: Any,
     cache, b"") or, when it is not cached (cache off, too big), (None, its bytes). The render is a task of its own:
     it goes on for the others when the request that started it goes away, its error reaches every one, and it
     stops (CancelledJob) once every request waiting for it has left."""
-    for _ in range(2):
+    for attempt in range(2):
         making = ctx.making.get(key)
-        if making is None:
+        # one being stopped (every requester left; its task may have ended, not yet taken out), or a second try
+        # (what it joined was stopped as it came): one of its own, with this request in it from its first look
+        if making is None or making.abandoned or attempt:
             making = ctx.making[key] = Making()
             making.task = asyncio.create_task(_make(ctx, key, fmt, s, opts, making.left))
             making.task.add_done_callback(functools.partial(_made, ctx.making, key, making))

@@ -57,3 +57,48 @@ async def test_a_raised_maximum_of_exports_at_once_holds_after_a_reload(tmp_path
     most, ends = await _at_once(tmp_path, 1, 3, 4)
     assert most == 3, f"{most} exports ran at once with export.max_concurrent_jobs raised to 3 by a reload"
     assert ends == [ev.JobState.COMPLETED] * 4, ends
+
+
+async def test_a_lowered_maximum_holds_for_a_job_asked_for_while_exports_beyond_it_still_run(tmp_path):
+    """Three exports at once allowed, three asked for; the first ends, then a reload lowers it to one while the other
+    two still run (never cut). A fourth job asked for now waits until they ended: never three at once again."""
+    cfg = make_config(tmp_path, **{"export.max_concurrent_jobs": 3})
+    lock = threading.Lock()
+    running: set[str] = set()
+    alongside: dict[str, set[str]] = {}         # each export: the others it ran beside when it started
+    ends = {n: threading.Event() for n in "abcd"}
+
+    def export(lib, spec, cfg, progress, job_id):
+        with lock:
+            alongside[spec.target_name] = set(running)
+            running.add(spec.target_name)
+        ends[spec.target_name].wait(30)
+        with lock:
+            running.discard(spec.target_name)
+        return []
+    state = StateDB(tmp_path / "state.db")
+    jobs = JobManager(cfg, ev.EventBus(), state, lambda: None, runner=export)
+    await jobs.start()
+    try:
+        a, b, c = [await jobs.submit(JobSpec("export", "dir", n)) for n in "abc"]
+        for _ in range(200):
+            if len(alongside) == 3:
+                break
+            await asyncio.sleep(0.05)
+        ends["a"].set()
+        assert (await jobs.wait(a.id, 30)).state == ev.JobState.COMPLETED
+        jobs.reload(config.replace(cfg, **{"export.max_concurrent_jobs": 1}))
+        d = await jobs.submit(JobSpec("export", "dir", "d"))
+        await asyncio.sleep(0.5)
+        assert jobs.get(d.id).state == ev.JobState.QUEUED, \
+            f"a job asked for after the reload to 1 runs beside {sorted(alongside.get('d', ()))}"
+        ends["b"].set()
+        ends["c"].set()
+        ends["d"].set()
+        assert [(await jobs.wait(s.id, 30)).state for s in (b, c, d)] == [ev.JobState.COMPLETED] * 3
+        assert alongside["d"] == set(), alongside
+    finally:
+        for e in ends.values():
+            e.set()
+        await jobs.stop()
+        state.close()

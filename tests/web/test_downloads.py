@@ -478,3 +478,37 @@ def downloads_cached(ctx, sid: int) -> bool:
     from steno_exportd.web.downloads import cached_size
     s = ctx.core.library.get_session(sid)
     return cached_size(ctx, s, "pdf", ctx.cfg.export.template) is not None
+
+
+async def test_a_request_that_comes_as_an_abandoned_render_ends_gets_its_document(web_client, sessions):
+    """A render every requester left is stopped; a client that asks for the same document just then (its step runs
+    after the stopped render's last one, before that render is taken out of ctx.making) still gets the document,
+    not a 409 'cancelled' for a render it never left."""
+    import functools
+    import types
+
+    from steno_exportd import render
+    from steno_exportd.engine.plan import render_options
+    from steno_exportd.errors import CancelledJob
+    from steno_exportd.web import downloads
+
+    client, _ = await web_client()
+    ctx = client.server.app[CTX]
+    s = ctx.core.library.get_session(next(iter(sessions)))
+    template = ctx.cfg.export.template
+    opts = render_options(ctx.cfg, template)
+    key = ctx.cache.key(s.uuid, s.updated_at, "txt", render.get("txt").version, template, opts)
+    connected = types.SimpleNamespace(transport=types.SimpleNamespace(is_closing=lambda: False))
+    came = asyncio.get_running_loop().create_future()
+    stopped = ctx.making[key] = downloads.Making()
+
+    async def render_nobody_waits_for() -> None:    # its thread found every requester gone: stopped
+        stopped.abandoned = True
+        came.set_result(None)                       # the new request's cache miss is back in the same loop turn
+        raise CancelledJob("cancelled")
+    stopped.task = asyncio.create_task(render_nobody_waits_for())
+    stopped.task.add_done_callback(functools.partial(downloads._made, ctx.making, key, stopped))
+    await came
+    path, data = await downloads.made_once(ctx, key, "txt", s, opts, connected)
+    assert (path.read_bytes() if path is not None else data).strip(), "no document"
+    assert key not in ctx.making

@@ -170,3 +170,41 @@ async def test_a_document_whose_login_ended_while_it_was_rendered_is_not_sent(we
         await browser.session.close()
     assert b"%PDF" not in answer and answer.startswith(b"HTTP/1.1 401"), answer[:300]
     assert not await works(client, value)
+
+
+async def test_a_cached_document_whose_login_ended_while_it_was_opened_is_not_sent(web_client, own_lib, monkeypatch):
+    """THREATS: a copied cookie keeps no access after logout. The PDF it asks for is opened from the render cache in
+    a thread (which waits when the default threads are busy); the user logs out meanwhile. That request gets a 401,
+    not the PDF (a small file is in the socket whole before the stream's watch has checked the login)."""
+    import threading
+
+    from tests.parts import until
+    from tests.web.test_hostile_files import recordings
+
+    from steno_exportd.web import downloads
+
+    sid = next(iter(recordings(own_lib)))
+    client, _ = await web_client(own_lib, **PW)
+    browser, value = await logged_in(client)
+    opening, go = threading.Event(), threading.Event()
+
+    class HeldRef(downloads.SourceRef):         # the open is held until the user has logged out
+        def open(self):
+            opening.set()
+            go.wait(60)
+            return super().open()
+    monkeypatch.setattr(downloads, "SourceRef", HeldRef)
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    try:
+        writer.write(f"GET /sessions/{sid}/download/pdf HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     f"Cookie: steno_session={value}\r\nConnection: close\r\n\r\n".encode())
+        await until(opening.is_set, "the PDF to be opened", timeout=60, in_thread=False)
+        r = await browser.post("/logout", data={"csrf": await page_token(browser)}, allow_redirects=False)
+        assert r.status == 303
+        go.set()
+        answer = await asyncio.wait_for(reader.read(), 60)
+    finally:
+        go.set()
+        leave(writer, reset=True)
+        await browser.session.close()
+    assert b"%PDF" not in answer and answer.startswith(b"HTTP/1.1 401"), answer[:300]
