@@ -41,7 +41,8 @@ def test_a_blocked_loop_is_reported_with_the_line_that_blocked_it():
 
 def test_a_callback_kept_off_the_cpu_by_other_processes_is_not_called_blocking_and_one_that_blocks_still_is():
     """Two busy processes share the loop thread's one CPU: a callback of 0.2 s of work takes ~0.6 s by the clock.
-    Not the code's fault (the run queue's wait is left out); a sleep of 0.8 s beside the same processes still is."""
+    Not the code's fault (the run queue's wait is left out); a sleep of 0.8 s beside the same processes still is, and
+    a loop that spins on the clock for over BACKSTOP limits is too (it waited for a CPU, most of its time: h37-review)."""
     cpu = min(os.sched_getaffinity(0))
     saved = os.sched_getaffinity(0)
     hogs = [subprocess.Popen(["python3", "-c", "while True: pass"], preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
@@ -59,11 +60,22 @@ def test_a_callback_kept_off_the_cpu_by_other_processes_is_not_called_blocking_a
         await asyncio.sleep(0)
         time.sleep(0.8)
 
+    async def spins():                          # waits on the clock, not on the kernel: mostly waiting for a CPU here
+        await asyncio.sleep(0)
+        end = time.monotonic() + guard.BACKSTOP * guard.BLOCK_LIMIT + 0.2
+        while time.monotonic() < end:
+            pass
+
     try:
         os.sched_setaffinity(0, {cpu})           # this thread only (the loop's), beside the two busy processes
         time.sleep(0.3)
         starved = blocked_reports(works)
         blocking = blocked_reports(sleeps)
+        hogs += [subprocess.Popen(["python3", "-c", "while True: pass"],          # its share: a tenth of the CPU,
+                                  preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))  # under the limit without
+                 for _ in range(8)]                                                   # the backstop
+        time.sleep(0.3)
+        spinning = blocked_reports(spins)
     finally:
         os.sched_setaffinity(0, saved)
         for h in hogs:
@@ -72,6 +84,7 @@ def test_a_callback_kept_off_the_cpu_by_other_processes_is_not_called_blocking_a
     assert walls[0] > guard.BLOCK_LIMIT, walls           # it did take longer than the limit by the clock
     assert starved == [], starved
     assert len(blocking) == 1 and "time.sleep(0.8)" in blocking[0], blocking
+    assert len(spinning) == 1 and "spins()" in spinning[0], spinning     # past the backstop: reported all the same
 
 
 def test_blocking_work_in_a_thread_and_short_callbacks_are_fine():
