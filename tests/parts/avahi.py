@@ -70,8 +70,7 @@ def avahi():
             stop()
         elif was_running and not running():
             start()
-        if bus is not None:
-            parts.stop_process(bus)
+        real_udev.stop_system_bus(bus)
 
 
 NETNS = "steno-avahi-other"

@@ -91,6 +91,16 @@ def start_system_bus() -> subprocess.Popen | None:
     return proc
 
 
+def stop_system_bus(proc: subprocess.Popen | None) -> None:
+    """Stop a system bus start_system_bus() started (None: one that ran already, kept), and remove its socket:
+    dbus-daemon leaves it behind, and a program that looks next gets 'connection refused', not 'no bus'."""
+    if proc is None:
+        return
+    stop_process(proc)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(SYSTEM_BUS_SOCKET)
+
+
 def name_has_owner(name: str) -> bool:
     r = _run("dbus-send", "--system", "--print-reply", "--dest=org.freedesktop.DBus", "/",
              "org.freedesktop.DBus.NameHasOwner", f"string:{name}", check=False, timeout=10)
@@ -129,7 +139,7 @@ class UsbStack:
     def stop(self) -> None:
         """Stop what was started here, in reverse order; reused daemons keep running."""
         stop_process(self.udisksd)
-        stop_process(self.bus)
+        stop_system_bus(self.bus)
         if self.rules_installed:
             for rule in (TEST_RULE, OUR_RULE):
                 with contextlib.suppress(FileNotFoundError):
