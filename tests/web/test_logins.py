@@ -141,13 +141,31 @@ async def test_a_download_and_the_event_stream_end_with_their_login(web_client, 
     assert not await works(client, value)
 
 
+async def pdf_asked_then_logged_out(client, browser, value: str, sid: int, held, release) -> bytes:
+    """The raw answer to a PDF asked for with this login's cookie, the user logging out once ``held()`` (the PDF's
+    render or open is held) and ``release`` (a threading.Event) set after."""
+    from tests.parts import until
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    try:
+        writer.write(f"GET /sessions/{sid}/download/pdf HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     f"Cookie: steno_session={value}\r\nConnection: close\r\n\r\n".encode())
+        await until(held, "the PDF to be held", timeout=60, in_thread=False)
+        r = await browser.post("/logout", data={"csrf": await page_token(browser)}, allow_redirects=False)
+        assert r.status == 303
+        release.set()
+        return await asyncio.wait_for(reader.read(), 60)
+    finally:
+        release.set()
+        leave(writer, reset=True)
+        await browser.session.close()
+
+
 @pytest.mark.parametrize("cache_mb", [256, 0], ids=["cached", "cache-off"])
 async def test_a_document_whose_login_ended_while_it_was_rendered_is_not_sent(web_client, own_lib, monkeypatch,
                                                                               cache_mb):
     """THREATS: a copied cookie keeps no access after logout. It asks for a meeting's PDF not made before (a
     render of minutes for a long meeting); the user logs out while it is rendered. When the render ends, that
     request gets a 401 and not one byte of the PDF (the render itself is kept for the cache)."""
-    from tests.parts import until
     from tests.web.helpers import held_renders
     from tests.web.test_hostile_files import recordings
 
@@ -155,19 +173,7 @@ async def test_a_document_whose_login_ended_while_it_was_rendered_is_not_sent(we
     sid = next(iter(recordings(own_lib)))
     client, _ = await web_client(own_lib, **PW, **{"http.cache_max_mb": cache_mb})
     browser, value = await logged_in(client)
-    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
-    try:
-        writer.write(f"GET /sessions/{sid}/download/pdf HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                     f"Cookie: steno_session={value}\r\nConnection: close\r\n\r\n".encode())
-        await until(lambda: submitted, "the PDF's render to start", timeout=30, in_thread=False)
-        r = await browser.post("/logout", data={"csrf": await page_token(browser)}, allow_redirects=False)
-        assert r.status == 303
-        release.set()
-        answer = await asyncio.wait_for(reader.read(), 60)
-    finally:
-        release.set()
-        leave(writer, reset=True)
-        await browser.session.close()
+    answer = await pdf_asked_then_logged_out(client, browser, value, sid, lambda: bool(submitted), release)
     assert b"%PDF" not in answer and answer.startswith(b"HTTP/1.1 401"), answer[:300]
     assert not await works(client, value)
 
@@ -178,7 +184,6 @@ async def test_a_cached_document_whose_login_ended_while_it_was_opened_is_not_se
     not the PDF (a small file is in the socket whole before the stream's watch has checked the login)."""
     import threading
 
-    from tests.parts import until
     from tests.web.test_hostile_files import recordings
 
     from steno_exportd.web import downloads
@@ -194,17 +199,5 @@ async def test_a_cached_document_whose_login_ended_while_it_was_opened_is_not_se
             go.wait(60)
             return super().open()
     monkeypatch.setattr(downloads, "SourceRef", HeldRef)
-    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
-    try:
-        writer.write(f"GET /sessions/{sid}/download/pdf HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                     f"Cookie: steno_session={value}\r\nConnection: close\r\n\r\n".encode())
-        await until(opening.is_set, "the PDF to be opened", timeout=60, in_thread=False)
-        r = await browser.post("/logout", data={"csrf": await page_token(browser)}, allow_redirects=False)
-        assert r.status == 303
-        go.set()
-        answer = await asyncio.wait_for(reader.read(), 60)
-    finally:
-        go.set()
-        leave(writer, reset=True)
-        await browser.session.close()
+    answer = await pdf_asked_then_logged_out(client, browser, value, sid, opening.is_set, go)
     assert b"%PDF" not in answer and answer.startswith(b"HTTP/1.1 401"), answer[:300]
