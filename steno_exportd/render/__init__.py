@@ -259,9 +259,10 @@ async def waiting_for_worker(fn: Callable[..., T], *args: Any, **kw: Any) -> T:
     return await in_pool(_waiting, fn, *args, **kw)
 
 
-async def async_render(name: str, what: Session | Sequence[Session],
-                       options: RenderOptions | None = None) -> Rendered:
-    """Render without blocking the loop: heavy in the worker process, light in a thread."""
+async def async_render(name: str, what: Session | Sequence[Session], options: RenderOptions | None = None,
+                       cancelled: Callable[[], bool] | None = None) -> Rendered:
+    """Render without blocking the loop: heavy in the worker process, light in a thread. ``cancelled``: polled
+    while the worker renders a heavy one (render_result_in_process); a light one is short and runs to its end."""
     if get(name).heavy:
-        return await waiting_for_worker(render_result_in_process, name, what, options)
+        return await waiting_for_worker(render_result_in_process, name, what, options, cancelled)
     return await asyncio.to_thread(_work, name, what, options)

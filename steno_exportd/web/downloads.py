@@ -364,10 +364,7 @@ async def _make(ctx: WebContext, key: str, fmt: str, s: Any, opts: Any, left: An
     path = await asyncio.to_thread(ctx.cache.get, key)      # put by a render that ended since this one's miss
     if path is not None:
         return path, b""
-    if render.get(fmt).heavy:                               # (in a thread of the callers waiting for the worker)
-        data = (await render.waiting_for_worker(render.render_result_in_process, fmt, s, opts, left)).data
-    else:
-        data = (await render.async_render(fmt, s, opts)).data
+    data = (await render.async_render(fmt, s, opts, left)).data     # stopped once every requester has left
     path = await asyncio.to_thread(ctx.cache.put, key, data)
     return (path, b"") if path is not None else (None, data)
 
