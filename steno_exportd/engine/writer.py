@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import mmap
 import os
 import queue
 import threading
@@ -50,19 +51,21 @@ class Buffers:
     page faults (zeroing, unmapping), more than reading into it. One set per exporting thread."""
 
     def __init__(self) -> None:
-        self._ring: list[bytearray] = []
-        self._reads: list[bytearray] = []
+        self._ring: list[mmap.mmap] = []
+        self._reads: list[mmap.mmap] = []
 
-    def ring(self, size: int) -> list[bytearray]:
-        """At least RING_MIN buffers of ``size`` bytes, RING_BYTES in all when they are small."""
+    def ring(self, size: int) -> list[mmap.mmap]:
+        """At least RING_MIN buffers of ``size`` bytes, RING_BYTES in all when they are small. Page-aligned (anonymous
+        maps): a local target writes a recording's copy direct (O_DIRECT) from them."""
         if not self._ring or len(self._ring[0]) != size:
-            self._ring = [bytearray(size) for _ in range(max(RING_MIN, RING_BYTES // size))]
+            self._ring = [mmap.mmap(-1, size) for _ in range(max(RING_MIN, RING_BYTES // size))]
         return self._ring
 
-    def read(self, i: int) -> bytearray:
-        """Read-back buffer ``i`` (< READ_RING) of CHUNK bytes: made when first needed (a small file needs one)."""
+    def read(self, i: int) -> mmap.mmap:
+        """Read-back buffer ``i`` (< READ_RING) of CHUNK bytes: made when first needed (a small file needs one).
+        Page-aligned (an anonymous map): a read-back's reads are direct (O_DIRECT) where the target takes it."""
         while len(self._reads) <= i:
-            self._reads.append(bytearray(CHUNK))
+            self._reads.append(mmap.mmap(-1, CHUNK))
         return self._reads[i]
 
 
