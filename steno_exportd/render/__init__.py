@@ -123,8 +123,14 @@ def _worker_init() -> None:
 
 def _submit(name: str, what: Session | Sequence[Session], options: RenderOptions | None
             ) -> tuple[concurrent.futures.ProcessPoolExecutor, concurrent.futures.Future]:
-    """A render queued in the worker process (started on first use, again after it was stopped)."""
+    """A render queued in the worker process: started on first use, again after it was stopped or died while idle
+    (a death the render never reached, which does not take its one retry: render_result_in_process)."""
     global _pool
+    with _pool_lock:
+        idle = _pool
+    if idle is not None and (idle._broken or _dead_workers(idle)):
+        log.warning("the render worker died while idle: a new one is started")
+        _drop(idle, kill=False)
     with _pool_lock:        # the worker is spawned here: a kill (under this lock too) finds it fully started
         if _pool is None:
             # spawn: never a fork of this threaded process, and the worker is our own child (not a fork
@@ -134,7 +140,8 @@ def _submit(name: str, what: Session | Sequence[Session], options: RenderOptions
         try:
             return _pool, _pool.submit(_work, name, what, options)
         except concurrent.futures.process.BrokenProcessPool as e:
-            # its worker died while idle: failed like a render it died under (the caller's retry drops the pool)
+            # its worker died in the instant since it was looked at: failed like a render it died under (the
+            # caller's retry drops the pool)
             failed: concurrent.futures.Future = concurrent.futures.Future()
             failed.set_exception(e)
             return _pool, failed
@@ -145,12 +152,15 @@ def _kill_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
     # method does. Process.kill() never signals a pid that was already reaped.
     for proc in list((pool._processes or {}).values()):
         proc.kill()
-    # A worker killed while it wrote a result (a render done just as its cancel came) leaves the pool's manager
-    # thread reading the rest of it, which never comes while this process holds the pipe's write end too: the pool's
-    # shutdown then waits for that thread forever, holding the turn (every render hung, the worker left unreaped).
-    # Closed here, the read ends (EOF) once the worker is gone, and the pool sees itself broken.
-    if pool._result_queue is not None:
-        pool._result_queue._writer.close()
+
+
+def _dead_workers(pool: concurrent.futures.ProcessPoolExecutor) -> list[multiprocessing.process.BaseProcess]:
+    """The pool's workers that ended (the kernel's OOM killer), seen by their sentinels: never reaped here (the
+    pool's manager thread reaps them; a second reaper could let a kill signal a reused pid)."""
+    from multiprocessing import connection       # (imported with the pool's own module: never at start-up)
+    procs = list((pool._processes or {}).values())
+    ended = connection.wait([p.sentinel for p in procs], timeout=0) if procs else []
+    return [p for p in procs if p.sentinel in ended]
 
 
 def _drop(pool: concurrent.futures.ProcessPoolExecutor, kill: bool) -> None:
@@ -165,6 +175,13 @@ def _drop(pool: concurrent.futures.ProcessPoolExecutor, kill: bool) -> None:
         _pool = None
         if kill:
             _kill_workers(pool)
+        # A worker killed or dead while it wrote a result (a render done just as its cancel came; the OOM killer)
+        # leaves the pool's manager thread reading the rest of it, which never comes while this process holds the
+        # pipe's write end too: the pool's shutdown then waits for that thread forever, holding the turn (every
+        # render hung, the worker left unreaped). Closed here, the read ends (EOF) once the worker is gone, and the
+        # pool sees itself broken. Only workers write there: closing it never loses a result.
+        if pool._result_queue is not None:
+            pool._result_queue._writer.close()
     pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -193,12 +210,15 @@ def _wait(pool: concurrent.futures.ProcessPoolExecutor, fut: concurrent.futures.
           cancelled: Callable[[], bool]) -> Rendered:
     """The future's result; when ``cancelled()`` turns true first, CancelledJob within POLL seconds: the
     render is stopped by killing the worker (reportlab cannot be interrupted; it renders nobody else's: _Turns),
-    and the next render gets a new worker."""
+    and the next render gets a new worker. A worker that dies under it (the OOM killer), even while it sends the
+    result, ends it within POLL seconds too: BrokenProcessPool, the result if it was all sent."""
     while True:
         try:
             return fut.result(timeout=POLL)
         except concurrent.futures.TimeoutError:
             if not cancelled():
+                if _dead_workers(pool):
+                    _drop(pool, kill=False)     # the pool fails the future (BrokenProcessPool) as it ends
                 continue
         # killed even when not started yet: never fut.cancel() (see _Turns); the worker holds no other render
         log.info("cancelled while rendering: stopping the render worker")
@@ -233,6 +253,7 @@ def render_result_in_process(name: str, what: Session | Sequence[Session], optio
                     raise CancelledJob("cancelled") from None
                 if attempt == 2:
                     raise
+                log.warning("the render worker died under a render: once more in a new one")
     finally:
         _turns.give()
     raise AssertionError("unreachable")

@@ -10,6 +10,7 @@ import random
 import re
 import threading
 import time
+from pathlib import Path
 
 from steno_exportd import render
 from steno_exportd.errors import CancelledJob
@@ -171,6 +172,13 @@ def test_renders_take_the_worker_in_the_order_they_asked_and_a_cancelled_waiter_
             t.join(30)
 
 
+def worker() -> list:
+    """The processes of the render worker in use now (none when there is none)."""
+    with render._pool_lock:
+        pool = render._pool
+        return list((pool._processes or {}).values()) if pool is not None else []
+
+
 WHO: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="nobody")
 
 
@@ -218,11 +226,6 @@ def test_a_render_whose_worker_died_keeps_its_turn():
         with lock:
             ran.append((who, outcome))
 
-    def worker() -> list:
-        with render._pool_lock:
-            pool = render._pool
-            return list((pool._processes or {}).values()) if pool is not None else []
-
     threads = [threading.Thread(target=caller, args=("A", first))]
     try:
         threads[0].start()
@@ -265,14 +268,44 @@ def test_a_worker_that_died_while_idle_is_replaced_for_the_next_render():
         render.shutdown()
 
 
-def _half_a_result() -> None:
-    """In the worker: the first bytes of a result message (its length says 1 MiB), then nothing, as a worker killed
-    while it sends a big document leaves it."""
-    frame = sys._getframe()
-    while "result_queue" not in frame.f_locals:            # concurrent.futures.process._process_worker's own
-        frame = frame.f_back
-    os.write(frame.f_locals["result_queue"]._writer.fileno(), struct.pack("!i", 1 << 20) + b"%PDF-1.4 ")
+def _stuck(mark: str | None = None, then: object = None, half_sent: bool = True) -> object:
+    """In the worker: a call that never ends. ``half_sent``: once it sent the first bytes of its result message (its
+    length says 1 MiB), as a worker killed while it sends a big document leaves it. With a ``mark`` (a file's path):
+    only in the first worker that gets here, which then writes its pid there; a later one returns ``then``."""
+    if mark is not None and os.path.exists(mark):
+        return then
+    if half_sent:
+        frame = sys._getframe()
+        while "result_queue" not in frame.f_locals:        # concurrent.futures.process._process_worker's own
+            frame = frame.f_back
+        os.write(frame.f_locals["result_queue"]._writer.fileno(), struct.pack("!i", 1 << 20) + b"%PDF-1.4 ")
+    if mark is not None:
+        with open(mark + ".part", "w") as f:
+            f.write(str(os.getpid()))
+        os.rename(mark + ".part", mark)
     time.sleep(3600)
+    return None
+
+
+class _StuckFirst:
+    """A session as a render sends it to the worker: the first worker unpickles it (before it renders) into a render
+    that never ends (_stuck), the next one into the session itself."""
+
+    def __init__(self, mark: Path, session, half_sent: bool) -> None:
+        self.mark, self.session, self.half_sent = str(mark), session, half_sent
+
+    def __reduce__(self):
+        return _stuck, (self.mark, self.session, self.half_sent)
+
+
+def _render(what, expected: bytes, got: list[str]) -> None:
+    """A PDF render as its caller sees it, appended to ``got``: "whole" (the expected document), "wrong", or the
+    error."""
+    try:
+        data = render.render_in_process("pdf", what, OPTS)
+        got.append("whole" if pdf_body(data) == expected else "wrong")
+    except Exception as e:     # noqa: BLE001 - what the caller would see
+        got.append(repr(e))
 
 
 def test_a_cancel_that_kills_the_worker_while_it_sends_its_result_ends_and_the_next_render_is_made():
@@ -286,7 +319,7 @@ def test_a_cancel_that_kills_the_worker_while_it_sends_its_result_ends_and_the_n
         render.render_in_process("pdf", small, OPTS)           # the worker started
         with render._pool_lock:
             pool = render._pool
-            fut = pool.submit(_half_a_result)
+            fut = pool.submit(_stuck)
             worker = list(pool._processes.values())[0]
         wait_for(lambda: fut.running() and not fut.done(), 30, what="the worker to take the call")
         time.sleep(0.5)                                         # it sent the first bytes and waits
@@ -311,3 +344,63 @@ def test_a_cancel_that_kills_the_worker_while_it_sends_its_result_ends_and_the_n
         if pool._result_queue is not None:                      # unblock a hung manager thread (old code)
             pool._result_queue._writer.close()
         render.shutdown()
+
+
+def test_a_worker_killed_while_it_sends_its_result_is_replaced_and_the_render_made(tmp_path):
+    """The worker dies on its own (the OOM killer) while it sends a render's result: the render is made again in a
+    new worker and returned, and the next render too (before, the pool's manager thread waited forever for the rest
+    of the result, this process holding the pipe's write end too: the render hung until someone cancelled it)."""
+    small = S.multilingual_session()
+    expected = pdf_body(render.get("pdf").render_result(small, OPTS).data)
+    mark = tmp_path / "sent-half"
+    got: list[str] = []
+    pool = None
+    t = threading.Thread(target=_render, args=(_StuckFirst(mark, small, half_sent=True), expected, got), daemon=True)
+    try:
+        t.start()
+        wait_for(mark.exists, 60, what="the worker to send the first bytes of its result")
+        with render._pool_lock:
+            pool = render._pool
+        (dying,) = worker()
+        assert dying.pid == int(mark.read_text())
+        dying.kill()                            # SIGKILL, as the OOM killer does
+        t.join(60)
+        assert not t.is_alive(), "the render whose worker was killed while it sent its result never ended"
+        assert got == ["whole"], f"the render whose worker was killed while it sent its result: {got}"
+        assert worker() and dying not in worker(), "the render was not made again in a new worker"
+        assert pdf_body(render.render_in_process("pdf", small, OPTS)) == expected
+    finally:
+        if pool is not None and pool._result_queue is not None:    # unblock a hung manager thread (old code)
+            pool._result_queue._writer.close()
+        render.shutdown()
+        t.join(30)
+
+
+def test_a_worker_that_died_while_idle_leaves_the_next_render_its_retry(tmp_path):
+    """The idle worker dies between two renders, then the next render's new worker dies under it too (the OOM killer
+    twice): that render is still made, in a third worker, as the idle death was no attempt of it (before, it took the
+    render's one retry, and the user got BrokenProcessPool although only one worker had tried to render it)."""
+    small = S.multilingual_session()
+    expected = pdf_body(render.get("pdf").render_result(small, OPTS).data)
+    mark = tmp_path / "rendering"
+    got: list[str] = []
+    t = threading.Thread(target=_render, args=(_StuckFirst(mark, small, half_sent=False), expected, got))
+    try:
+        render.render_in_process("pdf", small, OPTS)           # the worker started
+        (idle,) = worker()
+        idle.kill()
+        idle.join(30)
+        wait_for(lambda: render._pool._broken, 30, what="the pool to see its worker gone")
+        t.start()
+        wait_for(mark.exists, 60, what="a new worker to take the render")
+        (fresh,) = worker()
+        assert fresh is not idle and fresh.pid == int(mark.read_text())
+        fresh.kill()                            # SIGKILL, as the OOM killer does
+        t.join(60)
+        assert not t.is_alive(), "the render never returned"
+        assert got == ["whole"], f"the render whose worker died after an idle one died: {got}"
+        assert worker() and not {idle, fresh} & set(worker()), "the render was not made in a third worker"
+    finally:
+        render.shutdown()
+        if t.is_alive():
+            t.join(30)
