@@ -23,6 +23,7 @@ from steno_exportd.pools import in_pool
 log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL = 0.25   # seconds between JobUpdated events of one job (<= 4 Hz)
+TOO_LATE = "the cancel came too late: the job had already done all its work"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +52,7 @@ class Progress:
         self.cancel = cancel
         self._last = 0.0
         self.fields: dict = {}
+        self.heeded = False         # the export code saw the cancel (and so stopped or skipped something)
 
     def update(self, force: bool = False, **fields: Any) -> None:
         self.fields.update(fields)
@@ -61,7 +63,12 @@ class Progress:
 
     @property
     def cancelled(self) -> bool:
-        return self.cancel.is_set()
+        """The job was cancelled; once the export code has seen it so, the job ends cancelled (a cancel it never
+        saw came after its last look: everything it was asked to do was done)."""
+        if self.cancel.is_set():
+            self.heeded = True
+            return True
+        return False
 
 
 Runner = Callable[[Any, JobSpec, Config, Progress, int], list[ev.SessionResult]]
@@ -344,10 +351,13 @@ class JobManager:
                       rate=0.0, expected_end=0.0, current_file="")
         else:
             self._progress(job, progress.fields)
-            if job.cancel.is_set():
+            if progress.heeded:
                 state, err = ev.JobState.CANCELLED, "cancelled"
             else:
                 state, err = outcome(results)
+                if job.cancel.is_set():     # after the export's last look at it: nothing was cut short
+                    log.info("job %s: cancelled after it had done all its work; it ends %s", job.snap.id, state)
+                    err = "; ".join(p for p in (err, TOO_LATE) if p)
             self._set(job, state=state, error=err, results=tuple(results), finished=time.time(),
                       current_file="", expected_end=0.0)
         await asyncio.to_thread(self.state.save_job, job.snap)
