@@ -23,6 +23,7 @@ from steno_exportd.pools import in_pool
 log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL = 0.25   # seconds between JobUpdated events of one job (<= 4 Hz)
+STOP_TIMEOUT = 120.0       # seconds stop() waits for running jobs to end at their cancel (copies stop at the next chunk)
 TOO_LATE = "the cancel came too late: the job had already done all its work"
 
 
@@ -159,14 +160,25 @@ class JobManager:
         while len(self._workers) < self.cfg.export.max_concurrent_jobs:
             self._workers.append(asyncio.create_task(self._worker(), name="steno-job-worker"))
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Cancel every job, wait up to ``timeout`` seconds for the running ones to end, then clean up; a job still
+        running then is named in the log and left to end by its cancel in its thread (the clean-up goes on)."""
         await asyncio.gather(*self._saves, return_exceptions=True)
         for j in list(self._jobs.values()):
             if not j.snap.state.finished:
                 j.cancel.set()
-        running = [j.done.wait() for j in self._jobs.values() if j.task is not None and not j.done.is_set()]
+        running = [j for j in self._jobs.values() if j.task is not None and not j.done.is_set()]
         if running:
-            await asyncio.wait_for(asyncio.gather(*running), 120)   # copies stop at the next chunk
+            waits = [asyncio.ensure_future(j.done.wait()) for j in running]
+            try:
+                await asyncio.wait(waits, timeout=timeout)
+            finally:
+                for w in waits:
+                    w.cancel()
+            for j in running:
+                if not j.done.is_set():
+                    log.error("job %s (%s to %s) did not stop within %g s of its cancel: left to end in its "
+                              "thread, marked cancelled", j.snap.id, j.snap.operation, j.snap.target, timeout)
         for w in self._workers:
             w.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
