@@ -23,6 +23,8 @@ from steno_exportd.pools import in_pool
 log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL = 0.25   # seconds between JobUpdated events of one job (<= 4 Hz)
+STOP_TIMEOUT = 120.0       # seconds stop() waits for running jobs to end at their cancel (copies stop at the next chunk)
+TOO_LATE = "the cancel came too late: the job had already done all its work"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +53,7 @@ class Progress:
         self.cancel = cancel
         self._last = 0.0
         self.fields: dict = {}
+        self.heeded = False         # the export code saw the cancel (and so stopped or skipped something)
 
     def update(self, force: bool = False, **fields: Any) -> None:
         self.fields.update(fields)
@@ -61,7 +64,12 @@ class Progress:
 
     @property
     def cancelled(self) -> bool:
-        return self.cancel.is_set()
+        """The job was cancelled; once the export code has seen it so, the job ends cancelled (a cancel it never
+        saw came after its last look: everything it was asked to do was done)."""
+        if self.cancel.is_set():
+            self.heeded = True
+            return True
+        return False
 
 
 Runner = Callable[[Any, JobSpec, Config, Progress, int], list[ev.SessionResult]]
@@ -152,14 +160,25 @@ class JobManager:
         while len(self._workers) < self.cfg.export.max_concurrent_jobs:
             self._workers.append(asyncio.create_task(self._worker(), name="steno-job-worker"))
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Cancel every job, wait up to ``timeout`` seconds for the running ones to end, then clean up; a job still
+        running then is named in the log and left to end by its cancel in its thread (the clean-up goes on)."""
         await asyncio.gather(*self._saves, return_exceptions=True)
         for j in list(self._jobs.values()):
             if not j.snap.state.finished:
                 j.cancel.set()
-        running = [j.done.wait() for j in self._jobs.values() if j.task is not None and not j.done.is_set()]
+        running = [j for j in self._jobs.values() if j.task is not None and not j.done.is_set()]
         if running:
-            await asyncio.wait_for(asyncio.gather(*running), 120)   # copies stop at the next chunk
+            waits = [asyncio.ensure_future(j.done.wait()) for j in running]
+            try:
+                await asyncio.wait(waits, timeout=timeout)
+            finally:
+                for w in waits:
+                    w.cancel()
+            for j in running:
+                if not j.done.is_set():
+                    log.error("job %s (%s to %s) did not stop within %g s of its cancel: left to end in its "
+                              "thread, marked cancelled", j.snap.id, j.snap.operation, j.snap.target, timeout)
         for w in self._workers:
             w.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
@@ -344,10 +363,13 @@ class JobManager:
                       rate=0.0, expected_end=0.0, current_file="")
         else:
             self._progress(job, progress.fields)
-            if job.cancel.is_set():
+            if progress.heeded:
                 state, err = ev.JobState.CANCELLED, "cancelled"
             else:
                 state, err = outcome(results)
+                if job.cancel.is_set():     # after the export's last look at it: nothing was cut short
+                    log.info("job %s: cancelled after it had done all its work; it ends %s", job.snap.id, state)
+                    err = "; ".join(p for p in (err, TOO_LATE) if p)
             self._set(job, state=state, error=err, results=tuple(results), finished=time.time(),
                       current_file="", expected_end=0.0)
         await asyncio.to_thread(self.state.save_job, job.snap)

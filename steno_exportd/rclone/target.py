@@ -42,6 +42,7 @@ from steno_exportd import sockwait
 from steno_exportd.engine.targets import MARKER, PARTIAL_SUFFIX, TEMP_PREFIX, EntryStat, check_rel
 from steno_exportd.errors import CancelledJob, InvalidArgument, SourceError, TargetError
 from steno_exportd.rclone.process import Rcd, RcloneError, is_file
+from steno_exportd.safeparse import printable
 
 log = logging.getLogger(__name__)
 
@@ -700,8 +701,10 @@ class _RcloneWrite:
             if got and int(d.get("Size", -1)) == self._size and got.lower() == self._digest.hexdigest():
                 self.verified = True
             else:       # the engine's read-back tells what is wrong (and writes the file again)
+                # (the store's words: a hostile or broken one's "hash" may hold terminal escapes or line breaks)
                 log.warning("%s: %s on the store: %s %s, %d bytes; sent %s, %d bytes", t.name, self._rel, t.hash,
-                            got or "(none)", int(d.get("Size", -1)), self._digest.hexdigest(), self._size)
+                            printable(got[:200]) or "(none)", int(d.get("Size", -1)), self._digest.hexdigest(),
+                            self._size)
 
     def abort(self) -> None:
         """Stop the upload and remove the temp file (best effort: the next push removes our leftovers)."""
@@ -760,7 +763,7 @@ class _RcloneRead:
             body = self._r.read(1 << 16)
             self._conn.close()
             raise RcloneError(f"{t.name}: cannot read {rel} back: HTTP {self._r.status} "
-                              f"{body[:200].decode('utf-8', 'replace').strip()}")
+                              f"{printable(body[:200].decode('utf-8', 'replace').strip())}")
 
     def read(self, n: int = -1) -> bytes:
         try:

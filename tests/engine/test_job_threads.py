@@ -1,8 +1,10 @@
 """Export jobs run in threads of their own, never in the loop's default executor: the page's reads, the login
-check and the jobs' own bookkeeping run there, in few threads (min(32, cores + 4): 6 on 2 cores, 8 on a Pi 5)."""
+check and the jobs' own bookkeeping run there, in few threads (min(32, cores + 4): 6 on 2 cores, 8 on a Pi 5); and a job's
+thread that will not end does not stop the daemon's clean-up."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 
@@ -54,5 +56,43 @@ async def test_more_running_exports_than_default_threads_all_run_and_never_stall
         assert not held, f"exports ran in the loop's default threads: {held}"
     finally:
         release.set()
+        await jobs.stop()
+        state.close()
+
+
+async def test_stop_with_a_job_that_refuses_to_stop_still_cleans_up_and_names_it(tmp_path, caplog):
+    """A job whose thread ignores its cancel (a read stuck on a dying store) past stop()'s bound: stop() ends its
+    clean-up all the same (it raised TimeoutError and skipped it: workers left running, no job marked, the hash
+    cache open, and the core's own stop skipped everything after the jobs) and says which job in one log line.
+    The bound (120 s) is stop()'s own parameter, shortened here."""
+    cfg = make_config(tmp_path, **{"export.max_concurrent_jobs": 1})
+    release, began = threading.Event(), threading.Event()
+
+    def stubborn(lib, spec, cfg, progress, job_id):     # an export that never looks at its cancel
+        began.set()
+        release.wait(60)
+        return []
+    state = StateDB(tmp_path / "state.db")
+    jobs = JobManager(cfg, ev.EventBus(), state, lambda: None, runner=stubborn)
+    await jobs.start()
+    try:
+        stuck = await jobs.submit(JobSpec("export", "dir", "STUCKSTICK"))
+        queued = await jobs.submit(JobSpec("export", "dir", "NEXTSTICK"))
+        assert await asyncio.to_thread(began.wait, 10), "the stubborn job never ran"
+        with caplog.at_level(logging.INFO, logger="steno_exportd.engine.jobs"):
+            await asyncio.wait_for(jobs.stop(timeout=0.5), 10)
+        said = [r.getMessage() for r in caplog.records if r.name == "steno_exportd.engine.jobs"]
+        assert len([m for m in said if f"job {stuck.id} " in m]) == 1, said
+        [line] = [m for m in said if f"job {stuck.id} " in m]
+        assert "STUCKSTICK" in line and "did not stop" in line, line
+        assert [jobs.get(stuck.id).state, jobs.get(queued.id).state] == [ev.JobState.CANCELLED] * 2
+        assert jobs.hashes is None, "the hash cache was left open"
+        workers = [t for t in asyncio.all_tasks() if t.get_name() == "steno-job-worker" and not t.done()]
+        assert not workers, f"{len(workers)} job workers still running after stop()"
+    finally:
+        release.set()
+        deadline = time.monotonic() + 10        # the stubborn thread ends once released (no leaked thread)
+        while any(t.name.startswith("steno-job") for t in threading.enumerate()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
         await jobs.stop()
         state.close()

@@ -242,3 +242,80 @@ async def test_folder_built_in_place_holds_only_temp_names_until_verified(tmp_pa
         await core.stop()
         await asyncio.to_thread(shutil.rmtree, out)
         await asyncio.to_thread(shutil.rmtree, rec.root / "audio")
+
+
+def cancel_at_verified(monkeypatch, core: Core, nth: int = 0) -> list[tuple[int, int]]:
+    """The user's cancel (JobManager.cancel, on the loop, as the touchscreen, D-Bus and steno-exportctl make it) of
+    the running job, fired from the job's own thread the moment its ``nth`` file (0: its last) was read back and
+    verified: at its files_done report, made as the verify returns; the job's thread goes on only once the loop has
+    taken the cancel. Returns (files_done, files_total) of each firing."""
+    from steno_exportd.engine import jobs
+    loop, update, fired, seen = asyncio.get_running_loop(), jobs.Progress.update, [], set()
+
+    async def cancel() -> None:
+        [job] = [j for j in core.jobs.list() if j.state == ev.JobState.RUNNING]
+        core.jobs.cancel(job.id)
+
+    def at_verified(self, force: bool = False, **fields) -> None:
+        update(self, force, **fields)
+        total, done = self.fields.get("files_total", 0), self.fields.get("files_done", 0)
+        if "files_done" in fields and total and done >= (nth or total) and id(self) not in seen:
+            seen.add(id(self))
+            fired.append((done, total))
+            asyncio.run_coroutine_threadsafe(cancel(), loop).result(10)
+    monkeypatch.setattr(jobs.Progress, "update", at_verified)
+    return fired
+
+
+async def test_a_cancel_after_the_last_file_was_verified_leaves_the_job_completed(tmp_path, rec, monkeypatch):
+    """A cancel that arrives just after the last file was copied and verified cut nothing short: every session is
+    on the stick, verified. The job ends completed, its headline saying the cancel came too late (it ended
+    "cancelled", and the user took a complete stick for an incomplete one). A cancel at any earlier file's verify
+    still ends it cancelled. Races: the cancel fired from another thread as each verify returns, counted."""
+    from steno_exportd.engine.verify import verify_target
+    sids = [await add(rec, audio=(1 << 20) + 4) for _ in range(2)]
+    cfg = cfg_for(tmp_path, rec)
+    core = Core(cfg)
+    await core.start()
+    outcomes: dict[tuple, ev.JobSnapshot] = {}
+    try:
+        async def export(name: str, formats: list[str], nth: int) -> ev.JobSnapshot:
+            monkeypatch.undo()
+            fired = cancel_at_verified(monkeypatch, core, nth)
+            out = tmp_path / name
+            out.mkdir()
+            snap = await core.export_sessions(sids, formats, str(out))
+            j = await core.jobs.wait(snap.id, 60)
+            assert len(fired) == 1 and fired[0][0] == (nth or fired[0][1]), ("the cancel fired once", fired, j)
+            return j
+        # a transcript and a recording per session, the recordings read back on the verifier thread: the last
+        # verify to return is either file's
+        for run in range(5):
+            j = await export(f"last-{run}", ["txt", "audio"], 0)
+            outcomes[("last", run)] = j
+            assert j.state == ev.JobState.COMPLETED, ("a cancel after the last verify", j.state, j.error)
+            assert "too late" in j.error, j.error
+            assert [r.ok and not r.skipped for r in j.results] == [True, True], j.results
+            assert j.files_done == j.files_total == 4
+            rep = await asyncio.to_thread(verify_target, str(tmp_path / f"last-{run}"))
+            assert rep.ok and rep.ok_count == 4, rep.to_json()
+        # rendered files only: written and verified one after the other, so "earlier" is certain
+        for nth in (1, 2, 3):
+            j = await export(f"early-{nth}", ["txt", "json"], nth)
+            outcomes[("early", nth)] = j
+            assert j.state == ev.JobState.CANCELLED, ("a cancel at verify", nth, "of 4", j.state, j.results)
+            assert not (len(j.results) == 2 and all(r.ok for r in j.results)), j.results
+        j = await export("early-4", ["txt", "json"], 4)
+        assert j.state == ev.JobState.COMPLETED and "too late" in j.error, (j.state, j.error)
+        outcomes[("early", 4)] = j
+    finally:
+        monkeypatch.undo()
+        await core.stop()
+    again = Core(cfg)           # what the history shows after a restart
+    await again.start()
+    try:
+        rows = {d["id"]: d["state"] for d in await asyncio.to_thread(again.state.jobs)}
+        assert {k: rows[j.id] for k, j in outcomes.items()} == {k: j.state for k, j in outcomes.items()}
+    finally:
+        await again.stop()
+        await asyncio.to_thread(shutil.rmtree, rec.root / "audio")

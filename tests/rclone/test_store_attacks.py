@@ -3,12 +3,15 @@ broken sync client editing the store, and a slow link: what a user must see. Eac
 of a defect an attack found, and failed before its fix."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
 import signal
+import tempfile
 import threading
 import time
+from typing import Iterator
 
 import pytest
 
@@ -315,13 +318,10 @@ def test_spellings_of_one_folder_share_one_lock(one, other):
 FORGED = "Failed: \x1b[2K\x1b[1Ajob 7 completed: every session verified on the store\x07"
 
 
-@pytest.mark.parametrize("status", [403, 507, 500])
-def test_a_stores_own_words_reach_the_error_and_the_log_as_one_printable_line(rclone_tmp, caplog, status):
-    """THREATS: the NAS may fail and lie, never make a push look verified. A store (an office WebDAV server, or
-    whatever answers at its address) answers every request with an error whose text carries terminal escapes, a
-    bell (rclone passes a WebDAV error's body on as its message). The push's error, shown on the
-    touchscreen, the page, D-Bus and steno-exportctl, and the log lines hold that text only as printable
-    characters: no escape can clear the admin's terminal line, no line of the store's can pass for one of ours."""
+@contextlib.contextmanager
+def hostile_store(status: int, words: str) -> Iterator[pathlib.Path]:
+    """A WebDAV store (an office server, or whatever answers at its address) that answers every request with
+    ``status`` and ``words`` as its body; yields a dir holding "rclone.conf" with the remote "nas" reaching it."""
     import http.server
     import subprocess
 
@@ -330,7 +330,7 @@ def test_a_stores_own_words_reach_the_error_and_the_log_as_one_printable_line(rc
 
     class Hostile(http.server.BaseHTTPRequestHandler):
         def _answer(self) -> None:
-            body = FORGED.encode()
+            body = words.encode()
             self.send_response(status)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -343,11 +343,27 @@ def test_a_stores_own_words_reach_the_error_and_the_log_as_one_printable_line(rc
     serving = threading.Thread(target=srv.serve_forever, daemon=True)
     serving.start()
     try:
-        conf = rclone_tmp / "rclone.conf"
-        obscured = subprocess.run(["rclone", "obscure", "pw"], check=True, capture_output=True, text=True).stdout
-        conf.write_text(f"[nas]\ntype = webdav\nurl = http://127.0.0.1:{srv.server_address[1]}/\nvendor = other\n"
-                        f"user = u\npass = {obscured.strip()}\n")
-        os.chmod(conf, 0o600)
+        with tempfile.TemporaryDirectory(prefix="steno-hostile-") as d:
+            conf = pathlib.Path(d) / "rclone.conf"
+            obscured = subprocess.run(["rclone", "obscure", "pw"], check=True, capture_output=True, text=True).stdout
+            conf.write_text(f"[nas]\ntype = webdav\nurl = http://127.0.0.1:{srv.server_address[1]}/\n"
+                            f"vendor = other\nuser = u\npass = {obscured.strip()}\n")
+            os.chmod(conf, 0o600)
+            yield conf
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        serving.join(10)
+
+
+@pytest.mark.parametrize("status", [403, 507, 500])
+def test_a_stores_own_words_reach_the_error_and_the_log_as_one_printable_line(rclone_tmp, caplog, status):
+    """THREATS: the NAS may fail and lie, never make a push look verified. A store (an office WebDAV server, or
+    whatever answers at its address) answers every request with an error whose text carries terminal escapes, a
+    bell (rclone passes a WebDAV error's body on as its message). The push's error, shown on the
+    touchscreen, the page, D-Bus and steno-exportctl, and the log lines hold that text only as printable
+    characters: no escape can clear the admin's terminal line, no line of the store's can pass for one of ours."""
+    with hostile_store(status, FORGED) as conf:
         db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
         cfg = cfg_for(rclone_tmp, db, conf, [{"name": "cloud", "remote": "nas:office"}])
         with caplog.at_level("DEBUG", logger="steno_exportd"):
@@ -355,12 +371,57 @@ def test_a_stores_own_words_reach_the_error_and_the_log_as_one_printable_line(rc
                 errors = [r.error for r in push_to(cfg) if not r.ok]
             except TargetError as e:            # (RcloneError, TargetFullError)
                 errors = [str(e)]
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        serving.join(10)
     assert errors and all("job 7 completed" in e for e in errors), errors     # the store's words are kept...
     shown = [e for e in errors if not e.isprintable()]
     logged = [r.getMessage() for r in caplog.records
               if r.name.startswith("steno_exportd") and not r.getMessage().isprintable()]
     assert (shown, logged) == ([], []), "control characters of the store's reached the error or the log"
+
+
+def test_a_stores_words_in_a_failed_read_back_reach_its_error_printable(rclone_tmp):
+    """The read-back of a file (the engine's verify) that the store refuses: rclone rcd answers with a JSON error
+    holding the store's words, where JSON escapes C0 controls but not C1 ones (U+009B is a terminal's CSI, like
+    ESC [), and its own line breaks and tabs. The error, which the job's results and the log show, was all of that
+    raw; now one printable line, the store's words kept."""
+    from steno_exportd.rclone.process import Rcd
+    with hostile_store(500, "Gone \u009b2J\u009b1Ajob 7 completed: every session verified\x07") as conf:
+        db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
+        cfg = cfg_for(rclone_tmp, db, conf, [{"name": "cloud", "remote": "nas:office"}])
+        remote = cfg.rclone.remotes[0]
+        t = RcloneTarget(Rcd(cfg, remote), remote.remote, name="rclone:cloud")
+        t.rcd.start()
+        try:
+            with pytest.raises(RcloneError) as e:
+                t.open_read("x/transcript.txt")
+        finally:
+            t.close()
+        db.close()
+    said = str(e.value)
+    assert said.startswith("rclone:cloud: cannot read x/transcript.txt back: HTTP 500"), said
+    assert said.isprintable(), f"control characters of the store's reached the read-back's error: {said!r}"
+    assert "job 7 completed" in said and "\\x9b2J" in said, said
+
+
+@pytest.mark.parametrize("rclone_server", ["sftp"], indirect=True)
+def test_a_hash_the_store_reports_reaches_the_log_printable(rclone_server, rclone_tmp, caplog):
+    """The hash a store reports for a file it took is its own words: a broken or hostile SFTP server answers rclone's
+    md5sum with anything (rclone keeps its first word). Here the real rclone serve sftp, made to answer with
+    terminal escapes (an OSC that retitles the admin's terminal, a bell, a screen clear: the remote's md5sum_command
+    made "echo <them>", which rclone serve runs). The push still lands verified (the read-back finds the bytes
+    right), and its log line about the mismatch holds the store's "hash" only as printable characters."""
+    srv = rclone_server
+    conf = srv.client_config(rclone_tmp / "rclone.conf")
+    with open(conf, "a") as f:
+        f.write("md5sum_command = echo \x1b]0;owned\x07\x1b[2J\x1b[31mEVIL\n")
+    db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
+    cfg = cfg_for(rclone_tmp, db, conf, [{"name": "cloud", "remote": f"{srv.remote}:office"}])
+    with caplog.at_level("INFO", logger="steno_exportd"):
+        res = push_to(cfg)
+    assert [r.ok for r in res] == [True], [r.error for r in res]
+    mismatch = [r.getMessage() for r in caplog.records
+                if r.name == "steno_exportd.rclone.target" and " on the store: md5 " in r.getMessage()]
+    assert mismatch, "the store's hash was never compared"
+    assert all("evil" in m for m in mismatch), mismatch       # (rclone lower-cases a hash)
+    raw = [m for m in mismatch if not m.isprintable()]
+    assert not raw, f"the store's hash reached the log raw: {raw[0]!r}"
+    db.close()
