@@ -163,8 +163,8 @@ class UsbManager:
         ids = policy.select_sessions(summaries, pol.auto, on_stick)
         if ids:
             job = await self._export(did, c, ids, policy.formats_for(pol.auto), mp, pol.auto)
-            if job.state == JobState.CANCELLED and self.devices.get(did).state == DeviceState.EJECTING:
-                return                                  # an eject request took over
+            if self.devices.get(did).state == DeviceState.EJECTING:
+                return      # an eject request took over: it ends the stick's state (also when its cancel came late)
             if job.state != JobState.COMPLETED:
                 raise TargetError(job.error or f"export job {job.id} {job.state}")
         else:
