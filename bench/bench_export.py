@@ -13,6 +13,8 @@ Needs root (loop devices, drop_caches). Cleans up after itself.
 Under BENCH_PROFILE (pi4, pi5: bench/profile.py throttles the CPU to the Pi's SHA-256 rate) anchor A and the
 1,000-session rerun are left out: coreutils' sha256sum has no SHA-NI here while OpenSSL has (on a Pi 4 neither
 has SHA instructions), so A would compare unlike hashers; the ratio to L is the one that matters there.
+BENCH_EXPORT_SCALE (default 1) scales the layout and the loop images: 0.01 makes ~20 MiB of sources in 128 MiB images
+(a quick run, e.g. for the tests that stop it half-way; its figures mean little).
 """
 from __future__ import annotations
 
@@ -33,7 +35,9 @@ from tests.parts.loopfs import MKFS, mount, umount  # noqa: E402
 MiB = 1024 * 1024
 PROFILE = os.environ.get("BENCH_PROFILE", "")
 ROUNDS = int(os.environ.get("BENCH_EXPORT_ROUNDS", "3"))
-LAYOUT = [200 * MiB] * 8 + [11 * MiB] * 40 + [64 * 1024] * 20
+SCALE = float(os.environ.get("BENCH_EXPORT_SCALE", "1"))
+LAYOUT = [max(4096, int(size * SCALE)) for size in [200 * MiB] * 8 + [11 * MiB] * 40 + [64 * 1024] * 20]
+IMAGE = max(128 * MiB, int(6 * 1024 * MiB * SCALE))
 
 
 def drop_caches() -> None:
@@ -130,7 +134,7 @@ def bench_fs(fstype: str, work: Path, srcs: list[Path], src_dir: Path) -> None:
     mnt = work / f"mnt-{fstype}"
     mnt.mkdir()
     with open(img, "wb") as f:
-        f.truncate(6 * 1024 * MiB)
+        f.truncate(IMAGE)
     dev = subprocess.run(["losetup", "-f", "--show", str(img)], check=True, capture_output=True,
                          text=True).stdout.strip()
     try:
