@@ -23,6 +23,8 @@ import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench import cleanup  # noqa: E402
+
 PY = sys.executable
 IDLE = float(os.environ.get("BENCH_IDLE_SECONDS", "60"))
 
@@ -55,14 +57,18 @@ def start(tmp: Path, cfg: Path) -> tuple[subprocess.Popen, float]:
     t0 = time.perf_counter()
     p = subprocess.Popen([PY, "-m", "steno_exportd", "--config", str(cfg), "run"], env=env,
                          stdout=subprocess.DEVNULL, stderr=open(tmp / "daemon.log", "ab"), cwd=REPO)
-    while True:
-        data = s.recv(4096).decode()
-        if "READY=1" in data.splitlines():
-            dt = time.perf_counter() - t0
-            s.close()
-            return p, dt
-        if p.poll() is not None:
-            raise SystemExit(f"daemon exited: {(tmp / 'daemon.log').read_text()}")
+    try:
+        while True:
+            data = s.recv(4096).decode()
+            if "READY=1" in data.splitlines():
+                dt = time.perf_counter() - t0
+                s.close()
+                return p, dt
+            if p.poll() is not None:
+                raise SystemExit(f"daemon exited: {(tmp / 'daemon.log').read_text()}")
+    except BaseException:       # stopped (or it never got ready): not left running
+        stop(p)
+        raise
 
 
 def stop(p: subprocess.Popen, log: Path | None = None) -> None:
@@ -202,8 +208,10 @@ def main() -> None:
             readies = []
             for _ in range(5):
                 p, dt = start(tmp, cfg)
-                readies.append(dt)
-                stop(p)
+                try:
+                    readies.append(dt)
+                finally:
+                    stop(p)
             anchor = statistics.median(bare_interpreter_seconds() for _ in range(5))
             ready = statistics.median(readies)
             print(f"daemon_exec_to_ready_s: {ready:.3f}")
@@ -279,4 +287,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cleanup.run(main))

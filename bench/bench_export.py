@@ -9,10 +9,13 @@ Prints wall times, ours/A, ours/L, our peak RSS and the incremental rerun over 1
 the recordings were hashed ahead (the daemon's background hasher, export.hash_ahead: each copy is then not hashed
 again, only its read-back is: one SHA-256 pass instead of two). Each export runs in a Python process of its own:
 the *_without_start_over_L lines leave its start and imports out (~0.6 CPU-s here; the daemon has them done).
-Needs root (loop devices, drop_caches). Cleans up after itself.
+Needs root (loop devices, drop_caches). Cleans up after itself, also when stopped (Ctrl-C, SIGTERM: bench/cleanup.py):
+its export child is stopped, the image unmounted, its loop device detached and its folder in /var/tmp removed.
 Under BENCH_PROFILE (pi4, pi5: bench/profile.py throttles the CPU to the Pi's SHA-256 rate) anchor A and the
 1,000-session rerun are left out: coreutils' sha256sum has no SHA-NI here while OpenSSL has (on a Pi 4 neither
 has SHA instructions), so A would compare unlike hashers; the ratio to L is the one that matters there.
+BENCH_EXPORT_SCALE (default 1) scales the layout and the loop images: 0.01 makes ~20 MiB of sources in 128 MiB images
+(a quick run, e.g. for the tests that stop it half-way; its figures mean little).
 """
 from __future__ import annotations
 
@@ -21,19 +24,22 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.parts.loopfs import MKFS, mount, umount  # noqa: E402
+from bench import cleanup  # noqa: E402
+from tests.parts import stop_process  # noqa: E402
+from tests.parts.loopfs import MKFS, mount  # noqa: E402
 
 MiB = 1024 * 1024
 PROFILE = os.environ.get("BENCH_PROFILE", "")
 ROUNDS = int(os.environ.get("BENCH_EXPORT_ROUNDS", "3"))
-LAYOUT = [200 * MiB] * 8 + [11 * MiB] * 40 + [64 * 1024] * 20
+SCALE = float(os.environ.get("BENCH_EXPORT_SCALE", "1"))
+LAYOUT = [max(4096, int(size * SCALE)) for size in [200 * MiB] * 8 + [11 * MiB] * 40 + [64 * 1024] * 20]
+IMAGE = max(128 * MiB, int(6 * 1024 * MiB * SCALE))
 
 
 def drop_caches() -> None:
@@ -115,7 +121,12 @@ def run_ours(srcs: list[Path], dst: Path, cache: Path | None = None) -> tuple[fl
     code = OURS.format(root=str(ROOT), srcs=[str(p) for p in srcs], dst=str(dst), cache=str(cache or ""))
     t = time.monotonic()
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
-    _, status, ru = os.wait4(p.pid, 0)
+    try:
+        _, status, ru = os.wait4(p.pid, 0)
+    except BaseException:       # stopped: the export stops writing to the image before it is unmounted
+        stop_process(p)
+        raise
+    p.returncode = os.waitstatus_to_exitcode(status)
     wall = time.monotonic() - t
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit("our export failed")
@@ -130,76 +141,73 @@ def bench_fs(fstype: str, work: Path, srcs: list[Path], src_dir: Path) -> None:
     mnt = work / f"mnt-{fstype}"
     mnt.mkdir()
     with open(img, "wb") as f:
-        f.truncate(6 * 1024 * MiB)
-    dev = subprocess.run(["losetup", "-f", "--show", str(img)], check=True, capture_output=True,
-                         text=True).stdout.strip()
+        f.truncate(IMAGE)
     try:
+        dev = subprocess.run(["losetup", "-f", "--show", str(img)], check=True, capture_output=True,
+                             text=True).stdout.strip()
         subprocess.run(MKFS[fstype](dev, "BENCHX"), check=True, capture_output=True)
         mount(dev, mnt, fstype)
-        try:
-            # anchor A
-            a = float("nan")
+        # anchor A
+        a = float("nan")
+        drop_caches()
+        if not PROFILE:
+            t = time.monotonic()
+            subprocess.run(f"sha256sum * > {work}/src.sums", shell=True, check=True, cwd=src_dir)
+            subprocess.run(["cp", "-r", str(src_dir), str(mnt / "A")], check=True)
+            subprocess.run(["sync"], check=True)
             drop_caches()
-            if not PROFILE:
-                t = time.monotonic()
-                subprocess.run(f"sha256sum * > {work}/src.sums", shell=True, check=True, cwd=src_dir)
-                subprocess.run(["cp", "-r", str(src_dir), str(mnt / "A")], check=True)
-                subprocess.run(["sync"], check=True)
+            subprocess.run(["sha256sum", "-c", "--quiet", f"{work}/src.sums"], check=True, cwd=mnt / "A")
+            a = time.monotonic() - t
+            shutil.rmtree(mnt / "A")
+        cache = work / f"hashes-{fstype}.sqlite"
+        hash_ahead(srcs, cache)
+        lims, ourss, aheads, rsss, oks = [], [], [], [], []
+        inner: dict[str, list[float]] = {"ours": [], "ahead": []}
+        for r in range(ROUNDS):     # interleaved: the VM's writeback swings between runs, less within a round
+            steps = [("L", None), ("ours", None), ("ahead", cache)]
+            for name, c in (steps if r % 2 == 0 else steps[::-1]):
                 drop_caches()
-                subprocess.run(["sha256sum", "-c", "--quiet", f"{work}/src.sums"], check=True, cwd=mnt / "A")
-                a = time.monotonic() - t
-                shutil.rmtree(mnt / "A")
-            cache = work / f"hashes-{fstype}.sqlite"
-            hash_ahead(srcs, cache)
-            lims, ourss, aheads, rsss, oks = [], [], [], [], []
-            inner: dict[str, list[float]] = {"ours": [], "ahead": []}
-            for r in range(ROUNDS):     # interleaved: the VM's writeback swings between runs, less within a round
-                steps = [("L", None), ("ours", None), ("ahead", cache)]
-                for name, c in (steps if r % 2 == 0 else steps[::-1]):
-                    drop_caches()
-                    if name == "L":
-                        t = time.monotonic()
-                        subprocess.run(["cp", "-r", str(src_dir), str(mnt / "L")], check=True)
-                        subprocess.run(["sync"], check=True)
-                        drop_caches()
-                        subprocess.run("cat * > /dev/null", shell=True, check=True, cwd=mnt / "L")
-                        lims.append(time.monotonic() - t)
-                        shutil.rmtree(mnt / "L")
-                    else:
-                        (mnt / name).mkdir()
-                        wall, rss, alone = run_ours(srcs, mnt / name, c)
-                        (ourss if c is None else aheads).append(wall)
-                        inner[name].append(alone)
-                        rsss.append(rss)
-                        oks.append(subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"],
-                                                  cwd=mnt / name / "SilentSteno", capture_output=True).returncode == 0)
-                        shutil.rmtree(mnt / name)
+                if name == "L":
+                    t = time.monotonic()
+                    subprocess.run(["cp", "-r", str(src_dir), str(mnt / "L")], check=True)
                     subprocess.run(["sync"], check=True)
-            lim, ours, ahead = (statistics.median(x) for x in (lims, ourss, aheads))
-            per = [o / li for o, li in zip(ourss, lims)]
-            per_ahead = [o / li for o, li in zip(aheads, lims)]
-            if not PROFILE:
-                print(f"export_{fstype}_anchor_A_s: {a:.2f}")
-            print(f"export_{fstype}_anchor_L_s: {lim:.2f}  (median; rounds {' '.join(f'{x:.2f}' for x in lims)})")
-            print(f"export_{fstype}_ours_s: {ours:.2f}  (median; rounds {' '.join(f'{x:.2f}' for x in ourss)})")
-            if not PROFILE:
-                print(f"export_{fstype}_ours_over_A: {ours / a:.2f}  (target <= 0.8)")
-            print(f"export_{fstype}_ours_over_L: {statistics.median(per):.2f}  (target <= 1.05; median of the "
-                  f"rounds' ratios {' '.join(f'{x:.2f}' for x in per)})")
-            print(f"export_{fstype}_peak_rss_mb: {max(rsss) / MiB:.1f}  (target <= 100)")
-            print(f"export_{fstype}_sha256sum_c_ok: {all(oks)}")
-            print(f"export_{fstype}_ours_hashed_ahead_s: {ahead:.2f}  (recordings hashed by the background hasher)")
-            print(f"export_{fstype}_ours_hashed_ahead_over_L: {statistics.median(per_ahead):.2f}  (target <= 1.05; "
-                  f"rounds {' '.join(f'{x:.2f}' for x in per_ahead)})")
-            for name, what in (("ours", "ours"), ("ahead", "ours_hashed_ahead")):
-                alone = [x / li for x, li in zip(inner[name], lims)]
-                print(f"export_{fstype}_{what}_without_start_over_L: {statistics.median(alone):.2f}  (the export alone, "
-                      f"as the daemon runs it: the interpreter's start and imports left out; rounds "
-                      f"{' '.join(f'{x:.2f}' for x in alone)})")
-        finally:
-            umount(mnt)
-    finally:
-        subprocess.run(["losetup", "-d", dev], capture_output=True)
+                    drop_caches()
+                    subprocess.run("cat * > /dev/null", shell=True, check=True, cwd=mnt / "L")
+                    lims.append(time.monotonic() - t)
+                    shutil.rmtree(mnt / "L")
+                else:
+                    (mnt / name).mkdir()
+                    wall, rss, alone = run_ours(srcs, mnt / name, c)
+                    (ourss if c is None else aheads).append(wall)
+                    inner[name].append(alone)
+                    rsss.append(rss)
+                    oks.append(subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"],
+                                              cwd=mnt / name / "SilentSteno", capture_output=True).returncode == 0)
+                    shutil.rmtree(mnt / name)
+                subprocess.run(["sync"], check=True)
+        lim, ours, ahead = (statistics.median(x) for x in (lims, ourss, aheads))
+        per = [o / li for o, li in zip(ourss, lims)]
+        per_ahead = [o / li for o, li in zip(aheads, lims)]
+        if not PROFILE:
+            print(f"export_{fstype}_anchor_A_s: {a:.2f}")
+        print(f"export_{fstype}_anchor_L_s: {lim:.2f}  (median; rounds {' '.join(f'{x:.2f}' for x in lims)})")
+        print(f"export_{fstype}_ours_s: {ours:.2f}  (median; rounds {' '.join(f'{x:.2f}' for x in ourss)})")
+        if not PROFILE:
+            print(f"export_{fstype}_ours_over_A: {ours / a:.2f}  (target <= 0.8)")
+        print(f"export_{fstype}_ours_over_L: {statistics.median(per):.2f}  (target <= 1.05; median of the "
+              f"rounds' ratios {' '.join(f'{x:.2f}' for x in per)})")
+        print(f"export_{fstype}_peak_rss_mb: {max(rsss) / MiB:.1f}  (target <= 100)")
+        print(f"export_{fstype}_sha256sum_c_ok: {all(oks)}")
+        print(f"export_{fstype}_ours_hashed_ahead_s: {ahead:.2f}  (recordings hashed by the background hasher)")
+        print(f"export_{fstype}_ours_hashed_ahead_over_L: {statistics.median(per_ahead):.2f}  (target <= 1.05; "
+              f"rounds {' '.join(f'{x:.2f}' for x in per_ahead)})")
+        for name, what in (("ours", "ours"), ("ahead", "ours_hashed_ahead")):
+            alone = [x / li for x, li in zip(inner[name], lims)]
+            print(f"export_{fstype}_{what}_without_start_over_L: {statistics.median(alone):.2f}  (the export alone, "
+                  f"as the daemon runs it: the interpreter's start and imports left out; rounds "
+                  f"{' '.join(f'{x:.2f}' for x in alone)})")
+    finally:                    # unmounted, then the loop device detached (and its FUSE helper gone)
+        cleanup.release(work)
         img.unlink(missing_ok=True)
 
 
@@ -236,8 +244,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench export: needs root (loop devices, drop_caches)", file=sys.stderr)
         return 1
-    work = Path(tempfile.mkdtemp(prefix="bench-export-", dir="/var/tmp"))
-    try:
+    with cleanup.workdir("bench-export-") as work:
         src_dir = work / "src"
         src_dir.mkdir()
         srcs = make_sources(src_dir)
@@ -246,10 +253,8 @@ def main() -> int:
             bench_fs(fstype, work, srcs, src_dir)
         if not PROFILE:
             bench_incremental(work)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cleanup.run(main))

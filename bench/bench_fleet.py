@@ -21,6 +21,8 @@ held to BENCH_FLEET_LINK_MBIT (default 940, a Pi's and a NAS's gigabit port as m
 (tc tbf), MTU 1500 with the segmentation offloads a NIC has left on: the NAS's one port, shared by all recorders, full duplex, as in an office. There the writes and
 the read-backs travel in opposite directions, and the wire, not this machine's 2 cores, is the limit for the anchor.
 The loopback lines stay: they measure CPU per byte with smbd and all eight recorders on 2 cores.
+Stopped (Ctrl-C, SIGTERM: bench/cleanup.py), it stops its recorders and smbd, removes its user, the namespace and
+the veth pair, unmounts the tmpfs and removes its folder.
 """
 from __future__ import annotations
 
@@ -29,15 +31,14 @@ import json
 import os
 import pathlib
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from bench import cleanup  # noqa: E402
 from bench.anchor import alternate, report  # noqa: E402
 from steno_exportd import config  # noqa: E402
 from steno_exportd.config import SmbRemote  # noqa: E402
@@ -206,7 +207,6 @@ def main() -> int:
     if os.geteuid() != 0 or not shutil.which("smbd") or not shutil.which("tc"):
         print("bench_fleet: needs root, samba and tc (packaging/install-test-deps.sh)", file=sys.stderr)
         return 1
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))     # a stopped run still cleans up (finally blocks)
     run("fleet", None)
     if LINK_MBIT:
         with shaped_link(LINK_MBIT) as link:
@@ -216,12 +216,14 @@ def main() -> int:
 
 def run(name: str, link: ShapedLink | None) -> None:
     """One fleet benchmark on loopback (link None) or over ``link``: its lines start with ``name``."""
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix="steno-bench-fleet-"))
-    os.chmod(tmp, 0o755)
+    with cleanup.workdir("steno-bench-fleet-", parent=None, mode=0o755) as tmp:    # its tmpfs unmounted too
+        run_in(name, link, tmp)
+
+
+def run_in(name: str, link: ShapedLink | None, tmp: pathlib.Path) -> None:
     nas = tmp / "nas"
     nas.mkdir()
     on_tmpfs = os.environ.get("BENCH_FLEET_DISK") != "1"
-    mounted = False
     smbd = make_smbd(tmp / "smbd", shares=f"[push]\n   path = {nas}\n   read only = no\n   force user = root\n",
                      interfaces=f"lo {link.host_if}" if link else "lo")
     server, prefix = (link.nas, link.host.exec_prefix()) if link else ("127.0.0.1", [])
@@ -230,7 +232,6 @@ def run(name: str, link: ShapedLink | None) -> None:
         if on_tmpfs:
             subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={RECORDERS * MIB * 5 // 4 + 64}m,mode=0755",
                             "steno-bench-fleet", str(nas)], check=True)
-            mounted = True
         smbd.start()
         pw = "bench-pw"
         user = smbd.add_user(pw)
@@ -313,12 +314,9 @@ def run(name: str, link: ShapedLink | None) -> None:
             db.close()
         smbd.stop()
         smbd.remove_users()
-        if mounted:
-            subprocess.run(["umount", "-l", str(nas)], check=False)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--recorder"]:
         sys.exit(recorder(sys.argv[2]))
-    sys.exit(main())
+    sys.exit(cleanup.run(main))

@@ -45,6 +45,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import cleanup  # noqa: E402
 from steno_exportd import config, demo  # noqa: E402
 from steno_exportd.core import Core  # noqa: E402
 from tests.parts import LoopLag  # noqa: E402
@@ -447,4 +448,4 @@ def nginx_url(port: int) -> str:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    sys.exit(cleanup.run(lambda: asyncio.run(main()), "bench_http"))

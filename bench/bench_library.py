@@ -14,6 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import cleanup  # noqa: E402
 from steno_exportd.demo import recorder as demo  # noqa: E402
 from steno_exportd.library import SUMMARY_COLUMNS, Library  # noqa: E402
 
@@ -84,4 +85,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cleanup.run(main))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from bench import cleanup  # noqa: E402
 MB = 1024 * 1024
 SIZE = 50 * MB
 
@@ -145,4 +146,4 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "child":
         child(sys.argv[2:])
     else:
-        main()
+        sys.exit(cleanup.run(main))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import cleanup  # noqa: E402
 from steno_exportd import config, demo  # noqa: E402
 from steno_exportd.core import Core  # noqa: E402
 from steno_exportd.library import Library  # noqa: E402
@@ -79,4 +80,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    sys.exit(cleanup.run(lambda: asyncio.run(main()), "bench_pages"))

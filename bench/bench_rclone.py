@@ -12,6 +12,8 @@ through a relay that holds every byte for half of BENCH_RCLONE_RTT_MS (default 2
 (tests/parts/delay.py; this kernel has no netem), ours and the anchor alike: where round trips, not bytes or CPU,
 decide the time. Then on that store, a push that finds nothing new among BENCH_RCLONE_INCREMENTAL_SESSIONS
 (default 200) sessions already there vs `rclone copy` with nothing to send.
+Stopped (Ctrl-C, SIGTERM: bench/cleanup.py), it stops the relay and rclone's server, unmounts the tmpfs and removes
+its folder.
 """
 from __future__ import annotations
 
@@ -22,11 +24,11 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from bench import cleanup  # noqa: E402
 from bench.anchor import alternate, report, rounds_line  # noqa: E402
 from steno_exportd import config  # noqa: E402
 from steno_exportd.engine.export import SimpleSpec, run_export  # noqa: E402
@@ -139,67 +141,66 @@ def main() -> int:
     if not shutil.which("rclone"):
         print("bench_rclone: needs rclone (packaging/install-test-deps.sh)", file=sys.stderr)
         return 1
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix="steno-bench-rclone-"))
+    with cleanup.workdir("steno-bench-rclone-", parent=None) as tmp:     # its tmpfs unmounted too
+        return bench(tmp)
+
+
+def bench(tmp: pathlib.Path) -> int:
     served = tmp / "served"
     served.mkdir()
-    mounted = os.geteuid() == 0
-    if mounted:
+    if os.geteuid() == 0:
         subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TOTAL_MIB * 3 + 64}m", "steno-bench-rclone",
                         str(served)], check=True)
-    try:
-        db, audio = make_recorder(tmp / "recorder")
-        total = sum(p.stat().st_size for p in audio.iterdir())
-        mib = total / 2**20
-        print(f"rclone_push_size_mib: {mib:.0f}")
-        for kind, rtt in (("sftp", 0.0), ("webdav", 0.0), ("webdav", RTT_MS)):
-            srv = RcloneServer(kind, served, tmp)
+    db, audio = make_recorder(tmp / "recorder")
+    total = sum(p.stat().st_size for p in audio.iterdir())
+    mib = total / 2**20
+    print(f"rclone_push_size_mib: {mib:.0f}")
+    for kind, rtt in (("sftp", 0.0), ("webdav", 0.0), ("webdav", RTT_MS)):
+        srv = RcloneServer(kind, served, tmp)
+        relay = None
+        name = f"{kind}_distant" if rtt else kind
+        try:
             srv.start()
             relay = DelayRelay(srv.port, rtt) if rtt else None
-            name = f"{kind}_distant" if rtt else kind
             if rtt:
                 db, audio = make_recorder(tmp / "distant", DISTANT_MIB)
                 total = sum(p.stat().st_size for p in audio.iterdir())
                 mib = total / 2**20
                 print(f"rclone_{name}_size_mib: {mib:.0f}")
                 print(f"rclone_{name}_rtt_ms: {rtt:.0f}")
-            try:
-                far = dataclasses.replace(srv, port=relay.port) if relay else srv
-                conf = far.client_config(tmp / f"rclone-{name}.conf")
-                cfg = config.from_dict({
-                    "recorder": {"db_path": str(db.path)},
-                    "state": {"dir": str(tmp / "state"), "runtime_dir": str(tmp / "run")},
-                    "smb": {"recorder_folder": "warm-up"},
-                    "rclone": {"config_file": str(conf), "remotes": [{"name": "bench", "remote": f"{srv.remote}:"}]}})
-                push(cfg)                                       # warm-up, not counted
-                shutil.rmtree(served / "warm-up")
+            far = dataclasses.replace(srv, port=relay.port) if relay else srv
+            conf = far.client_config(tmp / f"rclone-{name}.conf")
+            cfg = config.from_dict({
+                "recorder": {"db_path": str(db.path)},
+                "state": {"dir": str(tmp / "state"), "runtime_dir": str(tmp / "run")},
+                "smb": {"recorder_folder": "warm-up"},
+                "rclone": {"config_file": str(conf), "remotes": [{"name": "bench", "remote": f"{srv.remote}:"}]}})
+            push(cfg)                                       # warm-up, not counted
+            shutil.rmtree(served / "warm-up")
 
-                def anchor(r: int) -> float:
-                    t = bare(conf, audio, f"{srv.remote}:theirs-{r}", kind == "webdav")
-                    shutil.rmtree(served / f"theirs-{r}")
-                    return t
+            def anchor(r: int) -> float:
+                t = bare(conf, audio, f"{srv.remote}:theirs-{r}", kind == "webdav")
+                shutil.rmtree(served / f"theirs-{r}")
+                return t
 
-                def ours(r: int) -> float:
-                    t0 = time.perf_counter()
-                    written = push(config.replace(cfg, **{"smb.recorder_folder": f"ours-{r}"}))
-                    t = time.perf_counter() - t0
-                    assert written == total, (written, total)
-                    shutil.rmtree(served / f"ours-{r}")
-                    return t
-                theirs, (mine,) = alternate(ROUNDS, anchor, ours)
-                print(f"rclone_{name}_verify: {'store md5' if kind == 'sftp' else 'download and hash'}")
-                report(f"rclone_{name}", mib, "copy_check", theirs, [("ours", mine)], label=name)
-                if rtt:
-                    nothing_new(tmp, far, conf)
-            finally:
-                if relay:
-                    relay.close()
-                srv.stop()
-        return 0
-    finally:
-        if mounted:
-            subprocess.run(["umount", "-l", str(served)], check=False)
-        shutil.rmtree(tmp, ignore_errors=True)
+            def ours(r: int) -> float:
+                t0 = time.perf_counter()
+                written = push(config.replace(cfg, **{"smb.recorder_folder": f"ours-{r}"}))
+                t = time.perf_counter() - t0
+                assert written == total, (written, total)
+                shutil.rmtree(served / f"ours-{r}")
+                return t
+            theirs, (mine,) = alternate(ROUNDS, anchor, ours)
+            print(f"rclone_{name}_verify: {'store md5' if kind == 'sftp' else 'download and hash'}")
+            report(f"rclone_{name}", mib, "copy_check", theirs, [("ours", mine)], label=name)
+            if rtt:
+                nothing_new(tmp, far, conf)
+        finally:
+            if relay:
+                relay.close()
+            srv.stop()
+    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cleanup.run(main))

@@ -13,6 +13,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from bench import cleanup  # noqa: E402
 from steno_exportd import render  # noqa: E402
 from tests.render.sessions import mixed_long_session  # noqa: E402
 
@@ -92,4 +93,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cleanup.run(main))

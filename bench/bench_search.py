@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import cleanup  # noqa: E402
 from steno_exportd import search  # noqa: E402
 from steno_exportd.demo.recorder import DB_NAME, create_database  # noqa: E402
 from steno_exportd.library import Library  # noqa: E402
@@ -197,4 +198,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cleanup.run(main))

@@ -9,6 +9,7 @@ an earlier export (the hash cache), as on a recorder that exports to its share, 
 The share's folder is a tmpfs: both clients write to it, and this VM's disk writeback (which swung
 either side by 3x from run to run) no longer decides the result. BENCH_SMB_DISK=1 keeps it on disk.
 Needs root (a test user, smbd on a loopback port 4450-4499). Set BENCH_SMB_MIB to change the size.
+Stopped (Ctrl-C, SIGTERM: bench/cleanup.py), it stops smbd, removes its user, unmounts the tmpfs and its folder.
 """
 from __future__ import annotations
 
@@ -18,12 +19,12 @@ import pathlib
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from typing import Callable
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from bench import cleanup  # noqa: E402
 from bench.anchor import alternate, report  # noqa: E402
 from steno_exportd import config  # noqa: E402
 from steno_exportd.config import SmbRemote  # noqa: E402
@@ -92,16 +93,19 @@ def main() -> int:
     if os.geteuid() != 0 or not shutil.which("smbd"):
         print("bench_smb: needs root and samba (packaging/install-test-deps.sh)", file=sys.stderr)
         return 1
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix="steno-bench-smb-"))
-    os.chmod(tmp, 0o755)
+    with cleanup.workdir("steno-bench-smb-", parent=None, mode=0o755) as tmp:      # its tmpfs unmounted too
+        return bench(tmp)
+
+
+def bench(tmp: pathlib.Path) -> int:
     nas = tmp / "nas"
     nas.mkdir()
     on_tmpfs = os.environ.get("BENCH_SMB_DISK") != "1"
-    if on_tmpfs:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TOTAL_MIB * 3 // 2 + 64}m,mode=0755", "steno-bench",
-                        str(nas)], check=True)
     smbd = make_smbd(tmp / "smbd", shares=f"[push]\n   path = {nas}\n   read only = no\n   force user = root\n")
     try:
+        if on_tmpfs:
+            subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TOTAL_MIB * 3 // 2 + 64}m,mode=0755", "steno-bench",
+                            str(nas)], check=True)
         db, files = make_recorder(tmp / "recorder")
         total = sum(p.stat().st_size for p in files)
         os.sync()
@@ -152,10 +156,7 @@ def main() -> int:
     finally:
         smbd.stop()
         smbd.remove_users()
-        if on_tmpfs:
-            subprocess.run(["umount", "-l", str(nas)], check=False)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cleanup.run(main))

@@ -4,6 +4,8 @@ Real udevd, udisksd and loop-image sticks (ext4: the kernel block path, exfat: F
 Anchor, measured in the same run: `partx -a` -> udev event -> plain mount(8) -> first byte
 written by hand, i.e. the least any daemon could do. Targets: first byte <= 1.0 s,
 overhead <= 1.5 s, for a one-session export.
+Stopped (Ctrl-C, SIGTERM: bench/cleanup.py), it stops the daemon's core and the daemons it started, unmounts and
+detaches its sticks and removes its folder.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import cleanup  # noqa: E402
 from steno_exportd.usb import manager as usb  # noqa: E402
 from steno_exportd.events import DeviceState  # noqa: E402
 from tests.parts.udev import Stick, make_image, new_label, start_stack  # noqa: E402
@@ -94,7 +97,7 @@ def one_anchor_run(fs: str, tmp: Path) -> float:
     img = tmp / f"{label}.img"
     make_image(img, fs, label, size_mb=64)
     stick = Stick(img, label, fs)
-    mnt = tempfile.mkdtemp(prefix="anchor-")
+    mnt = tempfile.mkdtemp(prefix="anchor-", dir=tmp)     # (in the run's folder: swept if this is cut short)
     try:
         stick.attach()
         mon = subprocess.Popen(["udevadm", "monitor", "--udev", "--subsystem-match=block"],
@@ -126,8 +129,7 @@ def one_anchor_run(fs: str, tmp: Path) -> float:
 async def main() -> int:
     stack = start_stack()
     try:
-        with tempfile.TemporaryDirectory(prefix="bench-usb-") as d:
-            tmp = Path(d)
+        with cleanup.workdir("bench-usb-", parent=None) as tmp:
             print("usb_core: real Core (demo library, 1 session)")
             for fs in ("ext4", "exfat"):
                 first, over, copy, anchor = [], [], [], []
@@ -148,4 +150,4 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    sys.exit(cleanup.run(lambda: asyncio.run(main()), "bench_usb"))

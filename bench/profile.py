@@ -8,6 +8,8 @@ core's: one thread alone may use what two would share (it hashes up to ncpu time
 the printed single-thread rate shows. Prints the profile's line, then the benchmark's own lines (the
 same ratios: its anchors run in the same cgroup). The cgroup (v2 cpu.max, else v1 cpu.cfs_quota_us) is made for
 the run and removed after it. Needs root.
+Stopped (Ctrl-C, SIGTERM, SIGHUP: bench/cleanup.py), it passes the signal on to the benchmark and waits for it to
+clean up (its unmounts, loop devices, daemons), then stops whatever the benchmark left in the cgroup and removes it.
 
     usage: profile.py PYTHON BENCHMARK.py
 """
@@ -20,6 +22,10 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import cleanup  # noqa: E402
 
 RATES = {"pi4": 100e6, "pi5": 1.5e9}      # SHA-256 bytes/s on one core (PERFORMANCE.md)
 PERIOD_US = 100_000                        # the kernel's default period (shorter ones hit the 1 ms floor)
@@ -59,8 +65,8 @@ class Cgroup:
             self.v2, self.path = False, V1 / name
         else:
             raise SystemExit("bench profile: no cgroup cpu controller (v2 cpu.max or v1 cpu.cfs_quota_us)")
-        self.path.mkdir()
         self._home = self._own_cgroup()
+        self.path.mkdir()
 
     def _own_cgroup(self) -> Path:
         for line in Path("/proc/self/cgroup").read_text().splitlines():
@@ -81,15 +87,32 @@ class Cgroup:
     def enter(self) -> None:
         (self.path / "cgroup.procs").write_text(str(os.getpid()))
 
+    def procs(self) -> list[int]:
+        try:
+            return [int(x) for x in (self.path / "cgroup.procs").read_text().split()]
+        except FileNotFoundError:
+            return []
+
     def remove(self) -> None:
-        """Back to where this process was, then the group goes (the benchmark's processes have ended)."""
+        """Back to where this process was, then the group goes once the benchmark's processes have ended: what it
+        left behind (a daemon, a helper) gets 5 s, then is named and killed."""
         (self._home / "cgroup.procs").write_text(str(os.getpid()))
-        for _ in range(50):
+        for attempt in range(100):
             try:
                 self.path.rmdir()
                 return
+            except FileNotFoundError:
+                return
             except OSError:
-                time.sleep(0.1)             # a child still exiting
+                if attempt == 50:           # 5 s: not a child still exiting
+                    for pid in self.procs():
+                        try:
+                            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+                            os.kill(pid, 9)
+                        except (OSError, ValueError):
+                            continue
+                        print(f"bench profile: killed {pid} ({cmd}), left in {self.path}", file=sys.stderr)
+                time.sleep(0.1)
         print(f"bench profile: could not remove {self.path}", file=sys.stderr)
 
 
@@ -105,8 +128,10 @@ def main() -> int:
     target = rate * ncpu                     # every core at the Pi's rate
     here = sha_rate(2.0, ncpu)
     share = min(1.0, target / here)          # of each core
-    group = Cgroup(f"steno-bench-{profile}-{os.getpid()}")
+    group = None
     try:
+        with cleanup.deferred():             # made and known, or neither
+            group = Cgroup(f"steno-bench-{profile}-{os.getpid()}")
         group.limit(share * ncpu)
         group.enter()
         got = sha_rate(3.0, ncpu)
@@ -118,10 +143,12 @@ def main() -> int:
         print(f"bench_profile: {profile} (SHA-256 {rate / 1e6:.0f} MB/s per core): {ncpu} cores here "
               f"{here / 1e6:.0f} MB/s, in the cgroup {got / 1e6:.0f} MB/s (target {target / 1e6:.0f}; one thread "
               f"alone {one / 1e6:.0f}) with {share * 100:.1f}% of each core", flush=True)
-        return subprocess.run([sys.argv[1], sys.argv[2]]).returncode
+        with cleanup.forwarding() as child:  # stopped: the benchmark cleans up before the group goes
+            return child.popen([sys.argv[1], sys.argv[2]]).wait()
     finally:
-        group.remove()
+        if group is not None:
+            group.remove()
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cleanup.run(main, "bench profile"))
