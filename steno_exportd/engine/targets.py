@@ -516,11 +516,23 @@ class DirectoryTarget:
         folder, name = self._split(rel)
         dfd = self._open_dir(folder)
         try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            # O_NONBLOCK: a FIFO under the name (a stick's author may put one anywhere, say as SHA256SUMS) would
+            # block the open until a writer came, uncancellable; anything but a file is refused below
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dfd)
         except OSError as e:
             raise os_error(e, rel) from e
         finally:
             os.close(dfd)
+        try:
+            if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
+                raise TargetError(f"not a file: {rel}")
+            os.set_blocking(fd, True)
+        except OSError as e:
+            os.close(fd)
+            raise os_error(e, rel) from e
+        except BaseException:
+            os.close(fd)
+            raise
         if uncached:
             try:
                 os.fdatasync(fd)
