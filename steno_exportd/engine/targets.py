@@ -230,7 +230,7 @@ class _DirWrite:
         written direct (O_DIRECT) where the filesystem takes it. Not through the page cache: on a Pi the copy into
         it costs a core as much as the SHA-256 beside it (measured here: 1.4 CPU-s per GiB, the export's largest
         cost), and gigabytes of an export's dirty pages would crowd out the recorder's own, which is recording."""
-        if st.st_size >= DIRECT_MIN and not self.offset:
+        if st.st_size >= DIRECT_MIN and not self.offset and self._t.direct_writes:
             self._direct = _set_direct(self._fd, True)
 
     def write(self, data: bytes | memoryview) -> None:
@@ -350,6 +350,7 @@ class _FdRead:
 
 DIRECT_ALIGN = 4096     # O_DIRECT's alignment of buffers, offsets and sizes: a page covers every block size
 DIRECT_MIN = 1 << 20    # a file this large is written direct (_DirWrite.from_file); a smaller one through the cache
+DIRECT_WRITE_FS = frozenset({"ext4", "ext3", "ext2", "xfs", "btrfs", "f2fs", "fuseblk"})
 
 
 def _set_direct(fd: int, on: bool) -> bool:
@@ -425,6 +426,10 @@ class DirectoryTarget:
         self._blockdev = self._source if self.fs_type.startswith("fuseblk") and \
             self._source.startswith("/dev/") else ""
         self.max_file_size = _limit_for(self.fs_type)
+        # Kernel vfat (and exFAT before its valid-size work) takes O_DIRECT but writes a new file's bytes through
+        # the page cache and waits for each write to reach the stick: no CPU saved, no write-behind. Direct
+        # writes only where a file's growth is direct (and fuseblk: exfat-fuse, measured: bench/bench_export.py).
+        self.direct_writes = self.fs_type in DIRECT_WRITE_FS
         # fusefat loses a renamed folder's entries (seen here): build session folders in place there
         self.atomic_dir_rename = "vfat" not in self.fs_type and "fusefat" not in self.fs_type
         self.resume_min: int | None = None      # a yanked stick's temp file is not trusted: rewritten whole
