@@ -81,8 +81,11 @@ def test_a_recording_over_the_limit_comes_as_a_share_link_that_downloads_it_and_
     assert f'href="{page_url}/audio?dl=1"' in html and f'href="{page_url}"' in html
     assert f"audio.flac ({exported.stat().st_size / 1048576:.1f} MB): {page_url}/audio?dl=1" in text
     assert "Too large to attach" in text and "for 3 downloads" in text and "Left out" not in text
-    [listed] = [e for e in json.loads(page.get("/api/v1/outbox")[1]) if e["id"] == entry["id"]]
-    assert listed["state"] == "sent" and listed["left_out"] == ["audio.flac"]
+    def listed():       # the server has the whole message before it answers, and the daemon marks it sent after
+        [e] = [e for e in json.loads(page.get("/api/v1/outbox")[1]) if e["id"] == entry["id"]]
+        return e if e["state"] != "sending" else None
+    e = wait_for(listed, timeout=30, what="the outbox entry to leave 'sending'")
+    assert e["state"] == "sent" and e["left_out"] == ["audio.flac"]
 
     # a guest (no cookie of the page) downloads the very file the export wrote
     guest = urllib.request.build_opener()
