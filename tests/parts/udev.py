@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import time
 import uuid as uuidlib
 from pathlib import Path
 
@@ -175,6 +176,35 @@ _MKFS = {
 }
 
 
+def loop_partitions(loop: str) -> list[str]:
+    """The partitions the kernel has for a loop device (stale ones of a deleted loop included)."""
+    name = Path(loop).name
+    return sorted(p.name for p in Path("/sys/class/block").glob(f"{name}p*"))
+
+
+def drop_partitions(loop: str, timeout: float = 10.0, strict: bool = True) -> None:
+    """partx -d until the loop has no partitions: partx fails quietly (EBUSY) while udev or udisks probe one, and
+    a partition left behind is seen by the next test's daemon as a stick, or keeps a new stick's partition from
+    being added. ``strict=False`` (a clean-up): tried as long, never fails."""
+    if loop_partitions(loop):
+        _partx_until("-d", loop, lambda: not loop_partitions(loop), timeout, strict)
+
+
+def _partx_until(op: str, loop: str, done, timeout: float = 10.0, strict: bool = True) -> None:
+    """Run partx OP LOOP until done(); fail the test with partx's last words after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = _run("partx", op, loop, check=False)
+        if done():
+            return
+        if time.monotonic() > deadline:
+            if not strict:
+                return
+            pytest.fail(f"partx {op} {loop} did not take in {timeout}s: {(r.stderr or r.stdout).strip()!r}; "
+                        f"partitions now {loop_partitions(loop)}")
+        time.sleep(0.1)
+
+
 @dataclasses.dataclass
 class Stick:
     """A partitioned loop image; ``insert``/``remove`` add and delete its partitions."""
@@ -196,7 +226,7 @@ class Stick:
             args = ["losetup", "-f", "--show"] + (["-r"] if self.read_only else []) + [str(self.image)]
             self.loop = _run(*args).stdout.strip()
             # Loop.Delete leaves partx-made partitions behind (no partscan): clear them before re-adding.
-            _run("partx", "-d", self.loop, check=False)
+            drop_partitions(self.loop)
         return self.loop
 
     def _backing_is_ours(self) -> bool:
@@ -209,7 +239,10 @@ class Stick:
     def insert(self) -> str:
         """Attach the image if needed and add its partitions (udev 'add' events)."""
         self.attach()
-        _run("partx", "-a", self.loop, check=False)
+        if not loop_partitions(self.loop):
+            # retried (partx fails quietly on a busy disk): a stick that could not be inserted fails the test here,
+            # not as a stick the daemon 'never saw'
+            _partx_until("-a", self.loop, lambda: bool(loop_partitions(self.loop)))
         return self.part
 
     def remove(self) -> None:
@@ -263,13 +296,11 @@ class Stick:
             for mp in self._mounts_of(dev):
                 _run("umount", "-l", mp, check=False)
         if self._backing_is_ours():
-            _run("partx", "-d", self.loop, check=False)
+            drop_partitions(self.loop, strict=False)
             _run("losetup", "-d", self.loop, check=False)
         elif not Path(f"/sys/class/block/{Path(self.loop).name}/loop").exists():
-            # detached by Loop.Delete: drop the partitions it left behind
-            name = Path(self.loop).name
-            if any(Path("/sys/class/block").glob(f"{name}p*")):
-                _run("partx", "-d", self.loop, check=False)
+            # detached by Loop.Delete: drop the partitions it left behind (the next test's stick may get this loop)
+            drop_partitions(self.loop, strict=False)
         self.loop = ""
 
     @staticmethod
