@@ -49,6 +49,7 @@ class UsbManager:
         self.udisks = udisks
         self.devices = core.devices
         self._by_node: dict[str, Candidate] = {}       # device node -> candidate
+        self._node: dict[str, str] = {}                # device id -> the node it was last added at
         self._tasks: dict[str, asyncio.Task] = {}      # device id -> its handling task
         self._jobs: dict[str, int] = {}                # device id -> running job id
         self._removed: set[str] = set()
@@ -63,6 +64,7 @@ class UsbManager:
             c = ev.candidate
             did = device_id(c.uuid)
             self._by_node[c.device] = c
+            self._node[did] = c.device
             prev = self._tasks.get(did)
             if prev is not None and not prev.done() and did not in self._removed:
                 return                                  # this insertion is already being handled
@@ -70,8 +72,11 @@ class UsbManager:
             self._tasks[did] = asyncio.get_running_loop().create_task(self._handle(did, c, prev), name=f"usb:{did}")
         elif isinstance(ev, Removed):
             c = self._by_node.pop(ev.device, None)
-            if c is not None:
+            if c is not None and self._node.get(device_id(c.uuid)) == ev.device:
                 self._on_removed(device_id(c.uuid), c)
+            elif c is not None:     # an old node of a stick that is back at another one (a late removal)
+                log.debug("%s: old node %s removed; the stick is at %s", c.label or c.uuid, ev.device,
+                          self._node.get(device_id(c.uuid)))
             did = self._unusable.pop(ev.device, None)
             if did is not None:
                 self.devices.change(did, state=DeviceState.REMOVED)
@@ -97,6 +102,7 @@ class UsbManager:
     def _on_removed(self, did: str, c: Candidate) -> None:
         """The stick is gone: record it now; a running job fails by itself on the vanished device."""
         self._removed.add(did)
+        self._node.pop(did, None)
         snap = self.devices.find(did)
         job_id = self._jobs.get(did)
         if snap is not None and snap.state != DeviceState.SAFE_TO_REMOVE:
@@ -234,7 +240,7 @@ class UsbManager:
         snap = self.devices.get(did)
         if snap.state == DeviceState.SAFE_TO_REMOVE:
             return "already safe to remove"
-        c = next((c for c in self._by_node.values() if device_id(c.uuid) == did), None)
+        c = self._by_node.get(self._node.get(did, ""))
         if c is None:
             raise TargetError(f"{snap.label or did} is not present")
         self.devices.change(did, state=DeviceState.EJECTING)

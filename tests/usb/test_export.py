@@ -371,3 +371,42 @@ async def test_a_mounted_stick_of_many_root_entries_is_checked_without_reading_t
     finally:
         await ud.unmount(stick.part)
         await ud.close()
+
+
+async def test_the_late_removal_of_a_sticks_old_node_leaves_it_at_its_new_one(sticks, tmp_path):
+    """An eject of a loop 'stick' (udisks' Loop.Delete) leaves its partitions behind, gone only when that loop is
+    next used: the removal of the old node comes late, while the stick is back at a new node. It must not mark the
+    stick removed nor stop its export there (a cancelled insertion that exported nothing and said nothing)."""
+    core = FakeCore(make_cfg(tmp_path, **{"usb.auto_export.enabled": False}), write_files=True, n_sessions=2,
+                    file_size=4 << 20, chunk_delay=0.05)
+    stick = await asyncio.to_thread(sticks, "ext4")
+    blocker = tmp_path / "blocker.img"
+    blocker.write_bytes(b"\0" * (1 << 20))
+    blocked = ""
+    log = StateLog(core)
+    try:
+        async with usb.running(core) as mgr:
+            await asyncio.to_thread(stick.insert)
+            dev = await wait_state(core, stick.label, S.MOUNTED)
+            assert await mgr.eject(dev.id) == "loop_delete"
+            await until(lambda: not loop_attached(stick), "the loop to be deleted", 20)
+            old = os.path.basename(stick.loop)
+            assert os.path.exists(f"/sys/class/block/{old}p1"), "Loop.Delete left no partition behind"
+            # the old loop is taken by something else, so the stick comes back on another one
+            blocked = subprocess.run(["losetup", f"/dev/{old}", str(blocker)], check=True, capture_output=True) \
+                and f"/dev/{old}"
+            core.set_auto_export(True)
+            await asyncio.to_thread(stick.insert)
+            assert os.path.basename(stick.loop) != old
+            await wait_state(core, stick.label, S.EXPORTING)
+            seen = len(log.states[stick.label])
+            # the old node goes now (partx -d: what the next user of that loop does first)
+            await asyncio.to_thread(subprocess.run, ["partx", "-d", f"/dev/{old}"], check=True, capture_output=True)
+            await wait_state(core, stick.label, S.SAFE_TO_REMOVE, S.REMOVED, S.ERROR, timeout=30)
+            await log.close()
+            after = log.states[stick.label][seen:]
+            assert str(S.REMOVED) not in after and after[-1] == str(S.SAFE_TO_REMOVE), after
+            assert [ids for _, ids in core.written] == [[1, 2]]
+    finally:
+        if blocked:
+            subprocess.run(["losetup", "-d", blocked], check=False)
