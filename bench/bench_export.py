@@ -20,6 +20,7 @@ BENCH_EXPORT_SCALE (default 1) scales the layout and the loop images: 0.01 makes
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -86,6 +87,53 @@ res = run_export(lib, SimpleSpec({dst!r}, tuple(range(1, len(srcs) + 1)), ("txt"
 assert all(r.ok for r in res), [r.error for r in res if not r.ok]
 print(time.monotonic() - t)
 """
+
+
+def cpu_group_stat() -> dict[str, int]:
+    """The CPU cgroup's cpu.stat of this process (nr_periods, nr_throttled, throttled_time...), {} without one:
+    under BENCH_PROFILE, whether a step used up its quota (CPU-bound) or waited on something else."""
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, ctrls, path = line.split(":", 2)
+        if path == "/" or not ("cpu" in ctrls.split(",") or ctrls == ""):
+            continue
+        for root in (Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup")):
+            f = root / path.lstrip("/") / "cpu.stat"
+            if f.exists():
+                return {k: int(v) for k, v in (x.split() for x in f.read_text().splitlines())}
+    return {}
+
+
+class CpuUse:
+    """CPU-s of the children a step ran (user + system; the kernel's own threads not counted) and, in a CPU cgroup,
+    the share of its periods in which the group was throttled."""
+
+    def __init__(self) -> None:
+        self.cpu: dict[str, list[float]] = {}
+        self.throttled: dict[str, list[float]] = {}
+
+    def step(self, name: str):
+        use = self
+
+        class _Step:
+            def __enter__(self):
+                self.ru, self.st = resource.getrusage(resource.RUSAGE_CHILDREN), cpu_group_stat()
+
+            def __exit__(self, *exc):
+                ru, st = resource.getrusage(resource.RUSAGE_CHILDREN), cpu_group_stat()
+                use.cpu.setdefault(name, []).append(ru.ru_utime + ru.ru_stime - self.ru.ru_utime - self.ru.ru_stime)
+                periods = st.get("nr_periods", 0) - self.st.get("nr_periods", 0)
+                if periods:
+                    throttled = st.get("nr_throttled", 0) - self.st.get("nr_throttled", 0)
+                    use.throttled.setdefault(name, []).append(throttled / periods)
+        return _Step()
+
+    def report(self, fstype: str) -> None:
+        for name, cpus in self.cpu.items():
+            line = f"export_{fstype}_{name}_cpu_s: {statistics.median(cpus):.2f}  (its processes' user + system"
+            if name in self.throttled:
+                line += (f"; throttled in {statistics.median(self.throttled[name]) * 100:.0f}% of the periods: near "
+                         f"100% is CPU-bound, less is waiting with CPU to spare")
+            print(line + ")")
 
 
 def timed(cmd: str, cwd: Path | None = None) -> float:
@@ -162,24 +210,27 @@ def bench_fs(fstype: str, work: Path, srcs: list[Path], src_dir: Path) -> None:
         cache = work / f"hashes-{fstype}.sqlite"
         hash_ahead(srcs, cache)
         lims, ourss, aheads, rsss, oks, drops = [], [], [], [], [], []
+        use = CpuUse()
         inner: dict[str, list[float]] = {"ours": [], "ahead": []}
         for r in range(ROUNDS):     # interleaved: the VM's writeback swings between runs, less within a round
             steps = [("L", None), ("ours", None), ("ahead", cache)]
             for name, c in (steps if r % 2 == 0 else steps[::-1]):
                 drop_caches()
                 if name == "L":
-                    t = time.monotonic()
-                    subprocess.run(["cp", "-r", str(src_dir), str(mnt / "L")], check=True)
-                    subprocess.run(["sync"], check=True)
-                    d = time.monotonic()
-                    drop_caches()
-                    drops.append(time.monotonic() - d)
-                    subprocess.run("cat * > /dev/null", shell=True, check=True, cwd=mnt / "L")
-                    lims.append(time.monotonic() - t)
+                    with use.step("anchor_L"):
+                        t = time.monotonic()
+                        subprocess.run(["cp", "-r", str(src_dir), str(mnt / "L")], check=True)
+                        subprocess.run(["sync"], check=True)
+                        d = time.monotonic()
+                        drop_caches()
+                        drops.append(time.monotonic() - d)
+                        subprocess.run("cat * > /dev/null", shell=True, check=True, cwd=mnt / "L")
+                        lims.append(time.monotonic() - t)
                     shutil.rmtree(mnt / "L")
                 else:
                     (mnt / name).mkdir()
-                    wall, rss, alone = run_ours(srcs, mnt / name, c)
+                    with use.step("ours" if c is None else "ours_hashed_ahead"):
+                        wall, rss, alone = run_ours(srcs, mnt / name, c)
                     (ourss if c is None else aheads).append(wall)
                     inner[name].append(alone)
                     rsss.append(rss)
@@ -215,6 +266,7 @@ def bench_fs(fstype: str, work: Path, srcs: list[Path], src_dir: Path) -> None:
             print(f"export_{fstype}_{what}_without_start_over_L: {statistics.median(alone):.2f}  (the export alone, "
                   f"as the daemon runs it: the interpreter's start and imports left out; rounds "
                   f"{' '.join(f'{x:.2f}' for x in alone)})")
+        use.report(fstype)
     finally:                    # unmounted, then the loop device detached (and its FUSE helper gone)
         cleanup.release(work)
         img.unlink(missing_ok=True)
