@@ -66,8 +66,8 @@ def notice_for(event: ev.Event, cfg: Config) -> Notice | None:
         lines = [f"Target: {j.target}", f"Job: {j.id}",
                  f"Files: {j.files_done}, {_bytes(j.bytes_done)}"
                  + (f" in {j.finished - j.started:.0f} s" if j.finished and j.started else "")]
-        if j.error:
-            lines.append(f"Error: {j.error}")
+        if j.error:           # a finished job's headline is a note: a warning, or a cancel that came too late
+            lines.append(f"{'Note' if ok else 'Error'}: {j.error}")
         for r in j.results[:50]:
             state = ("skipped (already there)" if r.skipped else f"FAILED: {r.error}" if not r.ok
                      else f"ok with warnings: {'; '.join(r.warnings)}" if r.warnings else "ok")

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 STDERR_KEEP = 16 * 1024             # the tail of rclone's stderr kept for the message
 OUTPUT_LIMIT = 64 * 1024 * 1024     # a listing or small file read at most this big
+ERROR_TEXT = 300                    # characters of a store's error text kept for a message
 LOCK_WAIT = 3.0                     # seconds an operation on the store is made again while the store answers 423
                                     # Locked (a WebDAV lock there)
 
@@ -67,6 +68,22 @@ def last_line(err: str) -> str:
 def is_file(e: RcloneError) -> bool:
     """rclone refused a path because it names a file where a folder must be."""
     return bool(_IS_FILE.search(str(e)))
+
+
+def _answer_json(body: bytes) -> dict:
+    """A remote-control answer's body as JSON; one that is not JSON (a proxy's page) as {"error": its start}."""
+    try:
+        data = safeparse.json_loads(body) if body.strip() else {}
+    except ValueError:
+        data = None
+    return data if isinstance(data, dict) else {"error": body[:ERROR_TEXT].decode("utf-8", "replace")}
+
+
+def error_text(body: bytes) -> str:
+    """The error a remote-control answer carries (rclone's {"error": ..., "input": ..., "path": ..., "status": ...}:
+    its "error"; else the body's start), for a message: the store's words, so one printable line, bounded."""
+    text = safeparse.printable(str(_answer_json(body).get("error") or "").strip())
+    return text if len(text) <= ERROR_TEXT else text[:ERROR_TEXT - 1] + "\u2026"
 
 
 def explain(code: int, err: str, where: str) -> TargetError:
@@ -214,10 +231,7 @@ class Rcd:
         """A remote-control answer as a dict, or the explained error it carries."""
         if len(body) > OUTPUT_LIMIT:
             raise RcloneError(f"{self.where}: rclone's answer is larger than {OUTPUT_LIMIT} bytes", True)
-        try:
-            data = safeparse.json_loads(body) if body.strip() else {}
-        except ValueError:
-            data = {"error": body[:300].decode("utf-8", "replace")}
+        data = _answer_json(body)
         if status == 200 and not data.get("error"):      # (job/status answers "error": "" when it has none)
             return data
         if missing_ok and status == 404:

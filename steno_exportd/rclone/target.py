@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterator
 from steno_exportd import sockwait
 from steno_exportd.engine.targets import MARKER, PARTIAL_SUFFIX, TEMP_PREFIX, EntryStat, check_rel
 from steno_exportd.errors import CancelledJob, InvalidArgument, SourceError, TargetError
-from steno_exportd.rclone.process import Rcd, RcloneError, is_file
+from steno_exportd.rclone.process import Rcd, RcloneError, error_text, is_file
 from steno_exportd.safeparse import printable
 
 log = logging.getLogger(__name__)
@@ -762,8 +762,7 @@ class _RcloneRead:
         if self._r.status != 200:
             body = self._r.read(1 << 16)
             self._conn.close()
-            raise RcloneError(f"{t.name}: cannot read {rel} back: HTTP {self._r.status} "
-                              f"{printable(body[:200].decode('utf-8', 'replace').strip())}")
+            raise RcloneError(f"{t.name}: cannot read {rel} back: HTTP {self._r.status} {error_text(body)}")
 
     def read(self, n: int = -1) -> bytes:
         try:

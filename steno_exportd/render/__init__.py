@@ -16,7 +16,7 @@ import signal
 import threading
 from typing import Any, Callable, Sequence, TypeVar
 
-from steno_exportd.errors import CancelledJob, NotFoundError
+from steno_exportd.errors import CancelledJob, NotFoundError, RenderError
 from steno_exportd.formats import DOCUMENT_TEMPLATES, FORMATS
 from steno_exportd.model import Session
 from steno_exportd.pools import in_pool
@@ -245,14 +245,16 @@ def render_result_in_process(name: str, what: Session | Sequence[Session], optio
             pool, fut = _submit(name, what, options)
             try:
                 return _wait(pool, fut, stop)
-            except (concurrent.futures.process.BrokenProcessPool, concurrent.futures.CancelledError):
+            except (concurrent.futures.process.BrokenProcessPool, concurrent.futures.CancelledError) as e:
                 # the worker died under it (out of memory): once more with a new one, in the same turn (not behind
                 # the renders that asked after it); not when it was stopped
                 _drop(pool, kill=False)
                 if stop():
                     raise CancelledJob("cancelled") from None
                 if attempt == 2:
-                    raise
+                    log.error("the render worker died under a %s render, and again under its retry: given up", name)
+                    raise RenderError(f"the {name.upper()} renderer stopped unexpectedly (out of memory?); "
+                                      "try again") from e
                 log.warning("the render worker died under a render: once more in a new one")
     finally:
         _turns.give()

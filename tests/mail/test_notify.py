@@ -57,6 +57,8 @@ async def test_a_finished_and_a_failed_export_are_mailed(tmp_path, smtp, mail_co
     second = (await mails(server, 2, "the 'export finished' mail with a warning"))[1]
     assert second.message["Subject"] == f"[steno] Export to {tmp_path / 'w'} finished: 2 sessions"
     assert "Budget review: ok with warnings" in second.text() and "gone.wav" in second.text()
+    # a finished job's headline is a note, not an error
+    assert f"Note: {warned.error}" in second.text() and "Error" not in second.text(), second.text()
 
     bad = await export(core, [1, 2], tmp_path / "b", broken=True)
     assert bad.state == ev.JobState.FAILED

@@ -378,13 +378,10 @@ def test_a_stores_own_words_reach_the_error_and_the_log_as_one_printable_line(rc
     assert (shown, logged) == ([], []), "control characters of the store's reached the error or the log"
 
 
-def test_a_stores_words_in_a_failed_read_back_reach_its_error_printable(rclone_tmp):
-    """The read-back of a file (the engine's verify) that the store refuses: rclone rcd answers with a JSON error
-    holding the store's words, where JSON escapes C0 controls but not C1 ones (U+009B is a terminal's CSI, like
-    ESC [), and its own line breaks and tabs. The error, which the job's results and the log show, was all of that
-    raw; now one printable line, the store's words kept."""
+def read_back_error(rclone_tmp: pathlib.Path, words: str) -> str:
+    """The error of a read-back that a store answering every request with HTTP 500 and ``words`` refuses."""
     from steno_exportd.rclone.process import Rcd
-    with hostile_store(500, "Gone \u009b2J\u009b1Ajob 7 completed: every session verified\x07") as conf:
+    with hostile_store(500, words) as conf:
         db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
         cfg = cfg_for(rclone_tmp, db, conf, [{"name": "cloud", "remote": "nas:office"}])
         remote = cfg.rclone.remotes[0]
@@ -396,10 +393,34 @@ def test_a_stores_words_in_a_failed_read_back_reach_its_error_printable(rclone_t
         finally:
             t.close()
         db.close()
-    said = str(e.value)
+    return str(e.value)
+
+
+def test_a_stores_words_in_a_failed_read_back_reach_its_error_printable(rclone_tmp):
+    """The read-back of a file (the engine's verify) that the store refuses: rclone rcd answers with a JSON error
+    holding the store's words, where JSON escapes C0 controls but not C1 ones (U+009B is a terminal's CSI, like
+    ESC [), and its own line breaks and tabs. The error, which the job's results and the log show, was all of that
+    raw; now one printable line, the store's words kept."""
+    said = read_back_error(rclone_tmp, "Gone \u009b2J\u009b1Ajob 7 completed: every session verified\x07")
     assert said.startswith("rclone:cloud: cannot read x/transcript.txt back: HTTP 500"), said
     assert said.isprintable(), f"control characters of the store's reached the read-back's error: {said!r}"
     assert "job 7 completed" in said and "\\x9b2J" in said, said
+
+
+def test_a_failed_read_back_says_the_stores_error_not_a_cut_json_document(rclone_tmp):
+    """rclone rcd answers a refused read-back with a JSON document ({"error": ..., "input": ..., "path": ...,
+    "status": ...}). Its first 200 bytes were the message: half a JSON document, tabs and line breaks escaped, the
+    store's words cut short. Now the message is the store's error text itself, whole when short, bounded when long."""
+    prefix = "rclone:cloud: cannot read x/transcript.txt back: HTTP 500 "
+    short = read_back_error(rclone_tmp / "short", "Service Unavailable: the office NAS is being updated until 18:00, "
+                                                  "please try again later (ticket 4711)")
+    assert short.startswith(prefix), short
+    assert '"error"' not in short and "{" not in short and "\\n" not in short, short
+    assert "office NAS is being updated until 18:00, please try again later (ticket 4711)" in short, short
+    long = read_back_error(rclone_tmp / "long", "Gone: " + " ".join(f"word{i}" for i in range(2000)))
+    assert long.startswith(prefix) and "Gone: word0 word1 word2" in long, long
+    assert '"error"' not in long and "{" not in long, long
+    assert len(long) <= len(prefix) + 300 and long.isprintable(), (len(long), long)
 
 
 @pytest.mark.parametrize("rclone_server", ["sftp"], indirect=True)

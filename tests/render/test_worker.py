@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from steno_exportd import render
-from steno_exportd.errors import CancelledJob
+from steno_exportd.errors import CancelledJob, RenderError
 from tests.parts import wait_for
 from tests.render import sessions as S
 
@@ -400,6 +400,35 @@ def test_a_worker_that_died_while_idle_leaves_the_next_render_its_retry(tmp_path
         assert not t.is_alive(), "the render never returned"
         assert got == ["whole"], f"the render whose worker died after an idle one died: {got}"
         assert worker() and not {idle, fresh} & set(worker()), "the render was not made in a third worker"
+    finally:
+        render.shutdown()
+        if t.is_alive():
+            t.join(30)
+
+
+def test_a_render_whose_worker_dies_twice_fails_with_a_message_a_person_reads(tmp_path, caplog):
+    """The worker dies under a render, and again under its one retry (the OOM killer twice): the render fails with
+    a message a person reads (the web page's download, D-Bus, the job's results show it) and one log line says so
+    (before: the bare "BrokenProcessPool(...)" of concurrent.futures, and nothing in the log)."""
+    mark = tmp_path / "rendering"
+    got: list[str] = []
+    t = threading.Thread(target=_render, args=(_StuckFirst(mark, S.multilingual_session(), half_sent=False), b"", got))
+    try:
+        with caplog.at_level("WARNING", logger="steno_exportd.render"):
+            t.start()
+            killed = []
+            for attempt in (1, 2):
+                wait_for(mark.exists, 60, what=f"worker {attempt} to take the render")
+                (dying,) = worker()
+                assert dying.pid == int(mark.read_text()) and dying not in killed
+                mark.unlink()                   # the next worker gets stuck too (it starts only once this one died)
+                dying.kill()                    # SIGKILL, as the OOM killer does
+                killed.append(dying)
+            t.join(60)
+        assert not t.is_alive(), "the render whose worker died twice never returned"
+        assert got == [repr(RenderError("the PDF renderer stopped unexpectedly (out of memory?); try again"))], got
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert len(errors) == 1 and "died" in errors[0], [r.getMessage() for r in caplog.records]
     finally:
         render.shutdown()
         if t.is_alive():
