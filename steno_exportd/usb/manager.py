@@ -49,7 +49,7 @@ class UsbManager:
         self.udisks = udisks
         self.devices = core.devices
         self._by_node: dict[str, Candidate] = {}       # device node -> candidate
-        self._node: dict[str, str] = {}                # device id -> the node it was last added at
+        self._node: dict[str, str] = {}                # device id -> the node its handling is at
         self._tasks: dict[str, asyncio.Task] = {}      # device id -> its handling task
         self._jobs: dict[str, int] = {}                # device id -> running job id
         self._removed: set[str] = set()
@@ -64,10 +64,12 @@ class UsbManager:
             c = ev.candidate
             did = device_id(c.uuid)
             self._by_node[c.device] = c
-            self._node[did] = c.device
             prev = self._tasks.get(did)
             if prev is not None and not prev.done() and did not in self._removed:
-                return                                  # this insertion is already being handled
+                # this insertion is already being handled, at its node: another node of the same UUID (a cloned
+                # stick) is not the stick being mounted/exported, so its node is not the one eject and removal use
+                return
+            self._node[did] = c.device
             self._removed.discard(did)
             self._tasks[did] = asyncio.get_running_loop().create_task(self._handle(did, c, prev), name=f"usb:{did}")
         elif isinstance(ev, Removed):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 
@@ -13,6 +14,7 @@ from steno_exportd.events import DeviceState as S, JobState
 from steno_exportd.usb.udisks import UDisks
 from tests.fakes import FakeCore, make_session, summary
 from tests.parts import require_tool, until
+from tests.parts.udev import Stick
 from tests.usb.helpers import StateLog, by_label, loop_attached, make_cfg, prepare, stick_files, wait_state
 
 pytestmark = pytest.mark.real
@@ -410,3 +412,44 @@ async def test_the_late_removal_of_a_sticks_old_node_leaves_it_at_its_new_one(st
     finally:
         if blocked:
             subprocess.run(["losetup", "-d", blocked], check=False)
+
+
+async def _with_a_clone_plugged_in_mid_export(sticks, tmp_path, fs: str, test):
+    """A stick exporting, then its clone (same filesystem UUID: a dd copy) plugged in beside it; ``test(mgr, core,
+    stick, clone, dev)`` runs then, with the clone present."""
+    core = FakeCore(make_cfg(tmp_path), write_files=True, n_sessions=2, file_size=8 << 20, chunk_delay=0.05)
+    stick = await asyncio.to_thread(sticks, fs)
+    clone = Stick(image=tmp_path / "clone.img", label=stick.label, fs=fs)
+    await asyncio.to_thread(shutil.copyfile, stick.image, clone.image)
+    try:
+        async with usb.running(core) as mgr:
+            await asyncio.to_thread(stick.insert)
+            dev = await wait_state(core, stick.label, S.EXPORTING)
+            await asyncio.to_thread(clone.insert)
+            # (sync point only: the manager has had the clone's insertion)
+            await until(lambda: os.path.realpath(clone.part) in map(os.path.realpath, mgr._by_node),
+                        "the manager to see the clone", 20, in_thread=False)
+            assert by_label(core, stick.label).state in (S.EXPORTING, S.VERIFYING)
+            await test(mgr, core, stick, clone, dev)
+    finally:
+        await asyncio.to_thread(clone.cleanup)
+
+
+async def test_an_eject_with_a_clone_plugged_in_ejects_the_stick_it_exports_to(sticks, tmp_path):
+    """Two sticks cloned from one image share the filesystem UUID. The clone plugged in while the first one exports
+    is not the stick the user ejects: 'safe to remove' must mean the exported-to stick is unmounted."""
+    async def test(mgr, core, stick, clone, dev):
+        how = await mgr.eject(dev.id)
+        assert not mounted_in_proc(dev.mount_point), f"{how}, safe to remove, but the stick is still mounted"
+        assert not loop_attached(stick) and loop_attached(clone), "the clone was powered off instead"
+        assert by_label(core, stick.label).state == S.SAFE_TO_REMOVE
+    await _with_a_clone_plugged_in_mid_export(sticks, tmp_path, "ext4", test)
+
+
+async def test_a_pull_mid_export_with_a_clone_plugged_in_is_a_removal(sticks, tmp_path):
+    """The stick being exported to is pulled while its clone (same UUID) is plugged in: that is its removal (not an
+    export error on a stick still listed)."""
+    async def test(mgr, core, stick, clone, dev):
+        await asyncio.to_thread(stick.yank)
+        await wait_state(core, stick.label, S.REMOVED, timeout=30)     # (its export fails first: an 'error' on the way)
+    await _with_a_clone_plugged_in_mid_export(sticks, tmp_path, "exfat", test)
