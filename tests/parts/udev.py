@@ -246,9 +246,10 @@ class Stick:
         return self.part
 
     def remove(self) -> None:
-        """Delete the partitions (udev 'remove' events), like pulling the stick."""
+        """Delete the partitions (udev 'remove' events), like pulling the stick; retried like insert(): a partition
+        left (EBUSY while udev probes it) would keep the next insert() from adding the stick's own."""
         if self.loop and self._backing_is_ours():
-            _run("partx", "-d", self.loop, check=False)
+            drop_partitions(self.loop)
 
     def fuse_helpers(self) -> list[int]:
         """Pids of the FUSE processes (exfat-fuse, fusefat) serving this stick's partition."""
