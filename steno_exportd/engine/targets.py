@@ -166,12 +166,24 @@ def _limit_for(fstype: str) -> int | None:
     return None
 
 
-def _open_dir(root: Path, parts: list[str]) -> int:
-    """An open folder root/parts..., no symlink followed below root; TargetError a person can act on."""
+def _open_dir(root: Path, parts: list[str], dev: int | None = None) -> int:
+    """An open folder root/parts..., no symlink followed below root; TargetError a person can act on. ``dev``: the
+    filesystem root must still be on (a stick unmounted under an export leaves its mount point, an empty folder
+    of the recorder's own disk, in its place)."""
     try:
         fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as e:
         raise os_error(e, str(root)) from e
+    if dev is not None:
+        try:
+            moved = os.fstat(fd).st_dev != dev
+        except OSError as e:
+            os.close(fd)
+            raise os_error(e, str(root)) from e
+        if moved:
+            os.close(fd)
+            raise TargetError(f"{root} is no longer the filesystem the export began on (the stick was unmounted "
+                              "or pulled): nothing more is written there")
     for i, p in enumerate(parts):
         try:
             nfd = os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
@@ -421,6 +433,10 @@ class DirectoryTarget:
         self.root = Path(root)
         self.name = name or str(root)
         self.fs_type, self._source = _mount_of(self.root)
+        try:                                    # the filesystem it is on: every file goes there or nowhere
+            self._dev: int | None = os.stat(self.root).st_dev
+        except OSError:
+            self._dev = None                    # a folder still to be made: the first one opened sets it
         # A FUSE driver (exfat-fuse, fusefat) reads the block device through the kernel's block
         # cache: dropping the file's pages (which fadvise does, measured with fincore) is not enough.
         self._blockdev = self._source if self.fs_type.startswith("fuseblk") and \
@@ -439,7 +455,10 @@ class DirectoryTarget:
 
     # -- walking without following symlinks ---------------------------------------
     def _open_dir(self, parts: list[str]) -> int:
-        return _open_dir(self.root, parts)
+        fd = _open_dir(self.root, parts, self._dev)
+        if self._dev is None:
+            self._dev = os.stat(self.root).st_dev
+        return fd
 
     def _split(self, rel: str) -> tuple[list[str], str]:
         parts = check_rel(rel)
