@@ -74,11 +74,12 @@ class UsbManager:
             self._tasks[did] = asyncio.get_running_loop().create_task(self._handle(did, c, prev), name=f"usb:{did}")
         elif isinstance(ev, Removed):
             c = self._by_node.pop(ev.device, None)
-            if c is not None and self._node.get(device_id(c.uuid)) == ev.device:
-                self._on_removed(device_id(c.uuid), c)
-            elif c is not None:     # an old node of a stick that is back at another one (a late removal)
-                log.debug("%s: old node %s removed; the stick is at %s", c.label or c.uuid, ev.device,
-                          self._node.get(device_id(c.uuid)))
+            if c is not None:
+                at = self._node.get(device_id(c.uuid))
+                if at == ev.device:
+                    self._on_removed(device_id(c.uuid), c)
+                else:               # an old node of a stick that is back at another one (a late removal)
+                    log.debug("%s: old node %s removed; the stick is at %s", c.label or c.uuid, ev.device, at)
             did = self._unusable.pop(ev.device, None)
             if did is not None:
                 self.devices.change(did, state=DeviceState.REMOVED)

@@ -13,12 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.parts.udev import loop_partitions
+
 
 pytestmark = pytest.mark.real
-
-
-def loop_partitions(loop: str) -> list[str]:
-    return sorted(p.name for p in Path("/sys/class/block").glob(f"{os.path.basename(loop)}p*"))
 
 
 def sectors(part: str) -> int:
