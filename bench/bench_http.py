@@ -1,6 +1,7 @@
 """HTTP benchmark (`bench/run http`): our web page beside nginx serving the same files, one run.
 
-- a 1 GiB recording downloaded (sendfile) vs nginx (sendfile on) serving that file;
+- a 1 GiB recording downloaded (sendfile) vs nginx serving that file as Debian configures it (sendfile on,
+  tcp_nopush on), and beside it nginx's own default (tcp_nopush off);
 - a ZIP of a 1 GiB multi-session selection (4 x 256 MiB recordings) streamed vs nginx's single file:
   the first time (recordings never hashed: hashed by one thread per core while they are sent), once their
   checksums are known, and the first ZIP of a daemon whose background hasher ran (export.hash_ahead) before it was
@@ -133,11 +134,14 @@ async def interleaved(rounds: int, files: list[Path], anchor: str, *ours: str) -
     return out
 
 
-def start_nginx(root: Path, port: int, work: Path, cpu: int | None) -> subprocess.Popen:
-    conf = work / "nginx.conf"
-    conf.write_text(f"""daemon off; worker_processes 1; pid {work}/nginx.pid; error_log {work}/error.log;
+def start_nginx(root: Path, port: int, work: Path, cpu: int | None, nopush: bool = True) -> subprocess.Popen:
+    """nginx serving root: as Debian's nginx.conf sets it up (sendfile on, tcp_nopush on), or without tcp_nopush
+    (nginx's own default: the file's segments pushed out as they come, as asyncio's TCP_NODELAY does)."""
+    name = "nginx" if nopush else "nginx-push"
+    conf = work / f"{name}.conf"
+    conf.write_text(f"""daemon off; worker_processes 1; pid {work}/{name}.pid; error_log {work}/{name}-error.log;
 events {{}}
-http {{ access_log off; sendfile on; client_body_temp_path {work}; proxy_temp_path {work};
+http {{ access_log off; sendfile on; tcp_nopush {'on' if nopush else 'off'}; client_body_temp_path {work}; proxy_temp_path {work};
   fastcgi_temp_path {work}; uwsgi_temp_path {work}; scgi_temp_path {work};
   server {{ listen 127.0.0.1:{port}; root {root}; }} }}
 """)
@@ -190,7 +194,7 @@ async def main() -> None:
             os.chmod(p, 0o755)
         os.chmod(www / "audio.bin", 0o644)
         os.chmod(www / "small.txt", 0o644)
-        port, nport = free_port(), free_port()
+        port, nport, pport = free_port(), free_port(), free_port()
         (tmp_path / "exports").mkdir()
         cfg = config.from_dict({"recorder": {"db_path": str(lib / demo.DB_NAME)},
                                 "state": {"dir": str(tmp_path / "state"), "runtime_dir": str(tmp_path / "run")},
@@ -201,7 +205,9 @@ async def main() -> None:
         await core.start()
         from steno_exportd.web import serve
         ng = start_nginx(www, nport, tmp_path, SERVER_CPU)
+        nginxes = [ng]
         try:
+            nginxes.append(start_nginx(www, pport, tmp_path, SERVER_CPU, nopush=False))
             async with serve(core) as url:
                 files = [audio[big], *(audio[i] for i in zip_ids)]
                 warm(files)
@@ -210,8 +216,9 @@ async def main() -> None:
                 await asyncio.to_thread(curl_seconds, zip_url)    # hashes the recordings (first ZIPs: below)
                 pin_this_process({SERVER_CPU} if PIN else None)
                 try:
-                    ng_runs, audio_runs, zip_runs = await interleaved(
-                        ROUNDS, files, f"{nginx_url(nport)}/audio.bin", f"{url}/sessions/{big}/audio?dl=1", zip_url)
+                    ng_runs, audio_runs, zip_runs, push_runs = await interleaved(
+                        ROUNDS, files, f"{nginx_url(nport)}/audio.bin", f"{url}/sessions/{big}/audio?dl=1", zip_url,
+                        f"{nginx_url(pport)}/audio.bin")
                 finally:
                     pin_this_process(ALL_CPUS)
                 assert all(n == SIZE for *_, n in ng_runs + audio_runs) and all(n > 4 * ZIP_PART for *_, n in zip_runs)
@@ -228,6 +235,10 @@ async def main() -> None:
                       f"of {len(rounds)} rounds; {spread(rounds)})")
                 print(f"http_download_rounds_s: ours {seconds(ours_audio)} | nginx {seconds(nginx_file)}")
                 ttfb = [1000 * statistics.median(f for f, _, _ in xs) for xs in (audio_runs, ng_runs)]
+                push_t = [t for _, t, _ in push_runs]
+                print(f"http_download_ratio_ours_over_nginx_without_tcp_nopush: "
+                      f"{statistics.median(p / o for p, o in zip(push_t, ours_audio)):.2f}  (nginx's own default; "
+                      f"its rounds {seconds(push_t)})")
                 print(f"http_download_first_byte_ms_median: ours {ttfb[0]:.1f} | nginx {ttfb[1]:.1f}")
                 print(f"http_zip_1GiB_selection_MBps: {1024 / z:.0f}")
                 print(f"http_zip_ratio_ours_over_nginx: {statistics.median(zip_rounds):.2f}  (target >= 0.7; checksums "
@@ -250,8 +261,9 @@ async def main() -> None:
                 print(f"http_export_job_state: {core.jobs.get(job.id).state}")
                 print(f"http_longest_loop_stall_during_export_ms: {lag.worst * 1000:.0f}  (target <= 100)")
         finally:
-            ng.send_signal(signal.SIGTERM)
-            ng.wait(10)
+            for n in nginxes:
+                n.send_signal(signal.SIGTERM)
+                n.wait(10)
             await core.stop()
         await first_zips(cfg, tmp_path, www, zip_ids, [audio[i] for i in zip_ids], ahead=False)
         await first_zips(cfg, tmp_path, www, zip_ids, [audio[i] for i in zip_ids], ahead=True)

@@ -8,6 +8,7 @@ import io
 import logging
 import mimetypes
 import re
+import socket
 import threading
 import time
 from typing import Any, Protocol
@@ -263,12 +264,35 @@ async def send_span(request: web.BaseRequest, src: Any, start: int, count: int) 
     await request.writer.drain()
     f = io.FileIO(src.fileno(), "rb", closefd=False)
     try:
-        sent = await asyncio.get_running_loop().sendfile(transport, f, start, count)
+        with _full_segments(transport):
+            sent = await asyncio.get_running_loop().sendfile(transport, f, start, count)
     except ConnectionError:
         raise ClientLeft(max(0, f.tell() - start)) from None
     if sent < count:                  # the file ended early: cut the answer, never leave the client waiting
         raise FileEnded(sent, f"{src.size} bytes when opened, it ended after {start + sent}")
     return sent
+
+
+@contextlib.contextmanager
+def _full_segments(transport: Any) -> Any:
+    """The socket corked (TCP_CORK) while a file goes out by sendfile, uncorked after: nginx's ``tcp_nopush``.
+
+    asyncio sets TCP_NODELAY on every connection, so sendfile pushed each piece of the file out as soon as it was
+    there, in more, smaller segments than the file needs: a 1 GiB download over loopback took 1.3 times as long as
+    from nginx as Debian configures it (sendfile on, tcp_nopush on). Corked, only full segments leave; uncorking
+    pushes the file's last, partial one at once (never a wait for it).
+    """
+    sock = transport.get_extra_info("socket")
+    tcp = sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6)
+    if tcp:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+    try:
+        yield
+    finally:
+        if tcp:
+            with contextlib.suppress(OSError):       # the client may have gone: nothing left to push
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
 
 
 async def rendered(request: web.Request) -> web.StreamResponse:
