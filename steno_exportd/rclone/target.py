@@ -98,13 +98,10 @@ class RcloneTarget:
         self.tag = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.hash: str | None = None
         self._seq = itertools.count(1)
-        self._files: set[str] = set()     # files this push committed, or listed in a folder only it writes in
-                                          # (known to be files, not folders)
+        self._files: set[str] = set()     # files this push committed (known to be files, not folders)
         self._mine: dict[str, set[str]] = {}   # folders only this push writes in (made by it, or claimed and
                                                # listed): the names in each, so an absent name costs no look-up
         self._claimed: set[str] = set()
-        self.manifests: dict[str, bytes] = {}  # manifest.json of a folder as this push read or saved it (manifest.
-                                               # known(): the office index, written last, does not read it again)
         self._dirs: set[str] = set()      # folders known to be there (a folder is not removed under a push)
         self._unmade: set[str] = set()    # <session>.partial folders of this push not made on the store yet: the
                                           # first upload into one makes it (rclone makes a file's folder first)
@@ -230,8 +227,6 @@ class RcloneTarget:
         with self._names:
             if folder in self._mine or folder.rpartition("/")[0] in self._mine or folder in self._claimed:
                 self._mine[folder] = set(out)
-                # its files are files (only this push writes there): a commit over one replaces it in one move
-                self._files.update(f"{folder}/{n}" if folder else n for n, st in out.items() if st.kind == "file")
         return out
 
     def listdir(self, rel: str) -> list[str]:
@@ -686,17 +681,12 @@ class _RcloneWrite:
 
     def commit(self) -> None:
         """Move the temp file to the final name (replacing an old file); then, where the store keeps a
-        hash, compare it with the hash of the bytes sent. On WebDAV an old file known to be a file (ours: committed
-        or listed by this push, a manifest.json, SHA256SUMS) is replaced by the move itself (MOVE with "Overwrite:
-        T", one request of the store, atomic there), not looked up and deleted first by rclone (two requests more,
-        and a moment with no file under that name)."""
+        hash, compare it with the hash of the bytes sent."""
         t = self._t
         try:
             self.sync()
             if self.temp_rel != t.rel(self._rel):
-                with t._names:
-                    ours = t.atomic_dir_rename and t.rel(self._rel) in t._files
-                t.move(self.temp_rel, self._rel, free=ours or t._absent(self._rel))
+                t.move(self.temp_rel, self._rel, free=t._absent(self._rel))
             else:
                 t._landed(self._rel)
             with t._names:
@@ -745,10 +735,9 @@ def _always(free: bool) -> dict[str, bool]:
     """rclone's settings for a copy or move that must happen: by default rclone skips one onto a file of the same
     size (and time, where the store keeps it: WebDAV does not), deleting a move's source, so a SHA256SUMS whose
     lines changed but not its length was never replaced. ``free``: the destination is known absent, so rclone need
-    not look it up first (one request less; a destination rclone finds is deleted before the move: one more), or is
-    a file a WebDAV move replaces whole (its "Overwrite: T"; not so on SFTP without posix-rename). A move replaces
-    what is there on every store, with or without this: the guard against replacing someone's file is rename()'s
-    own look-up, skipped only for names in folders this push made after looking them up, or listed."""
+    not look it up first (one request less). A move replaces what is there on every store (WebDAV sends
+    Overwrite: T), with or without this: the guard against replacing someone's file is rename()'s own look-up,
+    skipped only for names in folders this push made after looking them up, or listed."""
     return {"IgnoreTimes": True, "NoCheckDest": True} if free else {"IgnoreTimes": True}
 
 
