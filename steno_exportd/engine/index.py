@@ -42,7 +42,9 @@ def write(t: Target, root: str, short_id: str) -> int:
     """Rewrite this recorder's index file from its manifest on ``t``: the number of meetings listed, -1
     when it could not be written (logged: the push itself landed and is verified; the next one retries)."""
     try:
-        m = mf.read(t, root)
+        m = mf.known(t, root)       # as this push read or saved it last: not read again
+        if m is None:
+            m = mf.read(t, root)
         t.mkdir(INDEX_DIR)
         mf.write_atomic(t, index_path(root), build(m, root, short_id))
     except (ValueError, TargetError) as e:

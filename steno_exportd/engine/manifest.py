@@ -146,7 +146,25 @@ def read(target: Target, root: str, *, found: bool = False) -> Manifest:
         st = target.lstat(f"{root}/{MANIFEST}")
         if st is None or st.kind != "file":
             raise ValueError(f"no {MANIFEST}" if st is None else f"{MANIFEST} is not a file")
-    return parse(read_file(target, f"{root}/{MANIFEST}"))
+    raw = read_file(target, f"{root}/{MANIFEST}")
+    m = parse(raw)
+    _keep(target, root, bytes(raw))
+    return m
+
+
+def _keep(target: Target, root: str, raw: bytes) -> None:
+    """Remember manifest.json's bytes as this run read or wrote them, on a target that keeps them (``manifests``:
+    a store where reading it again is round trips, rclone's), for known()."""
+    kept = getattr(target, "manifests", None)
+    if kept is not None:
+        kept[root] = raw
+
+
+def known(target: Target, root: str) -> Manifest | None:
+    """manifest.json as this run last read or wrote it on ``target`` (a folder only this run writes in: the
+    recorder's own), without reading it again; None where the target keeps no copy or the run has none."""
+    raw = (getattr(target, "manifests", None) or {}).get(root)
+    return None if raw is None else parse(raw)
 
 
 def plain_name(folder: Any) -> bool:
@@ -264,9 +282,9 @@ def write_files(target: Target, files: list[tuple[str, bytes]]) -> None:
 
 def save(target: Target, root: str, m: Manifest) -> None:
     """Rewrite SHA256SUMS and manifest.json atomically, in that order."""
-    write_files(target, [(f"{root}/{SUMS}", m.sums_text().encode("utf-8")),
-                         (f"{root}/{MANIFEST}", json.dumps(m.to_json(), indent=1, sort_keys=True,
-                                                           ensure_ascii=False).encode("utf-8"))])
+    raw = json.dumps(m.to_json(), indent=1, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    write_files(target, [(f"{root}/{SUMS}", m.sums_text().encode("utf-8")), (f"{root}/{MANIFEST}", raw)])
+    _keep(target, root, raw)
 
 
 def entry(size: int, sha: str, renderer: str, version: str, template: str = "") -> dict[str, Any]:

@@ -102,6 +102,8 @@ class RcloneTarget:
         self._mine: dict[str, set[str]] = {}   # folders only this push writes in (made by it, or claimed and
                                                # listed): the names in each, so an absent name costs no look-up
         self._claimed: set[str] = set()
+        self.manifests: dict[str, bytes] = {}  # manifest.json of a folder as this push read or saved it (manifest.
+                                               # known(): the office index, written last, does not read it again)
         self._dirs: set[str] = set()      # folders known to be there (a folder is not removed under a push)
         self._unmade: set[str] = set()    # <session>.partial folders of this push not made on the store yet: the
                                           # first upload into one makes it (rclone makes a file's folder first)

@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import pathlib
+import re
 import shutil
 import socket
 import sqlite3
@@ -319,6 +320,39 @@ def test_a_webdav_push_costs_few_store_requests_per_session(rclone_tmp, monkeypa
             srv.stop()
     per_session = (counts[1] - counts[0]) / 4
     assert per_session <= 10, (counts, per_session)
+
+
+def test_a_webdav_push_builds_the_office_index_from_the_manifest_it_saved_not_read_back(rclone_tmp):
+    """A push that adds a session to a folder on a WebDAV store writes the office index last from the manifest it
+    saved, not read back from the store (three requests in a row at every push's end): the WebDAV server's own log
+    of that push shows manifest.json read once, at its start; the index lists every meeting."""
+    from tests.parts import require_tool
+    require_tool("rclone")
+    (rclone_tmp / "served").mkdir()
+    srv = RcloneServer("webdav", rclone_tmp / "served", rclone_tmp, verbose=True)
+    srv.start()
+    try:
+        db = make_recorder(rclone_tmp / "rec", sizes=(1 << 20, (1 << 20) + 1))
+        cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+        assert all(r.ok for r in push(cfg))
+        audio = rclone_tmp / "rec" / "audio" / "late.flac"
+        audio.write_bytes(os.urandom(1 << 20))
+        db.session(title="Late", audio_format="flac", audio_size_bytes=1 << 20, audio_file_path=f"audio/{audio.name}")
+        log = rclone_tmp / "serve-webdav.log"
+        before = len(log.read_text(errors="replace").splitlines())
+        res = push(cfg)
+        assert [r.skipped for r in res] == [True, True, False] and all(r.ok for r in res), res
+        lines = log.read_text(errors="replace").splitlines()[before:]
+        folder = srv.served / "office" / recorder_folder(cfg)
+        assert len(json.loads((folder / "manifest.json").read_text())["sessions"]) == 3
+        index = json.loads((srv.served / "office" / INDEX_DIR / f"{recorder_folder(cfg)}.json").read_text())
+        assert len(index["meetings"]) == 3
+        touched = [ln.split(": ")[-2:] for ln in lines if re.search(r"(manifest\.json|SHA256SUMS): [A-Z]+ from ", ln)]
+        # read once: by the push's start (what the store holds), not again by the index
+        gets = [t[0] for t in touched if t[1].startswith("GET")]
+        assert len(gets) == 1 and gets[0].endswith("manifest.json"), [t for t in touched if "PROPFIND" not in t[1]]
+    finally:
+        srv.stop()
 
 
 def waiting(folder: pathlib.Path, fields: dict) -> list[str]:
