@@ -12,6 +12,12 @@ through a relay that holds every byte for half of BENCH_RCLONE_RTT_MS (default 2
 (tests/parts/delay.py; this kernel has no netem), ours and the anchor alike: where round trips, not bytes or CPU,
 decide the time. Then on that store, a push that finds nothing new among BENCH_RCLONE_INCREMENTAL_SESSIONS
 (default 200) sessions already there vs `rclone copy` with nothing to send.
+
+webdav_store_own_cpu: the WebDAV rounds again with the store on a CPU of its own (every thread of `rclone serve`
+on one CPU; this process, its rclone rcd and the anchor's rclone commands on the other), the same for both. On the
+device the store is another machine; on loopback it shares the 2 cores with the pushes, and it is the busiest
+process there (its local backend hashes every upload with MD5: about half its CPU). Both figures are printed;
+BENCH_RCLONE_PIN=0 skips this one.
 Stopped (Ctrl-C, SIGTERM: bench/cleanup.py), it stops the relay and rclone's server, unmounts the tmpfs and removes
 its folder.
 """
@@ -45,6 +51,17 @@ DISTANT_MIB = int(os.environ.get("BENCH_RCLONE_DISTANT_MIB", "48"))
 RTT_MS = float(os.environ.get("BENCH_RCLONE_RTT_MS", "20"))
 ROUNDS = int(os.environ.get("BENCH_RCLONE_ROUNDS", "3"))
 INCREMENTAL_SESSIONS = int(os.environ.get("BENCH_RCLONE_INCREMENTAL_SESSIONS", "200"))
+PIN = os.environ.get("BENCH_RCLONE_PIN", "1") != "0" and len(os.sched_getaffinity(0)) >= 2
+ALL_CPUS = os.sched_getaffinity(0)
+
+
+def pin(pid: int | str, cpus: set[int]) -> None:
+    """Every thread of process ``pid`` on ``cpus`` (threads it starts later inherit it)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except (ProcessLookupError, PermissionError):
+            pass              # a thread that just ended
 
 
 def make_recorder(root: pathlib.Path, total_mib: int = TOTAL_MIB) -> tuple[RecorderDB, pathlib.Path]:
@@ -193,6 +210,20 @@ def bench(tmp: pathlib.Path) -> int:
             theirs, (mine,) = alternate(ROUNDS, anchor, ours)
             print(f"rclone_{name}_verify: {'store md5' if kind == 'sftp' else 'download and hash'}")
             report(f"rclone_{name}", mib, "copy_check", theirs, [("ours", mine)], label=name)
+            if kind == "webdav" and not rtt and PIN:
+                store_cpu, push_cpu = sorted(ALL_CPUS)[-1], sorted(ALL_CPUS)[0]
+                assert srv.proc is not None
+                pin(srv.proc.pid, {store_cpu})
+                pin("self", {push_cpu})
+                try:        # (folders of other names: rclone serve still lists the removed ones for a while)
+                    theirs, (mine,) = alternate(ROUNDS, lambda r: anchor(ROUNDS + r), lambda r: ours(ROUNDS + r))
+                finally:
+                    pin("self", ALL_CPUS)
+                    pin(srv.proc.pid, ALL_CPUS)
+                print(f"rclone_{name}_store_own_cpu_placement: rclone serve on CPU {store_cpu}; this process (ours, "
+                      f"its rclone rcd) and the anchor's rclone commands on CPU {push_cpu}")
+                report(f"rclone_{name}_store_own_cpu", mib, "copy_check", theirs, [("ours", mine)],
+                       label=f"{name}_store_own_cpu")
             if rtt:
                 nothing_new(tmp, far, conf)
         finally:
