@@ -355,6 +355,52 @@ def test_a_webdav_push_builds_the_office_index_from_the_manifest_it_saved_not_re
         srv.stop()
 
 
+
+def test_a_push_that_finds_nothing_new_writes_nothing_on_the_store_not_even_the_office_index(rclone_tmp):
+    """A push that finds every session on the store (what a schedule or push-on-new finds most of the time) writes
+    nothing there: the office index is left as it is when it already lists what the push would write (a rewrite
+    at every push is a new version of the file on a store that keeps versions, a change a sync client fetches, and
+    eight requests in a row). One that finds it gone or stale writes it again. Seen in the WebDAV server's own log."""
+    from tests.parts import require_tool
+    require_tool("rclone")
+    (rclone_tmp / "served").mkdir()
+    srv = RcloneServer("webdav", rclone_tmp / "served", rclone_tmp, verbose=True)
+    srv.start()
+    try:
+        db = make_recorder(rclone_tmp / "rec", sizes=(1 << 20, (1 << 20) + 1))
+        cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+        assert all(r.ok and not r.skipped for r in push(cfg))
+        index = srv.served / "office" / INDEX_DIR / f"{recorder_folder(cfg)}.json"
+        first = index.read_bytes()
+        st = index.stat()
+        log = rclone_tmp / "serve-webdav.log"
+
+        def writes_of_a_push() -> list[str]:
+            before = len(log.read_text(errors="replace").splitlines())
+            res = push(cfg)
+            assert [r.skipped for r in res] == [True, True] and all(r.ok for r in res), res
+            return [ln for ln in log.read_text(errors="replace").splitlines()[before:]
+                    if re.search(r": (PUT|MOVE|DELETE|MKCOL|COPY|PROPPATCH) from ", ln)]
+        assert writes_of_a_push() == []
+        assert index.read_bytes() == first and (index.stat().st_ino, index.stat().st_mtime_ns) == \
+            (st.st_ino, st.st_mtime_ns)
+        conf = rclone_tmp / "rclone.conf"
+        on_store = f"{srv.remote}:office/{INDEX_DIR}/{index.name}"
+        # someone removes it through the store (not behind rclone serve's back, whose listing it keeps for minutes)
+        subprocess.run(["rclone", "--config", str(conf), "deletefile", on_store], check=True, capture_output=True)
+        assert [ln for ln in writes_of_a_push() if "PUT from" in ln]
+        assert len(json.loads(index.read_text())["meetings"]) == 2
+        stale = json.loads(index.read_text())
+        stale["meetings"] = stale["meetings"][:1]           # an older push's, or someone's edit: written again
+        (rclone_tmp / "stale.json").write_text(json.dumps(stale))
+        subprocess.run(["rclone", "--config", str(conf), "copyto", str(rclone_tmp / "stale.json"), on_store],
+                       check=True, capture_output=True)
+        assert len(json.loads(index.read_text())["meetings"]) == 1
+        assert [ln for ln in writes_of_a_push() if "PUT from" in ln]
+        assert len(json.loads(index.read_text())["meetings"]) == 2
+    finally:
+        srv.stop()
+
 def waiting(folder: pathlib.Path, fields: dict) -> list[str]:
     """Sessions reported written whose folder on the store still says "incomplete" (its marker, or its
     <folder>.partial name): what the manifest save they wait for finishes."""
