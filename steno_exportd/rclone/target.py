@@ -80,6 +80,7 @@ class RcloneTarget:
     """``<remote.remote>`` (an rclone "NAME:path") through rclone rcd; the engine's Target protocol."""
 
     max_file_size: int | None = None
+    hash_checked = False                # set by connect(): the store keeps a hash each commit checks
     atomic_dir_rename = False           # set by connect() (_moves_folders): a WebDAV store, which moves a folder in
                                         # one request, gets a session built as <folder>.partial and moved into place;
                                         # elsewhere built in place (object stores copy a folder to move it)
@@ -138,6 +139,7 @@ class RcloneTarget:
                               f"remote must name a folder", True) from None
         kept = [str(h).lower() for h in info.get("Hashes") or []]
         self.hash = next((h for h in HASHES if h in kept), None)
+        self.hash_checked = self.hash is not None       # (the engine's hint: see engine/targets.py)
         self.atomic_dir_rename = self._moves_folders(info)
         # the login; the folders there now (the recorder's, the office index): no look-up before using them. The
         # remote's folder is made only when missing (a push writes nothing on the store when nothing is new)

@@ -401,6 +401,47 @@ def test_a_push_that_finds_nothing_new_writes_nothing_on_the_store_not_even_the_
     finally:
         srv.stop()
 
+
+def test_recordings_hashed_ahead_are_not_read_back_from_a_store_that_keeps_a_hash(rclone_tmp):
+    """The daemon's background hasher (export.hash_ahead, on by default) remembers each recording's SHA-256 before a
+    push. On a store that keeps a hash (SFTP: MD5) a copy hashed while it is sent is checked by the store's own
+    hash; one whose SHA-256 was remembered was read back whole instead (a remembered hash is not of the bytes
+    sent), so hashing ahead made a push to SFTP 1.7 times as long (bench rclone: 2.66 s against 1.57 s). Counted at
+    a relay in front of the SFTP server: what the store sent back is not the recordings; they land verified."""
+    from tests.parts import require_tool
+    from tests.parts.delay import DelayRelay
+    from steno_exportd.engine.hashcache import HashCache
+    require_tool("rclone")
+    (rclone_tmp / "served").mkdir()
+    srv = RcloneServer("sftp", rclone_tmp / "served", rclone_tmp)
+    srv.start()
+    relay = DelayRelay(srv.port, 0)
+    try:
+        sizes = (4 << 20, (4 << 20) + 1, (4 << 20) + 2)
+        db = make_recorder(rclone_tmp / "rec", sizes=sizes)
+        cfg = make_cfg(rclone_tmp, db, dataclasses.replace(srv, port=relay.port).client_config(
+            rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+        hashes = HashCache(rclone_tmp / "hashes.sqlite")            # as the background hasher leaves it
+        for p in (rclone_tmp / "rec" / "audio").iterdir():
+            hashes.put_sha256(p, hashlib.sha256(p.read_bytes()).hexdigest(), p.stat())
+        targets = local()
+        targets.register(RcloneKind())
+        lib = Library.from_config(cfg)
+        try:
+            ids = tuple(s.id for s in lib.list_sessions(exportable_only=True))
+            res = run_export(lib, SimpleSpec("rclone:cloud", ids, FORMATS, ExportOptions(verify=True)), cfg,
+                             targets=targets, hashes=hashes)
+        finally:
+            lib.close()
+            hashes.close()
+        assert [r.ok and not r.skipped for r in res] == [True] * 3, [r.error for r in res]
+        assert_landed(srv.served / "office" / recorder_folder(cfg), db)
+        assert relay.sent["to_server"] > sum(sizes)
+        assert relay.sent["to_client"] < sum(sizes) // 4, relay.sent
+    finally:
+        relay.close()
+        srv.stop()
+
 def waiting(folder: pathlib.Path, fields: dict) -> list[str]:
     """Sessions reported written whose folder on the store still says "incomplete" (its marker, or its
     <folder>.partial name): what the manifest save they wait for finishes."""
