@@ -5,13 +5,21 @@ Prints `name: value` lines per store. SFTP keeps MD5: ours checks the store's ha
 `rclone check` compares MD5s. The WebDAV server keeps no hash: ours reads each file back and hashes
 it, `rclone check --download` does the same. Ours is the whole job (claim, plan, temp names, moves,
 manifest.json, SHA256SUMS, the office index); files come from the page cache; the served folder is
-a tmpfs. BENCH_RCLONE_MIB sets the size (default 256), BENCH_RCLONE_ROUNDS the rounds (default 3).
+a tmpfs. ours_hashed_ahead: the same push when the daemon's background hasher (export.hash_ahead, on by default)
+has hashed the recordings before (bench_export.hash_ahead fills a hash cache outside the timing): each copy is then
+not hashed while sent, only read back and hashed. BENCH_RCLONE_MIB sets the size (default 256), BENCH_RCLONE_ROUNDS the rounds (default 3).
 
 webdav_distant: the same 12 sessions, smaller (BENCH_RCLONE_DISTANT_MIB, default 48), pushed to the WebDAV store
 through a relay that holds every byte for half of BENCH_RCLONE_RTT_MS (default 20: a store across a city) each way
 (tests/parts/delay.py; this kernel has no netem), ours and the anchor alike: where round trips, not bytes or CPU,
 decide the time. Then on that store, a push that finds nothing new among BENCH_RCLONE_INCREMENTAL_SESSIONS
 (default 200) sessions already there vs `rclone copy` with nothing to send.
+
+webdav_store_own_cpu: the WebDAV rounds again with the store on a CPU of its own (every thread of `rclone serve`
+on one CPU; this process, its rclone rcd and the anchor's rclone commands on the other), the same for both. On the
+device the store is another machine; on loopback it shares the 2 cores with the pushes, and it is the busiest
+process there (its local backend hashes every upload with MD5: about half its CPU). Both figures are printed;
+BENCH_RCLONE_PIN=0 skips this one.
 Stopped (Ctrl-C, SIGTERM: bench/cleanup.py), it stops the relay and rclone's server, unmounts the tmpfs and removes
 its folder.
 """
@@ -30,8 +38,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from bench import cleanup  # noqa: E402
 from bench.anchor import alternate, report, rounds_line  # noqa: E402
+from bench.bench_export import hash_ahead  # noqa: E402
 from steno_exportd import config  # noqa: E402
 from steno_exportd.engine.export import SimpleSpec, run_export  # noqa: E402
+from steno_exportd.engine.hashcache import HashCache  # noqa: E402
 from steno_exportd.engine.options import ExportOptions  # noqa: E402
 from steno_exportd.engine.registry import local  # noqa: E402
 from steno_exportd.library import Library  # noqa: E402
@@ -45,6 +55,17 @@ DISTANT_MIB = int(os.environ.get("BENCH_RCLONE_DISTANT_MIB", "48"))
 RTT_MS = float(os.environ.get("BENCH_RCLONE_RTT_MS", "20"))
 ROUNDS = int(os.environ.get("BENCH_RCLONE_ROUNDS", "3"))
 INCREMENTAL_SESSIONS = int(os.environ.get("BENCH_RCLONE_INCREMENTAL_SESSIONS", "200"))
+PIN = os.environ.get("BENCH_RCLONE_PIN", "1") != "0" and len(os.sched_getaffinity(0)) >= 2
+ALL_CPUS = os.sched_getaffinity(0)
+
+
+def pin(pid: int | str, cpus: set[int]) -> None:
+    """Every thread of process ``pid`` on ``cpus`` (threads it starts later inherit it)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except (ProcessLookupError, PermissionError):
+            pass              # a thread that just ended
 
 
 def make_recorder(root: pathlib.Path, total_mib: int = TOTAL_MIB) -> tuple[RecorderDB, pathlib.Path]:
@@ -63,20 +84,25 @@ def make_recorder(root: pathlib.Path, total_mib: int = TOTAL_MIB) -> tuple[Recor
     return db, root / "audio"
 
 
-def _export(cfg: config.Config) -> list:
+def _export(cfg: config.Config, hashes: pathlib.Path | None = None) -> list:
     targets = local()
     targets.register(RcloneKind(recorder_id="b" * 32))
     lib = Library.from_config(cfg)
+    cache = HashCache(hashes) if hashes else None
     try:
         ids = tuple(s.id for s in lib.list_sessions(exportable_only=True))
         return run_export(lib, SimpleSpec("rclone:bench", ids, ("audio",), ExportOptions(verify=True)), cfg,
-                          targets=targets)
+                          targets=targets, hashes=cache)
     finally:
         lib.close()
+        if cache:
+            cache.close()
 
 
-def push(cfg: config.Config) -> int:
-    res = _export(cfg)
+def push(cfg: config.Config, hashes: pathlib.Path | None = None) -> int:
+    """One push job of every session; ``hashes``: a hash cache the background hasher filled (bench_export's
+    hash_ahead): the recordings are then not hashed while sent, as in the daemon (export.hash_ahead)."""
+    res = _export(cfg, hashes)
     assert all(r.ok and not r.skipped for r in res), [r.error for r in res if not r.ok]
     return sum(f.size for r in res for f in r.files)
 
@@ -183,16 +209,40 @@ def bench(tmp: pathlib.Path) -> int:
                 shutil.rmtree(served / f"theirs-{r}")
                 return t
 
-            def ours(r: int) -> float:
+            cache = tmp / f"hashes-{name}.sqlite"
+            hash_ahead(sorted(audio.iterdir()), cache)
+
+            def ours(r: int, hashes: pathlib.Path | None = None) -> float:
+                folder = f"{'ahead' if hashes else 'ours'}-{r}"
                 t0 = time.perf_counter()
-                written = push(config.replace(cfg, **{"smb.recorder_folder": f"ours-{r}"}))
+                written = push(config.replace(cfg, **{"smb.recorder_folder": folder}), hashes)
                 t = time.perf_counter() - t0
                 assert written == total, (written, total)
-                shutil.rmtree(served / f"ours-{r}")
+                shutil.rmtree(served / folder)
                 return t
-            theirs, (mine,) = alternate(ROUNDS, anchor, ours)
+
+            def ahead(r: int) -> float:
+                return ours(r, cache)
+            theirs, (mine, mine_ahead) = alternate(ROUNDS, anchor, ours, ahead)
             print(f"rclone_{name}_verify: {'store md5' if kind == 'sftp' else 'download and hash'}")
-            report(f"rclone_{name}", mib, "copy_check", theirs, [("ours", mine)], label=name)
+            report(f"rclone_{name}", mib, "copy_check", theirs, [("ours", mine), ("ours_hashed_ahead", mine_ahead)],
+                   label=name)
+            if kind == "webdav" and not rtt and PIN:
+                store_cpu, push_cpu = sorted(ALL_CPUS)[-1], sorted(ALL_CPUS)[0]
+                assert srv.proc is not None
+                pin(srv.proc.pid, {store_cpu})
+                pin("self", {push_cpu})
+                try:        # (folders of other names: rclone serve still lists the removed ones for a while)
+                    theirs, (mine, mine_ahead) = alternate(ROUNDS, lambda r: anchor(ROUNDS + r),
+                                                           lambda r: ours(ROUNDS + r), lambda r: ahead(ROUNDS + r))
+                finally:
+                    pin("self", ALL_CPUS)
+                    pin(srv.proc.pid, ALL_CPUS)
+                print(f"rclone_{name}_store_own_cpu_placement: rclone serve on CPU {store_cpu}; this process (ours, "
+                      f"its rclone rcd) and the anchor's rclone commands on CPU {push_cpu}")
+                report(f"rclone_{name}_store_own_cpu", mib, "copy_check", theirs,
+                       [("ours", mine), ("ours_hashed_ahead", mine_ahead)],
+                       label=f"{name}_store_own_cpu")
             if rtt:
                 nothing_new(tmp, far, conf)
         finally:

@@ -10,6 +10,7 @@ import json
 import logging
 import socket
 
+from steno_exportd import safeparse
 from steno_exportd.engine import manifest as mf
 from steno_exportd.engine.targets import Target
 from steno_exportd.errors import TargetError
@@ -40,14 +41,46 @@ def build(m: mf.Manifest, root: str, short_id: str) -> bytes:
 
 def write(t: Target, root: str, short_id: str) -> int:
     """Rewrite this recorder's index file from its manifest on ``t``: the number of meetings listed, -1
-    when it could not be written (logged: the push itself landed and is verified; the next one retries)."""
+    when it could not be written (logged: the push itself landed and is verified; the next one retries).
+
+    After a push that saved no manifest (it found nothing new) the file is left as it is when it already lists
+    what would be written ("updated" aside: when its content last changed): rewritten at every push, it was a new
+    version on a store that keeps versions and a change for every sync client, and eight requests in a row on
+    WebDAV (reading it is three). One that is gone, unreadable or stale is written again."""
     try:
         m = mf.known(t, root)       # as this push read or saved it last: not read again
         if m is None:
             m = mf.read(t, root)
+        body = build(m, root, short_id)
+        if mf.saved(t, root) is False and _listed(t, root) == _content(body):
+            return len(m.exported())
         t.mkdir(INDEX_DIR)
-        mf.write_atomic(t, index_path(root), build(m, root, short_id))
+        mf.write_atomic(t, index_path(root), body)
     except (ValueError, TargetError) as e:
         log.warning("%s: office index %s not written: %s", t.name, index_path(root), e)
         return -1
     return len(m.exported())
+
+
+def _content(raw: bytes | bytearray) -> dict | None:
+    """An index file's content, but when it was written; None when it is not one of ours."""
+    try:
+        data = safeparse.json_loads(raw, max_values=mf.MAX_VALUES)     # (a store's file: bounded)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        return None
+    data.pop("updated", None)
+    return data
+
+
+def _listed(t: Target, root: str) -> dict | None:
+    """The content of this recorder's index file on ``t`` now (_content); None when there is none or it is not
+    readable (then written again)."""
+    st = t.lstat(index_path(root))
+    if st is None or st.kind != "file" or st.size > mf.MAX_BYTES:
+        return None
+    try:
+        return _content(mf.read_file(t, index_path(root)))
+    except (TargetError, OSError, ValueError):
+        return None

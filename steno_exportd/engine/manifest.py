@@ -283,8 +283,18 @@ def write_files(target: Target, files: list[tuple[str, bytes]]) -> None:
 def save(target: Target, root: str, m: Manifest) -> None:
     """Rewrite SHA256SUMS and manifest.json atomically, in that order."""
     raw = json.dumps(m.to_json(), indent=1, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    saved = getattr(target, "manifests_saved", None)
+    if saved is not None:
+        saved.add(root)         # (before the writes: a save that failed half-way may have changed the store too)
     write_files(target, [(f"{root}/{SUMS}", m.sums_text().encode("utf-8")), (f"{root}/{MANIFEST}", raw)])
     _keep(target, root, raw)
+
+
+def saved(target: Target, root: str) -> bool | None:
+    """Whether this run saved (or tried to save) manifest.json in ``root``; None where the target keeps no record
+    (``manifests_saved``: the push targets, which write the office index after the run)."""
+    kept = getattr(target, "manifests_saved", None)
+    return None if kept is None else root in kept
 
 
 def entry(size: int, sha: str, renderer: str, version: str, template: str = "") -> dict[str, Any]:

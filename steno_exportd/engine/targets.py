@@ -80,7 +80,10 @@ class Target(Protocol):
                                                  # flight beside the one written (1: one after the other)
     # optional (read with getattr): marks_partial (default False), a <folder>.partial is built with our marker
     # (without: the recorder's own record, engine/begun.py, says which it began; keyed by place, default name);
-    # folder_alive(rel) -> bool, the folder still readable, reading as little as it can (default: its listing)
+    # folder_alive(rel) -> bool, the folder still readable, reading as little as it can (default: its listing);
+    # hash_checked (default False), a write's commit checks the store's own hash of the landed file (its handle's
+    # `verified`): a copy is hashed while sent even when its SHA-256 is remembered, which costs less than the
+    # read-back a remembered hash needs
 
     def lstat(self, rel: str) -> EntryStat | None: ...          # None when absent
     def exists(self, rel: str) -> bool: ...

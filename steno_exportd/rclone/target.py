@@ -80,6 +80,7 @@ class RcloneTarget:
     """``<remote.remote>`` (an rclone "NAME:path") through rclone rcd; the engine's Target protocol."""
 
     max_file_size: int | None = None
+    hash_checked = False                # set by connect(): the store keeps a hash each commit checks
     atomic_dir_rename = False           # set by connect() (_moves_folders): a WebDAV store, which moves a folder in
                                         # one request, gets a session built as <folder>.partial and moved into place;
                                         # elsewhere built in place (object stores copy a folder to move it)
@@ -104,6 +105,7 @@ class RcloneTarget:
         self._claimed: set[str] = set()
         self.manifests: dict[str, bytes] = {}  # manifest.json of a folder as this push read or saved it (manifest.
                                                # known(): the office index, written last, does not read it again)
+        self.manifests_saved: set[str] = set()  # the folders whose manifest.json this push saved (manifest.saved())
         self._dirs: set[str] = set()      # folders known to be there (a folder is not removed under a push)
         self._unmade: set[str] = set()    # <session>.partial folders of this push not made on the store yet: the
                                           # first upload into one makes it (rclone makes a file's folder first)
@@ -137,10 +139,15 @@ class RcloneTarget:
                               f"remote must name a folder", True) from None
         kept = [str(h).lower() for h in info.get("Hashes") or []]
         self.hash = next((h for h in HASHES if h in kept), None)
+        self.hash_checked = self.hash is not None       # (the engine's hint: see engine/targets.py)
         self.atomic_dir_rename = self._moves_folders(info)
-        self.rcd.call("operations/mkdir", {"fs": self.fs, "remote": ""})
-        r = self.rcd.call("operations/list", {"fs": self.fs, "remote": "", "opt": {"dirsOnly": True}}) or {}  # the login
-        # folders there now (the recorder's, the office index): no look-up before using them
+        # the login; the folders there now (the recorder's, the office index): no look-up before using them. The
+        # remote's folder is made only when missing (a push writes nothing on the store when nothing is new)
+        r = self.rcd.call("operations/list", {"fs": self.fs, "remote": "", "opt": {"dirsOnly": True}},
+                          missing_ok=True)
+        if r is None:
+            self.rcd.call("operations/mkdir", {"fs": self.fs, "remote": ""})
+            r = {}
         self._dirs = {d["Name"] for d in r.get("list") or [] if isinstance(d, dict) and d.get("IsDir") and d.get("Name")}
 
     def _moves_folders(self, info: dict) -> bool:

@@ -121,6 +121,7 @@ class SmbTarget:
         self.wire = False                  # smbwire.install() said ours are in (at connect)
         self.max_read = READ_CHUNK
         self.tag = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.manifests_saved: set[str] = set()  # the folders whose manifest.json this push saved (manifest.saved())
         self._reader: SmbTarget | None = None
         self._reader_lock = threading.Lock()
 

@@ -22,6 +22,7 @@ class DelayRelay:
         self._srv.listen(64)
         self.port = self._srv.getsockname()[1]
         self._socks: list[socket.socket] = []
+        self.sent = {"to_server": 0, "to_client": 0}      # bytes relayed each way (what a store sent back: to_client)
         self._stopped = False
         self._threads = [threading.Thread(target=self._accept, name="delay-accept", daemon=True)]
         self._threads[0].start()
@@ -40,19 +41,20 @@ class DelayRelay:
             for s in (a, b):
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._socks += [a, b]
-            for src, dst in ((a, b), (b, a)):
+            for src, dst, way in ((a, b, "to_server"), (b, a, "to_client")):
                 q: queue.Queue = queue.Queue()
-                for th in (threading.Thread(target=self._read, args=(src, q), name="delay-read", daemon=True),
+                for th in (threading.Thread(target=self._read, args=(src, q, way), name="delay-read", daemon=True),
                            threading.Thread(target=self._write, args=(dst, q), name="delay-write", daemon=True)):
                     self._threads.append(th)
                     th.start()
 
-    def _read(self, src: socket.socket, q: queue.Queue) -> None:
+    def _read(self, src: socket.socket, q: queue.Queue, way: str) -> None:
         while True:
             try:
                 data = src.recv(1 << 18)
             except OSError:
                 data = b""
+            self.sent[way] += len(data)     # (one reader thread per connection and way: += under the GIL)
             q.put((time.monotonic() + self.one_way, data))
             if not data:
                 return

@@ -115,9 +115,14 @@ def test_push_lands_verifies_and_is_incremental(rec):
                for s in manifest["sessions"].values() for name, f in s["files"].items())
     assert json.loads((folder / smbpush.CLAIM_NAME).read_text())["recorder_id"] == recorder_id(cfg.state.dir)
     before = stamps(folder)
+    index = root / "nas" / "_index" / "rec-a.json"
+    listed = index.read_bytes()
+    kept = (index.stat().st_ino, index.stat().st_mtime_ns)
 
     again = push(cfg)
     assert [r.skipped for r in again] == [True] * 3 and stamps(folder) == before     # nothing sent
+    # nor the office index written again: it lists what it would (a new version of it at every push, before)
+    assert index.read_bytes() == listed and (index.stat().st_ino, index.stat().st_mtime_ns) == kept
 
     gone = next(p for p in folder.rglob("audio.flac"))
     gone.unlink()
