@@ -77,10 +77,12 @@ def _content(raw: bytes | bytearray) -> dict | None:
 def _listed(t: Target, root: str) -> dict | None:
     """The content of this recorder's index file on ``t`` now (_content); None when there is none or it is not
     readable (then written again)."""
-    st = t.lstat(index_path(root))
-    if st is None or st.kind != "file" or st.size > mf.MAX_BYTES:
-        return None
     try:
-        return _content(mf.read_file(t, index_path(root)))
+        try:
+            raw = mf.read_small(t, index_path(root))
+        except NotImplementedError:
+            st = t.lstat(index_path(root))
+            raw = mf.read_file(t, index_path(root)) if st is not None and st.kind == "file" else None
+        return None if raw is None else _content(raw)
     except (TargetError, OSError, ValueError):
         return None

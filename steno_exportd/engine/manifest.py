@@ -191,8 +191,32 @@ def parse(raw: bytes | bytearray) -> Manifest:
     return Manifest(sessions, partial)
 
 
+def read_small(target: Target, rel: str, limit: int = MAX_BYTES) -> bytearray | None:
+    """A file of ours read at once on a target that can (``read_small``: a store, where a look-up first is one
+    round trip more, two for a name not there); None when it is not there; TargetError past ``limit``. A target
+    without it: NotImplementedError (the caller looks it up first)."""
+    small = getattr(target, "read_small", None)
+    if small is None:
+        raise NotImplementedError
+    raw = small(rel, limit + 1)
+    if raw is not None and len(raw) > limit:
+        raise TargetError(f"{rel} is larger than {limit >> 20} MiB")
+    return None if raw is None else bytearray(raw)
+
+
 def load(target: Target, root: str) -> Manifest:
     """Read the manifest; a missing or corrupt one is rebuilt from the target by hashing."""
+    if getattr(target, "read_small", None) is not None:
+        try:
+            raw = read_small(target, f"{root}/{MANIFEST}")
+            if raw is not None:
+                m = parse(raw)
+                _keep(target, root, bytes(raw))
+                return m
+        except (ValueError, TypeError, UnicodeDecodeError, TargetError) as e:
+            log.warning("manifest on %s unusable (%s): rebuilding it", target.name, e)
+            return rebuild(target, root, f"manifest unusable: {e}")
+        return rebuild(target, root, "") if _has_sums(target, root) else Manifest()
     st = target.lstat(f"{root}/{MANIFEST}")
     if st is not None and st.kind == "file":
         try:

@@ -86,7 +86,8 @@ def claim(t: RcloneTarget, folder: str, rid: str) -> None:
     if not rid:
         return
     rel = f"{folder}/{CLAIM_NAME}"
-    if t.lstat(rel) is None:
+    raw = t.read_small(rel, CLAIM_LIMIT)        # None: not there (read at once: no look-up first)
+    if raw is None:
         # written under a temp name, then renamed to the claim's name; the rename looks the name up first and
         # refuses to replace a claim there: two recorders given one folder name (a config copied to both) that
         # both found it unclaimed do not both take it, the second's rename finds the first's claim and its push
@@ -99,17 +100,13 @@ def claim(t: RcloneTarget, folder: str, rid: str) -> None:
         except TargetError:
             with contextlib.suppress(TargetError):
                 t.remove(temp)              # (else left: this host's temp file, which the next push removes)
-            if t.lstat(rel) is None:
+            raw = t.read_small(rel, CLAIM_LIMIT)
+            if raw is None:
                 raise                       # not refused for a claim there: the store's own fault
         else:
             log.info("%s: folder %s claimed for this recorder", t.name, folder)
             t.claimed(folder)
             return
-    h = t.open_read(rel)
-    try:
-        raw = h.read(CLAIM_LIMIT)
-    finally:
-        h.close()
     try:
         owner, host = claim_owner(raw)
     except ValueError:

@@ -298,6 +298,21 @@ class RcloneTarget:
     def open_read(self, rel: str, *, uncached: bool = False) -> "_RcloneRead":
         return _RcloneRead(self, rel)
 
+    def read_small(self, rel: str, limit: int) -> bytes | None:
+        """A small file's first ``limit`` bytes; None when it is not there. One look-up and one read of the store
+        (a look-up first, lstat(), was one request more, and two for a name not there); none for a name missing
+        from a folder only this push writes in (_absent)."""
+        if self._absent(rel):
+            return None
+        try:
+            h = _RcloneRead(self, rel, missing_ok=True)
+        except _Missing:
+            return None
+        try:
+            return h.read(limit)
+        finally:
+            h.close()
+
     def move(self, src: str, dst: str, *, free: bool = False, locked_again: bool = True) -> None:
         """Move a file; ``free``: dst is known absent, so rclone need not look it up first (one request less)."""
         self.rcd.call("operations/movefile", {"srcFs": self.fs, "srcRemote": self.rel(src), "dstFs": self.fs,
@@ -755,10 +770,15 @@ def _key(st: os.stat_result) -> tuple:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
-class _RcloneRead:
-    """A remote file streamed out of rclone (``--rc-serve``); an error or a short body is raised."""
+class _Missing(Exception):
+    """read_small(): the file is not there."""
 
-    def __init__(self, t: RcloneTarget, rel: str) -> None:
+
+class _RcloneRead:
+    """A remote file streamed out of rclone (``--rc-serve``); an error or a short body is raised (``missing_ok``:
+    _Missing for a file not there)."""
+
+    def __init__(self, t: RcloneTarget, rel: str, missing_ok: bool = False) -> None:
         self._t = t
         self._conn = t.rcd.connection()
         path = urllib.parse.quote(f"[{t.fs}]/{t.rel(rel)}")
@@ -771,6 +791,8 @@ class _RcloneRead:
         if self._r.status != 200:
             body = self._r.read(1 << 16)
             self._conn.close()
+            if missing_ok and self._r.status == 404:
+                raise _Missing(rel)
             raise RcloneError(f"{t.name}: cannot read {rel} back: HTTP {self._r.status} {error_text(body)}")
 
     def read(self, n: int = -1) -> bytes:

@@ -287,6 +287,37 @@ def test_a_persons_partial_folder_in_the_recorders_folder_survives_pushes(setup,
     assert_landed(folder, db)
 
 
+def webdav_push_requests(tmp: pathlib.Path, sizes: tuple[int, ...], formats: tuple[str, ...] = FORMATS,
+                         again: bool = False) -> int:
+    """The requests a push of recordings of ``sizes`` costs a WebDAV store (its own log), the push's first, or
+    (``again``) the next one, which finds nothing new."""
+    (tmp / "served").mkdir(parents=True)
+    srv = RcloneServer("webdav", tmp / "served", tmp, verbose=True)
+    srv.start()
+    try:
+        db = make_recorder(tmp / "rec", sizes=sizes)
+        cfg = make_cfg(tmp, db, srv.client_config(tmp / "rclone.conf"), f"{srv.remote}:office")
+        for last in ((False, True) if again else (True,)):
+            before = srv.requests()
+            res = push(cfg, options=ExportOptions()) if formats == FORMATS else _push_formats(cfg, formats)
+            assert [r.ok and r.skipped == again for r in res] == [True] * len(sizes) or not last, res
+            assert all(r.ok for r in res), [r.error for r in res]
+        return srv.requests() - before
+    finally:
+        srv.stop()
+
+
+def _push_formats(cfg: config.Config, formats: tuple[str, ...]) -> list:
+    targets = local()
+    targets.register(RcloneKind())
+    lib = Library.from_config(cfg)
+    try:
+        ids = tuple(s.id for s in lib.list_sessions(exportable_only=True))
+        return run_export(lib, SimpleSpec("rclone:cloud", ids, formats, ExportOptions()), cfg, targets=targets)
+    finally:
+        lib.close()
+
+
 def test_a_webdav_push_costs_few_store_requests_per_session(rclone_tmp, monkeypatch):
     """rclone's WebDAV backend starts one request per 10 ms at most: a session (one recording) costs at most ten
     requests of the store beyond the push's own (it cost 17: a look-up before its folder, a marker written and
@@ -295,29 +326,8 @@ def test_a_webdav_push_costs_few_store_requests_per_session(rclone_tmp, monkeypa
     from steno_exportd.rclone.target import RcloneTarget
     require_tool("rclone")
     monkeypatch.setattr(RcloneTarget, "save_every", 3600.0)      # the same saves in both pushes, however slow
-    counts = []
-    for n in (2, 6):
-        tmp = rclone_tmp / f"n{n}"
-        (tmp / "served").mkdir(parents=True)
-        srv = RcloneServer("webdav", tmp / "served", tmp, verbose=True)
-        srv.start()
-        try:
-            db = make_recorder(tmp / "rec", sizes=tuple((1 << 20) + i for i in range(n)))
-            cfg = make_cfg(tmp, db, srv.client_config(tmp / "rclone.conf"), f"{srv.remote}:office")
-            before = srv.requests()
-            lib = Library.from_config(cfg)
-            targets = local()
-            targets.register(RcloneKind())
-            try:
-                ids = tuple(s.id for s in lib.list_sessions(exportable_only=True))
-                res = run_export(lib, SimpleSpec("rclone:cloud", ids, ("audio",), ExportOptions()), cfg,
-                                 targets=targets)
-            finally:
-                lib.close()
-            assert [r.ok for r in res] == [True] * n, [r.error for r in res]
-            counts.append(srv.requests() - before)
-        finally:
-            srv.stop()
+    counts = [webdav_push_requests(rclone_tmp / f"n{n}", tuple((1 << 20) + i for i in range(n)), ("audio",))
+              for n in (2, 6)]
     per_session = (counts[1] - counts[0]) / 4
     assert per_session <= 10, (counts, per_session)
 
@@ -401,6 +411,19 @@ def test_a_push_that_finds_nothing_new_writes_nothing_on_the_store_not_even_the_
     finally:
         srv.stop()
 
+
+
+def test_a_push_that_finds_nothing_new_costs_one_store_request_per_session_and_nine_more(rclone_tmp):
+    """What a schedule or push-on-new finds most of the time, on a store where each request is a round trip (and
+    rclone's WebDAV starts one per 10 ms at most): each session's folder is listed once; beyond that the store's
+    root and the recorder's folder are listed and the claim, manifest.json and the office index read, each read one
+    look-up and one GET (a look-up first was one request more each: twelve). Counted in the WebDAV server's log."""
+    from tests.parts import require_tool
+    require_tool("rclone")
+    counts = [webdav_push_requests(rclone_tmp / f"n{n}", tuple((64 << 10) + i for i in range(n)), again=True)
+              for n in (2, 5)]
+    per_session = (counts[1] - counts[0]) / 3
+    assert per_session == 1 and counts[0] - 2 * per_session <= 9, counts
 
 def test_recordings_hashed_ahead_are_not_read_back_from_a_store_that_keeps_a_hash(rclone_tmp):
     """The daemon's background hasher (export.hash_ahead, on by default) remembers each recording's SHA-256 before a
