@@ -355,6 +355,48 @@ def test_a_webdav_push_builds_the_office_index_from_the_manifest_it_saved_not_re
         srv.stop()
 
 
+@pytest.mark.parametrize("change", ["added", "removed"])
+def test_the_office_index_after_a_save_said_failed_lists_the_manifest_the_store_holds(rclone_server, rclone_tmp,
+                                                                                      monkeypatch, change):
+    """A manifest save rclone reports failed though manifest.json reached the store (the store's answer to the move
+    lost on the way: rclone's retry of it finds its source gone): the office index written at the push's end lists
+    the meetings of the manifest.json the store holds, not those of the save before it (a person browsing the
+    index would miss a meeting the store records, or find one it no longer records: a session undone after the
+    first save, saved again without it)."""
+    from steno_exportd.engine import index, manifest as mf
+    from steno_exportd.rclone.target import RcloneTarget
+    t = _connected(rclone_server, rclone_tmp)
+    try:
+        m = mf.Manifest()
+        for u in ("u1", "u2"):
+            m.sessions[u] = {"id": 1, "title": u, "folder": f"Meeting {u}", "updated_at": "", "exported_at": "",
+                             "files": {"a.txt": mf.entry(1, "0" * 64, "txt", "1")}}
+        if change == "added":
+            del m.sessions["u2"]
+        mf.save(t, "x", m)
+        if change == "added":
+            m.sessions["u2"] = dict(m.sessions["u1"], title="u2", folder="Meeting u2")
+        else:
+            del m.sessions["u2"]
+        move = RcloneTarget.move
+
+        def answer_lost(self, src: str, dst: str, **kw) -> None:
+            move(self, src, dst, **kw)
+            if dst.endswith("/manifest.json"):
+                raise RcloneError("moving manifest.json: connection reset by peer")
+        monkeypatch.setattr(RcloneTarget, "move", answer_lost)
+        with pytest.raises(RcloneError):
+            mf.save(t, "x", m)
+        monkeypatch.setattr(RcloneTarget, "move", move)
+        index.write(t, "x", "0123")
+        office = rclone_server.served / "office"
+        on_store = sorted(json.loads((office / "x" / "manifest.json").read_text())["sessions"])
+        listed = sorted(e["uuid"] for e in json.loads((office / INDEX_DIR / "x.json").read_text())["meetings"])
+        assert listed == on_store == sorted(m.sessions), (listed, on_store)
+    finally:
+        t.close()
+
+
 def waiting(folder: pathlib.Path, fields: dict) -> list[str]:
     """Sessions reported written whose folder on the store still says "incomplete" (its marker, or its
     <folder>.partial name): what the manifest save they wait for finishes."""
