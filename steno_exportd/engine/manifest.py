@@ -152,12 +152,15 @@ def read(target: Target, root: str, *, found: bool = False) -> Manifest:
     return m
 
 
-def _keep(target: Target, root: str, raw: bytes) -> None:
+def _keep(target: Target, root: str, raw: bytes | None) -> None:
     """Remember manifest.json's bytes as this run read or wrote them, on a target that keeps them (``manifests``:
-    a store where reading it again is round trips, rclone's), for known()."""
+    a store where reading it again is round trips, rclone's), for known(); None: forget them (not known)."""
     kept = getattr(target, "manifests", None)
     if kept is not None:
-        kept[root] = raw
+        if raw is None:
+            kept.pop(root, None)
+        else:
+            kept[root] = raw
 
 
 def known(target: Target, root: str) -> Manifest | None:
@@ -305,11 +308,14 @@ def write_files(target: Target, files: list[tuple[str, bytes]]) -> None:
 
 
 def save(target: Target, root: str, m: Manifest) -> None:
-    """Rewrite SHA256SUMS and manifest.json atomically, in that order."""
+    """Rewrite SHA256SUMS and manifest.json atomically, in that order. The copy known() returns is forgotten
+    first: a save that fails may have put manifest.json in place all the same (a move whose answer was lost), so
+    after a failure the store's own is read again, never the one saved before."""
     raw = json.dumps(m.to_json(), indent=1, sort_keys=True, ensure_ascii=False).encode("utf-8")
     saved = getattr(target, "manifests_saved", None)
     if saved is not None:
         saved.add(root)         # (before the writes: a save that failed half-way may have changed the store too)
+    _keep(target, root, None)
     write_files(target, [(f"{root}/{SUMS}", m.sums_text().encode("utf-8")), (f"{root}/{MANIFEST}", raw)])
     _keep(target, root, raw)
 

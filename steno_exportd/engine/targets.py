@@ -52,7 +52,9 @@ class WriteHandle(Protocol):
     # every byte written next is the file open as ``fd`` (a regular file the caller opened at src without following
     # a symlink, fstat st; the caller closes it once the writes end): a target that copies a local file better
     # itself (rclone: no stream through this process) may do so from that file (a dup of ``fd``), never from the
-    # path, which may name another file by then; write() still gets each byte
+    # path, which may name another file by then; write() still gets each byte. Optional (read with getattr):
+    # reads_source (default False), such a target reads that file itself through the page cache (rclone): the
+    # engine's own reads beside it go through the cache too, sharing its pages (writer._direct_reader)
     def write(self, data: bytes | memoryview) -> None: ...
     def sync(self) -> None: ...                 # fsync the data
     def commit(self) -> None: ...               # rename to the final name, fsync the folder

@@ -125,7 +125,9 @@ def copy_into(ref: SourceRef, h: WriteHandle, *, tick: Tick = lambda n: None,
 
 def _direct_reader(fd: int, size: int, h: WriteHandle) -> int:
     """The descriptor to read a recording's bytes from: ``fd`` itself, or the same file opened again direct
-    (O_DIRECT: a descriptor of its own, so a target reading ``fd`` itself, rclone, keeps its buffered reads).
+    (O_DIRECT: a descriptor of its own). Never direct beside a target that reads the file itself (``reads_source``:
+    rclone, through the page cache, at most a few MiB behind these reads): read around the cache, every byte came
+    from the disk twice (an SD card), where through it rclone's reads find the pages these reads brought in.
 
     Direct when the file is large and its pages are not in the page cache (a recording made some time ago): the
     bytes then go from the disk into the copy's buffers, without the kernel copying them out of its cache, which
@@ -133,7 +135,8 @@ def _direct_reader(fd: int, size: int, h: WriteHandle) -> int:
     recording just made, or read by the background hasher) is read through it: memory is faster than the disk.
     Only from a block boundary with whole-block buffers; anything refused (tmpfs, /proc not there) stays buffered.
     """
-    if size < DIRECT_MIN or h.offset % DIRECT_ALIGN or h.chunk % DIRECT_ALIGN or _cached(fd, size):
+    if size < DIRECT_MIN or h.offset % DIRECT_ALIGN or h.chunk % DIRECT_ALIGN or getattr(h, "reads_source", False) \
+            or _cached(fd, size):
         return fd
     try:
         rfd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)

@@ -428,6 +428,8 @@ class _RcloneWrite:
     multipart upload), but those of a small file are kept and sent whole by sync(), again while the store answers
     423 Locked."""
 
+    reads_source = True     # rclone reads the copied recording through the page cache: the engine's reads share it
+
     def __init__(self, t: RcloneTarget, rel: str) -> None:
         self._t, self._rel = t, rel
         head, _, base = t.rel(rel).rpartition("/")
