@@ -408,6 +408,8 @@ def test_a_push_that_finds_nothing_new_writes_nothing_on_the_store_not_even_the_
         assert len(json.loads(index.read_text())["meetings"]) == 1
         assert [ln for ln in writes_of_a_push() if "PUT from" in ln]
         assert len(json.loads(index.read_text())["meetings"]) == 2
+    finally:
+        srv.stop()
 
 
 @pytest.mark.parametrize("change", ["added", "removed"])
@@ -485,7 +487,6 @@ def test_a_recording_not_in_memory_is_read_from_the_disk_once_when_rclone_copies
             assert read < size * 1.75, f"{read} bytes read from the disk for a recording of {size}"
     finally:
         srv.stop()
-
 
 
 def test_a_push_that_finds_nothing_new_costs_one_store_request_per_session_and_nine_more(rclone_tmp):
