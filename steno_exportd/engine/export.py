@@ -192,6 +192,12 @@ class Exporter:
                                                     # for the first session alone, which held up the next ones
         self.t.mkdir(self.root)
         entries = self.t.scandir(self.root)     # listed first: a store answers the manifest's look-ups from it
+        for name in (mf.SUMS, mf.MANIFEST):
+            # someone's folder under the name of ours: never replaced (a WebDAV MOVE would delete it first), and
+            # every save of the run would fail after its sessions were sent, in the store's words, run after run
+            if (st := entries.get(name)) is not None and st.kind == "dir":
+                raise TargetError(f"a folder named {name!r} is in the way of the export's own {name} in "
+                                  f"{self.root} on {self.t.name} (not ours, left alone): move it away")
         self.m = mf.load(self.t, self.root)
         self._clean_leftovers(entries)
         sessions = []

@@ -8,6 +8,7 @@ import json
 import os
 import pathlib
 import signal
+import subprocess
 import tempfile
 import threading
 import time
@@ -445,4 +446,39 @@ def test_a_hash_the_store_reports_reaches_the_log_printable(rclone_server, rclon
     assert all("evil" in m for m in mismatch), mismatch       # (rclone lower-cases a hash)
     raw = [m for m in mismatch if not m.isprintable()]
     assert not raw, f"the store's hash reached the log raw: {raw[0]!r}"
+    db.close()
+
+
+@pytest.mark.parametrize("name", ["manifest.json", "SHA256SUMS"])
+def test_a_folder_where_the_push_keeps_its_manifest_stops_it_before_it_sends_anything(rclone_server, rclone_tmp,
+                                                                                     name):
+    """Someone (a person, a sync client) makes a folder named manifest.json or SHA256SUMS in the recorder's folder
+    on the store and keeps a file of theirs in it. The push uploaded every new session, then its manifest save
+    failed on that folder ("is a directory not a file"), three attempts in a row, at every push, the sessions sent
+    each time and removed by the next. Now it stops before sending anything, saying which folder is in the way;
+    the folder stays as it is. Moved away, the next push lands every session once."""
+    from tests.rclone.test_push import _plant, make_cfg, push
+    from steno_exportd.engine.identity import recorder_folder
+    srv = rclone_server
+    db = make_recorder(rclone_tmp / "rec", sizes=(100_000, 100_500))
+    cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+    assert all(r.ok for r in push(cfg))
+    folder = srv.served / "office" / recorder_folder(cfg)
+    # through the store (rclone serve caches its listings: a change on its disk would not be seen)
+    subprocess.run(["rclone", "--config", cfg.rclone.config_file, "deletefile",
+                    f"{srv.remote}:office/{folder.name}/{name}"], check=True, capture_output=True, timeout=60)
+    _plant(srv, cfg, rclone_tmp, f"office/{folder.name}/{name}/theirs.txt")
+    db.session(title="Late", audio_format="flac", audio_size_bytes=50_000,
+               audio_file_path=db.audio("late.flac", _pseudo(50_000, 9)))
+    before = sorted(p.name for p in folder.iterdir())
+    with pytest.raises(TargetError) as e:
+        push(cfg, sleep=lambda s: None)
+    assert f"a folder named {name!r} is in the way" in str(e.value), str(e.value)
+    assert (folder / name / "theirs.txt").read_text() == "a person's own file\n"
+    assert sorted(p.name for p in folder.iterdir()) == before          # nothing sent
+    subprocess.run(["rclone", "--config", cfg.rclone.config_file, "purge",
+                    f"{srv.remote}:office/{folder.name}/{name}"], check=True, capture_output=True, timeout=60)
+    res = push(cfg)
+    assert [r.ok for r in res] == [True] * 3, [r.error for r in res]
+    assert_landed(folder, db)
     db.close()
