@@ -198,7 +198,10 @@ class Exporter:
             if (st := entries.get(name)) is not None and st.kind == "dir":
                 raise TargetError(f"a folder named {name!r} is in the way of the export's own {name} in "
                                   f"{self.root} on {self.t.name} (not ours, left alone): move it away")
-        self.m = mf.load(self.t, self.root)
+        try:
+            self.m = mf.load(self.t, self.root, cancelled=self._cancelled)    # (a rebuild reads the target's files)
+        except CancelledJob:
+            return []
         self._clean_leftovers(entries)
         sessions = []
         results: list[SessionResult] = []

@@ -482,3 +482,50 @@ def test_a_folder_where_the_push_keeps_its_manifest_stops_it_before_it_sends_any
     assert [r.ok for r in res] == [True] * 3, [r.error for r in res]
     assert_landed(folder, db)
     db.close()
+
+
+@pytest.mark.parametrize("rclone_server", ["webdav"], indirect=True)
+def test_a_cancel_stops_the_rebuild_of_an_unusable_manifest(rclone_server, rclone_tmp):
+    """The recorder's manifest.json on the store is unusable (a broken sync client), so the push rebuilds it by
+    reading back every file SHA256SUMS names, and the store's SHA256SUMS names a file of 200 GB (someone's, or a
+    store that lies about it). The user cancels: the push ended only once all of it had been read (an hour on a
+    LAN), holding the remote's lock, so no other push to it could start. Now it ends at the cancel."""
+    from tests.rclone.test_push import make_cfg, push
+    from steno_exportd.engine.identity import recorder_folder
+    from tests.smb.recorder import Progress
+    srv = rclone_server
+    db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
+    cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+    assert all(r.ok for r in push(cfg))
+    folder = srv.served / "office" / recorder_folder(cfg)
+    session = next(p for p in folder.iterdir() if p.is_dir())
+    srv.stop()                      # (changed on its disk while it is down: rclone serve caches its listings)
+    with open(session / "huge.bin", "wb") as f:
+        f.truncate(200 << 30)       # sparse: no disk space taken
+    with open(folder / "SHA256SUMS", "a") as f:
+        f.write(f"{'0' * 64}  {session.name}/huge.bin\n")
+    (folder / "manifest.json").write_text("{broken")
+    srv.start()
+    p = Progress()
+    done = threading.Event()
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            outcome.append(push(cfg, p, sleep=lambda s: None))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            outcome.append(e)
+        finally:
+            done.set()
+    pusher = threading.Thread(target=run)
+    pusher.start()
+    try:
+        assert not done.wait(3), f"the push ended before the cancel: {outcome}"
+        p.cancelled = True
+        assert done.wait(30), "the push went on reading the store's file after the cancel"
+    finally:
+        srv.stop()                  # (ends a read that a cancel did not)
+        pusher.join(60)
+    assert not isinstance(outcome[0], BaseException), outcome
+    assert not [r for r in outcome[0] if r.ok and not r.skipped], outcome
+    db.close()
