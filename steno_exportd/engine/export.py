@@ -767,6 +767,7 @@ class Exporter:
         name = safe_name(raw, f"Session {s.id}", limit=240)
         taken = set(self._root_names) | {e["folder"] for u, e in self.m.sessions.items() if u != s.uuid}
         taken |= {n[: -len(PARTIAL_SUFFIX)] for n in taken if n.endswith(PARTIAL_SUFFIX)}
+        taken |= {mf.MANIFEST, mf.SUMS}         # (a meeting titled so, named by title: the run's own files go there)
         # a folder we wrote before the manifest was lost: adopt it, named as we cut names now or as older
         # versions did (a long non-Latin title cut at 240 UTF-16 units, not bytes)
         for cut in dict.fromkeys((name, safe_name(raw, f"Session {s.id}", limit=240, units=OLD_UNITS))):

@@ -529,3 +529,26 @@ def test_a_cancel_stops_the_rebuild_of_an_unusable_manifest(rclone_server, rclon
     assert not isinstance(outcome[0], BaseException), outcome
     assert not [r for r in outcome[0] if r.ok and not r.skipped], outcome
     db.close()
+
+
+@pytest.mark.parametrize("title", ["manifest.json", "SHA256SUMS"])
+def test_a_meeting_titled_like_the_exports_own_files_gets_a_folder_of_its_own(rclone_server, rclone_tmp, title):
+    """An admin names session folders by title alone (folder_pattern "{title}") and a meeting is titled
+    "manifest.json" (or "SHA256SUMS"). Its folder took that name in the recorder's folder, where the push's own file
+    goes: on WebDAV the session failed ("a folder named 'manifest.json' appeared on the target meanwhile"), built in
+    place (SFTP) the manifest could not be saved over it. Its folder gets another name; the push lands."""
+    from tests.rclone.test_push import make_cfg, push
+    from steno_exportd.engine.identity import recorder_folder
+    srv = rclone_server
+    db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
+    db.session(title=title, audio_format="flac", audio_size_bytes=50_000,
+               audio_file_path=db.audio("named.flac", _pseudo(50_000, 9)))
+    cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+    by_title = ExportOptions(pattern="{title}")
+    res = push(cfg, sleep=lambda s: None, options=by_title)
+    assert [r.ok for r in res] == [True, True], [r.error for r in res]
+    folder = srv.served / "office" / recorder_folder(cfg)
+    assert_landed(folder, db)
+    assert (folder / "manifest.json").is_file() and (folder / "SHA256SUMS").is_file()
+    assert all(r.skipped for r in push(cfg, options=by_title))
+    db.close()
