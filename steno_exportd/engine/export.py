@@ -192,7 +192,16 @@ class Exporter:
                                                     # for the first session alone, which held up the next ones
         self.t.mkdir(self.root)
         entries = self.t.scandir(self.root)     # listed first: a store answers the manifest's look-ups from it
-        self.m = mf.load(self.t, self.root)
+        for name in (mf.SUMS, mf.MANIFEST):
+            # someone's folder under the name of ours: never replaced (a WebDAV MOVE would delete it first), and
+            # every save of the run would fail after its sessions were sent, in the store's words, run after run
+            if (st := entries.get(name)) is not None and st.kind == "dir":
+                raise TargetError(f"a folder named {name!r} is in the way of the export's own {name} in "
+                                  f"{self.root} on {self.t.name} (not ours, left alone): move it away")
+        try:
+            self.m = mf.load(self.t, self.root, cancelled=self._cancelled)    # (a rebuild reads the target's files)
+        except CancelledJob:
+            return []
         self._clean_leftovers(entries)
         sessions = []
         results: list[SessionResult] = []
@@ -763,6 +772,7 @@ class Exporter:
         name = safe_name(raw, f"Session {s.id}", limit=240)
         taken = set(self._root_names) | {e["folder"] for u, e in self.m.sessions.items() if u != s.uuid}
         taken |= {n[: -len(PARTIAL_SUFFIX)] for n in taken if n.endswith(PARTIAL_SUFFIX)}
+        taken |= {mf.MANIFEST, mf.SUMS}         # (a meeting titled so, named by title: the run's own files go there)
         # a folder we wrote before the manifest was lost: adopt it, named as we cut names now or as older
         # versions did (a long non-Latin title cut at 240 UTF-16 units, not bytes)
         for cut in dict.fromkeys((name, safe_name(raw, f"Session {s.id}", limit=240, units=OLD_UNITS))):

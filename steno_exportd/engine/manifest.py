@@ -8,11 +8,11 @@ import hashlib
 import json
 import logging
 import socket
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from steno_exportd import __version__, safeparse
 from steno_exportd.engine.targets import Target
-from steno_exportd.errors import TargetError
+from steno_exportd.errors import CancelledJob, TargetError
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +125,15 @@ def read_capped(chunks: Iterable[bytes], what: str, limit: int = MAX_BYTES) -> b
     return data
 
 
-def hash_target_file(target: Target, rel: str, uncached: bool = False) -> tuple[int, str]:
+def hash_target_file(target: Target, rel: str, uncached: bool = False,
+                     cancelled: Callable[[], bool] = lambda: False) -> tuple[int, str]:
+    """(size, sha256) of a file as the target returns it; CancelledJob once ``cancelled()``."""
     h = target.open_read(rel, uncached=uncached)
     digest, size = hashlib.sha256(), 0
     try:
         while True:
+            if cancelled():
+                raise CancelledJob("cancelled")
             b = h.read(4 << 20)
             if not b:
                 return size, digest.hexdigest()
@@ -207,8 +211,9 @@ def read_small(target: Target, rel: str, limit: int = MAX_BYTES) -> bytearray | 
     return None if raw is None else bytearray(raw)
 
 
-def load(target: Target, root: str) -> Manifest:
-    """Read the manifest; a missing or corrupt one is rebuilt from the target by hashing."""
+def load(target: Target, root: str, cancelled: Callable[[], bool] = lambda: False) -> Manifest:
+    """Read the manifest; a missing or corrupt one is rebuilt from the target by hashing (CancelledJob once
+    ``cancelled()``)."""
     if getattr(target, "read_small", None) is not None:
         try:
             raw = read_small(target, f"{root}/{MANIFEST}")
@@ -218,17 +223,17 @@ def load(target: Target, root: str) -> Manifest:
                 return m
         except (ValueError, TypeError, UnicodeDecodeError, TargetError) as e:
             log.warning("manifest on %s unusable (%s): rebuilding it", target.name, e)
-            return rebuild(target, root, f"manifest unusable: {e}")
-        return rebuild(target, root, "") if _has_sums(target, root) else Manifest()
+            return rebuild(target, root, f"manifest unusable: {e}", cancelled)
+        return rebuild(target, root, "", cancelled) if _has_sums(target, root) else Manifest()
     st = target.lstat(f"{root}/{MANIFEST}")
     if st is not None and st.kind == "file":
         try:
             return read(target, root, found=True)
         except (ValueError, TypeError, UnicodeDecodeError, TargetError) as e:
             log.warning("manifest on %s unusable (%s): rebuilding it", target.name, e)
-            return rebuild(target, root, f"manifest unusable: {e}")
-    return rebuild(target, root, "" if st is None else f"{MANIFEST} is not a file") if _has_sums(target, root) \
-        else Manifest()
+            return rebuild(target, root, f"manifest unusable: {e}", cancelled)
+    return rebuild(target, root, "" if st is None else f"{MANIFEST} is not a file", cancelled) \
+        if _has_sums(target, root) else Manifest()
 
 
 def _has_sums(target: Target, root: str) -> bool:
@@ -236,10 +241,11 @@ def _has_sums(target: Target, root: str) -> bool:
     return st is not None and st.kind == "file"
 
 
-def rebuild(target: Target, root: str, reason: str = "") -> Manifest:
+def rebuild(target: Target, root: str, reason: str = "", cancelled: Callable[[], bool] = lambda: False) -> Manifest:
     """Recover what we own from SHA256SUMS, keeping only files whose bytes still match. Reads no more than the
     target holds in use (``used_space()`` where it says): someone else's SHA256SUMS may name sparse files of
-    terabytes, or one file under many names, and hashing them took hours that no cancel stops."""
+    terabytes, or one file under many names, and hashing them took hours. A store does not say (rclone's), or
+    may lie: ``cancelled()`` stops the reads (CancelledJob), which went on to the end of what it served."""
     m = Manifest(rebuilt=True, problems=[reason] if reason else [])
     try:
         sums = read_sums(target, root)
@@ -252,6 +258,8 @@ def rebuild(target: Target, root: str, reason: str = "") -> Manifest:
         folder, _, name = rel.partition("/")
         if not name or not plain_name(folder) or not plain_name(name):
             continue
+        if cancelled():                 # (200,000 lines are as many look-ups, each a round trip on a store)
+            raise CancelledJob("cancelled")
         st = target.lstat(f"{root}/{rel}")
         if st is None or st.kind != "file":
             continue
@@ -259,7 +267,7 @@ def rebuild(target: Target, root: str, reason: str = "") -> Manifest:
             unread += 1                 # more than the target holds: not a file we wrote
             continue
         budget -= st.size
-        size, actual = hash_target_file(target, f"{root}/{rel}")
+        size, actual = hash_target_file(target, f"{root}/{rel}", cancelled=cancelled)
         if actual != sha:
             continue
         key = f"rebuilt:{folder}"

@@ -8,6 +8,7 @@ import json
 import os
 import pathlib
 import signal
+import subprocess
 import tempfile
 import threading
 import time
@@ -445,4 +446,109 @@ def test_a_hash_the_store_reports_reaches_the_log_printable(rclone_server, rclon
     assert all("evil" in m for m in mismatch), mismatch       # (rclone lower-cases a hash)
     raw = [m for m in mismatch if not m.isprintable()]
     assert not raw, f"the store's hash reached the log raw: {raw[0]!r}"
+    db.close()
+
+
+@pytest.mark.parametrize("name", ["manifest.json", "SHA256SUMS"])
+def test_a_folder_where_the_push_keeps_its_manifest_stops_it_before_it_sends_anything(rclone_server, rclone_tmp,
+                                                                                     name):
+    """Someone (a person, a sync client) makes a folder named manifest.json or SHA256SUMS in the recorder's folder
+    on the store and keeps a file of theirs in it. The push uploaded every new session, then its manifest save
+    failed on that folder ("is a directory not a file"), three attempts in a row, at every push, the sessions sent
+    each time and removed by the next. Now it stops before sending anything, saying which folder is in the way;
+    the folder stays as it is. Moved away, the next push lands every session once."""
+    from tests.rclone.test_push import _plant, make_cfg, push
+    from steno_exportd.engine.identity import recorder_folder
+    srv = rclone_server
+    db = make_recorder(rclone_tmp / "rec", sizes=(100_000, 100_500))
+    cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+    assert all(r.ok for r in push(cfg))
+    folder = srv.served / "office" / recorder_folder(cfg)
+    # through the store (rclone serve caches its listings: a change on its disk would not be seen)
+    subprocess.run(["rclone", "--config", cfg.rclone.config_file, "deletefile",
+                    f"{srv.remote}:office/{folder.name}/{name}"], check=True, capture_output=True, timeout=60)
+    _plant(srv, cfg, rclone_tmp, f"office/{folder.name}/{name}/theirs.txt")
+    db.session(title="Late", audio_format="flac", audio_size_bytes=50_000,
+               audio_file_path=db.audio("late.flac", _pseudo(50_000, 9)))
+    before = sorted(p.name for p in folder.iterdir())
+    with pytest.raises(TargetError) as e:
+        push(cfg, sleep=lambda s: None)
+    assert f"a folder named {name!r} is in the way" in str(e.value), str(e.value)
+    assert (folder / name / "theirs.txt").read_text() == "a person's own file\n"
+    assert sorted(p.name for p in folder.iterdir()) == before          # nothing sent
+    subprocess.run(["rclone", "--config", cfg.rclone.config_file, "purge",
+                    f"{srv.remote}:office/{folder.name}/{name}"], check=True, capture_output=True, timeout=60)
+    res = push(cfg)
+    assert [r.ok for r in res] == [True] * 3, [r.error for r in res]
+    assert_landed(folder, db)
+    db.close()
+
+
+@pytest.mark.parametrize("rclone_server", ["webdav"], indirect=True)
+def test_a_cancel_stops_the_rebuild_of_an_unusable_manifest(rclone_server, rclone_tmp):
+    """The recorder's manifest.json on the store is unusable (a broken sync client), so the push rebuilds it by
+    reading back every file SHA256SUMS names, and the store's SHA256SUMS names a file of 200 GB (someone's, or a
+    store that lies about it). The user cancels: the push ended only once all of it had been read (an hour on a
+    LAN), holding the remote's lock, so no other push to it could start. Now it ends at the cancel."""
+    from tests.rclone.test_push import make_cfg, push
+    from steno_exportd.engine.identity import recorder_folder
+    from tests.smb.recorder import Progress
+    srv = rclone_server
+    db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
+    cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+    assert all(r.ok for r in push(cfg))
+    folder = srv.served / "office" / recorder_folder(cfg)
+    session = next(p for p in folder.iterdir() if p.is_dir())
+    srv.stop()                      # (changed on its disk while it is down: rclone serve caches its listings)
+    with open(session / "huge.bin", "wb") as f:
+        f.truncate(200 << 30)       # sparse: no disk space taken
+    with open(folder / "SHA256SUMS", "a") as f:
+        f.write(f"{'0' * 64}  {session.name}/huge.bin\n")
+    (folder / "manifest.json").write_text("{broken")
+    srv.start()
+    p = Progress()
+    done = threading.Event()
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            outcome.append(push(cfg, p, sleep=lambda s: None))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            outcome.append(e)
+        finally:
+            done.set()
+    pusher = threading.Thread(target=run)
+    pusher.start()
+    try:
+        assert not done.wait(3), f"the push ended before the cancel: {outcome}"
+        p.cancelled = True
+        assert done.wait(30), "the push went on reading the store's file after the cancel"
+    finally:
+        srv.stop()                  # (ends a read that a cancel did not)
+        pusher.join(60)
+    assert not isinstance(outcome[0], BaseException), outcome
+    assert not [r for r in outcome[0] if r.ok and not r.skipped], outcome
+    db.close()
+
+
+@pytest.mark.parametrize("title", ["manifest.json", "SHA256SUMS"])
+def test_a_meeting_titled_like_the_exports_own_files_gets_a_folder_of_its_own(rclone_server, rclone_tmp, title):
+    """An admin names session folders by title alone (folder_pattern "{title}") and a meeting is titled
+    "manifest.json" (or "SHA256SUMS"). Its folder took that name in the recorder's folder, where the push's own file
+    goes: on WebDAV the session failed ("a folder named 'manifest.json' appeared on the target meanwhile"), built in
+    place (SFTP) the manifest could not be saved over it. Its folder gets another name; the push lands."""
+    from tests.rclone.test_push import make_cfg, push
+    from steno_exportd.engine.identity import recorder_folder
+    srv = rclone_server
+    db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
+    db.session(title=title, audio_format="flac", audio_size_bytes=50_000,
+               audio_file_path=db.audio("named.flac", _pseudo(50_000, 9)))
+    cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+    by_title = ExportOptions(pattern="{title}")
+    res = push(cfg, sleep=lambda s: None, options=by_title)
+    assert [r.ok for r in res] == [True, True], [r.error for r in res]
+    folder = srv.served / "office" / recorder_folder(cfg)
+    assert_landed(folder, db)
+    assert (folder / "manifest.json").is_file() and (folder / "SHA256SUMS").is_file()
+    assert all(r.skipped for r in push(cfg, options=by_title))
     db.close()
