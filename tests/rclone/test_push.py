@@ -2,6 +2,7 @@
 with MD5): land verified, send nothing twice, survive a server killed mid-upload, refuse a bad login."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -16,6 +17,7 @@ import sqlite3
 import subprocess
 import threading
 import time
+from typing import Iterator
 
 import pytest
 
@@ -31,6 +33,7 @@ from steno_exportd.errors import TargetFullError
 from steno_exportd.rclone.process import RcloneError, config_problems
 from tests import parts
 from tests.parts.rclone import RcloneServer
+from tests.recorder_db import RecorderDB
 from tests.smb.recorder import FORMATS, Progress, assert_landed, make_recorder, on_nas, stamps
 
 MACHINE_ID = "0123456789abcdef0123456789abcdef"
@@ -287,24 +290,34 @@ def test_a_persons_partial_folder_in_the_recorders_folder_survives_pushes(setup,
     assert_landed(folder, db)
 
 
-def webdav_push_requests(tmp: pathlib.Path, sizes: tuple[int, ...], formats: tuple[str, ...] = FORMATS,
-                         again: bool = False) -> int:
-    """The requests a push of recordings of ``sizes`` costs a WebDAV store (its own log), the push's first, or
-    (``again``) the next one, which finds nothing new."""
+@contextlib.contextmanager
+def verbose_webdav(tmp: pathlib.Path,
+                   sizes: tuple[int, ...]) -> Iterator[tuple[RcloneServer, RecorderDB, config.Config]]:
+    """A WebDAV store whose log names every request it answers (RcloneServer.requests()), a recorder with
+    recordings of ``sizes`` and a config pushing it to ``office`` there; the store stopped after."""
+    from tests.parts import require_tool
+    require_tool("rclone")
     (tmp / "served").mkdir(parents=True)
     srv = RcloneServer("webdav", tmp / "served", tmp, verbose=True)
     srv.start()
     try:
         db = make_recorder(tmp / "rec", sizes=sizes)
-        cfg = make_cfg(tmp, db, srv.client_config(tmp / "rclone.conf"), f"{srv.remote}:office")
+        yield srv, db, make_cfg(tmp, db, srv.client_config(tmp / "rclone.conf"), f"{srv.remote}:office")
+    finally:
+        srv.stop()
+
+
+def webdav_push_requests(tmp: pathlib.Path, sizes: tuple[int, ...], formats: tuple[str, ...] = FORMATS,
+                         again: bool = False) -> int:
+    """The requests a push of recordings of ``sizes`` costs a WebDAV store (its own log), the push's first, or
+    (``again``) the next one, which finds nothing new."""
+    with verbose_webdav(tmp, sizes) as (srv, db, cfg):
         for last in ((False, True) if again else (True,)):
             before = srv.requests()
             res = push(cfg, options=ExportOptions()) if formats == FORMATS else _push_formats(cfg, formats)
             assert [r.ok and r.skipped == again for r in res] == [True] * len(sizes) or not last, res
             assert all(r.ok for r in res), [r.error for r in res]
         return srv.requests() - before
-    finally:
-        srv.stop()
 
 
 def _push_formats(cfg: config.Config, formats: tuple[str, ...]) -> list:
@@ -336,14 +349,7 @@ def test_a_webdav_push_builds_the_office_index_from_the_manifest_it_saved_not_re
     """A push that adds a session to a folder on a WebDAV store writes the office index last from the manifest it
     saved, not read back from the store (three requests in a row at every push's end): the WebDAV server's own log
     of that push shows manifest.json read once, at its start; the index lists every meeting."""
-    from tests.parts import require_tool
-    require_tool("rclone")
-    (rclone_tmp / "served").mkdir()
-    srv = RcloneServer("webdav", rclone_tmp / "served", rclone_tmp, verbose=True)
-    srv.start()
-    try:
-        db = make_recorder(rclone_tmp / "rec", sizes=(1 << 20, (1 << 20) + 1))
-        cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+    with verbose_webdav(rclone_tmp, (1 << 20, (1 << 20) + 1)) as (srv, db, cfg):
         assert all(r.ok for r in push(cfg))
         audio = rclone_tmp / "rec" / "audio" / "late.flac"
         audio.write_bytes(os.urandom(1 << 20))
@@ -361,8 +367,6 @@ def test_a_webdav_push_builds_the_office_index_from_the_manifest_it_saved_not_re
         # read once: by the push's start (what the store holds), not again by the index
         gets = [t[0] for t in touched if t[1].startswith("GET")]
         assert len(gets) == 1 and gets[0].endswith("manifest.json"), [t for t in touched if "PROPFIND" not in t[1]]
-    finally:
-        srv.stop()
 
 
 
@@ -371,14 +375,7 @@ def test_a_push_that_finds_nothing_new_writes_nothing_on_the_store_not_even_the_
     nothing there: the office index is left as it is when it already lists what the push would write (a rewrite
     at every push is a new version of the file on a store that keeps versions, a change a sync client fetches, and
     eight requests in a row). One that finds it gone or stale writes it again. Seen in the WebDAV server's own log."""
-    from tests.parts import require_tool
-    require_tool("rclone")
-    (rclone_tmp / "served").mkdir()
-    srv = RcloneServer("webdav", rclone_tmp / "served", rclone_tmp, verbose=True)
-    srv.start()
-    try:
-        db = make_recorder(rclone_tmp / "rec", sizes=(1 << 20, (1 << 20) + 1))
-        cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+    with verbose_webdav(rclone_tmp, (1 << 20, (1 << 20) + 1)) as (srv, db, cfg):
         assert all(r.ok and not r.skipped for r in push(cfg))
         index = srv.served / "office" / INDEX_DIR / f"{recorder_folder(cfg)}.json"
         first = index.read_bytes()
@@ -408,8 +405,6 @@ def test_a_push_that_finds_nothing_new_writes_nothing_on_the_store_not_even_the_
         assert len(json.loads(index.read_text())["meetings"]) == 1
         assert [ln for ln in writes_of_a_push() if "PUT from" in ln]
         assert len(json.loads(index.read_text())["meetings"]) == 2
-    finally:
-        srv.stop()
 
 
 @pytest.mark.parametrize("change", ["added", "removed"])
