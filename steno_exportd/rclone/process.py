@@ -43,6 +43,11 @@ _NETWORK = re.compile(r"connection refused|no such host|network is unreachable|n
                       r"connection lost|connection closed|server closed", re.I)
 _LOCKED = re.compile(r": 423 Locked\b")     # rclone's text of a WebDAV answer "423 Locked" (case kept: not a title)
 _IS_FILE = re.compile(r"is a file not a directory", re.I)     # rclone's ErrorIsFile: a path names a file
+_READ_ONLY = re.compile(r"read[- ]only file ?system", re.I)
+# a write refused where the login could read; a write's "404 Not Found" is a Go WebDAV server's (rclone serve's) word for it
+_REFUSED = re.compile(r"(?i:forbidden|permission denied|access ?denied|insufficient ?permission)|: 404 Not Found\b")
+WRITES = ("operations/mkdir", "operations/uploadfile", "operations/copyfile", "operations/movefile",
+          "operations/deletefile", "operations/purge", "operations/rmdir", "sync/move")
 _CONFIG = re.compile(r"didn't find section in config file|config file .{0,40}not found|"
                      r"unknown backend|couldn't find type", re.I)
 
@@ -86,8 +91,9 @@ def error_text(body: bytes) -> str:
     return text if len(text) <= ERROR_TEXT else text[:ERROR_TEXT - 1] + "\u2026"
 
 
-def explain(code: int, err: str, where: str) -> TargetError:
-    """rclone's exit code and stderr as the error a person can act on."""
+def explain(code: int, err: str, where: str, *, write: bool = False) -> TargetError:
+    """rclone's exit code and stderr as the error a person can act on. ``write``: the store refused a write (after
+    the push's reads there: its login works), so a refusal (403 Forbidden, permission denied) is of writing there."""
     line = last_line(err) or f"rclone exited with status {code}"
     if _LOCKED.search(err):         # (first: the text names paths, whose digits and words the others could match)
         return RcloneError(f"{where}: a file or folder on the store is locked by another program (a document "
@@ -96,6 +102,9 @@ def explain(code: int, err: str, where: str) -> TargetError:
         return RcloneError(f"{where}: a file on the store is where a folder must be ({line})", True)
     if _CONFIG.search(err):
         return RcloneError(f"{where}: the rclone remote is not set up in the rclone config ({line})", True)
+    if _READ_ONLY.search(err) or (write and _REFUSED.search(err) and not _EXPIRED.search(err)):
+        return RcloneError(f"{where}: the store refuses to save files there (read-only, or no permission to write "
+                           f"in that folder) ({line})", True)
     if _AUTH.search(err):
         if _EXPIRED.search(err):
             return RcloneError(f"{where}: the store's login has expired; renew it with 'rclone config reconnect' "
@@ -223,12 +232,12 @@ class Rcd:
                 body = r.read(OUTPUT_LIMIT + 1)
             except (OSError, http.client.HTTPException) as e:
                 raise RcloneError(f"{self.where}: rclone stopped answering ({e})") from e
-            return self.answer(r.status, body, missing_ok=missing_ok)
+            return self.answer(r.status, body, missing_ok=missing_ok, write=method in WRITES)
         finally:
             conn.close()
 
-    def answer(self, status: int, body: bytes, *, missing_ok: bool = False) -> dict | None:
-        """A remote-control answer as a dict, or the explained error it carries."""
+    def answer(self, status: int, body: bytes, *, missing_ok: bool = False, write: bool = False) -> dict | None:
+        """A remote-control answer as a dict, or the explained error it carries (``write``: of a write, see explain)."""
         if len(body) > OUTPUT_LIMIT:
             raise RcloneError(f"{self.where}: rclone's answer is larger than {OUTPUT_LIMIT} bytes", True)
         data = _answer_json(body)
@@ -236,10 +245,10 @@ class Rcd:
             return data
         if missing_ok and status == 404:
             return None
-        return self.fail(str(data.get("error") or f"HTTP {status}"), status)
+        return self.fail(str(data.get("error") or f"HTTP {status}"), status, write=write)
 
-    def fail(self, err: str, status: int = 500) -> "typing.NoReturn":
-        raise explain(3 if status == 404 else 0, err, self.where)
+    def fail(self, err: str, status: int = 500, *, write: bool = False) -> "typing.NoReturn":
+        raise explain(3 if status == 404 else 0, err, self.where, write=write)
 
     def close(self) -> None:
         """End rclone rcd (and anything it started); reap it."""

@@ -563,7 +563,7 @@ class _RcloneWrite:
             self._follow(None)
             status = self._ended or {}
             if not status.get("success"):
-                self._t.rcd.fail(str(status.get("error") or "the copy failed"))
+                self._t.rcd.fail(str(status.get("error") or "the copy failed"), write=True)
             assert self._src is not None
             src, own, key = self._src
             if _key(os.fstat(own)) != key:
@@ -622,7 +622,7 @@ class _RcloneWrite:
         assert self._conn is not None
         try:
             r = self._conn.getresponse()
-            self._t.rcd.answer(r.status, r.read(1 << 20))
+            self._t.rcd.answer(r.status, r.read(1 << 20), write=True)
         except TargetError as err:
             return err
         except (OSError, ValueError, http.client.HTTPException):
@@ -689,7 +689,7 @@ class _RcloneWrite:
             raise self._failed(e) from e
         finally:
             self._conn.close()
-        self._t.rcd.answer(r.status, body)
+        self._t.rcd.answer(r.status, body, write=True)
 
     def _await_answer(self) -> None:
         """Wait until rclone answers the ended stream. Where the store cannot take a stream of unknown size
