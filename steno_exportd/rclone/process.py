@@ -20,12 +20,14 @@ from typing import IO, Any, Callable
 
 from steno_exportd import safeparse
 from steno_exportd.config import Config, RcloneRemote
+from steno_exportd.engine import targets
 from steno_exportd.errors import TargetError, TargetFullError
 
 log = logging.getLogger(__name__)
 
 STDERR_KEEP = 16 * 1024             # the tail of rclone's stderr kept for the message
 OUTPUT_LIMIT = 64 * 1024 * 1024     # a listing or small file read at most this big
+ENTRY_KEY = b'"IsDir":'             # once in each entry of a listing's answer, nowhere else (a name's quotes are escaped)
 ERROR_TEXT = 300                    # characters of a store's error text kept for a message
 LOCK_WAIT = 3.0                     # seconds an operation on the store is made again while the store answers 423
                                     # Locked (a WebDAV lock there)
@@ -195,17 +197,18 @@ class Rcd:
     def headers(self) -> dict[str, str]:
         return {"Authorization": self._auth}
 
-    def call(self, method: str, params: dict, *, missing_ok: bool = False, locked_again: bool = True
-             ) -> dict | None:
-        """One remote-control call; its JSON answer, None when missing_ok and the path is not there. An operation
+    def call(self, method: str, params: dict, *, missing_ok: bool = False, locked_again: bool = True,
+             listing: str | None = None) -> dict | None:
+        """One remote-control call; its JSON answer, None when missing_ok and the path is not there. ``listing``: the
+        folder an operations/list reads (for its error past MAX_ENTRIES, see _body). An operation
         the store refused because a file or folder there was locked (WebDAV's 423: a lock another client holds, or
         one the server takes for a moment while it answers another request; rclone's own retries of it are off,
         see --low-level-retries) was not done: it is made again for up to LOCK_WAIT seconds (not when
         ``locked_again`` is False: a move whose free destination was looked up before, which a lock there may mean
         someone is taking)."""
         if not locked_again or not method.startswith(("operations/", "sync/")):
-            return self._call(method, params, missing_ok=missing_ok)
-        return self.unlocked(lambda: self._call(method, params, missing_ok=missing_ok), method)
+            return self._call(method, params, missing_ok=missing_ok, listing=listing)
+        return self.unlocked(lambda: self._call(method, params, missing_ok=missing_ok, listing=listing), method)
 
     def unlocked(self, fn: Callable[[], Any], what: str) -> Any:
         """fn() (an operation on the store), made again while the store answers 423 Locked, until LOCK_WAIT seconds
@@ -222,19 +225,36 @@ class Rcd:
                 time.sleep(min(pause, left))
                 pause *= 2
 
-    def _call(self, method: str, params: dict, *, missing_ok: bool = False) -> dict | None:
+    def _call(self, method: str, params: dict, *, missing_ok: bool = False, listing: str | None = None
+              ) -> dict | None:
         conn = self.connection()
         try:
             try:
                 conn.request("POST", f"/{method}", body=json.dumps(params).encode(),
                              headers={**self.headers(), "Content-Type": "application/json"})
                 r = conn.getresponse()
-                body = r.read(OUTPUT_LIMIT + 1)
+                body = self._body(r, listing)
             except (OSError, http.client.HTTPException) as e:
                 raise RcloneError(f"{self.where}: rclone stopped answering ({e})") from e
             return self.answer(r.status, body, missing_ok=missing_ok, write=method in WRITES)
         finally:
             conn.close()
+
+    @staticmethod
+    def _body(r: http.client.HTTPResponse, listing: str | None) -> bytes:
+        """An answer's body (at most OUTPUT_LIMIT + 1 bytes); a listing's only up to MAX_ENTRIES entries: past them,
+        too_many_entries(``listing``) and the rest not read (rclone answers a folder's listing whole: someone's
+        folder of a million files is ~100 MB of JSON, which read and parsed here outgrew a recorder's memory)."""
+        if listing is None or r.status != 200:
+            return r.read(OUTPUT_LIMIT + 1)
+        body, entries = bytearray(), 0
+        while len(body) <= OUTPUT_LIMIT and (chunk := r.read(1 << 20)):
+            start = max(0, len(body) - len(ENTRY_KEY) + 1)      # (a key cut between two chunks counts once)
+            body += chunk
+            entries += body.count(ENTRY_KEY, start)
+            if entries > targets.MAX_ENTRIES:
+                raise targets.too_many_entries(listing)
+        return bytes(body)
 
     def answer(self, status: int, body: bytes, *, missing_ok: bool = False, write: bool = False) -> dict | None:
         """A remote-control answer as a dict, or the explained error it carries (``write``: of a write, see explain)."""

@@ -144,7 +144,7 @@ class RcloneTarget:
         # the login; the folders there now (the recorder's, the office index): no look-up before using them. The
         # remote's folder is made only when missing (a push writes nothing on the store when nothing is new)
         r = self.rcd.call("operations/list", {"fs": self.fs, "remote": "", "opt": {"dirsOnly": True}},
-                          missing_ok=True)
+                          missing_ok=True, listing=split_remote(self.fs)[1].strip("/"))
         if r is None:
             self.rcd.call("operations/mkdir", {"fs": self.fs, "remote": ""})
             r = {}
@@ -228,7 +228,8 @@ class RcloneTarget:
         if self.rel(rel) in self._unmade:
             return {}
         r = self.rcd.call("operations/list", {"fs": self.fs, "remote": self.rel(rel),
-                                              "opt": {"noMimeType": True, "noModTime": True}}, missing_ok=True)
+                                              "opt": {"noMimeType": True, "noModTime": True}}, missing_ok=True,
+                          listing=self.rel(rel))
         if r is None:
             raise TargetError(f"{self.name}: folder not found: {rel}")
         out = {d["Name"]: self._entry(d) for d in r.get("list") or [] if isinstance(d, dict) and d.get("Name")}

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -551,4 +552,64 @@ def test_a_meeting_titled_like_the_exports_own_files_gets_a_folder_of_its_own(rc
     assert_landed(folder, db)
     assert (folder / "manifest.json").is_file() and (folder / "SHA256SUMS").is_file()
     assert all(r.skipped for r in push(cfg, options=by_title))
+    db.close()
+
+
+def _many_files(folder: pathlib.Path, n: int) -> None:
+    folder.mkdir(parents=True)
+    for i in range(n):
+        (folder / f"photo-{i:05d}.jpg").write_bytes(b"")
+
+
+def test_a_folder_of_more_entries_than_a_recorder_writes_in_its_folder_is_left_alone_and_the_push_lands(
+        rclone_server, rclone_tmp, monkeypatch, caplog):
+    """Someone leaves a '<name>.partial' folder of many files in the recorder's folder (a sync client's dump). rclone
+    answers a listing whole, in one JSON answer, and the push read every entry of it (up to 64 MiB of them, half a
+    million, parsed at once: hundreds of MB on a recorder); on SMB and sticks a listing stops past MAX_ENTRIES. Now
+    the rclone push reads a listing only up to MAX_ENTRIES entries (made small here): the folder is left alone with
+    one line saying why, as on SMB, and the sessions land."""
+    from tests.rclone.test_push import make_cfg, push
+    from steno_exportd.engine import targets
+    from steno_exportd.engine.identity import recorder_folder
+    srv = rclone_server
+    monkeypatch.setattr(targets, "MAX_ENTRIES", 40)
+    db = make_recorder(rclone_tmp / "rec", sizes=(100_000, 100_500))
+    cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+    rec = recorder_folder(cfg)
+    folder = srv.served / "office" / rec
+    _many_files(folder / "Big.partial", 41)
+    with caplog.at_level("INFO", logger="steno_exportd"):
+        res = push(cfg, sleep=lambda s: None)
+    assert [(r.ok, r.error) for r in res] == [(True, "")] * 2, res
+    said = [r.getMessage() for r in caplog.records if "Big.partial" in r.getMessage() and "left alone" in r.getMessage()]
+    assert said == [f"rclone:cloud: {rec}/Big.partial left alone: {rec}/Big.partial holds more than 40 entries: not a "
+                    f"folder this recorder writes"], said
+    assert len(list((folder / "Big.partial").iterdir())) == 41
+    shutil.rmtree(folder / "Big.partial")
+    assert_landed(folder, db)
+    db.close()
+
+
+def test_a_recorder_folder_of_more_entries_than_a_recorder_writes_stops_the_push_with_a_clear_error(
+        rclone_server, rclone_tmp, monkeypatch):
+    """The recorder's folder itself holds more entries than a recorder writes (someone's files copied into it, or
+    the remote pointed at a folder of everything): its listing was read whole, however long. Now it stops past
+    MAX_ENTRIES (made small here), the push fails at once with that said, and nothing there is touched."""
+    from tests.rclone.test_push import make_cfg, push
+    from steno_exportd.engine import targets
+    from steno_exportd.engine.identity import recorder_folder
+    srv = rclone_server
+    monkeypatch.setattr(targets, "MAX_ENTRIES", 40)
+    db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
+    cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+    rec = recorder_folder(cfg)
+    folder = srv.served / "office" / rec
+    _many_files(folder, 45)
+    before = snapshot(folder)
+    waits: list[float] = []
+    with pytest.raises(TargetError) as e:
+        push(cfg, sleep=waits.append)
+    assert str(e.value) == f"{rec} holds more than 40 entries: not a folder this recorder writes", str(e.value)
+    assert waits == []
+    assert {k: v for k, v in snapshot(folder).items() if k != CLAIM_NAME} == before
     db.close()
