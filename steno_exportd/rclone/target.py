@@ -29,7 +29,6 @@ import http.client
 import itertools
 import logging
 import os
-import socket
 import stat as stat_mod
 import threading
 import time
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from steno_exportd import sockwait
+from steno_exportd.engine.identity import host_folder
 from steno_exportd.engine.targets import MARKER, PARTIAL_SUFFIX, TEMP_PREFIX, EntryStat, check_rel
 from steno_exportd.errors import CancelledJob, InvalidArgument, SourceError, TargetError
 from steno_exportd.rclone.process import Rcd, RcloneError, error_text, is_file
@@ -96,7 +96,8 @@ class RcloneTarget:
         self.name = name or rcd.where
         self.place = place or base        # the store's folder, however a remote spells it: the recorder's own
                                           # record of the .partial folders it began there is kept by it
-        self.tag = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.tag = f"{host_folder()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"   # (the host name as a safe name: the
+                                                                              # kernel takes any bytes, "/" too)
         self.hash: str | None = None
         self._seq = itertools.count(1)
         self._files: set[str] = set()     # files this push committed (known to be files, not folders)
@@ -288,7 +289,7 @@ class RcloneTarget:
 
     def own_temp(self, name: str) -> bool:
         """Temp files this host's pushes leave after a drop (another host's are not ours to remove)."""
-        return name.startswith(f"{TEMP_PREFIX}{socket.gethostname()}-")
+        return name.startswith(f"{TEMP_PREFIX}{host_folder()}-")
 
     def temp_name(self) -> str:
         return f"{TEMP_PREFIX}{self.tag}-{next(self._seq)}.part"

@@ -9,6 +9,7 @@ import os
 import pathlib
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -21,6 +22,7 @@ from steno_exportd import config
 from steno_exportd.engine import writer
 from steno_exportd.engine.export import SimpleSpec, run_export
 from steno_exportd.engine.identity import CLAIM_NAME
+from steno_exportd.engine.index import INDEX_DIR
 from steno_exportd.engine.options import ExportOptions
 from steno_exportd.engine.registry import local
 from steno_exportd.errors import CancelledJob, TargetError
@@ -612,4 +614,29 @@ def test_a_recorder_folder_of_more_entries_than_a_recorder_writes_stops_the_push
     assert str(e.value) == f"{rec} holds more than 40 entries: not a folder this recorder writes", str(e.value)
     assert waits == []
     assert {k: v for k, v in snapshot(folder).items() if k != CLAIM_NAME} == before
+    db.close()
+
+
+@pytest.mark.parametrize("host", ["desk/42", "desk\udcff42"])        # (a name of bytes not UTF-8: surrogate escapes)
+@pytest.mark.parametrize("rclone_server", ["webdav"], indirect=True)
+def test_a_host_name_no_file_name_can_hold_makes_no_stray_folder_on_the_store(rclone_server, rclone_tmp, monkeypatch,
+                                                                             host):
+    """The push's temp names on the store hold the host name, which the kernel takes of any bytes (sethostname(2)).
+    A host named "desk/42" had its claim uploaded as ".steno-tmp-desk/42-...", in a folder ".steno-tmp-desk" left
+    on the store, and the push failed ("rclone:cloud: object not found"); one of bytes not UTF-8 failed with
+    UnicodeEncodeError (the recorder's folder name, the manifest's "host"). Now the host's part of a temp name is a
+    safe name and its name is text: the push lands, and nothing but its files is left on the store."""
+    from tests.rclone.test_push import make_cfg, push
+    from steno_exportd.engine.identity import recorder_folder
+    srv = rclone_server
+    monkeypatch.setattr(socket, "gethostname", lambda: host)
+    db = make_recorder(rclone_tmp / "rec", sizes=(100_000, 100_500))
+    cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+    res = push(cfg, sleep=lambda s: None)
+    assert [(r.ok, r.error) for r in res] == [(True, "")] * 2, res
+    folder = srv.served / "office" / recorder_folder(cfg)
+    assert_landed(folder, db)
+    stray = [p.relative_to(srv.served).as_posix() for p in srv.served.rglob("*") if p.name.startswith(".steno-tmp")]
+    assert stray == [], stray
+    assert sorted(p.name for p in (srv.served / "office").iterdir()) == sorted([folder.name, INDEX_DIR])
     db.close()
