@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 STDERR_KEEP = 16 * 1024             # the tail of rclone's stderr kept for the message
 OUTPUT_LIMIT = 64 * 1024 * 1024     # a listing or small file read at most this big
-ENTRY_KEY = b'"IsDir":'             # once in each entry of a listing's answer, nowhere else (a name's quotes are escaped)
+ENTRY_KEY = b'"IsDir":'             # once in each entry of a listing's answer, nowhere else (names' quotes: escaped)
 ERROR_TEXT = 300                    # characters of a store's error text kept for a message
 LOCK_WAIT = 3.0                     # seconds an operation on the store is made again while the store answers 423
                                     # Locked (a WebDAV lock there)
@@ -46,7 +46,7 @@ _NETWORK = re.compile(r"connection refused|no such host|network is unreachable|n
 _LOCKED = re.compile(r": 423 Locked\b")     # rclone's text of a WebDAV answer "423 Locked" (case kept: not a title)
 _IS_FILE = re.compile(r"is a file not a directory", re.I)     # rclone's ErrorIsFile: a path names a file
 _READ_ONLY = re.compile(r"read[- ]only file ?system", re.I)
-# a write refused where the login could read; a write's "404 Not Found" is a Go WebDAV server's (rclone serve's) word for it
+# a write refused where the login could read (a write's "404 Not Found": a Go WebDAV server's, rclone serve's, refusal)
 _REFUSED = re.compile(r"(?i:forbidden|permission denied|access ?denied|insufficient ?permission)|: 404 Not Found\b")
 WRITES = ("operations/mkdir", "operations/uploadfile", "operations/copyfile", "operations/movefile",
           "operations/deletefile", "operations/purge", "operations/rmdir", "sync/move")

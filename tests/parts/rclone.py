@@ -2,7 +2,9 @@
 naming them, as an admin's rclone.conf would (TESTING.md: real parts)."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import http.server
 import os
 import pathlib
 import re
@@ -10,6 +12,7 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+import threading
 from typing import Iterator
 
 import pytest
@@ -76,6 +79,21 @@ class RcloneServer:
         path.write_text(f"[{self.remote}]\n{body}user = {self.user}\npass = {obscured}\n")
         os.chmod(path, 0o600)
         return path
+
+
+@contextlib.contextmanager
+def serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[int]:
+    """An HTTP server of the test's own (a store, or a server in front of one) answering with ``handler`` on a
+    loopback port, in a thread, shut down afterwards; its port."""
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield srv.server_address[1]
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(10)
 
 
 @pytest.fixture

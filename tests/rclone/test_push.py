@@ -32,7 +32,7 @@ from steno_exportd.rclone.kind import RcloneKind
 from steno_exportd.errors import TargetFullError
 from steno_exportd.rclone.process import RcloneError, config_problems
 from tests import parts
-from tests.parts.rclone import RcloneServer
+from tests.parts.rclone import RcloneServer, serving
 from tests.smb.recorder import FORMATS, Progress, assert_landed, make_recorder, on_nas, stamps
 
 MACHINE_ID = "0123456789abcdef0123456789abcdef"
@@ -749,8 +749,9 @@ def _writes_forbidden(srv: RcloneServer) -> Iterator[int]:
                 status, out = 403, b"Forbidden"
             else:
                 c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
-                c.request(self.command, self.path, body=body, headers={
-                    k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection", "transfer-encoding")})
+                c.request(self.command, self.path, body=body, headers={k: v for k, v in self.headers.items() if
+                                                                       k.lower() not in ("host", "connection",
+                                                                                         "transfer-encoding")})
                 r = c.getresponse()
                 status, out = r.status, r.read()
                 headers = [(k, v) for k, v in r.getheaders()
@@ -768,15 +769,8 @@ def _writes_forbidden(srv: RcloneServer) -> Iterator[int]:
 
         def log_message(self, *a) -> None:
             pass
-    front = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Front)
-    serving = threading.Thread(target=front.serve_forever, daemon=True)
-    serving.start()
-    try:
-        yield front.server_address[1]
-    finally:
-        front.shutdown()
-        front.server_close()
-        serving.join(10)
+    with serving(Front) as port:
+        yield port
 
 
 REFUSALS = ("webdav read-only", "sftp read-only", "sftp folder not writable", "webdav 403")

@@ -30,6 +30,7 @@ from steno_exportd.library import Library
 from steno_exportd.rclone.kind import RcloneKind
 from steno_exportd.rclone.process import RcloneError
 from steno_exportd.rclone.target import RcloneTarget, _RcloneWrite
+from tests.parts.rclone import serving
 from tests.parts.smbdata import _pseudo
 from tests.rclone.test_push import _connected, cfg_for
 from tests.smb.recorder import FORMATS, assert_landed, make_recorder
@@ -343,21 +344,13 @@ def hostile_store(status: int, words: str) -> Iterator[pathlib.Path]:
 
         def log_message(self, *a) -> None:
             pass
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hostile)
-    serving = threading.Thread(target=srv.serve_forever, daemon=True)
-    serving.start()
-    try:
-        with tempfile.TemporaryDirectory(prefix="steno-hostile-") as d:
-            conf = pathlib.Path(d) / "rclone.conf"
-            obscured = subprocess.run(["rclone", "obscure", "pw"], check=True, capture_output=True, text=True).stdout
-            conf.write_text(f"[nas]\ntype = webdav\nurl = http://127.0.0.1:{srv.server_address[1]}/\n"
-                            f"vendor = other\nuser = u\npass = {obscured.strip()}\n")
-            os.chmod(conf, 0o600)
-            yield conf
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        serving.join(10)
+    with serving(Hostile) as port, tempfile.TemporaryDirectory(prefix="steno-hostile-") as d:
+        conf = pathlib.Path(d) / "rclone.conf"
+        obscured = subprocess.run(["rclone", "obscure", "pw"], check=True, capture_output=True, text=True).stdout
+        conf.write_text(f"[nas]\ntype = webdav\nurl = http://127.0.0.1:{port}/\n"
+                        f"vendor = other\nuser = u\npass = {obscured.strip()}\n")
+        os.chmod(conf, 0o600)
+        yield conf
 
 
 @pytest.mark.parametrize("status", [403, 507, 500])
@@ -583,7 +576,7 @@ def test_a_folder_of_more_entries_than_a_recorder_writes_in_its_folder_is_left_a
     with caplog.at_level("INFO", logger="steno_exportd"):
         res = push(cfg, sleep=lambda s: None)
     assert [(r.ok, r.error) for r in res] == [(True, "")] * 2, res
-    said = [r.getMessage() for r in caplog.records if "Big.partial" in r.getMessage() and "left alone" in r.getMessage()]
+    said = [m for m in (r.getMessage() for r in caplog.records) if "Big.partial" in m and "left alone" in m]
     assert said == [f"rclone:cloud: {rec}/Big.partial left alone: {rec}/Big.partial holds more than 40 entries: not a "
                     f"folder this recorder writes"], said
     assert len(list((folder / "Big.partial").iterdir())) == 41
