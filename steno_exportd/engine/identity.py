@@ -62,9 +62,16 @@ def this_recorder(cfg: Config) -> str:
     return recorder_id(cfg.state.dir, cfg.recorder.machine_id_file)
 
 
+def host_name() -> str:
+    """This host's name as text: the kernel takes any bytes as one, and those not UTF-8 (Python's surrogate escapes,
+    which no UTF-8 file or request can hold) are U+FFFD."""
+    return socket.gethostname().encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def host_folder() -> str:
-    """The folder name versions before the fleet folders used by default: the bare host name."""
-    return safe_name(socket.gethostname(), "recorder")
+    """The folder name versions before the fleet folders used by default: the bare host name (as a safe name: also
+    the host's part of the rclone push's temp names)."""
+    return safe_name(host_name(), "recorder")
 
 
 def recorder_folder(cfg: Config, rid: str | None = None) -> str:
@@ -73,13 +80,13 @@ def recorder_folder(cfg: Config, rid: str | None = None) -> str:
     if cfg.smb.recorder_folder:
         return safe_name(cfg.smb.recorder_folder, "recorder")
     rid = this_recorder(cfg) if rid is None else rid
-    host = socket.gethostname() or "recorder"
+    host = host_name() or "recorder"
     return safe_name(f"{host}-{rid[:SHORT]}" if rid else host, "recorder")
 
 
 def claim_body(rid: str) -> bytes:
     """The claim file of this recorder's folder on a remote."""
-    return json.dumps({"recorder_id": rid, "host": socket.gethostname(), "claimed": time.time()},
+    return json.dumps({"recorder_id": rid, "host": host_name(), "claimed": time.time()},
                       indent=1, sort_keys=True).encode()
 
 

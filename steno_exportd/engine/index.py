@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 
 from steno_exportd import safeparse
 from steno_exportd.engine import manifest as mf
+from steno_exportd.engine.identity import host_name
 from steno_exportd.engine.targets import Target
 from steno_exportd.errors import TargetError
 
@@ -34,7 +34,7 @@ def build(m: mf.Manifest, root: str, short_id: str) -> bytes:
         meetings.append({"uuid": uuid, "title": s.get("title", ""), "folder": f"{root}/{s['folder']}",
                          "updated_at": s.get("updated_at", ""), "exported_at": s.get("exported_at", ""),
                          "files": sorted(s.get("files", {}))})
-    body = {"format": FORMAT, "version": 1, "recorder": root, "host": socket.gethostname(), "id": short_id,
+    body = {"format": FORMAT, "version": 1, "recorder": root, "host": host_name(), "id": short_id,
             "updated": mf.now_iso(), "meetings": meetings}
     return json.dumps(body, indent=1, sort_keys=True, ensure_ascii=False).encode("utf-8")
 

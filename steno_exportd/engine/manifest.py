@@ -7,10 +7,10 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import socket
 from typing import Any, Callable, Iterable
 
 from steno_exportd import __version__, safeparse
+from steno_exportd.engine.identity import host_name
 from steno_exportd.engine.targets import Target
 from steno_exportd.errors import CancelledJob, TargetError
 
@@ -69,7 +69,7 @@ class Manifest:
 
     def to_json(self) -> dict:
         out = {"format": FORMAT, "version": VERSION, "generator": f"steno-exportd {__version__}",
-               "host": socket.gethostname(), "updated": now_iso(), "sessions": self.sessions}
+               "host": host_name(), "updated": now_iso(), "sessions": self.sessions}
         if self.partial:
             out["partial"] = self.partial
         return out

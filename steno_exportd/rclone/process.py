@@ -20,12 +20,14 @@ from typing import IO, Any, Callable
 
 from steno_exportd import safeparse
 from steno_exportd.config import Config, RcloneRemote
+from steno_exportd.engine import targets
 from steno_exportd.errors import TargetError, TargetFullError
 
 log = logging.getLogger(__name__)
 
 STDERR_KEEP = 16 * 1024             # the tail of rclone's stderr kept for the message
 OUTPUT_LIMIT = 64 * 1024 * 1024     # a listing or small file read at most this big
+ENTRY_KEY = b'"IsDir":'             # once in each entry of a listing's answer, nowhere else (names' quotes: escaped)
 ERROR_TEXT = 300                    # characters of a store's error text kept for a message
 LOCK_WAIT = 3.0                     # seconds an operation on the store is made again while the store answers 423
                                     # Locked (a WebDAV lock there)
@@ -43,6 +45,11 @@ _NETWORK = re.compile(r"connection refused|no such host|network is unreachable|n
                       r"connection lost|connection closed|server closed", re.I)
 _LOCKED = re.compile(r": 423 Locked\b")     # rclone's text of a WebDAV answer "423 Locked" (case kept: not a title)
 _IS_FILE = re.compile(r"is a file not a directory", re.I)     # rclone's ErrorIsFile: a path names a file
+_READ_ONLY = re.compile(r"read[- ]only file ?system", re.I)
+# a write refused where the login could read (a write's "404 Not Found": a Go WebDAV server's, rclone serve's, refusal)
+_REFUSED = re.compile(r"(?i:forbidden|permission denied|access ?denied|insufficient ?permission)|: 404 Not Found\b")
+WRITES = ("operations/mkdir", "operations/uploadfile", "operations/copyfile", "operations/movefile",
+          "operations/deletefile", "operations/purge", "operations/rmdir", "sync/move")
 _CONFIG = re.compile(r"didn't find section in config file|config file .{0,40}not found|"
                      r"unknown backend|couldn't find type", re.I)
 
@@ -86,8 +93,9 @@ def error_text(body: bytes) -> str:
     return text if len(text) <= ERROR_TEXT else text[:ERROR_TEXT - 1] + "\u2026"
 
 
-def explain(code: int, err: str, where: str) -> TargetError:
-    """rclone's exit code and stderr as the error a person can act on."""
+def explain(code: int, err: str, where: str, *, write: bool = False) -> TargetError:
+    """rclone's exit code and stderr as the error a person can act on. ``write``: the store refused a write (after
+    the push's reads there: its login works), so a refusal (403 Forbidden, permission denied) is of writing there."""
     line = last_line(err) or f"rclone exited with status {code}"
     if _LOCKED.search(err):         # (first: the text names paths, whose digits and words the others could match)
         return RcloneError(f"{where}: a file or folder on the store is locked by another program (a document "
@@ -96,6 +104,9 @@ def explain(code: int, err: str, where: str) -> TargetError:
         return RcloneError(f"{where}: a file on the store is where a folder must be ({line})", True)
     if _CONFIG.search(err):
         return RcloneError(f"{where}: the rclone remote is not set up in the rclone config ({line})", True)
+    if _READ_ONLY.search(err) or (write and _REFUSED.search(err) and not _EXPIRED.search(err)):
+        return RcloneError(f"{where}: the store refuses to save files there (read-only, or no permission to write "
+                           f"in that folder) ({line})", True)
     if _AUTH.search(err):
         if _EXPIRED.search(err):
             return RcloneError(f"{where}: the store's login has expired; renew it with 'rclone config reconnect' "
@@ -186,17 +197,18 @@ class Rcd:
     def headers(self) -> dict[str, str]:
         return {"Authorization": self._auth}
 
-    def call(self, method: str, params: dict, *, missing_ok: bool = False, locked_again: bool = True
-             ) -> dict | None:
-        """One remote-control call; its JSON answer, None when missing_ok and the path is not there. An operation
+    def call(self, method: str, params: dict, *, missing_ok: bool = False, locked_again: bool = True,
+             listing: str | None = None) -> dict | None:
+        """One remote-control call; its JSON answer, None when missing_ok and the path is not there. ``listing``: the
+        folder an operations/list reads (for its error past MAX_ENTRIES, see _body). An operation
         the store refused because a file or folder there was locked (WebDAV's 423: a lock another client holds, or
         one the server takes for a moment while it answers another request; rclone's own retries of it are off,
         see --low-level-retries) was not done: it is made again for up to LOCK_WAIT seconds (not when
         ``locked_again`` is False: a move whose free destination was looked up before, which a lock there may mean
         someone is taking)."""
         if not locked_again or not method.startswith(("operations/", "sync/")):
-            return self._call(method, params, missing_ok=missing_ok)
-        return self.unlocked(lambda: self._call(method, params, missing_ok=missing_ok), method)
+            return self._call(method, params, missing_ok=missing_ok, listing=listing)
+        return self.unlocked(lambda: self._call(method, params, missing_ok=missing_ok, listing=listing), method)
 
     def unlocked(self, fn: Callable[[], Any], what: str) -> Any:
         """fn() (an operation on the store), made again while the store answers 423 Locked, until LOCK_WAIT seconds
@@ -213,22 +225,39 @@ class Rcd:
                 time.sleep(min(pause, left))
                 pause *= 2
 
-    def _call(self, method: str, params: dict, *, missing_ok: bool = False) -> dict | None:
+    def _call(self, method: str, params: dict, *, missing_ok: bool = False, listing: str | None = None
+              ) -> dict | None:
         conn = self.connection()
         try:
             try:
                 conn.request("POST", f"/{method}", body=json.dumps(params).encode(),
                              headers={**self.headers(), "Content-Type": "application/json"})
                 r = conn.getresponse()
-                body = r.read(OUTPUT_LIMIT + 1)
+                body = self._body(r, listing)
             except (OSError, http.client.HTTPException) as e:
                 raise RcloneError(f"{self.where}: rclone stopped answering ({e})") from e
-            return self.answer(r.status, body, missing_ok=missing_ok)
+            return self.answer(r.status, body, missing_ok=missing_ok, write=method in WRITES)
         finally:
             conn.close()
 
-    def answer(self, status: int, body: bytes, *, missing_ok: bool = False) -> dict | None:
-        """A remote-control answer as a dict, or the explained error it carries."""
+    @staticmethod
+    def _body(r: http.client.HTTPResponse, listing: str | None) -> bytes:
+        """An answer's body (at most OUTPUT_LIMIT + 1 bytes); a listing's only up to MAX_ENTRIES entries: past them,
+        too_many_entries(``listing``) and the rest not read (rclone answers a folder's listing whole: someone's
+        folder of a million files is ~100 MB of JSON, which read and parsed here outgrew a recorder's memory)."""
+        if listing is None or r.status != 200:
+            return r.read(OUTPUT_LIMIT + 1)
+        body, entries = bytearray(), 0
+        while len(body) <= OUTPUT_LIMIT and (chunk := r.read(1 << 20)):
+            start = max(0, len(body) - len(ENTRY_KEY) + 1)      # (a key cut between two chunks counts once)
+            body += chunk
+            entries += body.count(ENTRY_KEY, start)
+            if entries > targets.MAX_ENTRIES:
+                raise targets.too_many_entries(listing)
+        return bytes(body)
+
+    def answer(self, status: int, body: bytes, *, missing_ok: bool = False, write: bool = False) -> dict | None:
+        """A remote-control answer as a dict, or the explained error it carries (``write``: of a write, see explain)."""
         if len(body) > OUTPUT_LIMIT:
             raise RcloneError(f"{self.where}: rclone's answer is larger than {OUTPUT_LIMIT} bytes", True)
         data = _answer_json(body)
@@ -236,10 +265,10 @@ class Rcd:
             return data
         if missing_ok and status == 404:
             return None
-        return self.fail(str(data.get("error") or f"HTTP {status}"), status)
+        return self.fail(str(data.get("error") or f"HTTP {status}"), status, write=write)
 
-    def fail(self, err: str, status: int = 500) -> "typing.NoReturn":
-        raise explain(3 if status == 404 else 0, err, self.where)
+    def fail(self, err: str, status: int = 500, *, write: bool = False) -> "typing.NoReturn":
+        raise explain(3 if status == 404 else 0, err, self.where, write=write)
 
     def close(self) -> None:
         """End rclone rcd (and anything it started); reap it."""

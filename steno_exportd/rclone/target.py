@@ -29,7 +29,6 @@ import http.client
 import itertools
 import logging
 import os
-import socket
 import stat as stat_mod
 import threading
 import time
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from steno_exportd import sockwait
+from steno_exportd.engine.identity import host_folder
 from steno_exportd.engine.targets import MARKER, PARTIAL_SUFFIX, TEMP_PREFIX, EntryStat, check_rel
 from steno_exportd.errors import CancelledJob, InvalidArgument, SourceError, TargetError
 from steno_exportd.rclone.process import Rcd, RcloneError, error_text, is_file
@@ -96,7 +96,8 @@ class RcloneTarget:
         self.name = name or rcd.where
         self.place = place or base        # the store's folder, however a remote spells it: the recorder's own
                                           # record of the .partial folders it began there is kept by it
-        self.tag = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.tag = f"{host_folder()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"   # (the host name as a safe name: the
+                                                                              # kernel takes any bytes, "/" too)
         self.hash: str | None = None
         self._seq = itertools.count(1)
         self._files: set[str] = set()     # files this push committed (known to be files, not folders)
@@ -144,7 +145,7 @@ class RcloneTarget:
         # the login; the folders there now (the recorder's, the office index): no look-up before using them. The
         # remote's folder is made only when missing (a push writes nothing on the store when nothing is new)
         r = self.rcd.call("operations/list", {"fs": self.fs, "remote": "", "opt": {"dirsOnly": True}},
-                          missing_ok=True)
+                          missing_ok=True, listing=split_remote(self.fs)[1].strip("/"))
         if r is None:
             self.rcd.call("operations/mkdir", {"fs": self.fs, "remote": ""})
             r = {}
@@ -228,7 +229,8 @@ class RcloneTarget:
         if self.rel(rel) in self._unmade:
             return {}
         r = self.rcd.call("operations/list", {"fs": self.fs, "remote": self.rel(rel),
-                                              "opt": {"noMimeType": True, "noModTime": True}}, missing_ok=True)
+                                              "opt": {"noMimeType": True, "noModTime": True}}, missing_ok=True,
+                          listing=self.rel(rel))
         if r is None:
             raise TargetError(f"{self.name}: folder not found: {rel}")
         out = {d["Name"]: self._entry(d) for d in r.get("list") or [] if isinstance(d, dict) and d.get("Name")}
@@ -287,7 +289,7 @@ class RcloneTarget:
 
     def own_temp(self, name: str) -> bool:
         """Temp files this host's pushes leave after a drop (another host's are not ours to remove)."""
-        return name.startswith(f"{TEMP_PREFIX}{socket.gethostname()}-")
+        return name.startswith(f"{TEMP_PREFIX}{host_folder()}-")
 
     def temp_name(self) -> str:
         return f"{TEMP_PREFIX}{self.tag}-{next(self._seq)}.part"
@@ -563,7 +565,7 @@ class _RcloneWrite:
             self._follow(None)
             status = self._ended or {}
             if not status.get("success"):
-                self._t.rcd.fail(str(status.get("error") or "the copy failed"))
+                self._t.rcd.fail(str(status.get("error") or "the copy failed"), write=True)
             assert self._src is not None
             src, own, key = self._src
             if _key(os.fstat(own)) != key:
@@ -622,7 +624,7 @@ class _RcloneWrite:
         assert self._conn is not None
         try:
             r = self._conn.getresponse()
-            self._t.rcd.answer(r.status, r.read(1 << 20))
+            self._t.rcd.answer(r.status, r.read(1 << 20), write=True)
         except TargetError as err:
             return err
         except (OSError, ValueError, http.client.HTTPException):
@@ -689,7 +691,7 @@ class _RcloneWrite:
             raise self._failed(e) from e
         finally:
             self._conn.close()
-        self._t.rcd.answer(r.status, body)
+        self._t.rcd.answer(r.status, body, write=True)
 
     def _await_answer(self) -> None:
         """Wait until rclone answers the ended stream. Where the store cannot take a stream of unknown size

@@ -2,7 +2,9 @@
 naming them, as an admin's rclone.conf would (TESTING.md: real parts)."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import http.server
 import os
 import pathlib
 import re
@@ -10,6 +12,7 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+import threading
 from typing import Iterator
 
 import pytest
@@ -32,6 +35,8 @@ class RcloneServer:
     password: str = dataclasses.field(default_factory=lambda: secrets.token_hex(8))
     proc: subprocess.Popen | None = None
     verbose: bool = False                   # its log names every request it answers (requests() counts them)
+    read_only: bool = False                 # it refuses every write (--read-only): a store this login may only read
+    run_as: int | None = None               # the uid (and gid) it runs as: a server the files' modes bind (not root)
 
     def start(self) -> None:
         self.port = self.port or free_port(18900, 18999)
@@ -39,7 +44,9 @@ class RcloneServer:
         self.proc = subprocess.Popen(
             ["rclone", "serve", self.kind, str(self.served), "--addr", f"127.0.0.1:{self.port}",
              "--user", self.user, "--pass", self.password, "--cache-dir", str(self.work / "cache"),
-             "--config", "/dev/null", *(["-v"] if self.verbose else [])], stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+             "--config", "/dev/null", *(["-v"] if self.verbose else []), *(["--read-only"] if self.read_only else [])],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
+            **({"user": self.run_as, "group": self.run_as, "extra_groups": []} if self.run_as is not None else {}))
         log.close()
         parts.wait_for(lambda: _listening(self.port) or self.proc.poll() is not None, 20,
                        what=f"rclone serve {self.kind} on port {self.port}")
@@ -72,6 +79,21 @@ class RcloneServer:
         path.write_text(f"[{self.remote}]\n{body}user = {self.user}\npass = {obscured}\n")
         os.chmod(path, 0o600)
         return path
+
+
+@contextlib.contextmanager
+def serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[int]:
+    """An HTTP server of the test's own (a store, or a server in front of one) answering with ``handler`` on a
+    loopback port, in a thread, shut down afterwards; its port."""
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield srv.server_address[1]
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(10)
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ from steno_exportd.rclone.kind import RcloneKind
 from steno_exportd.errors import TargetFullError
 from steno_exportd.rclone.process import RcloneError, config_problems
 from tests import parts
-from tests.parts.rclone import RcloneServer
+from tests.parts.rclone import RcloneServer, serving
 from tests.recorder_db import RecorderDB
 from tests.smb.recorder import FORMATS, Progress, assert_landed, make_recorder, on_nas, stamps
 
@@ -714,6 +714,109 @@ def test_a_wrong_password_is_a_clear_error_and_not_retried(setup, rclone_tmp):
     assert "refused the login" in str(e.value) and "rclone:cloud" in str(e.value), str(e.value)
     assert e.value.permanent and waits == []
     assert not folder.exists()
+
+
+@contextlib.contextmanager
+def _writes_forbidden(srv: RcloneServer) -> Iterator[int]:
+    """A WebDAV server in front of ``srv`` that lets its login read and answers every write 403 Forbidden, as an
+    office server does for a folder shared read-only with that user (Nextcloud, Apache's mod_dav); its port."""
+    import http.client
+    import http.server
+
+    class Front(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _body(self) -> bytes:
+            if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            data = b""
+            while n := int(self.rfile.readline().split(b";")[0], 16):
+                data += self.rfile.read(n)
+                self.rfile.readline()
+            self.rfile.readline()
+            return data
+
+        def _answer(self) -> None:
+            body, headers = self._body(), []
+            if self.command in ("PUT", "MKCOL", "MOVE", "COPY", "DELETE", "PROPPATCH", "LOCK"):
+                status, out = 403, b"Forbidden"
+            else:
+                c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+                c.request(self.command, self.path, body=body, headers={k: v for k, v in self.headers.items() if
+                                                                       k.lower() not in ("host", "connection",
+                                                                                         "transfer-encoding")})
+                r = c.getresponse()
+                status, out = r.status, r.read()
+                headers = [(k, v) for k, v in r.getheaders()
+                           if k.lower() not in ("connection", "content-length", "transfer-encoding")]
+                c.close()
+            self.send_response(status)
+            for k, v in headers:
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(out)
+        do_GET = do_HEAD = do_OPTIONS = do_PROPFIND = do_PUT = do_MKCOL = do_MOVE = do_COPY = do_DELETE = _answer
+        do_PROPPATCH = do_LOCK = do_UNLOCK = _answer
+
+        def log_message(self, *a) -> None:
+            pass
+    with serving(Front) as port:
+        yield port
+
+
+REFUSALS = ("webdav read-only", "sftp read-only", "sftp folder not writable", "webdav 403")
+
+
+@pytest.fixture(params=REFUSALS)
+def refusing(request, rclone_tmp) -> Iterator[tuple[pathlib.Path, config.Config]]:
+    """A store this login may read but not write, each way a store says so: rclone serve --read-only (WebDAV
+    answers an upload 404 Not Found, SFTP "Read only file system"), an SFTP server (not root) whose folder's mode
+    lets it read only ("permission denied"), a WebDAV server answering writes 403 Forbidden. (The store's folder
+    office/meetings, holding a person's file; a recorder's config pushing there.)"""
+    parts.require_tool("rclone")
+    kind, _, how = request.param.partition(" ")
+    served = rclone_tmp / "served"
+    (served / "office" / "meetings").mkdir(parents=True)
+    (served / "office" / "meetings" / "agenda.txt").write_text("a person's own file\n")
+    srv = RcloneServer(kind, served, rclone_tmp, read_only=how == "read-only")
+    if how == "folder not writable":
+        parts.require_root()
+        rclone_tmp.chmod(0o755)                     # (mkdtemp's 700: the server's user could not reach its folder)
+        (rclone_tmp / "cache").mkdir()
+        os.chown(rclone_tmp / "cache", 65534, 65534)
+        srv.run_as = 65534                          # nobody: the folders are root's, 755
+    srv.start()
+    try:
+        conf = srv.client_config(rclone_tmp / "rclone.conf")
+        db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
+        cfg = make_cfg(rclone_tmp, db, conf, f"{srv.remote}:office/meetings")
+        if how != "403":
+            yield served / "office" / "meetings", cfg
+            return
+        with _writes_forbidden(srv) as port:
+            conf.write_text(conf.read_text().replace(f":{srv.port}/", f":{port}/"))
+            yield served / "office" / "meetings", cfg
+    finally:
+        srv.stop()
+
+
+def test_a_store_that_refuses_writes_says_so_not_a_wrong_login_and_is_not_retried(refusing):
+    """A store this login may read but not write (a folder shared read-only): its refusal worded 403 Forbidden or
+    "permission denied" said the login was wrong ("the store refused the login (wrong user or password...)"), and
+    worded otherwise (rclone serve's "Not Found: 404 Not Found", "Read only file system") it was tried three times
+    as a drop and failed with rclone's own words. Now one clear error at once: the store refuses to save files
+    there; nothing was written."""
+    meetings, cfg = refusing
+    waits: list[float] = []
+    with pytest.raises(RcloneError) as e:
+        push(cfg, sleep=waits.append)
+    said = str(e.value)
+    assert said.startswith("rclone:cloud: the store refuses to save files there") and "read-only" in said, said
+    assert "login" not in said and "password" not in said, said
+    assert e.value.permanent and waits == [], (waits, said)
+    assert [p.name for p in meetings.iterdir()] == ["agenda.txt"]
 
 
 def test_a_store_that_cannot_be_reached_is_a_clear_error(rclone_server, rclone_tmp):

@@ -7,7 +7,9 @@ import contextlib
 import json
 import os
 import pathlib
+import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -20,6 +22,7 @@ from steno_exportd import config
 from steno_exportd.engine import writer
 from steno_exportd.engine.export import SimpleSpec, run_export
 from steno_exportd.engine.identity import CLAIM_NAME
+from steno_exportd.engine.index import INDEX_DIR
 from steno_exportd.engine.options import ExportOptions
 from steno_exportd.engine.registry import local
 from steno_exportd.errors import CancelledJob, TargetError
@@ -27,6 +30,7 @@ from steno_exportd.library import Library
 from steno_exportd.rclone.kind import RcloneKind
 from steno_exportd.rclone.process import RcloneError
 from steno_exportd.rclone.target import RcloneTarget, _RcloneWrite
+from tests.parts.rclone import serving
 from tests.parts.smbdata import _pseudo
 from tests.rclone.test_push import _connected, cfg_for
 from tests.smb.recorder import FORMATS, assert_landed, make_recorder
@@ -340,21 +344,13 @@ def hostile_store(status: int, words: str) -> Iterator[pathlib.Path]:
 
         def log_message(self, *a) -> None:
             pass
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hostile)
-    serving = threading.Thread(target=srv.serve_forever, daemon=True)
-    serving.start()
-    try:
-        with tempfile.TemporaryDirectory(prefix="steno-hostile-") as d:
-            conf = pathlib.Path(d) / "rclone.conf"
-            obscured = subprocess.run(["rclone", "obscure", "pw"], check=True, capture_output=True, text=True).stdout
-            conf.write_text(f"[nas]\ntype = webdav\nurl = http://127.0.0.1:{srv.server_address[1]}/\n"
-                            f"vendor = other\nuser = u\npass = {obscured.strip()}\n")
-            os.chmod(conf, 0o600)
-            yield conf
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        serving.join(10)
+    with serving(Hostile) as port, tempfile.TemporaryDirectory(prefix="steno-hostile-") as d:
+        conf = pathlib.Path(d) / "rclone.conf"
+        obscured = subprocess.run(["rclone", "obscure", "pw"], check=True, capture_output=True, text=True).stdout
+        conf.write_text(f"[nas]\ntype = webdav\nurl = http://127.0.0.1:{port}/\n"
+                        f"vendor = other\nuser = u\npass = {obscured.strip()}\n")
+        os.chmod(conf, 0o600)
+        yield conf
 
 
 @pytest.mark.parametrize("status", [403, 507, 500])
@@ -551,4 +547,89 @@ def test_a_meeting_titled_like_the_exports_own_files_gets_a_folder_of_its_own(rc
     assert_landed(folder, db)
     assert (folder / "manifest.json").is_file() and (folder / "SHA256SUMS").is_file()
     assert all(r.skipped for r in push(cfg, options=by_title))
+    db.close()
+
+
+def _many_files(folder: pathlib.Path, n: int) -> None:
+    folder.mkdir(parents=True)
+    for i in range(n):
+        (folder / f"photo-{i:05d}.jpg").write_bytes(b"")
+
+
+def test_a_folder_of_more_entries_than_a_recorder_writes_in_its_folder_is_left_alone_and_the_push_lands(
+        rclone_server, rclone_tmp, monkeypatch, caplog):
+    """Someone leaves a '<name>.partial' folder of many files in the recorder's folder (a sync client's dump). rclone
+    answers a listing whole, in one JSON answer, and the push read every entry of it (up to 64 MiB of them, half a
+    million, parsed at once: hundreds of MB on a recorder); on SMB and sticks a listing stops past MAX_ENTRIES. Now
+    the rclone push reads a listing only up to MAX_ENTRIES entries (made small here): the folder is left alone with
+    one line saying why, as on SMB, and the sessions land."""
+    from tests.rclone.test_push import make_cfg, push
+    from steno_exportd.engine import targets
+    from steno_exportd.engine.identity import recorder_folder
+    srv = rclone_server
+    monkeypatch.setattr(targets, "MAX_ENTRIES", 40)
+    db = make_recorder(rclone_tmp / "rec", sizes=(100_000, 100_500))
+    cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+    rec = recorder_folder(cfg)
+    folder = srv.served / "office" / rec
+    _many_files(folder / "Big.partial", 41)
+    with caplog.at_level("INFO", logger="steno_exportd"):
+        res = push(cfg, sleep=lambda s: None)
+    assert [(r.ok, r.error) for r in res] == [(True, "")] * 2, res
+    said = [m for m in (r.getMessage() for r in caplog.records) if "Big.partial" in m and "left alone" in m]
+    assert said == [f"rclone:cloud: {rec}/Big.partial left alone: {rec}/Big.partial holds more than 40 entries: not a "
+                    f"folder this recorder writes"], said
+    assert len(list((folder / "Big.partial").iterdir())) == 41
+    shutil.rmtree(folder / "Big.partial")
+    assert_landed(folder, db)
+    db.close()
+
+
+def test_a_recorder_folder_of_more_entries_than_a_recorder_writes_stops_the_push_with_a_clear_error(
+        rclone_server, rclone_tmp, monkeypatch):
+    """The recorder's folder itself holds more entries than a recorder writes (someone's files copied into it, or
+    the remote pointed at a folder of everything): its listing was read whole, however long. Now it stops past
+    MAX_ENTRIES (made small here), the push fails at once with that said, and nothing there is touched."""
+    from tests.rclone.test_push import make_cfg, push
+    from steno_exportd.engine import targets
+    from steno_exportd.engine.identity import recorder_folder
+    srv = rclone_server
+    monkeypatch.setattr(targets, "MAX_ENTRIES", 40)
+    db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
+    cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+    rec = recorder_folder(cfg)
+    folder = srv.served / "office" / rec
+    _many_files(folder, 45)
+    before = snapshot(folder)
+    waits: list[float] = []
+    with pytest.raises(TargetError) as e:
+        push(cfg, sleep=waits.append)
+    assert str(e.value) == f"{rec} holds more than 40 entries: not a folder this recorder writes", str(e.value)
+    assert waits == []
+    assert {k: v for k, v in snapshot(folder).items() if k != CLAIM_NAME} == before
+    db.close()
+
+
+@pytest.mark.parametrize("host", ["desk/42", "desk\udcff42"])        # (a name of bytes not UTF-8: surrogate escapes)
+@pytest.mark.parametrize("rclone_server", ["webdav"], indirect=True)
+def test_a_host_name_no_file_name_can_hold_makes_no_stray_folder_on_the_store(rclone_server, rclone_tmp, monkeypatch,
+                                                                             host):
+    """The push's temp names on the store hold the host name, which the kernel takes of any bytes (sethostname(2)).
+    A host named "desk/42" had its claim uploaded as ".steno-tmp-desk/42-...", in a folder ".steno-tmp-desk" left
+    on the store, and the push failed ("rclone:cloud: object not found"); one of bytes not UTF-8 failed with
+    UnicodeEncodeError (the recorder's folder name, the manifest's "host"). Now the host's part of a temp name is a
+    safe name and its name is text: the push lands, and nothing but its files is left on the store."""
+    from tests.rclone.test_push import make_cfg, push
+    from steno_exportd.engine.identity import recorder_folder
+    srv = rclone_server
+    monkeypatch.setattr(socket, "gethostname", lambda: host)
+    db = make_recorder(rclone_tmp / "rec", sizes=(100_000, 100_500))
+    cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+    res = push(cfg, sleep=lambda s: None)
+    assert [(r.ok, r.error) for r in res] == [(True, "")] * 2, res
+    folder = srv.served / "office" / recorder_folder(cfg)
+    assert_landed(folder, db)
+    stray = [p.relative_to(srv.served).as_posix() for p in srv.served.rglob("*") if p.name.startswith(".steno-tmp")]
+    assert stray == [], stray
+    assert sorted(p.name for p in (srv.served / "office").iterdir()) == sorted([folder.name, INDEX_DIR])
     db.close()
