@@ -13,13 +13,13 @@ import collections
 import functools
 import logging
 import os
-import socket
 import threading
 import uuid
 from typing import Any, Callable
 
 from steno_exportd.config import SmbRemote
 from steno_exportd.engine import targets
+from steno_exportd.engine.identity import host_folder
 from steno_exportd.engine.targets import MAX_ENTRIES, TEMP_PREFIX, EntryStat, check_rel
 from steno_exportd.errors import CancelledJob, InvalidArgument, TargetError
 from steno_exportd.smb import wire as smbwire
@@ -120,7 +120,7 @@ class SmbTarget:
         self.max_write = CHUNK
         self.wire = False                  # smbwire.install() said ours are in (at connect)
         self.max_read = READ_CHUNK
-        self.tag = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.tag = f"{host_folder()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.manifests_saved: set[str] = set()  # the folders whose manifest.json this push saved (manifest.saved())
         self._reader: SmbTarget | None = None
         self._reader_lock = threading.Lock()
@@ -431,7 +431,7 @@ class SmbTarget:
 
     def own_temp(self, name: str) -> bool:
         """Temp files this host's pushes leave after a drop (another host's are not ours to remove)."""
-        return name.startswith(f"{TEMP_PREFIX}{socket.gethostname()}-")
+        return name.startswith(f"{TEMP_PREFIX}{host_folder()}-")
 
     # -- small files (the claim) ------------------------------------------------------------------
     def create_once(self, rel: str, data: bytes) -> bool:

@@ -139,6 +139,24 @@ def test_push_lands_verifies_and_is_incremental(rec):
         t.close()
 
 
+@pytest.mark.parametrize("host", ["desk/42", "desk\\42"])
+def test_a_host_name_no_file_name_can_hold_pushes_and_leaves_no_temp_file_on_the_nas(rec, monkeypatch, host):
+    """The push's temp names on the NAS hold the host name, which the kernel takes of any bytes (sethostname(2)):
+    one with a slash or a backslash named a folder that is not there ("path not found", the push failed). Now the
+    host's part of a temp name is a safe name: the push lands and leaves no temp file. (A name of bytes not UTF-8
+    cannot log on: the NTLM library sends the host name itself, as UTF-16.)"""
+    smbd, remote, root, db = rec
+    monkeypatch.setattr(socket, "gethostname", lambda: host)
+    cfg = cfg_for(root, db, remote, "rec-h")
+    res = push(cfg)
+    assert [(r.ok, r.error) for r in res] == [(True, "")] * 3, res
+    folder = root / "nas" / "rec-h"
+    assert_landed(folder, db)
+    stray = [p.relative_to(root / "nas").as_posix() for p in (root / "nas").rglob("*") if TEMP_PREFIX in p.name]
+    assert stray == [], stray
+    assert json.loads((folder / "manifest.json").read_text())["host"] == host
+
+
 def test_a_recording_missing_on_the_recorder_is_a_warning_not_a_failed_push(rec):
     """Issue 15: a session whose recording is gone from the recorder lands without it, 'ok with warnings';
     the push is not failed (so it is not pushed again forever), and the next push sends nothing."""
