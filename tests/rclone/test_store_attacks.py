@@ -552,3 +552,47 @@ def test_a_meeting_titled_like_the_exports_own_files_gets_a_folder_of_its_own(rc
     assert (folder / "manifest.json").is_file() and (folder / "SHA256SUMS").is_file()
     assert all(r.skipped for r in push(cfg, options=by_title))
     db.close()
+
+
+def test_a_store_failing_once_as_the_push_reads_its_manifest_is_tried_again_not_rebuilt(rclone_tmp):
+    """THREATS: the NAS may fail. A WebDAV store answers the push's read of manifest.json once with 503 (a server
+    in maintenance for a moment, a proxy's hiccup). That was taken for an unusable manifest: the push rebuilt it,
+    reading every recording on the store back, sent every session again, and saved the rebuilt manifest, in which
+    a meeting no longer on the recorder (deleted there after its push) is no meeting of the recorder's any more,
+    so it dropped out of the office index. Now that attempt fails on the store's error and the next finds every
+    session there: nothing sent, the manifest and the office index as they were."""
+    from steno_exportd.engine.identity import recorder_folder
+    from steno_exportd.engine.index import INDEX_DIR
+    from tests.parts import require_tool
+    from tests.parts.rclone import FaultyWebdav, RcloneServer
+    from tests.recorder_db import delete_session
+    from tests.rclone.test_push import make_cfg, push
+    require_tool("rclone")
+    (rclone_tmp / "served").mkdir()
+    srv = RcloneServer("webdav", rclone_tmp / "served", rclone_tmp)
+    srv.start()
+    armed: list[int] = []
+
+    def fail(method: str, path: str) -> int | None:
+        return armed.pop() if armed and path.endswith("/manifest.json") and method in ("PROPFIND", "GET") else None
+    relay = FaultyWebdav(srv.port, fail)
+    try:
+        db = make_recorder(rclone_tmp / "rec", sizes=(100_000, 100_500, 101_000))
+        cfg = make_cfg(rclone_tmp, db, relay.client_config(srv, rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+        assert [r.ok and not r.skipped for r in push(cfg)] == [True] * 3
+        folder = srv.served / "office" / recorder_folder(cfg)
+        index = srv.served / "office" / INDEX_DIR / f"{folder.name}.json"
+        recorded = sorted(json.loads((folder / "manifest.json").read_text())["sessions"])
+        listed = sorted(m["title"] for m in json.loads(index.read_text())["meetings"])
+        gone = json.loads((folder / "manifest.json").read_text())["sessions"][recorded[-1]]["title"]
+        delete_session(db.path, recorded[-1])               # the recorder deleted it after its push
+        armed.append(503)
+        res = push(cfg, sleep=lambda s: None)
+        assert relay.failed, "the store never failed"
+        assert [r.skipped for r in res] == [True, True], [(r.skipped, r.error) for r in res]   # nothing sent again
+        assert sorted(json.loads((folder / "manifest.json").read_text())["sessions"]) == recorded
+        assert sorted(m["title"] for m in json.loads(index.read_text())["meetings"]) == listed and gone in listed
+        db.close()
+    finally:
+        relay.close()
+        srv.stop()
