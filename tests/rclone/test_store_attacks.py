@@ -29,7 +29,7 @@ from steno_exportd.rclone.process import RcloneError
 from steno_exportd.rclone.target import RcloneTarget, _RcloneWrite
 from tests.parts.smbdata import _pseudo
 from tests.rclone.test_push import _connected, cfg_for
-from tests.smb.recorder import FORMATS, assert_landed, make_recorder
+from tests.smb.recorder import FORMATS, assert_landed, assert_stopped_by_folder_in_the_way, make_recorder
 
 
 def push_to(cfg: config.Config, target: str = "rclone:cloud", *, kind: RcloneKind | None = None, progress=None
@@ -468,14 +468,7 @@ def test_a_folder_where_the_push_keeps_its_manifest_stops_it_before_it_sends_any
     subprocess.run(["rclone", "--config", cfg.rclone.config_file, "deletefile",
                     f"{srv.remote}:office/{folder.name}/{name}"], check=True, capture_output=True, timeout=60)
     _plant(srv, cfg, rclone_tmp, f"office/{folder.name}/{name}/theirs.txt")
-    db.session(title="Late", audio_format="flac", audio_size_bytes=50_000,
-               audio_file_path=db.audio("late.flac", _pseudo(50_000, 9)))
-    before = sorted(p.name for p in folder.iterdir())
-    with pytest.raises(TargetError) as e:
-        push(cfg, sleep=lambda s: None)
-    assert f"a folder named {name!r} is in the way" in str(e.value), str(e.value)
-    assert (folder / name / "theirs.txt").read_text() == "a person's own file\n"
-    assert sorted(p.name for p in folder.iterdir()) == before          # nothing sent
+    assert_stopped_by_folder_in_the_way(folder, name, db, lambda: push(cfg, sleep=lambda s: None))
     subprocess.run(["rclone", "--config", cfg.rclone.config_file, "purge",
                     f"{srv.remote}:office/{folder.name}/{name}"], check=True, capture_output=True, timeout=60)
     res = push(cfg)
