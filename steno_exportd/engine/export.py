@@ -194,9 +194,11 @@ class Exporter:
         entries = self.t.scandir(self.root)     # listed first: a store answers the manifest's look-ups from it
         for name in (mf.SUMS, mf.MANIFEST):
             # someone's folder under the name of ours: never replaced (a WebDAV MOVE would delete it first), and
-            # every save of the run would fail after its sessions were sent, in the store's words, run after run
-            if (st := entries.get(name)) is not None and st.kind == "dir":
-                raise TargetError(f"a folder named {name!r} is in the way of the export's own {name} in "
+            # every save of the run would fail after its sessions were sent, in the store's words, run after run.
+            # Spelled in other letters too where ours is not there: on an SMB share or a FAT stick it is that name
+            way = [n for n, st in entries.items() if st.kind == "dir" and n.casefold() == name.casefold()]
+            if way and (name in way or name not in entries):
+                raise TargetError(f"a folder named {way[0]!r} is in the way of the export's own {name} in "
                                   f"{self.root} on {self.t.name} (not ours, left alone): move it away")
         try:
             self.m = mf.load(self.t, self.root, cancelled=self._cancelled)    # (a rebuild reads the target's files)

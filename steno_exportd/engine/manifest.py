@@ -32,6 +32,10 @@ MAX_VALUES = 1_000_000
 MAX_SUMS_LINES = 200_000
 
 
+class Oversized(TargetError):
+    """A file of ours on a target is larger than any we write: someone else's, unusable (not the target failing)."""
+
+
 def now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -116,12 +120,12 @@ def read_file(target: Target, rel: str, limit: int = MAX_BYTES) -> bytearray:
 
 def read_capped(chunks: Iterable[bytes], what: str, limit: int = MAX_BYTES) -> bytearray:
     """The bytes of a manifest.json, SHA256SUMS (or a smaller file of ours: ``limit``, whole MiB), read in
-    ``chunks``; TargetError past ``limit`` (one buffer, not the chunks and their join)."""
+    ``chunks``; Oversized (a TargetError) past ``limit`` (one buffer, not the chunks and their join)."""
     data = bytearray()
     for b in chunks:
         data += b
         if len(data) > limit:
-            raise TargetError(f"{what} is larger than {limit >> 20} MiB")
+            raise Oversized(f"{what} is larger than {limit >> 20} MiB")
     return data
 
 
@@ -200,40 +204,44 @@ def parse(raw: bytes | bytearray) -> Manifest:
 
 def read_small(target: Target, rel: str, limit: int = MAX_BYTES) -> bytearray | None:
     """A file of ours read at once on a target that can (``read_small``: a store, where a look-up first is one
-    round trip more, two for a name not there); None when it is not there; TargetError past ``limit``. A target
+    round trip more, two for a name not there); None when it is not there; Oversized past ``limit``. A target
     without it: NotImplementedError (the caller looks it up first)."""
     small = getattr(target, "read_small", None)
     if small is None:
         raise NotImplementedError
     raw = small(rel, limit + 1)
     if raw is not None and len(raw) > limit:
-        raise TargetError(f"{rel} is larger than {limit >> 20} MiB")
+        raise Oversized(f"{rel} is larger than {limit >> 20} MiB")
     return None if raw is None else bytearray(raw)
 
 
 def load(target: Target, root: str, cancelled: Callable[[], bool] = lambda: False) -> Manifest:
-    """Read the manifest; a missing or corrupt one is rebuilt from the target by hashing (CancelledJob once
-    ``cancelled()``)."""
+    """Read the manifest; a missing or corrupt one (not ours: not JSON of ours, larger than ours, not a file) is
+    rebuilt from the target by hashing (CancelledJob once ``cancelled()``). A target that fails to read it (a store
+    answering 503 for a moment, a drop) raises that error: the manifest is not unusable for that, and a rebuild read
+    every file back and sent every session again (the run fails instead; a push is tried again)."""
+    rel = f"{root}/{MANIFEST}"
     if getattr(target, "read_small", None) is not None:
-        try:
-            raw = read_small(target, f"{root}/{MANIFEST}")
-            if raw is not None:
-                m = parse(raw)
-                _keep(target, root, bytes(raw))
-                return m
-        except (ValueError, TypeError, UnicodeDecodeError, TargetError) as e:
-            log.warning("manifest on %s unusable (%s): rebuilding it", target.name, e)
-            return rebuild(target, root, f"manifest unusable: {e}", cancelled)
-        return rebuild(target, root, "", cancelled) if _has_sums(target, root) else Manifest()
-    st = target.lstat(f"{root}/{MANIFEST}")
-    if st is not None and st.kind == "file":
-        try:
-            return read(target, root, found=True)
-        except (ValueError, TypeError, UnicodeDecodeError, TargetError) as e:
-            log.warning("manifest on %s unusable (%s): rebuilding it", target.name, e)
-            return rebuild(target, root, f"manifest unusable: {e}", cancelled)
-    return rebuild(target, root, "" if st is None else f"{MANIFEST} is not a file", cancelled) \
-        if _has_sums(target, root) else Manifest()
+        def fetch() -> bytearray | None:
+            return read_small(target, rel)
+    else:
+        st = target.lstat(rel)
+        if st is not None and st.kind != "file":
+            return rebuild(target, root, f"{MANIFEST} is not a file", cancelled) if _has_sums(target, root) \
+                else Manifest()
+
+        def fetch() -> bytearray | None:
+            return None if st is None else read_file(target, rel)
+    try:
+        raw = fetch()
+        if raw is not None:
+            m = parse(raw)
+            _keep(target, root, bytes(raw))
+            return m
+    except (ValueError, TypeError, UnicodeDecodeError, Oversized) as e:
+        log.warning("manifest on %s unusable (%s): rebuilding it", target.name, e)
+        return rebuild(target, root, f"manifest unusable: {e}", cancelled)
+    return rebuild(target, root, "", cancelled) if _has_sums(target, root) else Manifest()
 
 
 def _has_sums(target: Target, root: str) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import http.client
 import http.server
 import os
 import pathlib
@@ -11,9 +12,11 @@ import re
 import secrets
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
-from typing import Iterator
+import urllib.parse
+from typing import Callable, Iterator
 
 import pytest
 
@@ -94,6 +97,83 @@ def serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[int]:
         srv.shutdown()
         srv.server_close()
         thread.join(10)
+
+
+class FaultyWebdav:
+    """A WebDAV store that fails when told: 127.0.0.1:<port> passes each request on to the WebDAV server on
+    127.0.0.1:<to> (an RcloneServer), but answers one that ``fail(method, path)`` gives a status for with that
+    status itself (a store in maintenance for a moment, a proxy's hiccup); ``failed`` lists those. Bodies are
+    passed on whole (small test files), a chunked one with its length."""
+
+    def __init__(self, to: int, fail: Callable[[str, str], int | None]) -> None:
+        outer = self
+        self.failed: list[tuple[str, str]] = []
+
+        class Relay(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _relay(self) -> None:
+                body = self._body()
+                path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
+                status = fail(self.command, path)
+                if status:
+                    outer.failed.append((self.command, path))
+                    self._answer(status, [], b"the store failed (a test's fault)")
+                    return
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "transfer-encoding")}
+                if "Destination" in headers:        # (a MOVE's: the server checks it names itself)
+                    headers["Destination"] = headers["Destination"].replace(f":{outer.port}/", f":{to}/")
+                conn = http.client.HTTPConnection("127.0.0.1", to, timeout=60)
+                try:
+                    conn.request(self.command, self.path, body=body, headers=headers)
+                    r = conn.getresponse()
+                    self._answer(r.status, r.getheaders(), r.read())
+                finally:
+                    conn.close()
+
+            def _body(self) -> bytes:
+                if "chunked" not in self.headers.get("Transfer-Encoding", "").lower():
+                    return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = b""
+                while size := int(self.rfile.readline().split(b";")[0], 16):
+                    body += self.rfile.read(size)
+                    self.rfile.readline()
+                while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass                            # (the trailer)
+                return body
+
+            def _answer(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+                self.send_response(status)
+                for k, v in headers:
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = do_OPTIONS = _relay
+            do_PROPFIND = do_PROPPATCH = do_MKCOL = do_COPY = do_MOVE = do_LOCK = do_UNLOCK = _relay
+
+            def log_message(self, *args) -> None:
+                pass
+        class Server(http.server.ThreadingHTTPServer):
+            def handle_error(self, request, client_address) -> None:
+                if not isinstance(sys.exc_info()[1], ConnectionError):    # (not rclone rcd gone with its connection)
+                    super().handle_error(request, client_address)
+        self._srv = Server(("127.0.0.1", 0), Relay)
+        self.port = self._srv.server_address[1]
+        self._thread = threading.Thread(target=self._srv.serve_forever, name="faulty-webdav", daemon=True)
+        self._thread.start()
+
+    def client_config(self, srv: "RcloneServer", path: pathlib.Path) -> pathlib.Path:
+        """``srv``'s client config (its remote, its login), reaching it through this relay."""
+        srv.client_config(path)
+        path.write_text(path.read_text().replace(f"127.0.0.1:{srv.port}/", f"127.0.0.1:{self.port}/"))
+        return path
+
+    def close(self) -> None:
+        self._srv.shutdown()
+        self._srv.server_close()
+        self._thread.join(10)
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ from steno_exportd.rclone.target import RcloneTarget, _RcloneWrite
 from tests.parts.rclone import serving
 from tests.parts.smbdata import _pseudo
 from tests.rclone.test_push import _connected, cfg_for
-from tests.smb.recorder import FORMATS, assert_landed, make_recorder
+from tests.smb.recorder import FORMATS, assert_landed, assert_stopped_by_folder_in_the_way, make_recorder
 
 
 def push_to(cfg: config.Config, target: str = "rclone:cloud", *, kind: RcloneKind | None = None, progress=None
@@ -464,14 +464,7 @@ def test_a_folder_where_the_push_keeps_its_manifest_stops_it_before_it_sends_any
     subprocess.run(["rclone", "--config", cfg.rclone.config_file, "deletefile",
                     f"{srv.remote}:office/{folder.name}/{name}"], check=True, capture_output=True, timeout=60)
     _plant(srv, cfg, rclone_tmp, f"office/{folder.name}/{name}/theirs.txt")
-    db.session(title="Late", audio_format="flac", audio_size_bytes=50_000,
-               audio_file_path=db.audio("late.flac", _pseudo(50_000, 9)))
-    before = sorted(p.name for p in folder.iterdir())
-    with pytest.raises(TargetError) as e:
-        push(cfg, sleep=lambda s: None)
-    assert f"a folder named {name!r} is in the way" in str(e.value), str(e.value)
-    assert (folder / name / "theirs.txt").read_text() == "a person's own file\n"
-    assert sorted(p.name for p in folder.iterdir()) == before          # nothing sent
+    assert_stopped_by_folder_in_the_way(folder, name, db, lambda: push(cfg, sleep=lambda s: None))
     subprocess.run(["rclone", "--config", cfg.rclone.config_file, "purge",
                     f"{srv.remote}:office/{folder.name}/{name}"], check=True, capture_output=True, timeout=60)
     res = push(cfg)
@@ -633,3 +626,47 @@ def test_a_host_name_no_file_name_can_hold_makes_no_stray_folder_on_the_store(rc
     assert stray == [], stray
     assert sorted(p.name for p in (srv.served / "office").iterdir()) == sorted([folder.name, INDEX_DIR])
     db.close()
+
+
+def test_a_store_failing_once_as_the_push_reads_its_manifest_is_tried_again_not_rebuilt(rclone_tmp):
+    """THREATS: the NAS may fail. A WebDAV store answers the push's read of manifest.json once with 503 (a server
+    in maintenance for a moment, a proxy's hiccup). That was taken for an unusable manifest: the push rebuilt it,
+    reading every recording on the store back, sent every session again, and saved the rebuilt manifest, in which
+    a meeting no longer on the recorder (deleted there after its push) is no meeting of the recorder's any more,
+    so it dropped out of the office index. Now that attempt fails on the store's error and the next finds every
+    session there: nothing sent, the manifest and the office index as they were."""
+    from steno_exportd.engine.identity import recorder_folder
+    from steno_exportd.engine.index import INDEX_DIR
+    from tests.parts import require_tool
+    from tests.parts.rclone import FaultyWebdav, RcloneServer
+    from tests.recorder_db import delete_session
+    from tests.rclone.test_push import make_cfg, push
+    require_tool("rclone")
+    (rclone_tmp / "served").mkdir()
+    srv = RcloneServer("webdav", rclone_tmp / "served", rclone_tmp)
+    srv.start()
+    armed: list[int] = []
+
+    def fail(method: str, path: str) -> int | None:
+        return armed.pop() if armed and path.endswith("/manifest.json") and method in ("PROPFIND", "GET") else None
+    relay = FaultyWebdav(srv.port, fail)
+    try:
+        db = make_recorder(rclone_tmp / "rec", sizes=(100_000, 100_500, 101_000))
+        cfg = make_cfg(rclone_tmp, db, relay.client_config(srv, rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+        assert [r.ok and not r.skipped for r in push(cfg)] == [True] * 3
+        folder = srv.served / "office" / recorder_folder(cfg)
+        index = srv.served / "office" / INDEX_DIR / f"{folder.name}.json"
+        recorded = sorted(json.loads((folder / "manifest.json").read_text())["sessions"])
+        listed = sorted(m["title"] for m in json.loads(index.read_text())["meetings"])
+        gone = json.loads((folder / "manifest.json").read_text())["sessions"][recorded[-1]]["title"]
+        delete_session(db.path, recorded[-1])               # the recorder deleted it after its push
+        armed.append(503)
+        res = push(cfg, sleep=lambda s: None)
+        assert relay.failed, "the store never failed"
+        assert [r.skipped for r in res] == [True, True], [(r.skipped, r.error) for r in res]   # nothing sent again
+        assert sorted(json.loads((folder / "manifest.json").read_text())["sessions"]) == recorded
+        assert sorted(m["title"] for m in json.loads(index.read_text())["meetings"]) == listed and gone in listed
+        db.close()
+    finally:
+        relay.close()
+        srv.stop()

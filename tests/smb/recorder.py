@@ -112,3 +112,19 @@ def assert_landed(folder: pathlib.Path, db: RecorderDB, sessions: int | None = N
     assert not [r for r in got if r.rsplit("/", 1)[-1].startswith(TEMP_PREFIX)], sorted(got)
     assert not [r for r in got if ".partial/" in r], sorted(got)
     assert os.path.isfile(folder / "manifest.json")
+
+
+def assert_stopped_by_folder_in_the_way(folder: pathlib.Path, name: str, db: RecorderDB,
+                                        push_once: Callable[[], Any]) -> None:
+    """A push (``push_once``) with someone's folder ``name`` (holding their theirs.txt) where it keeps its manifest.json
+    or SHA256SUMS, a new session to send: it stops before sending anything, naming that folder, left as it is."""
+    import pytest
+    from steno_exportd.errors import TargetError
+    db.session(title="Late", audio_format="flac", audio_size_bytes=50_000,
+               audio_file_path=db.audio("late.flac", _pseudo(50_000, 9)))
+    before = sorted(p.name for p in folder.iterdir())
+    with pytest.raises(TargetError) as e:
+        push_once()
+    assert f"a folder named {name!r} is in the way" in str(e.value), str(e.value)
+    assert (folder / name / "theirs.txt").read_text() == "a person's own file\n"
+    assert sorted(p.name for p in folder.iterdir()) == before          # nothing sent

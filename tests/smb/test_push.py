@@ -35,8 +35,8 @@ from tests.parts import nest_folders
 from tests.parts.daemon import REPO
 from tests.parts.smbd import PW
 from tests.parts.smbdata import make_export_tree
-from tests.smb.recorder import (FORMATS, Progress, assert_landed, make_recorder, on_nas, push, recorder_config,
-                                stamps)
+from tests.smb.recorder import (FORMATS, Progress, assert_landed, assert_stopped_by_folder_in_the_way, make_recorder,
+                                on_nas, push, recorder_config, stamps)
 
 
 @pytest.fixture
@@ -83,6 +83,28 @@ def test_small_writes_reuse_buffers_without_mixing_files(rec, monkeypatch, verif
     assert all(r.ok and not r.skipped for r in res), res
     assert min(p.stat().st_size for p in (db.root / "audio").iterdir()) > 40 * 65536
     assert_landed(root / "nas" / "rec-small", db)
+
+
+@pytest.mark.parametrize("name", ["MANIFEST.JSON", "Sha256Sums"])
+def test_a_folder_spelled_like_the_pushs_manifest_in_other_letters_stops_it_before_it_sends_anything(rec, name):
+    """A person makes a folder named MANIFEST.JSON (or Sha256Sums) in the recorder's folder on the NAS, in place of
+    the push's own file. An SMB share is case-insensitive: that folder is where manifest.json goes, so the push sent
+    every new session, then failed to save ("refusing to replace a dir"), at every push, each session left as an
+    unfinished .partial folder (and sessions already there reported failed). As for a folder of the exact name
+    (tests/rclone/test_store_attacks.py), the push now stops before sending anything, naming the folder, which stays
+    as it is; moved away, the next push lands every session."""
+    smbd, remote, root, db = rec
+    cfg = cfg_for(root, db, remote, "rec-case")
+    folder = root / "nas" / "rec-case"
+    assert all(r.ok for r in push(cfg))
+    (folder / ("manifest.json" if name.casefold() == "manifest.json" else "SHA256SUMS")).unlink()
+    (folder / name).mkdir()
+    (folder / name / "theirs.txt").write_text("a person's own file\n")
+    assert_stopped_by_folder_in_the_way(folder, name, db, lambda: push(cfg, sleep=lambda s: None))
+    shutil.rmtree(folder / name)
+    res = push(cfg)
+    assert [r.ok for r in res] == [True] * 4, [r.error for r in res]
+    assert_landed(folder, db)
 
 
 def test_on_an_smbprotocol_ours_were_not_written_for_a_push_takes_its_own_paths_and_lands(rec, monkeypatch):
