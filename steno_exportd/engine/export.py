@@ -439,7 +439,11 @@ class Exporter:
                 if self.target_error is None:
                     self.target_error = error   # the push is tried again
         if undone:
-            mf.save(self.t, self.root, self.m)      # no longer naming a folder that is not in place
+            # no longer naming a folder that is not in place; failing that, by the next save, at the latest the
+            # run's last (else the store's manifest and the office index named them until the next push)
+            self._unsaved = True
+            mf.save(self.t, self.root, self.m)
+            self._unsaved = False
 
     def _refuse(self, h: "_Held") -> None:
         """A held session whose folder name was taken on the target meanwhile: not recorded, reported failed;
