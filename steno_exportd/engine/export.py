@@ -403,9 +403,20 @@ class Exporter:
             raise
         self._saved_at = time.monotonic()
         self._unsaved = False
-        for h in held_now:
-            if not h.partial:
+        unmark = [h for h in held_now if not h.partial]
+        for i, h in enumerate(unmark):
+            try:
                 self.t.remove(h.marker)
+            except TargetError as e:
+                # recorded, but its folder (and those after it: not tried, the store failed) still says
+                # "incomplete": not done (reported done, a push-on-new would move its mark past it and the marker
+                # stay); the next push that sends it finds the marker and completes it
+                for rest in unmark[i:]:
+                    self._undone[rest.uuid] = (f"written, but its folder still says incomplete on the target: {e}",
+                                               problem_kind(e))
+                if self.target_error is None:
+                    self.target_error = e       # the push is tried again
+                break
         moves = [h for h in held_now if h.partial]
 
         def move(h: _Held) -> TargetError | None:
@@ -441,7 +452,11 @@ class Exporter:
                 if self.target_error is None:
                     self.target_error = error   # the push is tried again
         if undone:
-            mf.save(self.t, self.root, self.m)      # no longer naming a folder that is not in place
+            # no longer naming a folder that is not in place; failing that, by the next save, at the latest the
+            # run's last (else the store's manifest and the office index named them until the next push)
+            self._unsaved = True
+            mf.save(self.t, self.root, self.m)
+            self._unsaved = False
 
     def _refuse(self, h: "_Held") -> None:
         """A held session whose folder name was taken on the target meanwhile: not recorded, reported failed;

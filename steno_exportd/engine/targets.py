@@ -323,13 +323,14 @@ class _DirWrite:
             self.abort()
 
 
-class _FdRead:
-    """A file read through its descriptor. ``direct``: opened for a read-back, O_DIRECT where the filesystem takes
-    it: the bytes come from the medium itself (not pages the kernel kept or failed to drop) into the caller's
-    buffer with no copy through the page cache, which on a Pi's CPU costs as much as a SHA-256 pass (a page-aligned
-    buffer is needed: Buffers.read). Where a read cannot be direct (a buffer not aligned, the file's unaligned
-    tail, a filesystem that refuses it at the read) it goes on as a plain read: the file's cached pages were dropped
-    before (open_read)."""
+class FdRead:
+    """A file read through its descriptor (closed by close()). ``direct``: O_DIRECT where the filesystem takes it (a
+    read-back, a recording not in the page cache: writer._direct_reader): the bytes come from the medium itself (not
+    pages the kernel kept or failed to drop) into the caller's buffer with no copy through the page cache, which on a
+    Pi's CPU costs as much as a SHA-256 pass (a page-aligned buffer is needed: writer.Buffers). Where a read cannot be
+    direct (a buffer not aligned, the file's unaligned tail, a filesystem that refuses it at the read) it goes on as a
+    plain read: after the tail, a file written to meanwhile is read on with the bytes it grew by, where a direct read
+    at that unaligned offset is refused (EINVAL). (A read-back's cached pages were dropped before: open_read.)"""
 
     def __init__(self, fd: int, direct: bool = False) -> None:
         self._fd = fd
@@ -358,6 +359,9 @@ class _FdRead:
         if self._direct:
             self._direct = False
             _set_direct(self._fd, False)
+
+    def fileno(self) -> int:
+        return self._fd
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -541,7 +545,7 @@ class DirectoryTarget:
         fd = self._open_dir(folder)
         return _DirWrite(self, fd, final, rel)
 
-    def open_read(self, rel: str, *, uncached: bool = False) -> _FdRead:
+    def open_read(self, rel: str, *, uncached: bool = False) -> FdRead:
         folder, name = self._split(rel)
         dfd = self._open_dir(folder)
         try:
@@ -569,7 +573,7 @@ class DirectoryTarget:
             except OSError:
                 pass
             self._drop_block_cache()
-        return _FdRead(fd, direct=uncached)
+        return FdRead(fd, direct=uncached)
 
     def _drop_block_cache(self) -> None:
         """Best effort: evict the device's cached blocks so a FUSE read-back reaches the medium."""

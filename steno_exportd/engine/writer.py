@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from steno_exportd.engine.targets import DIRECT_ALIGN, DIRECT_MIN, Target, WriteHandle
+from steno_exportd.engine.targets import DIRECT_ALIGN, DIRECT_MIN, FdRead, Target, WriteHandle
 from steno_exportd.errors import CancelledJob, SourceError, VerifyError
 from steno_exportd.recordings import SourceRef
 
@@ -91,18 +91,20 @@ def copy_into(ref: SourceRef, h: WriteHandle, *, tick: Tick = lambda n: None,
         h.abort()
         raise
     fd = f.fd
-    rfd = fd
+    direct: FdRead | None = None
     try:
         try:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         except OSError:
             pass
-        rfd = _direct_reader(fd, f.st.st_size, h)
+        direct = _direct_reader(fd, f.st.st_size, h)
+        read = direct.readinto if direct is not None else lambda buf: os.readv(fd, [buf])
         if known is not None:
-            return _copy_known(src, fd, rfd, h, tick, cancelled, buffers), known, h
+            return _copy_known(src, fd, direct.fileno() if direct is not None else fd, read, h, tick, cancelled,
+                               buffers), known, h
         digest = hashlib.sha256()
         size = h.offset
-        with _ReadAhead(lambda buf: os.readv(rfd, [buf]), iter((buffers or Buffers()).ring(h.chunk)),
+        with _ReadAhead(read, iter((buffers or Buffers()).ring(h.chunk)),
                         cancelled, each=digest.update, skip=h.offset,
                         failed=lambda e: SourceError(f"cannot read {src}: {e}")) as chunks:
             try:
@@ -118,14 +120,15 @@ def copy_into(ref: SourceRef, h: WriteHandle, *, tick: Tick = lambda n: None,
                 raise
         return size, digest.hexdigest(), h
     finally:
-        if rfd != fd:
-            os.close(rfd)
+        if direct is not None:
+            direct.close()
         f.close()
 
 
-def _direct_reader(fd: int, size: int, h: WriteHandle) -> int:
-    """The descriptor to read a recording's bytes from: ``fd`` itself, or the same file opened again direct
-    (O_DIRECT: a descriptor of its own). Never direct beside a target that reads the file itself (``reads_source``:
+def _direct_reader(fd: int, size: int, h: WriteHandle) -> FdRead | None:
+    """The same file opened again direct (O_DIRECT: a descriptor of its own, read as FdRead reads it: from its
+    unaligned tail on through the cache, so that a recording written to after its tail was read is not refused,
+    EINVAL), or None: read ``fd`` itself. Never direct beside a target that reads the file itself (``reads_source``:
     rclone, through the page cache, at most a few MiB behind these reads): read around the cache, every byte came
     from the disk twice (an SD card), where through it rclone's reads find the pages these reads brought in.
 
@@ -137,18 +140,18 @@ def _direct_reader(fd: int, size: int, h: WriteHandle) -> int:
     """
     if size < DIRECT_MIN or h.offset % DIRECT_ALIGN or h.chunk % DIRECT_ALIGN or getattr(h, "reads_source", False) \
             or _cached(fd, size):
-        return fd
+        return None
     try:
         rfd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
     except OSError:
-        return fd
+        return None
     try:
         if not os.path.samestat(os.fstat(rfd), os.fstat(fd)):     # never another file than the one checked
             raise OSError("not the same file")
     except OSError:
         os.close(rfd)
-        return fd
-    return rfd
+        return None
+    return FdRead(rfd, direct=True)
 
 
 def _cached(fd: int, size: int) -> bool:
@@ -237,12 +240,13 @@ class _ReadAhead:
             full.put(e)
 
 
-def _copy_known(src: Path, fd: int, rfd: int, h: WriteHandle, tick: Tick, cancelled: Callable[[], bool],
-                buffers: Buffers | None) -> int:
+def _copy_known(src: Path, fd: int, rfd: int, read: Callable[[memoryview], int], h: WriteHandle, tick: Tick,
+                cancelled: Callable[[], bool], buffers: Buffers | None) -> int:
     """copy_into() of a file whose hash is known: read and write in this thread, one buffer (nothing to hash
     beside the writes; the kernel reads ahead meanwhile). A reader thread cost ~0.2 CPU-s per GiB more here
     (a hand-off per chunk each way), a third of the copy's own CPU (measured: 0.46 -> 0.67 s per GiB).
-    ``rfd``: where the bytes are read (_direct_reader), ``fd``: the file as opened (for the target's from_file)."""
+    ``read``: reads the next bytes from ``rfd`` (the file as opened, or opened again direct: _direct_reader), ``fd``:
+    the file as opened (for the target's from_file)."""
     view = memoryview((buffers or Buffers()).ring(h.chunk)[0])
     size = h.offset
     try:
@@ -254,7 +258,7 @@ def _copy_known(src: Path, fd: int, rfd: int, h: WriteHandle, tick: Tick, cancel
             if cancelled():
                 raise CancelledJob("cancelled")
             try:
-                n = os.readv(rfd, [view])
+                n = read(view)
             except OSError as e:
                 raise SourceError(f"cannot read {src}: {e}") from e
             if n == 0:

@@ -7,12 +7,13 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from steno_exportd.engine import writer
-from steno_exportd.engine.targets import DirectoryTarget
+from steno_exportd.engine.targets import COPY_CHUNK, DirectoryTarget
 from steno_exportd.recordings import SourceRef
 from tests.parts.loopfs import loop_fs
 
@@ -28,8 +29,8 @@ def resident(path: Path) -> int:
     return int(out.strip())
 
 
-def _recording(mnt: Path, cached: bool) -> tuple[Path, bytes]:
-    data = os.urandom(SIZE)
+def _recording(mnt: Path, cached: bool, size: int = SIZE) -> tuple[Path, bytes]:
+    data = os.urandom(size)
     src = mnt / "rec.wav"
     src.write_bytes(data)
     fd = os.open(src, os.O_RDONLY)
@@ -106,3 +107,73 @@ def test_a_recording_in_memory_is_read_through_the_cache(tmp_path):
         assert (size, got) == (SIZE, hashlib.sha256(data).hexdigest())
         assert (out / "rec.wav").read_bytes() == data
         assert resident(src) >= SIZE - 4096          # still held: nothing read it around the cache
+
+
+def _read_to(src: Path, size: int) -> bool:
+    """Has a descriptor of ``src`` this process holds been read to ``size``?"""
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == str(src) and \
+                    f"pos:\t{size}\n" in Path(f"/proc/self/fdinfo/{fd}").read_text():
+                return True
+        except OSError:
+            continue                    # (closed meanwhile)
+    return False
+
+
+class _GrowsAtFirstWrite:
+    """A real folder's write handle whose first write waits until the copy's reader has read the recording to its
+    end (its unaligned tail, direct), then appends to the recording: it grows while it is copied."""
+
+    def __init__(self, h, src: Path, size: int, more: bytes) -> None:
+        self._h, self._src, self._size, self._more = h, src, size, more
+
+    def __getattr__(self, name: str):
+        return getattr(self._h, name)
+
+    def write(self, data) -> None:
+        if self._more:
+            end = time.monotonic() + 30
+            while not _read_to(self._src, self._size):
+                assert time.monotonic() < end, "the recording was not read to its end"
+                time.sleep(0.01)
+            with open(self._src, "ab") as f:
+                f.write(self._more)
+            self._more = b""
+        self._h.write(data)
+
+
+@pytest.mark.parametrize("known", [False, True])
+def test_a_recording_that_grows_after_its_tail_was_read_direct_is_copied_as_it_is_now(tmp_path, known):
+    """A recording read direct from the disk has an unaligned tail (a read at an unaligned offset is refused direct):
+    one written to after that tail was read is copied with the bytes it grew by, as a read through the cache copies
+    them, never a copy failed with "Invalid argument". (Only finished sessions are exported: rare, but a user must
+    not see a kernel's EINVAL.) The reader has read the tail into the last of its buffers when the first write
+    makes the file grow (hashed beside the copy); a copy of a file whose hash is known grows after it wrote the
+    tail."""
+    # the tail fills the last buffer of the reader's ring: it then waits for the first write to hand one back
+    size = (max(writer.RING_MIN, writer.RING_BYTES // COPY_CHUNK) - 1) * COPY_CHUNK + 12345
+    more = os.urandom(3000)
+    with loop_fs(tmp_path, "ext4", 64) as (mnt, _dev, _img):
+        src, data = _recording(mnt, cached=False, size=size)
+        out = tmp_path / "out"
+        out.mkdir()
+        h = DirectoryTarget(out).open_write("rec.wav")
+        written = []
+
+        def tick(n: int) -> None:
+            written.append(n)
+            if known and sum(written) == size:
+                with open(src, "ab") as f:
+                    f.write(more)
+        if not known:
+            h = _GrowsAtFirstWrite(h, src, size, more)
+        got_size, got, h = writer.copy_into(SourceRef(src, mnt), h, tick=tick,
+                                            known=hashlib.sha256(data).hexdigest() if known else None)
+        h.sync()
+        h.commit()
+        assert (out / "rec.wav").read_bytes() == data + more
+        assert got_size == size + len(more)
+        if not known:
+            assert got == hashlib.sha256(data + more).hexdigest()
+        assert resident(src) <= PROBED, f"not read direct: {resident(src)} bytes of the recording cached"

@@ -648,22 +648,18 @@ def test_a_push_whose_last_manifest_save_fails_does_not_report_those_sessions_do
     assert not list(folder.rglob(MARKER)) and not unfinished(folder)
 
 
-def test_sessions_whose_folders_were_not_moved_into_place_are_not_reported_done(rclone_server, rclone_tmp,
-                                                                                monkeypatch):
-    """A deferred save mid-push records several sessions built as <folder>.partial, then the store goes away as
-    their folders are moved into place: none of them is reported done (reported done, a push-on-new would move
-    its mark past them and never send them again). The next push completes them, each once."""
+def _gone_at_the_fourths_save(srv, monkeypatch, build: str = "moved") -> threading.Event:
+    """Sessions built as <folder>.partial (``build`` "moved") or in place with a marker ("in place"), forced; the
+    first is saved at once, the second and third wait for the fourth's save, and the store goes away (stopped) once
+    that save landed, as it moves their folders into place or removes their markers: the event is set then."""
     from steno_exportd.engine.export import Exporter
+    from steno_exportd.engine.targets import MARKER
     from steno_exportd.rclone.target import RcloneTarget
-    srv = rclone_server
-    db = make_recorder(rclone_tmp / "rec", sizes=tuple((1 << 20) + i for i in range(4)))
-    cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
-    folder = srv.served / "office" / recorder_folder(cfg)
-    connect, save, move_dir = RcloneTarget.connect, Exporter._save, RcloneTarget._move_dir
+    connect, save, move_dir, remove = RcloneTarget.connect, Exporter._save, RcloneTarget._move_dir, RcloneTarget.remove
 
-    def moved(self) -> None:
+    def forced(self) -> None:
         connect(self)
-        self.atomic_dir_rename = True
+        self.atomic_dir_rename = build == "moved"
     saves: list[int] = []
 
     def save_at_the_fourth(self, held=None) -> None:
@@ -674,31 +670,93 @@ def test_sessions_whose_folders_were_not_moved_into_place_are_not_reported_done(
             if len(saves) == 4:
                 monkeypatch.setattr(RcloneTarget, "save_every", 0.0)
         save(self, held)
-    gone = threading.Event()
+    gone, stopping = threading.Event(), threading.Lock()
+
+    def stop() -> None:
+        if RcloneTarget.save_every == 0.0:
+            with stopping:              # (the moves run at once: none of them before the store is stopped)
+                if not gone.is_set():
+                    srv.stop()
+                    gone.set()
 
     def move_gone(self, src: str, dst: str) -> None:
-        if RcloneTarget.save_every == 0.0 and not gone.is_set():
-            gone.set()
-            srv.stop()
+        stop()
         move_dir(self, src, dst)
-    monkeypatch.setattr(RcloneTarget, "connect", moved)
+
+    def remove_gone(self, rel: str) -> None:
+        if rel.endswith(f"/{MARKER}"):
+            stop()
+        remove(self, rel)
+    monkeypatch.setattr(RcloneTarget, "connect", forced)
     monkeypatch.setattr(RcloneTarget, "save_every", 3600.0)
     monkeypatch.setattr(Exporter, "_save", save_at_the_fourth)
     monkeypatch.setattr(RcloneTarget, "_move_dir", move_gone)
-    shown = Progress()              # a job failed as a whole keeps the results its progress showed last
-    try:
-        res = list(push(cfg, shown, sleep=lambda s: None))
-    except RcloneError:
-        res = list(shown.fields.get("results") or ())
+    monkeypatch.setattr(RcloneTarget, "remove", remove_gone)
+    return gone
+
+
+@pytest.mark.parametrize("how", BUILDS)
+def test_sessions_whose_folders_were_not_finished_after_their_save_are_not_reported_done(rclone_server, rclone_tmp,
+                                                                                          monkeypatch, how):
+    """A deferred save mid-push records several sessions built as <folder>.partial (or in place), then the store goes
+    away as their folders are moved into place (or their markers removed): none whose folder still says "incomplete"
+    is reported done (reported done, a push-on-new would move its mark past it and never send it again; a marker
+    stayed). The next push completes them, each once."""
+    srv = rclone_server
+    db = make_recorder(rclone_tmp / "rec", sizes=tuple((1 << 20) + i for i in range(4)))
+    cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+    folder = srv.served / "office" / recorder_folder(cfg)
+    with monkeypatch.context() as faults:
+        gone = _gone_at_the_fourths_save(srv, faults, how)
+        shown = Progress()          # a job failed as a whole keeps the results its progress showed last
+        try:
+            res = list(push(cfg, shown, sleep=lambda s: None))
+        except RcloneError:
+            res = list(shown.fields.get("results") or ())
     assert gone.is_set(), "the store was never stopped"
+    marked = unfinished(folder)
+    assert len(marked) == 3, marked
+    done = {pathlib.PurePath(f.path).parent.name for r in res if r.ok and not r.skipped for f in r.files}
+    assert not done & marked, (done, marked)
+
+    srv.start()
+    res = push(cfg)
+    assert [r.ok for r in res] == [True] * 4, [r.error for r in res]
+    assert_landed(folder, db)
+    assert not unfinished(folder)
+
+
+def test_a_manifest_not_saved_again_after_failed_folder_moves_is_saved_by_the_push_at_its_end(rclone_server,
+                                                                                              rclone_tmp, monkeypatch):
+    """A deferred save mid-push records sessions built as <folder>.partial; their moves into place fail (the store
+    gone), and so does the save that takes them out of the manifest again. The store is back before the push ends
+    (its last attempt): its last save writes the manifest as it is now, so manifest.json and the office index name no
+    meeting whose folder is not on the store (they named three such, until the next push). The next push completes
+    them, each once."""
+    srv = rclone_server
+    db = make_recorder(rclone_tmp / "rec", sizes=tuple((1 << 20) + i for i in range(4)))
+    cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+    folder = srv.served / "office" / recorder_folder(cfg)
+    with monkeypatch.context() as faults:
+        faults.setattr(RcloneKind, "attempts", 1)
+        gone = _gone_at_the_fourths_save(srv, faults)
+        back = threading.Event()
+
+        def back_after_the_fourth(fields: dict) -> bool:
+            if gone.is_set() and not back.is_set() and len(fields.get("results") or ()) == 4:
+                back.set()          # every session has its result: the push's last save is next
+                srv.start()
+            return False
+        res = push(cfg, Progress(back_after_the_fourth), sleep=lambda s: None)
+    assert gone.is_set() and back.is_set()
     in_place = {p.name for p in folder.iterdir() if p.is_dir() and not p.name.endswith(".partial")
                 and not p.name.startswith((".", "_"))}
-    assert len(in_place) == 1, in_place
-    assert sum(r.ok for r in res) <= len(in_place), [(r.ok, r.error) for r in res]
+    assert len(in_place) == 1 and sum(r.ok for r in res) == 1, (in_place, [(r.ok, r.error) for r in res])
+    recorded = {s["folder"] for s in json.loads((folder / "manifest.json").read_text())["sessions"].values()}
+    index = json.loads((folder.parent / INDEX_DIR / f"{folder.name}.json").read_text())
+    listed = {m["folder"].rpartition("/")[2] for m in index["meetings"]}
+    assert recorded == listed == in_place, (recorded, listed, in_place)
 
-    monkeypatch.setattr(Exporter, "_save", save)
-    monkeypatch.setattr(RcloneTarget, "_move_dir", move_dir)
-    srv.start()
     res = push(cfg)
     assert [r.ok for r in res] == [True] * 4, [r.error for r in res]
     assert_landed(folder, db)
