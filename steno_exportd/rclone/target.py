@@ -96,8 +96,8 @@ class RcloneTarget:
         self.name = name or rcd.where
         self.place = place or base        # the store's folder, however a remote spells it: the recorder's own
                                           # record of the .partial folders it began there is kept by it
-        self.tag = f"{host_folder()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"   # (the host name as a safe name: the
-                                                                              # kernel takes any bytes, "/" too)
+        self._host = host_folder()        # the host name as a safe name (the kernel takes any bytes, "/" too)
+        self.tag = f"{self._host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.hash: str | None = None
         self._seq = itertools.count(1)
         self._files: set[str] = set()     # files this push committed (known to be files, not folders)
@@ -289,7 +289,7 @@ class RcloneTarget:
 
     def own_temp(self, name: str) -> bool:
         """Temp files this host's pushes leave after a drop (another host's are not ours to remove)."""
-        return name.startswith(f"{TEMP_PREFIX}{host_folder()}-")
+        return name.startswith(f"{TEMP_PREFIX}{self._host}-")
 
     def temp_name(self) -> str:
         return f"{TEMP_PREFIX}{self.tag}-{next(self._seq)}.part"

@@ -120,7 +120,8 @@ class SmbTarget:
         self.max_write = CHUNK
         self.wire = False                  # smbwire.install() said ours are in (at connect)
         self.max_read = READ_CHUNK
-        self.tag = f"{host_folder()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._host = host_folder()         # the host name as a safe name (the kernel takes any bytes, "/" too)
+        self.tag = f"{self._host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.manifests_saved: set[str] = set()  # the folders whose manifest.json this push saved (manifest.saved())
         self._reader: SmbTarget | None = None
         self._reader_lock = threading.Lock()
@@ -431,7 +432,7 @@ class SmbTarget:
 
     def own_temp(self, name: str) -> bool:
         """Temp files this host's pushes leave after a drop (another host's are not ours to remove)."""
-        return name.startswith(f"{TEMP_PREFIX}{host_folder()}-")
+        return name.startswith(f"{TEMP_PREFIX}{self._host}-")
 
     # -- small files (the claim) ------------------------------------------------------------------
     def create_once(self, rel: str, data: bytes) -> bool:

@@ -32,7 +32,7 @@ from steno_exportd.rclone.kind import RcloneKind
 from steno_exportd.errors import TargetFullError
 from steno_exportd.rclone.process import RcloneError, config_problems
 from tests import parts
-from tests.parts.rclone import RcloneServer, serving
+from tests.parts.rclone import FaultyWebdav, RcloneServer
 from tests.recorder_db import RecorderDB
 from tests.smb.recorder import FORMATS, Progress, assert_landed, make_recorder, on_nas, stamps
 
@@ -774,56 +774,6 @@ def test_a_wrong_password_is_a_clear_error_and_not_retried(setup, rclone_tmp):
     assert not folder.exists()
 
 
-@contextlib.contextmanager
-def _writes_forbidden(srv: RcloneServer) -> Iterator[int]:
-    """A WebDAV server in front of ``srv`` that lets its login read and answers every write 403 Forbidden, as an
-    office server does for a folder shared read-only with that user (Nextcloud, Apache's mod_dav); its port."""
-    import http.client
-    import http.server
-
-    class Front(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def _body(self) -> bytes:
-            if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
-                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            data = b""
-            while n := int(self.rfile.readline().split(b";")[0], 16):
-                data += self.rfile.read(n)
-                self.rfile.readline()
-            self.rfile.readline()
-            return data
-
-        def _answer(self) -> None:
-            body, headers = self._body(), []
-            if self.command in ("PUT", "MKCOL", "MOVE", "COPY", "DELETE", "PROPPATCH", "LOCK"):
-                status, out = 403, b"Forbidden"
-            else:
-                c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
-                c.request(self.command, self.path, body=body, headers={k: v for k, v in self.headers.items() if
-                                                                       k.lower() not in ("host", "connection",
-                                                                                         "transfer-encoding")})
-                r = c.getresponse()
-                status, out = r.status, r.read()
-                headers = [(k, v) for k, v in r.getheaders()
-                           if k.lower() not in ("connection", "content-length", "transfer-encoding")]
-                c.close()
-            self.send_response(status)
-            for k, v in headers:
-                self.send_header(k, v)
-            self.send_header("Content-Length", str(len(out)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(out)
-        do_GET = do_HEAD = do_OPTIONS = do_PROPFIND = do_PUT = do_MKCOL = do_MOVE = do_COPY = do_DELETE = _answer
-        do_PROPPATCH = do_LOCK = do_UNLOCK = _answer
-
-        def log_message(self, *a) -> None:
-            pass
-    with serving(Front) as port:
-        yield port
-
-
 REFUSALS = ("webdav read-only", "sftp read-only", "sftp folder not writable", "webdav 403")
 
 
@@ -853,9 +803,15 @@ def refusing(request, rclone_tmp) -> Iterator[tuple[pathlib.Path, config.Config]
         if how != "403":
             yield served / "office" / "meetings", cfg
             return
-        with _writes_forbidden(srv) as port:
-            conf.write_text(conf.read_text().replace(f":{srv.port}/", f":{port}/"))
+        # in front of it, a server that lets its login read and answers every write 403 Forbidden, as an office
+        # server does for a folder shared read-only with that user (Nextcloud, Apache's mod_dav)
+        writes = ("PUT", "MKCOL", "MOVE", "COPY", "DELETE", "PROPPATCH", "LOCK")
+        front = FaultyWebdav(srv.port, lambda method, path: 403 if method in writes else None)
+        try:
+            front.client_config(srv, conf)
             yield served / "office" / "meetings", cfg
+        finally:
+            front.close()
     finally:
         srv.stop()
 
