@@ -26,11 +26,16 @@ def index_path(root: str) -> str:
     return f"{INDEX_DIR}/{root}.json"
 
 
-def build(m: mf.Manifest, root: str, short_id: str) -> bytes:
-    """The index file of a recorder: its folder, and each meeting exported there (title, folder, files)."""
+def build(m: mf.Manifest, root: str, short_id: str, held: set[str] | None = None) -> bytes:
+    """The index file of a recorder: its folder, and each meeting exported there (title, folder, files).
+    ``held``: the names in the recorder's folder now; a meeting whose folder is not among them is not listed (its
+    folder removed from the store: the manifest still records it, and a session deleted on the recorder too is
+    never sent again, so it was listed for ever)."""
     meetings = []
     for uuid in sorted(m.exported(), key=lambda u: (m.sessions[u].get("folder", ""), u)):
         s = m.sessions[uuid]
+        if held is not None and s["folder"] not in held:
+            continue
         meetings.append({"uuid": uuid, "title": s.get("title", ""), "folder": f"{root}/{s['folder']}",
                          "updated_at": s.get("updated_at", ""), "exported_at": s.get("exported_at", ""),
                          "files": sorted(s.get("files", {}))})
@@ -40,8 +45,9 @@ def build(m: mf.Manifest, root: str, short_id: str) -> bytes:
 
 
 def write(t: Target, root: str, short_id: str) -> int:
-    """Rewrite this recorder's index file from its manifest on ``t``: the number of meetings listed, -1
-    when it could not be written (logged: the push itself landed and is verified; the next one retries).
+    """Rewrite this recorder's index file from its manifest on ``t`` (the meetings whose folders are there): the
+    number of meetings listed, -1 when it could not be written (logged: the push itself landed and is verified; the
+    next one retries).
 
     After a push that saved no manifest (it found nothing new) the file is left as it is when it already lists
     what would be written ("updated" aside: when its content last changed): rewritten at every push, it was a new
@@ -51,15 +57,26 @@ def write(t: Target, root: str, short_id: str) -> int:
         m = mf.known(t, root)       # as this push read or saved it last: not read again
         if m is None:
             m = mf.read(t, root)
-        body = build(m, root, short_id)
+        held = _held(t, root)
+        body = build(m, root, short_id, held)
+        listed = sum(m.sessions[u]["folder"] in held for u in m.exported())
         if mf.saved(t, root) is False and _listed(t, root) == _content(body):
-            return len(m.exported())
+            return listed
         t.mkdir(INDEX_DIR)
         mf.write_atomic(t, index_path(root), body)
     except (ValueError, TargetError) as e:
         log.warning("%s: office index %s not written: %s", t.name, index_path(root), e)
         return -1
-    return len(m.exported())
+    return listed
+
+
+def _held(t: Target, root: str) -> set[str]:
+    """The names in the recorder's folder on ``t`` now: as the push's target knows them without asking the store
+    (``known_names``: the listing the push read at its start, kept current by its own changes), else listed (one
+    request)."""
+    known = getattr(t, "known_names", None)
+    names = known(root) if known is not None else None
+    return set(t.scandir(root)) if names is None else names
 
 
 def _content(raw: bytes | bytearray) -> dict | None:

@@ -210,6 +210,13 @@ class RcloneTarget:
                     del self._mine[d]
                 self._dirs = {d for d in self._dirs if d != gone and not d.startswith(f"{gone}/")}
 
+    def known_names(self, rel: str) -> set[str] | None:
+        """The names in a folder only this push writes in, as it listed and changed them (no request); None when
+        not known."""
+        with self._names:
+            names = self._mine.get(self.rel(rel))
+            return None if names is None else set(names)
+
     def claimed(self, rel: str) -> None:
         """``rel`` is claimed by this recorder: no other push writes in it (its listing, once read, stays true)."""
         self._claimed.add(self.rel(rel))

@@ -407,6 +407,47 @@ def test_a_push_that_finds_nothing_new_writes_nothing_on_the_store_not_even_the_
         assert len(json.loads(index.read_text())["meetings"]) == 2
 
 
+def test_a_meeting_deleted_on_the_recorder_and_removed_from_the_store_leaves_the_office_index(rclone_tmp):
+    """A session deleted on the recorder whose folder someone also removed from the store stayed listed in the
+    recorder's office index for ever (built from the manifest, which still records it; no push sends it again).
+    Now a meeting is listed only while its folder is on the store, known from the listing the push reads at its
+    start: the push after the removal rewrites the index without it, listing no folder more than a push that finds
+    nothing new; the next writes nothing. Seen in the WebDAV server's own log."""
+    from tests.recorder_db import delete_session
+    with verbose_webdav(rclone_tmp, (1 << 20, (1 << 20) + 1, (1 << 20) + 2)) as (srv, db, cfg):
+        assert all(r.ok and not r.skipped for r in push(cfg))
+        folder = srv.served / "office" / recorder_folder(cfg)
+        index = srv.served / "office" / INDEX_DIR / f"{folder.name}.json"
+        sessions = {u: s["folder"] for u, s in json.loads((folder / "manifest.json").read_text())["sessions"].items()}
+        log = rclone_tmp / "serve-webdav.log"
+
+        def listings(since: int) -> int:
+            """PROPFINDs of the recorder's folder itself since line ``since`` of the store's log."""
+            lines = log.read_text(errors="replace").splitlines()[since:]
+            return len([ln for ln in lines if re.search(rf"[ /]office/{re.escape(folder.name)}/?: PROPFIND from ", ln)])
+        before, at = srv.requests(), len(log.read_text(errors="replace").splitlines())
+        assert [r.skipped for r in push(cfg)] == [True] * 3
+        nothing_new, listed_once = srv.requests() - before, listings(at)
+        gone = sorted(sessions)[1]
+        delete_session(db.path, gone)
+        # removed through the store (not behind rclone serve's back, whose listing it keeps for minutes)
+        subprocess.run(["rclone", "--config", str(rclone_tmp / "rclone.conf"), "purge",
+                        f"{srv.remote}:office/{folder.name}/{sessions[gone]}"], check=True, capture_output=True)
+        assert not (folder / sessions[gone]).exists()
+        at = len(log.read_text(errors="replace").splitlines())
+        res = push(cfg)
+        assert [(r.ok, r.skipped) for r in res] == [(True, True)] * 2, res
+        listed = json.loads(index.read_text())["meetings"]
+        assert sorted(m["uuid"] for m in listed) == sorted(u for u in sessions if u != gone), listed
+        assert all((srv.served / "office" / m["folder"]).is_dir() for m in listed)
+        assert listings(at) == listed_once >= 1      # the recorder's folder listed once, by the push's start
+        kept = (index.stat().st_ino, index.stat().st_mtime_ns)
+        before = srv.requests()
+        assert [r.skipped for r in push(cfg)] == [True] * 2
+        assert srv.requests() - before == nothing_new - 1
+        assert (index.stat().st_ino, index.stat().st_mtime_ns) == kept
+
+
 @pytest.mark.parametrize("change", ["added", "removed"])
 def test_the_office_index_after_a_save_said_failed_lists_the_manifest_the_store_holds(rclone_server, rclone_tmp,
                                                                                       monkeypatch, change):
@@ -423,6 +464,8 @@ def test_the_office_index_after_a_save_said_failed_lists_the_manifest_the_store_
         for u in ("u1", "u2"):
             m.sessions[u] = {"id": 1, "title": u, "folder": f"Meeting {u}", "updated_at": "", "exported_at": "",
                              "files": {"a.txt": mf.entry(1, "0" * 64, "txt", "1")}}
+        for u in ("u1", "u2"):
+            t.mkdir(f"x/Meeting {u}")           # (the office index lists a meeting while its folder is there)
         if change == "added":
             del m.sessions["u2"]
         mf.save(t, "x", m)

@@ -161,6 +161,31 @@ def test_push_lands_verifies_and_is_incremental(rec):
         t.close()
 
 
+def test_a_meeting_deleted_on_the_recorder_and_removed_from_the_nas_leaves_the_office_index(rec):
+    """A session deleted on the recorder (retention, a person) whose folder a person also removed from the NAS stayed
+    listed in the recorder's office index for ever: the index was built from the manifest, which still records it,
+    and no push sends that session again. Now a meeting is listed only while its folder is on the NAS: the push
+    after the removal writes the index without it (nothing else sent), the next leaves the index as it is."""
+    from tests.recorder_db import delete_session
+    smbd, remote, root, db = rec
+    cfg = cfg_for(root, db, remote, "rec-del")
+    folder = root / "nas" / "rec-del"
+    assert [r.ok and not r.skipped for r in push(cfg)] == [True] * 3
+    index = root / "nas" / "_index" / "rec-del.json"
+    sessions = sessions_on_nas(folder)
+    gone = sorted(sessions)[1]
+    delete_session(db.path, gone)
+    shutil.rmtree(folder / sessions[gone])
+    res = push(cfg)
+    assert [(r.ok, r.skipped) for r in res] == [(True, True)] * 2, res
+    listed = json.loads(index.read_text())["meetings"]
+    assert sorted(m["uuid"] for m in listed) == sorted(u for u in sessions if u != gone), listed
+    assert all((root / "nas" / m["folder"]).is_dir() for m in listed)
+    kept = (index.stat().st_ino, index.stat().st_mtime_ns)
+    assert [(r.ok, r.skipped) for r in push(cfg)] == [(True, True)] * 2
+    assert (index.stat().st_ino, index.stat().st_mtime_ns) == kept
+
+
 @pytest.mark.parametrize("host", ["desk/42", "desk\\42"])
 def test_a_host_name_no_file_name_can_hold_pushes_and_leaves_no_temp_file_on_the_nas(rec, monkeypatch, host):
     """The push's temp names on the NAS hold the host name, which the kernel takes of any bytes (sethostname(2)):
