@@ -323,10 +323,27 @@ class RcloneTarget:
             h.close()
 
     def move(self, src: str, dst: str, *, free: bool = False, locked_again: bool = True) -> None:
-        """Move a file; ``free``: dst is known absent, so rclone need not look it up first (one request less)."""
-        self.rcd.call("operations/movefile", {"srcFs": self.fs, "srcRemote": self.rel(src), "dstFs": self.fs,
-                                              "dstRemote": self.rel(dst), "_config": _always(free)},
-                      locked_again=locked_again)
+        """Move a file; ``free``: dst is known absent, so rclone need not look it up first (one request less).
+        A move refused because its source is gone from the store (our temp file, removed there meanwhile by a
+        person or another program: a WebDAV store answers the MOVE 404 or 403, which is also how a store refuses
+        writes for good) is a transient fault saying so: the next attempt sends the file again."""
+        try:
+            self.rcd.call("operations/movefile", {"srcFs": self.fs, "srcRemote": self.rel(src), "dstFs": self.fs,
+                                                  "dstRemote": self.rel(dst), "_config": _always(free)},
+                          locked_again=locked_again)
+        except RcloneError as e:
+            if not e.permanent or e.locked:
+                raise
+            try:
+                gone = self._stat(src) is None      # (a request more, on this failure only)
+            except RcloneError:
+                raise e from None
+            if not gone:
+                raise
+            self._landed(src, False)
+            raise RcloneError(f"{self.name}: {src} disappeared from the store before it was moved to {dst} "
+                              f"(removed there meanwhile by a person or another program?); it is sent again") \
+                from None
         self._landed(src, False)
         self._landed(dst)
 

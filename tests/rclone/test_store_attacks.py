@@ -670,3 +670,62 @@ def test_a_store_failing_once_as_the_push_reads_its_manifest_is_tried_again_not_
     finally:
         relay.close()
         srv.stop()
+
+
+def test_a_temp_file_removed_from_the_store_before_its_move_is_sent_again_not_a_store_refusing_writes(rclone_tmp,
+                                                                                                     caplog):
+    """THREATS: the NAS may fail, a person or a program may change it. A push's temp file (the manifest save's)
+    is removed on a WebDAV store (a person, a clean-up script, a sync client) between its upload and its move into
+    place: the store answers the MOVE as it answers a write it refuses for good (403 or 404: rclone serve --read-only
+    answers uploads 404), and the push failed for good, saying "the store refuses to save files there", not tried
+    again. Now it is a transient fault that says the file disappeared: the push's next attempt sends it again, and
+    the push lands. The removal is made through the store itself (rclone serve webdav), as the MOVE reaches it."""
+    import base64
+    import http.client
+    import urllib.parse
+    from steno_exportd.engine.identity import recorder_folder
+    from steno_exportd.engine.targets import TEMP_PREFIX
+    from tests.parts import require_tool
+    from tests.parts.rclone import FaultyWebdav, RcloneServer
+    from tests.rclone.test_push import make_cfg, push
+    require_tool("rclone")
+    (rclone_tmp / "served").mkdir()
+    srv = RcloneServer("webdav", rclone_tmp / "served", rclone_tmp)
+    srv.start()
+    armed: list[str] = []
+    removed: list[str] = []
+
+    def remove_before_the_move(method: str, path: str) -> int | None:
+        if method == "MOVE" and armed and path.startswith(armed[0]) and \
+                path.rpartition("/")[2].startswith(TEMP_PREFIX):
+            armed.clear()
+            conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+            try:
+                login = base64.b64encode(f"{srv.user}:{srv.password}".encode()).decode()
+                conn.request("DELETE", urllib.parse.quote(path), headers={"Authorization": f"Basic {login}"})
+                assert conn.getresponse().status in (200, 204)
+            finally:
+                conn.close()
+            removed.append(path)
+        return None                         # the MOVE goes on to the store, whose answer is its own
+    relay = FaultyWebdav(srv.port, remove_before_the_move)
+    try:
+        db = make_recorder(rclone_tmp / "rec", sizes=(100_000, 100_500))
+        cfg = make_cfg(rclone_tmp, db, relay.client_config(srv, rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+        assert [r.ok and not r.skipped for r in push(cfg)] == [True] * 2
+        folder = srv.served / "office" / recorder_folder(cfg)
+        audio = rclone_tmp / "rec" / "audio" / "late.flac"
+        audio.write_bytes(os.urandom(100_000))
+        db.session(title="Late", audio_format="flac", audio_size_bytes=100_000, audio_file_path=f"audio/{audio.name}")
+        armed.append(f"/office/{folder.name}/")
+        caplog.set_level("WARNING")
+        res = push(cfg, sleep=lambda s: None)
+        assert removed, "no temp file was moved"
+        assert [r.ok for r in res] == [True] * 3, [r.error for r in res]
+        said = [r.getMessage() for r in caplog.records if "attempt 1/" in r.getMessage()]
+        assert len(said) == 1 and "disappeared from the store" in said[0] and "refuses" not in said[0], said
+        assert_landed(folder, db)
+        db.close()
+    finally:
+        relay.close()
+        srv.stop()
