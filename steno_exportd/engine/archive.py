@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import socket
 import struct
 import tarfile
 import threading
@@ -26,6 +25,7 @@ from isal.isal_zlib import crc32
 
 from steno_exportd import __version__
 from steno_exportd.engine import manifest as mf
+from steno_exportd.engine.identity import host_name
 from steno_exportd.errors import CancelledJob, SourceError
 from steno_exportd.recordings import SourceChanged, SourceRef
 
@@ -108,7 +108,7 @@ def make_plan(entries: list[ArchiveEntry], root: str = "SilentSteno", sessions: 
                 s["files"][fname] = {"size": e.size, "sha256": e.sha256 or "0" * 64, "renderer": e.fmt,
                                      "version": e.version, "template": "", "exported_at": exported_at}
             doc = {"format": mf.FORMAT, "version": mf.VERSION, "generator": f"steno-exportd {__version__}",
-                   "host": socket.gethostname(), "updated": exported_at, "sessions": out}
+                   "host": host_name(), "updated": exported_at, "sessions": out}
             return json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False).encode()
 
         for name, fn in ((f"{root}/{mf.SUMS}", sums), (f"{root}/{mf.MANIFEST}", manifest)):

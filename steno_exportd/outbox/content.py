@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import socket
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from steno_exportd.engine.identity import host_name
 from steno_exportd.engine.naming import resolve_collision, safe_name
 from steno_exportd.errors import NotAllowedError
 from steno_exportd.engine.plan import plan_session, render_file, source_ref
@@ -97,7 +97,7 @@ def sessions_draft(sessions: Sequence[Any], formats: Sequence[str], options: Ren
     subject = sessions_subject([s.title for s in sessions])
     share = links if isinstance(links, Links) else None
     context = dict(sessions=[session_context(s) for s in sessions], subject=subject, problems=problems,
-                   limit=_mb(limit), host=socket.gethostname(), no_link=links if isinstance(links, str) else "",
+                   limit=_mb(limit), host=host_name(), no_link=links if isinstance(links, str) else "",
                    link_until=_until(share.hours) if share else "", link_uses=share.uses if share else 0)
 
     def draft(kept: Sequence[Attachment], left: Sequence[Attachment], tokens: dict[int, str]) -> Draft:
@@ -149,5 +149,5 @@ def notices_draft(notices: Sequence[Notice], sender: str, recipients: Sequence[s
         subject = f"{len(notices)} events: " + ", ".join(f"{k.replace('_', ' ')} x{v}" for k, v in kinds.items())
     shown = [dict(subject=n.subject, lines=list(n.lines),
                   when=date_text(dt.datetime.fromtimestamp(n.at, dt.timezone.utc))) for n in notices]
-    text, html = body("notice", notices=shown, subject=subject, host=socket.gethostname())
+    text, html = body("notice", notices=shown, subject=subject, host=host_name())
     return Draft(sender, tuple(recipients), f"[steno] {subject}", text, html, auto=True)

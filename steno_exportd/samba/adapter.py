@@ -7,6 +7,7 @@ import os
 
 from steno_exportd import events
 from steno_exportd.core import Core
+from steno_exportd.engine.identity import host_name
 from steno_exportd.engine.naming import root_folder
 from steno_exportd.engine.options import ExportOptions
 from steno_exportd.errors import ConfigError, TargetError
@@ -31,7 +32,7 @@ async def run(core: Core) -> None:
             publish("off")              # never shared: nothing to switch off, smbd left alone
             return
         try:
-            res = await asyncio.to_thread(apply, cfg, on, os.uname().nodename, root_folder(core.cfg))
+            res = await asyncio.to_thread(apply, cfg, on, host_name(), root_folder(core.cfg))
         except (ConfigError, TargetError, OSError) as e:
             if isinstance(e, OSError):
                 e = TargetError(f"{e.filename or 'samba'}: {e.strerror or e}")

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
+
+from steno_exportd.engine.identity import host_name
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ class Announcer:
     """Keeps one Avahi entry group published while ``set(True)``; ``run()`` does the D-Bus work."""
 
     def __init__(self, name: str = "", bus_address: str | None = None) -> None:
-        self.name = name or socket.gethostname()
+        self.name = name or host_name()
         self.bus_address = bus_address
         self.want = False
         self.published = ""                # the name it is announced under now ("" when not)
@@ -45,7 +46,7 @@ class Announcer:
     def set(self, on: bool, name: str = "") -> None:
         """Announce (under ``name``, default the host name) or withdraw."""
         self.want = bool(on)
-        self.name = name or socket.gethostname()
+        self.name = name or host_name()
         self._wake.set()
 
     async def run(self) -> None:
@@ -74,7 +75,7 @@ class Announcer:
             return
         if not await self._has_owner():
             self._once("no-avahi", "avahi-daemon is not running: the share is not announced "
-                                   f"(Finder: smb://{socket.gethostname()}.local/ still works)")
+                                   f"(Finder: smb://{host_name()}.local/ still works)")
             return
         self._said.discard("no-avahi")
         await self._publish(self.name)

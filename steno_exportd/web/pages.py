@@ -9,6 +9,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from steno_exportd.engine.identity import host_name
 from steno_exportd.errors import InvalidArgument
 from steno_exportd.formats import DOCUMENT_TEMPLATES
 from steno_exportd.web.context import (CTX, WebContext, device_json, job_json, number, query_sessions,
@@ -130,8 +131,7 @@ def folded(text: str) -> str:
 
 async def devices_page(request: web.Request) -> web.Response:
     ctx: WebContext = request.app[CTX]
-    import socket
-    share = f"\\\\{socket.gethostname()}\\{ctx.cfg.samba.share_name}"
+    share = f"\\\\{host_name()}\\{ctx.cfg.samba.share_name}"
     on, state = bool(ctx.core.sharing_enabled), str(getattr(ctx.core, "samba_state", "off"))
     titles = {x.id: x.title or "(untitled)" for x in await ctx.sessions()}
     return ctx.render_page(request, "devices.html", sharing=on, samba_state=state, share=share,

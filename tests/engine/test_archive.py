@@ -144,6 +144,29 @@ def test_export_to_zip_and_tar(tmp_path):
     assert not list(tmp_path.glob(".steno-tmp*"))
 
 
+@pytest.mark.parametrize("host", ["desk\udcff42", "desk/42"])
+def test_an_archive_of_a_host_whose_name_is_not_utf8_or_holds_a_slash_is_made_and_checks_out(tmp_path, monkeypatch,
+                                                                                             host):
+    """The host name goes into the archive's manifest.json; the kernel takes any bytes as one, and those not UTF-8
+    (Python's surrogate escapes) made the ZIP's manifest unwritable: the ZIP export failed ("surrogates not
+    allowed"), after its plan was made. Now the manifest holds the host's name as text (identity.host_name()), as a
+    folder export's does; a slash in it is no path in the archive."""
+    import json
+    import socket
+    monkeypatch.setattr(socket, "gethostname", lambda: host)
+    lib = library(tmp_path, 2)
+    cfg = _cfg(tmp_path)
+    for name in ("out.zip", "out.tar.gz"):
+        res = run_export(lib, SimpleSpec(str(tmp_path / name), (1, 2), ("txt", "audio"), ExportOptions()), cfg)
+        assert [(r.ok, r.error) for r in res] == [(True, "")] * 2, (name, res)
+    with zipfile.ZipFile(tmp_path / "out.zip") as z:
+        assert z.testzip() is None
+        assert all(n.startswith("SilentSteno/") and n.count("/") <= 2 for n in z.namelist()), z.namelist()
+        assert json.loads(z.read("SilentSteno/manifest.json"))["host"] == host.replace("\udcff", "\ufffd")
+        z.extractall(tmp_path / "x")
+    assert not sha256sum_check(tmp_path / "x" / "SilentSteno")
+
+
 def test_zip64_over_4_gib(tmp_path):
     from steno_exportd.engine.archive import ArchiveEntry, make_plan
     big = tmp_path / "big.wav"

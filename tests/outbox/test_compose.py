@@ -138,3 +138,30 @@ def test_a_mail_whose_browser_login_ended_before_its_links_were_made_goes_withou
     assert left == ("audio.wav",) and "audio.wav" in text
     assert "/s/" not in text and content.ENDED_LOGIN in text, text
     assert [a.get_filename() for a in parse(out).iter_attachments()] == ["transcript.txt"]
+
+
+@pytest.mark.parametrize("kind", ["notice", "sessions"])
+def test_a_mail_from_a_host_whose_name_is_not_utf8_is_written_and_names_it(tmp_path, monkeypatch, kind):
+    """A message says which recorder sent it ("Sent by the Silent Steno recorder <host>"); the kernel takes any bytes
+    as a host name, and one not UTF-8 (Python's surrogate escapes) made every message unwritable: a notice or a mail
+    of meetings failed as "cannot be composed: UnicodeEncodeError". Now it names the host as text
+    (identity.host_name())."""
+    import socket
+    import time
+    from steno_exportd.engine.plan import render_options
+    from steno_exportd.outbox import content
+    from tests.configs import make_config
+    from tests.fakes import library
+    monkeypatch.setattr(socket, "gethostname", lambda: "desk\udcff42")
+    if kind == "notice":
+        d = content.notices_draft([content.Notice("export_failed", "Export failed", ("a line",), time.time())],
+                                  "steno@r.example", ["alice@example.org"])
+    else:
+        lib = library(tmp_path, 1)
+        d, _ = content.sessions_draft([lib.get_session(1)], ["txt"], render_options(make_config(tmp_path), None),
+                                      "steno@r.example", ["alice@example.org"], 10 << 20, data_dir=lib.data_dir)
+    out = tmp_path / "m.eml"
+    write(d, out, "r.example")
+    msg = parse(out)
+    assert "recorder desk\ufffd42" in msg.get_body(("plain",)).get_content()
+    assert "recorder desk\ufffd42" in msg.get_body(("html",)).get_content()

@@ -74,3 +74,26 @@ async def test_a_name_taken_on_the_network_gets_avahis_alternative(avahi):
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_host_whose_name_is_not_utf8_is_announced_under_it_as_text(avahi, caplog, monkeypatch):
+    """Announced under the host name by default; the kernel takes any bytes as one, and one not UTF-8 (Python's
+    surrogate escapes) could not be sent over D-Bus: the share was never announced ("share not announced over
+    mDNS: 'utf-8' codec can't encode"), Finder never listed the recorder. Now it is announced under the host's
+    name as text (identity.host_name())."""
+    import socket
+    caplog.set_level(logging.INFO, logger="steno_exportd.samba.announce")
+    prefix = _name()
+    monkeypatch.setattr(socket, "gethostname", lambda: f"{prefix}\udcff42")
+    a = Announcer()
+    task = asyncio.create_task(a.run())
+    try:
+        a.set(True)
+        await until(lambda: any(n.startswith(prefix) for n in avahi.names()) or "not announced" in caplog.text,
+                    "the share on mDNS")
+        assert "not announced" not in caplog.text, caplog.text
+        assert a.published == f"{prefix}\ufffd42"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    await until(lambda: not any(n.startswith(prefix) for n in avahi.names()), "withdrawn when the daemon stops")

@@ -307,6 +307,37 @@ def test_config_values_cannot_inject_smb_conf():
     assert len(ei.value.problems) == 3
 
 
+async def test_adapter_shares_on_a_host_whose_name_is_not_utf8(served, monkeypatch):
+    """The share's comment names the host ("SilentSteno meetings on <host>"); the kernel takes any bytes as a host
+    name, and one not UTF-8 (Python's surrogate escapes, as os.uname() and socket.gethostname() give it) could not
+    be written into the snippet: the adapter died on it (an error no one caught), the share was never served and
+    the sharing switch did nothing any more. Now the comment holds the host's name as text (identity.host_name())
+    and smbd serves the share."""
+    import asyncio
+    import socket
+    import smbclient
+    root, smbd, _ = served
+    real = os.uname()
+    odd = "desk\udcff42"
+    monkeypatch.setattr(os, "uname", lambda: os.uname_result((real.sysname, odd, real.release, real.version,
+                                                               real.machine)))
+    monkeypatch.setattr(socket, "gethostname", lambda: odd)
+    make_export_tree(root / "export" / "SilentSteno")
+    core = FakeCore(Config_with(_cfg(root, smbd, enabled=False)))
+    async with adapter_on(core) as (task, states):
+        await until_adapter(lambda: states == ["off"])
+        core.set_sharing(True)
+        await until_adapter(lambda: states[-1] == "serving" or task.done())
+        assert not task.done() and states[-1] == "serving", (states, task.done() and task.exception())
+        assert "comment = SilentSteno meetings on desk\ufffd42\n" in (root / "steno-exportd.conf").read_text()
+        monkeypatch.undo()      # (the test's own SMB client sends the host name too: its login, as UTF-16)
+        kw = await asyncio.to_thread(client_kw, smbd.port)
+        try:
+            assert "SHA256SUMS" in await asyncio.to_thread(smbclient.listdir, "\\\\127.0.0.1\\meetings", **kw)
+        finally:
+            close(kw)
+
+
 @contextlib.asynccontextmanager
 async def adapter_on(core):
     """adapter.run(core) running; yields (its task, the samba_state values it published)."""

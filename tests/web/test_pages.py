@@ -208,6 +208,20 @@ async def test_sharing_state_shows_on_the_devices_page_and_follows_the_switch(we
 
 
 
+async def test_the_devices_page_of_a_host_whose_name_is_not_utf8_shows_the_share(web_client, monkeypatch):
+    """The devices page names the network share after the host; the kernel takes any bytes as a host name, and one
+    not UTF-8 (Python's surrogate escapes) could not be written into the page: every visit of it was a 500 (the
+    sticks, the jobs and the sharing switch out of reach). Now it shows the host's name as text
+    (identity.host_name())."""
+    import socket
+    monkeypatch.setattr(socket, "gethostname", lambda: "desk\udcff42")
+    client, core = await web_client()
+    r = await client.get("/devices")
+    assert r.status == 200, await r.text()
+    html = await r.text()
+    assert "\\\\desk\ufffd42\\" in html and sharing_state(html) == "off"
+
+
 async def test_a_skipped_stick_shows_why_on_the_devices_page(web_client):
     client, core = await web_client()
     core.devices.change("fs_ab12", label="KINGSTON", fs_type="vfat", state=S.MOUNTED,
