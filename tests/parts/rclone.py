@@ -99,11 +99,15 @@ def serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[int]:
         thread.join(10)
 
 
+DROP = -1      # FaultyWebdav's "status" of a request it takes and never answers: the connection closed (a drop)
+
+
 class FaultyWebdav:
     """A WebDAV store that fails when told: 127.0.0.1:<port> passes each request on to the WebDAV server on
     127.0.0.1:<to> (an RcloneServer), but answers one that ``fail(method, path)`` gives a status for with that
-    status itself (a store in maintenance for a moment, a proxy's hiccup); ``failed`` lists those. Bodies are
-    passed on whole (small test files), a chunked one with its length."""
+    status itself (a store in maintenance for a moment, a proxy's hiccup), or with none (DROP: the connection
+    closed once the request is read); ``failed`` lists those. Bodies are passed on whole (small test files), a
+    chunked one with its length."""
 
     def __init__(self, to: int, fail: Callable[[str, str], int | None]) -> None:
         outer = self
@@ -118,6 +122,9 @@ class FaultyWebdav:
                 status = fail(self.command, path)
                 if status:
                     outer.failed.append((self.command, path))
+                    if status == DROP:
+                        self.close_connection = True
+                        return
                     self._answer(status, [], b"the store failed (a test's fault)")
                     return
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "transfer-encoding")}

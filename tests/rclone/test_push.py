@@ -32,7 +32,7 @@ from steno_exportd.rclone.kind import RcloneKind
 from steno_exportd.errors import TargetFullError
 from steno_exportd.rclone.process import RcloneError, config_problems
 from tests import parts
-from tests.parts.rclone import FaultyWebdav, RcloneServer
+from tests.parts.rclone import DROP, FaultyWebdav, RcloneServer
 from tests.recorder_db import RecorderDB
 from tests.smb.recorder import FORMATS, Progress, assert_landed, make_recorder, on_nas, stamps
 
@@ -121,6 +121,38 @@ def test_a_server_killed_mid_upload_is_resumed_and_the_push_completes(setup):
     before = stamps(folder)
     assert all(r.skipped for r in push(cfg))      # and nothing is missing: a third push sends nothing
     assert stamps(folder) == before
+
+
+@pytest.mark.parametrize("title", ["Forbidden City trip", "Login page review"])
+def test_a_drop_while_sending_a_session_whose_title_reads_like_a_refusal_is_tried_again(rclone_tmp, title):
+    """A session's title names its folder, which the store's error texts quote in the request that failed (Go's
+    'Put "http://.../2026-11-10 Forbidden City trip (...)/...": EOF'). The words of a refusal there ('Forbidden',
+    'Login') made a drop while sending it a refusal for good: 'the store refuses to save files there' or 'the store
+    refused the login (wrong user or password...)', never tried again, the person sent to check a login that works.
+    It is a drop: tried again, and the session lands."""
+    parts.require_tool("rclone")
+    served = rclone_tmp / "served"
+    served.mkdir()
+    srv = RcloneServer("webdav", served, rclone_tmp)
+    srv.start()
+
+    def fail(method: str, path: str) -> int | None:     # the first upload into the session's folder: dropped
+        return DROP if method == "PUT" and title in path and not relay.failed else None
+    relay = FaultyWebdav(srv.port, fail)
+    try:
+        db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
+        db.conn.execute("UPDATE sessions SET title = ?", (title,))
+        cfg = make_cfg(rclone_tmp, db, relay.client_config(srv, rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+        waits: list[float] = []
+        res = push(cfg, sleep=waits.append)
+        assert relay.failed, "the store never dropped an upload"
+        assert [r.ok for r in res] == [True], [r.error for r in res]
+        assert len(waits) == 1, waits                   # tried again once, after the drop
+        assert_landed(served / "office" / recorder_folder(cfg), db)
+        db.close()
+    finally:
+        relay.close()
+        srv.stop()
 
 
 def test_a_session_changed_on_the_recorder_replaces_its_files_in_its_folder(setup):
