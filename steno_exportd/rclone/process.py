@@ -32,7 +32,8 @@ ERROR_TEXT = 300                    # characters of a store's error text kept fo
 LOCK_WAIT = 3.0                     # seconds an operation on the store is made again while the store answers 423
                                     # Locked (a WebDAV lock there)
 
-_AUTH = re.compile(r"401|403 forbidden|unauthori[sz]ed|unable to authenticate|authentication failed|"
+# (401 as a word: a port's digits, 'dial tcp 127.0.0.1:14010', a connection's local port, are no HTTP status)
+_AUTH = re.compile(r"\b401\b|403 forbidden|unauthori[sz]ed|unable to authenticate|authentication failed|"
                    r"permission denied|access denied|invalid_grant|invalid_client|couldn't fetch token|"
                    r"token.{0,40}expired|expired.{0,40}token|login|bad password", re.I)
 _EXPIRED = re.compile(r"invalid_grant|expired", re.I)

@@ -877,6 +877,26 @@ def test_a_store_that_cannot_be_reached_is_a_clear_error(rclone_server, rclone_t
     assert len(waits) == 2              # tried 3 times, with backoff
 
 
+@pytest.mark.parametrize("kind", ["webdav", "sftp"])
+def test_a_store_on_a_port_whose_digits_read_401_that_cannot_be_reached_is_tried_again(rclone_tmp, kind):
+    """A store on port 14010 (or 4010, 8401: digits that read 401) that is not answering: rclone's text names the
+    port ('dial tcp 127.0.0.1:14010: connect: connection refused', unquoted), whose "401" read as HTTP's status of a
+    refused login: "the store refused the login (wrong user or password ...)", never tried again (a local port of a
+    connection reset, 'read tcp 127.0.0.1:34012->...', one in a hundred, did the same). It cannot be reached: said
+    so, tried three times."""
+    from tests.parts.smbd import free_port
+    parts.require_tool("rclone")
+    (rclone_tmp / "served").mkdir()
+    srv = RcloneServer(kind, rclone_tmp / "served", rclone_tmp, port=free_port(14010, 14019))
+    db = make_recorder(rclone_tmp / "rec", sizes=(1 << 20,))
+    cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+    waits: list[float] = []
+    with pytest.raises(RcloneError) as e:
+        push(cfg, sleep=waits.append)               # (never started: nothing listens on its port)
+    assert "cannot be reached" in str(e.value) and ":1401" in str(e.value), str(e.value)
+    assert len(waits) == 2, (waits, str(e.value))   # tried 3 times, with backoff
+
+
 def test_a_remote_that_names_a_file_is_a_clear_error_at_once(rclone_server, rclone_tmp):
     """A remote whose path names a file on the store (nas:office/report.docx: a file's path pasted as the folder) is
     an error that says so at once, not a drop tried three times (failed: "rclone:cloud: is a file not a directory",
