@@ -32,7 +32,8 @@ ERROR_TEXT = 300                    # characters of a store's error text kept fo
 LOCK_WAIT = 3.0                     # seconds an operation on the store is made again while the store answers 423
                                     # Locked (a WebDAV lock there)
 
-_AUTH = re.compile(r"401|403 forbidden|unauthori[sz]ed|unable to authenticate|authentication failed|"
+# (401 as a word: a port's digits, 'dial tcp 127.0.0.1:14010', a connection's local port, are no HTTP status)
+_AUTH = re.compile(r"\b401\b|403 forbidden|unauthori[sz]ed|unable to authenticate|authentication failed|"
                    r"permission denied|access denied|invalid_grant|invalid_client|couldn't fetch token|"
                    r"token.{0,40}expired|expired.{0,40}token|login|bad password", re.I)
 _EXPIRED = re.compile(r"invalid_grant|expired", re.I)
@@ -52,6 +53,8 @@ WRITES = ("operations/mkdir", "operations/uploadfile", "operations/copyfile", "o
           "operations/deletefile", "operations/purge", "operations/rmdir", "sync/move")
 _CONFIG = re.compile(r"didn't find section in config file|config file .{0,40}not found|"
                      r"unknown backend|couldn't find type", re.I)
+# a string as Go quotes it (%q: rclone's 'mkdir "office/x" failed', Go's 'Put "http://..."'), taken in order
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
 
 
 class RcloneError(TargetError):
@@ -97,6 +100,10 @@ def explain(code: int, err: str, where: str, *, write: bool = False) -> TargetEr
     """rclone's exit code and stderr as the error a person can act on. ``write``: the store refused a write (after
     the push's reads there: its login works), so a refusal (403 Forbidden, permission denied) is of writing there."""
     line = last_line(err) or f"rclone exited with status {code}"
+    # the words are matched outside the paths and URLs the text quotes: the folders named there are the recorder's
+    # (a meeting's title: "Forbidden City trip", "Login page review"; a temp name's process id: 4011), and a drop
+    # while sending one was a refusal for good, never tried again
+    err = _QUOTED.sub(lambda m: '"\u2026"' if "/" in m.group() else m.group(), err)
     if _LOCKED.search(err):         # (first: the text names paths, whose digits and words the others could match)
         return RcloneError(f"{where}: a file or folder on the store is locked by another program (a document "
                            f"open from the store?) ({line})", locked=True)

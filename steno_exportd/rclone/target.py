@@ -824,16 +824,28 @@ class _RcloneRead:
             raise RcloneError(f"{t.name}: cannot read {rel} back: HTTP {self._r.status} {error_text(body)}")
 
     def read(self, n: int = -1) -> bytes:
+        n = n if n > 0 else 1 << 20
         try:
-            return self._r.read(n if n > 0 else 1 << 20)
+            data = self._r.read(n)
         except (OSError, http.client.HTTPException) as e:        # a cut body: IncompleteRead
             raise RcloneError(f"{self._t.name}: the read-back was cut ({e})") from e
+        self._whole(len(data), n)
+        return data
 
     def readinto(self, buf: bytearray) -> int:
         try:
-            return self._r.readinto(buf)
+            n = self._r.readinto(buf)
         except (OSError, http.client.HTTPException) as e:
             raise RcloneError(f"{self._t.name}: the read-back was cut ({e})") from e
+        self._whole(n, len(buf))
+        return n
+
+    def _whole(self, got: int, asked: int) -> None:
+        """A read that ended short of the length rclone's answer gave (the store's answer cut: the store gone, a
+        proxy's drop) raises: http.client returns what came, as if the file ended there, where a manifest.json cut
+        halfway was unusable and rebuilt, every session sent again."""
+        if got < asked and self._r.length:
+            raise RcloneError(f"{self._t.name}: the read-back was cut ({self._r.length} bytes of the file missing)")
 
     def close(self) -> None:
         self._conn.close()

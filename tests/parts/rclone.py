@@ -99,11 +99,16 @@ def serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[int]:
         thread.join(10)
 
 
+DROP = -1      # FaultyWebdav's "status" of a request it takes and never answers: the connection closed (a drop)
+CUT = -2       # ... of one whose answer it cuts: the store's headers (its length), half the body, the connection closed
+
+
 class FaultyWebdav:
     """A WebDAV store that fails when told: 127.0.0.1:<port> passes each request on to the WebDAV server on
     127.0.0.1:<to> (an RcloneServer), but answers one that ``fail(method, path)`` gives a status for with that
-    status itself (a store in maintenance for a moment, a proxy's hiccup); ``failed`` lists those. Bodies are
-    passed on whole (small test files), a chunked one with its length."""
+    status itself (a store in maintenance for a moment, a proxy's hiccup), or with none (DROP: the connection
+    closed once the request is read), or with the store's answer cut halfway (CUT); ``failed`` lists those. Bodies are passed on whole (small test files), a
+    chunked one with its length."""
 
     def __init__(self, to: int, fail: Callable[[str, str], int | None]) -> None:
         outer = self
@@ -116,8 +121,11 @@ class FaultyWebdav:
                 body = self._body()
                 path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
                 status = fail(self.command, path)
-                if status:
+                if status and status != CUT:
                     outer.failed.append((self.command, path))
+                    if status == DROP:
+                        self.close_connection = True
+                        return
                     self._answer(status, [], b"the store failed (a test's fault)")
                     return
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "transfer-encoding")}
@@ -127,7 +135,12 @@ class FaultyWebdav:
                 try:
                     conn.request(self.command, self.path, body=body, headers=headers)
                     r = conn.getresponse()
-                    self._answer(r.status, r.getheaders(), r.read())
+                    answer = r.read()
+                    if status == CUT:
+                        outer.failed.append((self.command, path))
+                        self._answer(r.status, r.getheaders(), answer, cut=True)
+                        return
+                    self._answer(r.status, r.getheaders(), answer)
                 finally:
                     conn.close()
 
@@ -142,14 +155,17 @@ class FaultyWebdav:
                     pass                            # (the trailer)
                 return body
 
-            def _answer(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+            def _answer(self, status: int, headers: list[tuple[str, str]], body: bytes, cut: bool = False) -> None:
                 self.send_response(status)
                 for k, v in headers:
                     if k.lower() not in ("content-length", "transfer-encoding", "connection"):
                         self.send_header(k, v)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                self.wfile.write(body[:len(body) // 2] if cut else body)
+                if cut:
+                    self.wfile.flush()
+                    self.close_connection = True
             do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = do_OPTIONS = _relay
             do_PROPFIND = do_PROPPATCH = do_MKCOL = do_COPY = do_MOVE = do_LOCK = do_UNLOCK = _relay
 

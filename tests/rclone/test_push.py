@@ -32,7 +32,7 @@ from steno_exportd.rclone.kind import RcloneKind
 from steno_exportd.errors import TargetFullError
 from steno_exportd.rclone.process import RcloneError, config_problems
 from tests import parts
-from tests.parts.rclone import FaultyWebdav, RcloneServer
+from tests.parts.rclone import DROP, FaultyWebdav, RcloneServer
 from tests.recorder_db import RecorderDB
 from tests.smb.recorder import FORMATS, Progress, assert_landed, make_recorder, on_nas, stamps
 
@@ -121,6 +121,38 @@ def test_a_server_killed_mid_upload_is_resumed_and_the_push_completes(setup):
     before = stamps(folder)
     assert all(r.skipped for r in push(cfg))      # and nothing is missing: a third push sends nothing
     assert stamps(folder) == before
+
+
+@pytest.mark.parametrize("title", ["Forbidden City trip", "Login page review"])
+def test_a_drop_while_sending_a_session_whose_title_reads_like_a_refusal_is_tried_again(rclone_tmp, title):
+    """A session's title names its folder, which the store's error texts quote in the request that failed (Go's
+    'Put "http://.../2026-11-10 Forbidden City trip (...)/...": EOF'). The words of a refusal there ('Forbidden',
+    'Login') made a drop while sending it a refusal for good: 'the store refuses to save files there' or 'the store
+    refused the login (wrong user or password...)', never tried again, the person sent to check a login that works.
+    It is a drop: tried again, and the session lands."""
+    parts.require_tool("rclone")
+    served = rclone_tmp / "served"
+    served.mkdir()
+    srv = RcloneServer("webdav", served, rclone_tmp)
+    srv.start()
+
+    def fail(method: str, path: str) -> int | None:     # the first upload into the session's folder: dropped
+        return DROP if method == "PUT" and title in path and not relay.failed else None
+    relay = FaultyWebdav(srv.port, fail)
+    try:
+        db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
+        db.conn.execute("UPDATE sessions SET title = ?", (title,))
+        cfg = make_cfg(rclone_tmp, db, relay.client_config(srv, rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+        waits: list[float] = []
+        res = push(cfg, sleep=waits.append)
+        assert relay.failed, "the store never dropped an upload"
+        assert [r.ok for r in res] == [True], [r.error for r in res]
+        assert len(waits) == 1, waits                   # tried again once, after the drop
+        assert_landed(served / "office" / recorder_folder(cfg), db)
+        db.close()
+    finally:
+        relay.close()
+        srv.stop()
 
 
 def test_a_session_changed_on_the_recorder_replaces_its_files_in_its_folder(setup):
@@ -886,6 +918,26 @@ def test_a_store_that_cannot_be_reached_is_a_clear_error(rclone_server, rclone_t
         push(cfg, sleep=waits.append)
     assert "cannot be reached" in str(e.value), str(e.value)
     assert len(waits) == 2              # tried 3 times, with backoff
+
+
+@pytest.mark.parametrize("kind", ["webdav", "sftp"])
+def test_a_store_on_a_port_whose_digits_read_401_that_cannot_be_reached_is_tried_again(rclone_tmp, kind):
+    """A store on port 14010 (or 4010, 8401: digits that read 401) that is not answering: rclone's text names the
+    port ('dial tcp 127.0.0.1:14010: connect: connection refused', unquoted), whose "401" read as HTTP's status of a
+    refused login: "the store refused the login (wrong user or password ...)", never tried again (a local port of a
+    connection reset, 'read tcp 127.0.0.1:34012->...', one in a hundred, did the same). It cannot be reached: said
+    so, tried three times."""
+    from tests.parts.smbd import free_port
+    parts.require_tool("rclone")
+    (rclone_tmp / "served").mkdir()
+    srv = RcloneServer(kind, rclone_tmp / "served", rclone_tmp, port=free_port(14010, 14019))
+    db = make_recorder(rclone_tmp / "rec", sizes=(1 << 20,))
+    cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+    waits: list[float] = []
+    with pytest.raises(RcloneError) as e:
+        push(cfg, sleep=waits.append)               # (never started: nothing listens on its port)
+    assert "cannot be reached" in str(e.value) and ":1401" in str(e.value), str(e.value)
+    assert len(waits) == 2, (waits, str(e.value))   # tried 3 times, with backoff
 
 
 def test_a_remote_that_names_a_file_is_a_clear_error_at_once(rclone_server, rclone_tmp):

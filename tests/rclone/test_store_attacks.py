@@ -628,17 +628,20 @@ def test_a_host_name_no_file_name_can_hold_makes_no_stray_folder_on_the_store(rc
     db.close()
 
 
-def test_a_store_failing_once_as_the_push_reads_its_manifest_is_tried_again_not_rebuilt(rclone_tmp):
+@pytest.mark.parametrize("failure", [503, "cut"])
+def test_a_store_failing_once_as_the_push_reads_its_manifest_is_tried_again_not_rebuilt(rclone_tmp, failure):
     """THREATS: the NAS may fail. A WebDAV store answers the push's read of manifest.json once with 503 (a server
     in maintenance for a moment, a proxy's hiccup). That was taken for an unusable manifest: the push rebuilt it,
     reading every recording on the store back, sent every session again, and saved the rebuilt manifest, in which
     a meeting no longer on the recorder (deleted there after its push) is no meeting of the recorder's any more,
     so it dropped out of the office index. Now that attempt fails on the store's error and the next finds every
-    session there: nothing sent, the manifest and the office index as they were."""
+    session there: nothing sent, the manifest and the office index as they were. (``failure`` "cut": the store's
+    answer to the read is cut halfway, a drop: rclone's answer ends short of the length it said, which was read as
+    the whole file, a manifest that is not JSON, rebuilt all the same.)"""
     from steno_exportd.engine.identity import recorder_folder
     from steno_exportd.engine.index import INDEX_DIR
     from tests.parts import require_tool
-    from tests.parts.rclone import FaultyWebdav, RcloneServer
+    from tests.parts.rclone import CUT, FaultyWebdav, RcloneServer
     from tests.recorder_db import delete_session
     from tests.rclone.test_push import make_cfg, push
     require_tool("rclone")
@@ -648,7 +651,8 @@ def test_a_store_failing_once_as_the_push_reads_its_manifest_is_tried_again_not_
     armed: list[int] = []
 
     def fail(method: str, path: str) -> int | None:
-        return armed.pop() if armed and path.endswith("/manifest.json") and method in ("PROPFIND", "GET") else None
+        reads = ("GET",) if failure == "cut" else ("PROPFIND", "GET")       # (a cut: of the file's bytes)
+        return armed.pop() if armed and path.endswith("/manifest.json") and method in reads else None
     relay = FaultyWebdav(srv.port, fail)
     try:
         db = make_recorder(rclone_tmp / "rec", sizes=(100_000, 100_500, 101_000))
@@ -660,7 +664,7 @@ def test_a_store_failing_once_as_the_push_reads_its_manifest_is_tried_again_not_
         listed = sorted(m["title"] for m in json.loads(index.read_text())["meetings"])
         gone = json.loads((folder / "manifest.json").read_text())["sessions"][recorded[-1]]["title"]
         delete_session(db.path, recorded[-1])               # the recorder deleted it after its push
-        armed.append(503)
+        armed.append(CUT if failure == "cut" else failure)
         res = push(cfg, sleep=lambda s: None)
         assert relay.failed, "the store never failed"
         assert [r.skipped for r in res] == [True, True], [(r.skipped, r.error) for r in res]   # nothing sent again
