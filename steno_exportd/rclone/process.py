@@ -65,11 +65,13 @@ class RcloneError(TargetError):
 
 def last_line(err: str) -> str:
     """The most telling line of rclone's stderr (its last error, without the timestamp), printable: it may carry
-    the store's own words (a WebDAV error's body), which must not put escapes on a terminal or lines in the log."""
+    the store's own words (a WebDAV error's body), which must not put escapes on a terminal or lines in the log;
+    credentials masked: it may quote the remote or its URL (a connection string's "pass=...", "user:password@host"),
+    and the line is a job's error, which every browser of the page sees."""
     lines = [ln.strip() for ln in err.splitlines() if ln.strip()]
     errors = [ln for ln in lines if "ERROR" in ln or "Failed" in ln or "CRITICAL" in ln] or lines
     text = errors[-1] if errors else ""
-    return safeparse.printable(re.sub(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d\s+", "", text)[:300])
+    return safeparse.printable(safeparse.redact(re.sub(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d\s+", "", text))[:300])
 
 
 def is_file(e: RcloneError) -> bool:
@@ -88,8 +90,9 @@ def _answer_json(body: bytes) -> dict:
 
 def error_text(body: bytes) -> str:
     """The error a remote-control answer carries (rclone's {"error": ..., "input": ..., "path": ..., "status": ...}:
-    its "error"; else the body's start), for a message: the store's words, so one printable line, bounded."""
-    text = safeparse.printable(str(_answer_json(body).get("error") or "").strip())
+    its "error"; else the body's start), for a message: the store's words, so one printable line, bounded, and
+    credentials masked (see last_line)."""
+    text = safeparse.printable(safeparse.redact(str(_answer_json(body).get("error") or "").strip()))
     return text if len(text) <= ERROR_TEXT else text[:ERROR_TEXT - 1] + "\u2026"
 
 
