@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import io
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ import subprocess
 import threading
 import time
 import typing
-from typing import IO, Any, Callable
+from typing import Any, Callable
 
 from steno_exportd import safeparse
 from steno_exportd.config import Config, RcloneRemote
@@ -50,6 +51,8 @@ _READ_ONLY = re.compile(r"read[- ]only file ?system", re.I)
 _REFUSED = re.compile(r"(?i:forbidden|permission denied|access ?denied|insufficient ?permission)|: 404 Not Found\b")
 WRITES = ("operations/mkdir", "operations/uploadfile", "operations/copyfile", "operations/movefile",
           "operations/deletefile", "operations/purge", "operations/rmdir", "sync/move")
+_SERVING = re.compile(r"Serving remote control on https?://127\.0\.0\.1:(\d+)/")    # rclone rcd's NOTICE of its port
+_QUIETING = ("RCLONE_LOG_LEVEL", "RCLONE_QUIET", "RCLONE_VERBOSE", "RCLONE_LOG_FILE")   # would hide that NOTICE
 _CONFIG = re.compile(r"didn't find section in config file|config file .{0,40}not found|"
                      r"unknown backend|couldn't find type", re.I)
 
@@ -148,14 +151,16 @@ class Rcd:
         self._reader: threading.Thread | None = None
 
     def start(self) -> None:
-        """Start rclone rcd and wait until it answers."""
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        """Start rclone rcd and wait until it answers. rclone picks its loopback port itself (and says which): a
+        port picked here and handed to it is free for a moment in between, when any local user (the touchscreen's)
+        could take it and be sent the push (the fs of each request, a connection string's password with it, and
+        the meetings' files)."""
+        self.port = 0
         user, _, pw = base64.b64decode(self._auth.split()[1]).decode().partition(":")
-        env = {**os.environ, "RCLONE_RC_USER": user, "RCLONE_RC_PASS": pw}
+        env = {**{k: v for k, v in os.environ.items() if k not in _QUIETING}, "RCLONE_RC_USER": user,
+               "RCLONE_RC_PASS": pw}
         try:
-            self.proc = subprocess.Popen(self._argv + ["rcd", "--rc-addr", f"127.0.0.1:{self.port}", "--rc-serve"],
+            self.proc = subprocess.Popen(self._argv + ["rcd", "--rc-addr", "127.0.0.1:0", "--rc-serve"],
                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                          env=env, close_fds=True, start_new_session=True)
         except OSError as e:
@@ -168,17 +173,21 @@ class Rcd:
         while True:
             if self.proc.poll() is not None:
                 raise explain(self.proc.returncode, self.stderr(), self.where)
+            if not self.port and (said := _SERVING.search(self.stderr())):
+                self.port = int(said[1])
             try:
-                self.call("rc/noop", {})
-                return
+                if self.port:
+                    self.call("rc/noop", {})
+                    return
             except (RcloneError, OSError):
-                if time.monotonic() > deadline:
-                    self.close()
-                    raise RcloneError(f"{self.where}: rclone did not start: {last_line(self.stderr())}") from None
-                time.sleep(0.01)        # (it answers ~0.1 s after its start)
+                pass
+            if time.monotonic() > deadline:
+                self.close()
+                raise RcloneError(f"{self.where}: rclone did not start: {last_line(self.stderr())}") from None
+            time.sleep(0.01)            # (it answers ~0.1 s after its start)
 
-    def _drain(self, f: IO[bytes]) -> None:
-        for chunk in iter(lambda: f.read(4096), b""):
+    def _drain(self, f: io.BufferedReader) -> None:
+        for chunk in iter(lambda: f.read1(4096), b""):      # (what is there: start() waits for the port's line)
             self._err += chunk
             if len(self._err) > STDERR_KEEP:
                 del self._err[: len(self._err) - STDERR_KEEP]
