@@ -98,3 +98,18 @@ def test_smb_remotes_parsed():
     cfg = config.from_dict({"smb": {"remotes": [{"name": "office", "server": "nas", "share": "m", "port": 4450}]}})
     assert cfg.smb.remotes[0].port == 4450
     assert cfg.smb.remotes[0].timeout == 15.0
+
+
+def test_credentials_in_an_rclone_remote_are_masked_when_the_config_is_printed(tmp_path):
+    """An rclone remote given as a connection string carries its login (the URL's user:password, the obscured
+    'pass=', which 'rclone reveal' turns back into the password). 'steno-exportd check-config' printed it as it
+    was, while it masks every secret of its own: its output, pasted into a ticket or a forum, gave the NAS login
+    away. Now those are masked too; the rest of the remote is shown."""
+    p = tmp_path / "c.toml"
+    p.write_text("[[rclone.remotes]]\nname = 'cloud'\n"
+                 "remote = \":webdav,url='https://steno:Summer2026@nas.example/dav',pass=kQbHMuj1jBl_dWz0:office\"\n")
+    r = run_cli("check-config", str(p))
+    assert r.returncode == 0, r.stderr
+    shown = next(line for line in r.stdout.splitlines() if line.startswith("remote = "))
+    assert "Summer2026" not in shown and "kQbHMuj1jBl_dWz0" not in shown, shown
+    assert shown == "remote = \":webdav,url='https://steno:***@nas.example/dav',pass=***\"", shown
