@@ -297,15 +297,21 @@ class Rcd:
 
 
 def config_problems(cfg: Config) -> list[str]:
-    """What is wrong with the rclone config file the remotes need (missing, readable by others)."""
+    """What is wrong with the rclone config file the remotes need (missing, readable by others), and credentials
+    outside it: a remote given as a connection string with its login in it, in the daemon's config file (shipped
+    0644: every local user reads it). Said without the credential."""
     if not cfg.rclone.remotes:
         return []
+    problems = [f"rclone.remotes[{i}].remote: holds a credential (a password, token or key in the connection "
+                f"string), and the daemon's config file is for settings (other users may read it): make that remote "
+                f"in rclone.config_file ('rclone --config {cfg.rclone.config_file} config') and name it here"
+                for i, r in enumerate(cfg.rclone.remotes) if safeparse.redact(r.remote) != r.remote]
     path = cfg.rclone.config_file
     try:
         st = os.stat(path)
     except OSError as e:
-        return [f"rclone.config_file: {path}: {e.strerror} (make it with 'rclone --config {path} config')"]
+        return problems + [f"rclone.config_file: {path}: {e.strerror} (make it with 'rclone --config {path} config')"]
     if st.st_mode & (stat_mod.S_IRWXO):
-        return [f"rclone.config_file: {path} holds credentials and other users can read it "
-                f"(mode {stat_mod.S_IMODE(st.st_mode):o}); chmod 600 it (owner: the service user)"]
-    return []
+        problems.append(f"rclone.config_file: {path} holds credentials and other users can read it "
+                        f"(mode {stat_mod.S_IMODE(st.st_mode):o}); chmod 600 it (owner: the service user)")
+    return problems
