@@ -761,7 +761,7 @@ def _toml_value(v: Any) -> str:
 
 
 def dump(cfg: Any, prefix: str = "", *, mask_secrets: bool = True) -> str:
-    """The effective config as TOML, secrets masked."""
+    """The effective config as TOML, secrets masked (credentials inside a value too: an rclone remote's)."""
     lines: list[str] = []
     tables: list[tuple[str, Any, bool]] = []
     for f in dataclasses.fields(cfg):
@@ -774,6 +774,8 @@ def dump(cfg: Any, prefix: str = "", *, mask_secrets: bool = True) -> str:
                 tables.append((name, item, True))
         else:
             shown = "********" if (f.metadata.get("secret") and value and mask_secrets) else value
+            if mask_secrets and isinstance(shown, str):
+                shown = safeparse.redact(shown)     # an rclone connection string's "pass=...", a URL's "user:pw@"
             lines.append(f"{f.name} = {_toml_value(shown)}")
     out = "\n".join(lines)
     for name, value, is_array in tables:

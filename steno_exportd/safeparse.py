@@ -3,10 +3,11 @@ text nested too deeply for the parser (20,000 '[') is malformed like any other: 
 ValueError) or tomllib.TOMLDecodeError, which every caller handles, not the RecursionError json.loads and tomllib
 raise, which escaped those handlers (a manifest.json that failed every push instead of being rebuilt, a request
 body answered with a traceback, a stick's steno-export.toml that failed its handling). And someone else's words
-put in a message or a log line, made printable."""
+put in a message or a log line, made printable, and a program's error text with the credentials it quotes masked."""
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from typing import Any
 
@@ -38,3 +39,20 @@ def printable(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+# a setting whose value is a credential, as rclone spells a remote's ("pass=...", "bearer_token='...'",
+# "secret_access_key=...", a config file's "pass = ..."); unquoted, the value is taken to the next comma, space or
+# quote (a remote's path after it, "pass=x:office", goes too: rclone quotes a mangled remote whole)
+_SECRET_SETTING = re.compile(r"(?i)(?<![a-z0-9_])([a-z0-9_]*(?:pass|secret|token|key|sas_url|credential|header|auth)"
+                             r"[a-z0-9_]*)[ \t]*=[ \t]*(?:'(?:[^']|'')*'?|\"(?:[^\"]|\"\")*\"?|[^,\s\"']*)")
+# a URL's "user:password@" (also as a mangled URL shows it, "http/./user:password@host"): to its last "@" before
+# a "/" (a password may hold one)
+_USERINFO = re.compile(r"(?<![^\s/\"'(=,\[])([^\s/:@\"',=\[\]]+):[^\s/\"']+@")
+
+
+def redact(text: str) -> str:
+    """A program's error text (rclone's, which quotes the remote or URL it failed on) for a message that browsers,
+    the touchscreen and the log show: every credential in it masked ("pass=***", "user:***@host"), the rest kept."""
+    text = _SECRET_SETTING.sub(lambda m: f"{m.group(1)}=***", text)
+    return _USERINFO.sub(r"\1:***@", text)

@@ -98,3 +98,35 @@ def test_smb_remotes_parsed():
     cfg = config.from_dict({"smb": {"remotes": [{"name": "office", "server": "nas", "share": "m", "port": 4450}]}})
     assert cfg.smb.remotes[0].port == 4450
     assert cfg.smb.remotes[0].timeout == 15.0
+
+
+def test_credentials_in_an_rclone_remote_are_masked_when_the_config_is_printed(tmp_path):
+    """An rclone remote given as a connection string carries its login (the URL's user:password, the obscured
+    'pass=', which 'rclone reveal' turns back into the password). 'steno-exportd check-config' printed it as it
+    was, while it masks every secret of its own: its output, pasted into a ticket or a forum, gave the NAS login
+    away. Now those are masked too; the rest of the remote is shown."""
+    p = tmp_path / "c.toml"
+    p.write_text("[[rclone.remotes]]\nname = 'cloud'\n"
+                 "remote = \":webdav,url='https://steno:Summer2026@nas.example/dav',pass=kQbHMuj1jBl_dWz0:office\"\n")
+    r = run_cli("check-config", str(p))
+    assert r.returncode == 0, r.stderr
+    shown = next(line for line in r.stdout.splitlines() if line.startswith("remote = "))
+    assert "Summer2026" not in shown and "kQbHMuj1jBl_dWz0" not in shown, shown
+    assert shown == "remote = \":webdav,url='https://steno:***@nas.example/dav',pass=***\"", shown
+
+
+def test_an_rclone_remote_holding_a_credential_in_the_config_is_warned_about(tmp_path):
+    """The issue: credentials only in files readable by the daemon's user. config.toml is shipped 0644 (every
+    local user reads it: the touchscreen's, the recorder's), and an rclone remote may be a connection string with
+    its login in it; check-config and the daemon's start warned about a world-readable rclone.conf but said
+    nothing of that one. Now they say where the credential belongs, without showing it."""
+    p = tmp_path / "c.toml"
+    p.write_text("[[rclone.remotes]]\nname = 'cloud'\n"
+                 "remote = \":webdav,url='https://steno:Summer2026@nas.example/dav',pass=kQbHMuj1jBl_dWz0:office\"\n"
+                 "[[rclone.remotes]]\nname = 'plain'\nremote = 'nas:office'\n")
+    r = run_cli("check-config", str(p))
+    assert r.returncode == 0, r.stderr
+    warned = [line for line in r.stderr.splitlines() if "rclone.remotes[" in line]
+    assert len(warned) == 1 and warned[0].startswith("warning: rclone.remotes[0].remote: holds a credential"), r.stderr
+    assert "rclone.config_file" in warned[0], warned
+    assert "Summer2026" not in r.stderr and "kQbHMuj1jBl_dWz0" not in r.stderr, r.stderr

@@ -1,4 +1,5 @@
-"""Passwords and PINs: scrypt hashes, checked in a small pool of their own (bounded CPU and memory)."""
+"""Passwords and PINs: scrypt hashes, checked in a small pool of their own (bounded CPU and memory); the password
+files of the remotes the daemon logs in to (an SMB NAS, the SMTP server)."""
 from __future__ import annotations
 
 import base64
@@ -6,6 +7,7 @@ import concurrent.futures
 import hashlib
 import hmac
 import os
+import stat as stat_mod
 from typing import Any
 
 from steno_exportd.errors import Throttled
@@ -14,6 +16,32 @@ from steno_exportd.pools import in_pool
 N, R, P = 2 ** 14, 8, 1
 WORKERS = 2          # scrypt at N=2^14, r=8 needs 16 MiB per running check (PERFORMANCE.md): 32 MiB at most
 WAITING = 64         # checks queued behind them (costing no memory); more at once is a flood: "busy"
+
+
+def read_password_file(path: str) -> str:
+    """The password in ``path`` (its first line), for a login to a remote (the SMB NAS, the SMTP server); ValueError
+    with a message naming the file when it cannot be used: missing, not a regular file, not UTF-8, or readable by
+    other users (group or others: the touchscreen's user, the recorder's), whose password is refused, not used."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)     # (a FIFO: no wait for a writer)
+    except OSError as e:
+        raise ValueError(f"password file {path}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)                       # (the file opened: no swap between the look and the read)
+        if not stat_mod.S_ISREG(st.st_mode):
+            raise ValueError(f"password file {path} is not a regular file")
+        if st.st_mode & (stat_mod.S_IRWXG | stat_mod.S_IRWXO):
+            raise ValueError(f"password file {path} is readable by others (chmod 600 it)")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            line = f.readline(64 * 1024)
+    except OSError as e:
+        raise ValueError(f"password file {path} cannot be read: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+    try:
+        return line.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise ValueError(f"password file {path} cannot be read: not UTF-8 text") from None
 
 
 def hash_password(password: str, *, salt: bytes | None = None) -> str:

@@ -11,11 +11,11 @@ import functools
 import logging
 import socket
 import ssl
-from pathlib import Path
 from typing import BinaryIO
 
 import aiosmtplib
 
+from steno_exportd.access.passwords import read_password_file
 from steno_exportd.config import EmailConfig
 from steno_exportd.outbox.queue import Delivery, Outgoing
 
@@ -52,13 +52,15 @@ def _tls_context(cfg: EmailConfig) -> ssl.SSLContext:
 
 
 def _password(cfg: EmailConfig) -> str:
+    """The SMTP password (email.password_file's first line); a file other users can read is refused, as the SMB
+    push refuses its own: the message waits (transient) until the admin makes the file private."""
     try:
-        lines = Path(cfg.password_file).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise Refused(f"cannot read email.password_file: {e}", transient=True) from None
-    if not lines or not lines[0]:
+        password = read_password_file(cfg.password_file)
+    except ValueError as e:
+        raise Refused(f"email.password_file: {e}", transient=True) from None
+    if not password:
         raise Refused(f"email.password_file {cfg.password_file} is empty", transient=True)
-    return lines[0]
+    return password
 
 
 def _stuffed(block: bytes, at_line_start: bool) -> bytes:

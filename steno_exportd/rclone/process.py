@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import io
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ import subprocess
 import threading
 import time
 import typing
-from typing import IO, Any, Callable
+from typing import Any, Callable
 
 from steno_exportd import safeparse
 from steno_exportd.config import Config, RcloneRemote
@@ -51,6 +52,8 @@ _READ_ONLY = re.compile(r"read[- ]only file ?system", re.I)
 _REFUSED = re.compile(r"(?i:forbidden|permission denied|access ?denied|insufficient ?permission)|: 404 Not Found\b")
 WRITES = ("operations/mkdir", "operations/uploadfile", "operations/copyfile", "operations/movefile",
           "operations/deletefile", "operations/purge", "operations/rmdir", "sync/move")
+_SERVING = re.compile(r"Serving remote control on https?://127\.0\.0\.1:(\d+)/")    # rclone rcd's NOTICE of its port
+_QUIETING = ("RCLONE_LOG_LEVEL", "RCLONE_QUIET", "RCLONE_VERBOSE", "RCLONE_LOG_FILE")   # would hide that NOTICE
 _CONFIG = re.compile(r"didn't find section in config file|config file .{0,40}not found|"
                      r"unknown backend|couldn't find type", re.I)
 # a string as Go quotes it (%q: rclone's 'mkdir "office/x" failed', Go's 'Put "http://..."'), taken in order
@@ -68,11 +71,13 @@ class RcloneError(TargetError):
 
 def last_line(err: str) -> str:
     """The most telling line of rclone's stderr (its last error, without the timestamp), printable: it may carry
-    the store's own words (a WebDAV error's body), which must not put escapes on a terminal or lines in the log."""
+    the store's own words (a WebDAV error's body), which must not put escapes on a terminal or lines in the log;
+    credentials masked: it may quote the remote or its URL (a connection string's "pass=...", "user:password@host"),
+    and the line is a job's error, which every browser of the page sees."""
     lines = [ln.strip() for ln in err.splitlines() if ln.strip()]
     errors = [ln for ln in lines if "ERROR" in ln or "Failed" in ln or "CRITICAL" in ln] or lines
     text = errors[-1] if errors else ""
-    return safeparse.printable(re.sub(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d\s+", "", text)[:300])
+    return safeparse.printable(safeparse.redact(re.sub(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d\s+", "", text))[:300])
 
 
 def is_file(e: RcloneError) -> bool:
@@ -91,8 +96,9 @@ def _answer_json(body: bytes) -> dict:
 
 def error_text(body: bytes) -> str:
     """The error a remote-control answer carries (rclone's {"error": ..., "input": ..., "path": ..., "status": ...}:
-    its "error"; else the body's start), for a message: the store's words, so one printable line, bounded."""
-    text = safeparse.printable(str(_answer_json(body).get("error") or "").strip())
+    its "error"; else the body's start), for a message: the store's words, so one printable line, bounded, and
+    credentials masked (see last_line)."""
+    text = safeparse.printable(safeparse.redact(str(_answer_json(body).get("error") or "").strip()))
     return text if len(text) <= ERROR_TEXT else text[:ERROR_TEXT - 1] + "\u2026"
 
 
@@ -152,14 +158,16 @@ class Rcd:
         self._reader: threading.Thread | None = None
 
     def start(self) -> None:
-        """Start rclone rcd and wait until it answers."""
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        """Start rclone rcd and wait until it answers. rclone picks its loopback port itself (and says which): a
+        port picked here and handed to it is free for a moment in between, when any local user (the touchscreen's)
+        could take it and be sent the push (the fs of each request, a connection string's password with it, and
+        the meetings' files)."""
+        self.port = 0
         user, _, pw = base64.b64decode(self._auth.split()[1]).decode().partition(":")
-        env = {**os.environ, "RCLONE_RC_USER": user, "RCLONE_RC_PASS": pw}
+        env = {**{k: v for k, v in os.environ.items() if k not in _QUIETING}, "RCLONE_RC_USER": user,
+               "RCLONE_RC_PASS": pw}
         try:
-            self.proc = subprocess.Popen(self._argv + ["rcd", "--rc-addr", f"127.0.0.1:{self.port}", "--rc-serve"],
+            self.proc = subprocess.Popen(self._argv + ["rcd", "--rc-addr", "127.0.0.1:0", "--rc-serve"],
                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                          env=env, close_fds=True, start_new_session=True)
         except OSError as e:
@@ -172,17 +180,21 @@ class Rcd:
         while True:
             if self.proc.poll() is not None:
                 raise explain(self.proc.returncode, self.stderr(), self.where)
+            if not self.port and (said := _SERVING.search(self.stderr())):
+                self.port = int(said[1])
             try:
-                self.call("rc/noop", {})
-                return
+                if self.port:
+                    self.call("rc/noop", {})
+                    return
             except (RcloneError, OSError):
-                if time.monotonic() > deadline:
-                    self.close()
-                    raise RcloneError(f"{self.where}: rclone did not start: {last_line(self.stderr())}") from None
-                time.sleep(0.01)        # (it answers ~0.1 s after its start)
+                pass
+            if time.monotonic() > deadline:
+                self.close()
+                raise RcloneError(f"{self.where}: rclone did not start: {last_line(self.stderr())}") from None
+            time.sleep(0.01)            # (it answers ~0.1 s after its start)
 
-    def _drain(self, f: IO[bytes]) -> None:
-        for chunk in iter(lambda: f.read(4096), b""):
+    def _drain(self, f: io.BufferedReader) -> None:
+        for chunk in iter(lambda: f.read1(4096), b""):      # (what is there: start() waits for the port's line)
             self._err += chunk
             if len(self._err) > STDERR_KEEP:
                 del self._err[: len(self._err) - STDERR_KEEP]
@@ -292,15 +304,21 @@ class Rcd:
 
 
 def config_problems(cfg: Config) -> list[str]:
-    """What is wrong with the rclone config file the remotes need (missing, readable by others)."""
+    """What is wrong with the rclone config file the remotes need (missing, readable by others), and credentials
+    outside it: a remote given as a connection string with its login in it, in the daemon's config file (shipped
+    0644: every local user reads it). Said without the credential."""
     if not cfg.rclone.remotes:
         return []
+    problems = [f"rclone.remotes[{i}].remote: holds a credential (a password, token or key in the connection "
+                f"string), and the daemon's config file is for settings (other users may read it): make that remote "
+                f"in rclone.config_file ('rclone --config {cfg.rclone.config_file} config') and name it here"
+                for i, r in enumerate(cfg.rclone.remotes) if safeparse.redact(r.remote) != r.remote]
     path = cfg.rclone.config_file
     try:
         st = os.stat(path)
     except OSError as e:
-        return [f"rclone.config_file: {path}: {e.strerror} (make it with 'rclone --config {path} config')"]
+        return problems + [f"rclone.config_file: {path}: {e.strerror} (make it with 'rclone --config {path} config')"]
     if st.st_mode & (stat_mod.S_IRWXO):
-        return [f"rclone.config_file: {path} holds credentials and other users can read it "
-                f"(mode {stat_mod.S_IMODE(st.st_mode):o}); chmod 600 it (owner: the service user)"]
-    return []
+        problems.append(f"rclone.config_file: {path} holds credentials and other users can read it "
+                        f"(mode {stat_mod.S_IMODE(st.st_mode):o}); chmod 600 it (owner: the service user)")
+    return problems

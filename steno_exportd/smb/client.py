@@ -6,11 +6,10 @@ Everything here talks smbprotocol/socket terms into what a person can act on; th
 from __future__ import annotations
 
 import logging
-import os
 import socket
-import stat as stat_mod
 import time
 
+from steno_exportd.access.passwords import read_password_file
 from steno_exportd.config import SmbRemote
 from steno_exportd.errors import TargetError
 
@@ -33,20 +32,9 @@ def read_password(path: str) -> str:
     if not path:
         return ""
     try:
-        st = os.stat(path)
-    except OSError as e:
-        raise SmbError(f"password file {path}: {e.strerror}", permanent=True) from e
-    if not stat_mod.S_ISREG(st.st_mode):
-        raise SmbError(f"password file {path} is not a regular file", permanent=True)
-    if st.st_mode & (stat_mod.S_IRWXG | stat_mod.S_IRWXO):
-        raise SmbError(f"password file {path} is readable by others (chmod 600 it)", permanent=True)
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.readline().rstrip("\r\n")
-    except OSError as e:
-        raise SmbError(f"password file {path} cannot be read: {e.strerror or e}", permanent=True) from e
-    except UnicodeDecodeError as e:
-        raise SmbError(f"password file {path} cannot be read: not UTF-8 text", permanent=True) from e
+        return read_password_file(path)
+    except ValueError as e:
+        raise SmbError(str(e), permanent=True) from None
 
 
 def explain(exc: BaseException, remote: SmbRemote) -> SmbError:

@@ -3,6 +3,7 @@ header injection through a session title, a message over the size limit."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import time
 
@@ -191,3 +192,28 @@ async def test_configuration_problems_fail_at_once_with_the_reason(server_securi
     assert done.state == ev.OutboxState.FAILED and done.attempts == 1
     assert says in done.error, done.error
     assert server.received == []
+
+
+async def test_a_password_file_other_users_can_read_is_refused_and_the_message_waits_for_it(smtp, mail_core):
+    """A careless admin's email.password_file, readable by every local user (644, as an editor or 'echo > file'
+    under the default umask makes it: the touchscreen's user, the recorder's, can read the SMTP login). The SMB
+    push refuses its own password file then ("readable by others (chmod 600 it)"); the mail sender logged in with
+    it and sent. Now the message is not sent and waits, its error says why; once the file is made private it goes
+    out: nothing lost."""
+    server = await smtp()
+    core = await mail_core(server)
+    pw = core.cfg.email.password_file
+    os.chmod(pw, 0o644)
+    entry = await core.email_sessions([1], ["txt"], TO)
+
+    def settled():
+        e = core.outbox.get(entry.id)
+        return e if e.state.finished or e.attempts >= 2 else None
+    tried = await until(settled, "the message sent, failed or tried twice", in_thread=False)
+    assert tried.state == ev.OutboxState.QUEUED and "readable by others (chmod 600 it)" in tried.error, \
+        (tried.state, tried.error)
+    assert pw in tried.error and server.handler.data_attempts == 0 and server.received == []
+    os.chmod(pw, 0o600)
+    done = await finished(core, entry.id)
+    assert done.state == ev.OutboxState.SENT, done.error
+    assert len(server.received) == 1 and server.received[0].rcpt_tos == TO

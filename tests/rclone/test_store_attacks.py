@@ -733,3 +733,79 @@ def test_a_temp_file_removed_from_the_store_before_its_move_is_sent_again_not_a_
     finally:
         relay.close()
         srv.stop()
+
+
+class Squatter:
+    """A local user's listener on a loopback port (any user may bind one): it keeps what each connection sends and
+    answers as rclone rcd would, rc/noop with {} (so a daemon that took it for its rclone goes on) and anything
+    else with a refusal (the push then stops at once)."""
+
+    def __init__(self, port: int) -> None:
+        self.received: list[bytes] = []
+        self.sock = socket.create_server(("127.0.0.1", port))
+        self.thread = threading.Thread(target=self._serve, daemon=True, name="squatter")
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(2)
+                data = b""
+                with contextlib.suppress(OSError):
+                    while b"\r\n\r\n" not in data and (chunk := conn.recv(65536)):
+                        data += chunk
+                    data += conn.recv(65536) if b"Content-Length" in data else b""
+                self.received.append(data)
+                body = b"{}" if data.startswith(b"POST /rc/noop ") else b'{"error": "permission denied"}'
+                status = b"200 OK" if body == b"{}" else b"500 Internal Server Error"
+                with contextlib.suppress(OSError):
+                    conn.sendall(b"HTTP/1.1 %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                                 b"Connection: close\r\n\r\n%s" % (status, len(body), body))
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)        # (wakes its accept(): a close alone does not)
+        self.sock.close()
+        self.thread.join(10)
+
+
+@pytest.mark.parametrize("rclone_server", ["webdav"], indirect=True)
+def test_a_local_user_who_takes_rclones_port_first_is_sent_nothing(rclone_server, rclone_tmp, monkeypatch):
+    """Any local user (the touchscreen's, the recorder's) against rclone rcd's port: the daemon picked it (bound a
+    socket to port 0, closed it) and handed it to rclone on its command line, so for the moment between, the port
+    was free, and whoever bound it then (here: the window forced, the squatter binds it as rclone is started) was
+    taken for rclone: sent the push's requests with their login, the remote's fs (a connection string's password
+    in it) and the meetings' files, while the real rclone exited ("address already in use"). Now rclone binds a
+    port of its own choosing and says which: there is no moment when the port is free, nothing reaches anyone
+    else, and the push lands."""
+    srv = rclone_server
+    db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
+    cfg = cfg_for(rclone_tmp / "r", db, srv.client_config(rclone_tmp / "rclone.conf"),
+                  [{"name": "cloud", "remote": f"{srv.remote}:office"}], folder="sq")
+    squatters: list[Squatter] = []
+    real_popen = subprocess.Popen
+
+    def popen(argv, *a, **kw):
+        if "rcd" in argv:
+            port = int(argv[argv.index("--rc-addr") + 1].rpartition(":")[2])
+            if port:                            # a port named in advance: the local user binds it first
+                squatters.append(Squatter(port))
+        return real_popen(argv, *a, **kw)
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    try:
+        try:
+            res = push_to(cfg)
+        except TargetError as e:
+            res = [e]
+        sent = [d for s in squatters for d in s.received]
+        assert sent == [], f"a local user's listener was sent {len(sent)} requests: {sent[:2]}"
+    finally:
+        for s in squatters:
+            s.close()
+    assert [getattr(r, "ok", False) for r in res] == [True], res
+    assert_landed(srv.served / "office" / "sq", db)
+    db.close()
