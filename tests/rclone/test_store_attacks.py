@@ -628,6 +628,32 @@ def test_a_host_name_no_file_name_can_hold_makes_no_stray_folder_on_the_store(rc
     db.close()
 
 
+def _on_store(conf: pathlib.Path, *command: str) -> None:
+    """An rclone command on the store (a person's change made through it: the server's own cache of its folders
+    knows it, where a change on its disk is not seen for minutes)."""
+    subprocess.run(["rclone", "--config", str(conf), *command], check=True, capture_output=True, timeout=60)
+
+
+@contextlib.contextmanager
+def faulty_webdav(tmp: pathlib.Path, fail) -> Iterator[tuple]:
+    """A WebDAV store served by rclone and a FaultyWebdav in front of it that fails what ``fail`` says, with the
+    client config reaching it through that relay: (store, relay, config file); both stopped after."""
+    from tests.parts import require_tool
+    from tests.parts.rclone import FaultyWebdav, RcloneServer
+    require_tool("rclone")
+    (tmp / "served").mkdir()
+    srv = RcloneServer("webdav", tmp / "served", tmp)
+    srv.start()
+    try:
+        relay = FaultyWebdav(srv.port, fail)
+        try:
+            yield srv, relay, relay.client_config(srv, tmp / "rclone.conf")
+        finally:
+            relay.close()
+    finally:
+        srv.stop()
+
+
 def test_a_store_failing_once_as_the_push_reads_its_manifest_is_tried_again_not_rebuilt(rclone_tmp):
     """THREATS: the NAS may fail. A WebDAV store answers the push's read of manifest.json once with 503 (a server
     in maintenance for a moment, a proxy's hiccup). That was taken for an unusable manifest: the push rebuilt it,
@@ -637,22 +663,15 @@ def test_a_store_failing_once_as_the_push_reads_its_manifest_is_tried_again_not_
     session there: nothing sent, the manifest and the office index as they were."""
     from steno_exportd.engine.identity import recorder_folder
     from steno_exportd.engine.index import INDEX_DIR
-    from tests.parts import require_tool
-    from tests.parts.rclone import FaultyWebdav, RcloneServer
     from tests.recorder_db import delete_session
     from tests.rclone.test_push import make_cfg, push
-    require_tool("rclone")
-    (rclone_tmp / "served").mkdir()
-    srv = RcloneServer("webdav", rclone_tmp / "served", rclone_tmp)
-    srv.start()
     armed: list[int] = []
 
     def fail(method: str, path: str) -> int | None:
         return armed.pop() if armed and path.endswith("/manifest.json") and method in ("PROPFIND", "GET") else None
-    relay = FaultyWebdav(srv.port, fail)
-    try:
+    with faulty_webdav(rclone_tmp, fail) as (srv, relay, conf):
         db = make_recorder(rclone_tmp / "rec", sizes=(100_000, 100_500, 101_000))
-        cfg = make_cfg(rclone_tmp, db, relay.client_config(srv, rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+        cfg = make_cfg(rclone_tmp, db, conf, f"{srv.remote}:office")
         assert [r.ok and not r.skipped for r in push(cfg)] == [True] * 3
         folder = srv.served / "office" / recorder_folder(cfg)
         index = srv.served / "office" / INDEX_DIR / f"{folder.name}.json"
@@ -667,6 +686,31 @@ def test_a_store_failing_once_as_the_push_reads_its_manifest_is_tried_again_not_
         assert sorted(json.loads((folder / "manifest.json").read_text())["sessions"]) == recorded
         assert sorted(m["title"] for m in json.loads(index.read_text())["meetings"]) == listed and gone in listed
         db.close()
-    finally:
-        relay.close()
-        srv.stop()
+
+
+def test_a_store_failing_once_as_a_lost_manifest_is_rebuilt_from_its_sums_sends_no_session_twice(rclone_tmp):
+    """THREATS: the NAS may fail. manifest.json is gone from the recorder's folder on the store (a person deleted
+    it, a sync client lost it): the push rebuilds it from SHA256SUMS. The store answers that read once with 503. It
+    was taken for no SHA256SUMS at all: the manifest was rebuilt empty and every session sent again beside its own
+    folder, as '<folder> (2)'. Now that attempt fails on the store's error (as for manifest.json) and the next
+    rebuilds it: every session in its own folder, no copy."""
+    from steno_exportd.engine.identity import recorder_folder
+    from tests.rclone.test_push import make_cfg, push
+    armed: list[int] = []
+
+    def fail(method: str, path: str) -> int | None:
+        return armed.pop() if armed and path.endswith("/SHA256SUMS") and method == "GET" else None
+    with faulty_webdav(rclone_tmp, fail) as (srv, relay, conf):
+        db = make_recorder(rclone_tmp / "rec", sizes=(100_000, 100_500, 101_000))
+        cfg = make_cfg(rclone_tmp, db, conf, f"{srv.remote}:office")
+        assert [r.ok and not r.skipped for r in push(cfg)] == [True] * 3
+        folder = srv.served / "office" / recorder_folder(cfg)
+        before = sorted(p.name for p in folder.iterdir())
+        _on_store(conf, "deletefile", f"{srv.remote}:office/{folder.name}/manifest.json")  # (past the server's cache)
+        armed.append(503)
+        res = push(cfg, sleep=lambda s: None)
+        assert relay.failed, "the store never failed"
+        assert [(r.ok, r.error) for r in res] == [(True, "")] * 3, res
+        assert sorted(p.name for p in folder.iterdir()) == before       # no '<folder> (2)'
+        assert_landed(folder, db)
+        db.close()
