@@ -353,11 +353,13 @@ class RcloneTarget:
         try:
             self.rcd.call("sync/move", {"srcFs": self._sub(src), "dstFs": self._sub(dst),
                                         "_config": {"NoCheckDest": True, "Immutable": True}})
-        except RcloneError:
-            if self._stat(dst) is not None:         # (looked up: not taken from a listing, which it may postdate)
+        except RcloneError as e:
+            if self._stat(dst) is None:             # (looked up: not taken from a listing, which it may postdate)
+                raise
+            if not self._moved(src, dst):
                 self._landed(dst)
                 raise TargetError(f"refusing to replace existing {dst}") from None
-            raise
+            log.info("%s: %s moved into place, its answer lost (%s)", self.name, dst, e)
         with self._names:
             names = self._mine.pop(self.rel(src), None)
             self._landed(src, False)
@@ -365,6 +367,21 @@ class RcloneTarget:
             if names is not None:
                 self._mine[self.rel(dst)] = names
             self._dirs.add(self.rel(dst))
+
+    def _moved(self, src: str, dst: str) -> bool:
+        """A folder move whose answer was lost (the connection dropped after the store did it) was done: ``src``, a
+        folder this push made, is gone, and ``dst`` holds just the names this push put in it. Else the folder at
+        ``dst`` is someone else's (a name taken meanwhile): never taken for ours."""
+        with self._names:
+            names = self._mine.get(self.rel(src))
+            names = None if names is None else set(names)
+        if names is None or self._stat(src) is not None:
+            return False
+        r = self.rcd.call("operations/list", {"fs": self.fs, "remote": self.rel(dst),
+                                              "opt": {"noMimeType": True, "noModTime": True}}, missing_ok=True,
+                          listing=self.rel(dst))
+        there = {d.get("Name") for d in (r or {}).get("list") or [] if isinstance(d, dict)}
+        return r is not None and there == names
 
     def _sub(self, rel: str) -> str:
         """The remote of a folder below the push's remote, as a folder ("NAME:path/to/it/"): rclone opens it

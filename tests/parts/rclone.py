@@ -102,8 +102,11 @@ def serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[int]:
 class FaultyWebdav:
     """A WebDAV store that fails when told: 127.0.0.1:<port> passes each request on to the WebDAV server on
     127.0.0.1:<to> (an RcloneServer), but answers one that ``fail(method, path)`` gives a status for with that
-    status itself (a store in maintenance for a moment, a proxy's hiccup); ``failed`` lists those. Bodies are
-    passed on whole (small test files), a chunked one with its length."""
+    status itself (a store in maintenance for a moment, a proxy's hiccup); ``failed`` lists those. A status of DROP
+    passes the request on and then drops the connection without its answer (the store did it, the answer was lost).
+    Bodies are passed on whole (small test files), a chunked one with its length."""
+
+    DROP = -1
 
     def __init__(self, to: int, fail: Callable[[str, str], int | None]) -> None:
         outer = self
@@ -116,7 +119,7 @@ class FaultyWebdav:
                 body = self._body()
                 path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
                 status = fail(self.command, path)
-                if status:
+                if status and status != FaultyWebdav.DROP:
                     outer.failed.append((self.command, path))
                     self._answer(status, [], b"the store failed (a test's fault)")
                     return
@@ -127,9 +130,14 @@ class FaultyWebdav:
                 try:
                     conn.request(self.command, self.path, body=body, headers=headers)
                     r = conn.getresponse()
-                    self._answer(r.status, r.getheaders(), r.read())
+                    answer = r.status, r.getheaders(), r.read()
                 finally:
                     conn.close()
+                if status == FaultyWebdav.DROP:
+                    outer.failed.append((self.command, path))
+                    self.close_connection = True        # done on the store; its answer never reaches the client
+                    return
+                self._answer(*answer)
 
             def _body(self) -> bytes:
                 if "chunked" not in self.headers.get("Transfer-Encoding", "").lower():

@@ -714,3 +714,33 @@ def test_a_store_failing_once_as_a_lost_manifest_is_rebuilt_from_its_sums_sends_
         assert sorted(p.name for p in folder.iterdir()) == before       # no '<folder> (2)'
         assert_landed(folder, db)
         db.close()
+
+
+def test_a_session_folder_moved_into_place_whose_answer_is_lost_is_the_pushs_own_not_sent_again(rclone_tmp):
+    """THREATS: the NAS may fail. A WebDAV push moves each session's <folder>.partial into place once the manifest
+    that records it is saved. The store does the move, and the connection drops before its answer arrives. The push
+    took the folder it then found in place for someone else's ("appeared on the target meanwhile"), reported the
+    session failed and took it out of the manifest, and the next push sent it again beside it, as '<folder> (2)'.
+    Now a folder found there after a failed move, its .partial gone and holding the files the push put in it, is the
+    move done: the session is pushed, and the next push sends nothing."""
+    from steno_exportd.engine.identity import recorder_folder
+    from tests.parts.rclone import FaultyWebdav
+    from tests.rclone.test_push import make_cfg, push
+    armed = [FaultyWebdav.DROP]
+
+    def fail(method: str, path: str) -> int | None:
+        return armed.pop() if armed and method == "MOVE" and path.rstrip("/").endswith(".partial") else None
+    with faulty_webdav(rclone_tmp, fail) as (srv, relay, conf):
+        db = make_recorder(rclone_tmp / "rec", sizes=(100_000, 100_500, 101_000))
+        cfg = make_cfg(rclone_tmp, db, conf, f"{srv.remote}:office")
+        res = push(cfg, sleep=lambda s: None)
+        assert relay.failed, "no folder move lost its answer"
+        assert [(r.ok, r.error) for r in res] == [(True, "")] * 3, res
+        folder = srv.served / "office" / recorder_folder(cfg)
+        sessions = sorted(p.name for p in folder.iterdir() if p.is_dir())
+        assert len(sessions) == 3 and not [n for n in sessions if n.endswith((".partial", " (2)"))], sessions
+        res = push(cfg)
+        assert [r.skipped for r in res] == [True] * 3, [(r.skipped, r.error) for r in res]
+        assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == sessions
+        assert_landed(folder, db)
+        db.close()
