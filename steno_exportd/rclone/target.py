@@ -41,7 +41,7 @@ from steno_exportd import sockwait
 from steno_exportd.engine.identity import host_folder
 from steno_exportd.engine.targets import MARKER, PARTIAL_SUFFIX, TEMP_PREFIX, EntryStat, check_rel
 from steno_exportd.errors import CancelledJob, InvalidArgument, SourceError, TargetError
-from steno_exportd.rclone.process import Rcd, RcloneError, error_text, is_file
+from steno_exportd.rclone.process import Rcd, RcloneError, error_text, is_file, not_found
 from steno_exportd.safeparse import printable
 
 log = logging.getLogger(__name__)
@@ -298,7 +298,7 @@ class RcloneTarget:
         return _RcloneWrite(self, rel)
 
     def open_read(self, rel: str, *, uncached: bool = False) -> "_RcloneRead":
-        return _RcloneRead(self, rel)
+        return _RcloneRead(self, rel, back=uncached)        # (uncached: the engine's read-back of a file it wrote)
 
     def read_small(self, rel: str, limit: int) -> bytes | None:
         """A small file's first ``limit`` bytes; None when it is not there. One look-up and one read of the store
@@ -797,10 +797,12 @@ class _Missing(Exception):
 
 class _RcloneRead:
     """A remote file streamed out of rclone (``--rc-serve``); an error or a short body is raised (``missing_ok``:
-    _Missing for a file not there)."""
+    _Missing for a file not there), said as what it was: the read-back of a file the push wrote (``back``), or the
+    read of one it finds there (a claim, a manifest), which is none."""
 
-    def __init__(self, t: RcloneTarget, rel: str, missing_ok: bool = False) -> None:
+    def __init__(self, t: RcloneTarget, rel: str, missing_ok: bool = False, back: bool = False) -> None:
         self._t = t
+        self._what = "the read-back" if back else f"the read of {t.rel(rel)}"
         self._conn = t.rcd.connection()
         path = urllib.parse.quote(f"[{t.fs}]/{t.rel(rel)}")
         try:
@@ -812,21 +814,25 @@ class _RcloneRead:
         if self._r.status != 200:
             body = self._r.read(1 << 16)
             self._conn.close()
-            if missing_ok and self._r.status == 404:
+            gone = not_found(self._r.status, body)
+            if missing_ok and gone:
                 raise _Missing(rel)
-            raise RcloneError(f"{t.name}: cannot read {rel} back: HTTP {self._r.status} {error_text(body)}")
+            # (a bare 404: rclone found the file and the store failed to send it; taken for "not there", a claim was
+            # made again over the one there, and a manifest rebuilt)
+            said = error_text(body) if gone or self._r.status != 404 else "the store failed to send it"
+            raise RcloneError(f"{t.name}: cannot read {rel}{' back' if back else ''}: HTTP {self._r.status} {said}")
 
     def read(self, n: int = -1) -> bytes:
         try:
             return self._r.read(n if n > 0 else 1 << 20)
         except (OSError, http.client.HTTPException) as e:        # a cut body: IncompleteRead
-            raise RcloneError(f"{self._t.name}: the read-back was cut ({e})") from e
+            raise RcloneError(f"{self._t.name}: {self._what} was cut ({e})") from e
 
     def readinto(self, buf: bytearray) -> int:
         try:
             return self._r.readinto(buf)
         except (OSError, http.client.HTTPException) as e:
-            raise RcloneError(f"{self._t.name}: the read-back was cut ({e})") from e
+            raise RcloneError(f"{self._t.name}: {self._what} was cut ({e})") from e
 
     def close(self) -> None:
         self._conn.close()

@@ -386,7 +386,7 @@ def read_back_error(rclone_tmp: pathlib.Path, words: str) -> str:
         t.rcd.start()
         try:
             with pytest.raises(RcloneError) as e:
-                t.open_read("x/transcript.txt")
+                t.open_read("x/transcript.txt", uncached=True)      # (the engine's read-back: writer.read_back)
         finally:
             t.close()
         db.close()
@@ -744,3 +744,57 @@ def test_a_session_folder_moved_into_place_whose_answer_is_lost_is_the_pushs_own
         assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == sessions
         assert_landed(folder, db)
         db.close()
+
+
+def test_a_claim_the_store_fails_to_read_is_said_unreadable_not_a_read_back(rclone_tmp):
+    """The store fails the push's read of the recorder's claim file (503, each try). The push said it could not
+    "read ... back", the words of a check of a file it had just written: the claim is not one. Now it says which
+    file it could not read, and the store's answer."""
+    from steno_exportd.engine.identity import recorder_folder
+    from tests.rclone.test_push import make_cfg, push
+    armed: list[bool] = []
+
+    def fail(method: str, path: str) -> int | None:
+        return 503 if armed and path.endswith(f"/{CLAIM_NAME}") and method == "GET" else None
+    with faulty_webdav(rclone_tmp, fail) as (srv, relay, conf):
+        db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
+        cfg = make_cfg(rclone_tmp, db, conf, f"{srv.remote}:office")
+        assert [r.ok for r in push(cfg)] == [True]
+        armed.append(True)
+        waits: list[float] = []
+        with pytest.raises(RcloneError) as e:
+            push(cfg, sleep=waits.append)
+        said = str(e.value)
+        assert relay.failed, "the store never failed"
+        assert said.startswith(f"rclone:cloud: cannot read {recorder_folder(cfg)}/{CLAIM_NAME}: "), said
+        assert "back" not in said, said
+        assert len(waits) == 2, waits                   # the store's fault: tried again
+        db.close()
+
+
+def test_a_folder_named_like_the_claim_file_stops_the_push_at_once_saying_what_to_remove(rclone_server, rclone_tmp):
+    """Someone's folder named .steno-push-owner.json in the recorder's folder on the store, where the push keeps its
+    claim: the claim can never be written there, whatever the tries. Now the push fails at once (not tried again as
+    a store's hiccup), naming that folder and saying to move it away; it is left as it is, nothing is sent. Moved
+    away, the next push claims the folder and lands."""
+    from steno_exportd.engine.identity import recorder_folder
+    from tests.rclone.test_push import make_cfg, push
+    srv = rclone_server
+    db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
+    cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+    rec = recorder_folder(cfg)
+    folder = srv.served / "office" / rec
+    (folder / CLAIM_NAME).mkdir(parents=True)
+    (folder / CLAIM_NAME / "theirs.txt").write_text("a person's own file\n")
+    waits: list[float] = []
+    with pytest.raises(TargetError) as e:
+        push(cfg, sleep=waits.append)
+    assert str(e.value) == (f"folder {rec} on rclone:cloud: a folder named {CLAIM_NAME!r} is in the "
+                            f"way of this recorder's claim file (not ours, left alone): move it away"), str(e.value)
+    assert isinstance(e.value, RcloneError) and e.value.permanent and waits == [], waits
+    assert snapshot(folder) == {f"{CLAIM_NAME}/theirs.txt": b"a person's own file\n"}
+    _on_store(pathlib.Path(cfg.rclone.config_file), "purge", f"{srv.remote}:office/{rec}/{CLAIM_NAME}")
+    assert [r.ok for r in push(cfg)] == [True]
+    assert json.loads((folder / CLAIM_NAME).read_text())["recorder_id"]
+    assert_landed(folder, db)
+    db.close()
