@@ -90,6 +90,14 @@ def claim_body(rid: str) -> bytes:
                       indent=1, sort_keys=True).encode()
 
 
+def claim_in_the_way(folder: str, where: str, kind: str) -> str:
+    """What a push says when its claim cannot be written in ``folder`` on ``where`` ever: a ``kind`` (a folder,
+    say) holds the claim file's name (someone's own: not tried again, not removed)."""
+    what = "folder" if kind == "dir" else kind
+    return (f"folder {folder} on {where}: a {what} named {CLAIM_NAME!r} is in the way of this recorder's claim file "
+            f"(not ours, left alone): move it away")
+
+
 def claim_owner(raw: bytes) -> tuple[str, str]:
     """(recorder id, host) a claim file names; ValueError when it is not a claim."""
     try:

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterable
 
 from steno_exportd import __version__, safeparse
 from steno_exportd.engine.identity import host_name
-from steno_exportd.engine.targets import Target
+from steno_exportd.engine.targets import Target, os_error
 from steno_exportd.errors import CancelledJob, TargetError
 
 log = logging.getLogger(__name__)
@@ -102,11 +102,12 @@ def parse_sums(text: str) -> dict[str, str]:
 
 
 def read_sums(target: Target, root: str) -> dict[str, str]:
-    """The root folder's SHA256SUMS (path below the root -> sha256); TargetError when unreadable."""
+    """The root folder's SHA256SUMS (path below the root -> sha256); TargetError when unreadable, Oversized (one)
+    when larger than ours (MAX_BYTES, MAX_SUMS_LINES)."""
     try:
         return parse_sums(read_file(target, f"{root}/{SUMS}").decode("utf-8", "replace"))
     except ValueError as e:
-        raise TargetError(str(e)) from None
+        raise Oversized(str(e)) from None
 
 
 def read_file(target: Target, rel: str, limit: int = MAX_BYTES) -> bytearray:
@@ -253,12 +254,25 @@ def rebuild(target: Target, root: str, reason: str = "", cancelled: Callable[[],
     """Recover what we own from SHA256SUMS, keeping only files whose bytes still match. Reads no more than the
     target holds in use (``used_space()`` where it says): someone else's SHA256SUMS may name sparse files of
     terabytes, or one file under many names, and hashing them took hours. A store does not say (rclone's), or
-    may lie: ``cancelled()`` stops the reads (CancelledJob), which went on to the end of what it served."""
+    may lie: ``cancelled()`` stops the reads (CancelledJob), which went on to the end of what it served. A target
+    that fails to read SHA256SUMS raises that error, as load() for manifest.json; one larger than ours is not ours
+    (nothing recovered)."""
     m = Manifest(rebuilt=True, problems=[reason] if reason else [])
     try:
         sums = read_sums(target, root)
-    except (TargetError, OSError):
+    except Oversized as e:
+        log.warning("%s on %s unusable (%s): not ours", SUMS, target.name, e)
         sums = {}
+    except (TargetError, OSError) as e:
+        # not read: there, the target failed (a store's 503 for a moment, a drop), and the attempt fails as for
+        # manifest.json (taken for none, the manifest was rebuilt empty and every session sent again beside its
+        # folder, as "<folder> (2)"); none there (a manifest.json unusable alone), nothing to recover
+        if not _has_sums(target, root):
+            sums = {}
+        elif isinstance(e, OSError):
+            raise os_error(e, f"{root}/{SUMS}") from e
+        else:
+            raise
     used = getattr(target, "used_space", None)
     budget = used() if used is not None else float("inf")
     unread = 0

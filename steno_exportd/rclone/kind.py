@@ -15,7 +15,8 @@ from typing import Any, Iterator
 
 from steno_exportd.config import Config, RcloneRemote
 from steno_exportd.engine import index
-from steno_exportd.engine.identity import CLAIM_NAME, SHORT, claim_body, claim_owner, recorder_folder
+from steno_exportd.engine.identity import (CLAIM_NAME, SHORT, claim_body, claim_in_the_way, claim_owner,
+                                           recorder_folder)
 from steno_exportd.engine.manifest import write_atomic
 from steno_exportd.engine.registry import RemoteKind
 from steno_exportd.errors import StenoError, TargetError
@@ -82,11 +83,12 @@ def _folder_of(remote: str) -> tuple[str, str]:
 
 
 def claim(t: RcloneTarget, folder: str, rid: str) -> None:
-    """Make sure the recorder folder is ours: claim it when nobody has; RcloneError when another recorder has."""
+    """Make sure the recorder folder is ours: claim it when nobody has; RcloneError when another recorder has, or
+    (permanent, said at once) when something not a file holds the claim's name."""
     if not rid:
         return
     rel = f"{folder}/{CLAIM_NAME}"
-    raw = t.read_small(rel, CLAIM_LIMIT)        # None: not there (read at once: no look-up first)
+    raw = _read_claim(t, folder, rel)           # None: not there (read at once: no look-up first)
     if raw is None:
         # written under a temp name, then renamed to the claim's name; the rename looks the name up first and
         # refuses to replace a claim there: two recorders given one folder name (a config copied to both) that
@@ -100,8 +102,9 @@ def claim(t: RcloneTarget, folder: str, rid: str) -> None:
         except TargetError:
             with contextlib.suppress(TargetError):
                 t.remove(temp)              # (else left: this host's temp file, which the next push removes)
-            raw = t.read_small(rel, CLAIM_LIMIT)
+            raw = _read_claim(t, folder, rel)
             if raw is None:
+                _not_in_the_way(t, folder, rel)
                 raise                       # not refused for a claim there: the store's own fault
         else:
             log.info("%s: folder %s claimed for this recorder", t.name, folder)
@@ -116,3 +119,21 @@ def claim(t: RcloneTarget, folder: str, rid: str) -> None:
         raise RcloneError(f"folder {folder} on {t.name} belongs to another recorder ({host or 'unknown host'}, "
                           f"id {owner[:8]}); set smb.recorder_folder", True)
     t.claimed(folder)
+
+
+def _read_claim(t: RcloneTarget, folder: str, rel: str) -> bytes | None:
+    """The claim file's bytes, None when not there; the store's error when it fails to read it (said at once when
+    the name is someone's folder: _not_in_the_way)."""
+    try:
+        return t.read_small(rel, CLAIM_LIMIT)
+    except TargetError:
+        _not_in_the_way(t, folder, rel)
+        raise
+
+
+def _not_in_the_way(t: RcloneTarget, folder: str, rel: str) -> None:
+    """RcloneError (permanent) when something not a file (someone's folder) holds the claim's name: the claim can
+    never be read or written there, whatever the tries; the error says to move it away (it is never removed)."""
+    st = t.lstat(rel)
+    if st is not None and st.kind != "file":
+        raise RcloneError(claim_in_the_way(folder, t.name, st.kind), True) from None

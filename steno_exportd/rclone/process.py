@@ -94,6 +94,16 @@ def _answer_json(body: bytes) -> dict:
     return data if isinstance(data, dict) else {"error": body[:ERROR_TEXT].decode("utf-8", "replace")}
 
 
+def not_found(status: int, body: bytes) -> bool:
+    """rclone's own answer that a path is not there: its JSON error of status 404. Its --rc-serve answers a file it
+    found and then failed to open (the store failing for a moment: a 503, a drop) with a bare 404 page: not that."""
+    try:
+        data = safeparse.json_loads(body) if status == 404 else None
+    except ValueError:
+        return False
+    return isinstance(data, dict) and data.get("status") == 404
+
+
 def error_text(body: bytes) -> str:
     """The error a remote-control answer carries (rclone's {"error": ..., "input": ..., "path": ..., "status": ...}:
     its "error"; else the body's start), for a message: the store's words, so one printable line, bounded, and

@@ -41,7 +41,7 @@ from steno_exportd import sockwait
 from steno_exportd.engine.identity import host_folder
 from steno_exportd.engine.targets import MARKER, PARTIAL_SUFFIX, TEMP_PREFIX, EntryStat, check_rel
 from steno_exportd.errors import CancelledJob, InvalidArgument, SourceError, TargetError
-from steno_exportd.rclone.process import Rcd, RcloneError, error_text, is_file
+from steno_exportd.rclone.process import Rcd, RcloneError, error_text, is_file, not_found
 from steno_exportd.safeparse import printable
 
 log = logging.getLogger(__name__)
@@ -305,7 +305,7 @@ class RcloneTarget:
         return _RcloneWrite(self, rel)
 
     def open_read(self, rel: str, *, uncached: bool = False) -> "_RcloneRead":
-        return _RcloneRead(self, rel)
+        return _RcloneRead(self, rel, back=uncached)        # (uncached: the engine's read-back of a file it wrote)
 
     def read_small(self, rel: str, limit: int) -> bytes | None:
         """A small file's first ``limit`` bytes; None when it is not there. One look-up and one read of the store
@@ -377,11 +377,13 @@ class RcloneTarget:
         try:
             self.rcd.call("sync/move", {"srcFs": self._sub(src), "dstFs": self._sub(dst),
                                         "_config": {"NoCheckDest": True, "Immutable": True}})
-        except RcloneError:
-            if self._stat(dst) is not None:         # (looked up: not taken from a listing, which it may postdate)
+        except RcloneError as e:
+            if self._stat(dst) is None:             # (looked up: not taken from a listing, which it may postdate)
+                raise
+            if not self._moved(src, dst):
                 self._landed(dst)
                 raise TargetError(f"refusing to replace existing {dst}") from None
-            raise
+            log.info("%s: %s moved into place, its answer lost (%s)", self.name, dst, e)
         with self._names:
             names = self._mine.pop(self.rel(src), None)
             self._landed(src, False)
@@ -389,6 +391,21 @@ class RcloneTarget:
             if names is not None:
                 self._mine[self.rel(dst)] = names
             self._dirs.add(self.rel(dst))
+
+    def _moved(self, src: str, dst: str) -> bool:
+        """A folder move whose answer was lost (the connection dropped after the store did it) was done: ``src``, a
+        folder this push made, is gone, and ``dst`` holds just the names this push put in it. Else the folder at
+        ``dst`` is someone else's (a name taken meanwhile): never taken for ours."""
+        with self._names:
+            names = self._mine.get(self.rel(src))
+            names = None if names is None else set(names)
+        if names is None or self._stat(src) is not None:
+            return False
+        r = self.rcd.call("operations/list", {"fs": self.fs, "remote": self.rel(dst),
+                                              "opt": {"noMimeType": True, "noModTime": True}}, missing_ok=True,
+                          listing=self.rel(dst))
+        there = {d.get("Name") for d in (r or {}).get("list") or [] if isinstance(d, dict)}
+        return r is not None and there == names
 
     def _sub(self, rel: str) -> str:
         """The remote of a folder below the push's remote, as a folder ("NAME:path/to/it/"): rclone opens it
@@ -804,10 +821,12 @@ class _Missing(Exception):
 
 class _RcloneRead:
     """A remote file streamed out of rclone (``--rc-serve``); an error or a short body is raised (``missing_ok``:
-    _Missing for a file not there)."""
+    _Missing for a file not there), said as what it was: the read-back of a file the push wrote (``back``), or the
+    read of one it finds there (a claim, a manifest), which is none."""
 
-    def __init__(self, t: RcloneTarget, rel: str, missing_ok: bool = False) -> None:
+    def __init__(self, t: RcloneTarget, rel: str, missing_ok: bool = False, back: bool = False) -> None:
         self._t = t
+        self._what = "the read-back" if back else f"the read of {t.rel(rel)}"
         self._conn = t.rcd.connection()
         path = urllib.parse.quote(f"[{t.fs}]/{t.rel(rel)}")
         try:
@@ -819,16 +838,20 @@ class _RcloneRead:
         if self._r.status != 200:
             body = self._r.read(1 << 16)
             self._conn.close()
-            if missing_ok and self._r.status == 404:
+            gone = not_found(self._r.status, body)
+            if missing_ok and gone:
                 raise _Missing(rel)
-            raise RcloneError(f"{t.name}: cannot read {rel} back: HTTP {self._r.status} {error_text(body)}")
+            # (a bare 404: rclone found the file and the store failed to send it; taken for "not there", a claim was
+            # made again over the one there, and a manifest rebuilt)
+            said = error_text(body) if gone or self._r.status != 404 else "the store failed to send it"
+            raise RcloneError(f"{t.name}: cannot read {rel}{' back' if back else ''}: HTTP {self._r.status} {said}")
 
     def read(self, n: int = -1) -> bytes:
         n = n if n > 0 else 1 << 20
         try:
             data = self._r.read(n)
         except (OSError, http.client.HTTPException) as e:        # a cut body: IncompleteRead
-            raise RcloneError(f"{self._t.name}: the read-back was cut ({e})") from e
+            raise RcloneError(f"{self._t.name}: {self._what} was cut ({e})") from e
         self._whole(len(data), n)
         return data
 
@@ -836,7 +859,7 @@ class _RcloneRead:
         try:
             n = self._r.readinto(buf)
         except (OSError, http.client.HTTPException) as e:
-            raise RcloneError(f"{self._t.name}: the read-back was cut ({e})") from e
+            raise RcloneError(f"{self._t.name}: {self._what} was cut ({e})") from e
         self._whole(n, len(buf))
         return n
 
@@ -845,7 +868,7 @@ class _RcloneRead:
         proxy's drop) raises: http.client returns what came, as if the file ended there, where a manifest.json cut
         halfway was unusable and rebuilt, every session sent again."""
         if got < asked and self._r.length:
-            raise RcloneError(f"{self._t.name}: the read-back was cut ({self._r.length} bytes of the file missing)")
+            raise RcloneError(f"{self._t.name}: {self._what} was cut ({self._r.length} bytes of the file missing)")
 
     def close(self) -> None:
         self._conn.close()

@@ -24,8 +24,8 @@ from steno_exportd import safeparse
 from steno_exportd.config import Config, SmbRemote
 from steno_exportd.engine import index
 from steno_exportd.engine import manifest as mf
-from steno_exportd.engine.identity import (CLAIM_NAME, SHORT, claim_body, claim_owner, host_folder,
-                                           recorder_folder)
+from steno_exportd.engine.identity import (CLAIM_NAME, SHORT, claim_body, claim_in_the_way, claim_owner,
+                                           host_folder, recorder_folder)
 from steno_exportd.engine.registry import RemoteKind
 from steno_exportd.errors import StenoError, TargetError
 from steno_exportd.smb.client import SmbError
@@ -120,6 +120,9 @@ def claim(t: SmbTarget, folder: str, rid: str) -> None:
         return                      # no id on this system: no ownership check (logged by recorder_id)
     raw = read_claim(t, folder)
     if raw is None:
+        st = t.lstat(f"{folder}/{CLAIM_NAME}")      # (not claimed yet: a first push, one request more)
+        if st is not None and st.kind != "file":    # someone's folder of that name: the claim is never made there
+            raise SmbError(claim_in_the_way(folder, _where(t), st.kind), True)
         legacy = _legacy(t, folder)
         _check_owner(t, folder, rid, str(legacy.get("recorder_id") or ""), legacy.get("host"))
         if t.create_once(f"{folder}/{CLAIM_NAME}", claim_body(rid)):

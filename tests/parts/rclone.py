@@ -101,14 +101,16 @@ def serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[int]:
 
 DROP = -1      # FaultyWebdav's "status" of a request it takes and never answers: the connection closed (a drop)
 CUT = -2       # ... of one whose answer it cuts: the store's headers (its length), half the body, the connection closed
+LOST = -3      # ... of one it passes on to the store and then drops without its answer (done there, the answer lost)
 
 
 class FaultyWebdav:
     """A WebDAV store that fails when told: 127.0.0.1:<port> passes each request on to the WebDAV server on
     127.0.0.1:<to> (an RcloneServer), but answers one that ``fail(method, path)`` gives a status for with that
     status itself (a store in maintenance for a moment, a proxy's hiccup), or with none (DROP: the connection
-    closed once the request is read), or with the store's answer cut halfway (CUT); ``failed`` lists those. Bodies are passed on whole (small test files), a
-    chunked one with its length."""
+    closed once the request is read; LOST: the request passed on to the store, then the connection closed without
+    its answer), or with the store's answer cut halfway (CUT); ``failed`` lists those. Bodies are passed on whole
+    (small test files), a chunked one with its length."""
 
     def __init__(self, to: int, fail: Callable[[str, str], int | None]) -> None:
         outer = self
@@ -121,7 +123,7 @@ class FaultyWebdav:
                 body = self._body()
                 path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
                 status = fail(self.command, path)
-                if status and status != CUT:
+                if status and status not in (CUT, LOST):
                     outer.failed.append((self.command, path))
                     if status == DROP:
                         self.close_connection = True
@@ -140,9 +142,13 @@ class FaultyWebdav:
                         outer.failed.append((self.command, path))
                         self._answer(r.status, r.getheaders(), answer, cut=True)
                         return
-                    self._answer(r.status, r.getheaders(), answer)
                 finally:
                     conn.close()
+                if status == LOST:
+                    outer.failed.append((self.command, path))
+                    self.close_connection = True        # done on the store; its answer never reaches the client
+                    return
+                self._answer(r.status, r.getheaders(), answer)
 
             def _body(self) -> bytes:
                 if "chunked" not in self.headers.get("Transfer-Encoding", "").lower():

@@ -386,7 +386,7 @@ def read_back_error(rclone_tmp: pathlib.Path, words: str) -> str:
         t.rcd.start()
         try:
             with pytest.raises(RcloneError) as e:
-                t.open_read("x/transcript.txt")
+                t.open_read("x/transcript.txt", uncached=True)      # (the engine's read-back: writer.read_back)
         finally:
             t.close()
         db.close()
@@ -628,6 +628,32 @@ def test_a_host_name_no_file_name_can_hold_makes_no_stray_folder_on_the_store(rc
     db.close()
 
 
+def _on_store(conf: pathlib.Path, *command: str) -> None:
+    """An rclone command on the store (a person's change made through it: the server's own cache of its folders
+    knows it, where a change on its disk is not seen for minutes)."""
+    subprocess.run(["rclone", "--config", str(conf), *command], check=True, capture_output=True, timeout=60)
+
+
+@contextlib.contextmanager
+def faulty_webdav(tmp: pathlib.Path, fail) -> Iterator[tuple]:
+    """A WebDAV store served by rclone and a FaultyWebdav in front of it that fails what ``fail`` says, with the
+    client config reaching it through that relay: (store, relay, config file); both stopped after."""
+    from tests.parts import require_tool
+    from tests.parts.rclone import FaultyWebdav, RcloneServer
+    require_tool("rclone")
+    (tmp / "served").mkdir()
+    srv = RcloneServer("webdav", tmp / "served", tmp)
+    srv.start()
+    try:
+        relay = FaultyWebdav(srv.port, fail)
+        try:
+            yield srv, relay, relay.client_config(srv, tmp / "rclone.conf")
+        finally:
+            relay.close()
+    finally:
+        srv.stop()
+
+
 @pytest.mark.parametrize("failure", [503, "cut"])
 def test_a_store_failing_once_as_the_push_reads_its_manifest_is_tried_again_not_rebuilt(rclone_tmp, failure):
     """THREATS: the NAS may fail. A WebDAV store answers the push's read of manifest.json once with 503 (a server
@@ -640,23 +666,17 @@ def test_a_store_failing_once_as_the_push_reads_its_manifest_is_tried_again_not_
     the whole file, a manifest that is not JSON, rebuilt all the same.)"""
     from steno_exportd.engine.identity import recorder_folder
     from steno_exportd.engine.index import INDEX_DIR
-    from tests.parts import require_tool
-    from tests.parts.rclone import CUT, FaultyWebdav, RcloneServer
+    from tests.parts.rclone import CUT
     from tests.recorder_db import delete_session
     from tests.rclone.test_push import make_cfg, push
-    require_tool("rclone")
-    (rclone_tmp / "served").mkdir()
-    srv = RcloneServer("webdav", rclone_tmp / "served", rclone_tmp)
-    srv.start()
     armed: list[int] = []
 
     def fail(method: str, path: str) -> int | None:
         reads = ("GET",) if failure == "cut" else ("PROPFIND", "GET")       # (a cut: of the file's bytes)
         return armed.pop() if armed and path.endswith("/manifest.json") and method in reads else None
-    relay = FaultyWebdav(srv.port, fail)
-    try:
+    with faulty_webdav(rclone_tmp, fail) as (srv, relay, conf):
         db = make_recorder(rclone_tmp / "rec", sizes=(100_000, 100_500, 101_000))
-        cfg = make_cfg(rclone_tmp, db, relay.client_config(srv, rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+        cfg = make_cfg(rclone_tmp, db, conf, f"{srv.remote}:office")
         assert [r.ok and not r.skipped for r in push(cfg)] == [True] * 3
         folder = srv.served / "office" / recorder_folder(cfg)
         index = srv.served / "office" / INDEX_DIR / f"{folder.name}.json"
@@ -671,9 +691,118 @@ def test_a_store_failing_once_as_the_push_reads_its_manifest_is_tried_again_not_
         assert sorted(json.loads((folder / "manifest.json").read_text())["sessions"]) == recorded
         assert sorted(m["title"] for m in json.loads(index.read_text())["meetings"]) == listed and gone in listed
         db.close()
-    finally:
-        relay.close()
-        srv.stop()
+
+
+def test_a_store_failing_once_as_a_lost_manifest_is_rebuilt_from_its_sums_sends_no_session_twice(rclone_tmp):
+    """THREATS: the NAS may fail. manifest.json is gone from the recorder's folder on the store (a person deleted
+    it, a sync client lost it): the push rebuilds it from SHA256SUMS. The store answers that read once with 503. It
+    was taken for no SHA256SUMS at all: the manifest was rebuilt empty and every session sent again beside its own
+    folder, as '<folder> (2)'. Now that attempt fails on the store's error (as for manifest.json) and the next
+    rebuilds it: every session in its own folder, no copy."""
+    from steno_exportd.engine.identity import recorder_folder
+    from tests.rclone.test_push import make_cfg, push
+    armed: list[int] = []
+
+    def fail(method: str, path: str) -> int | None:
+        return armed.pop() if armed and path.endswith("/SHA256SUMS") and method == "GET" else None
+    with faulty_webdav(rclone_tmp, fail) as (srv, relay, conf):
+        db = make_recorder(rclone_tmp / "rec", sizes=(100_000, 100_500, 101_000))
+        cfg = make_cfg(rclone_tmp, db, conf, f"{srv.remote}:office")
+        assert [r.ok and not r.skipped for r in push(cfg)] == [True] * 3
+        folder = srv.served / "office" / recorder_folder(cfg)
+        before = sorted(p.name for p in folder.iterdir())
+        _on_store(conf, "deletefile", f"{srv.remote}:office/{folder.name}/manifest.json")  # (past the server's cache)
+        armed.append(503)
+        res = push(cfg, sleep=lambda s: None)
+        assert relay.failed, "the store never failed"
+        assert [(r.ok, r.error) for r in res] == [(True, "")] * 3, res
+        assert sorted(p.name for p in folder.iterdir()) == before       # no '<folder> (2)'
+        assert_landed(folder, db)
+        db.close()
+
+
+def test_a_session_folder_moved_into_place_whose_answer_is_lost_is_the_pushs_own_not_sent_again(rclone_tmp):
+    """THREATS: the NAS may fail. A WebDAV push moves each session's <folder>.partial into place once the manifest
+    that records it is saved. The store does the move, and the connection drops before its answer arrives. The push
+    took the folder it then found in place for someone else's ("appeared on the target meanwhile"), reported the
+    session failed and took it out of the manifest, and the next push sent it again beside it, as '<folder> (2)'.
+    Now a folder found there after a failed move, its .partial gone and holding the files the push put in it, is the
+    move done: the session is pushed, and the next push sends nothing."""
+    from steno_exportd.engine.identity import recorder_folder
+    from tests.parts.rclone import LOST
+    from tests.rclone.test_push import make_cfg, push
+    armed = [LOST]
+
+    def fail(method: str, path: str) -> int | None:
+        return armed.pop() if armed and method == "MOVE" and path.rstrip("/").endswith(".partial") else None
+    with faulty_webdav(rclone_tmp, fail) as (srv, relay, conf):
+        db = make_recorder(rclone_tmp / "rec", sizes=(100_000, 100_500, 101_000))
+        cfg = make_cfg(rclone_tmp, db, conf, f"{srv.remote}:office")
+        res = push(cfg, sleep=lambda s: None)
+        assert relay.failed, "no folder move lost its answer"
+        assert [(r.ok, r.error) for r in res] == [(True, "")] * 3, res
+        folder = srv.served / "office" / recorder_folder(cfg)
+        sessions = sorted(p.name for p in folder.iterdir() if p.is_dir())
+        assert len(sessions) == 3 and not [n for n in sessions if n.endswith((".partial", " (2)"))], sessions
+        res = push(cfg)
+        assert [r.skipped for r in res] == [True] * 3, [(r.skipped, r.error) for r in res]
+        assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == sessions
+        assert_landed(folder, db)
+        db.close()
+
+
+def test_a_claim_the_store_fails_to_read_is_said_unreadable_not_a_read_back(rclone_tmp):
+    """The store fails the push's read of the recorder's claim file (503, each try). The push said it could not
+    "read ... back", the words of a check of a file it had just written: the claim is not one. Now it says which
+    file it could not read, and the store's answer."""
+    from steno_exportd.engine.identity import recorder_folder
+    from tests.rclone.test_push import make_cfg, push
+    armed: list[bool] = []
+
+    def fail(method: str, path: str) -> int | None:
+        return 503 if armed and path.endswith(f"/{CLAIM_NAME}") and method == "GET" else None
+    with faulty_webdav(rclone_tmp, fail) as (srv, relay, conf):
+        db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
+        cfg = make_cfg(rclone_tmp, db, conf, f"{srv.remote}:office")
+        assert [r.ok for r in push(cfg)] == [True]
+        armed.append(True)
+        waits: list[float] = []
+        with pytest.raises(RcloneError) as e:
+            push(cfg, sleep=waits.append)
+        said = str(e.value)
+        assert relay.failed, "the store never failed"
+        assert said.startswith(f"rclone:cloud: cannot read {recorder_folder(cfg)}/{CLAIM_NAME}: "), said
+        assert "back" not in said, said
+        assert len(waits) == 2, waits                   # the store's fault: tried again
+        db.close()
+
+
+def test_a_folder_named_like_the_claim_file_stops_the_push_at_once_saying_what_to_remove(rclone_server, rclone_tmp):
+    """Someone's folder named .steno-push-owner.json in the recorder's folder on the store, where the push keeps its
+    claim: the claim can never be written there, whatever the tries. Now the push fails at once (not tried again as
+    a store's hiccup), naming that folder and saying to move it away; it is left as it is, nothing is sent. Moved
+    away, the next push claims the folder and lands."""
+    from steno_exportd.engine.identity import recorder_folder
+    from tests.rclone.test_push import make_cfg, push
+    srv = rclone_server
+    db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
+    cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+    rec = recorder_folder(cfg)
+    folder = srv.served / "office" / rec
+    (folder / CLAIM_NAME).mkdir(parents=True)
+    (folder / CLAIM_NAME / "theirs.txt").write_text("a person's own file\n")
+    waits: list[float] = []
+    with pytest.raises(TargetError) as e:
+        push(cfg, sleep=waits.append)
+    assert str(e.value) == (f"folder {rec} on rclone:cloud: a folder named {CLAIM_NAME!r} is in the "
+                            f"way of this recorder's claim file (not ours, left alone): move it away"), str(e.value)
+    assert isinstance(e.value, RcloneError) and e.value.permanent and waits == [], waits
+    assert snapshot(folder) == {f"{CLAIM_NAME}/theirs.txt": b"a person's own file\n"}
+    _on_store(pathlib.Path(cfg.rclone.config_file), "purge", f"{srv.remote}:office/{rec}/{CLAIM_NAME}")
+    assert [r.ok for r in push(cfg)] == [True]
+    assert json.loads((folder / CLAIM_NAME).read_text())["recorder_id"]
+    assert_landed(folder, db)
+    db.close()
 
 
 def test_a_temp_file_removed_from_the_store_before_its_move_is_sent_again_not_a_store_refusing_writes(rclone_tmp,

@@ -772,6 +772,31 @@ def test_an_unreadable_claim_file_is_a_clear_error_and_nothing_is_written(rec):
     assert json.loads((folder / smbpush.CLAIM_NAME).read_text())["recorder_id"] == "d4" * 16
 
 
+def test_a_folder_named_like_the_claim_file_stops_the_push_at_once_saying_what_to_remove(rec):
+    """Someone's folder named .steno-push-owner.json in the recorder's folder on the NAS, where the push keeps its
+    claim: the claim can never be written there, whatever the tries. Now the push fails at once (not tried again as
+    a drop), naming that folder and saying to move it away; it is left as it is, nothing is sent. Moved away, the
+    next push claims the folder and lands."""
+    smbd, remote, root, db = rec
+    folder = root / "nas" / "rec-way"
+    (folder / smbpush.CLAIM_NAME).mkdir(parents=True)
+    (folder / smbpush.CLAIM_NAME / "theirs.txt").write_text("a person's own file\n")
+    cfg = cfg_for(root, db, remote, "rec-way")
+    waits: list[float] = []
+    with pytest.raises(TargetError) as ei:
+        push(cfg, recorder_id="d6" * 16, sleep=waits.append)
+    assert str(ei.value) == ("smb:office: folder rec-way on \\\\127.0.0.1\\push: a folder named "
+                             "'.steno-push-owner.json' is in the way of this recorder's claim file (not ours, left "
+                             "alone): move it away"), str(ei.value)
+    assert isinstance(ei.value, SmbError) and ei.value.permanent and waits == [], waits
+    assert os.listdir(folder) == [smbpush.CLAIM_NAME]
+    assert os.listdir(folder / smbpush.CLAIM_NAME) == ["theirs.txt"]
+    shutil.rmtree(folder / smbpush.CLAIM_NAME)
+    assert [r.ok for r in push(cfg, recorder_id="d6" * 16)] == [True] * 3
+    assert json.loads((folder / smbpush.CLAIM_NAME).read_text())["recorder_id"] == "d6" * 16
+    assert_landed(folder, db)
+
+
 def _old_push_layout(staging: pathlib.Path, folder: pathlib.Path, rid: str, *, claim: bool,
                      unverified: str = "") -> None:
     """What the previous version left on the NAS: the staging export's root (session folders, its
