@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from steno_exportd.access.limiter import Attempt, Limiter, LimiterPolicy
 from steno_exportd.access.pairing import Pairing, PairingCode
 from steno_exportd.access.passwords import PasswordChecker, fingerprint, hash_password, verify_password
 from steno_exportd.access.store import AT_DEVICE, BROWSER_MADE, BY_PAGE, UNKNOWN, AccessStore, Login, ShareLink
+from steno_exportd.engine.identity import reachable_name
 from steno_exportd.errors import InvalidArgument, NotFoundError, StenoError
 from steno_exportd.retention import policies
 
@@ -57,7 +57,7 @@ def share_url(cfg: Any, token: str, host: str = "", tls: bool = False) -> str:
             name = ""
     if name and not _only_here(name):
         return f"{scheme}://{host}/s/{token}"
-    return f"{scheme}://{socket.gethostname().lower()}.local:{cfg.http.port}/s/{token}"
+    return f"{scheme}://{reachable_name()}:{cfg.http.port}/s/{token}"
 
 
 def _only_here(name: str) -> bool:

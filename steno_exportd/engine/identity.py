@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import socket
 import time
 import uuid
@@ -66,6 +67,37 @@ def host_name() -> str:
     """This host's name as text: the kernel takes any bytes as one, and those not UTF-8 (Python's surrogate escapes,
     which no UTF-8 file or request can hold) are U+FFFD."""
     return socket.gethostname().encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
+
+
+def dns_name() -> str:
+    """This host's name as other machines look it up (DNS, mDNS's <name>.local, a certificate's names): IDNA's
+    ASCII form in lower case ("Café" is xn--caf-dma); "" when the host name cannot be one (a '/', a space, bytes
+    not UTF-8: the kernel takes any bytes as a host name)."""
+    try:
+        name = host_name().lower().rstrip(".").encode("idna").decode("ascii")
+    except UnicodeError:
+        return ""
+    ok = 0 < len(name) <= 253 and all(_LABEL.fullmatch(label) for label in name.split("."))
+    return name if ok else ""
+
+
+def reachable_name() -> str:
+    """How other devices on the LAN reach this machine, for links and the page's address: <dns_name>.local; where
+    the host name cannot be looked up, this machine's first address that is not a loopback one, else localhost."""
+    name = dns_name()
+    if name:
+        return f"{name}.local"
+    import ipaddress
+
+    import psutil
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            if a.family == socket.AF_INET and not ipaddress.ip_address(a.address).is_loopback:
+                return a.address
+    return "localhost"
 
 
 def host_folder() -> str:

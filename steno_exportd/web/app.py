@@ -6,12 +6,12 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import socket
 import time
 from typing import Any, AsyncIterator
 
 from aiohttp import web
 
+from steno_exportd.engine.identity import reachable_name
 from steno_exportd.errors import InvalidArgument, NotFoundError, StenoError, Throttled
 from steno_exportd.web import api, auth, downloads, links, login, mail, pages, pairing, server, static, tls
 from steno_exportd.web.context import (CSRF, CTX, LOGIN, REFUSALS, SID, WebContext, client_addr, read_form,
@@ -203,7 +203,7 @@ def listening_url(cfg: Any, bound: list[str], scheme: str = "http") -> str:
     """Where the page listens (not http.public_url: the core puts that first, from the config of the moment)."""
     host = bound[0] if bound else "127.0.0.1"
     if host in ("0.0.0.0", "::", ""):
-        host = f"{socket.gethostname()}.local"
+        host = reachable_name()
     elif ":" in host:
         host = f"[{host}]"
     return f"{scheme}://{host}:{cfg.http.port}"

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from steno_exportd.engine.identity import dns_name
+
 COOKIE = "steno_session"
 CSRF_COOKIE = "steno_csrf"
 SHARE_COOKIE = "steno_share_"       # + the link's token: a PIN-opened share link (path-scoped to /s/<token>)
@@ -68,8 +70,8 @@ class Networks:
 
 def host_names(cfg: Any) -> frozenset[str]:
     """The names the page answers to: the host name, <host>.local, localhost, public_url's host, configured."""
-    host = socket.gethostname().lower()
-    names = {host, f"{host}.local", "localhost", *(n.lower().rstrip(".") for n in cfg.http.host_names)}
+    host, dns = socket.gethostname().lower(), dns_name()
+    names = {host, f"{host}.local", *((dns, f"{dns}.local") if dns else ()), "localhost", *(n.lower().rstrip(".") for n in cfg.http.host_names)}
     if cfg.http.public_url:
         public = urlsplit(cfg.http.public_url).hostname
         if public:

@@ -7,11 +7,11 @@ import hashlib
 import ipaddress
 import logging
 import os
-import socket
 import ssl
 from pathlib import Path
 from typing import Any
 
+from steno_exportd.engine.identity import dns_name
 from steno_exportd.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -53,11 +53,11 @@ def self_signed(folder: Path) -> tuple[Path, Path]:
     from cryptography.x509.oid import NameOID
 
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    host = socket.gethostname()
-    names = [x509.DNSName(n) for n in dict.fromkeys((host, f"{host}.local", "localhost"))]
+    host = dns_name()                                  # "" for a host name no browser could ask for
+    names = [x509.DNSName(n) for n in dict.fromkeys((*((host, f"{host}.local") if host else ()), "localhost"))]
     names += [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", "::1")]
     pk = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{host}.local"),
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{host}.local" if host else "localhost"),
                          x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Silent Steno recorder")])
     now = dt.datetime.now(dt.timezone.utc)
     crt = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(pk.public_key())

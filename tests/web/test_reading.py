@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import re
 
+import pytest
+
 from steno_exportd.access import share_url
 from steno_exportd.web import human
 from steno_exportd.web.pages import FIRST_LINES, MAX_LINES
@@ -115,6 +117,37 @@ def test_share_url_names_the_recorder_as_another_device_reaches_it():
         assert share_url(cfg, "T", "steno.local:8080", tls=True) == "https://steno.local:8080/s/T"
         cfg = make_config(Path(d), **{"http.public_url": "https://rec.example.org/"})
         assert share_url(cfg, "T", "192.168.1.20:8080") == "https://rec.example.org/s/T"
+
+
+@pytest.mark.parametrize("host,shown", [("Café", "xn--caf-dma.local"), ("desk/42", None), ("desk\udcff42", None),
+                                        ("a b", None)])
+def test_a_share_link_of_a_host_whose_name_cannot_be_looked_up_still_reaches_the_recorder(monkeypatch, tmp_path,
+                                                                                          host, shown):
+    """A share link made over D-Bus (no browser to copy a name from) named the recorder <hostname>.local with the
+    host name as the kernel holds it: "desk/42" made http://desk/42.local:8080/s/T, whose host is "desk" (some
+    other machine) and whose path is wrong; "Café" and bytes not UTF-8 made names no resolver takes. Now it is
+    the name's IDNA form (what a browser looks up) and, for a name that cannot be looked up, an address of this
+    machine other devices reach (else localhost): the link's host is always the recorder."""
+    import ipaddress
+    import socket
+    from urllib.parse import urlsplit
+
+    import psutil
+
+    from steno_exportd.web.app import listening_url
+    from tests.configs import make_config
+    monkeypatch.setattr(socket, "gethostname", lambda: host)
+    cfg = make_config(tmp_path, **{"http.port": 8080})
+    ours = {a.address for addrs in psutil.net_if_addrs().values() for a in addrs
+            if a.family == socket.AF_INET} | {"localhost"}
+    for url in (share_url(cfg, "T"), listening_url(cfg, ["0.0.0.0"]) + "/s/T"):
+        parts = urlsplit(url)
+        assert parts.path == "/s/T" and parts.port == 8080, url
+        if shown:
+            assert parts.hostname == shown, url
+        else:
+            assert parts.hostname == "localhost" or (parts.hostname in ours
+                                                     and not ipaddress.ip_address(parts.hostname).is_loopback), url
 
 
 def test_human_sizes_and_times():

@@ -6,6 +6,7 @@ import re
 import ssl
 
 import aiohttp
+import pytest
 
 from steno_exportd.web import serve
 from steno_exportd.web.tls import fingerprint
@@ -68,3 +69,26 @@ async def test_the_admins_own_certificate_is_used(tmp_path, demo_lib):
         assert not (tmp_path / "state" / "tls").exists()
     finally:
         await core.stop()
+
+
+@pytest.mark.parametrize("host,names", [("Café", {"xn--caf-dma", "xn--caf-dma.local"}),
+                                        ("desk\udcff42", set()), ("desk/42", set()), ("steno", {"steno", "steno.local"})])
+def test_a_host_name_of_any_bytes_still_gets_a_certificate_naming_what_browsers_ask_for(tmp_path, monkeypatch, host,
+                                                                                       names):
+    """The kernel takes any bytes as a host name (sethostname(2)); one not ASCII ("Café") or not UTF-8 stopped
+    the self-signed certificate being made (cryptography wants DNS names as IDNA A-labels: ValueError), so the web
+    page did not start at all with http.tls.mode = "self-signed". Now the certificate names the host as browsers
+    look it up (IDNA, lower case, and <name>.local) where it can be one, and only localhost and the loopback
+    addresses where it cannot (a '/', bytes not UTF-8): never a name no browser would ever match."""
+    import socket
+
+    from cryptography import x509
+
+    from steno_exportd.web.tls import self_signed
+    monkeypatch.setattr(socket, "gethostname", lambda: host)
+    cert, key = self_signed(tmp_path / "tls")
+    crt = x509.load_pem_x509_certificate(cert.read_bytes())
+    dns = set(crt.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+              .get_values_for_type(x509.DNSName))
+    assert dns == names | {"localhost"}
+    assert ssl.create_default_context(cafile=str(cert))                   # a certificate a client can load
