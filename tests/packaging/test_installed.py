@@ -59,6 +59,9 @@ def test_installed_service_is_enabled_active_and_sent_ready(box):
     assert box.run("systemctl is-active steno-exportd-samba-reload.path").stdout.strip() == "active"
     assert box.run("stat -c '%U %a' /srv/steno-export /var/lib/steno-exportd").stdout.split() == \
         ["steno-export", "755", "steno-export", "750"]
+    # the config (it may hold the page's password hash) is for root and the service, not every local user
+    assert box.run(f"stat -c '%U %G %a' {CONFIG}").stdout.split() == ["root", "steno-export", "640"]
+    assert "Permission denied" in box.run(f"cat {CONFIG} 2>&1", user=OTHER, check=False).stdout
     snippet = box.run("cat /var/lib/steno-exportd/samba/steno-exportd.conf").stdout
     assert "# Sharing is off." in snippet and "[" not in snippet, snippet
     # the snippet changing while smbd is stopped leaves no failed unit behind: the reload is skipped
