@@ -4,7 +4,6 @@ The core publishes; adapters subscribe. Events are frozen dataclasses, never str
 """
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import enum
 import logging
@@ -235,10 +234,13 @@ class EventBus:
     """Fan-out of core events to subscribers; a slow subscriber never blocks the core."""
 
     def __init__(self, maxsize: int = 1000) -> None:
+        # asyncio imported where used: the engine's result types live here too, and an offline export (which
+        # needs those, not a bus) starts without asyncio
         self._queues: set[asyncio.Queue] = set()
         self._maxsize = maxsize
 
     def publish(self, event: Event) -> None:
+        import asyncio
         for q in list(self._queues):
             if q.full():
                 try:
@@ -248,6 +250,7 @@ class EventBus:
             q.put_nowait(event)
 
     async def subscribe(self) -> AsyncIterator[Event]:
+        import asyncio
         q: asyncio.Queue = asyncio.Queue(self._maxsize)
         self._queues.add(q)
         try:

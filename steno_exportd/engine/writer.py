@@ -76,9 +76,9 @@ def copy_into(ref: SourceRef, h: WriteHandle, *, tick: Tick = lambda n: None,
     handle). The file is opened through the data folder without following a symlink, and must be the one the
     library checked (SourceRef.open): every byte copied is that file's (SourceChanged when it is not).
 
-    A reader thread reads into a small ring of reused buffers of the handle's chunk size and hashes
-    them (hashlib drops the GIL) while this thread writes: no per-chunk allocation, hashing beside
-    the I/O. ``known``: the file's SHA-256 remembered from an earlier export (not hashed again; the
+    A reader thread reads into a small ring of reused buffers of the handle's chunk size, a hasher thread
+    hashes them (hashlib drops the GIL) and this thread writes them, all three at once: no per-chunk
+    allocation, hashing beside the reads and the writes. ``known``: the file's SHA-256 remembered from an earlier export (not hashed again; the
     read-back checks the copy against it): then there is nothing to do beside the writes, and this
     thread reads and writes (_copy_known). A resumed handle (offset > 0) already holds the first
     bytes: they are only read and hashed (skipped when the hash is known). The handle is aborted
@@ -173,10 +173,12 @@ class _ReadAhead:
 
     ``read(buf)`` reads into ``buf`` and returns how many bytes (0 at the end). Buffers come from ``spare``
     while none is free (taken when first needed: a small file needs one) and go back by ``done()``.
-    ``each`` sees every chunk in the reader thread (hashing beside the caller's I/O); the first ``skip``
-    bytes are read and seen, not handed over. Iterating yields (buffer, bytes); an error of the reader is
-    raised there (through ``failed`` when given), and ``cancelled()`` is looked at before each chunk.
-    Leaving the ``with`` stops the reader and waits for it, also on failure."""
+    ``each`` sees every chunk, in order, in a thread of its own ("steno-hash", between the reader and the caller:
+    hashing beside both the reads and the caller's writes, never in series with either: a direct read waits for the
+    disk with no read-ahead, so a reader that also hashed read nothing while it hashed); the first ``skip`` bytes are
+    read and seen, not handed over. Iterating yields (buffer, bytes); an error of the reader is raised there (through
+    ``failed`` when given), and ``cancelled()`` is looked at before each chunk. Leaving the ``with`` stops the
+    threads and waits for them, also on failure."""
 
     def __init__(self, read: Callable[[Any], int], spare: Iterator[bytearray], cancelled: Callable[[], bool],
                  *, each: Callable[[memoryview], Any] | None = None, skip: int = 0,
@@ -187,15 +189,32 @@ class _ReadAhead:
         self._full: queue.SimpleQueue = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._reader, name="steno-read", daemon=True)
+        self._seen: queue.SimpleQueue | None = None      # the reader's chunks on their way to ``each``
+        self._hasher: threading.Thread | None = None
+        if each is not None:
+            self._seen = queue.SimpleQueue()
+            self._hasher = threading.Thread(target=self._see, name="steno-hash", daemon=True)
 
     def __enter__(self) -> _ReadAhead:
-        self._thread.start()
+        if self._hasher is not None:
+            self._hasher.start()
+        try:
+            self._thread.start()
+        except BaseException:
+            self._end_hasher()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._free.put(None)
         self._thread.join()
+        self._end_hasher()
+
+    def _end_hasher(self) -> None:
+        if self._hasher is not None and self._seen is not None:
+            self._seen.put(None)            # (after the reader's last chunk: it has ended, or never began)
+            self._hasher.join()
 
     def __iter__(self) -> Iterator[tuple[bytearray, int]]:
         while (item := self._full.get()) is not _END:
@@ -212,7 +231,8 @@ class _ReadAhead:
         self._free.put(buf)
 
     def _reader(self) -> None:
-        free, full, read, each, skip = self._free, self._full, self._read, self._each, self._skip
+        free, full, seen, read, skip = self._free, self._full, self._seen, self._read, self._skip
+        out = full if seen is None else seen        # through the hasher when there is one
         spare: Iterator[bytearray] | None = self._spare
         try:
             while not self._stop.is_set():
@@ -228,16 +248,42 @@ class _ReadAhead:
                 n = read(memoryview(buf)[:min(skip, len(buf))] if skip else buf)
                 if not n:
                     break
-                if each is not None:
-                    each(memoryview(buf)[:n])
                 if skip:
                     skip -= n
-                    free.put(buf)
+                    if seen is None:
+                        free.put(buf)
+                    else:
+                        seen.put((buf, n, False))   # seen, then back to the free ones: not handed over
                     continue
-                full.put((buf, n))
-            full.put(_END)
+                if seen is None:
+                    full.put((buf, n))
+                else:
+                    seen.put((buf, n, True))
+            out.put(_END)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            out.put(e)
+
+    def _see(self) -> None:
+        """The hasher: ``each`` of every chunk, in the reader's order, then the chunk on to the caller (or, read only
+        to be seen, back to the reader); the reader's end or error passed on after the chunks before it."""
+        assert self._seen is not None and self._each is not None
+        seen, full, free, each = self._seen, self._full, self._free, self._each
+        try:
+            while (item := seen.get()) is not None:
+                if item is _END or isinstance(item, BaseException):
+                    full.put(item)
+                    continue
+                buf, n, handed = item
+                if not self._stop.is_set():
+                    each(memoryview(buf)[:n])
+                if handed:
+                    full.put((buf, n))
+                else:
+                    free.put(buf)
         except BaseException as e:  # noqa: BLE001 - handed to the caller
             full.put(e)
+            while seen.get() is not None:       # the reader's later chunks: never seen, never handed over
+                pass
 
 
 def _copy_known(src: Path, fd: int, rfd: int, read: Callable[[memoryview], int], h: WriteHandle, tick: Tick,

@@ -1,4 +1,5 @@
-"""Renderer registry: format name -> Renderer; never imports reportlab, python-docx or openpyxl.
+"""Renderer registry: format name -> Renderer; never imports reportlab, python-docx or openpyxl (nor asyncio or
+multiprocessing, which only the daemon's renders and the worker process need: an offline export starts without them).
 
 Each format lives in its own module, imported on first ``get(name)``; PDF and DOCX import
 their heavy libraries only when they render, and are run in a worker process by
@@ -6,20 +7,16 @@ their heavy libraries only when they render, and are run in a worker process by
 """
 from __future__ import annotations
 
-import asyncio
 import collections
 import concurrent.futures
 import importlib
 import logging
-import multiprocessing
-import signal
 import threading
 from typing import Any, Callable, Sequence, TypeVar
 
 from steno_exportd.errors import CancelledJob, NotFoundError, RenderError
 from steno_exportd.formats import DOCUMENT_TEMPLATES, FORMATS
 from steno_exportd.model import Session
-from steno_exportd.pools import in_pool
 from steno_exportd.render.base import Rendered, Renderer, RenderOptions
 
 __all__ = ["names", "get", "template_names", "RenderOptions", "Renderer", "Rendered", "render_in_process",
@@ -115,6 +112,7 @@ STOP_WAIT = 3.0     # seconds a stop waits for the threads that waited for the w
 
 
 def _worker_init() -> None:
+    import signal
     # the daemon stops its worker itself (a job's cancel, shutdown()): systemd's SIGTERM to the whole cgroup
     # or a Ctrl-C to the process group must not kill a render under a job and fail the job
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -135,6 +133,7 @@ def _submit(name: str, what: Session | Sequence[Session], options: RenderOptions
         if _pool is None:
             # spawn: never a fork of this threaded process, and the worker is our own child (not a fork
             # server's, which systemd's SIGTERM to the cgroup ends first): a stop or cancel can always kill it
+            import multiprocessing      # (here: an export of text and recordings never starts a worker)
             ctx = multiprocessing.get_context("spawn")
             _pool = concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_worker_init)
         try:
@@ -275,6 +274,7 @@ async def waiting_for_worker(fn: Callable[..., T], *args: Any, **kw: Any) -> T:
     """fn(*args, **kw) in a thread of the callers that wait for the render worker: not one of the loop's default
     threads, which the page's reads, the logins and the jobs' bookkeeping need (a guest asking for eight long PDFs
     at once held them all while the worker rendered them one after the other, and the page stood still)."""
+    from steno_exportd.pools import in_pool
     global _waiting
     with _pool_lock:
         if _waiting is None:
@@ -288,4 +288,5 @@ async def async_render(name: str, what: Session | Sequence[Session], options: Re
     while the worker renders a heavy one (render_result_in_process); a light one is short and runs to its end."""
     if get(name).heavy:
         return await waiting_for_worker(render_result_in_process, name, what, options, cancelled)
+    import asyncio
     return await asyncio.to_thread(_work, name, what, options)

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -48,3 +51,33 @@ def test_export_cli_bad_format(tmp_path, fake_lib, capsys):
 def test_export_refuses_the_recorder_data_dir(tmp_path, fake_lib, capsys):
     rc = cli.main(["export", "--db", str(tmp_path / "rec" / "db"), "--to", str(tmp_path / "rec")])
     assert rc == 1 and "recorder's data folder" in capsys.readouterr().err
+
+
+# What the offline export's process must not import: the daemon's (its event loop, the render worker's process pool,
+# TLS, the web server, D-Bus, the schedules' cron parser, mail) and the heavy renderers of formats not asked for.
+NOT_FOR_AN_EXPORT = ("asyncio", "multiprocessing", "ssl", "aiohttp", "dbus_fast", "croniter", "aiosmtplib",
+                     "reportlab", "docx", "openpyxl", "steno_exportd.core", "steno_exportd.daemon",
+                     "steno_exportd.web", "steno_exportd.dbus")
+
+
+def test_the_export_command_starts_without_the_daemons_modules(tmp_path, demo_library):
+    """`steno-exportd export` of text and recordings, as a person runs it: every file lands and checks out, and its
+    process never imports the daemon's event loop, process pool or servers (start-up the export does not need:
+    each costs the command's start, on a Pi several times what it costs here)."""
+    db = demo_library(tmp_path / "rec", sessions=7, small=False)     # (six of them exportable)
+    out = tmp_path / "stick"
+    out.mkdir()
+    root = Path(__file__).resolve().parents[2]
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "steno_exportd", "export", "--db", str(db),
+                        "--data-dir", str(db.parent), "--to", str(out), "--sessions", "all",
+                        "--formats", "txt,audio"], capture_output=True, text=True, cwd=root, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "6 exported, 0 already there, 0 failed" in r.stdout
+    sums = out / "SilentSteno" / "SHA256SUMS"
+    assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=sums.parent).returncode == 0
+    assert len([n for n in sums.read_text().splitlines() if n.endswith(".txt")]) == 6
+    imported = {line.rpartition("|")[2].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert "steno_exportd.engine.export" in imported        # (what -X importtime lists)
+    unwanted = sorted(m for m in imported if m.split(".")[0] in NOT_FOR_AN_EXPORT or m in NOT_FOR_AN_EXPORT
+                      or any(m.startswith(f"{p}.") for p in NOT_FOR_AN_EXPORT))
+    assert not unwanted, unwanted

@@ -7,13 +7,15 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import threading
 import time
+import types
 from pathlib import Path
 
 import pytest
 
 from steno_exportd.engine import writer
-from steno_exportd.engine.targets import COPY_CHUNK, DirectoryTarget
+from steno_exportd.engine.targets import COPY_CHUNK, DirectoryTarget, FdRead
 from steno_exportd.recordings import SourceRef
 from tests.parts.loopfs import loop_fs
 
@@ -177,3 +179,52 @@ def test_a_recording_that_grows_after_its_tail_was_read_direct_is_copied_as_it_i
         if not known:
             assert got == hashlib.sha256(data + more).hexdigest()
         assert resident(src) <= PROBED, f"not read direct: {resident(src)} bytes of the recording cached"
+
+
+def test_a_recording_read_direct_is_read_on_while_the_chunk_before_is_hashed(tmp_path, monkeypatch):
+    """A direct read waits for the disk and the kernel reads nothing ahead of it: the next chunk is read while the one
+    before is hashed, never read, hash, read... in series (on a Pi 4 the hash of a chunk takes as long as its read, so
+    in series the copy ran at half the disk's speed; here it was the ext4 export's gap to `cp`)."""
+    reads = 0
+    second_read = threading.Event()
+    real_readinto = FdRead.readinto
+
+    def readinto(self, buf):
+        nonlocal reads
+        n = real_readinto(self, buf)
+        reads += 1
+        if reads == 2:
+            second_read.set()
+        return n
+
+    waited: list[bool] = []
+
+    class FirstChunkSlow:
+        """SHA-256 whose first chunk takes until the second chunk was read (or 5 s: read only after it)."""
+
+        def __init__(self) -> None:
+            self._h = hashlib.sha256()
+
+        def update(self, data) -> None:
+            if not waited:
+                waited.append(second_read.wait(5))
+            self._h.update(data)
+
+        def hexdigest(self) -> str:
+            return self._h.hexdigest()
+
+    with loop_fs(tmp_path, "ext4", 64) as (mnt, _dev, _img):
+        src, data = _recording(mnt, cached=False)
+        out = tmp_path / "out"
+        out.mkdir()
+        h = DirectoryTarget(out).open_write("rec.wav")
+        monkeypatch.setattr(FdRead, "readinto", readinto)
+        monkeypatch.setattr(writer, "hashlib", types.SimpleNamespace(sha256=FirstChunkSlow))
+        size, got, h = writer.copy_into(SourceRef(src, mnt), h)
+        h.sync()
+        h.commit()
+        monkeypatch.undo()
+    assert (size, got) == (len(data), hashlib.sha256(data).hexdigest())
+    assert (out / "rec.wav").read_bytes() == data
+    assert reads > 2
+    assert waited == [True], "the second chunk was read only once the first was hashed: reads and hashing in series"
