@@ -81,6 +81,7 @@ class RcloneTarget:
 
     max_file_size: int | None = None
     hash_checked = False                # set by connect(): the store keeps a hash each commit checks
+    paced = False                       # set by connect(): a WebDAV store, whose requests rclone paces per remote (_at)
     atomic_dir_rename = False           # set by connect() (_moves_folders): a WebDAV store, which moves a folder in
                                         # one request, gets a session built as <folder>.partial and moved into place;
                                         # elsewhere built in place (object stores copy a folder to move it)
@@ -141,7 +142,7 @@ class RcloneTarget:
         kept = [str(h).lower() for h in info.get("Hashes") or []]
         self.hash = next((h for h in HASHES if h in kept), None)
         self.hash_checked = self.hash is not None       # (the engine's hint: see engine/targets.py)
-        self.atomic_dir_rename = self._moves_folders(info)
+        self.atomic_dir_rename = self.paced = self._moves_folders(info)
         # the login; the folders there now (the recorder's, the office index): no look-up before using them. The
         # remote's folder is made only when missing (a push writes nothing on the store when nothing is new)
         r = self.rcd.call("operations/list", {"fs": self.fs, "remote": "", "opt": {"dirsOnly": True}},
@@ -169,6 +170,23 @@ class RcloneTarget:
     def rel(rel: str) -> str:
         return "/".join(check_rel(rel))
 
+    def _at(self, rel: str, folder: bool = False) -> tuple[str, str]:
+        """(fs, remote) of a request about ``rel`` (``folder``: a listing of it). rclone's WebDAV backend paces the
+        requests of one remote (one starts at most every 10 ms, however many run at once and however near the store):
+        every request of a push waited its turn behind all the others (the listings of 200 sessions' folders took 2 s
+        on any store; each session's upload, read-back and move queued behind the others'). There (``paced``) a
+        request about a path inside a folder goes through that folder opened as a remote of its own (_sub: its own
+        pacer, nothing looked up to open it; rclone keeps it for the next request), a folder's listing through the
+        folder itself; the requests of one folder still take their turns. The store sees no more requests at once
+        than before (the engine's bounded threads). Elsewhere through the push's remote."""
+        r = self.rel(rel)
+        if not self.paced:
+            return self.fs, r
+        if folder:
+            return (self._sub(r), "") if r else (self.fs, r)
+        head, _, base = r.rpartition("/")
+        return (self._sub(head), base) if head else (self.fs, r)
+
     @staticmethod
     def _entry(d: dict) -> EntryStat:
         return EntryStat("dir", 0) if d.get("IsDir") else EntryStat("file", int(d.get("Size") or 0))
@@ -178,8 +196,8 @@ class RcloneTarget:
         if hashes and self.hash:
             opt.update(showHash=True, hashTypes=[self.hash])
         try:
-            r = self.rcd.call("operations/stat", {"fs": self.fs, "remote": self.rel(rel), "opt": opt},
-                              missing_ok=True)
+            fs, remote = self._at(rel)
+            r = self.rcd.call("operations/stat", {"fs": fs, "remote": remote, "opt": opt}, missing_ok=True)
         except RcloneError as e:
             if "not found" in str(e):      # a missing parent folder
                 return None
@@ -235,7 +253,8 @@ class RcloneTarget:
     def scandir(self, rel: str) -> dict[str, EntryStat]:
         if self.rel(rel) in self._unmade:
             return {}
-        r = self.rcd.call("operations/list", {"fs": self.fs, "remote": self.rel(rel),
+        fs, remote = self._at(rel, folder=True)
+        r = self.rcd.call("operations/list", {"fs": fs, "remote": remote,
                                               "opt": {"noMimeType": True, "noModTime": True}}, missing_ok=True,
                           listing=self.rel(rel))
         if r is None:
@@ -520,9 +539,10 @@ class _RcloneWrite:
         t = self._t
         own = os.dup(fd)                    # (close-on-exec: no other child inherits it)
         try:
+            fs, remote = t._at(self.temp_rel)
             r = t.rcd.call("operations/copyfile", {
-                "srcFs": f":local,copy_links=true:/proc/{os.getpid()}/fd", "srcRemote": str(own), "dstFs": t.fs,
-                "dstRemote": t.rel(self.temp_rel), "_async": True, "_group": self._group,
+                "srcFs": f":local,copy_links=true:/proc/{os.getpid()}/fd", "srcRemote": str(own), "dstFs": fs,
+                "dstRemote": remote, "_async": True, "_group": self._group,
                 "_config": _always(self._fresh or t._absent(self.temp_rel))}) or {}
             self._job = int(r.get("jobid") or 0) or None
             if self._job is None:
@@ -618,7 +638,8 @@ class _RcloneWrite:
     def _open_stream(self) -> None:
         t = self._t
         # (its own stats group, as a copy's: the wait for its answer watches its progress, see _await_answer)
-        query = urllib.parse.urlencode({"fs": t.fs, "remote": self._head, "_group": self._group})
+        fs, remote = t._at(self._head, folder=True)
+        query = urllib.parse.urlencode({"fs": fs, "remote": remote, "_group": self._group})
         self._conn = t.rcd.connection()
         try:
             self._conn.putrequest("POST", f"/operations/uploadfile?{query}", skip_accept_encoding=True)
@@ -828,7 +849,10 @@ class _RcloneRead:
         self._t = t
         self._what = "the read-back" if back else f"the read of {t.rel(rel)}"
         self._conn = t.rcd.connection()
-        path = urllib.parse.quote(f"[{t.fs}]/{t.rel(rel)}")
+        fs, remote = t._at(rel)
+        if "]" in fs:               # (rclone takes the fs of a read up to its first "]")
+            fs, remote = t.fs, t.rel(rel)
+        path = urllib.parse.quote(f"[{fs}]/{remote}")
         try:
             self._conn.request("GET", f"/{path}", headers=t.rcd.headers())
             self._r = self._conn.getresponse()
