@@ -72,10 +72,9 @@ def write(t: Target, root: str, short_id: str) -> int:
 
 def _held(t: Target, root: str) -> set[str]:
     """The names in the recorder's folder on ``t`` now: as the push's target knows them without asking the store
-    (``known_names``: the listing the push read at its start, kept current by its own changes), else listed (one
+    (Target.known_names: the listing the push read at its start, kept current by its own changes), else listed (one
     request)."""
-    known = getattr(t, "known_names", None)
-    names = known(root) if known is not None else None
+    names = t.known_names(root)
     return set(t.scandir(root)) if names is None else names
 
 
@@ -95,11 +94,7 @@ def _listed(t: Target, root: str) -> dict | None:
     """The content of this recorder's index file on ``t`` now (_content); None when there is none or it is not
     readable (then written again)."""
     try:
-        try:
-            raw = mf.read_small(t, index_path(root))
-        except NotImplementedError:
-            st = t.lstat(index_path(root))
-            raw = mf.read_file(t, index_path(root)) if st is not None and st.kind == "file" else None
+        raw = mf.read_small(t, index_path(root))
         return None if raw is None else _content(raw)
     except (TargetError, OSError, ValueError):
         return None

@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterator
 
 from steno_exportd import sockwait
 from steno_exportd.engine.identity import host_folder
-from steno_exportd.engine.targets import MARKER, PARTIAL_SUFFIX, TEMP_PREFIX, EntryStat, check_rel
+from steno_exportd.engine.targets import MARKER, PARTIAL_SUFFIX, TEMP_PREFIX, EntryStat, Target, check_rel
 from steno_exportd.errors import CancelledJob, InvalidArgument, SourceError, TargetError
 from steno_exportd.rclone.process import Rcd, RcloneError, error_text, is_file, not_found
 from steno_exportd.safeparse import printable
@@ -76,7 +76,7 @@ def split_remote(remote: str) -> tuple[str, str]:
     return name + colon, path
 
 
-class RcloneTarget:
+class RcloneTarget(Target):
     """``<remote.remote>`` (an rclone "NAME:path") through rclone rcd; the engine's Target protocol."""
 
     max_file_size: int | None = None
