@@ -332,20 +332,28 @@ class RcloneTarget(Target):
                                                   "dstRemote": self.rel(dst), "_config": _always(free)},
                           locked_again=locked_again)
         except RcloneError as e:
-            if not e.permanent or e.locked:
+            if (err := self._move_failed(e, src, dst)) is e:
                 raise
-            try:
-                gone = self._stat(src) is None      # (a request more, on this failure only)
-            except RcloneError:
-                raise e from None
-            if not gone:
-                raise
-            self._landed(src, False)
-            raise RcloneError(f"{self.name}: {src} disappeared from the store before it was moved to {dst} "
-                              f"(removed there meanwhile by a person or another program?); it is sent again") \
-                from None
+            raise err from None
         self._landed(src, False)
         self._landed(dst)
+
+    def _move_failed(self, e: RcloneError, src: str, dst: str) -> RcloneError:
+        """What a failed move of ``src`` (a file or a folder of this push: move(), _move_dir()) raises: a refusal for
+        good whose source is gone from the store (removed there meanwhile by a person or another program: a WebDAV
+        store answers the MOVE 404 or 403, which is also how a store refuses writes for good) is a transient fault
+        saying so, and the next attempt sends it again; else ``e``. One look-up, on this failure only."""
+        if not e.permanent or e.locked:
+            return e
+        try:
+            gone = self._stat(src) is None
+        except RcloneError:
+            return e
+        if not gone:
+            return e
+        self._landed(src, False)
+        return RcloneError(f"{self.name}: {src} disappeared from the store before it was moved to {dst} (removed "
+                           f"there meanwhile by a person or another program?); it is sent again")
 
     def rename(self, src: str, dst: str) -> None:
         with self._names:
@@ -379,7 +387,9 @@ class RcloneTarget(Target):
                                         "_config": {"NoCheckDest": True, "Immutable": True}})
         except RcloneError as e:
             if self._stat(dst) is None:             # (looked up: not taken from a listing, which it may postdate)
-                raise
+                if (err := self._move_failed(e, src, dst)) is e:
+                    raise
+                raise err from None
             if not self._moved(src, dst):
                 self._landed(dst)
                 raise TargetError(f"refusing to replace existing {dst}") from None
