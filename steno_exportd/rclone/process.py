@@ -58,6 +58,10 @@ _CONFIG = re.compile(r"didn't find section in config file|config file .{0,40}not
                      r"unknown backend|couldn't find type", re.I)
 # a string as Go quotes it (%q: rclone's 'mkdir "office/x" failed', Go's 'Put "http://..."'), taken in order
 _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
+# a name of dotted parts outside quotes: a host (Go's 'dial tcp: lookup login.microsoftonline.com: no such host'), an
+# address, a file name
+_DOTTED = re.compile(r"[\w-]+(?:\.[\w-]+)+")
+
 
 
 class RcloneError(TargetError):
@@ -118,8 +122,9 @@ def explain(code: int, err: str, where: str, *, write: bool = False) -> TargetEr
     line = last_line(err) or f"rclone exited with status {code}"
     # the words are matched outside the paths and URLs the text quotes: the folders named there are the recorder's
     # (a meeting's title: "Forbidden City trip", "Login page review"; a temp name's process id: 4011), and a drop
-    # while sending one was a refusal for good, never tried again
-    err = _QUOTED.sub(lambda m: '"\u2026"' if "/" in m.group() else m.group(), err)
+    # while sending one was a refusal for good, never tried again; and outside the host names it does not quote (a
+    # SharePoint store's login server not found, 'lookup login.microsoftonline.com', was a refused login)
+    err = _DOTTED.sub("\u2026", _QUOTED.sub(lambda m: '"\u2026"' if "/" in m.group() else m.group(), err))
     if _LOCKED.search(err):         # (first: the text names paths, whose digits and words the others could match)
         return RcloneError(f"{where}: a file or folder on the store is locked by another program (a document "
                            f"open from the store?) ({line})", locked=True)

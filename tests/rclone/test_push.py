@@ -123,6 +123,20 @@ def test_a_server_killed_mid_upload_is_resumed_and_the_push_completes(setup):
     assert stamps(folder) == before
 
 
+def test_a_store_whose_login_server_cannot_be_found_cannot_be_reached_not_a_refused_login():
+    """A SharePoint remote (rclone's webdav, vendor sharepoint) logs in at login.microsoftonline.com; the recorder's
+    network has no DNS for a moment. rclone's error names that host unquoted ('lookup login.microsoftonline.com:
+    no such host'), and its 'login' read as a refused login: "the store refused the login (wrong user or password
+    in the rclone config)", never tried again, the person sent to check a password that works. It is the network:
+    tried again. (rclone's own words for it, as its rc answers them; a pure function, so no store is needed.)"""
+    from steno_exportd.rclone.process import explain
+    err = ('error while logging in to endpoint: Post "https://login.microsoftonline.com/extSTS.srf": dial tcp: '
+           'lookup login.microsoftonline.com: no such host')
+    e = explain(0, err, "rclone:cloud")
+    assert str(e).startswith("rclone:cloud: the store cannot be reached (network down or server not answering)"), e
+    assert not e.permanent
+
+
 @pytest.mark.parametrize("title", ["Forbidden City trip", "Login page review"])
 def test_a_drop_while_sending_a_session_whose_title_reads_like_a_refusal_is_tried_again(rclone_tmp, title):
     """A session's title names its folder, which the store's error texts quote in the request that failed (Go's
