@@ -56,6 +56,13 @@ _SERVING = re.compile(r"Serving remote control on https?://127\.0\.0\.1:(\d+)/")
 _QUIETING = ("RCLONE_LOG_LEVEL", "RCLONE_QUIET", "RCLONE_VERBOSE", "RCLONE_LOG_FILE")   # would hide that NOTICE
 _CONFIG = re.compile(r"didn't find section in config file|config file .{0,40}not found|"
                      r"unknown backend|couldn't find type", re.I)
+# the remote as written refused by rclone before it reaches any store (its fspath parser: a connection string's
+# slip, a remote name it cannot take, a backend it does not have; a URL without its scheme, as a connection string's
+# unquoted URL is cut at its colon: 'Propfind "http/./127.0.0.1:9/x": unsupported protocol scheme ""')
+_UNREADABLE = re.compile(r"unterminated quoted config value|unquoted config value must end|"
+                         r"config parameters can't be empty|config name can't be empty|"
+                         r"config name contains invalid characters|config name starts with|didn't find backend called|"
+                         r"unsupported protocol scheme", re.I)
 # a string as Go quotes it (%q: rclone's 'mkdir "office/x" failed', Go's 'Put "http://..."'), taken in order
 _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
 # a name of dotted parts outside quotes: a host (Go's 'dial tcp: lookup login.microsoftonline.com: no such host'), an
@@ -130,6 +137,9 @@ def explain(code: int, err: str, where: str, *, write: bool = False) -> TargetEr
                            f"open from the store?) ({line})", locked=True)
     if _IS_FILE.search(err):
         return RcloneError(f"{where}: a file on the store is where a folder must be ({line})", True)
+    if _UNREADABLE.search(err):
+        return RcloneError(f"{where}: rclone cannot read the remote as written: its name or connection string "
+                           f"(rclone.remotes[].remote), or its settings in the rclone config ({line})", True)
     if _CONFIG.search(err):
         return RcloneError(f"{where}: the rclone remote is not set up in the rclone config ({line})", True)
     if _READ_ONLY.search(err) or (write and _REFUSED.search(err) and not _EXPIRED.search(err)):

@@ -954,6 +954,32 @@ def test_a_store_on_a_port_whose_digits_read_401_that_cannot_be_reached_is_tried
     assert len(waits) == 2, (waits, str(e.value))   # tried 3 times, with backoff
 
 
+@pytest.mark.parametrize("remote", [':webdav,url="http://127.0.0.1:9/:office',           # a quote not closed
+                                    ":webdav,url='http://127.0.0.1:9/',=other:office",  # a setting without a name
+                                    ":webdva,url='http://127.0.0.1:9/':office",         # a backend misspelt
+                                    ":webdav,url=http://127.0.0.1:9/:office"])          # a URL not quoted
+def test_a_remote_rclone_cannot_parse_is_a_clear_error_at_once(rclone_tmp, remote):
+    """An admin writes the remote as an rclone connection string and makes a slip rclone reports at once, before it
+    reaches any store ('unterminated quoted config value', "config parameters can't be empty", "didn't find backend
+    called", and a URL not quoted, whose colon ends the connection string: 'unsupported protocol scheme'). It was
+    taken for a drop: the push tried three times, 2 s and 4 s apart, and failed with rclone's bare words. Now one
+    clear error at once naming the setting to fix; nothing retried."""
+    parts.require_tool("rclone")
+    conf = rclone_tmp / "rclone.conf"
+    conf.write_text("")
+    conf.chmod(0o600)
+    db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
+    cfg = make_cfg(rclone_tmp, db, conf, remote)
+    waits: list[float] = []
+    with pytest.raises(RcloneError) as e:
+        push(cfg, sleep=waits.append)
+    said = str(e.value)
+    assert said.startswith("rclone:cloud: rclone cannot read the remote as written: its name or connection string "
+                           "(rclone.remotes[].remote)"), said
+    assert e.value.permanent and waits == [], (waits, said)
+    db.close()
+
+
 def test_a_remote_that_names_a_file_is_a_clear_error_at_once(rclone_server, rclone_tmp):
     """A remote whose path names a file on the store (nas:office/report.docx: a file's path pasted as the folder) is
     an error that says so at once, not a drop tried three times (failed: "rclone:cloud: is a file not a directory",
