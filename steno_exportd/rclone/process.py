@@ -70,7 +70,6 @@ _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
 _DOTTED = re.compile(r"[\w-]+(?:\.[\w-]+)+")
 
 
-
 class RcloneError(TargetError):
     """An rclone push failed; ``permanent`` errors (login, config) are not retried."""
 
@@ -343,7 +342,7 @@ def config_problems(cfg: Config) -> list[str]:
         st = os.stat(path)
     except OSError as e:
         return problems + [f"rclone.config_file: {path}: {e.strerror} (make it with 'rclone --config {path} config')"]
-    if st.st_mode & (stat_mod.S_IRWXO):
+    if st.st_mode & (stat_mod.S_IRWXG | stat_mod.S_IRWXO):     # (its group too, as SMB's password file)
         problems.append(f"rclone.config_file: {path} holds credentials and other users can read it "
                         f"(mode {stat_mod.S_IMODE(st.st_mode):o}); chmod 600 it (owner: the service user)")
     return problems

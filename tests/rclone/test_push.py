@@ -1015,6 +1015,25 @@ def test_a_world_readable_rclone_config_is_reported(tmp_path):
     assert config_problems(cfg) == []
 
 
+def test_a_group_readable_rclone_config_is_reported_as_a_world_readable_one_is(tmp_path):
+    """rclone.conf holds the stores' credentials. One readable by its group (mode 640: a group the touchscreen's user
+    or a person's login is in) passed without a word, where a world-readable one is reported (a warning: the
+    pushes still run) and the SMB password file readable by its group is refused. Now check-config and each push
+    (config_problems: logged as a warning at the push's start and the daemon's) say so for it too."""
+    conf = tmp_path / "rclone.conf"
+    conf.write_text("[x]\ntype = local\n")
+    os.chmod(conf, 0o640)
+    cfg = config.from_dict({"rclone": {"config_file": str(conf), "remotes": [{"name": "c", "remote": "x:"}]}})
+    said = [p for p in config_problems(cfg) if "other users can read it" in p]
+    assert said and "mode 640" in said[0] and "chmod 600" in said[0], config_problems(cfg)
+    cfg_path = tmp_path / "config.toml"
+    cfg_path.write_text(f'[rclone]\nconfig_file = "{conf}"\n[[rclone.remotes]]\nname = "c"\nremote = "x:"\n')
+    r = subprocess.run(["steno-exportd", "check-config", str(cfg_path)], capture_output=True, text=True,
+                       env={**os.environ, "PATH": f"{pathlib.Path(os.sys.executable).parent}:{os.environ['PATH']}"})
+    assert "warning: rclone.config_file" in r.stderr and "other users can read it" in r.stderr, r.stderr
+    assert r.returncode == 0, r.stderr                  # (a warning, as for a world-readable one: not refused)
+
+
 def _connected(srv, tmp: pathlib.Path, *, idle: float | None = None, cancelled=lambda: False, **remote):
     """An RcloneTarget on the served store's "office" folder, connected (closed by the caller). ``remote``: settings
     of the remote (bandwidth_limit_kbps=...); ``idle``: rclone rcd's idle timeout scaled down (at least 60 s)."""
