@@ -53,7 +53,10 @@ _REFUSED = re.compile(r"(?i:forbidden|permission denied|access ?denied|insuffici
 WRITES = ("operations/mkdir", "operations/uploadfile", "operations/copyfile", "operations/movefile",
           "operations/deletefile", "operations/purge", "operations/rmdir", "sync/move")
 _SERVING = re.compile(r"Serving remote control on https?://127\.0\.0\.1:(\d+)/")    # rclone rcd's NOTICE of its port
-_QUIETING = ("RCLONE_LOG_LEVEL", "RCLONE_QUIET", "RCLONE_VERBOSE", "RCLONE_LOG_FILE")   # would hide that NOTICE
+# the daemon's environment that would hide that NOTICE (quiet it, send it to a file or to syslog) or change the shape
+# of rclone's lines read here (JSON objects; another prefix than its date and time): not passed on to rclone
+_QUIETING = ("RCLONE_LOG_LEVEL", "RCLONE_QUIET", "RCLONE_VERBOSE", "RCLONE_LOG_FILE", "RCLONE_SYSLOG",
+             "RCLONE_SYSLOG_FACILITY", "RCLONE_USE_JSON_LOG", "RCLONE_LOG_FORMAT")
 _CONFIG = re.compile(r"didn't find section in config file|config file .{0,40}not found|"
                      r"unknown backend|couldn't find type", re.I)
 # the remote as written refused by rclone before it reaches any store (its fspath parser: a connection string's

@@ -991,3 +991,26 @@ def test_a_local_user_who_takes_rclones_port_first_is_sent_nothing(rclone_server
     assert [getattr(r, "ok", False) for r in res] == [True], res
     assert_landed(srv.served / "office" / "sq", db)
     db.close()
+
+
+@pytest.mark.parametrize("rclone_server", ["webdav"], indirect=True)
+@pytest.mark.parametrize("var", ["RCLONE_SYSLOG", "RCLONE_USE_JSON_LOG"])
+def test_rclones_log_moved_by_the_daemons_environment_still_lets_the_push_land(rclone_server, rclone_tmp,
+                                                                               monkeypatch, var):
+    """The push learns rclone rcd's port from its NOTICE line on stderr; the environment variables that quiet that
+    log were dropped from rclone's environment, but not those that move it or change its shape: an admin's
+    RCLONE_SYSLOG=true (rclone's log to syslog, nothing on stderr; without a syslog, rclone exits at once) in the
+    daemon's environment made every push fail before it reached the store ("rclone did not start"). Now they are
+    dropped too (RCLONE_USE_JSON_LOG: its errors as JSON objects, not the lines the push reads): the push lands."""
+    srv = rclone_server
+    db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
+    cfg = cfg_for(rclone_tmp / "r", db, srv.client_config(rclone_tmp / "rclone.conf"),
+                  [{"name": "cloud", "remote": f"{srv.remote}:office"}], folder="lg")
+    monkeypatch.setenv(var, "true")         # (the daemon's: set after the test's own rclone commands)
+    try:
+        res = push_to(cfg)
+    except TargetError as e:
+        res = [e]
+    assert [getattr(r, "ok", False) for r in res] == [True], res
+    assert_landed(srv.served / "office" / "lg", db)
+    db.close()
