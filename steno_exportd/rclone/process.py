@@ -45,6 +45,16 @@ _QUOTA = re.compile(r"quota|insufficient storage|\b507\b|no space left|storage.{
 _NETWORK = re.compile(r"connection refused|no such host|network is unreachable|no route to host|i/o timeout|"
                       r"connection reset|broken pipe|unexpected eof|\beof\b|timeout|dial tcp|"
                       r"connection lost|connection closed|server closed", re.I)
+# rclone's words for a login token it failed to refresh, whatever the cause (v1.60: "couldn't fetch token - maybe it
+# has expired? - refresh with ...: <cause>"): the cause after them
+_TOKEN_FETCH = re.compile(r"couldn't fetch token\b(.*)", re.I | re.S)
+# a cause that is the network, not the login server's answer (Go's words; its client's timeout, 'context deadline
+# exceeded (Client.Timeout exceeded ...)'; a resolver without an answer)
+_OFFLINE = re.compile(_NETWORK.pattern + r"|deadline exceeded|name resolution|server misbehaving|network is down|"
+                                         r"host is down", re.I)
+# the login server's refusal of the token (an answer: OAuth's error codes, an HTTP status of one)
+_TOKEN_REFUSED = re.compile(r"invalid_grant|invalid_client|invalid_request|unauthorized_client|"
+                            r"cannot fetch token: \d{3}\b|refresh token is not set", re.I)
 _LOCKED = re.compile(r": 423 Locked\b")     # rclone's text of a WebDAV answer "423 Locked" (case kept: not a title)
 _IS_FILE = re.compile(r"is a file not a directory", re.I)     # rclone's ErrorIsFile: a path names a file
 _READ_ONLY = re.compile(r"read[- ]only file ?system", re.I)
@@ -134,6 +144,10 @@ def explain(code: int, err: str, where: str, *, write: bool = False) -> TargetEr
     # while sending one was a refusal for good, never tried again; and outside the host names it does not quote (a
     # SharePoint store's login server not found, 'lookup login.microsoftonline.com', was a refused login)
     err = _DOTTED.sub("\u2026", _QUOTED.sub(lambda m: '"\u2026"' if "/" in m.group() else m.group(), err))
+    # a token its login server could not be reached to refresh (no DNS, the network down) is the network, not an
+    # expired login: tried again (an OAuth store's, OneDrive's, Drive's, whole push was failed for good)
+    token = _TOKEN_FETCH.search(err)
+    offline = bool(token and _OFFLINE.search(token[1]) and not _TOKEN_REFUSED.search(token[1]))
     if _LOCKED.search(err):         # (first: the text names paths, whose digits and words the others could match)
         return RcloneError(f"{where}: a file or folder on the store is locked by another program (a document "
                            f"open from the store?) ({line})", locked=True)
@@ -147,7 +161,7 @@ def explain(code: int, err: str, where: str, *, write: bool = False) -> TargetEr
     if _READ_ONLY.search(err) or (write and _REFUSED.search(err) and not _EXPIRED.search(err)):
         return RcloneError(f"{where}: the store refuses to save files there (read-only, or no permission to write "
                            f"in that folder) ({line})", True)
-    if _AUTH.search(err):
+    if _AUTH.search(err) and not offline:
         if _EXPIRED.search(err):
             return RcloneError(f"{where}: the store's login has expired; renew it with 'rclone config reconnect' "
                                f"({line})", True)
@@ -155,7 +169,7 @@ def explain(code: int, err: str, where: str, *, write: bool = False) -> TargetEr
                            f"config) ({line})", True)
     if _QUOTA.search(err):
         return TargetFullError(f"{where}: the store is full (no space left, or its quota reached) ({line})")
-    if _NETWORK.search(err) or code == 5:
+    if offline or _NETWORK.search(err) or code == 5:
         return RcloneError(f"{where}: the store cannot be reached (network down or server not answering) "
                            f"({line})")
     if code == 7:

@@ -137,6 +137,47 @@ def test_a_store_whose_login_server_cannot_be_found_cannot_be_reached_not_a_refu
     assert not e.permanent
 
 
+_TOKEN_URL = ('Get "https://graph.microsoft.com/v1.0/drives/b!x/root:/office:/children": couldn\'t fetch token - maybe '
+              'it has expired? - refresh with "rclone config reconnect onedrive:": ')
+
+
+@pytest.mark.parametrize("cause", [
+    'Post "https://login.microsoftonline.com/common/oauth2/v2.0/token": dial tcp: lookup login.microsoftonline.com: '
+    'no such host',
+    'Post "https://login.microsoftonline.com/common/oauth2/v2.0/token": dial tcp 20.190.160.1:443: connect: '
+    'connection refused',
+    'Post "https://login.microsoftonline.com/common/oauth2/v2.0/token": dial tcp 20.190.160.1:443: connect: '
+    'network is unreachable',
+    'Post "https://login.microsoftonline.com/common/oauth2/v2.0/token": dial tcp 20.190.160.1:443: i/o timeout',
+    'Post "https://login.microsoftonline.com/common/oauth2/v2.0/token": context deadline exceeded '
+    '(Client.Timeout exceeded while awaiting headers)'])
+def test_a_token_refresh_the_network_stops_is_tried_again_not_an_expired_login(cause):
+    """An OAuth store (OneDrive, Google Drive) refreshes its login token at the provider's login server; the
+    recorder's network is down for a moment. rclone v1.60 wraps any failure of that refresh as "couldn't fetch token
+    - maybe it has expired? ...", and that read as "the store's login has expired; renew it with 'rclone config
+    reconnect'": permanent, never tried again, the person sent to renew a login that works. When the cause rclone
+    names is the network (no such host, connection refused, unreachable, a timeout) the store cannot be reached:
+    tried again. (rclone's own words, as its rc answers them; a pure function, so no store is needed.)"""
+    from steno_exportd.rclone.process import explain
+    e = explain(0, _TOKEN_URL + cause, "rclone:cloud")
+    assert str(e).startswith("rclone:cloud: the store cannot be reached (network down or server not answering)"), e
+    assert not e.permanent
+
+
+@pytest.mark.parametrize("cause", [
+    'oauth2: cannot fetch token: 400 Bad Request\nResponse: {"error":"invalid_grant","error_description":'
+    '"AADSTS700082: The refresh token has expired due to inactivity."}',
+    'oauth2: "invalid_grant" "Token has been expired or revoked."',
+    'oauth2: token expired and refresh token is not set'])
+def test_a_token_refresh_the_login_server_refuses_is_an_expired_login(cause):
+    """The provider's login server answers the refresh, refusing the token (invalid_grant: expired, revoked; no
+    refresh token at all): the login has expired, said so, not tried again."""
+    from steno_exportd.rclone.process import explain
+    e = explain(0, _TOKEN_URL + cause, "rclone:cloud")
+    assert str(e).startswith("rclone:cloud: the store's login has expired; renew it with 'rclone config reconnect'"), e
+    assert e.permanent
+
+
 @pytest.mark.parametrize("title", ["Forbidden City trip", "Login page review"])
 def test_a_drop_while_sending_a_session_whose_title_reads_like_a_refusal_is_tried_again(rclone_tmp, title):
     """A session's title names its folder, which the store's error texts quote in the request that failed (Go's
