@@ -29,6 +29,7 @@ import http.client
 import itertools
 import logging
 import os
+import re
 import stat as stat_mod
 import threading
 import time
@@ -295,8 +296,10 @@ class RcloneTarget(Target):
                 self._mine[self.rel(rel)] = set()
 
     def own_temp(self, name: str) -> bool:
-        """Temp files this host's pushes leave after a drop (another host's are not ours to remove)."""
-        return name.startswith(f"{TEMP_PREFIX}{self._host}-")
+        """Temp files this host's pushes leave after a drop (another host's are not ours to remove): a name of
+        temp_name()'s shape with this host's name, whole (pi-1-2's '.steno-tmp-pi-1-2-4011-abc123-1.part' is not
+        pi-1's: its name's start alone is)."""
+        return re.fullmatch(rf"{re.escape(TEMP_PREFIX + self._host)}-\d+-[0-9a-f]{{6}}-\d+\.part", name) is not None
 
     def temp_name(self) -> str:
         return f"{TEMP_PREFIX}{self.tag}-{next(self._seq)}.part"

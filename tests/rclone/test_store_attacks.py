@@ -1014,3 +1014,29 @@ def test_rclones_log_moved_by_the_daemons_environment_still_lets_the_push_land(r
     assert [getattr(r, "ok", False) for r in res] == [True], res
     assert_landed(srv.served / "office" / "lg", db)
     db.close()
+
+
+@pytest.mark.parametrize("rclone_server", ["webdav"], indirect=True)
+def test_a_temp_file_of_a_recorder_whose_name_extends_ours_is_not_taken_for_ours(rclone_server, rclone_tmp,
+                                                                                 monkeypatch):
+    """A push removes the temp files its own host's pushes left in its folder after a drop, and leaves another
+    host's alone (not ours to remove: that recorder may be sending it right now). Ours were told by their name's
+    start, '.steno-tmp-<host>-': recorder pi-1 took pi-1-2's '.steno-tmp-pi-1-2-4011-abc123-1.part' for its own
+    (one folder both were given, an admin's copied config) and removed it under the other's upload. Now only a
+    name of our own temp names' shape is ours: theirs stays, our stale one is removed."""
+    srv = rclone_server
+    monkeypatch.setattr(socket, "gethostname", lambda: "pi-1")
+    db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
+    conf = srv.client_config(rclone_tmp / "rclone.conf")
+    cfg = cfg_for(rclone_tmp / "r", db, conf, [{"name": "cloud", "remote": f"{srv.remote}:office"}], folder="of")
+    assert [r.ok for r in push_to(cfg)] == [True]
+    theirs, ours = ".steno-tmp-pi-1-2-4011-abc123-1.part", ".steno-tmp-pi-1-4011-abc123-1.part"
+    for name in (theirs, ours):
+        (rclone_tmp / name).write_bytes(b"half a recording")
+        _on_store(conf, "copyto", str(rclone_tmp / name), f"{srv.remote}:office/of/{name}")   # (past its cache)
+    assert [r.skipped for r in push_to(cfg)] == [True]
+    left = sorted(p.name for p in (srv.served / "office" / "of").iterdir() if p.name.startswith(".steno-tmp-"))
+    assert left == [theirs], left
+    (srv.served / "office" / "of" / theirs).unlink()
+    assert_landed(srv.served / "office" / "of", db)
+    db.close()
