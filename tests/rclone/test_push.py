@@ -178,6 +178,29 @@ def test_a_token_refresh_the_login_server_refuses_is_an_expired_login(cause):
     assert e.permanent
 
 
+@pytest.mark.parametrize("line, shown", [
+    ('Failed to create file system for ":webdav,url=\'http://127.0.0.1:9/\',vendor=other,pass=kQbHMuj1jBl_dWz0:office/'
+     'meetings": didn\'t find section in config file',
+     'Failed to create file system for ":webdav,url=\'http://127.0.0.1:9/\',vendor=other,pass=***:office/meetings": '
+     'didn\'t find section in config file'),
+    (':s3,secret_access_key=wJalrXUtnFEMIK7MDENGbPxRfiCY,access_key_id=AKIAIOSFODNN7:bucket/office',
+     ':s3,secret_access_key=***,access_key_id=***:bucket/office'),
+    ('sas_url = https://acct.blob.core.windows.net/c?sv=2020-10-02&sig=Zm9vYmFyc2VjcmV0 in the config',
+     'sas_url=*** in the config'),
+    ('token = {"access_token":"ya29.a0AfH6SMBx","token_type":"Bearer","expiry":"2026-12-05T01:00:00Z"} read',
+     'token=*** read')])
+def test_a_credential_in_rclones_words_is_masked_and_the_path_after_it_kept(line, shown):
+    """rclone quotes the remote it failed on, a connection string's credential in it. The masking took an
+    unquoted value up to the next comma, space or quote: 'pass=***"', the folder after it (':office/meetings') gone
+    from the message too, where rclone itself ends that value at its connection string's separators (',' ':'). Now
+    only the value is masked and the path is kept; a value that is a URL or a token's JSON (whose colons are its
+    own) is masked whole. (A pure function: no store needed.)"""
+    from steno_exportd.safeparse import redact
+    assert redact(line) == shown
+    assert not {"kQbHMuj1jBl_dWz0", "wJalrXUtnFEMIK7MDENGbPxRfiCY", "AKIAIOSFODNN7", "Zm9vYmFyc2VjcmV0",
+                "ya29.a0AfH6SMBx"} & set(re.findall(r"[\w.]+", redact(line)))
+
+
 @pytest.mark.parametrize("title", ["Forbidden City trip", "Login page review"])
 def test_a_drop_while_sending_a_session_whose_title_reads_like_a_refusal_is_tried_again(rclone_tmp, title):
     """A session's title names its folder, which the store's error texts quote in the request that failed (Go's
