@@ -42,10 +42,13 @@ def printable(text: str) -> str:
 
 
 # a setting whose value is a credential, as rclone spells a remote's ("pass=...", "bearer_token='...'",
-# "secret_access_key=...", a config file's "pass = ..."); unquoted, the value is taken to the next comma, space or
-# quote (a remote's path after it, "pass=x:office", goes too: rclone quotes a mangled remote whole)
+# "secret_access_key=...", a config file's "pass = ..."); unquoted, the value ends where rclone ends it in a
+# connection string, at a comma or a colon (the remote's path after it, "pass=x:office", is kept), or at a space or
+# quote; but a value that is a URL (sas_url's) is taken to the next comma, space or quote, and a token's JSON
+# ('token = {"access_token":...}') to its closing brace: their colons are their own
 _SECRET_SETTING = re.compile(r"(?i)(?<![a-z0-9_])([a-z0-9_]*(?:pass|secret|token|key|sas_url|credential|header|auth)"
-                             r"[a-z0-9_]*)[ \t]*=[ \t]*(?:'(?:[^']|'')*'?|\"(?:[^\"]|\"\")*\"?|[^,\s\"']*)")
+                             r"[a-z0-9_]*)[ \t]*=[ \t]*(?:'(?:[^']|'')*'?|\"(?:[^\"]|\"\")*\"?|\{[^{}]*\}?|"
+                             r"[a-z][a-z0-9+.-]*://[^,\s\"']*|[^,:\s\"']*)")
 # a URL's "user:password@" (also as a mangled URL shows it, "http/./user:password@host"): to its last "@" before
 # a "/" (a password may hold one)
 _USERINFO = re.compile(r"(?<![^\s/\"'(=,\[])([^\s/:@\"',=\[\]]+):[^\s/\"']+@")

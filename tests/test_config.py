@@ -112,7 +112,7 @@ def test_credentials_in_an_rclone_remote_are_masked_when_the_config_is_printed(t
     assert r.returncode == 0, r.stderr
     shown = next(line for line in r.stdout.splitlines() if line.startswith("remote = "))
     assert "Summer2026" not in shown and "kQbHMuj1jBl_dWz0" not in shown, shown
-    assert shown == "remote = \":webdav,url='https://steno:***@nas.example/dav',pass=***\"", shown
+    assert shown == "remote = \":webdav,url='https://steno:***@nas.example/dav',pass=***:office\"", shown
 
 
 def test_an_rclone_remote_holding_a_credential_in_the_config_is_warned_about(tmp_path):

@@ -26,8 +26,9 @@ def index_path(root: str) -> str:
     return f"{INDEX_DIR}/{root}.json"
 
 
-def build(m: mf.Manifest, root: str, short_id: str, held: set[str] | None = None) -> bytes:
-    """The index file of a recorder: its folder, and each meeting exported there (title, folder, files).
+def build(m: mf.Manifest, root: str, short_id: str, held: set[str] | None = None) -> tuple[bytes, int]:
+    """The index file of a recorder (its folder, and each meeting exported there: title, folder, files), and the
+    number of meetings it lists.
     ``held``: the names in the recorder's folder now; a meeting whose folder is not among them is not listed (its
     folder removed from the store: the manifest still records it, and a session deleted on the recorder too is
     never sent again, so it was listed for ever)."""
@@ -41,7 +42,7 @@ def build(m: mf.Manifest, root: str, short_id: str, held: set[str] | None = None
                          "files": sorted(s.get("files", {}))})
     body = {"format": FORMAT, "version": 1, "recorder": root, "host": host_name(), "id": short_id,
             "updated": mf.now_iso(), "meetings": meetings}
-    return json.dumps(body, indent=1, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    return json.dumps(body, indent=1, sort_keys=True, ensure_ascii=False).encode("utf-8"), len(meetings)
 
 
 def write(t: Target, root: str, short_id: str) -> int:
@@ -58,8 +59,7 @@ def write(t: Target, root: str, short_id: str) -> int:
         if m is None:
             m = mf.read(t, root)
         held = _held(t, root)
-        body = build(m, root, short_id, held)
-        listed = sum(m.sessions[u]["folder"] in held for u in m.exported())
+        body, listed = build(m, root, short_id, held)
         if mf.saved(t, root) is False and _listed(t, root) == _content(body):
             return listed
         t.mkdir(INDEX_DIR)
@@ -72,10 +72,9 @@ def write(t: Target, root: str, short_id: str) -> int:
 
 def _held(t: Target, root: str) -> set[str]:
     """The names in the recorder's folder on ``t`` now: as the push's target knows them without asking the store
-    (``known_names``: the listing the push read at its start, kept current by its own changes), else listed (one
+    (Target.known_names: the listing the push read at its start, kept current by its own changes), else listed (one
     request)."""
-    known = getattr(t, "known_names", None)
-    names = known(root) if known is not None else None
+    names = t.known_names(root)
     return set(t.scandir(root)) if names is None else names
 
 
@@ -95,11 +94,7 @@ def _listed(t: Target, root: str) -> dict | None:
     """The content of this recorder's index file on ``t`` now (_content); None when there is none or it is not
     readable (then written again)."""
     try:
-        try:
-            raw = mf.read_small(t, index_path(root))
-        except NotImplementedError:
-            st = t.lstat(index_path(root))
-            raw = mf.read_file(t, index_path(root)) if st is not None and st.kind == "file" else None
+        raw = mf.read_small(t, index_path(root))
         return None if raw is None else _content(raw)
     except (TargetError, OSError, ValueError):
         return None

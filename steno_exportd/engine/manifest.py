@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterable
 
 from steno_exportd import __version__, safeparse
 from steno_exportd.engine.identity import host_name
-from steno_exportd.engine.targets import Target, os_error
+from steno_exportd.engine.targets import NotAFile, Target, os_error
 from steno_exportd.errors import CancelledJob, TargetError
 
 log = logging.getLogger(__name__)
@@ -204,13 +204,9 @@ def parse(raw: bytes | bytearray) -> Manifest:
 
 
 def read_small(target: Target, rel: str, limit: int = MAX_BYTES) -> bytearray | None:
-    """A file of ours read at once on a target that can (``read_small``: a store, where a look-up first is one
-    round trip more, two for a name not there); None when it is not there; Oversized past ``limit``. A target
-    without it: NotImplementedError (the caller looks it up first)."""
-    small = getattr(target, "read_small", None)
-    if small is None:
-        raise NotImplementedError
-    raw = small(rel, limit + 1)
+    """A file of ours (Target.read_small: at once on a store, where a look-up first is one round trip more, two for
+    a name not there); None when it is not there; NotAFile when something else is; Oversized past ``limit``."""
+    raw = target.read_small(rel, limit + 1)
     if raw is not None and len(raw) > limit:
         raise Oversized(f"{rel} is larger than {limit >> 20} MiB")
     return None if raw is None else bytearray(raw)
@@ -222,23 +218,15 @@ def load(target: Target, root: str, cancelled: Callable[[], bool] = lambda: Fals
     answering 503 for a moment, a drop) raises that error: the manifest is not unusable for that, and a rebuild read
     every file back and sent every session again (the run fails instead; a push is tried again)."""
     rel = f"{root}/{MANIFEST}"
-    if getattr(target, "read_small", None) is not None:
-        def fetch() -> bytearray | None:
-            return read_small(target, rel)
-    else:
-        st = target.lstat(rel)
-        if st is not None and st.kind != "file":
-            return rebuild(target, root, f"{MANIFEST} is not a file", cancelled) if _has_sums(target, root) \
-                else Manifest()
-
-        def fetch() -> bytearray | None:
-            return None if st is None else read_file(target, rel)
     try:
-        raw = fetch()
+        raw = read_small(target, rel)
         if raw is not None:
             m = parse(raw)
             _keep(target, root, bytes(raw))
             return m
+    except NotAFile:
+        return rebuild(target, root, f"{MANIFEST} is not a file", cancelled) if _has_sums(target, root) \
+            else Manifest()
     except (ValueError, TypeError, UnicodeDecodeError, Oversized) as e:
         log.warning("manifest on %s unusable (%s): rebuilding it", target.name, e)
         return rebuild(target, root, f"manifest unusable: {e}", cancelled)

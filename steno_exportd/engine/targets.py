@@ -103,6 +103,35 @@ class Target(Protocol):
     def free_space(self) -> int: ...
     def fsync_dir(self, rel: str) -> None: ...
 
+    # optional, with a default here (a target subclasses Target to have it; called, never probed for):
+    def known_names(self, rel: str) -> set[str] | None:
+        """The names in folder ``rel`` as this run knows them without asking the target (a listing it read, kept
+        current by its own changes: a store's, RcloneTarget); None when not known, the caller lists the folder.
+        Default: None."""
+        return None
+
+    def read_small(self, rel: str, limit: int) -> bytes | None:
+        """A small file of ours read whole (at most ``limit`` bytes of it); None when nothing is there, NotAFile when
+        something else is (a folder, a FIFO). Default: looked up (lstat), then read; a store overrides it with one
+        request (there a look-up first is a round trip more, two for a name not there)."""
+        st = self.lstat(rel)
+        if st is None:
+            return None
+        if st.kind != "file":
+            raise NotAFile(f"not a file: {rel}")
+        h = self.open_read(rel)
+        try:
+            data = bytearray()
+            while len(data) < limit and (chunk := h.read(min(1 << 20, limit - len(data)))):
+                data += chunk
+            return bytes(data)
+        finally:
+            h.close()
+
+
+class NotAFile(TargetError):
+    """Target.read_small(): something not a file (a folder, a FIFO) holds the name."""
+
 
 def check_rel(rel: str) -> list[str]:
     """Split a relative target path into components, refusing anything that escapes the root."""
@@ -435,7 +464,7 @@ def _lstat_at(name: str, dir_fd: int) -> EntryStat | None:
     return EntryStat(_kind(st.st_mode), st.st_size, st.st_mtime)
 
 
-class DirectoryTarget:
+class DirectoryTarget(Target):
     """A folder on a mounted filesystem (a USB stick, a local export folder)."""
 
     def __init__(self, root: str | Path, name: str = "") -> None:

@@ -45,6 +45,16 @@ _QUOTA = re.compile(r"quota|insufficient storage|\b507\b|no space left|storage.{
 _NETWORK = re.compile(r"connection refused|no such host|network is unreachable|no route to host|i/o timeout|"
                       r"connection reset|broken pipe|unexpected eof|\beof\b|timeout|dial tcp|"
                       r"connection lost|connection closed|server closed", re.I)
+# rclone's words for a login token it failed to refresh, whatever the cause (v1.60: "couldn't fetch token - maybe it
+# has expired? - refresh with ...: <cause>"): the cause after them
+_TOKEN_FETCH = re.compile(r"couldn't fetch token\b(.*)", re.I | re.S)
+# a cause that is the network, not the login server's answer (Go's words; its client's timeout, 'context deadline
+# exceeded (Client.Timeout exceeded ...)'; a resolver without an answer)
+_OFFLINE = re.compile(_NETWORK.pattern + r"|deadline exceeded|name resolution|server misbehaving|network is down|"
+                                         r"host is down", re.I)
+# the login server's refusal of the token (an answer: OAuth's error codes, an HTTP status of one)
+_TOKEN_REFUSED = re.compile(r"invalid_grant|invalid_client|invalid_request|unauthorized_client|"
+                            r"cannot fetch token: \d{3}\b|refresh token is not set", re.I)
 _LOCKED = re.compile(r": 423 Locked\b")     # rclone's text of a WebDAV answer "423 Locked" (case kept: not a title)
 _IS_FILE = re.compile(r"is a file not a directory", re.I)     # rclone's ErrorIsFile: a path names a file
 _READ_ONLY = re.compile(r"read[- ]only file ?system", re.I)
@@ -53,11 +63,24 @@ _REFUSED = re.compile(r"(?i:forbidden|permission denied|access ?denied|insuffici
 WRITES = ("operations/mkdir", "operations/uploadfile", "operations/copyfile", "operations/movefile",
           "operations/deletefile", "operations/purge", "operations/rmdir", "sync/move")
 _SERVING = re.compile(r"Serving remote control on https?://127\.0\.0\.1:(\d+)/")    # rclone rcd's NOTICE of its port
-_QUIETING = ("RCLONE_LOG_LEVEL", "RCLONE_QUIET", "RCLONE_VERBOSE", "RCLONE_LOG_FILE")   # would hide that NOTICE
+# the daemon's environment that would hide that NOTICE (quiet it, send it to a file or to syslog) or change the shape
+# of rclone's lines read here (JSON objects; another prefix than its date and time): not passed on to rclone
+_QUIETING = ("RCLONE_LOG_LEVEL", "RCLONE_QUIET", "RCLONE_VERBOSE", "RCLONE_LOG_FILE", "RCLONE_SYSLOG",
+             "RCLONE_SYSLOG_FACILITY", "RCLONE_USE_JSON_LOG", "RCLONE_LOG_FORMAT")
 _CONFIG = re.compile(r"didn't find section in config file|config file .{0,40}not found|"
                      r"unknown backend|couldn't find type", re.I)
+# the remote as written refused by rclone before it reaches any store (its fspath parser: a connection string's
+# slip, a remote name it cannot take, a backend it does not have; a URL without its scheme, as a connection string's
+# unquoted URL is cut at its colon: 'Propfind "http/./127.0.0.1:9/x": unsupported protocol scheme ""')
+_UNREADABLE = re.compile(r"unterminated quoted config value|unquoted config value must end|"
+                         r"config parameters can't be empty|config name can't be empty|"
+                         r"config name contains invalid characters|config name starts with|didn't find backend called|"
+                         r"unsupported protocol scheme", re.I)
 # a string as Go quotes it (%q: rclone's 'mkdir "office/x" failed', Go's 'Put "http://..."'), taken in order
 _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
+# a name of dotted parts outside quotes: a host (Go's 'dial tcp: lookup login.microsoftonline.com: no such host'), an
+# address, a file name
+_DOTTED = re.compile(r"[\w-]+(?:\.[\w-]+)+")
 
 
 class RcloneError(TargetError):
@@ -118,19 +141,27 @@ def explain(code: int, err: str, where: str, *, write: bool = False) -> TargetEr
     line = last_line(err) or f"rclone exited with status {code}"
     # the words are matched outside the paths and URLs the text quotes: the folders named there are the recorder's
     # (a meeting's title: "Forbidden City trip", "Login page review"; a temp name's process id: 4011), and a drop
-    # while sending one was a refusal for good, never tried again
-    err = _QUOTED.sub(lambda m: '"\u2026"' if "/" in m.group() else m.group(), err)
+    # while sending one was a refusal for good, never tried again; and outside the host names it does not quote (a
+    # SharePoint store's login server not found, 'lookup login.microsoftonline.com', was a refused login)
+    err = _DOTTED.sub("\u2026", _QUOTED.sub(lambda m: '"\u2026"' if "/" in m.group() else m.group(), err))
+    # a token its login server could not be reached to refresh (no DNS, the network down) is the network, not an
+    # expired login: tried again (an OAuth store's, OneDrive's, Drive's, whole push was failed for good)
+    token = _TOKEN_FETCH.search(err)
+    offline = bool(token and _OFFLINE.search(token[1]) and not _TOKEN_REFUSED.search(token[1]))
     if _LOCKED.search(err):         # (first: the text names paths, whose digits and words the others could match)
         return RcloneError(f"{where}: a file or folder on the store is locked by another program (a document "
                            f"open from the store?) ({line})", locked=True)
     if _IS_FILE.search(err):
         return RcloneError(f"{where}: a file on the store is where a folder must be ({line})", True)
+    if _UNREADABLE.search(err):
+        return RcloneError(f"{where}: rclone cannot read the remote as written: its name or connection string "
+                           f"(rclone.remotes[].remote), or its settings in the rclone config ({line})", True)
     if _CONFIG.search(err):
         return RcloneError(f"{where}: the rclone remote is not set up in the rclone config ({line})", True)
     if _READ_ONLY.search(err) or (write and _REFUSED.search(err) and not _EXPIRED.search(err)):
         return RcloneError(f"{where}: the store refuses to save files there (read-only, or no permission to write "
                            f"in that folder) ({line})", True)
-    if _AUTH.search(err):
+    if _AUTH.search(err) and not offline:
         if _EXPIRED.search(err):
             return RcloneError(f"{where}: the store's login has expired; renew it with 'rclone config reconnect' "
                                f"({line})", True)
@@ -138,7 +169,7 @@ def explain(code: int, err: str, where: str, *, write: bool = False) -> TargetEr
                            f"config) ({line})", True)
     if _QUOTA.search(err):
         return TargetFullError(f"{where}: the store is full (no space left, or its quota reached) ({line})")
-    if _NETWORK.search(err) or code == 5:
+    if offline or _NETWORK.search(err) or code == 5:
         return RcloneError(f"{where}: the store cannot be reached (network down or server not answering) "
                            f"({line})")
     if code == 7:
@@ -328,7 +359,7 @@ def config_problems(cfg: Config) -> list[str]:
         st = os.stat(path)
     except OSError as e:
         return problems + [f"rclone.config_file: {path}: {e.strerror} (make it with 'rclone --config {path} config')"]
-    if st.st_mode & (stat_mod.S_IRWXO):
+    if st.st_mode & (stat_mod.S_IRWXG | stat_mod.S_IRWXO):     # (its group too, as SMB's password file)
         problems.append(f"rclone.config_file: {path} holds credentials and other users can read it "
                         f"(mode {stat_mod.S_IMODE(st.st_mode):o}); chmod 600 it (owner: the service user)")
     return problems

@@ -29,6 +29,7 @@ import http.client
 import itertools
 import logging
 import os
+import re
 import stat as stat_mod
 import threading
 import time
@@ -39,7 +40,7 @@ from typing import Any, Callable, Iterator
 
 from steno_exportd import sockwait
 from steno_exportd.engine.identity import host_folder
-from steno_exportd.engine.targets import MARKER, PARTIAL_SUFFIX, TEMP_PREFIX, EntryStat, check_rel
+from steno_exportd.engine.targets import MARKER, PARTIAL_SUFFIX, TEMP_PREFIX, EntryStat, Target, check_rel
 from steno_exportd.errors import CancelledJob, InvalidArgument, SourceError, TargetError
 from steno_exportd.rclone.process import Rcd, RcloneError, error_text, is_file, not_found
 from steno_exportd.safeparse import printable
@@ -76,7 +77,7 @@ def split_remote(remote: str) -> tuple[str, str]:
     return name + colon, path
 
 
-class RcloneTarget:
+class RcloneTarget(Target):
     """``<remote.remote>`` (an rclone "NAME:path") through rclone rcd; the engine's Target protocol."""
 
     max_file_size: int | None = None
@@ -314,8 +315,10 @@ class RcloneTarget:
                 self._mine[self.rel(rel)] = set()
 
     def own_temp(self, name: str) -> bool:
-        """Temp files this host's pushes leave after a drop (another host's are not ours to remove)."""
-        return name.startswith(f"{TEMP_PREFIX}{self._host}-")
+        """Temp files this host's pushes leave after a drop (another host's are not ours to remove): a name of
+        temp_name()'s shape with this host's name, whole (pi-1-2's '.steno-tmp-pi-1-2-4011-abc123-1.part' is not
+        pi-1's: its name's start alone is)."""
+        return re.fullmatch(rf"{re.escape(TEMP_PREFIX + self._host)}-\d+-[0-9a-f]{{6}}-\d+\.part", name) is not None
 
     def temp_name(self) -> str:
         return f"{TEMP_PREFIX}{self.tag}-{next(self._seq)}.part"
@@ -351,20 +354,28 @@ class RcloneTarget:
                                                   "dstRemote": self.rel(dst), "_config": _always(free)},
                           locked_again=locked_again)
         except RcloneError as e:
-            if not e.permanent or e.locked:
+            if (err := self._move_failed(e, src, dst)) is e:
                 raise
-            try:
-                gone = self._stat(src) is None      # (a request more, on this failure only)
-            except RcloneError:
-                raise e from None
-            if not gone:
-                raise
-            self._landed(src, False)
-            raise RcloneError(f"{self.name}: {src} disappeared from the store before it was moved to {dst} "
-                              f"(removed there meanwhile by a person or another program?); it is sent again") \
-                from None
+            raise err from None
         self._landed(src, False)
         self._landed(dst)
+
+    def _move_failed(self, e: RcloneError, src: str, dst: str) -> RcloneError:
+        """What a failed move of ``src`` (a file or a folder of this push: move(), _move_dir()) raises: a refusal for
+        good whose source is gone from the store (removed there meanwhile by a person or another program: a WebDAV
+        store answers the MOVE 404 or 403, which is also how a store refuses writes for good) is a transient fault
+        saying so, and the next attempt sends it again; else ``e``. One look-up, on this failure only."""
+        if not e.permanent or e.locked:
+            return e
+        try:
+            gone = self._stat(src) is None
+        except RcloneError:
+            return e
+        if not gone:
+            return e
+        self._landed(src, False)
+        return RcloneError(f"{self.name}: {src} disappeared from the store before it was moved to {dst} (removed "
+                           f"there meanwhile by a person or another program?); it is sent again")
 
     def rename(self, src: str, dst: str) -> None:
         with self._names:
@@ -398,7 +409,9 @@ class RcloneTarget:
                                         "_config": {"NoCheckDest": True, "Immutable": True}})
         except RcloneError as e:
             if self._stat(dst) is None:             # (looked up: not taken from a listing, which it may postdate)
-                raise
+                if (err := self._move_failed(e, src, dst)) is e:
+                    raise
+                raise err from None
             if not self._moved(src, dst):
                 self._landed(dst)
                 raise TargetError(f"refusing to replace existing {dst}") from None

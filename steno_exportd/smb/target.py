@@ -102,8 +102,9 @@ def _set_rename(tr: Any, dst: str, replace: bool) -> None:
     set_info(tr, info)
 
 
-class SmbTarget:
-    """A folder on an SMB share (remote.path), reached with smbprotocol; the engine's Target protocol."""
+class SmbTarget(targets.Target):
+    """A folder on an SMB share (remote.path), reached with smbprotocol; the engine's Target protocol (known_names
+    and read_small: its defaults, the share is listed and a file looked up before it is read)."""
 
     max_file_size: int | None = None
     atomic_dir_rename = True            # a folder rename is one request, atomic on the server

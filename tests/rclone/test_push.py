@@ -123,6 +123,84 @@ def test_a_server_killed_mid_upload_is_resumed_and_the_push_completes(setup):
     assert stamps(folder) == before
 
 
+def test_a_store_whose_login_server_cannot_be_found_cannot_be_reached_not_a_refused_login():
+    """A SharePoint remote (rclone's webdav, vendor sharepoint) logs in at login.microsoftonline.com; the recorder's
+    network has no DNS for a moment. rclone's error names that host unquoted ('lookup login.microsoftonline.com:
+    no such host'), and its 'login' read as a refused login: "the store refused the login (wrong user or password
+    in the rclone config)", never tried again, the person sent to check a password that works. It is the network:
+    tried again. (rclone's own words for it, as its rc answers them; a pure function, so no store is needed.)"""
+    from steno_exportd.rclone.process import explain
+    err = ('error while logging in to endpoint: Post "https://login.microsoftonline.com/extSTS.srf": dial tcp: '
+           'lookup login.microsoftonline.com: no such host')
+    e = explain(0, err, "rclone:cloud")
+    assert str(e).startswith("rclone:cloud: the store cannot be reached (network down or server not answering)"), e
+    assert not e.permanent
+
+
+_TOKEN_URL = ('Get "https://graph.microsoft.com/v1.0/drives/b!x/root:/office:/children": couldn\'t fetch token - maybe '
+              'it has expired? - refresh with "rclone config reconnect onedrive:": ')
+
+
+@pytest.mark.parametrize("cause", [
+    'Post "https://login.microsoftonline.com/common/oauth2/v2.0/token": dial tcp: lookup login.microsoftonline.com: '
+    'no such host',
+    'Post "https://login.microsoftonline.com/common/oauth2/v2.0/token": dial tcp 20.190.160.1:443: connect: '
+    'connection refused',
+    'Post "https://login.microsoftonline.com/common/oauth2/v2.0/token": dial tcp 20.190.160.1:443: connect: '
+    'network is unreachable',
+    'Post "https://login.microsoftonline.com/common/oauth2/v2.0/token": dial tcp 20.190.160.1:443: i/o timeout',
+    'Post "https://login.microsoftonline.com/common/oauth2/v2.0/token": context deadline exceeded '
+    '(Client.Timeout exceeded while awaiting headers)'])
+def test_a_token_refresh_the_network_stops_is_tried_again_not_an_expired_login(cause):
+    """An OAuth store (OneDrive, Google Drive) refreshes its login token at the provider's login server; the
+    recorder's network is down for a moment. rclone v1.60 wraps any failure of that refresh as "couldn't fetch token
+    - maybe it has expired? ...", and that read as "the store's login has expired; renew it with 'rclone config
+    reconnect'": permanent, never tried again, the person sent to renew a login that works. When the cause rclone
+    names is the network (no such host, connection refused, unreachable, a timeout) the store cannot be reached:
+    tried again. (rclone's own words, as its rc answers them; a pure function, so no store is needed.)"""
+    from steno_exportd.rclone.process import explain
+    e = explain(0, _TOKEN_URL + cause, "rclone:cloud")
+    assert str(e).startswith("rclone:cloud: the store cannot be reached (network down or server not answering)"), e
+    assert not e.permanent
+
+
+@pytest.mark.parametrize("cause", [
+    'oauth2: cannot fetch token: 400 Bad Request\nResponse: {"error":"invalid_grant","error_description":'
+    '"AADSTS700082: The refresh token has expired due to inactivity."}',
+    'oauth2: "invalid_grant" "Token has been expired or revoked."',
+    'oauth2: token expired and refresh token is not set'])
+def test_a_token_refresh_the_login_server_refuses_is_an_expired_login(cause):
+    """The provider's login server answers the refresh, refusing the token (invalid_grant: expired, revoked; no
+    refresh token at all): the login has expired, said so, not tried again."""
+    from steno_exportd.rclone.process import explain
+    e = explain(0, _TOKEN_URL + cause, "rclone:cloud")
+    assert str(e).startswith("rclone:cloud: the store's login has expired; renew it with 'rclone config reconnect'"), e
+    assert e.permanent
+
+
+@pytest.mark.parametrize("line, shown", [
+    ('Failed to create file system for ":webdav,url=\'http://127.0.0.1:9/\',vendor=other,pass=kQbHMuj1jBl_dWz0:office/'
+     'meetings": didn\'t find section in config file',
+     'Failed to create file system for ":webdav,url=\'http://127.0.0.1:9/\',vendor=other,pass=***:office/meetings": '
+     'didn\'t find section in config file'),
+    (':s3,secret_access_key=wJalrXUtnFEMIK7MDENGbPxRfiCY,access_key_id=AKIAIOSFODNN7:bucket/office',
+     ':s3,secret_access_key=***,access_key_id=***:bucket/office'),
+    ('sas_url = https://acct.blob.core.windows.net/c?sv=2020-10-02&sig=Zm9vYmFyc2VjcmV0 in the config',
+     'sas_url=*** in the config'),
+    ('token = {"access_token":"ya29.a0AfH6SMBx","token_type":"Bearer","expiry":"2026-12-05T01:00:00Z"} read',
+     'token=*** read')])
+def test_a_credential_in_rclones_words_is_masked_and_the_path_after_it_kept(line, shown):
+    """rclone quotes the remote it failed on, a connection string's credential in it. The masking took an
+    unquoted value up to the next comma, space or quote: 'pass=***"', the folder after it (':office/meetings') gone
+    from the message too, where rclone itself ends that value at its connection string's separators (',' ':'). Now
+    only the value is masked and the path is kept; a value that is a URL or a token's JSON (whose colons are its
+    own) is masked whole. (A pure function: no store needed.)"""
+    from steno_exportd.safeparse import redact
+    assert redact(line) == shown
+    assert not {"kQbHMuj1jBl_dWz0", "wJalrXUtnFEMIK7MDENGbPxRfiCY", "AKIAIOSFODNN7", "Zm9vYmFyc2VjcmV0",
+                "ya29.a0AfH6SMBx"} & set(re.findall(r"[\w.]+", redact(line)))
+
+
 @pytest.mark.parametrize("title", ["Forbidden City trip", "Login page review"])
 def test_a_drop_while_sending_a_session_whose_title_reads_like_a_refusal_is_tried_again(rclone_tmp, title):
     """A session's title names its folder, which the store's error texts quote in the request that failed (Go's
@@ -975,6 +1053,32 @@ def test_a_store_on_a_port_whose_digits_read_401_that_cannot_be_reached_is_tried
     assert len(waits) == 2, (waits, str(e.value))   # tried 3 times, with backoff
 
 
+@pytest.mark.parametrize("remote", [':webdav,url="http://127.0.0.1:9/:office',           # a quote not closed
+                                    ":webdav,url='http://127.0.0.1:9/',=other:office",  # a setting without a name
+                                    ":webdva,url='http://127.0.0.1:9/':office",         # a backend misspelt
+                                    ":webdav,url=http://127.0.0.1:9/:office"])          # a URL not quoted
+def test_a_remote_rclone_cannot_parse_is_a_clear_error_at_once(rclone_tmp, remote):
+    """An admin writes the remote as an rclone connection string and makes a slip rclone reports at once, before it
+    reaches any store ('unterminated quoted config value', "config parameters can't be empty", "didn't find backend
+    called", and a URL not quoted, whose colon ends the connection string: 'unsupported protocol scheme'). It was
+    taken for a drop: the push tried three times, 2 s and 4 s apart, and failed with rclone's bare words. Now one
+    clear error at once naming the setting to fix; nothing retried."""
+    parts.require_tool("rclone")
+    conf = rclone_tmp / "rclone.conf"
+    conf.write_text("")
+    conf.chmod(0o600)
+    db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
+    cfg = make_cfg(rclone_tmp, db, conf, remote)
+    waits: list[float] = []
+    with pytest.raises(RcloneError) as e:
+        push(cfg, sleep=waits.append)
+    said = str(e.value)
+    assert said.startswith("rclone:cloud: rclone cannot read the remote as written: its name or connection string "
+                           "(rclone.remotes[].remote)"), said
+    assert e.value.permanent and waits == [], (waits, said)
+    db.close()
+
+
 def test_a_remote_that_names_a_file_is_a_clear_error_at_once(rclone_server, rclone_tmp):
     """A remote whose path names a file on the store (nas:office/report.docx: a file's path pasted as the folder) is
     an error that says so at once, not a drop tried three times (failed: "rclone:cloud: is a file not a directory",
@@ -1008,6 +1112,25 @@ def test_a_world_readable_rclone_config_is_reported(tmp_path):
     assert "other users can read it" in r.stderr, r.stderr
     os.chmod(conf, 0o600)
     assert config_problems(cfg) == []
+
+
+def test_a_group_readable_rclone_config_is_reported_as_a_world_readable_one_is(tmp_path):
+    """rclone.conf holds the stores' credentials. One readable by its group (mode 640: a group the touchscreen's user
+    or a person's login is in) passed without a word, where a world-readable one is reported (a warning: the
+    pushes still run) and the SMB password file readable by its group is refused. Now check-config and each push
+    (config_problems: logged as a warning at the push's start and the daemon's) say so for it too."""
+    conf = tmp_path / "rclone.conf"
+    conf.write_text("[x]\ntype = local\n")
+    os.chmod(conf, 0o640)
+    cfg = config.from_dict({"rclone": {"config_file": str(conf), "remotes": [{"name": "c", "remote": "x:"}]}})
+    said = [p for p in config_problems(cfg) if "other users can read it" in p]
+    assert said and "mode 640" in said[0] and "chmod 600" in said[0], config_problems(cfg)
+    cfg_path = tmp_path / "config.toml"
+    cfg_path.write_text(f'[rclone]\nconfig_file = "{conf}"\n[[rclone.remotes]]\nname = "c"\nremote = "x:"\n')
+    r = subprocess.run(["steno-exportd", "check-config", str(cfg_path)], capture_output=True, text=True,
+                       env={**os.environ, "PATH": f"{pathlib.Path(os.sys.executable).parent}:{os.environ['PATH']}"})
+    assert "warning: rclone.config_file" in r.stderr and "other users can read it" in r.stderr, r.stderr
+    assert r.returncode == 0, r.stderr                  # (a warning, as for a world-readable one: not refused)
 
 
 def _connected(srv, tmp: pathlib.Path, *, idle: float | None = None, cancelled=lambda: False, **remote):

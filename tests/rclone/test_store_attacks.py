@@ -864,6 +864,59 @@ def test_a_temp_file_removed_from_the_store_before_its_move_is_sent_again_not_a_
         srv.stop()
 
 
+def test_a_partial_folder_removed_from_the_store_before_its_move_is_sent_again_not_a_store_refusing_writes(
+        rclone_tmp, caplog):
+    """THREATS: a person or a program may change the NAS. On WebDAV a session is built as '<folder>.partial' and
+    moved into place whole. That folder is removed from the store (a person tidying up what reads as unfinished, a
+    clean-up script) between its upload and its move: the store answers the MOVE 404, as it answers a write it
+    refuses for good, and the push failed for good saying "the store refuses to save files there" (the look-up
+    that tells a removed temp file from a refusal was made for a file's move only). Now it is a transient fault
+    saying the folder disappeared: the next attempt sends the session again, and the push lands. The removal is
+    made through the store (rclone purge on the rclone serve webdav), as the MOVE reaches it."""
+    from steno_exportd.engine.identity import recorder_folder
+    from steno_exportd.engine.targets import PARTIAL_SUFFIX
+    from tests.parts import require_tool
+    from tests.parts.rclone import FaultyWebdav, RcloneServer
+    from tests.rclone.test_push import make_cfg, push
+    require_tool("rclone")
+    (rclone_tmp / "served").mkdir()
+    srv = RcloneServer("webdav", rclone_tmp / "served", rclone_tmp)
+    srv.start()
+    direct = srv.client_config(rclone_tmp / "direct.conf")     # (the store itself, not through the relay)
+    armed: list[str] = []
+    removed: list[str] = []
+
+    def remove_before_the_move(method: str, path: str) -> int | None:
+        folder = path.rstrip("/")
+        if method == "MOVE" and armed and folder.startswith(armed[0]) and folder.endswith(PARTIAL_SUFFIX):
+            armed.clear()
+            _on_store(direct, "purge", f"{srv.remote}:{folder.lstrip('/')}")
+            removed.append(folder)
+        return None                         # the MOVE goes on to the store, whose answer is its own
+    relay = FaultyWebdav(srv.port, remove_before_the_move)
+    try:
+        db = make_recorder(rclone_tmp / "rec", sizes=(100_000, 100_500))
+        cfg = make_cfg(rclone_tmp, db, relay.client_config(srv, rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+        assert [r.ok and not r.skipped for r in push(cfg)] == [True] * 2
+        folder = srv.served / "office" / recorder_folder(cfg)
+        audio = rclone_tmp / "rec" / "audio" / "late.flac"
+        audio.write_bytes(os.urandom(100_000))
+        db.session(title="Late", audio_format="flac", audio_size_bytes=100_000, audio_file_path=f"audio/{audio.name}")
+        armed.append(f"/office/{folder.name}/")
+        caplog.set_level("WARNING")
+        res = push(cfg, sleep=lambda s: None)
+        assert removed, "no .partial folder was moved"
+        assert [r.ok for r in res] == [True] * 3, [r.error for r in res]
+        said = [r.getMessage() for r in caplog.records if "attempt 1/" in r.getMessage()]
+        assert len(said) == 1 and "disappeared from the store" in said[0] and "refuses" not in said[0], said
+        assert_landed(folder, db)
+        assert not [p.name for p in folder.iterdir() if p.name.endswith(PARTIAL_SUFFIX)]
+        db.close()
+    finally:
+        relay.close()
+        srv.stop()
+
+
 class Squatter:
     """A local user's listener on a loopback port (any user may bind one): it keeps what each connection sends and
     answers as rclone rcd would, rc/noop with {} (so a daemon that took it for its rclone goes on) and anything
@@ -937,4 +990,53 @@ def test_a_local_user_who_takes_rclones_port_first_is_sent_nothing(rclone_server
             s.close()
     assert [getattr(r, "ok", False) for r in res] == [True], res
     assert_landed(srv.served / "office" / "sq", db)
+    db.close()
+
+
+@pytest.mark.parametrize("rclone_server", ["webdav"], indirect=True)
+@pytest.mark.parametrize("var", ["RCLONE_SYSLOG", "RCLONE_USE_JSON_LOG"])
+def test_rclones_log_moved_by_the_daemons_environment_still_lets_the_push_land(rclone_server, rclone_tmp,
+                                                                               monkeypatch, var):
+    """The push learns rclone rcd's port from its NOTICE line on stderr; the environment variables that quiet that
+    log were dropped from rclone's environment, but not those that move it or change its shape: an admin's
+    RCLONE_SYSLOG=true (rclone's log to syslog, nothing on stderr; without a syslog, rclone exits at once) in the
+    daemon's environment made every push fail before it reached the store ("rclone did not start"). Now they are
+    dropped too (RCLONE_USE_JSON_LOG: its errors as JSON objects, not the lines the push reads): the push lands."""
+    srv = rclone_server
+    db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
+    cfg = cfg_for(rclone_tmp / "r", db, srv.client_config(rclone_tmp / "rclone.conf"),
+                  [{"name": "cloud", "remote": f"{srv.remote}:office"}], folder="lg")
+    monkeypatch.setenv(var, "true")         # (the daemon's: set after the test's own rclone commands)
+    try:
+        res = push_to(cfg)
+    except TargetError as e:
+        res = [e]
+    assert [getattr(r, "ok", False) for r in res] == [True], res
+    assert_landed(srv.served / "office" / "lg", db)
+    db.close()
+
+
+@pytest.mark.parametrize("rclone_server", ["webdav"], indirect=True)
+def test_a_temp_file_of_a_recorder_whose_name_extends_ours_is_not_taken_for_ours(rclone_server, rclone_tmp,
+                                                                                 monkeypatch):
+    """A push removes the temp files its own host's pushes left in its folder after a drop, and leaves another
+    host's alone (not ours to remove: that recorder may be sending it right now). Ours were told by their name's
+    start, '.steno-tmp-<host>-': recorder pi-1 took pi-1-2's '.steno-tmp-pi-1-2-4011-abc123-1.part' for its own
+    (one folder both were given, an admin's copied config) and removed it under the other's upload. Now only a
+    name of our own temp names' shape is ours: theirs stays, our stale one is removed."""
+    srv = rclone_server
+    monkeypatch.setattr(socket, "gethostname", lambda: "pi-1")
+    db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
+    conf = srv.client_config(rclone_tmp / "rclone.conf")
+    cfg = cfg_for(rclone_tmp / "r", db, conf, [{"name": "cloud", "remote": f"{srv.remote}:office"}], folder="of")
+    assert [r.ok for r in push_to(cfg)] == [True]
+    theirs, ours = ".steno-tmp-pi-1-2-4011-abc123-1.part", ".steno-tmp-pi-1-4011-abc123-1.part"
+    for name in (theirs, ours):
+        (rclone_tmp / name).write_bytes(b"half a recording")
+        _on_store(conf, "copyto", str(rclone_tmp / name), f"{srv.remote}:office/of/{name}")   # (past its cache)
+    assert [r.skipped for r in push_to(cfg)] == [True]
+    left = sorted(p.name for p in (srv.served / "office" / "of").iterdir() if p.name.startswith(".steno-tmp-"))
+    assert left == [theirs], left
+    (srv.served / "office" / "of" / theirs).unlink()
+    assert_landed(srv.served / "office" / "of", db)
     db.close()
