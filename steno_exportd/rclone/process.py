@@ -346,8 +346,9 @@ class Rcd:
 
 def config_problems(cfg: Config) -> list[str]:
     """What is wrong with the rclone config file the remotes need (missing, readable by others), and credentials
-    outside it: a remote given as a connection string with its login in it, in the daemon's config file (shipped
-    0644: every local user reads it). Said without the credential."""
+    outside it: a remote given as a connection string with its login in it, in the daemon's config file (for settings:
+    an admin may copy it around, check-config prints it, the package leaves it readable by the service's group).
+    Said without the credential."""
     if not cfg.rclone.remotes:
         return []
     problems = [f"rclone.remotes[{i}].remote: holds a credential (a password, token or key in the connection "
