@@ -6,6 +6,7 @@ import io
 import logging
 import re
 import resource
+import statistics
 import threading
 import time
 import zipfile
@@ -512,3 +513,33 @@ async def test_a_request_that_comes_as_an_abandoned_render_ends_gets_its_documen
     path, data = await downloads.made_once(ctx, key, "txt", s, opts, connected)
     assert (path.read_bytes() if path is not None else data).strip(), "no document"
     assert key not in ctx.making
+
+
+async def test_a_files_last_bytes_go_out_at_once_on_a_kept_alive_connection(web_client, sessions):
+    """A recording goes out by sendfile with Nagle on (as nginx sends a file); its last, partial segment is pushed
+    out at once after it, never held back until the client's (delayed) ACK comes: on a kept-alive connection a
+    small Range answer and a whole recording come as promptly as a page."""
+    client, _ = await web_client()
+    _, small = big_and_small(sessions)
+    data = small.audio.path.read_bytes()
+    loop = asyncio.get_running_loop()
+
+    async def timed(path: str, **headers: str) -> tuple[float, int, bytes]:
+        t0 = loop.time()
+        r = await client.get(path, headers=headers)
+        body = await r.read()
+        return loop.time() - t0, r.status, body
+
+    page, spans, whole = [], [], []
+    for i in range(20):           # one connection, kept alive (the client's pool): the client delays its ACKs
+        t, status, body = await timed("/static/style.css")
+        assert status == 200
+        page.append(t)
+        t, status, body = await timed(f"/sessions/{small.id}/audio", Range=f"bytes={100 * i}-{100 * i + 99}")
+        assert status == 206 and body == data[100 * i:100 * i + 100]
+        spans.append(t)
+        t, status, body = await timed(f"/sessions/{small.id}/audio")
+        assert status == 200 and body == data
+        whole.append(t)
+    ms = {k: round(1000 * statistics.median(v), 1) for k, v in (("page", page), ("range", spans), ("whole", whole))}
+    assert ms["range"] < ms["page"] + 20 and ms["whole"] < ms["page"] + 20 + len(data) / 200e3, ms
