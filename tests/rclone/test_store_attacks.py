@@ -816,11 +816,9 @@ def test_a_temp_file_removed_from_the_store_before_its_move_is_sent_again_not_a_
     import base64
     import http.client
     import urllib.parse
-    from steno_exportd.engine.identity import recorder_folder
     from steno_exportd.engine.targets import TEMP_PREFIX
     from tests.parts import require_tool
-    from tests.parts.rclone import FaultyWebdav, RcloneServer
-    from tests.rclone.test_push import make_cfg, push
+    from tests.parts.rclone import RcloneServer
     require_tool("rclone")
     (rclone_tmp / "served").mkdir()
     srv = RcloneServer("webdav", rclone_tmp / "served", rclone_tmp)
@@ -841,7 +839,20 @@ def test_a_temp_file_removed_from_the_store_before_its_move_is_sent_again_not_a_
                 conn.close()
             removed.append(path)
         return None                         # the MOVE goes on to the store, whose answer is its own
-    relay = FaultyWebdav(srv.port, remove_before_the_move)
+    _a_late_session_lands_after_its_removal(rclone_tmp, caplog, srv, remove_before_the_move, armed, removed,
+                                            "no temp file")
+
+
+def _a_late_session_lands_after_its_removal(rclone_tmp, caplog, srv, hook, armed: list, removed: list,
+                                            what: str) -> pathlib.Path:
+    """Two sessions pushed through a FaultyWebdav relay running ``hook``; a third added and ``armed`` (the recorder's
+    folder: the hook removes its temp file or folder from the store as its MOVE comes); that push lands all three,
+    its first attempt having said the thing "disappeared from the store" (not "refuses"). The recorder's folder on
+    the store; the relay and ``srv`` are stopped."""
+    from steno_exportd.engine.identity import recorder_folder
+    from tests.parts.rclone import FaultyWebdav
+    from tests.rclone.test_push import make_cfg, push
+    relay = FaultyWebdav(srv.port, hook)
     try:
         db = make_recorder(rclone_tmp / "rec", sizes=(100_000, 100_500))
         cfg = make_cfg(rclone_tmp, db, relay.client_config(srv, rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
@@ -853,12 +864,13 @@ def test_a_temp_file_removed_from_the_store_before_its_move_is_sent_again_not_a_
         armed.append(f"/office/{folder.name}/")
         caplog.set_level("WARNING")
         res = push(cfg, sleep=lambda s: None)
-        assert removed, "no temp file was moved"
+        assert removed, f"{what} was moved"
         assert [r.ok for r in res] == [True] * 3, [r.error for r in res]
         said = [r.getMessage() for r in caplog.records if "attempt 1/" in r.getMessage()]
         assert len(said) == 1 and "disappeared from the store" in said[0] and "refuses" not in said[0], said
         assert_landed(folder, db)
         db.close()
+        return folder
     finally:
         relay.close()
         srv.stop()
@@ -873,11 +885,9 @@ def test_a_partial_folder_removed_from_the_store_before_its_move_is_sent_again_n
     that tells a removed temp file from a refusal was made for a file's move only). Now it is a transient fault
     saying the folder disappeared: the next attempt sends the session again, and the push lands. The removal is
     made through the store (rclone purge on the rclone serve webdav), as the MOVE reaches it."""
-    from steno_exportd.engine.identity import recorder_folder
     from steno_exportd.engine.targets import PARTIAL_SUFFIX
     from tests.parts import require_tool
-    from tests.parts.rclone import FaultyWebdav, RcloneServer
-    from tests.rclone.test_push import make_cfg, push
+    from tests.parts.rclone import RcloneServer
     require_tool("rclone")
     (rclone_tmp / "served").mkdir()
     srv = RcloneServer("webdav", rclone_tmp / "served", rclone_tmp)
@@ -893,28 +903,9 @@ def test_a_partial_folder_removed_from_the_store_before_its_move_is_sent_again_n
             _on_store(direct, "purge", f"{srv.remote}:{folder.lstrip('/')}")
             removed.append(folder)
         return None                         # the MOVE goes on to the store, whose answer is its own
-    relay = FaultyWebdav(srv.port, remove_before_the_move)
-    try:
-        db = make_recorder(rclone_tmp / "rec", sizes=(100_000, 100_500))
-        cfg = make_cfg(rclone_tmp, db, relay.client_config(srv, rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
-        assert [r.ok and not r.skipped for r in push(cfg)] == [True] * 2
-        folder = srv.served / "office" / recorder_folder(cfg)
-        audio = rclone_tmp / "rec" / "audio" / "late.flac"
-        audio.write_bytes(os.urandom(100_000))
-        db.session(title="Late", audio_format="flac", audio_size_bytes=100_000, audio_file_path=f"audio/{audio.name}")
-        armed.append(f"/office/{folder.name}/")
-        caplog.set_level("WARNING")
-        res = push(cfg, sleep=lambda s: None)
-        assert removed, "no .partial folder was moved"
-        assert [r.ok for r in res] == [True] * 3, [r.error for r in res]
-        said = [r.getMessage() for r in caplog.records if "attempt 1/" in r.getMessage()]
-        assert len(said) == 1 and "disappeared from the store" in said[0] and "refuses" not in said[0], said
-        assert_landed(folder, db)
-        assert not [p.name for p in folder.iterdir() if p.name.endswith(PARTIAL_SUFFIX)]
-        db.close()
-    finally:
-        relay.close()
-        srv.stop()
+    folder = _a_late_session_lands_after_its_removal(rclone_tmp, caplog, srv, remove_before_the_move, armed, removed,
+                                                     "no .partial folder")
+    assert not [p.name for p in folder.iterdir() if p.name.endswith(PARTIAL_SUFFIX)]
 
 
 class Squatter:
