@@ -64,9 +64,15 @@ WRITES = ("operations/mkdir", "operations/uploadfile", "operations/copyfile", "o
           "operations/deletefile", "operations/purge", "operations/rmdir", "sync/move")
 _SERVING = re.compile(r"Serving remote control on https?://127\.0\.0\.1:(\d+)/")    # rclone rcd's NOTICE of its port
 # the daemon's environment that would hide that NOTICE (quiet it, send it to a file or to syslog) or change the shape
-# of rclone's lines read here (JSON objects; another prefix than its date and time): not passed on to rclone
+# of rclone's lines read here (JSON objects; another prefix than its date and time): not passed on to rclone. Under
+# systemd the daemon's INVOCATION_ID (rclone v1.60's test for running as a service) and JOURNAL_STREAM (later
+# versions') made rclone log for the journal: "<3>ERROR : ...", a syslog priority and no date (RCLONE_LOG_SYSTEMD
+# asks for that too); its stderr is a pipe to the push, not the journal
 _QUIETING = ("RCLONE_LOG_LEVEL", "RCLONE_QUIET", "RCLONE_VERBOSE", "RCLONE_LOG_FILE", "RCLONE_SYSLOG",
-             "RCLONE_SYSLOG_FACILITY", "RCLONE_USE_JSON_LOG", "RCLONE_LOG_FORMAT")
+             "RCLONE_SYSLOG_FACILITY", "RCLONE_USE_JSON_LOG", "RCLONE_LOG_FORMAT", "RCLONE_LOG_SYSTEMD",
+             "INVOCATION_ID", "JOURNAL_STREAM")
+# what starts a line of rclone's log before its words: a syslog priority (its journal format), its date and time
+_LOG_PREFIX = re.compile(r"^(?:<[0-7]>)?(?:\d{4}/\d\d/\d\d \d\d:\d\d:\d\d(?:\.\d+)?\s+)?")
 _CONFIG = re.compile(r"didn't find section in config file|config file .{0,40}not found|"
                      r"unknown backend|couldn't find type", re.I)
 # the remote as written refused by rclone before it reaches any store (its fspath parser: a connection string's
@@ -93,14 +99,14 @@ class RcloneError(TargetError):
 
 
 def last_line(err: str) -> str:
-    """The most telling line of rclone's stderr (its last error, without the timestamp), printable: it may carry
-    the store's own words (a WebDAV error's body), which must not put escapes on a terminal or lines in the log;
-    credentials masked: it may quote the remote or its URL (a connection string's "pass=...", "user:password@host"),
-    and the line is a job's error, which every browser of the page sees."""
+    """The most telling line of rclone's stderr (its last error, without the timestamp or a syslog priority before
+    it), printable: it may carry the store's own words (a WebDAV error's body), which must not put escapes on a
+    terminal or lines in the log; credentials masked: it may quote the remote or its URL (a connection string's
+    "pass=...", "user:password@host"), and the line is a job's error, which every browser of the page sees."""
     lines = [ln.strip() for ln in err.splitlines() if ln.strip()]
     errors = [ln for ln in lines if "ERROR" in ln or "Failed" in ln or "CRITICAL" in ln] or lines
     text = errors[-1] if errors else ""
-    return safeparse.printable(safeparse.redact(re.sub(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d\s+", "", text))[:300])
+    return safeparse.printable(safeparse.redact(_LOG_PREFIX.sub("", text))[:300])
 
 
 def is_file(e: RcloneError) -> bool:
