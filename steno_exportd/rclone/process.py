@@ -55,6 +55,9 @@ _OFFLINE = re.compile(_NETWORK.pattern + r"|deadline exceeded|name resolution|se
 # the login server's refusal of the token (an answer: OAuth's error codes, an HTTP status of one)
 _TOKEN_REFUSED = re.compile(r"invalid_grant|invalid_client|invalid_request|unauthorized_client|"
                             r"cannot fetch token: \d{3}\b|refresh token is not set", re.I)
+# the login server failing to answer (Go's oauth2: "cannot fetch token: 503 Service Unavailable\nResponse: <its
+# body>"): a server error or too many requests, not a refusal of the token
+_TOKEN_SERVER_DOWN = re.compile(r"cannot fetch token: ((?:5\d\d|429)\b[^\n]*)", re.I)
 _LOCKED = re.compile(r": 423 Locked\b")     # rclone's text of a WebDAV answer "423 Locked" (case kept: not a title)
 _IS_FILE = re.compile(r"is a file not a directory", re.I)     # rclone's ErrorIsFile: a path names a file
 _READ_ONLY = re.compile(r"read[- ]only file ?system", re.I)
@@ -154,6 +157,8 @@ def explain(code: int, err: str, where: str, *, write: bool = False) -> TargetEr
     # expired login: tried again (an OAuth store's, OneDrive's, Drive's, whole push was failed for good)
     token = _TOKEN_FETCH.search(err)
     offline = bool(token and _OFFLINE.search(token[1]) and not _TOKEN_REFUSED.search(token[1]))
+    # its login server answering the renewal with an error of its own (503: down, overloaded): not the login either
+    down = _TOKEN_SERVER_DOWN.search(token[1]) if token else None
     if _LOCKED.search(err):         # (first: the text names paths, whose digits and words the others could match)
         return RcloneError(f"{where}: a file or folder on the store is locked by another program (a document "
                            f"open from the store?) ({line})", locked=True)
@@ -167,6 +172,9 @@ def explain(code: int, err: str, where: str, *, write: bool = False) -> TargetEr
     if _READ_ONLY.search(err) or (write and _REFUSED.search(err) and not _EXPIRED.search(err)):
         return RcloneError(f"{where}: the store refuses to save files there (read-only, or no permission to write "
                            f"in that folder) ({line})", True)
+    if down:
+        return RcloneError(f"{where}: the store's login server is not answering; tried again later "
+                           f"({safeparse.printable(down[1].strip())[:80]})")
     if _AUTH.search(err) and not offline:
         if _EXPIRED.search(err):
             return RcloneError(f"{where}: the store's login has expired; renew it with 'rclone config reconnect' "
