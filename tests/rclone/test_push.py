@@ -267,6 +267,29 @@ def test_a_credential_in_rclones_words_is_masked_and_the_path_after_it_kept(line
                 "ya29.a0AfH6SMBx"} & set(re.findall(r"[\w.]+", redact(line)))
 
 
+@pytest.mark.parametrize("remote", [
+    ":webdav,url='http://127.0.0.1:9/',headers=Authorization:Bearer abc123:office",
+    ':webdav,url=\'http://127.0.0.1:9/\',headers="Authorization,Bearer abc123":office',
+    ":webdav,url='http://127.0.0.1:9/',headers=Cookie,session=abc123:office"])
+def test_a_header_in_a_connection_string_is_masked_whole(rclone_tmp, remote):
+    """A connection string's headers (rclone's 'headers': name,value pairs: a login's Authorization, a Cookie)
+    are credentials. rclone quotes the remote it failed on as Go quotes a string (a double quote in it escaped,
+    '\\"'), and the masking took such a value to its first character ('headers=***"Authorization,Bearer abc123\\"'),
+    an unquoted one to its colon ('headers=***:Bearer abc123') or comma ('headers=***,session=abc123'): the
+    credential in the message every browser of the page sees. Now a header's value is masked whole. (Real rclone's
+    words for each remote; the URL's port is closed.)"""
+    from steno_exportd.safeparse import redact
+    parts.require_tool("rclone")
+    r = subprocess.run(["rclone", "--config", "/dev/null", "--low-level-retries", "1", "--retries", "1",
+                        "--contimeout", "2s", "lsf", remote], capture_output=True, text=True, timeout=60,
+                       cwd=rclone_tmp)
+    said = r.stderr.strip().splitlines()[-1]
+    assert "abc123" in said and "Failed to create file system for" in said, said     # (rclone quotes it)
+    masked = redact(said)
+    assert "abc123" not in masked and "Bearer" not in masked, masked
+    assert "headers=***" in masked and "url='http://127.0.0.1:9/'" in masked, masked
+
+
 @pytest.mark.parametrize("title", ["Forbidden City trip", "Login page review"])
 def test_a_drop_while_sending_a_session_whose_title_reads_like_a_refusal_is_tried_again(rclone_tmp, title):
     """A session's title names its folder, which the store's error texts quote in the request that failed (Go's
