@@ -48,7 +48,14 @@ def printable(text: str) -> str:
 # ('token = {"access_token":...}') to its closing brace: their colons are their own
 _SECRET_SETTING = re.compile(r"(?i)(?<![a-z0-9_])([a-z0-9_]*(?:pass|secret|token|key|sas_url|credential|header|auth)"
                              r"[a-z0-9_]*)[ \t]*=[ \t]*(?:'(?:[^']|'')*'?|\"(?:[^\"]|\"\")*\"?|\{[^{}]*\}?|"
+                             r"\\\"(?:[^\"\\\r\n]|\\[^\"\r\n])*(?:\\\")?|"
                              r"[a-z][a-z0-9+.-]*://[^,\s\"']*|[^,:\s\"']*)")
+# ... a value quoted inside a string Go quoted (rclone's 'file system for ":webdav,pass=\"x\":office"'), to its
+# escaped closing quote; and a header's (rclone's headers: name,value pairs, an Authorization's "Bearer ..."), unless
+# quoted, to the end of the string or line: its commas, colons and spaces are its own (rclone ends it at the first,
+# the rest read as the remote's path, but a person meant them as the value)
+_SECRET_HEADER = re.compile(r"(?i)(?<![a-z0-9_])([a-z0-9_]*header[a-z0-9_]*)[ \t]*=[ \t]*(?!['\"{]|\\\")"
+                            r"(?:\\.|[^\"\\\r\n])*")
 # a URL's "user:password@" (also as a mangled URL shows it, "http/./user:password@host"): to its last "@" before
 # a "/" (a password may hold one)
 _USERINFO = re.compile(r"(?<![^\s/\"'(=,\[])([^\s/:@\"',=\[\]]+):[^\s/\"']+@")
@@ -57,5 +64,6 @@ _USERINFO = re.compile(r"(?<![^\s/\"'(=,\[])([^\s/:@\"',=\[\]]+):[^\s/\"']+@")
 def redact(text: str) -> str:
     """A program's error text (rclone's, which quotes the remote or URL it failed on) for a message that browsers,
     the touchscreen and the log show: every credential in it masked ("pass=***", "user:***@host"), the rest kept."""
+    text = _SECRET_HEADER.sub(lambda m: f"{m.group(1)}=***", text)
     text = _SECRET_SETTING.sub(lambda m: f"{m.group(1)}=***", text)
     return _USERINFO.sub(r"\1:***@", text)

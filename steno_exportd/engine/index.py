@@ -26,9 +26,8 @@ def index_path(root: str) -> str:
     return f"{INDEX_DIR}/{root}.json"
 
 
-def build(m: mf.Manifest, root: str, short_id: str, held: set[str] | None = None) -> tuple[bytes, int]:
-    """The index file of a recorder (its folder, and each meeting exported there: title, folder, files), and the
-    number of meetings it lists.
+def build(m: mf.Manifest, root: str, short_id: str, held: set[str] | None = None) -> bytes:
+    """The index file of a recorder (its folder, and each meeting exported there: title, folder, files).
     ``held``: the names in the recorder's folder now; a meeting whose folder is not among them is not listed (its
     folder removed from the store: the manifest still records it, and a session deleted on the recorder too is
     never sent again, so it was listed for ever)."""
@@ -42,13 +41,12 @@ def build(m: mf.Manifest, root: str, short_id: str, held: set[str] | None = None
                          "files": sorted(s.get("files", {}))})
     body = {"format": FORMAT, "version": 1, "recorder": root, "host": host_name(), "id": short_id,
             "updated": mf.now_iso(), "meetings": meetings}
-    return json.dumps(body, indent=1, sort_keys=True, ensure_ascii=False).encode("utf-8"), len(meetings)
+    return json.dumps(body, indent=1, sort_keys=True, ensure_ascii=False).encode("utf-8")
 
 
-def write(t: Target, root: str, short_id: str) -> int:
-    """Rewrite this recorder's index file from its manifest on ``t`` (the meetings whose folders are there): the
-    number of meetings listed, -1 when it could not be written (logged: the push itself landed and is verified; the
-    next one retries).
+def write(t: Target, root: str, short_id: str) -> None:
+    """Rewrite this recorder's index file from its manifest on ``t`` (the meetings whose folders are there); one that
+    could not be written is logged (the push itself landed and is verified; the next one retries).
 
     After a push that saved no manifest (it found nothing new) the file is left as it is when it already lists
     what would be written ("updated" aside: when its content last changed): rewritten at every push, it was a new
@@ -59,15 +57,13 @@ def write(t: Target, root: str, short_id: str) -> int:
         if m is None:
             m = mf.read(t, root)
         held = _held(t, root)
-        body, listed = build(m, root, short_id, held)
+        body = build(m, root, short_id, held)
         if mf.saved(t, root) is False and _listed(t, root) == _content(body):
-            return listed
+            return
         t.mkdir(INDEX_DIR)
         mf.write_atomic(t, index_path(root), body)
     except (ValueError, TargetError) as e:
         log.warning("%s: office index %s not written: %s", t.name, index_path(root), e)
-        return -1
-    return listed
 
 
 def _held(t: Target, root: str) -> set[str]:

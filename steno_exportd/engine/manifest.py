@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterable
 
 from steno_exportd import __version__, safeparse
 from steno_exportd.engine.identity import host_name
-from steno_exportd.engine.targets import NotAFile, Target, os_error
+from steno_exportd.engine.targets import NotAFile, Target, os_error, read_upto
 from steno_exportd.errors import CancelledJob, TargetError
 
 log = logging.getLogger(__name__)
@@ -111,10 +111,11 @@ def read_sums(target: Target, root: str) -> dict[str, str]:
 
 
 def read_file(target: Target, rel: str, limit: int = MAX_BYTES) -> bytearray:
-    """A file of ours on a target (a manifest.json, SHA256SUMS, a push's claim): read_capped."""
+    """A file of ours on a target (a manifest.json, SHA256SUMS, a push's claim); Oversized past ``limit`` (its
+    first ``limit`` + 1 bytes read, no more)."""
     h = target.open_read(rel)
     try:
-        return read_capped(iter(lambda: h.read(1 << 20), b""), rel, limit)
+        return _capped(read_upto(h, limit + 1), rel, limit)
     finally:
         h.close()
 
@@ -125,8 +126,14 @@ def read_capped(chunks: Iterable[bytes], what: str, limit: int = MAX_BYTES) -> b
     data = bytearray()
     for b in chunks:
         data += b
-        if len(data) > limit:
-            raise Oversized(f"{what} is larger than {limit >> 20} MiB")
+        _capped(data, what, limit)
+    return data
+
+
+def _capped(data: bytearray, what: str, limit: int) -> bytearray:
+    """``data``, read of a file of ours; Oversized when it is larger than ``limit`` (whole MiB)."""
+    if len(data) > limit:
+        raise Oversized(f"{what} is larger than {limit >> 20} MiB")
     return data
 
 
@@ -207,9 +214,7 @@ def read_small(target: Target, rel: str, limit: int = MAX_BYTES) -> bytearray | 
     """A file of ours (Target.read_small: at once on a store, where a look-up first is one round trip more, two for
     a name not there); None when it is not there; NotAFile when something else is; Oversized past ``limit``."""
     raw = target.read_small(rel, limit + 1)
-    if raw is not None and len(raw) > limit:
-        raise Oversized(f"{rel} is larger than {limit >> 20} MiB")
-    return None if raw is None else bytearray(raw)
+    return None if raw is None else _capped(bytearray(raw), rel, limit)
 
 
 def load(target: Target, root: str, cancelled: Callable[[], bool] = lambda: False) -> Manifest:

@@ -121,12 +121,18 @@ class Target(Protocol):
             raise NotAFile(f"not a file: {rel}")
         h = self.open_read(rel)
         try:
-            data = bytearray()
-            while len(data) < limit and (chunk := h.read(min(1 << 20, limit - len(data)))):
-                data += chunk
-            return bytes(data)
+            return bytes(read_upto(h, limit))
         finally:
             h.close()
+
+
+def read_upto(h: ReadHandle, limit: int) -> bytearray:
+    """A file open for reading (``h``) from where it is, to its end or to ``limit`` bytes, whichever comes first:
+    read in reads of at most 1 MiB into one buffer (a small file of ours: Target.read_small, manifest.read_file)."""
+    data = bytearray()
+    while len(data) < limit and (chunk := h.read(min(1 << 20, limit - len(data)))):
+        data += chunk
+    return data
 
 
 class NotAFile(TargetError):

@@ -55,6 +55,9 @@ _OFFLINE = re.compile(_NETWORK.pattern + r"|deadline exceeded|name resolution|se
 # the login server's refusal of the token (an answer: OAuth's error codes, an HTTP status of one)
 _TOKEN_REFUSED = re.compile(r"invalid_grant|invalid_client|invalid_request|unauthorized_client|"
                             r"cannot fetch token: \d{3}\b|refresh token is not set", re.I)
+# the login server failing to answer (Go's oauth2: "cannot fetch token: 503 Service Unavailable\nResponse: <its
+# body>"): a server error or too many requests, not a refusal of the token
+_TOKEN_SERVER_DOWN = re.compile(r"cannot fetch token: ((?:5\d\d|429)\b[^\n]*)", re.I)
 _LOCKED = re.compile(r": 423 Locked\b")     # rclone's text of a WebDAV answer "423 Locked" (case kept: not a title)
 _IS_FILE = re.compile(r"is a file not a directory", re.I)     # rclone's ErrorIsFile: a path names a file
 _READ_ONLY = re.compile(r"read[- ]only file ?system", re.I)
@@ -64,9 +67,15 @@ WRITES = ("operations/mkdir", "operations/uploadfile", "operations/copyfile", "o
           "operations/deletefile", "operations/purge", "operations/rmdir", "sync/move")
 _SERVING = re.compile(r"Serving remote control on https?://127\.0\.0\.1:(\d+)/")    # rclone rcd's NOTICE of its port
 # the daemon's environment that would hide that NOTICE (quiet it, send it to a file or to syslog) or change the shape
-# of rclone's lines read here (JSON objects; another prefix than its date and time): not passed on to rclone
+# of rclone's lines read here (JSON objects; another prefix than its date and time): not passed on to rclone. Under
+# systemd the daemon's INVOCATION_ID (rclone v1.60's test for running as a service) and JOURNAL_STREAM (later
+# versions') made rclone log for the journal: "<3>ERROR : ...", a syslog priority and no date (RCLONE_LOG_SYSTEMD
+# asks for that too); its stderr is a pipe to the push, not the journal
 _QUIETING = ("RCLONE_LOG_LEVEL", "RCLONE_QUIET", "RCLONE_VERBOSE", "RCLONE_LOG_FILE", "RCLONE_SYSLOG",
-             "RCLONE_SYSLOG_FACILITY", "RCLONE_USE_JSON_LOG", "RCLONE_LOG_FORMAT")
+             "RCLONE_SYSLOG_FACILITY", "RCLONE_USE_JSON_LOG", "RCLONE_LOG_FORMAT", "RCLONE_LOG_SYSTEMD",
+             "INVOCATION_ID", "JOURNAL_STREAM")
+# what starts a line of rclone's log before its words: a syslog priority (its journal format), its date and time
+_LOG_PREFIX = re.compile(r"^(?:<[0-7]>)?(?:\d{4}/\d\d/\d\d \d\d:\d\d:\d\d(?:\.\d+)?\s+)?")
 _CONFIG = re.compile(r"didn't find section in config file|config file .{0,40}not found|"
                      r"unknown backend|couldn't find type", re.I)
 # the remote as written refused by rclone before it reaches any store (its fspath parser: a connection string's
@@ -93,14 +102,14 @@ class RcloneError(TargetError):
 
 
 def last_line(err: str) -> str:
-    """The most telling line of rclone's stderr (its last error, without the timestamp), printable: it may carry
-    the store's own words (a WebDAV error's body), which must not put escapes on a terminal or lines in the log;
-    credentials masked: it may quote the remote or its URL (a connection string's "pass=...", "user:password@host"),
-    and the line is a job's error, which every browser of the page sees."""
+    """The most telling line of rclone's stderr (its last error, without the timestamp or a syslog priority before
+    it), printable: it may carry the store's own words (a WebDAV error's body), which must not put escapes on a
+    terminal or lines in the log; credentials masked: it may quote the remote or its URL (a connection string's
+    "pass=...", "user:password@host"), and the line is a job's error, which every browser of the page sees."""
     lines = [ln.strip() for ln in err.splitlines() if ln.strip()]
     errors = [ln for ln in lines if "ERROR" in ln or "Failed" in ln or "CRITICAL" in ln] or lines
     text = errors[-1] if errors else ""
-    return safeparse.printable(safeparse.redact(re.sub(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d\s+", "", text))[:300])
+    return safeparse.printable(safeparse.redact(_LOG_PREFIX.sub("", text))[:300])
 
 
 def is_file(e: RcloneError) -> bool:
@@ -148,6 +157,8 @@ def explain(code: int, err: str, where: str, *, write: bool = False) -> TargetEr
     # expired login: tried again (an OAuth store's, OneDrive's, Drive's, whole push was failed for good)
     token = _TOKEN_FETCH.search(err)
     offline = bool(token and _OFFLINE.search(token[1]) and not _TOKEN_REFUSED.search(token[1]))
+    # its login server answering the renewal with an error of its own (503: down, overloaded): not the login either
+    down = _TOKEN_SERVER_DOWN.search(token[1]) if token else None
     if _LOCKED.search(err):         # (first: the text names paths, whose digits and words the others could match)
         return RcloneError(f"{where}: a file or folder on the store is locked by another program (a document "
                            f"open from the store?) ({line})", locked=True)
@@ -161,6 +172,9 @@ def explain(code: int, err: str, where: str, *, write: bool = False) -> TargetEr
     if _READ_ONLY.search(err) or (write and _REFUSED.search(err) and not _EXPIRED.search(err)):
         return RcloneError(f"{where}: the store refuses to save files there (read-only, or no permission to write "
                            f"in that folder) ({line})", True)
+    if down:
+        return RcloneError(f"{where}: the store's login server is not answering; tried again later "
+                           f"({safeparse.printable(down[1].strip())[:80]})")
     if _AUTH.search(err) and not offline:
         if _EXPIRED.search(err):
             return RcloneError(f"{where}: the store's login has expired; renew it with 'rclone config reconnect' "

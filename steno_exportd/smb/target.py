@@ -13,6 +13,7 @@ import collections
 import functools
 import logging
 import os
+import re
 import threading
 import uuid
 from typing import Any, Callable
@@ -432,8 +433,11 @@ class SmbTarget(targets.Target):
         """Nothing to do: SMB has no folder flush; the server commits creates and renames itself."""
 
     def own_temp(self, name: str) -> bool:
-        """Temp files this host's pushes leave after a drop (another host's are not ours to remove)."""
-        return name.startswith(f"{TEMP_PREFIX}{self._host}-")
+        """Temp files this host's pushes leave after a drop (another host's, a person's, are not ours to remove): a
+        name of _SmbWrite's temp names' shape, '<TEMP_PREFIX><host>-<pid>-<tag>-<final name>', with this host's name
+        (pi-1-2's '.steno-tmp-pi-1-2-4011-beef00-x' is not pi-1's, nor '.steno-tmp-pi-1-notes.txt': their start
+        alone is)."""
+        return re.fullmatch(rf"{re.escape(TEMP_PREFIX + self._host)}-\d+-[0-9a-f]{{6}}-.+", name, re.S) is not None
 
     # -- small files (the claim) ------------------------------------------------------------------
     def create_once(self, rel: str, data: bytes) -> bool:

@@ -32,7 +32,7 @@ from steno_exportd.rclone.kind import RcloneKind
 from steno_exportd.errors import TargetFullError
 from steno_exportd.rclone.process import RcloneError, config_problems
 from tests import parts
-from tests.parts.rclone import DROP, FaultyWebdav, RcloneServer
+from tests.parts.rclone import DROP, FaultyWebdav, RcloneServer, serving
 from tests.recorder_db import RecorderDB
 from tests.smb.recorder import FORMATS, Progress, assert_landed, make_recorder, on_nas, stamps
 
@@ -178,6 +178,72 @@ def test_a_token_refresh_the_login_server_refuses_is_an_expired_login(cause):
     assert e.permanent
 
 
+def login_server(status: int, body: bytes, asked: list[str]) -> type:
+    """An OAuth login server's handler (served as an rclone remote's token_url) answering every token request with
+    ``status`` and ``body``; each request's path appended to ``asked``."""
+    import http.server
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            asked.append(self.path)
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json" if body.startswith(b"{") else "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+    return Handler
+
+
+@pytest.mark.parametrize("status, body, said, again", [
+    (503, b"<html><body>Service Unavailable</body></html>", "the store's login server is not answering", True),
+    (400, b'{"error":"invalid_grant","error_description":"Token has been expired or revoked."}',
+     "the store's login has expired; renew it with 'rclone config reconnect'", False)])
+def test_a_token_refresh_the_login_server_fails_is_tried_again_not_an_expired_login(rclone_tmp, monkeypatch, status,
+                                                                                    body, said, again):
+    """An OAuth store (Google Drive here; OneDrive alike) renews its login token at its login server before its
+    first request. That server answering the renewal with 503 Service Unavailable (down, overloaded, in
+    maintenance) read "the store's login has expired; renew it with 'rclone config reconnect'": rclone's words for
+    any failed renewal say "maybe it has expired?". Permanent, never tried again, the person sent to renew a login
+    that works. It is the login server failing for now: said so, and tried again. Its refusal of the token
+    (invalid_grant) stays an expired login. (Real rclone; the login server on loopback is the remote's token_url.
+    rclone itself tries a renewal 5 times a second apart: two tries of the push, not three.)"""
+    parts.require_tool("rclone")
+    monkeypatch.setattr(RcloneKind, "attempts", 2)
+    asked: list[str] = []
+    with serving(login_server(status, body, asked)) as port:
+        conf = rclone_tmp / "rclone.conf"
+        conf.write_text("[gd]\ntype = drive\nclient_id = steno.apps.googleusercontent.com\nclient_secret = s\n"
+                        f"token_url = http://127.0.0.1:{port}/token\nroot_folder_id = 0AIa\n"
+                        'token = {"access_token":"ya29.old","token_type":"Bearer","refresh_token":"1//r",'
+                        '"expiry":"2020-01-01T00:00:00Z"}\n')
+        conf.chmod(0o600)
+        db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
+        cfg = make_cfg(rclone_tmp, db, conf, "gd:office")
+        tries: list[float] = []
+        with pytest.raises(RcloneError) as got:
+            push(cfg, sleep=tries.append)
+        db.close()
+    assert asked and set(asked) == {"/token"}, asked      # (the login server was asked: rclone's words are its)
+    assert str(got.value).startswith(f"rclone:cloud: {said}"), got.value
+    assert "<html>" not in str(got.value)                  # (the login server's page is not the message)
+    assert (got.value.permanent, bool(tries)) == (not again, again), (got.value.permanent, tries)
+
+
+@pytest.mark.parametrize("status", ["500 Internal Server Error", "502 Bad Gateway", "504 Gateway Timeout",
+                                    "429 Too Many Requests"])
+def test_a_token_refresh_the_login_server_answers_with_an_error_of_its_own_is_tried_again(status):
+    """The other answers of a login server failing (rclone's words as the test above has them, its status changed;
+    a pure function)."""
+    from steno_exportd.rclone.process import explain
+    e = explain(0, _TOKEN_URL + f"oauth2: cannot fetch token: {status}\nResponse: <html>busy</html>", "rclone:cloud")
+    assert str(e) == f"rclone:cloud: the store's login server is not answering; tried again later ({status})", e
+    assert not e.permanent
+
+
 @pytest.mark.parametrize("line, shown", [
     ('Failed to create file system for ":webdav,url=\'http://127.0.0.1:9/\',vendor=other,pass=kQbHMuj1jBl_dWz0:office/'
      'meetings": didn\'t find section in config file',
@@ -199,6 +265,29 @@ def test_a_credential_in_rclones_words_is_masked_and_the_path_after_it_kept(line
     assert redact(line) == shown
     assert not {"kQbHMuj1jBl_dWz0", "wJalrXUtnFEMIK7MDENGbPxRfiCY", "AKIAIOSFODNN7", "Zm9vYmFyc2VjcmV0",
                 "ya29.a0AfH6SMBx"} & set(re.findall(r"[\w.]+", redact(line)))
+
+
+@pytest.mark.parametrize("remote", [
+    ":webdav,url='http://127.0.0.1:9/',headers=Authorization:Bearer abc123:office",
+    ':webdav,url=\'http://127.0.0.1:9/\',headers="Authorization,Bearer abc123":office',
+    ":webdav,url='http://127.0.0.1:9/',headers=Cookie,session=abc123:office"])
+def test_a_header_in_a_connection_string_is_masked_whole(rclone_tmp, remote):
+    """A connection string's headers (rclone's 'headers': name,value pairs: a login's Authorization, a Cookie)
+    are credentials. rclone quotes the remote it failed on as Go quotes a string (a double quote in it escaped,
+    '\\"'), and the masking took such a value to its first character ('headers=***"Authorization,Bearer abc123\\"'),
+    an unquoted one to its colon ('headers=***:Bearer abc123') or comma ('headers=***,session=abc123'): the
+    credential in the message every browser of the page sees. Now a header's value is masked whole. (Real rclone's
+    words for each remote; the URL's port is closed.)"""
+    from steno_exportd.safeparse import redact
+    parts.require_tool("rclone")
+    r = subprocess.run(["rclone", "--config", "/dev/null", "--low-level-retries", "1", "--retries", "1",
+                        "--contimeout", "2s", "lsf", remote], capture_output=True, text=True, timeout=60,
+                       cwd=rclone_tmp)
+    said = r.stderr.strip().splitlines()[-1]
+    assert "abc123" in said and "Failed to create file system for" in said, said     # (rclone quotes it)
+    masked = redact(said)
+    assert "abc123" not in masked and "Bearer" not in masked, masked
+    assert "headers=***" in masked and "url='http://127.0.0.1:9/'" in masked, masked
 
 
 @pytest.mark.parametrize("title", ["Forbidden City trip", "Login page review"])

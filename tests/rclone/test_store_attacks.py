@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import socket
@@ -1005,6 +1006,42 @@ def test_rclones_log_moved_by_the_daemons_environment_still_lets_the_push_land(r
     assert [getattr(r, "ok", False) for r in res] == [True], res
     assert_landed(srv.served / "office" / "lg", db)
     db.close()
+
+
+@pytest.mark.parametrize("rclone_server", ["webdav"], indirect=True)
+def test_rclone_under_systemd_says_its_errors_without_syslog_priorities(rclone_server, rclone_tmp, monkeypatch):
+    """Under systemd the daemon's environment holds INVOCATION_ID and JOURNAL_STREAM, and rclone children took them
+    for their own service's: rclone v1.60 then logs for the journal, each line '<3>ERROR : ...' ('<5>NOTICE: ...')
+    and no date, and the push reads rclone's stderr for the error a person sees when rclone ends (killed: the
+    kernel's OOM killer on a recorder short of memory): "rclone:cloud: <3>ERROR : rc: ...". Now those variables are
+    not passed on to rclone (nor RCLONE_LOG_SYSTEMD), and a priority is taken off a line anyway (shown here on a
+    real rclone rcd's stderr given those variables itself)."""
+    from steno_exportd.rclone.process import Rcd, explain
+    srv = rclone_server
+    db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
+    cfg = cfg_for(rclone_tmp / "r", db, srv.client_config(rclone_tmp / "rclone.conf"),
+                  [{"name": "cloud", "remote": f"{srv.remote}:office"}])
+    db.close()
+    monkeypatch.setenv("INVOCATION_ID", "9f2c4e1d8b7a4c3e9d1f0a2b3c4d5e6f")   # (the daemon's, as systemd sets them)
+    monkeypatch.setenv("JOURNAL_STREAM", "8:123456")
+
+    def said_when_killed(rcd: Rcd) -> str:
+        rcd.start()
+        try:
+            with pytest.raises(RcloneError):
+                rcd.call("operations/list", {"fs": f"{srv.remote}:office", "remote": "not-there"})
+            os.killpg(rcd.proc.pid, signal.SIGKILL)
+            rcd.proc.wait()
+            time.sleep(0.2)                             # (its last words read)
+            return str(explain(rcd.proc.returncode, rcd.stderr(), rcd.where))
+        finally:
+            rcd.close()
+    said = said_when_killed(Rcd(cfg, cfg.rclone.remotes[0]))
+    assert said.startswith("rclone:cloud: ERROR : rc: \"operations/list\": error:"), said
+    assert not re.search(r"<\d>", said), said
+    monkeypatch.setattr("steno_exportd.rclone.process._QUIETING", ())         # (rclone given them: its lines)
+    said = said_when_killed(Rcd(cfg, cfg.rclone.remotes[0]))
+    assert said.startswith("rclone:cloud: ERROR : rc: \"operations/list\": error:"), said
 
 
 @pytest.mark.parametrize("rclone_server", ["webdav"], indirect=True)

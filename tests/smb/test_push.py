@@ -510,6 +510,33 @@ def test_stale_temp_files_from_a_drop_are_removed_on_the_next_push(rec):
     assert_landed(folder, db)
 
 
+def test_a_file_whose_name_only_starts_like_our_temp_names_is_not_taken_for_ours(rec, monkeypatch):
+    """A push removes the temp files its own host's pushes left after a drop. They were told by their name's start,
+    '.steno-tmp-<host>-': recorder pi-1 took pi-1-2's temp file ('.steno-tmp-pi-1-2-4011-beef00-SHA256SUMS': one
+    folder both were given, an admin's copied config; that recorder may be sending it right now) and a person's
+    '.steno-tmp-pi-1-notes.txt' for its own, and removed them. Now only a name of our temp names' shape (host, pid,
+    tag, the final name) is ours: theirs stay, our stale one is removed."""
+    smbd, remote, root, db = rec
+    monkeypatch.setattr(socket, "gethostname", lambda: "pi-1")
+    cfg = cfg_for(root, db, remote, "rec-s")
+    push(cfg)
+    folder = root / "nas" / "rec-s"
+    ours = folder / f"{TEMP_PREFIX}pi-1-999-dead00-manifest.json"
+    theirs = [folder / f"{TEMP_PREFIX}pi-1-2-4011-beef00-SHA256SUMS", folder / f"{TEMP_PREFIX}pi-1-notes.txt"]
+    for p in (ours, *theirs):
+        p.write_bytes(b"someone's bytes")
+    session = sorted(p for p in folder.iterdir() if p.is_dir())[0]
+    (session / "transcript.txt").unlink()                 # something to send in that tree
+    push(cfg)
+    assert not ours.exists(), "our temp file left by a drop is still there"
+    gone = [p.name for p in theirs if not p.exists()]
+    assert gone == [], f"taken for ours and removed: {gone}"
+    assert [p.read_bytes() for p in theirs] == [b"someone's bytes"] * 2
+    for p in theirs:
+        p.unlink()
+    assert_landed(folder, db)
+
+
 def test_three_recorders_push_at_once(rec):
     smbd, remote, root, db = rec
     code = ("import pathlib, sys; from steno_exportd.config import SmbRemote;"
