@@ -56,8 +56,10 @@ AHEAD = 64 * 1024 * 1024           # copies rclone makes of local files: how far
                                    # progress) may run ahead of what rclone has sent, all copies in flight together
 POLL = 0.01                        # seconds at least between looks at such a copy's progress (it is looked at
                                    # when it should have caught up, at the pace rclone goes)
-POLL_END = 0.04                    # at most this long between looks at a copy's end (the most it adds to one), a
-                                   # stream's answer or room on its connection (and at a cancel meanwhile)
+PACE = 0.25                        # at most this long between looks at it while the engine's reads wait for it (at
+                                   # a slow uplink's pace: ~4 looks a second, not 100; a cancel looked at as often)
+POLL_END = 0.04                    # at most this long between looks at a cancel while awaiting a copy's end (its
+                                   # answer wakes the wait), a stream's answer or room on its connection
 LOOK = 1.0                         # waiting for a copy's end, a stream's answer (rclone uploading what it spooled) or
                                    # room to send on a stream: seconds between looks at rclone's byte count for the
                                    # upload, which tell a stall (each look is an rc call: ~1 ms of CPU on each side)
@@ -610,7 +612,7 @@ class _RcloneWrite:
             # until rclone should have copied up to there at the pace it goes (its answer, should it end or fail
             # first, wakes it): a count or two per wait, not one every POLL
             left = (upto - self._copied) / self._rate if self._rate else POLL
-            return self._status(min(max(left, POLL), POLL_END)) is not None
+            return self._status(min(max(left, POLL), PACE)) is not None
         # pacing reads rclone's count at each look; waiting for the end, every LOOK seconds (its progress only tells
         # a stall, seconds away)
         self._while_moving(there, 0.0 if upto is not None else LOOK, stoppable=stoppable)
