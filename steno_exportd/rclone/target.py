@@ -857,9 +857,12 @@ def _always(free: bool) -> dict[str, bool]:
     """rclone's settings for a copy or move that must happen: by default rclone skips one onto a file of the same
     size (and time, where the store keeps it: WebDAV does not), deleting a move's source, so a SHA256SUMS whose
     lines changed but not its length was never replaced. ``free``: the destination is known absent, so rclone need
-    not look it up first (one request less). A move replaces what is there on every store (WebDAV sends
-    Overwrite: T), with or without this: the guard against replacing someone's file is rename()'s own look-up,
-    skipped only for names in folders this push made after looking them up, or listed."""
+    not look it up first (one request less). Without it rclone looks the destination up and, when a file is there,
+    deletes it before the move: on WebDAV that is needed, as rclone 1.60's MOVE sends "Overwrite: F" (a move onto a
+    file there without the look-up fails: 412 Precondition Failed), so replacing a file (manifest.json, SHA256SUMS,
+    the office index) costs six requests, the name empty for two of them. The guard against replacing someone's
+    file is rename()'s own look-up, skipped only for names in folders this push made after looking them up, or
+    listed."""
     return {"IgnoreTimes": True, "NoCheckDest": True} if free else {"IgnoreTimes": True}
 
 
