@@ -203,7 +203,10 @@ class Rcd:
         t = f"{max(1, int(remote.timeout))}s"
         self._argv = [cfg.rclone.command, "--config", cfg.rclone.config_file, "--contimeout", t, "--timeout", t,
                       "--low-level-retries", "1", "--retries", "1", "--ask-password=false",
-                      "--ignore-checksum"]     # the push compares the store's hash itself (once, not twice)
+                      "--ignore-checksum",     # the push compares the store's hash itself (once, not twice)
+                      # a copy's call answers when the copy has ended (Rcd.begin), which over a slow uplink or a
+                      # bandwidth limit can be hours after the call: rclone's 1 h limit on writing an answer lost it
+                      "--rc-server-write-timeout", "0"]
         if remote.bandwidth_limit_kbps:
             self._argv += ["--bwlimit", f"{remote.bandwidth_limit_kbps}K"]
         self._auth = "Basic " + base64.b64encode(f"steno:{secrets.token_hex(16)}".encode()).decode()
@@ -301,11 +304,26 @@ class Rcd:
 
     def _call(self, method: str, params: dict, *, missing_ok: bool = False, listing: str | None = None
               ) -> dict | None:
+        return self.end(self.begin(method, params), method, missing_ok=missing_ok, listing=listing)
+
+    def begin(self, method: str, params: dict) -> http.client.HTTPConnection:
+        """A remote-control call sent, its answer not awaited: end() reads it (it has come once the connection is
+        readable). rclone runs the call meanwhile, as long as it takes (a copy: until the store has the file; no
+        job to ask about), and stops it when the connection closes (or its ``_group`` is stopped)."""
         conn = self.connection()
         try:
+            conn.request("POST", f"/{method}", body=json.dumps(params).encode(),
+                         headers={**self.headers(), "Content-Type": "application/json"})
+        except (OSError, http.client.HTTPException) as e:
+            conn.close()
+            raise RcloneError(f"{self.where}: rclone stopped answering ({e})") from e
+        return conn
+
+    def end(self, conn: http.client.HTTPConnection, method: str, *, missing_ok: bool = False,
+            listing: str | None = None) -> dict | None:
+        """The answer of a call begin() sent (see call()); the connection closed."""
+        try:
             try:
-                conn.request("POST", f"/{method}", body=json.dumps(params).encode(),
-                             headers={**self.headers(), "Content-Type": "application/json"})
                 r = conn.getresponse()
                 body = self._body(r, listing)
             except (OSError, http.client.HTTPException) as e:

@@ -2,8 +2,8 @@
 
 Every operation is one request to the push's ``rclone rcd`` (process.Rcd). A recording is copied by
 rclone from the file the engine opened (``operations/copyfile`` of ``/proc/<our pid>/fd/<a dup of its descriptor>``,
-never its path, which whoever writes the data folder may point elsewhere meanwhile; a job whose progress paces the
-engine's reads: no stream through this process, and no spool copy on stores that cannot take a stream of unknown
+never its path, which whoever writes the data folder may point elsewhere meanwhile; one call that answers when the
+copy has ended, its byte count pacing the engine's reads: no stream through this process, and no spool copy on stores that cannot take a stream of unknown
 size, such as WebDAV); other files are streamed to rclone (``operations/uploadfile``, chunked; a small one is sent
 whole, so that it can be sent again when the store answers 423 Locked, as any operation is). Either lands
 under a temp name and is moved to its final name (``operations/movefile``) only when rclone has stored
@@ -54,9 +54,12 @@ HASHES = ("md5", "sha1")           # the store hashes a write checks, in this or
 NO_FREE_SPACE = 1 << 62            # a store that does not say how much is free: its quota error tells
 AHEAD = 64 * 1024 * 1024           # copies rclone makes of local files: how far the engine's reads (its
                                    # progress) may run ahead of what rclone has sent, all copies in flight together
-POLL = 0.01                        # seconds between looks at such a copy's progress
-POLL_END = 0.04                    # at most this long between looks at a copy's end (the most it adds to one), a
-                                   # stream's answer or room on its connection (and at a cancel meanwhile)
+POLL = 0.01                        # seconds at least between looks at such a copy's progress (it is looked at
+                                   # when it should have caught up, at the pace rclone goes)
+PACE = 0.25                        # at most this long between looks at it while the engine's reads wait for it (at
+                                   # a slow uplink's pace: ~4 looks a second, not 100; a cancel looked at as often)
+POLL_END = 0.04                    # at most this long between looks at a cancel while awaiting a copy's end (its
+                                   # answer wakes the wait), a stream's answer or room on its connection
 LOOK = 1.0                         # waiting for a copy's end, a stream's answer (rclone uploading what it spooled) or
                                    # room to send on a stream: seconds between looks at rclone's byte count for the
                                    # upload, which tell a stall (each look is an rc call: ~1 ms of CPU on each side)
@@ -526,7 +529,8 @@ class _RcloneWrite:
         self._stored = False
         self._boundary = f"steno{uuid.uuid4().hex}"
         self._conn: http.client.HTTPConnection | None = None      # the stream (opened by the first write)
-        self._job: int | None = None        # rclone's own copy of the local file (from_file)
+        self._job: http.client.HTTPConnection | None = None   # rclone's own copy of the local file (from_file):
+                                                               # its call, which answers when the copy has ended
         self._group = f"steno-{t.tag}-g{next(t._seq)}"   # this upload's rclone stats: its own, never shared
                                                           # (a .partial folder's file is named as in the others)
         self._src: tuple[Path, int, tuple] | None = None   # the copied recording: its path (for messages), our
@@ -535,7 +539,9 @@ class _RcloneWrite:
         self._sent = 0                      # bytes of a stream put on its connection
         self._small = bytearray()           # the bytes written while they are at most SMALL (sent by sync())
         self._ahead = AHEAD // t.checks     # (a share: the copies in flight together run at most AHEAD ahead)
-        self._ended: dict | None = None     # the copy job's final status
+        self._ended: dict | None = None     # the copy's outcome: {} copied, {"error": ...} (its answer came)
+        self._rate = 0.0                    # bytes per second rclone copies, as its last two counts told
+        self._count_at = 0.0                # when the last count was read
         with t._names:
             self._stoppable = not t._unstoppable     # (opened inside unstoppable(): the cancel is not looked at)
 
@@ -553,13 +559,12 @@ class _RcloneWrite:
         own = os.dup(fd)                    # (close-on-exec: no other child inherits it)
         try:
             fs, remote = t._at(self.temp_rel)
-            r = t.rcd.call("operations/copyfile", {
+            # one call that answers when the copy has ended (not a job asked about every few ms: each ask ~2 ms of
+            # CPU here and in rclone); its byte count read while the engine's reads wait for it (_follow)
+            self._job = t.rcd.begin("operations/copyfile", {
                 "srcFs": f":local,copy_links=true:/proc/{os.getpid()}/fd", "srcRemote": str(own), "dstFs": fs,
-                "dstRemote": remote, "_async": True, "_group": self._group,
-                "_config": _always(self._fresh or t._absent(self.temp_rel))}) or {}
-            self._job = int(r.get("jobid") or 0) or None
-            if self._job is None:
-                raise RcloneError(f"{t.name}: rclone did not start the copy of {self._rel} ({r})")
+                "dstRemote": remote, "_group": self._group,
+                "_config": _always(self._fresh or t._absent(self.temp_rel))})
         except BaseException:
             t._linger(own)                  # (a copy rclone may have started all the same)
             raise
@@ -568,38 +573,48 @@ class _RcloneWrite:
     def _release(self, last: bool = True) -> None:
         """Close our descriptor of the copied recording once the copy has ended; ``last`` (abort()): else keep it
         until rclone stops."""
-        if self._src is None or self._src[1] < 0 or (self._ended is None and not last):
+        ended = self._ended is not None and not self._ended.get("lost")
+        if self._src is None or self._src[1] < 0 or (not ended and not last):
             return
         src, own, key = self._src
         self._src = (src, -1, key)
-        if self._ended is not None:
+        if ended:
             os.close(own)
         else:
             self._t._linger(own)
 
-    def _status(self) -> dict | None:
-        """The copy job's final status, None while it runs."""
+    def _status(self, wait: float = 0.0) -> dict | None:
+        """The copy's outcome once its call answered (waited for up to ``wait`` seconds), None while it runs; a
+        copy that failed raises its error (explained)."""
         if self._ended is None:
-            r = self._t.rcd.call("job/status", {"jobid": self._job}) or {}
-            if r.get("finished"):
-                self._ended = r
+            assert self._job is not None
+            if self._job.sock is not None and not sockwait.ready(self._job.sock, wait):
+                return None
+            try:
+                self._ended = self._t.rcd.end(self._job, "operations/copyfile") or {}
+            except TargetError as e:
+                # (no answer, the connection cut: rclone may not have stopped yet, see _release)
+                lost = isinstance(e.__cause__, (OSError, http.client.HTTPException))
+                self._ended = {"error": e, "lost": lost}
+        if "error" in self._ended:
+            raise self._ended["error"]
         return self._ended
 
     def _follow(self, upto: int | None, stoppable: bool = True) -> None:
         """Wait until rclone has copied ``upto`` bytes (None: until the copy ended); a copy that makes no
         progress for the rcd's timeout is a stalled store. A cancelled job stops the copy (``stoppable``: not
         the wait of abort() for a copy it stopped)."""
-        pause = POLL
-
         def there() -> bool:
-            nonlocal pause
             if (upto is not None and self._copied >= upto) or self._status() is not None:
                 return True
-            time.sleep(pause)
-            if upto is None:        # waiting for the end: its progress only tells a stall (seconds away)
-                pause = min(pause * 1.25, POLL_END)
-            return False
-        # pacing reads rclone's count at each look; waiting for the end, every LOOK seconds
+            if upto is None:        # waiting for the end: its answer (a cancel looked at meanwhile)
+                return self._status(POLL_END) is not None
+            # until rclone should have copied up to there at the pace it goes (its answer, should it end or fail
+            # first, wakes it): a count or two per wait, not one every POLL
+            left = (upto - self._copied) / self._rate if self._rate else POLL
+            return self._status(min(max(left, POLL), PACE)) is not None
+        # pacing reads rclone's count at each look; waiting for the end, every LOOK seconds (its progress only tells
+        # a stall, seconds away)
         self._while_moving(there, 0.0 if upto is not None else LOOK, stoppable=stoppable)
 
     def _while_moving(self, ready: Callable[[], bool], every: float, *, stoppable: bool = True) -> None:
@@ -610,7 +625,8 @@ class _RcloneWrite:
         stopped). One failed look at rclone's count ends nothing (rclone slow to answer: the idle limit decides)."""
         t = self._t
         sent, counted = self._sent, self._copied
-        idle = look = time.monotonic()
+        idle = time.monotonic()
+        look = idle + every                 # (the first look too: most waits end before it)
         while not ready():
             if stoppable and self._stoppable and t.cancelled():
                 raise CancelledJob("cancelled")
@@ -626,6 +642,9 @@ class _RcloneWrite:
             except RcloneError as e:
                 log.debug("%s: %s: no progress read (%s)", t.name, self._rel, e)
                 count = counted
+            if count > counted and self._count_at and now > self._count_at:
+                self._rate = (count - counted) / (now - self._count_at)
+            self._count_at = now
             if count != counted:
                 counted, idle = count, now
                 self._copied = max(self._copied, count)
@@ -637,9 +656,7 @@ class _RcloneWrite:
         to: another size or time)."""
         try:
             self._follow(None)
-            status = self._ended or {}
-            if not status.get("success"):
-                self._t.rcd.fail(str(status.get("error") or "the copy failed"), write=True)
+            self._status()                      # (a failed copy raises its error)
             assert self._src is not None
             src, own, key = self._src
             if _key(os.fstat(own)) != key:
@@ -726,7 +743,7 @@ class _RcloneWrite:
             self._digest.update(data)
         self._size += len(data)
         if self._job is not None and self._size - self._copied > self._ahead:
-            self._follow(self._size - self._ahead)
+            self._follow(self._size - self._ahead // 2)     # (caught up half-way: a wait every few chunks)
 
     def sync(self) -> None:
         """End the upload and wait until rclone has stored the whole temp file."""
@@ -818,14 +835,16 @@ class _RcloneWrite:
             self._conn.close()
         try:
             if self._job is not None and self._status() is None:
-                self._t.rcd.call("job/stop", {"jobid": self._job})
+                self._t.rcd.call("job/stopgroup", {"group": self._group})      # (its group: this copy alone)
                 self._follow(None, stoppable=False)     # (stopped: its temp file complete or gone before removal)
         except TargetError as e:
-            # the stopped copy's own end: job/status answers a failed job with its error ("context canceled"), which
-            # skipped the removal below; rclone's SFTP upload leaves the part it wrote when stopped
+            # the stopped copy's own end: its call answers with its error ("context canceled"), which skipped the
+            # removal below; rclone's SFTP upload leaves the part it wrote when stopped
             log.debug("%s: copy of %s stopped: %s", self._t.name, self._rel, e)
         finally:
             self._release()
+            if self._job is not None:
+                self._job.close()               # (not answered: rclone stops a call whose connection closed)
         try:
             self._t.rcd.call("operations/deletefile", {"fs": self._t.fs, "remote": self._t.rel(self.temp_rel)},
                              missing_ok=True)
@@ -838,9 +857,12 @@ def _always(free: bool) -> dict[str, bool]:
     """rclone's settings for a copy or move that must happen: by default rclone skips one onto a file of the same
     size (and time, where the store keeps it: WebDAV does not), deleting a move's source, so a SHA256SUMS whose
     lines changed but not its length was never replaced. ``free``: the destination is known absent, so rclone need
-    not look it up first (one request less). A move replaces what is there on every store (WebDAV sends
-    Overwrite: T), with or without this: the guard against replacing someone's file is rename()'s own look-up,
-    skipped only for names in folders this push made after looking them up, or listed."""
+    not look it up first (one request less). Without it rclone looks the destination up and, when a file is there,
+    deletes it before the move: on WebDAV that is needed, as rclone 1.60's MOVE sends "Overwrite: F" (a move onto a
+    file there without the look-up fails: 412 Precondition Failed), so replacing a file (manifest.json, SHA256SUMS,
+    the office index) costs six requests, the name empty for two of them. The guard against replacing someone's
+    file is rename()'s own look-up, skipped only for names in folders this push made after looking them up, or
+    listed."""
     return {"IgnoreTimes": True, "NoCheckDest": True} if free else {"IgnoreTimes": True}
 
 

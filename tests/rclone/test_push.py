@@ -544,6 +544,51 @@ def test_a_webdav_push_costs_few_store_requests_per_session(rclone_tmp, monkeypa
     assert per_session <= 10, (counts, per_session)
 
 
+def rcd_requests(monkeypatch) -> list[str]:
+    """Every request the push makes to its rclone rcd (each on a connection of its own), by what it asks: the
+    remote-control calls by name, uploads and reads as "stream" and "read"."""
+    from steno_exportd.rclone import process
+    made: list[str] = []
+    call, connection = process.Rcd._call, process.Rcd.connection
+
+    def counted_call(self, method: str, params: dict, **kw):
+        made.append(method)
+        return call(self, method, params, **kw)
+
+    def counted_connection(self, timeout=None):
+        made.append("connection")
+        return connection(self, timeout)
+    monkeypatch.setattr(process.Rcd, "_call", counted_call)
+    monkeypatch.setattr(process.Rcd, "connection", counted_connection)
+    return made
+
+
+def test_a_push_asks_rclone_about_each_recordings_copy_a_few_times_not_every_few_milliseconds(rclone_tmp,
+                                                                                              monkeypatch):
+    """rclone copies each recording (a job of its own) while the engine reads the same bytes beside it: the push
+    asked rclone for the job's state (job/status) and its byte count (core/stats) every 10 to 40 ms until it ended,
+    each ask ~2 ms of CPU in this process and as much in rclone (~180 asks in a push of 252 MiB, on the CPU the
+    store or the Pi's own work needs). Now the copy is one call that answers when it has ended, and the byte count
+    is asked for when rclone should have caught up with the engine's reads, not every 10 ms. Counted as the
+    requests rclone rcd received per recording (the difference of two pushes, recordings of 24 MiB)."""
+    from tests.parts import require_tool
+    from steno_exportd.rclone.target import RcloneTarget
+    require_tool("rclone")
+    monkeypatch.setattr(RcloneTarget, "save_every", 3600.0)      # the same saves in both pushes, however slow
+    made = rcd_requests(monkeypatch)
+    counts = []
+    for n in (2, 6):
+        with verbose_webdav(rclone_tmp / f"n{n}", tuple((24 << 20) + i for i in range(n))) as (srv, db, cfg):
+            made.clear()
+            res = _push_formats(cfg, ("txt", "audio"))
+            assert [r.ok and not r.skipped for r in res] == [True] * n, [r.error for r in res]
+            assert_landed(srv.served / "office" / recorder_folder(cfg), db, formats=("txt", "audio"))
+            counts.append(made.count("connection"))
+    per_recording = (counts[1] - counts[0]) / 4
+    # its copy, the transcript's upload, both read back, the session folder's move, and a byte count now and then
+    assert per_recording <= 8, (counts, per_recording)
+
+
 def test_a_webdav_push_builds_the_office_index_from_the_manifest_it_saved_not_read_back(rclone_tmp):
     """A push that adds a session to a folder on a WebDAV store writes the office index last from the manifest it
     saved, not read back from the store (three requests in a row at every push's end): the WebDAV server's own log
