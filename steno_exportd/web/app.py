@@ -217,7 +217,7 @@ async def serve(core: Any) -> AsyncIterator[str]:
     ssl_ctx = await asyncio.to_thread(tls.context, cfg)
     app = make_app(core, tls_on=ssl_ctx is not None)
     guard = app[server.SERVING].guard
-    runner = server.Runner(app, access_log=None, shutdown_timeout=2.0)
+    runner = server.Runner(app, tls=ssl_ctx, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     try:
         for host in cfg.http.bind:
@@ -227,7 +227,8 @@ async def serve(core: Any) -> AsyncIterator[str]:
                 raise StenoError(f"web page: cannot listen on {host}:{cfg.http.port}: {e.strerror or e} "
                                  f"(another program uses the port? set http.port)") from None
             for sock in socks:
-                site = web.SockSite(runner, sock, ssl_context=ssl_ctx, backlog=server.ACCEPT_BATCH)
+                # (no ssl_context: the runner's server makes the handshake, under its connection cap)
+                site = web.SockSite(runner, sock, backlog=server.ACCEPT_BATCH)
                 await site.start()
                 sock.listen(server.LISTEN_QUEUE)
         url = listening_url(cfg, list(cfg.http.bind), "https" if ssl_ctx is not None else "http")

@@ -1,5 +1,6 @@
-"""The connection level: a cap on open connections (the longest idle closed first), quiet answers to malformed
-requests (one rate-limited log line per client, never a traceback), a generic Server header, the runner."""
+"""The connection level: a cap on open connections (the longest idle closed first; with TLS counted from the
+accept, before the handshake), quiet answers to malformed requests (one rate-limited log line per client, never a
+traceback), a generic Server header, the runner."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,6 +8,7 @@ import fcntl
 import logging
 import resource
 import socket
+import ssl
 import struct
 import termios
 import time
@@ -17,6 +19,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_server import Server
+from asyncio.sslproto import SSLProtocol
 
 from steno_exportd.safeparse import printable
 
@@ -90,12 +93,15 @@ class Connections:
         self.streams: weakref.WeakSet = weakref.WeakSet()   # handlers serving an event stream
         self.evicted = 0
 
-    def admit(self, server: "GuardedServer", newcomer: "QuietHandler") -> None:
-        conns = server._connections
-        if len(conns) <= self.cap:
+    def admit(self, server: "GuardedServer", newcomer: Any) -> None:
+        conns, shaking = server._connections, server.handshaking
+        total = len(conns) + len(shaking)
+        if total <= self.cap:
             return
-        want = max(1, len(conns) - self.cap, int(self.cap * EVICT_BATCH))
-        idle = sorted((h for h in conns if h is not newcomer and not h._request_in_progress),
+        want = max(1, total - self.cap, int(self.cap * EVICT_BATCH))
+        # a TLS handshake not finished is an idle connection (it holds a descriptor as long as one)
+        idle = sorted([*(t for t in shaking.values() if t is not newcomer),
+                       *(h for h in conns if h is not newcomer and not h._request_in_progress)],
                       key=lambda h: h.last_active)
         victims = idle[:want]
         if len(victims) < want:      # (a client that stopped reading holds its connection as long as it likes)
@@ -107,18 +113,48 @@ class Connections:
             victims += [h for h in conns if h in self.streams and h not in victims][: want - len(victims)]
         if not victims:
             victims = [newcomer]
-            self.refusals.note(_peer(newcomer), "%d connections open, none idle; new connection closed", len(conns))
+            self.refusals.note(_peer(newcomer), "%d connections open, none idle; new connection closed", total)
         for h in victims:
             self.refusals.note(_peer(h), "connection closed: %d open, the cap is %d (http.max_connections)",
-                               len(conns), self.cap)
+                               total, self.cap)
             h.force_close()
             conns.pop(h, None)
         self.evicted += len(victims)
 
 
-def _peer(h: RequestHandler) -> str:
-    peer = h.transport.get_extra_info("peername") if h.transport is not None else None
+def _peer(h: Any) -> str:
+    transport = getattr(h, "transport", None)
+    peer = transport.get_extra_info("peername") if transport is not None else None
     return str(peer[0]) if peer else "?"
+
+
+class Handshake(SSLProtocol):
+    """A TLS connection from its accept: counted under the cap (and closed like an idle one) until its handshake
+    is done, when its handler connects. asyncio's own TLS server hands a connection to the server only after the
+    handshake: 1,500 clients that connected and sent nothing took every descriptor, and the page stopped answering
+    (the accept loop logged a traceback each time it tried)."""
+
+    def __init__(self, server: "GuardedServer", handler: "QuietHandler", context: ssl.SSLContext,
+                 timeout: float) -> None:
+        super().__init__(server._loop, handler, context, None, server_side=True, ssl_handshake_timeout=timeout)
+        self.server, self.handler = server, handler
+        self.transport: Any = None
+        self.last_active = time.monotonic()
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.server.handshaking[self.handler] = self
+        super().connection_made(transport)
+        self.server.guard.admit(self.server, self)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.server.handshaking.pop(self.handler, None)
+        super().connection_lost(exc)
+
+    def force_close(self) -> None:
+        self.server.handshaking.pop(self.handler, None)
+        if self.transport is not None:
+            self.transport.abort()
 
 
 class QuietHandler(RequestHandler):
@@ -128,6 +164,7 @@ class QuietHandler(RequestHandler):
 
     def connection_made(self, transport: Any) -> None:
         self.last_active = time.monotonic()
+        self._manager.handshaking.pop(self, None)          # (TLS) its handshake is done: counted as a connection
         super().connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
@@ -150,18 +187,27 @@ class QuietHandler(RequestHandler):
 
 
 class GuardedServer(Server):
-    """aiohttp's Server with QuietHandler connections under a Connections cap."""
+    """aiohttp's Server with QuietHandler connections under a Connections cap; with ``tls``, each connection's
+    handshake is made under the cap too (Handshake)."""
 
     guard: Connections
+    tls: ssl.SSLContext | None
+    handshake_timeout: float
+    handshaking: dict
 
-    def __call__(self) -> QuietHandler:
+    def __call__(self) -> Any:
         h = QuietHandler(self, loop=self._loop, **self._kwargs)
         h.refusals = self.guard.refusals
-        return h
+        return h if self.tls is None else Handshake(self, h, self.tls, self.handshake_timeout)
 
     def connection_made(self, handler: Any, transport: Any) -> None:
         super().connection_made(handler, transport)
         self.guard.admit(self, handler)
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        for shaking in list(self.handshaking.values()):
+            shaking.force_close()
+        await super().shutdown(timeout)
 
 
 @dataclasses.dataclass
@@ -176,21 +222,23 @@ SERVING = web.AppKey("serving", Serving)
 
 
 class Runner(web.AppRunner):
-    """An AppRunner whose server is a GuardedServer, with the idle timeout for waiting for a request."""
+    """An AppRunner whose server is a GuardedServer, with the idle timeout for waiting for a request; ``tls``: the
+    server makes the TLS handshakes itself (its sites listen without an ssl_context)."""
 
-    def __init__(self, app: web.Application, **kw: Any) -> None:
+    def __init__(self, app: web.Application, tls: ssl.SSLContext | None = None, **kw: Any) -> None:
         serving = app[SERVING]
         kw.setdefault("keepalive_timeout", serving.idle_timeout)
         # a body the handler did not read (refused before it) is not drained: the connection closes instead,
         # and a broken body (bad encoding) is never read after its answer, where only a traceback could report it
         kw.setdefault("lingering_time", 0)
         super().__init__(app, **kw)
-        self._guard = serving.guard
+        self._guard, self._tls, self._idle = serving.guard, tls, serving.idle_timeout
 
     async def _make_server(self) -> Server:
         server = await super()._make_server()
         server.__class__ = GuardedServer     # aiohttp builds the Server inside the app; give it our handlers
-        server.guard = self._guard
+        server.guard, server.tls, server.handshake_timeout = self._guard, self._tls, self._idle
+        server.handshaking = {}
         return server
 
 

@@ -1,0 +1,64 @@
+"""Floods against the page over HTTPS: connections that never finish (or never start) their TLS handshake."""
+from __future__ import annotations
+
+import http.client
+import ssl
+import threading
+import time
+
+from tests.parts import require_tool
+from tests.web.test_floods import NOFILE, idle_connections, raise_own_nofile
+
+
+class TlsProber(threading.Thread):
+    """A normal browser over HTTPS: one small page after another; which failed."""
+
+    def __init__(self, port: int, cafile: str) -> None:
+        super().__init__(daemon=True)
+        self.port, self.ctx = port, ssl.create_default_context(cafile=cafile)
+        self.ctx.check_hostname = False
+        self.ok, self.failures = 0, []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                c = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=5, context=self.ctx)
+                c.request("GET", "/api/v1/status")
+                r = c.getresponse()
+                r.read()
+                c.close()
+                if r.status == 200:
+                    self.ok += 1
+                else:
+                    self.failures.append(f"status {r.status}")
+            except (OSError, ssl.SSLError) as e:
+                self.failures.append(f"{type(e).__name__}: {e}")
+            time.sleep(0.1)
+
+
+def test_connections_that_never_finish_the_tls_handshake_leave_the_page_reachable(web_daemon, own_lib, tmp_path):
+    """1,500 clients that connect to the HTTPS page and send nothing, under the 1024 descriptors of systemd's
+    default: a browser still gets its pages, the log stays quiet."""
+    require_tool("prlimit")
+    raise_own_nofile(8192)
+    d = web_daemon(own_lib, prefix=NOFILE, **{"http.tls.mode": '"self-signed"'})
+    cert = next(tmp_path.glob("**/tls/cert.pem"))
+    probe = TlsProber(d.port, str(cert))
+    lines_before = len(d.log().splitlines())
+    socks = []
+    try:
+        socks += idle_connections(d.port, 1500)
+        time.sleep(2)
+        probe.start()
+        time.sleep(6)
+    finally:
+        probe.stop.set()
+        probe.join()
+        for s in socks:
+            s.close()
+    log = d.log()
+    assert probe.ok >= 10 and not probe.failures, (probe.ok, probe.failures[:5])
+    assert "Traceback" not in log and "Too many open files" not in log
+    flood_lines = len(log.splitlines()) - lines_before
+    assert flood_lines <= 30, f"{flood_lines} log lines for one flood:\n" + "\n".join(log.splitlines()[-20:])
