@@ -26,6 +26,9 @@ from steno_exportd.engine.targets import MARKER, PARTIAL_SUFFIX, TEMP_PREFIX  # 
 VETO_PATTERNS = (f"{TEMP_PREFIX}*", f"*{PARTIAL_SUFFIX}", MARKER)
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\- ]{0,79}")
+# what a host name may not bring into the share's comment: a line break (a line of its own in the share), a
+# backslash (at a line's end smb.conf joins the next line to it), % (smbd's substitutions), other controls
+_NOT_IN_COMMENT = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\\%]+")
 _USER_RE = re.compile(r"[@+&]?[A-Za-z0-9_][A-Za-z0-9_.\-\\]{0,63}")
 # testparm warnings that mean the snippet is not what we meant (it still exits 0 on these).
 _BAD_STDERR = re.compile(r"unknown parameter|ignoring unknown|error|invalid|can't find include", re.I)
@@ -63,7 +66,7 @@ def render_snippet(cfg: SambaConfig, *, enabled: bool, vfs_fruit: bool, hostname
         raise ConfigError(problems, "samba")
     lines = [
         f"[{cfg.share_name}]",
-        f"   comment = SilentSteno meetings{' on ' + hostname if hostname else ''}",
+        f"   comment = SilentSteno meetings{' on ' + comment_text(hostname) if hostname else ''}",
         f"   path = {share_path(cfg, subdir)}",
         "   browseable = yes",
         "   read only = yes",
@@ -92,6 +95,11 @@ def render_snippet(cfg: SambaConfig, *, enabled: bool, vfs_fruit: bool, hostname
                   "   fruit:wipe_intentionally_left_blank_rfork = yes",
                   "   fruit:delete_empty_adfiles = yes"]
     return head + "\n".join(lines) + "\n"
+
+
+def comment_text(text: str) -> str:
+    """Text (the host's name: the kernel takes any bytes as one) as it may stand in the share's comment line."""
+    return _NOT_IN_COMMENT.sub("_", text).strip()[:80]
 
 
 def share_users(cfg: SambaConfig) -> list[str]:

@@ -307,6 +307,27 @@ def test_config_values_cannot_inject_smb_conf():
     assert len(ei.value.problems) == 3
 
 
+MARK = f"/tmp/steno-{os.getpid()}-ran"        # (short: the kernel's host names hold 64 bytes at most)
+
+
+@pytest.mark.parametrize("host", [f"desk\n   root preexec = /bin/touch {MARK}", "desk\\"], ids=["newline", "backslash"])
+def test_a_host_name_cannot_add_to_the_share(served, host):
+    """The kernel takes any bytes as a host name (NetworkManager takes one from a DHCP server while no static name
+    is set). The share's comment named the host as it was, and testparm passed it: a newline started a line of the
+    share's own ("root preexec = ...": smbd ran it as root for every guest who opened the share), a backslash at
+    its end joined the share's next line (its path) to the comment and smbd dropped the share. Now the comment holds
+    the name on its one line; the share serves the export folder, read-only, and runs nothing."""
+    root, smbd, sums = served
+    try:
+        samba.apply(_cfg(root, smbd), enabled=True, hostname=host)
+        with connected(smbd.port) as kw:
+            _check_share(smbd, sums, kw)
+        assert not os.path.exists(MARK), "smbd ran a command the host name put into the share"
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(MARK)
+
+
 async def test_adapter_shares_on_a_host_whose_name_is_not_utf8(served, monkeypatch):
     """The share's comment names the host ("SilentSteno meetings on <host>"); the kernel takes any bytes as a host
     name, and one not UTF-8 (Python's surrogate escapes, as os.uname() and socket.gethostname() give it) could not
