@@ -48,6 +48,26 @@ class CtlError(Exception):
         self.code = code
 
 
+# control characters (C0, DEL, C1): a terminal takes them for commands (\x1b]2;... retitles the window, \x1b[2J
+# clears it, \x9b is a one-byte CSI)
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _for_terminal(v: Any) -> Any:
+    """A reply's values (plain, as _plain()) with every control character in its strings shown as U+FFFD, one for
+    one (a search hit's marks still point at its words): titles, transcripts, stick labels and stores' error texts
+    are other people's words, printed on an admin's terminal."""
+    if isinstance(v, Variant):
+        return _for_terminal(v.value)
+    if isinstance(v, str):
+        return _CONTROLS.sub("\ufffd", v)
+    if isinstance(v, dict):
+        return {_for_terminal(k): _for_terminal(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_for_terminal(x) for x in v]
+    return v
+
+
 def _plain(v: Any) -> Any:
     if isinstance(v, Variant):
         return _plain(v.value)
@@ -61,9 +81,10 @@ def _plain(v: Any) -> Any:
 class Client:
     """A thin async client of org.silentsteno.Export1."""
 
-    def __init__(self, bus_spec: str) -> None:
+    def __init__(self, bus_spec: str, raw: bool = False) -> None:
         self.bus_spec = bus_spec
         self.bus: MessageBus | None = None
+        self.raw = raw              # the replies as sent (--json: escaped by _print_json), not _for_terminal()
 
     async def connect(self) -> None:
         try:
@@ -87,11 +108,11 @@ class Client:
             if missing and reply.error_name in _NO_OBJECT:
                 raise CtlError(missing, EXIT_NOT_FOUND)
             code = _ERROR_CODES.get(reply.error_name, EXIT_FAILED)
-            text = reply.body[0] if reply.body else reply.error_name
+            text = _CONTROLS.sub("\ufffd", str(reply.body[0] if reply.body else reply.error_name))
             if code == EXIT_NOT_RUNNING:
                 text = f"steno-exportd is not running on the {self.bus_spec} bus ({BUS_NAME} has no owner)"
             raise CtlError(text, code)
-        return reply.body
+        return reply.body if self.raw else _for_terminal(reply.body)
 
     async def props(self, path: str, iface: str, missing: str = "") -> dict:
         return _plain((await self.call(path, PROPS, "GetAll", "s", [iface], missing=missing))[0])
@@ -116,7 +137,10 @@ def _size(n: int) -> str:
 
 
 def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, ensure_ascii=False))
+    """JSON with its accents as they are, but DEL and the C1 controls escaped too (json escapes only C0 ones): the
+    words exact for a program, nothing a terminal would run."""
+    text = json.dumps(data, indent=2, ensure_ascii=False)
+    print(re.sub(r"[\x7f-\x9f]", lambda m: f"\\u{ord(m[0]):04x}", text))
 
 
 # ---- commands ------------------------------------------------------------------------
@@ -710,7 +734,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    c = Client(args.bus)
+    c = Client(args.bus, raw=args.json)
     await c.connect()
     try:
         return await args.fn(c, args)

@@ -96,3 +96,47 @@ async def test_eject_says_what_it_did(daemon, private_bus):
     assert "session(s) ok" not in text
     rc, text, err = await ctl(private_bus, "eject", "NOPE", "--json")
     assert rc == 4 and "no device 'NOPE'" in err
+
+
+HOSTILE = "Board \x1b]2;owned\x07\x1b[2J\x9b31mred\x7f"
+
+
+@pytest.fixture
+async def hostile(private_bus, tmp_path):
+    """A real Core whose recording, transcript and stick carry terminal escapes (a title typed on the touchscreen,
+    words a speech engine wrote, a stick's label chosen by whoever formatted it)."""
+    rec = RecorderDB(tmp_path / "rec")
+    sid = rec.session(title=HOSTILE)
+    rec.entry(sid, 0.0, 2.0, f"budget {HOSTILE} budget")
+    cfg = config.from_dict({"recorder": {"db_path": str(rec.path)}, "state": {"dir": str(tmp_path / "state")},
+                            "dbus": {"bus": private_bus}})
+    core = Core(cfg)
+    await core.start()
+    core.devices.change("fs_ab12", label="\x1b[2JSTICK", fs_type="vfat", size=10, free=5,
+                        state=ev.DeviceState.MOUNTED)
+    try:
+        async with service.export(core):
+            yield core
+    finally:
+        await core.stop()
+        rec.close()
+
+
+async def test_titles_snippets_and_labels_reach_the_terminal_without_their_escapes(hostile, private_bus):
+    """What the recorder's data holds is shown, but never as a terminal's control sequence (a title that retitles the
+    window, clears the screen or colours the rest); --json keeps the words exact and still escapes them."""
+    for _ in range(100):                    # the search index is built in the background
+        rc, text, err = await ctl(private_bus, "search", "budget", "--json")
+        if rc == 0 and json.loads(text)["total"]:
+            break
+        await asyncio.sleep(0.1)
+    for argv in (["sessions"], ["search", "budget"], ["devices"], ["status"]):
+        rc, text, err = await ctl(private_bus, *argv)
+        assert rc == 0, (argv, err)
+        shown = [c for c in text + err if (ord(c) < 32 and c not in "\n") or 0x7f <= ord(c) <= 0x9f]
+        assert not shown, (argv, shown, text)
+    rc, text, err = await ctl(private_bus, "sessions")
+    assert "Board" in text and "red" in text, text
+    rc, text, err = await ctl(private_bus, "sessions", "--json")
+    assert not [c for c in text if 0x7f <= ord(c) <= 0x9f or (ord(c) < 32 and c not in "\n ")], text
+    assert [s["title"] for s in json.loads(text)] == [HOSTILE]
