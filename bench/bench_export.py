@@ -8,12 +8,15 @@ the ratios printed are the medians of the rounds' ratios, each round's beside th
 Prints wall times, ours/A, ours/L, our peak RSS and the incremental rerun over 1,000 sessions; and ours/L once
 the recordings were hashed ahead (the daemon's background hasher, export.hash_ahead: each copy is then not hashed
 again, only its read-back is: one SHA-256 pass instead of two). Each export runs in a Python process of its own:
-the *_without_start_over_L lines leave its start and imports out (~0.6 CPU-s here; the daemon has them done).
+the *_without_start_over_L lines leave its start and imports out (the daemon has them done).
 Needs root (loop devices, drop_caches). Cleans up after itself, also when stopped (Ctrl-C, SIGTERM: bench/cleanup.py):
 its export child is stopped, the image unmounted, its loop device detached and its folder in /var/tmp removed.
 Under BENCH_PROFILE (pi4, pi5: bench/profile.py throttles the CPU to the Pi's SHA-256 rate) anchor A and the
 1,000-session rerun are left out: coreutils' sha256sum has no SHA-NI here while OpenSSL has (on a Pi 4 neither
 has SHA instructions), so A would compare unlike hashers; the ratio to L is the one that matters there.
+BENCH_EXPORT_FS=ext4 or exfat runs that filesystem alone (default both: "ext4,exfat"), e.g. for a profile run that
+must fit a time limit. The project's bytecode is compiled before any timing (as the .deb's postinst does), and the
+export child imports what the daemon's export runs, not the tests' fakes (see OURS).
 BENCH_EXPORT_SCALE (default 1) scales the layout and the loop images: 0.01 makes ~20 MiB of sources in 128 MiB images
 (a quick run, e.g. for the tests that stop it half-way; its figures mean little).
 """
@@ -41,6 +44,16 @@ ROUNDS = int(os.environ.get("BENCH_EXPORT_ROUNDS", "3"))
 SCALE = float(os.environ.get("BENCH_EXPORT_SCALE", "1"))
 LAYOUT = [max(4096, int(size * SCALE)) for size in [200 * MiB] * 8 + [11 * MiB] * 40 + [64 * 1024] * 20]
 IMAGE = max(128 * MiB, int(6 * 1024 * MiB * SCALE))
+FILESYSTEMS = [x for x in os.environ.get("BENCH_EXPORT_FS", "ext4,exfat").replace(",", " ").split()]
+if not FILESYSTEMS or set(FILESYSTEMS) - {"ext4", "exfat"}:
+    raise SystemExit(f"bench export: BENCH_EXPORT_FS={os.environ.get('BENCH_EXPORT_FS')!r}: ext4, exfat or both")
+
+
+def compile_ahead() -> None:
+    """The project's bytecode written before any timing, as the .deb's postinst does (compileall): with
+    PYTHONDONTWRITEBYTECODE=1 (set in some environments) each export child compiled every module it imported."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "steno_exportd")], check=True,
+                   stdout=subprocess.DEVNULL)
 
 
 def drop_caches() -> None:
@@ -66,16 +79,34 @@ def make_sources(d: Path) -> list[Path]:
     return out
 
 
+# The export child imports what the daemon's export runs (the engine, the model), not tests.fakes (which imports the
+# whole Core: web, mail, SMB... ~0.1 CPU-s more here, ten times that under BENCH_PROFILE=pi4, that a daemon has long
+# done); its library is the Library API the engine uses (get_session, list_sessions, data_dir) over these sessions.
 OURS = """
-import sys, time, resource
+import sys, time, resource, datetime as dt
 sys.path.insert(0, {root!r})
 from pathlib import Path
 from steno_exportd import config
 from steno_exportd.engine.export import SimpleSpec, run_export
 from steno_exportd.engine.options import ExportOptions
-from tests.fakes import FakeLibrary, make_session
+from steno_exportd.model import FileRef, Session, SessionSummary
 srcs = {srcs!r}
-lib = FakeLibrary([make_session(i, Path(p)) for i, p in enumerate(srcs, 1)])
+T0 = dt.datetime(2026, 1, 1, 9, 0, tzinfo=dt.timezone.utc)
+def session(i, audio):
+    t, size = T0 + dt.timedelta(days=i), audio.stat().st_size
+    summ = SessionSummary(id=i, uuid=f"{{i:08x}}-0000-4000-8000-{{i:012d}}", title=f"Meeting {{i}}", status="completed",
+                          start_time=t, end_time=t + dt.timedelta(hours=1), duration_seconds=3600, updated_at=t,
+                          created_at=t, location="Room 1", participant_count=2, audio_format="wav", audio_size=size)
+    return Session(summ, None, None, (), (), "summary", (), (), FileRef(audio.name, audio, "audio", "wav", size), ())
+class Lib:
+    def __init__(self, sessions):
+        self.sessions = {{s.id: s for s in sessions}}
+        self.data_dir = Path(srcs[0]).parent
+    def get_session(self, key):
+        return self.sessions[key]
+    def list_sessions(self, exportable_only=False):
+        return [s.summary for s in self.sessions.values()]
+lib = Lib([session(i, Path(p)) for i, p in enumerate(srcs, 1)])
 cfg = config.from_dict({{"recorder": {{"db_path": "/nonexistent/db.sqlite"}}}})
 hashes = None
 if {cache!r}:
@@ -310,7 +341,8 @@ def main() -> int:
         src_dir.mkdir()
         srcs = make_sources(src_dir)
         print(f"export_source_gib: {sum(p.stat().st_size for p in srcs) / 1024 ** 3:.2f}")
-        for fstype in ("ext4", "exfat"):
+        compile_ahead()
+        for fstype in FILESYSTEMS:
             bench_fs(fstype, work, srcs, src_dir)
         if not PROFILE:
             bench_incremental(work)

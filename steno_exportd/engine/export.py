@@ -649,23 +649,26 @@ class Exporter:
             elif self.t.own_temp(name) and st.kind == "file":
                 self.t.remove(f"{rel}/{name}")
 
-    def _hash_of(self, pf: PlannedFile) -> tuple[str | None, os.stat_result | None]:
-        """(the recording's remembered SHA-256 or None, its stat now) before it is copied. None on a target whose
+    def _hash_of(self, pf: PlannedFile) -> tuple[str | None, int | None, os.stat_result | None]:
+        """(the recording's remembered SHA-256 or None, its remembered CRC-32 or None (the read-back checks it),
+        its stat now) before it is copied. None on a target whose
         commits check the store's own hash (``hash_checked``: rclone to a store with MD5): hashed while sent, the
         copy is checked by that hash, where a remembered one needs the read-back, a download of the whole file
         (which made a push of recordings hashed ahead to SFTP 1.7 times as long)."""
         if self.hashes is None or pf.source is None:
-            return None, None
+            return None, None, None
         try:
             st = os.stat(pf.source)
         except OSError:
-            return None, None
+            return None, None, None
         if getattr(self.t, "hash_checked", False):
-            return None, st
-        return self.hashes.sha256(pf.source), st
+            return None, None, st
+        sha, crc = self.hashes.sha256_crc32(pf.source) or (None, None)
+        return sha, crc, st
 
-    def _remember(self, pf: PlannedFile, before: os.stat_result | None, sha: str) -> None:
-        """Remember a recording's SHA-256 when it did not change while it was copied."""
+    def _remember(self, pf: PlannedFile, before: os.stat_result | None, sha: str, crc: int | None = None) -> None:
+        """Remember a recording's SHA-256 (and CRC-32, hashed beside it) when it did not change while it was
+        copied."""
         if self.hashes is None or before is None:
             return
         try:
@@ -674,7 +677,10 @@ class Exporter:
             return
         key = lambda st: (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)  # noqa: E731
         if key(now) == key(before):
-            self.hashes.put_sha256(pf.source, sha, before)
+            if crc is None:
+                self.hashes.put_sha256(pf.source, sha, before)
+            else:
+                self.hashes.put(pf.source, crc, sha, before)
 
     def _open_write(self, s: Any, folder: str, pf: PlannedFile, rel: str) -> WriteHandle:
         """A write handle for a copy; resumable when the target resumes files this big.
@@ -877,17 +883,17 @@ class Exporter:
                     # its commit and read-back run beside the write of the next file (or session)
                     if pending and pending[-1][-1].done():
                         pending[-1][-1].result()     # surface a target error early
-                    known, st_src = self._hash_of(pf)
-                    size, sha, h = writer.copy_into(source_ref(pf, s, self.lib.data_dir),
-                                                    self._open_write(s, folder, pf, rel),
-                                                    tick=self._tick, cancelled=self._cancelled,
-                                                    buffers=self._buffers(), known=known)
+                    known, known_crc, st_src = self._hash_of(pf)
+                    size, sha, crc, h = writer.copy_into(source_ref(pf, s, self.lib.data_dir),
+                                                         self._open_write(s, folder, pf, rel),
+                                                         tick=self._tick, cancelled=self._cancelled,
+                                                         buffers=self._buffers(), known=known, known_crc=known_crc)
                     if self.verify:
                         fut = self._checks.submit(writer.finish_and_verify, h, self.t, rel, size, sha,
-                                                  self._cancelled, known is None, self._buffers)
+                                                  self._cancelled, known is None, self._buffers, crc)
                     else:
                         fut = self._checks.submit(writer.finish, h)
-                    pending.append((len(results), pf, rel, rel_final, size, sha, (known, st_src), fut))
+                    pending.append((len(results), pf, rel, rel_final, size, sha, (known, crc, st_src), fut))
                     results.append(None)  # type: ignore[arg-type]
                     continue
                 size, sha = self._write_verified(s, pf, rel, folder=folder)
@@ -904,12 +910,12 @@ class Exporter:
                         work_rel: str, final_rel: str, entry: dict | None, old_files: dict, listing: dict,
                         new_entry: dict, results: list, verified: list, pending: list,
                         staged: dict[str, str]) -> SessionResult:
-        for i, pf, rel, rel_final, size, sha, (known, st_src), fut in pending:
+        for i, pf, rel, rel_final, size, sha, (known, crc, st_src), fut in pending:
             try:
                 try:
                     fut.result()
                     if not known:
-                        self._remember(pf, st_src, sha)
+                        self._remember(pf, st_src, sha, crc)
                 except VerifyError:
                     log.warning("verify failed for %s; rewriting once", rel)
                     if known and self.hashes is not None:
@@ -1026,22 +1032,23 @@ class Exporter:
             start = self.bytes_done
             checked = False                 # the store's own hash matched what was written (and hashed)
             if data is None:
-                known, st_src = self._hash_of(pf) if attempt == 1 else (None, None)
+                known, known_crc, st_src = self._hash_of(pf) if attempt == 1 else (None, None, None)
                 h = self._open_write(s, folder, pf, rel) if attempt == 1 else self.t.open_write(rel)
-                size, sha, h = writer.copy_into(source_ref(pf, s, self.lib.data_dir), h, tick=self._tick,
-                                                cancelled=self._cancelled, buffers=self._buffers(), known=known)
+                size, sha, crc, h = writer.copy_into(source_ref(pf, s, self.lib.data_dir), h, tick=self._tick,
+                                                     cancelled=self._cancelled, buffers=self._buffers(), known=known,
+                                                     known_crc=known_crc)
                 writer.finish(h)
                 checked = h.verified and not known
             else:
-                size, sha, checked = writer.write_bytes(data, self.t, rel, tick=self._tick)
+                size, sha, crc, checked = writer.write_bytes(data, self.t, rel, tick=self._tick)
             if not self.verify or checked:
                 if data is None and not known:
-                    self._remember(pf, st_src, sha)
+                    self._remember(pf, st_src, sha, crc)
                 return size, sha
             try:
-                writer.verify(self.t, rel, size, sha, cancelled=self._cancelled, buffers=self._buffers())
+                writer.verify(self.t, rel, size, sha, cancelled=self._cancelled, buffers=self._buffers(), crc=crc)
                 if data is None and not known:
-                    self._remember(pf, st_src, sha)
+                    self._remember(pf, st_src, sha, crc)
                 return size, sha
             except VerifyError:
                 if data is None and known and self.hashes is not None:

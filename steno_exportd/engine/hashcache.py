@@ -3,7 +3,8 @@
 Recordings do not change once a session is complete, so a ZIP of them can name its checksums up
 front and send the bytes with sendfile instead of reading them through Python again, and an export
 (a stick, a NAS) sends them without hashing them again: the read-back is checked against the
-remembered SHA-256. An export knows only the SHA-256 (its row has no CRC-32 until a ZIP adds it).
+remembered CRC-32 (the SHA-256 when a row has none) and SHA256SUMS names the remembered SHA-256. An export that hashed
+a recording remembers both.
 """
 from __future__ import annotations
 
@@ -51,16 +52,16 @@ class HashCache:
             return None
         return row[4], row[5]
 
-    def sha256(self, path: str | Path) -> str | None:
-        """The SHA-256 when known for the file as it is now; None otherwise."""
+    def sha256_crc32(self, path: str | Path) -> tuple[str, int | None] | None:
+        """(SHA-256, CRC-32 or None when only the SHA-256 is known) for the file as it is now; None otherwise."""
         try:
             st = os.stat(path)
         except OSError:
             return None
         with self._lock:
-            row = self._db.execute("SELECT dev, ino, size, mtime_ns, sha256 FROM hashes WHERE path = ?",
+            row = self._db.execute("SELECT dev, ino, size, mtime_ns, sha256, crc32 FROM hashes WHERE path = ?",
                                    (str(path),)).fetchone()
-        return row[4] if row is not None and tuple(row[:4]) == self._key(st) else None
+        return (row[4], row[5]) if row is not None and tuple(row[:4]) == self._key(st) else None
 
     def put_sha256(self, path: str | Path, sha256: str, st: os.stat_result) -> None:
         """Remember a SHA-256 (a CRC-32 known for the same file as it is stays)."""

@@ -6,14 +6,24 @@ reader of the stick may. Real filesystems in loop images; the "medium" is change
 writing the loop device's backing image."""
 from __future__ import annotations
 
+import hashlib
+import logging
 import mmap
 import os
+import subprocess
+import threading
+import zlib
 
 import pytest
 
+from steno_exportd import config
 from steno_exportd.engine import writer
+from steno_exportd.engine.export import SimpleSpec, run_export
+from steno_exportd.engine.hashcache import HashCache
+from steno_exportd.engine.options import ExportOptions
 from steno_exportd.engine.targets import DirectoryTarget
 from steno_exportd.errors import VerifyError
+from tests.fakes import FakeLibrary, make_session
 from tests.parts.loopfs import loop_fs
 
 SIZE = 3 * (4 << 20) + 12345          # chunks of a read-back and an unaligned tail
@@ -34,13 +44,18 @@ def _image_offset(img, marker: bytes) -> int:
     return at
 
 
+@pytest.mark.parametrize("check", ["crc32", "sha256"])
 @pytest.mark.parametrize("fstype", ["ext4", "exfat", "vfat"])
-def test_a_read_back_fails_when_the_medium_lost_bytes_the_kernel_still_holds(tmp_path, fstype):
+def test_a_read_back_fails_when_the_medium_lost_bytes_the_kernel_still_holds(tmp_path, fstype, check):
+    """By the CRC-32 of the bytes written (write_bytes gives it: what an export's read-back checks), and by SHA-256
+    where no CRC-32 is known."""
     with loop_fs(tmp_path, fstype, 64) as (mnt, dev, img):
         target = DirectoryTarget(mnt)
         data = _marked(SIZE)
-        size, sha, _ = writer.write_bytes(data, target, "audio.wav")
-        writer.verify(target, "audio.wav", size, sha)               # the medium holds it: the read-back agrees
+        size, sha, crc, _ = writer.write_bytes(data, target, "audio.wav")
+        assert (sha, crc) == (hashlib.sha256(data).hexdigest(), zlib.crc32(data))
+        crc = crc if check == "crc32" else None
+        writer.verify(target, "audio.wav", size, sha, crc=crc)       # the medium holds it: the read-back agrees
         with open(mnt / "audio.wav", "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as held:
             assert held[:SIZE] == data                                # its pages are in memory, mapped here
             os.sync()
@@ -51,5 +66,149 @@ def test_a_read_back_fails_when_the_medium_lost_bytes_the_kernel_still_holds(tmp
                 raw.flush()
                 os.fsync(raw.fileno())
             assert held[777 * 4096 + 100:777 * 4096 + 612] != b"\0" * 512   # the kernel still holds the good bytes
-            with pytest.raises(VerifyError, match="audio.wav: read back"):
-                writer.verify(target, "audio.wav", size, sha)
+            with pytest.raises(VerifyError, match=f"audio.wav: read back {SIZE} bytes {check} "):
+                writer.verify(target, "audio.wav", size, sha, crc=crc)
+
+
+SOURCES = 3                                    # recordings of RECORDING bytes each
+RECORDING = 8 << 20
+
+
+def _recordings(tmp_path) -> list:
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    out = []
+    for i in range(1, SOURCES + 1):
+        p = rec / f"s{i}.wav"
+        p.write_bytes(_marked(RECORDING).replace(b"STENO-BLOCK-", b"STENO-S%d-BLK" % i))
+        out.append(p)
+    return out
+
+
+def _hash_ahead(cache, srcs, crc: bool = True) -> None:
+    """What the background hasher remembers of each recording (both hashes; an older row only the SHA-256)."""
+    hc = HashCache(cache)
+    try:
+        for p in srcs:
+            data = p.read_bytes()
+            if crc:
+                hc.put(p, zlib.crc32(data), hashlib.sha256(data).hexdigest(), p.stat())
+            else:
+                hc.put_sha256(p, hashlib.sha256(data).hexdigest(), p.stat())
+    finally:
+        hc.close()
+
+
+class _CountingSha256:
+    """hashlib.sha256 that counts the bytes it is given (all of them: every thread's, every module's)."""
+    real = hashlib.sha256
+    lock = threading.Lock()
+    fed = 0
+
+    def __init__(self, data=b"", **kw) -> None:
+        self._h = self.real(**kw)
+        if data:
+            self.update(data)
+
+    def update(self, data) -> None:
+        with self.lock:
+            _CountingSha256.fed += memoryview(data).nbytes
+        self._h.update(data)
+
+    def digest(self) -> bytes:
+        return self._h.digest()
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+    def copy(self):
+        c = _CountingSha256.__new__(_CountingSha256)
+        c._h = self._h.copy()
+        return c
+
+
+def _export(tmp_path, srcs, target, cache=None):
+    lib = FakeLibrary([make_session(i, p) for i, p in enumerate(srcs, 1)])
+    cfg = config.from_dict({"recorder": {"db_path": str(tmp_path / "rec" / "db.sqlite")}})
+    hashes = HashCache(cache) if cache is not None else None
+    try:
+        return run_export(lib, SimpleSpec(target, tuple(range(1, len(srcs) + 1)), ("audio",), ExportOptions()),
+                          cfg, hashes=hashes)
+    finally:
+        if hashes is not None:
+            hashes.close()
+
+
+@pytest.mark.parametrize("ahead", ["never", "hashed_ahead", "sha256_only_ahead"])
+def test_an_export_hashes_each_recording_byte_by_sha256_at_most_once(tmp_path, monkeypatch, ahead):
+    """The read-back checks the CRC-32 of the bytes written, not a second SHA-256 pass (on a Pi 4 SHA-256 runs at
+    ~100 MB/s a core: the read-back's pass was the export's CPU bottleneck). A never-hashed recording goes through
+    SHA-256 once (for SHA256SUMS), one hashed ahead not at all; one remembered without a CRC-32 (an older row) is
+    read back by SHA-256 as before. What lands is verified all the same: sha256sum -c of SHA256SUMS."""
+    srcs = _recordings(tmp_path)
+    cache = None
+    if ahead != "never":
+        cache = tmp_path / "hashes.sqlite"
+        _hash_ahead(cache, srcs, crc=ahead == "hashed_ahead")
+    total = SOURCES * RECORDING
+    with loop_fs(tmp_path, "ext4", 128) as (mnt, _dev, _img):
+        monkeypatch.setattr(_CountingSha256, "fed", 0)
+        monkeypatch.setattr(hashlib, "sha256", _CountingSha256)
+        res = _export(tmp_path, srcs, str(mnt), cache)
+        fed = _CountingSha256.fed
+        monkeypatch.undo()
+        assert [r.ok for r in res] == [True] * SOURCES, res
+        root = mnt / "SilentSteno"
+        assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=root).returncode == 0
+        for i, p in enumerate(srcs, 1):
+            assert next(root.glob(f"*Meeting {i} */audio.wav")).read_bytes() == p.read_bytes()
+    expect = {"never": total, "hashed_ahead": 0, "sha256_only_ahead": total}[ahead]
+    assert expect <= fed < expect + (1 << 20), \
+        f"{fed / (1 << 20):.1f} MiB went through SHA-256 for {total >> 20} MiB of recordings (expected {expect >> 20})"
+
+
+class _Flaky(DirectoryTarget):
+    """A stick whose medium changes a block of the first recording between its write and its read-back (the image's
+    bytes overwritten under the filesystem, as the flash would), once."""
+
+    def __init__(self, root, img, marker: bytes) -> None:
+        super().__init__(root)
+        self.img, self.marker, self.spoiled = img, marker, []
+
+    def open_read(self, rel, *, uncached=False):
+        if uncached and rel.endswith("audio.wav") and "Meeting 1 " in rel and not self.spoiled:
+            os.sync()
+            at = _image_offset(self.img, self.marker)
+            with open(self.img, "r+b") as raw:
+                raw.seek(at + 1000)
+                b = raw.read(1)
+                raw.seek(at + 1000)
+                raw.write(bytes([b[0] ^ 0x10]))          # one bit
+                raw.flush()
+                os.fsync(raw.fileno())
+            self.spoiled.append(rel)
+        return super().open_read(rel, uncached=uncached)
+
+
+@pytest.mark.parametrize("ahead", [False, True])
+def test_an_export_catches_a_bit_flipped_on_the_medium_after_the_write_and_writes_the_file_again(tmp_path, caplog,
+                                                                                                 ahead):
+    """Never hashed (the CRC-32 hashed beside the copy's SHA-256) and hashed ahead (the CRC-32 remembered): a bit
+    that flipped on the stick after the write fails the read-back; the file is written again and lands right."""
+    srcs = _recordings(tmp_path)
+    cache = None
+    if ahead:
+        cache = tmp_path / "hashes.sqlite"
+        _hash_ahead(cache, srcs)
+    with loop_fs(tmp_path, "ext4", 128) as (mnt, _dev, img):
+        stick = _Flaky(mnt, img, b"STENO-S1-BLK0777")
+        with caplog.at_level(logging.WARNING):
+            res = _export(tmp_path, srcs, stick, cache)
+        assert stick.spoiled, "the medium was not changed"
+        failed = [r.getMessage() for r in caplog.records if "verify failed" in r.getMessage()]
+        assert len(failed) == 1 and "Meeting 1 " in failed[0] and "audio.wav" in failed[0], failed
+        assert [r.ok for r in res] == [True] * SOURCES, res
+        root = mnt / "SilentSteno"
+        assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=root).returncode == 0
+        for i, p in enumerate(srcs, 1):
+            assert next(root.glob(f"*Meeting {i} */audio.wav")).read_bytes() == p.read_bytes()

@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 import types
+import zlib
 from pathlib import Path
 
 import pytest
@@ -77,10 +78,10 @@ def test_a_recording_not_in_memory_is_copied_right_without_being_cached(tmp_path
         out.mkdir()
         target = DirectoryTarget(out)
         h = target.open_write("rec.wav")
-        size, got, h = writer.copy_into(SourceRef(src, mnt), h, known=sha if known else None)
+        size, got, crc, h = writer.copy_into(SourceRef(src, mnt), h, known=sha if known else None)
         h.sync()
         h.commit()
-        assert (size, got) == (SIZE, sha)
+        assert (size, got, crc) == (SIZE, sha, None if known else zlib.crc32(data))
         assert (out / "rec.wav").read_bytes() == data
         assert resident(src) <= PROBED, f"the copy filled the page cache with {resident(src)} bytes of the recording"
 
@@ -90,9 +91,9 @@ def test_a_resumed_copy_of_a_recording_not_in_memory_hashes_the_whole_file(tmp_p
         src, data = _recording(mnt, cached=False)
         dst = tmp_path / "resumed.wav"
         h = _Resumed(dst, data[:4 << 20])
-        size, got, _ = writer.copy_into(SourceRef(src, mnt), h)
+        size, got, crc, _ = writer.copy_into(SourceRef(src, mnt), h)
         h.close()
-        assert (size, got) == (SIZE, hashlib.sha256(data).hexdigest())
+        assert (size, got, crc) == (SIZE, hashlib.sha256(data).hexdigest(), zlib.crc32(data))
         assert dst.read_bytes() == data
         assert resident(src) <= PROBED
 
@@ -103,7 +104,7 @@ def test_a_recording_in_memory_is_read_through_the_cache(tmp_path):
         out = tmp_path / "out"
         out.mkdir()
         h = DirectoryTarget(out).open_write("rec.wav")
-        size, got, h = writer.copy_into(SourceRef(src, mnt), h)
+        size, got, crc, h = writer.copy_into(SourceRef(src, mnt), h)
         h.sync()
         h.commit()
         assert (size, got) == (SIZE, hashlib.sha256(data).hexdigest())
@@ -170,8 +171,8 @@ def test_a_recording_that_grows_after_its_tail_was_read_direct_is_copied_as_it_i
                     f.write(more)
         if not known:
             h = _GrowsAtFirstWrite(h, src, size, more)
-        got_size, got, h = writer.copy_into(SourceRef(src, mnt), h, tick=tick,
-                                            known=hashlib.sha256(data).hexdigest() if known else None)
+        got_size, got, crc, h = writer.copy_into(SourceRef(src, mnt), h, tick=tick,
+                                                 known=hashlib.sha256(data).hexdigest() if known else None)
         h.sync()
         h.commit()
         assert (out / "rec.wav").read_bytes() == data + more
@@ -220,7 +221,7 @@ def test_a_recording_read_direct_is_read_on_while_the_chunk_before_is_hashed(tmp
         h = DirectoryTarget(out).open_write("rec.wav")
         monkeypatch.setattr(FdRead, "readinto", readinto)
         monkeypatch.setattr(writer, "hashlib", types.SimpleNamespace(sha256=FirstChunkSlow))
-        size, got, h = writer.copy_into(SourceRef(src, mnt), h)
+        size, got, crc, h = writer.copy_into(SourceRef(src, mnt), h)
         h.sync()
         h.commit()
         monkeypatch.undo()
