@@ -3,10 +3,10 @@
 Paths are relative to ``\\\\server\\share\\<remote.path>``. What is SMB-specific lives here: one
 connection that is never silently made again (a lost connection fails the call), pipelined writes
 (PIPELINE x CHUNK bytes in flight, smbwire's zero-copy signed WRITEs), pipelined read-back on a
-second connection (a second smbd process, beside the upload), a big file read back on that connection
-while it is written (each range once the server answered its WRITE; checked by CRC-32 before the rename), temp files that survive a drop so a
-big recording resumes inside the file, temp names that carry host, pid and a random tag, and a
-rename that never replaces.
+second connection (a second smbd process, beside the upload; a big file is read back while it is
+written, each range once the server answered its WRITE, checked by CRC-32 before the rename), temp files that
+survive a drop so a big recording resumes inside the file, temp names that carry host, pid and a
+random tag, and a rename that never replaces.
 """
 from __future__ import annotations
 
