@@ -164,3 +164,16 @@ def test_a_byte_damaged_on_the_nas_while_written_is_caught_before_the_rename_and
     assert [r for r in caplog.records if "verify failed" in r.getMessage() and "audio.flac" in r.getMessage()]
     assert progress.fields["bytes_done"] >= 2 * 12 * MIB            # sent again whole
     assert_landed(nas, db)                                          # sha256sum -c of what landed passes
+
+
+def test_a_push_cancelled_mid_recording_leaves_no_read_back_thread_and_no_temp_file(big):
+    smbd, remote, root, db = big
+    nas = root / "nas" / "rec-cancel"
+    cfg = recorder_config(db.path, root / "state-cancel", remote, "rec-cancel")
+    progress = Progress(cancel_when=lambda f: f.get("bytes_done", 0) >= 5 * MIB)
+    with contextlib.suppress(Exception):
+        push(cfg, progress=progress)
+    assert progress.cancelled
+    assert not [th for th in threading.enumerate() if th.name == "steno-smb-back"]     # stopped, not left
+    assert not list(nas.rglob(f"{TEMP_PREFIX}*")), sorted(nas.rglob("*"))
+    assert not list(nas.rglob("audio.flac"))
