@@ -195,7 +195,7 @@ def negotiated(smbd_conf: pathlib.Path, port: int, user: str, pw: str, remote: S
         ours = [show(r) for r in rows if f":{ours_port})" in " ".join(r)]
         theirs = [show(r) for r in rows if f":{ours_port})" not in " ".join(r)]
         sizes = (f"; writes {t.max_write >> 20} MiB x {smbt.PIPELINE} in flight, read-back {t.max_read >> 20} MiB x "
-                 f"{smbt.PIPELINE} on a second connection")
+                 f"{smbt.PIPELINE} on a second connection, beside the writes")
         return (ours[0] if ours else "?") + sizes, theirs[0] if theirs else "?"
     finally:
         t.close()
@@ -250,7 +250,8 @@ def run_in(name: str, link: ShapedLink | None, tmp: pathlib.Path) -> None:
             (rec / "machine-id").write_text(f"{i + 1:02x}" * 16 + "\n")
             raws.append({"recorder": {"db_path": str(db.path), "machine_id_file": str(rec / "machine-id")},
                          "state": {"dir": str(rec / "state"), "runtime_dir": str(rec / "run")},
-                         "smb": {"remotes": [dataclasses.asdict(remote)]}})     # no recorder_folder
+                         "smb": {"remotes": [dataclasses.asdict(remote)]},     # no recorder_folder
+                         "export": {"verify": VERIFY}})     # (SmbKind: a handle reads back beside its writes)
         cfgs = [config.from_dict(raw) for raw in raws]
         total = sum(p.stat().st_size for p in files)
         folders = [recorder_folder(c) for c in cfgs]

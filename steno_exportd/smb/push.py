@@ -72,6 +72,7 @@ class SmbKind(RemoteKind):
                folder.lower())
         with self.one_at_a_time(key, target, progress):
             t = SmbTarget(remote, name=target)
+            t.reads_while_writing = cfg.export.verify       # no read-back at all without verify
             try:
                 try:
                     t.connect()

@@ -3,9 +3,10 @@
 Paths are relative to ``\\\\server\\share\\<remote.path>``. What is SMB-specific lives here: one
 connection that is never silently made again (a lost connection fails the call), pipelined writes
 (PIPELINE x CHUNK bytes in flight, smbwire's zero-copy signed WRITEs), pipelined read-back on a
-second connection (a second smbd process, beside the upload), temp files that survive a drop so a
-big recording resumes inside the file, temp names that carry host, pid and a random tag, and a
-rename that never replaces.
+second connection (a second smbd process, beside the upload; a big file is read back while it is
+written, each range once the server answered its WRITE, checked by CRC-32 before the rename), temp files that
+survive a drop so a big recording resumes inside the file, temp names that carry host, pid and a
+random tag, and a rename that never replaces.
 """
 from __future__ import annotations
 
@@ -15,14 +16,17 @@ import logging
 import os
 import re
 import threading
+import time
 import uuid
 from typing import Any, Callable
+
+from isal.isal_zlib import crc32
 
 from steno_exportd.config import SmbRemote
 from steno_exportd.engine import targets
 from steno_exportd.engine.identity import host_folder
 from steno_exportd.engine.targets import MAX_ENTRIES, TEMP_PREFIX, EntryStat, check_rel
-from steno_exportd.errors import CancelledJob, InvalidArgument, TargetError
+from steno_exportd.errors import CancelledJob, InvalidArgument, TargetError, VerifyError
 from steno_exportd.smb import wire as smbwire
 from steno_exportd.smb.client import (SmbError, Throttle, explain, is_connection_error, is_negotiate_failure,
                                       is_silent, probe_smb1_only, read_password)
@@ -128,6 +132,7 @@ class SmbTarget(targets.Target):
         self._reader: SmbTarget | None = None
         self._reader_lock = threading.Lock()
 
+    reads_while_writing = True         # a big file is read back while written (export.verify; SmbKind.open sets it)
     save_every = 0.0                   # folders are renamed into place: saved after every session
     checks = 1                         # one read-back at a time beside the next session's writes (a NAS many
                                        # recorders share)
@@ -463,6 +468,12 @@ class _SmbWrite:
     buffer; the answers are collected as the window fills and by sync(), and the rename and close
     go in one round trip. A resumable handle's temp file is kept when the connection drops
     (nothing can remove it then); a resumed one continues that file from ``offset``.
+
+    A big file written from its start is read back while it is written (_ReadBack, on the target's second
+    connection), each range once the server has answered its WRITE; the commit waits for the last range and
+    renames only when size and CRC-32 of what was read equal those of what was written: then ``verified`` (the
+    engine skips its read-back of the whole file after the rename). A small file and a resumed one (its kept part
+    was not written through this handle) are read back by the engine as before.
     """
 
     def __init__(self, t: SmbTarget, rel: str, resume: str | None, replace: bool = True) -> None:
@@ -482,6 +493,9 @@ class _SmbWrite:
         self._small: bytearray | None = None if resume is not None else bytearray()
         self._inflight: collections.deque = collections.deque()
         self._inflight_bytes = 0
+        self._back: _ReadBack | None = None     # the read-back beside the writes
+        self._crc = 0                           # CRC-32 of the bytes written (when read back beside them)
+        self._checked = False                   # the read-back matched: verified once renamed
         if ok:
             st = t.lstat(self.temp_rel)
             self._have = st.size if st is not None and st.kind == "file" else 0
@@ -500,9 +514,11 @@ class _SmbWrite:
     def _open(self) -> None:
         from smbclient._io import SMBRawIO
 
+        back = not self.offset and self._t.reads_while_writing
+
         def open_raw(**kw: Any) -> Any:
             raw = SMBRawIO(self._t.unc(self.temp_rel), mode="r+b" if self.offset else "wb",
-                           desired_access=self._access(), **kw)
+                           desired_access=self._access(), share_access="r" if back else None, **kw)
             raw.open()
             return raw
         self._sent = True
@@ -513,6 +529,8 @@ class _SmbWrite:
         self._fast = FAST_WRITES and self._t.wire and smbwire.supported(self._raw)
         t = self._t
         self._step = t.throttle.chunk(t.max_write) if t.throttle else t.max_write
+        if back:
+            self._back = _ReadBack(t, self.temp_rel)
 
     def _avail(self) -> int:
         return self._conn.sequence_window["high"] - self._conn.sequence_window["low"]
@@ -523,6 +541,8 @@ class _SmbWrite:
         written = recv(req)
         if written != n:
             raise SmbError(f"short write: server took {written} of {n} bytes")
+        if self._back is not None:              # answered, in order: the bytes up to here are the server's
+            self._back.acked(self._pos - self._inflight_bytes)
 
     def from_file(self, src: Any, fd: int, st: os.stat_result) -> None:
         """Nothing: the bytes come through write() (pipelined here)."""
@@ -567,8 +587,13 @@ class _SmbWrite:
                 continue
             self._inflight.append((req, recv, n))
             self._inflight_bytes += n
+            if self._back is not None:
+                self._crc = crc32(view[:n], self._crc)
             view = view[n:]
             self._pos += n
+            if self._back is not None:          # answers already here: their ranges go to the read-back now
+                while self._inflight and self._inflight[0][0].response_event.is_set():
+                    self._finish_one()
             if throttle:
                 throttle.spend(n)
 
@@ -605,10 +630,12 @@ class _SmbWrite:
                     raise SmbError(f"short write: server took {written[0]} of {len(data)} bytes")
             else:
                 self.sync()
+                self._check()
                 tr = SMBFileTransaction(self._raw)
                 _set_rename(tr, dst, self._replace)
                 self._raw.close(transaction=tr)
                 t._call(lambda **kw: tr.commit())
+                self.verified = self._checked
             self.done = True
         except SmbError as e:
             if not self._replace and getattr(e.__cause__, "ntstatus", None) == _STATUS_OBJECT_NAME_COLLISION:
@@ -621,9 +648,31 @@ class _SmbWrite:
             if not self.done:
                 self.abort()
 
+    def _check(self) -> None:
+        """The read-back's last ranges, then its size and CRC-32 against the writes': VerifyError when they differ
+        (the temp file is removed, nothing renamed). A read-back that failed (its connection lost) checks nothing:
+        the engine reads the file back after the rename, as it does a file not read back here."""
+        back, self._back = self._back, None
+        if back is None:
+            return
+        try:
+            size, crc = back.finish(self._pos)
+        except (CancelledJob, InvalidArgument):
+            raise
+        except Exception as e:  # noqa: BLE001 - not a verdict on the bytes: the engine's read-back decides
+            log.info("%s: read-back beside the writes failed (%s); read back after the rename", self._rel, e)
+            return
+        if size != self._pos or crc != self._crc:
+            raise VerifyError(f"{self._rel}: read back {size} bytes crc32 {crc:08x} while writing, wrote "
+                              f"{self._pos} bytes crc32 {self._crc:08x}")
+        self._checked = True
+
     def abort(self) -> None:
         """Close and remove the temp file; after a lost connection it stays (removed by the next run,
         or continued when resumable). Safe to call twice."""
+        back, self._back = self._back, None
+        if back is not None:
+            back.stop()                         # its open of the temp file closed before the removal
         if self.done:
             return
         self.done = True
@@ -642,6 +691,133 @@ class _SmbWrite:
                 smbclient.remove(t.unc(self.temp_rel), **t._live_kw())
             except Exception as e:  # noqa: BLE001 - best effort: the next run removes our temp files
                 log.debug("temp file %s not removed: %s", self.temp_rel, e)
+
+
+class _ReadBack:
+    """A file being written, read back beside the writes (a thread, "steno-smb-back", on the target's second
+    connection: another smbd process, the other direction of the link): each range once the server answered its
+    WRITE (acked()), in order, with up to PIPELINE reads of max_read bytes in flight, keeping the CRC-32 of what
+    the server returns. finish(size): the rest, then (bytes read, CRC-32), its error raised; stop(): ends it (the
+    reads in flight answered, the file's open closed). The temp file is opened sharing write and delete with the
+    writer (which shares read); it is closed before the writer's rename or removal."""
+
+    def __init__(self, t: SmbTarget, rel: str) -> None:
+        self._t, self._rel = t, rel
+        self._cond = threading.Condition()
+        self._acked = 0
+        self._end: int | None = None
+        self._stop = False
+        self.size = 0
+        self.crc = 0
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="steno-smb-back", daemon=True)
+        self._thread.start()
+
+    def acked(self, upto: int) -> None:
+        """The server has taken every byte before ``upto``."""
+        with self._cond:
+            if upto > self._acked:
+                self._acked = upto
+                self._cond.notify()
+
+    def finish(self, size: int) -> tuple[int, int]:
+        """Read the rest of the ``size`` bytes written: (bytes read back, their CRC-32); the read's error raised."""
+        with self._cond:
+            self._acked = max(self._acked, size)
+            self._end = size
+            self._cond.notify()
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.size, self.crc
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _run(self) -> None:
+        from smbprotocol.exceptions import SMBException
+        raw: Any = None
+        rt: SmbTarget | None = None
+        inflight: collections.deque = collections.deque()
+        try:
+            rt = self._t._read_connection()
+            raw = rt._call(_open_read, rt.unc(self._rel), share_access="rwd")
+            fd = raw.fd
+            conn = fd.connection
+            sid, tid = fd.tree_connect.session.session_id, fd.tree_connect.tree_connect_id
+            max_read = rt.max_read
+            sent = 0
+            while True:
+                with self._cond:
+                    while not (self._stop or inflight or sent < self._acked or
+                               (self._end is not None and sent >= self._end)):
+                        self._cond.wait()
+                    if self._stop:
+                        break
+                    acked, end = self._acked, self._end
+                if end is not None and self.size >= end and not inflight:
+                    self._past_end(fd, conn, sid, tid, end)
+                    break
+                while sent < acked and len(inflight) < PIPELINE:
+                    k = min(max_read, acked - sent)
+                    need = (k - 1) // 65536 + 1
+                    avail = conn.sequence_window["high"] - conn.sequence_window["low"]
+                    if avail < need:
+                        if inflight:
+                            break
+                        need = max(1, avail)
+                        k = min(k, need * 65536)
+                    msg, recv = fd.read(sent, k, send=False)
+                    grow = need if avail - need < need * PIPELINE else 0
+                    try:
+                        req = conn.send(msg, sid=sid, tid=tid, credit_request=need + grow)
+                    except SMBException as e:
+                        if "credits" not in str(e):
+                            raise
+                        if not inflight:        # another read on this connection took them: wait for its answers
+                            time.sleep(0.005)
+                        break
+                    inflight.append((req, recv, k))
+                    sent += k
+                if inflight:
+                    req, recv, k = inflight.popleft()
+                    data = recv(req)
+                    if len(data) != k:
+                        raise SmbError(f"short read: {len(data)} of {k} bytes")
+                    self.crc = crc32(data, self.crc)
+                    self.size += k
+        except BaseException as e:  # noqa: BLE001 - handed to finish()
+            self.error = e if isinstance(e, (SmbError, CancelledJob)) or rt is None else _explained(e, rt)
+        finally:
+            for req, recv, _ in inflight:   # answered before the file is closed (nothing left on the connection)
+                try:
+                    recv(req)
+                except Exception:  # noqa: BLE001 - stopping: only the answer is wanted, not its content
+                    break
+            if raw is not None and rt is not None and rt.alive() and not raw.closed:
+                try:
+                    raw.close()
+                except Exception as e:  # noqa: BLE001 - the writer's rename or removal says what went wrong
+                    rt._gone(e)
+
+    def _past_end(self, fd: Any, conn: Any, sid: int, tid: int, end: int) -> None:
+        """Nothing on the server past the ``end`` bytes written (a longer file is not what was written)."""
+        from smbprotocol.exceptions import EndOfFile
+        msg, recv = fd.read(end, 1, send=False)
+        try:
+            extra = recv(conn.send(msg, sid=sid, tid=tid))
+        except EndOfFile:
+            return
+        self.size += len(extra)
+        self.crc = crc32(extra, self.crc)
+
+
+def _explained(e: BaseException, t: SmbTarget) -> BaseException:
+    t._gone(e)
+    return explain(e, t.remote) if isinstance(e, Exception) else e
 
 
 class _SmbRead:
@@ -728,6 +904,6 @@ class _SmbRead:
                 self._t._gone(e)
 
 
-def _open_read(path: str, **kw: Any) -> Any:
+def _open_read(path: str, share_access: str | None = None, **kw: Any) -> Any:
     import smbclient
-    return smbclient.open_file(path, mode="rb", buffering=0, **kw)
+    return smbclient.open_file(path, mode="rb", buffering=0, share_access=share_access, **kw)

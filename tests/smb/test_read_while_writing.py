@@ -1,0 +1,179 @@
+"""A recording pushed to a real smbd is read back WHILE it is written (on the second connection, each range once
+the server answered its WRITE), checked before the rename: no read-back of the whole file after it (issue 20: the
+last file of every recorder was read back in series after all writes, the push's whole gap to smbclient).
+Observed on the NAS's own disk with inotify: smbd's reads are IN_ACCESS, its writes IN_MODIFY."""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import logging
+import os
+import pathlib
+import struct
+import threading
+from typing import Callable
+
+import pytest
+
+from steno_exportd.engine.targets import TEMP_PREFIX
+from tests.smb.recorder import Progress, assert_landed, make_recorder, push, recorder_config
+
+IN_ACCESS, IN_MODIFY, IN_MOVED_FROM, IN_MOVED_TO = 0x1, 0x2, 0x40, 0x80
+IN_CREATE, IN_DELETE, IN_ISDIR = 0x100, 0x200, 0x40000000
+MIB = 1024 * 1024
+
+
+class Events:
+    """inotify on a folder tree (folders made later are watched as they appear): (mask, folder, name) in the order
+    the kernel reported them. ``on(mask, path, name)``: called in the watching thread as each comes."""
+
+    def __init__(self, top: pathlib.Path, on: Callable[[int, pathlib.Path, str], None] = lambda *a: None) -> None:
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = self.libc.inotify_init1(os.O_CLOEXEC)
+        assert self.fd >= 0, os.strerror(ctypes.get_errno())
+        self.wds: dict[int, pathlib.Path] = {}
+        self.seen: list[tuple[int, pathlib.Path, str]] = []
+        self.on = on
+        self.error: BaseException | None = None
+        self._stop = False
+        self._r, self._w = os.pipe()
+        self._watch(top)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _watch(self, folder: pathlib.Path) -> None:
+        mask = IN_ACCESS | IN_MODIFY | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE
+        wd = self.libc.inotify_add_watch(self.fd, str(folder).encode(), mask)
+        if wd < 0:
+            return                          # gone meanwhile (a temp folder renamed)
+        self.wds[wd] = folder
+        for p in folder.iterdir():
+            if p.is_dir() and not p.is_symlink():
+                self._watch(p)
+
+    def _run(self) -> None:
+        import select
+        try:
+            while True:
+                ready, _, _ = select.select([self.fd, self._r], [], [])
+                if self.fd not in ready:
+                    return
+                buf = os.read(self.fd, 1 << 20)
+                i = 0
+                while i < len(buf):
+                    wd, mask, _, n = struct.unpack_from("iIII", buf, i)
+                    name = buf[i + 16:i + 16 + n].rstrip(b"\0").decode()
+                    i += 16 + n
+                    folder = self.wds.get(wd)
+                    if folder is None:
+                        continue
+                    if mask & IN_ISDIR and mask & (IN_CREATE | IN_MOVED_TO):
+                        self._watch(folder / name)
+                    self.seen.append((mask, folder, name))
+                    self.on(mask, folder, name)
+        except BaseException as e:  # noqa: BLE001 - raised by close()
+            self.error = e
+
+    def close(self) -> list[tuple[int, pathlib.Path, str]]:
+        """Stop watching: the events seen."""
+        os.write(self._w, b"x")
+        self._thread.join(10)
+        for fd in (self.fd, self._r, self._w):
+            os.close(fd)
+        assert self.error is None, self.error
+        return list(self.seen)
+
+
+def _of(events, name: str, mask: int) -> list[int]:
+    """Positions of the events of ``mask`` on the file ``name``."""
+    return [i for i, (m, _, n) in enumerate(events) if n == name and m & mask and not m & IN_ISDIR]
+
+
+@pytest.fixture
+def big(office, smb_tmp):
+    """The office NAS and a recorder with one 12 MiB recording, pushed at 8 MiB/s (1 MiB writes, 1.5 s)."""
+    smbd, remote, root, _ = office
+    db = make_recorder(smb_tmp / "big-rec", sizes=(12 * MIB,), seed=7)
+    yield smbd, dataclasses.replace(remote, bandwidth_limit_kbps=8192), root, db
+    db.close()
+
+
+def test_a_recording_is_read_back_while_it_is_written_and_not_again_after_its_rename(big):
+    smbd, remote, root, db = big
+    nas = root / "nas" / "rec-rw"
+    cfg = recorder_config(db.path, root / "state-rw", remote, "rec-rw")
+    events = Events(root / "nas")
+    try:
+        res = push(cfg)
+    finally:
+        seen = events.close()
+    assert all(r.ok and not r.skipped for r in res), res
+    temps = {n for _, _, n in seen if n.startswith(TEMP_PREFIX) and n.endswith("audio.flac")}
+    assert len(temps) == 1, temps                        # sent once
+    temp = temps.pop()
+    writes, reads = _of(seen, temp, IN_MODIFY), _of(seen, temp, IN_ACCESS)
+    assert len(writes) >= 8, writes                      # many writes (the recording's 1 MiB steps)
+    # read back while written: smbd read the temp file before the last write reached it
+    assert reads and reads[0] < writes[-1], (reads[:3], writes[-3:])
+    renamed = _of(seen, temp, IN_MOVED_FROM)
+    assert len(renamed) == 1 and renamed[0] > reads[-1]  # checked whole, then renamed
+    # and not read back again under its final name
+    assert not _of(seen, "audio.flac", IN_ACCESS), [e for e in seen if e[2] == "audio.flac"]
+    assert_landed(nas, db)
+
+
+def test_a_byte_damaged_on_the_nas_while_written_is_caught_before_the_rename_and_sent_again(big, caplog):
+    """The NAS changes a byte it has already taken (written and answered) while the push runs: the temp file is
+    removed, never renamed, and the recording is sent again; what landed passes sha256sum -c."""
+    smbd, remote, root, db = big
+    nas = root / "nas" / "rec-dmg"
+    cfg = recorder_config(db.path, root / "state-dmg", remote, "rec-dmg")
+    damaged: list[tuple[str, int]] = []
+
+    def damage(mask: int, folder: pathlib.Path, name: str) -> None:
+        if damaged or not mask & IN_MODIFY or not (name.startswith(TEMP_PREFIX) and name.endswith("audio.flac")):
+            return
+        with contextlib.suppress(FileNotFoundError):
+            fd = os.open(folder / name, os.O_RDWR)
+            try:
+                size = os.fstat(fd).st_size
+                if size < 3 * MIB:
+                    return
+                at = size - 1                  # the last byte of the write that just landed (and was answered)
+                old = os.pread(fd, 1, at)
+                os.pwrite(fd, bytes([old[0] ^ 0xFF]), at)
+                damaged.append((name, at))
+            finally:
+                os.close(fd)
+
+    events = Events(root / "nas", damage)
+    progress = Progress()
+    try:
+        with caplog.at_level(logging.INFO, logger="steno_exportd"):
+            res = push(cfg, progress=progress)
+    finally:
+        seen = events.close()
+    assert damaged, "no write of the recording was seen"
+    temp, _ = damaged[0]
+    assert all(r.ok for r in res), res
+    # the damaged temp file never got a final name: removed, not renamed (the second one, sent again under the
+    # same temp name, is)
+    removed, renamed = _of(seen, temp, IN_DELETE), _of(seen, temp, IN_MOVED_FROM)
+    assert removed and (not renamed or removed[0] < renamed[0]), (removed, renamed)
+    assert [r for r in caplog.records if "verify failed" in r.getMessage() and "audio.flac" in r.getMessage()]
+    assert progress.fields["bytes_done"] >= 2 * 12 * MIB            # sent again whole
+    assert_landed(nas, db)                                          # sha256sum -c of what landed passes
+
+
+def test_a_push_cancelled_mid_recording_leaves_no_read_back_thread_and_no_temp_file(big):
+    smbd, remote, root, db = big
+    nas = root / "nas" / "rec-cancel"
+    cfg = recorder_config(db.path, root / "state-cancel", remote, "rec-cancel")
+    progress = Progress(cancel_when=lambda f: f.get("bytes_done", 0) >= 5 * MIB)
+    with contextlib.suppress(Exception):
+        push(cfg, progress=progress)
+    assert progress.cancelled
+    assert not [th for th in threading.enumerate() if th.name == "steno-smb-back"]     # stopped, not left
+    assert not list(nas.rglob(f"{TEMP_PREFIX}*")), sorted(nas.rglob("*"))
+    assert not list(nas.rglob("audio.flac"))
