@@ -1038,7 +1038,7 @@ class Exporter:
                                                      cancelled=self._cancelled, buffers=self._buffers(), known=known,
                                                      known_crc=known_crc)
                 writer.finish(h)
-                checked = h.verified and not known
+                checked = writer.checked(h, not known, known_crc)
             else:
                 size, sha, crc, checked = writer.write_bytes(data, self.t, rel, tick=self._tick)
             if not self.verify or checked:

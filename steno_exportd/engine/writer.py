@@ -50,12 +50,21 @@ def finish(h: Any) -> None:
 def finish_and_verify(h: Any, target: Target, rel: str, size: int, sha: str,
                       cancelled: Callable[[], bool] = lambda: False, hashed: bool = True,
                       buffers: Callable[[], Buffers] | None = None, crc: int | None = None) -> None:
-    """finish(), then the read-back (by ``crc`` when known: verify()); skipped when the store's own hash checked the
-    bytes written and ``sha`` was hashed from those same bytes (``hashed``; a remembered hash is checked by a
-    read-back). ``buffers``: the running thread's (called there)."""
+    """finish(), then the read-back (by ``crc`` when known: verify()); skipped when the store checked the bytes
+    written and those are the file as hashed (checked()). ``buffers``: the running thread's (called there)."""
     finish(h)
-    if not (h.verified and hashed):
+    if not checked(h, hashed, crc):
         verify(target, rel, size, sha, cancelled, buffers() if buffers is not None else None, crc=crc)
+
+
+def checked(h: Any, hashed: bool, crc: int | None) -> bool:
+    """Did the store check a committed handle's bytes so that no read-back is needed? Its own check (``verified``:
+    a store's hash, or SMB's read-back beside the writes) matched the bytes written, and those are the file as
+    hashed: hashed from those same bytes (``hashed``), or, for a remembered hash, the handle's CRC-32 of the whole
+    file as written (``written_crc``: SMB) equals the one remembered with it (``crc``)."""
+    if not h.verified:
+        return False
+    return hashed or (crc is not None and getattr(h, "written_crc", None) == crc)
 
 
 class Buffers:

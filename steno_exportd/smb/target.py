@@ -496,6 +496,7 @@ class _SmbWrite:
         self._back: _ReadBack | None = None     # the read-back beside the writes
         self._crc = 0                           # CRC-32 of the bytes written (when read back beside them)
         self._checked = False                   # the read-back matched: verified once renamed
+        self.written_crc: int | None = None     # once verified: the CRC-32 of the whole file as written and read
         if ok:
             st = t.lstat(self.temp_rel)
             self._have = st.size if st is not None and st.kind == "file" else 0
@@ -636,6 +637,7 @@ class _SmbWrite:
                 self._raw.close(transaction=tr)
                 t._call(lambda **kw: tr.commit())
                 self.verified = self._checked
+                self.written_crc = self._crc if self._checked else None
             self.done = True
         except SmbError as e:
             if not self._replace and getattr(e.__cause__, "ntstatus", None) == _STATUS_OBJECT_NAME_COLLISION:

@@ -177,3 +177,50 @@ def test_a_push_cancelled_mid_recording_leaves_no_read_back_thread_and_no_temp_f
     assert not [th for th in threading.enumerate() if th.name == "steno-smb-back"]     # stopped, not left
     assert not list(nas.rglob(f"{TEMP_PREFIX}*")), sorted(nas.rglob("*"))
     assert not list(nas.rglob("audio.flac"))
+
+
+def test_a_recording_hashed_ahead_is_read_back_once_while_written_not_again_after_its_rename(big, tmp_path):
+    """The daemon's usual case: the background hasher remembered the recording's SHA-256 and CRC-32. The bytes sent
+    are checked while written (the NAS returned what was sent) and against the remembered CRC-32 (what was sent is
+    the recording as hashed): the engine reads nothing back after the rename."""
+    import hashlib
+
+    from isal.isal_zlib import crc32
+
+    from steno_exportd.engine.export import SimpleSpec, run_export
+    from steno_exportd.engine.hashcache import HashCache
+    from steno_exportd.engine.options import ExportOptions
+    from steno_exportd.engine.registry import local
+    from steno_exportd.library import Library
+    from steno_exportd.smb.push import SmbKind
+    from tests.smb.recorder import FORMATS
+    smbd, remote, root, db = big
+    nas = root / "nas" / "rec-ahead"
+    cfg = recorder_config(db.path, root / "state-ahead", remote, "rec-ahead")
+    hashes = HashCache(tmp_path / "hashes.sqlite")
+    lib = Library.from_config(cfg)
+    try:
+        ids = [s.id for s in lib.list_sessions(exportable_only=True)]
+        for i in ids:
+            audio = lib.get_session(i).audio
+            data = audio.path.read_bytes()
+            hashes.put(audio.path, crc32(data), hashlib.sha256(data).hexdigest(), audio.path.stat())
+        targets = local()
+        targets.register(SmbKind())
+        events = Events(root / "nas")
+        try:
+            res = run_export(lib, SimpleSpec("smb:office", tuple(ids), FORMATS, ExportOptions(), target_name="smb:office"), cfg,
+                             targets=targets, hashes=hashes)
+        finally:
+            seen = events.close()
+    finally:
+        lib.close()
+        hashes.close()
+    assert all(r.ok and not r.skipped for r in res), res
+    temps = {n for _, _, n in seen if n.startswith(TEMP_PREFIX) and n.endswith("audio.flac")}
+    assert len(temps) == 1, temps
+    temp = temps.pop()
+    reads, writes = _of(seen, temp, IN_ACCESS), _of(seen, temp, IN_MODIFY)
+    assert reads and reads[0] < writes[-1], (reads[:3], writes[-3:])
+    assert not _of(seen, "audio.flac", IN_ACCESS), [e for e in seen if e[2] == "audio.flac"]
+    assert_landed(nas, db)
