@@ -513,7 +513,10 @@ def _check_source(pf: Any, s: Any, data_dir: Path, keep_open: bool) -> tuple[Sou
 
 def export_archive(library: Any, spec: Any, cfg: Any, progress: Any, reg: Any = None, fmt: str = "zip") -> list:
     """Write a ZIP (fmt "zip") or a tar.gz file atomically (temp name, fsync, rename); results per session."""
+    from isal.isal_zlib import crc32
+
     from steno_exportd.engine.writer import read_back
+    from steno_exportd.errors import VerifyError
     from steno_exportd.engine.targets import DirectoryTarget
     from steno_exportd.events import SessionResult
 
@@ -530,20 +533,26 @@ def export_archive(library: Any, spec: Any, cfg: Any, progress: Any, reg: Any = 
     progress.update(force=True, bytes_total=total, files_total=len(plan.entries), bytes_done=0)
     h = t.open_write(path.name)
     done = 0
+    crc = 0                 # of every byte written: what the read-back checks
+
+    def write(b: Any) -> None:
+        nonlocal crc, done
+        h.write(b)
+        crc = crc32(b, crc)
+        done += len(b)
     try:
         if fmt == "zip":
             for b in zip_stream(plan):
                 if progress.cancelled:
                     raise CancelledJob("cancelled")
-                h.write(b)
-                done += len(b)
+                write(b)
                 progress.update(bytes_done=done)
         else:
             class _W:
                 def write(self, b):
                     if progress.cancelled:
                         raise CancelledJob("cancelled")
-                    h.write(b)
+                    write(b)
                     return len(b)
 
                 def flush(self):
@@ -554,7 +563,11 @@ def export_archive(library: Any, spec: Any, cfg: Any, progress: Any, reg: Any = 
     except BaseException:
         h.abort()
         raise
-    read_back(t, path.name)
+    size, got = read_back(t, path.name, check="crc32")
+    if (size, got) != (done, f"{crc:08x}"):         # the medium did not keep what was written: not left there
+        t.remove(path.name)
+        raise VerifyError(f"{path.name}: read back {size} bytes crc32 {got}, wrote {done} bytes crc32 {crc:08x}; "
+                          f"the archive was removed (a faulty stick or disk?)")
     results = []
     for sid in spec.session_ids:
         s = library.get_session(sid)

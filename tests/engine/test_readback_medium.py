@@ -212,3 +212,35 @@ def test_an_export_catches_a_bit_flipped_on_the_medium_after_the_write_and_write
         assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=root).returncode == 0
         for i, p in enumerate(srcs, 1):
             assert next(root.glob(f"*Meeting {i} */audio.wav")).read_bytes() == p.read_bytes()
+
+
+def test_a_zip_whose_bytes_changed_on_the_medium_after_the_write_fails_and_is_not_left_there(tmp_path, monkeypatch):
+    """An archive export (a ZIP on a stick) is read back like a folder's files: a bit that flipped on the medium
+    after the write fails the export with a clear error, and no ZIP with wrong bytes stays under its name."""
+    srcs = _recordings(tmp_path)
+    spoiled: list[str] = []
+    real_open_read = DirectoryTarget.open_read
+
+    def flaky_open_read(self, rel, *, uncached=False):
+        if uncached and rel.endswith(".zip") and not spoiled:
+            os.sync()
+            at = _image_offset(img, b"STENO-S2-BLK0100")     # inside the ZIP: recordings are stored as they are
+            with open(img, "r+b") as raw:
+                raw.seek(at + 1000)
+                b = raw.read(1)
+                raw.seek(at + 1000)
+                raw.write(bytes([b[0] ^ 0x10]))
+                raw.flush()
+                os.fsync(raw.fileno())
+            spoiled.append(rel)
+        return real_open_read(self, rel, uncached=uncached)
+
+    with loop_fs(tmp_path, "ext4", 128) as (mnt, _dev, img):
+        monkeypatch.setattr(DirectoryTarget, "open_read", flaky_open_read)
+        lib = FakeLibrary([make_session(i, p) for i, p in enumerate(srcs, 1)])
+        cfg = config.from_dict({"recorder": {"db_path": str(tmp_path / "rec" / "db.sqlite")},
+                                "export": {"allowed_dirs": [str(mnt)]}})
+        with pytest.raises(VerifyError, match=r"meetings\.zip: read back \d+ bytes crc32 "):
+            run_export(lib, SimpleSpec(str(mnt / "meetings.zip"), (1, 2, 3), ("audio",), ExportOptions()), cfg)
+        assert spoiled, "the medium was not changed"
+        assert not (mnt / "meetings.zip").exists(), "a ZIP that failed its read-back is left under its name"
