@@ -1648,3 +1648,22 @@ def test_a_full_sftp_store_is_said_to_be_full_and_not_tried_again(full_sftp, rcl
         push(cfg, sleep=waits.append)
     assert "the store is full" in str(e.value) and "rclone:cloud" in str(e.value), str(e.value)
     assert waits == []
+
+
+def test_a_copy_that_outlasts_rclones_request_read_timeout_still_lands(webdav, rclone_tmp, monkeypatch):
+    """A recording's copy is one remote-control call that answers when the copy has ended: over a slow uplink that
+    can be hours. rclone's server cancels a call whose request it has read for longer than its read timeout (1 h by
+    default): every retry of a big recording failed at the same mark. Here that 1 h is 3 s (rclone reads it from
+    RCLONE_RC_SERVER_READ_TIMEOUT, as an admin's environment could set it) and the copy takes ~5 s: it lands."""
+    monkeypatch.setenv("RCLONE_RC_SERVER_READ_TIMEOUT", "3s")
+    srv = webdav
+    db = make_recorder(rclone_tmp / "rec", sizes=(10 << 20,))
+    cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+    cfg = config.replace(cfg, **{"rclone.remotes": (dataclasses.replace(cfg.rclone.remotes[0],
+                                                                         bandwidth_limit_kbps=2048),)})
+    folder = srv.served / "office" / recorder_folder(cfg)
+    t0 = time.monotonic()
+    res = push(cfg, sleep=lambda s: None)
+    assert time.monotonic() - t0 > 3.5, "the copy did not outlast the read timeout: the test shows nothing"
+    assert [r.ok for r in res] == [True], [r.error for r in res]
+    assert_landed(folder, db)
