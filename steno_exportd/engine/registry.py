@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import logging
 import re
@@ -187,20 +188,22 @@ class FolderKind:
 
     @contextlib.contextmanager
     def open(self, target: str, cfg: Config, progress: Any) -> Iterator[Target]:
-        self._usable(target, cfg, TargetError)
+        # checked when the job was asked for: a folder gone now is a stick pulled (udisks removed its mount point)
+        self._usable(target, cfg, TargetError, missing=functools.partial(TargetError, kind="pulled"))
         yield DirectoryTarget(target)
 
     def again(self, error: StenoError, attempt: int, cancelled: Callable[[], bool]) -> bool:
         return False
 
     @staticmethod
-    def _usable(target: str, cfg: Config, error: type[StenoError]) -> None:
+    def _usable(target: str, cfg: Config, error: type[StenoError],
+                missing: Callable[[str], StenoError] | None = None) -> None:
         real = os.path.realpath(target)
         for d in recorder_dirs(cfg):
             if real == d or real.startswith(d.rstrip("/") + "/"):
                 raise error(f"refusing to export into the recorder's data folder {d}")
         if not os.path.isdir(target):
-            raise error(f"target folder does not exist: {target}")
+            raise (missing or error)(f"target folder does not exist: {target}")
 
 
 class ArchiveKind:

@@ -70,6 +70,21 @@ def test_folders_allowed_existing_and_never_the_recorders(cfg, tmp_path):
             pass
 
 
+def test_a_folder_gone_by_the_time_its_job_runs_is_a_pulled_stick(cfg, tmp_path):
+    """A stick yanked between the export's check and its start: udisks has already removed the mount point, so the
+    job found no folder and failed with 'target folder does not exist: /media/root/REC...' (seen in CI), not with
+    the 'target gone (stick pulled?)' a person acts on. A folder that was checked and is gone when opened is a
+    pulled target."""
+    targets = local()
+    stick = tmp_path / "exports" / "stick"
+    assert targets.check(str(stick), cfg).operation == "export"
+    stick.rmdir()
+    with pytest.raises(TargetError, match="target folder does not exist") as e:
+        with targets.kind_for(str(stick)).open(str(stick), cfg, None):
+            pass
+    assert e.value.kind == "pulled"
+
+
 def test_archives_need_an_allowed_folder(cfg, tmp_path):
     targets = local()
     ok = str(tmp_path / "exports" / "all.zip")
