@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import unicodedata
 from typing import Any, Callable, Iterator
 
 from dbus_fast import BusType, Message, MessageType, Variant
@@ -48,34 +49,43 @@ class CtlError(Exception):
         self.code = code
 
 
-# control characters (C0, DEL, C1): a terminal takes them for commands (\x1b]2;... retitles the window, \x1b[2J
-# clears it, \x9b is a one-byte CSI)
-_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# what a terminal must never be given from other people's words: control characters (Unicode category Cc: C0, DEL,
+# C1; a terminal takes them for commands: \x1b]2;... retitles the window, \x1b[2J clears it, \x9b is a one-byte CSI)
+# and format characters (Cf: a right-to-left override U+202E, the isolates U+2066..2069, a zero-width space U+200B;
+# drawn as nothing, they reorder or hide the words around them: a title or a stick label read as another)
+_HIDDEN = ("Cc", "Cf")
+
+
+def _hidden(text: str, shown: Callable[[str], str]) -> str:
+    """``text`` with each control or format character replaced by ``shown(c)``."""
+    if text.isprintable():                  # (neither is printable: most text is looked at no further)
+        return text
+    return "".join(shown(c) if unicodedata.category(c) in _HIDDEN else c for c in text)
+
+
+def _terminal_text(text: str) -> str:
+    """Someone else's words for a terminal: every control or format character shown as U+FFFD, one for one (a
+    search hit's marks still point at its words)."""
+    return _hidden(text, lambda c: "\ufffd")
+
+
+def _plain(v: Any, text: Callable[[str], str] | None = None) -> Any:
+    """A reply's values without their Variants; ``text`` applied to each string in them, keys too."""
+    if isinstance(v, Variant):
+        return _plain(v.value, text)
+    if isinstance(v, str):
+        return v if text is None else text(v)
+    if isinstance(v, dict):
+        return {_plain(k, text): _plain(x, text) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x, text) for x in v]
+    return v
 
 
 def _for_terminal(v: Any) -> Any:
-    """A reply's values (plain, as _plain()) with every control character in its strings shown as U+FFFD, one for
-    one (a search hit's marks still point at its words): titles, transcripts, stick labels and stores' error texts
-    are other people's words, printed on an admin's terminal."""
-    if isinstance(v, Variant):
-        return _for_terminal(v.value)
-    if isinstance(v, str):
-        return _CONTROLS.sub("\ufffd", v)
-    if isinstance(v, dict):
-        return {_for_terminal(k): _for_terminal(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_for_terminal(x) for x in v]
-    return v
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, Variant):
-        return _plain(v.value)
-    if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_plain(x) for x in v]
-    return v
+    """A reply's values, plain, with _terminal_text() of every string: titles, transcripts, stick labels and stores'
+    error texts are other people's words, printed on an admin's terminal."""
+    return _plain(v, _terminal_text)
 
 
 class Client:
@@ -108,7 +118,7 @@ class Client:
             if missing and reply.error_name in _NO_OBJECT:
                 raise CtlError(missing, EXIT_NOT_FOUND)
             code = _ERROR_CODES.get(reply.error_name, EXIT_FAILED)
-            text = _CONTROLS.sub("\ufffd", str(reply.body[0] if reply.body else reply.error_name))
+            text = _terminal_text(str(reply.body[0] if reply.body else reply.error_name))
             if code == EXIT_NOT_RUNNING:
                 text = f"steno-exportd is not running on the {self.bus_spec} bus ({BUS_NAME} has no owner)"
             raise CtlError(text, code)
@@ -137,10 +147,19 @@ def _size(n: int) -> str:
 
 
 def _print_json(data: Any) -> None:
-    """JSON with its accents as they are, but DEL and the C1 controls escaped too (json escapes only C0 ones): the
-    words exact for a program, nothing a terminal would run."""
-    text = json.dumps(data, indent=2, ensure_ascii=False)
-    print(re.sub(r"[\x7f-\x9f]", lambda m: f"\\u{ord(m[0]):04x}", text))
+    """JSON with its accents as they are, but DEL, the C1 controls and the format characters escaped too (json
+    escapes only C0 ones; its own line breaks are kept): the words exact for a program, nothing a terminal would run
+    or reorder."""
+    print(_hidden(json.dumps(data, indent=2, ensure_ascii=False), lambda c: c if c == "\n" else _json_escape(c)))
+
+
+def _json_escape(c: str) -> str:
+    """One character as a JSON string escape (a surrogate pair past U+FFFF)."""
+    n = ord(c)
+    if n > 0xFFFF:
+        n -= 0x10000
+        return f"\\u{0xD800 + (n >> 10):04x}\\u{0xDC00 + (n & 0x3FF):04x}"
+    return f"\\u{n:04x}"
 
 
 # ---- commands ------------------------------------------------------------------------

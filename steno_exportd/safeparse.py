@@ -42,20 +42,31 @@ def printable(text: str) -> str:
 
 
 # a setting whose value is a credential, as rclone spells a remote's ("pass=...", "bearer_token='...'",
-# "secret_access_key=...", a config file's "pass = ..."); unquoted, the value ends where rclone ends it in a
-# connection string, at a comma or a colon (the remote's path after it, "pass=x:office", is kept), or at a space or
-# quote; but a value that is a URL (sas_url's) is taken to the next comma, space or quote, and a token's JSON
-# ('token = {"access_token":...}') to its closing brace: their colons are their own
-_SECRET_SETTING = re.compile(r"(?i)(?<![a-z0-9_])([a-z0-9_]*(?:pass|secret|token|key|sas_url|credential|header|auth)"
-                             r"[a-z0-9_]*)[ \t]*=[ \t]*(?:'(?:[^']|'')*'?|\"(?:[^\"]|\"\")*\"?|\{[^{}]*\}?|"
-                             r"\\\"(?:[^\"\\\r\n]|\\[^\"\r\n])*(?:\\\")?|"
-                             r"[a-z][a-z0-9+.-]*://[^,\s\"']*|[^,:\s\"']*)")
-# ... a value quoted inside a string Go quoted (rclone's 'file system for ":webdav,pass=\"x\":office"'), to its
-# escaped closing quote; and a header's (rclone's headers: name,value pairs, an Authorization's "Bearer ..."), unless
-# quoted, to the end of the string or line: its commas, colons and spaces are its own (rclone ends it at the first,
-# the rest read as the remote's path, but a person meant them as the value)
-_SECRET_HEADER = re.compile(r"(?i)(?<![a-z0-9_])([a-z0-9_]*header[a-z0-9_]*)[ \t]*=[ \t]*(?!['\"{]|\\\")"
-                            r"(?:\\.|[^\"\\\r\n])*")
+# "secret_access_key=...", a config file's "pass = ..."; its name holds one of _SECRET_WORDS), its value masked whole:
+# quoted ('...', "...", or \"...\" inside a string Go quoted: rclone's 'file system for ":webdav,pass=\"x\":office"'),
+# to its closing quote; a token's JSON ('token = {"access_token":...}') to its closing brace; unquoted, where rclone
+# ends it in a connection string, at a comma or a colon (the remote's path after it, "pass=x:office", is kept), or at
+# a space or quote; but a value that is a URL (sas_url's) to the next comma, space or quote (its colons are its own),
+# and a header's (a name with "header": rclone's headers, name,value pairs, an Authorization's "Bearer ...") to the
+# end of the string or line: its commas, colons and spaces are its own (rclone ends it at the first, the rest read as
+# the remote's path, but a person meant them as the value)
+_SECRET_WORDS = ("header", "pass", "secret", "token", "key", "sas_url", "credential", "auth")
+_QUOTED = r"'(?:[^']|'')*'?|\"(?:[^\"]|\"\")*\"?|\{[^{}]*\}?|\\\"(?:[^\"\\\r\n]|\\[^\"\r\n])*(?:\\\")?"
+_UNQUOTED = r"[a-z][a-z0-9+.-]*://[^,\s\"']*|[^,:\s\"']*"
+_TO_LINE_END = r"(?:\\.|[^\"\\\r\n])*"
+
+
+def _setting(words: tuple[str, ...], value: str) -> re.Pattern[str]:
+    """A setting named with one of ``words`` (group 1) and its ``value``."""
+    return re.compile(r"(?i)(?<![a-z0-9_])([a-z0-9_]*(?:" + "|".join(words) + r")[a-z0-9_]*)[ \t]*=[ \t]*(?:"
+                      + value + ")")
+
+
+# a header's value (its name holds "header"): quoted, to its closing quote when a separator follows (what follows is
+# rclone's, ':office'), else on to the end of the line; unquoted, to the end of the line (or string)
+_HEADER_VALUE = (rf"(?>{_QUOTED})(?=[,:\"\r\n]|\Z)|(?=['\"{{]|\\\")(?:{_QUOTED})[^\r\n]*|{_TO_LINE_END}")
+# a header's first (its value may read as another setting: "pass=headers=Authorization:Bearer x"), then every one
+_SECRET_SETTINGS = (_setting(("header",), _HEADER_VALUE), _setting(_SECRET_WORDS, f"{_QUOTED}|{_UNQUOTED}"))
 # a URL's "user:password@" (also as a mangled URL shows it, "http/./user:password@host"): to its last "@" before
 # a "/" (a password may hold one)
 _USERINFO = re.compile(r"(?<![^\s/\"'(=,\[])([^\s/:@\"',=\[\]]+):[^\s/\"']+@")
@@ -64,6 +75,6 @@ _USERINFO = re.compile(r"(?<![^\s/\"'(=,\[])([^\s/:@\"',=\[\]]+):[^\s/\"']+@")
 def redact(text: str) -> str:
     """A program's error text (rclone's, which quotes the remote or URL it failed on) for a message that browsers,
     the touchscreen and the log show: every credential in it masked ("pass=***", "user:***@host"), the rest kept."""
-    text = _SECRET_HEADER.sub(lambda m: f"{m.group(1)}=***", text)
-    text = _SECRET_SETTING.sub(lambda m: f"{m.group(1)}=***", text)
+    for setting in _SECRET_SETTINGS:
+        text = setting.sub(lambda m: f"{m.group(1)}=***", text)
     return _USERINFO.sub(r"\1:***@", text)

@@ -512,7 +512,9 @@ def _check_source(pf: Any, s: Any, data_dir: Path, keep_open: bool) -> tuple[Sou
 
 
 def export_archive(library: Any, spec: Any, cfg: Any, progress: Any, reg: Any = None, fmt: str = "zip") -> list:
-    """Write a ZIP (fmt "zip") or a tar.gz file atomically (temp name, fsync, rename); results per session."""
+    """Write a ZIP (fmt "zip") or a tar.gz file atomically (temp name, fsync, read-back, rename); results per
+    session. The temp file is read back before its rename: an archive whose bytes the medium did not keep, or
+    could not return (EIO), or whose read-back was cancelled, never gets its final name."""
     from isal.isal_zlib import crc32
 
     from steno_exportd.engine.writer import read_back
@@ -559,15 +561,18 @@ def export_archive(library: Any, spec: Any, cfg: Any, progress: Any, reg: Any = 
                     pass
             tar_gz_write(plan, _W())
         h.sync()
+        try:
+            size, got = read_back(t, h.temp, check="crc32", cancelled=lambda: bool(progress.cancelled))
+        except OSError as e:                        # a bad region of the stick, say (EIO)
+            raise VerifyError(f"{path.name}: the read-back failed ({e.strerror or e}); the archive was removed "
+                              f"(a faulty stick or disk?)") from e
+        if (size, got) != (done, f"{crc:08x}"):     # the medium did not keep what was written: not left there
+            raise VerifyError(f"{path.name}: read back {size} bytes crc32 {got}, wrote {done} bytes crc32 "
+                              f"{crc:08x}; the archive was removed (a faulty stick or disk?)")
         h.commit()
     except BaseException:
         h.abort()
         raise
-    size, got = read_back(t, path.name, check="crc32")
-    if (size, got) != (done, f"{crc:08x}"):         # the medium did not keep what was written: not left there
-        t.remove(path.name)
-        raise VerifyError(f"{path.name}: read back {size} bytes crc32 {got}, wrote {done} bytes crc32 {crc:08x}; "
-                          f"the archive was removed (a faulty stick or disk?)")
     results = []
     for sid in spec.session_ids:
         s = library.get_session(sid)

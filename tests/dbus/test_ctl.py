@@ -140,3 +140,53 @@ async def test_titles_snippets_and_labels_reach_the_terminal_without_their_escap
     rc, text, err = await ctl(private_bus, "sessions", "--json")
     assert not [c for c in text if 0x7f <= ord(c) <= 0x9f or (ord(c) < 32 and c not in "\n ")], text
     assert [s["title"] for s in json.loads(text)] == [HOSTILE]
+
+
+# format characters (Unicode category Cf): a right-to-left override, isolates, a zero-width space, a BOM; a
+# terminal draws none of them but reorders or hides what follows
+REORDERING = "Budget \u202eexe.tsil\u202c \u2066review\u2069\u200b Q4\ufeff"
+
+
+@pytest.fixture
+async def reordering(private_bus, tmp_path):
+    """A real Core whose session title, transcript and stick label carry format characters (a title pasted from
+    a mail, a label chosen by whoever formatted the stick)."""
+    rec = RecorderDB(tmp_path / "rec")
+    sid = rec.session(title=REORDERING)
+    rec.entry(sid, 0.0, 2.0, f"budget {REORDERING} budget")
+    cfg = config.from_dict({"recorder": {"db_path": str(rec.path)}, "state": {"dir": str(tmp_path / "state")},
+                            "dbus": {"bus": private_bus}})
+    core = Core(cfg)
+    await core.start()
+    core.devices.change("fs_ab12", label="\u202eKCITS\u200b", fs_type="vfat", size=10, free=5,
+                        state=ev.DeviceState.MOUNTED)
+    try:
+        async with service.export(core):
+            yield core
+    finally:
+        await core.stop()
+        rec.close()
+
+
+async def test_titles_snippets_and_labels_reach_the_terminal_without_format_characters(reordering, private_bus):
+    """A right-to-left override in a title or a stick label reordered what an admin read on the terminal (they are
+    no control characters, so they passed): now each is shown as U+FFFD, one for one, the words around kept; --json
+    escapes them (\\u202e) and keeps the words exact."""
+    import unicodedata
+    for _ in range(100):                    # the search index is built in the background
+        rc, text, err = await ctl(private_bus, "search", "budget", "--json")
+        if rc == 0 and json.loads(text)["total"]:
+            break
+        await asyncio.sleep(0.1)
+    for argv in (["sessions"], ["search", "budget"], ["devices"], ["status"], ["sessions", "--json"],
+                 ["devices", "--json"], ["search", "budget", "--json"]):
+        rc, text, err = await ctl(private_bus, *argv)
+        assert rc == 0, (argv, err)
+        shown = [f"U+{ord(c):04X}" for c in text + err if unicodedata.category(c) == "Cf"]
+        assert not shown, (argv, shown, text)
+    rc, text, err = await ctl(private_bus, "sessions")
+    assert "Budget \ufffdexe.tsil\ufffd \ufffdreview\ufffd\ufffd Q4\ufffd" in text, text
+    rc, text, err = await ctl(private_bus, "devices")
+    assert "\ufffdKCITS\ufffd" in text, text
+    rc, text, err = await ctl(private_bus, "sessions", "--json")
+    assert [s["title"] for s in json.loads(text)] == [REORDERING]

@@ -22,7 +22,7 @@ from steno_exportd.engine.export import SimpleSpec, run_export
 from steno_exportd.engine.hashcache import HashCache
 from steno_exportd.engine.options import ExportOptions
 from steno_exportd.engine.targets import DirectoryTarget
-from steno_exportd.errors import VerifyError
+from steno_exportd.errors import CancelledJob, VerifyError
 from tests.fakes import FakeLibrary, make_session
 from tests.parts.loopfs import loop_fs
 
@@ -244,3 +244,128 @@ def test_a_zip_whose_bytes_changed_on_the_medium_after_the_write_fails_and_is_no
             run_export(lib, SimpleSpec(str(mnt / "meetings.zip"), (1, 2, 3), ("audio",), ExportOptions()), cfg)
         assert spoiled, "the medium was not changed"
         assert not (mnt / "meetings.zip").exists(), "a ZIP that failed its read-back is left under its name"
+
+
+class _Cut:
+    """A read handle of a stick whose medium stops answering from ``at`` on while the handle is open (a bad region:
+    the loop device made shorter under the mounted filesystem, so the kernel answers reads there EIO); the medium
+    comes back whole when the handle is closed, before anything else is done on the stick."""
+
+    def __init__(self, h, img, dev: str, at: int) -> None:
+        self._h, self.img, self.dev, self.at = h, img, dev, at
+        os.sync()
+        with open(img, "r+b") as raw:
+            raw.seek(at)
+            self._tail = raw.read()
+            raw.truncate(at)
+            os.fsync(raw.fileno())
+        subprocess.run(["losetup", "-c", dev], check=True)
+        self.reads, self.failed = 0, []
+
+    def readinto(self, buf) -> int:
+        self.reads += 1
+        try:
+            return self._h.readinto(buf)
+        except OSError as e:
+            self.failed.append(e)
+            raise
+
+    def read(self, n: int) -> bytes:
+        return self._h.read(n)
+
+    def close(self) -> None:
+        self._h.close()
+        self.restore()
+
+    def restore(self) -> None:
+        if self._tail is None:
+            return
+        with open(self.img, "r+b") as raw:
+            raw.seek(self.at)
+            raw.write(self._tail)
+            os.fsync(raw.fileno())
+        self._tail = None
+        subprocess.run(["losetup", "-c", self.dev], check=True)
+
+
+def _archive_cfg(tmp_path, mnt):
+    return config.from_dict({"recorder": {"db_path": str(tmp_path / "rec" / "db.sqlite")},
+                             "export": {"allowed_dirs": [str(mnt)]}})
+
+
+def test_a_zip_whose_read_back_meets_a_bad_region_of_the_stick_fails_and_is_not_left_there(tmp_path, monkeypatch):
+    """A ZIP's read-back that meets a bad region of the stick (the kernel answers EIO there) fails the export with a
+    clear error, and no ZIP whose bytes could not be read back stays under its name (nor its temp file)."""
+    srcs = _recordings(tmp_path)
+    cuts: list[_Cut] = []
+    real_open_read = DirectoryTarget.open_read
+
+    def bad_region(self, rel, *, uncached=False):
+        h = real_open_read(self, rel, uncached=uncached)
+        if uncached and rel.endswith(".zip") and not cuts:
+            at = _image_offset(img, b"STENO-S3-BLK0100") & ~4095      # inside the ZIP: the third recording
+            cuts.append(_Cut(h, img, dev, at))
+            return cuts[-1]
+        return h
+
+    with loop_fs(tmp_path, "ext4", 128) as (mnt, dev, img):
+        subprocess.run(["mount", "-o", "remount,noatime", str(mnt)], check=True)   # no metadata write past the cut
+        monkeypatch.setattr(DirectoryTarget, "open_read", bad_region)
+        try:
+            with pytest.raises(VerifyError, match=r"meetings\.zip: .*Input/output error.*removed"):
+                run_export(FakeLibrary([make_session(i, p) for i, p in enumerate(srcs, 1)]),
+                           SimpleSpec(str(mnt / "meetings.zip"), (1, 2, 3), ("audio",), ExportOptions()),
+                           _archive_cfg(tmp_path, mnt))
+        finally:
+            for c in cuts:
+                c.restore()
+        assert cuts and cuts[0].failed, "the read-back never met the bad region"
+        assert sorted(p.name for p in mnt.iterdir()) == ["lost+found"], "a ZIP (or its temp file) is left there"
+
+
+class _CancelledProgress:
+    """A job's progress whose cancel comes once the ZIP's read-back has begun."""
+
+    cancelled = False
+
+    def update(self, force: bool = False, **fields) -> None:
+        pass
+
+
+def test_a_cancel_during_a_zips_read_back_is_heeded_and_no_zip_is_left(tmp_path, monkeypatch):
+    """A long read-back (a big ZIP on a slow stick) looks at the job's cancel as the writes do: the job ends
+    cancelled, and no ZIP that was not read back whole stays under its name."""
+    srcs = _recordings(tmp_path)
+    progress = _CancelledProgress()
+    reads: list[int] = []
+    real_open_read = DirectoryTarget.open_read
+
+    class Reading:
+        def __init__(self, h):
+            self._h = h
+
+        def readinto(self, buf) -> int:
+            n = self._h.readinto(buf)
+            reads.append(n)
+            progress.cancelled = True           # the person cancels while the ZIP is read back
+            return n
+
+        def read(self, n):
+            return self._h.read(n)
+
+        def close(self):
+            self._h.close()
+
+    def reading(self, rel, *, uncached=False):
+        h = real_open_read(self, rel, uncached=uncached)
+        return Reading(h) if uncached and rel.endswith(".zip") else h
+
+    with loop_fs(tmp_path, "ext4", 128) as (mnt, _dev, _img):
+        monkeypatch.setattr(DirectoryTarget, "open_read", reading)
+        with pytest.raises(CancelledJob):
+            run_export(FakeLibrary([make_session(i, p) for i, p in enumerate(srcs, 1)]),
+                       SimpleSpec(str(mnt / "meetings.zip"), (1, 2, 3), ("audio",), ExportOptions()),
+                       _archive_cfg(tmp_path, mnt), progress)
+        assert reads, "the ZIP was not read back"
+        assert sum(reads) < SOURCES * RECORDING, f"the read-back went on after the cancel ({sum(reads)} bytes read)"
+        assert sorted(p.name for p in mnt.iterdir()) == ["lost+found"], "a ZIP (or its temp file) is left there"

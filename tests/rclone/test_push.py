@@ -267,6 +267,38 @@ def test_a_credential_in_rclones_words_is_masked_and_the_path_after_it_kept(line
                 "ya29.a0AfH6SMBx"} & set(re.findall(r"[\w.]+", redact(line)))
 
 
+@pytest.mark.parametrize("line, shown", [
+    ("pass=S3cretA1,user=me", "pass=***,user=me"),                                  # unquoted: to a comma
+    ("pass=S3cretA1:office/meetings", "pass=***:office/meetings"),                  # ... or a colon
+    ("pass='S3cretA1 x'x", "pass=***x"),                                            # single-quoted
+    ('pass="S3cretA1, x":office', "pass=***:office"),                               # double-quoted
+    (':webdav,pass=\\"S3cretA1\\":office', ":webdav,pass=***:office"),              # quoted in a Go-quoted string
+    ('token = {"access_token":"S3cretA1","expiry":"2026"} read', "token=*** read"),  # a token's JSON
+    ("sas_url = https://a.blob.core.windows.net/c?sig=S3cretA1 in it", "sas_url=*** in it"),   # a URL
+    ("secret_access_key=S3cretA1,access_key_id=AK1S3cretA1:bucket", "secret_access_key=***,access_key_id=***:bucket"),
+    ("bearer_token='S3cretA1'", "bearer_token=***"),
+    ("client_credential = S3cretA1", "client_credential=***"),                      # a config file's spacing
+    ("auth=S3cretA1", "auth=***"),
+    ("headers=Authorization:Bearer S3cretA1,x:office", "headers=***"),              # a header: to the line's end
+    ("headers=Cookie,session=S3cretA1\nnext line kept", "headers=***\nnext line kept"),
+    ("auth_header=Bearer S3cretA1", "auth_header=***"),
+    ("headers='Authorization,Bearer S3cretA1':office", "headers=***:office"),      # a header quoted: to its quote
+    ('headers="Authorization,Bearer S3cretA1":office', "headers=***:office"),
+    ('headers=\\"Authorization,Bearer S3cretA1\\":office', "headers=***:office"),
+    ('headers={"Authorization":"Bearer S3cretA1"}:office', "headers=***:office"),
+    ('headers = "Authorization,Bearer S3cretA1":office', "headers=***:office"),     # (a config file's spacing)
+    ("url='https://steno:S3cretA1@nas.example/dav'", "url='https://steno:***@nas.example/dav'"),   # a URL's login
+    ("http/./steno:S3cretA1@nas", "http/./steno:***@nas")])
+def test_a_secret_in_every_shape_is_masked(line, shown):
+    """Every shape a credential takes in a program's words (a setting's value unquoted, quoted three ways, a
+    token's JSON, a URL; a header's to the end of its line unless quoted; a URL's login) is masked, the rest kept.
+    A header quoted after "= " (a config file's spacing) was shown: 'headers=***"Authorization,Bearer ..."'. (A pure
+    function: one list of the words that name a credential, one set of value shapes.)"""
+    from steno_exportd.safeparse import redact
+    assert redact(line) == shown
+    assert "S3cretA1" not in redact(line)
+
+
 @pytest.mark.parametrize("remote", [
     ":webdav,url='http://127.0.0.1:9/',headers=Authorization:Bearer abc123:office",
     ':webdav,url=\'http://127.0.0.1:9/\',headers="Authorization,Bearer abc123":office',

@@ -166,6 +166,57 @@ def test_a_byte_damaged_on_the_nas_while_written_is_caught_before_the_rename_and
     assert_landed(nas, db)                                          # sha256sum -c of what landed passes
 
 
+def test_a_transcript_over_1_mib_damaged_on_the_nas_while_written_is_sent_again(office, smb_tmp, caplog):
+    """A rendered file (a transcript) over 1 MiB is read back while it is written; a byte the NAS changed after
+    taking it failed that check at the commit, and the transcript was reported missing from the session ("read back
+    ... while writing"), never sent again, where a smaller one (read back after its rename) and a recording are sent
+    again once. Now it is sent again too: the session lands whole."""
+    smbd, remote, root, _ = office
+    db = make_recorder(smb_tmp / "tx-rec", sizes=(100_000,), seed=9)
+    try:
+        sid = db.conn.execute("SELECT id FROM sessions").fetchone()[0]
+        db.conn.execute("BEGIN")
+        for k in range(3, 30_000):
+            db.entry(sid, k * 10.0, k * 10.0 + 9, f"line {k}: " + "the budget for the next quarter was agreed. " * 3)
+        db.conn.execute("COMMIT")
+        nas = root / "nas" / "rec-tx"
+        cfg = recorder_config(db.path, root / "state-tx", dataclasses.replace(remote, bandwidth_limit_kbps=8192),
+                              "rec-tx")
+        damaged: list[str] = []
+
+        def damage(mask: int, folder: pathlib.Path, name: str) -> None:
+            if damaged or not mask & IN_MODIFY or not (name.startswith(TEMP_PREFIX) and name.endswith(".txt")):
+                return
+            with contextlib.suppress(FileNotFoundError):
+                fd = os.open(folder / name, os.O_RDWR)
+                try:
+                    size = os.fstat(fd).st_size
+                    if not size:
+                        return
+                    old = os.pread(fd, 1, size - 1)     # the last byte of the write that just landed
+                    os.pwrite(fd, bytes([old[0] ^ 0xFF]), size - 1)
+                    damaged.append(name)
+                finally:
+                    os.close(fd)
+
+        events = Events(root / "nas", damage)
+        try:
+            with caplog.at_level(logging.INFO, logger="steno_exportd"):
+                res = push(cfg, formats=("txt",))
+        finally:
+            seen = events.close()
+        assert damaged, "no write of the transcript was seen"
+        assert [r.ok for r in res] == [True], [r.error for r in res]
+        assert [r for r in caplog.records if "verify failed" in r.getMessage() and ".txt" in r.getMessage()]
+        removed, renamed = _of(seen, damaged[0], IN_DELETE), _of(seen, damaged[0], IN_MOVED_FROM)
+        assert removed and (not renamed or removed[0] < renamed[0]), (removed, renamed)   # never renamed damaged
+        assert_landed(nas, db, formats=("txt",))
+        txt = list(nas.rglob("*.txt"))
+        assert len(txt) == 1 and txt[0].stat().st_size > 1 << 20, txt
+    finally:
+        db.close()
+
+
 def test_a_push_cancelled_mid_recording_leaves_no_read_back_thread_and_no_temp_file(big):
     smbd, remote, root, db = big
     nas = root / "nas" / "rec-cancel"
