@@ -364,6 +364,7 @@ class _SavedNowAndThen(DirectoryTarget):
     def open_write(self, rel, *, resume=None):
         h = super().open_write(rel, resume=resume)
         if "Meeting 2" in rel and rel.endswith("audio.wav"):
+            h.chunk = 1 << 20               # a MiB a write (a local target's own writes are larger: COPY_CHUNK)
             write = h.write
 
             def slow(data):
