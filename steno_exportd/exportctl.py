@@ -52,15 +52,18 @@ class CtlError(Exception):
 # what a terminal must never be given from other people's words: control characters (Unicode category Cc: C0, DEL,
 # C1; a terminal takes them for commands: \x1b]2;... retitles the window, \x1b[2J clears it, \x9b is a one-byte CSI)
 # and format characters (Cf: a right-to-left override U+202E, the isolates U+2066..2069, a zero-width space U+200B;
-# drawn as nothing, they reorder or hide the words around them: a title or a stick label read as another)
-_HIDDEN = ("Cc", "Cf")
+# drawn as nothing, they reorder or hide the words around them: a title or a stick label read as another), and the
+# line and paragraph separators (Zl, Zp: a row of a table broken in two). The zero-width non-joiner and joiner stay:
+# they only join or part the letters around them (a Persian word, an emoji sequence), so a title is read as written
+_HIDDEN = ("Cc", "Cf", "Zl", "Zp")
+_JOINERS = "\u200c\u200d"
 
 
 def _hidden(text: str, shown: Callable[[str], str]) -> str:
     """``text`` with each control or format character replaced by ``shown(c)``."""
     if text.isprintable():                  # (neither is printable: most text is looked at no further)
         return text
-    return "".join(shown(c) if unicodedata.category(c) in _HIDDEN else c for c in text)
+    return "".join(shown(c) if unicodedata.category(c) in _HIDDEN and c not in _JOINERS else c for c in text)
 
 
 def _terminal_text(text: str) -> str:
