@@ -163,9 +163,11 @@ class QuietHandler(RequestHandler):
     """A connection: remembers when it last did something; a malformed request is a 4xx and one quiet line."""
 
     refusals: RefusalLog
+    wire: Any = None            # its transport
 
     def connection_made(self, transport: Any) -> None:
         self.last_active = time.monotonic()
+        self.wire = transport       # (aiohttp forgets its transport once it closes it; evict() may still abort it)
         self._manager.handshaking.pop(self, None)          # (TLS) its handshake is done: counted as a connection
         super().connection_made(transport)
 
@@ -178,9 +180,9 @@ class QuietHandler(RequestHandler):
         transport, which over TLS begins a shutdown that waits for the client's close_notify (up to asyncio's
         ssl_shutdown_timeout, 30 s), and over plain TCP waits for unsent bytes to drain (never, for a client that
         stopped reading): evicted and no longer counted, 400 silent TLS clients under a cap of 32 held 400
-        descriptors."""
-        if self.transport is not None:
-            self.transport.abort()
+        descriptors. One closed for idling (http.idle_timeout) is still in such a shutdown: aborted too."""
+        if self.wire is not None:
+            self.wire.abort()
         self.force_close()
 
     def handle_error(self, request: Any, status: int = 500, exc: Any = None, message: Any = None) -> Any:

@@ -85,16 +85,22 @@ def test_evicted_https_connections_give_their_descriptor_back_at_once(web_daemon
     is aborted: its descriptor is free at once."""
     require_tool("prlimit")
     raise_own_nofile(8192)
-    d = web_daemon(own_lib, prefix=NOFILE, **{"http.tls.mode": '"self-signed"', "http.max_connections": "32"})
+    d = web_daemon(own_lib, prefix=NOFILE, **{"http.tls.mode": '"self-signed"', "http.max_connections": "32",
+                                               "http.idle_timeout": "2"})
     cert = next(tmp_path.glob("**/tls/cert.pem"))
     ctx = ssl.create_default_context(cafile=str(cert))
     ctx.check_hostname = False
     before = daemon_sockets(d.pid)
     clients = []
-    try:
-        for _ in range(400):
+
+    def connect(n: int) -> None:
+        for _ in range(n):
             s = socket.create_connection(("127.0.0.1", d.port), timeout=10)
             clients.append(ctx.wrap_socket(s))        # the handshake done; then not a byte read or sent
+    try:
+        connect(32)
+        time.sleep(3.5)         # closed for idling (http.idle_timeout): their TLS shutdowns wait for the clients
+        connect(368)            # ... and then evicted by newcomers, like the connections still open
         time.sleep(2)
         held = daemon_sockets(d.pid) - before
         probe = TlsProber(d.port, str(cert))
