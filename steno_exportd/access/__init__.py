@@ -61,12 +61,15 @@ def share_url(cfg: Any, token: str, host: str = "", tls: bool = False) -> str:
 
 
 def _only_here(name: str) -> bool:
+    """Does the name mean this machine only, or an address no other device can use as it stands (a link-local
+    IPv6 one: valid only with the asking device's own zone, fe80::1%25eth0)?"""
     if name == "localhost" or name.endswith(".localhost"):
         return True
     try:
-        return ipaddress.ip_address(name).is_loopback
+        ip = ipaddress.ip_address(name.split("%")[0])
     except ValueError:
         return False
+    return ip.is_loopback or (ip.version == 6 and ip.is_link_local)       # (IPv4's 169.254/16 needs no zone)
 
 
 def policy(cfg: Any) -> LimiterPolicy:

@@ -91,8 +91,12 @@ async def access(request: web.Request, handler: Any) -> web.StreamResponse:
     host = request.headers.get("Host", "")
     sock = request.transport.get_extra_info("sockname") if request.transport else None
     local = str(sock[0]) if sock else ""
+    try:
+        authority = request.url.raw_authority or host
+    except ValueError:          # a Host aiohttp's URL cannot hold (it was a 500 and a traceback): no name of ours
+        authority = ""
     if not auth.host_allowed(host, ctx.host_names(), local) or \
-            not auth.host_allowed(request.url.raw_authority or host, ctx.host_names(), local):
+            not auth.host_allowed(authority, ctx.host_names(), local):
         # DNS rebinding: a page elsewhere reaching this recorder under a name of its own
         refusals.note(addr, "unknown Host %r", host[:80])
         return _error_response(request, 421, "this recorder does not answer to that host name "

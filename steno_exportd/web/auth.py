@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import ipaddress
 import os
+import re
 import secrets
 import socket
 from pathlib import Path
@@ -88,15 +89,26 @@ def split_host(value: str) -> tuple[str, int | None] | None:
         return None
     if not name or parts.username is not None or parts.path or parts.query or parts.fragment:
         return None
+    if value.startswith("[") and not re.fullmatch(r"\[[^\]]*\](:[0-9]*)?", value):
+        return None         # "[::1].evil.example": urlsplit reads it as [::1] and drops the rest
     return name.lower().rstrip("."), port
 
 
+ZONE = re.compile(r"%(?:25)?[A-Za-z0-9._~-]{1,64}")      # RFC 6874: "%25" and the zone (lenient: a bare "%")
+
+
 def host_allowed(value: str, names: frozenset[str], local_addr: str) -> bool:
-    """A name the recorder answers to, or the very address the client connected to (never some other one)."""
+    """A name the recorder answers to, or the very address the client connected to (never some other one).
+
+    An IPv6 address may carry the zone of the client's own interface ([fe80::1%25eth0], RFC 6874): it says which
+    of the client's links leads here, not which address, so it is left out of the comparison (it was part of it,
+    and a laptop reaching the recorder at its link-local address got 421)."""
     hp = split_host(value)
     if hp is None:
         return False
     name, _ = hp
+    if ":" in name and (zone := ZONE.search(name)) is not None and zone.end() == len(name):
+        name = name[:zone.start()]
     try:
         ip = ipaddress.ip_address(name)
     except ValueError:

@@ -50,6 +50,7 @@ class WebContext:
         self.networks = auth.Networks(cfg.http.auth.allowed_networks)
         self.cache = RenderCache(state / "cache" / "render", cfg.http.cache_max_mb * 1024 * 1024)
         self.making: dict = {}      # cache key -> the one render of it under way (downloads.Making)
+        self.rendering: dict = {}   # client -> [(cache key, request)] of the documents being made for it now
         from steno_exportd.engine.hashcache import HashCache
         self.hashes = HashCache(state / "cache" / "hashes.db", cfg.retention.hash_cache_entries)
         self.static = static.load(PKG / "static")   # the page's script and style sheet, in memory

@@ -19,12 +19,14 @@ from aiohttp import web
 from steno_exportd.errors import CancelledJob, InvalidArgument, NotFoundError, SourceError, Throttled
 from steno_exportd.recordings import SourceChanged, SourceRef
 from steno_exportd.web import human
-from steno_exportd.web.context import CTX, WebContext, client_addr, session_key
+from steno_exportd.web.context import CTX, REFUSALS, WebContext, client_addr, session_key
 
 log = logging.getLogger(__name__)
 
 MAX_SELECTION = 500
 MAX_FORMATS = 32
+RENDERS_PER_CLIENT = 3      # documents made in the render worker (PDF, DOCX) for one client at once
+RENDER_RETRY = 10.0         # seconds a client over it is told to wait (Retry-After)
 ZIP_CHUNK = 128 << 10       # the ZIP's own bytes (headers, documents) are gathered up to this before they are sent
 ZIP_BATCH = 512 << 10       # ... fetched 512 KiB at a time (a thread hop per chunk costs throughput); recordings
                             # go by sendfile (checksums remembered, or hashed by one thread per core meanwhile)
@@ -321,6 +323,7 @@ async def send_rendered(request: web.Request, ctx: WebContext, s: Any, fmt: str,
     headers = {"Content-Disposition": disposition(name), "Content-Type": r.media_type}
     path = await asyncio.to_thread(ctx.cache.get, key)
     if path is None:
+        mine = _render_slot(ctx, request, key) if r.heavy else None
         try:
             path, data = await made_once(ctx, key, fmt, s, opts, request)
         except CancelledJob:
@@ -328,6 +331,9 @@ async def send_rendered(request: web.Request, ctx: WebContext, s: Any, fmt: str,
                 raise
             client_left(name, 0, None)
             return web.Response(status=499)     # nobody reads it: the connection is gone
+        finally:
+            if mine is not None:
+                _render_done(ctx, mine, key, request)
         if path is None:
             await ctx.grants.still_granted(request)     # (the login may have ended while it was rendered)
             await asyncio.to_thread(ctx.store.audit, s.id, client_addr(request), f"{fmt} ({template})", via)
@@ -343,6 +349,35 @@ async def send_rendered(request: web.Request, ctx: WebContext, s: Any, fmt: str,
     # the login may have ended while it was rendered or opened: a small one goes out whole before the watch looks
     await granted_or_closed(request, ctx, opened)
     return SourceResponse(opened, name, f"session {s.id}", done, pause=ctx.core.prehasher.pause, headers=headers)
+
+
+def _render_slot(ctx: WebContext, request: web.Request, key: str) -> str:
+    """Count a document about to be made in the render worker for this request's client (an address; an IPv6
+    /64); Throttled when it already has RENDERS_PER_CLIENT others being made. The worker makes one at a time,
+    first come first served: with no bound, a guest asking for every meeting's PDF at once was ahead of everybody
+    who asked after it. The same document asked for again takes no further slot (it is made once), nor does a
+    request whose client has left (its render is being stopped)."""
+    from steno_exportd.access.limiter import network_of
+
+    addr = client_addr(request)
+    client = network_of(addr) if ":" in addr and "." not in addr else addr
+    mine = ctx.rendering.setdefault(client, [])
+    making = {k for k, r in mine if not gone(r)}
+    if key not in making and len(making) >= RENDERS_PER_CLIENT:
+        request.app[REFUSALS].note(addr, "%d documents being made for it already (at most %d per client)",
+                                   len(making), RENDERS_PER_CLIENT)
+        raise Throttled(f"{len(making)} documents being made for you already (at most {RENDERS_PER_CLIENT} at "
+                        f"once); try again once one of them has come", RENDER_RETRY)
+    mine.append((key, request))
+    return client
+
+
+def _render_done(ctx: WebContext, client: str, key: str, request: web.Request) -> None:
+    mine = ctx.rendering.get(client, [])
+    with contextlib.suppress(ValueError):
+        mine.remove((key, request))
+    if not mine:
+        ctx.rendering.pop(client, None)
 
 
 class Making:

@@ -55,6 +55,8 @@ class NetNS:
     prefix: str                    # e.g. "fd14:1a2b:3c4d:1"
     host_addr: str                 # the host end of the veth: where a server listens
     addresses: list[str]           # the namespace's addresses, all in host_addr's /64
+    host_if: str = ""              # the veth's end on this machine
+    ns_if: str = ""                # its end in the namespace
 
     def run(self, cmd: list[str], timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
         return subprocess.run(["ip", "netns", "exec", self.name, *cmd], capture_output=True, text=True,
@@ -86,7 +88,7 @@ def ipv6_lan() -> Iterator:
         addrs = [f"{prefix}::{0x1000 + i:x}" for i in range(addresses)]
         batch = "".join(f"addr add {a}/64 dev {ns_if} nodad\n" for a in addrs)
         _ip("-batch", batch + f"link set {ns_if} up\nlink set lo up\n", ns=name)
-        return NetNS(name, prefix, f"{prefix}::1", addrs)
+        return NetNS(name, prefix, f"{prefix}::1", addrs, host_if, ns_if)
 
     yield make
     for name in made:            # deleting the namespace deletes its veth end, and with it the host end

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import io
 import logging
 import re
@@ -543,3 +544,55 @@ async def test_a_files_last_bytes_go_out_at_once_on_a_kept_alive_connection(web_
         whole.append(t)
     ms = {k: round(1000 * statistics.median(v), 1) for k, v in (("page", page), ("range", spans), ("whole", whole))}
     assert ms["range"] < ms["page"] + 20 and ms["whole"] < ms["page"] + 20 + len(data) / 200e3, ms
+
+
+async def test_one_client_cannot_queue_more_than_its_share_of_renders(web_client, sessions, monkeypatch):
+    """THREATS: a guest must not starve others' renders. PDFs and DOCX are made one at a time in the one render
+    worker, first come first served, and nothing bounded how many one client queued there: a guest asking for
+    every meeting's PDF in every template at once put each of them ahead of everybody who asked after it (minutes of
+    CPU each on the Pi). Now one client (one address; one /64 for IPv6) has at most RENDERS_PER_CLIENT documents
+    being made for it; more at once are a 429 with Retry-After, while other clients' documents are still taken."""
+    import aiohttp
+
+    from steno_exportd.web.downloads import RENDERS_PER_CLIENT
+    from tests.web.helpers import held_renders
+
+    submitted, release = held_renders(monkeypatch)      # the worker's first render is held until the test says
+    client, _ = await web_client()
+    ctx = client.server.app[CTX]
+    base = f"http://127.0.0.1:{client.server.port}"
+    docs = [f"/sessions/{s.id}/download/{fmt}?template={t}" for s in sessions.values() if s.summary.exportable
+            for fmt in ("pdf", "docx") for t in DOCUMENT_TEMPLATES]
+    greedy, others = docs[:12], docs[12:15]
+
+    async def ask(source: str, path: str) -> tuple[int, str, bytes]:
+        conn = aiohttp.TCPConnector(local_addr=(source, 0), force_close=True)
+        async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=120)) as http:
+            async with http.get(base + path) as r:
+                return r.status, r.headers.get("Retry-After", ""), await r.read()
+    try:
+        guest = [asyncio.ensure_future(ask("127.0.9.2", p)) for p in greedy]           # all at once
+        # each of the guest's asks refused or waiting for its render
+        await until(lambda: sum(g.done() for g in guest) + len(ctx.making) >= len(greedy), "the guest's asks",
+                    timeout=30, in_thread=False)
+        queued = len(ctx.making)
+        people = [asyncio.ensure_future(ask(f"127.0.9.{10 + i}", p)) for i, p in enumerate(others)]
+        await until(lambda: len(ctx.making) >= queued + len(others), "the others' renders asked for",
+                    timeout=30, in_thread=False)
+        await asyncio.sleep(0.5)
+        refused = [g.result() for g in guest if g.done()]
+        assert not any(p.done() for p in people), [p.result()[:2] for p in people if p.done()]
+        release.set()
+        answers = await asyncio.wait_for(asyncio.gather(*guest, *people), 300)
+    finally:
+        release.set()
+    guest_statuses = collections.Counter(s for s, _, _ in answers[:len(greedy)])
+    # before: Counter({200: 12}) -- every one of the guest's twelve renders queued ahead of the others'
+    assert guest_statuses == {200: RENDERS_PER_CLIENT, 429: len(greedy) - RENDERS_PER_CLIENT}, guest_statuses
+    assert all(s == 429 and int(after) >= 1 and b"documents being made" in body for s, after, body in refused)
+    assert [s for s, _, _ in answers[len(greedy):]] == [200] * len(others)
+    assert all(b.startswith((b"%PDF", b"PK")) for s, _, b in answers if s == 200)
+    assert not ctx.rendering, ctx.rendering                   # every slot given back
+    # its documents made, the guest may ask again (a cached one is no render and takes no slot)
+    again = await asyncio.gather(*(ask("127.0.9.2", p) for p in greedy[:RENDERS_PER_CLIENT + 2]))
+    assert [s for s, _, _ in again] == [200] * (RENDERS_PER_CLIENT + 2), [s for s, _, _ in again]

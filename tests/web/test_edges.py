@@ -6,6 +6,7 @@ import json
 import logging
 import re
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -183,3 +184,50 @@ async def test_export_options_that_are_not_an_object_are_a_400(web_client, sessi
                            "options": options}).encode()
         status, _, answer = await raw(port, request("POST", "/api/v1/exports", port, base, body))
         assert status == 400 and b"options" in answer, (options, status, answer[:200])
+
+
+LINK_LOCAL_PROBE = """
+import json, socket, sys
+addr, port, hosts = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
+out = []
+for host in hosts:
+    family, kind, proto, _, sa = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM)[0]
+    with socket.socket(family, kind, proto) as s:
+        s.settimeout(10)
+        s.connect(sa)
+        s.sendall(f"GET /login HTTP/1.1\\r\\nHost: {host}\\r\\nConnection: close\\r\\n\\r\\n".encode())
+        head = b""
+        while b"\\r\\n" not in head and (chunk := s.recv(4096)):
+            head += chunk
+    out.append(int(head.split()[1]) if head.startswith(b"HTTP/") else 0)
+json.dump(out, sys.stdout)
+"""
+
+
+def test_a_link_local_address_with_its_zone_in_host_is_the_recorders_own(web_daemon, own_lib, ipv6_lan):
+    """A laptop on the LAN that reaches the recorder at its IPv6 link-local address (no DHCP, no mDNS) names it
+    with the zone of its own interface: http://[fe80::1%25eth0]:8080/ (RFC 6874), and sends that in Host. The
+    zone only says which of the client's interfaces leads there, yet the Host check compared it too and answered
+    421 "does not answer to that host name". The address must still be the one the client connected to, and no
+    other name passes (DNS rebinding)."""
+    from tests.parts.netns import _ip
+    from tests.web.helpers import PASSWORD_HASH
+    ns = ipv6_lan(1)
+    _ip("addr", "add", "fe80::1/64", "dev", ns.host_if, "nodad")                 # the recorder's link-local address
+    _ip("addr", "add", "fe80::2/64", "dev", ns.ns_if, "nodad", ns=ns.name)      # the laptop's
+    d = web_daemon(own_lib, **{"http.bind": f'["fe80::1%{ns.host_if}"]', "http.auth.mode": '"password"',
+                               "http.auth.password_hash": f'"{PASSWORD_HASH}"'})
+    zone = ns.ns_if
+    hosts = {f"[fe80::1%25{zone}]:{d.port}": 200, f"[fe80::1%25{zone}]": 200, f"[fe80::1]:{d.port}": 200,
+             f"[FE80::1%25{zone}]:{d.port}": 200,
+             f"[fe80::2%25{zone}]:{d.port}": 421, f"[fe80::1:1%25{zone}]:{d.port}": 421,  # not the address it reached
+             f"evil.example:{d.port}": 421, f"[fe80::1%25{zone}].evil.example:{d.port}": (400, 421),
+             f"[fe80::1].evil.example:{d.port}": (400, 421), f"[fe80::1%25{zone}%25x]:{d.port}": (400, 421),
+             f"fe80::1%25{zone}:{d.port}": (400, 421)}                                   # (no brackets)
+    r = ns.run([sys.executable, "-c", LINK_LOCAL_PROBE, f"fe80::1%{zone}", str(d.port), json.dumps(list(hosts))])
+    assert r.returncode == 0, r.stderr
+    got = dict(zip(hosts, json.loads(r.stdout)))
+    wrong = {h: s for h, s in got.items() if s not in (hosts[h] if isinstance(hosts[h], tuple) else (hosts[h],))}
+    # before: {'[fe80::1%25sn..]:port': 421, '[fe80::1%25sn..]': 421, '[FE80::1%25sn..]:port': 421}
+    assert not wrong, wrong
+    assert "Traceback" not in d.log()

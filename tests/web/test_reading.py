@@ -119,6 +119,21 @@ def test_share_url_names_the_recorder_as_another_device_reaches_it():
         assert share_url(cfg, "T", "192.168.1.20:8080") == "https://rec.example.org/s/T"
 
 
+def test_a_share_link_made_over_a_link_local_address_names_the_recorder_by_name(tmp_path):
+    """A laptop that reached the page at the recorder's IPv6 link-local address ([fe80::1%25eth0], its zone that of
+    the laptop's own interface) made a share link for a phone: the link named that address and zone, which no
+    other device can use. Like a loopback address, it is the recorder's <host>.local instead."""
+    import socket
+
+    from tests.configs import make_config
+    cfg = make_config(tmp_path, **{"http.port": 8080})
+    here = f"http://{socket.gethostname().lower()}.local:8080/s/T"
+    for host in ("[fe80::1%25eth0]:8080", "[fe80::1%eth0]:8080", "[fe80::1]:8080", "[FE80::1%25wlan0]"):
+        assert share_url(cfg, "T", host) == here, host
+    assert share_url(cfg, "T", "[fd00::5]:8080") == "http://[fd00::5]:8080/s/T"     # a LAN's own address: kept
+    assert share_url(cfg, "T", "169.254.7.9:8080") == "http://169.254.7.9:8080/s/T"  # (IPv4 has no zones)
+
+
 @pytest.mark.parametrize("host,shown", [("Café", "xn--caf-dma.local"), ("desk/42", None), ("desk\udcff42", None),
                                         ("a b", None)])
 def test_a_share_link_of_a_host_whose_name_cannot_be_looked_up_still_reaches_the_recorder(monkeypatch, tmp_path,

@@ -1,7 +1,10 @@
 """Floods against the page over HTTPS: connections that never finish (or never start) their TLS handshake."""
 from __future__ import annotations
 
+import contextlib
 import http.client
+import os
+import socket
 import ssl
 import threading
 import time
@@ -62,3 +65,54 @@ def test_connections_that_never_finish_the_tls_handshake_leave_the_page_reachabl
     assert "Traceback" not in log and "Too many open files" not in log
     flood_lines = len(log.splitlines()) - lines_before
     assert flood_lines <= 30, f"{flood_lines} log lines for one flood:\n" + "\n".join(log.splitlines()[-20:])
+
+
+def daemon_sockets(pid: int) -> int:
+    """Sockets the daemon holds open now (its /proc/<pid>/fd)."""
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            n += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+    return n
+
+
+def test_evicted_https_connections_give_their_descriptor_back_at_once(web_daemon, own_lib, tmp_path):
+    """Clients that finish their TLS handshake and then stay silent (they never read, so never answer the
+    close_notify), many more than the cap: each one past the cap closed the longest idle, but over TLS that close
+    only began a TLS shutdown, which waits for the peer's close_notify up to asyncio's ssl_shutdown_timeout (30 s).
+    The evicted connections were no longer counted while their descriptors stayed open: the cap held nothing, and
+    a flood of such clients under systemd's 1024 descriptors ran the daemon out of them. Now an evicted connection
+    is aborted: its descriptor is free at once."""
+    require_tool("prlimit")
+    raise_own_nofile(8192)
+    d = web_daemon(own_lib, prefix=NOFILE, **{"http.tls.mode": '"self-signed"', "http.max_connections": "32",
+                                               "http.idle_timeout": "2"})
+    cert = next(tmp_path.glob("**/tls/cert.pem"))
+    ctx = ssl.create_default_context(cafile=str(cert))
+    ctx.check_hostname = False
+    before = daemon_sockets(d.pid)
+    clients = []
+
+    def connect(n: int) -> None:
+        for _ in range(n):
+            s = socket.create_connection(("127.0.0.1", d.port), timeout=10)
+            clients.append(ctx.wrap_socket(s))        # the handshake done; then not a byte read or sent
+    try:
+        connect(32)
+        time.sleep(3.5)         # closed for idling (http.idle_timeout): their TLS shutdowns wait for the clients
+        connect(368)            # ... and then evicted by newcomers, like the connections still open
+        time.sleep(2)
+        held = daemon_sockets(d.pid) - before
+        probe = TlsProber(d.port, str(cert))
+        probe.start()
+        time.sleep(3)
+        probe.stop.set()
+        probe.join()
+    finally:
+        for s in clients:
+            s.close()
+    # the cap (32) and a few in passing; before: "held 400 sockets" (each evicted one open until its 30 s were up)
+    assert held <= 32 + 4, f"held {held} sockets for 400 silent TLS clients under a cap of 32"
+    assert probe.ok >= 5 and not probe.failures, (probe.ok, probe.failures[:5])
+    log = d.log()
+    assert "Traceback" not in log and "Too many open files" not in log
