@@ -66,14 +66,22 @@ _REFUSED = re.compile(r"(?i:forbidden|permission denied|access ?denied|insuffici
 WRITES = ("operations/mkdir", "operations/uploadfile", "operations/copyfile", "operations/movefile",
           "operations/deletefile", "operations/purge", "operations/rmdir", "sync/move")
 _SERVING = re.compile(r"Serving remote control on https?://127\.0\.0\.1:(\d+)/")    # rclone rcd's NOTICE of its port
-# the daemon's environment that would hide that NOTICE (quiet it, send it to a file or to syslog) or change the shape
-# of rclone's lines read here (JSON objects; another prefix than its date and time): not passed on to rclone. Under
-# systemd the daemon's INVOCATION_ID (rclone v1.60's test for running as a service) and JOURNAL_STREAM (later
-# versions') made rclone log for the journal: "<3>ERROR : ...", a syslog priority and no date (RCLONE_LOG_SYSTEMD
-# asks for that too); its stderr is a pipe to the push, not the journal
-_QUIETING = ("RCLONE_LOG_LEVEL", "RCLONE_QUIET", "RCLONE_VERBOSE", "RCLONE_LOG_FILE", "RCLONE_SYSLOG",
-             "RCLONE_SYSLOG_FACILITY", "RCLONE_USE_JSON_LOG", "RCLONE_LOG_FORMAT", "RCLONE_LOG_SYSTEMD",
-             "INVOCATION_ID", "JOURNAL_STREAM")
+# rclone reads a setting for each of its flags from the environment (RCLONE_<FLAG>), its remote-control server's
+# (RCLONE_RC_*) and every backend's defaults (RCLONE_<BACKEND>_<OPTION>) too; an admin's shell or unit file may hold
+# some for an rclone of their own (its web GUI: RCLONE_RC_BASEURL, RCLONE_RC_HTPASSWD, RCLONE_RC_CERT; a dry run
+# tried once; its log quieted or moved: RCLONE_LOG_LEVEL, RCLONE_SYSLOG, which hid the NOTICE that says rcd's port),
+# which reached the push's rclone rcd and broke every push ("rclone did not start", writes skipped).
+# Its command line sets what the push needs: none of them is passed on, but those that open the admin's rclone
+# config (its password, a command that says it: an encrypted rclone.config_file) and set a remote of it
+# (RCLONE_CONFIG_<REMOTE>_<KEY>: rclone's documented way to give a remote's setting, a token kept out of the file).
+# RCLONE_CONFIG (another config file) is not: rclone.config_file names it. The rest of the environment is the
+# system's, not rclone's settings, and passed on: PATH, HOME (rclone's cache), TMPDIR (where it spools a stream),
+# proxies, TLS trust (SSL_CERT_FILE), ssh-agent, a store's own login variables for env_auth (AWS_*, ...).
+_RCLONE_KEPT = re.compile(r"RCLONE_CONFIG_PASS|RCLONE_PASSWORD_COMMAND|RCLONE_CONFIG_.+_.+")
+# beyond those, what would change the shape of rclone's lines read here: under systemd the daemon's INVOCATION_ID
+# (rclone v1.60's test for running as a service) and JOURNAL_STREAM (later versions') made rclone log for the
+# journal: "<3>ERROR : ...", a syslog priority and no date; its stderr is a pipe to the push, not the journal
+_QUIETING = ("INVOCATION_ID", "JOURNAL_STREAM")
 # what starts a line of rclone's log before its words: a syslog priority (its journal format), its date and time
 _LOG_PREFIX = re.compile(r"^(?:<[0-7]>)?(?:\d{4}/\d\d/\d\d \d\d:\d\d:\d\d(?:\.\d+)?\s+)?")
 _CONFIG = re.compile(r"didn't find section in config file|config file .{0,40}not found|"
@@ -90,6 +98,13 @@ _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
 # a name of dotted parts outside quotes: a host (Go's 'dial tcp: lookup login.microsoftonline.com: no such host'), an
 # address, a file name
 _DOTTED = re.compile(r"[\w-]+(?:\.[\w-]+)+")
+
+
+def rclone_environment(environ: typing.Mapping[str, str]) -> dict[str, str]:
+    """The environment the push's rclone gets: the daemon's, without rclone's own settings but those of the admin's
+    rclone config (_RCLONE_KEPT), nor what would change the shape of its log (_QUIETING)."""
+    return {k: v for k, v in environ.items()
+            if k not in _QUIETING and (not k.upper().startswith("RCLONE_") or _RCLONE_KEPT.fullmatch(k))}
 
 
 class RcloneError(TargetError):
@@ -222,8 +237,7 @@ class Rcd:
         the meetings' files)."""
         self.port = 0
         user, _, pw = base64.b64decode(self._auth.split()[1]).decode().partition(":")
-        env = {**{k: v for k, v in os.environ.items() if k not in _QUIETING}, "RCLONE_RC_USER": user,
-               "RCLONE_RC_PASS": pw}
+        env = {**rclone_environment(os.environ), "RCLONE_RC_USER": user, "RCLONE_RC_PASS": pw}
         try:
             self.proc = subprocess.Popen(self._argv + ["rcd", "--rc-addr", "127.0.0.1:0", "--rc-serve"],
                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
