@@ -4,6 +4,7 @@ error text) told as what a person can act on (RcloneError)."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import io
 import json
@@ -82,6 +83,11 @@ _RCLONE_KEPT = re.compile(r"RCLONE_CONFIG_PASS|RCLONE_PASSWORD_COMMAND|RCLONE_CO
 # (rclone v1.60's test for running as a service) and JOURNAL_STREAM (later versions') made rclone log for the
 # journal: "<3>ERROR : ...", a syslog priority and no date; its stderr is a pipe to the push, not the journal
 _QUIETING = ("INVOCATION_ID", "JOURNAL_STREAM")
+# rclone's last words when it cannot load its config file (it exits at the first call that opens a remote, and
+# the push saw only a connection closed: "rclone stopped answering", tried three times): its path, its reason
+_CONFIG_LOAD = re.compile(r'Failed to load config file "((?:[^"\\\n]|\\.)*)": ([^\n]*)')
+_UNPARSED = re.compile(r"could not parse line: (.*)")
+
 # what starts a line of rclone's log before its words: a syslog priority (its journal format), its date and time
 _LOG_PREFIX = re.compile(r"^(?:<[0-7]>)?(?:\d{4}/\d\d/\d\d \d\d:\d\d:\d\d(?:\.\d+)?\s+)?")
 _CONFIG = re.compile(r"didn't find section in config file|config file .{0,40}not found|"
@@ -162,6 +168,8 @@ def error_text(body: bytes) -> str:
 def explain(code: int, err: str, where: str, *, write: bool = False) -> TargetError:
     """rclone's exit code and stderr as the error a person can act on. ``write``: the store refused a write (after
     the push's reads there: its login works), so a refusal (403 Forbidden, permission denied) is of writing there."""
+    if said := _config_unloadable(err, where):
+        return said
     line = last_line(err) or f"rclone exited with status {code}"
     # the words are matched outside the paths and URLs the text quotes: the folders named there are the recorder's
     # (a meeting's title: "Forbidden City trip", "Login page review"; a temp name's process id: 4011), and a drop
@@ -204,6 +212,42 @@ def explain(code: int, err: str, where: str, *, write: bool = False) -> TargetEr
     if code == 7:
         return RcloneError(f"{where}: the store refused the request for good ({line})", True)
     return RcloneError(f"{where}: {line}", code in (1, 3, 4))
+
+
+def _config_unloadable(err: str, where: str, conf: str | None = None) -> RcloneError | None:
+    """rclone's words that it cannot load its config file (broken, unreadable, a folder, encrypted without its
+    password) as one line naming the file and rclone's reason; None when it says no such thing. A line it could not
+    parse is never quoted (it may be a credential pasted on a line of its own): said by its number when ``conf``,
+    the config file given to rclone, is the file and holds it."""
+    m = _CONFIG_LOAD.search(err)
+    if not m:
+        return None
+    path = m[1].replace('\\"', '"').replace("\\\\", "\\")
+    reason = safeparse.printable(safeparse.redact(m[2].strip()))[:ERROR_TEXT]
+    if unparsed := _UNPARSED.match(m[2].strip()):
+        n = _line_number(conf, unparsed[1].strip()) if conf and os.path.abspath(conf) == path else None
+        reason = f"{f'line {n}' if n else 'a line'} is neither a [remote] nor a 'key = value' setting"
+    elif "most likely wrong password" in err:
+        reason = f"the password given for it is wrong ({reason})"
+    return RcloneError(f"{where}: rclone cannot load its config file {safeparse.printable(path)} "
+                       f"(rclone.config_file): {reason}", True)
+
+
+def _line_number(path: str, line: str) -> int | None:
+    """The number of the first line of the file at ``path`` (a regular file, its first MiB) that reads ``line``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        text = os.read(fd, 1 << 20).decode("utf-8", "replace")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return next((n for n, ln in enumerate(text.splitlines(), 1) if ln.strip() == line), None)
 
 
 class Rcd:
@@ -282,8 +326,21 @@ class Rcd:
             conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError as e:
             conn.close()
-            raise RcloneError(f"{self.where}: rclone stopped answering ({e})") from e
+            raise self.stopped(e) from e
         return conn
+
+    def stopped(self, e: Exception) -> RcloneError:
+        """A request rclone did not answer (``e``: its connection refused or closed): rclone stopped answering; or,
+        when it has ended for a config file it cannot load (at the first call that opens a remote), that, said."""
+        if self.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(0.5)             # (its exit closed the connection: a moment, at most)
+            if self.proc.poll() is not None and self._reader is not None:
+                self._reader.join(1)            # (its last words read)
+            if self.proc.poll() is not None and (said := _config_unloadable(self.stderr(), self.where,
+                                                                            self._argv[2])):
+                return said
+        return RcloneError(f"{self.where}: rclone stopped answering ({e})")
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": self._auth}
@@ -330,7 +387,7 @@ class Rcd:
                          headers={**self.headers(), "Content-Type": "application/json"})
         except (OSError, http.client.HTTPException) as e:
             conn.close()
-            raise RcloneError(f"{self.where}: rclone stopped answering ({e})") from e
+            raise self.stopped(e) from e
         return conn
 
     def end(self, conn: http.client.HTTPConnection, method: str, *, missing_ok: bool = False,
@@ -341,7 +398,7 @@ class Rcd:
                 r = conn.getresponse()
                 body = self._body(r, listing)
             except (OSError, http.client.HTTPException) as e:
-                raise RcloneError(f"{self.where}: rclone stopped answering ({e})") from e
+                raise self.stopped(e) from e
             return self.answer(r.status, body, missing_ok=missing_ok, write=method in WRITES)
         finally:
             conn.close()
