@@ -349,7 +349,10 @@ class RcloneRemote:
 @dataclasses.dataclass(frozen=True)
 class RcloneConfig:
     config_file: str = opt("/etc/steno-exportd/rclone.conf", "rclone's config file (the admin makes it with "
-                           "'rclone config'); it holds credentials: readable only by the service user.",
+                           "'rclone config'); it holds credentials: readable only by the service user. rclone's "
+                           "own settings in the daemon's environment (RCLONE_*) do not reach the push's rclone, "
+                           "but for this file's: RCLONE_CONFIG_PASS, RCLONE_PASSWORD_COMMAND (an encrypted file) "
+                           "and RCLONE_CONFIG_<REMOTE>_<KEY>.",
                            check=_check_abs_or_empty)
     command: str = opt("rclone", "The rclone program (Debian's rclone package).")
     remotes: list[RcloneRemote] = table_list(RcloneRemote, "[[rclone.remotes]] tables, one per remote.")

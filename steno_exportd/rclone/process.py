@@ -4,6 +4,7 @@ error text) told as what a person can act on (RcloneError)."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import io
 import json
@@ -66,14 +67,27 @@ _REFUSED = re.compile(r"(?i:forbidden|permission denied|access ?denied|insuffici
 WRITES = ("operations/mkdir", "operations/uploadfile", "operations/copyfile", "operations/movefile",
           "operations/deletefile", "operations/purge", "operations/rmdir", "sync/move")
 _SERVING = re.compile(r"Serving remote control on https?://127\.0\.0\.1:(\d+)/")    # rclone rcd's NOTICE of its port
-# the daemon's environment that would hide that NOTICE (quiet it, send it to a file or to syslog) or change the shape
-# of rclone's lines read here (JSON objects; another prefix than its date and time): not passed on to rclone. Under
-# systemd the daemon's INVOCATION_ID (rclone v1.60's test for running as a service) and JOURNAL_STREAM (later
-# versions') made rclone log for the journal: "<3>ERROR : ...", a syslog priority and no date (RCLONE_LOG_SYSTEMD
-# asks for that too); its stderr is a pipe to the push, not the journal
-_QUIETING = ("RCLONE_LOG_LEVEL", "RCLONE_QUIET", "RCLONE_VERBOSE", "RCLONE_LOG_FILE", "RCLONE_SYSLOG",
-             "RCLONE_SYSLOG_FACILITY", "RCLONE_USE_JSON_LOG", "RCLONE_LOG_FORMAT", "RCLONE_LOG_SYSTEMD",
-             "INVOCATION_ID", "JOURNAL_STREAM")
+# rclone reads a setting for each of its flags from the environment (RCLONE_<FLAG>), its remote-control server's
+# (RCLONE_RC_*) and every backend's defaults (RCLONE_<BACKEND>_<OPTION>) too; an admin's shell or unit file may hold
+# some for an rclone of their own (its web GUI: RCLONE_RC_BASEURL, RCLONE_RC_HTPASSWD, RCLONE_RC_CERT; a dry run
+# tried once; its log quieted or moved: RCLONE_LOG_LEVEL, RCLONE_SYSLOG, which hid the NOTICE that says rcd's port),
+# which reached the push's rclone rcd and broke every push ("rclone did not start", writes skipped).
+# Its command line sets what the push needs: none of them is passed on, but those that open the admin's rclone
+# config (its password, a command that says it: an encrypted rclone.config_file) and set a remote of it
+# (RCLONE_CONFIG_<REMOTE>_<KEY>: rclone's documented way to give a remote's setting, a token kept out of the file).
+# RCLONE_CONFIG (another config file) is not: rclone.config_file names it. The rest of the environment is the
+# system's, not rclone's settings, and passed on: PATH, HOME (rclone's cache), TMPDIR (where it spools a stream),
+# proxies, TLS trust (SSL_CERT_FILE), ssh-agent, a store's own login variables for env_auth (AWS_*, ...).
+_RCLONE_KEPT = re.compile(r"RCLONE_CONFIG_PASS|RCLONE_PASSWORD_COMMAND|RCLONE_CONFIG_.+_.+")
+# beyond those, what would change the shape of rclone's lines read here: under systemd the daemon's INVOCATION_ID
+# (rclone v1.60's test for running as a service) and JOURNAL_STREAM (later versions') made rclone log for the
+# journal: "<3>ERROR : ...", a syslog priority and no date; its stderr is a pipe to the push, not the journal
+_QUIETING = ("INVOCATION_ID", "JOURNAL_STREAM")
+# rclone's last words when it cannot load its config file (it exits at the first call that opens a remote, and
+# the push saw only a connection closed: "rclone stopped answering", tried three times): its path, its reason
+_CONFIG_LOAD = re.compile(r'Failed to load config file "((?:[^"\\\n]|\\.)*)": ([^\n]*)')
+_UNPARSED = re.compile(r"could not parse line: (.*)")
+
 # what starts a line of rclone's log before its words: a syslog priority (its journal format), its date and time
 _LOG_PREFIX = re.compile(r"^(?:<[0-7]>)?(?:\d{4}/\d\d/\d\d \d\d:\d\d:\d\d(?:\.\d+)?\s+)?")
 _CONFIG = re.compile(r"didn't find section in config file|config file .{0,40}not found|"
@@ -90,6 +104,13 @@ _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
 # a name of dotted parts outside quotes: a host (Go's 'dial tcp: lookup login.microsoftonline.com: no such host'), an
 # address, a file name
 _DOTTED = re.compile(r"[\w-]+(?:\.[\w-]+)+")
+
+
+def rclone_environment(environ: typing.Mapping[str, str]) -> dict[str, str]:
+    """The environment the push's rclone gets: the daemon's, without rclone's own settings but those of the admin's
+    rclone config (_RCLONE_KEPT), nor what would change the shape of its log (_QUIETING)."""
+    return {k: v for k, v in environ.items()
+            if k not in _QUIETING and (not k.upper().startswith("RCLONE_") or _RCLONE_KEPT.fullmatch(k))}
 
 
 class RcloneError(TargetError):
@@ -147,6 +168,8 @@ def error_text(body: bytes) -> str:
 def explain(code: int, err: str, where: str, *, write: bool = False) -> TargetError:
     """rclone's exit code and stderr as the error a person can act on. ``write``: the store refused a write (after
     the push's reads there: its login works), so a refusal (403 Forbidden, permission denied) is of writing there."""
+    if said := _config_unloadable(err, where):
+        return said
     line = last_line(err) or f"rclone exited with status {code}"
     # the words are matched outside the paths and URLs the text quotes: the folders named there are the recorder's
     # (a meeting's title: "Forbidden City trip", "Login page review"; a temp name's process id: 4011), and a drop
@@ -191,6 +214,42 @@ def explain(code: int, err: str, where: str, *, write: bool = False) -> TargetEr
     return RcloneError(f"{where}: {line}", code in (1, 3, 4))
 
 
+def _config_unloadable(err: str, where: str, conf: str | None = None) -> RcloneError | None:
+    """rclone's words that it cannot load its config file (broken, unreadable, a folder, encrypted without its
+    password) as one line naming the file and rclone's reason; None when it says no such thing. A line it could not
+    parse is never quoted (it may be a credential pasted on a line of its own): said by its number when ``conf``,
+    the config file given to rclone, is the file and holds it."""
+    m = _CONFIG_LOAD.search(err)
+    if not m:
+        return None
+    path = m[1].replace('\\"', '"').replace("\\\\", "\\")
+    reason = safeparse.printable(safeparse.redact(m[2].strip()))[:ERROR_TEXT]
+    if unparsed := _UNPARSED.match(m[2].strip()):
+        n = _line_number(conf, unparsed[1].strip()) if conf and os.path.abspath(conf) == path else None
+        reason = f"{f'line {n}' if n else 'a line'} is neither a [remote] nor a 'key = value' setting"
+    elif "most likely wrong password" in err:
+        reason = f"the password given for it is wrong ({reason})"
+    return RcloneError(f"{where}: rclone cannot load its config file {safeparse.printable(path)} "
+                       f"(rclone.config_file): {reason}", True)
+
+
+def _line_number(path: str, line: str) -> int | None:
+    """The number of the first line of the file at ``path`` (a regular file, its first MiB) that reads ``line``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        text = os.read(fd, 1 << 20).decode("utf-8", "replace")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return next((n for n, ln in enumerate(text.splitlines(), 1) if ln.strip() == line), None)
+
+
 class Rcd:
     """One ``rclone rcd`` child for one push: rclone's remote-control API on a loopback port, its login
     random and passed in the environment (never on the command line). Every operation is one HTTP
@@ -222,8 +281,7 @@ class Rcd:
         the meetings' files)."""
         self.port = 0
         user, _, pw = base64.b64decode(self._auth.split()[1]).decode().partition(":")
-        env = {**{k: v for k, v in os.environ.items() if k not in _QUIETING}, "RCLONE_RC_USER": user,
-               "RCLONE_RC_PASS": pw}
+        env = {**rclone_environment(os.environ), "RCLONE_RC_USER": user, "RCLONE_RC_PASS": pw}
         try:
             self.proc = subprocess.Popen(self._argv + ["rcd", "--rc-addr", "127.0.0.1:0", "--rc-serve"],
                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -268,8 +326,21 @@ class Rcd:
             conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError as e:
             conn.close()
-            raise RcloneError(f"{self.where}: rclone stopped answering ({e})") from e
+            raise self.stopped(e) from e
         return conn
+
+    def stopped(self, e: Exception) -> RcloneError:
+        """A request rclone did not answer (``e``: its connection refused or closed): rclone stopped answering; or,
+        when it has ended for a config file it cannot load (at the first call that opens a remote), that, said."""
+        if self.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(0.5)             # (its exit closed the connection: a moment, at most)
+            if self.proc.poll() is not None and self._reader is not None:
+                self._reader.join(1)            # (its last words read)
+            if self.proc.poll() is not None and (said := _config_unloadable(self.stderr(), self.where,
+                                                                            self._argv[2])):
+                return said
+        return RcloneError(f"{self.where}: rclone stopped answering ({e})")
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": self._auth}
@@ -316,7 +387,7 @@ class Rcd:
                          headers={**self.headers(), "Content-Type": "application/json"})
         except (OSError, http.client.HTTPException) as e:
             conn.close()
-            raise RcloneError(f"{self.where}: rclone stopped answering ({e})") from e
+            raise self.stopped(e) from e
         return conn
 
     def end(self, conn: http.client.HTTPConnection, method: str, *, missing_ok: bool = False,
@@ -327,7 +398,7 @@ class Rcd:
                 r = conn.getresponse()
                 body = self._body(r, listing)
             except (OSError, http.client.HTTPException) as e:
-                raise RcloneError(f"{self.where}: rclone stopped answering ({e})") from e
+                raise self.stopped(e) from e
             return self.answer(r.status, body, missing_ok=missing_ok, write=method in WRITES)
         finally:
             conn.close()

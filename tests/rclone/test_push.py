@@ -1245,6 +1245,63 @@ def test_a_remote_rclone_cannot_parse_is_a_clear_error_at_once(rclone_tmp, remot
     db.close()
 
 
+# an rclone config encrypted with the password "secretpw" ('rclone config', s: set configuration password)
+ENCRYPTED = ("# Encrypted rclone configuration File\n\nRCLONE_ENCRYPT_V0:\n"
+             "GDeqEFn5tZ6w0r8w/XzYlh2WpTXfA3nsga+oKqVU4DEvz4qoyppH4DewuT1kJOyEFrgaw9EzYmuUlAwDJ1m2ZXFgkEG+iJEL"
+             "Sj0TYB0RPsiSll6nXuZ1")
+
+
+@pytest.mark.parametrize("broken", ["a line pasted", "a folder", "unreadable", "encrypted", "wrong password"])
+def test_an_rclone_config_rclone_cannot_load_is_said_naming_the_file_and_why(rclone_tmp, monkeypatch, broken):
+    """rclone loads its config file at the first call that opens a remote, and when it cannot (a line that is no
+    setting, a folder where the file should be, a file the service user cannot read, an encrypted one without its
+    password or with a wrong one) it says why on its stderr and exits: the push saw the connection closed and said
+    "rclone:cloud: rclone stopped answering (Remote end closed connection without response)", tried three times,
+    the reason lost. Now one line naming the file and rclone's reason, at once, not tried again; a line pasted
+    into the file (a token, a password) is said by its number, never quoted."""
+    parts.require_tool("rclone")
+    conf = rclone_tmp / "rclone.conf"
+    (rclone_tmp / "served").mkdir()
+    srv = RcloneServer("webdav", rclone_tmp / "served", rclone_tmp)      # (not started: never reached)
+    srv.port = 9
+    srv.client_config(conf)
+    reason = {"a line pasted": "line 7 is neither a [remote] nor a 'key = value' setting",
+              "a folder": f"read {conf}: is a directory",
+              "unreadable": f"open {conf}: permission denied",
+              "encrypted": "unable to decrypt configuration and not allowed to ask for password - set "
+                           "RCLONE_CONFIG_PASS to your configuration password",
+              "wrong password": "the password given for it is wrong (unable to decrypt configuration and not allowed "
+                                "to ask for password - set RCLONE_CONFIG_PASS to your configuration password)"}[broken]
+    if broken == "a line pasted":
+        conf.write_text(conf.read_text() + "eyJhbGciOiJIUzI1NiJ9.pasted-secret\n")
+    elif broken == "a folder":
+        conf.unlink()
+        conf.mkdir()
+    elif broken == "unreadable":
+        parts.require_root()
+        parts.require_tool("setpriv")
+        os.chown(conf, 65534, 65534)            # (mode 600: another user's file, as rclone without root's powers)
+        wrapper = rclone_tmp / "rclone-as-service"
+        wrapper.write_text('#!/bin/sh\nexec setpriv --bounding-set=-dac_override,-dac_read_search rclone "$@"\n')
+        wrapper.chmod(0o755)
+    else:
+        conf.write_text(ENCRYPTED)
+        if broken == "wrong password":
+            monkeypatch.setenv("RCLONE_CONFIG_PASS", "not-secretpw")
+    db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
+    cfg = make_cfg(rclone_tmp, db, conf, f"{srv.remote}:office")
+    if broken == "unreadable":
+        cfg = dataclasses.replace(cfg, rclone=dataclasses.replace(cfg.rclone, command=str(wrapper)))
+    waits: list[float] = []
+    with pytest.raises(RcloneError) as e:
+        push(cfg, sleep=waits.append)
+    said = str(e.value)
+    assert said == f"rclone:cloud: rclone cannot load its config file {conf} (rclone.config_file): {reason}", said
+    assert e.value.permanent and waits == [], (waits, said)
+    assert "pasted-secret" not in said
+    db.close()
+
+
 def test_a_remote_that_names_a_file_is_a_clear_error_at_once(rclone_server, rclone_tmp):
     """A remote whose path names a file on the store (nas:office/report.docx: a file's path pasted as the folder) is
     an error that says so at once, not a drop tried three times (failed: "rclone:cloud: is a file not a directory",

@@ -1068,3 +1068,61 @@ def test_a_temp_file_of_a_recorder_whose_name_extends_ours_is_not_taken_for_ours
     (srv.served / "office" / "of" / theirs).unlink()
     assert_landed(srv.served / "office" / "of", db)
     db.close()
+
+
+
+# what an admin's shell or unit file may hold for an rclone of their own (its web GUI on port 5572, a dry run tried
+# once): rclone reads each of its flags from the environment
+ADMINS_RCLONE = {
+    "rc login": {"RCLONE_RC_USER": "admin", "RCLONE_RC_PASS": "gui-secret", "RCLONE_RC_ADDR": "127.0.0.1:5572"},
+    "rc htpasswd": {"RCLONE_RC_HTPASSWD": "/etc/rclone/htpasswd"},
+    "rc baseurl": {"RCLONE_RC_BASEURL": "/rclone"},
+    "rc tls": {"RCLONE_RC_CERT": "/etc/rclone/gui.pem", "RCLONE_RC_KEY": "/etc/rclone/gui.key"},
+    "dry run": {"RCLONE_DRY_RUN": "true"},
+    "max transfer": {"RCLONE_MAX_TRANSFER": "10K"},
+}
+
+
+@pytest.mark.parametrize("rclone_server", ["webdav"], indirect=True)
+@pytest.mark.parametrize("env", sorted(ADMINS_RCLONE))
+def test_rclone_settings_in_the_daemons_environment_do_not_reach_the_pushs_rclone(rclone_server, rclone_tmp,
+                                                                                   monkeypatch, env):
+    """rclone takes a setting for each of its flags from the environment (RCLONE_<FLAG>), and the push's rclone rcd
+    got the daemon's whole environment: an admin's RCLONE_RC_BASEURL, RCLONE_RC_HTPASSWD or RCLONE_RC_CERT (set for
+    rclone's web GUI) made every push fail before it reached the store ("rclone did not start: ..."; with the
+    htpasswd, a line of rclone's panic), RCLONE_DRY_RUN=true made rclone skip every write ("... disappeared from
+    the store before it was moved"), RCLONE_MAX_TRANSFER cut the push. Now rclone's own settings are not passed on
+    (the push's command line sets those it needs): the push lands, and the next sends nothing. (RCLONE_RC_USER,
+    _PASS and _ADDR are a guard: the push's own login and address were given over them already.)"""
+    srv = rclone_server
+    db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
+    cfg = cfg_for(rclone_tmp / "r", db, srv.client_config(rclone_tmp / "rclone.conf"),
+                  [{"name": "cloud", "remote": f"{srv.remote}:office"}], folder="env")
+    for k, v in ADMINS_RCLONE[env].items():
+        monkeypatch.setenv(k, v)            # (the daemon's: set after the test's own rclone commands)
+    try:
+        res = push_to(cfg)
+    except TargetError as e:
+        res = [e]
+    assert [getattr(r, "ok", False) for r in res] == [True], res
+    assert_landed(srv.served / "office" / "env", db)
+    assert [r.skipped for r in push_to(cfg)] == [True]
+    db.close()
+
+
+@pytest.mark.parametrize("rclone_server", ["webdav"], indirect=True)
+def test_a_remotes_setting_the_admin_gives_in_the_environment_still_reaches_rclone(rclone_server, rclone_tmp,
+                                                                                   monkeypatch):
+    """What rclone's own settings in the environment are dropped for must not drop the admin's rclone config: a
+    remote's setting given as RCLONE_CONFIG_<REMOTE>_<KEY> (rclone's documented way; here the remote's password,
+    kept out of the file) still reaches rclone, and the push lands."""
+    srv = rclone_server
+    db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
+    conf = srv.client_config(rclone_tmp / "rclone.conf", password="not-the-password")
+    cfg = cfg_for(rclone_tmp / "r", db, conf, [{"name": "cloud", "remote": f"{srv.remote}:office"}], folder="cf")
+    obscured = subprocess.run(["rclone", "obscure", srv.password], check=True, capture_output=True,
+                              text=True).stdout.strip()
+    monkeypatch.setenv(f"RCLONE_CONFIG_{srv.remote.upper()}_PASS", obscured)   # (rclone v1.60 keeps the "-")
+    assert [r.ok for r in push_to(cfg)] == [True]
+    assert_landed(srv.served / "office" / "cf", db)
+    db.close()
