@@ -505,9 +505,11 @@ class DirectoryTarget(Target):
         open, which compares with it.)"""
         try:
             parent = os.stat(self.root.parent).st_dev
+        except FileNotFoundError:
+            parent = None                       # (its folder gone too: not mounted either)
         except OSError as e:
             raise os_error(e, str(self.root)) from e
-        if self._dev is None or self._dev == parent:
+        if self._dev is None or parent is None or self._dev == parent:
             raise TargetError(f"{self.root} is no longer mounted (the stick was unmounted or pulled): nothing is "
                               "written there", kind="pulled")
 
