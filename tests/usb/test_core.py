@@ -85,13 +85,16 @@ async def test_real_core_pull_mid_export_records_nothing(sticks, real_core, monk
         deadline = time.monotonic() + 60
         while not pulled.is_set() and stick.fuse_helpers() and time.monotonic() < deadline:
             time.sleep(0.01)
-        pulled.set()                    # (the next insertion's export is not held)
+        pulled.set()
         return write(self, data)
     monkeypatch.setattr(targets._DirWrite, "write", held)
     async with usb.running(core):
         await asyncio.to_thread(stick.insert)
         await wait_state(core, stick.label, S.EXPORTING, timeout=60)
-        await asyncio.to_thread(stick.yank)
+        try:
+            await asyncio.to_thread(stick.yank)
+        finally:
+            pulled.set()                # the next insertion's export (its own FUSE helper) is not held
         job = await until(lambda: next((j for j in core.jobs.list() if j.state.finished), None), "job end", 60)
         assert job.state == JobState.FAILED and job.error.startswith("target gone"), job.error
         # the adapter learns of the job's end through the core's events, a moment after the job list shows it
