@@ -228,7 +228,7 @@ def _open_dir(root: Path, parts: list[str], dev: int | None = None) -> int:
         if moved:
             os.close(fd)
             raise TargetError(f"{root} is no longer the filesystem the export began on (the stick was unmounted "
-                              "or pulled): nothing more is written there")
+                              "or pulled): nothing more is written there", kind="pulled")
     for i, p in enumerate(parts):
         try:
             nfd = os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
@@ -501,6 +501,22 @@ class DirectoryTarget(Target):
         self.save_every = 0.0                   # a stick may be pulled any moment: every session saved at once
         self.checks = 1                         # one device: read-backs side by side would only seek between them
         self.marks_partial = True               # a stick's author may keep a 'Notes.partial' of their own there
+
+    def require_mounted(self) -> None:
+        """A device's folder (a stick's mount point) is the root of its own filesystem: a stick pulled before its
+        export opened it leaves its mount point, an empty folder of the recorder's own disk, until udisks removes
+        it. Nothing is written there: a TargetError of kind 'pulled', as for a pull at any later moment. (The
+        filesystem is taken when the target is made, then its parent's: a pull in between is caught at the first
+        open, which compares with it.)"""
+        try:
+            parent = os.stat(self.root.parent).st_dev
+        except FileNotFoundError:
+            parent = None                       # (its folder gone too: not mounted either)
+        except OSError as e:
+            raise os_error(e, str(self.root)) from e
+        if self._dev is None or parent is None or self._dev == parent:
+            raise TargetError(f"{self.root} is no longer mounted (the stick was unmounted or pulled): nothing is "
+                              "written there", kind="pulled")
 
     # -- walking without following symlinks ---------------------------------------
     def _open_dir(self, parts: list[str]) -> int:

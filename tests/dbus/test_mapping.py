@@ -78,9 +78,11 @@ async def test_job_lifecycle_throttled(running):
     path = r.body[0]
     assert path == ROOT_PATH + "/jobs/1"
     core.jobs.update(1, state=events.JobState.RUNNING)
+    t0 = time.monotonic()
     for i in range(1, 41):   # 40 progress updates within ~1 s
         core.jobs.update(1, bytes_done=i * 25)
         await asyncio.sleep(0.025)
+    updating = time.monotonic() - t0
     core.jobs.update(1, state=events.JobState.COMPLETED, bytes_done=1000)
     await until(lambda: any(m == "InterfacesRemoved" for m, *_ in om), "the job removed", 5, in_thread=False)
     assert om, (seen, completed)
@@ -89,8 +91,9 @@ async def test_job_lifecycle_throttled(running):
     assert completed == [[True, "completed"]]
     progress = [t for t, ch in seen if "BytesDone" in ch and "State" not in ch]
     assert progress, "no progress PropertiesChanged seen"
-    span = max(progress[-1] - progress[0], 0.001)
-    assert (len(progress) - 1) / span <= 4.5, f"{len(progress)} progress signals in {span:.2f}s"
+    # at most 4 Hz: counted against the time the updates took where they were made (the times the signals came in
+    # at, through the bus daemon, bunch up on a busy machine)
+    assert len(progress) <= 1 + updating / 0.25, f"{len(progress)} progress signals for {updating:.2f}s of updates"
     assert seen[-1][1]["State"].value == "completed"
 
 

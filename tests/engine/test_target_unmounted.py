@@ -58,3 +58,28 @@ def test_a_folder_made_later_is_held_to_the_filesystem_it_was_first_opened_on(tm
     finally:
         subprocess.run(["umount", "-l", str(root)], check=False)
     assert sorted(os.listdir(root)) == ["a.txt"]
+
+
+async def test_a_stick_unmounted_before_its_export_opens_it_is_a_pulled_stick(stick, tmp_path, demo_library):
+    """The USB adapter queues a stick's export into its mount point; the stick is pulled (its mount taken away,
+    the empty mount point not yet removed by udisks) before the job opens it. The job fails as a pulled stick,
+    the one outcome of a pull at any moment, and nothing is written into the mount point: an empty folder of the
+    recorder's own disk (before: the export landed there, read back from that disk, and the job 'completed')."""
+    from steno_exportd import events as ev
+    from steno_exportd.core import Core, ExportOptions
+    from tests.configs import make_config
+    import asyncio
+    await asyncio.to_thread(demo_library, tmp_path / "library", sessions=2, seed=1)
+    core = Core(make_config(tmp_path))
+    await core.start()
+    try:
+        subprocess.run(["umount", "-l", str(stick)], check=True)
+        assert not os.path.ismount(stick) and os.listdir(stick) == []
+        snap = await core.export_sessions("all", ["txt", "audio"], os.path.join(stick, ""),
+                                          ExportOptions(device_id="fs_test_stick", target_name="RECSTICK (loop9p1)"),
+                                          trusted=True)
+        job = await core.jobs.wait(snap.id, timeout=60)
+    finally:
+        await core.stop()
+    assert os.listdir(stick) == [], "written to the recorder's own disk, not to the stick"
+    assert job.state == ev.JobState.FAILED and job.error.startswith("target gone (stick pulled?)"), job.error

@@ -76,7 +76,7 @@ async def test_an_rclone_remote_is_pushed_on_schedule_and_on_new_sessions(tmp_pa
     cloud = dict(name="cloud", remote="onedrive:Meetings", schedule="30 3 * * *", push_on_new=True, formats=["pdf"])
     core = FakeCore(_cfg(tmp_path, cloud), library=FakeLibrary())
     task = asyncio.create_task(schedule.run_schedules(core, clock=lambda: T.replace(second=1)))
-    await asyncio.sleep(0.05)
+    await until(lambda: len(core.exports) >= 2, "the scheduled pushes", in_thread=False)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -87,7 +87,7 @@ async def test_an_rclone_remote_is_pushed_on_schedule_and_on_new_sessions(tmp_pa
         record(core, 1)
         await asyncio.sleep(0.05)
         core.events.publish(events.SessionsChanged(added=(1,)))       # the first sight: a mark, no push
-        await asyncio.sleep(0.1)
+        await until(marks_of(core).exists, "the first sight's mark", in_thread=False)
         record(core, 2)
         core.events.publish(events.SessionsChanged(added=(2,)))
         await until(lambda: len(core.exports) == 2, "two pushes", in_thread=False)
@@ -99,7 +99,8 @@ async def test_an_rclone_remote_is_pushed_on_schedule_and_on_new_sessions(tmp_pa
 async def test_run_schedules_pushes_due_remotes_once_per_minute(tmp_path):
     core = FakeCore(_cfg(tmp_path), library=FakeLibrary())
     task = asyncio.create_task(schedule.run_schedules(core, clock=lambda: T.replace(second=1)))
-    await asyncio.sleep(0.05)
+    await until(lambda: core.exports, "the scheduled push", in_thread=False)
+    await asyncio.sleep(0.05)               # an absence: no second push within the same minute
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

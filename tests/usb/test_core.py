@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
+import time
 
 import pytest
 
 from steno_exportd.core import Core
+from steno_exportd.engine import targets
 from steno_exportd.usb import manager as usb
 from steno_exportd.events import DeviceState as S, JobState
 from tests.parts import sha256sum_check, until
@@ -69,16 +72,35 @@ async def test_real_core_exports_new_sessions_then_only_the_added_one(sticks, re
     assert "manifest.json" in names and "SHA256SUMS" in names
 
 
-async def test_real_core_pull_mid_export_records_nothing(sticks, real_core):
+async def test_real_core_pull_mid_export_records_nothing(sticks, real_core, monkeypatch):
     core, db = real_core
     stick = await asyncio.to_thread(sticks, "exfat", size_mb=256)
+    # mid-export: no file is written until the pull has begun (its FUSE helper killed), so the export cannot end
+    # before the pull, on a slow machine neither; the pull may still come before the job opens the stick or while it
+    # writes
+    pulled = threading.Event()
+    write = targets._DirWrite.write
+
+    def held(self, data):
+        deadline = time.monotonic() + 60
+        while not pulled.is_set() and stick.fuse_helpers() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        pulled.set()
+        return write(self, data)
+    monkeypatch.setattr(targets._DirWrite, "write", held)
     async with usb.running(core):
         await asyncio.to_thread(stick.insert)
         await wait_state(core, stick.label, S.EXPORTING, timeout=60)
-        await asyncio.to_thread(stick.yank)
+        try:
+            await asyncio.to_thread(stick.yank)
+        finally:
+            pulled.set()                # the next insertion's export (its own FUSE helper) is not held
         job = await until(lambda: next((j for j in core.jobs.list() if j.state.finished), None), "job end", 60)
         assert job.state == JobState.FAILED and job.error.startswith("target gone"), job.error
-        assert by_label(core, stick.label).state in (S.REMOVED, S.ERROR)
+        # the adapter learns of the job's end through the core's events, a moment after the job list shows it
+        dev = await until(lambda: (d := by_label(core, stick.label)).state not in (S.EXPORTING, S.VERIFYING) and d,
+                          "the adapter to see the job's end", 30, in_thread=False)
+        assert dev.state in (S.REMOVED, S.ERROR), dev
         # the job can fail on the dead mount before udev reports the removal: wait for it
         await wait_state(core, stick.label, S.REMOVED, timeout=30)
         await asyncio.to_thread(stick.insert)                                   # the next insertion completes it

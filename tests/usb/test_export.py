@@ -109,9 +109,10 @@ async def test_noexport_marker_mounts_but_never_writes(sticks, tmp_path):
     await asyncio.to_thread(prepare, stick, {".steno-noexport": b""})
     async with usb.running(core):
         await asyncio.to_thread(stick.insert)
-        dev = await wait_state(core, stick.label, S.MOUNTED)
-        await asyncio.sleep(0.5)
-        dev = by_label(core, stick.label)
+        await wait_state(core, stick.label, S.MOUNTED)
+        # the adapter's decision comes after the mount (the stick's marker read): waited for, not slept on
+        dev = await until(lambda: (d := by_label(core, stick.label)).skip_reason and d, "the stick's decision", 20,
+                          in_thread=False)
         assert dev.state == S.MOUNTED and mounted_in_proc(dev.mount_point)
         assert dev.skip_reason == ".steno-noexport on the stick"
         assert core.jobs.list() == []
@@ -131,6 +132,10 @@ async def test_stick_config_file_chooses_formats_and_bad_one_is_refused(sticks, 
         await asyncio.to_thread(good.insert)
         await asyncio.to_thread(bad.insert)
         dev = await wait_state(core, bad.label, S.MOUNTED, S.ERROR)
+        # the bad stick's file is read after its mount: its decision is waited for (the good stick's job may end
+        # before it)
+        await until(lambda: by_label(core, bad.label).skip_reason or by_label(core, bad.label).state == S.ERROR,
+                    "the bad stick's decision", 20, in_thread=False)
         await until(lambda: core.jobs.list() and core.jobs.list()[0].state.finished, "the job", 20)
         job = core.jobs.list()[0]
         assert job.formats == ("txt",)
