@@ -466,8 +466,9 @@ class Service:
         if not mount_point:
             raise BusyError(f"device {dev.props['Label'] or device_id} is not mounted "
                             f"(state: {dev.props['State']})")
-        # Like the USB auto-export: the target of a stick export is its mount point.
-        return await self._submit(ids, fmts, mount_point, options)
+        # Like the USB auto-export: the target of a stick export is its mount point, and the job is the device's
+        # (held to the stick's own filesystem: a stick pulled before the job opens it fails as pulled)
+        return await self._submit(ids, fmts, mount_point, {**options, "device_id": Variant("s", device_id)})
 
     async def _submit(self, ids: list[str], fmts: list[str], target: str, options: dict[str, Variant]) -> str:
         """Queue an export: the core checks it, and bounds what callers may queue (Busy past core.MAX_WAITING_JOBS)."""

@@ -186,6 +186,9 @@ async def test_device_export_and_busy(running):
     assert core.jobs.get(1).target == str(tmp)
     r = await call(bus, ROOT_PATH, MANAGER_IFACE, "ExportSessions", "asassa{sv}", [["2"], ["txt"], dev, {}])
     assert r.message_type == MessageType.METHOD_RETURN, r.body
+    # the touchscreen's export is a device's job, as the USB adapter's and the page's are: the export is held to the
+    # stick's own filesystem (a stick pulled before its job opens it leaves an empty folder of the recorder's disk)
+    assert [core.jobs.get(n).device_id for n in (1, 2)] == ["fs_12ab", "fs_12ab"]
     r = await call(bus, ROOT_PATH + "/devices/fs_99", "org.silentsteno.Export1.Device", "Export", "asasa{sv}",
                    [["1"], ["txt"], {}])
     assert r.error_name == "org.silentsteno.Export1.Error.Busy" and "not mounted" in r.body[0]
