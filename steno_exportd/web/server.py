@@ -132,7 +132,13 @@ class Handshake(SSLProtocol):
     """A TLS connection from its accept: counted under the cap (and closed like an idle one) until its handshake
     is done, when its handler connects. asyncio's own TLS server hands a connection to the server only after the
     handshake: 1,500 clients that connected and sent nothing took every descriptor, and the page stopped answering
-    (the accept loop logged a traceback each time it tried)."""
+    (the accept loop logged a traceback each time it tried).
+
+    Its read buffer (max_size) is 32 KiB, not asyncio's 256 KiB (allocated and zeroed at the accept): at the cap, 512
+    clients that connected, or sent a request head that never ended, held 140-220 MiB and took the daemon past the
+    unit's MemoryMax. A request is small (a body is at most http.max_body_kb); downloads go the other way."""
+
+    max_size = 32 * 1024        # asyncio.sslproto reads this much at a time: two full TLS records (16 KiB + overhead)
 
     def __init__(self, server: "GuardedServer", handler: "QuietHandler", context: ssl.SSLContext,
                  timeout: float) -> None:

@@ -1,6 +1,7 @@
 """Floods against the page over HTTPS: connections that never finish (or never start) their TLS handshake."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import os
@@ -10,7 +11,8 @@ import threading
 import time
 
 from tests.parts import require_tool
-from tests.web.test_floods import NOFILE, idle_connections, raise_own_nofile
+from tests.web.helpers import rss_kb
+from tests.web.test_floods import NOFILE, idle_connections, memory_max_kb, raise_own_nofile
 
 
 class TlsProber(threading.Thread):
@@ -116,3 +118,47 @@ def test_evicted_https_connections_give_their_descriptor_back_at_once(web_daemon
     assert probe.ok >= 5 and not probe.failures, (probe.ok, probe.failures[:5])
     log = d.log()
     assert "Traceback" not in log and "Too many open files" not in log
+
+
+def test_tls_clients_holding_request_heads_under_the_cap_stay_under_memory_max(web_daemon, own_lib, tmp_path):
+    """600 clients (past the cap of 512 under the unit's LimitNOFILE=8192) that finish their TLS handshake and send a
+    request head of 56 KiB that never ends, within the idle timeout: the daemon stays under the unit's MemoryMax (past
+    it the kernel kills it, and every export with it) and a browser still gets its pages. Each TLS connection held
+    asyncio's 256 KiB read buffer from its accept: 520 such clients took the daemon from 62 to 282 MiB."""
+    raise_own_nofile(8192)
+    d = web_daemon(own_lib, **{"http.tls.mode": '"self-signed"'})
+    cert = next(tmp_path.glob("**/tls/cert.pem"))
+    head = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"".join(b"X-%d: %s\r\n" % (i, b"a" * 8000) for i in range(7))
+    ctx = ssl.create_default_context(cafile=str(cert))
+    ctx.check_hostname = False
+
+    async def flood() -> tuple[int, int]:
+        async def one() -> asyncio.StreamWriter | None:
+            try:
+                _, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", d.port, ssl=ctx), 20)
+                w.write(head)
+                await w.drain()
+                return w
+            except (OSError, ssl.SSLError, TimeoutError):
+                return None             # (closed past the cap: the longest idle go first)
+        writers: list = []
+        for i in range(0, 600, 50):
+            writers += await asyncio.gather(*(one() for _ in range(50)))
+        await asyncio.sleep(1)
+        peak = rss_kb(d.pid)
+        for w in writers:
+            if w is not None:
+                w.transport.abort()
+        return sum(w is not None for w in writers), peak
+    probe = TlsProber(d.port, str(cert))
+    try:
+        opened, peak = asyncio.run(flood())
+        probe.start()
+        time.sleep(2)
+    finally:
+        probe.stop.set()
+        probe.join()
+    assert opened >= 500, opened
+    assert peak < memory_max_kb(), f"RSS {peak // 1024} MiB with {opened} TLS clients"
+    assert probe.ok >= 5 and not probe.failures, (probe.ok, probe.failures[:5])
+    assert "Traceback" not in d.log()
