@@ -117,7 +117,7 @@ async def start_export(request: web.Request) -> web.Response:
         if not dev.mount_point:
             raise StenoError(f"the stick {dev.label or dev.id} is not mounted (state: {dev.state})")
         target = dev.mount_point
-        opts = {"target_name": dev.label or dev.id, "device_id": dev.id, **opts}
+        opts = {"target_name": dev.label or dev.id, **opts, "device_id": dev.id}   # the stick's job, whatever is sent
     elif isinstance(body.get("target"), str) and body["target"]:
         target = body["target"]             # its kind in the core's target registry checks it
     else:

@@ -221,3 +221,23 @@ async def test_a_tampered_session_cookie_is_refused(web_client):
     client.session.cookie_jar.clear()
     client.session.cookie_jar.update_cookies({"steno_session": good})
     assert (await client.get("/api/v1/sessions")).status == 200      # the genuine one still works
+
+
+async def test_a_device_export_is_the_devices_job_whatever_options_are_sent(web_client, sessions, tmp_path):
+    """The page's export to a stick is the stick's job: held to the stick's own filesystem (a stick pulled before its
+    job opens it leaves an empty folder of the recorder's disk, never written to). Options sent with it could set
+    'device_id' and so take the job out of that check (an empty one) or give it to another stick."""
+    from steno_exportd import events as ev
+    client, core = await web_client()
+    s = with_audio(sessions)
+    stick = tmp_path / "exports" / "STICK"
+    stick.mkdir(parents=True)
+    core.devices.change("fs_ab12", label="STICK", fs_type="vfat", size=10, free=5, mount_point=str(stick),
+                        state=ev.DeviceState.MOUNTED)
+    token = await csrf(client)
+    for sent in ("", "fs_other"):
+        r = await client.post("/api/v1/exports", json={"sessions": [s.id], "formats": ["txt"], "device": "fs_ab12",
+                                                       "options": {"device_id": sent}},
+                              headers={"X-CSRF-Token": token})
+        assert r.status == 202, await r.text()
+        assert (await r.json())["device_id"] == "fs_ab12", sent
