@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import ipaddress
 import re
 import tomllib
@@ -548,6 +549,9 @@ def _validate_value(path: str, tp: Any, meta: dict, value: Any, errors: list[str
         return None
     if tp is float:
         value = float(value)
+        if not math.isfinite(value):        # TOML's nan passes every bound (no comparison holds), inf every lower one
+            errors.append(f"{path}: must be a finite number, got {value!r}")
+            return None
     if meta.get("choices") and value not in meta["choices"]:
         hint = difflib.get_close_matches(str(value), [str(c) for c in meta["choices"]], n=1)
         errors.append(f"{path}: {value!r} is not one of {', '.join(map(str, meta['choices']))}"

@@ -74,6 +74,10 @@ def test_check_config_reports_a_share_smbd_would_refuse(tmp_path):
     ("usb = 3\n", "usb: expected a table"),
     ("[render\n", "TOML syntax error"),
     ("a = " + "[" * 5_000 + "\n", "TOML syntax error: nested too deeply"),     # tomllib's RecursionError before
+    # TOML has nan and inf: nan passed every bound (no comparison holds), inf every lower one
+    ("[http]\nidle_timeout = nan\n", "http.idle_timeout: must be a finite number, got nan"),
+    ("[http.auth]\nsession_hours = inf\n", "http.auth.session_hours: must be a finite number, got inf"),
+    ("[recorder]\npoll_interval = -inf\n", "recorder.poll_interval: must be a finite number, got -inf"),
 ])
 def test_bad_values(tmp_path, toml, expected):
     p = tmp_path / "c.toml"
