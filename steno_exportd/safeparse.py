@@ -50,7 +50,7 @@ def printable(text: str) -> str:
 # and a header's (a name with "header": rclone's headers, name,value pairs, an Authorization's "Bearer ...") to the
 # end of the string or line: its commas, colons and spaces are its own (rclone ends it at the first, the rest read as
 # the remote's path, but a person meant them as the value)
-_SECRET_WORDS = ("header", "pass", "secret", "token", "key", "sas_url", "credential", "auth")
+_SECRET_WORDS = ("header", "pass", "secret", "token", "key", "sas_url", "credential", "auth", "sig")
 _QUOTED = r"'(?:[^']|'')*'?|\"(?:[^\"]|\"\")*\"?|\{[^{}]*\}?|\\\"(?:[^\"\\\r\n]|\\[^\"\r\n])*(?:\\\")?"
 _UNQUOTED = r"[a-z][a-z0-9+.-]*://[^,\s\"']*|[^,:\s\"']*"
 _TO_LINE_END = r"(?:\\.|[^\"\\\r\n])*"
@@ -67,6 +67,7 @@ def _setting(words: tuple[str, ...], value: str) -> re.Pattern[str]:
 _HEADER_VALUE = (rf"(?>{_QUOTED})(?=[,:\"\r\n]|\Z)|(?=['\"{{]|\\\")(?:{_QUOTED})[^\r\n]*|{_TO_LINE_END}")
 # a header's first (its value may read as another setting: "pass=headers=Authorization:Bearer x"), then every one
 _SECRET_SETTINGS = (_setting(("header",), _HEADER_VALUE), _setting(_SECRET_WORDS, f"{_QUOTED}|{_UNQUOTED}"))
+# (a signed URL's "sig=" or "X-Amz-Signature=" is a setting too: a store's error quotes the request it failed on)
 # a URL's "user:password@" (also as a mangled URL shows it, "http/./user:password@host"): to its last "@" before
 # a "/" (a password may hold one)
 _USERINFO = re.compile(r"(?<![^\s/\"'(=,\[])([^\s/:@\"',=\[\]]+):[^\s/\"']+@")

@@ -288,7 +288,12 @@ def test_a_credential_in_rclones_words_is_masked_and_the_path_after_it_kept(line
     ('headers={"Authorization":"Bearer S3cretA1"}:office', "headers=***:office"),
     ('headers = "Authorization,Bearer S3cretA1":office', "headers=***:office"),     # (a config file's spacing)
     ("url='https://steno:S3cretA1@nas.example/dav'", "url='https://steno:***@nas.example/dav'"),   # a URL's login
-    ("http/./steno:S3cretA1@nas", "http/./steno:***@nas")])
+    ("http/./steno:S3cretA1@nas", "http/./steno:***@nas"),
+    # a signed URL's signature (an Azure SAS, an S3 presigned URL) in the request rclone failed on
+    ('Put "https://a.blob.core.windows.net/c/x?sv=2022&sig=S3cretA1&se=2" failed',
+     'Put "https://a.blob.core.windows.net/c/x?sv=2022&sig=***" failed'),
+    ("GET https://s3.example/b/x?X-Amz-Signature=S3cretA1&X-Amz-Date=1 403",
+     "GET https://s3.example/b/x?X-Amz-Signature=*** 403")])
 def test_a_secret_in_every_shape_is_masked(line, shown):
     """Every shape a credential takes in a program's words (a setting's value unquoted, quoted three ways, a
     token's JSON, a URL; a header's to the end of its line unless quoted; a URL's login) is masked, the rest kept.
