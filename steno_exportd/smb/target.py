@@ -116,8 +116,10 @@ class SmbTarget(targets.Target):
     marks_partial = True                # people browse the NAS: someone's own 'Notes.partial' may sit beside ours
                                         # (our marker in ours: one small write and one removal per session)
 
-    def __init__(self, remote: SmbRemote, password: str | None = None, *, name: str = "") -> None:
+    def __init__(self, remote: SmbRemote, password: str | None = None, *, name: str = "",
+                 cancelled: Callable[[], bool] = lambda: False) -> None:
         self.remote = remote
+        self.cancelled = cancelled        # the job was cancelled: a wait on the second connection stops (CancelledJob)
         self.name = name or f"smb:{remote.name}"
         self.throttle = Throttle(remote.bandwidth_limit_kbps) if remote.bandwidth_limit_kbps else None
         self._password = password
@@ -273,6 +275,8 @@ class SmbTarget(targets.Target):
         wait = max(5.0, self.remote.timeout * 2)
         end = time.monotonic() + wait
         while (avail := _avail(conn)) < need:
+            if self.cancelled():
+                raise CancelledJob("cancelled")
             if not self.alive():
                 raise SmbError(f"{self.remote.server}:{self.remote.port} connection lost")
             if time.monotonic() > end:
@@ -288,6 +292,20 @@ class SmbTarget(targets.Target):
             self._await_credits(self._cache_conn(), need)
             return fn(*a, **kw)
 
+    def _drop_reader(self) -> None:
+        """Close the second connection's socket at once, no log-off (a stalled server would not answer one): every
+        request waiting there fails now, not after the connection's receive timeout."""
+        with self._reader_lock:
+            reader, self._reader = self._reader, None
+        if reader is not None:
+            cache, reader._cache = reader._cache, {}
+            reader._connected = False
+            for conn in cache.values():
+                try:
+                    conn.disconnect(close=False)
+                except Exception as e:  # noqa: BLE001 - dropped either way
+                    log.debug("dropping the read connection: %s", e)
+
     def _read_connection(self) -> "SmbTarget":
         """A second connected target on the same folder (its own TCP connection and smbd process)."""
         with self._reader_lock:
@@ -295,7 +313,7 @@ class SmbTarget(targets.Target):
                 if self._reader is not None:
                     self._reader.close()
                 self._reader = None
-                reader = SmbTarget(self.remote, password=self._password, name=self.name)
+                reader = SmbTarget(self.remote, password=self._password, name=self.name, cancelled=self.cancelled)
                 reader.connect()
                 self._reader = reader
             return self._reader
@@ -754,7 +772,7 @@ class _ReadBack:
             self._acked = max(self._acked, size)
             self._end = size
             self._cond.notify()
-        self._thread.join()
+        self._join(cancel=True)
         if self.error is not None:
             raise self.error
         return self.size, self.crc
@@ -763,7 +781,19 @@ class _ReadBack:
         with self._cond:
             self._stop = True
             self._cond.notify()
-        self._thread.join()
+        self._join(cancel=False)
+
+    def _join(self, cancel: bool) -> None:
+        """Wait for the thread to end. At the job's cancel its connection is dropped first (a server that stopped
+        answering holds a read there until the connection's receive timeout): then CancelledJob when ``cancel``."""
+        while self._thread.is_alive():
+            self._thread.join(0.05)
+            if self._thread.is_alive() and self._t.cancelled():
+                self._t._drop_reader()
+                self._thread.join(5)
+                if cancel:
+                    raise CancelledJob("cancelled")
+                return
 
     def _run(self) -> None:
         raw: Any = None

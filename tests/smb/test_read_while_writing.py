@@ -285,3 +285,57 @@ def test_reads_on_the_second_connection_beside_a_read_back_never_fail_for_want_o
     assert verified == [True] * 4, verified
     for i in range(4):
         assert hashlib.sha256((nas / f"w{i}.bin").read_bytes()).digest() == hashlib.sha256(payload).digest()
+
+
+@pytest.mark.parametrize("cancel_at", [6 * MIB, 12 * MIB], ids=["mid-recording", "at-its-commit"])
+def test_a_cancel_is_heeded_at_once_when_the_read_back_connection_stalls(big, cancel_at, monkeypatch):
+    """The read-back's connection stalls (the NAS's answers on it stop coming: a relay holds them; the push's own
+    connection flows) while a recording is written; then the job is cancelled, mid-recording or once all its bytes
+    were sent (its commit waits for the read-back): the push ends within seconds, not after the connection's receive
+    timeout (60 s here), leaves no read-back thread, and nothing lands under a final name."""
+    import time
+
+    from steno_exportd.smb.target import SmbTarget
+    from tests import parts
+    from tests.parts.delay import DelayRelay
+    smbd, remote, root, db = big
+    relay = DelayRelay(remote.port, 0)
+    nas = root / "nas" / "rec-stall"
+    cfg = recorder_config(db.path, root / "state-stall", dataclasses.replace(remote, port=relay.port, timeout=30),
+                          "rec-stall")
+    held: list[int] = []
+    cancelled: list[float] = []
+    readers: list[SmbTarget] = []
+    made = SmbTarget._read_connection
+
+    def read_connection(self: SmbTarget) -> SmbTarget:
+        readers.append(made(self))
+        return readers[-1]
+    monkeypatch.setattr(SmbTarget, "_read_connection", read_connection)
+
+    def when(f: dict) -> bool:
+        done = f.get("bytes_done", 0)
+        if not held and done >= 3 * MIB:
+            held.append(next(iter(readers[-1]._cache.values())).transport._sock.getsockname()[1])
+            relay.hold(held[-1])
+        if held and done >= cancel_at and not cancelled:
+            cancelled.append(time.monotonic())
+        return bool(cancelled)
+
+    progress = Progress(cancel_when=when)
+    outcome: object = None
+    try:
+        try:
+            outcome = push(cfg, progress=progress)
+        except Exception as e:  # noqa: BLE001 - asserted below
+            outcome = e
+        ended = time.monotonic()
+    finally:
+        relay.close()
+    assert held and cancelled, (held, progress.fields.get("bytes_done"))
+    assert ended - cancelled[0] < 10, (ended - cancelled[0], outcome)
+    assert isinstance(outcome, BaseException) or not [r for r in outcome if r.ok], outcome     # nothing sent whole
+    parts.wait_for(lambda: not [th for th in threading.enumerate() if th.name == "steno-smb-back"], timeout=5,
+                   what="the read-back thread's end")
+    assert not list(nas.rglob(f"{TEMP_PREFIX}*")), sorted(nas.rglob("*"))
+    assert not list(nas.rglob("audio.flac")), sorted(nas.rglob("*"))
