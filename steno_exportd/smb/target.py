@@ -76,6 +76,13 @@ class _Exists(TargetError):
     """A rename found its destination taken (another writer was first)."""
 
 
+def _random_tag() -> str:
+    """Six random hex digits, the first a letter: after '<host>-<pid>-' in a temp name it never reads as a pid's
+    digits (with an all-digit tag, pi-1-2's temp file of pid 123456 was pi-1's of pid 2)."""
+    h = uuid.uuid4().hex
+    return "abcdef"[int(h[0], 16) % 6] + h[1:6]
+
+
 def _kind(attributes: int) -> str:
     if attributes & _FILE_ATTRIBUTE_REPARSE_POINT:
         return "symlink"                # a symlink/junction on the server: never followed
@@ -129,7 +136,7 @@ class SmbTarget(targets.Target):
         self.wire = False                  # smbwire.install() said ours are in (at connect)
         self.max_read = READ_CHUNK
         self._host = host_folder()         # the host name as a safe name (the kernel takes any bytes, "/" too)
-        self.tag = f"{self._host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.tag = f"{self._host}-{os.getpid()}-{_random_tag()}"
         self.manifests_saved: set[str] = set()  # the folders whose manifest.json this push saved (manifest.saved())
         self._reader: SmbTarget | None = None
         self._reader_lock = threading.Lock()
@@ -485,8 +492,9 @@ class SmbTarget(targets.Target):
         """Temp files this host's pushes leave after a drop (another host's, a person's, are not ours to remove): a
         name of _SmbWrite's temp names' shape, '<TEMP_PREFIX><host>-<pid>-<tag>-<final name>', with this host's name
         (pi-1-2's '.steno-tmp-pi-1-2-4011-beef00-x' is not pi-1's, nor '.steno-tmp-pi-1-notes.txt': their start
-        alone is)."""
-        return re.fullmatch(rf"{re.escape(TEMP_PREFIX + self._host)}-\d+-[0-9a-f]{{6}}-.+", name, re.S) is not None
+        alone is). The tag's first digit is a letter (_random_tag): pi-1-2's '...pi-1-2-123456-a12345-x' does not
+        read as pi-1's pid 2 and tag 123456."""
+        return re.fullmatch(rf"{re.escape(TEMP_PREFIX + self._host)}-\d+-[a-f][0-9a-f]{{5}}-.+", name, re.S) is not None
 
     # -- small files (the claim) ------------------------------------------------------------------
     def create_once(self, rel: str, data: bytes) -> bool:

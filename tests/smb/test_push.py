@@ -522,7 +522,9 @@ def test_a_file_whose_name_only_starts_like_our_temp_names_is_not_taken_for_ours
     push(cfg)
     folder = root / "nas" / "rec-s"
     ours = folder / f"{TEMP_PREFIX}pi-1-999-dead00-manifest.json"
-    theirs = [folder / f"{TEMP_PREFIX}pi-1-2-4011-beef00-SHA256SUMS", folder / f"{TEMP_PREFIX}pi-1-notes.txt"]
+    theirs = [folder / f"{TEMP_PREFIX}pi-1-2-4011-beef00-SHA256SUMS", folder / f"{TEMP_PREFIX}pi-1-notes.txt",
+              # pi-1-2's, its pid of six digits, the random tag all digits: not pi-1's pid 2 and tag 123456
+              folder / f"{TEMP_PREFIX}pi-1-2-123456-012345-SHA256SUMS"]
     for p in (ours, *theirs):
         p.write_bytes(b"someone's bytes")
     session = sorted(p for p in folder.iterdir() if p.is_dir())[0]
@@ -531,7 +533,7 @@ def test_a_file_whose_name_only_starts_like_our_temp_names_is_not_taken_for_ours
     assert not ours.exists(), "our temp file left by a drop is still there"
     gone = [p.name for p in theirs if not p.exists()]
     assert gone == [], f"taken for ours and removed: {gone}"
-    assert [p.read_bytes() for p in theirs] == [b"someone's bytes"] * 2
+    assert [p.read_bytes() for p in theirs] == [b"someone's bytes"] * len(theirs)
     for p in theirs:
         p.unlink()
     assert_landed(folder, db)
