@@ -52,6 +52,8 @@ class WriteHandle(Protocol):
     chunk: int                                  # the write size this target takes best (copies read this much)
     verified: bool                              # after commit: the store's own hash of the landed file matched
                                                 # the bytes written (a cloud store): no read-back needed
+    written_crc: int | None                     # once verified, where the store knows it (SMB's read-back beside
+                                                # the writes): the CRC-32 of the whole file as written; else None
 
     def from_file(self, src: Path, fd: int, st: os.stat_result) -> None: ...
     # every byte written next is the file open as ``fd`` (a regular file the caller opened at src without following
@@ -271,6 +273,7 @@ class _DirWrite:
         self.offset = 0
         self.chunk = COPY_CHUNK
         self.verified = False
+        self.written_crc: int | None = None
         self._fd, self._done = -1, True         # (nothing to abort if the open below fails)
         self._direct = False
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -61,10 +61,10 @@ def checked(h: Any, hashed: bool, crc: int | None) -> bool:
     """Did the store check a committed handle's bytes so that no read-back is needed? Its own check (``verified``:
     a store's hash, or SMB's read-back beside the writes) matched the bytes written, and those are the file as
     hashed: hashed from those same bytes (``hashed``), or, for a remembered hash, the handle's CRC-32 of the whole
-    file as written (``written_crc``: SMB) equals the one remembered with it (``crc``)."""
+    file as written (``written_crc``: WriteHandle) equals the one remembered with it (``crc``)."""
     if not h.verified:
         return False
-    return hashed or (crc is not None and getattr(h, "written_crc", None) == crc)
+    return hashed or (crc is not None and h.written_crc == crc)
 
 
 class Buffers:

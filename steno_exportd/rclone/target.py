@@ -523,6 +523,7 @@ class _RcloneWrite:
         self.offset = 0
         self.chunk = CHUNK
         self.verified = False
+        self.written_crc: int | None = None     # (the store's own hash checks the bytes: no CRC-32 of them here)
         self.done = False
         self._size = 0
         self._digest = hashlib.new(t.hash) if t.hash else None

@@ -71,7 +71,7 @@ class SmbKind(RemoteKind):
         key = (remote.server.lower(), remote.port, remote.share.lower(), remote.path.strip("/\\").lower(),
                folder.lower())
         with self.one_at_a_time(key, target, progress):
-            t = SmbTarget(remote, name=target)
+            t = SmbTarget(remote, name=target, cancelled=lambda: bool(getattr(progress, "cancelled", False)))
             t.reads_while_writing = cfg.export.verify       # no read-back at all without verify
             try:
                 try:

@@ -76,6 +76,13 @@ class _Exists(TargetError):
     """A rename found its destination taken (another writer was first)."""
 
 
+def _random_tag() -> str:
+    """Six random hex digits, the first a letter: after '<host>-<pid>-' in a temp name it never reads as a pid's
+    digits (with an all-digit tag, pi-1-2's temp file of pid 123456 was pi-1's of pid 2)."""
+    h = uuid.uuid4().hex
+    return "abcdef"[int(h[0], 16) % 6] + h[1:6]
+
+
 def _kind(attributes: int) -> str:
     if attributes & _FILE_ATTRIBUTE_REPARSE_POINT:
         return "symlink"                # a symlink/junction on the server: never followed
@@ -116,8 +123,10 @@ class SmbTarget(targets.Target):
     marks_partial = True                # people browse the NAS: someone's own 'Notes.partial' may sit beside ours
                                         # (our marker in ours: one small write and one removal per session)
 
-    def __init__(self, remote: SmbRemote, password: str | None = None, *, name: str = "") -> None:
+    def __init__(self, remote: SmbRemote, password: str | None = None, *, name: str = "",
+                 cancelled: Callable[[], bool] = lambda: False) -> None:
         self.remote = remote
+        self.cancelled = cancelled        # the job was cancelled: a wait on the second connection stops (CancelledJob)
         self.name = name or f"smb:{remote.name}"
         self.throttle = Throttle(remote.bandwidth_limit_kbps) if remote.bandwidth_limit_kbps else None
         self._password = password
@@ -127,10 +136,11 @@ class SmbTarget(targets.Target):
         self.wire = False                  # smbwire.install() said ours are in (at connect)
         self.max_read = READ_CHUNK
         self._host = host_folder()         # the host name as a safe name (the kernel takes any bytes, "/" too)
-        self.tag = f"{self._host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.tag = f"{self._host}-{os.getpid()}-{_random_tag()}"
         self.manifests_saved: set[str] = set()  # the folders whose manifest.json this push saved (manifest.saved())
         self._reader: SmbTarget | None = None
         self._reader_lock = threading.Lock()
+        self._credit_lock = threading.Lock()    # one sender at a time takes credits by _with_credits
 
     reads_while_writing = True         # a big file is read back while written (export.verify; SmbKind.open sets it)
     save_every = 0.0                   # folders are renamed into place: saved after every session
@@ -152,9 +162,10 @@ class SmbTarget(targets.Target):
         return "\\".join([p for p in self.remote.path.replace("/", "\\").split("\\") if p] + check_rel(rel))
 
     def transact(self, rel: str, actions: Callable[[Any], None] = lambda tr: None, *, folder: bool = False,
-                 **open_args: Any) -> Any:
+                 credits: int = 0, **open_args: Any) -> Any:
         """One compound request on ``rel``: CREATE, what ``actions(tr)`` adds, CLOSE; the transaction
-        (``.raw.fd``: what the CREATE answered, ``.results``: the answers to the actions).
+        (``.raw.fd``: what the CREATE answered, ``.results``: the answers to the actions). ``credits``: what it
+        charges, waited for when other threads' requests hold them (_with_credits).
 
         One round trip, where smbclient's own calls take two or three (lstat, rename, small writes)."""
         from smbclient._io import SMBDirectoryIO, SMBFileTransaction, SMBRawIO
@@ -165,7 +176,10 @@ class SmbTarget(targets.Target):
             tr = SMBFileTransaction(raw)
             actions(tr)
             try:
-                tr.commit()
+                if credits:
+                    self._with_credits(credits, tr.commit)
+                else:
+                    tr.commit()
             except SMBOSError:
                 if not raw.closed:          # a request after the create failed: the file stays open
                     raw.close()
@@ -262,6 +276,43 @@ class SmbTarget(targets.Target):
             self._gone(e)
             raise explain(e, self.remote) from e
 
+    def _await_credits(self, conn: Any, need: int) -> int:
+        """Wait until ``conn`` has ``need`` credits (the answers to other threads' requests give them back): how
+        many it has; SmbError when the connection is lost or none come back for as long as its receive timeout."""
+        wait = max(5.0, self.remote.timeout * 2)
+        end = time.monotonic() + wait
+        while (avail := _avail(conn)) < need:
+            if self.cancelled():
+                raise CancelledJob("cancelled")
+            if not self.alive():
+                raise SmbError(f"{self.remote.server}:{self.remote.port} connection lost")
+            if time.monotonic() > end:
+                raise SmbError(f"{self.remote.server} stopped answering: no credits for a request for {wait:g}s")
+            time.sleep(0.002)
+        return avail
+
+    def _with_credits(self, need: int, fn: Callable, *a: Any, **kw: Any) -> Any:
+        """fn(*a, **kw): requests charging ``need`` credits, sent once the connection has them. The second connection
+        is shared by threads (the read-back beside the writes, the engine's read-backs): one sender at a time, so no
+        other takes the credits between the look and the send (smbprotocol's "requires N credits" failure)."""
+        with self._credit_lock:
+            self._await_credits(self._cache_conn(), need)
+            return fn(*a, **kw)
+
+    def _drop_reader(self) -> None:
+        """Close the second connection's socket at once, no log-off (a stalled server would not answer one): every
+        request waiting there fails now, not after the connection's receive timeout."""
+        with self._reader_lock:
+            reader, self._reader = self._reader, None
+        if reader is not None:
+            cache, reader._cache = reader._cache, {}
+            reader._connected = False
+            for conn in cache.values():
+                try:
+                    conn.disconnect(close=False)
+                except Exception as e:  # noqa: BLE001 - dropped either way
+                    log.debug("dropping the read connection: %s", e)
+
     def _read_connection(self) -> "SmbTarget":
         """A second connected target on the same folder (its own TCP connection and smbd process)."""
         with self._reader_lock:
@@ -269,7 +320,7 @@ class SmbTarget(targets.Target):
                 if self._reader is not None:
                     self._reader.close()
                 self._reader = None
-                reader = SmbTarget(self.remote, password=self._password, name=self.name)
+                reader = SmbTarget(self.remote, password=self._password, name=self.name, cancelled=self.cancelled)
                 reader.connect()
                 self._reader = reader
             return self._reader
@@ -441,8 +492,9 @@ class SmbTarget(targets.Target):
         """Temp files this host's pushes leave after a drop (another host's, a person's, are not ours to remove): a
         name of _SmbWrite's temp names' shape, '<TEMP_PREFIX><host>-<pid>-<tag>-<final name>', with this host's name
         (pi-1-2's '.steno-tmp-pi-1-2-4011-beef00-x' is not pi-1's, nor '.steno-tmp-pi-1-notes.txt': their start
-        alone is)."""
-        return re.fullmatch(rf"{re.escape(TEMP_PREFIX + self._host)}-\d+-[0-9a-f]{{6}}-.+", name, re.S) is not None
+        alone is). The tag's first digit is a letter (_random_tag): pi-1-2's '...pi-1-2-123456-a12345-x' does not
+        read as pi-1's pid 2 and tag 123456."""
+        return re.fullmatch(rf"{re.escape(TEMP_PREFIX + self._host)}-\d+-[a-f][0-9a-f]{{5}}-.+", name, re.S) is not None
 
     # -- small files (the claim) ------------------------------------------------------------------
     def create_once(self, rel: str, data: bytes) -> bool:
@@ -563,6 +615,7 @@ class _SmbWrite:
 
     @_mapped
     def _send(self, data: bytes | memoryview) -> None:
+        from smbprotocol.exceptions import SMBException
         view = memoryview(data)
         throttle = self._t.throttle
         while view:
@@ -581,10 +634,13 @@ class _SmbWrite:
                 else:
                     msg, recv = self._fd.write(bytes(view[:n]), offset=self._pos, send=False)
                     req = self._conn.send(msg, sid=self._sid, tid=self._tid, credit_request=need + grow)
-            except ValueError:
-                if not self._inflight:    # another thread took the credits meanwhile: wait for ours
+            except (ValueError, SMBException) as e:     # smbwire's, smbprotocol's "needs N credits"
+                if isinstance(e, SMBException) and "credits" not in str(e):
                     raise
-                self._finish_one()
+                if self._inflight:        # another thread took the credits meanwhile: wait for ours
+                    self._finish_one()
+                else:                     # for its requests' answers
+                    self._t._await_credits(self._conn, need)
                 continue
             self._inflight.append((req, recv, n))
             self._inflight_bytes += n
@@ -728,7 +784,7 @@ class _ReadBack:
             self._acked = max(self._acked, size)
             self._end = size
             self._cond.notify()
-        self._thread.join()
+        self._join(cancel=True)
         if self.error is not None:
             raise self.error
         return self.size, self.crc
@@ -737,80 +793,61 @@ class _ReadBack:
         with self._cond:
             self._stop = True
             self._cond.notify()
-        self._thread.join()
+        self._join(cancel=False)
+
+    def _join(self, cancel: bool) -> None:
+        """Wait for the thread to end. At the job's cancel its connection is dropped first (a server that stopped
+        answering holds a read there until the connection's receive timeout): then CancelledJob when ``cancel``."""
+        while self._thread.is_alive():
+            self._thread.join(0.05)
+            if self._thread.is_alive() and self._t.cancelled():
+                self._t._drop_reader()
+                self._thread.join(5)
+                if cancel:
+                    raise CancelledJob("cancelled")
+                return
 
     def _run(self) -> None:
-        from smbprotocol.exceptions import SMBException
         raw: Any = None
         rt: SmbTarget | None = None
-        inflight: collections.deque = collections.deque()
+        reads: _Reads | None = None
         try:
             rt = self._t._read_connection()
-            raw = rt._call(_open_read, rt.unc(self._rel), share_access="rwd")
-            fd = raw.fd
-            conn = fd.connection
-            sid, tid = fd.tree_connect.session.session_id, fd.tree_connect.tree_connect_id
-            max_read = rt.max_read
-            sent = 0
+            raw = rt._call(rt._with_credits, 1, _open_read, rt.unc(self._rel), share_access="rwd")
+            reads = _Reads(rt, raw)
             while True:
                 with self._cond:
-                    while not (self._stop or inflight or sent < self._acked or
-                               (self._end is not None and sent >= self._end)):
+                    while not (self._stop or reads or reads.sent < self._acked or
+                               (self._end is not None and reads.sent >= self._end)):
                         self._cond.wait()
                     if self._stop:
                         break
                     acked, end = self._acked, self._end
-                if end is not None and self.size >= end and not inflight:
-                    self._past_end(fd, conn, sid, tid, end)
+                if end is not None and self.size >= end and not reads:
+                    self._past_end(reads)
                     break
-                while sent < acked and len(inflight) < PIPELINE:
-                    k = min(max_read, acked - sent)
-                    need = (k - 1) // 65536 + 1
-                    avail = conn.sequence_window["high"] - conn.sequence_window["low"]
-                    if avail < need:
-                        if inflight:
-                            break
-                        need = max(1, avail)
-                        k = min(k, need * 65536)
-                    msg, recv = fd.read(sent, k, send=False)
-                    grow = need if avail - need < need * PIPELINE else 0
-                    try:
-                        req = conn.send(msg, sid=sid, tid=tid, credit_request=need + grow)
-                    except SMBException as e:
-                        if "credits" not in str(e):
-                            raise
-                        if not inflight:        # another read on this connection took them: wait for its answers
-                            time.sleep(0.005)
-                        break
-                    inflight.append((req, recv, k))
-                    sent += k
-                if inflight:
-                    req, recv, k = inflight.popleft()
-                    data = recv(req)
-                    if len(data) != k:
-                        raise SmbError(f"short read: {len(data)} of {k} bytes")
+                reads.ask(acked)
+                if reads:
+                    data = reads.take()
                     self.crc = crc32(data, self.crc)
-                    self.size += k
+                    self.size += len(data)
         except BaseException as e:  # noqa: BLE001 - handed to finish()
             self.error = e if isinstance(e, (SmbError, CancelledJob)) or rt is None else _explained(e, rt)
         finally:
-            for req, recv, _ in inflight:   # answered before the file is closed (nothing left on the connection)
-                try:
-                    recv(req)
-                except Exception:  # noqa: BLE001 - stopping: only the answer is wanted, not its content
-                    break
+            if reads is not None:
+                reads.drain()           # answered before the file is closed (nothing left on the connection)
             if raw is not None and rt is not None and rt.alive() and not raw.closed:
                 try:
-                    raw.close()
+                    rt._with_credits(1, raw.close)
                 except Exception as e:  # noqa: BLE001 - the writer's rename or removal says what went wrong
                     rt._gone(e)
 
-    def _past_end(self, fd: Any, conn: Any, sid: int, tid: int, end: int) -> None:
-        """Nothing on the server past the ``end`` bytes written (a longer file is not what was written)."""
+    def _past_end(self, reads: "_Reads") -> None:
+        """Nothing on the server past the bytes written (a longer file is not what was written)."""
         from smbprotocol.exceptions import EndOfFile
-        msg, recv = fd.read(end, 1, send=False)
+        reads.ask(reads.sent + 1)
         try:
-            extra = recv(conn.send(msg, sid=sid, tid=tid))
+            extra = reads.take()
         except EndOfFile:
             return
         self.size += len(extra)
@@ -829,12 +866,13 @@ class _SmbRead:
     def __init__(self, t: SmbTarget, rel: str) -> None:
         self._t, self._rel = t, rel
         self._raw: Any = None
-        self._inflight: collections.deque = collections.deque()
+        self._reads: _Reads | None = None
+
         def first_read(tr: Any) -> None:
             tr += tr.raw.fd.read(0, t.max_read, send=False)
         tr = None
         try:
-            tr = t.transact(rel, first_read, mode="rb")
+            tr = t.transact(rel, first_read, mode="rb", credits=(t.max_read - 1) // 65536 + 3)
             self._first = tr.results[0]
         except SmbError as e:
             if getattr(e.__cause__, "ntstatus", None) != _STATUS_END_OF_FILE:
@@ -847,9 +885,6 @@ class _SmbRead:
     @staticmethod
     def _size_of(tr: Any) -> int:
         return tr.raw.fd.end_of_file if tr is not None else 0
-
-    def _avail(self) -> int:
-        return self._conn.sequence_window["high"] - self._conn.sequence_window["low"]
 
     def readinto(self, buf: bytearray) -> int:
         """The next bytes (at most len(buf)) into buf; 0 at the end."""
@@ -867,43 +902,99 @@ class _SmbRead:
             first, self._first = self._first, None
             if first:
                 return first
-        if self._offset >= self._size and not self._inflight:
-            return b""
-        if self._raw is None:                   # bigger than one read: open it for the rest
-            self._raw = self._t._call(_open_read, self._t.unc(self._rel))
-            fd = self._raw.fd
-            self._fd, self._conn = fd, fd.connection
-            self._sid, self._tid = fd.tree_connect.session.session_id, fd.tree_connect.tree_connect_id
-            self._size = fd.end_of_file
-        max_read = self._t.max_read
-        while self._offset < self._size and len(self._inflight) < PIPELINE:
-            k = min(max_read, self._size - self._offset)
+        if self._reads is None:
+            if self._offset >= self._size:
+                return b""
+            # bigger than one read: open it for the rest
+            self._raw = self._t._call(self._t._with_credits, 1, _open_read, self._t.unc(self._rel))
+            self._size = self._raw.fd.end_of_file
+            self._reads = _Reads(self._t, self._raw, self._offset)
+        self._reads.ask(self._size)
+        return self._reads.take() if self._reads else b""
+
+    def close(self) -> None:
+        if self._reads is not None:
+            self._reads.drain()
+        if self._raw is not None and self._t.alive() and not self._raw.closed:
+            try:
+                self._t._with_credits(1, self._raw.close)
+            except Exception as e:  # noqa: BLE001 - a read handle's close never fails the caller
+                self._t._gone(e)
+
+
+class _Reads:
+    """READ requests of one open file, in order, with up to PIPELINE of max_read bytes in flight: the pipelined reads of
+    _SmbRead and _ReadBack. The connection may be shared with other threads (the second connection: the read-back
+    beside the writes, the engine's read-backs): a read the credits do not cover waits for its own answers, or when
+    none is in flight for the others' (SmbTarget._with_credits), instead of failing."""
+
+    def __init__(self, t: SmbTarget, raw: Any, at: int = 0) -> None:
+        fd = raw.fd
+        self._t, self._fd, self._conn = t, fd, fd.connection
+        self._sid, self._tid = fd.tree_connect.session.session_id, fd.tree_connect.tree_connect_id
+        self._inflight: collections.deque = collections.deque()
+        self.sent = at                          # the bytes before it are asked for
+
+    def __bool__(self) -> bool:
+        """Reads in flight."""
+        return bool(self._inflight)
+
+    def ask(self, upto: int) -> None:
+        """Ask for the bytes from ``sent`` to ``upto``: as many reads as PIPELINE and the credits allow; at least one
+        when none is in flight."""
+        from smbprotocol.exceptions import SMBException
+        t, conn = self._t, self._conn
+        while self.sent < upto and len(self._inflight) < PIPELINE:
+            k = min(t.max_read, upto - self.sent)
             need = (k - 1) // 65536 + 1
-            if self._avail() < need:
-                if self._inflight:
-                    break
-                need = max(1, self._avail())
-                k = min(k, need * 65536)
-            msg, recv = self._fd.read(self._offset, k, send=False)
-            grow = need if self._avail() - need < need * PIPELINE else 0
-            self._inflight.append((self._conn.send(msg, sid=self._sid, tid=self._tid,
-                                                   credit_request=need + grow), recv, k))
-            self._offset += k
-        if not self._inflight:
-            return b""
+            if not t._credit_lock.acquire(blocking=not self._inflight):
+                return                          # another thread is sending: take an answer of ours meanwhile
+            try:
+                avail = _avail(conn)
+                if avail < need:
+                    if self._inflight:
+                        return                  # our answers first: they give credits back
+                    avail = t._await_credits(conn, 1)
+                    need = min(need, avail)
+                    k = min(k, need * 65536)
+                msg, recv = self._fd.read(self.sent, k, send=False)
+                grow = need if avail - need < need * PIPELINE else 0
+                try:
+                    req = conn.send(msg, sid=self._sid, tid=self._tid, credit_request=need + grow)
+                except SMBException as e:       # taken by a send that does not wait its turn (a writer's)
+                    if "credits" not in str(e):
+                        raise
+                    if self._inflight:
+                        return
+                    req = None
+            finally:
+                t._credit_lock.release()
+            if req is None:
+                time.sleep(0.002)
+                continue
+            self._inflight.append((req, recv, k))
+            self.sent += k
+
+    def take(self) -> bytes:
+        """The answer to the first read in flight: all the bytes it asked for."""
         req, recv, k = self._inflight.popleft()
         data = recv(req)
         if len(data) != k:
             raise SmbError(f"short read: {len(data)} of {k} bytes")
         return data
 
-    def close(self) -> None:
-        self._inflight.clear()
-        if self._raw is not None and self._t.alive() and not self._raw.closed:
+    def drain(self) -> None:
+        """Wait for the answers to the reads in flight (stopping: their content is not wanted)."""
+        while self._inflight:
+            req, recv, _ = self._inflight.popleft()
             try:
-                self._raw.close()
-            except Exception as e:  # noqa: BLE001 - a read handle's close never fails the caller
-                self._t._gone(e)
+                recv(req)
+            except Exception:  # noqa: BLE001 - the connection failed: no answer will come
+                self._inflight.clear()
+
+
+def _avail(conn: Any) -> int:
+    return conn.sequence_window["high"] - conn.sequence_window["low"]
 
 
 def _open_read(path: str, share_access: str | None = None, **kw: Any) -> Any:

@@ -23,6 +23,7 @@ class DelayRelay:
         self.port = self._srv.getsockname()[1]
         self._socks: list[socket.socket] = []
         self.sent = {"to_server": 0, "to_client": 0}      # bytes relayed each way (what a store sent back: to_client)
+        self._held: set[int] = set()    # client ports whose connection's answers are held (hold())
         self._stopped = False
         self._threads = [threading.Thread(target=self._accept, name="delay-accept", daemon=True)]
         self._threads[0].start()
@@ -41,10 +42,13 @@ class DelayRelay:
             for s in (a, b):
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._socks += [a, b]
+            port = a.getpeername()[1]
             for src, dst, way in ((a, b, "to_server"), (b, a, "to_client")):
                 q: queue.Queue = queue.Queue()
+                held = port if way == "to_client" else None
                 for th in (threading.Thread(target=self._read, args=(src, q, way), name="delay-read", daemon=True),
-                           threading.Thread(target=self._write, args=(dst, q), name="delay-write", daemon=True)):
+                           threading.Thread(target=self._write, args=(dst, q, held), name="delay-write",
+                                            daemon=True)):
                     self._threads.append(th)
                     th.start()
 
@@ -59,13 +63,19 @@ class DelayRelay:
             if not data:
                 return
 
-    @staticmethod
-    def _write(dst: socket.socket, q: queue.Queue) -> None:
+    def hold(self, port: int, held: bool = True) -> None:
+        """Hold (or, held=False, pass again) the server's answers on the connection from client port ``port``: one
+        flow of the link stalls (the server keeps running, its other connections flow)."""
+        (self._held.add if held else self._held.discard)(port)
+
+    def _write(self, dst: socket.socket, q: queue.Queue, port: int | None = None) -> None:
         while True:
             due, data = q.get()
             wait = due - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
+            while port in self._held and not self._stopped:
+                time.sleep(0.01)
             try:
                 if not data:
                     dst.shutdown(socket.SHUT_WR)

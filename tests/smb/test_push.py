@@ -522,7 +522,9 @@ def test_a_file_whose_name_only_starts_like_our_temp_names_is_not_taken_for_ours
     push(cfg)
     folder = root / "nas" / "rec-s"
     ours = folder / f"{TEMP_PREFIX}pi-1-999-dead00-manifest.json"
-    theirs = [folder / f"{TEMP_PREFIX}pi-1-2-4011-beef00-SHA256SUMS", folder / f"{TEMP_PREFIX}pi-1-notes.txt"]
+    theirs = [folder / f"{TEMP_PREFIX}pi-1-2-4011-beef00-SHA256SUMS", folder / f"{TEMP_PREFIX}pi-1-notes.txt",
+              # pi-1-2's, its pid of six digits, the random tag all digits: not pi-1's pid 2 and tag 123456
+              folder / f"{TEMP_PREFIX}pi-1-2-123456-012345-SHA256SUMS"]
     for p in (ours, *theirs):
         p.write_bytes(b"someone's bytes")
     session = sorted(p for p in folder.iterdir() if p.is_dir())[0]
@@ -531,7 +533,7 @@ def test_a_file_whose_name_only_starts_like_our_temp_names_is_not_taken_for_ours
     assert not ours.exists(), "our temp file left by a drop is still there"
     gone = [p.name for p in theirs if not p.exists()]
     assert gone == [], f"taken for ours and removed: {gone}"
-    assert [p.read_bytes() for p in theirs] == [b"someone's bytes"] * 2
+    assert [p.read_bytes() for p in theirs] == [b"someone's bytes"] * len(theirs)
     for p in theirs:
         p.unlink()
     assert_landed(folder, db)
@@ -641,6 +643,52 @@ def test_encrypted_push_uses_smb3_encryption(rec):
     push(cfg_for(root, db, remote, "rec-e", require_encryption=True), kind=Watching())
     assert seen == [True]
     assert_landed(root / "nas" / "rec-e", db)
+
+
+def test_an_encrypted_push_s_writes_wait_for_credits_its_other_requests_took(office):
+    """An encrypted session writes through smbprotocol's own path (smbwire's does not encrypt). The push's connection
+    also carries the verifier's requests from other threads (listings, renames, the manifest's writes): a write
+    whose credits such a request took meanwhile waits for the answers to the writes in flight, as on the fast path,
+    and does not fail with smbprotocol's "requires N credits"."""
+    from tests.parts.smbdata import _pseudo
+    smbd, remote, root, _ = office
+    mib = 1024 * 1024
+    payload = _pseudo(24 * mib, 8)
+    t = SmbTarget(dataclasses.replace(remote, require_encryption=True))
+    t.reads_while_writing = False               # (only the push's own connection)
+    t.connect()
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def others() -> None:
+        while not done.is_set():
+            try:
+                t.scandir("")
+                t.lstat("e0.bin")
+            except Exception as e:  # noqa: BLE001 - asserted below
+                errors.append(e)
+
+    th = threading.Thread(target=others, name="test-verifier")
+    th.start()
+    try:
+        for i in range(6):
+            h = t.open_write(f"e{i}.bin")
+            step = 8 * mib if i % 2 else mib    # the engine's writes, and smaller ones
+            try:
+                for at in range(0, len(payload), step):
+                    h.write(payload[at:at + step])
+                h.sync()
+                h.commit()
+            except Exception as e:  # noqa: BLE001 - asserted below
+                errors.append(e)
+                h.abort()
+    finally:
+        done.set()
+        th.join(60)
+        t.close()
+    assert not errors, [str(e) for e in errors]
+    for i in range(6):
+        assert hashlib.sha256((root / "nas" / f"e{i}.bin").read_bytes()).digest() == hashlib.sha256(payload).digest()
 
 
 def test_fast_path_still_checks_server_signatures(office):

@@ -275,3 +275,118 @@ def test_a_recording_hashed_ahead_is_read_back_once_while_written_not_again_afte
     assert reads and reads[0] < writes[-1], (reads[:3], writes[-3:])
     assert not _of(seen, "audio.flac", IN_ACCESS), [e for e in seen if e[2] == "audio.flac"]
     assert_landed(nas, db)
+
+
+def test_reads_on_the_second_connection_beside_a_read_back_never_fail_for_want_of_credits(office):
+    """The engine's read-backs (open_read(uncached=True): a small file in one round trip, a big one pipelined) share
+    the second connection with the read-back beside a big file's writes (another thread): each waits for the
+    connection's credits, none fails saying "requires N credits", and the big files are still checked while
+    written (verified)."""
+    import hashlib
+
+    from isal.isal_zlib import crc32
+
+    from steno_exportd.engine import writer
+    from steno_exportd.smb.target import SmbTarget
+    from tests.parts.smbdata import _pseudo
+    smbd, remote, root, _ = office
+    nas = root / "nas"
+    there = {"big.bin": _pseudo(24 * MIB, 3), "small.txt": _pseudo(300_000, 4)}
+    for name, data in there.items():
+        (nas / name).write_bytes(data)
+    want = {name: (len(data), f"{crc32(data):08x}") for name, data in there.items()}
+    payload = _pseudo(48 * MIB, 5)
+    t = SmbTarget(remote)
+    t.connect()
+    errors: list[BaseException] = []
+    verified: list[bool] = []
+    writing = threading.Event()
+
+    def write() -> None:
+        try:
+            for i in range(4):
+                h = t.open_write(f"w{i}.bin")
+                writing.set()
+                for at in range(0, len(payload), MIB):
+                    h.write(payload[at:at + MIB])
+                h.sync()
+                h.commit()
+                verified.append(h.verified)
+        except BaseException as e:  # noqa: BLE001 - asserted below
+            errors.append(e)
+        finally:
+            writing.set()
+
+    w = threading.Thread(target=write, name="test-writer")
+    w.start()
+    got: list[tuple[str, tuple[int, str]]] = []
+    try:
+        writing.wait(30)
+        while w.is_alive():
+            for name in ("small.txt", "big.bin", "small.txt"):
+                try:
+                    got.append((name, writer.read_back(t, name, check="crc32")))
+                except Exception as e:  # noqa: BLE001 - asserted below
+                    errors.append(e)
+    finally:
+        w.join(120)
+        t.close()
+    assert not errors, [str(e) for e in errors]
+    assert got and all(g == want[name] for name, g in got), got
+    assert verified == [True] * 4, verified
+    for i in range(4):
+        assert hashlib.sha256((nas / f"w{i}.bin").read_bytes()).digest() == hashlib.sha256(payload).digest()
+
+
+@pytest.mark.parametrize("cancel_at", [6 * MIB, 12 * MIB], ids=["mid-recording", "at-its-commit"])
+def test_a_cancel_is_heeded_at_once_when_the_read_back_connection_stalls(big, cancel_at, monkeypatch):
+    """The read-back's connection stalls (the NAS's answers on it stop coming: a relay holds them; the push's own
+    connection flows) while a recording is written; then the job is cancelled, mid-recording or once all its bytes
+    were sent (its commit waits for the read-back): the push ends within seconds, not after the connection's receive
+    timeout (60 s here), leaves no read-back thread, and nothing lands under a final name."""
+    import time
+
+    from steno_exportd.smb.target import SmbTarget
+    from tests import parts
+    from tests.parts.delay import DelayRelay
+    smbd, remote, root, db = big
+    relay = DelayRelay(remote.port, 0)
+    nas = root / "nas" / "rec-stall"
+    cfg = recorder_config(db.path, root / "state-stall", dataclasses.replace(remote, port=relay.port, timeout=30),
+                          "rec-stall")
+    held: list[int] = []
+    cancelled: list[float] = []
+    readers: list[SmbTarget] = []
+    made = SmbTarget._read_connection
+
+    def read_connection(self: SmbTarget) -> SmbTarget:
+        readers.append(made(self))
+        return readers[-1]
+    monkeypatch.setattr(SmbTarget, "_read_connection", read_connection)
+
+    def when(f: dict) -> bool:
+        done = f.get("bytes_done", 0)
+        if not held and done >= 3 * MIB:
+            held.append(next(iter(readers[-1]._cache.values())).transport._sock.getsockname()[1])
+            relay.hold(held[-1])
+        if held and done >= cancel_at and not cancelled:
+            cancelled.append(time.monotonic())
+        return bool(cancelled)
+
+    progress = Progress(cancel_when=when)
+    outcome: object = None
+    try:
+        try:
+            outcome = push(cfg, progress=progress)
+        except Exception as e:  # noqa: BLE001 - asserted below
+            outcome = e
+        ended = time.monotonic()
+    finally:
+        relay.close()
+    assert held and cancelled, (held, progress.fields.get("bytes_done"))
+    assert ended - cancelled[0] < 10, (ended - cancelled[0], outcome)
+    assert isinstance(outcome, BaseException) or not [r for r in outcome if r.ok], outcome     # nothing sent whole
+    parts.wait_for(lambda: not [th for th in threading.enumerate() if th.name == "steno-smb-back"], timeout=5,
+                   what="the read-back thread's end")
+    assert not list(nas.rglob(f"{TEMP_PREFIX}*")), sorted(nas.rglob("*"))
+    assert not list(nas.rglob("audio.flac")), sorted(nas.rglob("*"))
