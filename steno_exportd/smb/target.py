@@ -615,7 +615,6 @@ class _SmbWrite:
 
     @_mapped
     def _send(self, data: bytes | memoryview) -> None:
-        from smbprotocol.exceptions import SMBException
         view = memoryview(data)
         throttle = self._t.throttle
         while view:
@@ -634,13 +633,10 @@ class _SmbWrite:
                 else:
                     msg, recv = self._fd.write(bytes(view[:n]), offset=self._pos, send=False)
                     req = self._conn.send(msg, sid=self._sid, tid=self._tid, credit_request=need + grow)
-            except (ValueError, SMBException) as e:     # smbwire's, smbprotocol's "needs N credits"
-                if isinstance(e, SMBException) and "credits" not in str(e):
+            except ValueError:
+                if not self._inflight:    # another thread took the credits meanwhile: wait for ours
                     raise
-                if self._inflight:        # another thread took the credits meanwhile: wait for ours
-                    self._finish_one()
-                else:                     # for its requests' answers
-                    self._t._await_credits(self._conn, need)
+                self._finish_one()
                 continue
             self._inflight.append((req, recv, n))
             self._inflight_bytes += n

@@ -645,52 +645,6 @@ def test_encrypted_push_uses_smb3_encryption(rec):
     assert_landed(root / "nas" / "rec-e", db)
 
 
-def test_an_encrypted_push_s_writes_wait_for_credits_its_other_requests_took(office):
-    """An encrypted session writes through smbprotocol's own path (smbwire's does not encrypt). The push's connection
-    also carries the verifier's requests from other threads (listings, renames, the manifest's writes): a write
-    whose credits such a request took meanwhile waits for the answers to the writes in flight, as on the fast path,
-    and does not fail with smbprotocol's "requires N credits"."""
-    from tests.parts.smbdata import _pseudo
-    smbd, remote, root, _ = office
-    mib = 1024 * 1024
-    payload = _pseudo(24 * mib, 8)
-    t = SmbTarget(dataclasses.replace(remote, require_encryption=True))
-    t.reads_while_writing = False               # (only the push's own connection)
-    t.connect()
-    errors: list[BaseException] = []
-    done = threading.Event()
-
-    def others() -> None:
-        while not done.is_set():
-            try:
-                t.scandir("")
-                t.lstat("e0.bin")
-            except Exception as e:  # noqa: BLE001 - asserted below
-                errors.append(e)
-
-    th = threading.Thread(target=others, name="test-verifier")
-    th.start()
-    try:
-        for i in range(6):
-            h = t.open_write(f"e{i}.bin")
-            step = 8 * mib if i % 2 else mib    # the engine's writes, and smaller ones
-            try:
-                for at in range(0, len(payload), step):
-                    h.write(payload[at:at + step])
-                h.sync()
-                h.commit()
-            except Exception as e:  # noqa: BLE001 - asserted below
-                errors.append(e)
-                h.abort()
-    finally:
-        done.set()
-        th.join(60)
-        t.close()
-    assert not errors, [str(e) for e in errors]
-    for i in range(6):
-        assert hashlib.sha256((root / "nas" / f"e{i}.bin").read_bytes()).digest() == hashlib.sha256(payload).digest()
-
-
 def test_fast_path_still_checks_server_signatures(office):
     """smbwire replaces smbprotocol's response signature check: a wrong key must still be caught."""
     from steno_exportd.smb import wire as smbwire
