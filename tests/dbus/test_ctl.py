@@ -3,6 +3,7 @@ not-found is rc 4, --json on every command, eject says what it did, export uses 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 
@@ -101,25 +102,32 @@ async def test_eject_says_what_it_did(daemon, private_bus):
 HOSTILE = "Board \x1b]2;owned\x07\x1b[2J\x9b31mred\x7f"
 
 
-@pytest.fixture
-async def hostile(private_bus, tmp_path):
-    """A real Core whose recording, transcript and stick carry terminal escapes (a title typed on the touchscreen,
-    words a speech engine wrote, a stick's label chosen by whoever formatted it)."""
+@contextlib.asynccontextmanager
+async def served(private_bus, tmp_path, title, label):
+    """A real Core on the bus whose one session's title and transcript carry ``title`` and whose stick is labelled
+    ``label``."""
     rec = RecorderDB(tmp_path / "rec")
-    sid = rec.session(title=HOSTILE)
-    rec.entry(sid, 0.0, 2.0, f"budget {HOSTILE} budget")
+    sid = rec.session(title=title)
+    rec.entry(sid, 0.0, 2.0, f"budget {title} budget")
     cfg = config.from_dict({"recorder": {"db_path": str(rec.path)}, "state": {"dir": str(tmp_path / "state")},
                             "dbus": {"bus": private_bus}})
     core = Core(cfg)
     await core.start()
-    core.devices.change("fs_ab12", label="\x1b[2JSTICK", fs_type="vfat", size=10, free=5,
-                        state=ev.DeviceState.MOUNTED)
+    core.devices.change("fs_ab12", label=label, fs_type="vfat", size=10, free=5, state=ev.DeviceState.MOUNTED)
     try:
         async with service.export(core):
             yield core
     finally:
         await core.stop()
         rec.close()
+
+
+@pytest.fixture
+async def hostile(private_bus, tmp_path):
+    """A real Core whose recording, transcript and stick carry terminal escapes (a title typed on the touchscreen,
+    words a speech engine wrote, a stick's label chosen by whoever formatted it)."""
+    async with served(private_bus, tmp_path, HOSTILE, "\x1b[2JSTICK") as core:
+        yield core
 
 
 async def test_titles_snippets_and_labels_reach_the_terminal_without_their_escapes(hostile, private_bus):
@@ -153,21 +161,8 @@ JOINERS = "\u200c\u200d"
 async def reordering(private_bus, tmp_path):
     """A real Core whose session title, transcript and stick label carry format characters (a title pasted from
     a mail, a label chosen by whoever formatted the stick)."""
-    rec = RecorderDB(tmp_path / "rec")
-    sid = rec.session(title=REORDERING)
-    rec.entry(sid, 0.0, 2.0, f"budget {REORDERING} budget")
-    cfg = config.from_dict({"recorder": {"db_path": str(rec.path)}, "state": {"dir": str(tmp_path / "state")},
-                            "dbus": {"bus": private_bus}})
-    core = Core(cfg)
-    await core.start()
-    core.devices.change("fs_ab12", label="\u202eKCITS\u200b", fs_type="vfat", size=10, free=5,
-                        state=ev.DeviceState.MOUNTED)
-    try:
-        async with service.export(core):
-            yield core
-    finally:
-        await core.stop()
-        rec.close()
+    async with served(private_bus, tmp_path, REORDERING, "\u202eKCITS\u200b") as core:
+        yield core
 
 
 async def test_titles_snippets_and_labels_reach_the_terminal_without_format_characters(reordering, private_bus):
