@@ -113,6 +113,9 @@ class RcloneTarget(Target):
                                                # known(): the office index, written last, does not read it again)
         self.manifests_saved: set[str] = set()  # the folders whose manifest.json this push saved (manifest.saved())
         self._dirs: set[str] = set()      # folders known to be there (a folder is not removed under a push)
+        self._top: set[str] | None = None  # every name in the remote's folder as connect() listed it: a folder
+                                           # missing there (the recorder's, the office index's, on a first push)
+                                           # is made without a look-up first (mkdir)
         self._unmade: set[str] = set()    # <session>.partial folders of this push not made on the store yet: the
                                           # first upload into one makes it (rclone makes a file's folder first)
         self._names = threading.RLock()   # the five above: used by the export's main and verifier threads
@@ -147,14 +150,18 @@ class RcloneTarget(Target):
         self.hash = next((h for h in HASHES if h in kept), None)
         self.hash_checked = self.hash is not None       # (the engine's hint: see engine/targets.py)
         self.atomic_dir_rename = self.paced = self._moves_folders(info)
-        # the login; the folders there now (the recorder's, the office index): no look-up before using them. The
-        # remote's folder is made only when missing (a push writes nothing on the store when nothing is new)
-        r = self.rcd.call("operations/list", {"fs": self.fs, "remote": "", "opt": {"dirsOnly": True}},
+        # the login; the folders there now (the recorder's, the office index): no look-up before using them; and
+        # the names not there (files too), which mkdir() makes without looking them up first. The remote's folder
+        # is made only when missing (a push writes nothing on the store when nothing is new)
+        r = self.rcd.call("operations/list", {"fs": self.fs, "remote": "",
+                                              "opt": {"noMimeType": True, "noModTime": True}},
                           missing_ok=True, listing=split_remote(self.fs)[1].strip("/"))
         if r is None:
             self.rcd.call("operations/mkdir", {"fs": self.fs, "remote": ""})
             r = {}
-        self._dirs = {d["Name"] for d in r.get("list") or [] if isinstance(d, dict) and d.get("IsDir") and d.get("Name")}
+        entries = [d for d in r.get("list") or [] if isinstance(d, dict) and d.get("Name")]
+        self._dirs = {d["Name"] for d in entries if d.get("IsDir")}
+        self._top = {d["Name"] for d in entries}
 
     def _moves_folders(self, info: dict) -> bool:
         """Build sessions as <folder>.partial and move them into place (fewer requests per session) on a WebDAV
@@ -223,6 +230,8 @@ class RcloneTarget(Target):
             names = self._mine.get(head)
             if names is not None:
                 (names.add if there else names.discard)(base)
+            if not head and self._top is not None:
+                (self._top.add if there else self._top.discard)(base)
             if there:
                 self._unmade.discard(head)      # a file landed in it: the upload made the folder
             else:
@@ -254,13 +263,16 @@ class RcloneTarget(Target):
     def exists(self, rel: str) -> bool:
         return self.lstat(rel) is not None
 
+    def _list(self, rel: str) -> dict | None:
+        fs, remote = self._at(rel, folder=True)
+        return self.rcd.call("operations/list", {"fs": fs, "remote": remote,
+                                                 "opt": {"noMimeType": True, "noModTime": True}}, missing_ok=True,
+                             listing=self.rel(rel))
+
     def scandir(self, rel: str) -> dict[str, EntryStat]:
         if self.rel(rel) in self._unmade:
             return {}
-        fs, remote = self._at(rel, folder=True)
-        r = self.rcd.call("operations/list", {"fs": fs, "remote": remote,
-                                              "opt": {"noMimeType": True, "noModTime": True}}, missing_ok=True,
-                          listing=self.rel(rel))
+        r = self._list(rel)
         if r is None:
             raise TargetError(f"{self.name}: folder not found: {rel}")
         out = {d["Name"]: self._entry(d) for d in r.get("list") or [] if isinstance(d, dict) and d.get("Name")}
@@ -293,6 +305,15 @@ class RcloneTarget(Target):
                 self._dirs.add(self.rel(rel))
             self._landed(rel)
             return
+        if self._new_at_top(rel):
+            # missing from the remote's folder at connect() (files listed too): made at once, a round trip instead
+            # of three (rclone's look-up of a missing name is two: the name, then its folder). Not taken as this
+            # push's own empty folder (someone may make it meanwhile): its names are still looked up
+            self.rcd.call("operations/mkdir", {"fs": self.fs, "remote": self.rel(rel)})
+            self._landed(rel)
+            with self._names:
+                self._dirs.add(self.rel(rel))
+            return
         d = self._stat(rel) if check_rel(rel) else {"IsDir": True}
         if d:
             st = self._entry(d)
@@ -316,6 +337,18 @@ class RcloneTarget(Target):
             self._dirs.add(self.rel(rel))
             if head in self._mine or head in self._claimed:     # (elsewhere another recorder may have made it too)
                 self._mine[self.rel(rel)] = set()
+
+    def _new_at_top(self, rel: str) -> bool:
+        """``rel`` is a name in the remote's folder that connect() found missing there; one it found as a file is
+        said at once (TargetError), as a look-up would."""
+        parts = check_rel(rel)
+        if len(parts) != 1 or self._top is None:
+            return False
+        if parts[0] in self._top:
+            if parts[0] not in self._dirs:
+                raise TargetError(f"a file is in the way of folder {rel}")
+            return False
+        return True
 
     def own_temp(self, name: str) -> bool:
         """Temp files this host's pushes leave after a drop (another host's are not ours to remove): a name of

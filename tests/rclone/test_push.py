@@ -855,6 +855,41 @@ def test_a_push_through_each_folders_own_remote_still_finds_every_session_sent_a
         srv.stop()
 
 
+def test_a_push_into_a_new_folder_makes_it_and_the_office_index_folder_without_looking_them_up(rclone_tmp):
+    """The first push of a recorder (the remote's folder listed at its start: neither its folder nor the office
+    index's is there) looked each up before making it: two requests of the store in a row each (rclone looks up
+    the name, then lists the folder it is in), then the MKCOL. Now each is made at once (a MKCOL of a folder there
+    is taken as made); a file in the way is still said (test_a_file_where_the_recorders_folder_goes_is_said). Seen
+    in the store's own log."""
+    with verbose_webdav(rclone_tmp, (1 << 20, (1 << 20) + 1)) as (srv, db, cfg):
+        res = push(cfg)
+        assert [(r.ok, r.skipped) for r in res] == [(True, False)] * 2, [r.error for r in res]
+        folder = recorder_folder(cfg)
+        assert_landed(srv.served / "office" / folder, db)
+        assert (srv.served / "office" / INDEX_DIR / f"{folder}.json").is_file()
+        looked = [what for _, what in srv.answered() if what in (f"/office/{folder}: PROPFIND",
+                                                                 f"/office/{INDEX_DIR}: PROPFIND")]
+        assert looked == [], looked
+
+
+def test_a_file_where_the_recorders_folder_goes_is_said(rclone_server, rclone_tmp):
+    """A file (someone's) on the store under the name of the recorder's folder, on its first push: the push stops
+    before sending anything, saying a file is in the way of that folder, not tried again; the file stays as it
+    was."""
+    srv = rclone_server
+    db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
+    cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+    _plant(srv, cfg, rclone_tmp, f"office/{recorder_folder(cfg)}")
+    from steno_exportd.errors import TargetError
+    tries: list[float] = []
+    with pytest.raises(TargetError) as e:
+        push(cfg, sleep=tries.append)
+    assert f"a file is in the way of folder {recorder_folder(cfg)}" in str(e.value), str(e.value)
+    assert tries == [], tries
+    assert (srv.served / "office" / recorder_folder(cfg)).read_text() == "a person's own file\n"
+    assert sorted(p.name for p in (srv.served / "office").iterdir()) == [recorder_folder(cfg)]
+
+
 def test_recordings_hashed_ahead_are_not_read_back_from_a_store_that_keeps_a_hash(rclone_tmp):
     """The daemon's background hasher (export.hash_ahead, on by default) remembers each recording's SHA-256 before a
     push. On a store that keeps a hash (SFTP: MD5) a copy hashed while it is sent is checked by the store's own
