@@ -64,10 +64,14 @@ class RcloneKind(RemoteKind):
                 t.connect()
                 t.mkdir(folder)
                 claim(t, folder, rid)
+                if cfg.smb.office_index:
+                    # sent while the run's last folders move into place, named after them (index.write)
+                    t.after_moves = lambda root, names: \
+                        index.upload_ahead(t, root, rid[:SHORT], names) if root == folder else None
                 yield t
                 if cfg.smb.office_index:
                     with t.unstoppable():       # (after a cancel too: it lists what the run's last save recorded)
-                        index.write(t, folder, rid[:SHORT])
+                        index.write(t, folder, rid[:SHORT], ahead=t.taken())
             finally:
                 t.close()
 

@@ -855,6 +855,68 @@ def test_a_push_through_each_folders_own_remote_still_finds_every_session_sent_a
         srv.stop()
 
 
+RTT_MS = 100            # the distant store's round trip in the tests below: far above rclone's pacing (10 ms)
+
+
+@contextlib.contextmanager
+def distant_verbose_webdav(tmp: pathlib.Path, count: int
+                           ) -> Iterator[tuple[RcloneServer, RecorderDB, config.Config]]:
+    """verbose_webdav() of ``count`` sessions of a small recording each, the store RTT_MS away (tests/parts/delay.py);
+    the relay closed after."""
+    from tests.parts.delay import DelayRelay
+    from tests.parts import require_tool
+    require_tool("rclone")
+    (tmp / "served").mkdir(parents=True)
+    srv = RcloneServer("webdav", tmp / "served", tmp, verbose=True)
+    srv.start()
+    relay = DelayRelay(srv.port, RTT_MS)
+    try:
+        db = make_recorder(tmp / "rec", sizes=tuple((64 << 10) + i for i in range(count)))
+        conf = dataclasses.replace(srv, port=relay.port).client_config(tmp / "rclone.conf")
+        yield srv, db, make_cfg(tmp, db, conf, f"{srv.remote}:office")
+    finally:
+        relay.close()
+        srv.stop()
+
+
+def round_trips(answered: list[tuple[float, str]]) -> int:
+    """How many round trips in a row the push waited for to make these requests of the store RTT_MS away (in the order
+    the store answered them): those it received less than half a round trip after the one before were sent together
+    (rclone spaces the requests of one remote 10 ms apart, a request that waits for an answer comes a round trip
+    later)."""
+    waves, last = 0, None
+    for when, _ in answered:
+        if last is None or when - last > RTT_MS / 2000:
+            waves += 1
+        last = when
+    return waves
+
+
+def test_the_end_of_a_push_to_a_distant_webdav_store_waits_for_few_round_trips(rclone_tmp, monkeypatch):
+    """Once its last recording is read back, a push to a WebDAV store saves its manifest (SHA256SUMS, manifest.json),
+    moves its sessions' folders into place and writes the office index: on a distant store (a NAS across a city, a
+    cloud) each request it waits for before its next is a round trip. It waited for 29 in a row for 12 sessions
+    (the folders moved 8 at a time; the office index uploaded after the moves, its folder looked up first): 0.65 s
+    of a 1.6 s push at 20 ms. Now the folders move 16 at a time, the index is uploaded while they move and named
+    after them, its folder made without a look-up. Counted in the store's own log: what it received after the last
+    read-back, grouped into round trips by when it came. All 12 land, in the office index too."""
+    from steno_exportd.rclone.target import RcloneTarget
+    monkeypatch.setattr(RcloneTarget, "save_every", 3600.0)      # every session held for the run's last save
+    with distant_verbose_webdav(rclone_tmp, 12) as (srv, db, cfg):
+        res = _push_formats(cfg, ("txt", "audio"))
+        assert [(r.ok, r.skipped) for r in res] == [(True, False)] * 12, [r.error for r in res]
+        folder = srv.served / "office" / recorder_folder(cfg)
+        assert_landed(folder, db, formats=("txt", "audio"))
+        index = json.loads((srv.served / "office" / INDEX_DIR / f"{folder.name}.json").read_text())
+        assert len(index["meetings"]) == 12 and all((srv.served / "office" / m["folder"]).is_dir()
+                                                    for m in index["meetings"])
+        answered = srv.answered()
+        last = max(i for i, (_, what) in enumerate(answered) if ".partial/" in what and what.endswith(": GET"))
+        end = answered[last + 1:]
+        # 29 before (measured), 21 now: the index's folder made, its upload; its move after the folders'
+        assert round_trips(end) <= 22, "\n".join(f"{w - end[0][0]:6.3f} {what}" for w, what in end)
+
+
 def test_a_push_into_a_new_folder_makes_it_and_the_office_index_folder_without_looking_them_up(rclone_tmp):
     """The first push of a recorder (the remote's folder listed at its start: neither its folder nor the office
     index's is there) looked each up before making it: two requests of the store in a row each (rclone looks up
