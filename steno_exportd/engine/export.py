@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 MOVERS = 8              # folders renamed into place at once after a deferred manifest save
 LISTERS = 8             # folders of sessions already exported listed at once, on a store that takes several requests
                         # at once (checks > 1): one round trip each (rclone's own check lists 8 at once)
+                        # (a target's own ``movers``, ``listers`` say otherwise: see rclone.target)
 
 
 class _NullProgress:
@@ -143,6 +144,7 @@ class Exporter:
         self._save_queued = False               # a save of them is queued on the verifier thread (_save_due)
         self._undone: dict[str, tuple[str, str]] = {}   # session uuid -> (why, problem): written, but not done
         self._unsaved = False                   # a change of the manifest (a session finished) not saved yet
+        self._ending = False                    # the run's sessions all ended: a save now is its last
 
     def _buffers(self) -> writer.Buffers:
         """The read buffers of the thread that calls it: a rewrite after a failed read-back (the verifier thread) and
@@ -318,6 +320,7 @@ class Exporter:
             # (a target that stops its own uploads at a cancel, rclone, lets this save end: it records the sessions
             # read back before the cancel, which the next push would otherwise send again)
             with self._lock, getattr(self.t, "unstoppable", contextlib.nullcontext)():
+                self._ending = True     # (the save now moves the run's last folders: see _save)
                 if self._held or self._unsaved:
                     self._save()        # the sessions a deferred save still holds, or finished since the last
         except (TargetError, OSError) as e:
@@ -430,8 +433,13 @@ class Exporter:
                 return e
             return None
         outcomes: list[TargetError | None] = []
+        if moves and self._ending and (moving := getattr(self.t, "last_moves", None)) is not None:
+            # the run's last save: what the target writes once these folders are in place (rclone's office index)
+            # may go to it meanwhile (see RcloneTarget.last_moves)
+            moving(self.root, [(h.partial, h.final) for h in moves])
         if moves:       # a few at once: each is a few requests of a store that paces them (rclone's WebDAV)
-            with concurrent.futures.ThreadPoolExecutor(min(MOVERS, len(moves)), "steno-move") as pool:
+            movers = int(getattr(self.t, "movers", MOVERS))
+            with concurrent.futures.ThreadPoolExecutor(min(movers, len(moves)), "steno-move") as pool:
                 outcomes = list(pool.map(move, moves))
         undone = False
         self._ended(*(h.partial for h, error in zip(moves, outcomes) if error is None))
@@ -746,7 +754,8 @@ class Exporter:
                 return None
         if self.t.checks == 1 or len(folders) < 2:
             return {u: listing(rel) for u, rel in folders.items()}
-        with concurrent.futures.ThreadPoolExecutor(min(LISTERS, len(folders)), "steno-list") as pool:
+        listers = int(getattr(self.t, "listers", LISTERS))
+        with concurrent.futures.ThreadPoolExecutor(min(listers, len(folders)), "steno-list") as pool:
             return dict(zip(folders, pool.map(listing, folders.values())))
 
     def _unchanged(self, s: Any, plan: list[PlannedFile], listing: dict[str, EntryStat] | None) -> bool:

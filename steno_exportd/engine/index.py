@@ -6,8 +6,11 @@ recorders update the index at once without a shared file rewritten or a lock.
 """
 from __future__ import annotations
 
+import concurrent.futures
+import dataclasses
 import json
 import logging
+from typing import Any
 
 from steno_exportd import safeparse
 from steno_exportd.engine import manifest as mf
@@ -44,9 +47,62 @@ def build(m: mf.Manifest, root: str, short_id: str, held: set[str] | None = None
     return json.dumps(body, indent=1, sort_keys=True, ensure_ascii=False).encode("utf-8")
 
 
-def write(t: Target, root: str, short_id: str) -> None:
+@dataclasses.dataclass
+class Ahead:
+    """An index file uploaded under its temp name before the push's end (upload_ahead): named by write() when it is
+    what write() would write, else removed."""
+
+    body: bytes
+    handle: Any         # the target's write handle, synced, not committed
+
+
+def upload_ahead(t: Target, root: str, short_id: str, names: set[str]) -> Ahead | None:
+    """This recorder's index file as it will read once the recorder's folder holds ``names`` (the push's last
+    folders moved into place), uploaded under a temp name meanwhile (its upload is several round trips of a distant
+    store: the push's end waited for them after its folder moves); not named (write() names it). None when the
+    manifest this push saved is not known (or the index not written: logged, write() tries again)."""
+    try:
+        m = mf.known(t, root)
+        if m is None:
+            return None
+        body = build(m, root, short_id, names)
+        t.mkdir(INDEX_DIR)
+        h = t.open_write(index_path(root))
+    except (ValueError, TargetError) as e:
+        log.debug("%s: office index %s not sent ahead: %s", t.name, index_path(root), e)
+        return None
+    try:
+        h.write(body)
+        h.sync()
+    except BaseException as e:
+        h.abort()
+        if isinstance(e, (ValueError, TargetError)):
+            log.debug("%s: office index %s not sent ahead: %s", t.name, index_path(root), e)
+            return None
+        raise
+    return Ahead(body, h)
+
+
+def _ahead(t: Target, root: str, ahead: concurrent.futures.Future | None, body: bytes) -> bool:
+    """Name the index file uploaded ahead when it holds ``body`` (but when it was written): True when named; one that
+    does not is removed."""
+    try:
+        pre = ahead.result() if ahead is not None else None
+    except (ValueError, TargetError):
+        pre = None
+    if pre is None:
+        return False
+    if _content(pre.body) == _content(body):
+        pre.handle.commit()
+        return True
+    pre.handle.abort()
+    return False
+
+
+def write(t: Target, root: str, short_id: str, ahead: concurrent.futures.Future | None = None) -> None:
     """Rewrite this recorder's index file from its manifest on ``t`` (the meetings whose folders are there); one that
-    could not be written is logged (the push itself landed and is verified; the next one retries).
+    could not be written is logged (the push itself landed and is verified; the next one retries). ``ahead``: an
+    upload_ahead() of it (its Ahead, or None), named when it holds what would be written.
 
     After a push that saved no manifest (it found nothing new) the file is left as it is when it already lists
     what would be written ("updated" aside: when its content last changed): rewritten at every push, it was a new
@@ -59,6 +115,8 @@ def write(t: Target, root: str, short_id: str) -> None:
         held = _held(t, root)
         body = build(m, root, short_id, held)
         if mf.saved(t, root) is False and _listed(t, root) == _content(body):
+            return
+        if _ahead(t, root, ahead, body):
             return
         t.mkdir(INDEX_DIR)
         mf.write_atomic(t, index_path(root), body)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import http.client
 import http.server
 import os
@@ -47,7 +48,8 @@ class RcloneServer:
         self.proc = subprocess.Popen(
             ["rclone", "serve", self.kind, str(self.served), "--addr", f"127.0.0.1:{self.port}",
              "--user", self.user, "--pass", self.password, "--cache-dir", str(self.work / "cache"),
-             "--config", "/dev/null", *(["-v"] if self.verbose else []), *(["--read-only"] if self.read_only else [])],
+             "--config", "/dev/null", *(["-v", "--log-format", "date,time,microseconds"] if self.verbose else []),
+             *(["--read-only"] if self.read_only else [])],
             stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
             **({"user": self.run_as, "group": self.run_as, "extra_groups": []} if self.run_as is not None else {}))
         log.close()
@@ -66,6 +68,18 @@ class RcloneServer:
         assert self.verbose
         text = (self.work / f"serve-{self.kind}.log").read_text(errors="replace")
         return len(re.findall(r": [A-Z]+ from 127\.0\.0\.1:\d+$", text, re.M))
+
+    def answered(self) -> list[tuple[float, str]]:
+        """Every request the server has answered (verbose), in order: (when its log line was written, in seconds
+        since the epoch; 'path: METHOD')."""
+        assert self.verbose
+        text = (self.work / f"serve-{self.kind}.log").read_text(errors="replace")
+        out = []
+        for m in re.finditer(r"^(\d{4}/\d\d/\d\d \d\d:\d\d:\d\d\.\d+)\s+\w+\s*: (.*): ([A-Z]+) from 127\.0\.0\.1:\d+$",
+                             text, re.M):
+            when = datetime.datetime.strptime(m[1], "%Y/%m/%d %H:%M:%S.%f").timestamp()
+            out.append((when, f"{m[2]}: {m[3]}"))
+        return out
 
     @property
     def remote(self) -> str:

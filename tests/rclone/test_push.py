@@ -855,6 +855,122 @@ def test_a_push_through_each_folders_own_remote_still_finds_every_session_sent_a
         srv.stop()
 
 
+RTT_MS = 100            # the distant store's round trip in the tests below: far above rclone's pacing (10 ms)
+
+
+@contextlib.contextmanager
+def distant_verbose_webdav(tmp: pathlib.Path, count: int
+                           ) -> Iterator[tuple[RcloneServer, RecorderDB, config.Config]]:
+    """verbose_webdav() of ``count`` sessions of a small recording each, the store RTT_MS away (tests/parts/delay.py);
+    the relay closed after."""
+    from tests.parts.delay import DelayRelay
+    from tests.parts import require_tool
+    require_tool("rclone")
+    (tmp / "served").mkdir(parents=True)
+    srv = RcloneServer("webdav", tmp / "served", tmp, verbose=True)
+    srv.start()
+    relay = DelayRelay(srv.port, RTT_MS)
+    try:
+        db = make_recorder(tmp / "rec", sizes=tuple((64 << 10) + i for i in range(count)))
+        conf = dataclasses.replace(srv, port=relay.port).client_config(tmp / "rclone.conf")
+        yield srv, db, make_cfg(tmp, db, conf, f"{srv.remote}:office")
+    finally:
+        relay.close()
+        srv.stop()
+
+
+def round_trips(answered: list[tuple[float, str]]) -> int:
+    """How many round trips in a row the push waited for to make these requests of the store RTT_MS away (in the order
+    the store answered them): those it received less than half a round trip after the one before were sent together
+    (rclone spaces the requests of one remote 10 ms apart, a request that waits for an answer comes a round trip
+    later)."""
+    waves, last = 0, None
+    for when, _ in answered:
+        if last is None or when - last > RTT_MS / 2000:
+            waves += 1
+        last = when
+    return waves
+
+
+def test_the_end_of_a_push_to_a_distant_webdav_store_waits_for_few_round_trips(rclone_tmp, monkeypatch):
+    """Once its last recording is read back, a push to a WebDAV store saves its manifest (SHA256SUMS, manifest.json),
+    moves its sessions' folders into place and writes the office index: on a distant store (a NAS across a city, a
+    cloud) each request it waits for before its next is a round trip. It waited for 29 in a row for 12 sessions
+    (the folders moved 8 at a time; the office index uploaded after the moves, its folder looked up first): 0.65 s
+    of a 1.6 s push at 20 ms. Now the folders move 16 at a time, the index is uploaded while they move and named
+    after them, its folder made without a look-up. Counted in the store's own log: what it received after the last
+    read-back, grouped into round trips by when it came. All 12 land, in the office index too."""
+    from steno_exportd.rclone.target import RcloneTarget
+    monkeypatch.setattr(RcloneTarget, "save_every", 3600.0)      # every session held for the run's last save
+    with distant_verbose_webdav(rclone_tmp, 12) as (srv, db, cfg):
+        res = _push_formats(cfg, ("txt", "audio"))
+        assert [(r.ok, r.skipped) for r in res] == [(True, False)] * 12, [r.error for r in res]
+        folder = srv.served / "office" / recorder_folder(cfg)
+        assert_landed(folder, db, formats=("txt", "audio"))
+        index = json.loads((srv.served / "office" / INDEX_DIR / f"{folder.name}.json").read_text())
+        assert len(index["meetings"]) == 12 and all((srv.served / "office" / m["folder"]).is_dir()
+                                                    for m in index["meetings"])
+        answered = srv.answered()
+        last = max(i for i, (_, what) in enumerate(answered) if ".partial/" in what and what.endswith(": GET"))
+        end = answered[last + 1:]
+        # 29 before (measured), 21 now: the index's folder made, its upload; its move after the folders'
+        assert round_trips(end) <= 22, "\n".join(f"{w - end[0][0]:6.3f} {what}" for w, what in end)
+
+
+def test_a_push_into_a_new_folder_makes_it_and_the_office_index_folder_without_looking_them_up(rclone_tmp):
+    """The first push of a recorder (the remote's folder listed at its start: neither its folder nor the office
+    index's is there) looked each up before making it: two requests of the store in a row each (rclone looks up
+    the name, then lists the folder it is in), then the MKCOL. Now each is made at once (a MKCOL of a folder there
+    is taken as made); a file in the way is still said (test_a_file_where_the_recorders_folder_goes_is_said). Seen
+    in the store's own log."""
+    with verbose_webdav(rclone_tmp, (1 << 20, (1 << 20) + 1)) as (srv, db, cfg):
+        res = push(cfg)
+        assert [(r.ok, r.skipped) for r in res] == [(True, False)] * 2, [r.error for r in res]
+        folder = recorder_folder(cfg)
+        assert_landed(srv.served / "office" / folder, db)
+        assert (srv.served / "office" / INDEX_DIR / f"{folder}.json").is_file()
+        looked = [what for _, what in srv.answered() if what in (f"/office/{folder}: PROPFIND",
+                                                                 f"/office/{INDEX_DIR}: PROPFIND")]
+        assert looked == [], looked
+
+
+def test_a_file_where_the_recorders_folder_goes_is_said(rclone_server, rclone_tmp):
+    """A file (someone's) on the store under the name of the recorder's folder, on its first push: the push stops
+    before sending anything, saying a file is in the way of that folder, not tried again; the file stays as it
+    was."""
+    srv = rclone_server
+    db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
+    cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+    _plant(srv, cfg, rclone_tmp, f"office/{recorder_folder(cfg)}")
+    from steno_exportd.errors import TargetError
+    tries: list[float] = []
+    with pytest.raises(TargetError) as e:
+        push(cfg, sleep=tries.append)
+    assert f"a file is in the way of folder {recorder_folder(cfg)}" in str(e.value), str(e.value)
+    assert tries == [], tries
+    assert (srv.served / "office" / recorder_folder(cfg)).read_text() == "a person's own file\n"
+    assert sorted(p.name for p in (srv.served / "office").iterdir()) == [recorder_folder(cfg)]
+
+
+def test_a_push_that_finds_nothing_new_on_a_distant_webdav_store_waits_for_few_round_trips(rclone_tmp):
+    """What a schedule or push-on-new finds most of the time, on a distant store: the push read its claim, then
+    listed the recorder's folder, then read its manifest, then listed the sessions' folders 8 at a time, then read
+    the office index, each a round trip or two in a row (10 for 16 sessions; 200 sessions took 0.96 s at 20 ms where
+    `rclone copy` took 0.11 s). Now the manifest, the folder's listing and the index are read while the claim is,
+    and the sessions' folders are listed 16 at a time. Counted in the store's own log, grouped into round trips
+    by when each request came; the push still finds every session there and sends nothing."""
+    with distant_verbose_webdav(rclone_tmp, 16) as (srv, db, cfg):
+        assert all(r.ok for r in _push_formats(cfg, ("txt", "audio")))
+        before = len(srv.answered())
+        res = _push_formats(cfg, ("txt", "audio"))
+        assert [(r.ok, r.skipped) for r in res] == [(True, True)] * 16, [r.error for r in res]
+        again = srv.answered()[before:]
+        assert not [what for _, what in again if not what.endswith((": PROPFIND", ": GET"))], again
+        assert len([what for _, what in again if what.endswith(")/: PROPFIND")]) == 16     # each session's folder
+        # 11 before (measured), 5 now
+        assert round_trips(again) <= 6, "\n".join(f"{w - again[0][0]:6.3f} {what}" for w, what in again)
+
+
 def test_recordings_hashed_ahead_are_not_read_back_from_a_store_that_keeps_a_hash(rclone_tmp):
     """The daemon's background hasher (export.hash_ahead, on by default) remembers each recording's SHA-256 before a
     push. On a store that keeps a hash (SFTP: MD5) a copy hashed while it is sent is checked by the store's own
