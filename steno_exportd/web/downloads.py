@@ -352,15 +352,15 @@ async def send_rendered(request: web.Request, ctx: WebContext, s: Any, fmt: str,
 
 
 def _render_slot(ctx: WebContext, request: web.Request, key: str) -> str:
-    """Count a document about to be made in the render worker for this request's client (an address; an IPv6
-    /64); Throttled when it already has RENDERS_PER_CLIENT others being made. The worker makes one at a time,
+    """Count a document about to be made in the render worker for this request's client (limiter.client_of: an
+    IPv4 address, in either of its forms; an IPv6 /64); Throttled when it already has RENDERS_PER_CLIENT others being made. The worker makes one at a time,
     first come first served: with no bound, a guest asking for every meeting's PDF at once was ahead of everybody
     who asked after it. The same document asked for again takes no further slot (it is made once), nor does a
     request whose client has left (its render is being stopped)."""
-    from steno_exportd.access.limiter import network_of
+    from steno_exportd.access.limiter import client_of
 
     addr = client_addr(request)
-    client = network_of(addr) if ":" in addr and "." not in addr else addr
+    client = client_of(addr)
     mine = ctx.rendering.setdefault(client, [])
     making = {k for k, r in mine if not gone(r)}
     if key not in making and len(making) >= RENDERS_PER_CLIENT:
