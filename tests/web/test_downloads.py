@@ -225,10 +225,12 @@ async def long_and_short(web_client, rec):
 
 
 async def open_zips(client, sid: int, n: int) -> list:
-    """n guests asking for a session's PDF ZIP and reading nothing: their connections' writers."""
+    """n guests (each from an address of its own: a client of its own for the render cap) asking for a session's
+    PDF ZIP and reading nothing: their connections' writers."""
     guests = []
-    for _ in range(n):
-        reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    for i in range(n):
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port,
+                                                       local_addr=(f"127.0.8.{i + 1}", 0))
         writer.write(f"GET /zip?formats=pdf&id={sid} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
         guests.append(writer)
     return guests
@@ -645,3 +647,48 @@ async def test_a_clients_v4_mapped_address_is_the_same_client_for_the_render_cap
     assert statuses == {200: RENDERS_PER_CLIENT, 429: len(docs) - RENDERS_PER_CLIENT}, statuses
     assert all(int(after) >= 1 and b"documents being made" in body for s, after, body in answers if s == 429)
     assert not ctx.rendering, ctx.rendering
+
+
+async def test_zips_of_documents_are_under_the_clients_render_cap(web_client, sessions, monkeypatch):
+    """A ZIP with formats=pdf (or docx, xlsx) has its documents made in the same render worker, one after the other,
+    but took no slot of the render cap: a guest asking for eight such ZIPs at once queued eight renders there, ahead
+    of everybody who asked after it, where eight single PDFs get three. Now a ZIP that renders in the worker takes
+    one of its client's RENDERS_PER_CLIENT slots while its documents are made (shared with single documents); more
+    at once are a 429 with Retry-After, and another client's documents are still taken."""
+    from steno_exportd import render
+    from steno_exportd.web.downloads import RENDERS_PER_CLIENT
+    from tests.web.helpers import held_renders
+
+    client, _ = await web_client()
+    ctx = client.server.app[CTX]
+    base = f"http://127.0.0.1:{client.server.port}"
+    zips = [f"/sessions/{s.id}/zip?formats=pdf&template={t}" for s in sessions.values() if s.summary.exportable
+            for t in DOCUMENT_TEMPLATES][:8]
+    other = next(s for s in sessions.values() if s.summary.exportable)
+    submitted, release = held_renders(monkeypatch)      # the worker's first render is held until the test says
+
+    def queued() -> int:                                # renders in the worker and waiting their turn for it
+        return len(submitted) + len(render._turns._queue)
+    try:
+        guest = [asyncio.ensure_future(ask_from("127.0.9.3", base + p)) for p in zips]           # all at once
+        await until(lambda: sum(g.done() for g in guest) + queued() >= len(zips), "the guest's ZIPs",
+                    timeout=30, in_thread=False)
+        await asyncio.sleep(0.5)
+        guests = queued()
+        person = asyncio.ensure_future(ask_from("127.0.9.4", f"{base}/sessions/{other.id}/download/docx"))
+        await until(lambda: queued() > guests, "the other client's render", timeout=30, in_thread=False)
+        release.set()
+        answers = await asyncio.wait_for(asyncio.gather(*guest, person), 300)
+    finally:
+        release.set()
+    statuses = collections.Counter(s for s, _, _ in answers[:len(zips)])
+    # before: Counter({200: 8}) -- every one of the guest's ZIPs had a render queued in the worker at once
+    assert statuses == {200: RENDERS_PER_CLIENT, 429: len(zips) - RENDERS_PER_CLIENT}, statuses
+    assert guests == RENDERS_PER_CLIENT, guests         # (before: 8) renders queued for the guest at once
+    assert all(int(after) >= 1 and b"documents being made" in body for s, after, body in answers if s == 429)
+    for s, _, body in answers[:len(zips)]:
+        if s == 200:
+            with zipfile.ZipFile(io.BytesIO(body)) as z:
+                assert [n for n in z.namelist() if n.endswith(".pdf")], z.namelist()
+    assert answers[-1][0] == 200 and answers[-1][2].startswith(b"PK")
+    assert not ctx.rendering, ctx.rendering                   # every slot given back
