@@ -56,6 +56,14 @@ def _address(client: str) -> str:
     return str(ip)
 
 
+def client_of(addr: str) -> str:
+    """The client a per-client cap counts: an IPv4 address (a v4-mapped IPv6 one, ::ffff:a.b.c.d, as the same
+    IPv4 address: one client seen by an IPv4 and a dual-stack socket), an IPv6 address's /64 (a host there has a
+    whole /64 to take addresses from); the text itself when it is no IP address."""
+    plain = _address(addr)
+    return network_of(plain) if ":" in plain else plain
+
+
 class Attempt:
     """One counted attempt: call succeeded() when the secret was right, cancelled() when it was never checked."""
 

@@ -20,8 +20,8 @@ from steno_exportd.engine.hashcache import HashCache
 from steno_exportd.engine.naming import OLD_UNITS, folder_name, format_label, resolve_collision, root_folder, safe_name
 from steno_exportd.engine.plan import PlannedFile, plan_session, render_file, render_options, source_ref
 from steno_exportd.engine.registry import ArchiveKind, Targets, local
-from steno_exportd.engine.targets import (MARKER, PARTIAL_SUFFIX, TEMP_PREFIX, DirectoryTarget, EntryStat, Target,
-                                          WriteHandle, os_error, unfinished)
+from steno_exportd.engine.targets import (MARKER, PARTIAL_SUFFIX, TEMP_PREFIX, EntryStat, Target, WriteHandle,
+                                          os_error, unfinished)
 from steno_exportd.errors import CancelledJob, SourceError, StenoError, TargetError, TargetFullError, VerifyError
 from steno_exportd.events import FileResult, SessionResult
 
@@ -74,9 +74,7 @@ def run_export(library: Any, spec: Any, cfg: Config, progress: Any = None, *, ta
     for attempt in itertools.count(1):
         results: list[SessionResult] | None = None
         try:
-            with kind.open(spec.target, cfg, progress) as target:
-                if getattr(spec, "device_id", "") and isinstance(target, DirectoryTarget):
-                    target.require_mounted()        # a device's folder: its mount point, still mounted
+            with kind.open(spec.target, cfg, progress, device=bool(spec.device_id)) as target:
                 results, error = _attempt(library, spec, cfg, progress, job_id, state, reg, hashes, target,
                                           kind.root(spec.target, cfg))
         except TargetError as e:

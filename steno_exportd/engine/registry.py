@@ -45,7 +45,9 @@ class TargetKind(Protocol):
     def matches(self, target: str) -> bool: ...
     def check(self, target: str, cfg: Config, *, trusted: bool) -> Checked: ...   # InvalidArgument/NotFoundError
     def root(self, target: str, cfg: Config) -> str: ...        # the folder at the top that holds the export
-    def open(self, target: str, cfg: Config, progress: Any) -> ContextManager[Target]: ...
+    def open(self, target: str, cfg: Config, progress: Any, *, device: bool = False) -> ContextManager[Target]: ...
+    # open: ``device``, the target is a device's folder (a stick's mount point, the job's device_id): a folder
+    # kind holds it to the device's own filesystem; a remote kind has no use for it
     def again(self, error: StenoError, attempt: int, cancelled: Callable[[], bool]) -> bool: ...
     # again: after ``error`` ended attempt ``attempt`` (1, 2, ...), wait (cancellably) and say whether to
     # run the export once more (incremental: what landed is skipped; a resumable file resumes)
@@ -187,10 +189,10 @@ class FolderKind:
         return root_folder(cfg)
 
     @contextlib.contextmanager
-    def open(self, target: str, cfg: Config, progress: Any) -> Iterator[Target]:
+    def open(self, target: str, cfg: Config, progress: Any, *, device: bool = False) -> Iterator[Target]:
         # checked when the job was asked for: a folder gone now is a stick pulled (udisks removed its mount point)
         self._usable(target, cfg, TargetError, missing=functools.partial(TargetError, kind="pulled"))
-        yield DirectoryTarget(target)
+        yield DirectoryTarget(target, mount_point=device)   # a device's: still mounted, or a pulled stick
 
     def again(self, error: StenoError, attempt: int, cancelled: Callable[[], bool]) -> bool:
         return False

@@ -213,10 +213,16 @@ def _limit_for(fstype: str) -> int | None:
     return None
 
 
+UNMOUNTED = -1      # a DirectoryTarget's filesystem when its mount point had no filesystem of its own: none is it
+
+
 def _open_dir(root: Path, parts: list[str], dev: int | None = None) -> int:
     """An open folder root/parts..., no symlink followed below root; TargetError a person can act on. ``dev``: the
     filesystem root must still be on (a stick unmounted under an export leaves its mount point, an empty folder
-    of the recorder's own disk, in its place)."""
+    of the recorder's own disk, in its place); UNMOUNTED: a mount point that was not mounted when it was taken."""
+    if dev == UNMOUNTED:
+        raise TargetError(f"{root} is no longer mounted (the stick was unmounted or pulled): nothing is written "
+                          "there", kind="pulled")
     try:
         fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as e:
@@ -478,17 +484,38 @@ def _lstat_at(name: str, dir_fd: int) -> EntryStat | None:
     return EntryStat(_kind(st.st_mode), st.st_size, st.st_mtime)
 
 
-class DirectoryTarget(Target):
-    """A folder on a mounted filesystem (a USB stick, a local export folder)."""
+def _filesystem(root: Path, mount_point: bool) -> int | None:
+    """The st_dev every open of a DirectoryTarget's folder compares with: its folder's; None for a folder still to
+    be made (the first open sets it). A mount point is the root of a filesystem of its own: a stick pulled before
+    its export opened it leaves its mount point, an empty folder of the recorder's own disk, until udisks removes
+    it: UNMOUNTED then (as when the folder is gone), and nothing is written there. (The folder's filesystem is
+    taken first, then its parent's: a pull in between is caught at the first open, which compares with it.)"""
+    try:
+        dev = os.stat(root).st_dev
+    except OSError:
+        return UNMOUNTED if mount_point else None
+    if not mount_point:
+        return dev
+    try:
+        parent = os.stat(root.parent).st_dev
+    except FileNotFoundError:
+        return UNMOUNTED                        # (its folder gone too: not mounted either)
+    except OSError as e:
+        raise os_error(e, str(root)) from e
+    return UNMOUNTED if dev == parent else dev
 
-    def __init__(self, root: str | Path, name: str = "") -> None:
+
+class DirectoryTarget(Target):
+    """A folder on a mounted filesystem (a USB stick, a local export folder). ``mount_point``: a device's folder,
+    the root of the device's own filesystem (a stick's mount point): it is opened here, and refused as a pulled
+    stick (TargetError of kind 'pulled') when it is not mounted."""
+
+    def __init__(self, root: str | Path, name: str = "", *, mount_point: bool = False) -> None:
         self.root = Path(root)
         self.name = name or str(root)
         self.fs_type, self._source = _mount_of(self.root)
-        try:                                    # the filesystem it is on: every file goes there or nowhere
-            self._dev: int | None = os.stat(self.root).st_dev
-        except OSError:
-            self._dev = None                    # a folder still to be made: the first one opened sets it
+        # the filesystem it is on: every file goes there or nowhere (each open compares, _open_dir)
+        self._dev: int | None = _filesystem(self.root, mount_point)
         # A FUSE driver (exfat-fuse, fusefat) reads the block device through the kernel's block
         # cache: dropping the file's pages (which fadvise does, measured with fincore) is not enough.
         self._blockdev = self._source if self.fs_type.startswith("fuseblk") and \
@@ -504,22 +531,8 @@ class DirectoryTarget(Target):
         self.save_every = 0.0                   # a stick may be pulled any moment: every session saved at once
         self.checks = 1                         # one device: read-backs side by side would only seek between them
         self.marks_partial = True               # a stick's author may keep a 'Notes.partial' of their own there
-
-    def require_mounted(self) -> None:
-        """A device's folder (a stick's mount point) is the root of its own filesystem: a stick pulled before its
-        export opened it leaves its mount point, an empty folder of the recorder's own disk, until udisks removes
-        it. Nothing is written there: a TargetError of kind 'pulled', as for a pull at any later moment. (The
-        filesystem is taken when the target is made, then its parent's: a pull in between is caught at the first
-        open, which compares with it.)"""
-        try:
-            parent = os.stat(self.root.parent).st_dev
-        except FileNotFoundError:
-            parent = None                       # (its folder gone too: not mounted either)
-        except OSError as e:
-            raise os_error(e, str(self.root)) from e
-        if self._dev is None or parent is None or self._dev == parent:
-            raise TargetError(f"{self.root} is no longer mounted (the stick was unmounted or pulled): nothing is "
-                              "written there", kind="pulled")
+        if mount_point:
+            os.close(self._open_dir([]))        # a stick pulled before its export opens it: refused now
 
     # -- walking without following symlinks ---------------------------------------
     def _open_dir(self, parts: list[str]) -> int:

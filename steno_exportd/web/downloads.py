@@ -352,15 +352,16 @@ async def send_rendered(request: web.Request, ctx: WebContext, s: Any, fmt: str,
 
 
 def _render_slot(ctx: WebContext, request: web.Request, key: str) -> str:
-    """Count a document about to be made in the render worker for this request's client (an address; an IPv6
-    /64); Throttled when it already has RENDERS_PER_CLIENT others being made. The worker makes one at a time,
-    first come first served: with no bound, a guest asking for every meeting's PDF at once was ahead of everybody
-    who asked after it. The same document asked for again takes no further slot (it is made once), nor does a
+    """Count a document (or a ZIP's documents, made one after the other) about to be made in the render worker for
+    this request's client (limiter.client_of: an IPv4 address, in either of its forms; an IPv6 /64); Throttled
+    when it already has RENDERS_PER_CLIENT others being made. The worker makes one at a time, first come first
+    served: with no bound, a guest asking for every meeting's PDF at once was ahead of everybody who asked after
+    it. The same document asked for again takes no further slot (it is made once), nor does a
     request whose client has left (its render is being stopped)."""
-    from steno_exportd.access.limiter import network_of
+    from steno_exportd.access.limiter import client_of
 
     addr = client_addr(request)
-    client = network_of(addr) if ":" in addr and "." not in addr else addr
+    client = client_of(addr)
     mine = ctx.rendering.setdefault(client, [])
     making = {k for k, r in mine if not gone(r)}
     if key not in making and len(making) >= RENDERS_PER_CLIENT:
@@ -504,6 +505,9 @@ async def _zip(request: web.Request, ctx: WebContext, ids: list[int], fmts: tupl
         if ctx.source_files + held > ctx.source_budget:
             raise Throttled("too many ZIP downloads at once; try again in a moment", 5.0)
         ctx.source_files += held
+        # its documents made in the render worker (one after the other) take one of its client's render slots
+        making = f"zip {id(request):x}"
+        mine = _render_slot(ctx, request, making) if any(render.get(f).heavy for f in fmts) else None
         # its documents are rendered before the first byte (minutes of PDF for a long meeting): a client that
         # leaves meanwhile (or a handler cancelled) stops the rendering, not only the first write after it
         ended = threading.Event()
@@ -517,6 +521,8 @@ async def _zip(request: web.Request, ctx: WebContext, ids: list[int], fmts: tupl
             return web.Response(status=499)     # nobody reads it: the connection is gone
         finally:
             ended.set()
+            if mine is not None:
+                _render_done(ctx, mine, making, request)
         await ctx.grants.still_granted(request)     # (the link or login may have ended while it was rendered)
         resp = web.StreamResponse(headers=headers)
         resp.content_length = archive.zip_size(plan)

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from steno_exportd.access.limiter import MAX_KEYS, Limiter, LimiterPolicy, network_of
+from steno_exportd.access.limiter import MAX_KEYS, Limiter, LimiterPolicy, client_of, network_of
 from steno_exportd.errors import Throttled
 
 POLICY = LimiterPolicy(per_address=5, per_network=12, overall=30, longest=320.0)
@@ -50,6 +50,12 @@ def test_rotating_addresses_meet_the_network_and_the_overall_limit():
     v6 = Limiter(POLICY)
     assert race(v6, [f"fd00:1:2:3::{i:x}" for i in range(1, 201)]) == 12       # one /64
     assert network_of("fd00:1:2:3:ffff::1") == "fd00:1:2:3::/64" and network_of("::ffff:10.1.2.3") == "10.1.2.0/24"
+
+
+def test_the_client_a_cap_counts_is_an_ipv4_address_in_either_form_or_an_ipv6_64():
+    assert client_of("10.0.0.5") == client_of("::ffff:10.0.0.5") == "10.0.0.5"
+    assert client_of("fd00:1:2:3::1") == client_of("fd00:1:2:3:ffff::9%eth0") == "fd00:1:2:3::/64"
+    assert client_of("10.0.0.6") != client_of("10.0.0.5") and client_of("") == ""
 
 
 def test_back_off_doubles_up_to_the_longest_and_a_right_secret_clears_the_address():

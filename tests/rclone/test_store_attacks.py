@@ -985,6 +985,23 @@ def test_a_local_user_who_takes_rclones_port_first_is_sent_nothing(rclone_server
     db.close()
 
 
+def push_in_environment(srv, tmp: pathlib.Path, monkeypatch, env: dict[str, str], folder: str) -> tuple:
+    """A recorder of one recording pushed to office/<folder> on ``srv`` with ``env`` in the daemon's environment
+    (set after the test's own rclone commands): the push lands whole; -> (its config, the recorder)."""
+    db = make_recorder(tmp / "rec", sizes=(100_000,))
+    cfg = cfg_for(tmp / "r", db, srv.client_config(tmp / "rclone.conf"),
+                  [{"name": "cloud", "remote": f"{srv.remote}:office"}], folder=folder)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    try:
+        res = push_to(cfg)
+    except TargetError as e:
+        res = [e]
+    assert [getattr(r, "ok", False) for r in res] == [True], res
+    assert_landed(srv.served / "office" / folder, db)
+    return cfg, db
+
+
 @pytest.mark.parametrize("rclone_server", ["webdav"], indirect=True)
 @pytest.mark.parametrize("var", ["RCLONE_SYSLOG", "RCLONE_USE_JSON_LOG"])
 def test_rclones_log_moved_by_the_daemons_environment_still_lets_the_push_land(rclone_server, rclone_tmp,
@@ -994,17 +1011,7 @@ def test_rclones_log_moved_by_the_daemons_environment_still_lets_the_push_land(r
     RCLONE_SYSLOG=true (rclone's log to syslog, nothing on stderr; without a syslog, rclone exits at once) in the
     daemon's environment made every push fail before it reached the store ("rclone did not start"). Now they are
     dropped too (RCLONE_USE_JSON_LOG: its errors as JSON objects, not the lines the push reads): the push lands."""
-    srv = rclone_server
-    db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
-    cfg = cfg_for(rclone_tmp / "r", db, srv.client_config(rclone_tmp / "rclone.conf"),
-                  [{"name": "cloud", "remote": f"{srv.remote}:office"}], folder="lg")
-    monkeypatch.setenv(var, "true")         # (the daemon's: set after the test's own rclone commands)
-    try:
-        res = push_to(cfg)
-    except TargetError as e:
-        res = [e]
-    assert [getattr(r, "ok", False) for r in res] == [True], res
-    assert_landed(srv.served / "office" / "lg", db)
+    _, db = push_in_environment(rclone_server, rclone_tmp, monkeypatch, {var: "true"}, "lg")
     db.close()
 
 
@@ -1094,18 +1101,7 @@ def test_rclone_settings_in_the_daemons_environment_do_not_reach_the_pushs_rclon
     the store before it was moved"), RCLONE_MAX_TRANSFER cut the push. Now rclone's own settings are not passed on
     (the push's command line sets those it needs): the push lands, and the next sends nothing. (RCLONE_RC_USER,
     _PASS and _ADDR are a guard: the push's own login and address were given over them already.)"""
-    srv = rclone_server
-    db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
-    cfg = cfg_for(rclone_tmp / "r", db, srv.client_config(rclone_tmp / "rclone.conf"),
-                  [{"name": "cloud", "remote": f"{srv.remote}:office"}], folder="env")
-    for k, v in ADMINS_RCLONE[env].items():
-        monkeypatch.setenv(k, v)            # (the daemon's: set after the test's own rclone commands)
-    try:
-        res = push_to(cfg)
-    except TargetError as e:
-        res = [e]
-    assert [getattr(r, "ok", False) for r in res] == [True], res
-    assert_landed(srv.served / "office" / "env", db)
+    cfg, db = push_in_environment(rclone_server, rclone_tmp, monkeypatch, ADMINS_RCLONE[env], "env")
     assert [r.skipped for r in push_to(cfg)] == [True]
     db.close()
 

@@ -636,8 +636,8 @@ def test_encrypted_push_uses_smb3_encryption(rec):
 
     class Watching(smbpush.SmbKind):
         @contextlib.contextmanager
-        def open(self, target, cfg, progress):
-            with super().open(target, cfg, progress) as t:
+        def open(self, target, cfg, progress, **kw):
+            with super().open(target, cfg, progress, **kw) as t:
                 seen.append(next(iter(next(iter(t._cache.values())).session_table.values())).encrypt_data)
                 yield t
     push(cfg_for(root, db, remote, "rec-e", require_encryption=True), kind=Watching())

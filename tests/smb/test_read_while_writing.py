@@ -99,6 +99,23 @@ def big(office, smb_tmp):
     db.close()
 
 
+def flip_last_byte(path: pathlib.Path, least: int = 1) -> int | None:
+    """Change the last byte of the file at ``path`` (the last byte of the write that just landed, and was answered)
+    when it holds ``least`` bytes or more: its offset; None when it is shorter or gone."""
+    with contextlib.suppress(FileNotFoundError):
+        fd = os.open(path, os.O_RDWR)
+        try:
+            at = os.fstat(fd).st_size - 1
+            if at < max(least, 1) - 1:
+                return None
+            old = os.pread(fd, 1, at)
+            os.pwrite(fd, bytes([old[0] ^ 0xFF]), at)
+            return at
+        finally:
+            os.close(fd)
+    return None
+
+
 def test_a_recording_is_read_back_while_it_is_written_and_not_again_after_its_rename(big):
     smbd, remote, root, db = big
     nas = root / "nas" / "rec-rw"
@@ -134,18 +151,9 @@ def test_a_byte_damaged_on_the_nas_while_written_is_caught_before_the_rename_and
     def damage(mask: int, folder: pathlib.Path, name: str) -> None:
         if damaged or not mask & IN_MODIFY or not (name.startswith(TEMP_PREFIX) and name.endswith("audio.flac")):
             return
-        with contextlib.suppress(FileNotFoundError):
-            fd = os.open(folder / name, os.O_RDWR)
-            try:
-                size = os.fstat(fd).st_size
-                if size < 3 * MIB:
-                    return
-                at = size - 1                  # the last byte of the write that just landed (and was answered)
-                old = os.pread(fd, 1, at)
-                os.pwrite(fd, bytes([old[0] ^ 0xFF]), at)
-                damaged.append((name, at))
-            finally:
-                os.close(fd)
+        at = flip_last_byte(folder / name, 3 * MIB)
+        if at is not None:
+            damaged.append((name, at))
 
     events = Events(root / "nas", damage)
     progress = Progress()
@@ -187,17 +195,8 @@ def test_a_transcript_over_1_mib_damaged_on_the_nas_while_written_is_sent_again(
         def damage(mask: int, folder: pathlib.Path, name: str) -> None:
             if damaged or not mask & IN_MODIFY or not (name.startswith(TEMP_PREFIX) and name.endswith(".txt")):
                 return
-            with contextlib.suppress(FileNotFoundError):
-                fd = os.open(folder / name, os.O_RDWR)
-                try:
-                    size = os.fstat(fd).st_size
-                    if not size:
-                        return
-                    old = os.pread(fd, 1, size - 1)     # the last byte of the write that just landed
-                    os.pwrite(fd, bytes([old[0] ^ 0xFF]), size - 1)
-                    damaged.append(name)
-                finally:
-                    os.close(fd)
+            if flip_last_byte(folder / name) is not None:
+                damaged.append(name)
 
         events = Events(root / "nas", damage)
         try:

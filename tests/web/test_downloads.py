@@ -7,6 +7,7 @@ import io
 import logging
 import re
 import resource
+import socket
 import statistics
 import threading
 import time
@@ -224,10 +225,12 @@ async def long_and_short(web_client, rec):
 
 
 async def open_zips(client, sid: int, n: int) -> list:
-    """n guests asking for a session's PDF ZIP and reading nothing: their connections' writers."""
+    """n guests (each from an address of its own: a client of its own for the render cap) asking for a session's
+    PDF ZIP and reading nothing: their connections' writers."""
     guests = []
-    for _ in range(n):
-        reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    for i in range(n):
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port,
+                                                       local_addr=(f"127.0.8.{i + 1}", 0))
         writer.write(f"GET /zip?formats=pdf&id={sid} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
         guests.append(writer)
     return guests
@@ -546,14 +549,21 @@ async def test_a_files_last_bytes_go_out_at_once_on_a_kept_alive_connection(web_
     assert ms["range"] < ms["page"] + 20 and ms["whole"] < ms["page"] + 20 + len(data) / 200e3, ms
 
 
+async def ask_from(source: str, url: str) -> tuple[int, str, bytes]:
+    """GET url from the local address ``source`` (a client of its own): (status, Retry-After, body)."""
+    import aiohttp
+    conn = aiohttp.TCPConnector(local_addr=(source, 0), force_close=True)
+    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=120)) as http:
+        async with http.get(url) as r:
+            return r.status, r.headers.get("Retry-After", ""), await r.read()
+
+
 async def test_one_client_cannot_queue_more_than_its_share_of_renders(web_client, sessions, monkeypatch):
     """THREATS: a guest must not starve others' renders. PDFs and DOCX are made one at a time in the one render
     worker, first come first served, and nothing bounded how many one client queued there: a guest asking for
     every meeting's PDF in every template at once put each of them ahead of everybody who asked after it (minutes of
     CPU each on the Pi). Now one client (one address; one /64 for IPv6) has at most RENDERS_PER_CLIENT documents
     being made for it; more at once are a 429 with Retry-After, while other clients' documents are still taken."""
-    import aiohttp
-
     from steno_exportd.web.downloads import RENDERS_PER_CLIENT
     from tests.web.helpers import held_renders
 
@@ -565,11 +575,8 @@ async def test_one_client_cannot_queue_more_than_its_share_of_renders(web_client
             for fmt in ("pdf", "docx") for t in DOCUMENT_TEMPLATES]
     greedy, others = docs[:12], docs[12:15]
 
-    async def ask(source: str, path: str) -> tuple[int, str, bytes]:
-        conn = aiohttp.TCPConnector(local_addr=(source, 0), force_close=True)
-        async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=120)) as http:
-            async with http.get(base + path) as r:
-                return r.status, r.headers.get("Retry-After", ""), await r.read()
+    def ask(source: str, path: str):
+        return ask_from(source, base + path)
     try:
         guest = [asyncio.ensure_future(ask("127.0.9.2", p)) for p in greedy]           # all at once
         # each of the guest's asks refused or waiting for its render
@@ -596,3 +603,92 @@ async def test_one_client_cannot_queue_more_than_its_share_of_renders(web_client
     # its documents made, the guest may ask again (a cached one is no render and takes no slot)
     again = await asyncio.gather(*(ask("127.0.9.2", p) for p in greedy[:RENDERS_PER_CLIENT + 2]))
     assert [s for s, _, _ in again] == [200] * (RENDERS_PER_CLIENT + 2), [s for s, _, _ in again]
+
+
+async def test_a_clients_v4_mapped_address_is_the_same_client_for_the_render_cap(web_client, sessions, monkeypatch):
+    """A page served on a dual-stack socket (an IPv6 socket that takes IPv4 too, as a proxy or socket activation
+    may hand it over) sees an IPv4 client as ::ffff:a.b.c.d. The render cap took only a plain IPv6 address to its
+    /64 and counted that form as a client of its own: one client asking over both the IPv4 and the dual-stack
+    listener at once had twice RENDERS_PER_CLIENT documents queued in the render worker. Both forms are one
+    client, as they are for the login limiter."""
+    from aiohttp import web
+
+    from steno_exportd.web.downloads import RENDERS_PER_CLIENT
+    from tests.web.helpers import held_renders
+
+    client, _ = await web_client()
+    ctx = client.server.app[CTX]
+    dual = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    dual.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    dual.bind(("::ffff:127.0.0.1", 0))              # loopback only, IPv4 clients seen in their v4-mapped form
+    site = web.SockSite(client.server.runner, dual)
+    await site.start()
+    urls = (f"http://127.0.0.1:{client.server.port}", f"http://127.0.0.1:{dual.getsockname()[1]}")
+    docs = [f"/sessions/{s.id}/download/{fmt}?template={t}" for s in sessions.values() if s.summary.exportable
+            for fmt in ("pdf", "docx") for t in DOCUMENT_TEMPLATES][:12]
+    try:
+        one = next(s for s in sessions.values() if s.summary.exportable)
+        status, _, _ = await ask_from("127.0.9.2", f"{urls[1]}/sessions/{one.id}/download/txt")
+        seen = (await (await client.get(f"/api/v1/sessions/{one.id}/audit")).json())[0]["addr"]
+        assert status == 200 and seen == "::ffff:127.0.9.2", (status, seen)     # the other form of 127.0.9.2
+        submitted, release = held_renders(monkeypatch)
+        try:
+            asks = [asyncio.ensure_future(ask_from("127.0.9.2", urls[i % 2] + p)) for i, p in enumerate(docs)]
+            await until(lambda: sum(a.done() for a in asks) + len(ctx.making) >= len(docs), "the client's asks",
+                        timeout=30, in_thread=False)
+            release.set()
+            answers = await asyncio.wait_for(asyncio.gather(*asks), 300)
+        finally:
+            release.set()
+    finally:
+        await site.stop()
+    statuses = collections.Counter(s for s, _, _ in answers)
+    # before: Counter({429: 6, 200: 6}) -- three for 127.0.9.2 and three more for ::ffff:127.0.9.2
+    assert statuses == {200: RENDERS_PER_CLIENT, 429: len(docs) - RENDERS_PER_CLIENT}, statuses
+    assert all(int(after) >= 1 and b"documents being made" in body for s, after, body in answers if s == 429)
+    assert not ctx.rendering, ctx.rendering
+
+
+async def test_zips_of_documents_are_under_the_clients_render_cap(web_client, sessions, monkeypatch):
+    """A ZIP with formats=pdf (or docx, xlsx) has its documents made in the same render worker, one after the other,
+    but took no slot of the render cap: a guest asking for eight such ZIPs at once queued eight renders there, ahead
+    of everybody who asked after it, where eight single PDFs get three. Now a ZIP that renders in the worker takes
+    one of its client's RENDERS_PER_CLIENT slots while its documents are made (shared with single documents); more
+    at once are a 429 with Retry-After, and another client's documents are still taken."""
+    from steno_exportd import render
+    from steno_exportd.web.downloads import RENDERS_PER_CLIENT
+    from tests.web.helpers import held_renders
+
+    client, _ = await web_client()
+    ctx = client.server.app[CTX]
+    base = f"http://127.0.0.1:{client.server.port}"
+    zips = [f"/sessions/{s.id}/zip?formats=pdf&template={t}" for s in sessions.values() if s.summary.exportable
+            for t in DOCUMENT_TEMPLATES][:8]
+    other = next(s for s in sessions.values() if s.summary.exportable)
+    submitted, release = held_renders(monkeypatch)      # the worker's first render is held until the test says
+
+    def queued() -> int:                                # renders in the worker and waiting their turn for it
+        return len(submitted) + len(render._turns._queue)
+    try:
+        guest = [asyncio.ensure_future(ask_from("127.0.9.3", base + p)) for p in zips]           # all at once
+        await until(lambda: sum(g.done() for g in guest) + queued() >= len(zips), "the guest's ZIPs",
+                    timeout=30, in_thread=False)
+        await asyncio.sleep(0.5)
+        guests = queued()
+        person = asyncio.ensure_future(ask_from("127.0.9.4", f"{base}/sessions/{other.id}/download/docx"))
+        await until(lambda: queued() > guests, "the other client's render", timeout=30, in_thread=False)
+        release.set()
+        answers = await asyncio.wait_for(asyncio.gather(*guest, person), 300)
+    finally:
+        release.set()
+    statuses = collections.Counter(s for s, _, _ in answers[:len(zips)])
+    # before: Counter({200: 8}) -- every one of the guest's ZIPs had a render queued in the worker at once
+    assert statuses == {200: RENDERS_PER_CLIENT, 429: len(zips) - RENDERS_PER_CLIENT}, statuses
+    assert guests == RENDERS_PER_CLIENT, guests         # (before: 8) renders queued for the guest at once
+    assert all(int(after) >= 1 and b"documents being made" in body for s, after, body in answers if s == 429)
+    for s, _, body in answers[:len(zips)]:
+        if s == 200:
+            with zipfile.ZipFile(io.BytesIO(body)) as z:
+                assert [n for n in z.namelist() if n.endswith(".pdf")], z.namelist()
+    assert answers[-1][0] == 200 and answers[-1][2].startswith(b"PK")
+    assert not ctx.rendering, ctx.rendering                   # every slot given back
