@@ -571,6 +571,13 @@ def _validate_value(path: str, tp: Any, meta: dict, value: Any, errors: list[str
     return value
 
 
+def _shown_key(key: str) -> str:
+    """A key someone wrote (a stick's file's too) for a message: printable (a newline in it forged a log line), and
+    at most 64 characters."""
+    shown = safeparse.printable(key)
+    return shown if len(shown) <= 64 else shown[:63] + "\u2026"
+
+
 def _build(cls: type, data: Any, path: str, errors: list[str]) -> Any:
     if not isinstance(data, dict):
         errors.append(f"{path or '<top>'}: expected a table, got {type(data).__name__}")
@@ -580,7 +587,7 @@ def _build(cls: type, data: Any, path: str, errors: list[str]) -> Any:
     for key in data:
         if key not in fields:
             hint = difflib.get_close_matches(key, list(fields), n=1)
-            errors.append(f"{path + '.' if path else ''}{key}: unknown key"
+            errors.append(f"{path + '.' if path else ''}{_shown_key(key)}: unknown key"
                           + (f" (did you mean '{hint[0]}'?)" if hint else ""))
     kwargs = {}
     for name, f in fields.items():

@@ -51,7 +51,16 @@ def printable(text: str) -> str:
 # end of the string or line: its commas, colons and spaces are its own (rclone ends it at the first, the rest read as
 # the remote's path, but a person meant them as the value)
 _SECRET_WORDS = ("header", "pass", "secret", "token", "key", "sas_url", "credential", "auth", "sig")
-_QUOTED = r"'(?:[^']|'')*'?|\"(?:[^\"]|\"\")*\"?|\{[^{}]*\}?|\\\"(?:[^\"\\\r\n]|\\[^\"\r\n])*(?:\\\")?"
+
+
+def _braces(depth: int) -> str:
+    """JSON's braces, balanced, nested ``depth`` deep inside the outer pair (a regular expression cannot count)."""
+    return r"\{[^{}]*\}" if depth == 0 else r"\{(?:[^{}]|" + _braces(depth - 1) + r")*\}"
+
+
+# a token's JSON: to its balancing brace (an object in it too, 5 deep); deeper, or cut short: to the line's end
+_JSON = _braces(4) + r"|\{[^\r\n]*"
+_QUOTED = r"'(?:[^']|'')*'?|\"(?:[^\"]|\"\")*\"?|" + _JSON + r"|\\\"(?:[^\"\\\r\n]|\\[^\"\r\n])*(?:\\\")?"
 _UNQUOTED = r"[a-z][a-z0-9+.-]*://[^,\s\"']*|[^,:\s\"']*"
 _TO_LINE_END = r"(?:\\.|[^\"\\\r\n])*"
 
@@ -69,8 +78,11 @@ _HEADER_VALUE = (rf"(?>{_QUOTED})(?=[,:\"\r\n]|\Z)|(?=['\"{{]|\\\")(?:{_QUOTED})
 _SECRET_SETTINGS = (_setting(("header",), _HEADER_VALUE), _setting(_SECRET_WORDS, f"{_QUOTED}|{_UNQUOTED}"))
 # (a signed URL's "sig=" or "X-Amz-Signature=" is a setting too: a store's error quotes the request it failed on)
 # a URL's "user:password@" (also as a mangled URL shows it, "http/./user:password@host"): to its last "@" before
-# a "/" (a password may hold one)
-_USERINFO = re.compile(r"(?<![^\s/\"'(=,\[])([^\s/:@\"',=\[\]]+):[^\s/\"']+@")
+# a "/" (a password may hold one); in a URL (after a "/"), when no "@" comes before the "/", on to the first "@": a
+# raw "/" in a password (which Go then reads as a host and a port, 'invalid port ":pass-start" after host', masked too)
+_USERINFO = re.compile(r"(?<![^\s/\"'(=,\[])([^\s/:@\"',=\[\]]+):[^\s/\"']+@"
+                       r"|(?<=/)([^\s/:@\"',=\[\]]+):[^\s\"'@]+@")
+_GO_PORT = re.compile(r'(invalid port (?:\\?")?:)[^\s"\\]+')
 
 
 def redact(text: str) -> str:
@@ -78,4 +90,5 @@ def redact(text: str) -> str:
     the touchscreen and the log show: every credential in it masked ("pass=***", "user:***@host"), the rest kept."""
     for setting in _SECRET_SETTINGS:
         text = setting.sub(lambda m: f"{m.group(1)}=***", text)
-    return _USERINFO.sub(r"\1:***@", text)
+    text = _USERINFO.sub(lambda m: f"{m.group(1) or m.group(2)}:***@", text)
+    return _GO_PORT.sub(r"\1***", text)

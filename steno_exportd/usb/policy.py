@@ -19,6 +19,8 @@ from steno_exportd.errors import ConfigError, StenoError
 NOEXPORT_FILE = ".steno-noexport"
 STICK_CONFIG = "steno-export.toml"
 MAX_STICK_CONFIG = 64 * 1024
+MAX_PROBLEMS = 3                # of a stick's file, said (the rest counted)
+MAX_PROBLEM = 200               # characters of each
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -51,6 +53,14 @@ def _read_small_regular(path: Path, limit: int) -> bytes:
         os.close(fd)
 
 
+def _problems(problems: list[str]) -> str:
+    """What is wrong with a stick's file, for one line in the log and the stick's reason: the first few problems,
+    each bounded (the file is the stick author's: 3,000 unknown keys were 3,000 problems), and how many more."""
+    shown = [p if len(p) <= MAX_PROBLEM else p[:MAX_PROBLEM - 1] + "\u2026" for p in problems[:MAX_PROBLEMS]]
+    more = len(problems) - len(shown)
+    return "; ".join(shown) + (f" (and {more:,} more)" if more else "")
+
+
 def stick_policy(root: Path, cfg: UsbConfig) -> StickPolicy:
     """Read .steno-noexport and steno-export.toml at the stick's root (never executed, never followed)."""
     auto = cfg.auto_export
@@ -69,7 +79,7 @@ def stick_policy(root: Path, cfg: UsbConfig) -> StickPolicy:
     try:
         full = config_mod.from_dict({"usb": {"auto_export": merged}}, STICK_CONFIG)
     except ConfigError as e:
-        return StickPolicy(False, f"{STICK_CONFIG} on the stick is invalid: " + "; ".join(e.problems), auto)
+        return StickPolicy(False, f"{STICK_CONFIG} on the stick is invalid: " + _problems(e.problems), auto)
     return StickPolicy(full.usb.auto_export.enabled, STICK_CONFIG if full.usb.auto_export.enabled
                        else f"auto-export disabled by {STICK_CONFIG}", full.usb.auto_export)
 

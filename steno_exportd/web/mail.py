@@ -1,7 +1,6 @@
 """Sessions by email from the web page (form and API), the outbox and the schedules as JSON."""
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -10,7 +9,7 @@ from aiohttp import web
 from steno_exportd.errors import InvalidArgument
 from steno_exportd.formats import FORMATS
 from steno_exportd.outbox.queue import MAX_SESSIONS
-from steno_exportd.web.context import CTX, WebContext, number, read_form, session_key
+from steno_exportd.web.context import CTX, WebContext, number, read_form, read_json, session_key
 from steno_exportd.web.human import fmt_when
 from steno_exportd.web.links import link_maker
 
@@ -39,12 +38,7 @@ def _strings(value: Any, what: str) -> list[str]:
 async def email_api(request: web.Request) -> web.Response:
     """POST {"recipients": [...], "formats": [...], "template": "..."}: 202 with the outbox message."""
     ctx: WebContext = request.app[CTX]
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
-        raise InvalidArgument("the request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise InvalidArgument("the request body must be a JSON object")
+    body = await read_json(request)     # (within http.body_timeout; nested too deep is malformed, not a traceback)
     unknown = sorted(set(body) - {"recipients", "formats", "template"})
     if unknown:
         raise InvalidArgument(f"unknown keys {unknown[:10]}; valid: formats, recipients, template")

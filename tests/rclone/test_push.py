@@ -289,6 +289,14 @@ def test_a_credential_in_rclones_words_is_masked_and_the_path_after_it_kept(line
     ('headers = "Authorization,Bearer S3cretA1":office', "headers=***:office"),     # (a config file's spacing)
     ("url='https://steno:S3cretA1@nas.example/dav'", "url='https://steno:***@nas.example/dav'"),   # a URL's login
     ("http/./steno:S3cretA1@nas", "http/./steno:***@nas"),
+    ("url='https://steno:S3c/retA1@nas.example/dav'", "url='https://steno:***@nas.example/dav'"),  # a raw '/' in it
+    ("Propfind http://steno:S3/cr/etA1@nas:80/dav/: refused", "Propfind http://steno:***@nas:80/dav/: refused"),
+    ('parse "http://steno:S3cretA1/x@nas/dav/": invalid port ":S3cretA1" after host',     # Go's words for that URL
+     'parse "http://steno:***@nas/dav/": invalid port ":***" after host'),
+    ('token = {"a":{"b":"S3cretA1"}} read', "token=*** read"),                       # a token's JSON, nested
+    ('token = {"access_token":"x","t":{"u":[{"v":1}]},"refresh_token":"S3cretA1"}:office', "token=***:office"),
+    ('token = {"a":{"b":{"c":{"d":{"e":{"f":{"g":{"h":{"i":"S3cretA1"}}}}}}}}} read', "token=***"),   # too deep
+    ('token = {"access_token":"x","t":{"refresh_token":"S3cretA1"', "token=***"),     # cut short (a bounded line)
     # a signed URL's signature (an Azure SAS, an S3 presigned URL) in the request rclone failed on
     ('Put "https://a.blob.core.windows.net/c/x?sv=2022&sig=S3cretA1&se=2" failed',
      'Put "https://a.blob.core.windows.net/c/x?sv=2022&sig=***" failed'),
@@ -325,6 +333,23 @@ def test_a_header_in_a_connection_string_is_masked_whole(rclone_tmp, remote):
     masked = redact(said)
     assert "abc123" not in masked and "Bearer" not in masked, masked
     assert "headers=***" in masked and "url='http://127.0.0.1:9/'" in masked, masked
+
+
+def test_a_url_password_with_a_slash_in_rclones_words_is_masked(rclone_tmp):
+    """A WebDAV URL whose password holds a raw '/' ('http://steno:S3c/ret@nas/dav': a person pasted it unescaped).
+    Go's URL parser reads it as a host and a port, and rclone's error quotes both the URL and that "port": the
+    masking stopped a password at its first '/', so the job's error, which every browser of the page sees, showed
+    it whole ('http://steno:S3c/ret@127.0.0.1:9/dav/') and its start ('invalid port ":S3c"'). (Real rclone's words.)"""
+    from steno_exportd.safeparse import redact
+    parts.require_tool("rclone")
+    r = subprocess.run(["rclone", "--config", "/dev/null", "--low-level-retries", "1", "--retries", "1",
+                        "--contimeout", "2s", "lsf", ":webdav,url='http://steno:pQ7/zX9k@127.0.0.1:9/dav':office"],
+                       capture_output=True, text=True, timeout=60, cwd=rclone_tmp)
+    said = r.stderr.strip().splitlines()[-1]
+    assert "pQ7" in said, said                                                          # (rclone quotes it)
+    masked = redact(said)
+    assert "pQ7" not in masked and "zX9k" not in masked, masked
+    assert "steno:***@127.0.0.1:9/dav" in masked, masked
 
 
 @pytest.mark.parametrize("title", ["Forbidden City trip", "Login page review"])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import subprocess
@@ -146,6 +147,31 @@ async def test_stick_config_file_chooses_formats_and_bad_one_is_refused(sticks, 
         assert by_label(core, good.label).skip_reason == ""
         await core.eject(by_label(core, good.label).id)
         await core.eject(dev.id)
+
+
+async def test_a_hostile_stick_config_file_is_said_in_one_bounded_printable_line(sticks, tmp_path, caplog):
+    """A stick's steno-export.toml whose keys carry a forged log line and a terminal escape, and thousands of
+    unknown keys within its 64 KiB: the stick is left alone, and why is one line, bounded. The key was quoted raw:
+    the log (journald splits it at the newline, a '<2>' before a line is its priority) got a forged CRITICAL line and
+    an escape sequence, and the stick's reason (a D-Bus property, the page) held every one of 3,000 problems."""
+    caplog.set_level(logging.INFO, "steno_exportd.usb.manager")
+    core = FakeCore(make_cfg(tmp_path), write_files=True, n_sessions=1)
+    stick = await asyncio.to_thread(sticks, "ext4")
+    forged = '"x\\n<2>CRITICAL steno_exportd.daemon: stick accepted\\u001b[2J" = 1\n'.encode()
+    many = b"".join(b"k%d = 1\n" % i for i in range(3000))
+    await asyncio.to_thread(prepare, stick, {"steno-export.toml": forged + many})
+    async with usb.running(core):
+        await asyncio.to_thread(stick.insert)
+        await until(lambda: by_label(core, stick.label).skip_reason if by_label(core, stick.label) else "",
+                    "the stick's decision", 20, in_thread=False)
+        reason = by_label(core, stick.label).skip_reason
+        assert not core.jobs.list()
+        await core.eject(by_label(core, stick.label).id)
+    assert "steno-export.toml on the stick is invalid" in reason, reason
+    assert reason.isprintable() and len(reason) <= 1000, (len(reason), reason[:300])
+    assert "unknown key" in reason and "more" in reason, reason[-200:]
+    said = [r.getMessage() for r in caplog.records if "not exporting" in r.getMessage()]
+    assert len(said) == 1 and said[0].isprintable() and len(said[0]) <= 1200, said
 
 
 async def test_stick_without_filesystem_is_reported(sticks, tmp_path):

@@ -52,3 +52,29 @@ async def test_a_malformed_or_huge_form_is_a_clear_4xx(web_client):
                              allow_redirects=False, headers=headers)
     assert huge.status == 413, (huge.status, await huge.text())
     assert core.outbox.list() == []
+
+
+async def test_the_mail_apis_json_body_is_read_like_every_other_body(web_client, caplog):
+    """POST /api/v1/sessions/{key}/email read its JSON with aiohttp's request.json(), not the shared reader: a body
+    nested 5,000 deep raised a RecursionError past its handler (a 500 and a traceback in the log for each request),
+    and a body that trickled in was read for as long as it came (no http.body_timeout). Now both are 4xx like the
+    other JSON endpoints', nothing queued, no traceback."""
+    client, core, sid, token = await _session_and_token(web_client, **{"http.body_timeout": 1.0})
+    headers = {"X-CSRF-Token": token, "Content-Type": "application/json"}
+    deep = await client.post(f"/api/v1/sessions/{sid}/email", data=b"[" * 5000 + b"]" * 5000, headers=headers)
+    assert deep.status == 400, (deep.status, await deep.text())
+    assert "not valid JSON" in (await deep.json())["error"]
+
+    async def trickle():
+        yield b'{"recipients": ["alice@example.org"'
+        for _ in range(20):                 # 10 s of one byte per half second, were the server to keep reading
+            await asyncio.sleep(0.5)
+            yield b" "
+    started = time.monotonic()
+    slow = await client.post(f"/api/v1/sessions/{sid}/email", data=trickle(), headers=headers)
+    took = time.monotonic() - started
+    assert slow.status == 408 and "too slowly" in await slow.text(), (slow.status, await slow.text())
+    assert took < 5, f"answered after {took:.1f} s"
+    assert core.outbox.list() == []
+    assert not [r for r in caplog.records if r.levelname == "ERROR" or r.exc_info], \
+        [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]

@@ -120,6 +120,38 @@ def test_evicted_https_connections_give_their_descriptor_back_at_once(web_daemon
     assert "Traceback" not in log and "Too many open files" not in log
 
 
+def test_https_connections_closed_for_idling_give_their_descriptor_back_at_once(web_daemon, own_lib, tmp_path):
+    """Clients under the cap that finish their TLS handshake and then stay silent, or send half a request head and
+    stop (neither reads, so neither answers a close_notify): closed for idling (http.idle_timeout), each only began
+    a TLS shutdown that waits up to asyncio's ssl_shutdown_timeout (30 s) for the client's close_notify, its
+    descriptor and its place under the cap held that long after the idle timeout. Now a connection closed for idling
+    is aborted like an evicted one: its descriptor is free at once."""
+    d = web_daemon(own_lib, **{"http.tls.mode": '"self-signed"', "http.max_connections": "128",
+                               "http.idle_timeout": "2"})
+    cert = next(tmp_path.glob("**/tls/cert.pem"))
+    ctx = ssl.create_default_context(cafile=str(cert))
+    ctx.check_hostname = False
+    before = daemon_sockets(d.pid)
+    clients = []
+    try:
+        for i in range(90):
+            s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", d.port), timeout=10))
+            if i % 3 == 0:
+                s.sendall(b"GET /api/v1/status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")   # a head never ended
+            clients.append(s)
+        opened = daemon_sockets(d.pid) - before
+        time.sleep(2 + 1.5)         # the idle timeout, and a moment
+        held = daemon_sockets(d.pid) - before
+    finally:
+        for s in clients:
+            s.close()
+    assert opened >= 80, f"only {opened} of 90 connections were open at once"
+    # before: "held 90 sockets" (each until its 30 s TLS shutdown ran out)
+    assert held <= 3, f"held {held} sockets for 90 TLS clients 1.5 s after they were closed for idling"
+    log = d.log()
+    assert "Traceback" not in log
+
+
 def test_tls_clients_holding_request_heads_under_the_cap_stay_under_memory_max(web_daemon, own_lib, tmp_path):
     """600 clients (past the cap of 512 under the unit's LimitNOFILE=8192) that finish their TLS handshake and send a
     request head of 56 KiB that never ends, within the idle timeout: the daemon stays under the unit's MemoryMax (past
