@@ -330,11 +330,31 @@ def write_files(target: Target, files: list[tuple[str, bytes]]) -> None:
         raise
 
 
+_ENCODE = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(", ", ": ")).encode
+
+
+def encode(doc: dict) -> bytes:
+    """manifest.json's bytes: JSON with its keys sorted, one line per top-level key and one per session (and per
+    partial file), each line by json's C encoder. json.dumps(indent=...) runs the pure-Python encoder instead:
+    the manifest is encoded whole after every session, and on a Pi 4 that cost ~0.4 s a save at 1,000 sessions
+    (quadratic in the sessions of one export). Any JSON reader reads it (parse(): as before; older manifests,
+    indented, are read the same)."""
+    lines = []
+    for key in sorted(doc):
+        value = doc[key]
+        if key in ("sessions", "partial") and isinstance(value, dict) and value:
+            items = ",\n".join(f"  {_ENCODE(k)}: {_ENCODE(value[k])}" for k in sorted(value))
+            lines.append(f" {_ENCODE(key)}: {{\n{items}\n }}")
+        else:
+            lines.append(f" {_ENCODE(key)}: {_ENCODE(value)}")
+    return ("{\n" + ",\n".join(lines) + "\n}\n").encode("utf-8")
+
+
 def save(target: Target, root: str, m: Manifest) -> None:
     """Rewrite SHA256SUMS and manifest.json atomically, in that order. The copy known() returns is forgotten
     first: a save that fails may have put manifest.json in place all the same (a move whose answer was lost), so
     after a failure the store's own is read again, never the one saved before."""
-    raw = json.dumps(m.to_json(), indent=1, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    raw = encode(m.to_json())
     saved = getattr(target, "manifests_saved", None)
     if saved is not None:
         saved.add(root)         # (before the writes: a save that failed half-way may have changed the store too)

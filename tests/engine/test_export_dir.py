@@ -717,3 +717,31 @@ def test_a_manifest_entry_of_the_wrong_shape_is_ignored_not_an_attribute_error(t
     assert files == [["session.json"] if first else ["session.json", "transcript.txt"],
                      ["session.json", "transcript.txt"]], sessions
     assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=root).returncode == 0
+
+
+def test_the_manifest_is_one_line_per_session_and_an_indented_one_of_before_is_read(tmp_path):
+    """manifest.json is encoded whole after every session: json.dumps(indent=1) ran the pure-Python encoder, whose
+    cost grew with the square of an export's sessions (~0.4 s a save at 1,000 sessions on a Pi 4). Now one line per
+    session by the C encoder: still JSON with sorted keys that any reader (and `python -m json.tool`) reads, each
+    session's record on a line of its own; a manifest an older version wrote (indented) is read as before: a second
+    export finds nothing new in it."""
+    lib = library(tmp_path, 12)
+    out = tmp_path / "out"
+    out.mkdir()
+    cfg = make_config(tmp_path)
+    res = _run(lib, cfg, out, range(1, 13), formats=("txt", "audio"))
+    assert all(r.ok and not r.skipped for r in res), res
+    path = out / "SilentSteno" / "manifest.json"
+    text = path.read_text()
+    m = json.loads(text)
+    assert len(m["sessions"]) == 12
+    lines = text.splitlines()
+    for uuid, record in m["sessions"].items():
+        mine = [line for line in lines if line.lstrip().startswith(json.dumps(uuid) + ": ")]
+        assert len(mine) == 1, (uuid, mine)
+        assert json.loads("{" + mine[0].rstrip(",") + "}") == {uuid: record}
+    assert len(lines) == 12 + 9, text[:2000]
+    # an older version's manifest (indented, pure-Python encoder): read as before
+    path.write_text(json.dumps(m, indent=1, sort_keys=True, ensure_ascii=False))
+    assert all(r.skipped for r in _run(lib, cfg, out, range(1, 13), formats=("txt", "audio")))
+    assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=out / "SilentSteno").returncode == 0

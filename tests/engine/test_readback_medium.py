@@ -70,6 +70,39 @@ def test_a_read_back_fails_when_the_medium_lost_bytes_the_kernel_still_holds(tmp
                 writer.verify(target, "audio.wav", size, sha, crc=crc)
 
 
+
+def test_an_exports_crc32_read_back_reads_and_checks_in_its_own_thread(tmp_path, monkeypatch):
+    """An export's read-back (by CRC-32) starts no reader thread: the CRC-32 takes a fraction of a read's time, and
+    the hand-offs of each chunk to and from a reader thread cost more CPU than it (bench export, pi4 profile). It
+    still reads the whole file from the medium, finds a change there and heeds a cancel; by SHA-256 (no CRC-32
+    known) a reader thread still reads beside the hashing."""
+    with loop_fs(tmp_path, "ext4", 64) as (mnt, dev, img):
+        target = DirectoryTarget(mnt)
+        data = _marked(SIZE)
+        size, sha, crc, _ = writer.write_bytes(data, target, "audio.wav")
+        started = []
+        start = threading.Thread.start
+
+        def spied(self):
+            started.append(self.name)
+            return start(self)
+        monkeypatch.setattr(threading.Thread, "start", spied)
+        writer.verify(target, "audio.wav", size, sha, crc=crc)
+        assert started == []
+        with pytest.raises(CancelledJob):
+            writer.verify(target, "audio.wav", size, sha, lambda: True, crc=crc)
+        writer.verify(target, "audio.wav", size, sha)
+        assert started == ["steno-read"]
+        os.sync()
+        at = _image_offset(img, b"STENO-BLOCK-0777")
+        with open(img, "r+b") as raw:
+            raw.seek(at + 100)
+            raw.write(b"\0" * 512)
+            raw.flush()
+            os.fsync(raw.fileno())
+        with pytest.raises(VerifyError, match=f"audio.wav: read back {SIZE} bytes crc32 "):
+            writer.verify(target, "audio.wav", size, sha, crc=crc)
+
 SOURCES = 3                                    # recordings of RECORDING bytes each
 RECORDING = 8 << 20
 
