@@ -63,10 +63,14 @@ def _mapped(method: Callable) -> Callable:
     def wrapper(self: Any, *a: Any, **kw: Any) -> Any:
         try:
             return method(self, *a, **kw)
-        except (TargetError, CancelledJob, InvalidArgument):
+        except (CancelledJob, InvalidArgument):
             raise
         except Exception as e:
             t = self if isinstance(self, SmbTarget) else self._t
+            if t.dropped:                       # its connection dropped at the job's cancel (_drop_reader)
+                raise CancelledJob("cancelled") from e
+            if isinstance(e, TargetError):
+                raise
             t._gone(e)
             raise explain(e, t.remote) from e
     return wrapper
@@ -140,6 +144,9 @@ class SmbTarget(targets.Target):
         self.manifests_saved: set[str] = set()  # the folders whose manifest.json this push saved (manifest.saved())
         self._reader: SmbTarget | None = None
         self._reader_lock = threading.Lock()
+        self._watcher: threading.Thread | None = None     # drops the second connection at the job's cancel
+        self._closing = threading.Event()
+        self.dropped = False               # (a second connection) dropped at the job's cancel: its errors are that
         self._credit_lock = threading.Lock()    # one sender at a time takes credits by _with_credits
 
     reads_while_writing = True         # a big file is read back while written (export.verify; SmbKind.open sets it)
@@ -240,6 +247,10 @@ class SmbTarget(targets.Target):
     def close(self) -> None:
         """Close both connections; safe to call twice."""
         from smbclient import reset_connection_cache
+        self._closing.set()
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None and watcher is not threading.current_thread():
+            watcher.join()
         with self._reader_lock:
             reader, self._reader = self._reader, None
         if reader is not None:
@@ -270,9 +281,13 @@ class SmbTarget(targets.Target):
     def _call(self, fn: Callable, *a: Any, **kw: Any) -> Any:
         try:
             return fn(*a, **kw, **self._live_kw())
-        except (SmbError, CancelledJob):
+        except CancelledJob:
             raise
         except Exception as e:
+            if self.dropped:
+                raise CancelledJob("cancelled") from e
+            if isinstance(e, SmbError):
+                raise
             self._gone(e)
             raise explain(e, self.remote) from e
 
@@ -301,10 +316,11 @@ class SmbTarget(targets.Target):
 
     def _drop_reader(self) -> None:
         """Close the second connection's socket at once, no log-off (a stalled server would not answer one): every
-        request waiting there fails now, not after the connection's receive timeout."""
+        request waiting there fails now (CancelledJob), not after the connection's receive timeout."""
         with self._reader_lock:
             reader, self._reader = self._reader, None
         if reader is not None:
+            reader.dropped = True
             cache, reader._cache = reader._cache, {}
             reader._connected = False
             for conn in cache.values():
@@ -314,7 +330,10 @@ class SmbTarget(targets.Target):
                     log.debug("dropping the read connection: %s", e)
 
     def _read_connection(self) -> "SmbTarget":
-        """A second connected target on the same folder (its own TCP connection and smbd process)."""
+        """A second connected target on the same folder (its own TCP connection and smbd process); none after the
+        job's cancel (CancelledJob: the one it had was dropped)."""
+        if self.cancelled():
+            raise CancelledJob("cancelled")
         with self._reader_lock:
             if self._reader is None or not self._reader.alive():
                 if self._reader is not None:
@@ -323,7 +342,20 @@ class SmbTarget(targets.Target):
                 reader = SmbTarget(self.remote, password=self._password, name=self.name, cancelled=self.cancelled)
                 reader.connect()
                 self._reader = reader
+                if self._watcher is None:
+                    self._watcher = threading.Thread(target=self._heed_cancel, name="steno-smb-cancel", daemon=True)
+                    self._watcher.start()
             return self._reader
+
+    def _heed_cancel(self) -> None:
+        """Beside the push while it has a second connection: at the job's cancel, that connection is dropped
+        (_drop_reader). Whatever waits there (the read-back beside the writes, the engine's read-backs after a
+        rename: a first read, an open, a pipelined read) ends at once, not after the connection's receive timeout
+        when the server stopped answering on it."""
+        while not self._closing.wait(0.05):
+            if self.cancelled():
+                self._drop_reader()
+                return
 
     # -- the Target protocol ----------------------------------------------------------------------
     def lstat(self, rel: str) -> EntryStat | None:
@@ -828,7 +860,10 @@ class _ReadBack:
                     self.crc = crc32(data, self.crc)
                     self.size += len(data)
         except BaseException as e:  # noqa: BLE001 - handed to finish()
-            self.error = e if isinstance(e, (SmbError, CancelledJob)) or rt is None else _explained(e, rt)
+            if rt is not None and rt.dropped:       # its connection dropped at the job's cancel: not a failed read
+                self.error = CancelledJob("cancelled")
+            else:
+                self.error = e if isinstance(e, (SmbError, CancelledJob)) or rt is None else _explained(e, rt)
         finally:
             if reads is not None:
                 reads.drain()           # answered before the file is closed (nothing left on the connection)

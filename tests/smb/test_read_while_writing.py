@@ -390,3 +390,95 @@ def test_a_cancel_is_heeded_at_once_when_the_read_back_connection_stalls(big, ca
                    what="the read-back thread's end")
     assert not list(nas.rglob(f"{TEMP_PREFIX}*")), sorted(nas.rglob("*"))
     assert not list(nas.rglob("audio.flac")), sorted(nas.rglob("*"))
+
+
+def _hashed_ahead(cfg, tmp_path, *, crc: bool):
+    """A hash cache remembering each recording's SHA-256 (and its CRC-32 when ``crc``), as the background hasher
+    leaves it (an older cache: the SHA-256 alone)."""
+    import hashlib
+
+    from isal.isal_zlib import crc32
+
+    from steno_exportd.engine.hashcache import HashCache
+    from steno_exportd.library import Library
+    hashes = HashCache(tmp_path / "hashes.sqlite")
+    lib = Library.from_config(cfg)
+    try:
+        for s in lib.list_sessions(exportable_only=True):
+            audio = lib.get_session(s.id).audio
+            data = audio.path.read_bytes()
+            if crc:
+                hashes.put(audio.path, crc32(data), hashlib.sha256(data).hexdigest(), audio.path.stat())
+            else:
+                hashes.put_sha256(audio.path, hashlib.sha256(data).hexdigest(), audio.path.stat())
+    finally:
+        lib.close()
+    return hashes
+
+
+def _push_with(cfg, formats, *, hashes=None, progress=None, options=None) -> object:
+    """One push to smb:office as push() does, with a hash cache: its results, or what it raised."""
+    from steno_exportd.engine.export import SimpleSpec, run_export
+    from steno_exportd.engine.options import ExportOptions
+    from steno_exportd.engine.registry import local
+    from steno_exportd.library import Library
+    from steno_exportd.smb.push import SmbKind
+    targets = local()
+    targets.register(SmbKind())
+    lib = Library.from_config(cfg)
+    try:
+        ids = tuple(s.id for s in lib.list_sessions(exportable_only=True))
+        return run_export(lib, SimpleSpec("smb:office", ids, formats, options or ExportOptions(),
+                                          target_name="smb:office"), cfg, progress, targets=targets, hashes=hashes)
+    except Exception as e:  # noqa: BLE001 - the caller asserts it
+        return e
+    finally:
+        lib.close()
+
+
+@pytest.mark.parametrize("what", ["transcript", "recording-hashed-ahead"])
+def test_a_cancel_is_heeded_at_once_when_the_engines_read_back_after_the_rename_stalls(big, what, monkeypatch,
+                                                                                      tmp_path):
+    """No read-back runs beside the writes: the engine reads a file back after its rename (a transcript of under
+    1 MiB; a recording whose SHA-256 alone was remembered, read back whole after its rename), on the second
+    connection, and the NAS's answers on that connection stop coming (a relay holds them; the push's own connection
+    flows). The job is cancelled a second later: the push ends within seconds, not after the connection's receive
+    timeout (60 s here), and no session is reported sent."""
+    import time
+
+    from steno_exportd.smb.target import SmbTarget
+    from tests.parts.delay import DelayRelay
+    smbd, remote, root, db = big
+    relay = DelayRelay(remote.port, 0)
+    cfg = recorder_config(db.path, root / "state-rbstall", dataclasses.replace(remote, port=relay.port, timeout=30),
+                          "rec-rbstall")
+    hashes = _hashed_ahead(cfg, tmp_path, crc=False) if what == "recording-hashed-ahead" else None
+    progress = Progress()
+    held: list[int] = []
+    cancelled: list[float] = []
+    opened = SmbTarget.open_read
+
+    def cancel() -> None:
+        cancelled.append(time.monotonic())
+        progress.cancelled = True
+
+    def open_read(self: SmbTarget, rel: str, *, uncached: bool = False):
+        if uncached and not held:
+            reader = self._read_connection()
+            held.append(next(iter(reader._cache.values())).transport._sock.getsockname()[1])
+            relay.hold(held[-1])
+            timer = threading.Timer(1.0, cancel)
+            timer.daemon = True
+            timer.start()
+        return opened(self, rel, uncached=uncached)
+    monkeypatch.setattr(SmbTarget, "open_read", open_read)
+    try:
+        outcome = _push_with(cfg, ("audio",) if hashes else ("txt",), hashes=hashes, progress=progress)
+        ended = time.monotonic()
+    finally:
+        relay.close()
+        if hashes is not None:
+            hashes.close()
+    assert held and cancelled, (held, cancelled, outcome)
+    assert ended - cancelled[0] < 10, (ended - cancelled[0], outcome)
+    assert isinstance(outcome, BaseException) or not [r for r in outcome if r.ok], outcome
