@@ -92,7 +92,9 @@ class Target(Protocol):
     # folder_alive(rel) -> bool, the folder still readable, reading as little as it can (default: its listing);
     # hash_checked (default False), a write's commit checks the store's own hash of the landed file (its handle's
     # `verified`): a copy is hashed while sent even when its SHA-256 is remembered, which costs less than the
-    # read-back a remembered hash needs
+    # read-back a remembered hash needs;
+    # reads_while_writing (default False), its write handles read a file back beside the writes (SMB): the engine
+    # sets it False for a job without verify (no read-back at all)
 
     def lstat(self, rel: str) -> EntryStat | None: ...          # None when absent
     def exists(self, rel: str) -> bool: ...

@@ -149,7 +149,8 @@ class SmbTarget(targets.Target):
         self.dropped = False               # (a second connection) dropped at the job's cancel: its errors are that
         self._credit_lock = threading.Lock()    # one sender at a time takes credits by _with_credits
 
-    reads_while_writing = True         # a big file is read back while written (export.verify; SmbKind.open sets it)
+    reads_while_writing = True         # a big file is read back while written (export.verify: SmbKind.open sets it;
+                                       # the engine clears it for a job without verify)
     save_every = 0.0                   # folders are renamed into place: saved after every session
     checks = 1                         # one read-back at a time beside the next session's writes (a NAS many
                                        # recorders share)

@@ -482,3 +482,26 @@ def test_a_cancel_is_heeded_at_once_when_the_engines_read_back_after_the_rename_
     assert held and cancelled, (held, cancelled, outcome)
     assert ended - cancelled[0] < 10, (ended - cancelled[0], outcome)
     assert isinstance(outcome, BaseException) or not [r for r in outcome if r.ok], outcome
+
+
+def test_a_job_without_verify_reads_nothing_back_on_the_nas(big):
+    """A job asking for no read-back (--no-verify, D-Bus/HTTP verify=false) while the configuration verifies: the
+    NAS reads nothing of the recording back (no read beside its writes either), and the push lands."""
+    from steno_exportd.engine.options import ExportOptions
+    smbd, remote, root, db = big
+    nas = root / "nas" / "rec-nov"
+    cfg = recorder_config(db.path, root / "state-nov", remote, "rec-nov")
+    assert cfg.export.verify
+    events = Events(root / "nas")
+    try:
+        res = push(cfg, options=ExportOptions(verify=False))
+    finally:
+        seen = events.close()
+    assert all(r.ok and not r.skipped for r in res), res
+    temps = {n for _, _, n in seen if n.startswith(TEMP_PREFIX) and n.endswith("audio.flac")}
+    assert len(temps) == 1, temps
+    temp = temps.pop()
+    assert _of(seen, temp, IN_MODIFY)
+    assert not _of(seen, temp, IN_ACCESS), [e for e in seen if e[2] == temp and e[0] & IN_ACCESS][:3]
+    assert not _of(seen, "audio.flac", IN_ACCESS)
+    assert_landed(nas, db)
