@@ -556,8 +556,9 @@ class _SmbWrite:
 
     A big file written from its start is read back while it is written (_ReadBack, on the target's second
     connection), each range once the server has answered its WRITE; the commit waits for the last range and
-    renames only when size and CRC-32 of what was read equal those of what was written: then ``verified`` (the
-    engine skips its read-back of the whole file after the rename). A small file and a resumed one (its kept part
+    renames only when size and CRC-32 of what was read equal those of what was written (``crc``, the caller's CRC-32
+    of the bytes it wrote: not hashed a second time here): then ``verified`` (the engine skips its read-back of the
+    whole file after the rename). A small file and a resumed one (its kept part
     was not written through this handle) are read back by the engine as before.
     """
 
@@ -579,7 +580,8 @@ class _SmbWrite:
         self._inflight: collections.deque = collections.deque()
         self._inflight_bytes = 0
         self._back: _ReadBack | None = None     # the read-back beside the writes
-        self._crc = 0                           # CRC-32 of the bytes written (when read back beside them)
+        self.crc: int | None = None             # CRC-32 of every byte written, set by the caller before the commit
+                                                # (the engine's, hashed beside the copy: checks_crc, WriteHandle)
         self._checked = False                   # the read-back matched: verified once renamed
         self.written_crc: int | None = None     # once verified: the CRC-32 of the whole file as written and read
         if ok:
@@ -617,6 +619,11 @@ class _SmbWrite:
         self._step = t.throttle.chunk(t.max_write) if t.throttle else t.max_write
         if back:
             self._back = _ReadBack(t, self.temp_rel)
+
+    @property
+    def checks_crc(self) -> bool:
+        """Read back beside the writes: the commit checks that against ``crc`` (WriteHandle)."""
+        return self._back is not None
 
     def _avail(self) -> int:
         return self._conn.sequence_window["high"] - self._conn.sequence_window["low"]
@@ -673,8 +680,6 @@ class _SmbWrite:
                 continue
             self._inflight.append((req, recv, n))
             self._inflight_bytes += n
-            if self._back is not None:
-                self._crc = crc32(view[:n], self._crc)
             view = view[n:]
             self._pos += n
             if self._back is not None:          # answers already here: their ranges go to the read-back now
@@ -722,7 +727,7 @@ class _SmbWrite:
                 self._raw.close(transaction=tr)
                 t._call(lambda **kw: tr.commit())
                 self.verified = self._checked
-                self.written_crc = self._crc if self._checked else None
+                self.written_crc = self.crc if self._checked else None
             self.done = True
         except SmbError as e:
             if not self._replace and getattr(e.__cause__, "ntstatus", None) == _STATUS_OBJECT_NAME_COLLISION:
@@ -736,9 +741,10 @@ class _SmbWrite:
                 self.abort()
 
     def _check(self) -> None:
-        """The read-back's last ranges, then its size and CRC-32 against the writes': VerifyError when they differ
-        (the temp file is removed, nothing renamed). A read-back that failed (its connection lost) checks nothing:
-        the engine reads the file back after the rename, as it does a file not read back here."""
+        """The read-back's last ranges, then its size and CRC-32 against the writes' (``crc``, the caller's):
+        VerifyError when they differ (the temp file is removed, nothing renamed). A read-back that failed (its
+        connection lost), or one given no CRC-32 to check against, checks nothing: the engine reads the file back
+        after the rename, as it does a file not read back here."""
         back, self._back = self._back, None
         if back is None:
             return
@@ -749,9 +755,11 @@ class _SmbWrite:
         except Exception as e:  # noqa: BLE001 - not a verdict on the bytes: the engine's read-back decides
             log.info("%s: read-back beside the writes failed (%s); read back after the rename", self._rel, e)
             return
-        if size != self._pos or crc != self._crc:
+        if self.crc is None:
+            return
+        if size != self._pos or crc != self.crc:
             raise VerifyError(f"{self._rel}: read back {size} bytes crc32 {crc:08x} while writing, wrote "
-                              f"{self._pos} bytes crc32 {self._crc:08x}")
+                              f"{self._pos} bytes crc32 {self.crc:08x}")
         self._checked = True
 
     def abort(self) -> None:

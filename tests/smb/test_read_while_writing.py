@@ -296,6 +296,7 @@ def test_reads_on_the_second_connection_beside_a_read_back_never_fail_for_want_o
         (nas / name).write_bytes(data)
     want = {name: (len(data), f"{crc32(data):08x}") for name, data in there.items()}
     payload = _pseudo(48 * MIB, 5)
+    payload_crc = crc32(payload)
     t = SmbTarget(remote)
     t.connect()
     errors: list[BaseException] = []
@@ -309,6 +310,7 @@ def test_reads_on_the_second_connection_beside_a_read_back_never_fail_for_want_o
                 writing.set()
                 for at in range(0, len(payload), MIB):
                     h.write(payload[at:at + MIB])
+                writer.wrote_crc(h, payload_crc)        # as the engine's copy does: its CRC-32 of the bytes written
                 h.sync()
                 h.commit()
                 verified.append(h.verified)
@@ -505,3 +507,43 @@ def test_a_job_without_verify_reads_nothing_back_on_the_nas(big):
     assert not _of(seen, temp, IN_ACCESS), [e for e in seen if e[2] == temp and e[0] & IN_ACCESS][:3]
     assert not _of(seen, "audio.flac", IN_ACCESS)
     assert_landed(nas, db)
+
+
+@pytest.mark.parametrize("ahead", [False, True], ids=["hashed-while-sent", "hashed-ahead"])
+def test_a_recording_s_bytes_are_crc32_hashed_once_as_written_and_once_as_read_back(big, ahead, monkeypatch,
+                                                                                    tmp_path):
+    """CRC-32 work of a push of one 12 MiB recording, counted in bytes handed to crc32 by the engine's writer and the
+    SMB target: the bytes written once (the engine's, beside their SHA-256; none when remembered with the
+    recording) and the bytes the NAS returned once (the read-back beside the writes); not a second pass over the
+    bytes written in the SMB writer. Still checked before the rename: nothing read back after it."""
+    from steno_exportd.engine import writer
+    from steno_exportd.smb import target as smbtarget
+    smbd, remote, root, db = big
+    nas = root / "nas" / "rec-crc"
+    cfg = recorder_config(db.path, root / "state-crc", remote, "rec-crc")
+    hashes = _hashed_ahead(cfg, tmp_path, crc=True) if ahead else None
+    size = sum(p.stat().st_size for p in (db.root / "audio").iterdir())
+    hashed = {"engine": 0, "smb": 0}
+    lock = threading.Lock()
+
+    def counting(where: str, crc32):
+        def count(data, value=0):
+            with lock:
+                hashed[where] += len(data)
+            return crc32(data, value)
+        return count
+    monkeypatch.setattr(writer, "crc32", counting("engine", writer.crc32))
+    monkeypatch.setattr(smbtarget, "crc32", counting("smb", smbtarget.crc32))
+    events = Events(root / "nas")
+    try:
+        res = _push_with(cfg, ("audio",), hashes=hashes)
+    finally:
+        seen = events.close()
+        if hashes is not None:
+            hashes.close()
+    assert not isinstance(res, BaseException) and all(r.ok and not r.skipped for r in res), res
+    assert size == 12 * MIB
+    assert hashed == {"engine": 0 if ahead else size, "smb": size}, hashed
+    assert not _of(seen, "audio.flac", IN_ACCESS)           # checked beside the writes, not read back again
+    landed = list(nas.rglob("audio.flac"))
+    assert [p.read_bytes() for p in landed] == [p.read_bytes() for p in (db.root / "audio").iterdir()], landed
