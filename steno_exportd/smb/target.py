@@ -44,6 +44,8 @@ RESUME_BACKOFF = 2 * PIPELINE * CHUNK   # resume this far before a cut temp file
                                         # at the drop (PIPELINE x CHUNK) may have landed out of order (holes)
 
 LIST_BYTES = 1024 * 1024           # a folder listing asked for in one answer (about 5,000 entries)
+RENAME_WAIT = 20.0                 # seconds a rename refused "access denied" (a file in the folder open in another
+                                   # program) is tried again
 SMALL = 1024 * 1024                # a file up to this size is written in one round trip (create, write,
                                    # rename, close) from a copy of its bytes
 
@@ -473,16 +475,33 @@ class SmbTarget(targets.Target):
         return _SmbRead(self._read_connection() if uncached else self, rel)
 
     def rename(self, src: str, dst: str) -> None:
-        """Rename; never replaces an existing ``dst`` (atomic on the server: of two racing, one wins)."""
+        """Rename; never replaces an existing ``dst`` (atomic on the server: of two racing, one wins).
+
+        A folder with a file in it open in another program (a person browsing the NAS opened a recording of the
+        session being finished) cannot be renamed: the server says "access denied". Tried again for up to
+        RENAME_WAIT seconds (the person may close it); then a transient SmbError saying so (the push is tried again,
+        the next one finishes the folder), not "no write permission"."""
         from smbprotocol.open import CreateOptions, FilePipePrinterAccessMask
-        try:
-            self.transact(src, lambda tr: _set_rename(tr, self.share_path(dst), False), mode="r", share_access="rwd",
-                          desired_access=FilePipePrinterAccessMask.DELETE,
-                          create_options=CreateOptions.FILE_OPEN_REPARSE_POINT)
-        except SmbError as e:
-            if getattr(e.__cause__, "ntstatus", None) == _STATUS_OBJECT_NAME_COLLISION:
-                raise _Exists(f"refusing to replace existing {dst}") from e
-            raise
+        end = time.monotonic() + RENAME_WAIT
+        while True:
+            try:
+                self.transact(src, lambda tr: _set_rename(tr, self.share_path(dst), False), mode="r",
+                              share_access="rwd", desired_access=FilePipePrinterAccessMask.DELETE,
+                              create_options=CreateOptions.FILE_OPEN_REPARSE_POINT)
+                return
+            except SmbError as e:
+                status = getattr(e.__cause__, "ntstatus", None)
+                if status == _STATUS_OBJECT_NAME_COLLISION:
+                    raise _Exists(f"refusing to replace existing {dst}") from e
+                if status != _STATUS_ACCESS_DENIED:
+                    raise
+                if time.monotonic() > end:
+                    raise SmbError(f"{src} could not be renamed to {dst} on \\\\{self.remote.server}\\"
+                                   f"{self.remote.share}: access denied, a file in it is probably open in another "
+                                   f"program (someone browsing the NAS); tried for {RENAME_WAIT:g}s") from e
+            if self.cancelled():
+                raise CancelledJob("cancelled")
+            time.sleep(0.5)
 
     def replace_error(self, e: SmbError, src: str, dst: str) -> TargetError:
         """What a failed rename of ``src`` over ``dst`` means: the server says "access denied" when

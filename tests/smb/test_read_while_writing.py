@@ -17,6 +17,7 @@ from typing import Callable
 import pytest
 
 from steno_exportd.engine.targets import TEMP_PREFIX
+from tests.parts.smbd import PW
 from tests.smb.recorder import Progress, assert_landed, make_recorder, push, recorder_config
 
 IN_ACCESS, IN_MODIFY, IN_MOVED_FROM, IN_MOVED_TO = 0x1, 0x2, 0x40, 0x80
@@ -547,3 +548,60 @@ def test_a_recording_s_bytes_are_crc32_hashed_once_as_written_and_once_as_read_b
     assert not _of(seen, "audio.flac", IN_ACCESS)           # checked beside the writes, not read back again
     landed = list(nas.rglob("audio.flac"))
     assert [p.read_bytes() for p in landed] == [p.read_bytes() for p in (db.root / "audio").iterdir()], landed
+
+
+@pytest.mark.parametrize("share", ["rwd", "rw"])
+def test_a_person_holding_the_temp_file_open_at_the_rename_does_not_fail_the_push(big, share):
+    """A person browsing the share opens the recording's temp file while it is written (another SMB client, its own
+    connection) and still holds it open when the push renames it, closing it 3 s later. The temp file is opened
+    sharing read (for the read-back beside the writes) and written with DELETE access: a person's open that does not
+    share delete (``rw``) is refused by the NAS; one that does (``rwd``) is let in, and the file's rename works,
+    but the NAS refuses the rename of the session's folder while a file in it is open ("access denied"): the session
+    failed at once, "no write permission?", never retried. The push lands either way."""
+    import smbclient
+
+    smbd, remote, root, db = big
+    nas = root / "nas" / "rec-held"
+    cfg = recorder_config(db.path, root / "state-held", remote, "rec-held")
+    cache: dict = {}
+    held: list = []
+    refused: list[str] = []
+
+    def let_go() -> None:
+        for f in held:
+            with contextlib.suppress(Exception):
+                f.close()
+
+    def person(mask: int, folder: pathlib.Path, name: str) -> None:
+        if not (name.startswith(TEMP_PREFIX) and name.endswith("audio.flac")):
+            return
+        if held and mask & IN_MOVED_FROM:
+            closing = threading.Timer(3.0, let_go)
+            closing.daemon = True
+            closing.start()
+        if held or refused or not mask & IN_MODIFY:
+            return
+        unc = f"\\\\127.0.0.1\\push\\{(folder / name).relative_to(root / 'nas')}".replace("/", "\\")
+        try:
+            f = smbclient.open_file(unc, mode="rb", buffering=0, share_access=share, port=remote.port,
+                                    username=remote.username, password=PW, connection_cache=cache)
+        except Exception as e:  # noqa: BLE001 - asserted below
+            refused.append(str(e))
+            return
+        f.read(4096)
+        held.append(f)
+
+    events = Events(root / "nas", person)
+    try:
+        res = push(cfg)
+    finally:
+        events.close()
+        let_go()
+        smbclient.reset_connection_cache(fail_on_error=False, connection_cache=cache)
+    assert held or refused
+    if share == "rwd":
+        assert held and not refused, refused
+    else:
+        assert refused and not held and ("sharing" in refused[0].lower() or "c0000043" in refused[0].lower()), refused
+    assert [(r.ok, r.error) for r in res] == [(True, "")], res
+    assert_landed(nas, db)
