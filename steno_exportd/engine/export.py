@@ -108,6 +108,8 @@ class Exporter:
         self.job_id, self.state, self.reg = job_id, state, reg
         o, e = spec.options, cfg.export
         self.verify = e.verify if o.verify is None else o.verify
+        if not self.verify and getattr(target, "reads_while_writing", False):
+            target.reads_while_writing = False      # a job without verify: no read-back beside the writes either
         self.include_audio = e.include_audio if o.include_audio is None else o.include_audio
         self.overwrite_foreign = e.overwrite_foreign if o.overwrite_foreign is None else o.overwrite_foreign
         self.cont = e.continue_on_error if o.continue_on_error is None else o.continue_on_error

@@ -9,6 +9,8 @@ import json
 import logging
 from typing import Any, Callable, Iterable
 
+from isal.isal_zlib import crc32
+
 from steno_exportd import __version__, safeparse
 from steno_exportd.engine.identity import host_name
 from steno_exportd.engine.targets import NotAFile, Target, os_error, read_upto
@@ -311,6 +313,8 @@ def write_files(target: Target, files: list[tuple[str, bytes]]) -> None:
         for rel, data in files:
             handles.append(target.open_write(rel))
             handles[-1].write(data)
+            if getattr(handles[-1], "checks_crc", False):     # (checked beside its writes: WriteHandle)
+                handles[-1].crc = crc32(data)
             if not together:
                 handles[-1].sync()
                 handles[-1].commit()

@@ -61,7 +61,10 @@ class WriteHandle(Protocol):
     # itself (rclone: no stream through this process) may do so from that file (a dup of ``fd``), never from the
     # path, which may name another file by then; write() still gets each byte. Optional (read with getattr):
     # reads_source (default False), such a target reads that file itself through the page cache (rclone): the
-    # engine's own reads beside it go through the cache too, sharing its pages (writer._direct_reader)
+    # engine's own reads beside it go through the cache too, sharing its pages (writer._direct_reader);
+    # checks_crc (default False), the handle reads its file back beside the writes and its commit checks that
+    # against ``crc``, the CRC-32 of every byte the caller wrote (set by the caller before the commit: the engine's,
+    # hashed beside the copy, so the bytes are not hashed twice; None: nothing to check against, not ``verified``)
     def write(self, data: bytes | memoryview) -> None: ...
     def sync(self) -> None: ...                 # fsync the data
     def commit(self) -> None: ...               # rename to the final name, fsync the folder
@@ -92,7 +95,9 @@ class Target(Protocol):
     # folder_alive(rel) -> bool, the folder still readable, reading as little as it can (default: its listing);
     # hash_checked (default False), a write's commit checks the store's own hash of the landed file (its handle's
     # `verified`): a copy is hashed while sent even when its SHA-256 is remembered, which costs less than the
-    # read-back a remembered hash needs
+    # read-back a remembered hash needs;
+    # reads_while_writing (default False), its write handles read a file back beside the writes (SMB): the engine
+    # sets it False for a job without verify (no read-back at all)
 
     def lstat(self, rel: str) -> EntryStat | None: ...          # None when absent
     def exists(self, rel: str) -> bool: ...

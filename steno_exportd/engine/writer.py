@@ -124,8 +124,10 @@ def copy_into(ref: SourceRef, h: WriteHandle, *, tick: Tick = lambda n: None,
         direct = _direct_reader(fd, f.st.st_size, h)
         read = direct.readinto if direct is not None else lambda buf: os.readv(fd, [buf])
         if known is not None:
-            return _copy_known(src, fd, direct.fileno() if direct is not None else fd, read, h, tick, cancelled,
-                               buffers), known, known_crc, h
+            size = _copy_known(src, fd, direct.fileno() if direct is not None else fd, read, h, tick, cancelled,
+                               buffers)
+            wrote_crc(h, known_crc)
+            return size, known, known_crc, h
         digest = hashlib.sha256()
         crc = 0
 
@@ -149,11 +151,19 @@ def copy_into(ref: SourceRef, h: WriteHandle, *, tick: Tick = lambda n: None,
             except BaseException:
                 h.abort()
                 raise
+        wrote_crc(h, crc)                       # (the hasher has seen the last chunk: its thread has ended)
         return size, digest.hexdigest(), crc, h
     finally:
         if direct is not None:
             direct.close()
         f.close()
+
+
+def wrote_crc(h: Any, crc: int | None) -> None:
+    """Give a handle that checks its read-back beside the writes (``checks_crc``: WriteHandle) the CRC-32 of every
+    byte written, before its commit: hashed once, here, not again in the handle."""
+    if getattr(h, "checks_crc", False):
+        h.crc = crc
 
 
 def _direct_reader(fd: int, size: int, h: WriteHandle) -> FdRead | None:
@@ -352,17 +362,19 @@ def write_bytes(data: bytes, target: Target, rel: str, *, tick: Tick = lambda n:
     """Write ``data`` to ``rel``: (size, sha256, crc32 (for the read-back: verify()), whether the store's own hash
     already verified it)."""
     h = target.open_write(rel)
+    crc = crc32(data)
     try:
         view = memoryview(data)
         for i in range(0, len(data), CHUNK):
             h.write(view[i:i + CHUNK])
             tick(min(CHUNK, len(data) - i))
+        wrote_crc(h, crc)
         h.sync()
         h.commit()
     except BaseException:
         h.abort()
         raise
-    return len(data), hashlib.sha256(data).hexdigest(), crc32(data), h.verified
+    return len(data), hashlib.sha256(data).hexdigest(), crc, h.verified
 
 
 def read_back(target: Target, rel: str, *, cancelled: Callable[[], bool] = lambda: False,

@@ -44,6 +44,8 @@ RESUME_BACKOFF = 2 * PIPELINE * CHUNK   # resume this far before a cut temp file
                                         # at the drop (PIPELINE x CHUNK) may have landed out of order (holes)
 
 LIST_BYTES = 1024 * 1024           # a folder listing asked for in one answer (about 5,000 entries)
+RENAME_WAIT = 20.0                 # seconds a rename refused "access denied" (a file in the folder open in another
+                                   # program) is tried again
 SMALL = 1024 * 1024                # a file up to this size is written in one round trip (create, write,
                                    # rename, close) from a copy of its bytes
 
@@ -63,10 +65,14 @@ def _mapped(method: Callable) -> Callable:
     def wrapper(self: Any, *a: Any, **kw: Any) -> Any:
         try:
             return method(self, *a, **kw)
-        except (TargetError, CancelledJob, InvalidArgument):
+        except (CancelledJob, InvalidArgument):
             raise
         except Exception as e:
             t = self if isinstance(self, SmbTarget) else self._t
+            if t.dropped:                       # its connection dropped at the job's cancel (_drop_reader)
+                raise CancelledJob("cancelled") from e
+            if isinstance(e, TargetError):
+                raise
             t._gone(e)
             raise explain(e, t.remote) from e
     return wrapper
@@ -140,9 +146,13 @@ class SmbTarget(targets.Target):
         self.manifests_saved: set[str] = set()  # the folders whose manifest.json this push saved (manifest.saved())
         self._reader: SmbTarget | None = None
         self._reader_lock = threading.Lock()
+        self._watcher: threading.Thread | None = None     # drops the second connection at the job's cancel
+        self._closing = threading.Event()
+        self.dropped = False               # (a second connection) dropped at the job's cancel: its errors are that
         self._credit_lock = threading.Lock()    # one sender at a time takes credits by _with_credits
 
-    reads_while_writing = True         # a big file is read back while written (export.verify; SmbKind.open sets it)
+    reads_while_writing = True         # a big file is read back while written (export.verify: SmbKind.open sets it;
+                                       # the engine clears it for a job without verify)
     save_every = 0.0                   # folders are renamed into place: saved after every session
     checks = 1                         # one read-back at a time beside the next session's writes (a NAS many
                                        # recorders share)
@@ -240,6 +250,10 @@ class SmbTarget(targets.Target):
     def close(self) -> None:
         """Close both connections; safe to call twice."""
         from smbclient import reset_connection_cache
+        self._closing.set()
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None and watcher is not threading.current_thread():
+            watcher.join()
         with self._reader_lock:
             reader, self._reader = self._reader, None
         if reader is not None:
@@ -270,9 +284,13 @@ class SmbTarget(targets.Target):
     def _call(self, fn: Callable, *a: Any, **kw: Any) -> Any:
         try:
             return fn(*a, **kw, **self._live_kw())
-        except (SmbError, CancelledJob):
+        except CancelledJob:
             raise
         except Exception as e:
+            if self.dropped:
+                raise CancelledJob("cancelled") from e
+            if isinstance(e, SmbError):
+                raise
             self._gone(e)
             raise explain(e, self.remote) from e
 
@@ -301,10 +319,11 @@ class SmbTarget(targets.Target):
 
     def _drop_reader(self) -> None:
         """Close the second connection's socket at once, no log-off (a stalled server would not answer one): every
-        request waiting there fails now, not after the connection's receive timeout."""
+        request waiting there fails now (CancelledJob), not after the connection's receive timeout."""
         with self._reader_lock:
             reader, self._reader = self._reader, None
         if reader is not None:
+            reader.dropped = True
             cache, reader._cache = reader._cache, {}
             reader._connected = False
             for conn in cache.values():
@@ -314,7 +333,10 @@ class SmbTarget(targets.Target):
                     log.debug("dropping the read connection: %s", e)
 
     def _read_connection(self) -> "SmbTarget":
-        """A second connected target on the same folder (its own TCP connection and smbd process)."""
+        """A second connected target on the same folder (its own TCP connection and smbd process); none after the
+        job's cancel (CancelledJob: the one it had was dropped)."""
+        if self.cancelled():
+            raise CancelledJob("cancelled")
         with self._reader_lock:
             if self._reader is None or not self._reader.alive():
                 if self._reader is not None:
@@ -323,7 +345,20 @@ class SmbTarget(targets.Target):
                 reader = SmbTarget(self.remote, password=self._password, name=self.name, cancelled=self.cancelled)
                 reader.connect()
                 self._reader = reader
+                if self._watcher is None:
+                    self._watcher = threading.Thread(target=self._heed_cancel, name="steno-smb-cancel", daemon=True)
+                    self._watcher.start()
             return self._reader
+
+    def _heed_cancel(self) -> None:
+        """Beside the push while it has a second connection: at the job's cancel, that connection is dropped
+        (_drop_reader). Whatever waits there (the read-back beside the writes, the engine's read-backs after a
+        rename: a first read, an open, a pipelined read) ends at once, not after the connection's receive timeout
+        when the server stopped answering on it."""
+        while not self._closing.wait(0.05):
+            if self.cancelled():
+                self._drop_reader()
+                return
 
     # -- the Target protocol ----------------------------------------------------------------------
     def lstat(self, rel: str) -> EntryStat | None:
@@ -440,16 +475,33 @@ class SmbTarget(targets.Target):
         return _SmbRead(self._read_connection() if uncached else self, rel)
 
     def rename(self, src: str, dst: str) -> None:
-        """Rename; never replaces an existing ``dst`` (atomic on the server: of two racing, one wins)."""
+        """Rename; never replaces an existing ``dst`` (atomic on the server: of two racing, one wins).
+
+        A folder with a file in it open in another program (a person browsing the NAS opened a recording of the
+        session being finished) cannot be renamed: the server says "access denied". Tried again for up to
+        RENAME_WAIT seconds (the person may close it); then a transient SmbError saying so (the push is tried again,
+        the next one finishes the folder), not "no write permission"."""
         from smbprotocol.open import CreateOptions, FilePipePrinterAccessMask
-        try:
-            self.transact(src, lambda tr: _set_rename(tr, self.share_path(dst), False), mode="r", share_access="rwd",
-                          desired_access=FilePipePrinterAccessMask.DELETE,
-                          create_options=CreateOptions.FILE_OPEN_REPARSE_POINT)
-        except SmbError as e:
-            if getattr(e.__cause__, "ntstatus", None) == _STATUS_OBJECT_NAME_COLLISION:
-                raise _Exists(f"refusing to replace existing {dst}") from e
-            raise
+        end = time.monotonic() + RENAME_WAIT
+        while True:
+            try:
+                self.transact(src, lambda tr: _set_rename(tr, self.share_path(dst), False), mode="r",
+                              share_access="rwd", desired_access=FilePipePrinterAccessMask.DELETE,
+                              create_options=CreateOptions.FILE_OPEN_REPARSE_POINT)
+                return
+            except SmbError as e:
+                status = getattr(e.__cause__, "ntstatus", None)
+                if status == _STATUS_OBJECT_NAME_COLLISION:
+                    raise _Exists(f"refusing to replace existing {dst}") from e
+                if status != _STATUS_ACCESS_DENIED:
+                    raise
+                if time.monotonic() > end:
+                    raise SmbError(f"{src} could not be renamed to {dst} on \\\\{self.remote.server}\\"
+                                   f"{self.remote.share}: access denied, a file in it is probably open in another "
+                                   f"program (someone browsing the NAS); tried for {RENAME_WAIT:g}s") from e
+            if self.cancelled():
+                raise CancelledJob("cancelled")
+            time.sleep(0.5)
 
     def replace_error(self, e: SmbError, src: str, dst: str) -> TargetError:
         """What a failed rename of ``src`` over ``dst`` means: the server says "access denied" when
@@ -523,8 +575,9 @@ class _SmbWrite:
 
     A big file written from its start is read back while it is written (_ReadBack, on the target's second
     connection), each range once the server has answered its WRITE; the commit waits for the last range and
-    renames only when size and CRC-32 of what was read equal those of what was written: then ``verified`` (the
-    engine skips its read-back of the whole file after the rename). A small file and a resumed one (its kept part
+    renames only when size and CRC-32 of what was read equal those of what was written (``crc``, the caller's CRC-32
+    of the bytes it wrote: not hashed a second time here): then ``verified`` (the engine skips its read-back of the
+    whole file after the rename). A small file and a resumed one (its kept part
     was not written through this handle) are read back by the engine as before.
     """
 
@@ -546,7 +599,8 @@ class _SmbWrite:
         self._inflight: collections.deque = collections.deque()
         self._inflight_bytes = 0
         self._back: _ReadBack | None = None     # the read-back beside the writes
-        self._crc = 0                           # CRC-32 of the bytes written (when read back beside them)
+        self.crc: int | None = None             # CRC-32 of every byte written, set by the caller before the commit
+                                                # (the engine's, hashed beside the copy: checks_crc, WriteHandle)
         self._checked = False                   # the read-back matched: verified once renamed
         self.written_crc: int | None = None     # once verified: the CRC-32 of the whole file as written and read
         if ok:
@@ -584,6 +638,11 @@ class _SmbWrite:
         self._step = t.throttle.chunk(t.max_write) if t.throttle else t.max_write
         if back:
             self._back = _ReadBack(t, self.temp_rel)
+
+    @property
+    def checks_crc(self) -> bool:
+        """Read back beside the writes: the commit checks that against ``crc`` (WriteHandle)."""
+        return self._back is not None
 
     def _avail(self) -> int:
         return self._conn.sequence_window["high"] - self._conn.sequence_window["low"]
@@ -640,8 +699,6 @@ class _SmbWrite:
                 continue
             self._inflight.append((req, recv, n))
             self._inflight_bytes += n
-            if self._back is not None:
-                self._crc = crc32(view[:n], self._crc)
             view = view[n:]
             self._pos += n
             if self._back is not None:          # answers already here: their ranges go to the read-back now
@@ -689,7 +746,7 @@ class _SmbWrite:
                 self._raw.close(transaction=tr)
                 t._call(lambda **kw: tr.commit())
                 self.verified = self._checked
-                self.written_crc = self._crc if self._checked else None
+                self.written_crc = self.crc if self._checked else None
             self.done = True
         except SmbError as e:
             if not self._replace and getattr(e.__cause__, "ntstatus", None) == _STATUS_OBJECT_NAME_COLLISION:
@@ -703,9 +760,10 @@ class _SmbWrite:
                 self.abort()
 
     def _check(self) -> None:
-        """The read-back's last ranges, then its size and CRC-32 against the writes': VerifyError when they differ
-        (the temp file is removed, nothing renamed). A read-back that failed (its connection lost) checks nothing:
-        the engine reads the file back after the rename, as it does a file not read back here."""
+        """The read-back's last ranges, then its size and CRC-32 against the writes' (``crc``, the caller's):
+        VerifyError when they differ (the temp file is removed, nothing renamed). A read-back that failed (its
+        connection lost), or one given no CRC-32 to check against, checks nothing: the engine reads the file back
+        after the rename, as it does a file not read back here."""
         back, self._back = self._back, None
         if back is None:
             return
@@ -716,9 +774,11 @@ class _SmbWrite:
         except Exception as e:  # noqa: BLE001 - not a verdict on the bytes: the engine's read-back decides
             log.info("%s: read-back beside the writes failed (%s); read back after the rename", self._rel, e)
             return
-        if size != self._pos or crc != self._crc:
+        if self.crc is None:
+            return
+        if size != self._pos or crc != self.crc:
             raise VerifyError(f"{self._rel}: read back {size} bytes crc32 {crc:08x} while writing, wrote "
-                              f"{self._pos} bytes crc32 {self._crc:08x}")
+                              f"{self._pos} bytes crc32 {self.crc:08x}")
         self._checked = True
 
     def abort(self) -> None:
@@ -828,7 +888,10 @@ class _ReadBack:
                     self.crc = crc32(data, self.crc)
                     self.size += len(data)
         except BaseException as e:  # noqa: BLE001 - handed to finish()
-            self.error = e if isinstance(e, (SmbError, CancelledJob)) or rt is None else _explained(e, rt)
+            if rt is not None and rt.dropped:       # its connection dropped at the job's cancel: not a failed read
+                self.error = CancelledJob("cancelled")
+            else:
+                self.error = e if isinstance(e, (SmbError, CancelledJob)) or rt is None else _explained(e, rt)
         finally:
             if reads is not None:
                 reads.drain()           # answered before the file is closed (nothing left on the connection)

@@ -1075,3 +1075,36 @@ def test_a_huge_ownership_file_on_the_nas_is_refused_with_a_clear_error(rec, nam
                              f"the owner of the folder is unknown; delete that file if this recorder owns the folder")
     assert ei.value.permanent
     assert os.listdir(folder) == [name]
+
+
+def test_a_nas_granting_few_credits_takes_a_push_whose_writes_and_finishing_requests_share_its_connection(
+        smb_tmp, smbd_factory, caplog):
+    """A NAS whose admin set smbd's credit window to its least (smb2 max credits = 128: one 8 MiB write's worth):
+    the push's own connection carries its writes (pipelined, without the credit lock of the second connection) and,
+    from the verifier thread, a finished session's requests (its folder's rename, its listing, the manifest's
+    writes) beside the next session's writes. None fails for want of credits, and nothing is tried twice."""
+    push_dir = smb_tmp / "nas"
+    push_dir.mkdir()
+    smbd = smbd_factory(extra_global="smb2 max credits = 128", shares=f"""
+[push]
+   path = {push_dir}
+   read only = no
+   force user = root
+""")
+    smbd.start()
+    user = smbd.add_user(PW)
+    pwfile = smb_tmp / "pw"
+    pwfile.write_text(PW + "\n")
+    os.chmod(pwfile, 0o600)
+    remote = SmbRemote(name="office", server="127.0.0.1", port=smbd.port, share="push", path="", username=user,
+                       password_file=str(pwfile), timeout=5)
+    db = make_recorder(smb_tmp / "rec-few", sizes=tuple((6 << 20) + i * 1000 for i in range(6)))
+    try:
+        with caplog.at_level(logging.INFO, logger="steno_exportd"):
+            res = push(cfg_for(smb_tmp, db, remote, "rec-few"), sleep=lambda s: None)
+        assert [(r.ok, r.error) for r in res] == [(True, "")] * 6, res
+        said = [r.getMessage() for r in caplog.records if "credits" in r.getMessage() or "attempt" in r.getMessage()]
+        assert not said, said
+        assert_landed(push_dir / "rec-few", db)
+    finally:
+        db.close()

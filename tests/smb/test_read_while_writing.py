@@ -17,6 +17,7 @@ from typing import Callable
 import pytest
 
 from steno_exportd.engine.targets import TEMP_PREFIX
+from tests.parts.smbd import PW
 from tests.smb.recorder import Progress, assert_landed, make_recorder, push, recorder_config
 
 IN_ACCESS, IN_MODIFY, IN_MOVED_FROM, IN_MOVED_TO = 0x1, 0x2, 0x40, 0x80
@@ -295,6 +296,7 @@ def test_reads_on_the_second_connection_beside_a_read_back_never_fail_for_want_o
         (nas / name).write_bytes(data)
     want = {name: (len(data), f"{crc32(data):08x}") for name, data in there.items()}
     payload = _pseudo(48 * MIB, 5)
+    payload_crc = crc32(payload)
     t = SmbTarget(remote)
     t.connect()
     errors: list[BaseException] = []
@@ -308,6 +310,7 @@ def test_reads_on_the_second_connection_beside_a_read_back_never_fail_for_want_o
                 writing.set()
                 for at in range(0, len(payload), MIB):
                     h.write(payload[at:at + MIB])
+                writer.wrote_crc(h, payload_crc)        # as the engine's copy does: its CRC-32 of the bytes written
                 h.sync()
                 h.commit()
                 verified.append(h.verified)
@@ -389,3 +392,215 @@ def test_a_cancel_is_heeded_at_once_when_the_read_back_connection_stalls(big, ca
                    what="the read-back thread's end")
     assert not list(nas.rglob(f"{TEMP_PREFIX}*")), sorted(nas.rglob("*"))
     assert not list(nas.rglob("audio.flac")), sorted(nas.rglob("*"))
+
+
+def _hashed_ahead(cfg, tmp_path, *, crc: bool):
+    """A hash cache remembering each recording's SHA-256 (and its CRC-32 when ``crc``), as the background hasher
+    leaves it (an older cache: the SHA-256 alone)."""
+    import hashlib
+
+    from isal.isal_zlib import crc32
+
+    from steno_exportd.engine.hashcache import HashCache
+    from steno_exportd.library import Library
+    hashes = HashCache(tmp_path / "hashes.sqlite")
+    lib = Library.from_config(cfg)
+    try:
+        for s in lib.list_sessions(exportable_only=True):
+            audio = lib.get_session(s.id).audio
+            data = audio.path.read_bytes()
+            if crc:
+                hashes.put(audio.path, crc32(data), hashlib.sha256(data).hexdigest(), audio.path.stat())
+            else:
+                hashes.put_sha256(audio.path, hashlib.sha256(data).hexdigest(), audio.path.stat())
+    finally:
+        lib.close()
+    return hashes
+
+
+def _push_with(cfg, formats, *, hashes=None, progress=None, options=None) -> object:
+    """One push to smb:office as push() does, with a hash cache: its results, or what it raised."""
+    from steno_exportd.engine.export import SimpleSpec, run_export
+    from steno_exportd.engine.options import ExportOptions
+    from steno_exportd.engine.registry import local
+    from steno_exportd.library import Library
+    from steno_exportd.smb.push import SmbKind
+    targets = local()
+    targets.register(SmbKind())
+    lib = Library.from_config(cfg)
+    try:
+        ids = tuple(s.id for s in lib.list_sessions(exportable_only=True))
+        return run_export(lib, SimpleSpec("smb:office", ids, formats, options or ExportOptions(),
+                                          target_name="smb:office"), cfg, progress, targets=targets, hashes=hashes)
+    except Exception as e:  # noqa: BLE001 - the caller asserts it
+        return e
+    finally:
+        lib.close()
+
+
+@pytest.mark.parametrize("what", ["transcript", "recording-hashed-ahead"])
+def test_a_cancel_is_heeded_at_once_when_the_engines_read_back_after_the_rename_stalls(big, what, monkeypatch,
+                                                                                      tmp_path):
+    """No read-back runs beside the writes: the engine reads a file back after its rename (a transcript of under
+    1 MiB; a recording whose SHA-256 alone was remembered, read back whole after its rename), on the second
+    connection, and the NAS's answers on that connection stop coming (a relay holds them; the push's own connection
+    flows). The job is cancelled a second later: the push ends within seconds, not after the connection's receive
+    timeout (60 s here), and no session is reported sent."""
+    import time
+
+    from steno_exportd.smb.target import SmbTarget
+    from tests.parts.delay import DelayRelay
+    smbd, remote, root, db = big
+    relay = DelayRelay(remote.port, 0)
+    cfg = recorder_config(db.path, root / "state-rbstall", dataclasses.replace(remote, port=relay.port, timeout=30),
+                          "rec-rbstall")
+    hashes = _hashed_ahead(cfg, tmp_path, crc=False) if what == "recording-hashed-ahead" else None
+    progress = Progress()
+    held: list[int] = []
+    cancelled: list[float] = []
+    opened = SmbTarget.open_read
+
+    def cancel() -> None:
+        cancelled.append(time.monotonic())
+        progress.cancelled = True
+
+    def open_read(self: SmbTarget, rel: str, *, uncached: bool = False):
+        if uncached and not held:
+            reader = self._read_connection()
+            held.append(next(iter(reader._cache.values())).transport._sock.getsockname()[1])
+            relay.hold(held[-1])
+            timer = threading.Timer(1.0, cancel)
+            timer.daemon = True
+            timer.start()
+        return opened(self, rel, uncached=uncached)
+    monkeypatch.setattr(SmbTarget, "open_read", open_read)
+    try:
+        outcome = _push_with(cfg, ("audio",) if hashes else ("txt",), hashes=hashes, progress=progress)
+        ended = time.monotonic()
+    finally:
+        relay.close()
+        if hashes is not None:
+            hashes.close()
+    assert held and cancelled, (held, cancelled, outcome)
+    assert ended - cancelled[0] < 10, (ended - cancelled[0], outcome)
+    assert isinstance(outcome, BaseException) or not [r for r in outcome if r.ok], outcome
+
+
+def test_a_job_without_verify_reads_nothing_back_on_the_nas(big):
+    """A job asking for no read-back (--no-verify, D-Bus/HTTP verify=false) while the configuration verifies: the
+    NAS reads nothing of the recording back (no read beside its writes either), and the push lands."""
+    from steno_exportd.engine.options import ExportOptions
+    smbd, remote, root, db = big
+    nas = root / "nas" / "rec-nov"
+    cfg = recorder_config(db.path, root / "state-nov", remote, "rec-nov")
+    assert cfg.export.verify
+    events = Events(root / "nas")
+    try:
+        res = push(cfg, options=ExportOptions(verify=False))
+    finally:
+        seen = events.close()
+    assert all(r.ok and not r.skipped for r in res), res
+    temps = {n for _, _, n in seen if n.startswith(TEMP_PREFIX) and n.endswith("audio.flac")}
+    assert len(temps) == 1, temps
+    temp = temps.pop()
+    assert _of(seen, temp, IN_MODIFY)
+    assert not _of(seen, temp, IN_ACCESS), [e for e in seen if e[2] == temp and e[0] & IN_ACCESS][:3]
+    assert not _of(seen, "audio.flac", IN_ACCESS)
+    assert_landed(nas, db)
+
+
+@pytest.mark.parametrize("ahead", [False, True], ids=["hashed-while-sent", "hashed-ahead"])
+def test_a_recording_s_bytes_are_crc32_hashed_once_as_written_and_once_as_read_back(big, ahead, monkeypatch,
+                                                                                    tmp_path):
+    """CRC-32 work of a push of one 12 MiB recording, counted in bytes handed to crc32 by the engine's writer and the
+    SMB target: the bytes written once (the engine's, beside their SHA-256; none when remembered with the
+    recording) and the bytes the NAS returned once (the read-back beside the writes); not a second pass over the
+    bytes written in the SMB writer. Still checked before the rename: nothing read back after it."""
+    from steno_exportd.engine import writer
+    from steno_exportd.smb import target as smbtarget
+    smbd, remote, root, db = big
+    nas = root / "nas" / "rec-crc"
+    cfg = recorder_config(db.path, root / "state-crc", remote, "rec-crc")
+    hashes = _hashed_ahead(cfg, tmp_path, crc=True) if ahead else None
+    size = sum(p.stat().st_size for p in (db.root / "audio").iterdir())
+    hashed = {"engine": 0, "smb": 0}
+    lock = threading.Lock()
+
+    def counting(where: str, crc32):
+        def count(data, value=0):
+            with lock:
+                hashed[where] += len(data)
+            return crc32(data, value)
+        return count
+    monkeypatch.setattr(writer, "crc32", counting("engine", writer.crc32))
+    monkeypatch.setattr(smbtarget, "crc32", counting("smb", smbtarget.crc32))
+    events = Events(root / "nas")
+    try:
+        res = _push_with(cfg, ("audio",), hashes=hashes)
+    finally:
+        seen = events.close()
+        if hashes is not None:
+            hashes.close()
+    assert not isinstance(res, BaseException) and all(r.ok and not r.skipped for r in res), res
+    assert size == 12 * MIB
+    assert hashed == {"engine": 0 if ahead else size, "smb": size}, hashed
+    assert not _of(seen, "audio.flac", IN_ACCESS)           # checked beside the writes, not read back again
+    landed = list(nas.rglob("audio.flac"))
+    assert [p.read_bytes() for p in landed] == [p.read_bytes() for p in (db.root / "audio").iterdir()], landed
+
+
+@pytest.mark.parametrize("share", ["rwd", "rw"])
+def test_a_person_holding_the_temp_file_open_at_the_rename_does_not_fail_the_push(big, share):
+    """A person browsing the share opens the recording's temp file while it is written (another SMB client, its own
+    connection) and still holds it open when the push renames it, closing it 3 s later. The temp file is opened
+    sharing read (for the read-back beside the writes) and written with DELETE access: a person's open that does not
+    share delete (``rw``) is refused by the NAS; one that does (``rwd``) is let in, and the file's rename works,
+    but the NAS refuses the rename of the session's folder while a file in it is open ("access denied"): the session
+    failed at once, "no write permission?", never retried. The push lands either way."""
+    import smbclient
+
+    smbd, remote, root, db = big
+    nas = root / "nas" / "rec-held"
+    cfg = recorder_config(db.path, root / "state-held", remote, "rec-held")
+    cache: dict = {}
+    held: list = []
+    refused: list[str] = []
+
+    def let_go() -> None:
+        for f in held:
+            with contextlib.suppress(Exception):
+                f.close()
+
+    def person(mask: int, folder: pathlib.Path, name: str) -> None:
+        if not (name.startswith(TEMP_PREFIX) and name.endswith("audio.flac")):
+            return
+        if held and mask & IN_MOVED_FROM:
+            closing = threading.Timer(3.0, let_go)
+            closing.daemon = True
+            closing.start()
+        if held or refused or not mask & IN_MODIFY:
+            return
+        unc = f"\\\\127.0.0.1\\push\\{(folder / name).relative_to(root / 'nas')}".replace("/", "\\")
+        try:
+            f = smbclient.open_file(unc, mode="rb", buffering=0, share_access=share, port=remote.port,
+                                    username=remote.username, password=PW, connection_cache=cache)
+        except Exception as e:  # noqa: BLE001 - asserted below
+            refused.append(str(e))
+            return
+        f.read(4096)
+        held.append(f)
+
+    events = Events(root / "nas", person)
+    try:
+        res = push(cfg)
+    finally:
+        events.close()
+        let_go()
+        smbclient.reset_connection_cache(fail_on_error=False, connection_cache=cache)
+    assert held or refused
+    if share == "rwd":
+        assert held and not refused, refused
+    else:
+        assert refused and not held and ("sharing" in refused[0].lower() or "c0000043" in refused[0].lower()), refused
+    assert [(r.ok, r.error) for r in res] == [(True, "")], res
+    assert_landed(nas, db)
