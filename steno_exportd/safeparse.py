@@ -80,8 +80,10 @@ _SECRET_SETTINGS = (_setting(("header",), _HEADER_VALUE), _setting(_SECRET_WORDS
 # a URL's "user:password@" (also as a mangled URL shows it, "http/./user:password@host"): to its last "@" before
 # a "/" (a password may hold one); in a URL (after a "/"), when no "@" comes before the "/", on to the first "@": a
 # raw "/" in a password (which Go then reads as a host and a port, 'invalid port ":pass-start" after host', masked too)
+# (that one bounded: tried after every "/" and scanning on to the end, it made the masking quadratic: a store's error
+# of 48 KB of "/a:" held the loop, and the watchdog's time, for 3.6 s)
 _USERINFO = re.compile(r"(?<![^\s/\"'(=,\[])([^\s/:@\"',=\[\]]+):[^\s/\"']+@"
-                       r"|(?<=/)([^\s/:@\"',=\[\]]+):[^\s\"'@]+@")
+                       r"|(?<=/)([^\s/:@\"',=\[\]]+):[^\s\"'@]{1,256}@")
 _GO_PORT = re.compile(r'(invalid port (?:\\?")?:)[^\s"\\]+')
 
 

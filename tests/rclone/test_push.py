@@ -352,6 +352,20 @@ def test_a_url_password_with_a_slash_in_rclones_words_is_masked(rclone_tmp):
     assert "steno:***@127.0.0.1:9/dav" in masked, masked
 
 
+def test_a_stores_hostile_error_text_is_masked_in_bounded_time():
+    """A store's error text reaches the masking whole (an rc answer up to 64 MiB, cut to 300 characters after it):
+    a WebDAV store answering with 128 KB of "/a:" made the URL-password pattern, tried after every "/" and scanning on
+    to the end, quadratic: ~26 s of CPU with the GIL held, the page, D-Bus and the watchdog's pings stopped (and
+    systemd's WatchdogSec=30 near). Now the masking is linear: well under a second, and the secret after it masked."""
+    from steno_exportd.rclone.process import error_text
+    body = json.dumps({"error": "/a:" * 43_000 + " https://steno:S3cretA1@nas/dav", "status": 500}).encode()
+    started = time.process_time()
+    shown = error_text(body)
+    took = time.process_time() - started
+    assert took < 2, f"masking 129 KB of a store's error took {took:.1f} s of CPU"
+    assert "S3cretA1" not in shown and len(shown) <= 300
+
+
 @pytest.mark.parametrize("title", ["Forbidden City trip", "Login page review"])
 def test_a_drop_while_sending_a_session_whose_title_reads_like_a_refusal_is_tried_again(rclone_tmp, title):
     """A session's title names its folder, which the store's error texts quote in the request that failed (Go's
