@@ -33,7 +33,7 @@ from steno_exportd.smb.target import SmbTarget
 from tests import parts
 from tests.parts import nest_folders
 from tests.parts.daemon import REPO
-from tests.parts.smbd import PW
+from tests.parts.smbd import PW, start_office_nas
 from tests.parts.smbdata import make_export_tree
 from tests.smb.recorder import (FORMATS, Progress, assert_landed, assert_stopped_by_folder_in_the_way, make_recorder,
                                 on_nas, push, recorder_config, stamps)
@@ -1083,21 +1083,8 @@ def test_a_nas_granting_few_credits_takes_a_push_whose_writes_and_finishing_requ
     the push's own connection carries its writes (pipelined, without the credit lock of the second connection) and,
     from the verifier thread, a finished session's requests (its folder's rename, its listing, the manifest's
     writes) beside the next session's writes. None fails for want of credits, and nothing is tried twice."""
+    _, remote = start_office_nas(smb_tmp, smbd_factory, extra_global="smb2 max credits = 128")
     push_dir = smb_tmp / "nas"
-    push_dir.mkdir()
-    smbd = smbd_factory(extra_global="smb2 max credits = 128", shares=f"""
-[push]
-   path = {push_dir}
-   read only = no
-   force user = root
-""")
-    smbd.start()
-    user = smbd.add_user(PW)
-    pwfile = smb_tmp / "pw"
-    pwfile.write_text(PW + "\n")
-    os.chmod(pwfile, 0o600)
-    remote = SmbRemote(name="office", server="127.0.0.1", port=smbd.port, share="push", path="", username=user,
-                       password_file=str(pwfile), timeout=5)
     db = make_recorder(smb_tmp / "rec-few", sizes=tuple((6 << 20) + i * 1000 for i in range(6)))
     try:
         with caplog.at_level(logging.INFO, logger="steno_exportd"):

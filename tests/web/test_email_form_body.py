@@ -18,16 +18,19 @@ async def _session_and_token(web_client, **over):
     return client, core, sid, await csrf(client)
 
 
+async def _trickle(first: bytes, more: bytes):
+    """A body that starts and then comes one byte per half second: 10 s, were the server to keep reading."""
+    yield first
+    for _ in range(20):
+        await asyncio.sleep(0.5)
+        yield more
+
+
 async def test_a_form_that_trickles_in_gets_408_within_body_timeout(web_client):
     client, core, sid, token = await _session_and_token(web_client, **{"http.body_timeout": 1.0})
-
-    async def trickle():
-        yield b"recipients=alice%40example.org"
-        for _ in range(20):                 # 10 s of one byte per half second, were the server to keep reading
-            await asyncio.sleep(0.5)
-            yield b"x"
     started = time.monotonic()
-    r = await client.post(f"/sessions/{sid}/email", data=trickle(), allow_redirects=False,
+    body = _trickle(b"recipients=alice%40example.org", b"x")
+    r = await client.post(f"/sessions/{sid}/email", data=body, allow_redirects=False,
                           headers={"X-CSRF-Token": token, "Content-Type": "application/x-www-form-urlencoded"})
     took = time.monotonic() - started
     assert r.status == 408 and "too slowly" in await r.text(), (r.status, await r.text())
@@ -64,14 +67,9 @@ async def test_the_mail_apis_json_body_is_read_like_every_other_body(web_client,
     deep = await client.post(f"/api/v1/sessions/{sid}/email", data=b"[" * 5000 + b"]" * 5000, headers=headers)
     assert deep.status == 400, (deep.status, await deep.text())
     assert "not valid JSON" in (await deep.json())["error"]
-
-    async def trickle():
-        yield b'{"recipients": ["alice@example.org"'
-        for _ in range(20):                 # 10 s of one byte per half second, were the server to keep reading
-            await asyncio.sleep(0.5)
-            yield b" "
     started = time.monotonic()
-    slow = await client.post(f"/api/v1/sessions/{sid}/email", data=trickle(), headers=headers)
+    body = _trickle(b'{"recipients": ["alice@example.org"', b" ")
+    slow = await client.post(f"/api/v1/sessions/{sid}/email", data=body, headers=headers)
     took = time.monotonic() - started
     assert slow.status == 408 and "too slowly" in await slow.text(), (slow.status, await slow.text())
     assert took < 5, f"answered after {took:.1f} s"

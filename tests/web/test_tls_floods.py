@@ -5,6 +5,7 @@ import asyncio
 import contextlib
 import http.client
 import os
+import pathlib
 import socket
 import ssl
 import threading
@@ -69,6 +70,14 @@ def test_connections_that_never_finish_the_tls_handshake_leave_the_page_reachabl
     assert flood_lines <= 30, f"{flood_lines} log lines for one flood:\n" + "\n".join(log.splitlines()[-20:])
 
 
+def daemon_cert(tmp_path) -> tuple[pathlib.Path, ssl.SSLContext]:
+    """The self-signed certificate a daemon under tmp_path made, and a client context trusting it (by address)."""
+    cert = next(tmp_path.glob("**/tls/cert.pem"))
+    ctx = ssl.create_default_context(cafile=str(cert))
+    ctx.check_hostname = False
+    return cert, ctx
+
+
 def daemon_sockets(pid: int) -> int:
     """Sockets the daemon holds open now (its /proc/<pid>/fd)."""
     n = 0
@@ -89,9 +98,7 @@ def test_evicted_https_connections_give_their_descriptor_back_at_once(web_daemon
     raise_own_nofile(8192)
     d = web_daemon(own_lib, prefix=NOFILE, **{"http.tls.mode": '"self-signed"', "http.max_connections": "32",
                                                "http.idle_timeout": "2"})
-    cert = next(tmp_path.glob("**/tls/cert.pem"))
-    ctx = ssl.create_default_context(cafile=str(cert))
-    ctx.check_hostname = False
+    cert, ctx = daemon_cert(tmp_path)
     before = daemon_sockets(d.pid)
     clients = []
 
@@ -128,9 +135,7 @@ def test_https_connections_closed_for_idling_give_their_descriptor_back_at_once(
     is aborted like an evicted one: its descriptor is free at once."""
     d = web_daemon(own_lib, **{"http.tls.mode": '"self-signed"', "http.max_connections": "128",
                                "http.idle_timeout": "2"})
-    cert = next(tmp_path.glob("**/tls/cert.pem"))
-    ctx = ssl.create_default_context(cafile=str(cert))
-    ctx.check_hostname = False
+    _, ctx = daemon_cert(tmp_path)
     before = daemon_sockets(d.pid)
     clients = []
     try:
@@ -159,10 +164,8 @@ def test_tls_clients_holding_request_heads_under_the_cap_stay_under_memory_max(w
     asyncio's 256 KiB read buffer from its accept: 520 such clients took the daemon from 62 to 282 MiB."""
     raise_own_nofile(8192)
     d = web_daemon(own_lib, **{"http.tls.mode": '"self-signed"'})
-    cert = next(tmp_path.glob("**/tls/cert.pem"))
+    cert, ctx = daemon_cert(tmp_path)
     head = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"".join(b"X-%d: %s\r\n" % (i, b"a" * 8000) for i in range(7))
-    ctx = ssl.create_default_context(cafile=str(cert))
-    ctx.check_hostname = False
 
     async def flood() -> tuple[int, int]:
         async def one() -> asyncio.StreamWriter | None:
