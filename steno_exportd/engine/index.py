@@ -88,14 +88,15 @@ def _ahead(t: Target, root: str, ahead: concurrent.futures.Future | None, body: 
     does not is removed."""
     try:
         pre = ahead.result() if ahead is not None else None
-    except (ValueError, TargetError):
+    except Exception as e:      # (whatever stopped it: the index is written here as before)
+        log.debug("%s: office index %s sent ahead failed: %s", t.name, index_path(root), e)
         pre = None
     if pre is None:
         return False
     if _content(pre.body) == _content(body):
         pre.handle.commit()
         return True
-    pre.handle.abort()
+    _drop(ahead)
     return False
 
 
@@ -108,6 +109,7 @@ def write(t: Target, root: str, short_id: str, ahead: concurrent.futures.Future 
     what would be written ("updated" aside: when its content last changed): rewritten at every push, it was a new
     version on a store that keeps versions and a change for every sync client, and eight requests in a row on
     WebDAV (reading it is three). One that is gone, unreadable or stale is written again."""
+    tried = False               # (one sent ahead is named or removed: never left for the next push to remove)
     try:
         m = mf.known(t, root)       # as this push read or saved it last: not read again
         if m is None:
@@ -116,12 +118,26 @@ def write(t: Target, root: str, short_id: str, ahead: concurrent.futures.Future 
         body = build(m, root, short_id, held)
         if mf.saved(t, root) is False and _listed(t, root) == _content(body):
             return
+        tried = True
         if _ahead(t, root, ahead, body):
             return
         t.mkdir(INDEX_DIR)
         mf.write_atomic(t, index_path(root), body)
     except (ValueError, TargetError) as e:
         log.warning("%s: office index %s not written: %s", t.name, index_path(root), e)
+    finally:
+        if not tried:
+            _drop(ahead)
+
+
+def _drop(ahead: concurrent.futures.Future | None) -> None:
+    """Remove an index file sent ahead and not named (its temp file)."""
+    try:
+        pre = ahead.result() if ahead is not None else None
+        if pre is not None:
+            pre.handle.abort()
+    except Exception as e:      # (its removal is the next push's, as for any temp file of this host)
+        log.debug("office index sent ahead not removed: %s", e)
 
 
 def _held(t: Target, root: str) -> set[str]:

@@ -594,9 +594,16 @@ class RcloneTarget(Target):
         for src, dst in moves:
             names.discard(self.rel(src).rpartition("/")[2])
             names.add(self.rel(dst).rpartition("/")[2])
+        after = self.after_moves
+
+        def send() -> Any:
+            # inside unstoppable(): it belongs to the run's last save (the engine's own is over by the time this
+            # thread opens its file), which a cancel lets end; stopped, a cancelled push lost its results with it
+            with self.unstoppable():
+                return after(root, names)
         pool = concurrent.futures.ThreadPoolExecutor(1, "steno-after-moves")
         try:
-            self._after = pool.submit(self.after_moves, root, names)
+            self._after = pool.submit(send)
         finally:
             pool.shutdown(wait=False)
 

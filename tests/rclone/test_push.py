@@ -1859,6 +1859,56 @@ def test_a_cancel_keeps_the_sessions_read_back_before_it(far_webdav, rclone_tmp,
     db.close()
 
 
+def test_a_cancel_near_the_end_keeps_its_results_when_the_office_index_is_sent_late(far_webdav, rclone_tmp,
+                                                                                     monkeypatch):
+    """The office index is uploaded while the push's last folders move (index.upload_ahead, on a thread of its own).
+    When that thread opened its file only after the run's last save was over (a big manifest to read, a slow store),
+    the job's cancel stopped its upload: CancelledJob came out of the index's write and the push's results were
+    dropped, so the job showed no session exported though they had landed, and the index was not written. The
+    thread is made to open its file just then (after the engine's run, before the push names the index), on a store
+    far enough away that its upload is awaited (and the cancel looked at)."""
+    webdav, conf = far_webdav
+    from steno_exportd.engine import export as export_mod
+    from steno_exportd.engine import index as index_mod
+    from steno_exportd.rclone.target import RcloneTarget
+    monkeypatch.setattr(RcloneTarget, "save_every", 3600.0)      # no save before the run's last
+    db = make_recorder(rclone_tmp / "rec", sizes=tuple((256 << 10) + i for i in range(4)))
+    cfg = make_cfg(rclone_tmp, db, conf, f"{webdav.remote}:office")
+    done: set[str] = set()
+    sent_ahead = threading.Event()
+    upload_ahead, run = index_mod.upload_ahead, export_mod.Exporter.run
+
+    def cancel_after_two(fields: dict) -> bool:
+        if not done:
+            ok = {r.uuid for r in fields.get("results") or () if r.ok and not r.skipped}
+            if len(ok) >= 2:
+                done.update(ok)
+        return bool(done)
+
+    def late(t, *a, **kw):              # opens its file once nothing holds the cancel off (or 3 s on)
+        try:
+            end = time.monotonic() + 3
+            while t._unstoppable and time.monotonic() < end:
+                time.sleep(0.005)
+            return upload_ahead(t, *a, **kw)
+        finally:
+            sent_ahead.set()
+
+    def run_then_wait(self):            # the engine's run is over: the index sent ahead opens its file now
+        out = run(self)
+        sent_ahead.wait(10)
+        return out
+    monkeypatch.setattr(index_mod, "upload_ahead", late)
+    monkeypatch.setattr(export_mod.Exporter, "run", run_then_wait)
+    res = push(cfg, Progress(cancel_after_two), sleep=lambda s: None)
+    assert done and sent_ahead.is_set(), "never cancelled, or no index sent ahead"
+    assert done <= {r.uuid for r in res if r.ok}, [(r.uuid, r.ok, r.error) for r in res]
+    listed = json.loads(next((webdav.served / "office").glob("_index/*.json")).read_text())
+    assert done <= {m["uuid"] for m in listed["meetings"]}, listed
+    assert not [p for p in webdav.served.rglob("*") if p.name.startswith(".steno-tmp")]
+    db.close()
+
+
 @pytest.fixture
 def full_sftp(rclone_tmp):
     """An SFTP store (rclone serve sftp) on a 16 MiB filesystem that another program has filled."""
