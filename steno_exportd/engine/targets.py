@@ -450,9 +450,13 @@ def unfinished(name: str, names: Iterable[str], own_temp: Callable[[str], bool],
             or (name.endswith(PARTIAL_SUFFIX) and name[:-len(PARTIAL_SUFFIX)] in finishing))
 
 
+class TooManyEntries(TargetError):
+    """A listing past MAX_ENTRIES."""
+
+
 def too_many_entries(rel: str) -> TargetError:
     """What a listing past MAX_ENTRIES says (every target's)."""
-    return TargetError(f"{rel or 'the target'} holds more than {MAX_ENTRIES:,} entries: not a folder this recorder "
+    return TooManyEntries(f"{rel or 'the target'} holds more than {MAX_ENTRIES:,} entries: not a folder this recorder "
                        f"writes")
 
 

@@ -41,7 +41,8 @@ from typing import Any, Callable, Iterator
 
 from steno_exportd import sockwait
 from steno_exportd.engine.identity import host_folder
-from steno_exportd.engine.targets import MARKER, PARTIAL_SUFFIX, TEMP_PREFIX, EntryStat, Target, check_rel
+from steno_exportd.engine.targets import (MARKER, PARTIAL_SUFFIX, TEMP_PREFIX, EntryStat, Target, TooManyEntries,
+                                          check_rel)
 from steno_exportd.errors import CancelledJob, InvalidArgument, SourceError, TargetError
 from steno_exportd.rclone.process import Rcd, RcloneError, error_text, is_file, not_found
 from steno_exportd.safeparse import printable
@@ -171,15 +172,26 @@ class RcloneTarget(Target):
         # the login; the folders there now (the recorder's, the office index): no look-up before using them; and
         # the names not there (files too), which mkdir() makes without looking them up first. The remote's folder
         # is made only when missing (a push writes nothing on the store when nothing is new)
-        r = self.rcd.call("operations/list", {"fs": self.fs, "remote": "",
-                                              "opt": {"noMimeType": True, "noModTime": True}},
-                          missing_ok=True, listing=split_remote(self.fs)[1].strip("/"))
+        listing = split_remote(self.fs)[1].strip("/")
+        try:
+            r = self.rcd.call("operations/list", {"fs": self.fs, "remote": "",
+                                                  "opt": {"noMimeType": True, "noModTime": True}},
+                              missing_ok=True, listing=listing)
+        except TooManyEntries:
+            # a remote's folder shared with many files of other people (a "Scans" folder): its folders alone, as
+            # before (files are not this push's business there; the two folders it makes are looked up first)
+            r = self.rcd.call("operations/list", {"fs": self.fs, "remote": "", "opt": {"dirsOnly": True}},
+                              missing_ok=True, listing=listing)
+            self._top = None
+        else:
+            self._top = set()
         if r is None:
             self.rcd.call("operations/mkdir", {"fs": self.fs, "remote": ""})
             r = {}
         entries = [d for d in r.get("list") or [] if isinstance(d, dict) and d.get("Name")]
         self._dirs = {d["Name"] for d in entries if d.get("IsDir")}
-        self._top = {d["Name"] for d in entries}
+        if self._top is not None:
+            self._top = {d["Name"] for d in entries}
 
     def _moves_folders(self, info: dict) -> bool:
         """Build sessions as <folder>.partial and move them into place (fewer requests per session) on a WebDAV

@@ -604,6 +604,29 @@ def test_a_recorder_folder_of_more_entries_than_a_recorder_writes_stops_the_push
     db.close()
 
 
+def test_a_remote_folder_shared_with_many_files_of_other_people_still_takes_the_push(rclone_server, rclone_tmp,
+                                                                                      monkeypatch):
+    """The remote names a folder that also holds many files of other people (a shared "Scans" folder). The push
+    listed only its folders at the start; listing its files too (to make the recorder's folder without a look-up)
+    counted them against MAX_ENTRIES (made small here), and every push failed: "office holds more than 40 entries".
+    Now such a folder is listed for its folders alone, as before: the push lands, the files are left as they were."""
+    from tests.rclone.test_push import make_cfg, push
+    from steno_exportd.engine import targets
+    from steno_exportd.engine.identity import recorder_folder
+    srv = rclone_server
+    monkeypatch.setattr(targets, "MAX_ENTRIES", 40)
+    db = make_recorder(rclone_tmp / "rec", sizes=(100_000, 100_500))
+    cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+    _many_files(srv.served / "office", 45)
+    before = snapshot(srv.served / "office")
+    res = push(cfg, sleep=lambda s: None)
+    assert [(r.ok, r.error) for r in res] == [(True, "")] * 2, res
+    assert_landed(srv.served / "office" / recorder_folder(cfg), db)
+    after = snapshot(srv.served / "office")
+    assert {k: v for k, v in after.items() if k in before} == before
+    db.close()
+
+
 @pytest.mark.parametrize("host", ["desk/42", "desk\udcff42"])        # (a name of bytes not UTF-8: surrogate escapes)
 @pytest.mark.parametrize("rclone_server", ["webdav"], indirect=True)
 def test_a_host_name_no_file_name_can_hold_makes_no_stray_folder_on_the_store(rclone_server, rclone_tmp, monkeypatch,
