@@ -574,8 +574,7 @@ def _validate_value(path: str, tp: Any, meta: dict, value: Any, errors: list[str
 def _shown_key(key: str) -> str:
     """A key someone wrote (a stick's file's too) for a message: printable (a newline in it forged a log line), and
     at most 64 characters."""
-    shown = safeparse.printable(key)
-    return shown if len(shown) <= 64 else shown[:63] + "\u2026"
+    return safeparse.shorten(safeparse.printable(key), 64)
 
 
 def _build(cls: type, data: Any, path: str, errors: list[str]) -> Any:

@@ -41,6 +41,11 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
+def shorten(text: str, limit: int) -> str:
+    """``text`` in at most ``limit`` characters: cut, with an ellipsis, when longer."""
+    return text if len(text) <= limit else text[:limit - 1] + "\u2026"
+
+
 # a setting whose value is a credential, as rclone spells a remote's ("pass=...", "bearer_token='...'",
 # "secret_access_key=...", a config file's "pass = ..."; its name holds one of _SECRET_WORDS), its value masked whole:
 # quoted ('...', "...", or \"...\" inside a string Go quoted: rclone's 'file system for ":webdav,pass=\"x\":office"'),

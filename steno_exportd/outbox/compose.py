@@ -19,6 +19,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import IO, Any, Sequence
 
+from steno_exportd import safeparse
 from steno_exportd.recordings import SourceRef
 
 POLICY = email.policy.SMTP               # CRLF line ends; refuses CR/LF inside a header value
@@ -58,8 +59,7 @@ class Draft:
 
 def one_line(text: str, limit: int = 200) -> str:
     """Header-safe text: control characters (CR/LF included) become spaces, runs of spaces one."""
-    out = " ".join(_CONTROL.sub(" ", text or "").split())
-    return out if len(out) <= limit else out[: limit - 1] + "…"
+    return safeparse.shorten(" ".join(_CONTROL.sub(" ", text or "").split()), limit)
 
 
 def media_type(name: str, fallback: str = "application/octet-stream") -> str:

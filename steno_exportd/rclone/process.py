@@ -162,7 +162,7 @@ def error_text(body: bytes) -> str:
     its "error"; else the body's start), for a message: the store's words, so one printable line, bounded, and
     credentials masked (see last_line)."""
     text = safeparse.printable(safeparse.redact(str(_answer_json(body).get("error") or "").strip()))
-    return text if len(text) <= ERROR_TEXT else text[:ERROR_TEXT - 1] + "\u2026"
+    return safeparse.shorten(text, ERROR_TEXT)
 
 
 def explain(code: int, err: str, where: str, *, write: bool = False) -> TargetError:

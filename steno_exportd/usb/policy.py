@@ -56,7 +56,7 @@ def _read_small_regular(path: Path, limit: int) -> bytes:
 def _problems(problems: list[str]) -> str:
     """What is wrong with a stick's file, for one line in the log and the stick's reason: the first few problems,
     each bounded (the file is the stick author's: 3,000 unknown keys were 3,000 problems), and how many more."""
-    shown = [p if len(p) <= MAX_PROBLEM else p[:MAX_PROBLEM - 1] + "\u2026" for p in problems[:MAX_PROBLEMS]]
+    shown = [safeparse.shorten(p, MAX_PROBLEM) for p in problems[:MAX_PROBLEMS]]
     more = len(problems) - len(shown)
     return "; ".join(shown) + (f" (and {more:,} more)" if more else "")
 
