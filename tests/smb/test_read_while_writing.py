@@ -642,3 +642,54 @@ def test_a_push_cancelled_after_its_first_session_landed_keeps_it_with_a_manifes
         assert_landed(nas, db)
     finally:
         db.close()
+
+
+def test_a_folder_rename_the_nas_forbids_fails_at_once_as_no_write_permission(smb_tmp, smbd_factory, monkeypatch):
+    """A share the user writes as itself (no forced root): the recorder's folder is made read-only for the user
+    just before a session's folder is renamed into place in it (a permission: the NAS refuses the rename "access
+    denied", as it does a folder with a file open in another program). No file of it is open anywhere: the session
+    fails at once with the clear permanent error, "no write permission?", not after RENAME_WAIT saying a file is
+    probably open in another program (and not tried again, 20 s per attempt)."""
+    import shutil
+    import time
+
+    from steno_exportd.config import SmbRemote
+    from steno_exportd.smb.target import RENAME_WAIT, SmbTarget
+    own = smb_tmp / "own"
+    own.mkdir()
+    smbd = smbd_factory(shares=f"\n[own]\n   path = {own}\n   read only = no\n")
+    smbd.start()
+    user = smbd.add_user(PW)
+    shutil.chown(own, user)
+    pwfile = smb_tmp / "own-pw"
+    pwfile.write_text(PW + "\n")
+    os.chmod(pwfile, 0o600)
+    remote = SmbRemote(name="office", server="127.0.0.1", port=smbd.port, share="own", path="", username=user,
+                       password_file=str(pwfile), timeout=5)
+    db = make_recorder(smb_tmp / "deny-rec", sizes=(200_000,), seed=12)
+    denied: list[pathlib.Path] = []
+    renamed = SmbTarget.rename
+
+    def rename(self: SmbTarget, src: str, dst: str) -> None:
+        if src.endswith(".partial") and not denied:
+            denied.append((own / src).parent)
+            os.chmod(denied[0], 0o555)
+        return renamed(self, src, dst)
+    monkeypatch.setattr(SmbTarget, "rename", rename)
+    try:
+        cfg = recorder_config(db.path, smb_tmp / "state-deny", remote, "rec-deny")
+        t0 = time.monotonic()
+        try:
+            res: object = push(cfg, sleep=lambda s: None)
+        except Exception as e:  # noqa: BLE001 - asserted below
+            res = e
+        took = time.monotonic() - t0
+    finally:
+        for d in denied:
+            os.chmod(d, 0o755)
+        db.close()
+    assert denied, res
+    assert not isinstance(res, BaseException), res
+    assert [r.ok for r in res] == [False], res
+    assert "no write permission" in res[0].error and "another program" not in res[0].error, res
+    assert took < RENAME_WAIT / 2, (took, res)
