@@ -85,7 +85,8 @@ class SmbKind(RemoteKind):
                     raise SmbError(f"{target}: {e}", e.permanent) from e
                 yield t
                 if cfg.smb.office_index:
-                    index.write(t, folder, rid[:SHORT])
+                    with t.unstoppable():       # (after a cancel too: it lists what the run's last save recorded)
+                        index.write(t, folder, rid[:SHORT])
             finally:
                 t.close()
 

@@ -11,6 +11,7 @@ random tag, and a rename that never replaces.
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import logging
 import os
@@ -18,7 +19,7 @@ import re
 import threading
 import time
 import uuid
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from isal.isal_zlib import crc32
 
@@ -55,6 +56,7 @@ _STATUS_ACCESS_DENIED = 0xC0000022
 _STATUS_END_OF_FILE = 0xC0000011
 _STATUS_OBJECT_NAME_COLLISION = 0xC0000035
 _STATUS_OBJECT_PATH_NOT_FOUND = 0xC000003A
+_STATUS_SHARING_VIOLATION = 0xC0000043
 _NOT_FOUND = (0xC0000034, 0xC000003A, 0xC0000103)   # name / path not found, a file where a folder should be
 
 
@@ -132,7 +134,9 @@ class SmbTarget(targets.Target):
     def __init__(self, remote: SmbRemote, password: str | None = None, *, name: str = "",
                  cancelled: Callable[[], bool] = lambda: False) -> None:
         self.remote = remote
-        self.cancelled = cancelled        # the job was cancelled: a wait on the second connection stops (CancelledJob)
+        self._cancelled = cancelled       # the job was cancelled: a wait on the second connection stops (CancelledJob)
+        self._unstoppable = 0             # unstoppable() blocks open: the cancel is not looked at (cancelled())
+        self._unstoppable_lock = threading.Lock()
         self.name = name or f"smb:{remote.name}"
         self.throttle = Throttle(remote.bandwidth_limit_kbps) if remote.bandwidth_limit_kbps else None
         self._password = password
@@ -150,6 +154,25 @@ class SmbTarget(targets.Target):
         self._closing = threading.Event()
         self.dropped = False               # (a second connection) dropped at the job's cancel: its errors are that
         self._credit_lock = threading.Lock()    # one sender at a time takes credits by _with_credits
+
+    def cancelled(self) -> bool:
+        """The job was cancelled, and no unstoppable() block is open (a second connection asks its first)."""
+        return not self._unstoppable and self._cancelled()
+
+    @contextlib.contextmanager
+    def unstoppable(self) -> Iterator[None]:
+        """Inside it the job's cancel is not looked at (RcloneTarget.unstoppable): the run's last manifest save, which
+        records the sessions read back before a cancel (stopped, the next push sent them again), is written to its
+        end, a manifest over SMALL with its read-back beside the writes on a second connection (made again when the
+        cancel dropped the one there was), and the folders it moves into place are renamed. The engine holds it
+        once the sessions in flight have ended; the cancel watcher drops the second connection after it."""
+        with self._unstoppable_lock:
+            self._unstoppable += 1
+        try:
+            yield
+        finally:
+            with self._unstoppable_lock:
+                self._unstoppable -= 1
 
     reads_while_writing = True         # a big file is read back while written (export.verify: SmbKind.open sets it;
                                        # the engine clears it for a job without verify)
@@ -480,9 +503,12 @@ class SmbTarget(targets.Target):
         A folder with a file in it open in another program (a person browsing the NAS opened a recording of the
         session being finished) cannot be renamed: the server says "access denied". Tried again for up to
         RENAME_WAIT seconds (the person may close it); then a transient SmbError saying so (the push is tried again,
-        the next one finishes the folder), not "no write permission"."""
+        the next one finishes the folder), not "no write permission". The server says "access denied" too when the
+        rename is not permitted (the share's permissions): when no file in the folder is open elsewhere (_held_open),
+        that permanent error at once, not a wait naming the wrong cause."""
         from smbprotocol.open import CreateOptions, FilePipePrinterAccessMask
         end = time.monotonic() + RENAME_WAIT
+        looked = False
         while True:
             try:
                 self.transact(src, lambda tr: _set_rename(tr, self.share_path(dst), False), mode="r",
@@ -495,6 +521,10 @@ class SmbTarget(targets.Target):
                     raise _Exists(f"refusing to replace existing {dst}") from e
                 if status != _STATUS_ACCESS_DENIED:
                     raise
+                if not looked:
+                    looked = True
+                    if not self._held_open(src):
+                        raise                   # "access denied ... (no write permission?)": permanent
                 if time.monotonic() > end:
                     raise SmbError(f"{src} could not be renamed to {dst} on \\\\{self.remote.server}\\"
                                    f"{self.remote.share}: access denied, a file in it is probably open in another "
@@ -502,6 +532,25 @@ class SmbTarget(targets.Target):
             if self.cancelled():
                 raise CancelledJob("cancelled")
             time.sleep(0.5)
+
+    def _held_open(self, rel: str) -> bool:
+        """Whether a file in the folder ``rel`` is open in another program: an open of it for reading that shares
+        nothing is refused "sharing violation" then (one listing, one round trip per file: the folder's own files; a
+        session's folder has no deeper ones). False when the folder cannot be listed."""
+        from smbprotocol.open import CreateOptions, FilePipePrinterAccessMask
+        try:
+            names = [n for n, st in self.scandir(rel).items() if st.kind == "file"]
+        except TargetError:
+            return False
+        for name in names:
+            try:
+                self.transact(f"{rel}/{name}", mode="r", share_access=None,
+                              desired_access=FilePipePrinterAccessMask.FILE_READ_DATA,
+                              create_options=CreateOptions.FILE_OPEN_REPARSE_POINT)
+            except SmbError as e:
+                if getattr(e.__cause__, "ntstatus", None) == _STATUS_SHARING_VIOLATION:
+                    return True
+        return False
 
     def replace_error(self, e: SmbError, src: str, dst: str) -> TargetError:
         """What a failed rename of ``src`` over ``dst`` means: the server says "access denied" when

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import json
 import logging
 import os
 import pathlib
@@ -604,3 +605,91 @@ def test_a_person_holding_the_temp_file_open_at_the_rename_does_not_fail_the_pus
         assert refused and not held and ("sharing" in refused[0].lower() or "c0000043" in refused[0].lower()), refused
     assert [(r.ok, r.error) for r in res] == [(True, "")], res
     assert_landed(nas, db)
+
+
+def test_a_push_cancelled_after_its_first_session_landed_keeps_it_with_a_manifest_over_small(office, smb_tmp,
+                                                                                             monkeypatch):
+    """A push of three sessions is cancelled once the first one's result says it landed (read back, renamed into
+    place). Its folder waits for the run's last manifest save to be recorded as done, and that save runs after the
+    cancel on purpose; the manifest is over SMALL here (as with ~1,000 sessions), so it is written with a read-back
+    beside its writes on the second connection. The job's result lists the session that landed, the manifest on
+    the NAS records it, and the next push sends none of those that landed again."""
+    from steno_exportd.smb import target as smbtarget
+    from tests.smb.recorder import stamps
+    smbd, remote, root, _ = office
+    monkeypatch.setattr(smbtarget, "SMALL", 256)        # manifest.json of one session is ~1 KiB
+    db = make_recorder(smb_tmp / "cancel-end-rec", sizes=(400_000, 400_000, 400_000), seed=11)
+    try:
+        nas = root / "nas" / "rec-cancel-end"
+        cfg = recorder_config(db.path, root / "state-cancel-end", remote, "rec-cancel-end")
+        progress = Progress(cancel_when=lambda f: any(r.ok for r in f.get("results", ())))
+        first = push(cfg, progress=progress)
+        assert progress.cancelled
+        landed = sorted(p.name for p in nas.iterdir() if p.is_dir() and "(" in p.name and
+                        not p.name.endswith(".partial"))
+        assert landed, sorted(nas.rglob("*"))
+        ok = [r.uuid for r in first if r.ok and not r.skipped]
+        assert len(ok) == len(landed), (first, landed)
+        recorded = json.loads((nas / "manifest.json").read_text())["sessions"]
+        assert set(ok) <= {u for u, e in recorded.items() if not e.get("finishing")}, recorded
+        before = stamps(nas)
+        second = push(cfg)
+        assert [r.uuid for r in second if r.skipped] and set(ok) <= {r.uuid for r in second if r.skipped}, second
+        after = stamps(nas)
+        assert {k: v for k, v in after.items() if k.split("/")[0] in landed} == \
+            {k: v for k, v in before.items() if k.split("/")[0] in landed}     # nothing that landed sent again
+        assert all(r.ok for r in second), second
+        assert_landed(nas, db)
+    finally:
+        db.close()
+
+
+def test_a_folder_rename_the_nas_forbids_fails_at_once_as_no_write_permission(smb_tmp, smbd_factory, monkeypatch):
+    """A share the user writes as itself (no forced root): the recorder's folder is made read-only for the user
+    just before a session's folder is renamed into place in it (a permission: the NAS refuses the rename "access
+    denied", as it does a folder with a file open in another program). No file of it is open anywhere: the session
+    fails at once with the clear permanent error, "no write permission?", not after RENAME_WAIT saying a file is
+    probably open in another program (and not tried again, 20 s per attempt)."""
+    import shutil
+    import time
+
+    from steno_exportd.config import SmbRemote
+    from steno_exportd.smb.target import RENAME_WAIT, SmbTarget
+    own = smb_tmp / "own"
+    own.mkdir()
+    smbd = smbd_factory(shares=f"\n[own]\n   path = {own}\n   read only = no\n")
+    smbd.start()
+    user = smbd.add_user(PW)
+    shutil.chown(own, user)
+    pwfile = smb_tmp / "own-pw"
+    pwfile.write_text(PW + "\n")
+    os.chmod(pwfile, 0o600)
+    remote = SmbRemote(name="office", server="127.0.0.1", port=smbd.port, share="own", path="", username=user,
+                       password_file=str(pwfile), timeout=5)
+    db = make_recorder(smb_tmp / "deny-rec", sizes=(200_000,), seed=12)
+    denied: list[pathlib.Path] = []
+    renamed = SmbTarget.rename
+
+    def rename(self: SmbTarget, src: str, dst: str) -> None:
+        if src.endswith(".partial") and not denied:
+            denied.append((own / src).parent)
+            os.chmod(denied[0], 0o555)
+        return renamed(self, src, dst)
+    monkeypatch.setattr(SmbTarget, "rename", rename)
+    try:
+        cfg = recorder_config(db.path, smb_tmp / "state-deny", remote, "rec-deny")
+        t0 = time.monotonic()
+        try:
+            res: object = push(cfg, sleep=lambda s: None)
+        except Exception as e:  # noqa: BLE001 - asserted below
+            res = e
+        took = time.monotonic() - t0
+    finally:
+        for d in denied:
+            os.chmod(d, 0o755)
+        db.close()
+    assert denied, res
+    assert not isinstance(res, BaseException), res
+    assert [r.ok for r in res] == [False], res
+    assert "no write permission" in res[0].error and "another program" not in res[0].error, res
+    assert took < RENAME_WAIT / 2, (took, res)
