@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import contextlib
 import dataclasses
 import itertools
 import logging
@@ -319,7 +318,7 @@ class Exporter:
         try:
             # (a target that stops its own uploads at a cancel, rclone, lets this save end: it records the sessions
             # read back before the cancel, which the next push would otherwise send again)
-            with self._lock, getattr(self.t, "unstoppable", contextlib.nullcontext)():
+            with self._lock, self.t.unstoppable():
                 self._ending = True     # (the save now moves the run's last folders: see _save)
                 if self._held or self._unsaved:
                     self._save()        # the sessions a deferred save still holds, or finished since the last

@@ -7,12 +7,14 @@ implement the same protocol; engine/registry.py chooses one by the target string
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import logging
 import os
 import secrets
 import stat as stat_mod
+import threading
 from pathlib import Path
 from typing import Callable, Container, Iterable, Iterator, Protocol, runtime_checkable
 
@@ -78,6 +80,9 @@ class ReadHandle(Protocol):
     def close(self) -> None: ...
 
 
+_UNSTOPPABLE = threading.Lock()     # every target's unstoppable() count (held a moment)
+
+
 @runtime_checkable
 class Target(Protocol):
     """Where an export goes. Every path is relative to the target root."""
@@ -121,6 +126,27 @@ class Target(Protocol):
         current by its own changes: a store's, RcloneTarget); None when not known, the caller lists the folder.
         Default: None."""
         return None
+
+    _unstoppable = 0                             # unstoppable() blocks open (the instance's own from the first)
+
+    @contextlib.contextmanager
+    def unstoppable(self) -> Iterator[None]:
+        """Inside it the job's cancel is not heeded where the target itself heeds it (stoppable()): the run's last
+        manifest save, which records the sessions read back before a cancel (stopped, the next push sent them again),
+        is written to its end. The engine holds it for that save, a push for what it writes after (the office
+        index). What a block covers is the target's: rclone's files opened for writing inside it (uploads begun
+        before still stop at the cancel), SMB's look at the cancel while it is open. Default: only the count."""
+        with _UNSTOPPABLE:
+            self._unstoppable += 1
+        try:
+            yield
+        finally:
+            with _UNSTOPPABLE:
+                self._unstoppable -= 1
+
+    def stoppable(self) -> bool:
+        """No unstoppable() block is open: a target that stops its own work at the job's cancel may do so now."""
+        return not self._unstoppable
 
     def read_small(self, rel: str, limit: int) -> bytes | None:
         """A small file of ours read whole (at most ``limit`` bytes of it); None when nothing is there, NotAFile when

@@ -11,7 +11,6 @@ random tag, and a rename that never replaces.
 from __future__ import annotations
 
 import collections
-import contextlib
 import functools
 import logging
 import os
@@ -19,7 +18,7 @@ import re
 import threading
 import time
 import uuid
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from isal.isal_zlib import crc32
 
@@ -135,8 +134,6 @@ class SmbTarget(targets.Target):
                  cancelled: Callable[[], bool] = lambda: False) -> None:
         self.remote = remote
         self._cancelled = cancelled       # the job was cancelled: a wait on the second connection stops (CancelledJob)
-        self._unstoppable = 0             # unstoppable() blocks open: the cancel is not looked at (cancelled())
-        self._unstoppable_lock = threading.Lock()
         self.name = name or f"smb:{remote.name}"
         self.throttle = Throttle(remote.bandwidth_limit_kbps) if remote.bandwidth_limit_kbps else None
         self._password = password
@@ -156,23 +153,12 @@ class SmbTarget(targets.Target):
         self._credit_lock = threading.Lock()    # one sender at a time takes credits by _with_credits
 
     def cancelled(self) -> bool:
-        """The job was cancelled, and no unstoppable() block is open (a second connection asks its first)."""
-        return not self._unstoppable and self._cancelled()
-
-    @contextlib.contextmanager
-    def unstoppable(self) -> Iterator[None]:
-        """Inside it the job's cancel is not looked at (RcloneTarget.unstoppable): the run's last manifest save, which
-        records the sessions read back before a cancel (stopped, the next push sent them again), is written to its
-        end, a manifest over SMALL with its read-back beside the writes on a second connection (made again when the
-        cancel dropped the one there was), and the folders it moves into place are renamed. The engine holds it
-        once the sessions in flight have ended; the cancel watcher drops the second connection after it."""
-        with self._unstoppable_lock:
-            self._unstoppable += 1
-        try:
-            yield
-        finally:
-            with self._unstoppable_lock:
-                self._unstoppable -= 1
+        """The job was cancelled, and no unstoppable() block is open (a second connection asks its first). Inside one
+        (Target.unstoppable) the run's last manifest save is written to its end, a manifest over SMALL with its
+        read-back beside the writes on a second connection (made again when the cancel dropped the one there was),
+        and the folders it moves into place are renamed. The engine holds it once the sessions in flight have
+        ended; the cancel watcher drops the second connection after it."""
+        return self.stoppable() and self._cancelled()
 
     reads_while_writing = True         # a big file is read back while written (export.verify: SmbKind.open sets it;
                                        # the engine clears it for a job without verify)
