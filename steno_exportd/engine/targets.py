@@ -56,6 +56,12 @@ class WriteHandle(Protocol):
                                                 # the bytes written (a cloud store): no read-back needed
     written_crc: int | None                     # once verified, where the store knows it (SMB's read-back beside
                                                 # the writes): the CRC-32 of the whole file as written; else None
+    checks_crc: bool = False                    # (a handle subclasses WriteHandle to have the default) it reads
+                                                # its file back beside the writes and its commit checks that against
+                                                # ``crc``, the CRC-32 of every byte the caller wrote (set by the
+                                                # caller before the commit: the engine's, hashed beside the copy, so
+                                                # the bytes are not hashed twice; None: nothing to check against,
+                                                # not ``verified``)
 
     def from_file(self, src: Path, fd: int, st: os.stat_result) -> None: ...
     # every byte written next is the file open as ``fd`` (a regular file the caller opened at src without following
@@ -63,10 +69,7 @@ class WriteHandle(Protocol):
     # itself (rclone: no stream through this process) may do so from that file (a dup of ``fd``), never from the
     # path, which may name another file by then; write() still gets each byte. Optional (read with getattr):
     # reads_source (default False), such a target reads that file itself through the page cache (rclone): the
-    # engine's own reads beside it go through the cache too, sharing its pages (writer._direct_reader);
-    # checks_crc (default False), the handle reads its file back beside the writes and its commit checks that
-    # against ``crc``, the CRC-32 of every byte the caller wrote (set by the caller before the commit: the engine's,
-    # hashed beside the copy, so the bytes are not hashed twice; None: nothing to check against, not ``verified``)
+    # engine's own reads beside it go through the cache too, sharing its pages (writer._direct_reader)
     def write(self, data: bytes | memoryview) -> None: ...
     def sync(self) -> None: ...                 # fsync the data
     def commit(self) -> None: ...               # rename to the final name, fsync the folder
@@ -95,6 +98,11 @@ class Target(Protocol):
                                                  # save that records it (0: saved after every session)
     checks: int                                  # files committed and read back at once, and as many sessions in
                                                  # flight beside the one written (1: one after the other)
+    # optional, with a default here (a target subclasses Target to have it):
+    movers: int = 8                              # folders renamed into place at once after a deferred manifest save
+    listers: int = 8                             # folders of sessions already exported listed at once, on a target
+                                                 # that takes several requests at once (checks > 1): one round trip
+                                                 # each (rclone's own check lists 8 at once)
     # optional (read with getattr): marks_partial (default False), a <folder>.partial is built with our marker
     # (without: the recorder's own record, engine/begun.py, says which it began; keyed by place, default name);
     # folder_alive(rel) -> bool, the folder still readable, reading as little as it can (default: its listing);
@@ -147,6 +155,10 @@ class Target(Protocol):
     def stoppable(self) -> bool:
         """No unstoppable() block is open: a target that stops its own work at the job's cancel may do so now."""
         return not self._unstoppable
+
+    def last_moves(self, root: str, moves: list[tuple[str, str]]) -> None:
+        """The run's last manifest save is about to move these folders of ``root`` into place ((src, dst) pairs): a
+        target may send what it writes after them meanwhile (RcloneTarget: the office index). Default: nothing."""
 
     def read_small(self, rel: str, limit: int) -> bytes | None:
         """A small file of ours read whole (at most ``limit`` bytes of it); None when nothing is there, NotAFile when
@@ -301,7 +313,7 @@ def dir_alive(path: str | Path, gone: Container[int] | None = None, rel: str = "
         os.close(fd)
 
 
-class _DirWrite:
+class _DirWrite(WriteHandle):
     """A temp file in an open directory; renamed into place on commit."""
 
     def __init__(self, target: "DirectoryTarget", dir_fd: int, final: str, rel: str) -> None:

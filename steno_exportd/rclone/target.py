@@ -42,7 +42,7 @@ from typing import Any, Callable
 from steno_exportd import sockwait
 from steno_exportd.engine.identity import host_folder
 from steno_exportd.engine.targets import (MARKER, PARTIAL_SUFFIX, TEMP_PREFIX, EntryStat, Target, TooManyEntries,
-                                          check_rel)
+                                          WriteHandle, check_rel)
 from steno_exportd.errors import CancelledJob, InvalidArgument, SourceError, TargetError
 from steno_exportd.rclone.process import Rcd, RcloneError, error_text, is_file, not_found
 from steno_exportd.safeparse import printable
@@ -589,7 +589,7 @@ class RcloneTarget(Target):
             self._lingering.append(fd)
 
 
-class _RcloneWrite:
+class _RcloneWrite(WriteHandle):
     """A file uploaded under a temp name and moved on commit (a file whose name is a temp name already is
     uploaded under it). A local file (from_file) is copied by rclone itself (``operations/copyfile``, a job
     the writes pace: the progress shown is what rclone sent); other bytes are streamed to rclone (a chunked

@@ -598,7 +598,7 @@ class SmbTarget(targets.Target):
         return True
 
 
-class _SmbWrite:
+class _SmbWrite(targets.WriteHandle):
     """A file being written to a temp name, renamed over its final name on commit.
 
     A small file (up to SMALL) is kept in memory and goes in one round trip at commit: create,
