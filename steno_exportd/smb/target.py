@@ -69,13 +69,10 @@ def _mapped(method: Callable) -> Callable:
         except (CancelledJob, InvalidArgument):
             raise
         except Exception as e:
-            t = self if isinstance(self, SmbTarget) else self._t
-            if t.dropped:                       # its connection dropped at the job's cancel (_drop_reader)
-                raise CancelledJob("cancelled") from e
-            if isinstance(e, TargetError):
+            failure = (self if isinstance(self, SmbTarget) else self._t)._failure(e)
+            if failure is e:
                 raise
-            t._gone(e)
-            raise explain(e, t.remote) from e
+            raise failure from e
     return wrapper
 
 
@@ -296,12 +293,21 @@ class SmbTarget(targets.Target):
         except CancelledJob:
             raise
         except Exception as e:
-            if self.dropped:
-                raise CancelledJob("cancelled") from e
-            if isinstance(e, SmbError):
+            failure = self._failure(e)
+            if failure is e:
                 raise
-            self._gone(e)
-            raise explain(e, self.remote) from e
+            raise failure from e
+
+    def _failure(self, e: Exception) -> Exception:
+        """What a call failing with ``e`` on this connection raises: CancelledJob when the connection was dropped at
+        the job's cancel (_drop_reader), ``e`` itself when it says what failed (a TargetError), else the SmbError a
+        person can act on (the connection marked lost when it is)."""
+        if self.dropped:
+            return CancelledJob("cancelled")
+        if isinstance(e, TargetError):
+            return e
+        self._gone(e)
+        return explain(e, self.remote)
 
     def _await_credits(self, conn: Any, need: int) -> int:
         """Wait until ``conn`` has ``need`` credits (the answers to other threads' requests give them back): how
@@ -437,16 +443,10 @@ class SmbTarget(targets.Target):
         from smbclient._io import SMBDirectoryIO
         from smbprotocol.file_info import FileInformationClass
 
-        def run(**kw: Any) -> dict[str, EntryStat] | None:
+        def run(**kw: Any) -> dict[str, EntryStat]:
             with SMBDirectoryIO(self.unc(rel), share_access="rwd", **kw) as fd:
-                try:
-                    return _stats(fd.query_directory("*", FileInformationClass.FILE_ID_FULL_DIRECTORY_INFORMATION), rel)
-                except TargetError:
-                    return None                 # (_call would take it for an SMB failure)
-        out = self._call(run)
-        if out is None:
-            raise targets.too_many_entries(rel)
-        return out
+                return _stats(fd.query_directory("*", FileInformationClass.FILE_ID_FULL_DIRECTORY_INFORMATION), rel)
+        return self._call(run)
 
     def _cache_conn(self) -> Any:
         return next(iter(self._cache.values()))
