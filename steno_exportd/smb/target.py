@@ -349,10 +349,14 @@ class SmbTarget(targets.Target):
 
     def _read_connection(self) -> "SmbTarget":
         """A second connected target on the same folder (its own TCP connection and smbd process); none after the
-        job's cancel (CancelledJob: the one it had was dropped)."""
-        if self.cancelled():
-            raise CancelledJob("cancelled")
+        job's cancel (CancelledJob: the one it had was dropped). The cancel is looked at under the lock the watcher
+        drops it under: a cancel that came before the watcher's drop is seen here, one after it finds the connection
+        made (looked at before the lock, the watcher could drop the one there was and end between the look and a
+        new connection, which nothing dropped then: a NAS that stopped answering on it held the push until its
+        receive timeout)."""
         with self._reader_lock:
+            if self.cancelled():
+                raise CancelledJob("cancelled")
             if self._reader is None or not self._reader.alive():
                 if self._reader is not None:
                     self._reader.close()
