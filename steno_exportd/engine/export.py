@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import contextlib
 import dataclasses
 import itertools
 import logging
@@ -26,12 +25,6 @@ from steno_exportd.errors import CancelledJob, SourceError, StenoError, TargetEr
 from steno_exportd.events import FileResult, SessionResult
 
 log = logging.getLogger(__name__)
-
-MOVERS = 8              # folders renamed into place at once after a deferred manifest save
-LISTERS = 8             # folders of sessions already exported listed at once, on a store that takes several requests
-                        # at once (checks > 1): one round trip each (rclone's own check lists 8 at once)
-                        # (a target's own ``movers``, ``listers`` say otherwise: see rclone.target)
-
 
 class _NullProgress:
     cancelled = False
@@ -319,7 +312,7 @@ class Exporter:
         try:
             # (a target that stops its own uploads at a cancel, rclone, lets this save end: it records the sessions
             # read back before the cancel, which the next push would otherwise send again)
-            with self._lock, getattr(self.t, "unstoppable", contextlib.nullcontext)():
+            with self._lock, self.t.unstoppable():
                 self._ending = True     # (the save now moves the run's last folders: see _save)
                 if self._held or self._unsaved:
                     self._save()        # the sessions a deferred save still holds, or finished since the last
@@ -433,13 +426,12 @@ class Exporter:
                 return e
             return None
         outcomes: list[TargetError | None] = []
-        if moves and self._ending and (moving := getattr(self.t, "last_moves", None)) is not None:
+        if moves and self._ending:
             # the run's last save: what the target writes once these folders are in place (rclone's office index)
             # may go to it meanwhile (see RcloneTarget.last_moves)
-            moving(self.root, [(h.partial, h.final) for h in moves])
+            self.t.last_moves(self.root, [(h.partial, h.final) for h in moves])
         if moves:       # a few at once: each is a few requests of a store that paces them (rclone's WebDAV)
-            movers = int(getattr(self.t, "movers", MOVERS))
-            with concurrent.futures.ThreadPoolExecutor(min(movers, len(moves)), "steno-move") as pool:
+            with concurrent.futures.ThreadPoolExecutor(min(self.t.movers, len(moves)), "steno-move") as pool:
                 outcomes = list(pool.map(move, moves))
         undone = False
         self._ended(*(h.partial for h, error in zip(moves, outcomes) if error is None))
@@ -754,8 +746,7 @@ class Exporter:
                 return None
         if self.t.checks == 1 or len(folders) < 2:
             return {u: listing(rel) for u, rel in folders.items()}
-        listers = int(getattr(self.t, "listers", LISTERS))
-        with concurrent.futures.ThreadPoolExecutor(min(listers, len(folders)), "steno-list") as pool:
+        with concurrent.futures.ThreadPoolExecutor(min(self.t.listers, len(folders)), "steno-list") as pool:
             return dict(zip(folders, pool.map(listing, folders.values())))
 
     def _unchanged(self, s: Any, plan: list[PlannedFile], listing: dict[str, EntryStat] | None) -> bool:

@@ -313,7 +313,7 @@ def write_files(target: Target, files: list[tuple[str, bytes]]) -> None:
         for rel, data in files:
             handles.append(target.open_write(rel))
             handles[-1].write(data)
-            if getattr(handles[-1], "checks_crc", False):     # (checked beside its writes: WriteHandle)
+            if handles[-1].checks_crc:     # (checked beside its writes: WriteHandle)
                 handles[-1].crc = crc32(data)
             if not together:
                 handles[-1].sync()

@@ -7,12 +7,14 @@ implement the same protocol; engine/registry.py chooses one by the target string
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import logging
 import os
 import secrets
 import stat as stat_mod
+import threading
 from pathlib import Path
 from typing import Callable, Container, Iterable, Iterator, Protocol, runtime_checkable
 
@@ -54,6 +56,12 @@ class WriteHandle(Protocol):
                                                 # the bytes written (a cloud store): no read-back needed
     written_crc: int | None                     # once verified, where the store knows it (SMB's read-back beside
                                                 # the writes): the CRC-32 of the whole file as written; else None
+    checks_crc: bool = False                    # (a handle subclasses WriteHandle to have the default) it reads
+                                                # its file back beside the writes and its commit checks that against
+                                                # ``crc``, the CRC-32 of every byte the caller wrote (set by the
+                                                # caller before the commit: the engine's, hashed beside the copy, so
+                                                # the bytes are not hashed twice; None: nothing to check against,
+                                                # not ``verified``)
 
     def from_file(self, src: Path, fd: int, st: os.stat_result) -> None: ...
     # every byte written next is the file open as ``fd`` (a regular file the caller opened at src without following
@@ -61,10 +69,7 @@ class WriteHandle(Protocol):
     # itself (rclone: no stream through this process) may do so from that file (a dup of ``fd``), never from the
     # path, which may name another file by then; write() still gets each byte. Optional (read with getattr):
     # reads_source (default False), such a target reads that file itself through the page cache (rclone): the
-    # engine's own reads beside it go through the cache too, sharing its pages (writer._direct_reader);
-    # checks_crc (default False), the handle reads its file back beside the writes and its commit checks that
-    # against ``crc``, the CRC-32 of every byte the caller wrote (set by the caller before the commit: the engine's,
-    # hashed beside the copy, so the bytes are not hashed twice; None: nothing to check against, not ``verified``)
+    # engine's own reads beside it go through the cache too, sharing its pages (writer._direct_reader)
     def write(self, data: bytes | memoryview) -> None: ...
     def sync(self) -> None: ...                 # fsync the data
     def commit(self) -> None: ...               # rename to the final name, fsync the folder
@@ -76,6 +81,9 @@ class ReadHandle(Protocol):
     def read(self, n: int) -> bytes: ...
     def readinto(self, buf: bytearray) -> int: ...     # the next bytes (at most len(buf)) into buf; 0 at the end
     def close(self) -> None: ...
+
+
+_UNSTOPPABLE = threading.Lock()     # every target's unstoppable() count (held a moment)
 
 
 @runtime_checkable
@@ -90,6 +98,11 @@ class Target(Protocol):
                                                  # save that records it (0: saved after every session)
     checks: int                                  # files committed and read back at once, and as many sessions in
                                                  # flight beside the one written (1: one after the other)
+    # optional, with a default here (a target subclasses Target to have it):
+    movers: int = 8                              # folders renamed into place at once after a deferred manifest save
+    listers: int = 8                             # folders of sessions already exported listed at once, on a target
+                                                 # that takes several requests at once (checks > 1): one round trip
+                                                 # each (rclone's own check lists 8 at once)
     # optional (read with getattr): marks_partial (default False), a <folder>.partial is built with our marker
     # (without: the recorder's own record, engine/begun.py, says which it began; keyed by place, default name);
     # folder_alive(rel) -> bool, the folder still readable, reading as little as it can (default: its listing);
@@ -121,6 +134,31 @@ class Target(Protocol):
         current by its own changes: a store's, RcloneTarget); None when not known, the caller lists the folder.
         Default: None."""
         return None
+
+    _unstoppable = 0                             # unstoppable() blocks open (the instance's own from the first)
+
+    @contextlib.contextmanager
+    def unstoppable(self) -> Iterator[None]:
+        """Inside it the job's cancel is not heeded where the target itself heeds it (stoppable()): the run's last
+        manifest save, which records the sessions read back before a cancel (stopped, the next push sent them again),
+        is written to its end. The engine holds it for that save, a push for what it writes after (the office
+        index). What a block covers is the target's: rclone's files opened for writing inside it (uploads begun
+        before still stop at the cancel), SMB's look at the cancel while it is open. Default: only the count."""
+        with _UNSTOPPABLE:
+            self._unstoppable += 1
+        try:
+            yield
+        finally:
+            with _UNSTOPPABLE:
+                self._unstoppable -= 1
+
+    def stoppable(self) -> bool:
+        """No unstoppable() block is open: a target that stops its own work at the job's cancel may do so now."""
+        return not self._unstoppable
+
+    def last_moves(self, root: str, moves: list[tuple[str, str]]) -> None:
+        """The run's last manifest save is about to move these folders of ``root`` into place ((src, dst) pairs): a
+        target may send what it writes after them meanwhile (RcloneTarget: the office index). Default: nothing."""
 
     def read_small(self, rel: str, limit: int) -> bytes | None:
         """A small file of ours read whole (at most ``limit`` bytes of it); None when nothing is there, NotAFile when
@@ -275,7 +313,7 @@ def dir_alive(path: str | Path, gone: Container[int] | None = None, rel: str = "
         os.close(fd)
 
 
-class _DirWrite:
+class _DirWrite(WriteHandle):
     """A temp file in an open directory; renamed into place on commit."""
 
     def __init__(self, target: "DirectoryTarget", dir_fd: int, final: str, rel: str) -> None:

@@ -162,7 +162,7 @@ def copy_into(ref: SourceRef, h: WriteHandle, *, tick: Tick = lambda n: None,
 def wrote_crc(h: Any, crc: int | None) -> None:
     """Give a handle that checks its read-back beside the writes (``checks_crc``: WriteHandle) the CRC-32 of every
     byte written, before its commit: hashed once, here, not again in the handle."""
-    if getattr(h, "checks_crc", False):
+    if h.checks_crc:
         h.crc = crc
 
 

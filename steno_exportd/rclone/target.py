@@ -37,12 +37,12 @@ import time
 import urllib.parse
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from steno_exportd import sockwait
 from steno_exportd.engine.identity import host_folder
 from steno_exportd.engine.targets import (MARKER, PARTIAL_SUFFIX, TEMP_PREFIX, EntryStat, Target, TooManyEntries,
-                                          check_rel)
+                                          WriteHandle, check_rel)
 from steno_exportd.errors import CancelledJob, InvalidArgument, SourceError, TargetError
 from steno_exportd.rclone.process import Rcd, RcloneError, error_text, is_file, not_found
 from steno_exportd.safeparse import printable
@@ -129,25 +129,11 @@ class RcloneTarget(Target):
         self._unmade: set[str] = set()    # <session>.partial folders of this push not made on the store yet: the
                                           # first upload into one makes it (rclone makes a file's folder first)
         self._names = threading.RLock()   # the five above: used by the export's main and verifier threads
-        self._unstoppable = 0             # unstoppable() blocks open: files opened for writing now ignore the cancel
         # what the push writes after its last folders are in place (the office index: kind.open), given the
         # recorder's folder and the names it will hold then; sent while they move (last_moves), its outcome here
         self.after_moves: Callable[[str, set[str]], Any] | None = None
         self._after: concurrent.futures.Future | None = None
         self._lingering: list[int] = []   # descriptors of copies not known ended: closed once rclone has stopped
-
-    @contextlib.contextmanager
-    def unstoppable(self) -> Iterator[None]:
-        """Files opened for writing inside it are written to their end whatever the job's cancel: the run's last
-        manifest save, which records the sessions read back before a cancel (stopped, those were sent again by
-        the next push). Uploads begun before it (the sessions in flight) still stop at the cancel."""
-        with self._names:
-            self._unstoppable += 1
-        try:
-            yield
-        finally:
-            with self._names:
-                self._unstoppable -= 1
 
     def connect(self) -> None:
         """Start rclone, reach the store once (which hash it keeps); a clear error when it cannot."""
@@ -603,7 +589,7 @@ class RcloneTarget(Target):
             self._lingering.append(fd)
 
 
-class _RcloneWrite:
+class _RcloneWrite(WriteHandle):
     """A file uploaded under a temp name and moved on commit (a file whose name is a temp name already is
     uploaded under it). A local file (from_file) is copied by rclone itself (``operations/copyfile``, a job
     the writes pace: the progress shown is what rclone sent); other bytes are streamed to rclone (a chunked
@@ -647,8 +633,7 @@ class _RcloneWrite:
         self._ended: dict | None = None     # the copy's outcome: {} copied, {"error": ...} (its answer came)
         self._rate = 0.0                    # bytes per second rclone copies, as its last two counts told
         self._count_at = 0.0                # when the last count was read
-        with t._names:
-            self._stoppable = not t._unstoppable     # (opened inside unstoppable(): the cancel is not looked at)
+        self._stoppable = t.stoppable()     # (opened inside unstoppable(): the cancel is not looked at)
 
     # -- a local file, copied by rclone ---------------------------------------------------------------
     def from_file(self, src: Path, fd: int, st: os.stat_result) -> None:

@@ -11,7 +11,6 @@ random tag, and a rename that never replaces.
 from __future__ import annotations
 
 import collections
-import contextlib
 import functools
 import logging
 import os
@@ -19,7 +18,7 @@ import re
 import threading
 import time
 import uuid
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from isal.isal_zlib import crc32
 
@@ -70,13 +69,10 @@ def _mapped(method: Callable) -> Callable:
         except (CancelledJob, InvalidArgument):
             raise
         except Exception as e:
-            t = self if isinstance(self, SmbTarget) else self._t
-            if t.dropped:                       # its connection dropped at the job's cancel (_drop_reader)
-                raise CancelledJob("cancelled") from e
-            if isinstance(e, TargetError):
+            failure = (self if isinstance(self, SmbTarget) else self._t)._failure(e)
+            if failure is e:
                 raise
-            t._gone(e)
-            raise explain(e, t.remote) from e
+            raise failure from e
     return wrapper
 
 
@@ -135,8 +131,6 @@ class SmbTarget(targets.Target):
                  cancelled: Callable[[], bool] = lambda: False) -> None:
         self.remote = remote
         self._cancelled = cancelled       # the job was cancelled: a wait on the second connection stops (CancelledJob)
-        self._unstoppable = 0             # unstoppable() blocks open: the cancel is not looked at (cancelled())
-        self._unstoppable_lock = threading.Lock()
         self.name = name or f"smb:{remote.name}"
         self.throttle = Throttle(remote.bandwidth_limit_kbps) if remote.bandwidth_limit_kbps else None
         self._password = password
@@ -156,23 +150,12 @@ class SmbTarget(targets.Target):
         self._credit_lock = threading.Lock()    # one sender at a time takes credits by _with_credits
 
     def cancelled(self) -> bool:
-        """The job was cancelled, and no unstoppable() block is open (a second connection asks its first)."""
-        return not self._unstoppable and self._cancelled()
-
-    @contextlib.contextmanager
-    def unstoppable(self) -> Iterator[None]:
-        """Inside it the job's cancel is not looked at (RcloneTarget.unstoppable): the run's last manifest save, which
-        records the sessions read back before a cancel (stopped, the next push sent them again), is written to its
-        end, a manifest over SMALL with its read-back beside the writes on a second connection (made again when the
-        cancel dropped the one there was), and the folders it moves into place are renamed. The engine holds it
-        once the sessions in flight have ended; the cancel watcher drops the second connection after it."""
-        with self._unstoppable_lock:
-            self._unstoppable += 1
-        try:
-            yield
-        finally:
-            with self._unstoppable_lock:
-                self._unstoppable -= 1
+        """The job was cancelled, and no unstoppable() block is open (a second connection asks its first). Inside one
+        (Target.unstoppable) the run's last manifest save is written to its end, a manifest over SMALL with its
+        read-back beside the writes on a second connection (made again when the cancel dropped the one there was),
+        and the folders it moves into place are renamed. The engine holds it once the sessions in flight have
+        ended; the cancel watcher drops the second connection after it."""
+        return self.stoppable() and self._cancelled()
 
     reads_while_writing = True         # a big file is read back while written (export.verify: SmbKind.open sets it;
                                        # the engine clears it for a job without verify)
@@ -310,12 +293,21 @@ class SmbTarget(targets.Target):
         except CancelledJob:
             raise
         except Exception as e:
-            if self.dropped:
-                raise CancelledJob("cancelled") from e
-            if isinstance(e, SmbError):
+            failure = self._failure(e)
+            if failure is e:
                 raise
-            self._gone(e)
-            raise explain(e, self.remote) from e
+            raise failure from e
+
+    def _failure(self, e: Exception) -> Exception:
+        """What a call failing with ``e`` on this connection raises: CancelledJob when the connection was dropped at
+        the job's cancel (_drop_reader), ``e`` itself when it says what failed (a TargetError), else the SmbError a
+        person can act on (the connection marked lost when it is)."""
+        if self.dropped:
+            return CancelledJob("cancelled")
+        if isinstance(e, TargetError):
+            return e
+        self._gone(e)
+        return explain(e, self.remote)
 
     def _await_credits(self, conn: Any, need: int) -> int:
         """Wait until ``conn`` has ``need`` credits (the answers to other threads' requests give them back): how
@@ -357,10 +349,14 @@ class SmbTarget(targets.Target):
 
     def _read_connection(self) -> "SmbTarget":
         """A second connected target on the same folder (its own TCP connection and smbd process); none after the
-        job's cancel (CancelledJob: the one it had was dropped)."""
-        if self.cancelled():
-            raise CancelledJob("cancelled")
+        job's cancel (CancelledJob: the one it had was dropped). The cancel is looked at under the lock the watcher
+        drops it under: a cancel that came before the watcher's drop is seen here, one after it finds the connection
+        made (looked at before the lock, the watcher could drop the one there was and end between the look and a
+        new connection, which nothing dropped then: a NAS that stopped answering on it held the push until its
+        receive timeout)."""
         with self._reader_lock:
+            if self.cancelled():
+                raise CancelledJob("cancelled")
             if self._reader is None or not self._reader.alive():
                 if self._reader is not None:
                     self._reader.close()
@@ -451,16 +447,10 @@ class SmbTarget(targets.Target):
         from smbclient._io import SMBDirectoryIO
         from smbprotocol.file_info import FileInformationClass
 
-        def run(**kw: Any) -> dict[str, EntryStat] | None:
+        def run(**kw: Any) -> dict[str, EntryStat]:
             with SMBDirectoryIO(self.unc(rel), share_access="rwd", **kw) as fd:
-                try:
-                    return _stats(fd.query_directory("*", FileInformationClass.FILE_ID_FULL_DIRECTORY_INFORMATION), rel)
-                except TargetError:
-                    return None                 # (_call would take it for an SMB failure)
-        out = self._call(run)
-        if out is None:
-            raise targets.too_many_entries(rel)
-        return out
+                return _stats(fd.query_directory("*", FileInformationClass.FILE_ID_FULL_DIRECTORY_INFORMATION), rel)
+        return self._call(run)
 
     def _cache_conn(self) -> Any:
         return next(iter(self._cache.values()))
@@ -612,7 +602,7 @@ class SmbTarget(targets.Target):
         return True
 
 
-class _SmbWrite:
+class _SmbWrite(targets.WriteHandle):
     """A file being written to a temp name, renamed over its final name on commit.
 
     A small file (up to SMALL) is kept in memory and goes in one round trip at commit: create,

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from steno_exportd.engine import writer
-from steno_exportd.engine.targets import COPY_CHUNK, DirectoryTarget, FdRead
+from steno_exportd.engine.targets import COPY_CHUNK, DirectoryTarget, FdRead, WriteHandle
 from steno_exportd.recordings import SourceRef
 from tests.parts.loopfs import loop_fs
 
@@ -47,7 +47,7 @@ def _recording(mnt: Path, cached: bool, size: int = SIZE) -> tuple[Path, bytes]:
     return src, data
 
 
-class _Resumed:
+class _Resumed(WriteHandle):
     """A write handle that already holds the first ``offset`` bytes of its file (as a resumed SMB or rclone
     upload does): copy_into reads and hashes those, and writes the rest."""
 

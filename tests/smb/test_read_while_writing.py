@@ -487,6 +487,70 @@ def test_a_cancel_is_heeded_at_once_when_the_engines_read_back_after_the_rename_
     assert isinstance(outcome, BaseException) or not [r for r in outcome if r.ok], outcome
 
 
+def test_a_cancel_between_a_read_backs_look_at_it_and_its_connection_ends_the_push_at_once(office, smb_tmp,
+                                                                                            monkeypatch):
+    """The race of a cancel with the engine's read-back after a rename: the read-back has looked at the cancel (not
+    yet) and is about to take the second connection when the job is cancelled, and the cancel watcher drops the
+    connection there was and ends before the read-back goes on. The read-back then makes a second connection anew,
+    and the NAS's answers on it stop coming (a relay holds them). The push ends within seconds of the cancel, not
+    after that connection's receive timeout (60 s here), and the session read back then is not reported sent."""
+    import time
+
+    from steno_exportd.smb.target import SmbTarget
+    from tests import parts
+    from tests.parts.delay import DelayRelay
+    smbd, remote, root, _ = office
+    db = make_recorder(smb_tmp / "race-rec", sizes=(100_000, 100_000), seed=13)
+    relay = DelayRelay(remote.port, 0)
+    cfg = recorder_config(db.path, root / "state-race", dataclasses.replace(remote, port=relay.port, timeout=30),
+                          "rec-race")
+    progress = Progress()
+    cancelled: list[float] = []
+    held: list[int] = []
+    opened, connect = SmbTarget.open_read, SmbTarget.connect
+
+    class CancelFirst:
+        """The push's lock of its second connection: the racing read-back's take of it comes after the cancel and
+        the watcher's end (every other take is the lock's own)."""
+
+        def __init__(self, lock: threading.Lock) -> None:
+            self.lock, self.racer = lock, threading.current_thread()
+
+        def __enter__(self) -> bool:
+            if threading.current_thread() is self.racer and not cancelled:
+                cancelled.append(time.monotonic())
+                progress.cancelled = True
+                parts.wait_for(lambda: not [th for th in threading.enumerate() if th.name == "steno-smb-cancel"],
+                               timeout=5, what="the cancel watcher's end")
+            return self.lock.__enter__()
+
+        def __exit__(self, *a: object) -> None:
+            self.lock.__exit__(*a)
+
+    def open_read(self: SmbTarget, rel: str, *, uncached: bool = False):
+        if uncached and self._reader is not None and self.stoppable() and not isinstance(self._reader_lock,
+                                                                                         CancelFirst):
+            self._reader_lock = CancelFirst(self._reader_lock)     # (a second connection and its watcher there)
+        return opened(self, rel, uncached=uncached)
+
+    def connect_then_stall(self: SmbTarget) -> None:
+        connect(self)
+        if cancelled and not held:      # the connection made after the cancel: its answers held from now on
+            held.append(next(iter(self._cache.values())).transport._sock.getsockname()[1])
+            relay.hold(held[-1])
+    monkeypatch.setattr(SmbTarget, "open_read", open_read)
+    monkeypatch.setattr(SmbTarget, "connect", connect_then_stall)
+    try:
+        outcome = _push_with(cfg, ("txt",), progress=progress)
+        ended = time.monotonic()
+    finally:
+        relay.close()
+        db.close()
+    assert cancelled, outcome
+    assert ended - cancelled[0] < 10, (ended - cancelled[0], held, outcome)
+    assert isinstance(outcome, BaseException) or len([r for r in outcome if r.ok]) < 2, outcome
+
+
 def test_a_job_without_verify_reads_nothing_back_on_the_nas(big):
     """A job asking for no read-back (--no-verify, D-Bus/HTTP verify=false) while the configuration verifies: the
     NAS reads nothing of the recording back (no read beside its writes either), and the push lands."""
