@@ -92,7 +92,10 @@ def claim(t: RcloneTarget, folder: str, rid: str) -> None:
     if not rid:
         return
     rel = f"{folder}/{CLAIM_NAME}"
-    raw = _read_claim(t, folder, rel)           # None: not there (read at once: no look-up first)
+    # None: not there (read at once: no look-up first); not read in a folder this push made, missing from the remote's
+    # folder when it began (a first push): a claim there since is another recorder's of this moment, which the
+    # rename below finds (a round trip less before the first session)
+    raw = None if t.made(folder) else _read_claim(t, folder, rel)
     if raw is None:
         # written under a temp name, then renamed to the claim's name; the rename looks the name up first and
         # refuses to replace a claim there: two recorders given one folder name (a config copied to both) that

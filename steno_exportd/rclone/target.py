@@ -126,6 +126,8 @@ class RcloneTarget(Target):
         self._top: set[str] | None = None  # every name in the remote's folder as connect() listed it: a folder
                                            # missing there (the recorder's, the office index's, on a first push)
                                            # is made without a look-up first (mkdir)
+        self._made: set[str] = set()      # folders of the remote's folder that connect() found missing and this
+                                          # push made (made(): nothing of anyone's in them but what came since)
         self._unmade: set[str] = set()    # <session>.partial folders of this push not made on the store yet: the
                                           # first upload into one makes it (rclone makes a file's folder first)
         self._names = threading.RLock()   # the five above: used by the export's main and verifier threads
@@ -326,6 +328,7 @@ class RcloneTarget(Target):
             self._landed(rel)
             with self._names:
                 self._dirs.add(self.rel(rel))
+                self._made.add(self.rel(rel))
             return
         d = self._stat(rel) if check_rel(rel) else {"IsDir": True}
         if d:
@@ -350,6 +353,13 @@ class RcloneTarget(Target):
             self._dirs.add(self.rel(rel))
             if head in self._mine or head in self._claimed:     # (elsewhere another recorder may have made it too)
                 self._mine[self.rel(rel)] = set()
+
+    def made(self, rel: str) -> bool:
+        """``rel`` is a folder connect() found missing from the remote's folder and this push made: whatever is in it
+        came since (a claim, the office index of a recorder making the same name at the same moment), so a file
+        not there then is not looked for first; a rename() into it still never replaces one."""
+        with self._names:
+            return self.rel(rel) in self._made
 
     def _new_at_top(self, rel: str) -> bool:
         """``rel`` is a name in the remote's folder that connect() found missing there; one it found as a file is
@@ -438,11 +448,20 @@ class RcloneTarget(Target):
             self._move_dir(src, dst)
             return
         # a name missing from a folder only this push writes in (made by it, or the recorder's claimed folder)
-        # is free without a look-up
-        if not self._absent(dst) and self.lstat(dst) is not None:
+        # is free without a look-up. On a WebDAV store none first either: rclone's MOVE there says "Overwrite: F"
+        # (see _always), so the store itself refuses a file there (412), in the same request that moves (a look-up
+        # first cost two round trips, rclone's look-up of a missing name, and left one between it and the move in
+        # which another recorder's claim could land and be replaced); looked up only when the move fails
+        looked = self._absent(dst) or self.atomic_dir_rename
+        if not looked and self.lstat(dst) is not None:
             raise TargetError(f"refusing to replace existing {dst}")
-        # (checked above: absent); not made again when refused as locked: someone may be taking that name
-        self.move(src, dst, free=True, locked_again=False)
+        # not made again when refused as locked: someone may be taking that name
+        try:
+            self.move(src, dst, free=True, locked_again=False)
+        except RcloneError:
+            if self.atomic_dir_rename and not self._absent(dst) and self.lstat(dst) is not None:
+                raise TargetError(f"refusing to replace existing {dst}") from None
+            raise
         with self._names:
             self._files.discard(self.rel(src))
             self._files.add(self.rel(dst))

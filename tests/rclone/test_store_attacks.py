@@ -67,15 +67,25 @@ def test_two_recorders_first_push_at_the_same_moment_one_gets_the_folder(rclone_
     cfg_a = cfg_for(rclone_tmp / "a", db_a, conf, remote, folder="steno")
     cfg_b = cfg_for(rclone_tmp / "b", db_b, conf, remote, folder="steno")
     a_done, b_looked = threading.Event(), threading.Event()
-    real = RcloneTarget.lstat
+    real, real_move = RcloneTarget.lstat, RcloneTarget.move
+
+    def hold(unclaimed: bool = True) -> None:
+        if threading.current_thread().name == "b" and not b_looked.is_set():
+            b_looked.set()                                  # B has seen the folder unclaimed...
+            assert unclaimed and a_done.wait(60)            # ...and is held there while A pushes
 
     def lstat(self, rel):
         out = real(self, rel)
-        if rel.endswith(CLAIM_NAME) and threading.current_thread().name == "b" and not b_looked.is_set():
-            b_looked.set()                                  # B has seen the folder unclaimed...
-            assert out is None and a_done.wait(60)          # ...and is held there while A pushes
+        if rel.endswith(CLAIM_NAME):
+            hold(out is None)
         return out
+
+    def move(self, src, dst, **kw):
+        if dst.endswith(CLAIM_NAME):
+            hold()      # (on WebDAV B looks for no claim before its move: its folder was not there when it began)
+        return real_move(self, src, dst, **kw)
     monkeypatch.setattr(RcloneTarget, "lstat", lstat)
+    monkeypatch.setattr(RcloneTarget, "move", move)
     results: dict = {}
 
     def run(name, rid, cfg):
