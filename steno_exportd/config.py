@@ -50,12 +50,20 @@ _PLACEHOLDERS = ("date", "time", "title", "short_id", "uuid", "id", "location",
                  "job_id", "timestamp", "format", "seq")
 
 
+SHOWN_MAX = 80       # characters of a value quoted in a message (a whole key file pasted into a path)
+
+
+def _shown(value: Any) -> str:
+    """A value someone wrote, quoted for a message: repr (a newline in it forges no log line), cut to SHOWN_MAX."""
+    return safeparse.shorten(repr(value), SHOWN_MAX)
+
+
 def check_pattern(value: str) -> str | None:
     names = re.findall(r"{([^{}]*)}", value)
     bad = [n for n in names if n not in _PLACEHOLDERS]
     if bad:
         hint = difflib.get_close_matches(bad[0], _PLACEHOLDERS, n=1)
-        return (f"unknown placeholder '{{{bad[0]}}}'"
+        return (f"unknown placeholder {_shown('{' + bad[0] + '}')}"
                 + (f" (did you mean '{{{hint[0]}}}'?)" if hint else "")
                 + f"; valid: {', '.join('{' + p + '}' for p in _PLACEHOLDERS)}")
     if not value.strip():
@@ -67,7 +75,7 @@ def _check_cidr(value: str) -> str | None:
     try:
         ipaddress.ip_network(value, strict=False)
     except ValueError:
-        return f"not a network in CIDR form: {value!r} (e.g. '192.168.0.0/16')"
+        return f"not a network in CIDR form: {_shown(value)} (e.g. '192.168.0.0/16')"
     return None
 
 
@@ -76,12 +84,12 @@ def _check_cron(value: str) -> str | None:
         return None
     fields = value.split()
     if len(fields) != 5:
-        return f"cron expression needs 5 fields (minute hour day month weekday), got {len(fields)}: {value!r}"
+        return f"cron expression needs 5 fields (minute hour day month weekday), got {len(fields)}: {_shown(value)}"
     from croniter import croniter          # the one cron parser (schedules.py runs what it accepts)
     try:
         croniter(value)
     except (ValueError, KeyError, TypeError) as e:
-        return f"invalid cron expression {value!r}: {e}"
+        return f"invalid cron expression {_shown(value)}: {safeparse.shorten(str(e), SHOWN_MAX)}"
     return None
 
 
@@ -93,7 +101,7 @@ def _check_bus(value: str) -> str | None:
 
 def _check_abs_or_empty(value: str) -> str | None:
     if value and not value.startswith("/"):
-        return f"must be an absolute path, got {value!r}"
+        return f"must be an absolute path, got {_shown(value)}"
     return None
 
 
@@ -103,15 +111,15 @@ def _check_time_zone(value: str) -> str | None:
     import zoneinfo
     try:
         zoneinfo.ZoneInfo(value)
-    except (ValueError, zoneinfo.ZoneInfoNotFoundError):
-        return f"unknown time zone {value!r} (an IANA name such as 'Europe/Berlin', or empty for the system's)"
+    except (ValueError, OSError, zoneinfo.ZoneInfoNotFoundError):   # (a name too long for a file name: OSError)
+        return f"unknown time zone {_shown(value)} (an IANA name such as 'Europe/Berlin', or empty for the system's)"
     return None
 
 
 def _check_language(value: str) -> str | None:
     if re.fullmatch(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*", value):
         return None
-    return f"not a BCP 47 language tag: {value!r} (e.g. 'en', 'de', 'pt-BR')"
+    return f"not a BCP 47 language tag: {_shown(value)} (e.g. 'en', 'de', 'pt-BR')"
 
 
 # ---- schema -------------------------------------------------------------------------
@@ -533,35 +541,35 @@ def _validate_value(path: str, tp: Any, meta: dict, value: Any, errors: list[str
         for i, item in enumerate(value):
             ipath = f"{path}[{i}]"
             if not _scalar_ok(item_tp, item):
-                errors.append(f"{ipath}: expected a {_type_name(item_tp)}, got {item!r}")
+                errors.append(f"{ipath}: expected a {_type_name(item_tp)}, got {_shown(item)}")
                 continue
             if meta.get("items") and item not in meta["items"]:
                 hint = difflib.get_close_matches(str(item), meta["items"], n=1)
                 kind = "format" if meta["items"] is FORMATS else "value"
-                errors.append(f"{ipath}: unknown {kind} {item!r}"
+                errors.append(f"{ipath}: unknown {kind} {_shown(item)}"
                               + (f" (did you mean {hint[0]!r}?)" if hint else "")
                               + f"; valid: {', '.join(meta['items'])}")
                 continue
             out.append(item)
         return out
     if not _scalar_ok(tp, value):
-        errors.append(f"{path}: expected a {_type_name(tp)}, got {value!r}")
+        errors.append(f"{path}: expected a {_type_name(tp)}, got {_shown(value)}")
         return None
     if tp is float:
         value = float(value)
         if not math.isfinite(value):        # TOML's nan passes every bound (no comparison holds), inf every lower one
-            errors.append(f"{path}: must be a finite number, got {value!r}")
+            errors.append(f"{path}: must be a finite number, got {_shown(value)}")
             return None
     if meta.get("choices") and value not in meta["choices"]:
         hint = difflib.get_close_matches(str(value), [str(c) for c in meta["choices"]], n=1)
-        errors.append(f"{path}: {value!r} is not one of {', '.join(map(str, meta['choices']))}"
+        errors.append(f"{path}: {_shown(value)} is not one of {', '.join(map(str, meta['choices']))}"
                       + (f" (did you mean {hint[0]!r}?)" if hint else ""))
         return None
     if meta.get("min") is not None and value < meta["min"]:
-        errors.append(f"{path}: must be >= {meta['min']}, got {value!r}")
+        errors.append(f"{path}: must be >= {meta['min']}, got {_shown(value)}")
         return None
     if meta.get("max") is not None and value > meta["max"]:
-        errors.append(f"{path}: must be <= {meta['max']}, got {value!r}")
+        errors.append(f"{path}: must be <= {meta['max']}, got {_shown(value)}")
         return None
     if meta.get("check"):
         msg = meta["check"](value)
@@ -631,7 +639,7 @@ def _check_mail(cfg: Config, errors: list[str]) -> None:
         if msg:
             errors.append(f"{key}: {msg}")
     if e.security == "none" and not e.starttls and e.username and not is_loopback(e.smtp_host):
-        errors.append(f"email.security: 'none' would send the password for {e.username!r} in clear to "
+        errors.append(f"email.security: 'none' would send the password for {_shown(e.username)} in clear to "
                       f"{e.smtp_host}; use 'starttls' or 'tls'")
     if e.enabled:
         for i, rule in enumerate(cfg.notify.rules):
@@ -644,7 +652,7 @@ def _check_mail(cfg: Config, errors: list[str]) -> None:
 def _cross_check(cfg: Config, errors: list[str]) -> None:
     _check_mail(cfg, errors)
     if cfg.export.template not in DOCUMENT_TEMPLATES and not cfg.render.template_dir:
-        errors.append(f"export.template: unknown template {cfg.export.template!r}")
+        errors.append(f"export.template: unknown template {_shown(cfg.export.template)}")
     for i, net in enumerate(cfg.http.auth.allowed_networks):
         msg = _check_cidr(net)
         if msg:
@@ -663,7 +671,7 @@ def _cross_check(cfg: Config, errors: list[str]) -> None:
             if not getattr(r, key):
                 errors.append(f"smb.remotes[{i}].{key}: required")
         if r.name in names:
-            errors.append(f"smb.remotes[{i}].name: duplicate remote name {r.name!r}")
+            errors.append(f"smb.remotes[{i}].name: duplicate remote name {_shown(r.name)}")
         names.add(r.name)
     rnames = set()
     for i, rr in enumerate(cfg.rclone.remotes):
@@ -671,10 +679,10 @@ def _cross_check(cfg: Config, errors: list[str]) -> None:
             if not getattr(rr, key):
                 errors.append(f"rclone.remotes[{i}].{key}: required")
         if rr.remote and ":" not in rr.remote:
-            errors.append(f"rclone.remotes[{i}].remote: {rr.remote!r} names no rclone remote "
+            errors.append(f"rclone.remotes[{i}].remote: {_shown(rr.remote)} names no rclone remote "
                           f"(expected 'NAME:path', NAME a remote of rclone.config_file)")
         if rr.name in rnames:
-            errors.append(f"rclone.remotes[{i}].name: duplicate remote name {rr.name!r}")
+            errors.append(f"rclone.remotes[{i}].name: duplicate remote name {_shown(rr.name)}")
         rnames.add(rr.name)
     _check_schedules(cfg, names, rnames, errors)
 
@@ -687,7 +695,7 @@ def _check_schedules(cfg: Config, remotes: set[str], rclone_remotes: set[str], e
         if not s.name:
             errors.append(f"{where}.name: required")
         elif s.name in seen:
-            errors.append(f"{where}.name: duplicate schedule name {s.name!r}")
+            errors.append(f"{where}.name: duplicate schedule name {_shown(s.name)}")
         elif s.name.startswith(("smb:", "rclone:")) or len(s.name) > 64 \
                 or any(not c.isprintable() for c in s.name):
             errors.append(f"{where}.name: at most 64 printable characters, not starting with 'smb:' or 'rclone:' (the "
@@ -700,10 +708,10 @@ def _check_schedules(cfg: Config, remotes: set[str], rclone_remotes: set[str], e
             errors.append(f"{where}.target: required")
         elif t.startswith("smb:"):
             if t[4:] not in remotes:
-                errors.append(f"{where}.target: no SMB remote named {t[4:]!r}")
+                errors.append(f"{where}.target: no SMB remote named {_shown(t[4:])}")
         elif t.startswith("rclone:"):
             if t[7:] not in rclone_remotes:
-                errors.append(f"{where}.target: no rclone remote named {t[7:]!r}")
+                errors.append(f"{where}.target: no rclone remote named {_shown(t[7:])}")
         elif t.startswith(SCHEDULE_MAIL_PREFIX):
             addrs = [a.strip() for a in t[len(SCHEDULE_MAIL_PREFIX):].split(",") if a.strip()]
             for a in addrs:
@@ -716,9 +724,9 @@ def _check_schedules(cfg: Config, remotes: set[str], rclone_remotes: set[str], e
                 errors.append(f"{where}.target: mail needs [email] enabled = true")
         elif not t.startswith("/") or "\0" in t:
             errors.append(f"{where}.target: an absolute folder, FILE.zip/.tar.gz, smb:<remote>, rclone:<remote> or "
-                          f"email:<addresses>, not {t[:100]!r}")
+                          f"email:<addresses>, not {_shown(t)}")
         if s.template and s.template not in DOCUMENT_TEMPLATES and not cfg.render.template_dir:
-            errors.append(f"{where}.template: unknown template {s.template!r}")
+            errors.append(f"{where}.template: unknown template {_shown(s.template)}")
 
 
 def from_dict(data: dict, source: str = "") -> Config:

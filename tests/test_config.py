@@ -134,3 +134,30 @@ def test_an_rclone_remote_holding_a_credential_in_the_config_is_warned_about(tmp
     assert len(warned) == 1 and warned[0].startswith("warning: rclone.remotes[0].remote: holds a credential"), r.stderr
     assert "rclone.config_file" in warned[0], warned
     assert "Summer2026" not in r.stderr and "kQbHMuj1jBl_dWz0" not in r.stderr, r.stderr
+
+
+
+LONG = "x" * 5000
+
+
+@pytest.mark.parametrize("data,count", [
+    ({"recorder": {"db_path": "rel/" + LONG, "lock_timeout": LONG},
+      "export": {"naming": LONG, "folder_pattern": "{" + LONG + "}", "formats": ["txt", LONG, 7 * [LONG]]},
+      "render": {"time_zone": LONG, "language": LONG},
+      "schedules": [{"name": "a", "cron": "* * * * " + LONG, "target": "/x"},
+                    {"name": "b", "cron": "x y z w " + LONG, "target": "/x"}]}, 10),
+    ({"email": {"username": LONG, "security": "none", "smtp_host": "mail.example"},
+      "smb": {"remotes": [{"name": LONG, "server": "nas", "share": "s"}, {"name": LONG, "server": "nas", "share": "s"}]},
+      "schedules": [{"name": "b", "cron": "1 * * * *", "target": "rclone:" + LONG},
+                    {"name": "c", "cron": "1 * * * *", "target": "relative/" + LONG}]}, 4),
+], ids=["fields", "across"])
+def test_every_message_about_a_long_value_is_bounded_and_still_names_it(data, count):
+    """A value pasted wrong (a whole key file into a path, a log line into a time zone) is quoted in the message,
+    cut with an ellipsis: check-config, the journal and a stick's reason stay readable; never a traceback."""
+    with pytest.raises(ConfigError) as ei:
+        config.from_dict(data)
+    problems = ei.value.problems
+    assert len(problems) == count, problems
+    for p in problems:
+        assert len(p) <= 300, p[:300]
+        assert "xxxxxxxxxx" in p, p[:300]        # the value is still shown, cut

@@ -765,7 +765,8 @@ class Exporter:
                     continue        # a source problem already reported for this version (missing audio)
                 return False
             f = files.get(pf.name)
-            if not f or f.get("version") != pf.version or f.get("template", "") != pf.template or f.get("bad"):
+            if not f or f.get("version") != pf.version or f.get("template", "") != pf.template or f.get("bad") \
+                    or (self.verify and f.get("unverified")):
                 return False
             st = listing.get(pf.name)
             if st is None or st.kind != "file" or st.size != f.get("size"):
@@ -874,7 +875,8 @@ class Exporter:
                                               error="a file we did not write is in the way; not overwritten"))
                     continue
                 if (old and old.get("size") == st.size and old.get("version") == pf.version and
-                        not old.get("bad") and old.get("template", "") == pf.template and pf.source is not None
+                        not old.get("bad") and not (self.verify and old.get("unverified"))
+                        and old.get("template", "") == pf.template and pf.source is not None
                         and entry and entry.get("updated_at") == new_entry["updated_at"]):
                     new_entry["files"][pf.name] = old
                     results.append(FileResult(rel_final, True, st.size, old.get("sha256", "")))
@@ -1003,7 +1005,7 @@ class Exporter:
             with self._lock:
                 new_entry.pop("finishing", None)
                 self._unsaved = True            # written by the next save, at the latest the run's last
-        if self.state is not None and verified:
+        if self.state is not None and verified and self.verify:     # history: verified files only
             self.state.add_history(self.job_id, self.spec.target_name, self.spec.device_id, s.uuid, verified)
         errors = "; ".join(f"{r.path.rsplit('/', 1)[-1]}: {r.error}" for r in results
                            if not r.ok and not r.source_problem)
@@ -1017,6 +1019,10 @@ class Exporter:
             self.files_done += 1
         self.p.update(files_done=self.files_done)
         new_entry["files"][pf.name] = mf.entry(size, sha, pf.fmt, pf.version, pf.template)
+        if not self.verify:
+            # written by a job without verify: not in the history, and a later job that verifies sends it again
+            # (as a "bad" file is) rather than skipping it as already there
+            new_entry["files"][pf.name]["unverified"] = True
         r = FileResult(rel_final, True, size, sha)
         if i == len(results):
             results.append(r)

@@ -4,6 +4,7 @@ error text) told as what a person can act on (RcloneError)."""
 from __future__ import annotations
 
 import base64
+import ctypes
 import contextlib
 import http.client
 import io
@@ -12,6 +13,7 @@ import logging
 import os
 import re
 import secrets
+import signal
 import socket
 import stat as stat_mod
 import subprocess
@@ -250,6 +252,23 @@ def _line_number(path: str, line: str) -> int | None:
     return next((n for n, ln in enumerate(text.splitlines(), 1) if ln.strip() == line), None)
 
 
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)     # loaded here: the child between fork and exec only calls it
+
+
+def die_with_parent() -> Callable[[], None]:
+    """A Popen preexec_fn: the child is SIGKILLed when the thread that started it ends (the daemon SIGKILLed, a
+    test run killed): never an orphan holding a store's login and a loopback port. The kernel ties it to the
+    starting thread: Rcd is started, used and closed by one push's thread."""
+    parent = os.getpid()
+
+    def child() -> None:
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:          # the parent died before prctl: nothing would signal us
+            os._exit(1)
+    return child
+
+
 class Rcd:
     """One ``rclone rcd`` child for one push: rclone's remote-control API on a loopback port, its login
     random and passed in the environment (never on the command line). Every operation is one HTTP
@@ -285,7 +304,8 @@ class Rcd:
         try:
             self.proc = subprocess.Popen(self._argv + ["rcd", "--rc-addr", "127.0.0.1:0", "--rc-serve"],
                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                         env=env, close_fds=True, start_new_session=True)
+                                         env=env, close_fds=True, start_new_session=True,
+                                         preexec_fn=die_with_parent())
         except OSError as e:
             raise RcloneError(f"{self.where}: cannot run {self._argv[0]} ({e.strerror}); install Debian's "
                               f"rclone package", True) from e

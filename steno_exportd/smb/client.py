@@ -20,10 +20,11 @@ for _name in ("smbprotocol", "smbclient", "spnego"):     # one INFO line per SMB
 
 
 class SmbError(TargetError):
-    """An SMB push failed; ``permanent`` errors (logon, access, missing share) are not retried."""
+    """An SMB push failed; ``permanent`` errors (logon, access, missing share) are not retried; ``kind`` is what
+    a person acts on (TargetError.kind: "permission" for access denied, "full" for a full share)."""
 
-    def __init__(self, message: str, permanent: bool = False) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, permanent: bool = False, kind: str | None = None) -> None:
+        super().__init__(message, kind=kind)
         self.permanent = permanent
 
 
@@ -68,9 +69,9 @@ def explain(exc: BaseException, remote: SmbRemote) -> SmbError:
     if isinstance(exc, (ex.ObjectPathNotFound, ex.ObjectNameNotFound)):
         return SmbError(f"path not found on {where}: {getattr(exc, 'filename', '') or remote.path}", True)
     if isinstance(exc, ex.AccessDenied):
-        return SmbError(f"access denied on {where} (no write permission?)", True)
+        return SmbError(f"access denied on {where} (no write permission?)", True, kind="permission")
     if isinstance(exc, ex.DiskFull):
-        return SmbError(f"share {where} is full", True)
+        return SmbError(f"share {where} is full", True, kind="full")
     if isinstance(exc, ex.SMBAuthenticationError):
         return SmbError(f"logon failed on {remote.server}: {exc}", True)
     msg = str(exc)
@@ -106,12 +107,13 @@ def _explain_status(status: int, exc: BaseException, remote: SmbRemote, where: s
     """A message for an NT status the server answered with; None to fall through to the exception type."""
     name = _remote_name(exc, remote)
     if status == 0xC0000022:
-        return SmbError(f"access denied on {where} (no write permission?)" + (f": {name}" if name else ""), True)
+        return SmbError(f"access denied on {where} (no write permission?)" + (f": {name}" if name else ""), True,
+                        kind="permission")
     if status in (0xC0000034, 0xC000003A):
         return SmbError(f"path not found on {where}: {name or remote.path}", True)
     name = name or "a file"
     if status == 0xC000007F:
-        return SmbError(f"share {where} is full", True)
+        return SmbError(f"share {where} is full", True, kind="full")
     if status in _IN_USE:
         return SmbError(f"{name} on {where} is in use by another program")
     if status == 0xC0000056:

@@ -82,7 +82,7 @@ class SmbKind(RemoteKind):
                     claim(t, folder, rid)
                     adopt(t, folder)
                 except SmbError as e:
-                    raise SmbError(f"{target}: {e}", e.permanent) from e
+                    raise SmbError(f"{target}: {e}", e.permanent, kind=e.kind) from e
                 yield t
                 if cfg.smb.office_index:
                     with t.unstoppable():       # (after a cancel too: it lists what the run's last save recorded)

@@ -183,3 +183,29 @@ async def test_stop_cancels_a_running_job_safely(core_env, tmp_path):
     assert core.jobs.get(snap.id).state.finished
     for p in (out / "SilentSteno").rglob("*"):
         assert not (p.is_file() and p.name == "audio.wav" and p.stat().st_size != 80_000_000)
+
+
+async def test_a_job_without_verify_is_not_history_and_the_next_verifying_job_sends_its_files_again(core_env):
+    """History holds verified files only (StateDB.add_history): a no-verify job's files are not listed there, and a
+    later job that verifies does not skip them as already there: it writes and verifies them, then lists them."""
+    cfg, lib, out = core_env
+    core = Core(cfg, library=lib)
+    await core.start()
+    try:
+        nov = await core.jobs.wait((await core.export_sessions([1, 2], ["txt", "audio"], str(out),
+                                                               ExportOptions(verify=False))).id, timeout=30)
+        assert nov.state == ev.JobState.COMPLETED, nov.error
+        assert all(r.ok and not r.skipped for r in nov.results)
+        assert core.state.history() == []
+        ver = await core.jobs.wait((await core.export_sessions([1, 2], ["txt", "audio"], str(out),
+                                                               ExportOptions(verify=True))).id, timeout=30)
+        assert ver.state == ev.JobState.COMPLETED, ver.error
+        assert [r.skipped for r in ver.results] == [False, False]
+        hist = core.state.history()
+        assert len(hist) == 4 and {h["job_id"] for h in hist} == {ver.id} and all(h["sha256"] for h in hist)
+        again = await core.jobs.wait((await core.export_sessions([1, 2], ["txt", "audio"], str(out),
+                                                                 ExportOptions(verify=False))).id, timeout=30)
+        assert [r.skipped for r in again.results] == [True, True]       # verified once: nothing to send
+        assert len(core.state.history()) == 4
+    finally:
+        await core.stop()

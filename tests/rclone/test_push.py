@@ -1968,3 +1968,54 @@ def test_a_copy_that_outlasts_rclones_request_read_timeout_still_lands(webdav, r
     assert time.monotonic() - t0 > 3.5, "the copy did not outlast the read timeout: the test shows nothing"
     assert [r.ok for r in res] == [True], [r.error for r in res]
     assert_landed(folder, db)
+
+
+STAND_IN = r'''
+import sys, threading, time
+sys.path.insert(0, sys.argv[1])
+from steno_exportd import config
+from steno_exportd.rclone.process import Rcd
+work = sys.argv[2]
+cfg = config.from_dict({"recorder": {"db_path": f"{work}/rec.db"}, "usb": {"enabled": False},
+                        "http": {"enabled": False}, "state": {"dir": f"{work}/state"},
+                        "rclone": {"config_file": f"{work}/rclone.conf",
+                                   "remotes": [{"name": "cloud", "remote": "cloud:office", "timeout": 5}]}})
+rcd = Rcd(cfg, cfg.rclone.remotes[0])
+def push():                         # as a job's thread does: start rclone rcd, then push (here: wait)
+    rcd.start()
+    print(rcd.proc.pid, flush=True)
+    time.sleep(3600)
+threading.Thread(target=push, daemon=True).start()
+time.sleep(3600)
+'''
+
+
+def test_rclone_rcd_dies_with_a_daemon_killed_mid_push(rclone_tmp):
+    """The daemon SIGKILLed (the OOM killer, a watchdog's kill, a test run's SIGTERM) while a push's rclone rcd
+    runs: the rcd goes with it within seconds, never left behind holding the store's login and a loopback port."""
+    (rclone_tmp / "rclone.conf").write_text("")
+    os.chmod(rclone_tmp / "rclone.conf", 0o600)
+    daemon = subprocess.Popen([os.sys.executable, "-c", STAND_IN, str(pathlib.Path(__file__).parents[2]),
+                               str(rclone_tmp)], stdout=subprocess.PIPE, text=True)
+    rcd = 0
+    try:
+        rcd = int(daemon.stdout.readline())
+        assert parts.proc_stat(rcd)                   # rclone rcd running, the daemon's child
+        time.sleep(0.5)
+        assert os.path.exists(f"/proc/{rcd}"), "rclone rcd died while the daemon lived"
+        daemon.kill()
+        daemon.wait(10)
+
+        def gone() -> bool:
+            try:
+                return parts.proc_stat(rcd)[0] == "Z"
+            except OSError:
+                return True
+        parts.wait_for(gone, 5, what=f"rclone rcd {rcd} to go with its SIGKILLed daemon")
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait(10)
+        if rcd:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(rcd, 9)

@@ -313,3 +313,24 @@ async def test_push_on_new_sends_a_session_whose_push_failed_with_the_next_one(o
         await core.stop()
     names = sorted(p.parent.name for p in (root / "nas" / "rec-2").rglob("transcript.txt"))
     assert len(names) == 2 and "NAS was down" in names[0] + names[1] and "it was back" in names[0] + names[1], names
+
+
+async def test_a_share_the_user_may_not_write_fails_the_push_saying_permission_denied(office, tmp_path, demo_library):
+    """The NAS lets the recorder's user log on to a share but not write there: the job's headline says it is a
+    permission problem (what the page, D-Bus and steno-exportctl show), not a bare "failed"."""
+    smbd, remote, root, _ = office
+    lib = tmp_path / "library"
+    await asyncio.to_thread(demo_library, lib, sessions=2, seed=6, small=True)
+    cfg = make_config(tmp_path, smb={"recorder_folder": "rec-1",
+                                     "remotes": [dict(dataclasses.asdict(remote), share="ro")]})
+    core = Core(cfg)
+    core.targets.register(SmbKind())
+    await core.start()
+    try:
+        done = await finished(core, (await core.export_sessions(with_audio(lib)[:1], ["txt"], "smb:office",
+                                                                ExportOptions())).id)
+    finally:
+        await core.stop()
+    assert done.state == events.JobState.FAILED
+    assert done.error.startswith("permission denied on the target: smb:office: access denied on "), done.error
+    assert not list((root / "ro").rglob("*"))
