@@ -17,7 +17,7 @@ from steno_exportd.config import Config, RcloneRemote
 from steno_exportd.engine import index
 from steno_exportd.engine.identity import (CLAIM_NAME, SHORT, claim_body, claim_in_the_way, claim_owner,
                                            recorder_folder)
-from steno_exportd.engine.manifest import write_atomic
+from steno_exportd.engine.manifest import MANIFEST, MAX_BYTES, write_atomic
 from steno_exportd.engine.registry import RemoteKind
 from steno_exportd.errors import StenoError, TargetError
 from steno_exportd.rclone.process import Rcd, RcloneError, config_problems
@@ -62,6 +62,11 @@ class RcloneKind(RemoteKind):
                              cancelled=lambda: bool(getattr(progress, "cancelled", False)))
             try:
                 t.connect()
+                # what the run reads first once the claim is read (its manifest, the folder's listing) and what a
+                # push that finds nothing new reads last (its office index): read meanwhile, on a push into a
+                # folder already there
+                t.read_ahead((f"{folder}/{MANIFEST}", *([index.index_path(folder)] if cfg.smb.office_index else [])),
+                             MAX_BYTES + 1, (folder,))
                 t.mkdir(folder)
                 claim(t, folder, rid)
                 if cfg.smb.office_index:

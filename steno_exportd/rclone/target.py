@@ -134,6 +134,9 @@ class RcloneTarget(Target):
         # what the push writes after its last folders are in place (the office index: kind.open), given the
         # recorder's folder and the names it will hold then; sent while they move (last_moves), its outcome here
         self.after_moves: Callable[[str, set[str]], Any] | None = None
+        # reads and listings begun before they are asked for (read_ahead): ("read"|"list", path) -> (its Future, the
+        # limit a read was made with); dropped when this push changes what they read (_landed)
+        self._ahead: dict[tuple[str, str], tuple[concurrent.futures.Future, int]] = {}
         self._after: concurrent.futures.Future | None = None
         self._lingering: list[int] = []   # descriptors of copies not known ended: closed once rclone has stopped
 
@@ -242,6 +245,8 @@ class RcloneTarget(Target):
         head, _, base = self.rel(rel).rpartition("/")
         gone = self.rel(rel)
         with self._names:
+            for key in (("read", gone), ("list", head), ("list", gone)):
+                self._ahead.pop(key, None)      # (what it read is not what is there now: asked for again)
             names = self._mine.get(head)
             if names is not None:
                 (names.add if there else names.discard)(base)
@@ -278,6 +283,41 @@ class RcloneTarget(Target):
     def exists(self, rel: str) -> bool:
         return self.lstat(rel) is not None
 
+    def read_ahead(self, files: tuple[str, ...], limit: int, folders: tuple[str, ...] = ()) -> None:
+        """Begin reading ``files`` (read_small() of ``limit`` bytes) and listing ``folders`` now, all at once, for
+        the read_small() and scandir() that ask for them later: a push that finds nothing new reads its manifest,
+        lists the recorder's folder and reads its office index, each one or two round trips in a row of a distant
+        store (rclone's WebDAV: each through its folder's own remote, see _at), after reading its claim. Only
+        those in (and folders) known there (connect(): none on a push into a new folder). Dropped when this push changes
+        them first (_landed: its claim written into the folder, its index rewritten), asked for again then."""
+        jobs: list[tuple[tuple[str, str], Callable[[], Any]]] = []
+        with self._names:
+            there = set(self._dirs)
+        for rel in files:
+            if self.rel(rel).rpartition("/")[0] in there:
+                jobs.append((("read", self.rel(rel)), lambda rel=rel: self._read_small(rel, limit)))
+        for rel in folders:
+            if self.rel(rel) in there:
+                jobs.append((("list", self.rel(rel)), lambda rel=rel: self._list(rel)))   # (limit: none)
+        if not jobs:
+            return
+        pool = concurrent.futures.ThreadPoolExecutor(len(jobs), "steno-read-ahead")
+        try:
+            with self._names:
+                for key, job in jobs:
+                    self._ahead[key] = (pool.submit(job), limit if key[0] == "read" else 0)
+        finally:
+            pool.shutdown(wait=False)
+
+    def _taken_ahead(self, kind: str, rel: str, limit: int = 0) -> concurrent.futures.Future | None:
+        """The read or listing read_ahead() began of ``rel`` (with this ``limit``), once; None when there is none."""
+        with self._names:
+            got = self._ahead.pop((kind, self.rel(rel)), None)
+        if got is None:
+            return None
+        fut, made_with = got
+        return fut if made_with == limit else None
+
     def _list(self, rel: str) -> dict | None:
         fs, remote = self._at(rel, folder=True)
         return self.rcd.call("operations/list", {"fs": fs, "remote": remote,
@@ -287,7 +327,8 @@ class RcloneTarget(Target):
     def scandir(self, rel: str) -> dict[str, EntryStat]:
         if self.rel(rel) in self._unmade:
             return {}
-        r = self._list(rel)
+        ahead = self._taken_ahead("list", rel, 0)
+        r = ahead.result() if ahead is not None else self._list(rel)
         if r is None:
             raise TargetError(f"{self.name}: folder not found: {rel}")
         out = {d["Name"]: self._entry(d) for d in r.get("list") or [] if isinstance(d, dict) and d.get("Name")}
@@ -394,6 +435,10 @@ class RcloneTarget(Target):
         from a folder only this push writes in (_absent)."""
         if self._absent(rel):
             return None
+        ahead = self._taken_ahead("read", rel, limit)
+        return ahead.result() if ahead is not None else self._read_small(rel, limit)
+
+    def _read_small(self, rel: str, limit: int) -> bytes | None:
         try:
             h = _RcloneRead(self, rel, missing_ok=True)
         except _Missing:
@@ -585,6 +630,11 @@ class RcloneTarget(Target):
         return after
 
     def close(self) -> None:
+        with self._names:
+            ahead, self._ahead = list(self._ahead.values()), {}
+        for fut, _ in ahead:                # (never asked for: the push failed before; ended before rclone is)
+            with contextlib.suppress(Exception):
+                fut.result()
         after, self._after = self._after, None
         if after is not None:
             # sent ahead and never named (the push failed before): removed, best effort (else it is this host's temp

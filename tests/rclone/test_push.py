@@ -32,6 +32,7 @@ from steno_exportd.rclone.kind import RcloneKind
 from steno_exportd.errors import TargetFullError
 from steno_exportd.rclone.process import RcloneError, config_problems
 from tests import parts
+from tests.parts.delay import DelayRelay, Exchange, depth
 from tests.parts.rclone import DROP, FaultyWebdav, RcloneServer, serving
 from tests.recorder_db import RecorderDB
 from tests.smb.recorder import FORMATS, Progress, assert_landed, make_recorder, on_nas, stamps
@@ -899,10 +900,9 @@ RTT_MS = 100            # the distant store's round trip in the tests below: far
 
 @contextlib.contextmanager
 def distant_verbose_webdav(tmp: pathlib.Path, count: int
-                           ) -> Iterator[tuple[RcloneServer, RecorderDB, config.Config]]:
-    """verbose_webdav() of ``count`` sessions of a small recording each, the store RTT_MS away (tests/parts/delay.py);
-    the relay closed after."""
-    from tests.parts.delay import DelayRelay
+                           ) -> Iterator[tuple[RcloneServer, DelayRelay, RecorderDB, config.Config]]:
+    """verbose_webdav() of ``count`` sessions of a small recording each, the store RTT_MS away (tests/parts/delay.py:
+    its relay, which keeps the requests it passed on); the relay closed after."""
     from tests.parts import require_tool
     require_tool("rclone")
     (tmp / "served").mkdir(parents=True)
@@ -912,23 +912,24 @@ def distant_verbose_webdav(tmp: pathlib.Path, count: int
     try:
         db = make_recorder(tmp / "rec", sizes=tuple((64 << 10) + i for i in range(count)))
         conf = dataclasses.replace(srv, port=relay.port).client_config(tmp / "rclone.conf")
-        yield srv, db, make_cfg(tmp, db, conf, f"{srv.remote}:office")
+        yield srv, relay, db, make_cfg(tmp, db, conf, f"{srv.remote}:office")
     finally:
         relay.close()
         srv.stop()
 
 
-def round_trips(answered: list[tuple[float, str]]) -> int:
-    """How many round trips in a row the push waited for to make these requests of the store RTT_MS away (in the order
-    the store answered them): those it received less than half a round trip after the one before were sent together
-    (rclone spaces the requests of one remote 10 ms apart, a request that waits for an answer comes a round trip
-    later)."""
-    waves, last = 0, None
-    for when, _ in answered:
-        if last is None or when - last > RTT_MS / 2000:
-            waves += 1
-        last = when
-    return waves
+def round_trips(exchanges: list[Exchange]) -> tuple[int, str]:
+    """How many round trips in a row the push waited for to make these requests of the store RTT_MS away (as its
+    relay saw them: tests.parts.delay.depth, the longest chain of requests each made after the answer of the one
+    before had come back), and the requests with the depth of each, for a failure's message. Counted at the relay,
+    not by when requests reached the store: requests sent together came up to a round trip apart on a loaded
+    machine (six of sixteen listings counted a round trip late), which no wait of the push's made."""
+    depths = depth(exchanges)
+    t0 = min((ex.came for ex in exchanges), default=0.0)
+    said = "\n".join(f"{ex.came - t0:6.3f} {depths[i]:3d} {ex.what} (answered "
+                     f"{'never' if ex.answered is None else f'{ex.answered - t0:.3f}'})"
+                     for i, ex in enumerate(exchanges))
+    return max(depths.values(), default=0), said
 
 
 def test_the_end_of_a_push_to_a_distant_webdav_store_waits_for_few_round_trips(rclone_tmp, monkeypatch):
@@ -937,11 +938,12 @@ def test_the_end_of_a_push_to_a_distant_webdav_store_waits_for_few_round_trips(r
     cloud) each request it waits for before its next is a round trip. It waited for 29 in a row for 12 sessions
     (the folders moved 8 at a time; the office index uploaded after the moves, its folder looked up first): 0.65 s
     of a 1.6 s push at 20 ms. Now the folders move 16 at a time, the index is uploaded while they move and named
-    after them, its folder made without a look-up. Counted in the store's own log: what it received after the last
-    read-back, grouped into round trips by when it came. All 12 land, in the office index too."""
+    after them, its folder made without a look-up. Counted at the store's relay: of the requests after the last
+    read-back, the longest chain of them each sent once an answer had come back (round_trips). All 12 land, in the
+    office index too."""
     from steno_exportd.rclone.target import RcloneTarget
     monkeypatch.setattr(RcloneTarget, "save_every", 3600.0)      # every session held for the run's last save
-    with distant_verbose_webdav(rclone_tmp, 12) as (srv, db, cfg):
+    with distant_verbose_webdav(rclone_tmp, 12) as (srv, relay, db, cfg):
         res = _push_formats(cfg, ("txt", "audio"))
         assert [(r.ok, r.skipped) for r in res] == [(True, False)] * 12, [r.error for r in res]
         folder = srv.served / "office" / recorder_folder(cfg)
@@ -949,11 +951,11 @@ def test_the_end_of_a_push_to_a_distant_webdav_store_waits_for_few_round_trips(r
         index = json.loads((srv.served / "office" / INDEX_DIR / f"{folder.name}.json").read_text())
         assert len(index["meetings"]) == 12 and all((srv.served / "office" / m["folder"]).is_dir()
                                                     for m in index["meetings"])
-        answered = srv.answered()
-        last = max(i for i, (_, what) in enumerate(answered) if ".partial/" in what and what.endswith(": GET"))
-        end = answered[last + 1:]
+        sent = relay.exchanges()
+        last = max(i for i, ex in enumerate(sent) if ".partial/" in ex.what and ex.what.endswith(": GET"))
+        count, said = round_trips(sent[last + 1:])
         # 29 before (measured), 21 now: the index's folder made, its upload; its move after the folders'
-        assert round_trips(end) <= 22, "\n".join(f"{w - end[0][0]:6.3f} {what}" for w, what in end)
+        assert count <= 22, said
 
 
 def test_a_push_into_a_new_folder_makes_it_and_the_office_index_folder_without_looking_them_up(rclone_tmp):
@@ -998,19 +1000,40 @@ def test_a_first_push_to_a_distant_webdav_store_claims_its_folder_in_few_round_t
     waits for is a round trip: it waited for 16 in a row before its first session's folder (at 20 ms, a quarter of
     the 12-session bench push), the claim read first in the folder it had just made, and its name looked up before
     the move (rclone's look-up of a missing name: two requests), though a WebDAV MOVE never replaces a file (the
-    store refuses it: "Overwrite: F"). Now neither: 13. Counted in the store's own log, grouped into round trips by
-    when it came; the claim is this recorder's, the sessions land."""
+    store refuses it: "Overwrite: F"). Now neither: 13. Counted at the store's relay (round_trips); the claim is this
+    recorder's, the sessions land."""
     from steno_exportd.engine.identity import CLAIM_NAME
-    with distant_verbose_webdav(rclone_tmp, 2) as (srv, db, cfg):
+    with distant_verbose_webdav(rclone_tmp, 2) as (srv, relay, db, cfg):
         res = _push_formats(cfg, ("txt", "audio"))
         assert [(r.ok, r.skipped) for r in res] == [(True, False)] * 2, [r.error for r in res]
         folder = srv.served / "office" / recorder_folder(cfg)
         assert_landed(folder, db, formats=("txt", "audio"))
         assert json.loads((folder / CLAIM_NAME).read_text())["recorder_id"]
-        answered = srv.answered()
-        first = min(i for i, (_, what) in enumerate(answered) if ".partial/" in what)
-        before = answered[:first]
-        assert round_trips(before) <= 13, "\n".join(f"{w - before[0][0]:6.3f} {what}" for w, what in before)
+        sent = relay.exchanges()
+        first = min(i for i, ex in enumerate(sent) if ".partial/" in ex.what)
+        count, said = round_trips(sent[:first])
+        # 16 before (measured), 13 now
+        assert count <= 13, said
+
+def test_a_push_that_finds_nothing_new_on_a_distant_webdav_store_waits_for_few_round_trips(rclone_tmp):
+    """What a schedule or push-on-new finds most of the time, on a distant store: the push read its claim, then
+    listed the recorder's folder, then read its manifest, then listed the sessions' folders 8 at a time, then read
+    the office index, each a round trip or two in a row (10 for 16 sessions; 200 sessions took 0.96 s at 20 ms where
+    `rclone copy` took 0.11 s). Now the manifest, the folder's listing and the index are read while the claim is,
+    and the sessions' folders are listed 16 at a time. Counted at the store's relay (round_trips); the push still
+    finds every session there and sends nothing."""
+    with distant_verbose_webdav(rclone_tmp, 16) as (srv, relay, db, cfg):
+        assert all(r.ok for r in _push_formats(cfg, ("txt", "audio")))
+        before, ahead = len(srv.answered()), len(relay.exchanges())
+        res = _push_formats(cfg, ("txt", "audio"))
+        assert [(r.ok, r.skipped) for r in res] == [(True, True)] * 16, [r.error for r in res]
+        again = srv.answered()[before:]
+        assert not [what for _, what in again if not what.endswith((": PROPFIND", ": GET"))], again
+        assert len([what for _, what in again if what.endswith(")/: PROPFIND")]) == 16     # each session's folder
+        count, said = round_trips(relay.exchanges()[ahead:])
+        # 11 before (measured), 5 now
+        assert count <= 6, said
+
 
 def test_recordings_hashed_ahead_are_not_read_back_from_a_store_that_keeps_a_hash(rclone_tmp):
     """The daemon's background hasher (export.hash_ahead, on by default) remembers each recording's SHA-256 before a
