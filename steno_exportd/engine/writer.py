@@ -33,6 +33,7 @@ RING_BYTES = 8 << 20   # read buffers of one copy: reused, no per-chunk allocati
 RING_MIN = 4
 READ_RING = 3      # read-back buffers of CHUNK bytes: one read into while one is hashed, one spare
 _END = object()
+_SHA512 = hashlib.sha512       # (vector_state_clean(): the module's own, whatever replaces ``hashlib`` in a test)
 
 Tick = Callable[[int], None]          # called with bytes just written
 
@@ -133,6 +134,7 @@ def copy_into(ref: SourceRef, h: WriteHandle, *, tick: Tick = lambda n: None,
 
         def each(b: memoryview) -> None:        # in the hasher thread: the chunks in order, one at a time
             nonlocal crc
+            vector_state_clean()                # (the CRC-32 of the chunk before, or the thread's creator)
             digest.update(b)
             crc = crc32(b, crc)
 
@@ -157,6 +159,18 @@ def copy_into(ref: SourceRef, h: WriteHandle, *, tick: Tick = lambda n: None,
         if direct is not None:
             direct.close()
         f.close()
+
+
+def vector_state_clean() -> None:
+    """Call before a long SHA-256 in a thread that ran ISA-L's CRC-32, or was started by one that did (a thread is
+    born with its creator's vector registers). On x86 ISA-L's CRC-32 uses AVX-512 and leaves the upper halves of
+    the vector registers dirty (no VZEROUPPER); OpenSSL's SHA-256 (SHA-NI instructions, SSE-encoded) then runs at
+    three quarters of its speed in that thread until something clears them: 1.34 instead of 1.78 GB/s here, a
+    third more CPU for the export's SHA-256, its bottleneck under BENCH_PROFILE=pi4 (which throttles the CPU to a Pi
+    4's SHA-256 rate measured in a clean thread: the export's hashing ran at 75% of the Pi's rate there). OpenSSL's
+    SHA-512 (its AVX2 code ends with VZEROUPPER) of nothing clears them: ~1 us. A no-op in effect elsewhere (a Pi
+    has no such state: ARM)."""
+    _SHA512(b"").digest()
 
 
 def wrote_crc(h: Any, crc: int | None) -> None:
@@ -405,6 +419,7 @@ def read_back(target: Target, rel: str, *, cancelled: Callable[[], bool] = lambd
         with _ReadAhead(h.readinto, (buffers.read(i) for i in range(READ_RING)), cancelled) as chunks:
             digest = hashlib.sha256()
             for buf, n in chunks:
+                vector_state_clean()            # (this thread's CRC-32 read-backs before it)
                 digest.update(memoryview(buf)[:n])
                 chunks.done(buf)
                 size += n
