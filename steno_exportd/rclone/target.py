@@ -65,6 +65,7 @@ POLL_END = 0.04                    # at most this long between looks at a cancel
 LOOK = 1.0                         # waiting for a copy's end, a stream's answer (rclone uploading what it spooled) or
                                    # room to send on a stream: seconds between looks at rclone's byte count for the
                                    # upload, which tell a stall (each look is an rc call: ~1 ms of CPU on each side)
+MOVE_OVERWRITES = (1, 63)           # the first rclone whose WebDAV MOVE says "Overwrite: T" (rclone PR #6972)
 CHECKS = 4                         # files committed and read back at once, and as many sessions in flight: every
                                    # request to a store is a round trip (rclone paces WebDAV's too), every read-back
                                    # a stream of its own (rclone's own check runs 8)
@@ -94,6 +95,8 @@ class RcloneTarget(Target):
     max_file_size: int | None = None
     hash_checked = False                # set by connect(): the store keeps a hash each commit checks
     paced = False                       # set by connect(): a WebDAV store, whose requests rclone paces per remote (_at)
+    move_refuses = False                # set by connect() (_move_refuses): a file's MOVE on this store is refused
+                                        # when a file is at its destination (rclone < 1.63 on WebDAV)
     atomic_dir_rename = False           # set by connect() (_moves_folders): a WebDAV store, which moves a folder in
                                         # one request, gets a session built as <folder>.partial and moved into place;
                                         # elsewhere built in place (object stores copy a folder to move it)
@@ -155,6 +158,7 @@ class RcloneTarget(Target):
         self.hash = next((h for h in HASHES if h in kept), None)
         self.hash_checked = self.hash is not None       # (the engine's hint: see engine/targets.py)
         self.atomic_dir_rename = self.paced = self._moves_folders(info)
+        self.move_refuses = self.atomic_dir_rename and self._move_refuses()
         if self.paced:
             self.listers = self.movers = FOLDERS_AT_ONCE
         # the login; the folders there now (the recorder's, the office index): no look-up before using them; and
@@ -194,6 +198,18 @@ class RcloneTarget(Target):
         except RcloneError:
             return False                    # (a remote given as a connection string: in place)
         return conf.get("type") == "webdav"
+
+    def _move_refuses(self) -> bool:
+        """rclone's MOVE of a file on this WebDAV store is refused by the store when a file is at its destination: rclone
+        before 1.63 sends "Overwrite: F" (later ones "Overwrite: T": the store replaces the file, so rename() looks
+        the name up first there). An rclone whose version it does not say is taken for a later one."""
+        try:
+            v = (self.rcd.call("core/version", {}) or {}).get("decomposed")
+        except RcloneError:
+            return False
+        if not (isinstance(v, list) and len(v) >= 2 and all(isinstance(n, int) for n in v[:2])):
+            return False
+        return tuple(v[:2]) < MOVE_OVERWRITES
 
     @staticmethod
     def rel(rel: str) -> str:
@@ -493,18 +509,19 @@ class RcloneTarget(Target):
             self._move_dir(src, dst)
             return
         # a name missing from a folder only this push writes in (made by it, or the recorder's claimed folder)
-        # is free without a look-up. On a WebDAV store none first either: rclone's MOVE there says "Overwrite: F"
-        # (see _always), so the store itself refuses a file there (412), in the same request that moves (a look-up
-        # first cost two round trips, rclone's look-up of a missing name, and left one between it and the move in
-        # which another recorder's claim could land and be replaced); looked up only when the move fails
-        looked = self._absent(dst) or self.atomic_dir_rename
+        # is free without a look-up. On a WebDAV store none first either when rclone's MOVE there says
+        # "Overwrite: F" (before rclone 1.63: move_refuses; see _always), so the store itself refuses a file there
+        # (412), in the same request that moves (a look-up first cost two round trips, rclone's look-up of a missing
+        # name, and left one between it and the move in which another recorder's claim could land and be
+        # replaced); looked up only when the move fails. A later rclone's MOVE replaces: looked up first there
+        looked = self._absent(dst) or self.move_refuses
         if not looked and self.lstat(dst) is not None:
             raise TargetError(f"refusing to replace existing {dst}")
         # not made again when refused as locked: someone may be taking that name
         try:
             self.move(src, dst, free=True, locked_again=False)
         except RcloneError:
-            if self.atomic_dir_rename and not self._absent(dst) and self.lstat(dst) is not None:
+            if self.move_refuses and not self._absent(dst) and self.lstat(dst) is not None:
                 raise TargetError(f"refusing to replace existing {dst}") from None
             raise
         with self._names:
@@ -1021,7 +1038,7 @@ def _always(free: bool) -> dict[str, bool]:
     file there without the look-up fails: 412 Precondition Failed), so replacing a file (manifest.json, SHA256SUMS,
     the office index) costs six requests, the name empty for two of them. The guard against replacing someone's
     file is rename()'s own look-up, skipped only for names in folders this push made after looking them up, or
-    listed."""
+    listed, and on a WebDAV store whose MOVE is refused when a file is there (move_refuses: rclone < 1.63)."""
     return {"IgnoreTimes": True, "NoCheckDest": True} if free else {"IgnoreTimes": True}
 
 

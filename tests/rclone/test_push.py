@@ -1015,6 +1015,31 @@ def test_a_first_push_to_a_distant_webdav_store_claims_its_folder_in_few_round_t
         # 16 before (measured), 13 now
         assert count <= 13, said
 
+def test_a_later_rclone_whose_webdav_move_replaces_looks_the_claims_name_up_before_moving_it(rclone_tmp, monkeypatch):
+    """A first push to WebDAV moves its claim into place without looking the name up first, the store itself refusing
+    a file there: rclone before 1.63 sends its MOVE with "Overwrite: F". Later ones send "Overwrite: T" (the store
+    replaces the file), so on a Pi with a newer rclone two recorders given one folder name at the same moment would
+    both get the folder, the second's claim replacing the first's. With such an rclone (its version as core/version
+    says it) the claim's name is looked up before the move, as on other stores; the claim is this recorder's."""
+    from steno_exportd.engine.identity import CLAIM_NAME
+    from steno_exportd.rclone.process import Rcd
+    real = Rcd.call
+
+    def call(self, method, params, **kw):
+        if method == "core/version":
+            return {"version": "v1.63.0", "decomposed": [1, 63, 0]}
+        return real(self, method, params, **kw)
+    monkeypatch.setattr(Rcd, "call", call)
+    with verbose_webdav(rclone_tmp, (100_000,)) as (srv, db, cfg):
+        res = push(cfg)
+        assert [(r.ok, r.skipped) for r in res] == [(True, False)], [r.error for r in res]
+        folder = srv.served / "office" / recorder_folder(cfg)
+        assert json.loads((folder / CLAIM_NAME).read_text())["recorder_id"]
+        whats = [what for _, what in srv.answered()]
+        moved = min(i for i, what in enumerate(whats) if what.endswith(": MOVE"))   # the claim's, the first move
+        assert f"/office/{folder.name}/{CLAIM_NAME}: PROPFIND" in whats[:moved], whats[:moved + 1]
+
+
 def test_a_push_that_finds_nothing_new_on_a_distant_webdav_store_waits_for_few_round_trips(rclone_tmp):
     """What a schedule or push-on-new finds most of the time, on a distant store: the push read its claim, then
     listed the recorder's folder, then read its manifest, then listed the sessions' folders 8 at a time, then read
