@@ -640,7 +640,7 @@ def _check_mail(cfg: Config, errors: list[str]) -> None:
             errors.append(f"{key}: {msg}")
     if e.security == "none" and not e.starttls and e.username and not is_loopback(e.smtp_host):
         errors.append(f"email.security: 'none' would send the password for {_shown(e.username)} in clear to "
-                      f"{e.smtp_host}; use 'starttls' or 'tls'")
+                      f"{_shown(e.smtp_host)}; use 'starttls' or 'tls'")
     if e.enabled:
         for i, rule in enumerate(cfg.notify.rules):
             if not rule.events:

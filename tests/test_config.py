@@ -146,7 +146,7 @@ LONG = "x" * 5000
       "render": {"time_zone": LONG, "language": LONG},
       "schedules": [{"name": "a", "cron": "* * * * " + LONG, "target": "/x"},
                     {"name": "b", "cron": "x y z w " + LONG, "target": "/x"}]}, 10),
-    ({"email": {"username": LONG, "security": "none", "smtp_host": "mail.example"},
+    ({"email": {"username": LONG, "security": "none", "smtp_host": "mail." + LONG},
       "smb": {"remotes": [{"name": LONG, "server": "nas", "share": "s"}, {"name": LONG, "server": "nas", "share": "s"}]},
       "schedules": [{"name": "b", "cron": "1 * * * *", "target": "rclone:" + LONG},
                     {"name": "c", "cron": "1 * * * *", "target": "relative/" + LONG}]}, 4),

@@ -42,7 +42,7 @@ def test_config_names_a_bad_address_and_a_password_in_clear():
     assert "email.sender: not an email address: 'steno'" in problems
     assert "email.recipients[1]: not an email address" in problems
     assert "notify.rules[0].recipients[0]: not an email address" in problems and "line break" in problems
-    assert "email.security: 'none' would send the password for 'u' in clear to mail.example.org" in problems
+    assert "email.security: 'none' would send the password for 'u' in clear to 'mail.example.org'" in problems
     ok = config.from_dict({"email": {"smtp_host": "127.0.0.1", "username": "u"}})     # loopback: allowed
     assert ok.email.security == "none"
 
