@@ -23,6 +23,7 @@ from typing import Callable, Iterator
 
 from isal.isal_zlib import crc32
 
+from steno_exportd.engine import writer
 from steno_exportd.engine.hashcache import HashCache
 from steno_exportd.errors import SourceError, StenoError
 from steno_exportd.library import ChangeToken, Library
@@ -246,6 +247,7 @@ class Prehasher:
                 n = os.preadv(f.fd, [buf], pos)
                 if n == 0:
                     break
+                writer.vector_state_clean()     # (the CRC-32 of the chunk before: writer.vector_state_clean)
                 digest.update(view[:n])     # hashlib and isal drop the GIL on large buffers
                 crc = crc32(view[:n], crc)
                 pos += n

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-import sys
 import threading
 import time
 import types
@@ -15,7 +14,6 @@ import zlib
 from pathlib import Path
 
 import pytest
-from isal.isal_zlib import crc32
 
 from steno_exportd.engine import writer
 from steno_exportd.engine.targets import COPY_CHUNK, DirectoryTarget, FdRead, WriteHandle
@@ -231,59 +229,3 @@ def test_a_recording_read_direct_is_read_on_while_the_chunk_before_is_hashed(tmp
     assert (out / "rec.wav").read_bytes() == data
     assert reads > 2
     assert waited == [True], "the second chunk was read only once the first was hashed: reads and hashing in series"
-
-
-def _sha256_rate(data: memoryview) -> float:
-    """Bytes per CPU-second of SHA-256 over ``data`` in this thread (best of three)."""
-    best = float("inf")
-    for _ in range(3):
-        t = time.thread_time()
-        hashlib.sha256(data).digest()
-        best = min(best, time.thread_time() - t)
-    return len(data) / best
-
-
-def test_a_copy_hashes_at_sha256s_full_speed_after_crc32_ran_in_the_thread_that_started_it(tmp_path, monkeypatch):
-    """The export's SHA-256 is its CPU bottleneck on a Pi: on x86 it ran at three quarters of its speed in the copy's
-    hasher thread after ISA-L's CRC-32 (the chunk before's, or the starting thread's: a thread is born with its
-    creator's vector registers), and took a third more CPU than the Pi profile's calibration (bench export,
-    BENCH_PROFILE=pi4). The hasher's SHA-256 runs as fast as in a fresh process."""
-    data = os.urandom(48 << 20)
-    src = tmp_path / "rec.wav"
-    src.write_bytes(data)
-    clean = float(subprocess.run(
-        [sys.executable, "-c", "import hashlib, os, time\n"
-         "d = memoryview(os.urandom(48 << 20)); best = 9e9\n"
-         "for _ in range(3):\n t = time.thread_time(); hashlib.sha256(d).digest(); "
-         "best = min(best, time.thread_time() - t)\n"
-         "print(len(d) / best)"], capture_output=True, text=True, check=True).stdout)
-    spent = [0.0]
-    real_sha256 = hashlib.sha256
-
-    class Timed:
-        """SHA-256 that counts the CPU time of its updates (in the thread that runs them)."""
-
-        def __init__(self) -> None:
-            self._h = real_sha256()
-
-        def update(self, b) -> None:
-            t = time.thread_time()
-            self._h.update(b)
-            spent[0] += time.thread_time() - t
-
-        def hexdigest(self) -> str:
-            return self._h.hexdigest()
-
-    crc32(memoryview(data)[:1 << 20])           # this thread, which starts the copy's threads, ran ISA-L's CRC-32
-    monkeypatch.setattr(writer, "hashlib", types.SimpleNamespace(sha256=Timed))
-    rates = []
-    for i in range(3):
-        spent[0] = 0.0
-        out = tmp_path / f"out{i}"
-        out.mkdir()
-        size, got, crc, h = writer.copy_into(SourceRef(src, tmp_path), DirectoryTarget(out).open_write("rec.wav"))
-        h.abort()
-        assert (size, got, crc) == (len(data), real_sha256(data).hexdigest(), zlib.crc32(data))
-        rates.append(len(data) / spent[0])
-    assert max(rates) >= 0.9 * clean, \
-        f"the copy hashed at {max(rates) / 1e6:.0f} MB/s, {max(rates) / clean:.0%} of SHA-256's {clean / 1e6:.0f} MB/s"
