@@ -4,7 +4,6 @@ error text) told as what a person can act on (RcloneError)."""
 from __future__ import annotations
 
 import base64
-import ctypes
 import contextlib
 import http.client
 import io
@@ -13,7 +12,7 @@ import logging
 import os
 import re
 import secrets
-import signal
+import shutil
 import socket
 import stat as stat_mod
 import subprocess
@@ -252,21 +251,14 @@ def _line_number(path: str, line: str) -> int | None:
     return next((n for n, ln in enumerate(text.splitlines(), 1) if ln.strip() == line), None)
 
 
-_PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True)     # loaded here: the child between fork and exec only calls it
-
-
-def die_with_parent() -> Callable[[], None]:
-    """A Popen preexec_fn: the child is SIGKILLed when the thread that started it ends (the daemon SIGKILLed, a
-    test run killed): never an orphan holding a store's login and a loopback port. The kernel ties it to the
-    starting thread: Rcd is started, used and closed by one push's thread."""
-    parent = os.getpid()
-
-    def child() -> None:
-        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:          # the parent died before prctl: nothing would signal us
-            os._exit(1)
-    return child
+def dying_with_parent(argv: list[str]) -> list[str]:
+    """``argv`` run so that the child is SIGKILLed when the thread that started it ends (the daemon SIGKILLed, a test
+    run killed): never an orphan holding a store's login and a loopback port. util-linux's setpriv (Essential in
+    Debian) sets PR_SET_PDEATHSIG, then runs ``argv``: no Python code runs between fork and exec (a preexec_fn in a
+    threaded daemon may deadlock on a lock another thread held at the fork, and makes Popen fork the whole daemon
+    rather than vfork). The kernel ties it to the starting thread: Rcd is started, used and closed by one push's
+    thread."""
+    return ["setpriv", "--pdeathsig", "KILL", "--", *argv]
 
 
 class Rcd:
@@ -301,11 +293,14 @@ class Rcd:
         self.port = 0
         user, _, pw = base64.b64decode(self._auth.split()[1]).decode().partition(":")
         env = {**rclone_environment(os.environ), "RCLONE_RC_USER": user, "RCLONE_RC_PASS": pw}
+        if shutil.which(self._argv[0], path=env.get("PATH")) is None:
+            raise RcloneError(f"{self.where}: cannot run {self._argv[0]} (not found); install Debian's rclone "
+                              f"package", True)
         try:
-            self.proc = subprocess.Popen(self._argv + ["rcd", "--rc-addr", "127.0.0.1:0", "--rc-serve"],
+            self.proc = subprocess.Popen(dying_with_parent(self._argv + ["rcd", "--rc-addr", "127.0.0.1:0",
+                                                                         "--rc-serve"]),
                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                         env=env, close_fds=True, start_new_session=True,
-                                         preexec_fn=die_with_parent())
+                                         env=env, close_fds=True, start_new_session=True)
         except OSError as e:
             raise RcloneError(f"{self.where}: cannot run {self._argv[0]} ({e.strerror}); install Debian's "
                               f"rclone package", True) from e

@@ -2067,3 +2067,19 @@ def test_rclone_rcd_dies_with_a_daemon_killed_mid_push(rclone_tmp):
         if rcd:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(rcd, 9)
+
+
+def test_a_recorder_without_rclone_is_told_to_install_it(rclone_server, rclone_tmp):
+    """rclone not installed (or rclone.command naming nothing): the push fails at once, for good, saying which
+    program it could not run and the package to install, not an exit status of the program that starts it."""
+    from steno_exportd.errors import TargetError
+    srv = rclone_server
+    db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
+    cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+    cfg = dataclasses.replace(cfg, rclone=dataclasses.replace(cfg.rclone, command="/nonexistent/rclone"))
+    tries: list[float] = []
+    with pytest.raises(TargetError) as e:
+        push(cfg, sleep=tries.append)
+    assert "cannot run /nonexistent/rclone" in str(e.value) and "install Debian's rclone package" in str(e.value), \
+        str(e.value)
+    assert tries == [], tries
