@@ -65,7 +65,10 @@ POLL_END = 0.04                    # at most this long between looks at a cancel
 LOOK = 1.0                         # waiting for a copy's end, a stream's answer (rclone uploading what it spooled) or
                                    # room to send on a stream: seconds between looks at rclone's byte count for the
                                    # upload, which tell a stall (each look is an rc call: ~1 ms of CPU on each side)
-MOVE_OVERWRITES = (1, 63)           # the first rclone whose WebDAV MOVE says "Overwrite: T" (rclone PR #6972)
+MOVE_OVERWRITES = (1, 63)           # the first rclone whose WebDAV MOVE says "Overwrite: T": rclone issue #6964,
+                                    # fixed by PR #6972 (merged 2023-04-24, "released in v1.63"), for a file's
+                                    # move and copy and for DirMove (_move_dir: rclone looks the folder up itself
+                                    # first there, one round trip before its MOVE)
 CHECKS = 4                         # files committed and read back at once, and as many sessions in flight: every
                                    # request to a store is a round trip (rclone paces WebDAV's too), every read-back
                                    # a stream of its own (rclone's own check runs 8)
