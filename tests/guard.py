@@ -309,7 +309,11 @@ def _helper_of_multiprocessing(pid: int) -> bool:
 
 def _process_wide(thread: threading.Thread) -> bool:
     """The render worker pool lives as long as the process (started on first use, as in the daemon):
-    its manager thread and its call queue's feeder thread."""
+    its manager thread and its call queue's feeder thread. So does the thread that starts rclone
+    (rclone.process.popen_dying_with_parent: a child's death signal follows the thread that started it)."""
     from steno_exportd import render
+    from steno_exportd.rclone import process as rclone_process
+    if thread in rclone_process._SPAWNER._threads:
+        return True
     pool = render._pool
     return pool is not None and thread in (pool._executor_manager_thread, pool._call_queue._thread)

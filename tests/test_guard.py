@@ -136,7 +136,7 @@ def test_a_child_whose_name_holds_parentheses_and_spaces_is_read_from_proc_right
     child = subprocess.Popen([str(exe), "30"])
     try:
         fields = proc_stat(child.pid)
-        assert fields[0] in "RS" and int(fields[1]) == os.getpid(), fields
+        assert fields[0] in "RSD" and int(fields[1]) == os.getpid(), fields     # (D: paging its program in)
         started = psutil.boot_time() + int(fields[19]) / os.sysconf("SC_CLK_TCK")
         assert abs(started - psutil.Process(child.pid).create_time()) < 2, fields
         assert guard.leaks(before, grace=0.2) == [f"leaked a child process: pid {child.pid} {exe} 30"]

@@ -4,6 +4,7 @@ error text) told as what a person can act on (RcloneError)."""
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import contextlib
 import http.client
 import io
@@ -256,9 +257,19 @@ def dying_with_parent(argv: list[str]) -> list[str]:
     run killed): never an orphan holding a store's login and a loopback port. util-linux's setpriv (Essential in
     Debian) sets PR_SET_PDEATHSIG, then runs ``argv``: no Python code runs between fork and exec (a preexec_fn in a
     threaded daemon may deadlock on a lock another thread held at the fork, and makes Popen fork the whole daemon
-    rather than vfork). The kernel ties it to the starting thread: Rcd is started, used and closed by one push's
-    thread."""
+    rather than vfork). The kernel ties it to the starting thread, not the process: start it with
+    popen_dying_with_parent()."""
     return ["setpriv", "--pdeathsig", "KILL", "--", *argv]
+
+
+_SPAWNER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="steno-spawn")
+
+
+def popen_dying_with_parent(argv: list[str], **kw: Any) -> subprocess.Popen:
+    """subprocess.Popen(dying_with_parent(argv), **kw) from one thread that lives as long as the process: the death
+    signal follows the thread that started the child, so one started from a thread that then ends (a timer's, a
+    pool's worker retired, a push's own thread) would be killed with that thread, mid-push."""
+    return _SPAWNER.submit(subprocess.Popen, dying_with_parent(argv), **kw).result()
 
 
 class Rcd:
@@ -297,10 +308,10 @@ class Rcd:
             raise RcloneError(f"{self.where}: cannot run {self._argv[0]} (not found); install Debian's rclone "
                               f"package", True)
         try:
-            self.proc = subprocess.Popen(dying_with_parent(self._argv + ["rcd", "--rc-addr", "127.0.0.1:0",
-                                                                         "--rc-serve"]),
-                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                         env=env, close_fds=True, start_new_session=True)
+            self.proc = popen_dying_with_parent(self._argv + ["rcd", "--rc-addr", "127.0.0.1:0", "--rc-serve"],
+                                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                                stderr=subprocess.PIPE, env=env, close_fds=True,
+                                                start_new_session=True)
         except OSError as e:
             raise RcloneError(f"{self.where}: cannot run {self._argv[0]} ({e.strerror}); install Debian's "
                               f"rclone package", True) from e

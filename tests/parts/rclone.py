@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from steno_exportd.rclone.process import dying_with_parent
+from steno_exportd.rclone.process import popen_dying_with_parent
 from tests import parts
 from tests.parts.smbd import _listening, free_port
 
@@ -46,12 +46,11 @@ class RcloneServer:
     def start(self) -> None:
         self.port = self.port or free_port(18900, 18999)
         log = open(self.work / f"serve-{self.kind}.log", "ab")
-        self.proc = subprocess.Popen(
-            dying_with_parent(     # a test run killed (SIGTERM, SIGKILL) leaves no server behind
-                ["rclone", "serve", self.kind, str(self.served), "--addr", f"127.0.0.1:{self.port}",
-                 "--user", self.user, "--pass", self.password, "--cache-dir", str(self.work / "cache"),
-                 "--config", "/dev/null", *(["-v", "--log-format", "date,time,microseconds"] if self.verbose else []),
-                 *(["--read-only"] if self.read_only else [])]),
+        self.proc = popen_dying_with_parent(     # a test run killed (SIGTERM, SIGKILL) leaves no server behind
+            ["rclone", "serve", self.kind, str(self.served), "--addr", f"127.0.0.1:{self.port}",
+             "--user", self.user, "--pass", self.password, "--cache-dir", str(self.work / "cache"),
+             "--config", "/dev/null", *(["-v", "--log-format", "date,time,microseconds"] if self.verbose else []),
+             *(["--read-only"] if self.read_only else [])],
             stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
             **({"user": self.run_as, "group": self.run_as, "extra_groups": []} if self.run_as is not None else {}))
         log.close()

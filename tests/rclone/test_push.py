@@ -2083,3 +2083,30 @@ def test_a_recorder_without_rclone_is_told_to_install_it(rclone_server, rclone_t
     assert "cannot run /nonexistent/rclone" in str(e.value) and "install Debian's rclone package" in str(e.value), \
         str(e.value)
     assert tries == [], tries
+
+
+def test_rclone_rcd_lives_on_when_the_thread_that_started_it_ends(rclone_tmp):
+    """The death signal that ends rclone rcd with a killed daemon follows the thread that started it, not the
+    process: an rcd started from a thread that then ends (a timer's, a worker a pool retired) was SIGKILLed with that
+    thread, and the push using it failed ("the store cannot be reached"). The rcd answers after its starting thread
+    has ended; closed, it is gone."""
+    from steno_exportd import config
+    from steno_exportd.rclone.process import Rcd
+    (rclone_tmp / "rclone.conf").write_text("")
+    os.chmod(rclone_tmp / "rclone.conf", 0o600)
+    cfg = config.from_dict({"recorder": {"db_path": f"{rclone_tmp}/rec.db"}, "usb": {"enabled": False},
+                            "http": {"enabled": False}, "state": {"dir": f"{rclone_tmp}/state"},
+                            "rclone": {"config_file": f"{rclone_tmp}/rclone.conf",
+                                       "remotes": [{"name": "cloud", "remote": "cloud:office", "timeout": 5}]}})
+    rcd = Rcd(cfg, cfg.rclone.remotes[0])
+    starter = threading.Thread(target=rcd.start)
+    starter.start()
+    starter.join(30)
+    try:
+        assert rcd.proc is not None and not starter.is_alive()
+        time.sleep(0.5)
+        assert rcd.proc.poll() is None, f"rclone rcd ended with its starting thread: {rcd.proc.returncode}"
+        assert rcd.call("rc/noop", {"x": "1"}) == {"x": "1"}
+    finally:
+        rcd.close()
+    assert rcd.proc.poll() is not None
