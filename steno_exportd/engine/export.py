@@ -749,6 +749,13 @@ class Exporter:
         with concurrent.futures.ThreadPoolExecutor(min(self.t.listers, len(folders)), "steno-list") as pool:
             return dict(zip(folders, pool.map(listing, folders.values())))
 
+    def _still_good(self, f: dict | None, pf: PlannedFile) -> bool:
+        """The manifest's entry ``f`` of a file already there stands for what this job would write as ``pf``: the
+        same version and template, not flagged changed on the target ("bad"), and, for a job that verifies, verified
+        when written (not "unverified": a job without verify wrote it)."""
+        return bool(f) and f.get("version") == pf.version and f.get("template", "") == pf.template \
+            and not f.get("bad") and not (self.verify and f.get("unverified"))
+
     def _unchanged(self, s: Any, plan: list[PlannedFile], listing: dict[str, EntryStat] | None) -> bool:
         """Already on the target as this plan would write it: recorded, its files there with their sizes
         (``listing``: its folder's, from _listings)."""
@@ -765,8 +772,7 @@ class Exporter:
                     continue        # a source problem already reported for this version (missing audio)
                 return False
             f = files.get(pf.name)
-            if not f or f.get("version") != pf.version or f.get("template", "") != pf.template or f.get("bad") \
-                    or (self.verify and f.get("unverified")):
+            if not self._still_good(f, pf):
                 return False
             st = listing.get(pf.name)
             if st is None or st.kind != "file" or st.size != f.get("size"):
@@ -874,9 +880,7 @@ class Exporter:
                     results.append(FileResult(rel_final, False,
                                               error="a file we did not write is in the way; not overwritten"))
                     continue
-                if (old and old.get("size") == st.size and old.get("version") == pf.version and
-                        not old.get("bad") and not (self.verify and old.get("unverified"))
-                        and old.get("template", "") == pf.template and pf.source is not None
+                if (self._still_good(old, pf) and old.get("size") == st.size and pf.source is not None
                         and entry and entry.get("updated_at") == new_entry["updated_at"]):
                     new_entry["files"][pf.name] = old
                     results.append(FileResult(rel_final, True, st.size, old.get("sha256", "")))
