@@ -84,6 +84,11 @@ SAVE_EVERY = 10.0                  # seconds between manifest saves: each is two
                                    # push cut before the next save sends at most this much work again
 
 
+# core/version's "decomposed" version of each rclone program (Rcd.binary) this process asked (_move_refuses)
+_VERSIONS: dict[tuple, Any] = {}
+_UNASKED = object()
+
+
 def split_remote(remote: str) -> tuple[str, str]:
     """An rclone remote string as (its remote, with the colon; the path on it): "nas:office/x" is ("nas:",
     "office/x"); a connection string's own colons stay in the first (":webdav,url=http://h:8080/dav:x" is
@@ -205,11 +210,16 @@ class RcloneTarget(Target):
     def _move_refuses(self) -> bool:
         """rclone's MOVE of a file on this WebDAV store is refused by the store when a file is at its destination: rclone
         before 1.63 sends "Overwrite: F" (later ones "Overwrite: T": the store replaces the file, so rename() looks
-        the name up first there). An rclone whose version it does not say is taken for a later one."""
-        try:
-            v = (self.rcd.call("core/version", {}) or {}).get("decomposed")
-        except RcloneError:
-            return False
+        the name up first there). An rclone whose version it does not say is taken for a later one. Asked once per
+        rclone program (Rcd.binary) in this process, not at every push."""
+        v = _VERSIONS.get(self.rcd.binary, _UNASKED) if self.rcd.binary is not None else _UNASKED
+        if v is _UNASKED:
+            try:
+                v = (self.rcd.call("core/version", {}) or {}).get("decomposed")
+            except RcloneError:
+                return False
+            if self.rcd.binary is not None:
+                _VERSIONS[self.rcd.binary] = v
         if not (isinstance(v, list) and len(v) >= 2 and all(isinstance(n, int) for n in v[:2])):
             return False
         return tuple(v[:2]) < MOVE_OVERWRITES

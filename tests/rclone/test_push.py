@@ -1015,13 +1015,11 @@ def test_a_first_push_to_a_distant_webdav_store_claims_its_folder_in_few_round_t
         # 16 before (measured), 13 now
         assert count <= 13, said
 
-def test_a_later_rclone_whose_webdav_move_replaces_looks_the_claims_name_up_before_moving_it(rclone_tmp, monkeypatch):
-    """A first push to WebDAV moves its claim into place without looking the name up first, the store itself refusing
-    a file there: rclone before 1.63 sends its MOVE with "Overwrite: F". Later ones send "Overwrite: T" (the store
-    replaces the file), so on a Pi with a newer rclone two recorders given one folder name at the same moment would
-    both get the folder, the second's claim replacing the first's. With such an rclone (its version as core/version
-    says it) the claim's name is looked up before the move, as on other stores; the claim is this recorder's."""
-    from steno_exportd.engine.identity import CLAIM_NAME
+@pytest.fixture
+def later_rclone(monkeypatch) -> None:
+    """rclone says it is 1.63 (core/version), whose WebDAV MOVE says "Overwrite: T" (the store replaces what is at its
+    destination); asked anew (the daemon asks once per rclone program in its process)."""
+    from steno_exportd.rclone import target
     from steno_exportd.rclone.process import Rcd
     real = Rcd.call
 
@@ -1030,6 +1028,17 @@ def test_a_later_rclone_whose_webdav_move_replaces_looks_the_claims_name_up_befo
             return {"version": "v1.63.0", "decomposed": [1, 63, 0]}
         return real(self, method, params, **kw)
     monkeypatch.setattr(Rcd, "call", call)
+    monkeypatch.setattr(target, "_VERSIONS", {})
+
+
+def test_a_later_rclone_whose_webdav_move_replaces_looks_the_claims_name_up_before_moving_it(rclone_tmp,
+                                                                                             later_rclone):
+    """A first push to WebDAV moves its claim into place without looking the name up first, the store itself refusing
+    a file there: rclone before 1.63 sends its MOVE with "Overwrite: F". Later ones send "Overwrite: T" (the store
+    replaces the file), so on a Pi with a newer rclone two recorders given one folder name at the same moment would
+    both get the folder, the second's claim replacing the first's. With such an rclone (its version as core/version
+    says it) the claim's name is looked up before the move, as on other stores; the claim is this recorder's."""
+    from steno_exportd.engine.identity import CLAIM_NAME
     with verbose_webdav(rclone_tmp, (100_000,)) as (srv, db, cfg):
         res = push(cfg)
         assert [(r.ok, r.skipped) for r in res] == [(True, False)], [r.error for r in res]
@@ -2110,3 +2119,42 @@ def test_rclone_rcd_lives_on_when_the_thread_that_started_it_ends(rclone_tmp):
     finally:
         rcd.close()
     assert rcd.proc.poll() is not None
+
+
+def test_a_recorder_without_setpriv_is_told_what_is_missing(webdav, rclone_tmp, monkeypatch):
+    """rclone is there, but not util-linux's setpriv, which starts it (so that it ends with the daemon): the push
+    fails at once, for good, naming setpriv and its package, not "cannot run rclone" and rclone's package (which is
+    installed). A PATH holding rclone alone."""
+    from steno_exportd.errors import TargetError
+    db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
+    cfg = make_cfg(rclone_tmp, db, webdav.client_config(rclone_tmp / "rclone.conf"), f"{webdav.remote}:office")
+    only = rclone_tmp / "bin"
+    only.mkdir()
+    (only / "rclone").symlink_to(shutil.which("rclone"))
+    monkeypatch.setenv("PATH", str(only))
+    tries: list[float] = []
+    with pytest.raises(TargetError) as e:
+        push(cfg, sleep=tries.append)
+    assert "setpriv" in str(e.value) and "util-linux" in str(e.value), str(e.value)
+    assert "install Debian's rclone package" not in str(e.value), str(e.value)
+    assert tries == [], tries
+    assert not (webdav.served / "office").exists()
+
+
+def test_rclone_is_asked_its_version_once_per_program_not_at_every_push(rclone_tmp, monkeypatch):
+    """A push to WebDAV asks rclone its version (core/version: whether its MOVE there replaces a file), one request
+    more of every push's rclone rcd. It is the program's: asked once per rclone program in the daemon's process, and
+    again for another program at that path (an upgrade replaced the file)."""
+    made = rcd_requests(monkeypatch)
+    program = rclone_tmp / "bin" / "rclone"
+    program.parent.mkdir()
+    shutil.copy2(shutil.which("rclone"), program)
+    with verbose_webdav(rclone_tmp, (100_000,)) as (srv, db, cfg):
+        cfg = dataclasses.replace(cfg, rclone=dataclasses.replace(cfg.rclone, command=str(program)))
+        assert [(r.ok, r.skipped) for r in push(cfg)] == [(True, False)]
+        assert [(r.ok, r.skipped) for r in push(cfg)] == [(True, True)]
+        assert made.count("core/version") == 1, made
+        shutil.copy2(shutil.which("rclone"), rclone_tmp / "bin" / "rclone.new")
+        os.replace(rclone_tmp / "bin" / "rclone.new", program)     # (as a package upgrade replaces it)
+        assert [(r.ok, r.skipped) for r in push(cfg)] == [(True, True)]
+        assert made.count("core/version") == 2, made
