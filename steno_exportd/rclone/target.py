@@ -67,8 +67,8 @@ LOOK = 1.0                         # waiting for a copy's end, a stream's answer
                                    # upload, which tell a stall (each look is an rc call: ~1 ms of CPU on each side)
 MOVE_OVERWRITES = (1, 63)           # the first rclone whose WebDAV MOVE says "Overwrite: T": rclone issue #6964,
                                     # fixed by PR #6972 (merged 2023-04-24, "released in v1.63"), for a file's
-                                    # move and copy and for DirMove (_move_dir: rclone looks the folder up itself
-                                    # first there, one round trip before its MOVE)
+                                    # move and copy and for DirMove (rclone lists the folder's name itself first
+                                    # there, one round trip before its MOVE; _move_dir looks the name up before it)
 CHECKS = 4                         # files committed and read back at once, and as many sessions in flight: every
                                    # request to a store is a round trip (rclone paces WebDAV's too), every read-back
                                    # a stream of its own (rclone's own check runs 8)
@@ -542,10 +542,17 @@ class RcloneTarget(Target):
             self._files.add(self.rel(dst))
 
     def _move_dir(self, src: str, dst: str) -> None:
-        """Move a folder in one request of the store (rclone's DirMove: a WebDAV MOVE with "Overwrite: F", an SFTP
-        rename), never replacing or merging into a folder there: rclone falls back to moving file by file into a
-        folder it finds at ``dst``, a fallback these settings make it refuse (it cannot run with both), so the
-        move happens whole or not at all. No look-up first: rclone looks, and the store refuses too."""
+        """Move a folder in one request of the store (rclone's DirMove: a WebDAV MOVE, an SFTP rename), never
+        replacing or merging into a folder there: rclone falls back to moving file by file into a folder it finds
+        at ``dst``, a fallback these settings make it refuse (it cannot run with both), so the move happens whole or
+        not at all. Where the store itself refuses a MOVE onto a name taken (move_refuses: rclone before 1.63 sends
+        "Overwrite: F") no look-up first. A later rclone's MOVE says "Overwrite: T" (the store replaces what is
+        there), its own look-up of ``dst`` a folder listing (which a file may pass unseen): ``dst`` is looked up
+        first here, as rename() does a file's name, and a name taken is refused as the engine's rename is (the
+        session not moved, its name left to whoever holds it)."""
+        if not self.move_refuses and self._stat(dst) is not None:
+            self._landed(dst)
+            raise TargetError(f"refusing to replace existing {dst}")
         with self._names:
             unmade = self.rel(src) in self._unmade
         if unmade:                                  # nothing was written into it

@@ -125,9 +125,10 @@ class FaultyWebdav:
     status itself (a store in maintenance for a moment, a proxy's hiccup), or with none (DROP: the connection
     closed once the request is read; LOST: the request passed on to the store, then the connection closed without
     its answer), or with the store's answer cut halfway (CUT); ``failed`` lists those. Bodies are passed on whole
-    (small test files), a chunked one with its length."""
+    (small test files), a chunked one with its length. ``overwrite``: the "Overwrite" header every MOVE and COPY
+    is passed on with (as a later rclone sends it; None: as sent)."""
 
-    def __init__(self, to: int, fail: Callable[[str, str], int | None]) -> None:
+    def __init__(self, to: int, fail: Callable[[str, str], int | None], overwrite: str | None = None) -> None:
         outer = self
         self.failed: list[tuple[str, str]] = []
 
@@ -148,6 +149,9 @@ class FaultyWebdav:
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "transfer-encoding")}
                 if "Destination" in headers:        # (a MOVE's: the server checks it names itself)
                     headers["Destination"] = headers["Destination"].replace(f":{outer.port}/", f":{to}/")
+                if overwrite is not None and self.command in ("MOVE", "COPY"):
+                    headers = {k: v for k, v in headers.items() if k.lower() != "overwrite"}
+                    headers["Overwrite"] = overwrite
                 conn = http.client.HTTPConnection("127.0.0.1", to, timeout=60)
                 try:
                     conn.request(self.command, self.path, body=body, headers=headers)

@@ -1049,6 +1049,77 @@ def test_a_later_rclone_whose_webdav_move_replaces_looks_the_claims_name_up_befo
         assert f"/office/{folder.name}/{CLAIM_NAME}: PROPFIND" in whats[:moved], whats[:moved + 1]
 
 
+def test_a_later_rclone_whose_webdav_move_replaces_looks_a_sessions_folder_name_up_before_moving_it(rclone_tmp,
+                                                                                                    later_rclone):
+    """A WebDAV push builds each session as <folder>.partial and moves it into place in one MOVE (rclone's folder
+    move), never onto a name taken. rclone before 1.63 sends that MOVE with "Overwrite: F" (the store refuses a name
+    taken); later ones with "Overwrite: T" (the store replaces what is there), after a look of their own that is a
+    folder's listing. With such an rclone (its version as core/version says it) the push looks the folder's name up
+    itself right before the move, as it does a file's (the claim's): after the session's last file landed, before
+    the MOVE. Seen in the store's own log; the sessions land."""
+    with verbose_webdav(rclone_tmp, (100_000, 100_500)) as (srv, db, cfg):
+        res = push(cfg)
+        assert [(r.ok, r.skipped) for r in res] == [(True, False)] * 2, [r.error for r in res]
+        folder = srv.served / "office" / recorder_folder(cfg)
+        assert_landed(folder, db)
+        whats = [what for _, what in srv.answered()]
+        names = sorted(p.name for p in folder.iterdir() if p.is_dir())
+        assert len(names) == 2, names
+        for name in names:
+            work = f"/office/{folder.name}/{name}.partial"
+            moved = next(i for i, what in enumerate(whats) if what.startswith(work) and what.endswith(": MOVE"))
+            landed = max(i for i, what in enumerate(whats[:moved]) if what.startswith(f"{work}/")
+                         and what.endswith(": PUT"))
+            assert f"/office/{folder.name}/{name}: PROPFIND" in whats[landed:moved], whats[landed:moved + 1]
+
+
+def test_a_folder_that_appears_at_a_sessions_name_before_a_replacing_move_is_left_alone(rclone_tmp, later_rclone,
+                                                                                        monkeypatch):
+    """The session's folder name is taken on the store (a person's folder, another push's) after the push looked at
+    the recorder's folder, right before its <folder>.partial is moved there, on a store whose MOVE replaces what is
+    at its destination (rclone 1.63 and later send "Overwrite: T": the store's relay sends every MOVE so). Their
+    folder is neither replaced nor merged into: the session is reported failed and not recorded, and the next push
+    sends it beside that folder, which it leaves alone."""
+    from steno_exportd.rclone.target import RcloneTarget
+    from tests.parts.rclone import FaultyWebdav
+    parts.require_tool("rclone")
+    (rclone_tmp / "served").mkdir()
+    srv = RcloneServer("webdav", rclone_tmp / "served", rclone_tmp)
+    srv.start()
+    relay = FaultyWebdav(srv.port, lambda method, path: None, overwrite="T")
+    try:
+        db = make_recorder(rclone_tmp / "rec", sizes=(100_000, 100_500, 101_000))
+        cfg = make_cfg(rclone_tmp, db, relay.client_config(srv, rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+        folder = srv.served / "office" / recorder_folder(cfg)
+        planted: list[str] = []
+        move_dir = RcloneTarget._move_dir
+
+        def taken_at_once(self, src: str, dst: str) -> None:
+            if not planted:
+                planted.append(dst.rpartition("/")[2])
+                _plant(srv, cfg, rclone_tmp, f"office/{dst}/transcript.txt")
+            move_dir(self, src, dst)
+        monkeypatch.setattr(RcloneTarget, "_move_dir", taken_at_once)
+        res = push(cfg)
+        assert planted, "no folder was moved into place"
+        theirs = folder / planted[0]
+        assert os.listdir(theirs) == ["transcript.txt"]
+        assert (theirs / "transcript.txt").read_text() == "a person's own file\n"
+        assert sorted(r.ok for r in res) == [False, True, True], [(r.ok, r.error) for r in res]
+        assert "appeared" in next(r.error for r in res if not r.ok)
+        manifest = json.loads((folder / "manifest.json").read_text())["sessions"]
+        assert planted[0] not in {s["folder"] for s in manifest.values()}
+        monkeypatch.setattr(RcloneTarget, "_move_dir", move_dir)
+        res = push(cfg)
+        assert [r.ok for r in res] == [True] * 3, [r.error for r in res]
+        assert os.listdir(theirs) == ["transcript.txt"]
+        assert (theirs / "transcript.txt").read_text() == "a person's own file\n"
+        assert_landed(folder, db)
+    finally:
+        relay.close()
+        srv.stop()
+
+
 def test_a_push_that_finds_nothing_new_on_a_distant_webdav_store_waits_for_few_round_trips(rclone_tmp):
     """What a schedule or push-on-new finds most of the time, on a distant store: the push read its claim, then
     listed the recorder's folder, then read its manifest, then listed the sessions' folders 8 at a time, then read
