@@ -478,13 +478,15 @@ class Rcd:
         raise explain(3 if status == 404 else 0, err, self.where, write=write)
 
     def close(self) -> None:
-        """End rclone rcd (and anything it started); reap it."""
+        """End rclone rcd (and anything it started); reap it. No request goes to its port after (a request of a
+        thread still running: the port is free for any local program to take)."""
         if self.proc is not None and self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, 9)
             except ProcessLookupError:
                 pass
             self.proc.wait()
+        self.port = 0
         if self._reader is not None:
             self._reader.join(2)
         if self.proc is not None and self.proc.stderr is not None:

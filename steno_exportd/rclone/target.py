@@ -69,6 +69,8 @@ MOVE_OVERWRITES = (1, 63)           # the first rclone whose WebDAV MOVE says "O
                                     # fixed by PR #6972 (merged 2023-04-24, "released in v1.63"), for a file's
                                     # move and copy and for DirMove (rclone lists the folder's name itself first
                                     # there, one round trip before its MOVE; _move_dir looks the name up before it)
+AHEAD_END = 0.5                    # seconds close() waits for reads begun ahead (read_ahead) to end before it ends
+                                   # rclone (which ends a stalled one)
 CHECKS = 4                         # files committed and read back at once, and as many sessions in flight: every
                                    # request to a store is a round trip (rclone paces WebDAV's too), every read-back
                                    # a stream of its own (rclone's own check runs 8)
@@ -148,6 +150,7 @@ class RcloneTarget(Target):
         # reads and listings begun before they are asked for (read_ahead): ("read"|"list", path) -> (its Future, the
         # limit a read was made with); dropped when this push changes what they read (_landed)
         self._ahead: dict[tuple[str, str], tuple[concurrent.futures.Future, int]] = {}
+        self._begun: list[concurrent.futures.Future] = []      # every one of those, asked for or not (close())
         self._after: concurrent.futures.Future | None = None
         self._lingering: list[int] = []   # descriptors of copies not known ended: closed once rclone has stopped
 
@@ -275,7 +278,9 @@ class RcloneTarget(Target):
         gone = self.rel(rel)
         with self._names:
             for key in (("read", gone), ("list", head), ("list", gone)):
-                self._ahead.pop(key, None)      # (what it read is not what is there now: asked for again)
+                dropped = self._ahead.pop(key, None)    # (what it read is not what is there now: asked for again)
+                if dropped is not None:
+                    dropped[0].cancel()         # (not begun yet: never; begun: its end awaited by close())
             names = self._mine.get(head)
             if names is not None:
                 (names.add if there else names.discard)(base)
@@ -335,6 +340,7 @@ class RcloneTarget(Target):
             with self._names:
                 for key, job in jobs:
                     self._ahead[key] = (pool.submit(job), limit if key[0] == "read" else 0)
+                    self._begun.append(self._ahead[key][0])
         finally:
             pool.shutdown(wait=False)
 
@@ -668,10 +674,13 @@ class RcloneTarget(Target):
 
     def close(self) -> None:
         with self._names:
-            ahead, self._ahead = list(self._ahead.values()), {}
-        for fut, _ in ahead:                # (never asked for: the push failed before; ended before rclone is)
-            with contextlib.suppress(Exception):
-                fut.result()
+            begun, self._begun, self._ahead = self._begun, [], {}
+        # reads begun ahead and never asked for (the push failed before, or changed what they read): none begins
+        # now, and those in flight get a moment to end before rclone does; a stalled one (a store that stopped
+        # answering) is ended by rclone's end, not waited for up to rclone's timeout with rclone kept running
+        for fut in begun:
+            fut.cancel()
+        concurrent.futures.wait(begun, timeout=AHEAD_END)
         after, self._after = self._after, None
         if after is not None:
             # sent ahead and never named (the push failed before): removed, best effort (else it is this host's temp

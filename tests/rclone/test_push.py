@@ -2229,3 +2229,42 @@ def test_rclone_is_asked_its_version_once_per_program_not_at_every_push(rclone_t
         os.replace(rclone_tmp / "bin" / "rclone.new", program)     # (as a package upgrade replaces it)
         assert [(r.ok, r.skipped) for r in push(cfg)] == [(True, True)]
         assert made.count("core/version") == 2, made
+
+
+def test_a_push_ends_at_once_when_a_read_begun_ahead_stalls(rclone_tmp):
+    """A push reads its manifest, its folder's listing and its office index ahead (at its start, for later). One the
+    store never answers (it stopped answering), never asked for (the push failed before it needed it): the push's
+    end waited for it, rclone rcd kept running, until rclone's own timeout for the store ended it (the remote's
+    timeout, 20 s here). Now it ends within a moment, rclone with it, and no thread of the push is left reading."""
+    from steno_exportd.rclone.process import Rcd
+    from steno_exportd.rclone.target import RcloneTarget
+    from tests.parts.rclone import HANG, FaultyWebdav
+    parts.require_tool("rclone")
+    served = rclone_tmp / "served"
+    (served / "office" / "rec").mkdir(parents=True)
+    (served / "office" / "rec" / "manifest.json").write_text("{}\n")
+    srv = RcloneServer("webdav", served, rclone_tmp)
+    srv.start()
+    relay = FaultyWebdav(srv.port, lambda method, path: HANG if method == "GET" and path.endswith("/manifest.json")
+                         else None)
+    try:
+        db = make_recorder(rclone_tmp / "recorder", sizes=(1 << 10,))
+        cfg = make_cfg(rclone_tmp, db, relay.client_config(srv, rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+        remote = dataclasses.replace(cfg.rclone.remotes[0], timeout=20)
+        rcd = Rcd(cfg, remote)
+        t = RcloneTarget(rcd, remote.remote, name="rclone:cloud")
+        try:
+            t.connect()
+            t.read_ahead(("rec/manifest.json",), 1 << 16)
+            parts.wait_for(lambda: relay.failed, 10, what="the read begun ahead to reach the store")
+        finally:
+            began = time.monotonic()
+            t.close()
+            took = time.monotonic() - began
+        assert took < 3, f"the push's end waited {took:.1f}s for a read begun ahead"
+        assert rcd.proc is not None and rcd.proc.poll() is not None
+        parts.wait_for(lambda: not [th for th in threading.enumerate() if th.name.startswith("steno-read-ahead")], 5,
+                       what="the threads reading ahead to end")
+    finally:
+        relay.close()
+        srv.stop()
