@@ -33,6 +33,7 @@ STDERR_KEEP = 16 * 1024             # the tail of rclone's stderr kept for the m
 OUTPUT_LIMIT = 64 * 1024 * 1024     # a listing or small file read at most this big
 ENTRY_KEY = b'"IsDir":'             # once in each entry of a listing's answer, nowhere else (names' quotes: escaped)
 ERROR_TEXT = 300                    # characters of a store's error text kept for a message
+SETPRIV = "setpriv"                 # util-linux's, found in PATH: starts rclone (dying_with_parent)
 LOCK_WAIT = 3.0                     # seconds an operation on the store is made again while the store answers 423
                                     # Locked (a WebDAV lock there)
 
@@ -259,7 +260,17 @@ def dying_with_parent(argv: list[str]) -> list[str]:
     threaded daemon may deadlock on a lock another thread held at the fork, and makes Popen fork the whole daemon
     rather than vfork). The kernel ties it to the starting thread, not the process: start it with
     popen_dying_with_parent()."""
-    return ["setpriv", "--pdeathsig", "KILL", "--", *argv]
+    return [SETPRIV, "--pdeathsig", "KILL", "--", *argv]
+
+
+def _binary(path: str) -> tuple | None:
+    """The program at ``path`` (its path, device, inode and modification time): what tells another rclone (an
+    upgrade replaces the file) from the one asked about before; None when it cannot be looked at."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return path, st.st_dev, st.st_ino, st.st_mtime_ns
 
 
 _SPAWNER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="steno-spawn")
@@ -292,6 +303,7 @@ class Rcd:
             self._argv += ["--bwlimit", f"{remote.bandwidth_limit_kbps}K"]
         self._auth = "Basic " + base64.b64encode(f"steno:{secrets.token_hex(16)}".encode()).decode()
         self.port = 0
+        self.binary: tuple | None = None    # the rclone program start() runs: its path, file and time (_binary)
         self.proc: subprocess.Popen | None = None
         self._err = bytearray()
         self._reader: threading.Thread | None = None
@@ -304,9 +316,15 @@ class Rcd:
         self.port = 0
         user, _, pw = base64.b64decode(self._auth.split()[1]).decode().partition(":")
         env = {**rclone_environment(os.environ), "RCLONE_RC_USER": user, "RCLONE_RC_PASS": pw}
-        if shutil.which(self._argv[0], path=env.get("PATH")) is None:
+        found = shutil.which(self._argv[0], path=env.get("PATH"))
+        if found is None:
             raise RcloneError(f"{self.where}: cannot run {self._argv[0]} (not found); install Debian's rclone "
                               f"package", True)
+        if shutil.which(SETPRIV, path=env.get("PATH")) is None:
+            # (rclone is there: what is missing is the program that starts it, dying_with_parent())
+            raise RcloneError(f"{self.where}: cannot start {self._argv[0]}: {SETPRIV} is not found (it starts rclone "
+                              f"so that rclone ends with the daemon); install Debian's util-linux package", True)
+        self.binary = _binary(found)
         try:
             self.proc = popen_dying_with_parent(self._argv + ["rcd", "--rc-addr", "127.0.0.1:0", "--rc-serve"],
                                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -460,13 +478,15 @@ class Rcd:
         raise explain(3 if status == 404 else 0, err, self.where, write=write)
 
     def close(self) -> None:
-        """End rclone rcd (and anything it started); reap it."""
+        """End rclone rcd (and anything it started); reap it. No request goes to its port after (a request of a
+        thread still running: the port is free for any local program to take)."""
         if self.proc is not None and self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, 9)
             except ProcessLookupError:
                 pass
             self.proc.wait()
+        self.port = 0
         if self._reader is not None:
             self._reader.join(2)
         if self.proc is not None and self.proc.stderr is not None:

@@ -67,8 +67,10 @@ LOOK = 1.0                         # waiting for a copy's end, a stream's answer
                                    # upload, which tell a stall (each look is an rc call: ~1 ms of CPU on each side)
 MOVE_OVERWRITES = (1, 63)           # the first rclone whose WebDAV MOVE says "Overwrite: T": rclone issue #6964,
                                     # fixed by PR #6972 (merged 2023-04-24, "released in v1.63"), for a file's
-                                    # move and copy and for DirMove (_move_dir: rclone looks the folder up itself
-                                    # first there, one round trip before its MOVE)
+                                    # move and copy and for DirMove (rclone lists the folder's name itself first
+                                    # there, one round trip before its MOVE; _move_dir looks the name up before it)
+AHEAD_END = 0.5                    # seconds close() waits for reads begun ahead (read_ahead) to end before it ends
+                                   # rclone (which ends a stalled one)
 CHECKS = 4                         # files committed and read back at once, and as many sessions in flight: every
                                    # request to a store is a round trip (rclone paces WebDAV's too), every read-back
                                    # a stream of its own (rclone's own check runs 8)
@@ -82,6 +84,11 @@ SAVE_EVERY = 10.0                  # seconds between manifest saves: each is two
                                    # requests on WebDAV, ~0.2 s on loopback, a second or more on a distant store) and
                                    # the markers' removals; the sessions in between keep their folder's marker, so a
                                    # push cut before the next save sends at most this much work again
+
+
+# core/version's "decomposed" version of each rclone program (Rcd.binary) this process asked (_move_refuses)
+_VERSIONS: dict[tuple, Any] = {}
+_UNASKED = object()
 
 
 def split_remote(remote: str) -> tuple[str, str]:
@@ -143,6 +150,7 @@ class RcloneTarget(Target):
         # reads and listings begun before they are asked for (read_ahead): ("read"|"list", path) -> (its Future, the
         # limit a read was made with); dropped when this push changes what they read (_landed)
         self._ahead: dict[tuple[str, str], tuple[concurrent.futures.Future, int]] = {}
+        self._begun: list[concurrent.futures.Future] = []      # every one of those, asked for or not (close())
         self._after: concurrent.futures.Future | None = None
         self._lingering: list[int] = []   # descriptors of copies not known ended: closed once rclone has stopped
 
@@ -205,11 +213,16 @@ class RcloneTarget(Target):
     def _move_refuses(self) -> bool:
         """rclone's MOVE of a file on this WebDAV store is refused by the store when a file is at its destination: rclone
         before 1.63 sends "Overwrite: F" (later ones "Overwrite: T": the store replaces the file, so rename() looks
-        the name up first there). An rclone whose version it does not say is taken for a later one."""
-        try:
-            v = (self.rcd.call("core/version", {}) or {}).get("decomposed")
-        except RcloneError:
-            return False
+        the name up first there). An rclone whose version it does not say is taken for a later one. Asked once per
+        rclone program (Rcd.binary) in this process, not at every push."""
+        v = _VERSIONS.get(self.rcd.binary, _UNASKED) if self.rcd.binary is not None else _UNASKED
+        if v is _UNASKED:
+            try:
+                v = (self.rcd.call("core/version", {}) or {}).get("decomposed")
+            except RcloneError:
+                return False
+            if self.rcd.binary is not None:
+                _VERSIONS[self.rcd.binary] = v
         if not (isinstance(v, list) and len(v) >= 2 and all(isinstance(n, int) for n in v[:2])):
             return False
         return tuple(v[:2]) < MOVE_OVERWRITES
@@ -265,7 +278,9 @@ class RcloneTarget(Target):
         gone = self.rel(rel)
         with self._names:
             for key in (("read", gone), ("list", head), ("list", gone)):
-                self._ahead.pop(key, None)      # (what it read is not what is there now: asked for again)
+                dropped = self._ahead.pop(key, None)    # (what it read is not what is there now: asked for again)
+                if dropped is not None:
+                    dropped[0].cancel()         # (not begun yet: never; begun: its end awaited by close())
             names = self._mine.get(head)
             if names is not None:
                 (names.add if there else names.discard)(base)
@@ -325,6 +340,7 @@ class RcloneTarget(Target):
             with self._names:
                 for key, job in jobs:
                     self._ahead[key] = (pool.submit(job), limit if key[0] == "read" else 0)
+                    self._begun.append(self._ahead[key][0])
         finally:
             pool.shutdown(wait=False)
 
@@ -532,10 +548,17 @@ class RcloneTarget(Target):
             self._files.add(self.rel(dst))
 
     def _move_dir(self, src: str, dst: str) -> None:
-        """Move a folder in one request of the store (rclone's DirMove: a WebDAV MOVE with "Overwrite: F", an SFTP
-        rename), never replacing or merging into a folder there: rclone falls back to moving file by file into a
-        folder it finds at ``dst``, a fallback these settings make it refuse (it cannot run with both), so the
-        move happens whole or not at all. No look-up first: rclone looks, and the store refuses too."""
+        """Move a folder in one request of the store (rclone's DirMove: a WebDAV MOVE, an SFTP rename), never
+        replacing or merging into a folder there: rclone falls back to moving file by file into a folder it finds
+        at ``dst``, a fallback these settings make it refuse (it cannot run with both), so the move happens whole or
+        not at all. Where the store itself refuses a MOVE onto a name taken (move_refuses: rclone before 1.63 sends
+        "Overwrite: F") no look-up first. A later rclone's MOVE says "Overwrite: T" (the store replaces what is
+        there), its own look-up of ``dst`` a folder listing (which a file may pass unseen): ``dst`` is looked up
+        first here, as rename() does a file's name, and a name taken is refused as the engine's rename is (the
+        session not moved, its name left to whoever holds it)."""
+        if not self.move_refuses and self._stat(dst) is not None:
+            self._landed(dst)
+            raise TargetError(f"refusing to replace existing {dst}")
         with self._names:
             unmade = self.rel(src) in self._unmade
         if unmade:                                  # nothing was written into it
@@ -651,10 +674,13 @@ class RcloneTarget(Target):
 
     def close(self) -> None:
         with self._names:
-            ahead, self._ahead = list(self._ahead.values()), {}
-        for fut, _ in ahead:                # (never asked for: the push failed before; ended before rclone is)
-            with contextlib.suppress(Exception):
-                fut.result()
+            begun, self._begun, self._ahead = self._begun, [], {}
+        # reads begun ahead and never asked for (the push failed before, or changed what they read): none begins
+        # now, and those in flight get a moment to end before rclone does; a stalled one (a store that stopped
+        # answering) is ended by rclone's end, not waited for up to rclone's timeout with rclone kept running
+        for fut in begun:
+            fut.cancel()
+        concurrent.futures.wait(begun, timeout=AHEAD_END)
         after, self._after = self._after, None
         if after is not None:
             # sent ahead and never named (the push failed before): removed, best effort (else it is this host's temp

@@ -117,6 +117,7 @@ def serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[int]:
 DROP = -1      # FaultyWebdav's "status" of a request it takes and never answers: the connection closed (a drop)
 CUT = -2       # ... of one whose answer it cuts: the store's headers (its length), half the body, the connection closed
 LOST = -3      # ... of one it passes on to the store and then drops without its answer (done there, the answer lost)
+HANG = -4      # ... of one it takes and never answers while the relay runs (a store that stopped answering)
 
 
 class FaultyWebdav:
@@ -124,12 +125,14 @@ class FaultyWebdav:
     127.0.0.1:<to> (an RcloneServer), but answers one that ``fail(method, path)`` gives a status for with that
     status itself (a store in maintenance for a moment, a proxy's hiccup), or with none (DROP: the connection
     closed once the request is read; LOST: the request passed on to the store, then the connection closed without
-    its answer), or with the store's answer cut halfway (CUT); ``failed`` lists those. Bodies are passed on whole
-    (small test files), a chunked one with its length."""
+    its answer), or with the store's answer cut halfway (CUT), or never while the relay runs (HANG); ``failed`` lists
+    those. Bodies are passed on whole (small test files), a chunked one with its length. ``overwrite``: the
+    "Overwrite" header every MOVE and COPY is passed on with (as a later rclone sends it; None: as sent)."""
 
-    def __init__(self, to: int, fail: Callable[[str, str], int | None]) -> None:
+    def __init__(self, to: int, fail: Callable[[str, str], int | None], overwrite: str | None = None) -> None:
         outer = self
         self.failed: list[tuple[str, str]] = []
+        self._closing = threading.Event()
 
         class Relay(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -140,6 +143,10 @@ class FaultyWebdav:
                 status = fail(self.command, path)
                 if status and status not in (CUT, LOST):
                     outer.failed.append((self.command, path))
+                    if status == HANG:
+                        outer._closing.wait(120)
+                        self.close_connection = True
+                        return
                     if status == DROP:
                         self.close_connection = True
                         return
@@ -148,6 +155,9 @@ class FaultyWebdav:
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "transfer-encoding")}
                 if "Destination" in headers:        # (a MOVE's: the server checks it names itself)
                     headers["Destination"] = headers["Destination"].replace(f":{outer.port}/", f":{to}/")
+                if overwrite is not None and self.command in ("MOVE", "COPY"):
+                    headers = {k: v for k, v in headers.items() if k.lower() != "overwrite"}
+                    headers["Overwrite"] = overwrite
                 conn = http.client.HTTPConnection("127.0.0.1", to, timeout=60)
                 try:
                     conn.request(self.command, self.path, body=body, headers=headers)
@@ -208,6 +218,7 @@ class FaultyWebdav:
         return path
 
     def close(self) -> None:
+        self._closing.set()                         # (requests it holds: dropped)
         self._srv.shutdown()
         self._srv.server_close()
         self._thread.join(10)

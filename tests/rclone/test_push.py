@@ -1015,13 +1015,11 @@ def test_a_first_push_to_a_distant_webdav_store_claims_its_folder_in_few_round_t
         # 16 before (measured), 13 now
         assert count <= 13, said
 
-def test_a_later_rclone_whose_webdav_move_replaces_looks_the_claims_name_up_before_moving_it(rclone_tmp, monkeypatch):
-    """A first push to WebDAV moves its claim into place without looking the name up first, the store itself refusing
-    a file there: rclone before 1.63 sends its MOVE with "Overwrite: F". Later ones send "Overwrite: T" (the store
-    replaces the file), so on a Pi with a newer rclone two recorders given one folder name at the same moment would
-    both get the folder, the second's claim replacing the first's. With such an rclone (its version as core/version
-    says it) the claim's name is looked up before the move, as on other stores; the claim is this recorder's."""
-    from steno_exportd.engine.identity import CLAIM_NAME
+@pytest.fixture
+def later_rclone(monkeypatch) -> None:
+    """rclone says it is 1.63 (core/version), whose WebDAV MOVE says "Overwrite: T" (the store replaces what is at its
+    destination); asked anew (the daemon asks once per rclone program in its process)."""
+    from steno_exportd.rclone import target
     from steno_exportd.rclone.process import Rcd
     real = Rcd.call
 
@@ -1030,6 +1028,17 @@ def test_a_later_rclone_whose_webdav_move_replaces_looks_the_claims_name_up_befo
             return {"version": "v1.63.0", "decomposed": [1, 63, 0]}
         return real(self, method, params, **kw)
     monkeypatch.setattr(Rcd, "call", call)
+    monkeypatch.setattr(target, "_VERSIONS", {})
+
+
+def test_a_later_rclone_whose_webdav_move_replaces_looks_the_claims_name_up_before_moving_it(rclone_tmp,
+                                                                                             later_rclone):
+    """A first push to WebDAV moves its claim into place without looking the name up first, the store itself refusing
+    a file there: rclone before 1.63 sends its MOVE with "Overwrite: F". Later ones send "Overwrite: T" (the store
+    replaces the file), so on a Pi with a newer rclone two recorders given one folder name at the same moment would
+    both get the folder, the second's claim replacing the first's. With such an rclone (its version as core/version
+    says it) the claim's name is looked up before the move, as on other stores; the claim is this recorder's."""
+    from steno_exportd.engine.identity import CLAIM_NAME
     with verbose_webdav(rclone_tmp, (100_000,)) as (srv, db, cfg):
         res = push(cfg)
         assert [(r.ok, r.skipped) for r in res] == [(True, False)], [r.error for r in res]
@@ -1038,6 +1047,77 @@ def test_a_later_rclone_whose_webdav_move_replaces_looks_the_claims_name_up_befo
         whats = [what for _, what in srv.answered()]
         moved = min(i for i, what in enumerate(whats) if what.endswith(": MOVE"))   # the claim's, the first move
         assert f"/office/{folder.name}/{CLAIM_NAME}: PROPFIND" in whats[:moved], whats[:moved + 1]
+
+
+def test_a_later_rclone_whose_webdav_move_replaces_looks_a_sessions_folder_name_up_before_moving_it(rclone_tmp,
+                                                                                                    later_rclone):
+    """A WebDAV push builds each session as <folder>.partial and moves it into place in one MOVE (rclone's folder
+    move), never onto a name taken. rclone before 1.63 sends that MOVE with "Overwrite: F" (the store refuses a name
+    taken); later ones with "Overwrite: T" (the store replaces what is there), after a look of their own that is a
+    folder's listing. With such an rclone (its version as core/version says it) the push looks the folder's name up
+    itself right before the move, as it does a file's (the claim's): after the session's last file landed, before
+    the MOVE. Seen in the store's own log; the sessions land."""
+    with verbose_webdav(rclone_tmp, (100_000, 100_500)) as (srv, db, cfg):
+        res = push(cfg)
+        assert [(r.ok, r.skipped) for r in res] == [(True, False)] * 2, [r.error for r in res]
+        folder = srv.served / "office" / recorder_folder(cfg)
+        assert_landed(folder, db)
+        whats = [what for _, what in srv.answered()]
+        names = sorted(p.name for p in folder.iterdir() if p.is_dir())
+        assert len(names) == 2, names
+        for name in names:
+            work = f"/office/{folder.name}/{name}.partial"
+            moved = next(i for i, what in enumerate(whats) if what.startswith(work) and what.endswith(": MOVE"))
+            landed = max(i for i, what in enumerate(whats[:moved]) if what.startswith(f"{work}/")
+                         and what.endswith(": PUT"))
+            assert f"/office/{folder.name}/{name}: PROPFIND" in whats[landed:moved], whats[landed:moved + 1]
+
+
+def test_a_folder_that_appears_at_a_sessions_name_before_a_replacing_move_is_left_alone(rclone_tmp, later_rclone,
+                                                                                        monkeypatch):
+    """The session's folder name is taken on the store (a person's folder, another push's) after the push looked at
+    the recorder's folder, right before its <folder>.partial is moved there, on a store whose MOVE replaces what is
+    at its destination (rclone 1.63 and later send "Overwrite: T": the store's relay sends every MOVE so). Their
+    folder is neither replaced nor merged into: the session is reported failed and not recorded, and the next push
+    sends it beside that folder, which it leaves alone."""
+    from steno_exportd.rclone.target import RcloneTarget
+    from tests.parts.rclone import FaultyWebdav
+    parts.require_tool("rclone")
+    (rclone_tmp / "served").mkdir()
+    srv = RcloneServer("webdav", rclone_tmp / "served", rclone_tmp)
+    srv.start()
+    relay = FaultyWebdav(srv.port, lambda method, path: None, overwrite="T")
+    try:
+        db = make_recorder(rclone_tmp / "rec", sizes=(100_000, 100_500, 101_000))
+        cfg = make_cfg(rclone_tmp, db, relay.client_config(srv, rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+        folder = srv.served / "office" / recorder_folder(cfg)
+        planted: list[str] = []
+        move_dir = RcloneTarget._move_dir
+
+        def taken_at_once(self, src: str, dst: str) -> None:
+            if not planted:
+                planted.append(dst.rpartition("/")[2])
+                _plant(srv, cfg, rclone_tmp, f"office/{dst}/transcript.txt")
+            move_dir(self, src, dst)
+        monkeypatch.setattr(RcloneTarget, "_move_dir", taken_at_once)
+        res = push(cfg)
+        assert planted, "no folder was moved into place"
+        theirs = folder / planted[0]
+        assert os.listdir(theirs) == ["transcript.txt"]
+        assert (theirs / "transcript.txt").read_text() == "a person's own file\n"
+        assert sorted(r.ok for r in res) == [False, True, True], [(r.ok, r.error) for r in res]
+        assert "appeared" in next(r.error for r in res if not r.ok)
+        manifest = json.loads((folder / "manifest.json").read_text())["sessions"]
+        assert planted[0] not in {s["folder"] for s in manifest.values()}
+        monkeypatch.setattr(RcloneTarget, "_move_dir", move_dir)
+        res = push(cfg)
+        assert [r.ok for r in res] == [True] * 3, [r.error for r in res]
+        assert os.listdir(theirs) == ["transcript.txt"]
+        assert (theirs / "transcript.txt").read_text() == "a person's own file\n"
+        assert_landed(folder, db)
+    finally:
+        relay.close()
+        srv.stop()
 
 
 def test_a_push_that_finds_nothing_new_on_a_distant_webdav_store_waits_for_few_round_trips(rclone_tmp):
@@ -2110,3 +2190,81 @@ def test_rclone_rcd_lives_on_when_the_thread_that_started_it_ends(rclone_tmp):
     finally:
         rcd.close()
     assert rcd.proc.poll() is not None
+
+
+def test_a_recorder_without_setpriv_is_told_what_is_missing(webdav, rclone_tmp, monkeypatch):
+    """rclone is there, but not util-linux's setpriv, which starts it (so that it ends with the daemon): the push
+    fails at once, for good, naming setpriv and its package, not "cannot run rclone" and rclone's package (which is
+    installed). A PATH holding rclone alone."""
+    from steno_exportd.errors import TargetError
+    db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
+    cfg = make_cfg(rclone_tmp, db, webdav.client_config(rclone_tmp / "rclone.conf"), f"{webdav.remote}:office")
+    only = rclone_tmp / "bin"
+    only.mkdir()
+    (only / "rclone").symlink_to(shutil.which("rclone"))
+    monkeypatch.setenv("PATH", str(only))
+    tries: list[float] = []
+    with pytest.raises(TargetError) as e:
+        push(cfg, sleep=tries.append)
+    assert "setpriv" in str(e.value) and "util-linux" in str(e.value), str(e.value)
+    assert "install Debian's rclone package" not in str(e.value), str(e.value)
+    assert tries == [], tries
+    assert not (webdav.served / "office").exists()
+
+
+def test_rclone_is_asked_its_version_once_per_program_not_at_every_push(rclone_tmp, monkeypatch):
+    """A push to WebDAV asks rclone its version (core/version: whether its MOVE there replaces a file), one request
+    more of every push's rclone rcd. It is the program's: asked once per rclone program in the daemon's process, and
+    again for another program at that path (an upgrade replaced the file)."""
+    made = rcd_requests(monkeypatch)
+    program = rclone_tmp / "bin" / "rclone"
+    program.parent.mkdir()
+    shutil.copy2(shutil.which("rclone"), program)
+    with verbose_webdav(rclone_tmp, (100_000,)) as (srv, db, cfg):
+        cfg = dataclasses.replace(cfg, rclone=dataclasses.replace(cfg.rclone, command=str(program)))
+        assert [(r.ok, r.skipped) for r in push(cfg)] == [(True, False)]
+        assert [(r.ok, r.skipped) for r in push(cfg)] == [(True, True)]
+        assert made.count("core/version") == 1, made
+        shutil.copy2(shutil.which("rclone"), rclone_tmp / "bin" / "rclone.new")
+        os.replace(rclone_tmp / "bin" / "rclone.new", program)     # (as a package upgrade replaces it)
+        assert [(r.ok, r.skipped) for r in push(cfg)] == [(True, True)]
+        assert made.count("core/version") == 2, made
+
+
+def test_a_push_ends_at_once_when_a_read_begun_ahead_stalls(rclone_tmp):
+    """A push reads its manifest, its folder's listing and its office index ahead (at its start, for later). One the
+    store never answers (it stopped answering), never asked for (the push failed before it needed it): the push's
+    end waited for it, rclone rcd kept running, until rclone's own timeout for the store ended it (the remote's
+    timeout, 20 s here). Now it ends within a moment, rclone with it, and no thread of the push is left reading."""
+    from steno_exportd.rclone.process import Rcd
+    from steno_exportd.rclone.target import RcloneTarget
+    from tests.parts.rclone import HANG, FaultyWebdav
+    parts.require_tool("rclone")
+    served = rclone_tmp / "served"
+    (served / "office" / "rec").mkdir(parents=True)
+    (served / "office" / "rec" / "manifest.json").write_text("{}\n")
+    srv = RcloneServer("webdav", served, rclone_tmp)
+    srv.start()
+    relay = FaultyWebdav(srv.port, lambda method, path: HANG if method == "GET" and path.endswith("/manifest.json")
+                         else None)
+    try:
+        db = make_recorder(rclone_tmp / "recorder", sizes=(1 << 10,))
+        cfg = make_cfg(rclone_tmp, db, relay.client_config(srv, rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+        remote = dataclasses.replace(cfg.rclone.remotes[0], timeout=20)
+        rcd = Rcd(cfg, remote)
+        t = RcloneTarget(rcd, remote.remote, name="rclone:cloud")
+        try:
+            t.connect()
+            t.read_ahead(("rec/manifest.json",), 1 << 16)
+            parts.wait_for(lambda: relay.failed, 10, what="the read begun ahead to reach the store")
+        finally:
+            began = time.monotonic()
+            t.close()
+            took = time.monotonic() - began
+        assert took < 3, f"the push's end waited {took:.1f}s for a read begun ahead"
+        assert rcd.proc is not None and rcd.proc.poll() is not None
+        parts.wait_for(lambda: not [th for th in threading.enumerate() if th.name.startswith("steno-read-ahead")], 5,
+                       what="the threads reading ahead to end")
+    finally:
+        relay.close()
+        srv.stop()

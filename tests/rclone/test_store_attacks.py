@@ -3,6 +3,7 @@ broken sync client editing the store, and a slow link: what a user must see. Eac
 of a defect an attack found, and failed before its fix."""
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -110,6 +111,70 @@ def test_two_recorders_first_push_at_the_same_moment_one_gets_the_folder(rclone_
     assert "belongs to another recorder" in str(results["b"]) and "id a1a1a1a1" in str(results["b"])
     assert json.loads((folder / CLAIM_NAME).read_text())["recorder_id"] == "a1" * 16
     assert_landed(folder, db_a)                             # A's files, none of B's
+    db_a.close()
+    db_b.close()
+
+
+def test_a_folder_claimed_by_another_recorder_after_a_push_read_it_ahead_is_left_to_it(rclone_server, rclone_tmp,
+                                                                                        monkeypatch):
+    """A push that finds its folder on the store reads the folder's manifest, its listing and the office index ahead
+    (at its start), then reads the folder's claim. Here the folder holds another recorder's files but no claim (a
+    person removed it) when the push reads ahead, and that recorder (given the same folder name: a config copied to
+    both) claims it in between and rewrites its manifest and office index: what the push read ahead is stale. The
+    push still stops at the claim, before writing a file, and the other recorder's claim, manifest, office index
+    and meetings stay as that recorder wrote them."""
+    from steno_exportd.engine.manifest import MANIFEST
+    from steno_exportd.rclone import kind as rclone_kind
+    srv = rclone_server
+    conf = srv.client_config(rclone_tmp / "rclone.conf")
+    remote = [{"name": "cloud", "remote": f"{srv.remote}:office"}]
+    db_a = make_recorder(rclone_tmp / "rec-a", sizes=(200_000,))
+    db_b = make_recorder(rclone_tmp / "rec-b", sizes=(100_000, 100_500), seed=7)
+    cfg_a = cfg_for(rclone_tmp / "a", db_a, conf, remote, folder="steno")
+    cfg_b = cfg_for(rclone_tmp / "b", db_b, conf, remote, folder="steno")
+    assert all(r.ok for r in push_to(cfg_b, kind=RcloneKind(recorder_id="b2" * 16, sleep=lambda s: None)))
+    office = srv.served / "office"
+    later = rclone_tmp / "later"
+    later.mkdir()
+    # what the other recorder writes in between: its claim, its manifest and office index as a later push of it
+    # writes them (another meeting listed)
+    (later / CLAIM_NAME).write_bytes((office / "steno" / CLAIM_NAME).read_bytes())
+    index = json.loads((office / INDEX_DIR / "steno.json").read_text())
+    index["meetings"].append(dict(index["meetings"][0], uuid="b2" * 16, title="their later meeting"))
+    (later / "index.json").write_text(json.dumps(index))
+    (later / MANIFEST).write_bytes((office / "steno" / MANIFEST).read_bytes() + b"\n")
+
+    def store(src: pathlib.Path | None, rel: str, command: str = "copyto") -> None:
+        """Through the store, as another client (not behind rclone serve's back)."""
+        subprocess.run(["rclone", "--config", str(conf), command, *([str(src)] if src else []),
+                        f"{srv.remote}:office/{rel}"], check=True, capture_output=True, timeout=60)
+    store(None, f"steno/{CLAIM_NAME}", "deletefile")
+    real = rclone_kind.claim
+    read_ahead: list = []
+
+    def claimed_in_between(t, folder, rid):
+        with t._names:
+            read_ahead.extend(sorted(t._ahead))
+            begun = [fut for fut, _ in t._ahead.values()]
+        concurrent.futures.wait(begun, 30)          # read (they are what was there before)
+        store(later / CLAIM_NAME, f"steno/{CLAIM_NAME}")
+        store(later / MANIFEST, f"steno/{MANIFEST}")
+        store(later / "index.json", f"{INDEX_DIR}/steno.json")
+        return real(t, folder, rid)
+    monkeypatch.setattr(rclone_kind, "claim", claimed_in_between)
+    theirs = None
+    with pytest.raises(RcloneError, match=r"belongs to another recorder \(.*, id b2b2b2b2\)"):
+        try:
+            push_to(cfg_a, kind=RcloneKind(recorder_id="a1" * 16, sleep=lambda s: None))
+        finally:
+            theirs = snapshot(office)
+    assert ("read", f"{INDEX_DIR}/steno.json") in read_ahead and ("read", f"steno/{MANIFEST}") in read_ahead, \
+        read_ahead
+    assert theirs[f"steno/{CLAIM_NAME}"] == (later / CLAIM_NAME).read_bytes()
+    assert theirs[f"steno/{MANIFEST}"] == (later / MANIFEST).read_bytes()
+    assert theirs[f"{INDEX_DIR}/steno.json"] == (later / "index.json").read_bytes()
+    assert_landed(office / "steno", db_b)                   # their meetings, none of ours
+    assert not [n for n in theirs if ".steno-tmp" in n or ".partial" in n], sorted(theirs)
     db_a.close()
     db_b.close()
 
