@@ -101,7 +101,7 @@ class Exporter:
         self.job_id, self.state, self.reg = job_id, state, reg
         o, e = spec.options, cfg.export
         self.verify = e.verify if o.verify is None else o.verify
-        if not self.verify and getattr(target, "reads_while_writing", False):
+        if not self.verify and target.reads_while_writing:
             target.reads_while_writing = False      # a job without verify: no read-back beside the writes either
         self.include_audio = e.include_audio if o.include_audio is None else o.include_audio
         self.overwrite_foreign = e.overwrite_foreign if o.overwrite_foreign is None else o.overwrite_foreign
@@ -128,8 +128,8 @@ class Exporter:
         # crash tells it from a stick's author's own 'Notes.partial' beside it; on a target without marks_partial
         # (SMB: a small write and a removal per session); on a target without marks_partial (rclone's WebDAV: two
         # uploads, several round trips each) this recorder's own record says which .partial folders it began
-        self.mark_partial = bool(getattr(target, "marks_partial", False))
-        self.begun = None if self.mark_partial else Begun(cfg.state.dir, getattr(target, "place", target.name), root)
+        self.mark_partial = target.marks_partial
+        self.begun = None if self.mark_partial else Begun(cfg.state.dir, target.place or target.name, root)
         self._checks = self._verifier if self.depth == 1 else \
             concurrent.futures.ThreadPoolExecutor(self.depth, thread_name_prefix="steno-check")
         self._saved_at = 0.0                    # when the manifest was last saved (monotonic; run() sets the start)
@@ -484,7 +484,7 @@ class Exporter:
         stamp = time.strftime("%Y-%m-%d %H-%M")
         taken = set(self._root_names) | {e["folder"] for e in self.m.sessions.values()}
         folder = resolve_collision(safe_name(f"Merged {stamp} ({len(sessions)} sessions)"), taken)
-        in_place = not getattr(self.t, "atomic_dir_rename", True)
+        in_place = not self.t.atomic_dir_rename
         final_rel = f"{self.root}/{folder}"
         work_rel = final_rel if in_place else f"{final_rel}{PARTIAL_SUFFIX}"
         if not in_place:
@@ -569,12 +569,8 @@ class Exporter:
     def _target_alive(self) -> bool:
         """The target still answers after a session's failure: its export folder read, as little of it as the
         target can (a whole listing failed past 50,000 entries: a stick counted as pulled)."""
-        alive = getattr(self.t, "folder_alive", None)   # (a stick's, the NAS's; SmbTarget.alive(): its connection)
         try:
-            if alive is not None:
-                return bool(alive(self.root))
-            self.t.listdir(self.root)
-            return True
+            return bool(self.t.folder_alive(self.root))     # (SmbTarget.alive(): its connection)
         except (TargetError, OSError):
             return False
 
@@ -663,7 +659,7 @@ class Exporter:
             st = os.stat(pf.source)
         except OSError:
             return None, None, None
-        if getattr(self.t, "hash_checked", False):
+        if self.t.hash_checked:
             return None, None, st
         sha, crc = self.hashes.sha256_crc32(pf.source) or (None, None)
         return sha, crc, st
@@ -789,7 +785,7 @@ class Exporter:
             # built again as <folder>.partial: not where the clean-up left someone's own folder of that name (our
             # finished folder they renamed so), which the build would remove first
             work = f"{entry['folder']}{PARTIAL_SUFFIX}"
-            theirs = getattr(self.t, "atomic_dir_rename", True) and work in self._root_names and \
+            theirs = self.t.atomic_dir_rename and work in self._root_names and \
                 not any(self._resume_folder(p) == work for p in self.m.partial)
             if st is None and not theirs:
                 return entry["folder"], False
@@ -833,7 +829,7 @@ class Exporter:
             raise TargetFullError(f"target full: needs {need / 2**20:.0f} MiB (+{self.margin / 2**20:.0f} MiB "
                                   f"margin), {self._free / 2**20:.0f} MiB free")
         self._free -= need
-        in_place = not getattr(self.t, "atomic_dir_rename", True)
+        in_place = not self.t.atomic_dir_rename
         work_rel = final_rel if exists or in_place else f"{final_rel}{PARTIAL_SUFFIX}"
         if not exists:
             with self._lock:

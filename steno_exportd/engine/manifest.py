@@ -173,7 +173,7 @@ def read(target: Target, root: str, *, found: bool = False) -> Manifest:
 def _keep(target: Target, root: str, raw: bytes | None) -> None:
     """Remember manifest.json's bytes as this run read or wrote them, on a target that keeps them (``manifests``:
     a store where reading it again is round trips, rclone's), for known(); None: forget them (not known)."""
-    kept = getattr(target, "manifests", None)
+    kept = target.manifests
     if kept is not None:
         if raw is None:
             kept.pop(root, None)
@@ -184,7 +184,7 @@ def _keep(target: Target, root: str, raw: bytes | None) -> None:
 def known(target: Target, root: str) -> Manifest | None:
     """manifest.json as this run last read or wrote it on ``target`` (a folder only this run writes in: the
     recorder's own), without reading it again; None where the target keeps no copy or the run has none."""
-    raw = (getattr(target, "manifests", None) or {}).get(root)
+    raw = (target.manifests or {}).get(root)
     return None if raw is None else parse(raw)
 
 
@@ -268,8 +268,8 @@ def rebuild(target: Target, root: str, reason: str = "", cancelled: Callable[[],
             raise os_error(e, f"{root}/{SUMS}") from e
         else:
             raise
-    used = getattr(target, "used_space", None)
-    budget = used() if used is not None else float("inf")
+    used = target.used_space()
+    budget = used if used is not None else float("inf")
     unread = 0
     for rel, sha in sums.items():
         folder, _, name = rel.partition("/")
@@ -359,7 +359,7 @@ def save(target: Target, root: str, m: Manifest) -> None:
     first: a save that fails may have put manifest.json in place all the same (a move whose answer was lost), so
     after a failure the store's own is read again, never the one saved before."""
     raw = encode(m.to_json())
-    saved = getattr(target, "manifests_saved", None)
+    saved = target.manifests_saved
     if saved is not None:
         saved.add(root)         # (before the writes: a save that failed half-way may have changed the store too)
     _keep(target, root, None)
@@ -370,7 +370,7 @@ def save(target: Target, root: str, m: Manifest) -> None:
 def saved(target: Target, root: str) -> bool | None:
     """Whether this run saved (or tried to save) manifest.json in ``root``; None where the target keeps no record
     (``manifests_saved``: the push targets, which write the office index after the run)."""
-    kept = getattr(target, "manifests_saved", None)
+    kept = target.manifests_saved
     return None if kept is None else root in kept
 
 

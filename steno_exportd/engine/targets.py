@@ -67,9 +67,10 @@ class WriteHandle(Protocol):
     # every byte written next is the file open as ``fd`` (a regular file the caller opened at src without following
     # a symlink, fstat st; the caller closes it once the writes end): a target that copies a local file better
     # itself (rclone: no stream through this process) may do so from that file (a dup of ``fd``), never from the
-    # path, which may name another file by then; write() still gets each byte. Optional (read with getattr):
-    # reads_source (default False), such a target reads that file itself through the page cache (rclone): the
-    # engine's own reads beside it go through the cache too, sharing its pages (writer._direct_reader)
+    # path, which may name another file by then; write() still gets each byte
+    reads_source: bool = False                  # (a default, as checks_crc) it reads that file itself through the
+                                                # page cache (rclone): the engine's own reads beside it go through
+                                                # the cache too, sharing its pages (writer._direct_reader)
     def write(self, data: bytes | memoryview) -> None: ...
     def sync(self) -> None: ...                 # fsync the data
     def commit(self) -> None: ...               # rename to the final name, fsync the folder
@@ -103,14 +104,22 @@ class Target(Protocol):
     listers: int = 8                             # folders of sessions already exported listed at once, on a target
                                                  # that takes several requests at once (checks > 1): one round trip
                                                  # each (rclone's own check lists 8 at once)
-    # optional (read with getattr): marks_partial (default False), a <folder>.partial is built with our marker
-    # (without: the recorder's own record, engine/begun.py, says which it began; keyed by place, default name);
-    # folder_alive(rel) -> bool, the folder still readable, reading as little as it can (default: its listing);
-    # hash_checked (default False), a write's commit checks the store's own hash of the landed file (its handle's
-    # `verified`): a copy is hashed while sent even when its SHA-256 is remembered, which costs less than the
-    # read-back a remembered hash needs;
-    # reads_while_writing (default False), its write handles read a file back beside the writes (SMB): the engine
-    # sets it False for a job without verify (no read-back at all)
+    marks_partial: bool = False                  # a <folder>.partial is built with our marker (without: the
+                                                 # recorder's own record, engine/begun.py, says which it began,
+                                                 # keyed by ``place or name``)
+    place: str = ""                              # where it writes, however its name spells it (rclone: the
+                                                 # store's folder); "": its name
+    hash_checked: bool = False                   # a write's commit checks the store's own hash of the landed file
+                                                 # (its handle's `verified`): a copy is hashed while sent even when
+                                                 # its SHA-256 is remembered, which costs less than the read-back a
+                                                 # remembered hash needs
+    reads_while_writing: bool = False            # its write handles read a file back beside the writes (SMB): the
+                                                 # engine sets it False for a job without verify (no read-back)
+    manifests: dict[str, bytes] | None = None    # manifest.json's bytes as this run read or wrote them, by folder,
+                                                 # on a store where reading it again is round trips (rclone's):
+                                                 # manifest.known(); None: not kept
+    manifests_saved: set[str] | None = None      # the folders whose manifest.json this run saved (the push
+                                                 # targets, which write the office index after it): manifest.saved()
 
     def lstat(self, rel: str) -> EntryStat | None: ...          # None when absent
     def exists(self, rel: str) -> bool: ...
@@ -129,6 +138,17 @@ class Target(Protocol):
     def fsync_dir(self, rel: str) -> None: ...
 
     # optional, with a default here (a target subclasses Target to have it; called, never probed for):
+    def folder_alive(self, rel: str) -> bool:
+        """Folder ``rel`` still readable, reading as little of it as the target can (a stick's, the NAS's
+        connection); a TargetError or OSError says it is not. Default: its listing."""
+        self.listdir(rel)
+        return True
+
+    def used_space(self) -> int | None:
+        """Bytes in use where it writes: what any reading of its files can total; None where it does not say (a
+        store). Default: None."""
+        return None
+
     def known_names(self, rel: str) -> set[str] | None:
         """The names in folder ``rel`` as this run knows them without asking the target (a listing it read, kept
         current by its own changes: a store's, RcloneTarget); None when not known, the caller lists the folder.

@@ -193,7 +193,7 @@ def _direct_reader(fd: int, size: int, h: WriteHandle) -> FdRead | None:
     recording just made, or read by the background hasher) is read through it: memory is faster than the disk.
     Only from a block boundary with whole-block buffers; anything refused (tmpfs, /proc not there) stays buffered.
     """
-    if size < DIRECT_MIN or h.offset % DIRECT_ALIGN or h.chunk % DIRECT_ALIGN or getattr(h, "reads_source", False) \
+    if size < DIRECT_MIN or h.offset % DIRECT_ALIGN or h.chunk % DIRECT_ALIGN or h.reads_source \
             or _cached(fd, size):
         return None
     try:
