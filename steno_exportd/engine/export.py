@@ -125,7 +125,7 @@ class Exporter:
         self._verifier = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="steno-verify")
         self.depth = max(1, int(target.checks))
         # a <folder>.partial is built with our marker inside, removed before its rename, so the clean-up after a
-        # crash tells it from a stick's author's own 'Notes.partial' beside it; on a target without marks_partial
+        # crash tells it from a stick's author's own 'Notes.partial' beside it, on a target with marks_partial
         # (SMB: a small write and a removal per session); on a target without marks_partial (rclone's WebDAV: two
         # uploads, several round trips each) this recorder's own record says which .partial folders it began
         self.mark_partial = target.marks_partial

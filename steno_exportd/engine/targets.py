@@ -63,14 +63,16 @@ class WriteHandle(Protocol):
                                                 # the bytes are not hashed twice; None: nothing to check against,
                                                 # not ``verified``)
 
+    reads_source: bool = False                  # (a default, as checks_crc) from_file() makes it read that file
+                                                # itself through the page cache (rclone): the engine's own reads
+                                                # beside it go through the cache too, sharing its pages
+                                                # (writer._direct_reader)
+
     def from_file(self, src: Path, fd: int, st: os.stat_result) -> None: ...
     # every byte written next is the file open as ``fd`` (a regular file the caller opened at src without following
     # a symlink, fstat st; the caller closes it once the writes end): a target that copies a local file better
     # itself (rclone: no stream through this process) may do so from that file (a dup of ``fd``), never from the
     # path, which may name another file by then; write() still gets each byte
-    reads_source: bool = False                  # (a default, as checks_crc) it reads that file itself through the
-                                                # page cache (rclone): the engine's own reads beside it go through
-                                                # the cache too, sharing its pages (writer._direct_reader)
     def write(self, data: bytes | memoryview) -> None: ...
     def sync(self) -> None: ...                 # fsync the data
     def commit(self) -> None: ...               # rename to the final name, fsync the folder

@@ -322,8 +322,10 @@ class Rcd:
                               f"package", True)
         if shutil.which(SETPRIV, path=env.get("PATH")) is None:
             # (rclone is there: what is missing is the program that starts it, dying_with_parent())
-            raise RcloneError(f"{self.where}: cannot start {self._argv[0]}: {SETPRIV} is not found (it starts rclone "
-                              f"so that rclone ends with the daemon); install Debian's util-linux package", True)
+            path = safeparse.printable(env.get("PATH") or "")[:200]
+            raise RcloneError(f"{self.where}: cannot start {self._argv[0]}: {SETPRIV} is not in the daemon's PATH "
+                              f"({path}; it starts rclone so that rclone ends with the daemon: Debian's util-linux "
+                              f"package)", True)
         self.binary = _binary(found)
         try:
             self.proc = popen_dying_with_parent(self._argv + ["rcd", "--rc-addr", "127.0.0.1:0", "--rc-serve"],
@@ -479,14 +481,15 @@ class Rcd:
 
     def close(self) -> None:
         """End rclone rcd (and anything it started); reap it. No request goes to its port after (a request of a
-        thread still running: the port is free for any local program to take)."""
+        thread still running: the port is free for any local program to take once rclone has ended, so it is
+        forgotten before)."""
+        self.port = 0
         if self.proc is not None and self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, 9)
             except ProcessLookupError:
                 pass
             self.proc.wait()
-        self.port = 0
         if self._reader is not None:
             self._reader.join(2)
         if self.proc is not None and self.proc.stderr is not None:

@@ -555,7 +555,9 @@ class RcloneTarget(Target):
         "Overwrite: F") no look-up first. A later rclone's MOVE says "Overwrite: T" (the store replaces what is
         there), its own look-up of ``dst`` a folder listing (which a file may pass unseen): ``dst`` is looked up
         first here, as rename() does a file's name, and a name taken is refused as the engine's rename is (the
-        session not moved, its name left to whoever holds it)."""
+        session not moved, its name left to whoever holds it). Looked up even where this push's listing says the
+        name is free (rename()'s _absent): a session's name is in the recorder's folder, where people browse and add
+        folders of their own while a push runs."""
         if not self.move_refuses and self._stat(dst) is not None:
             self._landed(dst)
             raise TargetError(f"refusing to replace existing {dst}")
@@ -685,8 +687,9 @@ class RcloneTarget(Target):
         if after is not None:
             # sent ahead and never named (the push failed before): removed, best effort (else it is this host's temp
             # file, which the next push removes)
+            # (waited for as briefly as reads begun ahead: a stalled upload is ended with rclone)
             with contextlib.suppress(Exception):
-                handle = getattr(after.result(), "handle", None)
+                handle = getattr(after.result(timeout=AHEAD_END), "handle", None)
                 if handle is not None:
                     handle.abort()
         try:

@@ -1073,38 +1073,55 @@ def test_a_later_rclone_whose_webdav_move_replaces_looks_a_sessions_folder_name_
             assert f"/office/{folder.name}/{name}: PROPFIND" in whats[landed:moved], whats[landed:moved + 1]
 
 
+@pytest.mark.parametrize("planted_as", ["folder", "file"])
 def test_a_folder_that_appears_at_a_sessions_name_before_a_replacing_move_is_left_alone(rclone_tmp, later_rclone,
-                                                                                        monkeypatch):
-    """The session's folder name is taken on the store (a person's folder, another push's) after the push looked at
-    the recorder's folder, right before its <folder>.partial is moved there, on a store whose MOVE replaces what is
-    at its destination (rclone 1.63 and later send "Overwrite: T": the store's relay sends every MOVE so). Their
-    folder is neither replaced nor merged into: the session is reported failed and not recorded, and the next push
-    sends it beside that folder, which it leaves alone."""
+                                                                                        monkeypatch, planted_as):
+    """The session's folder name is taken on the store (a person's folder, another push's; or a file of that name)
+    after the push looked at the recorder's folder, right before its <folder>.partial is moved there, on a store
+    whose MOVE replaces what is at its destination (rclone 1.63 and later send "Overwrite: T": the store's relay
+    sends every MOVE so). What they put there is neither replaced nor merged into: the session is reported failed and
+    not recorded, and the next push sends it beside it, leaving it alone. rclone's own look before its folder move
+    is a listing of the name as a folder, which finds a folder (and refuses) but not a file: without the push's own
+    look-up of the name, the MOVE replaced the person's file with the session's folder."""
     from steno_exportd.rclone.target import RcloneTarget
     from tests.parts.rclone import FaultyWebdav
     parts.require_tool("rclone")
     (rclone_tmp / "served").mkdir()
     srv = RcloneServer("webdav", rclone_tmp / "served", rclone_tmp)
     srv.start()
-    relay = FaultyWebdav(srv.port, lambda method, path: None, overwrite="T")
+    planted: list[str] = []
+
+    def as_folder_not_found(method: str, path: str) -> int | None:
+        # a store that answers a listing of a file's name as a folder "not found" (rclone's own look before its
+        # folder move): a file planted where the session's folder goes is then unseen by rclone
+        if planted_as == "file" and planted and method == "PROPFIND" and \
+                path.endswith(f"/{planted[0]}/"):
+            return 404
+        return None
+    relay = FaultyWebdav(srv.port, as_folder_not_found, overwrite="T")
     try:
         db = make_recorder(rclone_tmp / "rec", sizes=(100_000, 100_500, 101_000))
         cfg = make_cfg(rclone_tmp, db, relay.client_config(srv, rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
         folder = srv.served / "office" / recorder_folder(cfg)
-        planted: list[str] = []
         move_dir = RcloneTarget._move_dir
 
         def taken_at_once(self, src: str, dst: str) -> None:
             if not planted:
                 planted.append(dst.rpartition("/")[2])
-                _plant(srv, cfg, rclone_tmp, f"office/{dst}/transcript.txt")
+                _plant(srv, cfg, rclone_tmp, f"office/{dst}/transcript.txt" if planted_as == "folder" else
+                       f"office/{dst}")
             move_dir(self, src, dst)
         monkeypatch.setattr(RcloneTarget, "_move_dir", taken_at_once)
         res = push(cfg)
         assert planted, "no folder was moved into place"
         theirs = folder / planted[0]
-        assert os.listdir(theirs) == ["transcript.txt"]
-        assert (theirs / "transcript.txt").read_text() == "a person's own file\n"
+        own = theirs / "transcript.txt" if planted_as == "folder" else theirs
+
+        def left_alone() -> None:
+            if planted_as == "folder":
+                assert os.listdir(theirs) == ["transcript.txt"]
+            assert own.is_file() and own.read_text() == "a person's own file\n"
+        left_alone()
         assert sorted(r.ok for r in res) == [False, True, True], [(r.ok, r.error) for r in res]
         assert "appeared" in next(r.error for r in res if not r.ok)
         manifest = json.loads((folder / "manifest.json").read_text())["sessions"]
@@ -1112,8 +1129,7 @@ def test_a_folder_that_appears_at_a_sessions_name_before_a_replacing_move_is_lef
         monkeypatch.setattr(RcloneTarget, "_move_dir", move_dir)
         res = push(cfg)
         assert [r.ok for r in res] == [True] * 3, [r.error for r in res]
-        assert os.listdir(theirs) == ["transcript.txt"]
-        assert (theirs / "transcript.txt").read_text() == "a person's own file\n"
+        left_alone()
         assert_landed(folder, db)
     finally:
         relay.close()
