@@ -30,6 +30,7 @@ class VerifyReport:
     extra: list[str] = dataclasses.field(default_factory=list)
     problems: list[str] = dataclasses.field(default_factory=list)
     incomplete: list[str] = dataclasses.field(default_factory=list)   # session folders an export left unfinished
+    notes: list[str] = dataclasses.field(default_factory=list)        # said, but not wrong with the target's files
 
     @property
     def ok(self) -> bool:
@@ -37,7 +38,7 @@ class VerifyReport:
 
     def to_json(self) -> dict:
         return dict(ok=self.ok, verified=self.ok_count, changed=self.changed, missing=self.missing,
-                    extra=self.extra, problems=self.problems, incomplete=self.incomplete)
+                    extra=self.extra, problems=self.problems, incomplete=self.incomplete, notes=self.notes)
 
 
 def _expected(sums: dict[str, str], manifest_files: dict[str, dict], rep: VerifyReport) -> dict[str, str]:
@@ -117,12 +118,16 @@ def verify_target(path: str | Target, root: str = ROOT_FALLBACK, mark: bool = Fa
     expected = _expected(sums, m.owned_paths(), rep)
 
     buffers = writer.Buffers()              # one set for every file (a fresh one zeroes 4 MiB even for a small file)
+    read: dict[str, tuple[int, str]] = {}   # rel -> (size, sha256) as read back
 
     def actual(rel: str) -> str | None:
         st = t.lstat(f"{root}/{rel}")
         if st is None:
             return None
-        return writer.read_back(t, f"{root}/{rel}", buffers=buffers)[1] if st.kind == "file" else ""
+        if st.kind != "file":
+            return ""
+        read[rel] = writer.read_back(t, f"{root}/{rel}", buffers=buffers)
+        return read[rel][1]
 
     listing: dict[str, list[str]] = {}
     for folder in {rel.split("/", 1)[0] for rel in expected}:
@@ -131,16 +136,48 @@ def verify_target(path: str | Target, root: str = ROOT_FALLBACK, mark: bool = Fa
             listing[folder] = list(t.listdir(f"{root}/{folder}"))
     bad = _compare(expected, actual, listing, rep)
     rep.incomplete = _incomplete(t, root, m)
-    if mark and bad and not m.rebuilt:
-        for s in m.sessions.values():
-            for name, f in s["files"].items():
-                if f"{s['folder']}/{name}" in bad:
-                    f["bad"] = True
-        try:
-            mf.save(t, root, m)
-        except TargetError as e:
-            rep.problems.append(f"could not flag changed files in the manifest: {e}")
+    if mark and not m.rebuilt:
+        _mark(t, root, m, read, bad, rep)
     return rep
+
+
+def _mark(t: Target, root: str, m: mf.Manifest, read: dict[str, tuple[int, str]], bad: set[str],
+          rep: VerifyReport) -> None:
+    """Record in the manifest what the read-back found: a changed file is flagged "bad" (the next export copies it
+    again); a file read back whole and matching its entry loses the "unverified" mark a job without verify gave it
+    (else the next verifying export sent it again whole, as never checked). Saved as the engine saves it (mf.save:
+    SHA256SUMS, then manifest.json, each written under a temp name and renamed), and only when something changed.
+    The manifest is read again first: an export that saved it while the files were read back keeps what it
+    recorded, and an entry it wrote anew meanwhile (another sha256) is left as it wrote it."""
+    checked = {rel: f.get("sha256") for rel, f in m.owned_paths().items()}
+
+    def good(rel: str, f: dict) -> bool:
+        size, sha = read.get(rel, (None, None))
+        return rel not in bad and sha is not None and sha == f.get("sha256") and size == f.get("size")
+    if not bad and not any(f.get("unverified") and good(rel, f) for rel, f in m.owned_paths().items()):
+        return
+    try:
+        try:
+            now = mf.read(t, root)          # (never rebuilt: that read every file again)
+        except (ValueError, TypeError, UnicodeDecodeError) as e:
+            raise TargetError(f"{mf.MANIFEST} changed meanwhile and is unusable now ({e})") from None
+        changed = False
+        for rel, f in now.owned_paths().items():
+            if rel not in checked or f.get("sha256") != checked[rel]:
+                continue                    # not what was read back against (written anew since)
+            if rel in bad and not f.get("bad"):
+                f["bad"] = changed = True
+            elif f.get("unverified") and good(rel, f):
+                del f["unverified"]
+                changed = True
+        if changed:
+            mf.save(t, root, now)
+    except TargetError as e:
+        if bad:
+            rep.problems.append(f"could not flag changed files in the manifest: {e}")
+        else:
+            rep.notes.append(f"could not record in the manifest that the files were verified ({e}): the next "
+                             f"export that verifies sends again those a job without verify wrote")
 
 
 def _members(path: str, fmt: str) -> Iterator[tuple[str, bool, Callable[[], Iterator[bytes]]]]:

@@ -12,7 +12,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root-folder", default="SilentSteno", help="export.root_folder (default SilentSteno)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-mark", action="store_true",
-                   help="do not flag changed files in the manifest (flagged files are re-copied by the next export)")
+                   help="do not write the manifest: changed files are not flagged (flagged files are re-copied by "
+                        "the next export), and files found good keep the mark of an export without verify (re-copied "
+                        "by the next export that verifies)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -37,6 +39,8 @@ def main(args: argparse.Namespace) -> int:
             print(f"PROBLEM  {p}")
         for p in rep.incomplete:
             print(f"INCOMPLETE  {p} (an export was interrupted; export again to finish it)")
+        for p in rep.notes:
+            print(f"NOTE     {p}")
         print(f"{rep.ok_count} files verified, {len(rep.changed)} changed, {len(rep.missing)} missing, "
               f"{len(rep.extra)} extra" + (f", {len(rep.incomplete)} session(s) incomplete" if rep.incomplete else ""))
     return 0 if rep.ok else 1

@@ -130,3 +130,51 @@ def test_a_manifest_naming_a_file_outside_its_folder_is_a_problem_not_a_failed_v
     path.write_text(json.dumps(m))
     rep = verify_target(str(out))
     assert rep.ok, rep.problems
+
+
+
+def _stamps(out) -> dict[str, tuple[int, int]]:
+    """rel -> (mtime_ns, inode) of every session file (what sending it again changes)."""
+    root = out / "SilentSteno"
+    return {p.relative_to(root).as_posix(): (p.stat().st_mtime_ns, p.stat().st_ino) for p in root.rglob("*")
+            if p.is_file() and p.parent != root}
+
+
+def test_a_verify_job_after_an_export_without_verify_spares_the_next_verifying_export_the_files_it_found_good(
+        tmp_path, capsys):
+    """An export with verify off marks its files "unverified" in the manifest, so that an export that verifies
+    sends them again rather than trusting them. The admin ran `steno-exportd verify` on that folder: every file read
+    back and found good, yet the next verifying export sent every file again whole (each session written, every
+    file's mtime new). Now the verify records in the manifest what it found: the files it read back good are no
+    longer unverified, and the next verifying export skips them; a file it found changed stays flagged and is sent
+    again (with its session's documents, rendered anew; not its recording)."""
+    cfg = config.from_dict({"recorder": {"db_path": str(tmp_path / "rec" / "db.sqlite")}})
+    lib = library(tmp_path, 2)
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def export(verify: bool):
+        return run_export(lib, SimpleSpec(str(out), (1, 2), ("txt", "json", "audio"), ExportOptions(verify=verify)),
+                          cfg)
+    assert all(r.ok and not r.skipped for r in export(False))
+    manifest = out / "SilentSteno" / "manifest.json"
+    assert all(f.get("unverified") for s in json.loads(manifest.read_text())["sessions"].values()
+               for f in s["files"].values())
+    txt = sorted((out / "SilentSteno").rglob("transcript.txt"))[0]
+    changed = txt.relative_to(out / "SilentSteno").as_posix()
+    txt.write_bytes(txt.read_bytes() + b"changed on the stick\n")
+    assert cli.main(["verify", str(out)]) == 1
+    said = capsys.readouterr().out
+    assert f"CHANGED  {changed}" in said and "5 files verified, 1 changed, 0 missing" in said, said
+    before = _stamps(out)
+    res = export(True)
+    assert all(r.ok for r in res), [(r.error, r.files) for r in res]
+    sent = {rel for rel, ns in _stamps(out).items() if before.get(rel) != ns}
+    # the changed file's session alone, its recording not sent again (its documents are rendered anew with it)
+    assert changed in sent and {rel.split("/")[0] for rel in sent} == {changed.split("/")[0]}, sorted(sent)
+    assert not [rel for rel in sent if rel.endswith(".wav")], sorted(sent)
+    assert [r.skipped for r in res] == [False, True] or [r.skipped for r in res] == [True, False], res
+    assert verify_target(str(out)).ok
+    before = _stamps(out)
+    assert all(r.ok and r.skipped for r in export(True))    # nothing left to send
+    assert _stamps(out) == before

@@ -247,11 +247,11 @@ PW = "push-pw-1"
 
 def start_office_nas(root: pathlib.Path, smbd_factory, interfaces: str = "lo", server: str = "127.0.0.1",
                      extra_global: str = ""):
-    """An 'office NAS' under root: a writable share [push] (root/nas) for one user, a read-only share [ro];
-    started, listening on ``interfaces`` (``extra_global``: more of smb.conf's [global]). Returns (smbd, the
-    SmbRemote a recorder at ``server`` uses)."""
+    """An 'office NAS' under root: a writable share [push] (root/nas, made if not there) for one user, a read-only
+    share [ro]; started, listening on ``interfaces`` (``extra_global``: more of smb.conf's [global]). Returns (smbd,
+    the SmbRemote a recorder at ``server`` uses)."""
     push_dir = root / "nas"
-    push_dir.mkdir()
+    push_dir.mkdir(exist_ok=True)       # (a test may have mounted a small filesystem there: a NAS that fills)
     (root / "ro").mkdir()
     smbd = smbd_factory(interfaces=interfaces, extra_global=extra_global, shares=f"""
 [push]

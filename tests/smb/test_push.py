@@ -161,6 +161,39 @@ def test_push_lands_verifies_and_is_incremental(rec):
         t.close()
 
 
+def test_a_verify_job_after_a_push_without_verify_spares_the_next_verifying_push_the_files_it_found_good(rec):
+    """A push with verify off marks its files "unverified" in the NAS's manifest (a push that verifies sends them
+    again rather than trusting them). The admin then ran a verify job on the NAS: every file read back over SMB and
+    found good, yet the next verifying push sent every file again whole, each recording over the office link. Now
+    the verify records what it read back good (the manifest saved as a push saves it): the next verifying push
+    sends nothing, every file on the NAS as it was."""
+    from steno_exportd.engine.options import ExportOptions
+    from steno_exportd.engine.verify import verify_target
+    smbd, remote, root, db = rec
+    cfg = cfg_for(root, db, remote, "rec-v")
+    folder = root / "nas" / "rec-v"
+    res = push(cfg, options=ExportOptions(verify=False))
+    assert [(r.ok, r.skipped) for r in res] == [(True, False)] * 3, res
+    assert_landed(folder, db)
+    assert all(f.get("unverified") for s in json.loads((folder / "manifest.json").read_text())["sessions"].values()
+               for f in s["files"].values())
+    t = SmbTarget(remote)
+    try:
+        t.connect()
+        rep = verify_target(t, "rec-v", mark=True)
+    finally:
+        t.close()
+    assert rep.ok and rep.ok_count == 9, rep.to_json()
+    assert_landed(folder, db)                           # (SHA256SUMS and manifest.json as a push leaves them)
+    before = stamps(folder)
+    progress = Progress()
+    again = push(cfg, options=ExportOptions(verify=True), progress=progress)
+    assert [(r.ok, r.skipped) for r in again] == [(True, True)] * 3, [(r.ok, r.skipped, r.error) for r in again]
+    assert progress.fields["bytes_total"] == 0 and progress.fields.get("bytes_done", 0) == 0, progress.fields
+    assert stamps(folder) == before                     # nothing sent again
+    assert not rep.notes, rep.notes                     # (nothing the verify could not record)
+
+
 def test_a_meeting_deleted_on_the_recorder_and_removed_from_the_nas_leaves_the_office_index(rec):
     """A session deleted on the recorder (retention, a person) whose folder a person also removed from the NAS stayed
     listed in the recorder's office index for ever: the index was built from the manifest, which still records it,

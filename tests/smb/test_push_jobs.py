@@ -5,7 +5,9 @@ import asyncio
 import dataclasses
 import hashlib
 import json
+import os
 import pathlib
+import subprocess
 
 import pytest
 
@@ -334,3 +336,101 @@ async def test_a_share_the_user_may_not_write_fails_the_push_saying_permission_d
     assert done.state == events.JobState.FAILED
     assert done.error.startswith("permission denied on the target: smb:office: access denied on "), done.error
     assert not list((root / "ro").rglob("*"))
+
+
+
+@pytest.fixture(params=["says its free space", "says it has a terabyte free"])
+def full_nas(request, smb_tmp, smbd_factory):
+    """An office NAS whose share is a 24 MiB filesystem (tmpfs), and a recorder of three meetings (recordings of 30,
+    3 and 3 MiB: the first alone more than the share holds, the others fit). "says it has a terabyte free": the share answers the
+    free-space question with a terabyte (smb.conf's dfree command, as a NAS with quotas or thin provisioning may),
+    so the push finds the share full only when a write fails."""
+    from tests.parts.smbd import start_office_nas
+    from tests.smb.recorder import make_recorder
+    parts.require_root()
+    nas = smb_tmp / "nas"
+    nas.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m,mode=0755", "steno-small-nas", str(nas)], check=True)
+    smbd = db = None
+    try:
+        extra = ""
+        if request.param == "says it has a terabyte free":
+            dfree = smb_tmp / "dfree"
+            dfree.write_text("#!/bin/sh\necho 1073741824 1073741824\n")     # total, free: in 1 KiB blocks
+            os.chmod(dfree, 0o755)
+            extra = f"dfree command = {dfree}"
+        smbd, remote = start_office_nas(smb_tmp, smbd_factory, extra_global=extra)
+        db = make_recorder(smb_tmp / "rec", sizes=(30 << 20, 3 << 20, (3 << 20) + 1000))
+        yield remote, nas, db, request.param
+    finally:
+        if db is not None:
+            db.close()
+        if smbd is not None:
+            smbd.stop()                 # (its children have the share's folder open)
+        if subprocess.run(["umount", str(nas)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(nas)], check=False)
+
+
+@pytest.fixture
+async def full_nas_core(full_nas, tmp_path):
+    remote, nas, db, how = full_nas
+    cfg = make_config(tmp_path, **{"recorder.db_path": str(db.path),
+                                   "smb": {"recorder_folder": "rec-1", "remotes": [dataclasses.asdict(remote)]}})
+    core = Core(cfg)
+    core.targets.register(SmbKind())            # as the daemon does
+    await core.start()
+    try:
+        yield core, nas / "rec-1", db, how
+    finally:
+        await core.stop()
+
+
+async def test_a_push_bigger_than_the_shares_free_space_says_target_full_and_leaves_nothing_half_there(
+        full_nas_core):
+    """A push of more than the NAS's share holds: the job fails with the share full as its problem ("target full",
+    what the touchscreen and the web page show), the meetings that fit land whole and checked, and of the one that
+    does not fit nothing stands under a final name on the share (no file, no folder of its name), nor does the
+    manifest (or SHA256SUMS) claim it. Where the share said it had room, the write that found it full left no temp
+    file filling it: the last meeting landed (the one written beside that write, while the cut file still filled
+    the share, may be found full too: sent by the next push)."""
+    core, folder, db, how = full_nas_core
+
+    def sessions():
+        lib = Library.from_config(core.cfg)
+        try:
+            return {s.title: (s.id, s.uuid) for s in lib.list_sessions(exportable_only=True)}
+        finally:
+            lib.close()
+    meetings = await asyncio.to_thread(sessions)
+    assert sorted(meetings) == ["Meeting 1", "Meeting 2", "Meeting 3"]      # Meeting 1: the 30 MiB recording
+    ids = sorted(i for i, _ in meetings.values())
+    done = await finished(core, (await core.export_sessions(ids, ["txt", "html", "audio"], "smb:office",
+                                                            ExportOptions())).id)
+    assert done.state == events.JobState.FAILED, (done.state, done.error)
+    failed = [r for r in done.results if not r.ok]
+    said = [(r.title, r.ok, r.problem, r.error) for r in done.results]
+    if how == "says its free space":        # known before a byte is sent
+        assert [(r.title, r.problem) for r in failed] == [("Meeting 1", "full")], said
+        assert "target full: needs 30 MiB" in failed[0].error, said
+    else:
+        assert [(r.title, r.problem) for r in failed] in ([("Meeting 1", "full")],
+                                                          [("Meeting 1", "full"), ("Meeting 2", "full")]), said
+        assert failed[0].error == "share \\\\127.0.0.1\\push is full", said
+    assert done.error.startswith(f"target full: {len(failed)} of 3 sessions not written ({failed[0].error})"), \
+        done.error
+    landed = {r.title for r in done.results if r.ok}
+    # on the NAS: those that landed, whole and listed; of the others nothing under a final name, nor in the manifest
+    assert not await asyncio.to_thread(sha256sum_check, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    recorded = {u: s["folder"] for u, s in manifest["sessions"].items()}
+    assert "Meeting 3" in landed and set(recorded) == {meetings[t][1] for t in landed}, (recorded, said)
+    listed = {line.split("  ", 1)[1] for line in (folder / "SHA256SUMS").read_text().splitlines()}
+    assert len([rel for rel in listed if rel.endswith("audio.flac")]) == len(landed), sorted(listed)
+    final = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()
+             and not p.name.startswith(TEMP_PREFIX) and p.name != MARKER
+             and not any(q.name.endswith(".partial") for q in p.relative_to(folder).parents)}
+    assert final - {"manifest.json", "SHA256SUMS", ".steno-push-owner.json"} == listed, sorted(final - listed)
+    big = hashlib.sha256((db.root / "audio" / "meeting-1.flac").read_bytes()).hexdigest()
+    assert not [rel for rel in final if hashlib.sha256((folder / rel).read_bytes()).hexdigest() == big]
+    folders = {p.name for p in folder.iterdir() if p.is_dir()}
+    assert {f for f in folders if not f.endswith(".partial")} == set(recorded.values()), sorted(folders)
