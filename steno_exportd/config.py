@@ -241,13 +241,18 @@ class HttpAuthConfig:
     lockout_seconds: int = opt(300, "The longest wait after failed attempts (the first is 1/16 of it, "
                                     "doubling with each further failure).", min=1)
 
+# what one share link may have (access.store.create_link): the defaults of the keys below too, or every link made
+# with them (the touchscreen's, the page's with its fields left empty, a mail's) would be refused
+LINK_MAX_HOURS = 24 * 366
+LINK_MAX_DOWNLOADS = 1000
+
 
 @dataclasses.dataclass(frozen=True)
 class ShareLinksConfig:
     enabled: bool = opt(True, "Allow share links.")
-    default_expiry_hours: float = opt(72.0, "Default lifetime of a share link.", min=0.01)
+    default_expiry_hours: float = opt(72.0, "Default lifetime of a share link.", min=0.01, max=LINK_MAX_HOURS)
     default_max_downloads: int = opt(5, "Default number of downloads a link allows (any GET of a file or the "
-                                        "ZIP, Range requests included).", min=1)
+                                        "ZIP, Range requests included).", min=1, max=LINK_MAX_DOWNLOADS)
     min_pin_digits: int = opt(6, "Shortest PIN a share link may have.", min=4, max=12)
     max_wrong_pins: int = opt(10, "Wrong PINs after which a link locks itself for good (0: never).", min=0)
 

@@ -87,6 +87,21 @@ def test_bad_values(tmp_path, toml, expected):
     assert expected in str(e.value)
 
 
+def test_share_link_defaults_no_link_may_have_are_refused_naming_the_key(tmp_path):
+    """A careless admin's "links last long": defaults past what one link may have (a year, 1,000 downloads) were
+    accepted, and then every link made with them (the touchscreen's, the page's with its fields left empty, a
+    mail's for an oversized attachment) was refused with a message about the user's own empty fields."""
+    p = tmp_path / "links.toml"
+    p.write_text("[http.share_links]\ndefault_expiry_hours = 9000.0\ndefault_max_downloads = 5000\n")
+    r = run_cli("check-config", str(p))
+    assert r.returncode == 1, r.stderr        # before: 0, and every share link made with the defaults refused
+    assert "http.share_links.default_expiry_hours: must be <= 8784, got 9000.0" in r.stderr, r.stderr
+    assert "http.share_links.default_max_downloads: must be <= 1000, got 5000" in r.stderr, r.stderr
+    p.write_text("[http.share_links]\ndefault_expiry_hours = 8784.0\ndefault_max_downloads = 1000\n")
+    r = run_cli("check-config", str(p))
+    assert r.returncode == 0, r.stderr
+
+
 def test_missing_explicit_file_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="file not found"):
         config.load(tmp_path / "nope.toml")

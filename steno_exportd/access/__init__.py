@@ -18,6 +18,7 @@ from steno_exportd.access.limiter import Attempt, Limiter, LimiterPolicy
 from steno_exportd.access.pairing import Pairing, PairingCode
 from steno_exportd.access.passwords import PasswordChecker, fingerprint, hash_password, verify_password
 from steno_exportd.access.store import AT_DEVICE, BROWSER_MADE, BY_PAGE, UNKNOWN, AccessStore, Login, ShareLink
+from steno_exportd.config import LINK_MAX_DOWNLOADS, LINK_MAX_HOURS
 from steno_exportd.engine.identity import reachable_name
 from steno_exportd.errors import InvalidArgument, NotFoundError, StenoError
 from steno_exportd.retention import policies
@@ -220,8 +221,8 @@ class Access:
         pin = pin.strip()
         if pin and not (pin.isascii() and pin.isdigit() and sl.min_pin_digits <= len(pin) <= 12):
             raise InvalidArgument(f"a PIN is {sl.min_pin_digits} to 12 digits (http.share_links.min_pin_digits)")
-        if not (0 < h <= 24 * 366) or not (1 <= m <= 1000):     # checked before a PIN costs a hash
-            raise InvalidArgument("hours: more than 0, at most a year; max_downloads: 1 to 1000")
+        if not (0 < h <= LINK_MAX_HOURS) or not (1 <= m <= LINK_MAX_DOWNLOADS):   # before a PIN costs a hash
+            raise InvalidArgument(f"hours: more than 0, at most a year; max_downloads: 1 to {LINK_MAX_DOWNLOADS}")
         pin_hash = await self.passwords.hash(pin) if pin else ""
         return await asyncio.to_thread(self.store.create_link, session_id, h, m, pin_hash,
                                        sl.max_wrong_pins if pin else 0, made_by, login_id)

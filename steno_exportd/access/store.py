@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from steno_exportd.config import LINK_MAX_DOWNLOADS, LINK_MAX_HOURS
 from steno_exportd.errors import InvalidArgument, NotAllowedError, NotFoundError
 from steno_exportd.retention import Keep, prune_rows
 
@@ -166,10 +167,10 @@ class AccessStore:
         """A new link; pin_hash made by the caller (passwords.hash_password), "" for none. Made by a browser
         login (``login_id``): only while that login exists, checked in the same statement, so a link asked for
         as the login ends is either refused here or revoked with the login's links (NotAllowedError)."""
-        if not (0 < hours <= 24 * 366):
+        if not (0 < hours <= LINK_MAX_HOURS):
             raise InvalidArgument("expiry must be between a few minutes and a year (hours > 0)")
-        if not (1 <= max_downloads <= 1000):
-            raise InvalidArgument("max downloads must be between 1 and 1000")
+        if not (1 <= max_downloads <= LINK_MAX_DOWNLOADS):
+            raise InvalidArgument(f"max downloads must be between 1 and {LINK_MAX_DOWNLOADS}")
         if made_by not in MADE_BY or made_by == UNKNOWN or bool(login_id) != (made_by in BROWSER_MADE):
             raise InvalidArgument(f"a share link made by {made_by!r} (login {login_id[:32]!r})")
         token = secrets.token_urlsafe(LINK_TOKEN_CHARS * 3 // 4)

@@ -172,6 +172,15 @@ def recorder_dirs(cfg: Config) -> list[str]:
     return [os.path.realpath(d) for d in dirs if d]
 
 
+def not_the_recorders(folder: str, cfg: Config, error: type[StenoError]) -> None:
+    """``error`` when ``folder`` (symlinks resolved) is one of the recorder's own folders or inside one: whoever
+    asks, trusted or not, nothing is written there (a folder, or an archive in it)."""
+    real = os.path.realpath(folder)
+    for d in recorder_dirs(cfg):
+        if real == d or real.startswith(d.rstrip("/") + "/"):
+            raise error(f"refusing to export into the recorder's data folder {d}")
+
+
 class FolderKind:
     """A folder on a mounted filesystem: a local export folder or a USB stick's mount point."""
 
@@ -200,10 +209,7 @@ class FolderKind:
     @staticmethod
     def _usable(target: str, cfg: Config, error: type[StenoError],
                 missing: Callable[[str], StenoError] | None = None) -> None:
-        real = os.path.realpath(target)
-        for d in recorder_dirs(cfg):
-            if real == d or real.startswith(d.rstrip("/") + "/"):
-                raise error(f"refusing to export into the recorder's data folder {d}")
+        not_the_recorders(target, cfg, error)
         if not os.path.isdir(target):
             raise (missing or error)(f"target folder does not exist: {target}")
 
@@ -223,6 +229,7 @@ class ArchiveKind:
 
     def check(self, target: str, cfg: Config, *, trusted: bool) -> Checked:
         allowed(target, os.path.dirname(target) or ".", cfg, trusted)
+        not_the_recorders(os.path.dirname(target) or ".", cfg, InvalidArgument)
         return Checked("export", target)
 
 

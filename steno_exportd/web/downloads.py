@@ -501,9 +501,10 @@ async def _zip(request: web.Request, ctx: WebContext, ids: list[int], fmts: tupl
             await resp.prepare(request)
             return resp
         errors: dict = {}
-        held = len(ids) if "audio" in fmts else 0         # at most one recording per session stays open
-        if ctx.source_files + held > ctx.source_budget:
+        wanted = len(ids) if "audio" in fmts else 0       # at most one recording per session stays open
+        if ctx.source_files + wanted > ctx.source_budget:
             raise Throttled("too many ZIP downloads at once; try again in a moment", 5.0)
+        held = wanted                   # (counted from here: a refused ZIP gives back nothing it never took)
         ctx.source_files += held
         # its documents made in the render worker (one after the other) take one of its client's render slots
         making = f"zip {id(request):x}"

@@ -53,6 +53,17 @@ def test_export_refuses_the_recorder_data_dir(tmp_path, fake_lib, capsys):
     assert rc == 1 and "recorder's data folder" in capsys.readouterr().err
 
 
+
+@pytest.mark.parametrize("name", ["backup.zip", "backup.tar.gz"])
+def test_export_refuses_an_archive_in_the_recorder_data_dir(tmp_path, fake_lib, capsys, name):
+    """The recorder's folders are never a target: a folder there was refused, an archive written into it was not (an
+    admin's --to /var/lib/silentsteno/data/backup.zip wrote the ZIP beside the recordings)."""
+    before = sorted(p.name for p in (tmp_path / "rec").iterdir())
+    rc = cli.main(["export", "--db", str(tmp_path / "rec" / "db"), "--to", str(tmp_path / "rec" / name)])
+    assert rc == 1 and "recorder's data folder" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "rec").iterdir()) == before       # nothing written there
+
+
 # What the offline export's process must not import: the daemon's (its event loop, the render worker's process pool,
 # TLS, the web server, D-Bus, the schedules' cron parser, mail) and the heavy renderers of formats not asked for.
 NOT_FOR_AN_EXPORT = ("asyncio", "multiprocessing", "ssl", "aiohttp", "dbus_fast", "croniter", "aiosmtplib",

@@ -188,3 +188,42 @@ def test_logins_and_zip_clients_at_once_stay_under_memory_max(web_daemon, own_li
     # earlier ZIP or the background hasher, has no data descriptor for it: 16 bytes shorter, just as whole)
     assert all(n == length and n > 16 << 20 for n, length in sizes), sizes
     assert peak[0] < memory_max_kb(), f"RSS peak {peak[0] // 1024} MiB"
+
+
+def test_zips_refused_for_open_recordings_keep_the_bound_on_recordings_held_open(web_daemon, own_lib):
+    """Recordings held open by ZIP downloads stay within what the open-file limit leaves (the source budget): while
+    ZIPs hold all of it, every further ZIP is refused (429), not every other one. A refused ZIP gave back recordings
+    it had never taken, so each refusal raised the bound by its size, until ZIPs ran the daemon out of descriptors."""
+    from steno_exportd.web.server import RESERVED_FILES
+    from tests.web.test_hostile_files import grow, recordings
+    require_tool("prlimit")
+    connections = 640
+    budget = max(16, 1024 - RESERVED_FILES - connections)     # web.server.source_file_budget under NOFILE
+    ids = sorted(recordings(own_lib))
+    for p in set(recordings(own_lib).values()):
+        grow(p)                             # a ZIP whose client does not read stays open, holding its recordings
+    holders = budget // len(ids)
+    d = web_daemon(own_lib, prefix=NOFILE, **{"http.max_connections": str(connections)})
+    query = "&".join(f"id={i}" for i in ids)
+
+    async def main() -> list[int]:
+        async with aiohttp.ClientSession() as http:
+            held = []
+            try:
+                for _ in range(holders):            # together they hold the budget's recordings (or all but a few)
+                    r = await http.get(f"{d.url}/zip?formats=txt,audio&{query}")
+                    held.append(r)
+                    assert r.status == 200, (r.status, await r.text())
+                statuses = []
+                for _ in range(4):
+                    r = await http.get(f"{d.url}/zip?formats=txt,audio&{query}")
+                    held.append(r)
+                    statuses.append(r.status)
+                return statuses
+            finally:
+                for r in held:
+                    r.close()
+    statuses = asyncio.run(main())
+    # before: [429, 200, 429, 200] -- each refusal took back recordings it had never counted
+    assert statuses == [429] * 4, statuses
+    assert "Traceback" not in d.log()
