@@ -28,12 +28,14 @@ __all__ = ["Access", "AccessStore", "Attempt", "Limiter", "LimiterPolicy", "Logi
 
 log = logging.getLogger(__name__)
 
-PAIRING_TAG = "pairing"             # paired browsers outlive a password change; they end when revoked
+PAIRING_TAG = "pairing"             # paired browsers' logins: ended by a password change (not the first password
+                                    # set), by "log out everywhere" and when revoked
 WEB_PASSWORD = "web_password_hash"  # the settings key of the password set from the touchscreen
 PASSWORD_SWEPT = "links_password_tag"   # the password (its fingerprint) the links made by logins were last kept for
 BROWSER_KINDS = BROWSER_MADE
-# What a new password revokes: the links made by the logins it ends (paired browsers outlive it, and so do their
-# links: revoking one, or "log out everywhere", ends both), and links whose maker is not known (older stores)
+# What a new password revokes: the links made by password logins, and links whose maker is not known (older
+# stores). Paired browsers' links outlive it (revoking the browser, or "log out everywhere", ends them); their
+# logins do not (_password_changed)
 PASSWORD_MADE = ("password", UNKNOWN)
 # and what "log out everywhere" revokes: links of every browser, of the page while it needed no login (any
 # guest could make one), and of unknown makers
@@ -95,7 +97,8 @@ class Access:
         self._stored_hash = self.store.setting(WEB_PASSWORD)
         swept = self.store.setting(PASSWORD_SWEPT)
         if swept and swept != fingerprint(self.password_hash()):    # the config's changed while it was stopped
-            self._password_changed("a new password in the config since the last start")
+            self._password_changed("a new password in the config since the last start",
+                                   first=swept == fingerprint(""))
         else:
             self.store.set_setting(PASSWORD_SWEPT, fingerprint(self.password_hash()))
 
@@ -109,7 +112,7 @@ class Access:
         if not cfg.http.auth.pairing:
             self.pairing.cancel()
         if self.password_hash() != before:
-            await asyncio.to_thread(self._password_changed, "a new password in the config")
+            await asyncio.to_thread(self._password_changed, "a new password in the config", not before)
 
     # ---- the web password: the config's hash wins over the one set from the touchscreen ----------------
     def password_hash(self) -> str:
@@ -126,19 +129,25 @@ class Access:
                              "change it there")
         if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
             raise InvalidArgument(f"the web password needs {MIN_PASSWORD} to {MAX_PASSWORD} characters")
+        first = not self.password_hash()
         stored = await self.passwords.hash(password)
         await asyncio.to_thread(self.store.set_setting, WEB_PASSWORD, stored)
         self._stored_hash = stored
-        await asyncio.to_thread(self._password_changed, "web password set")
+        await asyncio.to_thread(self._password_changed, "web password set", first)
 
-    def _password_changed(self, why: str) -> tuple[int, int]:
-        """The logins made with the old password end, then the share links they made (in this order: a link
-        asked for meanwhile is refused or revoked); (logins ended, links revoked). Blocking."""
-        ended = self.store.end_logins("password")
+    def _password_changed(self, why: str, first: bool = False) -> tuple[int, int]:
+        """The browsers' logins end, then the share links made by password logins (in this order: a link asked
+        for meanwhile is refused or revoked); (logins ended, links revoked). Blocking.
+
+        Paired browsers' logins end too: a copied cookie must not keep access after a password change, whichever
+        way its browser logged in (THREATS), and a paired one outlived it. The browser that changed it logs in
+        again with the new password (its cookie may be the copied one). ``first``: no password before (the first
+        one set, e.g. by a paired browser): there were only paired logins, which stay."""
+        ended = sum(self.store.end_logins(kind) for kind in (("password",) if first else BROWSER_KINDS))
         revoked = self.store.revoke_made_by(PASSWORD_MADE)
         self.store.set_setting(PASSWORD_SWEPT, fingerprint(self.password_hash()))
-        log.info("%s: %d password logins ended, %d share links made by them (or by an unknown maker) revoked",
-                 why, ended, revoked)
+        log.info("%s: %d browser logins ended%s, %d share links made by password logins (or by an unknown maker) "
+                 "revoked", why, ended, "" if first else " (paired ones too)", revoked)
         return ended, revoked
 
     def log_out_everywhere(self) -> tuple[int, int]:

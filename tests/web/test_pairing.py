@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 from tests.web.attacker import guess
-from tests.web.helpers import anonymous, csrf
+from tests.web.helpers import anonymous, csrf, login_form
 
 CLOSED = {"http.auth.mode": "password"}          # the shipped default, no password set
 LIMITS = {"http.auth.max_failed_logins": 5, "http.auth.max_failed_network": 12, "http.auth.max_failed_global": 30,
@@ -149,6 +149,44 @@ async def test_a_paired_browser_sets_the_web_password_and_it_logs_in(web_client,
     tok = re.search(r'name="csrf" value="([^"]+)"', html).group(1)
     r = await client2.post("/login", data={"password": "a new secret 1", "csrf": tok}, allow_redirects=False)
     assert r.status == 303
+
+
+async def test_a_copied_cookie_of_a_paired_browser_ends_with_a_password_change(web_client, sessions):
+    """THREATS: a logged-in user whose cookie was copied must not keep access after a password change. A paired
+    browser's cookie, copied, kept it: a password change ended only logins made with a password. Now it ends paired
+    browsers' logins too, from the touchscreen (D-Bus, the core) or from the page; the browser pairs again or logs in
+    with the new password. The first password set (by a paired browser, on a recorder that had none) still keeps the
+    paired browsers: there was no password to change."""
+    client, core = await web_client(**CLOSED)
+    title = next(iter(sessions.values())).title
+    paired, thief, other = await anonymous(client), await anonymous(client), await anonymous(client)
+    try:
+        assert (await pair(paired, core.start_pairing().code)).status == 303
+        await core.set_web_password("the first one 1")              # the first password: paired browsers stay
+        assert await sees_meetings(paired, title)
+        thief.session.cookie_jar.update_cookies(
+            {"steno_session": next(c.value for c in paired.session.cookie_jar if c.key == "steno_session")})
+        assert await sees_meetings(thief, title)
+        await core.set_web_password("the owner's new one")          # the touchscreen changes it
+        assert not await sees_meetings(thief, title)
+        assert (await thief.get("/api/v1/sessions")).status == 401
+        assert not await sees_meetings(paired, title)
+        # paired again, copied again; changed from the page this time (by a browser that knows it)
+        assert (await pair(paired, core.start_pairing().code)).status == 303
+        thief.session.cookie_jar.update_cookies(
+            {"steno_session": next(c.value for c in paired.session.cookie_jar if c.key == "steno_session")})
+        assert await sees_meetings(thief, title)
+        assert (await login_form(other, "the owner's new one")).status == 303
+        r = await other.post("/password", data={"csrf": await csrf(other), "current": "the owner's new one",
+                                                "password": "a third one 3", "again": "a third one 3"},
+                             allow_redirects=False)
+        assert r.status == 303, await r.text()
+        assert (await thief.get("/api/v1/sessions")).status == 401
+        assert not await sees_meetings(paired, title)
+        assert (await login_form(paired, "a third one 3")).status == 303 and await sees_meetings(paired, title)
+    finally:
+        for c in (paired, thief, other):
+            await c.session.close()
 
 
 async def test_the_config_password_wins_and_pairing_can_be_switched_off(web_client, sessions):
