@@ -772,7 +772,8 @@ def main(argv: list[str] | None = None) -> int:
             return args.fn(args)
         return asyncio.run(_run(args))
     except CtlError as e:
-        print(f"steno-exportctl: {e}", file=sys.stderr)
+        # (words on a terminal with --json too: a stick's label in "no device ...; devices: ..." came raw then)
+        print(f"steno-exportctl: {_terminal_text(str(e))}", file=sys.stderr)
         return e.code
     except BrokenPipeError:             # `steno-exportctl sessions | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -185,6 +185,12 @@ class Exporter:
                 log.exception("%s: manifest not saved (tried again at the next save)", self.t.name)
 
     def run(self) -> list[SessionResult]:
+        """Export the job's sessions into the root folder, held against another run there (Target.held: a verify
+        recording what it found rewrites the manifest too)."""
+        with self.t.held(self.root):
+            return self._run()
+
+    def _run(self) -> list[SessionResult]:
         t0 = self._saved_at = time.monotonic()      # a held session waits save_every from the start: not a save
                                                     # for the first session alone, which held up the next ones
         self.t.mkdir(self.root)

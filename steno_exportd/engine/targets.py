@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import fcntl
 import logging
 import os
 import secrets
@@ -145,6 +146,14 @@ class Target(Protocol):
         connection); a TargetError or OSError says it is not. Default: its listing."""
         self.listdir(rel)
         return True
+
+    @contextlib.contextmanager
+    def held(self, rel: str, wait: bool = True) -> Iterator[bool]:
+        """Folder ``rel`` held for this run alone against other runs that hold it (an export, a verify recording
+        what it found: each rewrites the folder's manifest whole, and one's save between the other's read and save
+        lost the other's sessions); ``wait``: until the other lets go, else yields False at once while it holds it.
+        Yields True when held (or when the target cannot hold one: then as before). Default: nothing held, True."""
+        yield True
 
     def used_space(self) -> int | None:
         """Bytes in use where it writes: what any reading of its files can total; None where it does not say (a
@@ -660,6 +669,26 @@ class DirectoryTarget(Target):
             raise os_error(e, rel) from e
         finally:
             os.close(fd)
+
+    @contextlib.contextmanager
+    def held(self, rel: str, wait: bool = True) -> Iterator[bool]:
+        """Target.held(): an exclusive flock(2) of the folder (made first if it is not there), which other
+        processes' runs on the same folder take too (the daemon's export, `steno-exportd verify`). A filesystem
+        that refuses the lock holds nothing (True: as before)."""
+        self.mkdir(rel)
+        fd = self._open_dir(check_rel(rel))
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+                got = True
+            except BlockingIOError:
+                got = False
+            except OSError as e:
+                log.debug("%s: %s not locked (%s)", self.name, rel, e)
+                got = True
+            yield got
+        finally:
+            os.close(fd)            # (the lock with it)
 
     def mkdir(self, rel: str) -> None:
         parts = check_rel(rel)

@@ -147,9 +147,12 @@ def _mark(t: Target, root: str, m: mf.Manifest, read: dict[str, tuple[int, str]]
     again); a file read back whole and matching its entry loses the "unverified" mark a job without verify gave it
     (else the next verifying export sent it again whole, as never checked). Saved as the engine saves it (mf.save:
     SHA256SUMS, then manifest.json, each written under a temp name and renamed), and only when something changed.
-    The manifest is read again first: an export that saved it while the files were read back keeps what it
-    recorded, and an entry it wrote anew meanwhile (another sha256) is left as it wrote it."""
-    checked = {rel: f.get("sha256") for rel, f in m.owned_paths().items()}
+    The manifest is read again first, with the folder held (Target.held) against an export, which rewrites the
+    manifest whole too: an export running now is not waited for (said: nothing recorded), one that saved while
+    the files were read back keeps what it recorded, and an entry it wrote anew meanwhile (any field changed, its
+    time of writing at least) is left as it wrote it: a file written again without verify after its read-back
+    was not read back."""
+    checked = {rel: dict(f) for rel, f in m.owned_paths().items()}
 
     def good(rel: str, f: dict) -> bool:
         size, sha = read.get(rel, (None, None))
@@ -157,21 +160,24 @@ def _mark(t: Target, root: str, m: mf.Manifest, read: dict[str, tuple[int, str]]
     if not bad and not any(f.get("unverified") and good(rel, f) for rel, f in m.owned_paths().items()):
         return
     try:
-        try:
-            now = mf.read(t, root)          # (never rebuilt: that read every file again)
-        except (ValueError, TypeError, UnicodeDecodeError) as e:
-            raise TargetError(f"{mf.MANIFEST} changed meanwhile and is unusable now ({e})") from None
-        changed = False
-        for rel, f in now.owned_paths().items():
-            if rel not in checked or f.get("sha256") != checked[rel]:
-                continue                    # not what was read back against (written anew since)
-            if rel in bad and not f.get("bad"):
-                f["bad"] = changed = True
-            elif f.get("unverified") and good(rel, f):
-                del f["unverified"]
-                changed = True
-        if changed:
-            mf.save(t, root, now)
+        with t.held(root, wait=False) as alone:
+            if not alone:
+                raise TargetError("an export is writing to this folder now; verify again once it has ended")
+            try:
+                now = mf.read(t, root)          # (never rebuilt: that read every file again)
+            except (ValueError, TypeError, UnicodeDecodeError) as e:
+                raise TargetError(f"{mf.MANIFEST} changed meanwhile and is unusable now ({e})") from None
+            changed = False
+            for rel, f in now.owned_paths().items():
+                if rel not in checked or f != checked[rel]:
+                    continue                    # not what was read back against (written anew since)
+                if rel in bad and not f.get("bad"):
+                    f["bad"] = changed = True
+                elif f.get("unverified") and good(rel, f):
+                    del f["unverified"]
+                    changed = True
+            if changed:
+                mf.save(t, root, now)
     except TargetError as e:
         if bad:
             rep.problems.append(f"could not flag changed files in the manifest: {e}")

@@ -150,6 +150,17 @@ async def test_titles_snippets_and_labels_reach_the_terminal_without_their_escap
     assert [s["title"] for s in json.loads(text)] == [HOSTILE]
 
 
+async def test_a_stick_label_in_an_error_reaches_the_terminal_without_its_escapes_with_json_too(hostile, private_bus):
+    """--json keeps the daemon's replies exact for a program (escaped in its JSON); an error is still printed as
+    words on stderr: "no device ...; devices: <id> (<label>)" printed the stick's label raw with --json (the label
+    cleared the admin's screen)."""
+    for argv in (["eject", "NOPE"], ["eject", "NOPE", "--json"], ["export", "1", "--to", "NOPE", "--json"]):
+        rc, text, err = await ctl(private_bus, *argv)
+        assert rc == 4 and "no device 'NOPE'" in err and "STICK" in err, (argv, rc, err)
+        shown = [c for c in text + err if (ord(c) < 32 and c not in "\n") or 0x7f <= ord(c) <= 0x9f]
+        assert not shown, (argv, shown, err)
+
+
 # format characters (Unicode category Cf): a right-to-left override, isolates, a zero-width space, a BOM; a
 # terminal draws none of them but reorders or hides what follows; a line separator (Zl) breaks a table's row. The
 # joiners (U+200C in a Persian word, U+200D in an emoji) only join the letters around them: a part of the words

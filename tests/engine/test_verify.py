@@ -178,3 +178,101 @@ def test_a_verify_job_after_an_export_without_verify_spares_the_next_verifying_e
     before = _stamps(out)
     assert all(r.ok and r.skipped for r in export(True))    # nothing left to send
     assert _stamps(out) == before
+
+
+def test_a_verify_recording_what_it_found_while_an_export_saves_loses_none_of_the_exports_sessions(tmp_path):
+    """`steno-exportd verify` records what it found by rewriting the manifest whole (read again, changed, saved), as
+    an export does with its own copy at each save. Run while an export writes to the same folder, an export's save
+    between the verify's read and its save was lost: the session it recorded vanished from manifest.json and
+    SHA256SUMS, and the next export wrote that meeting again beside its own folder, as "<folder> (2)". Raced for real:
+    the verify reads the manifest while the export (in a thread) has a session to save, which it saves then; the
+    verify's save comes last. Now the folder is held by the export's run (Target.held) and the verify records
+    nothing while it is (it says so); every session the export wrote is in its manifest."""
+    import threading
+    from steno_exportd.engine import manifest as mf
+    cfg = config.from_dict({"recorder": {"db_path": str(tmp_path / "rec" / "db.sqlite")}})
+    lib = library(tmp_path, 3)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert all(r.ok for r in run_export(lib, SimpleSpec(str(out), (1, 2), ("txt", "json"),
+                                                        ExportOptions(verify=False)), cfg))
+    verify_read, export_done = threading.Event(), threading.Event()
+    exporting = threading.Event()
+    real_read, real_save = mf.read, mf.save
+
+    def read(t, root, *a, **kw):
+        got = real_read(t, root, *a, **kw)
+        if threading.current_thread() is threading.main_thread() and exporting.is_set():   # the verify's
+            verify_read.set()
+        return got
+
+    def save(t, root, m):
+        if threading.current_thread() is threading.main_thread():          # the verify's: after the export's
+            export_done.wait(30)
+        else:                                                               # the export's: after the verify read
+            exporting.set()
+            verify_read.wait(3)         # (held: the verify reads nothing, and the export saves after 3 s)
+        real_save(t, root, m)
+    results = []
+
+    def export() -> None:
+        try:
+            results.extend(run_export(lib, SimpleSpec(str(out), (3,), ("txt", "json"), ExportOptions(verify=False)),
+                                      cfg))
+        finally:
+            export_done.set()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(mf, "read", read)
+        mp.setattr(mf, "save", save)
+        job = threading.Thread(target=export)
+        job.start()
+        assert exporting.wait(30)
+        rep = verify_target(str(out), mark=True)
+        job.join(60)
+    assert [r.ok for r in results] == [True], results
+    folders = {s["folder"] for s in json.loads((out / "SilentSteno" / "manifest.json").read_text())["sessions"]
+               .values()}
+    on_disk = {p.name for p in (out / "SilentSteno").iterdir() if p.is_dir()}
+    assert len(folders) == 3 and folders == on_disk, (folders, on_disk)
+    assert any("an export is writing to this folder" in n for n in rep.notes), rep.notes
+    assert verify_target(str(out)).ok
+    # run again once the export has ended, the verify records it: the next verifying export sends nothing
+    assert verify_target(str(out), mark=True).notes == []
+    res = run_export(lib, SimpleSpec(str(out), (1, 2, 3), ("txt", "json"), ExportOptions(verify=True)), cfg)
+    assert [(r.ok, r.skipped) for r in res] == [(True, True)] * 3, [(r.ok, r.skipped, r.error) for r in res]
+
+
+def test_a_file_written_again_after_the_verify_read_it_back_keeps_its_unverified_mark(tmp_path, monkeypatch):
+    """Between a verify's read-back of a file and its record of what it found, an export without verify wrote that
+    file again (the same bytes: its documents rendered anew) and recorded it "unverified", with the same sha256 and
+    size. The verify took the entry for the one it had read back (it compared the sha256 alone) and cleared the
+    mark of a write nobody read back: a bad write then passed for verified, skipped by every later verifying
+    export. Now an entry changed in any field since the verify read it (its time of writing at least) is left as
+    the export wrote it. The rewrite is the export's save, made on the folder's manifest.json where the verify's
+    read-back ends."""
+    from steno_exportd.engine import manifest as mf
+    from steno_exportd.engine import verify as verify_mod
+    cfg = config.from_dict({"recorder": {"db_path": str(tmp_path / "rec" / "db.sqlite")}})
+    lib = library(tmp_path, 1)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert all(r.ok for r in run_export(lib, SimpleSpec(str(out), (1,), ("txt", "json"),
+                                                        ExportOptions(verify=False)), cfg))
+    path = out / "SilentSteno" / "manifest.json"
+    real_incomplete, rewritten = verify_mod._incomplete, []
+
+    def incomplete(t, root, m):          # (after every read-back, before the record)
+        doc = json.loads(path.read_text())
+        (s,) = doc["sessions"].values()
+        f = s["files"]["transcript.txt"]
+        f["exported_at"] = "2099-01-01T00:00:00Z"          # written again, as a save records it: not read back
+        rewritten.append(f"{s['folder']}/transcript.txt")
+        path.write_text(json.dumps(doc))
+        return real_incomplete(t, root, m)
+    monkeypatch.setattr(verify_mod, "_incomplete", incomplete)
+    rep = verify_target(str(out), mark=True)
+    assert rep.ok, rep
+    files = {f"{s['folder']}/{n}": f for s in json.loads(path.read_text())["sessions"].values()
+             for n, f in s["files"].items()}
+    assert files[rewritten[0]].get("unverified"), files[rewritten[0]]
+    assert not [rel for rel, f in files.items() if rel != rewritten[0] and f.get("unverified")], files
