@@ -154,7 +154,7 @@ async def test_a_stick_label_in_an_error_reaches_the_terminal_without_its_escape
     """--json keeps the daemon's replies exact for a program (escaped in its JSON); an error is still printed as
     words on stderr: "no device ...; devices: <id> (<label>)" printed the stick's label raw with --json (the label
     cleared the admin's screen)."""
-    for argv in (["eject", "NOPE"], ["eject", "NOPE", "--json"], ["export", "1", "--to", "NOPE", "--json"]):
+    for argv in (["eject", "NOPE"], ["eject", "NOPE", "--json"], ["export", "--sessions", "1", "--to", "NOPE", "--json"]):
         rc, text, err = await ctl(private_bus, *argv)
         assert rc == 4 and "no device 'NOPE'" in err and "STICK" in err, (argv, rc, err)
         shown = [c for c in text + err if (ord(c) < 32 and c not in "\n") or 0x7f <= ord(c) <= 0x9f]
