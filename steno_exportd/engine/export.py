@@ -187,13 +187,13 @@ class Exporter:
     def run(self) -> list[SessionResult]:
         """Export the job's sessions into the root folder, held against another run there (Target.held: a verify
         recording what it found rewrites the manifest too)."""
+        self.t.mkdir(self.root)
         with self.t.held(self.root):
             return self._run()
 
     def _run(self) -> list[SessionResult]:
         t0 = self._saved_at = time.monotonic()      # a held session waits save_every from the start: not a save
                                                     # for the first session alone, which held up the next ones
-        self.t.mkdir(self.root)
         entries = self.t.scandir(self.root)     # listed first: a store answers the manifest's look-ups from it
         for name in (mf.SUMS, mf.MANIFEST):
             # someone's folder under the name of ours: never replaced (a WebDAV MOVE would delete it first), and

@@ -672,10 +672,9 @@ class DirectoryTarget(Target):
 
     @contextlib.contextmanager
     def held(self, rel: str, wait: bool = True) -> Iterator[bool]:
-        """Target.held(): an exclusive flock(2) of the folder (made first if it is not there), which other
-        processes' runs on the same folder take too (the daemon's export, `steno-exportd verify`). A filesystem
-        that refuses the lock holds nothing (True: as before)."""
-        self.mkdir(rel)
+        """Target.held(): an exclusive flock(2) of the folder (there already: the caller made it or read in it),
+        which other processes' runs on the same folder take too (the daemon's export, `steno-exportd verify`). A
+        filesystem that refuses the lock holds nothing (True: as before)."""
         fd = self._open_dir(check_rel(rel))
         try:
             try:
