@@ -97,8 +97,7 @@ class Access:
         self._stored_hash = self.store.setting(WEB_PASSWORD)
         swept = self.store.setting(PASSWORD_SWEPT)
         if swept and swept != fingerprint(self.password_hash()):    # the config's changed while it was stopped
-            self._password_changed("a new password in the config since the last start",
-                                   first=swept == fingerprint(""))
+            self._password_changed("a new password in the config since the last start")
         else:
             self.store.set_setting(PASSWORD_SWEPT, fingerprint(self.password_hash()))
 
@@ -112,7 +111,7 @@ class Access:
         if not cfg.http.auth.pairing:
             self.pairing.cancel()
         if self.password_hash() != before:
-            await asyncio.to_thread(self._password_changed, "a new password in the config", not before)
+            await asyncio.to_thread(self._password_changed, "a new password in the config")
 
     # ---- the web password: the config's hash wins over the one set from the touchscreen ----------------
     def password_hash(self) -> str:
@@ -129,20 +128,21 @@ class Access:
                              "change it there")
         if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
             raise InvalidArgument(f"the web password needs {MIN_PASSWORD} to {MAX_PASSWORD} characters")
-        first = not self.password_hash()
         stored = await self.passwords.hash(password)
         await asyncio.to_thread(self.store.set_setting, WEB_PASSWORD, stored)
         self._stored_hash = stored
-        await asyncio.to_thread(self._password_changed, "web password set", first)
+        await asyncio.to_thread(self._password_changed, "web password set")
 
-    def _password_changed(self, why: str, first: bool = False) -> tuple[int, int]:
+    def _password_changed(self, why: str) -> tuple[int, int]:
         """The browsers' logins end, then the share links made by password logins (in this order: a link asked
         for meanwhile is refused or revoked); (logins ended, links revoked). Blocking.
 
         Paired browsers' logins end too: a copied cookie must not keep access after a password change, whichever
         way its browser logged in (THREATS), and a paired one outlived it. The browser that changed it logs in
-        again with the new password (its cookie may be the copied one). ``first``: no password before (the first
-        one set, e.g. by a paired browser): there were only paired logins, which stay."""
+        again with the new password (its cookie may be the copied one). The first password (none before, as the
+        last sweep recorded: set by a paired browser, the touchscreen or the config): there were only paired
+        logins, which stay."""
+        first = self.store.setting(PASSWORD_SWEPT) == fingerprint("")
         ended = sum(self.store.end_logins(kind) for kind in (("password",) if first else BROWSER_KINDS))
         revoked = self.store.revoke_made_by(PASSWORD_MADE)
         self.store.set_setting(PASSWORD_SWEPT, fingerprint(self.password_hash()))
