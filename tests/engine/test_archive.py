@@ -232,3 +232,31 @@ async def test_archive_with_a_recording_missing_on_the_recorder_is_ok_with_warni
         with tarfile.open(out) as t:
             names = t.getnames()
     assert len([n for n in names if n.endswith(".txt")]) == 2 and len([n for n in names if n.endswith(".wav")]) == 1
+
+
+class _Seen:
+    """A job's progress as the touchscreen sees it: every update's fields, in order."""
+    cancelled = False
+
+    def __init__(self):
+        self.fields, self.seen = {}, []
+
+    def update(self, force=False, **fields):
+        self.fields.update(fields)
+        self.seen.append(dict(self.fields))
+
+
+@pytest.mark.parametrize("name", ["out.zip", "out.tar.gz"])
+def test_an_archive_export_shows_its_progress_while_it_writes_and_ends_at_its_total(tmp_path, name):
+    """A long archive export to a stick moves its progress bar as it goes, never past its total, and ends full:
+    a tar.gz's stayed at 0 until the job ended."""
+    lib = library(tmp_path, 3, audio_size=12_000_000)
+    p = _Seen()
+    res = run_export(lib, SimpleSpec(str(tmp_path / name), (1, 2, 3), ("txt", "audio"), ExportOptions()),
+                     _cfg(tmp_path), p)
+    assert all(r.ok for r in res)
+    total = p.seen[-1]["bytes_total"]
+    done = [s["bytes_done"] for s in p.seen]
+    assert total >= 36_000_000 and done[-1] == total, (total, done[-3:])
+    assert all(a <= b <= total for a, b in zip(done, done[1:])), done
+    assert len({d for d in done if 0 < d < total}) >= 4, done
