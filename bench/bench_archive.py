@@ -24,31 +24,14 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from bench import cleanup  # noqa: E402
 from bench.anchor import alternate, report  # noqa: E402
+from bench.bench_rclone import make_recorder  # noqa: E402
 from steno_exportd import config  # noqa: E402
 from steno_exportd.engine.export import SimpleSpec, run_export  # noqa: E402
 from steno_exportd.engine.options import ExportOptions  # noqa: E402
 from steno_exportd.library import Library  # noqa: E402
-from tests.recorder_db import RecorderDB  # noqa: E402
 
 TOTAL_MIB = int(os.environ.get("BENCH_ARCHIVE_MIB", "256"))
 ROUNDS = int(os.environ.get("BENCH_ARCHIVE_ROUNDS", "3"))
-SESSIONS = 8
-
-
-def make_recorder(root: pathlib.Path) -> tuple[RecorderDB, list[pathlib.Path]]:
-    """SESSIONS recordings of TOTAL_MIB / SESSIONS each (incompressible, as FLAC is)."""
-    db = RecorderDB(root)
-    block = os.urandom(1 << 20)
-    files = []
-    for i in range(SESSIONS):
-        p = root / "audio" / f"meeting-{i:02d}.flac"
-        with open(p, "wb") as f:
-            for k in range(TOTAL_MIB // SESSIONS):
-                f.write(block[k % 97:] + block[: k % 97])
-        db.session(title=f"Meeting {i:02d}", audio_format="flac", audio_size_bytes=p.stat().st_size,
-                   audio_file_path=f"audio/{p.name}")
-        files.append(p)
-    return db, files
 
 
 def _children_cpu() -> float:
@@ -65,7 +48,8 @@ def main() -> int:
     with cleanup.workdir("steno-bench-archive-", parent=None) as tmp:     # its tmpfs unmounted too
         subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TOTAL_MIB * 4 + 64}m", "steno-bench-archive",
                         str(tmp)], check=True)
-        db, files = make_recorder(tmp / "rec")
+        db, audio = make_recorder(tmp / "rec", TOTAL_MIB)      # 12 sessions: 4 large, 8 medium
+        files = sorted(audio.iterdir())
         out = tmp / "out"
         out.mkdir()
         cfg = config.from_dict({"recorder": {"db_path": str(db.path)},
