@@ -413,7 +413,10 @@ def tar_gz_write(plan: ZipPlan, fileobj: Any, tick: Callable[[int], None] = lamb
             ti = tarfile.TarInfo(e.name)
             ti.size, ti.mtime, ti.mode = e.size, int(e.mtime), 0o644
             with e.opened or e.source.open() as src:  # type: ignore[union-attr]
-                tar.addfile(ti, _Chunks(hashed(_read_all(src, e.size, CHUNK))))
+                reads = hashed(_read_all(src, e.size, CHUNK))
+                tar.addfile(ti, _Chunks(reads))
+                next(reads, None)       # past its last byte: SourceChanged if it changed while read (tarfile
+                                        # stops asking at the size it was told)
             e.sha256 = digest.hexdigest()
 
 

@@ -260,3 +260,26 @@ def test_an_archive_export_shows_its_progress_while_it_writes_and_ends_at_its_to
     assert total >= 36_000_000 and done[-1] == total, (total, done[-3:])
     assert all(a <= b <= total for a, b in zip(done, done[1:])), done
     assert len({d for d in done if 0 < d < total}) >= 4, done
+
+
+@pytest.mark.parametrize("name", ["out.zip", "out.tar.gz"])
+def test_a_recording_written_to_while_it_is_archived_fails_the_archive_and_leaves_none(tmp_path, name):
+    """A recording that changes while its bytes go into the archive (its size or mtime no longer those checked)
+    is not archived as a mix of before and after: the export fails naming it, and no archive is left under its
+    name or a temp one. The tar.gz path never looked at a recording again once its last byte was read."""
+    from steno_exportd.recordings import SourceChanged
+    lib = library(tmp_path, 2, audio_size=12_000_000)
+    victim = tmp_path / "rec" / "s1.wav"
+
+    class Appending(_Seen):
+        def update(self, force=False, **fields):
+            super().update(force, **fields)
+            if 4_000_000 < fields.get("bytes_done", 0) < 10_000_000 and victim.stat().st_size == 12_000_000:
+                with open(victim, "ab") as f:       # the recorder (or someone) writes to it meanwhile
+                    f.write(b"late")
+    with pytest.raises(SourceChanged, match="s1.wav changed while being archived"):
+        run_export(lib, SimpleSpec(str(tmp_path / name), (1, 2), ("txt", "audio"), ExportOptions()),
+                   _cfg(tmp_path), Appending())
+    assert victim.stat().st_size == 12_000_004
+    assert not (tmp_path / name).exists()
+    assert not list(tmp_path.glob(".steno-tmp*")), list(tmp_path.iterdir())
