@@ -181,6 +181,36 @@ def not_the_recorders(folder: str, cfg: Config, error: type[StenoError]) -> None
             raise error(f"refusing to export into the recorder's data folder {d}")
 
 
+def not_the_recorders_at(fd: int, cfg: Config, error: type[StenoError]) -> None:
+    """not_the_recorders() of an open folder: ``error`` when the folder ``fd`` is (whatever path led to it, symlinks
+    or a rename since) one of the recorder's own folders or inside one, found by walking up its parents ('..')
+    and comparing each with the recorder's folders (device and inode)."""
+    own: dict[tuple[int, int], str] = {}
+    for d in recorder_dirs(cfg):
+        try:
+            st = os.stat(d)
+        except OSError:
+            continue                    # (not there: nothing to write into either)
+        own[(st.st_dev, st.st_ino)] = d
+    cur = os.dup(fd)
+    try:
+        for _ in range(4096):           # (a folder's depth: PATH_MAX bounds it)
+            st = os.fstat(cur)
+            if (st.st_dev, st.st_ino) in own:
+                raise error(f"refusing to export into the recorder's data folder {own[(st.st_dev, st.st_ino)]}")
+            parent = os.open("..", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=cur)
+            pst = os.fstat(parent)
+            os.close(cur)
+            cur = parent
+            if (pst.st_dev, pst.st_ino) == (st.st_dev, st.st_ino):
+                return                  # the top: '/' is its own parent
+        raise error("the target folder is too deep to check")
+    except OSError as e:                # its folder removed meanwhile, say
+        raise error(f"the target folder cannot be checked: {e.strerror or e}") from e
+    finally:
+        os.close(cur)
+
+
 class FolderKind:
     """A folder on a mounted filesystem: a local export folder or a USB stick's mount point."""
 
