@@ -153,3 +153,29 @@ def test_a_verify_of_a_read_only_stick_says_it_recorded_nothing(tmp_path, demo_l
                f"{files - 1} files verified, 1 changed, 0 missing, 0 extra\n", "")
         assert (mnt / "SilentSteno" / "manifest.json").read_bytes() == before
 
+
+HOSTILE = {"\x1b]2;owned\x07\x1b[2J": "\\x1b]2;owned\\x07\\x1b[2J",      # name -> as verify prints it
+           "notes\nNOTE     every file checks out": "notes\\nNOTE     every file checks out",
+           "\u202etxt.exe": "\\u202etxt.exe"}
+
+
+def test_names_a_sticks_author_chose_reach_the_terminal_without_their_escapes(tmp_path, demo_library):
+    """A stick is anyone's: its author can name a file in a session folder with a terminal's escape sequences (a
+    window title set, the screen cleared), a line break (a line of verify's own forged: 'NOTE every file checks
+    out') or a right-to-left override. The EXTRA lines printed them as they were, and the terminal ran them. Each
+    name is now one line of visible characters, its controls shown as escapes (\\x1b), on every line verify prints;
+    --json says them exactly (escaped by JSON)."""
+    out = tmp_path / "stick"
+    out.mkdir()
+    unverified_export(demo_library, tmp_path, out)
+    folder = sorted(p for p in (out / "SilentSteno").iterdir() if p.is_dir())[0]
+    for name in HOSTILE:
+        (folder / name).write_text("the stick's author's\n")
+    rc, said, err = steno("verify", str(out), "--no-mark", cwd=tmp_path)
+    files = len(marks(out))
+    assert (rc, err) == (0, ""), (rc, said, err)
+    assert said.splitlines() == [f"EXTRA    {folder.name}/{HOSTILE[n]}" for n in sorted(HOSTILE)] + \
+        [f"{files} files verified, 0 changed, 0 missing, 3 extra"], said
+    assert not [c for c in said if c != "\n" and not c.isprintable()], said
+    rc, said, _ = steno("verify", str(out), "--no-mark", "--json", cwd=tmp_path)
+    assert rc == 0 and sorted(json.loads(said)["extra"]) == sorted(f"{folder.name}/{n}" for n in HOSTILE)
