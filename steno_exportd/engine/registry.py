@@ -231,7 +231,15 @@ class FolderKind:
     def open(self, target: str, cfg: Config, progress: Any, *, device: bool = False) -> Iterator[Target]:
         # checked when the job was asked for: a folder gone now is a stick pulled (udisks removed its mount point)
         self._usable(target, cfg, TargetError, missing=functools.partial(TargetError, kind="pulled"))
-        yield DirectoryTarget(target, mount_point=device)   # a device's: still mounted, or a pulled stick
+        t = DirectoryTarget(target, mount_point=device)     # a device's: still mounted, or a pulled stick
+        # the folder as it is now, checked by what was opened, and pinned: every open of it while the export runs is
+        # this folder or refused (a symlink to the recorder's folder put in its place mid-export is never followed)
+        fd = t.pin()
+        try:
+            not_the_recorders_at(fd, cfg, TargetError)
+        finally:
+            os.close(fd)
+        yield t
 
     def again(self, error: StenoError, attempt: int, cancelled: Callable[[], bool]) -> bool:
         return False

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -134,3 +135,61 @@ async def test_an_archive_folder_flipped_to_the_recorders_and_back_never_gets_a_
             assert "recorder's data folder" in e.error or "no longer the folder" in e.error, e.error
     written = sorted(p.name for p in real.iterdir())
     assert written == sorted(n for n, e in zip(names, ends) if e.state == ev.JobState.COMPLETED), written
+
+
+async def test_a_folder_export_whose_folder_flips_to_the_recorders_never_writes_there(tmp_path, demo_library):
+    """The same flip under a folder export: its folder is checked when the job starts (FolderKind.open), then every
+    file's open walked from its path again, comparing the filesystem only: a symlink to the recorder's data folder
+    (the same disk) put in its place mid-export took the session folders there. A watcher holds every file that
+    appears in the recorder's folder: none is ours; every job wrote into the real folder or failed saying why."""
+    core, recorder = await _core(tmp_path, demo_library)
+    drop = tmp_path / "exports" / "drop"
+    real = tmp_path / "exports" / "real"
+    real.mkdir()
+    drop.symlink_to(real)
+    stop = threading.Event()
+    flips = [0]
+
+    def flip() -> None:
+        while not stop.is_set():
+            for to in (recorder, real):
+                tmp = drop.with_name(".drop.swap")
+                tmp.symlink_to(to)
+                os.replace(tmp, drop)
+                time.sleep(0.001)
+            flips[0] += 1
+
+    before = {str(p.relative_to(recorder)) for p in recorder.rglob("*")}
+    watch = StoreWatch(recorder)
+    flipper = threading.Thread(target=flip, name="test-flipper", daemon=True)
+    ends: list[ev.JobSnapshot] = []
+    watch.start()
+    flipper.start()
+    try:
+        end = time.monotonic() + 6
+        while time.monotonic() < end and len(ends) < 40:
+            try:
+                job = await core.export_sessions([1, 2], ["txt", "audio"], str(drop))
+            except StenoError as e:
+                assert "not under an allowed folder" in str(e) or "recorder's data folder" in str(e), e
+                continue
+            ends.append(await core.jobs.wait(job.id, 60))
+            if (real / "SilentSteno").exists():
+                shutil.rmtree(real / "SilentSteno")       # (each job writes every session again)
+    finally:
+        stop.set()
+        flipper.join(10)
+        watch.stop.set()
+        watch.join(10)
+        ours = sorted(os.path.relpath(path, recorder) for path, _fd in watch.held.values()
+                      if os.path.relpath(path, recorder) not in before)
+        watch.close()
+        landed = _new_in(recorder, before)
+        await core.stop()
+    assert flips[0] > 20 and len(ends) >= 5, (flips[0], len(ends))
+    assert ours == [] and landed == [], f"our files appeared in the recorder's data folder: {(ours + landed)[:5]}"
+    for e in ends:
+        assert e.state in (ev.JobState.COMPLETED, ev.JobState.FAILED), e.state
+        problems = [e.error] + [r.error for r in e.results if not r.ok]
+        if e.state == ev.JobState.FAILED or not all(r.ok for r in e.results):
+            assert any("recorder's data folder" in p or "no longer the folder" in p for p in problems), problems
