@@ -199,9 +199,9 @@ def not_the_recorders_at(fd: int, cfg: Config, error: type[StenoError]) -> None:
             if (st.st_dev, st.st_ino) in own:
                 raise error(f"refusing to export into the recorder's data folder {own[(st.st_dev, st.st_ino)]}")
             parent = os.open("..", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=cur)
-            pst = os.fstat(parent)
             os.close(cur)
             cur = parent
+            pst = os.fstat(cur)
             if (pst.st_dev, pst.st_ino) == (st.st_dev, st.st_ino):
                 return                  # the top: '/' is its own parent
         raise error("the target folder is too deep to check")
