@@ -537,8 +537,9 @@ def export_archive(library: Any, spec: Any, cfg: Any, progress: Any, reg: Any = 
     could not return (EIO), or whose read-back was cancelled, never gets its final name."""
     from isal.isal_zlib import crc32
 
+    from steno_exportd.engine.registry import not_the_recorders_at
     from steno_exportd.engine.writer import read_back
-    from steno_exportd.errors import VerifyError
+    from steno_exportd.errors import TargetError, VerifyError
     from steno_exportd.engine.targets import DirectoryTarget
     from steno_exportd.events import SessionResult
 
@@ -555,6 +556,13 @@ def export_archive(library: Any, spec: Any, cfg: Any, progress: Any, reg: Any = 
     # compresses to is not known ahead)
     total = zip_size(plan) if fmt == "zip" else tar_size_in(plan)
     progress.update(force=True, bytes_total=total, files_total=len(plan.entries), bytes_done=0)
+    # checked again now, as it is (when the job was asked for, it may have been another folder: a symlink swapped in
+    # since, a folder renamed, a stick remounted): pinned, so every open of it below is this folder or refused
+    dir_fd = t.pin()
+    try:
+        not_the_recorders_at(dir_fd, cfg, TargetError)
+    finally:
+        os.close(dir_fd)
     h = t.open_write(path.name)
     done = 0
     crc = 0                 # of every byte written: what the read-back checks

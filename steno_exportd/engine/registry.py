@@ -181,6 +181,36 @@ def not_the_recorders(folder: str, cfg: Config, error: type[StenoError]) -> None
             raise error(f"refusing to export into the recorder's data folder {d}")
 
 
+def not_the_recorders_at(fd: int, cfg: Config, error: type[StenoError]) -> None:
+    """not_the_recorders() of an open folder: ``error`` when the folder ``fd`` is (whatever path led to it, symlinks
+    or a rename since) one of the recorder's own folders or inside one, found by walking up its parents ('..')
+    and comparing each with the recorder's folders (device and inode)."""
+    own: dict[tuple[int, int], str] = {}
+    for d in recorder_dirs(cfg):
+        try:
+            st = os.stat(d)
+        except OSError:
+            continue                    # (not there: nothing to write into either)
+        own[(st.st_dev, st.st_ino)] = d
+    cur = os.dup(fd)
+    try:
+        for _ in range(4096):           # (a folder's depth: PATH_MAX bounds it)
+            st = os.fstat(cur)
+            if (st.st_dev, st.st_ino) in own:
+                raise error(f"refusing to export into the recorder's data folder {own[(st.st_dev, st.st_ino)]}")
+            parent = os.open("..", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=cur)
+            os.close(cur)
+            cur = parent
+            pst = os.fstat(cur)
+            if (pst.st_dev, pst.st_ino) == (st.st_dev, st.st_ino):
+                return                  # the top: '/' is its own parent
+        raise error("the target folder is too deep to check")
+    except OSError as e:                # its folder removed meanwhile, say
+        raise error(f"the target folder cannot be checked: {e.strerror or e}") from e
+    finally:
+        os.close(cur)
+
+
 class FolderKind:
     """A folder on a mounted filesystem: a local export folder or a USB stick's mount point."""
 
@@ -201,7 +231,15 @@ class FolderKind:
     def open(self, target: str, cfg: Config, progress: Any, *, device: bool = False) -> Iterator[Target]:
         # checked when the job was asked for: a folder gone now is a stick pulled (udisks removed its mount point)
         self._usable(target, cfg, TargetError, missing=functools.partial(TargetError, kind="pulled"))
-        yield DirectoryTarget(target, mount_point=device)   # a device's: still mounted, or a pulled stick
+        t = DirectoryTarget(target, mount_point=device)     # a device's: still mounted, or a pulled stick
+        # the folder as it is now, checked by what was opened, and pinned: every open of it while the export runs is
+        # this folder or refused (a symlink to the recorder's folder put in its place mid-export is never followed)
+        fd = t.pin()
+        try:
+            not_the_recorders_at(fd, cfg, TargetError)
+        finally:
+            os.close(fd)
+        yield t
 
     def again(self, error: StenoError, attempt: int, cancelled: Callable[[], bool]) -> bool:
         return False

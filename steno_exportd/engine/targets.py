@@ -290,10 +290,11 @@ def _limit_for(fstype: str) -> int | None:
 UNMOUNTED = -1      # a DirectoryTarget's filesystem when its mount point had no filesystem of its own: none is it
 
 
-def _open_dir(root: Path, parts: list[str], dev: int | None = None) -> int:
+def _open_dir(root: Path, parts: list[str], dev: int | None = None, ino: int | None = None) -> int:
     """An open folder root/parts..., no symlink followed below root; TargetError a person can act on. ``dev``: the
     filesystem root must still be on (a stick unmounted under an export leaves its mount point, an empty folder
-    of the recorder's own disk, in its place); UNMOUNTED: a mount point that was not mounted when it was taken."""
+    of the recorder's own disk, in its place); UNMOUNTED: a mount point that was not mounted when it was taken.
+    ``ino``: the folder root must still be (DirectoryTarget.pin: not another one put under its name since)."""
     if dev == UNMOUNTED:
         raise TargetError(f"{root} is no longer mounted (the stick was unmounted or pulled): nothing is written "
                           "there", kind="pulled")
@@ -303,14 +304,18 @@ def _open_dir(root: Path, parts: list[str], dev: int | None = None) -> int:
         raise os_error(e, str(root)) from e
     if dev is not None:
         try:
-            moved = os.fstat(fd).st_dev != dev
+            st = os.fstat(fd)
         except OSError as e:
             os.close(fd)
             raise os_error(e, str(root)) from e
-        if moved:
+        if st.st_dev != dev:
             os.close(fd)
             raise TargetError(f"{root} is no longer the filesystem the export began on (the stick was unmounted "
                               "or pulled): nothing more is written there", kind="pulled")
+        if ino is not None and st.st_ino != ino:
+            os.close(fd)
+            raise TargetError(f"{root} is no longer the folder the export checked (moved, or replaced by another "
+                              "folder or a symlink): nothing more is written there")
     for i, p in enumerate(parts):
         try:
             nfd = os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
@@ -594,6 +599,7 @@ class DirectoryTarget(Target):
         self.fs_type, self._source = _mount_of(self.root)
         # the filesystem it is on: every file goes there or nowhere (each open compares, _open_dir)
         self._dev: int | None = _filesystem(self.root, mount_point)
+        self._ino: int | None = None            # the folder itself, once pinned (pin): every open compares
         # A FUSE driver (exfat-fuse, fusefat) reads the block device through the kernel's block
         # cache: dropping the file's pages (which fadvise does, measured with fincore) is not enough.
         self._blockdev = self._source if self.fs_type.startswith("fuseblk") and \
@@ -614,9 +620,22 @@ class DirectoryTarget(Target):
 
     # -- walking without following symlinks ---------------------------------------
     def _open_dir(self, parts: list[str]) -> int:
-        fd = _open_dir(self.root, parts, self._dev)
+        fd = _open_dir(self.root, parts, self._dev, self._ino)
         if self._dev is None:
             self._dev = os.stat(self.root).st_dev
+        return fd
+
+    def pin(self) -> int:
+        """Its folder, open as it is now (the caller checks what it is, by this descriptor, and closes it): every
+        later open of it must be this same folder, else TargetError (a symlink or another folder put under its name
+        since, a stick remounted), so nothing is written into a folder other than the one checked."""
+        fd = _open_dir(self.root, [], self._dev, self._ino)
+        try:
+            st = os.fstat(fd)
+        except OSError as e:
+            os.close(fd)
+            raise os_error(e, str(self.root)) from e
+        self._dev, self._ino = st.st_dev, st.st_ino
         return fd
 
     def _split(self, rel: str) -> tuple[list[str], str]:

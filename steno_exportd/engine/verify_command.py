@@ -20,27 +20,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from steno_exportd.engine.verify import verify_target
     from steno_exportd.errors import StenoError
+    from steno_exportd.safeparse import printable as shown   # names a stick's author chose: no escapes, one line
 
     try:
         rep = verify_target(args.dir, args.root_folder, mark=not args.no_mark)
     except StenoError as e:
-        print(f"verify failed: {e}", file=sys.stderr)
+        print(f"verify failed: {shown(str(e))}", file=sys.stderr)
         return 1
     if args.json:
-        print(json.dumps(rep.to_json(), indent=1))
+        print(json.dumps(rep.to_json(), indent=1))      # (ensure_ascii: every control character escaped)
     else:
         for p in rep.changed:
-            print(f"CHANGED  {p}")
+            print(f"CHANGED  {shown(p)}")
         for p in rep.missing:
-            print(f"MISSING  {p}")
+            print(f"MISSING  {shown(p)}")
         for p in rep.extra:
-            print(f"EXTRA    {p}")
+            print(f"EXTRA    {shown(p)}")
         for p in rep.problems:
-            print(f"PROBLEM  {p}")
+            print(f"PROBLEM  {shown(p)}")
         for p in rep.incomplete:
-            print(f"INCOMPLETE  {p} (an export was interrupted; export again to finish it)")
+            print(f"INCOMPLETE  {shown(p)} (an export was interrupted; export again to finish it)")
         for p in rep.notes:
-            print(f"NOTE     {p}")
+            print(f"NOTE     {shown(p)}")
         print(f"{rep.ok_count} files verified, {len(rep.changed)} changed, {len(rep.missing)} missing, "
               f"{len(rep.extra)} extra" + (f", {len(rep.incomplete)} session(s) incomplete" if rep.incomplete else ""))
     return 0 if rep.ok else 1

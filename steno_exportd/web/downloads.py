@@ -502,6 +502,9 @@ async def _zip(request: web.Request, ctx: WebContext, ids: list[int], fmts: tupl
             return resp
         errors: dict = {}
         wanted = len(ids) if "audio" in fmts else 0       # at most one recording per session stays open
+        if wanted > ctx.source_budget:  # never fits, however long it waits: not a 429 "try again"
+            raise InvalidArgument(f"a ZIP with recordings holds at most {ctx.source_budget} sessions here ({wanted} "
+                                  f"selected): select {ctx.source_budget} or fewer, or leave out the recordings")
         if ctx.source_files + wanted > ctx.source_budget:
             raise Throttled("too many ZIP downloads at once; try again in a moment", 5.0)
         held = wanted                   # (counted from here: a refused ZIP gives back nothing it never took)

@@ -3,6 +3,7 @@ login floods and ZIP clients (RSS against MemoryMax), and what it writes to its 
 from __future__ import annotations
 
 import asyncio
+import html
 import http.client
 import re
 import resource
@@ -214,16 +215,89 @@ def test_zips_refused_for_open_recordings_keep_the_bound_on_recordings_held_open
                     r = await http.get(f"{d.url}/zip?formats=txt,audio&{query}")
                     held.append(r)
                     assert r.status == 200, (r.status, await r.text())
-                statuses = []
+                statuses, seen = [], []
                 for _ in range(4):
                     r = await http.get(f"{d.url}/zip?formats=txt,audio&{query}")
                     held.append(r)
                     statuses.append(r.status)
-                return statuses
+                    if r.status == 429:
+                        seen.append((r.headers.get("Retry-After"), r.content_type, await r.text()))
+                return statuses, seen
             finally:
                 for r in held:
                     r.close()
-    statuses = asyncio.run(main())
+    statuses, seen = asyncio.run(main())
     # before: [429, 200, 429, 200] -- each refusal took back recordings it had never counted
     assert statuses == [429] * 4, statuses
+    for retry_after, ctype, body in seen:       # what the person sees: the page saying to wait, and how long
+        assert retry_after == "6" and ctype == "text/html", (retry_after, ctype)
+        assert "too many ZIP downloads at once; try again in a moment" in body, body
+    assert "Traceback" not in d.log()
+
+
+def _zip_answer(r, body: str) -> tuple[int, str | None, str]:
+    """(status, Retry-After, the page's message) of a refused ZIP."""
+    m = re.search(r'<p class="error" role="alert">([^<]*)</p>', body)
+    return r.status, r.headers.get("Retry-After"), html.unescape(m.group(1)) if m else body[:300]
+
+
+def test_a_zip_selection_larger_than_the_open_recordings_budget_is_told_to_select_fewer(web_daemon, tmp_path):
+    """A ZIP holds each of its sessions' recordings open until sent, within a budget of recordings held open at
+    once (what the open-file limit leaves beside the connections). A selection with more sessions than the whole
+    budget was a 429 'try again in a moment' forever: no wait makes it fit. It is a 400 saying how many sessions
+    one ZIP with recordings may hold, on the page the download opens; a selection within the budget that meets a
+    busy daemon is still a 429 with Retry-After, and gets its ZIP once the budget is free."""
+    from steno_exportd import demo
+    from steno_exportd.web.server import RESERVED_FILES
+    from tests.web.test_hostile_files import grow, recordings
+    require_tool("prlimit")
+    lib = tmp_path / "lib"
+    demo.generate(lib, sessions=24, seed=4, small=True)
+    connections = 640
+    budget = max(16, 1024 - RESERVED_FILES - connections)     # web.server.source_file_budget under NOFILE
+    ids = sorted(recordings(lib))
+    assert len(ids) > budget, len(ids)
+    holding = ids[:4]
+    for i in holding:
+        grow(recordings(lib)[i])            # a ZIP whose client does not read stays open, holding its recordings
+    d = web_daemon(lib, prefix=NOFILE, **{"http.max_connections": str(connections)})
+
+    def url(sel: list[int], formats: str = "txt,audio") -> str:
+        return f"{d.url}/zip?formats={formats}&" + "&".join(f"id={i}" for i in sel)
+
+    async def main() -> dict:
+        out = {}
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url(ids[:budget + 1])) as r:    # nothing else running
+                out["too many"] = _zip_answer(r, await r.text())
+            async with http.get(url(ids[:budget + 1], "txt")) as r:
+                out["without recordings"] = r.status, r.content_type
+            held = []
+            try:
+                for _ in range(budget // len(holding)):         # together they hold the whole budget
+                    r = await http.get(url(holding))
+                    held.append(r)
+                    assert r.status == 200, (r.status, await r.text())
+                async with http.get(url(ids[:2])) as r:
+                    out["busy"] = _zip_answer(r, await r.text())
+                async with http.get(url(ids[:budget + 1])) as r:
+                    out["too many, busy"] = _zip_answer(r, await r.text())
+            finally:
+                for r in held:
+                    r.close()
+            for _ in range(100):                                # the holders' recordings let go
+                async with http.get(url(ids[:budget])) as r:
+                    if r.status != 429:
+                        out["the most"] = r.status, int(r.headers.get("Content-Length", 0))
+                        break
+                await asyncio.sleep(0.1)
+        return out
+    out = asyncio.run(main())
+    fewer = (400, None, f"a ZIP with recordings holds at most {budget} sessions here ({budget + 1} selected): "
+                        f"select {budget} or fewer, or leave out the recordings")
+    assert out["too many"] == fewer, out["too many"]
+    assert out["too many, busy"] == fewer, out["too many, busy"]
+    assert out["busy"] == (429, "6", "too many ZIP downloads at once; try again in a moment"), out["busy"]
+    assert out["without recordings"] == (200, "application/zip"), out["without recordings"]
+    assert out["the most"][0] == 200 and out["the most"][1] > 0, out.get("the most")
     assert "Traceback" not in d.log()
