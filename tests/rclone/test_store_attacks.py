@@ -183,7 +183,7 @@ def test_a_folder_claimed_by_another_recorder_after_a_push_read_it_ahead_is_left
     real = rclone_kind.claim
     read_ahead: list = []
 
-    def claimed_in_between(t, folder, rid):
+    def claimed_in_between(t, folder, rid, *board):
         with t._names:
             read_ahead.extend(sorted(t._ahead))
             begun = [fut for fut, _ in t._ahead.values()]
@@ -191,7 +191,7 @@ def test_a_folder_claimed_by_another_recorder_after_a_push_read_it_ahead_is_left
         store(later / CLAIM_NAME, f"steno/{CLAIM_NAME}")
         store(later / MANIFEST, f"steno/{MANIFEST}")
         store(later / "index.json", f"{INDEX_DIR}/steno.json")
-        return real(t, folder, rid)
+        return real(t, folder, rid, *board)
     monkeypatch.setattr(rclone_kind, "claim", claimed_in_between)
     theirs = None
     with pytest.raises(RcloneError, match=r"belongs to another recorder \(.*, id b2b2b2b2\)"):
