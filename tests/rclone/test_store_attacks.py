@@ -907,6 +907,29 @@ def test_a_claim_the_store_fails_to_read_is_said_unreadable_not_a_read_back(rclo
         db.close()
 
 
+def test_a_claim_planted_on_the_store_with_a_hostile_host_name_is_said_in_one_short_printable_line(rclone_server,
+                                                                                                   rclone_tmp):
+    """As on SMB (tests/smb/test_push.py, the same name): a claim file someone put in the recorder's folder, naming
+    another recorder and a host of 60 KB with escapes and line breaks, refused the folder with that text whole in
+    the job's error. Now it is said printable and short."""
+    srv = rclone_server
+    conf = srv.client_config(rclone_tmp / "rclone.conf")
+    db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
+    cfg = cfg_for(rclone_tmp / "r", db, conf, [{"name": "cloud", "remote": f"{srv.remote}:office"}], folder="ch")
+    folder = srv.served / "office" / "ch"
+    folder.mkdir(parents=True)
+    host = "\x1b]0;owned\x07\x1b[2J" + "NAS\nrclone[1]: fake journal line\n" + "y" * 60_000
+    (folder / CLAIM_NAME).write_text(json.dumps({"recorder_id": "f\x1b" * 16, "host": host}))
+    with pytest.raises(RcloneError) as ei:
+        push_to(cfg)
+    said = str(ei.value)
+    assert "folder ch on rclone:cloud belongs to another recorder (" in said, said[:300]
+    assert len(said) < 400 and said.isprintable(), (len(said), said[:300])
+    assert ei.value.permanent
+    assert sorted(p.name for p in folder.iterdir()) == [CLAIM_NAME]             # nothing written
+    db.close()
+
+
 def test_a_folder_named_like_the_claim_file_stops_the_push_at_once_saying_what_to_remove(rclone_server, rclone_tmp):
     """Someone's folder named .steno-push-owner.json in the recorder's folder on the store, where the push keeps its
     claim: the claim can never be written there, whatever the tries. Now the push fails at once (not tried again as

@@ -878,6 +878,27 @@ def test_an_unreadable_claim_file_is_a_clear_error_and_nothing_is_written(rec):
     assert json.loads((folder / smbpush.CLAIM_NAME).read_text())["recorder_id"] == "d4" * 16
 
 
+def test_a_claim_planted_on_the_nas_with_a_hostile_host_name_is_said_in_one_short_printable_line(rec):
+    """Anyone who may write in the share can put a claim file in a recorder's folder (before its first push, or in
+    place of one a person removed) naming another recorder, with a host name of their own: 700 KB of text, terminal
+    escapes, line breaks. The push refused the folder, rightly, with that text whole in its error: the job's error
+    every page and the touchscreen show, `steno-exportctl` prints and the state DB keeps for each push that fails
+    (a schedule's every few minutes). Now the host is said printable and short; the refusal is unchanged."""
+    smbd, remote, root, db = rec
+    folder = root / "nas" / "rec-host"
+    folder.mkdir()
+    host = "\x1b]0;owned\x07\x1b[2J" + "NAS\nsmbd[1]: fake journal line\n" + "y" * 700_000
+    (folder / smbpush.CLAIM_NAME).write_text(json.dumps({"recorder_id": "f\x1b" * 16, "host": host}))
+    cfg = cfg_for(root, db, remote, "rec-host")
+    with pytest.raises(SmbError) as ei:
+        push(cfg, recorder_id="d4" * 16, sleep=lambda s: None)
+    said = str(ei.value)
+    assert "folder rec-host on \\\\127.0.0.1\\push belongs to another recorder (" in said, said[:300]
+    assert len(said) < 400 and said.isprintable(), (len(said), said[:300])
+    assert ei.value.permanent
+    assert sorted(p.name for p in folder.iterdir()) == [smbpush.CLAIM_NAME]     # nothing written
+
+
 def test_a_folder_named_like_the_claim_file_stops_the_push_at_once_saying_what_to_remove(rec):
     """Someone's folder named .steno-push-owner.json in the recorder's folder on the NAS, where the push keeps its
     claim: the claim can never be written there, whatever the tries. Now the push fails at once (not tried again as
