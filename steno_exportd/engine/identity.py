@@ -180,6 +180,17 @@ def claim_owner(raw: bytes) -> tuple[str, str, str]:
     return owner, host, board
 
 
+def _shown(host: object) -> str:
+    """A host name a claim (or an earlier version's manifest) gives, for a message: a file on a share that others
+    write too, so printable and short, whatever it holds."""
+    return safeparse.shorten(safeparse.printable(str(host or "")[:65]), 64) or "unknown host"
+
+
+def claimant(host: object, owner: str) -> str:
+    """"<host>, id <the start of its recorder id>" of a claim, for a message (_shown)."""
+    return f"{_shown(host)}, id {safeparse.printable(owner[:8])}"
+
+
 def copied_system(folder: str, where: str, host: str, owner_board: str, board: str) -> str:
     """What a push says when ``folder``'s claim names this recorder's id (its machine id) but another board: two
     recorders run one copied system image (an SD card cloned, /etc/machine-id with it), so both would push into one
@@ -187,7 +198,8 @@ def copied_system(folder: str, where: str, host: str, owner_board: str, board: s
     if not owner_board or not board or owner_board == board:
         return ""
     return (f"folder {folder} on {where} belongs to another recorder with this recorder's machine id "
-            f"({host or 'unknown host'}, board {owner_board[:8]}; this one's {board[:8]}): its system was copied "
-            f"from this one's, or this one's from it. Give this recorder a machine id of its own (rm /etc/machine-id; "
-            f"systemd-machine-id-setup; then restart steno-exportd) or set smb.recorder_folder; if this recorder "
-            f"replaced that one (its card moved to another board), delete {CLAIM_NAME} in that folder")
+            f"({_shown(host)}, board {safeparse.printable(owner_board[:8])}; this one's {board[:8]}): its system was "
+            f"copied from this one's, or this one's from it. Give this recorder a machine id of its own "
+            f"(rm /etc/machine-id; systemd-machine-id-setup; then restart steno-exportd) or set smb.recorder_folder; "
+            f"if this recorder replaced that one (its card moved to another board), delete {CLAIM_NAME} in that "
+            f"folder")

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 from steno_exportd.config import Config, RcloneRemote
 from steno_exportd.engine import index
-from steno_exportd.engine.identity import (CLAIM_NAME, SHORT, claim_body, claim_in_the_way, claim_owner,
+from steno_exportd.engine.identity import (CLAIM_NAME, SHORT, claim_body, claim_in_the_way, claim_owner, claimant,
                                            copied_system, recorder_folder)
 from steno_exportd.engine.manifest import MANIFEST, MAX_BYTES, write_atomic
 from steno_exportd.engine.registry import RemoteKind
@@ -129,8 +129,8 @@ def claim(t: RcloneTarget, folder: str, rid: str, board: str = "") -> None:
         raise RcloneError(f"folder {folder} on {t.name}: {CLAIM_NAME} is unreadable, so the owner of the folder "
                           f"is unknown; delete that file if this recorder owns the folder", True) from None
     if owner != rid:
-        raise RcloneError(f"folder {folder} on {t.name} belongs to another recorder ({host or 'unknown host'}, "
-                          f"id {owner[:8]}); set smb.recorder_folder", True)
+        raise RcloneError(f"folder {folder} on {t.name} belongs to another recorder ({claimant(host, owner)}); "
+                          f"set smb.recorder_folder", True)
     if said := copied_system(folder, t.name, host, owner_board, board):
         raise RcloneError(said, True)
     t.claimed(folder)

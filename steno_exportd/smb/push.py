@@ -24,7 +24,7 @@ from steno_exportd import safeparse
 from steno_exportd.config import Config, SmbRemote
 from steno_exportd.engine import index
 from steno_exportd.engine import manifest as mf
-from steno_exportd.engine.identity import (CLAIM_NAME, SHORT, claim_body, claim_in_the_way, claim_owner,
+from steno_exportd.engine.identity import (CLAIM_NAME, SHORT, claim_body, claim_in_the_way, claim_owner, claimant,
                                            copied_system, host_folder, recorder_folder)
 from steno_exportd.engine.registry import RemoteKind
 from steno_exportd.errors import StenoError, TargetError
@@ -149,8 +149,8 @@ def _where(t: SmbTarget) -> str:
 
 def _check_owner(t: SmbTarget, folder: str, rid: str, owner: str, host: Any) -> None:
     if owner and owner != rid:
-        raise SmbError(f"folder {folder} on {_where(t)} belongs to another recorder "
-                       f"({host or 'unknown host'}, id {owner[:8]}); set smb.recorder_folder", True)
+        raise SmbError(f"folder {folder} on {_where(t)} belongs to another recorder ({claimant(host, owner)}); "
+                       f"set smb.recorder_folder", True)
 
 
 def _legacy(t: SmbTarget, folder: str) -> dict:
@@ -183,7 +183,7 @@ def adopt_host_folder(t: SmbTarget, folder: str, rid: str) -> None:
         owner = ""
     if owner != rid:
         log.info("%s: folder %s is not this recorder's (%s); pushing into %s", t.name, old,
-                 f"id {owner[:8]}" if owner else "unclaimed", folder)
+                 f"id {safeparse.printable(owner[:8])}" if owner else "unclaimed", folder)
         return
     t.rename(old, folder)               # one request, never replaces: a folder made meanwhile wins
     log.info("%s: folder %s of an earlier version renamed to %s", t.name, old, folder)
