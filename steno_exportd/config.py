@@ -366,7 +366,10 @@ class RcloneConfig:
                            "'rclone config'); it holds credentials: readable only by the service user. rclone's "
                            "own settings in the daemon's environment (RCLONE_*) do not reach the push's rclone, "
                            "but for this file's: RCLONE_CONFIG_PASS, RCLONE_PASSWORD_COMMAND (an encrypted file) "
-                           "and RCLONE_CONFIG_<REMOTE>_<KEY>.",
+                           "and RCLONE_CONFIG_<REMOTE>_<KEY>. Where rclone cannot save into this file (its folder "
+                           "read-only to the daemon, as the unit makes /etc), the push runs rclone with a copy of it "
+                           "in <state.dir>/rclone/, where rclone keeps the logins it renews; the copy is made again "
+                           "when this file changes.",
                            check=_check_abs_or_empty)
     command: str = opt("rclone", "The rclone program (Debian's rclone package).")
     remotes: list[RcloneRemote] = table_list(RcloneRemote, "[[rclone.remotes]] tables, one per remote.")

@@ -23,6 +23,8 @@ from steno_exportd.engine.naming import safe_name
 log = logging.getLogger(__name__)
 
 RECORDER_ID_FILE = "recorder-id"
+BOARD_ID_FILE = "board-id"                  # in the state folder: this installation's own id, where the board has none
+BOARD_SERIAL = "/sys/firmware/devicetree/base/serial-number"   # the Raspberry Pi's serial: on the board, not the card
 CLAIM_NAME = ".steno-push-owner.json"       # in a recorder folder on a remote: the recorder owning it
 SHORT = 6                                   # hex digits of the id in the folder name: 16 M values
 
@@ -56,6 +58,44 @@ def recorder_id(state_dir: str, machine_id_path: str = "/etc/machine-id") -> str
         log.warning("recorder id %s not saved (%s): remote folders are not checked for ownership", path, e)
         return ""
     return new
+
+
+def board_id(state_dir: str, serial_path: str | None = None) -> str:
+    """What tells this recorder from another that runs a copy of its system (an SD card image copied with its
+    machine id, so with its recorder_id() and its folder on a shared store): derived from the board's serial number
+    (the Raspberry Pi's: not on the card), else a random id kept in ``state_dir`` (a copy made before the daemon's
+    first run has none yet); "" when neither is available (not checked then)."""
+    try:
+        serial = pathlib.Path(serial_path or BOARD_SERIAL).read_bytes().strip(b"\0\n ")
+    except OSError:
+        serial = b""
+    if serial:
+        return hashlib.sha256(b"steno-exportd board " + serial).hexdigest()[:16]
+    path = pathlib.Path(state_dir or "/var/lib/steno-exportd") / BOARD_ID_FILE
+    try:
+        saved = path.read_text(encoding="ascii").strip()
+        if saved:
+            return saved[:32]
+    except FileNotFoundError:
+        pass
+    except (OSError, UnicodeDecodeError) as e:
+        log.warning("board id %s unreadable (%s): a copied system on another board is not told apart", path, e)
+        return ""
+    new = uuid.uuid4().hex[:16]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(new + "\n", encoding="ascii")
+        os.replace(tmp, path)
+    except OSError as e:
+        log.warning("board id %s not saved (%s): a copied system on another board is not told apart", path, e)
+        return ""
+    return new
+
+
+def this_board(cfg: Config) -> str:
+    """board_id() of this recorder's state folder."""
+    return board_id(cfg.state.dir)
 
 
 def this_recorder(cfg: Config) -> str:
@@ -116,10 +156,10 @@ def recorder_folder(cfg: Config, rid: str | None = None) -> str:
     return safe_name(f"{host}-{rid[:SHORT]}" if rid else host, "recorder")
 
 
-def claim_body(rid: str) -> bytes:
-    """The claim file of this recorder's folder on a remote."""
-    return json.dumps({"recorder_id": rid, "host": host_name(), "claimed": time.time()},
-                      indent=1, sort_keys=True).encode()
+def claim_body(rid: str, board: str = "") -> bytes:
+    """The claim file of this recorder's folder on a remote (``board``: board_id(), when known)."""
+    body = {"recorder_id": rid, "host": host_name(), "claimed": time.time(), **({"board": board} if board else {})}
+    return json.dumps(body, indent=1, sort_keys=True).encode()
 
 
 def claim_in_the_way(folder: str, where: str, kind: str) -> str:
@@ -130,10 +170,36 @@ def claim_in_the_way(folder: str, where: str, kind: str) -> str:
             f"(not ours, left alone): move it away")
 
 
-def claim_owner(raw: bytes) -> tuple[str, str]:
-    """(recorder id, host) a claim file names; ValueError when it is not a claim."""
+def claim_owner(raw: bytes) -> tuple[str, str, str]:
+    """(recorder id, host, board id: "" when it names none) a claim file names; ValueError when it is not a claim."""
     try:
         data = safeparse.json_loads(raw)
-        return str(data["recorder_id"]), str(data.get("host") or "")
-    except (ValueError, TypeError, KeyError):
+        owner, host, board = str(data["recorder_id"]), str(data.get("host") or ""), str(data.get("board") or "")
+    except (ValueError, TypeError, KeyError, AttributeError):
         raise ValueError(f"{CLAIM_NAME} is unreadable") from None
+    return owner, host, board
+
+
+def _shown(host: object) -> str:
+    """A host name a claim (or an earlier version's manifest) gives, for a message: a file on a share that others
+    write too, so printable and short, whatever it holds."""
+    return safeparse.shorten(safeparse.printable(str(host or "")[:65]), 64) or "unknown host"
+
+
+def claimant(host: object, owner: str) -> str:
+    """"<host>, id <the start of its recorder id>" of a claim, for a message (_shown)."""
+    return f"{_shown(host)}, id {safeparse.printable(owner[:8])}"
+
+
+def copied_system(folder: str, where: str, host: str, owner_board: str, board: str) -> str:
+    """What a push says when ``folder``'s claim names this recorder's id (its machine id) but another board: two
+    recorders run one copied system image (an SD card cloned, /etc/machine-id with it), so both would push into one
+    folder, each over the other's manifest and index; "" when the boards are the same or either is unknown."""
+    if not owner_board or not board or owner_board == board:
+        return ""
+    return (f"folder {folder} on {where} belongs to another recorder with this recorder's machine id "
+            f"({_shown(host)}, board {safeparse.printable(owner_board[:8])}; this one's {board[:8]}): its system was "
+            f"copied from this one's, or this one's from it. Give this recorder a machine id of its own "
+            f"(rm /etc/machine-id; systemd-machine-id-setup; then restart steno-exportd) or set smb.recorder_folder; "
+            f"if this recorder replaced that one (its card moved to another board), delete {CLAIM_NAME} in that "
+            f"folder")

@@ -18,7 +18,7 @@ import time
 from typing import Any, Callable, ContextManager, Iterator, Protocol
 
 from steno_exportd.config import Config
-from steno_exportd.engine.identity import recorder_folder, this_recorder
+from steno_exportd.engine.identity import recorder_folder, this_board, this_recorder
 from steno_exportd.engine.naming import root_folder
 from steno_exportd.engine.targets import DirectoryTarget, Target
 from steno_exportd.errors import CancelledJob, InvalidArgument, NotAllowedError, NotFoundError, StenoError, TargetError
@@ -101,6 +101,10 @@ class RemoteKind:
 
     def recorder_id(self, cfg: Config) -> str:
         return this_recorder(cfg) if self._recorder_id is None else self._recorder_id
+
+    def board(self, cfg: Config) -> str:
+        """What tells this recorder from one running a copy of its system (identity.board_id), for its claims."""
+        return this_board(cfg)
 
     def root(self, target: str, cfg: Config) -> str:
         return recorder_folder(cfg, self.recorder_id(cfg))

@@ -15,8 +15,8 @@ from typing import Any, Iterator
 
 from steno_exportd.config import Config, RcloneRemote
 from steno_exportd.engine import index
-from steno_exportd.engine.identity import (CLAIM_NAME, SHORT, claim_body, claim_in_the_way, claim_owner,
-                                           recorder_folder)
+from steno_exportd.engine.identity import (CLAIM_NAME, SHORT, claim_body, claim_in_the_way, claim_owner, claimant,
+                                           copied_system, recorder_folder)
 from steno_exportd.engine.manifest import MANIFEST, MAX_BYTES, write_atomic
 from steno_exportd.engine.registry import RemoteKind
 from steno_exportd.errors import StenoError, TargetError
@@ -68,7 +68,7 @@ class RcloneKind(RemoteKind):
                 t.read_ahead((f"{folder}/{MANIFEST}", *([index.index_path(folder)] if cfg.smb.office_index else [])),
                              MAX_BYTES + 1, (folder,))
                 t.mkdir(folder)
-                claim(t, folder, rid)
+                claim(t, folder, rid, self.board(cfg))
                 if cfg.smb.office_index:
                     # sent while the run's last folders move into place, named after them (index.write)
                     t.after_moves = lambda root, names: \
@@ -91,9 +91,10 @@ def _folder_of(remote: str) -> tuple[str, str]:
     return (name, "" if path == "." else path)
 
 
-def claim(t: RcloneTarget, folder: str, rid: str) -> None:
-    """Make sure the recorder folder is ours: claim it when nobody has; RcloneError when another recorder has, or
-    (permanent, said at once) when something not a file holds the claim's name."""
+def claim(t: RcloneTarget, folder: str, rid: str, board: str = "") -> None:
+    """Make sure the recorder folder is ours: claim it when nobody has; RcloneError when another recorder has (this
+    recorder's id from another board, ``board``: a copy of this system, identity.board_id, too), or (permanent, said
+    at once) when something not a file holds the claim's name."""
     if not rid:
         return
     rel = f"{folder}/{CLAIM_NAME}"
@@ -108,7 +109,7 @@ def claim(t: RcloneTarget, folder: str, rid: str) -> None:
         # stops below, before writing a file (unless both renames' look-ups come before either's move: a window of
         # one round trip, as rclone has no create-if-absent on most stores)
         temp = f"{folder}/{t.temp_name()}"
-        write_atomic(t, temp, claim_body(rid))
+        write_atomic(t, temp, claim_body(rid, board))
         try:
             t.rename(temp, rel)
         except TargetError:
@@ -123,13 +124,15 @@ def claim(t: RcloneTarget, folder: str, rid: str) -> None:
             t.claimed(folder)
             return
     try:
-        owner, host = claim_owner(raw)
+        owner, host, owner_board = claim_owner(raw)
     except ValueError:
         raise RcloneError(f"folder {folder} on {t.name}: {CLAIM_NAME} is unreadable, so the owner of the folder "
                           f"is unknown; delete that file if this recorder owns the folder", True) from None
     if owner != rid:
-        raise RcloneError(f"folder {folder} on {t.name} belongs to another recorder ({host or 'unknown host'}, "
-                          f"id {owner[:8]}); set smb.recorder_folder", True)
+        raise RcloneError(f"folder {folder} on {t.name} belongs to another recorder ({claimant(host, owner)}); "
+                          f"set smb.recorder_folder", True)
+    if said := copied_system(folder, t.name, host, owner_board, board):
+        raise RcloneError(said, True)
     t.claimed(folder)
 
 

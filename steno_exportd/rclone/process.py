@@ -4,6 +4,7 @@ error text) told as what a person can act on (RcloneError)."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import concurrent.futures
 import contextlib
 import http.client
@@ -20,6 +21,7 @@ import subprocess
 import threading
 import time
 import typing
+from pathlib import Path
 from typing import Any, Callable
 
 from steno_exportd import safeparse
@@ -283,6 +285,56 @@ def popen_dying_with_parent(argv: list[str], **kw: Any) -> subprocess.Popen:
     return _SPAWNER.submit(subprocess.Popen, dying_with_parent(argv), **kw).result()
 
 
+WORKING_DIR = "rclone"       # in the state folder: the push's copy of the admin's rclone config (working_config)
+_WORKING_LOCK = threading.Lock()
+
+
+def working_config(source: str, state_dir: str) -> str:
+    """The rclone config file the push's rclone runs with: the admin's ``source`` where rclone can save what it renews
+    there (an OAuth store's login: OneDrive, Drive, Dropbox, Box: a new token, and at most providers a new refresh
+    token, each time it renews; rclone writes a temp file beside it and renames it over it), else a copy of it in the
+    daemon's state folder (its own folder, mode 700; the file 600). The admin's file under /etc is read-only to the
+    daemon (the unit's ProtectSystem=strict; a folder of root's besides): each renewal was lost, every fs rclone
+    opened began again from the admin's token, and a login server that takes a refresh token once (Box) refused the
+    push as an expired login (OneDrive once that token's 90 days were over). The copy is made again whenever the
+    admin's file changes (a remote added, a login reconnected): its path and bytes are kept beside the copy.
+    ``source`` itself where it cannot be read or the copy made (said in a warning): rclone says then what is wrong
+    with it, as before."""
+    if os.access(source, os.W_OK) and os.access(os.path.dirname(os.path.abspath(source)), os.W_OK):
+        return source
+    try:
+        raw = Path(source).read_bytes()
+    except OSError:
+        return source
+    if not state_dir:
+        return source
+    folder = Path(state_dir) / WORKING_DIR
+    work, mark = folder / "rclone.conf", folder / "source.sha256"
+    digest = hashlib.sha256(os.fsencode(source) + b"\0" + raw).hexdigest()
+    with _WORKING_LOCK:
+        try:
+            if mark.read_text(encoding="ascii").strip() == digest and work.is_file() and not work.is_symlink():
+                return str(work)
+        except (OSError, UnicodeDecodeError):
+            pass
+        try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            for path, data in ((work, raw), (mark, digest.encode() + b"\n")):
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                try:
+                    os.write(fd, data)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(tmp, path)
+        except OSError as e:
+            log.warning("rclone.config_file: no copy of %s in %s (%s): a login rclone renews is not kept",
+                        source, folder, e.strerror or e)
+            return source
+    return str(work)
+
+
 class Rcd:
     """One ``rclone rcd`` child for one push: rclone's remote-control API on a loopback port, its login
     random and passed in the environment (never on the command line). Every operation is one HTTP
@@ -293,6 +345,8 @@ class Rcd:
         self.where = f"rclone:{remote.name}"
         self.timeout = max(60.0, remote.timeout * 4)
         t = f"{max(1, int(remote.timeout))}s"
+        self.config_file = cfg.rclone.config_file       # the admin's; rclone runs with working_config()'s copy
+        self._state_dir = cfg.state.dir
         self._argv = [cfg.rclone.command, "--config", cfg.rclone.config_file, "--contimeout", t, "--timeout", t,
                       "--low-level-retries", "1", "--retries", "1", "--ask-password=false",
                       "--ignore-checksum",     # the push compares the store's hash itself (once, not twice)
@@ -314,6 +368,7 @@ class Rcd:
         could take it and be sent the push (the fs of each request, a connection string's password with it, and
         the meetings' files)."""
         self.port = 0
+        self._argv[2] = working_config(self.config_file, self._state_dir)
         user, _, pw = base64.b64decode(self._auth.split()[1]).decode().partition(":")
         env = {**rclone_environment(os.environ), "RCLONE_RC_USER": user, "RCLONE_RC_PASS": pw}
         found = shutil.which(self._argv[0], path=env.get("PATH"))
@@ -362,7 +417,9 @@ class Rcd:
                 del self._err[: len(self._err) - STDERR_KEEP]
 
     def stderr(self) -> str:
-        return self._err.decode("utf-8", "replace")
+        """rclone's stderr (its tail), the admin's config file named where it names the copy it runs with."""
+        text = self._err.decode("utf-8", "replace")
+        return text if self._argv[2] == self.config_file else text.replace(self._argv[2], self.config_file)
 
     def connection(self, timeout: float | None = None) -> http.client.HTTPConnection:
         """A connection to rclone rcd, Nagle off (an upload's small chunk frames must not wait for ACKs)."""
@@ -384,7 +441,7 @@ class Rcd:
             if self.proc.poll() is not None and self._reader is not None:
                 self._reader.join(1)            # (its last words read)
             if self.proc.poll() is not None and (said := _config_unloadable(self.stderr(), self.where,
-                                                                            self._argv[2])):
+                                                                            self.config_file)):
                 return said
         return RcloneError(f"{self.where}: rclone stopped answering ({e})")
 

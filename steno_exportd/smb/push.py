@@ -24,8 +24,8 @@ from steno_exportd import safeparse
 from steno_exportd.config import Config, SmbRemote
 from steno_exportd.engine import index
 from steno_exportd.engine import manifest as mf
-from steno_exportd.engine.identity import (CLAIM_NAME, SHORT, claim_body, claim_in_the_way, claim_owner,
-                                           host_folder, recorder_folder)
+from steno_exportd.engine.identity import (CLAIM_NAME, SHORT, claim_body, claim_in_the_way, claim_owner, claimant,
+                                           copied_system, host_folder, recorder_folder)
 from steno_exportd.engine.registry import RemoteKind
 from steno_exportd.errors import StenoError, TargetError
 from steno_exportd.smb.client import SmbError
@@ -79,7 +79,7 @@ class SmbKind(RemoteKind):
                     if not cfg.smb.recorder_folder:
                         adopt_host_folder(t, folder, rid)
                     t.mkdir(folder)
-                    claim(t, folder, rid)
+                    claim(t, folder, rid, self.board(cfg))
                     adopt(t, folder)
                 except SmbError as e:
                     raise SmbError(f"{target}: {e}", e.permanent, kind=e.kind) from e
@@ -111,12 +111,14 @@ def _read_owner_file(t: SmbTarget, folder: str, name: str, limit: int) -> bytes 
                        f"the folder is unknown; delete that file if this recorder owns the folder", True) from None
 
 
-def claim(t: SmbTarget, folder: str, rid: str) -> None:
+def claim(t: SmbTarget, folder: str, rid: str, board: str = "") -> None:
     """Make sure the recorder folder is ours; SmbError (permanent) when another recorder owns it.
 
     The first push writes CLAIM_NAME with create_once: two recorders with one host name making their
     first push at the same moment cannot both get the folder. A folder pushed by a version without
-    claim files is checked by its LEGACY_MANIFEST's id and claimed when that has none or ours.
+    claim files is checked by its LEGACY_MANIFEST's id and claimed when that has none or ours. A claim
+    of this recorder's id from another board (``board``, identity.board_id: a copy of this system, its
+    machine id with it) is another recorder's too.
     """
     if not rid:
         return                      # no id on this system: no ownership check (logged by recorder_id)
@@ -127,16 +129,18 @@ def claim(t: SmbTarget, folder: str, rid: str) -> None:
             raise SmbError(claim_in_the_way(folder, _where(t), st.kind), True)
         legacy = _legacy(t, folder)
         _check_owner(t, folder, rid, str(legacy.get("recorder_id") or ""), legacy.get("host"))
-        if t.create_once(f"{folder}/{CLAIM_NAME}", claim_body(rid)):
+        if t.create_once(f"{folder}/{CLAIM_NAME}", claim_body(rid, board)):
             log.info("%s: folder %s claimed for this recorder", t.name, folder)
             return
         raw = read_claim(t, folder) or b""      # another recorder was first
     try:
-        owner, host = claim_owner(raw)
+        owner, host, owner_board = claim_owner(raw)
     except ValueError:
         raise SmbError(f"folder {folder} on {_where(t)}: {CLAIM_NAME} is unreadable, so the owner of the folder "
                        f"is unknown; delete that file if this recorder owns the folder", True) from None
     _check_owner(t, folder, rid, owner, host)
+    if said := copied_system(folder, _where(t), host, owner_board, board):
+        raise SmbError(said, True)
 
 
 def _where(t: SmbTarget) -> str:
@@ -145,8 +149,8 @@ def _where(t: SmbTarget) -> str:
 
 def _check_owner(t: SmbTarget, folder: str, rid: str, owner: str, host: Any) -> None:
     if owner and owner != rid:
-        raise SmbError(f"folder {folder} on {_where(t)} belongs to another recorder "
-                       f"({host or 'unknown host'}, id {owner[:8]}); set smb.recorder_folder", True)
+        raise SmbError(f"folder {folder} on {_where(t)} belongs to another recorder ({claimant(host, owner)}); "
+                       f"set smb.recorder_folder", True)
 
 
 def _legacy(t: SmbTarget, folder: str) -> dict:
@@ -179,7 +183,7 @@ def adopt_host_folder(t: SmbTarget, folder: str, rid: str) -> None:
         owner = ""
     if owner != rid:
         log.info("%s: folder %s is not this recorder's (%s); pushing into %s", t.name, old,
-                 f"id {owner[:8]}" if owner else "unclaimed", folder)
+                 f"id {safeparse.printable(owner[:8])}" if owner else "unclaimed", folder)
         return
     t.rename(old, folder)               # one request, never replaces: a folder made meanwhile wins
     log.info("%s: folder %s of an earlier version renamed to %s", t.name, old, folder)

@@ -17,6 +17,7 @@ import sqlite3
 import subprocess
 import threading
 import time
+import urllib.parse
 from typing import Iterator
 
 import pytest
@@ -232,6 +233,70 @@ def test_a_token_refresh_the_login_server_fails_is_tried_again_not_an_expired_lo
     assert str(got.value).startswith(f"rclone:cloud: {said}"), got.value
     assert "<html>" not in str(got.value)                  # (the login server's page is not the message)
     assert (got.value.permanent, bool(tries)) == (not again, again), (got.value.permanent, tries)
+
+
+def test_a_login_token_rclone_renews_is_kept_for_the_next_push_where_the_admins_config_is_read_only(rclone_tmp,
+                                                                                                      monkeypatch):
+    """An OAuth store's login (OneDrive, Drive, Box, Dropbox) is renewed by rclone at its login server, which answers
+    with a new token and, at most providers, a new refresh token; rclone saves both into its config file. The push
+    gave rclone the admin's file itself, under /etc/steno-exportd, which the unit makes read-only to the daemon
+    (ProtectSystem=strict; a folder of root's besides): rclone's save failed ('read-only file system'), and every
+    push began again from the token the admin made. A login server that takes each refresh token once (Box's; here
+    on loopback, the remote's token_url) refused the next try ("the store's login has expired": permanent, until the
+    admin reconnects), OneDrive once that first refresh token's 90 days are over. Now the push keeps what rclone
+    renews (its own copy of the admin's file, in the state folder): the next try renews nothing, its login works.
+    (The store's own API is not reached: rclone is pointed at a proxy on a closed loopback port, so every try fails
+    as a network fault after its renewal, and is tried again.)"""
+    import http.server
+    import json as json_mod
+    parts.require_tool("rclone")
+    used: list[str] = []
+
+    class Login(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            form = urllib.parse.parse_qs(self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode())
+            token = form.get("refresh_token", [""])[0]
+            fresh = token not in used                       # each refresh token is taken once (Box's rule)
+            used.append(token)
+            n = len(used)
+            body = json_mod.dumps({"access_token": f"ya29.new{n}", "token_type": "Bearer", "expires_in": 3600,
+                                   "refresh_token": f"1//r{n}"} if fresh else
+                                  {"error": "invalid_grant", "error_description": "Refresh token has expired"}).encode()
+            self.send_response(200 if fresh else 400)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")     # (the store's API: a closed loopback port)
+    monkeypatch.setattr(RcloneKind, "attempts", 2)
+    etc = rclone_tmp / "etc"
+    etc.mkdir()
+    with serving(Login) as port:
+        conf = etc / "rclone.conf"
+        conf.write_text("[gd]\ntype = drive\nclient_id = steno.apps.googleusercontent.com\nclient_secret = s\n"
+                        f"token_url = http://127.0.0.1:{port}/token\nroot_folder_id = 0AIa\n"
+                        'token = {"access_token":"ya29.old","token_type":"Bearer","refresh_token":"1//r0",'
+                        '"expiry":"2020-01-01T00:00:00Z"}\n')
+        conf.chmod(0o600)
+        subprocess.run(["mount", "--bind", str(etc), str(etc)], check=True)    # /etc as the unit shows it
+        try:
+            subprocess.run(["mount", "-o", "remount,bind,ro", str(etc)], check=True)
+            db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
+            cfg = make_cfg(rclone_tmp, db, conf, "gd:office")
+            tries: list[float] = []
+            with pytest.raises(RcloneError) as got:
+                push(cfg, sleep=tries.append)
+            db.close()
+        finally:
+            subprocess.run(["umount", str(etc)], check=True)
+    assert used and used[0] == "1//r0", used
+    assert len(used) == len(set(used)), used                # no refresh token was presented twice
+    assert "login has expired" not in str(got.value), got.value
+    assert not got.value.permanent and tries, (got.value, tries)       # the network's fault: tried again
+    assert "1//r0" in conf.read_text()                      # the admin's file is as the admin made it
 
 
 @pytest.mark.parametrize("status", ["500 Internal Server Error", "502 Bad Gateway", "504 Gateway Timeout",

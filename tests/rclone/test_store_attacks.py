@@ -115,6 +115,37 @@ def test_two_recorders_first_push_at_the_same_moment_one_gets_the_folder(rclone_
     db_b.close()
 
 
+def test_a_recorder_whose_system_was_copied_from_another_machine_id_and_all_does_not_push_into_its_folder(
+        rclone_server, rclone_tmp):
+    """As on SMB (tests/smb/test_push.py, the same name): a recorder whose SD card was copied from another's has its
+    machine id, so its recorder id, folder and claim on the store, and pushed into the other's folder as its own
+    (its meetings mixed in, each push rewriting the other's manifest.json, SHA256SUMS and office index). The claim
+    names the board too now: the copy stops before writing a file, saying why; the first pushes on."""
+    from steno_exportd.engine.identity import recorder_folder
+    srv = rclone_server
+    conf = srv.client_config(rclone_tmp / "rclone.conf")
+    remote = [{"name": "cloud", "remote": f"{srv.remote}:office"}]
+    db_a = make_recorder(rclone_tmp / "rec-a", sizes=(200_000, 200_500))
+    db_b = make_recorder(rclone_tmp / "rec-b", sizes=(100_000, 100_500), seed=7)
+    cfg_a = cfg_for(rclone_tmp / "a", db_a, conf, remote)    # (cfg_for: one machine id, each its own state folder)
+    cfg_b = cfg_for(rclone_tmp / "b", db_b, conf, remote)
+    assert all(r.ok for r in push_to(cfg_a))
+    folder = srv.served / "office" / recorder_folder(cfg_a)
+    assert recorder_folder(cfg_b) == folder.name
+    before = snapshot(srv.served / "office")
+    with pytest.raises(RcloneError) as ei:
+        push_to(cfg_b)
+    said = str(ei.value)
+    assert f"folder {folder.name} on rclone:cloud belongs to another recorder with this recorder's machine id " \
+           f"({socket.gethostname()}, board " in said and "systemd-machine-id-setup" in said, said
+    assert ei.value.permanent
+    assert snapshot(srv.served / "office") == before        # nothing written, overwritten or added (its index neither)
+    assert_landed(folder, db_a)
+    assert [r.skipped for r in push_to(cfg_a)] == [True, True]
+    db_a.close()
+    db_b.close()
+
+
 def test_a_folder_claimed_by_another_recorder_after_a_push_read_it_ahead_is_left_to_it(rclone_server, rclone_tmp,
                                                                                         monkeypatch):
     """A push that finds its folder on the store reads the folder's manifest, its listing and the office index ahead
@@ -152,7 +183,7 @@ def test_a_folder_claimed_by_another_recorder_after_a_push_read_it_ahead_is_left
     real = rclone_kind.claim
     read_ahead: list = []
 
-    def claimed_in_between(t, folder, rid):
+    def claimed_in_between(t, folder, rid, *board):
         with t._names:
             read_ahead.extend(sorted(t._ahead))
             begun = [fut for fut, _ in t._ahead.values()]
@@ -160,7 +191,7 @@ def test_a_folder_claimed_by_another_recorder_after_a_push_read_it_ahead_is_left
         store(later / CLAIM_NAME, f"steno/{CLAIM_NAME}")
         store(later / MANIFEST, f"steno/{MANIFEST}")
         store(later / "index.json", f"{INDEX_DIR}/steno.json")
-        return real(t, folder, rid)
+        return real(t, folder, rid, *board)
     monkeypatch.setattr(rclone_kind, "claim", claimed_in_between)
     theirs = None
     with pytest.raises(RcloneError, match=r"belongs to another recorder \(.*, id b2b2b2b2\)"):
@@ -874,6 +905,29 @@ def test_a_claim_the_store_fails_to_read_is_said_unreadable_not_a_read_back(rclo
         assert "back" not in said, said
         assert len(waits) == 2, waits                   # the store's fault: tried again
         db.close()
+
+
+def test_a_claim_planted_on_the_store_with_a_hostile_host_name_is_said_in_one_short_printable_line(rclone_server,
+                                                                                                   rclone_tmp):
+    """As on SMB (tests/smb/test_push.py, the same name): a claim file someone put in the recorder's folder, naming
+    another recorder and a host of 60 KB with escapes and line breaks, refused the folder with that text whole in
+    the job's error. Now it is said printable and short."""
+    srv = rclone_server
+    conf = srv.client_config(rclone_tmp / "rclone.conf")
+    db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
+    cfg = cfg_for(rclone_tmp / "r", db, conf, [{"name": "cloud", "remote": f"{srv.remote}:office"}], folder="ch")
+    folder = srv.served / "office" / "ch"
+    folder.mkdir(parents=True)
+    host = "\x1b]0;owned\x07\x1b[2J" + "NAS\nrclone[1]: fake journal line\n" + "y" * 60_000
+    (folder / CLAIM_NAME).write_text(json.dumps({"recorder_id": "f\x1b" * 16, "host": host}))
+    with pytest.raises(RcloneError) as ei:
+        push_to(cfg)
+    said = str(ei.value)
+    assert "folder ch on rclone:cloud belongs to another recorder (" in said, said[:300]
+    assert len(said) < 400 and said.isprintable(), (len(said), said[:300])
+    assert ei.value.permanent
+    assert sorted(p.name for p in folder.iterdir()) == [CLAIM_NAME]             # nothing written
+    db.close()
 
 
 def test_a_folder_named_like_the_claim_file_stops_the_push_at_once_saying_what_to_remove(rclone_server, rclone_tmp):

@@ -21,13 +21,15 @@ import time
 
 import pytest
 
+from steno_exportd import config
 from steno_exportd.config import Config, SmbConfig, SmbRemote
 from steno_exportd.engine.registry import Checked, local
 from steno_exportd.engine.targets import MARKER, MAX_ENTRIES, TEMP_PREFIX
 from steno_exportd.errors import NotFoundError, TargetError
 from steno_exportd.smb import push as smbpush
 from steno_exportd.smb import target as smbtarget
-from steno_exportd.engine.identity import recorder_id
+from steno_exportd.engine.identity import recorder_folder, recorder_id
+from steno_exportd.engine.index import INDEX_DIR
 from steno_exportd.smb.client import SmbError
 from steno_exportd.smb.target import SmbTarget
 from tests import parts
@@ -815,6 +817,48 @@ def test_two_recorders_first_push_at_the_same_moment_one_gets_the_folder(rec, sm
     other.close()
 
 
+def test_a_recorder_whose_system_was_copied_from_another_machine_id_and_all_does_not_push_into_its_folder(rec, smb_tmp):
+    """An office sets up one recorder and copies its SD card to the next: /etc/machine-id is copied with it, so the
+    copy has the first's recorder id, and so its folder on the NAS (host name + short id) and its claim. The copy
+    pushed into the first's folder as its own: two recorders' meetings mixed in one folder, each push rewriting the
+    other's manifest.json, SHA256SUMS and office index file (and, one host name, removing the other's temp files and
+    unfinished folders mid-push). Now a claim names the board too (its serial; here, where there is none, an id kept
+    in the state folder, which a card copied before the daemon's first run does not hold): the copy stops before
+    writing anything, saying why and what to do, and the first recorder pushes on."""
+    smbd, remote, root, db = rec
+    mid = smb_tmp / "machine-id"
+    mid.write_text("5e" * 16 + "\n")                   # one file: a copied machine id
+
+    def cfg(name: str, lib) -> config.Config:
+        state = smb_tmp / name / "state"
+        return config.from_dict({"recorder": {"db_path": str(lib.path), "machine_id_file": str(mid)},
+                                 "state": {"dir": str(state), "runtime_dir": str(state / "run")},
+                                 "usb": {"enabled": False}, "http": {"enabled": False},
+                                 "smb": {"remotes": [dataclasses.asdict(remote)]}})
+    first = cfg("first", db)
+    assert all(r.ok for r in push(first))
+    folder = root / "nas" / recorder_folder(first)
+    index = root / "nas" / INDEX_DIR / f"{folder.name}.json"
+    before, listed = _snapshot(folder), index.read_bytes()
+    other = make_recorder(smb_tmp / "copy-rec", sizes=(100_000, 100_500), seed=7)
+    copy = cfg("copy", other)
+    assert recorder_folder(copy) == folder.name         # the same folder name, the same claim's id
+    sleeps = []
+    with pytest.raises(SmbError) as ei:
+        push(copy, sleep=sleeps.append)
+    said = str(ei.value)
+    assert f"folder {folder.name} on \\\\127.0.0.1\\push belongs to another recorder with this recorder's " \
+           f"machine id ({socket.gethostname()}, board " in said, said
+    assert "systemd-machine-id-setup" in said and "smb.recorder_folder" in said, said
+    assert ei.value.permanent and sleeps == []
+    assert _snapshot(folder) == before and index.read_bytes() == listed     # nothing written, overwritten or added
+    assert sorted(p.name for p in (root / "nas").iterdir()) == sorted([folder.name, INDEX_DIR])
+    assert_landed(folder, db)
+    res = push(first)                                   # the first recorder's own pushes go on
+    assert [r.skipped for r in res] == [True] * 3, [r.error for r in res]
+    other.close()
+
+
 def test_an_unreadable_claim_file_is_a_clear_error_and_nothing_is_written(rec):
     smbd, remote, root, db = rec
     folder = root / "nas" / "rec-claim"
@@ -832,6 +876,27 @@ def test_an_unreadable_claim_file_is_a_clear_error_and_nothing_is_written(rec):
     push(cfg, recorder_id="d4" * 16)
     assert_landed(folder, db)
     assert json.loads((folder / smbpush.CLAIM_NAME).read_text())["recorder_id"] == "d4" * 16
+
+
+def test_a_claim_planted_on_the_nas_with_a_hostile_host_name_is_said_in_one_short_printable_line(rec):
+    """Anyone who may write in the share can put a claim file in a recorder's folder (before its first push, or in
+    place of one a person removed) naming another recorder, with a host name of their own: 700 KB of text, terminal
+    escapes, line breaks. The push refused the folder, rightly, with that text whole in its error: the job's error
+    every page and the touchscreen show, `steno-exportctl` prints and the state DB keeps for each push that fails
+    (a schedule's every few minutes). Now the host is said printable and short; the refusal is unchanged."""
+    smbd, remote, root, db = rec
+    folder = root / "nas" / "rec-host"
+    folder.mkdir()
+    host = "\x1b]0;owned\x07\x1b[2J" + "NAS\nsmbd[1]: fake journal line\n" + "y" * 700_000
+    (folder / smbpush.CLAIM_NAME).write_text(json.dumps({"recorder_id": "f\x1b" * 16, "host": host}))
+    cfg = cfg_for(root, db, remote, "rec-host")
+    with pytest.raises(SmbError) as ei:
+        push(cfg, recorder_id="d4" * 16, sleep=lambda s: None)
+    said = str(ei.value)
+    assert "folder rec-host on \\\\127.0.0.1\\push belongs to another recorder (" in said, said[:300]
+    assert len(said) < 400 and said.isprintable(), (len(said), said[:300])
+    assert ei.value.permanent
+    assert sorted(p.name for p in folder.iterdir()) == [smbpush.CLAIM_NAME]     # nothing written
 
 
 def test_a_folder_named_like_the_claim_file_stops_the_push_at_once_saying_what_to_remove(rec):

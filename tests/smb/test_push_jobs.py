@@ -76,7 +76,8 @@ async def test_push_job_lands_verified_and_the_second_is_incremental(push_core):
     state = pathlib.Path(core.cfg.state.dir)            # nothing staged on the recorder: no second copy
     kept = {p.relative_to(state).as_posix(): p.stat().st_size for p in state.rglob("*") if p.is_file()}
     dbs = ("state.db", "search.db", "access.db", "cache/hashes.db")
-    assert set(kept) <= {f"{db}{wal}" for db in dbs for wal in ("", "-wal", "-shm")} | {"recorder-id"}, kept
+    assert set(kept) <= {f"{db}{wal}" for db in dbs for wal in ("", "-wal", "-shm")} | {"recorder-id", "board-id"}, kept
+    assert kept.get("board-id", 0) <= 64, kept          # (an id for its claims where the board has no serial)
     assert not (state / "push").exists()
 
 
