@@ -209,12 +209,16 @@ class Exporter:
             return []
         self._clean_leftovers(entries)
         sessions = []
+        asked = False
         results: list[SessionResult] = []
         for sid in self.spec.session_ids:
             if self._cancelled():           # planning 10,000 sessions takes a while: a cancel stops it here
                 return results
             try:
                 sessions.append(self._retry(self.lib.get_session, sid))
+                if not asked and self._recorded(sessions[-1]) is None:
+                    asked = True
+                    self.t.space_ahead()    # a session to write: its free space asked meanwhile (a store's request)
             except StenoError as e:
                 results.append(SessionResult(int(sid) if str(sid).isdigit() else 0, "", "", False, error=str(e)))
         options = render_options(self.cfg, self.template)
@@ -396,12 +400,23 @@ class Exporter:
         try:
             if any(h.partial for h in held_now):
                 # a final name taken on the target since the session began (someone's own folder, a sync client)
-                # is never recorded as ours: the save would make the next run write into that folder
-                there = set(self.t.listdir(self.root))
-                for h in [h for h in held_now if h.partial and h.final.rpartition("/")[2] in there]:
-                    self._refuse(h)
-                    held_now.remove(h)
-            mf.save(self.t, self.root, self.m)
+                # is never recorded as ours: the save would make the next run write into that folder. Listed while
+                # the save's files are sent (a store's round trip less in a row), looked at before they are named;
+                # one taken: the save is not named, and sent again without it
+                with concurrent.futures.ThreadPoolExecutor(1, "steno-look") as pool:
+                    listing = pool.submit(self.t.listdir, self.root)
+
+                    def ready() -> bool:
+                        there = set(listing.result())
+                        taken = [h for h in held_now if h.partial and h.final.rpartition("/")[2] in there]
+                        for h in taken:
+                            self._refuse(h)
+                            held_now.remove(h)
+                        return not taken
+                    if not mf.save(self.t, self.root, self.m, ready=ready):
+                        mf.save(self.t, self.root, self.m)
+            else:
+                mf.save(self.t, self.root, self.m)
         except BaseException:
             self._held = held_now + self._held      # still waiting: the run's end reports them not done
             raise

@@ -301,12 +301,16 @@ def write_atomic(target: Target, rel: str, data: bytes) -> None:
     write_files(target, [(rel, data)])
 
 
-def write_files(target: Target, files: list[tuple[str, bytes]]) -> None:
+def write_files(target: Target, files: list[tuple[str, bytes]], ready: Callable[[], bool] | None = None) -> bool:
     """Files written atomically (as write_atomic), given their names in the order listed. On a target that takes
     several requests at once (``checks`` > 1: each request a round trip away) all are sent and synced at once
     before the first is named; elsewhere each is written and named before the next. A failure leaves the files
-    not yet named unwritten (their temp files removed), those named before it in place."""
+    not yet named unwritten (their temp files removed), those named before it in place. ``ready``: asked before
+    the first is named (while they are sent, where sent at once: what it waits for meanwhile); False: none is
+    named, their temp files removed, and False returned."""
     together = target.checks > 1 and len(files) > 1
+    if ready is not None and not together and not ready():
+        return False
     handles: list[Any] = []
     named = 0
     try:
@@ -325,6 +329,10 @@ def write_files(target: Target, files: list[tuple[str, bytes]]) -> None:
                 handles[0].sync()
                 for f in rest:
                     f.result()
+            if ready is not None and not ready():
+                for h in handles:
+                    h.abort()
+                return False
             for h in handles:
                 h.commit()
                 named += 1
@@ -332,6 +340,7 @@ def write_files(target: Target, files: list[tuple[str, bytes]]) -> None:
         for h in handles[named:]:
             h.abort()
         raise
+    return True
 
 
 _ENCODE = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(", ", ": ")).encode
@@ -354,17 +363,21 @@ def encode(doc: dict) -> bytes:
     return ("{\n" + ",\n".join(lines) + "\n}\n").encode("utf-8")
 
 
-def save(target: Target, root: str, m: Manifest) -> None:
+def save(target: Target, root: str, m: Manifest, ready: Callable[[], bool] | None = None) -> bool:
     """Rewrite SHA256SUMS and manifest.json atomically, in that order. The copy known() returns is forgotten
     first: a save that fails may have put manifest.json in place all the same (a move whose answer was lost), so
-    after a failure the store's own is read again, never the one saved before."""
+    after a failure the store's own is read again, never the one saved before. ``ready``: as write_files()'s (False:
+    nothing saved, False returned; the caller changes ``m`` and saves it again)."""
     raw = encode(m.to_json())
     saved = target.manifests_saved
     if saved is not None:
         saved.add(root)         # (before the writes: a save that failed half-way may have changed the store too)
     _keep(target, root, None)
-    write_files(target, [(f"{root}/{SUMS}", m.sums_text().encode("utf-8")), (f"{root}/{MANIFEST}", raw)])
+    if not write_files(target, [(f"{root}/{SUMS}", m.sums_text().encode("utf-8")), (f"{root}/{MANIFEST}", raw)],
+                       ready):
+        return False
     _keep(target, root, raw)
+    return True
 
 
 def saved(target: Target, root: str) -> bool | None:

@@ -187,6 +187,11 @@ class Target(Protocol):
         """No unstoppable() block is open: a target that stops its own work at the job's cancel may do so now."""
         return not self._unstoppable
 
+    def space_ahead(self) -> None:
+        """The run will write (a session not on the target yet): a target may begin finding its free space now, for
+        the free_space() its first session asks (RcloneTarget: a request of the store, a round trip in a row before
+        that session's first byte). Default: nothing."""
+
     def last_moves(self, root: str, moves: list[tuple[str, str]]) -> None:
         """The run's last manifest save is about to move these folders of ``root`` into place ((src, dst) pairs): a
         target may send what it writes after them meanwhile (RcloneTarget: the office index). Default: nothing."""

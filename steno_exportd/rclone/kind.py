@@ -68,6 +68,8 @@ class RcloneKind(RemoteKind):
                 t.read_ahead((f"{folder}/{MANIFEST}", *([index.index_path(folder)] if cfg.smb.office_index else [])),
                              MAX_BYTES + 1, (folder,))
                 t.mkdir(folder)
+                if t.made(folder):
+                    t.space_ahead()             # a first push into the folder: its sessions follow the claim
                 claim(t, folder, rid, self.board(cfg))
                 if cfg.smb.office_index:
                     # sent while the run's last folders move into place, named after them (index.write)

@@ -44,7 +44,7 @@ from steno_exportd.engine.identity import host_folder
 from steno_exportd.engine.targets import (MARKER, PARTIAL_SUFFIX, TEMP_PREFIX, EntryStat, Target, TooManyEntries,
                                           WriteHandle, check_rel)
 from steno_exportd.errors import CancelledJob, InvalidArgument, SourceError, TargetError
-from steno_exportd.rclone.process import Rcd, RcloneError, error_text, is_file, not_found
+from steno_exportd.rclone.process import Rcd, RcloneError, error_text, is_file, not_found, rclone_environment
 from steno_exportd.safeparse import printable
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,10 @@ SAVE_EVERY = 10.0                  # seconds between manifest saves: each is two
                                    # the markers' removals; the sessions in between keep their folder's marker, so a
                                    # push cut before the next save sends at most this much work again
 
+
+# a name rclone's WebDAV backend sends as it is, whatever its encoding setting (no character any encoder changes, no
+# leading or trailing one that some do): a folder of such names may be named in the remote's URL itself (_in)
+_PLAIN = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9._-]*[A-Za-z0-9_-])?")
 
 # core/version's "decomposed" version of each rclone program (Rcd.binary) this process asked (_move_refuses)
 _VERSIONS: dict[tuple, Any] = {}
@@ -136,6 +140,8 @@ class RcloneTarget(Target):
                                                # known(): the office index, written last, does not read it again)
         self.manifests_saved: set[str] = set()  # the folders whose manifest.json this push saved (manifest.saved())
         self._dirs: set[str] = set()      # folders known to be there (a folder is not removed under a push)
+        self._missing: set[str] = set()   # files a read of this push found not there, nothing landed there since
+                                          # (the office index of a first push): a commit there is not looked up first
         self._top: set[str] | None = None  # every name in the remote's folder as connect() listed it: a folder
                                            # missing there (the recorder's, the office index's, on a first push)
                                            # is made without a look-up first (mkdir)
@@ -152,7 +158,10 @@ class RcloneTarget(Target):
         self._ahead: dict[tuple[str, str], tuple[concurrent.futures.Future, int]] = {}
         self._begun: list[concurrent.futures.Future] = []      # every one of those, asked for or not (close())
         self._after: concurrent.futures.Future | None = None
+        self._space: concurrent.futures.Future | bool | None = None    # space_ahead()'s request (True: taken)
         self._lingering: list[int] = []   # descriptors of copies not known ended: closed once rclone has stopped
+        self._url: str | None = None      # a WebDAV remote's URL of the remote's folder, set by connect() where the
+                                          # moves within a folder may go through a remote rooted there (_in)
 
     def connect(self) -> None:
         """Start rclone, reach the store once (which hash it keeps); a clear error when it cannot."""
@@ -208,7 +217,25 @@ class RcloneTarget(Target):
             conf = self.rcd.call("config/get", {"name": self.fs.partition(":")[0]}) or {}
         except RcloneError:
             return False                    # (a remote given as a connection string: in place)
-        return conf.get("type") == "webdav"
+        if conf.get("type") != "webdav":
+            return False
+        self._url = self._folder_url(conf)
+        return True
+
+    def _folder_url(self, conf: dict) -> str | None:
+        """The URL of the remote's folder on a WebDAV remote of the config (its ``url`` and the path the push's remote
+        names), for _in(); None where rclone might name that folder otherwise than this URL does: a path of names
+        not plain (an encoding setting may change them), a URL it may take from elsewhere (a remote's setting in
+        the environment), one that is not a plain http(s) URL, or a remote with settings of its own in its name."""
+        name, path = split_remote(self.fs)
+        url = conf.get("url")
+        parts = [p for p in path.split("/") if p]
+        env = {f"RCLONE_CONFIG_{name[:-1]}_URL".upper(), f"RCLONE_CONFIG_{name[:-1]}_URL".upper().replace("-", "_")}
+        if (not isinstance(url, str) or not re.fullmatch(r"https?://[^\s'\"?#\[\]]+", url) or not name.endswith(":")
+                or not re.fullmatch(r"[\w.-]+", name[:-1]) or not all(_PLAIN.fullmatch(p) for p in parts)
+                or any(k.upper() in env for k in rclone_environment(os.environ))):
+            return None
+        return url.rstrip("/") + "/" + "".join(f"{p}/" for p in parts)
 
     def _move_refuses(self) -> bool:
         """rclone's MOVE of a file on this WebDAV store is refused by the store when a file is at its destination: rclone
@@ -248,6 +275,25 @@ class RcloneTarget(Target):
         head, _, base = r.rpartition("/")
         return (self._sub(head), base) if head else (self.fs, r)
 
+    def _in(self, folder: str) -> str | None:
+        """A remote rooted at ``folder``, a folder known there (connect() found or made it; not a <session>.partial
+        the next upload makes), for the moves within it: its URL as the remote's ``url`` (``NAME,url='<url>':``).
+        rclone's WebDAV backend makes the destination's folder before each move (a MKCOL, one round trip in a row:
+        the claim's, SHA256SUMS', manifest.json's, the office index's, each session folder's into the recorder's),
+        but not the root of a remote, which it takes as made. One remote of one name for both sides of a move
+        (rclone moves on the store only within one). Not for uploads: there the MKCOL of their folder is what meets
+        another client's lock on it (423 Locked) at once and is made again until it is let go, where a refused PUT
+        costs a second (rclone waits that long after one). None where the URL is not known (not a WebDAV remote of
+        the config: see _folder_url) or the folder's names are not plain."""
+        r = self.rel(folder)
+        if self._url is None or not r or not all(_PLAIN.fullmatch(p) for p in r.split("/")):
+            return None
+        with self._names:
+            if r not in self._dirs or r in self._unmade:
+                return None
+        name = split_remote(self.fs)[0][:-1]
+        return f"{name},url='{self._url}{''.join(f'{p}/' for p in r.split('/'))}':"
+
     @staticmethod
     def _entry(d: dict) -> EntryStat:
         return EntryStat("dir", 0) if d.get("IsDir") else EntryStat("file", int(d.get("Size") or 0))
@@ -272,6 +318,20 @@ class RcloneTarget(Target):
             names = self._mine.get(head)
             return names is not None and base not in names
 
+    def _free(self, rel: str) -> bool:
+        """A commit's destination need not be looked up first (rclone's look-up and, of a file there, its removal
+        before the move: a round trip or two in a row): known absent (_absent), found missing by a read of this push
+        with nothing landed there since (the office index on a first push, read ahead at its start), or in a folder
+        this push made whose names it does not follow (made(): the office index's on the first push to the store),
+        but one it committed there itself. Such a move never replaces a
+        file that appeared meanwhile where rclone's MOVE refuses a file there (before rclone 1.63: the commit fails,
+        and the next push replaces its own file as before); a later rclone's replaces it, as its look-up and removal
+        before did."""
+        head = self.rel(rel).rpartition("/")[0]
+        with self._names:
+            return self._absent(rel) or self.rel(rel) in self._missing or \
+                (head in self._made and head not in self._mine and self.rel(rel) not in self._files)
+
     def _landed(self, rel: str, there: bool = True) -> None:
         """Keep the names of our own folders current: ``rel`` is there now (or gone)."""
         head, _, base = self.rel(rel).rpartition("/")
@@ -284,6 +344,7 @@ class RcloneTarget(Target):
             names = self._mine.get(head)
             if names is not None:
                 (names.add if there else names.discard)(base)
+            self._missing.discard(gone)
             if not head and self._top is not None:
                 (self._top.add if there else self._top.discard)(base)
             if there:
@@ -477,6 +538,8 @@ class RcloneTarget(Target):
         try:
             h = _RcloneRead(self, rel, missing_ok=True)
         except _Missing:
+            with self._names:
+                self._missing.add(self.rel(rel))
             return None
         try:
             return h.read(limit)
@@ -493,9 +556,14 @@ class RcloneTarget(Target):
         # waits for its own turn only, ~20 ms a move instead of ~40 ms on a LAN; rclone still moves it on the
         # store, its source and destination being one remote of the config)
         fs, remote = self._at(src)
+        dst_fs, dst_remote = self.fs, self.rel(dst)
+        head, _, base = dst_remote.rpartition("/")
+        if head and head == self.rel(src).rpartition("/")[0] and (at := self._in(head)) is not None:
+            # (within one folder known there: both through its remote rooted there, no MKCOL before the MOVE)
+            fs, remote, dst_fs, dst_remote = at, self.rel(src).rpartition("/")[2], at, base
         try:
-            self.rcd.call("operations/movefile", {"srcFs": fs, "srcRemote": remote, "dstFs": self.fs,
-                                                  "dstRemote": self.rel(dst), "_config": _always(free)},
+            self.rcd.call("operations/movefile", {"srcFs": fs, "srcRemote": remote, "dstFs": dst_fs,
+                                                  "dstRemote": dst_remote, "_config": _always(free)},
                           locked_again=locked_again)
         except RcloneError as e:
             if (err := self._move_failed(e, src, dst)) is e:
@@ -568,7 +636,7 @@ class RcloneTarget(Target):
             with self._names:
                 self._unmade.discard(self.rel(src))
         try:
-            self.rcd.call("sync/move", {"srcFs": self._sub(src), "dstFs": self._sub(dst),
+            self.rcd.call("sync/move", {**self._dir_move_fs(src, dst),
                                         "_config": {"NoCheckDest": True, "Immutable": True}})
         except RcloneError as e:
             if self._stat(dst) is None:             # (looked up: not taken from a listing, which it may postdate)
@@ -602,6 +670,17 @@ class RcloneTarget(Target):
         there = {d.get("Name") for d in (r or {}).get("list") or [] if isinstance(d, dict)}
         return r is not None and there == names
 
+    def _dir_move_fs(self, src: str, dst: str) -> dict[str, str]:
+        """sync/move's srcFs and dstFs of a folder's move: each folder opened as a remote of its own, both in their
+        folder's remote rooted there when they are in one folder known there (_in: no MKCOL of it before the MOVE),
+        so that rclone still moves it on the store in one request (its DirMove takes two remotes of one name)."""
+        head, _, base = self.rel(dst).rpartition("/")
+        shead, _, sbase = self.rel(src).rpartition("/")
+        at = self._in(head) if head and head == shead else None
+        if at is None:
+            return {"srcFs": self._sub(src), "dstFs": self._sub(dst)}
+        return {"srcFs": f"{at}{sbase}/", "dstFs": f"{at}{base}/"}
+
     def _sub(self, rel: str) -> str:
         """The remote of a folder below the push's remote, as a folder ("NAME:path/to/it/"): rclone opens it
         without looking whether it is a file."""
@@ -633,6 +712,29 @@ class RcloneTarget(Target):
         self._landed(rel, False)
 
     def free_space(self) -> int:
+        """What the store says is free (NO_FREE_SPACE: it does not say); the first time as space_ahead() began
+        asking it, if it did."""
+        with self._names:
+            ahead, self._space = self._space, True
+        if isinstance(ahead, concurrent.futures.Future) and not ahead.cancelled():
+            return ahead.result()
+        return self._about()
+
+    def space_ahead(self) -> None:
+        """Begin asking the store what is free (operations/about: a request of the store, which the run's first
+        session waited for before its first byte, after the claim and the folder's listing), once, for the first
+        free_space()."""
+        with self._names:
+            if self._space is not None:
+                return
+            pool = concurrent.futures.ThreadPoolExecutor(1, "steno-space-ahead")
+            try:
+                self._space = pool.submit(self._about)
+                self._begun.append(self._space)
+            finally:
+                pool.shutdown(wait=False)
+
+    def _about(self) -> int:
         try:
             r = self.rcd.call("operations/about", {"fs": self.fs}) or {}
         except RcloneError:
@@ -1014,7 +1116,7 @@ class _RcloneWrite(WriteHandle):
         try:
             self.sync()
             if self.temp_rel != t.rel(self._rel):
-                t.move(self.temp_rel, self._rel, free=t._absent(self._rel))
+                t.move(self.temp_rel, self._rel, free=t._free(self._rel))
             else:
                 t._landed(self._rel)
             with t._names:
