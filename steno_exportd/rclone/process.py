@@ -4,7 +4,6 @@ error text) told as what a person can act on (RcloneError)."""
 from __future__ import annotations
 
 import base64
-import hashlib
 import concurrent.futures
 import contextlib
 import http.client
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from steno_exportd import safeparse
+from steno_exportd.atomic import write_file
 from steno_exportd.config import Config, RcloneRemote
 from steno_exportd.engine import targets
 from steno_exportd.errors import TargetError, TargetFullError
@@ -289,6 +289,48 @@ WORKING_DIR = "rclone"       # in the state folder: the push's copy of the admin
 _WORKING_LOCK = threading.Lock()
 
 
+_TOKEN = re.compile(rb"^[ \t]*token[ \t]*[=:]")
+
+
+def _tokens(text: bytes) -> dict[bytes, bytes]:
+    """Each remote's (INI section's) ``token = ...`` line in an rclone config, by the section's name (the first)."""
+    found: dict[bytes, bytes] = {}
+    section = None
+    for line in text.splitlines():
+        s = line.strip()
+        if s.startswith(b"[") and s.endswith(b"]"):
+            section = s[1:-1].strip()
+        elif section is not None and _TOKEN.match(line):
+            found.setdefault(section, line.strip())
+    return found
+
+
+def _carried(admins: bytes, last: bytes, work: bytes) -> bytes:
+    """The admin's rclone config as it is, but for the ``token`` line of each remote whose token the admin did not
+    change since ``last`` (the admin's file as last copied): the copy's (``work``), the login rclone renewed."""
+    before, renewed, now = _tokens(last), _tokens(work), _tokens(admins)
+    out, section = [], None
+    for line in admins.splitlines(keepends=True):
+        s = line.strip()
+        if s.startswith(b"[") and s.endswith(b"]"):
+            section = s[1:-1].strip()
+        elif (section is not None and _TOKEN.match(line) and section in renewed
+              and before.get(section) == now.get(section) == line.strip()):
+            line = renewed[section] + (line[len(line.rstrip(b"\r\n")):] or b"\n")
+        out.append(line)
+    return b"".join(out)
+
+
+def _forget_copy(state_dir: str) -> None:
+    """The copy (credentials) and its companion removed: the push no longer runs rclone with it."""
+    if not state_dir:
+        return
+    folder = Path(state_dir) / WORKING_DIR
+    for name in ("rclone.conf", "source.conf"):
+        with contextlib.suppress(FileNotFoundError):
+            (folder / name).unlink()
+
+
 def working_config(source: str, state_dir: str) -> str:
     """The rclone config file the push's rclone runs with: the admin's ``source`` where rclone can save what it renews
     there (an OAuth store's login: OneDrive, Drive, Dropbox, Box: a new token, and at most providers a new refresh
@@ -296,38 +338,42 @@ def working_config(source: str, state_dir: str) -> str:
     daemon's state folder (its own folder, mode 700; the file 600). The admin's file under /etc is read-only to the
     daemon (the unit's ProtectSystem=strict; a folder of root's besides): each renewal was lost, every fs rclone
     opened began again from the admin's token, and a login server that takes a refresh token once (Box) refused the
-    push as an expired login (OneDrive once that token's 90 days were over). The copy is made again whenever the
-    admin's file changes (a remote added, a login reconnected): its path and bytes are kept beside the copy.
-    ``source`` itself where it cannot be read or the copy made (said in a warning): rclone says then what is wrong
-    with it, as before."""
+    push as an expired login (OneDrive once that token's 90 days were over). The admin's file as last copied is kept
+    beside the copy (source.conf, 600); when the admin's file changes (a remote added, a login reconnected) the copy
+    is made again from it, each remote keeping the token rclone renewed where the admin's token for it is the one
+    last copied (the admin's own where he changed it: reconnected). The copy and its companion are removed where the
+    push no longer uses them (the admin's file writable, or gone). ``source`` itself where it cannot be read or the
+    copy made (said in a warning): rclone says then what is wrong with it, as before."""
     if os.access(source, os.W_OK) and os.access(os.path.dirname(os.path.abspath(source)), os.W_OK):
+        with _WORKING_LOCK:
+            _forget_copy(state_dir)
         return source
     try:
         raw = Path(source).read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        with _WORKING_LOCK:
+            _forget_copy(state_dir)
+        return source
     except OSError:
         return source
     if not state_dir:
         return source
     folder = Path(state_dir) / WORKING_DIR
-    work, mark = folder / "rclone.conf", folder / "source.sha256"
-    digest = hashlib.sha256(os.fsencode(source) + b"\0" + raw).hexdigest()
+    work, mark = folder / "rclone.conf", folder / "source.conf"
     with _WORKING_LOCK:
         try:
-            if mark.read_text(encoding="ascii").strip() == digest and work.is_file() and not work.is_symlink():
-                return str(work)
-        except (OSError, UnicodeDecodeError):
-            pass
+            last = mark.read_bytes() if not mark.is_symlink() else None
+        except OSError:
+            last = None
+        if last == raw and work.is_file() and not work.is_symlink():
+            return str(work)
         try:
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-            for path, data in ((work, raw), (mark, digest.encode() + b"\n")):
-                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-                try:
-                    os.write(fd, data)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                os.replace(tmp, path)
+            data = raw
+            if last is not None and work.is_file() and not work.is_symlink():
+                data = _carried(raw, last, work.read_bytes())
+            write_file(work, data, 0o600)
+            write_file(mark, raw, 0o600)
         except OSError as e:
             log.warning("rclone.config_file: no copy of %s in %s (%s): a login rclone renews is not kept",
                         source, folder, e.strerror or e)

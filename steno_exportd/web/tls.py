@@ -11,6 +11,7 @@ import ssl
 from pathlib import Path
 from typing import Any
 
+from steno_exportd.atomic import write_file
 from steno_exportd.engine.identity import dns_name
 from steno_exportd.errors import ConfigError
 
@@ -74,12 +75,5 @@ def self_signed(folder: Path) -> tuple[Path, Path]:
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
-    """Atomically: a temp name, fsync, rename (a crash never leaves half a key under the final name)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    """Atomically (atomic.write_file): a crash or a full card never leaves half a key under the final name."""
+    write_file(path, data, mode)

@@ -235,22 +235,12 @@ def test_a_token_refresh_the_login_server_fails_is_tried_again_not_an_expired_lo
     assert (got.value.permanent, bool(tries)) == (not again, again), (got.value.permanent, tries)
 
 
-def test_a_login_token_rclone_renews_is_kept_for_the_next_push_where_the_admins_config_is_read_only(rclone_tmp,
-                                                                                                      monkeypatch):
-    """An OAuth store's login (OneDrive, Drive, Box, Dropbox) is renewed by rclone at its login server, which answers
-    with a new token and, at most providers, a new refresh token; rclone saves both into its config file. The push
-    gave rclone the admin's file itself, under /etc/steno-exportd, which the unit makes read-only to the daemon
-    (ProtectSystem=strict; a folder of root's besides): rclone's save failed ('read-only file system'), and every
-    push began again from the token the admin made. A login server that takes each refresh token once (Box's; here
-    on loopback, the remote's token_url) refused the next try ("the store's login has expired": permanent, until the
-    admin reconnects), OneDrive once that first refresh token's 90 days are over. Now the push keeps what rclone
-    renews (its own copy of the admin's file, in the state folder): the next try renews nothing, its login works.
-    (The store's own API is not reached: rclone is pointed at a proxy on a closed loopback port, so every try fails
-    as a network fault after its renewal, and is tried again.)"""
+def once_login(used: list[str]) -> type:
+    """An OAuth login server's handler (served as an rclone remote's token_url) that takes each refresh token once
+    (Box's rule): a fresh one is answered with a new token (valid an hour) and a new refresh token, one presented
+    again with invalid_grant. Every refresh token presented is appended to ``used``."""
     import http.server
     import json as json_mod
-    parts.require_tool("rclone")
-    used: list[str] = []
 
     class Login(http.server.BaseHTTPRequestHandler):
         def do_POST(self):
@@ -270,33 +260,126 @@ def test_a_login_token_rclone_renews_is_kept_for_the_next_push_where_the_admins_
 
         def log_message(self, *a):
             pass
+    return Login
+
+
+def drive_conf(port: int) -> str:
+    """A Drive remote [gd] whose login (expired in 2020) is renewed at the loopback login server on ``port``."""
+    return ("[gd]\ntype = drive\nclient_id = steno.apps.googleusercontent.com\nclient_secret = s\n"
+            f"token_url = http://127.0.0.1:{port}/token\nroot_folder_id = 0AIa\n"
+            'token = {"access_token":"ya29.old","token_type":"Bearer","refresh_token":"1//r0",'
+            '"expiry":"2020-01-01T00:00:00Z"}\n')
+
+
+@contextlib.contextmanager
+def read_only(folder: pathlib.Path) -> Iterator[None]:
+    """``folder`` read-only (a read-only bind mount over itself), as the unit shows /etc to the daemon."""
+    subprocess.run(["mount", "--bind", str(folder), str(folder)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], check=True)
+        yield
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def push_failing(cfg: config.Config) -> tuple[RcloneError, list[float]]:
+    """A push whose every try fails (RcloneError), and the waits before its tries again."""
+    tries: list[float] = []
+    with pytest.raises(RcloneError) as got:
+        push(cfg, sleep=tries.append)
+    return got.value, tries
+
+
+def test_a_login_token_rclone_renews_is_kept_for_the_next_push_where_the_admins_config_is_read_only(rclone_tmp,
+                                                                                                      monkeypatch):
+    """An OAuth store's login (OneDrive, Drive, Box, Dropbox) is renewed by rclone at its login server, which answers
+    with a new token and, at most providers, a new refresh token; rclone saves both into its config file. The push
+    gave rclone the admin's file itself, under /etc/steno-exportd, which the unit makes read-only to the daemon
+    (ProtectSystem=strict; a folder of root's besides): rclone's save failed ('read-only file system'), and every
+    push began again from the token the admin made. A login server that takes each refresh token once (Box's; here
+    on loopback, the remote's token_url) refused the next try ("the store's login has expired": permanent, until the
+    admin reconnects), OneDrive once that first refresh token's 90 days are over. Now the push keeps what rclone
+    renews (its own copy of the admin's file, in the state folder): the next try renews nothing, its login works.
+    (The store's own API is not reached: rclone is pointed at a proxy on a closed loopback port, so every try fails
+    as a network fault after its renewal, and is tried again.)"""
+    parts.require_tool("rclone")
+    used: list[str] = []
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")     # (the store's API: a closed loopback port)
     monkeypatch.setattr(RcloneKind, "attempts", 2)
     etc = rclone_tmp / "etc"
     etc.mkdir()
-    with serving(Login) as port:
+    with serving(once_login(used)) as port:
         conf = etc / "rclone.conf"
-        conf.write_text("[gd]\ntype = drive\nclient_id = steno.apps.googleusercontent.com\nclient_secret = s\n"
-                        f"token_url = http://127.0.0.1:{port}/token\nroot_folder_id = 0AIa\n"
-                        'token = {"access_token":"ya29.old","token_type":"Bearer","refresh_token":"1//r0",'
-                        '"expiry":"2020-01-01T00:00:00Z"}\n')
+        conf.write_text(drive_conf(port))
         conf.chmod(0o600)
-        subprocess.run(["mount", "--bind", str(etc), str(etc)], check=True)    # /etc as the unit shows it
+        db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
         try:
-            subprocess.run(["mount", "-o", "remount,bind,ro", str(etc)], check=True)
-            db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
-            cfg = make_cfg(rclone_tmp, db, conf, "gd:office")
-            tries: list[float] = []
-            with pytest.raises(RcloneError) as got:
-                push(cfg, sleep=tries.append)
-            db.close()
+            with read_only(etc):
+                err, tries = push_failing(make_cfg(rclone_tmp, db, conf, "gd:office"))
         finally:
-            subprocess.run(["umount", str(etc)], check=True)
+            db.close()
     assert used and used[0] == "1//r0", used
     assert len(used) == len(set(used)), used                # no refresh token was presented twice
-    assert "login has expired" not in str(got.value), got.value
-    assert not got.value.permanent and tries, (got.value, tries)       # the network's fault: tried again
+    assert "login has expired" not in str(err), err
+    assert not err.permanent and tries, (err, tries)        # the network's fault: tried again
     assert "1//r0" in conf.read_text()                      # the admin's file is as the admin made it
+
+
+def test_a_renewed_login_is_kept_when_the_admin_edits_the_read_only_rclone_config(rclone_tmp, monkeypatch):
+    """The push's copy of the admin's read-only rclone config holds the logins rclone renewed; the admin adds a
+    remote for another store to his file (an edit that leaves this remote's login alone). The copy was made again
+    from the admin's file, whose refresh token the login server had already taken: the next push presented it again
+    and failed, "the store's login has expired; renew it with 'rclone config reconnect'", until the admin reconnects.
+    Now the copy is made from the admin's file with the login rclone renewed for each remote whose token the admin
+    did not change: the next push presents no refresh token twice. (The store's API unreachable, as above.)"""
+    parts.require_tool("rclone")
+    used: list[str] = []
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setattr(RcloneKind, "attempts", 2)
+    etc = rclone_tmp / "etc"
+    etc.mkdir()
+    with serving(once_login(used)) as port:
+        conf = etc / "rclone.conf"
+        conf.write_text(drive_conf(port))
+        conf.chmod(0o600)
+        db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
+        try:
+            cfg = make_cfg(rclone_tmp, db, conf, "gd:office")
+            with read_only(etc):
+                push_failing(cfg)
+            assert used == ["1//r0"], used                  # renewed once, kept
+            admins = drive_conf(port) + "\n[nas]\ntype = webdav\nurl = http://127.0.0.1:9/\nvendor = other\n"
+            conf.write_text(admins)                         # the admin adds a remote
+            with read_only(etc):
+                err, tries = push_failing(cfg)
+        finally:
+            db.close()
+    assert len(used) == len(set(used)), used                # no refresh token was presented twice
+    assert "login has expired" not in str(err), err
+    assert not err.permanent and tries, (err, tries)        # the network's fault: tried again
+    assert conf.read_text() == admins                       # the admin's file is as the admin made it
+    copy = (pathlib.Path(cfg.state.dir) / "rclone" / "rclone.conf").read_text()
+    assert "[nas]" in copy and "1//r0" not in copy, copy    # the admin's edit is in the copy, with the renewed login
+
+
+def test_the_copy_of_the_rclone_config_is_removed_when_the_push_no_longer_uses_it(rclone_tmp):
+    """The push's copy of the admin's read-only rclone config holds credentials; the admin makes his file writable
+    to the daemon (the push then runs rclone with it), or removes it: the copy stayed in the state folder for good.
+    Now it is removed with its companion (the admin's file as last copied)."""
+    from steno_exportd.rclone.process import working_config
+    etc, state = rclone_tmp / "etc", rclone_tmp / "state"
+    etc.mkdir()
+    conf = etc / "rclone.conf"
+    copies = state / "rclone"
+    for leave in ("writable", "removed"):
+        conf.write_text(drive_conf(9))
+        with read_only(etc):
+            assert working_config(str(conf), str(state)) == str(copies / "rclone.conf")
+        assert (copies / "rclone.conf").read_text() == drive_conf(9)
+        if leave == "removed":
+            conf.unlink()
+        assert working_config(str(conf), str(state)) == str(conf)
+        assert sorted(p.name for p in copies.iterdir()) == [], leave
 
 
 @pytest.mark.parametrize("status", ["500 Internal Server Error", "502 Bad Gateway", "504 Gateway Timeout",

@@ -1,0 +1,27 @@
+"""One small file written whole or not at all under its final name."""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+
+def write_file(path: Path, data: bytes, mode: int) -> None:
+    """``data`` into ``path`` (created ``mode``): a temp name beside it, every byte written (os.write may write
+    fewer: a nearly full card), fsync, rename; never a symlink followed. A failure leaves no temp file and the old
+    ``path`` as it was."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        with os.fdopen(fd, "wb", closefd=False) as f:
+            f.write(data)
+            f.flush()
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
+
