@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 from pathlib import Path
 
 
@@ -10,8 +11,8 @@ def write_file(path: Path, data: bytes, mode: int) -> None:
     """``data`` into ``path`` (created ``mode``): a temp name beside it, every byte written (os.write may write
     fewer: a nearly full card), fsync, rename; never a symlink followed. A failure leaves no temp file and the old
     ``path`` as it was."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")     # a name of its own: two
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)  # writers at once
     try:
         with os.fdopen(fd, "wb", closefd=False) as f:
             f.write(data)
