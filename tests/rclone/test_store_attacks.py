@@ -116,12 +116,15 @@ def test_two_recorders_first_push_at_the_same_moment_one_gets_the_folder(rclone_
 
 
 def test_a_recorder_whose_system_was_copied_from_another_machine_id_and_all_does_not_push_into_its_folder(
-        rclone_server, rclone_tmp):
+        rclone_server, rclone_tmp, monkeypatch):
     """As on SMB (tests/smb/test_push.py, the same name): a recorder whose SD card was copied from another's has its
     machine id, so its recorder id, folder and claim on the store, and pushed into the other's folder as its own
     (its meetings mixed in, each push rewriting the other's manifest.json, SHA256SUMS and office index). The claim
     names the board too now: the copy stops before writing a file, saying why; the first pushes on."""
+    from steno_exportd.engine import identity
     from steno_exportd.engine.identity import recorder_folder
+    # no board serial (on a Pi both configs would hash its one serial): a board id per state folder
+    monkeypatch.setattr(identity, "BOARD_SERIAL", str(rclone_tmp / "no-serial-number"))
     srv = rclone_server
     conf = srv.client_config(rclone_tmp / "rclone.conf")
     remote = [{"name": "cloud", "remote": f"{srv.remote}:office"}]
