@@ -149,6 +149,37 @@ def test_a_recorder_whose_system_was_copied_from_another_machine_id_and_all_does
     db_b.close()
 
 
+def test_a_claim_written_before_boards_is_given_ours_so_a_copy_made_since_is_refused(rclone_server, rclone_tmp,
+                                                                                      monkeypatch):
+    """As on SMB (tests/smb/test_push.py, the same name): a claim an earlier version wrote names no board and was
+    accepted from any board for ever; the first push of this version gives it its board, a copy after it is refused."""
+    from steno_exportd.engine import identity
+    from steno_exportd.engine.identity import recorder_folder, this_recorder
+    monkeypatch.setattr(identity, "BOARD_SERIAL", str(rclone_tmp / "no-serial-number"))
+    srv = rclone_server
+    conf = srv.client_config(rclone_tmp / "rclone.conf")
+    remote = [{"name": "cloud", "remote": f"{srv.remote}:office"}]
+    db_a = make_recorder(rclone_tmp / "rec-a", sizes=(200_000, 200_500))
+    db_b = make_recorder(rclone_tmp / "rec-b", sizes=(100_000, 100_500), seed=7)
+    cfg_a = cfg_for(rclone_tmp / "a", db_a, conf, remote)    # (cfg_for: one machine id, each its own state folder)
+    cfg_b = cfg_for(rclone_tmp / "b", db_b, conf, remote)
+    folder = srv.served / "office" / recorder_folder(cfg_a)
+    folder.mkdir(parents=True)
+    rid = this_recorder(cfg_a)
+    (folder / CLAIM_NAME).write_text(json.dumps({"recorder_id": rid, "host": "steno", "claimed": 1.0}))
+    assert all(r.ok for r in push_to(cfg_a))
+    claimed = json.loads((folder / CLAIM_NAME).read_text())
+    assert claimed["recorder_id"] == rid and claimed["board"] == identity.board_id(cfg_a.state.dir)
+    before = snapshot(srv.served / "office")
+    with pytest.raises(RcloneError) as ei:
+        push_to(cfg_b)
+    assert "belongs to another recorder with this recorder's machine id" in str(ei.value), str(ei.value)
+    assert snapshot(srv.served / "office") == before
+    assert_landed(folder, db_a)
+    db_a.close()
+    db_b.close()
+
+
 def test_a_folder_claimed_by_another_recorder_after_a_push_read_it_ahead_is_left_to_it(rclone_server, rclone_tmp,
                                                                                         monkeypatch):
     """A push that finds its folder on the store reads the folder's manifest, its listing and the office index ahead
