@@ -6,6 +6,7 @@ recorders, still readable by a person browsing the NAS, and stable across reboot
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -38,26 +39,8 @@ def recorder_id(state_dir: str, machine_id_path: str = "/etc/machine-id") -> str
         mid = ""
     if mid and mid != "uninitialized":
         return hashlib.sha256(f"steno-exportd recorder {mid}".encode()).hexdigest()[:32]
-    path = pathlib.Path(state_dir or "/var/lib/steno-exportd") / RECORDER_ID_FILE
-    try:
-        saved = path.read_text(encoding="ascii").strip()
-        if saved:
-            return saved
-    except FileNotFoundError:
-        pass
-    except (OSError, UnicodeDecodeError) as e:
-        log.warning("recorder id %s unreadable (%s): remote folders are not checked for ownership", path, e)
-        return ""
-    new = uuid.uuid4().hex
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(new + "\n", encoding="ascii")
-        os.replace(tmp, path)
-    except OSError as e:
-        log.warning("recorder id %s not saved (%s): remote folders are not checked for ownership", path, e)
-        return ""
-    return new
+    return _kept_id(state_dir, RECORDER_ID_FILE, uuid.uuid4().hex, "recorder id",
+                    "remote folders are not checked for ownership")
 
 
 def board_id(state_dir: str, serial_path: str | None = None) -> str:
@@ -71,26 +54,41 @@ def board_id(state_dir: str, serial_path: str | None = None) -> str:
         serial = b""
     if serial:
         return hashlib.sha256(b"steno-exportd board " + serial).hexdigest()[:16]
-    path = pathlib.Path(state_dir or "/var/lib/steno-exportd") / BOARD_ID_FILE
-    try:
-        saved = path.read_text(encoding="ascii").strip()
-        if saved:
-            return saved[:32]
-    except FileNotFoundError:
-        pass
-    except (OSError, UnicodeDecodeError) as e:
-        log.warning("board id %s unreadable (%s): a copied system on another board is not told apart", path, e)
-        return ""
-    new = uuid.uuid4().hex[:16]
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(new + "\n", encoding="ascii")
-        os.replace(tmp, path)
-    except OSError as e:
-        log.warning("board id %s not saved (%s): a copied system on another board is not told apart", path, e)
-        return ""
-    return new
+    return _kept_id(state_dir, BOARD_ID_FILE, uuid.uuid4().hex[:16], "board id",
+                    "a copied system on another board is not told apart")[:32]
+
+
+def _kept_id(state_dir: str, name: str, new: str, what: str, unchecked: str) -> str:
+    """The id kept in ``state_dir``/``name``, made ``new`` when there is none: written under a temp name of its own,
+    then linked to its name, which never replaces, so of several first runs at once exactly one id is kept and every
+    caller gets the one the file holds; "" (logged, ``unchecked`` saying what that means) when unreadable or not
+    saved."""
+    path = pathlib.Path(state_dir or "/var/lib/steno-exportd") / name
+    for _ in range(2):              # (made by another caller between the read and the link: read again)
+        try:
+            saved = path.read_text(encoding="ascii").strip()
+            if saved:
+                return saved
+        except FileNotFoundError:
+            pass
+        except (OSError, UnicodeDecodeError) as e:
+            log.warning("%s %s unreadable (%s): %s", what, path, e, unchecked)
+            return ""
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(new + "\n", encoding="ascii")
+            os.link(tmp, path)
+            return new
+        except FileExistsError:
+            continue
+        except OSError as e:
+            log.warning("%s %s not saved (%s): %s", what, path, e, unchecked)
+            return ""
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+    return ""
 
 
 def this_board(cfg: Config) -> str:

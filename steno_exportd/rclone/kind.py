@@ -135,6 +135,16 @@ def claim(t: RcloneTarget, folder: str, rid: str, board: str = "") -> None:
                           f"set smb.recorder_folder", True)
     if said := copied_system(folder, t.name, host, owner_board, board):
         raise RcloneError(said, True)
+    if board and not owner_board:
+        # ours, written before claims named a board (any board's then): given ours (as the manifest is written:
+        # temp name, then renamed over it), so a copy of this system on another board is refused from now on; read
+        # again, as a copy may have done the same at this moment (the last rename's board wins: the other is refused)
+        write_atomic(t, rel, claim_body(rid, board))
+        with contextlib.suppress(ValueError):   # (gone or unreadable since: the next push says so)
+            owner, host, owner_board = claim_owner(_read_claim(t, folder, rel) or b"")
+        if said := copied_system(folder, t.name, host, owner_board, board):
+            raise RcloneError(said, True)
+        log.info("%s: claim of folder %s given this recorder's board", t.name, folder)
     t.claimed(folder)
 
 

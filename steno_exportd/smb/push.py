@@ -76,10 +76,11 @@ class SmbKind(RemoteKind):
             try:
                 try:
                     t.connect()
+                    board = self.board(cfg)
                     if not cfg.smb.recorder_folder:
-                        adopt_host_folder(t, folder, rid)
+                        adopt_host_folder(t, folder, rid, board)
                     t.mkdir(folder)
-                    claim(t, folder, rid, self.board(cfg))
+                    claim(t, folder, rid, board)
                     adopt(t, folder)
                 except SmbError as e:
                     raise SmbError(f"{target}: {e}", e.permanent, kind=e.kind) from e
@@ -141,6 +142,16 @@ def claim(t: SmbTarget, folder: str, rid: str, board: str = "") -> None:
     _check_owner(t, folder, rid, owner, host)
     if said := copied_system(folder, _where(t), host, owner_board, board):
         raise SmbError(said, True)
+    if board and not owner_board:
+        # ours, written before claims named a board (any board's then): given ours (temp name, then renamed over
+        # it), so a copy of this system on another board is refused from now on; read again, as a copy may have
+        # done the same at this moment (the last rename's board wins: the other one is refused)
+        mf.write_atomic(t, f"{folder}/{CLAIM_NAME}", claim_body(rid, board))
+        with contextlib.suppress(ValueError):   # (gone or unreadable since: the next push says so)
+            owner, host, owner_board = claim_owner(read_claim(t, folder) or b"")
+        if said := copied_system(folder, _where(t), host, owner_board, board):
+            raise SmbError(said, True)
+        log.info("%s: claim of folder %s given this recorder's board", t.name, folder)
 
 
 def _where(t: SmbTarget) -> str:
@@ -165,11 +176,12 @@ def _legacy(t: SmbTarget, folder: str) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def adopt_host_folder(t: SmbTarget, folder: str, rid: str) -> None:
+def adopt_host_folder(t: SmbTarget, folder: str, rid: str, board: str = "") -> None:
     """Rename the bare-host-name folder an earlier version pushed to ``folder`` when it is this recorder's.
 
     Its claim (or, older still, its LEGACY_MANIFEST's id) must name this recorder: another recorder's
-    folder, or one nobody claimed, is left as it is (this recorder starts its own folder)."""
+    folder, or one nobody claimed, is left as it is (this recorder starts its own folder); one whose claim names this
+    recorder's id but another board (``board``: a copy of this system) is refused before it is renamed."""
     old = host_folder()
     if not rid or old.casefold() == folder.casefold() or t.lstat(folder) is not None:
         return
@@ -177,10 +189,16 @@ def adopt_host_folder(t: SmbTarget, folder: str, rid: str) -> None:
     if st is None or st.kind != "dir":
         return
     raw = read_claim(t, old)
+    host = owner_board = ""
     try:
-        owner = claim_owner(raw)[0] if raw is not None else str(_legacy(t, old).get("recorder_id") or "")
+        if raw is not None:
+            owner, host, owner_board = claim_owner(raw)
+        else:
+            owner = str(_legacy(t, old).get("recorder_id") or "")
     except ValueError:
         owner = ""
+    if owner == rid and (said := copied_system(old, _where(t), host, owner_board, board)):
+        raise SmbError(said, True)
     if owner != rid:
         log.info("%s: folder %s is not this recorder's (%s); pushing into %s", t.name, old,
                  f"id {safeparse.printable(owner[:8])}" if owner else "unclaimed", folder)

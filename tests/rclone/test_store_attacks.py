@@ -116,12 +116,15 @@ def test_two_recorders_first_push_at_the_same_moment_one_gets_the_folder(rclone_
 
 
 def test_a_recorder_whose_system_was_copied_from_another_machine_id_and_all_does_not_push_into_its_folder(
-        rclone_server, rclone_tmp):
+        rclone_server, rclone_tmp, monkeypatch):
     """As on SMB (tests/smb/test_push.py, the same name): a recorder whose SD card was copied from another's has its
     machine id, so its recorder id, folder and claim on the store, and pushed into the other's folder as its own
     (its meetings mixed in, each push rewriting the other's manifest.json, SHA256SUMS and office index). The claim
     names the board too now: the copy stops before writing a file, saying why; the first pushes on."""
+    from steno_exportd.engine import identity
     from steno_exportd.engine.identity import recorder_folder
+    # no board serial (on a Pi both configs would hash its one serial): a board id per state folder
+    monkeypatch.setattr(identity, "BOARD_SERIAL", str(rclone_tmp / "no-serial-number"))
     srv = rclone_server
     conf = srv.client_config(rclone_tmp / "rclone.conf")
     remote = [{"name": "cloud", "remote": f"{srv.remote}:office"}]
@@ -142,6 +145,37 @@ def test_a_recorder_whose_system_was_copied_from_another_machine_id_and_all_does
     assert snapshot(srv.served / "office") == before        # nothing written, overwritten or added (its index neither)
     assert_landed(folder, db_a)
     assert [r.skipped for r in push_to(cfg_a)] == [True, True]
+    db_a.close()
+    db_b.close()
+
+
+def test_a_claim_written_before_boards_is_given_ours_so_a_copy_made_since_is_refused(rclone_server, rclone_tmp,
+                                                                                      monkeypatch):
+    """As on SMB (tests/smb/test_push.py, the same name): a claim an earlier version wrote names no board and was
+    accepted from any board for ever; the first push of this version gives it its board, a copy after it is refused."""
+    from steno_exportd.engine import identity
+    from steno_exportd.engine.identity import recorder_folder, this_recorder
+    monkeypatch.setattr(identity, "BOARD_SERIAL", str(rclone_tmp / "no-serial-number"))
+    srv = rclone_server
+    conf = srv.client_config(rclone_tmp / "rclone.conf")
+    remote = [{"name": "cloud", "remote": f"{srv.remote}:office"}]
+    db_a = make_recorder(rclone_tmp / "rec-a", sizes=(200_000, 200_500))
+    db_b = make_recorder(rclone_tmp / "rec-b", sizes=(100_000, 100_500), seed=7)
+    cfg_a = cfg_for(rclone_tmp / "a", db_a, conf, remote)    # (cfg_for: one machine id, each its own state folder)
+    cfg_b = cfg_for(rclone_tmp / "b", db_b, conf, remote)
+    folder = srv.served / "office" / recorder_folder(cfg_a)
+    folder.mkdir(parents=True)
+    rid = this_recorder(cfg_a)
+    (folder / CLAIM_NAME).write_text(json.dumps({"recorder_id": rid, "host": "steno", "claimed": 1.0}))
+    assert all(r.ok for r in push_to(cfg_a))
+    claimed = json.loads((folder / CLAIM_NAME).read_text())
+    assert claimed["recorder_id"] == rid and claimed["board"] == identity.board_id(cfg_a.state.dir)
+    before = snapshot(srv.served / "office")
+    with pytest.raises(RcloneError) as ei:
+        push_to(cfg_b)
+    assert "belongs to another recorder with this recorder's machine id" in str(ei.value), str(ei.value)
+    assert snapshot(srv.served / "office") == before
+    assert_landed(folder, db_a)
     db_a.close()
     db_b.close()
 

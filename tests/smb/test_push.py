@@ -28,6 +28,7 @@ from steno_exportd.engine.targets import MARKER, MAX_ENTRIES, TEMP_PREFIX
 from steno_exportd.errors import NotFoundError, TargetError
 from steno_exportd.smb import push as smbpush
 from steno_exportd.smb import target as smbtarget
+from steno_exportd.engine import identity
 from steno_exportd.engine.identity import recorder_folder, recorder_id
 from steno_exportd.engine.index import INDEX_DIR
 from steno_exportd.smb.client import SmbError
@@ -817,7 +818,76 @@ def test_two_recorders_first_push_at_the_same_moment_one_gets_the_folder(rec, sm
     other.close()
 
 
-def test_a_recorder_whose_system_was_copied_from_another_machine_id_and_all_does_not_push_into_its_folder(rec, smb_tmp):
+def _copied_cfg(smb_tmp, mid: pathlib.Path, name: str, lib, remote) -> config.Config:
+    """A recorder's config whose machine id is ``mid`` (one file: a copied machine id) and state folder its own."""
+    state = smb_tmp / name / "state"
+    return config.from_dict({"recorder": {"db_path": str(lib.path), "machine_id_file": str(mid)},
+                             "state": {"dir": str(state), "runtime_dir": str(state / "run")},
+                             "usb": {"enabled": False}, "http": {"enabled": False},
+                             "smb": {"remotes": [dataclasses.asdict(remote)]}})
+
+
+@pytest.fixture
+def no_serial(monkeypatch, smb_tmp):
+    """No board serial (as off a Pi; on a Pi both configs' boards would hash its one serial): a board id per state
+    folder."""
+    monkeypatch.setattr(identity, "BOARD_SERIAL", str(smb_tmp / "no-serial-number"))
+
+
+def test_a_claim_written_before_boards_is_given_ours_so_a_copy_made_since_is_refused(rec, smb_tmp, no_serial):
+    """A claim an earlier version wrote names no board, and was accepted from any board for ever: the copied
+    recorders that exist today were never told apart. The first push of this version that finds a board-less claim
+    of its id writes its board into it; a copy pushing after that (same id, another board) is refused, nothing
+    written."""
+    smbd, remote, root, db = rec
+    mid = smb_tmp / "machine-id"
+    mid.write_text("6f" * 16 + "\n")
+    first = _copied_cfg(smb_tmp, mid, "first", db, remote)
+    folder = root / "nas" / recorder_folder(first)
+    folder.mkdir()
+    rid = recorder_id(first.state.dir, str(mid))
+    (folder / smbpush.CLAIM_NAME).write_text(json.dumps({"recorder_id": rid, "host": "steno", "claimed": 1.0}))
+    assert all(r.ok for r in push(first))
+    claimed = json.loads((folder / smbpush.CLAIM_NAME).read_text())
+    assert claimed["recorder_id"] == rid and claimed["board"] == identity.board_id(first.state.dir)
+    assert_landed(folder, db)
+    index = root / "nas" / INDEX_DIR / f"{folder.name}.json"
+    before, listed = _snapshot(folder), index.read_bytes()
+    other = make_recorder(smb_tmp / "copy-rec", sizes=(100_000, 100_500), seed=7)
+    with pytest.raises(SmbError) as ei:
+        push(_copied_cfg(smb_tmp, mid, "copy", other, remote), sleep=lambda s: None)
+    assert "belongs to another recorder with this recorder's machine id" in str(ei.value), str(ei.value)
+    assert _snapshot(folder) == before and index.read_bytes() == listed
+    assert sorted(p.name for p in (root / "nas").iterdir()) == sorted([folder.name, INDEX_DIR])
+    other.close()
+
+
+def test_a_copy_does_not_adopt_the_host_name_folder_of_the_recorder_it_was_copied_from(rec, smb_tmp, no_serial,
+                                                                                       monkeypatch):
+    """The bare-host-name folder an earlier version pushed is renamed to the new folder name when its claim names
+    this recorder's id: a copy of the system (same id, another board) renamed the original's folder before any board
+    check. Now it is refused first, the folder left where it is."""
+    smbd, remote, root, db = rec
+    monkeypatch.setattr(smbpush, "host_folder", lambda: "steno-old")
+    mid = smb_tmp / "machine-id"
+    mid.write_text("7a" * 16 + "\n")
+    first = _copied_cfg(smb_tmp, mid, "first", db, remote)
+    old = root / "nas" / "steno-old"
+    old.mkdir()
+    rid = recorder_id(first.state.dir, str(mid))
+    (old / smbpush.CLAIM_NAME).write_text(json.dumps({"recorder_id": rid, "host": "steno", "claimed": 1.0,
+                                                      "board": identity.board_id(first.state.dir)}))
+    other = make_recorder(smb_tmp / "copy-rec", sizes=(100_000, 100_500), seed=7)
+    with pytest.raises(SmbError) as ei:
+        push(_copied_cfg(smb_tmp, mid, "copy", other, remote), sleep=lambda s: None)
+    assert "belongs to another recorder with this recorder's machine id" in str(ei.value), str(ei.value)
+    assert sorted(p.name for p in (root / "nas").iterdir()) == ["steno-old"]
+    assert [p.name for p in old.iterdir()] == [smbpush.CLAIM_NAME]
+    other.close()
+
+
+def test_a_recorder_whose_system_was_copied_from_another_machine_id_and_all_does_not_push_into_its_folder(rec, smb_tmp,
+                                                                                                         no_serial):
     """An office sets up one recorder and copies its SD card to the next: /etc/machine-id is copied with it, so the
     copy has the first's recorder id, and so its folder on the NAS (host name + short id) and its claim. The copy
     pushed into the first's folder as its own: two recorders' meetings mixed in one folder, each push rewriting the
@@ -828,20 +898,13 @@ def test_a_recorder_whose_system_was_copied_from_another_machine_id_and_all_does
     smbd, remote, root, db = rec
     mid = smb_tmp / "machine-id"
     mid.write_text("5e" * 16 + "\n")                   # one file: a copied machine id
-
-    def cfg(name: str, lib) -> config.Config:
-        state = smb_tmp / name / "state"
-        return config.from_dict({"recorder": {"db_path": str(lib.path), "machine_id_file": str(mid)},
-                                 "state": {"dir": str(state), "runtime_dir": str(state / "run")},
-                                 "usb": {"enabled": False}, "http": {"enabled": False},
-                                 "smb": {"remotes": [dataclasses.asdict(remote)]}})
-    first = cfg("first", db)
+    first = _copied_cfg(smb_tmp, mid, "first", db, remote)
     assert all(r.ok for r in push(first))
     folder = root / "nas" / recorder_folder(first)
     index = root / "nas" / INDEX_DIR / f"{folder.name}.json"
     before, listed = _snapshot(folder), index.read_bytes()
     other = make_recorder(smb_tmp / "copy-rec", sizes=(100_000, 100_500), seed=7)
-    copy = cfg("copy", other)
+    copy = _copied_cfg(smb_tmp, mid, "copy", other, remote)
     assert recorder_folder(copy) == folder.name         # the same folder name, the same claim's id
     sleeps = []
     with pytest.raises(SmbError) as ei:
