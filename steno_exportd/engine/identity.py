@@ -59,16 +59,19 @@ def board_id(state_dir: str, serial_path: str | None = None) -> str:
 
 
 def _kept_id(state_dir: str, name: str, new: str, what: str, unchecked: str) -> str:
-    """The id kept in ``state_dir``/``name``, made ``new`` when there is none: written under a temp name of its own,
-    then linked to its name, which never replaces, so of several first runs at once exactly one id is kept and every
-    caller gets the one the file holds; "" (logged, ``unchecked`` saying what that means) when unreadable or not
-    saved."""
+    """The id kept in ``state_dir``/``name``, made ``new`` when there is none: written and synced under a temp name
+    of its own, then linked to its name, which never replaces, so of several first runs at once exactly one id is
+    kept and every caller gets the one the file holds. An empty file (a power cut before the id reached the card)
+    is replaced, and the id read again from it. "" (logged, ``unchecked`` saying what that means) when unreadable
+    or not saved."""
     path = pathlib.Path(state_dir or "/var/lib/steno-exportd") / name
-    for _ in range(2):              # (made by another caller between the read and the link: read again)
+    for _ in range(3):              # (made by another caller between the read and the link: read again)
+        empty = False
         try:
             saved = path.read_text(encoding="ascii").strip()
             if saved:
                 return saved
+            empty = True
         except FileNotFoundError:
             pass
         except (OSError, UnicodeDecodeError) as e:
@@ -77,7 +80,15 @@ def _kept_id(state_dir: str, name: str, new: str, what: str, unchecked: str) -> 
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(new + "\n", encoding="ascii")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            try:
+                os.write(fd, (new + "\n").encode("ascii"))     # (a few bytes: written whole)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if empty:
+                os.replace(tmp, path)   # (the last of several at once wins; each reads the file again)
+                continue
             os.link(tmp, path)
             return new
         except FileExistsError:
@@ -88,6 +99,7 @@ def _kept_id(state_dir: str, name: str, new: str, what: str, unchecked: str) -> 
         finally:
             with contextlib.suppress(OSError):
                 tmp.unlink()
+    log.warning("%s %s could not be made (it kept changing or stayed empty): %s", what, path, unchecked)
     return ""
 
 

@@ -38,3 +38,22 @@ def test_the_board_id_is_derived_from_the_board_serial_whatever_the_state_folder
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()     # nothing kept: the board says it
     serial.write_bytes(b"10000000abcdef13\0")
     assert identity.board_id(str(tmp_path / "a")) != one
+
+
+def test_an_id_file_left_empty_by_a_power_cut_is_made_again_not_an_end_to_the_ownership_checks(tmp_path, monkeypatch,
+                                                                                                caplog):
+    """A power cut soon after the first run can leave the kept id's file empty (written, not synced). It was then
+    never made again: every push got "" (a recorder id of "": no claim, the bare host name's folder shared with any
+    recorder of that name; a board of "": copies not told apart), with no log line. Now it is made again, once, and
+    every later caller gets the one it holds."""
+    monkeypatch.setattr(identity, "BOARD_SERIAL", str(tmp_path / "no-serial-number"))
+    for name, make in ((identity.BOARD_ID_FILE, lambda state: identity.board_id(state)),
+                       (identity.RECORDER_ID_FILE,
+                        lambda state: identity.recorder_id(state, str(tmp_path / "no-machine-id")))):
+        state = tmp_path / f"state-{name}"
+        state.mkdir()
+        (state / name).write_bytes(b"")
+        got = make(str(state))
+        assert got and (state / name).read_text().strip() == got, (name, got)
+        assert make(str(state)) == got
+        assert sorted(p.name for p in state.iterdir()) == [name]       # no temp file left
