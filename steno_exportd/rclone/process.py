@@ -342,7 +342,9 @@ def working_config(source: str, state_dir: str) -> str:
     beside the copy (source.conf, 600); when the admin's file changes (a remote added, a login reconnected) the copy
     is made again from it, each remote keeping the token rclone renewed where the admin's token for it is the one
     last copied (the admin's own where he changed it: reconnected). The copy and its companion are removed where the
-    push no longer uses them (the admin's file writable, or gone). ``source`` itself where it cannot be read or the
+    push no longer uses them (the admin's file writable), kept while the admin's file is gone or unreadable (rclone's
+    own save of it renames it away for a moment; a chmod mistake): the renewed logins in it are the only good ones.
+    ``source`` itself where it cannot be read or the
     copy made (said in a warning): rclone says then what is wrong with it, as before."""
     if os.access(source, os.W_OK) and os.access(os.path.dirname(os.path.abspath(source)), os.W_OK):
         with _WORKING_LOCK:
@@ -350,12 +352,8 @@ def working_config(source: str, state_dir: str) -> str:
         return source
     try:
         raw = Path(source).read_bytes()
-    except (FileNotFoundError, NotADirectoryError):
-        with _WORKING_LOCK:
-            _forget_copy(state_dir)
-        return source
-    except OSError:
-        return source
+    except OSError:         # (gone too: kept, as the logins it holds are the only good ones, and rclone's own save
+        return source       # renames the admin's file away for a moment: a push then would have lost them)
     if not state_dir:
         return source
     folder = Path(state_dir) / WORKING_DIR

@@ -282,6 +282,30 @@ def read_only(folder: pathlib.Path) -> Iterator[None]:
         subprocess.run(["umount", str(folder)], check=True)
 
 
+@contextlib.contextmanager
+def renewing(rclone_tmp: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+             ) -> Iterator[tuple[list[str], pathlib.Path, int, RecorderDB]]:
+    """The admin's rclone config etc/rclone.conf (600) with a Drive remote [gd] whose login server on loopback takes
+    each refresh token once (once_login: the tokens presented, ``used``); the store's API a closed loopback port
+    (every try fails as a network fault after its renewal), two tries a push; a recorder of one recording. Yields
+    (used, the admin's file, the login server's port, the recorder)."""
+    parts.require_tool("rclone")
+    used: list[str] = []
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")     # (the store's API: a closed loopback port)
+    monkeypatch.setattr(RcloneKind, "attempts", 2)
+    etc = rclone_tmp / "etc"
+    etc.mkdir()
+    with serving(once_login(used)) as port:
+        conf = etc / "rclone.conf"
+        conf.write_text(drive_conf(port))
+        conf.chmod(0o600)
+        db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
+        try:
+            yield used, conf, port, db
+        finally:
+            db.close()
+
+
 def push_failing(cfg: config.Config) -> tuple[RcloneError, list[float]]:
     """A push whose every try fails (RcloneError), and the waits before its tries again."""
     tries: list[float] = []
@@ -302,22 +326,9 @@ def test_a_login_token_rclone_renews_is_kept_for_the_next_push_where_the_admins_
     renews (its own copy of the admin's file, in the state folder): the next try renews nothing, its login works.
     (The store's own API is not reached: rclone is pointed at a proxy on a closed loopback port, so every try fails
     as a network fault after its renewal, and is tried again.)"""
-    parts.require_tool("rclone")
-    used: list[str] = []
-    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")     # (the store's API: a closed loopback port)
-    monkeypatch.setattr(RcloneKind, "attempts", 2)
-    etc = rclone_tmp / "etc"
-    etc.mkdir()
-    with serving(once_login(used)) as port:
-        conf = etc / "rclone.conf"
-        conf.write_text(drive_conf(port))
-        conf.chmod(0o600)
-        db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
-        try:
-            with read_only(etc):
-                err, tries = push_failing(make_cfg(rclone_tmp, db, conf, "gd:office"))
-        finally:
-            db.close()
+    with renewing(rclone_tmp, monkeypatch) as (used, conf, _port, db):
+        with read_only(conf.parent):
+            err, tries = push_failing(make_cfg(rclone_tmp, db, conf, "gd:office"))
     assert used and used[0] == "1//r0", used
     assert len(used) == len(set(used)), used                # no refresh token was presented twice
     assert "login has expired" not in str(err), err
@@ -332,28 +343,15 @@ def test_a_renewed_login_is_kept_when_the_admin_edits_the_read_only_rclone_confi
     and failed, "the store's login has expired; renew it with 'rclone config reconnect'", until the admin reconnects.
     Now the copy is made from the admin's file with the login rclone renewed for each remote whose token the admin
     did not change: the next push presents no refresh token twice. (The store's API unreachable, as above.)"""
-    parts.require_tool("rclone")
-    used: list[str] = []
-    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
-    monkeypatch.setattr(RcloneKind, "attempts", 2)
-    etc = rclone_tmp / "etc"
-    etc.mkdir()
-    with serving(once_login(used)) as port:
-        conf = etc / "rclone.conf"
-        conf.write_text(drive_conf(port))
-        conf.chmod(0o600)
-        db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
-        try:
-            cfg = make_cfg(rclone_tmp, db, conf, "gd:office")
-            with read_only(etc):
-                push_failing(cfg)
-            assert used == ["1//r0"], used                  # renewed once, kept
-            admins = drive_conf(port) + "\n[nas]\ntype = webdav\nurl = http://127.0.0.1:9/\nvendor = other\n"
-            conf.write_text(admins)                         # the admin adds a remote
-            with read_only(etc):
-                err, tries = push_failing(cfg)
-        finally:
-            db.close()
+    with renewing(rclone_tmp, monkeypatch) as (used, conf, port, db):
+        cfg = make_cfg(rclone_tmp, db, conf, "gd:office")
+        with read_only(conf.parent):
+            push_failing(cfg)
+        assert used == ["1//r0"], used                      # renewed once, kept
+        admins = drive_conf(port) + "\n[nas]\ntype = webdav\nurl = http://127.0.0.1:9/\nvendor = other\n"
+        conf.write_text(admins)                             # the admin adds a remote
+        with read_only(conf.parent):
+            err, tries = push_failing(cfg)
     assert len(used) == len(set(used)), used                # no refresh token was presented twice
     assert "login has expired" not in str(err), err
     assert not err.permanent and tries, (err, tries)        # the network's fault: tried again
@@ -364,22 +362,29 @@ def test_a_renewed_login_is_kept_when_the_admin_edits_the_read_only_rclone_confi
 
 def test_the_copy_of_the_rclone_config_is_removed_when_the_push_no_longer_uses_it(rclone_tmp):
     """The push's copy of the admin's read-only rclone config holds credentials; the admin makes his file writable
-    to the daemon (the push then runs rclone with it), or removes it: the copy stayed in the state folder for good.
-    Now it is removed with its companion (the admin's file as last copied)."""
+    to the daemon (the push then runs rclone with it): the copy stayed in the state folder for good. Now it is
+    removed with its companion (the admin's file as last copied). While the admin's file is gone (rclone's own save
+    renames it away for a moment) the copy is kept: the logins rclone renewed in it are the only good ones, and
+    the admin's file back as it was finds them."""
     from steno_exportd.rclone.process import working_config
     etc, state = rclone_tmp / "etc", rclone_tmp / "state"
     etc.mkdir()
     conf = etc / "rclone.conf"
     copies = state / "rclone"
-    for leave in ("writable", "removed"):
-        conf.write_text(drive_conf(9))
-        with read_only(etc):
-            assert working_config(str(conf), str(state)) == str(copies / "rclone.conf")
-        assert (copies / "rclone.conf").read_text() == drive_conf(9)
-        if leave == "removed":
-            conf.unlink()
-        assert working_config(str(conf), str(state)) == str(conf)
-        assert sorted(p.name for p in copies.iterdir()) == [], leave
+    conf.write_text(drive_conf(9))
+    with read_only(etc):
+        assert working_config(str(conf), str(state)) == str(copies / "rclone.conf")
+    renewed = drive_conf(9).replace("1//r0", "1//r1")
+    (copies / "rclone.conf").write_text(renewed)            # (rclone renewed the login in its copy)
+    conf.unlink()
+    assert working_config(str(conf), str(state)) == str(conf)
+    assert (copies / "rclone.conf").read_text() == renewed  # gone for a moment: the renewed login kept
+    conf.write_text(drive_conf(9))
+    with read_only(etc):
+        assert working_config(str(conf), str(state)) == str(copies / "rclone.conf")
+    assert (copies / "rclone.conf").read_text() == renewed
+    assert working_config(str(conf), str(state)) == str(conf)   # writable: rclone saves into it itself
+    assert sorted(p.name for p in copies.iterdir()) == []
 
 
 @pytest.mark.parametrize("status", ["500 Internal Server Error", "502 Bad Gateway", "504 Gateway Timeout",
