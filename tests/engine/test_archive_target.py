@@ -18,6 +18,25 @@ from tests.configs import make_config
 from tests.parts.swap import StoreWatch
 
 
+def _flipper(drop: Path, recorder: Path, real: Path) -> tuple[threading.Thread, threading.Event, list[int]]:
+    """``drop``, a symlink to the new folder ``real``, and a thread (not started) that flips it between the recorder's
+    data folder and ``real`` every few milliseconds until its event is set; [flips made so far]."""
+    real.mkdir()
+    drop.symlink_to(real)
+    stop = threading.Event()
+    flips = [0]
+
+    def flip() -> None:
+        while not stop.is_set():
+            for to in (recorder, real):
+                tmp = drop.with_name(".drop.swap")
+                tmp.symlink_to(to)
+                os.replace(tmp, drop)
+                time.sleep(0.001)
+            flips[0] += 1
+    return threading.Thread(target=flip, name="test-flipper", daemon=True), stop, flips
+
+
 class _Held(DirectoryTarget):
     """A folder export that waits at its first folder until the test lets it go: the job the archive queues behind."""
 
@@ -84,22 +103,9 @@ async def test_an_archive_folder_flipped_to_the_recorders_and_back_never_gets_a_
     core, recorder = await _core(tmp_path, demo_library)
     drop = tmp_path / "exports" / "drop"
     real = tmp_path / "exports" / "real"
-    real.mkdir()
-    drop.symlink_to(real)
-    stop = threading.Event()
-    flips = [0]
-
-    def flip() -> None:
-        while not stop.is_set():
-            for to in (recorder, real):
-                tmp = drop.with_name(".drop.swap")
-                tmp.symlink_to(to)
-                os.replace(tmp, drop)
-                time.sleep(0.001)
-            flips[0] += 1
+    flipper, stop, flips = _flipper(drop, recorder, real)
 
     watch = StoreWatch(recorder)
-    flipper = threading.Thread(target=flip, name="test-flipper", daemon=True)
     ends: list[ev.JobSnapshot] = []
     names: list[str] = []
     refused = 0
@@ -145,23 +151,10 @@ async def test_a_folder_export_whose_folder_flips_to_the_recorders_never_writes_
     core, recorder = await _core(tmp_path, demo_library)
     drop = tmp_path / "exports" / "drop"
     real = tmp_path / "exports" / "real"
-    real.mkdir()
-    drop.symlink_to(real)
-    stop = threading.Event()
-    flips = [0]
-
-    def flip() -> None:
-        while not stop.is_set():
-            for to in (recorder, real):
-                tmp = drop.with_name(".drop.swap")
-                tmp.symlink_to(to)
-                os.replace(tmp, drop)
-                time.sleep(0.001)
-            flips[0] += 1
+    flipper, stop, flips = _flipper(drop, recorder, real)
 
     before = {str(p.relative_to(recorder)) for p in recorder.rglob("*")}
     watch = StoreWatch(recorder)
-    flipper = threading.Thread(target=flip, name="test-flipper", daemon=True)
     ends: list[ev.JobSnapshot] = []
     watch.start()
     flipper.start()

@@ -55,6 +55,19 @@ def snapshot(base: pathlib.Path) -> dict[str, bytes]:
     return {p.relative_to(base).as_posix(): p.read_bytes() for p in base.rglob("*") if p.is_file()}
 
 
+def copied_recorders(srv, rclone_tmp: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> tuple:
+    """Two recorders of one machine id (an SD card copied: cfg_for gives both one, each its own state folder) pushing
+    to rclone:cloud (``srv``'s office folder), with no board serial (on a Pi both would hash its one serial: here a
+    board id per state folder); (db_a, db_b, cfg_a, cfg_b)."""
+    from steno_exportd.engine import identity
+    monkeypatch.setattr(identity, "BOARD_SERIAL", str(rclone_tmp / "no-serial-number"))
+    conf = srv.client_config(rclone_tmp / "rclone.conf")
+    remote = [{"name": "cloud", "remote": f"{srv.remote}:office"}]
+    db_a = make_recorder(rclone_tmp / "rec-a", sizes=(200_000, 200_500))
+    db_b = make_recorder(rclone_tmp / "rec-b", sizes=(100_000, 100_500), seed=7)
+    return db_a, db_b, cfg_for(rclone_tmp / "a", db_a, conf, remote), cfg_for(rclone_tmp / "b", db_b, conf, remote)
+
+
 def test_two_recorders_first_push_at_the_same_moment_one_gets_the_folder(rclone_server, rclone_tmp, monkeypatch):
     """Two recorders given one folder name (an admin copied one config to both: smb.recorder_folder, which names
     the folder on rclone remotes too) make their first push at the same moment (one schedule): both find the
@@ -121,17 +134,9 @@ def test_a_recorder_whose_system_was_copied_from_another_machine_id_and_all_does
     machine id, so its recorder id, folder and claim on the store, and pushed into the other's folder as its own
     (its meetings mixed in, each push rewriting the other's manifest.json, SHA256SUMS and office index). The claim
     names the board too now: the copy stops before writing a file, saying why; the first pushes on."""
-    from steno_exportd.engine import identity
     from steno_exportd.engine.identity import recorder_folder
-    # no board serial (on a Pi both configs would hash its one serial): a board id per state folder
-    monkeypatch.setattr(identity, "BOARD_SERIAL", str(rclone_tmp / "no-serial-number"))
     srv = rclone_server
-    conf = srv.client_config(rclone_tmp / "rclone.conf")
-    remote = [{"name": "cloud", "remote": f"{srv.remote}:office"}]
-    db_a = make_recorder(rclone_tmp / "rec-a", sizes=(200_000, 200_500))
-    db_b = make_recorder(rclone_tmp / "rec-b", sizes=(100_000, 100_500), seed=7)
-    cfg_a = cfg_for(rclone_tmp / "a", db_a, conf, remote)    # (cfg_for: one machine id, each its own state folder)
-    cfg_b = cfg_for(rclone_tmp / "b", db_b, conf, remote)
+    db_a, db_b, cfg_a, cfg_b = copied_recorders(srv, rclone_tmp, monkeypatch)
     assert all(r.ok for r in push_to(cfg_a))
     folder = srv.served / "office" / recorder_folder(cfg_a)
     assert recorder_folder(cfg_b) == folder.name
@@ -155,14 +160,8 @@ def test_a_claim_written_before_boards_is_given_ours_so_a_copy_made_since_is_ref
     accepted from any board for ever; the first push of this version gives it its board, a copy after it is refused."""
     from steno_exportd.engine import identity
     from steno_exportd.engine.identity import recorder_folder, this_recorder
-    monkeypatch.setattr(identity, "BOARD_SERIAL", str(rclone_tmp / "no-serial-number"))
     srv = rclone_server
-    conf = srv.client_config(rclone_tmp / "rclone.conf")
-    remote = [{"name": "cloud", "remote": f"{srv.remote}:office"}]
-    db_a = make_recorder(rclone_tmp / "rec-a", sizes=(200_000, 200_500))
-    db_b = make_recorder(rclone_tmp / "rec-b", sizes=(100_000, 100_500), seed=7)
-    cfg_a = cfg_for(rclone_tmp / "a", db_a, conf, remote)    # (cfg_for: one machine id, each its own state folder)
-    cfg_b = cfg_for(rclone_tmp / "b", db_b, conf, remote)
+    db_a, db_b, cfg_a, cfg_b = copied_recorders(srv, rclone_tmp, monkeypatch)
     folder = srv.served / "office" / recorder_folder(cfg_a)
     folder.mkdir(parents=True)
     rid = this_recorder(cfg_a)
