@@ -67,13 +67,8 @@ def self_signed(folder: Path) -> tuple[Path, Path]:
            .add_extension(x509.SubjectAlternativeName(names), critical=False)
            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
            .sign(pk, hashes.SHA256()))
-    _write(key, pk.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                 serialization.NoEncryption()), 0o600)
-    _write(cert, crt.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_file(key, pk.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                     serialization.NoEncryption()), 0o600)
+    write_file(cert, crt.public_bytes(serialization.Encoding.PEM), 0o644)
     log.info("made a self-signed certificate for the web page: %s", cert)
     return cert, key
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    """Atomically (atomic.write_file): a crash or a full card never leaves half a key under the final name."""
-    write_file(path, data, mode)
