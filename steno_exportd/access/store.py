@@ -43,7 +43,11 @@ BROWSER_MADE = ("password", "pairing")      # the login kinds that make links (a
 MADE_BY = {AT_DEVICE: "the recorder (touchscreen, D-Bus or CLI)", BY_PAGE: "the web page (no login)",
            "password": "a browser logged in with the password", "pairing": "a paired browser",
            UNKNOWN: "unknown (made before the recorder kept who made links)"}
-MAX_LOGINS = 1000            # the oldest unused go first: a login flood cannot grow the database
+MAX_LOGINS = 1000            # the oldest unused go first: a login flood cannot grow the database; counted apart for
+                             # browsers and for PIN grants (a guest re-entering a link's right PIN, never throttled,
+                             # logged every browser out), so the table holds at most twice this
+MAX_PIN_GRANTS = 100         # PIN grants kept per share link (its guests' browsers): one link crowds out no other's
+SHARE = "share"              # the kind of a PIN grant (a login scoped to its link's token)
 SEEN_EVERY = 60.0            # last_seen is written at most this often per login
 LINK_TOKEN_CHARS = 24         # every share link's token has this length (a mail's size is known before it exists)
 PRUNE_EVERY = 256            # audit rows written between two prunings: the log stays within its limit + this
@@ -268,7 +272,9 @@ class AccessStore:
     # -- logins ----------------------------------------------------------------------
     def create_login(self, kind: str, secret_tag: str, seconds: float, addr: str = "", agent: str = "",
                      scope: str = "") -> tuple[Login, str]:
-        """A new login; (Login, the secret cookie value). Expired ones and the oldest past MAX_LOGINS go."""
+        """A new login; (Login, the secret cookie value). Expired ones go, and the least recently seen past the
+        cap of their class: browsers' logins past MAX_LOGINS; PIN grants (kind SHARE) past MAX_PIN_GRANTS for their
+        link and past MAX_LOGINS in all. A PIN grant never ends a browser's login, nor a login a PIN grant."""
         token = secrets.token_urlsafe(32)
         now = time.time()
         login_id = secrets.token_hex(8)
@@ -280,8 +286,11 @@ class AccessStore:
                        "addr, agent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (login_id, _hash(token), kind, scope, secret_tag, now, now + seconds, now, addr[:64],
                         agent[:200]))
-            db.execute("DELETE FROM logins WHERE id IN (SELECT id FROM logins ORDER BY last_seen DESC "
-                       "LIMIT -1 OFFSET ?)", (MAX_LOGINS,))
+            if kind == SHARE:
+                db.execute("DELETE FROM logins WHERE id IN (SELECT id FROM logins WHERE kind = ? AND scope = ? "
+                           "ORDER BY last_seen DESC LIMIT -1 OFFSET ?)", (SHARE, scope, MAX_PIN_GRANTS))
+            db.execute("DELETE FROM logins WHERE id IN (SELECT id FROM logins WHERE (kind = ?) = ? "
+                       "ORDER BY last_seen DESC LIMIT -1 OFFSET ?)", (SHARE, kind == SHARE, MAX_LOGINS))
         return Login(login_id, kind, scope, now, now + seconds, now, addr[:64], agent[:200]), token
 
     def login_for(self, token: str, secret_tag: str | tuple[str, ...], scope: str = "") -> Login | None:

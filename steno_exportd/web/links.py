@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from steno_exportd.access import fingerprint, share_url
-from steno_exportd.access.store import BY_PAGE
+from steno_exportd.access.store import BY_PAGE, SHARE
 from steno_exportd.errors import InvalidArgument, NotAllowedError, NotFoundError, StenoError, Throttled
 from steno_exportd.web import auth
 from steno_exportd.web.context import CTX, LOGIN, REFUSALS, SID, WebContext, bounded, client_addr, read_form
@@ -161,7 +161,7 @@ async def share_pin(request: web.Request) -> web.Response:
         return ctx.render_page(request, "share_pin.html", status=403, token=link.token, error="Wrong PIN.")
     attempt.succeeded()
     await asyncio.to_thread(ctx.store.pin_was_right, link.token)
-    _, value = await asyncio.to_thread(ctx.store.create_login, "share", fingerprint(stored),
+    _, value = await asyncio.to_thread(ctx.store.create_login, SHARE, fingerprint(stored),
                                        max(60.0, link.expires - time.time()), addr,
                                        request.headers.get("User-Agent", ""), link.token)
     resp = web.HTTPSeeOther(f"/s/{link.token}")
