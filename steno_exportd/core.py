@@ -10,7 +10,7 @@ from typing import Any, Awaitable, Callable, Mapping
 
 from steno_exportd import events as ev
 from steno_exportd import render, request, retention
-from steno_exportd.access import Access, Login, PairingCode, share_url
+from steno_exportd.access import Access, Login, PairingCode, ShareLink, share_url
 from steno_exportd.access.store import AT_DEVICE, LINK_TOKEN_CHARS
 from steno_exportd.config import Config, is_loopback
 from steno_exportd.devices import DeviceRegistry
@@ -339,10 +339,14 @@ class Core:
         hours, uses = sl.default_expiry_hours, sl.default_max_downloads
         tls = cfg.http.tls.mode != "off"
 
+        async def create(session_id: int) -> ShareLink:
+            uuid = (await self.summary(session_id)).uuid        # the link opens this meeting only
+            return await self.access.create_link(cfg, session_id, hours, uses, made_by=made_by, login_id=login_id,
+                                                 session_uuid=uuid)
+
         def make(session_id: int) -> str:
             # called from the message's compose thread: the link is made on the core's loop, as for any caller
-            made = asyncio.run_coroutine_threadsafe(
-                self.access.create_link(cfg, session_id, hours, uses, made_by=made_by, login_id=login_id), loop)
+            made = asyncio.run_coroutine_threadsafe(create(session_id), loop)
             link = made.result(LINK_TIMEOUT)
             log.info("share link %s… for session %d: a file too large to mail", link.token[:6], session_id)
             return link.token

@@ -214,11 +214,12 @@ class Access:
         return "ended (logout, a new password or revoked)"
 
     async def create_link(self, cfg: Any, session_id: int, hours: Any, max_downloads: Any, pin: str = "",
-                          made_by: str = AT_DEVICE, login_id: str = "") -> ShareLink:
+                          made_by: str = AT_DEVICE, login_id: str = "", session_uuid: str = "") -> ShareLink:
         """A share link for session_id (the web page's form, the API and D-Bus): the limits checked first,
         then the PIN hashed (bounded); empty hours or max_downloads: the configured defaults. ``made_by``:
         AT_DEVICE (touchscreen, D-Bus, CLI), BY_PAGE (no login) or the kind of the browser login ``login_id``
-        (it must still exist when the link is stored: NotAllowedError)."""
+        (it must still exist when the link is stored: NotAllowedError). ``session_uuid``: the meeting's uuid; the
+        link opens only the meeting of that uuid (ShareLink.for_meeting), never another that takes its id."""
         sl = cfg.http.share_links
         if not sl.enabled:
             raise StenoError("share links are turned off (http.share_links.enabled)")
@@ -234,7 +235,7 @@ class Access:
             raise InvalidArgument(f"hours: more than 0, at most a year; max_downloads: 1 to {LINK_MAX_DOWNLOADS}")
         pin_hash = await self.passwords.hash(pin) if pin else ""
         return await asyncio.to_thread(self.store.create_link, session_id, h, m, pin_hash,
-                                       sl.max_wrong_pins if pin else 0, made_by, login_id)
+                                       sl.max_wrong_pins if pin else 0, made_by, login_id, session_uuid)
 
     def close(self) -> None:
         """Safe to call twice."""

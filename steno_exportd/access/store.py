@@ -30,9 +30,12 @@ CREATE TABLE IF NOT EXISTS logins (
     addr TEXT NOT NULL DEFAULT '', agent TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-# made_by: what made a link ("device", "page", or a browser login's kind); '' in a store from before it was kept
+# made_by: what made a link ("device", "page", or a browser login's kind); '' in a store from before it was kept.
+# session_uuid: the uuid of the meeting it was made for ('' in a store from before it was kept): a session id names
+# another meeting once the recorder's database is restored from a backup (ids count on from the backup's)
 LINK_COLUMNS = {"wrong_pins": "INTEGER NOT NULL DEFAULT 0", "max_wrong_pins": "INTEGER NOT NULL DEFAULT 0",
-                "made_by": "TEXT NOT NULL DEFAULT ''", "made_by_login": "TEXT NOT NULL DEFAULT ''"}
+                "made_by": "TEXT NOT NULL DEFAULT ''", "made_by_login": "TEXT NOT NULL DEFAULT ''",
+                "session_uuid": "TEXT NOT NULL DEFAULT ''"}
 AT_DEVICE = "device"         # the touchscreen, D-Bus, the CLI, the daemon itself (a mail's link): someone at it
 BY_PAGE = "page"             # the web page with no login (http.auth.mode = "none")
 UNKNOWN = ""                 # a link kept from before its maker was recorded
@@ -40,7 +43,11 @@ BROWSER_MADE = ("password", "pairing")      # the login kinds that make links (a
 MADE_BY = {AT_DEVICE: "the recorder (touchscreen, D-Bus or CLI)", BY_PAGE: "the web page (no login)",
            "password": "a browser logged in with the password", "pairing": "a paired browser",
            UNKNOWN: "unknown (made before the recorder kept who made links)"}
-MAX_LOGINS = 1000            # the oldest unused go first: a login flood cannot grow the database
+MAX_LOGINS = 1000            # the oldest unused go first: a login flood cannot grow the database; counted apart for
+                             # browsers and for PIN grants (a guest re-entering a link's right PIN, never throttled,
+                             # logged every browser out), so the table holds at most twice this
+MAX_PIN_GRANTS = 100         # PIN grants kept per share link (its guests' browsers): one link crowds out no other's
+SHARE = "share"              # the kind of a PIN grant (a login scoped to its link's token)
 SEEN_EVERY = 60.0            # last_seen is written at most this often per login
 LINK_TOKEN_CHARS = 24         # every share link's token has this length (a mail's size is known before it exists)
 PRUNE_EVERY = 256            # audit rows written between two prunings: the log stays within its limit + this
@@ -60,6 +67,12 @@ class ShareLink:
     max_wrong_pins: int = 0     # 0: no lock
     made_by: str = AT_DEVICE    # AT_DEVICE, BY_PAGE, a browser login's kind ("password", "pairing") or UNKNOWN
     made_by_login: str = ""     # the id of the browser login that made it
+    session_uuid: str = ""      # the uuid of the meeting it was made for ("": not known, a link from before)
+
+    def for_meeting(self, uuid: str) -> bool:
+        """Was it made for the meeting with this uuid (the one its session id names now)? A link from before the
+        uuid was kept: yes (nothing to tell)."""
+        return not self.session_uuid or self.session_uuid == uuid
 
     @property
     def state(self) -> str:
@@ -163,7 +176,8 @@ class AccessStore:
 
     # -- share links -------------------------------------------------------------
     def create_link(self, session_id: int, hours: float, max_downloads: int, pin_hash: str = "",
-                    max_wrong_pins: int = 0, made_by: str = AT_DEVICE, login_id: str = "") -> ShareLink:
+                    max_wrong_pins: int = 0, made_by: str = AT_DEVICE, login_id: str = "",
+                    session_uuid: str = "") -> ShareLink:
         """A new link; pin_hash made by the caller (passwords.hash_password), "" for none. Made by a browser
         login (``login_id``): only while that login exists, checked in the same statement, so a link asked for
         as the login ends is either refused here or revoked with the login's links (NotAllowedError)."""
@@ -176,10 +190,10 @@ class AccessStore:
         token = secrets.token_urlsafe(LINK_TOKEN_CHARS * 3 // 4)
         now = time.time()
         made = self._n("INSERT INTO share_links (token, session_id, created, expires, max_downloads, pin_hash, "
-                       "max_wrong_pins, made_by, made_by_login) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? "
+                       "max_wrong_pins, made_by, made_by_login, session_uuid) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ? "
                        "WHERE ? = '' OR EXISTS (SELECT 1 FROM logins WHERE id = ? AND kind = ? AND expires > ?)",
                        (token, session_id, now, now + hours * 3600, max_downloads, pin_hash, max_wrong_pins,
-                        made_by, login_id, login_id, login_id, made_by, now))
+                        made_by, login_id, session_uuid[:64], login_id, login_id, made_by, now))
         if made != 1:
             raise NotAllowedError("the login that asked for this link has ended (logout, a new password or "
                                   "revoked): log in again")
@@ -187,12 +201,12 @@ class AccessStore:
 
     def link(self, token: str) -> ShareLink:
         rows = self._x("SELECT token, session_id, created, expires, max_downloads, downloads, pin_hash != '', "
-                       "revoked, wrong_pins, max_wrong_pins, made_by, made_by_login FROM share_links "
+                       "revoked, wrong_pins, max_wrong_pins, made_by, made_by_login, session_uuid FROM share_links "
                        "WHERE token = ?", (token,))
         if not rows:
             raise NotFoundError("no such share link")
-        t, sid, c, e, m, d, pin, r, w, mw, mb, ml = rows[0]
-        return ShareLink(t, sid, c, e, m, d, bool(pin), r, w, mw, mb, ml)
+        t, sid, c, e, m, d, pin, r, w, mw, mb, ml, su = rows[0]
+        return ShareLink(t, sid, c, e, m, d, bool(pin), r, w, mw, mb, ml, su)
 
     def pin_hash(self, token: str) -> str:
         rows = self._x("SELECT pin_hash FROM share_links WHERE token = ?", (token,))
@@ -258,7 +272,9 @@ class AccessStore:
     # -- logins ----------------------------------------------------------------------
     def create_login(self, kind: str, secret_tag: str, seconds: float, addr: str = "", agent: str = "",
                      scope: str = "") -> tuple[Login, str]:
-        """A new login; (Login, the secret cookie value). Expired ones and the oldest past MAX_LOGINS go."""
+        """A new login; (Login, the secret cookie value). Expired ones go, and the least recently seen past the
+        cap of their class: browsers' logins past MAX_LOGINS; PIN grants (kind SHARE) past MAX_PIN_GRANTS for their
+        link and past MAX_LOGINS in all. A PIN grant never ends a browser's login, nor a login a PIN grant."""
         token = secrets.token_urlsafe(32)
         now = time.time()
         login_id = secrets.token_hex(8)
@@ -270,8 +286,11 @@ class AccessStore:
                        "addr, agent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (login_id, _hash(token), kind, scope, secret_tag, now, now + seconds, now, addr[:64],
                         agent[:200]))
-            db.execute("DELETE FROM logins WHERE id IN (SELECT id FROM logins ORDER BY last_seen DESC "
-                       "LIMIT -1 OFFSET ?)", (MAX_LOGINS,))
+            if kind == SHARE:
+                db.execute("DELETE FROM logins WHERE id IN (SELECT id FROM logins WHERE kind = ? AND scope = ? "
+                           "ORDER BY last_seen DESC LIMIT -1 OFFSET ?)", (SHARE, scope, MAX_PIN_GRANTS))
+            db.execute("DELETE FROM logins WHERE id IN (SELECT id FROM logins WHERE (kind = ?) = ? "
+                       "ORDER BY last_seen DESC LIMIT -1 OFFSET ?)", (SHARE, kind == SHARE, MAX_LOGINS))
         return Login(login_id, kind, scope, now, now + seconds, now, addr[:64], agent[:200]), token
 
     def login_for(self, token: str, secret_tag: str | tuple[str, ...], scope: str = "") -> Login | None:

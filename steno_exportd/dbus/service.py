@@ -423,7 +423,8 @@ class Service:
             raise InvalidArgument("pin: a string of digits")
         s = await self.core.session(key)
         cfg = self.core.cfg
-        link = await self.core.access.create_link(cfg, s.id, opts.get("hours", ""), opts.get("max_downloads", ""), pin)
+        link = await self.core.access.create_link(cfg, s.id, opts.get("hours", ""), opts.get("max_downloads", ""), pin,
+                                                    session_uuid=s.uuid)
         url = access.share_url(cfg, link.token, tls=cfg.http.tls.mode != "off")
         return {"token": Variant("s", link.token), "url": Variant("s", url), "session_id": Variant("x", s.id),
                 "expires": Variant("d", link.expires), "max_downloads": Variant("u", link.max_downloads),

@@ -143,7 +143,7 @@ async def create_link(request: web.Request) -> web.Response:
     pin = body.get("pin") or ""
     if not isinstance(pin, str):
         raise InvalidArgument("pin: a string of digits")
-    return web.json_response(await new_link(request, s.id, body.get("hours", ""), body.get("max_downloads", ""), pin),
+    return web.json_response(await new_link(request, s, body.get("hours", ""), body.get("max_downloads", ""), pin),
                              status=201)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from steno_exportd.access import fingerprint, share_url
-from steno_exportd.access.store import BY_PAGE
+from steno_exportd.access.store import BY_PAGE, SHARE
 from steno_exportd.errors import InvalidArgument, NotAllowedError, NotFoundError, StenoError, Throttled
 from steno_exportd.web import auth
 from steno_exportd.web.context import CTX, LOGIN, REFUSALS, SID, WebContext, bounded, client_addr, read_form
@@ -32,13 +32,13 @@ def link_maker(request: web.Request) -> tuple[str, str]:
     return (login.kind, login.id) if login is not None else (BY_PAGE, "")
 
 
-async def new_link(request: web.Request, session_id: int, hours: Any, max_downloads: Any, pin: str) -> dict:
-    """A link made by this browser's login (it is revoked with that login's links), or by the page when it
-    needs no login."""
+async def new_link(request: web.Request, s: Any, hours: Any, max_downloads: Any, pin: str) -> dict:
+    """A link to session ``s`` (it opens that meeting only), made by this browser's login (it is revoked with that
+    login's links), or by the page when it needs no login."""
     ctx: WebContext = request.app[CTX]
     made_by, login_id = link_maker(request)
     try:
-        link = await ctx.access.create_link(ctx.cfg, session_id, hours, max_downloads, pin, made_by, login_id)
+        link = await ctx.access.create_link(ctx.cfg, s.id, hours, max_downloads, pin, made_by, login_id, s.uuid)
     except NotAllowedError as e:            # the login ended while the link was being made
         raise web.HTTPUnauthorized(text=str(e)) from None
     return link.public()
@@ -48,7 +48,7 @@ async def create_share(request: web.Request) -> web.Response:
     ctx: WebContext = request.app[CTX]
     s = await ctx.session(request.match_info["key"])
     form = await read_form(request)
-    await new_link(request, s.id, form.get("hours", ""), form.get("max_downloads", ""), str(form.get("pin", "")))
+    await new_link(request, s, form.get("hours", ""), form.get("max_downloads", ""), str(form.get("pin", "")))
     raise web.HTTPSeeOther(f"/sessions/{s.id}#share")
 
 
@@ -86,6 +86,13 @@ async def link_views(request: web.Request, ctx: WebContext, session_id: int) -> 
     return out
 
 
+def _same_meeting(link: Any, uuid: str) -> None:
+    """The session id a link names is the meeting it was made for, or the link is over (410): after the recorder's
+    database was restored from a backup, the next meeting recorded takes the id of one made after the backup."""
+    if not link.for_meeting(uuid):
+        raise web.HTTPGone(text="The meeting of this share link is no longer on this recorder. Ask for a new one.")
+
+
 def _share_cookie(token: str) -> str:
     return auth.SHARE_COOKIE + token
 
@@ -118,6 +125,7 @@ async def share_page(request: web.Request) -> web.Response:
     if not await _pin_ok(request, ctx, link):
         return ctx.render_page(request, "share_pin.html", token=link.token, error="")
     s = await ctx.session(str(link.session_id))
+    _same_meeting(link, s.uuid)
     return ctx.render_page(request, "share.html", s=s, link=link.public(), when=fmt_when, dur=fmt_duration,
                            left=link.max_downloads - link.downloads, expires=link.expires)
 
@@ -153,7 +161,7 @@ async def share_pin(request: web.Request) -> web.Response:
         return ctx.render_page(request, "share_pin.html", status=403, token=link.token, error="Wrong PIN.")
     attempt.succeeded()
     await asyncio.to_thread(ctx.store.pin_was_right, link.token)
-    _, value = await asyncio.to_thread(ctx.store.create_login, "share", fingerprint(stored),
+    _, value = await asyncio.to_thread(ctx.store.create_login, SHARE, fingerprint(stored),
                                        max(60.0, link.expires - time.time()), addr,
                                        request.headers.get("User-Agent", ""), link.token)
     resp = web.HTTPSeeOther(f"/s/{link.token}")
@@ -194,6 +202,7 @@ async def share_download(request: web.Request) -> web.StreamResponse:
     request[GRANT] = link_grant(ctx.access, link, generation)     # the link, not a login: cut when it ends
     what = one_of(request.match_info["what"], ("zip", "audio"), "download")
     summary, recording = await ctx.recording(str(link.session_id))     # no transcript loaded
+    _same_meeting(link, summary.uuid)
     use = None
     if request.method != "HEAD":
         if not await asyncio.to_thread(ctx.store.reserve_use, link.token):

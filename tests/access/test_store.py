@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from steno_exportd.access.store import MAX_LOGINS, AccessStore
+from steno_exportd.access.store import MAX_LOGINS, MAX_PIN_GRANTS, AccessStore
 from steno_exportd.errors import NotAllowedError, NotFoundError
 
 
@@ -83,6 +83,22 @@ def test_the_logins_table_is_bounded(store):
     for i in range(MAX_LOGINS + 50):
         store.create_login("password", "t", 3600, f"10.0.{i // 256}.{i % 256}")
     assert len(store.logins()) == MAX_LOGINS
+
+
+def test_pin_grants_crowd_out_neither_browsers_nor_another_links_guests(store):
+    """A link's right PIN entered again and again: the oldest PIN grants of that link go, nothing else."""
+    browser = store.create_login("password", "t", 3600)[1]
+    other_guest = store.create_login("share", "pin", 3600, scope="other")[1]
+    for _ in range(MAX_LOGINS + 10):
+        store.create_login("share", "pin", 3600, scope="flooded")
+    assert store.login_for(browser, "t") is not None
+    assert store.login_for(other_guest, "pin", "other") is not None
+    kept = [x for x in store.logins("share") if x.scope == "flooded"]
+    assert len(kept) == MAX_PIN_GRANTS
+    for _ in range(MAX_LOGINS + 10):                    # and browsers' logins end no PIN grant
+        store.create_login("password", "t", 3600)
+    assert store.login_for(other_guest, "pin", "other") is not None
+    assert len(store.logins("password")) == MAX_LOGINS
 
 
 def test_links_and_audit_move_over_from_the_old_web_db(tmp_path):

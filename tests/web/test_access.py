@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 
@@ -241,3 +242,56 @@ async def test_a_device_export_is_the_devices_job_whatever_options_are_sent(web_
                               headers={"X-CSRF-Token": token})
         assert r.status == 202, await r.text()
         assert (await r.json())["device_id"] == "fs_ab12", sent
+
+
+async def test_a_share_link_never_serves_another_meeting_that_took_its_session_id(web_client, own_lib):
+    """The recorder's database restored from a backup: the next meeting recorded takes an id a share link was made
+    for (ids count on from the backup's). The link was made for the meeting that had that id, and must never open
+    the new one: its page, its ZIP and its recording are refused (410), not served to whoever holds the old link."""
+    import os
+    import sqlite3
+
+    from tests.recorder_db import add_session_like
+
+    db = own_lib / "silent_steno.db"
+    backup = own_lib / "backup.db"
+    with sqlite3.connect(db) as src, sqlite3.connect(backup) as dst:
+        src.backup(dst)
+        dst.execute("PRAGMA journal_mode=DELETE")
+    shared_uuid = add_session_like(db, title="All-hands, fine to share")
+    client, _ = await web_client(own_lib)
+    listed = (await (await client.get("/api/v1/sessions", params={"q": "all-hands"})).json())["items"]
+    sid = next(x["id"] for x in listed if x["uuid"] == shared_uuid)
+    token = await csrf(client)
+    r = await client.post(f"/api/v1/sessions/{sid}/share-links", json={"max_downloads": 5},
+                          headers={"X-CSRF-Token": token})
+    link = await r.json()
+    anon = await anonymous(client)
+    try:
+        assert "All-hands" in await (await anon.get(link["url"])).text()
+        # the restore (the recorder stopped: its WAL goes with the old file), then a new, confidential recording
+        os.replace(backup, db)
+        for tail in ("-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(f"{db}{tail}")
+        other_uuid = add_session_like(db, title="Board meeting: layoffs")
+        for _ in range(100):
+            got = await (await client.get(f"/api/v1/sessions/{sid}")).json()
+            if got.get("uuid") == other_uuid:
+                break
+            await asyncio.sleep(0.05)
+        assert got["uuid"] == other_uuid and got["id"] == sid, got       # the id is the new meeting's now
+        for path in ("", "/zip", "/audio"):
+            r = await anon.get(link["url"] + path)
+            body = await r.read()
+            assert r.status == 410 and b"Board meeting" not in body and b"layoffs" not in body, (path, r.status)
+        audit = await (await client.get(f"/api/v1/sessions/{sid}/audit")).json()
+        assert not [a for a in audit if a["via"].startswith("share link")], audit
+        assert (await uses_of(client, sid, link["token"])) == 0
+    finally:
+        await anon.session.close()
+
+
+async def uses_of(client, sid: int, token: str) -> int:
+    links = await (await client.get(f"/api/v1/sessions/{sid}/share-links")).json()
+    return next((x["downloads"] for x in links if x["token"] == token), 0)

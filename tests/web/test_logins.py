@@ -9,7 +9,8 @@ import pytest
 
 from steno_exportd import config
 from steno_exportd.access.passwords import hash_password
-from tests.web.helpers import PASSWORD, PASSWORD_HASH, anonymous, leave, login_form, read_on, slow_download
+from tests.web.helpers import (PASSWORD, PASSWORD_HASH, anonymous, leave, login_form, read_on, slow_download,
+                               with_audio)
 
 PW = {"http.auth.mode": "password", "http.auth.password_hash": PASSWORD_HASH}
 
@@ -201,3 +202,35 @@ async def test_a_cached_document_whose_login_ended_while_it_was_opened_is_not_se
     monkeypatch.setattr(downloads, "SourceRef", HeldRef)
     answer = await pdf_asked_then_logged_out(client, browser, value, sid, opening.is_set, go)
     assert b"%PDF" not in answer and answer.startswith(b"HTTP/1.1 401"), answer[:300]
+
+
+async def test_a_share_link_guest_entering_the_right_pin_again_and_again_logs_no_browser_out(web_client, sessions,
+                                                                                             monkeypatch):
+    """Logins are capped (the least recently seen go first); a PIN entered on a share link's page is a login too.
+    A colleague holding a link and its PIN re-entered it (the right PIN is never throttled) past the cap: every
+    browser on the recorder was logged out, paired ones until the touchscreen paired them again. Her PINs may
+    crowd out only the PIN grants of her own link."""
+    from steno_exportd.access import store
+
+    monkeypatch.setattr(store, "MAX_LOGINS", 30)        # the cap is 1,000: the same at a thirtieth of the guesses
+    client, core = await web_client(**PW)
+    browser, value = await logged_in(client)
+    r = await browser.post(f"/api/v1/sessions/{with_audio(sessions).id}/share-links", json={"pin": "424242"},
+                           headers={"X-CSRF-Token": await page_token(browser)})
+    assert r.status == 201, await r.text()
+    link = await r.json()
+    guest = await anonymous(client)
+    try:
+        html = await (await guest.get(link["url"])).text()
+        form = re.search(r'name="csrf" value="([^"]+)"', html).group(1)
+        for _ in range(store.MAX_LOGINS + 5):
+            r = await guest.post(link["url"], data={"pin": "424242", "csrf": form})
+            assert r.status == 200 and "Download the meeting" in await r.text()
+        assert await works(client, value)                                       # the browser is still logged in
+        r = await guest.get(link["url"] + "/audio")                           # and the guest's last PIN holds
+        assert r.status == 200 and len(await r.read()) == with_audio(sessions).audio.size
+        held = await asyncio.to_thread(core.access.store.logins)
+        assert len(held) <= store.MAX_LOGINS + 1, len(held)                     # nor does the table grow
+    finally:
+        await guest.session.close()
+        await browser.session.close()
