@@ -50,9 +50,8 @@ class VerifyReport:
 EXPORTING = "an export is writing to this folder now; verify again once it has ended"
 VERIFYING = ("another verify of this folder is recording what it found in the manifest now; verify again once it "
              "has ended")
-BEING_WRITTEN = ("the folder is being written: an export {when} (it holds the folder's lock while it runs) and files "
-                 "that did not match its manifest ({what}) may be ones it is writing; they are not judged: verify "
-                 "again once it has ended")
+BEING_WRITTEN = ("the folder is being written: {when}, and files that did not match its manifest ({what}) may be "
+                 "ones it is writing; they are not judged: verify again once it has ended")
 _DISAGREE = ": SHA256SUMS and manifest disagree"       # (read a moment apart, an export's save between them)
 
 
@@ -175,17 +174,18 @@ def verify_target(path: str | Target, root: str = ROOT_FALLBACK, mark: bool = Fa
     rep.incomplete = _incomplete(t, root, m)
     # an export that began meanwhile holds the folder now, or (begun and ended meanwhile) left a manifest saved anew
     if exporting or _holder(t, root) == EXPORTING:
-        _being_written(rep, bad, "is writing to it now")
+        _being_written(rep, "an export is writing to it now (it holds the folder's lock while it runs)")
         bad = set()
     elif _manifest_bytes(t, root) != before:
-        _being_written(rep, bad, "wrote to it while it was being checked")
+        _being_written(rep, "its manifest was saved anew while it was being checked (by an export, or by another "
+                            "verify recording what it found)")
         bad = set()
     if mark and not m.rebuilt:
         _mark(t, root, m, read, bad, rep)
     return rep
 
 
-def _being_written(rep: VerifyReport, bad: set[str], when: str) -> None:
+def _being_written(rep: VerifyReport, when: str) -> None:
     """An export wrote to the folder while it was checked: what did not match is said as that (rep.busy), not as
     damage (never flagged "bad" in the manifest either); files that matched still count as verified."""
     disagree = [p for p in rep.problems if p.endswith(_DISAGREE)]

@@ -299,7 +299,7 @@ def test_a_verify_while_an_export_rewrites_a_file_says_the_folder_is_being_writt
         go.set()
         export.join(60)
     busy = ("BUSY     the folder is being written: an export is writing to it now (it holds the folder's lock while "
-            "it runs) and files that did not match its manifest (1 changed) may be ones it is writing; they are not "
+            "it runs), and files that did not match its manifest (1 changed) may be ones it is writing; they are not "
             "judged: verify again once it has ended")
     assert (rc, err) == (75, "") and "CHANGED" not in said, (rc, said, err)
     assert said == f"{busy}\n{files - 1} files verified, 0 changed, 0 missing, 0 extra{END}", said
