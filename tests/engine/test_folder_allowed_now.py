@@ -217,7 +217,7 @@ def test_a_fifo_swapped_in_for_a_parent_never_holds_up_the_jobs_check(tmp_path):
     other: list[str] = []
 
     def checks() -> None:
-        for _ in range(300):
+        while results["passed"] + results["refused"] < 300 or flips[0] < 20:
             try:
                 with FolderKind().open(str(link / "out"), cfg, _P()):
                     results["passed"] += 1
@@ -230,9 +230,9 @@ def test_a_fifo_swapped_in_for_a_parent_never_holds_up_the_jobs_check(tmp_path):
     checker = threading.Thread(target=checks, daemon=True)
     flipper.start()
     checker.start()
-    checker.join(120)           # (a bound on a hang, not on speed: 300 checks take well under a second)
+    checker.join(120)           # (a bound on a hang, not on speed: 300 checks and 20 flips take about a second)
     stop.set()
     flipper.join(10)
     assert not checker.is_alive(), "a job's check of its folder hung on a FIFO swapped in for a parent"
-    assert results["passed"] + results["refused"] == 300 and flips[0] > 10, (results, flips)
+    assert results["passed"] >= 1 and results["refused"] >= 1 and flips[0] >= 20, (results, flips)
     assert other == [], other[:3]

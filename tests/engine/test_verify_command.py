@@ -247,65 +247,67 @@ def test_a_verify_while_another_verify_records_says_so(tmp_path, demo_library):
                                   f"0 extra{END}", ""), (rc, said, err)
 
 
-class _Replacing(DirectoryTarget):
-    """The daemon's export to a folder, stopped once it has put a file's new version under its name and before its
-    manifest records it (as every export does, file by file), until the test lets it go."""
+class _Saving(DirectoryTarget):
+    """The daemon's export to a folder, stopped when it has put its files' new versions under their names and is
+    about to record them in the manifest (SHA256SUMS is saved first), until the test lets it go."""
 
     def __init__(self, root: Path, go: threading.Event, holding: threading.Event) -> None:
         super().__init__(root)
         self._go, self._holding = go, holding
 
     def open_write(self, rel: str, *, resume: str | None = None):
-        h = super().open_write(rel, resume=resume)
-        if rel.endswith(".pdf"):
-            commit = h.commit
-
-            def commit_then_wait() -> None:
-                commit()
-                self._holding.set()
-                self._go.wait(60)
-            h.commit = commit_then_wait
-        return h
+        if rel == "SilentSteno/SHA256SUMS" and not self._holding.is_set():
+            self._holding.set()
+            self._go.wait(60)
+        return super().open_write(rel, resume=resume)
 
 
-def test_a_verify_while_an_export_rewrites_a_file_says_the_folder_is_being_written(tmp_path, demo_library):
-    """A session exported as a PDF of one template, exported again with another: the export puts the new PDF in
-    place, then records it in the manifest. `steno-exportd verify` in between said 'CHANGED' for it, and (marking)
-    flagged it bad, as if the stick had damaged it. It says the folder is being written (the export holds its lock),
-    no CHANGED line, exit code 75, and flags nothing; once the export has ended every file checks out."""
+def test_a_verify_while_an_export_rewrites_files_says_the_folder_is_being_written(tmp_path, demo_library):
+    """A session exported, then exported again after the admin set another render.time_zone: the export puts each
+    file's new version in place, then records them in the manifest. `steno-exportd verify` in between said CHANGED
+    for each, and (marking) flagged them bad, as if the stick had damaged them. It says the folder is being written
+    (the export holds its lock), no CHANGED line, exit code 75, and flags nothing; once the export has ended every
+    file checks out."""
+    import hashlib
+
     from steno_exportd.engine.export import SimpleSpec, run_export
     from steno_exportd.engine.options import ExportOptions
     from steno_exportd.library import Library
     out = tmp_path / "stick"
     out.mkdir()
     db = Path(demo_library(tmp_path / "rec", sessions=1))
-    rc, said, err = steno("export", "--db", str(db), "--to", str(out), "--sessions", "1", "--formats", "pdf,txt",
-                          "--template", "summary", cwd=tmp_path)
+    first = tmp_path / "first.toml"
+    first.write_text('[render]\ntime_zone = "UTC"\n')
+    rc, said, err = steno("--config", str(first), "export", "--db", str(db), "--to", str(out), "--sessions", "1",
+                          "--formats", "txt,html,json", cwd=tmp_path)
     assert rc == 0, (said, err)
     files = len(marks(out))
-    cfg = make_config(tmp_path, **{"recorder.db_path": str(db)})
+    cfg = make_config(tmp_path, **{"recorder.db_path": str(db), "render.time_zone": "Pacific/Auckland"})
     go, holding = threading.Event(), threading.Event()
     ran: list = []
     export = threading.Thread(target=lambda: ran.append(run_export(
-        Library.from_config(cfg), SimpleSpec(_Replacing(out, go, holding), (1,), ("pdf", "txt"),
-                                             ExportOptions(template="transcript")), cfg)), daemon=True)
+        Library.from_config(cfg), SimpleSpec(_Saving(out, go, holding), (1,), ("txt", "html", "json"),
+                                             ExportOptions()), cfg)), daemon=True)
     export.start()
     try:
         assert holding.wait(60)
+        rewritten = sorted(rel for rel, f in marks(out).items()
+                           if hashlib.sha256((out / "SilentSteno" / rel).read_bytes()).hexdigest() != f["sha256"])
         rc, said, err = steno("verify", str(out), cwd=tmp_path)
         rc_json, said_json, _ = steno("verify", str(out), "--json", cwd=tmp_path)
         flagged = [rel for rel, f in marks(out).items() if f.get("bad")]
     finally:
         go.set()
         export.join(60)
+    assert rewritten, "the second export rewrote no file: nothing for a verify to misjudge"
     busy = ("BUSY     the folder is being written: an export is writing to it now (it holds the folder's lock while "
-            "it runs), and files that did not match its manifest (1 changed) may be ones it is writing; they are not "
-            "judged: verify again once it has ended")
+            f"it runs), and files that did not match its manifest ({len(rewritten)} changed) may be ones it is "
+            "writing; they are not judged: verify again once it has ended")
     assert (rc, err) == (75, "") and "CHANGED" not in said, (rc, said, err)
-    assert said == f"{busy}\n{files - 1} files verified, 0 changed, 0 missing, 0 extra{END}", said
+    assert said == f"{busy}\n{files - len(rewritten)} files verified, 0 changed, 0 missing, 0 extra{END}", said
     rep = json.loads(said_json)
     assert rc_json == 75 and rep["changed"] == [] and not rep["ok"] and rep["busy"] == busy[9:], rep
-    assert flagged == [], f"a file the export was writing was flagged bad: {flagged}"
+    assert flagged == [], f"files the export was writing were flagged bad: {flagged}"
     assert ran and all(r.ok for r in ran[0]), ran
     assert steno("verify", str(out), cwd=tmp_path) == (0, f"{files} files verified, 0 changed, 0 missing, 0 extra"
                                                           f"{END}", "")
