@@ -275,7 +275,8 @@ class Core:
         session_ids = request.resolve_sessions(keys, await self.listing(), opts)
         operation, target, name, default_formats = await asyncio.to_thread(self._target, target, opts, trusted)
         return JobSpec(operation=operation, target=target, target_name=name, session_ids=session_ids,
-                       formats=names or tuple(default_formats), options=opts, device_id=opts.device_id)
+                       formats=names or tuple(default_formats), options=opts, device_id=opts.device_id,
+                       trusted=trusted)
 
     def _target(self, target: str | Target, options: ExportOptions,
                 trusted: bool) -> tuple[str, str | Target, str, tuple[str, ...]]:

@@ -537,7 +537,7 @@ def export_archive(library: Any, spec: Any, cfg: Any, progress: Any, reg: Any = 
     could not return (EIO), or whose read-back was cancelled, never gets its final name."""
     from isal.isal_zlib import crc32
 
-    from steno_exportd.engine.registry import not_the_recorders_at
+    from steno_exportd.engine.registry import checked_at
     from steno_exportd.engine.writer import read_back
     from steno_exportd.errors import TargetError, VerifyError
     from steno_exportd.engine.targets import DirectoryTarget
@@ -560,7 +560,7 @@ def export_archive(library: Any, spec: Any, cfg: Any, progress: Any, reg: Any = 
     # since, a folder renamed, a stick remounted): pinned, so every open of it below is this folder or refused
     dir_fd = t.pin()
     try:
-        not_the_recorders_at(dir_fd, cfg, TargetError)
+        checked_at(dir_fd, cfg, TargetError, trusted=spec.trusted)
     finally:
         os.close(dir_fd)
     h = t.open_write(path.name)

@@ -67,7 +67,7 @@ def run_export(library: Any, spec: Any, cfg: Config, progress: Any = None, *, ta
     for attempt in itertools.count(1):
         results: list[SessionResult] | None = None
         try:
-            with kind.open(spec.target, cfg, progress, device=bool(spec.device_id)) as target:
+            with kind.open(spec.target, cfg, progress, device=bool(spec.device_id), trusted=spec.trusted) as target:
                 results, error = _attempt(library, spec, cfg, progress, job_id, state, reg, hashes, target,
                                           kind.root(spec.target, cfg))
         except TargetError as e:
@@ -1122,4 +1122,5 @@ class SimpleSpec:
     target_name: str = ""
     device_id: str = ""
     operation: str = "export"
+    trusted: bool = True                # the CLI's: not held to export.allowed_dirs (a caller's job is a JobSpec)
 

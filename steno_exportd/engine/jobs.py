@@ -38,11 +38,13 @@ class JobSpec:
     formats: tuple[str, ...] = ()
     options: ExportOptions = ExportOptions()
     device_id: str = ""
+    trusted: bool = False            # asked for by the daemon itself or the CLI: a local target is not held to
+                                     # export.allowed_dirs (checked again when the job runs unless so)
 
     def to_json(self) -> dict:
         return dict(operation=self.operation, target=self.target if isinstance(self.target, str) else None,
                     target_name=self.target_name, session_ids=list(self.session_ids), formats=list(self.formats),
-                    options=dataclasses.asdict(self.options), device_id=self.device_id)
+                    options=dataclasses.asdict(self.options), device_id=self.device_id, trusted=self.trusted)
 
 
 class Progress:
@@ -276,7 +278,8 @@ class JobManager:
         s = rows[0]["spec"]
         spec = JobSpec(operation=s["operation"], target=s["target"], target_name=s["target_name"],
                        session_ids=tuple(s["session_ids"]), formats=tuple(s["formats"]),
-                       options=ExportOptions(**s["options"]), device_id=s.get("device_id", ""))
+                       options=ExportOptions(**s["options"]), device_id=s.get("device_id", ""),
+                       trusted=s.get("trusted", False) is True)
         return await self.submit(spec)
 
     async def run_operation(self, operation: str, target: str, fn: Callable[[], Awaitable[Any]],

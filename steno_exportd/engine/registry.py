@@ -45,9 +45,12 @@ class TargetKind(Protocol):
     def matches(self, target: str) -> bool: ...
     def check(self, target: str, cfg: Config, *, trusted: bool) -> Checked: ...   # InvalidArgument/NotFoundError
     def root(self, target: str, cfg: Config) -> str: ...        # the folder at the top that holds the export
-    def open(self, target: str, cfg: Config, progress: Any, *, device: bool = False) -> ContextManager[Target]: ...
+    def open(self, target: str, cfg: Config, progress: Any, *, device: bool = False,
+             trusted: bool = False) -> ContextManager[Target]: ...
     # open: ``device``, the target is a device's folder (a stick's mount point, the job's device_id): a folder
-    # kind holds it to the device's own filesystem; a remote kind has no use for it
+    # kind holds it to the device's own filesystem; a remote kind has no use for it. ``trusted``: as check()'s
+    # (the job was asked for by the daemon itself or the CLI): a folder kind checks export.allowed_dirs again
+    # unless it is
     def again(self, error: StenoError, attempt: int, cancelled: Callable[[], bool]) -> bool: ...
     # again: after ``error`` ended attempt ``attempt`` (1, 2, ...), wait (cancellably) and say whether to
     # run the export once more (incremental: what landed is skipped; a resumable file resumes)
@@ -185,34 +188,67 @@ def not_the_recorders(folder: str, cfg: Config, error: type[StenoError]) -> None
             raise error(f"refusing to export into the recorder's data folder {d}")
 
 
-def not_the_recorders_at(fd: int, cfg: Config, error: type[StenoError]) -> None:
-    """not_the_recorders() of an open folder: ``error`` when the folder ``fd`` is (whatever path led to it, symlinks
-    or a rename since) one of the recorder's own folders or inside one, found by walking up its parents ('..')
-    and comparing each with the recorder's folders (device and inode)."""
-    own: dict[tuple[int, int], str] = {}
-    for d in recorder_dirs(cfg):
-        try:
-            st = os.stat(d)
-        except OSError:
-            continue                    # (not there: nothing to write into either)
-        own[(st.st_dev, st.st_ino)] = d
+def _folders_up(fd: int, error: type[StenoError]) -> list[tuple[int, int]]:
+    """(device, inode) of the open folder ``fd`` and of each folder above it up to '/', walked by '..' (whatever path
+    led to it, symlinks or a rename since). Each parent is opened O_PATH: a folder the daemon may pass through but
+    not read (mode 0711, a user's home) is walked like any other, and the filesystem's own open (a FUSE server's,
+    which a hung helper never answers) is never called."""
+    up: list[tuple[int, int]] = []
     cur = os.dup(fd)
     try:
         for _ in range(4096):           # (a folder's depth: PATH_MAX bounds it)
             st = os.fstat(cur)
-            if (st.st_dev, st.st_ino) in own:
-                raise error(f"refusing to export into the recorder's data folder {own[(st.st_dev, st.st_ino)]}")
-            parent = os.open("..", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=cur)
+            up.append((st.st_dev, st.st_ino))
+            parent = os.open("..", os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=cur)
             os.close(cur)
             cur = parent
             pst = os.fstat(cur)
             if (pst.st_dev, pst.st_ino) == (st.st_dev, st.st_ino):
-                return                  # the top: '/' is its own parent
+                return up               # the top: '/' is its own parent
         raise error("the target folder is too deep to check")
     except OSError as e:                # its folder removed meanwhile, say
         raise error(f"the target folder cannot be checked: {e.strerror or e}") from e
     finally:
         os.close(cur)
+
+
+def _identities(dirs: list[str]) -> dict[tuple[int, int], str]:
+    """(device, inode) -> folder, of those of ``dirs`` there now (symlinks followed, as realpath() in under())."""
+    out: dict[tuple[int, int], str] = {}
+    for d in dirs:
+        try:
+            st = os.stat(d)
+        except OSError:
+            continue                    # (not there: nothing is under it either)
+        out[(st.st_dev, st.st_ino)] = d
+    return out
+
+
+def not_the_recorders_at(fd: int, cfg: Config, error: type[StenoError]) -> None:
+    """not_the_recorders() of an open folder: ``error`` when the folder ``fd`` is (whatever path led to it, symlinks
+    or a rename since) one of the recorder's own folders or inside one, found by walking up its parents ('..')
+    and comparing each with the recorder's folders (device and inode)."""
+    checked_at(fd, cfg, error, trusted=True)
+
+
+def checked_at(fd: int, cfg: Config, error: type[StenoError], *, trusted: bool) -> None:
+    """The open folder ``fd`` a job is about to write into, checked as it is now, in one walk up its parents
+    (_folders_up): never one of the recorder's own folders or inside one; unless ``trusted`` (as allowed()), one of
+    export.allowed_dirs of ``cfg`` (the config now: an admin may have narrowed it since the job was asked for) or
+    inside one. What the path named when the job was asked for does not count: a folder above it swapped since for
+    a symlink to somewhere else leads this descriptor there, and that is refused."""
+    own = _identities(recorder_dirs(cfg))
+    up = _folders_up(fd, error)
+    for key in up:
+        if key in own:
+            raise error(f"refusing to export into the recorder's data folder {own[key]}")
+    if trusted:
+        return
+    allowed_ids = _identities(cfg.export.allowed_dirs)
+    if not any(key in allowed_ids for key in up):
+        raise error(f"the target folder is not under an allowed folder now ({', '.join(cfg.export.allowed_dirs)}): "
+                    "a folder on its path was moved or replaced by a symlink since the export was asked for, or "
+                    "export.allowed_dirs changed; nothing is written there")
 
 
 class FolderKind:
@@ -232,15 +268,17 @@ class FolderKind:
         return root_folder(cfg)
 
     @contextlib.contextmanager
-    def open(self, target: str, cfg: Config, progress: Any, *, device: bool = False) -> Iterator[Target]:
+    def open(self, target: str, cfg: Config, progress: Any, *, device: bool = False,
+             trusted: bool = False) -> Iterator[Target]:
         # checked when the job was asked for: a folder gone now is a stick pulled (udisks removed its mount point)
         self._usable(target, cfg, TargetError, missing=functools.partial(TargetError, kind="pulled"))
         t = DirectoryTarget(target, mount_point=device)     # a device's: still mounted, or a pulled stick
         # the folder as it is now, checked by what was opened, and pinned: every open of it while the export runs is
-        # this folder or refused (a symlink to the recorder's folder put in its place mid-export is never followed)
+        # this folder or refused (a symlink to the recorder's folder put in its place mid-export is never followed);
+        # a caller's still under export.allowed_dirs (a device's mount point is the daemon's own)
         fd = t.pin()
         try:
-            not_the_recorders_at(fd, cfg, TargetError)
+            checked_at(fd, cfg, TargetError, trusted=trusted or device)
         finally:
             os.close(fd)
         yield t

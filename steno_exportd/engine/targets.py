@@ -254,6 +254,8 @@ def os_error(e: OSError, what: str) -> TargetError:
     # ECONNABORTED: what a FUSE filesystem (exfat-fuse, fusefat) answers once its stick is pulled
     if e.errno in (errno.EIO, errno.ENXIO, errno.ENODEV, errno.ENOTCONN, errno.ESHUTDOWN, errno.ECONNABORTED):
         return TargetError(f"target gone or failing ({what}): {e.strerror}", kind="pulled")
+    # (fusefat, the FUSE FAT driver of machines without kernel vfat, answers EPERM to creating any name beyond ASCII,
+    # "Réunion café" too: its limit, not the name's, which kernel vfat writes: tests/engine/test_fat_names.py)
     if e.errno in (errno.EACCES, errno.EPERM):
         return TargetError(f"permission denied on the target ({what})", kind="permission")
     if e.errno == errno.ELOOP:

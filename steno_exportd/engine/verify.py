@@ -31,14 +31,46 @@ class VerifyReport:
     problems: list[str] = dataclasses.field(default_factory=list)
     incomplete: list[str] = dataclasses.field(default_factory=list)   # session folders an export left unfinished
     notes: list[str] = dataclasses.field(default_factory=list)        # said, but not wrong with the target's files
+    busy: str = ""          # an export wrote to the folder while it was checked: why what did not match is not judged
+    root: str = ""          # the root folder checked (export.root_folder)
 
     @property
     def ok(self) -> bool:
-        return not (self.changed or self.missing or self.problems or self.incomplete)
+        return not (self.changed or self.missing or self.problems or self.incomplete or self.busy)
 
     def to_json(self) -> dict:
-        return dict(ok=self.ok, verified=self.ok_count, changed=self.changed, missing=self.missing,
-                    extra=self.extra, problems=self.problems, incomplete=self.incomplete, notes=self.notes)
+        return dict(ok=self.ok, root=self.root, verified=self.ok_count, changed=self.changed, missing=self.missing,
+                    extra=self.extra, problems=self.problems, incomplete=self.incomplete, notes=self.notes,
+                    busy=self.busy)
+
+
+# Who holds a folder. An export holds its root folder (flock, Target.held) for its whole run; a verify that records
+# what it found holds the target folder above it first, then the root folder, for the moment of its save: so a root
+# folder held while its target folder is free is held by an export, never by a verify.
+EXPORTING = "an export is writing to this folder now; verify again once it has ended"
+VERIFYING = ("another verify of this folder is recording what it found in the manifest now; verify again once it "
+             "has ended")
+BEING_WRITTEN = ("the folder is being written: {when}, and files that did not match its manifest ({what}) may be "
+                 "ones it is writing; they are not judged: verify again once it has ended")
+_DISAGREE = ": SHA256SUMS and manifest disagree"       # (read a moment apart, an export's save between them)
+
+
+def _holder(t: Target, root: str) -> str:
+    """Who holds ``root`` on ``t`` now: "" nobody, else what to say (EXPORTING, VERIFYING). Held a moment only."""
+    with t.held("", wait=False) as free:
+        if not free:
+            return VERIFYING
+        with t.held(root, wait=False) as alone:
+            return "" if alone else EXPORTING
+
+
+def _manifest_bytes(t: Target, root: str) -> bytes | None:
+    """manifest.json as it is now (None: not there or unreadable): compared before and after the read-back."""
+    try:
+        raw = mf.read_small(t, f"{root}/{mf.MANIFEST}")
+    except TargetError:
+        return None
+    return None if raw is None else bytes(raw)
 
 
 def _expected(sums: dict[str, str], manifest_files: dict[str, dict], rep: VerifyReport) -> dict[str, str]:
@@ -103,10 +135,14 @@ def verify_target(path: str | Target, root: str = ROOT_FALLBACK, mark: bool = Fa
         t: Target = DirectoryTarget(path)
     else:
         t = path
-    rep = VerifyReport()
+    rep = VerifyReport(root=root)
     st = t.lstat(root)
     if st is None or st.kind != "dir":
         raise TargetError(f"no {root}/ folder on {t.name}")
+    # an export writing there (its lock held) replaces files before its manifest records them and builds folders
+    # the manifest does not list yet: read back then, they looked changed, missing or incomplete
+    exporting = _holder(t, root) == EXPORTING
+    before = _manifest_bytes(t, root)
     try:
         sums = mf.read_sums(t, root)
     except TargetError as e:
@@ -136,9 +172,31 @@ def verify_target(path: str | Target, root: str = ROOT_FALLBACK, mark: bool = Fa
             listing[folder] = list(t.listdir(f"{root}/{folder}"))
     bad = _compare(expected, actual, listing, rep)
     rep.incomplete = _incomplete(t, root, m)
+    # an export that began meanwhile holds the folder now, or (begun and ended meanwhile) left a manifest saved anew
+    if exporting or _holder(t, root) == EXPORTING:
+        _being_written(rep, "an export is writing to it now (it holds the folder's lock while it runs)")
+        bad = set()
+    elif _manifest_bytes(t, root) != before:
+        _being_written(rep, "its manifest was saved anew while it was being checked (by an export, or by another "
+                            "verify recording what it found)")
+        bad = set()
     if mark and not m.rebuilt:
         _mark(t, root, m, read, bad, rep)
     return rep
+
+
+def _being_written(rep: VerifyReport, when: str) -> None:
+    """An export wrote to the folder while it was checked: what did not match is said as that (rep.busy), not as
+    damage (never flagged "bad" in the manifest either); files that matched still count as verified."""
+    disagree = [p for p in rep.problems if p.endswith(_DISAGREE)]
+    what = [f"{len(x)} {n}" for x, n in ((rep.changed, "changed"), (rep.missing, "missing"),
+                                          (rep.incomplete, "session folder(s) incomplete"),
+                                          (disagree, "listed differently in SHA256SUMS")) if x]
+    if not what:
+        return
+    rep.busy = BEING_WRITTEN.format(when=when, what=", ".join(what))
+    rep.changed, rep.missing, rep.incomplete = [], [], []
+    rep.problems = [p for p in rep.problems if not p.endswith(_DISAGREE)]
 
 
 def _mark(t: Target, root: str, m: mf.Manifest, read: dict[str, tuple[int, str]], bad: set[str],
@@ -160,9 +218,11 @@ def _mark(t: Target, root: str, m: mf.Manifest, read: dict[str, tuple[int, str]]
     if not bad and not any(f.get("unverified") and good(rel, f) for rel, f in m.owned_paths().items()):
         return
     try:
-        with t.held(root, wait=False) as alone:
+        with t.held("", wait=False) as free, t.held(root, wait=False) as alone:     # (as _holder)
+            if not free:
+                raise TargetError(VERIFYING)
             if not alone:
-                raise TargetError("an export is writing to this folder now; verify again once it has ended")
+                raise TargetError(EXPORTING)
             try:
                 now = mf.read(t, root)          # (never rebuilt: that read every file again)
             except (ValueError, TypeError, UnicodeDecodeError) as e:

@@ -9,7 +9,9 @@ import sys
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", metavar="DIR|FILE.zip|FILE.tar.gz",
                    help="the target folder (the one holding SilentSteno/), SilentSteno/ itself, or an exported archive")
-    p.add_argument("--root-folder", default="SilentSteno", help="export.root_folder (default SilentSteno)")
+    p.add_argument("--root-folder", default=None,
+                   help="the root folder to check (default: export.root_folder of the config the daemon reads: "
+                        "--config, else /etc/steno-exportd/config.toml)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-mark", action="store_true",
                    help="do not write the manifest: changed files are not flagged (flagged files are re-copied by "
@@ -17,18 +19,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "by the next export that verifies)")
 
 
+BUSY = 75       # exit code: an export wrote to the folder while it was checked; nothing judged wrong, verify again
+
+
 def main(args: argparse.Namespace) -> int:
     from steno_exportd.engine.verify import verify_target
     from steno_exportd.errors import StenoError
     from steno_exportd.safeparse import printable as shown   # names a stick's author chose: no escapes, one line
 
+    source = ""
     try:
-        rep = verify_target(args.dir, args.root_folder, mark=not args.no_mark)
+        root, source = _root(args)
+        rep = verify_target(args.dir, root, mark=not args.no_mark)
     except StenoError as e:
-        print(f"verify failed: {shown(str(e))}", file=sys.stderr)
+        print(f"verify failed: {shown(str(e))}" + (f" (root folder: {shown(source)})" if source else ""),
+              file=sys.stderr)
         return 1
     if args.json:
-        print(json.dumps(rep.to_json(), indent=1))      # (ensure_ascii: every control character escaped)
+        # (ensure_ascii: every control character escaped)
+        print(json.dumps({**rep.to_json(), "root_from": source}, indent=1))
     else:
         for p in rep.changed:
             print(f"CHANGED  {shown(p)}")
@@ -42,6 +51,28 @@ def main(args: argparse.Namespace) -> int:
             print(f"INCOMPLETE  {shown(p)} (an export was interrupted; export again to finish it)")
         for p in rep.notes:
             print(f"NOTE     {shown(p)}")
+        if rep.busy:
+            print(f"BUSY     {shown(rep.busy)}")
         print(f"{rep.ok_count} files verified, {len(rep.changed)} changed, {len(rep.missing)} missing, "
-              f"{len(rep.extra)} extra" + (f", {len(rep.incomplete)} session(s) incomplete" if rep.incomplete else ""))
-    return 0 if rep.ok else 1
+              f"{len(rep.extra)} extra" + (f", {len(rep.incomplete)} session(s) incomplete" if rep.incomplete else "")
+              + f"; checked {shown(root)}/")
+    if rep.ok:
+        return 0
+    # an export writing there (and nothing else found): not damage, try again later (sysexits' EX_TEMPFAIL)
+    return BUSY if rep.busy and not (rep.changed or rep.missing or rep.problems or rep.incomplete) else 1
+
+
+def _root(args: argparse.Namespace) -> tuple[str, str]:
+    """The root folder to check and where it came from: --root-folder, else export.root_folder of the config the
+    daemon reads (--config, else the default path; a missing default file means the defaults, as for the daemon).
+    ConfigError for a config the daemon would refuse too."""
+    from steno_exportd import config
+    from steno_exportd.engine.naming import root_folder
+    if args.root_folder:
+        return args.root_folder, "--root-folder"
+    path = getattr(args, "config", None)
+    cfg = config.load(path)
+    where = str(path or config.DEFAULT_PATH)
+    if path is None and not config.DEFAULT_PATH.exists():
+        return root_folder(cfg), f"the default root folder: no {where}"
+    return root_folder(cfg), f"export.root_folder of {where}"

@@ -50,7 +50,8 @@ class RcloneKind(RemoteKind):
         return isinstance(error, RcloneError) and not error.permanent
 
     @contextlib.contextmanager
-    def open(self, target: str, cfg: Config, progress: Any, *, device: bool = False) -> Iterator[RcloneTarget]:
+    def open(self, target: str, cfg: Config, progress: Any, *, device: bool = False,
+             trusted: bool = False) -> Iterator[RcloneTarget]:
         """The store reached, the recorder's folder claimed; one push per remote at a time."""
         remote = self.remote_for(cfg, target)
         for p in config_problems(cfg):

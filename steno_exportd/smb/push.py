@@ -60,7 +60,8 @@ class SmbKind(RemoteKind):
         return isinstance(error, SmbError) and not error.permanent
 
     @contextlib.contextmanager
-    def open(self, target: str, cfg: Config, progress: Any, *, device: bool = False) -> Iterator[SmbTarget]:
+    def open(self, target: str, cfg: Config, progress: Any, *, device: bool = False,
+             trusted: bool = False) -> Iterator[SmbTarget]:
         """Connected, the recorder's folder claimed (and adopted when an earlier version pushed it).
 
         One push per remote folder at a time: a second job for it waits for the first.

@@ -3,6 +3,7 @@ its exit code, and what it records in manifest.json (or, with --no-mark, does no
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ from steno_exportd.core import Core
 from steno_exportd.engine.targets import TEMP_PREFIX, DirectoryTarget
 from tests.configs import make_config
 
+END = "; checked SilentSteno/\n"      # the summary line's end: the root folder checked (export.root_folder)
 NOT_RECORDED = ("NOTE     could not record in the manifest that the files were verified ({why}): the next export that "
                 "verifies sends again those a job without verify wrote")
 
@@ -84,12 +86,12 @@ async def test_a_verify_while_the_daemon_exports_to_the_folder_says_it_recorded_
         await core.stop()
     why = "an export is writing to this folder now; verify again once it has ended"
     assert (rc, said, err) == (0, f"{NOT_RECORDED.format(why=why)}\n{files} files verified, 0 changed, 0 missing, "
-                                  f"0 extra\n", ""), (rc, said, err)
+                                  f"0 extra{END}", ""), (rc, said, err)
     rep = json.loads(said_json)
     assert rc_json == 0 and rep["ok"] and rep["verified"] == files, rep
     assert rep["notes"] == [NOT_RECORDED.format(why=why).removeprefix("NOTE     ")], rep["notes"]
     rc, said, err = await asyncio.to_thread(steno, "verify", str(out), cwd=tmp_path)
-    assert (rc, said, err) == (0, f"{len(marks(out))} files verified, 0 changed, 0 missing, 0 extra\n", "")
+    assert (rc, said, err) == (0, f"{len(marks(out))} files verified, 0 changed, 0 missing, 0 extra{END}", "")
     assert not [rel for rel, f in marks(out).items() if f.get("unverified")], marks(out)
 
 
@@ -108,7 +110,7 @@ def test_no_mark_prints_what_it_found_and_writes_nothing(tmp_path, demo_library)
     kept = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in (root / "manifest.json", root / "SHA256SUMS")}
     listing = sorted(os.listdir(root))
     files = len(marks(out))
-    found = (f"CHANGED  {changed}\n{files - 1} files verified, 1 changed, 0 missing, 0 extra\n")
+    found = (f"CHANGED  {changed}\n{files - 1} files verified, 1 changed, 0 missing, 0 extra{END}")
     assert steno("verify", str(out), "--no-mark", cwd=tmp_path) == (1, found, "")
     assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in (root / "manifest.json", root / "SHA256SUMS")} \
         == kept
@@ -123,7 +125,7 @@ def test_no_mark_prints_what_it_found_and_writes_nothing(tmp_path, demo_library)
                           "txt,json,audio", cwd=tmp_path)
     sessions = len(json.loads((root / "manifest.json").read_text())["sessions"])
     assert rc == 0 and f"1 exported, {sessions - 1} already there, 0 failed" in said, (said, err)
-    assert steno("verify", str(out), cwd=tmp_path) == (0, f"{files} files verified, 0 changed, 0 missing, 0 extra\n",
+    assert steno("verify", str(out), cwd=tmp_path) == (0, f"{files} files verified, 0 changed, 0 missing, 0 extra{END}",
                                                        "")
 
 
@@ -142,7 +144,7 @@ def test_a_verify_of_a_read_only_stick_says_it_recorded_nothing(tmp_path, demo_l
         before = (mnt / "SilentSteno" / "manifest.json").read_bytes()
         why = "target is read-only (SilentSteno/SHA256SUMS)"
         assert steno("verify", str(mnt), cwd=tmp_path) == (
-            0, f"{NOT_RECORDED.format(why=why)}\n{files} files verified, 0 changed, 0 missing, 0 extra\n", "")
+            0, f"{NOT_RECORDED.format(why=why)}\n{files} files verified, 0 changed, 0 missing, 0 extra{END}", "")
         umount(mnt)
         mount(dev, mnt, "ext4")
         txt.write_bytes(txt.read_bytes() + b"changed\n")
@@ -150,7 +152,7 @@ def test_a_verify_of_a_read_only_stick_says_it_recorded_nothing(tmp_path, demo_l
         mount(dev, mnt, "ext4", ro=True)
         assert steno("verify", str(mnt), cwd=tmp_path) == (
             1, f"CHANGED  {changed}\nPROBLEM  could not flag changed files in the manifest: {why}\n"
-               f"{files - 1} files verified, 1 changed, 0 missing, 0 extra\n", "")
+               f"{files - 1} files verified, 1 changed, 0 missing, 0 extra{END}", "")
         assert (mnt / "SilentSteno" / "manifest.json").read_bytes() == before
 
 
@@ -175,7 +177,137 @@ def test_names_a_sticks_author_chose_reach_the_terminal_without_their_escapes(tm
     files = len(marks(out))
     assert (rc, err) == (0, ""), (rc, said, err)
     assert said.splitlines() == [f"EXTRA    {folder.name}/{HOSTILE[n]}" for n in sorted(HOSTILE)] + \
-        [f"{files} files verified, 0 changed, 0 missing, 3 extra"], said
+        [f"{files} files verified, 0 changed, 0 missing, 3 extra{END.rstrip()}"], said
     assert not [c for c in said if c != "\n" and not c.isprintable()], said
     rc, said, _ = steno("verify", str(out), "--no-mark", "--json", cwd=tmp_path)
     assert rc == 0 and sorted(json.loads(said)["extra"]) == sorted(f"{folder.name}/{n}" for n in HOSTILE)
+
+
+@contextlib.contextmanager
+def _default_config(text: str):
+    """The daemon's default config file (/etc/steno-exportd/config.toml) holding ``text`` for the block, then as it
+    was (the tests run one at a time under the machine's lock: nothing else reads it meanwhile)."""
+    from steno_exportd.config import DEFAULT_PATH
+    made_dir = not DEFAULT_PATH.parent.exists()
+    kept = DEFAULT_PATH.read_bytes() if DEFAULT_PATH.exists() else None
+    DEFAULT_PATH.parent.mkdir(parents=True, exist_ok=True)
+    DEFAULT_PATH.write_text(text)
+    try:
+        yield DEFAULT_PATH
+    finally:
+        if kept is None:
+            DEFAULT_PATH.unlink()
+            if made_dir:
+                DEFAULT_PATH.parent.rmdir()
+        else:
+            DEFAULT_PATH.write_bytes(kept)
+
+
+def test_verify_checks_the_root_folder_the_daemons_config_names(tmp_path, demo_library):
+    """The daemon exports into export.root_folder of its config ('Meetings' here). `steno-exportd verify DIR`
+    looked for SilentSteno/ whatever the config said, with or without --config: 'verify failed: no SilentSteno/
+    folder'. It reads the config the daemon reads (--config, else the default file) and says which root folder it
+    checked; --root-folder still names another."""
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('[export]\nroot_folder = "Meetings"\n')
+    out = tmp_path / "stick"
+    out.mkdir()
+    db = Path(demo_library(tmp_path / "rec", sessions=2))
+    rc, said, err = steno("--config", str(cfg), "export", "--db", str(db), "--to", str(out), "--sessions", "all",
+                          "--formats", "txt,json", cwd=tmp_path)
+    assert rc == 0 and (out / "Meetings" / "manifest.json").is_file(), (said, err)
+    files = sum(len(s["files"]) for s in json.loads((out / "Meetings" / "manifest.json").read_text())["sessions"]
+                .values())
+    found = f"{files} files verified, 0 changed, 0 missing, 0 extra; checked Meetings/\n"
+    assert steno("--config", str(cfg), "verify", str(out), cwd=tmp_path) == (0, found, "")
+    with _default_config(cfg.read_text()) as default:
+        assert steno("verify", str(out), cwd=tmp_path) == (0, found, "")
+        rc, said, _ = steno("verify", str(out), "--json", cwd=tmp_path)
+        rep = json.loads(said)
+        assert (rc, rep["root"], rep["root_from"]) == (0, "Meetings", f"export.root_folder of {default}"), rep
+    rc, said, err = steno("verify", str(out), "--root-folder", "SilentSteno", cwd=tmp_path)
+    assert (rc, said) == (1, "") and err.startswith("verify failed: no SilentSteno/ folder on "), err
+
+
+def test_a_verify_while_another_verify_records_says_so(tmp_path, demo_library):
+    """Two verifies of one folder: while one records what it found in the manifest (it holds the folder, as every
+    verify that records does), the other's NOTE said 'an export is writing to this folder now', which no export
+    was. It says another verify is recording."""
+    out = tmp_path / "stick"
+    out.mkdir()
+    unverified_export(demo_library, tmp_path, out, "1,2")
+    files = len(marks(out))
+    t = DirectoryTarget(out)
+    with t.held("", wait=False) as one, t.held("SilentSteno", wait=False) as two:    # as a verify recording holds
+        assert one and two
+        rc, said, err = steno("verify", str(out), cwd=tmp_path)
+    why = ("another verify of this folder is recording what it found in the manifest now; verify again once it has "
+           "ended")
+    assert (rc, said, err) == (0, f"{NOT_RECORDED.format(why=why)}\n{files} files verified, 0 changed, 0 missing, "
+                                  f"0 extra{END}", ""), (rc, said, err)
+
+
+class _Saving(DirectoryTarget):
+    """The daemon's export to a folder, stopped when it has put its files' new versions under their names and is
+    about to record them in the manifest (SHA256SUMS is saved first), until the test lets it go."""
+
+    def __init__(self, root: Path, go: threading.Event, holding: threading.Event) -> None:
+        super().__init__(root)
+        self._go, self._holding = go, holding
+
+    def open_write(self, rel: str, *, resume: str | None = None):
+        if rel == "SilentSteno/SHA256SUMS" and not self._holding.is_set():
+            self._holding.set()
+            self._go.wait(60)
+        return super().open_write(rel, resume=resume)
+
+
+def test_a_verify_while_an_export_rewrites_files_says_the_folder_is_being_written(tmp_path, demo_library):
+    """A session exported, then exported again after the admin set another render.time_zone: the export puts each
+    file's new version in place, then records them in the manifest. `steno-exportd verify` in between said CHANGED
+    for each, and (marking) flagged them bad, as if the stick had damaged them. It says the folder is being written
+    (the export holds its lock), no CHANGED line, exit code 75, and flags nothing; once the export has ended every
+    file checks out."""
+    import hashlib
+
+    from steno_exportd.engine.export import SimpleSpec, run_export
+    from steno_exportd.engine.options import ExportOptions
+    from steno_exportd.library import Library
+    out = tmp_path / "stick"
+    out.mkdir()
+    db = Path(demo_library(tmp_path / "rec", sessions=1))
+    first = tmp_path / "first.toml"
+    first.write_text('[render]\ntime_zone = "UTC"\n')
+    rc, said, err = steno("--config", str(first), "export", "--db", str(db), "--to", str(out), "--sessions", "1",
+                          "--formats", "txt,html,json", cwd=tmp_path)
+    assert rc == 0, (said, err)
+    files = len(marks(out))
+    cfg = make_config(tmp_path, **{"recorder.db_path": str(db), "render.time_zone": "Pacific/Auckland"})
+    go, holding = threading.Event(), threading.Event()
+    ran: list = []
+    export = threading.Thread(target=lambda: ran.append(run_export(
+        Library.from_config(cfg), SimpleSpec(_Saving(out, go, holding), (1,), ("txt", "html", "json"),
+                                             ExportOptions()), cfg)), daemon=True)
+    export.start()
+    try:
+        assert holding.wait(60)
+        rewritten = sorted(rel for rel, f in marks(out).items()
+                           if hashlib.sha256((out / "SilentSteno" / rel).read_bytes()).hexdigest() != f["sha256"])
+        rc, said, err = steno("verify", str(out), cwd=tmp_path)
+        rc_json, said_json, _ = steno("verify", str(out), "--json", cwd=tmp_path)
+        flagged = [rel for rel, f in marks(out).items() if f.get("bad")]
+    finally:
+        go.set()
+        export.join(60)
+    assert rewritten, "the second export rewrote no file: nothing for a verify to misjudge"
+    busy = ("BUSY     the folder is being written: an export is writing to it now (it holds the folder's lock while "
+            f"it runs), and files that did not match its manifest ({len(rewritten)} changed) may be ones it is "
+            "writing; they are not judged: verify again once it has ended")
+    assert (rc, err) == (75, "") and "CHANGED" not in said, (rc, said, err)
+    assert said == f"{busy}\n{files - len(rewritten)} files verified, 0 changed, 0 missing, 0 extra{END}", said
+    rep = json.loads(said_json)
+    assert rc_json == 75 and rep["changed"] == [] and not rep["ok"] and rep["busy"] == busy[9:], rep
+    assert flagged == [], f"files the export was writing were flagged bad: {flagged}"
+    assert ran and all(r.ok for r in ran[0]), ran
+    assert steno("verify", str(out), cwd=tmp_path) == (0, f"{files} files verified, 0 changed, 0 missing, 0 extra"
+                                                          f"{END}", "")

@@ -1,0 +1,238 @@
+"""A caller's folder export is held to export.allowed_dirs as the folder is when the job runs, not only as its path
+was when the job was asked for: between the two a queued job waits, and meanwhile a local user who owns a folder
+on the path can swap it for a symlink to somewhere else, or the admin can narrow allowed_dirs. The job refuses,
+saying why, and nothing lands outside the allowed folders. The walk up the folder's parents that checks it opens
+each parent without reading it (O_PATH): a parent the daemon (an unprivileged user) may pass through but not list,
+or anything swapped in for one, neither refuses the job nor holds it up."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import shutil
+import stat
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from steno_exportd import config
+from steno_exportd import events as ev
+from steno_exportd.core import Core
+from steno_exportd.engine.jobs import JobSpec
+from steno_exportd.engine.export import run_export
+from steno_exportd.engine.registry import FolderKind
+from steno_exportd.errors import StenoError, TargetError
+from steno_exportd.library import Library
+from steno_exportd.engine.options import ExportOptions
+from tests.configs import make_config
+from tests.parts.swap import StoreWatch
+
+NOT_ALLOWED = "not under an allowed folder"
+
+
+def _files_in(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if not p.is_dir())
+
+
+async def test_a_folder_export_whose_parent_flips_to_a_symlink_outside_never_writes_outside(tmp_path, demo_library):
+    """A user who owns exports/u flips it, every few milliseconds, between their folder and a symlink to a folder
+    outside export.allowed_dirs (holding an 'out' folder of the same name) while exports into exports/u/out run one
+    after the other. An export asked for while it pointed inside passed its check; when it ran it followed the
+    symlink and wrote every session outside. A watcher holds every file that appears outside (a temp file removed
+    afterwards too) and every folder made there: none; every job wrote inside or failed saying why."""
+    db = Path(await asyncio.to_thread(demo_library, tmp_path / "rec", sessions=2))
+    cfg = make_config(tmp_path, **{"recorder.db_path": str(db), "export.formats": ["txt", "audio"]})
+    core = Core(cfg)
+    await core.start()
+    exports = tmp_path / "exports"
+    real = exports / "u.real"
+    (real / "out").mkdir(parents=True)
+    outside = tmp_path / "outside"
+    (outside / "out").mkdir(parents=True)
+    link = exports / "u"
+    link.symlink_to(real)
+    target = str(link / "out")
+    stop = threading.Event()
+    flips = [0]
+
+    def flip() -> None:
+        while not stop.is_set():
+            for to in (outside, real):
+                tmp = exports / ".u.swap"
+                tmp.symlink_to(to)
+                os.replace(tmp, link)
+                time.sleep(0.001)
+            flips[0] += 1
+
+    flipper = threading.Thread(target=flip, name="test-flipper", daemon=True)
+    watch = StoreWatch(outside)
+    ends: list[ev.JobSnapshot] = []
+    refused = 0
+    watch.start()
+    flipper.start()
+    try:
+        end = time.monotonic() + 6
+        while time.monotonic() < end and len(ends) < 40:
+            try:
+                job = await core.export_sessions([1, 2], ["txt", "audio"], target)
+            except StenoError as e:         # asked for while it pointed outside: refused at once, as before
+                assert NOT_ALLOWED in str(e), e
+                refused += 1
+                continue
+            ends.append(await core.jobs.wait(job.id, 60))
+            if (real / "out" / "SilentSteno").exists():
+                shutil.rmtree(real / "out" / "SilentSteno")     # (each job writes every session again)
+    finally:
+        stop.set()
+        flipper.join(10)
+        watch.stop.set()
+        watch.join(10)
+        seen = sorted(os.path.relpath(path, outside) for path, _fd in watch.held.values())
+        watch.close()
+        landed = sorted(str(p.relative_to(outside)) for p in outside.rglob("*") if p != outside / "out")
+        await core.stop()
+    assert flips[0] > 20 and len(ends) >= 5, (flips[0], len(ends))
+    assert seen == [] and landed == [], f"{len(set(seen + landed))} files or folders landed outside allowed_dirs: " \
+                                        f"{(seen + landed)[:5]}"
+    for e in ends:
+        assert e.state in (ev.JobState.COMPLETED, ev.JobState.FAILED), e.state
+        problems = [e.error] + [r.error for r in e.results if not r.ok]
+        if e.state == ev.JobState.FAILED or not all(r.ok for r in e.results):
+            assert any(NOT_ALLOWED in p or "no longer the folder" in p for p in problems), problems
+
+
+def test_a_job_asked_for_before_the_admin_narrowed_allowed_dirs_refuses_when_it_runs(tmp_path, demo_library):
+    """A caller's export into exports/team, asked for while export.allowed_dirs held exports; the admin then narrows
+    it to exports/public. When the job runs it refuses, naming the rule, and writes nothing into exports/team."""
+    db = Path(demo_library(tmp_path / "rec", sessions=1))
+    (tmp_path / "exports" / "team").mkdir(parents=True)
+    (tmp_path / "exports" / "public").mkdir()
+    asked = make_config(tmp_path, **{"recorder.db_path": str(db), "export.formats": ["txt"]})
+    now = config.replace(asked, **{"export.allowed_dirs": [str(tmp_path / "exports" / "public")]})
+    spec = JobSpec("export", str(tmp_path / "exports" / "team"), "team", (1,), ("txt",), ExportOptions())
+    try:
+        run_export(Library.from_config(now), spec, now)
+    except TargetError as e:
+        assert NOT_ALLOWED in str(e) and str(tmp_path / "exports" / "public") in str(e), e
+    else:
+        raise AssertionError("the export ran into a folder no longer under export.allowed_dirs")
+    assert _files_in(tmp_path / "exports" / "team") == []
+    # the daemon's own (a stick's auto-export, a schedule, the CLI) is not held to allowed_dirs, as before
+    res = run_export(Library.from_config(now), dataclasses.replace(spec, trusted=True), now)
+    assert [r.ok for r in res] == [True], res
+
+
+@contextlib.contextmanager
+def _as_nobody(work):
+    """``work()`` run in a child process as the unprivileged user 65534 (the daemon runs as its own user, without
+    capabilities; the tests run as root, who reads any folder); yields its result: "ok" or the error's text."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                    # pragma: no cover - the child
+        os.close(r)
+        out = "ok"
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            work()
+        except BaseException as e:                  # noqa: BLE001 - reported to the parent
+            out = f"{type(e).__name__}: {e}"
+        os.write(w, out.encode()[:4000])
+        os._exit(0)
+    os.close(w)
+    try:
+        with os.fdopen(r, "rb") as f:
+            yield f.read().decode()
+    finally:
+        os.waitpid(pid, 0)
+
+
+def test_a_target_under_a_folder_the_daemon_may_pass_through_but_not_list_is_exported_into(tmp_path):
+    """export.allowed_dirs names /home/alice/exports; /home/alice is 0711 (the daemon's user may pass through, not
+    list it). The job's check of its folder opened each parent for reading and refused every export there: 'the
+    target folder cannot be checked: Permission denied'."""
+    base = Path(tempfile.mkdtemp(prefix="steno-allowed-", dir="/tmp"))     # (pytest's own folder is root's, 0700)
+    try:
+        home = base / "alice"
+        exports = home / "exports"
+        exports.mkdir(parents=True)
+        os.chmod(base, 0o755)
+        os.chmod(home, 0o711)
+        os.chown(exports, 65534, 65534)
+        (base / "rec").mkdir()
+        cfg = config.from_dict({"recorder": {"db_path": str(base / "rec" / "silent_steno.db")},
+                                "export": {"allowed_dirs": [str(exports)]}})
+
+        class _P:
+            cancelled = False
+
+            def update(self, *a, **k):
+                pass
+
+        def work() -> None:
+            with FolderKind().open(str(exports), cfg, _P()) as t:
+                t.mkdir("SilentSteno")
+        with _as_nobody(work) as said:
+            assert said == "ok", said
+        assert stat.S_ISDIR(os.lstat(exports / "SilentSteno").st_mode)
+    finally:
+        shutil.rmtree(base)
+
+
+def test_a_fifo_swapped_in_for_a_parent_never_holds_up_the_jobs_check(tmp_path):
+    """The target's parent flips between its folder and a FIFO while the job's check of its folder runs again and
+    again: every check ends (the FIFO is never opened for reading, which would wait for a writer), and each one
+    either passes or refuses saying why."""
+    exports = tmp_path / "exports"
+    cfg = make_config(tmp_path)
+    real = exports / "p.real"
+    (real / "out").mkdir(parents=True)
+    fifo = exports / "p.fifo"
+    os.mkfifo(fifo)
+    link = exports / "p"
+    os.rename(real, link)
+    stop = threading.Event()
+    flips = [0]
+
+    def flip() -> None:
+        while not stop.is_set():
+            os.rename(link, real)
+            os.rename(fifo, link)
+            time.sleep(0.001)
+            os.rename(link, fifo)
+            os.rename(real, link)
+            time.sleep(0.001)
+            flips[0] += 1
+
+    class _P:
+        cancelled = False
+
+        def update(self, *a, **k):
+            pass
+
+    results = {"passed": 0, "refused": 0}
+    other: list[str] = []
+
+    def checks() -> None:
+        while results["passed"] + results["refused"] < 300 or flips[0] < 20:
+            try:
+                with FolderKind().open(str(link / "out"), cfg, _P()):
+                    results["passed"] += 1
+            except TargetError as e:
+                results["refused"] += 1
+                if not any(w in str(e) for w in ("does not exist", "no longer", "cannot be checked",
+                                                 "Not a directory", "No such file")):
+                    other.append(str(e))
+    flipper = threading.Thread(target=flip, daemon=True)
+    checker = threading.Thread(target=checks, daemon=True)
+    flipper.start()
+    checker.start()
+    checker.join(120)           # (a bound on a hang, not on speed: 300 checks and 20 flips take about a second)
+    stop.set()
+    flipper.join(10)
+    assert not checker.is_alive(), "a job's check of its folder hung on a FIFO swapped in for a parent"
+    assert results["passed"] >= 1 and results["refused"] >= 1 and flips[0] >= 20, (results, flips)
+    assert other == [], other[:3]
