@@ -13,7 +13,8 @@ import logging
 import posixpath
 from typing import Any, Iterator
 
-from steno_exportd.config import Config, RcloneRemote
+from steno_exportd import safeparse
+from steno_exportd.config import Config, RcloneRemote, rclone_remote_problem
 from steno_exportd.engine import index
 from steno_exportd.engine.identity import (CLAIM_NAME, SHORT, claim_body, claim_in_the_way, claim_owner, claimant,
                                            copied_system, recorder_folder)
@@ -53,6 +54,11 @@ class RcloneKind(RemoteKind):
     def open(self, target: str, cfg: Config, progress: Any, *, device: bool = False) -> Iterator[RcloneTarget]:
         """The store reached, the recorder's folder claimed; one push per remote at a time."""
         remote = self.remote_for(cfg, target)
+        if said := rclone_remote_problem(remote.remote) or (
+                "" if all(c.isprintable() for c in remote.name) else "names itself with an unprintable character"):
+            raise RcloneError(f"rclone:{safeparse.printable(remote.name)}: the remote "
+                              f"{safeparse.shorten(safeparse.printable(safeparse.redact(remote.remote)), 80)} {said} "
+                              f"(rclone.remotes[].remote); nothing was sent", True)
         for p in config_problems(cfg):
             log.warning("%s", p)
         rid = self.recorder_id(cfg)

@@ -2445,3 +2445,42 @@ def test_a_push_ends_at_once_when_a_read_begun_ahead_stalls(rclone_tmp):
     finally:
         relay.close()
         srv.stop()
+
+
+@pytest.mark.parametrize("remote, said", [
+    ("nas:office/../..", "'..'"), ("nas:../elsewhere", "'..'"), ("nas:office/meetings/..", "'..'"),
+    (":webdav,url='http://127.0.0.1:9/dav':office/../..", "'..'"),
+    ("nas:off\nice", "unprintable"), ("nas:office\x1b[2J", "unprintable"), ("na\ts:office", "unprintable")])
+def test_an_rclone_remote_that_climbs_out_of_its_folder_or_holds_control_characters_is_a_config_error(remote, said):
+    """rclone resolves a '..' in a remote's path on the store: "nas:office/../.." pushed into the store's root, beside
+    other people's folders (and the push's clean-up of its own temp names ran there); a control character in the
+    remote reached the store's names and every log line naming the target. The config loaded, and the push went
+    there. Now either is one clear line of the config's errors, naming the key."""
+    with pytest.raises(config.ConfigError) as got:
+        config.from_dict({"rclone": {"remotes": [{"name": "cloud", "remote": remote}]}})
+    text = str(got.value)
+    assert "rclone.remotes[0].remote:" in text and said in text, text
+    assert "\n" not in remote or "off\nice" not in text, text      # (the remote shown escaped: no forged line)
+
+
+def test_an_rclone_remote_name_holding_a_control_character_is_a_config_error():
+    with pytest.raises(config.ConfigError) as got:
+        config.from_dict({"rclone": {"remotes": [{"name": "clo\nud", "remote": "nas:office"}]}})
+    assert "rclone.remotes[0].name:" in str(got.value) and "unprintable" in str(got.value), got.value
+
+
+def test_a_push_to_a_remote_that_climbs_out_of_its_folder_sends_nothing(setup):
+    """A config made without the load's checks (in code) names "<store>:office/meetings/../..": the push is refused at
+    once, permanent, and nothing lands anywhere on the store (it landed in the store's root)."""
+    srv, db, cfg, _folder = setup
+    (srv.served / "office" / "meetings").mkdir(parents=True)
+    before = sorted(str(p.relative_to(srv.served)) for p in srv.served.rglob("*"))
+    climbing = dataclasses.replace(cfg.rclone.remotes[0], remote=f"{srv.remote}:office/meetings/../..")
+    cfg = dataclasses.replace(cfg, rclone=dataclasses.replace(cfg.rclone, remotes=[climbing]))
+    tries: list[float] = []
+    with pytest.raises(RcloneError) as got:
+        push(cfg, sleep=tries.append)
+    db.close()
+    assert got.value.permanent and not tries, (got.value, tries)
+    assert "'..'" in str(got.value) and "nothing was sent" in str(got.value), got.value
+    assert sorted(str(p.relative_to(srv.served)) for p in srv.served.rglob("*")) == before
