@@ -370,9 +370,9 @@ class RcloneConfig:
                            "read-only to the daemon, as the unit makes /etc), the push runs rclone with a copy of it "
                            "in <state.dir>/rclone/, where rclone keeps the logins it renews; the copy is made again "
                            "when this file changes, keeping the login rclone renewed for each remote whose token "
-                           "this file did not change (by the remote's name: a remote renamed here begins from this file's "
-                           "token), and removed once rclone can save into this file itself or no rclone remote is "
-                           "configured.",
+                           "this file did not change (by the remote's name: a remote renamed here begins from this "
+                           "file's token), and removed once rclone can save into this file itself or no rclone remote "
+                           "is configured.",
                            check=_check_abs_or_empty)
     command: str = opt("rclone", "The rclone program (Debian's rclone package).")
     remotes: list[RcloneRemote] = table_list(RcloneRemote, "[[rclone.remotes]] tables, one per remote.")
