@@ -6,11 +6,9 @@ recorders, still readable by a person browsing the NAS, and stable across reboot
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import os
 import pathlib
 import re
 import socket
@@ -18,6 +16,7 @@ import time
 import uuid
 
 from steno_exportd import safeparse
+from steno_exportd.atomic import write_file
 from steno_exportd.config import Config
 from steno_exportd.engine.naming import safe_name
 
@@ -59,11 +58,11 @@ def board_id(state_dir: str, serial_path: str | None = None) -> str:
 
 
 def _kept_id(state_dir: str, name: str, new: str, what: str, unchecked: str) -> str:
-    """The id kept in ``state_dir``/``name``, made ``new`` when there is none: written and synced under a temp name
-    of its own, then linked to its name, which never replaces, so of several first runs at once exactly one id is
-    kept and every caller gets the one the file holds. An empty file (a power cut before the id reached the card)
-    is replaced, and the id read again from it. "" (logged, ``unchecked`` saying what that means) when unreadable
-    or not saved."""
+    """The id kept in ``state_dir``/``name``, made ``new`` when there is none: written whole and synced, then linked to
+    its name, which never replaces (atomic.write_file, replace=False), so of several first runs at once exactly one
+    id is kept and every caller gets the one the file holds. An empty file (a power cut before the id reached the
+    card) is replaced, and the id read again from it. "" (logged, ``unchecked`` saying what that means) when
+    unreadable or not saved."""
     path = pathlib.Path(state_dir or "/var/lib/steno-exportd") / name
     for _ in range(3):              # (made by another caller between the read and the link: read again)
         empty = False
@@ -77,28 +76,18 @@ def _kept_id(state_dir: str, name: str, new: str, what: str, unchecked: str) -> 
         except (OSError, UnicodeDecodeError) as e:
             log.warning("%s %s unreadable (%s): %s", what, path, e, unchecked)
             return ""
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-            try:
-                os.write(fd, (new + "\n").encode("ascii"))     # (a few bytes: written whole)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            # (an empty one replaced: the last of several at once wins; each reads the file again)
+            write_file(path, (new + "\n").encode("ascii"), 0o644, replace=empty)
             if empty:
-                os.replace(tmp, path)   # (the last of several at once wins; each reads the file again)
                 continue
-            os.link(tmp, path)
             return new
         except FileExistsError:
             continue
         except OSError as e:
             log.warning("%s %s not saved (%s): %s", what, path, e, unchecked)
             return ""
-        finally:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
     log.warning("%s %s could not be made (it kept changing or stayed empty): %s", what, path, unchecked)
     return ""
 
