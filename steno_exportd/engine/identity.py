@@ -14,6 +14,7 @@ import re
 import socket
 import time
 import uuid
+from typing import Callable
 
 from steno_exportd import safeparse
 from steno_exportd.atomic import write_file
@@ -177,6 +178,21 @@ def claim_owner(raw: bytes) -> tuple[str, str, str]:
     except (ValueError, TypeError, KeyError, AttributeError):
         raise ValueError(f"{CLAIM_NAME} is unreadable") from None
     return owner, host, board
+
+
+def board_given(write: Callable[[bytes], None], read: Callable[[], bytes | None], folder: str, where: str, rid: str,
+                board: str) -> str:
+    """A claim of this recorder's written before claims named a board (any board's then) given ``board``: rewritten
+    by ``write`` (temp name, then renamed over it, as a manifest is), so a copy of this system on another board is
+    refused from now on; then read again by ``read``, as a copy may have done the same at this moment (the last
+    rename's board wins). What copied_system says of the claim read back ("" when it names this board; gone or
+    unreadable since: "", the next push says so); the caller raises it as its kind's error."""
+    write(claim_body(rid, board))
+    try:
+        _owner, host, owner_board = claim_owner(read() or b"")
+    except ValueError:
+        return ""
+    return copied_system(folder, where, host, owner_board, board)
 
 
 def _shown(host: object) -> str:

@@ -16,8 +16,8 @@ from typing import Any, Iterator
 from steno_exportd import safeparse
 from steno_exportd.config import Config, RcloneRemote, rclone_remote_problem
 from steno_exportd.engine import index
-from steno_exportd.engine.identity import (CLAIM_NAME, SHORT, claim_body, claim_in_the_way, claim_owner, claimant,
-                                           copied_system, recorder_folder)
+from steno_exportd.engine.identity import (CLAIM_NAME, SHORT, board_given, claim_body, claim_in_the_way, claim_owner,
+                                           claimant, copied_system, recorder_folder)
 from steno_exportd.engine.manifest import MANIFEST, MAX_BYTES, write_atomic
 from steno_exportd.engine.registry import RemoteKind
 from steno_exportd.errors import StenoError, TargetError
@@ -142,13 +142,8 @@ def claim(t: RcloneTarget, folder: str, rid: str, board: str = "") -> None:
     if said := copied_system(folder, t.name, host, owner_board, board):
         raise RcloneError(said, True)
     if board and not owner_board:
-        # ours, written before claims named a board (any board's then): given ours (as the manifest is written:
-        # temp name, then renamed over it), so a copy of this system on another board is refused from now on; read
-        # again, as a copy may have done the same at this moment (the last rename's board wins: the other is refused)
-        write_atomic(t, rel, claim_body(rid, board))
-        with contextlib.suppress(ValueError):   # (gone or unreadable since: the next push says so)
-            owner, host, owner_board = claim_owner(_read_claim(t, folder, rel) or b"")
-        if said := copied_system(folder, t.name, host, owner_board, board):
+        if said := board_given(lambda body: write_atomic(t, rel, body), lambda: _read_claim(t, folder, rel),
+                               folder, t.name, rid, board):
             raise RcloneError(said, True)
         log.info("%s: claim of folder %s given this recorder's board", t.name, folder)
     t.claimed(folder)
