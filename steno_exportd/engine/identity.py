@@ -19,6 +19,7 @@ from typing import Callable
 from steno_exportd import safeparse
 from steno_exportd.atomic import write_file
 from steno_exportd.config import Config
+from steno_exportd.errors import TargetError
 from steno_exportd.engine.naming import safe_name
 
 log = logging.getLogger(__name__)
@@ -180,18 +181,36 @@ def claim_owner(raw: bytes) -> tuple[str, str, str]:
     return owner, host, board
 
 
-def board_given(write: Callable[[bytes], None], read: Callable[[], bytes | None], folder: str, where: str, rid: str,
-                board: str) -> str:
-    """A claim of this recorder's written before claims named a board (any board's then) given ``board``: rewritten
-    by ``write`` (temp name, then renamed over it, as a manifest is), so a copy of this system on another board is
-    refused from now on; then read again by ``read``, as a copy may have done the same at this moment (the last
-    rename's board wins). What copied_system says of the claim read back ("" when it names this board; gone or
-    unreadable since: "", the next push says so); the caller raises it as its kind's error."""
-    write(claim_body(rid, board))
+def board_given(old: bytes, move_aside: Callable[[str], None], create: Callable[[bytes], bool],
+                read: Callable[[], bytes | None], folder: str, where: str, rid: str, board: str) -> str:
+    """A claim of this recorder's (``old``, its bytes) written before claims named a board (any board's then) given
+    ``board``, so a copy of this system on another board is refused from now on; what the push says when it must
+    stop ("" when the folder is this recorder's, on this board); the caller raises it as its kind's error.
+
+    Not rewritten in place: two copies of one system that both read the board-less claim each wrote theirs and read
+    it back (write A, read A, write B, read B) and both kept the folder, pushing into it at once. The claim is moved
+    aside first (``move_aside``: a rename that never replaces) to a name its content gives, the same for every copy
+    that read it: of two copies, the second's move is refused (the first's is there), or finds no claim to move. Only
+    the one whose move succeeded makes the new claim (``create``: never replacing, as a first claim); the other
+    reads the claim there (``read``) and is refused for its board. The claim moved aside stays (a few hundred bytes):
+    removed, the name would be free for a copy's late move of the new claim."""
+    aside = f"{folder}/{CLAIM_NAME[:-len('.json')]}-before-boards-{hashlib.sha256(old).hexdigest()[:12]}.json"
     try:
-        _owner, host, owner_board = claim_owner(read() or b"")
-    except ValueError:
+        move_aside(aside)
+    except TargetError:
+        moved = False           # (another push moved it first, or it is gone: the claim there says whose it is)
+    else:
+        moved = True
+    if moved and create(claim_body(rid, board)):
         return ""
+    try:
+        owner, host, owner_board = claim_owner(read() or b"")
+    except ValueError:          # (none, or unreadable: made or being made by a push of the same moment)
+        return (f"folder {folder} on {where}: another push was giving its claim a board at the same moment (a copy "
+                f"of this recorder's system?); the next push looks again")
+    if owner != rid:
+        return (f"folder {folder} on {where} belongs to another recorder ({claimant(host, owner)}); "
+                f"set smb.recorder_folder")
     return copied_system(folder, where, host, owner_board, board)
 
 

@@ -142,11 +142,34 @@ def claim(t: RcloneTarget, folder: str, rid: str, board: str = "") -> None:
     if said := copied_system(folder, t.name, host, owner_board, board):
         raise RcloneError(said, True)
     if board and not owner_board:
-        if said := board_given(lambda body: write_atomic(t, rel, body), lambda: _read_claim(t, folder, rel),
+        if said := board_given(raw, lambda aside: _move_claim_aside(t, rel, aside),
+                               lambda body: _create_claim(t, folder, rel, body), lambda: _read_claim(t, folder, rel),
                                folder, t.name, rid, board):
             raise RcloneError(said, True)
         log.info("%s: claim of folder %s given this recorder's board", t.name, folder)
     t.claimed(folder)
+
+
+def _move_claim_aside(t: RcloneTarget, rel: str, aside: str) -> None:
+    """The claim moved to ``aside`` (identity.board_given); TargetError when a file is there: looked up first, as a
+    move on some stores replaces (SFTP's), whatever rename() knows of the folder (its listing, from before another
+    push's move: a window of one round trip, as for a first claim)."""
+    if t.lstat(aside) is not None:
+        raise TargetError(f"refusing to replace existing {aside}")
+    t.rename(rel, aside)
+
+
+def _create_claim(t: RcloneTarget, folder: str, rel: str, body: bytes) -> bool:
+    """The claim written under a temp name and renamed to its name, never replacing one there: False when one is."""
+    temp = f"{folder}/{t.temp_name()}"
+    write_atomic(t, temp, body)
+    try:
+        t.rename(temp, rel)
+    except TargetError:
+        with contextlib.suppress(TargetError):
+            t.remove(temp)              # (else left: this host's temp file, which the next push removes)
+        return False
+    return True
 
 
 def _read_claim(t: RcloneTarget, folder: str, rel: str) -> bytes | None:

@@ -143,7 +143,8 @@ def claim(t: SmbTarget, folder: str, rid: str, board: str = "") -> None:
     if said := copied_system(folder, _where(t), host, owner_board, board):
         raise SmbError(said, True)
     if board and not owner_board:
-        if said := board_given(lambda body: mf.write_atomic(t, f"{folder}/{CLAIM_NAME}", body),
+        if said := board_given(raw, lambda aside: t.rename(f"{folder}/{CLAIM_NAME}", aside),
+                               lambda body: t.create_once(f"{folder}/{CLAIM_NAME}", body),
                                lambda: read_claim(t, folder), folder, _where(t), rid, board):
             raise SmbError(said, True)
         log.info("%s: claim of folder %s given this recorder's board", t.name, folder)
