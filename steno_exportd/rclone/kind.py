@@ -58,7 +58,7 @@ class RcloneKind(RemoteKind):
                 "" if all(c.isprintable() for c in remote.name) else "names itself with an unprintable character"):
             raise RcloneError(f"rclone:{safeparse.printable(remote.name)}: the remote "
                               f"{safeparse.shorten(safeparse.printable(safeparse.redact(remote.remote)), 80)} {said} "
-                              f"(rclone.remotes[].remote); nothing was sent", True)
+                              f"(rclone.remotes[]); nothing was sent", True)
         for p in config_problems(cfg):
             log.warning("%s", p)
         rid = self.recorder_id(cfg)
@@ -116,21 +116,15 @@ def claim(t: RcloneTarget, folder: str, rid: str, board: str = "") -> None:
         # both found it unclaimed do not both take it, the second's rename finds the first's claim and its push
         # stops below, before writing a file (unless both renames' look-ups come before either's move: a window of
         # one round trip, as rclone has no create-if-absent on most stores)
-        temp = f"{folder}/{t.temp_name()}"
-        write_atomic(t, temp, claim_body(rid, board))
-        try:
-            t.rename(temp, rel)
-        except TargetError:
-            with contextlib.suppress(TargetError):
-                t.remove(temp)              # (else left: this host's temp file, which the next push removes)
-            raw = _read_claim(t, folder, rel)
-            if raw is None:
-                _not_in_the_way(t, folder, rel)
-                raise                       # not refused for a claim there: the store's own fault
-        else:
+        refused = _create_claim(t, folder, rel, claim_body(rid, board))
+        if refused is None:
             log.info("%s: folder %s claimed for this recorder", t.name, folder)
             t.claimed(folder)
             return
+        raw = _read_claim(t, folder, rel)
+        if raw is None:
+            _not_in_the_way(t, folder, rel)
+            raise refused                   # not refused for a claim there: the store's own fault
     try:
         owner, host, owner_board = claim_owner(raw)
     except ValueError:
@@ -143,7 +137,7 @@ def claim(t: RcloneTarget, folder: str, rid: str, board: str = "") -> None:
         raise RcloneError(said, True)
     if board and not owner_board:
         if said := board_given(raw, lambda aside: _move_claim_aside(t, rel, aside),
-                               lambda body: _create_claim(t, folder, rel, body), lambda: _read_claim(t, folder, rel),
+                               lambda body: _create_claim(t, folder, rel, body) is None, lambda: _read_claim(t, folder, rel),
                                folder, t.name, rid, board):
             raise RcloneError(said, True)
         log.info("%s: claim of folder %s given this recorder's board", t.name, folder)
@@ -159,17 +153,18 @@ def _move_claim_aside(t: RcloneTarget, rel: str, aside: str) -> None:
     t.rename(rel, aside)
 
 
-def _create_claim(t: RcloneTarget, folder: str, rel: str, body: bytes) -> bool:
-    """The claim written under a temp name and renamed to its name, never replacing one there: False when one is."""
+def _create_claim(t: RcloneTarget, folder: str, rel: str, body: bytes) -> TargetError | None:
+    """The claim written under a temp name, then renamed to its name, never replacing one there; the rename's error
+    when it is refused (a claim there, or the store's own fault), None when made."""
     temp = f"{folder}/{t.temp_name()}"
     write_atomic(t, temp, body)
     try:
         t.rename(temp, rel)
-    except TargetError:
+    except TargetError as e:
         with contextlib.suppress(TargetError):
             t.remove(temp)              # (else left: this host's temp file, which the next push removes)
-        return False
-    return True
+        return e
+    return None
 
 
 def _read_claim(t: RcloneTarget, folder: str, rel: str) -> bytes | None:
