@@ -25,12 +25,12 @@ def write_file(path: Path, data: bytes, mode: int, *, replace: bool = True) -> N
             os.unlink(tmp)
         raise
     os.close(fd)
-    if replace:
-        os.replace(tmp, path)
-        return
     try:
-        os.link(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
     finally:
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
+            os.unlink(tmp)          # (gone once renamed; linked, or not moved: removed)
 
