@@ -28,9 +28,11 @@ def write_file(path: Path, data: bytes, mode: int, *, replace: bool = True) -> N
     try:
         if replace:
             os.replace(tmp, path)
-        else:
-            os.link(tmp, path)
-    finally:
+            return
+        os.link(tmp, path)
+    except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(tmp)          # (gone once renamed; linked, or not moved: removed)
+            os.unlink(tmp)
+        raise
+    os.unlink(tmp)                  # (linked: its temp name goes)
 
