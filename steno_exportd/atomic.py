@@ -34,5 +34,6 @@ def write_file(path: Path, data: bytes, mode: int, *, replace: bool = True) -> N
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    os.unlink(tmp)                  # (linked: its temp name goes)
+    with contextlib.suppress(OSError):
+        os.unlink(tmp)              # (linked: its temp name goes; the file is saved either way)
 
