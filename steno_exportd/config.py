@@ -370,7 +370,9 @@ class RcloneConfig:
                            "read-only to the daemon, as the unit makes /etc), the push runs rclone with a copy of it "
                            "in <state.dir>/rclone/, where rclone keeps the logins it renews; the copy is made again "
                            "when this file changes, keeping the login rclone renewed for each remote whose token "
-                           "this file did not change, and removed once rclone can save into this file itself.",
+                           "this file did not change (by the remote's name: a remote renamed here begins from this "
+                           "file's token), and removed once rclone can save into this file itself or no rclone remote "
+                           "is configured.",
                            check=_check_abs_or_empty)
     command: str = opt("rclone", "The rclone program (Debian's rclone package).")
     remotes: list[RcloneRemote] = table_list(RcloneRemote, "[[rclone.remotes]] tables, one per remote.")
@@ -690,10 +692,30 @@ def _cross_check(cfg: Config, errors: list[str]) -> None:
         if rr.remote and ":" not in rr.remote:
             errors.append(f"rclone.remotes[{i}].remote: {_shown(rr.remote)} names no rclone remote "
                           f"(expected 'NAME:path', NAME a remote of rclone.config_file)")
+        elif said := rclone_remote_problem(rr.remote):
+            errors.append(f"rclone.remotes[{i}].remote: {_shown(rr.remote)} {said}")
+        if any(not c.isprintable() for c in rr.name):
+            errors.append(f"rclone.remotes[{i}].name: {_shown(rr.name)} holds a control or unprintable character "
+                          f"(it names the target rclone:<name> in logs, jobs and schedules)")
         if rr.name in rnames:
             errors.append(f"rclone.remotes[{i}].name: duplicate remote name {_shown(rr.name)}")
         rnames.add(rr.name)
     _check_schedules(cfg, names, rnames, errors)
+
+
+def rclone_remote_problem(remote: str) -> str:
+    """What makes an rclone remote as written ("NAME:path") unsafe to push to, "" when nothing: a control or
+    unprintable character (a newline forges a log line, an escape drives a terminal; rclone passes either to the
+    store as part of a name), or a '..' in its path, which rclone resolves on the store: "nas:office/../.." pushed
+    into the store's root, beside (and, by the push's clean-up, over) other people's folders. Checked at load and
+    again when a push opens the remote (a Config made in code skips the load's checks)."""
+    if any(not c.isprintable() for c in remote):
+        return "holds a control or unprintable character"
+    # the path after the remote's name (a connection string's own colons, ":webdav,url=http://h:8/dav:x", before it)
+    path = remote.rpartition(":")[2] if remote.startswith(":") else remote.partition(":")[2]
+    if ".." in path.split("/"):
+        return "has a '..' in its path: the push's folder must be that folder or one below it, never above"
+    return ""
 
 
 def _check_schedules(cfg: Config, remotes: set[str], rclone_remotes: set[str], errors: list[str]) -> None:

@@ -22,7 +22,7 @@ from steno_exportd.errors import ConfigError, StenoError
 from steno_exportd.mail import sender as mail_sender
 from steno_exportd.notify import Notifier
 from steno_exportd.rclone.kind import RcloneKind
-from steno_exportd.rclone.process import config_problems as rclone_problems
+from steno_exportd.rclone.process import config_problems as rclone_problems, forget_unused_copy
 from steno_exportd.samba import adapter as samba
 from steno_exportd.samba import share as samba_share
 from steno_exportd.smb import triggers
@@ -141,6 +141,7 @@ class Daemon:
             core.set_samba_passworder(samba_share.request_password)   # the share user's password, to the root helper
             for problem in rclone_problems(cfg):
                 log.warning("%s", problem)
+            await asyncio.to_thread(forget_unused_copy, cfg)    # (no push will run rclone with it: credentials)
             await core.start()
             stack.push_async_callback(self._stop_core)
             await self._log_sessions()
@@ -243,6 +244,7 @@ class Daemon:
                 cfg = config_mod.replace(cfg, **{"dbus.bus": self.cfg.dbus.bus})
             self.cfg = cfg
             setup_logging(cfg.logging.level)
+            await asyncio.to_thread(forget_unused_copy, cfg)
             self._reload_error = ""
             if self.core is not None:
                 await self.core.reload(cfg)

@@ -6,19 +6,20 @@ recorders, still readable by a person browsing the NAS, and stable across reboot
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import os
 import pathlib
 import re
 import socket
 import time
 import uuid
+from typing import Callable
 
 from steno_exportd import safeparse
+from steno_exportd.atomic import write_file
 from steno_exportd.config import Config
+from steno_exportd.errors import TargetError
 from steno_exportd.engine.naming import safe_name
 
 log = logging.getLogger(__name__)
@@ -59,11 +60,11 @@ def board_id(state_dir: str, serial_path: str | None = None) -> str:
 
 
 def _kept_id(state_dir: str, name: str, new: str, what: str, unchecked: str) -> str:
-    """The id kept in ``state_dir``/``name``, made ``new`` when there is none: written and synced under a temp name
-    of its own, then linked to its name, which never replaces, so of several first runs at once exactly one id is
-    kept and every caller gets the one the file holds. An empty file (a power cut before the id reached the card)
-    is replaced, and the id read again from it. "" (logged, ``unchecked`` saying what that means) when unreadable
-    or not saved."""
+    """The id kept in ``state_dir``/``name``, made ``new`` when there is none: written whole and synced, then linked to
+    its name, which never replaces (atomic.write_file, replace=False), so of several first runs at once exactly one
+    id is kept and every caller gets the one the file holds. An empty file (a power cut before the id reached the
+    card) is replaced, and the id read again from it. "" (logged, ``unchecked`` saying what that means) when
+    unreadable or not saved."""
     path = pathlib.Path(state_dir or "/var/lib/steno-exportd") / name
     for _ in range(3):              # (made by another caller between the read and the link: read again)
         empty = False
@@ -77,28 +78,18 @@ def _kept_id(state_dir: str, name: str, new: str, what: str, unchecked: str) -> 
         except (OSError, UnicodeDecodeError) as e:
             log.warning("%s %s unreadable (%s): %s", what, path, e, unchecked)
             return ""
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-            try:
-                os.write(fd, (new + "\n").encode("ascii"))     # (a few bytes: written whole)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            # (an empty one replaced: the last of several at once wins; each reads the file again)
+            write_file(path, (new + "\n").encode("ascii"), 0o644, replace=empty)
             if empty:
-                os.replace(tmp, path)   # (the last of several at once wins; each reads the file again)
                 continue
-            os.link(tmp, path)
             return new
         except FileExistsError:
             continue
         except OSError as e:
             log.warning("%s %s not saved (%s): %s", what, path, e, unchecked)
             return ""
-        finally:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
     log.warning("%s %s could not be made (it kept changing or stayed empty): %s", what, path, unchecked)
     return ""
 
@@ -188,6 +179,39 @@ def claim_owner(raw: bytes) -> tuple[str, str, str]:
     except (ValueError, TypeError, KeyError, AttributeError):
         raise ValueError(f"{CLAIM_NAME} is unreadable") from None
     return owner, host, board
+
+
+def board_given(old: bytes, move_aside: Callable[[str], None], create: Callable[[bytes], bool],
+                read: Callable[[], bytes | None], folder: str, where: str, rid: str, board: str) -> str:
+    """A claim of this recorder's (``old``, its bytes) written before claims named a board (any board's then) given
+    ``board``, so a copy of this system on another board is refused from now on; what the push says when it must
+    stop ("" when the folder is this recorder's, on this board); the caller raises it as its kind's error.
+
+    Not rewritten in place: two copies of one system that both read the board-less claim each wrote theirs and read
+    it back (write A, read A, write B, read B) and both kept the folder, pushing into it at once. The claim is moved
+    aside first (``move_aside``: a rename that never replaces) to a name its content gives, the same for every copy
+    that read it: of two copies, the second's move is refused (the first's is there), or finds no claim to move. Only
+    the one whose move succeeded makes the new claim (``create``: never replacing, as a first claim); the other
+    reads the claim there (``read``) and is refused for its board. The claim moved aside stays (a few hundred bytes):
+    removed, the name would be free for a copy's late move of the new claim."""
+    aside = f"{folder}/{CLAIM_NAME[:-len('.json')]}-before-boards-{hashlib.sha256(old).hexdigest()[:12]}.json"
+    try:
+        move_aside(aside)
+    except TargetError:
+        moved = False           # (another push moved it first, or it is gone: the claim there says whose it is)
+    else:
+        moved = True
+    if moved and create(claim_body(rid, board)):
+        return ""
+    try:
+        owner, host, owner_board = claim_owner(read() or b"")
+    except ValueError:          # (none, or unreadable: made or being made by a push of the same moment)
+        return (f"folder {folder} on {where}: another push was giving its claim a board at the same moment (a copy "
+                f"of this recorder's system?); the next push looks again")
+    if owner != rid:
+        return (f"folder {folder} on {where} belongs to another recorder ({claimant(host, owner)}); "
+                f"set smb.recorder_folder")
+    return copied_system(folder, where, host, owner_board, board)
 
 
 def _shown(host: object) -> str:

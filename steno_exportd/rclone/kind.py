@@ -13,10 +13,11 @@ import logging
 import posixpath
 from typing import Any, Iterator
 
-from steno_exportd.config import Config, RcloneRemote
+from steno_exportd import safeparse
+from steno_exportd.config import Config, RcloneRemote, rclone_remote_problem
 from steno_exportd.engine import index
-from steno_exportd.engine.identity import (CLAIM_NAME, SHORT, claim_body, claim_in_the_way, claim_owner, claimant,
-                                           copied_system, recorder_folder)
+from steno_exportd.engine.identity import (CLAIM_NAME, SHORT, board_given, claim_body, claim_in_the_way, claim_owner,
+                                           claimant, copied_system, recorder_folder)
 from steno_exportd.engine.manifest import MANIFEST, MAX_BYTES, write_atomic
 from steno_exportd.engine.registry import RemoteKind
 from steno_exportd.errors import StenoError, TargetError
@@ -54,6 +55,11 @@ class RcloneKind(RemoteKind):
              trusted: bool = False) -> Iterator[RcloneTarget]:
         """The store reached, the recorder's folder claimed; one push per remote at a time."""
         remote = self.remote_for(cfg, target)
+        if said := rclone_remote_problem(remote.remote) or (
+                "" if all(c.isprintable() for c in remote.name) else "names itself with an unprintable character"):
+            raise RcloneError(f"rclone:{safeparse.printable(remote.name)}: the remote "
+                              f"{safeparse.shorten(safeparse.printable(safeparse.redact(remote.remote)), 80)} {said} "
+                              f"(rclone.remotes[]); nothing was sent", True)
         for p in config_problems(cfg):
             log.warning("%s", p)
         rid = self.recorder_id(cfg)
@@ -111,21 +117,15 @@ def claim(t: RcloneTarget, folder: str, rid: str, board: str = "") -> None:
         # both found it unclaimed do not both take it, the second's rename finds the first's claim and its push
         # stops below, before writing a file (unless both renames' look-ups come before either's move: a window of
         # one round trip, as rclone has no create-if-absent on most stores)
-        temp = f"{folder}/{t.temp_name()}"
-        write_atomic(t, temp, claim_body(rid, board))
-        try:
-            t.rename(temp, rel)
-        except TargetError:
-            with contextlib.suppress(TargetError):
-                t.remove(temp)              # (else left: this host's temp file, which the next push removes)
-            raw = _read_claim(t, folder, rel)
-            if raw is None:
-                _not_in_the_way(t, folder, rel)
-                raise                       # not refused for a claim there: the store's own fault
-        else:
+        refused = _create_claim(t, folder, rel, claim_body(rid, board))
+        if refused is None:
             log.info("%s: folder %s claimed for this recorder", t.name, folder)
             t.claimed(folder)
             return
+        raw = _read_claim(t, folder, rel)
+        if raw is None:
+            _not_in_the_way(t, folder, rel)
+            raise refused                   # not refused for a claim there: the store's own fault
     try:
         owner, host, owner_board = claim_owner(raw)
     except ValueError:
@@ -137,16 +137,35 @@ def claim(t: RcloneTarget, folder: str, rid: str, board: str = "") -> None:
     if said := copied_system(folder, t.name, host, owner_board, board):
         raise RcloneError(said, True)
     if board and not owner_board:
-        # ours, written before claims named a board (any board's then): given ours (as the manifest is written:
-        # temp name, then renamed over it), so a copy of this system on another board is refused from now on; read
-        # again, as a copy may have done the same at this moment (the last rename's board wins: the other is refused)
-        write_atomic(t, rel, claim_body(rid, board))
-        with contextlib.suppress(ValueError):   # (gone or unreadable since: the next push says so)
-            owner, host, owner_board = claim_owner(_read_claim(t, folder, rel) or b"")
-        if said := copied_system(folder, t.name, host, owner_board, board):
+        if said := board_given(raw, lambda aside: _move_claim_aside(t, rel, aside),
+                               lambda body: _create_claim(t, folder, rel, body) is None, lambda: _read_claim(t, folder, rel),
+                               folder, t.name, rid, board):
             raise RcloneError(said, True)
         log.info("%s: claim of folder %s given this recorder's board", t.name, folder)
     t.claimed(folder)
+
+
+def _move_claim_aside(t: RcloneTarget, rel: str, aside: str) -> None:
+    """The claim moved to ``aside`` (identity.board_given); TargetError when a file is there: looked up first, as a
+    move on some stores replaces (SFTP's), whatever rename() knows of the folder (its listing, from before another
+    push's move: a window of one round trip, as for a first claim)."""
+    if t.lstat(aside) is not None:
+        raise TargetError(f"refusing to replace existing {aside}")
+    t.rename(rel, aside)
+
+
+def _create_claim(t: RcloneTarget, folder: str, rel: str, body: bytes) -> TargetError | None:
+    """The claim written under a temp name, then renamed to its name, never replacing one there; the rename's error
+    when it is refused (a claim there, or the store's own fault), None when made."""
+    temp = f"{folder}/{t.temp_name()}"
+    write_atomic(t, temp, body)
+    try:
+        t.rename(temp, rel)
+    except TargetError as e:
+        with contextlib.suppress(TargetError):
+            t.remove(temp)              # (else left: this host's temp file, which the next push removes)
+        return e
+    return None
 
 
 def _read_claim(t: RcloneTarget, folder: str, rel: str) -> bytes | None:

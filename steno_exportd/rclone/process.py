@@ -322,13 +322,32 @@ def _carried(admins: bytes, last: bytes, work: bytes) -> bytes:
 
 
 def _forget_copy(state_dir: str) -> None:
-    """The copy (credentials) and its companion removed: the push no longer runs rclone with it."""
+    """The copy (credentials) and its companion removed: the push no longer runs rclone with it. Every file of the
+    folder goes (the folder is the copy's alone, 700): what a save cut short leaves beside it holds the same
+    credentials, rclone's own ("rclone.conf<digits>", its temp file; "rclone.conf.old", the file it renames away
+    before its temp file takes the name) and write_file's (".rclone.conf.<pid>.<hex>.tmp", the daemon killed in the
+    middle). Nothing is followed: a symlink there is removed, not what it names."""
     if not state_dir:
         return
     folder = Path(state_dir) / WORKING_DIR
-    for name in ("rclone.conf", "source.conf"):
-        with contextlib.suppress(FileNotFoundError):
-            (folder / name).unlink()
+    try:
+        names = os.listdir(folder)
+    except OSError:             # (none: nothing kept; a file or symlink of that name: not ours to remove)
+        return
+    for name in names:
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
+            os.unlink(folder / name)
+
+
+def forget_unused_copy(cfg: Config) -> None:
+    """At the daemon's start and each reload: the copy of the admin's rclone config removed where no push will run
+    rclone with it again: no rclone remote configured, or rclone.config_file emptied (working_config removes it
+    itself once the admin's file is writable, when a push next runs; the copy of a file that is gone is kept, see
+    there). Cheap when there is none (one look at the folder)."""
+    if cfg.rclone.remotes and cfg.rclone.config_file:
+        return
+    with _WORKING_LOCK:
+        _forget_copy(cfg.state.dir)
 
 
 def working_config(source: str, state_dir: str) -> str:
@@ -341,7 +360,10 @@ def working_config(source: str, state_dir: str) -> str:
     push as an expired login (OneDrive once that token's 90 days were over). The admin's file as last copied is kept
     beside the copy (source.conf, 600); when the admin's file changes (a remote added, a login reconnected) the copy
     is made again from it, each remote keeping the token rclone renewed where the admin's token for it is the one
-    last copied (the admin's own where he changed it: reconnected). The copy and its companion are removed where the
+    last copied (the admin's own where he changed it: reconnected). A token is carried by its remote's name alone: a
+    remote the admin renames begins from the admin's token under its new name (a login server that takes a refresh
+    token once refuses it: 'rclone config reconnect' it), as a name is what says which login a remote is; a token
+    matched by its text instead could carry a login to a remote the admin pointed at another account. The copy and its companion are removed where the
     push no longer uses them (the admin's file writable), kept while the admin's file is gone or unreadable (rclone's
     own save of it renames it away for a moment; a chmod mistake): the renewed logins in it are the only good ones.
     ``source`` itself where it cannot be read or the

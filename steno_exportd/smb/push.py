@@ -24,8 +24,8 @@ from steno_exportd import safeparse
 from steno_exportd.config import Config, SmbRemote
 from steno_exportd.engine import index
 from steno_exportd.engine import manifest as mf
-from steno_exportd.engine.identity import (CLAIM_NAME, SHORT, claim_body, claim_in_the_way, claim_owner, claimant,
-                                           copied_system, host_folder, recorder_folder)
+from steno_exportd.engine.identity import (CLAIM_NAME, SHORT, board_given, claim_body, claim_in_the_way, claim_owner,
+                                           claimant, copied_system, host_folder, recorder_folder)
 from steno_exportd.engine.registry import RemoteKind
 from steno_exportd.errors import StenoError, TargetError
 from steno_exportd.smb.client import SmbError
@@ -144,13 +144,9 @@ def claim(t: SmbTarget, folder: str, rid: str, board: str = "") -> None:
     if said := copied_system(folder, _where(t), host, owner_board, board):
         raise SmbError(said, True)
     if board and not owner_board:
-        # ours, written before claims named a board (any board's then): given ours (temp name, then renamed over
-        # it), so a copy of this system on another board is refused from now on; read again, as a copy may have
-        # done the same at this moment (the last rename's board wins: the other one is refused)
-        mf.write_atomic(t, f"{folder}/{CLAIM_NAME}", claim_body(rid, board))
-        with contextlib.suppress(ValueError):   # (gone or unreadable since: the next push says so)
-            owner, host, owner_board = claim_owner(read_claim(t, folder) or b"")
-        if said := copied_system(folder, _where(t), host, owner_board, board):
+        if said := board_given(raw, lambda aside: t.rename(f"{folder}/{CLAIM_NAME}", aside),
+                               lambda body: t.create_once(f"{folder}/{CLAIM_NAME}", body),
+                               lambda: read_claim(t, folder), folder, _where(t), rid, board):
             raise SmbError(said, True)
         log.info("%s: claim of folder %s given this recorder's board", t.name, folder)
 

@@ -57,3 +57,30 @@ def test_an_id_file_left_empty_by_a_power_cut_is_made_again_not_an_end_to_the_ow
         assert got and (state / name).read_text().strip() == got, (name, got)
         assert make(str(state)) == got
         assert sorted(p.name for p in state.iterdir()) == [name]       # no temp file left
+
+
+def test_files_written_at_once_without_replacing_leave_exactly_one_whole_and_no_temp_file(tmp_path):
+    """atomic.write_file(replace=False), which keeps the recorder and board ids: eight writers at once, each its own
+    content; exactly one gives the file its content (whole), the seven others are told FileExistsError, and no temp
+    file is left beside it."""
+    from steno_exportd.atomic import write_file
+    path = tmp_path / "board-id"
+    won, refused, start = [], [], threading.Barrier(8)
+
+    def writer(n: int) -> None:
+        start.wait()
+        try:
+            write_file(path, f"{n:032x}\n".encode(), 0o644, replace=False)
+            won.append(n)
+        except FileExistsError:
+            refused.append(n)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1 and len(refused) == 7, (won, refused)
+    assert path.read_text() == f"{won[0]:032x}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["board-id"]
+    assert oct(path.stat().st_mode & 0o777) == oct(0o644)

@@ -2445,3 +2445,116 @@ def test_a_push_ends_at_once_when_a_read_begun_ahead_stalls(rclone_tmp):
     finally:
         relay.close()
         srv.stop()
+
+
+@pytest.mark.parametrize("remote, said", [
+    ("nas:office/../..", "'..'"), ("nas:../elsewhere", "'..'"), ("nas:office/meetings/..", "'..'"),
+    (":webdav,url='http://127.0.0.1:9/dav':office/../..", "'..'"),
+    ("nas:off\nice", "unprintable"), ("nas:office\x1b[2J", "unprintable"), ("na\ts:office", "unprintable")])
+def test_an_rclone_remote_that_climbs_out_of_its_folder_or_holds_control_characters_is_a_config_error(remote, said):
+    """rclone resolves a '..' in a remote's path on the store: "nas:office/../.." pushed into the store's root, beside
+    other people's folders (and the push's clean-up of its own temp names ran there); a control character in the
+    remote reached the store's names and every log line naming the target. The config loaded, and the push went
+    there. Now either is one clear line of the config's errors, naming the key."""
+    with pytest.raises(config.ConfigError) as got:
+        config.from_dict({"rclone": {"remotes": [{"name": "cloud", "remote": remote}]}})
+    text = str(got.value)
+    assert "rclone.remotes[0].remote:" in text and said in text, text
+    assert "\n" not in remote or "off\nice" not in text, text      # (the remote shown escaped: no forged line)
+
+
+def test_an_rclone_remote_name_holding_a_control_character_is_a_config_error():
+    with pytest.raises(config.ConfigError) as got:
+        config.from_dict({"rclone": {"remotes": [{"name": "clo\nud", "remote": "nas:office"}]}})
+    assert "rclone.remotes[0].name:" in str(got.value) and "unprintable" in str(got.value), got.value
+
+
+def test_a_push_to_a_remote_that_climbs_out_of_its_folder_sends_nothing(setup):
+    """A config made without the load's checks (in code) names "<store>:office/meetings/../..": the push is refused at
+    once, permanent, and nothing lands anywhere on the store (it landed in the store's root)."""
+    srv, db, cfg, _folder = setup
+    (srv.served / "office" / "meetings").mkdir(parents=True)
+    before = sorted(str(p.relative_to(srv.served)) for p in srv.served.rglob("*"))
+    climbing = dataclasses.replace(cfg.rclone.remotes[0], remote=f"{srv.remote}:office/meetings/../..")
+    cfg = dataclasses.replace(cfg, rclone=dataclasses.replace(cfg.rclone, remotes=[climbing]))
+    tries: list[float] = []
+    with pytest.raises(RcloneError) as got:
+        push(cfg, sleep=tries.append)
+    db.close()
+    assert got.value.permanent and not tries, (got.value, tries)
+    assert "'..'" in str(got.value) and "nothing was sent" in str(got.value), got.value
+    assert sorted(str(p.relative_to(srv.served)) for p in srv.served.rglob("*")) == before
+
+
+def test_what_a_cut_save_leaves_beside_the_copy_of_the_rclone_config_is_removed_with_it(rclone_tmp):
+    """rclone saves the copy it runs with through a temp file beside it ("rclone.conf<digits>") and renames the copy
+    away first ("rclone.conf.old"); the daemon writes it through a temp file of its own: a save cut short (the push
+    killed) leaves one behind, with the same credentials. Once the admin's file is writable the copy and its
+    companion were removed, those left: now the copy's folder is emptied whole."""
+    from steno_exportd.rclone.process import working_config
+    etc, state = rclone_tmp / "etc", rclone_tmp / "state"
+    etc.mkdir()
+    conf = etc / "rclone.conf"
+    copies = state / "rclone"
+    conf.write_text(drive_conf(9))
+    with read_only(etc):
+        assert working_config(str(conf), str(state)) == str(copies / "rclone.conf")
+    for left in ("rclone.conf123456789", "rclone.conf.old", f".rclone.conf.{os.getpid()}.0a1b2c3d4e5f.tmp"):
+        (copies / left).write_text(drive_conf(9))
+    outside = rclone_tmp / "elsewhere"
+    outside.write_text("not the copy's")
+    (copies / "linked").symlink_to(outside)
+    assert working_config(str(conf), str(state)) == str(conf)   # writable: rclone saves into it itself
+    assert sorted(p.name for p in copies.iterdir()) == []
+    assert outside.read_text() == "not the copy's"             # (a symlink there removed, not followed)
+
+
+@pytest.mark.parametrize("change", ["no remotes", "no config file"])
+def test_the_copy_of_the_rclone_config_is_removed_when_the_admin_stops_pushing_through_rclone(rclone_tmp, change):
+    """The copy of the admin's read-only rclone config (its credentials) was removed only by a push that found the
+    admin's file writable: an admin who removed every rclone remote, or emptied rclone.config_file, had it kept in the
+    state folder for good, as no push ran again. Now the daemon's start and each reload remove it then; a config that
+    still pushes through rclone keeps it (the renewed logins in it are the only good ones)."""
+    from steno_exportd.rclone.process import forget_unused_copy, working_config
+    etc = rclone_tmp / "etc"
+    etc.mkdir()
+    conf = etc / "rclone.conf"
+    conf.write_text(drive_conf(9))
+    db = make_recorder(rclone_tmp / "rec", sizes=(1000,))
+    db.close()
+    cfg = make_cfg(rclone_tmp, db, conf, "gd:office")
+    copies = pathlib.Path(cfg.state.dir) / "rclone"
+    with read_only(etc):
+        assert working_config(str(conf), cfg.state.dir) == str(copies / "rclone.conf")
+    forget_unused_copy(cfg)
+    assert (copies / "rclone.conf").is_file()                   # still pushing through rclone: kept
+    if change == "no remotes":
+        cfg = cfg_for(rclone_tmp, db, conf, [])
+    else:
+        cfg = dataclasses.replace(cfg, rclone=dataclasses.replace(cfg.rclone, config_file=""))
+    forget_unused_copy(cfg)
+    assert sorted(p.name for p in copies.iterdir()) == []
+
+
+def test_a_remote_the_admin_renames_begins_from_the_admins_token_not_the_renewed_one(rclone_tmp):
+    """Pinned: a renewed login is carried into the copy by its remote's name alone. The admin renames [gd] to [drive]
+    in his read-only file: the copy's [drive] holds the admin's token (a login server that takes a refresh token once
+    then wants 'rclone config reconnect'), never the one rclone renewed for [gd], as a remote's name is what says which
+    login it is."""
+    from steno_exportd.rclone.process import working_config
+    etc, state = rclone_tmp / "etc", rclone_tmp / "state"
+    etc.mkdir()
+    conf = etc / "rclone.conf"
+    copy = state / "rclone" / "rclone.conf"
+    conf.write_text(drive_conf(9))
+    with read_only(etc):
+        assert working_config(str(conf), str(state)) == str(copy)
+    copy.write_text(drive_conf(9).replace("1//r0", "1//r1"))    # (rclone renewed [gd]'s login in its copy)
+    conf.write_text(drive_conf(9).replace("[gd]", "[drive]"))
+    with read_only(etc):
+        assert working_config(str(conf), str(state)) == str(copy)
+    assert copy.read_text() == drive_conf(9).replace("[gd]", "[drive]"), copy.read_text()
+    conf.write_text(drive_conf(9))                              # (renamed back: [gd]'s renewed login is gone with it)
+    with read_only(etc):
+        working_config(str(conf), str(state))
+    assert "1//r1" not in copy.read_text()

@@ -1307,3 +1307,65 @@ def test_a_remotes_setting_the_admin_gives_in_the_environment_still_reaches_rclo
     assert [r.ok for r in push_to(cfg)] == [True]
     assert_landed(srv.served / "office" / "cf", db)
     db.close()
+
+
+def test_two_copies_giving_a_claim_written_before_boards_their_board_at_once_do_not_both_keep_the_folder(
+        rclone_server, rclone_tmp, monkeypatch):
+    """Two copies of one system (one machine id, two boards) find the claim an earlier version wrote (no board) at
+    the same moment. Each wrote its board into it and read it back: with B's read of the board-less claim before A's
+    push, A's write and read-back, then B's write and read-back, both read their own board and both kept the folder,
+    pushing into it at once (each over the other's manifest). Now exactly one keeps it; the other stops before
+    writing a meeting, saying the folder is another recorder's with this machine id."""
+    from steno_exportd.engine.identity import recorder_folder, this_recorder
+    from steno_exportd.rclone import kind as rclone_kind
+    srv = rclone_server
+    db_a, db_b, cfg_a, cfg_b = copied_recorders(srv, rclone_tmp, monkeypatch)
+    folder = srv.served / "office" / recorder_folder(cfg_a)
+    folder.mkdir(parents=True)
+    rid = this_recorder(cfg_a)
+    (folder / CLAIM_NAME).write_text(json.dumps({"recorder_id": rid, "host": "steno", "claimed": 1.0}))
+    b_read, a_claimed = threading.Event(), threading.Event()
+    real_claim, real_read = rclone_kind.claim, rclone_kind._read_claim
+
+    def claim(t, *a, **kw):
+        try:
+            return real_claim(t, *a, **kw)
+        finally:
+            if threading.current_thread().name == "a":
+                a_claimed.set()
+
+    def read_claim(t, *a, **kw):
+        raw = real_read(t, *a, **kw)
+        if threading.current_thread().name == "b" and not b_read.is_set():
+            b_read.set()                    # B has read the board-less claim: A claims the folder whole meanwhile
+            assert a_claimed.wait(120)
+        return raw
+    monkeypatch.setattr(rclone_kind, "claim", claim)
+    monkeypatch.setattr(rclone_kind, "_read_claim", read_claim)
+    results: dict = {}
+
+    def run(name, cfg):
+        try:
+            if name == "a":
+                assert b_read.wait(120)
+            results[name] = push_to(cfg)
+        except Exception as e:  # noqa: BLE001 - the outcome is the test's subject
+            results[name] = e
+        finally:
+            a_claimed.set() if name == "a" else b_read.set()
+    threads = [threading.Thread(target=run, args=(n, c), name=n) for n, c in (("b", cfg_b), ("a", cfg_a))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(240)
+    kept = [n for n, r in results.items() if isinstance(r, list) and all(x.ok for x in r)]
+    refused = [n for n, r in results.items() if isinstance(r, RcloneError)
+               and "belongs to another recorder with this recorder's machine id" in str(r)]
+    assert len(kept) == 1 and len(refused) == 1, results
+    claimed = json.loads((folder / CLAIM_NAME).read_text())
+    from steno_exportd.engine import identity
+    winner = {"a": cfg_a, "b": cfg_b}[kept[0]]
+    assert claimed["board"] == identity.board_id(winner.state.dir), claimed
+    assert_landed(folder, {"a": db_a, "b": db_b}[kept[0]])   # the winner's meetings alone
+    db_a.close()
+    db_b.close()

@@ -862,6 +862,67 @@ def test_a_claim_written_before_boards_is_given_ours_so_a_copy_made_since_is_ref
     other.close()
 
 
+def test_two_copies_giving_a_claim_written_before_boards_their_board_at_once_do_not_both_keep_the_folder(
+        rec, smb_tmp, no_serial, monkeypatch):
+    """Two copies of one system (one machine id, two boards) find the claim an earlier version wrote (no board) at
+    the same moment. Each wrote its board into it and read it back: with B's read of the board-less claim before A's
+    push, A's write and read-back, then B's write and read-back, both read their own board and both kept the folder,
+    pushing into it at once. Now exactly one keeps it; the other stops before writing a meeting, saying the folder is
+    another recorder's with this machine id."""
+    smbd, remote, root, db = rec
+    mid = smb_tmp / "machine-id"
+    mid.write_text("6f" * 16 + "\n")
+    cfgs = {"a": _copied_cfg(smb_tmp, mid, "a", db, remote)}
+    other = make_recorder(smb_tmp / "copy-rec", sizes=(100_000, 100_500), seed=7)
+    cfgs["b"] = _copied_cfg(smb_tmp, mid, "b", other, remote)
+    folder = root / "nas" / recorder_folder(cfgs["a"])
+    folder.mkdir()
+    rid = recorder_id(cfgs["a"].state.dir, str(mid))
+    (folder / smbpush.CLAIM_NAME).write_text(json.dumps({"recorder_id": rid, "host": "steno", "claimed": 1.0}))
+    b_read, a_claimed = threading.Event(), threading.Event()
+    real_claim, real_read = smbpush.claim, smbpush.read_claim
+
+    def claim(t, *a, **kw):
+        try:
+            return real_claim(t, *a, **kw)
+        finally:
+            if threading.current_thread().name == "a":
+                a_claimed.set()
+
+    def read_claim(t, folder):
+        raw = real_read(t, folder)
+        if threading.current_thread().name == "b" and not b_read.is_set():
+            b_read.set()                    # B has read the board-less claim: A claims the folder whole meanwhile
+            assert a_claimed.wait(120)
+        return raw
+    monkeypatch.setattr(smbpush, "claim", claim)
+    monkeypatch.setattr(smbpush, "read_claim", read_claim)
+    results: dict = {}
+
+    def run(name):
+        try:
+            if name == "a":
+                assert b_read.wait(120)
+            results[name] = push(cfgs[name], sleep=lambda s: None)
+        except Exception as e:  # noqa: BLE001 - the outcome is the test's subject
+            results[name] = e
+        finally:
+            a_claimed.set() if name == "a" else b_read.set()
+    threads = [threading.Thread(target=run, args=(n,), name=n) for n in ("b", "a")]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(240)
+    kept = [n for n, r in results.items() if isinstance(r, list) and all(x.ok for x in r)]
+    refused = [n for n, r in results.items() if isinstance(r, SmbError)
+               and "belongs to another recorder with this recorder's machine id" in str(r)]
+    assert len(kept) == 1 and len(refused) == 1, results
+    claimed = json.loads((folder / smbpush.CLAIM_NAME).read_text())
+    assert claimed["board"] == identity.board_id(cfgs[kept[0]].state.dir), claimed
+    assert_landed(folder, {"a": db, "b": other}[kept[0]])   # the winner's meetings alone
+    other.close()
+
+
 def test_a_copy_does_not_adopt_the_host_name_folder_of_the_recorder_it_was_copied_from(rec, smb_tmp, no_serial,
                                                                                        monkeypatch):
     """The bare-host-name folder an earlier version pushed is renamed to the new folder name when its claim names
