@@ -85,12 +85,6 @@ AHEAD_END = 0.5                    # seconds close() waits for reads begun ahead
 CHECKS = 4                         # files committed and read back at once, and as many sessions in flight: every
                                    # request to a store is a round trip (rclone paces WebDAV's too), every read-back
                                    # a stream of its own (rclone's own check runs 8)
-DISTANT_CHECKS = 12                # the same on a store whose round trip is DISTANT or more (connect()), where a
-DISTANT = 0.015                    # session's time is its round trips, not its bytes: bench rclone, WebDAV at 20 ms,
-                                   # 12 sessions of 4 MiB: 4 -> 12 in flight, the push ~1.05 -> ~0.92 s. Bounded:
-                                   # each read-back holds at most 3 buffers of 4 MiB (engine/writer.READ_RING).
-                                   # (Above rclone's pacing of WebDAV requests, 10 ms apart: the listing that tells
-                                   # may wait that long after the look-up before it on a store nearby)
 FOLDERS_AT_ONCE = 16               # on a WebDAV store, session folders listed (a push finding what is there) or moved
                                    # into place (after a manifest save) at once: each a request through the folder's
                                    # own remote (see RcloneTarget._at), one round trip; 8 at once left a push that
@@ -133,7 +127,7 @@ class RcloneTarget(Target):
                                         # elsewhere built in place (object stores copy a folder to move it)
     resume_min: int | None = None       # a cut file is sent again whole (rclone's uploads do not resume)
     save_every = SAVE_EVERY
-    checks = CHECKS                     # DISTANT_CHECKS on a store far away (set by connect())
+    checks = CHECKS
     listers = movers = 8                # folders listed (a push's look at the sessions there) and moved into place
                                         # at once: FOLDERS_AT_ONCE on a WebDAV store (set by connect())
 
@@ -202,7 +196,6 @@ class RcloneTarget(Target):
         # the names not there (files too), which mkdir() makes without looking them up first. The remote's folder
         # is made only when missing (a push writes nothing on the store when nothing is new)
         listing = split_remote(self.fs)[1].strip("/")
-        began = time.monotonic()
         try:
             r = self.rcd.call("operations/list", {"fs": self.fs, "remote": "",
                                                   "opt": {"noMimeType": True, "noModTime": True}},
@@ -210,19 +203,11 @@ class RcloneTarget(Target):
         except TooManyEntries:
             # a remote's folder shared with many files of other people (a "Scans" folder): its folders alone, as
             # before (files are not this push's business there; the two folders it makes are looked up first)
-            began = time.monotonic()
             r = self.rcd.call("operations/list", {"fs": self.fs, "remote": "", "opt": {"dirsOnly": True}},
                               missing_ok=True, listing=listing)
             self._top = None
         else:
             self._top = set()
-        # the listing is a round trip to the store (rclone's fsinfo before it may make none: a remote's root is not
-        # looked up), and little more in a folder of a few names: a distant store gets more sessions in flight (a
-        # folder of thousands of names on a store nearby may pass for one: 12 in flight there cost little)
-        trip = time.monotonic() - began
-        if trip >= DISTANT:
-            self.checks = DISTANT_CHECKS
-        log.debug("%s: a round trip to the store %.0f ms: %d sessions in flight", self.name, trip * 1000, self.checks)
         if r is None:
             self.rcd.call("operations/mkdir", {"fs": self.fs, "remote": ""})
             r = {}
