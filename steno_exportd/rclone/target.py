@@ -63,10 +63,10 @@ PACED = 16 * 1024 * 1024           # a copy's pace is known once rclone has copi
                                    # seem a third faster at most, not a slow uplink a fast one
 AHEAD_TIME = 1.0                   # (a slow uplink's progress stays within a second of what was sent, or AHEAD; a
 AHEAD_MAX = 256 * 1024 * 1024      # fast store's copies seldom wait: bench rclone, WebDAV on loopback, medians of 2
-                                   # rounds, AHEAD alone -> this: the push with the recordings hashed ahead 1.88 ->
-                                   # 1.65 s, 0.82 -> 0.96 of copy + check; hashed while sent 1.81 -> 1.83 s, the
-                                   # hashing the limit). rclone reads the file from the page cache the engine's reads
-                                   # filled: what runs ahead costs no memory of this process
+                                   # rounds, AHEAD alone -> this (two runs): the push with the recordings hashed
+                                   # ahead 1.88 -> 1.65, 1.68 s, 0.82 -> 0.96, 0.91 of copy + check; hashed while
+                                   # sent 1.81 -> 1.83, 1.86 s, no gain). rclone reads the file from the page cache
+                                   # the engine's reads filled: what runs ahead costs no memory of this process
 POLL = 0.01                        # seconds at least between looks at such a copy's progress (it is looked at
                                    # when it should have caught up, at the pace rclone goes)
 PACE = 0.25                        # at most this long between looks at it while the engine's reads wait for it (at
