@@ -55,7 +55,18 @@ SMALL = 1024 * 1024                # a file this small (a manifest, a transcript
 HASHES = ("md5", "sha1")           # the store hashes a write checks, in this order of preference
 NO_FREE_SPACE = 1 << 62            # a store that does not say how much is free: its quota error tells
 AHEAD = 64 * 1024 * 1024           # copies rclone makes of local files: how far the engine's reads (its
-                                   # progress) may run ahead of what rclone has sent, all copies in flight together
+                                   # progress) may run ahead of what rclone has sent, all copies in flight together,
+                                   # at least; on a fast store AHEAD_TIME seconds of rclone's pace, up to AHEAD_MAX
+PACED = 16 * 1024 * 1024           # a copy's pace is known once rclone has copied this much of it: what passes at
+                                   # once after an idle moment (rclone's bandwidth limit lets 4 MiB through, its
+                                   # token bucket's burst; the connection's buffers take a few MiB) then makes it
+                                   # seem a third faster at most, not a slow uplink a fast one
+AHEAD_TIME = 1.0                   # (a slow uplink's progress stays within a second of what was sent, or AHEAD; a
+AHEAD_MAX = 256 * 1024 * 1024      # fast store's copies seldom wait: bench rclone, WebDAV on loopback, medians of 2
+                                   # rounds, AHEAD alone -> this (two runs): the push with the recordings hashed
+                                   # ahead 1.88 -> 1.65, 1.68 s, 0.82 -> 0.96, 0.91 of copy + check; hashed while
+                                   # sent 1.81 -> 1.83, 1.86 s, no gain). rclone reads the file from the page cache
+                                   # the engine's reads filled: what runs ahead costs no memory of this process
 POLL = 0.01                        # seconds at least between looks at such a copy's progress (it is looked at
                                    # when it should have caught up, at the pace rclone goes)
 PACE = 0.25                        # at most this long between looks at it while the engine's reads wait for it (at
@@ -849,7 +860,9 @@ class _RcloneWrite(WriteHandle):
         self._copied = 0                    # bytes rclone reported copied (or, of a stream, took)
         self._sent = 0                      # bytes of a stream put on its connection
         self._small = bytearray()           # the bytes written while they are at most SMALL (sent by sync())
-        self._ahead = AHEAD // t.checks     # (a share: the copies in flight together run at most AHEAD ahead)
+        self._ahead = AHEAD // t.checks     # (a share: the copies in flight together run at least AHEAD ahead)
+        self._pace = 0.0                    # bytes per second rclone copied this file since its copy began (_allowed)
+        self._began = 0.0                   # when rclone's copy of it began
         self._ended: dict | None = None     # the copy's outcome: {} copied, {"error": ...} (its answer came)
         self._rate = 0.0                    # bytes per second rclone copies, as its last two counts told
         self._count_at = 0.0                # when the last count was read
@@ -879,6 +892,7 @@ class _RcloneWrite(WriteHandle):
                 settings["BufferSize"] = 0
             # one call that answers when the copy has ended (not a job asked about every few ms: each ask ~2 ms of
             # CPU here and in rclone); its byte count read while the engine's reads wait for it (_follow)
+            self._began = time.monotonic()
             self._job = t.rcd.begin("operations/copyfile", {
                 "srcFs": f":local,copy_links=true:/proc/{os.getpid()}/fd", "srcRemote": str(own), "dstFs": fs,
                 "dstRemote": remote, "_group": self._group, "_config": settings})
@@ -916,6 +930,13 @@ class _RcloneWrite(WriteHandle):
         if "error" in self._ended:
             raise self._ended["error"]
         return self._ended
+
+    def _allowed(self) -> int:
+        """How far the engine's reads may run ahead of rclone's count of this copy: its share of AHEAD, or AHEAD_TIME
+        seconds of this copy at the pace rclone copies it, up to its share of AHEAD_MAX. The copies in flight share
+        the uplink, so together they run at most AHEAD, or about AHEAD_TIME of the uplink, ahead: a slow uplink's
+        progress stays close to what was sent, and a fast store's copies seldom make the engine's reads wait."""
+        return min(max(self._ahead, int(self._pace * AHEAD_TIME)), AHEAD_MAX // self._t.checks)
 
     def _follow(self, upto: int | None, stoppable: bool = True) -> None:
         """Wait until rclone has copied ``upto`` bytes (None: until the copy ended); a copy that makes no
@@ -961,6 +982,8 @@ class _RcloneWrite(WriteHandle):
                 count = counted
             if count > counted and self._count_at and now > self._count_at:
                 self._rate = (count - counted) / (now - self._count_at)
+            if self._job is not None and count >= max(self._ahead, PACED) and now > self._began:
+                self._pace = count / (now - self._began)        # (since it began: _allowed)
             self._count_at = now
             if count != counted:
                 counted, idle = count, now
@@ -1060,7 +1083,9 @@ class _RcloneWrite(WriteHandle):
             self._digest.update(data)
         self._size += len(data)
         if self._job is not None and self._size - self._copied > self._ahead:
-            self._follow(self._size - self._ahead // 2)     # (caught up half-way: a wait every few chunks)
+            allowed = self._allowed()
+            if self._size - self._copied > allowed:
+                self._follow(self._size - allowed // 2)     # (caught up half-way: a wait every few chunks)
 
     def sync(self) -> None:
         """End the upload and wait until rclone has stored the whole temp file."""

@@ -2033,6 +2033,44 @@ def test_a_cancel_stops_the_uploads_in_flight_at_once(webdav, rclone_tmp):
     assert not [p for p in served.rglob("*") if p.name.startswith(".steno-tmp")]
 
 
+def test_the_progress_on_a_slow_uplink_runs_no_further_ahead_of_what_the_store_received_than_the_read_ahead(
+        webdav, rclone_tmp, monkeypatch):
+    """rclone copies each recording while the engine reads it (hashes it), and the engine's reads are the progress
+    shown: they may run ahead of rclone's copies by AHEAD (all copies in flight together), or by about a second of
+    what rclone sends where that is more (a fast store). On a slow uplink (rclone's bandwidth limit, 2 MiB/s: a
+    second of it well under AHEAD, here 8 MiB) the progress never shows more than AHEAD beyond what the store has
+    received (counted at every progress update as the bytes of every file on the store); cancelled then (16 MiB of
+    24 read), the push ends with the sessions in flight not reported done and no temp file left."""
+    from steno_exportd.rclone import target
+    monkeypatch.setattr(target, "AHEAD", 8 << 20)
+    srv, served = webdav, webdav.served
+    db = make_recorder(rclone_tmp / "rec", sizes=tuple((6 << 20) + i for i in range(4)))
+    cfg = make_cfg(rclone_tmp, db, srv.client_config(rclone_tmp / "rclone.conf"), f"{srv.remote}:office")
+    cfg = config.replace(cfg, **{"rclone.remotes": (dataclasses.replace(cfg.rclone.remotes[0],
+                                                                         bandwidth_limit_kbps=2048),)})
+
+    def received() -> int:
+        return sum(p.stat().st_size for p in served.rglob("*") if p.is_file())
+    ahead: list[int] = []
+    cut: list[bool] = []
+
+    def watch(fields: dict) -> bool:
+        if not cut:
+            done = fields.get("bytes_done", 0)
+            ahead.append(done - received())
+            if done >= 16 << 20:            # 16 MiB of 24 read: the cancel, copies under way
+                cut.append(True)
+        return bool(cut)
+    res = push(cfg, Progress(watch), sleep=lambda s: None)
+    assert cut, "never cancelled"
+    assert max(ahead) > 0, "the progress never ran ahead of the store: nothing was read ahead"
+    # (1 MiB: the store's side of rclone's connection, what rclone counted sent and the store has not written yet)
+    assert max(ahead) <= (8 << 20) + (1 << 20), f"the progress ran {max(ahead) / 2**20:.1f} MiB ahead of the store"
+    # (a session read back before the cancel is kept: see test_a_cancel_stops_the_uploads_in_flight_at_once)
+    assert len([r for r in res if r.ok and not r.skipped]) < 4, [(r.ok, r.error) for r in res]
+    assert not [p for p in served.rglob("*") if p.name.startswith(".steno-tmp")]
+
+
 def test_a_store_that_stops_answering_while_a_streamed_file_is_awaited_is_a_clear_error_soon(webdav, rclone_tmp,
                                                                                               monkeypatch, caplog):
     """The wait for the answer to a streamed file (a transcript: rclone spools it for WebDAV and uploads it once the
