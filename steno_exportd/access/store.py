@@ -212,10 +212,13 @@ class AccessStore:
         rows = self._x("SELECT pin_hash FROM share_links WHERE token = ?", (token,))
         return rows[0][0] if rows else ""
 
-    def links(self, session_id: int | None = None) -> list[ShareLink]:
+    def links(self, session_id: int | None = None, session_uuid: str | None = None) -> list[ShareLink]:
+        """The links (of ``session_id``), newest first; with ``session_uuid``, only those made for that meeting
+        (ShareLink.for_meeting): a link made for the meeting that had this id before a restore is not this one's."""
         sql = "SELECT token FROM share_links" + (" WHERE session_id = ?" if session_id is not None else "")
-        return [self.link(t) for (t,) in self._x(sql + " ORDER BY created DESC",
-                                                    (session_id,) if session_id is not None else ())]
+        found = [self.link(t) for (t,) in self._x(sql + " ORDER BY created DESC",
+                                                     (session_id,) if session_id is not None else ())]
+        return found if session_uuid is None else [x for x in found if x.for_meeting(session_uuid)]
 
     def revoke(self, token: str) -> ShareLink:
         self.link(token)

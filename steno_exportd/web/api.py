@@ -150,7 +150,8 @@ async def create_link(request: web.Request) -> web.Response:
 async def session_links(request: web.Request) -> web.Response:
     ctx: WebContext = request.app[CTX]
     s = await ctx.session(request.match_info["key"])
-    return web.json_response([x.public() for x in await asyncio.to_thread(ctx.store.links, s.id)])
+    mine = await asyncio.to_thread(ctx.store.links, s.id, s.uuid)    # (made for this meeting, not its id's last)
+    return web.json_response([x.public() for x in mine])
 
 
 async def revoke_link(request: web.Request) -> web.Response:

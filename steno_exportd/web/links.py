@@ -70,11 +70,11 @@ def qr_svg(url: str, label: str) -> str:
     return svg.replace("<svg ", f'<svg role="img" aria-label="{html.escape(label, quote=True)}" ', 1)
 
 
-async def link_views(request: web.Request, ctx: WebContext, session_id: int) -> list[dict]:
-    """The session's share links for its page, newest first: full URL, uses left, QR code while usable, who
-    made it."""
+async def link_views(request: web.Request, ctx: WebContext, s: Any) -> list[dict]:
+    """The share links of session ``s`` for its page (those made for this meeting: store.links), newest first: full
+    URL, uses left, QR code while usable, who made it."""
     me = request.get(SID, "")
-    rows = await asyncio.to_thread(ctx.store.links, session_id)
+    rows = await asyncio.to_thread(ctx.store.links, s.id, s.uuid)
     out = []
     for link in sorted(rows, key=lambda x: -x.created):
         view = link.public()

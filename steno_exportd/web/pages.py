@@ -97,7 +97,7 @@ async def session_page(request: web.Request) -> web.Response:
         lines = [(i, g) for i, g in lines if want in folded(g.text) or want in folded(g.speaker_name)]
     shown = lines if everything or find else lines[:FIRST_LINES]
     downloads = await asyncio.to_thread(_downloads, ctx, s)
-    links = await link_views(request, ctx, s.id)
+    links = await link_views(request, ctx, s)
     audit = await asyncio.to_thread(ctx.store.audit_log, s.id, 50)
     return ctx.render_page(request, "session.html", s=s, t=fmt_time, when=fmt_when, dur=fmt_duration,
                            downloads=downloads, links=links, audit=audit,
