@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import secrets
 import time
 from typing import Any, AsyncIterator
@@ -23,6 +24,14 @@ log = logging.getLogger(__name__)
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self'; "
        "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 PUBLIC_PREFIXES = ("/login", "/pair", "/static/", "/s/")
+# a share link's token in a path (/s/<token>, /share/<token>/revoke, /api/v1/share-links/<token>/revoke)
+_LINK_TOKEN = re.compile(r"(/(?:s|share|share-links)/)([^/]{1,6})[^/]*")
+
+
+def logged_path(path: str) -> str:
+    """A request's path as a log line names it: a share link's token cut to its first 6 characters, as every other
+    line names a link (the journal is read by admins the link was never given to), and at most 200 characters."""
+    return _LINK_TOKEN.sub(lambda m: m[1] + m[2] + ("…" if len(m[0]) > len(m[1]) + len(m[2]) else ""), path[:200])
 
 
 async def security_headers(request: web.Request, resp: web.StreamResponse) -> None:
@@ -78,7 +87,7 @@ async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
     except (ConnectionError, asyncio.CancelledError):     # a client that left is not an error of ours
         raise
     except Exception:  # noqa: BLE001 - the error boundary of one request
-        log.exception("%s %s failed", request.method, request.path)
+        log.exception("%s %s failed", request.method, logged_path(request.path))
         return _error_response(request, 500, "internal error; the daemon log has the details")
 
 
@@ -126,14 +135,16 @@ async def access(request: web.Request, handler: Any) -> web.StreamResponse:
     request[SID] = sid
     request[CSRF] = ctx.signer.csrf_for(sid or csrf_seed)
     if request.method in ("GET", "HEAD") and _from_another_site(request):
-        refusals.note(addr, "cross-site %s %s (%s of another site's page)", request.method, request.path[:80],
+        refusals.note(addr, "cross-site %s %s (%s of another site's page)", request.method,
+                      logged_path(request.path)[:80],
                       request.headers.get("Sec-Fetch-Dest", "")[:20])
         return _error_response(request, 403, "this request came from another site")
     if request.method not in ("GET", "HEAD", "OPTIONS"):
         origin = request.headers.get("Origin")
         source = origin if origin is not None else request.headers.get("Referer")
         if source is not None and not auth.same_origin(source, "https" if ctx.tls else "http", host):
-            refusals.note(addr, "cross-site %s %s from %r", request.method, request.path, source[:80])
+            refusals.note(addr, "cross-site %s %s from %r", request.method, logged_path(request.path),
+                          source[:80])
             return _error_response(request, 403, "this request came from another site")
         sent = request.headers.get("X-CSRF-Token", "")
         if not sent:

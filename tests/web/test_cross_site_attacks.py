@@ -220,3 +220,23 @@ def test_a_page_elsewhere_opened_in_chromium_adds_no_download_to_the_audit_log(w
     wait_for(lambda: audit() or "cross-site GET" in d.log(), timeout=30, what="the requests at the daemon")
     assert audit() == [], f"downloads another site asked for are in the audit log: {audit()}\n{d.log()[-3000:]}"
     assert d.log().count("cross-site GET") == 1, d.log()
+
+
+async def test_a_share_links_token_is_never_written_whole_into_the_log(web_client, sessions, caplog):
+    """A share link's PIN form posted from another site's page is refused and logged: the log names the link by
+    the first 6 characters of its token, as every other line does, never the whole token (the journal is read by
+    admins the link was never given to)."""
+    client, core = await web_client()
+    s = with_audio(sessions)
+    port = client.server.port
+    caplog.set_level(logging.INFO, logger="steno_exportd")
+    link = await make_link(client, s.id, max_downloads=5, pin="482113")
+    token = link["token"]
+    status, _, _ = await raw(port, request("POST", f"/s/{token}", port,
+                                           {"Origin": "http://evil.example", "Content-Type":
+                                            "application/x-www-form-urlencoded", "Content-Length": "10"},
+                                           b"pin=482113"))
+    assert status == 403
+    lines = [r.getMessage() for r in caplog.records]
+    assert [x for x in lines if "cross-site POST /s/" + token[:6] in x], lines
+    assert not [x for x in lines if token in x], lines
