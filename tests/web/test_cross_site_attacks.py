@@ -148,6 +148,26 @@ async def test_a_page_elsewhere_adds_no_download_to_the_audit_log_while_the_page
     assert sorted(x["via"][:10] for x in audit) == ["page"] * 3 + ["share link"], audit
 
 
+async def test_a_share_links_token_is_never_written_whole_into_the_log(web_client, sessions, caplog):
+    """A share link's PIN form posted from another site's page is refused and logged: the log names the link by
+    the first 6 characters of its token, as every other line does, never the whole token (the journal is read by
+    admins the link was never given to)."""
+    client, core = await web_client()
+    s = with_audio(sessions)
+    port = client.server.port
+    caplog.set_level(logging.INFO, logger="steno_exportd")
+    link = await make_link(client, s.id, max_downloads=5, pin="482113")
+    token = link["token"]
+    status, _, _ = await raw(port, request("POST", f"/s/{token}", port,
+                                           {"Origin": "http://evil.example", "Content-Type":
+                                            "application/x-www-form-urlencoded", "Content-Length": "10"},
+                                           b"pin=482113"))
+    assert status == 403
+    lines = [r.getMessage() for r in caplog.records]
+    assert [x for x in lines if "cross-site POST /s/" + token[:6] in x], lines
+    assert not [x for x in lines if token in x], lines
+
+
 # Chromium last: its (module-scoped) Playwright loop would stop the async tests above from starting theirs
 def test_after_logout_the_browser_does_not_play_a_recording_from_its_cache(web_daemon, own_lib, chromium_page):
     """A shared computer: the user listened to a meeting and logged out; the next person opens the recording's
@@ -221,22 +241,3 @@ def test_a_page_elsewhere_opened_in_chromium_adds_no_download_to_the_audit_log(w
     assert audit() == [], f"downloads another site asked for are in the audit log: {audit()}\n{d.log()[-3000:]}"
     assert d.log().count("cross-site GET") == 1, d.log()
 
-
-async def test_a_share_links_token_is_never_written_whole_into_the_log(web_client, sessions, caplog):
-    """A share link's PIN form posted from another site's page is refused and logged: the log names the link by
-    the first 6 characters of its token, as every other line does, never the whole token (the journal is read by
-    admins the link was never given to)."""
-    client, core = await web_client()
-    s = with_audio(sessions)
-    port = client.server.port
-    caplog.set_level(logging.INFO, logger="steno_exportd")
-    link = await make_link(client, s.id, max_downloads=5, pin="482113")
-    token = link["token"]
-    status, _, _ = await raw(port, request("POST", f"/s/{token}", port,
-                                           {"Origin": "http://evil.example", "Content-Type":
-                                            "application/x-www-form-urlencoded", "Content-Length": "10"},
-                                           b"pin=482113"))
-    assert status == 403
-    lines = [r.getMessage() for r in caplog.records]
-    assert [x for x in lines if "cross-site POST /s/" + token[:6] in x], lines
-    assert not [x for x in lines if token in x], lines
