@@ -69,10 +69,14 @@ class ShareLink:
     made_by_login: str = ""     # the id of the browser login that made it
     session_uuid: str = ""      # the uuid of the meeting it was made for ("": not known, a link from before)
 
-    def for_meeting(self, uuid: str) -> bool:
-        """Was it made for the meeting with this uuid (the one its session id names now)? A link from before the
-        uuid was kept: yes (nothing to tell)."""
-        return not self.session_uuid or self.session_uuid == uuid
+    def for_meeting(self, uuid: str, began: float | None = None) -> bool:
+        """Was it made for the meeting with this uuid (the one its session id names now), which ``began`` then (its
+        row's creation or its start, epoch seconds; None: not known)? A link from before the uuid was kept: only when
+        that meeting is older than the link (one that began after the link took the id of the meeting it was made
+        for, a restore since); when the meeting's time is not known either, yes (nothing to tell)."""
+        if self.session_uuid:
+            return self.session_uuid == uuid
+        return began is None or began <= self.created
 
     @property
     def state(self) -> str:
@@ -212,13 +216,15 @@ class AccessStore:
         rows = self._x("SELECT pin_hash FROM share_links WHERE token = ?", (token,))
         return rows[0][0] if rows else ""
 
-    def links(self, session_id: int | None = None, session_uuid: str | None = None) -> list[ShareLink]:
-        """The links (of ``session_id``), newest first; with ``session_uuid``, only those made for that meeting
-        (ShareLink.for_meeting): a link made for the meeting that had this id before a restore is not this one's."""
+    def links(self, session_id: int | None = None, session_uuid: str | None = None,
+              began: float | None = None) -> list[ShareLink]:
+        """The links (of ``session_id``), newest first; with ``session_uuid`` (and when it ``began``), only those made
+        for that meeting (ShareLink.for_meeting): a link made for the meeting that had this id before a restore is
+        not this one's."""
         sql = "SELECT token FROM share_links" + (" WHERE session_id = ?" if session_id is not None else "")
         found = [self.link(t) for (t,) in self._x(sql + " ORDER BY created DESC",
                                                      (session_id,) if session_id is not None else ())]
-        return found if session_uuid is None else [x for x in found if x.for_meeting(session_uuid)]
+        return found if session_uuid is None else [x for x in found if x.for_meeting(session_uuid, began)]
 
     def revoke(self, token: str) -> ShareLink:
         self.link(token)

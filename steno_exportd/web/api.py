@@ -17,7 +17,7 @@ from steno_exportd.search import MAX_LIMIT, MAX_OFFSET, MAX_QUERY_CHARS, SearchH
 from steno_exportd.web.context import (CTX, MAX_PER_PAGE, WebContext, bounded, client_addr, device_json, job_json,
                                        number, query_sessions, read_json, search_sessions, session_json,
                                        summary_json)
-from steno_exportd.web.links import new_link, revoke
+from steno_exportd.web.links import began, new_link, revoke
 from steno_exportd.web.server import SERVING
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ async def create_link(request: web.Request) -> web.Response:
 async def session_links(request: web.Request) -> web.Response:
     ctx: WebContext = request.app[CTX]
     s = await ctx.session(request.match_info["key"])
-    mine = await asyncio.to_thread(ctx.store.links, s.id, s.uuid)    # (made for this meeting, not its id's last)
+    mine = await asyncio.to_thread(ctx.store.links, s.id, s.uuid, began(s))   # (made for this meeting only)
     return web.json_response([x.public() for x in mine])
 
 

@@ -74,7 +74,7 @@ async def link_views(request: web.Request, ctx: WebContext, s: Any) -> list[dict
     """The share links of session ``s`` for its page (those made for this meeting: store.links), newest first: full
     URL, uses left, QR code while usable, who made it."""
     me = request.get(SID, "")
-    rows = await asyncio.to_thread(ctx.store.links, s.id, s.uuid)
+    rows = await asyncio.to_thread(ctx.store.links, s.id, s.uuid, began(s))
     out = []
     for link in sorted(rows, key=lambda x: -x.created):
         view = link.public()
@@ -86,10 +86,19 @@ async def link_views(request: web.Request, ctx: WebContext, s: Any) -> list[dict
     return out
 
 
-def _same_meeting(link: Any, uuid: str) -> None:
-    """The session id a link names is the meeting it was made for, or the link is over (410): after the recorder's
-    database was restored from a backup, the next meeting recorded takes the id of one made after the backup."""
-    if not link.for_meeting(uuid):
+def began(s: Any) -> float | None:
+    """When session ``s`` (a summary or a whole session) was made, as ShareLink.for_meeting takes it: its row's
+    creation, else its start (epoch seconds); None when neither is known."""
+    s = getattr(s, "summary", s)
+    when = s.created_at or s.start_time
+    return when.timestamp() if when is not None else None
+
+
+def _same_meeting(link: Any, s: Any) -> None:
+    """The session id a link names is the meeting it was made for (session ``s``, a summary, is what the id names
+    now), or the link is over (410): after the recorder's database was restored from a backup, the next meeting
+    recorded takes the id of one made after the backup."""
+    if not link.for_meeting(s.uuid, began(s)):
         raise web.HTTPGone(text="The meeting of this share link is no longer on this recorder. Ask for a new one.")
 
 
@@ -125,7 +134,7 @@ async def share_page(request: web.Request) -> web.Response:
     if not await _pin_ok(request, ctx, link):
         return ctx.render_page(request, "share_pin.html", token=link.token, error="")
     s = await ctx.session(str(link.session_id))
-    _same_meeting(link, s.uuid)
+    _same_meeting(link, s)
     return ctx.render_page(request, "share.html", s=s, link=link.public(), when=fmt_when, dur=fmt_duration,
                            left=link.max_downloads - link.downloads, expires=link.expires)
 
@@ -202,7 +211,7 @@ async def share_download(request: web.Request) -> web.StreamResponse:
     request[GRANT] = link_grant(ctx.access, link, generation)     # the link, not a login: cut when it ends
     what = one_of(request.match_info["what"], ("zip", "audio"), "download")
     summary, recording = await ctx.recording(str(link.session_id))     # no transcript loaded
-    _same_meeting(link, summary.uuid)
+    _same_meeting(link, summary)
     use = None
     if request.method != "HEAD":
         if not await asyncio.to_thread(ctx.store.reserve_use, link.token):

@@ -244,10 +244,13 @@ async def test_a_device_export_is_the_devices_job_whatever_options_are_sent(web_
         assert (await r.json())["device_id"] == "fs_ab12", sent
 
 
-async def test_a_share_link_never_serves_another_meeting_that_took_its_session_id(web_client, own_lib):
+@pytest.mark.parametrize("made", ["now", "before-uuids"])
+async def test_a_share_link_never_serves_another_meeting_that_took_its_session_id(web_client, own_lib, made):
     """The recorder's database restored from a backup: the next meeting recorded takes an id a share link was made
     for (ids count on from the backup's). The link was made for the meeting that had that id, and must never open
-    the new one: its page, its ZIP and its recording are refused (410), not served to whoever holds the old link."""
+    the new one: its page, its ZIP and its recording are refused (410), not served to whoever holds the old link.
+    before-uuids: a link kept from a version that did not record its meeting's uuid (its session_uuid empty) is
+    held to the meetings older than itself."""
     import os
     import sqlite3
 
@@ -266,9 +269,12 @@ async def test_a_share_link_never_serves_another_meeting_that_took_its_session_i
     r = await client.post(f"/api/v1/sessions/{sid}/share-links", json={"max_downloads": 5},
                           headers={"X-CSRF-Token": token})
     link = await r.json()
+    if made == "before-uuids":
+        core.access.store._x("UPDATE share_links SET session_uuid = '' WHERE token = ?", (link["token"],))
     anon = await anonymous(client)
     try:
         assert "All-hands" in await (await anon.get(link["url"])).text()
+        await asyncio.sleep(1.1)            # (the recorder's created_at counts whole seconds)
         # the restore (the recorder stopped: its WAL goes with the old file), then a new, confidential recording
         os.replace(backup, db)
         for tail in ("-wal", "-shm"):
