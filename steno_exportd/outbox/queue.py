@@ -252,8 +252,10 @@ class Outbox:
                                   "try again when they are out")
         summaries = {s.id: s for s in await asyncio.to_thread(self._library().list_sessions)}
         subject = content.sessions_subject([summaries[i].title if i in summaries else "" for i in session_ids])
+        # each meeting's uuid beside its id: a message composed again (a retry, days later perhaps) carries the
+        # meetings it was asked for or fails, never the one an id names after the recorder's database was restored
         request = dict(sessions=list(session_ids), formats=list(formats), template=template, made_by=made_by,
-                       made_by_login=login_id)
+                       made_by_login=login_id, uuids=[summaries[i].uuid if i in summaries else "" for i in session_ids])
         entry = await asyncio.to_thread(self._insert, "sessions", ev.OutboxState.COMPOSING, subject,
                                         [str(a) for a in addresses], request)
         self._publish(entry)
@@ -293,6 +295,11 @@ class Outbox:
         else:
             lib = self._library()
             sessions = [lib.get_session(i) for i in request["sessions"]]
+            for s, uuid in zip(sessions, request.get("uuids", ())):     # (none kept in a row from before)
+                if uuid and s.uuid != uuid:
+                    raise StenoError(f"meeting {s.id} is no longer on this recorder: its number now names another "
+                                     "meeting, recorded since (the recorder's database was restored?); ask for a "
+                                     "new message")
             limit = int(self.cfg.email.max_message_mb * 1024 * 1024)
             # a row from before makers were kept: made at the recorder, as then
             links = (self._links(request.get("made_by", AT_DEVICE), request.get("made_by_login", ""))

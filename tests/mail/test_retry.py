@@ -162,3 +162,50 @@ async def test_a_message_cancelled_while_it_is_composed_stays_cancelled_and_leav
     assert core.outbox.get(entry.id).state == ev.OutboxState.CANCELLED
     assert list(core.outbox.dir.iterdir()) == []        # the message written meanwhile is gone
     assert server.handler.data_attempts == 0 and server.received == []
+
+
+async def test_a_message_retried_after_a_restore_never_carries_the_meeting_that_took_its_sessions_number(
+        smtp, mail_core, tmp_path):
+    """A message for a meeting failed (the server refused its recipients); meanwhile the recorder's database was
+    restored from a backup made before that meeting, and a new meeting took its number (ids count on from the
+    backup's). The message retried is composed again: it must fail saying why, and the server receives nothing
+    of the new meeting, which nobody asked to send."""
+    import contextlib
+    import os
+    import sqlite3
+
+    from steno_exportd import demo
+    from tests.recorder_db import add_session_like
+
+    lib = tmp_path / "lib"
+    demo.generate(lib, sessions=3, seed=5, small=True)
+    db, backup = lib / "silent_steno.db", lib / "backup.db"
+    with sqlite3.connect(db) as src, sqlite3.connect(backup) as dst:
+        src.backup(dst)
+        dst.execute("PRAGMA journal_mode=DELETE")
+    asked = add_session_like(db, title="All-hands, fine to send")
+    server = await smtp()
+    server.handler.rcpt_answers = {"alice@example.org": "550 5.1.1 no such user here"}
+    core = await mail_core(server, extra={"recorder": {"db_path": str(db)}})
+    sid = next(s.id for s in (await core.listing()).sessions if s.uuid == asked)
+    entry = await core.email_sessions([sid], ["txt"], ["alice@example.org"])
+    assert (await finished(core, entry.id)).state == ev.OutboxState.FAILED
+
+    os.replace(backup, db)                  # the restore (the recorder stopped: its WAL goes with the old file)
+    for tail in ("-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(f"{db}{tail}")
+    other = await asyncio.to_thread(add_session_like, db, None, "Board meeting: layoffs")
+    for _ in range(100):
+        taken = [s.id for s in (await core.listing()).sessions if s.uuid == other]
+        if taken:
+            break
+        await asyncio.sleep(0.05)
+    assert taken == [sid], (taken, sid)     # the number is the new meeting's now
+
+    server.handler.rcpt_answers = {}
+    await core.retry_mail(entry.id)
+    failed = await finished(core, entry.id)
+    assert failed.state == ev.OutboxState.FAILED, failed
+    assert "no longer on this recorder" in failed.error, failed.error
+    assert server.received == []
