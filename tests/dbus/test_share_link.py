@@ -3,7 +3,9 @@ full URL the touchscreen shows as a QR code, and a guest downloads through it ov
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+import sqlite3
 import urllib.error
 import urllib.request
 
@@ -41,7 +43,7 @@ async def create(bus, key: str, **options):
                                   member="CreateShareLink", signature="sa{sv}", body=[key, options]))
 
 
-async def test_create_share_link_returns_the_full_url_a_guest_opens(sharing):
+async def test_create_share_link_returns_the_full_url_a_guest_opens(sharing, tmp_path):
     address, port = sharing
     bus = await MessageBus(bus_address=address).connect()
     try:
@@ -50,6 +52,12 @@ async def test_create_share_link_returns_the_full_url_a_guest_opens(sharing):
         link = {k: v.value for k, v in r.body[0].items()}
         assert link["url"] == f"http://{socket.gethostname().lower()}.local:{port}/s/{link['token']}"
         assert (link["session_id"], link["max_downloads"], link["pin"]) == (1, 2, False)
+        # made for the meeting numbered 1 now, by its uuid: it opens that meeting only, whatever takes the number
+        with contextlib.closing(sqlite3.connect(f"file:{tmp_path}/state/access.db?mode=ro", uri=True)) as db:
+            [(made_for,)] = db.execute("SELECT session_uuid FROM share_links WHERE token = ?", (link["token"],))
+        with contextlib.closing(sqlite3.connect(f"file:{tmp_path}/library/silent_steno.db?mode=ro", uri=True)) as db:
+            [(uuid,)] = db.execute("SELECT uuid FROM sessions WHERE id = 1")
+        assert made_for == uuid, (made_for, uuid)
         # the same link, reached at the address this test can use: the share page, then its downloads
         page = await asyncio.to_thread(get, f"http://127.0.0.1:{port}/s/{link['token']}")
         assert "This link allows 2 more downloads" in page

@@ -136,6 +136,7 @@ async def test_a_mailed_link_follows_http_public_url_even_after_a_reload_and_is_
     assert len(set(tokens)) == 1 and "127.0.0.1" not in mail.text() + mail.html()
     [link] = core.access.store.links(1)                    # listed with the session's other share links
     assert (link.token, link.state, link.max_downloads) == (tokens[0], "active", 5)
+    assert link.session_uuid == (await core.summary(1)).uuid     # it opens that meeting only, whatever takes its id
     assert core.access.store.revoke(link.token).state == "revoked"
 
     # a reload moves the page to another public name: the core's URL and the next mailed link follow it
