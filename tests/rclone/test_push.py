@@ -2488,6 +2488,8 @@ def test_a_push_ends_at_once_when_a_read_begun_ahead_stalls(rclone_tmp):
 @pytest.mark.parametrize("remote, said", [
     ("nas:office/../..", "'..'"), ("nas:../elsewhere", "'..'"), ("nas:office/meetings/..", "'..'"),
     (":webdav,url='http://127.0.0.1:9/dav':office/../..", "'..'"),
+    (":local:../x:y", "'..'"), ('nas,x="a:b":..', "'..'"), (":sftp,host=h:../../etc:z", "'..'"),
+    ("nas:office\\..\\other", "'..'"), ("nas:..\\x", "'..'"), ("nas:'..'", "'..'"),
     ("nas:off\nice", "unprintable"), ("nas:office\x1b[2J", "unprintable"), ("na\ts:office", "unprintable")])
 def test_an_rclone_remote_that_climbs_out_of_its_folder_or_holds_control_characters_is_a_config_error(remote, said):
     """rclone resolves a '..' in a remote's path on the store: "nas:office/../.." pushed into the store's root, beside
@@ -2499,6 +2501,19 @@ def test_an_rclone_remote_that_climbs_out_of_its_folder_or_holds_control_charact
     text = str(got.value)
     assert "rclone.remotes[0].remote:" in text and said in text, text
     assert "\n" not in remote or "off\nice" not in text, text      # (the remote shown escaped: no forged line)
+
+
+@pytest.mark.parametrize("remote", [
+    ":webdav,url='https://steno:Summer2026@nas.example/dav',pass=kQbHMuj1jBl_dWz0:office/..",
+    "nas,pass=kQbHMuj1jBl_dWz0"])
+def test_a_refused_rclone_remote_holding_a_credential_is_shown_without_it(remote):
+    """A connection string refused at load (a '..' in it, no remote's name) was shown whole in the config's error,
+    which reaches the log and the status line: its password and its URL's login with it. Now masked."""
+    with pytest.raises(config.ConfigError) as got:
+        config.from_dict({"rclone": {"remotes": [{"name": "cloud", "remote": remote}]}})
+    text = str(got.value)
+    assert "rclone.remotes[0].remote:" in text and "***" in text, text
+    assert "kQbHMuj1jBl_dWz0" not in text and "Summer2026" not in text, text
 
 
 def test_an_rclone_remote_name_holding_a_control_character_is_a_config_error():
