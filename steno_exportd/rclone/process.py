@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import contextlib
+import errno
 import http.client
 import io
 import json
@@ -326,17 +327,38 @@ def _forget_copy(state_dir: str) -> None:
     folder goes (the folder is the copy's alone, 700): what a save cut short leaves beside it holds the same
     credentials, rclone's own ("rclone.conf<digits>", its temp file; "rclone.conf.old", the file it renames away
     before its temp file takes the name) and write_file's (".rclone.conf.<pid>.<hex>.tmp", the daemon killed in the
-    middle). Nothing is followed: a symlink there is removed, not what it names."""
+    middle). Nothing is followed: a symlink there is removed, not what it names; the folder itself a symlink (to
+    another folder: listed through it, the files there were removed) is not ours, left alone. Never raises: a
+    failure (a read-only state folder, an I/O error, a name busy) is one warning, and the daemon's start, its reload
+    or the push goes on."""
     if not state_dir:
         return
     folder = Path(state_dir) / WORKING_DIR
     try:
-        names = os.listdir(folder)
-    except OSError:             # (none: nothing kept; a file or symlink of that name: not ours to remove)
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return                  # (none: nothing kept; a file of that name: not ours to remove)
+    except OSError as e:
+        if e.errno != errno.ELOOP:          # (ELOOP: a symlink of that name, not ours)
+            log.warning("rclone: the copy of the rclone config in %s could not be looked at (%s): its credentials "
+                        "may stay there", folder, e.strerror or e)
         return
-    for name in names:
-        with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
-            os.unlink(folder / name)
+    failed: OSError | None = None
+    try:
+        for name in os.listdir(fd):
+            try:
+                os.unlink(name, dir_fd=fd)
+            except (FileNotFoundError, IsADirectoryError):
+                pass            # (gone meanwhile; a folder: not the copy's, and not removed whole)
+            except OSError as e:
+                failed = failed or e
+    except OSError as e:
+        failed = failed or e
+    finally:
+        os.close(fd)
+    if failed is not None:
+        log.warning("rclone: the copy of the rclone config in %s could not be removed whole (%s): its credentials "
+                    "may stay there", folder, failed.strerror or failed)
 
 
 def forget_unused_copy(cfg: Config) -> None:

@@ -2589,6 +2589,44 @@ def test_the_copy_of_the_rclone_config_is_removed_when_the_admin_stops_pushing_t
     assert sorted(p.name for p in copies.iterdir()) == []
 
 
+def test_the_copy_s_folder_a_symlink_to_another_folder_is_not_emptied(rclone_tmp):
+    """The sweep of the copy's folder listed <state>/rclone through a symlink of that name and removed the files of
+    the folder it names (someone's). Now a symlink there is left alone, and what it names."""
+    from steno_exportd.rclone.process import forget_unused_copy
+    db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
+    db.close()
+    cfg = cfg_for(rclone_tmp, db, rclone_tmp / "rclone.conf", [])         # no remote: the copy is forgotten
+    elsewhere = rclone_tmp / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "rclone.conf").write_text("someone's\n")
+    (elsewhere / "notes.txt").write_text("someone's\n")
+    pathlib.Path(cfg.state.dir).mkdir(parents=True, exist_ok=True)
+    (pathlib.Path(cfg.state.dir) / "rclone").symlink_to(elsewhere)
+    forget_unused_copy(cfg)
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["notes.txt", "rclone.conf"]
+    assert (pathlib.Path(cfg.state.dir) / "rclone").is_symlink()
+
+
+def test_a_copy_that_cannot_be_removed_is_one_warning_not_a_failed_start(rclone_tmp, caplog):
+    """The copy's folder read-only (a state folder remounted read-only after an I/O error): the sweep's EROFS came
+    out of forget_unused_copy, which the daemon's start and each reload run, so the daemon did not start (a reload:
+    its loop ended). Now it is one warning, and the start goes on."""
+    from steno_exportd.rclone.process import forget_unused_copy
+    db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
+    db.close()
+    cfg = cfg_for(rclone_tmp, db, rclone_tmp / "rclone.conf", [])
+    copies = pathlib.Path(cfg.state.dir) / "rclone"
+    copies.mkdir(parents=True)
+    (copies / "rclone.conf").write_text(drive_conf(9))
+    (copies / "source.conf").write_text(drive_conf(9))
+    with caplog.at_level(logging.WARNING, logger="steno_exportd.rclone.process"), read_only(copies):
+        forget_unused_copy(cfg)
+    warned = [r.getMessage() for r in caplog.records if r.name == "steno_exportd.rclone.process"]
+    assert len(warned) == 1 and str(copies) in warned[0] and "could not be removed" in warned[0], warned
+    forget_unused_copy(cfg)                                     # writable again: removed
+    assert sorted(p.name for p in copies.iterdir()) == []
+
+
 def test_a_remote_the_admin_renames_begins_from_the_admins_token_not_the_renewed_one(rclone_tmp):
     """Pinned: a renewed login is carried into the copy by its remote's name alone. The admin renames [gd] to [drive]
     in his read-only file: the copy's [drive] holds the admin's token (a login server that takes a refresh token once
