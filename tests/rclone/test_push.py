@@ -2627,6 +2627,34 @@ def test_a_copy_that_cannot_be_removed_is_one_warning_not_a_failed_start(rclone_
     assert sorted(p.name for p in copies.iterdir()) == []
 
 
+def test_a_reload_that_stops_pushing_through_rclone_keeps_the_copy_until_the_running_push_ends(rclone_tmp):
+    """A reload removing the last rclone remote emptied the copy's folder while a push still ran rclone with the copy
+    (its config file gone under it; rclone then saved a renewed login into it again, kept for good). Now the copy
+    stays while that rclone runs, and goes when it closes; a later reload pushing through rclone again keeps it."""
+    from steno_exportd.rclone.process import Rcd, forget_unused_copy
+    etc = rclone_tmp / "etc"
+    etc.mkdir()
+    conf = etc / "rclone.conf"
+    conf.write_text(drive_conf(9))
+    db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
+    db.close()
+    cfg = make_cfg(rclone_tmp, db, conf, "gd:office")
+    copies = pathlib.Path(cfg.state.dir) / "rclone"
+    stopped = cfg_for(rclone_tmp, db, conf, [])                     # the reload's: no rclone remote
+    for later in (stopped, cfg):
+        rcd = Rcd(cfg, cfg.rclone.remotes[0])
+        try:
+            with read_only(etc):
+                rcd.start()
+            assert (copies / "rclone.conf").is_file()
+            forget_unused_copy(stopped)                             # a reload while it runs
+            assert (copies / "rclone.conf").is_file()               # kept: rclone runs with it
+            forget_unused_copy(later)                               # and another reload
+        finally:
+            rcd.close()
+        assert (copies / "rclone.conf").is_file() == (later is cfg), sorted(p.name for p in copies.iterdir())
+
+
 def test_a_remote_the_admin_renames_begins_from_the_admins_token_not_the_renewed_one(rclone_tmp):
     """Pinned: a renewed login is carried into the copy by its remote's name alone. The admin renames [gd] to [drive]
     in his read-only file: the copy's [drive] holds the admin's token (a login server that takes a refresh token once
