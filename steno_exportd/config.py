@@ -690,10 +690,10 @@ def _cross_check(cfg: Config, errors: list[str]) -> None:
             if not getattr(rr, key):
                 errors.append(f"rclone.remotes[{i}].{key}: required")
         if rr.remote and ":" not in rr.remote:
-            errors.append(f"rclone.remotes[{i}].remote: {_shown(rr.remote)} names no rclone remote "
+            errors.append(f"rclone.remotes[{i}].remote: {_shown(safeparse.redact(rr.remote))} names no rclone remote "
                           f"(expected 'NAME:path', NAME a remote of rclone.config_file)")
         elif said := rclone_remote_problem(rr.remote):
-            errors.append(f"rclone.remotes[{i}].remote: {_shown(rr.remote)} {said}")
+            errors.append(f"rclone.remotes[{i}].remote: {_shown(safeparse.redact(rr.remote))} {said}")   # (a login)
         if any(not c.isprintable() for c in rr.name):
             errors.append(f"rclone.remotes[{i}].name: {_shown(rr.name)} holds a control or unprintable character "
                           f"(it names the target rclone:<name> in logs, jobs and schedules)")
@@ -706,15 +706,17 @@ def _cross_check(cfg: Config, errors: list[str]) -> None:
 def rclone_remote_problem(remote: str) -> str:
     """What makes an rclone remote as written ("NAME:path") unsafe to push to, "" when nothing: a control or
     unprintable character (a newline forges a log line, an escape drives a terminal; rclone passes either to the
-    store as part of a name), or a '..' in its path, which rclone resolves on the store: "nas:office/../.." pushed
+    store as part of a name), or a '..' anywhere in it, which rclone resolves on the store: "nas:office/../.." pushed
     into the store's root, beside (and, by the push's clean-up, over) other people's folders. Checked at load and
     again when a push opens the remote (a Config made in code skips the load's checks)."""
     if any(not c.isprintable() for c in remote):
         return "holds a control or unprintable character"
-    # the path after the remote's name (a connection string's own colons, ":webdav,url=http://h:8/dav:x", before it)
-    path = remote.rpartition(":")[2] if remote.startswith(":") else remote.partition(":")[2]
-    if ".." in path.split("/"):
-        return "has a '..' in its path: the push's folder must be that folder or one below it, never above"
+    # anywhere in the remote, not in what reads as its path alone: rclone 1.60 takes ":local:../x:y" and
+    # 'nas,x="a:b":..' for a parent folder, an SFTP connection string ":sftp,host=h:../../etc:z" too, and a
+    # backslash separates folders on IIS's WebDAV and on SMB ("nas:office\..\other"); a '..' that names no folder
+    # (in a URL or a setting of a connection string) is refused with them: rare, and put right by the admin at once
+    if ".." in re.split(r"[/\\:'\"]", remote):
+        return "has a '..' in it: the push's folder must be that folder or one below it, never above"
     return ""
 
 

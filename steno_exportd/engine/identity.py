@@ -14,7 +14,7 @@ import re
 import socket
 import time
 import uuid
-from typing import Callable
+from typing import Callable, Iterable
 
 from steno_exportd import safeparse
 from steno_exportd.atomic import write_file
@@ -181,37 +181,94 @@ def claim_owner(raw: bytes) -> tuple[str, str, str]:
     return owner, host, board
 
 
-def board_given(old: bytes, move_aside: Callable[[str], None], create: Callable[[bytes], bool],
-                read: Callable[[], bytes | None], folder: str, where: str, rid: str, board: str) -> str:
+ASIDE_PREFIX = CLAIM_NAME[:-len(".json")] + "-before-boards-"   # a claim written before boards, moved aside
+_ASIDE = re.compile(re.escape(ASIDE_PREFIX) + r"[0-9a-f]{12}\.json")
+ASIDES_READ = 8                             # aside claims read in one folder at most (one is usual: one per upgrade)
+
+
+def board_given(old: bytes, move: Callable[[str, str], None], create: Callable[[bytes], bool],
+                read: Callable[[], bytes | None], folder: str, where: str, rid: str, board: str) -> tuple[str, bool]:
     """A claim of this recorder's (``old``, its bytes) written before claims named a board (any board's then) given
     ``board``, so a copy of this system on another board is refused from now on; what the push says when it must
-    stop ("" when the folder is this recorder's, on this board); the caller raises it as its kind's error.
+    stop ("" when the folder is this recorder's, on this board) and whether that is permanent (else the push is
+    tried again); the caller raises it as its kind's error.
 
     Not rewritten in place: two copies of one system that both read the board-less claim each wrote theirs and read
     it back (write A, read A, write B, read B) and both kept the folder, pushing into it at once. The claim is moved
-    aside first (``move_aside``: a rename that never replaces) to a name its content gives, the same for every copy
-    that read it: of two copies, the second's move is refused (the first's is there), or finds no claim to move. Only
-    the one whose move succeeded makes the new claim (``create``: never replacing, as a first claim); the other
-    reads the claim there (``read``) and is refused for its board. The claim moved aside stays (a few hundred bytes):
-    removed, the name would be free for a copy's late move of the new claim."""
-    aside = f"{folder}/{CLAIM_NAME[:-len('.json')]}-before-boards-{hashlib.sha256(old).hexdigest()[:12]}.json"
+    aside first (``move``: a rename that never replaces) to a name its content gives, the same for every copy that
+    read it: of two copies, the second's move is refused (the first's is there), or finds no claim to move. Only
+    the one whose move succeeded makes the new claim (``create``: never replacing, as a first claim; False when a
+    claim is there, the store's error raised); the other reads the claim there (``read``) and is refused for its
+    board. That holds where the store's move itself refuses a name taken (SMB; WebDAV before rclone 1.63). Where it
+    replaces (rclone's local, SFTP, S3, WebDAV from 1.63: "Overwrite: T") the name is looked up first, and a copy
+    whose look-up and move fall on either side of the other's move and new claim moves that new claim aside in turn
+    and makes its own: both keep the folder, in a window one look-up wide (as for two first claims there).
+
+    The claim moved aside stays (a few hundred bytes): removed, the name would be free for a copy's late move of the
+    new claim; and while no claim is there (the new one's create failed: a power cut, a store error; moved back when
+    the store lets it) it names the folder's owner (aside_refusal). Success only when the claim read back names
+    this board: a move that failed for the store's own fault (a network drop, a 5xx) left the board-less claim,
+    and the push is tried again."""
+    claim = f"{folder}/{CLAIM_NAME}"
+    aside = f"{folder}/{ASIDE_PREFIX}{hashlib.sha256(old).hexdigest()[:12]}.json"
     try:
-        move_aside(aside)
+        move(claim, aside)
     except TargetError:
-        moved = False           # (another push moved it first, or it is gone: the claim there says whose it is)
+        moved = False           # (another push moved it first, it is gone, or the store failed: the claim read says)
     else:
         moved = True
-    if moved and create(claim_body(rid, board)):
-        return ""
+    if moved:
+        try:
+            if create(claim_body(rid, board)):
+                return "", False
+        except TargetError:
+            _move_back(move, aside, claim)
+            raise
+        _move_back(move, aside, claim)      # (a claim made meanwhile keeps its name: whose, read below)
     try:
         owner, host, owner_board = claim_owner(read() or b"")
     except ValueError:          # (none, or unreadable: made or being made by a push of the same moment)
         return (f"folder {folder} on {where}: another push was giving its claim a board at the same moment (a copy "
-                f"of this recorder's system?); the next push looks again")
+                f"of this recorder's system?), or the store failed meanwhile; the push looks again"), False
     if owner != rid:
         return (f"folder {folder} on {where} belongs to another recorder ({claimant(host, owner)}); "
-                f"set smb.recorder_folder")
-    return copied_system(folder, where, host, owner_board, board)
+                f"set smb.recorder_folder"), True
+    if said := copied_system(folder, where, host, owner_board, board):
+        return said, True
+    if owner_board != board:    # (the board-less claim still: the move failed for the store's own fault)
+        return (f"folder {folder} on {where}: its claim was not given this recorder's board yet (the store failed "
+                f"to move it aside); the push is tried again"), False
+    return "", False
+
+
+def _move_back(move: Callable[[str, str], None], aside: str, claim: str) -> None:
+    """The claim moved aside moved back to its name, never replacing: a folder whose new claim was not made keeps a
+    claim (else only its aside file names the owner, aside_refusal)."""
+    try:
+        move(aside, claim)
+    except TargetError:
+        pass                    # (a claim there, or the store failing still: the aside file stays)
+
+
+def aside_refusal(names: Iterable[str], read: Callable[[str], bytes | None], folder: str, where: str,
+                  rid: str) -> str:
+    """What a push says when ``folder`` (its files ``names``) has no claim but a claim moved aside by board_given
+    whose new claim was never made (a power cut between the two): its owner still owns the folder, so another
+    recorder's id given the same folder name is refused there (the same id makes its claim anew, with its board);
+    "" when there is none or each names ``rid``. ``read``: a file's bytes by name (None when gone)."""
+    for name in sorted(n for n in names if _ASIDE.fullmatch(n))[:ASIDES_READ]:
+        raw = read(name)
+        if raw is None:
+            continue
+        try:
+            owner, host, _ = claim_owner(raw)
+        except ValueError:
+            return (f"folder {folder} on {where}: it has no {CLAIM_NAME} but {name}, which is unreadable, so the owner "
+                    f"of the folder is unknown; delete that file if this recorder owns the folder")
+        if owner != rid:
+            return (f"folder {folder} on {where} belongs to another recorder ({claimant(host, owner)}; its claim is "
+                    f"in {name} while it is given a board); set smb.recorder_folder")
+    return ""
 
 
 def _shown(host: object) -> str:

@@ -16,8 +16,8 @@ from typing import Any, Iterator
 from steno_exportd import safeparse
 from steno_exportd.config import Config, RcloneRemote, rclone_remote_problem
 from steno_exportd.engine import index
-from steno_exportd.engine.identity import (CLAIM_NAME, SHORT, board_given, claim_body, claim_in_the_way, claim_owner,
-                                           claimant, copied_system, recorder_folder)
+from steno_exportd.engine.identity import (CLAIM_NAME, SHORT, aside_refusal, board_given, claim_body, claim_in_the_way,
+                                           claim_owner, claimant, copied_system, recorder_folder)
 from steno_exportd.engine.manifest import MANIFEST, MAX_BYTES, write_atomic
 from steno_exportd.engine.registry import RemoteKind
 from steno_exportd.errors import StenoError, TargetError
@@ -111,6 +111,12 @@ def claim(t: RcloneTarget, folder: str, rid: str, board: str = "") -> None:
     # folder when it began (a first push): a claim there since is another recorder's of this moment, which the
     # rename below finds (a round trip less before the first session)
     raw = None if t.made(folder) else _read_claim(t, folder, rel)
+    if raw is None and not t.made(folder):
+        # a claim moved aside to be given a board whose new claim was never made names the owner still (the
+        # folder's listing, read ahead: no round trip more, on a folder's first claim only)
+        if said := aside_refusal(t.listdir(folder), lambda name: t.read_small(f"{folder}/{name}", CLAIM_LIMIT),
+                                 folder, t.name, rid):
+            raise RcloneError(said, True)
     if raw is None:
         # written under a temp name, then renamed to the claim's name; the rename looks the name up first and
         # refuses to replace a claim there: two recorders given one folder name (a config copied to both) that
@@ -137,21 +143,30 @@ def claim(t: RcloneTarget, folder: str, rid: str, board: str = "") -> None:
     if said := copied_system(folder, t.name, host, owner_board, board):
         raise RcloneError(said, True)
     if board and not owner_board:
-        if said := board_given(raw, lambda aside: _move_claim_aside(t, rel, aside),
-                               lambda body: _create_claim(t, folder, rel, body) is None, lambda: _read_claim(t, folder, rel),
-                               folder, t.name, rid, board):
-            raise RcloneError(said, True)
+        said, permanent = board_given(raw, lambda src, dst: _move_claim(t, src, dst),
+                                      lambda body: _claim_made(t, folder, rel, body),
+                                      lambda: _read_claim(t, folder, rel), folder, t.name, rid, board)
+        if said:
+            raise RcloneError(said, permanent)
         log.info("%s: claim of folder %s given this recorder's board", t.name, folder)
     t.claimed(folder)
 
 
-def _move_claim_aside(t: RcloneTarget, rel: str, aside: str) -> None:
-    """The claim moved to ``aside`` (identity.board_given); TargetError when a file is there: looked up first, as a
-    move on some stores replaces (SFTP's), whatever rename() knows of the folder (its listing, from before another
-    push's move: a window of one round trip, as for a first claim)."""
-    if t.lstat(aside) is not None:
-        raise TargetError(f"refusing to replace existing {aside}")
-    t.rename(rel, aside)
+def _move_claim(t: RcloneTarget, src: str, dst: str) -> None:
+    """The claim moved aside, or back (identity.board_given); TargetError when a file is at ``dst``: looked up first,
+    as a move on some stores replaces (SFTP's), whatever rename() knows of the folder (its listing, from before
+    another push's move: a window of one round trip, as for a first claim)."""
+    if t.lstat(dst) is not None:
+        raise TargetError(f"refusing to replace existing {dst}")
+    t.rename(src, dst)
+
+
+def _claim_made(t: RcloneTarget, folder: str, rel: str, body: bytes) -> bool:
+    """_create_claim for identity.board_given: False when a claim is there, the store's own fault raised."""
+    refused = _create_claim(t, folder, rel, body)
+    if isinstance(refused, RcloneError):
+        raise refused
+    return refused is None
 
 
 def _create_claim(t: RcloneTarget, folder: str, rel: str, body: bytes) -> TargetError | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import contextlib
+import errno
 import http.client
 import io
 import json
@@ -287,6 +288,10 @@ def popen_dying_with_parent(argv: list[str], **kw: Any) -> subprocess.Popen:
 
 WORKING_DIR = "rclone"       # in the state folder: the push's copy of the admin's rclone config (working_config)
 _WORKING_LOCK = threading.Lock()
+# under _WORKING_LOCK, by state folder: rclone rcds started with the copy and not closed yet (a push running), and
+# the config of a forget_unused_copy() put off until the last of them closes
+_RUNNING: dict[str, int] = {}
+_FORGET_LATER: dict[str, Config] = {}
 
 
 _TOKEN = re.compile(rb"^[ \t]*token[ \t]*[=:]")
@@ -326,28 +331,73 @@ def _forget_copy(state_dir: str) -> None:
     folder goes (the folder is the copy's alone, 700): what a save cut short leaves beside it holds the same
     credentials, rclone's own ("rclone.conf<digits>", its temp file; "rclone.conf.old", the file it renames away
     before its temp file takes the name) and write_file's (".rclone.conf.<pid>.<hex>.tmp", the daemon killed in the
-    middle). Nothing is followed: a symlink there is removed, not what it names."""
+    middle). Nothing is followed: a symlink there is removed, not what it names; the folder itself a symlink (to
+    another folder: listed through it, the files there were removed) is not ours, left alone. Never raises: a
+    failure (a read-only state folder, an I/O error, a name busy) is one warning, and the daemon's start, its reload
+    or the push goes on."""
     if not state_dir:
         return
     folder = Path(state_dir) / WORKING_DIR
     try:
-        names = os.listdir(folder)
-    except OSError:             # (none: nothing kept; a file or symlink of that name: not ours to remove)
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return                  # (none: nothing kept; a file of that name: not ours to remove)
+    except OSError as e:
+        if e.errno != errno.ELOOP:          # (ELOOP: a symlink of that name, not ours)
+            log.warning("rclone: the copy of the rclone config in %s could not be looked at (%s): its credentials "
+                        "may stay there", folder, e.strerror or e)
         return
-    for name in names:
-        with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
-            os.unlink(folder / name)
+    failed: OSError | None = None
+    try:
+        for name in os.listdir(fd):
+            try:
+                os.unlink(name, dir_fd=fd)
+            except (FileNotFoundError, IsADirectoryError):
+                pass            # (gone meanwhile; a folder: not the copy's, and not removed whole)
+            except OSError as e:
+                failed = failed or e
+    except OSError as e:
+        failed = failed or e
+    finally:
+        os.close(fd)
+    if failed is not None:
+        log.warning("rclone: the copy of the rclone config in %s could not be removed whole (%s): its credentials "
+                    "may stay there", folder, failed.strerror or failed)
 
 
 def forget_unused_copy(cfg: Config) -> None:
     """At the daemon's start and each reload: the copy of the admin's rclone config removed where no push will run
     rclone with it again: no rclone remote configured, or rclone.config_file emptied (working_config removes it
     itself once the admin's file is writable, when a push next runs; the copy of a file that is gone is kept, see
-    there). Cheap when there is none (one look at the folder)."""
-    if cfg.rclone.remotes and cfg.rclone.config_file:
-        return
+    there). Cheap when there is none (one look at the folder). Put off while a push runs rclone (a reload during a
+    push: rclone saved a renewed login into the copy again after it was emptied, and that push's rclone lost its
+    config file): done when the last of them closes, for the config of the last reload then."""
     with _WORKING_LOCK:
+        if cfg.rclone.remotes and cfg.rclone.config_file:
+            _FORGET_LATER.pop(cfg.state.dir, None)
+            return
+        if _RUNNING.get(cfg.state.dir):
+            _FORGET_LATER[cfg.state.dir] = cfg
+            return
         _forget_copy(cfg.state.dir)
+
+
+def _rclone_started(state_dir: str) -> None:
+    with _WORKING_LOCK:
+        _RUNNING[state_dir] = _RUNNING.get(state_dir, 0) + 1
+
+
+def _rclone_ended(state_dir: str) -> None:
+    """One rclone of ``state_dir`` closed: the copy forgotten now when a reload meanwhile said so (and the last one
+    ran)."""
+    with _WORKING_LOCK:
+        left = _RUNNING.get(state_dir, 1) - 1
+        if left > 0:
+            _RUNNING[state_dir] = left
+            return
+        _RUNNING.pop(state_dir, None)
+        if _FORGET_LATER.pop(state_dir, None) is not None:
+            _forget_copy(state_dir)
 
 
 def working_config(source: str, state_dir: str) -> str:
@@ -413,6 +463,7 @@ class Rcd:
         t = f"{max(1, int(remote.timeout))}s"
         self.config_file = cfg.rclone.config_file       # the admin's; rclone runs with working_config()'s copy
         self._state_dir = cfg.state.dir
+        self._counted = False                           # in _RUNNING (start() to close())
         self._argv = [cfg.rclone.command, "--config", cfg.rclone.config_file, "--contimeout", t, "--timeout", t,
                       "--low-level-retries", "1", "--retries", "1", "--ask-password=false",
                       "--ignore-checksum",     # the push compares the store's hash itself (once, not twice)
@@ -434,6 +485,16 @@ class Rcd:
         could take it and be sent the push (the fs of each request, a connection string's password with it, and
         the meetings' files)."""
         self.port = 0
+        if not self._counted:               # (counted from before its copy is made: a reload then waits for it)
+            self._counted = True
+            _rclone_started(self._state_dir)
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self) -> None:
         self._argv[2] = working_config(self.config_file, self._state_dir)
         user, _, pw = base64.b64decode(self._auth.split()[1]).decode().partition(":")
         env = {**rclone_environment(os.environ), "RCLONE_RC_USER": user, "RCLONE_RC_PASS": pw}
@@ -617,6 +678,9 @@ class Rcd:
             self._reader.join(2)
         if self.proc is not None and self.proc.stderr is not None:
             self.proc.stderr.close()
+        if self._counted:
+            self._counted = False
+            _rclone_ended(self._state_dir)
 
 
 def config_problems(cfg: Config) -> list[str]:

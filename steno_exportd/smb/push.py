@@ -24,8 +24,8 @@ from steno_exportd import safeparse
 from steno_exportd.config import Config, SmbRemote
 from steno_exportd.engine import index
 from steno_exportd.engine import manifest as mf
-from steno_exportd.engine.identity import (CLAIM_NAME, SHORT, board_given, claim_body, claim_in_the_way, claim_owner,
-                                           claimant, copied_system, host_folder, recorder_folder)
+from steno_exportd.engine.identity import (CLAIM_NAME, SHORT, aside_refusal, board_given, claim_body, claim_in_the_way,
+                                           claim_owner, claimant, copied_system, host_folder, recorder_folder)
 from steno_exportd.engine.registry import RemoteKind
 from steno_exportd.errors import StenoError, TargetError
 from steno_exportd.smb.client import SmbError
@@ -129,6 +129,11 @@ def claim(t: SmbTarget, folder: str, rid: str, board: str = "") -> None:
         st = t.lstat(f"{folder}/{CLAIM_NAME}")      # (not claimed yet: a first push, one request more)
         if st is not None and st.kind != "file":    # someone's folder of that name: the claim is never made there
             raise SmbError(claim_in_the_way(folder, _where(t), st.kind), True)
+        # a claim moved aside to be given a board whose new claim was never made names the owner still (one
+        # listing more, on a folder's first claim only)
+        if said := aside_refusal(t.listdir(folder), lambda name: _read_owner_file(t, folder, name, CLAIM_MAX),
+                                 folder, _where(t), rid):
+            raise SmbError(said, True)
         legacy = _legacy(t, folder)
         _check_owner(t, folder, rid, str(legacy.get("recorder_id") or ""), legacy.get("host"))
         if t.create_once(f"{folder}/{CLAIM_NAME}", claim_body(rid, board)):
@@ -144,10 +149,10 @@ def claim(t: SmbTarget, folder: str, rid: str, board: str = "") -> None:
     if said := copied_system(folder, _where(t), host, owner_board, board):
         raise SmbError(said, True)
     if board and not owner_board:
-        if said := board_given(raw, lambda aside: t.rename(f"{folder}/{CLAIM_NAME}", aside),
-                               lambda body: t.create_once(f"{folder}/{CLAIM_NAME}", body),
-                               lambda: read_claim(t, folder), folder, _where(t), rid, board):
-            raise SmbError(said, True)
+        said, permanent = board_given(raw, t.rename, lambda body: t.create_once(f"{folder}/{CLAIM_NAME}", body),
+                                      lambda: read_claim(t, folder), folder, _where(t), rid, board)
+        if said:
+            raise SmbError(said, permanent)
         log.info("%s: claim of folder %s given this recorder's board", t.name, folder)
 
 

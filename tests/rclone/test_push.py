@@ -2488,6 +2488,8 @@ def test_a_push_ends_at_once_when_a_read_begun_ahead_stalls(rclone_tmp):
 @pytest.mark.parametrize("remote, said", [
     ("nas:office/../..", "'..'"), ("nas:../elsewhere", "'..'"), ("nas:office/meetings/..", "'..'"),
     (":webdav,url='http://127.0.0.1:9/dav':office/../..", "'..'"),
+    (":local:../x:y", "'..'"), ('nas,x="a:b":..', "'..'"), (":sftp,host=h:../../etc:z", "'..'"),
+    ("nas:office\\..\\other", "'..'"), ("nas:..\\x", "'..'"), ("nas:'..'", "'..'"),
     ("nas:off\nice", "unprintable"), ("nas:office\x1b[2J", "unprintable"), ("na\ts:office", "unprintable")])
 def test_an_rclone_remote_that_climbs_out_of_its_folder_or_holds_control_characters_is_a_config_error(remote, said):
     """rclone resolves a '..' in a remote's path on the store: "nas:office/../.." pushed into the store's root, beside
@@ -2499,6 +2501,19 @@ def test_an_rclone_remote_that_climbs_out_of_its_folder_or_holds_control_charact
     text = str(got.value)
     assert "rclone.remotes[0].remote:" in text and said in text, text
     assert "\n" not in remote or "off\nice" not in text, text      # (the remote shown escaped: no forged line)
+
+
+@pytest.mark.parametrize("remote", [
+    ":webdav,url='https://steno:Summer2026@nas.example/dav',pass=kQbHMuj1jBl_dWz0:office/..",
+    "nas,pass=kQbHMuj1jBl_dWz0"])
+def test_a_refused_rclone_remote_holding_a_credential_is_shown_without_it(remote):
+    """A connection string refused at load (a '..' in it, no remote's name) was shown whole in the config's error,
+    which reaches the log and the status line: its password and its URL's login with it. Now masked."""
+    with pytest.raises(config.ConfigError) as got:
+        config.from_dict({"rclone": {"remotes": [{"name": "cloud", "remote": remote}]}})
+    text = str(got.value)
+    assert "rclone.remotes[0].remote:" in text and "***" in text, text
+    assert "kQbHMuj1jBl_dWz0" not in text and "Summer2026" not in text, text
 
 
 def test_an_rclone_remote_name_holding_a_control_character_is_a_config_error():
@@ -2572,6 +2587,72 @@ def test_the_copy_of_the_rclone_config_is_removed_when_the_admin_stops_pushing_t
         cfg = dataclasses.replace(cfg, rclone=dataclasses.replace(cfg.rclone, config_file=""))
     forget_unused_copy(cfg)
     assert sorted(p.name for p in copies.iterdir()) == []
+
+
+def test_the_copy_s_folder_a_symlink_to_another_folder_is_not_emptied(rclone_tmp):
+    """The sweep of the copy's folder listed <state>/rclone through a symlink of that name and removed the files of
+    the folder it names (someone's). Now a symlink there is left alone, and what it names."""
+    from steno_exportd.rclone.process import forget_unused_copy
+    db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
+    db.close()
+    cfg = cfg_for(rclone_tmp, db, rclone_tmp / "rclone.conf", [])         # no remote: the copy is forgotten
+    elsewhere = rclone_tmp / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "rclone.conf").write_text("someone's\n")
+    (elsewhere / "notes.txt").write_text("someone's\n")
+    pathlib.Path(cfg.state.dir).mkdir(parents=True, exist_ok=True)
+    (pathlib.Path(cfg.state.dir) / "rclone").symlink_to(elsewhere)
+    forget_unused_copy(cfg)
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["notes.txt", "rclone.conf"]
+    assert (pathlib.Path(cfg.state.dir) / "rclone").is_symlink()
+
+
+def test_a_copy_that_cannot_be_removed_is_one_warning_not_a_failed_start(rclone_tmp, caplog):
+    """The copy's folder read-only (a state folder remounted read-only after an I/O error): the sweep's EROFS came
+    out of forget_unused_copy, which the daemon's start and each reload run, so the daemon did not start (a reload:
+    its loop ended). Now it is one warning, and the start goes on."""
+    from steno_exportd.rclone.process import forget_unused_copy
+    db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
+    db.close()
+    cfg = cfg_for(rclone_tmp, db, rclone_tmp / "rclone.conf", [])
+    copies = pathlib.Path(cfg.state.dir) / "rclone"
+    copies.mkdir(parents=True)
+    (copies / "rclone.conf").write_text(drive_conf(9))
+    (copies / "source.conf").write_text(drive_conf(9))
+    with caplog.at_level(logging.WARNING, logger="steno_exportd.rclone.process"), read_only(copies):
+        forget_unused_copy(cfg)
+    warned = [r.getMessage() for r in caplog.records if r.name == "steno_exportd.rclone.process"]
+    assert len(warned) == 1 and str(copies) in warned[0] and "could not be removed" in warned[0], warned
+    forget_unused_copy(cfg)                                     # writable again: removed
+    assert sorted(p.name for p in copies.iterdir()) == []
+
+
+def test_a_reload_that_stops_pushing_through_rclone_keeps_the_copy_until_the_running_push_ends(rclone_tmp):
+    """A reload removing the last rclone remote emptied the copy's folder while a push still ran rclone with the copy
+    (its config file gone under it; rclone then saved a renewed login into it again, kept for good). Now the copy
+    stays while that rclone runs, and goes when it closes; a later reload pushing through rclone again keeps it."""
+    from steno_exportd.rclone.process import Rcd, forget_unused_copy
+    etc = rclone_tmp / "etc"
+    etc.mkdir()
+    conf = etc / "rclone.conf"
+    conf.write_text(drive_conf(9))
+    db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
+    db.close()
+    cfg = make_cfg(rclone_tmp, db, conf, "gd:office")
+    copies = pathlib.Path(cfg.state.dir) / "rclone"
+    stopped = cfg_for(rclone_tmp, db, conf, [])                     # the reload's: no rclone remote
+    for later in (stopped, cfg):
+        rcd = Rcd(cfg, cfg.rclone.remotes[0])
+        try:
+            with read_only(etc):
+                rcd.start()
+            assert (copies / "rclone.conf").is_file()
+            forget_unused_copy(stopped)                             # a reload while it runs
+            assert (copies / "rclone.conf").is_file()               # kept: rclone runs with it
+            forget_unused_copy(later)                               # and another reload
+        finally:
+            rcd.close()
+        assert (copies / "rclone.conf").is_file() == (later is cfg), sorted(p.name for p in copies.iterdir())
 
 
 def test_a_remote_the_admin_renames_begins_from_the_admins_token_not_the_renewed_one(rclone_tmp):

@@ -1369,3 +1369,86 @@ def test_two_copies_giving_a_claim_written_before_boards_their_board_at_once_do_
     assert_landed(folder, {"a": db_a, "b": db_b}[kept[0]])   # the winner's meetings alone
     db_a.close()
     db_b.close()
+
+
+@pytest.mark.parametrize("moved_back", [True, False], ids=["store-error", "power-cut"])
+def test_a_board_given_half_way_leaves_the_folder_its_owners(rclone_server, rclone_tmp, monkeypatch, moved_back):
+    """As on SMB (tests/smb/test_push.py, the same name): the claim moved aside to be given A's board, the new
+    claim's create failing (and the move back, after a power cut), another recorder given the same folder name
+    took the folder and pushed over A's manifest. Now it is refused, nothing written; A's next push completes."""
+    from steno_exportd.engine import identity
+    from steno_exportd.engine.identity import this_recorder
+    from steno_exportd.rclone import kind as rclone_kind
+    monkeypatch.setattr(identity, "BOARD_SERIAL", str(rclone_tmp / "no-serial-number"))
+    srv = rclone_server
+    conf = srv.client_config(rclone_tmp / "rclone.conf")
+    remote = [{"name": "cloud", "remote": f"{srv.remote}:office"}]
+    db_a = make_recorder(rclone_tmp / "rec-a", sizes=(200_000, 200_500))
+    db_b = make_recorder(rclone_tmp / "rec-b", sizes=(100_000, 100_500), seed=7)
+    cfg_a = cfg_for(rclone_tmp / "a", db_a, conf, remote, folder="steno")
+    cfg_b = cfg_for(rclone_tmp / "b", db_b, conf, remote, folder="steno")
+    folder = srv.served / "office" / "steno"
+    folder.mkdir(parents=True)
+    rid = this_recorder(cfg_a)
+    (folder / CLAIM_NAME).write_text(json.dumps({"recorder_id": rid, "host": "steno", "claimed": 1.0}))
+    failing = {"on": True}
+    real_create, real_rename = rclone_kind._create_claim, RcloneTarget.rename
+
+    def create_claim(t, folder, rel, body):
+        if failing["on"]:
+            return RcloneError("connection reset by peer (the recorder lost power)", True)
+        return real_create(t, folder, rel, body)
+
+    def rename(self, src, dst):
+        if failing["on"] and not moved_back and "-before-boards-" in src:
+            raise RcloneError("connection reset by peer (the recorder lost power)", True)
+        return real_rename(self, src, dst)
+    monkeypatch.setattr(rclone_kind, "_create_claim", create_claim)
+    monkeypatch.setattr(RcloneTarget, "rename", rename)
+    with pytest.raises(RcloneError):
+        push_to(cfg_a)
+    failing["on"] = False
+    assert (folder / CLAIM_NAME).exists() == moved_back
+    before = snapshot(srv.served / "office")
+    with pytest.raises(RcloneError) as ei:
+        push_to(cfg_b, kind=RcloneKind(recorder_id="b2" * 16, sleep=lambda s: None))
+    assert "belongs to another recorder" in str(ei.value) and f"id {rid[:8]}" in str(ei.value), str(ei.value)
+    assert snapshot(srv.served / "office") == before         # nothing of B's written, nothing of A's replaced
+    assert all(r.ok for r in push_to(cfg_a))
+    claimed = json.loads((folder / CLAIM_NAME).read_text())
+    assert claimed["recorder_id"] == rid and claimed["board"] == identity.board_id(cfg_a.state.dir), claimed
+    assert_landed(folder, db_a)
+    db_a.close()
+    db_b.close()
+
+
+def test_a_claim_not_moved_aside_for_a_drop_is_given_its_board_on_the_next_try(rclone_server, rclone_tmp,
+                                                                              monkeypatch):
+    """As on SMB (tests/smb/test_push.py, the same name): the move aside failing for the store (a 5xx, a drop) left
+    the board-less claim, and the push went on saying it had given it its board. Now it is tried again."""
+    from steno_exportd.engine import identity
+    from steno_exportd.engine.identity import this_recorder
+    monkeypatch.setattr(identity, "BOARD_SERIAL", str(rclone_tmp / "no-serial-number"))
+    srv = rclone_server
+    conf = srv.client_config(rclone_tmp / "rclone.conf")
+    db = make_recorder(rclone_tmp / "rec-a", sizes=(200_000,))
+    cfg = cfg_for(rclone_tmp / "a", db, conf, [{"name": "cloud", "remote": f"{srv.remote}:office"}], folder="steno")
+    folder = srv.served / "office" / "steno"
+    folder.mkdir(parents=True)
+    rid = this_recorder(cfg)
+    (folder / CLAIM_NAME).write_text(json.dumps({"recorder_id": rid, "host": "steno", "claimed": 1.0}))
+    drops, real_rename = [], RcloneTarget.rename
+
+    def rename(self, src, dst):
+        if "-before-boards-" in dst and not drops:
+            drops.append(dst)
+            raise RcloneError("HTTP 503 Service Unavailable")      # transient
+        return real_rename(self, src, dst)
+    monkeypatch.setattr(RcloneTarget, "rename", rename)
+    sleeps: list = []
+    assert all(r.ok for r in push_to(cfg, kind=RcloneKind(sleep=sleeps.append)))
+    assert len(drops) == 1 and len(sleeps) == 1
+    claimed = json.loads((folder / CLAIM_NAME).read_text())
+    assert claimed["recorder_id"] == rid and claimed["board"] == identity.board_id(cfg.state.dir), claimed
+    assert_landed(folder, db)
+    db.close()

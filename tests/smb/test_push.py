@@ -923,6 +923,74 @@ def test_two_copies_giving_a_claim_written_before_boards_their_board_at_once_do_
     other.close()
 
 
+@pytest.mark.parametrize("moved_back", [True, False], ids=["store-error", "power-cut"])
+def test_a_board_given_half_way_leaves_the_folder_its_owners(rec, smb_tmp, no_serial, monkeypatch, moved_back):
+    """A's claim written before boards is moved aside to be given A's board; then the new claim's create fails (a
+    store error; with the move back failing too, as after a power cut between the two). The folder had no claim
+    then and was free: another recorder given the same folder name (one config copied to both) claimed it and
+    pushed over A's manifest. Now it is refused, nothing written; A's next push gives the claim its board and
+    completes."""
+    smbd, remote, root, db = rec
+    folder = root / "nas" / "steno"
+    folder.mkdir()
+    (folder / smbpush.CLAIM_NAME).write_text(json.dumps({"recorder_id": "a1" * 16, "host": "steno", "claimed": 1.0}))
+    failing = {"on": True}
+    real_create, real_rename = SmbTarget.create_once, SmbTarget.rename
+
+    def create_once(self, rel, data):
+        if failing["on"] and rel.endswith(smbpush.CLAIM_NAME):
+            raise SmbError("connection to the NAS lost (the recorder lost power)", True)
+        return real_create(self, rel, data)
+
+    def rename(self, src, dst):
+        if failing["on"] and not moved_back and "-before-boards-" in src:
+            raise SmbError("connection to the NAS lost (the recorder lost power)", True)
+        return real_rename(self, src, dst)
+    monkeypatch.setattr(SmbTarget, "create_once", create_once)
+    monkeypatch.setattr(SmbTarget, "rename", rename)
+    with pytest.raises(SmbError):
+        push(cfg_for(root, db, remote, "steno"), recorder_id="a1" * 16, sleep=lambda s: None)
+    failing["on"] = False
+    assert (folder / smbpush.CLAIM_NAME).exists() == moved_back
+    before = _snapshot(folder)
+    other = make_recorder(smb_tmp / "other-rec", sizes=(100_000, 100_500), seed=7)
+    with pytest.raises(SmbError) as ei:
+        push(cfg_for(root, other, remote, "steno"), recorder_id="b2" * 16, sleep=lambda s: None)
+    assert "belongs to another recorder" in str(ei.value) and "id a1a1a1a1" in str(ei.value), str(ei.value)
+    assert _snapshot(folder) == before                      # nothing of B's written, nothing of A's replaced
+    assert all(r.ok for r in push(cfg_for(root, db, remote, "steno"), recorder_id="a1" * 16, sleep=lambda s: None))
+    claimed = json.loads((folder / smbpush.CLAIM_NAME).read_text())
+    assert claimed["recorder_id"] == "a1" * 16
+    assert claimed["board"] == identity.board_id(cfg_for(root, db, remote, "steno").state.dir)
+    assert_landed(folder, db)
+    other.close()
+
+
+def test_a_claim_not_moved_aside_for_a_drop_is_given_its_board_on_the_next_try(rec, smb_tmp, no_serial, monkeypatch):
+    """The move aside of a claim written before boards fails for the network (not for a name taken): the push went
+    on as if the claim had been given its board (and said so), the claim still naming none, so a copy of this
+    system was still let in. Now the push is tried again and the claim names the board."""
+    smbd, remote, root, db = rec
+    folder = root / "nas" / "steno"
+    folder.mkdir()
+    (folder / smbpush.CLAIM_NAME).write_text(json.dumps({"recorder_id": "a1" * 16, "host": "steno", "claimed": 1.0}))
+    drops, real_rename = [], SmbTarget.rename
+
+    def rename(self, src, dst):
+        if "-before-boards-" in dst and not drops:
+            drops.append(dst)
+            raise SmbError("connection to the NAS lost")           # transient
+        return real_rename(self, src, dst)
+    monkeypatch.setattr(SmbTarget, "rename", rename)
+    cfg = cfg_for(root, db, remote, "steno")
+    sleeps: list = []
+    assert all(r.ok for r in push(cfg, recorder_id="a1" * 16, sleep=sleeps.append))
+    assert len(drops) == 1 and len(sleeps) == 1
+    claimed = json.loads((folder / smbpush.CLAIM_NAME).read_text())
+    assert claimed["recorder_id"] == "a1" * 16 and claimed["board"] == identity.board_id(cfg.state.dir), claimed
+    assert_landed(folder, db)
+
+
 def test_a_copy_does_not_adopt_the_host_name_folder_of_the_recorder_it_was_copied_from(rec, smb_tmp, no_serial,
                                                                                        monkeypatch):
     """The bare-host-name folder an earlier version pushed is renamed to the new folder name when its claim names
