@@ -12,6 +12,7 @@ import dataclasses
 import os
 import shutil
 import stat
+import subprocess
 import tempfile
 import threading
 import time
@@ -123,6 +124,82 @@ def test_a_job_asked_for_before_the_admin_narrowed_allowed_dirs_refuses_when_it_
     res = run_export(Library.from_config(now), dataclasses.replace(spec, trusted=True), now)
     assert [r.ok for r in res] == [True], res
 
+
+
+@contextlib.contextmanager
+def _tmpfs(mp: Path):
+    """A filesystem of its own mounted at ``mp`` (as /dev/shm is under /dev): a folder a device's job may open;
+    unmounted at the end."""
+    mp.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "steno-test-mount", str(mp)], check=True)
+    try:
+        yield mp
+    finally:
+        subprocess.run(["umount", "-l", str(mp)], check=False)
+
+
+def test_a_callers_job_naming_a_device_is_held_to_allowed_dirs_when_it_runs(tmp_path, demo_library):
+    """A caller's export carries options.device_id (the page's and the touchscreen's exports to a stick set it, and
+    any caller may send one). The check of its folder when it runs took every job with one for the daemon's own and
+    skipped export.allowed_dirs: an export into exports/u/mnt with device_id "x", whose exports/u a local user has
+    since made a symlink to a folder outside where 'mnt' is a filesystem's mount point (as /dev/shm is under /dev),
+    wrote there. It refuses, naming the rule, and writes nothing there; so does a stick's job after the admin took
+    the stick's folder out of allowed_dirs."""
+    db = Path(demo_library(tmp_path / "rec", sessions=1))
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    outside = tmp_path / "outside"
+    cfg = make_config(tmp_path, **{"recorder.db_path": str(db), "export.formats": ["txt"]})
+    with _tmpfs(outside / "mnt") as mnt, _tmpfs(exports / "STICK") as stick:
+        (exports / "u").symlink_to(outside)
+        forged = JobSpec("export", str(exports / "u" / "mnt"), "mnt", (1,), ("txt",), ExportOptions(device_id="x"),
+                         device_id="x")
+        narrowed = config.replace(cfg, **{"export.allowed_dirs": [str(tmp_path / "public")]})
+        stick_job = JobSpec("export", str(stick), "STICK", (1,), ("txt",), ExportOptions(device_id="fs_ab12"),
+                            device_id="fs_ab12")
+        for spec, now in ((forged, cfg), (stick_job, narrowed)):
+            try:
+                run_export(Library.from_config(now), spec, now)
+            except TargetError as e:
+                assert NOT_ALLOWED in str(e), e
+            else:
+                raise AssertionError(f"a caller's job naming a device wrote outside export.allowed_dirs: {spec.target}")
+        assert _files_in(mnt) == [] and _files_in(stick) == []
+        # the stick's job while its folder is allowed: written, as before
+        res = run_export(Library.from_config(cfg), stick_job, cfg)
+        assert [r.ok for r in res] == [True] and _files_in(stick), res
+
+
+async def test_a_callers_device_id_must_name_the_stick_mounted_at_the_target(tmp_path, demo_library):
+    """options.device_id makes a job a stick's (held to the stick's own filesystem, its free space refreshed, listed
+    under the stick). A caller's export into a folder with a device_id of its own choosing (none the daemon knows,
+    or a stick mounted elsewhere) was queued as that stick's; it is refused at once, saying so, and nothing is
+    written. The page's and the touchscreen's export to a stick, whose device_id is that of the stick mounted at
+    the target, runs as before."""
+    db = Path(await asyncio.to_thread(demo_library, tmp_path / "rec", sessions=1))
+    exports = tmp_path / "exports"
+    (exports / "team").mkdir(parents=True)
+    cfg = make_config(tmp_path, **{"recorder.db_path": str(db), "export.formats": ["txt"]})
+    core = Core(cfg)
+    await core.start()
+    try:
+        with _tmpfs(exports / "STICK") as stick:
+            core.devices.change("fs_ab12", label="STICK", fs_type="tmpfs", mount_point=str(stick),
+                                state=ev.DeviceState.MOUNTED)
+            for did in ("x", "fs_ab12"):
+                try:
+                    await core.export_sessions([1], ["txt"], str(exports / "team"), {"device_id": did})
+                except StenoError as e:
+                    assert f"options.device_id {did!r} is not the stick mounted at the target" in str(e), e
+                else:
+                    raise AssertionError(f"a caller's export into a folder was queued as device {did!r}'s")
+            assert core.jobs.list() == [] and _files_in(exports / "team") == []
+            job = await core.export_sessions([1], ["txt"], str(stick), {"device_id": "fs_ab12"})
+            done = await core.jobs.wait(job.id, 60)
+            assert (done.state, done.device_id) == (ev.JobState.COMPLETED, "fs_ab12"), done
+            assert _files_in(stick)
+    finally:
+        await core.stop()
 
 @contextlib.contextmanager
 def _as_nobody(work):
