@@ -3,7 +3,6 @@ its exit code, and what it records in manifest.json (or, with --no-mark, does no
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import subprocess
@@ -21,10 +20,13 @@ NOT_RECORDED = ("NOTE     could not record in the manifest that the files were v
                 "verifies sends again those a job without verify wrote")
 
 
-def steno(*argv: str, cwd: Path) -> tuple[int, str, str]:
-    """The program as a person runs it: (exit code, what it printed, its errors)."""
+def steno(*argv: str, cwd: Path, default_config: Path | None = None) -> tuple[int, str, str]:
+    """The program as a person runs it: (exit code, what it printed, its errors). ``default_config``: the config
+    file it reads without --config (else a test's folder's, which does not exist: the defaults), never the
+    machine's /etc/steno-exportd/config.toml."""
+    config = default_config or cwd / "etc" / "steno-exportd" / "config.toml"
     p = subprocess.run([sys.executable, "-m", "steno_exportd", *argv], capture_output=True, text=True, cwd=cwd,
-                       env=dict(os.environ, PYTHONPATH=os.getcwd()), timeout=120)
+                       env=dict(os.environ, PYTHONPATH=os.getcwd(), STENO_CONFIG=str(config)), timeout=120)
     return p.returncode, p.stdout, p.stderr
 
 
@@ -183,26 +185,6 @@ def test_names_a_sticks_author_chose_reach_the_terminal_without_their_escapes(tm
     assert rc == 0 and sorted(json.loads(said)["extra"]) == sorted(f"{folder.name}/{n}" for n in HOSTILE)
 
 
-@contextlib.contextmanager
-def _default_config(text: str):
-    """The daemon's default config file (/etc/steno-exportd/config.toml) holding ``text`` for the block, then as it
-    was (the tests run one at a time under the machine's lock: nothing else reads it meanwhile)."""
-    from steno_exportd.config import DEFAULT_PATH
-    made_dir = not DEFAULT_PATH.parent.exists()
-    kept = DEFAULT_PATH.read_bytes() if DEFAULT_PATH.exists() else None
-    DEFAULT_PATH.parent.mkdir(parents=True, exist_ok=True)
-    DEFAULT_PATH.write_text(text)
-    try:
-        yield DEFAULT_PATH
-    finally:
-        if kept is None:
-            DEFAULT_PATH.unlink()
-            if made_dir:
-                DEFAULT_PATH.parent.rmdir()
-        else:
-            DEFAULT_PATH.write_bytes(kept)
-
-
 def test_verify_checks_the_root_folder_the_daemons_config_names(tmp_path, demo_library):
     """The daemon exports into export.root_folder of its config ('Meetings' here). `steno-exportd verify DIR`
     looked for SilentSteno/ whatever the config said, with or without --config: 'verify failed: no SilentSteno/
@@ -220,11 +202,11 @@ def test_verify_checks_the_root_folder_the_daemons_config_names(tmp_path, demo_l
                 .values())
     found = f"{files} files verified, 0 changed, 0 missing, 0 extra; checked Meetings/\n"
     assert steno("--config", str(cfg), "verify", str(out), cwd=tmp_path) == (0, found, "")
-    with _default_config(cfg.read_text()) as default:
-        assert steno("verify", str(out), cwd=tmp_path) == (0, found, "")
-        rc, said, _ = steno("verify", str(out), "--json", cwd=tmp_path)
-        rep = json.loads(said)
-        assert (rc, rep["root"], rep["root_from"]) == (0, "Meetings", f"export.root_folder of {default}"), rep
+    # the config the daemon reads without --config (/etc/steno-exportd/config.toml; the test's own here)
+    assert steno("verify", str(out), cwd=tmp_path, default_config=cfg) == (0, found, "")
+    rc, said, _ = steno("verify", str(out), "--json", cwd=tmp_path, default_config=cfg)
+    rep = json.loads(said)
+    assert (rc, rep["root"], rep["root_from"]) == (0, "Meetings", f"export.root_folder of {cfg}"), rep
     rc, said, err = steno("verify", str(out), "--root-folder", "SilentSteno", cwd=tmp_path)
     assert (rc, said) == (1, "") and err.startswith("verify failed: no SilentSteno/ folder on "), err
 
