@@ -24,12 +24,18 @@ BUSY = 75       # exit code: an export wrote to the folder while it was checked;
 
 def main(args: argparse.Namespace) -> int:
     from steno_exportd.engine.verify import verify_target
-    from steno_exportd.errors import StenoError
+    from steno_exportd.errors import ConfigError, StenoError
     from steno_exportd.safeparse import printable as shown   # names a stick's author chose: no escapes, one line
 
-    source = ""
     try:
         root, source = _root(args)
+    except ConfigError as e:
+        # the daemon's config is needed for its root folder only: said how to go on without it
+        said = "; ".join(e.problems[:10]) + (f"; {len(e.problems) - 10} more" if len(e.problems) > 10 else "")
+        print(f"verify failed: invalid configuration in {shown(e.source)}: {shown(said)} (pass --root-folder NAME to "
+              "verify without the config)", file=sys.stderr)
+        return 1
+    try:
         rep = verify_target(args.dir, root, mark=not args.no_mark)
     except StenoError as e:
         print(f"verify failed: {shown(str(e))}" + (f" (root folder: {shown(source)})" if source else ""),

@@ -293,3 +293,27 @@ def test_a_verify_while_an_export_rewrites_files_says_the_folder_is_being_writte
     assert ran and all(r.ok for r in ran[0]), ran
     assert steno("verify", str(out), cwd=tmp_path) == (0, f"{files} files verified, 0 changed, 0 missing, 0 extra"
                                                           f"{END}", "")
+
+
+def test_a_config_verify_cannot_load_says_how_to_verify_without_it(tmp_path, demo_library):
+    """The daemon's config has a key it refuses (a typo), or cannot be read (a folder under its name): verify
+    stopped at 'verify failed: invalid configuration ...' with no way on for an admin who only wants a stick
+    checked. It says what is wrong with the config, on one line, and that --root-folder verifies without it; with
+    --root-folder it verifies."""
+    out = tmp_path / "stick"
+    out.mkdir()
+    unverified_export(demo_library, tmp_path, out, "1")
+    files = len(marks(out))
+    typo = tmp_path / "typo.toml"
+    typo.write_text('[export]\nroot_foldr = "Meetings"\n')
+    folder = tmp_path / "folder.toml"
+    folder.mkdir()
+    hint = " (pass --root-folder NAME to verify without the config)\n"
+    for cfg, why in ((typo, "export.root_foldr"), (folder, "cannot read")):
+        for how in ({"default_config": cfg}, {"argv": ("--config", str(cfg))}):
+            rc, said, err = steno(*how.get("argv", ()), "verify", str(out), "--no-mark", cwd=tmp_path,
+                                  default_config=how.get("default_config"))
+            assert (rc, said) == (1, "") and err.startswith(f"verify failed: invalid configuration in {cfg}: ") \
+                and why in err and err.endswith(hint) and err.count("\n") == 1, (cfg, how, err)
+        assert steno("verify", str(out), "--no-mark", "--root-folder", "SilentSteno", cwd=tmp_path,
+                     default_config=cfg) == (0, f"{files} files verified, 0 changed, 0 missing, 0 extra{END}", "")
