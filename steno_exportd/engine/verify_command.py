@@ -3,15 +3,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", metavar="DIR|FILE.zip|FILE.tar.gz",
-                   help="the target folder (the one holding SilentSteno/), SilentSteno/ itself, or an exported archive")
+                   help="the target folder (the one holding the root folder, SilentSteno/ by default), the root "
+                        "folder itself (a folder holding manifest.json or SHA256SUMS: checked whatever its name and "
+                        "the config), or an exported archive")
     p.add_argument("--root-folder", default=None,
-                   help="the root folder to check (default: export.root_folder of the config the daemon reads: "
-                        "--config, else /etc/steno-exportd/config.toml)")
+                   help="the root folder to check (default: DIR itself when it holds manifest.json or SHA256SUMS, "
+                        "else export.root_folder of the config the daemon reads: --config, else "
+                        "/etc/steno-exportd/config.toml)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-mark", action="store_true",
                    help="do not write the manifest: changed files are not flagged (flagged files are re-copied by "
@@ -28,7 +32,7 @@ def main(args: argparse.Namespace) -> int:
     from steno_exportd.safeparse import printable as shown   # names a stick's author chose: no escapes, one line
 
     try:
-        root, source = _root(args)
+        target, root, source = _root(args)
     except ConfigError as e:
         # the daemon's config is needed for its root folder only: said how to go on without it
         said = "; ".join(e.problems[:10]) + (f"; {len(e.problems) - 10} more" if len(e.problems) > 10 else "")
@@ -36,7 +40,7 @@ def main(args: argparse.Namespace) -> int:
               "verify without the config)", file=sys.stderr)
         return 1
     try:
-        rep = verify_target(args.dir, root, mark=not args.no_mark)
+        rep = verify_target(target, root, mark=not args.no_mark)
     except StenoError as e:
         print(f"verify failed: {shown(str(e))}" + (f" (root folder: {shown(source)})" if source else ""),
               file=sys.stderr)
@@ -68,17 +72,26 @@ def main(args: argparse.Namespace) -> int:
     return BUSY if rep.busy and not (rep.changed or rep.missing or rep.problems or rep.incomplete) else 1
 
 
-def _root(args: argparse.Namespace) -> tuple[str, str]:
-    """The root folder to check and where it came from: --root-folder, else export.root_folder of the config the
+def _root(args: argparse.Namespace) -> tuple[str, str, str]:
+    """What to check (DIR, or the folder above it), the root folder in it and where that came from: --root-folder;
+    else DIR itself when it holds manifest.json or SHA256SUMS (the root folder given, whatever its name: a stick
+    exported under another export.root_folder, or by another recorder); else export.root_folder of the config the
     daemon reads (--config, else the default path; a missing default file means the defaults, as for the daemon).
     ConfigError for a config the daemon would refuse too."""
     from steno_exportd import config
+    from steno_exportd.engine import manifest as mf
     from steno_exportd.engine.naming import root_folder
     if args.root_folder:
-        return args.root_folder, "--root-folder"
+        return args.dir, args.root_folder, "--root-folder"
+    folder = os.path.abspath(args.dir)
+    name = os.path.basename(folder)
+    if name and os.path.isdir(folder):
+        for held in (mf.MANIFEST, mf.SUMS):
+            if os.path.lexists(os.path.join(folder, held)):
+                return os.path.dirname(folder), name, f"the folder given: it holds {held}"
     path = getattr(args, "config", None)
     cfg = config.load(path)
     where = str(path or config.DEFAULT_PATH)
     if path is None and not config.DEFAULT_PATH.exists():
-        return root_folder(cfg), f"the default root folder: no {where}"
-    return root_folder(cfg), f"export.root_folder of {where}"
+        return args.dir, root_folder(cfg), f"the default root folder: no {where}"
+    return args.dir, root_folder(cfg), f"export.root_folder of {where}"

@@ -317,3 +317,30 @@ def test_a_config_verify_cannot_load_says_how_to_verify_without_it(tmp_path, dem
                 and why in err and err.endswith(hint) and err.count("\n") == 1, (cfg, how, err)
         assert steno("verify", str(out), "--no-mark", "--root-folder", "SilentSteno", cwd=tmp_path,
                      default_config=cfg) == (0, f"{files} files verified, 0 changed, 0 missing, 0 extra{END}", "")
+
+
+def test_verify_of_the_root_folder_itself_checks_it_whatever_the_config_names(tmp_path, demo_library):
+    """`steno-exportd verify /media/x/SilentSteno`, the root folder itself (as the help says it may be given), on a
+    recorder whose config names another export.root_folder ('Meetings': a stick exported before it was set, or by
+    another recorder): 'verify failed: no Meetings/ folder'. A folder holding manifest.json or SHA256SUMS is the
+    root folder, whatever its name and whatever the config says (a config verify cannot load included), and the
+    summary line names it."""
+    out = tmp_path / "stick"
+    out.mkdir()
+    unverified_export(demo_library, tmp_path, out, "1")
+    files = len(marks(out))
+    meetings = tmp_path / "meetings.toml"
+    meetings.write_text('[export]\nroot_folder = "Meetings"\n')
+    typo = tmp_path / "typo.toml"
+    typo.write_text('[export]\nroot_foldr = "Meetings"\n')
+    found = (0, f"{files} files verified, 0 changed, 0 missing, 0 extra{END}", "")
+    for cfg in (meetings, typo):
+        assert steno("verify", str(out / "SilentSteno"), "--no-mark", cwd=tmp_path, default_config=cfg) == found
+        assert steno("verify", ".", "--no-mark", cwd=out / "SilentSteno", default_config=cfg) == found
+    rc, said, _ = steno("verify", str(out / "SilentSteno"), "--no-mark", "--json", cwd=tmp_path,
+                        default_config=meetings)
+    rep = json.loads(said)
+    assert (rc, rep["root"], rep["root_from"]) == (0, "SilentSteno", "the folder given: it holds manifest.json"), rep
+    # the folder above it is still checked by the config's root folder
+    rc, said, err = steno("verify", str(out), "--no-mark", cwd=tmp_path, default_config=meetings)
+    assert (rc, said) == (1, "") and err.startswith("verify failed: no Meetings/ folder on "), err
