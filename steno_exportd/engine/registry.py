@@ -159,11 +159,16 @@ def under(path: str, dirs: list[str]) -> bool:
     return False
 
 
+NONE_ALLOWED = "no folder is allowed (export.allowed_dirs is empty)"
+
+
 def allowed(target: str, folder: str, cfg: Config, trusted: bool) -> None:
     """A caller's local target: an absolute path whose folder is under export.allowed_dirs (unless trusted:
     the CLI, the daemon's own mount points); InvalidArgument/NotAllowedError otherwise."""
     if trusted:
         return
+    if not cfg.export.allowed_dirs:
+        raise NotAllowedError(f"target {target!r}: {NONE_ALLOWED}")
     if not os.path.isabs(target):
         raise InvalidArgument(f"target {target!r}: an absolute path under {', '.join(cfg.export.allowed_dirs)}")
     if not under(folder, cfg.export.allowed_dirs):
@@ -244,6 +249,8 @@ def checked_at(fd: int, cfg: Config, error: type[StenoError], *, trusted: bool) 
             raise error(f"refusing to export into the recorder's data folder {own[key]}")
     if trusted:
         return
+    if not cfg.export.allowed_dirs:
+        raise error(f"the target folder is not allowed now: {NONE_ALLOWED}; nothing is written there")
     allowed_ids = _identities(cfg.export.allowed_dirs)
     if not any(key in allowed_ids for key in up):
         raise error(f"the target folder is not under an allowed folder now ({', '.join(cfg.export.allowed_dirs)}): "

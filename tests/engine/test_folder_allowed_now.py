@@ -24,6 +24,7 @@ from steno_exportd import events as ev
 from steno_exportd.core import Core
 from steno_exportd.engine.jobs import JobSpec
 from steno_exportd.engine.export import run_export
+from steno_exportd.engine.registry import FolderKind
 from steno_exportd.errors import StenoError, TargetError
 from steno_exportd.library import Library
 from steno_exportd.engine.options import ExportOptions
@@ -119,6 +120,18 @@ def test_a_job_asked_for_before_the_admin_narrowed_allowed_dirs_refuses_when_it_
         assert NOT_ALLOWED in str(e) and str(tmp_path / "exports" / "public") in str(e), e
     else:
         raise AssertionError("the export ran into a folder no longer under export.allowed_dirs")
+    assert _files_in(tmp_path / "exports" / "team") == []
+    # no folder allowed at all: said so, not 'not under an allowed folder now ()'; asked for then, refused at once
+    none = config.replace(asked, **{"export.allowed_dirs": []})
+    empty = "no folder is allowed (export.allowed_dirs is empty)"
+    for run in (lambda: run_export(Library.from_config(none), spec, none),
+                lambda: FolderKind().check(spec.target, none, trusted=False)):
+        try:
+            run()
+        except StenoError as e:
+            assert empty in str(e) and "()" not in str(e), e
+        else:
+            raise AssertionError("an export ran while export.allowed_dirs was empty")
     assert _files_in(tmp_path / "exports" / "team") == []
     # the daemon's own (a stick's auto-export, a schedule, the CLI) is not held to allowed_dirs, as before
     res = run_export(Library.from_config(now), dataclasses.replace(spec, trusted=True), now)
