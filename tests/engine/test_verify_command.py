@@ -344,3 +344,18 @@ def test_verify_of_the_root_folder_itself_checks_it_whatever_the_config_names(tm
     # the folder above it is still checked by the config's root folder
     rc, said, err = steno("verify", str(out), "--no-mark", cwd=tmp_path, default_config=meetings)
     assert (rc, said) == (1, "") and err.startswith("verify failed: no Meetings/ folder on "), err
+
+
+def test_verify_of_an_archive_says_the_root_folder_it_checked(tmp_path, demo_library):
+    """`steno-exportd verify FILE.zip --json` said "root": "", though it checked the members under SilentSteno/ (as
+    its summary line says) as for a folder."""
+    db = Path(demo_library(tmp_path / "rec", sessions=1))
+    for name in ("out.zip", "out.tar.gz"):
+        rc, said, err = steno("export", "--db", str(db), "--to", str(tmp_path / name), "--sessions", "all",
+                              "--formats", "txt", cwd=tmp_path)
+        assert rc == 0, (said, err)
+        rc, said, err = steno("verify", str(tmp_path / name), "--json", cwd=tmp_path)
+        rep = json.loads(said)
+        assert (rc, rep["ok"], rep["root"]) == (0, True, "SilentSteno"), (name, rep, err)
+        rc, said, err = steno("verify", str(tmp_path / name), cwd=tmp_path)
+        assert rc == 0 and said.endswith(END), (name, said, err)
