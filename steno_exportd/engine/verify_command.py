@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import stat
 import sys
 
 
@@ -74,24 +75,41 @@ def main(args: argparse.Namespace) -> int:
 
 def _root(args: argparse.Namespace) -> tuple[str, str, str]:
     """What to check (DIR, or the folder above it), the root folder in it and where that came from: --root-folder;
-    else DIR itself when it holds manifest.json or SHA256SUMS (the root folder given, whatever its name: a stick
-    exported under another export.root_folder, or by another recorder); else export.root_folder of the config the
-    daemon reads (--config, else the default path; a missing default file means the defaults, as for the daemon).
-    ConfigError for a config the daemon would refuse too."""
+    else DIR itself when it holds manifest.json or SHA256SUMS and no folder named as the config's root folder (the
+    root folder given, whatever its name: a stick exported under another export.root_folder, or by another
+    recorder; no config needed); else export.root_folder of the config the daemon reads (--config, else the
+    default path; a missing default file means the defaults, as for the daemon). ConfigError for a config the
+    daemon would refuse too (unless DIR is a root folder)."""
     from steno_exportd import config
     from steno_exportd.engine import manifest as mf
     from steno_exportd.engine.naming import root_folder
+    from steno_exportd.errors import ConfigError
     if args.root_folder:
         return args.dir, args.root_folder, "--root-folder"
     folder = os.path.abspath(args.dir)
     name = os.path.basename(folder)
-    if name and os.path.isdir(folder):
-        for held in (mf.MANIFEST, mf.SUMS):
-            if os.path.lexists(os.path.join(folder, held)):
-                return os.path.dirname(folder), name, f"the folder given: it holds {held}"
+    held = next((h for h in (mf.MANIFEST, mf.SUMS) if os.path.lexists(os.path.join(folder, h))), "") \
+        if name and _is_dir(folder) else ""
+    given = os.path.dirname(folder), name, f"the folder given: it holds {held}"
     path = getattr(args, "config", None)
-    cfg = config.load(path)
+    try:
+        cfg = config.load(path)
+    except ConfigError:
+        if held:
+            return given
+        raise
+    root = root_folder(cfg)
+    if held and not _is_dir(os.path.join(folder, root)):   # (a stick's own manifest.json beside SilentSteno/: not it)
+        return given
     where = str(path or config.DEFAULT_PATH)
     if path is None and not config.DEFAULT_PATH.exists():
-        return args.dir, root_folder(cfg), f"the default root folder: no {where}"
-    return args.dir, root_folder(cfg), f"export.root_folder of {where}"
+        return args.dir, root, f"the default root folder: no {where}"
+    return args.dir, root, f"export.root_folder of {where}"
+
+
+def _is_dir(path: str) -> bool:
+    """A folder, not a symlink to one (nothing on a stick is followed)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False

@@ -341,9 +341,12 @@ def test_verify_of_the_root_folder_itself_checks_it_whatever_the_config_names(tm
                         default_config=meetings)
     rep = json.loads(said)
     assert (rc, rep["root"], rep["root_from"]) == (0, "SilentSteno", "the folder given: it holds manifest.json"), rep
-    # the folder above it is still checked by the config's root folder
+    # the folder above it is still checked by the config's root folder, a manifest.json of the stick's own beside it
+    # or not
     rc, said, err = steno("verify", str(out), "--no-mark", cwd=tmp_path, default_config=meetings)
     assert (rc, said) == (1, "") and err.startswith("verify failed: no Meetings/ folder on "), err
+    (out / "manifest.json").write_text("{}\n")
+    assert steno("verify", str(out), "--no-mark", cwd=tmp_path) == found
 
 
 def test_verify_of_an_archive_says_the_root_folder_it_checked(tmp_path, demo_library):
