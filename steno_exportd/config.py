@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import math
 import ipaddress
+import os
 import re
 import tomllib
 import typing
@@ -20,7 +21,9 @@ from steno_exportd import safeparse
 from steno_exportd.errors import ConfigError
 from steno_exportd.formats import DOCUMENT_TEMPLATES, FORMATS
 
-DEFAULT_PATH = Path("/etc/steno-exportd/config.toml")
+# the config file read without --config (the daemon's and every command's); STENO_CONFIG names another, for a test's
+# own (never the machine's file) or a second instance
+DEFAULT_PATH = Path(os.environ.get("STENO_CONFIG") or "/etc/steno-exportd/config.toml")
 MAX_CONCURRENT_JOBS = 16        # export.max_concurrent_jobs at most (the jobs' own threads: engine/jobs.py)
 
 Check = Callable[[Any], "str | None"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -273,10 +274,23 @@ class Core:
         await asyncio.to_thread(request.template_name, opts.template or self.cfg.export.template,
                                 self.cfg.render.template_dir)
         session_ids = request.resolve_sessions(keys, await self.listing(), opts)
+        if opts.device_id and not trusted:
+            self._device_at(opts.device_id, target)
         operation, target, name, default_formats = await asyncio.to_thread(self._target, target, opts, trusted)
         return JobSpec(operation=operation, target=target, target_name=name, session_ids=session_ids,
                        formats=names or tuple(default_formats), options=opts, device_id=opts.device_id,
                        trusted=trusted)
+
+    def _device_at(self, device_id: str, target: str | Target) -> None:
+        """A caller's options.device_id makes the job a stick's (held to its filesystem, listed under it, its free
+        space refreshed): InvalidArgument unless it names a stick the daemon knows, mounted at the target (what the
+        page and the touchscreen send for an export to a stick); one of the caller's choosing is refused."""
+        dev = self.devices.find(device_id)
+        if dev is None or not dev.mount_point or not isinstance(target, str) \
+                or os.path.normpath(target) != os.path.normpath(dev.mount_point):
+            shown = device_id if len(device_id) <= 40 else f"{device_id[:40]}…"
+            raise InvalidArgument(f"options.device_id {shown!r} is not the stick mounted at the target: to export to "
+                                  "a stick, name the stick (its device), which sets it")
 
     def _target(self, target: str | Target, options: ExportOptions,
                 trusted: bool) -> tuple[str, str | Target, str, tuple[str, ...]]:

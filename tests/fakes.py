@@ -199,7 +199,7 @@ class FakeCore:
         self.targets.register(SmbKind())        # as the daemon does: smb: and rclone: targets are checked as there
         self.targets.register(RcloneKind())
         self.jobs = FakeJobs(self.events)
-        self.devices = DeviceRegistry(self.events)
+        self.devices = self._core.devices = DeviceRegistry(self.events)    # (the real check of a device_id reads it)
         self.auto_export = cfg.usb.auto_export.enabled
         self.sharing_enabled = cfg.samba.enabled
         self.samba_state = "off"

@@ -50,7 +50,7 @@ class TargetKind(Protocol):
     # open: ``device``, the target is a device's folder (a stick's mount point, the job's device_id): a folder
     # kind holds it to the device's own filesystem; a remote kind has no use for it. ``trusted``: as check()'s
     # (the job was asked for by the daemon itself or the CLI): a folder kind checks export.allowed_dirs again
-    # unless it is
+    # unless it is (``device`` does not lift it: a caller's export to a stick is held to allowed_dirs too)
     def again(self, error: StenoError, attempt: int, cancelled: Callable[[], bool]) -> bool: ...
     # again: after ``error`` ended attempt ``attempt`` (1, 2, ...), wait (cancellably) and say whether to
     # run the export once more (incremental: what landed is skipped; a resumable file resumes)
@@ -159,11 +159,16 @@ def under(path: str, dirs: list[str]) -> bool:
     return False
 
 
+NONE_ALLOWED = "no folder is allowed (export.allowed_dirs is empty)"
+
+
 def allowed(target: str, folder: str, cfg: Config, trusted: bool) -> None:
     """A caller's local target: an absolute path whose folder is under export.allowed_dirs (unless trusted:
     the CLI, the daemon's own mount points); InvalidArgument/NotAllowedError otherwise."""
     if trusted:
         return
+    if not cfg.export.allowed_dirs:
+        raise NotAllowedError(f"target {target!r}: {NONE_ALLOWED}")
     if not os.path.isabs(target):
         raise InvalidArgument(f"target {target!r}: an absolute path under {', '.join(cfg.export.allowed_dirs)}")
     if not under(folder, cfg.export.allowed_dirs):
@@ -244,6 +249,8 @@ def checked_at(fd: int, cfg: Config, error: type[StenoError], *, trusted: bool) 
             raise error(f"refusing to export into the recorder's data folder {own[key]}")
     if trusted:
         return
+    if not cfg.export.allowed_dirs:
+        raise error(f"the target folder is not allowed now: {NONE_ALLOWED}; nothing is written there")
     allowed_ids = _identities(cfg.export.allowed_dirs)
     if not any(key in allowed_ids for key in up):
         raise error(f"the target folder is not under an allowed folder now ({', '.join(cfg.export.allowed_dirs)}): "
@@ -275,10 +282,11 @@ class FolderKind:
         t = DirectoryTarget(target, mount_point=device)     # a device's: still mounted, or a pulled stick
         # the folder as it is now, checked by what was opened, and pinned: every open of it while the export runs is
         # this folder or refused (a symlink to the recorder's folder put in its place mid-export is never followed);
-        # a caller's still under export.allowed_dirs (a device's mount point is the daemon's own)
+        # a caller's still under export.allowed_dirs, a device's too (options.device_id comes from the caller: the
+        # daemon's own stick exports are trusted)
         fd = t.pin()
         try:
-            checked_at(fd, cfg, TargetError, trusted=trusted or device)
+            checked_at(fd, cfg, TargetError, trusted=trusted)
         finally:
             os.close(fd)
         yield t

@@ -269,7 +269,7 @@ def _members(path: str, fmt: str) -> Iterator[tuple[str, bool, Callable[[], Iter
 
 def verify_archive(path: str, root: str = ROOT_FALLBACK, fmt: str = "zip") -> VerifyReport:
     """verify_target for a .zip or .tar.gz: the SHA256SUMS and manifest inside, every member hashed."""
-    rep = VerifyReport()
+    rep = VerifyReport(root=root)
     hashes: dict[str, str] = {}          # rel path under root -> sha256 ('' for a non-file)
     listing: dict[str, list[str]] = {}
     sums_raw = manifest_raw = None

@@ -3,15 +3,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import stat
 import sys
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", metavar="DIR|FILE.zip|FILE.tar.gz",
-                   help="the target folder (the one holding SilentSteno/), SilentSteno/ itself, or an exported archive")
+                   help="the target folder (the one holding the root folder, SilentSteno/ by default), the root "
+                        "folder itself (a folder holding manifest.json or SHA256SUMS: checked whatever its name and "
+                        "the config), or an exported archive")
     p.add_argument("--root-folder", default=None,
-                   help="the root folder to check (default: export.root_folder of the config the daemon reads: "
-                        "--config, else /etc/steno-exportd/config.toml)")
+                   help="the root folder to check (default: DIR itself when it holds manifest.json or SHA256SUMS, "
+                        "else export.root_folder of the config the daemon reads: --config, else "
+                        "/etc/steno-exportd/config.toml)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-mark", action="store_true",
                    help="do not write the manifest: changed files are not flagged (flagged files are re-copied by "
@@ -24,13 +29,19 @@ BUSY = 75       # exit code: an export wrote to the folder while it was checked;
 
 def main(args: argparse.Namespace) -> int:
     from steno_exportd.engine.verify import verify_target
-    from steno_exportd.errors import StenoError
+    from steno_exportd.errors import ConfigError, StenoError
     from steno_exportd.safeparse import printable as shown   # names a stick's author chose: no escapes, one line
 
-    source = ""
     try:
-        root, source = _root(args)
-        rep = verify_target(args.dir, root, mark=not args.no_mark)
+        target, root, source = _root(args)
+    except ConfigError as e:
+        # the daemon's config is needed for its root folder only: said how to go on without it
+        said = "; ".join(e.problems[:10]) + (f"; {len(e.problems) - 10} more" if len(e.problems) > 10 else "")
+        print(f"verify failed: invalid configuration in {shown(e.source)}: {shown(said)} (pass --root-folder NAME to "
+              "verify without the config)", file=sys.stderr)
+        return 1
+    try:
+        rep = verify_target(target, root, mark=not args.no_mark)
     except StenoError as e:
         print(f"verify failed: {shown(str(e))}" + (f" (root folder: {shown(source)})" if source else ""),
               file=sys.stderr)
@@ -62,17 +73,43 @@ def main(args: argparse.Namespace) -> int:
     return BUSY if rep.busy and not (rep.changed or rep.missing or rep.problems or rep.incomplete) else 1
 
 
-def _root(args: argparse.Namespace) -> tuple[str, str]:
-    """The root folder to check and where it came from: --root-folder, else export.root_folder of the config the
-    daemon reads (--config, else the default path; a missing default file means the defaults, as for the daemon).
-    ConfigError for a config the daemon would refuse too."""
+def _root(args: argparse.Namespace) -> tuple[str, str, str]:
+    """What to check (DIR, or the folder above it), the root folder in it and where that came from: --root-folder;
+    else DIR itself when it holds manifest.json or SHA256SUMS and no folder named as the config's root folder (the
+    root folder given, whatever its name: a stick exported under another export.root_folder, or by another
+    recorder; no config needed); else export.root_folder of the config the daemon reads (--config, else the
+    default path; a missing default file means the defaults, as for the daemon). ConfigError for a config the
+    daemon would refuse too (unless DIR is a root folder)."""
     from steno_exportd import config
+    from steno_exportd.engine import manifest as mf
     from steno_exportd.engine.naming import root_folder
+    from steno_exportd.errors import ConfigError
     if args.root_folder:
-        return args.root_folder, "--root-folder"
+        return args.dir, args.root_folder, "--root-folder"
+    folder = os.path.abspath(args.dir)
+    name = os.path.basename(folder)
+    held = next((h for h in (mf.MANIFEST, mf.SUMS) if os.path.lexists(os.path.join(folder, h))), "") \
+        if name and _is_dir(folder) else ""
+    given = os.path.dirname(folder), name, f"the folder given: it holds {held}"
     path = getattr(args, "config", None)
-    cfg = config.load(path)
+    try:
+        cfg = config.load(path)
+    except ConfigError:
+        if held:
+            return given
+        raise
+    root = root_folder(cfg)
+    if held and not _is_dir(os.path.join(folder, root)):   # (a stick's own manifest.json beside SilentSteno/: not it)
+        return given
     where = str(path or config.DEFAULT_PATH)
     if path is None and not config.DEFAULT_PATH.exists():
-        return root_folder(cfg), f"the default root folder: no {where}"
-    return root_folder(cfg), f"export.root_folder of {where}"
+        return args.dir, root, f"the default root folder: no {where}"
+    return args.dir, root, f"export.root_folder of {where}"
+
+
+def _is_dir(path: str) -> bool:
+    """A folder, not a symlink to one (nothing on a stick is followed)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False

@@ -1,9 +1,9 @@
 """A caller's folder export is held to export.allowed_dirs as the folder is when the job runs, not only as its path
 was when the job was asked for: between the two a queued job waits, and meanwhile a local user who owns a folder
 on the path can swap it for a symlink to somewhere else, or the admin can narrow allowed_dirs. The job refuses,
-saying why, and nothing lands outside the allowed folders. The walk up the folder's parents that checks it opens
-each parent without reading it (O_PATH): a parent the daemon (an unprivileged user) may pass through but not list,
-or anything swapped in for one, neither refuses the job nor holds it up."""
+saying why, and nothing lands outside the allowed folders; a caller's job naming a device (options.device_id) too.
+The walk up the folder's parents that checks it opens each parent without reading it (O_PATH): a parent the daemon
+(an unprivileged user) may pass through but not list does not refuse the job."""
 from __future__ import annotations
 
 import asyncio
@@ -12,6 +12,8 @@ import dataclasses
 import os
 import shutil
 import stat
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -119,35 +121,111 @@ def test_a_job_asked_for_before_the_admin_narrowed_allowed_dirs_refuses_when_it_
     else:
         raise AssertionError("the export ran into a folder no longer under export.allowed_dirs")
     assert _files_in(tmp_path / "exports" / "team") == []
+    # no folder allowed at all: said so, not 'not under an allowed folder now ()'; asked for then, refused at once
+    none = config.replace(asked, **{"export.allowed_dirs": []})
+    empty = "no folder is allowed (export.allowed_dirs is empty)"
+    for run in (lambda: run_export(Library.from_config(none), spec, none),
+                lambda: FolderKind().check(spec.target, none, trusted=False)):
+        try:
+            run()
+        except StenoError as e:
+            assert empty in str(e) and "()" not in str(e), e
+        else:
+            raise AssertionError("an export ran while export.allowed_dirs was empty")
+    assert _files_in(tmp_path / "exports" / "team") == []
     # the daemon's own (a stick's auto-export, a schedule, the CLI) is not held to allowed_dirs, as before
     res = run_export(Library.from_config(now), dataclasses.replace(spec, trusted=True), now)
     assert [r.ok for r in res] == [True], res
 
 
+
 @contextlib.contextmanager
-def _as_nobody(work):
-    """``work()`` run in a child process as the unprivileged user 65534 (the daemon runs as its own user, without
-    capabilities; the tests run as root, who reads any folder); yields its result: "ok" or the error's text."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:                                    # pragma: no cover - the child
-        os.close(r)
-        out = "ok"
-        try:
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
-            work()
-        except BaseException as e:                  # noqa: BLE001 - reported to the parent
-            out = f"{type(e).__name__}: {e}"
-        os.write(w, out.encode()[:4000])
-        os._exit(0)
-    os.close(w)
+def _tmpfs(mp: Path):
+    """A filesystem of its own mounted at ``mp`` (as /dev/shm is under /dev): a folder a device's job may open;
+    unmounted at the end."""
+    mp.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "steno-test-mount", str(mp)], check=True)
     try:
-        with os.fdopen(r, "rb") as f:
-            yield f.read().decode()
+        yield mp
     finally:
-        os.waitpid(pid, 0)
+        subprocess.run(["umount", "-l", str(mp)], check=False)
+
+
+def test_a_callers_job_naming_a_device_is_held_to_allowed_dirs_when_it_runs(tmp_path, demo_library):
+    """A caller's export carries options.device_id (the page's and the touchscreen's exports to a stick set it, and
+    any caller may send one). The check of its folder when it runs took every job with one for the daemon's own and
+    skipped export.allowed_dirs: an export into exports/u/mnt with device_id "x", whose exports/u a local user has
+    since made a symlink to a folder outside where 'mnt' is a filesystem's mount point (as /dev/shm is under /dev),
+    wrote there. It refuses, naming the rule, and writes nothing there; so does a stick's job after the admin took
+    the stick's folder out of allowed_dirs."""
+    db = Path(demo_library(tmp_path / "rec", sessions=1))
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    outside = tmp_path / "outside"
+    cfg = make_config(tmp_path, **{"recorder.db_path": str(db), "export.formats": ["txt"]})
+    with _tmpfs(outside / "mnt") as mnt, _tmpfs(exports / "STICK") as stick:
+        (exports / "u").symlink_to(outside)
+        forged = JobSpec("export", str(exports / "u" / "mnt"), "mnt", (1,), ("txt",), ExportOptions(device_id="x"),
+                         device_id="x")
+        narrowed = config.replace(cfg, **{"export.allowed_dirs": [str(tmp_path / "public")]})
+        stick_job = JobSpec("export", str(stick), "STICK", (1,), ("txt",), ExportOptions(device_id="fs_ab12"),
+                            device_id="fs_ab12")
+        for spec, now in ((forged, cfg), (stick_job, narrowed)):
+            try:
+                run_export(Library.from_config(now), spec, now)
+            except TargetError as e:
+                assert NOT_ALLOWED in str(e), e
+            else:
+                raise AssertionError(f"a caller's job naming a device wrote outside export.allowed_dirs: {spec.target}")
+        assert _files_in(mnt) == [] and _files_in(stick) == []
+        # the stick's job while its folder is allowed: written, as before
+        res = run_export(Library.from_config(cfg), stick_job, cfg)
+        assert [r.ok for r in res] == [True] and _files_in(stick), res
+
+
+async def test_a_callers_device_id_must_name_the_stick_mounted_at_the_target(tmp_path, demo_library):
+    """options.device_id makes a job a stick's (held to the stick's own filesystem, its free space refreshed, listed
+    under the stick). A caller's export into a folder with a device_id of its own choosing (none the daemon knows,
+    or a stick mounted elsewhere) was queued as that stick's; it is refused at once, saying so, and nothing is
+    written. The page's and the touchscreen's export to a stick, whose device_id is that of the stick mounted at
+    the target, runs as before."""
+    db = Path(await asyncio.to_thread(demo_library, tmp_path / "rec", sessions=1))
+    exports = tmp_path / "exports"
+    (exports / "team").mkdir(parents=True)
+    cfg = make_config(tmp_path, **{"recorder.db_path": str(db), "export.formats": ["txt"]})
+    core = Core(cfg)
+    await core.start()
+    try:
+        with _tmpfs(exports / "STICK") as stick:
+            core.devices.change("fs_ab12", label="STICK", fs_type="tmpfs", mount_point=str(stick),
+                                state=ev.DeviceState.MOUNTED)
+            for did in ("x", "fs_ab12"):
+                try:
+                    await core.export_sessions([1], ["txt"], str(exports / "team"), {"device_id": did})
+                except StenoError as e:
+                    assert f"options.device_id {did!r} is not the stick mounted at the target" in str(e), e
+                else:
+                    raise AssertionError(f"a caller's export into a folder was queued as device {did!r}'s")
+            assert core.jobs.list() == [] and _files_in(exports / "team") == []
+            job = await core.export_sessions([1], ["txt"], str(stick), {"device_id": "fs_ab12"})
+            done = await core.jobs.wait(job.id, 60)
+            assert (done.state, done.device_id) == (ev.JobState.COMPLETED, "fs_ab12"), done
+            assert _files_in(stick)
+    finally:
+        await core.stop()
+
+def _as_nobody(prepare: str, work: str) -> str:
+    """Python ``work`` run in a process of its own as the unprivileged user 65534 (the daemon runs as its own user,
+    without capabilities; the tests run as root, who reads any folder), after ``prepare`` (its imports) ran as root
+    (this Python and its library may be in root's home, which that user cannot read): "ok", or the error it ended
+    with. A new process, not a fork of this one: a lock one of pytest's threads held at the fork would hang the
+    child."""
+    drop = "import os\nos.setgroups([])\nos.setgid(65534)\nos.setuid(65534)\n"
+    p = subprocess.run([sys.executable, "-c", f"{prepare}\n{drop}{work}\nprint('ok')"], capture_output=True,
+                       text=True, timeout=60, cwd="/", env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    if p.returncode != 0:
+        return (p.stderr.strip().splitlines() or [f"exit code {p.returncode}"])[-1]
+    return p.stdout.strip()
 
 
 def test_a_target_under_a_folder_the_daemon_may_pass_through_but_not_list_is_exported_into(tmp_path):
@@ -163,76 +241,21 @@ def test_a_target_under_a_folder_the_daemon_may_pass_through_but_not_list_is_exp
         os.chmod(home, 0o711)
         os.chown(exports, 65534, 65534)
         (base / "rec").mkdir()
-        cfg = config.from_dict({"recorder": {"db_path": str(base / "rec" / "silent_steno.db")},
-                                "export": {"allowed_dirs": [str(exports)]}})
-
-        class _P:
-            cancelled = False
-
-            def update(self, *a, **k):
-                pass
-
-        def work() -> None:
-            with FolderKind().open(str(exports), cfg, _P()) as t:
-                t.mkdir("SilentSteno")
-        with _as_nobody(work) as said:
-            assert said == "ok", said
+        said = _as_nobody(f"""
+from steno_exportd import config
+from steno_exportd.engine.registry import FolderKind
+class P:
+    cancelled = False
+    def update(self, *a, **k):
+        pass
+cfg = config.from_dict({{"recorder": {{"db_path": {str(base / "rec" / "silent_steno.db")!r}}},
+                        "export": {{"allowed_dirs": [{str(exports)!r}]}}}})
+""", f"""
+with FolderKind().open({str(exports)!r}, cfg, P()) as t:
+    t.mkdir("SilentSteno")
+""")
+        assert said == "ok", said
         assert stat.S_ISDIR(os.lstat(exports / "SilentSteno").st_mode)
     finally:
         shutil.rmtree(base)
 
-
-def test_a_fifo_swapped_in_for_a_parent_never_holds_up_the_jobs_check(tmp_path):
-    """The target's parent flips between its folder and a FIFO while the job's check of its folder runs again and
-    again: every check ends (the FIFO is never opened for reading, which would wait for a writer), and each one
-    either passes or refuses saying why."""
-    exports = tmp_path / "exports"
-    cfg = make_config(tmp_path)
-    real = exports / "p.real"
-    (real / "out").mkdir(parents=True)
-    fifo = exports / "p.fifo"
-    os.mkfifo(fifo)
-    link = exports / "p"
-    os.rename(real, link)
-    stop = threading.Event()
-    flips = [0]
-
-    def flip() -> None:
-        while not stop.is_set():
-            os.rename(link, real)
-            os.rename(fifo, link)
-            time.sleep(0.001)
-            os.rename(link, fifo)
-            os.rename(real, link)
-            time.sleep(0.001)
-            flips[0] += 1
-
-    class _P:
-        cancelled = False
-
-        def update(self, *a, **k):
-            pass
-
-    results = {"passed": 0, "refused": 0}
-    other: list[str] = []
-
-    def checks() -> None:
-        while results["passed"] + results["refused"] < 300 or flips[0] < 20:
-            try:
-                with FolderKind().open(str(link / "out"), cfg, _P()):
-                    results["passed"] += 1
-            except TargetError as e:
-                results["refused"] += 1
-                if not any(w in str(e) for w in ("does not exist", "no longer", "cannot be checked",
-                                                 "Not a directory", "No such file")):
-                    other.append(str(e))
-    flipper = threading.Thread(target=flip, daemon=True)
-    checker = threading.Thread(target=checks, daemon=True)
-    flipper.start()
-    checker.start()
-    checker.join(120)           # (a bound on a hang, not on speed: 300 checks and 20 flips take about a second)
-    stop.set()
-    flipper.join(10)
-    assert not checker.is_alive(), "a job's check of its folder hung on a FIFO swapped in for a parent"
-    assert results["passed"] >= 1 and results["refused"] >= 1 and flips[0] >= 20, (results, flips)
-    assert other == [], other[:3]

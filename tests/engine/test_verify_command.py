@@ -3,7 +3,6 @@ its exit code, and what it records in manifest.json (or, with --no-mark, does no
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import subprocess
@@ -21,10 +20,13 @@ NOT_RECORDED = ("NOTE     could not record in the manifest that the files were v
                 "verifies sends again those a job without verify wrote")
 
 
-def steno(*argv: str, cwd: Path) -> tuple[int, str, str]:
-    """The program as a person runs it: (exit code, what it printed, its errors)."""
+def steno(*argv: str, cwd: Path, default_config: Path | None = None) -> tuple[int, str, str]:
+    """The program as a person runs it: (exit code, what it printed, its errors). ``default_config``: the config
+    file it reads without --config (else a test's folder's, which does not exist: the defaults), never the
+    machine's /etc/steno-exportd/config.toml."""
+    config = default_config or cwd / "etc" / "steno-exportd" / "config.toml"
     p = subprocess.run([sys.executable, "-m", "steno_exportd", *argv], capture_output=True, text=True, cwd=cwd,
-                       env=dict(os.environ, PYTHONPATH=os.getcwd()), timeout=120)
+                       env=dict(os.environ, PYTHONPATH=os.getcwd(), STENO_CONFIG=str(config)), timeout=120)
     return p.returncode, p.stdout, p.stderr
 
 
@@ -183,26 +185,6 @@ def test_names_a_sticks_author_chose_reach_the_terminal_without_their_escapes(tm
     assert rc == 0 and sorted(json.loads(said)["extra"]) == sorted(f"{folder.name}/{n}" for n in HOSTILE)
 
 
-@contextlib.contextmanager
-def _default_config(text: str):
-    """The daemon's default config file (/etc/steno-exportd/config.toml) holding ``text`` for the block, then as it
-    was (the tests run one at a time under the machine's lock: nothing else reads it meanwhile)."""
-    from steno_exportd.config import DEFAULT_PATH
-    made_dir = not DEFAULT_PATH.parent.exists()
-    kept = DEFAULT_PATH.read_bytes() if DEFAULT_PATH.exists() else None
-    DEFAULT_PATH.parent.mkdir(parents=True, exist_ok=True)
-    DEFAULT_PATH.write_text(text)
-    try:
-        yield DEFAULT_PATH
-    finally:
-        if kept is None:
-            DEFAULT_PATH.unlink()
-            if made_dir:
-                DEFAULT_PATH.parent.rmdir()
-        else:
-            DEFAULT_PATH.write_bytes(kept)
-
-
 def test_verify_checks_the_root_folder_the_daemons_config_names(tmp_path, demo_library):
     """The daemon exports into export.root_folder of its config ('Meetings' here). `steno-exportd verify DIR`
     looked for SilentSteno/ whatever the config said, with or without --config: 'verify failed: no SilentSteno/
@@ -220,11 +202,11 @@ def test_verify_checks_the_root_folder_the_daemons_config_names(tmp_path, demo_l
                 .values())
     found = f"{files} files verified, 0 changed, 0 missing, 0 extra; checked Meetings/\n"
     assert steno("--config", str(cfg), "verify", str(out), cwd=tmp_path) == (0, found, "")
-    with _default_config(cfg.read_text()) as default:
-        assert steno("verify", str(out), cwd=tmp_path) == (0, found, "")
-        rc, said, _ = steno("verify", str(out), "--json", cwd=tmp_path)
-        rep = json.loads(said)
-        assert (rc, rep["root"], rep["root_from"]) == (0, "Meetings", f"export.root_folder of {default}"), rep
+    # the config the daemon reads without --config (/etc/steno-exportd/config.toml; the test's own here)
+    assert steno("verify", str(out), cwd=tmp_path, default_config=cfg) == (0, found, "")
+    rc, said, _ = steno("verify", str(out), "--json", cwd=tmp_path, default_config=cfg)
+    rep = json.loads(said)
+    assert (rc, rep["root"], rep["root_from"]) == (0, "Meetings", f"export.root_folder of {cfg}"), rep
     rc, said, err = steno("verify", str(out), "--root-folder", "SilentSteno", cwd=tmp_path)
     assert (rc, said) == (1, "") and err.startswith("verify failed: no SilentSteno/ folder on "), err
 
@@ -311,3 +293,72 @@ def test_a_verify_while_an_export_rewrites_files_says_the_folder_is_being_writte
     assert ran and all(r.ok for r in ran[0]), ran
     assert steno("verify", str(out), cwd=tmp_path) == (0, f"{files} files verified, 0 changed, 0 missing, 0 extra"
                                                           f"{END}", "")
+
+
+def test_a_config_verify_cannot_load_says_how_to_verify_without_it(tmp_path, demo_library):
+    """The daemon's config has a key it refuses (a typo), or cannot be read (a folder under its name): verify
+    stopped at 'verify failed: invalid configuration ...' with no way on for an admin who only wants a stick
+    checked. It says what is wrong with the config, on one line, and that --root-folder verifies without it; with
+    --root-folder it verifies."""
+    out = tmp_path / "stick"
+    out.mkdir()
+    unverified_export(demo_library, tmp_path, out, "1")
+    files = len(marks(out))
+    typo = tmp_path / "typo.toml"
+    typo.write_text('[export]\nroot_foldr = "Meetings"\n')
+    folder = tmp_path / "folder.toml"
+    folder.mkdir()
+    hint = " (pass --root-folder NAME to verify without the config)\n"
+    for cfg, why in ((typo, "export.root_foldr"), (folder, "cannot read")):
+        for how in ({"default_config": cfg}, {"argv": ("--config", str(cfg))}):
+            rc, said, err = steno(*how.get("argv", ()), "verify", str(out), "--no-mark", cwd=tmp_path,
+                                  default_config=how.get("default_config"))
+            assert (rc, said) == (1, "") and err.startswith(f"verify failed: invalid configuration in {cfg}: ") \
+                and why in err and err.endswith(hint) and err.count("\n") == 1, (cfg, how, err)
+        assert steno("verify", str(out), "--no-mark", "--root-folder", "SilentSteno", cwd=tmp_path,
+                     default_config=cfg) == (0, f"{files} files verified, 0 changed, 0 missing, 0 extra{END}", "")
+
+
+def test_verify_of_the_root_folder_itself_checks_it_whatever_the_config_names(tmp_path, demo_library):
+    """`steno-exportd verify /media/x/SilentSteno`, the root folder itself (as the help says it may be given), on a
+    recorder whose config names another export.root_folder ('Meetings': a stick exported before it was set, or by
+    another recorder): 'verify failed: no Meetings/ folder'. A folder holding manifest.json or SHA256SUMS is the
+    root folder, whatever its name and whatever the config says (a config verify cannot load included), and the
+    summary line names it."""
+    out = tmp_path / "stick"
+    out.mkdir()
+    unverified_export(demo_library, tmp_path, out, "1")
+    files = len(marks(out))
+    meetings = tmp_path / "meetings.toml"
+    meetings.write_text('[export]\nroot_folder = "Meetings"\n')
+    typo = tmp_path / "typo.toml"
+    typo.write_text('[export]\nroot_foldr = "Meetings"\n')
+    found = (0, f"{files} files verified, 0 changed, 0 missing, 0 extra{END}", "")
+    for cfg in (meetings, typo):
+        assert steno("verify", str(out / "SilentSteno"), "--no-mark", cwd=tmp_path, default_config=cfg) == found
+        assert steno("verify", ".", "--no-mark", cwd=out / "SilentSteno", default_config=cfg) == found
+    rc, said, _ = steno("verify", str(out / "SilentSteno"), "--no-mark", "--json", cwd=tmp_path,
+                        default_config=meetings)
+    rep = json.loads(said)
+    assert (rc, rep["root"], rep["root_from"]) == (0, "SilentSteno", "the folder given: it holds manifest.json"), rep
+    # the folder above it is still checked by the config's root folder, a manifest.json of the stick's own beside it
+    # or not
+    rc, said, err = steno("verify", str(out), "--no-mark", cwd=tmp_path, default_config=meetings)
+    assert (rc, said) == (1, "") and err.startswith("verify failed: no Meetings/ folder on "), err
+    (out / "manifest.json").write_text("{}\n")
+    assert steno("verify", str(out), "--no-mark", cwd=tmp_path) == found
+
+
+def test_verify_of_an_archive_says_the_root_folder_it_checked(tmp_path, demo_library):
+    """`steno-exportd verify FILE.zip --json` said "root": "", though it checked the members under SilentSteno/ (as
+    its summary line says) as for a folder."""
+    db = Path(demo_library(tmp_path / "rec", sessions=1))
+    for name in ("out.zip", "out.tar.gz"):
+        rc, said, err = steno("export", "--db", str(db), "--to", str(tmp_path / name), "--sessions", "all",
+                              "--formats", "txt", cwd=tmp_path)
+        assert rc == 0, (said, err)
+        rc, said, err = steno("verify", str(tmp_path / name), "--json", cwd=tmp_path)
+        rep = json.loads(said)
+        assert (rc, rep["ok"], rep["root"]) == (0, True, "SilentSteno"), (name, rep, err)
+        rc, said, err = steno("verify", str(tmp_path / name), cwd=tmp_path)
+        assert rc == 0 and said.endswith(END), (name, said, err)
