@@ -215,7 +215,8 @@ def board_given(old: bytes, move: Callable[[str, str], None], create: Callable[[
     try:
         move(claim, aside)
     except TargetError as e:
-        moved, failed = False, e    # (another push moved it first, it is gone, or the store failed: the claim read says)
+        moved, failed = False, e    # (another push moved it first, it is gone, or the store failed: the claim
+                                    # read says)
     else:
         moved = True
     if moved:
