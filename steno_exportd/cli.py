@@ -57,7 +57,8 @@ def _top_parser() -> argparse.ArgumentParser:
         epilog="commands:\n" + "\n".join(f"  {n:<14} {h}" for n, (_, h) in COMMANDS.items()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", metavar="PATH", help="config file (default /etc/steno-exportd/config.toml)")
+    p.add_argument("--config", metavar="PATH",
+                   help="config file (default $STENO_CONFIG, else /etc/steno-exportd/config.toml)")
     p.add_argument("--version", action="version", version=f"steno-exportd {__version__}")
     return p
 

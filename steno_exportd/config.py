@@ -718,7 +718,7 @@ def rclone_remote_problem(remote: str) -> str:
     # 'nas,x="a:b":..' for a parent folder, an SFTP connection string ":sftp,host=h:../../etc:z" too, and a
     # backslash separates folders on IIS's WebDAV and on SMB ("nas:office\..\other"); a '..' that names no folder
     # (in a URL or a setting of a connection string) is refused with them: rare, and put right by the admin at once
-    if ".." in re.split(r"[/\\:'\"]", remote):
+    if ".." in [part.strip() for part in re.split(r"[/\\:'\"]", remote)]:
         return "has a '..' in it: the push's folder must be that folder or one below it, never above"
     return ""
 

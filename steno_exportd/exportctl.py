@@ -750,7 +750,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--remove", action="store_true", help="take the line out again (before removing the package)")
     sp.add_argument("--smb-conf", default=SMB_CONF, help=f"Samba's configuration (default {SMB_CONF})")
     sp.add_argument("--config", help="steno-exportd's configuration, for samba.snippet_path "
-                    "(default /etc/steno-exportd/config.toml)")
+                    "(default $STENO_CONFIG, else /etc/steno-exportd/config.toml)")
     sp.set_defaults(local=True)
     return p
 

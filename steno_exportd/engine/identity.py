@@ -211,15 +211,18 @@ def board_given(old: bytes, move: Callable[[str, str], None], create: Callable[[
     and the push is tried again."""
     claim = f"{folder}/{CLAIM_NAME}"
     aside = f"{folder}/{ASIDE_PREFIX}{hashlib.sha256(old).hexdigest()[:12]}.json"
+    failed: TargetError | None = None
     try:
         move(claim, aside)
-    except TargetError:
-        moved = False           # (another push moved it first, it is gone, or the store failed: the claim read says)
+    except TargetError as e:
+        moved, failed = False, e    # (another push moved it first, it is gone, or the store failed: the claim
+                                    # read says)
     else:
         moved = True
     if moved:
         try:
             if create(claim_body(rid, board)):
+                log.info("folder %s on %s: its claim given this recorder's board", folder, where)
                 return "", False
         except TargetError:
             _move_back(move, aside, claim)
@@ -235,10 +238,24 @@ def board_given(old: bytes, move: Callable[[str, str], None], create: Callable[[
                 f"set smb.recorder_folder"), True
     if said := copied_system(folder, where, host, owner_board, board):
         return said, True
-    if owner_board != board:    # (the board-less claim still: the move failed for the store's own fault)
+    if owner_board == board:
+        log.info("folder %s on %s: its claim given this recorder's board", folder, where)
+    elif failed is not None and _for_now(failed):   # (the board-less claim still: the store failed for a moment)
         return (f"folder {folder} on {where}: its claim was not given this recorder's board yet (the store failed "
                 f"to move it aside); the push is tried again"), False
+    else:
+        # the store will not move it (access denied: written under another account; a name taken and the claim still
+        # there: a store whose move copies and cannot delete): the push goes on with the claim as it is (as before
+        # boards), not tried again for ever; a copy of this system on another board is not told apart there
+        log.warning("folder %s on %s: its claim cannot be given this recorder's board (%s); pushing on with it as it "
+                    "is", folder, where, failed)
     return "", False
+
+
+def _for_now(e: TargetError) -> bool:
+    """A store's failure that the next try may not meet (a drop, a 5xx), not one that it will (permanent: a refusal
+    of access; a name taken)."""
+    return not getattr(e, "permanent", False) and e.kind != "permission" and "refusing to replace" not in str(e)
 
 
 def _move_back(move: Callable[[str, str], None], aside: str, claim: str) -> None:

@@ -148,7 +148,6 @@ def claim(t: RcloneTarget, folder: str, rid: str, board: str = "") -> None:
                                       lambda: _read_claim(t, folder, rel), folder, t.name, rid, board)
         if said:
             raise RcloneError(said, permanent)
-        log.info("%s: claim of folder %s given this recorder's board", t.name, folder)
     t.claimed(folder)
 
 

@@ -153,7 +153,6 @@ def claim(t: SmbTarget, folder: str, rid: str, board: str = "") -> None:
                                       lambda: read_claim(t, folder), folder, _where(t), rid, board)
         if said:
             raise SmbError(said, permanent)
-        log.info("%s: claim of folder %s given this recorder's board", t.name, folder)
 
 
 def _where(t: SmbTarget) -> str:

@@ -2489,7 +2489,7 @@ def test_a_push_ends_at_once_when_a_read_begun_ahead_stalls(rclone_tmp):
     ("nas:office/../..", "'..'"), ("nas:../elsewhere", "'..'"), ("nas:office/meetings/..", "'..'"),
     (":webdav,url='http://127.0.0.1:9/dav':office/../..", "'..'"),
     (":local:../x:y", "'..'"), ('nas,x="a:b":..', "'..'"), (":sftp,host=h:../../etc:z", "'..'"),
-    ("nas:office\\..\\other", "'..'"), ("nas:..\\x", "'..'"), ("nas:'..'", "'..'"),
+    ("nas:office\\..\\other", "'..'"), ("nas:..\\x", "'..'"), ("nas:'..'", "'..'"), ("nas:office/.. ", "'..'"),
     ("nas:off\nice", "unprintable"), ("nas:office\x1b[2J", "unprintable"), ("na\ts:office", "unprintable")])
 def test_an_rclone_remote_that_climbs_out_of_its_folder_or_holds_control_characters_is_a_config_error(remote, said):
     """rclone resolves a '..' in a remote's path on the store: "nas:office/../.." pushed into the store's root, beside
