@@ -1423,43 +1423,13 @@ def test_a_board_given_half_way_leaves_the_folder_its_owners(rclone_server, rclo
     db_b.close()
 
 
+@pytest.mark.parametrize("answer", ["503-for-a-moment", "403-for-good"])
 def test_a_claim_not_moved_aside_for_a_drop_is_given_its_board_on_the_next_try(rclone_server, rclone_tmp,
-                                                                              monkeypatch):
-    """As on SMB (tests/smb/test_push.py, the same name): the move aside failing for the store (a 5xx, a drop) left
-    the board-less claim, and the push went on saying it had given it its board. Now it is tried again."""
-    from steno_exportd.engine import identity
-    from steno_exportd.engine.identity import this_recorder
-    monkeypatch.setattr(identity, "BOARD_SERIAL", str(rclone_tmp / "no-serial-number"))
-    srv = rclone_server
-    conf = srv.client_config(rclone_tmp / "rclone.conf")
-    db = make_recorder(rclone_tmp / "rec-a", sizes=(200_000,))
-    cfg = cfg_for(rclone_tmp / "a", db, conf, [{"name": "cloud", "remote": f"{srv.remote}:office"}], folder="steno")
-    folder = srv.served / "office" / "steno"
-    folder.mkdir(parents=True)
-    rid = this_recorder(cfg)
-    (folder / CLAIM_NAME).write_text(json.dumps({"recorder_id": rid, "host": "steno", "claimed": 1.0}))
-    drops, real_rename = [], RcloneTarget.rename
-
-    def rename(self, src, dst):
-        if "-before-boards-" in dst and not drops:
-            drops.append(dst)
-            raise RcloneError("HTTP 503 Service Unavailable")      # transient
-        return real_rename(self, src, dst)
-    monkeypatch.setattr(RcloneTarget, "rename", rename)
-    sleeps: list = []
-    assert all(r.ok for r in push_to(cfg, kind=RcloneKind(sleep=sleeps.append)))
-    assert len(drops) == 1 and len(sleeps) == 1
-    claimed = json.loads((folder / CLAIM_NAME).read_text())
-    assert claimed["recorder_id"] == rid and claimed["board"] == identity.board_id(cfg.state.dir), claimed
-    assert_landed(folder, db)
-    db.close()
-
-
-def test_a_claim_the_store_will_not_move_aside_is_pushed_on_as_it_is_not_tried_again_for_ever(
-        rclone_server, rclone_tmp, monkeypatch, caplog):
-    """The board-less claim cannot be moved aside for good (written under another account of the store: access
-    denied; the store's answer permanent). The push went on with it before boards were given; tried again on every
-    push, it would never land again. It lands, without a retry, the claim as it was, and one warning says why."""
+                                                                              monkeypatch, caplog, answer):
+    """As on SMB (tests/smb/test_push.py, the same name): the move aside failing for the store for a moment (503)
+    left the board-less claim, and the push went on saying it had given it its board; now it is tried again, and
+    given. 403-for-good: the store will never move it (written under another account of it): tried again on every
+    push, it would never land again; it lands without a retry, the claim as it was, and one warning says why."""
     from steno_exportd.engine import identity
     from steno_exportd.engine.identity import this_recorder
     monkeypatch.setattr(identity, "BOARD_SERIAL", str(rclone_tmp / "no-serial-number"))
@@ -1472,19 +1442,26 @@ def test_a_claim_the_store_will_not_move_aside_is_pushed_on_as_it_is_not_tried_a
     rid = this_recorder(cfg)
     old = json.dumps({"recorder_id": rid, "host": "steno", "claimed": 1.0})
     (folder / CLAIM_NAME).write_text(old)
+    for_good = answer == "403-for-good"
     refused, real_rename = [], RcloneTarget.rename
 
     def rename(self, src, dst):
-        if "-before-boards-" in dst:
+        if "-before-boards-" in dst and (for_good or not refused):
             refused.append(dst)
-            raise RcloneError("HTTP 403 Forbidden", True)      # permanent
+            raise RcloneError("HTTP 403 Forbidden", True) if for_good else RcloneError("HTTP 503 Service Unavailable")
         return real_rename(self, src, dst)
     monkeypatch.setattr(RcloneTarget, "rename", rename)
     sleeps: list = []
     with caplog.at_level(logging.WARNING, logger="steno_exportd"):
         assert all(r.ok for r in push_to(cfg, kind=RcloneKind(sleep=sleeps.append)))
-    assert len(refused) == 1 and sleeps == []
-    assert (folder / CLAIM_NAME).read_text() == old
-    assert len([r for r in caplog.records if "cannot be given this recorder's board" in r.getMessage()]) == 1
+    assert len(refused) == 1
+    warned = [r for r in caplog.records if "cannot be given this recorder's board" in r.getMessage()]
+    if for_good:
+        assert sleeps == [] and len(warned) == 1
+        assert (folder / CLAIM_NAME).read_text() == old
+    else:
+        assert len(sleeps) == 1 and warned == []
+        claimed = json.loads((folder / CLAIM_NAME).read_text())
+        assert claimed["recorder_id"] == rid and claimed["board"] == identity.board_id(cfg.state.dir), claimed
     assert_landed(folder, db)
     db.close()
