@@ -55,6 +55,10 @@ class TargetError(StenoError):
             self.kind = kind
 
 
+class NameTaken(TargetError):
+    """A rename or a create that never replaces found its name taken (another writer was first)."""
+
+
 class TargetFullError(TargetError):
     """Not enough free space, or a file over the filesystem's per-file limit."""
 

@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 from steno_exportd import safeparse
 from steno_exportd.atomic import write_file
 from steno_exportd.config import Config
-from steno_exportd.errors import TargetError
+from steno_exportd.errors import NameTaken, TargetError
 from steno_exportd.engine.naming import safe_name
 
 log = logging.getLogger(__name__)
@@ -255,7 +255,7 @@ def board_given(old: bytes, move: Callable[[str, str], None], create: Callable[[
 def _for_now(e: TargetError) -> bool:
     """A store's failure that the next try may not meet (a drop, a 5xx), not one that it will (permanent: a refusal
     of access; a name taken)."""
-    return not getattr(e, "permanent", False) and e.kind != "permission" and "refusing to replace" not in str(e)
+    return not getattr(e, "permanent", False) and e.kind != "permission" and not isinstance(e, NameTaken)
 
 
 def _move_back(move: Callable[[str, str], None], aside: str, claim: str) -> None:

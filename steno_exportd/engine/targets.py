@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 from typing import Callable, Container, Iterable, Iterator, Protocol, runtime_checkable
 
-from steno_exportd.errors import InvalidArgument, TargetError, TargetFullError
+from steno_exportd.errors import InvalidArgument, NameTaken, TargetError, TargetFullError
 
 log = logging.getLogger(__name__)
 
@@ -796,7 +796,7 @@ class DirectoryTarget(Target):
             raise
         try:
             if _lstat_at(dn, dfd) is not None:
-                raise TargetError(f"refusing to replace existing {dst}")
+                raise NameTaken(f"refusing to replace existing {dst}")
             os.rename(sn, dn, src_dir_fd=sfd, dst_dir_fd=dfd)
             os.fsync(dfd)
         except OSError as e:

@@ -20,7 +20,7 @@ from steno_exportd.engine.identity import (CLAIM_NAME, SHORT, aside_refusal, boa
                                            claim_owner, claimant, copied_system, recorder_folder)
 from steno_exportd.engine.manifest import MANIFEST, MAX_BYTES, write_atomic
 from steno_exportd.engine.registry import RemoteKind
-from steno_exportd.errors import StenoError, TargetError
+from steno_exportd.errors import NameTaken, StenoError, TargetError
 from steno_exportd.rclone.process import Rcd, RcloneError, config_problems
 from steno_exportd.rclone.target import RcloneTarget, split_remote
 
@@ -156,7 +156,7 @@ def _move_claim(t: RcloneTarget, src: str, dst: str) -> None:
     as a move on some stores replaces (SFTP's), whatever rename() knows of the folder (its listing, from before
     another push's move: a window of one round trip, as for a first claim)."""
     if t.lstat(dst) is not None:
-        raise TargetError(f"refusing to replace existing {dst}")
+        raise NameTaken(f"refusing to replace existing {dst}")
     t.rename(src, dst)
 
 

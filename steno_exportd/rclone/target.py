@@ -43,7 +43,7 @@ from steno_exportd import sockwait
 from steno_exportd.engine.identity import host_folder
 from steno_exportd.engine.targets import (MARKER, PARTIAL_SUFFIX, TEMP_PREFIX, EntryStat, Target, TooManyEntries,
                                           WriteHandle, check_rel)
-from steno_exportd.errors import CancelledJob, InvalidArgument, SourceError, TargetError
+from steno_exportd.errors import CancelledJob, InvalidArgument, NameTaken, SourceError, TargetError
 from steno_exportd.rclone.process import Rcd, RcloneError, error_text, is_file, not_found, rclone_environment
 from steno_exportd.safeparse import printable
 
@@ -614,13 +614,13 @@ class RcloneTarget(Target):
         # replaced); looked up only when the move fails. A later rclone's MOVE replaces: looked up first there
         looked = self._absent(dst) or self.move_refuses
         if not looked and self.lstat(dst) is not None:
-            raise TargetError(f"refusing to replace existing {dst}")
+            raise NameTaken(f"refusing to replace existing {dst}")
         # not made again when refused as locked: someone may be taking that name
         try:
             self.move(src, dst, free=True, locked_again=False)
         except RcloneError:
             if self.move_refuses and not self._absent(dst) and self.lstat(dst) is not None:
-                raise TargetError(f"refusing to replace existing {dst}") from None
+                raise NameTaken(f"refusing to replace existing {dst}") from None
             raise
         with self._names:
             self._files.discard(self.rel(src))
@@ -639,7 +639,7 @@ class RcloneTarget(Target):
         folders of their own while a push runs."""
         if not self.move_refuses and self._stat(dst) is not None:
             self._landed(dst)
-            raise TargetError(f"refusing to replace existing {dst}")
+            raise NameTaken(f"refusing to replace existing {dst}")
         with self._names:
             unmade = self.rel(src) in self._unmade
         if unmade:                                  # nothing was written into it
@@ -656,7 +656,7 @@ class RcloneTarget(Target):
                 raise err from None
             if not self._moved(src, dst):
                 self._landed(dst)
-                raise TargetError(f"refusing to replace existing {dst}") from None
+                raise NameTaken(f"refusing to replace existing {dst}") from None
             log.info("%s: %s moved into place, its answer lost (%s)", self.name, dst, e)
         with self._names:
             names = self._mine.pop(self.rel(src), None)

@@ -26,7 +26,7 @@ from steno_exportd.config import SmbRemote
 from steno_exportd.engine import targets
 from steno_exportd.engine.identity import host_folder
 from steno_exportd.engine.targets import MAX_ENTRIES, TEMP_PREFIX, EntryStat, check_rel
-from steno_exportd.errors import CancelledJob, InvalidArgument, TargetError, VerifyError
+from steno_exportd.errors import CancelledJob, InvalidArgument, NameTaken, TargetError, VerifyError
 from steno_exportd.smb import wire as smbwire
 from steno_exportd.smb.client import (SmbError, Throttle, explain, is_connection_error, is_negotiate_failure,
                                       is_silent, probe_smb1_only, read_password)
@@ -76,8 +76,7 @@ def _mapped(method: Callable) -> Callable:
     return wrapper
 
 
-class _Exists(TargetError):
-    """A rename found its destination taken (another writer was first)."""
+_Exists = NameTaken         # a rename found its destination taken (another writer was first)
 
 
 def _random_tag() -> str:
