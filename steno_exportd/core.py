@@ -188,12 +188,13 @@ class Core:
 
     async def recording(self, key: Any, uuid: str | None = None) -> tuple[SessionSummary, FileRef | None]:
         """The session a key names and its recording as ``session`` checks it, without loading its transcript
-        (a download's first byte does not wait for thousands of segments); None: no usable recording. ``uuid``:
-        only that meeting's (SessionReplaced otherwise), the recording read bound to it (Library.recording)."""
+        (a download's first byte does not wait for thousands of segments); None: no usable recording. The recording
+        is read bound to the summary's uuid (Library.recording): a restore of the recorder's database in between
+        is SessionReplaced, never another meeting's recording under this one's name. ``uuid``: only that meeting's."""
         summary = await self.summary(key)
         if uuid is not None and summary.uuid.strip().lower() != uuid.strip().lower():
             raise SessionReplaced(f"session {summary.id} is another meeting now (not uuid {uuid[:36]})")
-        return summary, await asyncio.to_thread(self.library.recording, summary.id, uuid)
+        return summary, await asyncio.to_thread(self.library.recording, summary.id, summary.uuid)
 
     async def refresh_library(self) -> ev.SessionsChanged:
         """Publish what changed in the recorder's database since the last call; keeps the listing current."""

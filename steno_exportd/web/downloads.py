@@ -114,7 +114,8 @@ async def send_audio(request: web.Request, ctx: WebContext, summary: Any, record
                      use: Use | None = None) -> web.StreamResponse:
     """The recording, opened as the library checked it (no symlink followed, same file) and sent from that."""
     if recording is None or recording.path is None:
-        s = await ctx.session(str(summary.id))         # only to say why (the whole session's problems)
+        # only to say why (the whole session's problems), of this meeting (a restore since: SessionReplaced)
+        s = await asyncio.to_thread(ctx.core.library.get_session, summary.id, summary.uuid)
         reasons = "; ".join(p.reason for p in s.problems if "audio" in p.field) or "no recording"
         raise NotFoundError(f"this session has no usable recording ({reasons})")
     path = recording.path
