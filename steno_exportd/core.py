@@ -22,7 +22,8 @@ from steno_exportd.engine.prehash import Prehasher
 from steno_exportd.engine.registry import local as local_targets
 from steno_exportd.engine.state import StateDB
 from steno_exportd.engine.targets import DirectoryTarget, Target
-from steno_exportd.errors import BusyError, InvalidArgument, NotFoundError, SourceLockedError, StenoError
+from steno_exportd.errors import (BusyError, InvalidArgument, NotFoundError, SessionReplaced, SourceLockedError,
+                                  StenoError)
 from steno_exportd.library import ChangeToken, Library, SessionListing
 from steno_exportd.model import FileRef, Session, SessionSummary
 from steno_exportd.outbox.content import Links
@@ -185,11 +186,15 @@ class Core:
         listing = await self.listing()
         return listing.by_id[listing.resolve(request.session_key(key))]
 
-    async def recording(self, key: Any) -> tuple[SessionSummary, FileRef | None]:
+    async def recording(self, key: Any, uuid: str | None = None) -> tuple[SessionSummary, FileRef | None]:
         """The session a key names and its recording as ``session`` checks it, without loading its transcript
-        (a download's first byte does not wait for thousands of segments); None: no usable recording."""
+        (a download's first byte does not wait for thousands of segments); None: no usable recording. The recording
+        is read bound to the summary's uuid (Library.recording): a restore of the recorder's database in between
+        is SessionReplaced, never another meeting's recording under this one's name. ``uuid``: only that meeting's."""
         summary = await self.summary(key)
-        return summary, await asyncio.to_thread(self.library.recording, summary.id)
+        if uuid is not None and summary.uuid.strip().lower() != uuid.strip().lower():
+            raise SessionReplaced(f"session {summary.id} is another meeting now (not uuid {uuid[:36]})")
+        return summary, await asyncio.to_thread(self.library.recording, summary.id, summary.uuid)
 
     async def refresh_library(self) -> ev.SessionsChanged:
         """Publish what changed in the recorder's database since the last call; keeps the listing current."""

@@ -28,6 +28,11 @@ class NotFoundError(StenoError):
     """An unknown session, job, device, format or template."""
 
 
+class SessionReplaced(NotFoundError):
+    """The session id a caller holds names another meeting now (another uuid: the recorder's database was restored
+    from a backup since it was looked up)."""
+
+
 class InvalidArgument(StenoError):
     """A caller passed something that makes no sense."""
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from steno_exportd import safeparse
-from steno_exportd.errors import NotFoundError, SourceError, SourceLockedError
+from steno_exportd.errors import NotFoundError, SessionReplaced, SourceError, SourceLockedError
 from steno_exportd.model import (
     ActionItem, FileRef, Participant, Problem, Segment, Session, SessionSummary,
 )
@@ -380,6 +380,7 @@ class Library:
         self.lock_timeout = float(lock_timeout)
         self._lock = threading.RLock()
         self._conn_: sqlite3.Connection | None = None
+        self._pinned: sqlite3.Connection | None = None
         self._ino: tuple | None = None
         self._immutable = False
         self._generation = 0
@@ -416,6 +417,8 @@ class Library:
     # -- connection ---------------------------------------------------------------------
 
     def _conn(self) -> sqlite3.Connection:
+        if self._pinned is not None:
+            return self._pinned         # in a read (_snapshot): the file it began on, even if replaced since
         try:
             st = os.stat(self.db_path)
         except FileNotFoundError:
@@ -510,16 +513,22 @@ class Library:
 
     @contextlib.contextmanager
     def _snapshot(self):
-        """One read transaction: every query inside sees the same committed state."""
+        """One read transaction: every query inside sees the same committed state, of the same file (the
+        connection is kept for it: a database replaced whole meanwhile, a restore, is opened only after it)."""
         with self._lock:
+            if self._pinned is not None:
+                yield                   # (within one already)
+                return
             conn = self._conn()
             try:
                 conn.execute("BEGIN")
             except sqlite3.Error as e:
                 raise self._error(e) from None
+            self._pinned = conn
             try:
                 yield
             finally:
+                self._pinned = None
                 try:
                     conn.execute("COMMIT")
                 except sqlite3.Error:
@@ -649,6 +658,17 @@ class Library:
 
     # -- one session -------------------------------------------------------------------------
 
+    def _one_summary(self, sid: int, uuid: str | None) -> SessionSummary:
+        """Session ``sid``'s summary, in the caller's read (_snapshot); when ``uuid`` is given, only if it is that
+        meeting's: a check on an earlier read (the cached listing) and then a read by id would serve another
+        meeting after a restore of the recorder's database in between (its ids count on from the backup's)."""
+        found = self._summaries_of([sid])
+        if not found:
+            raise NotFoundError(f"no session with id {sid}")
+        if uuid is not None and _uuid_key(found[0].uuid) != _uuid_key(uuid):
+            raise SessionReplaced(f"session {sid} is another meeting now (not uuid {uuid[:36]})")
+        return found[0]
+
     def resolve(self, key: int | str) -> int:
         """Session id for an id, a uuid or a short id (the one rule: SessionKeys); NotFoundError otherwise."""
         if isinstance(key, int) and not isinstance(key, bool):
@@ -657,14 +677,12 @@ class Library:
             raise NotFoundError(f"no session with id {key}")
         return SessionKeys(self._query("SELECT id, uuid FROM sessions")).resolve(key)
 
-    def get_session(self, key: int | str) -> Session:
-        """The whole session (transcript, people, analysis, files) for an id, uuid or short id."""
+    def get_session(self, key: int | str, uuid: str | None = None) -> Session:
+        """The whole session (transcript, people, analysis, files) for an id, uuid or short id; ``uuid``: only the
+        meeting with that uuid (checked in the same read: SessionReplaced when the id names another one now)."""
         sid = self.resolve(key)
         with self._lock, self._snapshot():
-            found = self._summaries_of([sid])
-            if not found:
-                raise NotFoundError(f"no session with id {sid}")
-            summary = found[0]
+            summary = self._one_summary(sid, uuid)
             extra = self._query(
                 f"SELECT {self._select('sessions', ('description', 'meeting_platform', 'audio_file_path', 'sample_rate', 'audio_quality', 'session_metadata', 'transcription_confidence'))}"
                 " FROM sessions WHERE id = ?", (sid,))[0]
@@ -682,18 +700,17 @@ class Library:
                 " FROM file_info WHERE session_id = ? ORDER BY id", (sid,))
         return build_session(summary, extra, tr, people, analysis, files, self.data_dir)
 
-    def recording(self, sid: int) -> FileRef | None:
-        """A session's recording as ``get_session`` resolves and checks it, without its transcript (None: none)."""
+    def recording(self, sid: int, uuid: str | None = None) -> FileRef | None:
+        """A session's recording as ``get_session`` resolves and checks it, without its transcript (None: none);
+        ``uuid``: as get_session's."""
         with self._lock, self._snapshot():
-            found = self._summaries_of([sid])
-            if not found:
-                raise NotFoundError(f"no session with id {sid}")
+            summary = self._one_summary(sid, uuid)
             audio_path = self._query(f"SELECT {self._select('sessions', ('audio_file_path',))} FROM sessions "
                                      "WHERE id = ?", (sid,))[0][0]
             files = self._query(
                 f"SELECT {self._select('file_info', ('id', 'filename', 'file_path', 'file_type', 'file_format', 'size_bytes', 'checksum', 'mime_type'))}"
                 " FROM file_info WHERE session_id = ? ORDER BY id", (sid,))
-        return _files(found[0], audio_path, files, self.data_dir, [])[0]
+        return _files(summary, audio_path, files, self.data_dir, [])[0]
 
 
 _OLDEST = dt.datetime.min.replace(tzinfo=UTC)

@@ -246,8 +246,8 @@ class FakeCore:
     async def summary(self, key: Any) -> Any:
         return await self._core.summary(key)
 
-    async def recording(self, key: Any) -> Any:
-        return await self._core.recording(key)
+    async def recording(self, key: Any, uuid: str | None = None) -> Any:
+        return await self._core.recording(key, uuid)
 
     def template_names(self) -> list[str]:
         return self._core.template_names()

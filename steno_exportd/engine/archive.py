@@ -451,13 +451,15 @@ class _Chunks:
 
 def build_plan(library: Any, session_ids: tuple, formats: tuple, template: str, include_audio: bool, cfg: Any,
                reg: Any = None, errors: dict | None = None, hashes: Any = None, keep_open: bool = False,
-               warnings: dict | None = None, cancelled: Callable[[], bool] | None = None) -> ZipPlan:
+               warnings: dict | None = None, cancelled: Callable[[], bool] | None = None,
+               uuids: tuple | None = None) -> ZipPlan:
     """Sessions x formats -> archive entries with the same layout as a folder export.
 
     Recordings are opened as the library checked them (no symlink followed, the same file) and pinned;
     keep_open holds them open until plan.close(), so the archive is read from exactly what was checked.
     ``errors``/``warnings``: session id -> what is not in the archive; a warning is the recorder's own lack (a
-    recording missing there), exported without it as a folder export does. ``cancelled`` stops a render."""
+    recording missing there), exported without it as a folder export does. ``cancelled`` stops a render.
+    ``uuids`` (one per session id): each read bound to that meeting (Library.get_session; SessionReplaced)."""
     from steno_exportd.engine.naming import folder_name, format_label, resolve_collision, root_folder, safe_name
     from steno_exportd.engine.plan import plan_session, render_file, render_options
 
@@ -471,7 +473,7 @@ def build_plan(library: Any, session_ids: tuple, formats: tuple, template: str, 
         for seq, sid in enumerate(session_ids, 1):
             if cancelled is not None and cancelled():
                 raise CancelledJob("cancelled")
-            s = library.get_session(sid)
+            s = library.get_session(sid) if uuids is None else library.get_session(sid, uuids[seq - 1])
             named = folder_name(s.summary, cfg.export.naming, cfg.export.folder_pattern, seq=seq,
                                 fmt=format_label(formats, include_audio))
             folder = resolve_collision(safe_name(named, f"Session {s.id}", limit=240), taken)

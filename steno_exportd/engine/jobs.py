@@ -44,7 +44,8 @@ class JobSpec:
     def to_json(self) -> dict:
         return dict(operation=self.operation, target=self.target if isinstance(self.target, str) else None,
                     target_name=self.target_name, session_ids=list(self.session_ids), formats=list(self.formats),
-                    options=dataclasses.asdict(self.options), device_id=self.device_id, trusted=self.trusted)
+                    options=dataclasses.asdict(self.options), device_id=self.device_id)
+        # (not ``trusted``: it is never taken back from the state database, see JobManager.resume)
 
 
 class Progress:
@@ -271,15 +272,16 @@ class JobManager:
         return snap
 
     async def resume(self, job_id: int) -> ev.JobSnapshot:
-        """Queue an interrupted job again (a new job with the same spec; done files are skipped)."""
+        """Queue an interrupted job again (a new job with the same spec; done files are skipped). Never trusted,
+        whatever its stored spec says (an older version stored the flag; anyone who can write the state database
+        could set it): a local target is held to export.allowed_dirs again when it runs (FolderKind.open)."""
         rows = [d for d in await asyncio.to_thread(self.state.jobs) if d["id"] == int(job_id)]
         if not rows or not rows[0]["spec"].get("target"):
             raise NotFoundError(f"no resumable job {job_id!r}")
         s = rows[0]["spec"]
         spec = JobSpec(operation=s["operation"], target=s["target"], target_name=s["target_name"],
                        session_ids=tuple(s["session_ids"]), formats=tuple(s["formats"]),
-                       options=ExportOptions(**s["options"]), device_id=s.get("device_id", ""),
-                       trusted=s.get("trusted", False) is True)
+                       options=ExportOptions(**s["options"]), device_id=s.get("device_id", ""))
         return await self.submit(spec)
 
     async def run_operation(self, operation: str, target: str, fn: Callable[[], Awaitable[Any]],

@@ -16,6 +16,7 @@ import os
 import secrets
 import stat as stat_mod
 import threading
+import time
 from pathlib import Path
 from typing import Callable, Container, Iterable, Iterator, Protocol, runtime_checkable
 
@@ -148,11 +149,12 @@ class Target(Protocol):
         return True
 
     @contextlib.contextmanager
-    def held(self, rel: str, wait: bool = True) -> Iterator[bool]:
+    def held(self, rel: str, wait: bool | float = True) -> Iterator[bool]:
         """Folder ``rel`` held for this run alone against other runs that hold it (an export, a verify recording
         what it found: each rewrites the folder's manifest whole, and one's save between the other's read and save
-        lost the other's sessions); ``wait``: until the other lets go, else yields False at once while it holds it.
-        Yields True when held (or when the target cannot hold one: then as before). Default: nothing held, True."""
+        lost the other's sessions); ``wait``: True until the other lets go, a number of seconds at most, else
+        (False) yields False at once while it holds it. Yields True when held (or when the target cannot hold one:
+        then as before). Default: nothing held, True."""
         yield True
 
     def used_space(self) -> int | None:
@@ -595,6 +597,21 @@ def _filesystem(root: Path, mount_point: bool) -> int | None:
     return UNMOUNTED if dev == parent else dev
 
 
+def _flock_within(fd: int, seconds: float) -> None:
+    """An exclusive flock(2) of ``fd`` taken within ``seconds``, else BlockingIOError."""
+    deadline, pause = time.monotonic() + seconds, 0.005
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, 0.1)
+
+
 class DirectoryTarget(Target):
     """A folder on a mounted filesystem (a USB stick, a local export folder). ``mount_point``: a device's folder,
     the root of the device's own filesystem (a stick's mount point): it is opened here, and refused as a pulled
@@ -697,14 +714,18 @@ class DirectoryTarget(Target):
             os.close(fd)
 
     @contextlib.contextmanager
-    def held(self, rel: str, wait: bool = True) -> Iterator[bool]:
+    def held(self, rel: str, wait: bool | float = True) -> Iterator[bool]:
         """Target.held(): an exclusive flock(2) of the folder (there already: the caller made it or read in it),
         which other processes' runs on the same folder take too (the daemon's export, `steno-exportd verify`). A
-        filesystem that refuses the lock holds nothing (True: as before)."""
+        filesystem that refuses the lock holds nothing (True: as before). A wait in seconds is tried again and again
+        (flock(2) itself waits for ever or not at all), 5 ms apart at first, then up to 100 ms."""
         fd = self._open_dir(check_rel(rel))
         try:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+                if wait is True or wait is False:
+                    fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+                else:
+                    _flock_within(fd, float(wait))
                 got = True
             except BlockingIOError:
                 got = False

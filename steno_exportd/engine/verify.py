@@ -53,6 +53,10 @@ VERIFYING = ("another verify of this folder is recording what it found in the ma
 BEING_WRITTEN = ("the folder is being written: {when}, and files that did not match its manifest ({what}) may be "
                  "ones it is writing; they are not judged: verify again once it has ended")
 _DISAGREE = ": SHA256SUMS and manifest disagree"       # (read a moment apart, an export's save between them)
+# how long a verify that records waits for another verify of the folder to let go of it: that one holds it for its
+# save (milliseconds; a stick's fsync, a second at worst) or for its look at who holds it (a moment). Given up at
+# once, two verifies at once made each other's saves fail: 19 of 20 pairs had one say it recorded nothing
+VERIFY_WAIT = 10.0
 
 
 def _holder(t: Target, root: str) -> str:
@@ -206,7 +210,8 @@ def _mark(t: Target, root: str, m: mf.Manifest, read: dict[str, tuple[int, str]]
     (else the next verifying export sent it again whole, as never checked). Saved as the engine saves it (mf.save:
     SHA256SUMS, then manifest.json, each written under a temp name and renamed), and only when something changed.
     The manifest is read again first, with the folder held (Target.held) against an export, which rewrites the
-    manifest whole too: an export running now is not waited for (said: nothing recorded), one that saved while
+    manifest whole too: an export running now is not waited for (said: nothing recorded), another verify recording
+    or looking is, up to VERIFY_WAIT (then said: nothing recorded), one that saved while
     the files were read back keeps what it recorded, and an entry it wrote anew meanwhile (any field changed, its
     time of writing at least) is left as it wrote it: a file written again without verify after its read-back
     was not read back."""
@@ -218,7 +223,8 @@ def _mark(t: Target, root: str, m: mf.Manifest, read: dict[str, tuple[int, str]]
     if not bad and not any(f.get("unverified") and good(rel, f) for rel, f in m.owned_paths().items()):
         return
     try:
-        with t.held("", wait=False) as free, t.held(root, wait=False) as alone:     # (as _holder)
+        # (as _holder: another verify's hold of the target folder waited for a while, an export's of the root never)
+        with t.held("", wait=VERIFY_WAIT) as free, t.held(root, wait=False) as alone:
             if not free:
                 raise TargetError(VERIFYING)
             if not alone:

@@ -289,9 +289,11 @@ def popen_dying_with_parent(argv: list[str], **kw: Any) -> subprocess.Popen:
 WORKING_DIR = "rclone"       # in the state folder: the push's copy of the admin's rclone config (working_config)
 _WORKING_LOCK = threading.Lock()
 # under _WORKING_LOCK, by state folder: rclone rcds started with the copy and not closed yet (a push running), and
-# the config of a forget_unused_copy() put off until the last of them closes
+# the state folders whose last start or reload left no push using the copy (forget_unused_copy): there, until a
+# reload pushes through rclone again, the last rclone running removes it when it closes, each time (a push whose
+# job was asked for before that reload, waiting for its turn to the same folder meanwhile, makes it again)
 _RUNNING: dict[str, int] = {}
-_FORGET_LATER: dict[str, Config] = {}
+_UNUSED: set[str] = set()
 
 
 _TOKEN = re.compile(rb"^[ \t]*token[ \t]*[=:]")
@@ -371,15 +373,16 @@ def forget_unused_copy(cfg: Config) -> None:
     itself once the admin's file is writable, when a push next runs; the copy of a file that is gone is kept, see
     there). Cheap when there is none (one look at the folder). Put off while a push runs rclone (a reload during a
     push: rclone saved a renewed login into the copy again after it was emptied, and that push's rclone lost its
-    config file): done when the last of them closes, for the config of the last reload then."""
+    config file): done when the last of them closes, and again whenever the last one closes until a reload pushes
+    through rclone again (a push asked for before this reload made the copy again after the sweep: it stayed until
+    the next reload or start)."""
     with _WORKING_LOCK:
         if cfg.rclone.remotes and cfg.rclone.config_file:
-            _FORGET_LATER.pop(cfg.state.dir, None)
+            _UNUSED.discard(cfg.state.dir)
             return
-        if _RUNNING.get(cfg.state.dir):
-            _FORGET_LATER[cfg.state.dir] = cfg
-            return
-        _forget_copy(cfg.state.dir)
+        _UNUSED.add(cfg.state.dir)
+        if not _RUNNING.get(cfg.state.dir):
+            _forget_copy(cfg.state.dir)
 
 
 def _rclone_started(state_dir: str) -> None:
@@ -388,15 +391,15 @@ def _rclone_started(state_dir: str) -> None:
 
 
 def _rclone_ended(state_dir: str) -> None:
-    """One rclone of ``state_dir`` closed: the copy forgotten now when a reload meanwhile said so (and the last one
-    ran)."""
+    """One rclone of ``state_dir`` closed: the copy forgotten now when the last reload said no push uses it (and the
+    last one ran)."""
     with _WORKING_LOCK:
         left = _RUNNING.get(state_dir, 1) - 1
         if left > 0:
             _RUNNING[state_dir] = left
             return
         _RUNNING.pop(state_dir, None)
-        if _FORGET_LATER.pop(state_dir, None) is not None:
+        if state_dir in _UNUSED:
             _forget_copy(state_dir)
 
 

@@ -114,7 +114,8 @@ async def send_audio(request: web.Request, ctx: WebContext, summary: Any, record
                      use: Use | None = None) -> web.StreamResponse:
     """The recording, opened as the library checked it (no symlink followed, same file) and sent from that."""
     if recording is None or recording.path is None:
-        s = await ctx.session(str(summary.id))         # only to say why (the whole session's problems)
+        # only to say why (the whole session's problems), of this meeting (a restore since: SessionReplaced)
+        s = await asyncio.to_thread(ctx.core.library.get_session, summary.id, summary.uuid)
         reasons = "; ".join(p.reason for p in s.problems if "audio" in p.field) or "no recording"
         raise NotFoundError(f"this session has no usable recording ({reasons})")
     path = recording.path
@@ -477,18 +478,18 @@ def _formats(q: Any, ctx: WebContext) -> tuple[str, ...]:
 
 
 async def stream_zip(request: web.Request, ctx: WebContext, ids: list[int], fmts: tuple[str, ...],
-                     name: str, via: str, use: Use | None = None) -> web.StreamResponse:
+                     name: str, via: str, use: Use | None = None, uuids: tuple | None = None) -> web.StreamResponse:
     """One ZIP streamed on the fly (ZIP64, audio stored, SHA256SUMS and manifest), with Content-Length.
 
     Its recordings are opened as they were checked when it is planned and held open until they are sent; one
     that shrinks meanwhile cuts the ZIP off (connection closed, one WARNING naming the session): a ZIP never
-    silently misses or truncates one."""
+    silently misses or truncates one. ``uuids`` (one per id): only those meetings (archive.build_plan)."""
     with ctx.core.prehasher.pause():          # the background hasher waits while a ZIP is made
-        return await _zip(request, ctx, ids, fmts, name, via, use)
+        return await _zip(request, ctx, ids, fmts, name, via, use, uuids)
 
 
 async def _zip(request: web.Request, ctx: WebContext, ids: list[int], fmts: tuple[str, ...],
-               name: str, via: str, use: Use | None) -> web.StreamResponse:
+               name: str, via: str, use: Use | None, uuids: tuple | None = None) -> web.StreamResponse:
     from steno_exportd import render
     from steno_exportd.engine import archive
 
@@ -519,7 +520,8 @@ async def _zip(request: web.Request, ctx: WebContext, ids: list[int], fmts: tupl
             # (in a thread of the callers waiting for the render worker: never the page's)
             plan = await render.waiting_for_worker(archive.build_plan, ctx.core.library, tuple(ids), fmts,
                                                    template, "audio" in fmts, ctx.cfg, None, errors, ctx.hashes,
-                                                   True, cancelled=lambda: ended.is_set() or gone(request))
+                                                   True, cancelled=lambda: ended.is_set() or gone(request),
+                                                   uuids=uuids)
         except CancelledJob:
             client_left(name, 0, None)
             return web.Response(status=499)     # nobody reads it: the connection is gone

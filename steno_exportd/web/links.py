@@ -9,13 +9,14 @@ import html
 import logging
 import re
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 from aiohttp import web
 
 from steno_exportd.access import fingerprint, share_url
 from steno_exportd.access.store import BY_PAGE, SHARE
-from steno_exportd.errors import InvalidArgument, NotAllowedError, NotFoundError, StenoError, Throttled
+from steno_exportd.errors import (InvalidArgument, NotAllowedError, NotFoundError, SessionReplaced, StenoError,
+                                  Throttled)
 from steno_exportd.web import auth
 from steno_exportd.web.context import CTX, LOGIN, REFUSALS, SID, WebContext, bounded, client_addr, read_form
 from steno_exportd.web.downloads import download_name, one_of, send_audio, stream_zip
@@ -99,7 +100,11 @@ def _same_meeting(link: Any, s: Any) -> None:
     now), or the link is over (410): after the recorder's database was restored from a backup, the next meeting
     recorded takes the id of one made after the backup."""
     if not link.for_meeting(s.uuid, began(s)):
-        raise web.HTTPGone(text="The meeting of this share link is no longer on this recorder. Ask for a new one.")
+        _replaced()
+
+
+def _replaced() -> NoReturn:
+    raise web.HTTPGone(text="The meeting of this share link is no longer on this recorder. Ask for a new one.")
 
 
 def _share_cookie(token: str) -> str:
@@ -210,8 +215,16 @@ async def share_download(request: web.Request) -> web.StreamResponse:
         raise web.HTTPForbidden(text="Enter the PIN first.")
     request[GRANT] = link_grant(ctx.access, link, generation)     # the link, not a login: cut when it ends
     what = one_of(request.match_info["what"], ("zip", "audio"), "download")
-    summary, recording = await ctx.recording(str(link.session_id))     # no transcript loaded
+    summary = await ctx.summary(str(link.session_id))
     _same_meeting(link, summary)
+    # what is sent is read bound to the meeting's uuid (the link's, or for a link from before uuids the one just
+    # checked), never by its id alone: a restore of the recorder's database after that check gave the id to another
+    # meeting, whose recording and transcript went out under the link (47 of 160 downloads in a swap loop)
+    uuid = link.session_uuid or summary.uuid
+    try:
+        recording = (await ctx.core.recording(summary.id, uuid))[1] if what == "audio" else None
+    except SessionReplaced:
+        _replaced()
     use = None
     if request.method != "HEAD":
         if not await asyncio.to_thread(ctx.store.reserve_use, link.token):
@@ -222,10 +235,12 @@ async def share_download(request: web.Request) -> web.StreamResponse:
         if what == "audio":
             return await send_audio(request, ctx, summary, recording, via=via, use=use)
         return await stream_zip(request, ctx, [summary.id], tuple(ctx.cfg.export.formats),
-                                download_name(summary, "SilentSteno.zip"), via, use=use)
-    except BaseException:
+                                download_name(summary, "SilentSteno.zip"), via, use=use, uuids=(uuid,))
+    except BaseException as e:
         if use is not None and what == "audio":      # nothing was sent: the use goes back (the ZIP does it itself)
             await use.release()
+        if isinstance(e, SessionReplaced):
+            _replaced()
         raise
 
 

@@ -94,6 +94,34 @@ async def test_interrupted_jobs_marked_on_restart(core_env):
         await core2.stop()
 
 
+async def test_a_resumed_job_is_held_to_allowed_dirs_whatever_its_stored_spec_says(core_env, tmp_path):
+    """A job's ``trusted`` (the daemon's own or the CLI's: not held to export.allowed_dirs) never comes back from the
+    state database: a row saying trusted (written by an older version, or by anyone who can write that file) resumes
+    as a caller's job, checked again when it runs: it fails, and nothing is written outside the allowed folders."""
+    cfg, lib, out = core_env
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    core = Core(cfg, library=lib)
+    await core.start()
+    await core.stop()
+    db = sqlite3.connect(core.state.path)
+    db.execute("INSERT INTO jobs(id, operation, target, state, spec, created) VALUES (78, 'export', ?, 'running', ?, 1)",
+               (str(elsewhere), '{"operation": "export", "target": "%s", "target_name": "x", "session_ids": [1], '
+                                '"formats": ["txt"], "options": {}, "device_id": "", "trusted": true}' % elsewhere))
+    db.commit()
+    db.close()
+    core2 = Core(cfg, library=lib)
+    await core2.start()
+    try:
+        assert core2.jobs.get(78).state == ev.JobState.INTERRUPTED
+        snap = await core2.jobs.resume(78)
+        done = await core2.jobs.wait(snap.id, 30)
+        assert done.state == ev.JobState.FAILED and "allowed" in done.error, done
+        assert list(elsewhere.iterdir()) == []
+    finally:
+        await core2.stop()
+
+
 async def test_switches_publish_status(core_env):
     cfg, lib, out = core_env
     core = Core(cfg, library=lib)

@@ -214,7 +214,7 @@ def test_verify_checks_the_root_folder_the_daemons_config_names(tmp_path, demo_l
 def test_a_verify_while_another_verify_records_says_so(tmp_path, demo_library):
     """Two verifies of one folder: while one records what it found in the manifest (it holds the folder, as every
     verify that records does), the other's NOTE said 'an export is writing to this folder now', which no export
-    was. It says another verify is recording."""
+    was. It says another verify is recording (once it has waited VERIFY_WAIT for it: this one never lets go)."""
     out = tmp_path / "stick"
     out.mkdir()
     unverified_export(demo_library, tmp_path, out, "1,2")
@@ -227,6 +227,39 @@ def test_a_verify_while_another_verify_records_says_so(tmp_path, demo_library):
            "ended")
     assert (rc, said, err) == (0, f"{NOT_RECORDED.format(why=why)}\n{files} files verified, 0 changed, 0 missing, "
                                   f"0 extra{END}", ""), (rc, said, err)
+
+
+def test_two_verifies_of_one_folder_at_once_both_record_what_they_found(tmp_path, demo_library):
+    """Two verifies of one folder at once, each recording what it found: one's look at who holds the folder (a
+    moment) or its save (milliseconds) made the other's save give up at once, each saying 'another verify is
+    recording', and often neither recorded. A verify waits for another's save a bounded while (VERIFY_WAIT): every
+    file is recorded verified, and neither says it could not record."""
+    from steno_exportd.engine.verify import verify_target
+
+    out = tmp_path / "stick"
+    out.mkdir()
+    unverified_export(demo_library, tmp_path, out, "1,2")
+    root = out / "SilentSteno"
+    saved = {n: (root / n).read_bytes() for n in ("manifest.json", "SHA256SUMS")}
+    rounds, lost, unrecorded = 20, 0, 0
+    for _ in range(rounds):
+        for n, data in saved.items():           # unverified again: each round both have something to record
+            (root / n).write_bytes(data)
+        start = threading.Barrier(2)
+        reps: list = []
+
+        def one() -> None:
+            start.wait(30)
+            reps.append(verify_target(str(out), "SilentSteno", mark=True))
+        both = [threading.Thread(target=one) for _ in range(2)]
+        for th in both:
+            th.start()
+        for th in both:
+            th.join(120)
+        assert len(reps) == 2 and all(r.ok and r.ok_count == len(marks(out)) for r in reps), [r.to_json() for r in reps]
+        lost += sum(1 for r in reps for n in r.notes if "could not record" in n)
+        unrecorded += any(f.get("unverified") for f in marks(out).values())
+    assert (lost, unrecorded) == (0, 0), (lost, unrecorded, rounds)
 
 
 class _Saving(DirectoryTarget):

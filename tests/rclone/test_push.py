@@ -2655,6 +2655,63 @@ def test_a_reload_that_stops_pushing_through_rclone_keeps_the_copy_until_the_run
         assert (copies / "rclone.conf").is_file() == (later is cfg), sorted(p.name for p in copies.iterdir())
 
 
+def test_a_push_that_waited_for_its_turn_across_a_reload_leaves_no_copy_of_the_rclone_config(rclone_tmp):
+    """A reload removing the last rclone remote while one push runs rclone and another waits for its turn to the same
+    folder: the sweep was put off to the end of the running one, then the waiting one (its job asked for before the
+    reload) made the copy again for its own rclone, and it stayed, with its credentials, until the next reload or
+    start. Now each rclone that closes after such a reload removes it (once it was the last one running)."""
+    from steno_exportd.rclone.process import Rcd, forget_unused_copy
+    etc = rclone_tmp / "etc"
+    etc.mkdir()
+    conf = etc / "rclone.conf"
+    conf.write_text(drive_conf(9))
+    db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
+    db.close()
+    cfg = make_cfg(rclone_tmp, db, conf, "gd:office")
+    copies = pathlib.Path(cfg.state.dir) / "rclone"
+    stopped = cfg_for(rclone_tmp, db, conf, [])                     # the reload's: no rclone remote
+    kind = RcloneKind()
+    running, waiting, go = threading.Event(), threading.Event(), threading.Event()
+    started, failed = [], []
+
+    class Progress:
+        cancelled = False
+
+        def update(self, **fields) -> None:
+            waiting.set()               # ("waiting for another push to ...": the second one's turn)
+
+    def one_push(first: bool) -> None:
+        try:
+            with kind.one_at_a_time(("gd", "office"), "rclone:cloud", Progress()):
+                rcd = Rcd(cfg, cfg.rclone.remotes[0])
+                try:
+                    rcd.start()
+                    started.append((copies / "rclone.conf").is_file())
+                    if first:
+                        running.set()
+                        go.wait(60)
+                finally:
+                    rcd.close()
+        except BaseException as e:      # noqa: BLE001 - said by the test
+            failed.append(e)
+
+    pushes = [threading.Thread(target=one_push, args=(first,)) for first in (True, False)]
+    with read_only(etc):
+        try:
+            pushes[0].start()
+            assert running.wait(60)
+            pushes[1].start()
+            assert waiting.wait(60)                                 # the second waits for its turn
+            forget_unused_copy(stopped)                             # the reload
+            assert (copies / "rclone.conf").is_file()               # kept: the first runs rclone with it
+        finally:
+            go.set()
+            for p in pushes:
+                p.join(120)
+    assert not failed and started == [True, True], (failed, started)      # each ran rclone with the copy
+    assert sorted(p.name for p in copies.iterdir()) == []
+
+
 def test_a_remote_the_admin_renames_begins_from_the_admins_token_not_the_renewed_one(rclone_tmp):
     """Pinned: a renewed login is carried into the copy by its remote's name alone. The admin renames [gd] to [drive]
     in his read-only file: the copy's [drive] holds the admin's token (a login server that takes a refresh token once

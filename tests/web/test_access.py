@@ -5,6 +5,7 @@ import asyncio
 import contextlib
 import json
 import re
+import uuid as uuidlib
 
 import pytest
 
@@ -306,3 +307,94 @@ async def test_a_share_link_never_serves_another_meeting_that_took_its_session_i
 async def uses_of(client, sid: int, token: str) -> int:
     links = await (await client.get(f"/api/v1/sessions/{sid}/share-links")).json()
     return next((x["downloads"] for x in links if x["token"] == token), 0)
+
+
+def _restored_pair(root):
+    """Two recorder databases in library ``root`` (its live one a copy of the first): a meeting shared from
+    ``a.db`` and, in ``b.db`` (another recorder's backup restored), another meeting under the same session id with
+    another uuid, title and recording. -> (session id, uuid in a, a's recording bytes, b's recording bytes)."""
+    import shutil
+
+    from tests.recorder_db import RecorderDB, meeting
+
+    fine, secret = b"RIFF....WAVEfmt all-hands audio" * 64, b"RIFF....WAVEfmt board layoffs!!" * 64
+    made = {}
+    for name, title, audio, text in (("a", "All-hands, fine to share", fine, "Lunch is on Friday."),
+                                     ("b", "Board meeting: layoffs", secret, "The layoffs start in May.")):
+        rec = RecorderDB(root / f"build-{name}", wal=False)
+        meeting(rec, "Weekly sync", [(5.0, "Dana", "Short meeting today.")])
+        sid = meeting(rec, title, [(0.0, "Alice", text)], uuid=str(uuidlib.uuid4()),
+                      audio_file_path=rec.audio(f"{name}.wav", audio), audio_size_bytes=len(audio))
+        uuid = rec.conn.execute("SELECT uuid FROM sessions WHERE id = ?", (sid,)).fetchone()[0]
+        rec.close()
+        (root / "audio").mkdir(parents=True, exist_ok=True)
+        shutil.copy(rec.root / "audio" / f"{name}.wav", root / "audio" / f"{name}.wav")
+        shutil.copy(rec.path, root / f"{name}.db")
+        shutil.rmtree(rec.root)
+        made[name] = (sid, uuid)
+    assert made["a"][0] == made["b"][0] and made["a"][1] != made["b"][1]
+    shutil.copy(root / "a.db", root / "silent_steno.db")
+    return made["a"][0], made["a"][1], fine, secret
+
+
+async def test_a_share_link_serves_its_own_meeting_while_the_database_is_restored_under_it(web_client, tmp_path):
+    """The recorder's database restored again and again (a backup of another recorder with another meeting under
+    the shared session id) while guests download through the link: every answer is the meeting the link was made
+    for, or 410; never the other meeting's ZIP or recording (the meeting is read bound to the link's uuid, not
+    checked on the listing and then read by its id)."""
+    import io
+    import os
+    import threading
+    import zipfile
+
+    lib = tmp_path / "swapped"
+    sid, uuid, fine, secret = _restored_pair(lib)
+    client, core = await web_client(lib, **{"export.formats": ["txt", "json"]})
+    token = await csrf(client)
+    r = await client.post(f"/api/v1/sessions/{sid}/share-links", json={"max_downloads": 1000},
+                          headers={"X-CSRF-Token": token})
+    link = await r.json()
+    stop, swaps = threading.Event(), [0]
+
+    def restores() -> None:
+        db = lib / "silent_steno.db"
+        while not stop.is_set():
+            for name in ("b", "a"):
+                os.link(lib / f"{name}.db", lib / "restoring.db")
+                os.replace(lib / "restoring.db", db)        # (a restore: the file replaced whole)
+                swaps[0] += 1
+                stop.wait(0.002)
+
+    guests = [await anonymous(client) for _ in range(4)]
+    counts = {"right": 0, "wrong": 0, "gone": 0, "other": 0}
+
+    def judge(what: str, status: int, body: bytes) -> str:
+        if status == 410:
+            return "gone"
+        if status != 200:
+            return "other"
+        if what == "audio":
+            return "right" if body == fine else "wrong" if body == secret else "other"
+        with zipfile.ZipFile(io.BytesIO(body)) as z:
+            text = b"".join(z.read(n) for n in z.namelist())
+        if b"layoffs" in text or b"Board meeting" in text:
+            return "wrong"
+        return "right" if b"Lunch is on Friday" in text else "other"
+
+    async def guest(anon, n: int) -> None:
+        for i in range(n):
+            what = ("zip", "audio")[i % 2]
+            r = await anon.get(f"{link['url']}/{what}")
+            counts[judge(what, r.status, await r.read())] += 1
+
+    swapper = threading.Thread(target=restores)
+    swapper.start()
+    try:
+        await asyncio.gather(*(guest(g, 40) for g in guests))
+    finally:
+        stop.set()
+        swapper.join()
+        for g in guests:
+            await g.session.close()
+    assert swaps[0] > 100 and counts["right"] > 0, (swaps, counts)
+    assert counts["wrong"] == 0, counts

@@ -179,7 +179,7 @@ async def test_a_recording_starts_without_loading_its_transcript(web_client, ses
     from steno_exportd.library import Library
     loads: list[int] = []
     get_session = Library.get_session
-    monkeypatch.setattr(Library, "get_session", lambda self, key: loads.append(key) or get_session(self, key))
+    monkeypatch.setattr(Library, "get_session", lambda self, key, *a: loads.append(key) or get_session(self, key, *a))
     client, core = await web_client()
     big, small = big_and_small(sessions)
     r = await client.post(f"/api/v1/sessions/{small.id}/share-links", json={},
