@@ -73,19 +73,26 @@ async def test_validation_errors(core_env, tmp_path):
         await core.stop()
 
 
-async def test_interrupted_jobs_marked_on_restart(core_env):
-    cfg, lib, out = core_env
+async def _restarted_with_running_job(cfg, lib, job_id: int, target, extra: str = "") -> Core:
+    """A core started after one that stopped with export job ``job_id`` to ``target`` still 'running' in its state
+    database (a power cut); ``extra``: more of the stored spec's JSON."""
     core = Core(cfg, library=lib)
     await core.start()
     await core.stop()
     db = sqlite3.connect(core.state.path)
-    db.execute("INSERT INTO jobs(id, operation, target, state, spec, created) VALUES (77, 'export', ?, 'running', ?, 1)",
-               (str(out), '{"operation": "export", "target": "%s", "target_name": "x", "session_ids": [1], '
-                           '"formats": ["txt"], "options": {}, "device_id": ""}' % out))
+    db.execute("INSERT INTO jobs(id, operation, target, state, spec, created) VALUES (?, 'export', ?, 'running', ?, 1)",
+               (job_id, str(target), '{"operation": "export", "target": "%s", "target_name": "x", "session_ids": [1], '
+                                     '"formats": ["txt"], "options": {}, "device_id": ""%s}' % (target, extra)))
     db.commit()
     db.close()
     core2 = Core(cfg, library=lib)
     await core2.start()
+    return core2
+
+
+async def test_interrupted_jobs_marked_on_restart(core_env):
+    cfg, lib, out = core_env
+    core2 = await _restarted_with_running_job(cfg, lib, 77, out)
     try:
         assert core2.jobs.get(77).state == ev.JobState.INTERRUPTED
         snap = await core2.jobs.resume(77)
@@ -101,17 +108,7 @@ async def test_a_resumed_job_is_held_to_allowed_dirs_whatever_its_stored_spec_sa
     cfg, lib, out = core_env
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    core = Core(cfg, library=lib)
-    await core.start()
-    await core.stop()
-    db = sqlite3.connect(core.state.path)
-    db.execute("INSERT INTO jobs(id, operation, target, state, spec, created) VALUES (78, 'export', ?, 'running', ?, 1)",
-               (str(elsewhere), '{"operation": "export", "target": "%s", "target_name": "x", "session_ids": [1], '
-                                '"formats": ["txt"], "options": {}, "device_id": "", "trusted": true}' % elsewhere))
-    db.commit()
-    db.close()
-    core2 = Core(cfg, library=lib)
-    await core2.start()
+    core2 = await _restarted_with_running_job(cfg, lib, 78, elsewhere, ', "trusted": true')
     try:
         assert core2.jobs.get(78).state == ev.JobState.INTERRUPTED
         snap = await core2.jobs.resume(78)

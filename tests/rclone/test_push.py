@@ -2627,11 +2627,9 @@ def test_a_copy_that_cannot_be_removed_is_one_warning_not_a_failed_start(rclone_
     assert sorted(p.name for p in copies.iterdir()) == []
 
 
-def test_a_reload_that_stops_pushing_through_rclone_keeps_the_copy_until_the_running_push_ends(rclone_tmp):
-    """A reload removing the last rclone remote emptied the copy's folder while a push still ran rclone with the copy
-    (its config file gone under it; rclone then saved a renewed login into it again, kept for good). Now the copy
-    stays while that rclone runs, and goes when it closes; a later reload pushing through rclone again keeps it."""
-    from steno_exportd.rclone.process import Rcd, forget_unused_copy
+def _reload_setup(rclone_tmp):
+    """The admin's rclone config in its own folder (``etc``), a config pushing through it (``cfg``), the folder of the
+    daemon's copy of it, and the config a reload removing the last rclone remote brings (``stopped``)."""
     etc = rclone_tmp / "etc"
     etc.mkdir()
     conf = etc / "rclone.conf"
@@ -2639,8 +2637,15 @@ def test_a_reload_that_stops_pushing_through_rclone_keeps_the_copy_until_the_run
     db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
     db.close()
     cfg = make_cfg(rclone_tmp, db, conf, "gd:office")
-    copies = pathlib.Path(cfg.state.dir) / "rclone"
-    stopped = cfg_for(rclone_tmp, db, conf, [])                     # the reload's: no rclone remote
+    return etc, cfg, pathlib.Path(cfg.state.dir) / "rclone", cfg_for(rclone_tmp, db, conf, [])
+
+
+def test_a_reload_that_stops_pushing_through_rclone_keeps_the_copy_until_the_running_push_ends(rclone_tmp):
+    """A reload removing the last rclone remote emptied the copy's folder while a push still ran rclone with the copy
+    (its config file gone under it; rclone then saved a renewed login into it again, kept for good). Now the copy
+    stays while that rclone runs, and goes when it closes; a later reload pushing through rclone again keeps it."""
+    from steno_exportd.rclone.process import Rcd, forget_unused_copy
+    etc, cfg, copies, stopped = _reload_setup(rclone_tmp)
     for later in (stopped, cfg):
         rcd = Rcd(cfg, cfg.rclone.remotes[0])
         try:
@@ -2661,15 +2666,7 @@ def test_a_push_that_waited_for_its_turn_across_a_reload_leaves_no_copy_of_the_r
     reload) made the copy again for its own rclone, and it stayed, with its credentials, until the next reload or
     start. Now each rclone that closes after such a reload removes it (once it was the last one running)."""
     from steno_exportd.rclone.process import Rcd, forget_unused_copy
-    etc = rclone_tmp / "etc"
-    etc.mkdir()
-    conf = etc / "rclone.conf"
-    conf.write_text(drive_conf(9))
-    db = make_recorder(rclone_tmp / "rec", sizes=(100_000,))
-    db.close()
-    cfg = make_cfg(rclone_tmp, db, conf, "gd:office")
-    copies = pathlib.Path(cfg.state.dir) / "rclone"
-    stopped = cfg_for(rclone_tmp, db, conf, [])                     # the reload's: no rclone remote
+    etc, cfg, copies, stopped = _reload_setup(rclone_tmp)
     kind = RcloneKind()
     running, waiting, go = threading.Event(), threading.Event(), threading.Event()
     started, failed = [], []
