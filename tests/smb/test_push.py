@@ -1385,3 +1385,26 @@ def test_a_nas_granting_few_credits_takes_a_push_whose_writes_and_finishing_requ
         assert_landed(push_dir / "rec-few", db)
     finally:
         db.close()
+
+
+@pytest.mark.parametrize("version", ["1e999", "-1e999"])
+def test_a_manifest_on_the_nas_whose_version_is_no_integer_is_rebuilt_not_every_push_failed(rec, caplog, version):
+    """Someone with write access to the share (another recorder's bug, a person's edit) leaves the recorder's
+    manifest.json with '"version": 1e999'. JSON's reader makes that infinity, and the version check's int() raised
+    OverflowError, which no handler of an unusable manifest caught: every push failed as a whole, for ever, saying
+    only 'cannot convert float infinity to integer'. It is an unusable manifest like any other: rebuilt from
+    SHA256SUMS, and the push lands (each session once)."""
+    smbd, remote, root, db = rec
+    cfg = cfg_for(root, db, remote, "rec-version")
+    folder = root / "nas" / "rec-version"
+    assert all(r.ok for r in push(cfg))
+    raw = (folder / "manifest.json").read_text()
+    edited, n = re.subn(r'"version": ?1\b', f'"version": {version}', raw, count=1)
+    assert n == 1
+    (folder / "manifest.json").write_text(edited)
+    with caplog.at_level(logging.WARNING, logger="steno_exportd"):
+        res = push(cfg)
+    assert [(r.ok, r.error) for r in res] == [(True, "")] * 3, res
+    assert json.loads((folder / "manifest.json").read_text())["version"] == 1
+    assert not [r for r in caplog.records if r.exc_info]
+    assert_landed(folder, db)
