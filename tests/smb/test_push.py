@@ -1408,3 +1408,31 @@ def test_a_manifest_on_the_nas_whose_version_is_no_integer_is_rebuilt_not_every_
     assert json.loads((folder / "manifest.json").read_text())["version"] == 1
     assert not [r for r in caplog.records if r.exc_info]
     assert_landed(folder, db)
+
+
+def test_a_folder_named_with_terminal_escapes_in_the_recorder_folder_is_said_in_one_printable_line(
+        smb_tmp, smbd_factory, caplog):
+    """Someone on the NAS leaves in the recorder's folder a '<name>.partial' folder whose name holds terminal escapes
+    and a line break. A NAS that does not mangle names Windows cannot hold (Samba's 'mangled names = no', a NAS of
+    another make, or a hostile server) lists it as it is, and the push's clean-up said it left it alone with the
+    name raw, twice (its own words and the server's error quoting the path): an escape that retitles and clears the
+    terminal of an admin reading the journal, and a forged 'ERROR' line after the break. The name is said with its
+    control characters escaped, in one line; the folder is left alone and the session lands."""
+    smbd, remote = start_office_nas(smb_tmp, smbd_factory, extra_global="mangled names = no")
+    db = make_recorder(smb_tmp / "rec", sizes=(100_000,))
+    folder = smb_tmp / "nas" / "rec-esc"
+    theirs = folder / "Notes\x1b]0;owned\x07\x1b[2J\nERROR steno_exportd.engine: forged.partial"
+    (theirs / "a").mkdir(parents=True)
+    (theirs / "a" / "todo.txt").write_text("call the caterer\n")
+    try:
+        with caplog.at_level(logging.INFO, logger="steno_exportd"):
+            res = push(recorder_config(db.path, smb_tmp / "state", remote, "rec-esc"))
+        assert [(r.ok, r.error) for r in res] == [(True, "")], res
+        said = [r.getMessage() for r in caplog.records if "forged" in r.getMessage()]
+        assert len(said) == 1 and "left alone" in said[0], said
+        assert said[0].isprintable() and "Notes\\x1b]0;owned\\x07\\x1b[2J\\nERROR" in said[0], said
+        assert (theirs / "a" / "todo.txt").read_text() == "call the caterer\n"
+    finally:
+        shutil.rmtree(theirs)
+        db.close()
+    assert_landed(folder, db, sessions=1)
