@@ -166,13 +166,22 @@ def write_response(raw, request) -> int:
 _WRITTEN_FOR = "1.17."                  # the smbprotocol versions whose Tcp _recv replaces (packaging/requirements.lock)
 _ATTRS = ("_sock", "_sock_lock", "_close_lock", "connected")     # what _recv and _sendmsg use of a Tcp
 _METHODS = ("recv", "_recv", "close")
+MAX_MESSAGE = 0x00FFFFFF               # SMB2 over TCP: a 24-bit length, its first byte zero (MS-SMB2 2.1)
 _installed: dict[type, bool] = {}      # install()'s decision for each class (one warning, not one per push)
 _decided = threading.Lock()
 
 
 def _recv(self, length, timeout):
     """smbprotocol's Tcp._recv without its per-chunk logging and copies, waiting with poll() (sockwait), not
-    select(), which refuses a socket numbered past 1024."""
+    select(), which refuses a socket numbered past 1024. A message longer than SMB's MAX_MESSAGE closes the
+    connection (one line says so) before a byte of it is kept: its buffer was made, zeroed, at the length the
+    server said, and a server saying 2 GiB had the daemon's 256 MiB (its unit's MemoryMax) killed at every push."""
+    if length > MAX_MESSAGE:
+        log.warning("%s:%s sent an SMB message of %s bytes, more than SMB allows (%s): connection closed",
+                    getattr(self, "server", "the server"), getattr(self, "port", "?"), f"{length:,}",
+                    f"{MAX_MESSAGE:,}")
+        self.close()
+        return None, timeout
     buffer = bytearray(length)
     view = memoryview(buffer)
     offset = 0

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Callable
 
 import pytest
 
@@ -1436,3 +1437,54 @@ def test_a_folder_named_with_terminal_escapes_in_the_recorder_folder_is_said_in_
         shutil.rmtree(theirs)
         db.close()
     assert_landed(folder, db, sessions=1)
+
+
+def _peak_rss_growth(run: Callable[[], None]) -> int:
+    """How far (bytes) this process's resident memory rose above where it was, sampled while ``run()`` ran."""
+    def rss() -> int:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+    base, peak, done = rss(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.01):
+            peak[0] = max(peak[0], rss() - base)
+    th = threading.Thread(target=sample)
+    th.start()
+    try:
+        run()
+    finally:
+        done.set()
+        th.join()
+    return max(peak[0], rss() - base)
+
+
+@pytest.mark.parametrize("after", [0, 6], ids=["its first answer", "an answer mid-push"])
+def test_a_nas_that_says_its_answer_is_2_gib_long_fails_the_push_without_the_memory(rec, caplog, after):
+    """A broken or hostile NAS (or whatever answers at its address) sends an answer whose 4-byte length says 2 GiB.
+    SMB over TCP allows 16 MiB (a 24-bit length), but the receive loop made a zeroed buffer of whatever length came
+    before reading a byte of it: 2 GiB resident at once (4 GiB with the length's top bit), where the daemon's unit
+    allows 256 MiB (MemoryMax), so the kernel killed the daemon and every job with it, at every push. Now a length
+    over SMB's closes the connection: the push fails with the connection lost, one line saying why, and the memory
+    stays where it was."""
+    from tests.parts.smbrelay import HostileSmbRelay
+    smbd, remote, root, db = rec
+    relay = HostileSmbRelay(remote.port, "huge", after=after)
+    out: list = []
+
+    def run() -> None:
+        try:
+            out.append(push(cfg_for(root, db, remote, "rec-huge", port=relay.port, timeout=2), sleep=lambda s: None))
+        except Exception as e:  # noqa: BLE001 - the outcome is the test's subject
+            out.append(e)
+    try:
+        with caplog.at_level(logging.INFO):
+            grew = _peak_rss_growth(run)
+    finally:
+        relay.close()
+    assert relay.tampered >= 1
+    assert grew < 256 << 20, f"resident memory rose by {grew >> 20} MiB"
+    assert isinstance(out[0], SmbError) and "connection lost" in str(out[0]), out
+    said = [r.getMessage() for r in caplog.records if "2,147,483,647 bytes" in r.getMessage()]
+    assert said and all(r.levelno == logging.WARNING for r in caplog.records if "2,147,483,647" in r.getMessage())
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records if r.exc_info]
