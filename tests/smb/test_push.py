@@ -1488,3 +1488,29 @@ def test_a_nas_that_says_its_answer_is_2_gib_long_fails_the_push_without_the_mem
     said = [r.getMessage() for r in caplog.records if "2,147,483,647 bytes" in r.getMessage()]
     assert said and all(r.levelno == logging.WARNING for r in caplog.records if "2,147,483,647" in r.getMessage())
     assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records if r.exc_info]
+
+
+def test_a_nas_that_trickles_an_answer_a_byte_at_a_time_fails_the_push_instead_of_holding_it(rec, caplog):
+    """A broken or hostile NAS answers a request one byte every half second, for ever: never silent long enough for
+    the receive timeout (each wait for a byte is what resets it), so the push waited for the answer's end (a 2 MiB
+    read's: twelve days), no error, its job running and its remote held. Now an answer must come whole within the
+    receive timeout plus its length at 16 KiB/s: past that the connection is closed, one line saying why, and the
+    push fails as with any connection lost (tried again, then said)."""
+    from tests.parts.smbrelay import HostileSmbRelay
+    smbd, remote, root, db = rec
+    relay = HostileSmbRelay(remote.port, "trickle", after=6, interval=0.5)
+    try:
+        with caplog.at_level(logging.INFO):
+            th, out = _push_in_thread(cfg_for(root, db, remote, "rec-trickle", port=relay.port, timeout=2),
+                                      sleep=lambda s: None)
+            th.join(120)
+            held = th.is_alive()
+    finally:
+        relay.close()
+        th.join(60)
+    assert not held, "the push waited on a trickled answer"
+    assert relay.tampered >= 1
+    assert out and isinstance(out[0], SmbError) and "connection lost" in str(out[0]), out
+    said = [r.getMessage() for r in caplog.records if "stopped sending" in r.getMessage()]
+    assert said and all(r.levelno == logging.WARNING for r in caplog.records if "stopped sending" in r.getMessage())
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records if r.exc_info]
