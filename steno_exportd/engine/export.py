@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from steno_exportd.config import Config
+from steno_exportd.safeparse import printable as shown    # a name someone else put on the target, for a log line
 from steno_exportd.engine import manifest as mf
 from steno_exportd.engine import writer
 from steno_exportd.engine.begun import Begun
@@ -377,11 +378,12 @@ class Exporter:
                     self.t.remove(folder)
                     self._root_names.discard(entry["folder"])
             except (TargetError, OSError) as e:   # a file in use: kept (and listed) until the next export
-                log.warning("%s not removed (its session was deleted on the recorder): %s", folder, e)
+                log.warning("%s not removed (its session was deleted on the recorder): %s", shown(folder),
+                            shown(str(e)))
                 continue
             del self.m.sessions[uuid]
             removed += 1
-            log.info("removed %s: its session was deleted on the recorder", folder)
+            log.info("removed %s: its session was deleted on the recorder", shown(folder))  # (named by the manifest)
         if removed:
             mf.save(self.t, self.root, self.m)
 
@@ -610,7 +612,8 @@ class Exporter:
             except TargetError as e:
                 if e.kind == "pulled":
                     raise
-                log.warning("%s: %s left alone: %s", self.t.name, rel, e)    # someone else's: its name stays taken
+                # someone else's: its name stays taken (the error quotes the name too)
+                log.warning("%s: %s left alone: %s", self.t.name, shown(rel), shown(str(e)))
                 return
             self._root_names.discard(name)
             self._ended(rel)
@@ -636,7 +639,7 @@ class Exporter:
                     if e.kind == "pulled":
                         raise
                     if partial:                 # (too many entries: said, as its removal said it)
-                        log.warning("%s: %s left alone: %s", self.t.name, rel, e)
+                        log.warning("%s: %s left alone: %s", self.t.name, shown(rel), shown(str(e)))
                     continue
                 if unfinished(name, names, self.t.own_temp, finishing):
                     drop(rel, name)
@@ -646,7 +649,7 @@ class Exporter:
                         self._unsaved = True
                 elif partial:
                     log.info("%s: %s left alone: named like an unfinished folder of ours, but not one (without our "
-                             "marker or record): someone's own folder", self.t.name, rel)
+                             "marker or record): someone's own folder", self.t.name, shown(rel))
             elif self.t.own_temp(name) and st.kind == "file":
                 self.t.remove(rel)
                 self._root_names.discard(name)

@@ -199,8 +199,13 @@ def parse(raw: bytes | bytearray) -> Manifest:
     data = safeparse.json_loads(raw, max_values=MAX_VALUES)
     if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("sessions"), dict):
         raise ValueError("not a steno-exportd manifest")
-    if int(data.get("version", 0)) > VERSION:
-        raise ValueError(f"manifest version {data.get('version')} is newer than ours")
+    version = data.get("version", 0)
+    try:
+        newer = int(version) > VERSION
+    except (TypeError, ValueError, OverflowError):  # (someone's edit: JSON's 1e999 is a float infinity, whose
+        raise ValueError("manifest version is not a number") from None     # OverflowError failed every push)
+    if newer:
+        raise ValueError(f"manifest version {safeparse.shorten(str(version), 20)} is newer than ours")
     sessions = {u: s for u, s in data["sessions"].items()
                 if isinstance(s, dict) and plain_name(s.get("folder")) and isinstance(s.get("files"), dict)}
     for s in sessions.values():         # records of the wrong shape (someone else's edit) are not ours either

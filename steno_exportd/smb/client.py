@@ -19,6 +19,28 @@ for _name in ("smbprotocol", "smbclient", "spnego"):     # one INFO line per SMB
         logging.getLogger(_name).setLevel(logging.WARNING)
 
 
+class _OneLine(logging.Filter):
+    """smbprotocol's receive thread logs its end with a traceback (log.exception: an ERROR and two chained
+    exceptions in the journal whenever a NAS goes silent or drops), though its exception reaches the request
+    waiting, which says it as an SmbError: said in one line instead, with the exception's words, printable (a
+    server's bytes may be in them)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            from steno_exportd.safeparse import printable, shorten
+            e = record.exc_info[1]
+            # (its words read before its format changes: a filter's exception ended the thread unrecorded, and
+            # the requests sent on waited for ever)
+            said = record.getMessage()
+            record.msg, record.args = "%s: %s", (said, shorten(printable(f"{type(e).__name__}: {e}"), 300))
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+logging.getLogger("smbprotocol.connection").addFilter(_OneLine())
+
+
 class SmbError(TargetError):
     """An SMB push failed; ``permanent`` errors (logon, access, missing share) are not retried; ``kind`` is what
     a person acts on (TargetError.kind: "permission" for access denied, "full" for a full share)."""

@@ -166,23 +166,62 @@ def write_response(raw, request) -> int:
 _WRITTEN_FOR = "1.17."                  # the smbprotocol versions whose Tcp _recv replaces (packaging/requirements.lock)
 _ATTRS = ("_sock", "_sock_lock", "_close_lock", "connected")     # what _recv and _sendmsg use of a Tcp
 _METHODS = ("recv", "_recv", "close")
+MAX_MESSAGE = 0x00FFFFFF               # SMB2 over TCP: a 24-bit length, its first byte zero (MS-SMB2 2.1)
+MIN_RATE = 16 * 1024                    # bytes/s a message must come at, beyond the receive timeout (a 2 MiB read's
+                                        # answer: 128 s more, a 512 kbit/s link sends it in 32 s)
 _installed: dict[type, bool] = {}      # install()'s decision for each class (one warning, not one per push)
 _decided = threading.Lock()
 
 
-def _recv(self, length, timeout):
+class _Stalled(Exception):
+    """A message stopped coming part-way (or came too slowly): the connection is closed, not read on mid-message."""
+
+
+def _recv_message(self, timeout):
+    """smbprotocol's Tcp.recv: one message (its 4-byte length, then the message), b"" when the connection is closed.
+    A length over SMB's MAX_MESSAGE closes the connection before a byte of the message is kept: its buffer was made,
+    zeroed, at the length the server said, and a server saying 2 GiB had the daemon's 256 MiB (its unit's
+    MemoryMax) killed at every push. A message must come whole within ``timeout`` (the receive timeout) plus its
+    length at MIN_RATE: a server sending a byte every second was never idle long enough for the timeout, and held
+    the push for as long as it pleased (a 2 MiB read's answer: twelve days). Either closes the connection, one line
+    saying why; the requests waiting fail as for any connection lost."""
+    where = f"{getattr(self, 'server', 'the server')}:{getattr(self, 'port', '?')}"
+    full = timeout                      # (the message's own: not what a long idle wait for its length left)
+    try:
+        head, timeout = _recv(self, 4, timeout)
+        if not head:
+            return b""
+        length = struct.unpack(">L", head)[0]
+        if length > MAX_MESSAGE:
+            log.warning("%s sent an SMB message of %s bytes, more than SMB allows (%s): connection closed", where,
+                        f"{length:,}", f"{MAX_MESSAGE:,}")
+            self.close()
+            return b""
+        return _recv(self, length, full, time.monotonic() + max(full, 1) + length / MIN_RATE)[0] or b""
+    except _Stalled as e:
+        log.warning("%s stopped sending an SMB message part-way (%s): connection closed", where, e)
+        self.close()
+        return b""
+
+
+def _recv(self, length, timeout, deadline=None):
     """smbprotocol's Tcp._recv without its per-chunk logging and copies, waiting with poll() (sockwait), not
-    select(), which refuses a socket numbered past 1024."""
+    select(), which refuses a socket numbered past 1024; _Stalled when the bytes stop part-way, or ``deadline``
+    passes first (TimeoutError, as before, when none came: the connection idle, which its keep-alive handles)."""
     buffer = bytearray(length)
     view = memoryview(buffer)
     offset = 0
     sock = self._sock
+    begun = time.monotonic()
     while offset < length:
         start = time.monotonic()
+        wait = max(timeout, 1) if deadline is None else min(max(timeout, 1), deadline - start)
         with self._close_lock:
             if not self.connected:
                 return None, timeout
-            if not sockwait.ready(sock, max(timeout, 1)):
+            if wait <= 0 or not sockwait.ready(sock, max(wait, 0)):
+                if offset or deadline is not None:
+                    raise _Stalled(f"{offset:,} of {length:,} bytes in {time.monotonic() - begun:.1f}s")
                 raise TimeoutError(f"recv idle for {time.monotonic() - start:.1f}s ({offset}/{length} bytes)")
             timeout -= time.monotonic() - start
             try:
@@ -214,6 +253,7 @@ def install() -> bool:
                             "push can fail while the daemon has many connections open", why, _WRITTEN_FOR)
             else:
                 tcp._recv = _recv
+                tcp.recv = _recv_message
             _installed[tcp] = not why
         return _installed[tcp]
 
@@ -233,9 +273,10 @@ def _unknown(tcp: type) -> str:
     missing = [a for a in _ATTRS if not hasattr(probe, a)] + [m for m in _METHODS if not callable(getattr(tcp, m, None))]
     if missing:
         return f"its {tcp.__name__} has no {', '.join(missing)}"
-    params = list(inspect.signature(tcp._recv).parameters)
-    if params != ["self", "length", "timeout"]:
-        return f"its {tcp.__name__}._recv takes ({', '.join(params)})"
+    for method, ours in (("_recv", ["self", "length", "timeout"]), ("recv", ["self", "timeout"])):
+        params = list(inspect.signature(getattr(tcp, method)).parameters)
+        if params != ours:
+            return f"its {tcp.__name__}.{method} takes ({', '.join(params)})"
     return ""
 
 

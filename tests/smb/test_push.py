@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Callable
 
 import pytest
 
@@ -704,10 +705,14 @@ def test_fast_path_still_checks_server_signatures(office):
         t.close()
 
 
-def test_server_that_stops_answering_fails_the_push_instead_of_hanging(rec):
+def test_server_that_stops_answering_fails_the_push_instead_of_hanging(rec, caplog):
+    """The NAS stops answering mid-push (smbd stopped): the push fails as a connection lost, tried again, and the log
+    says so in lines without a traceback (smbprotocol's receive thread logged its end with one, an ERROR with two
+    chained exceptions in the journal, at every silent server)."""
     smbd, remote, root, db = rec
     folder = root / "nas" / "rec-h"
     sleeps = []
+    caplog.set_level(logging.INFO)
     th, out = _push_in_thread(cfg_for(root, db, remote, "rec-h", timeout=2, bandwidth_limit_kbps=2048),
                               sleep=sleeps.append)
     try:
@@ -723,6 +728,9 @@ def test_server_that_stops_answering_fails_the_push_instead_of_hanging(rec):
         th.join(30)
     assert out and isinstance(out[0], SmbError), out
     assert sleeps and sleeps[0] == 2.0              # the drop was transient: tried again (and found it silent)
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records if r.exc_info]
+    said = [r.getMessage() for r in caplog.records if r.name.startswith("smbprotocol")]
+    assert said and all("\n" not in m for m in said), said
 
 
 def test_remote_file_in_use_is_retried_and_named(rec):
@@ -1385,3 +1393,131 @@ def test_a_nas_granting_few_credits_takes_a_push_whose_writes_and_finishing_requ
         assert_landed(push_dir / "rec-few", db)
     finally:
         db.close()
+
+
+@pytest.mark.parametrize("version", ["1e999", "-1e999"])
+def test_a_manifest_on_the_nas_whose_version_is_no_integer_is_rebuilt_not_every_push_failed(rec, caplog, version):
+    """Someone with write access to the share (another recorder's bug, a person's edit) leaves the recorder's
+    manifest.json with '"version": 1e999'. JSON's reader makes that infinity, and the version check's int() raised
+    OverflowError, which no handler of an unusable manifest caught: every push failed as a whole, for ever, saying
+    only 'cannot convert float infinity to integer'. It is an unusable manifest like any other: rebuilt from
+    SHA256SUMS, and the push lands (each session once)."""
+    smbd, remote, root, db = rec
+    cfg = cfg_for(root, db, remote, "rec-version")
+    folder = root / "nas" / "rec-version"
+    assert all(r.ok for r in push(cfg))
+    raw = (folder / "manifest.json").read_text()
+    edited, n = re.subn(r'"version": ?1\b', f'"version": {version}', raw, count=1)
+    assert n == 1
+    (folder / "manifest.json").write_text(edited)
+    with caplog.at_level(logging.WARNING, logger="steno_exportd"):
+        res = push(cfg)
+    assert [(r.ok, r.error) for r in res] == [(True, "")] * 3, res
+    assert json.loads((folder / "manifest.json").read_text())["version"] == 1
+    assert not [r for r in caplog.records if r.exc_info]
+    assert_landed(folder, db)
+
+
+def test_a_folder_named_with_terminal_escapes_in_the_recorder_folder_is_said_in_one_printable_line(
+        smb_tmp, smbd_factory, caplog):
+    """Someone on the NAS leaves in the recorder's folder a '<name>.partial' folder whose name holds terminal escapes
+    and a line break. A NAS that does not mangle names Windows cannot hold (Samba's 'mangled names = no', a NAS of
+    another make, or a hostile server) lists it as it is, and the push's clean-up said it left it alone with the
+    name raw, twice (its own words and the server's error quoting the path): an escape that retitles and clears the
+    terminal of an admin reading the journal, and a forged 'ERROR' line after the break. The name is said with its
+    control characters escaped, in one line; the folder is left alone and the session lands."""
+    smbd, remote = start_office_nas(smb_tmp, smbd_factory, extra_global="mangled names = no")
+    db = make_recorder(smb_tmp / "rec", sizes=(100_000,))
+    folder = smb_tmp / "nas" / "rec-esc"
+    theirs = folder / "Notes\x1b]0;owned\x07\x1b[2J\nERROR steno_exportd.engine: forged.partial"
+    (theirs / "a").mkdir(parents=True)
+    (theirs / "a" / "todo.txt").write_text("call the caterer\n")
+    try:
+        with caplog.at_level(logging.INFO, logger="steno_exportd"):
+            res = push(recorder_config(db.path, smb_tmp / "state", remote, "rec-esc"))
+        assert [(r.ok, r.error) for r in res] == [(True, "")], res
+        said = [r.getMessage() for r in caplog.records if "forged" in r.getMessage()]
+        assert len(said) == 1 and "left alone" in said[0], said
+        assert said[0].isprintable() and "Notes\\x1b]0;owned\\x07\\x1b[2J\\nERROR" in said[0], said
+        assert (theirs / "a" / "todo.txt").read_text() == "call the caterer\n"
+    finally:
+        shutil.rmtree(theirs)
+        db.close()
+    assert_landed(folder, db, sessions=1)
+
+
+def _peak_rss_growth(run: Callable[[], None]) -> int:
+    """How far (bytes) this process's resident memory rose above where it was, sampled while ``run()`` ran."""
+    def rss() -> int:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+    base, peak, done = rss(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.01):
+            peak[0] = max(peak[0], rss() - base)
+    th = threading.Thread(target=sample)
+    th.start()
+    try:
+        run()
+    finally:
+        done.set()
+        th.join()
+    return max(peak[0], rss() - base)
+
+
+@pytest.mark.parametrize("after", [0, 6], ids=["its first answer", "an answer mid-push"])
+def test_a_nas_that_says_its_answer_is_2_gib_long_fails_the_push_without_the_memory(rec, caplog, after):
+    """A broken or hostile NAS (or whatever answers at its address) sends an answer whose 4-byte length says 2 GiB.
+    SMB over TCP allows 16 MiB (a 24-bit length), but the receive loop made a zeroed buffer of whatever length came
+    before reading a byte of it: 2 GiB resident at once (4 GiB with the length's top bit), where the daemon's unit
+    allows 256 MiB (MemoryMax), so the kernel killed the daemon and every job with it, at every push. Now a length
+    over SMB's closes the connection: the push fails with the connection lost, one line saying why, and the memory
+    stays where it was."""
+    from tests.parts.smbrelay import HostileSmbRelay
+    smbd, remote, root, db = rec
+    relay = HostileSmbRelay(remote.port, "huge", after=after)
+    out: list = []
+
+    def run() -> None:
+        try:
+            out.append(push(cfg_for(root, db, remote, "rec-huge", port=relay.port, timeout=2), sleep=lambda s: None))
+        except Exception as e:  # noqa: BLE001 - the outcome is the test's subject
+            out.append(e)
+    try:
+        with caplog.at_level(logging.INFO):
+            grew = _peak_rss_growth(run)
+    finally:
+        relay.close()
+    assert relay.tampered >= 1
+    assert grew < 256 << 20, f"resident memory rose by {grew >> 20} MiB"
+    assert isinstance(out[0], SmbError) and "connection lost" in str(out[0]), out
+    said = [r.getMessage() for r in caplog.records if "2,147,483,647 bytes" in r.getMessage()]
+    assert said and all(r.levelno == logging.WARNING for r in caplog.records if "2,147,483,647" in r.getMessage())
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records if r.exc_info]
+
+
+def test_a_nas_that_trickles_an_answer_a_byte_at_a_time_fails_the_push_instead_of_holding_it(rec, caplog):
+    """A broken or hostile NAS answers a request one byte every half second, for ever: never silent long enough for
+    the receive timeout (each wait for a byte is what resets it), so the push waited for the answer's end (a 2 MiB
+    read's: twelve days), no error, its job running and its remote held. Now an answer must come whole within the
+    receive timeout plus its length at 16 KiB/s: past that the connection is closed, one line saying why, and the
+    push fails as with any connection lost (tried again, then said)."""
+    from tests.parts.smbrelay import HostileSmbRelay
+    smbd, remote, root, db = rec
+    relay = HostileSmbRelay(remote.port, "trickle", after=6, interval=0.5)
+    try:
+        with caplog.at_level(logging.INFO):
+            th, out = _push_in_thread(cfg_for(root, db, remote, "rec-trickle", port=relay.port, timeout=2),
+                                      sleep=lambda s: None)
+            th.join(120)
+            held = th.is_alive()
+    finally:
+        relay.close()
+        th.join(60)
+    assert not held, "the push waited on a trickled answer"
+    assert relay.tampered >= 1
+    assert out and isinstance(out[0], SmbError) and "connection lost" in str(out[0]), out
+    said = [r.getMessage() for r in caplog.records if "stopped sending" in r.getMessage()]
+    assert said and all(r.levelno == logging.WARNING for r in caplog.records if "stopped sending" in r.getMessage())
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records if r.exc_info]

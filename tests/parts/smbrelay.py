@@ -1,0 +1,110 @@
+"""A hostile or broken NAS: a relay on loopback in front of a real smbd that passes the client's bytes on as they
+come and the server's answers frame by frame (SMB2 over TCP: a 4-byte length, then the message), until the
+server's ``after``-th frame of a connection: from it on, ``answer`` says what the client gets instead.
+
+- ``huge``: a frame whose length says 2 GiB (a 4-byte length the spec's 24 bits cannot hold), the message
+  after it, then nothing more on that connection;
+- ``trickle``: each frame, one byte every ``interval`` seconds (a server that never stops answering, nor ends).
+"""
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import threading
+import time
+
+HUGE = 0x7FFFFFFF
+
+
+class HostileSmbRelay:
+    """127.0.0.1:<port> relayed to the smbd at 127.0.0.1:<to> (see the module)."""
+
+    def __init__(self, to: int, answer: str, after: int = 0, interval: float = 0.5) -> None:
+        assert answer in ("huge", "trickle")
+        self.to, self.answer, self.after, self.interval = to, answer, after, interval
+        self.tampered = 0           # frames that went out as ``answer`` says
+        self._srv = socket.socket()
+        self._srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._srv.bind(("127.0.0.1", 0))
+        self._srv.listen(16)
+        self.port = self._srv.getsockname()[1]
+        self._closed = threading.Event()
+        self._socks: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._start(self._accept)
+
+    def _start(self, fn, *args) -> None:
+        th = threading.Thread(target=fn, args=args, daemon=True, name="smb-relay")
+        with self._lock:
+            self._threads.append(th)
+        th.start()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._srv.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.to))
+            with self._lock:
+                self._socks += [client, server]
+            self._start(self._pipe, client, server)
+            self._start(self._frames, server, client)
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    @staticmethod
+    def _exactly(src: socket.socket, n: int) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            got = src.recv(n - len(buf))
+            if not got:
+                raise EOFError
+            buf += got
+        return bytes(buf)
+
+    def _frames(self, src: socket.socket, dst: socket.socket) -> None:
+        n = 0
+        try:
+            while not self._closed.is_set():
+                head = self._exactly(src, 4)
+                body = self._exactly(src, struct.unpack(">L", head)[0])
+                if n < self.after:
+                    dst.sendall(head + body)
+                elif self.answer == "huge":
+                    dst.sendall(struct.pack(">L", HUGE) + body)
+                    self.tampered += 1
+                    self._closed.wait()         # nothing more: the client waits for the rest, or gives up
+                    return
+                else:
+                    self.tampered += 1
+                    for i in range(len(head + body)):
+                        if self._closed.wait(self.interval):
+                            return
+                        dst.sendall((head + body)[i:i + 1])
+                n += 1
+        except (OSError, EOFError):
+            pass
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self._closed.set()
+        with contextlib.suppress(OSError):
+            self._srv.shutdown(socket.SHUT_RDWR)       # (wakes the accept() waiting on it)
+        self._srv.close()
+        with self._lock:
+            socks, threads = list(self._socks), list(self._threads)
+        for s in socks:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+        for th in threads:
+            th.join(10)
