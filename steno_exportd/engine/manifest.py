@@ -213,7 +213,10 @@ def parse(raw: bytes | bytearray) -> Manifest:
         if not isinstance(s.get("errors", {}), dict):
             del s["errors"]
     partial = data.get("partial")
-    partial = {p: r for p, r in partial.items() if isinstance(r, dict)} if isinstance(partial, dict) else {}
+    # (a record of another shape, someone's edit: a list for a temp name failed every update of its session's folder)
+    partial = {p: r for p, r in partial.items() if isinstance(r, dict)
+               and all(isinstance(r.get(k, ""), str) for k in ("uuid", "folder", "temp"))} \
+        if isinstance(partial, dict) else {}
     return Manifest(sessions, partial)
 
 

@@ -745,3 +745,26 @@ def test_the_manifest_is_one_line_per_session_and_an_indented_one_of_before_is_r
     path.write_text(json.dumps(m, indent=1, sort_keys=True, ensure_ascii=False))
     assert all(r.skipped for r in _run(lib, cfg, out, range(1, 13), formats=("txt", "audio")))
     assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=out / "SilentSteno").returncode == 0
+
+
+@pytest.mark.parametrize("temp", [["a.part"], {"a": 1}, 7])
+def test_a_resume_record_of_the_wrong_shape_in_the_manifest_is_not_ours(tmp_path, temp):
+    """Whoever can write the export's folder (a share, a stick) can edit manifest.json: a record of a file being
+    resumed whose temp name is a JSON list or object failed the update of that session's folder with 'unhashable
+    type' (a TypeError, a traceback), at every export. Such a record is not ours: left out, the session updated."""
+    lib = library(tmp_path, 1)
+    out = tmp_path / "out"
+    out.mkdir()
+    cfg = make_config(tmp_path)
+    assert all(r.ok for r in _run(lib, cfg, out, [1]))
+    root = out / "SilentSteno"
+    folder = next(p.name for p in root.iterdir() if p.is_dir())
+    m = json.loads((root / "manifest.json").read_text())
+    m["partial"] = {f"{folder}/audio.wav": {"uuid": next(iter(m["sessions"])), "folder": folder, "temp": temp}}
+    (root / "manifest.json").write_text(json.dumps(m))
+    victim = root / folder / "audio.wav"
+    victim.unlink()
+    res = _run(lib, cfg, out, [1])
+    assert [(r.ok, r.skipped) for r in res] == [(True, False)], [r.error for r in res]
+    assert victim.exists()
+    assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=root).returncode == 0
