@@ -125,6 +125,12 @@ async def _session(cfg: EmailConfig, out: Outgoing, smtp: aiosmtplib.SMTP, f: Bi
             await smtp.ehlo()      # the first EHLO (or the one after STARTTLS) may not have happened yet
         if not smtp.supports_extension("auth"):
             raise Refused(f"{cfg.smtp_host} does not offer AUTH, but email.username is set", transient=False)
+        if not smtp.supported_auth_methods:
+            # aiosmtplib's "No suitable authentication method found." was tried again for email.give_up_hours:
+            # the next EHLO says the same
+            offered = _said(" ".join(m.upper() for m in smtp.server_auth_methods)) or "none"
+            raise Refused(f"{cfg.smtp_host} offers AUTH only as {offered}; the daemon speaks "
+                          f"{', '.join(m.upper() for m in smtp.AUTH_METHODS)} (email.username is set)", transient=False)
         password = await asyncio.to_thread(_password, cfg)
         await smtp.login(cfg.username, password)
     await smtp.mail(out.sender)

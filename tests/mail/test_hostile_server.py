@@ -119,3 +119,38 @@ async def test_a_message_the_server_took_is_not_sent_again_after_a_stop_while_it
     finally:
         server.release.set()
         await asyncio.to_thread(server.stop)
+
+
+async def test_a_server_offering_only_auth_mechanisms_the_daemon_lacks_fails_at_once_naming_them(tmp_path, smtp,
+                                                                                                   mail_core):
+    """A lie or a mismatch in EHLO: AUTH offered, but only as mechanisms aiosmtplib does not speak. Another try
+    gets the same EHLO: the message fails at once with what to change, not tried again for email.give_up_hours."""
+    async def talk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 mx.example ESMTP\r\n")
+        try:
+            while line := await reader.readline():
+                if line[:4].upper() in (b"EHLO", b"HELO"):
+                    writer.write(b"250-mx.example\r\n250-AUTH GSSAPI X-\x1bWEIRD\r\n250 8BITMIME\r\n")
+                elif line[:4].upper() == b"QUIT":
+                    writer.write(b"221 bye\r\n")
+                    break
+                else:
+                    writer.write(b"502 not here\r\n")
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+    server = await asyncio.start_server(talk, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        core = await mail_core(None, **{**(await smtp("none", False)).email_config(), "smtp_port": port,
+                                        "security": "none", "username": "steno"})
+        entry = await core.email_sessions([1], ["txt"], TO[:1])
+        done = await finished(core, entry.id)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert done.state == ev.OutboxState.FAILED and done.attempts == 1, done
+    assert "GSSAPI" in done.error and "PLAIN" in done.error and "email.username" in done.error, done.error
+    assert _clean(done.error), repr(done.error)
