@@ -17,11 +17,16 @@ async def run(core: Core) -> None:
         out = await core.outbox.next_due()
         # smtp imports aiosmtplib (~60 ms here, ~3x on a Pi 4): at the first message, off the loop,
         # not at every daemon start (most recorders never send mail)
+        reported = False
         try:
             smtp = await asyncio.to_thread(importlib.import_module, "steno_exportd.mail.smtp")
-            result = await smtp.deliver(core.cfg.email, out)
+            # recorded before QUIT: a stop while the server holds its answer to QUIT (after it took the message)
+            # must find it sent, not 'sending', which is queued again at the next start
+            async with smtp.delivery(core.cfg.email, out) as result:
+                await core.outbox.report(out.id, result)
+                reported = True
         except Exception as e:  # noqa: BLE001 - error boundary of one message: the loop goes on
             log.exception("sending message %d failed", out.id)
-            result = Delivery(error=f"{type(e).__name__}: {e}", transient=True)
-        # a stop while sending leaves it 'sending' in the state DB: it is queued again at the next start
-        await core.outbox.report(out.id, result)
+            if not reported:
+                await core.outbox.report(out.id, Delivery(error=f"{type(e).__name__}: {e}", transient=True))
+        # a stop before the server answered leaves it 'sending' in the state DB: it is queued again at the next start

@@ -7,14 +7,16 @@ costs about a megabyte of memory, not three copies of its 68 MB of base64.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import socket
 import ssl
-from typing import BinaryIO
+from typing import AsyncIterator, BinaryIO
 
 import aiosmtplib
 
+from steno_exportd import safeparse
 from steno_exportd.access.passwords import read_password_file
 from steno_exportd.config import EmailConfig
 from steno_exportd.outbox.queue import Delivery, Outgoing
@@ -23,6 +25,7 @@ log = logging.getLogger(__name__)
 
 BLOCK = 1024 * 1024            # bytes of the spool file read and written at a time
 FINAL_REPLY_TIMEOUT = 600.0    # RFC 5321 4.5.3.2.6: a server may take 10 minutes to accept the data
+SAID_MAX = 300                 # characters of a server's words kept in a reason (aiosmtplib reads up to 32 KiB)
 
 
 class Refused(Exception):
@@ -33,8 +36,14 @@ class Refused(Exception):
         self.transient = transient
 
 
+def _said(text: object) -> str:
+    """A server's words for the outbox, D-Bus, the page and the log: on one line, control characters escaped
+    (a reply's \\x1b[2J would clear the screen of whoever reads the journal), at most SAID_MAX characters."""
+    return safeparse.shorten(safeparse.printable(" ".join(str(text).split())), SAID_MAX)
+
+
 def _code(e: aiosmtplib.SMTPResponseException) -> str:
-    return f"{e.code} {' '.join(str(e.message).split())}"
+    return f"{e.code} {_said(e.message)}"
 
 
 def _transient_code(code: int) -> bool:
@@ -69,6 +78,14 @@ def _stuffed(block: bytes, at_line_start: bool) -> bytes:
     return b"." + out if at_line_start and out.startswith(b".") else out
 
 
+class _Writer(asyncio.StreamWriter):
+    """A StreamWriter over aiosmtplib's transport that leaves it open when it goes: the connection is aiosmtplib's
+    (QUIT, then close). StreamWriter.__del__ closes its transport: the server had the message, never a QUIT."""
+
+    def __del__(self) -> None:
+        pass
+
+
 async def _send_data(smtp: aiosmtplib.SMTP, f: BinaryIO, timeout: float) -> None:
     """DATA, the file in blocks (each written after the transport drained), the final dot, the reply."""
     reply = await smtp.execute_command(b"DATA", timeout=timeout)
@@ -76,7 +93,7 @@ async def _send_data(smtp: aiosmtplib.SMTP, f: BinaryIO, timeout: float) -> None
         raise aiosmtplib.SMTPDataError(reply.code, reply.message)
     loop = asyncio.get_running_loop()
     # aiosmtplib's protocol implements the flow control asyncio.StreamWriter.drain() waits on
-    writer = asyncio.StreamWriter(smtp.transport, smtp.protocol, None, loop)
+    writer = _Writer(smtp.transport, smtp.protocol, None, loop)
     at_line_start, tail = True, b"\r\n"
     while True:
         block = await asyncio.to_thread(f.read, BLOCK)
@@ -108,6 +125,12 @@ async def _session(cfg: EmailConfig, out: Outgoing, smtp: aiosmtplib.SMTP, f: Bi
             await smtp.ehlo()      # the first EHLO (or the one after STARTTLS) may not have happened yet
         if not smtp.supports_extension("auth"):
             raise Refused(f"{cfg.smtp_host} does not offer AUTH, but email.username is set", transient=False)
+        if not smtp.supported_auth_methods:
+            # aiosmtplib's "No suitable authentication method found." was tried again for email.give_up_hours:
+            # the next EHLO says the same
+            offered = _said(" ".join(m.upper() for m in smtp.server_auth_methods)) or "none"
+            raise Refused(f"{cfg.smtp_host} offers AUTH only as {offered}; the daemon speaks "
+                          f"{', '.join(m.upper() for m in smtp.AUTH_METHODS)} (email.username is set)", transient=False)
         password = await asyncio.to_thread(_password, cfg)
         await smtp.login(cfg.username, password)
     await smtp.mail(out.sender)
@@ -136,23 +159,32 @@ def _tls_problem(e: BaseException) -> ssl.SSLError | None:
     return None
 
 
-async def deliver(cfg: EmailConfig, out: Outgoing) -> Delivery:
-    """Send one stored message; every failure becomes a Delivery with its reason, never an exception."""
+@contextlib.asynccontextmanager
+async def delivery(cfg: EmailConfig, out: Outgoing) -> AsyncIterator[Delivery]:
+    """Send one stored message; yield how it went (every failure a Delivery with its reason, never an exception)
+    as soon as the server answered, and say QUIT (up to 5 s) only when the caller is done with it: the caller
+    records the answer first, so a stop while a server holds its answer to QUIT never leaves a message the server
+    took 'sending', to go out a second time at the next start."""
     try:
         f = await asyncio.to_thread(open, out.path, "rb")      # before connecting: no half message on a miss
     except OSError as e:
-        return Delivery(error=f"the stored message cannot be read: {e}", transient=False)
+        yield Delivery(error=f"the stored message cannot be read: {e}", transient=False)
+        return
     try:
-        return await _deliver(cfg, out, f)
+        hostname = await asyncio.to_thread(_local_hostname)   # getfqdn may wait on DNS: never on the loop
+        tls = await asyncio.to_thread(_tls_context, cfg) if cfg.security == "tls" else None   # reads the CA files
+        smtp = aiosmtplib.SMTP(hostname=cfg.smtp_host, port=cfg.smtp_port, use_tls=cfg.security == "tls",
+                               start_tls=False, tls_context=tls, timeout=cfg.timeout, local_hostname=hostname)
+        try:
+            result = await _deliver(cfg, out, smtp, f)
+            yield result
+        finally:
+            await _close(smtp)
     finally:
         await asyncio.to_thread(f.close)
 
 
-async def _deliver(cfg: EmailConfig, out: Outgoing, f: BinaryIO) -> Delivery:
-    hostname = await asyncio.to_thread(_local_hostname)   # getfqdn may wait on DNS: never on the loop
-    tls = await asyncio.to_thread(_tls_context, cfg) if cfg.security == "tls" else None   # reads the CA files
-    smtp = aiosmtplib.SMTP(hostname=cfg.smtp_host, port=cfg.smtp_port, use_tls=cfg.security == "tls",
-                           start_tls=False, tls_context=tls, timeout=cfg.timeout, local_hostname=hostname)
+async def _deliver(cfg: EmailConfig, out: Outgoing, smtp: aiosmtplib.SMTP, f: BinaryIO) -> Delivery:
     where = f"{cfg.smtp_host}:{cfg.smtp_port}"
     try:
         return await _session(cfg, out, smtp, f)
@@ -160,26 +192,26 @@ async def _deliver(cfg: EmailConfig, out: Outgoing, f: BinaryIO) -> Delivery:
         return Delivery(error=str(e), transient=e.transient)
     except aiosmtplib.SMTPResponseException as e:
         if e.code == aiosmtplib.SMTPStatus.invalid_response:      # aiosmtplib's code for what is no SMTP reply
-            said = " ".join(str(e.message).split())[:120]
+            said = safeparse.shorten(_said(e.message), 120)
             return Delivery(error=f"{where} does not answer like an SMTP server ({said}); check email.smtp_host "
                                   "and email.smtp_port", transient=False)
         return Delivery(error=f"{where} answered {_code(e)}", transient=_transient_code(e.code))
     except aiosmtplib.SMTPNotSupported as e:
-        return Delivery(error=f"{where}: {e}", transient=False)
+        return Delivery(error=f"{where}: {_said(e)}", transient=False)
     except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as e:
         tls = _tls_problem(e)
         if isinstance(tls, ssl.SSLCertVerificationError):
             return Delivery(error=f"the certificate of {where} is not trusted ({tls.verify_message}); "
                                   "set email.ca_file to its CA", transient=False)
-        return Delivery(error=f"{where}: {str(e) or type(e).__name__}", transient=True)
-    finally:
-        await _close(smtp)
+        return Delivery(error=f"{where}: {_said(e) or type(e).__name__}", transient=True)
 
 
 async def _close(smtp: aiosmtplib.SMTP) -> None:
-    if smtp.is_connected:
-        try:
+    """QUIT, then close; closed also when a stop cancels the wait for the answer."""
+    try:
+        if smtp.is_connected:
             await asyncio.wait_for(smtp.quit(), 5)
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
-            pass
-    smtp.close()
+    except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+        pass
+    finally:
+        smtp.close()

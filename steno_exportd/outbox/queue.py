@@ -10,6 +10,7 @@ with ``report()``; the core decides retry, back-off and giving up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -18,7 +19,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from steno_exportd import events as ev, render
 from steno_exportd.access.store import AT_DEVICE
@@ -112,6 +113,7 @@ class Outbox:
         self._wake = asyncio.Event()          # an entry became due or the config changed
         self._compose_wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
+        self._asked = 0                       # messages asked for whose row is not listed yet (see _room)
         from steno_exportd.outbox.notices import Notifier
         self.notifier = Notifier(self)
 
@@ -246,10 +248,26 @@ class Outbox:
             raise InvalidArgument("no sessions given")
         if len(session_ids) > MAX_SESSIONS:
             raise InvalidArgument(f"too many sessions for one message: {len(session_ids)}, at most {MAX_SESSIONS}")
-        waiting = sum(1 for e in self._entries.values() if not e.state.finished)
+        with self._room():
+            return await self._email_sessions(session_ids, formats, addresses, template, made_by, login_id)
+
+    @contextlib.contextmanager
+    def _room(self) -> Iterator[None]:
+        """A place among the MAX_WAITING messages, held (on the loop, checked and taken with no await between)
+        until the message's row is listed: 150 callers at once each counted the listed ones before any row was
+        written, and 104 waited."""
+        waiting = sum(1 for e in self._entries.values() if not e.state.finished) + self._asked
         if waiting >= MAX_WAITING:
             raise InvalidArgument(f"the outbox already holds {waiting} messages waiting to be sent; "
                                   "try again when they are out")
+        self._asked += 1
+        try:
+            yield
+        finally:
+            self._asked -= 1
+
+    async def _email_sessions(self, session_ids: Sequence[int], formats: Sequence[str], addresses: Sequence[Any],
+                              template: str, made_by: str, login_id: str) -> ev.OutboxEntry:
         summaries = {s.id: s for s in await asyncio.to_thread(self._library().list_sessions)}
         subject = content.sessions_subject([summaries[i].title if i in summaries else "" for i in session_ids])
         # each meeting's uuid beside its id: a message composed again (a retry, days later perhaps) carries the
@@ -438,11 +456,14 @@ class Outbox:
                             "right now; try again in a moment")
         if entry.state == ev.OutboxState.SENT:
             raise InvalidArgument(f"message {entry_id} was sent; there is nothing to retry")
-        changed, updated = await asyncio.to_thread(self._retry_sync, entry, made_by, login_id)
-        if not changed:                     # the mail adapter took it in between
-            raise BusyError(f"message {entry_id} is being sent right now")
-        log.info("message %d: retry asked for (%s)", entry_id, entry.state)
-        self._publish(updated)
+        # a failed or cancelled one waits again: it takes a place among MAX_WAITING (a caller cancelled 100 and
+        # retried them, and 200 waited)
+        with self._room() if entry.state.finished else contextlib.nullcontext():
+            changed, updated = await asyncio.to_thread(self._retry_sync, entry, made_by, login_id)
+            if not changed:                     # the mail adapter took it in between
+                raise BusyError(f"message {entry_id} is being sent right now")
+            log.info("message %d: retry asked for (%s)", entry_id, entry.state)
+            self._publish(updated)
         self._wake.set()
         self._compose_wake.set()
         return updated

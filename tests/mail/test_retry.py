@@ -4,6 +4,7 @@ racing the mail adapter leaves each message sent or cancelled, never both."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 
@@ -209,3 +210,45 @@ async def test_a_message_retried_after_a_restore_never_carries_the_meeting_that_
     assert failed.state == ev.OutboxState.FAILED, failed
     assert "no longer on this recorder" in failed.error, failed.error
     assert server.received == []
+
+
+async def test_no_more_than_max_waiting_messages_wait_however_they_are_asked_for(smtp, mail_core):
+    """email.MAX_WAITING bounds the messages that wait (each composed renders documents): asked for at once from
+    many callers, or cancelled and asked for again with a retry, never more wait."""
+    from steno_exportd.outbox.queue import MAX_WAITING
+    down = await smtp("none", auth=False)
+    await asyncio.to_thread(down.stop)           # its port refuses: every message stays queued, backing off
+    core = await mail_core(down, retry_initial_seconds=3600, retry_max_seconds=3600)
+
+    def waiting() -> int:
+        return sum(1 for e in core.outbox.list() if not e.state.finished)
+
+    async def ask(i: int) -> str:
+        try:
+            await core.email_sessions([1 + i % 3], ["txt"], [f"r{i}@example.org"])
+            return "stored"
+        except InvalidArgument as e:
+            assert "messages waiting to be sent" in str(e), e
+            return "refused"
+
+    said = await asyncio.gather(*(ask(i) for i in range(MAX_WAITING + 50)))   # many callers at once
+    assert said.count("stored") == MAX_WAITING and waiting() == MAX_WAITING, (said.count("stored"), waiting())
+
+    first = [e.id for e in core.outbox.list()]
+    for i in first:
+        with contextlib.suppress(BusyError):     # one may be being sent (a try that is refused at once)
+            await core.cancel_mail(i)
+    cancelled = [e.id for e in core.outbox.list() if e.state == ev.OutboxState.CANCELLED]
+    assert len(cancelled) >= MAX_WAITING - 1
+    said = await asyncio.gather(*(ask(i) for i in range(MAX_WAITING)))
+    assert waiting() == MAX_WAITING, waiting()
+
+    async def retry(i: int) -> str:
+        try:
+            await core.retry_mail(i)
+            return "retried"
+        except InvalidArgument as e:
+            assert "messages waiting to be sent" in str(e), e
+            return "refused"
+    said = await asyncio.gather(*(retry(i) for i in cancelled))
+    assert said.count("retried") == 0 and waiting() == MAX_WAITING, (said.count("retried"), waiting())
