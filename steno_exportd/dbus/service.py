@@ -6,6 +6,7 @@ import contextlib
 import contextvars
 import dataclasses
 import grp
+import inspect
 import logging
 import os
 import pwd
@@ -15,6 +16,7 @@ from typing import AsyncIterator, Awaitable, Callable
 
 from dbus_fast import BusType, Message, MessageType, NameFlag, RequestNameReply, Variant
 from dbus_fast.aio import MessageBus
+from dbus_fast.aio import message_bus as _aio_bus
 from dbus_fast.aio.message_bus import _MessageWriter
 from dbus_fast.service import ServiceInterface
 
@@ -22,6 +24,7 @@ from steno_exportd import __version__, access, events, formats, request
 from steno_exportd.config import Config
 from steno_exportd.core import Core, SessionListing
 from steno_exportd.dbus import BUS_NAME, ROOT_PATH, convert, device_path, job_path
+from steno_exportd.dbus.capped import CappedSocket, capped_process
 from steno_exportd.dbus.errors import STOPPING
 from steno_exportd.dbus.objects import Device, Job, Manager
 from steno_exportd.errors import BusyError, InvalidArgument, NotFoundError, StenoError
@@ -76,6 +79,11 @@ class _Bus(MessageBus):
     writer waits for room in the socket (_Patient)."""
 
     async def connect(self) -> "_Bus":
+        if _aio_bus.build_message_reader is not _capped_reader:
+            params = list(inspect.signature(_aio_bus.build_message_reader).parameters)
+            if params != ["sock", "process", "finalize", "negotiate_unix_fd"]:
+                raise StenoError("this dbus-fast version is not the one steno-exportd was built for (5.x)")
+            _aio_bus.build_message_reader = _capped_reader
         await super().connect()
         if not isinstance(self._writer, _MessageWriter) or not isinstance(self._writer.sock, socket.socket):
             raise StenoError("this dbus-fast version is not the one steno-exportd was built for (5.x)")
@@ -119,6 +127,20 @@ class _Bus(MessageBus):
             return
         self.send(Message.new_signal(path=ROOT_PATH, interface=OM_IFACE, member="InterfacesRemoved",
                                      signature="oas", body=[path, removed_interfaces]))
+
+
+_plain_reader = _aio_bus.build_message_reader
+
+
+def _capped_reader(sock: socket.socket | None, process: Callable, finalize: Callable,
+                   negotiate_unix_fd: bool) -> Callable[[], None]:
+    """dbus-fast's message reader, for our service's bus reading through CappedSocket (a call too large to decode
+    answered with an error, never decoded whole); any other bus of this process reads as dbus-fast does."""
+    bus = getattr(process, "__self__", None)
+    if not isinstance(bus, _Bus) or sock is None or negotiate_unix_fd:
+        return _plain_reader(sock, process, finalize, negotiate_unix_fd)
+    stream = CappedSocket(sock)
+    return _plain_reader(stream, capped_process(stream, process, bus.send), finalize, negotiate_unix_fd)
 
 
 def _call_name(fut: asyncio.Future) -> str:

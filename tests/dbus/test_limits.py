@@ -252,3 +252,29 @@ async def test_resolving_10000_ids_loads_no_transcript(tmp_path, private_bus, bi
             assert len(snap.sessions) == MAX_SESSIONS
     finally:
         await core.stop()
+
+
+def _peak_kib(pid: int) -> int:
+    """The process's peak resident memory (VmHWM), in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+
+
+async def test_a_call_too_large_to_decode_is_refused_without_the_memory(client):
+    """A member of steno-ui may send any call the bus lets through: 32 MiB. dbus-fast decoded a call whole before any
+    check of ours: 6 million numbers under CreateShareLink's 'hours' (24 MB) were ~300 MB of Python objects, the
+    daemon over its unit's MemoryMax (256M), killed, at every such call. Now a call over 4 MiB is answered
+    LimitsExceeded with its size, its body read and dropped as it comes, and the daemon answers on."""
+    d, bus, out = client
+    await _still_answers(bus)
+    before = _peak_kib(d.proc.pid)
+    hours = await asyncio.to_thread(lambda: Variant("ai", list(range(6_000_000))))     # (not on the test's loop)
+    r, _ = await call(bus, "CreateShareLink", "sa{sv}", ["1", {"hours": hours}], timeout=60)
+    assert r.message_type == MessageType.ERROR, r.body
+    assert r.error_name == "org.freedesktop.DBus.Error.LimitsExceeded", (r.error_name, r.body)
+    assert "24,000," in r.body[0] and "at most 4,194,304 bytes" in r.body[0], r.body
+    grown = (_peak_kib(d.proc.pid) - before) // 1024
+    assert grown < 32, f"the daemon's peak memory grew by {grown} MiB"
+    await _still_answers(bus)
+    assert d.proc.poll() is None
+    assert d.log().count("refused: over the 4,194,304 bytes") == 1
