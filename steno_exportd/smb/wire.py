@@ -167,7 +167,7 @@ _WRITTEN_FOR = "1.17."                  # the smbprotocol versions whose Tcp _re
 _ATTRS = ("_sock", "_sock_lock", "_close_lock", "connected")     # what _recv and _sendmsg use of a Tcp
 _METHODS = ("recv", "_recv", "close")
 MAX_MESSAGE = 0x00FFFFFF               # SMB2 over TCP: a 24-bit length, its first byte zero (MS-SMB2 2.1)
-MIN_MESSAGE = 64                        # an SMB2 header (an encrypted message is longer: 52 bytes of transform header, then it)
+MIN_MESSAGE = 64                        # an SMB2 header (an encrypted message is longer: a transform header, then it)
 MIN_RATE = 16 * 1024                    # bytes/s a message must come at, beyond the receive timeout (a 2 MiB read's
                                         # answer: 128 s more, a 512 kbit/s link sends it in 32 s)
 _installed: dict[type, bool] = {}      # install()'s decision for each class (one warning, not one per push)
