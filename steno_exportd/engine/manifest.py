@@ -205,7 +205,8 @@ def parse(raw: bytes | bytearray) -> Manifest:
     except (TypeError, ValueError, OverflowError):  # (someone's edit: JSON's 1e999 is a float infinity, whose
         raise ValueError("manifest version is not a number") from None     # OverflowError failed every push)
     if newer:
-        raise ValueError(f"manifest version {safeparse.shorten(str(version), 20)} is newer than ours")
+        said = safeparse.shorten(safeparse.printable(str(version)), 20)   # (int() took "\n\n\n9": no raw line breaks)
+        raise ValueError(f"manifest version {said} is newer than ours")
     sessions = {u: s for u, s in data["sessions"].items()
                 if isinstance(s, dict) and plain_name(s.get("folder")) and isinstance(s.get("files"), dict)}
     for s in sessions.values():         # records of the wrong shape (someone else's edit) are not ours either

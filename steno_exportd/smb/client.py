@@ -12,6 +12,7 @@ import time
 from steno_exportd.access.passwords import read_password_file
 from steno_exportd.config import SmbRemote
 from steno_exportd.errors import TargetError
+from steno_exportd.safeparse import printable, shorten
 
 log = logging.getLogger(__name__)
 for _name in ("smbprotocol", "smbclient", "spnego"):     # one INFO line per SMB message otherwise
@@ -23,18 +24,23 @@ class _OneLine(logging.Filter):
     """smbprotocol's receive thread logs its end with a traceback (log.exception: an ERROR and two chained
     exceptions in the journal whenever a NAS goes silent or drops), though its exception reaches the request
     waiting, which says it as an SmbError: said in one line instead, with the exception's words, printable (a
-    server's bytes may be in them)."""
+    server's bytes may be in them). The traceback goes to this module's log at DEBUG."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and record.exc_info[1] is not None:
-            from steno_exportd.safeparse import printable, shorten
-            e = record.exc_info[1]
-            # (its words read before its format changes: a filter's exception ended the thread unrecorded, and
-            # the requests sent on waited for ever)
-            said = record.getMessage()
-            record.msg, record.args = "%s: %s", (said, shorten(printable(f"{type(e).__name__}: {e}"), 300))
-            record.exc_info = record.exc_text = None
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        # Never raises: it runs in smbprotocol's receive thread, which a filter's exception ended unrecorded, the
+        # requests sent on waiting for ever (an exception whose words cannot be read: the record goes as it came).
+        try:
+            if record.exc_info and record.exc_info[1] is not None:
+                e = record.exc_info[1]
+                # (its words read before its format changes)
+                said = record.getMessage()
+                line = shorten(printable(f"{type(e).__name__}: {e}"), 300)
+                log.debug("smbprotocol's receive thread ended", exc_info=record.exc_info)
+                record.msg, record.args = "%s: %s", (said, line)
+                record.exc_info = record.exc_text = None
+                record.levelno, record.levelname = logging.WARNING, "WARNING"
+        except Exception:  # noqa: BLE001 - see above
+            pass
         return True
 
 

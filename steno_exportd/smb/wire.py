@@ -167,6 +167,7 @@ _WRITTEN_FOR = "1.17."                  # the smbprotocol versions whose Tcp _re
 _ATTRS = ("_sock", "_sock_lock", "_close_lock", "connected")     # what _recv and _sendmsg use of a Tcp
 _METHODS = ("recv", "_recv", "close")
 MAX_MESSAGE = 0x00FFFFFF               # SMB2 over TCP: a 24-bit length, its first byte zero (MS-SMB2 2.1)
+MIN_MESSAGE = 64                        # an SMB2 header (an encrypted message is longer: a transform header, then it)
 MIN_RATE = 16 * 1024                    # bytes/s a message must come at, beyond the receive timeout (a 2 MiB read's
                                         # answer: 128 s more, a 512 kbit/s link sends it in 32 s)
 _installed: dict[type, bool] = {}      # install()'s decision for each class (one warning, not one per push)
@@ -186,15 +187,20 @@ def _recv_message(self, timeout):
     the push for as long as it pleased (a 2 MiB read's answer: twelve days). Either closes the connection, one line
     saying why; the requests waiting fail as for any connection lost."""
     where = f"{getattr(self, 'server', 'the server')}:{getattr(self, 'port', '?')}"
-    full = timeout                      # (the message's own: not what a long idle wait for its length left)
-    try:
+    if getattr(self, "timeout", None):  # the connection's timeout (smbclient's connection_timeout) bounds it too: the
+        timeout = min(timeout, max(5, 2 * self.timeout))  # receive timeout is set after log-on, when this thread
+    full = timeout                      # already waits with smbprotocol's 600 s for the first answer after it
+    try:                                # (full: the message's own, not what a long idle wait for its length left)
         head, timeout = _recv(self, 4, timeout)
         if not head:
             return b""
         length = struct.unpack(">L", head)[0]
-        if length > MAX_MESSAGE:
-            log.warning("%s sent an SMB message of %s bytes, more than SMB allows (%s): connection closed", where,
-                        f"{length:,}", f"{MAX_MESSAGE:,}")
+        if length > MAX_MESSAGE or length < MIN_MESSAGE:
+            # Under a header's length: smbprotocol took the b"" that _recv returns for it as the connection's end and
+            # its receive thread stopped, the connection still saying connected, every later request waiting for ever.
+            log.warning("%s sent an SMB message of %s bytes, %s (%s): connection closed", where, f"{length:,}",
+                        *(("more than SMB allows", f"{MAX_MESSAGE:,}") if length > MAX_MESSAGE
+                          else ("less than an SMB2 header", MIN_MESSAGE)))
             self.close()
             return b""
         return _recv(self, length, full, time.monotonic() + max(full, 1) + length / MIN_RATE)[0] or b""
@@ -215,6 +221,9 @@ def _recv(self, length, timeout, deadline=None):
     begun = time.monotonic()
     while offset < length:
         start = time.monotonic()
+        # With a deadline, each wait is the full timeout (capped by the deadline), not what earlier waits left of it:
+        # counted down, after ``timeout`` seconds inside one message any pause over 1 s closed the connection well
+        # before its deadline (a 2 MiB answer on a slow link, 5 s into it).
         wait = max(timeout, 1) if deadline is None else min(max(timeout, 1), deadline - start)
         with self._close_lock:
             if not self.connected:
@@ -223,7 +232,8 @@ def _recv(self, length, timeout, deadline=None):
                 if offset or deadline is not None:
                     raise _Stalled(f"{offset:,} of {length:,} bytes in {time.monotonic() - begun:.1f}s")
                 raise TimeoutError(f"recv idle for {time.monotonic() - start:.1f}s ({offset}/{length} bytes)")
-            timeout -= time.monotonic() - start
+            if deadline is None:
+                timeout -= time.monotonic() - start
             try:
                 n = sock.recv_into(view[offset:])
             except OSError as e:

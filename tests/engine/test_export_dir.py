@@ -68,6 +68,23 @@ def test_hostile_target_content(tmp_path):
     assert len([p for p in (out / "SilentSteno").iterdir() if p.is_dir()]) == 2
 
 
+def test_a_newer_manifest_version_with_line_breaks_is_said_in_one_line(tmp_path, caplog):
+    """A manifest whose version is "\n\n\n9" (int() takes the whitespace): its words went into the log as they came,
+    raw line breaks forging lines in the journal. Now escaped, in the one warning that says it is rebuilt."""
+    from steno_exportd.engine.manifest import FORMAT
+    lib = library(tmp_path, 1)
+    out = tmp_path / "out"
+    (out / "SilentSteno").mkdir(parents=True)
+    (out / "SilentSteno" / "manifest.json").write_text(json.dumps({"format": FORMAT, "version": "\n\n\n9",
+                                                                    "sessions": {}}))
+    with caplog.at_level(logging.INFO):
+        res = _run(lib, make_config(tmp_path), out, [1])
+    assert res[0].ok, res
+    said = [r.getMessage() for r in caplog.records if "is newer than ours" in r.getMessage()]
+    assert len(said) == 1 and "manifest version \\n\\n\\n9 is newer than ours" in said[0], said
+    assert not [m for m in (r.getMessage() for r in caplog.records) if "\n" in m], "a line break went into the log"
+
+
 def test_symlink_root_is_refused(tmp_path):
     lib = library(tmp_path, 1)
     out = tmp_path / "out"

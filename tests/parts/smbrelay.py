@@ -4,7 +4,10 @@ server's ``after``-th frame of a connection: from it on, ``answer`` says what th
 
 - ``huge``: a frame whose length says 2 GiB (a 4-byte length the spec's 24 bits cannot hold), the message
   after it, then nothing more on that connection;
-- ``trickle``: each frame, one byte every ``interval`` seconds (a server that never stops answering, nor ends).
+- ``trickle``: each frame, one byte every ``interval`` seconds (a server that never stops answering, nor ends);
+- ``empty``: a frame whose length says 0 (shorter than any SMB2 header), then nothing more on that connection;
+- ``pause``: the first frame of at least ``big`` bytes in pieces, waiting ``pauses`` (seconds) before each piece
+  after the first, the frames before and after it as they came (a slow link, or a server busy part-way).
 """
 from __future__ import annotations
 
@@ -20,9 +23,11 @@ HUGE = 0x7FFFFFFF
 class HostileSmbRelay:
     """127.0.0.1:<port> relayed to the smbd at 127.0.0.1:<to> (see the module)."""
 
-    def __init__(self, to: int, answer: str, after: int = 0, interval: float = 0.5) -> None:
-        assert answer in ("huge", "trickle")
+    def __init__(self, to: int, answer: str, after: int = 0, interval: float = 0.5, big: int = 256 * 1024,
+                 pauses: tuple[float, ...] = ()) -> None:
+        assert answer in ("huge", "trickle", "empty", "pause")
         self.to, self.answer, self.after, self.interval = to, answer, after, interval
+        self.big, self.pauses = big, pauses
         self.tampered = 0           # frames that went out as ``answer`` says
         self._srv = socket.socket()
         self._srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -76,10 +81,19 @@ class HostileSmbRelay:
             while not self._closed.is_set():
                 head = self._exactly(src, 4)
                 body = self._exactly(src, struct.unpack(">L", head)[0])
-                if n < self.after:
+                if n < self.after or (self.answer == "pause" and (self.tampered or len(body) < self.big)):
                     dst.sendall(head + body)
-                elif self.answer == "huge":
-                    dst.sendall(struct.pack(">L", HUGE) + body)
+                elif self.answer == "pause":
+                    self.tampered += 1
+                    frame = head + body
+                    cut = [len(frame) * i // (len(self.pauses) + 1) for i in range(len(self.pauses) + 2)]
+                    dst.sendall(frame[:cut[1]])
+                    for i, pause in enumerate(self.pauses, 1):
+                        if self._closed.wait(pause):
+                            return
+                        dst.sendall(frame[cut[i]:cut[i + 1]])
+                elif self.answer in ("huge", "empty"):
+                    dst.sendall(struct.pack(">L", HUGE) + body if self.answer == "huge" else b"\0\0\0\0")
                     self.tampered += 1
                     self._closed.wait()         # nothing more: the client waits for the rest, or gives up
                     return

@@ -394,7 +394,7 @@ def _push_in_thread(cfg, **kw) -> tuple[threading.Thread, list]:
             out.append(push(cfg, **kw))
         except Exception as e:  # noqa: BLE001 - the outcome is the test's subject
             out.append(e)
-    th = threading.Thread(target=run)
+    th = threading.Thread(target=run, daemon=True)     # (a push that hangs fails its test, not the run's end)
     th.start()
     return th, out
 
@@ -1497,15 +1497,19 @@ def test_a_nas_that_says_its_answer_is_2_gib_long_fails_the_push_without_the_mem
     assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records if r.exc_info]
 
 
-def test_a_nas_that_trickles_an_answer_a_byte_at_a_time_fails_the_push_instead_of_holding_it(rec, caplog):
+@pytest.mark.parametrize("after, interval", [(6, 0.5), (3, 2.0)], ids=["mid-push", "the first answer after log-on"])
+def test_a_nas_that_trickles_an_answer_a_byte_at_a_time_fails_the_push_instead_of_holding_it(rec, caplog, after,
+                                                                                             interval):
     """A broken or hostile NAS answers a request one byte every half second, for ever: never silent long enough for
     the receive timeout (each wait for a byte is what resets it), so the push waited for the answer's end (a 2 MiB
     read's: twelve days), no error, its job running and its remote held. Now an answer must come whole within the
     receive timeout plus its length at 16 KiB/s: past that the connection is closed, one line saying why, and the
-    push fails as with any connection lost (tried again, then said)."""
+    push fails as with any connection lost (tried again, then said). The first answer after log-on (frame 3: the
+    tree connect's) was read with smbprotocol's 600 s, the receive timeout being set only once log-on returned:
+    a byte every two seconds held the push 3 minutes; now the connection's own timeout bounds it too."""
     from tests.parts.smbrelay import HostileSmbRelay
     smbd, remote, root, db = rec
-    relay = HostileSmbRelay(remote.port, "trickle", after=6, interval=0.5)
+    relay = HostileSmbRelay(remote.port, "trickle", after=after, interval=interval)
     try:
         with caplog.at_level(logging.INFO):
             th, out = _push_in_thread(cfg_for(root, db, remote, "rec-trickle", port=relay.port, timeout=2),
@@ -1521,3 +1525,56 @@ def test_a_nas_that_trickles_an_answer_a_byte_at_a_time_fails_the_push_instead_o
     said = [r.getMessage() for r in caplog.records if "stopped sending" in r.getMessage()]
     assert said and all(r.levelno == logging.WARNING for r in caplog.records if "stopped sending" in r.getMessage())
     assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records if r.exc_info]
+
+
+@pytest.mark.parametrize("after", [0, 6], ids=["its first answer", "an answer mid-push"])
+def test_a_nas_that_says_its_answer_is_0_bytes_long_fails_the_push_instead_of_hanging_it(rec, caplog, after):
+    """A broken or hostile NAS sends an answer whose 4-byte length says 0 (no SMB2 message is shorter than its
+    64-byte header). The receive loop took it for the connection's end and its thread stopped, but the connection
+    was never closed: it still said connected, so the push went on and its next request waited for an answer no one
+    would read, for ever (no error, its job running, its remote held). Now a length under a header's closes the
+    connection: one line saying why, and the push fails as with any connection lost."""
+    from tests.parts.smbrelay import HostileSmbRelay
+    smbd, remote, root, db = rec
+    relay = HostileSmbRelay(remote.port, "empty", after=after)
+    try:
+        with caplog.at_level(logging.INFO):
+            th, out = _push_in_thread(cfg_for(root, db, remote, "rec-empty", port=relay.port, timeout=2),
+                                      sleep=lambda s: None)
+            th.join(120)
+            held = th.is_alive()
+    finally:
+        relay.close()
+        th.join(60)
+    assert not held, "the push waited after an answer of length 0"
+    assert relay.tampered >= 1
+    assert out and isinstance(out[0], SmbError) and "Error" not in str(out[0]), out     # (not a TypeError's words)
+    assert "connection lost" in str(out[0]) or "not answering" in str(out[0]), out
+    said = [r for r in caplog.records if "SMB message of 0 bytes" in r.getMessage()]
+    assert said and all(r.levelno == logging.WARNING for r in said), [r.getMessage() for r in caplog.records]
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records if r.exc_info]
+
+
+def test_an_answer_that_pauses_past_the_receive_timeout_but_within_its_deadline_lands(rec, caplog):
+    """A NAS on a slow or busy link sends a 2 MiB read-back answer in pieces, with pauses: under a second each for
+    six seconds, then one of two seconds, well inside what a 2 MiB answer is given (the receive timeout, 5 s here,
+    plus its length at 16 KiB/s: 128 s more). The receive loop counted each wait against the receive timeout as
+    well, so once the answer had taken 5 s any pause over a second closed the connection: the push failed on a
+    link that was only slow. Now only the answer's deadline counts, and the push lands."""
+    from tests.parts.smbrelay import HostileSmbRelay
+    smbd, remote, root, db = rec
+    relay = HostileSmbRelay(remote.port, "pause", big=1 << 20, pauses=(0.9,) * 7 + (2.0,))
+    try:
+        with caplog.at_level(logging.INFO):
+            th, out = _push_in_thread(cfg_for(root, db, remote, "rec-pause", port=relay.port, timeout=2),
+                                      sleep=lambda s: None)
+            th.join(120)
+            held = th.is_alive()
+    finally:
+        relay.close()
+        th.join(60)
+    assert not held
+    assert relay.tampered == 1
+    assert out and not isinstance(out[0], Exception), out
+    assert not [r for r in caplog.records if "stopped sending" in r.getMessage()]
+    assert_landed(root / "nas" / "rec-pause", db)

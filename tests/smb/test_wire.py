@@ -64,3 +64,35 @@ def test_the_smbprotocol_it_was_written_for_gets_its_receive_loop_without_a_warn
     tcp = type("Tcp", (_Tcp,), {})
     assert _installed_twice(monkeypatch, caplog, tcp) == []
     assert tcp._recv is wire._recv
+
+
+def _thread_error(e: Exception) -> None:
+    """smbprotocol's receive thread saying its end (log.exception, as in Connection._process_message_thread)."""
+    from steno_exportd.smb import client  # noqa: F401 - its filter on smbprotocol's log
+    try:
+        raise e
+    except Exception:  # noqa: BLE001 - logged as smbprotocol does
+        logging.getLogger("smbprotocol.connection").exception("Exception in message thread")
+
+
+def test_the_receive_threads_end_is_one_warning_line_its_traceback_at_debug(caplog):
+    with caplog.at_level(logging.DEBUG):
+        _thread_error(ConnectionResetError("reset by \x1b[2Jpeer"))
+    said = [r for r in caplog.records if r.name == "smbprotocol.connection"]
+    assert [(r.levelno, r.getMessage(), r.exc_info) for r in said] == [
+        (logging.WARNING, "Exception in message thread: ConnectionResetError: reset by \\x1b[2Jpeer", None)]
+    traced = [r for r in caplog.records if r.exc_info]
+    assert [(r.name, r.levelno, type(r.exc_info[1])) for r in traced] == [
+        ("steno_exportd.smb.client", logging.DEBUG, ConnectionResetError)]
+
+
+def test_an_error_whose_words_cannot_be_read_never_raises_in_the_receive_thread(caplog):
+    """An exception whose str() fails: the filter raised inside smbprotocol's receive thread, which then ended
+    without a word (and without closing: the requests sent on waited for ever). Now the record goes as it came."""
+    class Unsayable(Exception):
+        def __str__(self) -> str:
+            raise ValueError("no words")
+    with caplog.at_level(logging.INFO):
+        _thread_error(Unsayable())                    # (raised here before)
+    assert [r.getMessage() for r in caplog.records if r.name == "smbprotocol.connection"] == [
+        "Exception in message thread"]

@@ -398,3 +398,5 @@ async def test_a_share_link_serves_its_own_meeting_while_the_database_is_restore
             await g.session.close()
     assert swaps[0] > 100 and counts["right"] > 0, (swaps, counts)
     assert counts["wrong"] == 0, counts
+    assert counts["other"] == 0, counts         # (neither the meeting nor 410: a run of 500s is no pass)
+    assert sum(counts.values()) == 4 * 40, counts
