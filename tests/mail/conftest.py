@@ -61,3 +61,18 @@ async def finished(core: Core, entry_id: int, timeout: float = 30.0):
     """The outbox entry once it is sent or failed."""
     return await until(lambda: core.outbox.get(entry_id) if core.outbox.get(entry_id).state.finished else None,
                        f"message {entry_id} sent or failed", timeout=timeout, in_thread=False)
+
+
+async def through_scripted(talk, smtp, mail_core, username: str, to: list[str]) -> tuple:
+    """Session 1's transcript mailed to ``to`` through a server on loopback that ``talk`` (an asyncio stream
+    handler) plays, without TLS: (its outbox entry once sent or failed, the server's port)."""
+    server = await asyncio.start_server(talk, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        core = await mail_core(None, **{**(await smtp("none", False)).email_config(), "smtp_port": port,
+                                        "security": "none", "username": username})
+        entry = await core.email_sessions([1], ["txt"], to)
+        return await finished(core, entry.id), port
+    finally:
+        server.close()
+        await server.wait_closed()

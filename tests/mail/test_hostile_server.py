@@ -15,7 +15,7 @@ from aiosmtpd.smtp import SMTP
 from steno_exportd import config, events as ev
 from steno_exportd.core import Core
 from steno_exportd.mail import sender
-from tests.mail.conftest import finished
+from tests.mail.conftest import finished, through_scripted
 from tests.parts import until
 from tests.parts.smtp import Handler, free_port
 
@@ -141,16 +141,7 @@ async def test_a_server_offering_only_auth_mechanisms_the_daemon_lacks_fails_at_
             pass
         finally:
             writer.close()
-    server = await asyncio.start_server(talk, "127.0.0.1", 0)
-    try:
-        port = server.sockets[0].getsockname()[1]
-        core = await mail_core(None, **{**(await smtp("none", False)).email_config(), "smtp_port": port,
-                                        "security": "none", "username": "steno"})
-        entry = await core.email_sessions([1], ["txt"], TO[:1])
-        done = await finished(core, entry.id)
-    finally:
-        server.close()
-        await server.wait_closed()
+    done, _ = await through_scripted(talk, smtp, mail_core, "steno", TO[:1])
     assert done.state == ev.OutboxState.FAILED and done.attempts == 1, done
     assert "GSSAPI" in done.error and "PLAIN" in done.error and "email.username" in done.error, done.error
     assert _clean(done.error), repr(done.error)

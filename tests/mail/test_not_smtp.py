@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from steno_exportd import events as ev
-from tests.mail.conftest import finished
+from tests.mail.conftest import through_scripted
 
 TO = ["alice@example.org"]
 
@@ -26,16 +26,7 @@ async def test_a_server_that_does_not_speak_smtp_fails_with_a_reason(greeting, s
             pass
         finally:
             writer.close()
-    server = await asyncio.start_server(talk, "127.0.0.1", 0)
-    try:
-        port = server.sockets[0].getsockname()[1]
-        core = await mail_core(None, **{**(await smtp("none", False)).email_config(), "smtp_port": port,
-                                        "security": "none", "username": ""})
-        entry = await core.email_sessions([1], ["txt"], TO)
-        done = await finished(core, entry.id)
-    finally:
-        server.close()
-        await server.wait_closed()
+    done, port = await through_scripted(talk, smtp, mail_core, "", TO)
     assert done.state == ev.OutboxState.FAILED and done.attempts == 1, done
     assert f"127.0.0.1:{port} does not answer like an SMTP server" in done.error, done.error
     assert says in done.error and "-1" not in done.error and "smtp_port" in done.error, done.error

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 
@@ -1497,6 +1497,24 @@ def test_a_nas_that_says_its_answer_is_2_gib_long_fails_the_push_without_the_mem
     assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records if r.exc_info]
 
 
+def _push_through_relay(rec, caplog, mode: str, **kw) -> tuple[bool, list, Any]:
+    """A push (2 s receive timeout) through a HostileSmbRelay in ``mode`` in front of the real smbd, given 120 s:
+    (still running then, what the push raised, the relay)."""
+    from tests.parts.smbrelay import HostileSmbRelay
+    smbd, remote, root, db = rec
+    relay = HostileSmbRelay(remote.port, mode, **kw)
+    try:
+        with caplog.at_level(logging.INFO):
+            th, out = _push_in_thread(cfg_for(root, db, remote, f"rec-{mode}", port=relay.port, timeout=2),
+                                      sleep=lambda s: None)
+            th.join(120)
+            held = th.is_alive()
+    finally:
+        relay.close()
+        th.join(60)
+    return held, out, relay
+
+
 @pytest.mark.parametrize("after, interval", [(6, 0.5), (3, 2.0)], ids=["mid-push", "the first answer after log-on"])
 def test_a_nas_that_trickles_an_answer_a_byte_at_a_time_fails_the_push_instead_of_holding_it(rec, caplog, after,
                                                                                              interval):
@@ -1507,18 +1525,7 @@ def test_a_nas_that_trickles_an_answer_a_byte_at_a_time_fails_the_push_instead_o
     push fails as with any connection lost (tried again, then said). The first answer after log-on (frame 3: the
     tree connect's) was read with smbprotocol's 600 s, the receive timeout being set only once log-on returned:
     a byte every two seconds held the push 3 minutes; now the connection's own timeout bounds it too."""
-    from tests.parts.smbrelay import HostileSmbRelay
-    smbd, remote, root, db = rec
-    relay = HostileSmbRelay(remote.port, "trickle", after=after, interval=interval)
-    try:
-        with caplog.at_level(logging.INFO):
-            th, out = _push_in_thread(cfg_for(root, db, remote, "rec-trickle", port=relay.port, timeout=2),
-                                      sleep=lambda s: None)
-            th.join(120)
-            held = th.is_alive()
-    finally:
-        relay.close()
-        th.join(60)
+    held, out, relay = _push_through_relay(rec, caplog, "trickle", after=after, interval=interval)
     assert not held, "the push waited on a trickled answer"
     assert relay.tampered >= 1
     assert out and isinstance(out[0], SmbError) and "connection lost" in str(out[0]), out
@@ -1534,18 +1541,7 @@ def test_a_nas_that_says_its_answer_is_0_bytes_long_fails_the_push_instead_of_ha
     was never closed: it still said connected, so the push went on and its next request waited for an answer no one
     would read, for ever (no error, its job running, its remote held). Now a length under a header's closes the
     connection: one line saying why, and the push fails as with any connection lost."""
-    from tests.parts.smbrelay import HostileSmbRelay
-    smbd, remote, root, db = rec
-    relay = HostileSmbRelay(remote.port, "empty", after=after)
-    try:
-        with caplog.at_level(logging.INFO):
-            th, out = _push_in_thread(cfg_for(root, db, remote, "rec-empty", port=relay.port, timeout=2),
-                                      sleep=lambda s: None)
-            th.join(120)
-            held = th.is_alive()
-    finally:
-        relay.close()
-        th.join(60)
+    held, out, relay = _push_through_relay(rec, caplog, "empty", after=after)
     assert not held, "the push waited after an answer of length 0"
     assert relay.tampered >= 1
     assert out and isinstance(out[0], SmbError) and "Error" not in str(out[0]), out     # (not a TypeError's words)
@@ -1561,20 +1557,10 @@ def test_an_answer_that_pauses_past_the_receive_timeout_but_within_its_deadline_
     plus its length at 16 KiB/s: 128 s more). The receive loop counted each wait against the receive timeout as
     well, so once the answer had taken 5 s any pause over a second closed the connection: the push failed on a
     link that was only slow. Now only the answer's deadline counts, and the push lands."""
-    from tests.parts.smbrelay import HostileSmbRelay
-    smbd, remote, root, db = rec
-    relay = HostileSmbRelay(remote.port, "pause", big=1 << 20, pauses=(0.9,) * 7 + (2.0,))
-    try:
-        with caplog.at_level(logging.INFO):
-            th, out = _push_in_thread(cfg_for(root, db, remote, "rec-pause", port=relay.port, timeout=2),
-                                      sleep=lambda s: None)
-            th.join(120)
-            held = th.is_alive()
-    finally:
-        relay.close()
-        th.join(60)
+    held, out, relay = _push_through_relay(rec, caplog, "pause", big=1 << 20, pauses=(0.9,) * 7 + (2.0,))
     assert not held
     assert relay.tampered == 1
     assert out and not isinstance(out[0], Exception), out
     assert not [r for r in caplog.records if "stopped sending" in r.getMessage()]
+    smbd, remote, root, db = rec
     assert_landed(root / "nas" / "rec-pause", db)
