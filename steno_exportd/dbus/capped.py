@@ -1,12 +1,12 @@
-"""The bus socket as dbus-fast's reader sees it: a method call or signal larger than MAX_CALL never reaches its
-decoder whole.
+"""The bus socket as dbus-fast's reader sees it: a method call larger than MAX_CALL (SMALL for a signal, or for a
+call anyone on the bus may send) never reaches its decoder whole.
 
 dbus-fast decodes a message whole before any of our checks run, and the bus lets a message be 32 MiB: one call of
 16 MB of tiny values (a steno-ui member's `CreateShareLink` with 4 million numbers under `hours`) took the daemon
 from 41 to 339 MB and held its event loop for 2.2 s, over the unit's MemoryMax (256M): systemd killed it, and the
 caller could do it again. Here the byte stream is read message by message (the 16-byte fixed header says each one's
-length): a call over MAX_CALL is handed on as its header alone, its body read and dropped as it comes (never held),
-and answered with a D-Bus error saying so; a signal that large is dropped whole. Replies to our own calls (the bus,
+length): a call over its limit is handed on as its header alone, its body read and dropped as it comes (never
+held), and answered with a D-Bus error saying so; a signal over SMALL is dropped whole. Replies to our own calls (the bus,
 udisks2) pass as they come. Any message of a shape this does not follow is handed on as it is, for dbus-fast to
 refuse as before.
 """
@@ -15,13 +15,14 @@ from __future__ import annotations
 import logging
 import socket
 import struct
+import time
 from typing import Any, Callable
 
 from dbus_fast import Message, MessageFlag, MessageType
 
 log = logging.getLogger(__name__)
 
-MAX_CALL = 4 * 1024 * 1024      # bytes of a method call or signal taken whole. The largest a caller needs: 10,000
+MAX_CALL = 4 * 1024 * 1024      # bytes of a method call of ours taken whole. The largest a caller needs: 10,000
                                 # session ids (~120 KB); room for the calls refused by what they hold (200,000 ids,
                                 # ~2.4 MB: "too many sessions"). Decoding 4 MB of the densest values costs ~70 MB
                                 # and 0.7 s, within the unit's 256 MiB
@@ -29,7 +30,12 @@ TOO_LARGE = "org.freedesktop.DBus.Error.LimitsExceeded"
 _HEAD = 16                      # a message's fixed header: endianness, type, flags, version, body length, serial,
                                 # the header fields' length
 _READ = 65536
-_SIGNATURE, _UNIX_FDS, _SENDER = 8, 9, 7
+_INTERFACE, _SENDER, _SIGNATURE, _UNIX_FDS = 2, 7, 8, 9
+SMALL = 64 * 1024               # bytes of a signal, or of a call anyone on the bus may send (the bus policy: the
+                                # interfaces below, none of whose methods takes an argument), or of a call with no
+                                # interface named; every other user may send those, steno-ui members more
+_ANYONES = ("", "org.freedesktop.DBus.Introspectable", "org.freedesktop.DBus.Peer")
+WARN_EVERY = 10.0               # seconds between two lines about calls refused or dropped (the rest counted)
 _CALL, _SIGNAL = MessageType.METHOD_CALL.value, MessageType.SIGNAL.value
 
 
@@ -50,13 +56,13 @@ class CappedSocket:
         self._skip = 0                  # bytes of a dropped body (or signal) still to come, read and dropped
         self._pass = 0                  # bytes of a large reply still to come, handed on as they come
         self._raw = False               # a stream of a shape this does not follow: handed on as it comes
-        self.cut: dict[tuple[str, int], int] = {}
+        self.cut: dict[tuple[str, int], tuple[int, int]] = {}
 
     def fileno(self) -> int:
         return self._sock.fileno()
 
     def recv(self, n: int) -> bytes:
-        """Up to ``n`` bytes for the decoder; BlockingIOError when none are ready, b"" at the end (the socket's)."""
+        """The bytes ready for the decoder (``n`` or more); BlockingIOError when none are, b"" at the end."""
         while not self._out:
             data = self._sock.recv(max(n, _READ))      # (BlockingIOError passes on: the decoder waits for more)
             if not data:
@@ -66,8 +72,11 @@ class CappedSocket:
                     break
                 return b""
             self._take(data)
-        out = bytes(self._out[:n])
-        del self._out[:n]
+        # everything ready, whatever ``n``: dbus-fast's reader stops when its own buffer ends at a message's end and
+        # is called again only when the socket has more, so a message kept here past ``n`` waited for unrelated
+        # bus traffic, for ever on a quiet bus (a call ending on a multiple of 8 KiB, and the ones after it)
+        out = bytes(self._out)
+        self._out.clear()
         return out
 
     def _take(self, data: bytes) -> None:
@@ -109,40 +118,41 @@ class CappedSocket:
             del buf[:n]
             self._pass = total - n
             return True
-        if total <= self.limit:
+        if start > self.limit:                  # (its header alone is over: nothing of it is handed on)
+            self._drop(total, None, serial, kind, self.limit)
+            return True
+        if len(buf) < start:
+            return False
+        header = self._header(bytes(buf[:start]), end, fields)
+        limit = self.limit if kind == _CALL and header is not None and header[2] not in _ANYONES else SMALL
+        if total <= limit:
             if len(buf) < total:
                 return False
             self._out += buf[:total]
             del buf[:total]
             return True
-        if start > self.limit:                  # (its header alone is over: nothing of it is handed on)
-            self._drop(total, None, serial, kind)
-            return True
-        if len(buf) < start:
-            return False
-        self._drop(total, self._header(bytes(buf[:start]), end, fields), serial, kind)
+        self._drop(total, header, serial, kind, limit)
         return True
 
-    def _drop(self, total: int, header: tuple[bytes, str] | None, serial: int, kind: int) -> None:
+    def _drop(self, total: int, header: tuple[bytes, str, str] | None, serial: int, kind: int, limit: int) -> None:
         """Read and drop the message of ``total`` bytes at the start of ``_in``; a call is handed on as ``header``
-        (its header without its body), to be answered."""
+        (its header without its body), to be answered (capped_process)."""
         have = min(len(self._in), total)
         del self._in[:have]
         self._skip = total - have
         sender = header[1] if header is not None else ""
         if header is not None and kind == _CALL:
             self._out += header[0]
-            self.cut[(sender, serial)] = total
+            self.cut[(sender, serial)] = (total, limit)
         else:
-            log.warning("D-Bus: a %s of %s bytes from %s dropped: over the %s bytes this service takes",
-                        "signal" if kind == _SIGNAL else "call", f"{total:,}", sender or "a caller",
-                        f"{self.limit:,}")
+            _warn("D-Bus: a %s of %s bytes from %s dropped: over the %s bytes this service takes",
+                  "signal" if kind == _SIGNAL else "call", f"{total:,}", sender or "a caller", f"{limit:,}")
 
     @staticmethod
-    def _header(head: bytes, end: str, fields: int) -> tuple[bytes, str] | None:
+    def _header(head: bytes, end: str, fields: int) -> tuple[bytes, str, str] | None:
         """(the message's fixed header and header fields with no body, no signature and no file descriptors; its
-        sender) for a message whose header fields are of the kinds the bus sends; None otherwise."""
-        pos, kept, sender = _HEAD, [], ""
+        sender; its interface) for a message whose header fields are of the kinds the bus sends; None otherwise."""
+        pos, kept, sender, interface = _HEAD, [], "", ""
         stop = _HEAD + fields
         try:
             while pos < stop:
@@ -159,6 +169,8 @@ class CappedSocket:
                     pos += 5 + n
                     if code == _SENDER:
                         sender = value.decode("ascii")
+                    elif code == _INTERFACE:
+                        interface = value.decode("ascii")
                 elif sig == b"g":
                     pos += 2 + head[pos]
                 elif sig == b"u":
@@ -175,7 +187,21 @@ class CappedSocket:
         for f in kept:
             array += b"\0" * _pad8(_HEAD + len(array)) + f
         fixed = head[:4] + struct.pack(f"{end}III", 0, struct.unpack_from(f"{end}I", head, 8)[0], len(array))
-        return fixed + array + b"\0" * _pad8(_HEAD + len(array)), sender
+        return fixed + array + b"\0" * _pad8(_HEAD + len(array)), sender, interface
+
+
+_quiet = {"at": 0.0, "more": 0}
+
+
+def _warn(msg: str, *args: object) -> None:
+    """One line about a message refused or dropped, at most every WARN_EVERY seconds (a caller sending them in a
+    loop does not fill the journal): the ones in between counted in the next line."""
+    now = time.monotonic()
+    if now - _quiet["at"] < WARN_EVERY:
+        _quiet["more"] += 1
+        return
+    more, _quiet["more"], _quiet["at"] = _quiet["more"], 0, now
+    log.warning(msg + (f" (and {more:,} more since the last such line)" if more else ""), *args)
 
 
 def capped_process(stream: CappedSocket, process: Callable[[Message], None], send: Callable[[Message], Any]
@@ -184,13 +210,14 @@ def capped_process(stream: CappedSocket, process: Callable[[Message], None], sen
     line), never run."""
 
     def each(msg: Message) -> None:
-        size = stream.cut.pop((msg.sender or "", msg.serial), None) if stream.cut else None
-        if size is None or msg.message_type != MessageType.METHOD_CALL:
+        cut = stream.cut.pop((msg.sender or "", msg.serial), None) if stream.cut else None
+        if cut is None or msg.message_type != MessageType.METHOD_CALL:
             process(msg)
             return
-        log.warning("D-Bus: a call of %s bytes from %s (%s.%s) refused: over the %s bytes this service takes",
-                    f"{size:,}", msg.sender or "a caller", msg.interface or "", msg.member or "", f"{stream.limit:,}")
+        size, limit = cut
+        _warn("D-Bus: a call of %s bytes from %s (%s.%s) refused: over the %s bytes this service takes",
+              f"{size:,}", msg.sender or "a caller", msg.interface or "", msg.member or "", f"{limit:,}")
         if not msg.flags & MessageFlag.NO_REPLY_EXPECTED:
             send(Message.new_error(msg, TOO_LARGE, f"the call is {size:,} bytes; this service takes calls of at "
-                                                   f"most {stream.limit:,} bytes"))
+                                                   f"most {limit:,} bytes"))
     return each
