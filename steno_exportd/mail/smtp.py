@@ -172,7 +172,15 @@ async def delivery(cfg: EmailConfig, out: Outgoing) -> AsyncIterator[Delivery]:
         try:
             result = await _deliver(cfg, out, smtp, f)
             yield result
-        finally:
+        except asyncio.CancelledError:
+            # a stop: no QUIT (mid-DATA it would be a line of the message, and the stop waited up to 5 s for
+            # its answer); the connection just closes, without a final dot the server keeps nothing
+            smtp.close()
+            raise
+        except BaseException:
+            await _close(smtp)
+            raise
+        else:
             await _close(smtp)
     finally:
         await asyncio.to_thread(f.close)
