@@ -19,13 +19,13 @@ import aiosmtplib
 from steno_exportd import safeparse
 from steno_exportd.access.passwords import read_password_file
 from steno_exportd.config import EmailConfig
+from steno_exportd.mail import said as _said
 from steno_exportd.outbox.queue import Delivery, Outgoing
 
 log = logging.getLogger(__name__)
 
 BLOCK = 1024 * 1024            # bytes of the spool file read and written at a time
 FINAL_REPLY_TIMEOUT = 600.0    # RFC 5321 4.5.3.2.6: a server may take 10 minutes to accept the data
-SAID_MAX = 300                 # characters of a server's words kept in a reason (aiosmtplib reads up to 32 KiB)
 
 
 class Refused(Exception):
@@ -34,12 +34,6 @@ class Refused(Exception):
     def __init__(self, reason: str, transient: bool) -> None:
         super().__init__(reason)
         self.transient = transient
-
-
-def _said(text: object) -> str:
-    """A server's words for the outbox, D-Bus, the page and the log: on one line, control characters escaped
-    (a reply's \\x1b[2J would clear the screen of whoever reads the journal), at most SAID_MAX characters."""
-    return safeparse.shorten(safeparse.printable(" ".join(str(text).split())), SAID_MAX)
 
 
 def _code(e: aiosmtplib.SMTPResponseException) -> str:
@@ -178,7 +172,15 @@ async def delivery(cfg: EmailConfig, out: Outgoing) -> AsyncIterator[Delivery]:
         try:
             result = await _deliver(cfg, out, smtp, f)
             yield result
-        finally:
+        except asyncio.CancelledError:
+            # a stop: no QUIT (mid-DATA it would be a line of the message, and the stop waited up to 5 s for
+            # its answer); the connection just closes, without a final dot the server keeps nothing
+            smtp.close()
+            raise
+        except BaseException:
+            await _close(smtp)
+            raise
+        else:
             await _close(smtp)
     finally:
         await asyncio.to_thread(f.close)

@@ -408,9 +408,16 @@ class Outbox:
     def _report_sync(self, entry_id: int, d: Delivery) -> ev.OutboxEntry:
         entry = self._row(entry_id)
         e = self.cfg.email
-        by_addr = {parse_address(r).addr_spec.lower(): r for r in entry.recipients}
-        delivered = list(entry.delivered) + [by_addr.get(a.lower(), a) for a in d.delivered]
-        refused = list(entry.refused) + [f"{by_addr.get(a.lower(), a)}: {why}" for a, why in d.refused]
+        # (the recipients last: theirs is the spelling kept)
+        known = [a for a in map(_refused_address, entry.refused) if a] + list(entry.delivered) + list(entry.recipients)
+        by_addr = {parse_address(r).addr_spec.lower(): r for r in known}
+        # the same report made again (the mail adapter tries again when a write here failed, after the first
+        # UPDATE below went through: recipients already emptied, delivered already listing them) lists nobody twice
+        delivered = list(entry.delivered)
+        delivered += [r for r in dict.fromkeys(by_addr.get(a.lower(), a) for a in d.delivered) if r not in delivered]
+        refused = list(entry.refused)
+        refused += [r for r in dict.fromkeys(f"{by_addr.get(a.lower(), a)}: {why}" for a, why in d.refused)
+                    if r not in refused]
         if d.error:
             pending = list(entry.recipients)
             reason, transient = d.error, d.transient
