@@ -34,14 +34,18 @@ def rounds_line(label: str, series: Sequence[tuple[str, Sequence[float]]]) -> No
 
 
 def report(prefix: str, mib: float, anchor_name: str, theirs: Sequence[float],
-           ours: Sequence[tuple[str, Sequence[float]]], label: str = "") -> None:
+           ours: Sequence[tuple[str, Sequence[float]]], label: str = "",
+           more: Sequence[tuple[str, Sequence[float]]] = ()) -> None:
     """Print MiB/s of the anchor and each of ours (medians), the ratio of the medians (higher: ours faster)
-    and the median of the per-round ratios."""
-    rounds_line(label, [*ours, (anchor_name, theirs)])
-    t = statistics.median(theirs)
-    print(f"{prefix}_{anchor_name}_mib_s: {mib / t:.1f}")
+    and the median of the per-round ratios; the same against each of ``more``, other anchors timed in the same
+    rounds (name, seconds)."""
+    rounds_line(label, [*ours, (anchor_name, theirs), *more])
     for name, xs in ours:
-        o = statistics.median(xs)
-        print(f"{prefix}_{name}_mib_s: {mib / o:.1f}")
-        print(f"{prefix}_ratio_{name}_vs_{anchor_name}: {t / o:.2f}")
-        print(f"{prefix}_ratio_{name}_per_round_median: {statistics.median(b / a for a, b in zip(xs, theirs)):.2f}")
+        print(f"{prefix}_{name}_mib_s: {mib / statistics.median(xs):.1f}")
+    for aname, ts in ((anchor_name, theirs), *more):
+        t = statistics.median(ts)
+        print(f"{prefix}_{aname}_mib_s: {mib / t:.1f}")
+        for name, xs in ours:
+            print(f"{prefix}_ratio_{name}_vs_{aname}: {t / statistics.median(xs):.2f}")
+            print(f"{prefix}_ratio_{name}_vs_{aname}_per_round_median: "
+                  f"{statistics.median(b / a for a, b in zip(xs, ts)):.2f}")
