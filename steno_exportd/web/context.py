@@ -13,7 +13,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from steno_exportd import safeparse, search
-from steno_exportd.errors import InvalidArgument
+from steno_exportd.errors import InvalidArgument, NotFoundError
 from steno_exportd.web import auth, human, static
 from steno_exportd.web.cache import RenderCache
 from steno_exportd.web.grants import OpenStreams
@@ -98,6 +98,18 @@ class WebContext:
     async def recording(self, key: str) -> Any:
         """The session a URL names (its summary) and its checked recording, without loading its transcript."""
         return await self.core.recording(session_key(key))
+
+    async def link_key(self, s: Any) -> str:
+        """What a meeting's page names it by in its own links (files, ZIP, recording, transcript lines, forms): its
+        uuid when that names it alone, so what they open is read bound to this meeting (after a restore of the
+        recorder's database they answer 410 or 404, never the meeting that took its number); else its id (a uuid
+        the key rule cannot take, or one another session shares)."""
+        try:
+            if KEY.fullmatch(s.uuid) and (await self.core.listing()).resolve(s.uuid) == s.id:
+                return s.uuid
+        except NotFoundError:
+            pass
+        return str(s.id)
 
     def render_page(self, request: web.Request, name: str, status: int = 200, **kw: Any) -> web.Response:
         kw.setdefault("csrf", request.get(CSRF, ""))
