@@ -269,7 +269,8 @@ def summary_json(s: Any) -> dict:
             "problems": [f"{p.field}: {p.reason}" for p in s.problems]}
 
 
-def session_json(s: Any) -> dict:
+def session_json(s: Any, key: str = "") -> dict:
+    """``key``: what the URLs in it name the meeting by (WebContext.link_key; its id when none is given)."""
     out = summary_json(s.summary)
     out.update({
         "description": s.description, "summary": s.summary_text, "topics": list(s.topics),
@@ -280,7 +281,7 @@ def session_json(s: Any) -> dict:
                           "done": a.done} for a in s.action_items],
         "segments": [{"start": g.start, "end": g.end, "speaker": g.speaker_name, "text": g.text,
                       "confidence": g.confidence} for g in s.segments],
-        "audio": {"url": f"/sessions/{s.id}/audio", "size": s.audio.size} if s.audio else None,
+        "audio": {"url": f"/sessions/{key or s.id}/audio", "size": s.audio.size} if s.audio else None,
         "problems": [f"{p.field}: {p.reason}" for p in s.problems],
     })
     return out

@@ -482,9 +482,10 @@ async def test_a_meeting_named_by_uuid_is_never_another_one_while_the_database_i
 
 
 async def test_a_meeting_pages_links_open_that_meeting_only_after_a_restore(web_client, tmp_path):
-    """The links on a meeting's page (its ZIP, recording, documents, transcript lines) name the meeting, not the
-    number it had: followed after the recorder's database was restored (the number now another meeting's), they
-    answer 404 or 410, never the other meeting's files under the button of this one."""
+    """The links on a meeting's page (its ZIP, recording, documents, transcript lines), and the recording's URL in
+    its API answer, name the meeting, not the number it had: followed after the recorder's database was restored
+    (the number now another meeting's), they answer 404 or 410, never the other meeting's files under the button of
+    this one."""
     import os
 
     lib = tmp_path / "swapped"
@@ -494,6 +495,7 @@ async def test_a_meeting_pages_links_open_that_meeting_only_after_a_restore(web_
     assert "All-hands" in page
     links = sorted(set(re.findall(r'(?:href|src|action)="(/sessions/[^"#]*)', page)))
     links += [f"/sessions/{m}/transcript" for m in re.findall(r'data-session="([^"]+)"', page)]
+    links.append((await (await client.get(f"/api/v1/sessions/{sid}")).json())["audio"]["url"])
     kinds = {"zip": "zip", "audio": "audio"}
     assert any(x.endswith("/zip") for x in links) and any("/audio" in x for x in links), links
     assert any("/download/pdf" in x for x in links) and any("/download/txt" in x for x in links), links
