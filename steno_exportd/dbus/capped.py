@@ -58,9 +58,6 @@ class CappedSocket:
         self._raw = False               # a stream of a shape this does not follow: handed on as it comes
         self.cut: dict[tuple[str, int], tuple[int, int]] = {}
 
-    def fileno(self) -> int:
-        return self._sock.fileno()
-
     def recv(self, n: int) -> bytes:
         """The bytes ready for the decoder (``n`` or more); BlockingIOError when none are, b"" at the end."""
         while not self._out:
@@ -190,18 +187,24 @@ class CappedSocket:
         return fixed + array + b"\0" * _pad8(_HEAD + len(array)), sender, interface
 
 
-_quiet = {"at": 0.0, "more": 0}
-
-
-def _warn(msg: str, *args: object) -> None:
-    """One line about a message refused or dropped, at most every WARN_EVERY seconds (a caller sending them in a
+class _Quiet:
+    """Lines about messages refused or dropped, at most one every WARN_EVERY seconds (a caller sending them in a
     loop does not fill the journal): the ones in between counted in the next line."""
-    now = time.monotonic()
-    if now - _quiet["at"] < WARN_EVERY:
-        _quiet["more"] += 1
-        return
-    more, _quiet["more"], _quiet["at"] = _quiet["more"], 0, now
-    log.warning(msg + (f" (and {more:,} more since the last such line)" if more else ""), *args)
+
+    def __init__(self) -> None:
+        self.at = 0.0       # when the last line was written (time.monotonic)
+        self.more = 0       # lines held back since
+
+    def warn(self, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self.at < WARN_EVERY:
+            self.more += 1
+            return
+        more, self.more, self.at = self.more, 0, now
+        log.warning(msg + (f" (and {more:,} more since the last such line)" if more else ""), *args)
+
+
+_warn = _Quiet().warn       # one for the process: a flood over many connections is one line every WARN_EVERY
 
 
 def capped_process(stream: CappedSocket, process: Callable[[Message], None], send: Callable[[Message], Any]

@@ -5,6 +5,7 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
+import functools
 import grp
 import inspect
 import logging
@@ -79,11 +80,7 @@ class _Bus(MessageBus):
     writer waits for room in the socket (_Patient)."""
 
     async def connect(self) -> "_Bus":
-        if _aio_bus.build_message_reader is not _capped_reader:
-            params = list(inspect.signature(_aio_bus.build_message_reader).parameters)
-            if params != ["sock", "process", "finalize", "negotiate_unix_fd"]:
-                raise StenoError("this dbus-fast version is not the one steno-exportd was built for (5.x)")
-            _aio_bus.build_message_reader = _capped_reader
+        _install_capped_reader()
         await super().connect()
         if not isinstance(self._writer, _MessageWriter) or not isinstance(self._writer.sock, socket.socket):
             raise StenoError("this dbus-fast version is not the one steno-exportd was built for (5.x)")
@@ -130,6 +127,16 @@ class _Bus(MessageBus):
 
 
 _plain_reader = _aio_bus.build_message_reader
+
+
+@functools.cache
+def _install_capped_reader() -> None:
+    """dbus-fast's reader replaced by _capped_reader, once per process (dbus-fast's own signature checked then: a
+    version whose reader takes other arguments is refused, StenoError, and checked again at the next connect)."""
+    params = list(inspect.signature(_plain_reader).parameters)
+    if params != ["sock", "process", "finalize", "negotiate_unix_fd"]:
+        raise StenoError("this dbus-fast version is not the one steno-exportd was built for (5.x)")
+    _aio_bus.build_message_reader = _capped_reader
 
 
 def _capped_reader(sock: socket.socket | None, process: Callable, finalize: Callable,

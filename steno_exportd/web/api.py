@@ -51,8 +51,9 @@ def search_json(r: SearchResults) -> dict:
 
 
 async def get_session(request: web.Request) -> web.Response:
-    s = await request.app[CTX].session(request.match_info["key"])
-    return web.json_response(session_json(s))
+    ctx: WebContext = request.app[CTX]
+    s = await ctx.session(request.match_info["key"])
+    return web.json_response(session_json(s, await ctx.link_key(s)))       # (its recording's URL: this meeting's)
 
 
 async def list_formats(request: web.Request) -> web.Response:

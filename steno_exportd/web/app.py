@@ -13,7 +13,7 @@ from typing import Any, AsyncIterator
 from aiohttp import web
 
 from steno_exportd.engine.identity import reachable_name
-from steno_exportd.errors import InvalidArgument, NotFoundError, StenoError, Throttled
+from steno_exportd.errors import InvalidArgument, NotFoundError, SessionReplaced, StenoError, Throttled
 from steno_exportd.web import api, auth, downloads, links, login, mail, pages, pairing, server, static, tls
 from steno_exportd.web.context import (CSRF, CTX, LOGIN, REFUSALS, SID, WebContext, client_addr, read_form,
                                        wants_json)
@@ -68,6 +68,8 @@ async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
     """Core errors become clear 4xx/5xx answers (JSON under /api/, a page elsewhere)."""
     try:
         return await handler(request)
+    except SessionReplaced as e:        # the meeting asked for is gone from under its id (a restore): not "no such"
+        return _error_response(request, 410, f"{e}; the recorder's database was replaced since it was looked up")
     except NotFoundError as e:
         return _error_response(request, 404, str(e))
     except InvalidArgument as e:

@@ -13,7 +13,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from steno_exportd import safeparse, search
-from steno_exportd.errors import InvalidArgument
+from steno_exportd.errors import InvalidArgument, NotFoundError
 from steno_exportd.web import auth, human, static
 from steno_exportd.web.cache import RenderCache
 from steno_exportd.web.grants import OpenStreams
@@ -98,6 +98,18 @@ class WebContext:
     async def recording(self, key: str) -> Any:
         """The session a URL names (its summary) and its checked recording, without loading its transcript."""
         return await self.core.recording(session_key(key))
+
+    async def link_key(self, s: Any) -> str:
+        """What a meeting's page names it by in its own links (files, ZIP, recording, transcript lines, forms): its
+        uuid when that names it alone, so what they open is read bound to this meeting (after a restore of the
+        recorder's database they answer 410 or 404, never the meeting that took its number); else its id (a uuid
+        the key rule cannot take, or one another session shares)."""
+        try:
+            if KEY.fullmatch(s.uuid) and (await self.core.listing()).resolve(s.uuid) == s.id:
+                return s.uuid
+        except NotFoundError:
+            pass
+        return str(s.id)
 
     def render_page(self, request: web.Request, name: str, status: int = 200, **kw: Any) -> web.Response:
         kw.setdefault("csrf", request.get(CSRF, ""))
@@ -257,7 +269,8 @@ def summary_json(s: Any) -> dict:
             "problems": [f"{p.field}: {p.reason}" for p in s.problems]}
 
 
-def session_json(s: Any) -> dict:
+def session_json(s: Any, key: str = "") -> dict:
+    """``key``: what the URLs in it name the meeting by (WebContext.link_key; its id when none is given)."""
     out = summary_json(s.summary)
     out.update({
         "description": s.description, "summary": s.summary_text, "topics": list(s.topics),
@@ -268,7 +281,7 @@ def session_json(s: Any) -> dict:
                           "done": a.done} for a in s.action_items],
         "segments": [{"start": g.start, "end": g.end, "speaker": g.speaker_name, "text": g.text,
                       "confidence": g.confidence} for g in s.segments],
-        "audio": {"url": f"/sessions/{s.id}/audio", "size": s.audio.size} if s.audio else None,
+        "audio": {"url": f"/sessions/{key or s.id}/audio", "size": s.audio.size} if s.audio else None,
         "problems": [f"{p.field}: {p.reason}" for p in s.problems],
     })
     return out

@@ -115,7 +115,7 @@ async def send_audio(request: web.Request, ctx: WebContext, summary: Any, record
     """The recording, opened as the library checked it (no symlink followed, same file) and sent from that."""
     if recording is None or recording.path is None:
         # only to say why (the whole session's problems), of this meeting (a restore since: SessionReplaced)
-        s = await asyncio.to_thread(ctx.core.library.get_session, summary.id, summary.uuid)
+        s = await ctx.core.session(summary.id, summary.uuid)
         reasons = "; ".join(p.reason for p in s.problems if "audio" in p.field) or "no recording"
         raise NotFoundError(f"this session has no usable recording ({reasons})")
     path = recording.path
@@ -316,7 +316,7 @@ async def send_rendered(request: web.Request, ctx: WebContext, s: Any, fmt: str,
 
     r = render.get(one_of(fmt, render.names(), "format"))
     if fmt == "audio":
-        raise web.HTTPFound(f"/sessions/{s.id}/audio?dl=1")
+        raise web.HTTPFound(f"/sessions/{await ctx.link_key(s)}/audio?dl=1")
     template = _template(template, ctx)
     opts = render_options(ctx.cfg, template)        # the same options as an export's files
     key = ctx.cache.key(s.uuid, s.updated_at, fmt, r.version, template, opts)
@@ -641,9 +641,9 @@ async def _send_file_span(request: web.Request, span: Any) -> int:
 
 async def session_zip(request: web.Request) -> web.StreamResponse:
     ctx: WebContext = request.app[CTX]
-    summary = await ctx.summary(request.match_info["key"])     # the plan loads the session itself
-    return await stream_zip(request, ctx, [summary.id], _formats(request.query, ctx),
-                            download_name(summary, "SilentSteno.zip"), "page")
+    summary = await ctx.summary(request.match_info["key"])     # the plan loads the session itself, bound to
+    return await stream_zip(request, ctx, [summary.id], _formats(request.query, ctx),     # the meeting looked up
+                            download_name(summary, "SilentSteno.zip"), "page", uuids=(summary.uuid,))
 
 
 async def selection_zip(request: web.Request) -> web.StreamResponse:
@@ -655,14 +655,13 @@ async def selection_zip(request: web.Request) -> web.StreamResponse:
         raise InvalidArgument(f"at most {MAX_SELECTION} sessions in one ZIP")
     for key in raw:
         session_key(key)              # every key well-formed before any is looked up
-    ids: list[int] = []
-    for key in raw:                   # resolved from the listing: the plan loads each session once
-        sid = (await ctx.summary(key)).id
-        if sid not in ids:
-            ids.append(sid)
+    chosen: dict[int, str] = {}       # id -> uuid, resolved from the listing: the plan loads each session once,
+    for key in raw:                   # bound to the meeting looked up (a restore since: SessionReplaced)
+        summary = await ctx.summary(key)
+        chosen.setdefault(summary.id, summary.uuid)
     stamp = time.strftime("%Y-%m-%d")
-    return await stream_zip(request, ctx, ids, _formats(request.query, ctx),
-                            f"SilentSteno {stamp} ({len(ids)} sessions).zip", "page")
+    return await stream_zip(request, ctx, list(chosen), _formats(request.query, ctx),
+                            f"SilentSteno {stamp} ({len(chosen)} sessions).zip", "page", uuids=tuple(chosen.values()))
 
 
 # the page's own downloads (each one written to the audit log): never for another site's page (app.access)

@@ -100,7 +100,7 @@ async def session_page(request: web.Request) -> web.Response:
     links = await link_views(request, ctx, s)
     audit = await asyncio.to_thread(ctx.store.audit_log, s.id, 50)
     return ctx.render_page(request, "session.html", s=s, t=fmt_time, when=fmt_when, dur=fmt_duration,
-                           downloads=downloads, links=links, audit=audit,
+                           downloads=downloads, links=links, audit=audit, key=await ctx.link_key(s),
                            share_cfg=ctx.cfg.http.share_links, now=time.time(), remotes=remotes(ctx),
                            email_on=ctx.cfg.email.enabled, formats=[r.name for r in _renderers()],
                            default_formats=ctx.cfg.export.formats,

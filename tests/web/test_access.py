@@ -400,3 +400,111 @@ async def test_a_share_link_serves_its_own_meeting_while_the_database_is_restore
     assert counts["wrong"] == 0, counts
     assert counts["other"] == 0, counts         # (neither the meeting nor 410: a run of 500s is no pass)
     assert sum(counts.values()) == 4 * 40, counts
+
+
+def _judge_meeting(what: str, status: int, body: bytes, fine: bytes, secret: bytes) -> str:
+    """One answer for meeting A (``fine``) while the database is restored under it: "right" (A's content), "wrong"
+    (B's: "Board meeting: layoffs", its recording), "gone" (410: A's id names B now), "absent" (404 saying there is no
+    such session: the database is B's at that moment, which has no A) or "other" (anything else, a 404 for a replaced
+    meeting or a 500 among them)."""
+    import io
+    import zipfile
+
+    if status == 410:
+        return "gone"
+    if status == 404:
+        return "absent" if b"no session" in body else "other"
+    if status != 200:
+        return "other"
+    if what == "audio":
+        return "right" if body == fine else "wrong" if body == secret else "other"
+    if what == "zip":
+        with zipfile.ZipFile(io.BytesIO(body)) as z:
+            body = b"".join(z.read(n) for n in z.namelist())
+    if b"layoffs" in body or b"Board meeting" in body or secret in body:
+        return "wrong"
+    return "right" if b"Lunch is on Friday" in body or b"All-hands" in body else "other"
+
+
+async def test_a_meeting_named_by_uuid_is_never_another_one_while_the_database_is_restored(web_client, tmp_path):
+    """The recorder's database restored again and again (another recorder's backup, another meeting under the same
+    session id) while clients read a meeting by its uuid or short id: its page, transcript lines, documents, ZIP,
+    recording and API answer are that meeting's, 410 (its id names another meeting now) or 404 (it is not in the
+    database of the moment); never the other meeting's under this one's name (the key was resolved on the listing
+    and the meeting then read by its id: a restore in between served the other one)."""
+    import os
+    import threading
+
+    lib = tmp_path / "swapped"
+    sid, uuid, fine, secret = _restored_pair(lib)
+    client, core = await web_client(lib, **{"export.formats": ["txt", "json"]})
+    paths = [("page", "/sessions/{k}"), ("page", "/sessions/{k}/transcript"), ("api", "/api/v1/sessions/{k}"),
+             ("txt", "/sessions/{k}/download/txt"), ("json", "/sessions/{k}/download/json"),
+             ("zip", "/sessions/{k}/zip"), ("audio", "/sessions/{k}/audio")]
+    for what, path in paths:            # (before any restore: the meeting itself)
+        r = await client.get(path.format(k=uuid))
+        assert _judge_meeting(what, r.status, await r.read(), fine, secret) == "right", path
+    stop, swaps = threading.Event(), [0]
+
+    def restores() -> None:
+        db = lib / "silent_steno.db"
+        while not stop.is_set():
+            for name in ("b", "a"):
+                os.link(lib / f"{name}.db", lib / "restoring.db")
+                os.replace(lib / "restoring.db", db)        # (a restore: the file replaced whole)
+                swaps[0] += 1
+                stop.wait(0.002)
+
+    counts = {"right": 0, "wrong": 0, "gone": 0, "absent": 0, "other": 0}
+    wrong: list[str] = []
+
+    async def reader(n: int, offset: int) -> None:
+        for i in range(n):
+            what, path = paths[(i + offset) % len(paths)]
+            path = path.format(k=uuid if i % 3 else uuid.replace("-", "")[:8])    # its uuid, or its short id
+            r = await client.get(path)
+            got = _judge_meeting(what, r.status, await r.read(), fine, secret)
+            counts[got] += 1
+            if got in ("wrong", "other"):
+                wrong.append(f"{path}: {r.status}")
+
+    swapper = threading.Thread(target=restores)
+    swapper.start()
+    try:
+        await asyncio.gather(*(reader(42, k) for k in range(4)))
+    finally:
+        stop.set()
+        swapper.join()
+    assert swaps[0] > 100 and counts["right"] > 0, (swaps, counts)
+    assert counts["wrong"] == 0, (counts, wrong[:10])
+    assert counts["other"] == 0, (counts, wrong[:10])       # (a replaced meeting is a 410, not a 404 or a 500)
+    assert sum(counts.values()) == 4 * 42, counts
+
+
+async def test_a_meeting_pages_links_open_that_meeting_only_after_a_restore(web_client, tmp_path):
+    """The links on a meeting's page (its ZIP, recording, documents, transcript lines), and the recording's URL in
+    its API answer, name the meeting, not the number it had: followed after the recorder's database was restored
+    (the number now another meeting's), they answer 404 or 410, never the other meeting's files under the button of
+    this one."""
+    import os
+
+    lib = tmp_path / "swapped"
+    sid, uuid, fine, secret = _restored_pair(lib)
+    client, core = await web_client(lib, **{"export.formats": ["txt", "json"]})
+    page = await (await client.get(f"/sessions/{sid}")).text()
+    assert "All-hands" in page
+    links = sorted(set(re.findall(r'(?:href|src|action)="(/sessions/[^"#]*)', page)))
+    links += [f"/sessions/{m}/transcript" for m in re.findall(r'data-session="([^"]+)"', page)]
+    links.append((await (await client.get(f"/api/v1/sessions/{sid}")).json())["audio"]["url"])
+    kinds = {"zip": "zip", "audio": "audio"}
+    assert any(x.endswith("/zip") for x in links) and any("/audio" in x for x in links), links
+    assert any("/download/pdf" in x for x in links) and any("/download/txt" in x for x in links), links
+    os.link(lib / "b.db", lib / "restoring.db")
+    os.replace(lib / "restoring.db", lib / "silent_steno.db")       # (a restore: the file replaced whole)
+    for link in links:
+        if link.endswith("/share") or link.endswith("/email"):
+            continue                    # (forms that post: a share link is bound to its meeting's uuid)
+        r = await client.get(link.replace("&amp;", "&"))
+        what = kinds.get(link.rsplit("/", 1)[-1].split("?")[0], "page")
+        got = _judge_meeting(what, r.status, await r.read(), fine, secret)
+        assert got in ("gone", "absent"), (link, r.status, got)

@@ -25,9 +25,9 @@ async def test_send_by_email_on_a_session_page_reaches_the_server(web_client, sm
     server, client, core = await _mail_client(web_client, smtp_server)
     task = asyncio.create_task(sender.run(core))
     try:
-        sid = next(s.id for s in (await core.listing()).sessions if s.exportable)
+        sid, uuid = next((s.id, s.uuid) for s in (await core.listing()).sessions if s.exportable)
         html = await (await client.get(f"/sessions/{sid}")).text()
-        assert "Send by email" in html and f'action="/sessions/{sid}/email"' in html
+        assert "Send by email" in html and f'action="/sessions/{uuid}/email"' in html     # (named by its uuid)
         form = [("recipients", "alice@example.org\nBob <bob@example.org>"), ("formats", "txt"), ("formats", "json")]
         r = await client.post(f"/sessions/{sid}/email", data=form, allow_redirects=False)
         assert r.status == 403 and core.outbox.list() == []          # no CSRF token: refused, nothing queued

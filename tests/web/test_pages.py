@@ -65,7 +65,7 @@ async def test_session_page_transcript_player_and_problems(web_client, sessions)
     r = await client.get(f"/sessions/{s.uuid}")                         # uuid works as well as the id
     html = await r.text()
     assert r.status == 200
-    assert f'<audio id="player" controls preload="metadata" src="/sessions/{s.id}/audio"' in html
+    assert f'<audio id="player" controls preload="metadata" src="/sessions/{s.uuid}/audio"' in html
     starts = re.findall(r'data-start="([0-9.]+)"', html)
     assert len(starts) == min(len(s.segments), FIRST_LINES) and float(starts[1]) == s.segments[1].start
     whole = await (await client.get(f"/sessions/{s.id}?all=1")).text()     # without scripts: every line

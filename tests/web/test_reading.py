@@ -58,7 +58,7 @@ async def test_the_transcript_comes_in_pieces_and_is_found_without_scripts(web_c
     assert len(s.segments) > FIRST_LINES
     html = await (await client.get(f"/sessions/{s.id}")).text()
     assert len(re.findall(r"<li id=\"l[0-9]+\">", html)) == FIRST_LINES
-    assert f'href="/sessions/{s.id}?all=1#tr"' in html
+    assert f'href="/sessions/{s.summary.uuid}?all=1#tr"' in html       # (the page's links name it by its uuid)
     got = []
     while len(got) + FIRST_LINES < len(s.segments):
         r = await client.get(f"/sessions/{s.id}/transcript", params={"from": str(FIRST_LINES + len(got)),
