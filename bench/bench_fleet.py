@@ -48,7 +48,6 @@ from steno_exportd.engine.options import ExportOptions  # noqa: E402
 from steno_exportd.engine.registry import local  # noqa: E402
 from steno_exportd.library import Library  # noqa: E402
 from steno_exportd.smb.push import SmbKind  # noqa: E402
-from tests.parts import proc_stat  # noqa: E402
 from tests.parts.netns import ShapedLink, shaped_link  # noqa: E402
 from tests.parts.smbd import make_smbd  # noqa: E402
 from tests.recorder_db import RecorderDB  # noqa: E402
@@ -99,20 +98,20 @@ def recorder(cfg_json: str) -> int:
     return 0 if not bad else 1
 
 
-def fleet(raws: list[dict], total: int, prefix: list[str]) -> tuple[float, float, float]:
+def fleet(raws: list[dict], total: int, prefix: list[str]) -> tuple[float, float, float, float]:
     """Every recorder at once (each started under ``prefix``): (seconds until the last finished, the slowest
-    recorder's own seconds, the CPU seconds of all recorders' pushes)."""
+    recorder's own seconds, the CPU seconds of all recorders' pushes, the machine's busy CPU seconds meanwhile)."""
     procs = [subprocess.Popen([*prefix, sys.executable, __file__, "--recorder", json.dumps(raw)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for raw in raws]
     try:
         for p in procs:
             assert p.stdout.readline().strip() == "ready", "a recorder process failed to start"
-        t0 = time.perf_counter()
+        t0, b0 = time.perf_counter(), busy_cpu()
         for p in procs:
             p.stdin.write("go\n")
             p.stdin.flush()
         outs = [json.loads(p.stdout.readline() or "{}") for p in procs]
-        wall = time.perf_counter() - t0
+        wall, busy = time.perf_counter() - t0, busy_cpu() - b0
         for p in procs:
             p.wait(60)
     finally:
@@ -122,7 +121,7 @@ def fleet(raws: list[dict], total: int, prefix: list[str]) -> tuple[float, float
                 p.wait()
     assert all(o.get("errors") == [] for o in outs), outs
     assert sum(o["bytes"] for o in outs) == total, (outs, total)
-    return wall, max(o["seconds"] for o in outs), sum(o["cpu"] for o in outs)
+    return wall, max(o["seconds"] for o in outs), sum(o["cpu"] for o in outs), busy
 
 
 def smbclient_put(server: str, port: int, user: str, pw: str, files: list[pathlib.Path], dest: str,
@@ -156,21 +155,14 @@ def children_cpu() -> float:
     return r.children_user + r.children_system
 
 
-def tree_cpu(pid: int) -> float:
-    """CPU seconds of a process, its reaped children and its live (or not yet reaped) children: smbd forks one
-    process per connection."""
-    def stat(p: int) -> list[str]:
-        try:
-            return proc_stat(p)
-        except OSError:
-            return []
-    tick = os.sysconf("SC_CLK_TCK")
-    total = sum(int(x) for x in stat(pid)[11:15]) / tick
-    for d in pathlib.Path("/proc").iterdir():
-        f = stat(int(d.name)) if d.name.isdigit() else []
-        if f and int(f[1]) == pid:
-            total += sum(int(x) for x in f[11:13]) / tick
-    return total
+def busy_cpu() -> float:
+    """CPU seconds this machine has been busy (all CPUs, /proc/stat: neither idle nor waiting on I/O). Less what
+    a side's client(s) used in the same moments, it is what serving them cost: smbd (its one process per
+    connection, forked and reaped as they come and go: counting them one by one missed some) and the kernel's
+    share of the loopback traffic; nothing else runs beside a benchmark."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def negotiated(smbd_conf: pathlib.Path, port: int, user: str, pw: str, remote: SmbRemote) -> tuple[str, str]:
@@ -268,19 +260,19 @@ def run_in(name: str, link: ShapedLink | None, tmp: pathlib.Path) -> None:
             os.sync()
 
         def ours(r: int) -> float:
-            s0 = tree_cpu(smbd.proc.pid)
-            wall, slow, used = fleet(raws, total, prefix)
-            cpu["ours_smbd"].append(tree_cpu(smbd.proc.pid) - s0)
+            wall, slow, used, busy = fleet(raws, total, prefix)
+            cpu["ours_smbd"].append(busy - used)
             cpu["ours"].append(used)
             slowest.append(slow)
             clear()
             return wall
 
         def anchor(r: int) -> float:
-            s0, c0 = tree_cpu(smbd.proc.pid), children_cpu()
+            b0, c0 = busy_cpu(), children_cpu()
             t = smbclient_put(server, smbd.port, user, pw, files, f"smbclient-{r}", prefix)
-            cpu["smbclient"].append(children_cpu() - c0)
-            cpu["smbclient_smbd"].append(tree_cpu(smbd.proc.pid) - s0)
+            used = children_cpu() - c0
+            cpu["smbclient"].append(used)
+            cpu["smbclient_smbd"].append(busy_cpu() - b0 - used)
             if VERIFY:          # like with like: the same bytes read back by smbclient (not hashed), timed apart
                 got.append(t + smbclient_get(server, smbd.port, user, pw, files, f"smbclient-{r}", prefix))
             clear()
@@ -307,7 +299,8 @@ def run_in(name: str, link: ShapedLink | None, tmp: pathlib.Path) -> None:
             print(f"{name}_ratio_ours_vs_smbclient_put_get: {statistics.median(got) / statistics.median(mine):.2f}")
         print(f"{name}_ours_negotiated: {mine_neg}")
         print(f"{name}_smbclient_negotiated: {their_neg}")
-        # where the time goes on a 2-core machine: CPU seconds of each side's client(s) and of smbd (medians)
+        # where the time goes on a 2-core machine: CPU seconds of each side's client(s) and of serving them (smbd
+        # and the kernel: the machine's busy time less the clients', busy_cpu), medians
         for k, v in cpu.items():
             print(f"{name}_cpu_{k}_s: {statistics.median(v):.2f}")
     finally:
