@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import socket
 import ssl
 from typing import AsyncIterator, BinaryIO
@@ -26,6 +27,17 @@ log = logging.getLogger(__name__)
 
 BLOCK = 1024 * 1024            # bytes of the spool file read and written at a time
 FINAL_REPLY_TIMEOUT = 600.0    # RFC 5321 4.5.3.2.6: a server may take 10 minutes to accept the data
+# One try, from the connect to the message's final dot, must end within TRY_ALLOWANCE plus the stored message's
+# size at TRY_MIN_RATE (try_limit()). Each step has its own timeout, but a server answering every one just within
+# it (its replies a line at a time, the message taken a block just within email.timeout) held the try, and the
+# outbox, which sends one message at a time, for the sum: with email.timeout = 600, a 50 MB recording (a 68 MB
+# spool file) over 12 hours, each RCPT 10 minutes more. The allowance is RFC 5321's for MAIL or one RCPT (5
+# minutes); the rate is the SMB push's floor (smb/wire.py): that 68 MB file gets 69 minutes more. The final reply
+# keeps its own 10 minutes beyond the limit: the server has the whole message then, and a try cut while it decides
+# is a message it may have kept, sent again at the next try. At the default 30 s the steps' own timeouts end most
+# tries first (a small message's before its final dot: about 5 minutes); this bounds what they did not.
+TRY_ALLOWANCE = 300.0
+TRY_MIN_RATE = 16 * 1024       # bytes/s
 
 
 class Refused(Exception):
@@ -80,8 +92,9 @@ class _Writer(asyncio.StreamWriter):
         pass
 
 
-async def _send_data(smtp: aiosmtplib.SMTP, f: BinaryIO, timeout: float) -> None:
-    """DATA, the file in blocks (each written after the transport drained), the final dot, the reply."""
+async def _send_data(smtp: aiosmtplib.SMTP, f: BinaryIO, timeout: float, limit: asyncio.Timeout) -> None:
+    """DATA, the file in blocks (each written after the transport drained), the final dot, the reply (without the
+    try's ``limit``: see TRY_ALLOWANCE)."""
     reply = await smtp.execute_command(b"DATA", timeout=timeout)
     if reply.code != 354:
         raise aiosmtplib.SMTPDataError(reply.code, reply.message)
@@ -102,12 +115,14 @@ async def _send_data(smtp: aiosmtplib.SMTP, f: BinaryIO, timeout: float) -> None
             raise Refused(f"{smtp.hostname}:{smtp.port} stopped reading the message (nothing taken for {timeout:g} s)",
                           transient=True) from None
     writer.write((b"" if tail == b"\r\n" else b"\r\n") + b".\r\n")
+    limit.reschedule(None)
     reply = await smtp.protocol.read_response(timeout=max(timeout, FINAL_REPLY_TIMEOUT))
     if reply.code != 250:
         raise aiosmtplib.SMTPDataError(reply.code, reply.message)
 
 
-async def _session(cfg: EmailConfig, out: Outgoing, smtp: aiosmtplib.SMTP, f: BinaryIO) -> Delivery:
+async def _session(cfg: EmailConfig, out: Outgoing, smtp: aiosmtplib.SMTP, f: BinaryIO,
+                   limit: asyncio.Timeout) -> Delivery:
     await smtp.connect()
     if cfg.security == "starttls" or (cfg.security == "none" and cfg.starttls):
         await smtp.ehlo()
@@ -141,7 +156,7 @@ async def _session(cfg: EmailConfig, out: Outgoing, smtp: aiosmtplib.SMTP, f: Bi
     if not delivered:
         await smtp.rset()
         return Delivery(refused=tuple(refused), deferred=tuple(deferred))
-    await _send_data(smtp, f, cfg.timeout)
+    await _send_data(smtp, f, cfg.timeout, limit)
     return Delivery(delivered=tuple(delivered), refused=tuple(refused), deferred=tuple(deferred))
 
 
@@ -186,10 +201,33 @@ async def delivery(cfg: EmailConfig, out: Outgoing) -> AsyncIterator[Delivery]:
         await asyncio.to_thread(f.close)
 
 
+def try_limit(size: int) -> float:
+    """Seconds one try of a stored message of ``size`` bytes may take in all."""
+    return TRY_ALLOWANCE + size / TRY_MIN_RATE
+
+
 async def _deliver(cfg: EmailConfig, out: Outgoing, smtp: aiosmtplib.SMTP, f: BinaryIO) -> Delivery:
+    """One try within try_limit() up to the final dot: past it the connection is closed at once (no QUIT, which
+    the server would hold too) and the try failed, to be made again later (the server never had the whole
+    message)."""
+    size = (await asyncio.to_thread(os.fstat, f.fileno())).st_size
+    seconds = try_limit(size)
+    limit = asyncio.timeout(seconds)
+    try:
+        async with limit:
+            return await _answered(cfg, out, smtp, f, limit)
+    except TimeoutError:        # (_answered turns its own timeouts into a Delivery: this is the try's limit)
+        smtp.close()
+        return Delivery(error=_said(f"{cfg.smtp_host}:{cfg.smtp_port} took more than {seconds:.0f} s over one try "
+                                    f"({TRY_ALLOWANCE:.0f} s plus the message's {size:,} bytes at "
+                                    f"{TRY_MIN_RATE // 1024} KiB/s): answering too slowly"), transient=True)
+
+
+async def _answered(cfg: EmailConfig, out: Outgoing, smtp: aiosmtplib.SMTP, f: BinaryIO,
+                    limit: asyncio.Timeout) -> Delivery:
     where = f"{cfg.smtp_host}:{cfg.smtp_port}"
     try:
-        return await _session(cfg, out, smtp, f)
+        return await _session(cfg, out, smtp, f, limit)
     except Refused as e:
         return Delivery(error=str(e), transient=e.transient)
     except aiosmtplib.SMTPResponseException as e:
