@@ -322,8 +322,11 @@ class Core:
         names = request.format_names(formats) or tuple(self.cfg.export.formats)
         template = template or self.cfg.export.template
         await asyncio.to_thread(request.template_name, template, self.cfg.render.template_dir)
-        session_ids = request.resolve_sessions(keys, await self.listing(), ExportOptions())
-        return await self.outbox.email_sessions(list(session_ids), list(names), recipients, template,
+        listing = await self.listing()
+        # each meeting as resolved on this listing (its uuid, its title) goes into the message's row: the message
+        # carries these meetings or fails, never the one a number names after a restore of the recorder's database
+        chosen = [listing.by_id[i] for i in request.resolve_sessions(keys, listing, ExportOptions())]
+        return await self.outbox.email_sessions(chosen, list(names), recipients, template,
                                                 made_by=made_by, login_id=login_id)
 
     async def retry_mail(self, entry_id: Any, *, made_by: str = AT_DEVICE, login_id: str = "") -> ev.OutboxEntry:
