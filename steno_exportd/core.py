@@ -282,13 +282,16 @@ class Core:
 
         await asyncio.to_thread(request.template_name, opts.template or self.cfg.export.template,
                                 self.cfg.render.template_dir)
-        session_ids = request.resolve_sessions(keys, await self.listing(), opts)
+        listing = await self.listing()
+        session_ids = request.resolve_sessions(keys, listing, opts)
         if opts.device_id and not trusted:
             self._device_at(opts.device_id, target)
         operation, target, name, default_formats = await asyncio.to_thread(self._target, target, opts, trusted)
+        # each meeting's uuid as resolved here goes with the job: it reads these meetings or fails them, never the
+        # ones their numbers name after a restore of the recorder's database while the job waited or ran
         return JobSpec(operation=operation, target=target, target_name=name, session_ids=session_ids,
                        formats=names or tuple(default_formats), options=opts, device_id=opts.device_id,
-                       trusted=trusted)
+                       trusted=trusted, session_uuids=tuple(listing.by_id[i].uuid for i in session_ids))
 
     def _device_at(self, device_id: str, target: str | Target) -> None:
         """A caller's options.device_id makes the job a stick's (held to its filesystem, listed under it, its free
