@@ -369,14 +369,17 @@ class Core:
         hours, uses = sl.default_expiry_hours, sl.default_max_downloads
         tls = cfg.http.tls.mode != "off"
 
-        async def create(session_id: int) -> ShareLink:
-            uuid = (await self.summary(session_id)).uuid        # the link opens this meeting only
+        async def create(session_id: int, uuid: str) -> ShareLink:
+            # the link opens the meeting the message carries only: its uuid as the compose read it (the uuid of the
+            # listing of the moment was the other meeting's after a restore of the recorder's database in between,
+            # and the message carried a link to it); SessionReplaced when its id names another meeting already
+            await self.summary(session_id, uuid)
             return await self.access.create_link(cfg, session_id, hours, uses, made_by=made_by, login_id=login_id,
                                                  session_uuid=uuid)
 
-        def make(session_id: int) -> str:
+        def make(session_id: int, uuid: str) -> str:
             # called from the message's compose thread: the link is made on the core's loop, as for any caller
-            made = asyncio.run_coroutine_threadsafe(create(session_id), loop)
+            made = asyncio.run_coroutine_threadsafe(create(session_id, uuid), loop)
             link = made.result(LINK_TIMEOUT)
             log.info("share link %s… for session %d: a file too large to mail", link.token[:6], session_id)
             return link.token

@@ -215,7 +215,8 @@ def restored_pair(root: Path) -> tuple[int, str, bytes, bytes]:
     """Two recorder databases in library ``root`` (its live one a copy of the first): a meeting shared from
     ``a.db`` and, in ``b.db`` (another recorder's backup restored), another meeting under the same session id with
     another uuid, title and recording. -> (session id, uuid in a, a's recording bytes, b's recording bytes)."""
-    fine, secret = b"RIFF....WAVEfmt all-hands audio" * 64, b"RIFF....WAVEfmt board layoffs!!" * 64
+    # (16 KB each: over the smallest email.max_message_mb, a message links them)
+    fine, secret = b"RIFF....WAVEfmt all-hands audio" * 512, b"RIFF....WAVEfmt board layoffs!!" * 512
     made = {}
     for name, title, audio, text in (("a", "All-hands, fine to share", fine, "Lunch is on Friday."),
                                      ("b", "Board meeting: layoffs", secret, "The layoffs start in May.")):

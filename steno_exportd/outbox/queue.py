@@ -84,6 +84,12 @@ def _refused_address(refusal: str) -> str:
     return ""
 
 
+def _replaced(what: str) -> StenoError:
+    """Why a message fails whose meeting was replaced under its number since it was asked for."""
+    return StenoError(f"{what} is no longer on this recorder: its number now names another meeting, recorded since "
+                      "(the recorder's database was restored?); ask for a new message")
+
+
 def _entry(row: tuple) -> tuple[ev.OutboxEntry, dict]:
     d = dict(zip(_COLUMNS, row))
     request = json.loads(d["request"] or "{}")
@@ -322,17 +328,18 @@ class Outbox:
                 try:                        # read bound to the meeting asked for (Library.get_session)
                     sessions.append(lib.get_session(i, uuid))
                 except SessionReplaced:
-                    raise StenoError(f"meeting {i} is no longer on this recorder: its number now names another "
-                                     "meeting, recorded since (the recorder's database was restored?); ask for a "
-                                     "new message") from None
+                    raise _replaced(f"meeting {i}") from None
             limit = int(self.cfg.email.max_message_mb * 1024 * 1024)
             # a row from before makers were kept: made at the recorder, as then
             links = (self._links(request.get("made_by", AT_DEVICE), request.get("made_by_login", ""))
                      if self.cfg.email.oversize == "link" else None)
-            draft, left_out = content.sessions_draft(sessions, request["formats"],
-                                                     render_options(self.cfg, request["template"]),
-                                                     self.cfg.email.sender, entry.recipients, limit, links,
-                                                     data_dir=lib.data_dir)
+            try:
+                draft, left_out = content.sessions_draft(sessions, request["formats"],
+                                                         render_options(self.cfg, request["template"]),
+                                                         self.cfg.email.sender, entry.recipients, limit, links,
+                                                         data_dir=lib.data_dir)
+            except SessionReplaced as e:    # a share link's meeting (Core._mail_links), replaced since it was read
+                raise _replaced(f"the meeting of a share link it carries ({e})") from None
         token = f"{entry.id}-{secrets.token_hex(8)}.eml"
         path = self.dir / token
         size = write(draft, path, content.domain_of(draft.sender))
