@@ -282,13 +282,16 @@ class Core:
 
         await asyncio.to_thread(request.template_name, opts.template or self.cfg.export.template,
                                 self.cfg.render.template_dir)
-        session_ids = request.resolve_sessions(keys, await self.listing(), opts)
+        listing = await self.listing()
+        session_ids = request.resolve_sessions(keys, listing, opts)
         if opts.device_id and not trusted:
             self._device_at(opts.device_id, target)
         operation, target, name, default_formats = await asyncio.to_thread(self._target, target, opts, trusted)
+        # each meeting's uuid as resolved here goes with the job: it reads these meetings or fails them, never the
+        # ones their numbers name after a restore of the recorder's database while the job waited or ran
         return JobSpec(operation=operation, target=target, target_name=name, session_ids=session_ids,
                        formats=names or tuple(default_formats), options=opts, device_id=opts.device_id,
-                       trusted=trusted)
+                       trusted=trusted, session_uuids=tuple(listing.by_id[i].uuid for i in session_ids))
 
     def _device_at(self, device_id: str, target: str | Target) -> None:
         """A caller's options.device_id makes the job a stick's (held to its filesystem, listed under it, its free
@@ -322,8 +325,11 @@ class Core:
         names = request.format_names(formats) or tuple(self.cfg.export.formats)
         template = template or self.cfg.export.template
         await asyncio.to_thread(request.template_name, template, self.cfg.render.template_dir)
-        session_ids = request.resolve_sessions(keys, await self.listing(), ExportOptions())
-        return await self.outbox.email_sessions(list(session_ids), list(names), recipients, template,
+        listing = await self.listing()
+        # each meeting as resolved on this listing (its uuid, its title) goes into the message's row: the message
+        # carries these meetings or fails, never the one a number names after a restore of the recorder's database
+        chosen = [listing.by_id[i] for i in request.resolve_sessions(keys, listing, ExportOptions())]
+        return await self.outbox.email_sessions(chosen, list(names), recipients, template,
                                                 made_by=made_by, login_id=login_id)
 
     async def retry_mail(self, entry_id: Any, *, made_by: str = AT_DEVICE, login_id: str = "") -> ev.OutboxEntry:
@@ -363,14 +369,17 @@ class Core:
         hours, uses = sl.default_expiry_hours, sl.default_max_downloads
         tls = cfg.http.tls.mode != "off"
 
-        async def create(session_id: int) -> ShareLink:
-            uuid = (await self.summary(session_id)).uuid        # the link opens this meeting only
+        async def create(session_id: int, uuid: str) -> ShareLink:
+            # the link opens the meeting the message carries only: its uuid as the compose read it (the uuid of the
+            # listing of the moment was the other meeting's after a restore of the recorder's database in between,
+            # and the message carried a link to it); SessionReplaced when its id names another meeting already
+            await self.summary(session_id, uuid)
             return await self.access.create_link(cfg, session_id, hours, uses, made_by=made_by, login_id=login_id,
                                                  session_uuid=uuid)
 
-        def make(session_id: int) -> str:
+        def make(session_id: int, uuid: str) -> str:
             # called from the message's compose thread: the link is made on the core's loop, as for any caller
-            made = asyncio.run_coroutine_threadsafe(create(session_id), loop)
+            made = asyncio.run_coroutine_threadsafe(create(session_id, uuid), loop)
             link = made.result(LINK_TIMEOUT)
             log.info("share link %s… for session %d: a file too large to mail", link.token[:6], session_id)
             return link.token

@@ -30,9 +30,9 @@ from steno_exportd.engine import manifest as mf
 from steno_exportd.engine.jobs import JobSpec
 from steno_exportd.engine.options import ExportOptions
 from steno_exportd.engine.targets import DirectoryTarget, Target
-from steno_exportd.errors import NotFoundError
+from steno_exportd.errors import NotFoundError, SessionReplaced
 from steno_exportd.rclone.kind import RcloneKind
-from steno_exportd.library import SessionListing, SessionsDelta
+from steno_exportd.library import SessionListing, SessionsDelta, uuid_key
 from steno_exportd.search import SearchResults
 from steno_exportd.smb.push import SmbKind
 from steno_exportd.model import FileRef, Session, SessionSummary
@@ -77,9 +77,11 @@ class FakeLibrary:
     def list_sessions(self, exportable_only: bool = False) -> list[SessionSummary]:
         return [s.summary for s in self.sessions.values() if s.summary.exportable or not exportable_only]
 
-    def get_session(self, key: int | str) -> Session:
+    def get_session(self, key: int | str, uuid: str | None = None) -> Session:
         for s in self.sessions.values():
             if key in (s.id, s.uuid, s.summary.short_id):
+                if uuid is not None and uuid_key(s.uuid) != uuid_key(uuid):
+                    raise SessionReplaced(f"session {s.id} is another meeting now (not uuid {uuid[:36]})")
                 return s
         raise NotFoundError(f"no session {key!r}")
 

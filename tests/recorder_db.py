@@ -209,3 +209,41 @@ def sessions_with_audio(db_path: Path) -> list[int]:
         return [s.id for s in lib.list_sessions(exportable_only=True) if lib.get_session(s.id).audio is not None]
     finally:
         lib.close()
+
+
+def restored_pair(root: Path) -> tuple[int, str, bytes, bytes]:
+    """Two recorder databases in library ``root`` (its live one a copy of the first): a meeting shared from
+    ``a.db`` and, in ``b.db`` (another recorder's backup restored), another meeting under the same session id with
+    another uuid, title and recording. -> (session id, uuid in a, a's recording bytes, b's recording bytes)."""
+    # (16 KB each: over the smallest email.max_message_mb, a message links them)
+    fine, secret = b"RIFF....WAVEfmt all-hands audio" * 512, b"RIFF....WAVEfmt board layoffs!!" * 512
+    made = {}
+    for name, title, audio, text in (("a", "All-hands, fine to share", fine, "Lunch is on Friday."),
+                                     ("b", "Board meeting: layoffs", secret, "The layoffs start in May.")):
+        rec = RecorderDB(root / f"build-{name}", wal=False)
+        meeting(rec, "Weekly sync", [(5.0, "Dana", "Short meeting today.")])
+        sid = meeting(rec, title, [(0.0, "Alice", text)], uuid=str(uuidlib.uuid4()),
+                      audio_file_path=rec.audio(f"{name}.wav", audio), audio_size_bytes=len(audio))
+        uuid = rec.conn.execute("SELECT uuid FROM sessions WHERE id = ?", (sid,)).fetchone()[0]
+        rec.close()
+        (root / "audio").mkdir(parents=True, exist_ok=True)
+        shutil.copy(rec.root / "audio" / f"{name}.wav", root / "audio" / f"{name}.wav")
+        shutil.copy(rec.path, root / f"{name}.db")
+        shutil.rmtree(rec.root)
+        made[name] = (sid, uuid)
+    assert made["a"][0] == made["b"][0] and made["a"][1] != made["b"][1]
+    shutil.copy(root / "a.db", root / "silent_steno.db")
+    return made["a"][0], made["a"][1], fine, secret
+
+
+def restoring(root: Path, stop: threading.Event, swaps: list[int]) -> None:
+    """(in a thread) Restore ``root``'s a.db and b.db (restored_pair) in turn as the recorder's database until
+    ``stop``, each replacing the file whole as a restore does; ``swaps[0]`` counts them. Ends on a's."""
+    import os
+    db = root / "silent_steno.db"
+    while not stop.is_set():
+        for name in ("b", "a"):
+            os.link(root / f"{name}.db", root / "restoring.db")
+            os.replace(root / "restoring.db", db)
+            swaps[0] += 1
+            stop.wait(0.002)

@@ -27,7 +27,7 @@ from steno_exportd import __version__
 from steno_exportd.engine import manifest as mf
 from steno_exportd.engine import writer
 from steno_exportd.engine.identity import host_name
-from steno_exportd.errors import CancelledJob, SourceError
+from steno_exportd.errors import CancelledJob, SessionReplaced, SourceError
 from steno_exportd.recordings import SourceChanged, SourceRef
 
 log = logging.getLogger(__name__)
@@ -452,14 +452,17 @@ class _Chunks:
 def build_plan(library: Any, session_ids: tuple, formats: tuple, template: str, include_audio: bool, cfg: Any,
                reg: Any = None, errors: dict | None = None, hashes: Any = None, keep_open: bool = False,
                warnings: dict | None = None, cancelled: Callable[[], bool] | None = None,
-               uuids: tuple | None = None) -> ZipPlan:
+               uuids: tuple | None = None, replaced: dict | None = None, read: dict | None = None) -> ZipPlan:
     """Sessions x formats -> archive entries with the same layout as a folder export.
 
     Recordings are opened as the library checked them (no symlink followed, the same file) and pinned;
     keep_open holds them open until plan.close(), so the archive is read from exactly what was checked.
     ``errors``/``warnings``: session id -> what is not in the archive; a warning is the recorder's own lack (a
     recording missing there), exported without it as a folder export does. ``cancelled`` stops a render.
-    ``uuids`` (one per session id): each read bound to that meeting (Library.get_session; SessionReplaced)."""
+    ``uuids`` (one per session id, None: read by its id alone): each read bound to that meeting
+    (Library.get_session; SessionReplaced); ``replaced``: session id -> why, for a meeting replaced under its id, left
+    out of the archive (a job's: the others go in) instead of SessionReplaced; ``read``: session id -> (uuid, title) of
+    the meeting read (what a job's results name)."""
     from steno_exportd.engine.naming import folder_name, format_label, resolve_collision, root_folder, safe_name
     from steno_exportd.engine.plan import plan_session, render_file, render_options
 
@@ -473,7 +476,16 @@ def build_plan(library: Any, session_ids: tuple, formats: tuple, template: str, 
         for seq, sid in enumerate(session_ids, 1):
             if cancelled is not None and cancelled():
                 raise CancelledJob("cancelled")
-            s = library.get_session(sid) if uuids is None else library.get_session(sid, uuids[seq - 1])
+            try:
+                s = library.get_session(sid) if uuids is None or uuids[seq - 1] is None \
+                    else library.get_session(sid, uuids[seq - 1])
+            except SessionReplaced as e:
+                if replaced is None:
+                    raise
+                replaced[sid] = str(e)
+                continue
+            if read is not None:
+                read[sid] = (s.uuid, s.title)
             named = folder_name(s.summary, cfg.export.naming, cfg.export.folder_pattern, seq=seq,
                                 fmt=format_label(formats, include_audio))
             folder = resolve_collision(safe_name(named, f"Session {s.id}", limit=240), taken)
@@ -539,6 +551,7 @@ def export_archive(library: Any, spec: Any, cfg: Any, progress: Any, reg: Any = 
     could not return (EIO), or whose read-back was cancelled, never gets its final name."""
     from isal.isal_zlib import crc32
 
+    from steno_exportd.engine.export import bound_uuids
     from steno_exportd.engine.registry import checked_at
     from steno_exportd.engine.writer import read_back
     from steno_exportd.errors import TargetError, VerifyError
@@ -550,8 +563,12 @@ def export_archive(library: Any, spec: Any, cfg: Any, progress: Any, reg: Any = 
     include_audio = cfg.export.include_audio if o.include_audio is None else o.include_audio
     errors: dict = {}
     warnings: dict = {}
+    replaced: dict = {}
+    read: dict = {}
+    uuids = bound_uuids(spec)               # the meetings asked for: one replaced since is its session's failure
     plan = build_plan(library, spec.session_ids, spec.formats, template, include_audio, cfg, reg, errors,
-                      warnings=warnings, cancelled=lambda: bool(progress.cancelled))
+                      warnings=warnings, cancelled=lambda: bool(progress.cancelled), uuids=uuids, replaced=replaced,
+                      read=read)
     path = Path(spec.target)
     t = DirectoryTarget(path.parent or ".")
     # the bar: the ZIP's own bytes as written (its size known ahead); a tar.gz's entries' bytes as taken in (what it
@@ -612,9 +629,12 @@ def export_archive(library: Any, spec: Any, cfg: Any, progress: Any, reg: Any = 
         h.abort()
         raise
     results = []
-    for sid in spec.session_ids:
-        s = library.get_session(sid)
-        errs = errors.get(s.id, [])
-        results.append(SessionResult(s.id, s.uuid, s.title, not errs, error="; ".join(errs),
-                                     warnings=tuple(warnings.get(s.id, ()))))
+    for sid, asked in zip(spec.session_ids, uuids):     # named as the plan read them (not read again: a restore
+        if sid in replaced:                             # since would name the other meeting)
+            results.append(SessionResult(sid, asked or "", "", False, error=replaced[sid]))
+            continue
+        uuid, title = read[sid]
+        errs = errors.get(sid, [])
+        results.append(SessionResult(sid, uuid, title, not errs, error="; ".join(errs),
+                                     warnings=tuple(warnings.get(sid, ()))))
     return results

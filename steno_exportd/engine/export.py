@@ -84,6 +84,13 @@ def run_export(library: Any, spec: Any, cfg: Config, progress: Any = None, *, ta
     raise AssertionError("unreachable")
 
 
+def bound_uuids(spec: Any) -> tuple[str | None, ...]:
+    """Each of spec.session_ids' meeting uuid when the job was asked for (Library.get_session reads it bound to that
+    meeting); None for each when the spec has none (a job stored before they were kept, a caller's own spec)."""
+    uuids = tuple(spec.session_uuids)
+    return uuids if len(uuids) == len(spec.session_ids) else (None,) * len(spec.session_ids)
+
+
 def _attempt(library: Any, spec: Any, cfg: Config, progress: Any, job_id: int, state: Any, reg: Any,
              hashes: HashCache | None, target: Target, root: str) -> tuple[list[SessionResult], TargetError | None]:
     """One run of the Exporter: its results and the target fault that failed a session, if any."""
@@ -212,16 +219,17 @@ class Exporter:
         sessions = []
         asked = False
         results: list[SessionResult] = []
-        for sid in self.spec.session_ids:
+        for sid, uuid in zip(self.spec.session_ids, bound_uuids(self.spec)):
             if self._cancelled():           # planning 10,000 sessions takes a while: a cancel stops it here
                 return results
-            try:
-                sessions.append(self._retry(self.lib.get_session, sid))
+            try:                            # the meeting asked for, or SessionReplaced (that session's result)
+                sessions.append(self._retry(self.lib.get_session, sid, *(() if uuid is None else (uuid,))))
                 if not asked and self._recorded(sessions[-1]) is None:
                     asked = True
                     self.t.space_ahead()    # a session to write: its free space asked meanwhile (a store's request)
             except StenoError as e:
-                results.append(SessionResult(int(sid) if str(sid).isdigit() else 0, "", "", False, error=str(e)))
+                results.append(SessionResult(int(sid) if str(sid).isdigit() else 0, uuid or "", "", False,
+                                             error=str(e)))
         options = render_options(self.cfg, self.template)
         plans = []
         for s in sessions:
@@ -1126,4 +1134,5 @@ class SimpleSpec:
     device_id: str = ""
     operation: str = "export"
     trusted: bool = True                # the CLI's: not held to export.allowed_dirs (a caller's job is a JobSpec)
+    session_uuids: tuple = ()           # as JobSpec's: one per id, or none (each read by its id alone)
 

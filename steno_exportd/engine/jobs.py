@@ -40,11 +40,14 @@ class JobSpec:
     device_id: str = ""
     trusted: bool = False            # asked for by the daemon itself or the CLI: a local target is not held to
                                      # export.allowed_dirs (checked again when the job runs unless so)
+    session_uuids: tuple[str, ...] = ()  # each session's uuid when the job was asked for (one per id; none in a job
+                                     # stored before they were kept): the job reads those meetings or fails them
 
     def to_json(self) -> dict:
         return dict(operation=self.operation, target=self.target if isinstance(self.target, str) else None,
                     target_name=self.target_name, session_ids=list(self.session_ids), formats=list(self.formats),
-                    options=dataclasses.asdict(self.options), device_id=self.device_id)
+                    options=dataclasses.asdict(self.options), device_id=self.device_id,
+                    session_uuids=list(self.session_uuids))
         # (not ``trusted``: it is never taken back from the state database, see JobManager.resume)
 
 
@@ -281,7 +284,8 @@ class JobManager:
         s = rows[0]["spec"]
         spec = JobSpec(operation=s["operation"], target=s["target"], target_name=s["target_name"],
                        session_ids=tuple(s["session_ids"]), formats=tuple(s["formats"]),
-                       options=ExportOptions(**s["options"]), device_id=s.get("device_id", ""))
+                       options=ExportOptions(**s["options"]), device_id=s.get("device_id", ""),
+                       session_uuids=tuple(s.get("session_uuids", ())))     # (none in a job stored before)
         return await self.submit(spec)
 
     async def run_operation(self, operation: str, target: str, fn: Callable[[], Awaitable[Any]],

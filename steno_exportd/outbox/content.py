@@ -42,7 +42,8 @@ class Links:
     url: Callable[[str], str]           # a token -> the link's full address (access.share_url)
     hours: float                        # each link's lifetime
     uses: int                           # downloads each link allows
-    make: Callable[[int], str]          # session id -> a new link's token (blocking: a row in access.db)
+    make: Callable[[int, str], str]     # (session id, its uuid) -> a new link's token for that meeting only
+                                        # (blocking: a row in access.db)
     token_chars: int = 24               # every token has this length: the body's size is known before any link exists
 
 
@@ -123,7 +124,7 @@ def sessions_draft(sessions: Sequence[Any], formats: Sequence[str], options: Ren
         try:
             for s in sessions:
                 if any(whose[a.name] is s for a in left):
-                    tokens[s.id] = share.make(s.id)
+                    tokens[s.id] = share.make(s.id, s.uuid)     # the meeting read, not whatever has its id now
         except NotAllowedError:
             # the browser login that asked for the message ended before its links were made (a logout, a new
             # password): the message goes without links, saying why (any made already ended with that login);

@@ -25,7 +25,8 @@ from steno_exportd import events as ev, render
 from steno_exportd.access.store import AT_DEVICE
 from steno_exportd.config import Config
 from steno_exportd.engine.plan import render_options
-from steno_exportd.errors import BusyError, InvalidArgument, NotFoundError, StenoError
+from steno_exportd.errors import BusyError, InvalidArgument, NotFoundError, SessionReplaced, StenoError
+from steno_exportd.model import SessionSummary
 from steno_exportd.outbox import content
 from steno_exportd.outbox.address import parse_address, parse_recipients
 from steno_exportd.outbox.compose import write
@@ -81,6 +82,12 @@ def _refused_address(refusal: str) -> str:
         except InvalidArgument:
             continue
     return ""
+
+
+def _replaced(what: str) -> StenoError:
+    """Why a message fails whose meeting was replaced under its number since it was asked for."""
+    return StenoError(f"{what} is no longer on this recorder: its number now names another meeting, recorded since "
+                      "(the recorder's database was restored?); ask for a new message")
 
 
 def _entry(row: tuple) -> tuple[ev.OutboxEntry, dict]:
@@ -237,19 +244,20 @@ class Outbox:
         return self._row(entry_id)
 
     # -- sessions by email -----------------------------------------------------------
-    async def email_sessions(self, session_ids: Sequence[int], formats: Sequence[str], recipients: object,
+    async def email_sessions(self, sessions: Sequence[SessionSummary], formats: Sequence[str], recipients: object,
                              template: str, *, made_by: str = AT_DEVICE, login_id: str = "") -> ev.OutboxEntry:
-        """Store a message for sessions (checked ids) and formats; it is composed and sent in the background, its
-        share links made by who asked for it (``made_by``, ``login_id``: as for Access.create_link)."""
+        """Store a message for sessions (the summaries the caller resolved: each meeting's id, uuid and title) and
+        formats; it is composed and sent in the background, its share links made by who asked for it (``made_by``,
+        ``login_id``: as for Access.create_link)."""
         if not self.cfg.email.enabled:
             raise InvalidArgument("email is off: set [email] enabled = true in the config")
         addresses = parse_recipients(recipients)
-        if not session_ids:
+        if not sessions:
             raise InvalidArgument("no sessions given")
-        if len(session_ids) > MAX_SESSIONS:
-            raise InvalidArgument(f"too many sessions for one message: {len(session_ids)}, at most {MAX_SESSIONS}")
+        if len(sessions) > MAX_SESSIONS:
+            raise InvalidArgument(f"too many sessions for one message: {len(sessions)}, at most {MAX_SESSIONS}")
         with self._room():
-            return await self._email_sessions(session_ids, formats, addresses, template, made_by, login_id)
+            return await self._email_sessions(sessions, formats, addresses, template, made_by, login_id)
 
     @contextlib.contextmanager
     def _room(self) -> Iterator[None]:
@@ -266,14 +274,16 @@ class Outbox:
         finally:
             self._asked -= 1
 
-    async def _email_sessions(self, session_ids: Sequence[int], formats: Sequence[str], addresses: Sequence[Any],
-                              template: str, made_by: str, login_id: str) -> ev.OutboxEntry:
-        summaries = {s.id: s for s in await asyncio.to_thread(self._library().list_sessions)}
-        subject = content.sessions_subject([summaries[i].title if i in summaries else "" for i in session_ids])
-        # each meeting's uuid beside its id: a message composed again (a retry, days later perhaps) carries the
-        # meetings it was asked for or fails, never the one an id names after the recorder's database was restored
-        request = dict(sessions=list(session_ids), formats=list(formats), template=template, made_by=made_by,
-                       made_by_login=login_id, uuids=[summaries[i].uuid if i in summaries else "" for i in session_ids])
+    async def _email_sessions(self, sessions: Sequence[SessionSummary], formats: Sequence[str],
+                              addresses: Sequence[Any], template: str, made_by: str,
+                              login_id: str) -> ev.OutboxEntry:
+        subject = content.sessions_subject([s.title for s in sessions])
+        # each meeting's uuid beside its id, as the caller resolved it (not from a listing read again here: a restore
+        # of the recorder's database in between put the other meeting's uuid in the row, and the message carried
+        # it): composed now or again (a retry, days later perhaps), it carries the meetings asked for or fails, never
+        # the one an id names after the recorder's database was restored
+        request = dict(sessions=[s.id for s in sessions], formats=list(formats), template=template, made_by=made_by,
+                       made_by_login=login_id, uuids=[s.uuid for s in sessions])
         entry = await asyncio.to_thread(self._insert, "sessions", ev.OutboxState.COMPOSING, subject,
                                         [str(a) for a in addresses], request)
         self._publish(entry)
@@ -312,20 +322,24 @@ class Outbox:
                                           self.cfg.email.sender, entry.recipients)
         else:
             lib = self._library()
-            sessions = [lib.get_session(i) for i in request["sessions"]]
-            for s, uuid in zip(sessions, request.get("uuids", ())):     # (none kept in a row from before)
-                if uuid and s.uuid != uuid:
-                    raise StenoError(f"meeting {s.id} is no longer on this recorder: its number now names another "
-                                     "meeting, recorded since (the recorder's database was restored?); ask for a "
-                                     "new message")
+            uuids = request.get("uuids") or [None] * len(request["sessions"])     # (none kept in a row from before)
+            sessions = []
+            for i, uuid in zip(request["sessions"], uuids):
+                try:                        # read bound to the meeting asked for (Library.get_session)
+                    sessions.append(lib.get_session(i, uuid))
+                except SessionReplaced:
+                    raise _replaced(f"meeting {i}") from None
             limit = int(self.cfg.email.max_message_mb * 1024 * 1024)
             # a row from before makers were kept: made at the recorder, as then
             links = (self._links(request.get("made_by", AT_DEVICE), request.get("made_by_login", ""))
                      if self.cfg.email.oversize == "link" else None)
-            draft, left_out = content.sessions_draft(sessions, request["formats"],
-                                                     render_options(self.cfg, request["template"]),
-                                                     self.cfg.email.sender, entry.recipients, limit, links,
-                                                     data_dir=lib.data_dir)
+            try:
+                draft, left_out = content.sessions_draft(sessions, request["formats"],
+                                                         render_options(self.cfg, request["template"]),
+                                                         self.cfg.email.sender, entry.recipients, limit, links,
+                                                         data_dir=lib.data_dir)
+            except SessionReplaced as e:    # a share link's meeting (Core._mail_links), replaced since it was read
+                raise _replaced(f"the meeting of a share link it carries ({e})") from None
         token = f"{entry.id}-{secrets.token_hex(8)}.eml"
         path = self.dir / token
         size = write(draft, path, content.domain_of(draft.sender))

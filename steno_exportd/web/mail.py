@@ -63,13 +63,15 @@ def _recipients(form: Any) -> list[str]:
 async def email_form(request: web.Request) -> web.Response:
     """The session page's "Send by email" form: addresses one per line (or separated by commas)."""
     ctx: WebContext = request.app[CTX]
-    s = await ctx.session(request.match_info["key"])
+    key = session_key(request.match_info["key"])
     form = await read_form(request)
     recipients = _recipients(form)
     formats = [str(f) for f in form.getall("formats", [])] if form else []
     made_by, login_id = link_maker(request)
-    await ctx.core.email_sessions([s.id], formats, recipients, made_by=made_by, login_id=login_id)
-    raise web.HTTPSeeOther(f"/sessions/{s.id}#email")
+    # the key as the page names the meeting (its uuid), resolved once by the core: looked up here and then mailed by
+    # its number, a restore of the recorder's database in between mailed the meeting that took the number
+    await ctx.core.email_sessions([key], formats, recipients, made_by=made_by, login_id=login_id)
+    raise web.HTTPSeeOther(f"/sessions/{key}#email")
 
 
 def _selected(values: list[str]) -> list[int | str]:

@@ -218,7 +218,7 @@ async def test_resolving_10000_ids_loads_no_transcript(tmp_path, private_bus, bi
     loads: list[object] = []
     resolving = []
 
-    def get_session(self, key):
+    def get_session(self, key, uuid=None):
         loads.append((bool(resolving), key))
         raise NotFoundError("transcripts are not read in this test")   # the job then ends at once
     monkeypatch.setattr(Library, "get_session", get_session)

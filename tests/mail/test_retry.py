@@ -127,12 +127,12 @@ class HeldLibrary(FakeLibrary):
         self.release = threading.Event()
         self.fail = False
 
-    def get_session(self, key):
+    def get_session(self, key, uuid=None):
         self.loading.set()
         assert self.release.wait(30), "never released"
         if self.fail:
             raise OSError("the recorder's disk went away")
-        return super().get_session(key)
+        return super().get_session(key, uuid)
 
 
 @pytest.mark.parametrize("then_fails", [False, True])

@@ -124,7 +124,7 @@ def test_a_mail_whose_browser_login_ended_before_its_links_were_made_goes_withou
     from tests.configs import make_config
     from tests.fakes import library
 
-    def ended(session_id: int) -> str:
+    def ended(session_id: int, uuid: str) -> str:
         raise NotAllowedError("the login that asked for this link has ended (logout, a new password or revoked): "
                               "log in again")
     lib = library(tmp_path, 1, audio_size=300_000)

@@ -9,6 +9,7 @@ import uuid as uuidlib
 
 import pytest
 
+from tests.recorder_db import restored_pair, restoring
 from tests.web.helpers import PASSWORD, PASSWORD_HASH, anonymous, csrf, login_form, with_audio
 
 PW = {"http.auth.mode": "password", "http.auth.password_hash": PASSWORD_HASH,
@@ -309,61 +310,23 @@ async def uses_of(client, sid: int, token: str) -> int:
     return next((x["downloads"] for x in links if x["token"] == token), 0)
 
 
-def _restored_pair(root):
-    """Two recorder databases in library ``root`` (its live one a copy of the first): a meeting shared from
-    ``a.db`` and, in ``b.db`` (another recorder's backup restored), another meeting under the same session id with
-    another uuid, title and recording. -> (session id, uuid in a, a's recording bytes, b's recording bytes)."""
-    import shutil
-
-    from tests.recorder_db import RecorderDB, meeting
-
-    fine, secret = b"RIFF....WAVEfmt all-hands audio" * 64, b"RIFF....WAVEfmt board layoffs!!" * 64
-    made = {}
-    for name, title, audio, text in (("a", "All-hands, fine to share", fine, "Lunch is on Friday."),
-                                     ("b", "Board meeting: layoffs", secret, "The layoffs start in May.")):
-        rec = RecorderDB(root / f"build-{name}", wal=False)
-        meeting(rec, "Weekly sync", [(5.0, "Dana", "Short meeting today.")])
-        sid = meeting(rec, title, [(0.0, "Alice", text)], uuid=str(uuidlib.uuid4()),
-                      audio_file_path=rec.audio(f"{name}.wav", audio), audio_size_bytes=len(audio))
-        uuid = rec.conn.execute("SELECT uuid FROM sessions WHERE id = ?", (sid,)).fetchone()[0]
-        rec.close()
-        (root / "audio").mkdir(parents=True, exist_ok=True)
-        shutil.copy(rec.root / "audio" / f"{name}.wav", root / "audio" / f"{name}.wav")
-        shutil.copy(rec.path, root / f"{name}.db")
-        shutil.rmtree(rec.root)
-        made[name] = (sid, uuid)
-    assert made["a"][0] == made["b"][0] and made["a"][1] != made["b"][1]
-    shutil.copy(root / "a.db", root / "silent_steno.db")
-    return made["a"][0], made["a"][1], fine, secret
-
-
 async def test_a_share_link_serves_its_own_meeting_while_the_database_is_restored_under_it(web_client, tmp_path):
     """The recorder's database restored again and again (a backup of another recorder with another meeting under
     the shared session id) while guests download through the link: every answer is the meeting the link was made
     for, or 410; never the other meeting's ZIP or recording (the meeting is read bound to the link's uuid, not
     checked on the listing and then read by its id)."""
     import io
-    import os
     import threading
     import zipfile
 
     lib = tmp_path / "swapped"
-    sid, uuid, fine, secret = _restored_pair(lib)
+    sid, uuid, fine, secret = restored_pair(lib)
     client, core = await web_client(lib, **{"export.formats": ["txt", "json"]})
     token = await csrf(client)
     r = await client.post(f"/api/v1/sessions/{sid}/share-links", json={"max_downloads": 1000},
                           headers={"X-CSRF-Token": token})
     link = await r.json()
     stop, swaps = threading.Event(), [0]
-
-    def restores() -> None:
-        db = lib / "silent_steno.db"
-        while not stop.is_set():
-            for name in ("b", "a"):
-                os.link(lib / f"{name}.db", lib / "restoring.db")
-                os.replace(lib / "restoring.db", db)        # (a restore: the file replaced whole)
-                swaps[0] += 1
-                stop.wait(0.002)
 
     guests = [await anonymous(client) for _ in range(4)]
     counts = {"right": 0, "wrong": 0, "gone": 0, "other": 0}
@@ -387,7 +350,7 @@ async def test_a_share_link_serves_its_own_meeting_while_the_database_is_restore
             r = await anon.get(f"{link['url']}/{what}")
             counts[judge(what, r.status, await r.read())] += 1
 
-    swapper = threading.Thread(target=restores)
+    swapper = threading.Thread(target=restoring, args=(lib, stop, swaps))
     swapper.start()
     try:
         await asyncio.gather(*(guest(g, 40) for g in guests))
@@ -432,11 +395,10 @@ async def test_a_meeting_named_by_uuid_is_never_another_one_while_the_database_i
     recording and API answer are that meeting's, 410 (its id names another meeting now) or 404 (it is not in the
     database of the moment); never the other meeting's under this one's name (the key was resolved on the listing
     and the meeting then read by its id: a restore in between served the other one)."""
-    import os
     import threading
 
     lib = tmp_path / "swapped"
-    sid, uuid, fine, secret = _restored_pair(lib)
+    sid, uuid, fine, secret = restored_pair(lib)
     client, core = await web_client(lib, **{"export.formats": ["txt", "json"]})
     paths = [("page", "/sessions/{k}"), ("page", "/sessions/{k}/transcript"), ("api", "/api/v1/sessions/{k}"),
              ("txt", "/sessions/{k}/download/txt"), ("json", "/sessions/{k}/download/json"),
@@ -445,15 +407,6 @@ async def test_a_meeting_named_by_uuid_is_never_another_one_while_the_database_i
         r = await client.get(path.format(k=uuid))
         assert _judge_meeting(what, r.status, await r.read(), fine, secret) == "right", path
     stop, swaps = threading.Event(), [0]
-
-    def restores() -> None:
-        db = lib / "silent_steno.db"
-        while not stop.is_set():
-            for name in ("b", "a"):
-                os.link(lib / f"{name}.db", lib / "restoring.db")
-                os.replace(lib / "restoring.db", db)        # (a restore: the file replaced whole)
-                swaps[0] += 1
-                stop.wait(0.002)
 
     counts = {"right": 0, "wrong": 0, "gone": 0, "absent": 0, "other": 0}
     wrong: list[str] = []
@@ -468,7 +421,7 @@ async def test_a_meeting_named_by_uuid_is_never_another_one_while_the_database_i
             if got in ("wrong", "other"):
                 wrong.append(f"{path}: {r.status}")
 
-    swapper = threading.Thread(target=restores)
+    swapper = threading.Thread(target=restoring, args=(lib, stop, swaps))
     swapper.start()
     try:
         await asyncio.gather(*(reader(42, k) for k in range(4)))
@@ -489,7 +442,7 @@ async def test_a_meeting_pages_links_open_that_meeting_only_after_a_restore(web_
     import os
 
     lib = tmp_path / "swapped"
-    sid, uuid, fine, secret = _restored_pair(lib)
+    sid, uuid, fine, secret = restored_pair(lib)
     client, core = await web_client(lib, **{"export.formats": ["txt", "json"]})
     page = await (await client.get(f"/sessions/{sid}")).text()
     assert "All-hands" in page

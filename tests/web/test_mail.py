@@ -217,3 +217,69 @@ async def test_the_outbox_page_retries_a_failed_message_and_refuses_bad_ids(web_
         assert "<td>sent</td>" in row and "<form" not in row      # nothing left to retry or cancel
     finally:
         task.cancel()
+
+
+async def test_a_meeting_mailed_is_never_another_one_while_the_database_is_restored(web_client, smtp_server, tmp_path):
+    """The recorder's database restored again and again (another recorder's backup: another meeting under the same
+    session id) while the page's "Send by email" form and the API mail a meeting named by its uuid: every message
+    asked for carries that meeting or fails saying it is no longer on this recorder; none carries the other meeting
+    (the meeting was resolved, then the message queued by its number and its uuid taken from a fresh listing: a
+    restore in between put the other meeting's uuid in the row, and the message carried the other meeting). Its
+    recording, too large to attach, goes as a share link: that link serves this meeting's recording only."""
+    import threading
+
+    from tests.recorder_db import restored_pair, restoring
+
+    lib = tmp_path / "swapped"
+    sid, uuid, fine, secret = restored_pair(lib)
+    server, client, core = await _mail_client(web_client, smtp_server, lib=lib, **{"email.max_message_mb": 0.01,
+                                                                                    "email.oversize": "link"})
+    core.set_web_url(f"http://127.0.0.1:{client.server.port}")      # (what serve() tells the daemon's core)
+    task = asyncio.create_task(sender.run(core))
+    token = await csrf(client)
+    stop, swaps = threading.Event(), [0]
+    answers = {"queued": 0, "gone": 0, "absent": 0, "other": 0}
+
+    async def asker(n: int, offset: int) -> None:
+        for i in range(n):
+            key = uuid if (i + offset) % 3 else uuid.replace("-", "")[:8]      # its uuid, or its short id
+            if (i + offset) % 2:
+                r = await client.post(f"/sessions/{key}/email", allow_redirects=False,
+                                      data=[("csrf", token), ("recipients", f"r{offset}-{i}@example.org"),
+                                            ("formats", "txt"), ("formats", "audio")])
+            else:
+                r = await client.post(f"/api/v1/sessions/{key}/email", headers={"X-CSRF-Token": token},
+                                      json={"recipients": [f"r{offset}-{i}@example.org"], "formats": ["txt", "audio"]})
+            body = await r.text()
+            answers["queued" if r.status in (202, 303) else "gone" if r.status == 410
+                    else "absent" if r.status == 404 and "no session" in body else "other"] += 1
+
+    swapper = threading.Thread(target=restoring, args=(lib, stop, swaps))   # (ends on a's: what is composed after
+    swapper.start()                                                         # the restores is the meeting)
+    try:
+        try:
+            await asyncio.gather(*(asker(16, k) for k in range(4)))
+        finally:
+            stop.set()
+            await asyncio.to_thread(swapper.join)
+        entries = core.outbox.list()
+        assert len(entries) == answers["queued"], (answers, len(entries))
+        await until(lambda: all(core.outbox.get(e.id).state.finished for e in entries), "every message sent or failed",
+                    timeout=120, in_thread=False)
+    finally:
+        task.cancel()
+    mails = {"right": 0, "wrong": 0, "other": 0}
+    for mail in server.received:
+        text = b"".join(mail.attachments().values()) + mail.text().encode() + str(mail.message["Subject"]).encode()
+        linked = [await client.get(f"/s/{t}/audio") for t in re.findall(r"/s/([A-Za-z0-9_-]{24})/audio", mail.text())]
+        served = [(r.status, await r.read()) for r in linked]       # (the database is a's again: the meeting's)
+        mails["wrong" if b"layoffs" in text or b"Board meeting" in text or any(b != fine for _, b in served)
+              else "right" if b"Lunch is on Friday" in text and served and all(st == 200 for st, _ in served)
+              else "other"] += 1
+    failed = [core.outbox.get(e.id) for e in entries if core.outbox.get(e.id).state == "failed"]
+    assert swaps[0] > 100 and answers["queued"] > 0, (swaps, answers)
+    assert mails["wrong"] == 0, (mails, answers)
+    assert mails["other"] == 0 and answers["other"] == 0, (mails, answers)
+    assert all("no longer on this recorder" in e.error for e in failed), [e.error for e in failed][:5]
+    assert not any("layoffs" in e.subject or "Board meeting" in e.subject for e in core.outbox.list())
+    assert mails["right"] + len(failed) == answers["queued"], (mails, len(failed), answers)
