@@ -118,6 +118,23 @@ def _set_rename(tr: Any, dst: str, replace: bool) -> None:
     set_info(tr, info)
 
 
+def _disconnect(cache: dict, log_off: bool) -> None:
+    """End every connection of ``cache`` (emptied): logged off first where ``log_off`` and its server still answers;
+    one whose log-off fails, or without one, is closed all the same (its socket and receive thread end)."""
+    for name in list(cache):
+        conn = cache.pop(name)
+        if log_off:
+            try:
+                conn.disconnect()
+                continue
+            except Exception as e:  # noqa: BLE001 - closed either way, below
+                log.info("SMB connection %s closed without its log-off: %s", name, printable(str(e))[:200])
+        try:
+            conn.disconnect(close=False)
+        except Exception as e:  # noqa: BLE001 - dropped either way
+            log.debug("closing SMB connection %s: %s", name, e)
+
+
 class SmbTarget(targets.Target):
     """A folder on an SMB share (remote.path), reached with smbprotocol; the engine's Target protocol (known_names
     and read_small: its defaults, the share is listed and a file looked up before it is read)."""
@@ -266,16 +283,7 @@ class SmbTarget(targets.Target):
             reader, self._reader = self._reader, None
         if reader is not None:
             reader.close()
-        for name in list(self._cache):
-            conn = self._cache.pop(name)
-            try:
-                conn.disconnect()
-            except Exception as e:  # noqa: BLE001 - closed either way: its socket and receive thread end below
-                log.info("SMB connection %s closed without its log-off: %s", name, printable(str(e))[:200])
-                try:
-                    conn.disconnect(close=False)
-                except Exception as e2:  # noqa: BLE001
-                    log.debug("closing SMB connection %s: %s", name, e2)
+        _disconnect(self._cache, log_off=True)
         self._connected = False
 
     def alive(self) -> bool:
@@ -352,11 +360,7 @@ class SmbTarget(targets.Target):
             reader.dropped = True
             cache, reader._cache = reader._cache, {}
             reader._connected = False
-            for conn in cache.values():
-                try:
-                    conn.disconnect(close=False)
-                except Exception as e:  # noqa: BLE001 - dropped either way
-                    log.debug("dropping the read connection: %s", e)
+            _disconnect(cache, log_off=False)
 
     def _read_connection(self) -> "SmbTarget":
         """A second connected target on the same folder (its own TCP connection and smbd process); none after the
