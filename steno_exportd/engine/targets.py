@@ -556,14 +556,17 @@ def _names(fd: int, rel: str) -> Iterator[str]:
 def remove_tree(target: Target, rel: str, _depth: int = 0) -> None:
     """A folder we own and everything below it, through the target's lstat, listdir and remove (never following a
     symlink); TargetError past MAX_TREE_DEPTH folders (ours are a folder of files; someone else's may be nested
-    without end) or, from listdir, MAX_ENTRIES entries in one folder."""
+    without end) or, from listdir, MAX_ENTRIES entries in one folder. Our marker goes last: a removal cut part-way
+    (a file a NAS still holds open for a connection it has yet to see drop) leaves a folder that still says it is
+    ours, removed by the next run; in the listing's order the marker went first and the runs after took what was
+    left for a person's own folder, kept on the NAS for good."""
     st = target.lstat(rel)
     if st is None:
         return
     if st.kind == "dir":
         if _depth >= MAX_TREE_DEPTH:
             raise TargetError(f"{rel} holds folders nested more than {MAX_TREE_DEPTH} deep: not ours")
-        for n in target.listdir(rel):
+        for n in sorted(target.listdir(rel), key=lambda n: n == MARKER):
             remove_tree(target, f"{rel}/{n}", _depth + 1)
     target.remove(rel)
 

@@ -547,6 +547,52 @@ def test_stale_temp_files_from_a_drop_are_removed_on_the_next_push(rec):
     assert_landed(folder, db)
 
 
+def test_an_unfinished_folder_whose_removal_is_cut_part_way_is_still_ours_on_the_next_push(rec, caplog):
+    """A try cut mid-write leaves its '<folder>.partial' (our marker, a file it finished, the temp file of the one it
+    was writing) and the NAS still holds
+    that file open for the connection it has yet to see drop. The next push's clean-up removed the folder's entries
+    in the order the NAS listed them: the marker went, the held file refused, and every push after took the folder,
+    now without our marker, for a person's own and left it on the NAS for good. The marker goes last: a removal cut
+    part-way leaves a folder still ours, removed once the NAS lets go of the file."""
+    import smbclient
+    from tests.parts.smbdata import connected
+    smbd, remote, root, db = rec
+    cfg = cfg_for(root, db, remote, "rec-held")
+    push(cfg)
+    folder = root / "nas" / "rec-held"
+    cut = folder / "Cut meeting.partial"
+    cut.mkdir()
+    (cut / MARKER).write_text("incomplete\n")
+    # a temp file the NAS lists after the marker (listing order is the folder's own, a hash on ext4): the one held
+    mine = f"{TEMP_PREFIX}{socket.gethostname()}-999-"
+    for n in range(1000):
+        (cut / f"{mine}a{n:05x}-audio.flac").write_bytes(b"cut short")
+        listed = os.listdir(cut)
+        if listed[-1] != MARKER:
+            break
+    held = listed[listed.index(MARKER) + 1]
+    for n in listed:
+        if n not in (MARKER, held):
+            (cut / n).unlink()
+    assert os.listdir(cut) == [MARKER, held]
+    (cut / "transcript.txt").write_text("a file the cut try had finished\n")
+    with connected(smbd.port, remote.username, PW) as kw:
+        with smbclient.open_file(f"\\\\127.0.0.1\\push\\rec-held\\Cut meeting.partial\\{held}", mode="rb",
+                                 share_access=None, **kw):      # the NAS still holds it: no sharing at all
+            with caplog.at_level(logging.INFO, logger="steno_exportd"):
+                res = push(cfg)
+    assert all(r.ok for r in res), res
+    assert MARKER in os.listdir(cut), "a removal cut part-way took the folder's marker"
+    assert len(_left_alone(caplog, "Cut meeting.partial")) == 1
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="steno_exportd"):
+        res = push(cfg)                                     # released: the next push removes it
+    assert all(r.ok for r in res), res
+    assert not cut.exists(), os.listdir(cut)
+    assert not _left_alone(caplog, "Cut meeting.partial")
+    assert_landed(folder, db)
+
+
 def test_a_file_whose_name_only_starts_like_our_temp_names_is_not_taken_for_ours(rec, monkeypatch):
     """A push removes the temp files its own host's pushes left after a drop. They were told by their name's start,
     '.steno-tmp-<host>-': recorder pi-1 took pi-1-2's temp file ('.steno-tmp-pi-1-2-4011-beef00-SHA256SUMS': one
