@@ -260,7 +260,20 @@ def _peak_kib(pid: int) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
 
 
-async def test_a_call_too_large_to_decode_is_refused_without_the_memory(client):
+@pytest.fixture
+def share_link_of_24_mb():
+    """CreateShareLink with 6 million numbers under 'hours' (24 MB), made and marshalled here, before the test's loop
+    runs: made in a thread of the test's, the list and its packing held the GIL in long stretches and the test's own
+    loop waited for it past the guard's limit (621 ms in one CI run); freed here too, not as the test's coroutine
+    ends. Its serial is its own, far above the client's."""
+    msg = _Packed(destination=BUS_NAME, path=ROOT_PATH, interface=MANAGER_IFACE, member="CreateShareLink",
+                  signature="sa{sv}", body=["1", {"hours": Variant("ai", [0] * 6_000_000)}], serial=0x7FFF0000)
+    msg.packed = Message._marshall(msg, False)
+    msg.body = []
+    yield msg
+
+
+async def test_a_call_too_large_to_decode_is_refused_without_the_memory(client, share_link_of_24_mb):
     """A member of steno-ui may send any call the bus lets through: 32 MiB. dbus-fast decoded a call whole before any
     check of ours: 6 million numbers under CreateShareLink's 'hours' (24 MB) were ~300 MB of Python objects, the
     daemon over its unit's MemoryMax (256M), killed, at every such call. Now a call over 4 MiB is answered
@@ -268,8 +281,7 @@ async def test_a_call_too_large_to_decode_is_refused_without_the_memory(client):
     d, bus, out = client
     await _still_answers(bus)
     before = _peak_kib(d.proc.pid)
-    hours = await asyncio.to_thread(lambda: Variant("ai", list(range(6_000_000))))     # (not on the test's loop)
-    r, _ = await call(bus, "CreateShareLink", "sa{sv}", ["1", {"hours": hours}], timeout=60)
+    r = await asyncio.wait_for(bus.call(share_link_of_24_mb), 60)
     assert r.message_type == MessageType.ERROR, r.body
     assert r.error_name == "org.freedesktop.DBus.Error.LimitsExceeded", (r.error_name, r.body)
     assert "24,000," in r.body[0] and "at most 4,194,304 bytes" in r.body[0], r.body
