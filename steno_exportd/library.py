@@ -319,6 +319,10 @@ class SessionKeys:
                 self._uuids.setdefault(key, []).append(sid)
                 self._short.setdefault(key.replace("-", "")[:8], []).append(sid)
 
+    def holders(self, uuid: str) -> tuple[int, ...]:
+        """The sessions whose uuid this is (case and surrounding blanks aside): none, one, or several sharing it."""
+        return tuple(self._uuids.get(uuid_key(uuid), ()))
+
     def resolve(self, key: int | str) -> int:
         """The session id a key names; NotFoundError for none or more than one."""
         if isinstance(key, bool) or not isinstance(key, (int, str)):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import re
@@ -15,7 +16,7 @@ from steno_exportd import events as ev
 from steno_exportd.errors import InvalidArgument, StenoError
 from steno_exportd.search import MAX_LIMIT, MAX_OFFSET, MAX_QUERY_CHARS, SearchHit, SearchResults
 from steno_exportd.web.context import (CTX, MAX_PER_PAGE, WebContext, bounded, client_addr, device_json, job_json,
-                                       number, query_sessions, read_json, search_sessions, session_json,
+                                       link_key, number, query_sessions, read_json, search_sessions, session_json,
                                        summary_json)
 from steno_exportd.web.links import began, new_link, revoke
 from steno_exportd.web.server import SERVING
@@ -28,25 +29,29 @@ DEVICE_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 async def list_sessions(request: web.Request) -> web.Response:
     res = await query_sessions(request.app[CTX], request.query)
-    return web.json_response({**{k: v for k, v in res.items() if k != "items"},
+    return web.json_response({**{k: v for k, v in res.items() if k not in ("items", "listing")},
                               "items": [summary_json(s) for s in res["items"]]})
 
 
 async def search(request: web.Request) -> web.Response:
     """Words said (and titles, summaries, action items, places, tags, people): ?q=&limit=&offset=."""
-    return web.json_response(search_json(await search_sessions(request.app[CTX], request.query)))
+    ctx: WebContext = request.app[CTX]
+    res = await search_sessions(ctx, request.query)
+    return web.json_response(search_json(res, functools.partial(link_key, await ctx.core.listing())))
 
 
-def search_json(r: SearchResults) -> dict:
-    """Each hit's snippet is plain text; ``marks`` are the matched [start, end) character ranges in it."""
-    def hit(sid: int, h: SearchHit) -> dict:
+def search_json(r: SearchResults, key: Any) -> dict:
+    """Each hit's snippet is plain text; ``marks`` are the matched [start, end) character ranges in it. ``key(id,
+    uuid)``: what the URLs name a meeting by (link_key, as the search page's links)."""
+    def hit(k: str, h: SearchHit) -> dict:
         return {"kind": h.kind, "snippet": h.snippet, "marks": [list(m) for m in h.marks], "seconds": h.seconds,
-                "speaker": h.speaker, "url": f"/sessions/{sid}" + (f"#t={h.seconds:.3f}" if h.seconds is not None else "")}
+                "speaker": h.speaker, "url": f"/sessions/{k}" + (f"#t={h.seconds:.3f}" if h.seconds is not None else "")}
+    keys = {m.session_id: key(m.session_id, m.uuid) for m in r.sessions}
     return {"query": r.query, "total": r.total, "offset": r.offset, "limit": r.limit, "indexed": r.indexed,
             "pending": r.pending, "broad": r.broad,
             "items": [{"id": m.session_id, "uuid": m.uuid, "title": m.title,
                        "start_time": m.start_time.isoformat() if m.start_time else None, "matches": m.hit_count,
-                       "url": f"/sessions/{m.session_id}", "hits": [hit(m.session_id, h) for h in m.hits]}
+                       "url": f"/sessions/{keys[m.session_id]}", "hits": [hit(keys[m.session_id], h) for h in m.hits]}
                       for m in r.sessions]}
 
 

@@ -1,6 +1,7 @@
 """Sessions by email from the web page (form and API), the outbox and the schedules as JSON."""
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -9,7 +10,7 @@ from aiohttp import web
 from steno_exportd.errors import InvalidArgument
 from steno_exportd.formats import FORMATS
 from steno_exportd.outbox.queue import MAX_SESSIONS
-from steno_exportd.web.context import CTX, WebContext, number, read_form, read_json, session_key
+from steno_exportd.web.context import CTX, WebContext, link_key, number, read_form, read_json, session_key
 from steno_exportd.web.human import fmt_when
 from steno_exportd.web.links import link_maker
 
@@ -91,7 +92,9 @@ async def selection_page(request: web.Request) -> web.Response:
     if "sent" in request.query:
         entries = {e.id: e for e in ctx.core.outbox.list()}
         sent = entries.get(number(request.query["sent"], "sent"))
+    # the form names them as the list did (link_key): by number, a restore before "Send" mailed the meeting that took it
     return ctx.render_page(request, "email.html", chosen=chosen, sent=sent, email_on=ctx.cfg.email.enabled,
+                           key=functools.partial(link_key, listing),
                            when=fmt_when, formats=list(FORMATS), default_formats=ctx.cfg.export.formats,
                            mails=list(reversed(ctx.core.outbox.list()))[:OUTBOX_SHOWN])
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import unicodedata
 from typing import Any
@@ -12,7 +13,7 @@ from aiohttp import web
 from steno_exportd.engine.identity import host_name
 from steno_exportd.errors import InvalidArgument
 from steno_exportd.formats import DOCUMENT_TEMPLATES
-from steno_exportd.web.context import (CTX, WebContext, device_json, job_json, number, query_sessions,
+from steno_exportd.web.context import (CTX, WebContext, device_json, job_json, link_key, number, query_sessions,
                                        search_sessions)
 from steno_exportd.web.human import fmt_duration, fmt_time, fmt_when
 
@@ -28,7 +29,11 @@ async def index(request: web.Request) -> web.Response:
     base = {**res["query"], "sort": res["sort"], "order": res["order"], "per_page": res["per_page"]}
     q = res["query"]
     filtered = bool(q["participant"] or q["from"] or q["to"] or res["sort"] != "date" or res["order"] != "desc")
+    # each meeting's link and tick name it as its own page does (its uuid), keys read on the listing the rows come
+    # from: by number, a restore of the recorder's database before the click (or the ZIP, the mail, the "Send to")
+    # opened the meeting that took the number
     return ctx.render_page(request, "sessions.html", res=res, when=fmt_when, dur=fmt_duration,
+                           key=functools.partial(link_key, res["listing"]),
                            qs=lambda **o: _qs(base, **o), remotes=remotes(ctx), filtered=filtered,
                            email_on=ctx.cfg.email.enabled,
                            select_all=request.query.get("select") == "all")
@@ -38,14 +43,16 @@ async def search_page(request: web.Request) -> web.Response:
     """Words said in any meeting: each result links to the meeting, a transcript line to its second."""
     ctx: WebContext = request.app[CTX]
     text = request.query.get("q", "")
-    res, error = None, ""
+    res, error, listing = None, "", None
     if text.strip():
         try:
             res = await search_sessions(ctx, request.query)
         except InvalidArgument as e:      # shown beside the search box, which keeps what was typed
             error = str(e)
+        else:       # a result names its meeting by the uuid the index holds with its words (link_key)
+            listing = await ctx.core.listing()
     return ctx.render_page(request, "search.html", status=400 if error else 200, q=text[:1000], res=res,
-                           error=error, when=fmt_when, t=fmt_time,
+                           error=error, when=fmt_when, t=fmt_time, key=functools.partial(link_key, listing),
                            page=lambda offset: _qs({"q": text, "limit": request.query.get("limit", ""),
                                                     "offset": offset}))
 
@@ -162,8 +169,10 @@ def sharing_label(on: bool, state: str) -> str:
 async def history_page(request: web.Request) -> web.Response:
     ctx: WebContext = request.app[CTX]
     rows = await asyncio.to_thread(ctx.core.state.history, None, 500)
-    by_uuid = {s.uuid: s for s in await ctx.sessions()}
-    return ctx.render_page(request, "history.html", rows=rows, sessions=by_uuid)
+    listing = await ctx.core.listing()
+    by_uuid = {s.uuid: s for s in listing.sessions}
+    return ctx.render_page(request, "history.html", rows=rows, sessions=by_uuid,
+                           key=functools.partial(link_key, listing))
 
 
 def add_routes(app: web.Application) -> None:

@@ -461,3 +461,173 @@ async def test_a_meeting_pages_links_open_that_meeting_only_after_a_restore(web_
         what = kinds.get(link.rsplit("/", 1)[-1].split("?")[0], "page")
         got = _judge_meeting(what, r.status, await r.read(), fine, secret)
         assert got in ("gone", "absent"), (link, r.status, got)
+
+
+ALL_HANDS = "All-hands, fine to share"          # meeting A's title (restored_pair); B's: "Board meeting: layoffs"
+
+
+def _link_to(page: str, title: str) -> str:
+    """The path of the first link on a page (meetings list, history, search) titled ``title``; "" for none."""
+    found = re.search(rf'href="(/sessions/[^"#]+)"[^>]*>{re.escape(title)}</a>', page)
+    return found.group(1) if found else ""
+
+
+def _tick_of(page: str, title: str) -> str:
+    """The value of the meetings list's tick in the row of the meeting titled ``title``; "" for none."""
+    row = next((r for r in page.split("<tr>") if f">{title}</a>" in r), "")
+    found = re.search(r'<input type="checkbox" name="id" value="([^"]+)"', row)
+    return found.group(1) if found else ""
+
+
+async def _exported_and_indexed(client, core, uuid: str, folder) -> None:
+    """Meeting A exported once (a row in the export history) and its words in the search index."""
+    from tests.parts import until
+    r = await client.post("/api/v1/exports", json={"sessions": [uuid], "formats": ["txt"], "target": str(folder)},
+                          headers={"X-CSRF-Token": await csrf(client)})
+    assert r.status == 202, await r.text()
+    job = (await r.json())["id"]
+
+    async def finished() -> bool:
+        return (await (await client.get(f"/api/v1/jobs/{job}")).json())["state"] in ("completed", "failed")
+    await until(finished, "the export to finish", 60)
+    assert (await (await client.get(f"/api/v1/jobs/{job}")).json())["state"] == "completed"
+
+    async def indexed() -> bool:
+        return any(m.uuid == uuid for m in (await core.search("Lunch")).sessions)
+    await until(indexed, "the meeting in the search index", 60)
+
+
+async def test_the_list_history_and_search_pages_open_that_meeting_only_after_a_restore(web_client, smtp_server,
+                                                                                          tmp_path):
+    """The meetings list's links and ticks (and what a tick reaches: the ZIP, the mail form and its "Send", the
+    export "Send to" asks for), the export history's links and the search's name a meeting as its own page does:
+    followed or submitted after the recorder's database was restored (the meeting's number another meeting's now),
+    they answer 404 or 410, never the other meeting under this one's title."""
+    import os
+
+    lib = tmp_path / "swapped"
+    sid, uuid, fine, secret = restored_pair(lib)
+    server = await asyncio.to_thread(smtp_server, "none", False)
+    client, core = await web_client(lib, **{"export.formats": ["txt", "json"], "email.enabled": True,
+                                            "email.smtp_host": "127.0.0.1", "email.smtp_port": server.port,
+                                            "email.sender": "steno@recorder.example"})
+    await _exported_and_indexed(client, core, uuid, tmp_path / "exports")
+    listing = await (await client.get("/")).text()
+    history = await (await client.get("/history")).text()
+    found = await (await client.get("/search", params={"q": "Lunch"})).text()
+    links = [_link_to(listing, ALL_HANDS)] + re.findall(r'href="(/sessions/[^"#]+)', history + found)
+    assert len(links) >= 5 and all(links), links       # list; history: title, "Download again"; search: title, line
+    tick = _tick_of(listing, ALL_HANDS)
+    assert tick, listing
+    mail_page = await (await client.get("/email", params={"id": tick})).text()
+    assert ALL_HANDS in mail_page
+    mailed = re.findall(r'<input type="hidden" name="id" value="([^"]+)">', mail_page)
+    assert len(mailed) == 1, mail_page
+    token = await csrf(client)
+
+    os.link(lib / "b.db", lib / "restoring.db")
+    os.replace(lib / "restoring.db", lib / "silent_steno.db")       # (a restore: the file replaced whole)
+    for link in links:
+        r = await client.get(link)
+        got = _judge_meeting("page", r.status, await r.read(), fine, secret)
+        assert got in ("gone", "absent"), (link, r.status, got)
+    for what, path in [("zip", f"/zip?id={tick}"), ("page", f"/email?id={tick}")]:
+        r = await client.get(path)
+        got = _judge_meeting(what, r.status, await r.read(), fine, secret)
+        assert got in ("gone", "absent"), (path, r.status, got)
+    r = await client.post("/email", allow_redirects=False, data=[("csrf", token), ("recipients", "a@example.org")]
+                          + [("id", k) for k in mailed])                        # the mail form's "Send"
+    assert r.status in (404, 410), (r.status, [e.subject for e in core.outbox.list()])
+    r = await client.post("/api/v1/exports", headers={"X-CSRF-Token": token},  # as "Send to" asks (static/app.js)
+                          json={"sessions": [int(tick) if tick.isdigit() else tick], "formats": ["txt"],
+                                "target": str(tmp_path / "exports")})
+    assert r.status in (404, 410), (r.status, await r.text())
+    assert core.outbox.list() == []
+
+
+async def test_the_list_history_and_search_pages_never_open_another_meeting_while_the_database_is_restored(
+        web_client, smtp_server, tmp_path):
+    """The recorder's database restored again and again (another recorder's backup: another meeting under the same
+    session id) while clients open the meetings list, the export history or the search, and follow the meeting's
+    link there or tick it and download the ZIP or open the mail form: every answer is that meeting's, 410 or 404;
+    never the other meeting's (the pages named meetings by number: a restore between the page and the click opened
+    the meeting that took it)."""
+    import threading
+
+    lib = tmp_path / "swapped"
+    sid, uuid, fine, secret = restored_pair(lib)
+    server = await asyncio.to_thread(smtp_server, "none", False)
+    client, core = await web_client(lib, **{"export.formats": ["txt", "json"], "email.enabled": True,
+                                            "email.smtp_host": "127.0.0.1", "email.smtp_port": server.port,
+                                            "email.sender": "steno@recorder.example"})
+    await _exported_and_indexed(client, core, uuid, tmp_path / "exports")
+    ways = [("/", "link"), ("/", "zip"), ("/", "mail"), ("/history", "link"), ("/search?q=Lunch", "link")]
+    counts = {"right": 0, "wrong": 0, "gone": 0, "absent": 0, "other": 0, "unlisted": 0}
+    wrong: list[str] = []
+
+    async def clicker(n: int, offset: int) -> None:
+        for i in range(n):
+            source, way = ways[(i + offset) % len(ways)]
+            page = await (await client.get(source)).text()
+            if way == "link":
+                what, path = "page", _link_to(page, ALL_HANDS)
+            else:
+                tick = _tick_of(page, ALL_HANDS)
+                what, path = ("zip", f"/zip?id={tick}") if way == "zip" else ("page", f"/email?id={tick}")
+                path = path if tick else ""
+            if not path:                # (the page was made from B's database, or the index of the moment)
+                counts["unlisted"] += 1
+                continue
+            r = await client.get(path)
+            got = _judge_meeting(what, r.status, await r.read(), fine, secret)
+            counts[got] += 1
+            if got in ("wrong", "other"):
+                wrong.append(f"{source} -> {path}: {r.status}")
+
+    stop, swaps = threading.Event(), [0]
+    swapper = threading.Thread(target=restoring, args=(lib, stop, swaps))
+    swapper.start()
+    try:
+        await asyncio.gather(*(clicker(30, k) for k in range(4)))
+    finally:
+        stop.set()
+        await asyncio.to_thread(swapper.join)
+    followed = sum(counts.values()) - counts["unlisted"]
+    assert swaps[0] > 100 and counts["right"] > 0 and followed >= 30, (swaps, counts)
+    assert counts["wrong"] == 0, (counts, wrong[:10])
+    assert counts["other"] == 0, (counts, wrong[:10])
+    assert sum(counts.values()) == 4 * 30, counts
+
+
+async def test_the_lists_links_and_ticks_name_each_meeting_alone_whatever_its_uuid(web_client, tmp_path):
+    """A meeting whose uuid cannot name it alone keeps its id in the list's links and ticks (two sessions sharing a
+    uuid; a uuid of digits, which a URL reads as an id; one the key rule cannot take; none), the others their uuid:
+    every link opens the meeting of its row, every tick mails that meeting's title."""
+    from tests.recorder_db import RecorderDB, loose_schema
+
+    rec = RecorderDB(tmp_path / "odd", schema=loose_schema())
+    ids = {"Plain": rec.session(title="Plain", uuid="ABCDEF12-1111-4222-8333-000000000abc"),
+           "Twin one": rec.session(title="Twin one", uuid="0badc0de-1111-4222-8333-000000000001"),
+           "Twin two": rec.session(title="Twin two", uuid="0badc0de-1111-4222-8333-000000000001"),
+           "Digits": rec.session(title="Digits", uuid="1"),
+           "Digits of none": rec.session(title="Digits of none", uuid="424242"),
+           "Blank": rec.session(title="Blank", uuid=" with blanks "),
+           "None": rec.session(title="None", uuid=None),
+           "Eight": rec.session(title="Eight", uuid="abcdef12")}     # (Plain's short id: its own uuid wins)
+    rec.close()
+    client, core = await web_client(rec.root, **{"email.enabled": True, "email.smtp_host": "127.0.0.1",
+                                                 "email.sender": "steno@recorder.example"})
+    page = await (await client.get("/")).text()
+    keys = {t: _link_to(page, t).removeprefix("/sessions/") for t in ids}
+    assert keys == {"Plain": "ABCDEF12-1111-4222-8333-000000000abc", "Twin one": str(ids["Twin one"]),
+                    "Twin two": str(ids["Twin two"]), "Digits": str(ids["Digits"]),
+                    "Digits of none": str(ids["Digits of none"]), "Blank": str(ids["Blank"]),
+                    "None": str(ids["None"]), "Eight": "abcdef12"}, keys
+    for title, key in keys.items():
+        shown = await (await client.get(f"/sessions/{key}")).text()
+        assert f"<h1>{title}</h1>" in shown, (title, key)
+        tick = _tick_of(page, title)
+        if tick:
+            assert tick == key, (title, tick)
+            chosen = await (await client.get("/email", params={"id": tick})).text()
+            assert re.findall(r'name="id" value="([^"]+)">([^<]*) <span', chosen) == [(key, title)], (title, tick)

@@ -139,11 +139,11 @@ def test_login_seek_on_click_and_live_job_progress(daemon, chromium_page):
     # devices and jobs: an export started from the API shows up and completes, live (SSE)
     page.goto(url + "/devices")
     page.wait_for_function("() => document.getElementById('live').textContent === 'Live.'", timeout=10000)
-    sid = re.search(r"/sessions/(\d+)", href).group(1)
+    sid = re.search(r"/sessions/([^/?#]+)", href).group(1)             # (its uuid, as the list names it)
     status = page.evaluate("""async ([sid, target]) => {
         const csrf = document.querySelector('meta[name=csrf]').content;
         const r = await fetch('/api/v1/exports', {method: 'POST', headers: {'X-CSRF-Token': csrf,
-            'Content-Type': 'application/json'}, body: JSON.stringify({sessions: [Number(sid)],
+            'Content-Type': 'application/json'}, body: JSON.stringify({sessions: [sid],
             formats: ['txt', 'pdf'], target: target})});
         return r.status; }""", [sid, str(tmp / "exports")])
     assert status == 202
@@ -230,9 +230,10 @@ def test_a_search_result_opens_the_meeting_at_its_second(daemon, chromium_page):
                            timeout=10000)
 
 
-def word_said_in_one_meeting(db: Path) -> tuple[int, str, list[float]]:
-    """(session id, word, starts of its lines): a word of a meeting with a recording that no other text
-    of the library holds (titles, summaries, people...); a Latin-script one, accented if there is one."""
+def word_said_in_one_meeting(db: Path) -> tuple[str, str, list[float]]:
+    """(session uuid: what the search's links name it by, word, starts of its lines): a word of a meeting with a
+    recording that no other text of the library holds (titles, summaries, people...); a Latin-script one, accented
+    if there is one."""
     from steno_exportd.library import Library
     with Library(db) as lib:
         sessions = [lib.get_session(s.id) for s in lib.list_sessions()]
@@ -249,7 +250,7 @@ def word_said_in_one_meeting(db: Path) -> tuple[int, str, list[float]]:
            if where[unaccented(w).casefold()] == {s.id} and len(w) >= 4 and w.isalpha() and unaccented(w).isascii()]
     assert own, "the demo library has no word said in one meeting only"
     *_, word, s = max(own, key=lambda x: x[:3])
-    return s.id, word, [g.start for g in s.segments if word.casefold() in re.findall(r"\w+", g.text.casefold())]
+    return s.uuid, word, [g.start for g in s.segments if word.casefold() in re.findall(r"\w+", g.text.casefold())]
 
 
 def unaccented(word: str) -> str:

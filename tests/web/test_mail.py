@@ -105,11 +105,15 @@ async def test_send_selected_meetings_by_email_from_the_list_without_javascript(
         # every page links the outbox (the mail page with nothing selected lists it)
         assert '<a href="/email">Mail</a>' in await (await client.get("/history")).text()
         assert 'id="outbox"' in await (await client.get("/email")).text()
-        ids = re.findall(r'<input type="checkbox" name="id" value="(\d+)"', form)[:2]
-        assert len(ids) == 2
-        page = await (await client.get("/email", params=[("id", i) for i in ids])).text()
+        # ticks and the mail form name meetings by their uuids (as their pages' links do)
+        keys = re.findall(r'<input type="checkbox" name="id" value="([0-9a-f-]{36})"', form)[:2]
+        assert len(keys) == 2
+        listing = await core.listing()
+        ids = [str(listing.resolve(k)) for k in keys]
+        assert [listing.by_id[int(i)].uuid for i in ids] == keys
+        page = await (await client.get("/email", params=[("id", k) for k in keys])).text()
         mail_form = re.search(r'<form method="post" action="/email" class="card">(.*?)</form>', page, re.S).group(1)
-        assert re.findall(r'<input type="hidden" name="id" value="(\d+)">', mail_form) == ids
+        assert re.findall(r'<input type="hidden" name="id" value="([^"]+)">', mail_form) == keys
         titles = [(await core.session(int(i))).title for i in ids]
         for t in titles:
             assert html_escape(t) in mail_form
@@ -117,8 +121,8 @@ async def test_send_selected_meetings_by_email_from_the_list_without_javascript(
         checked = re.findall(r'name="formats" value="(\w+)" checked', mail_form)
         assert checked == [f for f in re.findall(r'name="formats" value="(\w+)"', mail_form)
                            if f in core.cfg.export.formats]
-        fields = [("id", i) for i in ids] + [("recipients", "alice@example.org\r\nbob@example.org"),
-                                             ("formats", "txt"), ("formats", "json")]
+        fields = [("id", k) for k in keys] + [("recipients", "alice@example.org\r\nbob@example.org"),
+                                              ("formats", "txt"), ("formats", "json")]
 
         # refused like every other form: no token, a stale token, another site; nothing queued
         for data, headers in [(fields, {}), ([("csrf", "x" * len(token))] + fields, {}),

@@ -44,7 +44,7 @@ async def test_list_search_sort_and_paging(web_client, sessions):
     assert [x["title"].casefold() for x in last["items"]] == titles[(last["page"] - 1) * 2:]
     r = await client.get("/", params={"q": word})
     html = await r.text()
-    assert r.status == 200 and f'href="/sessions/{some.id}"' in html
+    assert r.status == 200 and f'href="/sessions/{some.uuid}"' in html
 
 
 @pytest.mark.parametrize("params, message", [

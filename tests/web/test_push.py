@@ -38,14 +38,14 @@ async def test_send_to_office_from_the_page_lands_verified_on_the_share(web_clie
         "smb.remotes": [dataclasses.asdict(dataclasses.replace(remote, formats=["txt", "json"]))]})
     core.targets.register(SmbKind())            # as the daemon does
     listing = await (await client.get("/")).text()
-    ids = re.findall(r'<input type="checkbox" name="id" value="(\d+)"', listing)[:2]
+    ids = re.findall(r'<input type="checkbox" name="id" value="([0-9a-f-]{36})"', listing)[:2]     # (uuids)
     assert len(ids) == 2
     assert re.search(r'<button type="button" data-push="office"[^>]*>Send selected to office</button>', listing)
     page = await (await client.get(f"/sessions/{ids[0]}")).text()
     assert re.search(rf'data-push="office" data-sessions="{ids[0]}"[^>]*>Send to office</button>', page)
-    # what static/app.js sends for the two ticked meetings
+    # what static/app.js sends for the two ticked meetings (digits as numbers: none here)
     token = await csrf(client)
-    r = await client.post("/api/v1/exports", json={"sessions": [int(x) for x in ids], "target": "smb:office"},
+    r = await client.post("/api/v1/exports", json={"sessions": ids, "target": "smb:office"},
                           headers={"X-CSRF-Token": token})
     assert r.status == 202, await r.text()
     job = await r.json()
@@ -60,7 +60,7 @@ async def test_send_to_office_from_the_page_lands_verified_on_the_share(web_clie
     row = re.search(rf'<tr data-id="{job["id"]}">(.*?)</tr>', jobs, re.S).group(1)
     assert "smb:office" in row and "completed" in row
     # a remote that is gone from the config (a stale page): a clear error, nothing started
-    r = await client.post("/api/v1/exports", json={"sessions": [int(ids[0])], "target": "smb:nas2"},
+    r = await client.post("/api/v1/exports", json={"sessions": [ids[0]], "target": "smb:nas2"},
                           headers={"X-CSRF-Token": token})
     assert r.status == 404
     assert (await r.json())["error"] == "no SMB remote 'nas2' (known: office)"
@@ -70,7 +70,7 @@ async def test_send_to_office_from_the_page_lands_verified_on_the_share(web_clie
 async def test_no_remotes_no_send_buttons(web_client):
     client, _ = await web_client()
     listing = await (await client.get("/")).text()
-    sid = re.search(r'name="id" value="(\d+)"', listing).group(1)
+    sid = re.search(r'name="id" value="([0-9a-f-]{36})"', listing).group(1)
     page = await (await client.get(f"/sessions/{sid}")).text()
     assert "data-push" not in listing and "data-push" not in page and "Send" not in listing + page
 
@@ -136,7 +136,7 @@ async def test_a_remotes_credentials_never_reach_the_jobs_error_the_page_or_the_
                                            "rclone.remotes": [{"name": "cloud", "remote": remote, "timeout": 5}]})
         core.targets.register(RcloneKind(sleep=lambda s: None))         # as the daemon does (no waits between tries)
         listing = await (await client.get("/")).text()
-        sid = int(re.findall(r'<input type="checkbox" name="id" value="(\d+)"', listing)[0])
+        sid = re.findall(r'<input type="checkbox" name="id" value="([0-9a-f-]{36})"', listing)[0]
         events = await client.get("/api/v1/events")
         caplog.set_level(logging.DEBUG, logger="steno_exportd")
         r = await client.post("/api/v1/exports", json={"sessions": [sid], "target": "rclone:cloud"},

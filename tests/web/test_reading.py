@@ -179,9 +179,9 @@ async def test_select_all_without_scripts(web_client):
     """"Select all" is a link: without scripts it reloads the list with every box ticked (and "Select none")."""
     client, _ = await web_client()
     html = await (await client.get("/")).text()
-    boxes = re.findall(r'<input type="checkbox" name="id" value="[0-9]+"( checked)?>', html)
+    boxes = re.findall(r'<input type="checkbox" name="id" value="[0-9a-f-]{36}"( checked)?>', html)   # (uuids)
     assert boxes and not any(boxes) and ">Select all</a>" in html
     href = re.search(r'<a class="button secondary" id="select-all" href="([^"]+)"', html).group(1)
     html = await (await client.get(href.replace("&amp;", "&"))).text()
-    boxes = re.findall(r'<input type="checkbox" name="id" value="[0-9]+"( checked)?>', html)
+    boxes = re.findall(r'<input type="checkbox" name="id" value="[0-9a-f-]{36}"( checked)?>', html)
     assert boxes and all(boxes) and ">Select none</a>" in html

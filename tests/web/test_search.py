@@ -37,6 +37,10 @@ async def searcher(aiohttp_client, tmp_path):
     rec.close()
 
 
+def uuid_of(rec, name: str) -> str:
+    return rec.conn.execute("SELECT uuid FROM sessions WHERE id = ?", (rec.ids[name],)).fetchone()[0]
+
+
 async def test_api_search_finds_what_was_said_with_its_second(searcher):
     client, rec = await searcher()
     r = await client.get("/api/v1/search", params={"q": "Photosynthesis"})
@@ -44,11 +48,12 @@ async def test_api_search_finds_what_was_said_with_its_second(searcher):
     data = await r.json()
     assert data["total"] == 1 and data["pending"] == 0 and data["indexed"] == 3
     item = data["items"][0]
-    assert (item["id"], item["title"], item["url"]) == (rec.ids["budget"], "Budget review",
-                                                        f"/sessions/{rec.ids['budget']}")
+    uuid = uuid_of(rec, "budget")         # (its URLs name it by its uuid, as its page's links do)
+    assert (item["id"], item["uuid"], item["title"], item["url"]) == (rec.ids["budget"], uuid, "Budget review",
+                                                                      f"/sessions/{uuid}")
     hit = item["hits"][0]
     assert (hit["kind"], hit["seconds"], hit["speaker"]) == ("transcript", 1234.5, "Carla")
-    assert hit["url"] == f"/sessions/{rec.ids['budget']}#t=1234.500"
+    assert hit["url"] == f"/sessions/{uuid}#t=1234.500"
     assert [hit["snippet"][a:b] for a, b in hit["marks"]] == ["photosynthesis"]
 
     data = await (await client.get("/api/v1/search", params={"q": "zurich"})).json()
@@ -88,9 +93,9 @@ async def test_search_page_lists_escaped_snippets_linking_to_the_second(searcher
     r = await client.get("/search", params={"q": "tags"})            # said beside markup
     page = await r.text()
     assert r.status == 200 and "1 meeting found" in page
-    sid = rec.ids["budget"]
-    assert f'<a href="/sessions/{sid}">Budget review</a>' in page
-    assert f'<a href="/sessions/{sid}#t=1300.000">' in page
+    uuid = uuid_of(rec, "budget")
+    assert f'<a href="/sessions/{uuid}">Budget review</a>' in page
+    assert f'<a href="/sessions/{uuid}#t=1300.000">' in page
     snippet = re.search(r'<span class="snippet">(.*?)</span>', page).group(1)
     assert snippet == ("Beware of &lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; other <mark>tags</mark> "
                        "in the budget sheet.")
@@ -109,7 +114,7 @@ async def test_search_page_lists_escaped_snippets_linking_to_the_second(searcher
 async def test_search_page_pages_through_results(searcher):
     client, rec = await searcher()
     page = await (await client.get("/search", params={"q": "meeting", "limit": "1"})).text()
-    assert "2 meetings found" in page and len(re.findall(r'<li><a href="/sessions/\d+">', page)) == 1
+    assert "2 meetings found" in page and len(re.findall(r'<li><a href="/sessions/[0-9a-f-]{36}">', page)) == 1
     nxt = re.search(r'<a href="/search\?([^"]+)" rel="next">', page).group(1)
     assert html.unescape(nxt) == "q=meeting&limit=1&offset=1"
     page = await (await client.get("/search?" + html.unescape(nxt))).text()
