@@ -67,6 +67,14 @@ class ZipPlan:
     entries: list[ArchiveEntry]
     root: str = "SilentSteno"
     sessions: dict[str, dict] = dataclasses.field(default_factory=dict)   # uuid -> {folder, title, updated_at}
+    # what build_plan found, by session id: what is not in the archive (errors), the recorder's own lack (a
+    # recording missing there: warnings, exported without it as a folder export does), a meeting replaced under
+    # its id and left out (replaced: why; only with leave_replaced), and the (uuid, title) of each meeting read
+    # (what a job's results name: not read again, a restore since would name the other meeting)
+    errors: dict[int, list[str]] = dataclasses.field(default_factory=dict)
+    warnings: dict[int, list[str]] = dataclasses.field(default_factory=dict)
+    replaced: dict[int, str] = dataclasses.field(default_factory=dict)
+    read: dict[int, tuple[str, str]] = dataclasses.field(default_factory=dict)
 
     def close(self) -> None:
         """Close the recordings a plan holds open (build_plan(keep_open=True)); safe to call twice."""
@@ -450,19 +458,17 @@ class _Chunks:
 
 
 def build_plan(library: Any, session_ids: tuple, formats: tuple, template: str, include_audio: bool, cfg: Any,
-               reg: Any = None, errors: dict | None = None, hashes: Any = None, keep_open: bool = False,
-               warnings: dict | None = None, cancelled: Callable[[], bool] | None = None,
-               uuids: tuple | None = None, replaced: dict | None = None, read: dict | None = None) -> ZipPlan:
-    """Sessions x formats -> archive entries with the same layout as a folder export.
+               reg: Any = None, hashes: Any = None, keep_open: bool = False,
+               cancelled: Callable[[], bool] | None = None, uuids: tuple | None = None,
+               leave_replaced: bool = False) -> ZipPlan:
+    """Sessions x formats -> archive entries with the same layout as a folder export; what it found on the way in
+    the plan's errors, warnings, replaced and read.
 
     Recordings are opened as the library checked them (no symlink followed, the same file) and pinned;
     keep_open holds them open until plan.close(), so the archive is read from exactly what was checked.
-    ``errors``/``warnings``: session id -> what is not in the archive; a warning is the recorder's own lack (a
-    recording missing there), exported without it as a folder export does. ``cancelled`` stops a render.
-    ``uuids`` (one per session id, None: read by its id alone): each read bound to that meeting
-    (Library.get_session; SessionReplaced); ``replaced``: session id -> why, for a meeting replaced under its id, left
-    out of the archive (a job's: the others go in) instead of SessionReplaced; ``read``: session id -> (uuid, title) of
-    the meeting read (what a job's results name)."""
+    ``cancelled`` stops a render. ``uuids`` (one per session id, None: read by its id alone): each read bound to
+    that meeting (Library.get_session; SessionReplaced); ``leave_replaced``: a meeting replaced under its id is left
+    out of the archive (a job's: the others go in) and named in plan.replaced, instead of SessionReplaced."""
     from steno_exportd.engine.naming import folder_name, format_label, resolve_collision, root_folder, safe_name
     from steno_exportd.engine.plan import plan_session, render_file, render_options
 
@@ -472,6 +478,10 @@ def build_plan(library: Any, session_ids: tuple, formats: tuple, template: str, 
     entries: list[ArchiveEntry] = []
     sessions: dict[str, dict] = {}
     taken: set[str] = set()
+    errors: dict[int, list[str]] = {}
+    warnings: dict[int, list[str]] = {}
+    replaced: dict[int, str] = {}
+    read: dict[int, tuple[str, str]] = {}
     try:
         for seq, sid in enumerate(session_ids, 1):
             if cancelled is not None and cancelled():
@@ -480,12 +490,11 @@ def build_plan(library: Any, session_ids: tuple, formats: tuple, template: str, 
                 s = library.get_session(sid) if uuids is None or uuids[seq - 1] is None \
                     else library.get_session(sid, uuids[seq - 1])
             except SessionReplaced as e:
-                if replaced is None:
+                if not leave_replaced:
                     raise
                 replaced[sid] = str(e)
                 continue
-            if read is not None:
-                read[sid] = (s.uuid, s.title)
+            read[sid] = (s.uuid, s.title)
             named = folder_name(s.summary, cfg.export.naming, cfg.export.folder_pattern, seq=seq,
                                 fmt=format_label(formats, include_audio))
             folder = resolve_collision(safe_name(named, f"Session {s.id}", limit=240), taken)
@@ -495,18 +504,16 @@ def build_plan(library: Any, session_ids: tuple, formats: tuple, template: str, 
             for pf in plan_session(s, formats, options, include_audio, reg):
                 if pf.error:
                     found = warnings if pf.fmt == "audio" else errors     # (a missing recording: the recorder's)
-                    if found is not None:
-                        found.setdefault(s.id, []).append(
-                            f"recording missing on the recorder, exported without it ({pf.error})"
-                            if pf.fmt == "audio" else pf.error)
+                    found.setdefault(s.id, []).append(
+                        f"recording missing on the recorder, exported without it ({pf.error})"
+                        if pf.fmt == "audio" else pf.error)
                     continue
                 name = f"{root}/{folder}/{pf.name}"
                 if pf.source is not None:
                     try:
                         source, opened = _check_source(pf, s, data_dir, keep_open)
                     except SourceError as err:
-                        if errors is not None:
-                            errors.setdefault(s.id, []).append(f"{pf.name}: {err}")
+                        errors.setdefault(s.id, []).append(f"{pf.name}: {err}")
                         continue
                     e = ArchiveEntry(name, path=pf.source, source=source, session_uuid=s.uuid, fmt=pf.fmt,
                                      version=pf.version, session_id=s.id, opened=opened)
@@ -521,8 +528,7 @@ def build_plan(library: Any, session_ids: tuple, formats: tuple, template: str, 
                     except CancelledJob:
                         raise
                     except Exception as e:  # noqa: BLE001 - one file's problem is reported, others go on
-                        if errors is not None:
-                            errors.setdefault(s.id, []).append(f"{pf.name}: {e}")
+                        errors.setdefault(s.id, []).append(f"{pf.name}: {e}")
                         continue
                     entries.append(ArchiveEntry(name, data=data, compress=True, session_uuid=s.uuid, fmt=pf.fmt,
                                                 version=pf.version))
@@ -531,7 +537,9 @@ def build_plan(library: Any, session_ids: tuple, formats: tuple, template: str, 
             if e.opened is not None:
                 e.opened.close()
         raise
-    return make_plan(entries, root, sessions)
+    plan = make_plan(entries, root, sessions)
+    plan.errors, plan.warnings, plan.replaced, plan.read = errors, warnings, replaced, read
+    return plan
 
 
 def _check_source(pf: Any, s: Any, data_dir: Path, keep_open: bool) -> tuple[SourceRef, Any]:
@@ -561,14 +569,9 @@ def export_archive(library: Any, spec: Any, cfg: Any, progress: Any, reg: Any = 
     o = spec.options
     template = o.template or cfg.export.template
     include_audio = cfg.export.include_audio if o.include_audio is None else o.include_audio
-    errors: dict = {}
-    warnings: dict = {}
-    replaced: dict = {}
-    read: dict = {}
     uuids = bound_uuids(spec)               # the meetings asked for: one replaced since is its session's failure
-    plan = build_plan(library, spec.session_ids, spec.formats, template, include_audio, cfg, reg, errors,
-                      warnings=warnings, cancelled=lambda: bool(progress.cancelled), uuids=uuids, replaced=replaced,
-                      read=read)
+    plan = build_plan(library, spec.session_ids, spec.formats, template, include_audio, cfg, reg,
+                      cancelled=lambda: bool(progress.cancelled), uuids=uuids, leave_replaced=True)
     path = Path(spec.target)
     t = DirectoryTarget(path.parent or ".")
     # the bar: the ZIP's own bytes as written (its size known ahead); a tar.gz's entries' bytes as taken in (what it
@@ -630,11 +633,11 @@ def export_archive(library: Any, spec: Any, cfg: Any, progress: Any, reg: Any = 
         raise
     results = []
     for sid, asked in zip(spec.session_ids, uuids):     # named as the plan read them (not read again: a restore
-        if sid in replaced:                             # since would name the other meeting)
-            results.append(SessionResult(sid, asked or "", "", False, error=replaced[sid]))
+        if sid in plan.replaced:                        # since would name the other meeting)
+            results.append(SessionResult(sid, asked or "", "", False, error=plan.replaced[sid]))
             continue
-        uuid, title = read[sid]
-        errs = errors.get(sid, [])
+        uuid, title = plan.read[sid]
+        errs = plan.errors.get(sid, [])
         results.append(SessionResult(sid, uuid, title, not errs, error="; ".join(errs),
-                                     warnings=tuple(warnings.get(sid, ()))))
+                                     warnings=tuple(plan.warnings.get(sid, ()))))
     return results

@@ -501,7 +501,6 @@ async def _zip(request: web.Request, ctx: WebContext, ids: list[int], fmts: tupl
             resp = web.StreamResponse(headers=headers)
             await resp.prepare(request)
             return resp
-        errors: dict = {}
         wanted = len(ids) if "audio" in fmts else 0       # at most one recording per session stays open
         if wanted > ctx.source_budget:  # never fits, however long it waits: not a 429 "try again"
             raise InvalidArgument(f"a ZIP with recordings holds at most {ctx.source_budget} sessions here ({wanted} "
@@ -519,9 +518,8 @@ async def _zip(request: web.Request, ctx: WebContext, ids: list[int], fmts: tupl
         try:
             # (in a thread of the callers waiting for the render worker: never the page's)
             plan = await render.waiting_for_worker(archive.build_plan, ctx.core.library, tuple(ids), fmts,
-                                                   template, "audio" in fmts, ctx.cfg, None, errors, ctx.hashes,
-                                                   True, cancelled=lambda: ended.is_set() or gone(request),
-                                                   uuids=uuids)
+                                                   template, "audio" in fmts, ctx.cfg, None, ctx.hashes, True,
+                                                   cancelled=lambda: ended.is_set() or gone(request), uuids=uuids)
         except CancelledJob:
             client_left(name, 0, None)
             return web.Response(status=499)     # nobody reads it: the connection is gone
@@ -532,9 +530,9 @@ async def _zip(request: web.Request, ctx: WebContext, ids: list[int], fmts: tupl
         await ctx.grants.still_granted(request)     # (the link or login may have ended while it was rendered)
         resp = web.StreamResponse(headers=headers)
         resp.content_length = archive.zip_size(plan)
-        if errors:
+        if plan.errors:
             resp.headers["X-Steno-Problems"] = quote("; ".join(f"session {k}: {', '.join(v)}"
-                                                               for k, v in errors.items()))[:2000]
+                                                               for k, v in plan.errors.items()))[:2000]
         try:
             await resp.prepare(request)
         except ConnectionError:         # it left just as the headers went out
