@@ -13,6 +13,7 @@ from steno_exportd.access.passwords import read_password_file
 from steno_exportd.config import SmbRemote
 from steno_exportd.errors import TargetError
 from steno_exportd.safeparse import printable, shorten
+from steno_exportd.smb import wire as smbwire
 
 log = logging.getLogger(__name__)
 for _name in ("smbprotocol", "smbclient", "spnego"):     # one INFO line per SMB message otherwise
@@ -107,6 +108,8 @@ def explain(exc: BaseException, remote: SmbRemote) -> SmbError:
         return SmbError(f"{remote.server}:{remote.port} unreachable: {msg.split(': ', 1)[-1]}")
     if isinstance(exc, (ex.SMBUnsupportedFeature,)) or "dialect" in msg.lower() or "SMB1" in msg:
         return SmbError(f"{remote.server} does not speak SMB2 or later (SMB2+ needed): {msg}", True)
+    if isinstance(exc, smbwire.TooSlow):       # (a write the server stopped taking, or took too slowly)
+        return SmbError(f"{remote.server}:{remote.port} {msg}: connection closed")
     if isinstance(exc, (TimeoutError, socket.timeout)) or "timeout" in msg.lower() or "timed out" in msg.lower():
         return SmbError(f"{remote.server}:{remote.port} unreachable: timed out after {remote.timeout:g}s")
     if isinstance(exc, ex.SMBOSError):

@@ -9,6 +9,7 @@ sessions, DFS trees and unknown dialect/signing set-ups use smbprotocol's own pa
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib.metadata
 import inspect
@@ -121,27 +122,47 @@ def send_write(raw, data, offset: int, credit_request: int):
     request = Request(header, None, conn, session_id=session.session_id)
     conn.outstanding_requests[mid] = request
     conn._check_worker_running()
-    _sendmsg(conn.transport, [struct.pack(">I", 112 + n), hdr, body, data],
-             stall_timeout=2.0 * getattr(conn, "_receive_timeout", 30))
+    timeout = getattr(conn, "_receive_timeout", 30)
+    _sendmsg(conn.transport, [struct.pack(">I", 112 + n), hdr, body, data], timeout)
     return request
 
 
-def _sendmsg(transport, parts, stall_timeout: float = 60.0) -> None:
-    """Send all parts; a server that stops reading for stall_timeout closes the connection (no hang)."""
+class TooSlow(TimeoutError):
+    """The server stopped taking a message we send, or took it too slowly: the connection is closed. Its words
+    name what happened, not the server (client.explain puts its address before them)."""
+
+
+def _sendmsg(transport, parts, timeout: float = 30.0) -> None:
+    """Send all parts (one message); a server that stops reading for twice ``timeout`` (the receive timeout), or has
+    not taken them all within message_time(), closes the connection (no hang): TooSlow. Without the second a server
+    taking a few bytes every few seconds (each resetting the stall timeout) held the write, and the socket's lock
+    with it, so the receive loop could not send its keep-alive either: a 1 MiB write at 4 KiB/s, four minutes; an
+    8 MiB one, over half an hour."""
     import socket
 
     views = [memoryview(p).cast("B") for p in parts]
-    stalled = False
+    total = sum(len(v) for v in views)
+    stall_timeout = 2.0 * timeout
+    why = ""
     with transport._sock_lock:
         sock = transport._sock
-        deadline = time.monotonic() + stall_timeout
+        begun = time.monotonic()
+        deadline = begun + stall_timeout
+        end = begun + message_time(timeout, total)
         while views:
             try:
                 sent = sock.sendmsg(views, [], socket.MSG_DONTWAIT)
             except BlockingIOError:
-                left = deadline - time.monotonic()
+                now = time.monotonic()
+                left = min(deadline, end) - now
                 if left <= 0:
-                    stalled = True
+                    taken = total - sum(len(v) for v in views)
+                    if now >= deadline:
+                        why = f"stopped taking an SMB message for {stall_timeout:.0f} s ({taken:,} of {total:,} bytes)"
+                    else:
+                        why = (f"took {taken:,} of {total:,} bytes of an SMB message in {now - begun:.0f} s, too "
+                               f"slowly (one must go within {max(timeout, 1):g} s plus its length at "
+                               f"{MIN_RATE // 1024} KiB/s)")
                     break
                 sockwait.ready(sock, min(left, 1.0), write=True)
                 continue
@@ -153,9 +174,14 @@ def _sendmsg(transport, parts, stall_timeout: float = 60.0) -> None:
                 else:
                     views[0] = views[0][sent:]
                     sent = 0
-    if stalled:
+    if why:
+        # A reset, not a FIN after what the server has yet to take: that stayed queued (2.5 MB of socket buffer on
+        # loopback), trickling to it for ten minutes at 4 KiB/s, and the server kept the file open meanwhile, so
+        # the push's next try found it in use and could not resume it
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         transport.close()       # wakes smbprotocol's receive thread and every waiter
-        raise TimeoutError(f"server stopped reading for {stall_timeout:.0f}s (timed out)")
+        raise TooSlow(why)
 
 
 def write_response(raw, request) -> int:
@@ -164,14 +190,21 @@ def write_response(raw, request) -> int:
 
 
 _WRITTEN_FOR = "1.17."                  # the smbprotocol versions whose Tcp _recv replaces (packaging/requirements.lock)
-_ATTRS = ("_sock", "_sock_lock", "_close_lock", "connected")     # what _recv and _sendmsg use of a Tcp
-_METHODS = ("recv", "_recv", "close")
+_ATTRS = ("_sock", "_sock_lock", "_close_lock", "connected", "timeout", "MAX_SIZE")   # what ours use of a Tcp
+_METHODS = ("recv", "_recv", "send", "close")
 MAX_MESSAGE = 0x00FFFFFF               # SMB2 over TCP: a 24-bit length, its first byte zero (MS-SMB2 2.1)
 MIN_MESSAGE = 64                        # an SMB2 header (an encrypted message is longer: a transform header, then it)
-MIN_RATE = 16 * 1024                    # bytes/s a message must come at, beyond the receive timeout (a 2 MiB read's
-                                        # answer: 128 s more, a 512 kbit/s link sends it in 32 s)
+MIN_RATE = 16 * 1024                    # bytes/s a message must come or go at, beyond the receive timeout (a 2 MiB
+                                        # read's answer, or write: 128 s more, a 512 kbit/s link sends it in 32 s)
 _installed: dict[type, bool] = {}      # install()'s decision for each class (one warning, not one per push)
 _decided = threading.Lock()
+
+
+def message_time(timeout: float, length: int) -> float:
+    """Seconds one SMB message of ``length`` bytes may take to come, or to go, whole: the remote's timeout (its
+    receive timeout) plus its length at MIN_RATE. A peer never still for the timeout but slower than that (a byte
+    every second) is cut off here, not trusted for as long as it pleases."""
+    return max(timeout, 1) + length / MIN_RATE
 
 
 class _Stalled(Exception):
@@ -203,11 +236,23 @@ def _recv_message(self, timeout):
                           else ("less than an SMB2 header", MIN_MESSAGE)))
             self.close()
             return b""
-        return _recv(self, length, full, time.monotonic() + max(full, 1) + length / MIN_RATE)[0] or b""
+        return _recv(self, length, full, time.monotonic() + message_time(full, length))[0] or b""
     except _Stalled as e:
         log.warning("%s stopped sending an SMB message part-way (%s): connection closed", where, e)
         self.close()
         return b""
+
+
+def _send_message(self, header):
+    """smbprotocol's Tcp.send: one message (its 4-byte length, then it) through _sendmsg, within the same bounds as
+    our WRITEs. smbprotocol's own waited on a blocking socket without a timeout, holding the socket's lock: a
+    server that stopped reading held every request not sent by send_write (an encrypted push's writes, a file's
+    close, the keep-alive) and the job's cancel (close() takes that lock) for ever. Its timeout is the receive
+    timeout a connection gets once logged on (target.py: twice the connection's own, at least 5 s)."""
+    if len(header) > self.MAX_SIZE:
+        raise ValueError(f"Data to be sent over Direct TCP size {len(header)} exceeds the max length allowed "
+                         f"{self.MAX_SIZE}")
+    _sendmsg(self, [struct.pack(">I", len(header)), header], max(5, 2 * self.timeout) if self.timeout else 60)
 
 
 def _recv(self, length, timeout, deadline=None):
@@ -264,6 +309,7 @@ def install() -> bool:
             else:
                 tcp._recv = _recv
                 tcp.recv = _recv_message
+                tcp.send = _send_message
             _installed[tcp] = not why
         return _installed[tcp]
 
@@ -283,7 +329,8 @@ def _unknown(tcp: type) -> str:
     missing = [a for a in _ATTRS if not hasattr(probe, a)] + [m for m in _METHODS if not callable(getattr(tcp, m, None))]
     if missing:
         return f"its {tcp.__name__} has no {', '.join(missing)}"
-    for method, ours in (("_recv", ["self", "length", "timeout"]), ("recv", ["self", "timeout"])):
+    for method, ours in (("_recv", ["self", "length", "timeout"]), ("recv", ["self", "timeout"]),
+                         ("send", ["self", "header"])):
         params = list(inspect.signature(getattr(tcp, method)).parameters)
         if params != ours:
             return f"its {tcp.__name__}.{method} takes ({', '.join(params)})"

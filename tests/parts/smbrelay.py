@@ -7,7 +7,10 @@ server's ``after``-th frame of a connection: from it on, ``answer`` says what th
 - ``trickle``: each frame, one byte every ``interval`` seconds (a server that never stops answering, nor ends);
 - ``empty``: a frame whose length says 0 (shorter than any SMB2 header), then nothing more on that connection;
 - ``pause``: the first frame of at least ``big`` bytes in pieces, waiting ``pauses`` (seconds) before each piece
-  after the first, the frames before and after it as they came (a slow link, or a server busy part-way).
+  after the first, the frames before and after it as they came (a slow link, or a server busy part-way);
+- ``slowread``: the server's answers as they came, the client's bytes taken ``piece`` bytes every ``interval``
+  seconds once ``after`` of them went through (a NAS that takes a write a few bytes at a time, never stopping:
+  its receive buffer kept small, so the client sees some taken every few seconds, never a long stall).
 """
 from __future__ import annotations
 
@@ -24,13 +27,15 @@ class HostileSmbRelay:
     """127.0.0.1:<port> relayed to the smbd at 127.0.0.1:<to> (see the module)."""
 
     def __init__(self, to: int, answer: str, after: int = 0, interval: float = 0.5, big: int = 256 * 1024,
-                 pauses: tuple[float, ...] = ()) -> None:
-        assert answer in ("huge", "trickle", "empty", "pause")
+                 pauses: tuple[float, ...] = (), piece: int = 512) -> None:
+        assert answer in ("huge", "trickle", "empty", "pause", "slowread")
         self.to, self.answer, self.after, self.interval = to, answer, after, interval
-        self.big, self.pauses = big, pauses
+        self.big, self.pauses, self.piece = big, pauses, piece
         self.tampered = 0           # frames that went out as ``answer`` says
         self._srv = socket.socket()
         self._srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if answer == "slowread":        # (before listen: the accepted sockets inherit it, their window scale too)
+            self._srv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
         self._srv.bind(("127.0.0.1", 0))
         self._srv.listen(16)
         self.port = self._srv.getsockname()[1]
@@ -55,12 +60,25 @@ class HostileSmbRelay:
             server = socket.create_connection(("127.0.0.1", self.to))
             with self._lock:
                 self._socks += [client, server]
-            self._start(self._pipe, client, server)
+            self._start(self._slow if self.answer == "slowread" else self._pipe, client, server)
             self._start(self._frames, server, client)
 
     def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
         with contextlib.suppress(OSError):
             while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def _slow(self, src: socket.socket, dst: socket.socket) -> None:
+        passed = 0
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536 if passed < self.after else self.piece):
+                if passed >= self.after:
+                    self.tampered += 1
+                    if self._closed.wait(self.interval):
+                        return
+                passed += len(data)
                 dst.sendall(data)
         with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_WR)
@@ -81,7 +99,7 @@ class HostileSmbRelay:
             while not self._closed.is_set():
                 head = self._exactly(src, 4)
                 body = self._exactly(src, struct.unpack(">L", head)[0])
-                if n < self.after or (self.answer == "pause" and (self.tampered or len(body) < self.big)):
+                if n < self.after or self.answer == "slowread" or (self.answer == "pause" and (self.tampered or len(body) < self.big)):
                     dst.sendall(head + body)
                 elif self.answer == "pause":
                     self.tampered += 1

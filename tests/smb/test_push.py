@@ -1610,3 +1610,48 @@ def test_an_answer_that_pauses_past_the_receive_timeout_but_within_its_deadline_
     assert not [r for r in caplog.records if "stopped sending" in r.getMessage()]
     smbd, remote, root, db = rec
     assert_landed(root / "nas" / "rec-pause", db)
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["our writes", "smbprotocol's writes"])
+def test_a_nas_that_takes_a_write_a_few_bytes_at_a_time_fails_the_push_within_its_deadline_and_loses_nothing(
+        smb_tmp, smbd_factory, caplog, monkeypatch, fast):
+    """A broken or hostile NAS takes the push's writes 2 KiB every half second, for ever: never still long enough
+    for the write's stall timeout (twice the receive timeout: what it takes resets it), so a write waited for as
+    long as the NAS pleased to take it (a 512 KiB write: two minutes; an 8 MiB one: over half an hour), and the
+    receive loop's keep-alive could not send its echo meanwhile (the socket's lock is the write's): the push ran on,
+    no error, its job and its remote held. Now a write must go whole within the receive timeout plus its length at
+    16 KiB/s, as an answer must come: past that the connection is closed and the push fails (tried again, then
+    said) with an error naming the NAS. Nothing is recorded as pushed, and the next push, the NAS well again, lands
+    the session. smbprotocol's own send (an encrypted session's writes, every other request) waited on a blocking
+    socket with no timeout at all: it goes through the same bounds. (512 KiB writes, 16 in flight: more than the
+    socket's buffers hold, so a write waits in its send, as 8 MiB writes do; a 512 KiB write's deadline is 42 s
+    here, the receive timeout being 10 s.)"""
+    from tests.parts.smbrelay import HostileSmbRelay
+    monkeypatch.setattr(smbtarget, "FAST_WRITES", fast)
+    monkeypatch.setattr(smbtarget, "CHUNK", 512 * 1024)
+    monkeypatch.setattr(smbtarget, "PIPELINE", 16)
+    _, remote = start_office_nas(smb_tmp, smbd_factory)
+    db = make_recorder(smb_tmp / "rec-slow", sizes=(12 << 20,))
+    folder = smb_tmp / "nas" / "rec-slow"
+    relay = HostileSmbRelay(remote.port, "slowread", after=256 * 1024, interval=0.5, piece=2048)
+    try:
+        with caplog.at_level(logging.INFO):
+            th, out = _push_in_thread(cfg_for(smb_tmp, db, remote, "rec-slow", port=relay.port, timeout=5))
+            th.join(300)
+            held = th.is_alive()
+    finally:
+        relay.close()
+        th.join(60)
+    try:
+        assert not held, "the push waited on a NAS taking its writes a few bytes at a time"
+        assert relay.tampered >= 1
+        assert out and not isinstance(out[0], Exception) and [r.ok for r in out[0]] == [False], out
+        error = out[0][0].error
+        assert error.startswith(f"127.0.0.1:{relay.port} took ") and "too slowly" in error and "16 KiB/s" in error, error
+        assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records if r.exc_info]
+        assert not sessions_on_nas(folder)
+        res = push(cfg_for(smb_tmp, db, remote, "rec-slow"))
+        assert [(r.ok, r.error) for r in res] == [(True, "")], res
+        assert_landed(folder, db, sessions=1)
+    finally:
+        db.close()
