@@ -293,17 +293,17 @@ def _recv(self, length, timeout, deadline=None):
 
 
 def install() -> bool:
-    """Our receive loop in smbprotocol's transport class, before a session is registered: its negotiate and log-on
-    wait on the socket too (smbprotocol's own loop used select()). Only on the smbprotocol it was written for: on
-    another (a version, or a class, that differs) smbprotocol's own loop stays and one warning says so. True when
-    ours is in."""
+    """Our receive loop and send in smbprotocol's transport class, before a session is registered: its negotiate
+    and log-on wait on the socket too (smbprotocol's own loop used select(); its send had no bound). Only on the
+    smbprotocol they were written for: on another (a version, or a class, that differs) smbprotocol's own stay and
+    one warning says so. True when ours are in."""
     from smbprotocol import transport
     tcp = transport.Tcp
     with _decided:
         if tcp not in _installed:
             why = _unknown(tcp)
             if why:
-                log.warning("smbprotocol's own receive loop, signature check and writes are kept (%s; steno-exportd's "
+                log.warning("smbprotocol's own receive loop, send, signature check and writes are kept (%s; steno-exportd's "
                             "were written for smbprotocol %sx): its loop waits with select(), which fails on a socket numbered 1024 or more, so an SMB "
                             "push can fail while the daemon has many connections open", why, _WRITTEN_FOR)
             else:
