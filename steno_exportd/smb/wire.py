@@ -303,8 +303,8 @@ def install() -> bool:
         if tcp not in _installed:
             why = _unknown(tcp)
             if why:
-                log.warning("smbprotocol's own receive loop, send, signature check and writes are kept (%s; steno-exportd's "
-                            "were written for smbprotocol %sx): its loop waits with select(), which fails on a socket numbered 1024 or more, so an SMB "
+                log.warning("smbprotocol's own receive loop, send, signature check and writes are kept (%s; "
+                            "steno-exportd's were written for smbprotocol %sx): its loop waits with select(), which fails on a socket numbered 1024 or more, so an SMB "
                             "push can fail while the daemon has many connections open", why, _WRITTEN_FOR)
             else:
                 tcp._recv = _recv

@@ -99,7 +99,8 @@ class HostileSmbRelay:
             while not self._closed.is_set():
                 head = self._exactly(src, 4)
                 body = self._exactly(src, struct.unpack(">L", head)[0])
-                if n < self.after or self.answer == "slowread" or (self.answer == "pause" and (self.tampered or len(body) < self.big)):
+                if n < self.after or self.answer == "slowread" or (self.answer == "pause" and (self.tampered
+                                                                               or len(body) < self.big)):
                     dst.sendall(head + body)
                 elif self.answer == "pause":
                     self.tampered += 1
