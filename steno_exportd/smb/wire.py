@@ -248,11 +248,13 @@ def _send_message(self, header):
     our WRITEs. smbprotocol's own waited on a blocking socket without a timeout, holding the socket's lock: a
     server that stopped reading held every request not sent by send_write (an encrypted push's writes, a file's
     close, the keep-alive) and the job's cancel (close() takes that lock) for ever. Its timeout is the receive
-    timeout a connection gets once logged on (target.py: twice the connection's own, at least 5 s)."""
-    if len(header) > self.MAX_SIZE:
-        raise ValueError(f"Data to be sent over Direct TCP size {len(header)} exceeds the max length allowed "
+    timeout a connection gets once logged on (target.py: twice the connection's own, at least 5 s). An encrypted
+    message comes as smbprotocol's transform header structure, not bytes: packed here, as its DirectTCPPacket did."""
+    data = header if isinstance(header, (bytes, bytearray, memoryview)) else header.pack()
+    if len(data) > self.MAX_SIZE:
+        raise ValueError(f"Data to be sent over Direct TCP size {len(data)} exceeds the max length allowed "
                          f"{self.MAX_SIZE}")
-    _sendmsg(self, [struct.pack(">I", len(header)), header], max(5, 2 * self.timeout) if self.timeout else 60)
+    _sendmsg(self, [struct.pack(">I", len(data)), data], max(5, 2 * self.timeout) if self.timeout else 60)
 
 
 def _recv(self, length, timeout, deadline=None):
