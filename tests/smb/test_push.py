@@ -1653,14 +1653,6 @@ def test_a_nas_that_takes_a_write_a_few_bytes_at_a_time_fails_the_push_within_it
         assert not sessions_on_nas(folder)
         res = push(cfg_for(smb_tmp, db, remote, "rec-slow"))
         assert [(r.ok, r.error) for r in res] == [(True, "")], res
-        # (not assert_landed: the cut try's '<folder>.partial' stays behind, its temp file in it: the NAS still held
-        # that file open when the second try's clean-up came, and the third took the folder for someone's own. A
-        # gap of the clean-up's, not of this bound's.)
-        r = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=folder, capture_output=True, text=True)
-        assert r.returncode == 0, r.stdout + r.stderr
-        [(uuid, landed)] = sessions_on_nas(folder).items()
-        [recording] = (db.root / "audio").iterdir()
-        assert uuid == res[0].uuid
-        assert (folder / landed / "audio.flac").read_bytes() == recording.read_bytes()
+        assert_landed(folder, db, sessions=1)
     finally:
         db.close()
