@@ -479,6 +479,19 @@ def _tick_of(page: str, title: str) -> str:
     return found.group(1) if found else ""
 
 
+async def _restorable_with_mail(web_client, smtp_server, tmp_path) -> tuple:
+    """A daemon on a library restored_pair() made (its meeting exported and indexed), mail on, to a real SMTP server:
+    (the library's folder, the meeting's id and uuid, the two meetings' texts, the web client, the core)."""
+    lib = tmp_path / "swapped"
+    sid, uuid, fine, secret = restored_pair(lib)
+    server = await asyncio.to_thread(smtp_server, "none", False)
+    client, core = await web_client(lib, **{"export.formats": ["txt", "json"], "email.enabled": True,
+                                            "email.smtp_host": "127.0.0.1", "email.smtp_port": server.port,
+                                            "email.sender": "steno@recorder.example"})
+    await _exported_and_indexed(client, core, uuid, tmp_path / "exports")
+    return lib, sid, uuid, fine, secret, client, core
+
+
 async def _exported_and_indexed(client, core, uuid: str, folder) -> None:
     """Meeting A exported once (a row in the export history) and its words in the search index."""
     from tests.parts import until
@@ -505,13 +518,7 @@ async def test_the_list_history_and_search_pages_open_that_meeting_only_after_a_
     they answer 404 or 410, never the other meeting under this one's title."""
     import os
 
-    lib = tmp_path / "swapped"
-    sid, uuid, fine, secret = restored_pair(lib)
-    server = await asyncio.to_thread(smtp_server, "none", False)
-    client, core = await web_client(lib, **{"export.formats": ["txt", "json"], "email.enabled": True,
-                                            "email.smtp_host": "127.0.0.1", "email.smtp_port": server.port,
-                                            "email.sender": "steno@recorder.example"})
-    await _exported_and_indexed(client, core, uuid, tmp_path / "exports")
+    lib, sid, uuid, fine, secret, client, core = await _restorable_with_mail(web_client, smtp_server, tmp_path)
     listing = await (await client.get("/")).text()
     history = await (await client.get("/history")).text()
     found = await (await client.get("/search", params={"q": "Lunch"})).text()
@@ -554,13 +561,7 @@ async def test_the_list_history_and_search_pages_never_open_another_meeting_whil
     the meeting that took it)."""
     import threading
 
-    lib = tmp_path / "swapped"
-    sid, uuid, fine, secret = restored_pair(lib)
-    server = await asyncio.to_thread(smtp_server, "none", False)
-    client, core = await web_client(lib, **{"export.formats": ["txt", "json"], "email.enabled": True,
-                                            "email.smtp_host": "127.0.0.1", "email.smtp_port": server.port,
-                                            "email.sender": "steno@recorder.example"})
-    await _exported_and_indexed(client, core, uuid, tmp_path / "exports")
+    lib, sid, uuid, fine, secret, client, core = await _restorable_with_mail(web_client, smtp_server, tmp_path)
     ways = [("/", "link"), ("/", "zip"), ("/", "mail"), ("/history", "link"), ("/search?q=Lunch", "link")]
     counts = {"right": 0, "wrong": 0, "gone": 0, "absent": 0, "other": 0, "unlisted": 0}
     wrong: list[str] = []
