@@ -16,7 +16,7 @@ from steno_exportd.engine.options import ExportOptions
 from steno_exportd.errors import NotFoundError
 from tests.configs import make_config
 from tests.fakes import library as fake_library
-from tests.recorder_db import restored_pair, restoring
+from tests.recorder_db import restored_pair, restoring, rounds
 
 
 def _written(path: Path) -> bytes:
@@ -46,7 +46,7 @@ async def test_an_export_job_never_writes_another_meeting_while_the_database_is_
     swapper.start()
     try:
         try:
-            for i in range(36):
+            for i in rounds(36, swaps):
                 key = uuid if i % 3 else uuid.replace("-", "")[:8]      # its uuid, or its short id
                 target = out / (f"m{i}.zip" if i % 4 == 3 else f"j{i}")
                 if target.suffix != ".zip":

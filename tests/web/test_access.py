@@ -9,7 +9,7 @@ import uuid as uuidlib
 
 import pytest
 
-from tests.recorder_db import restored_pair, restoring
+from tests.recorder_db import restored_pair, restoring, rounds
 from tests.web.helpers import PASSWORD, PASSWORD_HASH, anonymous, csrf, login_form, with_audio
 
 PW = {"http.auth.mode": "password", "http.auth.password_hash": PASSWORD_HASH,
@@ -345,7 +345,7 @@ async def test_a_share_link_serves_its_own_meeting_while_the_database_is_restore
         return "right" if b"Lunch is on Friday" in text else "other"
 
     async def guest(anon, n: int) -> None:
-        for i in range(n):
+        for i in rounds(n, swaps):
             what = ("zip", "audio")[i % 2]
             r = await anon.get(f"{link['url']}/{what}")
             counts[judge(what, r.status, await r.read())] += 1
@@ -412,7 +412,7 @@ async def test_a_meeting_named_by_uuid_is_never_another_one_while_the_database_i
     wrong: list[str] = []
 
     async def reader(n: int, offset: int) -> None:
-        for i in range(n):
+        for i in rounds(n, swaps):
             what, path = paths[(i + offset) % len(paths)]
             path = path.format(k=uuid if i % 3 else uuid.replace("-", "")[:8])    # its uuid, or its short id
             r = await client.get(path)
@@ -567,7 +567,7 @@ async def test_the_list_history_and_search_pages_never_open_another_meeting_whil
     wrong: list[str] = []
 
     async def clicker(n: int, offset: int) -> None:
-        for i in range(n):
+        for i in rounds(n, swaps):
             source, way = ways[(i + offset) % len(ways)]
             page = await (await client.get(source)).text()
             if way == "link":

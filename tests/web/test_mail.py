@@ -232,7 +232,7 @@ async def test_a_meeting_mailed_is_never_another_one_while_the_database_is_resto
     recording, too large to attach, goes as a share link: that link serves this meeting's recording only."""
     import threading
 
-    from tests.recorder_db import restored_pair, restoring
+    from tests.recorder_db import restored_pair, restoring, rounds
 
     lib = tmp_path / "swapped"
     sid, uuid, fine, secret = restored_pair(lib)
@@ -245,7 +245,7 @@ async def test_a_meeting_mailed_is_never_another_one_while_the_database_is_resto
     answers = {"queued": 0, "gone": 0, "absent": 0, "other": 0}
 
     async def asker(n: int, offset: int) -> None:
-        for i in range(n):
+        for i in rounds(n, swaps):
             key = uuid if (i + offset) % 3 else uuid.replace("-", "")[:8]      # its uuid, or its short id
             if (i + offset) % 2:
                 r = await client.post(f"/sessions/{key}/email", allow_redirects=False,
