@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import faulthandler
 import gc
+import os
 import sys
 import threading
 import time
@@ -36,10 +38,81 @@ UDISKS_MOUNTS = ("/media", "/run/media")      # where udisks mounts sticks (besi
 
 def pytest_configure(config: pytest.Config) -> None:
     MONITOR.install()
+    BACKSTOP_KILL.start()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     MONITOR.uninstall()
+    BACKSTOP_KILL.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    try:
+        limit = float(item.config.getini("timeout") or 0)
+    except ValueError:          # (pytest-timeout not installed: no such ini key)
+        limit = 0.0
+    BACKSTOP_KILL.arm(2 * limit if limit > 0 else None, item.nodeid)
+    try:
+        yield
+    finally:
+        BACKSTOP_KILL.arm(None, "")
+
+
+class HangBackstop:
+    """The backstop of the ini's per-test ``timeout``: pytest-timeout fails a hung test from a signal, which a test
+    that hangs again while it is torn down outlives. Past twice the timeout, every thread's stack goes to the run's
+    stderr and the run ends (exit 1): CI gets a result and the stack, not its own limit's kill of a silent run. (A
+    thread of its own: faulthandler's timer is cancelled by pytest as soon as a test fails.)"""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._deadline: float | None = None
+        self._what = ""
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+        self._stderr = None
+
+    def start(self) -> None:
+        # the real stderr: pytest suspends its capture between hooks, so this is not a test's captured one
+        self._stderr = open(os.dup(sys.stderr.fileno()), "w")
+        self._stopped = False
+        self._thread = threading.Thread(target=self._watch, name="test-guard-backstop", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join()
+        if self._stderr is not None:
+            self._stderr.close()
+
+    def arm(self, seconds: float | None, what: str) -> None:
+        with self._cond:
+            self._deadline = None if seconds is None else time.monotonic() + seconds
+            self._what = what
+            self._cond.notify()
+
+    def _watch(self) -> None:
+        with self._cond:
+            while not self._stopped:
+                if self._deadline is None:
+                    self._cond.wait()
+                elif (left := self._deadline - time.monotonic()) > 0:
+                    self._cond.wait(left)
+                else:
+                    self._stderr.write(f"\n+++ test guard: {self._what} still runs past twice its timeout "
+                                       "(it hung again after pytest-timeout failed it): every thread's stack, "
+                                       "and the run ends +++\n")
+                    self._stderr.flush()
+                    faulthandler.dump_traceback(file=self._stderr, all_threads=True)
+                    self._stderr.flush()
+                    os._exit(1)
+
+
+BACKSTOP_KILL = HangBackstop()
 
 
 @pytest.fixture(autouse=True)

@@ -213,3 +213,66 @@ def test_the_guard_fails_a_test_that_breaks_a_rule_and_passes_one_that_does_not(
     assert "ERROR at teardown of test_leaks_a_child" in out and "leaked a child process: pid" in out
     assert "sleep 60" not in out                                    # the session daemon is nobody's leak
     assert "test_clean" not in out.split("short test summary info")[-1]
+
+
+def test_a_hung_test_fails_at_the_timeout_with_its_stack_and_the_run_goes_on(pytester, monkeypatch):
+    """A test that never ends (on its event loop, or in a wait) fails at the ini's per-test timeout, a wait with
+    where it hung, and the tests after it run: CI gets every result, not its own limit's kill."""
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    pytester.makeconftest('pytest_plugins = ["tests.guard"]\n')
+    pytester.makeini("[pytest]\ntimeout = 2\nasyncio_mode = auto\n")
+    pytester.makepyfile(test_hangs='''
+        import asyncio, threading
+
+        async def test_hangs_on_its_loop():
+            await asyncio.Event().wait()
+
+        def test_hangs_in_a_wait():
+            threading.Event().wait()
+
+        def test_after_them():
+            pass
+    ''')
+    t0 = time.monotonic()
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=120)
+    result.assert_outcomes(passed=1, failed=2)
+    out = result.stdout.str()
+    for name in ("test_hangs_on_its_loop", "test_hangs_in_a_wait"):
+        assert f"FAILED test_hangs.py::{name} - Failed: Timeout (>2.0s) from pytest-timeout" in out, out
+    assert re.search(r"^>\s+threading.Event\(\).wait\(\)$", out, re.M), out      # where the wait hung
+    assert time.monotonic() - t0 < 60
+
+
+def test_a_test_that_hangs_again_in_its_teardown_ends_the_run_with_every_stack(pytester, monkeypatch):
+    """A hung test whose teardown swallows the timeout's failure and hangs on: past twice the timeout the run ends
+    (the guard's backstop) with every thread's stack on stderr, instead of holding CI until its own limit."""
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    pytester.makeconftest('pytest_plugins = ["tests.guard"]\n')
+    pytester.makeini("[pytest]\ntimeout = 2\n")
+    pytester.makepyfile(test_stuck='''
+        import time
+        import pytest
+
+        @pytest.fixture
+        def stubborn():
+            yield
+            while True:
+                try:
+                    time.sleep(3600)
+                except BaseException:
+                    pass
+
+        def test_stuck(stubborn):
+            time.sleep(3600)
+
+        def test_never_reached():
+            pass
+    ''')
+    t0 = time.monotonic()
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=120)
+    took = time.monotonic() - t0
+    assert result.ret != 0 and 4 <= took < 60, (result.ret, took)
+    err = result.stderr.str()
+    assert "test_stuck.py::test_stuck still runs past twice its timeout" in err, err
+    assert re.search(r'test_stuck\.py", line \d+ in stubborn', err), err      # the stack where it hung again
+    assert "test_never_reached PASSED" not in result.stdout.str()
