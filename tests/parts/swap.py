@@ -56,6 +56,15 @@ class Swapper(threading.Thread):
             k.unlink()
 
 
+def race_going(start: float, flips: list[int], ends: list, most: int = 40) -> bool:
+    """Whether a race of jobs against a thread that flips their folder (``flips[0]``: flips made) asks for another
+    job: for 6 s from ``start``, then on a loaded machine (4 jobs and 27 flips in those 6 s once, beside two busy
+    processes) until 5 jobs have ended (``ends``) and the folder flipped over 20 times, up to 90 s; ``most`` jobs
+    at most. The tests assert those counts: what a race needs to have happened to prove anything."""
+    now = time.monotonic() - start
+    return len(ends) < most and now < 90 and (now < 6 or len(ends) < 5 or flips[0] <= 20)
+
+
 class StoreWatch(threading.Thread):
     """Opens every file that appears under the store's folder as soon as it is seen and keeps it open, so what
     was written into it can be read afterwards even when the push removed it (a temp file, a rejected copy)."""
