@@ -57,6 +57,15 @@ async def mail_core(tmp_path, demo_library):
     await asyncio.to_thread(render.shutdown)     # the PDF/DOCX worker process, if a test rendered one
 
 
+def scripted_config(tmp_path, db_path: str, port: int, **email) -> dict:
+    """The config of a core whose mail goes, without TLS or a login, to a server a test scripts on loopback ``port``
+    (the test runs the mail adapter itself: sender.run)."""
+    return {"recorder": {"db_path": db_path}, "state": {"dir": str(tmp_path / "state")}, "http": {"enabled": False},
+            "email": dict(enabled=True, smtp_host="127.0.0.1", smtp_port=port, security="none",
+                          sender="steno@recorder.example", retry_initial_seconds=0.2, retry_max_seconds=1.0,
+                          timeout=30.0, **email)}
+
+
 async def finished(core: Core, entry_id: int, timeout: float = 30.0):
     """The outbox entry once it is sent or failed."""
     return await until(lambda: core.outbox.get(entry_id) if core.outbox.get(entry_id).state.finished else None,

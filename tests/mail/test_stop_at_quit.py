@@ -12,7 +12,7 @@ import time
 from steno_exportd import config, events as ev
 from steno_exportd.core import Core
 from steno_exportd.mail import sender
-from tests.mail.conftest import finished
+from tests.mail.conftest import finished, scripted_config
 
 TURNS = 12          # loop turns after the answer to QUIT: the cancel lands in each of them once (the window is 3)
 ENDS_WITHIN = 30.0  # seconds a cancelled mail adapter is given to end (it takes milliseconds: this finds a hang)
@@ -56,12 +56,7 @@ async def test_a_stop_as_the_server_answers_quit_ends_the_mail_adapter_whatever_
 
     server = await asyncio.start_server(talk, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    data = {"recorder": {"db_path": str(demo_library)}, "state": {"dir": str(tmp_path / "state")},
-            "http": {"enabled": False},
-            "email": dict(enabled=True, smtp_host="127.0.0.1", smtp_port=port, security="none",
-                          sender="steno@recorder.example", retry_initial_seconds=0.2, retry_max_seconds=1.0,
-                          timeout=30.0)}
-    core = Core(config.from_dict(data), clock=time.time)
+    core = Core(config.from_dict(scripted_config(tmp_path, str(demo_library), port)), clock=time.time)
     await core.start()
     hung: list[int] = []
     try:

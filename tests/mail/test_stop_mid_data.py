@@ -11,6 +11,7 @@ from steno_exportd import config, events as ev
 from steno_exportd.core import Core
 from steno_exportd.mail import sender
 from tests.fakes import FakeLibrary, make_session
+from tests.mail.conftest import scripted_config
 
 TO = ["alice@example.org"]
 
@@ -49,11 +50,7 @@ async def test_a_stop_mid_data_goes_without_quit_and_nothing_is_delivered(tmp_pa
 
     server = await asyncio.start_server(talk, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    data = {"recorder": {"db_path": str(tmp_path / "none.db")}, "state": {"dir": str(tmp_path / "state")},
-            "http": {"enabled": False},
-            "email": dict(enabled=True, smtp_host="127.0.0.1", smtp_port=port, security="none",
-                          sender="steno@recorder.example", retry_initial_seconds=0.2, retry_max_seconds=1.0,
-                          timeout=30.0, max_message_mb=50)}
+    data = scripted_config(tmp_path, str(tmp_path / "none.db"), port, max_message_mb=50)
     try:
         core = Core(config.from_dict(data), library=FakeLibrary([make_session(1, audio)]), clock=time.time)
         await core.start()
