@@ -85,7 +85,8 @@ async def private_bus() -> AsyncIterator[str]:
         stderr=asyncio.subprocess.DEVNULL,
         start_new_session=True)      # a Ctrl-C at the terminal stops the daemon, which then stops its bus
     try:
-        line = await asyncio.wait_for(proc.stdout.readline(), 10)
+        async with asyncio.timeout(10):
+            line = await proc.stdout.readline()
         address = line.decode().strip()
         if not address:
             raise StenoError("the private dbus-daemon did not print its address")
@@ -94,10 +95,29 @@ async def private_bus() -> AsyncIterator[str]:
         if proc.returncode is None:
             proc.terminate()
             try:
-                await asyncio.wait_for(proc.wait(), 5)
+                async with asyncio.timeout(5):
+                    await proc.wait()
             except asyncio.TimeoutError:
                 proc.kill()
                 await proc.wait()
+
+
+async def end_tasks(tasks: list[asyncio.Task], again_every: float = 2.0) -> None:
+    """Cancel ``tasks`` and return when all have ended, cancelling again every ``again_every`` seconds those that
+    have not: a task whose cancel was dropped (Python 3.11's asyncio.wait_for, used inside libraries, returns an
+    answer that came in the same loop turns as the cancel and forgets the cancel) would otherwise keep the
+    TaskGroup, and the daemon's stop, waiting until systemd kills it. Each task cancelled again is named once."""
+    for t in tasks:
+        t.cancel()
+    named: set[asyncio.Task] = set()
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        _, pending = await asyncio.wait(pending, timeout=again_every)
+        for t in pending:
+            if t not in named:
+                named.add(t)
+                log.warning("the %s task had not ended %g s after the stop: cancelled again", t.get_name(), again_every)
+            t.cancel()
 
 
 class Daemon:
@@ -180,8 +200,7 @@ class Daemon:
                 await self._stop.wait()
                 log.info("stopping")
                 self.notifier.stopping()
-                for t in tasks:
-                    t.cancel()
+                await end_tasks(tasks)
         log.info("stopped")
         return 0
 
@@ -189,7 +208,8 @@ class Daemon:
         """Stop the core (jobs stop safely); bounded so SIGTERM exits well within 5 s."""
         assert self.core is not None
         try:
-            await asyncio.wait_for(self.core.stop(), STOP_TIMEOUT)
+            async with asyncio.timeout(STOP_TIMEOUT):
+                await self.core.stop()
         except asyncio.TimeoutError:
             log.error("the core did not stop within %.0f s", STOP_TIMEOUT)
 

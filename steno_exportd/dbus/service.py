@@ -259,7 +259,8 @@ class Service:
             bus = self.bus
             if bus.connected:           # (gone already: a message sent now fails on the closed socket, unheard)
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(bus.release_name(BUS_NAME), 1)
+                    async with asyncio.timeout(1):
+                        await bus.release_name(BUS_NAME)
                 if isinstance(bus, _Bus):
                     await bus.settle(STOP_GRACE)     # calls that came before the stop get their answers
             self.bus = None

@@ -220,7 +220,8 @@ class JobManager:
         job = self._jobs.get(int(job_id))
         if job is None:
             raise NotFoundError(f"no job {job_id!r}")
-        await asyncio.wait_for(job.done.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await job.done.wait()
         return job.snap
 
     def cancel(self, job_id: int) -> ev.JobSnapshot:

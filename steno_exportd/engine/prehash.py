@@ -118,7 +118,8 @@ class Prehasher:
         """Wait until every recording known so far is hashed (or could not be)."""
         if self._settled is None:
             raise RuntimeError("the hasher is not running")
-        await asyncio.wait_for(self._settled.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await self._settled.wait()
 
     async def stop(self) -> None:
         """Stop at the next chunk and close the cache; idempotent."""

@@ -110,7 +110,8 @@ async def _send_data(smtp: aiosmtplib.SMTP, f: BinaryIO, timeout: float, limit: 
         at_line_start = block.endswith(b"\n")
         tail = (tail + block)[-2:]
         try:
-            await asyncio.wait_for(writer.drain(), timeout)
+            async with asyncio.timeout(timeout):
+                await writer.drain()
         except asyncio.TimeoutError:
             raise Refused(f"{smtp.hostname}:{smtp.port} stopped reading the message (nothing taken for {timeout:g} s)",
                           transient=True) from None
@@ -250,7 +251,8 @@ async def _close(smtp: aiosmtplib.SMTP) -> None:
     """QUIT, then close; closed also when a stop cancels the wait for the answer."""
     try:
         if smtp.is_connected:
-            await asyncio.wait_for(smtp.quit(), 5)
+            async with asyncio.timeout(5):
+                await smtp.quit()
     except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
         pass
     finally:

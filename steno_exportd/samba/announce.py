@@ -129,7 +129,8 @@ class Announcer:
         try:
             bus = MessageBus(bus_address=self.bus_address) if self.bus_address else MessageBus(
                 bus_type=BusType.SYSTEM)
-            await asyncio.wait_for(bus.connect(), _TIMEOUT)
+            async with asyncio.timeout(_TIMEOUT):
+                await bus.connect()
         except Exception as e:  # noqa: BLE001 - dbus-fast raises assorted errors for a missing bus
             self._once("no-bus", f"no system D-Bus ({e}): the share is not announced over mDNS")
             return False
@@ -176,9 +177,9 @@ class Announcer:
     async def _call(self, path: str, iface: str, member: str, sig: str = "", body: list | None = None,
                     dest: str = AVAHI) -> list:
         from dbus_fast import Message, MessageType
-        reply = await asyncio.wait_for(self._bus.call(Message(
-            destination=dest, path=path, interface=iface, member=member, signature=sig, body=body or [])),
-            _TIMEOUT)
+        async with asyncio.timeout(_TIMEOUT):
+            reply = await self._bus.call(Message(
+                destination=dest, path=path, interface=iface, member=member, signature=sig, body=body or []))
         if reply.message_type == MessageType.ERROR:
             raise _AvahiError(reply.error_name or "", f"{member}: {reply.body[0] if reply.body else reply.error_name}")
         return reply.body

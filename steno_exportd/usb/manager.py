@@ -127,7 +127,8 @@ class UsbManager:
         if c.device in self._by_node:
             return
         with contextlib.suppress(UDisksError, OSError, asyncio.TimeoutError):
-            await asyncio.wait_for(self.udisks.unmount(c.device, force=True), 5)
+            async with asyncio.timeout(5):
+                await self.udisks.unmount(c.device, force=True)
 
     # ---- one stick ----------------------------------------------------------------
     async def _handle(self, did: str, c: Candidate, prev: asyncio.Task | None = None) -> None:

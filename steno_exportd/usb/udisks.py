@@ -123,7 +123,8 @@ class UDisks:
         msg = Message(destination=dest, path=path, interface=iface, member=member,
                       signature=sig, body=body or [])
         try:
-            reply = await asyncio.wait_for(self.bus.call(msg), timeout)
+            async with asyncio.timeout(timeout):
+                reply = await self.bus.call(msg)
         except asyncio.TimeoutError:
             raise UDisksError(f"{iface}.{member} on {path}: no answer from udisks2 in {timeout:.0f} s") from None
         if check and reply.message_type == MessageType.ERROR:

@@ -7,6 +7,7 @@ import secrets
 
 from steno_exportd.samba.announce import Announcer
 from tests.parts import in_thread, until
+from tests.parts.dbus import private_bus  # noqa: F401 - a fixture
 
 
 def _name() -> str:
@@ -97,3 +98,32 @@ async def test_a_host_whose_name_is_not_utf8_is_announced_under_it_as_text(avahi
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     await until(lambda: not any(n.startswith(prefix) for n in avahi.names()), "withdrawn when the daemon stops")
+
+
+async def test_a_stop_that_comes_with_the_bus_answer_ends_the_announcer(private_bus, monkeypatch):
+    """The daemon stops in the very loop turns in which the bus answers whether avahi runs: the announcer ends.
+    Python 3.11's asyncio.wait_for, which it waited with, returned the answer and forgot the stop: the announcer went
+    on to wait for the next change, for ever, and the daemon's stop with it. (A private bus without avahi: the
+    answer is "not running".)"""
+    a = Announcer(bus_address=private_bus)
+    task: list[asyncio.Task] = []
+    asked: list[str] = []
+    from dbus_fast.aio import MessageBus
+    real_call = MessageBus.call
+
+    async def answered_as_the_stop_comes(bus, msg):
+        reply = await real_call(bus, msg)       # the real bus's answer
+        if msg.member == "NameHasOwner":
+            asked.append(msg.body[0])
+            task[0].cancel()                    # the stop, in the same loop turn as the answer
+        return reply
+    monkeypatch.setattr(MessageBus, "call", answered_as_the_stop_comes)
+    try:
+        task.append(asyncio.create_task(a.run()))
+        a.set(True, _name())
+        await asyncio.wait(task, timeout=30)
+        assert asked == ["org.freedesktop.Avahi"]
+        assert task[0].cancelled(), f"the stop was lost: the announcer is {task[0]}"
+    finally:
+        task[0].cancel()
+        await asyncio.gather(task[0], return_exceptions=True)

@@ -4,6 +4,7 @@ Loop devices have no Drive, so Drive.PowerOff cannot run for real here: a servic
 implements the documented org.freedesktop.UDisks2 interfaces (same names, signatures and
 properties) stands in for udisksd on a private dbus-daemon.
 """
+import asyncio
 import os
 import subprocess
 import tempfile
@@ -216,5 +217,34 @@ async def test_unknown_device(private_bus):
         with pytest.raises(UDisksError, match="does not know /dev/sdz9"):
             await ud.resolve("/dev/sdz9", timeout=0.2)
     finally:
+        await ud.close()
+        svc.disconnect()
+
+
+async def test_a_stop_that_comes_with_udisks_answer_is_not_lost(private_bus, monkeypatch):
+    """The USB watcher stopped (the daemon stopping, a stick pulled) in the very loop turns in which udisks2's answer
+    comes back: the call ends stopped. Python 3.11's asyncio.wait_for, which the client waited with, returned the
+    answer and forgot the stop: the watcher went on, and the daemon's stop waited for it."""
+    calls = []
+    svc = await serve(private_bus, calls)
+    ud = await UDisks.connect(private_bus)
+    real_call = MessageBus.call
+    caller: list[asyncio.Task] = []
+
+    async def answered_as_the_stop_comes(bus, msg):
+        reply = await real_call(bus, msg)       # udisks2's real answer, through the real bus
+        if msg.member == "Unmount":
+            caller[0].cancel()                  # the stop, in the same loop turn as the answer
+        return reply
+    monkeypatch.setattr(MessageBus, "call", answered_as_the_stop_comes)
+    try:
+        await ud.mount("/dev/sdb1")
+        caller.append(asyncio.create_task(ud.unmount("/dev/sdb1")))
+        await asyncio.wait(caller, timeout=30)
+        assert [c[0] for c in calls] == ["Mount", "Unmount"]     # udisks2 did what was asked
+        assert caller[0].cancelled(), f"the stop was lost: the call went on and ended {caller[0]}"
+    finally:
+        for t in caller:
+            t.cancel()
         await ud.close()
         svc.disconnect()
