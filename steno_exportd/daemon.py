@@ -285,7 +285,16 @@ class Daemon:
             await asyncio.to_thread(forget_unused_copy, cfg)
             self._reload_error = ""
             if self.core is not None:
-                await self.core.reload(cfg)
+                try:
+                    await self.core.reload(cfg)
+                except Exception as e:  # noqa: BLE001 - the reload's boundary, as Manager.Reload's is
+                    # the state DB locked past its 10 s busy timeout (another writer holding it) or its disk full
+                    # (sqlite3.OperationalError from saving the schedules): from SIGHUP it ended the reload task, and
+                    # the TaskGroup stopped the daemon (exit 1) and the jobs under way with it
+                    self._reload_error = f"reload failed: {type(e).__name__}: {e}"
+                    log.error("reload failed, the daemon runs on: %s: %s", type(e).__name__, e)
+                    log.debug("details", exc_info=True)
+                    return False
                 try:
                     await self.core.refresh_library()
                 except StenoError as e:     # the recorder's DB is not our config: keep the new config
