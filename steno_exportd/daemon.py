@@ -106,18 +106,32 @@ async def end_tasks(tasks: list[asyncio.Task], again_every: float = 2.0) -> None
     """Cancel ``tasks`` and return when all have ended, cancelling again every ``again_every`` seconds those that
     have not: a task whose cancel was dropped (Python 3.11's asyncio.wait_for, used inside libraries, returns an
     answer that came in the same loop turns as the cancel and forgets the cancel) would otherwise keep the
-    TaskGroup, and the daemon's stop, waiting until systemd kills it. Each task cancelled again is named once."""
+    TaskGroup, and the daemon's stop, waiting until systemd kills it. Each task cancelled again is named once.
+
+    A task cancelled already (the TaskGroup cancels them all when one fails) is not cancelled at once again, which
+    would cut its clean-up short (the mDNS withdrawal). Cancelled itself meanwhile (the TaskGroup's cancel when a
+    task fails during the stop) it still waits for them all, then raises CancelledError: the TaskGroup only cancels
+    once, so a dropped cancel left it waiting for ever."""
     for t in tasks:
-        t.cancel()
+        if not t.cancelling():
+            t.cancel()
     named: set[asyncio.Task] = set()
+    cancelled = False
     pending = {t for t in tasks if not t.done()}
     while pending:
-        _, pending = await asyncio.wait(pending, timeout=again_every)
+        try:
+            _, pending = await asyncio.wait(pending, timeout=again_every)
+        except asyncio.CancelledError:
+            cancelled = True
+            pending = {t for t in pending if not t.done()}
+            continue
         for t in pending:
             if t not in named:
                 named.add(t)
                 log.warning("the %s task had not ended %g s after the stop: cancelled again", t.get_name(), again_every)
             t.cancel()
+    if cancelled:
+        raise asyncio.CancelledError()
 
 
 class Daemon:
@@ -193,14 +207,18 @@ class Daemon:
                     from steno_exportd.usb import manager as usb     # pyudev only when sticks are on
 
                     tasks.append(tg.create_task(usb.watch(core), name="usb"))
-                self.notifier.ready(self.status_text())
-                log.info("ready in %.0f ms: %s", (time.monotonic() - t0) * 1000, self.status_text())
-                if self.demo:
-                    self._print_demo_help()
-                await self._stop.wait()
-                log.info("stopping")
-                self.notifier.stopping()
-                await end_tasks(tasks)
+                try:
+                    self.notifier.ready(self.status_text())
+                    log.info("ready in %.0f ms: %s", (time.monotonic() - t0) * 1000, self.status_text())
+                    if self.demo:
+                        self._print_demo_help()
+                    await self._stop.wait()
+                    log.info("stopping")
+                    self.notifier.stopping()
+                finally:
+                    # also when a task failed (the TaskGroup cancelled this body and every task, once): a task that
+                    # let that cancel go by kept the TaskGroup, and the daemon, from ending
+                    await end_tasks(tasks)
         log.info("stopped")
         return 0
 
@@ -267,7 +285,16 @@ class Daemon:
             await asyncio.to_thread(forget_unused_copy, cfg)
             self._reload_error = ""
             if self.core is not None:
-                await self.core.reload(cfg)
+                try:
+                    await self.core.reload(cfg)
+                except Exception as e:  # noqa: BLE001 - the reload's boundary, as Manager.Reload's is
+                    # the state DB locked past its 10 s busy timeout (another writer holding it) or its disk full
+                    # (sqlite3.OperationalError from saving the schedules): from SIGHUP it ended the reload task, and
+                    # the TaskGroup stopped the daemon (exit 1) and the jobs under way with it
+                    self._reload_error = f"reload failed: {type(e).__name__}: {e}"
+                    log.error("reload failed, the daemon runs on: %s: %s", type(e).__name__, e)
+                    log.debug("details", exc_info=True)
+                    return False
                 try:
                     await self.core.refresh_library()
                 except StenoError as e:     # the recorder's DB is not our config: keep the new config

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -64,6 +65,30 @@ def test_sighup_good_and_bad_config(tmp_path, private_bus, daemon_factory):
     assert "configuration reloaded" in d.log()
     d.signal(signal.SIGTERM)
     assert d.wait_exit(5) == 0
+
+
+def test_a_reload_that_cannot_write_the_state_db_keeps_the_daemon_running(tmp_path, private_bus, daemon_factory):
+    """SIGHUP while another writer holds the daemon's state DB past its 10 s busy timeout (so too a full disk):
+    the reload fails, says so in STATUS= and one log line, and the daemon runs on. Before, the reload task raised
+    sqlite3.OperationalError and the daemon stopped itself (exit 1), with every job under way."""
+    path = write_config(tmp_path / "c.toml", tmp_path, private_bus)
+    d = daemon_factory(path)
+    d.wait_ready()
+    holder = sqlite3.connect(tmp_path / "state" / "state.db", isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")       # the write lock, as another writer holds it
+        n = len(d.notify.messages)
+        d.signal(signal.SIGHUP)
+        st = d.notify.wait("READY", "1", timeout=60, since=n, proc=d)
+        assert "reload failed: OperationalError: database is locked" in st["STATUS"], st
+    finally:
+        if holder.in_transaction:
+            holder.execute("ROLLBACK")
+        holder.close()
+    assert "reload failed, the daemon runs on: OperationalError: database is locked" in d.log()
+    assert "Traceback" not in d.log()
+    d.signal(signal.SIGTERM)
+    assert d.wait_exit(10) == 0
 
 
 def test_a_full_notify_socket_never_stalls_the_daemon(tmp_path, private_bus, daemon_factory):
