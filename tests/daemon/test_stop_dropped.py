@@ -42,14 +42,25 @@ def _mail_that_misses_a_stop(running: asyncio.Event, stops_seen: list[str]):
     return run
 
 
-async def test_the_daemon_stops_when_a_task_lets_the_first_stop_go_by(tmp_path, demo_library, monkeypatch, caplog):
+async def _daemon_whose_mail_misses_a_stop(tmp_path, demo_library, monkeypatch, caplog):
+    """A daemon in-process, its mail task _mail_that_misses_a_stop: (it, its mail task's start, what that task saw)."""
     caplog.set_level(logging.INFO, logger="steno_exportd.daemon")
     db = await asyncio.to_thread(demo_library, tmp_path / "library")
-    cfg = _config(tmp_path, db)
     stops_seen: list[str] = []
     running = asyncio.Event()
     monkeypatch.setattr(daemon.mail_sender, "run", _mail_that_misses_a_stop(running, stops_seen))
-    d = daemon.Daemon(cfg)
+    return daemon.Daemon(_config(tmp_path, db)), running, stops_seen
+
+
+def _ended_at_the_second_stop(stops_seen: list[str], caplog) -> None:
+    """The mail task let the first stop go by and ended at the second, which the log names once."""
+    assert stops_seen == ["dropped", "ended"]
+    said = [r.getMessage() for r in caplog.records if "cancelled again" in r.getMessage()]
+    assert said == ["the mail task had not ended 2 s after the stop: cancelled again"], said
+
+
+async def test_the_daemon_stops_when_a_task_lets_the_first_stop_go_by(tmp_path, demo_library, monkeypatch, caplog):
+    d, running, stops_seen = await _daemon_whose_mail_misses_a_stop(tmp_path, demo_library, monkeypatch, caplog)
     run = asyncio.create_task(d.run())
     try:
         await asyncio.wait_for(running.wait(), 60)
@@ -60,9 +71,7 @@ async def test_the_daemon_stops_when_a_task_lets_the_first_stop_go_by(tmp_path, 
     finally:
         run.cancel()
         await asyncio.gather(run, return_exceptions=True)
-    assert stops_seen == ["dropped", "ended"]
-    said = [r.getMessage() for r in caplog.records if "cancelled again" in r.getMessage()]
-    assert said == ["the mail task had not ended 2 s after the stop: cancelled again"], said
+    _ended_at_the_second_stop(stops_seen, caplog)
     assert "stopped" in [r.getMessage() for r in caplog.records]
 
 
@@ -72,18 +81,12 @@ async def test_the_daemon_ends_when_a_task_fails_and_another_lets_that_stop_go_b
     waited for ever for one that let that cancel go by (the daemon hung, its web page, D-Bus name and core up
     while serving nothing, until systemd's watchdog killed it). It ends now as at a stop, the failure raised (exit
     code 1 in main())."""
-    caplog.set_level(logging.INFO, logger="steno_exportd.daemon")
-    db = await asyncio.to_thread(demo_library, tmp_path / "library")
-    cfg = _config(tmp_path, db)
-    stops_seen: list[str] = []
-    running = asyncio.Event()
-    monkeypatch.setattr(daemon.mail_sender, "run", _mail_that_misses_a_stop(running, stops_seen))
+    d, running, stops_seen = await _daemon_whose_mail_misses_a_stop(tmp_path, demo_library, monkeypatch, caplog)
 
     async def samba_that_fails(core) -> None:
         await running.wait()
         raise RuntimeError("the samba adapter failed")
     monkeypatch.setattr(daemon.samba, "run", samba_that_fails)
-    d = daemon.Daemon(cfg)
     run = asyncio.create_task(d.run())
     try:
         await asyncio.wait_for(running.wait(), 60)
@@ -98,9 +101,7 @@ async def test_the_daemon_ends_when_a_task_fails_and_another_lets_that_stop_go_b
                 t.cancel()
         run.cancel()
         await asyncio.gather(run, return_exceptions=True)
-    assert stops_seen == ["dropped", "ended"]
-    said = [r.getMessage() for r in caplog.records if "cancelled again" in r.getMessage()]
-    assert said == ["the mail task had not ended 2 s after the stop: cancelled again"], said
+    _ended_at_the_second_stop(stops_seen, caplog)
 
 
 def test_the_package_never_waits_with_asyncio_wait_for():

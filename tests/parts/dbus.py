@@ -1,6 +1,7 @@
 """A real private dbus-daemon for tests: child process, allow-all policy, its own socket."""
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 from pathlib import Path
@@ -52,3 +53,21 @@ def private_bus(tmp_path: Path):
         yield bus.address
     finally:
         bus.stop()
+
+
+def stop_with_answer(monkeypatch, member: str, caller: list[asyncio.Task]) -> list:
+    """Every D-Bus call of this process gets its real answer; at the answer to a call of ``member`` the task
+    ``caller[0]`` is cancelled in the same loop turn (a stop that comes with the answer: Python 3.11's
+    asyncio.wait_for returned the answer and forgot such a stop). -> the calls of ``member`` answered (Messages)."""
+    from dbus_fast.aio import MessageBus
+    real_call = MessageBus.call
+    answered: list = []
+
+    async def answered_as_the_stop_comes(bus, msg):
+        reply = await real_call(bus, msg)
+        if msg.member == member:
+            answered.append(msg)
+            caller[0].cancel()
+        return reply
+    monkeypatch.setattr(MessageBus, "call", answered_as_the_stop_comes)
+    return answered

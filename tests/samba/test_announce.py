@@ -7,7 +7,7 @@ import secrets
 
 from steno_exportd.samba.announce import Announcer
 from tests.parts import in_thread, until
-from tests.parts.dbus import private_bus  # noqa: F401 - a fixture
+from tests.parts.dbus import private_bus, stop_with_answer  # noqa: F401 - private_bus: a fixture
 
 
 def _name() -> str:
@@ -107,22 +107,12 @@ async def test_a_stop_that_comes_with_the_bus_answer_ends_the_announcer(private_
     answer is "not running".)"""
     a = Announcer(bus_address=private_bus)
     task: list[asyncio.Task] = []
-    asked: list[str] = []
-    from dbus_fast.aio import MessageBus
-    real_call = MessageBus.call
-
-    async def answered_as_the_stop_comes(bus, msg):
-        reply = await real_call(bus, msg)       # the real bus's answer
-        if msg.member == "NameHasOwner":
-            asked.append(msg.body[0])
-            task[0].cancel()                    # the stop, in the same loop turn as the answer
-        return reply
-    monkeypatch.setattr(MessageBus, "call", answered_as_the_stop_comes)
+    asked = stop_with_answer(monkeypatch, "NameHasOwner", task)     # the real bus's answer, the stop in its turn
     try:
         task.append(asyncio.create_task(a.run()))
         a.set(True, _name())
         await asyncio.wait(task, timeout=30)
-        assert asked == ["org.freedesktop.Avahi"]
+        assert [m.body[0] for m in asked] == ["org.freedesktop.Avahi"]
         assert task[0].cancelled(), f"the stop was lost: the announcer is {task[0]}"
     finally:
         task[0].cancel()

@@ -15,6 +15,7 @@ from dbus_fast.service import PropertyAccess, ServiceInterface, dbus_property, m
 
 from steno_exportd.usb.udisks import UDisks, UDisksError, UDisksUnavailable
 from tests.parts import require_tool
+from tests.parts.dbus import stop_with_answer
 
 BLOCK = "/org/freedesktop/UDisks2/block_devices/sdb1"
 DRIVE = "/org/freedesktop/UDisks2/drives/Kingston_DataTraveler_3_0_1234"
@@ -228,15 +229,8 @@ async def test_a_stop_that_comes_with_udisks_answer_is_not_lost(private_bus, mon
     calls = []
     svc = await serve(private_bus, calls)
     ud = await UDisks.connect(private_bus)
-    real_call = MessageBus.call
     caller: list[asyncio.Task] = []
-
-    async def answered_as_the_stop_comes(bus, msg):
-        reply = await real_call(bus, msg)       # udisks2's real answer, through the real bus
-        if msg.member == "Unmount":
-            caller[0].cancel()                  # the stop, in the same loop turn as the answer
-        return reply
-    monkeypatch.setattr(MessageBus, "call", answered_as_the_stop_comes)
+    stop_with_answer(monkeypatch, "Unmount", caller)      # udisks2's real answer, the stop in its loop turn
     try:
         await ud.mount("/dev/sdb1")
         caller.append(asyncio.create_task(ud.unmount("/dev/sdb1")))
