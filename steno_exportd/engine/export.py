@@ -132,6 +132,8 @@ class Exporter:
         # sessions in flight (a store far away is slow per request, not per byte)
         self._verifier = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="steno-verify")
         self.depth = max(1, int(target.checks))
+        self.flight = max(self.depth, int(target.in_flight or 0))      # sessions in flight (Target.in_flight)
+        self.flight_bytes = int(target.in_flight_bytes or 0)
         # a <folder>.partial is built with our marker inside, removed before its rename, so the clean-up after a
         # crash tells it from a stick's author's own 'Notes.partial' beside it, on a target with marks_partial
         # (SMB: a small write and a removal per session); on a target without marks_partial (rclone's WebDAV: two
@@ -140,6 +142,11 @@ class Exporter:
         self.begun = None if self.mark_partial else Begun(cfg.state.dir, target.place or target.name, root)
         self._checks = self._verifier if self.depth == 1 else \
             concurrent.futures.ThreadPoolExecutor(self.depth, thread_name_prefix="steno-check")
+        # rendered files (small: a transcript, a PDF) written and read back on threads of their own, as many as the
+        # sessions in flight: their requests go beside the recordings' read-backs, not behind them (checks at once,
+        # each thread's read buffers a few MiB once a large recording was read back on it)
+        self._rendered = self._checks if self.flight == self.depth else \
+            concurrent.futures.ThreadPoolExecutor(self.flight, thread_name_prefix="steno-rendered")
         self._saved_at = 0.0                    # when the manifest was last saved (monotonic; run() sets the start)
         self._held: list[_Held] = []            # sessions recorded in the manifest, waiting for its next save
         self._save_queued = False               # a save of them is queued on the verifier thread (_save_due)
@@ -157,6 +164,7 @@ class Exporter:
         """Wait for the sessions and read-backs still running (a run ended by an error), then end their threads."""
         self._verifier.shutdown(wait=True)
         self._checks.shutdown(wait=True)
+        self._rendered.shutdown(wait=True)
 
     def _cancelled(self) -> bool:
         return bool(self.p.cancelled)
@@ -215,6 +223,12 @@ class Exporter:
             self.m = mf.load(self.t, self.root, cancelled=self._cancelled)    # (a rebuild reads the target's files)
         except CancelledJob:
             return []
+        if not mf.in_step(self.m, entries.get(mf.SUMS)):
+            # a save cut between its two names (named at once on a store far away), or the file removed or changed
+            # by someone: saved again at the run's end, also when it finds nothing new
+            log.info("%s: %s in %s is not the one %s lists: written again", self.t.name, mf.SUMS, shown(self.root),
+                     mf.MANIFEST)
+            self._unsaved = True
         self._clean_leftovers(entries)
         sessions = []
         asked = False
@@ -247,8 +261,10 @@ class Exporter:
                       files_done=0, results=tuple(results))
         stop_reason = stop_kind = ""
         # the sessions being finished by the verifier thread (read back, renamed, recorded), oldest first: at most
-        # self.depth; an unchanged session's result waits behind them, so results keep the sessions' order
+        # self.flight, of self.flight_bytes together (but one); an unchanged session's result waits behind them, so
+        # results keep the sessions' order
         tail: collections.deque = collections.deque()
+        flying: dict[int, int] = {}         # id() of a session's finish in the tail: its bytes
 
         def settle(s: Any, finish: concurrent.futures.Future | None, error: BaseException | None = None) -> None:
             """A session's result: its finish (or the error that stopped it) and its consequences."""
@@ -277,10 +293,13 @@ class Exporter:
                 stop_kind = stop_kind or r.problem
 
         def settle_tail(keep: int = 0) -> None:
-            """Settle the oldest sessions until at most ``keep`` are left, and any finished already."""
+            """Settle the oldest sessions until at most ``keep`` are left (and of at most self.flight_bytes together,
+            but one), and any finished already."""
             while tail and (len(tail) > keep or not isinstance(tail[0][1], concurrent.futures.Future)
-                            or tail[0][1].done()):
+                            or tail[0][1].done() or (keep and self.flight_bytes and len(flying) > 1
+                                                     and sum(flying.values()) > self.flight_bytes)):
                 s, finish = tail.popleft()
+                flying.pop(id(finish), None)
                 if isinstance(finish, SessionResult):
                     results.append(finish)
                 else:
@@ -319,7 +338,8 @@ class Exporter:
                     settle(s, None, e)
                     continue
                 tail.append((s, finish))        # (first: a cancel raised by an older one's finish still waits for it)
-                settle_tail(self.depth)         # (those finished by the verifier thread while this one was written)
+                flying[id(finish)] = sum(pf.size for pf in pl)
+                settle_tail(self.flight)        # (those finished by the verifier thread while this one was written)
             settle_tail()
         except CancelledJob:
             while tail:                 # a session whose read-backs had ended before the cancel is kept
@@ -932,6 +952,18 @@ class Exporter:
                     pending.append((len(results), pf, rel, rel_final, size, sha, (known, crc, st_src), fut))
                     results.append(None)  # type: ignore[arg-type]
                     continue
+                if self.depth > 1:
+                    # a rendered file (a transcript, a PDF) on a target that takes several requests at once: rendered
+                    # here, written and read back by the checks' pool beside the next files and sessions (on a store
+                    # far away its upload and read-back are five round trips in a row, which a session's rendered
+                    # files waited for one after the other before the next file and session began)
+                    data = self._retry(render_file, pf, s, self.reg, self._cancelled)
+                    self.bytes_total += len(data)
+                    self.p.update(bytes_total=self.bytes_total)
+                    fut = self._rendered.submit(self._write_rendered, rel, data)
+                    pending.append((len(results), pf, rel, rel_final, len(data), "", (None, None, None), fut))
+                    results.append(None)  # type: ignore[arg-type]
+                    continue
                 size, sha = self._write_verified(s, pf, rel, folder=folder)
             except (VerifyError, StenoError) as e:
                 if isinstance(e, (TargetError, CancelledJob)):
@@ -948,16 +980,19 @@ class Exporter:
                         staged: dict[str, str]) -> SessionResult:
         for i, pf, rel, rel_final, size, sha, (known, crc, st_src), fut in pending:
             try:
-                try:
-                    fut.result()
-                    if not known:
-                        self._remember(pf, st_src, sha, crc)
-                except VerifyError:
-                    log.warning("verify failed for %s; rewriting once", rel)
-                    if known and self.hashes is not None:
-                        self.hashes.forget(pf.source)   # the remembered hash is not trusted again
-                    self.t.remove(rel)
-                    size, sha = self._write_verified(s, pf, rel, attempts=(2,))
+                if pf.source is None:
+                    size, sha = fut.result()        # (a rendered file: _write_rendered, written twice at most)
+                else:
+                    try:
+                        fut.result()
+                        if not known:
+                            self._remember(pf, st_src, sha, crc)
+                    except VerifyError:
+                        log.warning("verify failed for %s; rewriting once", rel)
+                        if known and self.hashes is not None:
+                            self.hashes.forget(pf.source)   # the remembered hash is not trusted again
+                        self.t.remove(rel)
+                        size, sha = self._write_verified(s, pf, rel, attempts=(2,))
             except (VerifyError, StenoError) as e:
                 if isinstance(e, (TargetError, CancelledJob)):
                     raise
@@ -1061,6 +1096,30 @@ class Exporter:
         else:
             results[i] = r
         verified.append((rel_final, size, sha))
+
+    def _write_rendered(self, rel: str, data: bytes) -> tuple[int, str]:
+        """A rendered file written and read back (on the checks' pool: _start_session); written once more when its
+        read-back fails, and removed when that one fails too (VerifyError). (size, sha256)."""
+        for attempt in (1, 2):
+            sent = 0
+
+            def tick(n: int) -> None:
+                nonlocal sent
+                sent += n
+                self._tick(n)
+            try:
+                size, sha, crc, checked = writer.write_bytes(data, self.t, rel, tick=tick)
+                if self.verify and not checked:
+                    writer.verify(self.t, rel, size, sha, cancelled=self._cancelled, buffers=self._buffers(),
+                                  crc=crc)
+                return size, sha
+            except VerifyError:
+                self.t.remove(rel)
+                if attempt == 2:
+                    raise
+                log.warning("verify failed for %s; rewriting once", rel)
+                self._tick(-sent)           # (its bytes are counted again as they are written again)
+        raise AssertionError("unreachable")
 
     def _write_verified(self, s: Any, pf: PlannedFile, rel: str, attempts: tuple = (1, 2),
                         data: bytes | None = None, folder: str = "") -> tuple[int, str]:

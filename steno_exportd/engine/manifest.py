@@ -13,7 +13,7 @@ from isal.isal_zlib import crc32
 
 from steno_exportd import __version__, safeparse
 from steno_exportd.engine.identity import host_name
-from steno_exportd.engine.targets import NotAFile, Target, os_error, read_upto
+from steno_exportd.engine.targets import EntryStat, NotAFile, Target, os_error, read_upto
 from steno_exportd.errors import CancelledJob, TargetError
 
 log = logging.getLogger(__name__)
@@ -311,17 +311,21 @@ def write_atomic(target: Target, rel: str, data: bytes) -> None:
 
 
 def write_files(target: Target, files: list[tuple[str, bytes]], ready: Callable[[], bool] | None = None) -> bool:
-    """Files written atomically (as write_atomic), given their names in the order listed. On a target that takes
-    several requests at once (``checks`` > 1: each request a round trip away) all are sent and synced at once
-    before the first is named; elsewhere each is written and named before the next. A failure leaves the files
-    not yet named unwritten (their temp files removed), those named before it in place. ``ready``: asked before
-    the first is named (while they are sent, where sent at once: what it waits for meanwhile); False: none is
-    named, their temp files removed, and False returned."""
+    """Files written atomically (as write_atomic): each under a temp name, synced, then given its name. On a target
+    that takes several requests at once (``checks`` > 1: each request a round trip away, a name three on a WebDAV
+    store) all are sent and synced at once, then all named at once; elsewhere each is written and named in the
+    order listed before the next. A failure leaves the files not named unwritten (their temp files removed), those
+    named in place. ``ready``: asked before the first is named (while they are sent, where sent at once: what it
+    waits for meanwhile); False: none is named, their temp files removed, and False returned."""
     together = target.checks > 1 and len(files) > 1
     if ready is not None and not together and not ready():
         return False
     handles: list[Any] = []
-    named = 0
+    named: set[int] = set()
+
+    def name(i: int) -> None:
+        handles[i].commit()
+        named.add(i)
     try:
         for rel, data in files:
             handles.append(target.open_write(rel))
@@ -330,8 +334,7 @@ def write_files(target: Target, files: list[tuple[str, bytes]], ready: Callable[
                 handles[-1].crc = crc32(data)
             if not together:
                 handles[-1].sync()
-                handles[-1].commit()
-                named += 1
+                name(len(handles) - 1)
         if together:
             with concurrent.futures.ThreadPoolExecutor(len(handles) - 1, "steno-save") as pool:
                 rest = [pool.submit(h.sync) for h in handles[1:]]
@@ -342,12 +345,18 @@ def write_files(target: Target, files: list[tuple[str, bytes]], ready: Callable[
                 for h in handles:
                     h.abort()
                 return False
-            for h in handles:
-                h.commit()
-                named += 1
+            with concurrent.futures.ThreadPoolExecutor(len(handles) - 1, "steno-save") as pool:
+                rest = [pool.submit(name, i) for i in range(1, len(handles))]
+                try:
+                    name(0)
+                finally:
+                    concurrent.futures.wait(rest)
+                for f in rest:
+                    f.result()
     except BaseException:
-        for h in handles[named:]:
-            h.abort()
+        for i, h in enumerate(handles):
+            if i not in named:
+                h.abort()
         raise
     return True
 
@@ -373,7 +382,10 @@ def encode(doc: dict) -> bytes:
 
 
 def save(target: Target, root: str, m: Manifest, ready: Callable[[], bool] | None = None) -> bool:
-    """Rewrite SHA256SUMS and manifest.json atomically, in that order. The copy known() returns is forgotten
+    """Rewrite SHA256SUMS and manifest.json atomically: SHA256SUMS named first, or both at once where the target
+    takes several requests at once (write_files: on a store far away each name is three round trips in a row); a
+    save cut between the two names leaves SHA256SUMS out of step with manifest.json, which the next export finds and
+    saves again (in_step()). The copy known() returns is forgotten
     first: a save that fails may have put manifest.json in place all the same (a move whose answer was lost), so
     after a failure the store's own is read again, never the one saved before. ``ready``: as write_files()'s (False:
     nothing saved, False returned; the caller changes ``m`` and saves it again)."""
@@ -387,6 +399,16 @@ def save(target: Target, root: str, m: Manifest, ready: Callable[[], bool] | Non
         return False
     _keep(target, root, raw)
     return True
+
+
+def in_step(m: Manifest, listed: EntryStat | None) -> bool:
+    """SHA256SUMS as the folder's listing shows it (``listed``: its entry, None when missing) is the one manifest.json
+    ``m`` was saved with: its size is that of the lines ``m`` makes (a save cut between its two names, or the file
+    removed or edited by someone, is not; every line is a hash, two spaces and a path, so one missing or added
+    changes it). A manifest that records nothing needs none."""
+    if not m.sessions:
+        return True
+    return listed is not None and listed.kind == "file" and listed.size == len(m.sums_text().encode("utf-8"))
 
 
 def saved(target: Target, root: str) -> bool | None:

@@ -104,6 +104,11 @@ class Target(Protocol):
     checks: int                                  # files committed and read back at once, and as many sessions in
                                                  # flight beside the one written (1: one after the other)
     # optional, with a default here (a target subclasses Target to have it):
+    in_flight: int = 0                           # sessions in flight at most (0: ``checks``): more where each
+                                                 # request is a round trip away and a session's copy runs on its
+                                                 # own (rclone's), so that the next sessions' requests go beside the
+                                                 # read-backs of those before; read back ``checks`` at once still
+    in_flight_bytes: int = 0                     # and together at most this many bytes (0: no bound), but one
     movers: int = 8                              # folders renamed into place at once after a deferred manifest save
     listers: int = 8                             # folders of sessions already exported listed at once, on a target
                                                  # that takes several requests at once (checks > 1): one round trip

@@ -51,6 +51,42 @@ def test_export_layout_sums_and_incremental(tmp_path):
     assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=root).returncode == 0
 
 
+def test_a_sha256sums_out_of_step_with_the_manifest_is_saved_again_by_an_export_that_finds_nothing_new(tmp_path,
+                                                                                                       caplog):
+    """A save names SHA256SUMS and manifest.json at once where the target takes several requests at once (a store far
+    away, where each name is round trips): one cut between the two names leaves a manifest.json that records
+    sessions SHA256SUMS lacks, and so does someone who edits or removes SHA256SUMS. An export that then found
+    nothing new left it so for good (`sha256sum -c` passed on fewer files than the folder holds, or had nothing to
+    check). Now an export that finds SHA256SUMS out of step with manifest.json saves it again, said in one line; one
+    in step is left alone."""
+    lib = library(tmp_path, 3)
+    out = tmp_path / "out"
+    out.mkdir()
+    cfg = make_config(tmp_path)
+    assert all(r.ok and not r.skipped for r in _run(lib, cfg, out, [1, 2, 3]))
+    root = out / "SilentSteno"
+    sums = root / "SHA256SUMS"
+    whole = sums.read_text()
+    assert len(whole.splitlines()) == 9, whole
+    for stale in ("".join(whole.splitlines(True)[:-3]), None):     # a save cut before the last session's lines; gone
+        if stale is None:
+            sums.unlink()
+        else:
+            sums.write_text(stale)
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            res = _run(lib, cfg, out, [1, 2, 3])
+        assert [(r.ok, r.skipped) for r in res] == [(True, True)] * 3, res
+        assert sums.read_text() == whole
+        assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=root).returncode == 0
+        said = [r.getMessage() for r in caplog.records if "SHA256SUMS" in r.getMessage()]
+        assert len(said) == 1 and "is not the one manifest.json lists: written again" in said[0], said
+    before = {name: (root / name).stat().st_mtime_ns for name in ("SHA256SUMS", "manifest.json")}
+    time.sleep(0.01)
+    assert all(r.skipped for r in _run(lib, cfg, out, [1, 2, 3]))
+    assert {name: (root / name).stat().st_mtime_ns for name in before} == before
+
+
 def test_hostile_target_content(tmp_path):
     lib = library(tmp_path, 2)
     out = tmp_path / "out"
