@@ -123,10 +123,11 @@ def claim(t: RcloneTarget, folder: str, rid: str, board: str = "") -> None:
         # both found it unclaimed do not both take it, the second's rename finds the first's claim and its push
         # stops below, before writing a file (unless both renames' look-ups come before either's move: a window of
         # one round trip, as rclone has no create-if-absent on most stores)
-        refused = _create_claim(t, folder, rel, claim_body(rid, board))
+        body = claim_body(rid, board)
+        refused = _create_claim(t, folder, rel, body)
         if refused is None:
             log.info("%s: folder %s claimed for this recorder", t.name, folder)
-            t.claimed(folder)
+            t.claimed(folder, {CLAIM_NAME: len(body)} if t.made(folder) else None)
             return
         raw = _read_claim(t, folder, rel)
         if raw is None:
