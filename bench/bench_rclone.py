@@ -21,14 +21,16 @@ through a relay that holds every byte for half of BENCH_RCLONE_RTT_MS (default 2
 (tests/parts/delay.py; this kernel has no netem), ours and the anchor alike: where round trips, not bytes or CPU,
 decide the time. Then on that store, a push that finds nothing new among BENCH_RCLONE_INCREMENTAL_SESSIONS
 (default 200) sessions already there vs `rclone copy` with nothing to send (flat and in the same layout).
-Where that push's time goes (the relay's exchanges, tests/parts/delay.py depth(), rclone 1.60.1): 42 round trips in
-a row, 1.3 s; the anchor's ~12. A first push's claim of its folder 9 (its folder made, the claim uploaded under a temp
-name and moved: rclone looks a PUT's file up after it, a move's source before it and its destination after it), the
-sessions 17 (5 each: the folder, PUT, rclone's look-up, the read-back's look-up and GET; 4 in flight: 8 in flight
-measured no faster), the run's end 16 (SHA256SUMS then manifest.json uploaded together and moved in turn, 3 each; the
-folders' moves 2; the office index 4). rclone 1.60's rc has no check or hashsum call, so the read-back is a GET
-streamed through this process; `rclone copy` writes each file under its final name (no temp name and move), which a
-push never does.
+Where that push's time goes (the relay's exchanges, tests/parts/delay.py depth(), rclone 1.60.1): 32-34 round trips in
+a row, 1.1-1.2 s (42 and 1.3 s when its save named one file after the other and 4 sessions were in flight); the
+anchor's ~22 (copy 16-17, check 5-6) and two rclone start-ups (0.11 s each). A first push's claim 7 (the remote's
+folder listed; its folder made by the claim's upload, rclone's look-up after the PUT, then the move: rclone looks a
+move's source up before it and its destination after it), the sessions ~14 (12 in flight, of 64 MiB together but one:
+the folder made by the first upload, PUT, rclone's look-up, the read-back's look-up and GET; the four large
+recordings' bytes through the relay), the run's end 11 (SHA256SUMS and manifest.json uploaded and named together, 3 +
+3; the folders' moves 2; the office index's move 3). rclone 1.60's rc has no check or hashsum call, so the read-back
+is a GET streamed through this process; `rclone copy` writes each file under its final name (no temp name and move),
+which a push never does.
 
 webdav_store_own_cpu: the WebDAV rounds again with the store on a CPU of its own (every thread of `rclone serve`
 on one CPU; this process, its rclone rcd and the anchor's rclone commands on the other), the same for both. On the
