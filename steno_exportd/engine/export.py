@@ -954,9 +954,9 @@ class Exporter:
                     continue
                 if self.depth > 1:
                     # a rendered file (a transcript, a PDF) on a target that takes several requests at once: rendered
-                    # here, written and read back by the checks' pool beside the next files and sessions (on a store
-                    # far away its upload and read-back are five round trips in a row, which a session's rendered
-                    # files waited for one after the other before the next file and session began)
+                    # here, written and read back on a pool of their own (_rendered) beside the next files and
+                    # sessions (on a store far away its upload and read-back are five round trips in a row, which a
+                    # session's rendered files waited for one after the other before the next file and session began)
                     data = self._retry(render_file, pf, s, self.reg, self._cancelled)
                     self.bytes_total += len(data)
                     self.p.update(bytes_total=self.bytes_total)
@@ -1098,8 +1098,11 @@ class Exporter:
         verified.append((rel_final, size, sha))
 
     def _write_rendered(self, rel: str, data: bytes) -> tuple[int, str]:
-        """A rendered file written and read back (on the checks' pool: _start_session); written once more when its
-        read-back fails, and removed when that one fails too (VerifyError). (size, sha256)."""
+        """A rendered file written and read back (on the pool of rendered files: _start_session); written once more
+        when its read-back fails, and removed when that one fails too (VerifyError). (size, sha256). Not begun once
+        the job is cancelled (those queued behind it end at once)."""
+        if self._cancelled():
+            raise CancelledJob("cancelled")
         for attempt in (1, 2):
             sent = 0
 

@@ -87,6 +87,70 @@ def test_a_sha256sums_out_of_step_with_the_manifest_is_saved_again_by_an_export_
     assert {name: (root / name).stat().st_mtime_ns for name in before} == before
 
 
+def test_a_cancel_ends_the_rendered_files_queued_behind_it(tmp_path):
+    """A target that takes several requests at once (a store far away) gets each session's rendered files written
+    and read back on threads of their own, queued behind those of the sessions before: a cancel ends the queued
+    ones at once, none is begun after it (each an upload and a read-back of a store a round trip away). Here the
+    cancel comes while each of those threads is inside a write and more wait their turn. The export records what it
+    finished before the cancel, and the next one finishes the rest."""
+    from steno_exportd.engine.targets import DirectoryTarget
+    lib = library(tmp_path, 9)
+    out = tmp_path / "out"
+    out.mkdir()
+    cfg = make_config(tmp_path)
+    cancel, release = threading.Event(), threading.Event()
+    entered: list[str] = []
+    begun_after: list[str] = []
+    count = threading.Lock()
+
+    class Far(DirectoryTarget):
+        """Two files read back at once, three sessions in flight (so three threads for rendered files); the rendered
+        files' writes wait until the cancel."""
+
+        def __init__(self, root):
+            super().__init__(root)
+            self.checks, self.in_flight = 2, 3
+
+        def open_write(self, rel, **kw):
+            name = rel.rpartition("/")[2]
+            if name.endswith((".txt", ".json")) and name != "manifest.json":
+                with count:
+                    (begun_after if cancel.is_set() else entered).append(rel)
+                release.wait(10)
+            return super().open_write(rel, **kw)
+
+    class CancelAtTheFourthSession:
+        """The cancel once the export begins the fourth session's files: the three threads for rendered files each
+        inside a write (sessions 1 and 2), the rest of sessions 2 and 3 waiting their turn."""
+        fields: dict = {}
+
+        @property
+        def cancelled(self) -> bool:
+            return cancel.is_set()
+
+        def update(self, force: bool = False, **fields) -> None:
+            self.fields.update(fields)
+            if "Meeting 4 " in fields.get("current_file", "") and not cancel.is_set():
+                deadline = time.monotonic() + 10
+                while len(entered) < 3 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                cancel.set()
+                release.set()
+    res = run_export(lib, SimpleSpec(Far(out), tuple(range(1, 10)), ("txt", "json", "audio"), ExportOptions()),
+                     cfg, CancelAtTheFourthSession())
+    assert cancel.is_set(), "never cancelled"
+    assert len(entered) == 3, entered
+    assert begun_after == [], begun_after
+    assert len([r for r in res if r.ok]) < 9, [(r.ok, r.error) for r in res]
+    root = out / "SilentSteno"
+    cancel.clear()
+    res = run_export(lib, SimpleSpec(Far(out), tuple(range(1, 10)), ("txt", "json", "audio"), ExportOptions()), cfg)
+    assert [r.ok for r in res] == [True] * 9, [r.error for r in res]
+    assert not [p for p in root.rglob("*") if ".partial" in p.name or ".steno-tmp" in p.name or p.name == MARKER]
+    assert len(json.loads((root / "manifest.json").read_text())["sessions"]) == 9
+    assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=root).returncode == 0
+
+
 def test_hostile_target_content(tmp_path):
     lib = library(tmp_path, 2)
     out = tmp_path / "out"
