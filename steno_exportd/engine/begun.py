@@ -30,6 +30,9 @@ class Begun:
         self._lock = threading.Lock()
         self._names: set[str] = set()
         self._warned = False
+        self._saving = False            # a manifest save naming its files at once is under way (begin_save)
+        self.save_cut = False           # the record said so when read: such a save was cut (or failed) before it
+                                        # ended, which may have left SHA256SUMS out of step with manifest.json
         if self.path is None:
             return
         try:
@@ -42,6 +45,24 @@ class Begun:
         names = data.get("names") if isinstance(data, dict) else None
         if isinstance(names, list):
             self._names = {n for n in names[:MAX_NAMES] if isinstance(n, str) and n and "/" not in n}
+        self.save_cut = self._saving = isinstance(data, dict) and data.get("saving") is True
+
+    def begin_save(self) -> bool:
+        """A manifest save is about to name SHA256SUMS and manifest.json at once: recorded (synced) first, so that a
+        cut before end_save() is known to the next run (save_cut), which saves again. False when it could not be
+        recorded: the save names them one after the other then."""
+        with self._lock:
+            if self.path is None:
+                return False
+            self._saving = True
+            return self._write()
+
+    def end_save(self) -> None:
+        """That save named both files (and a save cut before is made good)."""
+        with self._lock:
+            if self._saving:
+                self._saving = False
+                self._write()
 
     def __contains__(self, name: str) -> bool:
         with self._lock:
@@ -68,15 +89,16 @@ class Begun:
                 self._names &= there
                 self._write()
 
-    def _write(self) -> None:
+    def _write(self) -> bool:
         if self.path is None:
-            return
+            return False
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             try:
-                os.write(fd, json.dumps({"names": sorted(self._names)}).encode())
+                os.write(fd, json.dumps({"names": sorted(self._names),
+                                         **({"saving": True} if self._saving else {})}).encode())
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -86,6 +108,7 @@ class Begun:
                 os.fsync(dfd)
             finally:
                 os.close(dfd)
+            return True
         except OSError as e:
             # not fatal: a folder whose record is lost is left alone by a later clean-up (said there). But the record
             # there is no longer true (it may name a folder moved into place since, which a person may then rename
@@ -97,3 +120,4 @@ class Begun:
             log.log(logging.DEBUG if self._warned else logging.WARNING, "%s: not written (%s): removed; until it is "
                     "written again, .partial folders on that target are left alone", self.path, e)
             self._warned = True
+            return False

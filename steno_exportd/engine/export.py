@@ -142,17 +142,21 @@ class Exporter:
         self.begun = None if self.mark_partial else Begun(cfg.state.dir, target.place or target.name, root)
         self._checks = self._verifier if self.depth == 1 else \
             concurrent.futures.ThreadPoolExecutor(self.depth, thread_name_prefix="steno-check")
-        # rendered files (small: a transcript, a PDF) written and read back on threads of their own, as many as the
-        # sessions in flight: their requests go beside the recordings' read-backs, not behind them (checks at once,
-        # each thread's read buffers a few MiB once a large recording was read back on it)
-        self._rendered = self._checks if self.flight == self.depth else \
-            concurrent.futures.ThreadPoolExecutor(self.flight, thread_name_prefix="steno-rendered")
+        # where more sessions are in flight than are read back at once, their rendered files (small: a transcript, a
+        # PDF) are written and read back on threads of their own, one per session in flight beyond those (``checks``
+        # at least): their requests go beside the recordings' read-backs, not behind them (a recording's read-back
+        # holds a thread from its copy's end to its last byte); the store sees at most the sessions in flight, the
+        # read-backs and these at once (rclone's WebDAV: 12 + 4 + 8, with recordings of 64 MiB together at most
+        # beyond the first 4; the sessions test: 12 threads here, 9 round trips; 8: 10; 4: 15)
+        self._rendered = self._checks if self.flight == self.depth else concurrent.futures.ThreadPoolExecutor(
+            max(self.depth, self.flight - self.depth), thread_name_prefix="steno-rendered")
         self._saved_at = 0.0                    # when the manifest was last saved (monotonic; run() sets the start)
         self._held: list[_Held] = []            # sessions recorded in the manifest, waiting for its next save
         self._save_queued = False               # a save of them is queued on the verifier thread (_save_due)
         self._undone: dict[str, tuple[str, str]] = {}   # session uuid -> (why, problem): written, but not done
         self._unsaved = False                   # a change of the manifest (a session finished) not saved yet
         self._ending = False                    # the run's sessions all ended: a save now is its last
+        self._sending = 0                       # bytes the session _start_session began sends (its files written)
 
     def _buffers(self) -> writer.Buffers:
         """The read buffers of the thread that calls it: a rewrite after a failed read-back (the verifier thread) and
@@ -162,9 +166,10 @@ class Exporter:
 
     def shutdown(self) -> None:
         """Wait for the sessions and read-backs still running (a run ended by an error), then end their threads."""
-        self._verifier.shutdown(wait=True)
-        self._checks.shutdown(wait=True)
+        # (the pools first: a file of theirs may still count its bytes, which can queue a due save on the verifier)
         self._rendered.shutdown(wait=True)
+        self._checks.shutdown(wait=True)
+        self._verifier.shutdown(wait=True)
 
     def _cancelled(self) -> bool:
         return bool(self.p.cancelled)
@@ -223,11 +228,14 @@ class Exporter:
             self.m = mf.load(self.t, self.root, cancelled=self._cancelled)    # (a rebuild reads the target's files)
         except CancelledJob:
             return []
-        if not mf.in_step(self.m, entries.get(mf.SUMS)):
-            # a save cut between its two names (named at once on a store far away), or the file removed or changed
-            # by someone: saved again at the run's end, also when it finds nothing new
-            log.info("%s: %s in %s is not the one %s lists: written again", self.t.name, mf.SUMS, shown(self.root),
-                     mf.MANIFEST)
+        cut = self.begun is not None and self.begun.save_cut
+        if cut or not mf.in_step(self.m, entries.get(mf.SUMS)):
+            # a save that named its two files at once and was cut (or failed) before it ended (this recorder's own
+            # record says so), or SHA256SUMS removed or changed by someone: both saved again at the run's end, also
+            # when it finds nothing new
+            log.info("%s: %s in %s %s: written again", self.t.name, mf.SUMS, shown(self.root),
+                     f"may be out of step with {mf.MANIFEST} (a save there was cut)" if cut else
+                     f"is not the one {mf.MANIFEST} lists")
             self._unsaved = True
         self._clean_leftovers(entries)
         sessions = []
@@ -261,10 +269,10 @@ class Exporter:
                       files_done=0, results=tuple(results))
         stop_reason = stop_kind = ""
         # the sessions being finished by the verifier thread (read back, renamed, recorded), oldest first: at most
-        # self.flight, of self.flight_bytes together (but one); an unchanged session's result waits behind them, so
-        # results keep the sessions' order
+        # self.flight (beyond self.depth, of self.flight_bytes to send together); an unchanged session's result waits
+        # behind them, so results keep the sessions' order
         tail: collections.deque = collections.deque()
-        flying: dict[int, int] = {}         # id() of a session's finish in the tail: its bytes
+        flying: dict[int, int] = {}         # id() of a session's finish in the tail: the bytes it sends
 
         def settle(s: Any, finish: concurrent.futures.Future | None, error: BaseException | None = None) -> None:
             """A session's result: its finish (or the error that stopped it) and its consequences."""
@@ -293,10 +301,10 @@ class Exporter:
                 stop_kind = stop_kind or r.problem
 
         def settle_tail(keep: int = 0) -> None:
-            """Settle the oldest sessions until at most ``keep`` are left (and of at most self.flight_bytes together,
-            but one), and any finished already."""
+            """Settle the oldest sessions until at most ``keep`` are left (and, beyond self.depth of them, of at most
+            self.flight_bytes to send together), and any finished already."""
             while tail and (len(tail) > keep or not isinstance(tail[0][1], concurrent.futures.Future)
-                            or tail[0][1].done() or (keep and self.flight_bytes and len(flying) > 1
+                            or tail[0][1].done() or (keep and self.flight_bytes and len(flying) > self.depth
                                                      and sum(flying.values()) > self.flight_bytes)):
                 s, finish = tail.popleft()
                 flying.pop(id(finish), None)
@@ -338,7 +346,7 @@ class Exporter:
                     settle(s, None, e)
                     continue
                 tail.append((s, finish))        # (first: a cancel raised by an older one's finish still waits for it)
-                flying[id(finish)] = sum(pf.size for pf in pl)
+                flying[id(finish)] = self._sending
                 settle_tail(self.flight)        # (those finished by the verifier thread while this one was written)
             settle_tail()
         except CancelledJob:
@@ -427,6 +435,10 @@ class Exporter:
             if not self._due():
                 return
         held_now, self._held = self._held, []
+        # where the target takes several requests at once, its two files are named at once (each name is round trips
+        # of a store far away), once this recorder's own record says so: a cut between the two names is then known
+        # to the next run, which saves again (a SHA256SUMS out of step with manifest.json; see _run)
+        at_once = self.begun is not None and self.t.checks > 1 and self.begun.begin_save()
         try:
             if any(h.partial for h in held_now):
                 # a final name taken on the target since the session began (someone's own folder, a sync client)
@@ -443,13 +455,16 @@ class Exporter:
                             self._refuse(h)
                             held_now.remove(h)
                         return not taken
-                    if not mf.save(self.t, self.root, self.m, ready=ready):
-                        mf.save(self.t, self.root, self.m)
+                    if not mf.save(self.t, self.root, self.m, ready=ready, at_once=at_once):
+                        mf.save(self.t, self.root, self.m, at_once=at_once)
             else:
-                mf.save(self.t, self.root, self.m)
+                mf.save(self.t, self.root, self.m, at_once=at_once)
         except BaseException:
             self._held = held_now + self._held      # still waiting: the run's end reports them not done
             raise
+        if at_once:
+            assert self.begun is not None
+            self.begun.end_save()
         self._saved_at = time.monotonic()
         self._unsaved = False
         unmark = [h for h in held_now if not h.partial]
@@ -905,6 +920,11 @@ class Exporter:
         results: list[FileResult] = []
         verified: list[tuple[str, int, str]] = []
         pending: list = []
+        # rendered files sent on their own threads (a target that takes several requests at once), once the session's
+        # recording is begun: its upload first makes the session's folder, where two uploads making it at once may
+        # find it locked for a moment (WebDAV's 423) and a recording's copy must then begin again
+        rendered: list[tuple[int, str, bytes]] = []
+        self._sending = 0
         # a folder built in place (no folder rename on this filesystem): every file stays under a temp name
         # until the whole session is verified, then the files are renamed one by one
         staged: dict[str, str] = {}
@@ -937,9 +957,10 @@ class Exporter:
             try:
                 if pf.source is not None:
                     # its commit and read-back run beside the write of the next file (or session)
-                    if pending and pending[-1][-1].done():
+                    if pending and pending[-1][-1] is not None and pending[-1][-1].done():
                         pending[-1][-1].result()     # surface a target error early
                     known, known_crc, st_src = self._hash_of(pf)
+                    self._sending += pf.size
                     size, sha, crc, h = writer.copy_into(source_ref(pf, s, self.lib.data_dir),
                                                          self._open_write(s, folder, pf, rel),
                                                          tick=self._tick, cancelled=self._cancelled,
@@ -959,9 +980,10 @@ class Exporter:
                     # session's rendered files waited for one after the other before the next file and session began)
                     data = self._retry(render_file, pf, s, self.reg, self._cancelled)
                     self.bytes_total += len(data)
+                    self._sending += len(data)
                     self.p.update(bytes_total=self.bytes_total)
-                    fut = self._rendered.submit(self._write_rendered, rel, data)
-                    pending.append((len(results), pf, rel, rel_final, len(data), "", (None, None, None), fut))
+                    rendered.append((len(pending), rel, data))      # (sent once the session's recording is begun)
+                    pending.append((len(results), pf, rel, rel_final, len(data), "", (None, None, None), None))
                     results.append(None)  # type: ignore[arg-type]
                     continue
                 size, sha = self._write_verified(s, pf, rel, folder=folder)
@@ -971,6 +993,8 @@ class Exporter:
                 results.append(FileResult(rel_final, False, error=str(e)))
                 continue
             self._done_file(new_entry, results, verified, len(results), pf, rel_final, size, sha)
+        for k, rel, data in rendered:
+            pending[k] = (*pending[k][:-1], self._rendered.submit(self._write_rendered, rel, data))
         return self._verifier.submit(self._finish_session, s, plan, folder, exists, in_place, work_rel, final_rel,
                                      entry, old_files, listing, new_entry, results, verified, pending, staged)
 

@@ -310,13 +310,15 @@ def write_atomic(target: Target, rel: str, data: bytes) -> None:
     write_files(target, [(rel, data)])
 
 
-def write_files(target: Target, files: list[tuple[str, bytes]], ready: Callable[[], bool] | None = None) -> bool:
-    """Files written atomically (as write_atomic): each under a temp name, synced, then given its name. On a target
-    that takes several requests at once (``checks`` > 1: each request a round trip away, a name three on a WebDAV
-    store) all are sent and synced at once, then all named at once; elsewhere each is written and named in the
-    order listed before the next. A failure leaves the files not named unwritten (their temp files removed), those
-    named in place. ``ready``: asked before the first is named (while they are sent, where sent at once: what it
-    waits for meanwhile); False: none is named, their temp files removed, and False returned."""
+def write_files(target: Target, files: list[tuple[str, bytes]], ready: Callable[[], bool] | None = None, *,
+                at_once: bool = False) -> bool:
+    """Files written atomically (as write_atomic): each under a temp name, synced, then given its name, in the order
+    listed. On a target that takes several requests at once (``checks`` > 1: each request a round trip away) all
+    are sent and synced at once before the first is named, and with ``at_once`` named at once too (a name is three
+    round trips on a WebDAV store; the caller has recorded that a cut may leave them out of step); elsewhere each
+    is written and named before the next. A failure leaves the files not named unwritten (their temp files
+    removed), those named in place. ``ready``: asked before the first is named (while they are sent, where sent at
+    once: what it waits for meanwhile); False: none is named, their temp files removed, and False returned."""
     together = target.checks > 1 and len(files) > 1
     if ready is not None and not together and not ready():
         return False
@@ -345,14 +347,18 @@ def write_files(target: Target, files: list[tuple[str, bytes]], ready: Callable[
                 for h in handles:
                     h.abort()
                 return False
-            with concurrent.futures.ThreadPoolExecutor(len(handles) - 1, "steno-save") as pool:
-                rest = [pool.submit(name, i) for i in range(1, len(handles))]
-                try:
-                    name(0)
-                finally:
-                    concurrent.futures.wait(rest)
-                for f in rest:
-                    f.result()
+            if not at_once:
+                for i in range(len(handles)):
+                    name(i)
+            else:
+                with concurrent.futures.ThreadPoolExecutor(len(handles) - 1, "steno-save") as pool:
+                    rest = [pool.submit(name, i) for i in range(1, len(handles))]
+                    try:
+                        name(0)
+                    finally:
+                        concurrent.futures.wait(rest)
+                    for f in rest:
+                        f.result()
     except BaseException:
         for i, h in enumerate(handles):
             if i not in named:
@@ -381,11 +387,13 @@ def encode(doc: dict) -> bytes:
     return ("{\n" + ",\n".join(lines) + "\n}\n").encode("utf-8")
 
 
-def save(target: Target, root: str, m: Manifest, ready: Callable[[], bool] | None = None) -> bool:
-    """Rewrite SHA256SUMS and manifest.json atomically: SHA256SUMS named first, or both at once where the target
-    takes several requests at once (write_files: on a store far away each name is three round trips in a row); a
-    save cut between the two names leaves SHA256SUMS out of step with manifest.json, which the next export finds and
-    saves again (in_step()). The copy known() returns is forgotten
+def save(target: Target, root: str, m: Manifest, ready: Callable[[], bool] | None = None, *,
+         at_once: bool = False) -> bool:
+    """Rewrite SHA256SUMS and manifest.json atomically, SHA256SUMS named first; ``at_once``: both named at once where
+    the target takes several requests at once (write_files: on a store far away each name is three round trips in
+    a row), for a caller that recorded the save first (engine.begun.Begun.begin_save): one cut between the two
+    names may leave SHA256SUMS out of step with manifest.json, and the next export saves again. The copy known()
+    returns is forgotten
     first: a save that fails may have put manifest.json in place all the same (a move whose answer was lost), so
     after a failure the store's own is read again, never the one saved before. ``ready``: as write_files()'s (False:
     nothing saved, False returned; the caller changes ``m`` and saves it again)."""
@@ -395,17 +403,18 @@ def save(target: Target, root: str, m: Manifest, ready: Callable[[], bool] | Non
         saved.add(root)         # (before the writes: a save that failed half-way may have changed the store too)
     _keep(target, root, None)
     if not write_files(target, [(f"{root}/{SUMS}", m.sums_text().encode("utf-8")), (f"{root}/{MANIFEST}", raw)],
-                       ready):
+                       ready, at_once=at_once):
         return False
     _keep(target, root, raw)
     return True
 
 
 def in_step(m: Manifest, listed: EntryStat | None) -> bool:
-    """SHA256SUMS as the folder's listing shows it (``listed``: its entry, None when missing) is the one manifest.json
-    ``m`` was saved with: its size is that of the lines ``m`` makes (a save cut between its two names, or the file
-    removed or edited by someone, is not; every line is a hash, two spaces and a path, so one missing or added
-    changes it). A manifest that records nothing needs none."""
+    """SHA256SUMS as the folder's listing shows it (``listed``: its entry, None when missing) may be the one
+    manifest.json ``m`` was saved with: there, a file, of the size of the lines ``m`` makes. Its size alone is
+    looked at (no read): a file removed, or a line missing or added (a session's), is found; a hash changed in
+    place is not (a save whose names were cut apart is known from the recorder's own record instead:
+    Begun.save_cut). A manifest that records nothing needs none."""
     if not m.sessions:
         return True
     return listed is not None and listed.kind == "file" and listed.size == len(m.sums_text().encode("utf-8"))

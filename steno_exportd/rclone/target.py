@@ -44,7 +44,8 @@ from steno_exportd.engine.identity import host_folder
 from steno_exportd.engine.targets import (MARKER, PARTIAL_SUFFIX, TEMP_PREFIX, EntryStat, Target, TooManyEntries,
                                           WriteHandle, check_rel)
 from steno_exportd.errors import CancelledJob, InvalidArgument, NameTaken, SourceError, TargetError
-from steno_exportd.rclone.process import Rcd, RcloneError, error_text, is_file, not_found, rclone_environment
+from steno_exportd.rclone.process import (LOCK_WAIT, Rcd, RcloneError, error_text, is_file, not_found,
+                                         rclone_environment)
 from steno_exportd.safeparse import printable
 
 log = logging.getLogger(__name__)
@@ -91,11 +92,12 @@ FOLDERS_AT_ONCE = 16               # on a WebDAV store, session folders listed (
                                    # found 200 sessions there waiting 25 round trips (0.96 s at 20 ms; 16: 0.67 s,
                                    # 32: 0.60 s). Within the idle connections rclone keeps (2 x (checkers + transfers
                                    # + 1) = 26): none opened anew for each
-SESSIONS_AT_ONCE = 12              # on a WebDAV store, sessions in flight (their copies rclone's own, read back CHECKS at
-                                   # once), AHEAD bytes of them together but one: each session's requests are a few
-                                   # round trips in a row (its folder, the PUT and rclone's look-up after it, the
-                                   # read-back's look-up and GET), which go beside those of the sessions before
-                                   # (bench rclone, 12 sessions at 20 ms: 4 in flight -> this, ~0.1 s less of 1.15 s)
+SESSIONS_AT_ONCE = 12              # on a WebDAV store, sessions in flight (their copies rclone's own, read back
+                                   # CHECKS at once), beyond the first CHECKS of AHEAD bytes together: each
+                                   # session's requests are a few round trips in a row (its folder, the PUT and
+                                   # rclone's look-up after it, the read-back's look-up and GET), which go beside
+                                   # those of the sessions before (bench rclone, 12 sessions at 20 ms: 4 in
+                                   # flight -> this, ~0.1 s less of 1.15 s)
 SAVE_EVERY = 10.0                  # seconds between manifest saves: each is two uploads and two moves (16 store
                                    # requests on WebDAV, ~0.2 s on loopback, a second or more on a distant store) and
                                    # the markers' removals; the sessions in between keep their folder's marker, so a
@@ -285,7 +287,8 @@ class RcloneTarget(Target):
         request about a path inside a folder goes through that folder opened as a remote of its own (_sub: its own
         pacer, nothing looked up to open it; rclone keeps it for the next request), a folder's listing through the
         folder itself; the requests of one folder still take their turns. The store sees no more requests at once
-        than before (the engine's bounded threads). Elsewhere through the push's remote."""
+        than the engine's bounded threads make (its sessions in flight, SESSIONS_AT_ONCE, and their read-backs and
+        rendered files, CHECKS each). Elsewhere through the push's remote."""
         r = self.rel(rel)
         if not self.paced:
             return self.fs, r
@@ -495,7 +498,8 @@ class RcloneTarget(Target):
         if self._new_at_top(rel):
             # missing from the remote's folder at connect() (files listed too): no look-up (rclone's look-up of a
             # missing name is two round trips: the name, then its folder). Not taken as this push's own empty folder
-            # (someone may make it meanwhile): its names are still looked up. On a WebDAV store not made now either:
+            # (someone may make it meanwhile): its names are looked up, until this push claims it (claimed(): what is
+            # in it then is what the push put there). On a WebDAV store not made now either:
             # the first upload into it makes it (rclone's MKCOL of a file's folder before its PUT, an existing one
             # taken as made), as a <session>.partial's; the recorder's folder by its claim, the office index's by
             # the index: a round trip less before a first push's first session. Elsewhere made at once
@@ -897,6 +901,9 @@ class _RcloneWrite(WriteHandle):
         self._rate = 0.0                    # bytes per second rclone copies, as its last two counts told
         self._count_at = 0.0                # when the last count was read
         self._stoppable = t.stoppable()     # (opened inside unstoppable(): the cancel is not looked at)
+        self._copy: dict[str, Any] | None = None    # the copy's call (begun again when refused as locked)
+        self._locked_until: float | None = None     # (_copied_again: until when, and the pause before the next try)
+        self._pause = 0.0
 
     # -- a local file, copied by rclone ---------------------------------------------------------------
     def from_file(self, src: Path, fd: int, st: os.stat_result) -> None:
@@ -923,9 +930,9 @@ class _RcloneWrite(WriteHandle):
             # one call that answers when the copy has ended (not a job asked about every few ms: each ask ~2 ms of
             # CPU here and in rclone); its byte count read while the engine's reads wait for it (_follow)
             self._began = time.monotonic()
-            self._job = t.rcd.begin("operations/copyfile", {
-                "srcFs": f":local,copy_links=true:/proc/{os.getpid()}/fd", "srcRemote": str(own), "dstFs": fs,
-                "dstRemote": remote, "_group": self._group, "_config": settings})
+            self._copy = {"srcFs": f":local,copy_links=true:/proc/{os.getpid()}/fd", "srcRemote": str(own),
+                          "dstFs": fs, "dstRemote": remote, "_group": self._group, "_config": settings}
+            self._job = t.rcd.begin("operations/copyfile", self._copy)
         except BaseException:
             t._linger(own)                  # (a copy rclone may have started all the same)
             raise
@@ -954,12 +961,34 @@ class _RcloneWrite(WriteHandle):
             try:
                 self._ended = self._t.rcd.end(self._job, "operations/copyfile") or {}
             except TargetError as e:
+                if self._copied_again(e):
+                    return None
                 # (no answer, the connection cut: rclone may not have stopped yet, see _release)
                 lost = isinstance(e.__cause__, (OSError, http.client.HTTPException))
                 self._ended = {"error": e, "lost": lost}
         if "error" in self._ended:
             raise self._ended["error"]
         return self._ended
+
+    def _copied_again(self, e: TargetError) -> bool:
+        """The copy refused as locked (WebDAV's 423: nothing written; a lock the server takes for a moment while it
+        answers another request, such as the MKCOL of this folder by an upload of the same session beside it) is
+        begun again, for up to LOCK_WAIT seconds as any operation is (Rcd.unlocked): rclone opens the recording
+        anew through our descriptor, from its start. True when it was."""
+        if not (isinstance(e, RcloneError) and e.locked) or self._copy is None:
+            return False
+        now = time.monotonic()
+        if self._locked_until is None:
+            self._locked_until, self._pause = now + LOCK_WAIT, 0.05
+        if now >= self._locked_until:
+            return False
+        log.debug("%s: %s: locked on the store, its copy begun again in %.2fs", self._t.name, self._rel, self._pause)
+        time.sleep(min(self._pause, self._locked_until - now))
+        self._pause *= 2
+        if self._job is not None:
+            self._job.close()
+        self._job = self._t.rcd.begin("operations/copyfile", self._copy)
+        return True
 
     def _allowed(self) -> int:
         """How far the engine's reads may run ahead of rclone's count of this copy: its share of AHEAD, or AHEAD_TIME

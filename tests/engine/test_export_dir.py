@@ -1,6 +1,7 @@
 """Export engine on a tmp_path folder: layout, SHA256SUMS, incremental, hostile content."""
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import logging
@@ -53,12 +54,12 @@ def test_export_layout_sums_and_incremental(tmp_path):
 
 def test_a_sha256sums_out_of_step_with_the_manifest_is_saved_again_by_an_export_that_finds_nothing_new(tmp_path,
                                                                                                        caplog):
-    """A save names SHA256SUMS and manifest.json at once where the target takes several requests at once (a store far
-    away, where each name is round trips): one cut between the two names leaves a manifest.json that records
-    sessions SHA256SUMS lacks, and so does someone who edits or removes SHA256SUMS. An export that then found
-    nothing new left it so for good (`sha256sum -c` passed on fewer files than the folder holds, or had nothing to
-    check). Now an export that finds SHA256SUMS out of step with manifest.json saves it again, said in one line; one
-    in step is left alone."""
+    """A SHA256SUMS that lacks lines of sessions manifest.json records (someone cut it short, a sync client restored
+    an old one), or is gone: an export that then found nothing new left it so for good (`sha256sum -c` passed on
+    fewer files than the folder holds, or had nothing to check). Now an export that finds SHA256SUMS of another size
+    than the lines manifest.json makes saves it again, said in one line; one in step is left alone. (A save cut
+    between its two names, where it names them at once: test_a_save_cut_between_its_two_names_at_once_is_made_good_
+    by_the_next_export.)"""
     lib = library(tmp_path, 3)
     out = tmp_path / "out"
     out.mkdir()
@@ -87,6 +88,74 @@ def test_a_sha256sums_out_of_step_with_the_manifest_is_saved_again_by_an_export_
     assert {name: (root / name).stat().st_mtime_ns for name in before} == before
 
 
+def test_a_save_cut_between_its_two_names_at_once_is_made_good_by_the_next_export(tmp_path, caplog):
+    """Where a target takes several requests at once (a store far away: each name is three round trips), a save
+    names SHA256SUMS and manifest.json at once, once the recorder's own record says so (engine/begun.py). Here a
+    session is sent again (its summary corrected: session.json changes, its size does not) and the save names
+    manifest.json but SHA256SUMS fails: the store now holds a manifest.json that records the new session.json
+    beside a SHA256SUMS of the same size with the old hash, which `sha256sum -c` calls FAILED. The next export, which
+    finds nothing new, knows from the record that a save was cut and saves again: SHA256SUMS right, said in one line.
+    (Its size alone could not tell: test_a_sha256sums_out_of_step_with_the_manifest_is_saved_again_by_an_export_
+    that_finds_nothing_new.)"""
+    import dataclasses
+    from steno_exportd.engine.targets import DirectoryTarget
+    from tests.fakes import make_session
+    lib = library(tmp_path, 3)
+    out = tmp_path / "out"
+    out.mkdir()
+    cfg = make_config(tmp_path)
+    failing: list[str] = []
+
+    class Far(DirectoryTarget):
+        """Two files read back at once, no marker in a .partial folder (the recorder's own record: as rclone's
+        WebDAV); the naming of SHA256SUMS fails while ``failing`` says so."""
+
+        def __init__(self, root):
+            super().__init__(root)
+            self.checks, self.marks_partial = 2, False
+
+        def open_write(self, rel, **kw):
+            h = super().open_write(rel, **kw)
+            if rel.endswith("/SHA256SUMS") and failing:
+                def refused():
+                    h.abort()
+                    raise TargetError(f"{failing[0]}: the store refused the move")
+                h.commit = refused
+            return h
+
+    def export():
+        return run_export(lib, SimpleSpec(Far(out), (1, 2, 3), ("txt", "json", "audio"), ExportOptions()), cfg)
+    assert all(r.ok and not r.skipped for r in export())
+    root = out / "SilentSteno"
+    old = lib.sessions[2]
+    fixed = make_session(2, old.audio.path)
+    fixed = dataclasses.replace(fixed, summary=dataclasses.replace(
+        fixed.summary, updated_at=fixed.summary.updated_at + dt.timedelta(hours=1)))
+    lib.add(dataclasses.replace(fixed, summary_text="SUMMARY"))     # ("summary" before: the same length)
+    assert lib.sessions[2] is not old
+    sums_before = (root / "SHA256SUMS").read_text()
+    failing.append("cut")
+    res = export()
+    failing.clear()
+    assert not all(r.ok for r in res), [(r.ok, r.error) for r in res]
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["sessions"][fixed.uuid]["updated_at"].startswith("2026-01-03T10"), manifest["sessions"]
+    assert (root / "SHA256SUMS").read_text() == sums_before     # the old hash beside the new manifest
+    assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=root,
+                          capture_output=True).returncode != 0, "the cut left nothing out of step"
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        res = export()
+    assert [(r.ok, r.skipped) for r in res] == [(True, True)] * 3, [(r.ok, r.skipped, r.error) for r in res]
+    assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=root).returncode == 0
+    said = [r.getMessage() for r in caplog.records if "SHA256SUMS" in r.getMessage()]
+    assert len(said) == 1 and "a save there was cut" in said[0], said
+    before = {name: (root / name).stat().st_mtime_ns for name in ("SHA256SUMS", "manifest.json")}
+    time.sleep(0.01)
+    assert all(r.skipped for r in export())
+    assert {name: (root / name).stat().st_mtime_ns for name in before} == before
+
+
 def test_a_cancel_ends_the_rendered_files_queued_behind_it(tmp_path):
     """A target that takes several requests at once (a store far away) gets each session's rendered files written
     and read back on threads of their own, queued behind those of the sessions before: a cancel ends the queued
@@ -104,8 +173,8 @@ def test_a_cancel_ends_the_rendered_files_queued_behind_it(tmp_path):
     count = threading.Lock()
 
     class Far(DirectoryTarget):
-        """Two files read back at once, three sessions in flight (so three threads for rendered files); the rendered
-        files' writes wait until the cancel."""
+        """Two files read back at once, three sessions in flight (and two threads for rendered files); the
+        rendered files' writes wait until the cancel."""
 
         def __init__(self, root):
             super().__init__(root)
@@ -120,8 +189,8 @@ def test_a_cancel_ends_the_rendered_files_queued_behind_it(tmp_path):
             return super().open_write(rel, **kw)
 
     class CancelAtTheFourthSession:
-        """The cancel once the export begins the fourth session's files: the three threads for rendered files each
-        inside a write (sessions 1 and 2), the rest of sessions 2 and 3 waiting their turn."""
+        """The cancel once the export begins the fourth session's files: the two threads for rendered files each
+        inside a write (session 1's), those of sessions 2 and 3 waiting their turn."""
         fields: dict = {}
 
         @property
@@ -132,14 +201,14 @@ def test_a_cancel_ends_the_rendered_files_queued_behind_it(tmp_path):
             self.fields.update(fields)
             if "Meeting 4 " in fields.get("current_file", "") and not cancel.is_set():
                 deadline = time.monotonic() + 10
-                while len(entered) < 3 and time.monotonic() < deadline:
+                while len(entered) < 2 and time.monotonic() < deadline:
                     time.sleep(0.01)
                 cancel.set()
                 release.set()
     res = run_export(lib, SimpleSpec(Far(out), tuple(range(1, 10)), ("txt", "json", "audio"), ExportOptions()),
                      cfg, CancelAtTheFourthSession())
     assert cancel.is_set(), "never cancelled"
-    assert len(entered) == 3, entered
+    assert len(entered) == 2, entered
     assert begun_after == [], begun_after
     assert len([r for r in res if r.ok]) < 9, [(r.ok, r.error) for r in res]
     root = out / "SilentSteno"
@@ -405,6 +474,67 @@ def test_with_several_sessions_in_flight_results_keep_the_sessions_order(tmp_pat
     root = out / "SilentSteno"
     assert len([p for p in root.iterdir() if p.is_dir()]) == 9
     assert len(json.loads((root / "manifest.json").read_text())["sessions"]) == 9
+    assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=root).returncode == 0
+
+
+def test_sessions_in_flight_beyond_the_read_backs_never_cut_the_read_backs_at_once(tmp_path):
+    """A target may keep more sessions in flight than it reads back at once (Target.in_flight: rclone's WebDAV), of
+    at most in_flight_bytes to send together. That bound applies beyond the ``checks`` sessions the target always
+    had in flight: with large recordings it kept one session in flight beside the one being written, so two were
+    read back at once where four were before. Here four are read back at once (the first four read-backs held
+    until then, 5 s at most), and every session lands once, verified."""
+    from steno_exportd.engine.targets import DirectoryTarget
+    lib = library(tmp_path, 8, audio_size=3 << 20)
+    out = tmp_path / "out"
+    out.mkdir()
+    cfg = make_config(tmp_path)
+
+    class Far(DirectoryTarget):
+        """Four files read back at once, eight sessions in flight of 1 MiB to send together; the recordings'
+        read-backs counted, the first four held until four run at once (5 s at most)."""
+
+        def __init__(self, root):
+            super().__init__(root)
+            self.checks, self.in_flight, self.in_flight_bytes = 4, 8, 1 << 20
+            self.reading = self.most = self.started = 0
+            self._count = threading.Lock()
+            self.four = threading.Event()
+
+        def open_read(self, rel, *, uncached=False):
+            h = super().open_read(rel, uncached=uncached)
+            if not rel.endswith("audio.wav"):
+                return h
+            with self._count:
+                self.reading += 1
+                self.started += 1
+                self.most = max(self.most, self.reading)
+                first = self.started <= 4
+                if self.reading >= 4:
+                    self.four.set()
+            target = self
+
+            class Counted:
+                def read(self, n):
+                    if first:
+                        target.four.wait(5)
+                    return h.read(n)
+
+                def readinto(self, buf):
+                    if first:
+                        target.four.wait(5)
+                    return h.readinto(buf)
+
+                def close(self):
+                    with target._count:
+                        target.reading -= 1
+                    h.close()
+            return Counted()
+    far = Far(out)
+    res = run_export(lib, SimpleSpec(far, tuple(range(1, 9)), ("audio",), ExportOptions()), cfg)
+    assert [r.ok for r in res] == [True] * 8, [r.error for r in res]
+    assert far.most == 4, f"{far.most} recordings read back at once at most"
+    root = out / "SilentSteno"
+    assert len(json.loads((root / "manifest.json").read_text())["sessions"]) == 8
     assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=root).returncode == 0
 
 

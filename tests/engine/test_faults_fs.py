@@ -315,10 +315,10 @@ def test_yank_at_a_sessions_last_step_then_the_next_export_completes_it_once(tmp
             _kill_stick(dev)
             return out
 
-        def saving(target, root, m):
+        def saving(target, root, m, **kw):
             if not fired and first in m.sessions and moment in ("before the save", "after the save"):
-                return yanked(save, target, root, m)
-            return save(target, root, m)
+                return yanked(lambda *a: save(*a, **kw), target, root, m)
+            return save(target, root, m, **kw)
 
         markers = []
 

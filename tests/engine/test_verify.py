@@ -206,13 +206,13 @@ def test_a_verify_recording_what_it_found_while_an_export_saves_loses_none_of_th
             verify_read.set()
         return got
 
-    def save(t, root, m):
+    def save(t, root, m, **kw):
         if threading.current_thread() is threading.main_thread():          # the verify's: after the export's
             export_done.wait(30)
         else:                                                               # the export's: after the verify read
             exporting.set()
             verify_read.wait(3)         # (held: the verify reads nothing, and the export saves after 3 s)
-        real_save(t, root, m)
+        real_save(t, root, m, **kw)
     results = []
 
     def export() -> None:
